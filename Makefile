@@ -1,0 +1,30 @@
+# lowbit: `make demo` and `make test` do all set-up (Debian packages, build) themselves.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+DATA ?= $(abspath ../shared/data)
+
+.PHONY: deps build demo test test-all bench clean
+
+deps:
+	@bash scripts/install-deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DLOWBIT_DATA_DIR=$(DATA) > /dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+demo: build
+	@bash scripts/demo.sh $(BUILD)/lowbit
+
+test: build
+	@cd $(BUILD) && ctest --output-on-failure -L sanity -j $(JOBS)
+
+# Everything, including the long exhaustive label.
+test-all: build
+	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+bench: build
+	@$(BUILD)/lowbit bench int8/c int4/g128 e4m3fn/c e4m3fn/t mxfp4 nvfp4 nf4 q8_0 e2m1/g32~sr --threads 1
+	@$(BUILD)/lowbit bench int8/c int4/g128 e4m3fn/c e4m3fn/t mxfp4 nvfp4 nf4 q8_0 e2m1/g32~sr --threads 2
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,21 @@
+// One value of a group: quantize to a code, dequantize a code, or both, given the group's scale.
+// The scalar specification of CONVENTIONS 4-12 that every kernel (reference or fast) follows:
+//   generic     code = encode(x / s), value = decode(code) * s
+//   uint        code = clamp(round(x / s) + z, 0, 2^N - 1), value = (code - z) * s
+//   powA(...)   y = x / s, t = sign(y)|y|^A, code = encode(t * elem_max),
+//               value = sign(w)|w|^(1/A) * s with w = decode(code) / elem_max
+//   q4_0, q8_0  ggml's quantize_row_*_ref arithmetic (x * (1/d), truncation / roundf)
+//   a group that held NaN/Inf: every value is NaN
+#pragma once
+
+#include "lowbit/formats/format.hpp"
+#include "lowbit/kernels/scale.hpp"
+
+namespace lowbit {
+
+uint32_t quantize_value_ref(const format& f, float x, const group_scale& gs, float u);
+float dequantize_value_ref(const format& f, uint32_t code, const group_scale& gs);
+float fake_quantize_value_ref(const format& f, float x, const group_scale& gs, float u,
+                              rounding_mode mode);
+
+}  // namespace lowbit

@@ -1,0 +1,73 @@
+// Quantize / dequantize / fake-quantize of row-major float32 tensors [rows, cols], groups along
+// cols (the reduction axis). Every kernel has a scalar `_ref` twin that reads like the
+// specification (CONVENTIONS 4-10); the fast versions (Highway SIMD + OpenMP) must equal it bit
+// for bit on every input.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "lowbit/formats/format.hpp"
+
+namespace lowbit {
+
+// A tensor in a quantized format: packed codes plus the scales (and zero points) of its groups.
+//   codes  : each row starts on a byte boundary; element j of a row occupies bits
+//            [j*b, (j+1)*b) of the row, least significant bit first (b = element bits)
+//   scales : one float per group, row-major over (row, group); exact values of the scale format
+//            (NaN for a group that held NaN/Inf, CONVENTIONS 4)
+//   zero_points : for uint elements (asymmetric), one per group
+//   tensor_scale: the second-level FP32 scale of nvfp4 (1 otherwise)
+struct quantized_tensor {
+  format fmt;
+  int64_t rows = 0, cols = 0;
+  int64_t row_bytes = 0;
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+  std::vector<int32_t> zero_points;
+  float tensor_scale = 1.0f;
+
+  uint32_t code(int64_t r, int64_t c) const;
+  void set_code(int64_t r, int64_t c, uint32_t v);
+  int64_t groups_per_row() const;
+  int64_t group_of(int64_t c) const;  // index of c's group within its row
+  float scale_at(int64_t r, int64_t c) const;
+  int32_t zero_point_at(int64_t r, int64_t c) const;
+  size_t storage_bytes() const;  // codes + scales as the format stores them
+  bool operator==(const quantized_tensor&) const;
+};
+
+// Number of groups per row and the columns [c0, c1) of group g of a row.
+int64_t groups_per_row(const format& f, int64_t cols);
+
+// ---- reference kernels (the specification) -------------------------------------------------
+quantized_tensor quantize_ref(const float* x, int64_t rows, int64_t cols, const format& f,
+                              uint64_t tensor_id = 0);
+void dequantize_ref(const quantized_tensor& q, float* out);
+// out = dequantize(quantize(in)); in == out is allowed.
+void fake_quantize_ref(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
+                       uint64_t tensor_id = 0);
+
+// ---- fast kernels (SIMD + threads; bit-exact with the reference) ------------------------------
+quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const format& f,
+                          uint64_t tensor_id = 0);
+void dequantize(const quantized_tensor& q, float* out);
+void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
+                   uint64_t tensor_id = 0);
+
+// Forces every fast kernel onto its _ref twin (for debugging; STYLE 6).
+void set_use_ref(bool use_ref);
+bool use_ref();
+
+// ---- error metrics ----------------------------------------------------------------------------
+struct error_metrics {
+  double mse = 0;        // mean (x - q)^2
+  double sqnr_db = 0;    // 10 log10(E[x^2] / E[(x - q)^2]); +inf when exact
+  double max_abs = 0;    // max |x - q|
+  int64_t count = 0;     // finite pairs compared
+};
+error_metrics compare(const float* x, const float* q, int64_t n);
+// KL(P || Q) of two discrete distributions given as non-negative weights (normalised here).
+double kl_divergence(const float* p, const float* q, int64_t n);
+
+}  // namespace lowbit

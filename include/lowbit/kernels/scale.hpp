@@ -1,0 +1,51 @@
+// Scale selection for one group (CONVENTIONS 5-8, METHODS 1.2-1.4): scalar code shared by the
+// reference and the fast kernels (it runs once per group, the per-element work is elsewhere).
+#pragma once
+
+#include <cstdint>
+
+#include "lowbit/formats/format.hpp"
+
+namespace lowbit {
+
+struct group_scale {
+  float scale = 1.0f;       // quantize x / scale, dequantize q * scale (NaN: the group held NaN/Inf)
+  float stored = 1.0f;      // what the format stores (nvfp4: the E4M3 block scale; else = scale)
+  float multiplier = 0.0f;  // ggml presets: 1/d taken before d is rounded to fp16
+  int32_t zero_point = 0;   // uint elements (and q4_0's fixed 8)
+  bool nonfinite = false;
+};
+
+// Statistics a group's scale is chosen from; kernels compute them (SIMD or scalar).
+struct group_stats {
+  float amax = 0;      // max |x| (finite groups)
+  float min = 0, max = 0;  // for uint elements
+  bool nonfinite = false;
+};
+
+group_stats group_stats_ref(const float* x, int64_t n);
+
+// The scale of a group. `x` (n values) is only read by the data-dependent rules (mse,
+// percentile) and the ggml presets; `tensor_scale` is nvfp4's first level.
+group_scale choose_scale(const format& f, const group_stats& st, const float* x, int64_t n,
+                         float tensor_scale);
+
+// nvfp4's tensor scale from the tensor's finite amax: amax / (448 * 6), or 1 for an all-zero
+// tensor (METHODS 1.3).
+float nvfp4_tensor_scale(float tensor_amax);
+
+// A value rounded (RNE, saturating) onto a scale format; clamped below to the format's smallest
+// positive value so that a scale is never 0.
+float round_scale(const scale_format& s, float v);
+// Power-of-two exponent k of a scale 2^k for the pow2 rules; returns false when k overflows an
+// e8m0 scale (the group becomes NaN, as microxcaling does).
+bool pow2_scale_exponent(const format& f, float amax, int* k);
+
+// Philox4x32-10 (Salmon et al. 2011): counter-based, so element i's draw depends only on
+// (seed, tensor_id, i). Element i takes word (i & 3) of the block with counter i >> 2.
+void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+uint32_t random_word(uint64_t seed, uint64_t tensor_id, uint64_t index);
+// The uniform draw of CONVENTIONS 10: (r >> 8) * 2^-24.
+inline float uniform_from_word(uint32_t r) { return static_cast<float>(r >> 8) * 0x1p-24f; }
+
+}  // namespace lowbit

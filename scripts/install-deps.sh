@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages lowbit's build needs, only those that are missing (dpkg -s),
+# so a warm machine pays nothing. Runs `apt-get update` once, before the first install.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config
+  libhwy-dev          # SIMD with dynamic dispatch (Highway 1.0.3)
+  libomp-dev          # OpenMP runtime headers (gcc's libgomp is used by g++)
+  libcli11-dev        # command line
+  libfmt-dev          # formatting
+  nlohmann-json3-dev  # JSON output
+  libgtest-dev libgmock-dev  # tests
+  libbenchmark-dev    # benchmarks
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,750 @@
+// Fast quantize / dequantize / fake-quantize: Highway SIMD with dynamic dispatch, OpenMP over rows.
+// Must equal quantize_ref.cpp bit for bit on every input (tests/kernels/test_differential.cpp).
+//
+// The element rounding works on the float32 bit pattern of y = x / s (one lane = one value):
+//   p     = unbiased exponent of |y| (float32 subnormals: -126)
+//   step  = 2^L, L = max(p, emin) - M for minifloats (emin with subnormals off below emin),
+//           L = -frac for integers
+//   s     = L - p + 23: how many float32 mantissa bits fall below the grid
+//   s <= 0        y is on the grid already
+//   1 <= s <= 23  truncate the low s bits of the pattern (rem), add 2^s if rounding up; the
+//                 carry runs into the exponent field, which is exactly the next grid value
+//   s >= 24       |y| < step: the neighbours are 0 and one step (a per-format constant)
+// then saturation/overflow per policy, the sign, and NaN -> canonical NaN. Costs about 30
+// integer ops per vector. Formats the SIMD path does not cover (power maps, LUT with directed
+// or stochastic rounding, mse/percentile rules) call the scalar per-value code explicitly.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/kernels/quantize_fast.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include <omp.h>
+
+#include "lowbit/kernels/element_ops.hpp"
+#include "lowbit/kernels/quantize.hpp"
+#include "lowbit/kernels/scale.hpp"
+#include "lowbit/kernels/simd.hpp"
+
+#ifndef LOWBIT_QUANTIZE_FAST_ONCE
+#define LOWBIT_QUANTIZE_FAST_ONCE
+namespace lowbit::detail {
+
+// Per-format constants of the SIMD element rounding (computed once per call).
+struct grid_params {
+  int kind = 0;          // 0 minifloat, 1 integer (int/uint), 2 lut
+  int32_t emin = 0, mbits = 0, bias = 0;
+  int32_t below_log2step = 0;  // minifloat: L below emin (emin - M, or emin without subnormals)
+  int32_t fixed_log2step = 0;  // integer: -frac
+  bool m0_parity = false;      // M = 0 minifloat: lo's code parity is the exponent's
+  int32_t max_bits = 0;        // |largest finite| as float32 bits
+  int32_t tiny_step_bits = 0;  // the step in the s >= 24 region, as float32 bits
+  float tiny_step = 0;
+  bool saturate = true;
+  int32_t special_bits = 0;    // Inf (0x7f800000) or canonical NaN for non-saturating overflow
+  bool signed_zero = false;
+  // lut (round to nearest, ties to even index): value i+1 is taken when y > thr[i] (or >= when ge[i])
+  int lut_n = 0;
+  std::vector<float> lut_values, lut_thr;
+  std::vector<uint8_t> lut_ge;
+};
+
+inline grid_params make_grid_params(const element_format& e) {
+  grid_params g;
+  const element_limits lim = limits_of(e);
+  switch (e.kind) {
+    case element_kind::minifloat:
+      g.kind = 0;
+      g.emin = 1 - e.bias;
+      g.mbits = e.mbits;
+      g.bias = e.bias;
+      g.below_log2step = e.subnormals ? g.emin - e.mbits : g.emin;
+      g.m0_parity = e.mbits == 0;
+      g.max_bits = static_cast<int32_t>(std::bit_cast<uint32_t>(static_cast<float>(lim.max)));
+      g.tiny_step = std::ldexp(1.0f, g.below_log2step);
+      g.saturate = e.overflow == overflow_policy::saturate;
+      g.special_bits = e.overflow == overflow_policy::inf ? 0x7f800000 : 0x7fc00000;
+      g.signed_zero = has_signed_zero(e);
+      break;
+    case element_kind::int_sym:
+    case element_kind::uint_asym:
+      g.kind = 1;
+      g.fixed_log2step = -e.frac_bits;
+      g.max_bits = e.kind == element_kind::int_sym
+                       ? static_cast<int32_t>(std::bit_cast<uint32_t>(static_cast<float>(lim.max)))
+                       : 0x7f800000;  // uint: no saturation here, the caller clamps to the zero point range
+      g.tiny_step = std::ldexp(1.0f, g.fixed_log2step);
+      break;
+    case element_kind::lut: {
+      g.kind = 2;
+      g.lut_n = static_cast<int>(e.table.size());
+      g.lut_values = e.table;
+      for (size_t i = 0; i + 1 < e.table.size(); ++i) {
+        const long double mid = (static_cast<long double>(e.table[i]) + e.table[i + 1]) / 2;
+        const float m = static_cast<float>(mid);
+        if (static_cast<long double>(m) == mid) {  // a tie is possible: ties go to the even index
+          g.lut_thr.push_back(m);
+          g.lut_ge.push_back((i & 1u) ? 1 : 0);
+        } else {  // the largest float below mid: y > it <=> y > mid
+          g.lut_thr.push_back(static_cast<long double>(m) < mid ? m : std::nextafter(m, -INFINITY));
+          g.lut_ge.push_back(0);
+        }
+      }
+      break;
+    }
+  }
+  g.tiny_step_bits = static_cast<int32_t>(std::bit_cast<uint32_t>(g.tiny_step));
+  return g;
+}
+
+// What one call of the row kernel needs besides the data.
+struct row_job {
+  const grid_params* grid;
+  rounding_mode mode;
+  float scale;       // multiply the rounded value by this (1 for a plain cast)
+  float divisor;     // y = x / divisor ...
+  float multiplier;  // ... or y = x * multiplier when the scale is a power of two (exact)
+  bool use_multiplier;
+  bool scaled;
+  bool uint_clamp;   // uint: clamp the rounded y to [clamp_lo, clamp_hi]
+  float clamp_lo, clamp_hi;
+  const uint32_t* random;  // sr: one word per element, or nullptr
+};
+
+}  // namespace lowbit::detail
+#endif  // LOWBIT_QUANTIZE_FAST_ONCE
+
+HWY_BEFORE_NAMESPACE();
+namespace lowbit {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using detail::grid_params;
+using detail::row_job;
+
+using DF = hn::ScalableTag<float>;
+using DI = hn::RebindToSigned<DF>;
+using DU = hn::RebindToUnsigned<DF>;
+using VF = hn::Vec<DF>;
+using VI = hn::Vec<DI>;
+
+// Partial vectors at the end of a span go through an aligned stack buffer: Highway 1.0.3's
+// MaskedLoad on SSE4 is an aligned full-vector load, which faults on misaligned tails and reads
+// past the end. Lanes beyond `count` read as 0.
+template <class D, typename T>
+HWY_INLINE hn::Vec<D> LoadTail(D d, const T* p, size_t count) {
+  HWY_ALIGN T buf[hn::MaxLanes(D())] = {};
+  std::memcpy(buf, p, count * sizeof(T));
+  return hn::Load(d, buf);
+}
+template <class D, typename T>
+HWY_INLINE void StoreTail(D d, hn::Vec<D> v, T* p, size_t count) {
+  HWY_ALIGN T buf[hn::MaxLanes(D())];
+  hn::Store(v, d, buf);
+  std::memcpy(p, buf, count * sizeof(T));
+}
+
+// Magnitude round-up decision of each mode, from rem vs half and the parity of lo's code.
+template <rounding_mode kMode>
+HWY_INLINE hn::Mask<DI> RoundUp(DI di, VI rem, VI half, VI lo_odd, hn::Mask<DI> negative, hn::Mask<DI> sr_up) {
+  const VI zero = hn::Zero(di);
+  if constexpr (kMode == rounding_mode::rne)
+    return hn::Or(hn::Gt(rem, half), hn::And(hn::Eq(rem, half), hn::Ne(lo_odd, zero)));
+  else if constexpr (kMode == rounding_mode::rna)
+    return hn::Not(hn::Lt(rem, half));
+  else if constexpr (kMode == rounding_mode::rtz)
+    return hn::Lt(rem, zero);  // never
+  else if constexpr (kMode == rounding_mode::up)
+    return hn::AndNot(negative, hn::Ne(rem, zero));
+  else if constexpr (kMode == rounding_mode::down)
+    return hn::And(negative, hn::Ne(rem, zero));
+  else if constexpr (kMode == rounding_mode::odd)
+    return hn::And(hn::Ne(rem, zero), hn::Eq(lo_odd, zero));
+  else
+    return sr_up;
+}
+
+// y rounded onto a minifloat or integer grid (no scale), as float; see the file comment.
+template <rounding_mode kMode>
+HWY_INLINE VF RoundToGrid(DF df, VF y, VF u, const grid_params& g) {
+  const DI di;
+  const VI bits = hn::BitCast(di, y);
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  const VI ab = hn::And(bits, abs_mask);
+  const VI sign = hn::AndNot(abs_mask, bits);
+  const auto negative = hn::Ne(sign, hn::Zero(di));
+  const VI one = hn::Set(di, 1);
+  const VI ef = hn::ShiftRight<23>(ab);
+  const VI p = hn::Sub(hn::Max(ef, one), hn::Set(di, 127));
+  VI log2step;
+  if (g.kind == 0) {
+    const auto below = hn::Lt(p, hn::Set(di, g.emin));
+    log2step = hn::IfThenElse(below, hn::Set(di, g.below_log2step), hn::Sub(p, hn::Set(di, g.mbits)));
+  } else {
+    log2step = hn::Set(di, g.fixed_log2step);
+  }
+  const VI s = hn::Add(hn::Sub(log2step, p), hn::Set(di, 23));
+
+  // 1 <= s <= 23: drop s mantissa bits of the pattern.
+  const VI sc = hn::Min(hn::Max(s, one), hn::Set(di, 23));
+  const VI unit = (one << sc);
+  const VI mask = hn::Sub(unit, one);
+  const VI rem = hn::And(ab, mask);
+  const VI half = hn::ShiftRight<1>(unit);
+  const VI mant = hn::Or(hn::And(ab, hn::Set(di, 0x7fffff)),
+                         hn::IfThenElseZero(hn::Gt(ef, hn::Zero(di)), hn::Set(di, 0x800000)));
+  VI lo_odd = hn::And((mant >> sc), one);
+  if (g.kind == 0 && g.m0_parity) {
+    const auto normal = hn::Not(hn::Lt(p, hn::Set(di, g.emin)));
+    lo_odd = hn::IfThenElse(normal, hn::And(hn::Add(p, hn::Set(di, g.bias)), one), lo_odd);
+  }
+  hn::Mask<DI> sr_up = hn::Lt(one, one), sr_up_tiny = sr_up;
+  const VF ay = hn::BitCast(df, ab);
+  if constexpr (kMode == rounding_mode::sr) {
+    // t = rem * 2^-s (exact), and t = |y| / step below the grid; up iff u < t.
+    const VF inv_unit = hn::BitCast(df, hn::ShiftLeft<23>(hn::Sub(hn::Set(di, 127), sc)));
+    const VF t = hn::Mul(hn::ConvertTo(df, rem), inv_unit);
+    sr_up = hn::RebindMask(di, hn::Lt(u, t));
+    sr_up_tiny = hn::RebindMask(di, hn::Lt(u, hn::Div(ay, hn::Set(df, g.tiny_step))));
+  }
+  const auto up = RoundUp<kMode>(di, rem, half, lo_odd, negative, sr_up);
+  const VI res_pattern = hn::Add(hn::AndNot(mask, ab), hn::IfThenElseZero(up, unit));
+
+  // s >= 24: neighbours 0 and tiny_step; rem > half iff s == 24 and |y| is above 2^p.
+  const auto s24 = hn::Eq(s, hn::Set(di, 24));
+  const auto ef_pos = hn::Gt(ef, hn::Zero(di));
+  const VI frac_bits = hn::And(ab, hn::Set(di, 0x7fffff));
+  const auto gt_half = hn::And(hn::And(s24, ef_pos), hn::Ne(frac_bits, hn::Zero(di)));
+  const auto eq_half = hn::And(hn::And(s24, ef_pos), hn::Eq(frac_bits, hn::Zero(di)));
+  // Encode gt/eq as rem/half numbers so that RoundUp serves both regions: rem = 2 (gt), 1 (eq),
+  // 0 < rem < 1 is impossible, so use rem = 1 (nonzero, below half = 2) for "inexact, below".
+  const VI two = hn::Set(di, 2);
+  const VI rem_tiny = hn::IfThenElse(gt_half, hn::Set(di, 3),
+                                     hn::IfThenElse(eq_half, two, hn::IfThenElseZero(hn::Ne(ab, hn::Zero(di)), one)));
+  const auto up_tiny = RoundUp<kMode>(di, rem_tiny, two, hn::Zero(di), negative, sr_up_tiny);
+  const VI res_tiny = hn::IfThenElseZero(up_tiny, hn::Set(di, g.tiny_step_bits));
+
+  VI res = hn::IfThenElse(hn::Gt(s, hn::Set(di, 23)), res_tiny,
+                          hn::IfThenElse(hn::Lt(s, one), ab, res_pattern));
+
+  // Overflow: saturate, or Inf/NaN for a rounding away from zero (and for Inf inputs).
+  const VI max_bits = hn::Set(di, g.max_bits);
+  const auto over = hn::Gt(res, max_bits);
+  if (g.saturate) {
+    res = hn::IfThenElse(over, max_bits, res);
+  } else {
+    const auto inf_in = hn::Eq(ab, hn::Set(di, 0x7f800000));
+    hn::Mask<DI> toward_zero;
+    if constexpr (kMode == rounding_mode::rtz || kMode == rounding_mode::odd) toward_zero = hn::Eq(one, one);
+    else if constexpr (kMode == rounding_mode::up) toward_zero = negative;
+    else if constexpr (kMode == rounding_mode::down) toward_zero = hn::Not(negative);
+    else toward_zero = hn::Lt(one, one);
+    const auto special = hn::And(over, hn::Or(inf_in, hn::Not(toward_zero)));
+    res = hn::IfThenElse(over, hn::IfThenElse(special, hn::Set(di, g.special_bits), max_bits), res);
+  }
+  VI out_sign = sign;
+  if (!g.signed_zero) out_sign = hn::IfThenZeroElse(hn::Eq(res, hn::Zero(di)), sign);
+  VI out = hn::Or(res, out_sign);
+  // NaN inputs, and NaN results of overflow, become the canonical NaN.
+  const auto nan = hn::Or(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Gt(res, hn::Set(di, 0x7f800000)));
+  out = hn::IfThenElse(nan, hn::Set(di, 0x7fc00000), out);
+  return hn::BitCast(df, out);
+}
+
+// Nearest table entry, ties to the even index (rne only).
+HWY_INLINE VF RoundToTable(DF df, VF y, const grid_params& g) {
+  VF v = hn::Set(df, g.lut_values[0]);
+  for (int i = 0; i + 1 < g.lut_n; ++i) {
+    const VF t = hn::Set(df, g.lut_thr[static_cast<size_t>(i)]);
+    const auto take = g.lut_ge[static_cast<size_t>(i)] ? hn::Ge(y, t) : hn::Gt(y, t);
+    v = hn::IfThenElse(take, hn::Set(df, g.lut_values[static_cast<size_t>(i + 1)]), v);
+  }
+  return hn::IfThenElse(hn::Eq(y, y), v, hn::Set(df, canonical_nan()));
+}
+
+template <rounding_mode kMode>
+HWY_INLINE VF FakeQuantVec(DF df, VF x, VF u, const row_job& job) {
+  VF y = x;
+  if (job.scaled) y = job.use_multiplier ? hn::Mul(x, hn::Set(df, job.multiplier)) : hn::Div(x, hn::Set(df, job.divisor));
+  VF q = job.grid->kind == 2 ? RoundToTable(df, y, *job.grid) : RoundToGrid<kMode>(df, y, u, *job.grid);
+  if (job.uint_clamp) {
+    const VF c = hn::Min(hn::Max(q, hn::Set(df, job.clamp_lo)), hn::Set(df, job.clamp_hi));
+    q = hn::IfThenElse(hn::Eq(q, q), c, q);
+  }
+  if (job.scaled) q = hn::Mul(q, hn::Set(df, job.scale));
+  return q;
+}
+
+HWY_INLINE VF UniformFromWords(DF df, const uint32_t* w, size_t i, size_t count) {
+  const DU du;
+  const auto words = LoadTail(du, w + i, count);
+  const DI di;
+  return hn::Mul(hn::ConvertTo(df, hn::BitCast(di, hn::ShiftRight<8>(words))), hn::Set(df, 0x1p-24f));
+}
+
+// out[0..n) = fake-quantized in[0..n) under one scale.
+template <rounding_mode kMode>
+void FakeQuantSpanT(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, const row_job& job) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  VF u = hn::Zero(df);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, job.random, i, N);
+    hn::StoreU(FakeQuantVec<kMode>(df, hn::LoadU(df, in + i), u, job), df, out + i);
+  }
+  if (i < n) {
+    if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, job.random, i, n - i);
+    StoreTail(df, FakeQuantVec<kMode>(df, LoadTail(df, in + i, n - i), u, job), out + i, n - i);
+  }
+}
+
+void FakeQuantSpan(const float* in, float* out, size_t n, const row_job& job) {
+  switch (job.mode) {
+    case rounding_mode::rne: return FakeQuantSpanT<rounding_mode::rne>(in, out, n, job);
+    case rounding_mode::rna: return FakeQuantSpanT<rounding_mode::rna>(in, out, n, job);
+    case rounding_mode::rtz: return FakeQuantSpanT<rounding_mode::rtz>(in, out, n, job);
+    case rounding_mode::up: return FakeQuantSpanT<rounding_mode::up>(in, out, n, job);
+    case rounding_mode::down: return FakeQuantSpanT<rounding_mode::down>(in, out, n, job);
+    case rounding_mode::odd: return FakeQuantSpanT<rounding_mode::odd>(in, out, n, job);
+    case rounding_mode::sr: return FakeQuantSpanT<rounding_mode::sr>(in, out, n, job);
+  }
+}
+
+// Group statistics: amax as the max of |x| bit patterns (exact, NaN-safe), and min/max.
+// finite_only: ignore NaN/Inf (nvfp4's tensor amax).
+void GroupStats(const float* HWY_RESTRICT x, size_t n, bool want_minmax, bool finite_only, simd_stats* st) {
+  const DF df;
+  const DI di;
+  const size_t N = hn::Lanes(df);
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  const VI inf_bits = hn::Set(di, 0x7f800000);
+  VI amax = hn::Zero(di);
+  VF mn = hn::Zero(df), mx = hn::Zero(df);
+  size_t i = 0;
+  auto body = [&](VF v) {
+    VI a = hn::And(hn::BitCast(di, v), abs_mask);
+    if (finite_only) a = hn::IfThenZeroElse(hn::Not(hn::Lt(a, inf_bits)), a);
+    amax = hn::Max(amax, a);
+    if (want_minmax) {
+      mn = hn::Min(mn, v);
+      mx = hn::Max(mx, v);
+    }
+  };
+  for (; i + N <= n; i += N) body(hn::LoadU(df, x + i));
+  if (i < n) body(LoadTail(df, x + i, n - i));  // lanes past the end read as 0
+  st->amax_bits = static_cast<uint32_t>(hn::GetLane(hn::MaxOfLanes(di, amax)));
+  if (want_minmax) {
+    st->min = hn::GetLane(hn::MinOfLanes(df, mn));
+    st->max = hn::GetLane(hn::MaxOfLanes(df, mx));
+  }
+}
+
+// Philox4x32-10 for N consecutive counter blocks at once; writes 4 words per block, in element
+// order (block b's word w is element 4b + w), for blocks [block0, block0 + count).
+void PhiloxBlocks(uint64_t block0, size_t count, uint32_t key0, uint32_t key1, uint32_t c2, uint32_t c3,
+                  uint32_t* HWY_RESTRICT out) {
+#if HWY_TARGET == HWY_SCALAR
+  for (size_t k = 0; k < count; ++k) {  // one lane: no 64-bit lanes to multiply in
+    const uint64_t blk = block0 + k;
+    const uint32_t ctr[4] = {static_cast<uint32_t>(blk), static_cast<uint32_t>(blk >> 32), c2, c3};
+    const uint32_t key[2] = {key0, key1};
+    philox4x32_10(ctr, key, out + 4 * k);
+  }
+#else
+  const DU du;
+  const hn::Repartition<uint64_t, DU> d64;
+  const size_t N = hn::Lanes(du);
+  const auto mulhilo = [&](hn::Vec<DU> a, uint32_t m, hn::Vec<DU>* hi, hn::Vec<DU>* lo) {
+    const auto mv = hn::Set(du, m);
+    const auto even = hn::MulEven(a, mv);                                                  // lanes 0,2,..
+    const auto odd = hn::MulEven(hn::BitCast(du, hn::ShiftRight<32>(hn::BitCast(d64, a))), mv);  // lanes 1,3,..
+    *lo = hn::Mul(a, mv);
+    *hi = hn::OddEven(hn::BitCast(du, odd), hn::BitCast(du, hn::ShiftRight<32>(even)));
+  };
+  for (size_t b = 0; b < count; b += N) {
+    const size_t lanes = std::min(N, count - b);
+    const uint64_t first = block0 + b;
+    if ((first >> 32) != ((first + N) >> 32) || lanes < N) {  // carry into c1, or a short tail
+      for (size_t k = 0; k < lanes; ++k) {
+        const uint64_t blk = first + k;
+        const uint32_t ctr[4] = {static_cast<uint32_t>(blk), static_cast<uint32_t>(blk >> 32), c2, c3};
+        const uint32_t key[2] = {key0, key1};
+        philox4x32_10(ctr, key, out + 4 * (b + k));
+      }
+      continue;
+    }
+    auto x0 = hn::Add(hn::Iota(du, 0), hn::Set(du, static_cast<uint32_t>(first)));
+    auto x1 = hn::Set(du, static_cast<uint32_t>(first >> 32));
+    auto x2 = hn::Set(du, c2), x3 = hn::Set(du, c3);
+    uint32_t k0 = key0, k1 = key1;
+    for (int round = 0; round < 10; ++round) {
+      hn::Vec<DU> hi0, lo0, hi1, lo1;
+      mulhilo(x0, 0xD2511F53u, &hi0, &lo0);
+      mulhilo(x2, 0xCD9E8D57u, &hi1, &lo1);
+      x0 = hn::Xor(hn::Xor(hi1, x1), hn::Set(du, k0));
+      x1 = lo1;
+      x2 = hn::Xor(hn::Xor(hi0, x3), hn::Set(du, k1));
+      x3 = lo0;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    hn::StoreInterleaved4(x0, x1, x2, x3, du, out + 4 * b);
+  }
+#endif
+}
+
+// q4_0: y = x * id + 8.5, q = min(15, trunc(y)), value (q - 8) * d  (ggml quantize_row_q4_0_ref).
+void FakeQuantQ4_0(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, float id, float d) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  auto f = [&](VF x) {
+    const VF q = hn::Min(hn::Trunc(hn::Add(hn::Mul(x, hn::Set(df, id)), hn::Set(df, 8.5f))), hn::Set(df, 15.0f));
+    return hn::Mul(hn::Sub(q, hn::Set(df, 8.0f)), hn::Set(df, d));
+  };
+  size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(f(hn::LoadU(df, in + i)), df, out + i);
+  if (i < n) StoreTail(df, f(LoadTail(df, in + i, n - i)), out + i, n - i);
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace lowbit
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace lowbit {
+
+HWY_EXPORT(FakeQuantSpan);
+HWY_EXPORT(GroupStats);
+HWY_EXPORT(PhiloxBlocks);
+HWY_EXPORT(FakeQuantQ4_0);
+
+namespace {
+std::atomic<bool> g_use_ref{false};
+
+using detail::grid_params;
+using detail::row_job;
+
+// The SIMD path covers every format but these, which run the scalar per-value code.
+bool simd_covers(const format& f) {
+  if (f.power != 0) return false;
+  if (f.rule == scale_rule::mse || f.rule == scale_rule::percentile) return false;
+  if (f.element.kind == element_kind::lut && f.rounding != rounding_mode::rne) return false;
+  return true;
+}
+
+group_stats stats_fast(const float* x, int64_t n, bool want_minmax) {
+  simd_stats s;
+  HWY_DYNAMIC_DISPATCH(GroupStats)(x, static_cast<size_t>(n), want_minmax, false, &s);
+  group_stats st;
+  st.nonfinite = s.amax_bits >= 0x7f800000u;
+  st.amax = std::bit_cast<float>(s.amax_bits);
+  st.min = s.min;
+  st.max = s.max;
+  return st;
+}
+
+// Statistics of the whole tensor, threaded (for /t, and nvfp4's finite amax).
+group_stats tensor_stats_fast(const float* x, int64_t n, bool want_minmax, bool finite_only) {
+  const int nt = omp_get_max_threads();
+  std::vector<simd_stats> part(static_cast<size_t>(nt));
+  const int64_t chunk = (n + nt - 1) / std::max(1, nt);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    const int64_t b = std::min(n, t * chunk), e = std::min(n, b + chunk);
+    simd_stats s;
+    if (e > b) HWY_DYNAMIC_DISPATCH(GroupStats)(x + b, static_cast<size_t>(e - b), want_minmax, finite_only, &s);
+    part[static_cast<size_t>(t)] = s;
+  }
+  group_stats st;
+  uint32_t amax_bits = 0;
+  for (const auto& s : part) {
+    amax_bits = std::max(amax_bits, s.amax_bits);
+    st.min = std::min(st.min, s.min);
+    st.max = std::max(st.max, s.max);
+  }
+  st.nonfinite = amax_bits >= 0x7f800000u;
+  st.amax = std::bit_cast<float>(amax_bits);
+  return st;
+}
+
+bool is_exact_pow2_reciprocal(float s) {
+  if (!(s > 0) || !std::isfinite(s)) return false;
+  int e = 0;
+  const float m = std::frexp(s, &e);
+  return m == 0.5f && s >= 0x1p-126f && s <= 0x1p126f;
+}
+
+row_job make_job(const format& f, const grid_params& g, const group_scale& gs) {
+  row_job job{};
+  job.grid = &g;
+  job.mode = f.rounding;
+  job.scaled = f.gran != granularity::none;
+  job.scale = gs.scale;
+  job.divisor = gs.scale;
+  job.use_multiplier = is_exact_pow2_reciprocal(gs.scale);
+  job.multiplier = job.use_multiplier ? 1.0f / gs.scale : 0.0f;
+  if (f.element.kind == element_kind::uint_asym) {
+    job.uint_clamp = true;
+    const float maxq = std::ldexp(1.0f, f.element.bits) - 1.0f;
+    const int32_t z = job.scaled ? gs.zero_point : 0;
+    job.clamp_lo = static_cast<float>(-z);  // +0 when z = 0 (integers have no -0)
+    job.clamp_hi = maxq - static_cast<float>(z);
+  }
+  if (f.named == preset::q8_0) {  // ggml: roundf(x * (1/d)): rna on the integer grid, then * d
+    job.mode = rounding_mode::rna;
+    job.use_multiplier = true;
+    job.multiplier = gs.multiplier;
+  }
+  return job;
+}
+
+// Fake-quantizes one group (or row, or a plain-cast span) given its scale.
+void fake_quantize_group(const format& f, const grid_params& g, const float* in, float* out, int64_t n,
+                         const group_scale& gs, const uint32_t* random) {
+  if (gs.nonfinite) {
+    std::fill(out, out + n, canonical_nan());
+    return;
+  }
+  if (f.named == preset::q4_0) {
+    HWY_DYNAMIC_DISPATCH(FakeQuantQ4_0)(in, out, static_cast<size_t>(n), gs.multiplier, gs.scale);
+    return;
+  }
+  row_job job = make_job(f, g, gs);
+  job.random = random;
+  HWY_DYNAMIC_DISPATCH(FakeQuantSpan)(in, out, static_cast<size_t>(n), job);
+}
+
+// Stochastic-rounding words for elements [index0, index0 + n) of the tensor.
+void random_words(const format& f, uint64_t tensor_id, uint64_t index0, int64_t n, std::vector<uint32_t>& buf) {
+  const uint64_t b0 = index0 >> 2, b1 = (index0 + static_cast<uint64_t>(n) + 3) >> 2;
+  buf.resize(static_cast<size_t>(4 * (b1 - b0)));
+  HWY_DYNAMIC_DISPATCH(PhiloxBlocks)(b0, static_cast<size_t>(b1 - b0), static_cast<uint32_t>(f.seed),
+                                     static_cast<uint32_t>(tensor_id), static_cast<uint32_t>(f.seed >> 32),
+                                     static_cast<uint32_t>(tensor_id >> 32), buf.data());
+}
+
+}  // namespace
+
+void set_use_ref(bool v) { g_use_ref.store(v); }
+bool use_ref() { return g_use_ref.load(); }
+
+void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
+  if (use_ref()) return fake_quantize_ref(in, out, rows, cols, f, tensor_id);
+  if (rows < 0 || cols < 0) return fake_quantize_ref(in, out, rows, cols, f, tensor_id);  // throws
+  const bool simd = simd_covers(f);
+  const grid_params g = detail::make_grid_params(f.element);
+  const bool want_minmax = f.element.kind == element_kind::uint_asym;
+  float tensor_scale = 1.0f;
+  if (f.named == preset::nvfp4)
+    tensor_scale = nvfp4_tensor_scale(tensor_stats_fast(in, rows * cols, false, true).amax);
+  group_scale tensor_gs;
+  if (f.gran == granularity::tensor) {
+    // Per-tensor scale: a first pass over the data, then the element pass.
+    const group_stats st = tensor_stats_fast(in, rows * cols, want_minmax, false);
+    tensor_gs = choose_scale(f, st, in, rows * cols, tensor_scale);
+  }
+  const int64_t gpr = groups_per_row(f, cols);
+  const int64_t k = f.gran == granularity::group ? f.group_size : cols;
+#pragma omp parallel
+  {
+    std::vector<uint32_t> words;
+    std::vector<float> row_in;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* x = in + r * cols;
+      float* y = out + r * cols;
+      if (in == out) {  // the data-dependent rules re-read the group: keep the input row
+        row_in.assign(x, x + cols);
+        x = row_in.data();
+      }
+      const uint64_t index0 = static_cast<uint64_t>(r * cols);
+      const uint32_t* rnd = nullptr;
+      if (f.rounding == rounding_mode::sr && simd) {
+        random_words(f, tensor_id, index0, cols, words);
+        rnd = words.data() + (index0 & 3);
+      }
+      const int64_t ngroups = f.gran == granularity::group ? gpr : 1;
+      for (int64_t gi = 0; gi < ngroups; ++gi) {
+        const int64_t c0 = gi * k, c1 = std::min(cols, c0 + k), n = c1 - c0;
+        group_scale gs;
+        if (f.gran == granularity::tensor) gs = tensor_gs;
+        else if (f.gran != granularity::none) gs = choose_scale(f, stats_fast(x + c0, n, want_minmax), x + c0, n, tensor_scale);
+        if (simd) {
+          fake_quantize_group(f, g, x + c0, y + c0, n, gs, rnd ? rnd + c0 : nullptr);
+        } else {  // explicit scalar fallback (power maps, LUT with directed/stochastic rounding, mse/percentile)
+          for (int64_t c = c0; c < c1; ++c) {
+            const int64_t i = r * cols + c;
+            const float u = f.rounding == rounding_mode::sr
+                                ? uniform_from_word(random_word(f.seed, tensor_id, static_cast<uint64_t>(i)))
+                                : 0.0f;
+            y[c] = fake_quantize_value_ref(f, x[c], gs, u, f.rounding);
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---- quantize to codes -------------------------------------------------------------------------------
+namespace {
+
+// The code of a value already on the element grid (exact; no rounding happens here).
+uint32_t code_of_grid_value(const format& f, const element_format& e, float v, const group_scale& gs) {
+  if (e.kind == element_kind::minifloat) {
+    const uint32_t b = std::bit_cast<uint32_t>(v);
+    const uint32_t sign_bit = 1u << (e.ebits + e.mbits);
+    if (std::isnan(v)) return encode_ref(e, v, rounding_mode::rne);
+    const uint32_t sign = (b >> 31) ? sign_bit : 0u;  // the rounding already dropped -0 where it does not exist
+    const uint32_t a = b & 0x7fffffffu;
+    if (a == 0x7f800000u) return encode_ref(e, v, rounding_mode::rne);
+    if (a == 0) return sign;
+    const int p = static_cast<int>(a >> 23) - 127;
+    const int emin = 1 - e.bias;
+    if (p >= emin && (a >> 23) != 0) {
+      const uint32_t m = (a & 0x7fffffu) >> (23 - e.mbits);
+      return sign | (static_cast<uint32_t>(p + e.bias) << e.mbits) | m;
+    }
+    if (!e.subnormals) return sign | (1u << e.mbits);
+    return sign | static_cast<uint32_t>(std::ldexp(std::fabs(v), e.mbits - emin));
+  }
+  if (e.kind == element_kind::int_sym) {
+    const int32_t q = static_cast<int32_t>(std::ldexp(v, e.frac_bits));
+    return static_cast<uint32_t>(q) & ((1u << e.bits) - 1u);
+  }
+  if (e.kind == element_kind::uint_asym) {
+    const float z = f.gran == granularity::none ? 0.0f : static_cast<float>(gs.zero_point);
+    return static_cast<uint32_t>(v + z);
+  }
+  const auto it = std::lower_bound(e.table.begin(), e.table.end(), v);
+  return static_cast<uint32_t>(it - e.table.begin());
+}
+
+}  // namespace
+
+quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
+  // Codes come from the same element rounding as fake_quantize, with the scale left out; the
+  // ggml presets, power maps and the scalar-only cases use the per-value reference.
+  if (use_ref() || !simd_covers(f) || f.named == preset::q4_0 || rows < 0 || cols < 0)
+    return quantize_ref(x, rows, cols, f, tensor_id);
+  quantized_tensor q;
+  q.fmt = f;
+  q.rows = rows;
+  q.cols = cols;
+  q.row_bytes = (cols * f.element.bits + 7) / 8;
+  q.codes.assign(static_cast<size_t>(rows * q.row_bytes), 0);
+  const grid_params g = detail::make_grid_params(f.element);
+  const bool want_minmax = f.element.kind == element_kind::uint_asym;
+  if (f.named == preset::nvfp4) q.tensor_scale = nvfp4_tensor_scale(tensor_stats_fast(x, rows * cols, false, true).amax);
+  group_scale tensor_gs;
+  if (f.gran == granularity::tensor)
+    tensor_gs = choose_scale(f, tensor_stats_fast(x, rows * cols, want_minmax, false), x, rows * cols, q.tensor_scale);
+  const int64_t gpr = groups_per_row(f, cols);
+  const bool asym = f.element.kind == element_kind::uint_asym;
+  const size_t nscales = f.gran == granularity::tensor ? 1 : static_cast<size_t>(rows * gpr);
+  q.scales.assign(nscales, 1.0f);
+  if (asym) q.zero_points.assign(nscales, 0);
+  if (f.gran == granularity::tensor) {
+    q.scales[0] = tensor_gs.nonfinite ? canonical_nan() : tensor_gs.stored;
+    if (asym) q.zero_points[0] = tensor_gs.zero_point;
+  }
+  const int64_t k = f.gran == granularity::group ? f.group_size : cols;
+  std::atomic<int64_t> nan_at{-1};
+#pragma omp parallel
+  {
+    std::vector<uint32_t> words;
+    std::vector<float> vals(static_cast<size_t>(cols));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = x + r * cols;
+      const uint64_t index0 = static_cast<uint64_t>(r * cols);
+      const uint32_t* rnd = nullptr;
+      if (f.rounding == rounding_mode::sr) {
+        random_words(f, tensor_id, index0, cols, words);
+        rnd = words.data() + (index0 & 3);
+      }
+      const int64_t ngroups = f.gran == granularity::group ? gpr : 1;
+      for (int64_t gi = 0; gi < ngroups; ++gi) {
+        const int64_t c0 = gi * k, c1 = std::min(cols, c0 + k), n = c1 - c0;
+        group_scale gs;
+        if (f.gran == granularity::tensor) gs = tensor_gs;
+        else if (f.gran != granularity::none) {
+          gs = choose_scale(f, stats_fast(xr + c0, n, want_minmax), xr + c0, n, q.tensor_scale);
+          q.scales[static_cast<size_t>(r * gpr + gi)] = gs.nonfinite ? canonical_nan() : gs.stored;
+          if (asym) q.zero_points[static_cast<size_t>(r * gpr + gi)] = gs.zero_point;
+        }
+        if (gs.nonfinite) continue;  // codes stay 0; the NaN scale carries the group
+        row_job job = make_job(f, g, gs);
+        job.scale = 1.0f;
+        job.scaled = f.gran != granularity::none;
+        job.random = rnd ? rnd + c0 : nullptr;
+        // The rounded values on the element grid (job.scale = 1 leaves them unscaled).
+        HWY_DYNAMIC_DISPATCH(FakeQuantSpan)(xr + c0, vals.data() + c0, static_cast<size_t>(n), job);
+        for (int64_t c = c0; c < c1; ++c) {
+          const float v = vals[static_cast<size_t>(c)];
+          const uint32_t code = code_of_grid_value(f, f.element, v, gs);
+          if (code == kNoCode && f.element.bits < 32) nan_at.store(r * cols + c);
+          q.set_code(r, c, code);
+        }
+      }
+    }
+  }
+  if (nan_at.load() >= 0) return quantize_ref(x, rows, cols, f, tensor_id);  // throws the reference's message
+  return q;
+}
+
+void dequantize(const quantized_tensor& q, float* out) {
+  if (use_ref() || q.fmt.power != 0 || q.fmt.element.bits > 16) return dequantize_ref(q, out);
+  const format& f = q.fmt;
+  // Decode table of every code, then one multiply per value (same float ops as the reference).
+  std::vector<float> table(static_cast<size_t>(code_count(f.element)));
+  for (size_t c = 0; c < table.size(); ++c) table[c] = decode_ref(f.element, static_cast<uint32_t>(c));
+  const bool asym = f.element.kind == element_kind::uint_asym || f.named == preset::q4_0;
+  const int64_t k = f.gran == granularity::group ? f.group_size : q.cols;
+  const int64_t gpr = q.groups_per_row();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < q.rows; ++r) {
+    const int64_t ngroups = f.gran == granularity::group ? gpr : 1;
+    for (int64_t gi = 0; gi < std::max<int64_t>(ngroups, 1); ++gi) {
+      const int64_t c0 = gi * k, c1 = std::min(q.cols, c0 + k);
+      float* y = out + r * q.cols;
+      if (f.gran == granularity::none) {
+        for (int64_t c = c0; c < c1; ++c) y[c] = table[q.code(r, c)];
+        continue;
+      }
+      const float stored = q.scale_at(r, c0);
+      if (std::isnan(stored)) {
+        std::fill(y + c0, y + c1, canonical_nan());
+        continue;
+      }
+      const float s = f.named == preset::nvfp4 ? q.tensor_scale * stored : stored;
+      if (asym) {
+        const float z = static_cast<float>(q.zero_point_at(r, c0));
+        for (int64_t c = c0; c < c1; ++c) y[c] = (static_cast<float>(q.code(r, c)) - z) * s;
+      } else {
+        for (int64_t c = c0; c < c1; ++c) y[c] = table[q.code(r, c)] * s;
+      }
+    }
+  }
+}
+
+// ---- SIMD target control (tests) -------------------------------------------------------------------
+std::vector<std::pair<int64_t, std::string>> simd_targets() {
+  std::vector<std::pair<int64_t, std::string>> out;
+  for (int64_t t : hwy::SupportedAndGeneratedTargets()) out.emplace_back(t, hwy::TargetName(t));
+  return out;
+}
+
+void force_simd_target(int64_t target) {
+  hwy::SetSupportedTargetsForTest(target);
+  hwy::GetChosenTarget().DeInit();
+}
+
+}  // namespace lowbit
+#endif  // HWY_ONCE

@@ -1,0 +1,292 @@
+// Scale selection for one group, and the counter-based generator of stochastic rounding.
+// Scalar and shared by the reference and the fast kernels: it runs once per group.
+#include "lowbit/kernels/scale.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "lowbit/error.hpp"
+#include "lowbit/kernels/element_ops.hpp"
+
+namespace lowbit {
+
+group_stats group_stats_ref(const float* x, int64_t n) {
+  group_stats st;
+  // amax over |x| as bit patterns: NaN-safe and exact (every pattern above 0x7f800000 is NaN).
+  uint32_t amax_bits = 0;
+  float mn = 0, mx = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t a = std::bit_cast<uint32_t>(x[i]) & 0x7fffffffu;
+    amax_bits = std::max(amax_bits, a);
+    mn = std::min(mn, x[i]);
+    mx = std::max(mx, x[i]);
+  }
+  st.nonfinite = amax_bits >= 0x7f800000u;
+  st.amax = std::bit_cast<float>(amax_bits);
+  st.min = mn;
+  st.max = mx;
+  return st;
+}
+
+float round_scale(const scale_format& s, float v) {
+  float r = v;
+  if (s.kind == scale_kind::element) {
+    r = decode_ref(s.element, encode_ref(s.element, v, rounding_mode::rne));
+    if (!(r > 0)) r = static_cast<float>(limits_of(s.element).min_subnormal);
+  }
+  return r;
+}
+
+namespace {
+
+// floor(log2(v)) and ceil(log2(v)) of a positive finite float, exactly.
+int floor_log2(float v) { return std::ilogb(v); }
+int ceil_log2(float v) {
+  const int e = std::ilogb(v);
+  return std::ldexp(1.0f, e) == v ? e : e + 1;
+}
+// round(log2(v)) in the log domain: up iff the significand exceeds sqrt(2) (never a tie).
+int round_log2(float v) {
+  const int e = std::ilogb(v);
+  const double m = std::ldexp(static_cast<double>(v), -e);  // in [1, 2)
+  return m * m > 2.0 ? e + 1 : e;
+}
+
+float pow2(int k) { return std::ldexp(1.0f, k); }
+
+// The scale of a group whose (clipped) amax is `amax` under the non-data-dependent rules.
+// Returns NaN when a power-of-two exponent overflows e8m0.
+float scale_from_amax(const format& f, float amax, float elem_max) {
+  switch (f.rule) {
+    case scale_rule::ocp:
+    case scale_rule::ceil:
+    case scale_rule::rceil:
+    case scale_rule::even: {
+      int k = 0;
+      if (!pow2_scale_exponent(f, amax, &k)) return canonical_nan();
+      return round_scale(f.scale, pow2(k));
+    }
+    case scale_rule::max:
+    case scale_rule::mse:
+    case scale_rule::percentile: break;
+  }
+  return round_scale(f.scale, amax / elem_max);
+}
+
+double group_sse(const format& f, const float* x, int64_t n, const group_scale& gs) {
+  double sse = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float q = fake_quantize_value_ref(f, x[i], gs, 0.0f, rounding_mode::rne);
+    const double d = static_cast<double>(x[i]) - q;
+    sse += d * d;
+  }
+  return sse;
+}
+
+// numpy's default (linear) percentile of the values v (sorted here).
+float percentile_of(std::vector<float> v, double pct) {
+  std::sort(v.begin(), v.end());
+  if (v.empty()) return 0;
+  const double pos = pct / 100.0 * static_cast<double>(v.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  const double frac = pos - static_cast<double>(lo);
+  return static_cast<float>(v[lo] + frac * (static_cast<double>(v[hi]) - v[lo]));
+}
+
+// Asymmetric min-max (CONVENTIONS 5, METHODS 0.2): range forced to contain 0, [-1, 1] when
+// empty; s = (max - min) / (2^N - 1) rounded to the scale format, z = round(-min / s).
+group_scale uint_scale(const format& f, float lo, float hi) {
+  group_scale gs;
+  lo = std::min(lo, 0.0f);
+  hi = std::max(hi, 0.0f);
+  if (lo == hi) {
+    lo = -1.0f;
+    hi = 1.0f;
+  }
+  const float maxq = std::ldexp(1.0f, f.element.bits) - 1.0f;
+  gs.scale = scale_from_amax(f, hi - lo, maxq);
+  if (std::isnan(gs.scale)) {
+    gs.nonfinite = true;
+    return gs;
+  }
+  const float z = std::nearbyint(-lo / gs.scale);
+  gs.zero_point = static_cast<int32_t>(std::clamp(z, 0.0f, maxq));
+  return gs;
+}
+
+}  // namespace
+
+bool pow2_scale_exponent(const format& f, float amax, int* k) {
+  const float elem_max = static_cast<float>(f.element.kind == element_kind::uint_asym
+                                                ? std::ldexp(1.0, f.element.bits) - 1
+                                                : element_max(f));
+  const int emax = std::ilogb(elem_max);
+  // microxcaling: log2(amax + FP32_MIN_NORMAL * (amax == 0)), so an all-zero block gets -126 - emax.
+  const float a = amax > 0 ? amax : 0x1p-126f;
+  int e = 0;
+  switch (f.rule) {
+    case scale_rule::ocp: e = floor_log2(a) - emax; break;
+    case scale_rule::ceil: e = ceil_log2(a) - emax; break;
+    case scale_rule::rceil: {
+      const float r = a / elem_max;
+      e = r > 0 ? ceil_log2(r) : -149;
+      break;
+    }
+    case scale_rule::even: {
+      const float r = a / elem_max;
+      e = r > 0 ? round_log2(r) : -149;
+      break;
+    }
+    default: e = ceil_log2(a / elem_max); break;
+  }
+  switch (f.scale.kind) {
+    case scale_kind::e8m0:
+      if (e > 127) return false;  // OCP MX: the scale becomes NaN
+      e = std::max(e, -127);
+      break;
+    case scale_kind::pow2: {
+      const int lo = -(1 << (f.scale.exp_bits - 1)), hi = (1 << (f.scale.exp_bits - 1)) - 1;
+      e = std::clamp(e, std::max(lo, -149), std::min(hi, 127));
+      break;
+    }
+    case scale_kind::element: e = std::clamp(e, -149, 127); break;
+  }
+  *k = e;
+  return true;
+}
+
+float nvfp4_tensor_scale(float tensor_amax) {
+  return tensor_amax > 0 ? tensor_amax / (448.0f * 6.0f) : 1.0f;
+}
+
+group_scale choose_scale(const format& f, const group_stats& st, const float* x, int64_t n,
+                         float tensor_scale) {
+  group_scale gs;
+  if (st.nonfinite) {
+    gs.nonfinite = true;
+    gs.scale = canonical_nan();
+    return gs;
+  }
+  switch (f.named) {
+    case preset::nvfp4: {
+      // METHODS 1.3 / CONVENTIONS 6: s_blk = amax/6; ratio clamped to [2^-6, 448], rounded to
+      // E4M3; the quantization scale is s_tensor * s_blk_q in float32.
+      const float s_blk = st.amax / 6.0f;
+      const float ratio = std::clamp(s_blk / tensor_scale, 0x1p-6f, 448.0f);
+      gs.stored = round_scale(f.scale, ratio);
+      gs.scale = tensor_scale * gs.stored;
+      return gs;
+    }
+    case preset::q4_0: {
+      // ggml quantize_row_q4_0_ref: d = max / -8 with max the signed value of largest |x|.
+      float amax = 0, vmax = 0;
+      for (int64_t i = 0; i < n; ++i)
+        if (amax < std::fabs(x[i])) {
+          amax = std::fabs(x[i]);
+          vmax = x[i];
+        }
+      const float d = vmax / -8.0f;
+      gs.multiplier = d != 0 ? 1.0f / d : 0.0f;
+      gs.scale = gs.stored = decode_ref(f.scale.element, encode_ref(f.scale.element, d, rounding_mode::rne));
+      gs.zero_point = 8;
+      return gs;
+    }
+    case preset::q8_0: {
+      // ggml quantize_row_q8_0_ref: d = amax / 127, q = roundf(x * (1/d)).
+      const float d = st.amax / 127.0f;
+      gs.multiplier = d != 0 ? 1.0f / d : 0.0f;
+      gs.scale = gs.stored = decode_ref(f.scale.element, encode_ref(f.scale.element, d, rounding_mode::rne));
+      return gs;
+    }
+    case preset::mxint8:
+    case preset::flex:
+    case preset::none: break;
+  }
+  if (f.element.kind == element_kind::uint_asym) {
+    float lo = st.min, hi = st.max;
+    if (f.rule == scale_rule::percentile) {
+      std::vector<float> v(x, x + n);
+      hi = percentile_of(v, f.percentile);
+      lo = percentile_of(std::move(v), 100.0 - f.percentile);
+    }
+    if (f.rule != scale_rule::mse) {
+      gs = uint_scale(f, lo, hi);
+    } else {
+      double best = std::numeric_limits<double>::infinity();
+      for (int i = 0; i < 80; ++i) {
+        const float c = static_cast<float>(1.0 - i / 100.0);
+        const group_scale cand = uint_scale(f, lo * c, hi * c);
+        const double sse = group_sse(f, x, n, cand);
+        if (sse < best) {
+          best = sse;
+          gs = cand;
+        }
+      }
+    }
+    gs.stored = gs.scale;
+    return gs;
+  }
+  const float elem_max = f.power != 0 ? 1.0f : static_cast<float>(element_max(f));
+  float amax = st.amax;
+  if (f.rule == scale_rule::percentile) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = std::fabs(x[i]);
+    amax = percentile_of(std::move(v), f.percentile);
+  }
+  if (f.rule == scale_rule::mse) {
+    double best = std::numeric_limits<double>::infinity();
+    for (int i = 0; i < 80; ++i) {
+      const float c = static_cast<float>(1.0 - i / 100.0);
+      group_scale cand;
+      cand.scale = cand.stored = scale_from_amax(f, amax * c, elem_max);
+      const double sse = group_sse(f, x, n, cand);
+      if (sse < best) {
+        best = sse;
+        gs = cand;
+      }
+    }
+    return gs;
+  }
+  gs.scale = gs.stored = scale_from_amax(f, amax, elem_max);
+  if (std::isnan(gs.scale)) gs.nonfinite = true;
+  return gs;
+}
+
+// ---- Philox4x32-10 ------------------------------------------------------------------------------
+void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+  uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
+  uint32_t k0 = key[0], k1 = key[1];
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t p0 = uint64_t{kM0} * c0, p1 = uint64_t{kM1} * c2;
+    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
+    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+    k0 += kW0;
+    k1 += kW1;
+  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
+uint32_t random_word(uint64_t seed, uint64_t tensor_id, uint64_t index) {
+  const uint64_t block = index >> 2;
+  const uint32_t ctr[4] = {static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
+                           static_cast<uint32_t>(seed >> 32), static_cast<uint32_t>(tensor_id >> 32)};
+  const uint32_t key[2] = {static_cast<uint32_t>(seed), static_cast<uint32_t>(tensor_id)};
+  uint32_t out[4];
+  philox4x32_10(ctr, key, out);
+  return out[index & 3];
+}
+
+}  // namespace lowbit

@@ -1,0 +1,219 @@
+// Fast kernels == reference kernels, bit for bit: every format family x rounding x group size
+// (including non-powers of two) x odd lengths x misaligned pointers x every compiled SIMD target,
+// on data that mixes Gaussian values, exact grid points and midpoints (ties), subnormals, huge
+// values, +-0, NaN and Inf (STYLE 8). A failure prints the whole parameter tuple.
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <omp.h>
+
+#include "lowbit/error.hpp"
+#include "lowbit/formats/format.hpp"
+#include "lowbit/kernels/quantize.hpp"
+#include "lowbit/kernels/simd.hpp"
+
+using namespace lowbit;
+
+namespace {
+
+bool same(float a, float b) { return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b); }
+
+// Values that stress the rounding of element e under scale ~1: its grid points, midpoints and
+// their float neighbours, plus specials.
+std::vector<float> stress_values(const format& f, std::mt19937& gen, size_t n, bool specials) {
+  std::vector<float> grid;
+  const element_format& e = f.element;
+  if (e.bits <= 10) {
+    for (uint32_t c = 0; c < code_count(e); ++c) {
+      const float v = decode_ref(e, c);
+      if (std::isfinite(v)) grid.push_back(v);
+    }
+  }
+  std::sort(grid.begin(), grid.end());
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uni(0.0f, 1.0f);
+  std::vector<float> out(n);
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t pick = gen() % 16;
+    float v;
+    if (pick < 6 || grid.size() < 2) {
+      v = normal(gen) * std::ldexp(1.0f, static_cast<int>(gen() % 9) - 4);
+    } else {
+      const size_t k = gen() % (grid.size() - 1);
+      const float lo = grid[k], hi = grid[k + 1];
+      const float mid = lo + (hi - lo) / 2;
+      switch (pick) {
+        case 6: v = lo; break;
+        case 7: case 8: v = mid; break;
+        case 9: v = std::nextafter(mid, INFINITY); break;
+        case 10: v = std::nextafter(mid, -INFINITY); break;
+        case 11: v = lo + (hi - lo) * uni(gen); break;
+        default: v = lo + (hi - lo) * uni(gen); break;
+      }
+    }
+    if (specials) {
+      const uint32_t s = gen() % 64;
+      if (s == 0) v = NAN;
+      else if (s == 1) v = INFINITY;
+      else if (s == 2) v = -INFINITY;
+      else if (s == 3) v = -0.0f;
+      else if (s == 4) v = std::ldexp(1.0f, -140) * uni(gen);  // float32 subnormal
+      else if (s == 5) v = 1e30f * normal(gen);
+      else if (s == 6) v = 0.0f;
+    }
+    out[i] = v;
+  }
+  return out;
+}
+
+struct diff_case {
+  std::string spec;
+  int64_t rows, cols;
+  int target;
+  std::string target_name;
+  size_t misalign;
+};
+
+std::string describe(const diff_case& c) {
+  return "format=" + c.spec + " shape=[" + std::to_string(c.rows) + "," + std::to_string(c.cols) +
+         "] target=" + c.target_name + " misalign=" + std::to_string(c.misalign);
+}
+
+void check_case(const diff_case& c, std::mt19937& gen, bool specials) {
+  const format f = parse_format(c.spec);
+  const int64_t n = c.rows * c.cols;
+  // Misaligned storage: the data starts `misalign` floats into the buffer.
+  std::vector<float> in_buf(static_cast<size_t>(n) + 8), out_fast(static_cast<size_t>(n) + 8),
+      out_ref(static_cast<size_t>(n));
+  std::vector<float> vals = stress_values(f, gen, static_cast<size_t>(n), specials);
+  float* in = in_buf.data() + c.misalign;
+  std::memcpy(in, vals.data(), vals.size() * sizeof(float));
+  float* fast = out_fast.data() + c.misalign;
+
+  fake_quantize_ref(in, out_ref.data(), c.rows, c.cols, f, 17);
+  fake_quantize(in, fast, c.rows, c.cols, f, 17);
+  for (int64_t i = 0; i < n; ++i)
+    if (!same(fast[i], out_ref[static_cast<size_t>(i)])) {
+      FAIL() << "fake_quantize " << describe(c) << " index " << i << " input " << in[i] << " (0x" << std::hex
+             << std::bit_cast<uint32_t>(in[i]) << std::dec << ") ref " << out_ref[static_cast<size_t>(i)] << " fast "
+             << fast[i];
+    }
+  // In place gives the same.
+  std::vector<float> inplace(vals);
+  fake_quantize(inplace.data(), inplace.data(), c.rows, c.cols, f, 17);
+  for (int64_t i = 0; i < n; ++i)
+    if (!same(inplace[static_cast<size_t>(i)], out_ref[static_cast<size_t>(i)]))
+      FAIL() << "in-place " << describe(c) << " index " << i;
+
+  // Packed codes (skip inputs the format cannot store: NaN in an unscaled format without NaN code).
+  bool storable = true;
+  if (f.gran == granularity::none && !has_nan_code(f.element))
+    for (float v : vals) storable &= !std::isnan(v);
+  if (!storable) return;
+  const quantized_tensor qr = quantize_ref(in, c.rows, c.cols, f, 17);
+  const quantized_tensor qf = quantize(in, c.rows, c.cols, f, 17);
+  for (int64_t r = 0; r < c.rows; ++r)
+    for (int64_t k = 0; k < c.cols; ++k)
+      if (qr.code(r, k) != qf.code(r, k))
+        FAIL() << "quantize codes " << describe(c) << " at [" << r << "," << k << "] input " << in[r * c.cols + k]
+               << " ref 0x" << std::hex << qr.code(r, k) << " fast 0x" << qf.code(r, k);
+  ASSERT_TRUE(qr == qf) << "scales/zero points " << describe(c);
+  std::vector<float> dr(static_cast<size_t>(n)), df(static_cast<size_t>(n));
+  dequantize_ref(qr, dr.data());
+  dequantize(qf, df.data());
+  for (int64_t i = 0; i < n; ++i) {
+    if (!same(dr[static_cast<size_t>(i)], df[static_cast<size_t>(i)])) FAIL() << "dequantize " << describe(c) << " " << i;
+    // quantize + dequantize is fake_quantize.
+    if (!same(dr[static_cast<size_t>(i)], out_ref[static_cast<size_t>(i)]))
+      FAIL() << "dequantize(quantize) != fake_quantize " << describe(c) << " index " << i << " input " << in[i];
+  }
+}
+
+const std::vector<std::string>& element_specs() {
+  static const std::vector<std::string> v = {
+      "e4m3fn", "e5m2", "e4m3fnuz", "e5m2fnuz", "e3m2", "e2m3", "e2m1", "e4m3finite", "e1m0", "e1m2",
+      "e2m0", "e3m0fnuz", "e5m2(overflow=inf)", "e4m3fn(overflow=nan)", "e3m2ieee(subnormals=off)",
+      "e4m3fn(bias=4,subnormals=off)", "e2m1(bias=0)", "e5m3(bias=20)", "bf16", "fp16", "tf32",
+      "e6m5ieee(overflow=nan)", "int2", "int4", "int8", "int16", "uint3", "uint8", "nf4/c",
+      "lut(-1.5,-0.5,0,0.25,2)"};
+  return v;
+}
+
+}  // namespace
+
+TEST(Differential, PlainCastsEveryRounding) {
+  std::mt19937 gen(1);
+  const char* modes[] = {"", "~rna", "~rtz", "~up", "~down", "~odd", "~sr:3"};
+  int cases = 0;
+  for (const auto& t : simd_targets()) {
+    force_simd_target(t.first);
+    for (const auto& e : element_specs()) {
+      if (e == "e8m0/t") continue;
+      for (const char* m : modes) {
+        for (int64_t cols : {1, 7, 33, 129}) {
+          check_case({e + m, 3, cols, static_cast<int>(t.first), t.second, static_cast<size_t>(cols % 3)}, gen, true);
+          ++cases;
+        }
+      }
+    }
+  }
+  force_simd_target(0);
+  EXPECT_GT(cases, 500);
+}
+
+TEST(Differential, ScaledFormats) {
+  std::mt19937 gen(2);
+  const std::vector<std::string> specs = {
+      "mxfp4", "mxfp8", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxint8", "nvfp4", "nf4", "q4_0", "q8_0",
+      "flex16+5", "flex8+4", "int8/c", "int4/g128", "int4/g9", "uint4/g16", "uint8/c:fp16", "uint3/t",
+      "e4m3fn/t", "e4m3fn/c", "e2m1/g32~sr", "e2m1/g16:e4m3", "e2m1/g32:e8m0@rceil", "e2m1/g32:e8m0@ceil",
+      "e2m1/g32:e8m0@even", "e3m2/g7:bf16~rtz", "int4/g32:pow2", "int4/g32:fp16@mse", "e2m1/g32@p99",
+      "uint4/g32@mse", "pow0.5(int4/g32)", "pow0.75(e2m1/g16:e8m0)", "nf4/g64:fp16~sr", "lut(-1,0,0.5,1)/g5~up",
+      "mxfp4~sr:9", "nvfp4~sr", "int8/t~odd", "e4m3fn/g17:e8m0~down", "e5m2/c~rna"};
+  int cases = 0;
+  for (const auto& t : simd_targets()) {
+    force_simd_target(t.first);
+    for (const auto& s : specs) {
+      for (int64_t cols : {1, 15, 33, 127, 1023}) {
+        for (bool specials : {false, true}) {
+          check_case({s, 3, cols, static_cast<int>(t.first), t.second, static_cast<size_t>(1 + cols % 2)}, gen, specials);
+          ++cases;
+        }
+      }
+    }
+  }
+  force_simd_target(0);
+  EXPECT_GT(cases, 300);
+}
+
+// The result is the same for every thread count (stochastic rounding included).
+TEST(Differential, ThreadCountInvariant) {
+  std::mt19937 gen(4);
+  const int64_t rows = 37, cols = 515;
+  std::vector<float> x(static_cast<size_t>(rows * cols));
+  std::normal_distribution<float> d(0, 1);
+  for (auto& v : x) v = d(gen);
+  for (const char* spec : {"e2m1/g32~sr:5", "nvfp4~sr", "int4/t", "mxfp4", "uint4/g64"}) {
+    const format f = parse_format(spec);
+    std::vector<float> a(x.size()), b(x.size());
+    omp_set_num_threads(1);
+    fake_quantize(x.data(), a.data(), rows, cols, f, 3);
+    omp_set_num_threads(2);
+    fake_quantize(x.data(), b.data(), rows, cols, f, 3);
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << spec;
+  }
+}
+
+TEST(Differential, SimdTargetsArePresent) {
+  const auto targets = simd_targets();
+  ASSERT_FALSE(targets.empty());
+  std::string names;
+  for (const auto& t : targets) names += t.second + " ";
+  std::cout << "[ compiled + supported SIMD targets: " << names << "]\n";
+}

@@ -1,0 +1,316 @@
+// lowbit command line: formats, info, cast, analyze, bench. Errors from the library are caught
+// here and become a message and exit code 2 (STYLE 11c).
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli.hpp"
+#include "lowbit/error.hpp"
+#include "lowbit/formats/analysis.hpp"
+#include "lowbit/formats/format.hpp"
+#include "lowbit/kernels/quantize.hpp"
+
+namespace lowbit::cli {
+
+std::string table::render() const {
+  std::vector<size_t> width(header.size(), 0);
+  auto grow = [&](const std::vector<std::string>& r) {
+    for (size_t i = 0; i < r.size() && i < width.size(); ++i) width[i] = std::max(width[i], r[i].size());
+  };
+  grow(header);
+  for (const auto& r : rows) grow(r);
+  auto numeric = [](const std::string& s) {
+    return !s.empty() && (std::isdigit(static_cast<unsigned char>(s[0])) || s[0] == '-' || s[0] == '+');
+  };
+  std::string out;
+  auto line = [&](const std::vector<std::string>& r) {
+    for (size_t i = 0; i < width.size(); ++i) {
+      const std::string cell = i < r.size() ? r[i] : "";
+      const size_t pad = width[i] - cell.size();
+      if (i) out += "  ";
+      if (numeric(cell) && i > 0) out += std::string(pad, ' ') + cell;
+      else out += cell + (i + 1 < width.size() ? std::string(pad, ' ') : "");
+    }
+    while (!out.empty() && out.back() == ' ') out.pop_back();
+    out += "\n";
+  };
+  line(header);
+  size_t total = 0;
+  for (size_t w : width) total += w;
+  out += std::string(total + 2 * (width.size() - 1), '-') + "\n";
+  for (const auto& r : rows) line(r);
+  return out;
+}
+
+namespace {
+
+std::string num(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  return fmt::format("{:.7g}", v);
+}
+
+// Parses one float32 value: decimal, hex-float, nan, inf (case-insensitive, signed).
+float parse_value(const std::string& text) {
+  std::string t = text;
+  std::transform(t.begin(), t.end(), t.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (t == "nan" || t == "+nan" || t == "-nan") return std::nanf("");
+  if (t == "inf" || t == "+inf" || t == "infinity") return INFINITY;
+  if (t == "-inf" || t == "-infinity") return -INFINITY;
+  char* end = nullptr;
+  errno = 0;
+  const float v = std::strtof(text.c_str(), &end);
+  if (text.empty() || end != text.c_str() + text.size())
+    throw error(fmt::format("'{}' is not a number (decimal, hex-float like 0x1.8p1, nan or inf)", text));
+  return v;
+}
+
+// ---- formats ------------------------------------------------------------------------------------
+void cmd_formats(bool json) {
+  nlohmann::json rows = nlohmann::json::array();
+  table t{{"name", "canonical", "bits/elem", "description"}, {}};
+  for (const auto& n : named_formats()) {
+    const format f = parse_format(n.name);
+    t.rows.push_back({n.name, format_name(f), bits_description(f), n.description});
+    rows.push_back({{"format", n.name},
+                    {"canonical", format_name(f)},
+                    {"bits_per_element", bits_per_element(f)},
+                    {"bits", bits_description(f)},
+                    {"description", n.description}});
+  }
+  if (json) std::cout << rows.dump(2) << "\n";
+  else std::cout << t.render();
+}
+
+// ---- info ---------------------------------------------------------------------------------------
+void cmd_info(const std::string& spec, bool json) {
+  const format f = parse_format(spec);
+  const element_format& e = f.element;
+  const element_limits l = limits_of(e);
+  nlohmann::json j;
+  j["format"] = spec;
+  j["canonical"] = format_name(f);
+  j["element"] = element_name(e);
+  j["element_bits"] = e.bits;
+  j["bits_per_element"] = bits_per_element(f);
+  j["bits"] = bits_description(f);
+  if (e.kind == element_kind::minifloat) {
+    j["exponent_bits"] = e.ebits;
+    j["mantissa_bits"] = e.mbits;
+    j["bias"] = e.bias;
+    j["variant"] = to_string(e.variant);
+    j["subnormals"] = e.subnormals;
+    j["overflow"] = to_string(e.overflow);
+  }
+  j["max"] = l.max;
+  j["min"] = l.min;
+  j["min_normal"] = l.min_normal;
+  j["min_subnormal"] = l.min_subnormal;
+  j["epsilon"] = l.epsilon;
+  j["emax"] = l.emax;
+  j["finite_values"] = l.finite_values;
+  j["nan_codes"] = l.nan_codes;
+  j["inf_codes"] = l.inf_codes;
+  if (f.gran != granularity::none) {
+    j["group"] = f.gran == granularity::group ? fmt::format("{}", f.group_size)
+                                               : (f.gran == granularity::row ? "row" : "tensor");
+  }
+  nlohmann::json values = nlohmann::json::array();
+  if (e.bits <= 8) {
+    for (uint32_t c = 0; c < code_count(e); ++c) {
+      const float v = decode_ref(e, c);
+      values.push_back({{"code", fmt::format("0x{:02x}", c)}, {"value", shortest_float(v)}});
+    }
+    j["values"] = values;
+  }
+  if (json) {
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  std::cout << fmt::format("format        {}\ncanonical     {}\nelement       {} ({} bits)\nbits/element  {}\n", spec,
+                           format_name(f), element_name(e), e.bits, bits_description(f));
+  if (e.kind == element_kind::minifloat)
+    std::cout << fmt::format("layout        1 sign, {} exponent, {} mantissa bits; bias {}; {}; subnormals {}; "
+                             "overflow {}\n",
+                             e.ebits, e.mbits, e.bias, to_string(e.variant), e.subnormals ? "on" : "off",
+                             to_string(e.overflow));
+  std::cout << fmt::format(
+      "max           {}\nmin           {}\nmin normal    {}\nmin subnormal {}\nepsilon       {}\nemax          {}\n"
+      "finite values {}\nNaN codes     {}\nInf codes     {}\n",
+      num(l.max), num(l.min), num(l.min_normal), num(l.min_subnormal), num(l.epsilon), l.emax, l.finite_values,
+      l.nan_codes, l.inf_codes);
+  if (e.bits <= 8) {
+    std::cout << "values (code: value)\n";
+    int col = 0;
+    for (const auto& v : values) {
+      std::cout << fmt::format("  {}: {:>12}", v["code"].get<std::string>(), v["value"].get<std::string>());
+      if (++col % 4 == 0) std::cout << "\n";
+    }
+    if (col % 4) std::cout << "\n";
+  }
+}
+
+// ---- cast ---------------------------------------------------------------------------------------
+void cmd_cast(const std::string& spec, std::vector<std::string> args, bool codes) {
+  const format f = parse_format(spec);
+  if (args.empty()) {
+    std::string tok;
+    while (std::cin >> tok) args.push_back(tok);
+  }
+  std::vector<float> x;
+  for (const auto& a : args) x.push_back(parse_value(a));
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<float> y(x.size());
+  fake_quantize(x.data(), y.data(), 1, n, f);
+  if (!codes) {
+    for (float v : y) std::cout << shortest_float(v) << "\n";
+    return;
+  }
+  // Codes: a NaN in a format without a NaN code has none ("-").
+  std::vector<float> clean = x;
+  std::vector<bool> no_code(x.size(), false);
+  if (f.gran == granularity::none && !has_nan_code(f.element))
+    for (size_t i = 0; i < clean.size(); ++i)
+      if (std::isnan(clean[i])) {
+        clean[i] = 0;
+        no_code[i] = true;
+      }
+  const quantized_tensor q = quantize(clean.data(), 1, n, f);
+  const int hex_digits = (f.element.bits + 3) / 4;
+  for (int64_t i = 0; i < n; ++i) {
+    std::string line = shortest_float(y[static_cast<size_t>(i)]);
+    line += no_code[static_cast<size_t>(i)] ? "  code -" : fmt::format("  code 0x{:0{}x}", q.code(0, i), hex_digits);
+    if (f.gran != granularity::none) {
+      line += "  scale " + shortest_float(q.scale_at(0, i));
+      if (!q.zero_points.empty()) line += fmt::format("  zero {}", q.zero_point_at(0, i));
+      if (f.named == preset::nvfp4) line += "  tensor_scale " + shortest_float(q.tensor_scale);
+    }
+    std::cout << line << "\n";
+  }
+}
+
+// ---- analyze ------------------------------------------------------------------------------------
+void cmd_analyze(const std::vector<std::string>& specs, const std::vector<std::string>& dists, bool json) {
+  std::vector<density> ds;
+  for (const auto& d : dists) ds.push_back(parse_density(d));
+  std::vector<format> fs;
+  for (const auto& s : specs) fs.push_back(parse_format(s));
+  // results[i][j]: format i on density j
+  std::vector<std::vector<sqnr_result>> res(fs.size(), std::vector<sqnr_result>(ds.size()));
+  for (size_t i = 0; i < fs.size(); ++i)
+    for (size_t j = 0; j < ds.size(); ++j) res[i][j] = analyze_sqnr(fs[i].element, ds[j]);
+  std::vector<size_t> best(ds.size(), 0);
+  for (size_t j = 0; j < ds.size(); ++j)
+    for (size_t i = 0; i < fs.size(); ++i)
+      if (res[i][j].sqnr_db > res[best[j]][j].sqnr_db) best[j] = i;
+  if (json) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (size_t i = 0; i < fs.size(); ++i)
+      for (size_t j = 0; j < ds.size(); ++j)
+        rows.push_back({{"format", specs[i]},
+                        {"canonical", format_name(fs[i])},
+                        {"element", element_name(fs[i].element)},
+                        {"distribution", density_name(ds[j])},
+                        {"sqnr_db", res[i][j].sqnr_db},
+                        {"clip", res[i][j].clip},
+                        {"mse", res[i][j].mse},
+                        {"best", best[j] == i}});
+    std::cout << rows.dump(2) << "\n";
+    return;
+  }
+  table t;
+  t.header = {"format", "element"};
+  for (const auto& d : ds) t.header.push_back(density_name(d) + " SQNR dB (clip)");
+  for (size_t i = 0; i < fs.size(); ++i) {
+    std::vector<std::string> row{specs[i], element_name(fs[i].element)};
+    for (size_t j = 0; j < ds.size(); ++j)
+      row.push_back(fmt::format("{:.2f} ({:.3g}){}", res[i][j].sqnr_db, res[i][j].clip, best[j] == i ? " *" : ""));
+    t.rows.push_back(row);
+  }
+  std::cout << t.render()
+            << "* best format for that distribution. Element grids are analysed with a free scale and optimal\n"
+               "  clipping on unit-variance densities (METHODS 5.1); block scales are not modelled.\n";
+}
+
+// CLI11 2.1 reads "-1.5" and "-inf" as options: move the cast's own flags first and put "--"
+// before its format and values (CONVENTIONS 26).
+std::vector<std::string> reorder_cast_args(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  auto it = std::find(args.begin(), args.end(), "cast");
+  if (it == args.end()) return args;
+  std::vector<std::string> head(args.begin(), it + 1), flags, rest;
+  for (auto p = it + 1; p != args.end(); ++p) {
+    if (*p == "--") continue;
+    if (*p == "--codes" || *p == "-h" || *p == "--help") flags.push_back(*p);
+    else rest.push_back(*p);
+  }
+  head.insert(head.end(), flags.begin(), flags.end());
+  head.push_back("--");
+  head.insert(head.end(), rest.begin(), rest.end());
+  return head;
+}
+
+}  // namespace
+}  // namespace lowbit::cli
+
+int main(int argc, char** argv) {
+  using namespace lowbit;
+  using namespace lowbit::cli;
+  CLI::App app{"lowbit: low-precision numerics for deep learning (formats, kernels, analysis)"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "all subcommands' help");
+
+  bool json = false, codes = false;
+  std::string spec;
+  std::vector<std::string> values, specs, dists{"gaussian"};
+
+  auto* formats = app.add_subcommand("formats", "list the named formats with canonical spec and bits/element");
+  formats->add_flag("--json", json, "one JSON document");
+
+  auto* info = app.add_subcommand("info", "properties of a format (and every value of a <= 8-bit element)");
+  info->add_option("FORMAT", spec, "format spec, e.g. e4m3fn, mxfp4, int4/g128")->required();
+  info->add_flag("--json", json, "one JSON document");
+
+  auto* cast = app.add_subcommand("cast", "round values (arguments or stdin, one row) and print them");
+  cast->add_option("FORMAT", spec, "format spec")->required();
+  cast->add_option("VALUES", values, "float32 values: decimal, hex-float, nan, inf (default: stdin)");
+  cast->add_flag("--codes", codes, "also print each code (hex) and its group's scale");
+
+  auto* analyze = app.add_subcommand("analyze", "SQNR of element grids on densities with optimal clipping");
+  analyze->add_option("FORMAT", specs, "format specs")->required();
+  analyze->add_option("--dist", dists, "gaussian | laplace | student-t:NU | uniform (repeatable)");
+  analyze->add_flag("--json", json, "one JSON document");
+
+  std::function<void()> run_bench;
+  auto* bench = add_bench_command(app, &run_bench);
+
+  try {
+    std::vector<std::string> args = reorder_cast_args(argc, argv);
+    std::reverse(args.begin(), args.end());  // CLI11 parses a reversed vector
+    app.parse(args);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (*formats) cmd_formats(json);
+    else if (*info) cmd_info(spec, json);
+    else if (*cast) cmd_cast(spec, values, codes);
+    else if (*analyze) cmd_analyze(specs, dists, json);
+    else if (*bench) run_bench();
+  } catch (const lowbit::error& e) {
+    std::cerr << "lowbit: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "lowbit: " << e.what() << "\n";
+    return 2;
+  }
+  return 0;
+}
