@@ -3,7 +3,8 @@
 // the SQNR of an element grid on a unit-variance density, with the clipping value chosen
 // optimally.
 //
-// Model. The element's finite values, deduplicated and sorted, form a grid v_0 < ... < v_{n-1};
+// Model. The element's finite values (within its [min, max]; the unused int code -2^(N-1) is
+// left out), deduplicated and sorted, form a grid v_0 < ... < v_{n-1};
 // a uint grid 0 .. 2^N-1 is first centred (k - (2^N-1)/2). The grid is scaled so that
 // max|v_i| = c (the clip). Round-to-nearest gives the cells
 //     [t_i, t_{i+1}),  t_i = (v_{i-1} + v_i) / 2,  t_0 = -inf,  t_n = +inf
@@ -172,6 +173,21 @@ class density_model {
     return 0;
   }
 
+  // P(X > x) = (atan(1/x) - x / (1 + x^2)) / pi for the unit-variance t3, x >= 0. For large x
+  // both terms are ~1/x and their difference ~2/(3 x^3); there the series in y = 1/x,
+  //     atan(y) - y / (1 + y^2) = sum_{k>=1} (-1)^(k+1) (2k / (2k + 1)) y^(2k+1),
+  // avoids the cancellation (y <= 1/4: 16 terms reach 1e-19).
+  static double t3_tail_mass(double x) {
+    if (x <= 4) return (std::atan2(1.0, x) - x / (1 + x * x)) / kPi;
+    const double y = 1 / x, y2 = y * y;
+    double sum = 0, power = y;
+    for (int k = 1; k <= 16; ++k) {
+      power *= y2;
+      sum += (k % 2 ? 1.0 : -1.0) * (2.0 * k / (2 * k + 1)) * power;
+    }
+    return sum / kPi;
+  }
+
   // Closed form U_q(x) = integral_x^inf (t - q)^2 p(t) dt, x >= 0 (gaussian, laplace, t with nu = 3).
   double upper(double x, double q) const {
     if (std::isinf(x)) return 0;
@@ -188,7 +204,7 @@ class density_model {
       case density_kind::student_t: {  // nu = 3, s = 1
         const double angle = std::atan2(1.0, x);  // atan(1/x), pi/2 at x = 0
         const double r = x / (1 + x * x);
-        const double m0 = (angle - r) / kPi, m1 = 1 / (kPi * (1 + x * x)), m2 = (angle + r) / kPi;
+        const double m0 = t3_tail_mass(x), m1 = 1 / (kPi * (1 + x * x)), m2 = (angle + r) / kPi;
         return m2 - 2 * q * m1 + q * q * m0;
       }
       case density_kind::uniform: break;
@@ -260,12 +276,15 @@ std::vector<double> unit_grid(const element_format& e) {
   if (e.bits > 16)
     throw error(fmt::format("format analysis enumerates every code: {} has {} bits, at most 16 are supported",
                             element_name(e), e.bits));
+  // Codes outside [min, max] are not levels: the int code -2^(N-1) decodes to -2^(N-1) but the
+  // symmetric restricted grid stops at -(2^(N-1) - 1), and encode never produces it.
+  const element_limits lim = limits_of(e);
   std::vector<double> levels;
   const uint64_t codes = code_count(e);
   levels.reserve(codes);
   for (uint64_t code = 0; code < codes; ++code) {
     const double v = decode_ref(e, static_cast<uint32_t>(code));
-    if (std::isfinite(v)) levels.push_back(v == 0 ? 0.0 : v);  // -0 -> +0
+    if (std::isfinite(v) && v >= lim.min && v <= lim.max) levels.push_back(v == 0 ? 0.0 : v);  // -0 -> +0
   }
   std::sort(levels.begin(), levels.end());
   levels.erase(std::unique(levels.begin(), levels.end()), levels.end());

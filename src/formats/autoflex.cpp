@@ -55,8 +55,8 @@ autoflex::autoflex(autoflex_config cfg) : cfg_(cfg) {
   // alpha >= 1 an overflow (Gamma doubled) always raises the exponent by at least one.
   if (!(cfg_.alpha >= 1) || !std::isfinite(cfg_.alpha) || !(cfg_.beta >= 0) ||
       !std::isfinite(cfg_.beta) || !(cfg_.gamma >= 0) || !std::isfinite(cfg_.gamma)) {
-    throw error("autoflex: expected finite headroom alpha >= 1, beta >= 0, gamma >= 0, got alpha = " +
-                std::to_string(cfg_.alpha) + ", beta = " + std::to_string(cfg_.beta) +
+    throw error("autoflex: expected finite headroom alpha >= 1, beta >= 0, gamma >= 0, got "
+                "alpha = " + std::to_string(cfg_.alpha) + ", beta = " + std::to_string(cfg_.beta) +
                 ", gamma = " + std::to_string(cfg_.gamma));
   }
   // The additive headroom alone must fit the mantissa range: otherwise chi / kappa >=

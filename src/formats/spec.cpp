@@ -188,6 +188,7 @@ class spec_parser {
       const size_t b = k;
       while (k < w.size() && std::isdigit(static_cast<unsigned char>(w[k]))) ++k;
       if (b == k || k - b > 3) return -1;
+      if (k - b > 1 && w[b] == '0') return -1;  // no leading zeros: one spelling per format
       return std::stoi(std::string(w.substr(b, k - b)));
     };
     const int E = digits(i);
@@ -254,8 +255,10 @@ class spec_parser {
       if (!eat('(')) fail("'(' and the values of lut(v1,v2,...)");
       std::vector<float> values;
       do {
+        while (peek() == ' ') ++pos_;
         const size_t b = pos_;
         const double v = number("a number in lut(...)");
+        while (peek() == ' ') ++pos_;
         if (!std::isfinite(v)) {
           pos_ = b;
           fail("a finite number in lut(...)");
@@ -301,6 +304,8 @@ class spec_parser {
     if (w.empty()) fail("a scale format (fp32, fp16, bf16, e8m0, pow2, e4m3, ...)");
     s.kind = scale_kind::element;
     s.element = element(w == "ue4m3" ? std::string_view("e4m3") : w, at);
+    if (s.element.kind == element_kind::minifloat && s.element.ebits == 8 && s.element.mbits == 0)
+      fail_at(at, "an 8-bit exponent-only scale is OCP's e8m0 (write ':e8m0') or ':pow2'");
     if (s.element.kind != element_kind::minifloat)
       fail_at(at, fmt::format("scale format '{}' must be a float format (fp32, fp16, bf16, e4m3, e8m0, pow2, eEmM)", w));
     if (limits_of(s.element).max < 2)

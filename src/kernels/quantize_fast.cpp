@@ -49,6 +49,12 @@ struct grid_params {
   bool saturate = true;
   int32_t special_bits = 0;    // Inf (0x7f800000) or canonical NaN for non-saturating overflow
   bool signed_zero = false;
+  // RNE fast paths: minifloats with M > 0 that saturate round with (|y| + C) - C, C = 2^(L+23);
+  // integers with roundps. Both are exactly the reference's ties-to-even-code rounding.
+  bool fast_rne = false, int_fast = false;
+  float max_value = 0;
+  int32_t rne_big_bits = 0;  // |y| at or above this (2^(105+M)): C would overflow, use the bit path
+  float frac_scale = 1, inv_frac_scale = 1;  // 2^frac, 2^-frac (MXINT8)
   // lut (round to nearest, ties to even index): value i+1 is taken when y > thr[i] (or >= when ge[i])
   int lut_n = 0;
   std::vector<float> lut_values, lut_thr;
@@ -71,6 +77,9 @@ inline grid_params make_grid_params(const element_format& e) {
       g.saturate = e.overflow == overflow_policy::saturate;
       g.special_bits = e.overflow == overflow_policy::inf ? 0x7f800000 : 0x7fc00000;
       g.signed_zero = has_signed_zero(e);
+      g.fast_rne = e.mbits > 0 && g.saturate;
+      g.rne_big_bits = 232 + e.mbits < 255 ? (232 + e.mbits) << 23 : 0x7f800000;
+      g.max_value = static_cast<float>(lim.max);
       break;
     case element_kind::int_sym:
     case element_kind::uint_asym:
@@ -80,6 +89,10 @@ inline grid_params make_grid_params(const element_format& e) {
                        ? static_cast<int32_t>(std::bit_cast<uint32_t>(static_cast<float>(lim.max)))
                        : 0x7f800000;  // uint: no saturation here, the caller clamps to the zero point range
       g.tiny_step = std::ldexp(1.0f, g.fixed_log2step);
+      g.int_fast = true;
+      g.max_value = static_cast<float>(lim.max);
+      g.frac_scale = std::ldexp(1.0f, e.frac_bits);
+      g.inv_frac_scale = std::ldexp(1.0f, -e.frac_bits);
       break;
     case element_kind::lut: {
       g.kind = 2;
@@ -117,6 +130,49 @@ struct row_job {
   const uint32_t* random;  // sr: one word per element, or nullptr
 };
 
+inline bool is_exact_pow2_reciprocal(float s) {
+  if (!(s > 0) || !std::isfinite(s)) return false;
+  const uint32_t b = std::bit_cast<uint32_t>(s);
+  return (b & 0x7fffffu) == 0 && s >= 0x1p-126f && s <= 0x1p126f;
+}
+
+// The element job of one group given its scale.
+inline row_job make_job(const format& f, const grid_params& g, const group_scale& gs, bool unscaled) {
+  row_job job{};
+  job.grid = &g;
+  job.mode = f.rounding;
+  job.scaled = f.gran != granularity::none;
+  job.scale = unscaled ? 1.0f : gs.scale;
+  job.divisor = gs.scale;
+  job.use_multiplier = is_exact_pow2_reciprocal(gs.scale);
+  job.multiplier = job.use_multiplier ? 1.0f / gs.scale : 0.0f;
+  if (f.element.kind == element_kind::uint_asym) {
+    job.uint_clamp = true;
+    const float maxq = std::ldexp(1.0f, f.element.bits) - 1.0f;
+    const int32_t z = job.scaled ? gs.zero_point : 0;
+    job.clamp_lo = static_cast<float>(-z);  // +0 when z = 0 (integers have no -0)
+    job.clamp_hi = maxq - static_cast<float>(z);
+  }
+  if (f.named == preset::q8_0) {  // ggml: roundf(x * (1/d)): rna on the integer grid, then * d
+    job.mode = rounding_mode::rna;
+    job.use_multiplier = true;
+    job.multiplier = gs.multiplier;
+  }
+  return job;
+}
+
+// Everything a row needs besides its data (one per call).
+struct row_plan {
+  const format* f;
+  const grid_params* grid;
+  const scale_context* sctx;
+  int64_t group_cols;      // columns per scale group (the row for /c, /t and plain casts)
+  bool want_minmax;
+  group_scale tensor_gs;   // /t
+  float tensor_scale;      // nvfp4
+  bool unscaled;           // quantize(): leave values on the element grid
+};
+
 }  // namespace lowbit::detail
 #endif  // LOWBIT_QUANTIZE_FAST_ONCE
 
@@ -126,6 +182,7 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using detail::grid_params;
 using detail::row_job;
+using detail::row_plan;
 
 using DF = hn::ScalableTag<float>;
 using DI = hn::RebindToSigned<DF>;
@@ -267,11 +324,61 @@ HWY_INLINE VF RoundToTable(DF df, VF y, const grid_params& g) {
   return hn::IfThenElse(hn::Eq(y, y), v, hn::Set(df, canonical_nan()));
 }
 
+// RNE onto a minifloat grid (M > 0, saturating): (|y| + C) - C with C = 2^(L+23) rounds |y| to a
+// multiple of the step 2^L in float32 arithmetic, ties to even multiples = even codes. About 16 ops.
+HWY_INLINE VF RoundRneFast(DF df, VF y, const grid_params& g) {
+  const DI di;
+  const VI bits = hn::BitCast(di, y);
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  const VI ab = hn::And(bits, abs_mask);
+  if (HWY_UNLIKELY(!hn::AllFalse(di, hn::Gt(ab, hn::Set(di, g.rne_big_bits - 1)))))
+    return RoundToGrid<rounding_mode::rne>(df, y, hn::Zero(df), g);  // huge values, Inf, NaN
+  const VF ay = hn::BitCast(df, ab);
+  const VI ef = hn::ShiftRight<23>(ab);
+  const VI p = hn::Sub(hn::Max(ef, hn::Set(di, 1)), hn::Set(di, 127));
+  const VI L = hn::IfThenElse(hn::Lt(p, hn::Set(di, g.emin)), hn::Set(di, g.below_log2step),
+                              hn::Sub(p, hn::Set(di, g.mbits)));
+  // On the grid already (|y| >= 2^(L+23)), or Inf/NaN: keep |y|. Otherwise 1 <= L + 150 <= 254.
+  const auto keep = hn::Or(hn::Lt(L, hn::Sub(p, hn::Set(di, 22))), hn::Gt(ab, hn::Set(di, 0x7f7fffff)));
+  const VI c_bits = hn::ShiftLeft<23>(hn::Add(hn::IfThenZeroElse(keep, L), hn::Set(di, 150)));
+  const VF c = hn::BitCast(df, c_bits);
+  VF r = hn::IfThenElse(hn::RebindMask(df, keep), ay, hn::Sub(hn::Add(ay, c), c));
+  r = hn::Min(r, hn::Set(df, g.max_value));  // saturate (Inf too); NaN is restored below
+  VI out = hn::BitCast(di, r);
+  VI sign = hn::AndNot(abs_mask, bits);
+  if (!g.signed_zero) sign = hn::IfThenZeroElse(hn::Eq(out, hn::Zero(di)), sign);
+  out = hn::Or(out, sign);
+  out = hn::IfThenElse(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Set(di, 0x7fc00000), out);
+  return hn::BitCast(df, out);
+}
+
+// RNE / RNA onto the integer grid k * 2^-frac: roundps, then the clamp; -0 becomes +0 (integers
+// have no -0), NaN the canonical NaN.
+template <rounding_mode kMode>
+HWY_INLINE VF RoundIntFast(DF df, VF y, const grid_params& g, bool uint_clamp) {
+  const VF ys = g.frac_scale != 1.0f ? hn::Mul(y, hn::Set(df, g.frac_scale)) : y;
+  VF q = hn::Round(ys);
+  if constexpr (kMode == rounding_mode::rna) {  // ties away: fix the ties roundps sent to even
+    const VF t = hn::Trunc(ys);
+    const auto tie = hn::Eq(hn::Abs(hn::Sub(ys, t)), hn::Set(df, 0.5f));
+    q = hn::IfThenElse(tie, hn::Add(t, hn::CopySign(hn::Set(df, 1.0f), ys)), q);
+  }
+  if (g.frac_scale != 1.0f) q = hn::Mul(q, hn::Set(df, g.inv_frac_scale));
+  if (!uint_clamp) q = hn::Min(hn::Max(q, hn::Set(df, -g.max_value)), hn::Set(df, g.max_value));
+  q = hn::Add(q, hn::Zero(df));  // -0 -> +0
+  return hn::IfThenElse(hn::Eq(ys, ys), q, hn::Set(df, canonical_nan()));
+}
+
 template <rounding_mode kMode>
 HWY_INLINE VF FakeQuantVec(DF df, VF x, VF u, const row_job& job) {
   VF y = x;
   if (job.scaled) y = job.use_multiplier ? hn::Mul(x, hn::Set(df, job.multiplier)) : hn::Div(x, hn::Set(df, job.divisor));
-  VF q = job.grid->kind == 2 ? RoundToTable(df, y, *job.grid) : RoundToGrid<kMode>(df, y, u, *job.grid);
+  const grid_params& g = *job.grid;
+  VF q;
+  if (g.kind == 2) q = RoundToTable(df, y, g);
+  else if ((kMode == rounding_mode::rne || kMode == rounding_mode::rna) && g.int_fast) q = RoundIntFast<kMode>(df, y, g, job.uint_clamp);
+  else if (kMode == rounding_mode::rne && g.fast_rne) q = RoundRneFast(df, y, g);
+  else q = RoundToGrid<kMode>(df, y, u, g);
   if (job.uint_clamp) {
     const VF c = hn::Min(hn::Max(q, hn::Set(df, job.clamp_lo)), hn::Set(df, job.clamp_hi));
     q = hn::IfThenElse(hn::Eq(q, q), c, q);
@@ -304,18 +411,6 @@ void FakeQuantSpanT(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_
   }
 }
 
-void FakeQuantSpan(const float* in, float* out, size_t n, const row_job& job) {
-  switch (job.mode) {
-    case rounding_mode::rne: return FakeQuantSpanT<rounding_mode::rne>(in, out, n, job);
-    case rounding_mode::rna: return FakeQuantSpanT<rounding_mode::rna>(in, out, n, job);
-    case rounding_mode::rtz: return FakeQuantSpanT<rounding_mode::rtz>(in, out, n, job);
-    case rounding_mode::up: return FakeQuantSpanT<rounding_mode::up>(in, out, n, job);
-    case rounding_mode::down: return FakeQuantSpanT<rounding_mode::down>(in, out, n, job);
-    case rounding_mode::odd: return FakeQuantSpanT<rounding_mode::odd>(in, out, n, job);
-    case rounding_mode::sr: return FakeQuantSpanT<rounding_mode::sr>(in, out, n, job);
-  }
-}
-
 // Group statistics: amax as the max of |x| bit patterns (exact, NaN-safe), and min/max.
 // finite_only: ignore NaN/Inf (nvfp4's tensor amax).
 void GroupStats(const float* HWY_RESTRICT x, size_t n, bool want_minmax, bool finite_only, simd_stats* st) {
@@ -342,6 +437,73 @@ void GroupStats(const float* HWY_RESTRICT x, size_t n, bool want_minmax, bool fi
   if (want_minmax) {
     st->min = hn::GetLane(hn::MinOfLanes(df, mn));
     st->max = hn::GetLane(hn::MaxOfLanes(df, mx));
+  }
+}
+
+
+// q4_0: y = x * id + 8.5, q = min(15, trunc(y)), value (q - 8) * d  (ggml quantize_row_q4_0_ref).
+void FakeQuantQ4_0(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, float id, float d) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  auto f = [&](VF x) {
+    const VF q = hn::Min(hn::Trunc(hn::Add(hn::Mul(x, hn::Set(df, id)), hn::Set(df, 8.5f))), hn::Set(df, 15.0f));
+    return hn::Mul(hn::Sub(q, hn::Set(df, 8.0f)), hn::Set(df, d));
+  };
+  size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(f(hn::LoadU(df, in + i)), df, out + i);
+  if (i < n) StoreTail(df, f(LoadTail(df, in + i, n - i)), out + i, n - i);
+}
+
+
+// One row: per group, the statistics (SIMD), the scale (scalar, once per group), the elements.
+// `scales`/`zero_points` receive each group's stored scale (quantize), or are nullptr.
+template <rounding_mode kMode>
+void FakeQuantRowT(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t cols, const row_plan& plan,
+                   const uint32_t* random, float* scales, int32_t* zero_points) {
+  const format& f = *plan.f;
+  const size_t k = static_cast<size_t>(plan.group_cols);
+  for (size_t c0 = 0, gi = 0; c0 < cols; c0 += k, ++gi) {
+    const size_t n = std::min(k, cols - c0);
+    group_scale gs;
+    if (f.gran == granularity::tensor) {
+      gs = plan.tensor_gs;
+    } else if (f.gran != granularity::none) {
+      simd_stats ss;
+      GroupStats(x + c0, n, plan.want_minmax, false, &ss);
+      group_stats st;
+      st.nonfinite = ss.amax_bits >= 0x7f800000u;
+      st.amax = std::bit_cast<float>(ss.amax_bits);
+      st.min = ss.min;
+      st.max = ss.max;
+      gs = choose_scale(*plan.sctx, st, x + c0, static_cast<int64_t>(n), plan.tensor_scale);
+      if (scales) scales[gi] = gs.nonfinite ? canonical_nan() : gs.stored;
+      if (zero_points) zero_points[gi] = gs.zero_point;
+    }
+    if (gs.nonfinite) {
+      std::fill(y + c0, y + c0 + n, canonical_nan());
+      continue;
+    }
+    if (f.named == preset::q4_0) {
+      FakeQuantQ4_0(x + c0, y + c0, n, gs.multiplier, gs.scale);
+      continue;
+    }
+    row_job job = detail::make_job(f, *plan.grid, gs, plan.unscaled);
+    job.random = random ? random + c0 : nullptr;
+    if (job.mode == kMode) FakeQuantSpanT<kMode>(x + c0, y + c0, n, job);
+    else FakeQuantSpanT<rounding_mode::rna>(x + c0, y + c0, n, job);  // q8_0's fixed rounding
+  }
+}
+
+void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, const uint32_t* random,
+                  float* scales, int32_t* zero_points) {
+  switch (plan.f->rounding) {
+    case rounding_mode::rne: return FakeQuantRowT<rounding_mode::rne>(x, y, cols, plan, random, scales, zero_points);
+    case rounding_mode::rna: return FakeQuantRowT<rounding_mode::rna>(x, y, cols, plan, random, scales, zero_points);
+    case rounding_mode::rtz: return FakeQuantRowT<rounding_mode::rtz>(x, y, cols, plan, random, scales, zero_points);
+    case rounding_mode::up: return FakeQuantRowT<rounding_mode::up>(x, y, cols, plan, random, scales, zero_points);
+    case rounding_mode::down: return FakeQuantRowT<rounding_mode::down>(x, y, cols, plan, random, scales, zero_points);
+    case rounding_mode::odd: return FakeQuantRowT<rounding_mode::odd>(x, y, cols, plan, random, scales, zero_points);
+    case rounding_mode::sr: return FakeQuantRowT<rounding_mode::sr>(x, y, cols, plan, random, scales, zero_points);
   }
 }
 
@@ -399,19 +561,6 @@ void PhiloxBlocks(uint64_t block0, size_t count, uint32_t key0, uint32_t key1, u
 #endif
 }
 
-// q4_0: y = x * id + 8.5, q = min(15, trunc(y)), value (q - 8) * d  (ggml quantize_row_q4_0_ref).
-void FakeQuantQ4_0(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, float id, float d) {
-  const DF df;
-  const size_t N = hn::Lanes(df);
-  auto f = [&](VF x) {
-    const VF q = hn::Min(hn::Trunc(hn::Add(hn::Mul(x, hn::Set(df, id)), hn::Set(df, 8.5f))), hn::Set(df, 15.0f));
-    return hn::Mul(hn::Sub(q, hn::Set(df, 8.0f)), hn::Set(df, d));
-  };
-  size_t i = 0;
-  for (; i + N <= n; i += N) hn::StoreU(f(hn::LoadU(df, in + i)), df, out + i);
-  if (i < n) StoreTail(df, f(LoadTail(df, in + i, n - i)), out + i, n - i);
-}
-
 }  // namespace HWY_NAMESPACE
 }  // namespace lowbit
 HWY_AFTER_NAMESPACE();
@@ -419,34 +568,22 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace lowbit {
 
-HWY_EXPORT(FakeQuantSpan);
+HWY_EXPORT(FakeQuantRow);
 HWY_EXPORT(GroupStats);
 HWY_EXPORT(PhiloxBlocks);
-HWY_EXPORT(FakeQuantQ4_0);
 
 namespace {
 std::atomic<bool> g_use_ref{false};
 
 using detail::grid_params;
-using detail::row_job;
+using detail::row_plan;
 
-// The SIMD path covers every format but these, which run the scalar per-value code.
+// The SIMD path covers every format but these, which run the scalar per-value code explicitly.
 bool simd_covers(const format& f) {
   if (f.power != 0) return false;
   if (f.rule == scale_rule::mse || f.rule == scale_rule::percentile) return false;
   if (f.element.kind == element_kind::lut && f.rounding != rounding_mode::rne) return false;
   return true;
-}
-
-group_stats stats_fast(const float* x, int64_t n, bool want_minmax) {
-  simd_stats s;
-  HWY_DYNAMIC_DISPATCH(GroupStats)(x, static_cast<size_t>(n), want_minmax, false, &s);
-  group_stats st;
-  st.nonfinite = s.amax_bits >= 0x7f800000u;
-  st.amax = std::bit_cast<float>(s.amax_bits);
-  st.min = s.min;
-  st.max = s.max;
-  return st;
 }
 
 // Statistics of the whole tensor, threaded (for /t, and nvfp4's finite amax).
@@ -474,61 +611,39 @@ group_stats tensor_stats_fast(const float* x, int64_t n, bool want_minmax, bool 
   return st;
 }
 
-bool is_exact_pow2_reciprocal(float s) {
-  if (!(s > 0) || !std::isfinite(s)) return false;
-  int e = 0;
-  const float m = std::frexp(s, &e);
-  return m == 0.5f && s >= 0x1p-126f && s <= 0x1p126f;
-}
-
-row_job make_job(const format& f, const grid_params& g, const group_scale& gs) {
-  row_job job{};
-  job.grid = &g;
-  job.mode = f.rounding;
-  job.scaled = f.gran != granularity::none;
-  job.scale = gs.scale;
-  job.divisor = gs.scale;
-  job.use_multiplier = is_exact_pow2_reciprocal(gs.scale);
-  job.multiplier = job.use_multiplier ? 1.0f / gs.scale : 0.0f;
-  if (f.element.kind == element_kind::uint_asym) {
-    job.uint_clamp = true;
-    const float maxq = std::ldexp(1.0f, f.element.bits) - 1.0f;
-    const int32_t z = job.scaled ? gs.zero_point : 0;
-    job.clamp_lo = static_cast<float>(-z);  // +0 when z = 0 (integers have no -0)
-    job.clamp_hi = maxq - static_cast<float>(z);
-  }
-  if (f.named == preset::q8_0) {  // ggml: roundf(x * (1/d)): rna on the integer grid, then * d
-    job.mode = rounding_mode::rna;
-    job.use_multiplier = true;
-    job.multiplier = gs.multiplier;
-  }
-  return job;
-}
-
-// Fake-quantizes one group (or row, or a plain-cast span) given its scale.
-void fake_quantize_group(const format& f, const grid_params& g, const float* in, float* out, int64_t n,
-                         const group_scale& gs, const uint32_t* random) {
-  if (gs.nonfinite) {
-    std::fill(out, out + n, canonical_nan());
-    return;
-  }
-  if (f.named == preset::q4_0) {
-    HWY_DYNAMIC_DISPATCH(FakeQuantQ4_0)(in, out, static_cast<size_t>(n), gs.multiplier, gs.scale);
-    return;
-  }
-  row_job job = make_job(f, g, gs);
-  job.random = random;
-  HWY_DYNAMIC_DISPATCH(FakeQuantSpan)(in, out, static_cast<size_t>(n), job);
-}
-
-// Stochastic-rounding words for elements [index0, index0 + n) of the tensor.
-void random_words(const format& f, uint64_t tensor_id, uint64_t index0, int64_t n, std::vector<uint32_t>& buf) {
+// Stochastic-rounding words for elements [index0, index0 + n) of the tensor; returns the pointer
+// to element index0's word.
+const uint32_t* random_words(const format& f, uint64_t tensor_id, uint64_t index0, int64_t n,
+                             std::vector<uint32_t>& buf) {
   const uint64_t b0 = index0 >> 2, b1 = (index0 + static_cast<uint64_t>(n) + 3) >> 2;
   buf.resize(static_cast<size_t>(4 * (b1 - b0)));
   HWY_DYNAMIC_DISPATCH(PhiloxBlocks)(b0, static_cast<size_t>(b1 - b0), static_cast<uint32_t>(f.seed),
                                      static_cast<uint32_t>(tensor_id), static_cast<uint32_t>(f.seed >> 32),
                                      static_cast<uint32_t>(tensor_id >> 32), buf.data());
+  return buf.data() + (index0 & 3);
 }
+
+// The per-call state both fast kernels share.
+struct fast_call {
+  grid_params grid;
+  scale_context sctx;
+  row_plan plan;
+  fast_call(const format& f, const float* x, int64_t rows, int64_t cols, bool unscaled)
+      : grid(detail::make_grid_params(f.element)), sctx(make_scale_context(f, /*reference=*/false)) {
+    plan.f = &f;
+    plan.grid = &grid;
+    plan.sctx = &sctx;
+    plan.group_cols = f.gran == granularity::group ? f.group_size : std::max<int64_t>(cols, 1);
+    plan.want_minmax = f.element.kind == element_kind::uint_asym;
+    plan.unscaled = unscaled;
+    plan.tensor_scale = 1.0f;
+    if (f.named == preset::nvfp4) plan.tensor_scale = nvfp4_tensor_scale(tensor_stats_fast(x, rows * cols, false, true).amax);
+    if (f.gran == granularity::tensor) {  // per-tensor scale: a first pass over the data
+      const group_stats st = tensor_stats_fast(x, rows * cols, plan.want_minmax, false);
+      plan.tensor_gs = choose_scale(sctx, st, x, rows * cols, plan.tensor_scale);
+    }
+  }
+};
 
 }  // namespace
 
@@ -536,58 +651,45 @@ void set_use_ref(bool v) { g_use_ref.store(v); }
 bool use_ref() { return g_use_ref.load(); }
 
 void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
-  if (use_ref()) return fake_quantize_ref(in, out, rows, cols, f, tensor_id);
-  if (rows < 0 || cols < 0) return fake_quantize_ref(in, out, rows, cols, f, tensor_id);  // throws
-  const bool simd = simd_covers(f);
-  const grid_params g = detail::make_grid_params(f.element);
-  const bool want_minmax = f.element.kind == element_kind::uint_asym;
-  float tensor_scale = 1.0f;
-  if (f.named == preset::nvfp4)
-    tensor_scale = nvfp4_tensor_scale(tensor_stats_fast(in, rows * cols, false, true).amax);
-  group_scale tensor_gs;
-  if (f.gran == granularity::tensor) {
-    // Per-tensor scale: a first pass over the data, then the element pass.
-    const group_stats st = tensor_stats_fast(in, rows * cols, want_minmax, false);
-    tensor_gs = choose_scale(f, st, in, rows * cols, tensor_scale);
+  if (use_ref() || rows < 0 || cols < 0) return fake_quantize_ref(in, out, rows, cols, f, tensor_id);
+  if (!simd_covers(f)) {
+    // Explicit scalar fallback (power maps, LUT with directed/stochastic rounding, mse/percentile
+    // rules): the reference, one row per thread.
+    if (f.gran == granularity::tensor || f.named == preset::nvfp4 || rows < 2)
+      return fake_quantize_ref(in, out, rows, cols, f, tensor_id);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<float> row(in + r * cols, in + (r + 1) * cols);
+      std::vector<float> res(static_cast<size_t>(cols));
+      // A row of a row-major tensor: element indices continue from r * cols (stochastic draws).
+      const scale_context ctx = make_scale_context(f);
+      const int64_t k = f.gran == granularity::group ? f.group_size : std::max<int64_t>(cols, 1);
+      for (int64_t c0 = 0; c0 < cols; c0 += k) {
+        const int64_t n = std::min(k, cols - c0);
+        group_scale gs;
+        if (f.gran != granularity::none) gs = choose_scale(ctx, group_stats_ref(row.data() + c0, n), row.data() + c0, n, 1.0f);
+        for (int64_t c = c0; c < c0 + n; ++c) {
+          const uint64_t i = static_cast<uint64_t>(r * cols + c);
+          const float u = f.rounding == rounding_mode::sr ? uniform_from_word(random_word(f.seed, tensor_id, i)) : 0.0f;
+          res[static_cast<size_t>(c)] = fake_quantize_value_ref(f, row[static_cast<size_t>(c)], gs, u, f.rounding);
+        }
+      }
+      std::copy(res.begin(), res.end(), out + r * cols);
+    }
+    return;
   }
-  const int64_t gpr = groups_per_row(f, cols);
-  const int64_t k = f.gran == granularity::group ? f.group_size : cols;
+  const fast_call call(f, in, rows, cols, false);
 #pragma omp parallel
   {
     std::vector<uint32_t> words;
-    std::vector<float> row_in;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
+      // In place is safe: each group's statistics are taken before its outputs are written.
       const float* x = in + r * cols;
-      float* y = out + r * cols;
-      if (in == out) {  // the data-dependent rules re-read the group: keep the input row
-        row_in.assign(x, x + cols);
-        x = row_in.data();
-      }
-      const uint64_t index0 = static_cast<uint64_t>(r * cols);
-      const uint32_t* rnd = nullptr;
-      if (f.rounding == rounding_mode::sr && simd) {
-        random_words(f, tensor_id, index0, cols, words);
-        rnd = words.data() + (index0 & 3);
-      }
-      const int64_t ngroups = f.gran == granularity::group ? gpr : 1;
-      for (int64_t gi = 0; gi < ngroups; ++gi) {
-        const int64_t c0 = gi * k, c1 = std::min(cols, c0 + k), n = c1 - c0;
-        group_scale gs;
-        if (f.gran == granularity::tensor) gs = tensor_gs;
-        else if (f.gran != granularity::none) gs = choose_scale(f, stats_fast(x + c0, n, want_minmax), x + c0, n, tensor_scale);
-        if (simd) {
-          fake_quantize_group(f, g, x + c0, y + c0, n, gs, rnd ? rnd + c0 : nullptr);
-        } else {  // explicit scalar fallback (power maps, LUT with directed/stochastic rounding, mse/percentile)
-          for (int64_t c = c0; c < c1; ++c) {
-            const int64_t i = r * cols + c;
-            const float u = f.rounding == rounding_mode::sr
-                                ? uniform_from_word(random_word(f.seed, tensor_id, static_cast<uint64_t>(i)))
-                                : 0.0f;
-            y[c] = fake_quantize_value_ref(f, x[c], gs, u, f.rounding);
-          }
-        }
-      }
+      const uint32_t* rnd = f.rounding == rounding_mode::sr
+                                ? random_words(f, tensor_id, static_cast<uint64_t>(r * cols), cols, words)
+                                : nullptr;
+      HWY_DYNAMIC_DISPATCH(FakeQuantRow)(x, out + r * cols, static_cast<size_t>(cols), call.plan, rnd, nullptr, nullptr);
     }
   }
 }
@@ -596,11 +698,11 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
 namespace {
 
 // The code of a value already on the element grid (exact; no rounding happens here).
-uint32_t code_of_grid_value(const format& f, const element_format& e, float v, const group_scale& gs) {
+uint32_t code_of_grid_value(const format& f, const element_format& e, float v, int32_t zero_point) {
   if (e.kind == element_kind::minifloat) {
+    if (std::isnan(v)) return encode_ref(e, v, rounding_mode::rne);
     const uint32_t b = std::bit_cast<uint32_t>(v);
     const uint32_t sign_bit = 1u << (e.ebits + e.mbits);
-    if (std::isnan(v)) return encode_ref(e, v, rounding_mode::rne);
     const uint32_t sign = (b >> 31) ? sign_bit : 0u;  // the rounding already dropped -0 where it does not exist
     const uint32_t a = b & 0x7fffffffu;
     if (a == 0x7f800000u) return encode_ref(e, v, rounding_mode::rne);
@@ -615,13 +717,15 @@ uint32_t code_of_grid_value(const format& f, const element_format& e, float v, c
     return sign | static_cast<uint32_t>(std::ldexp(std::fabs(v), e.mbits - emin));
   }
   if (e.kind == element_kind::int_sym) {
+    if (std::isnan(v)) return kNoCode;
     const int32_t q = static_cast<int32_t>(std::ldexp(v, e.frac_bits));
     return static_cast<uint32_t>(q) & ((1u << e.bits) - 1u);
   }
   if (e.kind == element_kind::uint_asym) {
-    const float z = f.gran == granularity::none ? 0.0f : static_cast<float>(gs.zero_point);
-    return static_cast<uint32_t>(v + z);
+    if (std::isnan(v)) return kNoCode;
+    return static_cast<uint32_t>(v + static_cast<float>(f.gran == granularity::none ? 0 : zero_point));
   }
+  if (std::isnan(v)) return kNoCode;
   const auto it = std::lower_bound(e.table.begin(), e.table.end(), v);
   return static_cast<uint32_t>(it - e.table.begin());
 }
@@ -629,8 +733,8 @@ uint32_t code_of_grid_value(const format& f, const element_format& e, float v, c
 }  // namespace
 
 quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
-  // Codes come from the same element rounding as fake_quantize, with the scale left out; the
-  // ggml presets, power maps and the scalar-only cases use the per-value reference.
+  // Codes come from the same row kernel as fake_quantize with the scale left out (values on the
+  // element grid); the cases the SIMD path does not cover, and q4_0, use the reference.
   if (use_ref() || !simd_covers(f) || f.named == preset::q4_0 || rows < 0 || cols < 0)
     return quantize_ref(x, rows, cols, f, tensor_id);
   quantized_tensor q;
@@ -639,23 +743,19 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
   q.cols = cols;
   q.row_bytes = (cols * f.element.bits + 7) / 8;
   q.codes.assign(static_cast<size_t>(rows * q.row_bytes), 0);
-  const grid_params g = detail::make_grid_params(f.element);
-  const bool want_minmax = f.element.kind == element_kind::uint_asym;
-  if (f.named == preset::nvfp4) q.tensor_scale = nvfp4_tensor_scale(tensor_stats_fast(x, rows * cols, false, true).amax);
-  group_scale tensor_gs;
-  if (f.gran == granularity::tensor)
-    tensor_gs = choose_scale(f, tensor_stats_fast(x, rows * cols, want_minmax, false), x, rows * cols, q.tensor_scale);
+  const fast_call call(f, x, rows, cols, true);
+  q.tensor_scale = call.plan.tensor_scale;
   const int64_t gpr = groups_per_row(f, cols);
   const bool asym = f.element.kind == element_kind::uint_asym;
   const size_t nscales = f.gran == granularity::tensor ? 1 : static_cast<size_t>(rows * gpr);
   q.scales.assign(nscales, 1.0f);
   if (asym) q.zero_points.assign(nscales, 0);
   if (f.gran == granularity::tensor) {
-    q.scales[0] = tensor_gs.nonfinite ? canonical_nan() : tensor_gs.stored;
-    if (asym) q.zero_points[0] = tensor_gs.zero_point;
+    q.scales[0] = call.plan.tensor_gs.nonfinite ? canonical_nan() : call.plan.tensor_gs.stored;
+    if (asym) q.zero_points[0] = call.plan.tensor_gs.zero_point;
   }
-  const int64_t k = f.gran == granularity::group ? f.group_size : cols;
-  std::atomic<int64_t> nan_at{-1};
+  const int64_t k = call.plan.group_cols;
+  std::atomic<bool> unstorable_nan{false};
 #pragma omp parallel
   {
     std::vector<uint32_t> words;
@@ -663,57 +763,41 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = x + r * cols;
-      const uint64_t index0 = static_cast<uint64_t>(r * cols);
-      const uint32_t* rnd = nullptr;
-      if (f.rounding == rounding_mode::sr) {
-        random_words(f, tensor_id, index0, cols, words);
-        rnd = words.data() + (index0 & 3);
-      }
-      const int64_t ngroups = f.gran == granularity::group ? gpr : 1;
-      for (int64_t gi = 0; gi < ngroups; ++gi) {
-        const int64_t c0 = gi * k, c1 = std::min(cols, c0 + k), n = c1 - c0;
-        group_scale gs;
-        if (f.gran == granularity::tensor) gs = tensor_gs;
-        else if (f.gran != granularity::none) {
-          gs = choose_scale(f, stats_fast(xr + c0, n, want_minmax), xr + c0, n, q.tensor_scale);
-          q.scales[static_cast<size_t>(r * gpr + gi)] = gs.nonfinite ? canonical_nan() : gs.stored;
-          if (asym) q.zero_points[static_cast<size_t>(r * gpr + gi)] = gs.zero_point;
-        }
-        if (gs.nonfinite) continue;  // codes stay 0; the NaN scale carries the group
-        row_job job = make_job(f, g, gs);
-        job.scale = 1.0f;
-        job.scaled = f.gran != granularity::none;
-        job.random = rnd ? rnd + c0 : nullptr;
-        // The rounded values on the element grid (job.scale = 1 leaves them unscaled).
-        HWY_DYNAMIC_DISPATCH(FakeQuantSpan)(xr + c0, vals.data() + c0, static_cast<size_t>(n), job);
-        for (int64_t c = c0; c < c1; ++c) {
-          const float v = vals[static_cast<size_t>(c)];
-          const uint32_t code = code_of_grid_value(f, f.element, v, gs);
-          if (code == kNoCode && f.element.bits < 32) nan_at.store(r * cols + c);
-          q.set_code(r, c, code);
-        }
+      const uint32_t* rnd = f.rounding == rounding_mode::sr
+                                ? random_words(f, tensor_id, static_cast<uint64_t>(r * cols), cols, words)
+                                : nullptr;
+      const bool grouped = f.gran == granularity::group || f.gran == granularity::row;
+      float* sc = grouped ? q.scales.data() + r * gpr : nullptr;
+      int32_t* zp = grouped && asym ? q.zero_points.data() + r * gpr : nullptr;
+      HWY_DYNAMIC_DISPATCH(FakeQuantRow)(xr, vals.data(), static_cast<size_t>(cols), call.plan, rnd, sc, zp);
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t g = grouped ? c / k : 0;
+        const float s = f.gran == granularity::none ? 1.0f : (grouped ? sc[g] : q.scales[0]);
+        if (std::isnan(s)) continue;  // the NaN scale carries the group; codes stay 0
+        const int32_t z = !asym || f.gran == granularity::none ? 0 : (grouped ? zp[g] : q.zero_points[0]);
+        const uint32_t code = code_of_grid_value(f, f.element, vals[static_cast<size_t>(c)], z);
+        if (code == kNoCode && f.element.bits < 32) unstorable_nan.store(true);
+        q.set_code(r, c, code);
       }
     }
   }
-  if (nan_at.load() >= 0) return quantize_ref(x, rows, cols, f, tensor_id);  // throws the reference's message
+  if (unstorable_nan.load()) return quantize_ref(x, rows, cols, f, tensor_id);  // throws the reference's message
   return q;
 }
 
 void dequantize(const quantized_tensor& q, float* out) {
   if (use_ref() || q.fmt.power != 0 || q.fmt.element.bits > 16) return dequantize_ref(q, out);
   const format& f = q.fmt;
-  // Decode table of every code, then one multiply per value (same float ops as the reference).
+  // Decode table of every code, then one multiply per value (the reference's float operations).
   std::vector<float> table(static_cast<size_t>(code_count(f.element)));
   for (size_t c = 0; c < table.size(); ++c) table[c] = decode_ref(f.element, static_cast<uint32_t>(c));
   const bool asym = f.element.kind == element_kind::uint_asym || f.named == preset::q4_0;
-  const int64_t k = f.gran == granularity::group ? f.group_size : q.cols;
-  const int64_t gpr = q.groups_per_row();
+  const int64_t k = f.gran == granularity::group ? f.group_size : std::max<int64_t>(q.cols, 1);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < q.rows; ++r) {
-    const int64_t ngroups = f.gran == granularity::group ? gpr : 1;
-    for (int64_t gi = 0; gi < std::max<int64_t>(ngroups, 1); ++gi) {
-      const int64_t c0 = gi * k, c1 = std::min(q.cols, c0 + k);
-      float* y = out + r * q.cols;
+    float* y = out + r * q.cols;
+    for (int64_t c0 = 0; c0 < q.cols; c0 += k) {
+      const int64_t c1 = std::min(q.cols, c0 + k);
       if (f.gran == granularity::none) {
         for (int64_t c = c0; c < c1; ++c) y[c] = table[q.code(r, c)];
         continue;

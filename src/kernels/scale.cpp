@@ -42,38 +42,56 @@ float round_scale(const scale_format& s, float v) {
 
 namespace {
 
-// floor(log2(v)) and ceil(log2(v)) of a positive finite float, exactly.
-int floor_log2(float v) { return std::ilogb(v); }
+// floor(log2(v)), ceil(log2(v)) and round(log2(v)) of a positive finite float, exactly, from its
+// bits (float32 subnormals through ilogb).
+int floor_log2(float v) {
+  const uint32_t b = std::bit_cast<uint32_t>(v);
+  return (b >> 23) != 0 ? static_cast<int>(b >> 23) - 127 : std::ilogb(v);
+}
 int ceil_log2(float v) {
-  const int e = std::ilogb(v);
+  const int e = floor_log2(v);
   return std::ldexp(1.0f, e) == v ? e : e + 1;
 }
-// round(log2(v)) in the log domain: up iff the significand exceeds sqrt(2) (never a tie).
+// Up iff the significand exceeds sqrt(2) (irrational: never a tie); the float above sqrt(2)'s
+// float32 rounding, 0x3FB504F3, is the first significand past it.
 int round_log2(float v) {
-  const int e = std::ilogb(v);
-  const double m = std::ldexp(static_cast<double>(v), -e);  // in [1, 2)
-  return m * m > 2.0 ? e + 1 : e;
+  const int e = floor_log2(v);
+  const float m = std::ldexp(v, -e);  // in [1, 2), exact
+  return std::bit_cast<uint32_t>(m) >= 0x3FB504F4u ? e + 1 : e;
 }
 
 float pow2(int k) { return std::ldexp(1.0f, k); }
 
+// RNE onto a minifloat scale format without the exact codec: (v + C) - C with C = 2^(L+23)
+// rounds v onto the grid of step 2^L in float32 (ties to even), saturating at s_max.
+float round_scale_fast(const scale_context& ctx, float v) {
+  if (ctx.scale_identity) return v > 0 ? std::min(v, ctx.s_max) : ctx.s_min;
+  const uint32_t b = std::bit_cast<uint32_t>(v);
+  const int p = std::max(static_cast<int>(b >> 23), 1) - 127;
+  const int L = std::max(p, ctx.s_emin) - ctx.s_mbits;
+  float r = v;
+  if (L > p - 23) {
+    const float c = std::bit_cast<float>(static_cast<uint32_t>(L + 150) << 23);
+    r = (v + c) - c;
+  }
+  r = std::min(r, ctx.s_max);
+  return r > 0 ? r : ctx.s_min;
+}
+
+float round_scale_ctx(const scale_context& ctx, float v) {
+  if (ctx.f->scale.kind != scale_kind::element) return v;
+  return ctx.fast_scale_round ? round_scale_fast(ctx, v) : round_scale(ctx.f->scale, v);
+}
+
 // The scale of a group whose (clipped) amax is `amax` under the non-data-dependent rules.
 // Returns NaN when a power-of-two exponent overflows e8m0.
-float scale_from_amax(const format& f, float amax, float elem_max) {
-  switch (f.rule) {
-    case scale_rule::ocp:
-    case scale_rule::ceil:
-    case scale_rule::rceil:
-    case scale_rule::even: {
-      int k = 0;
-      if (!pow2_scale_exponent(f, amax, &k)) return canonical_nan();
-      return round_scale(f.scale, pow2(k));
-    }
-    case scale_rule::max:
-    case scale_rule::mse:
-    case scale_rule::percentile: break;
+float scale_from_amax(const scale_context& ctx, float amax, float elem_max) {
+  if (ctx.pow2_rule) {
+    int k = 0;
+    if (!pow2_scale_exponent(ctx, amax, &k)) return canonical_nan();
+    return round_scale_ctx(ctx, pow2(k));
   }
-  return round_scale(f.scale, amax / elem_max);
+  return round_scale_ctx(ctx, amax / elem_max);
 }
 
 double group_sse(const format& f, const float* x, int64_t n, const group_scale& gs) {
@@ -99,7 +117,7 @@ float percentile_of(std::vector<float> v, double pct) {
 
 // Asymmetric min-max (CONVENTIONS 5, METHODS 0.2): range forced to contain 0, [-1, 1] when
 // empty; s = (max - min) / (2^N - 1) rounded to the scale format, z = round(-min / s).
-group_scale uint_scale(const format& f, float lo, float hi) {
+group_scale uint_scale(const scale_context& ctx, float lo, float hi) {
   group_scale gs;
   lo = std::min(lo, 0.0f);
   hi = std::max(hi, 0.0f);
@@ -107,28 +125,61 @@ group_scale uint_scale(const format& f, float lo, float hi) {
     lo = -1.0f;
     hi = 1.0f;
   }
-  const float maxq = std::ldexp(1.0f, f.element.bits) - 1.0f;
-  gs.scale = scale_from_amax(f, hi - lo, maxq);
+  gs.scale = scale_from_amax(ctx, hi - lo, ctx.elem_max);
   if (std::isnan(gs.scale)) {
     gs.nonfinite = true;
     return gs;
   }
   const float z = std::nearbyint(-lo / gs.scale);
-  gs.zero_point = static_cast<int32_t>(std::clamp(z, 0.0f, maxq));
+  gs.zero_point = static_cast<int32_t>(std::clamp(z, 0.0f, ctx.elem_max));
   return gs;
 }
 
 }  // namespace
 
-bool pow2_scale_exponent(const format& f, float amax, int* k) {
-  const float elem_max = static_cast<float>(f.element.kind == element_kind::uint_asym
-                                                ? std::ldexp(1.0, f.element.bits) - 1
-                                                : element_max(f));
-  const int emax = std::ilogb(elem_max);
+scale_context make_scale_context(const format& f, bool reference) {
+  scale_context ctx;
+  ctx.f = &f;
+  ctx.reference = reference;
+  ctx.elem_max = f.element.kind == element_kind::uint_asym ? std::ldexp(1.0f, f.element.bits) - 1.0f
+                 : f.power != 0                             ? 1.0f
+                                                            : static_cast<float>(element_max(f));
+  ctx.emax = std::ilogb(f.element.kind == element_kind::uint_asym ? ctx.elem_max : static_cast<float>(element_max(f)));
+  ctx.pow2_rule = f.rule == scale_rule::ocp || f.rule == scale_rule::ceil || f.rule == scale_rule::rceil ||
+                  f.rule == scale_rule::even;
+  switch (f.scale.kind) {
+    case scale_kind::e8m0:
+      ctx.k_min = -127;
+      ctx.k_max = 127;
+      ctx.k_overflow_nan = true;
+      break;
+    case scale_kind::pow2:
+      ctx.k_min = std::max(-(1 << (f.scale.exp_bits - 1)), -149);
+      ctx.k_max = std::min((1 << (f.scale.exp_bits - 1)) - 1, 127);
+      break;
+    case scale_kind::element: {
+      const element_format& s = f.scale.element;
+      const element_limits l = limits_of(s);
+      ctx.s_emin = 1 - s.bias;
+      ctx.s_mbits = s.mbits;
+      ctx.s_max = static_cast<float>(l.max);
+      ctx.s_min = static_cast<float>(l.min_subnormal);
+      ctx.scale_identity = s.ebits == 8 && s.mbits == 23 && s.bias == 127 && s.subnormals;
+      ctx.fast_scale_round = !reference && s.kind == element_kind::minifloat && s.subnormals && s.mbits > 0 &&
+                             s.overflow == overflow_policy::saturate;
+      break;
+    }
+  }
+  return ctx;
+}
+
+bool pow2_scale_exponent(const scale_context& ctx, float amax, int* k) {
+  const float elem_max = ctx.elem_max;
+  const int emax = ctx.emax;
   // microxcaling: log2(amax + FP32_MIN_NORMAL * (amax == 0)), so an all-zero block gets -126 - emax.
   const float a = amax > 0 ? amax : 0x1p-126f;
   int e = 0;
-  switch (f.rule) {
+  switch (ctx.f->rule) {
     case scale_rule::ocp: e = floor_log2(a) - emax; break;
     case scale_rule::ceil: e = ceil_log2(a) - emax; break;
     case scale_rule::rceil: {
@@ -143,19 +194,8 @@ bool pow2_scale_exponent(const format& f, float amax, int* k) {
     }
     default: e = ceil_log2(a / elem_max); break;
   }
-  switch (f.scale.kind) {
-    case scale_kind::e8m0:
-      if (e > 127) return false;  // OCP MX: the scale becomes NaN
-      e = std::max(e, -127);
-      break;
-    case scale_kind::pow2: {
-      const int lo = -(1 << (f.scale.exp_bits - 1)), hi = (1 << (f.scale.exp_bits - 1)) - 1;
-      e = std::clamp(e, std::max(lo, -149), std::min(hi, 127));
-      break;
-    }
-    case scale_kind::element: e = std::clamp(e, -149, 127); break;
-  }
-  *k = e;
+  if (ctx.k_overflow_nan && e > ctx.k_max) return false;  // OCP MX: the scale becomes NaN
+  *k = std::clamp(e, ctx.k_min, ctx.k_max);
   return true;
 }
 
@@ -165,6 +205,12 @@ float nvfp4_tensor_scale(float tensor_amax) {
 
 group_scale choose_scale(const format& f, const group_stats& st, const float* x, int64_t n,
                          float tensor_scale) {
+  return choose_scale(make_scale_context(f), st, x, n, tensor_scale);
+}
+
+group_scale choose_scale(const scale_context& ctx, const group_stats& st, const float* x, int64_t n,
+                         float tensor_scale) {
+  const format& f = *ctx.f;
   group_scale gs;
   if (st.nonfinite) {
     gs.nonfinite = true;
@@ -177,7 +223,7 @@ group_scale choose_scale(const format& f, const group_stats& st, const float* x,
       // E4M3; the quantization scale is s_tensor * s_blk_q in float32.
       const float s_blk = st.amax / 6.0f;
       const float ratio = std::clamp(s_blk / tensor_scale, 0x1p-6f, 448.0f);
-      gs.stored = round_scale(f.scale, ratio);
+      gs.stored = round_scale_ctx(ctx, ratio);
       gs.scale = tensor_scale * gs.stored;
       return gs;
     }
@@ -214,12 +260,12 @@ group_scale choose_scale(const format& f, const group_stats& st, const float* x,
       lo = percentile_of(std::move(v), 100.0 - f.percentile);
     }
     if (f.rule != scale_rule::mse) {
-      gs = uint_scale(f, lo, hi);
+      gs = uint_scale(ctx, lo, hi);
     } else {
       double best = std::numeric_limits<double>::infinity();
       for (int i = 0; i < 80; ++i) {
         const float c = static_cast<float>(1.0 - i / 100.0);
-        const group_scale cand = uint_scale(f, lo * c, hi * c);
+        const group_scale cand = uint_scale(ctx, lo * c, hi * c);
         const double sse = group_sse(f, x, n, cand);
         if (sse < best) {
           best = sse;
@@ -230,7 +276,6 @@ group_scale choose_scale(const format& f, const group_stats& st, const float* x,
     gs.stored = gs.scale;
     return gs;
   }
-  const float elem_max = f.power != 0 ? 1.0f : static_cast<float>(element_max(f));
   float amax = st.amax;
   if (f.rule == scale_rule::percentile) {
     std::vector<float> v(static_cast<size_t>(n));
@@ -242,7 +287,7 @@ group_scale choose_scale(const format& f, const group_stats& st, const float* x,
     for (int i = 0; i < 80; ++i) {
       const float c = static_cast<float>(1.0 - i / 100.0);
       group_scale cand;
-      cand.scale = cand.stored = scale_from_amax(f, amax * c, elem_max);
+      cand.scale = cand.stored = scale_from_amax(ctx, amax * c, ctx.elem_max);
       const double sse = group_sse(f, x, n, cand);
       if (sse < best) {
         best = sse;
@@ -251,7 +296,7 @@ group_scale choose_scale(const format& f, const group_stats& st, const float* x,
     }
     return gs;
   }
-  gs.scale = gs.stored = scale_from_amax(f, amax, elem_max);
+  gs.scale = gs.stored = scale_from_amax(ctx, amax, ctx.elem_max);
   if (std::isnan(gs.scale)) gs.nonfinite = true;
   return gs;
 }

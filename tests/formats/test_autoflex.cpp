@@ -106,7 +106,7 @@ TEST(AutoflexConfig, RejectsGammaThatIsNotAMagnitude) {
   EXPECT_EQ(af.exponent(), 0);
 }
 
-// ---- exponent_for_max ----------------------------------------------------------------------------
+// ---- exponent_for_max ---------------------------------------------------------------------------
 
 TEST(AutoflexExponentForMax, HandComputedFlex16p5) {
   const autoflex af;  // N = 16: M = 32767; E = 5: k in [-16, 15]
@@ -168,7 +168,7 @@ TEST(AutoflexExponentForMax, IsTheSmallestExponentThatFits) {
   }
 }
 
-// ---- Algorithm 1: initialisation -----------------------------------------------------------------
+// ---- Algorithm 1: initialisation ----------------------------------------------------------------
 
 TEST(AutoflexInit, HandTracedSteps) {
   {
@@ -252,7 +252,7 @@ TEST(AutoflexInit, SmallMaximaStopAtTheBottomOfAFiveBitRange) {
   }
 }
 
-// ---- Algorithm 2: prediction ---------------------------------------------------------------------
+// ---- Algorithm 2: prediction --------------------------------------------------------------------
 
 TEST(AutoflexPredict, HandComputedSteps) {
   autoflex af;  // flex16+5, alpha 2, beta 3, gamma 100
@@ -319,7 +319,8 @@ TEST(AutoflexPredict, StationaryInputSettlesWithinTheWindow) {
           // A cold start measures its first maxima with a coarse (or overflowing) kappa; those
           // entries keep influencing std(f) until they leave the window, so the exponent can
           // move once more about l steps after the last such change. It still settles.
-          EXPECT_LE(last_change, last_overflow + 2 * cfg.window) << "N=" << n << " max=" << true_max;
+          EXPECT_LE(last_change, last_overflow + 2 * cfg.window)
+              << "N=" << n << " max=" << true_max;
         }
       }
     }

@@ -63,7 +63,7 @@ TEST(Spec, CanonicalNames) {
 }
 
 TEST(Spec, RoundTripIsLossless) {
-  const char* specs[] = {"int2", "int16", "uint3/g7", "e1m0", "e1m6", "e8m0/t", "e3m4fnuz(bias=2)",
+  const char* specs[] = {"int2", "int16", "uint3/g7", "e1m0", "e1m6", "e3m4fnuz(bias=2)",
                          "e5m2fn", "e6m1ieee(subnormals=off,overflow=nan)", "e2m1/g9:e4m3@mse~rtz",
                          "int8/c:bf16@p99.99~sr:123", "e4m3fn/t:pow2@even~odd", "e4m3fn/g32:e8m0@ceil~up",
                          "mxint8~down", "flex8+4", "pow2(e2m1/g16:fp16)", "lut(-0.5,0.25,3)/g3",
@@ -91,7 +91,7 @@ TEST(Spec, ErrorsNamePositionExpectationAndSuggestions) {
   EXPECT_NE(e.find("1..8"), std::string::npos) << e;
   e = error_of("e4m24");
   EXPECT_NE(e.find("0..23"), std::string::npos) << e;
-  e = error_of("int4/g32:e1m0");
+  e = error_of("int4/g32:e1m1(bias=1)");  // values 0.5, 1, 1.5: nothing >= 2
   EXPECT_NE(e.find("no positive powers"), std::string::npos) << e;
   e = error_of("int4:fp16");
   EXPECT_NE(e.find("needs a group"), std::string::npos) << e;
@@ -117,6 +117,10 @@ TEST(Spec, ErrorsNamePositionExpectationAndSuggestions) {
   EXPECT_NE(e.find("group"), std::string::npos) << e;
   e = error_of("e8m0");
   EXPECT_NE(e.find("scale format"), std::string::npos) << e;
+  e = error_of("int4/g32:e8m0ieee");
+  EXPECT_NE(e.find("e8m0"), std::string::npos) << e;
+  e = error_of("e04m3");
+  EXPECT_FALSE(e.empty());
   e = error_of("int4/g32@p0");
   EXPECT_NE(e.find("percentile"), std::string::npos) << e;
   e = error_of("q8_0~sr");

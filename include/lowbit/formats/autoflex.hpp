@@ -39,8 +39,9 @@ class autoflex {
   bool last_overflowed() const { return overflowed_; }
   const std::deque<double>& history() const { return maxima_; }
 
-  // The exponent that puts a floating-point maximum `chi` at the top of the mantissa range:
-  // ceil(log2(chi)) - (N - 1), clamped to the E-bit range.
+  // The smallest exponent (in the E-bit range) with chi <= (2^(N-1) - 1) * 2^k, i.e.
+  // ceil(log2(chi / (2^(N-1) - 1))): chi lands at the top of the mantissa range without
+  // overflowing it (ceil(log2 chi) - (N - 1) would overflow by one at chi in (2^(N-1)-1, 2^(N-1)]).
   int exponent_for_max(double chi) const;
 
  private:

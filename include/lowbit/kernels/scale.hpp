@@ -25,8 +25,26 @@ struct group_stats {
 
 group_stats group_stats_ref(const float* x, int64_t n);
 
+// Constants of scale selection, computed once per tensor (not per group).
+struct scale_context {
+  const format* f = nullptr;
+  float elem_max = 1;        // largest element magnitude (uint: 2^N - 1; power maps: 1)
+  int emax = 0;              // floor(log2(elem_max)), OCP's emax_elem
+  int k_min = -149, k_max = 127;  // range of a power-of-two scale exponent
+  bool k_overflow_nan = false;    // e8m0: an exponent above k_max makes the group NaN
+  bool pow2_rule = false;
+  bool reference = true;     // round scales with the exact codec (false: the fast scalar path)
+  // fast RNE rounding onto a minifloat scale format (valid when fast_scale_round)
+  bool fast_scale_round = false, scale_identity = false;
+  int s_emin = 0, s_mbits = 0;
+  float s_max = 0, s_min = 0;
+};
+scale_context make_scale_context(const format& f, bool reference = true);
+
 // The scale of a group. `x` (n values) is only read by the data-dependent rules (mse,
 // percentile) and the ggml presets; `tensor_scale` is nvfp4's first level.
+group_scale choose_scale(const scale_context& ctx, const group_stats& st, const float* x, int64_t n,
+                         float tensor_scale);
 group_scale choose_scale(const format& f, const group_stats& st, const float* x, int64_t n,
                          float tensor_scale);
 
@@ -39,7 +57,7 @@ float nvfp4_tensor_scale(float tensor_amax);
 float round_scale(const scale_format& s, float v);
 // Power-of-two exponent k of a scale 2^k for the pow2 rules; returns false when k overflows an
 // e8m0 scale (the group becomes NaN, as microxcaling does).
-bool pow2_scale_exponent(const format& f, float amax, int* k);
+bool pow2_scale_exponent(const scale_context& ctx, float amax, int* k);
 
 // Philox4x32-10 (Salmon et al. 2011): counter-based, so element i's draw depends only on
 // (seed, tensor_id, i). Element i takes word (i & 3) of the block with counter i >> 2.
