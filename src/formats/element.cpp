@@ -98,7 +98,10 @@ void validate_minifloat(const element_format& f) {
   if (!(max > 0))
     throw format_error(fmt::format("e{}m{}{} has no positive finite value", f.ebits, f.mbits,
                                    to_string(f.variant)));
-  const double smallest = f.subnormals ? std::ldexp(1.0, 1 - f.bias - f.mbits) : std::ldexp(1.0, 1 - f.bias);
+  // The finest spacing of the value set must be a float32 step: 2^(1-bias-M) whenever a value with
+  // a nonzero mantissa exists in the lowest binade (subnormals, or normals e = 1, m >= 1).
+  const bool fine_values = (f.subnormals && f.mbits > 0) || top >= (1u << f.mbits) + 1;
+  const double smallest = fine_values ? std::ldexp(1.0, 1 - f.bias - f.mbits) : std::ldexp(1.0, 1 - f.bias);
   if (max > static_cast<double>(FLT_MAX) || smallest < std::ldexp(1.0, -149))
     throw format_error(fmt::format(
         "bias {} puts e{}m{} values outside float32 (largest {:g}, smallest {:g}); lowbit computes "
@@ -285,6 +288,7 @@ float decode_ref(const element_format& f, uint32_t code) {
       double v;
       if (minifloat_is_inf(f, code)) v = std::numeric_limits<double>::infinity();
       else v = minifloat_magnitude(f, code & (sign_bit - 1u));
+      if (v == 0 && f.variant == float_variant::fnuz) return 0.0f;  // fnuz has no -0 (flushed codes too)
       return static_cast<float>(negative ? -v : v);
     }
     case element_kind::int_sym: {

@@ -145,13 +145,13 @@ inline row_job make_job(const format& f, const grid_params& g, const group_scale
   job.scale = unscaled ? 1.0f : gs.scale;
   job.divisor = gs.scale;
   job.use_multiplier = is_exact_pow2_reciprocal(gs.scale);
-  job.multiplier = job.use_multiplier ? 1.0f / gs.scale : 0.0f;
+  // 2^-k of a scale 2^k (-126 <= k <= 126), from the bits: exact, no division.
+  job.multiplier = job.use_multiplier ? std::bit_cast<float>(uint32_t{254u << 23} - (std::bit_cast<uint32_t>(gs.scale) & 0x7f800000u)) : 0.0f;
   if (f.element.kind == element_kind::uint_asym) {
     job.uint_clamp = true;
-    const float maxq = std::ldexp(1.0f, f.element.bits) - 1.0f;
     const int32_t z = job.scaled ? gs.zero_point : 0;
     job.clamp_lo = static_cast<float>(-z);  // +0 when z = 0 (integers have no -0)
-    job.clamp_hi = maxq - static_cast<float>(z);
+    job.clamp_hi = g.max_value - static_cast<float>(z);
   }
   if (f.named == preset::q8_0) {  // ggml: roundf(x * (1/d)): rna on the integer grid, then * d
     job.mode = rounding_mode::rna;
@@ -369,21 +369,28 @@ HWY_INLINE VF RoundIntFast(DF df, VF y, const grid_params& g, bool uint_clamp) {
   return hn::IfThenElse(hn::Eq(ys, ys), q, hn::Set(df, canonical_nan()));
 }
 
-template <rounding_mode kMode>
-HWY_INLINE VF FakeQuantVec(DF df, VF x, VF u, const row_job& job) {
+// Which element rounding a span uses, chosen once per span: the LUT compare chain, the integer
+// roundps path, the minifloat (|y| + C) - C path, or the general bit-pattern path.
+enum class span_path { table, int_fast, rne_fast, generic };
+// How y is formed: x itself (plain cast), x * (1/s) (s a power of two: exact), or x / s.
+enum class span_scale { none, mul, div };
+
+template <rounding_mode kMode, span_path kPath, span_scale kScale>
+HWY_INLINE VF FakeQuantVec(DF df, VF x, VF u, const grid_params& g, VF mul, VF div, VF scale, bool uint_clamp,
+                           VF clamp_lo, VF clamp_hi) {
   VF y = x;
-  if (job.scaled) y = job.use_multiplier ? hn::Mul(x, hn::Set(df, job.multiplier)) : hn::Div(x, hn::Set(df, job.divisor));
-  const grid_params& g = *job.grid;
+  if constexpr (kScale == span_scale::mul) y = hn::Mul(x, mul);
+  if constexpr (kScale == span_scale::div) y = hn::Div(x, div);
   VF q;
-  if (g.kind == 2) q = RoundToTable(df, y, g);
-  else if ((kMode == rounding_mode::rne || kMode == rounding_mode::rna) && g.int_fast) q = RoundIntFast<kMode>(df, y, g, job.uint_clamp);
-  else if (kMode == rounding_mode::rne && g.fast_rne) q = RoundRneFast(df, y, g);
+  if constexpr (kPath == span_path::table) q = RoundToTable(df, y, g);
+  else if constexpr (kPath == span_path::int_fast) q = RoundIntFast<kMode>(df, y, g, uint_clamp);
+  else if constexpr (kPath == span_path::rne_fast) q = RoundRneFast(df, y, g);
   else q = RoundToGrid<kMode>(df, y, u, g);
-  if (job.uint_clamp) {
-    const VF c = hn::Min(hn::Max(q, hn::Set(df, job.clamp_lo)), hn::Set(df, job.clamp_hi));
+  if (uint_clamp) {
+    const VF c = hn::Min(hn::Max(q, clamp_lo), clamp_hi);
     q = hn::IfThenElse(hn::Eq(q, q), c, q);
   }
-  if (job.scaled) q = hn::Mul(q, hn::Set(df, job.scale));
+  if constexpr (kScale != span_scale::none) q = hn::Mul(q, scale);
   return q;
 }
 
@@ -395,20 +402,51 @@ HWY_INLINE VF UniformFromWords(DF df, const uint32_t* w, size_t i, size_t count)
 }
 
 // out[0..n) = fake-quantized in[0..n) under one scale.
-template <rounding_mode kMode>
+template <rounding_mode kMode, span_path kPath, span_scale kScale>
 void FakeQuantSpanT(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, const row_job& job) {
   const DF df;
   const size_t N = hn::Lanes(df);
+  const grid_params& g = *job.grid;
+  const VF mul = hn::Set(df, job.multiplier), div = hn::Set(df, job.divisor), scale = hn::Set(df, job.scale);
+  const VF clamp_lo = hn::Set(df, job.clamp_lo), clamp_hi = hn::Set(df, job.clamp_hi);
+  const bool uint_clamp = job.uint_clamp;
+  const uint32_t* random = job.random;
   VF u = hn::Zero(df);
   size_t i = 0;
   for (; i + N <= n; i += N) {
-    if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, job.random, i, N);
-    hn::StoreU(FakeQuantVec<kMode>(df, hn::LoadU(df, in + i), u, job), df, out + i);
+    if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, random, i, N);
+    const VF r = FakeQuantVec<kMode, kPath, kScale>(df, hn::LoadU(df, in + i), u, g, mul, div, scale, uint_clamp,
+                                                    clamp_lo, clamp_hi);
+    hn::StoreU(r, df, out + i);
   }
   if (i < n) {
-    if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, job.random, i, n - i);
-    StoreTail(df, FakeQuantVec<kMode>(df, LoadTail(df, in + i, n - i), u, job), out + i, n - i);
+    if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, random, i, n - i);
+    const VF r = FakeQuantVec<kMode, kPath, kScale>(df, LoadTail(df, in + i, n - i), u, g, mul, div, scale,
+                                                    uint_clamp, clamp_lo, clamp_hi);
+    StoreTail(df, r, out + i, n - i);
   }
+}
+
+template <rounding_mode kMode, span_path kPath>
+HWY_INLINE void FakeQuantSpanScale(const float* in, float* out, size_t n, const row_job& job) {
+  if (!job.scaled) FakeQuantSpanT<kMode, kPath, span_scale::none>(in, out, n, job);
+  else if (job.use_multiplier) FakeQuantSpanT<kMode, kPath, span_scale::mul>(in, out, n, job);
+  else FakeQuantSpanT<kMode, kPath, span_scale::div>(in, out, n, job);
+}
+
+// Picks the span's rounding path (the fast paths exist for rne, and rna on integers).
+template <rounding_mode kMode>
+HWY_INLINE void FakeQuantSpan(const float* in, float* out, size_t n, const row_job& job) {
+  const grid_params& g = *job.grid;
+  if constexpr (kMode == rounding_mode::rne) {
+    if (g.kind == 2) return FakeQuantSpanScale<kMode, span_path::table>(in, out, n, job);
+    if (g.int_fast) return FakeQuantSpanScale<kMode, span_path::int_fast>(in, out, n, job);
+    if (g.fast_rne) return FakeQuantSpanScale<kMode, span_path::rne_fast>(in, out, n, job);
+  }
+  if constexpr (kMode == rounding_mode::rna) {
+    if (g.int_fast) return FakeQuantSpanScale<kMode, span_path::int_fast>(in, out, n, job);
+  }
+  FakeQuantSpanScale<kMode, span_path::generic>(in, out, n, job);
 }
 
 // Group statistics: amax as the max of |x| bit patterns (exact, NaN-safe), and min/max.
@@ -475,7 +513,8 @@ void FakeQuantRowT(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t co
       st.amax = std::bit_cast<float>(ss.amax_bits);
       st.min = ss.min;
       st.max = ss.max;
-      gs = choose_scale(*plan.sctx, st, x + c0, static_cast<int64_t>(n), plan.tensor_scale);
+      if (st.nonfinite || !fast_group_scale(*plan.sctx, st.amax, &gs))
+        gs = choose_scale(*plan.sctx, st, x + c0, static_cast<int64_t>(n), plan.tensor_scale);
       if (scales) scales[gi] = gs.nonfinite ? canonical_nan() : gs.stored;
       if (zero_points) zero_points[gi] = gs.zero_point;
     }
@@ -489,8 +528,8 @@ void FakeQuantRowT(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t co
     }
     row_job job = detail::make_job(f, *plan.grid, gs, plan.unscaled);
     job.random = random ? random + c0 : nullptr;
-    if (job.mode == kMode) FakeQuantSpanT<kMode>(x + c0, y + c0, n, job);
-    else FakeQuantSpanT<rounding_mode::rna>(x + c0, y + c0, n, job);  // q8_0's fixed rounding
+    if (job.mode == kMode) FakeQuantSpan<kMode>(x + c0, y + c0, n, job);
+    else FakeQuantSpan<rounding_mode::rna>(x + c0, y + c0, n, job);  // q8_0's fixed rounding
   }
 }
 

@@ -60,22 +60,41 @@ int round_log2(float v) {
   return std::bit_cast<uint32_t>(m) >= 0x3FB504F4u ? e + 1 : e;
 }
 
-float pow2(int k) { return std::ldexp(1.0f, k); }
+// 2^k as a float (k in -149..127), without libm.
+float pow2(int k) {
+  return k >= -126 ? std::bit_cast<float>(static_cast<uint32_t>(k + 127) << 23)
+                   : std::bit_cast<float>(uint32_t{1} << (k + 149));
+}
 
-// RNE onto a minifloat scale format without the exact codec: (v + C) - C with C = 2^(L+23)
-// rounds v onto the grid of step 2^L in float32 (ties to even), saturating at s_max.
+// |v| rounded (RNE) onto a minifloat grid without the exact codec: (|v| + C) - C with
+// C = 2^(L+23) rounds onto the grid of step 2^L in float32, ties to even; M > 0, subnormals on.
+// Beyond `max`: max, or Inf when overflow_inf (IEEE, as ggml's fp16 conversion).
+float round_minifloat_fast(float v, int emin, int mbits, float max, bool overflow_inf) {
+  const float a = std::fabs(v);
+  const uint32_t b = std::bit_cast<uint32_t>(a);
+  const int p = std::max(static_cast<int>(b >> 23), 1) - 127;
+  const int L = std::max(p, emin) - mbits;
+  float r = a;
+  if (L > p - 23 && L + 23 <= 127) {
+    const float c = std::bit_cast<float>(static_cast<uint32_t>(L + 150) << 23);
+    r = (a + c) - c;
+  }
+  if (r > max) r = overflow_inf ? INFINITY : max;
+  return std::copysign(r, v);
+}
+
 float round_scale_fast(const scale_context& ctx, float v) {
   if (ctx.scale_identity) return v > 0 ? std::min(v, ctx.s_max) : ctx.s_min;
-  const uint32_t b = std::bit_cast<uint32_t>(v);
-  const int p = std::max(static_cast<int>(b >> 23), 1) - 127;
-  const int L = std::max(p, ctx.s_emin) - ctx.s_mbits;
-  float r = v;
-  if (L > p - 23) {
-    const float c = std::bit_cast<float>(static_cast<uint32_t>(L + 150) << 23);
-    r = (v + c) - c;
-  }
-  r = std::min(r, ctx.s_max);
+  const float r = round_minifloat_fast(v, ctx.s_emin, ctx.s_mbits, ctx.s_max, false);
   return r > 0 ? r : ctx.s_min;
+}
+
+// ggml's fp16 block scale d (any sign, overflow to Inf): the exact codec, or the fast rounding.
+float round_ggml_scale(const scale_context& ctx, float d) {
+  const element_format& e = ctx.f->scale.element;
+  if (ctx.reference) return decode_ref(e, encode_ref(e, d, rounding_mode::rne));
+  if (std::isnan(d) || std::fabs(d) > 1e30f) return decode_ref(e, encode_ref(e, d, rounding_mode::rne));
+  return round_minifloat_fast(d, ctx.s_emin, ctx.s_mbits, ctx.s_max, true);
 }
 
 float round_scale_ctx(const scale_context& ctx, float v) {
@@ -170,6 +189,11 @@ scale_context make_scale_context(const format& f, bool reference) {
       break;
     }
   }
+  const bool generic = f.named == preset::none || f.named == preset::mxint8 || f.named == preset::flex;
+  if (!reference && generic && f.power == 0 && f.element.kind != element_kind::uint_asym) {
+    if (ctx.pow2_rule && f.scale.kind != scale_kind::element) ctx.inline_rule = scale_context::inline_pow2;
+    if (f.rule == scale_rule::max && ctx.scale_identity) ctx.inline_rule = scale_context::inline_max_fp32;
+  }
   return ctx;
 }
 
@@ -237,7 +261,7 @@ group_scale choose_scale(const scale_context& ctx, const group_stats& st, const 
         }
       const float d = vmax / -8.0f;
       gs.multiplier = d != 0 ? 1.0f / d : 0.0f;
-      gs.scale = gs.stored = decode_ref(f.scale.element, encode_ref(f.scale.element, d, rounding_mode::rne));
+      gs.scale = gs.stored = round_ggml_scale(ctx, d);
       gs.zero_point = 8;
       return gs;
     }
@@ -245,7 +269,7 @@ group_scale choose_scale(const scale_context& ctx, const group_stats& st, const 
       // ggml quantize_row_q8_0_ref: d = amax / 127, q = roundf(x * (1/d)).
       const float d = st.amax / 127.0f;
       gs.multiplier = d != 0 ? 1.0f / d : 0.0f;
-      gs.scale = gs.stored = decode_ref(f.scale.element, encode_ref(f.scale.element, d, rounding_mode::rne));
+      gs.scale = gs.stored = round_ggml_scale(ctx, d);
       return gs;
     }
     case preset::mxint8:

@@ -38,6 +38,8 @@ struct scale_context {
   bool fast_scale_round = false, scale_identity = false;
   int s_emin = 0, s_mbits = 0;
   float s_max = 0, s_min = 0;
+  // Groups whose scale the fast kernels compute inline (fast_group_scale); 0 = none.
+  enum { inline_none, inline_pow2, inline_max_fp32 } inline_rule = inline_none;
 };
 scale_context make_scale_context(const format& f, bool reference = true);
 
@@ -47,6 +49,39 @@ group_scale choose_scale(const scale_context& ctx, const group_stats& st, const 
                          float tensor_scale);
 group_scale choose_scale(const format& f, const group_stats& st, const float* x, int64_t n,
                          float tensor_scale);
+
+// The scale of a finite group for the two commonest cases without a function call or libm: a
+// power-of-two scale (e8m0/pow2) from a normal amax, and the max rule with an fp32 scale.
+// Returns false where it does not apply (the caller then calls choose_scale); where it returns
+// true the result equals choose_scale's (tests/kernels/test_differential.cpp).
+inline bool fast_group_scale(const scale_context& ctx, float amax, group_scale* gs) {
+  if (ctx.inline_rule == scale_context::inline_max_fp32) {
+    float s = amax / ctx.elem_max;
+    s = s > 0 ? (s < ctx.s_max ? s : ctx.s_max) : ctx.s_min;
+    gs->scale = gs->stored = s;
+    return true;
+  }
+  if (ctx.inline_rule != scale_context::inline_pow2) return false;
+  const uint32_t b = __builtin_bit_cast(uint32_t, amax);
+  if (b < 0x00800000u || b >= 0x7f800000u) return false;  // 0, subnormal: the general path
+  int e = static_cast<int>(b >> 23) - 127;
+  switch (ctx.f->rule) {
+    case scale_rule::ocp: e -= ctx.emax; break;
+    case scale_rule::ceil: e += ((b & 0x7fffffu) != 0) - ctx.emax; break;
+    default: {  // rceil / even on r = amax / elem_max
+      const uint32_t rb = __builtin_bit_cast(uint32_t, amax / ctx.elem_max);
+      if (rb < 0x00800000u) return false;
+      e = static_cast<int>(rb >> 23) - 127;
+      if (ctx.f->rule == scale_rule::rceil) e += (rb & 0x7fffffu) != 0;
+      else e += (rb & 0x7fffffu) >= 0x3504F4u;  // significand above sqrt(2)
+    }
+  }
+  if (e > ctx.k_max && ctx.k_overflow_nan) return false;
+  e = e < ctx.k_min ? ctx.k_min : (e > ctx.k_max ? ctx.k_max : e);
+  if (e < -126) return false;
+  gs->scale = gs->stored = __builtin_bit_cast(float, static_cast<uint32_t>(e + 127) << 23);
+  return true;
+}
 
 // nvfp4's tensor scale from the tensor's finite amax: amax / (448 * 6), or 1 for an all-zero
 // tensor (METHODS 1.3).
