@@ -19,6 +19,7 @@
 #include <hwy/highway.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <bit>
 #include <cmath>
@@ -51,14 +52,16 @@ struct grid_params {
   bool signed_zero = false;
   // RNE fast paths: minifloats with M > 0 that saturate round with (|y| + C) - C, C = 2^(L+23);
   // integers with roundps. Both are exactly the reference's ties-to-even-code rounding.
-  bool fast_rne = false, int_fast = false;
+  bool fast_rne = false, int_fast = false, e8_fast = false;
   float max_value = 0;
-  int32_t rne_big_bits = 0;  // |y| at or above this (2^(105+M)): C would overflow, use the bit path
+  int32_t e8_shift = 0;      // e8_fast: float32 mantissa bits below the element's
   float frac_scale = 1, inv_frac_scale = 1;  // 2^frac, 2^-frac (MXINT8)
   // lut (round to nearest, ties to even index): value i+1 is taken when y > thr[i] (or >= when ge[i])
+  // (fixed arrays keep the struct trivially copyable: the row kernel works on a local copy)
+  static constexpr int kMaxLut = 16;
   int lut_n = 0;
-  std::vector<float> lut_values, lut_thr;
-  std::vector<uint8_t> lut_ge;
+  std::array<float, kMaxLut> lut_values{}, lut_thr{};
+  std::array<uint8_t, kMaxLut> lut_ge{};
 };
 
 inline grid_params make_grid_params(const element_format& e) {
@@ -77,8 +80,12 @@ inline grid_params make_grid_params(const element_format& e) {
       g.saturate = e.overflow == overflow_policy::saturate;
       g.special_bits = e.overflow == overflow_policy::inf ? 0x7f800000 : 0x7fc00000;
       g.signed_zero = has_signed_zero(e);
-      g.fast_rne = e.mbits > 0 && g.saturate;
-      g.rne_big_bits = 232 + e.mbits < 255 ? (232 + e.mbits) << 23 : 0x7f800000;
+      // (|y| + C) - C needs C = 2^(L+23) <= 2^126 for L up to emax - M, and M <= 22 (so that no
+      // value below max is already on the grid with a larger C).
+      g.fast_rne = e.mbits > 0 && e.mbits <= 22 && g.saturate && lim.emax - e.mbits <= 103;
+      // Elements with float32's exponent range (e8mM, bias 127): RNE is a fixed shift of the pattern.
+      g.e8_fast = e.ebits == 8 && e.bias == 127 && e.subnormals && g.saturate && e.mbits <= 22;
+      g.e8_shift = 23 - e.mbits;
       g.max_value = static_cast<float>(lim.max);
       break;
     case element_kind::int_sym:
@@ -97,16 +104,17 @@ inline grid_params make_grid_params(const element_format& e) {
     case element_kind::lut: {
       g.kind = 2;
       g.lut_n = static_cast<int>(e.table.size());
-      g.lut_values = e.table;
+      if (g.lut_n > grid_params::kMaxLut) break;  // larger tables take the scalar path
+      std::copy(e.table.begin(), e.table.end(), g.lut_values.begin());
       for (size_t i = 0; i + 1 < e.table.size(); ++i) {
         const long double mid = (static_cast<long double>(e.table[i]) + e.table[i + 1]) / 2;
         const float m = static_cast<float>(mid);
         if (static_cast<long double>(m) == mid) {  // a tie is possible: ties go to the even index
-          g.lut_thr.push_back(m);
-          g.lut_ge.push_back((i & 1u) ? 1 : 0);
+          g.lut_thr[i] = m;
+          g.lut_ge[i] = (i & 1u) ? 1 : 0;
         } else {  // the largest float below mid: y > it <=> y > mid
-          g.lut_thr.push_back(static_cast<long double>(m) < mid ? m : std::nextafter(m, -INFINITY));
-          g.lut_ge.push_back(0);
+          g.lut_thr[i] = static_cast<long double>(m) < mid ? m : std::nextafter(m, -INFINITY);
+          g.lut_ge[i] = 0;
         }
       }
       break;
@@ -331,23 +339,34 @@ HWY_INLINE VF RoundRneFast(DF df, VF y, const grid_params& g) {
   const VI bits = hn::BitCast(di, y);
   const VI abs_mask = hn::Set(di, 0x7fffffff);
   const VI ab = hn::And(bits, abs_mask);
-  if (HWY_UNLIKELY(!hn::AllFalse(di, hn::Gt(ab, hn::Set(di, g.rne_big_bits - 1)))))
-    return RoundToGrid<rounding_mode::rne>(df, y, hn::Zero(df), g);  // huge values, Inf, NaN
-  const VF ay = hn::BitCast(df, ab);
-  const VI ef = hn::ShiftRight<23>(ab);
-  const VI p = hn::Sub(hn::Max(ef, hn::Set(di, 1)), hn::Set(di, 127));
+  // Clamp first: saturation (Inf too) is then free and C stays in range; NaN is restored below.
+  const VF ay = hn::Min(hn::BitCast(df, ab), hn::Set(df, g.max_value));
+  const VI p = hn::Sub(hn::Max(hn::ShiftRight<23>(hn::BitCast(di, ay)), hn::Set(di, 1)), hn::Set(di, 127));
   const VI L = hn::IfThenElse(hn::Lt(p, hn::Set(di, g.emin)), hn::Set(di, g.below_log2step),
                               hn::Sub(p, hn::Set(di, g.mbits)));
-  // On the grid already (|y| >= 2^(L+23)), or Inf/NaN: keep |y|. Otherwise 1 <= L + 150 <= 254.
-  const auto keep = hn::Or(hn::Lt(L, hn::Sub(p, hn::Set(di, 22))), hn::Gt(ab, hn::Set(di, 0x7f7fffff)));
-  const VI c_bits = hn::ShiftLeft<23>(hn::Add(hn::IfThenZeroElse(keep, L), hn::Set(di, 150)));
-  const VF c = hn::BitCast(df, c_bits);
-  VF r = hn::IfThenElse(hn::RebindMask(df, keep), ay, hn::Sub(hn::Add(ay, c), c));
-  r = hn::Min(r, hn::Set(df, g.max_value));  // saturate (Inf too); NaN is restored below
+  const VF c = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(L, hn::Set(di, 150))));
+  const VF r = hn::Sub(hn::Add(ay, c), c);
   VI out = hn::BitCast(di, r);
   VI sign = hn::AndNot(abs_mask, bits);
   if (!g.signed_zero) sign = hn::IfThenZeroElse(hn::Eq(out, hn::Zero(di)), sign);
   out = hn::Or(out, sign);
+  out = hn::IfThenElse(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Set(di, 0x7fc00000), out);
+  return hn::BitCast(df, out);
+}
+
+// RNE onto e8mM (bf16, tf32, ...): round the float32 pattern at a fixed bit, ties to even, then
+// saturate (a carry into the Inf pattern is above max too).
+HWY_INLINE VF RoundE8Fast(DF df, VF y, const grid_params& g) {
+  const DI di;
+  const VI bits = hn::BitCast(di, y);
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  const VI ab = hn::And(bits, abs_mask);
+  const int s = g.e8_shift;
+  const VI lsb = hn::And(hn::ShiftRightSame(ab, s), hn::Set(di, 1));
+  VI r = hn::Add(hn::Add(ab, hn::Set(di, (1 << (s - 1)) - 1)), lsb);
+  r = hn::And(r, hn::Set(di, ~((1 << s) - 1)));
+  r = hn::Min(r, hn::Set(di, g.max_bits));
+  VI out = hn::Or(r, hn::AndNot(abs_mask, bits));
   out = hn::IfThenElse(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Set(di, 0x7fc00000), out);
   return hn::BitCast(df, out);
 }
@@ -371,7 +390,7 @@ HWY_INLINE VF RoundIntFast(DF df, VF y, const grid_params& g, bool uint_clamp) {
 
 // Which element rounding a span uses, chosen once per span: the LUT compare chain, the integer
 // roundps path, the minifloat (|y| + C) - C path, or the general bit-pattern path.
-enum class span_path { table, int_fast, rne_fast, generic };
+enum class span_path { table, int_fast, rne_fast, e8_fast, generic };
 // How y is formed: x itself (plain cast), x * (1/s) (s a power of two: exact), or x / s.
 enum class span_scale { none, mul, div };
 
@@ -385,6 +404,7 @@ HWY_INLINE VF FakeQuantVec(DF df, VF x, VF u, const grid_params& g, VF mul, VF d
   if constexpr (kPath == span_path::table) q = RoundToTable(df, y, g);
   else if constexpr (kPath == span_path::int_fast) q = RoundIntFast<kMode>(df, y, g, uint_clamp);
   else if constexpr (kPath == span_path::rne_fast) q = RoundRneFast(df, y, g);
+  else if constexpr (kPath == span_path::e8_fast) q = RoundE8Fast(df, y, g);
   else q = RoundToGrid<kMode>(df, y, u, g);
   if (uint_clamp) {
     const VF c = hn::Min(hn::Max(q, clamp_lo), clamp_hi);
@@ -403,10 +423,10 @@ HWY_INLINE VF UniformFromWords(DF df, const uint32_t* w, size_t i, size_t count)
 
 // out[0..n) = fake-quantized in[0..n) under one scale.
 template <rounding_mode kMode, span_path kPath, span_scale kScale>
-void FakeQuantSpanT(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, const row_job& job) {
+HWY_INLINE void FakeQuantSpanT(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, const row_job& job,
+                               const grid_params& g) {
   const DF df;
   const size_t N = hn::Lanes(df);
-  const grid_params& g = *job.grid;
   const VF mul = hn::Set(df, job.multiplier), div = hn::Set(df, job.divisor), scale = hn::Set(df, job.scale);
   const VF clamp_lo = hn::Set(df, job.clamp_lo), clamp_hi = hn::Set(df, job.clamp_hi);
   const bool uint_clamp = job.uint_clamp;
@@ -428,30 +448,25 @@ void FakeQuantSpanT(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_
 }
 
 template <rounding_mode kMode, span_path kPath>
-HWY_INLINE void FakeQuantSpanScale(const float* in, float* out, size_t n, const row_job& job) {
-  if (!job.scaled) FakeQuantSpanT<kMode, kPath, span_scale::none>(in, out, n, job);
-  else if (job.use_multiplier) FakeQuantSpanT<kMode, kPath, span_scale::mul>(in, out, n, job);
-  else FakeQuantSpanT<kMode, kPath, span_scale::div>(in, out, n, job);
+HWY_INLINE void FakeQuantSpanScale(const float* in, float* out, size_t n, const row_job& job, const grid_params& g) {
+  if (!job.scaled) FakeQuantSpanT<kMode, kPath, span_scale::none>(in, out, n, job, g);
+  else if (job.use_multiplier) FakeQuantSpanT<kMode, kPath, span_scale::mul>(in, out, n, job, g);
+  else FakeQuantSpanT<kMode, kPath, span_scale::div>(in, out, n, job, g);
 }
 
-// Picks the span's rounding path (the fast paths exist for rne, and rna on integers).
+// The span path of a format under a rounding (the fast paths exist for rne, and rna on integers).
 template <rounding_mode kMode>
-HWY_INLINE void FakeQuantSpan(const float* in, float* out, size_t n, const row_job& job) {
-  const grid_params& g = *job.grid;
-  if constexpr (kMode == rounding_mode::rne) {
-    if (g.kind == 2) return FakeQuantSpanScale<kMode, span_path::table>(in, out, n, job);
-    if (g.int_fast) return FakeQuantSpanScale<kMode, span_path::int_fast>(in, out, n, job);
-    if (g.fast_rne) return FakeQuantSpanScale<kMode, span_path::rne_fast>(in, out, n, job);
-  }
-  if constexpr (kMode == rounding_mode::rna) {
-    if (g.int_fast) return FakeQuantSpanScale<kMode, span_path::int_fast>(in, out, n, job);
-  }
-  FakeQuantSpanScale<kMode, span_path::generic>(in, out, n, job);
+span_path path_of(const grid_params& g) {
+  if (kMode == rounding_mode::rne && g.kind == 2) return span_path::table;
+  if ((kMode == rounding_mode::rne || kMode == rounding_mode::rna) && g.int_fast) return span_path::int_fast;
+  if (kMode == rounding_mode::rne && g.e8_fast) return span_path::e8_fast;
+  if (kMode == rounding_mode::rne && g.fast_rne) return span_path::rne_fast;
+  return span_path::generic;
 }
 
 // Group statistics: amax as the max of |x| bit patterns (exact, NaN-safe), and min/max.
 // finite_only: ignore NaN/Inf (nvfp4's tensor amax).
-void GroupStats(const float* HWY_RESTRICT x, size_t n, bool want_minmax, bool finite_only, simd_stats* st) {
+HWY_INLINE void GroupStatsT(const float* HWY_RESTRICT x, size_t n, bool want_minmax, bool finite_only, simd_stats* st) {
   const DF df;
   const DI di;
   const size_t N = hn::Lanes(df);
@@ -493,13 +508,16 @@ void FakeQuantQ4_0(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t
 }
 
 
-// One row: per group, the statistics (SIMD), the scale (scalar, once per group), the elements.
-// `scales`/`zero_points` receive each group's stored scale (quantize), or are nullptr.
-template <rounding_mode kMode>
-void FakeQuantRowT(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t cols, const row_plan& plan,
-                   const uint32_t* random, float* scales, int32_t* zero_points) {
+// One row: per group, the statistics (SIMD), the scale (inline for the common rules, else the
+// scalar choose_scale), the elements. `scales`/`zero_points` receive each group's stored scale
+// (quantize), or are nullptr. The grid constants are a local copy so that they stay in registers.
+template <rounding_mode kMode, span_path kPath>
+HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t cols,
+                                   const row_plan& plan, const grid_params g, const uint32_t* random, float* scales,
+                                   int32_t* zero_points) {
   const format& f = *plan.f;
   const size_t k = static_cast<size_t>(plan.group_cols);
+  const bool q8 = f.named == preset::q8_0;
   for (size_t c0 = 0, gi = 0; c0 < cols; c0 += k, ++gi) {
     const size_t n = std::min(k, cols - c0);
     group_scale gs;
@@ -507,14 +525,17 @@ void FakeQuantRowT(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t co
       gs = plan.tensor_gs;
     } else if (f.gran != granularity::none) {
       simd_stats ss;
-      GroupStats(x + c0, n, plan.want_minmax, false, &ss);
-      group_stats st;
-      st.nonfinite = ss.amax_bits >= 0x7f800000u;
-      st.amax = std::bit_cast<float>(ss.amax_bits);
-      st.min = ss.min;
-      st.max = ss.max;
-      if (st.nonfinite || !fast_group_scale(*plan.sctx, st.amax, &gs))
+      GroupStatsT(x + c0, n, plan.want_minmax, false, &ss);
+      const bool nonfinite = ss.amax_bits >= 0x7f800000u;
+      const float amax = std::bit_cast<float>(ss.amax_bits);
+      if (nonfinite || !fast_group_scale(*plan.sctx, amax, &gs)) {
+        group_stats st;
+        st.nonfinite = nonfinite;
+        st.amax = amax;
+        st.min = ss.min;
+        st.max = ss.max;
         gs = choose_scale(*plan.sctx, st, x + c0, static_cast<int64_t>(n), plan.tensor_scale);
+      }
       if (scales) scales[gi] = gs.nonfinite ? canonical_nan() : gs.stored;
       if (zero_points) zero_points[gi] = gs.zero_point;
     }
@@ -526,11 +547,37 @@ void FakeQuantRowT(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t co
       FakeQuantQ4_0(x + c0, y + c0, n, gs.multiplier, gs.scale);
       continue;
     }
-    row_job job = detail::make_job(f, *plan.grid, gs, plan.unscaled);
+    row_job job = detail::make_job(f, g, gs, plan.unscaled);
     job.random = random ? random + c0 : nullptr;
-    if (job.mode == kMode) FakeQuantSpan<kMode>(x + c0, y + c0, n, job);
-    else FakeQuantSpan<rounding_mode::rna>(x + c0, y + c0, n, job);  // q8_0's fixed rounding
+    if (q8) FakeQuantSpanScale<rounding_mode::rna, span_path::int_fast>(x + c0, y + c0, n, job, g);  // ggml's roundf
+    else FakeQuantSpanScale<kMode, kPath>(x + c0, y + c0, n, job, g);
   }
+}
+
+template <rounding_mode kMode>
+void FakeQuantRowT(const float* x, float* y, size_t cols, const row_plan& plan, const uint32_t* random,
+                   float* scales, int32_t* zero_points) {
+  const grid_params& g = *plan.grid;
+  switch (path_of<kMode>(g)) {
+    case span_path::table:
+      if constexpr (kMode == rounding_mode::rne)
+        return FakeQuantRowPath<kMode, span_path::table>(x, y, cols, plan, g, random, scales, zero_points);
+      break;
+    case span_path::int_fast:
+      if constexpr (kMode == rounding_mode::rne || kMode == rounding_mode::rna)
+        return FakeQuantRowPath<kMode, span_path::int_fast>(x, y, cols, plan, g, random, scales, zero_points);
+      break;
+    case span_path::rne_fast:
+      if constexpr (kMode == rounding_mode::rne)
+        return FakeQuantRowPath<kMode, span_path::rne_fast>(x, y, cols, plan, g, random, scales, zero_points);
+      break;
+    case span_path::e8_fast:
+      if constexpr (kMode == rounding_mode::rne)
+        return FakeQuantRowPath<kMode, span_path::e8_fast>(x, y, cols, plan, g, random, scales, zero_points);
+      break;
+    case span_path::generic: break;
+  }
+  FakeQuantRowPath<kMode, span_path::generic>(x, y, cols, plan, g, random, scales, zero_points);
 }
 
 void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, const uint32_t* random,
@@ -544,6 +591,10 @@ void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, c
     case rounding_mode::odd: return FakeQuantRowT<rounding_mode::odd>(x, y, cols, plan, random, scales, zero_points);
     case rounding_mode::sr: return FakeQuantRowT<rounding_mode::sr>(x, y, cols, plan, random, scales, zero_points);
   }
+}
+
+void GroupStats(const float* HWY_RESTRICT x, size_t n, bool want_minmax, bool finite_only, simd_stats* st) {
+  GroupStatsT(x, n, want_minmax, finite_only, st);
 }
 
 // Philox4x32-10 for N consecutive counter blocks at once; writes 4 words per block, in element
@@ -621,7 +672,9 @@ using detail::row_plan;
 bool simd_covers(const format& f) {
   if (f.power != 0) return false;
   if (f.rule == scale_rule::mse || f.rule == scale_rule::percentile) return false;
-  if (f.element.kind == element_kind::lut && f.rounding != rounding_mode::rne) return false;
+  if (f.element.kind == element_kind::lut &&
+      (f.rounding != rounding_mode::rne || f.element.table.size() > detail::grid_params::kMaxLut))
+    return false;
   return true;
 }
 
