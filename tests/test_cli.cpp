@@ -1,1 +1,119 @@
+// The command line as a user runs it: build/lowbit with arguments, stdout/stderr and exit codes.
 #include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace {
+
+struct result {
+  int code;
+  std::string out;
+};
+
+// Runs `lowbit ARGS` (stdin from `input` when given) and captures stdout (+ stderr when asked).
+result run(const std::string& args, const std::string& input = "", bool with_stderr = false) {
+  std::string cmd = std::string(LOWBIT_CLI) + " " + args;
+  if (!input.empty()) cmd = "printf '%s' '" + input + "' | " + cmd;
+  cmd += with_stderr ? " 2>&1" : " 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  result r{-1, ""};
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+}  // namespace
+
+TEST(Cli, CastTakesNegativeNumbersAndSpecials) {  // CONVENTIONS 26
+  const result r = run("cast e4m3fn -1.5 -inf nan 0x1.8p1 1e9 -0");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out, "-1.5\n-448\nnan\n3\n448\n-0\n");
+}
+
+TEST(Cli, CastReadsStdinAsOneRow) {
+  const result r = run("cast mxfp4 --codes", "7 0.7\n-3");
+  ASSERT_EQ(r.code, 0);
+  EXPECT_EQ(r.out, "6  code 0x7  scale 1\n0.5  code 0x1  scale 1\n-3  code 0xd  scale 1\n");
+}
+
+TEST(Cli, CastPlainElementAndCodesWithoutNanCode) {
+  EXPECT_EQ(run("cast e2m1 2.5").out, "2\n");  // CONVENTIONS 1
+  const result r = run("cast e2m1 --codes nan 1");
+  ASSERT_EQ(r.code, 0);
+  EXPECT_EQ(r.out, "nan  code -\n1  code 0x2\n");
+}
+
+TEST(Cli, InfoJsonListsEveryValue) {
+  const result r = run("info e2m1 --json");
+  ASSERT_EQ(r.code, 0);
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["canonical"], "e2m1");
+  EXPECT_EQ(j["max"], 6.0);
+  EXPECT_EQ(j["finite_values"], 15);
+  ASSERT_EQ(j["values"].size(), 16u);
+  EXPECT_EQ(j["values"][7]["value"], "6");
+  EXPECT_EQ(j["values"][15]["value"], "-6");
+  const auto k = nlohmann::json::parse(run("info e4m3fn --json").out);
+  EXPECT_EQ(k["max"], 448.0);
+  EXPECT_EQ(k["nan_codes"], 2);
+  EXPECT_EQ(k["values"][0x7f]["value"], "nan");
+}
+
+TEST(Cli, FormatsJsonCarriesCanonicalNames) {
+  const auto j = nlohmann::json::parse(run("formats --json").out);
+  bool saw_mxfp4 = false;
+  for (const auto& row : j)
+    if (row["format"] == "mxfp4") {
+      saw_mxfp4 = true;
+      EXPECT_EQ(row["canonical"], "e2m1/g32:e8m0");
+      EXPECT_EQ(row["bits_per_element"], 4.25);
+    }
+  EXPECT_TRUE(saw_mxfp4);
+}
+
+TEST(Cli, BadInputIsAClearErrorNotACrash) {
+  result r = run("cast mxfp5 1", "", true);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("did you mean"), std::string::npos) << r.out;
+  r = run("cast e4m3fn abc", "", true);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("not a number"), std::string::npos) << r.out;
+  r = run("info int4/g0", "", true);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("at least 1"), std::string::npos) << r.out;
+  r = run("analyze int8 --dist cauchy", "", true);
+  EXPECT_EQ(r.code, 2);
+  r = run("frobnicate", "", true);
+  EXPECT_NE(r.code, 0);
+}
+
+TEST(Cli, AnalyzeMarksTheBestFormat) {
+  const result r = run("analyze int8 e4m3fn e5m2 --dist gaussian --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.size(), 3u);
+  int best = 0;
+  for (const auto& row : j) best += row["best"].get<bool>();
+  EXPECT_EQ(best, 1);
+  EXPECT_EQ(j[0]["format"], "int8");
+  EXPECT_TRUE(j[0]["best"].get<bool>());  // METHODS 5.1: INT8 wins on Gaussian data
+}
+
+TEST(Cli, BenchJsonRowsNameTheFormatAsTyped) {  // CONVENTIONS 25
+  const result r = run("bench fp8_e4m3/c --mib 1 --reps 1 --ref-mib 0.1 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j.size(), 1u);
+  EXPECT_EQ(j[0]["format"], "fp8_e4m3/c");
+  EXPECT_EQ(j[0]["canonical"], "e4m3fn/c");
+  EXPECT_GT(j[0]["gbps"].get<double>(), 0.0);
+  EXPECT_GT(j[0]["memcpy_gbps"].get<double>(), 0.0);
+}

@@ -3,10 +3,11 @@
 // the SQNR of an element grid on a unit-variance density, with the clipping value chosen
 // optimally.
 //
-// Model. The element's finite values (within its [min, max]; the unused int code -2^(N-1) is
-// left out), deduplicated and sorted, form a grid v_0 < ... < v_{n-1};
-// a uint grid 0 .. 2^N-1 is first centred (k - (2^N-1)/2). The grid is scaled so that
-// max|v_i| = c (the clip). Round-to-nearest gives the cells
+// Model. The decoded values of every code, finite and within the element's [min, max] (the int
+// code -2^(N-1) decodes but is no level of the symmetric grid), deduplicated (+0 = -0) and
+// sorted, form a grid v_0 < ... < v_{n-1}; a uint grid 0 .. 2^N-1 is centred first
+// (k - (2^N-1)/2). The grid is scaled so that max|v_i| = c (the clip). Round-to-nearest gives
+// the cells
 //     [t_i, t_{i+1}),  t_i = (v_{i-1} + v_i) / 2,  t_0 = -inf,  t_n = +inf
 // (the outermost cells reach to infinity: values beyond the grid are clipped to its ends), and
 //     MSE(c) = sum_i  integral_{t_i}^{t_{i+1}} (x - v_i)^2 p(x) dx,       SQNR = 10 log10(1 / MSE)
@@ -33,7 +34,7 @@
 //       integral_x^inf p     = (atan(1/x) - x / (1 + x^2)) / pi
 //       integral_x^inf t p   = 1 / (pi (1 + x^2))
 //       integral_x^inf t^2 p = (atan(1/x) + x / (1 + x^2)) / pi
-//       U_q(x) = M2 - 2 q M1 + q^2 M0 of these
+//       U_q(x) = M2 - 2 q M1 + q^2 M0 of these (M0 by its series in 1/x for x > 4)
 //   Uniform on [-sqrt 3, sqrt 3], p = 1 / (2 sqrt 3): a piece [a, b] clipped to [0, sqrt 3] is
 //       ((b - q)^3 - (a - q)^3) / (6 sqrt 3)
 // Student-t, general nu > 2, scaled by s = sqrt(nu - 2) to unit variance:
@@ -43,12 +44,16 @@
 //       integral_a^inf (x - q)^2 p dx
 //           = integral_0^1 C a (a - q y)^2 y^(nu - 3) (s^2 / (s^2 y^2 + a^2))^((nu + 1) / 2) dy,
 //   and for nu < 3, where y^(nu - 3) is unbounded, further by y = w^k, k = 1 / (nu - 2)
-//   (y^(nu - 3) dy = k dw), which leaves a bounded integrand.
+//   (y^(nu - 3) dy = k dw), which leaves a bounded integrand. Finite pieces are split at
+//   min(1, s) 2^j so that no piece hides the peak of p from the quadrature nodes.
 //
 // Optimisation: grid search over log2(c) in steps of 1/64 on [-3, 8], extended by 8 octaves at a
-// time while the best point lies in the first or last octave (heavy tails push a float grid's
-// optimal clip far out: its MSE keeps falling as clipping error vanishes), then golden-section
-// refinement of log2(c) within +-1/64 of the best grid point down to a bracket of 1e-9.
+// time (up to 2^+-64) while the best point lies in the first or last octave, then golden-section
+// refinement of log2(c) within +-1/64 of the best grid point down to a bracket of 1e-9 (c to
+// ~1e-9 relative). A fixed range such as [0.5, 40] is not enough: on heavy tails a float grid's
+// MSE keeps falling with c far beyond it (E5M2 on t3: clipping error ~0.42 / c against a
+// c-independent relative rounding error; optimum near c = 1e7), and on t with nu near 2 a 1-bit
+// grid's optimum c = E|X| is below 0.25.
 #include "lowbit/formats/analysis.hpp"
 
 #include <algorithm>
@@ -147,7 +152,8 @@ class density_model {
   explicit density_model(const density& d) : d_(d) {
     if (d.kind == density_kind::student_t) {
       if (!(d.nu > 2) || !(d.nu <= kMaxNu))
-        throw error(fmt::format("student-t needs 2 < nu <= {:g} (the variance must exist), got {}", kMaxNu, d.nu));
+        throw error(
+            fmt::format("student-t needs 2 < nu <= {:g} (the variance must exist), got {}", kMaxNu, d.nu));
       s_ = std::sqrt(d.nu - 2);
       log_c_ = std::lgamma((d.nu + 1) / 2) - std::lgamma(d.nu / 2) - 0.5 * std::log(kPi * (d.nu - 2));
       closed_t3_ = d.nu == 3;
@@ -203,7 +209,7 @@ class density_model {
         const double u = x - q + kLaplaceBeta;
         return 0.5 * std::exp(-x / kLaplaceBeta) * (u * u + kLaplaceBeta * kLaplaceBeta);
       }
-      case density_kind::student_t: {  // nu = 3, s = 1
+      case density_kind::student_t: {             // nu = 3, s = 1
         const double angle = std::atan2(1.0, x);  // atan(1/x), pi/2 at x = 0
         const double r = x / (1 + x * x);
         const double m0 = t3_tail_mass(x), m1 = 1 / (kPi * (1 + x * x)), m2 = (angle + r) / kPi;
@@ -265,8 +271,8 @@ class density_model {
   }
 
   density d_;
-  double s_ = kInf;     // Student-t: sqrt(nu - 2); the distance of p's poles from the real axis
-  double log_c_ = 0;    // Student-t: log of the normalising constant C
+  double s_ = kInf;   // Student-t: sqrt(nu - 2); the distance of p's poles from the real axis
+  double log_c_ = 0;  // Student-t: log of the normalising constant C
   bool closed_t3_ = false;
   double narrow_ = 0.125;
 };
@@ -344,20 +350,23 @@ density parse_density(std::string_view name) {
     double nu = 0;
     const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), nu);
     if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size() || !std::isfinite(nu))
-      throw error(fmt::format("density '{}': the degrees of freedom after 'student-t:' must be a number, "
-                              "e.g. student-t:3",
-                              name));
+      throw error(
+          fmt::format("density '{}': the degrees of freedom after 'student-t:' must be a number, "
+                      "e.g. student-t:3",
+                      name));
     if (!(nu > 2) || nu > kMaxNu)
-      throw error(fmt::format("density '{}': student-t needs 2 < nu <= {:g} (nu > 2 for a finite "
-                              "variance; use gaussian for the limit)",
-                              name, kMaxNu));
+      throw error(
+          fmt::format("density '{}': student-t needs 2 < nu <= {:g} (nu > 2 for a finite "
+                      "variance; use gaussian for the limit)",
+                      name, kMaxNu));
     d.kind = density_kind::student_t;
     d.nu = nu;
     return d;
   }
-  throw error(fmt::format("unknown density '{}': expected gaussian, laplace, student-t:NU (NU > 2, "
-                          "e.g. student-t:3) or uniform",
-                          name));
+  throw error(
+      fmt::format("unknown density '{}': expected gaussian, laplace, student-t:NU (NU > 2, "
+                  "e.g. student-t:3) or uniform",
+                  name));
 }
 
 std::string density_name(const density& d) {

@@ -16,6 +16,7 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/kernels/quantize_fast.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/cache_control.h>
 #include <hwy/highway.h>
 
 #include <algorithm>
@@ -136,6 +137,7 @@ struct row_job {
   bool uint_clamp;   // uint: clamp the rounded y to [clamp_lo, clamp_hi]
   float clamp_lo, clamp_hi;
   const uint32_t* random;  // sr: one word per element, or nullptr
+  bool stream;       // non-temporal stores (large out-of-place outputs: no read-for-ownership)
 };
 
 inline bool is_exact_pow2_reciprocal(float s) {
@@ -179,6 +181,7 @@ struct row_plan {
   group_scale tensor_gs;   // /t
   float tensor_scale;      // nvfp4
   bool unscaled;           // quantize(): leave values on the element grid
+  bool stream;             // write aligned output vectors with non-temporal stores
 };
 
 }  // namespace lowbit::detail
@@ -433,11 +436,13 @@ HWY_INLINE void FakeQuantSpanT(const float* HWY_RESTRICT in, float* HWY_RESTRICT
   const uint32_t* random = job.random;
   VF u = hn::Zero(df);
   size_t i = 0;
+  const bool stream = job.stream;
   for (; i + N <= n; i += N) {
     if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, random, i, N);
     const VF r = FakeQuantVec<kMode, kPath, kScale>(df, hn::LoadU(df, in + i), u, g, mul, div, scale, uint_clamp,
                                                     clamp_lo, clamp_hi);
-    hn::StoreU(r, df, out + i);
+    if (stream && (reinterpret_cast<uintptr_t>(out + i) & (N * sizeof(float) - 1)) == 0) hn::Stream(r, df, out + i);
+    else hn::StoreU(r, df, out + i);
   }
   if (i < n) {
     if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, random, i, n - i);
@@ -549,6 +554,7 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
     }
     row_job job = detail::make_job(f, g, gs, plan.unscaled);
     job.random = random ? random + c0 : nullptr;
+    job.stream = plan.stream;
     if (q8) FakeQuantSpanScale<rounding_mode::rna, span_path::int_fast>(x + c0, y + c0, n, job, g);  // ggml's roundf
     else FakeQuantSpanScale<kMode, kPath>(x + c0, y + c0, n, job, g);
   }
@@ -582,6 +588,12 @@ void FakeQuantRowT(const float* x, float* y, size_t cols, const row_plan& plan, 
 
 void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, const uint32_t* random,
                   float* scales, int32_t* zero_points) {
+  struct flush_at_exit {  // non-temporal stores must be fenced before others read the output
+    bool on;
+    ~flush_at_exit() {
+      if (on) hwy::FlushStream();
+    }
+  } flush{plan.stream};
   switch (plan.f->rounding) {
     case rounding_mode::rne: return FakeQuantRowT<rounding_mode::rne>(x, y, cols, plan, random, scales, zero_points);
     case rounding_mode::rna: return FakeQuantRowT<rounding_mode::rna>(x, y, cols, plan, random, scales, zero_points);
@@ -728,6 +740,7 @@ struct fast_call {
     plan.group_cols = f.gran == granularity::group ? f.group_size : std::max<int64_t>(cols, 1);
     plan.want_minmax = f.element.kind == element_kind::uint_asym;
     plan.unscaled = unscaled;
+    plan.stream = false;
     plan.tensor_scale = 1.0f;
     if (f.named == preset::nvfp4) plan.tensor_scale = nvfp4_tensor_scale(tensor_stats_fast(x, rows * cols, false, true).amax);
     if (f.gran == granularity::tensor) {  // per-tensor scale: a first pass over the data
@@ -770,7 +783,10 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
     }
     return;
   }
-  const fast_call call(f, in, rows, cols, false);
+  fast_call call(f, in, rows, cols, false);
+  // Outputs larger than the caches go around them (no read-for-ownership of the destination).
+  constexpr int64_t kStreamBytes = int64_t{8} << 20;
+  call.plan.stream = in != out && rows * cols * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
 #pragma omp parallel
   {
     std::vector<uint32_t> words;
@@ -789,38 +805,58 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
 // ---- quantize to codes -------------------------------------------------------------------------------
 namespace {
 
-// The code of a value already on the element grid (exact; no rounding happens here).
-uint32_t code_of_grid_value(const format& f, const element_format& e, float v, int32_t zero_point) {
-  if (e.kind == element_kind::minifloat) {
-    if (std::isnan(v)) return encode_ref(e, v, rounding_mode::rne);
-    const uint32_t b = std::bit_cast<uint32_t>(v);
-    const uint32_t sign_bit = 1u << (e.ebits + e.mbits);
-    const uint32_t sign = (b >> 31) ? sign_bit : 0u;  // the rounding already dropped -0 where it does not exist
-    const uint32_t a = b & 0x7fffffffu;
-    if (a == 0x7f800000u) return encode_ref(e, v, rounding_mode::rne);
-    if (a == 0) return sign;
-    const int p = static_cast<int>(a >> 23) - 127;
-    const int emin = 1 - e.bias;
-    if (p >= emin && (a >> 23) != 0) {
-      const uint32_t m = (a & 0x7fffffu) >> (23 - e.mbits);
-      return sign | (static_cast<uint32_t>(p + e.bias) << e.mbits) | m;
+// The code of a value already on the element grid (exact; no rounding happens here), with the
+// per-format constants computed once.
+struct code_encoder {
+  const element_format& e;
+  bool zero_point_applies;
+  uint32_t sign_bit = 0, mask = 0;
+  int emin = 0;
+  float frac_scale = 1;
+  code_encoder(const format& f, const element_format& el)
+      : e(el), zero_point_applies(f.gran != granularity::none) {
+    if (e.kind == element_kind::minifloat) {
+      sign_bit = 1u << (e.ebits + e.mbits);
+      emin = 1 - e.bias;
     }
-    if (!e.subnormals) return sign | (1u << e.mbits);
-    return sign | static_cast<uint32_t>(std::ldexp(std::fabs(v), e.mbits - emin));
+    mask = e.bits >= 32 ? 0xffffffffu : (1u << e.bits) - 1u;
+    frac_scale = std::ldexp(1.0f, e.frac_bits);
   }
-  if (e.kind == element_kind::int_sym) {
-    if (std::isnan(v)) return kNoCode;
-    const int32_t q = static_cast<int32_t>(std::ldexp(v, e.frac_bits));
-    return static_cast<uint32_t>(q) & ((1u << e.bits) - 1u);
+
+  uint32_t operator()(float v, int32_t zero_point) const {
+    if (std::isnan(v)) return e.kind == element_kind::minifloat ? encode_ref(e, v, rounding_mode::rne) : kNoCode;
+    switch (e.kind) {
+      case element_kind::minifloat: {
+        // Branch-free on purpose: zeros, subnormals and normals interleave in real data.
+        const uint32_t b = std::bit_cast<uint32_t>(v);
+        const uint32_t a = b & 0x7fffffffu;
+        if (HWY_UNLIKELY(a >= 0x7f800000u)) return encode_ref(e, v, rounding_mode::rne);  // Inf
+        const uint32_t sign = (b >> 31) * sign_bit;  // the rounding already dropped -0 where it does not exist
+        const uint32_t ef = a >> 23;
+        const int p = static_cast<int>(ef) - 127;
+        const uint32_t normal = (static_cast<uint32_t>(p + e.bias) << e.mbits) | ((a & 0x7fffffu) >> (23 - e.mbits));
+        // A subnormal element value m * 2^(emin - M): m from the float's significand by a shift.
+        const uint32_t mi = (a & 0x7fffffu) | (ef ? 0x800000u : 0u);
+        const int sh = static_cast<int>(ef ? ef : 1) - 150 - emin + e.mbits;
+        const uint32_t left = mi << (sh > 0 ? sh & 31 : 0), right = mi >> (sh < 0 ? (-sh) & 31 : 0);
+        uint32_t sub = sh >= 0 ? left : right;
+        if (!e.subnormals) sub = 1u << e.mbits;
+        uint32_t mag = (ef != 0 && p >= emin) ? normal : sub;
+        mag = a == 0 ? 0u : mag;
+        return sign | mag;
+      }
+      case element_kind::int_sym:
+        return static_cast<uint32_t>(static_cast<int32_t>(v * frac_scale)) & mask;
+      case element_kind::uint_asym:
+        return static_cast<uint32_t>(v + static_cast<float>(zero_point_applies ? zero_point : 0));
+      case element_kind::lut: {
+        const auto it = std::lower_bound(e.table.begin(), e.table.end(), v);
+        return static_cast<uint32_t>(it - e.table.begin());
+      }
+    }
+    return kNoCode;
   }
-  if (e.kind == element_kind::uint_asym) {
-    if (std::isnan(v)) return kNoCode;
-    return static_cast<uint32_t>(v + static_cast<float>(f.gran == granularity::none ? 0 : zero_point));
-  }
-  if (std::isnan(v)) return kNoCode;
-  const auto it = std::lower_bound(e.table.begin(), e.table.end(), v);
-  return static_cast<uint32_t>(it - e.table.begin());
-}
+};
 
 }  // namespace
 
@@ -847,14 +883,16 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
     if (asym) q.zero_points[0] = call.plan.tensor_gs.zero_point;
   }
   const int64_t k = call.plan.group_cols;
+  const code_encoder encode(f, f.element);
   std::atomic<bool> unstorable_nan{false};
 #pragma omp parallel
   {
-    std::vector<uint32_t> words;
+    std::vector<uint32_t> words, row_codes(static_cast<size_t>(cols));
     std::vector<float> vals(static_cast<size_t>(cols));
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = x + r * cols;
+      std::fill(row_codes.begin(), row_codes.end(), 0u);
       const uint32_t* rnd = f.rounding == rounding_mode::sr
                                 ? random_words(f, tensor_id, static_cast<uint64_t>(r * cols), cols, words)
                                 : nullptr;
@@ -862,15 +900,18 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
       float* sc = grouped ? q.scales.data() + r * gpr : nullptr;
       int32_t* zp = grouped && asym ? q.zero_points.data() + r * gpr : nullptr;
       HWY_DYNAMIC_DISPATCH(FakeQuantRow)(xr, vals.data(), static_cast<size_t>(cols), call.plan, rnd, sc, zp);
-      for (int64_t c = 0; c < cols; ++c) {
-        const int64_t g = grouped ? c / k : 0;
+      for (int64_t c0 = 0, g = 0; c0 < cols; c0 += k, ++g) {
+        const int64_t c1 = std::min(cols, c0 + k);
         const float s = f.gran == granularity::none ? 1.0f : (grouped ? sc[g] : q.scales[0]);
         if (std::isnan(s)) continue;  // the NaN scale carries the group; codes stay 0
         const int32_t z = !asym || f.gran == granularity::none ? 0 : (grouped ? zp[g] : q.zero_points[0]);
-        const uint32_t code = code_of_grid_value(f, f.element, vals[static_cast<size_t>(c)], z);
-        if (code == kNoCode && f.element.bits < 32) unstorable_nan.store(true);
-        q.set_code(r, c, code);
+        for (int64_t c = c0; c < c1; ++c) {
+          const uint32_t code = encode(vals[static_cast<size_t>(c)], z);
+          if (code == kNoCode && f.element.bits < 32) unstorable_nan.store(true);
+          row_codes[static_cast<size_t>(c)] = code;
+        }
       }
+      pack_codes(row_codes.data(), cols, f.element.bits, q.codes.data() + r * q.row_bytes);
     }
   }
   if (unstorable_nan.load()) return quantize_ref(x, rows, cols, f, tensor_id);  // throws the reference's message
@@ -885,13 +926,17 @@ void dequantize(const quantized_tensor& q, float* out) {
   for (size_t c = 0; c < table.size(); ++c) table[c] = decode_ref(f.element, static_cast<uint32_t>(c));
   const bool asym = f.element.kind == element_kind::uint_asym || f.named == preset::q4_0;
   const int64_t k = f.gran == granularity::group ? f.group_size : std::max<int64_t>(q.cols, 1);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel
+  {
+  std::vector<uint32_t> codes(static_cast<size_t>(q.cols));
+#pragma omp for schedule(static)
   for (int64_t r = 0; r < q.rows; ++r) {
     float* y = out + r * q.cols;
+    unpack_codes(q.codes.data() + r * q.row_bytes, q.cols, f.element.bits, codes.data());
     for (int64_t c0 = 0; c0 < q.cols; c0 += k) {
       const int64_t c1 = std::min(q.cols, c0 + k);
       if (f.gran == granularity::none) {
-        for (int64_t c = c0; c < c1; ++c) y[c] = table[q.code(r, c)];
+        for (int64_t c = c0; c < c1; ++c) y[c] = table[codes[static_cast<size_t>(c)]];
         continue;
       }
       const float stored = q.scale_at(r, c0);
@@ -902,11 +947,12 @@ void dequantize(const quantized_tensor& q, float* out) {
       const float s = f.named == preset::nvfp4 ? q.tensor_scale * stored : stored;
       if (asym) {
         const float z = static_cast<float>(q.zero_point_at(r, c0));
-        for (int64_t c = c0; c < c1; ++c) y[c] = (static_cast<float>(q.code(r, c)) - z) * s;
+        for (int64_t c = c0; c < c1; ++c) y[c] = (static_cast<float>(codes[static_cast<size_t>(c)]) - z) * s;
       } else {
-        for (int64_t c = c0; c < c1; ++c) y[c] = table[q.code(r, c)] * s;
+        for (int64_t c = c0; c < c1; ++c) y[c] = table[codes[static_cast<size_t>(c)]] * s;
       }
     }
+  }
   }
 }
 

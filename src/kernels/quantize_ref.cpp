@@ -82,6 +82,57 @@ int64_t groups_per_row(const format& f, int64_t cols) {
   return 0;
 }
 
+void pack_codes(const uint32_t* codes, int64_t n, int bits, uint8_t* dst) {
+  if (bits == 8) {
+    for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<uint8_t>(codes[j]);
+    return;
+  }
+  if (bits == 4) {
+    for (int64_t j = 0; j + 1 < n; j += 2) dst[j / 2] = static_cast<uint8_t>((codes[j] & 0xf) | (codes[j + 1] << 4));
+    if (n & 1) dst[n / 2] = static_cast<uint8_t>(codes[n - 1] & 0xf);
+    return;
+  }
+  // General widths: a 64-bit accumulator, flushed a byte at a time.
+  uint64_t acc = 0;
+  int have = 0;
+  int64_t out = 0;
+  const uint64_t mask = bits == 32 ? 0xffffffffu : (uint64_t{1} << bits) - 1;
+  for (int64_t j = 0; j < n; ++j) {
+    acc |= (codes[j] & mask) << have;
+    have += bits;
+    while (have >= 8) {
+      dst[out++] = static_cast<uint8_t>(acc);
+      acc >>= 8;
+      have -= 8;
+    }
+  }
+  if (have > 0) dst[out] = static_cast<uint8_t>(acc);
+}
+
+void unpack_codes(const uint8_t* src, int64_t n, int bits, uint32_t* codes) {
+  if (bits == 8) {
+    for (int64_t j = 0; j < n; ++j) codes[j] = src[j];
+    return;
+  }
+  if (bits == 4) {
+    for (int64_t j = 0; j < n; ++j) codes[j] = (src[j / 2] >> ((j & 1) * 4)) & 0xfu;
+    return;
+  }
+  uint64_t acc = 0;
+  int have = 0;
+  int64_t in = 0;
+  const uint64_t mask = bits == 32 ? 0xffffffffu : (uint64_t{1} << bits) - 1;
+  for (int64_t j = 0; j < n; ++j) {
+    while (have < bits) {
+      acc |= static_cast<uint64_t>(src[in++]) << have;
+      have += 8;
+    }
+    codes[j] = static_cast<uint32_t>(acc & mask);
+    acc >>= bits;
+    have -= bits;
+  }
+}
+
 int64_t quantized_tensor::groups_per_row() const { return lowbit::groups_per_row(fmt, cols); }
 
 int64_t quantized_tensor::group_of(int64_t c) const {

@@ -74,8 +74,8 @@ double reference_mse(const std::vector<double>& g, const std::string& density, i
     return e * e;
   };
   if (density == "gaussian")
-    return trapezoid([&](double x) { return err2(x) * std::exp(-0.5 * x * x) / std::sqrt(2 * kPi); }, -12,
-                     12, n);
+    return trapezoid([&](double x) { return err2(x) * std::exp(-0.5 * x * x) / std::sqrt(2 * kPi); }, -12, 12,
+                     n);
   if (density == "laplace")  // p = exp(-|x| / b) / (2b), b = 1/sqrt 2
     return trapezoid(
         [&](double x) { return err2(x) * std::exp(-std::sqrt(2.0) * std::fabs(x)) / std::sqrt(2.0); }, -40,
@@ -127,9 +127,12 @@ long double closed_mse(const std::vector<double>& g, const std::string& density)
     const long double lo = i == 0 ? -inf : (static_cast<long double>(g[i - 1]) + g[i]) / 2;
     const long double hi = i + 1 == g.size() ? inf : (static_cast<long double>(g[i]) + g[i + 1]) / 2;
     const long double q = g[i];
-    if (lo >= 0) sum += piece(lo, hi, q);
-    else if (hi <= 0) sum += piece(-hi, -lo, -q);  // p is even
-    else sum += piece(0, hi, q) + piece(0, -lo, -q);
+    if (lo >= 0)
+      sum += piece(lo, hi, q);
+    else if (hi <= 0)
+      sum += piece(-hi, -lo, -q);  // p is even
+    else
+      sum += piece(0, hi, q) + piece(0, -lo, -q);
   }
   return sum;
 }
@@ -219,15 +222,16 @@ TEST(AnalysisGridMse, MatchesLongDoubleClosedFormsTightly) {
     double clip;
   };
   const std::vector<item> items = {
-      {"int4", int_levels(4), "gaussian", 0.5},      {"int4", int_levels(4), "laplace", 3.0},
-      {"int8", int_levels(8), "gaussian", 4.0},      {"int8", int_levels(8), "laplace", 7.0},
-      {"int8", int_levels(8), "student-t:3", 34.5},  {"e2m1", e2m1_levels(), "student-t:3", 0.8},
-      {"e4m3fn", e4m3fn_levels(), "gaussian", 9.0},  {"e4m3fn", e4m3fn_levels(), "laplace", 30.0},
+      {"int4", int_levels(4), "gaussian", 0.5},          {"int4", int_levels(4), "laplace", 3.0},
+      {"int8", int_levels(8), "gaussian", 4.0},          {"int8", int_levels(8), "laplace", 7.0},
+      {"int8", int_levels(8), "student-t:3", 34.5},      {"e2m1", e2m1_levels(), "student-t:3", 0.8},
+      {"e4m3fn", e4m3fn_levels(), "gaussian", 9.0},      {"e4m3fn", e4m3fn_levels(), "laplace", 30.0},
       {"e4m3fn", e4m3fn_levels(), "student-t:3", 7000.0}};
   for (const item& t : items) {
     const long double ref = closed_mse(scaled(t.levels, t.clip), t.density);
     const double got = grid_mse(element(t.spec), parse_density(t.density), t.clip);
-    EXPECT_NEAR(static_cast<double>(got / ref), 1.0, 1e-11) << t.spec << " " << t.density << " clip " << t.clip;
+    EXPECT_NEAR(static_cast<double>(got / ref), 1.0, 1e-11)
+        << t.spec << " " << t.density << " clip " << t.clip;
   }
 }
 
@@ -291,8 +295,8 @@ TEST(AnalysisSqnr, OneBitOptimum) {
   // c = sqrt(2/pi), MSE = 1 - 2/pi (4.40 dB), the 2-level Lloyd-Max quantizer.
   const auto e = element("lut(-1,1)");
   // student-t:2.01 has E|X| = 0.0993, below the initial search range (2^-3): the range must grow.
-  for (const std::string density : {"gaussian", "laplace", "uniform", "student-t:3", "student-t:2.5",
-                                    "student-t:2.01"}) {
+  for (const std::string density :
+       {"gaussian", "laplace", "uniform", "student-t:3", "student-t:2.5", "student-t:2.01"}) {
     const double m = mean_abs(density);
     const auto r = analyze_sqnr(e, parse_density(density));
     EXPECT_NEAR(r.clip, m, 1e-7) << density;
@@ -415,7 +419,8 @@ TEST(AnalysisSqnr, LargeNuApproachesGaussian) {
   for (const char* spec : {"lut(-1,1)", "int8", "e4m3fn"}) {
     const double gauss = analyze_sqnr(element(spec), parse_density("gaussian")).sqnr_db;
     EXPECT_NEAR(analyze_sqnr(element(spec), parse_density("student-t:1000000")).sqnr_db, gauss, 1e-3) << spec;
-    EXPECT_GT(std::fabs(analyze_sqnr(element(spec), parse_density("student-t:30")).sqnr_db - gauss), 1e-3) << spec;
+    EXPECT_GT(std::fabs(analyze_sqnr(element(spec), parse_density("student-t:30")).sqnr_db - gauss), 1e-3)
+        << spec;
   }
 }
 
@@ -428,13 +433,14 @@ TEST(AnalysisDensity, ParseAndNameRoundTrip) {
   EXPECT_EQ(t.kind, lowbit::density_kind::student_t);
   EXPECT_EQ(t.nu, 3.0);
   EXPECT_EQ(parse_density("student-t:4.5").nu, 4.5);
-  for (const std::string name : {"gaussian", "laplace", "uniform", "student-t:3", "student-t:2.5", "student-t:30"})
+  for (const std::string name :
+       {"gaussian", "laplace", "uniform", "student-t:3", "student-t:2.5", "student-t:30"})
     EXPECT_EQ(lowbit::density_name(parse_density(name)), name);
 }
 
 TEST(AnalysisDensity, ParseErrors) {
-  for (const std::string bad : {"", "normal", "Gaussian", "gaussian ", "laplace:1", "student-t", "student-t:",
-                                "student-t:2", "student-t:1.5", "student-t:-3", "student-t:abc",
+  for (const std::string bad : {"", "normal", "Gaussian", "gaussian ", "laplace:1", "student-t",
+                                "student-t:", "student-t:2", "student-t:1.5", "student-t:-3", "student-t:abc",
                                 "student-t:3x", "student-t:nan", "student-t:inf", "student-t: 3", "t:3"})
     EXPECT_THROW(parse_density(bad), lowbit::error) << "'" << bad << "'";
   try {

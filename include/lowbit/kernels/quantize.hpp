@@ -40,6 +40,11 @@ struct quantized_tensor {
 // Number of groups per row and the columns [c0, c1) of group g of a row.
 int64_t groups_per_row(const format& f, int64_t cols);
 
+// Bit packing of one row of codes (the layout of quantized_tensor::codes): element j at bits
+// [j*bits, (j+1)*bits), least significant bit first. dst must hold ceil(n*bits/8) bytes.
+void pack_codes(const uint32_t* codes, int64_t n, int bits, uint8_t* dst);
+void unpack_codes(const uint8_t* src, int64_t n, int bits, uint32_t* codes);
+
 // ---- reference kernels (the specification) -------------------------------------------------
 quantized_tensor quantize_ref(const float* x, int64_t rows, int64_t cols, const format& f,
                               uint64_t tensor_id = 0);
