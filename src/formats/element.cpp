@@ -25,7 +25,6 @@
 
 namespace lowbit {
 
-float canonical_nan() { return std::bit_cast<float>(0x7fc00000u); }
 
 int default_bias(int ebits, float_variant variant) {
   return variant == float_variant::fnuz ? (1 << (ebits - 1)) : (1 << (ebits - 1)) - 1;

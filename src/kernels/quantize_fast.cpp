@@ -53,7 +53,7 @@ struct grid_params {
   bool signed_zero = false;
   // RNE fast paths: minifloats with M > 0 that saturate round with (|y| + C) - C, C = 2^(L+23);
   // integers with roundps. Both are exactly the reference's ties-to-even-code rounding.
-  bool fast_rne = false, int_fast = false, e8_fast = false;
+  bool fast_rne = false, int_fast = false, e8_fast = false, sr_fast = false;
   float max_value = 0;
   int32_t e8_shift = 0;      // e8_fast: float32 mantissa bits below the element's
   float frac_scale = 1, inv_frac_scale = 1;  // 2^frac, 2^-frac (MXINT8)
@@ -87,6 +87,8 @@ inline grid_params make_grid_params(const element_format& e) {
       // Elements with float32's exponent range (e8mM, bias 127): RNE is a fixed shift of the pattern.
       g.e8_fast = e.ebits == 8 && e.bias == 127 && e.subnormals && g.saturate && e.mbits <= 22;
       g.e8_shift = 23 - e.mbits;
+      // Stochastic rounding by q = |y| 2^-L, floor, t = q - floor (all exact) needs 2^-L in float32.
+      g.sr_fast = g.saturate && g.below_log2step >= -126 && lim.emax - e.mbits <= 126;
       g.max_value = static_cast<float>(lim.max);
       break;
     case element_kind::int_sym:
@@ -98,6 +100,7 @@ inline grid_params make_grid_params(const element_format& e) {
                        : 0x7f800000;  // uint: no saturation here, the caller clamps to the zero point range
       g.tiny_step = std::ldexp(1.0f, g.fixed_log2step);
       g.int_fast = true;
+      g.sr_fast = e.kind == element_kind::int_sym;
       g.max_value = static_cast<float>(lim.max);
       g.frac_scale = std::ldexp(1.0f, e.frac_bits);
       g.inv_frac_scale = std::ldexp(1.0f, -e.frac_bits);
@@ -138,6 +141,7 @@ struct row_job {
   float clamp_lo, clamp_hi;
   const uint32_t* random;  // sr: one word per element, or nullptr
   bool stream;       // non-temporal stores (large out-of-place outputs: no read-for-ownership)
+  int64_t prefetch_ahead;  // floats ahead of the input to prefetch while computing (0: none)
 };
 
 inline bool is_exact_pow2_reciprocal(float s) {
@@ -357,6 +361,36 @@ HWY_INLINE VF RoundRneFast(DF df, VF y, const grid_params& g) {
   return hn::BitCast(df, out);
 }
 
+// Stochastic rounding onto a minifloat or int grid (saturating): with step 2^L of |y|'s binade,
+// q = |y| 2^-L, lo = floor(q), t = q - lo (the reference's (|y| - lo) / (hi - lo), exactly), and
+// the magnitude goes up iff u < t. Clamping |y| to max first is exact here (max stays max).
+HWY_INLINE VF RoundSrFast(DF df, VF y, VF u, const grid_params& g) {
+  const DI di;
+  const VI bits = hn::BitCast(di, y);
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  const VI ab = hn::And(bits, abs_mask);
+  const VF ay = hn::Min(hn::BitCast(df, ab), hn::Set(df, g.max_value));
+  VI L;
+  if (g.kind == 0) {
+    const VI p = hn::Sub(hn::Max(hn::ShiftRight<23>(hn::BitCast(di, ay)), hn::Set(di, 1)), hn::Set(di, 127));
+    L = hn::IfThenElse(hn::Lt(p, hn::Set(di, g.emin)), hn::Set(di, g.below_log2step), hn::Sub(p, hn::Set(di, g.mbits)));
+  } else {
+    L = hn::Set(di, g.fixed_log2step);
+  }
+  const VF inv_step = hn::BitCast(df, hn::ShiftLeft<23>(hn::Sub(hn::Set(di, 127), L)));
+  const VF step = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(L, hn::Set(di, 127))));
+  const VF q = hn::Mul(ay, inv_step);
+  const VF lo = hn::Floor(q);
+  const VF up = hn::IfThenElseZero(hn::Lt(u, hn::Sub(q, lo)), hn::Set(df, 1.0f));
+  const VF r = hn::Mul(hn::Add(lo, up), step);
+  VI out = hn::BitCast(di, r);
+  VI sign = hn::AndNot(abs_mask, bits);
+  if (!g.signed_zero) sign = hn::IfThenZeroElse(hn::Eq(out, hn::Zero(di)), sign);
+  out = hn::Or(out, sign);
+  out = hn::IfThenElse(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Set(di, 0x7fc00000), out);
+  return hn::BitCast(df, out);
+}
+
 // RNE onto e8mM (bf16, tf32, ...): round the float32 pattern at a fixed bit, ties to even, then
 // saturate (a carry into the Inf pattern is above max too).
 HWY_INLINE VF RoundE8Fast(DF df, VF y, const grid_params& g) {
@@ -393,7 +427,7 @@ HWY_INLINE VF RoundIntFast(DF df, VF y, const grid_params& g, bool uint_clamp) {
 
 // Which element rounding a span uses, chosen once per span: the LUT compare chain, the integer
 // roundps path, the minifloat (|y| + C) - C path, or the general bit-pattern path.
-enum class span_path { table, int_fast, rne_fast, e8_fast, generic };
+enum class span_path { table, int_fast, rne_fast, e8_fast, sr_fast, generic };
 // How y is formed: x itself (plain cast), x * (1/s) (s a power of two: exact), or x / s.
 enum class span_scale { none, mul, div };
 
@@ -408,6 +442,7 @@ HWY_INLINE VF FakeQuantVec(DF df, VF x, VF u, const grid_params& g, VF mul, VF d
   else if constexpr (kPath == span_path::int_fast) q = RoundIntFast<kMode>(df, y, g, uint_clamp);
   else if constexpr (kPath == span_path::rne_fast) q = RoundRneFast(df, y, g);
   else if constexpr (kPath == span_path::e8_fast) q = RoundE8Fast(df, y, g);
+  else if constexpr (kPath == span_path::sr_fast) q = RoundSrFast(df, y, u, g);
   else q = RoundToGrid<kMode>(df, y, u, g);
   if (uint_clamp) {
     const VF c = hn::Min(hn::Max(q, clamp_lo), clamp_hi);
@@ -437,7 +472,10 @@ HWY_INLINE void FakeQuantSpanT(const float* HWY_RESTRICT in, float* HWY_RESTRICT
   VF u = hn::Zero(df);
   size_t i = 0;
   const bool stream = job.stream;
+  const int64_t ahead = job.prefetch_ahead;
   for (; i + N <= n; i += N) {
+    // While this span computes from cache, pull the next one (the next row for /c) from memory.
+    if (ahead) hwy::Prefetch(in + i + ahead);
     if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, random, i, N);
     const VF r = FakeQuantVec<kMode, kPath, kScale>(df, hn::LoadU(df, in + i), u, g, mul, div, scale, uint_clamp,
                                                     clamp_lo, clamp_hi);
@@ -466,6 +504,7 @@ span_path path_of(const grid_params& g) {
   if ((kMode == rounding_mode::rne || kMode == rounding_mode::rna) && g.int_fast) return span_path::int_fast;
   if (kMode == rounding_mode::rne && g.e8_fast) return span_path::e8_fast;
   if (kMode == rounding_mode::rne && g.fast_rne) return span_path::rne_fast;
+  if (kMode == rounding_mode::sr && g.sr_fast) return span_path::sr_fast;
   return span_path::generic;
 }
 
@@ -555,6 +594,7 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
     row_job job = detail::make_job(f, g, gs, plan.unscaled);
     job.random = random ? random + c0 : nullptr;
     job.stream = plan.stream;
+    job.prefetch_ahead = plan.stream ? (k >= 1024 ? static_cast<int64_t>(k) : 1024) : 0;
     if (q8) FakeQuantSpanScale<rounding_mode::rna, span_path::int_fast>(x + c0, y + c0, n, job, g);  // ggml's roundf
     else FakeQuantSpanScale<kMode, kPath>(x + c0, y + c0, n, job, g);
   }
@@ -580,6 +620,10 @@ void FakeQuantRowT(const float* x, float* y, size_t cols, const row_plan& plan, 
     case span_path::e8_fast:
       if constexpr (kMode == rounding_mode::rne)
         return FakeQuantRowPath<kMode, span_path::e8_fast>(x, y, cols, plan, g, random, scales, zero_points);
+      break;
+    case span_path::sr_fast:
+      if constexpr (kMode == rounding_mode::sr)
+        return FakeQuantRowPath<kMode, span_path::sr_fast>(x, y, cols, plan, g, random, scales, zero_points);
       break;
     case span_path::generic: break;
   }

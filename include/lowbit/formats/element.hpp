@@ -13,6 +13,7 @@
 // This file knows nothing of tensors, scales or threads.
 #pragma once
 
+#include <bit>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -108,7 +109,7 @@ uint32_t encode_ref(const element_format& f, float y, rounding_mode mode, float 
 float round_to_integer_ref(float y, rounding_mode mode, float u = 0.0f);
 
 // The canonical NaN every lowbit kernel writes (bit pattern 0x7fc00000).
-float canonical_nan();
+inline float canonical_nan() { return std::bit_cast<float>(0x7fc00000u); }
 
 // Names and printing of the pieces (the whole-format grammar is in format.hpp).
 std::string to_string(rounding_mode m);
