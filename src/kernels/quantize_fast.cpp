@@ -186,6 +186,7 @@ struct row_plan {
   float tensor_scale;      // nvfp4
   bool unscaled;           // quantize(): leave values on the element grid
   bool stream;             // write aligned output vectors with non-temporal stores
+  bool batch;              // groups' scales can be computed N groups at a time (BatchScales)
 };
 
 }  // namespace lowbit::detail
@@ -552,6 +553,60 @@ void FakeQuantQ4_0(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t
 }
 
 
+
+#if HWY_TARGET != HWY_SCALAR
+// Max over lanes of N vectors at once: lane j of the result is the max of v[j]. A tree of
+// ConcatEven/ConcatOdd + Max (N - 1 steps of 3 ops) instead of N separate MaxOfLanes.
+HWY_INLINE VI MaxOfLanesBatch(DI di, VI* v, size_t count) {
+  for (size_t width = count; width > 1; width /= 2)
+    for (size_t j = 0; j < width / 2; ++j)
+      v[j] = hn::Max(hn::ConcatEven(di, v[2 * j + 1], v[2 * j]), hn::ConcatOdd(di, v[2 * j + 1], v[2 * j]));
+  return v[0];
+}
+
+// The scales of N groups from their amax bits, vectorised; the same arithmetic as
+// fast_group_scale (tests/kernels/test_differential.cpp checks against the reference). Returns
+// false (the caller takes the per-group path) when a group needs the general one: zero,
+// subnormal or non-finite amax, or an exponent at the ends of the range.
+HWY_INLINE bool BatchScales(DF df, VI amax_bits, const scale_context& ctx, float* scale, float* mult) {
+  const DI di;
+  if (!hn::AllFalse(di, hn::Lt(amax_bits, hn::Set(di, 0x00800000))) ||
+      !hn::AllFalse(di, hn::Gt(amax_bits, hn::Set(di, 0x7f7fffff))))
+    return false;
+  const VF amax = hn::BitCast(df, amax_bits);
+  if (ctx.inline_rule == scale_context::inline_max_fp32) {
+    VF sv = hn::Div(amax, hn::Set(df, ctx.elem_max));
+    sv = hn::IfThenElse(hn::Gt(sv, hn::Zero(df)), hn::Min(sv, hn::Set(df, ctx.s_max)), hn::Set(df, ctx.s_min));
+    hn::Store(sv, df, scale);
+    hn::Store(hn::Zero(df), df, mult);  // not a power of two: divide
+    return true;
+  }
+  VI e;
+  const VI mant_mask = hn::Set(di, 0x7fffff);
+  switch (ctx.f->rule) {
+    case scale_rule::ocp: e = hn::Sub(hn::ShiftRight<23>(amax_bits), hn::Set(di, 127 + ctx.emax)); break;
+    case scale_rule::ceil:
+      e = hn::Sub(hn::ShiftRight<23>(amax_bits), hn::Set(di, 127 + ctx.emax));
+      e = hn::Add(e, hn::IfThenElseZero(hn::Ne(hn::And(amax_bits, mant_mask), hn::Zero(di)), hn::Set(di, 1)));
+      break;
+    default: {  // rceil / even on r = amax / elem_max
+      const VI rb = hn::BitCast(di, hn::Div(amax, hn::Set(df, ctx.elem_max)));
+      if (!hn::AllFalse(di, hn::Lt(rb, hn::Set(di, 0x00800000)))) return false;
+      e = hn::Sub(hn::ShiftRight<23>(rb), hn::Set(di, 127));
+      const VI m = hn::And(rb, mant_mask);
+      const auto up = ctx.f->rule == scale_rule::rceil ? hn::Ne(m, hn::Zero(di)) : hn::Gt(m, hn::Set(di, 0x3504F3));
+      e = hn::Add(e, hn::IfThenElseZero(up, hn::Set(di, 1)));
+    }
+  }
+  if (ctx.k_overflow_nan && !hn::AllFalse(di, hn::Gt(e, hn::Set(di, ctx.k_max)))) return false;
+  e = hn::Min(hn::Max(e, hn::Set(di, ctx.k_min)), hn::Set(di, ctx.k_max));
+  if (!hn::AllFalse(di, hn::Lt(e, hn::Set(di, -126))) || !hn::AllFalse(di, hn::Gt(e, hn::Set(di, 126)))) return false;
+  hn::Store(hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(e, hn::Set(di, 127)))), df, scale);
+  hn::Store(hn::BitCast(df, hn::ShiftLeft<23>(hn::Sub(hn::Set(di, 127), e))), df, mult);
+  return true;
+}
+#endif
+
 // One row: per group, the statistics (SIMD), the scale (inline for the common rules, else the
 // scalar choose_scale), the elements. `scales`/`zero_points` receive each group's stored scale
 // (quantize), or are nullptr. The grid constants are a local copy so that they stay in registers.
@@ -562,7 +617,44 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
   const format& f = *plan.f;
   const size_t k = static_cast<size_t>(plan.group_cols);
   const bool q8 = f.named == preset::q8_0;
-  for (size_t c0 = 0, gi = 0; c0 < cols; c0 += k, ++gi) {
+  size_t c0 = 0, gi = 0;
+#if HWY_TARGET != HWY_SCALAR
+  if (plan.batch) {
+    // N groups at a time: their statistics, one vectorised scale computation, then the elements.
+    const DF df;
+    const DI di;
+    const size_t N = hn::Lanes(df);
+    HWY_ALIGN float batch_scale[hn::MaxLanes(DF())];
+    HWY_ALIGN float batch_mult[hn::MaxLanes(DF())];
+    VI partial[hn::MaxLanes(DF())];
+    row_job job = detail::make_job(f, g, group_scale{}, plan.unscaled);
+    job.stream = plan.stream;
+    job.prefetch_ahead = plan.stream ? 1024 : 0;
+    const VI abs_mask = hn::Set(di, 0x7fffffff);
+    for (; c0 + N * k <= cols; c0 += N * k, gi += N) {
+      for (size_t j = 0; j < N; ++j) {
+        const float* p = x + c0 + j * k;
+        VI m = hn::Zero(di);
+        size_t i = 0;
+        for (; i + N <= k; i += N) m = hn::Max(m, hn::And(hn::BitCast(di, hn::LoadU(df, p + i)), abs_mask));
+        if (i < k) m = hn::Max(m, hn::And(hn::BitCast(di, LoadTail(df, p + i, k - i)), abs_mask));
+        partial[j] = m;
+      }
+      if (!BatchScales(df, MaxOfLanesBatch(di, partial, N), *plan.sctx, batch_scale, batch_mult)) break;
+      for (size_t j = 0; j < N; ++j) {
+        const float sc = batch_scale[j], mu = batch_mult[j];
+        if (scales) scales[gi + j] = sc;
+        job.scale = plan.unscaled ? 1.0f : sc;
+        job.divisor = sc;
+        job.use_multiplier = mu != 0.0f;
+        job.multiplier = mu;
+        job.random = random ? random + c0 + j * k : nullptr;
+        FakeQuantSpanScale<kMode, kPath>(x + c0 + j * k, y + c0 + j * k, k, job, g);
+      }
+    }
+  }
+#endif
+  for (; c0 < cols; c0 += k, ++gi) {
     const size_t n = std::min(k, cols - c0);
     group_scale gs;
     if (f.gran == granularity::tensor) {
@@ -785,6 +877,8 @@ struct fast_call {
     plan.want_minmax = f.element.kind == element_kind::uint_asym;
     plan.unscaled = unscaled;
     plan.stream = false;
+    plan.batch = f.gran == granularity::group && sctx.inline_rule != scale_context::inline_none &&
+                 f.group_size <= 512;
     plan.tensor_scale = 1.0f;
     if (f.named == preset::nvfp4) plan.tensor_scale = nvfp4_tensor_scale(tensor_stats_fast(x, rows * cols, false, true).amax);
     if (f.gran == granularity::tensor) {  // per-tensor scale: a first pass over the data
