@@ -63,6 +63,9 @@ struct grid_params {
   int lut_n = 0;
   std::array<float, kMaxLut> lut_values{}, lut_thr{};
   std::array<uint8_t, kMaxLut> lut_ge{};
+  // The same thresholds as strict ones (y >= t <=> y > the float below t), padded with +inf, and
+  // the values padded: a 16-entry binary search with lane permutes on 16-lane targets.
+  std::array<float, kMaxLut> lut_gt_thr{}, lut_pad_values{};
 };
 
 inline grid_params make_grid_params(const element_format& e) {
@@ -122,6 +125,12 @@ inline grid_params make_grid_params(const element_format& e) {
         }
       }
       break;
+    }
+  }
+  if (g.kind == 2 && g.lut_n <= grid_params::kMaxLut) {
+    for (int i = 0; i < grid_params::kMaxLut; ++i) {
+      g.lut_gt_thr[i] = i + 1 < g.lut_n ? (g.lut_ge[i] ? std::nextafter(g.lut_thr[i], -INFINITY) : g.lut_thr[i]) : INFINITY;
+      g.lut_pad_values[i] = i < g.lut_n ? g.lut_values[i] : g.lut_values[g.lut_n - 1];
     }
   }
   g.tiny_step_bits = static_cast<int32_t>(std::bit_cast<uint32_t>(g.tiny_step));
@@ -187,6 +196,7 @@ struct row_plan {
   bool unscaled;           // quantize(): leave values on the element grid
   bool stream;             // write aligned output vectors with non-temporal stores
   bool batch;              // groups' scales can be computed N groups at a time (BatchScales)
+  int batch_preset;        // 0 generic (scale_context::inline_rule), 1 nvfp4, 2 q8_0
 };
 
 }  // namespace lowbit::detail
@@ -331,6 +341,20 @@ HWY_INLINE VF RoundToGrid(DF df, VF y, VF u, const grid_params& g) {
 
 // Nearest table entry, ties to the even index (rne only).
 HWY_INLINE VF RoundToTable(DF df, VF y, const grid_params& g) {
+#if HWY_TARGET != HWY_SCALAR
+  if (hn::Lanes(df) >= 16) {
+    // Binary search: idx counts the thresholds below y, four permute + compare steps.
+    const DI di;
+    const VF thr = hn::LoadU(df, g.lut_gt_thr.data());
+    VI idx = hn::Zero(di);
+    for (int bit = 8; bit >= 1; bit /= 2) {
+      const VF t = hn::TableLookupLanes(thr, hn::IndicesFromVec(df, hn::Add(idx, hn::Set(di, bit - 1))));
+      idx = hn::Add(idx, hn::IfThenElseZero(hn::RebindMask(di, hn::Gt(y, t)), hn::Set(di, bit)));
+    }
+    const VF v = hn::TableLookupLanes(hn::LoadU(df, g.lut_pad_values.data()), hn::IndicesFromVec(df, idx));
+    return hn::IfThenElse(hn::Eq(y, y), v, hn::Set(df, canonical_nan()));
+  }
+#endif
   VF v = hn::Set(df, g.lut_values[0]);
   for (int i = 0; i + 1 < g.lut_n; ++i) {
     const VF t = hn::Set(df, g.lut_thr[static_cast<size_t>(i)]);
@@ -568,6 +592,44 @@ HWY_INLINE VI MaxOfLanesBatch(DI di, VI* v, size_t count) {
 // fast_group_scale (tests/kernels/test_differential.cpp checks against the reference). Returns
 // false (the caller takes the per-group path) when a group needs the general one: zero,
 // subnormal or non-finite amax, or an exponent at the ends of the range.
+// (|v| + C) - C onto a minifloat grid, vectorised, for non-negative v: ties to even. Used for
+// the block scales of nvfp4 (E4M3) and q8_0 (fp16).
+HWY_INLINE VF RoundScaleGrid(DF df, VF v, int emin, int mbits) {
+  const DI di;
+  const VI p = hn::Sub(hn::Max(hn::ShiftRight<23>(hn::BitCast(di, v)), hn::Set(di, 1)), hn::Set(di, 127));
+  const VI L = hn::IfThenElse(hn::Lt(p, hn::Set(di, emin)), hn::Set(di, emin - mbits), hn::Sub(p, hn::Set(di, mbits)));
+  const VF c = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(L, hn::Set(di, 150))));
+  return hn::Sub(hn::Add(v, c), c);
+}
+
+// nvfp4 (METHODS 1.3) and q8_0 block scales of N groups, vectorised: the same float operations
+// as choose_scale. `mult` receives 1/d for q8_0 (ggml multiplies by it), 0 for nvfp4 (divide).
+HWY_INLINE bool BatchScalesPreset(DF df, VI amax_bits, const row_plan& plan, float* scale, float* stored,
+                                  float* mult) {
+  const DI di;
+  if (!hn::AllFalse(di, hn::Gt(amax_bits, hn::Set(di, 0x7f7fffff)))) return false;  // NaN/Inf: per group
+  const VF amax = hn::BitCast(df, amax_bits);
+  if (plan.batch_preset == 1) {
+    const VF ts = hn::Set(df, plan.tensor_scale);
+    const VF ratio = hn::Min(hn::Max(hn::Div(hn::Div(amax, hn::Set(df, 6.0f)), ts), hn::Set(df, 0x1p-6f)),
+                             hn::Set(df, 448.0f));
+    const VF sq = RoundScaleGrid(df, ratio, -6, 3);  // E4M3: ratio >= 2^-6 is normal, <= 448
+    hn::Store(sq, df, stored);
+    hn::Store(hn::Mul(ts, sq), df, scale);
+    hn::Store(hn::Zero(df), df, mult);
+    return true;
+  }
+  const VF d = hn::Div(amax, hn::Set(df, 127.0f));
+  const auto nz = hn::Ne(d, hn::Zero(df));
+  hn::Store(hn::IfThenElseZero(nz, hn::Div(hn::Set(df, 1.0f), d)), df, mult);
+  if (!hn::AllFalse(df, hn::Gt(d, hn::Set(df, 65504.0f)))) return false;  // fp16 overflow: per group
+  const VF d16 = hn::Min(RoundScaleGrid(df, d, -14, 10), hn::Set(df, INFINITY));
+  if (!hn::AllFalse(df, hn::Gt(d16, hn::Set(df, 65504.0f)))) return false;
+  hn::Store(d16, df, scale);
+  hn::Store(d16, df, stored);
+  return true;
+}
+
 HWY_INLINE bool BatchScales(DF df, VI amax_bits, const scale_context& ctx, float* scale, float* mult) {
   const DI di;
   if (!hn::AllFalse(di, hn::Lt(amax_bits, hn::Set(di, 0x00800000))) ||
@@ -625,6 +687,7 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
     const DI di;
     const size_t N = hn::Lanes(df);
     HWY_ALIGN float batch_scale[hn::MaxLanes(DF())];
+    HWY_ALIGN float batch_stored[hn::MaxLanes(DF())];
     HWY_ALIGN float batch_mult[hn::MaxLanes(DF())];
     VI partial[hn::MaxLanes(DF())];
     row_job job = detail::make_job(f, g, group_scale{}, plan.unscaled);
@@ -640,16 +703,23 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
         if (i < k) m = hn::Max(m, hn::And(hn::BitCast(di, LoadTail(df, p + i, k - i)), abs_mask));
         partial[j] = m;
       }
-      if (!BatchScales(df, MaxOfLanesBatch(di, partial, N), *plan.sctx, batch_scale, batch_mult)) break;
+      const VI amax_bits = MaxOfLanesBatch(di, partial, N);
+      if (plan.batch_preset == 0) {
+        if (!BatchScales(df, amax_bits, *plan.sctx, batch_scale, batch_mult)) break;
+        hn::Store(hn::Load(df, batch_scale), df, batch_stored);
+      } else if (!BatchScalesPreset(df, amax_bits, plan, batch_scale, batch_stored, batch_mult)) {
+        break;
+      }
       for (size_t j = 0; j < N; ++j) {
         const float sc = batch_scale[j], mu = batch_mult[j];
-        if (scales) scales[gi + j] = sc;
+        if (scales) scales[gi + j] = batch_stored[j];
         job.scale = plan.unscaled ? 1.0f : sc;
         job.divisor = sc;
-        job.use_multiplier = mu != 0.0f;
+        job.use_multiplier = mu != 0.0f || q8;
         job.multiplier = mu;
         job.random = random ? random + c0 + j * k : nullptr;
-        FakeQuantSpanScale<kMode, kPath>(x + c0 + j * k, y + c0 + j * k, k, job, g);
+        if (q8) FakeQuantSpanScale<rounding_mode::rna, span_path::int_fast>(x + c0 + j * k, y + c0 + j * k, k, job, g);
+        else FakeQuantSpanScale<kMode, kPath>(x + c0 + j * k, y + c0 + j * k, k, job, g);
       }
     }
   }
@@ -877,8 +947,9 @@ struct fast_call {
     plan.want_minmax = f.element.kind == element_kind::uint_asym;
     plan.unscaled = unscaled;
     plan.stream = false;
-    plan.batch = f.gran == granularity::group && sctx.inline_rule != scale_context::inline_none &&
-                 f.group_size <= 512;
+    plan.batch_preset = f.named == preset::nvfp4 ? 1 : f.named == preset::q8_0 ? 2 : 0;
+    plan.batch = f.gran == granularity::group && f.group_size <= 512 &&
+                 (sctx.inline_rule != scale_context::inline_none || plan.batch_preset != 0);
     plan.tensor_scale = 1.0f;
     if (f.named == preset::nvfp4) plan.tensor_scale = nvfp4_tensor_scale(tensor_stats_fast(x, rows * cols, false, true).amax);
     if (f.gran == granularity::tensor) {  // per-tensor scale: a first pass over the data
