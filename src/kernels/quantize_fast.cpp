@@ -568,7 +568,9 @@ void FakeQuantQ4_0(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t
   const DF df;
   const size_t N = hn::Lanes(df);
   auto f = [&](VF x) {
-    const VF q = hn::Min(hn::Trunc(hn::Add(hn::Mul(x, hn::Set(df, id)), hn::Set(df, 8.5f))), hn::Set(df, 15.0f));
+    const VF v = hn::Add(hn::Mul(x, hn::Set(df, id)), hn::Set(df, 8.5f));
+    VF q = hn::Min(hn::Max(hn::Trunc(v), hn::Zero(df)), hn::Set(df, 15.0f));
+    q = hn::IfThenElse(hn::Eq(v, v), q, hn::Set(df, 8.0f));  // see quantize_ref.cpp
     return hn::Mul(hn::Sub(q, hn::Set(df, 8.0f)), hn::Set(df, d));
   };
   size_t i = 0;
@@ -621,7 +623,9 @@ HWY_INLINE bool BatchScalesPreset(DF df, VI amax_bits, const row_plan& plan, flo
   }
   const VF d = hn::Div(amax, hn::Set(df, 127.0f));
   const auto nz = hn::Ne(d, hn::Zero(df));
-  hn::Store(hn::IfThenElseZero(nz, hn::Div(hn::Set(df, 1.0f), d)), df, mult);
+  const VF id = hn::IfThenElseZero(nz, hn::Div(hn::Set(df, 1.0f), d));
+  if (!hn::AllFalse(df, hn::Gt(id, hn::Set(df, 3.4e38f)))) return false;  // 1/d = Inf: per group
+  hn::Store(id, df, mult);
   if (!hn::AllFalse(df, hn::Gt(d, hn::Set(df, 65504.0f)))) return false;  // fp16 overflow: per group
   const VF d16 = hn::Min(RoundScaleGrid(df, d, -14, 10), hn::Set(df, INFINITY));
   if (!hn::AllFalse(df, hn::Gt(d16, hn::Set(df, 65504.0f)))) return false;
@@ -751,6 +755,13 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
     }
     if (f.named == preset::q4_0) {
       FakeQuantQ4_0(x + c0, y + c0, n, gs.multiplier, gs.scale);
+      continue;
+    }
+    if (HWY_UNLIKELY(q8 && std::isinf(gs.multiplier))) {  // subnormal d: the reference's clamps
+      for (size_t c = c0; c < c0 + n; ++c) {
+        const uint32_t code = quantize_value_ref(f, x[c], gs, 0.0f);
+        y[c] = plan.unscaled ? decode_ref(f.element, code) : dequantize_value_ref(f, code, gs);
+      }
       continue;
     }
     row_job job = detail::make_job(f, g, gs, plan.unscaled);

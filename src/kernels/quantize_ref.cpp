@@ -22,12 +22,18 @@ uint32_t quantize_value(const format& f, float x, const group_scale& gs, float u
   const element_format& e = f.element;
   switch (f.named) {
     case preset::q4_0: {
-      // ggml: xi = MIN(15, (int8_t)(x * id + 8.5f)); the cast truncates toward zero.
+      // ggml: xi = MIN(15, (int8_t)(x * id + 8.5f)); the cast truncates toward zero. With a
+      // subnormal d, id = 1/d is Inf and v can be +-Inf or NaN (undefined in ggml's C): lowbit
+      // clamps to 0..15 and maps NaN to 8 (the value 0).
       const float v = x * gs.multiplier + 8.5f;
-      return static_cast<uint32_t>(std::min<int>(15, static_cast<int8_t>(v)));
+      if (std::isnan(v)) return 8;
+      return static_cast<uint32_t>(std::clamp(std::trunc(v), 0.0f, 15.0f));
     }
     case preset::q8_0: {
-      const int q = static_cast<int>(std::round(x * gs.multiplier));  // roundf: ties away
+      // roundf(x * id): ties away. With a subnormal d, id = 1/d is Inf (undefined in ggml's C):
+      // lowbit clamps to -127..127 and maps NaN to 0.
+      const float v = std::round(x * gs.multiplier);
+      const int q = std::isnan(v) ? 0 : static_cast<int>(std::clamp(v, -127.0f, 127.0f));
       return static_cast<uint32_t>(q) & 0xffu;
     }
     default: break;
