@@ -522,6 +522,42 @@ HWY_INLINE void FakeQuantSpanScale(const float* in, float* out, size_t n, const 
   else FakeQuantSpanT<kMode, kPath, span_scale::div>(in, out, n, job, g);
 }
 
+// The elements of N consecutive groups of k under their batch scales (all multiply, or all
+// divide): FakeQuantSpanT's loop with the group's scale reloaded per group and nothing else.
+template <rounding_mode kMode, span_path kPath, span_scale kScale>
+HWY_INLINE void BatchApplyT(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t k, size_t groups,
+                            const float* batch_scale, const float* batch_mult, const row_job& job,
+                            const grid_params& g, bool unscaled) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  const VF clamp_lo = hn::Set(df, job.clamp_lo), clamp_hi = hn::Set(df, job.clamp_hi);
+  const bool uint_clamp = job.uint_clamp, stream = job.stream;
+  const int64_t ahead = job.prefetch_ahead;
+  VF u = hn::Zero(df);
+  for (size_t j = 0; j < groups; ++j) {
+    const float* x = in + j * k;
+    float* y = out + j * k;
+    const VF mul = hn::Set(df, batch_mult[j]), div = hn::Set(df, batch_scale[j]);
+    const VF scale = unscaled ? hn::Set(df, 1.0f) : div;
+    const uint32_t* random = job.random ? job.random + j * k : nullptr;
+    size_t i = 0;
+    for (; i + N <= k; i += N) {
+      if (ahead) hwy::Prefetch(x + i + ahead);
+      if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, random, i, N);
+      const VF r = FakeQuantVec<kMode, kPath, kScale>(df, hn::LoadU(df, x + i), u, g, mul, div, scale, uint_clamp,
+                                                      clamp_lo, clamp_hi);
+      if (stream && (reinterpret_cast<uintptr_t>(y + i) & (N * sizeof(float) - 1)) == 0) hn::Stream(r, df, y + i);
+      else hn::StoreU(r, df, y + i);
+    }
+    if (i < k) {
+      if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, random, i, k - i);
+      const VF r = FakeQuantVec<kMode, kPath, kScale>(df, LoadTail(df, x + i, k - i), u, g, mul, div, scale,
+                                                      uint_clamp, clamp_lo, clamp_hi);
+      StoreTail(df, r, y + i, k - i);
+    }
+  }
+}
+
 // The span path of a format under a rounding (the fast paths exist for rne, and rna on integers).
 template <rounding_mode kMode>
 span_path path_of(const grid_params& g) {
@@ -714,17 +750,19 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
       } else if (!BatchScalesPreset(df, amax_bits, plan, batch_scale, batch_stored, batch_mult)) {
         break;
       }
-      for (size_t j = 0; j < N; ++j) {
-        const float sc = batch_scale[j], mu = batch_mult[j];
-        if (scales) scales[gi + j] = batch_stored[j];
-        job.scale = plan.unscaled ? 1.0f : sc;
-        job.divisor = sc;
-        job.use_multiplier = mu != 0.0f || q8;
-        job.multiplier = mu;
-        job.random = random ? random + c0 + j * k : nullptr;
-        if (q8) FakeQuantSpanScale<rounding_mode::rna, span_path::int_fast>(x + c0 + j * k, y + c0 + j * k, k, job, g);
-        else FakeQuantSpanScale<kMode, kPath>(x + c0 + j * k, y + c0 + j * k, k, job, g);
-      }
+      if (scales)
+        for (size_t j = 0; j < N; ++j) scales[gi + j] = batch_stored[j];
+      // A batch multiplies (power-of-two scales, q8_0's 1/d) or divides as a whole.
+      bool all_mul = true;
+      for (size_t j = 0; j < N; ++j) all_mul &= batch_mult[j] != 0.0f;
+      job.random = random ? random + c0 : nullptr;
+      if (q8)
+        BatchApplyT<rounding_mode::rna, span_path::int_fast, span_scale::mul>(x + c0, y + c0, k, N, batch_scale,
+                                                                             batch_mult, job, g, plan.unscaled);
+      else if (all_mul)
+        BatchApplyT<kMode, kPath, span_scale::mul>(x + c0, y + c0, k, N, batch_scale, batch_mult, job, g, plan.unscaled);
+      else
+        BatchApplyT<kMode, kPath, span_scale::div>(x + c0, y + c0, k, N, batch_scale, batch_mult, job, g, plan.unscaled);
     }
   }
 #endif
