@@ -366,6 +366,25 @@ HWY_INLINE VF RoundToTable(DF df, VF y, const grid_params& g) {
 
 // RNE onto a minifloat grid (M > 0, saturating): (|y| + C) - C with C = 2^(L+23) rounds |y| to a
 // multiple of the step 2^L in float32 arithmetic, ties to even multiples = even codes. About 16 ops.
+// The step exponent L of |y|'s binade on a minifloat grid: p - M at and above emin, the
+// constant below it (emin - M, or emin without subnormals).
+HWY_INLINE VI MinifloatLog2Step(DI di, VF ay, const grid_params& g) {
+  const VI p = hn::Sub(hn::Max(hn::ShiftRight<23>(hn::BitCast(di, ay)), hn::Set(di, 1)), hn::Set(di, 127));
+  return hn::IfThenElse(hn::Lt(p, hn::Set(di, g.emin)), hn::Set(di, g.below_log2step), hn::Sub(p, hn::Set(di, g.mbits)));
+}
+
+// A rounded magnitude r given back the input's sign (none on a zero of a format without -0), and
+// NaN inputs (|y| bits above Inf's) turned into the canonical NaN.
+HWY_INLINE VF SignAndNan(DF df, VF r, VI bits, VI ab, const grid_params& g) {
+  const DI di;
+  VI out = hn::BitCast(di, r);
+  VI sign = hn::AndNot(hn::Set(di, 0x7fffffff), bits);
+  if (!g.signed_zero) sign = hn::IfThenZeroElse(hn::Eq(out, hn::Zero(di)), sign);
+  out = hn::Or(out, sign);
+  out = hn::IfThenElse(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Set(di, 0x7fc00000), out);
+  return hn::BitCast(df, out);
+}
+
 HWY_INLINE VF RoundRneFast(DF df, VF y, const grid_params& g) {
   const DI di;
   const VI bits = hn::BitCast(di, y);
@@ -373,17 +392,9 @@ HWY_INLINE VF RoundRneFast(DF df, VF y, const grid_params& g) {
   const VI ab = hn::And(bits, abs_mask);
   // Clamp first: saturation (Inf too) is then free and C stays in range; NaN is restored below.
   const VF ay = hn::Min(hn::BitCast(df, ab), hn::Set(df, g.max_value));
-  const VI p = hn::Sub(hn::Max(hn::ShiftRight<23>(hn::BitCast(di, ay)), hn::Set(di, 1)), hn::Set(di, 127));
-  const VI L = hn::IfThenElse(hn::Lt(p, hn::Set(di, g.emin)), hn::Set(di, g.below_log2step),
-                              hn::Sub(p, hn::Set(di, g.mbits)));
+  const VI L = MinifloatLog2Step(di, ay, g);
   const VF c = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(L, hn::Set(di, 150))));
-  const VF r = hn::Sub(hn::Add(ay, c), c);
-  VI out = hn::BitCast(di, r);
-  VI sign = hn::AndNot(abs_mask, bits);
-  if (!g.signed_zero) sign = hn::IfThenZeroElse(hn::Eq(out, hn::Zero(di)), sign);
-  out = hn::Or(out, sign);
-  out = hn::IfThenElse(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Set(di, 0x7fc00000), out);
-  return hn::BitCast(df, out);
+  return SignAndNan(df, hn::Sub(hn::Add(ay, c), c), bits, ab, g);
 }
 
 // Stochastic rounding onto a minifloat or int grid (saturating): with step 2^L of |y|'s binade,
@@ -395,25 +406,13 @@ HWY_INLINE VF RoundSrFast(DF df, VF y, VF u, const grid_params& g) {
   const VI abs_mask = hn::Set(di, 0x7fffffff);
   const VI ab = hn::And(bits, abs_mask);
   const VF ay = hn::Min(hn::BitCast(df, ab), hn::Set(df, g.max_value));
-  VI L;
-  if (g.kind == 0) {
-    const VI p = hn::Sub(hn::Max(hn::ShiftRight<23>(hn::BitCast(di, ay)), hn::Set(di, 1)), hn::Set(di, 127));
-    L = hn::IfThenElse(hn::Lt(p, hn::Set(di, g.emin)), hn::Set(di, g.below_log2step), hn::Sub(p, hn::Set(di, g.mbits)));
-  } else {
-    L = hn::Set(di, g.fixed_log2step);
-  }
+  const VI L = g.kind == 0 ? MinifloatLog2Step(di, ay, g) : hn::Set(di, g.fixed_log2step);
   const VF inv_step = hn::BitCast(df, hn::ShiftLeft<23>(hn::Sub(hn::Set(di, 127), L)));
   const VF step = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(L, hn::Set(di, 127))));
   const VF q = hn::Mul(ay, inv_step);
   const VF lo = hn::Floor(q);
   const VF up = hn::IfThenElseZero(hn::Lt(u, hn::Sub(q, lo)), hn::Set(df, 1.0f));
-  const VF r = hn::Mul(hn::Add(lo, up), step);
-  VI out = hn::BitCast(di, r);
-  VI sign = hn::AndNot(abs_mask, bits);
-  if (!g.signed_zero) sign = hn::IfThenZeroElse(hn::Eq(out, hn::Zero(di)), sign);
-  out = hn::Or(out, sign);
-  out = hn::IfThenElse(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Set(di, 0x7fc00000), out);
-  return hn::BitCast(df, out);
+  return SignAndNan(df, hn::Mul(hn::Add(lo, up), step), bits, ab, g);
 }
 
 // RNE onto e8mM (bf16, tf32, ...): round the float32 pattern at a fixed bit, ties to even, then
@@ -484,20 +483,18 @@ HWY_INLINE VF UniformFromWords(DF df, const uint32_t* w, size_t i, size_t count)
   return hn::Mul(hn::ConvertTo(df, hn::BitCast(di, hn::ShiftRight<8>(words))), hn::Set(df, 0x1p-24f));
 }
 
-// out[0..n) = fake-quantized in[0..n) under one scale.
+// out[0..n) = fake-quantized in[0..n) under one scale (mul = 1/s, div = s, scale = what the
+// rounded values are multiplied by: s, or 1 for quantize's unscaled values).
 template <rounding_mode kMode, span_path kPath, span_scale kScale>
-HWY_INLINE void FakeQuantSpanT(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, const row_job& job,
-                               const grid_params& g) {
+HWY_INLINE void ApplyScaleT(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, VF mul, VF div,
+                            VF scale, const uint32_t* random, const row_job& job, const grid_params& g) {
   const DF df;
   const size_t N = hn::Lanes(df);
-  const VF mul = hn::Set(df, job.multiplier), div = hn::Set(df, job.divisor), scale = hn::Set(df, job.scale);
   const VF clamp_lo = hn::Set(df, job.clamp_lo), clamp_hi = hn::Set(df, job.clamp_hi);
-  const bool uint_clamp = job.uint_clamp;
-  const uint32_t* random = job.random;
+  const bool uint_clamp = job.uint_clamp, stream = job.stream;
+  const int64_t ahead = job.prefetch_ahead;
   VF u = hn::Zero(df);
   size_t i = 0;
-  const bool stream = job.stream;
-  const int64_t ahead = job.prefetch_ahead;
   for (; i + N <= n; i += N) {
     // While this span computes from cache, pull the next one (the next row for /c) from memory.
     if (ahead) hwy::Prefetch(in + i + ahead);
@@ -515,6 +512,13 @@ HWY_INLINE void FakeQuantSpanT(const float* HWY_RESTRICT in, float* HWY_RESTRICT
   }
 }
 
+template <rounding_mode kMode, span_path kPath, span_scale kScale>
+HWY_INLINE void FakeQuantSpanT(const float* in, float* out, size_t n, const row_job& job, const grid_params& g) {
+  const DF df;
+  ApplyScaleT<kMode, kPath, kScale>(in, out, n, hn::Set(df, job.multiplier), hn::Set(df, job.divisor),
+                                    hn::Set(df, job.scale), job.random, job, g);
+}
+
 template <rounding_mode kMode, span_path kPath>
 HWY_INLINE void FakeQuantSpanScale(const float* in, float* out, size_t n, const row_job& job, const grid_params& g) {
   if (!job.scaled) FakeQuantSpanT<kMode, kPath, span_scale::none>(in, out, n, job, g);
@@ -523,38 +527,16 @@ HWY_INLINE void FakeQuantSpanScale(const float* in, float* out, size_t n, const 
 }
 
 // The elements of N consecutive groups of k under their batch scales (all multiply, or all
-// divide): FakeQuantSpanT's loop with the group's scale reloaded per group and nothing else.
+// divide).
 template <rounding_mode kMode, span_path kPath, span_scale kScale>
-HWY_INLINE void BatchApplyT(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t k, size_t groups,
-                            const float* batch_scale, const float* batch_mult, const row_job& job,
-                            const grid_params& g, bool unscaled) {
+HWY_INLINE void BatchApplyT(const float* in, float* out, size_t k, size_t groups, const float* batch_scale,
+                            const float* batch_mult, const row_job& job, const grid_params& g, bool unscaled) {
   const DF df;
-  const size_t N = hn::Lanes(df);
-  const VF clamp_lo = hn::Set(df, job.clamp_lo), clamp_hi = hn::Set(df, job.clamp_hi);
-  const bool uint_clamp = job.uint_clamp, stream = job.stream;
-  const int64_t ahead = job.prefetch_ahead;
-  VF u = hn::Zero(df);
   for (size_t j = 0; j < groups; ++j) {
-    const float* x = in + j * k;
-    float* y = out + j * k;
-    const VF mul = hn::Set(df, batch_mult[j]), div = hn::Set(df, batch_scale[j]);
-    const VF scale = unscaled ? hn::Set(df, 1.0f) : div;
-    const uint32_t* random = job.random ? job.random + j * k : nullptr;
-    size_t i = 0;
-    for (; i + N <= k; i += N) {
-      if (ahead) hwy::Prefetch(x + i + ahead);
-      if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, random, i, N);
-      const VF r = FakeQuantVec<kMode, kPath, kScale>(df, hn::LoadU(df, x + i), u, g, mul, div, scale, uint_clamp,
-                                                      clamp_lo, clamp_hi);
-      if (stream && (reinterpret_cast<uintptr_t>(y + i) & (N * sizeof(float) - 1)) == 0) hn::Stream(r, df, y + i);
-      else hn::StoreU(r, df, y + i);
-    }
-    if (i < k) {
-      if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, random, i, k - i);
-      const VF r = FakeQuantVec<kMode, kPath, kScale>(df, LoadTail(df, x + i, k - i), u, g, mul, div, scale,
-                                                      uint_clamp, clamp_lo, clamp_hi);
-      StoreTail(df, r, y + i, k - i);
-    }
+    const VF div = hn::Set(df, batch_scale[j]);
+    ApplyScaleT<kMode, kPath, kScale>(in + j * k, out + j * k, k, hn::Set(df, batch_mult[j]), div,
+                                      unscaled ? hn::Set(df, 1.0f) : div,
+                                      job.random ? job.random + j * k : nullptr, job, g);
   }
 }
 
@@ -1123,19 +1105,11 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
   // element grid); the cases the SIMD path does not cover, and q4_0, use the reference.
   if (use_ref() || !simd_covers(f) || f.named == preset::q4_0 || rows < 0 || cols < 0)
     return quantize_ref(x, rows, cols, f, tensor_id);
-  quantized_tensor q;
-  q.fmt = f;
-  q.rows = rows;
-  q.cols = cols;
-  q.row_bytes = (cols * f.element.bits + 7) / 8;
-  q.codes.assign(static_cast<size_t>(rows * q.row_bytes), 0);
+  quantized_tensor q = quantized_tensor::allocate(f, rows, cols);
   const fast_call call(f, x, rows, cols, true);
   q.tensor_scale = call.plan.tensor_scale;
   const int64_t gpr = groups_per_row(f, cols);
   const bool asym = f.element.kind == element_kind::uint_asym;
-  const size_t nscales = f.gran == granularity::tensor ? 1 : static_cast<size_t>(rows * gpr);
-  q.scales.assign(nscales, 1.0f);
-  if (asym) q.zero_points.assign(nscales, 0);
   if (f.gran == granularity::tensor) {
     q.scales[0] = call.plan.tensor_gs.nonfinite ? canonical_nan() : call.plan.tensor_gs.stored;
     if (asym) q.zero_points[0] = call.plan.tensor_gs.zero_point;

@@ -139,6 +139,19 @@ void unpack_codes(const uint8_t* src, int64_t n, int bits, uint32_t* codes) {
   }
 }
 
+quantized_tensor quantized_tensor::allocate(const format& f, int64_t rows, int64_t cols) {
+  quantized_tensor q;
+  q.fmt = f;
+  q.rows = rows;
+  q.cols = cols;
+  q.row_bytes = (cols * f.element.bits + 7) / 8;
+  q.codes.assign(static_cast<size_t>(rows * q.row_bytes), 0);
+  const size_t nscales = f.gran == granularity::tensor ? 1 : static_cast<size_t>(rows * lowbit::groups_per_row(f, cols));
+  q.scales.assign(nscales, 1.0f);
+  if (f.element.kind == element_kind::uint_asym || f.named == preset::q4_0) q.zero_points.assign(nscales, 0);
+  return q;
+}
+
 int64_t quantized_tensor::groups_per_row() const { return lowbit::groups_per_row(fmt, cols); }
 
 int64_t quantized_tensor::group_of(int64_t c) const {
@@ -254,17 +267,9 @@ float draw(const format& f, uint64_t tensor_id, int64_t index) {
 
 quantized_tensor quantize_ref(const float* x, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
   check_shape(rows, cols);
-  quantized_tensor q;
-  q.fmt = f;
-  q.rows = rows;
-  q.cols = cols;
-  q.row_bytes = (cols * f.element.bits + 7) / 8;
-  q.codes.assign(static_cast<size_t>(rows * q.row_bytes), 0);
+  quantized_tensor q = quantized_tensor::allocate(f, rows, cols);
   if (f.named == preset::nvfp4) q.tensor_scale = nvfp4_tensor_scale(finite_amax_ref(x, rows * cols));
-  const bool asym = f.element.kind == element_kind::uint_asym || f.named == preset::q4_0;
-  const size_t nscales = f.gran == granularity::tensor ? 1 : static_cast<size_t>(rows * groups_per_row(f, cols));
-  q.scales.assign(nscales, 1.0f);
-  if (asym) q.zero_points.assign(nscales, 0);
+  const bool asym = !q.zero_points.empty();
   for_each_group_ref(x, rows, cols, f, q.tensor_scale,
                      [&](int64_t r, int64_t c0, int64_t c1, int64_t gi, const group_scale& gs) {
                        if (gi >= 0) {

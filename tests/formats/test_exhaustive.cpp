@@ -61,37 +61,11 @@ std::string show(float x) {
   return s.str();
 }
 
-const char* mode_name(rounding_mode m) {
-  switch (m) {
-    case rounding_mode::rne: return "rne";
-    case rounding_mode::rna: return "rna";
-    case rounding_mode::rtz: return "rtz";
-    case rounding_mode::up: return "up";
-    case rounding_mode::down: return "down";
-    case rounding_mode::odd: return "odd";
-    case rounding_mode::sr: return "sr";
-  }
-  return "?";
-}
+std::string mode_name(rounding_mode v) { return to_string(v); }  // the library's names, for messages
 
-const char* variant_name(float_variant v) {
-  switch (v) {
-    case float_variant::ieee: return "ieee";
-    case float_variant::fn: return "fn";
-    case float_variant::fnuz: return "fnuz";
-    case float_variant::finite: return "finite";
-  }
-  return "?";
-}
+std::string variant_name(float_variant v) { return to_string(v); }  // the library's names, for messages
 
-const char* overflow_name(overflow_policy o) {
-  switch (o) {
-    case overflow_policy::saturate: return "saturate";
-    case overflow_policy::inf: return "inf";
-    case overflow_policy::nan: return "nan";
-  }
-  return "?";
-}
+std::string overflow_name(overflow_policy v) { return to_string(v); }  // the library's names, for messages
 
 // Collects mismatches: counts all of them, reports the first few in full.
 class Mismatches {

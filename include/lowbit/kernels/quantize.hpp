@@ -27,6 +27,9 @@ struct quantized_tensor {
   std::vector<int32_t> zero_points;
   float tensor_scale = 1.0f;
 
+  // Zeroed codes and unit scales (plus zero points for uint and q4_0) for [rows, cols] in f.
+  static quantized_tensor allocate(const format& f, int64_t rows, int64_t cols);
+
   uint32_t code(int64_t r, int64_t c) const;
   void set_code(int64_t r, int64_t c, uint32_t v);
   int64_t groups_per_row() const;
