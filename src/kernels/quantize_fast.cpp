@@ -858,44 +858,51 @@ void PhiloxBlocks(uint64_t block0, size_t count, uint32_t key0, uint32_t key1, u
     philox4x32_10(ctr, key, out + 4 * k);
   }
 #else
+  // One block per 64-bit lane: vpmuludq multiplies each lane's low 32 bits into the full 64-bit
+  // product, so hi = product >> 32 and lo = product (its upper half is never read: every later
+  // multiply uses low halves only, and the output keeps low halves) — 6 ops a round for N/2 blocks.
   const DU du;
   const hn::Repartition<uint64_t, DU> d64;
-  const size_t N = hn::Lanes(du);
-  const auto mulhilo = [&](hn::Vec<DU> a, uint32_t m, hn::Vec<DU>* hi, hn::Vec<DU>* lo) {
-    const auto mv = hn::Set(du, m);
-    const auto even = hn::MulEven(a, mv);                                                  // lanes 0,2,..
-    const auto odd = hn::MulEven(hn::BitCast(du, hn::ShiftRight<32>(hn::BitCast(d64, a))), mv);  // lanes 1,3,..
-    *lo = hn::Mul(a, mv);
-    *hi = hn::OddEven(hn::BitCast(du, odd), hn::BitCast(du, hn::ShiftRight<32>(even)));
-  };
-  for (size_t b = 0; b < count; b += N) {
-    const size_t lanes = std::min(N, count - b);
+  const size_t N64 = hn::Lanes(d64);
+  const auto m0 = hn::Set(du, 0xD2511F53u), m1 = hn::Set(du, 0xCD9E8D57u);
+  const auto low32 = hn::Set(d64, 0xffffffffull);
+  size_t b = 0;
+  for (; b + 2 * N64 <= count; b += 2 * N64) {
     const uint64_t first = block0 + b;
-    if ((first >> 32) != ((first + N) >> 32) || lanes < N) {  // carry into c1, or a short tail
-      for (size_t k = 0; k < lanes; ++k) {
-        const uint64_t blk = first + k;
-        const uint32_t ctr[4] = {static_cast<uint32_t>(blk), static_cast<uint32_t>(blk >> 32), c2, c3};
-        const uint32_t key[2] = {key0, key1};
-        philox4x32_10(ctr, key, out + 4 * (b + k));
-      }
-      continue;
+    if ((first >> 32) != ((first + 2 * N64) >> 32)) break;  // a carry into c1: the scalar loop below
+    hn::Vec<decltype(d64)> x0[2], x1[2], x2[2], x3[2];  // two independent chains keep the multiplier busy
+    for (size_t v = 0; v < 2; ++v) {
+      x0[v] = hn::Add(hn::Iota(d64, 0), hn::Set(d64, uint64_t{static_cast<uint32_t>(first)} + v * N64));
+      x1[v] = hn::Set(d64, first >> 32);
+      x2[v] = hn::Set(d64, c2);
+      x3[v] = hn::Set(d64, c3);
     }
-    auto x0 = hn::Add(hn::Iota(du, 0), hn::Set(du, static_cast<uint32_t>(first)));
-    auto x1 = hn::Set(du, static_cast<uint32_t>(first >> 32));
-    auto x2 = hn::Set(du, c2), x3 = hn::Set(du, c3);
     uint32_t k0 = key0, k1 = key1;
     for (int round = 0; round < 10; ++round) {
-      hn::Vec<DU> hi0, lo0, hi1, lo1;
-      mulhilo(x0, 0xD2511F53u, &hi0, &lo0);
-      mulhilo(x2, 0xCD9E8D57u, &hi1, &lo1);
-      x0 = hn::Xor(hn::Xor(hi1, x1), hn::Set(du, k0));
-      x1 = lo1;
-      x2 = hn::Xor(hn::Xor(hi0, x3), hn::Set(du, k1));
-      x3 = lo0;
+      const auto kv0 = hn::Set(d64, k0), kv1 = hn::Set(d64, k1);
+      for (size_t v = 0; v < 2; ++v) {
+        const auto p0 = hn::MulEven(hn::BitCast(du, x0[v]), m0);
+        const auto p1 = hn::MulEven(hn::BitCast(du, x2[v]), m1);
+        x0[v] = hn::Xor(hn::Xor(hn::ShiftRight<32>(p1), x1[v]), kv0);
+        x1[v] = p1;
+        x2[v] = hn::Xor(hn::Xor(hn::ShiftRight<32>(p0), x3[v]), kv1);
+        x3[v] = p0;
+      }
       k0 += 0x9E3779B9u;
       k1 += 0xBB67AE85u;
     }
-    hn::StoreInterleaved4(x0, x1, x2, x3, du, out + 4 * b);
+    // Block i's words (x0, x1, x2, x3)[i] go to out[4i .. 4i+3]: pairs of words as 64-bit lanes.
+    for (size_t v = 0; v < 2; ++v) {
+      const auto w01 = hn::Or(hn::And(x0[v], low32), hn::ShiftLeft<32>(x1[v]));
+      const auto w23 = hn::Or(hn::And(x2[v], low32), hn::ShiftLeft<32>(x3[v]));
+      hn::StoreInterleaved2(w01, w23, d64, reinterpret_cast<uint64_t*>(out + 4 * (b + v * N64)));
+    }
+  }
+  for (; b < count; ++b) {  // the tail (and counter carries), one block at a time
+    const uint64_t blk = block0 + b;
+    const uint32_t ctr[4] = {static_cast<uint32_t>(blk), static_cast<uint32_t>(blk >> 32), c2, c3};
+    const uint32_t key[2] = {key0, key1};
+    philox4x32_10(ctr, key, out + 4 * b);
   }
 #endif
 }
