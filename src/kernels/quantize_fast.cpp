@@ -846,6 +846,75 @@ void GroupStats(const float* HWY_RESTRICT x, size_t n, bool want_minmax, bool fi
   GroupStatsT(x, n, want_minmax, finite_only, st);
 }
 
+// Dequantize a span of unpacked codes under one scale: value = table[code] * s, or for
+// asymmetric formats (code - z) * s; a plain cast (scaled = false) is table[code] alone. The
+// reference's float operations, a gather per vector.
+void DequantSpan(const uint32_t* HWY_RESTRICT codes, const float* HWY_RESTRICT table, size_t n, float s, float z,
+                 bool asym, bool scaled, float* HWY_RESTRICT out) {
+  const DF df;
+  const DI di;
+  const size_t N = hn::Lanes(df);
+  const VF sv = hn::Set(df, s), zv = hn::Set(df, z);
+  auto value = [&](VI c) {
+    VF v = asym ? hn::Sub(hn::ConvertTo(df, c), zv) : hn::GatherIndex(df, table, c);
+    return scaled ? hn::Mul(v, sv) : v;
+  };
+  size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(value(hn::BitCast(di, hn::LoadU(DU(), codes + i))), df, out + i);
+  if (i < n) StoreTail(df, value(hn::BitCast(di, LoadTail(DU(), codes + i, n - i))), out + i, n - i);
+}
+
+// Codes of values already on a minifloat or integer grid (quantize's unscaled output): the
+// bit-level inverse of decode, branch-free. Returns false if a value is NaN or Inf (the caller
+// then encodes that span with the scalar encoder).
+bool EncodeSpan(const float* HWY_RESTRICT vals, size_t n, const grid_params& g, int ebits_mbits_bias_sub[4],
+                int32_t zero_point, uint32_t* HWY_RESTRICT codes) {
+  const DF df;
+  const DI di;
+  const size_t N = hn::Lanes(df);
+  const int ebits = ebits_mbits_bias_sub[0], mbits = ebits_mbits_bias_sub[1], bias = ebits_mbits_bias_sub[2];
+  const bool subnormals = ebits_mbits_bias_sub[3] != 0;
+  const VI abs_mask = hn::Set(di, 0x7fffffff), one = hn::Set(di, 1), zero = hn::Zero(di);
+  auto code_of = [&](VF v, bool* special) -> VI {
+    const VI bits = hn::BitCast(di, v);
+    const VI a = hn::And(bits, abs_mask);
+    if (!hn::AllFalse(di, hn::Gt(a, hn::Set(di, 0x7f7fffff)))) *special = true;
+    if (g.kind == 2) {  // a table value's index: how many entries lie below it
+      VI idx = zero;
+      for (int t = 0; t + 1 < g.lut_n; ++t)
+        idx = hn::Add(idx, hn::IfThenElseZero(hn::RebindMask(di, hn::Gt(v, hn::Set(df, g.lut_values[t]))), one));
+      return idx;
+    }
+    if (g.kind == 1) {  // integers: code = v * 2^frac (two's complement, masked), or v + z (uint)
+      const VI q = hn::ConvertTo(di, g.frac_scale != 1.0f ? hn::Mul(v, hn::Set(df, g.frac_scale)) : v);
+      return zero_point ? hn::Add(q, hn::Set(di, zero_point)) : q;
+    }
+    const VI ef = hn::ShiftRight<23>(a);
+    const VI p = hn::Sub(ef, hn::Set(di, 127));
+    const VI normal = hn::Or(hn::ShiftLeft<0>(hn::ShiftLeftSame(hn::Add(p, hn::Set(di, bias)), mbits)),
+                             hn::ShiftRightSame(hn::And(a, hn::Set(di, 0x7fffff)), 23 - mbits));
+    VI sub;
+    if (subnormals) {
+      const VI mi = hn::Or(hn::And(a, hn::Set(di, 0x7fffff)), hn::IfThenElseZero(hn::Gt(ef, zero), hn::Set(di, 0x800000)));
+      const VI sh = hn::Add(hn::Max(ef, one), hn::Set(di, -150 - g.emin + mbits));
+      sub = hn::IfThenElse(hn::Lt(sh, zero), hn::ShiftRight<0>(hn::BitCast(di, hn::BitCast(DU(), mi) >> hn::BitCast(DU(), hn::Neg(sh)))),
+                           mi << hn::Max(sh, zero));
+    } else {
+      sub = hn::Set(di, 1 << mbits);
+    }
+    const auto is_normal = hn::And(hn::Gt(ef, zero), hn::Not(hn::Lt(p, hn::Set(di, g.emin))));
+    VI mag = hn::IfThenElse(is_normal, normal, sub);
+    mag = hn::IfThenZeroElse(hn::Eq(a, zero), mag);
+    const VI sign = hn::IfThenElseZero(hn::Lt(bits, zero), hn::Set(di, 1 << (ebits + mbits)));
+    return hn::Or(mag, sign);
+  };
+  bool special = false;
+  size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(hn::BitCast(DU(), code_of(hn::LoadU(df, vals + i), &special)), DU(), codes + i);
+  if (i < n) StoreTail(DU(), hn::BitCast(DU(), code_of(LoadTail(df, vals + i, n - i), &special)), codes + i, n - i);
+  return !special;
+}
+
 // Philox4x32-10 for N consecutive counter blocks at once; writes 4 words per block, in element
 // order (block b's word w is element 4b + w), for blocks [block0, block0 + count).
 void PhiloxBlocks(uint64_t block0, size_t count, uint32_t key0, uint32_t key1, uint32_t c2, uint32_t c3,
@@ -917,6 +986,8 @@ namespace lowbit {
 HWY_EXPORT(FakeQuantRow);
 HWY_EXPORT(GroupStats);
 HWY_EXPORT(PhiloxBlocks);
+HWY_EXPORT(DequantSpan);
+HWY_EXPORT(EncodeSpan);
 
 namespace {
 std::atomic<bool> g_use_ref{false};
@@ -1123,6 +1194,9 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
   }
   const int64_t k = call.plan.group_cols;
   const code_encoder encode(f, f.element);
+  // SIMD encoding for codes of at most 31 bits; NaN/Inf values take the scalar encoder.
+  const bool simd_encode = f.element.bits < 32;
+  int enc_params[4] = {f.element.ebits, f.element.mbits, f.element.bias, f.element.subnormals ? 1 : 0};
   std::atomic<bool> unstorable_nan{false};
 #pragma omp parallel
   {
@@ -1144,6 +1218,12 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
         const float s = f.gran == granularity::none ? 1.0f : (grouped ? sc[g] : q.scales[0]);
         if (std::isnan(s)) continue;  // the NaN scale carries the group; codes stay 0
         const int32_t z = !asym || f.gran == granularity::none ? 0 : (grouped ? zp[g] : q.zero_points[0]);
+        if (simd_encode && HWY_DYNAMIC_DISPATCH(EncodeSpan)(vals.data() + c0, static_cast<size_t>(c1 - c0), call.grid,
+                                                           enc_params, z, row_codes.data() + c0)) {
+          if (f.element.kind == element_kind::int_sym)  // two's complement in `bits` bits
+            for (int64_t c = c0; c < c1; ++c) row_codes[static_cast<size_t>(c)] &= encode.mask;
+          continue;
+        }
         for (int64_t c = c0; c < c1; ++c) {
           const uint32_t code = encode(vals[static_cast<size_t>(c)], z);
           if (code == kNoCode && f.element.bits < 32) unstorable_nan.store(true);
@@ -1174,8 +1254,10 @@ void dequantize(const quantized_tensor& q, float* out) {
     unpack_codes(q.codes.data() + r * q.row_bytes, q.cols, f.element.bits, codes.data());
     for (int64_t c0 = 0; c0 < q.cols; c0 += k) {
       const int64_t c1 = std::min(q.cols, c0 + k);
+      const size_t n = static_cast<size_t>(c1 - c0);
+      const uint32_t* cc = codes.data() + c0;
       if (f.gran == granularity::none) {
-        for (int64_t c = c0; c < c1; ++c) y[c] = table[codes[static_cast<size_t>(c)]];
+        HWY_DYNAMIC_DISPATCH(DequantSpan)(cc, table.data(), n, 1.0f, 0.0f, false, false, y + c0);
         continue;
       }
       const float stored = q.scale_at(r, c0);
@@ -1184,12 +1266,8 @@ void dequantize(const quantized_tensor& q, float* out) {
         continue;
       }
       const float s = f.named == preset::nvfp4 ? q.tensor_scale * stored : stored;
-      if (asym) {
-        const float z = static_cast<float>(q.zero_point_at(r, c0));
-        for (int64_t c = c0; c < c1; ++c) y[c] = (static_cast<float>(codes[static_cast<size_t>(c)]) - z) * s;
-      } else {
-        for (int64_t c = c0; c < c1; ++c) y[c] = table[codes[static_cast<size_t>(c)]] * s;
-      }
+      const float z = asym ? static_cast<float>(q.zero_point_at(r, c0)) : 0.0f;
+      HWY_DYNAMIC_DISPATCH(DequantSpan)(cc, table.data(), n, s, z, asym, true, y + c0);
     }
   }
   }
