@@ -443,7 +443,6 @@ element_limits limits_of(const element_format& f) {
       l.min_normal = std::ldexp(1.0, 1 - f.bias);
       l.min_subnormal = f.subnormals && f.mbits > 0 ? std::ldexp(1.0, 1 - f.bias - f.mbits) : l.min_normal;
       l.epsilon = std::ldexp(1.0, -f.mbits);
-      const uint64_t etop = (uint64_t{1} << f.ebits) - 1;
       const uint64_t mcount = uint64_t{1} << f.mbits;
       switch (f.variant) {
         case float_variant::ieee: l.nan_codes = 2 * (mcount - 1); l.inf_codes = 2; break;
