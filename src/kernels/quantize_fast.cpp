@@ -197,6 +197,9 @@ struct row_plan {
   bool stream;             // write aligned output vectors with non-temporal stores
   bool batch;              // groups' scales can be computed N groups at a time (BatchScales)
   int batch_preset;        // 0 generic (scale_context::inline_rule), 1 nvfp4, 2 q8_0
+  // sr: Philox key and counter words; the row kernel makes each chunk's draws just before using
+  // them (the multiplies then overlap the memory stalls of the data, and stay in L1)
+  uint32_t rng_key0, rng_key1, rng_c2, rng_c3;
 };
 
 }  // namespace lowbit::detail
@@ -691,16 +694,51 @@ HWY_INLINE bool BatchScales(DF df, VI amax_bits, const scale_context& ctx, float
 }
 #endif
 
+void PhiloxBlocks(uint64_t block0, size_t count, uint32_t key0, uint32_t key1, uint32_t c2, uint32_t c3,
+                  uint32_t* HWY_RESTRICT out);
+
+// The stochastic-rounding draws of a row's elements [c, c + n), made a chunk (>= 1024 elements)
+// at a time into a thread-local buffer (element i of the tensor uses Philox block i/4, word i%4).
+class RowDraws {
+ public:
+  RowDraws(const row_plan& plan, uint64_t index0, size_t cols) : plan_(plan), index0_(index0), cols_(cols) {}
+  const uint32_t* at(size_t c, size_t n) {
+    if (base_ && c >= begin_ && c + n <= end_) return base_ + (c - begin_);
+    thread_local std::vector<uint32_t> buf;
+    begin_ = c;
+    end_ = std::min(cols_, c + std::max<size_t>(n, 1024));
+    const uint64_t b0 = (index0_ + begin_) >> 2, b1 = (index0_ + end_ + 3) >> 2;
+    buf.resize(static_cast<size_t>(4 * (b1 - b0)));
+    PhiloxBlocks(b0, static_cast<size_t>(b1 - b0), plan_.rng_key0, plan_.rng_key1, plan_.rng_c2, plan_.rng_c3,
+                 buf.data());
+    base_ = buf.data() + ((index0_ + begin_) & 3);
+    return base_;
+  }
+
+ private:
+  const row_plan& plan_;
+  uint64_t index0_;
+  size_t cols_, begin_ = 0, end_ = 0;
+  const uint32_t* base_ = nullptr;
+};
+
 // One row: per group, the statistics (SIMD), the scale (inline for the common rules, else the
 // scalar choose_scale), the elements. `scales`/`zero_points` receive each group's stored scale
 // (quantize), or are nullptr. The grid constants are a local copy so that they stay in registers.
 template <rounding_mode kMode, span_path kPath>
 HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t cols,
-                                   const row_plan& plan, const grid_params g, const uint32_t* random, float* scales,
+                                   const row_plan& plan, const grid_params g, const uint32_t* random, uint64_t index0, float* scales,
                                    int32_t* zero_points) {
   const format& f = *plan.f;
   const size_t k = static_cast<size_t>(plan.group_cols);
   const bool q8 = f.named == preset::q8_0;
+  RowDraws draws(plan, index0, cols);
+  // The draws of [c, c + n): the caller's buffer, or made here just in time (sr only).
+  auto draws_for = [&](size_t c, size_t n) -> const uint32_t* {
+    if (random) return random + c;
+    if constexpr (kMode == rounding_mode::sr) return draws.at(c, n);
+    return nullptr;
+  };
   size_t c0 = 0, gi = 0;
 #if HWY_TARGET != HWY_SCALAR
   if (plan.batch) {
@@ -737,7 +775,7 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
       // A batch multiplies (power-of-two scales, q8_0's 1/d) or divides as a whole.
       bool all_mul = true;
       for (size_t j = 0; j < N; ++j) all_mul &= batch_mult[j] != 0.0f;
-      job.random = random ? random + c0 : nullptr;
+      job.random = draws_for(c0, N * k);
       if (q8)
         BatchApplyT<rounding_mode::rna, span_path::int_fast, span_scale::mul>(x + c0, y + c0, k, N, batch_scale,
                                                                              batch_mult, job, g, plan.unscaled);
@@ -785,7 +823,7 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
       continue;
     }
     row_job job = detail::make_job(f, g, gs, plan.unscaled);
-    job.random = random ? random + c0 : nullptr;
+    job.random = draws_for(c0, n);
     job.stream = plan.stream;
     job.prefetch_ahead = plan.stream ? (k >= 1024 ? static_cast<int64_t>(k) : 1024) : 0;
     if (q8) FakeQuantSpanScale<rounding_mode::rna, span_path::int_fast>(x + c0, y + c0, n, job, g);  // ggml's roundf
@@ -794,36 +832,36 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
 }
 
 template <rounding_mode kMode>
-void FakeQuantRowT(const float* x, float* y, size_t cols, const row_plan& plan, const uint32_t* random,
+void FakeQuantRowT(const float* x, float* y, size_t cols, const row_plan& plan, const uint32_t* random, uint64_t index0,
                    float* scales, int32_t* zero_points) {
   const grid_params& g = *plan.grid;
   switch (path_of<kMode>(g)) {
     case span_path::table:
       if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantRowPath<kMode, span_path::table>(x, y, cols, plan, g, random, scales, zero_points);
+        return FakeQuantRowPath<kMode, span_path::table>(x, y, cols, plan, g, random, index0, scales, zero_points);
       break;
     case span_path::int_fast:
       if constexpr (kMode == rounding_mode::rne || kMode == rounding_mode::rna)
-        return FakeQuantRowPath<kMode, span_path::int_fast>(x, y, cols, plan, g, random, scales, zero_points);
+        return FakeQuantRowPath<kMode, span_path::int_fast>(x, y, cols, plan, g, random, index0, scales, zero_points);
       break;
     case span_path::rne_fast:
       if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantRowPath<kMode, span_path::rne_fast>(x, y, cols, plan, g, random, scales, zero_points);
+        return FakeQuantRowPath<kMode, span_path::rne_fast>(x, y, cols, plan, g, random, index0, scales, zero_points);
       break;
     case span_path::e8_fast:
       if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantRowPath<kMode, span_path::e8_fast>(x, y, cols, plan, g, random, scales, zero_points);
+        return FakeQuantRowPath<kMode, span_path::e8_fast>(x, y, cols, plan, g, random, index0, scales, zero_points);
       break;
     case span_path::sr_fast:
       if constexpr (kMode == rounding_mode::sr)
-        return FakeQuantRowPath<kMode, span_path::sr_fast>(x, y, cols, plan, g, random, scales, zero_points);
+        return FakeQuantRowPath<kMode, span_path::sr_fast>(x, y, cols, plan, g, random, index0, scales, zero_points);
       break;
     case span_path::generic: break;
   }
-  FakeQuantRowPath<kMode, span_path::generic>(x, y, cols, plan, g, random, scales, zero_points);
+  FakeQuantRowPath<kMode, span_path::generic>(x, y, cols, plan, g, random, index0, scales, zero_points);
 }
 
-void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, const uint32_t* random,
+void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, const uint32_t* random, uint64_t index0,
                   float* scales, int32_t* zero_points) {
   struct flush_at_exit {  // non-temporal stores must be fenced before others read the output
     bool on;
@@ -832,13 +870,13 @@ void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, c
     }
   } flush{plan.stream};
   switch (plan.f->rounding) {
-    case rounding_mode::rne: return FakeQuantRowT<rounding_mode::rne>(x, y, cols, plan, random, scales, zero_points);
-    case rounding_mode::rna: return FakeQuantRowT<rounding_mode::rna>(x, y, cols, plan, random, scales, zero_points);
-    case rounding_mode::rtz: return FakeQuantRowT<rounding_mode::rtz>(x, y, cols, plan, random, scales, zero_points);
-    case rounding_mode::up: return FakeQuantRowT<rounding_mode::up>(x, y, cols, plan, random, scales, zero_points);
-    case rounding_mode::down: return FakeQuantRowT<rounding_mode::down>(x, y, cols, plan, random, scales, zero_points);
-    case rounding_mode::odd: return FakeQuantRowT<rounding_mode::odd>(x, y, cols, plan, random, scales, zero_points);
-    case rounding_mode::sr: return FakeQuantRowT<rounding_mode::sr>(x, y, cols, plan, random, scales, zero_points);
+    case rounding_mode::rne: return FakeQuantRowT<rounding_mode::rne>(x, y, cols, plan, random, index0, scales, zero_points);
+    case rounding_mode::rna: return FakeQuantRowT<rounding_mode::rna>(x, y, cols, plan, random, index0, scales, zero_points);
+    case rounding_mode::rtz: return FakeQuantRowT<rounding_mode::rtz>(x, y, cols, plan, random, index0, scales, zero_points);
+    case rounding_mode::up: return FakeQuantRowT<rounding_mode::up>(x, y, cols, plan, random, index0, scales, zero_points);
+    case rounding_mode::down: return FakeQuantRowT<rounding_mode::down>(x, y, cols, plan, random, index0, scales, zero_points);
+    case rounding_mode::odd: return FakeQuantRowT<rounding_mode::odd>(x, y, cols, plan, random, index0, scales, zero_points);
+    case rounding_mode::sr: return FakeQuantRowT<rounding_mode::sr>(x, y, cols, plan, random, index0, scales, zero_points);
   }
 }
 
@@ -1030,26 +1068,19 @@ group_stats tensor_stats_fast(const float* x, int64_t n, bool want_minmax, bool 
   return st;
 }
 
-// Stochastic-rounding words for elements [index0, index0 + n) of the tensor; returns the pointer
-// to element index0's word.
-const uint32_t* random_words(const format& f, uint64_t tensor_id, uint64_t index0, int64_t n,
-                             std::vector<uint32_t>& buf) {
-  const uint64_t b0 = index0 >> 2, b1 = (index0 + static_cast<uint64_t>(n) + 3) >> 2;
-  buf.resize(static_cast<size_t>(4 * (b1 - b0)));
-  HWY_DYNAMIC_DISPATCH(PhiloxBlocks)(b0, static_cast<size_t>(b1 - b0), static_cast<uint32_t>(f.seed),
-                                     static_cast<uint32_t>(tensor_id), static_cast<uint32_t>(f.seed >> 32),
-                                     static_cast<uint32_t>(tensor_id >> 32), buf.data());
-  return buf.data() + (index0 & 3);
-}
-
 // The per-call state both fast kernels share.
 struct fast_call {
   grid_params grid;
   scale_context sctx;
   row_plan plan;
-  fast_call(const format& f, const float* x, int64_t rows, int64_t cols, bool unscaled)
+  fast_call(const format& f, const float* x, int64_t rows, int64_t cols, bool unscaled, uint64_t tensor_id)
       : grid(detail::make_grid_params(f.element)), sctx(make_scale_context(f, /*reference=*/false)) {
     plan.f = &f;
+    // Philox key (seed, tensor id) low halves; counter words 2, 3 = their high halves (scale.cpp).
+    plan.rng_key0 = static_cast<uint32_t>(f.seed);
+    plan.rng_key1 = static_cast<uint32_t>(tensor_id);
+    plan.rng_c2 = static_cast<uint32_t>(f.seed >> 32);
+    plan.rng_c3 = static_cast<uint32_t>(tensor_id >> 32);
     plan.grid = &grid;
     plan.sctx = &sctx;
     plan.group_cols = f.gran == granularity::group ? f.group_size : std::max<int64_t>(cols, 1);
@@ -1101,21 +1132,18 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
     }
     return;
   }
-  fast_call call(f, in, rows, cols, false);
+  fast_call call(f, in, rows, cols, false, tensor_id);
   // Outputs larger than the caches go around them (no read-for-ownership of the destination).
   constexpr int64_t kStreamBytes = int64_t{8} << 20;
   call.plan.stream = in != out && rows * cols * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
 #pragma omp parallel
   {
-    std::vector<uint32_t> words;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       // In place is safe: each group's statistics are taken before its outputs are written.
       const float* x = in + r * cols;
-      const uint32_t* rnd = f.rounding == rounding_mode::sr
-                                ? random_words(f, tensor_id, static_cast<uint64_t>(r * cols), cols, words)
-                                : nullptr;
-      HWY_DYNAMIC_DISPATCH(FakeQuantRow)(x, out + r * cols, static_cast<size_t>(cols), call.plan, rnd, nullptr, nullptr);
+      HWY_DYNAMIC_DISPATCH(FakeQuantRow)(x, out + r * cols, static_cast<size_t>(cols), call.plan, nullptr,
+                                         static_cast<uint64_t>(r * cols), nullptr, nullptr);
     }
   }
 }
@@ -1184,7 +1212,7 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
   if (use_ref() || !simd_covers(f) || f.named == preset::q4_0 || rows < 0 || cols < 0)
     return quantize_ref(x, rows, cols, f, tensor_id);
   quantized_tensor q = quantized_tensor::allocate(f, rows, cols);
-  const fast_call call(f, x, rows, cols, true);
+  const fast_call call(f, x, rows, cols, true, tensor_id);
   q.tensor_scale = call.plan.tensor_scale;
   const int64_t gpr = groups_per_row(f, cols);
   const bool asym = f.element.kind == element_kind::uint_asym;
@@ -1200,19 +1228,18 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
   std::atomic<bool> unstorable_nan{false};
 #pragma omp parallel
   {
-    std::vector<uint32_t> words, row_codes(static_cast<size_t>(cols));
+    std::vector<uint32_t> row_codes(static_cast<size_t>(cols));
     std::vector<float> vals(static_cast<size_t>(cols));
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = x + r * cols;
       std::fill(row_codes.begin(), row_codes.end(), 0u);
-      const uint32_t* rnd = f.rounding == rounding_mode::sr
-                                ? random_words(f, tensor_id, static_cast<uint64_t>(r * cols), cols, words)
-                                : nullptr;
+
       const bool grouped = f.gran == granularity::group || f.gran == granularity::row;
       float* sc = grouped ? q.scales.data() + r * gpr : nullptr;
       int32_t* zp = grouped && asym ? q.zero_points.data() + r * gpr : nullptr;
-      HWY_DYNAMIC_DISPATCH(FakeQuantRow)(xr, vals.data(), static_cast<size_t>(cols), call.plan, rnd, sc, zp);
+      HWY_DYNAMIC_DISPATCH(FakeQuantRow)(xr, vals.data(), static_cast<size_t>(cols), call.plan, nullptr,
+                                         static_cast<uint64_t>(r * cols), sc, zp);
       for (int64_t c0 = 0, g = 0; c0 < cols; c0 += k, ++g) {
         const int64_t c1 = std::min(cols, c0 + k);
         const float s = f.gran == granularity::none ? 1.0f : (grouped ? sc[g] : q.scales[0]);
