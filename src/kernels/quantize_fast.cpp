@@ -661,6 +661,13 @@ HWY_INLINE bool BatchScales(DF df, VI amax_bits, const scale_context& ctx, float
       !hn::AllFalse(di, hn::Gt(amax_bits, hn::Set(di, 0x7f7fffff))))
     return false;
   const VF amax = hn::BitCast(df, amax_bits);
+  if (ctx.inline_rule == scale_context::inline_max_minifloat) {  // round_scale_fast, vectorised
+    const VF v = hn::Min(hn::Div(amax, hn::Set(df, ctx.elem_max)), hn::Set(df, ctx.s_max));
+    const VF r = RoundScaleGrid(df, v, ctx.s_emin, ctx.s_mbits);
+    hn::Store(hn::IfThenElse(hn::Gt(r, hn::Zero(df)), r, hn::Set(df, ctx.s_min)), df, scale);
+    hn::Store(hn::Zero(df), df, mult);
+    return true;
+  }
   if (ctx.inline_rule == scale_context::inline_max_fp32) {
     VF sv = hn::Div(amax, hn::Set(df, ctx.elem_max));
     sv = hn::IfThenElse(hn::Gt(sv, hn::Zero(df)), hn::Min(sv, hn::Set(df, ctx.s_max)), hn::Set(df, ctx.s_min));

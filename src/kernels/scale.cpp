@@ -193,6 +193,10 @@ scale_context make_scale_context(const format& f, bool reference) {
   if (!reference && generic && f.power == 0 && f.element.kind != element_kind::uint_asym) {
     if (ctx.pow2_rule && f.scale.kind != scale_kind::element) ctx.inline_rule = scale_context::inline_pow2;
     if (f.rule == scale_rule::max && ctx.scale_identity) ctx.inline_rule = scale_context::inline_max_fp32;
+    // (|v| + C) - C needs C = 2^(L+23) in range: L <= emax - M <= 103 after clamping v to max.
+    else if (f.rule == scale_rule::max && ctx.fast_scale_round && f.scale.kind == scale_kind::element &&
+             limits_of(f.scale.element).emax - f.scale.element.mbits <= 103)
+      ctx.inline_rule = scale_context::inline_max_minifloat;
   }
   return ctx;
 }

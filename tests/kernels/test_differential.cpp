@@ -179,7 +179,7 @@ TEST(Differential, ScaledFormats) {
   const std::vector<std::string> specs = {
       "mxfp4", "mxfp8", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxint8", "nvfp4", "nf4", "q4_0", "q8_0",
       "flex16+5", "flex8+4", "int8/c", "int4/g128", "int4/g9", "uint4/g16", "uint8/c:fp16", "uint3/t",
-      "e4m3fn/t", "e4m3fn/c", "e2m1/g32~sr", "e2m1/g16:e4m3", "e2m1/g32:e8m0@rceil", "e2m1/g32:e8m0@ceil",
+      "e4m3fn/t", "e4m3fn/c", "e2m1/g32~sr", "e2m1/g16:e4m3", "int4/g32:fp16", "e4m3fn/g32:e4m3~sr", "e2m1/g32:e8m0@rceil", "e2m1/g32:e8m0@ceil",
       "e2m1/g32:e8m0@even", "e3m2/g7:bf16~rtz", "int4/g32:pow2", "int4/g32:fp16@mse", "e2m1/g32@p99",
       "uint4/g32@mse", "pow0.5(int4/g32)", "pow0.75(e2m1/g16:e8m0)", "nf4/g64:fp16~sr", "lut(-1,0,0.5,1)/g5~up",
       "mxfp4~sr:9", "nvfp4~sr", "int8/t~odd", "e4m3fn/g17:e8m0~down", "e5m2/c~rna"};

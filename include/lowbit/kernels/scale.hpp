@@ -39,7 +39,9 @@ struct scale_context {
   int s_emin = 0, s_mbits = 0;
   float s_max = 0, s_min = 0;
   // Groups whose scale the fast kernels compute inline (fast_group_scale); 0 = none.
-  enum { inline_none, inline_pow2, inline_max_fp32 } inline_rule = inline_none;
+  // inline_max_minifloat: the max rule onto a small minifloat scale (fp16, e4m3, ...), batched
+  // only (the per-group path calls choose_scale).
+  enum { inline_none, inline_pow2, inline_max_fp32, inline_max_minifloat } inline_rule = inline_none;
 };
 scale_context make_scale_context(const format& f, bool reference = true);
 
@@ -61,7 +63,7 @@ inline bool fast_group_scale(const scale_context& ctx, float amax, group_scale* 
     gs->scale = gs->stored = s;
     return true;
   }
-  if (ctx.inline_rule != scale_context::inline_pow2) return false;
+  if (ctx.inline_rule != scale_context::inline_pow2) return false;  // incl. inline_max_minifloat
   const uint32_t b = __builtin_bit_cast(uint32_t, amax);
   if (b < 0x00800000u || b >= 0x7f800000u) return false;  // 0, subnormal: the general path
   int e = static_cast<int>(b >> 23) - 127;
