@@ -7,7 +7,8 @@
 //   rna   hi iff (|y|-lo) >= (hi-|y|)
 //   rtz   lo                  odd  hi iff inexact and lo's code is even
 //   up/down toward +inf/-inf (hi or lo depending on the sign)
-//   sr    hi iff u < t, t = (|y| - lo) / (hi - lo) computed in float32 (CONVENTIONS 10)
+//   sr    on the signed value (CONVENTIONS 10): for y >= 0 hi iff u < t, t = (y - lo) / (hi - lo);
+//         for y < 0 the signed neighbours are -hi, -lo, so hi iff not u < (hi - |y|) / (hi - lo)
 // "Code" parity is the parity of the magnitude code (mantissa lsb, or exponent lsb when M = 0),
 // as bit-level converters (hardware, ml_dtypes) round.
 #include "lowbit/formats/element.hpp"
@@ -121,9 +122,13 @@ bool round_up_between(double a, double lo, double hi, bool lo_code_odd, bool neg
     case rounding_mode::down: return negative;
     case rounding_mode::odd: return !lo_code_odd;
     case rounding_mode::sr: {
-      const float t = (static_cast<float>(a) - static_cast<float>(lo)) /
-                      (static_cast<float>(hi) - static_cast<float>(lo));
-      return u < t;
+      // CONVENTIONS 10 on the signed value x: with signed neighbours lo_s <= x < hi_s,
+      // t = (x - lo_s) / (hi_s - lo_s) in float32 and x goes to hi_s iff u < t. For x = a >= 0 that is
+      // the magnitude's hi; for x = -a the signed neighbours are -hi < -a < -lo, t = (hi - a)/(hi - lo),
+      // and hi_s = -lo is the smaller magnitude.
+      const float step = static_cast<float>(hi) - static_cast<float>(lo);
+      if (!negative) return u < (static_cast<float>(a) - static_cast<float>(lo)) / step;
+      return !(u < (static_cast<float>(hi) - static_cast<float>(a)) / step);
     }
   }
   return false;

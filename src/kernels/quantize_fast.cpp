@@ -292,11 +292,16 @@ HWY_INLINE VF RoundToGrid(DF df, VF y, VF u, const grid_params& g) {
   hn::Mask<DI> sr_up = hn::Lt(one, one), sr_up_tiny = sr_up;
   const VF ay = hn::BitCast(df, ab);
   if constexpr (kMode == rounding_mode::sr) {
-    // t = rem * 2^-s (exact), and t = |y| / step below the grid; up iff u < t.
+    // On the signed value (CONVENTIONS 10): for y >= 0, t = rem * 2^-s (exact) or |y| / step below
+    // the grid, and the magnitude goes up iff u < t; for y < 0, t = (unit - rem) * 2^-s or
+    // (step - |y|) / step, and the magnitude goes up iff not u < t.
     const VF inv_unit = hn::BitCast(df, hn::ShiftLeft<23>(hn::Sub(hn::Set(di, 127), sc)));
-    const VF t = hn::Mul(hn::ConvertTo(df, rem), inv_unit);
-    sr_up = hn::RebindMask(di, hn::Lt(u, t));
-    sr_up_tiny = hn::RebindMask(di, hn::Lt(u, hn::Div(ay, hn::Set(df, g.tiny_step))));
+    const VI rem_signed = hn::IfThenElse(negative, hn::Sub(unit, rem), rem);
+    const VF t = hn::Mul(hn::ConvertTo(df, rem_signed), inv_unit);
+    sr_up = hn::Xor(hn::RebindMask(di, hn::Lt(u, t)), negative);
+    const VF step = hn::Set(df, g.tiny_step);
+    const VF t_tiny = hn::Div(hn::IfThenElse(hn::RebindMask(df, negative), hn::Sub(step, ay), ay), step);
+    sr_up_tiny = hn::Xor(hn::RebindMask(di, hn::Lt(u, t_tiny)), negative);
   }
   const auto up = RoundUp<kMode>(di, rem, half, lo_odd, negative, sr_up);
   const VI res_pattern = hn::Add(hn::AndNot(mask, ab), hn::IfThenElseZero(up, unit));
@@ -414,7 +419,10 @@ HWY_INLINE VF RoundSrFast(DF df, VF y, VF u, const grid_params& g) {
   const VF step = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(L, hn::Set(di, 127))));
   const VF q = hn::Mul(ay, inv_step);
   const VF lo = hn::Floor(q);
-  const VF up = hn::IfThenElseZero(hn::Lt(u, hn::Sub(q, lo)), hn::Set(df, 1.0f));
+  // CONVENTIONS 10 on the signed value: t = q - lo for y >= 0, (lo + 1) - q for y < 0 (see above).
+  const auto negative = hn::RebindMask(df, hn::Lt(bits, hn::Zero(di)));
+  const VF t = hn::IfThenElse(negative, hn::Sub(hn::Add(lo, hn::Set(df, 1.0f)), q), hn::Sub(q, lo));
+  const VF up = hn::IfThenElseZero(hn::Xor(hn::Lt(u, t), negative), hn::Set(df, 1.0f));
   return SignAndNan(df, hn::Mul(hn::Add(lo, up), step), bits, ab, g);
 }
 

@@ -163,7 +163,9 @@ scale_context make_scale_context(const format& f, bool reference) {
   ctx.elem_max = f.element.kind == element_kind::uint_asym ? std::ldexp(1.0f, f.element.bits) - 1.0f
                  : f.power != 0                             ? 1.0f
                                                             : static_cast<float>(element_max(f));
-  ctx.emax = std::ilogb(f.element.kind == element_kind::uint_asym ? ctx.elem_max : static_cast<float>(element_max(f)));
+  // emax of the grid the scale maps onto: a power map's grid is normalised to [-1, 1] (emax 0).
+  ctx.emax = std::ilogb(f.element.kind == element_kind::uint_asym || f.power != 0 ? ctx.elem_max
+                                                                                 : static_cast<float>(element_max(f)));
   ctx.pow2_rule = f.rule == scale_rule::ocp || f.rule == scale_rule::ceil || f.rule == scale_rule::rceil ||
                   f.rule == scale_rule::even;
   switch (f.scale.kind) {

@@ -217,6 +217,16 @@ struct RefGrid {
   uint32_t max_code() const { return codes.back(); }
 };
 
+// CONVENTIONS 10 on the signed value x = (negative ? -a : a): with signed grid neighbours
+// sl <= x < sh, t = (x - sl) / (sh - sl) in float32 and x goes to sh iff u < t. Returns whether the
+// result is the neighbour of larger magnitude (hi).
+bool ref_sr_to_larger_magnitude(ld a, ld lo, ld hi, bool negative, float u) {
+  const float x = static_cast<float>(negative ? -a : a);
+  const float sl = static_cast<float>(negative ? -hi : lo), sh = static_cast<float>(negative ? -lo : hi);
+  const bool to_sh = u < (x - sl) / (sh - sl);
+  return negative ? !to_sh : to_sh;  // for x < 0 the upper signed neighbour is the smaller magnitude
+}
+
 // Whether rounding the magnitude a (lo < a < hi) goes to hi. lo_code/hi_code are the magnitude
 // codes whose parity decides ties (rne) and round-to-odd.
 bool ref_round_to_hi(ld a, ld lo, ld hi, uint32_t lo_code, uint32_t hi_code, bool negative,
@@ -232,12 +242,7 @@ bool ref_round_to_hi(ld a, ld lo, ld hi, uint32_t lo_code, uint32_t hi_code, boo
     case rounding_mode::up: return !negative;
     case rounding_mode::down: return negative;
     case rounding_mode::odd: return (lo_code & 1u) == 0;
-    case rounding_mode::sr: {
-      // CONVENTIONS 10 on the magnitude grid: t = (x - lo)/(hi - lo) in float32, hi iff u < t.
-      const float t = (static_cast<float>(a) - static_cast<float>(lo)) /
-                      (static_cast<float>(hi) - static_cast<float>(lo));
-      return u < t;
-    }
+    case rounding_mode::sr: return ref_sr_to_larger_magnitude(a, lo, hi, negative, u);
   }
   return false;
 }
@@ -907,10 +912,7 @@ ld ref_round_integer(ld x, rounding_mode mode, float u) {
     case rounding_mode::up: up = !negative; break;
     case rounding_mode::down: up = negative; break;
     case rounding_mode::odd: up = lo_even; break;
-    case rounding_mode::sr:
-      up = u < (static_cast<float>(a) - static_cast<float>(lo)) /
-                   (static_cast<float>(hi) - static_cast<float>(lo));
-      break;
+    case rounding_mode::sr: up = ref_sr_to_larger_magnitude(a, lo, hi, negative, u); break;
   }
   const ld r = up ? hi : lo;
   return negative ? -r : r;

@@ -266,6 +266,13 @@ TEST(Reference, PowerMapWithAOneIsUniform) {  // METHODS 4.7 check
   const auto a = fq("pow1(int4/g32)", x), b = fq("int4/g32", x);
   for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5f * std::fabs(b[i]) + 1e-7f) << i;
   // A < 1 puts more levels near 0: smaller error on small values, and the map is odd.
+  // With a power-of-two scale the normalised grid's emax is 0: amax 1 gives scale 1, and
+  // pow1 is then int4 on [-1, 1] (values k/7).
+  const auto p = fq("pow1(int4/g4:e8m0)", {1.0f, 0.5f, 0.25f, 0.1f});
+  EXPECT_EQ(p[0], 1.0f);
+  EXPECT_NEAR(p[1], 4.0f / 7, 1e-6f);
+  EXPECT_NEAR(p[2], 2.0f / 7, 1e-6f);
+  EXPECT_NEAR(p[3], 1.0f / 7, 1e-6f);
   const auto c = fq("pow0.5(int4/g32)", x);
   std::vector<float> nx(x.size());
   for (size_t i = 0; i < x.size(); ++i) nx[i] = -x[i];
@@ -338,6 +345,16 @@ TEST(Reference, StochasticRoundingIsUnbiasedAndSeeded) {
   std::vector<float> y3(n);
   fake_quantize_ref(x.data(), y3.data(), 2, n / 2, parse_format("int4~sr:11"));
   EXPECT_EQ(y, y3);
+  // CONVENTIONS 10 is on the signed value: with e2m1's neighbours 0 and 0.5, 0.125 goes up iff
+  // u < 0.25; -0.125 has signed neighbours -0.5 and 0, t = (-0.125 + 0.5) / 0.5 = 0.75, and goes
+  // to 0 iff u < 0.75 (not the mirror image of 0.125). Checked against the draw itself.
+  for (uint64_t seed = 1; seed <= 64; ++seed) {
+    const float u = uniform_from_word(random_word(seed, 0, 0));
+    const std::string spec = "e2m1~sr:" + std::to_string(seed);
+    EXPECT_EQ(fq(spec, {0.125f})[0], u < 0.25f ? 0.5f : 0.0f) << seed;
+    EXPECT_EQ(fq(spec, {-0.125f})[0], u < 0.75f ? 0.0f : -0.5f) << seed;
+    EXPECT_EQ(fq(spec, {-0.375f})[0], u < 0.25f ? 0.0f : -0.5f) << seed;  // t = (-0.375 + 0.5) / 0.5
+  }
   // Exact values never move.
   std::vector<float> e(1000, 1.5f), ey(1000);
   fake_quantize_ref(e.data(), ey.data(), 1, 1000, parse_format("e2m1~sr"));
