@@ -230,7 +230,10 @@ bool pow2_scale_exponent(const scale_context& ctx, float amax, int* k) {
 }
 
 float nvfp4_tensor_scale(float tensor_amax) {
-  return tensor_amax > 0 ? tensor_amax / (448.0f * 6.0f) : 1.0f;
+  // 1 for an all-zero tensor, and for one so small that amax / 2688 underflows to 0 (the block
+  // ratios would divide by zero).
+  const float s = tensor_amax / (448.0f * 6.0f);
+  return s > 0 ? s : 1.0f;
 }
 
 group_scale choose_scale(const format& f, const group_stats& st, const float* x, int64_t n,

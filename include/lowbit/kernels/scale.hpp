@@ -85,8 +85,8 @@ inline bool fast_group_scale(const scale_context& ctx, float amax, group_scale* 
   return true;
 }
 
-// nvfp4's tensor scale from the tensor's finite amax: amax / (448 * 6), or 1 for an all-zero
-// tensor (METHODS 1.3).
+// nvfp4's tensor scale from the tensor's finite amax: amax / (448 * 6), or 1 when that is 0 (an
+// all-zero tensor, or an amax below 2688 x the smallest subnormal) (METHODS 1.3).
 float nvfp4_tensor_scale(float tensor_amax);
 
 // A value rounded (RNE, saturating) onto a scale format; clamped below to the format's smallest
