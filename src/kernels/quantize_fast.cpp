@@ -57,15 +57,15 @@ struct grid_params {
   float max_value = 0;
   int32_t e8_shift = 0;      // e8_fast: float32 mantissa bits below the element's
   float frac_scale = 1, inv_frac_scale = 1;  // 2^frac, 2^-frac (MXINT8)
-  // lut (round to nearest, ties to even index): value i+1 is taken when y > thr[i] (or >= when ge[i])
-  // (fixed arrays keep the struct trivially copyable: the row kernel works on a local copy)
+  uint32_t sign_bit = 0;     // minifloat: the code's sign bit
+  bool subnormals = true;    // minifloat
+  // lut (round to nearest, ties to even index): entry i+1 is taken when y > lut_thr[i]. A tie
+  // threshold that goes up (odd i) is stored as the float below it (y >= t <=> y > prev(t)).
+  // Padded to 16 (thresholds +inf, values the last): a binary search with lane permutes on
+  // 16-lane targets. Fixed arrays keep the struct trivially copyable (the row kernel copies it).
   static constexpr int kMaxLut = 16;
   int lut_n = 0;
   std::array<float, kMaxLut> lut_values{}, lut_thr{};
-  std::array<uint8_t, kMaxLut> lut_ge{};
-  // The same thresholds as strict ones (y >= t <=> y > the float below t), padded with +inf, and
-  // the values padded: a 16-entry binary search with lane permutes on 16-lane targets.
-  std::array<float, kMaxLut> lut_gt_thr{}, lut_pad_values{};
 };
 
 inline grid_params make_grid_params(const element_format& e) {
@@ -84,6 +84,8 @@ inline grid_params make_grid_params(const element_format& e) {
       g.saturate = e.overflow == overflow_policy::saturate;
       g.special_bits = e.overflow == overflow_policy::inf ? 0x7f800000 : 0x7fc00000;
       g.signed_zero = has_signed_zero(e);
+      g.sign_bit = 1u << (e.ebits + e.mbits);
+      g.subnormals = e.subnormals;
       // (|y| + C) - C needs C = 2^(L+23) <= 2^126 for L up to emax - M, and M <= 22 (so that no
       // value below max is already on the grid with a larger C).
       g.fast_rne = e.mbits > 0 && e.mbits <= 22 && g.saturate && lim.emax - e.mbits <= 103;
@@ -112,25 +114,17 @@ inline grid_params make_grid_params(const element_format& e) {
       g.kind = 2;
       g.lut_n = static_cast<int>(e.table.size());
       if (g.lut_n > grid_params::kMaxLut) break;  // larger tables take the scalar path
-      std::copy(e.table.begin(), e.table.end(), g.lut_values.begin());
+      g.lut_thr.fill(INFINITY);
+      for (int i = 0; i < grid_params::kMaxLut; ++i) g.lut_values[i] = e.table[std::min(i, g.lut_n - 1)];
       for (size_t i = 0; i + 1 < e.table.size(); ++i) {
         const long double mid = (static_cast<long double>(e.table[i]) + e.table[i + 1]) / 2;
         const float m = static_cast<float>(mid);
-        if (static_cast<long double>(m) == mid) {  // a tie is possible: ties go to the even index
-          g.lut_thr[i] = m;
-          g.lut_ge[i] = (i & 1u) ? 1 : 0;
-        } else {  // the largest float below mid: y > it <=> y > mid
+        if (static_cast<long double>(m) == mid)  // a tie goes to the even index: up for odd i
+          g.lut_thr[i] = (i & 1u) ? std::nextafter(m, -INFINITY) : m;
+        else  // the largest float below mid: y > it <=> y > mid
           g.lut_thr[i] = static_cast<long double>(m) < mid ? m : std::nextafter(m, -INFINITY);
-          g.lut_ge[i] = 0;
-        }
       }
       break;
-    }
-  }
-  if (g.kind == 2 && g.lut_n <= grid_params::kMaxLut) {
-    for (int i = 0; i < grid_params::kMaxLut; ++i) {
-      g.lut_gt_thr[i] = i + 1 < g.lut_n ? (g.lut_ge[i] ? std::nextafter(g.lut_thr[i], -INFINITY) : g.lut_thr[i]) : INFINITY;
-      g.lut_pad_values[i] = i < g.lut_n ? g.lut_values[i] : g.lut_values[g.lut_n - 1];
     }
   }
   g.tiny_step_bits = static_cast<int32_t>(std::bit_cast<uint32_t>(g.tiny_step));
@@ -139,8 +133,6 @@ inline grid_params make_grid_params(const element_format& e) {
 
 // What one call of the row kernel needs besides the data.
 struct row_job {
-  const grid_params* grid;
-  rounding_mode mode;
   float scale;       // multiply the rounded value by this (1 for a plain cast)
   float divisor;     // y = x / divisor ...
   float multiplier;  // ... or y = x * multiplier when the scale is a power of two (exact)
@@ -162,8 +154,6 @@ inline bool is_exact_pow2_reciprocal(float s) {
 // The element job of one group given its scale.
 inline row_job make_job(const format& f, const grid_params& g, const group_scale& gs, bool unscaled) {
   row_job job{};
-  job.grid = &g;
-  job.mode = f.rounding;
   job.scaled = f.gran != granularity::none;
   job.scale = unscaled ? 1.0f : gs.scale;
   job.divisor = gs.scale;
@@ -176,8 +166,7 @@ inline row_job make_job(const format& f, const grid_params& g, const group_scale
     job.clamp_lo = static_cast<float>(-z);  // +0 when z = 0 (integers have no -0)
     job.clamp_hi = g.max_value - static_cast<float>(z);
   }
-  if (f.named == preset::q8_0) {  // ggml: roundf(x * (1/d)): rna on the integer grid, then * d
-    job.mode = rounding_mode::rna;
+  if (f.named == preset::q8_0) {  // ggml: roundf(x * (1/d)) (the caller rounds rna), then * d
     job.use_multiplier = true;
     job.multiplier = gs.multiplier;
   }
@@ -353,27 +342,24 @@ HWY_INLINE VF RoundToTable(DF df, VF y, const grid_params& g) {
   if (hn::Lanes(df) >= 16) {
     // Binary search: idx counts the thresholds below y, four permute + compare steps.
     const DI di;
-    const VF thr = hn::LoadU(df, g.lut_gt_thr.data());
+    const VF thr = hn::LoadU(df, g.lut_thr.data());
     VI idx = hn::Zero(di);
     for (int bit = 8; bit >= 1; bit /= 2) {
       const VF t = hn::TableLookupLanes(thr, hn::IndicesFromVec(df, hn::Add(idx, hn::Set(di, bit - 1))));
       idx = hn::Add(idx, hn::IfThenElseZero(hn::RebindMask(di, hn::Gt(y, t)), hn::Set(di, bit)));
     }
-    const VF v = hn::TableLookupLanes(hn::LoadU(df, g.lut_pad_values.data()), hn::IndicesFromVec(df, idx));
+    const VF v = hn::TableLookupLanes(hn::LoadU(df, g.lut_values.data()), hn::IndicesFromVec(df, idx));
     return hn::IfThenElse(hn::Eq(y, y), v, hn::Set(df, canonical_nan()));
   }
 #endif
   VF v = hn::Set(df, g.lut_values[0]);
   for (int i = 0; i + 1 < g.lut_n; ++i) {
-    const VF t = hn::Set(df, g.lut_thr[static_cast<size_t>(i)]);
-    const auto take = g.lut_ge[static_cast<size_t>(i)] ? hn::Ge(y, t) : hn::Gt(y, t);
+    const auto take = hn::Gt(y, hn::Set(df, g.lut_thr[static_cast<size_t>(i)]));
     v = hn::IfThenElse(take, hn::Set(df, g.lut_values[static_cast<size_t>(i + 1)]), v);
   }
   return hn::IfThenElse(hn::Eq(y, y), v, hn::Set(df, canonical_nan()));
 }
 
-// RNE onto a minifloat grid (M > 0, saturating): (|y| + C) - C with C = 2^(L+23) rounds |y| to a
-// multiple of the step 2^L in float32 arithmetic, ties to even multiples = even codes. About 16 ops.
 // The step exponent L of |y|'s binade on a minifloat grid: p - M at and above emin, the
 // constant below it (emin - M, or emin without subnormals).
 HWY_INLINE VI MinifloatLog2Step(DI di, VF ay, const grid_params& g) {
@@ -393,6 +379,8 @@ HWY_INLINE VF SignAndNan(DF df, VF r, VI bits, VI ab, const grid_params& g) {
   return hn::BitCast(df, out);
 }
 
+// RNE onto a minifloat grid (M > 0, saturating): (|y| + C) - C with C = 2^(L+23) rounds |y| to a
+// multiple of the step 2^L in float32 arithmetic, ties to even multiples = even codes. About 16 ops.
 HWY_INLINE VF RoundRneFast(DF df, VF y, const grid_params& g) {
   const DI di;
   const VI bits = hn::BitCast(di, y);
@@ -619,10 +607,6 @@ HWY_INLINE VI MaxOfLanesBatch(DI di, VI* v, size_t count) {
   return v[0];
 }
 
-// The scales of N groups from their amax bits, vectorised; the same arithmetic as
-// fast_group_scale (tests/kernels/test_differential.cpp checks against the reference). Returns
-// false (the caller takes the per-group path) when a group needs the general one: zero,
-// subnormal or non-finite amax, or an exponent at the ends of the range.
 // (|v| + C) - C onto a minifloat grid, vectorised, for non-negative v: ties to even. Used for
 // the block scales of nvfp4 (E4M3) and q8_0 (fp16).
 HWY_INLINE VF RoundScaleGrid(DF df, VF v, int emin, int mbits) {
@@ -663,6 +647,10 @@ HWY_INLINE bool BatchScalesPreset(DF df, VI amax_bits, const row_plan& plan, flo
   return true;
 }
 
+// The scales of N groups from their amax bits, vectorised; the same arithmetic as
+// fast_group_scale (tests/kernels/test_differential.cpp checks against the reference). Returns
+// false (the caller takes the per-group path) when a group needs the general one: zero,
+// subnormal or non-finite amax, or an exponent at the ends of the range.
 HWY_INLINE bool BatchScales(DF df, VI amax_bits, const scale_context& ctx, float* scale, float* mult) {
   const DI di;
   if (!hn::AllFalse(di, hn::Lt(amax_bits, hn::Set(di, 0x00800000))) ||
@@ -742,15 +730,14 @@ class RowDraws {
 // (quantize), or are nullptr. The grid constants are a local copy so that they stay in registers.
 template <rounding_mode kMode, span_path kPath>
 HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t cols,
-                                   const row_plan& plan, const grid_params g, const uint32_t* random, uint64_t index0, float* scales,
+                                   const row_plan& plan, const grid_params g, uint64_t index0, float* scales,
                                    int32_t* zero_points) {
   const format& f = *plan.f;
   const size_t k = static_cast<size_t>(plan.group_cols);
   const bool q8 = f.named == preset::q8_0;
   RowDraws draws(plan, index0, cols);
-  // The draws of [c, c + n): the caller's buffer, or made here just in time (sr only).
+  // The stochastic draws of [c, c + n), made here just before they are used (sr only).
   auto draws_for = [&](size_t c, size_t n) -> const uint32_t* {
-    if (random) return random + c;
     if constexpr (kMode == rounding_mode::sr) return draws.at(c, n);
     return nullptr;
   };
@@ -847,36 +834,36 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
 }
 
 template <rounding_mode kMode>
-void FakeQuantRowT(const float* x, float* y, size_t cols, const row_plan& plan, const uint32_t* random, uint64_t index0,
+void FakeQuantRowT(const float* x, float* y, size_t cols, const row_plan& plan, uint64_t index0,
                    float* scales, int32_t* zero_points) {
   const grid_params& g = *plan.grid;
   switch (path_of<kMode>(g)) {
     case span_path::table:
       if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantRowPath<kMode, span_path::table>(x, y, cols, plan, g, random, index0, scales, zero_points);
+        return FakeQuantRowPath<kMode, span_path::table>(x, y, cols, plan, g, index0, scales, zero_points);
       break;
     case span_path::int_fast:
       if constexpr (kMode == rounding_mode::rne || kMode == rounding_mode::rna)
-        return FakeQuantRowPath<kMode, span_path::int_fast>(x, y, cols, plan, g, random, index0, scales, zero_points);
+        return FakeQuantRowPath<kMode, span_path::int_fast>(x, y, cols, plan, g, index0, scales, zero_points);
       break;
     case span_path::rne_fast:
       if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantRowPath<kMode, span_path::rne_fast>(x, y, cols, plan, g, random, index0, scales, zero_points);
+        return FakeQuantRowPath<kMode, span_path::rne_fast>(x, y, cols, plan, g, index0, scales, zero_points);
       break;
     case span_path::e8_fast:
       if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantRowPath<kMode, span_path::e8_fast>(x, y, cols, plan, g, random, index0, scales, zero_points);
+        return FakeQuantRowPath<kMode, span_path::e8_fast>(x, y, cols, plan, g, index0, scales, zero_points);
       break;
     case span_path::sr_fast:
       if constexpr (kMode == rounding_mode::sr)
-        return FakeQuantRowPath<kMode, span_path::sr_fast>(x, y, cols, plan, g, random, index0, scales, zero_points);
+        return FakeQuantRowPath<kMode, span_path::sr_fast>(x, y, cols, plan, g, index0, scales, zero_points);
       break;
     case span_path::generic: break;
   }
-  FakeQuantRowPath<kMode, span_path::generic>(x, y, cols, plan, g, random, index0, scales, zero_points);
+  FakeQuantRowPath<kMode, span_path::generic>(x, y, cols, plan, g, index0, scales, zero_points);
 }
 
-void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, const uint32_t* random, uint64_t index0,
+void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, uint64_t index0,
                   float* scales, int32_t* zero_points) {
   struct flush_at_exit {  // non-temporal stores must be fenced before others read the output
     bool on;
@@ -885,13 +872,13 @@ void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, c
     }
   } flush{plan.stream};
   switch (plan.f->rounding) {
-    case rounding_mode::rne: return FakeQuantRowT<rounding_mode::rne>(x, y, cols, plan, random, index0, scales, zero_points);
-    case rounding_mode::rna: return FakeQuantRowT<rounding_mode::rna>(x, y, cols, plan, random, index0, scales, zero_points);
-    case rounding_mode::rtz: return FakeQuantRowT<rounding_mode::rtz>(x, y, cols, plan, random, index0, scales, zero_points);
-    case rounding_mode::up: return FakeQuantRowT<rounding_mode::up>(x, y, cols, plan, random, index0, scales, zero_points);
-    case rounding_mode::down: return FakeQuantRowT<rounding_mode::down>(x, y, cols, plan, random, index0, scales, zero_points);
-    case rounding_mode::odd: return FakeQuantRowT<rounding_mode::odd>(x, y, cols, plan, random, index0, scales, zero_points);
-    case rounding_mode::sr: return FakeQuantRowT<rounding_mode::sr>(x, y, cols, plan, random, index0, scales, zero_points);
+    case rounding_mode::rne: return FakeQuantRowT<rounding_mode::rne>(x, y, cols, plan, index0, scales, zero_points);
+    case rounding_mode::rna: return FakeQuantRowT<rounding_mode::rna>(x, y, cols, plan, index0, scales, zero_points);
+    case rounding_mode::rtz: return FakeQuantRowT<rounding_mode::rtz>(x, y, cols, plan, index0, scales, zero_points);
+    case rounding_mode::up: return FakeQuantRowT<rounding_mode::up>(x, y, cols, plan, index0, scales, zero_points);
+    case rounding_mode::down: return FakeQuantRowT<rounding_mode::down>(x, y, cols, plan, index0, scales, zero_points);
+    case rounding_mode::odd: return FakeQuantRowT<rounding_mode::odd>(x, y, cols, plan, index0, scales, zero_points);
+    case rounding_mode::sr: return FakeQuantRowT<rounding_mode::sr>(x, y, cols, plan, index0, scales, zero_points);
   }
 }
 
@@ -920,13 +907,12 @@ void DequantSpan(const uint32_t* HWY_RESTRICT codes, const float* HWY_RESTRICT t
 // Codes of values already on a minifloat or integer grid (quantize's unscaled output): the
 // bit-level inverse of decode, branch-free. Returns false if a value is NaN or Inf (the caller
 // then encodes that span with the scalar encoder).
-bool EncodeSpan(const float* HWY_RESTRICT vals, size_t n, const grid_params& g, int ebits_mbits_bias_sub[4],
-                int32_t zero_point, uint32_t* HWY_RESTRICT codes) {
+bool EncodeSpan(const float* HWY_RESTRICT vals, size_t n, const grid_params& g, int32_t zero_point,
+                uint32_t* HWY_RESTRICT codes) {
   const DF df;
   const DI di;
   const size_t N = hn::Lanes(df);
-  const int ebits = ebits_mbits_bias_sub[0], mbits = ebits_mbits_bias_sub[1], bias = ebits_mbits_bias_sub[2];
-  const bool subnormals = ebits_mbits_bias_sub[3] != 0;
+  const int mbits = g.mbits;
   const VI abs_mask = hn::Set(di, 0x7fffffff), one = hn::Set(di, 1), zero = hn::Zero(di);
   auto code_of = [&](VF v, bool* special) -> VI {
     const VI bits = hn::BitCast(di, v);
@@ -944,13 +930,14 @@ bool EncodeSpan(const float* HWY_RESTRICT vals, size_t n, const grid_params& g, 
     }
     const VI ef = hn::ShiftRight<23>(a);
     const VI p = hn::Sub(ef, hn::Set(di, 127));
-    const VI normal = hn::Or(hn::ShiftLeft<0>(hn::ShiftLeftSame(hn::Add(p, hn::Set(di, bias)), mbits)),
+    const VI normal = hn::Or(hn::ShiftLeftSame(hn::Add(p, hn::Set(di, g.bias)), mbits),
                              hn::ShiftRightSame(hn::And(a, hn::Set(di, 0x7fffff)), 23 - mbits));
     VI sub;
-    if (subnormals) {
+    if (g.subnormals) {
+      // A subnormal element value m * 2^(emin - M): m from the float's significand by a shift.
       const VI mi = hn::Or(hn::And(a, hn::Set(di, 0x7fffff)), hn::IfThenElseZero(hn::Gt(ef, zero), hn::Set(di, 0x800000)));
       const VI sh = hn::Add(hn::Max(ef, one), hn::Set(di, -150 - g.emin + mbits));
-      sub = hn::IfThenElse(hn::Lt(sh, zero), hn::ShiftRight<0>(hn::BitCast(di, hn::BitCast(DU(), mi) >> hn::BitCast(DU(), hn::Neg(sh)))),
+      sub = hn::IfThenElse(hn::Lt(sh, zero), hn::BitCast(di, hn::BitCast(DU(), mi) >> hn::BitCast(DU(), hn::Neg(sh))),
                            mi << hn::Max(sh, zero));
     } else {
       sub = hn::Set(di, 1 << mbits);
@@ -958,7 +945,7 @@ bool EncodeSpan(const float* HWY_RESTRICT vals, size_t n, const grid_params& g, 
     const auto is_normal = hn::And(hn::Gt(ef, zero), hn::Not(hn::Lt(p, hn::Set(di, g.emin))));
     VI mag = hn::IfThenElse(is_normal, normal, sub);
     mag = hn::IfThenZeroElse(hn::Eq(a, zero), mag);
-    const VI sign = hn::IfThenElseZero(hn::Lt(bits, zero), hn::Set(di, 1 << (ebits + mbits)));
+    const VI sign = hn::IfThenElseZero(hn::Lt(bits, zero), hn::Set(di, static_cast<int32_t>(g.sign_bit)));
     return hn::Or(mag, sign);
   };
   bool special = false;
@@ -1123,27 +1110,14 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
   if (use_ref() || rows < 0 || cols < 0) return fake_quantize_ref(in, out, rows, cols, f, tensor_id);
   if (!simd_covers(f)) {
     // Explicit scalar fallback (power maps, LUT with directed/stochastic rounding, mse/percentile
-    // rules): the reference, one row per thread.
-    if (f.gran == granularity::tensor || f.named == preset::nvfp4 || rows < 2)
-      return fake_quantize_ref(in, out, rows, cols, f, tensor_id);
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      std::vector<float> row(in + r * cols, in + (r + 1) * cols);
-      std::vector<float> res(static_cast<size_t>(cols));
-      // A row of a row-major tensor: element indices continue from r * cols (stochastic draws).
-      const scale_context ctx = make_scale_context(f);
-      const int64_t k = f.gran == granularity::group ? f.group_size : std::max<int64_t>(cols, 1);
-      for (int64_t c0 = 0; c0 < cols; c0 += k) {
-        const int64_t n = std::min(k, cols - c0);
-        group_scale gs;
-        if (f.gran != granularity::none) gs = choose_scale(ctx, group_stats_ref(row.data() + c0, n), row.data() + c0, n, 1.0f);
-        for (int64_t c = c0; c < c0 + n; ++c) {
-          const uint64_t i = static_cast<uint64_t>(r * cols + c);
-          const float u = f.rounding == rounding_mode::sr ? uniform_from_word(random_word(f.seed, tensor_id, i)) : 0.0f;
-          res[static_cast<size_t>(c)] = fake_quantize_value_ref(f, row[static_cast<size_t>(c)], gs, u, f.rounding);
-        }
-      }
-      std::copy(res.begin(), res.end(), out + r * cols);
+    // rules): the reference, a block of rows per thread. Scales over the whole tensor would be
+    // read while other threads write in place: those run the reference on one thread.
+    if (f.gran == granularity::tensor || f.named == preset::nvfp4) return fake_quantize_ref(in, out, rows, cols, f, tensor_id);
+#pragma omp parallel
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const int64_t per = (rows + nt - 1) / nt, r0 = std::min(rows, t * per), r1 = std::min(rows, r0 + per);
+      if (r1 > r0) fake_quantize_rows_ref(in, out, rows, cols, r0, r1, f, tensor_id);
     }
     return;
   }
@@ -1157,7 +1131,7 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
     for (int64_t r = 0; r < rows; ++r) {
       // In place is safe: each group's statistics are taken before its outputs are written.
       const float* x = in + r * cols;
-      HWY_DYNAMIC_DISPATCH(FakeQuantRow)(x, out + r * cols, static_cast<size_t>(cols), call.plan, nullptr,
+      HWY_DYNAMIC_DISPATCH(FakeQuantRow)(x, out + r * cols, static_cast<size_t>(cols), call.plan,
                                          static_cast<uint64_t>(r * cols), nullptr, nullptr);
     }
   }
@@ -1166,58 +1140,13 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
 // ---- quantize to codes -------------------------------------------------------------------------------
 namespace {
 
-// The code of a value already on the element grid (exact; no rounding happens here), with the
-// per-format constants computed once.
-struct code_encoder {
-  const element_format& e;
-  bool zero_point_applies;
-  uint32_t sign_bit = 0, mask = 0;
-  int emin = 0;
-  float frac_scale = 1;
-  code_encoder(const format& f, const element_format& el)
-      : e(el), zero_point_applies(f.gran != granularity::none) {
-    if (e.kind == element_kind::minifloat) {
-      sign_bit = 1u << (e.ebits + e.mbits);
-      emin = 1 - e.bias;
-    }
-    mask = e.bits >= 32 ? 0xffffffffu : (1u << e.bits) - 1u;
-    frac_scale = std::ldexp(1.0f, e.frac_bits);
-  }
-
-  uint32_t operator()(float v, int32_t zero_point) const {
-    if (std::isnan(v)) return e.kind == element_kind::minifloat ? encode_ref(e, v, rounding_mode::rne) : kNoCode;
-    switch (e.kind) {
-      case element_kind::minifloat: {
-        // Branch-free on purpose: zeros, subnormals and normals interleave in real data.
-        const uint32_t b = std::bit_cast<uint32_t>(v);
-        const uint32_t a = b & 0x7fffffffu;
-        if (HWY_UNLIKELY(a >= 0x7f800000u)) return encode_ref(e, v, rounding_mode::rne);  // Inf
-        const uint32_t sign = (b >> 31) * sign_bit;  // the rounding already dropped -0 where it does not exist
-        const uint32_t ef = a >> 23;
-        const int p = static_cast<int>(ef) - 127;
-        const uint32_t normal = (static_cast<uint32_t>(p + e.bias) << e.mbits) | ((a & 0x7fffffu) >> (23 - e.mbits));
-        // A subnormal element value m * 2^(emin - M): m from the float's significand by a shift.
-        const uint32_t mi = (a & 0x7fffffu) | (ef ? 0x800000u : 0u);
-        const int sh = static_cast<int>(ef ? ef : 1) - 150 - emin + e.mbits;
-        const uint32_t left = mi << (sh > 0 ? sh & 31 : 0), right = mi >> (sh < 0 ? (-sh) & 31 : 0);
-        uint32_t sub = sh >= 0 ? left : right;
-        if (!e.subnormals) sub = 1u << e.mbits;
-        uint32_t mag = (ef != 0 && p >= emin) ? normal : sub;
-        mag = a == 0 ? 0u : mag;
-        return sign | mag;
-      }
-      case element_kind::int_sym:
-        return static_cast<uint32_t>(static_cast<int32_t>(v * frac_scale)) & mask;
-      case element_kind::uint_asym:
-        return static_cast<uint32_t>(v + static_cast<float>(zero_point_applies ? zero_point : 0));
-      case element_kind::lut: {
-        const auto it = std::lower_bound(e.table.begin(), e.table.end(), v);
-        return static_cast<uint32_t>(it - e.table.begin());
-      }
-    }
-    return kNoCode;
-  }
-};
+// The code of a value already on the element grid, for the spans EncodeSpan leaves (NaN/Inf):
+// the exact codec, which gives a grid value its own code; uint adds its zero point.
+uint32_t code_of_grid_value(const format& f, float v, int32_t zero_point) {
+  if (f.element.kind == element_kind::uint_asym && !std::isnan(v))
+    return static_cast<uint32_t>(v + static_cast<float>(f.gran == granularity::none ? 0 : zero_point));
+  return encode_ref(f.element, v, rounding_mode::rne);
+}
 
 }  // namespace
 
@@ -1236,10 +1165,9 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
     if (asym) q.zero_points[0] = call.plan.tensor_gs.zero_point;
   }
   const int64_t k = call.plan.group_cols;
-  const code_encoder encode(f, f.element);
-  // SIMD encoding for codes of at most 31 bits; NaN/Inf values take the scalar encoder.
+  // SIMD encoding for codes of at most 31 bits; spans with NaN/Inf take the exact codec.
   const bool simd_encode = f.element.bits < 32;
-  int enc_params[4] = {f.element.ebits, f.element.mbits, f.element.bias, f.element.subnormals ? 1 : 0};
+  const uint32_t code_mask = f.element.bits >= 32 ? 0xffffffffu : (1u << f.element.bits) - 1u;
   std::atomic<bool> unstorable_nan{false};
 #pragma omp parallel
   {
@@ -1248,12 +1176,11 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = x + r * cols;
-      std::fill(row_codes.begin(), row_codes.end(), 0u);
-
+      std::fill(row_codes.begin(), row_codes.end(), 0u);  // NaN-scale groups keep code 0
       const bool grouped = f.gran == granularity::group || f.gran == granularity::row;
       float* sc = grouped ? q.scales.data() + r * gpr : nullptr;
       int32_t* zp = grouped && asym ? q.zero_points.data() + r * gpr : nullptr;
-      HWY_DYNAMIC_DISPATCH(FakeQuantRow)(xr, vals.data(), static_cast<size_t>(cols), call.plan, nullptr,
+      HWY_DYNAMIC_DISPATCH(FakeQuantRow)(xr, vals.data(), static_cast<size_t>(cols), call.plan,
                                          static_cast<uint64_t>(r * cols), sc, zp);
       for (int64_t c0 = 0, g = 0; c0 < cols; c0 += k, ++g) {
         const int64_t c1 = std::min(cols, c0 + k);
@@ -1261,13 +1188,13 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
         if (std::isnan(s)) continue;  // the NaN scale carries the group; codes stay 0
         const int32_t z = !asym || f.gran == granularity::none ? 0 : (grouped ? zp[g] : q.zero_points[0]);
         if (simd_encode && HWY_DYNAMIC_DISPATCH(EncodeSpan)(vals.data() + c0, static_cast<size_t>(c1 - c0), call.grid,
-                                                           enc_params, z, row_codes.data() + c0)) {
+                                                           z, row_codes.data() + c0)) {
           if (f.element.kind == element_kind::int_sym)  // two's complement in `bits` bits
-            for (int64_t c = c0; c < c1; ++c) row_codes[static_cast<size_t>(c)] &= encode.mask;
+            for (int64_t c = c0; c < c1; ++c) row_codes[static_cast<size_t>(c)] &= code_mask;
           continue;
         }
         for (int64_t c = c0; c < c1; ++c) {
-          const uint32_t code = encode(vals[static_cast<size_t>(c)], z);
+          const uint32_t code = code_of_grid_value(f, vals[static_cast<size_t>(c)], z);
           if (code == kNoCode && f.element.bits < 32) unstorable_nan.store(true);
           row_codes[static_cast<size_t>(c)] = code;
         }

@@ -231,24 +231,24 @@ float finite_amax_ref(const float* x, int64_t n) {
   return amax;
 }
 
-// Visits every group of the tensor in row-major order with its scale:
-// visit(row, c0, c1, group_index, scale).
+// Visits every group of rows [r0, r1) of the tensor in row-major order with its scale:
+// visit(row, c0, c1, group_index, scale). A per-tensor scale still comes from all rows.
 template <typename Visit>
-void for_each_group_ref(const float* x, int64_t rows, int64_t cols, const format& f, float tensor_scale,
-                        Visit&& visit) {
+void for_each_group_ref(const float* x, int64_t rows, int64_t cols, int64_t r0, int64_t r1, const format& f,
+                        float tensor_scale, Visit&& visit) {
   if (f.gran == granularity::none) {
-    for (int64_t r = 0; r < rows; ++r) visit(r, int64_t{0}, cols, int64_t{-1}, group_scale{});
+    for (int64_t r = r0; r < r1; ++r) visit(r, int64_t{0}, cols, int64_t{-1}, group_scale{});
     return;
   }
   if (f.gran == granularity::tensor) {
     const int64_t n = rows * cols;
     const group_scale gs = choose_scale(f, group_stats_ref(x, n), x, n, tensor_scale);
-    for (int64_t r = 0; r < rows; ++r) visit(r, int64_t{0}, cols, int64_t{0}, gs);
+    for (int64_t r = r0; r < r1; ++r) visit(r, int64_t{0}, cols, int64_t{0}, gs);
     return;
   }
   const int64_t gpr = groups_per_row(f, cols);
   const int64_t k = f.gran == granularity::row ? cols : f.group_size;
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     for (int64_t g = 0; g < gpr; ++g) {
       const int64_t c0 = g * k, c1 = std::min(cols, c0 + k);
       const float* p = x + r * cols + c0;
@@ -270,7 +270,7 @@ quantized_tensor quantize_ref(const float* x, int64_t rows, int64_t cols, const 
   quantized_tensor q = quantized_tensor::allocate(f, rows, cols);
   if (f.named == preset::nvfp4) q.tensor_scale = nvfp4_tensor_scale(finite_amax_ref(x, rows * cols));
   const bool asym = !q.zero_points.empty();
-  for_each_group_ref(x, rows, cols, f, q.tensor_scale,
+  for_each_group_ref(x, rows, cols, 0, rows, f, q.tensor_scale,
                      [&](int64_t r, int64_t c0, int64_t c1, int64_t gi, const group_scale& gs) {
                        if (gi >= 0) {
                          q.scales[static_cast<size_t>(gi)] = gs.nonfinite ? canonical_nan() : gs.stored;
@@ -307,20 +307,25 @@ void dequantize_ref(const quantized_tensor& q, float* out) {
       out[r * q.cols + c] = dequantize_value_ref(q.fmt, q.code(r, c), stored_group_scale(q, r, c));
 }
 
-void fake_quantize_ref(const float* in, float* out, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
+void fake_quantize_rows_ref(const float* in, float* out, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                            const format& f, uint64_t tensor_id) {
   check_shape(rows, cols);
   // Scales are chosen from the input before anything is written (in == out is allowed).
   const float tensor_scale = f.named == preset::nvfp4 ? nvfp4_tensor_scale(finite_amax_ref(in, rows * cols)) : 1.0f;
-  std::vector<float> result(static_cast<size_t>(rows * cols));
-  for_each_group_ref(in, rows, cols, f, tensor_scale,
+  std::vector<float> result(static_cast<size_t>((r1 - r0) * cols));
+  for_each_group_ref(in, rows, cols, r0, r1, f, tensor_scale,
                      [&](int64_t r, int64_t c0, int64_t c1, int64_t, const group_scale& gs) {
                        for (int64_t c = c0; c < c1; ++c) {
                          const int64_t i = r * cols + c;
-                         result[static_cast<size_t>(i)] =
+                         result[static_cast<size_t>(i - r0 * cols)] =
                              fake_quantize_value_ref(f, in[i], gs, draw(f, tensor_id, i), f.rounding);
                        }
                      });
-  std::copy(result.begin(), result.end(), out);
+  std::copy(result.begin(), result.end(), out + r0 * cols);
+}
+
+void fake_quantize_ref(const float* in, float* out, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
+  fake_quantize_rows_ref(in, out, rows, cols, 0, rows, f, tensor_id);
 }
 
 // ---- metrics ------------------------------------------------------------------------------------------

@@ -362,38 +362,44 @@ struct Enumeration {
   int rejected = 0;
 };
 
+// Every layout of at most 8 bits: E = 1..7, M with 1 + E + M <= 8, each variant, subnormals on
+// and off (bias and overflow left at their defaults for the caller to vary).
+template <typename Fn>
+void for_each_small_layout(Fn&& fn) {
+  for (int E = 1; E <= 7; ++E)
+    for (int M = 0; 1 + E + M <= 8; ++M)
+      for (float_variant v : {float_variant::ieee, float_variant::fn, float_variant::fnuz, float_variant::finite})
+        for (bool sub : {true, false}) {
+          RefFormat r;
+          r.E = E;
+          r.M = M;
+          r.variant = v;
+          r.subnormals = sub;
+          fn(r);
+        }
+}
+
 const Enumeration& all_small_minifloats() {
   static const Enumeration all = [] {
     Enumeration out;
-    const float_variant variants[] = {float_variant::ieee, float_variant::fn, float_variant::fnuz,
-                                      float_variant::finite};
     const overflow_policy policies[] = {overflow_policy::saturate, overflow_policy::inf,
                                         overflow_policy::nan};
-    for (int E = 1; E <= 7; ++E)
-      for (int M = 0; 1 + E + M <= 8; ++M)
-        for (float_variant v : variants)
-          for (bool sub : {true, false}) {
-            RefFormat r;
-            r.E = E;
-            r.M = M;
-            r.variant = v;
-            r.subnormals = sub;
-            const int d = ref_default_bias(E, v);
-            std::vector<int> biases = {d, d - 1, d + 1, 0, ref_largest_float_bias(r),
-                                       ref_smallest_float_bias(r)};
-            std::sort(biases.begin(), biases.end());
-            biases.erase(std::unique(biases.begin(), biases.end()), biases.end());
-            for (int b : biases)
-              for (overflow_policy o : policies) {
-                r.bias = b;
-                r.overflow = o;
-                try {
-                  out.cases.push_back({r, lowbit::make_minifloat(E, M, v, b, sub, o)});
-                } catch (const lowbit::format_error&) {
-                  ++out.rejected;
-                }
-              }
+    for_each_small_layout([&](RefFormat r) {
+      const int d = ref_default_bias(r.E, r.variant);
+      std::vector<int> biases = {d, d - 1, d + 1, 0, ref_largest_float_bias(r), ref_smallest_float_bias(r)};
+      std::sort(biases.begin(), biases.end());
+      biases.erase(std::unique(biases.begin(), biases.end()), biases.end());
+      for (int b : biases)
+        for (overflow_policy o : policies) {
+          r.bias = b;
+          r.overflow = o;
+          try {
+            out.cases.push_back({r, lowbit::make_minifloat(r.E, r.M, r.variant, b, r.subnormals, o)});
+          } catch (const lowbit::format_error&) {
+            ++out.rejected;
           }
+        }
+    });
     return out;
   }();
   return all;
@@ -425,53 +431,47 @@ TEST(ExhaustiveMinifloat, EnumerationCoversTheFamily) {
 TEST(ExhaustiveMinifloat, BiasRangeIsTheFloat32Range) {
   Mismatches bad;
   int checked = 0;
-  for (int E = 1; E <= 7; ++E)
-    for (int M = 0; 1 + E + M <= 8; ++M)
-      for (float_variant v : {float_variant::ieee, float_variant::fn, float_variant::fnuz,
-                              float_variant::finite})
-        for (bool sub : {true, false}) {
-          RefFormat r;
-          r.E = E;
-          r.M = M;
-          r.variant = v;
-          r.subnormals = sub;
-          r.bias = ref_default_bias(E, v);
-          if (RefGrid(r).max() == 0) {
-            EXPECT_THROW(lowbit::make_minifloat(E, M, v, r.bias, sub), lowbit::format_error)
-                << r.name() << " has no positive finite value";
-            continue;
-          }
-          const int hi = ref_largest_float_bias(r), lo = ref_smallest_float_bias(r);
-          ASSERT_LE(lo, hi) << r.name();
-          std::vector<int> biases;
-          for (int b = hi - 2; b <= hi + M + 2; ++b) biases.push_back(b);
-          for (int b = lo - 2; b <= lo + 2; ++b) biases.push_back(b);
-          for (int b : biases) {
-            r.bias = b;
-            const bool fits = ref_fits_float32(r);
-            ++checked;
-            try {
-              const element_format f = lowbit::make_minifloat(E, M, v, b, sub);
-              if (fits) continue;
-              // Accepted though it should not be: show a code whose value is not a float32.
-              std::ostringstream o;
-              o << r.name() << " is accepted, but its values are not all float32";
-              for (uint32_t code = 0; code < (1u << r.bits()); ++code) {
-                const RefValue x = ref_decode(r, code);
-                const float xf = static_cast<float>(x.mag);
-                if (x.cls == Cls::number && (!std::isfinite(xf) || static_cast<ld>(xf) != x.mag)) {
-                  o.precision(21);
-                  o << ": code " << hex(code) << " = " << x.mag << " by the definition, decode_ref "
-                    << "gives " << show(lowbit::decode_ref(f, code));
-                  break;
-                }
-              }
-              bad.add(o.str());
-            } catch (const lowbit::format_error&) {
-              if (fits) bad.add(r.name() + " is rejected though every value is a float32");
-            }
+  for_each_small_layout([&](RefFormat r) {
+    const int E = r.E, M = r.M;
+    const float_variant v = r.variant;
+    const bool sub = r.subnormals;
+    r.bias = ref_default_bias(E, v);
+    if (RefGrid(r).max() == 0) {
+      EXPECT_THROW(lowbit::make_minifloat(E, M, v, r.bias, sub), lowbit::format_error)
+          << r.name() << " has no positive finite value";
+      return;
+    }
+    const int hi = ref_largest_float_bias(r), lo = ref_smallest_float_bias(r);
+    EXPECT_LE(lo, hi) << r.name();
+    std::vector<int> biases;
+    for (int b = hi - 2; b <= hi + M + 2; ++b) biases.push_back(b);
+    for (int b = lo - 2; b <= lo + 2; ++b) biases.push_back(b);
+    for (int b : biases) {
+      r.bias = b;
+      const bool fits = ref_fits_float32(r);
+      ++checked;
+      try {
+        const element_format f = lowbit::make_minifloat(E, M, v, b, sub);
+        if (fits) continue;
+        // Accepted though it should not be: show a code whose value is not a float32.
+        std::ostringstream o;
+        o << r.name() << " is accepted, but its values are not all float32";
+        for (uint32_t code = 0; code < (1u << r.bits()); ++code) {
+          const RefValue x = ref_decode(r, code);
+          const float xf = static_cast<float>(x.mag);
+          if (x.cls == Cls::number && (!std::isfinite(xf) || static_cast<ld>(xf) != x.mag)) {
+            o.precision(21);
+            o << ": code " << hex(code) << " = " << x.mag << " by the definition, decode_ref "
+              << "gives " << show(lowbit::decode_ref(f, code));
+            break;
           }
         }
+        bad.add(o.str());
+      } catch (const lowbit::format_error&) {
+        if (fits) bad.add(r.name() + " is rejected though every value is a float32");
+      }
+    }
+  });
   bad.expect_none("biases", checked);
   EXPECT_GT(checked, 1500);
   // Non-IEEE variants cannot overflow to Inf; formats without a NaN code cannot overflow to NaN.

@@ -269,10 +269,10 @@ TEST(Reference, PowerMapWithAOneIsUniform) {  // METHODS 4.7 check
   // With a power-of-two scale the normalised grid's emax is 0: amax 1 gives scale 1, and
   // pow1 is then int4 on [-1, 1] (values k/7).
   const auto p = fq("pow1(int4/g4:e8m0)", {1.0f, 0.5f, 0.25f, 0.1f});
-  EXPECT_EQ(p[0], 1.0f);
-  EXPECT_NEAR(p[1], 4.0f / 7, 1e-6f);
-  EXPECT_NEAR(p[2], 2.0f / 7, 1e-6f);
-  EXPECT_NEAR(p[3], 1.0f / 7, 1e-6f);
+  EXPECT_EQ(p[0], 1.0f);  // value = (q / 7)^(1/1) * 1, exactly as float32 computes it
+  EXPECT_EQ(p[1], 4.0f / 7.0f);
+  EXPECT_EQ(p[2], 2.0f / 7.0f);
+  EXPECT_EQ(p[3], 1.0f / 7.0f);
   const auto c = fq("pow0.5(int4/g32)", x);
   std::vector<float> nx(x.size());
   for (size_t i = 0; i < x.size(); ++i) nx[i] = -x[i];

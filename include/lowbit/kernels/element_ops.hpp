@@ -18,4 +18,9 @@ float dequantize_value_ref(const format& f, uint32_t code, const group_scale& gs
 float fake_quantize_value_ref(const format& f, float x, const group_scale& gs, float u,
                               rounding_mode mode);
 
+// fake_quantize_ref on rows [r0, r1) of a [rows, cols] tensor (a per-tensor scale still comes
+// from every row): the fast kernels' explicit scalar fallback, a block of rows per thread.
+void fake_quantize_rows_ref(const float* in, float* out, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                            const format& f, uint64_t tensor_id);
+
 }  // namespace lowbit
