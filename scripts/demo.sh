@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# `make demo`: the main job of the format engine on shipped data — the named formats, a format's
-# value table, casts, the SQNR analysis of METHODS 5.1, and a short throughput benchmark.
+# `make demo`: the main job — `lowbit explore` on stories260K and the TinyStories sample (weight
+# formats, W8A8, an FP8 KV cache: bits/weight, perplexity, KL; CSV, JSON and a PNG plot), greedy
+# generation, then a short tour of the format engine on shipped data.
 set -euo pipefail
 LOWBIT=${1:-build/lowbit}
 DATA=${LOWBIT_DATA:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data}
-echo "== lowbit formats"; "$LOWBIT" formats
-echo; echo "== lowbit info e4m3fn (OCP FP8 E4M3)"; "$LOWBIT" info e4m3fn | sed -n "1,16p"
+OUT=${DEMO_OUT:-demo-out}
+export LOWBIT_DATA_DIR="$DATA"
+echo "== lowbit explore: stories260K on the TinyStories sample (first ${DEMO_TOKENS:=65536} tokens)"
+"$LOWBIT" explore --model "$DATA/llama2c/stories260K.bin" --data "$DATA/text/tinystories_val_sample.txt" \
+  --max-tokens "$DEMO_TOKENS" -o "$OUT"
+echo; echo "== lowbit generate --greedy (stories260K from BOS; llama2.c's published sample)"
+"$LOWBIT" generate --model "$DATA/llama2c/stories260K.bin" --tokenizer "$DATA/llama2c/tok512.bin" --greedy --max-tokens 60
+echo; echo "== the same with int4/g32 weights"
+"$LOWBIT" generate --model "$DATA/llama2c/stories260K.bin" --tokenizer "$DATA/llama2c/tok512.bin" --greedy --max-tokens 60 --weights int4/g32
 echo; echo "== lowbit cast: one row, groups of consecutive values"
 echo "\$ lowbit cast e2m1 2.5 -1.75 7 nan -inf"; "$LOWBIT" cast e2m1 2.5 -1.75 7 nan -inf
 echo "\$ lowbit cast mxfp4 --codes 7 0.7 -3 0.2"; "$LOWBIT" cast mxfp4 --codes 7 0.7 -3 0.2
@@ -24,6 +32,6 @@ for line in open(path):
 PY
 fi
 echo; echo "== lowbit analyze (SQNR with optimal clipping, METHODS 5.1)"
-"$LOWBIT" analyze int8 e4m3fn e5m2 int4 e2m1 e3m2 e2m3 nf4 --dist gaussian --dist laplace --dist student-t:3
+"$LOWBIT" analyze int8 e4m3fn e5m2 int4 e2m1 e3m2 e2m3 nf4 --dist gaussian --dist student-t:3
 echo; echo "== lowbit bench (16 MiB, 1 thread)"
 "$LOWBIT" bench int8/c e4m3fn/c mxfp4 nvfp4 q8_0 --mib 16 --reps 5

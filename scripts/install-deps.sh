@@ -12,6 +12,10 @@ packages=(
   nlohmann-json3-dev  # JSON output
   libgtest-dev libgmock-dev  # tests
   libbenchmark-dev    # benchmarks
+  libopenblas-openmp-dev  # sgemm for the model engine, on lowbit's OpenMP thread pool
+  libpcre2-dev        # GPT-2 pre-tokenizer regex (\p{L}, \p{N})
+  libsentencepiece-dev sentencepiece  # SentencePiece .model files; spm_train for test fixtures
+  python3-matplotlib  # plots from the CSV/JSON the CLI writes (CONVENTIONS 29)
 )
 
 missing=()

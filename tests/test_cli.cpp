@@ -117,3 +117,100 @@ TEST(Cli, BenchJsonRowsNameTheFormatAsTyped) {  // CONVENTIONS 25
   EXPECT_GT(j[0]["gbps"].get<double>(), 0.0);
   EXPECT_GT(j[0]["memcpy_gbps"].get<double>(), 0.0);
 }
+
+// ---- model commands (issue "models") ------------------------------------------------------------
+namespace {
+const std::string data_dir = LOWBIT_DATA_DIR;
+const std::string stories = data_dir + "/llama2c/stories260K.bin";
+const std::string tok512 = data_dir + "/llama2c/tok512.bin";
+const std::string tinystories = data_dir + "/text/tinystories_val_sample.txt";
+}  // namespace
+
+TEST(CliModels, GreedyGenerationReproducesLlama2cSample) {
+  // llama2.c's published stories260K sample (doc/stories260K.md), greedy from BOS.
+  const result r = run("generate --model " + stories + " --tokenizer " + tok512 + " --greedy --max-tokens 40");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.rfind("Once upon a time, there was a little girl named Lily. She loved to play outside in the park.", 0), 0u)
+      << r.out;
+}
+
+TEST(CliModels, EvalJsonMatchesTheShippedNll) {
+  // ../shared/data/vectors/stories260K_eval.json: ctx 128, first 1024 tokens, 1016 scored,
+  // mean NLL 1.489755 from an independent float64 implementation.
+  const result r = run("eval --model " + stories + " --data " + tinystories + " --ctx 128 --max-tokens 1024 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["tokens_scored"], 1016);
+  EXPECT_NEAR(j["mean_nll"].get<double>(), 1.489755, 2e-5);
+  EXPECT_EQ(j["weights"]["canonical"], "fp32");
+}
+
+TEST(CliModels, QuantizedEvalWithKlBase) {
+  const result r = run("eval --model " + stories + " --data " + tinystories +
+                       " --ctx 128 --max-tokens 1024 --weights int4/g32 --acts int8/c --kv e4m3fn/c --kl-base --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_NEAR(j["kl"]["base_mean_nll"].get<double>(), 1.489755, 2e-5);
+  EXPECT_GT(j["mean_nll"].get<double>(), 1.489755);  // 4-bit weights lose something
+  EXPECT_GT(j["kl"]["mean"].get<double>(), 0.0);
+  EXPECT_LT(j["kl"]["top1_agreement"].get<double>(), 1.0);
+  EXPECT_GT(j["kl"]["top1_agreement"].get<double>(), 0.5);
+  EXPECT_EQ(j["weights"]["canonical"], "int4/g32");
+  EXPECT_NEAR(j["bits_per_weight"].get<double>(), 5.0, 1e-9);  // 4 + 32/32
+}
+
+TEST(CliModels, SynthWritesModelsThatEvalReads) {
+  const std::string dir = testing::TempDir() + "lowbit_cli_synth";
+  std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  for (const std::string arch : {"llama", "gpt2"}) {
+    for (const std::string ext : {".safetensors", ".gguf"}) {
+      const std::string path = dir + "/" + arch + ext;
+      const result s = run("synth --arch " + arch + " --dim 64 --layers 2 --heads 4 --ctx 64 -o " + path);
+      ASSERT_EQ(s.code, 0) << s.out;
+      const result e = run("eval --model " + path + " --data " + tinystories + " --max-tokens 300 --json");
+      ASSERT_EQ(e.code, 0) << arch << ext << ": " << e.out;
+      const auto j = nlohmann::json::parse(e.out);
+      // A random model knows nothing: perplexity near the vocabulary size (258 bytes + BOS/EOS).
+      EXPECT_GT(j["ppl"].get<double>(), 100.0) << arch << ext;
+      EXPECT_LT(j["ppl"].get<double>(), 600.0) << arch << ext;
+    }
+  }
+}
+
+TEST(CliModels, ExploreWritesTableCsvJson) {
+  const std::string dir = testing::TempDir() + "lowbit_cli_explore";
+  const result r = run("explore --model " + stories + " --data " + tinystories +
+                       " --max-tokens 600 --ctx 128 --row fp32 --row int4/g32 --row int8/c,int8/c --no-plot -o " + dir);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("int4/g32"), std::string::npos);
+  FILE* f = std::fopen((dir + "/explore.json").c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  std::fclose(f);
+  const result j = run("explore --model " + stories + " --data " + tinystories +
+                       " --max-tokens 600 --ctx 128 --row fp32 --row int4/g32 --no-plot --json -o " + dir);
+  const auto doc = nlohmann::json::parse(j.out);
+  ASSERT_EQ(doc["rows"].size(), 2u);
+  EXPECT_EQ(doc["rows"][0]["result"]["kl"]["mean"], 0.0);  // fp32 row is the float model
+  EXPECT_GT(doc["rows"][1]["result"]["kl"]["mean"].get<double>(), 0.0);
+}
+
+TEST(CliModels, TokenizeShowsIdsAndPieces) {
+  const result r = run("tokenize --tokenizer " + tok512 + " --bos --json 'Once upon a time'");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j[0]["ids"][0], 1);
+  EXPECT_GT(j[0]["ids"].size(), 2u);
+}
+
+TEST(CliModels, BadInputGivesAClearError) {
+  result r = run("eval --model /nonexistent.bin --data " + tinystories, "", true);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("/nonexistent.bin"), std::string::npos) << r.out;
+  r = run("eval --model " + stories + " --data " + tinystories + " --weights int5x", "", true);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("int5x"), std::string::npos) << r.out;
+  r = run("eval --model " + tinystories + " --data " + tinystories, "", true);  // a text file as a model
+  EXPECT_EQ(r.code, 2) << r.out;
+  r = run("explore --row 'int4,int8,e4m3,int2' --no-plot", "", true);
+  EXPECT_EQ(r.code, 2) << r.out;
+}

@@ -1,6 +1,7 @@
 // Shared pieces of the lowbit command line: table printing and JSON output helpers.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -15,6 +16,27 @@ struct table {
   std::vector<std::vector<std::string>> rows;
   std::string render() const;
 };
+
+// A progress bar on stderr with rate and ETA: redrawn in place on a terminal, every 10% otherwise
+// (so CI logs stay short).
+class progress_bar {
+ public:
+  progress_bar(std::string label, std::string unit);
+  void update(int64_t done, int64_t total);
+  void finish();
+
+ private:
+  std::string label_, unit_;
+  double start_;
+  int last_decile_ = -1;
+  bool tty_;
+  bool drawn_ = false;
+};
+
+// A subcommand and the work to do when it is chosen.
+using command_list = std::vector<std::pair<CLI::App*, std::function<void()>>>;
+// synth, tokenize, eval, generate, explore
+void add_model_commands(CLI::App& app, command_list& commands);
 
 // `lowbit bench`: registers the subcommand; *run is set to the work to do when it is chosen.
 CLI::App* add_bench_command(CLI::App& app, std::function<void()>* run);

@@ -1,4 +1,5 @@
-// lowbit command line: formats, info, cast, analyze, bench. Errors from the library are caught
+// lowbit command line: formats, info, cast, analyze, bench, synth, tokenize, eval, generate,
+// explore. Errors from the library are caught
 // here and become a message and exit code 2 (STYLE 11c).
 #include <algorithm>
 #include <cmath>
@@ -264,7 +265,7 @@ std::vector<std::string> reorder_cast_args(int argc, char** argv) {
 int main(int argc, char** argv) {
   using namespace lowbit;
   using namespace lowbit::cli;
-  CLI::App app{"lowbit: low-precision numerics for deep learning (formats, kernels, analysis)"};
+  CLI::App app{"lowbit: low-precision numerics for deep learning (formats, kernels, models)"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "all subcommands' help");
 
@@ -291,6 +292,8 @@ int main(int argc, char** argv) {
 
   std::function<void()> run_bench;
   auto* bench = add_bench_command(app, &run_bench);
+  command_list model_commands;
+  add_model_commands(app, model_commands);
 
   try {
     std::vector<std::string> args = reorder_cast_args(argc, argv);
@@ -305,6 +308,9 @@ int main(int argc, char** argv) {
     else if (*cast) cmd_cast(spec, values, codes);
     else if (*analyze) cmd_analyze(specs, dists, json);
     else if (*bench) run_bench();
+    else
+      for (auto& [cmd, work] : model_commands)
+        if (*cmd) work();
   } catch (const lowbit::error& e) {
     std::cerr << "lowbit: " << e.what() << "\n";
     return 2;

@@ -1,0 +1,59 @@
+// The forward pass of Llama and GPT-2 in float32: batched over a window of tokens (prefill) or
+// one token at a time (generation), with a KV cache, OpenBLAS sgemm and OpenMP.
+//   llama: x = embd[tok]; per layer: h = x + Wo attn(rope(Wq n1), rope(Wk n1), Wv n1),
+//          n1 = rmsnorm(x); x = h + Wdown(silu(Wgate n2) * Wup n2), n2 = rmsnorm(h);
+//          logits = Wcls rmsnorm(x)
+//   gpt2 : x = wte[tok] + wpe[pos]; pre-LayerNorm blocks, GELU (tanh approximation), biases.
+// Every intermediate has a name (see `dump_hook`) so any layer can be dumped and compared.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "lowbit/engine/model.hpp"
+#include "lowbit/engine/plan.hpp"
+
+namespace lowbit {
+
+// Called with each named intermediate [rows = tokens, cols]:
+//   "blk.N.attn_norm", "blk.N.q", "blk.N.k", "blk.N.v" (k after RoPE), "blk.N.attn",
+//   "blk.N.attn_out", "blk.N.ffn_norm", "blk.N.ffn_act" (input of ffn_down), "blk.N.ffn_out",
+//   "blk.N.out" (residual stream after the block), "output_norm", "logits".
+using dump_hook = std::function<void(const std::string& name, const float* data, int64_t rows,
+                                     int64_t cols)>;
+
+class forward_session {
+ public:
+  // The model must outlive the session; weights are used as they are (apply_weight_plan first).
+  // The plan's acts/kv formats apply on the fly. max_tokens bounds the KV cache.
+  forward_session(const model& m, const quant_plan& plan, int max_tokens);
+
+  // Runs tokens[0..n) at positions pos()..pos()+n, appends them to the KV cache and returns the
+  // logits [n, vocab] (row-major). Throws when the cache would overflow.
+  const std::vector<float>& forward(const int32_t* tokens, int n);
+  void reset();  // empties the KV cache (a new window)
+  int pos() const { return pos_; }
+  void set_dump(dump_hook hook) { dump_ = std::move(hook); }
+  // Multiply-adds x2 of the last forward call (for GFLOP/s reports).
+  double last_flops() const { return last_flops_; }
+
+ private:
+  struct buffers;
+  const model& m_;
+  quant_plan plan_;
+  int max_tokens_;
+  int pos_ = 0;
+  std::vector<float> k_cache_, v_cache_;  // [layer][pos][kv_heads*hd]
+  std::vector<float> logits_;
+  dump_hook dump_;
+  double last_flops_ = 0;
+  uint64_t call_ = 0;  // stream of tensor ids for stochastic rounding
+};
+
+// OpenBLAS sgemm throughput on C[m, n] = A[m, k] B[n, k]^T (the shape of a linear layer over a
+// window), median of `reps` runs, in GFLOP/s: the peak next to which eval reports its own rate.
+double sgemm_gflops(int m, int n, int k, int reps = 7);
+
+}  // namespace lowbit

@@ -1,0 +1,99 @@
+// A model in memory: its architecture and its float32 tensors under one canonical naming scheme,
+// GGUF's (CONVENTIONS 18), whatever file it came from.
+//
+//   llama: token_embd.weight [vocab, dim]            output_norm.weight [dim]
+//          output.weight [vocab, dim] (absent when the classifier is tied to token_embd)
+//          blk.N.attn_norm.weight [dim]              blk.N.ffn_norm.weight [dim]
+//          blk.N.attn_q.weight [n_heads*hd, dim]     blk.N.attn_k.weight / attn_v.weight [n_kv*hd, dim]
+//          blk.N.attn_output.weight [dim, n_heads*hd]
+//          blk.N.ffn_gate.weight / ffn_up.weight [hidden, dim]    blk.N.ffn_down.weight [dim, hidden]
+//   gpt2:  token_embd.weight [vocab, dim]   position_embd.weight [n_ctx, dim]
+//          output_norm.weight / .bias [dim] output.weight (absent when tied)
+//          blk.N.attn_norm.weight / .bias [dim]       blk.N.ffn_norm.weight / .bias [dim]
+//          blk.N.attn_qkv.weight [3*dim, dim] (+ .bias [3*dim])   blk.N.attn_output.weight [dim, dim] (+ .bias)
+//          blk.N.ffn_up.weight [hidden, dim] (+ .bias)            blk.N.ffn_down.weight [dim, hidden] (+ .bias)
+//
+// Matrices are row-major [out, in] (a linear layer computes y = x W^T + b). q/k rows use the
+// interleaved RoPE pairing of llama2.c and GGUF (pairs (2i, 2i+1) of a head); readers of
+// Hugging Face files permute rotate-half rows into it (CONVENTIONS 18).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace lowbit {
+
+struct tensor {
+  std::vector<int64_t> shape;  // row-major, outermost first
+  std::vector<float> data;
+
+  int64_t numel() const;
+  int64_t rows() const;  // product of all but the last dimension (1 for a vector)
+  int64_t cols() const;  // the last dimension
+};
+
+enum class architecture { llama, gpt2 };
+const char* architecture_name(architecture a);
+architecture parse_architecture(const std::string& name);
+
+struct model_config {
+  architecture arch = architecture::llama;
+  int dim = 0;          // residual width
+  int hidden_dim = 0;   // MLP width
+  int n_layers = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;   // grouped-query attention: n_heads % n_kv_heads == 0
+  int vocab_size = 0;
+  int max_seq_len = 0;  // context length the model was trained for
+  float norm_eps = 1e-5f;
+  float rope_theta = 10000.0f;  // llama only
+  bool tied_classifier = true;  // output.weight absent, token_embd.weight used
+
+  int head_dim() const { return dim / n_heads; }
+  // Throws lowbit::error naming the field when the numbers cannot describe a model.
+  void validate() const;
+  int64_t parameter_count() const;
+};
+
+// Where a model's tokenizer lives, when the file says so.
+struct tokenizer_source {
+  std::string kind;  // "", "llama2c", "gpt2", "sentencepiece", "bytes", "gguf"
+  std::string path;  // a file next to the model, when kind names one
+};
+
+struct model {
+  model_config config;
+  std::map<std::string, tensor> tensors;
+  tokenizer_source tokenizer;
+  std::string source_path;
+
+  const tensor& get(const std::string& name) const;  // throws naming the missing tensor
+  tensor* find(const std::string& name);
+  const tensor* find(const std::string& name) const;
+  // The classifier matrix: output.weight, or token_embd.weight when tied.
+  const tensor& classifier() const;
+  // Checks that every tensor the architecture needs is present with the right shape.
+  void validate() const;
+  // Names of the linear weights of attention and MLP (the default targets of a weight format).
+  std::vector<std::string> linear_weight_names() const;
+};
+
+// Loads .bin (llama2.c), .safetensors (with config.json beside it, or lowbit metadata) or .gguf,
+// by extension (and magic). Throws lowbit::error naming the file and the field on bad input.
+model load_model(const std::string& path);
+model load_llama2c(const std::string& path);
+model load_safetensors_model(const std::string& path);
+model load_gguf_model(const std::string& path);
+
+// Writers (atomic: temp file + rename). Safetensors uses Hugging Face names (LlamaForCausalLM /
+// GPT2LMHeadModel) and writes config.json beside the file; GGUF uses the canonical names.
+void save_safetensors_model(const model& m, const std::string& path);
+void save_gguf_model(const model& m, const std::string& path);
+
+// A random model of the given shape (lowbit synth): N(0, 0.02) weights, unit norms, byte
+// tokenizer (CONVENTIONS 19: vocab 258 = 256 bytes + BOS + EOS unless given).
+model synthesize_model(const model_config& c, uint64_t seed);
+
+}  // namespace lowbit

@@ -1,0 +1,50 @@
+// Tokenizers: text <-> token ids.
+//   llama2c      : llama2.c's tokenizer.bin (int32 max_token_length, then per token: f32 score,
+//                  int32 length, bytes) — score-ordered BPE merges with <0xXX> byte fallback,
+//                  exactly llama2.c's encode(text, bos, eos) including the dummy-prefix space.
+//   spm vocab    : the same algorithm over a SentencePiece vocabulary given as tokens + scores
+//                  (+ types), e.g. GGUF's tokenizer.ggml.* metadata.
+//   gpt2         : byte-level BPE from encoder.json + vocab.bpe, GPT-2's pre-tokenizer regex
+//                  (PCRE2 with Unicode classes); BOS = EOS = <|endoftext|> (50256, CONVENTIONS 15).
+//   sentencepiece: a .model file through libsentencepiece.
+//   bytes        : 256 byte tokens, BOS = 256, EOS = 257 (lowbit synth, CONVENTIONS 19).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace lowbit {
+
+class tokenizer {
+ public:
+  virtual ~tokenizer() = default;
+  virtual std::string kind() const = 0;
+  virtual int vocab_size() const = 0;
+  virtual int bos_id() const = 0;
+  virtual int eos_id() const = 0;
+  virtual std::vector<int32_t> encode(std::string_view text, bool bos, bool eos) const = 0;
+  // The text of `token` when it follows `prev` (llama2.c strips the leading space after BOS).
+  // BOS/EOS (and control pieces) decode to "" in every kind; an id outside the vocabulary throws.
+  virtual std::string decode_token(int32_t prev, int32_t token) const = 0;
+  // Concatenates decode_token(prev, id), with prev = -1 before the first id.
+  std::string decode(const std::vector<int32_t>& ids) const;
+};
+
+std::unique_ptr<tokenizer> load_llama2c_tokenizer(const std::string& path);
+std::unique_ptr<tokenizer> make_spm_vocab_tokenizer(std::vector<std::string> tokens,
+                                                    std::vector<float> scores,
+                                                    std::vector<int32_t> types, int bos_id,
+                                                    int eos_id);
+std::unique_ptr<tokenizer> load_gpt2_tokenizer(const std::string& encoder_json,
+                                               const std::string& vocab_bpe);
+std::unique_ptr<tokenizer> load_sentencepiece_tokenizer(const std::string& model_path);
+std::unique_ptr<tokenizer> make_byte_tokenizer();
+
+// By what the path is: a directory or encoder.json (gpt2, vocab.bpe beside it), *.model
+// (sentencepiece), *.bin (llama2c), "bytes". Throws lowbit::error naming the file otherwise.
+std::unique_ptr<tokenizer> load_tokenizer(const std::string& path);
+
+}  // namespace lowbit

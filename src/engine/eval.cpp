@@ -1,0 +1,207 @@
+// Perplexity and KL-divergence evaluation under the protocol of eval.hpp (CONVENTIONS 15).
+#include "lowbit/engine/eval.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "lowbit/error.hpp"
+
+namespace lowbit {
+
+namespace {
+
+bool blank(std::string_view line) {
+  return std::all_of(line.begin(), line.end(), [](unsigned char ch) { return std::isspace(ch); });
+}
+
+std::string_view strip(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
+}
+
+// log-softmax of one row into out (float64).
+void log_softmax(const float* logits, int vocab, std::vector<double>& out) {
+  out.resize(vocab);
+  double mx = logits[0];
+  for (int v = 1; v < vocab; ++v) mx = std::max(mx, double(logits[v]));
+  double sum = 0;
+  for (int v = 0; v < vocab; ++v) sum += std::exp(double(logits[v]) - mx);
+  const double lse = mx + std::log(sum);
+  for (int v = 0; v < vocab; ++v) out[v] = double(logits[v]) - lse;
+}
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double pos = p / 100.0 * (v.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(pos)), hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (pos - lo);
+}
+
+void mean_and_stderr(const std::vector<double>& v, double& mean, double& se) {
+  mean = 0, se = 0;
+  if (v.empty()) return;
+  for (double x : v) mean += x;
+  mean /= v.size();
+  double var = 0;
+  for (double x : v) var += (x - mean) * (x - mean);
+  var /= v.size();
+  se = std::sqrt(var / v.size());
+}
+
+}  // namespace
+
+// Documents are runs of non-blank lines; a line of only whitespace counts as blank.
+std::vector<std::string> split_documents(const std::string& text) {
+  std::vector<std::string> docs;
+  std::string current;
+  size_t start = 0;
+  auto flush = [&] {
+    const std::string_view s = strip(current);
+    if (!s.empty()) docs.emplace_back(s);
+    current.clear();
+  };
+  while (start <= text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string_view line(text.data() + start, end - start);
+    if (blank(line)) flush();
+    else current.append(line).push_back('\n');
+    start = end + 1;
+  }
+  flush();
+  return docs;
+}
+
+std::vector<int32_t> encode_documents(const tokenizer& tok, const std::string& text) {
+  std::vector<int32_t> ids;
+  for (const std::string& d : split_documents(text)) {
+    const auto part = tok.encode(d, true, false);
+    ids.insert(ids.end(), part.begin(), part.end());
+  }
+  return ids;
+}
+
+double token_nll(const float* logits, int vocab, int target) {
+  double mx = logits[0];
+  for (int v = 1; v < vocab; ++v) mx = std::max(mx, double(logits[v]));
+  double sum = 0;
+  for (int v = 0; v < vocab; ++v) sum += std::exp(double(logits[v]) - mx);
+  return mx + std::log(sum) - double(logits[target]);
+}
+
+std::vector<eval_result> evaluate_many(const std::vector<const model*>& models,
+                                      const std::vector<quant_plan>& plans,
+                                      const std::vector<int32_t>& ids, const eval_options& opt,
+                                      const model* base, const progress_fn& progress) {
+  if (models.empty() || models.size() != plans.size())
+    throw error("eval: one plan per model is needed");
+  const model& first = *models[0];
+  const int vocab = first.config.vocab_size;
+  for (const model* m : models)
+    if (m->config.vocab_size != vocab || m->config.arch != first.config.arch)
+      throw error("eval: the models of one evaluation must share architecture and vocabulary");
+  const int ctx = opt.ctx > 0 ? opt.ctx : first.config.max_seq_len;
+  if (ctx < 2) throw error(fmt::format("eval: context {} is too short (need >= 2)", ctx));
+  if (first.config.arch == architecture::gpt2 && ctx > first.config.max_seq_len)
+    throw error(fmt::format("eval: context {} exceeds GPT-2's {} positions", ctx,
+                            first.config.max_seq_len));
+  const int64_t total = opt.max_tokens > 0 ? std::min<int64_t>(opt.max_tokens, ids.size()) : ids.size();
+  if (total < 2) throw error(fmt::format("eval: {} tokens; at least 2 are needed", total));
+  for (int64_t i = 0; i < total; ++i)
+    if (ids[i] < 0 || ids[i] >= vocab)
+      throw error(fmt::format("eval: token id {} at position {} is outside the model's vocabulary "
+                              "of {} (wrong tokenizer?)", ids[i], i, vocab));
+  if (opt.kl_base && !base) throw error("eval: --kl-base needs the float model");
+
+  const size_t R = models.size();
+  std::vector<std::unique_ptr<forward_session>> sessions;
+  for (size_t r = 0; r < R; ++r) sessions.push_back(std::make_unique<forward_session>(*models[r], plans[r], ctx));
+  std::unique_ptr<forward_session> base_session;
+  if (opt.kl_base) base_session = std::make_unique<forward_session>(*base, quant_plan{}, ctx);
+
+  struct accum {
+    std::vector<double> nll, kl;
+    int64_t agree = 0;
+    double seconds = 0, flops = 0;
+  };
+  std::vector<accum> acc(R);
+  std::vector<double> base_nll;
+  std::vector<float> base_logits;  // the float model's logits of the current window
+  std::vector<double> lp, lq;
+  int64_t windows = 0;
+  for (int64_t w0 = 0; w0 < total; w0 += ctx) {
+    const int len = static_cast<int>(std::min<int64_t>(ctx, total - w0));
+    if (len < 2) break;  // a trailing window of one token predicts nothing (CONVENTIONS 15)
+    const int32_t* win = ids.data() + w0;
+    ++windows;
+    if (base_session) {  // once per window, shared by every row
+      base_session->reset();
+      base_logits = base_session->forward(win, len);
+      for (int i = 0; i + 1 < len; ++i)
+        base_nll.push_back(token_nll(base_logits.data() + int64_t(i) * vocab, vocab, win[i + 1]));
+    }
+    for (size_t r = 0; r < R; ++r) {
+      forward_session& session = *sessions[r];
+      session.reset();
+      const auto t0 = std::chrono::steady_clock::now();
+      const std::vector<float>& logits = session.forward(win, len);
+      acc[r].seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      acc[r].flops += session.last_flops();
+      for (int i = 0; i + 1 < len; ++i) {
+        const float* row = logits.data() + int64_t(i) * vocab;
+        acc[r].nll.push_back(token_nll(row, vocab, win[i + 1]));
+        if (base_session) {
+          const float* brow = base_logits.data() + int64_t(i) * vocab;
+          log_softmax(brow, vocab, lp);
+          log_softmax(row, vocab, lq);
+          double k = 0;
+          for (int v = 0; v < vocab; ++v) k += std::exp(lp[v]) * (lp[v] - lq[v]);
+          acc[r].kl.push_back(std::max(0.0, k));
+          acc[r].agree += std::max_element(row, row + vocab) - row ==
+                          std::max_element(brow, brow + vocab) - brow;
+        }
+      }
+    }
+    if (progress) progress(w0 + len, total);
+  }
+  std::vector<eval_result> results(R);
+  for (size_t r = 0; r < R; ++r) {
+    eval_result& e = results[r];
+    const accum& a = acc[r];
+    e.windows = windows;
+    e.tokens_scored = a.nll.size();
+    mean_and_stderr(a.nll, e.mean_nll, e.nll_stderr);
+    e.ppl = std::exp(e.mean_nll);
+    e.ppl_stderr = e.ppl * e.nll_stderr;
+    e.seconds = a.seconds;
+    const int64_t processed = e.tokens_scored + windows;
+    e.tokens_per_second = a.seconds > 0 ? processed / a.seconds : 0;
+    e.gflops_per_second = a.seconds > 0 ? a.flops / a.seconds * 1e-9 : 0;
+    if (base_session) {
+      e.has_kl = true;
+      mean_and_stderr(a.kl, e.kl_mean, e.kl_stderr);
+      e.kl_p50 = percentile(a.kl, 50);
+      e.kl_p90 = percentile(a.kl, 90);
+      e.kl_p99 = percentile(a.kl, 99);
+      e.kl_max = a.kl.empty() ? 0 : *std::max_element(a.kl.begin(), a.kl.end());
+      e.top1_agreement = a.kl.empty() ? 0 : double(a.agree) / a.kl.size();
+      double se;
+      mean_and_stderr(base_nll, e.base_mean_nll, se);
+      e.base_ppl = std::exp(e.base_mean_nll);
+    }
+  }
+  return results;
+}
+
+eval_result evaluate(const model& quantized, const quant_plan& plan, const std::vector<int32_t>& ids,
+                     const eval_options& opt, const model* base, const progress_fn& progress) {
+  return evaluate_many({&quantized}, {plan}, ids, opt, base, progress)[0];
+}
+
+}  // namespace lowbit

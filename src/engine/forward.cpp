@@ -1,0 +1,301 @@
+// Llama and GPT-2 forward passes in float32 (shapes in forward.hpp). Linear layers and the
+// attention products run through OpenBLAS sgemm; element-wise work through OpenMP. The plan's
+// activation formats fake-quantize each linear layer's input per token, its KV format the cache
+// rows (one token and head each) after RoPE (CONVENTIONS 17).
+#include "lowbit/engine/forward.hpp"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include <fmt/format.h>
+#include <omp.h>
+
+#include "lowbit/error.hpp"
+#include "lowbit/kernels/quantize.hpp"
+
+namespace lowbit {
+
+namespace {
+
+// y[n, out] = x[n, in] W[out, in]^T (+ bias[out])
+void linear(const float* x, int n, int in, const tensor& w, const tensor* bias, float* y) {
+  const int out = static_cast<int>(w.shape[0]);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w.data.data(), in,
+              0.0f, y, out);
+  if (bias) {
+    const float* b = bias->data.data();
+    #pragma omp parallel for schedule(static) if (int64_t(n) * out > 65536)
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < out; ++j) y[int64_t(i) * out + j] += b[j];
+  }
+}
+
+// RMSNorm (Zhang & Sennrich 2019) as llama2.c: w * x / sqrt(mean(x^2) + eps).
+void rmsnorm(const float* x, const float* w, float* out, int n, int dim, float eps) {
+  #pragma omp parallel for schedule(static) if (int64_t(n) * dim > 65536)
+  for (int i = 0; i < n; ++i) {
+    const float* xi = x + int64_t(i) * dim;
+    double ss = 0;
+    for (int j = 0; j < dim; ++j) ss += double(xi[j]) * xi[j];
+    const float inv = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));
+    float* oi = out + int64_t(i) * dim;
+    for (int j = 0; j < dim; ++j) oi[j] = w[j] * (inv * xi[j]);
+  }
+}
+
+// LayerNorm (Ba et al. 2016): (x - mean) / sqrt(var + eps) * w + b.
+void layernorm(const float* x, const float* w, const float* b, float* out, int n, int dim, float eps) {
+  #pragma omp parallel for schedule(static) if (int64_t(n) * dim > 65536)
+  for (int i = 0; i < n; ++i) {
+    const float* xi = x + int64_t(i) * dim;
+    double mean = 0, var = 0;
+    for (int j = 0; j < dim; ++j) mean += xi[j];
+    mean /= dim;
+    for (int j = 0; j < dim; ++j) var += (xi[j] - mean) * (xi[j] - mean);
+    const double inv = 1.0 / std::sqrt(var / dim + eps);
+    float* oi = out + int64_t(i) * dim;
+    for (int j = 0; j < dim; ++j) oi[j] = static_cast<float>((xi[j] - mean) * inv) * w[j] + b[j];
+  }
+}
+
+// Interleaved RoPE (Su et al. 2021; llama2.c/GGUF pairing): pairs (2i, 2i+1) of each head
+// rotate by pos * theta^(-2i/hd). x is [n, heads*hd] with row stride `stride`.
+void rope(float* x, int n, int heads, int hd, int stride, int pos0, float theta) {
+  #pragma omp parallel for schedule(static) if (int64_t(n) * heads * hd > 65536)
+  for (int i = 0; i < n; ++i) {
+    const int pos = pos0 + i;
+    float* row = x + int64_t(i) * stride;
+    for (int p = 0; p < hd / 2; ++p) {
+      const double freq = std::pow(double(theta), -2.0 * p / hd);
+      const double angle = pos * freq;
+      const float c = static_cast<float>(std::cos(angle)), s = static_cast<float>(std::sin(angle));
+      for (int h = 0; h < heads; ++h) {
+        float* v = row + h * hd + 2 * p;
+        const float a = v[0], b = v[1];
+        v[0] = a * c - b * s;
+        v[1] = a * s + b * c;
+      }
+    }
+  }
+}
+
+float gelu_tanh(float x) {
+  const float k = 0.7978845608028654f;  // sqrt(2/pi)
+  return 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x)));
+}
+
+}  // namespace
+
+struct forward_session::buffers {};
+
+namespace {
+
+// Threads for one forward call. Layers of a small model (stories260K: dim 64) finish in
+// microseconds, and waking a second thread for each costs more than it saves — on a loaded
+// machine libgomp's spinning made stories260K 8x slower with 2 threads than with one. Such calls
+// run on one thread; the guard restores OpenMP's and OpenBLAS's settings afterwards.
+class thread_scope {
+ public:
+  explicit thread_scope(int64_t tokens, int dim) : saved_(omp_get_max_threads()) {
+    const bool small = tokens * dim * dim < (int64_t(1) << 24);
+    threads_ = small ? 1 : saved_;
+    if (threads_ != saved_) omp_set_num_threads(threads_);
+    openblas_set_num_threads(threads_);
+  }
+  ~thread_scope() {
+    if (threads_ != saved_) omp_set_num_threads(saved_);
+    openblas_set_num_threads(saved_);
+  }
+
+ private:
+  int saved_, threads_;
+};
+
+}  // namespace
+
+forward_session::forward_session(const model& m, const quant_plan& plan, int max_tokens)
+    : m_(m), plan_(plan), max_tokens_(max_tokens) {
+  m_.config.validate();
+  if (max_tokens <= 0) throw error(fmt::format("forward: max_tokens = {} (expected > 0)", max_tokens));
+  if (m_.config.arch == architecture::gpt2 && max_tokens > m_.config.max_seq_len)
+    throw error(fmt::format("forward: {} tokens exceed GPT-2's {} learned positions", max_tokens,
+                            m_.config.max_seq_len));
+  const int64_t kv_dim = int64_t(m_.config.n_kv_heads) * m_.config.head_dim();
+  k_cache_.resize(int64_t(m_.config.n_layers) * max_tokens * kv_dim);
+  v_cache_.resize(k_cache_.size());
+}
+
+void forward_session::reset() { pos_ = 0; }
+
+const std::vector<float>& forward_session::forward(const int32_t* tokens, int n) {
+  const model_config& c = m_.config;
+  if (n <= 0) throw error("forward: no tokens");
+  if (pos_ + n > max_tokens_)
+    throw error(fmt::format("forward: position {} + {} tokens exceeds the session's {} tokens",
+                            pos_, n, max_tokens_));
+  for (int i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
+      throw error(fmt::format("forward: token id {} outside the vocabulary (0..{})", tokens[i],
+                              c.vocab_size - 1));
+  const bool llama = c.arch == architecture::llama;
+  const int dim = c.dim, hd = c.head_dim(), nh = c.n_heads, nkv = c.n_kv_heads;
+  const int qdim = nh * hd, kv_dim = nkv * hd, hidden = c.hidden_dim, V = c.vocab_size;
+  const int T = pos_ + n;  // keys visible to the last query
+  const thread_scope threads(n, c.dim);
+  double flops = 0;
+
+  std::vector<float> x(int64_t(n) * dim), xb(int64_t(n) * dim), q(int64_t(n) * qdim);
+  std::vector<float> kv_new(int64_t(n) * kv_dim * 2), att(int64_t(n) * qdim), tmp(int64_t(n) * dim);
+  std::vector<float> h1(int64_t(n) * hidden), h2(llama ? int64_t(n) * hidden : 0);
+  std::vector<float> qkv(llama ? 0 : int64_t(n) * 3 * dim);
+  std::vector<float> scores(int64_t(n) * T);
+
+  auto dump = [&](const std::string& name, const float* data, int64_t cols) {
+    if (dump_) dump_(name, data, n, cols);
+  };
+  // The input of a linear layer, fake-quantized in place per token when the plan says so.
+  auto quantize_input = [&](float* data, int64_t cols, const std::optional<format>& f) {
+    if (f) fake_quantize(data, data, n, cols, *f, ++call_);
+  };
+  auto mm = [&](const float* in, int in_dim, const tensor& w, const tensor* b, float* out) {
+    linear(in, n, in_dim, w, b, out);
+    flops += 2.0 * n * in_dim * double(w.shape[0]);
+  };
+
+  const float* emb = m_.get("token_embd.weight").data.data();
+  for (int i = 0; i < n; ++i) std::copy_n(emb + int64_t(tokens[i]) * dim, dim, x.data() + int64_t(i) * dim);
+  if (!llama) {
+    const float* wpe = m_.get("position_embd.weight").data.data();
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < dim; ++j) x[int64_t(i) * dim + j] += wpe[int64_t(pos_ + i) * dim + j];
+  }
+
+  const float inv_sqrt_hd = 1.0f / std::sqrt(static_cast<float>(hd));
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string b = fmt::format("blk.{}.", l);
+    auto W = [&](const char* name) -> const tensor& { return m_.get(b + name); };
+    auto B = [&](const char* name) -> const tensor* { return m_.find(b + name); };
+    float* kc = k_cache_.data() + int64_t(l) * max_tokens_ * kv_dim;
+    float* vc = v_cache_.data() + int64_t(l) * max_tokens_ * kv_dim;
+    float* k_new = kv_new.data();
+    float* v_new = kv_new.data() + int64_t(n) * kv_dim;
+
+    // ---- attention ----
+    if (llama) rmsnorm(x.data(), W("attn_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
+    else layernorm(x.data(), W("attn_norm.weight").data.data(), W("attn_norm.bias").data.data(),
+                   xb.data(), n, dim, c.norm_eps);
+    dump(b + "attn_norm", xb.data(), dim);
+    quantize_input(xb.data(), dim, plan_.acts);
+    if (llama) {
+      mm(xb.data(), dim, W("attn_q.weight"), nullptr, q.data());
+      mm(xb.data(), dim, W("attn_k.weight"), nullptr, k_new);
+      mm(xb.data(), dim, W("attn_v.weight"), nullptr, v_new);
+      rope(q.data(), n, nh, hd, qdim, pos_, c.rope_theta);
+      rope(k_new, n, nkv, hd, kv_dim, pos_, c.rope_theta);
+    } else {
+      mm(xb.data(), dim, W("attn_qkv.weight"), B("attn_qkv.bias"), qkv.data());
+      for (int i = 0; i < n; ++i) {
+        const float* r = qkv.data() + int64_t(i) * 3 * dim;
+        std::copy_n(r, dim, q.data() + int64_t(i) * qdim);
+        std::copy_n(r + dim, dim, k_new + int64_t(i) * kv_dim);
+        std::copy_n(r + 2 * dim, dim, v_new + int64_t(i) * kv_dim);
+      }
+    }
+    dump(b + "q", q.data(), qdim);
+    dump(b + "k", k_new, kv_dim);
+    dump(b + "v", v_new, kv_dim);
+    if (plan_.kv) {  // rows = (token, kv head), groups along the head dimension
+      fake_quantize(k_new, k_new, int64_t(n) * nkv, hd, *plan_.kv, ++call_);
+      fake_quantize(v_new, v_new, int64_t(n) * nkv, hd, *plan_.kv, ++call_);
+    }
+    std::copy_n(k_new, int64_t(n) * kv_dim, kc + int64_t(pos_) * kv_dim);
+    std::copy_n(v_new, int64_t(n) * kv_dim, vc + int64_t(pos_) * kv_dim);
+
+    // Causal attention per head: S = Q_h K_h^T / sqrt(hd) [n, T], softmax over keys <= pos,
+    // A_h = P V_h [n, hd]. Query head h reads kv head h / (nh / nkv) (grouped-query attention).
+    for (int h = 0; h < nh; ++h) {
+      const int kvh = h / (nh / nkv);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, T, hd, inv_sqrt_hd, q.data() + h * hd,
+                  qdim, kc + kvh * hd, kv_dim, 0.0f, scores.data(), T);
+      #pragma omp parallel for schedule(static) if (int64_t(n) * T > 16384)
+      for (int i = 0; i < n; ++i) {
+        float* s = scores.data() + int64_t(i) * T;
+        const int visible = pos_ + i + 1;
+        float mx = s[0];
+        for (int t = 1; t < visible; ++t) mx = std::max(mx, s[t]);
+        double sum = 0;
+        for (int t = 0; t < visible; ++t) sum += (s[t] = std::exp(s[t] - mx));
+        const float inv = static_cast<float>(1.0 / sum);
+        for (int t = 0; t < visible; ++t) s[t] *= inv;
+        std::fill(s + visible, s + T, 0.0f);
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, T, 1.0f, scores.data(), T,
+                  vc + kvh * hd, kv_dim, 0.0f, att.data() + h * hd, qdim);
+      flops += 4.0 * n * double(T) * hd;
+    }
+    dump(b + "attn", att.data(), qdim);
+    quantize_input(att.data(), qdim, plan_.acts);
+    mm(att.data(), qdim, W("attn_output.weight"), B("attn_output.bias"), tmp.data());
+    dump(b + "attn_out", tmp.data(), dim);
+    for (int64_t i = 0; i < int64_t(n) * dim; ++i) x[i] += tmp[i];
+
+    // ---- MLP ----
+    if (llama) rmsnorm(x.data(), W("ffn_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
+    else layernorm(x.data(), W("ffn_norm.weight").data.data(), W("ffn_norm.bias").data.data(),
+                   xb.data(), n, dim, c.norm_eps);
+    dump(b + "ffn_norm", xb.data(), dim);
+    quantize_input(xb.data(), dim, plan_.acts);
+    if (llama) {
+      mm(xb.data(), dim, W("ffn_gate.weight"), nullptr, h1.data());
+      mm(xb.data(), dim, W("ffn_up.weight"), nullptr, h2.data());
+      #pragma omp parallel for schedule(static) if (int64_t(n) * hidden > 65536)
+      for (int64_t i = 0; i < int64_t(n) * hidden; ++i) {
+        const float g = h1[i];
+        h1[i] = g / (1.0f + std::exp(-g)) * h2[i];  // SwiGLU (Shazeer 2020): silu(gate) * up
+      }
+    } else {
+      mm(xb.data(), dim, W("ffn_up.weight"), B("ffn_up.bias"), h1.data());
+      #pragma omp parallel for schedule(static) if (int64_t(n) * hidden > 65536)
+      for (int64_t i = 0; i < int64_t(n) * hidden; ++i) h1[i] = gelu_tanh(h1[i]);
+    }
+    dump(b + "ffn_act", h1.data(), hidden);
+    quantize_input(h1.data(), hidden, plan_.acts);
+    mm(h1.data(), hidden, W("ffn_down.weight"), B("ffn_down.bias"), tmp.data());
+    dump(b + "ffn_out", tmp.data(), dim);
+    for (int64_t i = 0; i < int64_t(n) * dim; ++i) x[i] += tmp[i];
+    dump(b + "out", x.data(), dim);
+  }
+
+  if (llama) rmsnorm(x.data(), m_.get("output_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
+  else layernorm(x.data(), m_.get("output_norm.weight").data.data(),
+                 m_.get("output_norm.bias").data.data(), xb.data(), n, dim, c.norm_eps);
+  dump("output_norm", xb.data(), dim);
+  quantize_input(xb.data(), dim, plan_.classifier_acts);
+  logits_.resize(int64_t(n) * V);
+  mm(xb.data(), dim, m_.classifier(), nullptr, logits_.data());
+  dump("logits", logits_.data(), V);
+  pos_ += n;
+  last_flops_ = flops;
+  return logits_;
+}
+
+double sgemm_gflops(int m, int n, int k, int reps) {
+  std::vector<float> a(int64_t(m) * k), b(int64_t(n) * k), c(int64_t(m) * n);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>((i * 7919) % 1000) * 1e-3f - 0.5f;
+  for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>((i * 104729) % 1000) * 1e-3f - 0.5f;
+  std::vector<double> t;
+  for (int r = 0; r < reps + 1; ++r) {  // the first run warms caches and threads
+    const auto t0 = std::chrono::steady_clock::now();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a.data(), k, b.data(), k,
+                0.0f, c.data(), n);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (r) t.push_back(dt);
+  }
+  std::sort(t.begin(), t.end());
+  return 2.0 * m * n * double(k) / t[t.size() / 2] * 1e-9;
+}
+
+}  // namespace lowbit

@@ -1,0 +1,859 @@
+// GGUF v3 reader/writer (v2 is read too: same layout) and the ggml block layouts of Q8_0, Q4_0 and
+// MXFP4 <-> lowbit quantized tensors.
+//
+// File layout (little-endian): "GGUF", u32 version, u64 n_tensors, u64 n_kv, n_kv key/values
+// (string key, u32 type, value; strings are u64 length + bytes; arrays are u32 element type, u64
+// count, elements; nested arrays are refused), n_tensors infos (name, u32 n_dims, i64 ne[n_dims],
+// u32 ggml type, u64 offset), zero padding to general.alignment (u32, default 32), tensor data.
+//
+// The reader bounds every count and length by the bytes left in the file before it allocates or
+// reads, and checks every tensor's dims, type, block divisibility, byte count (overflow-checked),
+// alignment and extent before read_f32/raw can touch it.
+#include "lowbit/engine/gguf.hpp"
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <unordered_set>
+
+#include <fmt/format.h>
+
+#include "lowbit/engine/safetensors.hpp"  // mapped_file, atomic_file_writer, fp16/bf16
+#include "lowbit/error.hpp"
+
+namespace lowbit {
+
+namespace {
+
+constexpr char kMagic[4] = {'G', 'G', 'U', 'F'};
+constexpr int kQK = 32;  // elements per Q8_0 / Q4_0 / MXFP4 block
+
+struct type_entry {
+  ggml_type t;
+  const char* name;
+  int block;
+  int bytes;
+};
+// ggml's type_traits for the types lowbit handles: blck_size and type_size.
+constexpr type_entry kTypes[] = {
+    {ggml_type::f32, "f32", 1, 4},         {ggml_type::f16, "f16", 1, 2},
+    {ggml_type::q4_0, "q4_0", kQK, 2 + 16}, {ggml_type::q8_0, "q8_0", kQK, 2 + 32},
+    {ggml_type::bf16, "bf16", 1, 2},       {ggml_type::mxfp4, "mxfp4", kQK, 1 + 16},
+};
+
+const type_entry* type_of(uint32_t v) {
+  for (const auto& e : kTypes)
+    if (static_cast<uint32_t>(e.t) == v) return &e;
+  return nullptr;
+}
+
+const type_entry& type_of(ggml_type t) {
+  const type_entry* e = type_of(static_cast<uint32_t>(t));
+  if (!e) throw error(fmt::format("ggml type {} is not supported (expected f32=0, f16=1, q4_0=2, q8_0=8, bf16=30, mxfp4=39)",
+                                  static_cast<uint32_t>(t)));
+  return *e;
+}
+
+constexpr const char* kValueTypeNames[] = {"u8",  "i8",     "u16",   "i16", "u32", "i32", "f32",
+                                           "bool", "string", "array", "u64", "i64", "f64"};
+
+bool valid_value_type(uint32_t v) { return v <= static_cast<uint32_t>(gguf_type::f64); }
+
+bool is_unsigned_type(gguf_type t) {
+  return t == gguf_type::u8 || t == gguf_type::u16 || t == gguf_type::u32 || t == gguf_type::u64;
+}
+bool is_signed_type(gguf_type t) {
+  return t == gguf_type::i8 || t == gguf_type::i16 || t == gguf_type::i32 || t == gguf_type::i64;
+}
+bool is_int_type(gguf_type t) { return is_unsigned_type(t) || is_signed_type(t); }
+bool is_float_type(gguf_type t) { return t == gguf_type::f32 || t == gguf_type::f64; }
+
+// Bytes a value of type t occupies at least (strings: their length field).
+uint64_t min_value_bytes(gguf_type t) {
+  switch (t) {
+    case gguf_type::u8:
+    case gguf_type::i8:
+    case gguf_type::boolean: return 1;
+    case gguf_type::u16:
+    case gguf_type::i16: return 2;
+    case gguf_type::u32:
+    case gguf_type::i32:
+    case gguf_type::f32: return 4;
+    case gguf_type::u64:
+    case gguf_type::i64:
+    case gguf_type::f64:
+    case gguf_type::string: return 8;
+    case gguf_type::array: return 12;
+  }
+  return 1;
+}
+
+uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }  // callers keep x + a in range
+
+// The value 2^(e-128) that ggml multiplies its doubled E2M1 values by (GGML_E8M0_TO_FP32_HALF):
+// e = 0 and 1 are the float32 subnormals 2^-128 and 2^-127; e = 255 is 2^127 (ggml has no NaN here).
+float e8m0_to_f32_half(uint8_t e) {
+  const uint32_t bits = e < 2 ? (0x00200000u << e) : (static_cast<uint32_t>(e - 1) << 23);
+  return std::bit_cast<float>(bits);
+}
+
+// E2M1 codes doubled (ggml's kvalues_mxfp4): 0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives.
+constexpr int8_t kE2M1x2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+// float -> f32 without an out-of-range cast: finite doubles beyond float's range are refused.
+bool double_to_f32(double d, float* out) {
+  if (std::isfinite(d) && std::fabs(d) > static_cast<double>(std::numeric_limits<float>::max())) {
+    // Values that still round to FLT_MAX are accepted.
+    if (std::fabs(d) >= 0x1.ffffffp127) return false;
+    *out = d < 0 ? -std::numeric_limits<float>::max() : std::numeric_limits<float>::max();
+    return true;
+  }
+  *out = static_cast<float>(d);
+  return true;
+}
+
+// Reads the mapped bytes; every read is bounds-checked and failures name the field.
+class cursor {
+ public:
+  cursor(const uint8_t* p, uint64_t n, const std::string& path) : p_(p), n_(n), path_(path) {}
+  uint64_t pos() const { return pos_; }
+  uint64_t left() const { return n_ - pos_; }
+
+  template <typename Desc>
+  void need(uint64_t k, const Desc& desc) const {
+    if (k > left())
+      throw error(fmt::format("GGUF file '{}': truncated: {} needs {} bytes at offset {}, the file has {} left",
+                              path_, desc(), k, pos_, left()));
+  }
+  template <typename T, typename Desc>
+  T get(const Desc& desc) {
+    need(sizeof(T), desc);
+    T v;
+    std::memcpy(&v, p_ + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return v;
+  }
+  template <typename Desc>
+  std::string str(const Desc& desc) {
+    const uint64_t len = get<uint64_t>(desc);
+    need(len, desc);
+    std::string s(reinterpret_cast<const char*>(p_ + pos_), static_cast<size_t>(len));
+    pos_ += len;
+    return s;
+  }
+
+ private:
+  const uint8_t* p_;
+  uint64_t n_;
+  uint64_t pos_ = 0;
+  const std::string& path_;
+};
+
+template <typename Desc>
+nlohmann::json read_scalar(cursor& c, gguf_type t, const Desc& desc) {
+  switch (t) {
+    case gguf_type::u8: return nlohmann::json(static_cast<uint64_t>(c.get<uint8_t>(desc)));
+    case gguf_type::i8: return nlohmann::json(static_cast<int64_t>(c.get<int8_t>(desc)));
+    case gguf_type::u16: return nlohmann::json(static_cast<uint64_t>(c.get<uint16_t>(desc)));
+    case gguf_type::i16: return nlohmann::json(static_cast<int64_t>(c.get<int16_t>(desc)));
+    case gguf_type::u32: return nlohmann::json(static_cast<uint64_t>(c.get<uint32_t>(desc)));
+    case gguf_type::i32: return nlohmann::json(static_cast<int64_t>(c.get<int32_t>(desc)));
+    case gguf_type::f32: return nlohmann::json(static_cast<double>(c.get<float>(desc)));
+    case gguf_type::boolean: return nlohmann::json(c.get<uint8_t>(desc) != 0);
+    case gguf_type::string: return nlohmann::json(c.str(desc));
+    case gguf_type::u64: return nlohmann::json(c.get<uint64_t>(desc));
+    case gguf_type::i64: return nlohmann::json(c.get<int64_t>(desc));
+    case gguf_type::f64: return nlohmann::json(c.get<double>(desc));
+    case gguf_type::array: break;
+  }
+  throw error("internal: read_scalar on an array");
+}
+
+// The json value of a kv checked against its declared type and normalised (unsigned integers as
+// number_unsigned, signed as number_integer, f32 rounded to float). Throws naming `what`.
+nlohmann::json normalize_scalar(gguf_type t, const nlohmann::json& v, const std::string& what) {
+  auto bad = [&](const char* expected) -> void {
+    throw error(fmt::format("{}: value {} is not {}", what, v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                            expected));
+  };
+  auto umax = [](gguf_type t) -> uint64_t {
+    switch (t) {
+      case gguf_type::u8: return 0xff;
+      case gguf_type::u16: return 0xffff;
+      case gguf_type::u32: return 0xffffffffu;
+      default: return std::numeric_limits<uint64_t>::max();
+    }
+  };
+  auto smin = [](gguf_type t) -> int64_t {
+    switch (t) {
+      case gguf_type::i8: return -128;
+      case gguf_type::i16: return -32768;
+      case gguf_type::i32: return std::numeric_limits<int32_t>::min();
+      default: return std::numeric_limits<int64_t>::min();
+    }
+  };
+  if (is_unsigned_type(t)) {
+    if (v.is_number_unsigned() && v.get<uint64_t>() <= umax(t)) return nlohmann::json(v.get<uint64_t>());
+    if (v.is_number_integer() && !v.is_number_unsigned() && v.get<int64_t>() >= 0 &&
+        static_cast<uint64_t>(v.get<int64_t>()) <= umax(t))
+      return nlohmann::json(static_cast<uint64_t>(v.get<int64_t>()));
+    bad(fmt::format("an integer in the range of {}", kValueTypeNames[static_cast<int>(t)]).c_str());
+  }
+  if (is_signed_type(t)) {
+    const int64_t lo = smin(t), hi = -(lo + 1);
+    if (v.is_number_unsigned() && v.get<uint64_t>() <= static_cast<uint64_t>(hi)) return nlohmann::json(static_cast<int64_t>(v.get<uint64_t>()));
+    if (v.is_number_integer() && !v.is_number_unsigned() && v.get<int64_t>() >= lo && v.get<int64_t>() <= hi)
+      return nlohmann::json(v.get<int64_t>());
+    bad(fmt::format("an integer in the range of {}", kValueTypeNames[static_cast<int>(t)]).c_str());
+  }
+  switch (t) {
+    case gguf_type::f32: {
+      float f = 0;
+      if (!v.is_number() || !double_to_f32(v.get<double>(), &f)) bad("a number in the range of f32");
+      return nlohmann::json(static_cast<double>(f));
+    }
+    case gguf_type::f64:
+      if (!v.is_number()) bad("a number");
+      return nlohmann::json(v.get<double>());
+    case gguf_type::boolean:
+      if (!v.is_boolean()) bad("a bool");
+      return v;
+    case gguf_type::string:
+      if (!v.is_string()) bad("a string");
+      return v;
+    default: break;
+  }
+  bad("a scalar");
+  return {};
+}
+
+// ---- little-endian byte sink for the writer ----
+struct sink {
+  std::vector<uint8_t> b;
+  template <typename T>
+  void put(T v) {
+    const size_t at = b.size();
+    b.resize(at + sizeof(T));
+    std::memcpy(b.data() + at, &v, sizeof(T));
+  }
+  void str(const std::string& s) {
+    put<uint64_t>(s.size());
+    b.insert(b.end(), s.begin(), s.end());
+  }
+};
+
+void put_scalar(sink& s, gguf_type t, const nlohmann::json& v) {
+  switch (t) {
+    case gguf_type::u8: s.put<uint8_t>(static_cast<uint8_t>(v.get<uint64_t>())); break;
+    case gguf_type::i8: s.put<int8_t>(static_cast<int8_t>(v.get<int64_t>())); break;
+    case gguf_type::u16: s.put<uint16_t>(static_cast<uint16_t>(v.get<uint64_t>())); break;
+    case gguf_type::i16: s.put<int16_t>(static_cast<int16_t>(v.get<int64_t>())); break;
+    case gguf_type::u32: s.put<uint32_t>(static_cast<uint32_t>(v.get<uint64_t>())); break;
+    case gguf_type::i32: s.put<int32_t>(static_cast<int32_t>(v.get<int64_t>())); break;
+    case gguf_type::f32: s.put<float>(static_cast<float>(v.get<double>())); break;  // exact: normalised
+    case gguf_type::boolean: s.put<uint8_t>(v.get<bool>() ? 1 : 0); break;
+    case gguf_type::string: s.str(v.get_ref<const std::string&>()); break;
+    case gguf_type::u64: s.put<uint64_t>(v.get<uint64_t>()); break;
+    case gguf_type::i64: s.put<int64_t>(v.get<int64_t>()); break;
+    case gguf_type::f64: s.put<double>(v.get<double>()); break;
+    case gguf_type::array: break;
+  }
+}
+
+// Formats lowbit uses for the quantized ggml types.
+format format_for(ggml_type t) {
+  switch (t) {
+    case ggml_type::q8_0: return parse_format("q8_0");
+    case ggml_type::q4_0: return parse_format("q4_0");
+    case ggml_type::mxfp4: return parse_format("mxfp4");
+    default: break;
+  }
+  throw error(fmt::format("ggml type {} is not a block-quantized type (expected q8_0, q4_0 or mxfp4)", ggml_type_name(t)));
+}
+
+// Whether q's layout is the one ggml's block type stores (mxfp4: any rule/rounding of E2M1/g32:e8m0).
+bool layout_matches(const format& f, ggml_type t) {
+  switch (t) {
+    case ggml_type::q8_0: return f.named == preset::q8_0;
+    case ggml_type::q4_0: return f.named == preset::q4_0;
+    case ggml_type::mxfp4: {
+      const format mx = parse_format("mxfp4");
+      return f.named == preset::none && f.power == 0 && f.element == mx.element && f.gran == granularity::group &&
+             f.group_size == kQK && f.scale.kind == scale_kind::e8m0;
+    }
+    default: return false;
+  }
+}
+
+}  // namespace
+
+// ---- names and sizes ------------------------------------------------------------------------------
+const char* ggml_type_name(ggml_type t) {
+  const type_entry* e = type_of(static_cast<uint32_t>(t));
+  return e ? e->name : "unknown";
+}
+const char* gguf_type_name(gguf_type t) {
+  const uint32_t v = static_cast<uint32_t>(t);
+  return valid_value_type(v) ? kValueTypeNames[v] : "unknown";
+}
+int ggml_block_size(ggml_type t) { return type_of(t).block; }
+int ggml_block_bytes(ggml_type t) { return type_of(t).bytes; }
+
+int64_t gguf_tensor_info::numel() const {
+  int64_t n = 1;
+  for (int64_t d : ne) n *= d;
+  return n;
+}
+
+std::vector<int64_t> gguf_tensor_info::shape() const { return std::vector<int64_t>(ne.rbegin(), ne.rend()); }
+
+// ---- reader ---------------------------------------------------------------------------------------
+struct gguf_file::mapping {
+  explicit mapping(const std::string& path) : file(path) {}
+  mapped_file file;
+};
+
+gguf_file::gguf_file(const std::string& path) : path_(path) {
+  map_ = std::make_unique<mapping>(path);
+  const uint8_t* base = map_->file.data();
+  const uint64_t size = map_->file.size();
+  auto fail = [&](const std::string& msg) -> void { throw error(fmt::format("GGUF file '{}': {}", path, msg)); };
+  if (size == 0) fail("the file is empty; expected the magic 'GGUF'");
+  cursor c(base, size, path_);
+
+  // Header.
+  if (size < 4 || std::memcmp(base, kMagic, 4) != 0) {
+    std::string found;
+    for (uint64_t i = 0; i < std::min<uint64_t>(4, size); ++i) found += fmt::format("{:02x}", base[i]);
+    fail(fmt::format("bad magic 0x{}; expected 'GGUF' (47 47 55 46)", found));
+  }
+  c.get<uint32_t>([] { return "the magic"; });
+  version_ = c.get<uint32_t>([] { return "the version"; });
+  if (version_ == 1) fail("GGUF version 1 is not supported (expected version 2 or 3; re-convert the model)");
+  if (version_ != 2 && version_ != 3)
+    fail(fmt::format("unsupported GGUF version {}{}; expected 3 (or 2)", version_,
+                     __builtin_bswap32(version_) <= 3 ? " (a big-endian file?)" : ""));
+  const uint64_t n_tensors = c.get<uint64_t>([] { return "the tensor count"; });
+  const uint64_t n_kv = c.get<uint64_t>([] { return "the key/value count"; });
+  // Each kv needs >= 13 bytes (key length, type, 1-byte value); each tensor info >= 32.
+  if (n_kv > c.left() / 13)
+    fail(fmt::format("field 'n_kv' = {} key/values cannot fit in the {} bytes left (expected at most {})", n_kv, c.left(),
+                     c.left() / 13));
+  if (n_tensors > c.left() / 32)
+    fail(fmt::format("field 'n_tensors' = {} tensor infos cannot fit in the {} bytes left (expected at most {})", n_tensors,
+                     c.left(), c.left() / 32));
+
+  // Key/values.
+  std::unordered_set<std::string> keys;
+  kv_.reserve(static_cast<size_t>(n_kv));
+  for (uint64_t i = 0; i < n_kv; ++i) {
+    gguf_kv kv;
+    kv.key = c.str([&] { return fmt::format("the key of key/value {}", i); });
+    if (!keys.insert(kv.key).second) fail(fmt::format("key '{}' appears twice", kv.key));
+    const auto kdesc = [&] { return fmt::format("key '{}'", kv.key); };
+    const uint32_t t = c.get<uint32_t>(kdesc);
+    if (!valid_value_type(t)) fail(fmt::format("key '{}' has value type {}; expected 0..12", kv.key, t));
+    kv.type = static_cast<gguf_type>(t);
+    if (kv.type != gguf_type::array) {
+      kv.value = read_scalar(c, kv.type, kdesc);
+    } else {
+      const uint32_t at = c.get<uint32_t>(kdesc);
+      if (!valid_value_type(at)) fail(fmt::format("key '{}' is an array of type {}; expected 0..12", kv.key, at));
+      kv.array_type = static_cast<gguf_type>(at);
+      if (kv.array_type == gguf_type::array) fail(fmt::format("key '{}' is an array of arrays (nested arrays are not supported)", kv.key));
+      const uint64_t count = c.get<uint64_t>(kdesc);
+      if (count > c.left() / min_value_bytes(kv.array_type))
+        fail(fmt::format("key '{}' claims {} elements of {}; the {} bytes left hold at most {}", kv.key, count,
+                         gguf_type_name(kv.array_type), c.left(), c.left() / min_value_bytes(kv.array_type)));
+      kv.value = nlohmann::json::array();
+      auto& arr = kv.value.get_ref<nlohmann::json::array_t&>();
+      arr.reserve(static_cast<size_t>(count));
+      for (uint64_t k = 0; k < count; ++k)
+        arr.push_back(read_scalar(c, kv.array_type, [&] { return fmt::format("key '{}' element {}", kv.key, k); }));
+    }
+    kv_.push_back(std::move(kv));
+  }
+  if (const gguf_kv* a = find_kv("general.alignment")) {
+    if (a->type != gguf_type::u32)
+      fail(fmt::format("key 'general.alignment' is a {}; expected u32", gguf_type_name(a->type)));
+    const uint64_t v = a->value.get<uint64_t>();
+    if (v == 0 || (v & (v - 1)) != 0) fail(fmt::format("key 'general.alignment' = {}; expected a power of two", v));
+    alignment_ = v;
+  }
+
+  // Tensor infos.
+  std::unordered_set<std::string> names;
+  tensors_.reserve(static_cast<size_t>(n_tensors));
+  for (uint64_t i = 0; i < n_tensors; ++i) {
+    gguf_tensor_info t;
+    t.name = c.str([&] { return fmt::format("the name of tensor {}", i); });
+    if (!names.insert(t.name).second) fail(fmt::format("tensor '{}' appears twice", t.name));
+    const auto tdesc = [&] { return fmt::format("tensor '{}'", t.name); };
+    auto tfail = [&](const std::string& field, const std::string& msg) {
+      fail(fmt::format("tensor '{}' field '{}': {}", t.name, field, msg));
+    };
+    const uint32_t n_dims = c.get<uint32_t>(tdesc);
+    if (n_dims < 1 || n_dims > 4) tfail("n_dims", fmt::format("{}; expected 1..4", n_dims));
+    uint64_t numel = 1;
+    for (uint32_t d = 0; d < n_dims; ++d) {
+      const int64_t ne = c.get<int64_t>(tdesc);
+      if (ne <= 0) tfail(fmt::format("ne[{}]", d), fmt::format("{}; expected a positive size", ne));
+      if (__builtin_mul_overflow(numel, static_cast<uint64_t>(ne), &numel) ||
+          numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        tfail("ne", "the element count overflows 2^63");
+      t.ne.push_back(ne);
+    }
+    const uint32_t type = c.get<uint32_t>(tdesc);
+    const type_entry* te = type_of(type);
+    if (!te)
+      tfail("type", fmt::format("ggml type {} is not supported (expected f32=0, f16=1, q4_0=2, q8_0=8, bf16=30, mxfp4=39)", type));
+    t.type = te->t;
+    t.offset = c.get<uint64_t>(tdesc);
+    if (t.ne[0] % te->block != 0)
+      tfail("ne[0]", fmt::format("{} is not a multiple of the {} block size {}", t.ne[0], te->name, te->block));
+    if (__builtin_mul_overflow(numel / static_cast<uint64_t>(te->block), static_cast<uint64_t>(te->bytes), &t.bytes))
+      tfail("ne", "the byte count overflows 2^64");
+    tensors_.push_back(std::move(t));
+  }
+
+  // Data: starts at the next multiple of the alignment; every tensor aligned and inside the file.
+  const uint64_t data_start = align_up(c.pos(), alignment_);  // pos <= size < 2^63, alignment <= 2^31
+  for (const gguf_tensor_info& t : tensors_) {
+    if (t.offset % alignment_ != 0)
+      fail(fmt::format("tensor '{}' field 'offset': {} is not a multiple of the alignment {}", t.name, t.offset, alignment_));
+    if (data_start > size || t.offset > size - data_start || t.bytes > size - data_start - t.offset)
+      fail(fmt::format("tensor '{}' field 'offset': data [{}, {}) of the data section at byte {} runs past the end of "
+                       "the {}-byte file (truncated?)",
+                       t.name, t.offset, t.offset + t.bytes, data_start, size));
+  }
+  data_ = data_start <= size ? base + data_start : nullptr;
+}
+
+gguf_file::~gguf_file() = default;
+
+const gguf_kv* gguf_file::find_kv(const std::string& key) const {
+  for (const auto& kv : kv_)
+    if (kv.key == key) return &kv;
+  return nullptr;
+}
+
+namespace {
+const gguf_kv& require_kv(const gguf_file& f, const std::string& key) {
+  const gguf_kv* kv = f.find_kv(key);
+  if (!kv) throw error(fmt::format("GGUF file '{}': no key '{}'", f.path(), key));
+  return *kv;
+}
+
+[[noreturn]] void wrong_kind(const gguf_file& f, const gguf_kv& kv, const char* expected) {
+  std::string found = gguf_type_name(kv.type);
+  if (kv.type == gguf_type::array) found = fmt::format("array of {}", gguf_type_name(kv.array_type));
+  throw error(fmt::format("GGUF file '{}': key '{}' is a {}; expected {}", f.path(), kv.key, found, expected));
+}
+
+int64_t json_to_int(const gguf_file& f, const std::string& key, gguf_type t, const nlohmann::json& v) {
+  if (is_unsigned_type(t)) {
+    const uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+      throw error(fmt::format("GGUF file '{}': key '{}' = {} does not fit in int64", f.path(), key, u));
+    return static_cast<int64_t>(u);
+  }
+  return v.get<int64_t>();
+}
+}  // namespace
+
+int64_t gguf_file::get_int(const std::string& key) const {
+  const gguf_kv& kv = require_kv(*this, key);
+  if (!is_int_type(kv.type)) wrong_kind(*this, kv, "an integer");
+  return json_to_int(*this, key, kv.type, kv.value);
+}
+
+double gguf_file::get_float(const std::string& key) const {
+  const gguf_kv& kv = require_kv(*this, key);
+  if (is_float_type(kv.type)) return kv.value.get<double>();
+  if (is_int_type(kv.type)) return static_cast<double>(json_to_int(*this, key, kv.type, kv.value));
+  wrong_kind(*this, kv, "a number");
+}
+
+std::string gguf_file::get_string(const std::string& key) const {
+  const gguf_kv& kv = require_kv(*this, key);
+  if (kv.type != gguf_type::string) wrong_kind(*this, kv, "a string");
+  return kv.value.get<std::string>();
+}
+
+std::vector<std::string> gguf_file::get_string_array(const std::string& key) const {
+  const gguf_kv& kv = require_kv(*this, key);
+  if (kv.type != gguf_type::array || kv.array_type != gguf_type::string) wrong_kind(*this, kv, "an array of strings");
+  std::vector<std::string> out;
+  out.reserve(kv.value.size());
+  for (const auto& v : kv.value) out.push_back(v.get<std::string>());
+  return out;
+}
+
+std::vector<int64_t> gguf_file::get_int_array(const std::string& key) const {
+  const gguf_kv& kv = require_kv(*this, key);
+  if (kv.type != gguf_type::array || !is_int_type(kv.array_type)) wrong_kind(*this, kv, "an array of integers");
+  std::vector<int64_t> out;
+  out.reserve(kv.value.size());
+  for (const auto& v : kv.value) out.push_back(json_to_int(*this, key, kv.array_type, v));
+  return out;
+}
+
+std::vector<float> gguf_file::get_float_array(const std::string& key) const {
+  const gguf_kv& kv = require_kv(*this, key);
+  if (kv.type != gguf_type::array || !(is_float_type(kv.array_type) || is_int_type(kv.array_type)))
+    wrong_kind(*this, kv, "an array of numbers");
+  std::vector<float> out;
+  out.reserve(kv.value.size());
+  for (const auto& v : kv.value) {
+    float x = 0;
+    const double d = is_int_type(kv.array_type) ? static_cast<double>(json_to_int(*this, key, kv.array_type, v)) : v.get<double>();
+    if (!double_to_f32(d, &x))
+      throw error(fmt::format("GGUF file '{}': key '{}' holds {}, beyond float32's range", path_, key, d));
+    out.push_back(x);
+  }
+  return out;
+}
+
+const gguf_tensor_info* gguf_file::find(const std::string& name) const {
+  for (const auto& t : tensors_)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+const gguf_tensor_info& gguf_file::get(const std::string& name) const {
+  const gguf_tensor_info* t = find(name);
+  if (!t) throw error(fmt::format("GGUF file '{}': no tensor named '{}' ({} tensors in the file)", path_, name, tensors_.size()));
+  return *t;
+}
+
+const uint8_t* gguf_file::raw(const gguf_tensor_info& t) const { return data_ + t.offset; }
+
+std::vector<float> gguf_file::read_f32(const std::string& name) const {
+  const gguf_tensor_info& t = get(name);
+  const uint8_t* p = raw(t);  // validated: t.bytes bytes from here are in the file
+  const size_t n = static_cast<size_t>(t.numel());
+  std::vector<float> y(n);
+  switch (t.type) {
+    case ggml_type::f32:
+      std::memcpy(y.data(), p, n * 4);
+      break;
+    case ggml_type::f16:
+    case ggml_type::bf16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        y[i] = t.type == ggml_type::f16 ? fp16_to_f32(h) : bf16_to_f32(h);
+      }
+      break;
+    case ggml_type::q8_0:  // ggml dequantize_row_q8_0: y = qs[j] * d
+      for (size_t b = 0; b < n / kQK; ++b) {
+        const uint8_t* blk = p + b * 34;
+        uint16_t dh;
+        std::memcpy(&dh, blk, 2);
+        const float d = fp16_to_f32(dh);
+        for (int j = 0; j < kQK; ++j) y[b * kQK + j] = static_cast<float>(static_cast<int8_t>(blk[2 + j])) * d;
+      }
+      break;
+    case ggml_type::q4_0:  // ggml dequantize_row_q4_0: y[j] = (lo - 8) * d, y[j + 16] = (hi - 8) * d
+      for (size_t b = 0; b < n / kQK; ++b) {
+        const uint8_t* blk = p + b * 18;
+        uint16_t dh;
+        std::memcpy(&dh, blk, 2);
+        const float d = fp16_to_f32(dh);
+        for (int j = 0; j < kQK / 2; ++j) {
+          y[b * kQK + j] = static_cast<float>((blk[2 + j] & 0x0f) - 8) * d;
+          y[b * kQK + j + kQK / 2] = static_cast<float>((blk[2 + j] >> 4) - 8) * d;
+        }
+      }
+      break;
+    case ggml_type::mxfp4:  // ggml dequantize_row_mxfp4: y = kvalues_mxfp4[q] * E8M0_TO_FP32_HALF(e)
+      for (size_t b = 0; b < n / kQK; ++b) {
+        const uint8_t* blk = p + b * 17;
+        const float d = e8m0_to_f32_half(blk[0]);
+        for (int j = 0; j < kQK / 2; ++j) {
+          y[b * kQK + j] = static_cast<float>(kE2M1x2[blk[1 + j] & 0x0f]) * d;
+          y[b * kQK + j + kQK / 2] = static_cast<float>(kE2M1x2[blk[1 + j] >> 4]) * d;
+        }
+      }
+      break;
+  }
+  return y;
+}
+
+// ---- ggml blocks <-> quantized_tensor ----------------------------------------------------------------
+std::vector<uint8_t> encode_ggml_blocks(const quantized_tensor& q, ggml_type type) {
+  const int bb = type_of(type).bytes;
+  format_for(type);  // throws for a non-block type
+  if (!layout_matches(q.fmt, type))
+    throw error(fmt::format("encode_ggml_blocks: the tensor is in {}; ggml {} expects {}", format_name(q.fmt),
+                            ggml_type_name(type), type == ggml_type::mxfp4 ? "mxfp4 (e2m1/g32:e8m0)" : ggml_type_name(type)));
+  if (q.rows < 0 || q.cols < 0 || q.cols % kQK != 0)
+    throw shape_error(fmt::format("encode_ggml_blocks: shape [{}, {}]; the row length must be a multiple of {}", q.rows,
+                                  q.cols, kQK));
+  const int64_t nb_row = q.cols / kQK;
+  const int bits = type == ggml_type::q8_0 ? 8 : 4;
+  if (q.row_bytes != q.cols * bits / 8 || q.codes.size() != static_cast<size_t>(q.rows * q.row_bytes) ||
+      q.scales.size() != static_cast<size_t>(q.rows * nb_row) ||
+      (type == ggml_type::q4_0 && q.zero_points.size() != q.scales.size()))
+    throw shape_error(fmt::format("encode_ggml_blocks: codes/scales sizes do not match shape [{}, {}]", q.rows, q.cols));
+  std::vector<uint8_t> out(static_cast<size_t>(q.rows * nb_row * bb));
+  for (int64_t r = 0; r < q.rows; ++r) {
+    const uint8_t* codes = q.codes.data() + r * q.row_bytes;
+    for (int64_t b = 0; b < nb_row; ++b) {
+      const size_t gi = static_cast<size_t>(r * nb_row + b);
+      const float s = q.scales[gi];
+      uint8_t* blk = out.data() + gi * bb;
+      if (type == ggml_type::mxfp4) {
+        uint8_t e = 0xff;  // NaN scale
+        if (!std::isnan(s)) {
+          int ex = 0;
+          const float m = std::frexp(s, &ex);  // s = m * 2^ex, m in [0.5, 1)
+          if (m != 0.5f || ex - 1 < -127 || ex - 1 > 127)
+            throw error(fmt::format("encode_ggml_blocks: block {} of row {} has scale {}; E8M0 holds 2^-127..2^127 or NaN", b,
+                                    r, s));
+          e = static_cast<uint8_t>(ex - 1 + 127);
+        }
+        blk[0] = e;
+      } else {
+        const uint16_t d = f32_to_fp16(s);
+        if (std::bit_cast<uint32_t>(fp16_to_f32(d)) != std::bit_cast<uint32_t>(s) && !std::isnan(s))
+          throw error(fmt::format("encode_ggml_blocks: block {} of row {} has scale {}, not an fp16 value", b, r, s));
+        std::memcpy(blk, &d, 2);
+        if (type == ggml_type::q4_0 && q.zero_points[gi] != 8 && !std::isnan(s))
+          throw error(fmt::format("encode_ggml_blocks: block {} of row {} has zero point {}; q4_0 fixes it at 8", b, r,
+                                  q.zero_points[gi]));
+      }
+      uint8_t* qs = blk + (type == ggml_type::mxfp4 ? 1 : 2);
+      if (type == ggml_type::q8_0) {
+        std::memcpy(qs, codes + b * kQK, kQK);
+      } else {
+        // lowbit packs element c at nibble (c & 1) of byte c / 2; ggml pairs j with j + 16.
+        const uint8_t* g = codes + b * (kQK / 2);
+        auto nib = [&](int c) { return static_cast<uint8_t>((g[c / 2] >> ((c & 1) * 4)) & 0x0f); };
+        for (int j = 0; j < kQK / 2; ++j) qs[j] = static_cast<uint8_t>(nib(j) | (nib(j + kQK / 2) << 4));
+      }
+    }
+  }
+  return out;
+}
+
+quantized_tensor decode_ggml_blocks(const uint8_t* bytes, int64_t rows, int64_t cols, ggml_type type) {
+  const format f = format_for(type);
+  const int bb = type_of(type).bytes;
+  if (rows < 0 || cols < 0 || cols % kQK != 0)
+    throw shape_error(fmt::format("decode_ggml_blocks: shape [{}, {}]; the row length must be a multiple of {}", rows, cols, kQK));
+  int64_t numel = 0;
+  if (__builtin_mul_overflow(rows, cols, &numel) || numel > (int64_t{1} << 48))
+    throw shape_error(fmt::format("decode_ggml_blocks: shape [{}, {}] is too large", rows, cols));
+  if (numel > 0 && !bytes) throw error("decode_ggml_blocks: no data");
+  quantized_tensor q = quantized_tensor::allocate(f, rows, cols);
+  const int64_t nb_row = cols / kQK;
+  for (int64_t r = 0; r < rows; ++r) {
+    uint8_t* codes = q.codes.data() + r * q.row_bytes;
+    for (int64_t b = 0; b < nb_row; ++b) {
+      const size_t gi = static_cast<size_t>(r * nb_row + b);
+      const uint8_t* blk = bytes + gi * bb;
+      const uint8_t* qs = blk + (type == ggml_type::mxfp4 ? 1 : 2);
+      if (type == ggml_type::mxfp4) {
+        // E8M0: 2^(e-127); e = 255 is NaN (OCP), which lowbit's e8m0 scale stores as NaN.
+        q.scales[gi] = blk[0] == 0xff ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, blk[0] - 127);
+      } else {
+        uint16_t d;
+        std::memcpy(&d, blk, 2);
+        q.scales[gi] = fp16_to_f32(d);
+        // q4_0's zero point is 8; a NaN group carries 0, as lowbit's quantize stores it.
+        if (type == ggml_type::q4_0) q.zero_points[gi] = std::isnan(q.scales[gi]) ? 0 : 8;
+      }
+      if (type == ggml_type::q8_0) {
+        std::memcpy(codes + b * kQK, qs, kQK);
+      } else {
+        uint8_t* g = codes + b * (kQK / 2);
+        for (int j = 0; j < kQK / 2; ++j) {
+          const uint8_t lo = qs[j] & 0x0f, hi = qs[j] >> 4;  // elements j and j + 16
+          g[j / 2] |= static_cast<uint8_t>(lo << ((j & 1) * 4));
+          g[(j + kQK / 2) / 2] |= static_cast<uint8_t>(hi << ((j & 1) * 4));
+        }
+      }
+    }
+  }
+  return q;
+}
+
+// ---- writer ---------------------------------------------------------------------------------------
+void gguf_writer::add_kv(gguf_kv kv) {
+  if (kv.key.empty()) throw error("gguf_writer: a key must not be empty");
+  for (const auto& k : kv_)
+    if (k.key == kv.key) throw error(fmt::format("gguf_writer: key '{}' is added twice", kv.key));
+  if (!valid_value_type(static_cast<uint32_t>(kv.type)))
+    throw error(fmt::format("gguf_writer: key '{}' has value type {}; expected 0..12", kv.key, static_cast<uint32_t>(kv.type)));
+  if (kv.type == gguf_type::array) {
+    if (!valid_value_type(static_cast<uint32_t>(kv.array_type)) || kv.array_type == gguf_type::array)
+      throw error(fmt::format("gguf_writer: key '{}': arrays hold scalars or strings (nested arrays are not supported)", kv.key));
+    if (!kv.value.is_array()) throw error(fmt::format("gguf_writer: key '{}' is declared an array; its value is not", kv.key));
+    nlohmann::json arr = nlohmann::json::array();
+    auto& a = arr.get_ref<nlohmann::json::array_t&>();
+    a.reserve(kv.value.size());
+    size_t i = 0;
+    for (const auto& v : kv.value) {
+      a.push_back(normalize_scalar(kv.array_type, v, fmt::format("gguf_writer: key '{}' element {}", kv.key, i)));
+      ++i;
+    }
+    kv.value = std::move(arr);
+  } else {
+    kv.value = normalize_scalar(kv.type, kv.value, fmt::format("gguf_writer: key '{}'", kv.key));
+  }
+  kv_.push_back(std::move(kv));
+}
+
+void gguf_writer::add_u32(const std::string& key, uint32_t v) { add_kv({key, gguf_type::u32, gguf_type::u32, v}); }
+void gguf_writer::add_f32(const std::string& key, float v) {
+  add_kv({key, gguf_type::f32, gguf_type::u32, static_cast<double>(v)});
+}
+void gguf_writer::add_string(const std::string& key, const std::string& v) {
+  add_kv({key, gguf_type::string, gguf_type::u32, v});
+}
+void gguf_writer::add_bool(const std::string& key, bool v) { add_kv({key, gguf_type::boolean, gguf_type::u32, v}); }
+void gguf_writer::add_string_array(const std::string& key, const std::vector<std::string>& v) {
+  add_kv({key, gguf_type::array, gguf_type::string, v});
+}
+void gguf_writer::add_f32_array(const std::string& key, const std::vector<float>& v) {
+  nlohmann::json a = nlohmann::json::array();
+  for (float x : v) a.push_back(static_cast<double>(x));
+  add_kv({key, gguf_type::array, gguf_type::f32, std::move(a)});
+}
+void gguf_writer::add_i32_array(const std::string& key, const std::vector<int32_t>& v) {
+  nlohmann::json a = nlohmann::json::array();
+  for (int32_t x : v) a.push_back(static_cast<int64_t>(x));
+  add_kv({key, gguf_type::array, gguf_type::i32, std::move(a)});
+}
+
+namespace {
+// Checks a tensor to add and returns its byte count; rows/cols as lowbit sees it.
+uint64_t check_tensor(const std::vector<std::string>& names, const std::string& name, const std::vector<int64_t>& shape,
+                      ggml_type type, int64_t* rows, int64_t* cols) {
+  const type_entry& te = type_of(type);
+  if (name.empty() || name.size() > 63)
+    throw error(fmt::format("gguf_writer: tensor name '{}' must have 1..63 bytes (ggml's GGML_MAX_NAME)", name));
+  for (const auto& n : names)
+    if (n == name) throw error(fmt::format("gguf_writer: tensor '{}' is added twice", name));
+  if (shape.empty() || shape.size() > 4)
+    throw shape_error(fmt::format("gguf_writer: tensor '{}' has {} dimensions; GGUF takes 1..4", name, shape.size()));
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d <= 0) throw shape_error(fmt::format("gguf_writer: tensor '{}' has a dimension {}; expected positive sizes", name, d));
+    if (__builtin_mul_overflow(n, d, &n) || n > (int64_t{1} << 48))
+      throw shape_error(fmt::format("gguf_writer: tensor '{}' is too large", name));
+  }
+  *cols = shape.back();
+  *rows = n / *cols;
+  if (*cols % te.block != 0)
+    throw shape_error(fmt::format("gguf_writer: tensor '{}' has rows of {} elements; {} needs a multiple of {}", name, *cols,
+                                  te.name, te.block));
+  return static_cast<uint64_t>(n / te.block * te.bytes);
+}
+}  // namespace
+
+void gguf_writer::add_tensor(const std::string& name, const std::vector<int64_t>& shape, const float* data, ggml_type type) {
+  std::vector<std::string> names;
+  for (const auto& t : tensors_) names.push_back(t.name);
+  int64_t rows = 0, cols = 0;
+  const uint64_t nbytes = check_tensor(names, name, shape, type, &rows, &cols);
+  if (!data) throw error(fmt::format("gguf_writer: tensor '{}' has no data", name));
+  const size_t n = static_cast<size_t>(rows * cols);
+  std::vector<uint8_t> bytes;
+  switch (type) {
+    case ggml_type::f32:
+      bytes.resize(n * 4);
+      std::memcpy(bytes.data(), data, n * 4);
+      break;
+    case ggml_type::f16:
+    case ggml_type::bf16:
+      bytes.resize(n * 2);
+      for (size_t i = 0; i < n; ++i) {
+        const uint16_t h = type == ggml_type::f16 ? f32_to_fp16(data[i]) : f32_to_bf16(data[i]);
+        std::memcpy(bytes.data() + 2 * i, &h, 2);
+      }
+      break;
+    case ggml_type::q8_0:
+    case ggml_type::q4_0:
+    case ggml_type::mxfp4:
+      bytes = encode_ggml_blocks(quantize(data, rows, cols, format_for(type)), type);
+      break;
+  }
+  if (bytes.size() != nbytes) throw error(fmt::format("gguf_writer: internal: tensor '{}' encoded to {} bytes, expected {}", name, bytes.size(), nbytes));
+  tensors_.push_back({name, shape, type, std::move(bytes)});
+}
+
+void gguf_writer::add_tensor_raw(const std::string& name, const std::vector<int64_t>& shape, ggml_type type,
+                                 std::vector<uint8_t> bytes) {
+  std::vector<std::string> names;
+  for (const auto& t : tensors_) names.push_back(t.name);
+  int64_t rows = 0, cols = 0;
+  const uint64_t nbytes = check_tensor(names, name, shape, type, &rows, &cols);
+  if (bytes.size() != nbytes)
+    throw error(fmt::format("gguf_writer: tensor '{}' ({} of {} elements) needs {} bytes; {} given", name,
+                            ggml_type_name(type), rows * cols, nbytes, bytes.size()));
+  tensors_.push_back({name, shape, type, std::move(bytes)});
+}
+
+void gguf_writer::write(const std::string& path, uint32_t alignment) const {
+  // general.alignment given as a key wins over the default argument; a conflict is an error.
+  uint64_t align = alignment;
+  bool have_key = false;
+  for (const auto& kv : kv_)
+    if (kv.key == "general.alignment") {
+      if (kv.type != gguf_type::u32) throw error(fmt::format("cannot write GGUF '{}': key 'general.alignment' must be u32", path));
+      const uint64_t v = kv.value.get<uint64_t>();
+      if (alignment != 32 && v != alignment)
+        throw error(fmt::format("cannot write GGUF '{}': key 'general.alignment' = {} but write() was asked for {}", path, v,
+                                alignment));
+      align = v;
+      have_key = true;
+    }
+  if (align == 0 || (align & (align - 1)) != 0)
+    throw error(fmt::format("cannot write GGUF '{}': alignment {} is not a power of two", path, align));
+
+  sink s;
+  s.b.insert(s.b.end(), kMagic, kMagic + 4);
+  s.put<uint32_t>(3);
+  s.put<uint64_t>(tensors_.size());
+  const bool extra_kv = !have_key && align != 32;
+  s.put<uint64_t>(kv_.size() + (extra_kv ? 1 : 0));
+  for (const auto& kv : kv_) {
+    s.str(kv.key);
+    s.put<uint32_t>(static_cast<uint32_t>(kv.type));
+    if (kv.type == gguf_type::array) {
+      s.put<uint32_t>(static_cast<uint32_t>(kv.array_type));
+      s.put<uint64_t>(kv.value.size());
+      for (const auto& v : kv.value) put_scalar(s, kv.array_type, v);
+    } else {
+      put_scalar(s, kv.type, kv.value);
+    }
+  }
+  if (extra_kv) {
+    s.str("general.alignment");
+    s.put<uint32_t>(static_cast<uint32_t>(gguf_type::u32));
+    s.put<uint32_t>(static_cast<uint32_t>(align));
+  }
+  uint64_t offset = 0;
+  for (const auto& t : tensors_) {
+    s.str(t.name);
+    s.put<uint32_t>(static_cast<uint32_t>(t.shape.size()));
+    for (auto it = t.shape.rbegin(); it != t.shape.rend(); ++it) s.put<int64_t>(*it);  // ne[0] = row length
+    s.put<uint32_t>(static_cast<uint32_t>(t.type));
+    s.put<uint64_t>(offset);
+    offset += align_up(t.bytes.size(), align);
+  }
+  s.b.resize(align_up(s.b.size(), align), 0);
+
+  atomic_file_writer w(path);
+  w.write(s.b.data(), s.b.size());
+  for (const auto& t : tensors_) {
+    w.write(t.bytes.data(), t.bytes.size());
+    w.write_zeros(static_cast<size_t>(align_up(t.bytes.size(), align) - t.bytes.size()));
+  }
+  w.commit();
+}
+
+}  // namespace lowbit

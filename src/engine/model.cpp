@@ -1,0 +1,275 @@
+// The in-memory model: configuration checks, canonical tensor names, the llama2.c reader and
+// random models for benchmarks.
+#include "lowbit/engine/model.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "lowbit/error.hpp"
+#include "lowbit/kernels/scale.hpp"
+
+namespace lowbit {
+
+int64_t tensor::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+int64_t tensor::rows() const { return shape.empty() ? 1 : numel() / shape.back(); }
+int64_t tensor::cols() const { return shape.empty() ? 1 : shape.back(); }
+
+const char* architecture_name(architecture a) { return a == architecture::llama ? "llama" : "gpt2"; }
+
+architecture parse_architecture(const std::string& name) {
+  if (name == "llama") return architecture::llama;
+  if (name == "gpt2") return architecture::gpt2;
+  throw error(fmt::format("unknown architecture '{}': expected llama or gpt2", name));
+}
+
+void model_config::validate() const {
+  auto need = [](bool ok, const char* field, int v, const char* expected) {
+    if (!ok) throw error(fmt::format("model config: {} = {} ({})", field, v, expected));
+  };
+  // Bounds keep a lying header from asking for terabytes before any data is read.
+  need(dim > 0 && dim <= 65536, "dim", dim, "expected 1..65536");
+  need(hidden_dim > 0 && hidden_dim <= 262144, "hidden_dim", hidden_dim, "expected 1..262144");
+  need(n_layers > 0 && n_layers <= 1024, "n_layers", n_layers, "expected 1..1024");
+  need(n_heads > 0 && dim % n_heads == 0, "n_heads", n_heads, "expected a divisor of dim");
+  need(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "n_kv_heads", n_kv_heads,
+       "expected a divisor of n_heads");
+  need(vocab_size > 0 && vocab_size <= 1 << 22, "vocab_size", vocab_size, "expected 1..4194304");
+  need(max_seq_len > 0 && max_seq_len <= 1 << 20, "max_seq_len", max_seq_len, "expected 1..1048576");
+  need(arch != architecture::llama || head_dim() % 2 == 0, "head_dim", head_dim(),
+       "RoPE needs an even head dimension");
+  if (!(norm_eps > 0) || !std::isfinite(norm_eps))
+    throw error(fmt::format("model config: norm_eps = {} (expected a positive number)", norm_eps));
+}
+
+int64_t model_config::parameter_count() const {
+  const int64_t d = dim, h = hidden_dim, hd = head_dim(), kv = int64_t(n_kv_heads) * hd;
+  int64_t per_layer = 0, rest = int64_t(vocab_size) * d;
+  if (arch == architecture::llama) {
+    per_layer = 2 * d + d * d * 2 + 2 * d * kv + 3 * d * h;
+    rest += d;
+  } else {
+    per_layer = 4 * d + 3 * d * d + 3 * d + d * d + d + 2 * d * h + h + d;
+    rest += int64_t(max_seq_len) * d + 2 * d;
+  }
+  if (!tied_classifier) rest += int64_t(vocab_size) * d;
+  return rest + per_layer * n_layers;
+}
+
+const tensor& model::get(const std::string& name) const {
+  if (const tensor* t = find(name)) return *t;
+  throw error(fmt::format("model {}: tensor '{}' is missing", source_path, name));
+}
+tensor* model::find(const std::string& name) {
+  auto it = tensors.find(name);
+  return it == tensors.end() ? nullptr : &it->second;
+}
+const tensor* model::find(const std::string& name) const {
+  auto it = tensors.find(name);
+  return it == tensors.end() ? nullptr : &it->second;
+}
+const tensor& model::classifier() const {
+  return config.tied_classifier ? get("token_embd.weight") : get("output.weight");
+}
+
+namespace {
+
+// name -> expected shape, for every tensor the architecture reads.
+std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const model_config& c) {
+  const int64_t d = c.dim, h = c.hidden_dim, hd = c.head_dim(), kv = int64_t(c.n_kv_heads) * hd;
+  const int64_t q = int64_t(c.n_heads) * hd;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> e;
+  e.push_back({"token_embd.weight", {c.vocab_size, d}});
+  if (c.arch == architecture::gpt2) e.push_back({"position_embd.weight", {c.max_seq_len, d}});
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string b = fmt::format("blk.{}.", l);
+    e.push_back({b + "attn_norm.weight", {d}});
+    e.push_back({b + "ffn_norm.weight", {d}});
+    if (c.arch == architecture::llama) {
+      e.push_back({b + "attn_q.weight", {q, d}});
+      e.push_back({b + "attn_k.weight", {kv, d}});
+      e.push_back({b + "attn_v.weight", {kv, d}});
+      e.push_back({b + "attn_output.weight", {d, q}});
+      e.push_back({b + "ffn_gate.weight", {h, d}});
+      e.push_back({b + "ffn_up.weight", {h, d}});
+      e.push_back({b + "ffn_down.weight", {d, h}});
+    } else {
+      e.push_back({b + "attn_norm.bias", {d}});
+      e.push_back({b + "ffn_norm.bias", {d}});
+      e.push_back({b + "attn_qkv.weight", {3 * d, d}});
+      e.push_back({b + "attn_qkv.bias", {3 * d}});
+      e.push_back({b + "attn_output.weight", {d, d}});
+      e.push_back({b + "attn_output.bias", {d}});
+      e.push_back({b + "ffn_up.weight", {h, d}});
+      e.push_back({b + "ffn_up.bias", {h}});
+      e.push_back({b + "ffn_down.weight", {d, h}});
+      e.push_back({b + "ffn_down.bias", {d}});
+    }
+  }
+  e.push_back({"output_norm.weight", {d}});
+  if (c.arch == architecture::gpt2) e.push_back({"output_norm.bias", {d}});
+  if (!c.tied_classifier) e.push_back({"output.weight", {c.vocab_size, d}});
+  return e;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+}  // namespace
+
+void model::validate() const {
+  config.validate();
+  for (const auto& [name, shape] : expected_tensors(config)) {
+    const tensor& t = get(name);
+    if (t.shape != shape)
+      throw shape_error(fmt::format("model {}: tensor '{}' has shape {}, expected {}", source_path,
+                                    name, shape_str(t.shape), shape_str(shape)));
+    if (static_cast<int64_t>(t.data.size()) != t.numel())
+      throw shape_error(fmt::format("model {}: tensor '{}' holds {} values for shape {}",
+                                    source_path, name, t.data.size(), shape_str(t.shape)));
+  }
+}
+
+std::vector<std::string> model::linear_weight_names() const {
+  std::vector<std::string> names;
+  const char* llama[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+  const char* gpt2[] = {"attn_qkv", "attn_output", "ffn_up", "ffn_down"};
+  for (int l = 0; l < config.n_layers; ++l) {
+    if (config.arch == architecture::llama)
+      for (const char* n : llama) names.push_back(fmt::format("blk.{}.{}.weight", l, n));
+    else
+      for (const char* n : gpt2) names.push_back(fmt::format("blk.{}.{}.weight", l, n));
+  }
+  return names;
+}
+
+// ---- llama2.c .bin ---------------------------------------------------------------------------
+// Legacy (v0) layout of karpathy/llama2.c run.c: seven int32 (dim, hidden_dim, n_layers,
+// n_heads, n_kv_heads, vocab_size — negative when the classifier is separate —, seq_len), then
+// float32 arrays: token_embedding [vocab, dim], rms_att [L, dim], wq [L, dim, dim],
+// wk [L, kv_dim, dim], wv [L, kv_dim, dim], wo [L, dim, dim], rms_ffn [L, dim],
+// w1 [L, hidden, dim] (gate), w2 [L, dim, hidden] (down), w3 [L, hidden, dim] (up),
+// rms_final [dim], freq_cis_real/imag [seq_len, head_size/2] each (unused), wcls [vocab, dim].
+model load_llama2c(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw error(fmt::format("{}: cannot open llama2.c model: {}", path, std::strerror(errno)));
+  in.seekg(0, std::ios::end);
+  const int64_t file_size = in.tellg();
+  in.seekg(0);
+  int32_t h[7];
+  if (file_size < static_cast<int64_t>(sizeof h) || !in.read(reinterpret_cast<char*>(h), sizeof h))
+    throw error(fmt::format("{}: not a llama2.c model: {} bytes, the header alone needs 28", path, file_size));
+  model m;
+  m.source_path = path;
+  model_config& c = m.config;
+  c.arch = architecture::llama;
+  c.dim = h[0], c.hidden_dim = h[1], c.n_layers = h[2], c.n_heads = h[3], c.n_kv_heads = h[4];
+  c.tied_classifier = h[5] > 0;
+  c.vocab_size = h[5] == INT32_MIN ? 0 : std::abs(h[5]);
+  c.max_seq_len = h[6];
+  c.norm_eps = 1e-5f;
+  c.rope_theta = 10000.0f;
+  try {
+    c.validate();
+  } catch (const error& e) {
+    throw error(fmt::format("{}: llama2.c header: {}", path, e.what()));
+  }
+  const int64_t d = c.dim, L = c.n_layers, hd = c.head_dim(), kv = int64_t(c.n_kv_heads) * hd;
+  const int64_t hid = c.hidden_dim, V = c.vocab_size;
+  const int64_t floats = V * d + L * d + L * d * d + 2 * L * kv * d + L * d * d + L * d +
+                         3 * L * hid * d + d + int64_t(c.max_seq_len) * hd +
+                         (c.tied_classifier ? 0 : V * d);
+  const int64_t expected = 28 + floats * 4;
+  if (file_size != expected)
+    throw error(fmt::format("{}: llama2.c file is {} bytes; its header (dim {}, hidden {}, layers {}, "
+                            "heads {}/{}, vocab {}, seq_len {}) needs {}", path, file_size, d, hid, L,
+                            c.n_heads, c.n_kv_heads, V, c.max_seq_len, expected));
+  auto read = [&](std::vector<float>& v, int64_t n) {
+    v.resize(n);
+    if (!in.read(reinterpret_cast<char*>(v.data()), n * 4))
+      throw error(fmt::format("{}: llama2.c file ended early", path));
+  };
+  auto stacked = [&](const char* name, std::vector<int64_t> shape) {
+    int64_t per = 1;
+    for (int64_t s : shape) per *= s;
+    std::vector<float> all;
+    read(all, per * L);
+    for (int64_t l = 0; l < L; ++l) {
+      tensor t{shape, std::vector<float>(all.begin() + l * per, all.begin() + (l + 1) * per)};
+      m.tensors[fmt::format("blk.{}.{}.weight", l, name)] = std::move(t);
+    }
+  };
+  tensor emb{{V, d}, {}};
+  read(emb.data, V * d);
+  m.tensors["token_embd.weight"] = std::move(emb);
+  stacked("attn_norm", {d});
+  stacked("attn_q", {int64_t(c.n_heads) * hd, d});
+  stacked("attn_k", {kv, d});
+  stacked("attn_v", {kv, d});
+  stacked("attn_output", {d, int64_t(c.n_heads) * hd});
+  stacked("ffn_norm", {d});
+  stacked("ffn_gate", {hid, d});
+  stacked("ffn_down", {d, hid});
+  stacked("ffn_up", {hid, d});
+  tensor fin{{d}, {}};
+  read(fin.data, d);
+  m.tensors["output_norm.weight"] = std::move(fin);
+  in.seekg(int64_t(c.max_seq_len) * hd * 4, std::ios::cur);  // RoPE tables: recomputed
+  if (!c.tied_classifier) {
+    tensor cls{{V, d}, {}};
+    read(cls.data, V * d);
+    m.tensors["output.weight"] = std::move(cls);
+  }
+  m.validate();
+  return m;
+}
+
+// ---- random models ------------------------------------------------------------------------------
+model synthesize_model(const model_config& c, uint64_t seed) {
+  c.validate();
+  model m;
+  m.config = c;
+  m.source_path = "synth";
+  m.tokenizer.kind = "bytes";
+  uint64_t id = 0;
+  for (const auto& [name, shape] : expected_tensors(c)) {
+    tensor t{shape, {}};
+    t.data.resize(t.numel());
+    const bool norm_weight = name.find("_norm.weight") != std::string::npos;
+    const bool bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    if (norm_weight) {
+      std::fill(t.data.begin(), t.data.end(), 1.0f);
+    } else if (bias) {
+      std::fill(t.data.begin(), t.data.end(), 0.0f);
+    } else {
+      // N(0, 0.02) (GPT-2's initialisation) from the project's counter-based generator, so a
+      // seed gives the same model on every machine; Box-Muller on pairs of words.
+      const double sigma = 0.02;
+      const uint64_t tid = ++id;
+      #pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < t.numel(); i += 2) {
+        const double u1 = (random_word(seed, tid, i) + 1.0) * 0x1p-32;
+        const double u2 = random_word(seed, tid, i + 1) * 0x1p-32;
+        const double r = std::sqrt(-2.0 * std::log(u1)) * sigma;
+        t.data[i] = static_cast<float>(r * std::cos(2 * M_PI * u2));
+        if (i + 1 < t.numel()) t.data[i + 1] = static_cast<float>(r * std::sin(2 * M_PI * u2));
+      }
+    }
+    m.tensors[name] = std::move(t);
+  }
+  m.validate();
+  return m;
+}
+
+}  // namespace lowbit

@@ -1,0 +1,355 @@
+// Model files <-> the canonical in-memory model (CONVENTIONS 18): Hugging Face safetensors
+// (LlamaForCausalLM, GPT2LMHeadModel) with config.json, and GGUF.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "lowbit/engine/gguf.hpp"
+#include "lowbit/engine/model.hpp"
+#include "lowbit/engine/safetensors.hpp"
+#include "lowbit/error.hpp"
+
+namespace fs = std::filesystem;
+
+namespace lowbit {
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// Hugging Face stores q/k rows of each head in rotate-half order (first the hd/2 "real" rows,
+// then the hd/2 "imaginary" ones); llama2.c and GGUF interleave the pairs. Interleaved row
+// 2i+t of a head is Hugging Face row t*hd/2 + i.
+tensor rotate_half_to_interleaved(const tensor& hf, int heads, bool inverse) {
+  tensor out = hf;
+  const int64_t rows = hf.shape[0], cols = hf.cols(), hd = rows / heads;
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < hd / 2; ++i)
+      for (int t = 0; t < 2; ++t) {
+        const int64_t inter = h * hd + 2 * i + t, half = h * hd + t * (hd / 2) + i;
+        const int64_t dst = inverse ? half : inter, src = inverse ? inter : half;
+        std::copy_n(hf.data.data() + src * cols, cols, out.data.data() + dst * cols);
+      }
+  return out;
+}
+
+tensor transposed(const tensor& t) {
+  tensor out{{t.shape[1], t.shape[0]}, std::vector<float>(t.data.size())};
+  for (int64_t r = 0; r < t.shape[0]; ++r)
+    for (int64_t c = 0; c < t.shape[1]; ++c) out.data[c * t.shape[0] + r] = t.data[r * t.shape[1] + c];
+  return out;
+}
+
+template <class T>
+T json_field(const nlohmann::json& j, const std::string& file, const char* key) {
+  if (!j.contains(key) || j[key].is_null())
+    throw error(fmt::format("{}: field '{}' is missing", file, key));
+  try {
+    return j[key].get<T>();
+  } catch (const std::exception&) {
+    throw error(fmt::format("{}: field '{}' has the wrong type ({})", file, key, j[key].dump()));
+  }
+}
+
+// (Hugging Face name, canonical name, transpose (GPT-2 Conv1D), rope-permuted q/k)
+struct name_map {
+  std::string hf, canonical;
+  bool transpose = false;
+  int rope_heads = 0;
+};
+
+std::vector<name_map> hf_names(const model_config& c, const std::string& gpt2_prefix) {
+  std::vector<name_map> v;
+  if (c.arch == architecture::llama) {
+    v.push_back({"model.embed_tokens.weight", "token_embd.weight"});
+    for (int l = 0; l < c.n_layers; ++l) {
+      const std::string h = fmt::format("model.layers.{}.", l), b = fmt::format("blk.{}.", l);
+      v.push_back({h + "input_layernorm.weight", b + "attn_norm.weight"});
+      v.push_back({h + "self_attn.q_proj.weight", b + "attn_q.weight", false, c.n_heads});
+      v.push_back({h + "self_attn.k_proj.weight", b + "attn_k.weight", false, c.n_kv_heads});
+      v.push_back({h + "self_attn.v_proj.weight", b + "attn_v.weight"});
+      v.push_back({h + "self_attn.o_proj.weight", b + "attn_output.weight"});
+      v.push_back({h + "post_attention_layernorm.weight", b + "ffn_norm.weight"});
+      v.push_back({h + "mlp.gate_proj.weight", b + "ffn_gate.weight"});
+      v.push_back({h + "mlp.up_proj.weight", b + "ffn_up.weight"});
+      v.push_back({h + "mlp.down_proj.weight", b + "ffn_down.weight"});
+    }
+    v.push_back({"model.norm.weight", "output_norm.weight"});
+  } else {
+    const std::string p = gpt2_prefix;
+    v.push_back({p + "wte.weight", "token_embd.weight"});
+    v.push_back({p + "wpe.weight", "position_embd.weight"});
+    for (int l = 0; l < c.n_layers; ++l) {
+      const std::string h = fmt::format("{}h.{}.", p, l), b = fmt::format("blk.{}.", l);
+      for (const char* s : {"weight", "bias"}) {
+        v.push_back({h + "ln_1." + s, b + "attn_norm." + s});
+        v.push_back({h + "ln_2." + s, b + "ffn_norm." + s});
+      }
+      v.push_back({h + "attn.c_attn.weight", b + "attn_qkv.weight", true});
+      v.push_back({h + "attn.c_attn.bias", b + "attn_qkv.bias"});
+      v.push_back({h + "attn.c_proj.weight", b + "attn_output.weight", true});
+      v.push_back({h + "attn.c_proj.bias", b + "attn_output.bias"});
+      v.push_back({h + "mlp.c_fc.weight", b + "ffn_up.weight", true});
+      v.push_back({h + "mlp.c_fc.bias", b + "ffn_up.bias"});
+      v.push_back({h + "mlp.c_proj.weight", b + "ffn_down.weight", true});
+      v.push_back({h + "mlp.c_proj.bias", b + "ffn_down.bias"});
+    }
+    v.push_back({p + "ln_f.weight", "output_norm.weight"});
+    v.push_back({p + "ln_f.bias", "output_norm.bias"});
+  }
+  if (!c.tied_classifier) v.push_back({"lm_head.weight", "output.weight"});
+  return v;
+}
+
+model_config config_from_hf_json(const nlohmann::json& j, const std::string& file) {
+  if (!j.is_object()) throw error(fmt::format("{}: expected a JSON object", file));
+  model_config c;
+  std::string type = j.value("model_type", "");
+  if (type.empty() && j.contains("architectures") && j["architectures"].is_array() &&
+      !j["architectures"].empty() && j["architectures"][0].is_string()) {
+    const std::string a = j["architectures"][0];
+    type = a.rfind("GPT2", 0) == 0 ? "gpt2" : a.rfind("Llama", 0) == 0 ? "llama" : a;
+  }
+  if (type == "llama") {
+    c.arch = architecture::llama;
+    c.dim = json_field<int>(j, file, "hidden_size");
+    c.hidden_dim = json_field<int>(j, file, "intermediate_size");
+    c.n_layers = json_field<int>(j, file, "num_hidden_layers");
+    c.n_heads = json_field<int>(j, file, "num_attention_heads");
+    c.n_kv_heads = j.contains("num_key_value_heads") && !j["num_key_value_heads"].is_null()
+                       ? json_field<int>(j, file, "num_key_value_heads") : c.n_heads;
+    c.vocab_size = json_field<int>(j, file, "vocab_size");
+    c.max_seq_len = json_field<int>(j, file, "max_position_embeddings");
+    c.norm_eps = j.contains("rms_norm_eps") ? json_field<float>(j, file, "rms_norm_eps") : 1e-6f;
+    c.rope_theta = j.contains("rope_theta") ? json_field<float>(j, file, "rope_theta") : 10000.0f;
+    c.tied_classifier = j.value("tie_word_embeddings", false);
+  } else if (type == "gpt2") {
+    c.arch = architecture::gpt2;
+    c.dim = json_field<int>(j, file, "n_embd");
+    c.n_layers = json_field<int>(j, file, "n_layer");
+    c.n_heads = json_field<int>(j, file, "n_head");
+    c.n_kv_heads = c.n_heads;
+    c.hidden_dim = j.contains("n_inner") && !j["n_inner"].is_null() ? json_field<int>(j, file, "n_inner")
+                                                                      : 4 * c.dim;
+    c.vocab_size = json_field<int>(j, file, "vocab_size");
+    c.max_seq_len = json_field<int>(j, file, "n_positions");
+    c.norm_eps = j.contains("layer_norm_epsilon") ? json_field<float>(j, file, "layer_norm_epsilon") : 1e-5f;
+    c.tied_classifier = j.value("tie_word_embeddings", true);
+  } else {
+    throw error(fmt::format("{}: model_type '{}' is not supported (expected llama or gpt2)", file, type));
+  }
+  try {
+    c.validate();
+  } catch (const error& e) {
+    throw error(fmt::format("{}: {}", file, e.what()));
+  }
+  return c;
+}
+
+nlohmann::json config_to_hf_json(const model_config& c) {
+  nlohmann::json j;
+  if (c.arch == architecture::llama) {
+    j = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", c.dim},
+         {"intermediate_size", c.hidden_dim}, {"num_hidden_layers", c.n_layers},
+         {"num_attention_heads", c.n_heads}, {"num_key_value_heads", c.n_kv_heads},
+         {"vocab_size", c.vocab_size}, {"max_position_embeddings", c.max_seq_len},
+         {"rms_norm_eps", c.norm_eps}, {"rope_theta", c.rope_theta},
+         {"tie_word_embeddings", c.tied_classifier}, {"hidden_act", "silu"},
+         {"torch_dtype", "float32"}, {"bos_token_id", 1}, {"eos_token_id", 2}};
+  } else {
+    j = {{"architectures", {"GPT2LMHeadModel"}}, {"model_type", "gpt2"}, {"n_embd", c.dim},
+         {"n_inner", c.hidden_dim}, {"n_layer", c.n_layers}, {"n_head", c.n_heads},
+         {"vocab_size", c.vocab_size}, {"n_positions", c.max_seq_len}, {"n_ctx", c.max_seq_len},
+         {"layer_norm_epsilon", c.norm_eps}, {"tie_word_embeddings", c.tied_classifier},
+         {"activation_function", "gelu_new"}, {"torch_dtype", "float32"}};
+  }
+  return j;
+}
+
+void write_text_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary);
+    out << text;
+    out.flush();
+    if (!out) {
+      std::remove(tmp.c_str());
+      throw error(fmt::format("{}: cannot write", path));
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw error(fmt::format("{}: cannot rename the temporary file into place", path));
+  }
+}
+
+}  // namespace
+
+model load_safetensors_model(const std::string& path) {
+  safetensors_file f(path);
+  // config.json beside the file, or the copy lowbit writes into the metadata.
+  const fs::path cfg_path = fs::path(path).parent_path() / "config.json";
+  nlohmann::json cfg;
+  std::string cfg_name;
+  if (auto it = f.metadata().find("lowbit.config"); it != f.metadata().end()) {
+    cfg_name = path + " (metadata lowbit.config)";
+    cfg = nlohmann::json::parse(it->second, nullptr, false);
+    if (cfg.is_discarded()) throw error(fmt::format("{}: lowbit.config is not valid JSON", path));
+  } else if (fs::exists(cfg_path)) {
+    cfg_name = cfg_path.string();
+    std::ifstream in(cfg_path);
+    cfg = nlohmann::json::parse(in, nullptr, false);
+    if (cfg.is_discarded()) throw error(fmt::format("{}: not valid JSON", cfg_name));
+  } else {
+    throw error(fmt::format("{}: no config.json beside it and no lowbit.config metadata", path));
+  }
+  model m;
+  m.source_path = path;
+  m.config = config_from_hf_json(cfg, cfg_name);
+  // A separate classifier is present when the file has lm_head.weight, whatever the flag says.
+  if (m.config.tied_classifier && f.find("lm_head.weight") &&
+      m.config.arch == architecture::llama)
+    m.config.tied_classifier = false;
+  std::string prefix;
+  if (m.config.arch == architecture::gpt2 && f.find("transformer.wte.weight")) prefix = "transformer.";
+  for (const name_map& n : hf_names(m.config, prefix)) {
+    const st_tensor_info& info = f.get(n.hf);
+    tensor t{info.shape, f.read_f32(n.hf)};
+    if (n.transpose) {
+      if (t.shape.size() != 2)
+        throw shape_error(fmt::format("{}: tensor '{}' should be a matrix", path, n.hf));
+      t = transposed(t);
+    }
+    if (n.rope_heads) {
+      if (t.shape.size() != 2 || t.shape[0] % n.rope_heads != 0)
+        throw shape_error(fmt::format("{}: tensor '{}' has {} rows for {} heads", path, n.hf,
+                                      t.shape.empty() ? 0 : t.shape[0], n.rope_heads));
+      t = rotate_half_to_interleaved(t, n.rope_heads, false);
+    }
+    m.tensors[n.canonical] = std::move(t);
+  }
+  if (auto it = f.metadata().find("lowbit.tokenizer"); it != f.metadata().end())
+    m.tokenizer.kind = it->second;
+  if (auto it = f.metadata().find("lowbit.tokenizer_path"); it != f.metadata().end())
+    m.tokenizer.path = it->second;
+  m.validate();
+  return m;
+}
+
+void save_safetensors_model(const model& m, const std::string& path) {
+  m.validate();
+  std::vector<name_map> names = hf_names(m.config, "");
+  std::vector<tensor> converted;
+  converted.reserve(names.size());
+  std::vector<st_write_tensor> out;
+  for (const name_map& n : names) {
+    const tensor& t = m.get(n.canonical);
+    if (n.transpose) converted.push_back(transposed(t));
+    else if (n.rope_heads) converted.push_back(rotate_half_to_interleaved(t, n.rope_heads, true));
+    else converted.push_back(t);
+  }
+  for (size_t i = 0; i < names.size(); ++i)
+    out.push_back({names[i].hf, st_dtype::f32, converted[i].shape, converted[i].data.data()});
+  const std::string cfg = config_to_hf_json(m.config).dump(2);
+  std::map<std::string, std::string> meta{{"format", "pt"}, {"lowbit.config", cfg}};
+  if (!m.tokenizer.kind.empty()) meta["lowbit.tokenizer"] = m.tokenizer.kind;
+  if (!m.tokenizer.path.empty()) meta["lowbit.tokenizer_path"] = m.tokenizer.path;
+  write_safetensors(path, out, meta);
+  write_text_atomic((fs::path(path).parent_path() / "config.json").string(), cfg + "\n");
+}
+
+// ---- GGUF -----------------------------------------------------------------------------------
+model load_gguf_model(const std::string& path) {
+  gguf_file f(path);
+  model m;
+  m.source_path = path;
+  const std::string arch = f.get_string("general.architecture");
+  model_config& c = m.config;
+  try {
+    c.arch = parse_architecture(arch);
+  } catch (const error& e) {
+    throw error(fmt::format("{}: general.architecture: {}", path, e.what()));
+  }
+  auto key = [&](const char* k) { return arch + "." + k; };
+  auto int_key = [&](const char* k) -> int {
+    const int64_t v = f.get_int(key(k));
+    if (v < 0 || v > (int64_t(1) << 30)) throw error(fmt::format("{}: {} = {} is out of range", path, key(k), v));
+    return static_cast<int>(v);
+  };
+  c.dim = int_key("embedding_length");
+  c.hidden_dim = int_key("feed_forward_length");
+  c.n_layers = int_key("block_count");
+  c.n_heads = int_key("attention.head_count");
+  c.n_kv_heads = f.find_kv(key("attention.head_count_kv")) ? int_key("attention.head_count_kv") : c.n_heads;
+  c.max_seq_len = int_key("context_length");
+  if (c.arch == architecture::llama) {
+    c.norm_eps = static_cast<float>(f.get_float(key("attention.layer_norm_rms_epsilon")));
+    if (f.find_kv(key("rope.freq_base"))) c.rope_theta = static_cast<float>(f.get_float(key("rope.freq_base")));
+  } else {
+    c.norm_eps = static_cast<float>(f.get_float(key("attention.layer_norm_epsilon")));
+  }
+  const gguf_tensor_info& emb = f.get("token_embd.weight");
+  if (emb.ne.size() != 2) throw error(fmt::format("{}: token_embd.weight should be 2-D", path));
+  c.vocab_size = static_cast<int>(emb.ne[1]);
+  c.tied_classifier = f.find("output.weight") == nullptr;
+  try {
+    c.validate();
+  } catch (const error& e) {
+    throw error(fmt::format("{}: {}", path, e.what()));
+  }
+  for (const gguf_tensor_info& t : f.tensors()) {
+    tensor x;
+    x.shape.assign(t.ne.rbegin(), t.ne.rend());
+    x.data = f.read_f32(t.name);
+    m.tensors[t.name] = std::move(x);
+  }
+  if (f.find_kv("tokenizer.ggml.tokens")) m.tokenizer = {"gguf", path};
+  else if (f.find_kv("lowbit.tokenizer")) m.tokenizer.kind = f.get_string("lowbit.tokenizer");
+  m.validate();
+  return m;
+}
+
+void save_gguf_model(const model& m, const std::string& path) {
+  m.validate();
+  const model_config& c = m.config;
+  const std::string a = architecture_name(c.arch);
+  gguf_writer w;
+  w.add_string("general.architecture", a);
+  w.add_string("general.name", fs::path(m.source_path).stem().string());
+  w.add_u32(a + ".context_length", c.max_seq_len);
+  w.add_u32(a + ".embedding_length", c.dim);
+  w.add_u32(a + ".feed_forward_length", c.hidden_dim);
+  w.add_u32(a + ".block_count", c.n_layers);
+  w.add_u32(a + ".attention.head_count", c.n_heads);
+  if (c.arch == architecture::llama) {
+    w.add_u32(a + ".attention.head_count_kv", c.n_kv_heads);
+    w.add_f32(a + ".attention.layer_norm_rms_epsilon", c.norm_eps);
+    w.add_f32(a + ".rope.freq_base", c.rope_theta);
+    w.add_u32(a + ".rope.dimension_count", c.head_dim());
+  } else {
+    w.add_f32(a + ".attention.layer_norm_epsilon", c.norm_eps);
+  }
+  if (!m.tokenizer.kind.empty()) w.add_string("lowbit.tokenizer", m.tokenizer.kind);
+  for (const auto& [name, t] : m.tensors) w.add_tensor(name, t.shape, t.data.data(), ggml_type::f32);
+  w.write(path);
+}
+
+model load_model(const std::string& path) {
+  if (!fs::exists(path)) throw error(fmt::format("{}: no such model file", path));
+  char magic[4] = {0, 0, 0, 0};
+  {
+    std::ifstream in(path, std::ios::binary);
+    in.read(magic, 4);
+  }
+  if (std::string(magic, 4) == "GGUF" || ends_with(path, ".gguf")) return load_gguf_model(path);
+  if (ends_with(path, ".safetensors")) return load_safetensors_model(path);
+  if (ends_with(path, ".bin")) return load_llama2c(path);
+  throw error(fmt::format("{}: unknown model file (expected .bin (llama2.c), .safetensors or .gguf)", path));
+}
+
+}  // namespace lowbit

@@ -1,0 +1,74 @@
+// Finding a model's tokenizer: an explicit path, the model file's own metadata, or the llama2.c
+// convention of a tokenizer file beside the model.
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "lowbit/engine/eval.hpp"
+#include "lowbit/engine/gguf.hpp"
+#include "lowbit/error.hpp"
+
+namespace fs = std::filesystem;
+
+namespace lowbit {
+
+namespace {
+
+std::unique_ptr<tokenizer> gguf_tokenizer(const std::string& path) {
+  gguf_file f(path);
+  const std::string kind = f.find_kv("tokenizer.ggml.model") ? f.get_string("tokenizer.ggml.model") : "";
+  if (kind != "llama")
+    throw error(fmt::format("{}: tokenizer.ggml.model '{}' is not supported here (expected llama); "
+                            "pass --tokenizer", path, kind));
+  const gguf_kv* tokens = f.find_kv("tokenizer.ggml.tokens");
+  const gguf_kv* scores = f.find_kv("tokenizer.ggml.scores");
+  const gguf_kv* types = f.find_kv("tokenizer.ggml.token_type");
+  if (!tokens || !tokens->value.is_array())
+    throw error(fmt::format("{}: tokenizer.ggml.tokens is missing", path));
+  std::vector<std::string> t;
+  std::vector<float> s;
+  std::vector<int32_t> ty;
+  for (const auto& v : tokens->value) t.push_back(v.is_string() ? v.get<std::string>() : "");
+  if (scores && scores->value.is_array())
+    for (const auto& v : scores->value) s.push_back(v.is_number() ? v.get<float>() : 0.0f);
+  if (types && types->value.is_array())
+    for (const auto& v : types->value) ty.push_back(v.is_number() ? v.get<int32_t>() : 1);
+  s.resize(t.size(), 0.0f);
+  ty.resize(t.size(), 1);
+  const int bos = f.find_kv("tokenizer.ggml.bos_token_id") ? static_cast<int>(f.get_int("tokenizer.ggml.bos_token_id")) : 1;
+  const int eos = f.find_kv("tokenizer.ggml.eos_token_id") ? static_cast<int>(f.get_int("tokenizer.ggml.eos_token_id")) : 2;
+  return make_spm_vocab_tokenizer(std::move(t), std::move(s), std::move(ty), bos, eos);
+}
+
+}  // namespace
+
+std::unique_ptr<tokenizer> tokenizer_for_model(const model& m, const std::string& path) {
+  std::unique_ptr<tokenizer> tok;
+  if (!path.empty()) {
+    tok = load_tokenizer(path);
+  } else if (m.tokenizer.kind == "gguf") {
+    tok = gguf_tokenizer(m.tokenizer.path.empty() ? m.source_path : m.tokenizer.path);
+  } else if (m.tokenizer.kind == "bytes") {
+    tok = make_byte_tokenizer();
+  } else if (!m.tokenizer.path.empty()) {
+    tok = load_tokenizer(m.tokenizer.path);
+  } else {
+    const fs::path dir = fs::path(m.source_path).parent_path();
+    for (const std::string& name : {std::string("tokenizer.bin"), fmt::format("tok{}.bin", m.config.vocab_size),
+                                   std::string("tokenizer.model")}) {
+      if (fs::exists(dir / name)) {
+        tok = load_tokenizer((dir / name).string());
+        break;
+      }
+    }
+    if (!tok)
+      throw error(fmt::format("{}: no tokenizer named by the model or found beside it; pass --tokenizer",
+                              m.source_path));
+  }
+  if (tok->vocab_size() > m.config.vocab_size)
+    throw error(fmt::format("tokenizer ({}) has {} tokens but the model only {}", tok->kind(),
+                            tok->vocab_size(), m.config.vocab_size));
+  return tok;
+}
+
+}  // namespace lowbit

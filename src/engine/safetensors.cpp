@@ -1,0 +1,485 @@
+// safetensors reader/writer, plus the file helpers the GGUF code shares: exact fp16/bf16
+// conversions, a read-only memory map and an atomic (temp + fsync + rename) writer.
+//
+// The reader trusts nothing in the file: the header length is bounded by the file size, the JSON
+// is parsed by nlohmann (iterative, no recursion on hostile nesting), and every tensor's dtype,
+// shape and data_offsets are checked (numel and byte counts overflow-checked) before any data is
+// touched. Data is read with memcpy, so unaligned tensors are fine.
+#include "lowbit/engine/safetensors.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <bit>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <unordered_set>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "lowbit/error.hpp"
+
+static_assert(std::endian::native == std::endian::little, "lowbit's file readers assume a little-endian host");
+
+namespace lowbit {
+
+// ---- fp16 / bf16 ------------------------------------------------------------------------------------
+float fp16_to_f32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t e = (h >> 10) & 0x1fu;
+  uint32_t m = h & 0x3ffu;
+  uint32_t bits;
+  if (e == 0x1f) {
+    bits = sign | 0x7f800000u | (m << 13);  // Inf, or NaN with its payload
+  } else if (e != 0) {
+    bits = sign | ((e + 112u) << 23) | (m << 13);  // normal: rebias 15 -> 127
+  } else if (m == 0) {
+    bits = sign;  // +-0
+  } else {
+    // subnormal m * 2^-24: shift the leading one up to the implicit position
+    int ex = 1;
+    while ((m & 0x400u) == 0) {
+      m <<= 1;
+      --ex;
+    }
+    bits = sign | (static_cast<uint32_t>(ex + 112) << 23) | ((m & 0x3ffu) << 13);
+  }
+  return std::bit_cast<float>(bits);
+}
+
+uint16_t f32_to_fp16(float x) {
+  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
+  const uint32_t a = bits & 0x7fffffffu;
+  if (a > 0x7f800000u) return 0x7e00u;                     // NaN: canonical quiet NaN
+  if (a >= 0x477ff000u) return sign | 0x7c00u;             // >= 65520 (the tie above 65504) and Inf
+  if (a >= 0x38800000u) {                                  // normal half (>= 2^-14)
+    uint32_t h = (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu);
+    const uint32_t rem = a & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is right
+    return static_cast<uint16_t>(sign | h);
+  }
+  if (a <= 0x33000000u) return sign;  // <= 2^-25: rounds to zero (the tie 2^-25 goes to even 0)
+  // subnormal half: value = m * 2^(E-150) = (m >> shift) units of 2^-24 with shift = 126 - E
+  const uint32_t m = (a & 0x7fffffu) | 0x800000u;
+  const int shift = 126 - static_cast<int>(a >> 23);  // 14..24
+  uint32_t h = m >> shift;
+  const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
+  if (rem > half || (rem == half && (h & 1u))) ++h;  // may become 0x400, the smallest normal
+  return static_cast<uint16_t>(sign | h);
+}
+
+float bf16_to_f32(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
+uint16_t f32_to_bf16(float x) {
+  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;  // NaN: canonical quiet NaN
+  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+// ---- mapped_file ------------------------------------------------------------------------------------
+mapped_file::mapped_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    throw error(fmt::format("cannot open '{}': {}", path, std::strerror(err)));
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw error(fmt::format("cannot stat '{}': {}", path, std::strerror(err)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw error(fmt::format("'{}' is not a regular file (expected a model file)", path));
+  }
+  size_ = static_cast<uint64_t>(st.st_size);
+  if (size_ > 0) {
+    void* p = ::mmap(nullptr, static_cast<size_t>(size_), PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      const int err = errno;
+      ::close(fd);
+      throw error(fmt::format("cannot memory-map '{}' ({} bytes): {}", path, size_, std::strerror(err)));
+    }
+    data_ = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);
+}
+
+mapped_file::~mapped_file() {
+  if (data_) ::munmap(const_cast<uint8_t*>(data_), static_cast<size_t>(size_));
+}
+
+// ---- atomic_file_writer -----------------------------------------------------------------------------
+atomic_file_writer::atomic_file_writer(const std::string& path) : path_(path) {
+  std::string templ = path + ".tmp-XXXXXX";
+  const int fd = ::mkstemp(templ.data());
+  if (fd < 0) {
+    const int err = errno;
+    throw error(fmt::format("cannot write '{}': creating the temp file '{}' failed: {}", path, templ,
+                            std::strerror(err)));
+  }
+  tmp_ = templ;
+  ::fchmod(fd, 0644);  // mkstemp makes 0600; a model file is readable like any other output
+  f_ = ::fdopen(fd, "wb");
+  if (!f_) {
+    const int err = errno;
+    ::close(fd);
+    fail("opening the temp file", err);
+  }
+}
+
+atomic_file_writer::~atomic_file_writer() {
+  if (f_) std::fclose(f_);
+  if (!done_ && !tmp_.empty()) ::unlink(tmp_.c_str());
+}
+
+void atomic_file_writer::fail(const char* step, int err) {
+  if (f_) {
+    std::fclose(f_);
+    f_ = nullptr;
+  }
+  if (!tmp_.empty()) ::unlink(tmp_.c_str());
+  tmp_.clear();
+  done_ = true;
+  throw error(fmt::format("cannot write '{}': {} failed: {}", path_, step, std::strerror(err)));
+}
+
+void atomic_file_writer::write(const void* bytes, size_t n) {
+  if (done_ || !f_) throw error(fmt::format("cannot write '{}': the file is already closed", path_));
+  if (n == 0) return;
+  errno = 0;
+  if (std::fwrite(bytes, 1, n, f_) != n) fail("fwrite", errno ? errno : EIO);
+  written_ += n;
+}
+
+void atomic_file_writer::write_zeros(size_t n) {
+  static const uint8_t zeros[256] = {};
+  while (n > 0) {
+    const size_t k = std::min(n, sizeof zeros);
+    write(zeros, k);
+    n -= k;
+  }
+}
+
+void atomic_file_writer::commit() {
+  if (done_ || !f_) throw error(fmt::format("cannot write '{}': the file is already closed", path_));
+  errno = 0;
+  if (std::fflush(f_) != 0) fail("fflush", errno ? errno : EIO);
+  if (::fsync(::fileno(f_)) != 0) fail("fsync", errno);
+  std::FILE* f = f_;
+  f_ = nullptr;
+  errno = 0;
+  if (std::fclose(f) != 0) fail("fclose", errno ? errno : EIO);
+  if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    const int err = errno;
+    fail(fmt::format("renaming '{}' over it", tmp_).c_str(), err);
+  }
+  done_ = true;
+  // Make the rename durable (best effort: a directory that cannot be opened is not an error).
+  const size_t slash = path_.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path_.substr(0, slash);
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+// ---- dtypes -----------------------------------------------------------------------------------------
+namespace {
+
+struct dtype_entry {
+  st_dtype t;
+  const char* name;
+  size_t size;
+};
+constexpr dtype_entry kDtypes[] = {
+    {st_dtype::f32, "F32", 4},  {st_dtype::f16, "F16", 2},  {st_dtype::bf16, "BF16", 2},
+    {st_dtype::f64, "F64", 8},  {st_dtype::i8, "I8", 1},    {st_dtype::u8, "U8", 1},
+    {st_dtype::i16, "I16", 2},  {st_dtype::i32, "I32", 4},  {st_dtype::i64, "I64", 8},
+    {st_dtype::boolean, "BOOL", 1},
+};
+
+bool dtype_from_name(const std::string& s, st_dtype* t) {
+  for (const auto& d : kDtypes)
+    if (s == d.name) {
+      *t = d.t;
+      return true;
+    }
+  return false;
+}
+
+// float64 -> float32, round to nearest even; finite values beyond float's range saturate or go
+// to Inf exactly as IEEE rounding says (no out-of-range cast).
+float f64_to_f32(double d) {
+  constexpr double kMax = std::numeric_limits<float>::max();
+  if (std::isfinite(d) && std::fabs(d) > kMax) {
+    // The midpoint between FLT_MAX and 2^128 rounds to 2^128 (even) = Inf.
+    const bool inf = std::fabs(d) >= 0x1.ffffffp127;
+    const float v = inf ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::max();
+    return d < 0 ? -v : v;
+  }
+  return static_cast<float>(d);
+}
+
+std::string json_quote(const std::string& s, const std::string& what) {
+  try {
+    return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::strict);
+  } catch (const nlohmann::json::exception& e) {
+    throw error(fmt::format("{} is not valid UTF-8 (safetensors headers are JSON): {}", what, e.what()));
+  }
+}
+
+}  // namespace
+
+const char* st_dtype_name(st_dtype t) {
+  for (const auto& d : kDtypes)
+    if (d.t == t) return d.name;
+  return "?";
+}
+
+size_t st_dtype_size(st_dtype t) {
+  for (const auto& d : kDtypes)
+    if (d.t == t) return d.size;
+  return 0;
+}
+
+int64_t st_tensor_info::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+// ---- reader -----------------------------------------------------------------------------------------
+struct safetensors_file::mapping {
+  explicit mapping(const std::string& path) : file(path) {}
+  mapped_file file;
+};
+
+safetensors_file::safetensors_file(const std::string& path) : path_(path) {
+  map_ = std::make_unique<mapping>(path);
+  const uint8_t* base = map_->file.data();
+  const uint64_t size = map_->file.size();
+  auto fail = [&](const std::string& msg) -> void {
+    throw error(fmt::format("safetensors file '{}': {}", path, msg));
+  };
+  if (size < 8)
+    fail(fmt::format("the file has {} bytes; expected at least 8 (the little-endian header length)", size));
+  uint64_t n = 0;
+  std::memcpy(&n, base, 8);
+  if (n > size - 8)
+    fail(fmt::format("header length {} exceeds the {} bytes after the length field (truncated or not a "
+                     "safetensors file)",
+                     n, size - 8));
+  const char* hdr = reinterpret_cast<const char*>(base + 8);
+  nlohmann::ordered_json j;
+  try {
+    j = nlohmann::ordered_json::parse(hdr, hdr + n);
+  } catch (const nlohmann::json::exception& e) {
+    fail(fmt::format("the {}-byte header is not valid JSON: {}", n, e.what()));
+  }
+  if (!j.is_object()) fail(fmt::format("the header is a JSON {}; expected an object", j.type_name()));
+  const uint64_t data_size = size - 8 - n;
+  data_ = base + 8 + n;
+
+  std::unordered_set<std::string> seen;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& name = it.key();
+    const auto& v = it.value();
+    if (!seen.insert(name).second) fail(fmt::format("tensor '{}' appears twice in the header", name));
+    if (name == "__metadata__") {
+      if (!v.is_object()) fail(fmt::format("field '__metadata__' is a JSON {}; expected an object of strings", v.type_name()));
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        if (!m.value().is_string())
+          fail(fmt::format("'__metadata__' entry '{}' is a JSON {}; expected a string", m.key(), m.value().type_name()));
+        metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    auto tfail = [&](const std::string& field, const std::string& msg) {
+      fail(fmt::format("tensor '{}' field '{}': {}", name, field, msg));
+    };
+    if (!v.is_object()) tfail("(entry)", fmt::format("is a JSON {}; expected an object with dtype, shape, data_offsets", v.type_name()));
+    st_tensor_info t;
+    t.name = name;
+
+    const auto dt = v.find("dtype");
+    if (dt == v.end() || !dt->is_string()) tfail("dtype", "missing or not a string; expected F32, F16, BF16, F64, I8, U8, I16, I32, I64 or BOOL");
+    if (!dtype_from_name(dt->get<std::string>(), &t.dtype))
+      tfail("dtype", fmt::format("unsupported dtype '{}'; expected F32, F16, BF16, F64, I8, U8, I16, I32, I64 or BOOL",
+                                 dt->get<std::string>()));
+
+    const auto sh = v.find("shape");
+    if (sh == v.end() || !sh->is_array()) tfail("shape", "missing or not an array; expected an array of non-negative integers");
+    uint64_t numel = 1;
+    for (const auto& d : *sh) {
+      if (!d.is_number_unsigned())
+        tfail("shape", fmt::format("has the element {}; expected non-negative integers", d.dump()));
+      const uint64_t dim = d.get<uint64_t>();
+      if (dim > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) || __builtin_mul_overflow(numel, dim, &numel) ||
+          numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        tfail("shape", fmt::format("{} has more elements than 2^63 (overflow)", sh->dump()));
+      t.shape.push_back(static_cast<int64_t>(dim));
+    }
+
+    const auto off = v.find("data_offsets");
+    if (off == v.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
+        !(*off)[1].is_number_unsigned())
+      tfail("data_offsets", "missing or malformed; expected [begin, end] (non-negative integers)");
+    t.begin = (*off)[0].get<uint64_t>();
+    t.end = (*off)[1].get<uint64_t>();
+    if (t.begin > t.end || t.end > data_size)
+      tfail("data_offsets", fmt::format("[{}, {}] is not a range inside the {}-byte data block", t.begin, t.end, data_size));
+    uint64_t nbytes = 0;
+    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(st_dtype_size(t.dtype)), &nbytes) || nbytes != t.end - t.begin)
+      tfail("data_offsets", fmt::format("[{}, {}] holds {} bytes; shape {} of {} needs {} x {} bytes", t.begin, t.end,
+                                        t.end - t.begin, sh->dump(), st_dtype_name(t.dtype), numel,
+                                        st_dtype_size(t.dtype)));
+    tensors_.push_back(std::move(t));
+  }
+}
+
+safetensors_file::~safetensors_file() = default;
+
+const st_tensor_info* safetensors_file::find(const std::string& name) const {
+  for (const auto& t : tensors_)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+const st_tensor_info& safetensors_file::get(const std::string& name) const {
+  const st_tensor_info* t = find(name);
+  if (!t) throw error(fmt::format("safetensors file '{}': no tensor named '{}' ({} tensors in the file)", path_, name, tensors_.size()));
+  return *t;
+}
+
+const uint8_t* safetensors_file::raw(const st_tensor_info& t) const { return data_ + t.begin; }
+
+std::vector<float> safetensors_file::read_f32(const std::string& name) const {
+  const st_tensor_info& t = get(name);
+  const uint8_t* p = raw(t);
+  const size_t n = static_cast<size_t>(t.numel());  // validated: n * dtype size bytes are in the file
+  std::vector<float> out(n);
+  switch (t.dtype) {
+    case st_dtype::f32:
+      if (n) std::memcpy(out.data(), p, n * 4);
+      break;
+    case st_dtype::f16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        out[i] = fp16_to_f32(h);
+      }
+      break;
+    case st_dtype::bf16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        out[i] = bf16_to_f32(h);
+      }
+      break;
+    case st_dtype::f64:
+      for (size_t i = 0; i < n; ++i) {
+        double d;
+        std::memcpy(&d, p + 8 * i, 8);
+        out[i] = f64_to_f32(d);
+      }
+      break;
+    default:
+      throw error(fmt::format("safetensors file '{}': tensor '{}' has dtype {}; read_f32 expects F32, F16, BF16 or F64",
+                              path_, name, st_dtype_name(t.dtype)));
+  }
+  return out;
+}
+
+// ---- writer -----------------------------------------------------------------------------------------
+void write_safetensors(const std::string& path, const std::vector<st_write_tensor>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  auto fail = [&](const std::string& msg) -> void {
+    throw error(fmt::format("cannot write safetensors '{}': {}", path, msg));
+  };
+  // Header: __metadata__ first, then the tensors in the given order with contiguous offsets.
+  std::string h = "{";
+  if (!metadata.empty()) {
+    h += "\"__metadata__\":{";
+    bool first = true;
+    for (const auto& [k, v] : metadata) {
+      if (!first) h += ',';
+      first = false;
+      h += json_quote(k, fmt::format("metadata key '{}'", k)) + ':' + json_quote(v, fmt::format("metadata value of '{}'", k));
+    }
+    h += '}';
+  }
+  std::unordered_set<std::string> names;
+  std::vector<uint64_t> counts;
+  uint64_t offset = 0;
+  for (const auto& t : tensors) {
+    if (t.name == "__metadata__") fail("a tensor cannot be named '__metadata__'");
+    if (!names.insert(t.name).second) fail(fmt::format("tensor '{}' is given twice", t.name));
+    if (t.dtype != st_dtype::f32 && t.dtype != st_dtype::f16 && t.dtype != st_dtype::bf16 && t.dtype != st_dtype::f64)
+      fail(fmt::format("tensor '{}' has dtype {}; the writer converts float32 data to F32, F16, BF16 or F64 only",
+                       t.name, st_dtype_name(t.dtype)));
+    uint64_t n = 1;
+    std::string shape = "[";
+    for (size_t i = 0; i < t.shape.size(); ++i) {
+      if (t.shape[i] < 0) fail(fmt::format("tensor '{}' has a negative dimension {}", t.name, t.shape[i]));
+      if (__builtin_mul_overflow(n, static_cast<uint64_t>(t.shape[i]), &n) || n > (uint64_t{1} << 60))
+        fail(fmt::format("tensor '{}' has too many elements", t.name));
+      shape += (i ? "," : "") + std::to_string(t.shape[i]);
+    }
+    shape += ']';
+    if (n > 0 && !t.data) fail(fmt::format("tensor '{}' has {} elements but no data", t.name, n));
+    const uint64_t bytes = n * st_dtype_size(t.dtype);
+    if (h.size() > 1) h += ',';
+    h += json_quote(t.name, fmt::format("tensor name '{}'", t.name)) + ":{\"dtype\":\"" + st_dtype_name(t.dtype) +
+         "\",\"shape\":" + shape + ",\"data_offsets\":[" + std::to_string(offset) + "," +
+         std::to_string(offset + bytes) + "]}";
+    offset += bytes;
+    counts.push_back(n);
+  }
+  h += '}';
+  h.append((8 - h.size() % 8) % 8, ' ');  // 8 + header length is a multiple of 8: data stays aligned
+
+  atomic_file_writer w(path);
+  const uint64_t hn = h.size();
+  w.write(&hn, 8);
+  w.write(h.data(), h.size());
+  std::vector<uint8_t> buf;
+  constexpr size_t kChunk = 1 << 16;  // elements converted per write
+  for (size_t ti = 0; ti < tensors.size(); ++ti) {
+    const st_write_tensor& t = tensors[ti];
+    const uint64_t n = counts[ti];
+    if (t.dtype == st_dtype::f32) {
+      w.write(t.data, static_cast<size_t>(n) * 4);
+      continue;
+    }
+    for (uint64_t i0 = 0; i0 < n; i0 += kChunk) {
+      const size_t k = static_cast<size_t>(std::min<uint64_t>(kChunk, n - i0));
+      const float* x = t.data + i0;
+      if (t.dtype == st_dtype::f64) {
+        buf.resize(k * 8);
+        for (size_t i = 0; i < k; ++i) {
+          const double d = x[i];
+          std::memcpy(buf.data() + 8 * i, &d, 8);
+        }
+      } else {
+        buf.resize(k * 2);
+        for (size_t i = 0; i < k; ++i) {
+          const uint16_t v = t.dtype == st_dtype::f16 ? f32_to_fp16(x[i]) : f32_to_bf16(x[i]);
+          std::memcpy(buf.data() + 2 * i, &v, 2);
+        }
+      }
+      w.write(buf.data(), buf.size());
+    }
+  }
+  w.commit();
+}
+
+}  // namespace lowbit
