@@ -16,12 +16,12 @@ def main(csv_path, png_path):
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     fig, ax = plt.subplots(figsize=(8, 5))
-    for r in rows:
+    for i, r in enumerate(rows):
         bits, ppl, err = float(r["bits_per_weight"]), float(r["ppl"]), float(r["ppl_stderr"])
         weight_only = not r["acts"] and not r["kv"]
         ax.errorbar(bits, ppl, yerr=err, fmt="o" if weight_only else "s",
                     color="tab:blue" if weight_only else "tab:red", capsize=3)
-        ax.annotate(r["row"], (bits, ppl), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(r["row"], (bits, ppl), textcoords="offset points", xytext=(6, 10 * (i % 3) - 10), fontsize=8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("bits per linear weight (element + scales)")
     ax.set_ylabel("perplexity")

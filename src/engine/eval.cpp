@@ -133,7 +133,6 @@ std::vector<eval_result> evaluate_many(const std::vector<const model*>& models,
   std::vector<accum> acc(R);
   std::vector<double> base_nll;
   std::vector<float> base_logits;  // the float model's logits of the current window
-  std::vector<double> lp, lq;
   int64_t windows = 0;
   for (int64_t w0 = 0; w0 < total; w0 += ctx) {
     const int len = static_cast<int>(std::min<int64_t>(ctx, total - w0));
@@ -146,6 +145,10 @@ std::vector<eval_result> evaluate_many(const std::vector<const model*>& models,
       for (int i = 0; i + 1 < len; ++i)
         base_nll.push_back(token_nll(base_logits.data() + int64_t(i) * vocab, vocab, win[i + 1]));
     }
+    // Small models: one thread per row, rows side by side; large ones: rows in turn, each
+    // forward on every thread.
+    const bool rows_in_parallel = R > 1 && forward_prefers_one_thread(len, first.config.dim);
+    #pragma omp parallel for schedule(dynamic) if (rows_in_parallel)
     for (size_t r = 0; r < R; ++r) {
       forward_session& session = *sessions[r];
       session.reset();
@@ -153,6 +156,7 @@ std::vector<eval_result> evaluate_many(const std::vector<const model*>& models,
       const std::vector<float>& logits = session.forward(win, len);
       acc[r].seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       acc[r].flops += session.last_flops();
+      std::vector<double> lp, lq;
       for (int i = 0; i + 1 < len; ++i) {
         const float* row = logits.data() + int64_t(i) * vocab;
         acc[r].nll.push_back(token_nll(row, vocab, win[i + 1]));

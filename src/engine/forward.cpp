@@ -91,6 +91,10 @@ float gelu_tanh(float x) {
 
 struct forward_session::buffers {};
 
+bool forward_prefers_one_thread(int64_t tokens, int dim) {
+  return tokens * dim * dim < (int64_t(1) << 24);
+}
+
 namespace {
 
 // Threads for one forward call. Layers of a small model (stories260K: dim 64) finish in
@@ -99,19 +103,22 @@ namespace {
 // run on one thread; the guard restores OpenMP's and OpenBLAS's settings afterwards.
 class thread_scope {
  public:
-  explicit thread_scope(int64_t tokens, int dim) : saved_(omp_get_max_threads()) {
-    const bool small = tokens * dim * dim < (int64_t(1) << 24);
-    threads_ = small ? 1 : saved_;
+  explicit thread_scope(int64_t tokens, int dim)
+      : saved_(omp_get_max_threads()), nested_(omp_in_parallel()) {
+    threads_ = forward_prefers_one_thread(tokens, dim) ? 1 : saved_;
     if (threads_ != saved_) omp_set_num_threads(threads_);
-    openblas_set_num_threads(threads_);
+    // Inside a parallel region (rows of evaluate_many) OpenBLAS already runs on one thread, and
+    // its setting is global: leave it alone there.
+    if (!nested_) openblas_set_num_threads(threads_);
   }
   ~thread_scope() {
     if (threads_ != saved_) omp_set_num_threads(saved_);
-    openblas_set_num_threads(saved_);
+    if (!nested_) openblas_set_num_threads(saved_);
   }
 
  private:
   int saved_, threads_;
+  bool nested_;
 };
 
 }  // namespace

@@ -29,7 +29,8 @@ std::string table::render() const {
   grow(header);
   for (const auto& r : rows) grow(r);
   auto numeric = [](const std::string& s) {
-    return !s.empty() && (std::isdigit(static_cast<unsigned char>(s[0])) || s[0] == '-' || s[0] == '+');
+    const size_t d = !s.empty() && (s[0] == '-' || s[0] == '+') ? 1 : 0;
+    return s.size() > d && std::isdigit(static_cast<unsigned char>(s[d]));
   };
   std::string out;
   auto line = [&](const std::vector<std::string>& r) {

@@ -52,6 +52,10 @@ class forward_session {
   uint64_t call_ = 0;  // stream of tensor ids for stochastic rounding
 };
 
+// True when a forward call of `tokens` tokens through layers of width `dim` is too small to
+// split across threads (it then runs on one; callers may run several such calls in parallel).
+bool forward_prefers_one_thread(int64_t tokens, int dim);
+
 // OpenBLAS sgemm throughput on C[m, n] = A[m, k] B[n, k]^T (the shape of a linear layer over a
 // window), median of `reps` runs, in GFLOP/s: the peak next to which eval reports its own rate.
 double sgemm_gflops(int m, int n, int k, int reps = 7);
