@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 DATA ?= $(abspath ../shared/data)
 
-.PHONY: deps build demo test test-all bench clean
+.PHONY: deps build demo test test-all bench bench-model clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -25,6 +25,13 @@ test-all: build
 bench: build
 	@$(BUILD)/lowbit bench int8/c int4/g128 e4m3fn/c e4m3fn/t mxfp4 nvfp4 nf4 q8_0 e2m1/g32~sr --threads 1
 	@$(BUILD)/lowbit bench int8/c int4/g128 e4m3fn/c e4m3fn/t mxfp4 nvfp4 nf4 q8_0 e2m1/g32~sr --threads 2
+
+# eval throughput of a synthetic 110M-parameter Llama (prefill, windows of 512) next to sgemm.
+bench-model: build
+	@test -f $(BUILD)/llama110m.safetensors || $(BUILD)/lowbit synth --arch llama --dim 768 --layers 12 \
+	  --heads 12 --hidden 2048 --vocab 32000 --ctx 512 -o $(BUILD)/llama110m.safetensors
+	@$(BUILD)/lowbit eval --model $(BUILD)/llama110m.safetensors --data $(DATA)/text/tinystories_val_sample.txt \
+	  --max-tokens 4096 --sgemm-peak
 
 clean:
 	rm -rf $(BUILD)

@@ -7,7 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
-#include <limits>
+#include <memory>
 #include <mutex>
 #include <queue>
 #include <unordered_map>
@@ -168,7 +168,9 @@ class gpt2_tokenizer final : public tokenizer {
   std::vector<int32_t> encode(std::string_view text, bool bos, bool eos) const override {
     std::vector<int32_t> ids;
     if (bos) ids.push_back(eot_);
-    pcre2_match_data* md = pcre2_match_data_create_from_pattern(re_, nullptr);
+    const std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> owner(
+        pcre2_match_data_create_from_pattern(re_, nullptr), &pcre2_match_data_free);
+    pcre2_match_data* md = owner.get();
     if (!md) throw error("GPT-2 pre-tokenizer: out of memory");
     const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
     size_t offset = 0;
@@ -180,7 +182,6 @@ class gpt2_tokenizer final : public tokenizer {
         start = ov[0];
         end = ov[1];
       } else if (rc != PCRE2_ERROR_NOMATCH) {
-        pcre2_match_data_free(md);
         throw error(fmt::format("GPT-2 pre-tokenizer: PCRE2 match error {}", rc));
       }
       // Bytes no alternative matches are invalid UTF-8 (every character matches some
@@ -190,7 +191,6 @@ class gpt2_tokenizer final : public tokenizer {
       offset = end > offset ? end : offset + 1;  // the pattern never matches empty
       if (rc < 0) break;
     }
-    pcre2_match_data_free(md);
     if (eos) ids.push_back(eot_);
     return ids;
   }
