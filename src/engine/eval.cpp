@@ -148,8 +148,7 @@ std::vector<eval_result> evaluate_many(const std::vector<const model*>& models,
     // Small models: one thread per row, rows side by side; large ones: rows in turn, each
     // forward on every thread.
     const bool rows_in_parallel = R > 1 && forward_prefers_one_thread(len, first.config.dim);
-    #pragma omp parallel for schedule(dynamic) if (rows_in_parallel)
-    for (size_t r = 0; r < R; ++r) {
+    auto run_row = [&](size_t r) {
       forward_session& session = *sessions[r];
       session.reset();
       const auto t0 = std::chrono::steady_clock::now();
@@ -171,6 +170,13 @@ std::vector<eval_result> evaluate_many(const std::vector<const model*>& models,
                           std::max_element(brow, brow + vocab) - brow;
         }
       }
+    };
+    // Not `parallel for if(...)`: even an inactive region changes how OpenBLAS threads inside it.
+    if (rows_in_parallel) {
+      #pragma omp parallel for schedule(dynamic)
+      for (size_t r = 0; r < R; ++r) run_row(r);
+    } else {
+      for (size_t r = 0; r < R; ++r) run_row(r);
     }
     if (progress) progress(w0 + len, total);
   }
