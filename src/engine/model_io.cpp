@@ -241,8 +241,11 @@ model load_safetensors_model(const std::string& path) {
   return m;
 }
 
-void save_safetensors_model(const model& m, const std::string& path) {
+void save_safetensors_model(const model& m, const std::string& path, const std::string& dtype) {
   m.validate();
+  const st_dtype type = dtype == "F32" ? st_dtype::f32 : dtype == "F16" ? st_dtype::f16
+                        : dtype == "BF16" ? st_dtype::bf16
+                        : throw error(fmt::format("{}: dtype '{}' (expected F32, F16 or BF16)", path, dtype));
   std::vector<name_map> names = hf_names(m.config, "");
   std::vector<tensor> converted;
   converted.reserve(names.size());
@@ -254,7 +257,7 @@ void save_safetensors_model(const model& m, const std::string& path) {
     else converted.push_back(t);
   }
   for (size_t i = 0; i < names.size(); ++i)
-    out.push_back({names[i].hf, st_dtype::f32, converted[i].shape, converted[i].data.data()});
+    out.push_back({names[i].hf, type, converted[i].shape, converted[i].data.data()});
   const std::string cfg = config_to_hf_json(m.config).dump(2);
   std::map<std::string, std::string> meta{{"format", "pt"}, {"lowbit.config", cfg}};
   if (!m.tokenizer.kind.empty()) meta["lowbit.tokenizer"] = m.tokenizer.kind;

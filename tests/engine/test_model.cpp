@@ -113,6 +113,24 @@ TEST(ModelFiles, SafetensorsAndGgufCopiesOfStories260KAreTheSameModel) {
   EXPECT_EQ(a, c);
 }
 
+// Half-precision safetensors: the model read back is the float model rounded to bf16 / fp16,
+// exactly what lowbit's own casts give.
+TEST(ModelFiles, HalfPrecisionSafetensors) {
+  const model m = load_llama2c(stories);
+  const std::string dir = temp_dir("half");
+  for (const std::string dtype : {"BF16", "F16"}) {
+    save_safetensors_model(m, dir + "/m.safetensors", dtype);
+    const model h = load_model(dir + "/m.safetensors");
+    const format f = parse_format(dtype == "BF16" ? "bf16" : "fp16");
+    for (const auto& [name, t] : m.tensors) {
+      std::vector<float> q(t.data.size());
+      fake_quantize_ref(t.data.data(), q.data(), t.rows(), t.cols(), f);
+      EXPECT_EQ(h.get(name).data, q) << dtype << " " << name;
+    }
+  }
+  EXPECT_THROW(save_safetensors_model(m, dir + "/m.safetensors", "F8"), error);
+}
+
 TEST(ModelFiles, RandomGpt2RoundTripsThroughBothFormats) {
   model_config c;
   c.arch = architecture::gpt2;

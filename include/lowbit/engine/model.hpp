@@ -89,7 +89,8 @@ model load_gguf_model(const std::string& path);
 
 // Writers (atomic: temp file + rename). Safetensors uses Hugging Face names (LlamaForCausalLM /
 // GPT2LMHeadModel) and writes config.json beside the file; GGUF uses the canonical names.
-void save_safetensors_model(const model& m, const std::string& path);
+// dtype: "F32", "F16" or "BF16" (round to nearest even) for every tensor.
+void save_safetensors_model(const model& m, const std::string& path, const std::string& dtype = "F32");
 void save_gguf_model(const model& m, const std::string& path);
 
 // A random model of the given shape (lowbit synth): N(0, 0.02) weights, unit norms, byte
