@@ -13,6 +13,7 @@ packages=(
   libgtest-dev libgmock-dev  # tests
   libbenchmark-dev    # benchmarks
   libopenblas-openmp-dev  # sgemm for the model engine, on lowbit's OpenMP thread pool
+  libeigen3-dev       # Cholesky and SVD of the post-training quantization methods
   libpcre2-dev        # GPT-2 pre-tokenizer regex (\p{L}, \p{N})
   libsentencepiece-dev sentencepiece  # SentencePiece .model files; spm_train for test fixtures
   python3-matplotlib  # plots from the CSV/JSON the CLI writes (CONVENTIONS 29)
