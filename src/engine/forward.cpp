@@ -89,7 +89,6 @@ float gelu_tanh(float x) {
 
 }  // namespace
 
-struct forward_session::buffers {};
 
 bool forward_prefers_one_thread(int64_t tokens, int dim) {
   return tokens * dim * dim < (int64_t(1) << 24);
@@ -137,16 +136,49 @@ forward_session::forward_session(const model& m, const quant_plan& plan, int max
 
 void forward_session::reset() { pos_ = 0; }
 
-const std::vector<float>& forward_session::forward(const int32_t* tokens, int n) {
-  const model_config& c = m_.config;
+void forward_session::check_tokens(const int32_t* tokens, int n) const {
   if (n <= 0) throw error("forward: no tokens");
   if (pos_ + n > max_tokens_)
     throw error(fmt::format("forward: position {} + {} tokens exceeds the session's {} tokens",
                             pos_, n, max_tokens_));
-  for (int i = 0; i < n; ++i)
-    if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
+  for (int i = 0; tokens && i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= m_.config.vocab_size)
       throw error(fmt::format("forward: token id {} outside the vocabulary (0..{})", tokens[i],
-                              c.vocab_size - 1));
+                              m_.config.vocab_size - 1));
+}
+
+void forward_session::embed(const int32_t* tokens, int n, float* x) const {
+  check_tokens(tokens, n);
+  const int dim = m_.config.dim;
+  const float* emb = m_.get("token_embd.weight").data.data();
+  for (int i = 0; i < n; ++i) std::copy_n(emb + int64_t(tokens[i]) * dim, dim, x + int64_t(i) * dim);
+  if (m_.config.arch == architecture::gpt2) {
+    const float* wpe = m_.get("position_embd.weight").data.data();
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < dim; ++j) x[int64_t(i) * dim + j] += wpe[int64_t(pos_ + i) * dim + j];
+  }
+}
+
+const std::vector<float>& forward_session::forward(const int32_t* tokens, int n) {
+  check_tokens(tokens, n);
+  std::vector<float> x(int64_t(n) * m_.config.dim);
+  embed(tokens, n, x.data());
+  run(x.data(), n, 0, m_.config.n_layers, true);
+  pos_ += n;
+  return logits_;
+}
+
+void forward_session::forward_blocks(float* x, int n, int first, int last) {
+  check_tokens(nullptr, n);
+  if (first < 0 || last > m_.config.n_layers || first > last)
+    throw error(fmt::format("forward: blocks [{}, {}) outside 0..{}", first, last, m_.config.n_layers));
+  run(x, n, first, last, false);
+}
+
+// Blocks [first, last) on the residual stream x[n, dim] at positions pos_..pos_+n, then (head)
+// the final norm and classifier into logits_.
+void forward_session::run(float* x_io, int n, int first, int last, bool head) {
+  const model_config& c = m_.config;
   const bool llama = c.arch == architecture::llama;
   const int dim = c.dim, hd = c.head_dim(), nh = c.n_heads, nkv = c.n_kv_heads;
   const int qdim = nh * hd, kv_dim = nkv * hd, hidden = c.hidden_dim, V = c.vocab_size;
@@ -154,7 +186,8 @@ const std::vector<float>& forward_session::forward(const int32_t* tokens, int n)
   const thread_scope threads(n, c.dim);
   double flops = 0;
 
-  std::vector<float> x(int64_t(n) * dim), xb(int64_t(n) * dim), q(int64_t(n) * qdim);
+  float* x = x_io;
+  std::vector<float> xb(int64_t(n) * dim), q(int64_t(n) * qdim);
   std::vector<float> kv_new(int64_t(n) * kv_dim * 2), att(int64_t(n) * qdim), tmp(int64_t(n) * dim);
   std::vector<float> h1(int64_t(n) * hidden), h2(llama ? int64_t(n) * hidden : 0);
   std::vector<float> qkv(llama ? 0 : int64_t(n) * 3 * dim);
@@ -172,16 +205,8 @@ const std::vector<float>& forward_session::forward(const int32_t* tokens, int n)
     flops += 2.0 * n * in_dim * double(w.shape[0]);
   };
 
-  const float* emb = m_.get("token_embd.weight").data.data();
-  for (int i = 0; i < n; ++i) std::copy_n(emb + int64_t(tokens[i]) * dim, dim, x.data() + int64_t(i) * dim);
-  if (!llama) {
-    const float* wpe = m_.get("position_embd.weight").data.data();
-    for (int i = 0; i < n; ++i)
-      for (int j = 0; j < dim; ++j) x[int64_t(i) * dim + j] += wpe[int64_t(pos_ + i) * dim + j];
-  }
-
   const float inv_sqrt_hd = 1.0f / std::sqrt(static_cast<float>(hd));
-  for (int l = 0; l < c.n_layers; ++l) {
+  for (int l = first; l < last; ++l) {
     const std::string b = fmt::format("blk.{}.", l);
     auto W = [&](const char* name) -> const tensor& { return m_.get(b + name); };
     auto B = [&](const char* name) -> const tensor* { return m_.find(b + name); };
@@ -191,8 +216,8 @@ const std::vector<float>& forward_session::forward(const int32_t* tokens, int n)
     float* v_new = kv_new.data() + int64_t(n) * kv_dim;
 
     // ---- attention ----
-    if (llama) rmsnorm(x.data(), W("attn_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
-    else layernorm(x.data(), W("attn_norm.weight").data.data(), W("attn_norm.bias").data.data(),
+    if (llama) rmsnorm(x, W("attn_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
+    else layernorm(x, W("attn_norm.weight").data.data(), W("attn_norm.bias").data.data(),
                    xb.data(), n, dim, c.norm_eps);
     dump(b + "attn_norm", xb.data(), dim);
     quantize_input(xb.data(), dim, plan_.acts);
@@ -250,8 +275,8 @@ const std::vector<float>& forward_session::forward(const int32_t* tokens, int n)
     for (int64_t i = 0; i < int64_t(n) * dim; ++i) x[i] += tmp[i];
 
     // ---- MLP ----
-    if (llama) rmsnorm(x.data(), W("ffn_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
-    else layernorm(x.data(), W("ffn_norm.weight").data.data(), W("ffn_norm.bias").data.data(),
+    if (llama) rmsnorm(x, W("ffn_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
+    else layernorm(x, W("ffn_norm.weight").data.data(), W("ffn_norm.bias").data.data(),
                    xb.data(), n, dim, c.norm_eps);
     dump(b + "ffn_norm", xb.data(), dim);
     quantize_input(xb.data(), dim, plan_.acts);
@@ -273,20 +298,20 @@ const std::vector<float>& forward_session::forward(const int32_t* tokens, int n)
     mm(h1.data(), hidden, W("ffn_down.weight"), B("ffn_down.bias"), tmp.data());
     dump(b + "ffn_out", tmp.data(), dim);
     for (int64_t i = 0; i < int64_t(n) * dim; ++i) x[i] += tmp[i];
-    dump(b + "out", x.data(), dim);
+    dump(b + "out", x, dim);
   }
 
-  if (llama) rmsnorm(x.data(), m_.get("output_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
-  else layernorm(x.data(), m_.get("output_norm.weight").data.data(),
-                 m_.get("output_norm.bias").data.data(), xb.data(), n, dim, c.norm_eps);
-  dump("output_norm", xb.data(), dim);
-  quantize_input(xb.data(), dim, plan_.classifier_acts);
-  logits_.resize(int64_t(n) * V);
-  mm(xb.data(), dim, m_.classifier(), nullptr, logits_.data());
-  dump("logits", logits_.data(), V);
-  pos_ += n;
+  if (head) {
+    if (llama) rmsnorm(x, m_.get("output_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
+    else layernorm(x, m_.get("output_norm.weight").data.data(),
+                   m_.get("output_norm.bias").data.data(), xb.data(), n, dim, c.norm_eps);
+    dump("output_norm", xb.data(), dim);
+    quantize_input(xb.data(), dim, plan_.classifier_acts);
+    logits_.resize(int64_t(n) * V);
+    mm(xb.data(), dim, m_.classifier(), nullptr, logits_.data());
+    dump("logits", logits_.data(), V);
+  }
   last_flops_ = flops;
-  return logits_;
 }
 
 double sgemm_gflops(int m, int n, int k, int reps) {

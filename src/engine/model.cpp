@@ -68,6 +68,10 @@ const tensor& model::get(const std::string& name) const {
   if (const tensor* t = find(name)) return *t;
   throw error(fmt::format("model {}: tensor '{}' is missing", source_path, name));
 }
+tensor& model::get_mut(const std::string& name) {
+  if (tensor* t = find(name)) return *t;
+  throw error(fmt::format("model {}: tensor '{}' is missing", source_path, name));
+}
 tensor* model::find(const std::string& name) {
   auto it = tensors.find(name);
   return it == tensors.end() ? nullptr : &it->second;

@@ -237,6 +237,7 @@ model load_safetensors_model(const std::string& path) {
     m.tokenizer.kind = it->second;
   if (auto it = f.metadata().find("lowbit.tokenizer_path"); it != f.metadata().end())
     m.tokenizer.path = it->second;
+  if (auto it = f.metadata().find("lowbit.provenance"); it != f.metadata().end()) m.provenance = it->second;
   m.validate();
   return m;
 }
@@ -262,6 +263,7 @@ void save_safetensors_model(const model& m, const std::string& path, const std::
   std::map<std::string, std::string> meta{{"format", "pt"}, {"lowbit.config", cfg}};
   if (!m.tokenizer.kind.empty()) meta["lowbit.tokenizer"] = m.tokenizer.kind;
   if (!m.tokenizer.path.empty()) meta["lowbit.tokenizer_path"] = m.tokenizer.path;
+  if (!m.provenance.empty()) meta["lowbit.provenance"] = m.provenance;
   write_safetensors(path, out, meta);
   write_text_atomic((fs::path(path).parent_path() / "config.json").string(), cfg + "\n");
 }
@@ -313,6 +315,8 @@ model load_gguf_model(const std::string& path) {
   }
   if (f.find_kv("tokenizer.ggml.tokens")) m.tokenizer = {"gguf", path};
   else if (f.find_kv("lowbit.tokenizer")) m.tokenizer.kind = f.get_string("lowbit.tokenizer");
+  if (f.find_kv("lowbit.tokenizer_path")) m.tokenizer.path = f.get_string("lowbit.tokenizer_path");
+  if (f.find_kv("lowbit.provenance")) m.provenance = f.get_string("lowbit.provenance");
   m.validate();
   return m;
 }
@@ -338,6 +342,8 @@ void save_gguf_model(const model& m, const std::string& path) {
     w.add_f32(a + ".attention.layer_norm_epsilon", c.norm_eps);
   }
   if (!m.tokenizer.kind.empty()) w.add_string("lowbit.tokenizer", m.tokenizer.kind);
+  if (!m.tokenizer.path.empty()) w.add_string("lowbit.tokenizer_path", m.tokenizer.path);
+  if (!m.provenance.empty()) w.add_string("lowbit.provenance", m.provenance);
   for (const auto& [name, t] : m.tensors) w.add_tensor(name, t.shape, t.data.data(), ggml_type::f32);
   w.write(path);
 }

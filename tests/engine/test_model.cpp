@@ -332,3 +332,25 @@ TEST(QuantPlan, AverageBitsCountScales) {
   EXPECT_GT(b, 8.0);
   EXPECT_LT(b, 8.5);
 }
+
+// Running the blocks in pieces on a cached residual stream (what layer-by-layer PTQ does) gives
+// the residual stream of the whole forward, bit for bit.
+TEST(ForwardBlocks, PiecesEqualTheWholeForward) {
+  const model m = load_llama2c(stories);
+  const auto tokens = some_tokens(48, 512);
+  std::vector<float> whole;
+  forward_session s(m, {}, 48);
+  s.set_dump([&](const std::string& n, const float* d, int64_t r, int64_t c) {
+    if (n == "blk.4.out") whole.assign(d, d + r * c);
+  });
+  s.forward(tokens.data(), 48);
+  forward_session p(m, {}, 48);
+  std::vector<float> x(48 * 64);
+  p.embed(tokens.data(), 48, x.data());
+  p.forward_blocks(x.data(), 48, 0, 2);
+  p.forward_blocks(x.data(), 48, 2, 3);
+  p.forward_blocks(x.data(), 48, 3, 5);
+  EXPECT_EQ(x, whole);
+  EXPECT_EQ(p.pos(), 0);
+  EXPECT_THROW(p.forward_blocks(x.data(), 48, 3, 6), error);
+}

@@ -37,6 +37,8 @@ class progress_bar {
 using command_list = std::vector<std::pair<CLI::App*, std::function<void()>>>;
 // synth, tokenize, eval, generate, explore
 void add_model_commands(CLI::App& app, command_list& commands);
+// quantize
+void add_ptq_commands(CLI::App& app, command_list& commands);
 
 // `lowbit bench`: registers the subcommand; *run is set to the work to do when it is chosen.
 CLI::App* add_bench_command(CLI::App& app, std::function<void()>* run);

@@ -295,6 +295,7 @@ int main(int argc, char** argv) {
   auto* bench = add_bench_command(app, &run_bench);
   command_list model_commands;
   add_model_commands(app, model_commands);
+  add_ptq_commands(app, model_commands);
 
   try {
     std::vector<std::string> args = reorder_cast_args(argc, argv);

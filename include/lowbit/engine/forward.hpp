@@ -34,13 +34,22 @@ class forward_session {
   // logits [n, vocab] (row-major). Throws when the cache would overflow.
   const std::vector<float>& forward(const int32_t* tokens, int n);
   void reset();  // empties the KV cache (a new window)
+
+  // Layer by layer (post-training quantization runs one block at a time on cached inputs):
+  // embed writes the token (+ position) embeddings of tokens at pos()..pos()+n into x[n, dim];
+  // forward_blocks runs blocks [first, last) on the residual stream x[n, dim] in place, filling
+  // those blocks' KV cache at pos()..pos()+n; neither moves pos().
+  void embed(const int32_t* tokens, int n, float* x) const;
+  void forward_blocks(float* x, int n, int first, int last);
   int pos() const { return pos_; }
   void set_dump(dump_hook hook) { dump_ = std::move(hook); }
   // Multiply-adds x2 of the last forward call (for GFLOP/s reports).
   double last_flops() const { return last_flops_; }
 
  private:
-  struct buffers;
+  void check_tokens(const int32_t* tokens, int n) const;
+  void run(float* x, int n, int first, int last, bool head);
+
   const model& m_;
   quant_plan plan_;
   int max_tokens_;

@@ -68,8 +68,10 @@ struct model {
   std::map<std::string, tensor> tensors;
   tokenizer_source tokenizer;
   std::string source_path;
+  std::string provenance;  // JSON: how the weights were made (lowbit quantize), "" for originals
 
   const tensor& get(const std::string& name) const;  // throws naming the missing tensor
+  tensor& get_mut(const std::string& name);  // throws naming the missing tensor
   tensor* find(const std::string& name);
   const tensor* find(const std::string& name) const;
   // The classifier matrix: output.weight, or token_embd.weight when tied.

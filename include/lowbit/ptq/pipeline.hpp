@@ -1,0 +1,64 @@
+// Post-training quantization of a whole model, layer by layer (issue "PTQ"; CONVENTIONS 20-21):
+//   1. calibration windows: `samples` non-overlapping windows of `ctx` tokens drawn (seeded) from
+//      the second half of the token stream (evaluation reads from the start, so they never meet);
+//   2. the residual stream of every window is cached at the input of block 0 (the embeddings);
+//   3. for each block l in order: run block l on every cached window, collecting the inputs of
+//      its linear layers (GPTQ's Hessian, per-channel |x| statistics, a sample of rows); quantize
+//      the block's linear weights with the method; run block l again, now quantized, to produce
+//      the cached input of block l+1 — so a layer is calibrated on what the already-quantized
+//      layers before it produce (GPTQ's sequential scheme, not "true-sequential" inside a block).
+// Memory: one residual stream per window ([samples, ctx, dim] floats) and one block's inputs.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "lowbit/engine/model.hpp"
+#include "lowbit/ptq/ptq.hpp"
+
+namespace lowbit::ptq {
+
+enum class method { rtn, gptq, awq, smoothquant };
+method parse_method(const std::string& name);  // throws listing the known names
+const char* method_name(method m);
+
+struct quantize_options {
+  method how = method::rtn;
+  format weights;
+  int calib_samples = 128;
+  int calib_ctx = 256;
+  uint64_t seed = 0;
+  gptq_options gptq;
+  awq_options awq;
+  double smooth_alpha = 0.5;        // SmoothQuant migration strength
+  int64_t max_sample_rows = 4096;   // rows of each layer input kept for AWQ and for the report
+};
+
+// The windows' start offsets in ids (CONVENTIONS 21). Throws, saying how many windows the
+// second half holds, when it holds fewer than `samples`.
+std::vector<int64_t> calibration_windows(int64_t n_tokens, int samples, int ctx, uint64_t seed);
+
+struct layer_report {
+  std::string name;
+  double seconds = 0;
+  // Squared output error over the sampled calibration rows, ||X W^T - X' Q^T||^2 / rows, of the
+  // method and of RTN of the same weight (X' = the inputs the quantized layer sees).
+  double error = 0, rtn_error = 0;
+};
+
+struct quantize_report {
+  std::vector<layer_report> layers;
+  int64_t windows_available = 0;
+  double seconds = 0;
+};
+
+using ptq_progress = std::function<void(int64_t done, int64_t total)>;
+
+// Quantizes m's linear weights in place (their values become values of o.weights, possibly with
+// norms rescaled by AWQ / SmoothQuant, which leave the float function unchanged).
+quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const quantize_options& o,
+                               const ptq_progress& progress = {});
+
+}  // namespace lowbit::ptq

@@ -1,0 +1,205 @@
+// Post-training quantization of one linear layer (METHODS 4): the matrix-level algorithms that
+// turn a float weight and calibration inputs into a quantized weight, on top of lowbit's format
+// engine (every quantized value below is a value of the format, chosen by the format's own scale
+// rules, CONVENTIONS 5-10).
+//
+//   GPTQ          Frantar, Ashkboos, Hoefler, Alistarh, ICLR 2023 (arXiv 2210.17323), Alg. 1;
+//                 semantics of IST-DASLab/gptq gptq.py (METHODS 4.1)
+//   SmoothQuant   Xiao et al., ICML 2023 (arXiv 2211.10438); mit-han-lab/smoothquant smooth.py (4.2)
+//   AWQ           Lin et al., MLSys 2024 (arXiv 2306.00978); mit-han-lab/llm-awq auto_scale.py,
+//                 auto_clip.py (4.3)
+//   LoRC          Yao et al., ZeroQuant-V2 (arXiv 2303.08302) (4.5)
+//   bias correction  Nagel et al., ICCV 2019 (arXiv 1906.04721), "empirical" variant
+//
+// Shapes (row-major, dimension 0 first, as everywhere in lowbit):
+//   W, Q  [out, in]   weight of y = x W^T; groups of the format run along `in` (the reduction axis)
+//   X     [n, in]     calibration inputs of the layer, one token per row
+//   H     [in, in]    GPTQ's Hessian (2/n) X^T X, float64, symmetric
+//   s     [in]        per-input-channel scales (SmoothQuant, AWQ): X diag(s)^-1 (diag(s) W^T) = X W^T
+//
+// Choices of our own are tagged [M] here and in src/ptq/*.cpp (METHODS' tag for "not from the
+// source"); everything else follows the cited code.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "lowbit/formats/format.hpp"
+#include "lowbit/kernels/quantize.hpp"
+
+namespace lowbit::ptq {
+
+// ---- small dense helpers (OpenBLAS sgemm / float64 accumulation) --------------------------------
+
+// Y[n, out] = X[n, in] W[out, in]^T (sgemm).
+void matmul_nt(const float* X, const float* W, float* Y, int64_t n, int64_t in, int64_t out);
+
+// ||X W^T - X Q^T||_F^2, computed as ||X (W - Q)^T||_F^2 (the difference first, so no
+// cancellation between two large outputs); float64 sum of squares.
+double output_error(const float* X, int64_t n, int64_t in, const float* W, const float* Q, int64_t out);
+
+// Per-input-channel statistics of calibration inputs: max |x_j| (SmoothQuant's act scales) and
+// mean |x_j| (AWQ's s_x), accumulated over batches of rows.
+struct channel_stats {
+  int64_t in = 0;
+  int64_t count = 0;            // rows seen
+  std::vector<float> absmax;    // [in]
+  std::vector<double> abssum;   // [in]
+
+  explicit channel_stats(int64_t in);
+  void add(const float* X, int64_t n);  // X[n, in]
+  std::vector<float> absmean() const;   // [in] abssum / count
+};
+
+// ---- round to nearest ---------------------------------------------------------------------------
+
+// The baseline every method is compared with: fake_quantize(W) in the format (its scale rule,
+// max / mse / ..., comes from the spec). Returns Q[out, in].
+std::vector<float> rtn_quantize(const float* W, int64_t out, int64_t in, const format& f,
+                                uint64_t tensor_id = 0);
+
+// ---- GPTQ (METHODS 4.1) -------------------------------------------------------------------------
+
+// H = (2/n) sum_t x_t x_t^T over every calibration row seen so far, in float64, kept as gptq.py
+// keeps it: a running average, H *= n_old / n_new; H += (2 / n_new) X^T X (OpenBLAS dsyrk).
+// gptq.py counts sequences (the batch dimension) where we count rows; GPTQ's result does not
+// depend on the scale of H, only the reported loss does (it is then in units of one token).
+struct hessian_accumulator {
+  int64_t in = 0;
+  int64_t count = 0;          // rows (tokens) accumulated
+  std::vector<double> upper;  // [in, in]; the upper triangle is H, the rest is scratch
+
+  explicit hessian_accumulator(int64_t in);
+  void add(const float* X, int64_t n);  // X[n, in]
+  std::vector<double> matrix() const;   // H [in, in], full symmetric
+};
+
+struct gptq_options {
+  double percdamp = 0.01;     // H += percdamp * mean(diag H) * I
+  int64_t block_size = 128;   // lazy batch updates (gptq.py blocksize)
+  bool act_order = false;     // columns in order of descending diag(H), un-permuted at the end
+  bool static_groups = false; // group scales from the original weights, before any update
+  bool float64 = false;       // run the updates in float64 (default float32, as gptq.py)
+  uint64_t tensor_id = 0;     // stochastic rounding stream (~sr formats), as fake_quantize
+};
+
+struct gptq_result {
+  std::vector<float> weights;        // [out, in] the quantized weight (values of the format)
+  std::vector<double> column_loss;   // [in] sum over rows of (w - q)^2 / U_ii^2 / 2, original order
+  double loss = 0;                   // sum of column_loss (gptq.py's printed "error")
+  int64_t dead_columns = 0;          // inputs with H_ii == 0 (their weights become 0)
+  // The same weight as codes + scales (quantize()'s layout): dequantize(*packed) == weights bit
+  // for bit. Absent with act_order + groups + !static_groups: then a group of K consecutive
+  // columns in act order is not a group of the format's layout (gptq.py's behaviour; later
+  // GPTQ code stores a g_idx for it; pass static_groups = true for a storable result).
+  std::optional<quantized_tensor> packed;
+};
+
+// GPTQ of W[out, in] with the Hessian H[in, in] (float64, symmetric, e.g. hessian_accumulator::
+// matrix()). The quantizer is the format itself:
+//   - group formats (gK, mxfp*, nvfp4, q4_0, ...): a group's scales (one per row) are chosen by
+//     the format's rule when the first column of the group is reached, from the CURRENT weights of
+//     the group's K columns (already updated by every earlier column); every column of the group
+//     is then quantized with that scale (static_groups: from the original W, up front);
+//   - row (/c) and tensor (/t) scales, and nvfp4's per-tensor second level, come from the whole
+//     original row / tensor before the loop, as gptq.py does for per-channel quantization;
+//   - formats without a scale (e4m3fn, bf16, ...) quantize element by element.
+// Throws lowbit::error when W or H is not finite or the dampened H is not positive definite.
+gptq_result gptq_quantize(const float* W, int64_t out, int64_t in, const double* H, const format& f,
+                          const gptq_options& options = {});
+
+// ---- SmoothQuant (METHODS 4.2) ------------------------------------------------------------------
+
+// A weight [out, in] of a layer that reads the shared input (q, k and v share one; fc1 its own).
+struct linear_weight {
+  const float* w = nullptr;
+  int64_t out = 0;
+};
+
+// s_j = max|X_j|^alpha / max|W_:,j|^(1 - alpha), the weight max over the rows of every layer in
+// `layers` (each [out, in]), clamped to >= 1e-5 before the power, and s clamped to >= 1e-5
+// (smooth.py smooth_ln_fcs). act_absmax[in]: channel_stats::absmax. Computed in float64,
+// returned rounded to float32 (the scale that is then applied).
+std::vector<float> smoothquant_scales(const float* act_absmax, int64_t in,
+                                      const std::vector<linear_weight>& layers, double alpha = 0.5);
+
+// W[:, j] *= s_j for W[rows, in]: SmoothQuant's weight side and AWQ's (smooth.py fc.weight.mul_).
+void scale_columns(float* W, int64_t rows, int64_t in, const float* s);
+// X[:, j] /= s_j for X[rows, in]: the activation side. The preceding norm's weight (and bias) is
+// a one-row X: divide_columns(norm_w, 1, in, s) (smooth.py ln.weight.div_). A preceding linear
+// layer's output rows: W_prev[j, :] /= s_j.
+void divide_columns(float* X, int64_t rows, int64_t in, const float* s);
+void divide_rows(float* W, int64_t rows, int64_t cols, const float* s);  // W[j, :] /= s_j
+
+// ---- AWQ (METHODS 4.3) --------------------------------------------------------------------------
+
+struct awq_options {
+  int n_grid = 20;                    // scale ratios r = i / n_grid, i = 0 .. n_grid-1
+  bool clip = true;                   // run the clipping search after the scale search
+  int clip_grid = 20;                 // auto_clip n_grid
+  double max_shrink = 0.5;            // shrink factors 1 - i / clip_grid, i < max_shrink * clip_grid
+  int64_t clip_sample_tokens = 512;   // auto_clip n_sample_token: every (n / 512)-th row of X
+  uint64_t tensor_id = 0;
+};
+
+struct awq_layer_result {
+  std::vector<float> weights;   // [out, in] Q(clip(W diag(s))): run it on X diag(s)^-1
+  std::vector<float> clip_max;  // [out, groups] the chosen max_val per row and group (scaled
+                                // domain); empty when not clipped
+};
+
+struct awq_result {
+  std::vector<float> scales;       // [in] s: multiply W's columns, divide the previous op by it
+  double ratio = 0;                // the chosen exponent r of s = s_x^r
+  std::vector<double> ratio_loss;  // [n_grid] mean squared output error of each ratio
+  std::vector<awq_layer_result> layers;
+};
+
+// The scale search alone: for r in {0, 1/n_grid, ..}: s = max(s_x^r, 1e-4), s /= sqrt(max s *
+// min s) with s_x = mean |x| per channel over X[n, in]; loss = mean over every output of every
+// layer of (X W^T - (X diag(s)^-1) Q(W diag(s))^T)^2; returns the s (and r, losses) of the least
+// loss (auto_scale.py _search_module_scale). r = 0 is s = 1, plain RTN.
+awq_result awq_search_scale(const float* X, int64_t n, int64_t in, const std::vector<linear_weight>& layers,
+                            const format& f, const awq_options& options = {});
+
+// The clipping search on an already scaled weight Ws[out, in] and scaled inputs Xs[n, in]: per
+// row and group, max_val = amax * (1 - i / clip_grid) for i < max_shrink * clip_grid; the weight
+// clipped to [-max_val, max_val] is fake-quantized and the group's share of the output, over every
+// (n / clip_sample_tokens)-th row of Xs, is compared with the float one; the least mean squared
+// error wins (auto_clip.py auto_clip_layer). Returns max_val [out, groups].
+std::vector<float> awq_search_clip(const float* Xs, int64_t n, const float* Ws, int64_t out, int64_t in,
+                                   const format& f, const awq_options& options = {});
+// W[r, group g] clamped to [-max_val, max_val] (auto_clip.py apply_clip).
+void awq_apply_clip(float* W, int64_t out, int64_t in, const format& f, const float* clip_max);
+
+// Scale search, then (options.clip) the clipping search per layer, then RTN of the clipped
+// scaled weights. `clip_layer` (one per layer, default all true) skips layers as llm-awq skips
+// q/k ("due to qk bmm, it is hard to clip precisely").
+awq_result awq_quantize(const float* X, int64_t n, int64_t in, const std::vector<linear_weight>& layers,
+                        const format& f, const awq_options& options = {},
+                        const std::vector<bool>& clip_layer = {});
+
+// ---- LoRC: low-rank compensation (METHODS 4.5) --------------------------------------------------
+
+struct lorc_result {
+  std::vector<float> weights;          // [out, in] Q + U V
+  std::vector<float> u;                // [out, k] U_k S_k^(1/2) (fake-quantized when asked)
+  std::vector<float> v;                // [k, in]  S_k^(1/2) V_k^T (fake-quantized when asked)
+  std::vector<double> singular_values; // every singular value of E = W - Q, descending
+};
+
+// E = W - Q, truncated SVD (Eigen BDCSVD, float64) at rank k; the factors, each a linear layer
+// with groups along its own reduction axis (U [out, k] along k, V [k, in] along in), are
+// fake-quantized in `factor_format` when given. k is clamped to min(out, in).
+lorc_result lorc_compensate(const float* W, const float* Q, int64_t out, int64_t in, int64_t rank,
+                            const std::optional<format>& factor_format = std::nullopt);
+
+// ---- bias correction ------------------------------------------------------------------------------
+
+// b' = b + mean_t(x_t) (W - Q)^T over X[n, in]: the quantized layer's mean output error over the
+// calibration inputs becomes 0. bias[out] may be null (zero). Float64 accumulation.
+std::vector<float> bias_correction(const float* X, int64_t n, int64_t in, const float* W, const float* Q,
+                                   int64_t out, const float* bias = nullptr);
+
+}  // namespace lowbit::ptq

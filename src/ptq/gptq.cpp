@@ -1,0 +1,344 @@
+// GPTQ (Frantar et al., ICLR 2023, Alg. 1; IST-DASLab/gptq gptq.py; METHODS 4.1) with lowbit's
+// format engine as the quantizer, and its Hessian accumulator.
+//
+// For W[out, in] and H = (2/n) X^T X, columns are quantized left to right; the error of column i
+// is spread over the columns not yet quantized with the OBS update
+//   err = (w_i - q_i) / U_ii,   W[:, j] -= err * U_ij  (j > i)
+// where U is the upper Cholesky factor of H^-1 (H^-1 = U^T U); row i of U is the (scaled) row i
+// of the inverse Hessian of the columns i.. once the columns < i are fixed. The lazy batch
+// version applies the update inside a block of columns at once per column and to the columns
+// right of the block with one GEMM per block: W[:, i2:] -= Err[:, i1:i2] U[i1:i2, i2:].
+//
+// Cost for [out, in]: the trailing GEMMs ~ out * in^2 flops (sgemm/dgemm), the in-block updates
+// out * in * B, the factorisation in^3 / 3 (Cholesky) + in^3 / 3 (triangular inverse). Rows are
+// independent inside a block (a group's scale is per row), so the in-block work runs one row per
+// OpenMP iteration, contiguous in memory.
+#include <cblas.h>
+#include <omp.h>
+
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <chrono>
+#include <cstdio>
+
+#include <fmt/format.h>
+
+#include "lowbit/error.hpp"
+#include "lowbit/kernels/element_ops.hpp"
+#include "lowbit/kernels/scale.hpp"
+#include "lowbit/ptq/ptq.hpp"
+
+namespace lowbit::ptq {
+
+// ---- Hessian -----------------------------------------------------------------------------------
+
+hessian_accumulator::hessian_accumulator(int64_t in_) : in(in_) {
+  if (in_ < 0) throw shape_error(fmt::format("hessian_accumulator: negative input size {}", in_));
+  upper.assign(static_cast<size_t>(in_ * in_), 0.0);
+}
+
+void hessian_accumulator::add(const float* X, int64_t n) {
+  if (n < 0) throw shape_error(fmt::format("hessian_accumulator::add: negative row count {}", n));
+  // Chunks of rows bound the float64 copy; each chunk is one running-average step, which is the
+  // same sum as one step for all rows: H_new = H * (c / (c + m)) + (2 / (c + m)) Xc^T Xc.
+  constexpr int64_t kChunk = 1024;
+  std::vector<double> xd(static_cast<size_t>(std::min(n, kChunk) * in));
+  for (int64_t t0 = 0; t0 < n; t0 += kChunk) {
+    const int64_t m = std::min(kChunk, n - t0);
+    for (int64_t i = 0; i < m * in; ++i) xd[static_cast<size_t>(i)] = X[t0 * in + i];
+    const int64_t c_new = count + m;
+    const double beta = static_cast<double>(count) / static_cast<double>(c_new);
+    const double alpha = 2.0 / static_cast<double>(c_new);
+    if (in > 0)  // upper triangle of H = alpha Xc^T Xc + beta H
+      cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<blasint>(in), static_cast<blasint>(m), alpha,
+                  xd.data(), static_cast<blasint>(in), beta, upper.data(), static_cast<blasint>(in));
+    count = c_new;
+  }
+}
+
+std::vector<double> hessian_accumulator::matrix() const {
+  std::vector<double> H(upper.size());
+  for (int64_t i = 0; i < in; ++i)
+    for (int64_t j = i; j < in; ++j) H[static_cast<size_t>(i * in + j)] = H[static_cast<size_t>(j * in + i)] = upper[static_cast<size_t>(i * in + j)];
+  return H;
+}
+
+namespace {
+
+using matrix_rm = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// U, the upper Cholesky factor of H^-1 (H^-1 = U^T U), [n, n] row-major. gptq.py computes
+// chol(H) -> cholesky_inverse -> chol(upper); we get the same factor without forming H^-1: with P
+// the reversal permutation, P H P = L L^T gives H^-1 = (P L^-T P)(P L^-1 P), and P L^-1 P is upper
+// triangular with a positive diagonal, so it is U (the factor is unique). One Cholesky and one
+// triangular inverse, each in^3 / 3 flops, and no explicit inverse to lose accuracy in.
+std::vector<double> inverse_cholesky_upper(const std::vector<double>& H, int64_t n, double percdamp) {
+  matrix_rm A(n, n);  // P H P
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) A(i, j) = H[static_cast<size_t>((n - 1 - i) * n + (n - 1 - j))];
+  Eigen::LLT<Eigen::Ref<matrix_rm>, Eigen::Lower> llt(A);
+  if (llt.info() != Eigen::Success)
+    throw error(fmt::format("gptq: the dampened Hessian [{}, {}] is not positive definite (percdamp {}); "
+                            "increase percdamp or use more calibration tokens",
+                            n, n, percdamp));
+  matrix_rm Linv = matrix_rm::Identity(n, n);
+  llt.matrixL().solveInPlace(Linv);
+  std::vector<double> U(static_cast<size_t>(n * n));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) U[static_cast<size_t>(i * n + j)] = Linv(n - 1 - i, n - 1 - j);
+  return U;
+}
+
+// C[M, N] -= A[M, K] B[K, N] (row-major, leading dimensions given).
+void gemm_sub(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+              int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(M), static_cast<blasint>(N),
+              static_cast<blasint>(K), -1.0f, A, static_cast<blasint>(lda), B, static_cast<blasint>(ldb), 1.0f, C,
+              static_cast<blasint>(ldc));
+}
+void gemm_sub(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda, const double* B, int64_t ldb, double* C,
+              int64_t ldc) {
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(M), static_cast<blasint>(N),
+              static_cast<blasint>(K), -1.0, A, static_cast<blasint>(lda), B, static_cast<blasint>(ldb), 1.0, C,
+              static_cast<blasint>(ldc));
+}
+
+// Everything the column loop needs that does not change during it.
+struct gptq_plan {
+  const format* f = nullptr;
+  scale_context ctx;
+  int64_t out = 0, in = 0;
+  int64_t block = 128;            // effective block size
+  int64_t K = 0;                  // group size (group granularity), else 0
+  bool dynamic_groups = false;    // scales chosen at each group's first column
+  float tensor_scale = 1.0f;      // nvfp4's second level
+  std::vector<group_scale> fixed; // tensor: [1]; row: [out]; static groups: [out, groups]; else empty
+  int64_t groups_per_row = 0;
+  std::vector<int64_t> perm;      // permuted position -> original column (empty: identity)
+  bool pack = false;              // also produce codes + scales
+  uint64_t tensor_id = 0;
+};
+
+// The lazy-batch column loop over Wp[out, in] (columns in permuted order) with U[in, in].
+// Writes Qp[out, in] (permuted order), the per-column loss (permuted order), and, when packing,
+// codes[out, in] (ORIGINAL column order) and the dynamic group scales [out, groups].
+template <typename T>
+void gptq_columns(const gptq_plan& p, std::vector<T>& Wp, const std::vector<T>& U, std::vector<float>& Qp,
+                  std::vector<double>& loss, std::vector<uint32_t>& codes, std::vector<group_scale>& dyn_scales) {
+  const format& f = *p.f;
+  const int64_t out = p.out, in = p.in, B = p.block;
+  const bool sr = f.rounding == rounding_mode::sr;
+  std::vector<T> err(static_cast<size_t>(out * B));     // [out, B] scaled errors of the block
+  std::vector<T> lossb(static_cast<size_t>(out * B));   // [out, B] (w - q)^2 / U_ii^2 / 2
+  for (int64_t i1 = 0; i1 < in; i1 += B) {
+    const int64_t i2 = std::min(i1 + B, in), cnt = i2 - i1;
+    bool any_error = false;
+#pragma omp parallel for schedule(static) reduction(|| : any_error) if (out * cnt * cnt > 32768)
+    for (int64_t r = 0; r < out; ++r) {
+      T* w = Wp.data() + r * in;
+      T* e_row = err.data() + r * B;
+      T* l_row = lossb.data() + r * B;
+      group_scale gs;
+      if (f.gran == granularity::tensor) gs = p.fixed[0];
+      else if (f.gran == granularity::row) gs = p.fixed[static_cast<size_t>(r)];
+      float gbuf[256];
+      std::vector<float> gbig;
+      for (int64_t i = i1; i < i2; ++i) {
+        const int64_t c = p.perm.empty() ? i : p.perm[static_cast<size_t>(i)];
+        if (p.dynamic_groups && i % p.K == 0) {
+          // The group's scale from its CURRENT weights (every earlier column already applied:
+          // the block is a multiple of K, so the whole group lies in this block).
+          const int64_t n = std::min(p.K, in - i);
+          float* g = gbuf;
+          if (n > 256) {
+            gbig.resize(static_cast<size_t>(n));
+            g = gbig.data();
+          }
+          for (int64_t k = 0; k < n; ++k) g[k] = static_cast<float>(w[i + k]);
+          gs = choose_scale(p.ctx, group_stats_ref(g, n), g, n, p.tensor_scale);
+          if (p.pack) dyn_scales[static_cast<size_t>(r * p.groups_per_row + i / p.K)] = gs;
+        } else if (f.gran == granularity::group && !p.dynamic_groups) {
+          gs = p.fixed[static_cast<size_t>(r * p.groups_per_row + c / p.K)];
+        }
+        const float x = static_cast<float>(w[i]);
+        const float u = sr ? uniform_from_word(random_word(f.seed, p.tensor_id, static_cast<uint64_t>(r * in + c))) : 0.0f;
+        const uint32_t code = quantize_value_ref(f, x, gs, u);
+        const float q = dequantize_value_ref(f, code, gs);
+        if (p.pack) codes[static_cast<size_t>(r * in + c)] = code;
+        Qp[static_cast<size_t>(r * in + i)] = q;
+        const T* urow = U.data() + i * in;
+        const T e = (w[i] - static_cast<T>(q)) / urow[i];
+        e_row[i - i1] = e;
+        l_row[i - i1] = e * e / 2;
+        if (e != 0) {
+          any_error = true;
+          for (int64_t j = i + 1; j < i2; ++j) w[j] -= e * urow[j];
+        }
+      }
+    }
+    for (int64_t r = 0; r < out; ++r)
+      for (int64_t i = 0; i < cnt; ++i) loss[static_cast<size_t>(i1 + i)] += static_cast<double>(lossb[static_cast<size_t>(r * B + i)]);
+    // The columns right of the block: W[:, i2:] -= Err[:, :cnt] U[i1:i2, i2:]. Skipped when every
+    // error is 0 (e.g. weights already in the format), which also keeps -0.0 weights bit-exact.
+    if (any_error && i2 < in)
+      gemm_sub(out, in - i2, cnt, err.data(), B, U.data() + i1 * in + i2, in, Wp.data() + i2, in);
+  }
+}
+
+bool all_finite(const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return false;
+  return true;
+}
+
+}  // namespace
+
+gptq_result gptq_quantize(const float* W, int64_t out, int64_t in, const double* H, const format& f,
+                          const gptq_options& o) {
+  if (out < 0 || in < 0) throw shape_error(fmt::format("gptq: weight shape [{}, {}] has a negative dimension", out, in));
+  if (o.block_size < 1) throw error(fmt::format("gptq: block_size must be >= 1, got {}", o.block_size));
+  if (!(o.percdamp >= 0)) throw error(fmt::format("gptq: percdamp must be >= 0, got {}", o.percdamp));
+  if (!all_finite(W, out * in)) throw error("gptq: the weight holds NaN or Inf; GPTQ needs a finite weight");
+  for (int64_t i = 0; i < in * in; ++i)
+    if (!std::isfinite(H[i])) throw error("gptq: the Hessian holds NaN or Inf");
+
+  gptq_result res;
+  res.column_loss.assign(static_cast<size_t>(in), 0.0);
+  res.weights.assign(static_cast<size_t>(out * in), 0.0f);
+  if (out == 0 || in == 0) {
+    if (o.static_groups || !o.act_order || f.gran != granularity::group)
+      res.packed = quantize_ref(W, out, in, f, o.tensor_id);
+    return res;
+  }
+
+  // 1. Dead inputs (never active in calibration): H_ii = 1, W[:, i] = 0 (gptq.py).
+  std::vector<double> Hd(H, H + in * in);
+  std::vector<float> W0(W, W + out * in);
+  for (int64_t i = 0; i < in; ++i) {
+    if (Hd[static_cast<size_t>(i * in + i)] != 0) continue;
+    Hd[static_cast<size_t>(i * in + i)] = 1;
+    for (int64_t r = 0; r < out; ++r) W0[static_cast<size_t>(r * in + i)] = 0;
+    ++res.dead_columns;
+  }
+
+  // 2. The quantizer's fixed parts. [M] Row / tensor / static-group scales and nvfp4's tensor
+  // scale come from W after the dead columns are zeroed (gptq.py's find_params for per-channel
+  // runs before the zeroing, so a dead input's weight could widen the row's range; the weights
+  // GPTQ actually quantizes are the zeroed ones, and they are what a stored scale must cover).
+  gptq_plan p;
+  p.f = &f;
+  p.ctx = make_scale_context(f, true);
+  p.out = out;
+  p.in = in;
+  p.tensor_id = o.tensor_id;
+  if (f.named == preset::nvfp4) {
+    float amax = 0;
+    for (const float v : W0) amax = std::max(amax, std::fabs(v));
+    p.tensor_scale = nvfp4_tensor_scale(amax);
+  }
+  if (f.gran == granularity::tensor) {
+    p.fixed.push_back(choose_scale(p.ctx, group_stats_ref(W0.data(), out * in), W0.data(), out * in, p.tensor_scale));
+  } else if (f.gran == granularity::row) {
+    for (int64_t r = 0; r < out; ++r) {
+      const float* x = W0.data() + r * in;
+      p.fixed.push_back(choose_scale(p.ctx, group_stats_ref(x, in), x, in, p.tensor_scale));
+    }
+  } else if (f.gran == granularity::group) {
+    p.K = f.group_size;
+    p.groups_per_row = groups_per_row(f, in);
+    p.dynamic_groups = !o.static_groups;
+    if (o.static_groups) {
+      for (int64_t r = 0; r < out; ++r)
+        for (int64_t g = 0; g < p.groups_per_row; ++g) {
+          const int64_t c0 = g * p.K, n = std::min(p.K, in - c0);
+          const float* x = W0.data() + r * in + c0;
+          p.fixed.push_back(choose_scale(p.ctx, group_stats_ref(x, n), x, n, p.tensor_scale));
+        }
+    }
+  }
+  // [M] The block is a multiple of the group size (K itself when K > block_size), so that a
+  // group never straddles two blocks and its scale sees every update of the columns before it.
+  // For K dividing 128 (g16, g32, g64, g128) this is gptq.py's blocking exactly; gptq.py with
+  // other sizes reads the group's columns right of the block before the block's lazy update.
+  p.block = o.block_size;
+  if (p.dynamic_groups) p.block = p.K >= o.block_size ? p.K : (o.block_size / p.K) * p.K;
+  p.pack = !(o.act_order && p.dynamic_groups);
+
+  // 3. Act-order: columns by descending diag(H). [M] A stable sort, so ties keep column order
+  // (torch.argsort does not promise an order for ties).
+  if (o.act_order) {
+    p.perm.resize(static_cast<size_t>(in));
+    std::iota(p.perm.begin(), p.perm.end(), int64_t{0});
+    std::stable_sort(p.perm.begin(), p.perm.end(), [&](int64_t a, int64_t b) {
+      return Hd[static_cast<size_t>(a * in + a)] > Hd[static_cast<size_t>(b * in + b)];
+    });
+    std::vector<double> Hp(Hd.size());
+    for (int64_t i = 0; i < in; ++i)
+      for (int64_t j = 0; j < in; ++j)
+        Hp[static_cast<size_t>(i * in + j)] = Hd[static_cast<size_t>(p.perm[static_cast<size_t>(i)] * in + p.perm[static_cast<size_t>(j)])];
+    Hd.swap(Hp);
+  }
+
+  // 4. Dampening, 5. U = chol_upper(H^-1).
+  double mean_diag = 0;
+  for (int64_t i = 0; i < in; ++i) mean_diag += Hd[static_cast<size_t>(i * in + i)];
+  mean_diag /= static_cast<double>(in);
+  for (int64_t i = 0; i < in; ++i) Hd[static_cast<size_t>(i * in + i)] += o.percdamp * mean_diag;
+  auto T0 = std::chrono::steady_clock::now();
+  const std::vector<double> U64 = inverse_cholesky_upper(Hd, in, o.percdamp);
+  auto T1 = std::chrono::steady_clock::now(); fprintf(stderr, "chol %.3f\n", std::chrono::duration<double>(T1-T0).count());
+  Hd = {};
+
+  // 6. The column loop, in float32 (as gptq.py) or float64.
+  std::vector<float> Qp(static_cast<size_t>(out * in));
+  std::vector<double> lossp(static_cast<size_t>(in), 0.0);
+  std::vector<uint32_t> codes(p.pack ? static_cast<size_t>(out * in) : 0);
+  std::vector<group_scale> dyn(p.pack && p.dynamic_groups ? static_cast<size_t>(out * p.groups_per_row) : 0);
+  auto permuted = [&](auto zero) {
+    using T = decltype(zero);
+    std::vector<T> Wp(static_cast<size_t>(out * in));
+    for (int64_t r = 0; r < out; ++r)
+      for (int64_t i = 0; i < in; ++i)
+        Wp[static_cast<size_t>(r * in + i)] = W0[static_cast<size_t>(r * in + (p.perm.empty() ? i : p.perm[static_cast<size_t>(i)]))];
+    return Wp;
+  };
+  if (o.float64) {
+    std::vector<double> Wp = permuted(0.0);
+    gptq_columns<double>(p, Wp, U64, Qp, lossp, codes, dyn);
+  } else {
+    std::vector<float> Wp = permuted(0.0f);
+    const std::vector<float> U32(U64.begin(), U64.end());
+    gptq_columns<float>(p, Wp, U32, Qp, lossp, codes, dyn);
+  }
+
+  fprintf(stderr, "loop %.3f\n", std::chrono::duration<double>(std::chrono::steady_clock::now()-T1).count());
+  // Undo the permutation.
+  for (int64_t i = 0; i < in; ++i) {
+    const int64_t c = p.perm.empty() ? i : p.perm[static_cast<size_t>(i)];
+    res.column_loss[static_cast<size_t>(c)] = lossp[static_cast<size_t>(i)];
+    for (int64_t r = 0; r < out; ++r) res.weights[static_cast<size_t>(r * in + c)] = Qp[static_cast<size_t>(r * in + i)];
+  }
+  res.loss = std::accumulate(res.column_loss.begin(), res.column_loss.end(), 0.0);
+  if (!all_finite(res.weights.data(), out * in))
+    throw error("gptq: the update produced NaN or Inf (an ill-conditioned Hessian?); increase percdamp");
+
+  // Codes + scales in quantize()'s layout.
+  if (p.pack) {
+    quantized_tensor q = quantized_tensor::allocate(f, out, in);
+    q.tensor_scale = f.named == preset::nvfp4 ? p.tensor_scale : 1.0f;
+    const std::vector<group_scale>& scales = p.dynamic_groups ? dyn : p.fixed;
+    for (size_t g = 0; g < q.scales.size(); ++g) {
+      const group_scale& gs = scales[g];
+      q.scales[g] = gs.nonfinite ? canonical_nan() : gs.stored;
+      if (!q.zero_points.empty()) q.zero_points[g] = gs.zero_point;
+    }
+    for (int64_t r = 0; r < out; ++r) pack_codes(codes.data() + r * in, in, f.element.bits, q.codes.data() + r * q.row_bytes);
+    res.packed = std::move(q);
+  }
+  return res;
+}
+
+}  // namespace lowbit::ptq

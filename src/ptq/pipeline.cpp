@@ -1,0 +1,276 @@
+// Whole-model post-training quantization, layer by layer (pipeline.hpp).
+#include "lowbit/ptq/pipeline.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "lowbit/engine/forward.hpp"
+#include "lowbit/error.hpp"
+
+namespace lowbit::ptq {
+
+method parse_method(const std::string& name) {
+  if (name == "rtn") return method::rtn;
+  if (name == "gptq") return method::gptq;
+  if (name == "awq") return method::awq;
+  if (name == "smoothquant") return method::smoothquant;
+  throw error(fmt::format("unknown PTQ method '{}': expected rtn, gptq, awq or smoothquant", name));
+}
+
+const char* method_name(method m) {
+  switch (m) {
+    case method::rtn: return "rtn";
+    case method::gptq: return "gptq";
+    case method::awq: return "awq";
+    case method::smoothquant: return "smoothquant";
+  }
+  return "?";
+}
+
+std::vector<int64_t> calibration_windows(int64_t n_tokens, int samples, int ctx, uint64_t seed) {
+  if (samples <= 0 || ctx < 2)
+    throw error(fmt::format("calibration: {} samples of {} tokens (need >= 1 sample of >= 2 tokens)",
+                            samples, ctx));
+  const int64_t half = n_tokens / 2, available = (n_tokens - half) / ctx;
+  if (available < samples)
+    throw error(fmt::format("calibration: the second half of the data ({} tokens) holds {} windows of {} "
+                            "tokens; {} were asked for (lower --calib-samples or --calib-ctx)",
+                            n_tokens - half, available, ctx, samples));
+  // Fisher-Yates over the window indices with mt19937_64, whose output the standard fixes, so a
+  // seed picks the same windows everywhere.
+  std::vector<int64_t> idx(available);
+  for (int64_t i = 0; i < available; ++i) idx[i] = i;
+  std::mt19937_64 rng(seed);
+  for (int64_t i = available - 1; i > 0; --i) std::swap(idx[i], idx[rng() % uint64_t(i + 1)]);
+  idx.resize(samples);
+  std::sort(idx.begin(), idx.end());
+  for (int64_t& i : idx) i = half + i * ctx;
+  return idx;
+}
+
+namespace {
+
+// The linear layers of a block that read one input, and where a per-input-channel scale s of
+// that input can be folded (divided out) so the float function is unchanged.
+struct layer_group {
+  std::string input;                 // dump name suffix: attn_norm, attn, ffn_norm, ffn_act
+  std::vector<std::string> weights;  // tensor name suffixes
+  enum class fold { none, norm, rows } how = fold::none;
+  std::string fold_tensor;           // norm prefix (fold::norm) or weight whose rows produce the input
+  int64_t fold_row0 = 0;             // first row of that weight (GPT-2's v inside attn_qkv)
+};
+
+std::vector<layer_group> block_groups(const model_config& c) {
+  const bool llama = c.arch == architecture::llama;
+  std::vector<layer_group> g;
+  using F = layer_group::fold;
+  if (llama) {
+    g.push_back({"attn_norm", {"attn_q.weight", "attn_k.weight", "attn_v.weight"}, F::norm, "attn_norm", 0});
+    // Attention output channel j is a mix of v's output row j over positions — linear in v, so a
+    // scale folds into v's rows, but only when every query head has its own kv head.
+    g.push_back({"attn", {"attn_output.weight"}, c.n_heads == c.n_kv_heads ? F::rows : F::none,
+                 "attn_v.weight", 0});
+    g.push_back({"ffn_norm", {"ffn_gate.weight", "ffn_up.weight"}, F::norm, "ffn_norm", 0});
+    // ffn_act = silu(gate) * up is linear in up's output: fold into up's rows.
+    g.push_back({"ffn_act", {"ffn_down.weight"}, F::rows, "ffn_up.weight", 0});
+  } else {
+    g.push_back({"attn_norm", {"attn_qkv.weight"}, F::norm, "attn_norm", 0});
+    g.push_back({"attn", {"attn_output.weight"}, F::rows, "attn_qkv.weight", 2 * int64_t(c.dim)});
+    g.push_back({"ffn_norm", {"ffn_up.weight"}, F::norm, "ffn_norm", 0});
+    g.push_back({"ffn_act", {"ffn_down.weight"}, F::none, "", 0});  // GELU: no exact fold
+  }
+  return g;
+}
+
+// What one block's pass collects about one group's input.
+struct group_inputs {
+  int64_t in = 0;
+  std::optional<hessian_accumulator> hessian;
+  std::optional<channel_stats> stats;
+  std::vector<float> rows;  // sampled rows [n, in]
+  int64_t seen = 0, stride = 1, max_rows = 0;
+
+  void add(const float* x, int64_t n) {
+    if (hessian) hessian->add(x, n);
+    if (stats) stats->add(x, n);
+    for (int64_t r = 0; r < n; ++r, ++seen)
+      if (seen % stride == 0 && int64_t(rows.size()) / in < max_rows)
+        rows.insert(rows.end(), x + r * in, x + (r + 1) * in);
+  }
+  int64_t n_rows() const { return int64_t(rows.size()) / in; }
+};
+
+// ||X W^T - Xq Q^T||^2 / rows: the layer's output error on sampled calibration rows, where Xq
+// are the inputs the quantized layer sees (X / s after a folded scale).
+double layer_error(const std::vector<float>& X, const std::vector<float>& Xq, int64_t in,
+                   const std::vector<float>& W, const std::vector<float>& Q, int64_t out) {
+  const int64_t n = int64_t(X.size()) / in;
+  if (n == 0) return 0;
+  std::vector<float> a(n * out), b(n * out);
+  matmul_nt(X.data(), W.data(), a.data(), n, in, out);
+  matmul_nt(Xq.data(), Q.data(), b.data(), n, in, out);
+  double e = 0;
+  for (size_t i = 0; i < a.size(); ++i) e += double(a[i] - b[i]) * double(a[i] - b[i]);
+  return e / n;
+}
+
+void fold_scale(model& m, const std::string& block, const layer_group& g, const std::vector<float>& s) {
+  const int64_t in = int64_t(s.size());
+  if (g.how == layer_group::fold::norm) {
+    tensor& w = *m.find(block + g.fold_tensor + ".weight");
+    divide_columns(w.data.data(), 1, in, s.data());
+    if (tensor* b = m.find(block + g.fold_tensor + ".bias")) divide_columns(b->data.data(), 1, in, s.data());
+  } else if (g.how == layer_group::fold::rows) {
+    tensor& w = *m.find(block + g.fold_tensor);
+    divide_rows(w.data.data() + g.fold_row0 * w.cols(), in, w.cols(), s.data());
+    const std::string bias = block + g.fold_tensor.substr(0, g.fold_tensor.size() - 6) + "bias";
+    if (tensor* b = m.find(bias)) divide_columns(b->data.data() + g.fold_row0, 1, in, s.data());
+  }
+}
+
+}  // namespace
+
+quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const quantize_options& o,
+                               const ptq_progress& progress) {
+  using clock = std::chrono::steady_clock;
+  const auto t_start = clock::now();
+  m.validate();
+  const model_config& c = m.config;
+  quantize_report report;
+  const auto groups = block_groups(c);
+  uint64_t tensor_id = 0;
+
+  if (o.how == method::rtn) {  // no calibration: every linear weight on its own
+    for (const std::string& name : m.linear_weight_names()) {
+      tensor& t = m.get_mut(name);
+      const auto t0 = clock::now();
+      auto q = rtn_quantize(t.data.data(), t.rows(), t.cols(), o.weights, ++tensor_id);
+      t.data = std::move(q);
+      report.layers.push_back({name, std::chrono::duration<double>(clock::now() - t0).count(), 0, 0});
+      if (progress) progress(report.layers.size(), m.linear_weight_names().size());
+    }
+    report.seconds = std::chrono::duration<double>(clock::now() - t_start).count();
+    return report;
+  }
+
+  const int ctx = o.calib_ctx;
+  if (c.arch == architecture::gpt2 && ctx > c.max_seq_len)
+    throw error(fmt::format("calibration: --calib-ctx {} exceeds GPT-2's {} positions", ctx, c.max_seq_len));
+  const auto starts = calibration_windows(int64_t(ids.size()), o.calib_samples, ctx, o.seed);
+  report.windows_available = (int64_t(ids.size()) - int64_t(ids.size()) / 2) / ctx;
+  for (int64_t s : starts)
+    for (int i = 0; i < ctx; ++i)
+      if (ids[s + i] < 0 || ids[s + i] >= c.vocab_size)
+        throw error(fmt::format("calibration: token id {} outside the model's vocabulary", ids[s + i]));
+
+  const int64_t dim = c.dim, W = int64_t(starts.size());
+  forward_session session(m, quant_plan{}, ctx);
+  std::vector<float> residual(W * ctx * dim);  // [window, token, dim]: the input of block l
+  for (int64_t w = 0; w < W; ++w) session.embed(ids.data() + starts[w], ctx, residual.data() + w * ctx * dim);
+
+  const int64_t total_steps = int64_t(c.n_layers) * W * 2;
+  int64_t steps = 0;
+  std::vector<float> scratch(ctx * dim);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string block = fmt::format("blk.{}.", l);
+    // ---- 1. collect the inputs of block l's linear layers ----
+    std::vector<group_inputs> inputs(groups.size());
+    for (size_t g = 0; g < groups.size(); ++g) {
+      const int64_t in = m.get(block + groups[g].weights[0]).cols();
+      group_inputs& gi = inputs[g];
+      gi.in = in;
+      if (o.how == method::gptq) gi.hessian.emplace(in);
+      if (o.how == method::awq || o.how == method::smoothquant) gi.stats.emplace(in);
+      gi.max_rows = o.max_sample_rows;
+      gi.stride = std::max<int64_t>(1, W * ctx / std::max<int64_t>(1, o.max_sample_rows));
+    }
+    session.set_dump([&](const std::string& name, const float* data, int64_t rows, int64_t cols) {
+      if (name.compare(0, block.size(), block) != 0) return;
+      const std::string what = name.substr(block.size());
+      for (size_t g = 0; g < groups.size(); ++g)
+        if (groups[g].input == what) inputs[g].add(data, rows);
+    });
+    for (int64_t w = 0; w < W; ++w) {
+      std::copy_n(residual.data() + w * ctx * dim, ctx * dim, scratch.data());
+      session.forward_blocks(scratch.data(), ctx, l, l + 1);
+      if (progress) progress(++steps, total_steps);
+    }
+    session.set_dump(nullptr);
+
+    // ---- 2. quantize them, group by group ----
+    for (size_t g = 0; g < groups.size(); ++g) {
+      const layer_group& grp = groups[g];
+      group_inputs& gi = inputs[g];
+      const int64_t in = gi.in;
+      std::vector<std::vector<float>> originals;
+      std::vector<linear_weight> layers;
+      for (const std::string& wn : grp.weights) {
+        const tensor& t = m.get(block + wn);
+        originals.push_back(t.data);
+      }
+      for (size_t i = 0; i < grp.weights.size(); ++i)
+        layers.push_back({originals[i].data(), m.get(block + grp.weights[i]).rows()});
+      std::vector<float> scales;  // folded per-input-channel scale (AWQ, SmoothQuant)
+      std::vector<std::vector<float>> quantized(grp.weights.size());
+      const auto t0 = clock::now();
+      if (o.how == method::gptq) {
+        const std::vector<double> H = gi.hessian->matrix();
+        for (size_t i = 0; i < grp.weights.size(); ++i) {
+          gptq_options go = o.gptq;
+          go.tensor_id = ++tensor_id;
+          quantized[i] = gptq_quantize(originals[i].data(), layers[i].out, in, H.data(), o.weights, go).weights;
+        }
+      } else if (o.how == method::awq) {
+        awq_options ao = o.awq;
+        ao.tensor_id = ++tensor_id;
+        if (grp.how == layer_group::fold::none) ao.n_grid = 1;  // s = 1: clipping search only
+        std::vector<bool> clip(grp.weights.size(), true);
+        for (size_t i = 0; i < grp.weights.size(); ++i)  // llm-awq skips q/k: "qk bmm"
+          if (grp.weights[i] == "attn_q.weight" || grp.weights[i] == "attn_k.weight" ||
+              grp.weights[i] == "attn_qkv.weight")
+            clip[i] = false;
+        awq_result r = awq_quantize(gi.rows.data(), gi.n_rows(), in, layers, o.weights, ao, clip);
+        for (size_t i = 0; i < grp.weights.size(); ++i) quantized[i] = std::move(r.layers[i].weights);
+        if (grp.how != layer_group::fold::none) scales = std::move(r.scales);
+      } else {  // smoothquant: migrate activation outliers where a norm takes the scale
+        if (grp.how == layer_group::fold::norm) {
+          scales = smoothquant_scales(gi.stats->absmax.data(), in, layers, o.smooth_alpha);
+        }
+        for (size_t i = 0; i < grp.weights.size(); ++i) {
+          std::vector<float> w = originals[i];
+          if (!scales.empty()) scale_columns(w.data(), layers[i].out, in, scales.data());
+          quantized[i] = rtn_quantize(w.data(), layers[i].out, in, o.weights, ++tensor_id);
+        }
+      }
+      const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
+      // The report: output error on the sampled rows, against RTN of the original weight.
+      std::vector<float> Xq = gi.rows;
+      if (!scales.empty()) divide_columns(Xq.data(), gi.n_rows(), in, scales.data());
+      for (size_t i = 0; i < grp.weights.size(); ++i) {
+        const auto rtn = rtn_quantize(originals[i].data(), layers[i].out, in, o.weights, 0);
+        layer_report lr;
+        lr.name = block + grp.weights[i];
+        lr.seconds = seconds / grp.weights.size();
+        lr.error = layer_error(gi.rows, Xq, in, originals[i], quantized[i], layers[i].out);
+        lr.rtn_error = layer_error(gi.rows, gi.rows, in, originals[i], rtn, layers[i].out);
+        report.layers.push_back(lr);
+        m.get_mut(block + grp.weights[i]).data = std::move(quantized[i]);
+      }
+      if (!scales.empty()) fold_scale(m, block, grp, scales);
+    }
+
+    // ---- 3. the quantized block makes the next block's inputs ----
+    for (int64_t w = 0; w < W; ++w) {
+      session.forward_blocks(residual.data() + w * ctx * dim, ctx, l, l + 1);
+      if (progress) progress(++steps, total_steps);
+    }
+  }
+  report.seconds = std::chrono::duration<double>(clock::now() - t_start).count();
+  return report;
+}
+
+}  // namespace lowbit::ptq

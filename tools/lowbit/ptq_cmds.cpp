@@ -1,0 +1,129 @@
+// `lowbit quantize`: post-training quantization of a model, written to safetensors or GGUF
+// (CONVENTIONS 20-22).
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli.hpp"
+#include "lowbit/engine/eval.hpp"
+#include "lowbit/engine/model.hpp"
+#include "lowbit/error.hpp"
+#include "lowbit/ptq/pipeline.hpp"
+
+namespace fs = std::filesystem;
+
+namespace lowbit::cli {
+namespace {
+
+struct quantize_cli_options {
+  std::string model, tokenizer, data, weights, method = "gptq", out;
+  int calib_samples = 128, calib_ctx = 256;
+  uint64_t seed = 0;
+  bool force = false, json = false, act_order = false;
+  double damp = 0.01, alpha = 0.5;
+};
+
+// FNV-1a 64 of a file: the calibration data's fingerprint in the output's provenance.
+std::string file_fingerprint(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  uint64_t h = 1469598103934665603ull;
+  char buf[65536];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+    for (std::streamsize i = 0; i < in.gcount(); ++i) h = (h ^ uint8_t(buf[i])) * 1099511628211ull;
+    if (!in) break;
+  }
+  return fmt::format("fnv1a64:{:016x}", h);
+}
+
+bool ends_with(const std::string& s, const std::string& t) {
+  return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
+}
+
+void cmd_quantize(const quantize_cli_options& o) {
+  if (!ends_with(o.out, ".safetensors") && !ends_with(o.out, ".gguf"))
+    throw error(fmt::format("quantize: -o {}: expected a .safetensors or .gguf path", o.out));
+  if (fs::exists(o.out) && !o.force)
+    throw error(fmt::format("quantize: {} exists; pass --force to replace it", o.out));
+  ptq::quantize_options qo;
+  qo.how = ptq::parse_method(o.method);
+  qo.weights = parse_format(o.weights);
+  qo.calib_samples = o.calib_samples, qo.calib_ctx = o.calib_ctx, qo.seed = o.seed;
+  qo.gptq.percdamp = o.damp, qo.gptq.act_order = o.act_order;
+  qo.smooth_alpha = o.alpha;
+
+  model m = load_model(o.model);
+  const auto tok = tokenizer_for_model(m, o.tokenizer);
+  std::ifstream in(o.data, std::ios::binary);
+  if (!in) throw error(fmt::format("{}: cannot open calibration data", o.data));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::vector<int32_t> ids = encode_documents(*tok, ss.str());
+
+  progress_bar bar(fmt::format("quantize {} {}", o.method, o.weights), "step");
+  const ptq::quantize_report r = ptq::quantize_model(m, ids, qo, [&](int64_t d, int64_t t) { bar.update(d, t); });
+  bar.finish();
+
+  // Provenance, and where the tokenizer is, travel with the file.
+  if (m.tokenizer.kind.empty() || m.tokenizer.kind == "llama2c") {
+    const std::string tok_path = !o.tokenizer.empty() ? o.tokenizer : "";
+    if (!tok_path.empty()) m.tokenizer = {"file", fs::absolute(tok_path).string()};
+    else for (const std::string& name : {std::string("tokenizer.bin"), fmt::format("tok{}.bin", m.config.vocab_size)}) {
+      const fs::path p = fs::path(o.model).parent_path() / name;
+      if (fs::exists(p)) { m.tokenizer = {"file", fs::absolute(p).string()}; break; }
+    }
+  }
+  m.provenance = nlohmann::json{{"method", o.method}, {"weights", o.weights},
+                                {"weights_canonical", format_name(qo.weights)}, {"source_model", o.model},
+                                {"calibration_data", o.data}, {"calibration_hash", file_fingerprint(o.data)},
+                                {"calib_samples", o.calib_samples}, {"calib_ctx", o.calib_ctx},
+                                {"seed", o.seed}}.dump();
+  if (ends_with(o.out, ".gguf")) save_gguf_model(m, o.out);
+  else save_safetensors_model(m, o.out);
+
+  double err = 0, rtn = 0;
+  for (const auto& l : r.layers) err += l.error, rtn += l.rtn_error;
+  if (o.json) {
+    nlohmann::json layers = nlohmann::json::array();
+    for (const auto& l : r.layers)
+      layers.push_back({{"name", l.name}, {"seconds", l.seconds}, {"error", l.error}, {"rtn_error", l.rtn_error}});
+    std::cout << nlohmann::json{{"out", o.out}, {"method", o.method},
+                                {"weights", {{"format", o.weights}, {"canonical", format_name(qo.weights)}}},
+                                {"seconds", r.seconds}, {"windows_available", r.windows_available},
+                                {"layers", layers}}.dump(2) << "\n";
+    return;
+  }
+  std::cout << fmt::format("{}: {} {} of {} linear weights in {:.2f} s", o.out, o.method,
+                           format_name(qo.weights), r.layers.size(), r.seconds);
+  if (qo.how != ptq::method::rtn)
+    std::cout << fmt::format("; calibration output error {:.4g} vs RTN {:.4g} ({:.1f}%)", err, rtn,
+                             rtn > 0 ? 100.0 * err / rtn : 0.0);
+  std::cout << "\n";
+}
+
+}  // namespace
+
+void add_ptq_commands(CLI::App& app, command_list& commands) {
+  static quantize_cli_options o;
+  auto* q = app.add_subcommand("quantize", "post-training quantization (rtn, gptq, awq, smoothquant) to a file");
+  q->add_option("--model", o.model, "model file")->required();
+  q->add_option("--tokenizer", o.tokenizer, "tokenizer (default: the model's)");
+  q->add_option("--data", o.data, "calibration text: windows drawn from its second half")->required();
+  q->add_option("--weights", o.weights, "weight format, e.g. int4/g32, mxfp4, nvfp4")->required();
+  q->add_option("--method", o.method, "rtn | gptq | awq | smoothquant")->capture_default_str();
+  q->add_option("--calib-samples", o.calib_samples, "calibration windows")->capture_default_str();
+  q->add_option("--calib-ctx", o.calib_ctx, "tokens per calibration window")->capture_default_str();
+  q->add_option("--seed", o.seed, "window draw seed")->capture_default_str();
+  q->add_option("--damp", o.damp, "GPTQ dampening (fraction of mean diag H)")->capture_default_str();
+  q->add_flag("--act-order", o.act_order, "GPTQ: columns in order of decreasing Hessian diagonal");
+  q->add_option("--alpha", o.alpha, "SmoothQuant migration strength")->capture_default_str();
+  q->add_option("-o,--out", o.out, "output .safetensors or .gguf")->required();
+  q->add_flag("--force", o.force, "replace an existing output");
+  q->add_flag("--json", o.json, "one JSON document");
+  commands.push_back({q, [] { cmd_quantize(o); }});
+}
+
+}  // namespace lowbit::cli
