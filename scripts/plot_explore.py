@@ -19,13 +19,14 @@ def main(csv_path, png_path):
     for i, r in enumerate(rows):
         bits, ppl, err = float(r["bits_per_weight"]), float(r["ppl"]), float(r["ppl_stderr"])
         weight_only = not r["acts"] and not r["kv"]
-        ax.errorbar(bits, ppl, yerr=err, fmt="o" if weight_only else "s",
+        marker = {"rtn": "o", "gptq": "^", "awq": "D", "smoothquant": "v"}.get(r.get("method", "rtn"), "o")
+        ax.errorbar(bits, ppl, yerr=err, fmt=marker if weight_only else "s",
                     color="tab:blue" if weight_only else "tab:red", capsize=3)
         ax.annotate(r["row"], (bits, ppl), textcoords="offset points", xytext=(6, 10 * (i % 3) - 10), fontsize=8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("bits per linear weight (element + scales)")
     ax.set_ylabel("perplexity")
-    ax.set_title("weight-only RTN (circles), W8A8 / KV rows (squares)")
+    ax.set_title("weights only (blue: o RTN, ^ GPTQ, D AWQ), with activations / KV (red)")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)

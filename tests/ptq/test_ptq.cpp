@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <numeric>
 #include <random>
 
@@ -35,8 +36,9 @@ vecf normal(int64_t n, uint64_t seed, float sigma = 1.0f) {
 
 // X = Z A with Z [n, in] ~ N(0, 1) and A [in, in] = I + N(0, 1/in): inputs with correlated
 // channels (the setting where GPTQ's error feedback pays), plus a per-channel spread of scales.
-vecf correlated_inputs(int64_t n, int64_t in, uint64_t seed) {
-  const vecf Z = normal(n * in, seed);
+// `seed` fixes the distribution (A), `sample` the draw of Z (sample 1: held-out data).
+vecf correlated_inputs(int64_t n, int64_t in, uint64_t seed, uint64_t sample = 0) {
+  const vecf Z = normal(n * in, seed + 7919 * sample);
   vecf A = normal(in * in, seed + 1, 1.0f / std::sqrt(static_cast<float>(in)));
   for (int64_t i = 0; i < in; ++i) A[static_cast<size_t>(i * in + i)] += 1.0f;
   std::mt19937_64 rng(seed + 2);
@@ -297,13 +299,13 @@ class GptqFormats : public ::testing::TestWithParam<const char*> {};
 TEST_P(GptqFormats, BeatsRtnOnCorrelatedInputs) {
   const int64_t out = 128, in = 256, n = 1024;
   const vecf X = correlated_inputs(n, in, 41);
-  const vecf Xtest = correlated_inputs(n, in, 41);  // same mixing? no: new seed below
-  (void)Xtest;
+  const vecf Xtest = correlated_inputs(n, in, 41, 1);  // held out, same distribution
   const vecd H = hessian_of(X, n, in);
   const vecf W = normal(out * in, 42, 0.05f);
   const format f = parse_format(GetParam());
   const vecf Q_rtn = rtn_quantize(W.data(), out, in, f);
   const double e_rtn = output_error(X.data(), n, in, W.data(), Q_rtn.data(), out);
+  const double e_rtn_test = output_error(Xtest.data(), n, in, W.data(), Q_rtn.data(), out);
   struct variant {
     const char* name;
     bool act, stat;
@@ -316,8 +318,11 @@ TEST_P(GptqFormats, BeatsRtnOnCorrelatedInputs) {
     o.static_groups = v.stat;
     const gptq_result r = gptq_quantize(W.data(), out, in, H.data(), f, o);
     const double e = output_error(X.data(), n, in, W.data(), r.weights.data(), out);
-    std::printf("  %-12s %-10s GPTQ/RTN output error %.4f  (%.5g / %.5g)\n", GetParam(), v.name, e / e_rtn, e, e_rtn);
+    const double e_test = output_error(Xtest.data(), n, in, W.data(), r.weights.data(), out);
+    std::printf("  %-12s %-10s GPTQ/RTN output error %.4f calibration, %.4f held out\n", GetParam(), v.name,
+                e / e_rtn, e_test / e_rtn_test);
     EXPECT_LT(e, 0.95 * e_rtn) << GetParam() << " " << v.name;
+    EXPECT_LT(e_test, e_rtn_test) << GetParam() << " " << v.name;
     // Every value is a value of the format: re-quantizing with the stored scales is exact.
     if (r.packed) {
       vecf deq(W.size());
@@ -418,7 +423,9 @@ TEST(Gptq, RejectsBadInput) {
 
 // Not an assertion: GPTQ's cost next to one sgemm of the layer's shape.
 TEST(Gptq, TimingNextToSgemm) {
-  const int64_t d = 1024, n = 2048;
+  // LOWBIT_PTQ_TIMING_DIM=4096 build/test_ptq --gtest_filter='*Timing*' times a larger layer.
+  const char* env = std::getenv("LOWBIT_PTQ_TIMING_DIM");
+  const int64_t d = env ? std::max(16LL, std::atoll(env)) : 1024, n = 2048;
   const vecf X = normal(n * d, 91);
   const vecf W = normal(d * d, 92, 0.05f);
   auto t0 = std::chrono::steady_clock::now();
@@ -442,9 +449,11 @@ TEST(Gptq, TimingNextToSgemm) {
 
 namespace {
 
-// Activations with a few outlier channels, as in LLMs (SmoothQuant Fig. 4, AWQ Sec. 3).
-vecf outlier_inputs(int64_t n, int64_t in, uint64_t seed, std::vector<int64_t> outliers = {5, 17, 40, 77}) {
-  vecf X = normal(n * in, seed);
+// Activations with a few outlier channels, as in LLMs (SmoothQuant Fig. 4, AWQ Sec. 3); `seed`
+// fixes the channel scales, `sample` the draw (sample 1: held-out data).
+vecf outlier_inputs(int64_t n, int64_t in, uint64_t seed, uint64_t sample = 0) {
+  const std::vector<int64_t> outliers = {5, 17, 40, 77};
+  vecf X = normal(n * in, seed + 7919 * sample);
   std::mt19937_64 rng(seed + 3);
   std::uniform_real_distribution<float> u(0.5f, 1.5f);
   for (int64_t j = 0; j < in; ++j) {
@@ -639,8 +648,7 @@ TEST(Awq, ClipSearchMatchesDirectReference) {
 TEST(Awq, BeatsRtnWithOutlierChannels) {
   const int64_t n = 512, in = 256, o1 = 96, o2 = 64;
   const vecf X = outlier_inputs(n, in, 141);
-  const vecf Xtest = outlier_inputs(n, in, 141 + 1000);  // same channel scales? seeds differ: held out below
-  (void)Xtest;
+  const vecf Xtest = outlier_inputs(n, in, 141, 1);  // held out, same distribution
   const vecf W1 = normal(o1 * in, 142), W2 = normal(o2 * in, 143);
   const std::vector<linear_weight> layers = {{W1.data(), o1}, {W2.data(), o2}};
   for (const char* spec : {"int4/g32", "int3/g32", "e2m1/g32"}) {
@@ -649,26 +657,26 @@ TEST(Awq, BeatsRtnWithOutlierChannels) {
       awq_options o;
       o.clip = clip;
       const awq_result r = awq_quantize(X.data(), n, in, layers, f, o);
-      vecf Xs = X;
-      divide_columns(Xs.data(), n, in, r.scales.data());
-      double e_awq = 0, e_rtn = 0;
-      for (size_t l = 0; l < layers.size(); ++l) {
-        const int64_t out = layers[l].out;
-        // (X / s) Q^T against X W^T, in float64
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t oo = 0; oo < out; ++oo) {
-            double y = 0, yq = 0;
-            for (int64_t j = 0; j < in; ++j) {
-              y += static_cast<double>(X[static_cast<size_t>(t * in + j)]) * layers[l].w[oo * in + j];
-              yq += static_cast<double>(Xs[static_cast<size_t>(t * in + j)]) * r.layers[l].weights[static_cast<size_t>(oo * in + j)];
-            }
-            e_awq += (y - yq) * (y - yq);
-          }
-        const vecf Q = rtn_quantize(layers[l].w, out, in, f);
-        e_rtn += output_error_ref(X, n, in, layers[l].w, Q.data(), out);
+      double e_awq[2] = {0, 0}, e_rtn[2] = {0, 0};  // calibration, held out
+      for (int d = 0; d < 2; ++d) {
+        const vecf& Xd = d == 0 ? X : Xtest;
+        vecf Xs = Xd;
+        divide_columns(Xs.data(), n, in, r.scales.data());
+        for (size_t l = 0; l < layers.size(); ++l) {
+          const int64_t out = layers[l].out;
+          // (X / s) Q^T against X W^T
+          vecf Y(static_cast<size_t>(n * out)), Yq(Y.size());
+          matmul_nt(Xd.data(), layers[l].w, Y.data(), n, in, out);
+          matmul_nt(Xs.data(), r.layers[l].weights.data(), Yq.data(), n, in, out);
+          for (size_t i = 0; i < Y.size(); ++i) e_awq[d] += (static_cast<double>(Y[i]) - Yq[i]) * (static_cast<double>(Y[i]) - Yq[i]);
+          const vecf Q = rtn_quantize(layers[l].w, out, in, f);
+          e_rtn[d] += output_error(Xd.data(), n, in, layers[l].w, Q.data(), out);
+        }
       }
-      std::printf("  %-9s clip %d: AWQ/RTN output error %.4f (ratio r = %.2f)\n", spec, clip, e_awq / e_rtn, r.ratio);
-      EXPECT_LE(e_awq, e_rtn) << spec << " clip " << clip;
+      std::printf("  %-9s clip %d: AWQ/RTN output error %.4f calibration, %.4f held out (ratio r = %.2f)\n", spec, clip,
+                  e_awq[0] / e_rtn[0], e_awq[1] / e_rtn[1], r.ratio);
+      EXPECT_LE(e_awq[0], e_rtn[0]) << spec << " clip " << clip;
+      EXPECT_LT(e_awq[1], e_rtn[1]) << spec << " clip " << clip;
     }
   }
 }
@@ -706,7 +714,9 @@ TEST(Lorc, FullRankReproducesWeightAndErrorFallsWithRank) {
     const lorc_result rq = lorc_compensate(W.data(), Q.data(), out, in, k, parse_format("int8/c"));
     double res_q = 0;
     for (size_t i = 0; i < W.size(); ++i) res_q += (static_cast<double>(W[i]) - rq.weights[i]) * (W[i] - rq.weights[i]);
-    if (k > 0 && k <= 16) EXPECT_LT(res_q, prev_q) << "rank " << k;
+    if (k > 0 && k <= 16) {
+      EXPECT_LT(res_q, prev_q) << "rank " << k;
+    }
     prev_q = res_q;
     if (k == 8) {
       std::printf("  rank 8 of [%lld, %lld]: ||E||^2 %.4g -> %.4g (float factors), %.4g (int8/c factors)\n",

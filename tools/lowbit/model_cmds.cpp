@@ -21,6 +21,7 @@
 #include "lowbit/engine/plan.hpp"
 #include "lowbit/engine/tokenizer.hpp"
 #include "lowbit/error.hpp"
+#include "lowbit/ptq/pipeline.hpp"
 
 #ifndef LOWBIT_DEFAULT_DATA_DIR
 #define LOWBIT_DEFAULT_DATA_DIR "../shared/data"
@@ -288,10 +289,10 @@ struct explore_options {
 };
 
 // The demo's rows (issue "models"): weight-only round-to-nearest over the formats of the
-// literature, W8A8 in int8 and FP8, and an FP8 KV cache.
+// literature, W8A8 in int8 and FP8, an FP8 KV cache, and GPTQ next to RTN at int4/g32.
 const std::vector<std::string> default_explore_rows = {
     "fp32", "bf16", "fp8_e4m3/c", "int8/c", "int4/g32", "e2m1/g32", "mxfp4", "nvfp4", "nf4",
-    "q4_0", "int8/c,int8/c", "fp8_e4m3/c,fp8_e4m3/c", "fp32,-,fp8_e4m3/c"};
+    "q4_0", "int8/c,int8/c", "fp8_e4m3/c,fp8_e4m3/c", "fp32,-,fp8_e4m3/c", "int4/g32@gptq"};
 
 std::vector<std::string> split_row(const std::string& row) {
   std::vector<std::string> parts;
@@ -315,10 +316,20 @@ void cmd_explore(explore_options o) {
   if (o.rows.empty()) o.rows = default_explore_rows;
   std::vector<std::array<std::string, 3>> specs;
   std::vector<quant_plan> plans;
+  std::vector<std::string> methods;  // WEIGHTS@METHOD: rtn (default), gptq, awq, smoothquant
   for (const std::string& row : o.rows) {  // parse every row before any work (fail fast)
-    const auto p = split_row(row);
+    auto p = split_row(row);
+    std::string method = "rtn";
+    if (const auto at = p[0].find('@'); at != std::string::npos) {
+      method = p[0].substr(at + 1);
+      p[0] = p[0].substr(0, at);
+      ptq::parse_method(method);
+    }
+    methods.push_back(method);
     quant_plan plan;
     plan.weights_spec = p[0], plan.weights = parse_optional_format(p[0]);
+    if (method != "rtn" && !plan.weights)
+      throw error(fmt::format("explore: row '{}': a PTQ method needs a weight format", row));
     plan.acts_spec = p[1], plan.acts = parse_optional_format(p[1]);
     plan.kv_spec = p[2], plan.kv = parse_optional_format(p[2]);
     specs.push_back({p[0], p[1], p[2]});
@@ -329,6 +340,13 @@ void cmd_explore(explore_options o) {
   const std::vector<int32_t> ids = encode_documents(*tok, read_text_file(o.data));
   eval_options eo;
   eo.ctx = o.ctx, eo.max_tokens = o.max_tokens, eo.kl_base = true;
+  const bool calibrated = std::any_of(methods.begin(), methods.end(), [](const std::string& m) { return m != "rtn"; });
+  const int64_t half = int64_t(ids.size()) / 2;
+  if (calibrated && (eo.max_tokens == 0 || eo.max_tokens > half)) {
+    // Calibration windows come from the second half (CONVENTIONS 21): keep evaluation off it.
+    std::cerr << fmt::format("explore: evaluating the first {} tokens; PTQ calibrates on the second half\n", half);
+    eo.max_tokens = half;
+  }
   fs::create_directories(o.out);
 
   struct row_result {
@@ -341,7 +359,16 @@ void cmd_explore(explore_options o) {
   std::vector<model> variants(plans.size(), base);
   std::vector<const model*> pointers;
   for (size_t i = 0; i < plans.size(); ++i) {
-    apply_weight_plan(variants[i], plans[i]);
+    if (methods[i] == "rtn") {
+      apply_weight_plan(variants[i], plans[i]);
+    } else {
+      ptq::quantize_options qo;
+      qo.how = ptq::parse_method(methods[i]);
+      qo.weights = *plans[i].weights;
+      progress_bar qbar(fmt::format("{}@{}", plans[i].weights_spec, methods[i]), "step");
+      ptq::quantize_model(variants[i], ids, qo, [&](int64_t d, int64_t t) { qbar.update(d, t); });
+      qbar.finish();
+    }
     pointers.push_back(&variants[i]);
   }
   progress_bar bar("explore", "tok");
@@ -354,26 +381,26 @@ void cmd_explore(explore_options o) {
   }
   if (fp32_ppl == 0 && !results.empty()) fp32_ppl = results[0].r.base_ppl;
 
-  table t{{"row", "weights", "acts", "kv", "bits/w", "ppl", "+/-", "dppl %", "KL mean", "top-1 %"}, {}};
+  table t{{"row", "weights", "method", "acts", "kv", "bits/w", "ppl", "+/-", "dppl %", "KL mean", "top-1 %"}, {}};
   nlohmann::json rows = nlohmann::json::array();
-  std::string csv = "row,weights,weights_canonical,acts,acts_canonical,kv,kv_canonical,bits_per_weight,"
+  std::string csv = "row,method,weights,weights_canonical,acts,acts_canonical,kv,kv_canonical,bits_per_weight,"
                     "mean_nll,nll_stderr,ppl,ppl_stderr,dppl_percent,kl_mean,kl_p99,top1_agreement,"
                     "tokens_scored\n";
   for (size_t i = 0; i < results.size(); ++i) {
     const auto& [label, bits, r] = results[i];
     const auto& s = specs[i];
     const double dppl = 100.0 * (r.ppl / fp32_ppl - 1.0);
-    t.rows.push_back({label, s[0].empty() ? "fp32" : s[0], s[1].empty() ? "-" : s[1],
+    t.rows.push_back({label, s[0].empty() ? "fp32" : s[0], methods[i], s[1].empty() ? "-" : s[1],
                       s[2].empty() ? "-" : s[2], fixed(bits, 3), fixed(r.ppl, 4), fixed(r.ppl_stderr, 4),
                       fmt::format("{:+.3f}", dppl), fmt::format("{:.6f}", r.kl_mean),
                       fixed(100 * r.top1_agreement, 2)});
-    rows.push_back({{"row", label},
+    rows.push_back({{"row", label}, {"method", methods[i]},
                     {"weights", {{"format", s[0]}, {"canonical", canonical_or_float(s[0])}}},
                     {"acts", {{"format", s[1]}, {"canonical", canonical_or_float(s[1])}}},
                     {"kv", {{"format", s[2]}, {"canonical", canonical_or_float(s[2])}}},
                     {"bits_per_weight", bits}, {"dppl_percent", dppl}, {"result", result_json(r)}});
-    csv += fmt::format("\"{}\",{},{},{},{},{},{},{:.6f},{:.8f},{:.8f},{:.6f},{:.6f},{:.6f},{:.8f},{:.8f},{:.6f},{}\n",
-                       label, s[0], canonical_or_float(s[0]), s[1], canonical_or_float(s[1]), s[2],
+    csv += fmt::format("\"{}\",{},{},{},{},{},{},{},{:.6f},{:.8f},{:.8f},{:.6f},{:.6f},{:.6f},{:.8f},{:.8f},{:.6f},{}\n",
+                       label, methods[i], s[0], canonical_or_float(s[0]), s[1], canonical_or_float(s[1]), s[2],
                        canonical_or_float(s[2]), bits, r.mean_nll, r.nll_stderr, r.ppl, r.ppl_stderr, dppl,
                        r.kl_mean, r.kl_p99, r.top1_agreement, r.tokens_scored);
   }
@@ -483,7 +510,7 @@ void add_model_commands(CLI::App& app, command_list& commands) {
   explore->add_option("--model", xo.model, "model (default: stories260K from the data directory)");
   explore->add_option("--tokenizer", xo.tokenizer, "tokenizer (default: the model's)");
   explore->add_option("--data", xo.data, "text (default: the TinyStories sample from the data directory)");
-  explore->add_option("--row", xo.rows, "WEIGHTS[,ACTS[,KV]] ('-' = float), repeatable (default: the demo set)");
+  explore->add_option("--row", xo.rows, "WEIGHTS[@METHOD][,ACTS[,KV]] ('-' = float; METHOD rtn, gptq, awq, smoothquant), repeatable (default: the demo set)");
   explore->add_option("--ctx", xo.ctx, "window length (default: the model's maximum)");
   explore->add_option("--max-tokens", xo.max_tokens, "evaluate the first N tokens (default: all)");
   explore->add_option("-o,--out", xo.out, "output directory for explore.csv/.json/.png")->capture_default_str();
