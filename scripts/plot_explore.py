@@ -24,6 +24,7 @@ def main(csv_path, png_path):
                     color="tab:blue" if weight_only else "tab:red", capsize=3)
         ax.annotate(r["row"], (bits, ppl), textcoords="offset points", xytext=(6, 10 * (i % 3) - 10), fontsize=8)
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.set_xlabel("bits per linear weight (element + scales)")
     ax.set_ylabel("perplexity")
     ax.set_title("weights only (blue: o RTN, ^ GPTQ, D AWQ), with activations / KV (red)")

@@ -191,7 +191,7 @@ void gptq_columns(const gptq_plan& p, std::vector<T>& Wp, const std::vector<T>& 
   for (int64_t i1 = 0; i1 < in; i1 += B) {
     const int64_t i2 = std::min(i1 + B, in), cnt = i2 - i1;
     bool any_error = false;
-#pragma omp parallel for schedule(static) reduction(|| : any_error) if (out * cnt * cnt > 32768)
+#pragma omp parallel for schedule(static) reduction(|| : any_error) if (out * cnt * cnt > (1 << 20))
     for (int64_t r = 0; r < out; ++r) {
       T* w = Wp.data() + r * in;
       T* e_row = err.data() + r * B;
