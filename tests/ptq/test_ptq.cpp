@@ -711,7 +711,9 @@ TEST(Lorc, FullRankReproducesWeightAndErrorFallsWithRank) {
     EXPECT_LT(res, prev) << "rank " << k;
     prev = res;
     // int8 factors: still a steady gain
-    const lorc_result rq = lorc_compensate(W.data(), Q.data(), out, in, k, parse_format("int8/c"));
+    lorc_options oq;
+    oq.factor_format = parse_format("int8/c");
+    const lorc_result rq = lorc_compensate(W.data(), Q.data(), out, in, k, oq);
     double res_q = 0;
     for (size_t i = 0; i < W.size(); ++i) res_q += (static_cast<double>(W[i]) - rq.weights[i]) * (W[i] - rq.weights[i]);
     if (k > 0 && k <= 16) {
@@ -722,6 +724,37 @@ TEST(Lorc, FullRankReproducesWeightAndErrorFallsWithRank) {
       std::printf("  rank 8 of [%lld, %lld]: ||E||^2 %.4g -> %.4g (float factors), %.4g (int8/c factors)\n",
                   static_cast<long long>(out), static_cast<long long>(in), e2, res, res_q);
     }
+  }
+}
+
+// The randomized SVD (subspace iteration) against the exact one: it captures nearly all of the
+// energy the best rank-k approximation captures.
+TEST(Lorc, RandomizedSvdIsNearlyOptimal) {
+  const int64_t out = 200, in = 320;
+  const vecf W = normal(out * in, 171);
+  const vecf Q = rtn_quantize(W.data(), out, in, parse_format("int3/g32"));
+  lorc_options ex, rnd;
+  ex.svd = lorc_svd::exact;
+  rnd.svd = lorc_svd::randomized;
+  for (const int64_t k : {4, 16}) {
+    const lorc_result a = lorc_compensate(W.data(), Q.data(), out, in, k, ex);
+    const lorc_result b = lorc_compensate(W.data(), Q.data(), out, in, k, rnd);
+    EXPECT_FALSE(a.randomized);
+    EXPECT_TRUE(b.randomized);
+    ASSERT_EQ(b.singular_values.size(), static_cast<size_t>(k + 16));
+    double e2 = 0, ra = 0, rb = 0;
+    for (size_t i = 0; i < W.size(); ++i) {
+      e2 += (static_cast<double>(W[i]) - Q[i]) * (W[i] - Q[i]);
+      ra += (static_cast<double>(W[i]) - a.weights[i]) * (W[i] - a.weights[i]);
+      rb += (static_cast<double>(W[i]) - b.weights[i]) * (W[i] - b.weights[i]);
+    }
+    const double captured_a = e2 - ra, captured_b = e2 - rb;
+    std::printf("  rank %lld of [%lld, %lld]: energy captured exact %.5g, randomized %.5g (%.2f%%); sigma_1 %.5g vs %.5g\n",
+                static_cast<long long>(k), static_cast<long long>(out), static_cast<long long>(in), captured_a,
+                captured_b, 100 * captured_b / captured_a, a.singular_values[0], b.singular_values[0]);
+    EXPECT_GT(captured_b, 0.97 * captured_a);
+    EXPECT_LE(captured_b, captured_a * (1 + 1e-9));
+    EXPECT_NEAR(b.singular_values[0], a.singular_values[0], 0.01 * a.singular_values[0]);
   }
 }
 

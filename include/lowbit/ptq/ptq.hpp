@@ -63,7 +63,7 @@ std::vector<float> rtn_quantize(const float* W, int64_t out, int64_t in, const f
 
 // H = (2/n) sum_t x_t x_t^T over every calibration row seen so far, in float64, kept as gptq.py
 // keeps it: a running average, H *= n_old / n_new; H += (2 / n_new) X^T X (OpenBLAS dsyrk).
-// gptq.py counts sequences (the batch dimension) where we count rows; GPTQ's result does not
+// [M] gptq.py counts sequences (the batch dimension) where we count rows; GPTQ's result does not
 // depend on the scale of H, only the reported loss does (it is then in units of one token).
 struct hessian_accumulator {
   int64_t in = 0;
@@ -80,7 +80,8 @@ struct gptq_options {
   int64_t block_size = 128;   // lazy batch updates (gptq.py blocksize)
   bool act_order = false;     // columns in order of descending diag(H), un-permuted at the end
   bool static_groups = false; // group scales from the original weights, before any update
-  bool float64 = false;       // run the updates in float64 (default float32, as gptq.py)
+  bool float64 = false;       // run the updates in float64 (default float32, as gptq.py); [M] the
+                              // quantizer still sees the current weight rounded to float32
   uint64_t tensor_id = 0;     // stochastic rounding stream (~sr formats), as fake_quantize
 };
 
@@ -119,7 +120,7 @@ struct linear_weight {
 
 // s_j = max|X_j|^alpha / max|W_:,j|^(1 - alpha), the weight max over the rows of every layer in
 // `layers` (each [out, in]), clamped to >= 1e-5 before the power, and s clamped to >= 1e-5
-// (smooth.py smooth_ln_fcs). act_absmax[in]: channel_stats::absmax. Computed in float64,
+// (smooth.py smooth_ln_fcs; it leaves max|X_j| unclamped, where METHODS 4.2 says both are). act_absmax[in]: channel_stats::absmax. Computed in float64,
 // returned rounded to float32 (the scale that is then applied).
 std::vector<float> smoothquant_scales(const float* act_absmax, int64_t in,
                                       const std::vector<linear_weight>& layers, double alpha = 0.5);
@@ -159,7 +160,9 @@ struct awq_result {
 // The scale search alone: for r in {0, 1/n_grid, ..}: s = max(s_x^r, 1e-4), s /= sqrt(max s *
 // min s) with s_x = mean |x| per channel over X[n, in]; loss = mean over every output of every
 // layer of (X W^T - (X diag(s)^-1) Q(W diag(s))^T)^2; returns the s (and r, losses) of the least
-// loss (auto_scale.py _search_module_scale). r = 0 is s = 1, plain RTN.
+// loss (auto_scale.py _search_module_scale). r = 0 is s = 1, plain RTN. [M] llm-awq measures the
+// loss on the output of an "inspected module" (for q/k/v the whole attention block); at the
+// matrix level the loss is over the outputs of the layers given, concatenated.
 awq_result awq_search_scale(const float* X, int64_t n, int64_t in, const std::vector<linear_weight>& layers,
                             const format& f, const awq_options& options = {});
 
@@ -186,14 +189,31 @@ struct lorc_result {
   std::vector<float> weights;          // [out, in] Q + U V
   std::vector<float> u;                // [out, k] U_k S_k^(1/2) (fake-quantized when asked)
   std::vector<float> v;                // [k, in]  S_k^(1/2) V_k^T (fake-quantized when asked)
-  std::vector<double> singular_values; // every singular value of E = W - Q, descending
+  std::vector<double> singular_values; // of E = W - Q, descending: all of them (exact SVD), or
+                                       // the leading k + oversample estimates (randomized)
+  bool randomized = false;             // which SVD ran
 };
 
-// E = W - Q, truncated SVD (Eigen BDCSVD, float64) at rank k; the factors, each a linear layer
-// with groups along its own reduction axis (U [out, k] along k, V [k, in] along in), are
-// fake-quantized in `factor_format` when given. k is clamped to min(out, in).
+// exact: Eigen BDCSVD, O(out in min(out, in)) (1 s at 1024 x 1024 on 2 cores, ~8x per doubling).
+// randomized: [M] subspace iteration (Halko, Martinsson, Tropp 2011, Alg. 4.4) on k + oversample
+// Gaussian directions with power_iters passes, O(out in (k + oversample) power_iters); the
+// residual is within a hair of Eckart-Young for small k. automatic: randomized when
+// min(out, in) > 1024 and 4 (k + oversample) <= min(out, in), else exact.
+enum class lorc_svd { automatic, exact, randomized };
+
+struct lorc_options {
+  std::optional<format> factor_format;  // fake-quantize U and V in this format (e.g. int8/c)
+  lorc_svd svd = lorc_svd::automatic;
+  int oversample = 16;
+  int power_iters = 4;
+  uint64_t seed = 0;                    // Gaussian test matrix of the randomized SVD
+};
+
+// E = W - Q in float64, truncated SVD at rank k (clamped to min(out, in)). [M] The factors are each
+// a linear layer with groups along their own reduction axis (U [out, k] along k, V [k, in] along
+// in) when fake-quantized: y = x Q^T + (x V^T) U^T.
 lorc_result lorc_compensate(const float* W, const float* Q, int64_t out, int64_t in, int64_t rank,
-                            const std::optional<format>& factor_format = std::nullopt);
+                            const lorc_options& options = {});
 
 // ---- bias correction ------------------------------------------------------------------------------
 
