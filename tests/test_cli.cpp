@@ -214,3 +214,49 @@ TEST(CliModels, BadInputGivesAClearError) {
   r = run("explore --row 'int4,int8,e4m3,int2' --no-plot", "", true);
   EXPECT_EQ(r.code, 2) << r.out;
 }
+
+// ---- lowbit quantize (issue "PTQ") ----------------------------------------------------------------
+TEST(CliQuantize, GgufAndSafetensorsEvaluateLikeTheModelInMemory) {
+  const std::string dir = testing::TempDir() + "lowbit_cli_quantize";
+  std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  for (const std::string& out : {dir + "/q.gguf", dir + "/q.safetensors"}) {
+    const result q = run("quantize --model " + stories + " --data " + tinystories +
+                         " --weights q4_0 --method gptq --calib-samples 16 --calib-ctx 128 --eval-tokens 2048 --json -o " + out);
+    ASSERT_EQ(q.code, 0) << q.out;
+    const auto jq = nlohmann::json::parse(q.out);
+    const result e = run("eval --model " + out + " --data " + tinystories + " --max-tokens 2048 --json");
+    ASSERT_EQ(e.code, 0) << e.out;
+    const auto je = nlohmann::json::parse(e.out);
+    // The file holds exactly the weights of the model in memory (GGUF: Q4_0 blocks, F16 for the
+    // ffn_down rows of 172), so the NLL is the same to the last bit of the float64 mean.
+    EXPECT_EQ(je["mean_nll"].get<double>(), jq["in_memory_mean_nll"].get<double>()) << out;
+    // GPTQ beat RTN on the calibration outputs of every layer group in total.
+    double err = 0, rtn = 0;
+    for (const auto& l : jq["layers"]) err += l["error"].get<double>(), rtn += l["rtn_error"].get<double>();
+    EXPECT_LT(err, rtn);
+    // Nothing is overwritten without --force.
+    const result again = run("quantize --model " + stories + " --data " + tinystories +
+                             " --weights q4_0 --method rtn -o " + out, "", true);
+    EXPECT_EQ(again.code, 2);
+    EXPECT_NE(again.out.find("--force"), std::string::npos) << again.out;
+  }
+  // The GGUF carries the tokenizer: eval needs no --tokenizer, and its ids are llama2.c's.
+  const result t = run("tokenize --model " + dir + "/q.gguf --bos --json 'Once upon a time, Lily'");
+  const result t2 = run("tokenize --tokenizer " + tok512 + " --bos --json 'Once upon a time, Lily'");
+  ASSERT_EQ(t.code, 0) << t.out;
+  EXPECT_EQ(nlohmann::json::parse(t.out)[0]["ids"], nlohmann::json::parse(t2.out)[0]["ids"]);
+}
+
+TEST(CliQuantize, BadRequestsSayWhatWouldWork) {
+  const std::string dir = testing::TempDir() + "lowbit_cli_quantize_bad";
+  std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  result r = run("quantize --model " + stories + " --data " + tinystories + " --weights int4/g32 -o " + dir + "/x.gguf", "", true);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("q4_0, q8_0, mxfp4"), std::string::npos) << r.out;
+  r = run("quantize --model " + stories + " --data " + tinystories + " --weights int4/g32 --method gptq --calib-samples 100000 -o " + dir + "/x.safetensors", "", true);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("windows"), std::string::npos) << r.out;
+  r = run("quantize --model " + stories + " --data " + tinystories + " --weights int4/g32 --method gptx -o " + dir + "/x.safetensors", "", true);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("gptq"), std::string::npos) << r.out;
+}

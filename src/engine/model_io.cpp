@@ -1,5 +1,6 @@
 // Model files <-> the canonical in-memory model (CONVENTIONS 18): Hugging Face safetensors
 // (LlamaForCausalLM, GPT2LMHeadModel) with config.json, and GGUF.
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,7 @@
 
 #include "lowbit/engine/gguf.hpp"
 #include "lowbit/engine/model.hpp"
+#include "lowbit/engine/eval.hpp"
 #include "lowbit/engine/safetensors.hpp"
 #include "lowbit/error.hpp"
 
@@ -321,7 +323,9 @@ model load_gguf_model(const std::string& path) {
   return m;
 }
 
-void save_gguf_model(const model& m, const std::string& path) {
+void save_gguf_model(const model& m, const std::string& path) { save_gguf_model(m, path, gguf_export{}); }
+
+void save_gguf_model(const model& m, const std::string& path, const gguf_export& ex) {
   m.validate();
   const model_config& c = m.config;
   const std::string a = architecture_name(c.arch);
@@ -341,10 +345,50 @@ void save_gguf_model(const model& m, const std::string& path) {
   } else {
     w.add_f32(a + ".attention.layer_norm_epsilon", c.norm_eps);
   }
-  if (!m.tokenizer.kind.empty()) w.add_string("lowbit.tokenizer", m.tokenizer.kind);
-  if (!m.tokenizer.path.empty()) w.add_string("lowbit.tokenizer_path", m.tokenizer.path);
+  // The tokenizer, as llama.cpp reads it, when it is a SentencePiece-style vocabulary.
+  std::unique_ptr<tokenizer> tok;
+  try {
+    tok = tokenizer_for_model(m);
+  } catch (const error&) {
+  }
+  tokenizer::spm_vocabulary v;
+  if (tok && tok->sentencepiece_vocabulary(v)) {
+    w.add_string("tokenizer.ggml.model", "llama");
+    w.add_string_array("tokenizer.ggml.tokens", v.tokens);
+    w.add_f32_array("tokenizer.ggml.scores", v.scores);
+    w.add_i32_array("tokenizer.ggml.token_type", v.types);
+    if (v.bos >= 0) w.add_u32("tokenizer.ggml.bos_token_id", v.bos);
+    if (v.eos >= 0) w.add_u32("tokenizer.ggml.eos_token_id", v.eos);
+    if (v.unk >= 0) w.add_u32("tokenizer.ggml.unknown_token_id", v.unk);
+    w.add_bool("tokenizer.ggml.add_bos_token", true);
+  } else {
+    if (!m.tokenizer.kind.empty()) w.add_string("lowbit.tokenizer", m.tokenizer.kind);
+    if (!m.tokenizer.path.empty()) w.add_string("lowbit.tokenizer_path", m.tokenizer.path);
+  }
   if (!m.provenance.empty()) w.add_string("lowbit.provenance", m.provenance);
-  for (const auto& [name, t] : m.tensors) w.add_tensor(name, t.shape, t.data.data(), ggml_type::f32);
+  for (const auto& [name, t] : m.tensors) {
+    const auto it = ex.types.find(name);
+    const ggml_type type = it == ex.types.end() ? ggml_type::f32 : static_cast<ggml_type>(it->second);
+    if (type == ggml_type::f32 || type == ggml_type::f16 || type == ggml_type::bf16) {
+      w.add_tensor(name, t.shape, t.data.data(), type);
+      continue;
+    }
+    const format f = parse_format(type == ggml_type::q8_0 ? "q8_0" : type == ggml_type::q4_0 ? "q4_0" : "mxfp4");
+    quantized_tensor q;
+    if (auto p = ex.packed.find(name); p != ex.packed.end() && p->second.fmt == f) {
+      q = p->second;
+    } else {
+      q = quantize(t.data.data(), t.rows(), t.cols(), f);
+    }
+    std::vector<float> back(t.data.size());
+    dequantize(q, back.data());
+    for (size_t i = 0; i < back.size(); ++i)
+      if (back[i] != t.data[i] && !(std::isnan(back[i]) && std::isnan(t.data[i])))
+        throw error(fmt::format("{}: tensor '{}' is not exactly representable as {} (element {}: {} vs {}); "
+                                "quantize it in that format first", path, name, ggml_type_name(type), i,
+                                t.data[i], back[i]));
+    w.add_tensor_raw(name, t.shape, type, encode_ggml_blocks(q, type));
+  }
   w.write(path);
 }
 

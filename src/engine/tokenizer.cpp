@@ -101,6 +101,30 @@ class score_bpe_tokenizer final : public tokenizer {
         if (pieces_[i] == "<unk>") { unk_id_ = i; break; }
     }
   }
+  bool sentencepiece_vocabulary(spm_vocabulary& v) const override {
+    v.tokens.clear(), v.types.clear();
+    v.scores = scores_;
+    v.bos = bos_, v.eos = eos_, v.unk = unk_id_;
+    if (!spm_ && !pieces_.empty() && pieces_[0] == "<unk>") v.unk = 0;  // llama2.c's id 0
+    static const std::string space = "\xe2\x96\x81";  // U+2581
+    for (size_t i = 0; i < pieces_.size(); ++i) {
+      int32_t type = types_.empty() ? kTypeNormal : types_[i];
+      std::string piece = pieces_[i];
+      if (!spm_) {  // llama2.c: raw spaces, BOS/EOS written "\n<s>\n", bytes found by +3
+        if (int(i) == bos_) piece = "<s>", type = kTypeControl;
+        else if (int(i) == eos_) piece = "</s>", type = kTypeControl;
+        else if (int(i) == v.unk) type = kTypeUnknown;
+        else if (byte_value_[i] >= 0) type = kTypeByte;
+        std::string out;
+        for (char ch : piece) out += ch == ' ' ? space : std::string(1, ch);
+        piece = std::move(out);
+      }
+      v.tokens.push_back(std::move(piece));
+      v.types.push_back(type);
+    }
+    return true;
+  }
+
   score_bpe_tokenizer(const score_bpe_tokenizer&) = delete;  // lookup_ views into pieces_
   score_bpe_tokenizer& operator=(const score_bpe_tokenizer&) = delete;
 

@@ -9,6 +9,7 @@
 //   Gram    sum((D C) o D) / out   with C = X^T X / n: one GEMM of out x in x in (when n > in)
 // and for the clipping search, per group of K columns, with C_g = X_g^T X_g / n_s when K < n_s.
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -22,6 +23,26 @@
 namespace lowbit::ptq {
 
 namespace {
+
+// [M] Layers of at most kSerialElements weights run on one thread (OpenMP, OpenBLAS and Eigen all
+// read omp_get_max_threads()): their parallel regions are too short to pay for themselves and,
+// with more threads than free cores (ctest -j), each one can cost a scheduler time slice.
+constexpr int64_t kSerialElements = int64_t{1} << 17;
+class serial_scope {
+ public:
+  explicit serial_scope(bool serial) : saved_(omp_get_max_threads()), active_(serial && saved_ > 1) {
+    if (active_) omp_set_num_threads(1);
+  }
+  ~serial_scope() {
+    if (active_) omp_set_num_threads(saved_);
+  }
+  serial_scope(const serial_scope&) = delete;
+  serial_scope& operator=(const serial_scope&) = delete;
+
+ private:
+  int saved_;
+  bool active_;
+};
 
 // Mean squared output error of weight errors D_l [out_l, in] on inputs X [n, in], by the cheaper
 // of the direct and the Gram form (the Gram matrix C [in, in] is given when n > in).
@@ -85,6 +106,7 @@ awq_result awq_search_scale(const float* X, int64_t n, int64_t in, const std::ve
   const std::vector<float> sx = st.absmean();  // s_x: mean |x| per channel (get_act_scale)
   int64_t total_out = 0;
   for (const linear_weight& l : layers) total_out += l.out;
+  const serial_scope serial(total_out * in <= kSerialElements);
 
   output_mse mse(X, n, in);
   awq_result res;
@@ -131,6 +153,7 @@ std::vector<float> awq_search_clip(const float* Xs, int64_t n, const float* Ws, 
   if (n <= 0 || out <= 0 || in <= 0)
     throw shape_error(fmt::format("awq_search_clip: empty problem (n {}, out {}, in {})", n, out, in));
   if (o.clip_grid < 1) throw error(fmt::format("awq: clip_grid must be >= 1, got {}", o.clip_grid));
+  const serial_scope serial(out * in <= kSerialElements);
   const int64_t K = clip_group(f, in), gpr = (in + K - 1) / K;
   // Every stride-th token (input_feat[:, 0::n // n_sample_token]); [M] stride >= 1, where torch's
   // step n // 512 is 0 (an error) for fewer than 512 tokens.
@@ -222,6 +245,9 @@ awq_result awq_quantize(const float* X, int64_t n, int64_t in, const std::vector
                         const format& f, const awq_options& o, const std::vector<bool>& clip_layer) {
   if (!clip_layer.empty() && clip_layer.size() != layers.size())
     throw error(fmt::format("awq_quantize: clip_layer has {} entries for {} layers", clip_layer.size(), layers.size()));
+  int64_t total_out = 0;
+  for (const linear_weight& l : layers) total_out += l.out;
+  const serial_scope serial(total_out * in <= kSerialElements);
   awq_result res = awq_search_scale(X, n, in, layers, f, o);
   std::vector<float> Xs;  // X diag(s)^-1, for the clipping search (auto_scale's apply_scale on input_feat)
   if (o.clip) {

@@ -16,6 +16,7 @@
 // [4096, 4096] int4/g32: ~5 s in all (factorisation ~2 s, GEMMs ~0.9 s), one sgemm of the same
 // shape ~1.4 s.
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -64,6 +65,26 @@ std::vector<double> hessian_accumulator::matrix() const {
 }
 
 namespace {
+
+// [M] Layers of at most kSerialElements weights run on one thread (OpenMP, OpenBLAS and Eigen all
+// read omp_get_max_threads()): their parallel regions are too short to pay for themselves and,
+// with more threads than free cores (ctest -j), each one can cost a scheduler time slice.
+constexpr int64_t kSerialElements = int64_t{1} << 17;
+class serial_scope {
+ public:
+  explicit serial_scope(bool serial) : saved_(omp_get_max_threads()), active_(serial && saved_ > 1) {
+    if (active_) omp_set_num_threads(1);
+  }
+  ~serial_scope() {
+    if (active_) omp_set_num_threads(saved_);
+  }
+  serial_scope(const serial_scope&) = delete;
+  serial_scope& operator=(const serial_scope&) = delete;
+
+ private:
+  int saved_;
+  bool active_;
+};
 
 // In-place lower Cholesky factor of the symmetric positive definite A[n, n] (leading dimension
 // ld, lower triangle read and written): recursive on halves so that nearly all flops run in
@@ -260,6 +281,7 @@ gptq_result gptq_quantize(const float* W, int64_t out, int64_t in, const double*
   for (int64_t i = 0; i < in * in; ++i)
     if (!std::isfinite(H[i])) throw error("gptq: the Hessian holds NaN or Inf");
 
+  const serial_scope serial(out * in <= kSerialElements);
   gptq_result res;
   res.column_loss.assign(static_cast<size_t>(in), 0.0);
   res.weights.assign(static_cast<size_t>(out * in), 0.0f);

@@ -5,6 +5,7 @@
 #include <Eigen/Core>
 #include <Eigen/QR>
 #include <Eigen/SVD>
+#include <omp.h>
 #include <algorithm>
 #include <cmath>
 #include <random>
@@ -17,6 +18,26 @@
 namespace lowbit::ptq {
 
 namespace {
+
+// [M] Layers of at most kSerialElements weights run on one thread (OpenMP, OpenBLAS and Eigen all
+// read omp_get_max_threads()): their parallel regions are too short to pay for themselves and,
+// with more threads than free cores (ctest -j), each one can cost a scheduler time slice.
+constexpr int64_t kSerialElements = int64_t{1} << 17;
+class serial_scope {
+ public:
+  explicit serial_scope(bool serial) : saved_(omp_get_max_threads()), active_(serial && saved_ > 1) {
+    if (active_) omp_set_num_threads(1);
+  }
+  ~serial_scope() {
+    if (active_) omp_set_num_threads(saved_);
+  }
+  serial_scope(const serial_scope&) = delete;
+  serial_scope& operator=(const serial_scope&) = delete;
+
+ private:
+  int saved_;
+  bool active_;
+};
 
 using matrix = Eigen::MatrixXd;
 
@@ -65,6 +86,7 @@ lorc_result lorc_compensate(const float* W, const float* Q, int64_t out, int64_t
     throw shape_error(fmt::format("lorc: shape [{}, {}] rank {} has a negative value", out, in, rank));
   if (o.oversample < 0 || o.power_iters < 0)
     throw error(fmt::format("lorc: oversample ({}) and power_iters ({}) must be >= 0", o.oversample, o.power_iters));
+  const serial_scope serial(out * in <= kSerialElements);
   lorc_result res;
   const int64_t mn = std::min(out, in), k = std::min(rank, mn);
   const int64_t l = std::min(mn, k + o.oversample);

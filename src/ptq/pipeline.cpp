@@ -222,7 +222,9 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
         for (size_t i = 0; i < grp.weights.size(); ++i) {
           gptq_options go = o.gptq;
           go.tensor_id = ++tensor_id;
-          quantized[i] = gptq_quantize(originals[i].data(), layers[i].out, in, H.data(), o.weights, go).weights;
+          gptq_result r = gptq_quantize(originals[i].data(), layers[i].out, in, H.data(), o.weights, go);
+          quantized[i] = std::move(r.weights);
+          if (r.packed) report.packed[block + grp.weights[i]] = std::move(*r.packed);
         }
       } else if (o.how == method::awq) {
         awq_options ao = o.awq;

@@ -3,8 +3,10 @@
 // RTN; SmoothQuant and AWQ scale transforms are output-preserving; AWQ's clipping search against
 // a direct re-implementation of auto_clip; LoRC's Eckart-Young residual; bias correction.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -419,6 +421,26 @@ TEST(Gptq, RejectsBadInput) {
   H[1] = H[static_cast<size_t>(in)] = 0;
   W[5] = NAN;
   EXPECT_THROW(gptq_quantize(W.data(), out, in, H.data(), parse_format("int4/g8"), o), lowbit::error);
+}
+
+// Rows are independent inside a block: the threaded column loop (layers above the serial size)
+// gives the one-thread result.
+TEST(Gptq, ThreadedEqualsOneThread) {
+  const int64_t out = 384, in = 384, n = 768;
+  const vecf X = correlated_inputs(n, in, 85);
+  const vecd H = hessian_of(X, n, in);
+  const vecf W = normal(out * in, 86, 0.05f);
+  const format f = parse_format("int4/g32");
+  const gptq_result a = gptq_quantize(W.data(), out, in, H.data(), f);
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const gptq_result b = gptq_quantize(W.data(), out, in, H.data(), f);
+  omp_set_num_threads(saved);
+  const int64_t mism = count_mismatches(a.weights, b.weights, 0.0);
+  std::printf("  %d threads vs 1: %lld of %lld values differ\n", saved, static_cast<long long>(mism),
+              static_cast<long long>(out * in));
+  EXPECT_LE(mism, out * in / 1000);
+  EXPECT_NEAR(a.loss, b.loss, 1e-3 * b.loss);
 }
 
 // Not an assertion: GPTQ's cost next to one sgemm of the layer's shape.

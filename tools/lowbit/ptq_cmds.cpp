@@ -6,10 +6,12 @@
 #include <sstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
 #include "lowbit/engine/eval.hpp"
+#include "lowbit/engine/gguf.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ptq/pipeline.hpp"
@@ -22,6 +24,7 @@ namespace {
 struct quantize_cli_options {
   std::string model, tokenizer, data, weights, method = "gptq", out;
   int calib_samples = 128, calib_ctx = 256;
+  int64_t eval_tokens = 0;
   uint64_t seed = 0;
   bool force = false, json = false, act_order = false;
   double damp = 0.01, alpha = 0.5;
@@ -55,6 +58,16 @@ void cmd_quantize(const quantize_cli_options& o) {
   qo.gptq.percdamp = o.damp, qo.gptq.act_order = o.act_order;
   qo.smooth_alpha = o.alpha;
 
+  // GGUF: llama.cpp's own tensor type for the format, decided before any work.
+  const bool gguf = ends_with(o.out, ".gguf");
+  const std::string canonical = format_name(qo.weights);
+  const ggml_type type = !gguf ? ggml_type::f32
+                         : canonical == "q4_0" ? ggml_type::q4_0 : canonical == "q8_0" ? ggml_type::q8_0
+                         : canonical == format_name(parse_format("mxfp4")) ? ggml_type::mxfp4
+                         : canonical == "bf16" ? ggml_type::bf16 : canonical == "fp16" ? ggml_type::f16
+                         : throw error(fmt::format("quantize: {} has no GGUF tensor type; GGUF export takes "
+                                                   "q4_0, q8_0, mxfp4, bf16 or fp16 (or write .safetensors)",
+                                                   o.weights));
   model m = load_model(o.model);
   const auto tok = tokenizer_for_model(m, o.tokenizer);
   std::ifstream in(o.data, std::ios::binary);
@@ -81,9 +94,35 @@ void cmd_quantize(const quantize_cli_options& o) {
                                 {"calibration_data", o.data}, {"calibration_hash", file_fingerprint(o.data)},
                                 {"calib_samples", o.calib_samples}, {"calib_ctx", o.calib_ctx},
                                 {"seed", o.seed}}.dump();
-  if (ends_with(o.out, ".gguf")) save_gguf_model(m, o.out);
-  else save_safetensors_model(m, o.out);
+  std::vector<std::string> fallbacks;
+  if (gguf) {
+    // llama.cpp's own tensor type for the format; a weight whose rows do not divide the type's
+    // block of 32 falls back to F16 (Q8_0 has the same block), and the model in memory takes
+    // the same rounding, so the file and this run's model agree (CONVENTIONS 22).
+    gguf_export ex;
+    ex.packed = r.packed;
+    for (const std::string& name : m.linear_weight_names()) {
+      tensor& t = m.get_mut(name);
+      if (t.cols() % ggml_block_size(type) == 0) {
+        ex.types[name] = static_cast<uint32_t>(type);
+      } else {
+        fake_quantize(t.data.data(), t.data.data(), t.rows(), t.cols(), parse_format("fp16"));
+        ex.types[name] = static_cast<uint32_t>(ggml_type::f16);
+        fallbacks.push_back(name);
+      }
+    }
+    save_gguf_model(m, o.out, ex);
+  } else {
+    save_safetensors_model(m, o.out);
+  }
 
+  // The model as written, evaluated in this run: `lowbit eval` of the file must agree.
+  double in_memory_nll = 0;
+  if (o.eval_tokens > 0) {
+    eval_options eo;
+    eo.max_tokens = o.eval_tokens;
+    in_memory_nll = evaluate(m, quant_plan{}, ids, eo).mean_nll;
+  }
   double err = 0, rtn = 0;
   for (const auto& l : r.layers) err += l.error, rtn += l.rtn_error;
   if (o.json) {
@@ -93,7 +132,8 @@ void cmd_quantize(const quantize_cli_options& o) {
     std::cout << nlohmann::json{{"out", o.out}, {"method", o.method},
                                 {"weights", {{"format", o.weights}, {"canonical", format_name(qo.weights)}}},
                                 {"seconds", r.seconds}, {"windows_available", r.windows_available},
-                                {"layers", layers}}.dump(2) << "\n";
+                                {"layers", layers}, {"fallbacks", fallbacks},
+                                {"in_memory_mean_nll", in_memory_nll}}.dump(2) << "\n";
     return;
   }
   std::cout << fmt::format("{}: {} {} of {} linear weights in {:.2f} s", o.out, o.method,
@@ -102,6 +142,11 @@ void cmd_quantize(const quantize_cli_options& o) {
     std::cout << fmt::format("; calibration output error {:.4g} vs RTN {:.4g} ({:.1f}%)", err, rtn,
                              rtn > 0 ? 100.0 * err / rtn : 0.0);
   std::cout << "\n";
+  if (o.eval_tokens > 0)
+    std::cout << fmt::format("in memory: mean NLL {:.6f} on the first {} tokens\n", in_memory_nll, o.eval_tokens);
+  if (!fallbacks.empty())
+    std::cout << fmt::format("{} weights kept as F16 (rows not a multiple of 32): {}\n", fallbacks.size(),
+                             fmt::join(fallbacks, ", "));
 }
 
 }  // namespace
@@ -122,6 +167,7 @@ void add_ptq_commands(CLI::App& app, command_list& commands) {
   q->add_option("--alpha", o.alpha, "SmoothQuant migration strength")->capture_default_str();
   q->add_option("-o,--out", o.out, "output .safetensors or .gguf")->required();
   q->add_flag("--force", o.force, "replace an existing output");
+  q->add_option("--eval-tokens", o.eval_tokens, "also evaluate the quantized model in memory on the first N tokens");
   q->add_flag("--json", o.json, "one JSON document");
   commands.push_back({q, [] { cmd_quantize(o); }});
 }

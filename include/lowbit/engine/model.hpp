@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "lowbit/kernels/quantize.hpp"
+
 namespace lowbit {
 
 struct tensor {
@@ -93,7 +95,16 @@ model load_gguf_model(const std::string& path);
 // GPT2LMHeadModel) and writes config.json beside the file; GGUF uses the canonical names.
 // dtype: "F32", "F16" or "BF16" (round to nearest even) for every tensor.
 void save_safetensors_model(const model& m, const std::string& path, const std::string& dtype = "F32");
-void save_gguf_model(const model& m, const std::string& path);
+// GGUF export: per-tensor ggml types (others F32) and, for quantized types, the exact codes and
+// scales when the caller has them (GPTQ's); otherwise a tensor is re-encoded from its values and
+// refused unless that reproduces them bit for bit. The tokenizer (when the model's is a llama2.c
+// or SentencePiece vocabulary) is written as tokenizer.ggml.* so llama.cpp can run the file.
+struct gguf_export {
+  std::map<std::string, uint32_t> types;                   // tensor -> ggml_type number
+  std::map<std::string, quantized_tensor> packed;   // tensor -> codes + scales
+};
+void save_gguf_model(const model& m, const std::string& path, const gguf_export& ex);
+void save_gguf_model(const model& m, const std::string& path);  // every tensor F32
 
 // A random model of the given shape (lowbit synth): N(0, 0.02) weights, unit norms, byte
 // tokenizer (CONVENTIONS 19: vocab 258 = 256 bytes + BOS + EOS unless given).

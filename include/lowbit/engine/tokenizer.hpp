@@ -31,6 +31,17 @@ class tokenizer {
   virtual std::string decode_token(int32_t prev, int32_t token) const = 0;
   // Concatenates decode_token(prev, id), with prev = -1 before the first id.
   std::string decode(const std::vector<int32_t>& ids) const;
+
+  // The vocabulary as SentencePiece/GGUF write it (tokenizer.ggml.tokens / scores / token_type,
+  // spaces as U+2581, types 1 normal, 2 unknown, 3 control, 6 byte), for tokenizers that have
+  // one (llama2c, spm-vocab); false otherwise. Lets a GGUF export carry its tokenizer.
+  struct spm_vocabulary {
+    std::vector<std::string> tokens;
+    std::vector<float> scores;
+    std::vector<int32_t> types;
+    int bos = -1, eos = -1, unk = -1;
+  };
+  virtual bool sentencepiece_vocabulary(spm_vocabulary&) const { return false; }
 };
 
 std::unique_ptr<tokenizer> load_llama2c_tokenizer(const std::string& path);

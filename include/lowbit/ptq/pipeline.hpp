@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,9 @@ struct layer_report {
 
 struct quantize_report {
   std::vector<layer_report> layers;
+  // Codes and scales of the weights whose values alone do not pin them down (GPTQ chooses a
+  // group's scale before error feedback moves the group), for exact export.
+  std::map<std::string, quantized_tensor> packed;
   int64_t windows_available = 0;
   double seconds = 0;
 };

@@ -120,8 +120,9 @@ struct linear_weight {
 
 // s_j = max|X_j|^alpha / max|W_:,j|^(1 - alpha), the weight max over the rows of every layer in
 // `layers` (each [out, in]), clamped to >= 1e-5 before the power, and s clamped to >= 1e-5
-// (smooth.py smooth_ln_fcs; it leaves max|X_j| unclamped, where METHODS 4.2 says both are). act_absmax[in]: channel_stats::absmax. Computed in float64,
-// returned rounded to float32 (the scale that is then applied).
+// (smooth.py smooth_ln_fcs; it leaves max|X_j| unclamped, where METHODS 4.2 says both are).
+// act_absmax[in]: channel_stats::absmax. Computed in float64, returned rounded to float32 (the
+// scale that is then applied).
 std::vector<float> smoothquant_scales(const float* act_absmax, int64_t in,
                                       const std::vector<linear_weight>& layers, double alpha = 0.5);
 
@@ -196,8 +197,9 @@ struct lorc_result {
 
 // exact: Eigen BDCSVD, O(out in min(out, in)) (1 s at 1024 x 1024 on 2 cores, ~8x per doubling).
 // randomized: [M] subspace iteration (Halko, Martinsson, Tropp 2011, Alg. 4.4) on k + oversample
-// Gaussian directions with power_iters passes, O(out in (k + oversample) power_iters); the
-// residual is within a hair of Eckart-Young for small k. automatic: randomized when
+// Gaussian directions with power_iters passes, O(out in (k + oversample) power_iters); on
+// quantization errors (a flat spectrum, the hard case) it captures ~98% of the energy the exact
+// rank-k truncation captures (tests). automatic: randomized when
 // min(out, in) > 1024 and 4 (k + oversample) <= min(out, in), else exact.
 enum class lorc_svd { automatic, exact, randomized };
 
