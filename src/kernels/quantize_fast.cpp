@@ -1045,9 +1045,13 @@ bool simd_covers(const format& f) {
   return true;
 }
 
+// Below this many elements a kernel runs on the calling thread: waking a team costs more than
+// the work (and on a loaded machine a spinning team can cost a scheduler slice per call).
+constexpr int64_t kParallelMinElements = int64_t{1} << 15;
+
 // Statistics of the whole tensor, threaded (for /t, and nvfp4's finite amax).
 group_stats tensor_stats_fast(const float* x, int64_t n, bool want_minmax, bool finite_only) {
-  const int nt = omp_get_max_threads();
+  const int nt = n >= kParallelMinElements ? omp_get_max_threads() : 1;
   std::vector<simd_stats> part(static_cast<size_t>(nt));
   const int64_t chunk = (n + nt - 1) / std::max(1, nt);
 #pragma omp parallel num_threads(nt)
@@ -1113,7 +1117,7 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
     // rules): the reference, a block of rows per thread. Scales over the whole tensor would be
     // read while other threads write in place: those run the reference on one thread.
     if (f.gran == granularity::tensor || f.named == preset::nvfp4) return fake_quantize_ref(in, out, rows, cols, f, tensor_id);
-#pragma omp parallel
+#pragma omp parallel if (rows * cols >= kParallelMinElements)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
       const int64_t per = (rows + nt - 1) / nt, r0 = std::min(rows, t * per), r1 = std::min(rows, r0 + per);
@@ -1125,7 +1129,7 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
   // Outputs larger than the caches go around them (no read-for-ownership of the destination).
   constexpr int64_t kStreamBytes = int64_t{8} << 20;
   call.plan.stream = in != out && rows * cols * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
-#pragma omp parallel
+#pragma omp parallel if (rows * cols >= kParallelMinElements)
   {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
@@ -1169,7 +1173,7 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
   const bool simd_encode = f.element.bits < 32;
   const uint32_t code_mask = f.element.bits >= 32 ? 0xffffffffu : (1u << f.element.bits) - 1u;
   std::atomic<bool> unstorable_nan{false};
-#pragma omp parallel
+#pragma omp parallel if (rows * cols >= kParallelMinElements)
   {
     std::vector<uint32_t> row_codes(static_cast<size_t>(cols));
     std::vector<float> vals(static_cast<size_t>(cols));
@@ -1214,7 +1218,7 @@ void dequantize(const quantized_tensor& q, float* out) {
   for (size_t c = 0; c < table.size(); ++c) table[c] = decode_ref(f.element, static_cast<uint32_t>(c));
   const bool asym = f.element.kind == element_kind::uint_asym || f.named == preset::q4_0;
   const int64_t k = f.gran == granularity::group ? f.group_size : std::max<int64_t>(q.cols, 1);
-#pragma omp parallel
+#pragma omp parallel if (q.rows * q.cols >= kParallelMinElements)
   {
   std::vector<uint32_t> codes(static_cast<size_t>(q.cols));
 #pragma omp for schedule(static)
