@@ -15,6 +15,7 @@
 
 #include "lowbit/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
+#include "lowbit/kernels/threads.hpp"
 
 namespace lowbit {
 
@@ -96,28 +97,26 @@ bool forward_prefers_one_thread(int64_t tokens, int dim) {
 
 namespace {
 
-// Threads for one forward call. Layers of a small model (stories260K: dim 64) finish in
-// microseconds, and waking a second thread for each costs more than it saves — on a loaded
-// machine libgomp's spinning made stories260K 8x slower with 2 threads than with one. Such calls
-// run on one thread; the guard restores OpenMP's and OpenBLAS's settings afterwards.
+// Threads for one forward call: a small model's layers (stories260K: dim 64) finish in
+// microseconds, so such calls run on one thread (measured on a loaded 2-core machine: 8x faster
+// than two spinning threads). OpenMP OpenBLAS follows omp_get_max_threads(); the pthread build
+// (the fallback) is told as well, except inside a parallel region (rows of evaluate_many), where
+// its setting, which is global, must not change.
 class thread_scope {
  public:
   explicit thread_scope(int64_t tokens, int dim)
-      : saved_(omp_get_max_threads()), nested_(omp_in_parallel()) {
-    threads_ = forward_prefers_one_thread(tokens, dim) ? 1 : saved_;
-    if (threads_ != saved_) omp_set_num_threads(threads_);
-    // Inside a parallel region (rows of evaluate_many) OpenBLAS already runs on one thread, and
-    // its setting is global: leave it alone there.
-    if (!nested_) openblas_set_num_threads(threads_);
+      : saved_(omp_get_max_threads()), nested_(omp_in_parallel()),
+        serial_(forward_prefers_one_thread(tokens, dim)) {
+    if (!nested_) openblas_set_num_threads(serial_.serial() ? 1 : saved_);
   }
   ~thread_scope() {
-    if (threads_ != saved_) omp_set_num_threads(saved_);
     if (!nested_) openblas_set_num_threads(saved_);
   }
 
  private:
-  int saved_, threads_;
+  int saved_;
   bool nested_;
+  serial_scope serial_;
 };
 
 }  // namespace

@@ -173,23 +173,6 @@ nlohmann::json config_to_hf_json(const model_config& c) {
   return j;
 }
 
-void write_text_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    out << text;
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      throw error(fmt::format("{}: cannot write", path));
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw error(fmt::format("{}: cannot rename the temporary file into place", path));
-  }
-}
-
 }  // namespace
 
 model load_safetensors_model(const std::string& path) {
@@ -267,7 +250,7 @@ void save_safetensors_model(const model& m, const std::string& path, const std::
   if (!m.tokenizer.path.empty()) meta["lowbit.tokenizer_path"] = m.tokenizer.path;
   if (!m.provenance.empty()) meta["lowbit.provenance"] = m.provenance;
   write_safetensors(path, out, meta);
-  write_text_atomic((fs::path(path).parent_path() / "config.json").string(), cfg + "\n");
+  write_text_file_atomic((fs::path(path).parent_path() / "config.json").string(), cfg + "\n");
 }
 
 // ---- GGUF -----------------------------------------------------------------------------------

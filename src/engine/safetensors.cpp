@@ -482,4 +482,10 @@ void write_safetensors(const std::string& path, const std::vector<st_write_tenso
   w.commit();
 }
 
+void write_text_file_atomic(const std::string& path, const std::string& text) {
+  atomic_file_writer w(path);
+  w.write(text.data(), text.size());
+  w.commit();
+}
+
 }  // namespace lowbit

@@ -13,31 +13,15 @@
 #include <fmt/format.h>
 
 #include "lowbit/error.hpp"
+#include "lowbit/kernels/threads.hpp"
 #include "lowbit/ptq/ptq.hpp"
 
 namespace lowbit::ptq {
 
 namespace {
 
-// [M] Layers of at most kSerialElements weights run on one thread (OpenMP, OpenBLAS and Eigen all
-// read omp_get_max_threads()): their parallel regions are too short to pay for themselves and,
-// with more threads than free cores (ctest -j), each one can cost a scheduler time slice.
+// [M] Layers of at most kSerialElements weights run on one thread (serial_scope, threads.hpp).
 constexpr int64_t kSerialElements = int64_t{1} << 17;
-class serial_scope {
- public:
-  explicit serial_scope(bool serial) : saved_(omp_get_max_threads()), active_(serial && saved_ > 1) {
-    if (active_) omp_set_num_threads(1);
-  }
-  ~serial_scope() {
-    if (active_) omp_set_num_threads(saved_);
-  }
-  serial_scope(const serial_scope&) = delete;
-  serial_scope& operator=(const serial_scope&) = delete;
-
- private:
-  int saved_;
-  bool active_;
-};
 
 using matrix = Eigen::MatrixXd;
 

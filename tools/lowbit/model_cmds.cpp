@@ -19,6 +19,7 @@
 #include "lowbit/engine/forward.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
+#include "lowbit/engine/safetensors.hpp"
 #include "lowbit/engine/tokenizer.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ptq/pipeline.hpp"
@@ -50,22 +51,6 @@ std::string read_text_file(const std::string& path) {
   return ss.str();
 }
 
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    out << text;
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      throw error(fmt::format("{}: cannot write (disk full or no permission?)", path));
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw error(fmt::format("{}: cannot move the finished file into place", path));
-  }
-}
 
 // The options shared by eval and generate: a model and a quantization plan.
 struct model_options {
@@ -409,8 +394,8 @@ void cmd_explore(explore_options o) {
                               {"ctx", o.ctx > 0 ? o.ctx : base.config.max_seq_len}, {"rows", rows}};
   const std::string csv_path = (fs::path(o.out) / "explore.csv").string();
   const std::string json_path = (fs::path(o.out) / "explore.json").string();
-  write_file_atomic(csv_path, csv);
-  write_file_atomic(json_path, doc.dump(2) + "\n");
+  write_text_file_atomic(csv_path, csv);
+  write_text_file_atomic(json_path, doc.dump(2) + "\n");
   std::string plot_note;
   if (!o.no_plot) {
     const fs::path script = fs::path(LOWBIT_SOURCE_DIR) / "scripts" / "plot_explore.py";

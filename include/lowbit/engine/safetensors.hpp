@@ -115,4 +115,7 @@ class atomic_file_writer {
   bool done_ = false;
 };
 
+// A whole text file written atomically (atomic_file_writer): config.json, CSV, JSON reports.
+void write_text_file_atomic(const std::string& path, const std::string& text);
+
 }  // namespace lowbit
