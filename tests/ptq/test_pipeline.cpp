@@ -1,0 +1,144 @@
+// The whole-model PTQ pipeline: calibration windows, the layer-by-layer order, and the scale
+// folds of AWQ / SmoothQuant, which must leave the float function unchanged.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "lowbit/engine/eval.hpp"
+#include "lowbit/engine/forward.hpp"
+#include "lowbit/engine/model.hpp"
+#include "lowbit/error.hpp"
+#include "lowbit/ptq/pipeline.hpp"
+
+using namespace lowbit;
+
+namespace {
+
+const std::string data_dir = LOWBIT_DATA_DIR;
+
+const model& stories() {
+  static const model m = load_llama2c(data_dir + "/llama2c/stories260K.bin");
+  return m;
+}
+
+const std::vector<int32_t>& story_ids() {
+  static const std::vector<int32_t> ids = [] {
+    std::ifstream in(data_dir + "/text/tinystories_val_sample.txt");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const auto tok = load_llama2c_tokenizer(data_dir + "/llama2c/tok512.bin");
+    auto all = encode_documents(*tok, ss.str());
+    all.resize(40000);  // enough for the tests, fast to run
+    return all;
+  }();
+  return ids;
+}
+
+std::vector<float> logits(const model& m, int n = 64) {
+  forward_session s(m, {}, n);
+  return s.forward(story_ids().data(), n);
+}
+
+double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double d = 0, mx = 0;
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, double(std::fabs(a[i] - b[i]))), mx = std::max(mx, double(std::fabs(a[i])));
+  return d / mx;
+}
+
+ptq::quantize_options small_options(ptq::method how, const std::string& fmt) {
+  ptq::quantize_options o;
+  o.how = how;
+  o.weights = parse_format(fmt);
+  o.calib_samples = 8;
+  o.calib_ctx = 128;
+  return o;
+}
+
+}  // namespace
+
+TEST(Calibration, WindowsAreSeededDisjointAndInTheSecondHalf) {
+  const auto a = ptq::calibration_windows(100000, 40, 256, 7), b = ptq::calibration_windows(100000, 40, 256, 7);
+  const auto c = ptq::calibration_windows(100000, 40, 256, 8);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_GE(a[i], 50000);
+    EXPECT_LE(a[i] + 256, 100000);
+    if (i) {
+      EXPECT_GE(a[i], a[i - 1] + 256);  // sorted, non-overlapping
+    }
+  }
+  try {
+    ptq::calibration_windows(10000, 100, 256, 0);
+    FAIL() << "accepted";
+  } catch (const error& e) {
+    EXPECT_NE(std::string(e.what()).find("holds 19 windows"), std::string::npos) << e.what();
+  }
+}
+
+// An identity format (fp32) through every method: GPTQ leaves each weight as it is; AWQ and
+// SmoothQuant move scales between the norms (or v / up rows) and the weights, which changes no
+// output beyond float rounding.
+TEST(Pipeline, IdentityFormatKeepsTheFloatFunction) {
+  const auto base = logits(stories());
+  for (const auto how : {ptq::method::gptq, ptq::method::awq, ptq::method::smoothquant}) {
+    model m = stories();
+    ptq::quantize_model(m, story_ids(), small_options(how, "fp32"));
+    const double d = max_rel_diff(base, logits(m));
+    if (how == ptq::method::gptq) {
+      for (const auto& [name, t] : m.tensors) EXPECT_EQ(t.data, stories().get(name).data) << name;
+    }
+    EXPECT_LT(d, 1e-5) << ptq::method_name(how);
+  }
+}
+
+// SmoothQuant on the block's inputs really moves the scales: the norm weights change, the float
+// function does not.
+TEST(Pipeline, SmoothQuantFoldsIntoTheNorms) {
+  model m = stories();
+  auto o = small_options(ptq::method::smoothquant, "fp32");
+  ptq::quantize_model(m, story_ids(), o);
+  EXPECT_NE(m.get("blk.0.attn_norm.weight").data, stories().get("blk.0.attn_norm.weight").data);
+  EXPECT_NE(m.get("blk.0.ffn_norm.weight").data, stories().get("blk.0.ffn_norm.weight").data);
+  EXPECT_NE(m.get("blk.0.attn_q.weight").data, stories().get("blk.0.attn_q.weight").data);
+  EXPECT_EQ(m.get("blk.0.ffn_down.weight").data, stories().get("blk.0.ffn_down.weight").data);
+}
+
+// On the real model, GPTQ's calibrated layers beat RTN on their calibration outputs, every
+// weight's values are values of the format, and the held-out NLL is lower.
+TEST(Pipeline, GptqBeatsRtnOnStories260K) {
+  model rtn = stories(), gptq = stories();
+  const auto ro = small_options(ptq::method::rtn, "int4/g32");
+  ptq::quantize_model(rtn, story_ids(), ro);
+  auto go = small_options(ptq::method::gptq, "int4/g32");
+  go.calib_samples = 32;
+  const auto report = ptq::quantize_model(gptq, story_ids(), go);
+  ASSERT_EQ(report.layers.size(), 35u);
+  double err = 0, rtn_err = 0;
+  for (const auto& l : report.layers) err += l.error, rtn_err += l.rtn_error;
+  EXPECT_LT(err, 0.85 * rtn_err);
+  // GPTQ's weights are format values: quantizing them again in the format reproduces them when
+  // the exported codes say so.
+  for (const auto& [name, q] : report.packed) {
+    std::vector<float> back(q.rows * q.cols);
+    dequantize(q, back.data());
+    EXPECT_EQ(back, gptq.get(name).data) << name;
+  }
+  EXPECT_EQ(report.packed.size(), 35u);
+  eval_options eo;
+  eo.ctx = 256;
+  eo.max_tokens = 8192;  // the first half: never calibration data
+  const double nll_rtn = evaluate(rtn, {}, story_ids(), eo).mean_nll;
+  const double nll_gptq = evaluate(gptq, {}, story_ids(), eo).mean_nll;
+  EXPECT_LT(nll_gptq, nll_rtn);
+}
+
+TEST(Pipeline, BadRequests) {
+  model m = stories();
+  EXPECT_THROW(ptq::parse_method("gptx"), error);
+  auto o = small_options(ptq::method::gptq, "int4/g32");
+  o.calib_samples = 1000;
+  EXPECT_THROW(ptq::quantize_model(m, story_ids(), o), error);
+}
