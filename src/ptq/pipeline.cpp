@@ -144,7 +144,7 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
   const auto groups = block_groups(c);
   uint64_t tensor_id = 0;
 
-  if (o.how == method::rtn) {  // no calibration: every linear weight on its own
+  if (o.how == method::rtn && !o.bias_correct) {  // no calibration: every weight on its own
     for (const std::string& name : m.linear_weight_names()) {
       tensor& t = m.get_mut(name);
       const auto t0 = clock::now();
@@ -201,8 +201,10 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
     }
     session.set_dump(nullptr);
 
-    // ---- 2. quantize them, group by group ----
-    for (size_t g = 0; g < groups.size(); ++g) {
+    // ---- 2. quantize them, group by group, last first: a scale folded into the rows of an
+    // earlier layer of the block (v for attn_output, up for ffn_down) must reach that layer while
+    // it is still float, as llm-awq applies every scale of a block before quantizing it ----
+    for (size_t g = groups.size(); g-- > 0;) {
       const layer_group& grp = groups[g];
       group_inputs& gi = inputs[g];
       const int64_t in = gi.in;
@@ -238,6 +240,9 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
         awq_result r = awq_quantize(gi.rows.data(), gi.n_rows(), in, layers, o.weights, ao, clip);
         for (size_t i = 0; i < grp.weights.size(); ++i) quantized[i] = std::move(r.layers[i].weights);
         if (grp.how != layer_group::fold::none) scales = std::move(r.scales);
+      } else if (o.how == method::rtn) {
+        for (size_t i = 0; i < grp.weights.size(); ++i)
+          quantized[i] = rtn_quantize(originals[i].data(), layers[i].out, in, o.weights, ++tensor_id);
       } else {  // smoothquant: migrate activation outliers where a norm takes the scale
         if (grp.how == layer_group::fold::norm) {
           scales = smoothquant_scales(gi.stats->absmax.data(), in, layers, o.smooth_alpha);
@@ -248,10 +253,28 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
           quantized[i] = rtn_quantize(w.data(), layers[i].out, in, o.weights, ++tensor_id);
         }
       }
-      const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
-      // The report: output error on the sampled rows, against RTN of the original weight.
+      // What the quantized layer computes with: inputs X / s and the float weight W diag(s).
       std::vector<float> Xq = gi.rows;
       if (!scales.empty()) divide_columns(Xq.data(), gi.n_rows(), in, scales.data());
+      for (size_t i = 0; i < grp.weights.size(); ++i) {
+        const std::string name = block + grp.weights[i];
+        std::vector<float> w_eff = originals[i];
+        if (!scales.empty()) scale_columns(w_eff.data(), layers[i].out, in, scales.data());
+        if (o.lorc_rank > 0) {  // LoRC: Q + U V, the error's best rank-k part (ZeroQuant-V2)
+          lorc_options lo;
+          lo.factor_format = o.lorc_format;
+          quantized[i] = lorc_compensate(w_eff.data(), quantized[i].data(), layers[i].out, in, o.lorc_rank, lo).weights;
+          report.packed.erase(name);  // no longer values of the format alone
+        }
+        if (o.bias_correct) {  // the mean output error over the calibration rows becomes 0
+          const std::string bias_name = name.substr(0, name.size() - 6) + "bias";
+          if (tensor* b = m.find(bias_name))
+            b->data = bias_correction(Xq.data(), gi.n_rows(), in, w_eff.data(), quantized[i].data(),
+                                      layers[i].out, b->data.data());
+        }
+      }
+      const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
+      // The report: output error on the sampled rows, against RTN of the original weight.
       for (size_t i = 0; i < grp.weights.size(); ++i) {
         const auto rtn = rtn_quantize(originals[i].data(), layers[i].out, in, o.weights, 0);
         layer_report lr;

@@ -142,3 +142,34 @@ TEST(Pipeline, BadRequests) {
   o.calib_samples = 1000;
   EXPECT_THROW(ptq::quantize_model(m, story_ids(), o), error);
 }
+
+TEST(Pipeline, LorcLowersTheCalibrationError) {
+  model plain = stories(), lorc = stories();
+  auto o = small_options(ptq::method::gptq, "int3/g32");
+  const auto a = ptq::quantize_model(plain, story_ids(), o);
+  o.lorc_rank = 4;
+  const auto b = ptq::quantize_model(lorc, story_ids(), o);
+  double ea = 0, eb = 0;
+  for (const auto& l : a.layers) ea += l.error;
+  for (const auto& l : b.layers) eb += l.error;
+  EXPECT_LT(eb, ea);
+  EXPECT_TRUE(b.packed.empty());  // Q + U V is not a value of the format
+}
+
+// GPT-2 has biases: bias correction moves them when the weights change, and leaves them when
+// the format is the identity.
+TEST(Pipeline, BiasCorrectionOnGpt2) {
+  model_config c;
+  c.arch = architecture::gpt2;
+  c.dim = 64, c.hidden_dim = 256, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 4;
+  c.vocab_size = 512, c.max_seq_len = 128;
+  const model base = synthesize_model(c, 3);
+  for (const std::string fmt : {"fp32", "int4/g32"}) {
+    model m = base;
+    auto o = small_options(ptq::method::rtn, fmt);
+    o.bias_correct = true;
+    ptq::quantize_model(m, story_ids(), o);
+    const bool moved = m.get("blk.1.ffn_down.bias").data != base.get("blk.1.ffn_down.bias").data;
+    EXPECT_EQ(moved, fmt != "fp32") << fmt;
+  }
+}

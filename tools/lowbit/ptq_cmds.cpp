@@ -13,6 +13,7 @@
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/engine/gguf.hpp"
 #include "lowbit/engine/model.hpp"
+#include "lowbit/engine/plan.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ptq/pipeline.hpp"
 
@@ -26,7 +27,9 @@ struct quantize_cli_options {
   int calib_samples = 128, calib_ctx = 256;
   int64_t eval_tokens = 0;
   uint64_t seed = 0;
-  bool force = false, json = false, act_order = false;
+  bool force = false, json = false, act_order = false, bias_correct = false;
+  int lorc_rank = 0;
+  std::string lorc_format;
   double damp = 0.01, alpha = 0.5;
 };
 
@@ -57,6 +60,9 @@ void cmd_quantize(const quantize_cli_options& o) {
   qo.calib_samples = o.calib_samples, qo.calib_ctx = o.calib_ctx, qo.seed = o.seed;
   qo.gptq.percdamp = o.damp, qo.gptq.act_order = o.act_order;
   qo.smooth_alpha = o.alpha;
+  qo.lorc_rank = o.lorc_rank;
+  qo.lorc_format = parse_optional_format(o.lorc_format);
+  qo.bias_correct = o.bias_correct;
 
   // GGUF: llama.cpp's own tensor type for the format, decided before any work.
   const bool gguf = ends_with(o.out, ".gguf");
@@ -165,6 +171,9 @@ void add_ptq_commands(CLI::App& app, command_list& commands) {
   q->add_option("--damp", o.damp, "GPTQ dampening (fraction of mean diag H)")->capture_default_str();
   q->add_flag("--act-order", o.act_order, "GPTQ: columns in order of decreasing Hessian diagonal");
   q->add_option("--alpha", o.alpha, "SmoothQuant migration strength")->capture_default_str();
+  q->add_option("--lorc-rank", o.lorc_rank, "LoRC: add the rank-k part of each weight's quantization error");
+  q->add_option("--lorc-format", o.lorc_format, "format of LoRC's factors (default float), e.g. int8/c");
+  q->add_flag("--bias-correction", o.bias_correct, "correct biases for the mean output error (GPT-2)");
   q->add_option("-o,--out", o.out, "output .safetensors or .gguf")->required();
   q->add_flag("--force", o.force, "replace an existing output");
   q->add_option("--eval-tokens", o.eval_tokens, "also evaluate the quantized model in memory on the first N tokens");

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,9 @@ struct quantize_options {
   awq_options awq;
   double smooth_alpha = 0.5;        // SmoothQuant migration strength
   int64_t max_sample_rows = 4096;   // rows of each layer input kept for AWQ and for the report
+  int lorc_rank = 0;                // > 0: LoRC low-rank compensation of each weight's error
+  std::optional<format> lorc_format;  // format of LoRC's factors (float when absent)
+  bool bias_correct = false;        // correct the biases (GPT-2) for the mean output error
 };
 
 // The windows' start offsets in ids (CONVENTIONS 21). Throws, saying how many windows the
