@@ -121,21 +121,25 @@ std::vector<weight_quant_report> apply_weight_plan(model& m, const quant_plan& p
   return reports;
 }
 
+double weight_bits(const tensor& t, const std::optional<format>& f) {
+  if (!f) return 32.0;
+  double b = bits_per_element(*f);
+  // Per-row (channel) and per-tensor scales: bits_per_element reports the element only
+  // (CONVENTIONS 14); charge one scale (and zero point) per row / tensor to its elements.
+  if (f->gran != granularity::group && f->gran != granularity::none) {
+    const double zp = f->element.kind == element_kind::uint_asym ? f->element.bits : 0;
+    const double per = f->gran == granularity::row ? t.cols() : t.numel();
+    b += (scale_bits(*f) + zp) / per;
+  }
+  if (f->named == preset::nvfp4) b += 32.0 / t.numel();
+  return b;
+}
+
 double average_linear_bits(const model& m, const quant_plan& plan) {
   double bits = 0, count = 0;
   for (const std::string& name : m.linear_weight_names()) {
     const tensor& t = m.get(name);
-    const auto f = plan.weight_format(m, name);
-    double b = f ? bits_per_element(*f) : 32.0;
-    // Per-row (channel) and per-tensor scales: bits_per_element reports the element only
-    // (CONVENTIONS 14); add one scale per row / tensor so the table compares storage.
-    if (f && f->gran != granularity::group && f->gran != granularity::none) {
-      const double zp = f->element.kind == element_kind::uint_asym ? f->element.bits : 0;
-      const double per = f->gran == granularity::row ? t.cols() : t.numel();
-      b += (scale_bits(*f) + zp) / per;
-    }
-    if (f && f->named == preset::nvfp4) b += 32.0 / t.numel();
-    bits += b * t.numel();
+    bits += weight_bits(t, plan.weight_format(m, name)) * t.numel();
     count += t.numel();
   }
   return count ? bits / count : 32.0;

@@ -15,7 +15,9 @@
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
 #include "lowbit/error.hpp"
+#include "lowbit/ptq/mixed.hpp"
 #include "lowbit/ptq/pipeline.hpp"
+#include "lowbit/engine/safetensors.hpp"
 
 namespace fs = std::filesystem;
 
@@ -155,9 +157,75 @@ void cmd_quantize(const quantize_cli_options& o) {
                              fmt::join(fallbacks, ", "));
 }
 
+struct mixed_cli_options {
+  std::string model, tokenizer, data, out;
+  std::vector<std::string> formats;
+  double budget = 0;
+  int calib_samples = 16, calib_ctx = 256;
+  uint64_t seed = 0;
+  bool json = false, force = false;
+};
+
+void cmd_mixed(const mixed_cli_options& o) {
+  if (fs::exists(o.out) && !o.force)
+    throw error(fmt::format("mixed: {} exists; pass --force to replace it", o.out));
+  const model m = load_model(o.model);
+  const auto tok = tokenizer_for_model(m, o.tokenizer);
+  std::ifstream in(o.data, std::ios::binary);
+  if (!in) throw error(fmt::format("{}: cannot open calibration data", o.data));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::vector<int32_t> ids = encode_documents(*tok, ss.str());
+  ptq::mixed_options mo;
+  mo.formats = o.formats, mo.budget_bits = o.budget;
+  mo.calib_samples = o.calib_samples, mo.calib_ctx = o.calib_ctx, mo.seed = o.seed;
+  progress_bar bar("mixed precision: sensitivities", "eval");
+  const ptq::mixed_result r = ptq::allocate_mixed_precision(m, ids, mo, [&](int64_t d, int64_t t) { bar.update(d, t); });
+  bar.finish();
+  nlohmann::json rules = nlohmann::json::array();
+  for (const auto& l : r.layers) rules.push_back({{"pattern", l.name}, {"format", l.format}});
+  const nlohmann::json doc = {{"rules", rules}, {"average_bits", r.average_bits}, {"budget_bits", o.budget},
+                              {"source_model", o.model}, {"candidates", r.formats}};
+  write_text_file_atomic(o.out, doc.dump(2) + "\n");
+  if (o.json) {
+    nlohmann::json layers = nlohmann::json::array();
+    for (const auto& l : r.layers)
+      layers.push_back({{"name", l.name}, {"format", l.format}, {"delta_nll", l.delta_nll}});
+    std::cout << nlohmann::json{{"out", o.out}, {"average_bits", r.average_bits}, {"base_nll", r.base_nll},
+                                {"formats", r.formats}, {"format_bits", r.format_bits}, {"layers", layers}}.dump(2)
+              << "\n";
+    return;
+  }
+  table t{{"weight", "format"}, {}};
+  for (const std::string& f : r.formats) t.header.push_back("dNLL " + f);
+  for (const auto& l : r.layers) {
+    std::vector<std::string> row{l.name, l.format};
+    for (double d : l.delta_nll) row.push_back(fmt::format("{:+.5f}", d));
+    t.rows.push_back(row);
+  }
+  std::cout << t.render();
+  std::cout << fmt::format("{}: {:.3f} bits/weight (budget {}); use it with lowbit eval --rules {}\n", o.out,
+                           r.average_bits, o.budget, o.out);
+}
+
 }  // namespace
 
 void add_ptq_commands(CLI::App& app, command_list& commands) {
+  static mixed_cli_options mo;
+  auto* mx = app.add_subcommand("mixed", "mixed-precision weight formats under a bits budget, by measured sensitivity");
+  mx->add_option("--model", mo.model, "model file")->required();
+  mx->add_option("--tokenizer", mo.tokenizer, "tokenizer (default: the model's)");
+  mx->add_option("--data", mo.data, "calibration text: windows drawn from its second half")->required();
+  mx->add_option("--formats", mo.formats, "candidate weight formats, e.g. int8/c int4/g32 int3/g32")->required()->delimiter(',');
+  mx->add_option("--budget", mo.budget, "average bits per linear weight")->required();
+  mx->add_option("--calib-samples", mo.calib_samples, "calibration windows")->capture_default_str();
+  mx->add_option("--calib-ctx", mo.calib_ctx, "tokens per window")->capture_default_str();
+  mx->add_option("--seed", mo.seed, "window draw seed")->capture_default_str();
+  mx->add_option("-o,--out", mo.out, "rules.json for lowbit eval --rules")->required();
+  mx->add_flag("--force", mo.force, "replace an existing output");
+  mx->add_flag("--json", mo.json, "one JSON document");
+  commands.push_back({mx, [] { cmd_mixed(mo); }});
+
   static quantize_cli_options o;
   auto* q = app.add_subcommand("quantize", "post-training quantization (rtn, gptq, awq, smoothquant) to a file");
   q->add_option("--model", o.model, "model file")->required();

@@ -60,6 +60,9 @@ struct weight_quant_report {
   double sqnr_db = 0;
 };
 std::vector<weight_quant_report> apply_weight_plan(model& m, const quant_plan& plan);
+// Storage bits per element of tensor t in format f (32 when float): element bits plus the scales
+// (and zero points) of its groups, rows or tensor, spread over the elements they serve.
+double weight_bits(const tensor& t, const std::optional<format>& f);
 // Average bits per weight over the linear weights (what the demo table reports).
 double average_linear_bits(const model& m, const quant_plan& plan);
 
