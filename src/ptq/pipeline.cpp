@@ -10,6 +10,7 @@
 
 #include "lowbit/engine/forward.hpp"
 #include "lowbit/error.hpp"
+#include "lowbit/ptq/search.hpp"
 
 namespace lowbit::ptq {
 
@@ -18,7 +19,9 @@ method parse_method(const std::string& name) {
   if (name == "gptq") return method::gptq;
   if (name == "awq") return method::awq;
   if (name == "smoothquant") return method::smoothquant;
-  throw error(fmt::format("unknown PTQ method '{}': expected rtn, gptq, awq or smoothquant", name));
+  if (name == "imatrix") return method::imatrix;
+  if (name == "powerquant") return method::powerquant;
+  throw error(fmt::format("unknown PTQ method '{}': expected rtn, gptq, awq, smoothquant, imatrix or powerquant", name));
 }
 
 const char* method_name(method m) {
@@ -27,6 +30,8 @@ const char* method_name(method m) {
     case method::gptq: return "gptq";
     case method::awq: return "awq";
     case method::smoothquant: return "smoothquant";
+    case method::imatrix: return "imatrix";
+    case method::powerquant: return "powerquant";
   }
   return "?";
 }
@@ -92,11 +97,15 @@ struct group_inputs {
   std::optional<hessian_accumulator> hessian;
   std::optional<channel_stats> stats;
   std::vector<float> rows;  // sampled rows [n, in]
+  std::vector<double> sqsum;  // [in] sum of x_j^2 over every row (importance-weighted RTN)
   int64_t seen = 0, stride = 1, max_rows = 0;
 
   void add(const float* x, int64_t n) {
     if (hessian) hessian->add(x, n);
     if (stats) stats->add(x, n);
+    if (!sqsum.empty())
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < in; ++j) sqsum[j] += double(x[r * in + j]) * x[r * in + j];
     for (int64_t r = 0; r < n; ++r, ++seen)
       if (seen % stride == 0 && int64_t(rows.size()) / in < max_rows)
         rows.insert(rows.end(), x + r * in, x + (r + 1) * in);
@@ -144,11 +153,14 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
   const auto groups = block_groups(c);
   uint64_t tensor_id = 0;
 
-  if (o.how == method::rtn && !o.bias_correct) {  // no calibration: every weight on its own
+  const bool data_free = o.how == method::rtn || o.how == method::powerquant;
+  if (data_free && !o.bias_correct) {  // no calibration: every weight on its own
     for (const std::string& name : m.linear_weight_names()) {
       tensor& t = m.get_mut(name);
       const auto t0 = clock::now();
-      auto q = rtn_quantize(t.data.data(), t.rows(), t.cols(), o.weights, ++tensor_id);
+      auto q = o.how == method::powerquant
+                   ? powerquant_search(t.data.data(), t.rows(), t.cols(), o.weights).weights
+                   : rtn_quantize(t.data.data(), t.rows(), t.cols(), o.weights, ++tensor_id);
       t.data = std::move(q);
       report.layers.push_back({name, std::chrono::duration<double>(clock::now() - t0).count(), 0, 0});
       if (progress) progress(report.layers.size(), m.linear_weight_names().size());
@@ -185,6 +197,7 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
       gi.in = in;
       if (o.how == method::gptq) gi.hessian.emplace(in);
       if (o.how == method::awq || o.how == method::smoothquant) gi.stats.emplace(in);
+      if (o.how == method::imatrix) gi.sqsum.assign(in, 0.0);
       gi.max_rows = o.max_sample_rows;
       gi.stride = std::max<int64_t>(1, W * ctx / std::max<int64_t>(1, o.max_sample_rows));
     }
@@ -240,9 +253,16 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
         awq_result r = awq_quantize(gi.rows.data(), gi.n_rows(), in, layers, o.weights, ao, clip);
         for (size_t i = 0; i < grp.weights.size(); ++i) quantized[i] = std::move(r.layers[i].weights);
         if (grp.how != layer_group::fold::none) scales = std::move(r.scales);
-      } else if (o.how == method::rtn) {
+      } else if (o.how == method::rtn || o.how == method::powerquant) {
         for (size_t i = 0; i < grp.weights.size(); ++i)
-          quantized[i] = rtn_quantize(originals[i].data(), layers[i].out, in, o.weights, ++tensor_id);
+          quantized[i] = o.how == method::powerquant
+                             ? powerquant_search(originals[i].data(), layers[i].out, in, o.weights).weights
+                             : rtn_quantize(originals[i].data(), layers[i].out, in, o.weights, ++tensor_id);
+      } else if (o.how == method::imatrix) {
+        std::vector<float> importance(in);
+        for (int64_t j = 0; j < in; ++j) importance[j] = static_cast<float>(gi.sqsum[j] / std::max<int64_t>(1, gi.seen));
+        for (size_t i = 0; i < grp.weights.size(); ++i)
+          quantized[i] = importance_rtn(originals[i].data(), layers[i].out, in, o.weights, importance.data());
       } else {  // smoothquant: migrate activation outliers where a norm takes the scale
         if (grp.how == layer_group::fold::norm) {
           scales = smoothquant_scales(gi.stats->absmax.data(), in, layers, o.smooth_alpha);

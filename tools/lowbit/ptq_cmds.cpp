@@ -146,7 +146,7 @@ void cmd_quantize(const quantize_cli_options& o) {
   }
   std::cout << fmt::format("{}: {} {} of {} linear weights in {:.2f} s", o.out, o.method,
                            format_name(qo.weights), r.layers.size(), r.seconds);
-  if (qo.how != ptq::method::rtn)
+  if (rtn > 0)
     std::cout << fmt::format("; calibration output error {:.4g} vs RTN {:.4g} ({:.1f}%)", err, rtn,
                              rtn > 0 ? 100.0 * err / rtn : 0.0);
   std::cout << "\n";
@@ -227,12 +227,12 @@ void add_ptq_commands(CLI::App& app, command_list& commands) {
   commands.push_back({mx, [] { cmd_mixed(mo); }});
 
   static quantize_cli_options o;
-  auto* q = app.add_subcommand("quantize", "post-training quantization (rtn, gptq, awq, smoothquant) to a file");
+  auto* q = app.add_subcommand("quantize", "post-training quantization (rtn, gptq, awq, smoothquant, imatrix, powerquant) to a file");
   q->add_option("--model", o.model, "model file")->required();
   q->add_option("--tokenizer", o.tokenizer, "tokenizer (default: the model's)");
   q->add_option("--data", o.data, "calibration text: windows drawn from its second half")->required();
   q->add_option("--weights", o.weights, "weight format, e.g. int4/g32, mxfp4, nvfp4")->required();
-  q->add_option("--method", o.method, "rtn | gptq | awq | smoothquant")->capture_default_str();
+  q->add_option("--method", o.method, "rtn | gptq | awq | smoothquant | imatrix | powerquant")->capture_default_str();
   q->add_option("--calib-samples", o.calib_samples, "calibration windows")->capture_default_str();
   q->add_option("--calib-ctx", o.calib_ctx, "tokens per calibration window")->capture_default_str();
   q->add_option("--seed", o.seed, "window draw seed")->capture_default_str();

@@ -224,4 +224,93 @@ lorc_result lorc_compensate(const float* W, const float* Q, int64_t out, int64_t
 std::vector<float> bias_correction(const float* X, int64_t n, int64_t in, const float* W, const float* Q,
                                    int64_t out, const float* bias = nullptr);
 
+// ---- LLM-FP4 (METHODS 4.6) ----------------------------------------------------------------------
+// Liu, Cheng, Huang, Xing, Shen, EMNLP 2023 (arXiv 2310.16836); nbasyl/LLM-FP4
+// quant_layers/fp_linear.py (FPPTQSLBatchingQuantLinear_fpq_baseline / _fpq), configs/FPQ_config_llama.py.
+//
+// Joint search of the exponent/mantissa split and of the clipping of a floating-point weight
+// format, layer by layer, on the layer's output error ||X W^T - X Q^T||^2 over calibration rows.
+// LLM-FP4's quantizer has a real-valued exponent bias b per output channel; maxval(b) =
+// (2 - 2^-M) 2^(2^E - 1 - b). [M] lowbit expresses b as the scale of a real format: the element
+// eEmM (all codes finite, its default integer bias) times a per-group scale chosen by the format's
+// scale rule from the group maximum m_c = maxval(c b0) instead of the group's amax, with
+// b0 = 2^E - log2(amax) + log2(2 - 2^-M) - 1 (so maxval(b0) = amax, c = 1 is RTN). Every
+// candidate is quantized by lowbit's element codec (x / s cast onto eEmM, times s: CONVENTIONS 6),
+// so the result holds exact values of the returned format. The repo's quantizer keeps the binade
+// of x itself (floor(log2|x|) + b), which differs from a scaled format when b is not an integer.
+//
+// Granularity and scale format are the user's (e2m1/c: one scale per output channel, the paper's
+// setting; e2m1/g32:e8m0: per group of 32 with power-of-two scales, ...); only the element split
+// and the clip vary:
+//   splits     every eEmM with E >= 1, E + M + 1 = the user's element bits, that the format engine
+//              accepts (variant finite, default bias, the user's subnormals setting), plus the
+//              user's own element (e.g. e4m3fn) when it is not one of them; paper_splits keeps the
+//              repo's set (4 bit: M in 0..2; 8 bit: M in 2..6)
+//   clip       c_i = alpha + i (beta - alpha) / n, i = 0..n (0.01, 1.2, 100 as FPQ_config_llama.py;
+//              the repo's loop stops at i = n - 1), plus c = 1, plus RTN of the user's format as is
+//              (its own rule, e.g. @mse), so the search never does worse than RTN on the objective
+//   selection  per output row for row and group scales (one c per row, each group's b0 from its own
+//              amax: a row's share of the output error depends only on that row, so the per-row
+//              choice is exact; [M] the repo has one group per row); per tensor for /t; the split
+//              with the least total error wins (the repo's _search_best_w_format)
+//   plain casts (no '/': no scale) search integer biases round(c b0) of the element itself, e.g.
+//              "e2m1(bias=5)" - there LLM-FP4's quantizer with an integer bias is exactly the cast
+// [M] Weight-only: the objective uses float inputs (the repo alternates with an activation search,
+// 3 rounds, on quantized inputs). Data-dependent scale rules (mse, pNN) are replaced by `max` for the
+// clip candidates. Presets (nvfp4, q4_0, ...), power maps and non-float elements are refused.
+struct llmfp4_options {
+  double alpha = 0.01, beta = 1.2;  // bias multipliers c_i = alpha + i (beta - alpha) / n, i = 0..n
+  int n = 100;
+  bool paper_splits = false;        // the repo's split set instead of every split with E >= 1
+  bool preshift = true;             // quantize_model: pre-shifted activation biases on norm-fed groups
+  uint64_t tensor_id = 0;           // stochastic rounding stream (~sr formats), as fake_quantize
+};
+
+struct llmfp4_split {
+  std::string format;  // the split as a spec with the user's granularity and scale, e.g. "e3m0/c"
+  double error = 0;    // the objective with each row's best clip (float32 GEMMs, float64 sums)
+};
+
+struct llmfp4_result {
+  std::string format;            // the chosen spec (parse_format accepts it; canonical spelling)
+  lowbit::format fmt;            // parse_format(format)
+  std::vector<float> weights;    // [out, in] values of fmt
+  // [out] (row, group scales) or [1] (tensor scale, plain cast): the chosen bias multiplier c;
+  // 1 = the group max (RTN with the max rule); NaN = RTN of the user's format as given.
+  std::vector<float> multiplier;
+  // [out, groups] (row: groups = 1; tensor: [1]): the maximum m_c each scale was chosen for; empty
+  // for plain casts (the chosen bias is in `format`).
+  std::vector<float> clip_max;
+  quantized_tensor packed;       // codes + scales of fmt: dequantize(packed) == weights bit for bit
+  double error = 0;              // output_error(X, W, weights), float64
+  double rtn_error = 0;          // output_error(X, W, rtn_quantize(W, user format))
+  bool rtn = false;              // the user's format with its own scale rule won (or tied)
+  std::vector<llmfp4_split> splits;  // every split tried, in search order
+};
+
+// The weight search for one layer W[out, in] on calibration inputs X[n, in] (METHODS 4.6 steps 2-4).
+llmfp4_result llmfp4_quantize(const float* X, int64_t n, int64_t in, const float* W, int64_t out,
+                              const format& f, const llmfp4_options& options = {});
+
+// The split candidates llmfp4_quantize tries for format f (specs, search order).
+std::vector<std::string> llmfp4_splits(const format& f, bool paper_splits = false);
+
+// Pre-shifted exponent bias (METHODS 4.6): per-input-channel biases from the calibration maxima,
+// b_j = 2^E - log2(max|X_j|) + log2(2 - 2^-M) - 1 for the activation element eEmM; the tensor
+// bias b_t = min_j b_j; integer offsets rho_j = clamp(round(b_j) - round(b_t), 0, 2^E - 1)
+// (round: ties to even, torch.round). Activation channel j quantized with bias b_t + rho_j equals
+// 2^-rho_j times the same code with bias b_t, so the factor s_j = 2^-rho_j moves into the weight:
+// W[:, j] *= s_j (scale_columns) and the activation is divided by it, X[:, j] /= s_j
+// (divide_columns; the preceding norm's weight and bias: the pipeline's fold) - X diag(s)^-1
+// (diag(s) W^T) = X W^T exactly in float32 (powers of two), and the activations then take one
+// per-tensor bias. [M] A channel with max 0 (or not finite) gets rho = 0; rho is capped at 126 so
+// 2^-rho stays a normal float32.
+struct llmfp4_preshift_result {
+  std::vector<double> channel_bias;  // [in] b_j (NaN for a channel with max 0)
+  double tensor_bias = 0;            // b_t
+  std::vector<int> rho;              // [in]
+  std::vector<float> scales;         // [in] s_j = 2^-rho_j, the pipeline's `scales`
+};
+llmfp4_preshift_result llmfp4_preshift(const float* act_absmax, int64_t in, const element_format& act);
+
 }  // namespace lowbit::ptq

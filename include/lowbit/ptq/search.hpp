@@ -1,0 +1,37 @@
+// Per-layer searches that pick how a weight is rounded, without calibration data (PowerQuant)
+// or with only per-input-channel importances (importance-weighted RTN).
+//   PowerQuant  Yvinec, Dapogny, Cord, Bailly, ICLR 2023 (METHODS 4.7): quantize sign(w)|w|^a
+//               uniformly, dequantize with the inverse power; a per layer minimises the weight
+//               reconstruction error ||W - x_hat_a(W)||_2^2, a unimodal 1-D problem.
+//   importance-weighted RTN  as llama.cpp's importance matrix (quantize with imatrix): per row
+//               group, the clipping of the group's range that minimises sum_j imp_j (w_j - q_j)^2,
+//               imp_j = mean x_j^2 over calibration inputs (the diagonal of X^T X / n).
+// Shapes: W [out, in] row-major, groups along in; importance [in].
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "lowbit/formats/format.hpp"
+
+namespace lowbit::ptq {
+
+struct power_search_result {
+  double exponent = 1;           // a of pow<a>(base)
+  std::vector<float> weights;    // [out, in] the weight in pow<a>(base)
+  double mse = 0;                // mean (w - q)^2 at a
+  double mse_uniform = 0;        // the same at a = 1 (the base format)
+};
+
+// [M] A grid of 16 exponents over [lo, hi] (a = 1 included), then golden-section refinement
+// around the best grid point to 1e-3 (in place of the paper's Nelder-Mead; the error is unimodal
+// in a on Gaussian-like weights, METHODS 4.7 "Checks").
+power_search_result powerquant_search(const float* W, int64_t out, int64_t in, const format& base,
+                                      double lo = 0.2, double hi = 1.0);
+
+// [M] Shrink factors 1, 1 - 0.5/grid, ..., down to 1 - max_shrink (as AWQ's clip grid), chosen per
+// row and group (per row for /c, per tensor for /t) by the importance-weighted squared error.
+std::vector<float> importance_rtn(const float* W, int64_t out, int64_t in, const format& f,
+                                  const float* importance, int grid = 20, double max_shrink = 0.5);
+
+}  // namespace lowbit::ptq

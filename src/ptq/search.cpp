@@ -1,0 +1,121 @@
+// PowerQuant exponent search and importance-weighted RTN (search.hpp).
+#include "lowbit/ptq/search.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "lowbit/error.hpp"
+#include "lowbit/kernels/quantize.hpp"
+
+namespace lowbit::ptq {
+
+namespace {
+
+double mse_of(const float* W, const std::vector<float>& Q) {
+  double e = 0;
+  for (size_t i = 0; i < Q.size(); ++i) e += double(W[i] - Q[i]) * double(W[i] - Q[i]);
+  return Q.empty() ? 0 : e / double(Q.size());
+}
+
+// The columns [c0, c1) of group g of a row under format f.
+std::pair<int64_t, int64_t> group_range(const format& f, int64_t in, int64_t g) {
+  if (f.gran != granularity::group) return {0, in};
+  return {g * f.group_size, std::min<int64_t>(in, (g + 1) * f.group_size)};
+}
+
+}  // namespace
+
+power_search_result powerquant_search(const float* W, int64_t out, int64_t in, const format& base,
+                                      double lo, double hi) {
+  if (base.power != 0) throw error("powerquant: give the base format without pow(...)");
+  if (!(lo > 0) || !(hi >= lo)) throw error(fmt::format("powerquant: bad exponent range [{}, {}]", lo, hi));
+  const int64_t n = out * in;
+  std::vector<float> q(n);
+  auto error_at = [&](double a) {
+    format f = base;
+    f.power = a == 1.0 ? 0.0 : a;
+    fake_quantize(W, q.data(), out, in, f);
+    return mse_of(W, q);
+  };
+  power_search_result r;
+  r.mse_uniform = error_at(1.0);
+  double best_a = 1.0, best = r.mse_uniform;
+  const int grid = 16;
+  for (int i = 0; i < grid; ++i) {
+    const double a = lo + (hi - lo) * i / (grid - 1);
+    const double e = error_at(a);
+    if (e < best) best = e, best_a = a;
+  }
+  // Golden section on the bracket around the best grid point.
+  const double step = (hi - lo) / (grid - 1);
+  double a0 = std::max(lo, best_a - step), a1 = std::min(hi, best_a + step);
+  const double phi = (std::sqrt(5.0) - 1) / 2;
+  double x1 = a1 - phi * (a1 - a0), x2 = a0 + phi * (a1 - a0);
+  double f1 = error_at(x1), f2 = error_at(x2);
+  while (a1 - a0 > 1e-3) {
+    if (f1 < f2) a1 = x2, x2 = x1, f2 = f1, x1 = a1 - phi * (a1 - a0), f1 = error_at(x1);
+    else a0 = x1, x1 = x2, f1 = f2, x2 = a0 + phi * (a1 - a0), f2 = error_at(x2);
+  }
+  for (const auto& [a, e] : {std::pair{x1, f1}, std::pair{x2, f2}})
+    if (e < best) best = e, best_a = a;
+  r.exponent = best_a;
+  r.mse = error_at(best_a);
+  r.weights = q;
+  return r;
+}
+
+std::vector<float> importance_rtn(const float* W, int64_t out, int64_t in, const format& f,
+                                  const float* importance, int grid, double max_shrink) {
+  if (grid < 1 || !(max_shrink >= 0) || max_shrink >= 1)
+    throw error(fmt::format("importance RTN: grid {} and max shrink {} (need >= 1 and in [0, 1))", grid, max_shrink));
+  const int64_t groups = f.gran == granularity::group ? (in + f.group_size - 1) / f.group_size : 1;
+  const bool per_tensor = f.gran == granularity::tensor || f.named == preset::nvfp4;
+  std::vector<float> best(W, W + out * in), clipped(out * in), q(out * in);
+  // Best weighted error per (row, group); per-tensor formats pick one shrink for the tensor.
+  std::vector<double> best_err(out * groups, INFINITY);
+  const int steps = std::max(1, static_cast<int>(std::floor(max_shrink * grid + 1e-9)) + 1);
+  for (int s = 0; s < steps; ++s) {
+    const double shrink = 1.0 - double(s) / grid;
+    for (int64_t r = 0; r < out; ++r)
+      for (int64_t g = 0; g < groups; ++g) {
+        const auto [c0, c1] = group_range(f, in, g);
+        float amax = 0;
+        for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(W[r * in + c]));
+        const float lim = static_cast<float>(amax * shrink);
+        for (int64_t c = c0; c < c1; ++c) clipped[r * in + c] = std::clamp(W[r * in + c], -lim, lim);
+      }
+    fake_quantize(clipped.data(), q.data(), out, in, f);
+    double tensor_err = 0;
+    std::vector<double> errs(out * groups, 0);
+    for (int64_t r = 0; r < out; ++r)
+      for (int64_t g = 0; g < groups; ++g) {
+        const auto [c0, c1] = group_range(f, in, g);
+        double e = 0;
+        for (int64_t c = c0; c < c1; ++c) {
+          const double d = double(W[r * in + c]) - q[r * in + c];
+          e += double(importance[c]) * d * d;
+        }
+        errs[r * groups + g] = e;
+        tensor_err += e;
+      }
+    if (per_tensor) {
+      if (tensor_err < best_err[0]) {
+        best_err[0] = tensor_err;
+        best = q;
+      }
+      continue;
+    }
+    for (int64_t r = 0; r < out; ++r)
+      for (int64_t g = 0; g < groups; ++g)
+        if (errs[r * groups + g] < best_err[r * groups + g]) {
+          best_err[r * groups + g] = errs[r * groups + g];
+          const auto [c0, c1] = group_range(f, in, g);
+          std::copy(q.begin() + r * in + c0, q.begin() + r * in + c1, best.begin() + r * in + c0);
+        }
+  }
+  return best;
+}
+
+}  // namespace lowbit::ptq

@@ -1,0 +1,77 @@
+// PowerQuant's exponent search and importance-weighted RTN (search.hpp).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "lowbit/error.hpp"
+#include "lowbit/kernels/quantize.hpp"
+#include "lowbit/ptq/search.hpp"
+
+using namespace lowbit;
+
+namespace {
+
+std::vector<float> gaussian(int64_t n, uint64_t seed, float sigma = 0.02f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, sigma);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+double weighted_error(const std::vector<float>& W, const std::vector<float>& Q, const std::vector<float>& imp,
+                      int64_t in) {
+  double e = 0;
+  for (size_t i = 0; i < W.size(); ++i) e += imp[i % in] * double(W[i] - Q[i]) * double(W[i] - Q[i]);
+  return e;
+}
+
+}  // namespace
+
+// METHODS 4.7 checks: a = 1 is the uniform grid; on Gaussian weights a < 1 (more levels near 0)
+// reconstructs better, and the search finds it.
+TEST(PowerQuant, SearchBeatsUniformOnGaussianWeights) {
+  const int64_t out = 64, in = 256;
+  const auto W = gaussian(out * in, 1);
+  const format base = parse_format("int4/c");
+  const auto r = ptq::powerquant_search(W.data(), out, in, base);
+  std::vector<float> uniform(W.size());
+  fake_quantize_ref(W.data(), uniform.data(), out, in, base);
+  double mse_u = 0;
+  for (size_t i = 0; i < W.size(); ++i) mse_u += double(W[i] - uniform[i]) * (W[i] - uniform[i]);
+  EXPECT_NEAR(r.mse_uniform, mse_u / W.size(), 1e-15);
+  EXPECT_LT(r.exponent, 1.0);
+  EXPECT_GT(r.exponent, 0.2);
+  EXPECT_LT(r.mse, 0.95 * r.mse_uniform);
+  // The weights are values of pow<a>(int4/c): quantizing them again changes nothing.
+  format f = base;
+  f.power = r.exponent;
+  std::vector<float> again(W.size());
+  fake_quantize_ref(r.weights.data(), again.data(), out, in, f);
+  EXPECT_EQ(again, r.weights);
+  EXPECT_THROW(ptq::powerquant_search(W.data(), out, in, f), error);
+}
+
+TEST(ImportanceRtn, NoShrinkIsRtnAndTheSearchNeverLoses) {
+  const int64_t out = 32, in = 128;
+  const auto W = gaussian(out * in, 2);
+  std::vector<float> imp(in);
+  std::mt19937_64 rng(3);
+  for (auto& v : imp) v = std::exponential_distribution<float>(1.0f)(rng);
+  for (const std::string spec : {"int4/g32", "int3/g32", "e2m1/g32", "mxfp4", "nvfp4", "int4/c"}) {
+    const format f = parse_format(spec);
+    std::vector<float> rtn(W.size());
+    fake_quantize_ref(W.data(), rtn.data(), out, in, f);
+    const auto same = ptq::importance_rtn(W.data(), out, in, f, imp.data(), 20, 0.0);
+    EXPECT_EQ(same, rtn) << spec;
+    const auto best = ptq::importance_rtn(W.data(), out, in, f, imp.data());
+    EXPECT_LE(weighted_error(W, best, imp, in), weighted_error(W, rtn, imp, in)) << spec;
+  }
+  // At 3 bits the clipping search finds a real gain.
+  const format f3 = parse_format("int3/g32");
+  std::vector<float> rtn(W.size());
+  fake_quantize_ref(W.data(), rtn.data(), out, in, f3);
+  const auto best = ptq::importance_rtn(W.data(), out, in, f3, imp.data());
+  EXPECT_LT(weighted_error(W, best, imp, in), 0.95 * weighted_error(W, rtn, imp, in));
+}
