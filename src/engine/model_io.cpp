@@ -2,6 +2,7 @@
 // (LlamaForCausalLM, GPT2LMHeadModel) with config.json, and GGUF.
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -173,6 +174,43 @@ nlohmann::json config_to_hf_json(const model_config& c) {
   return j;
 }
 
+// A tensor stored as codes and scales (save_safetensors_model's packed layout), dequantized.
+tensor read_packed(const safetensors_file& f, const std::string& name, const nlohmann::json& d) {
+  const std::string where = fmt::format("{}: packed tensor '{}'", f.path(), name);
+  if (!d.is_object() || !d.contains("format") || !d["format"].is_string() || !d.contains("shape") ||
+      !d["shape"].is_array() || d["shape"].size() != 2 || !d["shape"][0].is_number_integer() ||
+      !d["shape"][1].is_number_integer())
+    throw error(where + ": expected {\"format\": spec, \"shape\": [rows, cols]}");
+  const int64_t rows = d["shape"][0], cols = d["shape"][1];
+  if (rows <= 0 || cols <= 0 || rows > (int64_t(1) << 31) || cols > (int64_t(1) << 31))
+    throw error(fmt::format("{}: shape [{}, {}] is not a matrix lowbit can hold", where, rows, cols));
+  format fmt_;
+  try {
+    fmt_ = parse_format(d["format"].get<std::string>());
+  } catch (const error& e) {
+    throw error(where + ": " + e.what());
+  }
+  quantized_tensor q = quantized_tensor::allocate(fmt_, rows, cols);
+  auto fill = [&](const std::string& suffix, st_dtype type, void* dst, size_t bytes, bool required) {
+    const st_tensor_info* t = f.find(name + suffix);
+    if (!t) {
+      if (required) throw error(fmt::format("{}: '{}' is missing", where, name + suffix));
+      return;
+    }
+    if (t->dtype != type || t->end - t->begin != bytes)
+      throw error(fmt::format("{}: '{}' is {} with {} bytes, expected {} with {}", where, name + suffix,
+                              st_dtype_name(t->dtype), t->end - t->begin, st_dtype_name(type), bytes));
+    std::memcpy(dst, f.raw(*t), bytes);
+  };
+  fill(".codes", st_dtype::u8, q.codes.data(), q.codes.size(), true);
+  fill(".scales", st_dtype::f32, q.scales.data(), q.scales.size() * 4, true);
+  if (!q.zero_points.empty()) fill(".zero_points", st_dtype::i32, q.zero_points.data(), q.zero_points.size() * 4, true);
+  fill(".tensor_scale", st_dtype::f32, &q.tensor_scale, 4, false);
+  tensor out{{rows, cols}, std::vector<float>(rows * cols)};
+  dequantize(q, out.data.data());
+  return out;
+}
+
 }  // namespace
 
 model load_safetensors_model(const std::string& path) {
@@ -202,7 +240,16 @@ model load_safetensors_model(const std::string& path) {
     m.config.tied_classifier = false;
   std::string prefix;
   if (m.config.arch == architecture::gpt2 && f.find("transformer.wte.weight")) prefix = "transformer.";
+  nlohmann::json packed = nlohmann::json::object();
+  if (auto it = f.metadata().find("lowbit.packed"); it != f.metadata().end()) {
+    packed = nlohmann::json::parse(it->second, nullptr, false);
+    if (!packed.is_object()) throw error(fmt::format("{}: lowbit.packed is not a JSON object", path));
+  }
   for (const name_map& n : hf_names(m.config, prefix)) {
+    if (packed.contains(n.canonical)) {
+      m.tensors[n.canonical] = read_packed(f, n.canonical, packed[n.canonical]);
+      continue;
+    }
     const st_tensor_info& info = f.get(n.hf);
     tensor t{info.shape, f.read_f32(n.hf)};
     if (n.transpose) {
@@ -227,7 +274,8 @@ model load_safetensors_model(const std::string& path) {
   return m;
 }
 
-void save_safetensors_model(const model& m, const std::string& path, const std::string& dtype) {
+void save_safetensors_model(const model& m, const std::string& path, const std::string& dtype,
+                            const std::map<std::string, quantized_tensor>& packed) {
   m.validate();
   const st_dtype type = dtype == "F32" ? st_dtype::f32 : dtype == "F16" ? st_dtype::f16
                         : dtype == "BF16" ? st_dtype::bf16
@@ -236,6 +284,31 @@ void save_safetensors_model(const model& m, const std::string& path, const std::
   std::vector<tensor> converted;
   converted.reserve(names.size());
   std::vector<st_write_tensor> out;
+  // Packed tensors keep the canonical name and orientation (their rows are the format's rows).
+  nlohmann::json description = nlohmann::json::object();
+  std::vector<std::vector<int64_t>> shapes;
+  shapes.reserve(packed.size() * 4);
+  std::vector<st_write_tensor> packed_out;
+  for (const auto& [name, q] : packed) {
+    const tensor& t = m.get(name);
+    if (q.rows != t.rows() || q.cols != t.cols())
+      throw shape_error(fmt::format("{}: packed '{}' is [{}, {}], the tensor [{}, {}]", path, name, q.rows, q.cols,
+                                    t.rows(), t.cols()));
+    description[name] = {{"format", format_name(q.fmt)}, {"shape", {q.rows, q.cols}}};
+    packed_out.push_back({name + ".codes", st_dtype::u8, {q.rows, q.row_bytes}, nullptr, q.codes.data()});
+    // One scale (zero point) per group in row-major (row, group) order: rows x groups for
+    // group and row formats, a single one per tensor.
+    packed_out.push_back({name + ".scales", st_dtype::f32, {int64_t(q.scales.size())}, nullptr, q.scales.data()});
+    if (!q.zero_points.empty())
+      packed_out.push_back({name + ".zero_points", st_dtype::i32, {int64_t(q.zero_points.size())}, nullptr,
+                            q.zero_points.data()});
+    if (q.tensor_scale != 1.0f)
+      packed_out.push_back({name + ".tensor_scale", st_dtype::f32, {1}, nullptr, &q.tensor_scale});
+  }
+  std::vector<name_map> kept;
+  for (const name_map& n : names)
+    if (!packed.count(n.canonical)) kept.push_back(n);
+  names = kept;
   for (const name_map& n : names) {
     const tensor& t = m.get(n.canonical);
     if (n.transpose) converted.push_back(transposed(t));
@@ -244,11 +317,13 @@ void save_safetensors_model(const model& m, const std::string& path, const std::
   }
   for (size_t i = 0; i < names.size(); ++i)
     out.push_back({names[i].hf, type, converted[i].shape, converted[i].data.data()});
+  out.insert(out.end(), packed_out.begin(), packed_out.end());
   const std::string cfg = config_to_hf_json(m.config).dump(2);
   std::map<std::string, std::string> meta{{"format", "pt"}, {"lowbit.config", cfg}};
   if (!m.tokenizer.kind.empty()) meta["lowbit.tokenizer"] = m.tokenizer.kind;
   if (!m.tokenizer.path.empty()) meta["lowbit.tokenizer_path"] = m.tokenizer.path;
   if (!m.provenance.empty()) meta["lowbit.provenance"] = m.provenance;
+  if (!packed.empty()) meta["lowbit.packed"] = description.dump();
   write_safetensors(path, out, meta);
   write_text_file_atomic((fs::path(path).parent_path() / "config.json").string(), cfg + "\n");
 }

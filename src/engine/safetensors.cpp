@@ -423,7 +423,7 @@ void write_safetensors(const std::string& path, const std::vector<st_write_tenso
   for (const auto& t : tensors) {
     if (t.name == "__metadata__") fail("a tensor cannot be named '__metadata__'");
     if (!names.insert(t.name).second) fail(fmt::format("tensor '{}' is given twice", t.name));
-    if (t.dtype != st_dtype::f32 && t.dtype != st_dtype::f16 && t.dtype != st_dtype::bf16 && t.dtype != st_dtype::f64)
+    if (!t.raw && t.dtype != st_dtype::f32 && t.dtype != st_dtype::f16 && t.dtype != st_dtype::bf16 && t.dtype != st_dtype::f64)
       fail(fmt::format("tensor '{}' has dtype {}; the writer converts float32 data to F32, F16, BF16 or F64 only",
                        t.name, st_dtype_name(t.dtype)));
     uint64_t n = 1;
@@ -435,7 +435,7 @@ void write_safetensors(const std::string& path, const std::vector<st_write_tenso
       shape += (i ? "," : "") + std::to_string(t.shape[i]);
     }
     shape += ']';
-    if (n > 0 && !t.data) fail(fmt::format("tensor '{}' has {} elements but no data", t.name, n));
+    if (n > 0 && !t.data && !t.raw) fail(fmt::format("tensor '{}' has {} elements but no data", t.name, n));
     const uint64_t bytes = n * st_dtype_size(t.dtype);
     if (h.size() > 1) h += ',';
     h += json_quote(t.name, fmt::format("tensor name '{}'", t.name)) + ":{\"dtype\":\"" + st_dtype_name(t.dtype) +
@@ -456,6 +456,10 @@ void write_safetensors(const std::string& path, const std::vector<st_write_tenso
   for (size_t ti = 0; ti < tensors.size(); ++ti) {
     const st_write_tensor& t = tensors[ti];
     const uint64_t n = counts[ti];
+    if (t.raw) {
+      w.write(t.raw, static_cast<size_t>(n) * st_dtype_size(t.dtype));
+      continue;
+    }
     if (t.dtype == st_dtype::f32) {
       w.write(t.data, static_cast<size_t>(n) * 4);
       continue;

@@ -21,7 +21,8 @@ method parse_method(const std::string& name) {
   if (name == "smoothquant") return method::smoothquant;
   if (name == "imatrix") return method::imatrix;
   if (name == "powerquant") return method::powerquant;
-  throw error(fmt::format("unknown PTQ method '{}': expected rtn, gptq, awq, smoothquant, imatrix or powerquant", name));
+  if (name == "llmfp4") return method::llmfp4;
+  throw error(fmt::format("unknown PTQ method '{}': expected rtn, gptq, awq, smoothquant, imatrix, powerquant or llmfp4", name));
 }
 
 const char* method_name(method m) {
@@ -32,6 +33,7 @@ const char* method_name(method m) {
     case method::smoothquant: return "smoothquant";
     case method::imatrix: return "imatrix";
     case method::powerquant: return "powerquant";
+    case method::llmfp4: return "llmfp4";
   }
   return "?";
 }
@@ -253,6 +255,29 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
         awq_result r = awq_quantize(gi.rows.data(), gi.n_rows(), in, layers, o.weights, ao, clip);
         for (size_t i = 0; i < grp.weights.size(); ++i) quantized[i] = std::move(r.layers[i].weights);
         if (grp.how != layer_group::fold::none) scales = std::move(r.scales);
+      } else if (o.how == method::llmfp4) {  // LLM-FP4 (METHODS 4.6): split + clip search per layer
+        const llmfp4_options lo;
+        // Pre-shifted exponent bias where a norm takes the per-channel factor 2^-rho_j; [M] the
+        // activation element is the weights' (W4A4 in one format), the channel maxima are those
+        // of the sampled rows.
+        if (lo.preshift && grp.how == layer_group::fold::norm && o.weights.element.kind == element_kind::minifloat &&
+            gi.n_rows() > 0) {
+          channel_stats st(in);
+          st.add(gi.rows.data(), gi.n_rows());
+          scales = llmfp4_preshift(st.absmax.data(), in, o.weights.element).scales;
+          if (std::all_of(scales.begin(), scales.end(), [](float v) { return v == 1.0f; })) scales.clear();
+        }
+        std::vector<float> Xs = gi.rows;  // the inputs the layer sees: X diag(s)^-1
+        if (!scales.empty()) divide_columns(Xs.data(), gi.n_rows(), in, scales.data());
+        for (size_t i = 0; i < grp.weights.size(); ++i) {
+          std::vector<float> w = originals[i];
+          if (!scales.empty()) scale_columns(w.data(), layers[i].out, in, scales.data());
+          llmfp4_options li = lo;
+          li.tensor_id = ++tensor_id;
+          llmfp4_result r = llmfp4_quantize(Xs.data(), gi.n_rows(), in, w.data(), layers[i].out, o.weights, li);
+          quantized[i] = std::move(r.weights);
+          report.packed[block + grp.weights[i]] = std::move(r.packed);
+        }
       } else if (o.how == method::rtn || o.how == method::powerquant) {
         for (size_t i = 0; i < grp.weights.size(); ++i)
           quantized[i] = o.how == method::powerquant

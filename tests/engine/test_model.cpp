@@ -13,6 +13,7 @@
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
 #include "lowbit/engine/safetensors.hpp"
+#include <nlohmann/json.hpp>
 #include "lowbit/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
 
@@ -353,4 +354,39 @@ TEST(ForwardBlocks, PiecesEqualTheWholeForward) {
   EXPECT_EQ(x, whole);
   EXPECT_EQ(p.pos(), 0);
   EXPECT_THROW(p.forward_blocks(x.data(), 48, 3, 6), error);
+}
+
+// Codes + scales in safetensors: read back as the dequantized values; a description that does
+// not fit the stored arrays is refused.
+TEST(ModelFiles, PackedSafetensorsRoundTrip) {
+  model m = load_llama2c(stories);
+  std::map<std::string, quantized_tensor> packed;
+  const std::vector<std::string> specs = {"int4/g32", "q4_0", "nvfp4", "uint4/g32", "mxfp4", "int8/c", "e4m3fn/t"};
+  size_t k = 0;
+  for (const std::string& name : m.linear_weight_names()) {
+    tensor& t = m.get_mut(name);
+    const format f = parse_format(specs[k++ % specs.size()]);
+    quantized_tensor q = quantize(t.data.data(), t.rows(), t.cols(), f);
+    dequantize(q, t.data.data());
+    packed[name] = std::move(q);
+  }
+  const std::string dir = temp_dir("packed");
+  save_safetensors_model(m, dir + "/p.safetensors", "F32", packed);
+  const model back = load_model(dir + "/p.safetensors");
+  expect_same_tensors(m, back);
+  // Lie about one tensor's format: the stored arrays no longer fit and the reader says so.
+  safetensors_file f(dir + "/p.safetensors");
+  auto meta = f.metadata();
+  auto desc = nlohmann::json::parse(meta["lowbit.packed"]);
+  desc["blk.0.attn_q.weight"]["format"] = "int8/g16";
+  meta["lowbit.packed"] = desc.dump();
+  std::vector<st_write_tensor> out;
+  for (const auto& t : f.tensors()) out.push_back({t.name, t.dtype, t.shape, nullptr, f.raw(t)});
+  write_safetensors(dir + "/lie.safetensors", out, meta);
+  try {
+    load_model(dir + "/lie.safetensors");
+    ADD_FAILURE() << "accepted";
+  } catch (const error& e) {
+    EXPECT_NE(std::string(e.what()).find("blk.0.attn_q.weight"), std::string::npos) << e.what();
+  }
 }

@@ -29,7 +29,7 @@ struct quantize_cli_options {
   int calib_samples = 128, calib_ctx = 256;
   int64_t eval_tokens = 0;
   uint64_t seed = 0;
-  bool force = false, json = false, act_order = false, bias_correct = false;
+  bool force = false, json = false, act_order = false, bias_correct = false, float_values = false;
   int lorc_rank = 0;
   std::string lorc_format;
   double damp = 0.01, alpha = 0.5;
@@ -120,8 +120,25 @@ void cmd_quantize(const quantize_cli_options& o) {
       }
     }
     save_gguf_model(m, o.out, ex);
-  } else {
+  } else if (o.float_values) {
     save_safetensors_model(m, o.out);
+  } else {
+    // Codes and scales where the weight is a value of the format (GPTQ's own codes, or the
+    // values re-encoded exactly); float values where it is not (LoRC's Q + U V).
+    std::map<std::string, quantized_tensor> packed;
+    for (const std::string& name : m.linear_weight_names()) {
+      const tensor& t = m.get(name);
+      if (auto it = r.packed.find(name); it != r.packed.end()) {
+        packed[name] = it->second;
+        continue;
+      }
+      quantized_tensor q = quantize(t.data.data(), t.rows(), t.cols(), qo.weights);
+      std::vector<float> back(t.data.size());
+      dequantize(q, back.data());
+      if (back == t.data) packed[name] = std::move(q);
+      else fallbacks.push_back(name);
+    }
+    save_safetensors_model(m, o.out, "F32", packed);
   }
 
   // The model as written, evaluated in this run: `lowbit eval` of the file must agree.
@@ -153,7 +170,8 @@ void cmd_quantize(const quantize_cli_options& o) {
   if (o.eval_tokens > 0)
     std::cout << fmt::format("in memory: mean NLL {:.6f} on the first {} tokens\n", in_memory_nll, o.eval_tokens);
   if (!fallbacks.empty())
-    std::cout << fmt::format("{} weights kept as F16 (rows not a multiple of 32): {}\n", fallbacks.size(),
+    std::cout << fmt::format("{} weights kept as {}: {}\n", fallbacks.size(),
+                             gguf ? "F16 (rows not a multiple of 32)" : "float values (not values of the format alone)",
                              fmt::join(fallbacks, ", "));
 }
 
@@ -244,6 +262,7 @@ void add_ptq_commands(CLI::App& app, command_list& commands) {
   q->add_flag("--bias-correction", o.bias_correct, "correct biases for the mean output error (GPT-2)");
   q->add_option("-o,--out", o.out, "output .safetensors or .gguf")->required();
   q->add_flag("--force", o.force, "replace an existing output");
+  q->add_flag("--float", o.float_values, "safetensors: the weights' float values (Hugging Face layout) instead of codes + scales");
   q->add_option("--eval-tokens", o.eval_tokens, "also evaluate the quantized model in memory on the first N tokens");
   q->add_flag("--json", o.json, "one JSON document");
   commands.push_back({q, [] { cmd_quantize(o); }});

@@ -94,7 +94,14 @@ model load_gguf_model(const std::string& path);
 // Writers (atomic: temp file + rename). Safetensors uses Hugging Face names (LlamaForCausalLM /
 // GPT2LMHeadModel) and writes config.json beside the file; GGUF uses the canonical names.
 // dtype: "F32", "F16" or "BF16" (round to nearest even) for every tensor.
-void save_safetensors_model(const model& m, const std::string& path, const std::string& dtype = "F32");
+// packed: tensors stored as their codes and scales instead (lowbit's quantized_tensor layout,
+// under the canonical name: NAME.codes U8 [rows, row_bytes], NAME.scales F32 [groups of the
+// tensor, row-major], NAME.zero_points I32 and NAME.tensor_scale F32 [1] when the format has
+// them), described in the
+// metadata "lowbit.packed" = {NAME: {"format": canonical spec, "shape": [rows, cols]}}; the
+// reader dequantizes them. Such a file is for lowbit (and anything reading that description).
+void save_safetensors_model(const model& m, const std::string& path, const std::string& dtype = "F32",
+                            const std::map<std::string, quantized_tensor>& packed = {});
 // GGUF export: per-tensor ggml types (others F32) and, for quantized types, the exact codes and
 // scales when the caller has them (GPTQ's); otherwise a tensor is re-encoded from its values and
 // refused unless that reproduces them bit for bit. The tokenizer (when the model's is a llama2.c

@@ -58,6 +58,7 @@ struct st_write_tensor {
   st_dtype dtype = st_dtype::f32;
   std::vector<int64_t> shape;
   const float* data = nullptr;
+  const void* raw = nullptr;  // instead of data: numel elements of dtype, written as they are
 };
 
 // Atomic: writes path.tmp-XXXX then renames; throws lowbit::error on any I/O failure (full

@@ -22,7 +22,7 @@
 
 namespace lowbit::ptq {
 
-enum class method { rtn, gptq, awq, smoothquant, imatrix, powerquant };
+enum class method { rtn, gptq, awq, smoothquant, imatrix, powerquant, llmfp4 };
 method parse_method(const std::string& name);  // throws listing the known names
 const char* method_name(method m);
 
