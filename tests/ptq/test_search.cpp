@@ -75,3 +75,22 @@ TEST(ImportanceRtn, NoShrinkIsRtnAndTheSearchNeverLoses) {
   const auto best = ptq::importance_rtn(W.data(), out, in, f3, imp.data());
   EXPECT_LT(weighted_error(W, best, imp, in), 0.95 * weighted_error(W, rtn, imp, in));
 }
+
+// ZeroQuant-FP (Wu, Yao, He 2023; METHODS 4.5): FP4 weights whose scales are powers of two cast
+// to FP8 E4M3 by an exponent shift — every value of e2m1 x 2^k is an E4M3 value while 2^k stays in
+// E4M3's range — so W4A8 can run on FP8 arithmetic. With a free fp32 scale they do not.
+TEST(ZeroQuantFp, PowerOfTwoScaledFp4CastsToFp8Exactly) {
+  const int64_t out = 64, in = 256;
+  const auto W = gaussian(out * in, 4, 0.05f);
+  const format e4m3 = parse_format("e4m3fn");
+  for (const std::string spec : {"e2m1/c:pow2", "e2m1/g32:pow2", "e2m1/g32:pow2@ceil"}) {
+    std::vector<float> q(W.size()), cast(W.size());
+    fake_quantize_ref(W.data(), q.data(), out, in, parse_format(spec));
+    fake_quantize_ref(q.data(), cast.data(), 1, int64_t(q.size()), e4m3);
+    EXPECT_EQ(cast, q) << spec;
+  }
+  std::vector<float> q(W.size()), cast(W.size());
+  fake_quantize_ref(W.data(), q.data(), out, in, parse_format("e2m1/g32"));
+  fake_quantize_ref(q.data(), cast.data(), 1, int64_t(q.size()), e4m3);
+  EXPECT_NE(cast, q);
+}
