@@ -212,7 +212,9 @@ TEST(Hessian, RunningAverageEqualsTwoOverNXtX) {
       s *= 2.0 / n;
       max_rel = std::max(max_rel, std::fabs(H[static_cast<size_t>(i * in + j)] - s) / 2.0);
     }
-  EXPECT_LT(max_rel, 1e-12);
+  // Each chunk's X^T X is summed in float32 (as gptq.py keeps H), the chunks in float64: the
+  // error is float32 rounding over one chunk's rows, ~sqrt(rows) * 2^-24 relative.
+  EXPECT_LT(max_rel, 2e-6);
 }
 
 // ---- GPTQ ----------------------------------------------------------------------------------------
