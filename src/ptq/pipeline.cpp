@@ -256,7 +256,8 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
         for (size_t i = 0; i < grp.weights.size(); ++i) quantized[i] = std::move(r.layers[i].weights);
         if (grp.how != layer_group::fold::none) scales = std::move(r.scales);
       } else if (o.how == method::llmfp4) {  // LLM-FP4 (METHODS 4.6): split + clip search per layer
-        const llmfp4_options lo;
+        llmfp4_options lo;
+        lo.preshift = o.llmfp4_preshift;
         // Pre-shifted exponent bias where a norm takes the per-channel factor 2^-rho_j; [M] the
         // activation element is the weights' (W4A4 in one format), the channel maxima are those
         // of the sampled rows.

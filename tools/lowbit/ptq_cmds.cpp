@@ -30,6 +30,7 @@ struct quantize_cli_options {
   int64_t eval_tokens = 0;
   uint64_t seed = 0;
   bool force = false, json = false, act_order = false, bias_correct = false, float_values = false;
+  bool preshift = false;
   int lorc_rank = 0;
   std::string lorc_format;
   double damp = 0.01, alpha = 0.5;
@@ -65,6 +66,7 @@ void cmd_quantize(const quantize_cli_options& o) {
   qo.lorc_rank = o.lorc_rank;
   qo.lorc_format = parse_optional_format(o.lorc_format);
   qo.bias_correct = o.bias_correct;
+  qo.llmfp4_preshift = o.preshift;
 
   // GGUF: llama.cpp's own tensor type for the format, decided before any work.
   const bool gguf = ends_with(o.out, ".gguf");
@@ -245,12 +247,12 @@ void add_ptq_commands(CLI::App& app, command_list& commands) {
   commands.push_back({mx, [] { cmd_mixed(mo); }});
 
   static quantize_cli_options o;
-  auto* q = app.add_subcommand("quantize", "post-training quantization (rtn, gptq, awq, smoothquant, imatrix, powerquant) to a file");
+  auto* q = app.add_subcommand("quantize", "post-training quantization (rtn, gptq, awq, smoothquant, imatrix, powerquant, llmfp4) to a file");
   q->add_option("--model", o.model, "model file")->required();
   q->add_option("--tokenizer", o.tokenizer, "tokenizer (default: the model's)");
   q->add_option("--data", o.data, "calibration text: windows drawn from its second half")->required();
   q->add_option("--weights", o.weights, "weight format, e.g. int4/g32, mxfp4, nvfp4")->required();
-  q->add_option("--method", o.method, "rtn | gptq | awq | smoothquant | imatrix | powerquant")->capture_default_str();
+  q->add_option("--method", o.method, "rtn | gptq | awq | smoothquant | imatrix | powerquant | llmfp4")->capture_default_str();
   q->add_option("--calib-samples", o.calib_samples, "calibration windows")->capture_default_str();
   q->add_option("--calib-ctx", o.calib_ctx, "tokens per calibration window")->capture_default_str();
   q->add_option("--seed", o.seed, "window draw seed")->capture_default_str();
@@ -259,6 +261,7 @@ void add_ptq_commands(CLI::App& app, command_list& commands) {
   q->add_option("--alpha", o.alpha, "SmoothQuant migration strength")->capture_default_str();
   q->add_option("--lorc-rank", o.lorc_rank, "LoRC: add the rank-k part of each weight's quantization error");
   q->add_option("--lorc-format", o.lorc_format, "format of LoRC's factors (default float), e.g. int8/c");
+  q->add_flag("--preshift", o.preshift, "LLM-FP4: fold per-channel power-of-two activation shifts into the weights");
   q->add_flag("--bias-correction", o.bias_correct, "correct biases for the mean output error (GPT-2)");
   q->add_option("-o,--out", o.out, "output .safetensors or .gguf")->required();
   q->add_flag("--force", o.force, "replace an existing output");
