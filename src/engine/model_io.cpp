@@ -174,8 +174,8 @@ nlohmann::json config_to_hf_json(const model_config& c) {
   return j;
 }
 
-// A tensor stored as codes and scales (save_safetensors_model's packed layout), dequantized.
-tensor read_packed(const safetensors_file& f, const std::string& name, const nlohmann::json& d) {
+// A tensor stored as codes and scales (save_safetensors_model's packed layout).
+quantized_tensor read_packed_codes(const safetensors_file& f, const std::string& name, const nlohmann::json& d) {
   const std::string where = fmt::format("{}: packed tensor '{}'", f.path(), name);
   if (!d.is_object() || !d.contains("format") || !d["format"].is_string() || !d.contains("shape") ||
       !d["shape"].is_array() || d["shape"].size() != 2 || !d["shape"][0].is_number_integer() ||
@@ -206,9 +206,23 @@ tensor read_packed(const safetensors_file& f, const std::string& name, const nlo
   fill(".scales", st_dtype::f32, q.scales.data(), q.scales.size() * 4, true);
   if (!q.zero_points.empty()) fill(".zero_points", st_dtype::i32, q.zero_points.data(), q.zero_points.size() * 4, true);
   fill(".tensor_scale", st_dtype::f32, &q.tensor_scale, 4, false);
-  tensor out{{rows, cols}, std::vector<float>(rows * cols)};
+  return q;
+}
+
+tensor read_packed(const safetensors_file& f, const std::string& name, const nlohmann::json& d) {
+  const quantized_tensor q = read_packed_codes(f, name, d);
+  tensor out{{q.rows, q.cols}, std::vector<float>(q.rows * q.cols)};
   dequantize(q, out.data.data());
   return out;
+}
+
+nlohmann::json packed_description(const safetensors_file& f) {
+  nlohmann::json packed = nlohmann::json::object();
+  if (auto it = f.metadata().find("lowbit.packed"); it != f.metadata().end()) {
+    packed = nlohmann::json::parse(it->second, nullptr, false);
+    if (!packed.is_object()) throw error(fmt::format("{}: lowbit.packed is not a JSON object", f.path()));
+  }
+  return packed;
 }
 
 }  // namespace
@@ -240,11 +254,7 @@ model load_safetensors_model(const std::string& path) {
     m.config.tied_classifier = false;
   std::string prefix;
   if (m.config.arch == architecture::gpt2 && f.find("transformer.wte.weight")) prefix = "transformer.";
-  nlohmann::json packed = nlohmann::json::object();
-  if (auto it = f.metadata().find("lowbit.packed"); it != f.metadata().end()) {
-    packed = nlohmann::json::parse(it->second, nullptr, false);
-    if (!packed.is_object()) throw error(fmt::format("{}: lowbit.packed is not a JSON object", path));
-  }
+  const nlohmann::json packed = packed_description(f);
   for (const name_map& n : hf_names(m.config, prefix)) {
     if (packed.contains(n.canonical)) {
       m.tensors[n.canonical] = read_packed(f, n.canonical, packed[n.canonical]);
@@ -329,6 +339,14 @@ void save_safetensors_model(const model& m, const std::string& path, const std::
 }
 
 // ---- GGUF -----------------------------------------------------------------------------------
+std::map<std::string, quantized_tensor> load_packed_tensors(const std::string& path) {
+  safetensors_file f(path);
+  std::map<std::string, quantized_tensor> out;
+  const nlohmann::json packed = packed_description(f);
+  for (auto it = packed.begin(); it != packed.end(); ++it) out[it.key()] = read_packed_codes(f, it.key(), it.value());
+  return out;
+}
+
 model load_gguf_model(const std::string& path) {
   gguf_file f(path);
   model m;

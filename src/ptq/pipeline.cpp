@@ -4,13 +4,20 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <random>
+
+#include <nlohmann/json.hpp>
 
 #include <fmt/format.h>
 
 #include "lowbit/engine/forward.hpp"
+#include "lowbit/engine/safetensors.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ptq/search.hpp"
+
+namespace fs = std::filesystem;
 
 namespace lowbit::ptq {
 
@@ -143,6 +150,69 @@ void fold_scale(model& m, const std::string& block, const layer_group& g, const 
   }
 }
 
+// What a checkpoint must match to be resumed: the model, the token stream and every option that
+// changes a bit of the result.
+std::string run_fingerprint(const model& m, const std::vector<int32_t>& ids, const quantize_options& o) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](const void* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const uint8_t*>(p)[i]) * 1099511628211ull;
+  };
+  mix(ids.data(), ids.size() * sizeof(int32_t));
+  for (const auto& [name, t] : m.tensors) {
+    mix(name.data(), name.size());
+    mix(t.data.data(), t.data.size() * sizeof(float));
+  }
+  const std::string opts = fmt::format(
+      "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", method_name(o.how), format_name(o.weights), o.calib_samples,
+      o.calib_ctx, o.seed, o.gptq.percdamp, o.gptq.block_size, o.gptq.act_order, o.gptq.static_groups,
+      o.smooth_alpha, o.max_sample_rows, o.lorc_rank, o.lorc_format ? format_name(*o.lorc_format) : "-",
+      o.bias_correct, o.llmfp4_preshift);
+  mix(opts.data(), opts.size());
+  return fmt::format("{:016x}", h);
+}
+
+void save_checkpoint(const model& m, const quantize_report& report, int blocks_done, const std::string& dir,
+                     const std::string& fingerprint) {
+  fs::create_directories(dir);
+  // The model goes to a file named for the block, then the state (atomic) names it and the
+  // previous file goes: a crash at any point leaves a state naming a complete model file.
+  const std::string model_file = fmt::format("model-{}.safetensors", blocks_done);
+  save_safetensors_model(m, (fs::path(dir) / model_file).string(), "F32", report.packed);
+  nlohmann::json layers = nlohmann::json::array();
+  for (const auto& l : report.layers)
+    layers.push_back({{"name", l.name}, {"seconds", l.seconds}, {"error", l.error}, {"rtn_error", l.rtn_error}});
+  const nlohmann::json state = {{"fingerprint", fingerprint}, {"blocks_done", blocks_done},
+                                {"model", model_file}, {"layers", layers}};
+  write_text_file_atomic((fs::path(dir) / "state.json").string(), state.dump(1) + "\n");
+  const std::string previous = fmt::format("model-{}.safetensors", blocks_done - 1);
+  std::error_code ec;
+  fs::remove(fs::path(dir) / previous, ec);
+}
+
+// Returns the number of finished blocks restored into m and report (0 when there is nothing to
+// resume); throws when the directory holds another run's checkpoint.
+int load_checkpoint(model& m, quantize_report& report, const std::string& dir, const std::string& fingerprint) {
+  const fs::path state_path = fs::path(dir) / "state.json";
+  if (!fs::exists(state_path)) return 0;
+  std::ifstream in(state_path);
+  const nlohmann::json state = nlohmann::json::parse(in, nullptr, false);
+  if (!state.is_object() || !state.contains("fingerprint") || !state.contains("blocks_done") ||
+      !state.contains("model") || !state["model"].is_string() || !state["blocks_done"].is_number_integer())
+    throw error(fmt::format("{}: not a lowbit checkpoint state; remove the directory to start over", state_path.string()));
+  if (state["fingerprint"] != fingerprint)
+    throw error(fmt::format("{}: a checkpoint of another run (model, data or options differ); remove it to start "
+                            "over", dir));
+  const int done = state["blocks_done"];
+  if (done < 0 || done > m.config.n_layers) throw error(fmt::format("{}: blocks_done {} is out of range", dir, done));
+  const std::string model_path = (fs::path(dir) / state["model"].get<std::string>()).string();
+  model saved = load_safetensors_model(model_path);
+  for (auto& [name, t] : saved.tensors) m.get_mut(name).data = std::move(t.data);
+  report.packed = load_packed_tensors(model_path);
+  for (const auto& l : state.value("layers", nlohmann::json::array()))
+    report.layers.push_back({l.value("name", ""), l.value("seconds", 0.0), l.value("error", 0.0), l.value("rtn_error", 0.0)});
+  return done;
+}
+
 }  // namespace
 
 quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const quantize_options& o,
@@ -184,12 +254,19 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
   const int64_t dim = c.dim, W = int64_t(starts.size());
   forward_session session(m, quant_plan{}, ctx);
   std::vector<float> residual(W * ctx * dim);  // [window, token, dim]: the input of block l
-  for (int64_t w = 0; w < W; ++w) session.embed(ids.data() + starts[w], ctx, residual.data() + w * ctx * dim);
+  const std::string fingerprint = o.checkpoint_dir.empty() ? "" : run_fingerprint(m, ids, o);
+  const int first_block = o.checkpoint_dir.empty() ? 0 : load_checkpoint(m, report, o.checkpoint_dir, fingerprint);
+  report.resumed_at_block = first_block;
+  for (int64_t w = 0; w < W; ++w) {
+    session.embed(ids.data() + starts[w], ctx, residual.data() + w * ctx * dim);
+    // Resumed: the finished (quantized) blocks make the first unfinished block's input.
+    if (first_block > 0) session.forward_blocks(residual.data() + w * ctx * dim, ctx, 0, first_block);
+  }
 
-  const int64_t total_steps = int64_t(c.n_layers) * W * 2;
+  const int64_t total_steps = int64_t(c.n_layers - first_block) * W * 2;
   int64_t steps = 0;
   std::vector<float> scratch(ctx * dim);
-  for (int l = 0; l < c.n_layers; ++l) {
+  for (int l = first_block; l < c.n_layers; ++l) {
     const std::string block = fmt::format("blk.{}.", l);
     // ---- 1. collect the inputs of block l's linear layers ----
     std::vector<group_inputs> inputs(groups.size());
@@ -339,6 +416,7 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
       session.forward_blocks(residual.data() + w * ctx * dim, ctx, l, l + 1);
       if (progress) progress(++steps, total_steps);
     }
+    if (!o.checkpoint_dir.empty()) save_checkpoint(m, report, l + 1, o.checkpoint_dir, fingerprint);
   }
   report.seconds = std::chrono::duration<double>(clock::now() - t_start).count();
   return report;

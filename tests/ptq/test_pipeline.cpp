@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -200,4 +201,39 @@ TEST(MixedPrecision, MeetsTheBudgetAndSpendsBitsWhereTheyMatter) {
   EXPECT_LE(max_moved, min_kept * 1.0001 + 1e-12);
   o.budget_bits = 2.0;
   EXPECT_THROW(ptq::allocate_mixed_precision(stories(), story_ids(), o), error);
+}
+
+// A run killed after some blocks resumes from its checkpoint and ends with the same model, bit
+// for bit, as a run that was never interrupted; a checkpoint of other options is refused.
+TEST(Pipeline, KilledRunResumesBitExactly) {
+  const std::string dir = testing::TempDir() + "lowbit_ptq_checkpoint";
+  std::filesystem::remove_all(dir);
+  auto o = small_options(ptq::method::gptq, "int4/g32");
+  model whole = stories();
+  const auto full = ptq::quantize_model(whole, story_ids(), o);
+
+  o.checkpoint_dir = dir;
+  model killed = stories();
+  struct interrupted {};
+  int64_t seen = 0;
+  try {  // stop in the middle of block 3 (2 passes x 8 windows per block)
+    ptq::quantize_model(killed, story_ids(), o, [&](int64_t, int64_t) {
+      if (++seen == 3 * 16 + 5) throw interrupted{};
+    });
+    FAIL() << "not interrupted";
+  } catch (const interrupted&) {
+  }
+  model resumed = stories();
+  const auto r = ptq::quantize_model(resumed, story_ids(), o);
+  EXPECT_EQ(r.resumed_at_block, 3);
+  for (const auto& [name, t] : whole.tensors) EXPECT_EQ(resumed.get(name).data, t.data) << name;
+  EXPECT_EQ(r.packed.size(), full.packed.size());
+  for (const auto& [name, q] : full.packed) EXPECT_TRUE(r.packed.at(name) == q) << name;
+  EXPECT_EQ(r.layers.size(), full.layers.size());
+
+  auto other = o;
+  other.seed = 99;
+  model m = stories();
+  EXPECT_THROW(ptq::quantize_model(m, story_ids(), other), error);
+  std::filesystem::remove_all(dir);
 }

@@ -86,6 +86,10 @@ void cmd_quantize(const quantize_cli_options& o) {
   ss << in.rdbuf();
   const std::vector<int32_t> ids = encode_documents(*tok, ss.str());
 
+  // Killed runs resume: the model is checkpointed after every block beside the output.
+  qo.checkpoint_dir = o.out + ".partial";
+  if (fs::exists(fs::path(qo.checkpoint_dir) / "state.json"))
+    std::cerr << fmt::format("quantize: resuming from {}\n", qo.checkpoint_dir);
   progress_bar bar(fmt::format("quantize {} {}", o.method, o.weights), "step");
   const ptq::quantize_report r = ptq::quantize_model(m, ids, qo, [&](int64_t d, int64_t t) { bar.update(d, t); });
   bar.finish();
@@ -143,6 +147,8 @@ void cmd_quantize(const quantize_cli_options& o) {
     save_safetensors_model(m, o.out, "F32", packed);
   }
 
+  std::error_code ec;
+  fs::remove_all(qo.checkpoint_dir, ec);  // the output is complete
   // The model as written, evaluated in this run: `lowbit eval` of the file must agree.
   double in_memory_nll = 0;
   if (o.eval_tokens > 0) {

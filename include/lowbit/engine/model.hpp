@@ -102,6 +102,8 @@ model load_gguf_model(const std::string& path);
 // reader dequantizes them. Such a file is for lowbit (and anything reading that description).
 void save_safetensors_model(const model& m, const std::string& path, const std::string& dtype = "F32",
                             const std::map<std::string, quantized_tensor>& packed = {});
+// The codes and scales of a packed safetensors file (empty when it has none).
+std::map<std::string, quantized_tensor> load_packed_tensors(const std::string& path);
 // GGUF export: per-tensor ggml types (others F32) and, for quantized types, the exact codes and
 // scales when the caller has them (GPTQ's); otherwise a tensor is re-encoded from its values and
 // refused unless that reproduces them bit for bit. The tokenizer (when the model's is a llama2.c

@@ -43,6 +43,10 @@ struct quantize_options {
   // activations into the weights, for per-tensor activation quantization. Off by default: with
   // float activations it costs weight accuracy (stories260K e2m1/c: NLL 1.530 with, 1.505 without).
   bool llmfp4_preshift = false;
+  // A directory where the model so far is saved after every block (model.safetensors with exact
+  // codes, state.json); a run given a directory from an interrupted run with the same model, data
+  // and options resumes after its last finished block. "" = no checkpoints.
+  std::string checkpoint_dir;
 };
 
 // The windows' start offsets in ids (CONVENTIONS 21). Throws, saying how many windows the
@@ -59,6 +63,7 @@ struct layer_report {
 
 struct quantize_report {
   std::vector<layer_report> layers;
+  int resumed_at_block = 0;  // > 0 when a checkpoint was resumed
   // Codes and scales of the weights whose values alone do not pin them down (GPTQ chooses a
   // group's scale before error feedback moves the group), for exact export.
   std::map<std::string, quantized_tensor> packed;
