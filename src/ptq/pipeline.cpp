@@ -213,6 +213,32 @@ int load_checkpoint(model& m, quantize_report& report, const std::string& dir, c
   return done;
 }
 
+// Cross-layer equalization of every (producer rows, consumer columns) pair whose scale folds
+// exactly (the groups with fold::rows). Returns the number of pairs equalized.
+int equalize_model(model& m, const std::vector<layer_group>& groups) {
+  int pairs = 0;
+  for (int l = 0; l < m.config.n_layers; ++l) {
+    const std::string block = fmt::format("blk.{}.", l);
+    for (const layer_group& g : groups) {
+      if (g.how != layer_group::fold::rows) continue;
+      tensor& w2 = m.get_mut(block + g.weights[0]);  // consumer [out, in]
+      const tensor& w1 = m.get(block + g.fold_tensor);  // producer rows [row0, row0 + in)
+      const int64_t in = w2.cols(), cols1 = w1.cols();
+      std::vector<float> s(in, 1.0f);
+      for (int64_t j = 0; j < in; ++j) {
+        float r1 = 0, r2 = 0;
+        for (int64_t c = 0; c < cols1; ++c) r1 = std::max(r1, std::fabs(w1.data[(g.fold_row0 + j) * cols1 + c]));
+        for (int64_t r = 0; r < w2.rows(); ++r) r2 = std::max(r2, std::fabs(w2.data[r * in + j]));
+        if (r1 > 0 && r2 > 0) s[j] = static_cast<float>(std::sqrt(double(r1) / double(r2)));
+      }
+      scale_columns(w2.data.data(), w2.rows(), in, s.data());
+      fold_scale(m, block, g, s);
+      ++pairs;
+    }
+  }
+  return pairs;
+}
+
 }  // namespace
 
 quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const quantize_options& o,
@@ -224,6 +250,7 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
   quantize_report report;
   const auto groups = block_groups(c);
   uint64_t tensor_id = 0;
+  if (o.equalize) equalize_model(m, groups);
 
   const bool data_free = o.how == method::rtn || o.how == method::powerquant;
   if (data_free && !o.bias_correct) {  // no calibration: every weight on its own

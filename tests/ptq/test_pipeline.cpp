@@ -237,3 +237,22 @@ TEST(Pipeline, KilledRunResumesBitExactly) {
   EXPECT_THROW(ptq::quantize_model(m, story_ids(), other), error);
   std::filesystem::remove_all(dir);
 }
+
+// Cross-layer equalization: the float function stays, and each equalized channel's range is the
+// same in the producer's row and the consumer's column.
+TEST(Pipeline, CrossLayerEqualizationKeepsTheFunction) {
+  model m = stories();
+  auto o = small_options(ptq::method::rtn, "fp32");
+  o.equalize = true;
+  ptq::quantize_model(m, story_ids(), o);
+  EXPECT_LT(max_rel_diff(logits(stories()), logits(m)), 1e-5);
+  const tensor& up = m.get("blk.2.ffn_up.weight");
+  const tensor& down = m.get("blk.2.ffn_down.weight");
+  EXPECT_NE(up.data, stories().get("blk.2.ffn_up.weight").data);
+  for (int64_t j = 0; j < down.cols(); j += 17) {
+    float r1 = 0, r2 = 0;
+    for (int64_t c = 0; c < up.cols(); ++c) r1 = std::max(r1, std::fabs(up.data[j * up.cols() + c]));
+    for (int64_t r = 0; r < down.rows(); ++r) r2 = std::max(r2, std::fabs(down.data[r * down.cols() + j]));
+    EXPECT_NEAR(r1, r2, 1e-5 * r1) << j;
+  }
+}

@@ -47,6 +47,11 @@ struct quantize_options {
   // codes, state.json); a run given a directory from an interrupted run with the same model, data
   // and options resumes after its last finished block. "" = no checkpoints.
   std::string checkpoint_dir;
+  // Cross-layer equalization (Nagel et al. 2019, data-free) before quantizing: for each pair of
+  // layers with a linear (or positively homogeneous) path between them — v -> attn_output (every
+  // query head with its own kv head), up -> ffn_down (Llama) — channel j of the first's output
+  // rows and the second's input columns get the same range: s_j = sqrt(r1_j / r2_j).
+  bool equalize = false;
 };
 
 // The windows' start offsets in ids (CONVENTIONS 21). Throws, saying how many windows the
