@@ -15,6 +15,7 @@
 #include "lowbit/engine/forward.hpp"
 #include "lowbit/engine/safetensors.hpp"
 #include "lowbit/error.hpp"
+#include "lowbit/ptq/rotate.hpp"
 #include "lowbit/ptq/search.hpp"
 
 namespace fs = std::filesystem;
@@ -250,6 +251,7 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
   quantize_report report;
   const auto groups = block_groups(c);
   uint64_t tensor_id = 0;
+  if (o.rotate) rotate_residual(m, o.rotate_seed);
   if (o.equalize) equalize_model(m, groups);
 
   const bool data_free = o.how == method::rtn || o.how == method::powerquant;

@@ -13,6 +13,7 @@
 #include "lowbit/error.hpp"
 #include "lowbit/ptq/mixed.hpp"
 #include "lowbit/ptq/pipeline.hpp"
+#include "lowbit/ptq/rotate.hpp"
 
 using namespace lowbit;
 
@@ -255,4 +256,51 @@ TEST(Pipeline, CrossLayerEqualizationKeepsTheFunction) {
     for (int64_t r = 0; r < down.rows(); ++r) r2 = std::max(r2, std::fabs(down.data[r * down.cols() + j]));
     EXPECT_NEAR(r1, r2, 1e-5 * r1) << j;
   }
+}
+
+// QuaRot-style rotation: the function stays (stories260K, dim 64 = one Hadamard block; and a
+// random Llama of dim 12, tiled by blocks of 4), the classifier is untied, rows become incoherent.
+TEST(Rotation, KeepsTheFunctionAndSpreadsOutliers) {
+  model m = stories();
+  const auto r = ptq::rotate_residual(m, 5);
+  EXPECT_EQ(r.block, 64);
+  EXPECT_TRUE(r.untied);
+  EXPECT_FALSE(m.config.tied_classifier);
+  EXPECT_LT(max_rel_diff(logits(stories()), logits(m)), 1e-5);
+  for (float g : m.get("blk.0.attn_norm.weight").data) EXPECT_EQ(g, 1.0f);
+
+  model_config c;
+  c.dim = 12, c.hidden_dim = 32, c.n_layers = 2, c.n_heads = 2, c.n_kv_heads = 1, c.vocab_size = 512;
+  c.max_seq_len = 64, c.tied_classifier = true;
+  model small = synthesize_model(c, 9);
+  for (auto& [name, t] : small.tensors)  // norms that are not all ones, so the folds matter
+    if (name.find("norm") != std::string::npos)
+      for (size_t i = 0; i < t.data.size(); ++i) t.data[i] = 0.5f + 0.1f * float(i % 7);
+  const model before = small;
+  const auto rs = ptq::rotate_residual(small, 1);
+  EXPECT_EQ(rs.block, 4);
+  EXPECT_LT(max_rel_diff(logits(before, 32), logits(small, 32)), 1e-5);
+
+  // One outlier column in a reading weight is spread over its Hadamard block.
+  model spiky = stories();
+  tensor& q = spiky.get_mut("blk.1.attn_q.weight");
+  for (int64_t r0 = 0; r0 < q.rows(); ++r0) q.data[r0 * q.cols() + 7] = 50.0f;  // ~100x the others
+  auto peak_over_rms = [](const tensor& t) {
+    double ratio = 0;
+    for (int64_t r0 = 0; r0 < t.rows(); ++r0) {
+      double mx = 0, ss = 0;
+      for (int64_t j = 0; j < t.cols(); ++j) mx = std::max(mx, double(std::fabs(t.data[r0 * t.cols() + j]))), ss += double(t.data[r0 * t.cols() + j]) * t.data[r0 * t.cols() + j];
+      ratio += mx / std::sqrt(ss / t.cols());
+    }
+    return ratio / t.rows();
+  };
+  const double before_ratio = peak_over_rms(q);
+  ptq::rotate_residual(spiky, 2);
+  EXPECT_LT(peak_over_rms(spiky.get("blk.1.attn_q.weight")), 0.5 * before_ratio);
+
+  model_config g = c;
+  g.arch = architecture::gpt2;
+  g.n_kv_heads = 2;
+  model gpt2 = synthesize_model(g, 1);
+  EXPECT_THROW(ptq::rotate_residual(gpt2), error);
 }

@@ -30,7 +30,7 @@ struct quantize_cli_options {
   int64_t eval_tokens = 0;
   uint64_t seed = 0;
   bool force = false, json = false, act_order = false, bias_correct = false, float_values = false;
-  bool preshift = false, equalize = false;
+  bool preshift = false, equalize = false, rotate = false;
   int lorc_rank = 0;
   std::string lorc_format;
   double damp = 0.01, alpha = 0.5;
@@ -68,6 +68,8 @@ void cmd_quantize(const quantize_cli_options& o) {
   qo.bias_correct = o.bias_correct;
   qo.llmfp4_preshift = o.preshift;
   qo.equalize = o.equalize;
+  qo.rotate = o.rotate;
+  qo.rotate_seed = o.seed;
 
   // GGUF: llama.cpp's own tensor type for the format, decided before any work.
   const bool gguf = ends_with(o.out, ".gguf");
@@ -268,6 +270,7 @@ void add_ptq_commands(CLI::App& app, command_list& commands) {
   q->add_option("--alpha", o.alpha, "SmoothQuant migration strength")->capture_default_str();
   q->add_option("--lorc-rank", o.lorc_rank, "LoRC: add the rank-k part of each weight's quantization error");
   q->add_option("--lorc-format", o.lorc_format, "format of LoRC's factors (default float), e.g. int8/c");
+  q->add_flag("--rotate", o.rotate, "randomized Hadamard rotation of the residual stream (QuaRot-style; Llama)");
   q->add_flag("--equalize", o.equalize, "cross-layer equalization (v->attn_output, up->ffn_down) before quantizing");
   q->add_flag("--preshift", o.preshift, "LLM-FP4: fold per-channel power-of-two activation shifts into the weights");
   q->add_flag("--bias-correction", o.bias_correct, "correct biases for the mean output error (GPT-2)");

@@ -52,6 +52,9 @@ struct quantize_options {
   // query head with its own kv head), up -> ffn_down (Llama) — channel j of the first's output
   // rows and the second's input columns get the same range: s_j = sqrt(r1_j / r2_j).
   bool equalize = false;
+  // Randomized Hadamard rotation of the residual stream before quantizing (rotate.hpp; Llama).
+  bool rotate = false;
+  uint64_t rotate_seed = 0;
 };
 
 // The windows' start offsets in ids (CONVENTIONS 21). Throws, saying how many windows the
