@@ -33,6 +33,9 @@ class progress_bar {
   bool drawn_ = false;
 };
 
+// The whole of a text file (data for eval, explore, quantize); throws naming it when unreadable.
+std::string read_text_file(const std::string& path);
+
 // A subcommand and the work to do when it is chosen.
 using command_list = std::vector<std::pair<CLI::App*, std::function<void()>>>;
 // synth, tokenize, eval, generate, explore

@@ -43,13 +43,6 @@ std::string data_dir() {
   return LOWBIT_DEFAULT_DATA_DIR;
 }
 
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw error(fmt::format("{}: cannot open data file", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 
 // The options shared by eval and generate: a model and a quantization plan.
@@ -418,6 +411,14 @@ void cmd_explore(explore_options o) {
 }
 
 }  // namespace
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw error(fmt::format("{}: cannot open data file", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 progress_bar::progress_bar(std::string label, std::string unit)
     : label_(std::move(label)), unit_(std::move(unit)), start_(now_seconds()), tty_(isatty(2)) {}

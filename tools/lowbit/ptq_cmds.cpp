@@ -83,11 +83,7 @@ void cmd_quantize(const quantize_cli_options& o) {
                                                    o.weights));
   model m = load_model(o.model);
   const auto tok = tokenizer_for_model(m, o.tokenizer);
-  std::ifstream in(o.data, std::ios::binary);
-  if (!in) throw error(fmt::format("{}: cannot open calibration data", o.data));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::vector<int32_t> ids = encode_documents(*tok, ss.str());
+  const std::vector<int32_t> ids = encode_documents(*tok, read_text_file(o.data));
 
   // Killed runs resume: the model is checkpointed after every block beside the output.
   qo.checkpoint_dir = o.out + ".partial";
@@ -200,11 +196,7 @@ void cmd_mixed(const mixed_cli_options& o) {
     throw error(fmt::format("mixed: {} exists; pass --force to replace it", o.out));
   const model m = load_model(o.model);
   const auto tok = tokenizer_for_model(m, o.tokenizer);
-  std::ifstream in(o.data, std::ios::binary);
-  if (!in) throw error(fmt::format("{}: cannot open calibration data", o.data));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::vector<int32_t> ids = encode_documents(*tok, ss.str());
+  const std::vector<int32_t> ids = encode_documents(*tok, read_text_file(o.data));
   ptq::mixed_options mo;
   mo.formats = o.formats, mo.budget_bits = o.budget;
   mo.calib_samples = o.calib_samples, mo.calib_ctx = o.calib_ctx, mo.seed = o.seed;
