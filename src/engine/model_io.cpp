@@ -428,7 +428,17 @@ void save_gguf_model(const model& m, const std::string& path, const gguf_export&
   } catch (const error&) {
   }
   tokenizer::spm_vocabulary v;
-  if (tok && tok->sentencepiece_vocabulary(v)) {
+  std::vector<std::string> bpe_tokens, bpe_merges;
+  if (tok && tok->gpt2_vocabulary(bpe_tokens, bpe_merges)) {
+    std::vector<int32_t> types(bpe_tokens.size(), 1);
+    types[tok->eos_id()] = 3;  // <|endoftext|>: control
+    w.add_string("tokenizer.ggml.model", "gpt2");
+    w.add_string_array("tokenizer.ggml.tokens", bpe_tokens);
+    w.add_i32_array("tokenizer.ggml.token_type", types);
+    w.add_string_array("tokenizer.ggml.merges", bpe_merges);
+    w.add_u32("tokenizer.ggml.bos_token_id", tok->bos_id());
+    w.add_u32("tokenizer.ggml.eos_token_id", tok->eos_id());
+  } else if (tok && tok->sentencepiece_vocabulary(v)) {
     w.add_string("tokenizer.ggml.model", "llama");
     w.add_string_array("tokenizer.ggml.tokens", v.tokens);
     w.add_f32_array("tokenizer.ggml.scores", v.scores);

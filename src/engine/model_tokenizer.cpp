@@ -17,8 +17,18 @@ namespace {
 std::unique_ptr<tokenizer> gguf_tokenizer(const std::string& path) {
   gguf_file f(path);
   const std::string kind = f.find_kv("tokenizer.ggml.model") ? f.get_string("tokenizer.ggml.model") : "";
+  if (kind == "gpt2") {  // byte-level BPE: tokens in GPT-2's byte-symbol spelling + ranked merges
+    const gguf_kv* tokens = f.find_kv("tokenizer.ggml.tokens");
+    const gguf_kv* merges = f.find_kv("tokenizer.ggml.merges");
+    if (!tokens || !tokens->value.is_array() || !merges || !merges->value.is_array())
+      throw error(fmt::format("{}: a gpt2 tokenizer needs tokenizer.ggml.tokens and tokenizer.ggml.merges", path));
+    std::vector<std::string> t, mg;
+    for (const auto& v : tokens->value) t.push_back(v.is_string() ? v.get<std::string>() : "");
+    for (const auto& v : merges->value) mg.push_back(v.is_string() ? v.get<std::string>() : "");
+    return make_gpt2_tokenizer(std::move(t), std::move(mg), path + " (tokenizer.ggml.*)");
+  }
   if (kind != "llama")
-    throw error(fmt::format("{}: tokenizer.ggml.model '{}' is not supported here (expected llama); "
+    throw error(fmt::format("{}: tokenizer.ggml.model '{}' is not supported here (expected llama or gpt2); "
                             "pass --tokenizer", path, kind));
   const gguf_kv* tokens = f.find_kv("tokenizer.ggml.tokens");
   const gguf_kv* scores = f.find_kv("tokenizer.ggml.scores");

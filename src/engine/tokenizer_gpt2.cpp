@@ -74,70 +74,41 @@ std::string read_text_file(const std::string& path, const char* what) {
 
 class gpt2_tokenizer final : public tokenizer {
  public:
-  gpt2_tokenizer(const std::string& encoder_json, const std::string& vocab_bpe) {
+  // tokens[id]: the token in GPT-2's byte-symbol spelling (encoder.json's keys, GGUF's
+  // tokenizer.ggml.tokens); merges: "a b" in rank order (vocab.bpe's lines, GGUF's
+  // tokenizer.ggml.merges). `where` names the source in messages.
+  gpt2_tokenizer(std::vector<std::string> tokens, std::vector<std::string> merges, const std::string& where)
+      : tokens_(std::move(tokens)), merge_text_(std::move(merges)) {
     const auto cp = byte_to_codepoint();
     std::unordered_map<uint32_t, uint8_t> inv;
     for (int b = 0; b < 256; ++b) inv[cp[b]] = static_cast<uint8_t>(b);
     for (int b = 0; b < 256; ++b) intern(std::string(1, static_cast<char>(b)));
-
-    // encoder.json: {"<mapped string>": id, ...}, ids 0..n-1 each once.
-    nlohmann::json enc;
-    try {
-      enc = nlohmann::json::parse(read_text_file(encoder_json, "encoder.json"));
-    } catch (const nlohmann::json::exception& e) {
-      throw error(fmt::format("{}: not valid JSON ({})", encoder_json, e.what()));
-    }
-    if (!enc.is_object() || enc.empty())
-      throw error(fmt::format("{}: expected a non-empty JSON object mapping token strings to ids",
-                              encoder_json));
-    const size_t n = enc.size();
-    if (n > (1u << 24)) throw error(fmt::format("{}: {} tokens (expected at most 2^24)", encoder_json, n));
+    const size_t n = tokens_.size();
+    if (n == 0) throw error(fmt::format("{}: the vocabulary is empty", where));
+    if (n > (1u << 24)) throw error(fmt::format("{}: {} tokens (expected at most 2^24)", where, n));
     id_bytes_.assign(n, std::string());
-    std::vector<char> seen(n, 0);
     std::string raw;
-    for (const auto& [key, value] : enc.items()) {
-      if (!value.is_number_integer())
-        throw error(fmt::format("{}: token '{}' maps to {} (expected an integer id)", encoder_json, key,
-                                value.dump()));
-      const int64_t id = value.get<int64_t>();
-      if (id < 0 || id >= static_cast<int64_t>(n))
-        throw error(fmt::format("{}: token '{}' has id {} (expected 0..{}, one id per entry)",
-                                encoder_json, key, id, n - 1));
-      if (seen[id]) throw error(fmt::format("{}: id {} appears twice (token '{}')", encoder_json, id, key));
-      seen[id] = 1;
+    for (size_t id = 0; id < n; ++id) {
+      const std::string& key = tokens_[id];
       if (!unmap(key, inv, raw))
-        throw error(fmt::format("{}: token '{}' is not a string of GPT-2 byte symbols "
-                                "(bytes_to_unicode)", encoder_json, key));
+        throw error(fmt::format("{}: token {} '{}' is not a string of GPT-2 byte symbols (bytes_to_unicode)",
+                                where, id, key));
       id_bytes_[id] = raw;
       const int32_t sym = intern(raw);
       if (static_cast<size_t>(sym) >= sym_to_id_.size()) sym_to_id_.resize(sym + 1, -1);
-      sym_to_id_[sym] = static_cast<int32_t>(id);
+      if (sym_to_id_[sym] < 0) sym_to_id_[sym] = static_cast<int32_t>(id);
       if (key == kEndOfText) eot_ = static_cast<int32_t>(id);
     }
-    if (eot_ < 0)
-      throw error(fmt::format("{}: no '{}' entry (expected it as GPT-2's BOS/EOS)", encoder_json, kEndOfText));
-
-    // vocab.bpe: "#version" line, then one merge "a b" a line, in rank order.
-    const std::string bpe = read_text_file(vocab_bpe, "vocab.bpe");
-    size_t pos = 0;
-    int line_no = 0;
+    if (eot_ < 0) throw error(fmt::format("{}: no '{}' token (expected it as GPT-2's BOS/EOS)", where, kEndOfText));
     std::string ra, rb;
-    while (pos < bpe.size()) {
-      size_t end = bpe.find('\n', pos);
-      if (end == std::string::npos) end = bpe.size();
-      std::string_view line(bpe.data() + pos, end - pos);
-      pos = end + 1;
-      ++line_no;
-      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-      if (line.empty() || (line_no == 1 && line.substr(0, 8) == "#version")) continue;
+    for (size_t i = 0; i < merge_text_.size(); ++i) {
+      const std::string_view line = merge_text_[i];
       const size_t sp = line.find(' ');
       if (sp == std::string_view::npos || sp == 0 || sp + 1 == line.size() ||
           line.find(' ', sp + 1) != std::string_view::npos)
-        throw error(fmt::format("{}: line {}: '{}' (expected two symbols separated by one space)",
-                                vocab_bpe, line_no, line));
+        throw error(fmt::format("{}: merge {}: '{}' (expected two symbols separated by one space)", where, i + 1, line));
       if (!unmap(line.substr(0, sp), inv, ra) || !unmap(line.substr(sp + 1), inv, rb))
-        throw error(fmt::format("{}: line {}: '{}' is not made of GPT-2 byte symbols", vocab_bpe,
-                                line_no, line));
+        throw error(fmt::format("{}: merge {}: '{}' is not made of GPT-2 byte symbols", where, i + 1, line));
       const int32_t a = intern(ra), b = intern(rb), m = intern(ra + rb);
       const int32_t rank = static_cast<int32_t>(merges_.size());
       merges_.emplace(key(a, b), merge_rule{rank, m});  // a repeated pair keeps its first rank
@@ -161,6 +132,11 @@ class gpt2_tokenizer final : public tokenizer {
   gpt2_tokenizer& operator=(const gpt2_tokenizer&) = delete;
 
   std::string kind() const override { return "gpt2"; }
+  bool gpt2_vocabulary(std::vector<std::string>& tokens, std::vector<std::string>& merges) const override {
+    tokens = tokens_;
+    merges = merge_text_;
+    return true;
+  }
   int vocab_size() const override { return static_cast<int>(id_bytes_.size()); }
   int bos_id() const override { return eot_; }
   int eos_id() const override { return eot_; }
@@ -293,13 +269,64 @@ class gpt2_tokenizer final : public tokenizer {
   pcre2_code* re_ = nullptr;
   mutable std::mutex cache_mutex_;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
+  std::vector<std::string> tokens_, merge_text_;  // as given, for export (GGUF tokenizer.ggml.*)
 };
+
+// encoder.json ({"<symbols>": id}, ids 0..n-1 each once) and vocab.bpe ("#version" line, then
+// one merge "a b" a line, in rank order) into the constructor's vectors.
+void read_gpt2_files(const std::string& encoder_json, const std::string& vocab_bpe,
+                     std::vector<std::string>& tokens, std::vector<std::string>& merges) {
+  nlohmann::json enc;
+  try {
+    enc = nlohmann::json::parse(read_text_file(encoder_json, "encoder.json"));
+  } catch (const nlohmann::json::exception& e) {
+    throw error(fmt::format("{}: not valid JSON ({})", encoder_json, e.what()));
+  }
+  if (!enc.is_object() || enc.empty())
+    throw error(fmt::format("{}: expected a non-empty JSON object mapping token strings to ids", encoder_json));
+  const size_t n = enc.size();
+  if (n > (1u << 24)) throw error(fmt::format("{}: {} tokens (expected at most 2^24)", encoder_json, n));
+  tokens.assign(n, std::string());
+  std::vector<char> seen(n, 0);
+  for (const auto& [k, value] : enc.items()) {
+    if (!value.is_number_integer())
+      throw error(fmt::format("{}: token '{}' maps to {} (expected an integer id)", encoder_json, k, value.dump()));
+    const int64_t id = value.get<int64_t>();
+    if (id < 0 || id >= static_cast<int64_t>(n))
+      throw error(fmt::format("{}: token '{}' has id {} (expected 0..{}, one id per entry)", encoder_json, k, id, n - 1));
+    if (seen[id]) throw error(fmt::format("{}: id {} appears twice (token '{}')", encoder_json, id, k));
+    seen[id] = 1;
+    tokens[id] = k;
+  }
+  const std::string bpe = read_text_file(vocab_bpe, "vocab.bpe");
+  size_t pos = 0;
+  int line_no = 0;
+  merges.clear();
+  while (pos < bpe.size()) {
+    size_t end = bpe.find('\n', pos);
+    if (end == std::string::npos) end = bpe.size();
+    std::string_view line(bpe.data() + pos, end - pos);
+    pos = end + 1;
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty() || (line_no == 1 && line.substr(0, 8) == "#version")) continue;
+    merges.emplace_back(line);
+  }
+}
 
 }  // namespace
 
 std::unique_ptr<tokenizer> load_gpt2_tokenizer(const std::string& encoder_json,
                                                const std::string& vocab_bpe) {
-  return std::make_unique<gpt2_tokenizer>(encoder_json, vocab_bpe);
+  std::vector<std::string> tokens, merges;
+  read_gpt2_files(encoder_json, vocab_bpe, tokens, merges);
+  return std::make_unique<gpt2_tokenizer>(std::move(tokens), std::move(merges),
+                                          fmt::format("{} + {}", encoder_json, vocab_bpe));
+}
+
+std::unique_ptr<tokenizer> make_gpt2_tokenizer(std::vector<std::string> tokens, std::vector<std::string> merges,
+                                               const std::string& where) {
+  return std::make_unique<gpt2_tokenizer>(std::move(tokens), std::move(merges), where);
 }
 
 }  // namespace lowbit

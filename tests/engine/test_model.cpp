@@ -390,3 +390,25 @@ TEST(ModelFiles, PackedSafetensorsRoundTrip) {
     EXPECT_NE(std::string(e.what()).find("blk.0.attn_q.weight"), std::string::npos) << e.what();
   }
 }
+
+// A GPT-2 GGUF carries its byte-level BPE as tokenizer.ggml.tokens / merges (model "gpt2"), and
+// the tokenizer read back from it encodes exactly as the one from encoder.json + vocab.bpe.
+TEST(ModelFiles, Gpt2GgufCarriesItsTokenizer) {
+  model_config c;
+  c.arch = architecture::gpt2;
+  c.dim = 8, c.hidden_dim = 16, c.n_layers = 1, c.n_heads = 2, c.n_kv_heads = 2;
+  c.vocab_size = 50257, c.max_seq_len = 32;
+  model m = synthesize_model(c, 4);
+  const std::string gpt2_dir = data_dir + "/tokenizers/gpt2";
+  m.tokenizer = {"file", gpt2_dir + "/encoder.json"};
+  const std::string dir = temp_dir("gpt2gguf");
+  save_gguf_model(m, dir + "/g.gguf");
+  const model back = load_model(dir + "/g.gguf");
+  EXPECT_EQ(back.tokenizer.kind, "gguf");
+  const auto from_gguf = tokenizer_for_model(back);
+  const auto from_files = load_gpt2_tokenizer(gpt2_dir + "/encoder.json", gpt2_dir + "/vocab.bpe");
+  EXPECT_EQ(from_gguf->kind(), "gpt2");
+  EXPECT_EQ(from_gguf->bos_id(), 50256);
+  for (const std::string text : {"Hello world", " 3.14 bananas!!  \n\tthe end", "ünïcödé 日本語 🦙", "it's we'll"})
+    EXPECT_EQ(from_gguf->encode(text, true, false), from_files->encode(text, true, false)) << text;
+}

@@ -42,6 +42,10 @@ class tokenizer {
     int bos = -1, eos = -1, unk = -1;
   };
   virtual bool sentencepiece_vocabulary(spm_vocabulary&) const { return false; }
+  // GPT-2 byte-level BPE: tokens in byte-symbol spelling by id, merges "a b" by rank.
+  virtual bool gpt2_vocabulary(std::vector<std::string>& tokens, std::vector<std::string>& merges) const {
+    return false;
+  }
 };
 
 std::unique_ptr<tokenizer> load_llama2c_tokenizer(const std::string& path);
@@ -51,6 +55,9 @@ std::unique_ptr<tokenizer> make_spm_vocab_tokenizer(std::vector<std::string> tok
                                                     int eos_id);
 std::unique_ptr<tokenizer> load_gpt2_tokenizer(const std::string& encoder_json,
                                                const std::string& vocab_bpe);
+// The same from vectors (GGUF's tokenizer.ggml.tokens / merges); `where` names the source.
+std::unique_ptr<tokenizer> make_gpt2_tokenizer(std::vector<std::string> tokens, std::vector<std::string> merges,
+                                               const std::string& where);
 std::unique_ptr<tokenizer> load_sentencepiece_tokenizer(const std::string& model_path);
 std::unique_ptr<tokenizer> make_byte_tokenizer();
 
