@@ -4,6 +4,8 @@
 // without changing the float function (powers of two: bit for bit).
 #include <gtest/gtest.h>
 
+#include "tests/ptq/random_inputs.hpp"
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -27,13 +29,7 @@ namespace {
 
 using vecf = std::vector<float>;
 
-vecf normal(int64_t n, uint64_t seed, float sigma = 1.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(0.0f, sigma);
-  vecf v(static_cast<size_t>(n));
-  for (float& x : v) x = d(rng);
-  return v;
-}
+using lowbit::test::normal;
 
 vecf student_t(int64_t n, uint64_t seed, float dof, float sigma) {
   std::mt19937_64 rng(seed);

@@ -3,6 +3,8 @@
 // RTN; SmoothQuant and AWQ scale transforms are output-preserving; AWQ's clipping search against
 // a direct re-implementation of auto_clip; LoRC's Eckart-Young residual; bias correction.
 #include <gtest/gtest.h>
+
+#include "tests/ptq/random_inputs.hpp"
 #include <omp.h>
 
 #include <algorithm>
@@ -28,13 +30,7 @@ namespace {
 using vecf = std::vector<float>;
 using vecd = std::vector<double>;
 
-vecf normal(int64_t n, uint64_t seed, float sigma = 1.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(0.0f, sigma);
-  vecf v(static_cast<size_t>(n));
-  for (float& x : v) x = d(rng);
-  return v;
-}
+using lowbit::test::normal;
 
 // X = Z A with Z [n, in] ~ N(0, 1) and A [in, in] = I + N(0, 1/in): inputs with correlated
 // channels (the setting where GPTQ's error feedback pays), plus a per-channel spread of scales.

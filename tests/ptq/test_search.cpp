@@ -1,6 +1,8 @@
 // PowerQuant's exponent search and importance-weighted RTN (search.hpp).
 #include <gtest/gtest.h>
 
+#include "tests/ptq/random_inputs.hpp"
+
 #include <cmath>
 #include <random>
 
@@ -12,13 +14,7 @@ using namespace lowbit;
 
 namespace {
 
-std::vector<float> gaussian(int64_t n, uint64_t seed, float sigma = 0.02f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(0.0f, sigma);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+std::vector<float> gaussian(int64_t n, uint64_t seed, float sigma = 0.02f) { return test::normal(n, seed, sigma); }
 
 double weighted_error(const std::vector<float>& W, const std::vector<float>& Q, const std::vector<float>& imp,
                       int64_t in) {
