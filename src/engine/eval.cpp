@@ -118,6 +118,8 @@ std::vector<eval_result> evaluate_many(const std::vector<const model*>& models,
       throw error(fmt::format("eval: token id {} at position {} is outside the model's vocabulary "
                               "of {} (wrong tokenizer?)", ids[i], i, vocab));
   if (opt.kl_base && !base) throw error("eval: --kl-base needs the float model");
+  if (base && (base->config.vocab_size != vocab || base->config.arch != first.config.arch))
+    throw error("eval: the float model must share the quantized models' architecture and vocabulary");
 
   const size_t R = models.size();
   std::vector<std::unique_ptr<forward_session>> sessions;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <new>
 #include <cmath>
 
 #include <fmt/format.h>
@@ -129,8 +130,14 @@ forward_session::forward_session(const model& m, const quant_plan& plan, int max
     throw error(fmt::format("forward: {} tokens exceed GPT-2's {} learned positions", max_tokens,
                             m_.config.max_seq_len));
   const int64_t kv_dim = int64_t(m_.config.n_kv_heads) * m_.config.head_dim();
-  k_cache_.resize(int64_t(m_.config.n_layers) * max_tokens * kv_dim);
-  v_cache_.resize(k_cache_.size());
+  const int64_t cache = int64_t(m_.config.n_layers) * max_tokens * kv_dim;
+  try {
+    k_cache_.resize(cache);
+    v_cache_.resize(cache);
+  } catch (const std::bad_alloc&) {
+    throw error(fmt::format("forward: a KV cache of {} layers x {} tokens x {} needs {:.1f} GiB; use a "
+                            "shorter context", m_.config.n_layers, max_tokens, kv_dim, 8.0 * cache / (1 << 30)));
+  }
 }
 
 void forward_session::reset() { pos_ = 0; }

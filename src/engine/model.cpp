@@ -46,6 +46,8 @@ void model_config::validate() const {
   need(max_seq_len > 0 && max_seq_len <= 1 << 20, "max_seq_len", max_seq_len, "expected 1..1048576");
   need(arch != architecture::llama || head_dim() % 2 == 0, "head_dim", head_dim(),
        "RoPE needs an even head dimension");
+  need(arch != architecture::gpt2 || n_kv_heads == n_heads, "n_kv_heads", n_kv_heads,
+       "GPT-2 has one kv head per query head");
   if (!(norm_eps > 0) || !std::isfinite(norm_eps))
     throw error(fmt::format("model config: norm_eps = {} (expected a positive number)", norm_eps));
 }

@@ -190,6 +190,12 @@ quantized_tensor read_packed_codes(const safetensors_file& f, const std::string&
   } catch (const error& e) {
     throw error(where + ": " + e.what());
   }
+  // The codes' size pins rows x cols down before anything is allocated for them.
+  const st_tensor_info* codes = f.find(name + ".codes");
+  const int64_t row_bytes = (cols * fmt_.element.bits + 7) / 8;
+  if (!codes || codes->end - codes->begin != uint64_t(rows) * uint64_t(row_bytes))
+    throw error(fmt::format("{}: '{}.codes' does not hold {} rows of {} bytes for shape [{}, {}] in {}", where, name,
+                            rows, row_bytes, rows, cols, d["format"].get<std::string>()));
   quantized_tensor q = quantized_tensor::allocate(fmt_, rows, cols);
   auto fill = [&](const std::string& suffix, st_dtype type, void* dst, size_t bytes, bool required) {
     const st_tensor_info* t = f.find(name + suffix);
@@ -335,7 +341,16 @@ void save_safetensors_model(const model& m, const std::string& path, const std::
   if (!m.provenance.empty()) meta["lowbit.provenance"] = m.provenance;
   if (!packed.empty()) meta["lowbit.packed"] = description.dump();
   write_safetensors(path, out, meta);
-  write_text_file_atomic((fs::path(path).parent_path() / "config.json").string(), cfg + "\n");
+  // config.json for Hugging Face tools, unless the directory already has one of another model
+  // (the source's, say): lowbit reads the copy in the file's metadata first anyway.
+  const fs::path cfg_path = fs::path(path).parent_path() / "config.json";
+  bool write_cfg = !fs::exists(cfg_path);
+  if (!write_cfg) {
+    std::ifstream in(cfg_path);
+    const nlohmann::json existing = nlohmann::json::parse(in, nullptr, false);
+    write_cfg = !existing.is_discarded() && existing == config_to_hf_json(m.config);
+  }
+  if (write_cfg) write_text_file_atomic(cfg_path.string(), cfg + "\n");
 }
 
 // ---- GGUF -----------------------------------------------------------------------------------

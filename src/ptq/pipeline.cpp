@@ -164,16 +164,17 @@ std::string run_fingerprint(const model& m, const std::vector<int32_t>& ids, con
     mix(t.data.data(), t.data.size() * sizeof(float));
   }
   const std::string opts = fmt::format(
-      "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", method_name(o.how), format_name(o.weights), o.calib_samples,
-      o.calib_ctx, o.seed, o.gptq.percdamp, o.gptq.block_size, o.gptq.act_order, o.gptq.static_groups,
-      o.smooth_alpha, o.max_sample_rows, o.lorc_rank, o.lorc_format ? format_name(*o.lorc_format) : "-",
-      o.bias_correct, o.llmfp4_preshift);
+      "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", method_name(o.how),
+      format_name(o.weights), o.calib_samples, o.calib_ctx, o.seed, o.gptq.percdamp, o.gptq.block_size,
+      o.gptq.act_order, o.gptq.static_groups, o.gptq.float64, o.smooth_alpha, o.max_sample_rows, o.lorc_rank,
+      o.lorc_format ? format_name(*o.lorc_format) : "-", o.bias_correct, o.llmfp4_preshift, o.awq.n_grid,
+      o.awq.clip, o.awq.clip_grid, o.awq.max_shrink, o.awq.clip_sample_tokens, o.equalize, o.rotate, o.rotate_seed);
   mix(opts.data(), opts.size());
   return fmt::format("{:016x}", h);
 }
 
-void save_checkpoint(const model& m, const quantize_report& report, int blocks_done, const std::string& dir,
-                     const std::string& fingerprint) {
+void save_checkpoint(const model& m, const quantize_report& report, int blocks_done, uint64_t tensor_id,
+                     const std::string& dir, const std::string& fingerprint) {
   fs::create_directories(dir);
   // The model goes to a file named for the block, then the state (atomic) names it and the
   // previous file goes: a crash at any point leaves a state naming a complete model file.
@@ -182,8 +183,10 @@ void save_checkpoint(const model& m, const quantize_report& report, int blocks_d
   nlohmann::json layers = nlohmann::json::array();
   for (const auto& l : report.layers)
     layers.push_back({{"name", l.name}, {"seconds", l.seconds}, {"error", l.error}, {"rtn_error", l.rtn_error}});
+  // tensor_id: the stochastic-rounding stream position, so a resumed run draws what an
+  // uninterrupted one would.
   const nlohmann::json state = {{"fingerprint", fingerprint}, {"blocks_done", blocks_done},
-                                {"model", model_file}, {"layers", layers}};
+                                {"tensor_id", tensor_id}, {"model", model_file}, {"layers", layers}};
   write_text_file_atomic((fs::path(dir) / "state.json").string(), state.dump(1) + "\n");
   const std::string previous = fmt::format("model-{}.safetensors", blocks_done - 1);
   std::error_code ec;
@@ -192,7 +195,8 @@ void save_checkpoint(const model& m, const quantize_report& report, int blocks_d
 
 // Returns the number of finished blocks restored into m and report (0 when there is nothing to
 // resume); throws when the directory holds another run's checkpoint.
-int load_checkpoint(model& m, quantize_report& report, const std::string& dir, const std::string& fingerprint) {
+int load_checkpoint(model& m, quantize_report& report, uint64_t& tensor_id, const std::string& dir,
+                    const std::string& fingerprint) {
   const fs::path state_path = fs::path(dir) / "state.json";
   if (!fs::exists(state_path)) return 0;
   std::ifstream in(state_path);
@@ -203,15 +207,24 @@ int load_checkpoint(model& m, quantize_report& report, const std::string& dir, c
   if (state["fingerprint"] != fingerprint)
     throw error(fmt::format("{}: a checkpoint of another run (model, data or options differ); remove it to start "
                             "over", dir));
-  const int done = state["blocks_done"];
+  const int64_t done = state["blocks_done"].get<int64_t>();
   if (done < 0 || done > m.config.n_layers) throw error(fmt::format("{}: blocks_done {} is out of range", dir, done));
+  if (!state.contains("tensor_id") || !state["tensor_id"].is_number_unsigned())
+    throw error(fmt::format("{}: state.json has no tensor_id", dir));
+  tensor_id = state["tensor_id"].get<uint64_t>();
   const std::string model_path = (fs::path(dir) / state["model"].get<std::string>()).string();
   model saved = load_safetensors_model(model_path);
   for (auto& [name, t] : saved.tensors) m.get_mut(name).data = std::move(t.data);
   report.packed = load_packed_tensors(model_path);
-  for (const auto& l : state.value("layers", nlohmann::json::array()))
-    report.layers.push_back({l.value("name", ""), l.value("seconds", 0.0), l.value("error", 0.0), l.value("rtn_error", 0.0)});
-  return done;
+  const nlohmann::json layers = state.value("layers", nlohmann::json::array());
+  if (!layers.is_array()) throw error(fmt::format("{}: state.json 'layers' is not an array", dir));
+  for (const auto& l : layers) {
+    if (!l.is_object() || !l.contains("name") || !l["name"].is_string())
+      throw error(fmt::format("{}: state.json has a malformed layer entry", dir));
+    auto number = [&](const char* k) { return l.contains(k) && l[k].is_number() ? l[k].get<double>() : 0.0; };
+    report.layers.push_back({l["name"].get<std::string>(), number("seconds"), number("error"), number("rtn_error")});
+  }
+  return static_cast<int>(done);
 }
 
 // Cross-layer equalization of every (producer rows, consumer columns) pair whose scale folds
@@ -284,7 +297,8 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
   forward_session session(m, quant_plan{}, ctx);
   std::vector<float> residual(W * ctx * dim);  // [window, token, dim]: the input of block l
   const std::string fingerprint = o.checkpoint_dir.empty() ? "" : run_fingerprint(m, ids, o);
-  const int first_block = o.checkpoint_dir.empty() ? 0 : load_checkpoint(m, report, o.checkpoint_dir, fingerprint);
+  const int first_block =
+      o.checkpoint_dir.empty() ? 0 : load_checkpoint(m, report, tensor_id, o.checkpoint_dir, fingerprint);
   report.resumed_at_block = first_block;
   for (int64_t w = 0; w < W; ++w) {
     session.embed(ids.data() + starts[w], ctx, residual.data() + w * ctx * dim);
@@ -445,7 +459,7 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
       session.forward_blocks(residual.data() + w * ctx * dim, ctx, l, l + 1);
       if (progress) progress(++steps, total_steps);
     }
-    if (!o.checkpoint_dir.empty()) save_checkpoint(m, report, l + 1, o.checkpoint_dir, fingerprint);
+    if (!o.checkpoint_dir.empty()) save_checkpoint(m, report, l + 1, tensor_id, o.checkpoint_dir, fingerprint);
   }
   report.seconds = std::chrono::duration<double>(clock::now() - t_start).count();
   return report;

@@ -412,3 +412,14 @@ TEST(ModelFiles, Gpt2GgufCarriesItsTokenizer) {
   for (const std::string text : {"Hello world", " 3.14 bananas!!  \n\tthe end", "ünïcödé 日本語 🦙", "it's we'll"})
     EXPECT_EQ(from_gguf->encode(text, true, false), from_files->encode(text, true, false)) << text;
 }
+
+// GPT-2 has one kv head per query head: a file that says otherwise is refused before the forward
+// (whose GPT-2 path splits q, k, v of equal width) could read past its buffers.
+TEST(ModelFiles, Gpt2WithFewerKvHeadsIsRefused) {
+  model_config c;
+  c.arch = architecture::gpt2;
+  c.dim = 32, c.hidden_dim = 64, c.n_layers = 1, c.n_heads = 4, c.n_kv_heads = 2;
+  c.vocab_size = 258, c.max_seq_len = 16;
+  EXPECT_THROW(c.validate(), error);
+  EXPECT_THROW(synthesize_model(c, 1), error);
+}

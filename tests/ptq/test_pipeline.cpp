@@ -207,9 +207,11 @@ TEST(MixedPrecision, MeetsTheBudgetAndSpendsBitsWhereTheyMatter) {
 // A run killed after some blocks resumes from its checkpoint and ends with the same model, bit
 // for bit, as a run that was never interrupted; a checkpoint of other options is refused.
 TEST(Pipeline, KilledRunResumesBitExactly) {
+  // Stochastic rounding too: its stream position (tensor_id) is part of the checkpoint.
+  for (const std::string fmt : {"int4/g32", "int4/g32~sr:3"}) {
   const std::string dir = testing::TempDir() + "lowbit_ptq_checkpoint";
   std::filesystem::remove_all(dir);
-  auto o = small_options(ptq::method::gptq, "int4/g32");
+  auto o = small_options(ptq::method::gptq, fmt);
   model whole = stories();
   const auto full = ptq::quantize_model(whole, story_ids(), o);
 
@@ -237,6 +239,7 @@ TEST(Pipeline, KilledRunResumesBitExactly) {
   model m = stories();
   EXPECT_THROW(ptq::quantize_model(m, story_ids(), other), error);
   std::filesystem::remove_all(dir);
+  }
 }
 
 // Cross-layer equalization: the float function stays, and each equalized channel's range is the

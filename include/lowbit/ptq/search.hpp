@@ -29,7 +29,7 @@ struct power_search_result {
 power_search_result powerquant_search(const float* W, int64_t out, int64_t in, const format& base,
                                       double lo = 0.2, double hi = 1.0);
 
-// [M] Shrink factors 1, 1 - 0.5/grid, ..., down to 1 - max_shrink (as AWQ's clip grid), chosen per
+// [M] Shrink factors 1, 1 - 1/grid, ..., down to 1 - max_shrink (as AWQ's clip grid), chosen per
 // row and group (per row for /c, per tensor for /t) by the importance-weighted squared error.
 std::vector<float> importance_rtn(const float* W, int64_t out, int64_t in, const format& f,
                                   const float* importance, int grid = 20, double max_shrink = 0.5);
