@@ -10,12 +10,12 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <queue>
 #include <unordered_map>
 
 #include <fmt/format.h>
 
 #include "lowbit/error.hpp"
+#include "pair_merge.hpp"
 
 namespace lowbit {
 
@@ -224,49 +224,15 @@ class score_bpe_tokenizer final : public tokenizer {
     return scores_[it->second] > -1e10f ? it->second : -1;
   }
 
+  // Highest score first, leftmost among equal scores (llama2.c's strict ">" scan).
   void merge(std::vector<int32_t>& ids) const {
-    const int n = static_cast<int>(ids.size());
-    if (n < 2) return;
-    struct candidate {
-      float score;
-      int left, right;
-      int32_t left_id, right_id, id;
-    };
-    auto worse = [](const candidate& x, const candidate& y) {
-      if (x.score != y.score) return x.score < y.score;  // scores are never NaN here
-      return x.left > y.left;
-    };
-    std::priority_queue<candidate, std::vector<candidate>, decltype(worse)> queue(worse);
-    std::vector<int> next(n), prev(n);
-    for (int i = 0; i < n; ++i) {
-      next[i] = i + 1 < n ? i + 1 : -1;
-      prev[i] = i - 1;
-    }
     std::string buf;
-    auto consider = [&](int l, int r) {
-      if (l < 0 || r < 0) return;
-      const int32_t id = pair_id(ids[l], ids[r], buf);
-      if (id >= 0) queue.push({scores_[id], l, r, ids[l], ids[r], id});
-    };
-    for (int i = 0; i + 1 < n; ++i) consider(i, i + 1);
-    std::vector<char> alive(n, 1);
-    while (!queue.empty()) {
-      const candidate c = queue.top();
-      queue.pop();
-      if (!alive[c.left] || !alive[c.right] || next[c.left] != c.right || ids[c.left] != c.left_id ||
-          ids[c.right] != c.right_id)
-        continue;  // stale: one side merged since this pair was queued
-      ids[c.left] = c.id;
-      alive[c.right] = 0;
-      next[c.left] = next[c.right];
-      if (next[c.right] >= 0) prev[next[c.right]] = c.left;
-      consider(prev[c.left], c.left);
-      consider(c.left, next[c.left]);
-    }
-    int w = 0;
-    for (int i = 0; i < n; ++i)
-      if (alive[i]) ids[w++] = ids[i];
-    ids.resize(w);
+    detail::merge_pairs<float>(ids, [&](int32_t a, int32_t b, float* score, int32_t* id) {
+      *id = pair_id(a, b, buf);
+      if (*id < 0) return false;
+      *score = scores_[*id];  // never NaN here (pair_id)
+      return true;
+    });
   }
 
   std::string kind_;

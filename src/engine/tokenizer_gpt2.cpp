@@ -9,7 +9,6 @@
 #include <iterator>
 #include <memory>
 #include <mutex>
-#include <queue>
 #include <unordered_map>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -20,6 +19,7 @@
 
 #include "lowbit/engine/tokenizer.hpp"
 #include "lowbit/error.hpp"
+#include "pair_merge.hpp"
 
 namespace lowbit {
 namespace {
@@ -209,48 +209,20 @@ class gpt2_tokenizer final : public tokenizer {
     const int n = static_cast<int>(piece.size());
     std::vector<int32_t> sym(n);
     for (int i = 0; i < n; ++i) sym[i] = static_cast<unsigned char>(piece[i]);  // byte b = symbol b
-    struct candidate {
-      int32_t rank;
-      int left, right;
-      int32_t left_sym, right_sym, result;
-    };
-    auto worse = [](const candidate& x, const candidate& y) {
-      if (x.rank != y.rank) return x.rank > y.rank;
-      return x.left > y.left;
-    };
-    std::priority_queue<candidate, std::vector<candidate>, decltype(worse)> queue(worse);
-    std::vector<int> next(n), prev(n);
-    std::vector<char> alive(n, 1);
-    for (int i = 0; i < n; ++i) {
-      next[i] = i + 1 < n ? i + 1 : -1;
-      prev[i] = i - 1;
-    }
-    auto consider = [&](int l, int r) {
-      if (l < 0 || r < 0) return;
-      auto it = merges_.find(key(sym[l], sym[r]));
-      if (it != merges_.end()) queue.push({it->second.rank, l, r, sym[l], sym[r], it->second.result});
-    };
-    for (int i = 0; i + 1 < n; ++i) consider(i, i + 1);
-    while (!queue.empty()) {
-      const candidate c = queue.top();
-      queue.pop();
-      if (!alive[c.left] || !alive[c.right] || next[c.left] != c.right || sym[c.left] != c.left_sym ||
-          sym[c.right] != c.right_sym)
-        continue;
-      sym[c.left] = c.result;
-      alive[c.right] = 0;
-      next[c.left] = next[c.right];
-      if (next[c.right] >= 0) prev[next[c.right]] = c.left;
-      consider(prev[c.left], c.left);
-      consider(c.left, next[c.left]);
-    }
+    // Lowest rank first (priority = -rank), leftmost among equals.
+    detail::merge_pairs<int64_t>(sym, [&](int32_t a, int32_t b, int64_t* priority, int32_t* result) {
+      const auto it = merges_.find(key(a, b));
+      if (it == merges_.end()) return false;
+      *priority = -int64_t(it->second.rank);
+      *result = it->second.result;
+      return true;
+    });
     std::vector<int32_t> ids;
-    for (int i = 0; i < n; ++i) {
-      if (!alive[i]) continue;
-      const int32_t id = sym_to_id_[sym[i]];
+    for (const int32_t s : sym) {
+      const int32_t id = sym_to_id_[s];
       if (id < 0)
         throw error(fmt::format("gpt2 tokenizer: BPE produced '{}', which encoder.json lacks "
-                                "(expected every merge result to be a token)", symbols_[sym[i]]));
+                                "(expected every merge result to be a token)", symbols_[s]));
       ids.push_back(id);
     }
     out.insert(out.end(), ids.begin(), ids.end());
