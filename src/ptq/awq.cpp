@@ -28,42 +28,6 @@ namespace {
 // [M] Layers of at most kSerialElements weights run on one thread (serial_scope, threads.hpp).
 constexpr int64_t kSerialElements = int64_t{1} << 17;
 
-// Mean squared output error of weight errors D_l [out_l, in] on inputs X [n, in], by the cheaper
-// of the direct and the Gram form (the Gram matrix C [in, in] is given when n > in).
-class output_mse {
- public:
-  output_mse(const float* X, int64_t n, int64_t in) : X_(X), n_(n), in_(in) {
-    if (n > in) {
-      hessian_accumulator h(in);  // (2/n) X^T X in float64
-      h.add(X, n);
-      const std::vector<double> H = h.matrix();
-      C_.resize(H.size());
-      for (size_t i = 0; i < H.size(); ++i) C_[i] = static_cast<float>(H[i] / 2);
-    }
-  }
-  // Sum over the rows of D [out, in] of the mean over tokens of (x_t . d_o)^2.
-  double sum_row_mse(const std::vector<float>& D, int64_t out) {
-    double sse = 0;
-    if (C_.empty()) {
-      buf_.resize(static_cast<size_t>(n_ * out));
-      matmul_nt(X_, D.data(), buf_.data(), n_, in_, out);  // [n, out]
-      for (const float e : buf_) sse += static_cast<double>(e) * e;
-      return sse / static_cast<double>(n_);
-    }
-    buf_.resize(static_cast<size_t>(out * in_));  // [out, in] D C
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(out), static_cast<blasint>(in_),
-                static_cast<blasint>(in_), 1.0f, D.data(), static_cast<blasint>(in_), C_.data(),
-                static_cast<blasint>(in_), 0.0f, buf_.data(), static_cast<blasint>(in_));
-    for (size_t i = 0; i < buf_.size(); ++i) sse += static_cast<double>(buf_[i]) * D[i];
-    return sse;
-  }
-
- private:
-  const float* X_;
-  int64_t n_, in_;
-  std::vector<float> C_;
-  std::vector<float> buf_;
-};
 
 void check_layers(const std::vector<linear_weight>& layers, int64_t n, int64_t in, const char* who) {
   if (layers.empty()) throw error(fmt::format("{}: needs at least one layer reading the input", who));
@@ -92,7 +56,7 @@ awq_result awq_search_scale(const float* X, int64_t n, int64_t in, const std::ve
   for (const linear_weight& l : layers) total_out += l.out;
   const serial_scope serial(total_out * in <= kSerialElements);
 
-  output_mse mse(X, n, in);
+  row_output_error mse(X, n, in);
   awq_result res;
   double best = std::numeric_limits<double>::infinity();
   std::vector<float> s(static_cast<size_t>(in)), Ws, Q, D;
@@ -117,7 +81,7 @@ awq_result awq_search_scale(const float* X, int64_t n, int64_t in, const std::ve
           const size_t k = static_cast<size_t>(r * in + j);
           D[k] = l.w[k] - Q[k] / s[static_cast<size_t>(j)];
         }
-      loss += mse.sum_row_mse(D, l.out);
+      loss += mse.total(D.data(), l.out);
     }
     loss /= static_cast<double>(total_out);
     res.ratio_loss.push_back(loss);

@@ -95,4 +95,54 @@ std::vector<float> bias_correction(const float* X, int64_t n, int64_t in, const 
   return b;
 }
 
+row_output_error::row_output_error(const float* X, int64_t n, int64_t in) : X_(X), n_(n), in_(in) {
+  if (n > in) {
+    hessian_accumulator h(in);  // (2/n) X^T X
+    h.add(X, n);
+    const std::vector<double> H = h.matrix();
+    C_.resize(H.size());
+    for (size_t i = 0; i < H.size(); ++i) C_[i] = static_cast<float>(H[i] / 2);
+  }
+}
+
+double row_output_error::total(const float* D, int64_t out) {
+  double sse = 0;
+  if (C_.empty()) {
+    buf_.resize(static_cast<size_t>(n_ * out));
+    matmul_nt(X_, D, buf_.data(), n_, in_, out);  // [n, out]
+    for (const float e : buf_) sse += static_cast<double>(e) * e;
+    return sse / static_cast<double>(n_);
+  }
+  buf_.resize(static_cast<size_t>(out * in_));  // [out, in] D C
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(out), static_cast<blasint>(in_),
+              static_cast<blasint>(in_), 1.0f, D, static_cast<blasint>(in_), C_.data(), static_cast<blasint>(in_),
+              0.0f, buf_.data(), static_cast<blasint>(in_));
+  for (size_t i = 0; i < buf_.size(); ++i) sse += static_cast<double>(buf_[i]) * D[i];
+  return sse;
+}
+
+void row_output_error::per_row(const float* D, int64_t out, std::vector<double>& err) {
+  err.assign(static_cast<size_t>(out), 0.0);
+  if (C_.empty()) {
+    buf_.resize(static_cast<size_t>(n_ * out));
+    matmul_nt(X_, D, buf_.data(), n_, in_, out);  // [n, out]
+    for (int64_t t = 0; t < n_; ++t)
+      for (int64_t r = 0; r < out; ++r) {
+        const double e = buf_[static_cast<size_t>(t * out + r)];
+        err[static_cast<size_t>(r)] += e * e;
+      }
+    for (double& e : err) e /= static_cast<double>(n_);
+    return;
+  }
+  buf_.resize(static_cast<size_t>(out * in_));  // [out, in] D C
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(out), static_cast<blasint>(in_),
+              static_cast<blasint>(in_), 1.0f, D, static_cast<blasint>(in_), C_.data(), static_cast<blasint>(in_),
+              0.0f, buf_.data(), static_cast<blasint>(in_));
+  for (int64_t r = 0; r < out; ++r) {
+    double e = 0;
+    for (int64_t j = 0; j < in_; ++j) e += static_cast<double>(buf_[static_cast<size_t>(r * in_ + j)]) * D[r * in_ + j];
+    err[static_cast<size_t>(r)] = std::max(e, 0.0);  // float rounding of a PSD form
+  }
+}
+
 }  // namespace lowbit::ptq

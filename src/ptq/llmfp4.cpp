@@ -75,50 +75,6 @@ std::vector<element_format> split_elements(const format& f, bool paper) {
   return out;
 }
 
-// Per-output-row errors ||X d_r||^2 of D [out, in] on X [n, in].
-class row_errors {
- public:
-  row_errors(const float* X, int64_t n, int64_t in) : X_(X), n_(n), in_(in) {
-    if (n > in) {
-      hessian_accumulator h(in);  // (2/n) X^T X in float64
-      h.add(X, n);
-      const std::vector<double> H = h.matrix();
-      C_.resize(H.size());
-      for (size_t i = 0; i < H.size(); ++i) C_[i] = static_cast<float>(H[i] * static_cast<double>(n) / 2.0);
-    }
-  }
-  void operator()(const std::vector<float>& D, int64_t out, std::vector<double>& err) {
-    err.assign(static_cast<size_t>(out), 0.0);
-    if (C_.empty()) {
-      buf_.resize(static_cast<size_t>(n_ * out));
-      matmul_nt(X_, D.data(), buf_.data(), n_, in_, out);  // [n, out]
-      for (int64_t t = 0; t < n_; ++t)
-        for (int64_t r = 0; r < out; ++r) {
-          const double e = buf_[static_cast<size_t>(t * out + r)];
-          err[static_cast<size_t>(r)] += e * e;
-        }
-      return;
-    }
-    buf_.resize(static_cast<size_t>(out * in_));  // [out, in] D C
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(out), static_cast<blasint>(in_),
-                static_cast<blasint>(in_), 1.0f, D.data(), static_cast<blasint>(in_), C_.data(),
-                static_cast<blasint>(in_), 0.0f, buf_.data(), static_cast<blasint>(in_));
-    for (int64_t r = 0; r < out; ++r) {
-      double e = 0;
-      for (int64_t j = 0; j < in_; ++j) {
-        const size_t k = static_cast<size_t>(r * in_ + j);
-        e += static_cast<double>(buf_[k]) * D[k];
-      }
-      err[static_cast<size_t>(r)] = std::max(e, 0.0);
-    }
-  }
-
- private:
-  const float* X_;
-  int64_t n_, in_;
-  std::vector<float> C_;
-  std::vector<float> buf_;
-};
 
 // The element alone (no scale), with the user's rounding: the cast of y = x / s.
 format element_cast(const format& f, const element_format& e) {
@@ -175,7 +131,7 @@ struct search_state {
 // ---- scaled formats (row, group, tensor) ---------------------------------------------------------
 search_state search_scaled(const float* W, const scale_layout& L, const format& f, const llmfp4_options& o,
                            const std::vector<element_format>& splits, const quantized_tensor& rtn_packed,
-                           row_errors& errors, std::vector<llmfp4_split>& report) {
+                           row_output_error& errors, std::vector<llmfp4_split>& report) {
   const int64_t units = L.tensor ? 1 : L.out, ns = L.count();
   // amax per scale
   std::vector<float> amax(static_cast<size_t>(ns), 0.0f);
@@ -245,7 +201,7 @@ search_state search_scaled(const float* W, const scale_layout& L, const format& 
       }
       apply_scales(W, L, S, cast, o.tensor_id, Y, Q, nullptr);
       for (size_t k = 0; k < D.size(); ++k) D[k] = W[k] - Q[k];
-      errors(D, L.out, err);
+      errors.per_row(D.data(), L.out, err);
       if (L.tensor) {
         double t = 0;
         for (const double v : err) t += v;
@@ -275,7 +231,7 @@ search_state search_scaled(const float* W, const scale_layout& L, const format& 
 
 // ---- plain casts: integer exponent biases -------------------------------------------------------
 search_state search_cast(const float* W, int64_t out, int64_t in, const format& f, const llmfp4_options& o,
-                         const std::vector<element_format>& splits, row_errors& errors,
+                         const std::vector<element_format>& splits, row_output_error& errors,
                          std::vector<llmfp4_split>& report) {
   float amax = 0;
   for (int64_t i = 0; i < out * in; ++i) amax = std::max(amax, std::fabs(W[i]));
@@ -310,7 +266,7 @@ search_state search_cast(const float* W, int64_t out, int64_t in, const format& 
       const format fc = element_cast(f, eb);
       fake_quantize(W, Q.data(), out, in, fc, o.tensor_id);
       for (size_t k = 0; k < D.size(); ++k) D[k] = W[k] - Q[k];
-      errors(D, out, err);
+      errors.per_row(D.data(), out, err);
       double t = 0;
       for (const double v : err) t += v;
       if (t < cur.error) {
@@ -352,7 +308,7 @@ llmfp4_result llmfp4_quantize(const float* X, int64_t n, int64_t in, const float
   const serial_scope serial(out * in <= kSerialElements);
 
   const std::vector<element_format> splits = split_elements(f, o.paper_splits);
-  row_errors errors(X, n, in);
+  row_output_error errors(X, n, in);
   llmfp4_result res;
   quantized_tensor rtn_packed = quantize(W, out, in, f, o.tensor_id);
   std::vector<float> rtn(static_cast<size_t>(out * in));

@@ -52,6 +52,22 @@ struct channel_stats {
   std::vector<float> absmean() const;   // [in] abssum / count
 };
 
+// Output errors of weight errors D [out, in] on calibration inputs X [n, in] (AWQ's and LLM-FP4's
+// search objectives): mean over tokens of (x_t . d_r)^2, by the cheaper of the direct product
+// X D^T and the Gram form D C D^T with C = X^T X / n (float64 accumulation, float32 GEMMs).
+class row_output_error {
+ public:
+  row_output_error(const float* X, int64_t n, int64_t in);
+  void per_row(const float* D, int64_t out, std::vector<double>& err);  // err [out], each >= 0
+  double total(const float* D, int64_t out);                            // the sum over rows
+
+ private:
+  const float* X_;
+  int64_t n_, in_;
+  std::vector<float> C_;  // [in, in] when n > in
+  std::vector<float> buf_;
+};
+
 // ---- round to nearest ---------------------------------------------------------------------------
 
 // The baseline every method is compared with: fake_quantize(W) in the format (its scale rule,
@@ -268,7 +284,7 @@ struct llmfp4_options {
 
 struct llmfp4_split {
   std::string format;  // the split as a spec with the user's granularity and scale, e.g. "e3m0/c"
-  double error = 0;    // the objective with each row's best clip (float32 GEMMs, float64 sums)
+  double error = 0;    // the objective with each row's best clip: row_output_error, mean over tokens
 };
 
 struct llmfp4_result {
