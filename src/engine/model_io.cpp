@@ -493,6 +493,52 @@ void save_gguf_model(const model& m, const std::string& path, const gguf_export&
   w.write(path);
 }
 
+uint32_t ggml_type_for_format(const format& f) {
+  const std::string c = format_name(f);
+  const ggml_type t = c == "q4_0" ? ggml_type::q4_0 : c == "q8_0" ? ggml_type::q8_0
+                      : c == format_name(parse_format("mxfp4")) ? ggml_type::mxfp4
+                      : c == "bf16" ? ggml_type::bf16 : c == "fp16" ? ggml_type::f16
+                      : throw error(fmt::format("{} has no GGUF tensor type; GGUF export takes q4_0, q8_0, mxfp4, "
+                                                "bf16 or fp16 (or write .safetensors)", c));
+  return static_cast<uint32_t>(t);
+}
+
+std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex) {
+  std::vector<std::string> fallbacks;
+  const int block = ggml_block_size(static_cast<ggml_type>(type));
+  for (const std::string& name : m.linear_weight_names()) {
+    tensor& t = m.get_mut(name);
+    if (t.cols() % block == 0) {
+      ex.types[name] = type;
+    } else {  // Q8_0 has the same block of 32: F16 is the nearest wider type that fits
+      fake_quantize(t.data.data(), t.data.data(), t.rows(), t.cols(), parse_format("fp16"));
+      ex.types[name] = static_cast<uint32_t>(ggml_type::f16);
+      ex.packed.erase(name);
+      fallbacks.push_back(name);
+    }
+  }
+  return fallbacks;
+}
+
+std::vector<std::string> pack_linear_weights(const model& m, const format& f,
+                                             const std::map<std::string, quantized_tensor>& known,
+                                             std::map<std::string, quantized_tensor>& packed) {
+  std::vector<std::string> kept_float;
+  for (const std::string& name : m.linear_weight_names()) {
+    const tensor& t = m.get(name);
+    if (auto it = known.find(name); it != known.end()) {
+      packed[name] = it->second;
+      continue;
+    }
+    quantized_tensor q = quantize(t.data.data(), t.rows(), t.cols(), f);
+    std::vector<float> back(t.data.size());
+    dequantize(q, back.data());
+    if (back == t.data) packed[name] = std::move(q);
+    else kept_float.push_back(name);
+  }
+  return kept_float;
+}
+
 model load_model(const std::string& path) {
   if (!fs::exists(path)) throw error(fmt::format("{}: no such model file", path));
   char magic[4] = {0, 0, 0, 0};

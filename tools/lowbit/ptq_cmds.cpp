@@ -11,7 +11,6 @@
 
 #include "cli.hpp"
 #include "lowbit/engine/eval.hpp"
-#include "lowbit/engine/gguf.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
 #include "lowbit/error.hpp"
@@ -73,14 +72,7 @@ void cmd_quantize(const quantize_cli_options& o) {
 
   // GGUF: llama.cpp's own tensor type for the format, decided before any work.
   const bool gguf = ends_with(o.out, ".gguf");
-  const std::string canonical = format_name(qo.weights);
-  const ggml_type type = !gguf ? ggml_type::f32
-                         : canonical == "q4_0" ? ggml_type::q4_0 : canonical == "q8_0" ? ggml_type::q8_0
-                         : canonical == format_name(parse_format("mxfp4")) ? ggml_type::mxfp4
-                         : canonical == "bf16" ? ggml_type::bf16 : canonical == "fp16" ? ggml_type::f16
-                         : throw error(fmt::format("quantize: {} has no GGUF tensor type; GGUF export takes "
-                                                   "q4_0, q8_0, mxfp4, bf16 or fp16 (or write .safetensors)",
-                                                   o.weights));
+  const uint32_t gguf_type = gguf ? ggml_type_for_format(qo.weights) : 0;
   model m = load_model(o.model);
   const auto tok = tokenizer_for_model(m, o.tokenizer);
   const std::vector<int32_t> ids = encode_documents(*tok, read_text_file(o.data));
@@ -108,41 +100,16 @@ void cmd_quantize(const quantize_cli_options& o) {
                                 {"calib_samples", o.calib_samples}, {"calib_ctx", o.calib_ctx},
                                 {"seed", o.seed}}.dump();
   std::vector<std::string> fallbacks;
-  if (gguf) {
-    // llama.cpp's own tensor type for the format; a weight whose rows do not divide the type's
-    // block of 32 falls back to F16 (Q8_0 has the same block), and the model in memory takes
-    // the same rounding, so the file and this run's model agree (CONVENTIONS 22).
+  if (gguf) {  // llama.cpp's own types, F16 where rows do not fit a block (also in memory)
     gguf_export ex;
     ex.packed = r.packed;
-    for (const std::string& name : m.linear_weight_names()) {
-      tensor& t = m.get_mut(name);
-      if (t.cols() % ggml_block_size(type) == 0) {
-        ex.types[name] = static_cast<uint32_t>(type);
-      } else {
-        fake_quantize(t.data.data(), t.data.data(), t.rows(), t.cols(), parse_format("fp16"));
-        ex.types[name] = static_cast<uint32_t>(ggml_type::f16);
-        fallbacks.push_back(name);
-      }
-    }
+    fallbacks = plan_gguf_export(m, gguf_type, ex);
     save_gguf_model(m, o.out, ex);
   } else if (o.float_values) {
     save_safetensors_model(m, o.out);
-  } else {
-    // Codes and scales where the weight is a value of the format (GPTQ's own codes, or the
-    // values re-encoded exactly); float values where it is not (LoRC's Q + U V).
+  } else {  // codes and scales where the weights are values of the format
     std::map<std::string, quantized_tensor> packed;
-    for (const std::string& name : m.linear_weight_names()) {
-      const tensor& t = m.get(name);
-      if (auto it = r.packed.find(name); it != r.packed.end()) {
-        packed[name] = it->second;
-        continue;
-      }
-      quantized_tensor q = quantize(t.data.data(), t.rows(), t.cols(), qo.weights);
-      std::vector<float> back(t.data.size());
-      dequantize(q, back.data());
-      if (back == t.data) packed[name] = std::move(q);
-      else fallbacks.push_back(name);
-    }
+    fallbacks = pack_linear_weights(m, qo.weights, r.packed, packed);
     save_safetensors_model(m, o.out, "F32", packed);
   }
 

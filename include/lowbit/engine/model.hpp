@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "lowbit/formats/format.hpp"
 #include "lowbit/kernels/quantize.hpp"
 
 namespace lowbit {
@@ -114,6 +115,20 @@ struct gguf_export {
 };
 void save_gguf_model(const model& m, const std::string& path, const gguf_export& ex);
 void save_gguf_model(const model& m, const std::string& path);  // every tensor F32
+
+// llama.cpp's tensor type (ggml_type number) for a weight format: q4_0, q8_0, mxfp4, bf16, fp16;
+// throws naming those for any other.
+uint32_t ggml_type_for_format(const format& f);
+// The types of a GGUF export of m's linear weights in `type` (CONVENTIONS 22): a weight whose
+// rows do not divide the type's block falls back to F16, and m's values are rounded to fp16 the
+// same way, so the file and the model in memory agree. Returns the names that fell back.
+std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex);
+// Codes and scales of m's linear weights in format f for a packed safetensors file: `known`
+// (GPTQ's own codes) where given, else the values re-encoded when that reproduces them exactly.
+// Returns the names that stay float (not values of f alone, e.g. LoRC's Q + U V).
+std::vector<std::string> pack_linear_weights(const model& m, const format& f,
+                                             const std::map<std::string, quantized_tensor>& known,
+                                             std::map<std::string, quantized_tensor>& packed);
 
 // A random model of the given shape (lowbit synth): N(0, 0.02) weights, unit norms, byte
 // tokenizer (CONVENTIONS 19: vocab 258 = 256 bytes + BOS + EOS unless given).
