@@ -15,6 +15,8 @@
 #include "lowbit/engine/safetensors.hpp"
 #include <nlohmann/json.hpp>
 #include "lowbit/error.hpp"
+#include "lowbit/formats/element.hpp"
+#include <bit>
 #include "lowbit/kernels/quantize.hpp"
 
 namespace fs = std::filesystem;
@@ -422,4 +424,38 @@ TEST(ModelFiles, Gpt2WithFewerKvHeadsIsRefused) {
   c.vocab_size = 258, c.max_seq_len = 16;
   EXPECT_THROW(c.validate(), error);
   EXPECT_THROW(synthesize_model(c, 1), error);
+}
+
+// The file readers' own fp16 / bf16 bit converters (fast whole-tensor loops) agree with the
+// format engine's exact codec — the specification — on every code, and on encoding a sweep of
+// float32 values around every code (midpoints included) to nearest-even.
+TEST(ModelFiles, HalfConvertersAgreeWithTheFormatCodec) {
+  const element_format fp16 = parse_format("fp16").element, bf16 = parse_format("bf16").element;
+  for (uint32_t c = 0; c < 65536; ++c) {
+    const float a = fp16_to_f32(uint16_t(c)), b = decode_ref(fp16, c);
+    const float x = bf16_to_f32(uint16_t(c)), y = decode_ref(bf16, c);
+    if (std::isnan(b)) {
+      EXPECT_TRUE(std::isnan(a)) << c;
+    } else {
+      ASSERT_EQ(std::bit_cast<uint32_t>(a), std::bit_cast<uint32_t>(b)) << c;
+    }
+    if (std::isnan(y)) {
+      EXPECT_TRUE(std::isnan(x)) << c;
+    } else {
+      ASSERT_EQ(std::bit_cast<uint32_t>(x), std::bit_cast<uint32_t>(y)) << c;
+    }
+  }
+  for (uint32_t c = 0; c < 65535; ++c) {
+    const float lo = decode_ref(fp16, c), hi = decode_ref(fp16, c + 1);
+    if (std::isfinite(lo) && std::isfinite(hi)) {
+      for (const float v : {lo, 0.5f * (lo + hi), std::nextafter(0.5f * (lo + hi), hi)}) {
+        ASSERT_EQ(f32_to_fp16(v), encode_ref(fp16, v, rounding_mode::rne)) << v;
+      }
+    }
+    const float blo = decode_ref(bf16, c), bhi = decode_ref(bf16, c + 1);
+    if (std::isnan(blo) || std::isnan(bhi) || std::isinf(blo) || std::isinf(bhi)) continue;
+    const double mid = 0.5 * (double(blo) + double(bhi));
+    for (const float v : {blo, static_cast<float>(mid)})
+      ASSERT_EQ(f32_to_bf16(v), encode_ref(bf16, v, rounding_mode::rne)) << v;
+  }
 }
