@@ -17,10 +17,13 @@
 #include "lowbit/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/threads.hpp"
+#include "src/engine/layers.hpp"
 
 namespace lowbit {
 
 namespace {
+
+using layers::rmsnorm;
 
 // y[n, out] = x[n, in] W[out, in]^T (+ bias[out])
 void linear(const float* x, int n, int in, const tensor& w, const tensor* bias, float* y) {
@@ -32,19 +35,6 @@ void linear(const float* x, int n, int in, const tensor& w, const tensor* bias, 
     #pragma omp parallel for schedule(static) if (int64_t(n) * out > 65536)
     for (int i = 0; i < n; ++i)
       for (int j = 0; j < out; ++j) y[int64_t(i) * out + j] += b[j];
-  }
-}
-
-// RMSNorm (Zhang & Sennrich 2019) as llama2.c: w * x / sqrt(mean(x^2) + eps).
-void rmsnorm(const float* x, const float* w, float* out, int n, int dim, float eps) {
-  #pragma omp parallel for schedule(static) if (int64_t(n) * dim > 65536)
-  for (int i = 0; i < n; ++i) {
-    const float* xi = x + int64_t(i) * dim;
-    double ss = 0;
-    for (int j = 0; j < dim; ++j) ss += double(xi[j]) * xi[j];
-    const float inv = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));
-    float* oi = out + int64_t(i) * dim;
-    for (int j = 0; j < dim; ++j) oi[j] = w[j] * (inv * xi[j]);
   }
 }
 
@@ -60,27 +50,6 @@ void layernorm(const float* x, const float* w, const float* b, float* out, int n
     const double inv = 1.0 / std::sqrt(var / dim + eps);
     float* oi = out + int64_t(i) * dim;
     for (int j = 0; j < dim; ++j) oi[j] = static_cast<float>((xi[j] - mean) * inv) * w[j] + b[j];
-  }
-}
-
-// Interleaved RoPE (Su et al. 2021; llama2.c/GGUF pairing): pairs (2i, 2i+1) of each head
-// rotate by pos * theta^(-2i/hd). x is [n, heads*hd] with row stride `stride`.
-void rope(float* x, int n, int heads, int hd, int stride, int pos0, float theta) {
-  #pragma omp parallel for schedule(static) if (int64_t(n) * heads * hd > 65536)
-  for (int i = 0; i < n; ++i) {
-    const int pos = pos0 + i;
-    float* row = x + int64_t(i) * stride;
-    for (int p = 0; p < hd / 2; ++p) {
-      const double freq = std::pow(double(theta), -2.0 * p / hd);
-      const double angle = pos * freq;
-      const float c = static_cast<float>(std::cos(angle)), s = static_cast<float>(std::sin(angle));
-      for (int h = 0; h < heads; ++h) {
-        float* v = row + h * hd + 2 * p;
-        const float a = v[0], b = v[1];
-        v[0] = a * c - b * s;
-        v[1] = a * s + b * c;
-      }
-    }
   }
 }
 
@@ -129,6 +98,8 @@ forward_session::forward_session(const model& m, const quant_plan& plan, int max
   if (m_.config.arch == architecture::gpt2 && max_tokens > m_.config.max_seq_len)
     throw error(fmt::format("forward: {} tokens exceed GPT-2's {} learned positions", max_tokens,
                             m_.config.max_seq_len));
+  if (m_.config.arch == architecture::llama)
+    rope_ = std::make_shared<layers::rope_table>(max_tokens, m_.config.head_dim(), m_.config.rope_theta);
   const int64_t kv_dim = int64_t(m_.config.n_kv_heads) * m_.config.head_dim();
   const int64_t cache = int64_t(m_.config.n_layers) * max_tokens * kv_dim;
   try {
@@ -231,8 +202,8 @@ void forward_session::run(float* x_io, int n, int first, int last, bool head) {
       mm(xb.data(), dim, W("attn_q.weight"), nullptr, q.data());
       mm(xb.data(), dim, W("attn_k.weight"), nullptr, k_new);
       mm(xb.data(), dim, W("attn_v.weight"), nullptr, v_new);
-      rope(q.data(), n, nh, hd, qdim, pos_, c.rope_theta);
-      rope(k_new, n, nkv, hd, kv_dim, pos_, c.rope_theta);
+      layers::rope(q.data(), n, nh, qdim, pos_, 0, *rope_);
+      layers::rope(k_new, n, nkv, kv_dim, pos_, 0, *rope_);
     } else {
       mm(xb.data(), dim, W("attn_qkv.weight"), B("attn_qkv.bias"), qkv.data());
       for (int i = 0; i < n; ++i) {
@@ -292,7 +263,7 @@ void forward_session::run(float* x_io, int n, int first, int last, bool head) {
       #pragma omp parallel for schedule(static) if (int64_t(n) * hidden > 65536)
       for (int64_t i = 0; i < int64_t(n) * hidden; ++i) {
         const float g = h1[i];
-        h1[i] = g / (1.0f + std::exp(-g)) * h2[i];  // SwiGLU (Shazeer 2020): silu(gate) * up
+        h1[i] = layers::silu(g) * h2[i];  // SwiGLU (Shazeer 2020): silu(gate) * up
       }
     } else {
       mm(xb.data(), dim, W("ffn_up.weight"), B("ffn_up.bias"), h1.data());

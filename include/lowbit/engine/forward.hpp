@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,8 @@
 #include "lowbit/engine/plan.hpp"
 
 namespace lowbit {
+
+namespace layers { struct rope_table; }
 
 // Called with each named intermediate [rows = tokens, cols]:
 //   "blk.N.attn_norm", "blk.N.q", "blk.N.k", "blk.N.v" (k after RoPE), "blk.N.attn",
@@ -55,6 +58,7 @@ class forward_session {
   int max_tokens_;
   int pos_ = 0;
   std::vector<float> k_cache_, v_cache_;  // [layer][pos][kv_heads*hd]
+  std::shared_ptr<const layers::rope_table> rope_;  // cos/sin per (position, pair), llama
   std::vector<float> logits_;
   dump_hook dump_;
   double last_flops_ = 0;

@@ -1,0 +1,134 @@
+// The element-wise layers of the Llama decoder, shared by inference (forward.cpp) and training
+// (train_model.cpp) so both run the same arithmetic, with the backward of each next to its forward.
+// Shapes: x [n, dim] row-major (n = tokens).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace lowbit::layers {
+
+// RMSNorm (Zhang & Sennrich 2019) as llama2.c: out = w * (x * inv), inv = 1/sqrt(mean(x^2) + eps),
+// the sum in double. inv_out[n] (optional) keeps inv for the backward.
+inline void rmsnorm(const float* x, const float* w, float* out, int64_t n, int dim, float eps,
+                    float* inv_out = nullptr) {
+  #pragma omp parallel for schedule(static) if (n * dim > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * dim;
+    double ss = 0;
+    for (int j = 0; j < dim; ++j) ss += double(xi[j]) * xi[j];
+    const float inv = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));
+    if (inv_out) inv_out[i] = inv;
+    float* oi = out + i * dim;
+    for (int j = 0; j < dim; ++j) oi[j] = w[j] * (inv * xi[j]);
+  }
+}
+
+// Backward of rmsnorm: with y_j = w_j x_j r, r = (mean x^2 + eps)^-1/2,
+//   dx_j += r w_j dy_j - r^3 x_j (sum_k w_k dy_k x_k) / dim,   dw_j += sum_i dy_ij x_ij r_i.
+// dx accumulates (the residual stream's gradient); dw accumulates in double over rows.
+inline void rmsnorm_backward(const float* x, const float* w, const float* inv, const float* dy,
+                             float* dx, double* dw, int64_t n, int dim) {
+  #pragma omp parallel for schedule(static) if (n * dim > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * dim;
+    const float* gi = dy + i * dim;
+    double dot = 0;
+    for (int j = 0; j < dim; ++j) dot += double(w[j]) * gi[j] * xi[j];
+    const double r = inv[i];
+    const double c = r * r * r * dot / dim;
+    float* di = dx + i * dim;
+    for (int j = 0; j < dim; ++j) di[j] += static_cast<float>(r * w[j] * gi[j] - c * xi[j]);
+  }
+  for (int64_t i = 0; i < n; ++i)
+    for (int j = 0; j < dim; ++j) dw[j] += double(dy[i * dim + j]) * x[i * dim + j] * inv[i];
+}
+
+// L1 RMSNorm (Wu et al. 2018, "L1-norm batch normalization"; the L1 normalisation of Guo et al.
+// 2024, METHODS 3.3): the L2 statistic replaced by s = sqrt(pi/2) mean|x| + eps, which equals the
+// RMS for Gaussian x, so y = w x / s needs only sign/abs/add. inv_out keeps 1/s.
+// Backward: dx_j += w_j dy_j / s - (sum_k w_k dy_k x_k) / s^2 * sqrt(pi/2) sign(x_j) / dim.
+inline constexpr double l1_norm_factor = 1.2533141373155003;  // sqrt(pi/2)
+inline void l1norm(const float* x, const float* w, float* out, int64_t n, int dim, float eps,
+                   float* inv_out = nullptr) {
+  #pragma omp parallel for schedule(static) if (n * dim > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * dim;
+    double sa = 0;
+    for (int j = 0; j < dim; ++j) sa += std::fabs(double(xi[j]));
+    const float inv = static_cast<float>(1.0 / (l1_norm_factor * sa / dim + eps));
+    if (inv_out) inv_out[i] = inv;
+    float* oi = out + i * dim;
+    for (int j = 0; j < dim; ++j) oi[j] = w[j] * (inv * xi[j]);
+  }
+}
+inline void l1norm_backward(const float* x, const float* w, const float* inv, const float* dy,
+                            float* dx, double* dw, int64_t n, int dim) {
+  #pragma omp parallel for schedule(static) if (n * dim > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * dim;
+    const float* gi = dy + i * dim;
+    double dot = 0;
+    for (int j = 0; j < dim; ++j) dot += double(w[j]) * gi[j] * xi[j];
+    const double r = inv[i];
+    const double c = r * r * dot * l1_norm_factor / dim;
+    float* di = dx + i * dim;
+    for (int j = 0; j < dim; ++j) {
+      const double sign = xi[j] > 0 ? 1.0 : (xi[j] < 0 ? -1.0 : 0.0);
+      di[j] += static_cast<float>(r * w[j] * gi[j] - c * sign);
+    }
+  }
+  for (int64_t i = 0; i < n; ++i)
+    for (int j = 0; j < dim; ++j) dw[j] += double(dy[i * dim + j]) * x[i * dim + j] * inv[i];
+}
+
+// Interleaved RoPE (Su et al. 2021; llama2.c/GGUF pairing): pair (2p, 2p+1) of each head rotates
+// by pos * theta^(-2p/hd). The table holds cos and sin per (pos, p), computed in double and
+// rounded once, so every caller rotates by the same floats.
+struct rope_table {
+  int hd = 0;
+  std::vector<float> cos_, sin_;  // [positions, hd/2]
+  rope_table() = default;
+  rope_table(int positions, int head_dim, float theta) : hd(head_dim) {
+    cos_.resize(int64_t(positions) * (hd / 2));
+    sin_.resize(cos_.size());
+    for (int pos = 0; pos < positions; ++pos)
+      for (int p = 0; p < hd / 2; ++p) {
+        const double freq = std::pow(double(theta), -2.0 * p / hd);
+        const double angle = pos * freq;
+        cos_[int64_t(pos) * (hd / 2) + p] = static_cast<float>(std::cos(angle));
+        sin_[int64_t(pos) * (hd / 2) + p] = static_cast<float>(std::sin(angle));
+      }
+  }
+  int positions() const { return hd ? static_cast<int>(cos_.size() / (hd / 2)) : 0; }
+};
+
+// Rotates x [n, heads*hd] (row stride `stride`) at positions pos0 + (i % period) for row i
+// (period = the sequence length when n rows hold several sequences). inverse: rotate by -angle
+// (the backward, since the rotation is orthogonal).
+inline void rope(float* x, int64_t n, int heads, int stride, int pos0, int period,
+                 const rope_table& t, bool inverse = false) {
+  const int hd = t.hd, half = hd / 2;
+  #pragma omp parallel for schedule(static) if (n * heads * hd > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const int pos = pos0 + static_cast<int>(period ? i % period : i);
+    const float* cs = t.cos_.data() + int64_t(pos) * half;
+    const float* sn = t.sin_.data() + int64_t(pos) * half;
+    float* row = x + i * stride;
+    for (int p = 0; p < half; ++p) {
+      const float c = cs[p], s = inverse ? -sn[p] : sn[p];
+      for (int h = 0; h < heads; ++h) {
+        float* v = row + h * hd + 2 * p;
+        const float a = v[0], b = v[1];
+        v[0] = a * c - b * s;
+        v[1] = a * s + b * c;
+      }
+    }
+  }
+}
+
+// SwiGLU (Shazeer 2020): silu(g) * u with silu(g) = g * sigmoid(g).
+inline float silu(float g) { return g / (1.0f + std::exp(-g)); }
+
+}  // namespace lowbit::layers

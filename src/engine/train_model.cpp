@@ -1,0 +1,549 @@
+// Forward and backward of the Llama decoder for training (shapes in train.hpp and below), with
+// the six GEMM operands of every linear layer open to an operand_quantizer. N = batch * ctx
+// tokens, D = dim, KV = kv heads * hd, F = hidden, V = vocab.
+#include "lowbit/engine/train.hpp"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "lowbit/error.hpp"
+#include "src/engine/layers.hpp"
+
+namespace lowbit {
+
+const char* gemm_operand_label(gemm_operand op) {
+  static const char* names[] = {"P1", "P2", "P3", "P4", "P5", "P6"};
+  return names[static_cast<int>(op)];
+}
+const char* gemm_operand_key(gemm_operand op) {
+  static const char* names[] = {"x", "w", "dy", "w_bwd", "dy_w", "x_bwd"};
+  return names[static_cast<int>(op)];
+}
+
+namespace {
+
+// splitmix64 (Steele et al. 2014): the initialisation's random stream, the same on every
+// platform (std::normal_distribution is not).
+uint64_t splitmix64(uint64_t& s) {
+  uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+double uniform01(uint64_t& s) { return ((splitmix64(s) >> 11) + 0.5) * 0x1.0p-53; }
+
+// Box-Muller normals.
+void fill_normal(float* x, int64_t n, double std, uint64_t& s) {
+  for (int64_t i = 0; i < n; i += 2) {
+    const double u1 = uniform01(s), u2 = uniform01(s);
+    const double r = std::sqrt(-2.0 * std::log(u1)) * std;
+    x[i] = static_cast<float>(r * std::cos(2 * M_PI * u2));
+    if (i + 1 < n) x[i + 1] = static_cast<float>(r * std::sin(2 * M_PI * u2));
+  }
+}
+
+// out[cols, rows] = in[rows, cols]^T, in tiles so both sides stay in cache.
+void transpose(const float* in, float* out, int64_t rows, int64_t cols) {
+  constexpr int64_t tile = 32;
+  #pragma omp parallel for schedule(static) collapse(2) if (rows * cols > 65536)
+  for (int64_t r0 = 0; r0 < rows; r0 += tile)
+    for (int64_t c0 = 0; c0 < cols; c0 += tile)
+      for (int64_t r = r0; r < std::min(rows, r0 + tile); ++r)
+        for (int64_t c = c0; c < std::min(cols, c0 + tile); ++c) out[c * rows + r] = in[r * cols + c];
+}
+
+}  // namespace
+
+// ---- parameters ----------------------------------------------------------------------------------
+
+void train_model::build_views() {
+  const model_config& c = cfg_;
+  if (c.arch != architecture::llama)
+    throw error("train: only the Llama architecture trains (GPT-2 training is not implemented)");
+  c.validate();
+  const int D = c.dim, KV = c.n_kv_heads * c.head_dim(), F = c.hidden_dim, V = c.vocab_size;
+  views_.clear();
+  int64_t off = 0;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, bool decay) {
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    views_.push_back({name, off, n, std::move(shape), decay});
+    off += n;
+  };
+  add("token_embd.weight", {V, D}, true);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const std::string b = fmt::format("blk.{}.", l);
+    add(b + "attn_norm.weight", {D}, false);
+    add(b + "attn_q.weight", {D, D}, true);
+    add(b + "attn_k.weight", {KV, D}, true);
+    add(b + "attn_v.weight", {KV, D}, true);
+    add(b + "attn_output.weight", {D, D}, true);
+    add(b + "ffn_norm.weight", {D}, false);
+    add(b + "ffn_gate.weight", {F, D}, true);
+    add(b + "ffn_up.weight", {F, D}, true);
+    add(b + "ffn_down.weight", {D, F}, true);
+  }
+  add("output_norm.weight", {D}, false);
+  if (!c.tied_classifier) add("output.weight", {V, D}, true);
+  params_.assign(off, 0.0f);
+  grads_.assign(off, 0.0f);
+}
+
+float* train_model::p(const std::string& name) {
+  for (const auto& v : views_)
+    if (v.name == name) return params_.data() + v.offset;
+  throw error("train: no parameter " + name);
+}
+float* train_model::g(const std::string& name) {
+  for (const auto& v : views_)
+    if (v.name == name) return grads_.data() + v.offset;
+  throw error("train: no parameter " + name);
+}
+
+train_model::train_model(const model_config& c, uint64_t seed, train_options o) : cfg_(c), opt_(o) {
+  build_views();
+  uint64_t s = seed * 0x2545F4914F6CDD1Dull + 1;
+  const double resid_std = 0.02 / std::sqrt(2.0 * c.n_layers);
+  for (const auto& v : views_) {
+    float* x = params_.data() + v.offset;
+    if (v.shape.size() == 1) std::fill_n(x, v.size, 1.0f);
+    else {
+      const bool resid = v.name.find("attn_output") != std::string::npos ||
+                         v.name.find("ffn_down") != std::string::npos;
+      fill_normal(x, v.size, resid ? resid_std : 0.02, s);
+    }
+  }
+}
+
+train_model::train_model(const model& m, train_options o) : cfg_(m.config), opt_(o) {
+  build_views();
+  load(m);
+}
+
+void train_model::load(const model& m) {
+  for (const auto& v : views_) {
+    const tensor& t = m.get(v.name);
+    if (t.shape != v.shape)
+      throw error(fmt::format("train: {} has shape [{}], the model being trained needs [{}]", v.name,
+                              fmt::join(t.shape, ", "), fmt::join(v.shape, ", ")));
+    std::copy(t.data.begin(), t.data.end(), params_.begin() + v.offset);
+  }
+}
+
+model train_model::to_model() const {
+  model m;
+  m.config = cfg_;
+  for (const auto& v : views_) {
+    tensor t;
+    t.shape = v.shape;
+    t.data.assign(params_.begin() + v.offset, params_.begin() + v.offset + v.size);
+    m.tensors.emplace(v.name, std::move(t));
+  }
+  m.validate();
+  return m;
+}
+
+double train_model::flops_per_step(int batch, int ctx) const {
+  const model_config& c = cfg_;
+  const double N = double(batch) * ctx;
+  const double D = c.dim, KV = c.n_kv_heads * c.head_dim(), F = c.hidden_dim, V = c.vocab_size;
+  const double linear = c.n_layers * (2 * D * D + 2 * KV * D + 3 * F * D) + V * D;
+  const double attention = c.n_layers * 2.0 * batch * double(ctx) * ctx * D;  // QK^T and PV
+  return 3 * 2 * (linear * N + attention);  // forward + two backward GEMMs
+}
+
+// ---- activations ---------------------------------------------------------------------------------
+
+struct train_model::activations {
+  int batch = 0, ctx = 0;
+  struct layer {
+    std::vector<float> x, inv1, n1, q, k, v, att, o, x1, inv2, n2, gate, up, act;
+  };
+  std::vector<layer> layers;
+  std::vector<float> x_final, inv_final, n_final;
+  layers::rope_table rope;
+  // scratch
+  std::vector<float> qa, qb, qc, dx, dn, dq, dk, dv, dgate, dup, dact, dlogits, y;
+  std::vector<double> dnorm;
+
+  void ensure(const model_config& c, int b, int t) {
+    if (b == batch && t == ctx) return;
+    batch = b, ctx = t;
+    const int64_t N = int64_t(b) * t, D = c.dim, KV = int64_t(c.n_kv_heads) * c.head_dim(),
+                  F = c.hidden_dim, H = c.n_heads;
+    layers.assign(c.n_layers, {});
+    for (auto& L : layers) {
+      L.x.resize(N * D), L.inv1.resize(N), L.n1.resize(N * D), L.q.resize(N * D);
+      L.k.resize(N * KV), L.v.resize(N * KV), L.att.resize(int64_t(b) * H * t * t);
+      L.o.resize(N * D), L.x1.resize(N * D), L.inv2.resize(N), L.n2.resize(N * D);
+      L.gate.resize(N * F), L.up.resize(N * F), L.act.resize(N * F);
+    }
+    x_final.resize(N * D), inv_final.resize(N), n_final.resize(N * D);
+    rope = layers::rope_table(t, c.head_dim(), c.rope_theta);
+    const int64_t widest = std::max<int64_t>({D, F, KV, c.vocab_size});
+    const int64_t big = std::max(N * widest, widest * widest);
+    qa.resize(big), qb.resize(big), qc.resize(big);
+    dx.resize(N * D), dn.resize(N * D), dq.resize(N * D), dk.resize(N * KV), dv.resize(N * KV);
+    dgate.resize(N * F), dup.resize(N * F), dact.resize(N * F), y.resize(N * std::max(D, F));
+    dlogits.resize(N * c.vocab_size);
+    dnorm.resize(D);
+  }
+};
+
+namespace {
+
+// The linear layers' GEMMs with their operands fake-quantized (train.hpp's table).
+struct gemms {
+  operand_quantizer* q;
+  int64_t step;
+  std::vector<float>& buf_a;  // quantized X (or X^T)
+  std::vector<float>& buf_b;  // quantized W (or W^T)
+  std::vector<float>& buf_c;  // quantized dY (or dY^T)
+
+  bool on(gemm_operand op) const { return q && q->quantizes(op); }
+  bool din() const { return q && q->feature_axis_groups(); }
+
+  // P1: the input X [N, in], grouped along in; returns X itself when P1 is not quantized.
+  const float* input(const float* x, int64_t n, int in, int linear) {
+    if (!on(gemm_operand::x_fwd)) return x;
+    q->apply(gemm_operand::x_fwd, linear, step, x, buf_a.data(), n, in);
+    return buf_a.data();
+  }
+  // y[N, out] = xq[N, in] Q2(W)[out, in]^T
+  void forward(const float* xq, int64_t n, int in, const float* w, int out, float* y, int linear) {
+    const float* wq = w;
+    if (on(gemm_operand::w_fwd)) {
+      q->apply(gemm_operand::w_fwd, linear, step, w, buf_b.data(), out, in);
+      wq = buf_b.data();
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), out, in, 1.0f, xq, in, wq, in, 0.0f, y, out);
+  }
+  // dx[N, in] += Q3(dY)[N, out] Q4(W)[out, in] (Q4 grouped along out: quantized as W^T [in, out]).
+  void backward_input(const float* dy, int64_t n, int out, const float* w, int in, float* dx, int linear) {
+    const float* a = dy;
+    if (on(gemm_operand::dy_dx)) {
+      q->apply(gemm_operand::dy_dx, linear, step, dy, buf_c.data(), n, out);
+      a = buf_c.data();
+    }
+    if (!on(gemm_operand::w_dx)) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), in, out, 1.0f, a, out, w, in, 1.0f, dx, in);
+    } else if (din()) {
+      q->apply(gemm_operand::w_dx, linear, step, w, buf_b.data(), out, in);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), in, out, 1.0f, a, out, buf_b.data(), in,
+                  1.0f, dx, in);
+    } else {
+      transpose(w, buf_b.data(), out, in);  // W^T [in, out]
+      q->apply(gemm_operand::w_dx, linear, step, buf_b.data(), buf_b.data(), in, out);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), in, out, 1.0f, a, out, buf_b.data(), out,
+                  1.0f, dx, in);
+    }
+  }
+  // X's operand of the dW GEMM (P6), prepared once per input shared by several linears: X^T
+  // [in, N] grouped along tokens, or X [N, in] grouped along in (din); null: X as it is.
+  const float* weight_grad_input(const float* x, int64_t n, int in, int linear) {
+    if (!on(gemm_operand::x_dw)) return nullptr;
+    if (din()) {
+      q->apply(gemm_operand::x_dw, linear, step, x, buf_a.data(), n, in);
+    } else {
+      transpose(x, buf_a.data(), n, in);
+      q->apply(gemm_operand::x_dw, linear, step, buf_a.data(), buf_a.data(), in, n);
+    }
+    return buf_a.data();
+  }
+  // dw[out, in] = Q5(dY)^T Q6(X) over the N tokens (overwrites dw).
+  void backward_weight(const float* dy, int64_t n, int out, const float* x, const float* xq6, int in,
+                       float* dw, int linear) {
+    const int N = int(n);
+    // A' = dY^T [out, N]
+    const float* a = dy;
+    CBLAS_TRANSPOSE ta = CblasTrans;
+    int lda = out;
+    if (on(gemm_operand::dy_dw)) {
+      if (din()) {
+        q->apply(gemm_operand::dy_dw, linear, step, dy, buf_c.data(), n, out);
+      } else {
+        transpose(dy, buf_c.data(), n, out);
+        q->apply(gemm_operand::dy_dw, linear, step, buf_c.data(), buf_c.data(), out, n);
+        ta = CblasNoTrans, lda = N;
+      }
+      a = buf_c.data();
+    }
+    // B' = X [N, in]
+    const float* b = x;
+    CBLAS_TRANSPOSE tb = CblasNoTrans;
+    int ldb = in;
+    if (xq6) {
+      b = xq6;
+      if (!din()) tb = CblasTrans, ldb = N;
+    }
+    cblas_sgemm(CblasRowMajor, ta, tb, out, in, N, 1.0f, a, lda, b, ldb, 0.0f, dw, in);
+  }
+};
+
+}  // namespace
+
+double train_model::forward_loss(const int32_t* inputs, const int32_t* targets, int batch, int ctx,
+                                 operand_quantizer* q, int64_t step) {
+  return run(inputs, targets, batch, ctx, 1.0, q, step, false);
+}
+
+double train_model::forward_backward(const int32_t* inputs, const int32_t* targets, int batch, int ctx,
+                                     double loss_divisor, operand_quantizer* q, int64_t step) {
+  return run(inputs, targets, batch, ctx, loss_divisor, q, step, true);
+}
+
+double train_model::run(const int32_t* inputs, const int32_t* targets, int batch, int ctx, double divisor,
+                        operand_quantizer* qz, int64_t step, bool backward) {
+  const model_config& c = cfg_;
+  if (batch <= 0 || ctx <= 0) throw error(fmt::format("train: batch {} x ctx {} (expected > 0)", batch, ctx));
+  if (ctx > c.max_seq_len)
+    throw error(fmt::format("train: ctx {} exceeds the model's context {}", ctx, c.max_seq_len));
+  const int64_t N = int64_t(batch) * ctx;
+  const int D = c.dim, H = c.n_heads, hd = c.head_dim(), nkv = c.n_kv_heads, KV = nkv * hd;
+  const int F = c.hidden_dim, V = c.vocab_size, T = ctx;
+  for (int64_t i = 0; i < N; ++i)
+    if (inputs[i] < 0 || inputs[i] >= V || targets[i] < 0 || targets[i] >= V)
+      throw error(fmt::format("train: token id {} outside the vocabulary (0..{})",
+                              inputs[i] < 0 || inputs[i] >= V ? inputs[i] : targets[i], V - 1));
+  if (!act_) act_ = std::make_shared<activations>();
+  activations& A = *act_;
+  A.ensure(c, batch, ctx);
+  gemms G{qz, step, A.qa, A.qb, A.qc};
+  auto norm = [&](const float* x, const float* w, float* out, float* inv) {
+    if (opt_.l1_norm) layers::l1norm(x, w, out, N, D, c.norm_eps, inv);
+    else layers::rmsnorm(x, w, out, N, D, c.norm_eps, inv);
+  };
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int group = H / nkv;
+
+  // ---- forward ----
+  const float* emb = p("token_embd.weight");
+  for (int64_t i = 0; i < N; ++i) std::copy_n(emb + int64_t(inputs[i]) * D, D, A.layers[0].x.data() + i * D);
+  for (int l = 0; l < c.n_layers; ++l) {
+    auto& L = A.layers[l];
+    const std::string b = fmt::format("blk.{}.", l);
+    const int lin = l * 7;
+    norm(L.x.data(), p(b + "attn_norm.weight"), L.n1.data(), L.inv1.data());
+    const float* xq = G.input(L.n1.data(), N, D, lin);
+    G.forward(xq, N, D, p(b + "attn_q.weight"), D, L.q.data(), lin + 0);
+    G.forward(xq, N, D, p(b + "attn_k.weight"), KV, L.k.data(), lin + 1);
+    G.forward(xq, N, D, p(b + "attn_v.weight"), KV, L.v.data(), lin + 2);
+    layers::rope(L.q.data(), N, H, D, 0, T, A.rope);
+    layers::rope(L.k.data(), N, nkv, KV, 0, T, A.rope);
+    // Causal attention per (sequence, head): P = softmax(Q K^T / sqrt(hd)) [T, T], O = P V.
+    #pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < batch * H; ++bh) {
+      const int bi = bh / H, h = bh % H, kvh = h / group;
+      float* P = L.att.data() + int64_t(bh) * T * T;
+      const float* Q = L.q.data() + int64_t(bi) * T * D + h * hd;
+      const float* K = L.k.data() + int64_t(bi) * T * KV + kvh * hd;
+      const float* Vv = L.v.data() + int64_t(bi) * T * KV + kvh * hd;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, Q, D, K, KV, 0.0f, P, T);
+      for (int i = 0; i < T; ++i) {
+        float* s = P + int64_t(i) * T;
+        const int visible = i + 1;
+        float mx = s[0];
+        for (int t = 1; t < visible; ++t) mx = std::max(mx, s[t]);
+        double sum = 0;
+        for (int t = 0; t < visible; ++t) sum += (s[t] = std::exp(s[t] - mx));
+        const float inv = static_cast<float>(1.0 / sum);
+        for (int t = 0; t < visible; ++t) s[t] *= inv;
+        std::fill(s + visible, s + T, 0.0f);
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, Vv, KV, 0.0f,
+                  L.o.data() + int64_t(bi) * T * D + h * hd, D);
+    }
+    G.forward(G.input(L.o.data(), N, D, lin + 3), N, D, p(b + "attn_output.weight"), D, A.y.data(), lin + 3);
+    for (int64_t i = 0; i < N * D; ++i) L.x1[i] = L.x[i] + A.y[i];
+    norm(L.x1.data(), p(b + "ffn_norm.weight"), L.n2.data(), L.inv2.data());
+    const float* x2q = G.input(L.n2.data(), N, D, lin + 4);
+    G.forward(x2q, N, D, p(b + "ffn_gate.weight"), F, L.gate.data(), lin + 4);
+    G.forward(x2q, N, D, p(b + "ffn_up.weight"), F, L.up.data(), lin + 5);
+    #pragma omp parallel for schedule(static) if (N * F > 65536)
+    for (int64_t i = 0; i < N * F; ++i) L.act[i] = layers::silu(L.gate[i]) * L.up[i];
+    G.forward(G.input(L.act.data(), N, F, lin + 6), N, F, p(b + "ffn_down.weight"), D, A.y.data(), lin + 6);
+    float* next = l + 1 < c.n_layers ? A.layers[l + 1].x.data() : A.x_final.data();
+    for (int64_t i = 0; i < N * D; ++i) next[i] = L.x1[i] + A.y[i];
+  }
+  norm(A.x_final.data(), p("output_norm.weight"), A.n_final.data(), A.inv_final.data());
+  const float* cls = c.tied_classifier ? p("token_embd.weight") : p("output.weight");
+  logits_.resize(N * V);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), V, D, 1.0f, A.n_final.data(), D, cls, D,
+              0.0f, logits_.data(), V);
+  // Cross-entropy: loss_i = logsumexp(z_i) - z_i[target]; dz = (softmax(z) - onehot) / divisor.
+  double loss = 0;
+  #pragma omp parallel for schedule(static) reduction(+ : loss)
+  for (int64_t i = 0; i < N; ++i) {
+    const float* z = logits_.data() + i * V;
+    float mx = z[0];
+    for (int j = 1; j < V; ++j) mx = std::max(mx, z[j]);
+    double sum = 0;
+    for (int j = 0; j < V; ++j) sum += std::exp(double(z[j]) - mx);
+    loss += std::log(sum) + mx - z[targets[i]];
+    if (backward) {
+      float* dz = A.dlogits.data() + i * V;
+      const double inv = 1.0 / sum;
+      for (int j = 0; j < V; ++j) dz[j] = static_cast<float>(std::exp(double(z[j]) - mx) * inv / divisor);
+      dz[targets[i]] -= static_cast<float>(1.0 / divisor);
+    }
+  }
+  if (!backward) return loss;
+
+  // ---- backward ----
+  std::fill(grads_.begin(), grads_.end(), 0.0f);
+  auto norm_backward = [&](const float* x, const float* w, const float* inv, const float* dy, float* dx,
+                           float* dw) {
+    std::fill(A.dnorm.begin(), A.dnorm.end(), 0.0);
+    if (opt_.l1_norm) layers::l1norm_backward(x, w, inv, dy, dx, A.dnorm.data(), N, D);
+    else layers::rmsnorm_backward(x, w, inv, dy, dx, A.dnorm.data(), N, D);
+    for (int j = 0; j < D; ++j) dw[j] += static_cast<float>(A.dnorm[j]);
+  };
+  // classifier: dn_final = dz cls [N, D]; dcls = dz^T n_final [V, D] (not quantized: Sun et al.
+  // quantize the blocks' linear layers only)
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(N), D, V, 1.0f, A.dlogits.data(), V, cls, D,
+              0.0f, A.dn.data(), D);
+  float* gcls = c.tied_classifier ? g("token_embd.weight") : g("output.weight");
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, D, int(N), 1.0f, A.dlogits.data(), V,
+              A.n_final.data(), D, 1.0f, gcls, D);
+  std::fill(A.dx.begin(), A.dx.end(), 0.0f);
+  norm_backward(A.x_final.data(), p("output_norm.weight"), A.inv_final.data(), A.dn.data(), A.dx.data(),
+                g("output_norm.weight"));
+
+  for (int l = c.n_layers - 1; l >= 0; --l) {
+    auto& L = A.layers[l];
+    const std::string b = fmt::format("blk.{}.", l);
+    const int lin = l * 7;
+    // x2 = x1 + down(act): dact = dx Wd, dWd = dx^T act
+    std::fill(A.dact.begin(), A.dact.end(), 0.0f);
+    G.backward_input(A.dx.data(), N, D, p(b + "ffn_down.weight"), F, A.dact.data(), lin + 6);
+    G.backward_weight(A.dx.data(), N, D, L.act.data(), G.weight_grad_input(L.act.data(), N, F, lin + 6), F,
+                      g(b + "ffn_down.weight"), lin + 6);
+    // act = silu(gate) * up
+    #pragma omp parallel for schedule(static) if (N * F > 65536)
+    for (int64_t i = 0; i < N * F; ++i) {
+      const float gt = L.gate[i];
+      const float sg = 1.0f / (1.0f + std::exp(-gt));
+      A.dup[i] = A.dact[i] * gt * sg;
+      A.dgate[i] = A.dact[i] * L.up[i] * sg * (1.0f + gt * (1.0f - sg));
+    }
+    std::fill(A.dn.begin(), A.dn.end(), 0.0f);
+    G.backward_input(A.dgate.data(), N, F, p(b + "ffn_gate.weight"), D, A.dn.data(), lin + 4);
+    G.backward_input(A.dup.data(), N, F, p(b + "ffn_up.weight"), D, A.dn.data(), lin + 5);
+    {
+      const float* xq6 = G.weight_grad_input(L.n2.data(), N, D, lin + 4);
+      G.backward_weight(A.dgate.data(), N, F, L.n2.data(), xq6, D, g(b + "ffn_gate.weight"), lin + 4);
+      G.backward_weight(A.dup.data(), N, F, L.n2.data(), xq6, D, g(b + "ffn_up.weight"), lin + 5);
+    }
+    // x1 = x + attn: dx1 = dx + norm'(dn)
+    norm_backward(L.x1.data(), p(b + "ffn_norm.weight"), L.inv2.data(), A.dn.data(), A.dx.data(),
+                  g(b + "ffn_norm.weight"));
+    // attn_output: do = dx1 Wo
+    std::fill(A.dn.begin(), A.dn.end(), 0.0f);  // dn holds d(o) now
+    G.backward_input(A.dx.data(), N, D, p(b + "attn_output.weight"), D, A.dn.data(), lin + 3);
+    G.backward_weight(A.dx.data(), N, D, L.o.data(), G.weight_grad_input(L.o.data(), N, D, lin + 3), D,
+                      g(b + "attn_output.weight"), lin + 3);
+    // attention backward per (sequence, kv head), so dK and dV accumulate without races:
+    //   dP = dO V^T, dV += P^T dO, dS = P o (dP - rowsum(dP o P)), dQ = dS K s, dK += dS^T Q s.
+    std::fill(A.dk.begin(), A.dk.end(), 0.0f);
+    std::fill(A.dv.begin(), A.dv.end(), 0.0f);
+    const int threads = omp_get_max_threads();
+    std::vector<float> scratch(int64_t(threads) * T * T);
+    #pragma omp parallel for schedule(static)
+    for (int bk = 0; bk < batch * nkv; ++bk) {
+      const int bi = bk / nkv, kvh = bk % nkv;
+      float* dP = scratch.data() + int64_t(omp_get_thread_num()) * T * T;
+      const float* K = L.k.data() + int64_t(bi) * T * KV + kvh * hd;
+      const float* Vv = L.v.data() + int64_t(bi) * T * KV + kvh * hd;
+      float* dK = A.dk.data() + int64_t(bi) * T * KV + kvh * hd;
+      float* dV = A.dv.data() + int64_t(bi) * T * KV + kvh * hd;
+      for (int h = kvh * group; h < (kvh + 1) * group; ++h) {
+        const float* P = L.att.data() + (int64_t(bi) * H + h) * T * T;
+        const float* dO = A.dn.data() + int64_t(bi) * T * D + h * hd;
+        const float* Q = L.q.data() + int64_t(bi) * T * D + h * hd;
+        float* dQ = A.dq.data() + int64_t(bi) * T * D + h * hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dO, D, Vv, KV, 0.0f, dP, T);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dO, D, 1.0f, dV, KV);
+        for (int i = 0; i < T; ++i) {
+          const float* pr = P + int64_t(i) * T;
+          float* dr = dP + int64_t(i) * T;
+          double dot = 0;
+          for (int t = 0; t <= i; ++t) dot += double(pr[t]) * dr[t];
+          for (int t = 0; t <= i; ++t) dr[t] = pr[t] * (dr[t] - static_cast<float>(dot));
+          std::fill(dr + i + 1, dr + T, 0.0f);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dP, T, K, KV, 0.0f, dQ, D);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, dP, T, Q, D, 1.0f, dK, KV);
+      }
+    }
+    layers::rope(A.dq.data(), N, H, D, 0, T, A.rope, true);
+    layers::rope(A.dk.data(), N, nkv, KV, 0, T, A.rope, true);
+    std::fill(A.dn.begin(), A.dn.end(), 0.0f);  // dn holds d(n1) now
+    G.backward_input(A.dq.data(), N, D, p(b + "attn_q.weight"), D, A.dn.data(), lin + 0);
+    G.backward_input(A.dk.data(), N, KV, p(b + "attn_k.weight"), D, A.dn.data(), lin + 1);
+    G.backward_input(A.dv.data(), N, KV, p(b + "attn_v.weight"), D, A.dn.data(), lin + 2);
+    {
+      const float* xq6 = G.weight_grad_input(L.n1.data(), N, D, lin + 0);
+      G.backward_weight(A.dq.data(), N, D, L.n1.data(), xq6, D, g(b + "attn_q.weight"), lin + 0);
+      G.backward_weight(A.dk.data(), N, KV, L.n1.data(), xq6, D, g(b + "attn_k.weight"), lin + 1);
+      G.backward_weight(A.dv.data(), N, KV, L.n1.data(), xq6, D, g(b + "attn_v.weight"), lin + 2);
+    }
+    norm_backward(L.x.data(), p(b + "attn_norm.weight"), L.inv1.data(), A.dn.data(), A.dx.data(),
+                  g(b + "attn_norm.weight"));
+  }
+  // embedding rows
+  float* gemb = g("token_embd.weight");
+  for (int64_t i = 0; i < N; ++i) {
+    float* r = gemb + int64_t(inputs[i]) * D;
+    const float* d = A.dx.data() + i * D;
+    for (int j = 0; j < D; ++j) r[j] += d[j];
+  }
+  return loss;
+}
+
+// ---- optimizer -----------------------------------------------------------------------------------
+
+void adamw::step(train_model& m, double lr, int64_t t) {
+  auto& w = m.params();
+  auto& gr = m.grads();
+  if (m_.size() != w.size()) m_.assign(w.size(), 0.0f), v_.assign(w.size(), 0.0f);
+  const double bc1 = 1.0 - std::pow(c_.beta1, double(t)), bc2 = 1.0 - std::pow(c_.beta2, double(t));
+  const float b1 = float(c_.beta1), b2 = float(c_.beta2);
+  for (const auto& v : m.views()) {
+    const float decay = v.decay ? float(c_.weight_decay) : 0.0f;
+    #pragma omp parallel for schedule(static) if (v.size > 65536)
+    for (int64_t i = v.offset; i < v.offset + v.size; ++i) {
+      const float g = gr[i];
+      m_[i] = b1 * m_[i] + (1 - b1) * g;
+      v_[i] = b2 * v_[i] + (1 - b2) * g * g;
+      const double mh = m_[i] / bc1, vh = v_[i] / bc2;
+      w[i] -= static_cast<float>(lr * (mh / (std::sqrt(vh) + c_.eps) + decay * w[i]));
+    }
+  }
+}
+
+double clip_gradients(std::vector<float>& grads, double max_norm) {
+  double ss = 0;
+  for (float g : grads) ss += double(g) * g;
+  const double norm = std::sqrt(ss);
+  if (max_norm > 0 && norm > max_norm) {
+    const float f = static_cast<float>(max_norm / norm);
+    for (float& g : grads) g *= f;
+  }
+  return norm;
+}
+
+double learning_rate(int64_t s, int64_t steps, int64_t warmup, double lr, double min_frac) {
+  if (s < warmup) return lr * double(s + 1) / double(warmup);
+  if (steps <= warmup + 1) return lr;
+  const double progress = double(s - warmup) / double(steps - 1 - warmup);
+  const double cosine = 0.5 * (1.0 + std::cos(M_PI * std::min(1.0, progress)));
+  return lr * (min_frac + (1.0 - min_frac) * cosine);
+}
+
+}  // namespace lowbit
