@@ -44,6 +44,16 @@ void format_parts(const std::string& spec, run_record& r);
 // The sha-256 (hex) of a JSON document's canonical dump (sorted keys).
 std::string config_hash(const nlohmann::json& config);
 
+// FIPS 180-4 SHA-256 of bytes, as 64 lowercase hex digits.
+std::string sha256_hex(const std::string& bytes);
+// The code revision this library was built from (`git describe --always --dirty` at build time),
+// or "unknown".
+std::string code_revision();
+// A content fingerprint of a file ("fnv1a64:<16 hex>" over its bytes): what a run's config names
+// instead of a path, so that the same model or data found elsewhere hashes the same. Throws
+// lowbit::error naming the file when it cannot be read.
+std::string file_fingerprint(const std::string& path);
+
 class runs_db {
  public:
   static constexpr int schema_version = 1;
@@ -65,6 +75,9 @@ class runs_db {
   };
   std::vector<run_record> query(const filter& f) const;
   std::vector<run_record> all() const { return query({}); }
+  // The run with this config hash, if recorded.
+  std::optional<run_record> find(const std::string& config_hash) const;
+  int64_t count() const;
   const std::string& path() const { return path_; }
 
  private:

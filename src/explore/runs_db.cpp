@@ -1,0 +1,453 @@
+// The results store (runs_db.hpp): one SQLite file, WAL mode, a busy timeout so that several
+// processes (explore -j, eval/quantize/train --db at the same time) can write, and a config hash
+// with a UNIQUE constraint so that recording the same run twice is a no-op.
+//
+// Schema version 1:
+//   meta(key, value)         application = 'lowbit-runs', schema_version = '1'
+//   runs(id, config_hash UNIQUE, kind, model, n_params, tokens, format, canonical, element,
+//        exp_bits, man_bits, bits, block, scale_format, method, plan, config (JSON), revision, time)
+//   metrics(run_id, name, value)   one row per metric, so plain SQL can filter and join on them
+//                                  (a NaN metric is stored as NULL and reads back as NaN)
+#include "lowbit/explore/runs_db.hpp"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "lowbit/error.hpp"
+#include "lowbit/formats/format.hpp"
+
+#if __has_include("lowbit_revision.hpp")
+#include "lowbit_revision.hpp"
+#endif
+#ifndef LOWBIT_REVISION
+#define LOWBIT_REVISION "unknown"
+#endif
+
+namespace lowbit {
+
+// ---- SHA-256 (FIPS 180-4) ------------------------------------------------------------------------
+namespace {
+
+constexpr std::array<uint32_t, 64> k_sha256 = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+
+void sha256_block(std::array<uint32_t, 8>& h, const unsigned char* p) {
+  uint32_t w[64];
+  for (int i = 0; i < 16; ++i)
+    w[i] = uint32_t(p[4 * i]) << 24 | uint32_t(p[4 * i + 1]) << 16 | uint32_t(p[4 * i + 2]) << 8 | p[4 * i + 3];
+  for (int i = 16; i < 64; ++i) {
+    const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+    const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+    w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+  }
+  uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
+  for (int i = 0; i < 64; ++i) {
+    const uint32_t t1 = hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k_sha256[i] + w[i];
+    const uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+    hh = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
+  }
+  h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += hh;
+}
+
+}  // namespace
+
+std::string sha256_hex(const std::string& bytes) {
+  std::array<uint32_t, 8> h = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                               0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t n = bytes.size();
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) sha256_block(h, p + i);
+  // Padding: 0x80, zeros, then the message length in bits as a big-endian 64-bit integer.
+  unsigned char tail[128] = {};
+  const size_t rest = n - i;
+  std::memcpy(tail, p + i, rest);
+  tail[rest] = 0x80;
+  const size_t tail_len = rest + 1 + 8 <= 64 ? 64 : 128;
+  const uint64_t bit_len = uint64_t(n) * 8;
+  for (int k = 0; k < 8; ++k) tail[tail_len - 1 - k] = static_cast<unsigned char>(bit_len >> (8 * k));
+  sha256_block(h, tail);
+  if (tail_len == 128) sha256_block(h, tail + 64);
+  std::string out;
+  for (uint32_t v : h) out += fmt::format("{:08x}", v);
+  return out;
+}
+
+std::string config_hash(const nlohmann::json& config) {
+  // nlohmann::json keeps object keys sorted (std::map), so dump() is canonical.
+  return sha256_hex(config.dump());
+}
+
+std::string code_revision() { return LOWBIT_REVISION; }
+
+std::string file_fingerprint(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw error(fmt::format("{}: cannot open file to fingerprint it", path));
+  uint64_t h = 1469598103934665603ull;
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    const std::streamsize got = in.gcount();
+    for (std::streamsize i = 0; i < got; ++i) h = (h ^ uint8_t(buf[size_t(i)])) * 1099511628211ull;
+  }
+  return fmt::format("fnv1a64:{:016x}", h);
+}
+
+// ---- format parts --------------------------------------------------------------------------------
+void format_parts(const std::string& spec, run_record& r) {
+  if (spec.empty() || spec == "fp32" || spec == "f32" || spec == "none" || spec == "-") {
+    r.canonical = "fp32", r.element = "fp32";
+    r.exp_bits = 8, r.man_bits = 23, r.bits = 32, r.block = 0, r.scale_format.clear();
+    return;
+  }
+  const format f = parse_format(spec);
+  r.canonical = format_name(f);
+  r.element = element_name(f.element);
+  r.bits = f.element.bits;
+  switch (f.element.kind) {
+    case element_kind::minifloat: r.exp_bits = f.element.ebits, r.man_bits = f.element.mbits; break;
+    case element_kind::int_sym:
+    case element_kind::lut: r.exp_bits = 0, r.man_bits = f.element.bits - 1; break;
+    case element_kind::uint_asym: r.exp_bits = 0, r.man_bits = f.element.bits; break;
+  }
+  switch (f.gran) {
+    case granularity::none: r.block = 0; break;
+    case granularity::group: r.block = f.group_size; break;
+    case granularity::row: r.block = -1; break;
+    case granularity::tensor: r.block = -2; break;
+  }
+  r.scale_format.clear();
+  if (f.gran != granularity::none) {
+    switch (f.scale.kind) {
+      case scale_kind::e8m0: r.scale_format = "e8m0"; break;
+      case scale_kind::pow2: r.scale_format = "pow2"; break;
+      case scale_kind::element: r.scale_format = element_name(f.scale.element); break;
+    }
+  }
+}
+
+// ---- the store -----------------------------------------------------------------------------------
+namespace {
+
+sqlite3* handle(void* p) { return static_cast<sqlite3*>(p); }
+
+// A prepared statement that finalizes itself.
+class statement {
+ public:
+  statement(sqlite3* db, const std::string& path, const char* sql) : db_(db), path_(path) {
+    if (sqlite3_prepare_v2(db, sql, -1, &st_, nullptr) != SQLITE_OK) fail("prepare");
+  }
+  ~statement() { sqlite3_finalize(st_); }
+  statement(const statement&) = delete;
+  statement& operator=(const statement&) = delete;
+  void bind(int i, const std::string& v) {
+    sqlite3_bind_text(st_, i, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+  }
+  void bind(int i, double v) {
+    if (std::isnan(v)) sqlite3_bind_null(st_, i);
+    else sqlite3_bind_double(st_, i, v);
+  }
+  void bind(int i, int64_t v) { sqlite3_bind_int64(st_, i, v); }
+  void bind(int i, int v) { sqlite3_bind_int(st_, i, v); }
+  // True while there is a row; false when done.
+  bool step() {
+    const int rc = sqlite3_step(st_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    fail("step");
+  }
+  void reset() {
+    sqlite3_reset(st_);
+    sqlite3_clear_bindings(st_);
+  }
+  std::string text(int c) const {
+    const auto* t = sqlite3_column_text(st_, c);
+    return t ? std::string(reinterpret_cast<const char*>(t), size_t(sqlite3_column_bytes(st_, c))) : "";
+  }
+  double real(int c) const {
+    return sqlite3_column_type(st_, c) == SQLITE_NULL ? std::numeric_limits<double>::quiet_NaN()
+                                                      : sqlite3_column_double(st_, c);
+  }
+  int64_t integer(int c) const { return sqlite3_column_int64(st_, c); }
+
+ private:
+  [[noreturn]] void fail(const char* what) {
+    throw error(fmt::format("{}: results database: {} failed: {}", path_, what, sqlite3_errmsg(db_)));
+  }
+  sqlite3* db_;
+  const std::string& path_;
+  sqlite3_stmt* st_ = nullptr;
+};
+
+void exec(sqlite3* db, const std::string& path, const char* sql) {
+  char* msg = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &msg) != SQLITE_OK) {
+    const std::string m = msg ? msg : sqlite3_errmsg(db);
+    sqlite3_free(msg);
+    throw error(fmt::format("{}: results database: {}", path, m));
+  }
+}
+
+constexpr const char* k_schema = R"sql(
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  config_hash TEXT NOT NULL UNIQUE,
+  kind TEXT NOT NULL,
+  model TEXT NOT NULL,
+  n_params REAL,
+  tokens REAL,
+  format TEXT NOT NULL,
+  canonical TEXT NOT NULL,
+  element TEXT NOT NULL,
+  exp_bits INTEGER NOT NULL,
+  man_bits INTEGER NOT NULL,
+  bits INTEGER NOT NULL,
+  block INTEGER NOT NULL,
+  scale_format TEXT NOT NULL,
+  method TEXT NOT NULL,
+  plan TEXT NOT NULL,
+  config TEXT NOT NULL,
+  revision TEXT NOT NULL,
+  time TEXT NOT NULL);
+CREATE INDEX runs_kind_model ON runs(kind, model);
+CREATE TABLE metrics(
+  run_id INTEGER NOT NULL REFERENCES runs(id),
+  name TEXT NOT NULL,
+  value REAL,
+  PRIMARY KEY(run_id, name));
+)sql";
+
+std::string utc_now() {
+  const std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+}  // namespace
+
+runs_db::runs_db(const std::string& path) : path_(path) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) != SQLITE_OK) {
+    const std::string m = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    throw error(fmt::format("{}: cannot open the results database: {}", path, m));
+  }
+  db_ = db;
+  try {
+    // Writers wait for each other (explore -j, several --db commands at once) instead of failing.
+    sqlite3_busy_timeout(db, 120000);
+    {
+      // The first read of the header: a file that is not SQLite fails here with SQLITE_NOTADB.
+      sqlite3_stmt* st = nullptr;
+      int rc = sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master", -1, &st, nullptr);
+      if (rc == SQLITE_OK) rc = sqlite3_step(st);
+      sqlite3_finalize(st);
+      if (rc == SQLITE_NOTADB)
+        throw error(fmt::format("{}: not a lowbit results database (not an SQLite file at all); "
+                                "give --db a new file name or an existing lowbit database", path));
+      if (rc != SQLITE_ROW)
+        throw error(fmt::format("{}: cannot read the results database: {}", path, sqlite3_errmsg(db)));
+    }
+    exec(db, path, "PRAGMA journal_mode=WAL");
+    exec(db, path, "PRAGMA synchronous=NORMAL");  // WAL: durable at checkpoints, consistent always
+    exec(db, path, "PRAGMA foreign_keys=ON");
+    // One writer creates the schema; the others wait and then find it.
+    exec(db, path, "BEGIN IMMEDIATE");
+    try {
+      std::vector<std::string> tables;
+      {
+        statement st(db, path_, "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name");
+        while (st.step()) tables.push_back(st.text(0));
+      }
+      const bool has_meta = std::find(tables.begin(), tables.end(), "meta") != tables.end();
+      if (tables.empty()) {
+        exec(db, path, k_schema);
+        statement ins(db, path_, "INSERT INTO meta(key, value) VALUES (?1, ?2)");
+        ins.bind(1, std::string("application")), ins.bind(2, std::string("lowbit-runs")), ins.step(), ins.reset();
+        ins.bind(1, std::string("schema_version")), ins.bind(2, std::to_string(schema_version)), ins.step();
+      } else {
+        std::string app, version;
+        if (has_meta) {
+          statement st(db, path_, "SELECT key, value FROM meta WHERE key IN ('application', 'schema_version')");
+          while (st.step()) (st.text(0) == "application" ? app : version) = st.text(1);
+        }
+        if (app != "lowbit-runs") {
+          std::string names;
+          for (size_t i = 0; i < tables.size() && i < 5; ++i) names += (i ? ", " : "") + tables[i];
+          throw error(fmt::format("{}: an SQLite database but not a lowbit results database (tables: {}); "
+                                  "give --db a new file name or an existing lowbit database", path, names));
+        }
+        if (version != std::to_string(schema_version))
+          throw error(fmt::format("{}: results database of schema version {}, but this lowbit reads schema "
+                                  "version {}; use a new --db file (or the lowbit that wrote it)",
+                                  path, version.empty() ? "(none)" : version, schema_version));
+      }
+      exec(db, path, "COMMIT");
+    } catch (...) {
+      sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+      throw;
+    }
+  } catch (...) {
+    sqlite3_close(db);
+    db_ = nullptr;
+    throw;
+  }
+}
+
+runs_db::~runs_db() {
+  if (db_) sqlite3_close(handle(db_));
+}
+
+bool runs_db::has(const std::string& hash) const {
+  statement st(handle(db_), path_, "SELECT 1 FROM runs WHERE config_hash = ?1");
+  st.bind(1, hash);
+  return st.step();
+}
+
+int64_t runs_db::count() const {
+  statement st(handle(db_), path_, "SELECT count(*) FROM runs");
+  st.step();
+  return st.integer(0);
+}
+
+int64_t runs_db::record(run_record r) {
+  sqlite3* db = handle(db_);
+  if (r.config_hash.empty()) r.config_hash = config_hash(r.config);
+  if (r.time.empty()) r.time = utc_now();
+  if (r.revision.empty()) r.revision = code_revision();
+  // IMMEDIATE takes the write lock up front: with WAL, a deferred transaction that reads and then
+  // writes can fail with SQLITE_BUSY instead of waiting.
+  exec(db, path_, "BEGIN IMMEDIATE");
+  try {
+    int64_t id = 0;
+    {
+      statement ins(db, path_,
+                    "INSERT INTO runs(config_hash, kind, model, n_params, tokens, format, canonical, element, "
+                    "exp_bits, man_bits, bits, block, scale_format, method, plan, config, revision, time) "
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) "
+                    "ON CONFLICT(config_hash) DO NOTHING");
+      ins.bind(1, r.config_hash), ins.bind(2, r.kind), ins.bind(3, r.model), ins.bind(4, r.n_params);
+      ins.bind(5, r.tokens), ins.bind(6, r.format), ins.bind(7, r.canonical), ins.bind(8, r.element);
+      ins.bind(9, r.exp_bits), ins.bind(10, r.man_bits), ins.bind(11, r.bits), ins.bind(12, r.block);
+      ins.bind(13, r.scale_format), ins.bind(14, r.method), ins.bind(15, r.plan);
+      ins.bind(16, r.config.dump()), ins.bind(17, r.revision), ins.bind(18, r.time);
+      ins.step();
+    }
+    if (sqlite3_changes(db) == 0) {  // already recorded: the first record stands
+      statement st(db, path_, "SELECT id FROM runs WHERE config_hash = ?1");
+      st.bind(1, r.config_hash);
+      st.step();
+      id = st.integer(0);
+    } else {
+      id = sqlite3_last_insert_rowid(db);
+      statement m(db, path_, "INSERT INTO metrics(run_id, name, value) VALUES (?1, ?2, ?3)");
+      for (const auto& [name, value] : r.metrics) {
+        m.bind(1, id), m.bind(2, name), m.bind(3, value);
+        m.step();
+        m.reset();
+      }
+    }
+    exec(db, path_, "COMMIT");
+    return id;
+  } catch (...) {
+    sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+}
+
+namespace {
+
+constexpr const char* k_select =
+    "SELECT id, config_hash, kind, model, n_params, tokens, format, canonical, element, exp_bits, man_bits, "
+    "bits, block, scale_format, method, plan, config, revision, time FROM runs ";
+
+run_record read_row(const statement& st, const std::string& path) {
+  run_record r;
+  r.id = st.integer(0), r.config_hash = st.text(1), r.kind = st.text(2), r.model = st.text(3);
+  r.n_params = st.real(4), r.tokens = st.real(5), r.format = st.text(6), r.canonical = st.text(7);
+  r.element = st.text(8), r.exp_bits = int(st.integer(9)), r.man_bits = int(st.integer(10));
+  r.bits = int(st.integer(11)), r.block = int(st.integer(12)), r.scale_format = st.text(13);
+  r.method = st.text(14), r.plan = st.text(15);
+  try {
+    r.config = nlohmann::json::parse(st.text(16));
+  } catch (const nlohmann::json::exception& e) {
+    throw error(fmt::format("{}: run {}: config is not JSON: {}", path, r.id, e.what()));
+  }
+  r.revision = st.text(17), r.time = st.text(18);
+  return r;
+}
+
+}  // namespace
+
+std::vector<run_record> runs_db::query(const filter& f) const {
+  sqlite3* db = handle(db_);
+  std::vector<run_record> out;
+  // One read transaction: the runs and their metrics come from the same snapshot.
+  exec(db, path_, "BEGIN");
+  try {
+    {
+      statement st(db, path_,
+                   (std::string(k_select) +
+                    "WHERE (?1 = '' OR kind = ?1) AND (?2 = '' OR model = ?2) AND (?3 = '' OR method = ?3) "
+                    "ORDER BY id")
+                       .c_str());
+      st.bind(1, f.kind), st.bind(2, f.model), st.bind(3, f.method);
+      while (st.step()) out.push_back(read_row(st, path_));
+    }
+    if (!out.empty()) {
+      std::map<int64_t, size_t> index;
+      for (size_t i = 0; i < out.size(); ++i) index[out[i].id] = i;
+      statement m(db, path_, "SELECT run_id, name, value FROM metrics WHERE run_id BETWEEN ?1 AND ?2");
+      m.bind(1, out.front().id), m.bind(2, out.back().id);
+      while (m.step())
+        if (auto it = index.find(m.integer(0)); it != index.end()) out[it->second].metrics[m.text(1)] = m.real(2);
+    }
+    exec(db, path_, "COMMIT");
+  } catch (...) {
+    sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+  return out;
+}
+
+std::optional<run_record> runs_db::find(const std::string& hash) const {
+  sqlite3* db = handle(db_);
+  run_record r;
+  {
+    statement st(db, path_, (std::string(k_select) + "WHERE config_hash = ?1").c_str());
+    st.bind(1, hash);
+    if (!st.step()) return std::nullopt;
+    r = read_row(st, path_);
+  }
+  statement m(db, path_, "SELECT name, value FROM metrics WHERE run_id = ?1");
+  m.bind(1, r.id);
+  while (m.step()) r.metrics[m.text(0)] = m.real(1);
+  return r;
+}
+
+}  // namespace lowbit
