@@ -67,27 +67,6 @@ bool forward_prefers_one_thread(int64_t tokens, int dim) {
 
 namespace {
 
-// Threads for one forward call: a small model's layers (stories260K: dim 64) finish in
-// microseconds, so such calls run on one thread (measured on a loaded 2-core machine: 8x faster
-// than two spinning threads). OpenMP OpenBLAS follows omp_get_max_threads(); the pthread build
-// (the fallback) is told as well, except inside a parallel region (rows of evaluate_many), where
-// its setting, which is global, must not change.
-class thread_scope {
- public:
-  explicit thread_scope(int64_t tokens, int dim)
-      : saved_(omp_get_max_threads()), nested_(omp_in_parallel()),
-        serial_(forward_prefers_one_thread(tokens, dim)) {
-    if (!nested_) openblas_set_num_threads(serial_.serial() ? 1 : saved_);
-  }
-  ~thread_scope() {
-    if (!nested_) openblas_set_num_threads(saved_);
-  }
-
- private:
-  int saved_;
-  bool nested_;
-  serial_scope serial_;
-};
 
 }  // namespace
 
@@ -160,7 +139,7 @@ void forward_session::run(float* x_io, int n, int first, int last, bool head) {
   const int dim = c.dim, hd = c.head_dim(), nh = c.n_heads, nkv = c.n_kv_heads;
   const int qdim = nh * hd, kv_dim = nkv * hd, hidden = c.hidden_dim, V = c.vocab_size;
   const int T = pos_ + n;  // keys visible to the last query
-  const thread_scope threads(n, c.dim);
+  const layers::thread_scope threads(n, c.dim);
   double flops = 0;
 
   float* x = x_io;

@@ -3,11 +3,40 @@
 // Shapes: x [n, dim] row-major (n = tokens).
 #pragma once
 
+#include <cblas.h>
+#include <omp.h>
+
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "lowbit/engine/forward.hpp"
+#include "lowbit/kernels/threads.hpp"
+
 namespace lowbit::layers {
+
+// Threads for one forward call: a small model's layers (stories260K: dim 64) finish in
+// microseconds, so such calls run on one thread (measured on a loaded 2-core machine: 8x faster
+// than two spinning threads). OpenMP OpenBLAS follows omp_get_max_threads(); the pthread build
+// (the fallback) is told as well, except inside a parallel region (rows of evaluate_many), where
+// its setting, which is global, must not change.
+class thread_scope {
+ public:
+  explicit thread_scope(int64_t tokens, int dim)
+      : saved_(omp_get_max_threads()), nested_(omp_in_parallel()),
+        serial_(forward_prefers_one_thread(tokens, dim)) {
+    if (!nested_) openblas_set_num_threads(serial_.serial() ? 1 : saved_);
+  }
+  ~thread_scope() {
+    if (!nested_) openblas_set_num_threads(saved_);
+  }
+
+ private:
+  int saved_;
+  bool nested_;
+  serial_scope serial_;
+};
+
 
 // RMSNorm (Zhang & Sennrich 2019) as llama2.c: out = w * (x * inv), inv = 1/sqrt(mean(x^2) + eps),
 // the sum in double. inv_out[n] (optional) keeps inv for the backward.

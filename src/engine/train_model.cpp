@@ -311,6 +311,7 @@ double train_model::run(const int32_t* inputs, const int32_t* targets, int batch
     if (inputs[i] < 0 || inputs[i] >= V || targets[i] < 0 || targets[i] >= V)
       throw error(fmt::format("train: token id {} outside the vocabulary (0..{})",
                               inputs[i] < 0 || inputs[i] >= V ? inputs[i] : targets[i], V - 1));
+  const layers::thread_scope threads(N, D);  // tiny models run on one thread (forward.cpp)
   if (!act_) act_ = std::make_shared<activations>();
   activations& A = *act_;
   A.ensure(c, batch, ctx);

@@ -24,6 +24,8 @@ class progress_bar {
   progress_bar(std::string label, std::string unit);
   void update(int64_t done, int64_t total);
   void finish();
+  // The label changes with the work (e.g. the training loss).
+  void set_label(std::string label) { label_ = std::move(label); }
 
  private:
   std::string label_, unit_;
@@ -42,6 +44,8 @@ using command_list = std::vector<std::pair<CLI::App*, std::function<void()>>>;
 void add_model_commands(CLI::App& app, command_list& commands);
 // quantize
 void add_ptq_commands(CLI::App& app, command_list& commands);
+// train
+void add_train_commands(CLI::App& app, command_list& commands);
 
 // `lowbit bench`: registers the subcommand; *run is set to the work to do when it is chosen.
 CLI::App* add_bench_command(CLI::App& app, std::function<void()>* run);

@@ -38,6 +38,11 @@ class autoflex {
   // Whether the last update saw an overflow (Gamma >= 2^(N-1) - 1) and cleared the history.
   bool last_overflowed() const { return overflowed_; }
   const std::deque<double>& history() const { return maxima_; }
+  // Restores a saved state (checkpoints): the exponent and the maxima history, oldest first.
+  void restore(int exponent, std::deque<double> history) {
+    k_ = exponent;
+    maxima_ = std::move(history);
+  }
 
   // The smallest exponent (in the E-bit range) with chi <= (2^(N-1) - 1) * 2^k, i.e.
   // ceil(log2(chi / (2^(N-1) - 1))): chi lands at the top of the mantissa range without

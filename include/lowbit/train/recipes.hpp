@@ -1,0 +1,65 @@
+// Low-precision training recipes: which of the six GEMM operands of every linear layer (train.hpp)
+// live in which format. The plan grammar of `lowbit train --plan`:
+//
+//   fp32                       nothing quantized
+//   sun2025:FMT[,axis=din]     P2, P4, P6 (W forward and backward, X in the dW GEMM) in FMT,
+//                              absmax-to-FPmax scaling per group (Sun et al. 2025, METHODS 2.1)
+//   qat:FMT                    P2 only: weights fake-quantized in the forward, gradients pass
+//                              straight through to the fp32 master weights (QAT with the STE)
+//   fp8                        E4M3 forward (P1, P2) and W/X of the backward (P4, P6), E5M2
+//                              gradients (P3, P5), per-tensor scales (the hybrid FP8 recipe)
+//   mxfp4 | nvfp4              all six operands in that block format, gradients (P3, P5) with
+//                              stochastic rounding
+//   flexN+E                    all six operands in Flexpoint with Autoflex exponents per tensor
+//                              and per use (Koster et al. 2017, METHODS 1.5)
+//   shiftquant:intN[,gK][,shift=S][,l1]
+//                              sub-8-bit integer training after Guo et al. 2024 (METHODS 3.3):
+//                              X and W (P1, P2, P4, P6) intN per channel; gradients (P3, P5) in
+//                              ShiftQuant groups (below); l1: L1 normalisation layers
+//   x=FMT;w=FMT;dy=FMT;w_bwd=FMT;dy_w=FMT;x_bwd=FMT[;axis=din]
+//                              any operands, any formats (omitted ones stay fp32)
+//
+// Each operand is grouped along its own GEMM's reduction axis unless axis=din (CONVENTIONS 23).
+#pragma once
+
+#include <array>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "lowbit/engine/train.hpp"
+#include "lowbit/formats/format.hpp"
+
+namespace lowbit {
+
+struct training_plan {
+  std::string spec;                                      // as given
+  std::string recipe;                                    // fp32, sun2025, qat, fp8, ...
+  std::array<std::string, gemm_operand_count> operands;  // canonical format per operand ("" = fp32)
+  bool feature_axis = false;                             // axis=din
+  bool l1_norm = false;                                  // shiftquant's L1 normalisation
+  std::string law_format;  // the format whose E, M, B describe the run for the scaling laws ("" = fp32)
+};
+
+// Parses and validates a plan (every format parsed) before any training starts; throws
+// lowbit::error naming the unknown recipe, operand or format.
+training_plan parse_training_plan(const std::string& spec);
+
+// The quantizer that carries the plan out.
+std::unique_ptr<operand_quantizer> make_operand_quantizer(const training_plan& plan);
+
+// ShiftQuant (Guo et al. 2024, METHODS 3.3; the grouping details are ours, tagged [M] there):
+// a row of `cols` values is split into groups of `group` along the reduction axis; the row's
+// scale s = amax_row / qmax (qmax = 2^(bits-1) - 1) is shared and group g uses
+// s_g = s * 2^-k_g with k_g = min(max_shift, floor(log2(amax_row / amax_g))) - a power-of-two
+// fraction of the row scale, so integer partial sums of the groups combine by shifts and no
+// memory is rearranged. Values round to integers in [-qmax, qmax], to nearest even or
+// stochastically (CONVENTIONS 10's Philox stream keyed by (seed, tensor_id)). NaN/Inf give NaN.
+void shiftquant_fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, int bits, int group,
+                              int max_shift, bool stochastic, uint64_t seed, uint64_t tensor_id);
+
+// Flexpoint flexN+E (Koster et al. 2017): out = clamp(round_even(x / 2^k), +-(2^(N-1) - 1)) * 2^k;
+// returns Gamma, the largest |round(x / 2^k)| before clamping (Autoflex's overflow statistic).
+double flex_fake_quantize(const float* in, float* out, int64_t n, int mantissa_bits, int exponent);
+
+}  // namespace lowbit

@@ -1,0 +1,367 @@
+// The training loop (trainer.hpp).
+#include "lowbit/engine/trainer.hpp"
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "lowbit/engine/eval.hpp"
+#include "lowbit/engine/safetensors.hpp"
+#include "lowbit/error.hpp"
+
+namespace fs = std::filesystem;
+
+namespace lowbit {
+
+// ---- data parallelism ------------------------------------------------------------------------------
+
+namespace {
+struct mpi_guard {
+  bool initialized = false;
+  ~mpi_guard() {
+    int finalized = 0;
+    if (initialized && MPI_Finalized(&finalized) == MPI_SUCCESS && !finalized) MPI_Finalize();
+  }
+};
+}  // namespace
+
+data_parallel& data_parallel::world() {
+  static mpi_guard guard;
+  static data_parallel w = [] {
+    data_parallel d;
+    // Only a process that mpirun started joins MPI: a plain run must not need a launcher.
+    if (!std::getenv("OMPI_COMM_WORLD_SIZE") && !std::getenv("PMI_SIZE")) return d;
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) {
+      if (MPI_Init(nullptr, nullptr) != MPI_SUCCESS) throw error("MPI_Init failed");
+      guard.initialized = true;
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &d.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &d.size);
+    return d;
+  }();
+  return w;
+}
+
+void data_parallel::allreduce_sum(float* x, int64_t n) const {
+  if (size == 1) return;
+  for (int64_t off = 0; off < n; off += int64_t(1) << 30) {
+    const int count = static_cast<int>(std::min<int64_t>(n - off, int64_t(1) << 30));
+    MPI_Allreduce(MPI_IN_PLACE, x + off, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+  }
+}
+
+double data_parallel::allreduce_sum(double x) const {
+  if (size == 1) return x;
+  double out = 0;
+  MPI_Allreduce(&x, &out, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  return out;
+}
+
+void data_parallel::barrier() const {
+  if (size > 1) MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// ---- configuration ---------------------------------------------------------------------------------
+
+model_config train_run_config::model_shape(int vocab) const {
+  model_config c;
+  c.arch = architecture::llama;
+  c.dim = dim, c.n_layers = n_layers, c.n_heads = n_heads;
+  c.n_kv_heads = n_kv_heads > 0 ? n_kv_heads : n_heads;
+  // llama2.c: hidden = 2/3 * 4 * dim, rounded up to a multiple of 32
+  c.hidden_dim = hidden_dim > 0 ? hidden_dim : (8 * dim / 3 + 31) / 32 * 32;
+  c.vocab_size = vocab;
+  c.max_seq_len = ctx;
+  c.tied_classifier = tied_classifier;
+  return c;
+}
+
+nlohmann::json train_run_config::to_json() const {
+  return {{"dim", dim}, {"layers", n_layers}, {"heads", n_heads}, {"kv_heads", n_kv_heads},
+          {"hidden", hidden_dim}, {"tied", tied_classifier}, {"data", data_path}, {"tokenizer", tokenizer},
+          {"batch", batch}, {"ctx", ctx}, {"val_fraction", val_fraction}, {"val_batches", val_batches},
+          {"steps", steps}, {"lr", lr}, {"min_lr_frac", min_lr_frac}, {"warmup_frac", warmup_frac},
+          {"clip", clip}, {"beta1", adam.beta1}, {"beta2", adam.beta2}, {"eps", adam.eps},
+          {"weight_decay", adam.weight_decay}, {"seed", seed}, {"plan", plan}, {"l1_norm", l1_norm},
+          {"eval_every", eval_every}, {"checkpoint_every", checkpoint_every}, {"out", out_dir}};
+}
+
+train_run_config train_run_config::from_json(const nlohmann::json& j) {
+  train_run_config c;
+  if (!j.is_object()) throw error("train config: expected a JSON object");
+  for (const auto& [key, v] : j.items()) {
+    try {
+      if (key == "dim") c.dim = v.get<int>();
+      else if (key == "layers") c.n_layers = v.get<int>();
+      else if (key == "heads") c.n_heads = v.get<int>();
+      else if (key == "kv_heads") c.n_kv_heads = v.get<int>();
+      else if (key == "hidden") c.hidden_dim = v.get<int>();
+      else if (key == "tied") c.tied_classifier = v.get<bool>();
+      else if (key == "data") c.data_path = v.get<std::string>();
+      else if (key == "tokenizer") c.tokenizer = v.get<std::string>();
+      else if (key == "batch") c.batch = v.get<int>();
+      else if (key == "ctx") c.ctx = v.get<int>();
+      else if (key == "val_fraction") c.val_fraction = v.get<double>();
+      else if (key == "val_batches") c.val_batches = v.get<int>();
+      else if (key == "steps") c.steps = v.get<int64_t>();
+      else if (key == "lr") c.lr = v.get<double>();
+      else if (key == "min_lr_frac") c.min_lr_frac = v.get<double>();
+      else if (key == "warmup_frac") c.warmup_frac = v.get<double>();
+      else if (key == "clip") c.clip = v.get<double>();
+      else if (key == "beta1") c.adam.beta1 = v.get<double>();
+      else if (key == "beta2") c.adam.beta2 = v.get<double>();
+      else if (key == "eps") c.adam.eps = v.get<double>();
+      else if (key == "weight_decay") c.adam.weight_decay = v.get<double>();
+      else if (key == "seed") c.seed = v.get<uint64_t>();
+      else if (key == "plan") c.plan = v.get<std::string>();
+      else if (key == "l1_norm") c.l1_norm = v.get<bool>();
+      else if (key == "eval_every") c.eval_every = v.get<int64_t>();
+      else if (key == "checkpoint_every") c.checkpoint_every = v.get<int64_t>();
+      else if (key == "out") c.out_dir = v.get<std::string>();
+      else throw error(fmt::format("train config: unknown key '{}'", key));
+    } catch (const nlohmann::json::exception&) {
+      throw error(fmt::format("train config: '{}' has the wrong type ({})", key, v.dump()));
+    }
+  }
+  return c;
+}
+
+namespace {
+
+uint64_t mix(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Tokens of the training and validation parts of a text: the first (1 - val_fraction) of the
+// bytes (cut at a UTF-8 character boundary) and the rest, tokenized separately.
+struct token_split {
+  std::vector<int32_t> train, val;
+};
+token_split load_tokens(const train_run_config& c, const tokenizer& tok) {
+  std::ifstream f(c.data_path, std::ios::binary);
+  if (!f) throw error(fmt::format("train: cannot read the data file '{}'", c.data_path));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const std::string text = ss.str();
+  if (c.val_fraction <= 0 || c.val_fraction >= 1)
+    throw error(fmt::format("train: validation fraction {} (expected in (0, 1))", c.val_fraction));
+  size_t cut = static_cast<size_t>(double(text.size()) * (1 - c.val_fraction));
+  while (cut < text.size() && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) ++cut;
+  token_split t;
+  t.train = tok.encode(std::string_view(text).substr(0, cut), false, false);
+  t.val = tok.encode(std::string_view(text).substr(cut), false, false);
+  const size_t need = size_t(c.ctx) + 1;
+  if (t.train.size() < need || t.val.size() < need)
+    throw error(fmt::format("train: '{}' gives {} training and {} validation tokens; a window of ctx {} needs "
+                            "{} in each", c.data_path, t.train.size(), t.val.size(), c.ctx, need));
+  return t;
+}
+
+// Window of sequence b (of the global batch) at step s: deterministic in (seed, s, b), so a
+// resumed run and every rank draw the same windows.
+int64_t window_offset(uint64_t seed, int64_t step, int b, int64_t tokens, int ctx) {
+  const uint64_t r = mix(seed * 0x9E3779B97F4A7C15ull ^ mix(uint64_t(step) * 0x100000001B3ull + uint64_t(b)));
+  return static_cast<int64_t>(r % uint64_t(tokens - ctx));
+}
+
+// The configuration fields a resumed run must share with its checkpoint (not steps-related
+// bookkeeping or the output directory).
+nlohmann::json resume_identity(const train_run_config& c) {
+  nlohmann::json j = c.to_json();
+  for (const char* k : {"steps", "eval_every", "checkpoint_every", "out", "data"}) j.erase(k);
+  return j;
+}
+
+}  // namespace
+
+train_result run_training(const train_run_config& cfg, const tokenizer& tok, const tokenizer_source& tok_src,
+                          operand_quantizer* quantizer, bool resume,
+                          const std::function<void(const train_point&, int64_t)>& progress) {
+  const data_parallel& dp = data_parallel::world();
+  if (cfg.batch <= 0 || cfg.ctx <= 1 || cfg.steps <= 0)
+    throw error(fmt::format("train: batch {}, ctx {}, steps {} (expected batch > 0, ctx > 1, steps > 0)",
+                            cfg.batch, cfg.ctx, cfg.steps));
+  if (cfg.batch % dp.size)
+    throw error(fmt::format("train: the global batch {} does not split over {} ranks", cfg.batch, dp.size));
+  if (!(cfg.lr > 0)) throw error(fmt::format("train: learning rate {} (expected > 0)", cfg.lr));
+  const model_config mc = cfg.model_shape(tok.vocab_size());
+  mc.validate();
+  const token_split data = load_tokens(cfg, tok);
+
+  train_model m(mc, cfg.seed, train_options{cfg.l1_norm});
+  adamw opt(cfg.adam);
+  train_result res;
+  res.params = mc.parameter_count();
+  const int64_t eval_every = cfg.eval_every > 0 ? cfg.eval_every : std::max<int64_t>(1, cfg.steps / 10);
+  const int64_t ckpt_every = cfg.checkpoint_every > 0 ? cfg.checkpoint_every : std::max<int64_t>(1, cfg.steps / 5);
+  const int64_t warmup = static_cast<int64_t>(std::llround(cfg.warmup_frac * double(cfg.steps)));
+  const std::string ckpt_path = cfg.out_dir.empty() ? "" : (fs::path(cfg.out_dir) / "checkpoint.safetensors").string();
+  const std::string log_path = cfg.out_dir.empty() ? "" : (fs::path(cfg.out_dir) / "log.jsonl").string();
+  if (!cfg.out_dir.empty() && dp.root()) {
+    std::error_code ec;
+    fs::create_directories(cfg.out_dir, ec);
+    if (ec) throw error(fmt::format("train: cannot create '{}': {}", cfg.out_dir, ec.message()));
+  }
+
+  int64_t start = 0;
+  double elapsed_before = 0;
+  if (resume) {
+    if (ckpt_path.empty()) throw error("train: --resume needs --out DIR");
+    if (!fs::exists(ckpt_path))
+      throw error(fmt::format("train: nothing to resume: no checkpoint at '{}'", ckpt_path));
+    safetensors_file f(ckpt_path);
+    auto it = f.metadata().find("lowbit.train_state");
+    if (it == f.metadata().end()) throw error(fmt::format("{}: no lowbit.train_state metadata", ckpt_path));
+    nlohmann::json st;
+    try {
+      st = nlohmann::json::parse(it->second);
+    } catch (const std::exception& e) {
+      throw error(fmt::format("{}: lowbit.train_state is not JSON: {}", ckpt_path, e.what()));
+    }
+    const nlohmann::json saved = resume_identity(train_run_config::from_json(st.at("config")));
+    if (saved != resume_identity(cfg))
+      throw error(fmt::format("train: the checkpoint in '{}' was made with another configuration ({}); "
+                              "not resuming", cfg.out_dir, saved.dump()));
+    start = st.at("step").get<int64_t>();
+    elapsed_before = st.value("seconds", 0.0);
+    m.params() = f.read_f32("params");
+    opt.m() = f.read_f32("adam.m");
+    opt.v() = f.read_f32("adam.v");
+    if (m.params().size() != m.grads().size() || opt.m().size() != m.params().size() ||
+        opt.v().size() != m.params().size())
+      throw error(fmt::format("{}: parameter count does not match the configured model", ckpt_path));
+    if (quantizer) quantizer->restore(st.value("quantizer", nlohmann::json()));
+    for (const auto& p : st.at("curve")) {
+      train_point tp;
+      tp.step = p.at("step"), tp.train_loss = p.at("train_loss"), tp.val_loss = p.at("val_loss");
+      tp.lr = p.at("lr"), tp.grad_norm = p.at("grad_norm"), tp.tokens_per_s = p.value("tokens_per_s", 0.0);
+      res.curve.push_back(tp);
+    }
+    res.resumed_from = start;
+    // The log keeps exactly the steps the checkpoint holds: later lines are replayed.
+    if (dp.root() && fs::exists(log_path)) {
+      std::ifstream in(log_path);
+      std::string line, kept;
+      while (std::getline(in, line)) {
+        try {
+          if (nlohmann::json::parse(line).value("step", int64_t(0)) <= start) kept += line + "\n";
+        } catch (const std::exception&) {
+          break;  // a torn last line of a killed run
+        }
+      }
+      write_text_file_atomic(log_path, kept);
+    }
+  } else if (dp.root() && !log_path.empty()) {
+    write_text_file_atomic(log_path, "");
+  }
+
+  // Validation windows: val_batches x batch sequences spread evenly over the validation tokens.
+  const int64_t n_val = int64_t(cfg.val_batches) * cfg.batch;
+  std::vector<int64_t> val_offsets(n_val);
+  for (int64_t i = 0; i < n_val; ++i)
+    val_offsets[i] = n_val > 1 ? i * (int64_t(data.val.size()) - cfg.ctx - 1) / (n_val - 1) : 0;
+  const int local_batch = cfg.batch / dp.size;
+  std::vector<int32_t> in(int64_t(local_batch) * cfg.ctx), tg(in.size());
+  auto fill = [&](const std::vector<int32_t>& src, auto offset_of) {
+    for (int b = 0; b < local_batch; ++b) {
+      const int64_t off = offset_of(b);
+      std::copy_n(src.begin() + off, cfg.ctx, in.begin() + int64_t(b) * cfg.ctx);
+      std::copy_n(src.begin() + off + 1, cfg.ctx, tg.begin() + int64_t(b) * cfg.ctx);
+    }
+  };
+  auto validate = [&](int64_t step) {
+    double sum = 0;
+    // Each rank scores its share of the windows; every rank gets the total.
+    for (int64_t first = 0; first < n_val; first += cfg.batch)
+      fill(data.val, [&](int b) { return val_offsets[first + int64_t(dp.rank) * local_batch + b]; }),
+          sum += m.forward_loss(in.data(), tg.data(), local_batch, cfg.ctx, quantizer, step);
+    return dp.allreduce_sum(sum) / double(n_val * cfg.ctx);
+  };
+
+  auto save_checkpoint = [&](int64_t step, double seconds) {
+    if (ckpt_path.empty()) return;
+    if (dp.root()) {
+      nlohmann::json curve = nlohmann::json::array();
+      for (const auto& p : res.curve)
+        curve.push_back({{"step", p.step}, {"train_loss", p.train_loss}, {"val_loss", p.val_loss},
+                         {"lr", p.lr}, {"grad_norm", p.grad_norm}, {"tokens_per_s", p.tokens_per_s}});
+      nlohmann::json st = {{"step", step}, {"config", cfg.to_json()}, {"curve", curve}, {"seconds", seconds},
+                           {"quantizer", quantizer ? quantizer->state() : nlohmann::json()}};
+      const int64_t n = int64_t(m.params().size());
+      write_safetensors(ckpt_path,
+                        {{"params", st_dtype::f32, {n}, m.params().data()},
+                         {"adam.m", st_dtype::f32, {n}, opt.m().data()},
+                         {"adam.v", st_dtype::f32, {n}, opt.v().data()}},
+                        {{"lowbit.train_state", st.dump()}});
+      model out = m.to_model();
+      out.tokenizer = tok_src;
+      out.provenance = nlohmann::json{{"method", "train"}, {"plan", cfg.plan}, {"step", step},
+                                      {"config", cfg.to_json()}}.dump();
+      save_safetensors_model(out, (fs::path(cfg.out_dir) / "model.safetensors").string());
+    }
+    dp.barrier();
+  };
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+  const double global_tokens = double(cfg.batch) * cfg.ctx;
+  if (opt.m().empty()) opt.m().assign(m.params().size(), 0.0f), opt.v().assign(m.params().size(), 0.0f);
+  for (int64_t s = start; s < cfg.steps; ++s) {
+    fill(data.train, [&](int b) {
+      return window_offset(cfg.seed, s, dp.rank * local_batch + b, int64_t(data.train.size()), cfg.ctx);
+    });
+    double loss = m.forward_backward(in.data(), tg.data(), local_batch, cfg.ctx, global_tokens, quantizer, s);
+    loss = dp.allreduce_sum(loss) / global_tokens;
+    dp.allreduce_sum(m.grads().data(), int64_t(m.grads().size()));
+    train_point tp;
+    tp.step = s + 1;
+    tp.train_loss = loss;
+    tp.grad_norm = clip_gradients(m.grads(), cfg.clip);
+    tp.lr = learning_rate(s, cfg.steps, warmup, cfg.lr, cfg.min_lr_frac);
+    opt.step(m, tp.lr, s + 1);
+    if (!std::isfinite(loss))
+      throw error(fmt::format("train: the loss became {} at step {} (plan {}); lower --lr or change the plan",
+                              loss, s + 1, cfg.plan));
+    if (tp.step % eval_every == 0 || tp.step == cfg.steps) tp.val_loss = validate(s);
+    tp.tokens_per_s = global_tokens * double(s + 1 - start) / seconds();
+    res.curve.push_back(tp);
+    if (dp.root() && !log_path.empty()) {
+      std::ofstream log(log_path, std::ios::app);
+      nlohmann::json line = {{"step", tp.step}, {"train_loss", tp.train_loss}, {"lr", tp.lr},
+                             {"grad_norm", tp.grad_norm}, {"tokens_per_s", tp.tokens_per_s}};
+      if (tp.val_loss >= 0) line["val_loss"] = tp.val_loss;
+      log << line.dump() << "\n";
+      if (!log) throw error(fmt::format("train: cannot append to '{}'", log_path));
+    }
+    if (progress) progress(tp, cfg.steps);
+    if (tp.step % ckpt_every == 0 || tp.step == cfg.steps) save_checkpoint(tp.step, elapsed_before + seconds());
+  }
+  res.seconds = seconds();
+  res.steps = cfg.steps;
+  res.tokens = cfg.steps * int64_t(cfg.batch) * cfg.ctx;
+  res.tokens_per_s = global_tokens * double(cfg.steps - start) / std::max(res.seconds, 1e-9);
+  for (auto it = res.curve.rbegin(); it != res.curve.rend(); ++it)
+    if (it->val_loss >= 0) {
+      res.val_loss = it->val_loss;
+      break;
+    }
+  if (!res.curve.empty()) res.train_loss = res.curve.back().train_loss;
+  if (start >= cfg.steps && res.curve.empty()) res.val_loss = validate(cfg.steps);
+  res.trained = m.to_model();
+  res.trained.tokenizer = tok_src;
+  return res;
+}
+
+}  // namespace lowbit

@@ -1,0 +1,347 @@
+// Training recipes (recipes.hpp): the plan grammar and the quantizers of the six GEMM operands.
+#include "lowbit/train/recipes.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "lowbit/error.hpp"
+#include "lowbit/formats/autoflex.hpp"
+#include "lowbit/kernels/quantize.hpp"
+#include "lowbit/kernels/scale.hpp"
+
+namespace lowbit {
+
+namespace {
+
+constexpr gemm_operand kAll[] = {gemm_operand::x_fwd, gemm_operand::w_fwd, gemm_operand::dy_dx,
+                                 gemm_operand::w_dx,  gemm_operand::dy_dw, gemm_operand::x_dw};
+
+std::string trim(std::string s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
+  size_t i = 0;
+  while (i < s.size() && std::isspace(static_cast<unsigned char>(s[i]))) ++i;
+  return s.substr(i);
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  int depth = 0;  // lut(a,b,...) keeps its commas
+  for (size_t i = 0; i <= s.size(); ++i) {
+    if (i < s.size() && s[i] == '(') ++depth;
+    if (i < s.size() && s[i] == ')') --depth;
+    if (i == s.size() || (s[i] == sep && depth == 0)) {
+      out.push_back(trim(s.substr(start, i - start)));
+      start = i + 1;
+    }
+  }
+  return out;
+}
+
+// The canonical spelling, or a lowbit::error naming the plan and the operand.
+std::string canonical(const std::string& spec, const std::string& plan, const std::string& where) {
+  try {
+    return format_name(parse_format(spec));
+  } catch (const std::exception& e) {
+    throw error(fmt::format("training plan '{}': {} format '{}': {}", plan, where, spec, e.what()));
+  }
+}
+
+// Stream id of one (step, linear, operand) for stochastic rounding: distinct for every use.
+uint64_t stream_id(int64_t step, int linear, gemm_operand op) {
+  return (uint64_t(step) << 24) ^ (uint64_t(linear) << 3) ^ uint64_t(op);
+}
+
+// Operands in formats of the format engine.
+class format_quantizer : public operand_quantizer {
+ public:
+  explicit format_quantizer(const training_plan& p) : plan_(p) {
+    for (int i = 0; i < gemm_operand_count; ++i)
+      if (!p.operands[i].empty()) formats_[i] = parse_format(p.operands[i]);
+  }
+  bool quantizes(gemm_operand op) const override { return formats_[int(op)].has_value(); }
+  bool feature_axis_groups() const override { return plan_.feature_axis; }
+  void apply(gemm_operand op, int linear, int64_t step, const float* in, float* out, int64_t rows,
+             int64_t cols) override {
+    fake_quantize(in, out, rows, cols, *formats_[int(op)], stream_id(step, linear, op));
+  }
+  std::string describe() const override { return plan_.spec; }
+
+ private:
+  training_plan plan_;
+  std::array<std::optional<format>, gemm_operand_count> formats_;
+};
+
+// Flexpoint with Autoflex exponents per (linear, operand): per tensor and per use.
+class flex_quantizer : public operand_quantizer {
+ public:
+  flex_quantizer(const training_plan& p, int mantissa_bits, int exponent_bits) : plan_(p) {
+    cfg_.mantissa_bits = mantissa_bits;
+    cfg_.exponent_bits = exponent_bits;
+  }
+  bool quantizes(gemm_operand) const override { return true; }
+  void apply(gemm_operand op, int linear, int64_t, const float* in, float* out, int64_t rows,
+             int64_t cols) override {
+    const int64_t n = rows * cols;
+    const auto key = std::make_pair(linear, int(op));
+    auto it = managers_.find(key);
+    if (it == managers_.end()) {
+      // Algorithm 1: initialise the exponent by trial on the first use.
+      it = managers_.emplace(key, autoflex(cfg_)).first;
+      for (int tries = 0; tries < 64; ++tries)
+        if (it->second.initialize_step(flex_fake_quantize(in, out, n, cfg_.mantissa_bits,
+                                                          it->second.exponent())))
+          break;
+    }
+    autoflex& af = it->second;
+    const double gamma = flex_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent());
+    af.update(gamma);  // Algorithm 2: the exponent of the next use
+  }
+  nlohmann::json state() const override {
+    nlohmann::json s = nlohmann::json::array();
+    for (const auto& [key, af] : managers_)
+      s.push_back({{"linear", key.first}, {"operand", key.second}, {"exponent", af.exponent()},
+                   {"history", std::vector<double>(af.history().begin(), af.history().end())}});
+    return s;
+  }
+  void restore(const nlohmann::json& s) override {
+    managers_.clear();
+    if (s.is_null()) return;
+    for (const auto& e : s) {
+      autoflex af(cfg_);
+      const auto h = e.at("history").get<std::vector<double>>();
+      af.restore(e.at("exponent").get<int>(), std::deque<double>(h.begin(), h.end()));
+      managers_.emplace(std::make_pair(e.at("linear").get<int>(), e.at("operand").get<int>()), af);
+    }
+  }
+  std::string describe() const override { return plan_.spec; }
+
+ private:
+  training_plan plan_;
+  autoflex_config cfg_;
+  std::map<std::pair<int, int>, autoflex> managers_;
+};
+
+// ShiftQuant gradients, per-channel integer X and W.
+class shiftquant_quantizer : public operand_quantizer {
+ public:
+  shiftquant_quantizer(const training_plan& p, int bits, int group, int max_shift)
+      : plan_(p), bits_(bits), group_(group), max_shift_(max_shift),
+        channel_(parse_format(fmt::format("int{}/c", bits))) {}
+  bool quantizes(gemm_operand) const override { return true; }
+  void apply(gemm_operand op, int linear, int64_t step, const float* in, float* out, int64_t rows,
+             int64_t cols) override {
+    if (op == gemm_operand::dy_dx || op == gemm_operand::dy_dw)
+      shiftquant_fake_quantize(in, out, rows, cols, bits_, group_, max_shift_, true, 0,
+                               stream_id(step, linear, op));
+    else
+      fake_quantize(in, out, rows, cols, channel_, stream_id(step, linear, op));
+  }
+  std::string describe() const override { return plan_.spec; }
+
+ private:
+  training_plan plan_;
+  int bits_, group_, max_shift_;
+  format channel_;
+};
+
+}  // namespace
+
+double flex_fake_quantize(const float* in, float* out, int64_t n, int mantissa_bits, int exponent) {
+  const double qmax = std::ldexp(1.0, mantissa_bits - 1) - 1;
+  const double inv = std::ldexp(1.0, -exponent), kappa = std::ldexp(1.0, exponent);
+  double gamma = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(in[i])) {  // saturates: Flexpoint has no NaN/Inf codes
+      gamma = std::max(gamma, qmax + 1);
+      out[i] = std::isnan(in[i]) ? 0.0f : static_cast<float>(std::copysign(qmax * kappa, in[i]));
+      continue;
+    }
+    const double m = std::nearbyint(double(in[i]) * inv);  // ties to even (default rounding mode)
+    gamma = std::max(gamma, std::fabs(m));
+    out[i] = static_cast<float>(std::clamp(m, -qmax, qmax) * kappa);
+  }
+  return gamma;
+}
+
+void shiftquant_fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, int bits, int group,
+                              int max_shift, bool stochastic, uint64_t seed, uint64_t tensor_id) {
+  if (bits < 2 || bits > 16) throw error(fmt::format("shiftquant: {} bits (expected 2..16)", bits));
+  if (group <= 0) throw error(fmt::format("shiftquant: group {} (expected > 0)", group));
+  const double qmax = std::ldexp(1.0, bits - 1) - 1;
+  #pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = in + r * cols;
+    float* y = out + r * cols;
+    double amax_row = 0;
+    bool finite = true;
+    for (int64_t c = 0; c < cols; ++c) {
+      if (!std::isfinite(x[c])) finite = false;
+      amax_row = std::max(amax_row, std::fabs(double(x[c])));
+    }
+    if (!finite) {  // CONVENTIONS 4: a group holding NaN/Inf is NaN
+      std::fill(y, y + cols, std::numeric_limits<float>::quiet_NaN());
+      continue;
+    }
+    if (amax_row == 0) {
+      std::fill(y, y + cols, 0.0f);
+      continue;
+    }
+    const double s_row = amax_row / qmax;
+    for (int64_t c0 = 0; c0 < cols; c0 += group) {
+      const int64_t c1 = std::min(cols, c0 + group);
+      double amax = 0;
+      for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(double(x[c])));
+      // k_g = min(S, floor(log2(amax_row / amax_g))): the group's values still fit in qmax.
+      const int k = amax == 0 ? max_shift
+                              : std::min(max_shift, static_cast<int>(std::floor(std::log2(amax_row / amax))));
+      const double s = std::ldexp(s_row, -k);
+      for (int64_t c = c0; c < c1; ++c) {
+        const double v = double(x[c]) / s;
+        double q;
+        if (stochastic) {
+          const double lo = std::floor(v);
+          const float t = static_cast<float>(v - lo);
+          const float u = uniform_from_word(random_word(seed, tensor_id, uint64_t(r * cols + c)));
+          q = u < t ? lo + 1 : lo;
+        } else {
+          q = std::nearbyint(v);
+        }
+        y[c] = static_cast<float>(std::clamp(q, -qmax, qmax) * s);
+      }
+    }
+  }
+}
+
+training_plan parse_training_plan(const std::string& spec_in) {
+  const std::string spec = trim(spec_in);
+  training_plan p;
+  p.spec = spec;
+  const auto colon = spec.find(':');
+  const std::string head = spec.substr(0, colon);
+  const std::string rest = colon == std::string::npos ? "" : spec.substr(colon + 1);
+  auto set = [&](std::initializer_list<gemm_operand> ops, const std::string& f) {
+    const std::string c = canonical(f, spec, "the");
+    for (auto op : ops) p.operands[int(op)] = c;
+  };
+  if (const auto eq = spec.find('='); eq != std::string::npos && (colon == std::string::npos || eq < colon)) {
+    // x=FMT;w=FMT;...
+    p.recipe = "custom";
+    for (const auto& entry : split(spec, ';')) {
+      if (entry.empty()) continue;
+      const auto eq = entry.find('=');
+      if (eq == std::string::npos)
+        throw error(fmt::format("training plan '{}': '{}' is not KEY=FORMAT (keys: x, w, dy, w_bwd, dy_w, "
+                                "x_bwd, axis)", spec, entry));
+      const std::string key = trim(entry.substr(0, eq)), value = trim(entry.substr(eq + 1));
+      if (key == "axis") {
+        if (value != "din" && value != "reduction")
+          throw error(fmt::format("training plan '{}': axis={} (expected din or reduction)", spec, value));
+        p.feature_axis = value == "din";
+        continue;
+      }
+      bool found = false;
+      for (auto op : kAll)
+        if (key == gemm_operand_key(op) || key == gemm_operand_label(op)) {
+          p.operands[int(op)] = canonical(value, spec, std::string("operand ") + key);
+          found = true;
+        }
+      if (!found)
+        throw error(fmt::format("training plan '{}': unknown target '{}' (targets: x, w, dy, w_bwd, dy_w, "
+                                "x_bwd or P1..P6)", spec, key));
+    }
+    for (const auto& o : p.operands)
+      if (!o.empty()) p.law_format = o;
+    return p;
+  }
+  p.recipe = head;
+  std::vector<std::string> args = rest.empty() ? std::vector<std::string>{} : split(rest, ',');
+  auto need_format = [&]() {
+    if (args.empty() || args[0].empty())
+      throw error(fmt::format("training plan '{}': {} needs a format, e.g. {}:e4m3/g32", spec, head, head));
+    return args[0];
+  };
+  auto options = [&](size_t first, std::initializer_list<const char*> allowed) {
+    std::map<std::string, std::string> o;
+    for (size_t i = first; i < args.size(); ++i) {
+      const auto eq = args[i].find('=');
+      const std::string k = args[i].substr(0, eq), v = eq == std::string::npos ? "" : args[i].substr(eq + 1);
+      if (std::find_if(allowed.begin(), allowed.end(), [&](const char* a) { return k == a; }) == allowed.end())
+        throw error(fmt::format("training plan '{}': unknown option '{}'", spec, args[i]));
+      o[k] = v;
+    }
+    return o;
+  };
+  if (head == "fp32" && rest.empty()) {
+  } else if (head == "sun2025") {
+    const std::string f = need_format();
+    set({gemm_operand::w_fwd, gemm_operand::w_dx, gemm_operand::x_dw}, f);
+    auto o = options(1, {"axis"});
+    if (o.count("axis")) {
+      if (o["axis"] != "din" && o["axis"] != "reduction")
+        throw error(fmt::format("training plan '{}': axis={} (expected din or reduction)", spec, o["axis"]));
+      p.feature_axis = o["axis"] == "din";
+    }
+    p.law_format = p.operands[int(gemm_operand::w_fwd)];
+  } else if (head == "qat") {
+    set({gemm_operand::w_fwd}, need_format());
+    options(1, {});
+    p.law_format = p.operands[int(gemm_operand::w_fwd)];
+  } else if (head == "fp8" && rest.empty()) {
+    set({gemm_operand::x_fwd, gemm_operand::w_fwd, gemm_operand::w_dx, gemm_operand::x_dw}, "e4m3/t");
+    set({gemm_operand::dy_dx, gemm_operand::dy_dw}, "e5m2/t");
+    p.law_format = p.operands[int(gemm_operand::w_fwd)];
+  } else if ((head == "mxfp4" || head == "nvfp4") && rest.empty()) {
+    set({gemm_operand::x_fwd, gemm_operand::w_fwd, gemm_operand::w_dx, gemm_operand::x_dw}, head);
+    set({gemm_operand::dy_dx, gemm_operand::dy_dw}, head + "~sr");
+    p.law_format = p.operands[int(gemm_operand::w_fwd)];
+  } else if (head.rfind("flex", 0) == 0 && rest.empty()) {
+    const format f = parse_format(canonical(head, spec, "the"));
+    for (auto op : kAll) p.operands[int(op)] = format_name(f);
+    p.law_format = format_name(f);
+  } else if (head == "shiftquant") {
+    const std::string f = need_format();
+    const format e = parse_format(canonical(f, spec, "the"));
+    if (e.element.kind != element_kind::int_sym || e.gran != granularity::none)
+      throw error(fmt::format("training plan '{}': shiftquant takes an integer element such as int4 or int8, "
+                              "not '{}'", spec, f));
+    auto o = options(1, {"g", "shift", "l1"});
+    const int bits = e.element.bits;
+    const std::string group = o.count("g") ? o["g"] : "32";
+    for (auto op : kAll) p.operands[int(op)] = fmt::format("int{}/c", bits);
+    p.operands[int(gemm_operand::dy_dx)] = p.operands[int(gemm_operand::dy_dw)] =
+        fmt::format("shiftquant(int{},g{},shift={})", bits, group, o.count("shift") ? o["shift"] : "7");
+    p.l1_norm = o.count("l1") > 0;
+    p.law_format = fmt::format("int{}/c", bits);
+  } else {
+    throw error(fmt::format("unknown training plan '{}' (plans: fp32, sun2025:FMT[,axis=din], qat:FMT, fp8, "
+                            "mxfp4, nvfp4, flex16+5, shiftquant:intN[,g=K][,shift=S][,l1], "
+                            "x=FMT;w=FMT;dy=FMT;w_bwd=FMT;dy_w=FMT;x_bwd=FMT)", spec));
+  }
+  return p;
+}
+
+std::unique_ptr<operand_quantizer> make_operand_quantizer(const training_plan& p) {
+  if (p.recipe == "fp32") return nullptr;
+  if (p.recipe.rfind("flex", 0) == 0) {
+    const format f = parse_format(p.law_format);
+    return std::make_unique<flex_quantizer>(p, f.flex_mantissa_bits, f.flex_exponent_bits);
+  }
+  if (p.recipe == "shiftquant") {
+    const format e = parse_format(p.law_format);
+    const std::string& d = p.operands[int(gemm_operand::dy_dx)];
+    int bits = 0, group = 0, shift = 0;
+    if (std::sscanf(d.c_str(), "shiftquant(int%d,g%d,shift=%d)", &bits, &group, &shift) != 3 || group <= 0 ||
+        shift < 0 || shift > 30)
+      throw error(fmt::format("training plan '{}': bad shiftquant group or shift", p.spec));
+    return std::make_unique<shiftquant_quantizer>(p, e.element.bits, group, shift);
+  }
+  return std::make_unique<format_quantizer>(p);
+}
+
+}  // namespace lowbit

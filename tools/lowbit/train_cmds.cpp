@@ -1,0 +1,157 @@
+// `lowbit train`: low-precision training of a Llama-style model on a text file (trainer.hpp,
+// recipes.hpp). The last line of stdout with --json is one JSON object with the final val_loss.
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "lowbit/engine/trainer.hpp"
+#include "lowbit/error.hpp"
+#include "lowbit/train/recipes.hpp"
+#include "cli.hpp"
+
+namespace fs = std::filesystem;
+
+namespace lowbit::cli {
+
+namespace {
+
+std::string shipped_data_dir() {
+  if (const char* d = std::getenv("LOWBIT_DATA_DIR"); d && *d) return d;
+  return LOWBIT_DEFAULT_DATA_DIR;
+}
+
+struct train_cli_options {
+  train_run_config cfg;
+  std::string config_file;
+  bool json = false, resume = false, untied = false;
+};
+
+// bytes | llama2c[:PATH] | gpt2 | PATH (anything load_tokenizer reads).
+std::pair<std::unique_ptr<tokenizer>, tokenizer_source> resolve_tokenizer(const std::string& spec) {
+  if (spec == "bytes") return {make_byte_tokenizer(), tokenizer_source{"bytes", ""}};
+  std::string path = spec;
+  if (spec == "llama2c") path = (fs::path(shipped_data_dir()) / "llama2c" / "tok512.bin").string();
+  else if (spec.rfind("llama2c:", 0) == 0) path = spec.substr(8);
+  else if (spec == "gpt2") path = (fs::path(shipped_data_dir()) / "tokenizers").string();
+  auto tok = load_tokenizer(path);
+  const std::string kind = tok->kind();
+  return {std::move(tok), tokenizer_source{kind, fs::absolute(path).string()}};
+}
+
+void cmd_train(train_cli_options o, const CLI::App& app) {
+  train_run_config cfg = o.cfg;
+  if (!o.config_file.empty()) {
+    // The file gives the base; flags given on the command line win.
+    std::ifstream f(o.config_file);
+    if (!f) throw error(fmt::format("train: cannot read the config '{}'", o.config_file));
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(f);
+    } catch (const std::exception& e) {
+      throw error(fmt::format("train: '{}' is not JSON: {}", o.config_file, e.what()));
+    }
+    train_run_config from_file = train_run_config::from_json(j);
+    nlohmann::json merged = from_file.to_json();
+    const nlohmann::json flags = cfg.to_json();
+    const std::map<std::string, std::string> flag_of = {
+        {"dim", "--dim"}, {"layers", "--layers"}, {"heads", "--heads"}, {"kv_heads", "--kv-heads"},
+        {"hidden", "--hidden"}, {"data", "--data"}, {"tokenizer", "--tokenizer"}, {"batch", "--batch"},
+        {"ctx", "--ctx"}, {"val_batches", "--val-batches"}, {"steps", "--steps"}, {"lr", "--lr"},
+        {"min_lr_frac", "--min-lr-frac"}, {"warmup_frac", "--warmup"}, {"clip", "--clip"},
+        {"weight_decay", "--wd"}, {"seed", "--seed"}, {"plan", "--plan"}, {"eval_every", "--eval-every"},
+        {"checkpoint_every", "--checkpoint-every"}, {"out", "--out"}};
+    for (const auto& [key, flag] : flag_of)
+      if (app.count(flag)) merged[key] = flags[key];
+    cfg = train_run_config::from_json(merged);
+  }
+  if (o.untied) cfg.tied_classifier = false;
+  if (cfg.data_path.empty())
+    cfg.data_path = (fs::path(shipped_data_dir()) / "text" / "tinyshakespeare.txt").string();
+  // Everything that can be refused is refused before training starts.
+  const training_plan plan = parse_training_plan(cfg.plan);
+  if (plan.l1_norm) cfg.l1_norm = true;
+  auto quantizer = make_operand_quantizer(plan);
+  auto [tok, tok_src] = resolve_tokenizer(cfg.tokenizer);
+  if (!cfg.out_dir.empty() && !o.resume && fs::exists(fs::path(cfg.out_dir) / "checkpoint.safetensors"))
+    throw error(fmt::format("train: '{}' holds a checkpoint; pass --resume to continue it or choose another "
+                            "--out", cfg.out_dir));
+
+  const data_parallel& dp = data_parallel::world();
+  progress_bar bar("train", "step");
+  auto on_step = [&](const train_point& p, int64_t steps) {
+    if (!dp.root()) return;
+    bar.set_label(fmt::format("train loss {:.3f} {:.0f} tok/s", p.train_loss, p.tokens_per_s));
+    bar.update(p.step, steps);
+  };
+  train_result r = run_training(cfg, *tok, tok_src, quantizer.get(), o.resume, on_step);
+  bar.finish();
+  if (!dp.root()) return;
+
+  nlohmann::json out = {{"plan", cfg.plan},
+                        {"operands", plan.operands},
+                        {"law_format", plan.law_format},
+                        {"params", r.params},
+                        {"tokens", r.tokens},
+                        {"steps", r.steps},
+                        {"resumed_from", r.resumed_from},
+                        {"train_loss", r.train_loss},
+                        {"val_loss", r.val_loss},
+                        {"seconds", r.seconds},
+                        {"tokens_per_s", r.tokens_per_s},
+                        {"out", cfg.out_dir}};
+  if (o.json) {
+    std::cout << out.dump() << std::endl;
+    return;
+  }
+  table t;
+  t.header = {"plan", "params", "tokens", "train loss", "val loss", "tok/s"};
+  t.rows.push_back({cfg.plan, std::to_string(r.params), std::to_string(r.tokens), fmt::format("{:.4f}", r.train_loss),
+                    fmt::format("{:.4f}", r.val_loss), fmt::format("{:.0f}", r.tokens_per_s)});
+  std::cout << t.render();
+  if (!cfg.out_dir.empty())
+    std::cout << fmt::format("model: {}  log: {}\n", (fs::path(cfg.out_dir) / "model.safetensors").string(),
+                             (fs::path(cfg.out_dir) / "log.jsonl").string());
+}
+
+}  // namespace
+
+void add_train_commands(CLI::App& app, command_list& commands) {
+  static train_cli_options o;
+  auto* c = app.add_subcommand("train", "train a Llama-style model with quantized GEMM operands (W/A/G)");
+  c->add_option("--config", o.config_file, "JSON file with the settings below (flags override it)");
+  c->add_option("--data", o.cfg.data_path, "text file (default: the shipped tinyshakespeare)");
+  c->add_option("--tokenizer", o.cfg.tokenizer, "bytes | llama2c[:PATH] | gpt2 | tokenizer file")->capture_default_str();
+  c->add_option("--dim", o.cfg.dim, "residual width")->capture_default_str();
+  c->add_option("--layers", o.cfg.n_layers, "blocks")->capture_default_str();
+  c->add_option("--heads", o.cfg.n_heads, "attention heads")->capture_default_str();
+  c->add_option("--kv-heads", o.cfg.n_kv_heads, "key/value heads (default: --heads)");
+  c->add_option("--hidden", o.cfg.hidden_dim, "MLP width (default: 8/3 dim rounded up to 32)");
+  c->add_flag("--untied", o.untied, "a separate classifier matrix (default: tied to the embedding)");
+  c->add_option("--ctx", o.cfg.ctx, "sequence length")->capture_default_str();
+  c->add_option("--batch", o.cfg.batch, "sequences per step (global, over all ranks)")->capture_default_str();
+  c->add_option("--steps", o.cfg.steps, "optimizer steps")->capture_default_str();
+  c->add_option("--lr", o.cfg.lr, "peak learning rate")->capture_default_str();
+  c->add_option("--min-lr-frac", o.cfg.min_lr_frac, "cosine floor as a fraction of --lr")->capture_default_str();
+  c->add_option("--warmup", o.cfg.warmup_frac, "warmup fraction of the steps")->capture_default_str();
+  c->add_option("--wd", o.cfg.adam.weight_decay, "AdamW weight decay (matrices only)")->capture_default_str();
+  c->add_option("--clip", o.cfg.clip, "gradient norm clip (0 = off)")->capture_default_str();
+  c->add_option("--seed", o.cfg.seed, "initialisation and data order")->capture_default_str();
+  c->add_option("--plan", o.cfg.plan,
+                "fp32 | sun2025:FMT[,axis=din] | qat:FMT | fp8 | mxfp4 | nvfp4 | flex16+5 | "
+                "shiftquant:intN[,g=K][,shift=S][,l1] | x=FMT;w=FMT;dy=FMT;w_bwd=FMT;dy_w=FMT;x_bwd=FMT")
+      ->capture_default_str();
+  c->add_option("--val-batches", o.cfg.val_batches, "validation batches (fixed windows of the last 10%)")
+      ->capture_default_str();
+  c->add_option("--eval-every", o.cfg.eval_every, "validate every N steps (default steps/10)");
+  c->add_option("--checkpoint-every", o.cfg.checkpoint_every, "checkpoint every N steps (default steps/5)");
+  c->add_option("-o,--out", o.cfg.out_dir, "output directory: log.jsonl, checkpoint.safetensors, model.safetensors");
+  c->add_flag("--resume", o.resume, "continue the run checkpointed in --out");
+  c->add_flag("--json", o.json, "print one JSON object (last line) with the final val_loss");
+  commands.push_back({c, [c] { cmd_train(o, *c); }});
+}
+
+}  // namespace lowbit::cli
