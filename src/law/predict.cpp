@@ -214,6 +214,9 @@ std::vector<ptq_sample> samples_from_runs(const std::vector<run_record>& runs) {
     if (is_float_spec(r.format) || !std::isfinite(metric(r, "nll"))) continue;
     ptq_sample s;
     s.model = r.model, s.format = r.format, s.method = r.method.empty() ? "rtn" : r.method;
+    if (r.config.is_object() && r.config.contains("paths") && r.config["paths"].is_object() &&
+        r.config["paths"].contains("model") && r.config["paths"]["model"].is_string())
+      s.model_path = r.config["paths"]["model"].get<std::string>();
     s.nll = metric(r, "nll");
     s.nll_float = metric(r, "base_nll");
     if (!std::isfinite(s.nll_float)) {
@@ -246,6 +249,7 @@ ptq_sample query_for(const std::vector<ptq_sample>& rows, const std::string& mod
     if (r.model != model) continue;
     seen = true;
     q.log_N = r.log_N, q.nll_float = r.nll_float;
+    if (q.model_path.empty()) q.model_path = r.model_path;
     if (format_name(parse_format(r.format)) == canon) {
       if (std::isfinite(r.sqnr_db)) q.sqnr_db = r.sqnr_db;
       if (std::isfinite(r.flatness)) q.flatness = r.flatness;

@@ -44,6 +44,8 @@ using command_list = std::vector<std::pair<CLI::App*, std::function<void()>>>;
 void add_model_commands(CLI::App& app, command_list& commands);
 // quantize
 void add_ptq_commands(CLI::App& app, command_list& commands);
+// law, fit, predict
+void add_law_commands(CLI::App& app, command_list& commands);
 // train
 void add_train_commands(CLI::App& app, command_list& commands);
 

@@ -31,6 +31,7 @@ namespace lowbit::law {
 
 struct ptq_sample {
   std::string model, format, method;
+  std::string model_path;  // the model file when the run recorded it (config.paths.model)
   double log_N = 0, nll_float = 0, sqnr_db = 0, bits = 0, block_code = 0, flatness = 0;  // NaN = missing
   double nll = 0;  // the target run's NLL (NaN for a query)
 };
