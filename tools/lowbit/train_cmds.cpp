@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lowbit/engine/trainer.hpp"
+#include "lowbit/explore/runs_db.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/train/recipes.hpp"
 #include "cli.hpp"
@@ -26,7 +27,7 @@ std::string shipped_data_dir() {
 
 struct train_cli_options {
   train_run_config cfg;
-  std::string config_file;
+  std::string config_file, db;
   bool json = false, resume = false, untied = false;
 };
 
@@ -80,7 +81,9 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
     throw error(fmt::format("train: '{}' holds a checkpoint; pass --resume to continue it or choose another "
                             "--out", cfg.out_dir));
 
+  std::unique_ptr<runs_db> db;
   const data_parallel& dp = data_parallel::world();
+  if (!o.db.empty() && dp.root()) db = std::make_unique<runs_db>(o.db);  // a bad database fails first
   progress_bar bar("train", "step");
   auto on_step = [&](const train_point& p, int64_t steps) {
     if (!dp.root()) return;
@@ -103,6 +106,29 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
                         {"seconds", r.seconds},
                         {"tokens_per_s", r.tokens_per_s},
                         {"out", cfg.out_dir}};
+  if (db) {
+    // One row per run for the scaling-law fits: N (all parameters; the non-embedding count in
+    // the config), D (trained tokens), the format of the quantized operands (E, M, block).
+    run_record rec;
+    rec.kind = "train";
+    rec.model = fmt::format("train:llama-d{}-l{}-h{}", cfg.dim, cfg.n_layers, cfg.n_heads);
+    rec.n_params = double(r.params);
+    rec.tokens = double(r.tokens);
+    rec.format = plan.law_format;
+    format_parts(plan.law_format, rec);
+    rec.method = "train";
+    rec.plan = cfg.plan;
+    rec.metrics = {{"val_loss", r.val_loss}, {"train_loss", r.train_loss}, {"seconds", r.seconds},
+                   {"tokens_per_s", r.tokens_per_s}};
+    nlohmann::json conf = cfg.to_json();
+    conf.erase("out");
+    const int64_t embedding = int64_t(tok->vocab_size()) * cfg.dim;
+    conf["non_embedding_params"] = r.params - embedding;
+    conf["operands"] = plan.operands;
+    rec.config = conf;
+    rec.revision = code_revision();
+    out["db_id"] = db->record(rec);
+  }
   if (o.json) {
     std::cout << out.dump() << std::endl;
     return;
@@ -150,6 +176,7 @@ void add_train_commands(CLI::App& app, command_list& commands) {
   c->add_option("--checkpoint-every", o.cfg.checkpoint_every, "checkpoint every N steps (default steps/5)");
   c->add_option("-o,--out", o.cfg.out_dir, "output directory: log.jsonl, checkpoint.safetensors, model.safetensors");
   c->add_flag("--resume", o.resume, "continue the run checkpointed in --out");
+  c->add_option("--db", o.db, "record the run in this results database (SQLite)");
   c->add_flag("--json", o.json, "print one JSON object (last line) with the final val_loss");
   commands.push_back({c, [c] { cmd_train(o, *c); }});
 }

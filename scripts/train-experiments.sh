@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Low-precision training experiments of issue 5 (a background job, not CI):
+#   curves  : a ~0.84M-parameter Llama (dim 128, 4 layers) on tinyshakespeare (bytes) under fp32,
+#             sun2025 targets (P2, P4, P6) in E4M3 / E2M1 / INT8 / INT4 with blocks of 32 and
+#             per channel, flex16+5, and the exponent-vs-mantissa pairs E2M3/E3M2, E3M4/E4M3/E5M2
+#   grid    : 3 model sizes x 2 token budgets x 3 formats for the scaling-law fits
+#   speed   : tokens/s of fp32 training vs all six operands fake-quantized (dim 256, 4 layers,
+#             ctx 128, batch 16), measured in one run
+# Usage: scripts/train-experiments.sh curves|grid|speed [OUT_DIR] [JOBS]
+# Each run writes OUT_DIR/<name>/{log.jsonl,result.json,model.safetensors}; runs already finished
+# are skipped, so a killed job resumes. Plots: scripts/plot_training.py OUT_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-curves}
+out=${2:-explore-out/train-$what}
+mkdir -p "$out"
+jobs=${3:-2}
+# a copy of the binary: a rebuild during a long job must not change the runs
+lowbit=$out/lowbit
+cp build/lowbit "$lowbit.tmp" && mv "$lowbit.tmp" "$lowbit"
+data=${LOWBIT_DATA_DIR:-../shared/data}/text/tinyshakespeare.txt
+
+
+run() {  # name, then lowbit train flags
+  local name=$1; shift
+  local dir="$out/$name"
+  [ -f "$dir/result.json" ] && return 0
+  local resume=""
+  [ -f "$dir/checkpoint.safetensors" ] && resume="--resume"
+  # one OpenMP thread per run: parallel runs share the cores without spinning
+  OMP_NUM_THREADS=1 "$lowbit" train --data "$data" --tokenizer bytes "$@" --out "$dir" $resume --json \
+    2> "$dir.stderr" | tail -1 > "$dir.result.tmp" && mv "$dir.result.tmp" "$dir/result.json"
+  echo "$name: $(cat "$dir/result.json")"
+}
+export -f run
+export out lowbit data
+
+case "$what" in
+  curves)
+    common="--dim 128 --layers 4 --heads 4 --ctx 64 --batch 16 --steps 600 --lr 3e-3 --seed 1 --eval-every 50"
+    {
+      echo "fp32 --plan fp32"
+      for f in e4m3 e2m1 int8 int4; do
+        echo "$f-g32 --plan sun2025:$f/g32"
+        echo "$f-c --plan sun2025:$f/c"
+      done
+      echo "flex16+5 --plan flex16+5"
+      for f in e2m3 e3m2 e3m4 e5m2; do echo "$f-g32 --plan sun2025:$f/g32"; done
+    } | while read -r name flags; do echo "$name $flags $common"; done |
+      xargs -P "$jobs" -L 1 bash -c 'run "$@"' _
+    ;;
+  grid)
+    # N: dim 64/96/128 (4 layers); D: 300 and 900 steps of 1024 tokens; formats: fp32 and the
+    # sun2025 targets in e4m3/g32 and e2m1/g32.
+    {
+      for dim in 64 96 128; do
+        for steps in 300 900; do
+          for plan in fp32 sun2025:e4m3/g32 sun2025:e2m1/g32; do
+            name="d$dim-s$steps-${plan//[:\/]/_}"
+            echo "$name --dim $dim --layers 4 --heads 4 --ctx 64 --batch 16 --steps $steps --lr 3e-3 --seed 1 --plan $plan --db $out/runs.db"
+          done
+        done
+      done
+    } | xargs -P "$jobs" -L 1 bash -c 'run "$@"' _
+    ;;
+  speed)
+    # One process, one after the other, same machine state: fp32 then all six operands quantized.
+    for plan in fp32 "x=e4m3/g32;w=e4m3/g32;dy=e5m2/g32;w_bwd=e4m3/g32;dy_w=e5m2/g32;x_bwd=e4m3/g32"; do
+      "$lowbit" train --data "$data" --tokenizer bytes --dim 256 --layers 4 --heads 4 --ctx 128 --batch 16 \
+        --steps 30 --eval-every 1000 --plan "$plan" --json 2>/dev/null | tail -1
+    done
+    ;;
+  *) echo "usage: $0 curves|grid|speed [OUT_DIR] [JOBS]" >&2; exit 2 ;;
+esac
