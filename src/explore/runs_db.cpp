@@ -99,6 +99,44 @@ std::string config_hash(const nlohmann::json& config) {
   return sha256_hex(config.dump());
 }
 
+std::string run_hash(const nlohmann::json& config) {
+  if (!config.is_object() || !config.contains("paths")) return config_hash(config);
+  nlohmann::json identity = config;
+  identity.erase("paths");
+  return config_hash(identity);
+}
+
+nlohmann::json to_json(const run_record& r) {
+  nlohmann::json metrics = nlohmann::json::object();
+  for (const auto& [k, v] : r.metrics) metrics[k] = std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+  return {{"id", r.id}, {"kind", r.kind}, {"model", r.model}, {"n_params", r.n_params}, {"tokens", r.tokens},
+          {"format", r.format}, {"canonical", r.canonical}, {"element", r.element}, {"exp_bits", r.exp_bits},
+          {"man_bits", r.man_bits}, {"bits", r.bits}, {"block", r.block}, {"scale_format", r.scale_format},
+          {"method", r.method}, {"plan", r.plan}, {"metrics", metrics}, {"config", r.config},
+          {"config_hash", r.config_hash}, {"revision", r.revision}, {"time", r.time}};
+}
+
+run_record run_from_json(const nlohmann::json& j) {
+  run_record r;
+  try {
+    r.id = j.value("id", int64_t(0));
+    r.kind = j.value("kind", ""), r.model = j.value("model", "");
+    r.n_params = j.value("n_params", 0.0), r.tokens = j.value("tokens", 0.0);
+    r.format = j.value("format", ""), r.canonical = j.value("canonical", ""), r.element = j.value("element", "");
+    r.exp_bits = j.value("exp_bits", 0), r.man_bits = j.value("man_bits", 0), r.bits = j.value("bits", 32);
+    r.block = j.value("block", 0), r.scale_format = j.value("scale_format", "");
+    r.method = j.value("method", ""), r.plan = j.value("plan", "");
+    if (j.contains("metrics"))
+      for (const auto& [k, v] : j["metrics"].items())
+        r.metrics[k] = v.is_number() ? v.get<double>() : std::numeric_limits<double>::quiet_NaN();
+    r.config = j.value("config", nlohmann::json::object());
+    r.config_hash = j.value("config_hash", ""), r.revision = j.value("revision", ""), r.time = j.value("time", "");
+  } catch (const nlohmann::json::exception& e) {
+    throw error(fmt::format("a run record that is not valid: {}", e.what()));
+  }
+  return r;
+}
+
 std::string code_revision() { return LOWBIT_REVISION; }
 
 std::string file_fingerprint(const std::string& path) {
@@ -345,6 +383,15 @@ int64_t runs_db::record(run_record r) {
   exec(db, path_, "BEGIN IMMEDIATE");
   try {
     int64_t id = 0;
+    {  // already recorded: the first record stands (and no id is used up)
+      statement st(db, path_, "SELECT id FROM runs WHERE config_hash = ?1");
+      st.bind(1, r.config_hash);
+      if (st.step()) id = st.integer(0);
+    }
+    if (id > 0) {
+      exec(db, path_, "COMMIT");
+      return id;
+    }
     {
       statement ins(db, path_,
                     "INSERT INTO runs(config_hash, kind, model, n_params, tokens, format, canonical, element, "

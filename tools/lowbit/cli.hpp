@@ -48,6 +48,8 @@ void add_ptq_commands(CLI::App& app, command_list& commands);
 void add_law_commands(CLI::App& app, command_list& commands);
 // train
 void add_train_commands(CLI::App& app, command_list& commands);
+// report (explore itself is with the model commands)
+void add_explore_commands(CLI::App& app, command_list& commands);
 
 // `lowbit bench`: registers the subcommand; *run is set to the work to do when it is chosen.
 CLI::App* add_bench_command(CLI::App& app, std::function<void()>* run);

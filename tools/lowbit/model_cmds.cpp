@@ -22,6 +22,8 @@
 #include "lowbit/engine/safetensors.hpp"
 #include "lowbit/engine/tokenizer.hpp"
 #include "lowbit/error.hpp"
+#include "lowbit/explore/runs_db.hpp"
+#include "lowbit/explore/sweep.hpp"
 #include "lowbit/ptq/pipeline.hpp"
 
 #ifndef LOWBIT_DEFAULT_DATA_DIR
@@ -132,7 +134,76 @@ struct eval_cli_options {
   int ctx = 0;
   int64_t max_tokens = 0;
   bool kl_base = false, json = false, sgemm_peak = false;
+  std::string db;  // record the run in this results database
 };
+
+std::string abs_path(const std::string& p) { return p.empty() ? p : fs::absolute(p).lexically_normal().string(); }
+
+// Mean of per-tensor SQNR (dB) weighted by tensor size: the weight format's SQNR on the model's
+// own weights (as the sweeps record it).
+double mean_sqnr_db(const std::vector<weight_quant_report>& reports) {
+  double sum = 0, n = 0;
+  for (const auto& r : reports)
+    if (std::isfinite(r.sqnr_db)) sum += r.sqnr_db * double(r.numel), n += double(r.numel);
+  return n > 0 ? sum / n : std::nan("");
+}
+
+// `eval --db`: the run as a record of the results store. The config names files by fingerprint
+// (their paths ride along under "paths", outside the hash), so a rerun is recognised wherever
+// the files are.
+void record_eval(const eval_cli_options& o, const model& base, const quant_plan& plan,
+                 const std::vector<weight_quant_report>& reports, const eval_result& r, double bits) {
+  auto canonical = [](const std::optional<format>& f) { return f ? format_name(*f) : std::string("fp32"); };
+  run_record rec;
+  rec.kind = "eval";
+  rec.model = fs::path(o.m.model).stem().string();  // the path is in config.paths
+  rec.n_params = double(base.config.parameter_count());
+  rec.tokens = double(r.tokens_scored);
+  rec.format = o.m.weights;
+  rec.method = plan.weights ? "rtn" : "none";
+  nlohmann::json provenance;
+  if (!base.provenance.empty()) {  // a model written by `lowbit quantize`: its format and method
+    provenance = nlohmann::json::parse(base.provenance, nullptr, false);
+    if (!plan.weights && provenance.is_object()) {
+      rec.format = provenance.value("weights", "");
+      rec.method = provenance.value("method", "none");
+      // A quantized model is its source model for reports and fits.
+      if (provenance.contains("source_model"))
+        rec.model = fs::path(provenance.value("source_model", o.m.model)).stem().string();
+    }
+  }
+  format_parts(rec.format, rec);
+  rec.plan = plan.describe();
+  nlohmann::json rules = nullptr;
+  if (!o.m.rules.empty()) {
+    std::ifstream in(o.m.rules);
+    rules = nlohmann::json::parse(in, nullptr, false);
+  }
+  rec.config = {{"kind", "eval"}, {"model", file_fingerprint(o.m.model)},
+                {"tokenizer", o.m.tokenizer.empty() || o.m.tokenizer == "bytes" ? o.m.tokenizer : file_fingerprint(o.m.tokenizer)},
+                {"data", file_fingerprint(o.data)}, {"weights", canonical(plan.weights)},
+                {"acts", canonical(plan.acts)}, {"kv", canonical(plan.kv)}, {"rules", rules},
+                {"ctx", o.ctx}, {"max_tokens", o.max_tokens}, {"kl_base", o.kl_base},
+                {"provenance", provenance.is_discarded() ? nlohmann::json(nullptr) : provenance},
+                {"paths", {{"model", abs_path(o.m.model)}, {"data", abs_path(o.data)},
+                           {"tokenizer", o.m.tokenizer == "bytes" ? o.m.tokenizer : abs_path(o.m.tokenizer)},
+                           {"rules", abs_path(o.m.rules)}}}};
+  rec.config_hash = run_hash(rec.config);
+  rec.metrics = {{"nll", r.mean_nll}, {"nll_stderr", r.nll_stderr}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr},
+                 {"seconds", r.seconds}, {"tokens_per_second", r.tokens_per_second}, {"bits_per_weight", bits},
+                 {"windows", double(r.windows)}};
+  if (!reports.empty()) rec.metrics["sqnr_db"] = mean_sqnr_db(reports);
+  if (r.has_kl) {
+    rec.metrics["kl_mean"] = r.kl_mean, rec.metrics["kl_p99"] = r.kl_p99;
+    rec.metrics["top1_agreement"] = r.top1_agreement;
+    rec.metrics["base_nll"] = r.base_mean_nll, rec.metrics["base_ppl"] = r.base_ppl;
+    rec.metrics["dnll"] = r.mean_nll - r.base_mean_nll;
+  }
+  runs_db db(o.db);
+  const bool had = db.has(rec.config_hash);
+  const int64_t id = db.record(rec);
+  std::cerr << fmt::format("eval: {} run {} in {}\n", had ? "already recorded as" : "recorded as", id, o.db);
+}
 
 nlohmann::json result_json(const eval_result& r) {
   nlohmann::json j = {{"tokens_scored", r.tokens_scored}, {"windows", r.windows},
@@ -169,6 +240,7 @@ void cmd_eval(const eval_cli_options& o) {
     const int window = static_cast<int>(std::min<int64_t>(o.ctx > 0 ? o.ctx : c.max_seq_len, r.tokens_scored + 1));
     peak = sgemm_gflops(window, std::max(c.hidden_dim, c.dim), c.dim);
   }
+  if (!o.db.empty()) record_eval(o, base, plan, reports, r, bits);
   if (o.json) {
     nlohmann::json j = result_json(r);
     j["model"] = o.m.model;
@@ -264,7 +336,60 @@ struct explore_options {
   int ctx = 0;
   int64_t max_tokens = 0;
   bool json = false, no_plot = false;
+  std::string config, db;  // --config: a sweep recorded in --db (default lowbit.db)
+  int jobs = 1;
+  int64_t max_runs = -1;
 };
+
+// `explore --config sweep.json`: the grid of sweep.hpp, recorded in the results database; the
+// table shows every run of the grid, whether it ran now or was already recorded.
+void cmd_sweep(const explore_options& o) {
+  if (!o.rows.empty() || !o.model.empty() || !o.data.empty() || o.ctx || o.max_tokens)
+    throw error("explore: with --config, the models, data, formats and eval settings come from the sweep file "
+                "(drop --row/--model/--data/--ctx/--max-tokens)");
+  const sweep_config c = load_sweep_config(o.config, data_dir());
+  sweep_options so;
+  so.db = o.db.empty() ? "lowbit.db" : o.db;
+  so.jobs = o.jobs, so.max_runs = o.max_runs;
+  progress_bar bar("explore", "run");
+  const sweep_summary s = run_sweep(
+      c, so, [&](int64_t d, int64_t t) { bar.update(d, t); },
+      [&](const sweep_job& j, const run_record*, const std::string& err) {
+        if (!err.empty()) std::cerr << fmt::format("\nexplore: {} {} @{} failed: {}\n", j.model.name, plan_label(j.plan), j.method, err);
+      });
+  bar.finish();
+  if (!s.coordinator) return;  // MPI ranks other than 0 print nothing
+  const runs_db db(so.db);
+  table t{{"model", "weights", "acts", "kv", "method", "ctx", "tokens", "bits/w", "ppl", "dNLL", "KL mean", "SQNR dB", "run"}, {}};
+  nlohmann::json rows = nlohmann::json::array();
+  auto metric = [](const run_record& r, const char* k, int digits) {
+    const auto it = r.metrics.find(k);
+    return it == r.metrics.end() || std::isnan(it->second) ? std::string("-") : fmt::format("{:.{}f}", it->second, digits);
+  };
+  int64_t missing = 0;
+  for (const sweep_job& j : s.jobs) {
+    const auto r = db.find(j.hash);
+    if (!r) {
+      ++missing;
+      continue;
+    }
+    rows.push_back(to_json(*r));
+    t.rows.push_back({r->model, j.plan.weights.empty() ? "fp32" : j.plan.weights, j.plan.acts.empty() ? "-" : j.plan.acts,
+                      j.plan.kv.empty() ? "-" : j.plan.kv, j.method, j.eval.ctx ? std::to_string(j.eval.ctx) : "max",
+                      fmt::format("{:.0f}", r->tokens), metric(*r, "bits_per_weight", 3), metric(*r, "ppl", 4),
+                      metric(*r, "dnll", 5), metric(*r, "kl_mean", 6), metric(*r, "sqnr_db", 2), std::to_string(r->id)});
+  }
+  const std::string note = fmt::format("{} runs in the grid: {} already recorded, {} ran now, {} failed, {} not run{}; "
+                                       "database {}{}", s.total, s.already, s.ran, s.failures.size(), missing,
+                                       o.max_runs >= 0 && missing ? " (--max-runs: run again to resume)" : "", so.db,
+                                       s.ranks > 1 ? fmt::format(" ({} MPI ranks)", s.ranks) : "");
+  if (o.json) std::cout << nlohmann::json{{"database", so.db}, {"total", s.total}, {"already", s.already},
+                                          {"ran", s.ran}, {"failed", s.failures.size()}, {"runs", rows}}.dump(2) << "\n";
+  else std::cout << t.render() << note << "\n";
+  if (!s.failures.empty())
+    throw error(fmt::format("explore: {} of {} runs failed (not recorded; a rerun retries them): {}", s.failures.size(),
+                            s.total, s.failures.front()));
+}
 
 // The demo's rows (issue "models"): weight-only round-to-nearest over the formats of the
 // literature, W8A8 in int8 and FP8, an FP8 KV cache, and GPTQ next to RTN at int4/g32.
@@ -289,6 +414,8 @@ std::string canonical_or_float(const std::string& spec) {
 }
 
 void cmd_explore(explore_options o) {
+  if (!o.config.empty()) return cmd_sweep(o);
+  if (o.jobs != 1 || o.max_runs >= 0) throw error("explore: -j and --max-runs go with --config sweep.json");
   if (o.model.empty()) o.model = data_dir() + "/llama2c/stories260K.bin";
   if (o.data.empty()) o.data = data_dir() + "/text/tinystories_val_sample.txt";
   if (o.rows.empty()) o.rows = default_explore_rows;
@@ -381,6 +508,41 @@ void cmd_explore(explore_options o) {
                        label, methods[i], s[0], canonical_or_float(s[0]), s[1], canonical_or_float(s[1]), s[2],
                        canonical_or_float(s[2]), bits, r.mean_nll, r.nll_stderr, r.ppl, r.ppl_stderr, dppl,
                        r.kl_mean, r.kl_p99, r.top1_agreement, r.tokens_scored);
+  }
+  if (!o.db.empty()) {  // every row as a run of the results store
+    runs_db db(o.db);
+    const std::string model_fp = file_fingerprint(o.model), data_fp = file_fingerprint(o.data);
+    const std::string tok_fp = o.tokenizer.empty() || o.tokenizer == "bytes" ? o.tokenizer : file_fingerprint(o.tokenizer);
+    const ptq::quantize_options defaults;
+    int64_t added = 0;
+    for (size_t i = 0; i < results.size(); ++i) {
+      const eval_result& r = results[i].r;
+      run_record rec;
+      rec.kind = "explore";
+      rec.model = fs::path(o.model).stem().string();
+      rec.n_params = double(base.config.parameter_count());
+      rec.tokens = double(r.tokens_scored);
+      rec.format = specs[i][0];
+      format_parts(rec.format, rec);
+      rec.method = methods[i];
+      rec.plan = plans[i].describe();
+      rec.config = {{"kind", "explore"}, {"model", model_fp}, {"tokenizer", tok_fp}, {"data", data_fp},
+                    {"weights", canonical_or_float(specs[i][0])}, {"acts", canonical_or_float(specs[i][1])},
+                    {"kv", canonical_or_float(specs[i][2])}, {"method", methods[i]}, {"ctx", o.ctx},
+                    {"max_tokens", eo.max_tokens}, {"eval_tokens", "rows"}, {"kl_base", true},
+                    {"paths", {{"model", abs_path(o.model)}, {"data", abs_path(o.data)}, {"tokenizer", abs_path(o.tokenizer)}}}};
+      if (methods[i] != "rtn")
+        rec.config["calibration"] = {{"samples", defaults.calib_samples}, {"ctx", defaults.calib_ctx}, {"seed", defaults.seed}};
+      rec.config_hash = run_hash(rec.config);
+      rec.metrics = {{"nll", r.mean_nll}, {"nll_stderr", r.nll_stderr}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr},
+                     {"seconds", r.seconds}, {"bits_per_weight", results[i].bits}, {"kl_mean", r.kl_mean},
+                     {"kl_p99", r.kl_p99}, {"top1_agreement", r.top1_agreement}, {"base_nll", r.base_mean_nll},
+                     {"base_ppl", r.base_ppl}, {"dnll", r.mean_nll - r.base_mean_nll}};
+      if (!db.has(rec.config_hash)) ++added;
+      db.record(rec);
+    }
+    std::cerr << fmt::format("explore: {} rows recorded in {} ({} were there already)\n", added, o.db,
+                             results.size() - size_t(added));
   }
   const nlohmann::json doc = {{"model", o.model}, {"data", o.data},
                               {"tokens_scored", results.empty() ? 0 : results[0].r.tokens_scored},
@@ -479,6 +641,7 @@ void add_model_commands(CLI::App& app, command_list& commands) {
   eval->add_flag("--kl-base", eo.kl_base, "also run the float model: KL divergence and top-1 agreement");
   eval->add_flag("--json", eo.json, "one JSON document");
   eval->add_flag("--sgemm-peak", eo.sgemm_peak, "also measure OpenBLAS sgemm on the model's largest layer shape");
+  eval->add_option("--db", eo.db, "record the run in this results database (SQLite; idempotent)");
   commands.push_back({eval, [] { cmd_eval(eo); }});
 
   static generate_options go;
@@ -502,6 +665,10 @@ void add_model_commands(CLI::App& app, command_list& commands) {
   explore->add_option("-o,--out", xo.out, "output directory for explore.csv/.json/.png")->capture_default_str();
   explore->add_flag("--no-plot", xo.no_plot, "skip the PNG/SVG plot");
   explore->add_flag("--json", xo.json, "one JSON document");
+  explore->add_option("--config", xo.config, "sweep.json: models x formats x methods x eval settings, recorded in --db (see README)");
+  explore->add_option("--db", xo.db, "results database (default with --config: lowbit.db; with --row: record the rows there)");
+  explore->add_option("-j,--jobs", xo.jobs, "--config: runs in parallel (worker processes)")->capture_default_str();
+  explore->add_option("--max-runs", xo.max_runs, "--config: start at most N runs not yet recorded, then stop (resume later)");
   commands.push_back({explore, [] { cmd_explore(xo); }});
 }
 

@@ -1,7 +1,9 @@
 // `lowbit quantize`: post-training quantization of a model, written to safetensors or GGUF
 // (CONVENTIONS 20-22).
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <iostream>
 #include <sstream>
 
@@ -14,6 +16,7 @@
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
 #include "lowbit/error.hpp"
+#include "lowbit/explore/runs_db.hpp"
 #include "lowbit/ptq/mixed.hpp"
 #include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/engine/safetensors.hpp"
@@ -33,7 +36,61 @@ struct quantize_cli_options {
   int lorc_rank = 0;
   std::string lorc_format;
   double damp = 0.01, alpha = 0.5;
+  std::string db;  // record the run in this results database
 };
+
+std::string abs_path(const std::string& p) { return p.empty() ? p : fs::absolute(p).lexically_normal().string(); }
+
+bool ends_with(const std::string& s, const std::string& t) {
+  return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
+}
+
+// `quantize --db`: the run as a record of the results store. Every option that changes the
+// weights is in the config (and so in its hash); the output path rides along under "paths".
+void record_quantize(const quantize_cli_options& o, const ptq::quantize_options& qo, const model& original,
+                     const ptq::quantize_report& r, const eval_result* ev) {
+  run_record rec;
+  rec.kind = "quantize";
+  rec.model = fs::path(o.model).stem().string();  // the path is in config.paths
+  rec.n_params = double(original.config.parameter_count());
+  rec.tokens = ev ? double(ev->tokens_scored) : 0;
+  rec.format = o.weights;
+  format_parts(o.weights, rec);
+  rec.method = o.method;
+  quant_plan w;
+  w.weights = qo.weights, w.weights_spec = o.weights;
+  rec.plan = w.describe();
+  rec.config = {{"kind", "quantize"}, {"model", file_fingerprint(o.model)},
+                {"tokenizer", o.tokenizer.empty() || o.tokenizer == "bytes" ? o.tokenizer : file_fingerprint(o.tokenizer)},
+                {"data", file_fingerprint(o.data)}, {"weights", format_name(qo.weights)}, {"method", o.method},
+                {"calib_samples", o.calib_samples}, {"calib_ctx", o.calib_ctx}, {"seed", o.seed},
+                {"damp", o.damp}, {"act_order", o.act_order}, {"alpha", o.alpha}, {"lorc_rank", o.lorc_rank},
+                {"lorc_format", o.lorc_format}, {"bias_correction", o.bias_correct}, {"preshift", o.preshift},
+                {"equalize", o.equalize}, {"rotate", o.rotate}, {"eval_tokens", o.eval_tokens},
+                {"output", std::string(ends_with(o.out, ".gguf") ? "gguf" : o.float_values ? "safetensors-float" : "safetensors")},
+                {"paths", {{"model", abs_path(o.model)}, {"data", abs_path(o.data)}, {"out", abs_path(o.out)},
+                           {"tokenizer", o.tokenizer == "bytes" ? o.tokenizer : abs_path(o.tokenizer)}}}};
+  rec.config_hash = run_hash(rec.config);
+  double err = 0, rtn = 0;
+  for (const auto& l : r.layers) err += l.error, rtn += l.rtn_error;
+  // The format's own round-to-nearest SQNR on the original weights (cheap: one pass).
+  model scratch = original;
+  const auto reports = apply_weight_plan(scratch, w);
+  double sum = 0, n = 0;
+  for (const auto& t : reports)
+    if (std::isfinite(t.sqnr_db)) sum += t.sqnr_db * double(t.numel), n += double(t.numel);
+  rec.metrics = {{"seconds", r.seconds}, {"calib_error", err}, {"calib_rtn_error", rtn},
+                 {"bits_per_weight", average_linear_bits(scratch, w)}, {"sqnr_db", n > 0 ? sum / n : std::nan("")}};
+  if (rtn > 0) rec.metrics["calib_error_ratio"] = err / rtn;
+  if (ev) {
+    rec.metrics["nll"] = ev->mean_nll, rec.metrics["nll_stderr"] = ev->nll_stderr;
+    rec.metrics["ppl"] = ev->ppl, rec.metrics["ppl_stderr"] = ev->ppl_stderr;
+  }
+  runs_db db(o.db);
+  const bool had = db.has(rec.config_hash);
+  const int64_t id = db.record(rec);
+  std::cerr << fmt::format("quantize: {} run {} in {}\n", had ? "already recorded as" : "recorded as", id, o.db);
+}
 
 // FNV-1a 64 of a file: the calibration data's fingerprint in the output's provenance.
 std::string file_fingerprint(const std::string& path) {
@@ -47,9 +104,6 @@ std::string file_fingerprint(const std::string& path) {
   return fmt::format("fnv1a64:{:016x}", h);
 }
 
-bool ends_with(const std::string& s, const std::string& t) {
-  return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
-}
 
 void cmd_quantize(const quantize_cli_options& o) {
   if (!ends_with(o.out, ".safetensors") && !ends_with(o.out, ".gguf"))
@@ -76,6 +130,8 @@ void cmd_quantize(const quantize_cli_options& o) {
   model m = load_model(o.model);
   const auto tok = tokenizer_for_model(m, o.tokenizer);
   const std::vector<int32_t> ids = encode_documents(*tok, read_text_file(o.data));
+  std::optional<model> original;
+  if (!o.db.empty()) original = m;  // for the format's SQNR on the model's own weights
 
   // Killed runs resume: the model is checkpointed after every block beside the output.
   qo.checkpoint_dir = o.out + ".partial";
@@ -117,11 +173,14 @@ void cmd_quantize(const quantize_cli_options& o) {
   fs::remove_all(qo.checkpoint_dir, ec);  // the output is complete
   // The model as written, evaluated in this run: `lowbit eval` of the file must agree.
   double in_memory_nll = 0;
+  std::optional<eval_result> in_memory;
   if (o.eval_tokens > 0) {
     eval_options eo;
     eo.max_tokens = o.eval_tokens;
-    in_memory_nll = evaluate(m, quant_plan{}, ids, eo).mean_nll;
+    in_memory = evaluate(m, quant_plan{}, ids, eo);
+    in_memory_nll = in_memory->mean_nll;
   }
+  if (original) record_quantize(o, qo, *original, r, in_memory ? &*in_memory : nullptr);
   double err = 0, rtn = 0;
   for (const auto& l : r.layers) err += l.error, rtn += l.rtn_error;
   if (o.json) {
@@ -238,6 +297,7 @@ void add_ptq_commands(CLI::App& app, command_list& commands) {
   q->add_flag("--float", o.float_values, "safetensors: the weights' float values (Hugging Face layout) instead of codes + scales");
   q->add_option("--eval-tokens", o.eval_tokens, "also evaluate the quantized model in memory on the first N tokens");
   q->add_flag("--json", o.json, "one JSON document");
+  q->add_option("--db", o.db, "record the run in this results database (SQLite; idempotent)");
   commands.push_back({q, [] { cmd_quantize(o); }});
 }
 

@@ -44,6 +44,16 @@ void format_parts(const std::string& spec, run_record& r);
 // The sha-256 (hex) of a JSON document's canonical dump (sorted keys).
 std::string config_hash(const nlohmann::json& config);
 
+// The hash a run is recorded under: config_hash of `config` without its top-level "paths" object,
+// where a run keeps file locations that do not change what it computes (the files themselves
+// enter the config as fingerprints), so the same run from another directory is the same run.
+std::string run_hash(const nlohmann::json& config);
+
+// A run as one JSON object (the columns, "metrics" as an object with NaN as null) and back: the
+// form runs travel in between processes and ranks, and that `lowbit report` writes.
+nlohmann::json to_json(const run_record& r);
+run_record run_from_json(const nlohmann::json& j);
+
 // FIPS 180-4 SHA-256 of bytes, as 64 lowercase hex digits.
 std::string sha256_hex(const std::string& bytes);
 // The code revision this library was built from (`git describe --always --dirty` at build time),

@@ -1,0 +1,131 @@
+// Design-space sweeps (`lowbit explore --config sweep.json`, issue 6): the grid
+//   models x formats (weights[,acts[,kv]]) x methods x eval settings,
+// every point one run recorded in the results store (runs_db.hpp). Runs whose hash is already
+// in the database are skipped, so a killed sweep resumes and duplicates nothing.
+//
+// sweep.json (paths relative to the file's directory; ${LOWBIT_DATA_DIR} and other ${VAR}s are
+// expanded, LOWBIT_DATA_DIR defaulting to the shipped data directory):
+//   {"models": ["${LOWBIT_DATA_DIR}/llama2c/stories260K.bin",
+//               {"path": "m.safetensors", "name": "m", "tokenizer": "tok.bin"}],
+//    "data": "${LOWBIT_DATA_DIR}/text/tinystories_val_sample.txt",
+//    "formats": ["int4/g32", "int8/c,int8/c", "fp32,-,e4m3fn/c", {"weights": "mxfp4", "acts": "e4m3fn/c"}],
+//    "methods": ["rtn", "gptq"],
+//    "eval": [{"ctx": 128, "max_tokens": 8192}],
+//    "kl_base": true,
+//    "calibration": {"samples": 128, "ctx": 256, "seed": 0}}
+// Only "formats" is required; models and data default to stories260K and the TinyStories
+// sample, methods to ["rtn"], eval to the model's context over the evaluation half.
+//
+// Evaluation protocol of a sweep: every run is evaluated on the first half of the token stream
+// at most (the second half is PTQ's calibration pool, CONVENTIONS 21), whatever its method, so
+// that all runs of a sweep see the same tokens; `max_tokens` cuts that further. A calibrated
+// method with float weights is not a run (nothing to quantize) and is left out of the grid.
+//
+// Parallelism: `jobs` > 1 forks jobs - 1 worker processes (before any OpenMP thread exists) and
+// runs one job at a time in this process too; each job gets max(1, cores / jobs) OpenMP threads
+// (OpenBLAS follows), so -j 2 on 2 cores runs two single-threaded jobs. Under Open MPI
+// (`mpirun -np N lowbit explore --config ...`) every rank is a worker, and rank 0 also owns the
+// database: it alone opens it, hands out runs and records the results the others send back;
+// each rank gets max(1, cores / ranks on its node) threads.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "lowbit/explore/runs_db.hpp"
+
+namespace lowbit {
+
+struct sweep_model {
+  std::string path;       // resolved
+  std::string name;       // what runs record as `model` (default: the path as written)
+  std::string tokenizer;  // resolved, "" = the model's own
+};
+
+struct sweep_plan {
+  std::string weights, acts, kv;  // as written; "" = float
+};
+
+struct sweep_eval {
+  int ctx = 0;             // 0 = the model's maximum
+  int64_t max_tokens = 0;  // 0 = the whole evaluation half
+};
+
+struct sweep_config {
+  std::vector<sweep_model> models;
+  std::string data;
+  std::vector<sweep_plan> formats;
+  std::vector<std::string> methods{"rtn"};
+  std::vector<sweep_eval> evals{sweep_eval{}};
+  bool kl_base = true;
+  int calib_samples = 128, calib_ctx = 256;
+  uint64_t calib_seed = 0;
+  std::string source;  // the file it was read from (for messages)
+};
+
+// Reads and validates sweep.json: unknown keys, formats, methods and missing files are refused
+// here (lowbit::error naming the file and the entry), before anything runs.
+sweep_config load_sweep_config(const std::string& path, const std::string& data_dir);
+sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base_dir,
+                                const std::string& data_dir, const std::string& source);
+
+// One point of the grid, with the config it is recorded under and its hash.
+struct sweep_job {
+  size_t index = 0;
+  sweep_model model;
+  sweep_plan plan;
+  std::string method;
+  sweep_eval eval;
+  nlohmann::json config;
+  std::string hash;
+};
+// The grid in order (models, then formats, then methods, then eval settings). Fingerprints the
+// model, tokenizer and data files.
+std::vector<sweep_job> expand_sweep(const sweep_config& c);
+
+// Runs jobs in this process; keeps the last model and token stream loaded between jobs.
+class sweep_runner {
+ public:
+  explicit sweep_runner(const sweep_config& c);
+  ~sweep_runner();
+  run_record run(const sweep_job& job);
+
+ private:
+  struct loaded;
+  const sweep_config& config_;
+  std::unique_ptr<loaded> cache_;
+};
+
+struct sweep_options {
+  std::string db = "lowbit.db";
+  int jobs = 1;
+  int64_t max_runs = -1;  // stop after starting this many runs (-1: all); a resumable partial sweep
+  int threads_per_job = 0;  // 0 = max(1, cores / parallel jobs)
+};
+
+struct sweep_summary {
+  bool coordinator = true;  // false on MPI ranks other than 0 (they print nothing)
+  int ranks = 1;
+  int64_t total = 0, already = 0, ran = 0;
+  std::vector<std::string> failures;  // "job: message"
+  std::vector<sweep_job> jobs;        // the whole grid
+};
+
+// progress(done, total) over the runs this invocation starts; on_run sees each finished run.
+using sweep_progress = std::function<void(int64_t done, int64_t total)>;
+using sweep_run_seen = std::function<void(const sweep_job&, const run_record*, const std::string& error)>;
+
+sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const sweep_progress& progress = {},
+                        const sweep_run_seen& on_run = {});
+
+// "int4/g32" / "int8/c,int8/c" / "fp32,-,e4m3fn/c": WEIGHTS[,ACTS[,KV]] ('-' or fp32 = float).
+sweep_plan parse_plan_row(const std::string& row);
+std::string plan_label(const sweep_plan& p);
+
+}  // namespace lowbit
