@@ -3,6 +3,7 @@
 
 #include <array>
 #include <cstdio>
+#include <set>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -259,4 +260,132 @@ TEST(CliQuantize, BadRequestsSayWhatWouldWork) {
   r = run("quantize --model " + stories + " --data " + tinystories + " --weights int4/g32 --method gptx -o " + dir + "/x.safetensors", "", true);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("gptq"), std::string::npos) << r.out;
+}
+
+// ---- results store, sweeps and the report (issue 6) -----------------------------------------------
+namespace {
+
+std::string explore_dir(const std::string& name) {
+  const std::string dir = testing::TempDir() + "lowbit_cli_explore_" + name;
+  std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  return dir;
+}
+
+// A three-run sweep of stories260K (128-token windows over 512 tokens), written into dir.
+std::string write_small_sweep(const std::string& dir, const std::string& formats = R"("fp32", "int4/g32", "e2m1/g32")") {
+  const std::string path = dir + "/sweep.json";
+  FILE* f = std::fopen(path.c_str(), "w");
+  std::fprintf(f, R"({"models": ["%s"], "data": "%s", "formats": [%s], "eval": {"ctx": 128, "max_tokens": 512}, "kl_base": false})",
+               stories.c_str(), tinystories.c_str(), formats.c_str());
+  std::fclose(f);
+  return path;
+}
+
+bool file_starts_with(const std::string& path, const std::string& prefix) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  std::string head(prefix.size(), '\0');
+  const size_t n = std::fread(head.data(), 1, head.size(), f);
+  std::fclose(f);
+  return n == prefix.size() && head == prefix;
+}
+
+}  // namespace
+
+TEST(CliExplore, SweepStoppedMidwayResumesWithoutDuplicatesAndReports) {
+  const std::string dir = explore_dir("resume");
+  const std::string sweep = write_small_sweep(dir), db = dir + "/runs.db";
+  result r = run("explore --config " + sweep + " --db " + db + " --max-runs 1 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["total"], 3);
+  EXPECT_EQ(j["ran"], 1);
+  EXPECT_EQ(j["runs"].size(), 1u);
+  r = run("explore --config " + sweep + " --db " + db + " -j 2 --json");  // resumes: the other two
+  ASSERT_EQ(r.code, 0) << r.out;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["already"], 1);
+  EXPECT_EQ(j["ran"], 2);
+  r = run("explore --config " + sweep + " --db " + db + " --json");  // nothing left to do
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["already"], 3);
+  EXPECT_EQ(j["ran"], 0);
+  ASSERT_EQ(j["runs"].size(), 3u);
+  std::set<int64_t> ids;
+  for (const auto& run : j["runs"]) ids.insert(run["id"].get<int64_t>());
+  EXPECT_EQ(ids, (std::set<int64_t>{1, 2, 3}));  // three runs, no duplicate
+  EXPECT_EQ(j["runs"][1]["canonical"], "int4/g32");
+  EXPECT_EQ(j["runs"][2]["exp_bits"], 2);
+  EXPECT_EQ(j["runs"][2]["man_bits"], 1);
+
+  r = run("report --db " + db + " -o " + dir + "/report", "", true);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(file_starts_with(dir + "/report/index.html", "<!DOCTYPE html>"));
+  EXPECT_TRUE(file_starts_with(dir + "/report/ppl_vs_bits.png", "\x89PNG")) << r.out;
+  EXPECT_TRUE(file_starts_with(dir + "/report/pareto_mac.png", "\x89PNG")) << r.out;
+  EXPECT_TRUE(file_starts_with(dir + "/report/runs.csv", "id,kind,model"));
+}
+
+TEST(CliExplore, UnknownFormatInSweepIsRefusedBeforeAnythingRuns) {
+  const std::string dir = explore_dir("refused");
+  const std::string sweep = write_small_sweep(dir, R"("int4/g32", "int5x")"), db = dir + "/runs.db";
+  const result r = run("explore --config " + sweep + " --db " + db, "", true);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("formats[1]"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("int5x"), std::string::npos) << r.out;
+  EXPECT_FALSE(file_starts_with(db, "SQLite")) << "the database was created";
+}
+
+TEST(CliExplore, SweepAcrossTwoMpiRanksRecordsEachRunOnce) {  // CONVENTIONS 24
+  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "no mpirun";
+  const std::string dir = explore_dir("mpi");
+  const std::string sweep = write_small_sweep(dir, R"("fp32", "int4/g32", "e2m1/g32", "mxfp4")"), db = dir + "/runs.db";
+  const std::string cmd = "mpirun --allow-run-as-root --oversubscribe -np 2 " + std::string(LOWBIT_CLI) +
+                          " explore --config " + sweep + " --db " + db + " --json 2>/dev/null";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  ASSERT_EQ(pclose(p), 0) << out;
+  const auto j = nlohmann::json::parse(out);  // only rank 0 prints
+  EXPECT_EQ(j["total"], 4);
+  EXPECT_EQ(j["ran"], 4);
+  ASSERT_EQ(j["runs"].size(), 4u);
+  // The same numbers as a single process: rerun in one process records nothing new.
+  const result again = run("explore --config " + sweep + " --db " + db + " --json");
+  EXPECT_EQ(nlohmann::json::parse(again.out)["already"], 4);
+}
+
+TEST(CliExplore, EvalAndQuantizeRecordThemselvesOnce) {
+  const std::string dir = explore_dir("record");
+  const std::string db = dir + "/runs.db";
+  const std::string eval = "eval --model " + stories + " --data " + tinystories +
+                           " --ctx 128 --max-tokens 512 --weights int4/g32 --json --db " + db;
+  result r = run(eval, "", true);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("recorded as run 1 in"), std::string::npos) << r.out;
+  r = run(eval, "", true);
+  EXPECT_NE(r.out.find("already recorded as run 1"), std::string::npos) << r.out;
+  r = run("quantize --model " + stories + " --data " + tinystories + " --weights int4/g32 --method rtn --eval-tokens 512 -o " +
+              dir + "/q.safetensors --db " + db, "", true);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("recorded as run 2 in"), std::string::npos) << r.out;
+  // The quantized file's eval is recorded as its source model with the method that made it.
+  r = run("eval --model " + dir + "/q.safetensors --data " + tinystories + " --ctx 128 --max-tokens 512 --db " + db, "", true);
+  EXPECT_NE(r.out.find("recorded as run 3 in"), std::string::npos) << r.out;
+  r = run("explore --config " + write_small_sweep(dir, R"("int4/g32")") + " --db " + db + " --json");
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["runs"][0]["id"], 4);
+  EXPECT_EQ(j["runs"][0]["model"], "stories260K");
+}
+
+TEST(CliExplore, ForeignDatabaseFilesAreRefusedNamingThem) {
+  result r = run("eval --model " + stories + " --data " + tinystories + " --max-tokens 300 --db " + tinystories, "", true);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find(tinystories + ": not a lowbit results database"), std::string::npos) << r.out;
+  r = run("report --db /nonexistent/runs.db -o /tmp/x", "", true);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("/nonexistent/runs.db"), std::string::npos) << r.out;
 }
