@@ -91,6 +91,28 @@ def float_reference(runs):
     return bases[0] if bases else None
 
 
+def y_cap(values, ref):
+    """Top of the perplexity axis: runs far worse than the float model (3-bit integers, E3M0)
+    would squash the interesting range, so they are drawn clipped at the top edge."""
+    vals = sorted(v for v in values if finite(v))
+    if not vals:
+        return None
+    cap = ref * 1.5 if ref else vals[int(0.9 * (len(vals) - 1))] * 1.2
+    return cap if vals[-1] > cap else None
+
+
+def clip_points(ax, runs, key, cap):
+    """Runs above the cap: a hollow triangle on the top edge, labelled with their perplexity."""
+    k = 0
+    for r in runs:
+        if r["ppl"] > cap and finite(r[key]):
+            ax.plot(r[key], cap, "^", ms=7, mfc="none", color=FAMILY_COLORS.get(r["family"], "tab:gray"),
+                    clip_on=False)
+            ax.annotate(f"{label(r)} {r['ppl']:.3g}", (r[key], cap), textcoords="offset points",
+                        xytext=(4, -10 - 8 * (k % 3)), fontsize=6, color="dimgray")
+            k += 1
+
+
 def ppl_vs_bits(by_model, outdir, figures):
     if not by_model:
         return
@@ -121,6 +143,10 @@ def ppl_vs_bits(by_model, outdir, figures):
             ax.axhline(ref, color="black", ls=":", lw=1)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        cap = y_cap([r["ppl"] for r in runs], ref)
+        if cap:
+            ax.set_ylim(top=cap)
+            clip_points(ax, runs, "bits_per_weight", cap)
         ax.set_xlabel("bits per linear weight (element + scales)")
         ax.set_ylabel("perplexity")
         ax.set_title(f"{model} ({runs[0]['tokens']:.0f} tokens)")
@@ -157,14 +183,21 @@ def pareto_figure(by_model, key, xlabel, name, caption, outdir, figures, logx=Tr
         fx = [pts[i][0] for i in front]
         fy = [pts[i][1] for i in front]
         ax.step(fx, fy, where="post", color="black", lw=1.5, label="Pareto frontier")
-        for i in front:
+        for k, i in enumerate(front):
             r = runs[i]
             ax.plot(pts[i][0], pts[i][1], METHOD_MARKERS.get(r["method"], "o"), ms=7,
                     color=FAMILY_COLORS.get(r["family"], "tab:gray"))
-            ax.annotate(label(r), pts[i], textcoords="offset points", xytext=(5, 4), fontsize=7)
+            # Frontier points crowd near the float model: stagger their labels.
+            ax.annotate(f"{label(r)} {r['ppl']:.3f}", pts[i], textcoords="offset points",
+                        xytext=(6, 6 + 10 * (k % 4)), fontsize=7,
+                        arrowprops={"arrowstyle": "-", "color": "lightgray", "lw": 0.5})
         if logx:
             ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        cap = y_cap([r["ppl"] for r in runs], float_reference(runs))
+        if cap:
+            ax.set_ylim(top=cap)
+            clip_points(ax, runs, key, cap)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("perplexity")
         ax.set_title(model)
@@ -180,20 +213,23 @@ def heatmap_panel(ax, cells, title, cbar_label, fig):
     es = sorted({e for e, _ in cells})
     ms = sorted({m for _, m in cells})
     grid = [[cells.get((e, m), math.nan) for m in ms] for e in es]
-    im = ax.imshow(grid, origin="lower", cmap="viridis_r", aspect="auto")
+    # Colour range: the best cell to 1.3x the median, so one bad layout (E3M0) does not flatten
+    # the rest; worse cells saturate and their number says how bad.
+    vals = sorted(v for row in grid for v in row if math.isfinite(v))
+    vmax = min(vals[-1], vals[len(vals) // 2] * 1.3) if vals else None
+    im = ax.imshow(grid, origin="lower", cmap="viridis_r", aspect="auto", vmin=vals[0] if vals else None, vmax=vmax)
     ax.set_xticks(range(len(ms)), [str(m) for m in ms])
     ax.set_yticks(range(len(es)), [str(e) for e in es])
     ax.set_xlabel("mantissa bits M")
     ax.set_ylabel("exponent bits E")
-    finite_vals = [v for row in grid for v in row if math.isfinite(v)]
-    mid = (min(finite_vals) + max(finite_vals)) / 2 if finite_vals else 0
+    mid = (vals[0] + vmax) / 2 if vals else 0
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
             if math.isfinite(v):
                 ax.text(j, i, f"{v:.3g}\nE{es[i]}M{ms[j]}", ha="center", va="center", fontsize=7,
                         color="white" if v > mid else "black")
     ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, label=cbar_label)
+    fig.colorbar(im, ax=ax, label=cbar_label + " (saturates at 1.3x the median)")
 
 
 def exmy_heatmap(rows, by_model, outdir, figures):
