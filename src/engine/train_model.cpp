@@ -186,8 +186,9 @@ struct train_model::activations {
     }
     x_final.resize(N * D), inv_final.resize(N), n_final.resize(N * D);
     rope = layers::rope_table(t, c.head_dim(), c.rope_theta);
-    const int64_t widest = std::max<int64_t>({D, F, KV, c.vocab_size});
-    const int64_t big = std::max(N * widest, widest * widest);
+    // quantized operands of the block linears (never the classifier): X or dY [N, max(D, F)]
+    // and the weights [F, D] or [D, D]
+    const int64_t big = std::max(N * std::max(D, F), std::max(F, D) * D);
     qa.resize(big), qb.resize(big), qc.resize(big);
     dx.resize(N * D), dn.resize(N * D), dq.resize(N * D), dk.resize(N * KV), dv.resize(N * KV);
     dgate.resize(N * F), dup.resize(N * F), dact.resize(N * F), y.resize(N * std::max(D, F));

@@ -37,7 +37,7 @@ std::pair<std::unique_ptr<tokenizer>, tokenizer_source> resolve_tokenizer(const 
   std::string path = spec;
   if (spec == "llama2c") path = (fs::path(shipped_data_dir()) / "llama2c" / "tok512.bin").string();
   else if (spec.rfind("llama2c:", 0) == 0) path = spec.substr(8);
-  else if (spec == "gpt2") path = (fs::path(shipped_data_dir()) / "tokenizers").string();
+  else if (spec == "gpt2") path = (fs::path(shipped_data_dir()) / "tokenizers" / "gpt2").string();
   auto tok = load_tokenizer(path);
   const std::string kind = tok->kind();
   return {std::move(tok), tokenizer_source{kind, fs::absolute(path).string()}};
