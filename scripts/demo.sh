@@ -35,3 +35,9 @@ echo; echo "== lowbit analyze (SQNR with optimal clipping, METHODS 5.1)"
 "$LOWBIT" analyze int8 e4m3fn e5m2 int4 e2m1 e3m2 e2m3 nf4 --dist gaussian --dist student-t:3
 echo; echo "== lowbit bench (16 MiB, 1 thread)"
 "$LOWBIT" bench int8/c e4m3fn/c mxfp4 nvfp4 q8_0 --mib 16 --reps 5
+echo; echo "== lowbit train: a 2-layer Llama on tinyshakespeare (bytes), fp32 and the sun2025 targets in e2m1/g32"
+for plan in fp32 sun2025:e2m1/g32; do
+  rm -rf "$OUT/train-${plan//[:\/]/_}"  # a fresh run each demo (train refuses to overwrite a checkpoint)
+  "$LOWBIT" train --data "$DATA/text/tinyshakespeare.txt" --tokenizer bytes --dim 64 --layers 2 --heads 4 \
+    --ctx 64 --batch 16 --steps 150 --lr 3e-3 --seed 1 --plan "$plan" --out "$OUT/train-${plan//[:\/]/_}"
+done
