@@ -353,6 +353,9 @@ TEST(CliExplore, SweepAcrossTwoMpiRanksRecordsEachRunOnce) {  // CONVENTIONS 24
   EXPECT_EQ(j["total"], 4);
   EXPECT_EQ(j["ran"], 4);
   ASSERT_EQ(j["runs"].size(), 4u);
+  std::set<int> ranks;  // rank 0 hands the first run to rank 1, then both work
+  for (const auto& r : j["runs"]) ranks.insert(r["metrics"]["sweep_worker"].get<int>());
+  EXPECT_TRUE(ranks.count(1)) << out;
   // The same numbers as a single process: rerun in one process records nothing new.
   const result again = run("explore --config " + sweep + " --db " + db + " --json");
   EXPECT_EQ(nlohmann::json::parse(again.out)["already"], 4);

@@ -378,7 +378,7 @@ run_record sweep_runner::run(const sweep_job& job) {
   rec.metrics = {{"nll", r.mean_nll}, {"nll_stderr", r.nll_stderr}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr},
                  {"seconds", r.seconds}, {"quantize_seconds", quant_seconds}, {"tokens_per_second", r.tokens_per_second},
                  {"bits_per_weight", average_linear_bits(variant, plan)}, {"sqnr_db", sqnr},
-                 {"windows", double(r.windows)}};
+                 {"windows", double(r.windows)}, {"sweep_worker", double(worker_id)}};
   if (r.has_kl) {
     rec.metrics["kl_mean"] = r.kl_mean, rec.metrics["kl_p99"] = r.kl_p99;
     rec.metrics["top1_agreement"] = r.top1_agreement;
@@ -478,7 +478,7 @@ std::vector<int> coordinator_fds;
 // A forked process: job indices in, one JSON line per finished job out.
 class process_worker : public worker {
  public:
-  process_worker(const sweep_config& c, const std::vector<sweep_job>& jobs, int threads) {
+  process_worker(const sweep_config& c, const std::vector<sweep_job>& jobs, int threads, int id) {
     int to_child[2], from_child[2];
     if (pipe(to_child) != 0 || pipe(from_child) != 0) throw error("explore: cannot create a pipe for a worker");
     pid_ = fork();
@@ -491,6 +491,7 @@ class process_worker : public worker {
       for (int fd : coordinator_fds) ::close(fd);
       if (threads > 0) omp_set_num_threads(threads);
       sweep_runner runner(c);
+      runner.worker_id = id;
       std::string buf;
       char chunk[256];
       for (;;) {
@@ -596,8 +597,9 @@ class rank_worker : public worker {
 };
 
 // The loop of an MPI rank other than 0.
-void rank_worker_loop(const sweep_config& c, const std::vector<sweep_job>& jobs) {
+void rank_worker_loop(const sweep_config& c, const std::vector<sweep_job>& jobs, int rank) {
   sweep_runner runner(c);
+  runner.worker_id = rank;
   for (;;) {
     int j = -1;
     MPI_Recv(&j, 1, MPI_INT, 0, k_tag_job, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
@@ -709,7 +711,7 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
     };
     if (rank != 0) {
       if (threads > 0) omp_set_num_threads(threads);
-      rank_worker_loop(c, s.jobs);
+      rank_worker_loop(c, s.jobs, rank);
       finalize();
       return s;
     }
@@ -744,7 +746,7 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
   ignore.sa_handler = SIG_IGN;
   sigaction(SIGPIPE, &ignore, &saved);  // a dead worker is a failed run, not a dead sweep
   try {
-    for (int i = 1; i < o.jobs; ++i) workers.push_back(std::make_unique<process_worker>(c, s.jobs, threads));
+    for (int i = 1; i < o.jobs; ++i) workers.push_back(std::make_unique<process_worker>(c, s.jobs, threads, i));
     runs_db db(o.db);
     std::vector<size_t> pending;
     for (const auto& j : s.jobs)

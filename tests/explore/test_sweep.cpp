@@ -69,6 +69,9 @@ TEST(Sweep, ParallelWorkersRecordEveryRunOnce) {
   EXPECT_EQ(last_done, 5);
   runs_db db(o.db);
   EXPECT_EQ(db.count(), 5);
+  std::set<double> workers;  // the first runs go to the forked workers 1 and 2
+  for (const auto& r : db.all()) workers.insert(r.metrics.at("sweep_worker"));
+  EXPECT_TRUE(workers.count(1) && workers.count(2));
   for (const auto& job : s.jobs) {
     const auto r = db.find(job.hash);
     ASSERT_TRUE(r.has_value()) << plan_label(job.plan);

@@ -425,10 +425,22 @@ void cmd_explore(explore_options o) {
   for (const std::string& row : o.rows) {  // parse every row before any work (fail fast)
     auto p = split_row(row);
     std::string method = "rtn";
-    if (const auto at = p[0].find('@'); at != std::string::npos) {
-      method = p[0].substr(at + 1);
-      p[0] = p[0].substr(0, at);
-      ptq::parse_method(method);
+    // WEIGHTS@METHOD, where '@' may also be the format's own scale rule (int4/g32@mse): the last
+    // '@' names a method when it is one, or when the whole is not a format.
+    if (const auto at = p[0].rfind('@'); at != std::string::npos) {
+      const std::string suffix = p[0].substr(at + 1);
+      bool is_method = true;
+      try {
+        ptq::parse_method(suffix);
+      } catch (const lowbit::error&) {
+        is_method = false;
+        try {
+          parse_format(p[0]);
+        } catch (const lowbit::error&) {
+          ptq::parse_method(suffix);  // neither: say which methods there are
+        }
+      }
+      if (is_method) method = suffix, p[0] = p[0].substr(0, at);
     }
     methods.push_back(method);
     quant_plan plan;

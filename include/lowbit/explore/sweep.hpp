@@ -95,6 +95,9 @@ class sweep_runner {
   explicit sweep_runner(const sweep_config& c);
   ~sweep_runner();
   run_record run(const sweep_job& job);
+  // Recorded as the metric "sweep_worker": the MPI rank, or the worker process (1..j-1; 0 = the
+  // coordinator's own thread).
+  int worker_id = 0;
 
  private:
   struct loaded;
