@@ -209,17 +209,7 @@ void forward_session::run(float* x_io, int n, int first, int last, bool head) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, T, hd, inv_sqrt_hd, q.data() + h * hd,
                   qdim, kc + kvh * hd, kv_dim, 0.0f, scores.data(), T);
       #pragma omp parallel for schedule(static) if (int64_t(n) * T > 16384)
-      for (int i = 0; i < n; ++i) {
-        float* s = scores.data() + int64_t(i) * T;
-        const int visible = pos_ + i + 1;
-        float mx = s[0];
-        for (int t = 1; t < visible; ++t) mx = std::max(mx, s[t]);
-        double sum = 0;
-        for (int t = 0; t < visible; ++t) sum += (s[t] = std::exp(s[t] - mx));
-        const float inv = static_cast<float>(1.0 / sum);
-        for (int t = 0; t < visible; ++t) s[t] *= inv;
-        std::fill(s + visible, s + T, 0.0f);
-      }
+      for (int i = 0; i < n; ++i) layers::causal_softmax(scores.data() + int64_t(i) * T, pos_ + i + 1, T);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, T, 1.0f, scores.data(), T,
                   vc + kvh * hd, kv_dim, 0.0f, att.data() + h * hd, qdim);
       flops += 4.0 * n * double(T) * hd;

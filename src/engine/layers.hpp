@@ -6,6 +6,7 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -38,27 +39,40 @@ class thread_scope {
 };
 
 
-// RMSNorm (Zhang & Sennrich 2019) as llama2.c: out = w * (x * inv), inv = 1/sqrt(mean(x^2) + eps),
-// the sum in double. inv_out[n] (optional) keeps inv for the backward.
+// Normalisation of each row by a statistic s(x): out = w * (x * r), r = 1/s.
+//   rms: RMSNorm (Zhang & Sennrich 2019) as llama2.c, s = sqrt(mean(x^2) + eps), the sum in double.
+//   l1 : L1 RMSNorm (Wu et al. 2018, "L1-norm batch normalization"; the L1 normalisation of Guo
+//        et al. 2024, METHODS 3.3): s = sqrt(pi/2) mean|x| + eps, which equals the RMS for
+//        Gaussian x, so y = w x / s needs only sign/abs/add.
+// inv_out[n] (optional) keeps r for the backward.
+enum class norm_kind { rms, l1 };
+inline constexpr double l1_norm_factor = 1.2533141373155003;  // sqrt(pi/2)
+
+inline void normalize(norm_kind kind, const float* x, const float* w, float* out, int64_t n, int dim,
+                      float eps, float* inv_out = nullptr) {
+  #pragma omp parallel for schedule(static) if (n * dim > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * dim;
+    double acc = 0;
+    for (int j = 0; j < dim; ++j) acc += kind == norm_kind::rms ? double(xi[j]) * xi[j] : std::fabs(double(xi[j]));
+    const float inv = static_cast<float>(kind == norm_kind::rms ? 1.0 / std::sqrt(acc / dim + eps)
+                                                                : 1.0 / (l1_norm_factor * acc / dim + eps));
+    if (inv_out) inv_out[i] = inv;
+    float* oi = out + i * dim;
+    for (int j = 0; j < dim; ++j) oi[j] = w[j] * (inv * xi[j]);
+  }
+}
 inline void rmsnorm(const float* x, const float* w, float* out, int64_t n, int dim, float eps,
                     float* inv_out = nullptr) {
-  #pragma omp parallel for schedule(static) if (n * dim > 65536)
-  for (int64_t i = 0; i < n; ++i) {
-    const float* xi = x + i * dim;
-    double ss = 0;
-    for (int j = 0; j < dim; ++j) ss += double(xi[j]) * xi[j];
-    const float inv = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));
-    if (inv_out) inv_out[i] = inv;
-    float* oi = out + i * dim;
-    for (int j = 0; j < dim; ++j) oi[j] = w[j] * (inv * xi[j]);
-  }
+  normalize(norm_kind::rms, x, w, out, n, dim, eps, inv_out);
 }
 
-// Backward of rmsnorm: with y_j = w_j x_j r, r = (mean x^2 + eps)^-1/2,
-//   dx_j += r w_j dy_j - r^3 x_j (sum_k w_k dy_k x_k) / dim,   dw_j += sum_i dy_ij x_ij r_i.
-// dx accumulates (the residual stream's gradient); dw accumulates in double over rows.
-inline void rmsnorm_backward(const float* x, const float* w, const float* inv, const float* dy,
-                             float* dx, double* dw, int64_t n, int dim) {
+// Backward: with y_j = w_j x_j r and r = 1/s(x),
+//   dx_j += r w_j dy_j - r^2 (sum_k w_k dy_k x_k) ds/dx_j,   dw_j += sum_i dy_ij x_ij r_i,
+// ds/dx_j = r x_j / dim (rms) or sqrt(pi/2) sign(x_j) / dim (l1). dx accumulates (the residual
+// stream's gradient); dw accumulates in double over rows.
+inline void normalize_backward(norm_kind kind, const float* x, const float* w, const float* inv,
+                               const float* dy, float* dx, double* dw, int64_t n, int dim) {
   #pragma omp parallel for schedule(static) if (n * dim > 65536)
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * dim;
@@ -66,50 +80,28 @@ inline void rmsnorm_backward(const float* x, const float* w, const float* inv, c
     double dot = 0;
     for (int j = 0; j < dim; ++j) dot += double(w[j]) * gi[j] * xi[j];
     const double r = inv[i];
-    const double c = r * r * r * dot / dim;
-    float* di = dx + i * dim;
-    for (int j = 0; j < dim; ++j) di[j] += static_cast<float>(r * w[j] * gi[j] - c * xi[j]);
-  }
-  for (int64_t i = 0; i < n; ++i)
-    for (int j = 0; j < dim; ++j) dw[j] += double(dy[i * dim + j]) * x[i * dim + j] * inv[i];
-}
-
-// L1 RMSNorm (Wu et al. 2018, "L1-norm batch normalization"; the L1 normalisation of Guo et al.
-// 2024, METHODS 3.3): the L2 statistic replaced by s = sqrt(pi/2) mean|x| + eps, which equals the
-// RMS for Gaussian x, so y = w x / s needs only sign/abs/add. inv_out keeps 1/s.
-// Backward: dx_j += w_j dy_j / s - (sum_k w_k dy_k x_k) / s^2 * sqrt(pi/2) sign(x_j) / dim.
-inline constexpr double l1_norm_factor = 1.2533141373155003;  // sqrt(pi/2)
-inline void l1norm(const float* x, const float* w, float* out, int64_t n, int dim, float eps,
-                   float* inv_out = nullptr) {
-  #pragma omp parallel for schedule(static) if (n * dim > 65536)
-  for (int64_t i = 0; i < n; ++i) {
-    const float* xi = x + i * dim;
-    double sa = 0;
-    for (int j = 0; j < dim; ++j) sa += std::fabs(double(xi[j]));
-    const float inv = static_cast<float>(1.0 / (l1_norm_factor * sa / dim + eps));
-    if (inv_out) inv_out[i] = inv;
-    float* oi = out + i * dim;
-    for (int j = 0; j < dim; ++j) oi[j] = w[j] * (inv * xi[j]);
-  }
-}
-inline void l1norm_backward(const float* x, const float* w, const float* inv, const float* dy,
-                            float* dx, double* dw, int64_t n, int dim) {
-  #pragma omp parallel for schedule(static) if (n * dim > 65536)
-  for (int64_t i = 0; i < n; ++i) {
-    const float* xi = x + i * dim;
-    const float* gi = dy + i * dim;
-    double dot = 0;
-    for (int j = 0; j < dim; ++j) dot += double(w[j]) * gi[j] * xi[j];
-    const double r = inv[i];
-    const double c = r * r * dot * l1_norm_factor / dim;
+    const double c = r * r * dot / dim;
     float* di = dx + i * dim;
     for (int j = 0; j < dim; ++j) {
-      const double sign = xi[j] > 0 ? 1.0 : (xi[j] < 0 ? -1.0 : 0.0);
-      di[j] += static_cast<float>(r * w[j] * gi[j] - c * sign);
+      const double dsdx = kind == norm_kind::rms ? r * xi[j]
+                                                 : l1_norm_factor * (xi[j] > 0 ? 1.0 : (xi[j] < 0 ? -1.0 : 0.0));
+      di[j] += static_cast<float>(r * w[j] * gi[j] - c * dsdx);
     }
   }
   for (int64_t i = 0; i < n; ++i)
     for (int j = 0; j < dim; ++j) dw[j] += double(dy[i * dim + j]) * x[i * dim + j] * inv[i];
+}
+
+// Causal softmax of one row of attention scores s[0, T): keys [0, visible) take part (max
+// subtracted, the sum in double), the rest become 0.
+inline void causal_softmax(float* s, int visible, int T) {
+  float mx = s[0];
+  for (int t = 1; t < visible; ++t) mx = std::max(mx, s[t]);
+  double sum = 0;
+  for (int t = 0; t < visible; ++t) sum += (s[t] = std::exp(s[t] - mx));
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int t = 0; t < visible; ++t) s[t] *= inv;
+  std::fill(s + visible, s + T, 0.0f);
 }
 
 // Interleaved RoPE (Su et al. 2021; llama2.c/GGUF pairing): pair (2p, 2p+1) of each head rotates

@@ -317,9 +317,9 @@ double train_model::run(const int32_t* inputs, const int32_t* targets, int batch
   activations& A = *act_;
   A.ensure(c, batch, ctx);
   gemms G{qz, step, A.qa, A.qb, A.qc};
+  const layers::norm_kind norm_kind = opt_.l1_norm ? layers::norm_kind::l1 : layers::norm_kind::rms;
   auto norm = [&](const float* x, const float* w, float* out, float* inv) {
-    if (opt_.l1_norm) layers::l1norm(x, w, out, N, D, c.norm_eps, inv);
-    else layers::rmsnorm(x, w, out, N, D, c.norm_eps, inv);
+    layers::normalize(norm_kind, x, w, out, N, D, c.norm_eps, inv);
   };
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const int group = H / nkv;
@@ -347,17 +347,7 @@ double train_model::run(const int32_t* inputs, const int32_t* targets, int batch
       const float* K = L.k.data() + int64_t(bi) * T * KV + kvh * hd;
       const float* Vv = L.v.data() + int64_t(bi) * T * KV + kvh * hd;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, Q, D, K, KV, 0.0f, P, T);
-      for (int i = 0; i < T; ++i) {
-        float* s = P + int64_t(i) * T;
-        const int visible = i + 1;
-        float mx = s[0];
-        for (int t = 1; t < visible; ++t) mx = std::max(mx, s[t]);
-        double sum = 0;
-        for (int t = 0; t < visible; ++t) sum += (s[t] = std::exp(s[t] - mx));
-        const float inv = static_cast<float>(1.0 / sum);
-        for (int t = 0; t < visible; ++t) s[t] *= inv;
-        std::fill(s + visible, s + T, 0.0f);
-      }
+      for (int i = 0; i < T; ++i) layers::causal_softmax(P + int64_t(i) * T, i + 1, T);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, Vv, KV, 0.0f,
                   L.o.data() + int64_t(bi) * T * D + h * hd, D);
     }
@@ -402,8 +392,7 @@ double train_model::run(const int32_t* inputs, const int32_t* targets, int batch
   auto norm_backward = [&](const float* x, const float* w, const float* inv, const float* dy, float* dx,
                            float* dw) {
     std::fill(A.dnorm.begin(), A.dnorm.end(), 0.0);
-    if (opt_.l1_norm) layers::l1norm_backward(x, w, inv, dy, dx, A.dnorm.data(), N, D);
-    else layers::rmsnorm_backward(x, w, inv, dy, dx, A.dnorm.data(), N, D);
+    layers::normalize_backward(norm_kind, x, w, inv, dy, dx, A.dnorm.data(), N, D);
     for (int j = 0; j < D; ++j) dw[j] += static_cast<float>(A.dnorm[j]);
   };
   // classifier: dn_final = dz cls [N, D]; dcls = dz^T n_final [V, D] (not quantized: Sun et al.

@@ -219,13 +219,9 @@ TEST(GradientCheck, NormLayersAgainstFiniteDifferences) {
   for (bool l1 : {false, true}) {
     std::vector<float> y(n * d), inv(n), dx(n * d, 0.0f);
     std::vector<double> dw(d, 0.0);
-    if (l1) {
-      layers::l1norm(x.data(), w.data(), y.data(), n, d, 1e-5f, inv.data());
-      layers::l1norm_backward(x.data(), w.data(), inv.data(), dy.data(), dx.data(), dw.data(), n, d);
-    } else {
-      layers::rmsnorm(x.data(), w.data(), y.data(), n, d, 1e-5f, inv.data());
-      layers::rmsnorm_backward(x.data(), w.data(), inv.data(), dy.data(), dx.data(), dw.data(), n, d);
-    }
+    const auto kind = l1 ? layers::norm_kind::l1 : layers::norm_kind::rms;
+    layers::normalize(kind, x.data(), w.data(), y.data(), n, d, 1e-5f, inv.data());
+    layers::normalize_backward(kind, x.data(), w.data(), inv.data(), dy.data(), dx.data(), dw.data(), n, d);
     std::vector<double> xd(x.begin(), x.end()), wd(w.begin(), w.end()), dyd(dy.begin(), dy.end());
     for (int i = 0; i < n * d; ++i) {
       const double fd = fd_dx([&](const std::vector<double>& xx) { return ref_norm(xx, wd, n, d, 1e-5, l1); },
