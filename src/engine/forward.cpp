@@ -23,7 +23,6 @@ namespace lowbit {
 
 namespace {
 
-using layers::rmsnorm;
 
 // y[n, out] = x[n, in] W[out, in]^T (+ bias[out])
 void linear(const float* x, int n, int in, const tensor& w, const tensor* bias, float* y) {
@@ -140,6 +139,7 @@ void forward_session::run(float* x_io, int n, int first, int last, bool head) {
   const int qdim = nh * hd, kv_dim = nkv * hd, hidden = c.hidden_dim, V = c.vocab_size;
   const int T = pos_ + n;  // keys visible to the last query
   const layers::thread_scope threads(n, c.dim);
+  const layers::norm_kind norm = c.l1_norm ? layers::norm_kind::l1 : layers::norm_kind::rms;
   double flops = 0;
 
   float* x = x_io;
@@ -172,7 +172,7 @@ void forward_session::run(float* x_io, int n, int first, int last, bool head) {
     float* v_new = kv_new.data() + int64_t(n) * kv_dim;
 
     // ---- attention ----
-    if (llama) rmsnorm(x, W("attn_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
+    if (llama) layers::normalize(norm, x, W("attn_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
     else layernorm(x, W("attn_norm.weight").data.data(), W("attn_norm.bias").data.data(),
                    xb.data(), n, dim, c.norm_eps);
     dump(b + "attn_norm", xb.data(), dim);
@@ -221,7 +221,7 @@ void forward_session::run(float* x_io, int n, int first, int last, bool head) {
     for (int64_t i = 0; i < int64_t(n) * dim; ++i) x[i] += tmp[i];
 
     // ---- MLP ----
-    if (llama) rmsnorm(x, W("ffn_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
+    if (llama) layers::normalize(norm, x, W("ffn_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
     else layernorm(x, W("ffn_norm.weight").data.data(), W("ffn_norm.bias").data.data(),
                    xb.data(), n, dim, c.norm_eps);
     dump(b + "ffn_norm", xb.data(), dim);
@@ -248,7 +248,7 @@ void forward_session::run(float* x_io, int n, int first, int last, bool head) {
   }
 
   if (head) {
-    if (llama) rmsnorm(x, m_.get("output_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
+    if (llama) layers::normalize(norm, x, m_.get("output_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
     else layernorm(x, m_.get("output_norm.weight").data.data(),
                    m_.get("output_norm.bias").data.data(), xb.data(), n, dim, c.norm_eps);
     dump("output_norm", xb.data(), dim);

@@ -131,6 +131,10 @@ model_config config_from_hf_json(const nlohmann::json& j, const std::string& fil
     c.norm_eps = j.contains("rms_norm_eps") ? json_field<float>(j, file, "rms_norm_eps") : 1e-6f;
     c.rope_theta = j.contains("rope_theta") ? json_field<float>(j, file, "rope_theta") : 10000.0f;
     c.tied_classifier = j.value("tie_word_embeddings", false);
+    const std::string norm = j.value("lowbit_norm", std::string("rms"));
+    if (norm != "rms" && norm != "l1")
+      throw error(fmt::format("{}: lowbit_norm '{}' (expected rms or l1)", file, norm));
+    c.l1_norm = norm == "l1";
   } else if (type == "gpt2") {
     c.arch = architecture::gpt2;
     c.dim = json_field<int>(j, file, "n_embd");
@@ -164,6 +168,7 @@ nlohmann::json config_to_hf_json(const model_config& c) {
          {"rms_norm_eps", c.norm_eps}, {"rope_theta", c.rope_theta},
          {"tie_word_embeddings", c.tied_classifier}, {"hidden_act", "silu"},
          {"torch_dtype", "float32"}, {"bos_token_id", 1}, {"eos_token_id", 2}};
+    if (c.l1_norm) j["lowbit_norm"] = "l1";
   } else {
     j = {{"architectures", {"GPT2LMHeadModel"}}, {"model_type", "gpt2"}, {"n_embd", c.dim},
          {"n_inner", c.hidden_dim}, {"n_layer", c.n_layers}, {"n_head", c.n_heads},
@@ -419,6 +424,9 @@ void save_gguf_model(const model& m, const std::string& path) { save_gguf_model(
 void save_gguf_model(const model& m, const std::string& path, const gguf_export& ex) {
   m.validate();
   const model_config& c = m.config;
+  if (c.l1_norm)
+    throw error(fmt::format("{}: an L1-normalised model cannot be written as GGUF (llama.cpp has RMSNorm "
+                            "only); write safetensors", path));
   const std::string a = architecture_name(c.arch);
   gguf_writer w;
   w.add_string("general.architecture", a);

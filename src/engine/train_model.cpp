@@ -107,6 +107,7 @@ float* train_model::g(const std::string& name) {
 }
 
 train_model::train_model(const model_config& c, uint64_t seed, train_options o) : cfg_(c), opt_(o) {
+  cfg_.l1_norm = cfg_.l1_norm || o.l1_norm;
   build_views();
   uint64_t s = seed * 0x2545F4914F6CDD1Dull + 1;
   const double resid_std = 0.02 / std::sqrt(2.0 * c.n_layers);
@@ -122,6 +123,7 @@ train_model::train_model(const model_config& c, uint64_t seed, train_options o) 
 }
 
 train_model::train_model(const model& m, train_options o) : cfg_(m.config), opt_(o) {
+  cfg_.l1_norm = cfg_.l1_norm || o.l1_norm;
   build_views();
   load(m);
 }
@@ -317,7 +319,7 @@ double train_model::run(const int32_t* inputs, const int32_t* targets, int batch
   activations& A = *act_;
   A.ensure(c, batch, ctx);
   gemms G{qz, step, A.qa, A.qb, A.qc};
-  const layers::norm_kind norm_kind = opt_.l1_norm ? layers::norm_kind::l1 : layers::norm_kind::rms;
+  const layers::norm_kind norm_kind = cfg_.l1_norm ? layers::norm_kind::l1 : layers::norm_kind::rms;
   auto norm = [&](const float* x, const float* w, float* out, float* inv) {
     layers::normalize(norm_kind, x, w, out, N, D, c.norm_eps, inv);
   };
@@ -368,23 +370,29 @@ double train_model::run(const int32_t* inputs, const int32_t* targets, int batch
   logits_.resize(N * V);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(N), V, D, 1.0f, A.n_final.data(), D, cls, D,
               0.0f, logits_.data(), V);
-  // Cross-entropy: loss_i = logsumexp(z_i) - z_i[target]; dz = (softmax(z) - onehot) / divisor.
-  double loss = 0;
-  #pragma omp parallel for schedule(static) reduction(+ : loss)
+  // Cross-entropy: loss_i = logsumexp(z_i) - z_i[target]; dz = softmax(z) - onehot, the gradient
+  // of the summed loss: the backward carries per-token magnitudes (a mean's 1/N would push small
+  // gradients below a shared-exponent format's range, e.g. flex16+5's 2^-16) and the parameter
+  // gradients are divided by `divisor` at the end. Row losses are summed in order (bit-exact
+  // whatever the thread count).
+  std::vector<double> row_loss(N);
+  #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < N; ++i) {
     const float* z = logits_.data() + i * V;
     float mx = z[0];
     for (int j = 1; j < V; ++j) mx = std::max(mx, z[j]);
     double sum = 0;
     for (int j = 0; j < V; ++j) sum += std::exp(double(z[j]) - mx);
-    loss += std::log(sum) + mx - z[targets[i]];
+    row_loss[i] = std::log(sum) + mx - z[targets[i]];
     if (backward) {
       float* dz = A.dlogits.data() + i * V;
       const double inv = 1.0 / sum;
-      for (int j = 0; j < V; ++j) dz[j] = static_cast<float>(std::exp(double(z[j]) - mx) * inv / divisor);
-      dz[targets[i]] -= static_cast<float>(1.0 / divisor);
+      for (int j = 0; j < V; ++j) dz[j] = static_cast<float>(std::exp(double(z[j]) - mx) * inv);
+      dz[targets[i]] -= 1.0f;
     }
   }
+  double loss = 0;
+  for (double l : row_loss) loss += l;
   if (!backward) return loss;
 
   // ---- backward ----
@@ -494,6 +502,9 @@ double train_model::run(const int32_t* inputs, const int32_t* targets, int batch
     const float* d = A.dx.data() + i * D;
     for (int j = 0; j < D; ++j) r[j] += d[j];
   }
+  const float inv_divisor = static_cast<float>(1.0 / divisor);
+  #pragma omp parallel for schedule(static) if (grads_.size() > 65536)
+  for (size_t i = 0; i < grads_.size(); ++i) grads_[i] *= inv_divisor;
   return loss;
 }
 

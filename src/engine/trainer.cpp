@@ -67,6 +67,10 @@ double data_parallel::allreduce_sum(double x) const {
   return out;
 }
 
+void data_parallel::abort(int code) const {
+  if (size > 1) MPI_Abort(MPI_COMM_WORLD, code);
+}
+
 void data_parallel::barrier() const {
   if (size > 1) MPI_Barrier(MPI_COMM_WORLD);
 }
@@ -83,6 +87,7 @@ model_config train_run_config::model_shape(int vocab) const {
   c.vocab_size = vocab;
   c.max_seq_len = ctx;
   c.tied_classifier = tied_classifier;
+  c.l1_norm = l1_norm;
   return c;
 }
 
@@ -180,7 +185,7 @@ int64_t window_offset(uint64_t seed, int64_t step, int b, int64_t tokens, int ct
 // bookkeeping or the output directory).
 nlohmann::json resume_identity(const train_run_config& c) {
   nlohmann::json j = c.to_json();
-  for (const char* k : {"steps", "eval_every", "checkpoint_every", "out", "data"}) j.erase(k);
+  for (const char* k : {"eval_every", "checkpoint_every", "out", "data"}) j.erase(k);
   return j;
 }
 
@@ -196,6 +201,8 @@ train_result run_training(const train_run_config& cfg, const tokenizer& tok, con
   if (cfg.batch % dp.size)
     throw error(fmt::format("train: the global batch {} does not split over {} ranks", cfg.batch, dp.size));
   if (!(cfg.lr > 0)) throw error(fmt::format("train: learning rate {} (expected > 0)", cfg.lr));
+  if (cfg.val_batches <= 0)
+    throw error(fmt::format("train: val_batches {} (expected > 0)", cfg.val_batches));
   const model_config mc = cfg.model_shape(tok.vocab_size());
   mc.validate();
   const token_split data = load_tokens(cfg, tok);
@@ -282,11 +289,13 @@ train_result run_training(const train_run_config& cfg, const tokenizer& tok, con
     }
   };
   auto validate = [&](int64_t step) {
+    if (quantizer) quantizer->set_frozen(true);
     double sum = 0;
     // Each rank scores its share of the windows; every rank gets the total.
     for (int64_t first = 0; first < n_val; first += cfg.batch)
       fill(data.val, [&](int b) { return val_offsets[first + int64_t(dp.rank) * local_batch + b]; }),
           sum += m.forward_loss(in.data(), tg.data(), local_batch, cfg.ctx, quantizer, step);
+    if (quantizer) quantizer->set_frozen(false);
     return dp.allreduce_sum(sum) / double(n_val * cfg.ctx);
   };
 

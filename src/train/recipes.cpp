@@ -52,15 +52,19 @@ std::string canonical(const std::string& spec, const std::string& plan, const st
   }
 }
 
-// Stream id of one (step, linear, operand) for stochastic rounding: distinct for every use.
-uint64_t stream_id(int64_t step, int linear, gemm_operand op) {
-  return (uint64_t(step) << 24) ^ (uint64_t(linear) << 3) ^ uint64_t(op);
+// Stream id of one (run seed, step, linear, operand) for stochastic rounding: distinct for every
+// use, and different runs (seeds) draw different noise.
+uint64_t stream_id(uint64_t seed, int64_t step, int linear, gemm_operand op) {
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + ((uint64_t(step) << 24) ^ (uint64_t(linear) << 3) ^ uint64_t(op));
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
 }
 
 // Operands in formats of the format engine.
 class format_quantizer : public operand_quantizer {
  public:
-  explicit format_quantizer(const training_plan& p) : plan_(p) {
+  format_quantizer(const training_plan& p, uint64_t seed) : plan_(p), seed_(seed) {
     for (int i = 0; i < gemm_operand_count; ++i)
       if (!p.operands[i].empty()) formats_[i] = parse_format(p.operands[i]);
   }
@@ -68,12 +72,13 @@ class format_quantizer : public operand_quantizer {
   bool feature_axis_groups() const override { return plan_.feature_axis; }
   void apply(gemm_operand op, int linear, int64_t step, const float* in, float* out, int64_t rows,
              int64_t cols) override {
-    fake_quantize(in, out, rows, cols, *formats_[int(op)], stream_id(step, linear, op));
+    fake_quantize(in, out, rows, cols, *formats_[int(op)], stream_id(seed_, step, linear, op));
   }
   std::string describe() const override { return plan_.spec; }
 
  private:
   training_plan plan_;
+  uint64_t seed_;
   std::array<std::optional<format>, gemm_operand_count> formats_;
 };
 
@@ -83,7 +88,13 @@ class flex_quantizer : public operand_quantizer {
   flex_quantizer(const training_plan& p, int mantissa_bits, int exponent_bits) : plan_(p) {
     cfg_.mantissa_bits = mantissa_bits;
     cfg_.exponent_bits = exponent_bits;
+    try {
+      autoflex check(cfg_);  // refuse what Autoflex cannot manage before training starts
+    } catch (const std::exception& e) {
+      throw error(fmt::format("training plan '{}': {}", p.spec, e.what()));
+    }
   }
+  void set_frozen(bool f) override { frozen_ = f; }
   bool quantizes(gemm_operand) const override { return true; }
   void apply(gemm_operand op, int linear, int64_t, const float* in, float* out, int64_t rows,
              int64_t cols) override {
@@ -91,16 +102,22 @@ class flex_quantizer : public operand_quantizer {
     const auto key = std::make_pair(linear, int(op));
     auto it = managers_.find(key);
     if (it == managers_.end()) {
-      // Algorithm 1: initialise the exponent by trial on the first use.
-      it = managers_.emplace(key, autoflex(cfg_)).first;
+      // Algorithm 1: initialise the exponent by trial on the first use; the trials write into
+      // scratch, as `in` may be `out`.
+      autoflex af(cfg_);
+      trial_.resize(n);
       for (int tries = 0; tries < 64; ++tries)
-        if (it->second.initialize_step(flex_fake_quantize(in, out, n, cfg_.mantissa_bits,
-                                                          it->second.exponent())))
+        if (af.initialize_step(flex_fake_quantize(in, trial_.data(), n, cfg_.mantissa_bits, af.exponent())))
           break;
+      if (frozen_) {  // a use seen only in validation: quantize, remember nothing
+        flex_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent());
+        return;
+      }
+      it = managers_.emplace(key, af).first;
     }
     autoflex& af = it->second;
     const double gamma = flex_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent());
-    af.update(gamma);  // Algorithm 2: the exponent of the next use
+    if (!frozen_) af.update(gamma);  // Algorithm 2: the exponent of the next use
   }
   nlohmann::json state() const override {
     nlohmann::json s = nlohmann::json::array();
@@ -125,27 +142,30 @@ class flex_quantizer : public operand_quantizer {
   training_plan plan_;
   autoflex_config cfg_;
   std::map<std::pair<int, int>, autoflex> managers_;
+  std::vector<float> trial_;
+  bool frozen_ = false;
 };
 
 // ShiftQuant gradients, per-channel integer X and W.
 class shiftquant_quantizer : public operand_quantizer {
  public:
-  shiftquant_quantizer(const training_plan& p, int bits, int group, int max_shift)
-      : plan_(p), bits_(bits), group_(group), max_shift_(max_shift),
+  shiftquant_quantizer(const training_plan& p, int bits, int group, int max_shift, uint64_t seed)
+      : plan_(p), seed_(seed), bits_(bits), group_(group), max_shift_(max_shift),
         channel_(parse_format(fmt::format("int{}/c", bits))) {}
   bool quantizes(gemm_operand) const override { return true; }
   void apply(gemm_operand op, int linear, int64_t step, const float* in, float* out, int64_t rows,
              int64_t cols) override {
     if (op == gemm_operand::dy_dx || op == gemm_operand::dy_dw)
-      shiftquant_fake_quantize(in, out, rows, cols, bits_, group_, max_shift_, true, 0,
-                               stream_id(step, linear, op));
+      shiftquant_fake_quantize(in, out, rows, cols, bits_, group_, max_shift_, true, seed_,
+                               stream_id(seed_, step, linear, op));
     else
-      fake_quantize(in, out, rows, cols, channel_, stream_id(step, linear, op));
+      fake_quantize(in, out, rows, cols, channel_, stream_id(seed_, step, linear, op));
   }
   std::string describe() const override { return plan_.spec; }
 
  private:
   training_plan plan_;
+  uint64_t seed_;
   int bits_, group_, max_shift_;
   format channel_;
 };
@@ -157,9 +177,9 @@ double flex_fake_quantize(const float* in, float* out, int64_t n, int mantissa_b
   const double inv = std::ldexp(1.0, -exponent), kappa = std::ldexp(1.0, exponent);
   double gamma = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(in[i])) {  // saturates: Flexpoint has no NaN/Inf codes
+    if (!std::isfinite(in[i])) {  // Inf saturates (no code for it), NaN stays NaN (CONVENTIONS 4)
       gamma = std::max(gamma, qmax + 1);
-      out[i] = std::isnan(in[i]) ? 0.0f : static_cast<float>(std::copysign(qmax * kappa, in[i]));
+      out[i] = std::isnan(in[i]) ? in[i] : static_cast<float>(std::copysign(qmax * kappa, in[i]));
       continue;
     }
     const double m = std::nearbyint(double(in[i]) * inv);  // ties to even (default rounding mode)
@@ -289,7 +309,10 @@ training_plan parse_training_plan(const std::string& spec_in) {
     }
     p.law_format = p.operands[int(gemm_operand::w_fwd)];
   } else if (head == "qat") {
-    set({gemm_operand::w_fwd}, need_format());
+    // dX = dY Q(W) with the forward's Q(W): P4 grouped along d_in like P2 (axis=din; the other
+    // operands are float).
+    set({gemm_operand::w_fwd, gemm_operand::w_dx}, need_format());
+    p.feature_axis = true;
     options(1, {});
     p.law_format = p.operands[int(gemm_operand::w_fwd)];
   } else if (head == "fp8" && rest.empty()) {
@@ -302,6 +325,8 @@ training_plan parse_training_plan(const std::string& spec_in) {
     p.law_format = p.operands[int(gemm_operand::w_fwd)];
   } else if (head.rfind("flex", 0) == 0 && rest.empty()) {
     const format f = parse_format(canonical(head, spec, "the"));
+    if (f.rounding != rounding_mode::rne)
+      throw error(fmt::format("training plan '{}': Flexpoint rounds to nearest even; no rounding suffix", spec));
     for (auto op : kAll) p.operands[int(op)] = format_name(f);
     p.law_format = format_name(f);
   } else if (head == "shiftquant") {
@@ -316,6 +341,8 @@ training_plan parse_training_plan(const std::string& spec_in) {
     for (auto op : kAll) p.operands[int(op)] = fmt::format("int{}/c", bits);
     p.operands[int(gemm_operand::dy_dx)] = p.operands[int(gemm_operand::dy_dw)] =
         fmt::format("shiftquant(int{},g{},shift={})", bits, group, o.count("shift") ? o["shift"] : "7");
+    if (o.count("l1") && !o["l1"].empty())
+      throw error(fmt::format("training plan '{}': l1 takes no value", spec));
     p.l1_norm = o.count("l1") > 0;
     p.law_format = fmt::format("int{}/c", bits);
   } else {
@@ -326,7 +353,7 @@ training_plan parse_training_plan(const std::string& spec_in) {
   return p;
 }
 
-std::unique_ptr<operand_quantizer> make_operand_quantizer(const training_plan& p) {
+std::unique_ptr<operand_quantizer> make_operand_quantizer(const training_plan& p, uint64_t seed) {
   if (p.recipe == "fp32") return nullptr;
   if (p.recipe.rfind("flex", 0) == 0) {
     const format f = parse_format(p.law_format);
@@ -339,9 +366,9 @@ std::unique_ptr<operand_quantizer> make_operand_quantizer(const training_plan& p
     if (std::sscanf(d.c_str(), "shiftquant(int%d,g%d,shift=%d)", &bits, &group, &shift) != 3 || group <= 0 ||
         shift < 0 || shift > 30)
       throw error(fmt::format("training plan '{}': bad shiftquant group or shift", p.spec));
-    return std::make_unique<shiftquant_quantizer>(p, e.element.bits, group, shift);
+    return std::make_unique<shiftquant_quantizer>(p, e.element.bits, group, shift, seed);
   }
-  return std::make_unique<format_quantizer>(p);
+  return std::make_unique<format_quantizer>(p, seed);
 }
 
 }  // namespace lowbit

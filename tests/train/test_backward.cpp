@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <random>
 
@@ -254,9 +255,12 @@ TEST(GradientCheck, RopeInverseIsTheTranspose) {
   EXPECT_GT(std::fabs(a - [&] { double s = 0; for (int i = 0; i < n * stride; ++i) s += double(x[i]) * y[i]; return s; }()), 1e-3);
 }
 
-// The training forward is the inference forward: a sequence's logits equal forward_session's.
+// The training forward is the inference forward: a sequence's logits equal forward_session's
+// (RMS and L1 normalisation; the L1 flag survives a safetensors round trip).
 TEST(TrainModel, ForwardMatchesTheInferenceEngine) {
+ for (bool l1 : {false, true}) {
   model_config c = tiny(true);
+  c.l1_norm = l1;
   c.dim = 32, c.hidden_dim = 64, c.vocab_size = 40, c.max_seq_len = 16;
   train_model m(c, 9);
   std::vector<int32_t> in(2 * 16), tg(2 * 16);
@@ -270,7 +274,16 @@ TEST(TrainModel, ForwardMatchesTheInferenceEngine) {
     max_diff = std::max(max_diff, double(std::fabs(ref[i] - m.logits()[16 * 40 + i])));
     max_ref = std::max(max_ref, double(std::fabs(ref[i])));
   }
-  EXPECT_LT(max_diff, 1e-5 * max_ref + 1e-6);
+  EXPECT_LT(max_diff, 1e-5 * max_ref + 1e-6) << (l1 ? "l1" : "rms");
+  if (l1) {
+    const auto dir = std::filesystem::temp_directory_path() / "lowbit_l1_model";
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    save_safetensors_model(mm, (dir / "model.safetensors").string());
+    EXPECT_TRUE(load_model((dir / "model.safetensors").string()).config.l1_norm);
+    std::filesystem::remove_all(dir);
+  }
+ }
 }
 
 }  // namespace

@@ -37,7 +37,9 @@ TEST(TrainingPlan, PresetsNameTheirOperands) {
   EXPECT_NE(f8.operands[0], f8.operands[2]);  // E4M3 forward, E5M2 gradients
   auto q = parse_training_plan("qat:int4/c");
   EXPECT_EQ(q.operands[1], "int4/c");
-  for (int i : {0, 2, 3, 4, 5}) EXPECT_EQ(q.operands[i], "");
+  EXPECT_EQ(q.operands[3], "int4/c");  // dX = dY Q(W): the forward's weights
+  EXPECT_TRUE(q.feature_axis);
+  for (int i : {0, 2, 4, 5}) EXPECT_EQ(q.operands[i], "");
   auto c = parse_training_plan("x=e4m3/g32;dy=e5m2/t;axis=din");
   EXPECT_EQ(c.operands[0], "e4m3fn/g32");
   EXPECT_FALSE(c.operands[2].empty());
@@ -61,6 +63,10 @@ TEST(TrainingPlan, BadPlansAreRefusedWithTheirNames) {
   EXPECT_NE(message("x=e4m3;grad=e5m2").find("unknown target 'grad'"), std::string::npos);
   EXPECT_NE(message("shiftquant:e4m3").find("integer element"), std::string::npos);
   EXPECT_NE(message("sun2025:e4m3,axis=tokens").find("axis"), std::string::npos);
+  EXPECT_NE(message("flex16+5~sr").find("rounding"), std::string::npos);
+  EXPECT_NE(message("shiftquant:int4,l1=0").find("l1"), std::string::npos);
+  // Autoflex needs headroom for its additive constant: refused when the plan is made.
+  EXPECT_THROW(make_operand_quantizer(parse_training_plan("flex6+5")), error);
 }
 
 // Records the shape each operand arrives in and passes values through (or scales one operand).
@@ -213,6 +219,26 @@ TEST(ShiftQuant, StochasticRoundingIsUnbiased) {
   for (int c = 1; c < cols; ++c) EXPECT_NEAR(mean[c], x[c], 0.03) << c;
 }
 
+TEST(Flexpoint, InPlaceUseAndFrozenValidationKeepTheState) {
+  // The first use initialises the exponent by trial; in place and out of place agree, and a
+  // frozen (validation) use leaves the histories as they were.
+  auto a = make_operand_quantizer(parse_training_plan("flex16+5"));
+  auto b = make_operand_quantizer(parse_training_plan("flex16+5"));
+  std::vector<float> x(256), ya(256);
+  for (int i = 0; i < 256; ++i) x[i] = 0.02f * std::sin(0.37f * i);
+  auto xb = x;
+  a->apply(gemm_operand::w_dx, 3, 0, x.data(), ya.data(), 16, 16);
+  b->apply(gemm_operand::w_dx, 3, 0, xb.data(), xb.data(), 16, 16);
+  EXPECT_EQ(ya, xb);
+  EXPECT_NE(ya, std::vector<float>(256, 0.0f));
+  const auto before = a->state();
+  a->set_frozen(true);
+  for (int k = 0; k < 5; ++k) a->apply(gemm_operand::w_dx, 3, 1, x.data(), ya.data(), 16, 16);
+  a->apply(gemm_operand::x_fwd, 9, 1, x.data(), ya.data(), 16, 16);  // unseen use: not remembered
+  a->set_frozen(false);
+  EXPECT_EQ(a->state(), before);
+}
+
 TEST(Flexpoint, MantissasAreIntegersTimesTheSharedScale) {
   std::vector<float> x = {1.0f, -2.5f, 1000.0f, 3e-6f, -70000.0f, NAN};
   std::vector<float> y(x.size());
@@ -224,7 +250,7 @@ TEST(Flexpoint, MantissasAreIntegersTimesTheSharedScale) {
   EXPECT_EQ(y[4], float(-32767.0 / 16));  // saturated
   EXPECT_EQ(gamma, 70000.0 * 16);
   flex_fake_quantize(x.data() + 5, y.data() + 5, 1, 16, 0);
-  EXPECT_EQ(y[5], 0.0f);  // NaN has no Flexpoint code
+  EXPECT_TRUE(std::isnan(y[5]));  // CONVENTIONS 4: NaN propagates
 }
 
 // ---- the loop --------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
   // Everything that can be refused is refused before training starts.
   const training_plan plan = parse_training_plan(cfg.plan);
   if (plan.l1_norm) cfg.l1_norm = true;
-  auto quantizer = make_operand_quantizer(plan);
+  auto quantizer = make_operand_quantizer(plan, cfg.seed);
   auto [tok, tok_src] = resolve_tokenizer(cfg.tokenizer);
   if (!cfg.out_dir.empty() && !o.resume && fs::exists(fs::path(cfg.out_dir) / "checkpoint.safetensors"))
     throw error(fmt::format("train: '{}' holds a checkpoint; pass --resume to continue it or choose another "
@@ -83,14 +83,31 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
 
   std::unique_ptr<runs_db> db;
   const data_parallel& dp = data_parallel::world();
-  if (!o.db.empty() && dp.root()) db = std::make_unique<runs_db>(o.db);  // a bad database fails first
+  if (!o.db.empty() && dp.root()) {
+    try {
+      db = std::make_unique<runs_db>(o.db);  // a bad database fails first
+    } catch (const std::exception& e) {
+      std::cerr << "lowbit: " << e.what() << "\n";
+      dp.abort(2);
+      throw;
+    }
+  }
   progress_bar bar("train", "step");
   auto on_step = [&](const train_point& p, int64_t steps) {
     if (!dp.root()) return;
     bar.set_label(fmt::format("train loss {:.3f} {:.0f} tok/s", p.train_loss, p.tokens_per_s));
     bar.update(p.step, steps);
   };
-  train_result r = run_training(cfg, *tok, tok_src, quantizer.get(), o.resume, on_step);
+  train_result r;
+  try {
+    r = run_training(cfg, *tok, tok_src, quantizer.get(), o.resume, on_step);
+  } catch (const std::exception& e) {
+    if (dp.size > 1) {  // one rank's failure (a full disk at a checkpoint) must not hang the rest
+      std::cerr << fmt::format("lowbit: rank {}: {}\n", dp.rank, e.what());
+      dp.abort(2);
+    }
+    throw;
+  }
   bar.finish();
   if (!dp.root()) return;
 
@@ -122,7 +139,7 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
                    {"tokens_per_s", r.tokens_per_s}};
     nlohmann::json conf = cfg.to_json();
     conf.erase("out");
-    const int64_t embedding = int64_t(tok->vocab_size()) * cfg.dim;
+    const int64_t embedding = int64_t(tok->vocab_size()) * cfg.dim * (cfg.tied_classifier ? 1 : 2);
     conf["non_embedding_params"] = r.params - embedding;
     conf["operands"] = plan.operands;
     rec.config = conf;

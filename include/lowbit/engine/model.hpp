@@ -53,6 +53,9 @@ struct model_config {
   float norm_eps = 1e-5f;
   float rope_theta = 10000.0f;  // llama only
   bool tied_classifier = true;  // output.weight absent, token_embd.weight used
+  // llama only: normalise by the L1 statistic sqrt(pi/2) mean|x| instead of the RMS (models
+  // trained with lowbit's ShiftQuant recipe, METHODS 3.3); stored as "lowbit_norm": "l1".
+  bool l1_norm = false;
 
   int head_dim() const { return dim / n_heads; }
   // Throws lowbit::error naming the field when the numbers cannot describe a model.

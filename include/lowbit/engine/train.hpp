@@ -45,6 +45,9 @@ class operand_quantizer {
                      int64_t rows, int64_t cols) = 0;
   // Quantizer state that a checkpoint must keep (Autoflex histories); null when stateless.
   virtual nlohmann::json state() const { return nullptr; }
+  // Frozen: quantize with the current state and do not update it (validation must not steer
+  // Autoflex's exponents).
+  virtual void set_frozen(bool) {}
   virtual void restore(const nlohmann::json&) {}
   virtual std::string describe() const = 0;
 };

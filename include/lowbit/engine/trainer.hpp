@@ -68,6 +68,9 @@ struct data_parallel {
   void allreduce_sum(float* x, int64_t n) const;
   double allreduce_sum(double x) const;
   void barrier() const;
+  // Ends every rank (MPI_Abort) when one fails, so the others do not wait forever in a
+  // collective; a no-op with one rank.
+  void abort(int code) const;
 };
 
 // Trains a model as configured. quantizer may be null (fp32). With cfg.out_dir set, writes

@@ -4,7 +4,8 @@
 //   fp32                       nothing quantized
 //   sun2025:FMT[,axis=din]     P2, P4, P6 (W forward and backward, X in the dW GEMM) in FMT,
 //                              absmax-to-FPmax scaling per group (Sun et al. 2025, METHODS 2.1)
-//   qat:FMT                    P2 only: weights fake-quantized in the forward, gradients pass
+//   qat:FMT                    weights fake-quantized in the forward (P2) and the same Q(W) in
+//                              dX = dY Q(W) (P4 grouped along d_in like P2); the gradient passes
 //                              straight through to the fp32 master weights (QAT with the STE)
 //   fp8                        E4M3 forward (P1, P2) and W/X of the backward (P4, P6), E5M2
 //                              gradients (P3, P5), per-tensor scales (the hybrid FP8 recipe)
@@ -12,7 +13,7 @@
 //                              stochastic rounding
 //   flexN+E                    all six operands in Flexpoint with Autoflex exponents per tensor
 //                              and per use (Koster et al. 2017, METHODS 1.5)
-//   shiftquant:intN[,gK][,shift=S][,l1]
+//   shiftquant:intN[,g=K][,shift=S][,l1]
 //                              sub-8-bit integer training after Guo et al. 2024 (METHODS 3.3):
 //                              X and W (P1, P2, P4, P6) intN per channel; gradients (P3, P5) in
 //                              ShiftQuant groups (below); l1: L1 normalisation layers
@@ -45,8 +46,8 @@ struct training_plan {
 // lowbit::error naming the unknown recipe, operand or format.
 training_plan parse_training_plan(const std::string& spec);
 
-// The quantizer that carries the plan out.
-std::unique_ptr<operand_quantizer> make_operand_quantizer(const training_plan& plan);
+// The quantizer that carries the plan out; `seed` (the run's) keys its stochastic rounding.
+std::unique_ptr<operand_quantizer> make_operand_quantizer(const training_plan& plan, uint64_t seed = 0);
 
 // ShiftQuant (Guo et al. 2024, METHODS 3.3; the grouping details are ours, tagged [M] there):
 // a row of `cols` values is split into groups of `group` along the reduction axis; the row's
