@@ -48,14 +48,10 @@ void fill_normal(float* x, int64_t n, double std, uint64_t& s) {
   }
 }
 
-// out[cols, rows] = in[rows, cols]^T, in tiles so both sides stay in cache.
+// out[cols, rows] = in[rows, cols]^T: OpenBLAS's out-of-place transpose (a plain tiled loop took
+// 15% of a fully quantized training step at dim 256, this 3%; perf, same run shape).
 void transpose(const float* in, float* out, int64_t rows, int64_t cols) {
-  constexpr int64_t tile = 32;
-  #pragma omp parallel for schedule(static) collapse(2) if (rows * cols > 65536)
-  for (int64_t r0 = 0; r0 < rows; r0 += tile)
-    for (int64_t c0 = 0; c0 < cols; c0 += tile)
-      for (int64_t r = r0; r < std::min(rows, r0 + tile); ++r)
-        for (int64_t c = c0; c < std::min(cols, c0 + tile); ++c) out[c * rows + r] = in[r * cols + c];
+  cblas_somatcopy(CblasRowMajor, CblasTrans, int(rows), int(cols), 1.0f, in, int(cols), out, int(rows));
 }
 
 }  // namespace
