@@ -6,7 +6,7 @@
 #   grid    : 3 model sizes x 2 token budgets x 3 formats for the scaling-law fits
 #   speed   : tokens/s of fp32 training vs all six operands fake-quantized (dim 256, 4 layers,
 #             ctx 128, batch 16), measured in one run
-# Usage: scripts/train-experiments.sh curves|grid|speed [OUT_DIR] [JOBS]
+# Usage: scripts/train-experiments.sh curves|formats|grid|speed [OUT_DIR] [JOBS]
 # Each run writes OUT_DIR/<name>/{log.jsonl,result.json,model.safetensors}; runs already finished
 # are skipped, so a killed job resumes. Plots: scripts/plot_training.py OUT_DIR.
 set -euo pipefail
@@ -50,6 +50,19 @@ case "$what" in
     } | while read -r name flags; do echo "$name $flags $common"; done |
       xargs -P "$jobs" -L 1 bash -c 'run "$@"' _
     ;;
+  formats)
+    # Exponent vs mantissa bits with every operand quantized (P1..P6 at blocks of 32: gradients
+    # and activations need range), and fp32 under two more seeds for the seed-to-seed spread.
+    common="--dim 128 --layers 4 --heads 4 --ctx 64 --batch 16 --steps 600 --lr 3e-3 --eval-every 50"
+    {
+      for f in e2m3 e3m2 e3m4 e4m3 e5m2; do
+        echo "all-$f-g32 --seed 1 --plan x=$f/g32;w=$f/g32;dy=$f/g32;w_bwd=$f/g32;dy_w=$f/g32;x_bwd=$f/g32"
+      done
+      echo "fp32-seed2 --seed 2 --plan fp32"
+      echo "fp32-seed3 --seed 3 --plan fp32"
+    } | while read -r name flags; do echo "$name $flags $common"; done |
+      xargs -P "$jobs" -L 1 bash -c 'run "$@"' _
+    ;;
   grid)
     # N: dim 48/64/96/128 (4 layers); D: 300 and 900 steps of 1024 tokens; formats: fp32 and the
     # sun2025 targets in e4m3/g32 and e2m1/g32.
@@ -81,5 +94,5 @@ q = [r["tokens_per_s"] for r in rows if r["plan"] != "fp32"]
 for a, b in zip(f, q): print(f"fp32 {a:.0f} tok/s  six operands quantized {b:.0f} tok/s  ratio {a / b:.3f}")
 print(f"median overhead of fake-quantizing all six operands: {100 * (statistics.median(a / b for a, b in zip(f, q)) - 1):.1f}%")'
     ;;
-  *) echo "usage: $0 curves|grid|speed [OUT_DIR] [JOBS]" >&2; exit 2 ;;
+  *) echo "usage: $0 curves|formats|grid|speed [OUT_DIR] [JOBS]" >&2; exit 2 ;;
 esac
