@@ -37,26 +37,6 @@ void linear(const float* x, int n, int in, const tensor& w, const tensor* bias, 
   }
 }
 
-// LayerNorm (Ba et al. 2016): (x - mean) / sqrt(var + eps) * w + b.
-void layernorm(const float* x, const float* w, const float* b, float* out, int n, int dim, float eps) {
-  #pragma omp parallel for schedule(static) if (int64_t(n) * dim > 65536)
-  for (int i = 0; i < n; ++i) {
-    const float* xi = x + int64_t(i) * dim;
-    double mean = 0, var = 0;
-    for (int j = 0; j < dim; ++j) mean += xi[j];
-    mean /= dim;
-    for (int j = 0; j < dim; ++j) var += (xi[j] - mean) * (xi[j] - mean);
-    const double inv = 1.0 / std::sqrt(var / dim + eps);
-    float* oi = out + int64_t(i) * dim;
-    for (int j = 0; j < dim; ++j) oi[j] = static_cast<float>((xi[j] - mean) * inv) * w[j] + b[j];
-  }
-}
-
-float gelu_tanh(float x) {
-  const float k = 0.7978845608028654f;  // sqrt(2/pi)
-  return 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x)));
-}
-
 }  // namespace
 
 
@@ -173,7 +153,7 @@ void forward_session::run(float* x_io, int n, int first, int last, bool head) {
 
     // ---- attention ----
     if (llama) layers::normalize(norm, x, W("attn_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
-    else layernorm(x, W("attn_norm.weight").data.data(), W("attn_norm.bias").data.data(),
+    else layers::layernorm(x, W("attn_norm.weight").data.data(), W("attn_norm.bias").data.data(),
                    xb.data(), n, dim, c.norm_eps);
     dump(b + "attn_norm", xb.data(), dim);
     quantize_input(xb.data(), dim, plan_.acts);
@@ -222,7 +202,7 @@ void forward_session::run(float* x_io, int n, int first, int last, bool head) {
 
     // ---- MLP ----
     if (llama) layers::normalize(norm, x, W("ffn_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
-    else layernorm(x, W("ffn_norm.weight").data.data(), W("ffn_norm.bias").data.data(),
+    else layers::layernorm(x, W("ffn_norm.weight").data.data(), W("ffn_norm.bias").data.data(),
                    xb.data(), n, dim, c.norm_eps);
     dump(b + "ffn_norm", xb.data(), dim);
     quantize_input(xb.data(), dim, plan_.acts);
@@ -237,7 +217,7 @@ void forward_session::run(float* x_io, int n, int first, int last, bool head) {
     } else {
       mm(xb.data(), dim, W("ffn_up.weight"), B("ffn_up.bias"), h1.data());
       #pragma omp parallel for schedule(static) if (int64_t(n) * hidden > 65536)
-      for (int64_t i = 0; i < int64_t(n) * hidden; ++i) h1[i] = gelu_tanh(h1[i]);
+      for (int64_t i = 0; i < int64_t(n) * hidden; ++i) h1[i] = layers::gelu_tanh(h1[i]);
     }
     dump(b + "ffn_act", h1.data(), hidden);
     quantize_input(h1.data(), hidden, plan_.acts);
@@ -249,7 +229,7 @@ void forward_session::run(float* x_io, int n, int first, int last, bool head) {
 
   if (head) {
     if (llama) layers::normalize(norm, x, m_.get("output_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
-    else layernorm(x, m_.get("output_norm.weight").data.data(),
+    else layers::layernorm(x, m_.get("output_norm.weight").data.data(),
                    m_.get("output_norm.bias").data.data(), xb.data(), n, dim, c.norm_eps);
     dump("output_norm", xb.data(), dim);
     quantize_input(xb.data(), dim, plan_.classifier_acts);

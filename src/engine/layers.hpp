@@ -1,4 +1,4 @@
-// The element-wise layers of the Llama decoder, shared by inference (forward.cpp) and training
+// The element-wise layers of the Llama and GPT-2 decoders, shared by inference (forward.cpp) and training
 // (train_model.cpp) so both run the same arithmetic, with the backward of each next to its forward.
 // Shapes: x [n, dim] row-major (n = tokens).
 #pragma once
@@ -92,6 +92,59 @@ inline void normalize_backward(norm_kind kind, const float* x, const float* w, c
     for (int j = 0; j < dim; ++j) dw[j] += double(dy[i * dim + j]) * x[i * dim + j] * inv[i];
 }
 
+// LayerNorm (Ba et al. 2016), GPT-2's: y = (x - mean) / sqrt(var + eps) * w + b, the statistics
+// in double. mean_out[n] and inv_out[n] (optional) keep the mean and 1/sqrt(var + eps) for the
+// backward.
+inline void layernorm(const float* x, const float* w, const float* b, float* out, int64_t n, int dim,
+                      float eps, float* mean_out = nullptr, float* inv_out = nullptr) {
+  #pragma omp parallel for schedule(static) if (n * dim > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * dim;
+    double mean = 0, var = 0;
+    for (int j = 0; j < dim; ++j) mean += xi[j];
+    mean /= dim;
+    for (int j = 0; j < dim; ++j) var += (xi[j] - mean) * (xi[j] - mean);
+    const double inv = 1.0 / std::sqrt(var / dim + eps);
+    if (mean_out) mean_out[i] = static_cast<float>(mean);
+    if (inv_out) inv_out[i] = static_cast<float>(inv);
+    float* oi = out + i * dim;
+    for (int j = 0; j < dim; ++j) oi[j] = static_cast<float>((xi[j] - mean) * inv) * w[j] + b[j];
+  }
+}
+
+// Backward: with h = (x - mean) r, y = w h + b and g = w dy,
+//   dx_j += r (g_j - mean(g) - h_j mean(g h)),   dw_j += sum_i dy_ij h_ij,   db_j += sum_i dy_ij.
+// dx accumulates (the residual stream's gradient); dw and db accumulate in double over rows.
+inline void layernorm_backward(const float* x, const float* w, const float* mean, const float* inv,
+                               const float* dy, float* dx, double* dw, double* db, int64_t n, int dim) {
+  #pragma omp parallel for schedule(static) if (n * dim > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * dim;
+    const float* gi = dy + i * dim;
+    const double m = mean[i], r = inv[i];
+    double sg = 0, sgh = 0;
+    for (int j = 0; j < dim; ++j) {
+      const double g = double(w[j]) * gi[j];
+      sg += g;
+      sgh += g * (xi[j] - m) * r;
+    }
+    sg /= dim, sgh /= dim;
+    float* di = dx + i * dim;
+    for (int j = 0; j < dim; ++j) {
+      const double h = (xi[j] - m) * r;
+      di[j] += static_cast<float>(r * (double(w[j]) * gi[j] - sg - h * sgh));
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const double m = mean[i], r = inv[i];
+    for (int j = 0; j < dim; ++j) {
+      const double g = dy[i * dim + j];
+      dw[j] += g * (x[i * dim + j] - m) * r;
+      db[j] += g;
+    }
+  }
+}
+
 // Causal softmax of one row of attention scores s[0, T): keys [0, visible) take part (max
 // subtracted, the sum in double), the rest become 0.
 inline void causal_softmax(float* s, int visible, int T) {
@@ -151,5 +204,17 @@ inline void rope(float* x, int64_t n, int heads, int stride, int pos0, int perio
 
 // SwiGLU (Shazeer 2020): silu(g) * u with silu(g) = g * sigmoid(g).
 inline float silu(float g) { return g / (1.0f + std::exp(-g)); }
+
+// GPT-2's GELU, tanh approximation (Hendrycks & Gimpel 2016):
+//   gelu(x) = x/2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3),
+//   gelu'(x) = (1 + tanh(u))/2 + x/2 (1 - tanh(u)^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+inline constexpr float gelu_k = 0.7978845608028654f;  // sqrt(2/pi)
+inline float gelu_tanh(float x) {
+  return 0.5f * x * (1.0f + std::tanh(gelu_k * (x + 0.044715f * x * x * x)));
+}
+inline float gelu_tanh_grad(float x) {
+  const float t = std::tanh(gelu_k * (x + 0.044715f * x * x * x));
+  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * gelu_k * (1.0f + 3.0f * 0.044715f * x * x);
+}
 
 }  // namespace lowbit::layers

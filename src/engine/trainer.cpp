@@ -79,11 +79,22 @@ void data_parallel::barrier() const {
 
 model_config train_run_config::model_shape(int vocab) const {
   model_config c;
-  c.arch = architecture::llama;
+  if (arch == "llama") c.arch = architecture::llama;
+  else if (arch == "gpt2") c.arch = architecture::gpt2;
+  else throw error(fmt::format("train: architecture '{}' (expected llama or gpt2)", arch));
   c.dim = dim, c.n_layers = n_layers, c.n_heads = n_heads;
   c.n_kv_heads = n_kv_heads > 0 ? n_kv_heads : n_heads;
-  // llama2.c: hidden = 2/3 * 4 * dim, rounded up to a multiple of 32
-  c.hidden_dim = hidden_dim > 0 ? hidden_dim : (8 * dim / 3 + 31) / 32 * 32;
+  if (c.arch == architecture::gpt2) {
+    // GPT-2: one kv head per query head, hidden = 4 * dim, LayerNorm (no L1 variant)
+    if (n_kv_heads > 0 && n_kv_heads != n_heads)
+      throw error(fmt::format("train: GPT-2 has one kv head per query head (kv_heads {} != heads {})",
+                              n_kv_heads, n_heads));
+    if (l1_norm) throw error("train: the L1 normalisation is for Llama (GPT-2 has LayerNorm)");
+    c.hidden_dim = hidden_dim > 0 ? hidden_dim : 4 * dim;
+  } else {
+    // llama2.c: hidden = 2/3 * 4 * dim, rounded up to a multiple of 32
+    c.hidden_dim = hidden_dim > 0 ? hidden_dim : (8 * dim / 3 + 31) / 32 * 32;
+  }
   c.vocab_size = vocab;
   c.max_seq_len = ctx;
   c.tied_classifier = tied_classifier;
@@ -92,7 +103,7 @@ model_config train_run_config::model_shape(int vocab) const {
 }
 
 nlohmann::json train_run_config::to_json() const {
-  return {{"dim", dim}, {"layers", n_layers}, {"heads", n_heads}, {"kv_heads", n_kv_heads},
+  return {{"arch", arch}, {"dim", dim}, {"layers", n_layers}, {"heads", n_heads}, {"kv_heads", n_kv_heads},
           {"hidden", hidden_dim}, {"tied", tied_classifier}, {"data", data_path}, {"tokenizer", tokenizer},
           {"batch", batch}, {"ctx", ctx}, {"val_fraction", val_fraction}, {"val_batches", val_batches},
           {"steps", steps}, {"lr", lr}, {"min_lr_frac", min_lr_frac}, {"warmup_frac", warmup_frac},
@@ -106,7 +117,8 @@ train_run_config train_run_config::from_json(const nlohmann::json& j) {
   if (!j.is_object()) throw error("train config: expected a JSON object");
   for (const auto& [key, v] : j.items()) {
     try {
-      if (key == "dim") c.dim = v.get<int>();
+      if (key == "arch") c.arch = v.get<std::string>();
+      else if (key == "dim") c.dim = v.get<int>();
       else if (key == "layers") c.n_layers = v.get<int>();
       else if (key == "heads") c.n_heads = v.get<int>();
       else if (key == "kv_heads") c.n_kv_heads = v.get<int>();

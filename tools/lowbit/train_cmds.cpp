@@ -1,4 +1,4 @@
-// `lowbit train`: low-precision training of a Llama-style model on a text file (trainer.hpp,
+// `lowbit train`: low-precision training of a Llama-style or GPT-2 model on a text file (trainer.hpp,
 // recipes.hpp). The last line of stdout with --json is one JSON object with the final val_loss.
 #include <cstdlib>
 #include <filesystem>
@@ -59,7 +59,7 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
     nlohmann::json merged = from_file.to_json();
     const nlohmann::json flags = cfg.to_json();
     const std::map<std::string, std::string> flag_of = {
-        {"dim", "--dim"}, {"layers", "--layers"}, {"heads", "--heads"}, {"kv_heads", "--kv-heads"},
+        {"arch", "--arch"}, {"dim", "--dim"}, {"layers", "--layers"}, {"heads", "--heads"}, {"kv_heads", "--kv-heads"},
         {"hidden", "--hidden"}, {"data", "--data"}, {"tokenizer", "--tokenizer"}, {"batch", "--batch"},
         {"ctx", "--ctx"}, {"val_batches", "--val-batches"}, {"steps", "--steps"}, {"lr", "--lr"},
         {"min_lr_frac", "--min-lr-frac"}, {"warmup_frac", "--warmup"}, {"clip", "--clip"},
@@ -128,7 +128,7 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
     // the config), D (trained tokens), the format of the quantized operands (E, M, block).
     run_record rec;
     rec.kind = "train";
-    rec.model = fmt::format("train:llama-d{}-l{}-h{}", cfg.dim, cfg.n_layers, cfg.n_heads);
+    rec.model = fmt::format("train:{}-d{}-l{}-h{}", cfg.arch, cfg.dim, cfg.n_layers, cfg.n_heads);
     rec.n_params = double(r.params);
     rec.tokens = double(r.tokens);
     rec.format = plan.law_format;
@@ -139,7 +139,8 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
                    {"tokens_per_s", r.tokens_per_s}};
     nlohmann::json conf = cfg.to_json();
     conf.erase("out");
-    const int64_t embedding = int64_t(tok->vocab_size()) * cfg.dim * (cfg.tied_classifier ? 1 : 2);
+    int64_t embedding = int64_t(tok->vocab_size()) * cfg.dim * (cfg.tied_classifier ? 1 : 2);
+    if (cfg.arch == "gpt2") embedding += int64_t(cfg.ctx) * cfg.dim;  // learned positions
     conf["non_embedding_params"] = r.params - embedding;
     conf["operands"] = plan.operands;
     rec.config = conf;
@@ -164,15 +165,16 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
 
 void add_train_commands(CLI::App& app, command_list& commands) {
   static train_cli_options o;
-  auto* c = app.add_subcommand("train", "train a Llama-style model with quantized GEMM operands (W/A/G)");
+  auto* c = app.add_subcommand("train", "train a Llama-style or GPT-2 model with quantized GEMM operands (W/A/G)");
   c->add_option("--config", o.config_file, "JSON file with the settings below (flags override it)");
   c->add_option("--data", o.cfg.data_path, "text file (default: the shipped tinyshakespeare)");
   c->add_option("--tokenizer", o.cfg.tokenizer, "bytes | llama2c[:PATH] | gpt2 | tokenizer file")->capture_default_str();
+  c->add_option("--arch", o.cfg.arch, "llama | gpt2")->check(CLI::IsMember({"llama", "gpt2"}))->capture_default_str();
   c->add_option("--dim", o.cfg.dim, "residual width")->capture_default_str();
   c->add_option("--layers", o.cfg.n_layers, "blocks")->capture_default_str();
   c->add_option("--heads", o.cfg.n_heads, "attention heads")->capture_default_str();
   c->add_option("--kv-heads", o.cfg.n_kv_heads, "key/value heads (default: --heads)");
-  c->add_option("--hidden", o.cfg.hidden_dim, "MLP width (default: 8/3 dim rounded up to 32)");
+  c->add_option("--hidden", o.cfg.hidden_dim, "MLP width (default: 8/3 dim rounded up to 32; gpt2: 4 dim)");
   c->add_flag("--untied", o.untied, "a separate classifier matrix (default: tied to the embedding)");
   c->add_option("--ctx", o.cfg.ctx, "sequence length")->capture_default_str();
   c->add_option("--batch", o.cfg.batch, "sequences per step (global, over all ranks)")->capture_default_str();

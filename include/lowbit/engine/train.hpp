@@ -1,4 +1,4 @@
-// Training of the Llama-style decoder (the same layers as forward.hpp, with their backward), in the
+// Training of the Llama and GPT-2 decoders (the same layers as forward.hpp, with their backward), in the
 // style of llm.c: parameters, gradients and optimizer state each in one arena, activations of a
 // step in another, explicit forward and backward per layer.
 //
@@ -39,7 +39,8 @@ class operand_quantizer {
   // d_out; Sun et al.'s grouping); false (default): along its GEMM's reduction axis.
   virtual bool feature_axis_groups() const { return false; }
   // out[rows, cols] = Q(in), groups along cols; in == out allowed. `linear` numbers the linear
-  // layers (block * 7 + q,k,v,o,gate,up,down), `step` the optimizer step: with `op` they key the
+  // layers (block * 7 + q,k,v,o,gate,up,down; GPT-2: block * 7 + qkv 0, attn_output 3, ffn_up 5,
+  // ffn_down 6), `step` the optimizer step: with `op` they key the
   // stochastic-rounding stream and the per-tensor, per-use state (Autoflex).
   virtual void apply(gemm_operand op, int linear, int64_t step, const float* in, float* out,
                      int64_t rows, int64_t cols) = 0;
@@ -53,17 +54,21 @@ class operand_quantizer {
 };
 
 // The model being trained: Llama (RMSNorm, RoPE, SwiGLU, grouped-query attention, tied or
-// separate classifier). Parameters live in one arena under GGUF names (model.hpp's layout).
+// separate classifier) or GPT-2 (LayerNorm, learned positions, GELU-tanh, fused qkv, biases on
+// every linear; tied or separate classifier). Parameters live in one arena under GGUF names
+// (model.hpp's layout). Biases are added after the quantized GEMM and their gradients are the
+// column sums of dY (not quantized).
 struct train_options {
   bool l1_norm = false;  // L1 RMSNorm (layers.hpp) in place of RMSNorm (ShiftQuant's recipe)
 };
 
 class train_model {
  public:
-  // A fresh model: weights N(0, 0.02), the residual projections (attn_output, ffn_down) N(0,
-  // 0.02/sqrt(2 layers)) as GPT-2, norms 1; deterministic in the seed.
+  // A fresh model: weights (and GPT-2's positions) N(0, 0.02), the residual projections
+  // (attn_output, ffn_down) N(0, 0.02/sqrt(2 layers)) as GPT-2, norm gains 1, biases 0;
+  // deterministic in the seed.
   train_model(const model_config& c, uint64_t seed, train_options o = {});
-  // The weights of an existing Llama model (fine-tuning, resume).
+  // The weights of an existing Llama or GPT-2 model (fine-tuning, resume).
   explicit train_model(const model& m, train_options o = {});
 
   const model_config& config() const { return cfg_; }
@@ -76,7 +81,7 @@ class train_model {
     std::string name;
     int64_t offset, size;
     std::vector<int64_t> shape;
-    bool decay;  // AdamW weight decay applies (matrices; not norm gains)
+    bool decay;  // AdamW weight decay applies (matrices; not norm gains or biases)
   };
   const std::vector<param_view>& views() const { return views_; }
   std::vector<float>& params() { return params_; }

@@ -18,7 +18,8 @@ namespace lowbit {
 
 struct train_run_config {
   // model (vocab comes from the tokenizer, max_seq_len from ctx)
-  int dim = 64, n_layers = 2, n_heads = 4, n_kv_heads = 0, hidden_dim = 0;  // 0: n_heads; llama2.c's 2/3*4*dim
+  std::string arch = "llama";  // llama | gpt2
+  int dim = 64, n_layers = 2, n_heads = 4, n_kv_heads = 0, hidden_dim = 0;  // 0: n_heads; llama2.c's 2/3*4*dim (GPT-2: 4*dim)
   bool tied_classifier = true;
   // data
   std::string data_path;
