@@ -48,31 +48,54 @@ def main():
     base = runs.get("fp32")
     base_final = base[1][-1] if base and base[1] else None
 
-    groups = [("block 32 / per channel (sun2025 targets P2, P4, P6)",
-               lambda n: n == "fp32" or n.endswith("-c") or n in
-               ("e4m3-g32", "e2m1-g32", "int8-g32", "int4-g32", "flex16+5")),
-              ("exponent vs mantissa bits (6 and 8 bits, block 32)",
-               lambda n: n == "fp32" or n in ("e2m3-g32", "e3m2-g32", "e3m4-g32", "e4m3-g32", "e5m2-g32"))]
-    fig, axes = plt.subplots(1, len(groups), figsize=(14, 5.5), sharey=True)
-    for ax, (title, keep) in zip(axes, groups):
+    # The seed-to-seed spread of fp32 (runs fp32, fp32-seed2, ...) as a band on the gap panels.
+    seeds = [v for n, (_, v, _) in runs.items() if (n == "fp32" or n.startswith("fp32-seed")) and v]
+    base_steps = base[0] if base else []
+
+    def gap(steps, vals):
+        ref = dict(zip(base_steps, base[1])) if base else {}
+        pts = [(s, v - ref[s]) for s, v in zip(steps, vals) if s in ref]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    def band(ax):
+        if len(seeds) < 2:
+            return
+        n = min(len(v) for v in seeds)
+        lo = [min(v[i] for v in seeds) - base[1][i] for i in range(n)]
+        hi = [max(v[i] for v in seeds) - base[1][i] for i in range(n)]
+        ax.fill_between(base_steps[:n], lo, hi, color="0.85", label=f"fp32, {len(seeds)} seeds")
+
+    block = lambda n: (n.endswith("-c") or n in ("e4m3-g32", "e2m1-g32", "int8-g32", "int4-g32")
+                       or n.startswith("flex"))
+    panels = [("validation loss: sun2025 targets (P2, P4, P6)", lambda n: n == "fp32" or block(n), False),
+              ("gap to fp32: sun2025 targets, block 32 (solid) / channel (dashed)", block, True),
+              ("gap to fp32: exponent vs mantissa (sun2025 targets; all-*: all six operands)",
+               lambda n: n in ("e2m3-g32", "e3m2-g32", "e3m4-g32", "e4m3-g32", "e5m2-g32") or n.startswith("all-"),
+               True)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(19, 5.8))
+    for ax, (title, keep, as_gap) in zip(axes, panels):
+        if as_gap:
+            band(ax)
+            ax.axhline(0, color="black", linewidth=1)
         for name, (steps, vals, _) in runs.items():
             if not keep(name) or not vals:
                 continue
-            style = "-" if not name.endswith("-c") else "--"
-            ax.plot(steps, vals, style, label=name, linewidth=2.2 if name == "fp32" else 1.3,
+            xs, ys = gap(steps, vals) if as_gap else (steps, vals)
+            style = "--" if name.endswith("-c") or name.startswith("all-") else "-"
+            ax.plot(xs, ys, style, label=name, linewidth=2.2 if name == "fp32" else 1.3,
                     color="black" if name == "fp32" else None)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, ncol=2)
-    axes[0].set_ylabel("validation loss (nats/byte)")
+        ax.legend(fontsize=7, ncol=2)
+        ax.set_ylabel("val loss - fp32 val loss (nats/byte)" if as_gap else "validation loss (nats/byte)")
     all_final = [v[-1] for _, v, _ in runs.values() if v]
     lo = min(all_final)
     axes[0].set_ylim(lo - 0.1, lo + 1.2)
-    fig.suptitle("lowbit train: ~0.84M-parameter Llama on tinyshakespeare (bytes)")
+    fig.suptitle("lowbit train: ~0.84M-parameter Llama on tinyshakespeare (bytes), 600 steps x 1024 tokens")
     fig.tight_layout()
     for ext in ("png", "svg"):
-        fig.savefig(f"{prefix}.{ext}", dpi=120)
+        fig.savefig(f"{prefix}.{ext}", dpi=110)
 
     rows = []
     for name, (steps, vals, result) in runs.items():
