@@ -277,7 +277,7 @@ def law_fit(rows, fit_path, outdir, figures):
     if fit_path:
         with open(fit_path) as f:
             fit = json.load(f)
-        title = f"law fit: {fit.get('law', '?')}" + (f" ({fit['formula']})" if "formula" in fit else "")
+        title = f"law fit: {fit.get('law', '?')}" + (f"\n{fit['formula']}" if "formula" in fit else "")
         for key, color in (("points", "tab:blue"), ("fitted", "tab:blue"), ("held_out", "tab:red")):
             pts = []
             for p in fit.get(key, []) or []:
@@ -298,7 +298,7 @@ def law_fit(rows, fit_path, outdir, figures):
     rx.axhline(0, color="black", lw=1)
     ax.set_xlabel("predicted loss")
     ax.set_ylabel("measured loss")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     ax.legend(fontsize=8)
     rx.set_xlabel("predicted loss")
     rx.set_ylabel("measured - predicted")

@@ -293,11 +293,16 @@ nlohmann::json to_json(const fit_result& r) {
   j["starts"] = r.starts_run;
   j["seed"] = r.options.seed;
   j["cost"] = r.cost;
-  nlohmann::json h = nlohmann::json::array();
-  for (const auto& p : r.held_out)
-    h.push_back({{"N", p.x.N}, {"D", p.x.D}, {"E", p.x.E}, {"M", p.x.M}, {"log2_block", p.x.log2_block},
-                 {"P", p.x.P}, {"loss", p.x.loss}, {"predicted", p.predicted}});
-  j["held_out"] = h;
+  // The points with their predictions (the report's law-fit figure draws both sets).
+  auto points = [](const std::vector<fit_prediction>& v) {
+    nlohmann::json a = nlohmann::json::array();
+    for (const auto& p : v)
+      a.push_back({{"N", p.x.N}, {"D", p.x.D}, {"E", p.x.E}, {"M", p.x.M}, {"log2_block", p.x.log2_block},
+                   {"P", p.x.P}, {"loss", p.x.loss}, {"predicted", p.predicted}});
+    return a;
+  };
+  j["fitted"] = points(r.fitted);
+  j["held_out"] = points(r.held_out);
   return j;
 }
 
