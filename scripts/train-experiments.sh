@@ -84,7 +84,7 @@ case "$what" in
     for rep in 1 2 3; do
       for plan in fp32 "$quant"; do
         "$lowbit" train --data "$data" --tokenizer bytes --dim 256 --layers 4 --heads 4 --ctx 128 --batch 16 \
-          --steps 20 --eval-every 1000 --val-batches 1 --plan "$plan" --json 2>/dev/null | tail -1
+          --steps 60 --eval-every 1000 --val-batches 1 --plan "$plan" --json 2>/dev/null | tail -1
       done
     done | python3 -c '
 import json, sys, statistics
