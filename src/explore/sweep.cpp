@@ -679,6 +679,17 @@ void coordinate(runs_db& db, const std::vector<sweep_job>& jobs, std::vector<siz
   for (auto& w : workers) w->stop();
 }
 
+// The grid's runs not yet in the database (counting the others in s.already), at most max_runs
+// of them (-1: all).
+std::vector<size_t> pending_runs(const runs_db& db, sweep_summary& s, int64_t max_runs) {
+  std::vector<size_t> pending;
+  for (const auto& j : s.jobs)
+    if (db.has(j.hash)) ++s.already;
+    else pending.push_back(j.index);
+  if (max_runs >= 0 && int64_t(pending.size()) > max_runs) pending.resize(size_t(max_runs));
+  return pending;
+}
+
 }  // namespace
 
 sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const sweep_progress& progress,
@@ -719,11 +730,7 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
     try {
       for (int r = 1; r < size; ++r) workers.push_back(std::make_unique<rank_worker>(r));
       runs_db db(o.db);
-      std::vector<size_t> pending;
-      for (const auto& j : s.jobs)
-        if (db.has(j.hash)) ++s.already;
-        else pending.push_back(j.index);
-      if (o.max_runs >= 0 && int64_t(pending.size()) > o.max_runs) pending.resize(size_t(o.max_runs));
+      std::vector<size_t> pending = pending_runs(db, s, o.max_runs);
       workers.push_back(std::make_unique<thread_worker>(c, s.jobs, threads));
       coordinate(db, s.jobs, pending, workers, s, progress, on_run);
     } catch (...) {
@@ -748,11 +755,7 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
   try {
     for (int i = 1; i < o.jobs; ++i) workers.push_back(std::make_unique<process_worker>(c, s.jobs, threads, i));
     runs_db db(o.db);
-    std::vector<size_t> pending;
-    for (const auto& j : s.jobs)
-      if (db.has(j.hash)) ++s.already;
-      else pending.push_back(j.index);
-    if (o.max_runs >= 0 && int64_t(pending.size()) > o.max_runs) pending.resize(size_t(o.max_runs));
+    std::vector<size_t> pending = pending_runs(db, s, o.max_runs);
     workers.push_back(std::make_unique<thread_worker>(c, s.jobs, threads));
     coordinate(db, s.jobs, pending, workers, s, progress, on_run);
   } catch (...) {
