@@ -30,12 +30,7 @@ namespace {
 
 // splitmix64 (Steele et al. 2014): the initialisation's random stream, the same on every
 // platform (std::normal_distribution is not).
-uint64_t splitmix64(uint64_t& s) {
-  uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+uint64_t splitmix64(uint64_t& s) { return mix64(s += 0x9E3779B97F4A7C15ull); }
 double uniform01(uint64_t& s) { return ((splitmix64(s) >> 11) + 0.5) * 0x1.0p-53; }
 
 // Box-Muller normals.
@@ -91,44 +86,41 @@ void train_model::build_views() {
       add(b + "ffn_down.weight", {D, F}, true);
       add(b + "ffn_down.bias", {D}, false);
     }
-    add("output_norm.weight", {D}, false);
-    add("output_norm.bias", {D}, false);
-    if (!c.tied_classifier) add("output.weight", {V, D}, true);
-    params_.assign(off, 0.0f);
-    grads_.assign(off, 0.0f);
-    return;
-  }
-  for (int l = 0; l < c.n_layers; ++l) {
-    const std::string b = fmt::format("blk.{}.", l);
-    add(b + "attn_norm.weight", {D}, false);
-    add(b + "attn_q.weight", {D, D}, true);
-    add(b + "attn_k.weight", {KV, D}, true);
-    add(b + "attn_v.weight", {KV, D}, true);
-    add(b + "attn_output.weight", {D, D}, true);
-    add(b + "ffn_norm.weight", {D}, false);
-    add(b + "ffn_gate.weight", {F, D}, true);
-    add(b + "ffn_up.weight", {F, D}, true);
-    add(b + "ffn_down.weight", {D, F}, true);
+  } else {
+    for (int l = 0; l < c.n_layers; ++l) {
+      const std::string b = fmt::format("blk.{}.", l);
+      add(b + "attn_norm.weight", {D}, false);
+      add(b + "attn_q.weight", {D, D}, true);
+      add(b + "attn_k.weight", {KV, D}, true);
+      add(b + "attn_v.weight", {KV, D}, true);
+      add(b + "attn_output.weight", {D, D}, true);
+      add(b + "ffn_norm.weight", {D}, false);
+      add(b + "ffn_gate.weight", {F, D}, true);
+      add(b + "ffn_up.weight", {F, D}, true);
+      add(b + "ffn_down.weight", {D, F}, true);
+    }
   }
   add("output_norm.weight", {D}, false);
+  if (gpt2) add("output_norm.bias", {D}, false);
   if (!c.tied_classifier) add("output.weight", {V, D}, true);
+  offset_of_.clear();
+  for (const auto& v : views_) offset_of_[v.name] = v.offset;
   params_.assign(off, 0.0f);
   grads_.assign(off, 0.0f);
 }
 
 float* train_model::p(const std::string& name) {
-  for (const auto& v : views_)
-    if (v.name == name) return params_.data() + v.offset;
-  throw error("train: no parameter " + name);
+  auto it = offset_of_.find(name);
+  if (it == offset_of_.end()) throw error("train: no parameter " + name);
+  return params_.data() + it->second;
 }
 float* train_model::g(const std::string& name) {
-  for (const auto& v : views_)
-    if (v.name == name) return grads_.data() + v.offset;
-  throw error("train: no parameter " + name);
+  auto it = offset_of_.find(name);
+  if (it == offset_of_.end()) throw error("train: no parameter " + name);
+  return grads_.data() + it->second;
 }
 
-train_model::train_model(const model_config& c, uint64_t seed, train_options o) : cfg_(c), opt_(o) {
-  cfg_.l1_norm = cfg_.l1_norm || o.l1_norm;
+train_model::train_model(const model_config& c, uint64_t seed) : cfg_(c) {
   build_views();
   uint64_t s = seed * 0x2545F4914F6CDD1Dull + 1;
   const double resid_std = 0.02 / std::sqrt(2.0 * c.n_layers);
@@ -144,8 +136,7 @@ train_model::train_model(const model_config& c, uint64_t seed, train_options o) 
   }
 }
 
-train_model::train_model(const model& m, train_options o) : cfg_(m.config), opt_(o) {
-  cfg_.l1_norm = cfg_.l1_norm || o.l1_norm;
+train_model::train_model(const model& m) : cfg_(m.config) {
   build_views();
   load(m);
 }
@@ -173,16 +164,6 @@ model train_model::to_model() const {
   return m;
 }
 
-double train_model::flops_per_step(int batch, int ctx) const {
-  const model_config& c = cfg_;
-  const double N = double(batch) * ctx;
-  const double D = c.dim, KV = c.n_kv_heads * c.head_dim(), F = c.hidden_dim, V = c.vocab_size;
-  const double linear = c.arch == architecture::gpt2 ? c.n_layers * (4 * D * D + 2 * F * D) + V * D
-                                                     : c.n_layers * (2 * D * D + 2 * KV * D + 3 * F * D) + V * D;
-  const double attention = c.n_layers * 2.0 * batch * double(ctx) * ctx * D;  // QK^T and PV
-  return 3 * 2 * (linear * N + attention);  // forward + two backward GEMMs
-}
-
 // ---- activations ---------------------------------------------------------------------------------
 
 struct train_model::activations {
@@ -197,6 +178,7 @@ struct train_model::activations {
   layers::rope_table rope;
   // scratch
   std::vector<float> qa, qb, qc, dx, dn, dq, dk, dv, dqkv, dgate, dup, dact, dlogits, y;
+  std::vector<float> dP;  // attention backward, [threads][T, T]
   std::vector<double> dnorm, dnorm_b;
 
   void ensure(const model_config& c, int b, int t) {
@@ -555,12 +537,11 @@ double train_model::run(const int32_t* inputs, const int32_t* targets, int batch
     const qkv_layout lay = layout(L);
     if (gpt2) std::fill(A.dqkv.begin(), A.dqkv.end(), 0.0f);
     else std::fill(A.dk.begin(), A.dk.end(), 0.0f), std::fill(A.dv.begin(), A.dv.end(), 0.0f);
-    const int threads = omp_get_max_threads();
-    std::vector<float> scratch(int64_t(threads) * T * T);
+    A.dP.resize(int64_t(omp_get_max_threads()) * T * T);  // kept across layers and steps
     #pragma omp parallel for schedule(static)
     for (int bk = 0; bk < batch * nkv; ++bk) {
       const int bi = bk / nkv, kvh = bk % nkv;
-      float* dP = scratch.data() + int64_t(omp_get_thread_num()) * T * T;
+      float* dP = A.dP.data() + int64_t(omp_get_thread_num()) * T * T;
       const float* K = lay.k + int64_t(bi) * T * lay.ks + kvh * hd;
       const float* Vv = lay.v + int64_t(bi) * T * lay.ks + kvh * hd;
       float* dK = dlay.k + int64_t(bi) * T * dlay.ks + kvh * hd;

@@ -155,12 +155,6 @@ train_run_config train_run_config::from_json(const nlohmann::json& j) {
 
 namespace {
 
-uint64_t mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 // Tokens of the training and validation parts of a text: the first (1 - val_fraction) of the
 // bytes (cut at a UTF-8 character boundary) and the rest, tokenized separately.
 struct token_split {
@@ -189,7 +183,7 @@ token_split load_tokens(const train_run_config& c, const tokenizer& tok) {
 // Window of sequence b (of the global batch) at step s: deterministic in (seed, s, b), so a
 // resumed run and every rank draw the same windows.
 int64_t window_offset(uint64_t seed, int64_t step, int b, int64_t tokens, int ctx) {
-  const uint64_t r = mix(seed * 0x9E3779B97F4A7C15ull ^ mix(uint64_t(step) * 0x100000001B3ull + uint64_t(b)));
+  const uint64_t r = mix64(seed * 0x9E3779B97F4A7C15ull ^ mix64(uint64_t(step) * 0x100000001B3ull + uint64_t(b)));
   return static_cast<int64_t>(r % uint64_t(tokens - ctx));
 }
 
@@ -219,7 +213,7 @@ train_result run_training(const train_run_config& cfg, const tokenizer& tok, con
   mc.validate();
   const token_split data = load_tokens(cfg, tok);
 
-  train_model m(mc, cfg.seed, train_options{cfg.l1_norm});
+  train_model m(mc, cfg.seed);  // mc.l1_norm from cfg.l1_norm
   adamw opt(cfg.adam);
   train_result res;
   res.params = mc.parameter_count();

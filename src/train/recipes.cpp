@@ -55,10 +55,7 @@ std::string canonical(const std::string& spec, const std::string& plan, const st
 // Stream id of one (run seed, step, linear, operand) for stochastic rounding: distinct for every
 // use, and different runs (seeds) draw different noise.
 uint64_t stream_id(uint64_t seed, int64_t step, int linear, gemm_operand op) {
-  uint64_t z = seed * 0x9E3779B97F4A7C15ull + ((uint64_t(step) << 24) ^ (uint64_t(linear) << 3) ^ uint64_t(op));
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+  return mix64(seed * 0x9E3779B97F4A7C15ull + ((uint64_t(step) << 24) ^ (uint64_t(linear) << 3) ^ uint64_t(op)));
 }
 
 // Operands in formats of the format engine.
@@ -74,7 +71,6 @@ class format_quantizer : public operand_quantizer {
              int64_t cols) override {
     fake_quantize(in, out, rows, cols, *formats_[int(op)], stream_id(seed_, step, linear, op));
   }
-  std::string describe() const override { return plan_.spec; }
 
  private:
   training_plan plan_;
@@ -85,7 +81,7 @@ class format_quantizer : public operand_quantizer {
 // Flexpoint with Autoflex exponents per (linear, operand): per tensor and per use.
 class flex_quantizer : public operand_quantizer {
  public:
-  flex_quantizer(const training_plan& p, int mantissa_bits, int exponent_bits) : plan_(p) {
+  flex_quantizer(const training_plan& p, int mantissa_bits, int exponent_bits) {
     cfg_.mantissa_bits = mantissa_bits;
     cfg_.exponent_bits = exponent_bits;
     try {
@@ -136,10 +132,8 @@ class flex_quantizer : public operand_quantizer {
       managers_.emplace(std::make_pair(e.at("linear").get<int>(), e.at("operand").get<int>()), af);
     }
   }
-  std::string describe() const override { return plan_.spec; }
 
  private:
-  training_plan plan_;
   autoflex_config cfg_;
   std::map<std::pair<int, int>, autoflex> managers_;
   std::vector<float> trial_;
@@ -150,7 +144,7 @@ class flex_quantizer : public operand_quantizer {
 class shiftquant_quantizer : public operand_quantizer {
  public:
   shiftquant_quantizer(const training_plan& p, int bits, int group, int max_shift, uint64_t seed)
-      : plan_(p), seed_(seed), bits_(bits), group_(group), max_shift_(max_shift),
+      : seed_(seed), bits_(bits), group_(group), max_shift_(max_shift),
         channel_(parse_format(fmt::format("int{}/c", bits))) {}
   bool quantizes(gemm_operand) const override { return true; }
   void apply(gemm_operand op, int linear, int64_t step, const float* in, float* out, int64_t rows,
@@ -161,10 +155,8 @@ class shiftquant_quantizer : public operand_quantizer {
     else
       fake_quantize(in, out, rows, cols, channel_, stream_id(seed_, step, linear, op));
   }
-  std::string describe() const override { return plan_.spec; }
 
  private:
-  training_plan plan_;
   uint64_t seed_;
   int bits_, group_, max_shift_;
   format channel_;

@@ -82,7 +82,6 @@ struct recording_quantizer : operand_quantizer {
     const float f = int(op) == scaled ? 2.0f : 1.0f;
     for (int64_t i = 0; i < rows * cols; ++i) out[i] = in[i] * f;
   }
-  std::string describe() const override { return "recording"; }
 };
 
 model_config small_config() {

@@ -15,6 +15,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,6 +31,14 @@ inline constexpr int gemm_operand_count = 6;
 // "P1".."P6" and the short names of the plan grammar: x, w, dy, w_bwd, dy_w, x_bwd.
 const char* gemm_operand_label(gemm_operand op);
 const char* gemm_operand_key(gemm_operand op);
+
+// The splitmix64 finalizer (Steele et al. 2014): a 64-bit mix for the trainer's deterministic
+// streams (initialisation, data windows, stochastic-rounding stream ids).
+inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
 
 class operand_quantizer {
  public:
@@ -50,7 +59,6 @@ class operand_quantizer {
   // Autoflex's exponents).
   virtual void set_frozen(bool) {}
   virtual void restore(const nlohmann::json&) {}
-  virtual std::string describe() const = 0;
 };
 
 // The model being trained: Llama (RMSNorm, RoPE, SwiGLU, grouped-query attention, tied or
@@ -58,18 +66,15 @@ class operand_quantizer {
 // every linear; tied or separate classifier). Parameters live in one arena under GGUF names
 // (model.hpp's layout). Biases are added after the quantized GEMM and their gradients are the
 // column sums of dY (not quantized).
-struct train_options {
-  bool l1_norm = false;  // L1 RMSNorm (layers.hpp) in place of RMSNorm (ShiftQuant's recipe)
-};
-
 class train_model {
  public:
   // A fresh model: weights (and GPT-2's positions) N(0, 0.02), the residual projections
   // (attn_output, ffn_down) N(0, 0.02/sqrt(2 layers)) as GPT-2, norm gains 1, biases 0;
   // deterministic in the seed.
-  train_model(const model_config& c, uint64_t seed, train_options o = {});
+  // model_config::l1_norm selects the L1 normalisation (ShiftQuant's recipe).
+  train_model(const model_config& c, uint64_t seed);
   // The weights of an existing Llama or GPT-2 model (fine-tuning, resume).
-  explicit train_model(const model& m, train_options o = {});
+  explicit train_model(const model& m);
 
   const model_config& config() const { return cfg_; }
   // The trained weights as a model (copies), for eval and checkpoints.
@@ -98,8 +103,6 @@ class train_model {
                       operand_quantizer* q, int64_t step);
   // Logits [batch*ctx, vocab] of the last forward (for tests).
   const std::vector<float>& logits() const { return logits_; }
-  // Multiply-adds x2 of one forward_backward at this shape (for throughput reports).
-  double flops_per_step(int batch, int ctx) const;
 
  private:
   struct activations;
@@ -110,8 +113,8 @@ class train_model {
   float* g(const std::string& name);
 
   model_config cfg_;
-  train_options opt_;
   std::vector<param_view> views_;
+  std::map<std::string, int64_t> offset_of_;  // name -> offset in the arenas
   std::vector<float> params_, grads_;
   std::vector<float> logits_;
   std::shared_ptr<activations> act_;
