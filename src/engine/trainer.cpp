@@ -102,53 +102,45 @@ model_config train_run_config::model_shape(int vocab) const {
   return c;
 }
 
+namespace {
+
+// Every setting with its JSON key: the one list that to_json, from_json (and so checkpoints and
+// --config files) share. Config is train_run_config, const or not.
+template <class Config, class F>
+void visit_settings(Config& c, F&& f) {
+  f("arch", c.arch), f("dim", c.dim), f("layers", c.n_layers), f("heads", c.n_heads);
+  f("kv_heads", c.n_kv_heads), f("hidden", c.hidden_dim), f("tied", c.tied_classifier);
+  f("data", c.data_path), f("tokenizer", c.tokenizer), f("batch", c.batch), f("ctx", c.ctx);
+  f("val_fraction", c.val_fraction), f("val_batches", c.val_batches), f("steps", c.steps), f("lr", c.lr);
+  f("min_lr_frac", c.min_lr_frac), f("warmup_frac", c.warmup_frac), f("clip", c.clip);
+  f("beta1", c.adam.beta1), f("beta2", c.adam.beta2), f("eps", c.adam.eps);
+  f("weight_decay", c.adam.weight_decay), f("seed", c.seed), f("plan", c.plan), f("l1_norm", c.l1_norm);
+  f("eval_every", c.eval_every), f("checkpoint_every", c.checkpoint_every), f("out", c.out_dir);
+}
+
+}  // namespace
+
 nlohmann::json train_run_config::to_json() const {
-  return {{"arch", arch}, {"dim", dim}, {"layers", n_layers}, {"heads", n_heads}, {"kv_heads", n_kv_heads},
-          {"hidden", hidden_dim}, {"tied", tied_classifier}, {"data", data_path}, {"tokenizer", tokenizer},
-          {"batch", batch}, {"ctx", ctx}, {"val_fraction", val_fraction}, {"val_batches", val_batches},
-          {"steps", steps}, {"lr", lr}, {"min_lr_frac", min_lr_frac}, {"warmup_frac", warmup_frac},
-          {"clip", clip}, {"beta1", adam.beta1}, {"beta2", adam.beta2}, {"eps", adam.eps},
-          {"weight_decay", adam.weight_decay}, {"seed", seed}, {"plan", plan}, {"l1_norm", l1_norm},
-          {"eval_every", eval_every}, {"checkpoint_every", checkpoint_every}, {"out", out_dir}};
+  nlohmann::json j = nlohmann::json::object();
+  visit_settings(*this, [&](const char* key, const auto& value) { j[key] = value; });
+  return j;
 }
 
 train_run_config train_run_config::from_json(const nlohmann::json& j) {
   train_run_config c;
   if (!j.is_object()) throw error("train config: expected a JSON object");
   for (const auto& [key, v] : j.items()) {
-    try {
-      if (key == "arch") c.arch = v.get<std::string>();
-      else if (key == "dim") c.dim = v.get<int>();
-      else if (key == "layers") c.n_layers = v.get<int>();
-      else if (key == "heads") c.n_heads = v.get<int>();
-      else if (key == "kv_heads") c.n_kv_heads = v.get<int>();
-      else if (key == "hidden") c.hidden_dim = v.get<int>();
-      else if (key == "tied") c.tied_classifier = v.get<bool>();
-      else if (key == "data") c.data_path = v.get<std::string>();
-      else if (key == "tokenizer") c.tokenizer = v.get<std::string>();
-      else if (key == "batch") c.batch = v.get<int>();
-      else if (key == "ctx") c.ctx = v.get<int>();
-      else if (key == "val_fraction") c.val_fraction = v.get<double>();
-      else if (key == "val_batches") c.val_batches = v.get<int>();
-      else if (key == "steps") c.steps = v.get<int64_t>();
-      else if (key == "lr") c.lr = v.get<double>();
-      else if (key == "min_lr_frac") c.min_lr_frac = v.get<double>();
-      else if (key == "warmup_frac") c.warmup_frac = v.get<double>();
-      else if (key == "clip") c.clip = v.get<double>();
-      else if (key == "beta1") c.adam.beta1 = v.get<double>();
-      else if (key == "beta2") c.adam.beta2 = v.get<double>();
-      else if (key == "eps") c.adam.eps = v.get<double>();
-      else if (key == "weight_decay") c.adam.weight_decay = v.get<double>();
-      else if (key == "seed") c.seed = v.get<uint64_t>();
-      else if (key == "plan") c.plan = v.get<std::string>();
-      else if (key == "l1_norm") c.l1_norm = v.get<bool>();
-      else if (key == "eval_every") c.eval_every = v.get<int64_t>();
-      else if (key == "checkpoint_every") c.checkpoint_every = v.get<int64_t>();
-      else if (key == "out") c.out_dir = v.get<std::string>();
-      else throw error(fmt::format("train config: unknown key '{}'", key));
-    } catch (const nlohmann::json::exception&) {
-      throw error(fmt::format("train config: '{}' has the wrong type ({})", key, v.dump()));
-    }
+    bool known = false;
+    visit_settings(c, [&](const char* name, auto& field) {
+      if (key != name) return;
+      known = true;
+      try {
+        field = v.get<std::decay_t<decltype(field)>>();
+      } catch (const nlohmann::json::exception&) {
+        throw error(fmt::format("train config: '{}' has the wrong type ({})", key, v.dump()));
+      }
+    });
+    if (!known) throw error(fmt::format("train config: unknown key '{}'", key));
   }
   return c;
 }
