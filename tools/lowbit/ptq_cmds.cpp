@@ -92,19 +92,6 @@ void record_quantize(const quantize_cli_options& o, const ptq::quantize_options&
   std::cerr << fmt::format("quantize: {} run {} in {}\n", had ? "already recorded as" : "recorded as", id, o.db);
 }
 
-// FNV-1a 64 of a file: the calibration data's fingerprint in the output's provenance.
-std::string file_fingerprint(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  uint64_t h = 1469598103934665603ull;
-  char buf[65536];
-  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
-    for (std::streamsize i = 0; i < in.gcount(); ++i) h = (h ^ uint8_t(buf[i])) * 1099511628211ull;
-    if (!in) break;
-  }
-  return fmt::format("fnv1a64:{:016x}", h);
-}
-
-
 void cmd_quantize(const quantize_cli_options& o) {
   if (!ends_with(o.out, ".safetensors") && !ends_with(o.out, ".gguf"))
     throw error(fmt::format("quantize: -o {}: expected a .safetensors or .gguf path", o.out));
