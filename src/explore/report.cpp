@@ -1,5 +1,6 @@
 // `lowbit report` (report.hpp): tables from the results database, figures through matplotlib,
 // one HTML page.
+#include "lowbit/engine/safetensors.hpp"  // write_text_file_atomic
 #include "lowbit/explore/report.hpp"
 
 #include <algorithm>
@@ -59,15 +60,6 @@ std::string html_escape(const std::string& s) {
     }
   }
   return o;
-}
-
-void write_file(const fs::path& p, const std::string& text) {
-  const fs::path tmp = p.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    if (!out || !(out << text)) throw error(fmt::format("{}: cannot write", tmp.string()));
-  }
-  fs::rename(tmp, p);
 }
 
 nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
@@ -146,8 +138,8 @@ report_result write_report(const report_options& o) {
   }
   res.csv = (dir / "runs.csv").string();
   res.json = (dir / "runs.json").string();
-  write_file(res.csv, csv);
-  write_file(res.json, nlohmann::json{{"database", o.db}, {"runs", rows}, {"mac_cost_model", law::mac_cost_model_description()}}.dump(1) + "\n");
+  write_text_file_atomic(res.csv, csv);
+  write_text_file_atomic(res.json, nlohmann::json{{"database", o.db}, {"runs", rows}, {"mac_cost_model", law::mac_cost_model_description()}}.dump(1) + "\n");
 
   // ---- figures ----
   nlohmann::json figures = nlohmann::json::array();
@@ -218,7 +210,7 @@ report_result write_report(const report_options& o) {
   }
   h += "</table>\n</body></html>\n";
   res.html = (dir / "index.html").string();
-  write_file(res.html, h);
+  write_text_file_atomic(res.html, h);
   return res;
 }
 

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
+#include "lowbit/engine/safetensors.hpp"  // write_text_file_atomic
 #include "lowbit/engine/model.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/explore/runs_db.hpp"
@@ -43,12 +44,8 @@ std::pair<int, int> parse_bits(const std::string& s) {
   }
 }
 
-void write_json(const nlohmann::json& j, const std::string& out) {
-  std::ofstream f(out);
-  if (!f) throw error(fmt::format("cannot write {}", out));
-  f << j.dump(2) << "\n";
-  if (!f) throw error(fmt::format("cannot write {}", out));
-}
+// Outputs are written atomically (temp file + rename), like every other output of lowbit.
+void write_json(const nlohmann::json& j, const std::string& out) { write_text_file_atomic(out, j.dump(2) + "\n"); }
 
 nlohmann::json read_json(const std::string& path) {
   std::ifstream f(path);
