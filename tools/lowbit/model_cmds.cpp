@@ -542,7 +542,7 @@ void cmd_explore(explore_options o) {
                     {"weights", canonical_or_float(specs[i][0])}, {"acts", canonical_or_float(specs[i][1])},
                     {"kv", canonical_or_float(specs[i][2])}, {"method", methods[i]}, {"ctx", o.ctx},
                     {"max_tokens", eo.max_tokens}, {"eval_tokens", "rows"}, {"kl_base", true},
-                    {"paths", {{"model", abs_path(o.model)}, {"data", abs_path(o.data)}, {"tokenizer", abs_path(o.tokenizer)}}}};
+                    {"paths", {{"model", abs_path(o.model)}, {"data", abs_path(o.data)}, {"tokenizer", o.tokenizer.empty() || o.tokenizer == "bytes" ? o.tokenizer : abs_path(o.tokenizer)}}}};
       if (methods[i] != "rtn")
         rec.config["calibration"] = {{"samples", defaults.calib_samples}, {"ctx", defaults.calib_ctx}, {"seed", defaults.seed}};
       rec.config_hash = run_hash(rec.config);
