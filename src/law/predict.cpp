@@ -272,28 +272,4 @@ double weights_sqnr_db(const model& m, const std::string& spec) {
   return n > 0 ? sum / n : kNaN;
 }
 
-double flatness_nll_increase(const model& m, const std::vector<int32_t>& ids, const std::string& spec,
-                             const eval_options& eo, uint64_t seed) {
-  // Per-tensor SQNR of round-to-nearest in the format, then noise of that SQNR:
-  // sigma^2 = mean(W^2) 10^(-SQNR/10).
-  model scratch = m;
-  quant_plan plan;
-  plan.weights = parse_format(spec), plan.weights_spec = spec;
-  const auto reports = apply_weight_plan(scratch, plan);
-  model noisy = m;
-  std::mt19937_64 g(seed);
-  for (const auto& r : reports) {
-    tensor& t = noisy.get_mut(r.name);
-    double ms = 0;
-    for (float v : t.data) ms += double(v) * v;
-    ms /= std::max<size_t>(1, t.data.size());
-    if (!std::isfinite(r.sqnr_db)) continue;  // exact: no noise
-    std::normal_distribution<double> noise(0, std::sqrt(ms * std::pow(10.0, -r.sqnr_db / 10)));
-    for (float& v : t.data) v = static_cast<float>(v + noise(g));
-  }
-  const quant_plan none;
-  const double base = evaluate(m, none, ids, eo).mean_nll;
-  return evaluate(noisy, none, ids, eo).mean_nll - base;
-}
-
 }  // namespace lowbit::law

@@ -85,10 +85,8 @@ ptq_sample query_for(const std::vector<ptq_sample>& rows, const std::string& mod
                      const std::string& method);
 
 // Measured on a model: the size-weighted mean per-tensor SQNR (dB) of round-to-nearest in f on
-// the linear weights, and the flatness feature (NLL with Gaussian noise of that per-tensor SQNR
-// minus the float NLL, on ids).
+// the linear weights. (The flatness feature is read from a run's "flatness" metric; nothing
+// records one yet, so it is missing for every run today.)
 double weights_sqnr_db(const model& m, const std::string& spec);
-double flatness_nll_increase(const model& m, const std::vector<int32_t>& ids, const std::string& spec,
-                             const eval_options& eo, uint64_t seed = 0);
 
 }  // namespace lowbit::law
