@@ -2,6 +2,8 @@
 #include "lowbit/engine/plan.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <fstream>
 
 #include <fmt/format.h>
@@ -143,6 +145,13 @@ double average_linear_bits(const model& m, const quant_plan& plan) {
     count += t.numel();
   }
   return count ? bits / count : 32.0;
+}
+
+double mean_sqnr_db(const std::vector<weight_quant_report>& reports) {
+  double sum = 0, n = 0;
+  for (const auto& r : reports)
+    if (std::isfinite(r.sqnr_db)) sum += r.sqnr_db * double(r.numel), n += double(r.numel);
+  return n > 0 ? sum / n : std::numeric_limits<double>::quiet_NaN();
 }
 
 }  // namespace lowbit

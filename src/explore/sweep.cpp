@@ -298,15 +298,6 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Round-to-nearest SQNR of the plan's weight formats on the model's own linear weights: the mean
-// of the per-tensor SQNR in dB, weighted by tensor size (the feature Xu et al.'s predictor uses).
-double weight_sqnr_db(const std::vector<weight_quant_report>& reports) {
-  double sum = 0, n = 0;
-  for (const auto& r : reports)
-    if (std::isfinite(r.sqnr_db)) sum += r.sqnr_db * double(r.numel), n += double(r.numel);
-  return n > 0 ? sum / n : std::numeric_limits<double>::quiet_NaN();
-}
-
 }  // namespace
 
 struct sweep_runner::loaded {
@@ -349,7 +340,7 @@ run_record sweep_runner::run(const sweep_job& job) {
   model variant = base;
   double sqnr = std::numeric_limits<double>::quiet_NaN();
   if (job.method == "rtn") {
-    sqnr = weight_sqnr_db(apply_weight_plan(variant, plan));
+    sqnr = mean_sqnr_db(apply_weight_plan(variant, plan));
   } else {
     ptq::quantize_options qo;
     qo.how = ptq::parse_method(job.method);
@@ -359,7 +350,7 @@ run_record sweep_runner::run(const sweep_job& job) {
     model scratch = base;  // the format's own SQNR on these weights, whatever the method did
     quant_plan w_only;
     w_only.weights = plan.weights, w_only.weights_spec = plan.weights_spec;
-    sqnr = weight_sqnr_db(apply_weight_plan(scratch, w_only));
+    sqnr = mean_sqnr_db(apply_weight_plan(scratch, w_only));
   }
   const double quant_seconds = now_seconds() - t0;
   const eval_result r = evaluate(variant, plan, ids, eo, config_.kl_base ? &base : nullptr);

@@ -266,10 +266,7 @@ double weights_sqnr_db(const model& m, const std::string& spec) {
   model scratch = m;
   quant_plan plan;
   plan.weights = parse_format(spec), plan.weights_spec = spec;
-  double sum = 0, n = 0;
-  for (const auto& r : apply_weight_plan(scratch, plan))
-    if (std::isfinite(r.sqnr_db)) sum += r.sqnr_db * double(r.numel), n += double(r.numel);
-  return n > 0 ? sum / n : kNaN;
+  return mean_sqnr_db(apply_weight_plan(scratch, plan));
 }
 
 }  // namespace lowbit::law

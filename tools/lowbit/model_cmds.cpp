@@ -139,15 +139,6 @@ struct eval_cli_options {
 
 std::string abs_path(const std::string& p) { return p.empty() ? p : fs::absolute(p).lexically_normal().string(); }
 
-// Mean of per-tensor SQNR (dB) weighted by tensor size: the weight format's SQNR on the model's
-// own weights (as the sweeps record it).
-double mean_sqnr_db(const std::vector<weight_quant_report>& reports) {
-  double sum = 0, n = 0;
-  for (const auto& r : reports)
-    if (std::isfinite(r.sqnr_db)) sum += r.sqnr_db * double(r.numel), n += double(r.numel);
-  return n > 0 ? sum / n : std::nan("");
-}
-
 // `eval --db`: the run as a record of the results store. The config names files by fingerprint
 // (their paths ride along under "paths", outside the hash), so a rerun is recognised wherever
 // the files are.

@@ -75,12 +75,9 @@ void record_quantize(const quantize_cli_options& o, const ptq::quantize_options&
   for (const auto& l : r.layers) err += l.error, rtn += l.rtn_error;
   // The format's own round-to-nearest SQNR on the original weights (cheap: one pass).
   model scratch = original;
-  const auto reports = apply_weight_plan(scratch, w);
-  double sum = 0, n = 0;
-  for (const auto& t : reports)
-    if (std::isfinite(t.sqnr_db)) sum += t.sqnr_db * double(t.numel), n += double(t.numel);
+  const double sqnr = mean_sqnr_db(apply_weight_plan(scratch, w));
   rec.metrics = {{"seconds", r.seconds}, {"calib_error", err}, {"calib_rtn_error", rtn},
-                 {"bits_per_weight", average_linear_bits(scratch, w)}, {"sqnr_db", n > 0 ? sum / n : std::nan("")}};
+                 {"bits_per_weight", average_linear_bits(scratch, w)}, {"sqnr_db", sqnr}};
   if (rtn > 0) rec.metrics["calib_error_ratio"] = err / rtn;
   if (ev) {
     rec.metrics["nll"] = ev->mean_nll, rec.metrics["nll_stderr"] = ev->nll_stderr;

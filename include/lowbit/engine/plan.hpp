@@ -60,6 +60,10 @@ struct weight_quant_report {
   double sqnr_db = 0;
 };
 std::vector<weight_quant_report> apply_weight_plan(model& m, const quant_plan& plan);
+// The weight format's SQNR on the model's own weights as one number: the mean of the per-tensor
+// SQNR (dB) weighted by tensor size (NaN when no tensor has a finite one). The feature Xu et
+// al.'s PTQ predictor uses, recorded by eval, quantize and explore.
+double mean_sqnr_db(const std::vector<weight_quant_report>& reports);
 // Storage bits per element of tensor t in format f (32 when float): element bits plus the scales
 // (and zero points) of its groups, rows or tensor, spread over the elements they serve.
 double weight_bits(const tensor& t, const std::optional<format>& f);
