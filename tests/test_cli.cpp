@@ -8,27 +8,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/cli_run.hpp"
+
 namespace {
 
-struct result {
-  int code;
-  std::string out;
-};
-
-// Runs `lowbit ARGS` (stdin from `input` when given) and captures stdout (+ stderr when asked).
+using result = lowbit::testing::cli_result;
 result run(const std::string& args, const std::string& input = "", bool with_stderr = false) {
-  std::string cmd = std::string(LOWBIT_CLI) + " " + args;
-  if (!input.empty()) cmd = "printf '%s' '" + input + "' | " + cmd;
-  cmd += with_stderr ? " 2>&1" : " 2>/dev/null";
-  FILE* p = popen(cmd.c_str(), "r");
-  result r{-1, ""};
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return lowbit::testing::run_lowbit(args, input, with_stderr);
 }
 
 }  // namespace

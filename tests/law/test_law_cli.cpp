@@ -16,28 +16,16 @@
 
 #include "lowbit/explore/runs_db.hpp"
 #include "lowbit/law/laws.hpp"
+#include "tests/cli_run.hpp"
 
 using namespace lowbit;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct result {
-  int code;
-  std::string out;
-};
-
+using result = lowbit::testing::cli_result;
 result run(const std::string& args, bool with_stderr = false) {
-  const std::string cmd = std::string(LOWBIT_CLI) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
-  FILE* p = popen(cmd.c_str(), "r");
-  result r{-1, ""};
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return lowbit::testing::run_lowbit(args, "", with_stderr);
 }
 
 std::string temp_path(const std::string& name) {

@@ -11,24 +11,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/cli_run.hpp"
+
 namespace fs = std::filesystem;
 
 namespace {
 
-struct result {
-  int rc;
-  std::string out;
-};
-
-result sh(const std::string& cmd) {
-  result r{0, ""};
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  r.rc = pclose(p);
-  return r;
-}
+using result = lowbit::testing::cli_result;
+result sh(const std::string& cmd) { return lowbit::testing::run_command(cmd); }
 
 std::string last_line(const std::string& s) {
   auto end = s.find_last_not_of('\n');
@@ -53,7 +43,7 @@ TEST(TrainCli, TheDocumentedCommandPrintsTheFinalValidationLoss) {
   const result r = sh(std::string(LOWBIT_CLI) + " train --data " + kData +
                       " --tokenizer bytes --dim 64 --layers 2 --heads 4 --ctx 64 --batch 16 --steps 40 --lr 3e-3 "
                       "--seed 1 --plan sun2025:e4m3/g32 --out " + dir.string() + " --json");
-  ASSERT_EQ(r.rc, 0) << r.out;
+  ASSERT_EQ(r.code, 0) << r.out;
   const auto j = nlohmann::json::parse(last_line(r.out));
   EXPECT_GT(j.at("val_loss").get<double>(), 1.0);
   EXPECT_LT(j.at("val_loss").get<double>(), std::log(258.0));  // learned something
@@ -62,11 +52,11 @@ TEST(TrainCli, TheDocumentedCommandPrintsTheFinalValidationLoss) {
   // eval loads the checkpoint.
   const result e = sh(std::string(LOWBIT_CLI) + " eval --model " + (dir / "model.safetensors").string() +
                       " --data " + kData + " --ctx 64 --max-tokens 2048 --json");
-  ASSERT_EQ(e.rc, 0) << e.out;
+  ASSERT_EQ(e.code, 0) << e.out;
   // A second run into the same directory is refused unless it resumes.
   const result again = sh(std::string(LOWBIT_CLI) + " train --data " + kData +
                           " --dim 64 --layers 2 --heads 4 --ctx 64 --batch 16 --steps 40 --out " + dir.string());
-  EXPECT_NE(again.rc, 0);
+  EXPECT_NE(again.code, 0);
   EXPECT_NE(again.out.find("--resume"), std::string::npos) << again.out;
   fs::remove_all(dir);
 }
@@ -76,14 +66,14 @@ TEST(TrainCli, BadPlansAndConfigsAreRefusedBeforeTrainingStarts) {
   fs::remove_all(dir);
   for (const std::string plan : {"sun2025:e9m9/g32", "sun2025:e4m3/g32,axis=tokens", "'x=e4m3;grad=e5m2'", "bf17"}) {
     const result r = sh(std::string(LOWBIT_CLI) + " train --plan " + plan + " --steps 5 --out " + dir.string());
-    EXPECT_EQ(WEXITSTATUS(r.rc), 2) << plan << ": " << r.out;
+    EXPECT_EQ(r.code, 2) << plan << ": " << r.out;
     EXPECT_NE(r.out.find("plan"), std::string::npos) << r.out;
     EXPECT_FALSE(fs::exists(dir)) << plan;  // nothing written
   }
   const fs::path cfg = fs::temp_directory_path() / "lowbit_train_bad.json";
   std::ofstream(cfg) << R"({"dim": 32, "learning_rate": 0.1})";
   const result r = sh(std::string(LOWBIT_CLI) + " train --config " + cfg.string());
-  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("unknown key 'learning_rate'"), std::string::npos) << r.out;
 }
 
@@ -95,18 +85,20 @@ TEST(TrainCli, TwoMpiRanksFollowTheSingleProcessTrajectory) {
                            " --dim 32 --layers 2 --heads 4 --ctx 32 --batch 8 --steps 20 --eval-every 5 "
                            "--plan sun2025:e4m3/g32 --json --out ";
   const result a = sh(std::string(LOWBIT_CLI) + args + one.string());
-  ASSERT_EQ(a.rc, 0) << a.out;
+  ASSERT_EQ(a.code, 0) << a.out;
   // CONVENTIONS 24
   const result b = sh("OMP_NUM_THREADS=1 mpirun --allow-run-as-root --oversubscribe -np 2 " +
                       std::string(LOWBIT_CLI) + args + two.string());
-  ASSERT_EQ(b.rc, 0) << b.out;
+  ASSERT_EQ(b.code, 0) << b.out;
   const auto la = read_log(one / "log.jsonl"), lb = read_log(two / "log.jsonl");
   ASSERT_EQ(la.size(), 20u);
   ASSERT_EQ(lb.size(), 20u);  // rank 0 alone writes
   for (size_t i = 0; i < la.size(); ++i) {
     EXPECT_NEAR(la[i]["train_loss"].get<double>(), lb[i]["train_loss"].get<double>(), 1e-4) << "step " << i + 1;
-    if (la[i].contains("val_loss"))
+    ASSERT_EQ(la[i].contains("val_loss"), lb[i].contains("val_loss")) << "step " << i + 1;
+    if (la[i].contains("val_loss")) {
       EXPECT_NEAR(la[i]["val_loss"].get<double>(), lb[i]["val_loss"].get<double>(), 1e-4) << "step " << i + 1;
+    }
   }
   // The same global batch over 2 ranks must not equal a different global batch.
   EXPECT_EQ(nlohmann::json::parse(last_line(b.out)).at("steps").get<int>(), 20);

@@ -1,0 +1,39 @@
+// Running the command line from tests: build/lowbit (LOWBIT_CLI) or any shell command, with its
+// output and exit code. Shared by the CLI tests of every layer.
+#pragma once
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
+
+namespace lowbit::testing {
+
+struct cli_result {
+  int code;         // exit code (-1 when the command did not exit normally)
+  std::string out;  // stdout (+ stderr when asked)
+};
+
+// Runs a shell command and captures its output.
+inline cli_result run_command(const std::string& command, bool with_stderr = true) {
+  const std::string cmd = command + (with_stderr ? " 2>&1" : " 2>/dev/null");
+  FILE* p = popen(cmd.c_str(), "r");
+  cli_result r{-1, ""};
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// Runs `lowbit ARGS` (stdin from `input` when given).
+inline cli_result run_lowbit(const std::string& args, const std::string& input = "", bool with_stderr = false) {
+  std::string cmd = std::string(LOWBIT_CLI) + " " + args;
+  if (!input.empty()) cmd = "printf '%s' '" + input + "' | " + cmd;
+  return run_command(cmd, with_stderr);
+}
+
+}  // namespace lowbit::testing
