@@ -375,7 +375,7 @@ int64_t runs_db::count() const {
 
 int64_t runs_db::record(run_record r) {
   sqlite3* db = handle(db_);
-  if (r.config_hash.empty()) r.config_hash = config_hash(r.config);
+  if (r.config_hash.empty()) r.config_hash = run_hash(r.config);  // file locations left out
   if (r.time.empty()) r.time = utc_now();
   if (r.revision.empty()) r.revision = code_revision();
   // IMMEDIATE takes the write lock up front: with WAL, a deferred transaction that reads and then
@@ -396,8 +396,7 @@ int64_t runs_db::record(run_record r) {
       statement ins(db, path_,
                     "INSERT INTO runs(config_hash, kind, model, n_params, tokens, format, canonical, element, "
                     "exp_bits, man_bits, bits, block, scale_format, method, plan, config, revision, time) "
-                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) "
-                    "ON CONFLICT(config_hash) DO NOTHING");
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)");
       ins.bind(1, r.config_hash), ins.bind(2, r.kind), ins.bind(3, r.model), ins.bind(4, r.n_params);
       ins.bind(5, r.tokens), ins.bind(6, r.format), ins.bind(7, r.canonical), ins.bind(8, r.element);
       ins.bind(9, r.exp_bits), ins.bind(10, r.man_bits), ins.bind(11, r.bits), ins.bind(12, r.block);
@@ -405,19 +404,13 @@ int64_t runs_db::record(run_record r) {
       ins.bind(16, r.config.dump()), ins.bind(17, r.revision), ins.bind(18, r.time);
       ins.step();
     }
-    if (sqlite3_changes(db) == 0) {  // already recorded: the first record stands
-      statement st(db, path_, "SELECT id FROM runs WHERE config_hash = ?1");
-      st.bind(1, r.config_hash);
-      st.step();
-      id = st.integer(0);
-    } else {
-      id = sqlite3_last_insert_rowid(db);
-      statement m(db, path_, "INSERT INTO metrics(run_id, name, value) VALUES (?1, ?2, ?3)");
-      for (const auto& [name, value] : r.metrics) {
-        m.bind(1, id), m.bind(2, name), m.bind(3, value);
-        m.step();
-        m.reset();
-      }
+    // The SELECT above ran under the write lock, so the hash is new here.
+    id = sqlite3_last_insert_rowid(db);
+    statement m(db, path_, "INSERT INTO metrics(run_id, name, value) VALUES (?1, ?2, ?3)");
+    for (const auto& [name, value] : r.metrics) {
+      m.bind(1, id), m.bind(2, name), m.bind(3, value);
+      m.step();
+      m.reset();
     }
     exec(db, path_, "COMMIT");
     return id;

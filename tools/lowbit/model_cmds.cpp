@@ -179,7 +179,6 @@ void record_eval(const eval_cli_options& o, const model& base, const quant_plan&
                 {"paths", {{"model", abs_path(o.m.model)}, {"data", abs_path(o.data)},
                            {"tokenizer", o.m.tokenizer == "bytes" ? o.m.tokenizer : abs_path(o.m.tokenizer)},
                            {"rules", abs_path(o.m.rules)}}}};
-  rec.config_hash = run_hash(rec.config);
   rec.metrics = {{"nll", r.mean_nll}, {"nll_stderr", r.nll_stderr}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr},
                  {"seconds", r.seconds}, {"tokens_per_second", r.tokens_per_second}, {"bits_per_weight", bits},
                  {"windows", double(r.windows)}};
@@ -191,7 +190,7 @@ void record_eval(const eval_cli_options& o, const model& base, const quant_plan&
     rec.metrics["dnll"] = r.mean_nll - r.base_mean_nll;
   }
   runs_db db(o.db);
-  const bool had = db.has(rec.config_hash);
+  const bool had = db.has(run_hash(rec.config));
   const int64_t id = db.record(rec);
   std::cerr << fmt::format("eval: {} run {} in {}\n", had ? "already recorded as" : "recorded as", id, o.db);
 }
@@ -536,12 +535,11 @@ void cmd_explore(explore_options o) {
                     {"paths", {{"model", abs_path(o.model)}, {"data", abs_path(o.data)}, {"tokenizer", o.tokenizer.empty() || o.tokenizer == "bytes" ? o.tokenizer : abs_path(o.tokenizer)}}}};
       if (methods[i] != "rtn")
         rec.config["calibration"] = {{"samples", defaults.calib_samples}, {"ctx", defaults.calib_ctx}, {"seed", defaults.seed}};
-      rec.config_hash = run_hash(rec.config);
-      rec.metrics = {{"nll", r.mean_nll}, {"nll_stderr", r.nll_stderr}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr},
+          rec.metrics = {{"nll", r.mean_nll}, {"nll_stderr", r.nll_stderr}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr},
                      {"seconds", r.seconds}, {"bits_per_weight", results[i].bits}, {"kl_mean", r.kl_mean},
                      {"kl_p99", r.kl_p99}, {"top1_agreement", r.top1_agreement}, {"base_nll", r.base_mean_nll},
                      {"base_ppl", r.base_ppl}, {"dnll", r.mean_nll - r.base_mean_nll}};
-      if (!db.has(rec.config_hash)) ++added;
+      if (!db.has(run_hash(rec.config))) ++added;
       db.record(rec);
     }
     std::cerr << fmt::format("explore: {} rows recorded in {} ({} were there already)\n", added, o.db,

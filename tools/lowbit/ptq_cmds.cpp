@@ -70,7 +70,6 @@ void record_quantize(const quantize_cli_options& o, const ptq::quantize_options&
                 {"output", std::string(ends_with(o.out, ".gguf") ? "gguf" : o.float_values ? "safetensors-float" : "safetensors")},
                 {"paths", {{"model", abs_path(o.model)}, {"data", abs_path(o.data)}, {"out", abs_path(o.out)},
                            {"tokenizer", o.tokenizer == "bytes" ? o.tokenizer : abs_path(o.tokenizer)}}}};
-  rec.config_hash = run_hash(rec.config);
   double err = 0, rtn = 0;
   for (const auto& l : r.layers) err += l.error, rtn += l.rtn_error;
   // The format's own round-to-nearest SQNR on the original weights (cheap: one pass).
@@ -84,7 +83,7 @@ void record_quantize(const quantize_cli_options& o, const ptq::quantize_options&
     rec.metrics["ppl"] = ev->ppl, rec.metrics["ppl_stderr"] = ev->ppl_stderr;
   }
   runs_db db(o.db);
-  const bool had = db.has(rec.config_hash);
+  const bool had = db.has(run_hash(rec.config));
   const int64_t id = db.record(rec);
   std::cerr << fmt::format("quantize: {} run {} in {}\n", had ? "already recorded as" : "recorded as", id, o.db);
 }

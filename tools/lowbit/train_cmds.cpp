@@ -137,8 +137,16 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
     rec.plan = cfg.plan;
     rec.metrics = {{"val_loss", r.val_loss}, {"train_loss", r.train_loss}, {"seconds", r.seconds},
                    {"tokens_per_s", r.tokens_per_s}};
+    // Files enter the run's identity by content; their locations ride along under "paths"
+    // (left out of the hash, runs_db.hpp).
     nlohmann::json conf = cfg.to_json();
     conf.erase("out");
+    conf["data"] = file_fingerprint(cfg.data_path);
+    conf["paths"] = {{"data", fs::absolute(cfg.data_path).string()}};
+    if (!tok_src.path.empty()) {
+      conf["tokenizer"] = file_fingerprint(tok_src.path);
+      conf["paths"]["tokenizer"] = tok_src.path;
+    }
     int64_t embedding = int64_t(tok->vocab_size()) * cfg.dim * (cfg.tied_classifier ? 1 : 2);
     if (cfg.arch == "gpt2") embedding += int64_t(cfg.ctx) * cfg.dim;  // learned positions
     conf["non_embedding_params"] = r.params - embedding;

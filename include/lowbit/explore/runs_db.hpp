@@ -76,7 +76,7 @@ class runs_db {
 
   // True when a run with this config hash is recorded.
   bool has(const std::string& config_hash) const;
-  // Records r (config_hash computed from r.config when empty) and returns its id; a run whose
+  // Records r (config_hash = run_hash(r.config) when empty) and returns its id; a run whose
   // hash is already there is not recorded twice (its existing id is returned).
   int64_t record(run_record r);
   // Runs matching every given field (empty = any), in id order.
