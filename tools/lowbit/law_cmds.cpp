@@ -48,10 +48,9 @@ std::pair<int, int> parse_bits(const std::string& s) {
 void write_json(const nlohmann::json& j, const std::string& out) { write_text_file_atomic(out, j.dump(2) + "\n"); }
 
 nlohmann::json read_json(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw error(fmt::format("cannot read {}", path));
+  const std::string text = read_text_file(path);  // throws naming the file
   try {
-    return nlohmann::json::parse(f);
+    return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     throw error(fmt::format("{}: not JSON ({})", path, e.what()));
   }
