@@ -387,15 +387,14 @@ const std::vector<std::string> default_explore_rows = {
     "fp32", "bf16", "fp8_e4m3/c", "int8/c", "int4/g32", "e2m1/g32", "mxfp4", "nvfp4", "nf4",
     "q4_0", "int8/c,int8/c", "fp8_e4m3/c,fp8_e4m3/c", "fp32,-,fp8_e4m3/c", "int4/g32@gptq"};
 
+// A row WEIGHTS[,ACTS[,KV]] as three specs ("" = float): the sweep's own row grammar.
 std::vector<std::string> split_row(const std::string& row) {
-  std::vector<std::string> parts;
-  std::stringstream ss(row);
-  std::string p;
-  while (std::getline(ss, p, ',')) parts.push_back(p == "-" ? "" : p);
-  if (parts.empty() || parts.size() > 3)
-    throw error(fmt::format("explore: row '{}': expected WEIGHTS[,ACTS[,KV]] ('-' for float)", row));
-  parts.resize(3);
-  return parts;
+  try {
+    const sweep_plan p = parse_plan_row(row);
+    return {p.weights, p.acts, p.kv};
+  } catch (const lowbit::error& e) {
+    throw error(fmt::format("explore: row {}", e.what()));
+  }
 }
 
 std::string canonical_or_float(const std::string& spec) {
