@@ -72,10 +72,12 @@ const char* kFormats[] = {"int8/c", "int4/g128", "e4m3fn/c", "e4m3fn/t", "mxfp4"
 
 int register_all() {
   constexpr int64_t kRows = 4096;  // 64 MiB
-  benchmark::RegisterBenchmark("memcpy", BM_memcpy)->Arg(kRows)->Unit(benchmark::kMillisecond)->UseRealTime();
+  // 16 rows (256 KiB in + 256 KiB out) stay in L2: the kernel's compute cost without DRAM.
+  constexpr int64_t kCachedRows = 16;
+  benchmark::RegisterBenchmark("memcpy", BM_memcpy)->Arg(kRows)->Arg(kCachedRows)->Unit(benchmark::kMillisecond)->UseRealTime();
   for (const char* s : kFormats) {
     benchmark::RegisterBenchmark((std::string("fake_quantize/") + s).c_str(), BM_fake_quantize, std::string(s), false)
-        ->Arg(kRows)->Unit(benchmark::kMillisecond)->UseRealTime();
+        ->Arg(kRows)->Arg(kCachedRows)->Unit(benchmark::kMillisecond)->UseRealTime();
     benchmark::RegisterBenchmark((std::string("fake_quantize_ref/") + s).c_str(), BM_fake_quantize, std::string(s), true)
         ->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
     benchmark::RegisterBenchmark((std::string("quantize+dequantize/") + s).c_str(), BM_quantize_dequantize, std::string(s))

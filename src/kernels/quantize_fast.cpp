@@ -992,9 +992,9 @@ void PhiloxBlocks(uint64_t block0, size_t count, uint32_t key0, uint32_t key1, u
       for (size_t v = 0; v < 2; ++v) {
         const auto p0 = hn::MulEven(hn::BitCast(du, x0[v]), m0);
         const auto p1 = hn::MulEven(hn::BitCast(du, x2[v]), m1);
-        x0[v] = hn::Xor(hn::Xor(hn::ShiftRight<32>(p1), x1[v]), kv0);
+        x0[v] = hn::Xor3(hn::ShiftRight<32>(p1), x1[v], kv0);  // one vpternlog on AVX-512
         x1[v] = p1;
-        x2[v] = hn::Xor(hn::Xor(hn::ShiftRight<32>(p0), x3[v]), kv1);
+        x2[v] = hn::Xor3(hn::ShiftRight<32>(p0), x3[v], kv1);
         x3[v] = p0;
       }
       k0 += 0x9E3779B9u;
