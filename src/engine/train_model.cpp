@@ -222,8 +222,18 @@ struct gemms {
   std::vector<float>& buf_b;  // quantized W (or W^T)
   std::vector<float>& buf_c;  // quantized dY (or dY^T)
 
+  bool x_dw_columns = false;  // weight_grad_input kept X's layout [N, in] (else X^T [in, N])
+
   bool on(gemm_operand op) const { return q && q->quantizes(op); }
   bool din() const { return q && q->feature_axis_groups(); }
+  // buf = in [rows, cols] quantized with groups along rows (the GEMM reduces over them): in in's
+  // layout when the quantizer can (returns true), else as Q(in^T) [cols, rows] (returns false).
+  bool quantize_along_rows(gemm_operand op, int linear, const float* in, float* buf, int64_t rows, int64_t cols) {
+    if (q->apply_columns(op, linear, step, in, buf, rows, cols)) return true;
+    transpose(in, buf, rows, cols);
+    q->apply(op, linear, step, buf, buf, cols, rows);
+    return false;
+  }
 
   // P1: the input X [N, in], grouped along in; returns X itself when P1 is not quantized.
   const float* input(const float* x, int64_t n, int in, int linear) {
@@ -253,22 +263,24 @@ struct gemms {
       q->apply(gemm_operand::w_dx, linear, step, w, buf_b.data(), out, in);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), in, out, 1.0f, a, out, buf_b.data(), in,
                   1.0f, dx, in);
-    } else {
-      transpose(w, buf_b.data(), out, in);  // W^T [in, out]
-      q->apply(gemm_operand::w_dx, linear, step, buf_b.data(), buf_b.data(), in, out);
+    } else if (quantize_along_rows(gemm_operand::w_dx, linear, w, buf_b.data(), out, in)) {  // [out, in]
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), in, out, 1.0f, a, out, buf_b.data(), in,
+                  1.0f, dx, in);
+    } else {  // W^T [in, out]
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), in, out, 1.0f, a, out, buf_b.data(), out,
                   1.0f, dx, in);
     }
   }
-  // X's operand of the dW GEMM (P6), prepared once per input shared by several linears: X^T
-  // [in, N] grouped along tokens, or X [N, in] grouped along in (din); null: X as it is.
+  // X's operand of the dW GEMM (P6), prepared once per input shared by several linears: grouped
+  // along tokens as X [N, in] (x_dw_columns) or X^T [in, N], or grouped along in as X [N, in]
+  // (din); null: X as it is.
   const float* weight_grad_input(const float* x, int64_t n, int in, int linear) {
     if (!on(gemm_operand::x_dw)) return nullptr;
     if (din()) {
       q->apply(gemm_operand::x_dw, linear, step, x, buf_a.data(), n, in);
+      x_dw_columns = true;
     } else {
-      transpose(x, buf_a.data(), n, in);
-      q->apply(gemm_operand::x_dw, linear, step, buf_a.data(), buf_a.data(), in, n);
+      x_dw_columns = quantize_along_rows(gemm_operand::x_dw, linear, x, buf_a.data(), n, in);
     }
     return buf_a.data();
   }
@@ -281,13 +293,9 @@ struct gemms {
     CBLAS_TRANSPOSE ta = CblasTrans;
     int lda = out;
     if (on(gemm_operand::dy_dw)) {
-      if (din()) {
-        q->apply(gemm_operand::dy_dw, linear, step, dy, buf_c.data(), n, out);
-      } else {
-        transpose(dy, buf_c.data(), n, out);
-        q->apply(gemm_operand::dy_dw, linear, step, buf_c.data(), buf_c.data(), out, n);
-        ta = CblasNoTrans, lda = N;
-      }
+      if (din()) q->apply(gemm_operand::dy_dw, linear, step, dy, buf_c.data(), n, out);
+      else if (!quantize_along_rows(gemm_operand::dy_dw, linear, dy, buf_c.data(), n, out))
+        ta = CblasNoTrans, lda = N;  // dY^T [out, N]
       a = buf_c.data();
     }
     // B' = X [N, in]
@@ -296,7 +304,7 @@ struct gemms {
     int ldb = in;
     if (xq6) {
       b = xq6;
-      if (!din()) tb = CblasTrans, ldb = N;
+      if (!x_dw_columns) tb = CblasTrans, ldb = N;  // X^T [in, N]
     }
     cblas_sgemm(CblasRowMajor, ta, tb, out, in, N, 1.0f, a, lda, b, ldb, 0.0f, dw, in);
   }

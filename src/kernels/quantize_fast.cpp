@@ -882,6 +882,97 @@ void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, u
   }
 }
 
+// ---- groups along rows (fake_quantize_columns) ---------------------------------------------------
+// One tile: columns [c0, c0 + N) of rows [r0, r1), one group of each column. The statistics are a
+// lane-wise max over the rows (no horizontal reduction), the N scales one vectorised computation
+// (BatchScales / BatchScalesPreset, as the row kernel's batches), then every row vector is rounded
+// under its lanes' scales. Returns false (the caller takes the gathered per-column path) when a
+// scale needs the general code (zero, subnormal or non-finite amax, ...).
+template <rounding_mode kMode, span_path kPath>
+HWY_NOINLINE bool FakeQuantColumnTilePath(const float* in, float* out, size_t cols, size_t r0, size_t r1, size_t c0,
+                                          const row_plan& plan, const grid_params g) {
+#if HWY_TARGET == HWY_SCALAR
+  return false;
+#else
+  const DF df;
+  const DI di;
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  VI m = hn::Zero(di);
+  for (size_t r = r0; r < r1; ++r) m = hn::Max(m, hn::And(hn::BitCast(di, hn::LoadU(df, in + r * cols + c0)), abs_mask));
+  HWY_ALIGN float scale[hn::MaxLanes(DF())];
+  HWY_ALIGN float stored[hn::MaxLanes(DF())];
+  HWY_ALIGN float mult[hn::MaxLanes(DF())];
+  if (plan.batch_preset == 0) {
+    if (!BatchScales(df, m, *plan.sctx, scale, mult)) return false;
+  } else if (!BatchScalesPreset(df, m, plan, scale, stored, mult)) {
+    return false;
+  }
+  const VF div = hn::Load(df, scale), mul = hn::Load(df, mult), zero = hn::Zero(df);
+  auto each_row = [&](auto quantize_vec) {
+    for (size_t r = r0; r < r1; ++r) hn::StoreU(quantize_vec(hn::LoadU(df, in + r * cols + c0)), df, out + r * cols + c0);
+  };
+  if (plan.batch_preset == 2) {  // q8_0: ggml's roundf(x * (1/d)) * d
+    each_row([&](VF x) {
+      return FakeQuantVec<rounding_mode::rna, span_path::int_fast, span_scale::mul>(df, x, zero, g, mul, div, div,
+                                                                                  false, zero, zero);
+    });
+  } else if (hn::AllFalse(df, hn::Eq(mul, zero))) {  // every lane's scale a power of two: exact multiply
+    each_row([&](VF x) {
+      return FakeQuantVec<kMode, kPath, span_scale::mul>(df, x, zero, g, mul, div, div, false, zero, zero);
+    });
+  } else {
+    each_row([&](VF x) {
+      return FakeQuantVec<kMode, kPath, span_scale::div>(df, x, zero, g, mul, div, div, false, zero, zero);
+    });
+  }
+  return true;
+#endif
+}
+
+template <rounding_mode kMode>
+bool FakeQuantColumnTileT(const float* in, float* out, size_t cols, size_t r0, size_t r1, size_t c0,
+                          const row_plan& plan) {
+  const grid_params& g = *plan.grid;
+  switch (path_of<kMode>(g)) {
+    case span_path::table:
+      if constexpr (kMode == rounding_mode::rne)
+        return FakeQuantColumnTilePath<kMode, span_path::table>(in, out, cols, r0, r1, c0, plan, g);
+      break;
+    case span_path::int_fast:
+      if constexpr (kMode == rounding_mode::rne || kMode == rounding_mode::rna)
+        return FakeQuantColumnTilePath<kMode, span_path::int_fast>(in, out, cols, r0, r1, c0, plan, g);
+      break;
+    case span_path::rne_fast:
+      if constexpr (kMode == rounding_mode::rne)
+        return FakeQuantColumnTilePath<kMode, span_path::rne_fast>(in, out, cols, r0, r1, c0, plan, g);
+      break;
+    case span_path::e8_fast:
+      if constexpr (kMode == rounding_mode::rne)
+        return FakeQuantColumnTilePath<kMode, span_path::e8_fast>(in, out, cols, r0, r1, c0, plan, g);
+      break;
+    default: break;
+  }
+  return FakeQuantColumnTilePath<kMode, span_path::generic>(in, out, cols, r0, r1, c0, plan, g);
+}
+
+// The tile path for the deterministic roundings (stochastic rounding draws by the transposed
+// element index: the caller's gathered path).
+bool FakeQuantColumnTile(const float* in, float* out, size_t cols, size_t r0, size_t r1, size_t c0,
+                         const row_plan& plan) {
+  switch (plan.f->rounding) {
+    case rounding_mode::rne: return FakeQuantColumnTileT<rounding_mode::rne>(in, out, cols, r0, r1, c0, plan);
+    case rounding_mode::rna: return FakeQuantColumnTileT<rounding_mode::rna>(in, out, cols, r0, r1, c0, plan);
+    case rounding_mode::rtz: return FakeQuantColumnTileT<rounding_mode::rtz>(in, out, cols, r0, r1, c0, plan);
+    case rounding_mode::up: return FakeQuantColumnTileT<rounding_mode::up>(in, out, cols, r0, r1, c0, plan);
+    case rounding_mode::down: return FakeQuantColumnTileT<rounding_mode::down>(in, out, cols, r0, r1, c0, plan);
+    case rounding_mode::odd: return FakeQuantColumnTileT<rounding_mode::odd>(in, out, cols, r0, r1, c0, plan);
+    case rounding_mode::sr: return false;
+  }
+  return false;
+}
+
+size_t LanesF32() { return hn::Lanes(DF()); }
+
 void GroupStats(const float* HWY_RESTRICT x, size_t n, bool want_minmax, bool finite_only, simd_stats* st) {
   GroupStatsT(x, n, want_minmax, finite_only, st);
 }
@@ -1025,6 +1116,8 @@ namespace lowbit {
 
 HWY_EXPORT(FakeQuantRow);
 HWY_EXPORT(GroupStats);
+HWY_EXPORT(FakeQuantColumnTile);
+HWY_EXPORT(LanesF32);
 HWY_EXPORT(PhiloxBlocks);
 HWY_EXPORT(DequantSpan);
 HWY_EXPORT(EncodeSpan);
@@ -1137,6 +1230,49 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
       const float* x = in + r * cols;
       HWY_DYNAMIC_DISPATCH(FakeQuantRow)(x, out + r * cols, static_cast<size_t>(cols), call.plan,
                                          static_cast<uint64_t>(r * cols), nullptr, nullptr);
+    }
+  }
+}
+
+void fake_quantize_columns(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
+                           uint64_t tensor_id) {
+  if (use_ref() || rows < 0 || cols < 0) return fake_quantize_columns_ref(in, out, rows, cols, f, tensor_id);
+  if (rows == 0 || cols == 0) return;
+  // One scale for every element, no draws: the values do not depend on the layout.
+  if ((f.gran == granularity::tensor || f.gran == granularity::none) && f.rounding != rounding_mode::sr)
+    return fake_quantize(in, out, rows, cols, f, tensor_id);
+  if (!simd_covers(f) || f.gran == granularity::tensor || f.gran == granularity::none || f.named == preset::q4_0)
+    return fake_quantize_columns_ref(in, out, rows, cols, f, tensor_id);
+  // The transposed tensor [cols, rows]: rows of `rows` elements, groups of k along them.
+  const fast_call call(f, in, cols, rows, false, tensor_id);
+  const int64_t k = call.plan.group_cols;
+  const int64_t lanes = static_cast<int64_t>(HWY_DYNAMIC_DISPATCH(LanesF32)());
+  // Tiles: the scale rules the row kernel's batches compute N at a time (per group or per
+  // column), no zero points, no draws.
+  const bool tiles = (f.gran == granularity::group || f.gran == granularity::row) &&
+                     (call.sctx.inline_rule != scale_context::inline_none || call.plan.batch_preset != 0) &&
+                     !call.plan.want_minmax && f.rounding != rounding_mode::sr && lanes > 1;
+  const int64_t col_blocks = (cols + lanes - 1) / lanes, row_groups = (rows + k - 1) / k;
+#pragma omp parallel if (rows * cols >= kParallelMinElements)
+  {
+    std::vector<float> column;  // one column's group, gathered (the general path)
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < col_blocks * row_groups; ++t) {
+      const int64_t c0 = (t % col_blocks) * lanes, r0 = (t / col_blocks) * k;
+      const int64_t c1 = std::min(cols, c0 + lanes), r1 = std::min(rows, r0 + k);
+      if (tiles && c1 - c0 == lanes &&
+          HWY_DYNAMIC_DISPATCH(FakeQuantColumnTile)(in, out, static_cast<size_t>(cols), static_cast<size_t>(r0),
+                                                    static_cast<size_t>(r1), static_cast<size_t>(c0), call.plan))
+        continue;
+      // The row kernel on each column's group, gathered: element (r, c) is element c * rows + r of
+      // the transposed tensor (its stochastic-rounding counter).
+      column.resize(static_cast<size_t>(r1 - r0));
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t r = r0; r < r1; ++r) column[static_cast<size_t>(r - r0)] = in[r * cols + c];
+        HWY_DYNAMIC_DISPATCH(FakeQuantRow)(column.data(), column.data(), column.size(), call.plan,
+                                           static_cast<uint64_t>(c * rows + r0), nullptr, nullptr);
+        for (int64_t r = r0; r < r1; ++r) out[r * cols + c] = column[static_cast<size_t>(r - r0)];
+      }
     }
   }
 }

@@ -328,6 +328,18 @@ void fake_quantize_ref(const float* in, float* out, int64_t rows, int64_t cols, 
   fake_quantize_rows_ref(in, out, rows, cols, 0, rows, f, tensor_id);
 }
 
+// The definition: transpose, quantize the rows of the transpose, transpose back.
+void fake_quantize_columns_ref(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
+                               uint64_t tensor_id) {
+  check_shape(rows, cols);
+  std::vector<float> t(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) t[static_cast<size_t>(c * rows + r)] = in[r * cols + c];
+  fake_quantize_ref(t.data(), t.data(), cols, rows, f, tensor_id);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = t[static_cast<size_t>(c * rows + r)];
+}
+
 // ---- metrics ------------------------------------------------------------------------------------------
 error_metrics compare(const float* x, const float* q, int64_t n) {
   error_metrics m;

@@ -71,6 +71,11 @@ class format_quantizer : public operand_quantizer {
              int64_t cols) override {
     fake_quantize(in, out, rows, cols, *formats_[int(op)], stream_id(seed_, step, linear, op));
   }
+  bool apply_columns(gemm_operand op, int linear, int64_t step, const float* in, float* out, int64_t rows,
+                     int64_t cols) override {
+    fake_quantize_columns(in, out, rows, cols, *formats_[int(op)], stream_id(seed_, step, linear, op));
+    return true;
+  }
 
  private:
   training_plan plan_;
@@ -114,6 +119,12 @@ class flex_quantizer : public operand_quantizer {
     autoflex& af = it->second;
     const double gamma = flex_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent());
     if (!frozen_) af.update(gamma);  // Algorithm 2: the exponent of the next use
+  }
+  // One shared exponent and round-to-nearest per element: the values do not depend on the layout.
+  bool apply_columns(gemm_operand op, int linear, int64_t step, const float* in, float* out, int64_t rows,
+                     int64_t cols) override {
+    apply(op, linear, step, in, out, rows, cols);
+    return true;
   }
   nlohmann::json state() const override {
     nlohmann::json s = nlohmann::json::array();

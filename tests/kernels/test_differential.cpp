@@ -199,6 +199,76 @@ TEST(Differential, ScaledFormats) {
   EXPECT_GT(cases, 300);
 }
 
+// fake_quantize_columns (groups along rows, the training's token-grouped operands) equals its
+// reference, the transposed fake_quantize_ref, bit for bit: tiles of whole vectors, partial
+// column blocks and row groups, groups the tile path hands to the gathered path (zero, subnormal,
+// NaN/Inf amax), stochastic rounding's transposed counters, in place, every SIMD target.
+TEST(Differential, ColumnGroupsEqualTheTransposedReference) {
+  std::mt19937 gen(seed(7));
+  const std::vector<std::string> specs = {
+      "mxfp4", "mxfp8_e5m2", "mxint8", "nvfp4", "nf4", "q8_0", "q4_0", "int8/c", "int4/g128", "int4/g9",
+      "uint4/g16", "e4m3fn/t", "e4m3fn/c", "e5m2/g32", "e4m3fn/g32", "e2m1/g32~sr", "e2m1/g16:e4m3",
+      "int4/g32:fp16", "e2m1/g32:e8m0@rceil", "e3m2/g7:bf16~rtz", "int4/g32:pow2", "uint4/g32@mse",
+      "pow0.5(int4/g32)", "nvfp4~sr", "e4m3fn/g17:e8m0~down", "e5m2/c~rna", "bf16", "e4m3fn~odd"};
+  int cases = 0;
+  for (const auto& t : simd_targets()) {
+    force_simd_target(t.first);
+    for (const auto& s : specs) {
+      const format f = parse_format(s);
+      for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{
+               {64, 32}, {33, 17}, {7, 48}, {100, 3}, {1, 16}, {40, 1}}) {
+        for (bool specials : {false, true}) {
+          const int64_t n = rows * cols;
+          std::vector<float> x = stress_values(f, gen, static_cast<size_t>(n), specials);
+          if (specials && n > 40)  // a zero column group and a subnormal one
+            for (int64_t r = 0; r < std::min<int64_t>(rows, 9); ++r) {
+              x[static_cast<size_t>(r * cols)] = 0.0f;
+              if (cols > 1) x[static_cast<size_t>(r * cols + 1)] = 1e-41f * static_cast<float>(r);
+            }
+          std::vector<float> ref(x.size()), fast(x.size()), inplace(x);
+          fake_quantize_columns_ref(x.data(), ref.data(), rows, cols, f, 23);
+          fake_quantize_columns(x.data(), fast.data(), rows, cols, f, 23);
+          fake_quantize_columns(inplace.data(), inplace.data(), rows, cols, f, 23);
+          for (size_t i = 0; i < x.size(); ++i) {
+            if (!same(ref[i], fast[i]))
+              FAIL() << s << " [" << rows << "," << cols << "] target " << t.second << " index " << i << " input "
+                     << x[i] << " ref " << ref[i] << " fast " << fast[i];
+            if (!same(ref[i], inplace[i])) FAIL() << s << " in place, index " << i;
+          }
+          ++cases;
+        }
+      }
+    }
+  }
+  force_simd_target(0);
+  EXPECT_GT(cases, 300);
+}
+
+// The columns reference is the row kernel's transpose: a column group of one column is a row
+// group of the transposed tensor (checked here against fake_quantize on an explicit transpose).
+TEST(Differential, ColumnGroupsAreTheTransposedRows) {
+  std::mt19937 gen(seed(8));
+  const int64_t rows = 96, cols = 40;
+  std::vector<float> x(static_cast<size_t>(rows * cols)), xt(x.size());
+  std::normal_distribution<float> d(0, 1);
+  for (auto& v : x) v = d(gen);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) xt[static_cast<size_t>(c * rows + r)] = x[static_cast<size_t>(r * cols + c)];
+  for (const char* spec : {"e4m3fn/g32", "mxfp4", "e2m1/g32~sr:4"}) {
+    const format f = parse_format(spec);
+    std::vector<float> col(x.size()), rowt(x.size());
+    fake_quantize_columns(x.data(), col.data(), rows, cols, f, 5);
+    fake_quantize(xt.data(), rowt.data(), cols, rows, f, 5);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c)
+        ASSERT_TRUE(same(col[static_cast<size_t>(r * cols + c)], rowt[static_cast<size_t>(c * rows + r)])) << spec;
+    // and it differs from grouping along the rows (the test would see a mix-up of the axes)
+    std::vector<float> rows_grouped(x.size());
+    fake_quantize(x.data(), rows_grouped.data(), rows, cols, f, 5);
+    EXPECT_NE(std::memcmp(col.data(), rows_grouped.data(), x.size() * 4), 0) << spec;
+  }
+}
+
 // Tensors above the streaming threshold (8 MiB): non-temporal stores, prefetch and the batched
 // group scales run on whole rows; the result is still the reference's, bit for bit.
 TEST(Differential, LargeTensorsStreamAndBatch) {

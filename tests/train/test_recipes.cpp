@@ -82,6 +82,17 @@ struct recording_quantizer : operand_quantizer {
     const float f = int(op) == scaled ? 2.0f : 1.0f;
     for (int64_t i = 0; i < rows * cols; ++i) out[i] = in[i] * f;
   }
+  // columns: the row-grouped operands are handed over in their own layout (apply_columns).
+  bool columns = false;
+  std::map<std::pair<int, int>, std::pair<int64_t, int64_t>> column_shapes;
+  bool apply_columns(gemm_operand op, int linear, int64_t, const float* in, float* out, int64_t rows,
+                     int64_t cols) override {
+    if (!columns) return false;
+    column_shapes[{linear, int(op)}] = {rows, cols};
+    const float f = int(op) == scaled ? 2.0f : 1.0f;
+    for (int64_t i = 0; i < rows * cols; ++i) out[i] = in[i] * f;
+    return true;
+  }
 };
 
 model_config small_config() {
@@ -122,6 +133,17 @@ TEST(OperandRouting, EachOperandIsGroupedAlongItsGemmsReductionAxis) {
     // norm's output, gate/up the MLP norm's): per block 7 x (P2..P5) + 4 x (P1, P6).
     EXPECT_EQ(q.shapes.size(), size_t(2 * (7 * 4 + 4 * 2)));
   }
+  // A quantizer with a column path gets P4, P5 and P6 in their own layouts, grouped along rows.
+  train_model m(c, 1);
+  recording_quantizer q;
+  q.columns = true;
+  m.forward_backward(d.in.data(), d.tg.data(), B, T, N, &q, 0);
+  using P = std::pair<int64_t, int64_t>;
+  EXPECT_EQ(q.column_shapes.at({6, 3}), P(D, F));  // W [out, in] along out
+  EXPECT_EQ(q.column_shapes.at({6, 4}), P(N, D));  // dY [N, out] along tokens
+  EXPECT_EQ(q.column_shapes.at({6, 5}), P(N, F));  // X [N, in] along tokens
+  EXPECT_EQ(q.column_shapes.size(), size_t(2 * (7 * 2 + 4)));
+  EXPECT_EQ(q.shapes.size(), size_t(2 * (7 * 2 + 4)));  // P1, P2, P3 as before
 }
 
 TEST(OperandRouting, PassThroughQuantizerGivesTheFloatGradients) {
@@ -130,14 +152,51 @@ TEST(OperandRouting, PassThroughQuantizerGivesTheFloatGradients) {
   const auto d = make_batch(B, T, c.vocab_size);
   train_model a(c, 3), b(c, 3);
   a.forward_backward(d.in.data(), d.tg.data(), B, T, B * T, nullptr, 0);
-  recording_quantizer q;
-  b.forward_backward(d.in.data(), d.tg.data(), B, T, B * T, &q, 0);
-  double max_diff = 0, max_g = 0;
-  for (size_t i = 0; i < a.grads().size(); ++i) {
-    max_diff = std::max(max_diff, double(std::fabs(a.grads()[i] - b.grads()[i])));
-    max_g = std::max(max_g, double(std::fabs(a.grads()[i])));
+  for (bool columns : {false, true}) {
+    recording_quantizer q;
+    q.columns = columns;
+    b.forward_backward(d.in.data(), d.tg.data(), B, T, B * T, &q, 0);
+    double max_diff = 0, max_g = 0;
+    for (size_t i = 0; i < a.grads().size(); ++i) {
+      max_diff = std::max(max_diff, double(std::fabs(a.grads()[i] - b.grads()[i])));
+      max_g = std::max(max_g, double(std::fabs(a.grads()[i])));
+    }
+    EXPECT_LT(max_diff, 1e-5 * max_g) << "columns " << columns;
   }
-  EXPECT_LT(max_diff, 1e-5 * max_g);
+}
+
+// The column path (fake_quantize_columns, no transposed copies) gives the operands the values of
+// the transposed path, stochastic rounding included: the same loss, and gradients equal up to the
+// GEMMs' summation order.
+TEST(OperandRouting, ColumnPathQuantizesLikeTheTransposedPath) {
+  struct without_columns : operand_quantizer {
+    std::unique_ptr<operand_quantizer> inner;
+    bool quantizes(gemm_operand op) const override { return inner->quantizes(op); }
+    void apply(gemm_operand op, int linear, int64_t step, const float* in, float* out, int64_t rows,
+               int64_t cols) override {
+      inner->apply(op, linear, step, in, out, rows, cols);
+    }
+  };
+  const model_config c = small_config();
+  const int B = 2, T = 8;
+  const auto d = make_batch(B, T, c.vocab_size);
+  for (const char* plan : {"x=e4m3/g16;w=e4m3/g16;dy=e5m2/g16;w_bwd=e4m3/g16;dy_w=e5m2/g16~sr;x_bwd=e4m3/c",
+                           "mxfp4", "flex16+5"}) {
+    train_model a(c, 5), b(c, 5);
+    auto qa = make_operand_quantizer(parse_training_plan(plan), 9);
+    without_columns qb;
+    qb.inner = make_operand_quantizer(parse_training_plan(plan), 9);
+    const double la = a.forward_backward(d.in.data(), d.tg.data(), B, T, B * T, qa.get(), 0);
+    const double lb = b.forward_backward(d.in.data(), d.tg.data(), B, T, B * T, &qb, 0);
+    EXPECT_EQ(la, lb) << plan;
+    double max_diff = 0, max_g = 0;
+    for (size_t i = 0; i < a.grads().size(); ++i) {
+      max_diff = std::max(max_diff, double(std::fabs(a.grads()[i] - b.grads()[i])));
+      max_g = std::max(max_g, double(std::fabs(a.grads()[i])));
+    }
+    EXPECT_LT(max_diff, 1e-5 * max_g) << plan;
+    EXPECT_GT(max_g, 0) << plan;
+  }
 }
 
 TEST(OperandRouting, TheWeightGradientGemmReadsP5AndP6Only) {
@@ -147,15 +206,18 @@ TEST(OperandRouting, TheWeightGradientGemmReadsP5AndP6Only) {
   const int B = 2, T = 8;
   const auto d = make_batch(B, T, c.vocab_size);
   train_model a(c, 4), b(c, 4);
-  recording_quantizer qa, qb;
-  qb.scaled = 5;
-  const double la = a.forward_backward(d.in.data(), d.tg.data(), B, T, B * T, &qa, 0);
-  const double lb = b.forward_backward(d.in.data(), d.tg.data(), B, T, B * T, &qb, 0);
-  EXPECT_EQ(la, lb);
-  for (const auto& v : a.views()) {
-    const bool linear = v.name.rfind("blk.", 0) == 0 && v.shape.size() == 2;
-    for (int64_t i = v.offset; i < v.offset + v.size; ++i)
-      ASSERT_EQ(b.grads()[i], linear ? 2 * a.grads()[i] : a.grads()[i]) << v.name;
+  for (bool columns : {false, true}) {
+    recording_quantizer qa, qb;
+    qa.columns = qb.columns = columns;
+    qb.scaled = 5;
+    const double la = a.forward_backward(d.in.data(), d.tg.data(), B, T, B * T, &qa, 0);
+    const double lb = b.forward_backward(d.in.data(), d.tg.data(), B, T, B * T, &qb, 0);
+    EXPECT_EQ(la, lb);
+    for (const auto& v : a.views()) {
+      const bool linear = v.name.rfind("blk.", 0) == 0 && v.shape.size() == 2;
+      for (int64_t i = v.offset; i < v.offset + v.size; ++i)
+        ASSERT_EQ(b.grads()[i], linear ? 2 * a.grads()[i] : a.grads()[i]) << v.name << " columns " << columns;
+    }
   }
 }
 

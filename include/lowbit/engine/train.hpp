@@ -53,6 +53,12 @@ class operand_quantizer {
   // stochastic-rounding stream and the per-tensor, per-use state (Autoflex).
   virtual void apply(gemm_operand op, int linear, int64_t step, const float* in, float* out,
                      int64_t rows, int64_t cols) = 0;
+  // out[rows, cols] = Q(in^T)^T: groups along rows, in in's own layout, the values apply() gives
+  // on the transposed tensor (its stochastic-rounding counters included). The operands grouped
+  // along a GEMM's leading axis (X and dY in the dW GEMM: tokens; W in the dX GEMM: outputs)
+  // then need no transposed copy. Returns false when this quantizer has no such path (the
+  // caller transposes and calls apply).
+  virtual bool apply_columns(gemm_operand, int, int64_t, const float*, float*, int64_t, int64_t) { return false; }
   // Quantizer state that a checkpoint must keep (Autoflex histories); null when stateless.
   virtual nlohmann::json state() const { return nullptr; }
   // Frozen: quantize with the current state and do not update it (validation must not steer

@@ -55,6 +55,12 @@ void dequantize_ref(const quantized_tensor& q, float* out);
 // out = dequantize(quantize(in)); in == out is allowed.
 void fake_quantize_ref(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
                        uint64_t tensor_id = 0);
+// Groups along rows instead of columns: out = Q(in^T)^T for in [rows, cols] (the element index
+// of stochastic rounding is the transposed tensor's, c * rows + r). Training quantizes the
+// token-grouped operands of the dW GEMM and W grouped along its outputs this way, without a
+// transposed copy. in == out is allowed.
+void fake_quantize_columns_ref(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
+                               uint64_t tensor_id = 0);
 
 // ---- fast kernels (SIMD + threads; bit-exact with the reference) ------------------------------
 quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const format& f,
@@ -62,6 +68,8 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
 void dequantize(const quantized_tensor& q, float* out);
 void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
                    uint64_t tensor_id = 0);
+void fake_quantize_columns(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
+                           uint64_t tensor_id = 0);
 
 // Forces every fast kernel onto its _ref twin (for debugging; STYLE 6).
 void set_use_ref(bool use_ref);
