@@ -279,6 +279,10 @@ train_result run_training(const train_run_config& cfg, const tokenizer& tok, con
     val_offsets[i] = n_val > 1 ? i * (int64_t(data.val.size()) - cfg.ctx - 1) / (n_val - 1) : 0;
   const int local_batch = cfg.batch / dp.size;
   std::vector<int32_t> in(int64_t(local_batch) * cfg.ctx), tg(in.size());
+  // This rank's windows are rows [rank * local_batch, ...) of every global batch (train and
+  // validation alike).
+  if (quantizer && dp.size > 1)
+    quantizer->set_token_shard(int64_t(dp.rank) * local_batch * cfg.ctx, int64_t(cfg.batch) * cfg.ctx);
   auto fill = [&](const std::vector<int32_t>& src, auto offset_of) {
     for (int b = 0; b < local_batch; ++b) {
       const int64_t off = offset_of(b);

@@ -1203,18 +1203,19 @@ struct fast_call {
 void set_use_ref(bool v) { g_use_ref.store(v); }
 bool use_ref() { return g_use_ref.load(); }
 
-void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
-  if (use_ref() || rows < 0 || cols < 0) return fake_quantize_ref(in, out, rows, cols, f, tensor_id);
+void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id,
+                   sr_counters counters) {
+  if (use_ref() || rows < 0 || cols < 0) return fake_quantize_ref(in, out, rows, cols, f, tensor_id, counters);
   if (!simd_covers(f)) {
     // Explicit scalar fallback (power maps, LUT with directed/stochastic rounding, mse/percentile
     // rules): the reference, a block of rows per thread. Scales over the whole tensor would be
     // read while other threads write in place: those run the reference on one thread.
-    if (f.gran == granularity::tensor || f.named == preset::nvfp4) return fake_quantize_ref(in, out, rows, cols, f, tensor_id);
+    if (f.gran == granularity::tensor || f.named == preset::nvfp4) return fake_quantize_ref(in, out, rows, cols, f, tensor_id, counters);
 #pragma omp parallel if (rows * cols >= kParallelMinElements)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
       const int64_t per = (rows + nt - 1) / nt, r0 = std::min(rows, t * per), r1 = std::min(rows, r0 + per);
-      if (r1 > r0) fake_quantize_rows_ref(in, out, rows, cols, r0, r1, f, tensor_id);
+      if (r1 > r0) fake_quantize_rows_ref(in, out, rows, cols, r0, r1, f, tensor_id, counters);
     }
     return;
   }
@@ -1229,20 +1230,20 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
       // In place is safe: each group's statistics are taken before its outputs are written.
       const float* x = in + r * cols;
       HWY_DYNAMIC_DISPATCH(FakeQuantRow)(x, out + r * cols, static_cast<size_t>(cols), call.plan,
-                                         static_cast<uint64_t>(r * cols), nullptr, nullptr);
+                                         counters.of(r, cols), nullptr, nullptr);
     }
   }
 }
 
 void fake_quantize_columns(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
-                           uint64_t tensor_id) {
-  if (use_ref() || rows < 0 || cols < 0) return fake_quantize_columns_ref(in, out, rows, cols, f, tensor_id);
+                           uint64_t tensor_id, sr_counters counters) {
+  if (use_ref() || rows < 0 || cols < 0) return fake_quantize_columns_ref(in, out, rows, cols, f, tensor_id, counters);
   if (rows == 0 || cols == 0) return;
   // One scale for every element, no draws: the values do not depend on the layout.
   if ((f.gran == granularity::tensor || f.gran == granularity::none) && f.rounding != rounding_mode::sr)
     return fake_quantize(in, out, rows, cols, f, tensor_id);
   if (!simd_covers(f) || f.gran == granularity::tensor || f.gran == granularity::none || f.named == preset::q4_0)
-    return fake_quantize_columns_ref(in, out, rows, cols, f, tensor_id);
+    return fake_quantize_columns_ref(in, out, rows, cols, f, tensor_id, counters);
   // The transposed tensor [cols, rows]: rows of `rows` elements, groups of k along them.
   const fast_call call(f, in, cols, rows, false, tensor_id);
   const int64_t k = call.plan.group_cols;
@@ -1264,13 +1265,13 @@ void fake_quantize_columns(const float* in, float* out, int64_t rows, int64_t co
           HWY_DYNAMIC_DISPATCH(FakeQuantColumnTile)(in, out, static_cast<size_t>(cols), static_cast<size_t>(r0),
                                                     static_cast<size_t>(r1), static_cast<size_t>(c0), call.plan))
         continue;
-      // The row kernel on each column's group, gathered: element (r, c) is element c * rows + r of
-      // the transposed tensor (its stochastic-rounding counter).
+      // The row kernel on each column's group, gathered: element (r, c) is element (c, r) of the
+      // transposed tensor (its stochastic-rounding counter: counters.of(c, rows) + r).
       column.resize(static_cast<size_t>(r1 - r0));
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t r = r0; r < r1; ++r) column[static_cast<size_t>(r - r0)] = in[r * cols + c];
         HWY_DYNAMIC_DISPATCH(FakeQuantRow)(column.data(), column.data(), column.size(), call.plan,
-                                           static_cast<uint64_t>(c * rows + r0), nullptr, nullptr);
+                                           counters.of(c, rows) + static_cast<uint64_t>(r0), nullptr, nullptr);
         for (int64_t r = r0; r < r1; ++r) out[r * cols + c] = column[static_cast<size_t>(r - r0)];
       }
     }

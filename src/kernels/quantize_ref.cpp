@@ -308,7 +308,7 @@ void dequantize_ref(const quantized_tensor& q, float* out) {
 }
 
 void fake_quantize_rows_ref(const float* in, float* out, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
-                            const format& f, uint64_t tensor_id) {
+                            const format& f, uint64_t tensor_id, sr_counters counters) {
   check_shape(rows, cols);
   // Scales are chosen from the input before anything is written (in == out is allowed).
   const float tensor_scale = f.named == preset::nvfp4 ? nvfp4_tensor_scale(finite_amax_ref(in, rows * cols)) : 1.0f;
@@ -317,25 +317,27 @@ void fake_quantize_rows_ref(const float* in, float* out, int64_t rows, int64_t c
                      [&](int64_t r, int64_t c0, int64_t c1, int64_t, const group_scale& gs) {
                        for (int64_t c = c0; c < c1; ++c) {
                          const int64_t i = r * cols + c;
+                         const int64_t counter = static_cast<int64_t>(counters.of(r, cols)) + c;
                          result[static_cast<size_t>(i - r0 * cols)] =
-                             fake_quantize_value_ref(f, in[i], gs, draw(f, tensor_id, i), f.rounding);
+                             fake_quantize_value_ref(f, in[i], gs, draw(f, tensor_id, counter), f.rounding);
                        }
                      });
   std::copy(result.begin(), result.end(), out + r0 * cols);
 }
 
-void fake_quantize_ref(const float* in, float* out, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
-  fake_quantize_rows_ref(in, out, rows, cols, 0, rows, f, tensor_id);
+void fake_quantize_ref(const float* in, float* out, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id,
+                       sr_counters counters) {
+  fake_quantize_rows_ref(in, out, rows, cols, 0, rows, f, tensor_id, counters);
 }
 
 // The definition: transpose, quantize the rows of the transpose, transpose back.
 void fake_quantize_columns_ref(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
-                               uint64_t tensor_id) {
+                               uint64_t tensor_id, sr_counters counters) {
   check_shape(rows, cols);
   std::vector<float> t(static_cast<size_t>(rows * cols));
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) t[static_cast<size_t>(c * rows + r)] = in[r * cols + c];
-  fake_quantize_ref(t.data(), t.data(), cols, rows, f, tensor_id);
+  fake_quantize_ref(t.data(), t.data(), cols, rows, f, tensor_id, counters);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = t[static_cast<size_t>(c * rows + r)];
 }

@@ -69,18 +69,31 @@ class format_quantizer : public operand_quantizer {
   bool feature_axis_groups() const override { return plan_.feature_axis; }
   void apply(gemm_operand op, int linear, int64_t step, const float* in, float* out, int64_t rows,
              int64_t cols) override {
-    fake_quantize(in, out, rows, cols, *formats_[int(op)], stream_id(seed_, step, linear, op));
+    // Rows are tokens for X and dY (any axis=din operand but the weights): a shard's rows start
+    // at first_token of the whole batch.
+    const bool token_rows = op != gemm_operand::w_fwd && op != gemm_operand::w_dx;
+    const sr_counters counters{token_rows ? uint64_t(first_token_ * cols) : 0, -1};
+    fake_quantize(in, out, rows, cols, *formats_[int(op)], stream_id(seed_, step, linear, op), counters);
   }
   bool apply_columns(gemm_operand op, int linear, int64_t step, const float* in, float* out, int64_t rows,
                      int64_t cols) override {
-    fake_quantize_columns(in, out, rows, cols, *formats_[int(op)], stream_id(seed_, step, linear, op));
+    // Groups along tokens (X, dY of the dW GEMM): the transposed tensor's rows hold all tokens.
+    const bool token_rows = op != gemm_operand::w_dx;
+    const sr_counters counters = token_rows && total_tokens_ > 0 ? sr_counters{uint64_t(first_token_), total_tokens_}
+                                                                 : sr_counters{};
+    fake_quantize_columns(in, out, rows, cols, *formats_[int(op)], stream_id(seed_, step, linear, op), counters);
     return true;
+  }
+  void set_token_shard(int64_t first_token, int64_t total_tokens) override {
+    first_token_ = first_token;
+    total_tokens_ = total_tokens;
   }
 
  private:
   training_plan plan_;
   uint64_t seed_;
   std::array<std::optional<format>, gemm_operand_count> formats_;
+  int64_t first_token_ = 0, total_tokens_ = -1;  // -1: the batch is whole
 };
 
 // Flexpoint with Autoflex exponents per (linear, operand): per tensor and per use.

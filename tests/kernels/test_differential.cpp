@@ -269,6 +269,47 @@ TEST(Differential, ColumnGroupsAreTheTransposedRows) {
   }
 }
 
+// A shard of rows with its counters (data-parallel training's share of the tokens) draws what the
+// whole tensor draws: fake_quantize of rows [r0, r1) with base r0 * cols, and
+// fake_quantize_columns of rows [r0, r1) (r0 on a group boundary) with base r0 and stride rows,
+// equal those rows of the whole tensor's result — fast and reference, every SIMD target.
+TEST(Differential, RowShardsDrawWhatTheWholeTensorDraws) {
+  std::mt19937 gen(seed(9));
+  const int64_t rows = 96, cols = 40, r0 = 32, r1 = 96;
+  std::vector<float> x(static_cast<size_t>(rows * cols));
+  std::normal_distribution<float> d(0, 1);
+  for (auto& v : x) v = d(gen);
+  for (const auto& t : simd_targets()) {
+    force_simd_target(t.first);
+    for (const char* spec : {"e2m1/g32~sr:4", "mxfp4~sr", "int8/c~sr", "e4m3fn/g16:e4m3~sr", "pow0.5(int4/g32~sr)"}) {
+      const format f = parse_format(spec);
+      std::vector<float> whole(x.size()), whole_cols(x.size()), part((r1 - r0) * cols), part_cols(part.size());
+      fake_quantize(x.data(), whole.data(), rows, cols, f, 5);
+      fake_quantize_columns(x.data(), whole_cols.data(), rows, cols, f, 5);
+      const float* xs = x.data() + r0 * cols;
+      for (bool ref : {false, true}) {
+        if (ref) {
+          fake_quantize_ref(xs, part.data(), r1 - r0, cols, f, 5, {uint64_t(r0 * cols), -1});
+          fake_quantize_columns_ref(xs, part_cols.data(), r1 - r0, cols, f, 5, {uint64_t(r0), rows});
+        } else {
+          fake_quantize(xs, part.data(), r1 - r0, cols, f, 5, {uint64_t(r0 * cols), -1});
+          fake_quantize_columns(xs, part_cols.data(), r1 - r0, cols, f, 5, {uint64_t(r0), rows});
+        }
+        for (size_t i = 0; i < part.size(); ++i) {
+          ASSERT_TRUE(same(part[i], whole[r0 * cols + i])) << spec << " rows, ref " << ref << " target " << t.second;
+          // (a per-channel group along the rows spans every shard: only row groups can be sharded)
+          if (f.gran == granularity::group)
+            ASSERT_TRUE(same(part_cols[i], whole_cols[r0 * cols + i])) << spec << " columns, ref " << ref << " target " << t.second;
+        }
+      }
+      // and without the counters the shard draws other noise
+      fake_quantize(xs, part.data(), r1 - r0, cols, f, 5);
+      EXPECT_NE(std::memcmp(part.data(), whole.data() + r0 * cols, part.size() * 4), 0) << spec;
+    }
+  }
+  force_simd_target(0);
+}
+
 // Tensors above the streaming threshold (8 MiB): non-temporal stores, prefetch and the batched
 // group scales run on whole rows; the result is still the reference's, bit for bit.
 TEST(Differential, LargeTensorsStreamAndBatch) {

@@ -59,6 +59,11 @@ class operand_quantizer {
   // then need no transposed copy. Returns false when this quantizer has no such path (the
   // caller transposes and calls apply).
   virtual bool apply_columns(gemm_operand, int, int64_t, const float*, float*, int64_t, int64_t) { return false; }
+  // Data-parallel training: this process's tokens are [first_token, first_token + N) of a global
+  // batch of total_tokens. Stochastic rounding of the token-indexed operands (X, dY) then draws
+  // what one process quantizing the whole batch would (sr_counters), so that the ranks' noise is
+  // independent and the run follows the single-process trajectory.
+  virtual void set_token_shard(int64_t /*first_token*/, int64_t /*total_tokens*/) {}
   // Quantizer state that a checkpoint must keep (Autoflex histories); null when stateless.
   virtual nlohmann::json state() const { return nullptr; }
   // Frozen: quantize with the current state and do not update it (validation must not steer

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "lowbit/formats/format.hpp"
+#include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/scale.hpp"
 
 namespace lowbit {
@@ -21,6 +22,6 @@ float fake_quantize_value_ref(const format& f, float x, const group_scale& gs, f
 // fake_quantize_ref on rows [r0, r1) of a [rows, cols] tensor (a per-tensor scale still comes
 // from every row): the fast kernels' explicit scalar fallback, a block of rows per thread.
 void fake_quantize_rows_ref(const float* in, float* out, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
-                            const format& f, uint64_t tensor_id);
+                            const format& f, uint64_t tensor_id, sr_counters counters = {});
 
 }  // namespace lowbit

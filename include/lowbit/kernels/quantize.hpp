@@ -52,24 +52,38 @@ void unpack_codes(const uint8_t* src, int64_t n, int bits, uint32_t* codes);
 quantized_tensor quantize_ref(const float* x, int64_t rows, int64_t cols, const format& f,
                               uint64_t tensor_id = 0);
 void dequantize_ref(const quantized_tensor& q, float* out);
+// Stochastic rounding's counter of element (r, c) of the tensor as the kernel groups it is
+// base + r * row_stride + c (row_stride < 0: cols, i.e. the element's own index). A shard of a
+// larger tensor (data-parallel training: one rank's tokens) then draws what the whole tensor
+// would; the default is the tensor itself.
+struct sr_counters {
+  uint64_t base = 0;
+  int64_t row_stride = -1;
+  uint64_t of(int64_t r, int64_t cols) const {
+    return base + static_cast<uint64_t>(r) * static_cast<uint64_t>(row_stride < 0 ? cols : row_stride);
+  }
+};
+
 // out = dequantize(quantize(in)); in == out is allowed.
 void fake_quantize_ref(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
-                       uint64_t tensor_id = 0);
+                       uint64_t tensor_id = 0, sr_counters counters = {});
 // Groups along rows instead of columns: out = Q(in^T)^T for in [rows, cols] (the element index
 // of stochastic rounding is the transposed tensor's, c * rows + r). Training quantizes the
 // token-grouped operands of the dW GEMM and W grouped along its outputs this way, without a
 // transposed copy. in == out is allowed.
+// `counters` describe the transposed tensor [cols, rows] (a shard of tokens: base = its first
+// token, row_stride = all tokens).
 void fake_quantize_columns_ref(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
-                               uint64_t tensor_id = 0);
+                               uint64_t tensor_id = 0, sr_counters counters = {});
 
 // ---- fast kernels (SIMD + threads; bit-exact with the reference) ------------------------------
 quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const format& f,
                           uint64_t tensor_id = 0);
 void dequantize(const quantized_tensor& q, float* out);
 void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
-                   uint64_t tensor_id = 0);
+                   uint64_t tensor_id = 0, sr_counters counters = {});
 void fake_quantize_columns(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
-                           uint64_t tensor_id = 0);
+                           uint64_t tensor_id = 0, sr_counters counters = {});
 
 // Forces every fast kernel onto its _ref twin (for debugging; STYLE 6).
 void set_use_ref(bool use_ref);
