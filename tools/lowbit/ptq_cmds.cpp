@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -125,7 +126,16 @@ void cmd_quantize(const quantize_cli_options& o) {
   if (fs::exists(fs::path(qo.checkpoint_dir) / "state.json"))
     std::cerr << fmt::format("quantize: resuming from {}\n", qo.checkpoint_dir);
   progress_bar bar(fmt::format("quantize {} {}", o.method, o.weights), "step");
-  const auto progress = [&](int64_t d, int64_t t) { bar.update(d, t); };
+  // Tests stop a run part-way, as a kill would, to check that the next run resumes.
+  const char* stop = std::getenv("LOWBIT_QUANTIZE_STOP_AFTER_STEPS");
+  const int64_t stop_after = stop ? std::atoll(stop) : 0;
+  int64_t steps_seen = 0;
+  const auto progress = [&](int64_t d, int64_t t) {
+    bar.update(d, t);
+    if (stop_after > 0 && ++steps_seen == stop_after)
+      throw error(fmt::format("quantize: stopped after {} steps (LOWBIT_QUANTIZE_STOP_AFTER_STEPS, for tests)",
+                              stop_after));
+  };
   ptq::quantize_report r;
   std::optional<model> whole;  // --rotate only
   std::map<std::string, quantized_tensor> whole_codes;
