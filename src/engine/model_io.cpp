@@ -413,7 +413,7 @@ quantized_tensor tensor_reader::read_codes(const std::string& name) const {
   throw error(fmt::format("{}: tensor '{}' has no codes", header.source_path, name));
 }
 
-std::unique_ptr<tensor_reader> model_reader(const model& m, const std::map<std::string, quantized_tensor>* codes) {
+std::unique_ptr<tensor_reader> reader_of(const model& m, const std::map<std::string, quantized_tensor>* codes) {
   return std::make_unique<in_memory_reader>(m, codes);
 }
 
@@ -439,7 +439,7 @@ void save_safetensors_model(const model& m, const std::string& path, const std::
       throw shape_error(fmt::format("{}: packed '{}' is [{}, {}], the tensor [{}, {}]", path, name, q.rows, q.cols,
                                     t.rows(), t.cols()));
   }
-  save_safetensors_model(*model_reader(m, &packed), path, dtype, !packed.empty());
+  save_safetensors_model(*reader_of(m, &packed), path, dtype, !packed.empty());
 }
 
 void save_safetensors_model(const tensor_reader& r, const std::string& path, const std::string& dtype,
@@ -535,7 +535,7 @@ void save_gguf_model(const model& m, const std::string& path) { save_gguf_model(
 
 void save_gguf_model(const model& m, const std::string& path, const gguf_export& ex) {
   m.validate();
-  save_gguf_model(*model_reader(m, &ex.packed), path, ex.types);
+  save_gguf_model(*reader_of(m, &ex.packed), path, ex.types);
 }
 
 void save_gguf_model(const tensor_reader& r, const std::string& path, const std::map<std::string, uint32_t>& types) {

@@ -629,7 +629,7 @@ class shard_reader final : public tensor_reader {
 quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const quantize_options& o,
                                const ptq_progress& progress) {
   m.validate();
-  const std::string fingerprint = o.checkpoint_dir.empty() ? "" : run_fingerprint(*model_reader(m), ids, o);
+  const std::string fingerprint = o.checkpoint_dir.empty() ? "" : run_fingerprint(*reader_of(m), ids, o);
   if (o.rotate) rotate_residual(m, o.rotate_seed);
   if (o.equalize)
     for (int l = 0; l < m.config.n_layers; ++l) equalize_block(m, l, block_groups(m.config));

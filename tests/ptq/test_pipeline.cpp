@@ -399,10 +399,10 @@ TEST(Streaming, WritesTheBytesOfTheInMemoryPipeline) {
     std::string fmt, ext;
     bool equalize;
   };
-  const std::vector<run_case> cases = {{ptq::method::gptq, "int4/g32", ".safetensors", false},
-                                       {ptq::method::awq, "q4_0", ".gguf", false},
+  const std::vector<run_case> cases = {{ptq::method::awq, "q4_0", ".gguf", false},
                                        {ptq::method::smoothquant, "int4/g32", ".safetensors", true},
-                                       {ptq::method::rtn, "int4/g32~sr:3", ".safetensors", false}};
+                                       {ptq::method::rtn, "int4/g32~sr:3", ".safetensors", false},
+                                       {ptq::method::gptq, "int4/g32", ".safetensors", false}};  // last: packed
   const auto source = open_model_reader(stories_path);
   for (const run_case& c : cases) {
     SCOPED_TRACE(std::string(ptq::method_name(c.how)) + " " + c.fmt + c.ext);
@@ -419,13 +419,21 @@ TEST(Streaming, WritesTheBytesOfTheInMemoryPipeline) {
     EXPECT_TRUE(bytes_a == bytes_b) << a << " and " << b << " differ";
   }
 
-  // A GGUF input (F32) streams too, and gives what its in-memory load gives.
+  // A GGUF input (F32) and a quantized input (the packed int4/g32 file above, dequantized as it
+  // is read) stream too, and give what their in-memory loads give.
   save_gguf_model(load_model(stories_path), dir + "/input.gguf");
-  const auto o = stream_options(ptq::method::gptq, "int4/g32");
-  write_in_memory(load_model(dir + "/input.gguf"), o, dir + "/gguf_memory.safetensors");
-  std::filesystem::remove_all(dir + "/shards");
-  write_streamed(*open_model_reader(dir + "/input.gguf"), o, dir + "/shards", dir + "/gguf_streamed.safetensors");
-  EXPECT_TRUE(file_bytes(dir + "/gguf_memory.safetensors") == file_bytes(dir + "/gguf_streamed.safetensors"));
+  std::filesystem::rename(dir + "/memory.safetensors", dir + "/packed.safetensors");
+  const auto o = stream_options(ptq::method::gptq, "int8/g32");
+  for (const std::string& input : {dir + "/input.gguf", dir + "/packed.safetensors"}) {
+    SCOPED_TRACE(input);
+    if (input.find("packed") != std::string::npos) {
+      EXPECT_EQ(load_packed_tensors(input).size(), 35u);  // every weight stored as codes
+    }
+    write_in_memory(load_model(input), o, dir + "/memory.safetensors");
+    std::filesystem::remove_all(dir + "/shards");
+    write_streamed(*open_model_reader(input), o, dir + "/shards", dir + "/streamed.safetensors");
+    EXPECT_TRUE(file_bytes(dir + "/memory.safetensors") == file_bytes(dir + "/streamed.safetensors"));
+  }
   std::filesystem::remove_all(dir);
 }
 

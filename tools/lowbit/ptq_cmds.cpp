@@ -146,7 +146,7 @@ void cmd_quantize(const quantize_cli_options& o) {
     whole = read_whole_model(*source);
     r = ptq::quantize_model(*whole, ids, qo, progress);
     pack_linear_weights(*whole, qo.weights, r.packed, whole_codes);
-    quantized = model_reader(*whole, &whole_codes);
+    quantized = reader_of(*whole, &whole_codes);
   } else {
     r = ptq::quantize_to_shards(*source, ids, qo, progress);
     quantized = ptq::read_quantized_shards(*source, qo.checkpoint_dir);

@@ -110,7 +110,7 @@ class tensor_reader {
 // The reader for a model file (what load_model reads; the same checks, made as tensors are read).
 std::unique_ptr<tensor_reader> open_model_reader(const std::string& path);
 // A reader of m (which must outlive it); `codes` (may be null) are its coded tensors.
-std::unique_ptr<tensor_reader> model_reader(const model& m, const std::map<std::string, quantized_tensor>* codes = nullptr);
+std::unique_ptr<tensor_reader> reader_of(const model& m, const std::map<std::string, quantized_tensor>* codes = nullptr);
 // Every tensor of r in memory, validated.
 model read_whole_model(const tensor_reader& r);
 
