@@ -3,6 +3,9 @@
 
 #include <array>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <set>
 #include <string>
 
@@ -232,6 +235,33 @@ TEST(CliQuantize, GgufAndSafetensorsEvaluateLikeTheModelInMemory) {
   const result t2 = run("tokenize --tokenizer " + tok512 + " --bos --json 'Once upon a time, Lily'");
   ASSERT_EQ(t.code, 0) << t.out;
   EXPECT_EQ(nlohmann::json::parse(t.out)[0]["ids"], nlohmann::json::parse(t2.out)[0]["ids"]);
+}
+
+// A run stopped in block 2 leaves its finished blocks in OUT.partial; the same command resumes
+// from there and writes the bytes an uninterrupted run writes.
+TEST(CliQuantize, StoppedRunResumesWithTheSameBytes) {
+  const std::string dir = testing::TempDir() + "lowbit_cli_quantize_resume";
+  std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  const std::string args = "quantize --model " + stories + " --data " + tinystories +
+                           " --weights int4/g32 --method gptq --calib-samples 8 --calib-ctx 128 -o ";
+  const result whole = run(args + dir + "/whole.safetensors");
+  ASSERT_EQ(whole.code, 0) << whole.out;
+  // 8 windows x 2 passes = 16 steps a block: step 37 is in block 2.
+  const result stopped = lowbit::testing::run_command("LOWBIT_QUANTIZE_STOP_AFTER_STEPS=37 " + std::string(LOWBIT_CLI) +
+                                                      " " + args + dir + "/resumed.safetensors");
+  EXPECT_NE(stopped.code, 0) << stopped.out;
+  EXPECT_TRUE(std::filesystem::exists(dir + "/resumed.safetensors.partial/blk.1.safetensors"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/resumed.safetensors.partial/blk.2.safetensors"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/resumed.safetensors"));
+  const result resumed = run(args + dir + "/resumed.safetensors", "", true);
+  ASSERT_EQ(resumed.code, 0) << resumed.out;
+  EXPECT_NE(resumed.out.find("resuming from"), std::string::npos) << resumed.out;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/resumed.safetensors.partial"));
+  auto bytes = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  EXPECT_TRUE(bytes(dir + "/whole.safetensors") == bytes(dir + "/resumed.safetensors"));
 }
 
 TEST(CliQuantize, BadRequestsSayWhatWouldWork) {

@@ -782,7 +782,7 @@ void gguf_writer::add_tensor(const std::string& name, const std::vector<int64_t>
       break;
   }
   if (bytes.size() != nbytes) throw error(fmt::format("gguf_writer: internal: tensor '{}' encoded to {} bytes, expected {}", name, bytes.size(), nbytes));
-  tensors_.push_back({name, shape, type, std::move(bytes)});
+  tensors_.push_back({name, shape, type, std::move(bytes), {}, nbytes});
 }
 
 void gguf_writer::add_tensor_raw(const std::string& name, const std::vector<int64_t>& shape, ggml_type type,
@@ -794,7 +794,16 @@ void gguf_writer::add_tensor_raw(const std::string& name, const std::vector<int6
   if (bytes.size() != nbytes)
     throw error(fmt::format("gguf_writer: tensor '{}' ({} of {} elements) needs {} bytes; {} given", name,
                             ggml_type_name(type), rows * cols, nbytes, bytes.size()));
-  tensors_.push_back({name, shape, type, std::move(bytes)});
+  tensors_.push_back({name, shape, type, std::move(bytes), {}, nbytes});
+}
+
+void gguf_writer::add_tensor_deferred(const std::string& name, const std::vector<int64_t>& shape, ggml_type type,
+                                      std::function<std::vector<uint8_t>()> bytes) {
+  std::vector<std::string> names;
+  for (const auto& t : tensors_) names.push_back(t.name);
+  int64_t rows = 0, cols = 0;
+  const uint64_t nbytes = check_tensor(names, name, shape, type, &rows, &cols);
+  tensors_.push_back({name, shape, type, {}, std::move(bytes), nbytes});
 }
 
 void gguf_writer::write(const std::string& path, uint32_t alignment) const {
@@ -843,15 +852,20 @@ void gguf_writer::write(const std::string& path, uint32_t alignment) const {
     for (auto it = t.shape.rbegin(); it != t.shape.rend(); ++it) s.put<int64_t>(*it);  // ne[0] = row length
     s.put<uint32_t>(static_cast<uint32_t>(t.type));
     s.put<uint64_t>(offset);
-    offset += align_up(t.bytes.size(), align);
+    offset += align_up(t.size, align);
   }
   s.b.resize(align_up(s.b.size(), align), 0);
 
   atomic_file_writer w(path);
   w.write(s.b.data(), s.b.size());
   for (const auto& t : tensors_) {
-    w.write(t.bytes.data(), t.bytes.size());
-    w.write_zeros(static_cast<size_t>(align_up(t.bytes.size(), align) - t.bytes.size()));
+    const std::vector<uint8_t> made = t.deferred ? t.deferred() : std::vector<uint8_t>{};
+    const std::vector<uint8_t>& bytes = t.deferred ? made : t.bytes;
+    if (bytes.size() != t.size)
+      throw error(fmt::format("cannot write GGUF '{}': tensor '{}' made {} bytes, expected {}", path, t.name,
+                              bytes.size(), t.size));
+    w.write(bytes.data(), bytes.size());
+    w.write_zeros(static_cast<size_t>(align_up(t.size, align) - t.size));
   }
   w.commit();
 }

@@ -1,10 +1,13 @@
 // Model files <-> the canonical in-memory model (CONVENTIONS 18): Hugging Face safetensors
 // (LlamaForCausalLM, GPT2LMHeadModel) with config.json, and GGUF.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <set>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -236,43 +239,66 @@ nlohmann::json packed_description(const safetensors_file& f) {
   return packed;
 }
 
-}  // namespace
-
-model load_safetensors_model(const std::string& path) {
-  safetensors_file f(path);
-  // config.json beside the file, or the copy lowbit writes into the metadata.
-  const fs::path cfg_path = fs::path(path).parent_path() / "config.json";
-  nlohmann::json cfg;
-  std::string cfg_name;
-  if (auto it = f.metadata().find("lowbit.config"); it != f.metadata().end()) {
-    cfg_name = path + " (metadata lowbit.config)";
-    cfg = nlohmann::json::parse(it->second, nullptr, false);
-    if (cfg.is_discarded()) throw error(fmt::format("{}: lowbit.config is not valid JSON", path));
-  } else if (fs::exists(cfg_path)) {
-    cfg_name = cfg_path.string();
-    std::ifstream in(cfg_path);
-    cfg = nlohmann::json::parse(in, nullptr, false);
-    if (cfg.is_discarded()) throw error(fmt::format("{}: not valid JSON", cfg_name));
-  } else {
-    throw error(fmt::format("{}: no config.json beside it and no lowbit.config metadata", path));
-  }
-  model m;
-  m.source_path = path;
-  m.config = config_from_hf_json(cfg, cfg_name);
-  // A separate classifier is present when the file has lm_head.weight, whatever the flag says.
-  if (m.config.tied_classifier && f.find("lm_head.weight") &&
-      m.config.arch == architecture::llama)
-    m.config.tied_classifier = false;
-  std::string prefix;
-  if (m.config.arch == architecture::gpt2 && f.find("transformer.wte.weight")) prefix = "transformer.";
-  const nlohmann::json packed = packed_description(f);
-  for (const name_map& n : hf_names(m.config, prefix)) {
-    if (packed.contains(n.canonical)) {
-      m.tensors[n.canonical] = read_packed(f, n.canonical, packed[n.canonical]);
-      continue;
+// Hugging Face / lowbit safetensors, read one canonical tensor at a time.
+class safetensors_reader final : public tensor_reader {
+ public:
+  explicit safetensors_reader(const std::string& path) : f_(path) {
+    // config.json beside the file, or the copy lowbit writes into the metadata.
+    const fs::path cfg_path = fs::path(path).parent_path() / "config.json";
+    nlohmann::json cfg;
+    std::string cfg_name;
+    if (auto it = f_.metadata().find("lowbit.config"); it != f_.metadata().end()) {
+      cfg_name = path + " (metadata lowbit.config)";
+      cfg = nlohmann::json::parse(it->second, nullptr, false);
+      if (cfg.is_discarded()) throw error(fmt::format("{}: lowbit.config is not valid JSON", path));
+    } else if (fs::exists(cfg_path)) {
+      cfg_name = cfg_path.string();
+      std::ifstream in(cfg_path);
+      cfg = nlohmann::json::parse(in, nullptr, false);
+      if (cfg.is_discarded()) throw error(fmt::format("{}: not valid JSON", cfg_name));
+    } else {
+      throw error(fmt::format("{}: no config.json beside it and no lowbit.config metadata", path));
     }
-    const st_tensor_info& info = f.get(n.hf);
-    tensor t{info.shape, f.read_f32(n.hf)};
+    model& m = header;
+    m.source_path = path;
+    m.config = config_from_hf_json(cfg, cfg_name);
+    // A separate classifier is present when the file has lm_head.weight, whatever the flag says.
+    if (m.config.tied_classifier && f_.find("lm_head.weight") && m.config.arch == architecture::llama)
+      m.config.tied_classifier = false;
+    std::string prefix;
+    if (m.config.arch == architecture::gpt2 && f_.find("transformer.wte.weight")) prefix = "transformer.";
+    packed_ = packed_description(f_);
+    for (const name_map& n : hf_names(m.config, prefix)) {
+      names_[n.canonical] = n;
+      tensor& t = m.tensors[n.canonical];
+      if (packed_.contains(n.canonical)) {
+        const nlohmann::json& d = packed_[n.canonical];
+        if (d.is_object() && d.contains("shape") && d["shape"].is_array())
+          for (const auto& v : d["shape"]) t.shape.push_back(v.is_number_integer() ? v.get<int64_t>() : -1);
+        continue;
+      }
+      t.shape = f_.get(n.hf).shape;
+      if (n.transpose && t.shape.size() == 2) std::swap(t.shape[0], t.shape[1]);
+    }
+    if (auto it = f_.metadata().find("lowbit.tokenizer"); it != f_.metadata().end()) m.tokenizer.kind = it->second;
+    if (auto it = f_.metadata().find("lowbit.tokenizer_path"); it != f_.metadata().end())
+      m.tokenizer.path = it->second;
+    if (auto it = f_.metadata().find("lowbit.provenance"); it != f_.metadata().end()) m.provenance = it->second;
+  }
+
+  tensor read(const std::string& name) const override {
+    const auto it = names_.find(name);
+    if (it == names_.end()) throw error(fmt::format("{}: no tensor '{}'", f_.path(), name));
+    const name_map& n = it->second;
+    if (packed_.contains(n.canonical)) {
+      tensor t = read_packed(f_, n.canonical, packed_[n.canonical]);
+      for (const char* suffix : {".codes", ".scales", ".zero_points", ".tensor_scale"})
+        if (const st_tensor_info* part = f_.find(n.canonical + suffix)) release(*part);
+      return t;
+    }
+    const st_tensor_info& info = f_.get(n.hf);
+    tensor t{info.shape, f_.read_f32(n.hf)};  // releases the pages it reads
+    const std::string& path = f_.path();
     if (n.transpose) {
       if (t.shape.size() != 2)
         throw shape_error(fmt::format("{}: tensor '{}' should be a matrix", path, n.hf));
@@ -284,61 +310,197 @@ model load_safetensors_model(const std::string& path) {
                                       t.shape.empty() ? 0 : t.shape[0], n.rope_heads));
       t = rotate_half_to_interleaved(t, n.rope_heads, false);
     }
-    m.tensors[n.canonical] = std::move(t);
+    return t;
   }
-  if (auto it = f.metadata().find("lowbit.tokenizer"); it != f.metadata().end())
-    m.tokenizer.kind = it->second;
-  if (auto it = f.metadata().find("lowbit.tokenizer_path"); it != f.metadata().end())
-    m.tokenizer.path = it->second;
-  if (auto it = f.metadata().find("lowbit.provenance"); it != f.metadata().end()) m.provenance = it->second;
+
+ private:
+  void release(const st_tensor_info& t) const { release_mapped_pages(f_.raw(t), t.end - t.begin); }
+  safetensors_file f_;
+  nlohmann::json packed_;
+  std::map<std::string, name_map> names_;  // canonical -> file name and conversion
+};
+
+// GGUF, read (dequantized) one tensor at a time.
+class gguf_reader final : public tensor_reader {
+ public:
+  explicit gguf_reader(const std::string& path) : f_(path) {
+    gguf_file& f = f_;
+    model& m = header;
+    m.source_path = path;
+    const std::string arch = f.get_string("general.architecture");
+    model_config& c = m.config;
+    try {
+      c.arch = parse_architecture(arch);
+    } catch (const error& e) {
+      throw error(fmt::format("{}: general.architecture: {}", path, e.what()));
+    }
+    auto key = [&](const char* k) { return arch + "." + k; };
+    auto int_key = [&](const char* k) -> int {
+      const int64_t v = f.get_int(key(k));
+      if (v < 0 || v > (int64_t(1) << 30)) throw error(fmt::format("{}: {} = {} is out of range", path, key(k), v));
+      return static_cast<int>(v);
+    };
+    c.dim = int_key("embedding_length");
+    c.hidden_dim = int_key("feed_forward_length");
+    c.n_layers = int_key("block_count");
+    c.n_heads = int_key("attention.head_count");
+    c.n_kv_heads = f.find_kv(key("attention.head_count_kv")) ? int_key("attention.head_count_kv") : c.n_heads;
+    c.max_seq_len = int_key("context_length");
+    if (c.arch == architecture::llama) {
+      c.norm_eps = static_cast<float>(f.get_float(key("attention.layer_norm_rms_epsilon")));
+      if (f.find_kv(key("rope.freq_base"))) c.rope_theta = static_cast<float>(f.get_float(key("rope.freq_base")));
+    } else {
+      c.norm_eps = static_cast<float>(f.get_float(key("attention.layer_norm_epsilon")));
+    }
+    const gguf_tensor_info& emb = f.get("token_embd.weight");
+    if (emb.ne.size() != 2) throw error(fmt::format("{}: token_embd.weight should be 2-D", path));
+    c.vocab_size = static_cast<int>(emb.ne[1]);
+    c.tied_classifier = f.find("output.weight") == nullptr;
+    try {
+      c.validate();
+    } catch (const error& e) {
+      throw error(fmt::format("{}: {}", path, e.what()));
+    }
+    for (const gguf_tensor_info& t : f.tensors()) m.tensors[t.name].shape = t.shape();
+    if (f.find_kv("tokenizer.ggml.tokens")) m.tokenizer = {"gguf", path};
+    else if (f.find_kv("lowbit.tokenizer")) m.tokenizer.kind = f.get_string("lowbit.tokenizer");
+    if (f.find_kv("lowbit.tokenizer_path")) m.tokenizer.path = f.get_string("lowbit.tokenizer_path");
+    if (f.find_kv("lowbit.provenance")) m.provenance = f.get_string("lowbit.provenance");
+  }
+
+  tensor read(const std::string& name) const override {
+    const gguf_tensor_info& info = f_.get(name);
+    tensor t{info.shape(), f_.read_f32(name)};
+    release_mapped_pages(f_.raw(info), info.bytes);
+    return t;
+  }
+
+ private:
+  gguf_file f_;
+};
+
+// A model in memory, with the codes its caller has for some tensors.
+class in_memory_reader final : public tensor_reader {
+ public:
+  in_memory_reader(const model& m, const std::map<std::string, quantized_tensor>* codes) : m_(m), codes_(codes) {
+    header.config = m.config;
+    header.tokenizer = m.tokenizer;
+    header.source_path = m.source_path;
+    header.provenance = m.provenance;
+    for (const auto& [name, t] : m.tensors) header.tensors[name].shape = t.shape;
+  }
+  tensor read(const std::string& name) const override { return m_.get(name); }
+  std::vector<std::string> coded_names() const override {
+    std::vector<std::string> names;
+    if (codes_)
+      for (const auto& [name, q] : *codes_) names.push_back(name);
+    return names;
+  }
+  quantized_tensor read_codes(const std::string& name) const override {
+    if (codes_)
+      if (auto it = codes_->find(name); it != codes_->end()) return it->second;
+    return tensor_reader::read_codes(name);
+  }
+
+ private:
+  const model& m_;
+  const std::map<std::string, quantized_tensor>* codes_;
+};
+
+}  // namespace
+
+quantized_tensor tensor_reader::read_codes(const std::string& name) const {
+  throw error(fmt::format("{}: tensor '{}' has no codes", header.source_path, name));
+}
+
+std::unique_ptr<tensor_reader> reader_of(const model& m, const std::map<std::string, quantized_tensor>* codes) {
+  return std::make_unique<in_memory_reader>(m, codes);
+}
+
+model read_whole_model(const tensor_reader& r) {
+  model m;
+  m.config = r.header.config;
+  m.tokenizer = r.header.tokenizer;
+  m.source_path = r.header.source_path;
+  m.provenance = r.header.provenance;
+  for (const auto& [name, shape_only] : r.header.tensors) m.tensors[name] = r.read(name);
   m.validate();
   return m;
 }
 
+model load_safetensors_model(const std::string& path) { return read_whole_model(safetensors_reader(path)); }
+
 void save_safetensors_model(const model& m, const std::string& path, const std::string& dtype,
                             const std::map<std::string, quantized_tensor>& packed) {
   m.validate();
-  const st_dtype type = dtype == "F32" ? st_dtype::f32 : dtype == "F16" ? st_dtype::f16
-                        : dtype == "BF16" ? st_dtype::bf16
-                        : throw error(fmt::format("{}: dtype '{}' (expected F32, F16 or BF16)", path, dtype));
-  std::vector<name_map> names = hf_names(m.config, "");
-  std::vector<tensor> converted;
-  converted.reserve(names.size());
-  std::vector<st_write_tensor> out;
-  // Packed tensors keep the canonical name and orientation (their rows are the format's rows).
-  nlohmann::json description = nlohmann::json::object();
-  std::vector<std::vector<int64_t>> shapes;
-  shapes.reserve(packed.size() * 4);
-  std::vector<st_write_tensor> packed_out;
   for (const auto& [name, q] : packed) {
     const tensor& t = m.get(name);
     if (q.rows != t.rows() || q.cols != t.cols())
       throw shape_error(fmt::format("{}: packed '{}' is [{}, {}], the tensor [{}, {}]", path, name, q.rows, q.cols,
                                     t.rows(), t.cols()));
+  }
+  save_safetensors_model(*reader_of(m, &packed), path, dtype, !packed.empty());
+}
+
+void save_safetensors_model(const tensor_reader& r, const std::string& path, const std::string& dtype,
+                            bool with_codes) {
+  const model& m = r.header;
+  const st_dtype type = dtype == "F32" ? st_dtype::f32 : dtype == "F16" ? st_dtype::f16
+                        : dtype == "BF16" ? st_dtype::bf16
+                        : throw error(fmt::format("{}: dtype '{}' (expected F32, F16 or BF16)", path, dtype));
+  const std::vector<std::string> coded = with_codes ? r.coded_names() : std::vector<std::string>{};
+  const std::set<std::string> packed(coded.begin(), coded.end());
+  std::vector<st_write_tensor> out;
+  // Each tensor is read when the writer reaches it; the parts of a packed tensor share one read.
+  auto last = std::make_shared<std::pair<std::string, quantized_tensor>>();
+  auto codes_of = [&r, last](const std::string& name) -> const quantized_tensor& {
+    if (last->first != name) *last = {name, r.read_codes(name)};
+    return last->second;
+  };
+  for (const name_map& n : hf_names(m.config, "")) {
+    if (packed.count(n.canonical)) continue;
+    std::vector<int64_t> shape = m.get(n.canonical).shape;
+    if (n.transpose && shape.size() == 2) std::swap(shape[0], shape[1]);
+    st_write_tensor t{n.hf, type, shape};
+    t.load_values = [&r, n] {
+      tensor t = r.read(n.canonical);
+      if (n.transpose) return transposed(t).data;
+      if (n.rope_heads) return rotate_half_to_interleaved(t, n.rope_heads, true).data;
+      return std::move(t.data);
+    };
+    out.push_back(std::move(t));
+  }
+  // Packed tensors keep the canonical name and orientation (their rows are the format's rows).
+  nlohmann::json description = nlohmann::json::object();
+  for (const std::string& name : coded) {
+    const quantized_tensor& q = codes_of(name);
+    const tensor& t = m.get(name);
+    if (q.rows != t.rows() || q.cols != t.cols())
+      throw shape_error(fmt::format("{}: packed '{}' is [{}, {}], the tensor [{}, {}]", path, name, q.rows, q.cols,
+                                    t.rows(), t.cols()));
     description[name] = {{"format", format_name(q.fmt)}, {"shape", {q.rows, q.cols}}};
-    packed_out.push_back({name + ".codes", st_dtype::u8, {q.rows, q.row_bytes}, nullptr, q.codes.data()});
+    auto part = [&](const std::string& suffix, st_dtype dt, std::vector<int64_t> shape,
+                    std::function<std::vector<uint8_t>(const quantized_tensor&)> bytes) {
+      st_write_tensor w{name + suffix, dt, std::move(shape)};
+      w.load_bytes = [codes_of, name, bytes] { return bytes(codes_of(name)); };
+      out.push_back(std::move(w));
+    };
+    auto as_bytes = [](const auto& v) {
+      const auto* p = reinterpret_cast<const uint8_t*>(v.data());
+      return std::vector<uint8_t>(p, p + v.size() * sizeof(v[0]));
+    };
+    part(".codes", st_dtype::u8, {q.rows, q.row_bytes}, [](const quantized_tensor& x) { return x.codes; });
     // One scale (zero point) per group in row-major (row, group) order: rows x groups for
     // group and row formats, a single one per tensor.
-    packed_out.push_back({name + ".scales", st_dtype::f32, {int64_t(q.scales.size())}, nullptr, q.scales.data()});
+    part(".scales", st_dtype::f32, {int64_t(q.scales.size())},
+         [as_bytes](const quantized_tensor& x) { return as_bytes(x.scales); });
     if (!q.zero_points.empty())
-      packed_out.push_back({name + ".zero_points", st_dtype::i32, {int64_t(q.zero_points.size())}, nullptr,
-                            q.zero_points.data()});
+      part(".zero_points", st_dtype::i32, {int64_t(q.zero_points.size())},
+           [as_bytes](const quantized_tensor& x) { return as_bytes(x.zero_points); });
     if (q.tensor_scale != 1.0f)
-      packed_out.push_back({name + ".tensor_scale", st_dtype::f32, {1}, nullptr, &q.tensor_scale});
+      part(".tensor_scale", st_dtype::f32, {1},
+           [as_bytes](const quantized_tensor& x) { return as_bytes(std::vector<float>{x.tensor_scale}); });
   }
-  std::vector<name_map> kept;
-  for (const name_map& n : names)
-    if (!packed.count(n.canonical)) kept.push_back(n);
-  names = kept;
-  for (const name_map& n : names) {
-    const tensor& t = m.get(n.canonical);
-    if (n.transpose) converted.push_back(transposed(t));
-    else if (n.rope_heads) converted.push_back(rotate_half_to_interleaved(t, n.rope_heads, true));
-    else converted.push_back(t);
-  }
-  for (size_t i = 0; i < names.size(); ++i)
-    out.push_back({names[i].hf, type, converted[i].shape, converted[i].data.data()});
-  out.insert(out.end(), packed_out.begin(), packed_out.end());
   const std::string cfg = config_to_hf_json(m.config).dump(2);
   std::map<std::string, std::string> meta{{"format", "pt"}, {"lowbit.config", cfg}};
   if (!m.tokenizer.kind.empty()) meta["lowbit.tokenizer"] = m.tokenizer.kind;
@@ -367,62 +529,17 @@ std::map<std::string, quantized_tensor> load_packed_tensors(const std::string& p
   return out;
 }
 
-model load_gguf_model(const std::string& path) {
-  gguf_file f(path);
-  model m;
-  m.source_path = path;
-  const std::string arch = f.get_string("general.architecture");
-  model_config& c = m.config;
-  try {
-    c.arch = parse_architecture(arch);
-  } catch (const error& e) {
-    throw error(fmt::format("{}: general.architecture: {}", path, e.what()));
-  }
-  auto key = [&](const char* k) { return arch + "." + k; };
-  auto int_key = [&](const char* k) -> int {
-    const int64_t v = f.get_int(key(k));
-    if (v < 0 || v > (int64_t(1) << 30)) throw error(fmt::format("{}: {} = {} is out of range", path, key(k), v));
-    return static_cast<int>(v);
-  };
-  c.dim = int_key("embedding_length");
-  c.hidden_dim = int_key("feed_forward_length");
-  c.n_layers = int_key("block_count");
-  c.n_heads = int_key("attention.head_count");
-  c.n_kv_heads = f.find_kv(key("attention.head_count_kv")) ? int_key("attention.head_count_kv") : c.n_heads;
-  c.max_seq_len = int_key("context_length");
-  if (c.arch == architecture::llama) {
-    c.norm_eps = static_cast<float>(f.get_float(key("attention.layer_norm_rms_epsilon")));
-    if (f.find_kv(key("rope.freq_base"))) c.rope_theta = static_cast<float>(f.get_float(key("rope.freq_base")));
-  } else {
-    c.norm_eps = static_cast<float>(f.get_float(key("attention.layer_norm_epsilon")));
-  }
-  const gguf_tensor_info& emb = f.get("token_embd.weight");
-  if (emb.ne.size() != 2) throw error(fmt::format("{}: token_embd.weight should be 2-D", path));
-  c.vocab_size = static_cast<int>(emb.ne[1]);
-  c.tied_classifier = f.find("output.weight") == nullptr;
-  try {
-    c.validate();
-  } catch (const error& e) {
-    throw error(fmt::format("{}: {}", path, e.what()));
-  }
-  for (const gguf_tensor_info& t : f.tensors()) {
-    tensor x;
-    x.shape.assign(t.ne.rbegin(), t.ne.rend());
-    x.data = f.read_f32(t.name);
-    m.tensors[t.name] = std::move(x);
-  }
-  if (f.find_kv("tokenizer.ggml.tokens")) m.tokenizer = {"gguf", path};
-  else if (f.find_kv("lowbit.tokenizer")) m.tokenizer.kind = f.get_string("lowbit.tokenizer");
-  if (f.find_kv("lowbit.tokenizer_path")) m.tokenizer.path = f.get_string("lowbit.tokenizer_path");
-  if (f.find_kv("lowbit.provenance")) m.provenance = f.get_string("lowbit.provenance");
-  m.validate();
-  return m;
-}
+model load_gguf_model(const std::string& path) { return read_whole_model(gguf_reader(path)); }
 
 void save_gguf_model(const model& m, const std::string& path) { save_gguf_model(m, path, gguf_export{}); }
 
 void save_gguf_model(const model& m, const std::string& path, const gguf_export& ex) {
   m.validate();
+  save_gguf_model(*reader_of(m, &ex.packed), path, ex.types);
+}
+
+void save_gguf_model(const tensor_reader& r, const std::string& path, const std::map<std::string, uint32_t>& types) {
+  const model& m = r.header;
   const model_config& c = m.config;
   if (c.l1_norm)
     throw error(fmt::format("{}: an L1-normalised model cannot be written as GGUF (llama.cpp has RMSNorm "
@@ -475,28 +592,41 @@ void save_gguf_model(const model& m, const std::string& path, const gguf_export&
     if (!m.tokenizer.path.empty()) w.add_string("lowbit.tokenizer_path", m.tokenizer.path);
   }
   if (!m.provenance.empty()) w.add_string("lowbit.provenance", m.provenance);
-  for (const auto& [name, t] : m.tensors) {
-    const auto it = ex.types.find(name);
-    const ggml_type type = it == ex.types.end() ? ggml_type::f32 : static_cast<ggml_type>(it->second);
-    if (type == ggml_type::f32 || type == ggml_type::f16 || type == ggml_type::bf16) {
-      w.add_tensor(name, t.shape, t.data.data(), type);
-      continue;
-    }
-    const format f = parse_format(type == ggml_type::q8_0 ? "q8_0" : type == ggml_type::q4_0 ? "q4_0" : "mxfp4");
-    quantized_tensor q;
-    if (auto p = ex.packed.find(name); p != ex.packed.end() && p->second.fmt == f) {
-      q = p->second;
-    } else {
-      q = quantize(t.data.data(), t.rows(), t.cols(), f);
-    }
-    std::vector<float> back(t.data.size());
-    dequantize(q, back.data());
-    for (size_t i = 0; i < back.size(); ++i)
-      if (back[i] != t.data[i] && !(std::isnan(back[i]) && std::isnan(t.data[i])))
-        throw error(fmt::format("{}: tensor '{}' is not exactly representable as {} (element {}: {} vs {}); "
-                                "quantize it in that format first", path, name, ggml_type_name(type), i,
-                                t.data[i], back[i]));
-    w.add_tensor_raw(name, t.shape, type, encode_ggml_blocks(q, type));
+  const std::vector<std::string> coded = r.coded_names();
+  const std::set<std::string> has_codes(coded.begin(), coded.end());
+  // Every tensor is read and encoded when the writer reaches it: one tensor in memory at a time.
+  for (const auto& [name, shape_only] : m.tensors) {
+    const auto it = types.find(name);
+    const ggml_type type = it == types.end() ? ggml_type::f32 : static_cast<ggml_type>(it->second);
+    w.add_tensor_deferred(name, shape_only.shape, type, [&r, &has_codes, &path, name, type] {
+      const tensor t = r.read(name);
+      std::vector<uint8_t> bytes;
+      if (type == ggml_type::f32 || type == ggml_type::f16 || type == ggml_type::bf16) {
+        bytes.resize(t.data.size() * (type == ggml_type::f32 ? 4 : 2));
+        if (type == ggml_type::f32) std::memcpy(bytes.data(), t.data.data(), bytes.size());
+        else
+          for (size_t i = 0; i < t.data.size(); ++i) {
+            const uint16_t h = type == ggml_type::f16 ? f32_to_fp16(t.data[i]) : f32_to_bf16(t.data[i]);
+            std::memcpy(bytes.data() + 2 * i, &h, 2);
+          }
+        return bytes;
+      }
+      const format f = parse_format(type == ggml_type::q8_0 ? "q8_0" : type == ggml_type::q4_0 ? "q4_0" : "mxfp4");
+      std::optional<quantized_tensor> q;
+      if (has_codes.count(name)) {
+        q = r.read_codes(name);
+        if (!(q->fmt == f)) q.reset();
+      }
+      if (!q) q = quantize(t.data.data(), t.rows(), t.cols(), f);
+      std::vector<float> back(t.data.size());
+      dequantize(*q, back.data());
+      for (size_t i = 0; i < back.size(); ++i)
+        if (back[i] != t.data[i] && !(std::isnan(back[i]) && std::isnan(t.data[i])))
+          throw error(fmt::format("{}: tensor '{}' is not exactly representable as {} (element {}: {} vs {}); "
+                                  "quantize it in that format first", path, name, ggml_type_name(type), i,
+                                  t.data[i], back[i]));
+      return encode_ggml_blocks(*q, type);
+    });
   }
   w.write(path);
 }
@@ -511,21 +641,36 @@ uint32_t ggml_type_for_format(const format& f) {
   return static_cast<uint32_t>(t);
 }
 
-std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex) {
+std::vector<std::string> gguf_export_types(const model& header, uint32_t type, std::map<std::string, uint32_t>& types) {
   std::vector<std::string> fallbacks;
   const int block = ggml_block_size(static_cast<ggml_type>(type));
-  for (const std::string& name : m.linear_weight_names()) {
-    tensor& t = m.get_mut(name);
-    if (t.cols() % block == 0) {
-      ex.types[name] = type;
+  for (const std::string& name : header.linear_weight_names()) {
+    if (header.get(name).cols() % block == 0) {
+      types[name] = type;
     } else {  // Q8_0 has the same block of 32: F16 is the nearest wider type that fits
-      fake_quantize(t.data.data(), t.data.data(), t.rows(), t.cols(), parse_format("fp16"));
-      ex.types[name] = static_cast<uint32_t>(ggml_type::f16);
-      ex.packed.erase(name);
+      types[name] = static_cast<uint32_t>(ggml_type::f16);
       fallbacks.push_back(name);
     }
   }
   return fallbacks;
+}
+
+std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex) {
+  const std::vector<std::string> fallbacks = gguf_export_types(m, type, ex.types);
+  for (const std::string& name : fallbacks) {  // the values in memory as the file will hold them
+    tensor& t = m.get_mut(name);
+    fake_quantize(t.data.data(), t.data.data(), t.rows(), t.cols(), parse_format("fp16"));
+    ex.packed.erase(name);
+  }
+  return fallbacks;
+}
+
+std::optional<quantized_tensor> exact_codes(const tensor& t, const format& f) {
+  quantized_tensor q = quantize(t.data.data(), t.rows(), t.cols(), f);
+  std::vector<float> back(t.data.size());
+  dequantize(q, back.data());
+  if (back != t.data) return std::nullopt;
+  return q;
 }
 
 std::vector<std::string> pack_linear_weights(const model& m, const format& f,
@@ -533,31 +678,109 @@ std::vector<std::string> pack_linear_weights(const model& m, const format& f,
                                              std::map<std::string, quantized_tensor>& packed) {
   std::vector<std::string> kept_float;
   for (const std::string& name : m.linear_weight_names()) {
-    const tensor& t = m.get(name);
     if (auto it = known.find(name); it != known.end()) {
       packed[name] = it->second;
       continue;
     }
-    quantized_tensor q = quantize(t.data.data(), t.rows(), t.cols(), f);
-    std::vector<float> back(t.data.size());
-    dequantize(q, back.data());
-    if (back == t.data) packed[name] = std::move(q);
+    if (auto q = exact_codes(m.get(name), f)) packed[name] = std::move(*q);
     else kept_float.push_back(name);
   }
   return kept_float;
 }
 
-model load_model(const std::string& path) {
+// ---- shards ---------------------------------------------------------------------------------
+namespace {
+
+constexpr const char* kShardChecksum = "lowbit.shard_checksum";
+
+// FNV-1a over the data block, 8 bytes at a time (the block is a whole number of 4-byte values
+// padded by the writer's layout; a tail is mixed bytewise).
+uint64_t shard_checksum(const std::vector<std::pair<const uint8_t*, uint64_t>>& parts) {
+  uint64_t h = 1469598103934665603ull;
+  for (const auto& [p, n] : parts) {
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t w;
+      std::memcpy(&w, p + i, 8);
+      h = (h ^ w) * 1099511628211ull;
+    }
+    for (; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  }
+  return h;
+}
+
+}  // namespace
+
+void save_tensor_shard(const std::string& path, const tensor_shard& shard) {
+  std::vector<st_write_tensor> out;
+  std::vector<std::pair<const uint8_t*, uint64_t>> parts;
+  auto add = [&](const std::string& name, st_dtype type, std::vector<int64_t> shape, const void* bytes, uint64_t n) {
+    out.push_back({name, type, std::move(shape), nullptr, bytes});
+    parts.push_back({static_cast<const uint8_t*>(bytes), n});
+  };
+  for (const auto& [name, t] : shard.tensors) add(name, st_dtype::f32, t.shape, t.data.data(), t.data.size() * 4);
+  nlohmann::json description = nlohmann::json::object();
+  for (const auto& [name, q] : shard.codes) {
+    description[name] = {{"format", format_name(q.fmt)}, {"shape", {q.rows, q.cols}}};
+    add(name + ".codes", st_dtype::u8, {q.rows, q.row_bytes}, q.codes.data(), q.codes.size());
+    add(name + ".scales", st_dtype::f32, {int64_t(q.scales.size())}, q.scales.data(), q.scales.size() * 4);
+    if (!q.zero_points.empty())
+      add(name + ".zero_points", st_dtype::i32, {int64_t(q.zero_points.size())}, q.zero_points.data(),
+          q.zero_points.size() * 4);
+    add(name + ".tensor_scale", st_dtype::f32, {1}, &q.tensor_scale, 4);
+  }
+  std::map<std::string, std::string> meta = shard.metadata;
+  meta["lowbit.packed"] = description.dump();
+  meta[kShardChecksum] = fmt::format("{:016x}", shard_checksum(parts));
+  write_safetensors(path, out, meta);
+}
+
+tensor_shard load_tensor_shard(const std::string& path) {
+  const safetensors_file f(path);  // refuses a truncated file: the header's extents are checked
+  auto it = f.metadata().find(kShardChecksum);
+  if (it == f.metadata().end()) throw error(fmt::format("{}: not a lowbit shard (no {})", path, kShardChecksum));
+  // Checksum in file order (the order it was written in).
+  std::vector<const st_tensor_info*> infos;
+  for (const st_tensor_info& t : f.tensors()) infos.push_back(&t);
+  std::sort(infos.begin(), infos.end(), [](const st_tensor_info* a, const st_tensor_info* b) { return a->begin < b->begin; });
+  std::vector<std::pair<const uint8_t*, uint64_t>> parts;
+  for (const st_tensor_info* t : infos) parts.push_back({f.raw(*t), t->end - t->begin});
+  const uint64_t checksum = shard_checksum(parts);
+  for (const auto& [p, n] : parts) release_mapped_pages(p, n);  // read again below, a tensor at a time
+  if (fmt::format("{:016x}", checksum) != it->second)
+    throw error(fmt::format("{}: the shard's data does not match its checksum (corrupted); remove it (or its "
+                            "directory) to recompute", path));
+  tensor_shard shard;
+  const nlohmann::json packed = packed_description(f);
+  std::set<std::string> code_parts;
+  for (auto p = packed.begin(); p != packed.end(); ++p) {
+    shard.codes[p.key()] = read_packed_codes(f, p.key(), p.value());
+    for (const char* suffix : {".codes", ".scales", ".zero_points", ".tensor_scale"}) code_parts.insert(p.key() + suffix);
+  }
+  for (const st_tensor_info& t : f.tensors()) {
+    if (code_parts.count(t.name)) continue;
+    if (t.dtype != st_dtype::f32)
+      throw error(fmt::format("{}: shard tensor '{}' is {}, expected F32", path, t.name, st_dtype_name(t.dtype)));
+    shard.tensors[t.name] = tensor{t.shape, f.read_f32(t.name)};
+  }
+  for (const auto& [k, v] : f.metadata())
+    if (k != kShardChecksum && k != "lowbit.packed") shard.metadata[k] = v;
+  return shard;
+}
+
+std::unique_ptr<tensor_reader> open_model_reader(const std::string& path) {
   if (!fs::exists(path)) throw error(fmt::format("{}: no such model file", path));
   char magic[4] = {0, 0, 0, 0};
   {
     std::ifstream in(path, std::ios::binary);
     in.read(magic, 4);
   }
-  if (std::string(magic, 4) == "GGUF" || ends_with(path, ".gguf")) return load_gguf_model(path);
-  if (ends_with(path, ".safetensors")) return load_safetensors_model(path);
-  if (ends_with(path, ".bin")) return load_llama2c(path);
+  if (std::string(magic, 4) == "GGUF" || ends_with(path, ".gguf")) return std::make_unique<gguf_reader>(path);
+  if (ends_with(path, ".safetensors")) return std::make_unique<safetensors_reader>(path);
+  if (ends_with(path, ".bin")) return open_llama2c_reader(path);
   throw error(fmt::format("{}: unknown model file (expected .bin (llama2.c), .safetensors or .gguf)", path));
 }
+
+model load_model(const std::string& path) { return read_whole_model(*open_model_reader(path)); }
 
 }  // namespace lowbit

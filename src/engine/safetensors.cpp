@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cmath>
@@ -114,6 +115,15 @@ mapped_file::mapped_file(const std::string& path) {
 
 mapped_file::~mapped_file() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), static_cast<size_t>(size_));
+}
+
+void release_mapped_pages(const void* p, uint64_t n) {
+  if (!p || n == 0) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(p) + n;
+  // Advice only: a failure leaves the pages mapped, which costs memory, not correctness.
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 // ---- atomic_file_writer -----------------------------------------------------------------------------
@@ -367,34 +377,39 @@ std::vector<float> safetensors_file::read_f32(const std::string& name) const {
   const uint8_t* p = raw(t);
   const size_t n = static_cast<size_t>(t.numel());  // validated: n * dtype size bytes are in the file
   std::vector<float> out(n);
-  switch (t.dtype) {
-    case st_dtype::f32:
-      if (n) std::memcpy(out.data(), p, n * 4);
-      break;
-    case st_dtype::f16:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, p + 2 * i, 2);
-        out[i] = fp16_to_f32(h);
+  if (t.dtype != st_dtype::f32 && t.dtype != st_dtype::f16 && t.dtype != st_dtype::bf16 && t.dtype != st_dtype::f64)
+    throw error(fmt::format("safetensors file '{}': tensor '{}' has dtype {}; read_f32 expects F32, F16, BF16 or F64",
+                            path_, name, st_dtype_name(t.dtype)));
+  // Chunk by chunk, each chunk's pages released once converted: the process holds the tensor,
+  // not the tensor and its file pages (which matters when a model is streamed through).
+  const size_t size = st_dtype_size(t.dtype);
+  constexpr size_t kChunk = size_t(1) << 20;  // elements
+  for (size_t i0 = 0; i0 < n; i0 += kChunk) {
+    const size_t i1 = std::min(n, i0 + kChunk);
+    if (t.dtype == st_dtype::f32) std::memcpy(out.data() + i0, p + 4 * i0, 4 * (i1 - i0));
+    else for (size_t i = i0; i < i1; ++i) {
+      const uint8_t* x = p + size * i;
+      switch (t.dtype) {
+        case st_dtype::f16: {
+          uint16_t h;
+          std::memcpy(&h, x, 2);
+          out[i] = fp16_to_f32(h);
+          break;
+        }
+        case st_dtype::bf16: {
+          uint16_t h;
+          std::memcpy(&h, x, 2);
+          out[i] = bf16_to_f32(h);
+          break;
+        }
+        default: {
+          double d;
+          std::memcpy(&d, x, 8);
+          out[i] = f64_to_f32(d);
+        }
       }
-      break;
-    case st_dtype::bf16:
-      for (size_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, p + 2 * i, 2);
-        out[i] = bf16_to_f32(h);
-      }
-      break;
-    case st_dtype::f64:
-      for (size_t i = 0; i < n; ++i) {
-        double d;
-        std::memcpy(&d, p + 8 * i, 8);
-        out[i] = f64_to_f32(d);
-      }
-      break;
-    default:
-      throw error(fmt::format("safetensors file '{}': tensor '{}' has dtype {}; read_f32 expects F32, F16, BF16 or F64",
-                              path_, name, st_dtype_name(t.dtype)));
+    }
+    release_mapped_pages(p + size * i0, size * (i1 - i0));
   }
   return out;
 }
@@ -423,7 +438,8 @@ void write_safetensors(const std::string& path, const std::vector<st_write_tenso
   for (const auto& t : tensors) {
     if (t.name == "__metadata__") fail("a tensor cannot be named '__metadata__'");
     if (!names.insert(t.name).second) fail(fmt::format("tensor '{}' is given twice", t.name));
-    if (!t.raw && t.dtype != st_dtype::f32 && t.dtype != st_dtype::f16 && t.dtype != st_dtype::bf16 && t.dtype != st_dtype::f64)
+    const bool as_bytes = t.raw || t.load_bytes;
+    if (!as_bytes && t.dtype != st_dtype::f32 && t.dtype != st_dtype::f16 && t.dtype != st_dtype::bf16 && t.dtype != st_dtype::f64)
       fail(fmt::format("tensor '{}' has dtype {}; the writer converts float32 data to F32, F16, BF16 or F64 only",
                        t.name, st_dtype_name(t.dtype)));
     uint64_t n = 1;
@@ -435,7 +451,7 @@ void write_safetensors(const std::string& path, const std::vector<st_write_tenso
       shape += (i ? "," : "") + std::to_string(t.shape[i]);
     }
     shape += ']';
-    if (n > 0 && !t.data && !t.raw) fail(fmt::format("tensor '{}' has {} elements but no data", t.name, n));
+    if (n > 0 && !t.data && !as_bytes && !t.load_values) fail(fmt::format("tensor '{}' has {} elements but no data", t.name, n));
     const uint64_t bytes = n * st_dtype_size(t.dtype);
     if (h.size() > 1) h += ',';
     h += json_quote(t.name, fmt::format("tensor name '{}'", t.name)) + ":{\"dtype\":\"" + st_dtype_name(t.dtype) +
@@ -456,17 +472,31 @@ void write_safetensors(const std::string& path, const std::vector<st_write_tenso
   for (size_t ti = 0; ti < tensors.size(); ++ti) {
     const st_write_tensor& t = tensors[ti];
     const uint64_t n = counts[ti];
-    if (t.raw) {
-      w.write(t.raw, static_cast<size_t>(n) * st_dtype_size(t.dtype));
+    if (t.raw || t.load_bytes) {
+      std::vector<uint8_t> loaded;
+      if (t.load_bytes) {
+        loaded = t.load_bytes();
+        if (loaded.size() != n * st_dtype_size(t.dtype))
+          fail(fmt::format("tensor '{}': {} bytes loaded, its header says {}", t.name, loaded.size(),
+                           n * st_dtype_size(t.dtype)));
+      }
+      w.write(t.load_bytes ? loaded.data() : t.raw, static_cast<size_t>(n) * st_dtype_size(t.dtype));
       continue;
     }
+    std::vector<float> loaded;
+    if (t.load_values) {
+      loaded = t.load_values();
+      if (loaded.size() != n)
+        fail(fmt::format("tensor '{}': {} values loaded, its header says {}", t.name, loaded.size(), n));
+    }
+    const float* values = t.load_values ? loaded.data() : t.data;
     if (t.dtype == st_dtype::f32) {
-      w.write(t.data, static_cast<size_t>(n) * 4);
+      w.write(values, static_cast<size_t>(n) * 4);
       continue;
     }
     for (uint64_t i0 = 0; i0 < n; i0 += kChunk) {
       const size_t k = static_cast<size_t>(std::min<uint64_t>(kChunk, n - i0));
-      const float* x = t.data + i0;
+      const float* x = values + i0;
       if (t.dtype == st_dtype::f64) {
         buf.resize(k * 8);
         for (size_t i = 0; i < k; ++i) {

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <memory>
 #include <random>
 
 #include <nlohmann/json.hpp>
@@ -152,14 +154,15 @@ void fold_scale(model& m, const std::string& block, const layer_group& g, const 
 }
 
 // What a checkpoint must match to be resumed: the model, the token stream and every option that
-// changes a bit of the result.
-std::string run_fingerprint(const model& m, const std::vector<int32_t>& ids, const quantize_options& o) {
+// changes a bit of the result. The model is read one tensor at a time (a file stays on disk).
+std::string run_fingerprint(const tensor_reader& source, const std::vector<int32_t>& ids, const quantize_options& o) {
   uint64_t h = 1469598103934665603ull;
   auto mix = [&](const void* p, size_t n) {
     for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const uint8_t*>(p)[i]) * 1099511628211ull;
   };
   mix(ids.data(), ids.size() * sizeof(int32_t));
-  for (const auto& [name, t] : m.tensors) {
+  for (const auto& [name, shape_only] : source.header.tensors) {
+    const tensor t = source.read(name);
     mix(name.data(), name.size());
     mix(t.data.data(), t.data.size() * sizeof(float));
   }
@@ -173,49 +176,79 @@ std::string run_fingerprint(const model& m, const std::vector<int32_t>& ids, con
   return fmt::format("{:016x}", h);
 }
 
-void save_checkpoint(const model& m, const quantize_report& report, int blocks_done, uint64_t tensor_id,
-                     const std::string& dir, const std::string& fingerprint) {
-  fs::create_directories(dir);
-  // The model goes to a file named for the block, then the state (atomic) names it and the
-  // previous file goes: a crash at any point leaves a state naming a complete model file.
-  const std::string model_file = fmt::format("model-{}.safetensors", blocks_done);
-  save_safetensors_model(m, (fs::path(dir) / model_file).string(), "F32", report.packed);
-  nlohmann::json layers = nlohmann::json::array();
-  for (const auto& l : report.layers)
-    layers.push_back({{"name", l.name}, {"seconds", l.seconds}, {"error", l.error}, {"rtn_error", l.rtn_error}});
-  // tensor_id: the stochastic-rounding stream position, so a resumed run draws what an
-  // uninterrupted one would.
-  const nlohmann::json state = {{"fingerprint", fingerprint}, {"blocks_done", blocks_done},
-                                {"tensor_id", tensor_id}, {"model", model_file}, {"layers", layers}};
-  write_text_file_atomic((fs::path(dir) / "state.json").string(), state.dump(1) + "\n");
-  const std::string previous = fmt::format("model-{}.safetensors", blocks_done - 1);
-  std::error_code ec;
-  fs::remove(fs::path(dir) / previous, ec);
+// RTN and PowerQuant look at each weight alone, unless bias correction needs the outputs.
+bool calibrated(const quantize_options& o) {
+  return !((o.how == method::rtn || o.how == method::powerquant) && !o.bias_correct);
 }
 
-// Returns the number of finished blocks restored into m and report (0 when there is nothing to
-// resume); throws when the directory holds another run's checkpoint.
-int load_checkpoint(model& m, quantize_report& report, uint64_t& tensor_id, const std::string& dir,
-                    const std::string& fingerprint) {
+std::string block_prefix(int l) { return fmt::format("blk.{}.", l); }
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
+
+std::string shard_path(const std::string& dir, int l) {
+  return (fs::path(dir) / fmt::format("blk.{}.safetensors", l)).string();
+}
+
+// After block l: its tensors (final values, and the exact codes of its linear weights: the
+// method's own where it has them, else the values re-encoded where that is exact) go to its shard,
+// then the state (atomic) counts the block. A crash at any point leaves a state naming complete
+// shards only.
+void save_block(model& work, int l, const quantize_report& report, const quantize_options& o, uint64_t tensor_id,
+                const std::string& fingerprint) {
+  const std::string& dir = o.checkpoint_dir;
+  fs::create_directories(dir);
+  const std::string block = block_prefix(l);
+  tensor_shard shard;
+  // The block's tensors move into the shard and back: no copy of a block's weights.
+  for (auto it = work.tensors.lower_bound(block); it != work.tensors.end() && starts_with(it->first, block); ++it)
+    shard.tensors[it->first] = std::move(it->second);
+  nlohmann::json known = nlohmann::json::array();
+  for (const std::string& name : work.linear_weight_names()) {
+    if (!starts_with(name, block)) continue;
+    if (auto it = report.packed.find(name); it != report.packed.end()) {
+      shard.codes[name] = it->second;
+      known.push_back(name);
+    } else if (auto q = exact_codes(shard.tensors.at(name), o.weights)) {
+      shard.codes[name] = std::move(*q);
+    }
+  }
+  shard.metadata["lowbit.known_codes"] = known.dump();
+  try {
+    save_tensor_shard(shard_path(dir, l), shard);
+  } catch (...) {
+    for (auto& [name, t] : shard.tensors) work.tensors[name] = std::move(t);
+    throw;
+  }
+  for (auto& [name, t] : shard.tensors) work.tensors[name] = std::move(t);
+  nlohmann::json layers = nlohmann::json::array();
+  for (const auto& lr : report.layers)
+    layers.push_back({{"name", lr.name}, {"seconds", lr.seconds}, {"error", lr.error}, {"rtn_error", lr.rtn_error}});
+  // tensor_id: the stochastic-rounding stream position, so a resumed run draws what an
+  // uninterrupted one would.
+  const nlohmann::json state = {{"fingerprint", fingerprint}, {"blocks_done", l + 1}, {"tensor_id", tensor_id},
+                                {"layers", layers}};
+  write_text_file_atomic((fs::path(dir) / "state.json").string(), state.dump(1) + "\n");
+}
+
+// Returns the number of finished blocks recorded in dir (0 when there is nothing to resume),
+// restoring report.layers and tensor_id; throws when the directory holds another run's checkpoint.
+int load_state(quantize_report& report, uint64_t& tensor_id, const std::string& dir, const std::string& fingerprint,
+               int n_layers) {
   const fs::path state_path = fs::path(dir) / "state.json";
   if (!fs::exists(state_path)) return 0;
   std::ifstream in(state_path);
   const nlohmann::json state = nlohmann::json::parse(in, nullptr, false);
   if (!state.is_object() || !state.contains("fingerprint") || !state.contains("blocks_done") ||
-      !state.contains("model") || !state["model"].is_string() || !state["blocks_done"].is_number_integer())
+      !state["blocks_done"].is_number_integer())
     throw error(fmt::format("{}: not a lowbit checkpoint state; remove the directory to start over", state_path.string()));
   if (state["fingerprint"] != fingerprint)
     throw error(fmt::format("{}: a checkpoint of another run (model, data or options differ); remove it to start "
                             "over", dir));
   const int64_t done = state["blocks_done"].get<int64_t>();
-  if (done < 0 || done > m.config.n_layers) throw error(fmt::format("{}: blocks_done {} is out of range", dir, done));
+  if (done < 0 || done > n_layers) throw error(fmt::format("{}: blocks_done {} is out of range", dir, done));
   if (!state.contains("tensor_id") || !state["tensor_id"].is_number_unsigned())
     throw error(fmt::format("{}: state.json has no tensor_id", dir));
   tensor_id = state["tensor_id"].get<uint64_t>();
-  const std::string model_path = (fs::path(dir) / state["model"].get<std::string>()).string();
-  model saved = load_safetensors_model(model_path);
-  for (auto& [name, t] : saved.tensors) m.get_mut(name).data = std::move(t.data);
-  report.packed = load_packed_tensors(model_path);
   const nlohmann::json layers = state.value("layers", nlohmann::json::array());
   if (!layers.is_array()) throw error(fmt::format("{}: state.json 'layers' is not an array", dir));
   for (const auto& l : layers) {
@@ -227,57 +260,244 @@ int load_checkpoint(model& m, quantize_report& report, uint64_t& tensor_id, cons
   return static_cast<int>(done);
 }
 
-// Cross-layer equalization of every (producer rows, consumer columns) pair whose scale folds
-// exactly (the groups with fold::rows). Returns the number of pairs equalized.
-int equalize_model(model& m, const std::vector<layer_group>& groups) {
-  int pairs = 0;
-  for (int l = 0; l < m.config.n_layers; ++l) {
-    const std::string block = fmt::format("blk.{}.", l);
-    for (const layer_group& g : groups) {
-      if (g.how != layer_group::fold::rows) continue;
-      tensor& w2 = m.get_mut(block + g.weights[0]);  // consumer [out, in]
-      const tensor& w1 = m.get(block + g.fold_tensor);  // producer rows [row0, row0 + in)
-      const int64_t in = w2.cols(), cols1 = w1.cols();
-      std::vector<float> s(in, 1.0f);
-      for (int64_t j = 0; j < in; ++j) {
-        float r1 = 0, r2 = 0;
-        for (int64_t c = 0; c < cols1; ++c) r1 = std::max(r1, std::fabs(w1.data[(g.fold_row0 + j) * cols1 + c]));
-        for (int64_t r = 0; r < w2.rows(); ++r) r2 = std::max(r2, std::fabs(w2.data[r * in + j]));
-        if (r1 > 0 && r2 > 0) s[j] = static_cast<float>(std::sqrt(double(r1) / double(r2)));
-      }
-      scale_columns(w2.data.data(), w2.rows(), in, s.data());
-      fold_scale(m, block, g, s);
-      ++pairs;
-    }
+// A finished block's shard, checked against the tensors the block must have (`shapes`: a model
+// or a reader's header), with the method's own codes.
+tensor_shard load_block_shard(const std::string& dir, int l, const model& shapes) {
+  const std::string path = shard_path(dir, l);
+  if (!fs::exists(path))
+    throw error(fmt::format("{}: missing, though state.json counts block {} as finished; remove {} to start over",
+                            path, l, dir));
+  tensor_shard shard = load_tensor_shard(path);
+  const std::string block = block_prefix(l);
+  size_t expected = 0;
+  for (auto it = shapes.tensors.lower_bound(block); it != shapes.tensors.end() && starts_with(it->first, block); ++it) {
+    ++expected;
+    const auto t = shard.tensors.find(it->first);
+    if (t == shard.tensors.end() || t->second.shape != it->second.shape)
+      throw error(fmt::format("{}: tensor '{}' is missing or of another shape; remove {} to start over", path,
+                              it->first, dir));
   }
-  return pairs;
+  if (shard.tensors.size() != expected)
+    throw error(fmt::format("{}: holds {} tensors, block {} has {}", path, shard.tensors.size(), l, expected));
+  return shard;
 }
 
-}  // namespace
+// A finished block back into the working model (resume), its method codes into the report.
+void restore_block(model& work, const model& shapes, int l, const std::string& dir, quantize_report& report) {
+  tensor_shard shard = load_block_shard(dir, l, shapes);
+  const nlohmann::json known = nlohmann::json::parse(shard.metadata["lowbit.known_codes"], nullptr, false);
+  if (!known.is_array()) throw error(fmt::format("{}: lowbit.known_codes is not a JSON array", shard_path(dir, l)));
+  for (const auto& name : known) {
+    if (!name.is_string() || !shard.codes.count(name.get<std::string>()))
+      throw error(fmt::format("{}: lowbit.known_codes names a tensor without codes", shard_path(dir, l)));
+    report.packed[name.get<std::string>()] = std::move(shard.codes[name.get<std::string>()]);
+  }
+  for (auto& [name, t] : shard.tensors) work.tensors[name] = std::move(t);
+}
 
-quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const quantize_options& o,
-                               const ptq_progress& progress) {
+// Cross-layer equalization of every (producer rows, consumer columns) pair of block l whose scale
+// folds exactly (the groups with fold::rows).
+void equalize_block(model& m, int l, const std::vector<layer_group>& groups) {
+  const std::string block = block_prefix(l);
+  for (const layer_group& g : groups) {
+    if (g.how != layer_group::fold::rows) continue;
+    tensor& w2 = m.get_mut(block + g.weights[0]);  // consumer [out, in]
+    const tensor& w1 = m.get(block + g.fold_tensor);  // producer rows [row0, row0 + in)
+    const int64_t in = w2.cols(), cols1 = w1.cols();
+    std::vector<float> s(in, 1.0f);
+    for (int64_t j = 0; j < in; ++j) {
+      float r1 = 0, r2 = 0;
+      for (int64_t c = 0; c < cols1; ++c) r1 = std::max(r1, std::fabs(w1.data[(g.fold_row0 + j) * cols1 + c]));
+      for (int64_t r = 0; r < w2.rows(); ++r) r2 = std::max(r2, std::fabs(w2.data[r * in + j]));
+      if (r1 > 0 && r2 > 0) s[j] = static_cast<float>(std::sqrt(double(r1) / double(r2)));
+    }
+    scale_columns(w2.data.data(), w2.rows(), in, s.data());
+    fold_scale(m, block, g, s);
+  }
+}
+
+// Step 2 of a block: quantize its linear weights from the collected inputs, group by group,
+// last first: a scale folded into the rows of an earlier layer of the block (v for attn_output, up
+// for ffn_down) must reach that layer while it is still float, as llm-awq applies every scale of
+// a block before quantizing it.
+void quantize_block_groups(model& m, const std::string& block, const std::vector<layer_group>& groups,
+                           std::vector<group_inputs>& inputs, const quantize_options& o, quantize_report& report,
+                           uint64_t& tensor_id) {
+  using clock = std::chrono::steady_clock;
+  for (size_t g = groups.size(); g-- > 0;) {
+    const layer_group& grp = groups[g];
+    group_inputs& gi = inputs[g];
+    const int64_t in = gi.in;
+    std::vector<std::vector<float>> originals;
+    std::vector<linear_weight> layers;
+    for (const std::string& wn : grp.weights) {
+      const tensor& t = m.get(block + wn);
+      originals.push_back(t.data);
+    }
+    for (size_t i = 0; i < grp.weights.size(); ++i)
+      layers.push_back({originals[i].data(), m.get(block + grp.weights[i]).rows()});
+    std::vector<float> scales;  // folded per-input-channel scale (AWQ, SmoothQuant)
+    std::vector<std::vector<float>> quantized(grp.weights.size());
+    const auto t0 = clock::now();
+    if (o.how == method::gptq) {
+      const std::vector<double> H = gi.hessian->matrix();
+      for (size_t i = 0; i < grp.weights.size(); ++i) {
+        gptq_options go = o.gptq;
+        go.tensor_id = ++tensor_id;
+        gptq_result r = gptq_quantize(originals[i].data(), layers[i].out, in, H.data(), o.weights, go);
+        quantized[i] = std::move(r.weights);
+        if (r.packed) report.packed[block + grp.weights[i]] = std::move(*r.packed);
+      }
+    } else if (o.how == method::awq) {
+      awq_options ao = o.awq;
+      ao.tensor_id = ++tensor_id;
+      if (grp.how == layer_group::fold::none) ao.n_grid = 1;  // s = 1: clipping search only
+      std::vector<bool> clip(grp.weights.size(), true);
+      for (size_t i = 0; i < grp.weights.size(); ++i)  // llm-awq skips q/k: "qk bmm"
+        if (grp.weights[i] == "attn_q.weight" || grp.weights[i] == "attn_k.weight" ||
+            grp.weights[i] == "attn_qkv.weight")
+          clip[i] = false;
+      awq_result r = awq_quantize(gi.rows.data(), gi.n_rows(), in, layers, o.weights, ao, clip);
+      for (size_t i = 0; i < grp.weights.size(); ++i) quantized[i] = std::move(r.layers[i].weights);
+      if (grp.how != layer_group::fold::none) scales = std::move(r.scales);
+    } else if (o.how == method::llmfp4) {  // LLM-FP4 (METHODS 4.6): split + clip search per layer
+      llmfp4_options lo;
+      lo.preshift = o.llmfp4_preshift;
+      // Pre-shifted exponent bias where a norm takes the per-channel factor 2^-rho_j; [M] the
+      // activation element is the weights' (W4A4 in one format), the channel maxima are those
+      // of the sampled rows.
+      if (lo.preshift && grp.how == layer_group::fold::norm && o.weights.element.kind == element_kind::minifloat &&
+          gi.n_rows() > 0) {
+        channel_stats st(in);
+        st.add(gi.rows.data(), gi.n_rows());
+        scales = llmfp4_preshift(st.absmax.data(), in, o.weights.element).scales;
+        if (std::all_of(scales.begin(), scales.end(), [](float v) { return v == 1.0f; })) scales.clear();
+      }
+      std::vector<float> Xs = gi.rows;  // the inputs the layer sees: X diag(s)^-1
+      if (!scales.empty()) divide_columns(Xs.data(), gi.n_rows(), in, scales.data());
+      for (size_t i = 0; i < grp.weights.size(); ++i) {
+        std::vector<float> w = originals[i];
+        if (!scales.empty()) scale_columns(w.data(), layers[i].out, in, scales.data());
+        llmfp4_options li = lo;
+        li.tensor_id = ++tensor_id;
+        llmfp4_result r = llmfp4_quantize(Xs.data(), gi.n_rows(), in, w.data(), layers[i].out, o.weights, li);
+        quantized[i] = std::move(r.weights);
+        report.packed[block + grp.weights[i]] = std::move(r.packed);
+      }
+    } else if (o.how == method::rtn || o.how == method::powerquant) {
+      for (size_t i = 0; i < grp.weights.size(); ++i)
+        quantized[i] = o.how == method::powerquant
+                           ? powerquant_search(originals[i].data(), layers[i].out, in, o.weights).weights
+                           : rtn_quantize(originals[i].data(), layers[i].out, in, o.weights, ++tensor_id);
+    } else if (o.how == method::imatrix) {
+      std::vector<float> importance(in);
+      for (int64_t j = 0; j < in; ++j) importance[j] = static_cast<float>(gi.sqsum[j] / std::max<int64_t>(1, gi.seen));
+      for (size_t i = 0; i < grp.weights.size(); ++i)
+        quantized[i] = importance_rtn(originals[i].data(), layers[i].out, in, o.weights, importance.data());
+    } else {  // smoothquant: migrate activation outliers where a norm takes the scale
+      if (grp.how == layer_group::fold::norm) {
+        scales = smoothquant_scales(gi.stats->absmax.data(), in, layers, o.smooth_alpha);
+      }
+      for (size_t i = 0; i < grp.weights.size(); ++i) {
+        std::vector<float> w = originals[i];
+        if (!scales.empty()) scale_columns(w.data(), layers[i].out, in, scales.data());
+        quantized[i] = rtn_quantize(w.data(), layers[i].out, in, o.weights, ++tensor_id);
+      }
+    }
+    // What the quantized layer computes with: inputs X / s and the float weight W diag(s).
+    std::vector<float> Xq = gi.rows;
+    if (!scales.empty()) divide_columns(Xq.data(), gi.n_rows(), in, scales.data());
+    for (size_t i = 0; i < grp.weights.size(); ++i) {
+      const std::string name = block + grp.weights[i];
+      std::vector<float> w_eff = originals[i];
+      if (!scales.empty()) scale_columns(w_eff.data(), layers[i].out, in, scales.data());
+      if (o.lorc_rank > 0) {  // LoRC: Q + U V, the error's best rank-k part (ZeroQuant-V2)
+        lorc_options lo;
+        lo.factor_format = o.lorc_format;
+        quantized[i] = lorc_compensate(w_eff.data(), quantized[i].data(), layers[i].out, in, o.lorc_rank, lo).weights;
+        report.packed.erase(name);  // no longer values of the format alone
+      }
+      if (o.bias_correct) {  // the mean output error over the calibration rows becomes 0
+        const std::string bias_name = name.substr(0, name.size() - 6) + "bias";
+        if (tensor* b = m.find(bias_name))
+          b->data = bias_correction(Xq.data(), gi.n_rows(), in, w_eff.data(), quantized[i].data(),
+                                    layers[i].out, b->data.data());
+      }
+    }
+    const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
+    // The report: output error on the sampled rows, against RTN of the original weight.
+    for (size_t i = 0; i < grp.weights.size(); ++i) {
+      const auto rtn = rtn_quantize(originals[i].data(), layers[i].out, in, o.weights, 0);
+      layer_report lr;
+      lr.name = block + grp.weights[i];
+      lr.seconds = seconds / grp.weights.size();
+      lr.error = layer_error(gi.rows, Xq, in, originals[i], quantized[i], layers[i].out);
+      lr.rtn_error = layer_error(gi.rows, gi.rows, in, originals[i], rtn, layers[i].out);
+      report.layers.push_back(lr);
+      m.get_mut(block + grp.weights[i]).data = std::move(quantized[i]);
+    }
+    if (!scales.empty()) fold_scale(m, block, grp, scales);
+  }
+}
+
+// How the block loop reaches the blocks: all in memory (quantize_model: nothing to do), or read
+// from a file as it gets to them and dropped when their shard is written (quantize_to_shards).
+struct block_access {
+  std::function<void(int)> load;     // block l's float tensors into the working model
+  std::function<void(int)> release;  // block l leaves the working model
+  std::function<void()> embedded;    // the windows are embedded: the embeddings may leave
+  // In memory, report.packed keeps every block's codes and a resumed run's finished blocks come
+  // back into the model; streamed, their shards hold both.
+  bool in_memory = true;
+  const model* shapes = nullptr;     // the tensors' shapes when the working model lacks them
+};
+
+// The layer-by-layer loop of both entry points (pipeline.hpp), on the working model `work`.
+quantize_report run_blocks(model& work, const std::string& fingerprint, const std::vector<int32_t>& ids,
+                           const quantize_options& o, const block_access& access, const ptq_progress& progress) {
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
-  m.validate();
-  const model_config& c = m.config;
+  const model_config& c = work.config;
   quantize_report report;
   const auto groups = block_groups(c);
   uint64_t tensor_id = 0;
-  if (o.rotate) rotate_residual(m, o.rotate_seed);
-  if (o.equalize) equalize_model(m, groups);
+  const bool checkpoints = !o.checkpoint_dir.empty();
+  const int first_block = checkpoints ? load_state(report, tensor_id, o.checkpoint_dir, fingerprint, c.n_layers) : 0;
+  report.resumed_at_block = first_block;
+  if (!access.in_memory && first_block == c.n_layers) return report;  // every shard is there already
+  // Block l leaves the pipeline: out of the working model (streamed) with its codes.
+  auto release_block = [&](int l) {
+    if (!access.in_memory)
+      for (auto it = report.packed.lower_bound(block_prefix(l));
+           it != report.packed.end() && starts_with(it->first, block_prefix(l));)
+        it = report.packed.erase(it);
+    access.release(l);
+  };
+  const model& shapes = access.shapes ? *access.shapes : work;
+  auto finish_block = [&](int l) {
+    if (checkpoints) save_block(work, l, report, o, tensor_id, fingerprint);
+    release_block(l);
+  };
 
-  const bool data_free = o.how == method::rtn || o.how == method::powerquant;
-  if (data_free && !o.bias_correct) {  // no calibration: every weight on its own
-    for (const std::string& name : m.linear_weight_names()) {
-      tensor& t = m.get_mut(name);
-      const auto t0 = clock::now();
-      auto q = o.how == method::powerquant
-                   ? powerquant_search(t.data.data(), t.rows(), t.cols(), o.weights).weights
-                   : rtn_quantize(t.data.data(), t.rows(), t.cols(), o.weights, ++tensor_id);
-      t.data = std::move(q);
-      report.layers.push_back({name, std::chrono::duration<double>(clock::now() - t0).count(), 0, 0});
-      if (progress) progress(report.layers.size(), m.linear_weight_names().size());
+  if (!calibrated(o)) {  // every weight on its own
+    const int64_t total = int64_t(work.linear_weight_names().size());
+    if (access.embedded) access.embedded();
+    for (int l = 0; l < first_block; ++l)  // finished: their values come back for the caller
+      if (access.in_memory) restore_block(work, shapes, l, o.checkpoint_dir, report);
+    for (int l = first_block; l < c.n_layers; ++l) {
+      access.load(l);
+      for (const std::string& name : work.linear_weight_names()) {
+        if (!starts_with(name, block_prefix(l))) continue;
+        tensor& t = work.get_mut(name);
+        const auto t0 = clock::now();
+        auto q = o.how == method::powerquant
+                     ? powerquant_search(t.data.data(), t.rows(), t.cols(), o.weights).weights
+                     : rtn_quantize(t.data.data(), t.rows(), t.cols(), o.weights, ++tensor_id);
+        t.data = std::move(q);
+        report.layers.push_back({name, std::chrono::duration<double>(clock::now() - t0).count(), 0, 0});
+        if (progress) progress(report.layers.size(), total);
+      }
+      finish_block(l);
     }
     report.seconds = std::chrono::duration<double>(clock::now() - t_start).count();
     return report;
@@ -294,27 +514,27 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
         throw error(fmt::format("calibration: token id {} outside the model's vocabulary", ids[s + i]));
 
   const int64_t dim = c.dim, W = int64_t(starts.size());
-  forward_session session(m, quant_plan{}, ctx);
+  forward_session session(work, quant_plan{}, ctx);
   std::vector<float> residual(W * ctx * dim);  // [window, token, dim]: the input of block l
-  const std::string fingerprint = o.checkpoint_dir.empty() ? "" : run_fingerprint(m, ids, o);
-  const int first_block =
-      o.checkpoint_dir.empty() ? 0 : load_checkpoint(m, report, tensor_id, o.checkpoint_dir, fingerprint);
-  report.resumed_at_block = first_block;
-  for (int64_t w = 0; w < W; ++w) {
-    session.embed(ids.data() + starts[w], ctx, residual.data() + w * ctx * dim);
-    // Resumed: the finished (quantized) blocks make the first unfinished block's input.
-    if (first_block > 0) session.forward_blocks(residual.data() + w * ctx * dim, ctx, 0, first_block);
+  for (int64_t w = 0; w < W; ++w) session.embed(ids.data() + starts[w], ctx, residual.data() + w * ctx * dim);
+  if (access.embedded) access.embedded();
+  // Resumed: the finished (quantized) blocks make the first unfinished block's input.
+  for (int l = 0; l < first_block; ++l) {
+    restore_block(work, shapes, l, o.checkpoint_dir, report);
+    for (int64_t w = 0; w < W; ++w) session.forward_blocks(residual.data() + w * ctx * dim, ctx, l, l + 1);
+    release_block(l);
   }
 
   const int64_t total_steps = int64_t(c.n_layers - first_block) * W * 2;
   int64_t steps = 0;
   std::vector<float> scratch(ctx * dim);
   for (int l = first_block; l < c.n_layers; ++l) {
-    const std::string block = fmt::format("blk.{}.", l);
+    const std::string block = block_prefix(l);
+    access.load(l);
     // ---- 1. collect the inputs of block l's linear layers ----
     std::vector<group_inputs> inputs(groups.size());
     for (size_t g = 0; g < groups.size(); ++g) {
-      const int64_t in = m.get(block + groups[g].weights[0]).cols();
+      const int64_t in = work.get(block + groups[g].weights[0]).cols();
       group_inputs& gi = inputs[g];
       gi.in = in;
       if (o.how == method::gptq) gi.hessian.emplace(in);
@@ -336,133 +556,126 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
     }
     session.set_dump(nullptr);
 
-    // ---- 2. quantize them, group by group, last first: a scale folded into the rows of an
-    // earlier layer of the block (v for attn_output, up for ffn_down) must reach that layer while
-    // it is still float, as llm-awq applies every scale of a block before quantizing it ----
-    for (size_t g = groups.size(); g-- > 0;) {
-      const layer_group& grp = groups[g];
-      group_inputs& gi = inputs[g];
-      const int64_t in = gi.in;
-      std::vector<std::vector<float>> originals;
-      std::vector<linear_weight> layers;
-      for (const std::string& wn : grp.weights) {
-        const tensor& t = m.get(block + wn);
-        originals.push_back(t.data);
-      }
-      for (size_t i = 0; i < grp.weights.size(); ++i)
-        layers.push_back({originals[i].data(), m.get(block + grp.weights[i]).rows()});
-      std::vector<float> scales;  // folded per-input-channel scale (AWQ, SmoothQuant)
-      std::vector<std::vector<float>> quantized(grp.weights.size());
-      const auto t0 = clock::now();
-      if (o.how == method::gptq) {
-        const std::vector<double> H = gi.hessian->matrix();
-        for (size_t i = 0; i < grp.weights.size(); ++i) {
-          gptq_options go = o.gptq;
-          go.tensor_id = ++tensor_id;
-          gptq_result r = gptq_quantize(originals[i].data(), layers[i].out, in, H.data(), o.weights, go);
-          quantized[i] = std::move(r.weights);
-          if (r.packed) report.packed[block + grp.weights[i]] = std::move(*r.packed);
-        }
-      } else if (o.how == method::awq) {
-        awq_options ao = o.awq;
-        ao.tensor_id = ++tensor_id;
-        if (grp.how == layer_group::fold::none) ao.n_grid = 1;  // s = 1: clipping search only
-        std::vector<bool> clip(grp.weights.size(), true);
-        for (size_t i = 0; i < grp.weights.size(); ++i)  // llm-awq skips q/k: "qk bmm"
-          if (grp.weights[i] == "attn_q.weight" || grp.weights[i] == "attn_k.weight" ||
-              grp.weights[i] == "attn_qkv.weight")
-            clip[i] = false;
-        awq_result r = awq_quantize(gi.rows.data(), gi.n_rows(), in, layers, o.weights, ao, clip);
-        for (size_t i = 0; i < grp.weights.size(); ++i) quantized[i] = std::move(r.layers[i].weights);
-        if (grp.how != layer_group::fold::none) scales = std::move(r.scales);
-      } else if (o.how == method::llmfp4) {  // LLM-FP4 (METHODS 4.6): split + clip search per layer
-        llmfp4_options lo;
-        lo.preshift = o.llmfp4_preshift;
-        // Pre-shifted exponent bias where a norm takes the per-channel factor 2^-rho_j; [M] the
-        // activation element is the weights' (W4A4 in one format), the channel maxima are those
-        // of the sampled rows.
-        if (lo.preshift && grp.how == layer_group::fold::norm && o.weights.element.kind == element_kind::minifloat &&
-            gi.n_rows() > 0) {
-          channel_stats st(in);
-          st.add(gi.rows.data(), gi.n_rows());
-          scales = llmfp4_preshift(st.absmax.data(), in, o.weights.element).scales;
-          if (std::all_of(scales.begin(), scales.end(), [](float v) { return v == 1.0f; })) scales.clear();
-        }
-        std::vector<float> Xs = gi.rows;  // the inputs the layer sees: X diag(s)^-1
-        if (!scales.empty()) divide_columns(Xs.data(), gi.n_rows(), in, scales.data());
-        for (size_t i = 0; i < grp.weights.size(); ++i) {
-          std::vector<float> w = originals[i];
-          if (!scales.empty()) scale_columns(w.data(), layers[i].out, in, scales.data());
-          llmfp4_options li = lo;
-          li.tensor_id = ++tensor_id;
-          llmfp4_result r = llmfp4_quantize(Xs.data(), gi.n_rows(), in, w.data(), layers[i].out, o.weights, li);
-          quantized[i] = std::move(r.weights);
-          report.packed[block + grp.weights[i]] = std::move(r.packed);
-        }
-      } else if (o.how == method::rtn || o.how == method::powerquant) {
-        for (size_t i = 0; i < grp.weights.size(); ++i)
-          quantized[i] = o.how == method::powerquant
-                             ? powerquant_search(originals[i].data(), layers[i].out, in, o.weights).weights
-                             : rtn_quantize(originals[i].data(), layers[i].out, in, o.weights, ++tensor_id);
-      } else if (o.how == method::imatrix) {
-        std::vector<float> importance(in);
-        for (int64_t j = 0; j < in; ++j) importance[j] = static_cast<float>(gi.sqsum[j] / std::max<int64_t>(1, gi.seen));
-        for (size_t i = 0; i < grp.weights.size(); ++i)
-          quantized[i] = importance_rtn(originals[i].data(), layers[i].out, in, o.weights, importance.data());
-      } else {  // smoothquant: migrate activation outliers where a norm takes the scale
-        if (grp.how == layer_group::fold::norm) {
-          scales = smoothquant_scales(gi.stats->absmax.data(), in, layers, o.smooth_alpha);
-        }
-        for (size_t i = 0; i < grp.weights.size(); ++i) {
-          std::vector<float> w = originals[i];
-          if (!scales.empty()) scale_columns(w.data(), layers[i].out, in, scales.data());
-          quantized[i] = rtn_quantize(w.data(), layers[i].out, in, o.weights, ++tensor_id);
-        }
-      }
-      // What the quantized layer computes with: inputs X / s and the float weight W diag(s).
-      std::vector<float> Xq = gi.rows;
-      if (!scales.empty()) divide_columns(Xq.data(), gi.n_rows(), in, scales.data());
-      for (size_t i = 0; i < grp.weights.size(); ++i) {
-        const std::string name = block + grp.weights[i];
-        std::vector<float> w_eff = originals[i];
-        if (!scales.empty()) scale_columns(w_eff.data(), layers[i].out, in, scales.data());
-        if (o.lorc_rank > 0) {  // LoRC: Q + U V, the error's best rank-k part (ZeroQuant-V2)
-          lorc_options lo;
-          lo.factor_format = o.lorc_format;
-          quantized[i] = lorc_compensate(w_eff.data(), quantized[i].data(), layers[i].out, in, o.lorc_rank, lo).weights;
-          report.packed.erase(name);  // no longer values of the format alone
-        }
-        if (o.bias_correct) {  // the mean output error over the calibration rows becomes 0
-          const std::string bias_name = name.substr(0, name.size() - 6) + "bias";
-          if (tensor* b = m.find(bias_name))
-            b->data = bias_correction(Xq.data(), gi.n_rows(), in, w_eff.data(), quantized[i].data(),
-                                      layers[i].out, b->data.data());
-        }
-      }
-      const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
-      // The report: output error on the sampled rows, against RTN of the original weight.
-      for (size_t i = 0; i < grp.weights.size(); ++i) {
-        const auto rtn = rtn_quantize(originals[i].data(), layers[i].out, in, o.weights, 0);
-        layer_report lr;
-        lr.name = block + grp.weights[i];
-        lr.seconds = seconds / grp.weights.size();
-        lr.error = layer_error(gi.rows, Xq, in, originals[i], quantized[i], layers[i].out);
-        lr.rtn_error = layer_error(gi.rows, gi.rows, in, originals[i], rtn, layers[i].out);
-        report.layers.push_back(lr);
-        m.get_mut(block + grp.weights[i]).data = std::move(quantized[i]);
-      }
-      if (!scales.empty()) fold_scale(m, block, grp, scales);
-    }
+    // ---- 2. quantize them ----
+    quantize_block_groups(work, block, groups, inputs, o, report, tensor_id);
 
     // ---- 3. the quantized block makes the next block's inputs ----
     for (int64_t w = 0; w < W; ++w) {
       session.forward_blocks(residual.data() + w * ctx * dim, ctx, l, l + 1);
       if (progress) progress(++steps, total_steps);
     }
-    if (!o.checkpoint_dir.empty()) save_checkpoint(m, report, l + 1, tensor_id, o.checkpoint_dir, fingerprint);
+    finish_block(l);
   }
   report.seconds = std::chrono::duration<double>(clock::now() - t_start).count();
   return report;
+}
+
+// The quantized model of a finished quantize_to_shards: block tensors from the shards (one shard
+// in memory at a time; the writers ask for a block's tensors together), the rest from the source.
+class shard_reader final : public tensor_reader {
+ public:
+  shard_reader(const tensor_reader& source, const std::string& dir) : source_(source), dir_(dir) {
+    header = source.header;
+    for (int l = 0; l < header.config.n_layers; ++l) {
+      const std::string path = shard_path(dir, l);
+      if (!fs::exists(path)) throw error(fmt::format("{}: missing; the quantization in {} is not finished", path, dir));
+      // The names alone (the header): the shard is checked when it is read.
+      const safetensors_file f(path);
+      const auto it = f.metadata().find("lowbit.packed");
+      const nlohmann::json packed =
+          it == f.metadata().end() ? nlohmann::json() : nlohmann::json::parse(it->second, nullptr, false);
+      if (!packed.is_object()) throw error(fmt::format("{}: not a lowbit shard (no lowbit.packed)", path));
+      for (auto p = packed.begin(); p != packed.end(); ++p) coded_.push_back(p.key());
+    }
+    std::sort(coded_.begin(), coded_.end());
+  }
+
+  tensor read(const std::string& name) const override {
+    const int l = block_of(name);
+    if (l < 0) return source_.read(name);
+    return shard(l).tensors.at(name);
+  }
+  std::vector<std::string> coded_names() const override { return coded_; }
+  quantized_tensor read_codes(const std::string& name) const override {
+    const int l = block_of(name);
+    if (l >= 0)
+      if (auto it = shard(l).codes.find(name); it != shard(l).codes.end()) return it->second;
+    return tensor_reader::read_codes(name);
+  }
+
+ private:
+  int block_of(const std::string& name) const {
+    if (!starts_with(name, "blk.")) return -1;
+    return std::stoi(name.substr(4));
+  }
+  const tensor_shard& shard(int l) const {
+    if (cached_block_ != l) {
+      cached_ = {};  // one shard in memory at a time
+      cached_block_ = -1;
+      cached_ = load_block_shard(dir_, l, header);
+      cached_block_ = l;
+    }
+    return cached_;
+  }
+  const tensor_reader& source_;
+  std::string dir_;
+  std::vector<std::string> coded_;
+  mutable int cached_block_ = -1;
+  mutable tensor_shard cached_;
+};
+
+}  // namespace
+
+quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const quantize_options& o,
+                               const ptq_progress& progress) {
+  m.validate();
+  const std::string fingerprint = o.checkpoint_dir.empty() ? "" : run_fingerprint(*reader_of(m), ids, o);
+  if (o.rotate) rotate_residual(m, o.rotate_seed);
+  if (o.equalize)
+    for (int l = 0; l < m.config.n_layers; ++l) equalize_block(m, l, block_groups(m.config));
+  block_access in_memory;
+  in_memory.load = [](int) {};
+  in_memory.release = [](int) {};
+  return run_blocks(m, fingerprint, ids, o, in_memory, progress);
+}
+
+quantize_report quantize_to_shards(const tensor_reader& source, const std::vector<int32_t>& ids,
+                                   const quantize_options& o, const ptq_progress& progress) {
+  if (o.checkpoint_dir.empty()) throw error("quantize_to_shards: no directory for the shards (checkpoint_dir)");
+  if (o.rotate)
+    throw error("quantize_to_shards: --rotate changes every weight and the embeddings at once; quantize the "
+                "whole model in memory (quantize_model) for it");
+  const model& shapes = source.header;
+  model work;  // the tensors in use: the embeddings while the windows are embedded, then one block
+  work.config = shapes.config;
+  work.source_path = shapes.source_path;
+  if (calibrated(o))
+    for (const char* name : {"token_embd.weight", "position_embd.weight"})
+      if (shapes.tensors.count(name)) work.tensors[name] = source.read(name);
+  const auto groups = block_groups(shapes.config);
+  block_access streamed;
+  streamed.in_memory = false;
+  streamed.shapes = &shapes;
+  streamed.load = [&](int l) {
+    const std::string block = block_prefix(l);
+    for (auto it = shapes.tensors.lower_bound(block); it != shapes.tensors.end() && starts_with(it->first, block); ++it)
+      work.tensors[it->first] = source.read(it->first);
+    if (o.equalize) equalize_block(work, l, groups);
+  };
+  streamed.release = [&](int l) {
+    const std::string block = block_prefix(l);
+    for (auto it = work.tensors.lower_bound(block); it != work.tensors.end() && starts_with(it->first, block);)
+      it = work.tensors.erase(it);
+  };
+  streamed.embedded = [&] {
+    work.tensors.erase("token_embd.weight");
+    work.tensors.erase("position_embd.weight");
+  };
+  return run_blocks(work, run_fingerprint(source, ids, o), ids, o, streamed, progress);
+}
+
+std::unique_ptr<tensor_reader> read_quantized_shards(const tensor_reader& source, const std::string& dir) {
+  return std::make_unique<shard_reader>(source, dir);
 }
 
 }  // namespace lowbit::ptq

@@ -1,6 +1,10 @@
 // `lowbit quantize`: post-training quantization of a model, written to safetensors or GGUF
 // (CONVENTIONS 20-22).
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -110,60 +114,92 @@ void cmd_quantize(const quantize_cli_options& o) {
   // GGUF: llama.cpp's own tensor type for the format, decided before any work.
   const bool gguf = ends_with(o.out, ".gguf");
   const uint32_t gguf_type = gguf ? ggml_type_for_format(qo.weights) : 0;
-  model m = load_model(o.model);
-  const auto tok = tokenizer_for_model(m, o.tokenizer);
+  // The model stays in its (memory-mapped) file: the pipeline reads one block's weights at a time.
+  const std::unique_ptr<tensor_reader> source = open_model_reader(o.model);
+  const auto tok = tokenizer_for_model(source->header, o.tokenizer);
   const std::vector<int32_t> ids = encode_documents(*tok, read_text_file(o.data));
   std::optional<model> original;
-  if (!o.db.empty()) original = m;  // for the format's SQNR on the model's own weights
+  if (!o.db.empty()) original = read_whole_model(*source);  // for the format's SQNR on the model's own weights
 
-  // Killed runs resume: the model is checkpointed after every block beside the output.
+  // Every finished block goes to a shard beside the output, so a killed run resumes.
   qo.checkpoint_dir = o.out + ".partial";
   if (fs::exists(fs::path(qo.checkpoint_dir) / "state.json"))
     std::cerr << fmt::format("quantize: resuming from {}\n", qo.checkpoint_dir);
   progress_bar bar(fmt::format("quantize {} {}", o.method, o.weights), "step");
-  const ptq::quantize_report r = ptq::quantize_model(m, ids, qo, [&](int64_t d, int64_t t) { bar.update(d, t); });
+  // Tests stop a run part-way, as a kill would, to check that the next run resumes.
+  const char* stop = std::getenv("LOWBIT_QUANTIZE_STOP_AFTER_STEPS");
+  const int64_t stop_after = stop ? std::atoll(stop) : 0;
+  int64_t steps_seen = 0;
+  const auto progress = [&](int64_t d, int64_t t) {
+    bar.update(d, t);
+    if (stop_after > 0 && ++steps_seen == stop_after)
+      throw error(fmt::format("quantize: stopped after {} steps (LOWBIT_QUANTIZE_STOP_AFTER_STEPS, for tests)",
+                              stop_after));
+  };
+  ptq::quantize_report r;
+  std::optional<model> whole;  // --rotate only
+  std::map<std::string, quantized_tensor> whole_codes;
+  std::unique_ptr<tensor_reader> quantized;
+  if (qo.rotate) {
+    // The rotation changes the embeddings, the classifier and every block at once: this one
+    // option quantizes the whole model in memory (with the same per-block checkpoints).
+    whole = read_whole_model(*source);
+    r = ptq::quantize_model(*whole, ids, qo, progress);
+    pack_linear_weights(*whole, qo.weights, r.packed, whole_codes);
+    quantized = reader_of(*whole, &whole_codes);
+  } else {
+    r = ptq::quantize_to_shards(*source, ids, qo, progress);
+    quantized = ptq::read_quantized_shards(*source, qo.checkpoint_dir);
+  }
   bar.finish();
 
   // Provenance, and where the tokenizer is, travel with the file.
-  if (m.tokenizer.kind.empty() || m.tokenizer.kind == "llama2c") {
+  model& header = quantized->header;
+  if (header.tokenizer.kind.empty() || header.tokenizer.kind == "llama2c") {
     const std::string tok_path = !o.tokenizer.empty() ? o.tokenizer : "";
-    if (!tok_path.empty()) m.tokenizer = {"file", fs::absolute(tok_path).string()};
-    else for (const std::string& name : {std::string("tokenizer.bin"), fmt::format("tok{}.bin", m.config.vocab_size)}) {
+    if (!tok_path.empty()) header.tokenizer = {"file", fs::absolute(tok_path).string()};
+    else for (const std::string& name : {std::string("tokenizer.bin"), fmt::format("tok{}.bin", header.config.vocab_size)}) {
       const fs::path p = fs::path(o.model).parent_path() / name;
-      if (fs::exists(p)) { m.tokenizer = {"file", fs::absolute(p).string()}; break; }
+      if (fs::exists(p)) { header.tokenizer = {"file", fs::absolute(p).string()}; break; }
     }
   }
-  m.provenance = nlohmann::json{{"method", o.method}, {"weights", o.weights},
-                                {"weights_canonical", format_name(qo.weights)}, {"source_model", o.model},
-                                {"calibration_data", o.data}, {"calibration_hash", file_fingerprint(o.data)},
-                                {"calib_samples", o.calib_samples}, {"calib_ctx", o.calib_ctx},
-                                {"seed", o.seed}}.dump();
+  header.provenance = nlohmann::json{{"method", o.method}, {"weights", o.weights},
+                                     {"weights_canonical", format_name(qo.weights)}, {"source_model", o.model},
+                                     {"calibration_data", o.data}, {"calibration_hash", file_fingerprint(o.data)},
+                                     {"calib_samples", o.calib_samples}, {"calib_ctx", o.calib_ctx},
+                                     {"seed", o.seed}}.dump();
+  // Written from the shards one tensor at a time.
   std::vector<std::string> fallbacks;
-  if (gguf) {  // llama.cpp's own types, F16 where rows do not fit a block (also in memory)
-    gguf_export ex;
-    ex.packed = r.packed;
-    fallbacks = plan_gguf_export(m, gguf_type, ex);
-    save_gguf_model(m, o.out, ex);
+  if (gguf) {  // llama.cpp's own types, F16 where rows do not fit a block
+    std::map<std::string, uint32_t> types;
+    fallbacks = gguf_export_types(header, gguf_type, types);
+    save_gguf_model(*quantized, o.out, types);
   } else if (o.float_values) {
-    save_safetensors_model(m, o.out);
+    save_safetensors_model(*quantized, o.out, "F32", false);
   } else {  // codes and scales where the weights are values of the format
-    std::map<std::string, quantized_tensor> packed;
-    fallbacks = pack_linear_weights(m, qo.weights, r.packed, packed);
-    save_safetensors_model(m, o.out, "F32", packed);
+    const std::vector<std::string> coded = quantized->coded_names();
+    for (const std::string& name : header.linear_weight_names())
+      if (!std::binary_search(coded.begin(), coded.end(), name)) fallbacks.push_back(name);
+    save_safetensors_model(*quantized, o.out, "F32", true);
   }
+  quantized.reset();
 
   std::error_code ec;
   fs::remove_all(qo.checkpoint_dir, ec);  // the output is complete
-  // The model as written, evaluated in this run: `lowbit eval` of the file must agree.
+  // The model as written, evaluated in this run (read back from the file, which holds exactly the
+  // quantized values; the whole model is in memory for it): `lowbit eval` of the file must agree.
   double in_memory_nll = 0;
   std::optional<eval_result> in_memory;
   if (o.eval_tokens > 0) {
     eval_options eo;
     eo.max_tokens = o.eval_tokens;
-    in_memory = evaluate(m, quant_plan{}, ids, eo);
+    in_memory = evaluate(load_model(o.out), quant_plan{}, ids, eo);
     in_memory_nll = in_memory->mean_nll;
   }
   if (original) record_quantize(o, qo, *original, r, in_memory ? &*in_memory : nullptr);
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  const double peak_rss_mib = double(usage.ru_maxrss) / 1024.0;  // Linux reports KiB
   double err = 0, rtn = 0;
   for (const auto& l : r.layers) err += l.error, rtn += l.rtn_error;
   if (o.json) {
@@ -174,11 +210,12 @@ void cmd_quantize(const quantize_cli_options& o) {
                                 {"weights", {{"format", o.weights}, {"canonical", format_name(qo.weights)}}},
                                 {"seconds", r.seconds}, {"windows_available", r.windows_available},
                                 {"layers", layers}, {"fallbacks", fallbacks},
-                                {"in_memory_mean_nll", in_memory_nll}}.dump(2) << "\n";
+                                {"in_memory_mean_nll", in_memory_nll}, {"peak_rss_mib", peak_rss_mib}}.dump(2)
+              << "\n";
     return;
   }
-  std::cout << fmt::format("{}: {} {} of {} linear weights in {:.2f} s", o.out, o.method,
-                           format_name(qo.weights), r.layers.size(), r.seconds);
+  std::cout << fmt::format("{}: {} {} of {} linear weights in {:.2f} s (peak RSS {:.0f} MiB)", o.out, o.method,
+                           format_name(qo.weights), r.layers.size(), r.seconds, peak_rss_mib);
   if (rtn > 0)
     std::cout << fmt::format("; calibration output error {:.4g} vs RTN {:.4g} ({:.1f}%)", err, rtn,
                              rtn > 0 ? 100.0 * err / rtn : 0.0);

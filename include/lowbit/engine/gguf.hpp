@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -107,6 +108,10 @@ class gguf_writer {
   // Already-encoded blocks (the bytes ggml expects for `type`).
   void add_tensor_raw(const std::string& name, const std::vector<int64_t>& shape, ggml_type type,
                       std::vector<uint8_t> bytes);
+  // Encoded blocks made by `bytes` when write() reaches the tensor, so a model larger than memory
+  // is written one tensor at a time (streaming quantization).
+  void add_tensor_deferred(const std::string& name, const std::vector<int64_t>& shape, ggml_type type,
+                           std::function<std::vector<uint8_t>()> bytes);
   void write(const std::string& path, uint32_t alignment = 32) const;
 
  private:
@@ -115,6 +120,8 @@ class gguf_writer {
     std::vector<int64_t> shape;
     ggml_type type;
     std::vector<uint8_t> bytes;
+    std::function<std::vector<uint8_t>()> deferred;  // makes `bytes` at write time when set
+    uint64_t size = 0;
   };
   std::vector<gguf_kv> kv_;
   std::vector<pending> tensors_;

@@ -20,6 +20,8 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -88,10 +90,35 @@ struct model {
   std::vector<std::string> linear_weight_names() const;
 };
 
+// A model read one tensor at a time, for work on models larger than memory (streaming
+// quantization, the writers): the header up front, each tensor's float32 values on request. The
+// file readers memory-map the file, convert one tensor per read() (dequantize, transpose, permute)
+// and release the pages they touched, so a reader holds no more than the tensor it returns.
+class tensor_reader {
+ public:
+  virtual ~tensor_reader() = default;
+  // The model without values: config, tokenizer, source_path, provenance, and every tensor's
+  // shape in `tensors` (data empty). Writers take the tokenizer and provenance from here.
+  model header;
+  virtual tensor read(const std::string& name) const = 0;  // throws naming a missing tensor
+  // The tensors the source also holds as exact codes and scales (PTQ's shards, GPTQ's codes),
+  // sorted; packed writers store those instead of re-encoding the values.
+  virtual std::vector<std::string> coded_names() const { return {}; }
+  virtual quantized_tensor read_codes(const std::string& name) const;  // throws for another name
+};
+
+// The reader for a model file (what load_model reads; the same checks, made as tensors are read).
+std::unique_ptr<tensor_reader> open_model_reader(const std::string& path);
+// A reader of m (which must outlive it); `codes` (may be null) are its coded tensors.
+std::unique_ptr<tensor_reader> reader_of(const model& m, const std::map<std::string, quantized_tensor>* codes = nullptr);
+// Every tensor of r in memory, validated.
+model read_whole_model(const tensor_reader& r);
+
 // Loads .bin (llama2.c), .safetensors (with config.json beside it, or lowbit metadata) or .gguf,
 // by extension (and magic). Throws lowbit::error naming the file and the field on bad input.
 model load_model(const std::string& path);
 model load_llama2c(const std::string& path);
+std::unique_ptr<tensor_reader> open_llama2c_reader(const std::string& path);
 model load_safetensors_model(const std::string& path);
 model load_gguf_model(const std::string& path);
 
@@ -106,6 +133,9 @@ model load_gguf_model(const std::string& path);
 // reader dequantizes them. Such a file is for lowbit (and anything reading that description).
 void save_safetensors_model(const model& m, const std::string& path, const std::string& dtype = "F32",
                             const std::map<std::string, quantized_tensor>& packed = {});
+// The same from a reader, one tensor in memory at a time; with_codes: r's coded tensors packed.
+void save_safetensors_model(const tensor_reader& r, const std::string& path, const std::string& dtype,
+                            bool with_codes);
 // The codes and scales of a packed safetensors file (empty when it has none).
 std::map<std::string, quantized_tensor> load_packed_tensors(const std::string& path);
 // GGUF export: per-tensor ggml types (others F32) and, for quantized types, the exact codes and
@@ -118,6 +148,9 @@ struct gguf_export {
 };
 void save_gguf_model(const model& m, const std::string& path, const gguf_export& ex);
 void save_gguf_model(const model& m, const std::string& path);  // every tensor F32
+// The same from a reader, one tensor in memory at a time: types as gguf_export's, r's coded
+// tensors as its packed codes.
+void save_gguf_model(const tensor_reader& r, const std::string& path, const std::map<std::string, uint32_t>& types);
 
 // llama.cpp's tensor type (ggml_type number) for a weight format: q4_0, q8_0, mxfp4, bf16, fp16;
 // throws naming those for any other.
@@ -126,12 +159,28 @@ uint32_t ggml_type_for_format(const format& f);
 // rows do not divide the type's block falls back to F16, and m's values are rounded to fp16 the
 // same way, so the file and the model in memory agree. Returns the names that fell back.
 std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex);
+// The types alone, from the shapes of `header`'s linear weights (a tensor_reader's header).
+std::vector<std::string> gguf_export_types(const model& header, uint32_t type, std::map<std::string, uint32_t>& types);
 // Codes and scales of m's linear weights in format f for a packed safetensors file: `known`
 // (GPTQ's own codes) where given, else the values re-encoded when that reproduces them exactly.
 // Returns the names that stay float (not values of f alone, e.g. LoRC's Q + U V).
+// The codes of t in f when they reproduce its values exactly, else nullopt (pack_linear_weights).
+std::optional<quantized_tensor> exact_codes(const tensor& t, const format& f);
 std::vector<std::string> pack_linear_weights(const model& m, const format& f,
                                              const std::map<std::string, quantized_tensor>& known,
                                              std::map<std::string, quantized_tensor>& packed);
+
+// A set of canonical tensors, with the exact codes of some, as one safetensors file (the
+// per-block shards of streaming quantization): the values F32 under their names, the codes in
+// the packed layout, and a checksum of the data in the metadata. Saved atomically; loading
+// refuses, naming the file, one that is truncated, corrupted or not a shard.
+struct tensor_shard {
+  std::map<std::string, tensor> tensors;
+  std::map<std::string, quantized_tensor> codes;
+  std::map<std::string, std::string> metadata;  // the caller's own keys
+};
+void save_tensor_shard(const std::string& path, const tensor_shard& shard);
+tensor_shard load_tensor_shard(const std::string& path);
 
 // A random model of the given shape (lowbit synth): N(0, 0.02) weights, unit norms, byte
 // tokenizer (CONVENTIONS 19: vocab 258 = 256 bytes + BOS + EOS unless given).

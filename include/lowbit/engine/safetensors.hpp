@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -59,6 +60,10 @@ struct st_write_tensor {
   std::vector<int64_t> shape;
   const float* data = nullptr;
   const void* raw = nullptr;  // instead of data: numel elements of dtype, written as they are
+  // Instead of data / raw, for writing a model larger than memory one tensor at a time: called
+  // when the writer reaches the tensor (numel float32 values, or numel elements of dtype as bytes).
+  std::function<std::vector<float>()> load_values = nullptr;
+  std::function<std::vector<uint8_t>()> load_bytes = nullptr;
 };
 
 // Atomic: writes path.tmp-XXXX then renames; throws lowbit::error on any I/O failure (full
@@ -92,6 +97,11 @@ class mapped_file {
   const uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
 };
+
+// Drops the pages of [p, p + n) of a read-only file mapping from this process (they stay in the
+// page cache): a reader that streams a model through a mapping calls it after each tensor, so the
+// process's resident set holds one tensor of the file, not every one it has read.
+void release_mapped_pages(const void* p, uint64_t n);
 
 // Atomic file replacement: bytes go to a temp file "path.tmp-XXXXXX" in the same directory;
 // commit() flushes, fsyncs, closes and renames it over `path`. Every step is checked and throws

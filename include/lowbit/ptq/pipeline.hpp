@@ -7,12 +7,14 @@
 //      the block's linear weights with the method; run block l again, now quantized, to produce
 //      the cached input of block l+1 — so a layer is calibrated on what the already-quantized
 //      layers before it produce (GPTQ's sequential scheme, not "true-sequential" inside a block).
-// Memory: one residual stream per window ([samples, ctx, dim] floats) and one block's inputs.
+// Memory: one residual stream per window ([samples, ctx, dim] floats) and one block's inputs;
+// quantize_to_shards also holds one block's weights at a time instead of the model.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -43,9 +45,10 @@ struct quantize_options {
   // activations into the weights, for per-tensor activation quantization. Off by default: with
   // float activations it costs weight accuracy (stories260K e2m1/c: NLL 1.530 with, 1.505 without).
   bool llmfp4_preshift = false;
-  // A directory where the model so far is saved after every block (model.safetensors with exact
-  // codes, state.json); a run given a directory from an interrupted run with the same model, data
-  // and options resumes after its last finished block. "" = no checkpoints.
+  // A directory where every finished block is saved (blk.N.safetensors: the block's tensors with
+  // the exact codes of its weights and a checksum; state.json counts the finished blocks); a run
+  // given a directory from an interrupted run with the same model, data and options resumes after
+  // its last finished block. "" = no checkpoints (quantize_model only).
   std::string checkpoint_dir;
   // Cross-layer equalization (Nagel et al. 2019, data-free) before quantizing: for each pair of
   // layers with a linear (or positively homogeneous) path between them — v -> attn_output (every
@@ -85,5 +88,18 @@ using ptq_progress = std::function<void(int64_t done, int64_t total)>;
 // norms rescaled by AWQ / SmoothQuant, which leave the float function unchanged).
 quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const quantize_options& o,
                                const ptq_progress& progress = {});
+
+// The same, memory-bounded (lowbit quantize): block l's float tensors are read from `source` when
+// the pipeline reaches it and dropped once its shard is in o.checkpoint_dir (required), so memory
+// holds one block's weights, the windows' residual streams and one block's activations; the
+// embeddings are read once, to embed the windows. Every block's result is in its shard, not in
+// the report (report.packed stays empty). --rotate is refused: the rotation changes the
+// embeddings and every block at once, so it needs quantize_model and the whole model.
+quantize_report quantize_to_shards(const tensor_reader& source, const std::vector<int32_t>& ids,
+                                   const quantize_options& o, const ptq_progress& progress = {});
+// The quantized model of a finished quantize_to_shards, for the writers: the blocks from the
+// shards in dir (values and exact codes, checked as they are read), the other tensors from
+// source (which must outlive the reader).
+std::unique_ptr<tensor_reader> read_quantized_shards(const tensor_reader& source, const std::string& dir);
 
 }  // namespace lowbit::ptq
