@@ -60,6 +60,13 @@ void data_parallel::allreduce_sum(float* x, int64_t n) const {
   }
 }
 
+double data_parallel::allreduce_max(double x) const {
+  if (size == 1) return x;
+  double out = 0;
+  MPI_Allreduce(&x, &out, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return out;
+}
+
 double data_parallel::allreduce_sum(double x) const {
   if (size == 1) return x;
   double out = 0;
@@ -281,8 +288,10 @@ train_result run_training(const train_run_config& cfg, const tokenizer& tok, con
   std::vector<int32_t> in(int64_t(local_batch) * cfg.ctx), tg(in.size());
   // This rank's windows are rows [rank * local_batch, ...) of every global batch (train and
   // validation alike).
-  if (quantizer && dp.size > 1)
+  if (quantizer && dp.size > 1) {
     quantizer->set_token_shard(int64_t(dp.rank) * local_batch * cfg.ctx, int64_t(cfg.batch) * cfg.ctx);
+    quantizer->set_max_reducer([&dp](double v) { return dp.allreduce_max(v); });
+  }
   auto fill = [&](const std::vector<int32_t>& src, auto offset_of) {
     for (int b = 0; b < local_batch; ++b) {
       const int64_t off = offset_of(b);

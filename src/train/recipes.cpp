@@ -121,7 +121,7 @@ class flex_quantizer : public operand_quantizer {
       autoflex af(cfg_);
       trial_.resize(n);
       for (int tries = 0; tries < 64; ++tries)
-        if (af.initialize_step(flex_fake_quantize(in, trial_.data(), n, cfg_.mantissa_bits, af.exponent())))
+        if (af.initialize_step(global_max(flex_fake_quantize(in, trial_.data(), n, cfg_.mantissa_bits, af.exponent()))))
           break;
       if (frozen_) {  // a use seen only in validation: quantize, remember nothing
         flex_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent());
@@ -130,7 +130,7 @@ class flex_quantizer : public operand_quantizer {
       it = managers_.emplace(key, af).first;
     }
     autoflex& af = it->second;
-    const double gamma = flex_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent());
+    const double gamma = global_max(flex_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent()));
     if (!frozen_) af.update(gamma);  // Algorithm 2: the exponent of the next use
   }
   // One shared exponent and round-to-nearest per element: the values do not depend on the layout.
@@ -157,7 +157,12 @@ class flex_quantizer : public operand_quantizer {
     }
   }
 
+  void set_max_reducer(std::function<double(double)> r) override { max_reducer_ = std::move(r); }
+
  private:
+  // The tensor's maximum over every rank's share (data-parallel), or the local one.
+  double global_max(double gamma) const { return max_reducer_ ? max_reducer_(gamma) : gamma; }
+  std::function<double(double)> max_reducer_;
   autoflex_config cfg_;
   std::map<std::pair<int, int>, autoflex> managers_;
   std::vector<float> trial_;

@@ -78,10 +78,13 @@ TEST(TrainCli, BadPlansAndConfigsAreRefusedBeforeTrainingStarts) {
 }
 
 TEST(TrainCli, TwoMpiRanksFollowTheSingleProcessTrajectory) {
-  // Round to nearest, and stochastic rounding of all six operands: each rank draws the noise one
-  // process would draw for its share of the tokens (operand_quantizer::set_token_shard).
-  for (const std::string plan : {"sun2025:e4m3/g32", "x=e4m3/g32~sr;w=e4m3/g32~sr;dy=e5m2/g32~sr;"
-                                                     "w_bwd=e4m3/g32~sr;dy_w=e5m2/g32~sr;x_bwd=e4m3/g32~sr"}) {
+  // Round to nearest; stochastic rounding of all six operands (each rank draws the noise one
+  // process would draw for its share of the tokens, operand_quantizer::set_token_shard); and
+  // Flexpoint, whose Autoflex maxima are reduced over the ranks (set_max_reducer).
+  for (const std::string plan : {"sun2025:e4m3/g32",
+                                 "x=e4m3/g32~sr;w=e4m3/g32~sr;dy=e5m2/g32~sr;w_bwd=e4m3/g32~sr;dy_w=e5m2/g32~sr;"
+                                 "x_bwd=e4m3/g32~sr",
+                                 "flex16+5"}) {
     const fs::path one = fs::temp_directory_path() / "lowbit_dp1", two = fs::temp_directory_path() / "lowbit_dp2";
     fs::remove_all(one);
     fs::remove_all(two);

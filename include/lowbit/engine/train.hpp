@@ -64,6 +64,9 @@ class operand_quantizer {
   // what one process quantizing the whole batch would (sr_counters), so that the ranks' noise is
   // independent and the run follows the single-process trajectory.
   virtual void set_token_shard(int64_t /*first_token*/, int64_t /*total_tokens*/) {}
+  // Data-parallel training: the maximum over every rank of a statistic of a token-sharded
+  // operand (Autoflex's maxima), so that every rank keeps the state one process would keep.
+  virtual void set_max_reducer(std::function<double(double)>) {}
   // Quantizer state that a checkpoint must keep (Autoflex histories); null when stateless.
   virtual nlohmann::json state() const { return nullptr; }
   // Frozen: quantize with the current state and do not update it (validation must not steer

@@ -68,6 +68,7 @@ struct data_parallel {
   bool root() const { return rank == 0; }
   void allreduce_sum(float* x, int64_t n) const;
   double allreduce_sum(double x) const;
+  double allreduce_max(double x) const;
   void barrier() const;
   // Ends every rank (MPI_Abort) when one fails, so the others do not wait forever in a
   // collective; a no-op with one rank.
