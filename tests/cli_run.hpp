@@ -3,9 +3,11 @@
 #pragma once
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 namespace lowbit::testing {
@@ -14,6 +16,12 @@ struct cli_result {
   int code;         // exit code (-1 when the command did not exit normally)
   std::string out;  // stdout (+ stderr when asked)
 };
+
+// A path in the temporary directory that no other test process uses (test binaries of several
+// checkouts may run at once): name + "_" + pid.
+inline std::filesystem::path scratch_path(const std::string& name) {
+  return std::filesystem::temp_directory_path() / (name + "_" + std::to_string(::getpid()));
+}
 
 // Runs a shell command and captures its output.
 inline cli_result run_command(const std::string& command, bool with_stderr = true) {

@@ -10,6 +10,7 @@
 #include <map>
 #include <random>
 
+#include "tests/cli_run.hpp"
 #include "lowbit/engine/forward.hpp"
 #include "lowbit/engine/train.hpp"
 #include "src/engine/layers.hpp"
@@ -410,7 +411,7 @@ TEST(TrainModel, ForwardMatchesTheInferenceEngine) {
   }
   EXPECT_LT(max_diff, 1e-5 * max_ref + 1e-6) << variant;
   if (l1 || gpt2) {
-    const auto dir = std::filesystem::temp_directory_path() / "lowbit_l1_model";
+    const auto dir = lowbit::testing::scratch_path("lowbit_l1_model");
     std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);
     save_safetensors_model(mm, (dir / "model.safetensors").string());

@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/cli_run.hpp"
 #include "lowbit/engine/trainer.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
@@ -317,7 +318,7 @@ TEST(Flexpoint, MantissasAreIntegersTimesTheSharedScale) {
 // ---- the loop --------------------------------------------------------------------------------------
 
 std::string write_corpus() {
-  const fs::path p = fs::temp_directory_path() / "lowbit_train_corpus.txt";
+  const fs::path p = lowbit::testing::scratch_path("lowbit_train_corpus").concat(".txt");
   std::ofstream f(p);
   std::mt19937 rng(7);
   const char* words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat ", "and ", "dog ", "ran ", "\n"};
@@ -338,7 +339,7 @@ struct killed : std::exception {};
 TEST(Trainer, AKilledRunResumesBitExactly) {
   const std::string data = write_corpus();
   for (const std::string plan : {"fp32", "flex16+5", "sun2025:e2m1/g16~sr"}) {
-    const fs::path dir = fs::temp_directory_path() / ("lowbit_resume_" + std::to_string(std::hash<std::string>{}(plan)));
+    const fs::path dir = lowbit::testing::scratch_path("lowbit_resume_" + std::to_string(std::hash<std::string>{}(plan)));
     fs::remove_all(dir);
     auto tok = make_byte_tokenizer();
     const auto tp = parse_training_plan(plan);
@@ -378,7 +379,7 @@ TEST(Trainer, AKilledRunResumesBitExactly) {
 
 TEST(Trainer, ResumeRefusesAnotherConfiguration) {
   const std::string data = write_corpus();
-  const fs::path dir = fs::temp_directory_path() / "lowbit_resume_other";
+  const fs::path dir = lowbit::testing::scratch_path("lowbit_resume_other");
   fs::remove_all(dir);
   auto tok = make_byte_tokenizer();
   auto cfg = loop_config(data, dir.string(), "fp32");

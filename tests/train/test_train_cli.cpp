@@ -37,7 +37,7 @@ std::vector<nlohmann::json> read_log(const fs::path& p) {
 const std::string kData = std::string(LOWBIT_DATA_DIR) + "/text/tinyshakespeare.txt";
 
 TEST(TrainCli, TheDocumentedCommandPrintsTheFinalValidationLoss) {
-  const fs::path dir = fs::temp_directory_path() / "lowbit_train_cli";
+  const fs::path dir = lowbit::testing::scratch_path("lowbit_train_cli");
   fs::remove_all(dir);
   // The issue's command line, shortened to 40 steps.
   const result r = sh(std::string(LOWBIT_CLI) + " train --data " + kData +
@@ -62,7 +62,7 @@ TEST(TrainCli, TheDocumentedCommandPrintsTheFinalValidationLoss) {
 }
 
 TEST(TrainCli, BadPlansAndConfigsAreRefusedBeforeTrainingStarts) {
-  const fs::path dir = fs::temp_directory_path() / "lowbit_train_refused";
+  const fs::path dir = lowbit::testing::scratch_path("lowbit_train_refused");
   fs::remove_all(dir);
   for (const std::string plan : {"sun2025:e9m9/g32", "sun2025:e4m3/g32,axis=tokens", "'x=e4m3;grad=e5m2'", "bf17"}) {
     const result r = sh(std::string(LOWBIT_CLI) + " train --plan " + plan + " --steps 5 --out " + dir.string());
@@ -70,7 +70,7 @@ TEST(TrainCli, BadPlansAndConfigsAreRefusedBeforeTrainingStarts) {
     EXPECT_NE(r.out.find("plan"), std::string::npos) << r.out;
     EXPECT_FALSE(fs::exists(dir)) << plan;  // nothing written
   }
-  const fs::path cfg = fs::temp_directory_path() / "lowbit_train_bad.json";
+  const fs::path cfg = lowbit::testing::scratch_path("lowbit_train_bad").concat(".json");
   std::ofstream(cfg) << R"({"dim": 32, "learning_rate": 0.1})";
   const result r = sh(std::string(LOWBIT_CLI) + " train --config " + cfg.string());
   EXPECT_NE(r.code, 0);
@@ -85,7 +85,7 @@ TEST(TrainCli, TwoMpiRanksFollowTheSingleProcessTrajectory) {
                                  "x=e4m3/g32~sr;w=e4m3/g32~sr;dy=e5m2/g32~sr;w_bwd=e4m3/g32~sr;dy_w=e5m2/g32~sr;"
                                  "x_bwd=e4m3/g32~sr",
                                  "flex16+5"}) {
-    const fs::path one = fs::temp_directory_path() / "lowbit_dp1", two = fs::temp_directory_path() / "lowbit_dp2";
+    const fs::path one = lowbit::testing::scratch_path("lowbit_dp1"), two = lowbit::testing::scratch_path("lowbit_dp2");
     fs::remove_all(one);
     fs::remove_all(two);
     const std::string args = " train --data " + kData +
