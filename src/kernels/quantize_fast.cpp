@@ -607,6 +607,21 @@ HWY_INLINE VI MaxOfLanesBatch(DI di, VI* v, size_t count) {
   return v[0];
 }
 
+// The amax bits of N consecutive groups of k starting at p: lane j is group j's.
+HWY_INLINE VI BatchGroupAmax(DI di, const float* p, size_t k, VI* partial) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  for (size_t j = 0; j < N; ++j, p += k) {
+    VI m = hn::Zero(di);
+    size_t i = 0;
+    for (; i + N <= k; i += N) m = hn::Max(m, hn::And(hn::BitCast(di, hn::LoadU(df, p + i)), abs_mask));
+    if (i < k) m = hn::Max(m, hn::And(hn::BitCast(di, LoadTail(df, p + i, k - i)), abs_mask));
+    partial[j] = m;
+  }
+  return MaxOfLanesBatch(di, partial, N);
+}
+
 // (|v| + C) - C onto a minifloat grid, vectorised, for non-negative v: ties to even. Used for
 // the block scales of nvfp4 (E4M3) and q8_0 (fp16).
 HWY_INLINE VF RoundScaleGrid(DF df, VF v, int emin, int mbits) {
@@ -731,7 +746,7 @@ class RowDraws {
 template <rounding_mode kMode, span_path kPath>
 HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t cols,
                                    const row_plan& plan, const grid_params g, uint64_t index0, float* scales,
-                                   int32_t* zero_points) {
+                                   int32_t* zero_points, const int32_t* group_amax) {
   const format& f = *plan.f;
   const size_t k = static_cast<size_t>(plan.group_cols);
   const bool q8 = f.named == preset::q8_0;
@@ -757,15 +772,7 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
     job.prefetch_ahead = plan.stream ? 1024 : 0;
     const VI abs_mask = hn::Set(di, 0x7fffffff);
     for (; c0 + N * k <= cols; c0 += N * k, gi += N) {
-      for (size_t j = 0; j < N; ++j) {
-        const float* p = x + c0 + j * k;
-        VI m = hn::Zero(di);
-        size_t i = 0;
-        for (; i + N <= k; i += N) m = hn::Max(m, hn::And(hn::BitCast(di, hn::LoadU(df, p + i)), abs_mask));
-        if (i < k) m = hn::Max(m, hn::And(hn::BitCast(di, LoadTail(df, p + i, k - i)), abs_mask));
-        partial[j] = m;
-      }
-      const VI amax_bits = MaxOfLanesBatch(di, partial, N);
+      const VI amax_bits = group_amax ? hn::LoadU(di, group_amax + gi) : BatchGroupAmax(di, x + c0, k, partial);
       if (plan.batch_preset == 0) {
         if (!BatchScales(df, amax_bits, *plan.sctx, batch_scale, batch_mult)) break;
         hn::Store(hn::Load(df, batch_scale), df, batch_stored);
@@ -835,36 +842,36 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
 
 template <rounding_mode kMode>
 void FakeQuantRowT(const float* x, float* y, size_t cols, const row_plan& plan, uint64_t index0,
-                   float* scales, int32_t* zero_points) {
+                   float* scales, int32_t* zero_points, const int32_t* group_amax) {
   const grid_params& g = *plan.grid;
   switch (path_of<kMode>(g)) {
     case span_path::table:
       if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantRowPath<kMode, span_path::table>(x, y, cols, plan, g, index0, scales, zero_points);
+        return FakeQuantRowPath<kMode, span_path::table>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
       break;
     case span_path::int_fast:
       if constexpr (kMode == rounding_mode::rne || kMode == rounding_mode::rna)
-        return FakeQuantRowPath<kMode, span_path::int_fast>(x, y, cols, plan, g, index0, scales, zero_points);
+        return FakeQuantRowPath<kMode, span_path::int_fast>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
       break;
     case span_path::rne_fast:
       if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantRowPath<kMode, span_path::rne_fast>(x, y, cols, plan, g, index0, scales, zero_points);
+        return FakeQuantRowPath<kMode, span_path::rne_fast>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
       break;
     case span_path::e8_fast:
       if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantRowPath<kMode, span_path::e8_fast>(x, y, cols, plan, g, index0, scales, zero_points);
+        return FakeQuantRowPath<kMode, span_path::e8_fast>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
       break;
     case span_path::sr_fast:
       if constexpr (kMode == rounding_mode::sr)
-        return FakeQuantRowPath<kMode, span_path::sr_fast>(x, y, cols, plan, g, index0, scales, zero_points);
+        return FakeQuantRowPath<kMode, span_path::sr_fast>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
       break;
     case span_path::generic: break;
   }
-  FakeQuantRowPath<kMode, span_path::generic>(x, y, cols, plan, g, index0, scales, zero_points);
+  FakeQuantRowPath<kMode, span_path::generic>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
 }
 
 void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, uint64_t index0,
-                  float* scales, int32_t* zero_points) {
+                  float* scales, int32_t* zero_points, const int32_t* group_amax) {
   struct flush_at_exit {  // non-temporal stores must be fenced before others read the output
     bool on;
     ~flush_at_exit() {
@@ -872,13 +879,13 @@ void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, u
     }
   } flush{plan.stream};
   switch (plan.f->rounding) {
-    case rounding_mode::rne: return FakeQuantRowT<rounding_mode::rne>(x, y, cols, plan, index0, scales, zero_points);
-    case rounding_mode::rna: return FakeQuantRowT<rounding_mode::rna>(x, y, cols, plan, index0, scales, zero_points);
-    case rounding_mode::rtz: return FakeQuantRowT<rounding_mode::rtz>(x, y, cols, plan, index0, scales, zero_points);
-    case rounding_mode::up: return FakeQuantRowT<rounding_mode::up>(x, y, cols, plan, index0, scales, zero_points);
-    case rounding_mode::down: return FakeQuantRowT<rounding_mode::down>(x, y, cols, plan, index0, scales, zero_points);
-    case rounding_mode::odd: return FakeQuantRowT<rounding_mode::odd>(x, y, cols, plan, index0, scales, zero_points);
-    case rounding_mode::sr: return FakeQuantRowT<rounding_mode::sr>(x, y, cols, plan, index0, scales, zero_points);
+    case rounding_mode::rne: return FakeQuantRowT<rounding_mode::rne>(x, y, cols, plan, index0, scales, zero_points, group_amax);
+    case rounding_mode::rna: return FakeQuantRowT<rounding_mode::rna>(x, y, cols, plan, index0, scales, zero_points, group_amax);
+    case rounding_mode::rtz: return FakeQuantRowT<rounding_mode::rtz>(x, y, cols, plan, index0, scales, zero_points, group_amax);
+    case rounding_mode::up: return FakeQuantRowT<rounding_mode::up>(x, y, cols, plan, index0, scales, zero_points, group_amax);
+    case rounding_mode::down: return FakeQuantRowT<rounding_mode::down>(x, y, cols, plan, index0, scales, zero_points, group_amax);
+    case rounding_mode::odd: return FakeQuantRowT<rounding_mode::odd>(x, y, cols, plan, index0, scales, zero_points, group_amax);
+    case rounding_mode::sr: return FakeQuantRowT<rounding_mode::sr>(x, y, cols, plan, index0, scales, zero_points, group_amax);
   }
 }
 
@@ -972,6 +979,32 @@ bool FakeQuantColumnTile(const float* in, float* out, size_t cols, size_t r0, si
 }
 
 size_t LanesF32() { return hn::Lanes(DF()); }
+
+// nvfp4's first pass over a row: the amax bits of each group of k (for the second pass's batches:
+// they need not read the groups again) and the row's finite amax (the tensor scale). One read of
+// the data, which memory bounds anyway.
+void GroupAmaxRow(const float* HWY_RESTRICT x, size_t cols, size_t k, int32_t* HWY_RESTRICT group_amax,
+                  uint32_t* finite_amax_bits) {
+  const DF df;
+  const DI di;
+  const size_t N = hn::Lanes(df);
+  simd_stats st;
+  GroupStatsT(x, cols, false, true, &st);
+  *finite_amax_bits = st.amax_bits;
+  size_t c0 = 0, g = 0;
+#if HWY_TARGET != HWY_SCALAR
+  VI partial[hn::MaxLanes(DF())];
+  for (; c0 + N * k <= cols; c0 += N * k, g += N) hn::StoreU(BatchGroupAmax(di, x + c0, k, partial), di, group_amax + g);
+#endif
+  for (; c0 < cols; c0 += k, ++g) {
+    simd_stats gs;
+    GroupStatsT(x + c0, std::min(k, cols - c0), false, false, &gs);
+    group_amax[g] = static_cast<int32_t>(gs.amax_bits);
+  }
+  (void)N;
+  (void)di;
+  (void)df;
+}
 
 void GroupStats(const float* HWY_RESTRICT x, size_t n, bool want_minmax, bool finite_only, simd_stats* st) {
   GroupStatsT(x, n, want_minmax, finite_only, st);
@@ -1118,6 +1151,7 @@ HWY_EXPORT(FakeQuantRow);
 HWY_EXPORT(GroupStats);
 HWY_EXPORT(FakeQuantColumnTile);
 HWY_EXPORT(LanesF32);
+HWY_EXPORT(GroupAmaxRow);
 HWY_EXPORT(PhiloxBlocks);
 HWY_EXPORT(DequantSpan);
 HWY_EXPORT(EncodeSpan);
@@ -1172,7 +1206,15 @@ struct fast_call {
   grid_params grid;
   scale_context sctx;
   row_plan plan;
-  fast_call(const format& f, const float* x, int64_t rows, int64_t cols, bool unscaled, uint64_t tensor_id)
+  // nvfp4 on its rows' own layout (keep_group_amax): the first pass (the tensor's finite amax)
+  // also keeps every group's amax, row r's at group_amax + r * amax_per_row, so that the second
+  // pass does not take them again.
+  const int32_t* group_amax = nullptr;
+  int64_t amax_per_row = 0;
+  const int32_t* group_amax_of(int64_t r) const { return group_amax ? group_amax + r * amax_per_row : nullptr; }
+
+  fast_call(const format& f, const float* x, int64_t rows, int64_t cols, bool unscaled, uint64_t tensor_id,
+            bool keep_group_amax = false)
       : grid(detail::make_grid_params(f.element)), sctx(make_scale_context(f, /*reference=*/false)) {
     plan.f = &f;
     // Philox key (seed, tensor id) low halves; counter words 2, 3 = their high halves (scale.cpp).
@@ -1190,7 +1232,24 @@ struct fast_call {
     plan.batch = f.gran == granularity::group && f.group_size <= 512 &&
                  (sctx.inline_rule != scale_context::inline_none || plan.batch_preset != 0);
     plan.tensor_scale = 1.0f;
-    if (f.named == preset::nvfp4) plan.tensor_scale = nvfp4_tensor_scale(tensor_stats_fast(x, rows * cols, false, true).amax);
+    if (f.named == preset::nvfp4 && keep_group_amax && plan.batch) {
+      thread_local std::vector<int32_t> amax_buffer;  // reused by the calls of a thread
+      amax_per_row = groups_per_row(f, cols);
+      amax_buffer.resize(static_cast<size_t>(rows * amax_per_row));
+      int32_t* const amax = amax_buffer.data();  // the calling thread's buffer (the team's are others)
+      uint32_t finite_bits = 0;
+#pragma omp parallel for schedule(static) reduction(max : finite_bits) if (rows * cols >= kParallelMinElements)
+      for (int64_t r = 0; r < rows; ++r) {
+        uint32_t row_bits = 0;
+        HWY_DYNAMIC_DISPATCH(GroupAmaxRow)(x + r * cols, static_cast<size_t>(cols), static_cast<size_t>(plan.group_cols),
+                                           amax + r * amax_per_row, &row_bits);
+        finite_bits = std::max(finite_bits, row_bits);
+      }
+      group_amax = amax;
+      plan.tensor_scale = nvfp4_tensor_scale(std::bit_cast<float>(finite_bits));
+    } else if (f.named == preset::nvfp4) {
+      plan.tensor_scale = nvfp4_tensor_scale(tensor_stats_fast(x, rows * cols, false, true).amax);
+    }
     if (f.gran == granularity::tensor) {  // per-tensor scale: a first pass over the data
       const group_stats st = tensor_stats_fast(x, rows * cols, plan.want_minmax, false);
       plan.tensor_gs = choose_scale(sctx, st, x, rows * cols, plan.tensor_scale);
@@ -1219,7 +1278,7 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
     }
     return;
   }
-  fast_call call(f, in, rows, cols, false, tensor_id);
+  fast_call call(f, in, rows, cols, false, tensor_id, /*keep_group_amax=*/true);
   // Outputs larger than the caches go around them (no read-for-ownership of the destination).
   constexpr int64_t kStreamBytes = int64_t{8} << 20;
   call.plan.stream = in != out && rows * cols * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
@@ -1230,7 +1289,7 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
       // In place is safe: each group's statistics are taken before its outputs are written.
       const float* x = in + r * cols;
       HWY_DYNAMIC_DISPATCH(FakeQuantRow)(x, out + r * cols, static_cast<size_t>(cols), call.plan,
-                                         counters.of(r, cols), nullptr, nullptr);
+                                         counters.of(r, cols), nullptr, nullptr, call.group_amax_of(r));
     }
   }
 }
@@ -1271,7 +1330,8 @@ void fake_quantize_columns(const float* in, float* out, int64_t rows, int64_t co
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t r = r0; r < r1; ++r) column[static_cast<size_t>(r - r0)] = in[r * cols + c];
         HWY_DYNAMIC_DISPATCH(FakeQuantRow)(column.data(), column.data(), column.size(), call.plan,
-                                           counters.of(c, rows) + static_cast<uint64_t>(r0), nullptr, nullptr);
+                                           counters.of(c, rows) + static_cast<uint64_t>(r0), nullptr, nullptr,
+                                           nullptr);
         for (int64_t r = r0; r < r1; ++r) out[r * cols + c] = column[static_cast<size_t>(r - r0)];
       }
     }
@@ -1297,7 +1357,7 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
   if (use_ref() || !simd_covers(f) || f.named == preset::q4_0 || rows < 0 || cols < 0)
     return quantize_ref(x, rows, cols, f, tensor_id);
   quantized_tensor q = quantized_tensor::allocate(f, rows, cols);
-  const fast_call call(f, x, rows, cols, true, tensor_id);
+  const fast_call call(f, x, rows, cols, true, tensor_id, /*keep_group_amax=*/true);
   q.tensor_scale = call.plan.tensor_scale;
   const int64_t gpr = groups_per_row(f, cols);
   const bool asym = f.element.kind == element_kind::uint_asym;
@@ -1322,7 +1382,7 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
       float* sc = grouped ? q.scales.data() + r * gpr : nullptr;
       int32_t* zp = grouped && asym ? q.zero_points.data() + r * gpr : nullptr;
       HWY_DYNAMIC_DISPATCH(FakeQuantRow)(xr, vals.data(), static_cast<size_t>(cols), call.plan,
-                                         static_cast<uint64_t>(r * cols), sc, zp);
+                                         static_cast<uint64_t>(r * cols), sc, zp, call.group_amax_of(r));
       for (int64_t c0 = 0, g = 0; c0 < cols; c0 += k, ++g) {
         const int64_t c1 = std::min(cols, c0 + k);
         const float s = f.gran == granularity::none ? 1.0f : (grouped ? sc[g] : q.scales[0]);
