@@ -310,6 +310,30 @@ TEST(Differential, RowShardsDrawWhatTheWholeTensorDraws) {
   force_simd_target(0);
 }
 
+// Counters whose block index crosses 2^32 (word 1 of the Philox counter carries) inside a span:
+// the in-register draws take their scalar path there; fast == reference on every target.
+TEST(Differential, StochasticCountersCarryIntoTheHighWord) {
+  std::mt19937 gen(seed(10));
+  const int64_t rows = 4, cols = 256;
+  std::vector<float> x(static_cast<size_t>(rows * cols));
+  std::normal_distribution<float> d(0, 1);
+  for (auto& v : x) v = d(gen);
+  for (const auto& t : simd_targets()) {
+    force_simd_target(t.first);
+    for (const char* spec : {"e2m1/g32~sr:3", "e4m3fn/g64~sr", "int4/g32~sr"}) {
+      const format f = parse_format(spec);
+      for (uint64_t base : {(uint64_t{1} << 34) - 48, (uint64_t{1} << 34) - 300, (uint64_t{7} << 34) - 4}) {
+        std::vector<float> ref(x.size()), fast(x.size());
+        fake_quantize_ref(x.data(), ref.data(), rows, cols, f, 11, {base, -1});
+        fake_quantize(x.data(), fast.data(), rows, cols, f, 11, {base, -1});
+        for (size_t i = 0; i < x.size(); ++i)
+          ASSERT_TRUE(same(ref[i], fast[i])) << spec << " base " << base << " index " << i << " target " << t.second;
+      }
+    }
+  }
+  force_simd_target(0);
+}
+
 // Tensors above the streaming threshold (8 MiB): non-temporal stores, prefetch and the batched
 // group scales run on whole rows; the result is still the reference's, bit for bit.
 TEST(Differential, LargeTensorsStreamAndBatch) {
