@@ -68,7 +68,8 @@ void BM_quantize_dequantize(benchmark::State& st, const std::string& spec) {
   st.SetBytesProcessed(st.iterations() * b.bytes_in_out());
 }
 
-const char* kFormats[] = {"int8/c", "int4/g128", "e4m3fn/c", "e4m3fn/t", "mxfp4", "nvfp4", "nf4", "q8_0", "e2m1/g32~sr", "bf16"};
+// e2m1/g32 next to e2m1/g32~sr: the cost of the stochastic draws (Philox4x32-10, CONVENTIONS 10).
+const char* kFormats[] = {"int8/c", "int4/g128", "e4m3fn/c", "e4m3fn/t", "mxfp4", "nvfp4", "nf4", "q8_0", "e2m1/g32", "e2m1/g32~sr", "bf16"};
 
 int register_all() {
   constexpr int64_t kRows = 4096;  // 64 MiB
