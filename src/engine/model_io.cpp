@@ -413,6 +413,12 @@ quantized_tensor tensor_reader::read_codes(const std::string& name) const {
   throw error(fmt::format("{}: tensor '{}' has no codes", header.source_path, name));
 }
 
+codes_layout tensor_reader::read_codes_layout(const std::string& name) const {
+  const quantized_tensor q = read_codes(name);
+  return {q.fmt, q.rows, q.cols, q.row_bytes, int64_t(q.scales.size()), int64_t(q.zero_points.size()),
+          q.tensor_scale != 1.0f};
+}
+
 std::unique_ptr<tensor_reader> reader_of(const model& m, const std::map<std::string, quantized_tensor>* codes) {
   return std::make_unique<in_memory_reader>(m, codes);
 }
@@ -451,7 +457,8 @@ void save_safetensors_model(const tensor_reader& r, const std::string& path, con
   const std::vector<std::string> coded = with_codes ? r.coded_names() : std::vector<std::string>{};
   const std::set<std::string> packed(coded.begin(), coded.end());
   std::vector<st_write_tensor> out;
-  // Each tensor is read when the writer reaches it; the parts of a packed tensor share one read.
+  // Each tensor is read when the writer reaches it; the parts of a packed tensor share one read
+  // (the description below needs the layouts only).
   auto last = std::make_shared<std::pair<std::string, quantized_tensor>>();
   auto codes_of = [&r, last](const std::string& name) -> const quantized_tensor& {
     if (last->first != name) *last = {name, r.read_codes(name)};
@@ -473,7 +480,7 @@ void save_safetensors_model(const tensor_reader& r, const std::string& path, con
   // Packed tensors keep the canonical name and orientation (their rows are the format's rows).
   nlohmann::json description = nlohmann::json::object();
   for (const std::string& name : coded) {
-    const quantized_tensor& q = codes_of(name);
+    const codes_layout q = r.read_codes_layout(name);
     const tensor& t = m.get(name);
     if (q.rows != t.rows() || q.cols != t.cols())
       throw shape_error(fmt::format("{}: packed '{}' is [{}, {}], the tensor [{}, {}]", path, name, q.rows, q.cols,
@@ -492,12 +499,11 @@ void save_safetensors_model(const tensor_reader& r, const std::string& path, con
     part(".codes", st_dtype::u8, {q.rows, q.row_bytes}, [](const quantized_tensor& x) { return x.codes; });
     // One scale (zero point) per group in row-major (row, group) order: rows x groups for
     // group and row formats, a single one per tensor.
-    part(".scales", st_dtype::f32, {int64_t(q.scales.size())},
-         [as_bytes](const quantized_tensor& x) { return as_bytes(x.scales); });
-    if (!q.zero_points.empty())
-      part(".zero_points", st_dtype::i32, {int64_t(q.zero_points.size())},
+    part(".scales", st_dtype::f32, {q.n_scales}, [as_bytes](const quantized_tensor& x) { return as_bytes(x.scales); });
+    if (q.n_zero_points > 0)
+      part(".zero_points", st_dtype::i32, {q.n_zero_points},
            [as_bytes](const quantized_tensor& x) { return as_bytes(x.zero_points); });
-    if (q.tensor_scale != 1.0f)
+    if (q.tensor_scale)
       part(".tensor_scale", st_dtype::f32, {1},
            [as_bytes](const quantized_tensor& x) { return as_bytes(std::vector<float>{x.tensor_scale}); });
   }

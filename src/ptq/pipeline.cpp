@@ -5,6 +5,7 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -637,9 +638,14 @@ class shard_reader final : public tensor_reader {
     for (int l = 0; l < n_layers; ++l) {
       const std::string path = shard_path(dir, l);
       if (!fs::exists(path)) throw error(fmt::format("{}: missing; the quantization in {} is not finished", path, dir));
-      // The names alone (the header): the shard is checked when it is read.
-      const nlohmann::json packed = packed_description(safetensors_file(path));
-      for (auto p = packed.begin(); p != packed.end(); ++p) coded_.push_back(p.key());
+      // The coded tensors' names and layouts from the header (for the writers' description); the
+      // shard is checked when its values are read.
+      const safetensors_file f(path);
+      const nlohmann::json packed = packed_description(f);
+      for (auto p = packed.begin(); p != packed.end(); ++p) {
+        layouts_[p.key()] = layout_of(f, p.key(), p.value());
+        coded_.push_back(p.key());
+      }
     }
     std::sort(coded_.begin(), coded_.end());
   }
@@ -650,6 +656,10 @@ class shard_reader final : public tensor_reader {
     if (l >= 0)
       if (auto it = shard(l).codes.find(name); it != shard(l).codes.end()) return it->second;
     return tensor_reader::read_codes(name);
+  }
+  codes_layout read_codes_layout(const std::string& name) const override {
+    const auto it = layouts_.find(name);
+    return it == layouts_.end() ? tensor_reader::read_codes_layout(name) : it->second;
   }
 
  protected:
@@ -662,6 +672,27 @@ class shard_reader final : public tensor_reader {
   }
 
  private:
+  // Packed tensor `name` of shard f as save_tensor_shard lays it out: format and shape in its
+  // description, the parts' sizes, the tensor scale's 4 bytes.
+  static codes_layout layout_of(const safetensors_file& f, const std::string& name, const nlohmann::json& d) {
+    const st_tensor_info* codes = f.find(name + ".codes");
+    const st_tensor_info* scales = f.find(name + ".scales");
+    const st_tensor_info* zero_points = f.find(name + ".zero_points");
+    const st_tensor_info* tensor_scale = f.find(name + ".tensor_scale");
+    if (!d.is_object() || !d.contains("format") || !d["format"].is_string() || !d.contains("shape") ||
+        !d["shape"].is_array() || d["shape"].size() != 2 || !d["shape"][1].is_number_integer() || !codes ||
+        codes->shape.size() != 2 || !scales || !tensor_scale || tensor_scale->end - tensor_scale->begin != 4)
+      throw error(fmt::format("{}: packed tensor '{}' is not laid out as a shard's", f.path(), name));
+    codes_layout q;
+    q.fmt = parse_format(d["format"].get<std::string>());
+    q.rows = codes->shape[0], q.row_bytes = codes->shape[1], q.cols = d["shape"][1].get<int64_t>();
+    q.n_scales = scales->numel();
+    q.n_zero_points = zero_points ? zero_points->numel() : 0;
+    float s = 1;
+    std::memcpy(&s, f.raw(*tensor_scale), 4);
+    q.tensor_scale = s != 1.0f;
+    return q;
+  }
   const tensor_shard& shard(int l) const {
     if (cached_block_ != l) {
       cached_ = {};  // one shard in memory at a time
@@ -674,6 +705,7 @@ class shard_reader final : public tensor_reader {
   const tensor_reader& source_;
   std::string dir_, fingerprint_;
   std::vector<std::string> coded_;
+  std::map<std::string, codes_layout> layouts_;
   mutable int cached_block_ = -1;
   mutable tensor_shard cached_;
 };

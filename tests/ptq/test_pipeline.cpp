@@ -674,3 +674,37 @@ TEST(Streaming, WeightPlanReportsReadOneTensorAtATime) {
     EXPECT_EQ(a[i].sqnr_db, b[i].sqnr_db) << a[i].name;
   }
 }
+
+// The shards' reader tells a coded tensor's layout from the shard's header (the writers describe
+// the packed tensors before they read them): the layout its codes have, zero points (q4_0) and a
+// tensor scale (nvfp4) included.
+TEST(Streaming, ShardLayoutsAreTheCodesLayouts) {
+  const std::string dir = fresh_dir("layouts");
+  const auto source = open_model_reader(stories_path);
+  for (const std::string fmt : {"int4/g32", "q4_0", "nvfp4"}) {
+    SCOPED_TRACE(fmt);
+    std::filesystem::remove_all(dir + "/shards");
+    write_streamed(*source, stream_options(ptq::method::rtn, fmt), dir + "/shards", dir + "/q.safetensors");
+    const auto r = ptq::read_quantized_shards(*source, dir + "/shards");
+    ASSERT_GE(r->coded_names().size(), 28u);  // nvfp4: a few weights stay float (not re-encoded exactly)
+    int tensor_scales = 0, zero_points = 0;
+    for (const std::string& name : r->coded_names()) {
+      const codes_layout l = r->read_codes_layout(name);
+      const quantized_tensor q = r->read_codes(name);
+      EXPECT_TRUE(l.fmt == q.fmt) << name;
+      EXPECT_EQ(l.rows, q.rows) << name;
+      EXPECT_EQ(l.cols, q.cols) << name;
+      EXPECT_EQ(l.row_bytes, q.row_bytes) << name;
+      EXPECT_EQ(l.n_scales, int64_t(q.scales.size())) << name;
+      EXPECT_EQ(l.n_zero_points, int64_t(q.zero_points.size())) << name;
+      EXPECT_EQ(l.tensor_scale, q.tensor_scale != 1.0f) << name;
+      tensor_scales += l.tensor_scale, zero_points += l.n_zero_points > 0;
+    }
+    EXPECT_EQ(tensor_scales > 0, fmt == "nvfp4");
+    EXPECT_EQ(zero_points > 0, fmt == "q4_0");
+    // The file described from the layouts is the in-memory pipeline's (described from its codes).
+    write_in_memory(load_model(stories_path), stream_options(ptq::method::rtn, fmt), dir + "/memory.safetensors");
+    EXPECT_TRUE(file_bytes(dir + "/q.safetensors") == file_bytes(dir + "/memory.safetensors"));
+  }
+  std::filesystem::remove_all(dir);
+}

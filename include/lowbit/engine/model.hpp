@@ -98,6 +98,14 @@ struct model {
   std::vector<std::string> linear_weight_names() const;
 };
 
+// How a coded tensor is stored, without its codes: what a packed writer describes before it
+// writes them (quantized_tensor's sizes; tensor_scale: whether it is not 1, so stored).
+struct codes_layout {
+  format fmt;
+  int64_t rows = 0, cols = 0, row_bytes = 0, n_scales = 0, n_zero_points = 0;
+  bool tensor_scale = false;
+};
+
 // A model read one tensor at a time, for work on models larger than memory (streaming
 // quantization, the writers): the header up front, each tensor's float32 values on request. The
 // file readers memory-map the file, convert one tensor per read() (dequantize, transpose, permute)
@@ -117,6 +125,9 @@ class tensor_reader {
   // sorted; packed writers store those instead of re-encoding the values.
   virtual std::vector<std::string> coded_names() const { return {}; }
   virtual quantized_tensor read_codes(const std::string& name) const;  // throws for another name
+  // read_codes(name)'s layout; by default from read_codes itself, cheaper where a reader can tell
+  // it from a header (the shards' reader).
+  virtual codes_layout read_codes_layout(const std::string& name) const;
 
  protected:
   virtual tensor load(const std::string& name) const = 0;  // read()'s values, unchecked
