@@ -3,6 +3,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -217,9 +218,13 @@ TEST(CliQuantize, GgufAndSafetensorsEvaluateLikeTheModelInMemory) {
     const result e = run("eval --model " + out + " --data " + tinystories + " --max-tokens 2048 --json");
     ASSERT_EQ(e.code, 0) << e.out;
     const auto je = nlohmann::json::parse(e.out);
-    // The file holds exactly the weights of the model in memory (GGUF: Q4_0 blocks, F16 for the
-    // ffn_down rows of 172), so the NLL is the same to the last bit of the float64 mean.
+    // The file holds exactly the weights the pipeline made (GGUF: Q4_0 blocks, F16 for the ffn_down
+    // rows of 172): the model evaluated in memory before the output was assembled, the file read
+    // back by quantize and `lowbit eval` of the file agree to the last bit of the float64 mean.
+    EXPECT_GT(jq["in_memory_mean_nll"].get<double>(), 0) << q.out;
+    EXPECT_EQ(jq["file_mean_nll"].get<double>(), jq["in_memory_mean_nll"].get<double>()) << out;
     EXPECT_EQ(je["mean_nll"].get<double>(), jq["in_memory_mean_nll"].get<double>()) << out;
+    EXPECT_GT(jq["peak_rss_mib"].get<double>(), 0);
     // GPTQ beat RTN on the calibration outputs of every layer group in total.
     double err = 0, rtn = 0;
     for (const auto& l : jq["layers"]) err += l["error"].get<double>(), rtn += l["rtn_error"].get<double>();
@@ -262,6 +267,51 @@ TEST(CliQuantize, StoppedRunResumesWithTheSameBytes) {
     return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   };
   EXPECT_TRUE(bytes(dir + "/whole.safetensors") == bytes(dir + "/resumed.safetensors"));
+  // The hook takes a step count only.
+  for (const std::string bad : {"abc", "0", "12x", "-3"}) {
+    const result r = lowbit::testing::run_command("LOWBIT_QUANTIZE_STOP_AFTER_STEPS=" + bad + " " +
+                                                  std::string(LOWBIT_CLI) + " " + args + dir + "/hook.safetensors");
+    EXPECT_EQ(r.code, 2) << r.out;
+    EXPECT_NE(r.out.find("LOWBIT_QUANTIZE_STOP_AFTER_STEPS='" + bad + "': expected a step count"), std::string::npos)
+        << r.out;
+    EXPECT_FALSE(std::filesystem::exists(dir + "/hook.safetensors.partial")) << bad;
+  }
+}
+
+// A model whose config contradicts its tensors (intermediate_size 4096, ffn tensors of 128 rows) is
+// refused naming the file, the tensor and the config, whatever the method; nothing is written.
+TEST(CliQuantize, ModelWhoseConfigContradictsItsTensorsIsRefused) {
+  const std::string dir = testing::TempDir() + "lowbit_cli_quantize_lying";
+  std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  const std::string model = dir + "/lying.safetensors";
+  ASSERT_EQ(run("synth --dim 64 --layers 2 --heads 4 --hidden 128 -o " + model).code, 0);
+  // The lowbit.config in the file's header says 4096.
+  std::ifstream in(model, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  in.close();
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  nlohmann::json header = nlohmann::json::parse(bytes.substr(8, n));
+  nlohmann::json cfg = nlohmann::json::parse(header["__metadata__"]["lowbit.config"].get<std::string>());
+  ASSERT_EQ(cfg["intermediate_size"], 128);
+  cfg["intermediate_size"] = 4096;
+  header["__metadata__"]["lowbit.config"] = cfg.dump();
+  std::string text = header.dump();
+  text.resize((text.size() + 7) / 8 * 8, ' ');
+  const uint64_t size = text.size();
+  std::ofstream out(model, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(&size), 8);
+  out << text << bytes.substr(8 + n);
+  out.close();
+  for (const std::string method : {"rtn", "gptq"}) {
+    const result r = run("quantize --model " + model + " --data " + tinystories + " --weights int4/g32 --method " +
+                         method + " --calib-samples 4 --calib-ctx 64 -o " + dir + "/q.safetensors", "", true);
+    EXPECT_EQ(r.code, 2) << method << ": " << r.out;
+    EXPECT_NE(r.out.find(model + ": tensor 'blk.0.ffn_gate.weight' has shape [128, 64], the config (dim 64, "
+                         "hidden_dim 4096"), std::string::npos) << r.out;
+    EXPECT_FALSE(std::filesystem::exists(dir + "/q.safetensors"));
+    EXPECT_FALSE(std::filesystem::exists(dir + "/q.safetensors.partial"));
+  }
 }
 
 TEST(CliQuantize, BadRequestsSayWhatWouldWork) {

@@ -754,6 +754,23 @@ uint64_t check_tensor(const std::vector<std::string>& names, const std::string& 
 }
 }  // namespace
 
+std::vector<uint8_t> encode_ggml_floats(const float* data, size_t n, ggml_type type) {
+  std::vector<uint8_t> bytes;
+  if (type == ggml_type::f32) {
+    bytes.resize(n * 4);
+    std::memcpy(bytes.data(), data, n * 4);
+  } else if (type == ggml_type::f16 || type == ggml_type::bf16) {
+    bytes.resize(n * 2);
+    for (size_t i = 0; i < n; ++i) {
+      const uint16_t h = type == ggml_type::f16 ? f32_to_fp16(data[i]) : f32_to_bf16(data[i]);
+      std::memcpy(bytes.data() + 2 * i, &h, 2);
+    }
+  } else {
+    throw error(fmt::format("encode_ggml_floats: {} is not a float type", ggml_type_name(type)));
+  }
+  return bytes;
+}
+
 void gguf_writer::add_tensor(const std::string& name, const std::vector<int64_t>& shape, const float* data, ggml_type type) {
   std::vector<std::string> names;
   for (const auto& t : tensors_) names.push_back(t.name);
@@ -764,16 +781,9 @@ void gguf_writer::add_tensor(const std::string& name, const std::vector<int64_t>
   std::vector<uint8_t> bytes;
   switch (type) {
     case ggml_type::f32:
-      bytes.resize(n * 4);
-      std::memcpy(bytes.data(), data, n * 4);
-      break;
     case ggml_type::f16:
     case ggml_type::bf16:
-      bytes.resize(n * 2);
-      for (size_t i = 0; i < n; ++i) {
-        const uint16_t h = type == ggml_type::f16 ? f32_to_fp16(data[i]) : f32_to_bf16(data[i]);
-        std::memcpy(bytes.data() + 2 * i, &h, 2);
-      }
+      bytes = encode_ggml_floats(data, n, type);
       break;
     case ggml_type::q8_0:
     case ggml_type::q4_0:

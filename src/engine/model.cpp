@@ -136,17 +136,37 @@ std::string shape_str(const std::vector<int64_t>& s) {
 
 }  // namespace
 
-void model::validate() const {
+void model::validate_shapes() const {
   config.validate();
   for (const auto& [name, shape] : expected_tensors(config)) {
     const tensor& t = get(name);
-    if (t.shape != shape)
-      throw shape_error(fmt::format("model {}: tensor '{}' has shape {}, expected {}", source_path,
-                                    name, shape_str(t.shape), shape_str(shape)));
+    if (t.shape != shape) {
+      const model_config& c = config;
+      throw shape_error(fmt::format("model {}: tensor '{}' has shape {}, the config (dim {}, hidden_dim {}, "
+                                    "n_heads {}, n_kv_heads {}, vocab_size {}, max_seq_len {}) gives it {}",
+                                    source_path, name, shape_str(t.shape), c.dim, c.hidden_dim, c.n_heads,
+                                    c.n_kv_heads, c.vocab_size, c.max_seq_len, shape_str(shape)));
+    }
+  }
+}
+
+void model::validate() const {
+  validate_shapes();
+  for (const auto& [name, t] : tensors)
     if (static_cast<int64_t>(t.data.size()) != t.numel())
       throw shape_error(fmt::format("model {}: tensor '{}' holds {} values for shape {}",
                                     source_path, name, t.data.size(), shape_str(t.shape)));
-  }
+}
+
+tensor tensor_reader::read(const std::string& name) const {
+  const tensor* expected = header.find(name);
+  if (!expected) throw error(fmt::format("{}: no tensor '{}'", header.source_path, name));
+  tensor t = load(name);
+  if (t.shape != expected->shape || static_cast<int64_t>(t.data.size()) != expected->numel())
+    throw shape_error(fmt::format("{}: tensor '{}' read as {} values of shape {}; the header says {}",
+                                  header.source_path, name, t.data.size(), shape_str(t.shape),
+                                  shape_str(expected->shape)));
+  return t;
 }
 
 std::vector<std::string> model::linear_weight_names() const {
@@ -224,7 +244,7 @@ class llama2c_reader final : public tensor_reader {
     if (!c.tied_classifier) place("output.weight", {V, d});
   }
 
-  tensor read(const std::string& name) const override {
+  tensor load(const std::string& name) const override {
     const auto it = offsets_.find(name);
     if (it == offsets_.end()) throw error(fmt::format("{}: no tensor '{}'", header.source_path, name));
     tensor t{header.get(name).shape, {}};

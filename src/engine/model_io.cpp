@@ -10,6 +10,7 @@
 #include <set>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "lowbit/engine/gguf.hpp"
@@ -22,11 +23,16 @@ namespace fs = std::filesystem;
 
 namespace lowbit {
 
-namespace {
-
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+nlohmann::json packed_description(const safetensors_file& f) {
+  nlohmann::json packed = nlohmann::json::object();
+  if (auto it = f.metadata().find("lowbit.packed"); it != f.metadata().end()) {
+    packed = nlohmann::json::parse(it->second, nullptr, false);
+    if (!packed.is_object()) throw error(fmt::format("{}: lowbit.packed is not a JSON object", f.path()));
+  }
+  return packed;
 }
+
+namespace {
 
 // Hugging Face stores q/k rows of each head in rotate-half order (first the hd/2 "real" rows,
 // then the hd/2 "imaginary" ones); llama2.c and GGUF interleave the pairs. Interleaved row
@@ -230,14 +236,6 @@ tensor read_packed(const safetensors_file& f, const std::string& name, const nlo
   return out;
 }
 
-nlohmann::json packed_description(const safetensors_file& f) {
-  nlohmann::json packed = nlohmann::json::object();
-  if (auto it = f.metadata().find("lowbit.packed"); it != f.metadata().end()) {
-    packed = nlohmann::json::parse(it->second, nullptr, false);
-    if (!packed.is_object()) throw error(fmt::format("{}: lowbit.packed is not a JSON object", f.path()));
-  }
-  return packed;
-}
 
 // Hugging Face / lowbit safetensors, read one canonical tensor at a time.
 class safetensors_reader final : public tensor_reader {
@@ -286,7 +284,7 @@ class safetensors_reader final : public tensor_reader {
     if (auto it = f_.metadata().find("lowbit.provenance"); it != f_.metadata().end()) m.provenance = it->second;
   }
 
-  tensor read(const std::string& name) const override {
+  tensor load(const std::string& name) const override {
     const auto it = names_.find(name);
     if (it == names_.end()) throw error(fmt::format("{}: no tensor '{}'", f_.path(), name));
     const name_map& n = it->second;
@@ -368,8 +366,10 @@ class gguf_reader final : public tensor_reader {
     if (f.find_kv("lowbit.provenance")) m.provenance = f.get_string("lowbit.provenance");
   }
 
-  tensor read(const std::string& name) const override {
+  tensor load(const std::string& name) const override {
     const gguf_tensor_info& info = f_.get(name);
+    // Converted whole, then its pages released: while it is read, the tensor's mapped bytes and
+    // its floats are both resident (not chunk by chunk as the llama2.c reader).
     tensor t{info.shape(), f_.read_f32(name)};
     release_mapped_pages(f_.raw(info), info.bytes);
     return t;
@@ -389,7 +389,7 @@ class in_memory_reader final : public tensor_reader {
     header.provenance = m.provenance;
     for (const auto& [name, t] : m.tensors) header.tensors[name].shape = t.shape;
   }
-  tensor read(const std::string& name) const override { return m_.get(name); }
+  tensor load(const std::string& name) const override { return m_.get(name); }
   std::vector<std::string> coded_names() const override {
     std::vector<std::string> names;
     if (codes_)
@@ -411,6 +411,12 @@ class in_memory_reader final : public tensor_reader {
 
 quantized_tensor tensor_reader::read_codes(const std::string& name) const {
   throw error(fmt::format("{}: tensor '{}' has no codes", header.source_path, name));
+}
+
+codes_layout tensor_reader::read_codes_layout(const std::string& name) const {
+  const quantized_tensor q = read_codes(name);
+  return {q.fmt, q.rows, q.cols, q.row_bytes, int64_t(q.scales.size()), int64_t(q.zero_points.size()),
+          q.tensor_scale != 1.0f};
 }
 
 std::unique_ptr<tensor_reader> reader_of(const model& m, const std::map<std::string, quantized_tensor>* codes) {
@@ -451,7 +457,8 @@ void save_safetensors_model(const tensor_reader& r, const std::string& path, con
   const std::vector<std::string> coded = with_codes ? r.coded_names() : std::vector<std::string>{};
   const std::set<std::string> packed(coded.begin(), coded.end());
   std::vector<st_write_tensor> out;
-  // Each tensor is read when the writer reaches it; the parts of a packed tensor share one read.
+  // Each tensor is read when the writer reaches it; the parts of a packed tensor share one read
+  // (the description below needs the layouts only).
   auto last = std::make_shared<std::pair<std::string, quantized_tensor>>();
   auto codes_of = [&r, last](const std::string& name) -> const quantized_tensor& {
     if (last->first != name) *last = {name, r.read_codes(name)};
@@ -473,7 +480,7 @@ void save_safetensors_model(const tensor_reader& r, const std::string& path, con
   // Packed tensors keep the canonical name and orientation (their rows are the format's rows).
   nlohmann::json description = nlohmann::json::object();
   for (const std::string& name : coded) {
-    const quantized_tensor& q = codes_of(name);
+    const codes_layout q = r.read_codes_layout(name);
     const tensor& t = m.get(name);
     if (q.rows != t.rows() || q.cols != t.cols())
       throw shape_error(fmt::format("{}: packed '{}' is [{}, {}], the tensor [{}, {}]", path, name, q.rows, q.cols,
@@ -492,12 +499,11 @@ void save_safetensors_model(const tensor_reader& r, const std::string& path, con
     part(".codes", st_dtype::u8, {q.rows, q.row_bytes}, [](const quantized_tensor& x) { return x.codes; });
     // One scale (zero point) per group in row-major (row, group) order: rows x groups for
     // group and row formats, a single one per tensor.
-    part(".scales", st_dtype::f32, {int64_t(q.scales.size())},
-         [as_bytes](const quantized_tensor& x) { return as_bytes(x.scales); });
-    if (!q.zero_points.empty())
-      part(".zero_points", st_dtype::i32, {int64_t(q.zero_points.size())},
+    part(".scales", st_dtype::f32, {q.n_scales}, [as_bytes](const quantized_tensor& x) { return as_bytes(x.scales); });
+    if (q.n_zero_points > 0)
+      part(".zero_points", st_dtype::i32, {q.n_zero_points},
            [as_bytes](const quantized_tensor& x) { return as_bytes(x.zero_points); });
-    if (q.tensor_scale != 1.0f)
+    if (q.tensor_scale)
       part(".tensor_scale", st_dtype::f32, {1},
            [as_bytes](const quantized_tensor& x) { return as_bytes(std::vector<float>{x.tensor_scale}); });
   }
@@ -600,17 +606,8 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
     const ggml_type type = it == types.end() ? ggml_type::f32 : static_cast<ggml_type>(it->second);
     w.add_tensor_deferred(name, shape_only.shape, type, [&r, &has_codes, &path, name, type] {
       const tensor t = r.read(name);
-      std::vector<uint8_t> bytes;
-      if (type == ggml_type::f32 || type == ggml_type::f16 || type == ggml_type::bf16) {
-        bytes.resize(t.data.size() * (type == ggml_type::f32 ? 4 : 2));
-        if (type == ggml_type::f32) std::memcpy(bytes.data(), t.data.data(), bytes.size());
-        else
-          for (size_t i = 0; i < t.data.size(); ++i) {
-            const uint16_t h = type == ggml_type::f16 ? f32_to_fp16(t.data[i]) : f32_to_bf16(t.data[i]);
-            std::memcpy(bytes.data() + 2 * i, &h, 2);
-          }
-        return bytes;
-      }
+      if (type == ggml_type::f32 || type == ggml_type::f16 || type == ggml_type::bf16)
+        return encode_ggml_floats(t.data.data(), t.data.size(), type);
       const format f = parse_format(type == ggml_type::q8_0 ? "q8_0" : type == ggml_type::q4_0 ? "q4_0" : "mxfp4");
       std::optional<quantized_tensor> q;
       if (has_codes.count(name)) {
@@ -665,7 +662,8 @@ std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& 
   return fallbacks;
 }
 
-std::optional<quantized_tensor> exact_codes(const tensor& t, const format& f) {
+std::optional<quantized_tensor> linear_weight_codes(const tensor& t, const format& f, const quantized_tensor* known) {
+  if (known) return *known;
   quantized_tensor q = quantize(t.data.data(), t.rows(), t.cols(), f);
   std::vector<float> back(t.data.size());
   dequantize(q, back.data());
@@ -678,12 +676,11 @@ std::vector<std::string> pack_linear_weights(const model& m, const format& f,
                                              std::map<std::string, quantized_tensor>& packed) {
   std::vector<std::string> kept_float;
   for (const std::string& name : m.linear_weight_names()) {
-    if (auto it = known.find(name); it != known.end()) {
-      packed[name] = it->second;
-      continue;
-    }
-    if (auto q = exact_codes(m.get(name), f)) packed[name] = std::move(*q);
-    else kept_float.push_back(name);
+    const auto it = known.find(name);
+    if (auto q = linear_weight_codes(m.get(name), f, it == known.end() ? nullptr : &it->second))
+      packed[name] = std::move(*q);
+    else
+      kept_float.push_back(name);
   }
   return kept_float;
 }
@@ -693,30 +690,38 @@ namespace {
 
 constexpr const char* kShardChecksum = "lowbit.shard_checksum";
 
-// FNV-1a over the data block, 8 bytes at a time (the block is a whole number of 4-byte values
-// padded by the writer's layout; a tail is mixed bytewise).
-uint64_t shard_checksum(const std::vector<std::pair<const uint8_t*, uint64_t>>& parts) {
-  uint64_t h = 1469598103934665603ull;
-  for (const auto& [p, n] : parts) {
-    uint64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-      uint64_t w;
-      std::memcpy(&w, p + i, 8);
-      h = (h ^ w) * 1099511628211ull;
-    }
-    for (; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+// FNV-1a 64, byte by byte, over a whole shard but its checksum: the metadata (every key and value
+// but the checksum's), each tensor's name, dtype, shape and data offsets in file order, then the
+// data in that order. A changed byte anywhere in the header or the data changes it.
+class shard_checksum {
+ public:
+  void add(const void* p, uint64_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    for (uint64_t i = 0; i < n; ++i) h_ = (h_ ^ b[i]) * 1099511628211ull;
   }
-  return h;
-}
+  void add_text(const std::string& s) { add(s.data(), s.size() + 1); }  // with its NUL: "ab","c" != "a","bc"
+  void add_metadata(const std::map<std::string, std::string>& meta) {
+    for (const auto& [k, v] : meta)
+      if (k != kShardChecksum) add_text(k), add_text(v);
+  }
+  void add_tensor(const std::string& name, st_dtype type, const std::vector<int64_t>& shape, uint64_t begin,
+                  uint64_t end) {
+    add_text(fmt::format("{} {} [{}] {} {}", name, st_dtype_name(type), fmt::join(shape, ","), begin, end));
+  }
+  std::string hex() const { return fmt::format("{:016x}", h_); }
+
+ private:
+  uint64_t h_ = 1469598103934665603ull;
+};
 
 }  // namespace
 
 void save_tensor_shard(const std::string& path, const tensor_shard& shard) {
   std::vector<st_write_tensor> out;
-  std::vector<std::pair<const uint8_t*, uint64_t>> parts;
+  std::vector<std::pair<const void*, uint64_t>> data;
   auto add = [&](const std::string& name, st_dtype type, std::vector<int64_t> shape, const void* bytes, uint64_t n) {
     out.push_back({name, type, std::move(shape), nullptr, bytes});
-    parts.push_back({static_cast<const uint8_t*>(bytes), n});
+    data.push_back({bytes, n});
   };
   for (const auto& [name, t] : shard.tensors) add(name, st_dtype::f32, t.shape, t.data.data(), t.data.size() * 4);
   nlohmann::json description = nlohmann::json::object();
@@ -731,7 +736,16 @@ void save_tensor_shard(const std::string& path, const tensor_shard& shard) {
   }
   std::map<std::string, std::string> meta = shard.metadata;
   meta["lowbit.packed"] = description.dump();
-  meta[kShardChecksum] = fmt::format("{:016x}", shard_checksum(parts));
+  // The header as write_safetensors lays it out: the tensors in this order, contiguous.
+  shard_checksum sum;
+  sum.add_metadata(meta);
+  uint64_t offset = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    sum.add_tensor(out[i].name, out[i].dtype, out[i].shape, offset, offset + data[i].second);
+    offset += data[i].second;
+  }
+  for (const auto& [p, n] : data) sum.add(p, n);
+  meta[kShardChecksum] = sum.hex();
   write_safetensors(path, out, meta);
 }
 
@@ -739,17 +753,19 @@ tensor_shard load_tensor_shard(const std::string& path) {
   const safetensors_file f(path);  // refuses a truncated file: the header's extents are checked
   auto it = f.metadata().find(kShardChecksum);
   if (it == f.metadata().end()) throw error(fmt::format("{}: not a lowbit shard (no {})", path, kShardChecksum));
-  // Checksum in file order (the order it was written in).
-  std::vector<const st_tensor_info*> infos;
+  std::vector<const st_tensor_info*> infos;  // file order
   for (const st_tensor_info& t : f.tensors()) infos.push_back(&t);
   std::sort(infos.begin(), infos.end(), [](const st_tensor_info* a, const st_tensor_info* b) { return a->begin < b->begin; });
-  std::vector<std::pair<const uint8_t*, uint64_t>> parts;
-  for (const st_tensor_info* t : infos) parts.push_back({f.raw(*t), t->end - t->begin});
-  const uint64_t checksum = shard_checksum(parts);
-  for (const auto& [p, n] : parts) release_mapped_pages(p, n);  // read again below, a tensor at a time
-  if (fmt::format("{:016x}", checksum) != it->second)
-    throw error(fmt::format("{}: the shard's data does not match its checksum (corrupted); remove it (or its "
-                            "directory) to recompute", path));
+  shard_checksum sum;
+  sum.add_metadata(f.metadata());
+  for (const st_tensor_info* t : infos) sum.add_tensor(t->name, t->dtype, t->shape, t->begin, t->end);
+  for (const st_tensor_info* t : infos) {
+    sum.add(f.raw(*t), t->end - t->begin);
+    release_mapped_pages(f.raw(*t), t->end - t->begin);  // read again below, a tensor at a time
+  }
+  if (sum.hex() != it->second)
+    throw error(fmt::format("{}: the shard does not match its checksum {} (corrupted); remove it (or its "
+                            "directory) to recompute", path, kShardChecksum));
   tensor_shard shard;
   const nlohmann::json packed = packed_description(f);
   std::set<std::string> code_parts;
@@ -775,10 +791,13 @@ std::unique_ptr<tensor_reader> open_model_reader(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     in.read(magic, 4);
   }
-  if (std::string(magic, 4) == "GGUF" || ends_with(path, ".gguf")) return std::make_unique<gguf_reader>(path);
-  if (ends_with(path, ".safetensors")) return std::make_unique<safetensors_reader>(path);
-  if (ends_with(path, ".bin")) return open_llama2c_reader(path);
-  throw error(fmt::format("{}: unknown model file (expected .bin (llama2.c), .safetensors or .gguf)", path));
+  std::unique_ptr<tensor_reader> r;
+  if (std::string(magic, 4) == "GGUF" || path.ends_with(".gguf")) r = std::make_unique<gguf_reader>(path);
+  else if (path.ends_with(".safetensors")) r = std::make_unique<safetensors_reader>(path);
+  else if (path.ends_with(".bin")) r = open_llama2c_reader(path);
+  else throw error(fmt::format("{}: unknown model file (expected .bin (llama2.c), .safetensors or .gguf)", path));
+  r->header.validate_shapes();  // a config that contradicts the tensors, before any of them is read
+  return r;
 }
 
 model load_model(const std::string& path) { return read_whole_model(*open_model_reader(path)); }

@@ -102,23 +102,43 @@ quant_plan load_plan_json(const std::string& path) {
   return p;
 }
 
+namespace {
+
+// Tensor t fake-quantized to f in place (the tensor_id-th tensor of its model), and its report.
+weight_quant_report fake_quantize_weight(const std::string& name, tensor& t, const format& f, uint64_t tensor_id) {
+  std::vector<float> q(t.data.size());
+  fake_quantize(t.data.data(), q.data(), t.rows(), t.cols(), f, tensor_id);
+  weight_quant_report r;
+  r.name = name;
+  r.format = format_name(f);
+  r.numel = t.numel();
+  r.bits_per_element = bits_per_element(f);
+  r.sqnr_db = compare(t.data.data(), q.data(), t.numel()).sqnr_db;
+  t.data = std::move(q);
+  return r;
+}
+
+}  // namespace
+
 std::vector<weight_quant_report> apply_weight_plan(model& m, const quant_plan& plan) {
   std::vector<weight_quant_report> reports;
   uint64_t tensor_id = 0;
   for (auto& [name, t] : m.tensors) {
     ++tensor_id;
-    const auto f = plan.weight_format(m, name);
-    if (!f) continue;
-    std::vector<float> q(t.data.size());
-    fake_quantize(t.data.data(), q.data(), t.rows(), t.cols(), *f, tensor_id);
-    weight_quant_report r;
-    r.name = name;
-    r.format = format_name(*f);
-    r.numel = t.numel();
-    r.bits_per_element = bits_per_element(*f);
-    r.sqnr_db = compare(t.data.data(), q.data(), t.numel()).sqnr_db;
-    t.data = std::move(q);
-    reports.push_back(std::move(r));
+    if (const auto f = plan.weight_format(m, name)) reports.push_back(fake_quantize_weight(name, t, *f, tensor_id));
+  }
+  return reports;
+}
+
+std::vector<weight_quant_report> weight_plan_reports(const tensor_reader& r, const quant_plan& plan) {
+  std::vector<weight_quant_report> reports;
+  uint64_t tensor_id = 0;  // the same stream positions as apply_weight_plan on the whole model
+  for (const auto& [name, shape_only] : r.header.tensors) {
+    ++tensor_id;
+    if (const auto f = plan.weight_format(r.header, name)) {
+      tensor t = r.read(name);
+      reports.push_back(fake_quantize_weight(name, t, *f, tensor_id));
+    }
   }
   return reports;
 }

@@ -2,8 +2,10 @@
 #include "lowbit/ptq/pipeline.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -183,7 +185,29 @@ bool calibrated(const quantize_options& o) {
 
 std::string block_prefix(int l) { return fmt::format("blk.{}.", l); }
 
-bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
+// The entries of a name-keyed map (tensors, codes) that belong to block l: [first, last).
+template <class Map>
+auto block_range(Map& tensors, int l) {
+  const std::string prefix = block_prefix(l);
+  auto first = tensors.lower_bound(prefix), last = first;
+  while (last != tensors.end() && last->first.starts_with(prefix)) ++last;
+  return std::pair{first, last};
+}
+
+// The block a tensor name belongs to: N of "blk.N." for 0 <= N < n_layers, else -1 (the
+// embeddings, the output, and tensors a file carries beyond the architecture's, such as a GGUF's
+// blk.<n_layers>.something, which are passed through from the source).
+int block_of(const std::string& name, int n_layers) {
+  if (!name.starts_with("blk.")) return -1;
+  int l = -1;
+  const auto ec = std::from_chars(name.data() + 4, name.data() + name.size(), l).ec;
+  if (ec != std::errc() || l < 0 || l >= n_layers) return -1;
+  return name.starts_with(block_prefix(l)) ? l : -1;  // "blk.N." exactly (not blk.01., blk.1x.)
+}
+
+// The checkpoint layout this code writes (state.json "version"); version 2 ties every shard to its
+// run (lowbit.run, lowbit.block) and checksums the shards' headers too.
+constexpr int kCheckpointVersion = 2;
 
 std::string shard_path(const std::string& dir, int l) {
   return (fs::path(dir) / fmt::format("blk.{}.safetensors", l)).string();
@@ -200,19 +224,19 @@ void save_block(model& work, int l, const quantize_report& report, const quantiz
   const std::string block = block_prefix(l);
   tensor_shard shard;
   // The block's tensors move into the shard and back: no copy of a block's weights.
-  for (auto it = work.tensors.lower_bound(block); it != work.tensors.end() && starts_with(it->first, block); ++it)
-    shard.tensors[it->first] = std::move(it->second);
+  const auto [first, last] = block_range(work.tensors, l);
+  for (auto it = first; it != last; ++it) shard.tensors[it->first] = std::move(it->second);
   nlohmann::json known = nlohmann::json::array();
   for (const std::string& name : work.linear_weight_names()) {
-    if (!starts_with(name, block)) continue;
-    if (auto it = report.packed.find(name); it != report.packed.end()) {
-      shard.codes[name] = it->second;
-      known.push_back(name);
-    } else if (auto q = exact_codes(shard.tensors.at(name), o.weights)) {
-      shard.codes[name] = std::move(*q);
-    }
+    if (!name.starts_with(block)) continue;
+    const auto it = report.packed.find(name);
+    const quantized_tensor* method_codes = it == report.packed.end() ? nullptr : &it->second;
+    if (method_codes) known.push_back(name);
+    if (auto q = linear_weight_codes(shard.tensors.at(name), o.weights, method_codes)) shard.codes[name] = std::move(*q);
   }
   shard.metadata["lowbit.known_codes"] = known.dump();
+  shard.metadata["lowbit.run"] = fingerprint;  // the shard belongs to this run and this block
+  shard.metadata["lowbit.block"] = std::to_string(l);
   try {
     save_tensor_shard(shard_path(dir, l), shard);
   } catch (...) {
@@ -225,27 +249,42 @@ void save_block(model& work, int l, const quantize_report& report, const quantiz
     layers.push_back({{"name", lr.name}, {"seconds", lr.seconds}, {"error", lr.error}, {"rtn_error", lr.rtn_error}});
   // tensor_id: the stochastic-rounding stream position, so a resumed run draws what an
   // uninterrupted one would.
-  const nlohmann::json state = {{"fingerprint", fingerprint}, {"blocks_done", l + 1}, {"tensor_id", tensor_id},
-                                {"layers", layers}};
+  const nlohmann::json state = {{"version", kCheckpointVersion}, {"fingerprint", fingerprint},
+                                {"blocks_done", l + 1}, {"tensor_id", tensor_id}, {"layers", layers}};
   write_text_file_atomic((fs::path(dir) / "state.json").string(), state.dump(1) + "\n");
+}
+
+// dir's state.json, checked (version, fingerprint, blocks_done in 0..n_layers); null when there is
+// none.
+nlohmann::json read_state(const std::string& dir, int n_layers) {
+  const fs::path state_path = fs::path(dir) / "state.json";
+  if (!fs::exists(state_path)) return nullptr;
+  std::ifstream in(state_path);
+  const nlohmann::json state = nlohmann::json::parse(in, nullptr, false);
+  if (!state.is_object() || !state.contains("fingerprint") || !state["fingerprint"].is_string() ||
+      !state.contains("blocks_done") || !state["blocks_done"].is_number_integer())
+    throw error(fmt::format("{}: not a lowbit checkpoint state; remove {} to start over", state_path.string(), dir));
+  const nlohmann::json version = state.value("version", nlohmann::json(1));
+  if (version != kCheckpointVersion)
+    throw error(fmt::format("{}: a checkpoint of another lowbit version ({}; this one reads version {}); remove {} "
+                            "to start over", state_path.string(), version.dump(), kCheckpointVersion, dir));
+  const int64_t done = state["blocks_done"].get<int64_t>();
+  if (done < 0 || done > n_layers)
+    throw error(fmt::format("{}: blocks_done {} is out of range (the model has {} blocks)", state_path.string(), done,
+                            n_layers));
+  return state;
 }
 
 // Returns the number of finished blocks recorded in dir (0 when there is nothing to resume),
 // restoring report.layers and tensor_id; throws when the directory holds another run's checkpoint.
 int load_state(quantize_report& report, uint64_t& tensor_id, const std::string& dir, const std::string& fingerprint,
                int n_layers) {
-  const fs::path state_path = fs::path(dir) / "state.json";
-  if (!fs::exists(state_path)) return 0;
-  std::ifstream in(state_path);
-  const nlohmann::json state = nlohmann::json::parse(in, nullptr, false);
-  if (!state.is_object() || !state.contains("fingerprint") || !state.contains("blocks_done") ||
-      !state["blocks_done"].is_number_integer())
-    throw error(fmt::format("{}: not a lowbit checkpoint state; remove the directory to start over", state_path.string()));
+  const nlohmann::json state = read_state(dir, n_layers);
+  if (state.is_null()) return 0;
   if (state["fingerprint"] != fingerprint)
     throw error(fmt::format("{}: a checkpoint of another run (model, data or options differ); remove it to start "
                             "over", dir));
   const int64_t done = state["blocks_done"].get<int64_t>();
-  if (done < 0 || done > n_layers) throw error(fmt::format("{}: blocks_done {} is out of range", dir, done));
   if (!state.contains("tensor_id") || !state["tensor_id"].is_number_unsigned())
     throw error(fmt::format("{}: state.json has no tensor_id", dir));
   tensor_id = state["tensor_id"].get<uint64_t>();
@@ -260,17 +299,21 @@ int load_state(quantize_report& report, uint64_t& tensor_id, const std::string& 
   return static_cast<int>(done);
 }
 
-// A finished block's shard, checked against the tensors the block must have (`shapes`: a model
-// or a reader's header), with the method's own codes.
-tensor_shard load_block_shard(const std::string& dir, int l, const model& shapes) {
+// A finished block's shard, checked against its run (fingerprint), its block and the tensors the
+// block must have (`shapes`: a model or a reader's header), with the method's own codes.
+tensor_shard load_block_shard(const std::string& dir, int l, const model& shapes, const std::string& fingerprint) {
   const std::string path = shard_path(dir, l);
   if (!fs::exists(path))
     throw error(fmt::format("{}: missing, though state.json counts block {} as finished; remove {} to start over",
                             path, l, dir));
   tensor_shard shard = load_tensor_shard(path);
-  const std::string block = block_prefix(l);
+  if (shard.metadata["lowbit.run"] != fingerprint || shard.metadata["lowbit.block"] != std::to_string(l))
+    throw error(fmt::format("{}: lowbit.run {} / lowbit.block {} is not this run's block {} (run {}); remove {} to "
+                            "start over", path, shard.metadata["lowbit.run"], shard.metadata["lowbit.block"], l,
+                            fingerprint, dir));
   size_t expected = 0;
-  for (auto it = shapes.tensors.lower_bound(block); it != shapes.tensors.end() && starts_with(it->first, block); ++it) {
+  const auto [first, last] = block_range(shapes.tensors, l);
+  for (auto it = first; it != last; ++it) {
     ++expected;
     const auto t = shard.tensors.find(it->first);
     if (t == shard.tensors.end() || t->second.shape != it->second.shape)
@@ -283,8 +326,9 @@ tensor_shard load_block_shard(const std::string& dir, int l, const model& shapes
 }
 
 // A finished block back into the working model (resume), its method codes into the report.
-void restore_block(model& work, const model& shapes, int l, const std::string& dir, quantize_report& report) {
-  tensor_shard shard = load_block_shard(dir, l, shapes);
+void restore_block(model& work, const model& shapes, int l, const std::string& dir, const std::string& fingerprint,
+                   quantize_report& report) {
+  tensor_shard shard = load_block_shard(dir, l, shapes, fingerprint);
   const nlohmann::json known = nlohmann::json::parse(shard.metadata["lowbit.known_codes"], nullptr, false);
   if (!known.is_array()) throw error(fmt::format("{}: lowbit.known_codes is not a JSON array", shard_path(dir, l)));
   for (const auto& name : known) {
@@ -446,10 +490,11 @@ struct block_access {
   std::function<void(int)> load;     // block l's float tensors into the working model
   std::function<void(int)> release;  // block l leaves the working model
   std::function<void()> embedded;    // the windows are embedded: the embeddings may leave
-  // In memory, report.packed keeps every block's codes and a resumed run's finished blocks come
-  // back into the model; streamed, their shards hold both.
-  bool in_memory = true;
-  const model* shapes = nullptr;     // the tensors' shapes when the working model lacks them
+  // Streamed: the tensors' shapes (the working model holds the block in use only). In memory
+  // (null), report.packed keeps every block's codes and a resumed run's finished blocks come back
+  // into the model; streamed, their shards hold both.
+  const model* shapes = nullptr;
+  bool in_memory() const { return shapes == nullptr; }
 };
 
 // The layer-by-layer loop of both entry points (pipeline.hpp), on the working model `work`.
@@ -464,16 +509,29 @@ quantize_report run_blocks(model& work, const std::string& fingerprint, const st
   const bool checkpoints = !o.checkpoint_dir.empty();
   const int first_block = checkpoints ? load_state(report, tensor_id, o.checkpoint_dir, fingerprint, c.n_layers) : 0;
   report.resumed_at_block = first_block;
-  if (!access.in_memory && first_block == c.n_layers) return report;  // every shard is there already
+  // The calibration windows (checked, and counted for the report, before a resumed run that only
+  // has the output left to assemble returns).
+  const int ctx = o.calib_ctx;
+  std::vector<int64_t> starts;
+  if (calibrated(o)) {
+    if (c.arch == architecture::gpt2 && ctx > c.max_seq_len)
+      throw error(fmt::format("calibration: --calib-ctx {} exceeds GPT-2's {} positions", ctx, c.max_seq_len));
+    starts = calibration_windows(int64_t(ids.size()), o.calib_samples, ctx, o.seed);
+    report.windows_available = (int64_t(ids.size()) - int64_t(ids.size()) / 2) / ctx;
+  }
+  if (!access.in_memory() && first_block == c.n_layers) {  // every shard is there already
+    report.seconds = std::chrono::duration<double>(clock::now() - t_start).count();
+    return report;
+  }
   // Block l leaves the pipeline: out of the working model (streamed) with its codes.
   auto release_block = [&](int l) {
-    if (!access.in_memory)
-      for (auto it = report.packed.lower_bound(block_prefix(l));
-           it != report.packed.end() && starts_with(it->first, block_prefix(l));)
-        it = report.packed.erase(it);
+    if (!access.in_memory()) {
+      const auto [first, last] = block_range(report.packed, l);
+      report.packed.erase(first, last);
+    }
     access.release(l);
   };
-  const model& shapes = access.shapes ? *access.shapes : work;
+  const model& shapes = access.in_memory() ? work : *access.shapes;
   auto finish_block = [&](int l) {
     if (checkpoints) save_block(work, l, report, o, tensor_id, fingerprint);
     release_block(l);
@@ -483,11 +541,11 @@ quantize_report run_blocks(model& work, const std::string& fingerprint, const st
     const int64_t total = int64_t(work.linear_weight_names().size());
     if (access.embedded) access.embedded();
     for (int l = 0; l < first_block; ++l)  // finished: their values come back for the caller
-      if (access.in_memory) restore_block(work, shapes, l, o.checkpoint_dir, report);
+      if (access.in_memory()) restore_block(work, shapes, l, o.checkpoint_dir, fingerprint, report);
     for (int l = first_block; l < c.n_layers; ++l) {
       access.load(l);
       for (const std::string& name : work.linear_weight_names()) {
-        if (!starts_with(name, block_prefix(l))) continue;
+        if (!name.starts_with(block_prefix(l))) continue;
         tensor& t = work.get_mut(name);
         const auto t0 = clock::now();
         auto q = o.how == method::powerquant
@@ -503,11 +561,6 @@ quantize_report run_blocks(model& work, const std::string& fingerprint, const st
     return report;
   }
 
-  const int ctx = o.calib_ctx;
-  if (c.arch == architecture::gpt2 && ctx > c.max_seq_len)
-    throw error(fmt::format("calibration: --calib-ctx {} exceeds GPT-2's {} positions", ctx, c.max_seq_len));
-  const auto starts = calibration_windows(int64_t(ids.size()), o.calib_samples, ctx, o.seed);
-  report.windows_available = (int64_t(ids.size()) - int64_t(ids.size()) / 2) / ctx;
   for (int64_t s : starts)
     for (int i = 0; i < ctx; ++i)
       if (ids[s + i] < 0 || ids[s + i] >= c.vocab_size)
@@ -520,7 +573,7 @@ quantize_report run_blocks(model& work, const std::string& fingerprint, const st
   if (access.embedded) access.embedded();
   // Resumed: the finished (quantized) blocks make the first unfinished block's input.
   for (int l = 0; l < first_block; ++l) {
-    restore_block(work, shapes, l, o.checkpoint_dir, report);
+    restore_block(work, shapes, l, o.checkpoint_dir, fingerprint, report);
     for (int64_t w = 0; w < W; ++w) session.forward_blocks(residual.data() + w * ctx * dim, ctx, l, l + 1);
     release_block(l);
   }
@@ -544,7 +597,7 @@ quantize_report run_blocks(model& work, const std::string& fingerprint, const st
       gi.stride = std::max<int64_t>(1, W * ctx / std::max<int64_t>(1, o.max_sample_rows));
     }
     session.set_dump([&](const std::string& name, const float* data, int64_t rows, int64_t cols) {
-      if (name.compare(0, block.size(), block) != 0) return;
+      if (!name.starts_with(block)) return;
       const std::string what = name.substr(block.size());
       for (size_t g = 0; g < groups.size(); ++g)
         if (groups[g].input == what) inputs[g].add(data, rows);
@@ -576,50 +629,83 @@ class shard_reader final : public tensor_reader {
  public:
   shard_reader(const tensor_reader& source, const std::string& dir) : source_(source), dir_(dir) {
     header = source.header;
-    for (int l = 0; l < header.config.n_layers; ++l) {
+    const int n_layers = header.config.n_layers;
+    const nlohmann::json state = read_state(dir, n_layers);
+    if (state.is_null() || state["blocks_done"].get<int64_t>() != n_layers)
+      throw error(fmt::format("{}: the quantization is not finished ({} of {} blocks); run it again to resume", dir,
+                              state.is_null() ? 0 : state["blocks_done"].get<int64_t>(), n_layers));
+    fingerprint_ = state["fingerprint"].get<std::string>();
+    for (int l = 0; l < n_layers; ++l) {
       const std::string path = shard_path(dir, l);
       if (!fs::exists(path)) throw error(fmt::format("{}: missing; the quantization in {} is not finished", path, dir));
-      // The names alone (the header): the shard is checked when it is read.
+      // The coded tensors' names and layouts from the header (for the writers' description); the
+      // shard is checked when its values are read.
       const safetensors_file f(path);
-      const auto it = f.metadata().find("lowbit.packed");
-      const nlohmann::json packed =
-          it == f.metadata().end() ? nlohmann::json() : nlohmann::json::parse(it->second, nullptr, false);
-      if (!packed.is_object()) throw error(fmt::format("{}: not a lowbit shard (no lowbit.packed)", path));
-      for (auto p = packed.begin(); p != packed.end(); ++p) coded_.push_back(p.key());
+      const nlohmann::json packed = packed_description(f);
+      for (auto p = packed.begin(); p != packed.end(); ++p) {
+        layouts_[p.key()] = layout_of(f, p.key(), p.value());
+        coded_.push_back(p.key());
+      }
     }
     std::sort(coded_.begin(), coded_.end());
   }
 
-  tensor read(const std::string& name) const override {
-    const int l = block_of(name);
-    if (l < 0) return source_.read(name);
-    return shard(l).tensors.at(name);
-  }
   std::vector<std::string> coded_names() const override { return coded_; }
   quantized_tensor read_codes(const std::string& name) const override {
-    const int l = block_of(name);
+    const int l = block_of(name, header.config.n_layers);
     if (l >= 0)
       if (auto it = shard(l).codes.find(name); it != shard(l).codes.end()) return it->second;
     return tensor_reader::read_codes(name);
   }
+  codes_layout read_codes_layout(const std::string& name) const override {
+    const auto it = layouts_.find(name);
+    return it == layouts_.end() ? tensor_reader::read_codes_layout(name) : it->second;
+  }
+
+ protected:
+  tensor load(const std::string& name) const override {
+    const int l = block_of(name, header.config.n_layers);
+    if (l < 0) return source_.read(name);
+    const auto it = shard(l).tensors.find(name);
+    if (it == shard(l).tensors.end()) throw error(fmt::format("{}: no tensor '{}'", shard_path(dir_, l), name));
+    return it->second;
+  }
 
  private:
-  int block_of(const std::string& name) const {
-    if (!starts_with(name, "blk.")) return -1;
-    return std::stoi(name.substr(4));
+  // Packed tensor `name` of shard f as save_tensor_shard lays it out: format and shape in its
+  // description, the parts' sizes, the tensor scale's 4 bytes.
+  static codes_layout layout_of(const safetensors_file& f, const std::string& name, const nlohmann::json& d) {
+    const st_tensor_info* codes = f.find(name + ".codes");
+    const st_tensor_info* scales = f.find(name + ".scales");
+    const st_tensor_info* zero_points = f.find(name + ".zero_points");
+    const st_tensor_info* tensor_scale = f.find(name + ".tensor_scale");
+    if (!d.is_object() || !d.contains("format") || !d["format"].is_string() || !d.contains("shape") ||
+        !d["shape"].is_array() || d["shape"].size() != 2 || !d["shape"][1].is_number_integer() || !codes ||
+        codes->shape.size() != 2 || !scales || !tensor_scale || tensor_scale->end - tensor_scale->begin != 4)
+      throw error(fmt::format("{}: packed tensor '{}' is not laid out as a shard's", f.path(), name));
+    codes_layout q;
+    q.fmt = parse_format(d["format"].get<std::string>());
+    q.rows = codes->shape[0], q.row_bytes = codes->shape[1], q.cols = d["shape"][1].get<int64_t>();
+    q.n_scales = scales->numel();
+    q.n_zero_points = zero_points ? zero_points->numel() : 0;
+    float s = 1;
+    std::memcpy(&s, f.raw(*tensor_scale), 4);
+    q.tensor_scale = s != 1.0f;
+    return q;
   }
   const tensor_shard& shard(int l) const {
     if (cached_block_ != l) {
       cached_ = {};  // one shard in memory at a time
       cached_block_ = -1;
-      cached_ = load_block_shard(dir_, l, header);
+      cached_ = load_block_shard(dir_, l, header, fingerprint_);
       cached_block_ = l;
     }
     return cached_;
   }
   const tensor_reader& source_;
-  std::string dir_;
+  std::string dir_, fingerprint_;
   std::vector<std::string> coded_;
+  std::map<std::string, codes_layout> layouts_;
   mutable int cached_block_ = -1;
   mutable tensor_shard cached_;
 };
@@ -646,6 +732,7 @@ quantize_report quantize_to_shards(const tensor_reader& source, const std::vecto
     throw error("quantize_to_shards: --rotate changes every weight and the embeddings at once; quantize the "
                 "whole model in memory (quantize_model) for it");
   const model& shapes = source.header;
+  shapes.validate_shapes();  // before anything is read or written: every read is checked against it
   model work;  // the tensors in use: the embeddings while the windows are embedded, then one block
   work.config = shapes.config;
   work.source_path = shapes.source_path;
@@ -654,18 +741,15 @@ quantize_report quantize_to_shards(const tensor_reader& source, const std::vecto
       if (shapes.tensors.count(name)) work.tensors[name] = source.read(name);
   const auto groups = block_groups(shapes.config);
   block_access streamed;
-  streamed.in_memory = false;
   streamed.shapes = &shapes;
   streamed.load = [&](int l) {
-    const std::string block = block_prefix(l);
-    for (auto it = shapes.tensors.lower_bound(block); it != shapes.tensors.end() && starts_with(it->first, block); ++it)
-      work.tensors[it->first] = source.read(it->first);
+    const auto [first, last] = block_range(shapes.tensors, l);
+    for (auto it = first; it != last; ++it) work.tensors[it->first] = source.read(it->first);
     if (o.equalize) equalize_block(work, l, groups);
   };
   streamed.release = [&](int l) {
-    const std::string block = block_prefix(l);
-    for (auto it = work.tensors.lower_bound(block); it != work.tensors.end() && starts_with(it->first, block);)
-      it = work.tensors.erase(it);
+    const auto [first, last] = block_range(work.tensors, l);
+    work.tensors.erase(first, last);
   };
   streamed.embedded = [&] {
     work.tensors.erase("token_embd.weight");

@@ -13,9 +13,12 @@
 #include <memory>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/engine/forward.hpp"
 #include "lowbit/engine/model.hpp"
+#include "lowbit/engine/plan.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ptq/mixed.hpp"
 #include "lowbit/ptq/pipeline.hpp"
@@ -100,7 +103,7 @@ std::string fresh_dir(const std::string& name) {
 // The in-memory pipeline and the writers as `lowbit quantize` used them before streaming.
 void write_in_memory(model m, const ptq::quantize_options& o, const std::string& out) {
   const ptq::quantize_report r = ptq::quantize_model(m, story_ids(), o);
-  if (out.size() > 5 && out.substr(out.size() - 5) == ".gguf") {
+  if (out.ends_with(".gguf")) {
     gguf_export ex;
     ex.packed = r.packed;
     plan_gguf_export(m, ggml_type_for_format(o.weights), ex);
@@ -118,7 +121,7 @@ ptq::quantize_report write_streamed(const tensor_reader& source, ptq::quantize_o
   o.checkpoint_dir = dir;
   const ptq::quantize_report r = ptq::quantize_to_shards(source, story_ids(), o, progress);
   const auto quantized = ptq::read_quantized_shards(source, dir);
-  if (out.size() > 5 && out.substr(out.size() - 5) == ".gguf") {
+  if (out.ends_with(".gguf")) {
     std::map<std::string, uint32_t> types;
     gguf_export_types(quantized->header, ggml_type_for_format(o.weights), types);
     save_gguf_model(*quantized, out, types);
@@ -126,6 +129,14 @@ ptq::quantize_report write_streamed(const tensor_reader& source, ptq::quantize_o
     save_safetensors_model(*quantized, out, "F32", true);
   }
   return r;
+}
+
+// A finished streaming run of `source` with `how` (int4/g32) into dir/shards; its options.
+ptq::quantize_options finished_shards(const tensor_reader& source, const std::string& dir, ptq::method how) {
+  auto o = stream_options(how, "int4/g32");
+  o.checkpoint_dir = dir + "/shards";
+  ptq::quantize_to_shards(source, story_ids(), o);
+  return o;
 }
 
 // Runs `run`, which must throw lowbit::error with `text` in its message.
@@ -492,9 +503,7 @@ TEST(Streaming, KilledRunResumesAtTheNextBlock) {
 TEST(Streaming, DamagedShardIsRefused) {
   const std::string dir = fresh_dir("damaged");
   const auto source = open_model_reader(stories_path);
-  auto o = stream_options(ptq::method::rtn, "int4/g32");
-  o.checkpoint_dir = dir + "/shards";
-  ptq::quantize_to_shards(*source, story_ids(), o);
+  finished_shards(*source, dir, ptq::method::rtn);
   const std::string shard1 = dir + "/shards/blk.1.safetensors";
   std::string bytes = file_bytes(shard1);
   auto expect_refused = [&](const std::string& what) {
@@ -524,5 +533,178 @@ TEST(Streaming, DamagedShardIsRefused) {
   bytes[bytes.size() - 8] ^= 0x01;
   std::ofstream(gptq0, std::ios::binary | std::ios::trunc) << bytes;
   expect_error_naming([&] { ptq::quantize_to_shards(*source, story_ids(), gptq); }, "checksum");
+  std::filesystem::remove_all(dir);
+}
+
+namespace {
+
+// A small Llama for the streaming checks that need a model of their own.
+model_config small_llama() {
+  model_config c;
+  c.dim = 64, c.hidden_dim = 128, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 4, c.vocab_size = 512;
+  c.max_seq_len = 128;
+  return c;
+}
+
+// A reader whose tensors come back in another shape than its header says.
+class misreading_reader final : public tensor_reader {
+ public:
+  explicit misreading_reader(const model& m) : m_(m) {
+    header = read_whole_model(*reader_of(m));
+    for (auto& [name, t] : header.tensors) t.data.clear();
+  }
+
+ protected:
+  tensor load(const std::string& name) const override {
+    tensor t = m_.get(name);
+    if (name == "blk.1.ffn_up.weight") t.shape = {t.shape[1], t.shape[0]};
+    return t;
+  }
+
+ private:
+  const model& m_;
+};
+
+}  // namespace
+
+// A config that contradicts the tensors (intermediate_size 4096, tensors of 128 rows) is refused
+// naming the tensor and the config's numbers, before anything is read or written: opening the file,
+// and quantize_to_shards given a reader with such a header (rtn and gptq); a tensor read in another
+// shape than its header's is refused too.
+TEST(Streaming, ShapesThatContradictTheConfigAreRefused) {
+  const std::string dir = fresh_dir("lying");
+  model m = synthesize_model(small_llama(), 5);
+  m.config.hidden_dim = 4096;
+  save_safetensors_model(*reader_of(m), dir + "/lying.safetensors", "F32", false);  // writers trust the reader
+  expect_error_naming([&] { open_model_reader(dir + "/lying.safetensors"); },
+                      "lying.safetensors: tensor 'blk.0.ffn_gate.weight' has shape [128, 64], the config (dim 64, "
+                      "hidden_dim 4096");
+  m.source_path = "lying";
+  for (const ptq::method how : {ptq::method::rtn, ptq::method::gptq}) {
+    auto o = stream_options(how, "int4/g32");
+    o.checkpoint_dir = dir + "/shards";
+    expect_error_naming([&] { ptq::quantize_to_shards(*reader_of(m), story_ids(), o); }, "model lying: tensor 'blk.0.ffn_gate.weight'");
+    EXPECT_FALSE(std::filesystem::exists(dir + "/shards"));
+  }
+  m.config.hidden_dim = 128;
+  const misreading_reader misreading(m);
+  auto o = stream_options(ptq::method::rtn, "int4/g32");
+  o.checkpoint_dir = dir + "/shards";
+  expect_error_naming([&] { ptq::quantize_to_shards(misreading, story_ids(), o); },
+                      "tensor 'blk.1.ffn_up.weight' read as 8192 values of shape [64, 128]; the header says [128, 64]");
+  std::filesystem::remove_all(dir);
+}
+
+// Tensors a GGUF carries beyond the architecture's, named like a block's (blk.<n_layers>.x, blk.x.y),
+// are not a block's: they pass through from the source into a GGUF output.
+TEST(Streaming, GgufTensorsBeyondTheBlocksPassThrough) {
+  const std::string dir = fresh_dir("extra");
+  model m = synthesize_model(small_llama(), 6);
+  m.tensors["blk.2.extra.weight"] = tensor{{2, 32}, std::vector<float>(64, 0.25f)};
+  m.tensors["blk.x.note"] = tensor{{32}, std::vector<float>(32, -1.0f)};
+  save_gguf_model(m, dir + "/in.gguf");
+  const auto source = open_model_reader(dir + "/in.gguf");
+  for (const ptq::method how : {ptq::method::rtn, ptq::method::gptq}) {
+    SCOPED_TRACE(ptq::method_name(how));
+    std::filesystem::remove_all(dir + "/shards");
+    write_streamed(*source, stream_options(how, "q8_0"), dir + "/shards", dir + "/out.gguf");
+    const model q = load_model(dir + "/out.gguf");
+    EXPECT_EQ(q.get("blk.2.extra.weight").data, m.get("blk.2.extra.weight").data);
+    EXPECT_EQ(q.get("blk.x.note").data, m.get("blk.x.note").data);
+    EXPECT_NE(q.get("blk.1.ffn_up.weight").data, m.get("blk.1.ffn_up.weight").data);  // quantized
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// Every shard names its run and block and is checksummed header and all: another block's shard in
+// its place, a changed metadata byte, and an older checkpoint's state are refused, saying so.
+TEST(Streaming, ShardsBelongToTheirRunAndBlock) {
+  const std::string dir = fresh_dir("tied");
+  const auto source = open_model_reader(stories_path);
+  const auto o = finished_shards(*source, dir, ptq::method::rtn);
+  const std::string shard0 = dir + "/shards/blk.0.safetensors", shard1 = dir + "/shards/blk.1.safetensors";
+  const std::string bytes0 = file_bytes(shard0), bytes1 = file_bytes(shard1);
+  auto read_block1 = [&] { ptq::read_quantized_shards(*source, dir + "/shards")->read("blk.1.ffn_up.weight"); };
+  std::ofstream(shard1, std::ios::binary | std::ios::trunc) << bytes0;  // block 0's shard as block 1's
+  expect_error_naming(read_block1, "lowbit.block 0 is not this run's block 1");
+  std::string changed = bytes1;  // a metadata value changed, the JSON still valid: the checksum shows it
+  const size_t at = changed.find("\"lowbit.known_codes\":\"[]\"");
+  ASSERT_NE(at, std::string::npos);
+  changed.replace(at + 22, 2, "{}");
+  std::ofstream(shard1, std::ios::binary | std::ios::trunc) << changed;
+  expect_error_naming(read_block1, "checksum");
+  std::ofstream(shard1, std::ios::binary | std::ios::trunc) << bytes1;
+  read_block1();  // restored: read
+  // A checkpoint of the version before (no "version" in state.json).
+  std::ifstream in(dir + "/shards/state.json");
+  nlohmann::json state = nlohmann::json::parse(in);
+  in.close();
+  state.erase("version");
+  std::ofstream(dir + "/shards/state.json", std::ios::trunc) << state.dump();
+  expect_error_naming([&] { ptq::quantize_to_shards(*source, story_ids(), o); }, "another lowbit version");
+  std::filesystem::remove_all(dir);
+}
+
+// A resumed run with every block done (only the output left to assemble) still reports the
+// calibration windows and its time.
+TEST(Streaming, FinishedRunResumedReportsItsWindows) {
+  const std::string dir = fresh_dir("finished");
+  const auto source = open_model_reader(stories_path);
+  const auto o = stream_options(ptq::method::gptq, "int4/g32");
+  const auto first = write_streamed(*source, o, dir + "/shards", dir + "/q.safetensors");
+  const auto again = write_streamed(*source, o, dir + "/shards", dir + "/again.safetensors");
+  EXPECT_TRUE(file_bytes(dir + "/q.safetensors") == file_bytes(dir + "/again.safetensors"));
+  EXPECT_EQ(again.resumed_at_block, source->header.config.n_layers);
+  EXPECT_GT(first.windows_available, 0);
+  EXPECT_EQ(again.windows_available, first.windows_available);
+  EXPECT_GT(again.seconds, 0);
+  std::filesystem::remove_all(dir);
+}
+
+// --db's SQNR, read one tensor at a time, is apply_weight_plan's on the whole model.
+TEST(Streaming, WeightPlanReportsReadOneTensorAtATime) {
+  quant_plan p;
+  p.weights = parse_format("int4/g32~sr:1");
+  model whole = stories();
+  const auto a = apply_weight_plan(whole, p);
+  const auto b = weight_plan_reports(*open_model_reader(stories_path), p);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].name, b[i].name);
+    EXPECT_EQ(a[i].sqnr_db, b[i].sqnr_db) << a[i].name;
+  }
+}
+
+// The shards' reader tells a coded tensor's layout from the shard's header (the writers describe
+// the packed tensors before they read them): the layout its codes have, zero points (q4_0) and a
+// tensor scale (nvfp4) included.
+TEST(Streaming, ShardLayoutsAreTheCodesLayouts) {
+  const std::string dir = fresh_dir("layouts");
+  const auto source = open_model_reader(stories_path);
+  for (const std::string fmt : {"int4/g32", "q4_0", "nvfp4"}) {
+    SCOPED_TRACE(fmt);
+    std::filesystem::remove_all(dir + "/shards");
+    write_streamed(*source, stream_options(ptq::method::rtn, fmt), dir + "/shards", dir + "/q.safetensors");
+    const auto r = ptq::read_quantized_shards(*source, dir + "/shards");
+    ASSERT_GE(r->coded_names().size(), 28u);  // nvfp4: a few weights stay float (not re-encoded exactly)
+    int tensor_scales = 0, zero_points = 0;
+    for (const std::string& name : r->coded_names()) {
+      const codes_layout l = r->read_codes_layout(name);
+      const quantized_tensor q = r->read_codes(name);
+      EXPECT_TRUE(l.fmt == q.fmt) << name;
+      EXPECT_EQ(l.rows, q.rows) << name;
+      EXPECT_EQ(l.cols, q.cols) << name;
+      EXPECT_EQ(l.row_bytes, q.row_bytes) << name;
+      EXPECT_EQ(l.n_scales, int64_t(q.scales.size())) << name;
+      EXPECT_EQ(l.n_zero_points, int64_t(q.zero_points.size())) << name;
+      EXPECT_EQ(l.tensor_scale, q.tensor_scale != 1.0f) << name;
+      tensor_scales += l.tensor_scale, zero_points += l.n_zero_points > 0;
+    }
+    EXPECT_EQ(tensor_scales > 0, fmt == "nvfp4");
+    EXPECT_EQ(zero_points > 0, fmt == "q4_0");
+    // The file described from the layouts is the in-memory pipeline's (described from its codes).
+    write_in_memory(load_model(stories_path), stream_options(ptq::method::rtn, fmt), dir + "/memory.safetensors");
+    EXPECT_TRUE(file_bytes(dir + "/q.safetensors") == file_bytes(dir + "/memory.safetensors"));
+  }
   std::filesystem::remove_all(dir);
 }

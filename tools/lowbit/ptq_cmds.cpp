@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -45,18 +46,15 @@ struct quantize_cli_options {
 
 std::string abs_path(const std::string& p) { return p.empty() ? p : fs::absolute(p).lexically_normal().string(); }
 
-bool ends_with(const std::string& s, const std::string& t) {
-  return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
-}
-
 // `quantize --db`: the run as a record of the results store. Every option that changes the
 // weights is in the config (and so in its hash); the output path rides along under "paths".
-void record_quantize(const quantize_cli_options& o, const ptq::quantize_options& qo, const model& original,
+// `original` is read one tensor at a time.
+void record_quantize(const quantize_cli_options& o, const ptq::quantize_options& qo, const tensor_reader& original,
                      const ptq::quantize_report& r, const eval_result* ev) {
   run_record rec;
   rec.kind = "quantize";
   rec.model = fs::path(o.model).stem().string();  // the path is in config.paths
-  rec.n_params = double(original.config.parameter_count());
+  rec.n_params = double(original.header.config.parameter_count());
   rec.tokens = ev ? double(ev->tokens_scored) : 0;
   rec.format = o.weights;
   format_parts(o.weights, rec);
@@ -71,16 +69,16 @@ void record_quantize(const quantize_cli_options& o, const ptq::quantize_options&
                 {"damp", o.damp}, {"act_order", o.act_order}, {"alpha", o.alpha}, {"lorc_rank", o.lorc_rank},
                 {"lorc_format", o.lorc_format}, {"bias_correction", o.bias_correct}, {"preshift", o.preshift},
                 {"equalize", o.equalize}, {"rotate", o.rotate}, {"eval_tokens", o.eval_tokens},
-                {"output", std::string(ends_with(o.out, ".gguf") ? "gguf" : o.float_values ? "safetensors-float" : "safetensors")},
+                {"output", std::string(o.out.ends_with(".gguf") ? "gguf" : o.float_values ? "safetensors-float" : "safetensors")},
                 {"paths", {{"model", abs_path(o.model)}, {"data", abs_path(o.data)}, {"out", abs_path(o.out)},
                            {"tokenizer", o.tokenizer == "bytes" ? o.tokenizer : abs_path(o.tokenizer)}}}};
   double err = 0, rtn = 0;
   for (const auto& l : r.layers) err += l.error, rtn += l.rtn_error;
-  // The format's own round-to-nearest SQNR on the original weights (cheap: one pass).
-  model scratch = original;
-  const double sqnr = mean_sqnr_db(apply_weight_plan(scratch, w));
+  // The format's own round-to-nearest SQNR on the original weights (cheap: one pass, one tensor
+  // in memory at a time).
+  const double sqnr = mean_sqnr_db(weight_plan_reports(original, w));
   rec.metrics = {{"seconds", r.seconds}, {"calib_error", err}, {"calib_rtn_error", rtn},
-                 {"bits_per_weight", average_linear_bits(scratch, w)}, {"sqnr_db", sqnr}};
+                 {"bits_per_weight", average_linear_bits(original.header, w)}, {"sqnr_db", sqnr}};
   if (rtn > 0) rec.metrics["calib_error_ratio"] = err / rtn;
   if (ev) {
     rec.metrics["nll"] = ev->mean_nll, rec.metrics["nll_stderr"] = ev->nll_stderr;
@@ -92,8 +90,22 @@ void record_quantize(const quantize_cli_options& o, const ptq::quantize_options&
   std::cerr << fmt::format("quantize: {} run {} in {}\n", had ? "already recorded as" : "recorded as", id, o.db);
 }
 
+// Test hook, not for users: LOWBIT_QUANTIZE_STOP_AFTER_STEPS=N (N >= 1) stops `quantize` at its
+// N-th progress step, as a kill would, so tests can check that the next run resumes. 0 = unset.
+int64_t stop_after_steps() {
+  const char* v = std::getenv("LOWBIT_QUANTIZE_STOP_AFTER_STEPS");
+  if (!v) return 0;
+  const std::string text(v);
+  int64_t n = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (ec != std::errc() || end != text.data() + text.size() || n < 1)
+    throw error(fmt::format("LOWBIT_QUANTIZE_STOP_AFTER_STEPS='{}': expected a step count >= 1 (a test hook: "
+                            "unset it)", text));
+  return n;
+}
+
 void cmd_quantize(const quantize_cli_options& o) {
-  if (!ends_with(o.out, ".safetensors") && !ends_with(o.out, ".gguf"))
+  if (!o.out.ends_with(".safetensors") && !o.out.ends_with(".gguf"))
     throw error(fmt::format("quantize: -o {}: expected a .safetensors or .gguf path", o.out));
   if (fs::exists(o.out) && !o.force)
     throw error(fmt::format("quantize: {} exists; pass --force to replace it", o.out));
@@ -112,23 +124,19 @@ void cmd_quantize(const quantize_cli_options& o) {
   qo.rotate_seed = o.seed;
 
   // GGUF: llama.cpp's own tensor type for the format, decided before any work.
-  const bool gguf = ends_with(o.out, ".gguf");
+  const bool gguf = o.out.ends_with(".gguf");
   const uint32_t gguf_type = gguf ? ggml_type_for_format(qo.weights) : 0;
   // The model stays in its (memory-mapped) file: the pipeline reads one block's weights at a time.
   const std::unique_ptr<tensor_reader> source = open_model_reader(o.model);
   const auto tok = tokenizer_for_model(source->header, o.tokenizer);
   const std::vector<int32_t> ids = encode_documents(*tok, read_text_file(o.data));
-  std::optional<model> original;
-  if (!o.db.empty()) original = read_whole_model(*source);  // for the format's SQNR on the model's own weights
 
   // Every finished block goes to a shard beside the output, so a killed run resumes.
   qo.checkpoint_dir = o.out + ".partial";
   if (fs::exists(fs::path(qo.checkpoint_dir) / "state.json"))
     std::cerr << fmt::format("quantize: resuming from {}\n", qo.checkpoint_dir);
   progress_bar bar(fmt::format("quantize {} {}", o.method, o.weights), "step");
-  // Tests stop a run part-way, as a kill would, to check that the next run resumes.
-  const char* stop = std::getenv("LOWBIT_QUANTIZE_STOP_AFTER_STEPS");
-  const int64_t stop_after = stop ? std::atoll(stop) : 0;
+  const int64_t stop_after = stop_after_steps();
   int64_t steps_seen = 0;
   const auto progress = [&](int64_t d, int64_t t) {
     bar.update(d, t);
@@ -182,24 +190,36 @@ void cmd_quantize(const quantize_cli_options& o) {
       if (!std::binary_search(coded.begin(), coded.end(), name)) fallbacks.push_back(name);
     save_safetensors_model(*quantized, o.out, "F32", true);
   }
-  quantized.reset();
-
-  std::error_code ec;
-  fs::remove_all(qo.checkpoint_dir, ec);  // the output is complete
-  // The model as written, evaluated in this run (read back from the file, which holds exactly the
-  // quantized values; the whole model is in memory for it): `lowbit eval` of the file must agree.
-  double in_memory_nll = 0;
-  std::optional<eval_result> in_memory;
-  if (o.eval_tokens > 0) {
-    eval_options eo;
-    eo.max_tokens = o.eval_tokens;
-    in_memory = evaluate(load_model(o.out), quant_plan{}, ids, eo);
-    in_memory_nll = in_memory->mean_nll;
-  }
-  if (original) record_quantize(o, qo, *original, r, in_memory ? &*in_memory : nullptr);
+  // The peak of quantization and assembly: what follows (--eval-tokens) loads whole models.
   struct rusage usage {};
   getrusage(RUSAGE_SELF, &usage);
   const double peak_rss_mib = double(usage.ru_maxrss) / 1024.0;  // Linux reports KiB
+
+  // --eval-tokens: the model as the pipeline produced it (its shards, before they are removed, with
+  // the export's F16 fallbacks), evaluated whole in memory, and the file as written, read back:
+  // the two must agree to the last bit, or the writer changed a weight (an error).
+  std::optional<eval_result> in_memory, written;
+  if (o.eval_tokens > 0) {
+    eval_options eo;
+    eo.max_tokens = o.eval_tokens;
+    {
+      model produced = read_whole_model(*quantized);
+      if (gguf) {
+        gguf_export ex;
+        plan_gguf_export(produced, gguf_type, ex);
+      }
+      in_memory = evaluate(produced, quant_plan{}, ids, eo);
+    }
+    written = evaluate(load_model(o.out), quant_plan{}, ids, eo);
+    if (written->mean_nll != in_memory->mean_nll)  // a writer bug: say so, keep the shards to look at
+      throw error(fmt::format("quantize: {} evaluates to mean NLL {:.17g}, the quantized model in memory to {:.17g}: "
+                              "the file does not hold the weights the pipeline made (shards kept in {})",
+                              o.out, written->mean_nll, in_memory->mean_nll, qo.checkpoint_dir));
+  }
+  quantized.reset();
+  std::error_code ec;
+  fs::remove_all(qo.checkpoint_dir, ec);  // the output is complete
+  if (!o.db.empty()) record_quantize(o, qo, *source, r, written ? &*written : nullptr);
   double err = 0, rtn = 0;
   for (const auto& l : r.layers) err += l.error, rtn += l.rtn_error;
   if (o.json) {
@@ -210,7 +230,9 @@ void cmd_quantize(const quantize_cli_options& o) {
                                 {"weights", {{"format", o.weights}, {"canonical", format_name(qo.weights)}}},
                                 {"seconds", r.seconds}, {"windows_available", r.windows_available},
                                 {"layers", layers}, {"fallbacks", fallbacks},
-                                {"in_memory_mean_nll", in_memory_nll}, {"peak_rss_mib", peak_rss_mib}}.dump(2)
+                                {"in_memory_mean_nll", in_memory ? in_memory->mean_nll : 0.0},
+                                {"file_mean_nll", written ? written->mean_nll : 0.0},
+                                {"peak_rss_mib", peak_rss_mib}}.dump(2)
               << "\n";
     return;
   }
@@ -221,7 +243,8 @@ void cmd_quantize(const quantize_cli_options& o) {
                              rtn > 0 ? 100.0 * err / rtn : 0.0);
   std::cout << "\n";
   if (o.eval_tokens > 0)
-    std::cout << fmt::format("in memory: mean NLL {:.6f} on the first {} tokens\n", in_memory_nll, o.eval_tokens);
+    std::cout << fmt::format("mean NLL on the first {} tokens: {:.6f} in memory, {:.6f} from {}\n", o.eval_tokens,
+                             in_memory->mean_nll, written->mean_nll, o.out);
   if (!fallbacks.empty())
     std::cout << fmt::format("{} weights kept as {}: {}\n", fallbacks.size(),
                              gguf ? "F16 (rows not a multiple of 32)" : "float values (not values of the format alone)",
@@ -315,7 +338,9 @@ void add_ptq_commands(CLI::App& app, command_list& commands) {
   q->add_option("-o,--out", o.out, "output .safetensors or .gguf")->required();
   q->add_flag("--force", o.force, "replace an existing output");
   q->add_flag("--float", o.float_values, "safetensors: the weights' float values (Hugging Face layout) instead of codes + scales");
-  q->add_option("--eval-tokens", o.eval_tokens, "also evaluate the quantized model in memory on the first N tokens");
+  q->add_option("--eval-tokens", o.eval_tokens,
+                "also evaluate the quantized model on the first N tokens, in memory and from the written file "
+                "(both must agree; loads the whole model twice, after the peak RSS is taken)");
   q->add_flag("--json", o.json, "one JSON document");
   q->add_option("--db", o.db, "record the run in this results database (SQLite; idempotent)");
   commands.push_back({q, [] { cmd_quantize(o); }});

@@ -127,6 +127,10 @@ class gguf_writer {
   std::vector<pending> tensors_;
 };
 
+// n float32 values as a float GGUF tensor's bytes: F32 as they are, F16 / BF16 rounded to nearest
+// even; throws for another type.
+std::vector<uint8_t> encode_ggml_floats(const float* data, size_t n, ggml_type type);
+
 // ggml block layouts <-> lowbit quantized tensors (rows of `cols` elements, cols % 32 == 0).
 //   q8_0 : fp16 d, int8 q[32]                  x = q * d
 //   q4_0 : fp16 d, u8 qs[16] (lo nibble: j, hi: j+16)   x = (q - 8) * d

@@ -25,10 +25,14 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "lowbit/formats/format.hpp"
 #include "lowbit/kernels/quantize.hpp"
 
 namespace lowbit {
+
+class safetensors_file;
 
 struct tensor {
   std::vector<int64_t> shape;  // row-major, outermost first
@@ -84,30 +88,53 @@ struct model {
   const tensor* find(const std::string& name) const;
   // The classifier matrix: output.weight, or token_embd.weight when tied.
   const tensor& classifier() const;
-  // Checks that every tensor the architecture needs is present with the right shape.
+  // Checks that the config is sound and every tensor the architecture needs is present with the
+  // shape the config gives it (shapes only: a tensor_reader's header passes it); throws a
+  // shape_error naming source_path, the tensor and the config's numbers.
+  void validate_shapes() const;
+  // validate_shapes, and every tensor holds the values its shape needs.
   void validate() const;
   // Names of the linear weights of attention and MLP (the default targets of a weight format).
   std::vector<std::string> linear_weight_names() const;
 };
 
+// How a coded tensor is stored, without its codes: what a packed writer describes before it
+// writes them (quantized_tensor's sizes; tensor_scale: whether it is not 1, so stored).
+struct codes_layout {
+  format fmt;
+  int64_t rows = 0, cols = 0, row_bytes = 0, n_scales = 0, n_zero_points = 0;
+  bool tensor_scale = false;
+};
+
 // A model read one tensor at a time, for work on models larger than memory (streaming
 // quantization, the writers): the header up front, each tensor's float32 values on request. The
 // file readers memory-map the file, convert one tensor per read() (dequantize, transpose, permute)
-// and release the pages they touched, so a reader holds no more than the tensor it returns.
+// and release the pages they touched, so a reader holds about the tensor it returns (the GGUF
+// reader converts a tensor whole before releasing its pages: its mapped bytes are resident too
+// while it is read).
 class tensor_reader {
  public:
   virtual ~tensor_reader() = default;
   // The model without values: config, tokenizer, source_path, provenance, and every tensor's
   // shape in `tensors` (data empty). Writers take the tokenizer and provenance from here.
   model header;
-  virtual tensor read(const std::string& name) const = 0;  // throws naming a missing tensor
+  // Tensor `name` as the header describes it: throws naming the source and the tensor when the
+  // header has no such tensor or the values read are not of its shape.
+  tensor read(const std::string& name) const;
   // The tensors the source also holds as exact codes and scales (PTQ's shards, GPTQ's codes),
   // sorted; packed writers store those instead of re-encoding the values.
   virtual std::vector<std::string> coded_names() const { return {}; }
   virtual quantized_tensor read_codes(const std::string& name) const;  // throws for another name
+  // read_codes(name)'s layout; by default from read_codes itself, cheaper where a reader can tell
+  // it from a header (the shards' reader).
+  virtual codes_layout read_codes_layout(const std::string& name) const;
+
+ protected:
+  virtual tensor load(const std::string& name) const = 0;  // read()'s values, unchecked
 };
 
-// The reader for a model file (what load_model reads; the same checks, made as tensors are read).
+// The reader for a model file (what load_model reads): its header validated (validate_shapes),
+// each tensor checked as it is read.
 std::unique_ptr<tensor_reader> open_model_reader(const std::string& path);
 // A reader of m (which must outlive it); `codes` (may be null) are its coded tensors.
 std::unique_ptr<tensor_reader> reader_of(const model& m, const std::map<std::string, quantized_tensor>* codes = nullptr);
@@ -138,6 +165,9 @@ void save_safetensors_model(const tensor_reader& r, const std::string& path, con
                             bool with_codes);
 // The codes and scales of a packed safetensors file (empty when it has none).
 std::map<std::string, quantized_tensor> load_packed_tensors(const std::string& path);
+// Its "lowbit.packed" metadata: {NAME: {"format", "shape"}} (an empty object when absent); throws
+// naming the file when it is not a JSON object.
+nlohmann::json packed_description(const safetensors_file& f);
 // GGUF export: per-tensor ggml types (others F32) and, for quantized types, the exact codes and
 // scales when the caller has them (GPTQ's); otherwise a tensor is re-encoded from its values and
 // refused unless that reproduces them bit for bit. The tokenizer (when the model's is a llama2.c
@@ -161,11 +191,12 @@ uint32_t ggml_type_for_format(const format& f);
 std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex);
 // The types alone, from the shapes of `header`'s linear weights (a tensor_reader's header).
 std::vector<std::string> gguf_export_types(const model& header, uint32_t type, std::map<std::string, uint32_t>& types);
-// Codes and scales of m's linear weights in format f for a packed safetensors file: `known`
-// (GPTQ's own codes) where given, else the values re-encoded when that reproduces them exactly.
-// Returns the names that stay float (not values of f alone, e.g. LoRC's Q + U V).
-// The codes of t in f when they reproduce its values exactly, else nullopt (pack_linear_weights).
-std::optional<quantized_tensor> exact_codes(const tensor& t, const format& f);
+// The codes a packed file stores for a linear weight t in format f: `known` (a method's own codes,
+// GPTQ's say) when given, else t's values re-encoded when that reproduces them exactly; nullopt
+// when t stays float (not values of f alone, e.g. LoRC's Q + U V).
+std::optional<quantized_tensor> linear_weight_codes(const tensor& t, const format& f, const quantized_tensor* known);
+// linear_weight_codes of each of m's linear weights (known: name -> the method's codes) into
+// `packed`, for a packed safetensors file. Returns the names that stay float.
 std::vector<std::string> pack_linear_weights(const model& m, const format& f,
                                              const std::map<std::string, quantized_tensor>& known,
                                              std::map<std::string, quantized_tensor>& packed);

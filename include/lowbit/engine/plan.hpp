@@ -60,6 +60,8 @@ struct weight_quant_report {
   double sqnr_db = 0;
 };
 std::vector<weight_quant_report> apply_weight_plan(model& m, const quant_plan& plan);
+// apply_weight_plan's reports for the model r reads, one tensor in memory at a time (r unchanged).
+std::vector<weight_quant_report> weight_plan_reports(const tensor_reader& r, const quant_plan& plan);
 // The weight format's SQNR on the model's own weights as one number: the mean of the per-tensor
 // SQNR (dB) weighted by tensor size (NaN when no tensor has a finite one). The feature Xu et
 // al.'s PTQ predictor uses, recorded by eval, quantize and explore.

@@ -46,9 +46,10 @@ struct quantize_options {
   // float activations it costs weight accuracy (stories260K e2m1/c: NLL 1.530 with, 1.505 without).
   bool llmfp4_preshift = false;
   // A directory where every finished block is saved (blk.N.safetensors: the block's tensors with
-  // the exact codes of its weights and a checksum; state.json counts the finished blocks); a run
-  // given a directory from an interrupted run with the same model, data and options resumes after
-  // its last finished block. "" = no checkpoints (quantize_model only).
+  // the exact codes of its weights, the run's fingerprint and the block's index, checksummed
+  // header and all; state.json, checkpoint version 2, counts the finished blocks); a run given a
+  // directory from an interrupted run with the same model, data and options resumes after its last
+  // finished block. "" = no checkpoints (quantize_model only).
   std::string checkpoint_dir;
   // Cross-layer equalization (Nagel et al. 2019, data-free) before quantizing: for each pair of
   // layers with a linear (or positively homogeneous) path between them — v -> attn_output (every
@@ -89,7 +90,9 @@ using ptq_progress = std::function<void(int64_t done, int64_t total)>;
 quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const quantize_options& o,
                                const ptq_progress& progress = {});
 
-// The same, memory-bounded (lowbit quantize): block l's float tensors are read from `source` when
+// The same, memory-bounded (lowbit quantize): source's header is first checked against its config
+// (model::validate_shapes; nothing is read or written for a model it refuses), then block l's
+// float tensors are read from `source` when
 // the pipeline reaches it and dropped once its shard is in o.checkpoint_dir (required), so memory
 // holds one block's weights, the windows' residual streams and one block's activations; the
 // embeddings are read once, to embed the windows. Every block's result is in its shard, not in
@@ -98,8 +101,9 @@ quantize_report quantize_model(model& m, const std::vector<int32_t>& ids, const 
 quantize_report quantize_to_shards(const tensor_reader& source, const std::vector<int32_t>& ids,
                                    const quantize_options& o, const ptq_progress& progress = {});
 // The quantized model of a finished quantize_to_shards, for the writers: the blocks from the
-// shards in dir (values and exact codes, checked as they are read), the other tensors from
-// source (which must outlive the reader).
+// shards in dir (values and exact codes; each shard checked as it is read: checksum, its run's
+// fingerprint from state.json, its block, its tensors' shapes), the other tensors (those of no
+// block 0..n_layers-1) from source, which must outlive the reader.
 std::unique_ptr<tensor_reader> read_quantized_shards(const tensor_reader& source, const std::string& dir);
 
 }  // namespace lowbit::ptq
