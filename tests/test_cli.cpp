@@ -239,7 +239,7 @@ TEST(CliQuantize, BadRequestsSayWhatWouldWork) {
   std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
   result r = run("quantize --model " + stories + " --data " + tinystories + " --weights int4/g32 -o " + dir + "/x.gguf", "", true);
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.out.find("q4_0, q8_0, mxfp4"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("q4_0, q8_0, q4_k, q6_k, mxfp4"), std::string::npos) << r.out;
   r = run("quantize --model " + stories + " --data " + tinystories + " --weights int4/g32 --method gptq --calib-samples 100000 -o " + dir + "/x.safetensors", "", true);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("windows"), std::string::npos) << r.out;

@@ -216,6 +216,8 @@ quantized_tensor read_packed_codes(const safetensors_file& f, const std::string&
   fill(".codes", st_dtype::u8, q.codes.data(), q.codes.size(), true);
   fill(".scales", st_dtype::f32, q.scales.data(), q.scales.size() * 4, true);
   if (!q.zero_points.empty()) fill(".zero_points", st_dtype::i32, q.zero_points.data(), q.zero_points.size() * 4, true);
+  if (!q.super_scales.empty())
+    fill(".super_scales", st_dtype::f32, q.super_scales.data(), q.super_scales.size() * 4, true);
   fill(".tensor_scale", st_dtype::f32, &q.tensor_scale, 4, false);
   return q;
 }
@@ -323,6 +325,9 @@ void save_safetensors_model(const model& m, const std::string& path, const std::
     if (!q.zero_points.empty())
       packed_out.push_back({name + ".zero_points", st_dtype::i32, {int64_t(q.zero_points.size())}, nullptr,
                             q.zero_points.data()});
+    if (!q.super_scales.empty())  // q4_k/q6_k: the fp16 scales of each super-block
+      packed_out.push_back({name + ".super_scales", st_dtype::f32, {int64_t(q.super_scales.size())}, nullptr,
+                            q.super_scales.data()});
     if (q.tensor_scale != 1.0f)
       packed_out.push_back({name + ".tensor_scale", st_dtype::f32, {1}, nullptr, &q.tensor_scale});
   }
@@ -482,7 +487,7 @@ void save_gguf_model(const model& m, const std::string& path, const gguf_export&
       w.add_tensor(name, t.shape, t.data.data(), type);
       continue;
     }
-    const format f = parse_format(type == ggml_type::q8_0 ? "q8_0" : type == ggml_type::q4_0 ? "q4_0" : "mxfp4");
+    const format f = ggml_type_format(type);
     quantized_tensor q;
     if (auto p = ex.packed.find(name); p != ex.packed.end() && p->second.fmt == f) {
       q = p->second;
@@ -504,10 +509,11 @@ void save_gguf_model(const model& m, const std::string& path, const gguf_export&
 uint32_t ggml_type_for_format(const format& f) {
   const std::string c = format_name(f);
   const ggml_type t = c == "q4_0" ? ggml_type::q4_0 : c == "q8_0" ? ggml_type::q8_0
+                      : c == "q4_k" ? ggml_type::q4_k : c == "q6_k" ? ggml_type::q6_k
                       : c == format_name(parse_format("mxfp4")) ? ggml_type::mxfp4
                       : c == "bf16" ? ggml_type::bf16 : c == "fp16" ? ggml_type::f16
-                      : throw error(fmt::format("{} has no GGUF tensor type; GGUF export takes q4_0, q8_0, mxfp4, "
-                                                "bf16 or fp16 (or write .safetensors)", c));
+                      : throw error(fmt::format("{} has no GGUF tensor type; GGUF export takes q4_0, q8_0, q4_k, q6_k, "
+                                                "mxfp4, bf16 or fp16 (or write .safetensors)", c));
   return static_cast<uint32_t>(t);
 }
 
@@ -518,12 +524,17 @@ std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& 
     tensor& t = m.get_mut(name);
     if (t.cols() % block == 0) {
       ex.types[name] = type;
-    } else {  // Q8_0 has the same block of 32: F16 is the nearest wider type that fits
-      fake_quantize(t.data.data(), t.data.data(), t.rows(), t.cols(), parse_format("fp16"));
-      ex.types[name] = static_cast<uint32_t>(ggml_type::f16);
-      ex.packed.erase(name);
-      fallbacks.push_back(name);
+      continue;
     }
+    // The nearest wider type that fits: Q8_0 (block 32) for the K-quants' block of 256, F16 for
+    // q4_0/q8_0/mxfp4 (Q8_0 has their block of 32) or rows not a multiple of 32.
+    const int q8_block = ggml_block_size(ggml_type::q8_0);
+    const ggml_type wider = block > q8_block && t.cols() % q8_block == 0 ? ggml_type::q8_0 : ggml_type::f16;
+    fake_quantize(t.data.data(), t.data.data(), t.rows(), t.cols(),
+                  wider == ggml_type::q8_0 ? ggml_type_format(wider) : parse_format("fp16"));
+    ex.types[name] = static_cast<uint32_t>(wider);
+    ex.packed.erase(name);
+    fallbacks.push_back(fmt::format("{} ({})", name, ggml_type_name(wider)));
   }
   return fallbacks;
 }

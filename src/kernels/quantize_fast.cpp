@@ -30,6 +30,7 @@
 #include <omp.h>
 
 #include "lowbit/kernels/element_ops.hpp"
+#include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/scale.hpp"
 #include "lowbit/kernels/simd.hpp"
@@ -1110,8 +1111,46 @@ struct fast_call {
 void set_use_ref(bool v) { g_use_ref.store(v); }
 bool use_ref() { return g_use_ref.load(); }
 
+// K-quants (kquant.hpp): rows in parallel, each through the scalar per-super-block code that the
+// reference runs too (the super-block searches are sequential; SIMD would not change the bits).
+namespace {
+
+void kquant_dequantize_rows(const quantized_tensor& q, int64_t r0, int64_t r1, float* out) {
+  const format& f = q.fmt;
+  const int64_t nsb = kquant_super_blocks_per_row(q.cols), gpr = q.groups_per_row(), k = f.group_size;
+  const int nss = kquant_super_scale_count(f);
+  std::vector<uint32_t> codes(static_cast<size_t>(q.cols));
+  for (int64_t r = r0; r < r1; ++r) {
+    unpack_codes(q.codes.data() + r * q.row_bytes, q.cols, f.element.bits, codes.data());
+    float* y = out + (r - r0) * q.cols;
+    for (int64_t g = 0; g < gpr; ++g) {
+      const float* ss = q.super_scales.data() + (r * nsb + g * k / kSuperBlock) * nss;
+      const size_t gi = static_cast<size_t>(r * gpr + g);
+      const group_scale gs = kquant_sub_scale(f, ss[0], nss > 1 ? ss[1] : 0.0f, static_cast<int32_t>(q.scales[gi]),
+                                              q.zero_points.empty() ? 0 : q.zero_points[gi]);
+      for (int64_t c = g * k; c < std::min(q.cols, (g + 1) * k); ++c)
+        y[c] = dequantize_value_ref(f, codes[static_cast<size_t>(c)], gs);
+    }
+  }
+}
+
+}  // namespace
+
 void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
   if (use_ref() || rows < 0 || cols < 0) return fake_quantize_ref(in, out, rows, cols, f, tensor_id);
+  if (is_kquant(f)) {  // a block of rows per thread: quantize, then dequantize in place
+#pragma omp parallel if (rows * cols >= kParallelMinElements)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const int64_t per = (rows + nt - 1) / nt, r0 = std::min(rows, t * per), r1 = std::min(rows, r0 + per);
+      if (r1 > r0) {
+        quantized_tensor q = quantized_tensor::allocate(f, r1 - r0, cols);
+        kquant_quantize_rows(in + r0 * cols, 0, r1 - r0, q);
+        kquant_dequantize_rows(q, 0, r1 - r0, out + r0 * cols);
+      }
+    }
+    return;
+  }
   if (!simd_covers(f)) {
     // Explicit scalar fallback (power maps, LUT with directed/stochastic rounding, mse/percentile
     // rules): the reference, a block of rows per thread. Scales over the whole tensor would be
@@ -1157,9 +1196,14 @@ uint32_t code_of_grid_value(const format& f, float v, int32_t zero_point) {
 quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
   // Codes come from the same row kernel as fake_quantize with the scale left out (values on the
   // element grid); the cases the SIMD path does not cover, and q4_0, use the reference.
-  if (use_ref() || !simd_covers(f) || f.named == preset::q4_0 || rows < 0 || cols < 0)
+  if (use_ref() || (!is_kquant(f) && !simd_covers(f)) || f.named == preset::q4_0 || rows < 0 || cols < 0)
     return quantize_ref(x, rows, cols, f, tensor_id);
   quantized_tensor q = quantized_tensor::allocate(f, rows, cols);
+  if (is_kquant(f)) {  // rows in parallel; each row's codes and scales are its own bytes
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMinElements)
+    for (int64_t r = 0; r < rows; ++r) kquant_quantize_rows(x, r, r + 1, q);
+    return q;
+  }
   const fast_call call(f, x, rows, cols, true, tensor_id);
   q.tensor_scale = call.plan.tensor_scale;
   const int64_t gpr = groups_per_row(f, cols);
@@ -1212,6 +1256,11 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
 
 void dequantize(const quantized_tensor& q, float* out) {
   if (use_ref() || q.fmt.power != 0 || q.fmt.element.bits > 16) return dequantize_ref(q, out);
+  if (is_kquant(q.fmt)) {
+#pragma omp parallel for schedule(static) if (q.rows * q.cols >= kParallelMinElements)
+    for (int64_t r = 0; r < q.rows; ++r) kquant_dequantize_rows(q, r, r + 1, out + r * q.cols);
+    return;
+  }
   const format& f = q.fmt;
   // Decode table of every code, then one multiply per value (the reference's float operations).
   std::vector<float> table(static_cast<size_t>(code_count(f.element)));

@@ -13,6 +13,7 @@
 
 #include "cli.hpp"
 #include "lowbit/engine/eval.hpp"
+#include "lowbit/engine/gguf.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
 #include "lowbit/error.hpp"
@@ -139,7 +140,7 @@ void cmd_quantize(const quantize_cli_options& o) {
                                 {"calib_samples", o.calib_samples}, {"calib_ctx", o.calib_ctx},
                                 {"seed", o.seed}}.dump();
   std::vector<std::string> fallbacks;
-  if (gguf) {  // llama.cpp's own types, F16 where rows do not fit a block (also in memory)
+  if (gguf) {  // llama.cpp's own types, a wider one where rows do not fit a block (also in memory)
     gguf_export ex;
     ex.packed = r.packed;
     fallbacks = plan_gguf_export(m, gguf_type, ex);
@@ -187,7 +188,10 @@ void cmd_quantize(const quantize_cli_options& o) {
     std::cout << fmt::format("in memory: mean NLL {:.6f} on the first {} tokens\n", in_memory_nll, o.eval_tokens);
   if (!fallbacks.empty())
     std::cout << fmt::format("{} weights kept as {}: {}\n", fallbacks.size(),
-                             gguf ? "F16 (rows not a multiple of 32)" : "float values (not values of the format alone)",
+                             gguf ? fmt::format("a wider GGUF type (rows not a multiple of the {} block of {})",
+                                                ggml_type_name(static_cast<ggml_type>(gguf_type)),
+                                                ggml_block_size(static_cast<ggml_type>(gguf_type)))
+                                  : std::string("float values (not values of the format alone)"),
                              fmt::join(fallbacks, ", "));
 }
 

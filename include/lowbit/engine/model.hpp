@@ -119,12 +119,14 @@ struct gguf_export {
 void save_gguf_model(const model& m, const std::string& path, const gguf_export& ex);
 void save_gguf_model(const model& m, const std::string& path);  // every tensor F32
 
-// llama.cpp's tensor type (ggml_type number) for a weight format: q4_0, q8_0, mxfp4, bf16, fp16;
-// throws naming those for any other.
+// llama.cpp's tensor type (ggml_type number) for a weight format: q4_0, q8_0, q4_k, q6_k, mxfp4,
+// bf16, fp16; throws naming those for any other.
 uint32_t ggml_type_for_format(const format& f);
 // The types of a GGUF export of m's linear weights in `type` (CONVENTIONS 22): a weight whose
-// rows do not divide the type's block falls back to F16, and m's values are rounded to fp16 the
-// same way, so the file and the model in memory agree. Returns the names that fell back.
+// rows do not divide the type's block falls back to the nearest wider type that fits — Q8_0
+// (rows a multiple of 32; for q4_k/q6_k, whose block is 256), then F16 — and m's values are
+// rounded onto that type the same way (fake-quantized from the values `type` gave them), so the
+// file and the model in memory agree. Returns the names that fell back, as "name (type)".
 std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex);
 // Codes and scales of m's linear weights in format f for a packed safetensors file: `known`
 // (GPTQ's own codes) where given, else the values re-encoded when that reproduces them exactly.
