@@ -64,6 +64,14 @@ TEST(Cli, FormatsJsonCarriesCanonicalNames) {
       EXPECT_EQ(row["bits_per_element"], 4.25);
     }
   EXPECT_TRUE(saw_mxfp4);
+  int kquants = 0;
+  for (const auto& row : j)
+    if (row["format"] == "q4_k" || row["format"] == "q6_k") {
+      ++kquants;
+      EXPECT_EQ(row["canonical"], row["format"]);
+      EXPECT_EQ(row["bits_per_element"], row["format"] == "q4_k" ? 4.5 : 6.5625);  // ggml's 144 / 210 bytes per 256
+    }
+  EXPECT_EQ(kquants, 2);
 }
 
 TEST(Cli, BadInputIsAClearErrorNotACrash) {
@@ -232,6 +240,33 @@ TEST(CliQuantize, GgufAndSafetensorsEvaluateLikeTheModelInMemory) {
   const result t2 = run("tokenize --tokenizer " + tok512 + " --bos --json 'Once upon a time, Lily'");
   ASSERT_EQ(t.code, 0) << t.out;
   EXPECT_EQ(nlohmann::json::parse(t.out)[0]["ids"], nlohmann::json::parse(t2.out)[0]["ids"]);
+}
+
+// K-quants: a synthetic Llama with rows of 256 exports as Q4_K / Q6_K blocks and evaluates like
+// the model in memory; stories260K's rows of 64 and 172 fall back (CONVENTIONS 22), listed.
+TEST(CliQuantize, KQuantGgufEvaluatesLikeTheModelInMemory) {
+  const std::string dir = testing::TempDir() + "lowbit_cli_kquant";
+  std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  const result s = run("synth --dim 256 --layers 1 --heads 4 --hidden 512 --vocab 512 --ctx 128 -o " + dir + "/m.gguf");
+  ASSERT_EQ(s.code, 0) << s.out;
+  for (const std::string fmt : {"q4_k", "q6_k"}) {
+    const std::string out = dir + "/" + fmt + ".gguf";
+    const result q = run("quantize --model " + dir + "/m.gguf --data " + tinystories + " --weights " + fmt +
+                         " --method gptq --calib-samples 8 --calib-ctx 128 --eval-tokens 1024 --json -o " + out);
+    ASSERT_EQ(q.code, 0) << q.out;
+    const auto jq = nlohmann::json::parse(q.out);
+    EXPECT_TRUE(jq["fallbacks"].empty()) << q.out;
+    const result e = run("eval --model " + out + " --data " + tinystories + " --max-tokens 1024 --json");
+    ASSERT_EQ(e.code, 0) << e.out;
+    EXPECT_EQ(nlohmann::json::parse(e.out)["mean_nll"].get<double>(), jq["in_memory_mean_nll"].get<double>()) << fmt;
+  }
+  const result f = run("quantize --model " + stories + " --data " + tinystories + " --weights q4_k --method rtn -o " +
+                       dir + "/stories.gguf");
+  ASSERT_EQ(f.code, 0) << f.out;
+  EXPECT_NE(f.out.find("35 weights kept as a wider GGUF type (rows not a multiple of the q4_k block of 256)"),
+            std::string::npos) << f.out;
+  EXPECT_NE(f.out.find("blk.0.attn_q.weight (q8_0)"), std::string::npos) << f.out;
+  EXPECT_NE(f.out.find("blk.0.ffn_down.weight (f16)"), std::string::npos) << f.out;
 }
 
 TEST(CliQuantize, BadRequestsSayWhatWouldWork) {

@@ -11,6 +11,8 @@
 #include <random>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "lowbit/engine/gguf.hpp"
 #include "lowbit/engine/safetensors.hpp"  // fp16 conversions
 #include "lowbit/error.hpp"
@@ -285,5 +287,34 @@ TEST(KQuant, SubBlockScaleReproducesTheCodes) {
         if (gs.scale == 0) continue;
         ASSERT_EQ(quantize_value_ref(f, x[static_cast<size_t>(r * 512 + c)], gs, 0.0f), q.code(r, c)) << name << " " << c;
       }
+  }
+}
+
+// Known answers: the bytes of ggml's own quantize_row_q4_K_ref / quantize_row_q6_K_ref for one
+// deterministic super-block (computed with ggml at commit d99724f2, built without FMA contraction;
+// README "K-quants" has the outside check on many more rows).
+TEST(KQuant, EncodesLikeGgmlOnAKnownBlock) {
+  float x[256];
+  for (int i = 0; i < 256; ++i) x[i] = static_cast<float>((i * 37) % 101 - 50) / 7.0f * static_cast<float>(1 + (i / 32) % 4);
+  const char* q4_k_hex =
+      "ca2b2d375060affc0f5eadfdf0eeefffa0156ac1268cd3489d0459b0157bc1378ce348ae046ab0267bd2379de359ae15"
+      "268ce248ad0459b0157bd1379ce348ae046ac0267bd2379df359be156ac1268c9df359be157ac1268ce248ad0459b015"
+      "7bd1379ce348ae046ac0268bd2379df3156ac1268cd2489df459b0157bc1378ce348ae046ab0267bd2379de359ae156a";
+  const char* q6_k_hex =
+      "d158bf37be25ad048b047bf37ad159d0c941ea63eb74fb741d951ea72fc841c9bf34ad169b048df26be069d146cf38bd"
+      "1a922c840d85ed77ff57d038b04aa22b67df58c139b239a22c931c85fd76ee57ce5ad137b31a912c830f85ec78ff55d1"
+      "c851da62eb63fc840d951ea63fb840c9d129b30b931c64fe86de67ff47d129b118b1c66cb11b6c861b71c61cb1c76cb2"
+      "2453f9248ef9138ef4538d2452f9248ed4a209d47e09a37e14a349d4ae09d77ec863be1463c9147ec923bec463bd1463"
+      "df21c33fa15f8083211e403f9ea37f86259f";
+  auto hex = [](const std::vector<uint8_t>& b) {
+    std::string s;
+    for (uint8_t v : b) s += fmt::format("{:02x}", v);
+    return s;
+  };
+  for (const bool fast : {false, true}) {
+    const quantized_tensor q4 = fast ? quantize(x, 1, 256, parse_format("q4_k")) : quantize_ref(x, 1, 256, parse_format("q4_k"));
+    const quantized_tensor q6 = fast ? quantize(x, 1, 256, parse_format("q6_k")) : quantize_ref(x, 1, 256, parse_format("q6_k"));
+    EXPECT_EQ(hex(encode_ggml_blocks(q4, ggml_type::q4_k)), q4_k_hex);
+    EXPECT_EQ(hex(encode_ggml_blocks(q6, ggml_type::q6_k)), q6_k_hex);
   }
 }
