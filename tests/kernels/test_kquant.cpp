@@ -8,7 +8,6 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
-#include <random>
 #include <vector>
 
 #include <fmt/format.h>
@@ -20,6 +19,7 @@
 #include "lowbit/kernels/element_ops.hpp"
 #include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/quantize.hpp"
+#include "tests/ptq/random_inputs.hpp"
 
 using namespace lowbit;
 
@@ -82,11 +82,7 @@ std::vector<float> decode_gguf(const std::vector<uint8_t>& bytes, int64_t rows, 
 }
 
 std::vector<float> gaussian(size_t n, unsigned seed, float sigma = 1.0f) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> d(0.0f, sigma);
-  std::vector<float> x(n);
-  for (auto& v : x) v = d(gen);
-  return x;
+  return lowbit::test::normal(static_cast<int64_t>(n), seed, sigma);
 }
 
 }  // namespace
