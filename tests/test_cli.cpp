@@ -4,6 +4,7 @@
 #include <array>
 #include <cstdio>
 #include <set>
+#include <sstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -52,6 +53,22 @@ TEST(Cli, InfoJsonListsEveryValue) {
   EXPECT_EQ(k["max"], 448.0);
   EXPECT_EQ(k["nan_codes"], 2);
   EXPECT_EQ(k["values"][0x7f]["value"], "nan");
+}
+
+// K-quants print each value's sub-block scale code (and q4_k's min code) and the super-block's
+// fp16 d (dmin): one super-block here, whose largest sub-block scale is q6_k's -128.
+TEST(Cli, CastKQuantCodes) {
+  result r = run("cast q6_k --codes 1 2 3 -0.5");
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::istringstream lines(r.out);
+  std::string line;
+  int n = 0;
+  for (; std::getline(lines, line); ++n) EXPECT_NE(line.find("sub-scale -128  d "), std::string::npos) << line;
+  EXPECT_EQ(n, 4);
+  r = run("cast q4_k --codes 0.25 -1 3");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("  min "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("  dmin "), std::string::npos) << r.out;
 }
 
 TEST(Cli, FormatsJsonCarriesCanonicalNames) {

@@ -29,8 +29,24 @@ namespace {
 
 constexpr char kMagic[4] = {'G', 'G', 'U', 'F'};
 constexpr int kQK = 32;  // elements per Q8_0 / Q4_0 / MXFP4 block
-constexpr int kQ4KBytes = 2 + 2 + 12 + kSuperBlock / 2;                  // block_q4_K: 144
-constexpr int kQ6KBytes = kSuperBlock / 2 + kSuperBlock / 4 + kSuperBlock / 16 + 2;  // block_q6_K: 210
+
+// ggml's K-quant blocks (ggml-common.h block_q4_K / block_q6_K, QK_K = 256), little-endian.
+struct block_q4_k {
+  uint16_t d;                       // fp16 super-block scale of the sub-block scales
+  uint16_t dmin;                    // fp16 super-block scale of the sub-block mins
+  uint8_t scales[12];               // 8 x (6-bit scale sc_j, 6-bit min m_j), get_scale_min_k4's packing
+  uint8_t qs[kSuperBlock / 2];      // 4-bit q: per 64 values, byte l = value l | value l + 32 << 4
+};
+static_assert(sizeof(block_q4_k) == 144, "block_q4_K is 144 bytes");
+struct block_q6_k {
+  uint8_t ql[kSuperBlock / 2];      // low 4 bits of q: per 128 values, ql[l] = l | l + 64 << 4, ql[l + 32] = l + 32 | l + 96 << 4
+  uint8_t qh[kSuperBlock / 4];      // high 2 bits of q: per 128 values, qh[l] = l, l + 32, l + 64, l + 96 at bits 0, 2, 4, 6
+  int8_t scales[kSuperBlock / 16];  // int8 sub-block scales sc_j (sub-blocks of 16)
+  uint16_t d;                       // fp16 super-block scale
+};
+static_assert(sizeof(block_q6_k) == 210, "block_q6_K is 210 bytes");
+constexpr int kQ4KBytes = sizeof(block_q4_k);
+constexpr int kQ6KBytes = sizeof(block_q6_k);
 
 struct type_entry {
   ggml_type t;
@@ -319,7 +335,7 @@ void kquant_codes_of(const quantized_tensor& q, int64_t r, int64_t s, uint8_t* L
   for (int i = 0; i < kSuperBlock; ++i) L[i] = static_cast<uint8_t>(bits == 4 ? codes[i] : (codes[i] + 32) & 63);
 }
 
-void encode_kquant_block(const quantized_tensor& q, int64_t r, int64_t s, uint8_t* blk) {
+void encode_kquant_block(const quantized_tensor& q, int64_t r, int64_t s, uint8_t* out) {
   const bool q4 = q.fmt.named == preset::q4_k;
   const int64_t nsb = q.cols / kSuperBlock, subs = kSuperBlock / q.fmt.group_size, gpr = q.cols / q.fmt.group_size;
   const float* ss = q.super_scales.data() + (r * nsb + s) * (q4 ? 2 : 1);
@@ -343,66 +359,58 @@ void encode_kquant_block(const quantized_tensor& q, int64_t r, int64_t s, uint8_
   uint8_t L[kSuperBlock];
   kquant_codes_of(q, r, s, L);
   if (q4) {
-    const uint16_t d = exact_fp16(ss[0], s, r), dmin = exact_fp16(ss[1], s, r);
-    std::memcpy(blk, &d, 2);
-    std::memcpy(blk + 2, &dmin, 2);
-    pack_q4_k_scales(sc, m, blk + 4);
-    uint8_t* qs = blk + 16;  // per 64 values: byte l = L[l] | L[l + 32] << 4
+    block_q4_k b{};
+    b.d = exact_fp16(ss[0], s, r);
+    b.dmin = exact_fp16(ss[1], s, r);
+    pack_q4_k_scales(sc, m, b.scales);
     for (int c = 0; c < kSuperBlock; c += 64)
-      for (int l = 0; l < 32; ++l) *qs++ = static_cast<uint8_t>(L[c + l] | (L[c + l + 32] << 4));
+      for (int l = 0; l < 32; ++l) b.qs[c / 2 + l] = static_cast<uint8_t>(L[c + l] | (L[c + l + 32] << 4));
+    std::memcpy(out, &b, sizeof b);
     return;
   }
-  // q6_k, per 128 values n: ql[l] = low nibbles of L[n+l] | L[n+l+64] << 4, ql[l+32] those of
-  // L[n+l+32] | L[n+l+96] << 4; qh[l] = the top 2 bits of L[n+l], L[n+l+32], L[n+l+64], L[n+l+96].
-  uint8_t* ql = blk;
-  uint8_t* qh = blk + kSuperBlock / 2;
-  for (int n = 0; n < kSuperBlock; n += 128, ql += 64, qh += 32)
+  block_q6_k b{};
+  for (int n = 0; n < kSuperBlock; n += 128)
     for (int l = 0; l < 32; ++l) {
       const uint8_t* x = L + n + l;
-      ql[l] = static_cast<uint8_t>((x[0] & 0x0f) | ((x[64] & 0x0f) << 4));
-      ql[l + 32] = static_cast<uint8_t>((x[32] & 0x0f) | ((x[96] & 0x0f) << 4));
-      qh[l] = static_cast<uint8_t>((x[0] >> 4) | ((x[32] >> 4) << 2) | ((x[64] >> 4) << 4) | ((x[96] >> 4) << 6));
+      b.ql[n / 2 + l] = static_cast<uint8_t>((x[0] & 0x0f) | ((x[64] & 0x0f) << 4));
+      b.ql[n / 2 + l + 32] = static_cast<uint8_t>((x[32] & 0x0f) | ((x[96] & 0x0f) << 4));
+      b.qh[n / 4 + l] = static_cast<uint8_t>((x[0] >> 4) | ((x[32] >> 4) << 2) | ((x[64] >> 4) << 4) | ((x[96] >> 4) << 6));
     }
-  int8_t* scales = reinterpret_cast<int8_t*>(blk + kSuperBlock / 2 + kSuperBlock / 4);
-  for (int j = 0; j < 16; ++j) scales[j] = static_cast<int8_t>(sc[j]);
-  const uint16_t d = exact_fp16(ss[0], s, r);
-  std::memcpy(blk + kQ6KBytes - 2, &d, 2);
+  for (int j = 0; j < 16; ++j) b.scales[j] = static_cast<int8_t>(sc[j]);
+  b.d = exact_fp16(ss[0], s, r);
+  std::memcpy(out, &b, sizeof b);
 }
 
-void decode_kquant_block(const uint8_t* blk, int64_t r, int64_t s, quantized_tensor& q) {
+void decode_kquant_block(const uint8_t* in, int64_t r, int64_t s, quantized_tensor& q) {
   const bool q4 = q.fmt.named == preset::q4_k;
   const int64_t nsb = q.cols / kSuperBlock, subs = kSuperBlock / q.fmt.group_size, gpr = q.cols / q.fmt.group_size;
   float* ss = q.super_scales.data() + (r * nsb + s) * (q4 ? 2 : 1);
   int32_t sc[16], m[8];
   uint8_t L[kSuperBlock];
   if (q4) {
-    uint16_t d, dmin;
-    std::memcpy(&d, blk, 2);
-    std::memcpy(&dmin, blk + 2, 2);
-    ss[0] = fp16_to_f32(d);
-    ss[1] = fp16_to_f32(dmin);
-    unpack_q4_k_scales(blk + 4, sc, m);
-    const uint8_t* qs = blk + 16;
-    for (int c = 0; c < kSuperBlock; c += 64, qs += 32)
+    block_q4_k b;
+    std::memcpy(&b, in, sizeof b);
+    ss[0] = fp16_to_f32(b.d);
+    ss[1] = fp16_to_f32(b.dmin);
+    unpack_q4_k_scales(b.scales, sc, m);
+    for (int c = 0; c < kSuperBlock; c += 64)
       for (int l = 0; l < 32; ++l) {
-        L[c + l] = qs[l] & 0x0f;
-        L[c + l + 32] = qs[l] >> 4;
+        L[c + l] = b.qs[c / 2 + l] & 0x0f;
+        L[c + l + 32] = b.qs[c / 2 + l] >> 4;
       }
   } else {
-    const uint8_t* ql = blk;
-    const uint8_t* qh = blk + kSuperBlock / 2;
-    for (int n = 0; n < kSuperBlock; n += 128, ql += 64, qh += 32)
+    block_q6_k b;
+    std::memcpy(&b, in, sizeof b);
+    for (int n = 0; n < kSuperBlock; n += 128)
       for (int l = 0; l < 32; ++l) {
-        L[n + l] = static_cast<uint8_t>((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4));
-        L[n + l + 32] = static_cast<uint8_t>((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4));
-        L[n + l + 64] = static_cast<uint8_t>((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
-        L[n + l + 96] = static_cast<uint8_t>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+        const uint8_t lo = b.ql[n / 2 + l], hi = b.ql[n / 2 + l + 32], h = b.qh[n / 4 + l];
+        L[n + l] = static_cast<uint8_t>((lo & 0x0f) | ((h & 3) << 4));
+        L[n + l + 32] = static_cast<uint8_t>((hi & 0x0f) | (((h >> 2) & 3) << 4));
+        L[n + l + 64] = static_cast<uint8_t>((lo >> 4) | (((h >> 4) & 3) << 4));
+        L[n + l + 96] = static_cast<uint8_t>((hi >> 4) | (((h >> 6) & 3) << 4));
       }
-    const int8_t* scales = reinterpret_cast<const int8_t*>(blk + kSuperBlock / 2 + kSuperBlock / 4);
-    for (int j = 0; j < 16; ++j) sc[j] = scales[j];
-    uint16_t d;
-    std::memcpy(&d, blk + kQ6KBytes - 2, 2);
-    ss[0] = fp16_to_f32(d);
+    for (int j = 0; j < 16; ++j) sc[j] = b.scales[j];
+    ss[0] = fp16_to_f32(b.d);
   }
   for (int64_t j = 0; j < subs; ++j) {
     const size_t gi = static_cast<size_t>(r * gpr + s * subs + j);
