@@ -35,6 +35,9 @@ std::pair<int64_t, int64_t> group_range(const format& f, int64_t in, int64_t g) 
 power_search_result powerquant_search(const float* W, int64_t out, int64_t in, const format& base,
                                       double lo, double hi) {
   if (base.power != 0) throw error("powerquant: give the base format without pow(...)");
+  if (base.named != preset::none)  // as the grammar's pow(...): the presets fix their own grids
+    throw error(fmt::format("powerquant: {} is a named preset; the power map takes a generic format "
+                            "(e.g. int4/g32, e2m1/g32:e8m0)", format_name(base)));
   if (!(lo > 0) || !(hi >= lo)) throw error(fmt::format("powerquant: bad exponent range [{}, {}]", lo, hi));
   const int64_t n = out * in;
   std::vector<float> q(n);
