@@ -261,6 +261,13 @@ group_scale kquant_sub_scale(const format& f, float d, float dmin, int32_t sc, i
   return gs;
 }
 
+group_scale kquant_stored_scale(const quantized_tensor& q, int64_t r, int64_t c) {
+  const int nss = kquant_super_scale_count(q.fmt);
+  const float* ss = q.super_scales.data() + (r * kquant_super_blocks_per_row(q.cols) + c / kSuperBlock) * nss;
+  return kquant_sub_scale(q.fmt, ss[0], nss > 1 ? ss[1] : 0.0f, static_cast<int32_t>(q.scale_at(r, c)),
+                          q.zero_point_at(r, c));
+}
+
 void kquant_quantize_rows(const float* x, int64_t r0, int64_t r1, quantized_tensor& q) {
   const format& f = q.fmt;
   const int64_t cols = q.cols, sub = f.group_size;

@@ -1117,17 +1117,13 @@ namespace {
 
 void kquant_dequantize_rows(const quantized_tensor& q, int64_t r0, int64_t r1, float* out) {
   const format& f = q.fmt;
-  const int64_t nsb = kquant_super_blocks_per_row(q.cols), gpr = q.groups_per_row(), k = f.group_size;
-  const int nss = kquant_super_scale_count(f);
+  const int64_t gpr = q.groups_per_row(), k = f.group_size;
   std::vector<uint32_t> codes(static_cast<size_t>(q.cols));
   for (int64_t r = r0; r < r1; ++r) {
     unpack_codes(q.codes.data() + r * q.row_bytes, q.cols, f.element.bits, codes.data());
     float* y = out + (r - r0) * q.cols;
     for (int64_t g = 0; g < gpr; ++g) {
-      const float* ss = q.super_scales.data() + (r * nsb + g * k / kSuperBlock) * nss;
-      const size_t gi = static_cast<size_t>(r * gpr + g);
-      const group_scale gs = kquant_sub_scale(f, ss[0], nss > 1 ? ss[1] : 0.0f, static_cast<int32_t>(q.scales[gi]),
-                                              q.zero_points.empty() ? 0 : q.zero_points[gi]);
+      const group_scale gs = kquant_stored_scale(q, r, g * k);  // once per sub-block
       for (int64_t c = g * k; c < std::min(q.cols, (g + 1) * k); ++c)
         y[c] = dequantize_value_ref(f, codes[static_cast<size_t>(c)], gs);
     }

@@ -317,13 +317,7 @@ quantized_tensor quantize_ref(const float* x, int64_t rows, int64_t cols, const 
 
 // The group_scale a stored tensor implies for (r, c).
 static group_scale stored_group_scale(const quantized_tensor& q, int64_t r, int64_t c) {
-  if (is_kquant(q.fmt)) {
-    const size_t s = static_cast<size_t>((r * kquant_super_blocks_per_row(q.cols) + c / kSuperBlock) *
-                                         kquant_super_scale_count(q.fmt));
-    const float d = q.super_scales[s];
-    const float dmin = q.fmt.named == preset::q4_k ? q.super_scales[s + 1] : 0.0f;
-    return kquant_sub_scale(q.fmt, d, dmin, static_cast<int32_t>(q.scale_at(r, c)), q.zero_point_at(r, c));
-  }
+  if (is_kquant(q.fmt)) return kquant_stored_scale(q, r, c);
   group_scale gs;
   const float s = q.scale_at(r, c);
   gs.nonfinite = std::isnan(s);

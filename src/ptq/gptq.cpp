@@ -353,12 +353,7 @@ gptq_result gptq_quantize(const float* W, int64_t out, int64_t in, const double*
       const quantized_tensor rtn = quantize_ref(W0.data(), out, in, f, o.tensor_id);
       p.fixed_super = rtn.super_scales;
       for (int64_t r = 0; r < out; ++r)
-        for (int64_t c = 0; c < in; c += p.G) {
-          const int64_t s = (r * kquant_super_blocks_per_row(in) + c / kSuperBlock) * kquant_super_scale_count(f);
-          p.fixed.push_back(kquant_sub_scale(f, rtn.super_scales[static_cast<size_t>(s)],
-                                             f.named == preset::q4_k ? rtn.super_scales[static_cast<size_t>(s + 1)] : 0.0f,
-                                             static_cast<int32_t>(rtn.scale_at(r, c)), rtn.zero_point_at(r, c)));
-        }
+        for (int64_t c = 0; c < in; c += p.G) p.fixed.push_back(kquant_stored_scale(rtn, r, c));
     }
   } else if (f.gran == granularity::group) {
     p.K = p.G = f.group_size;

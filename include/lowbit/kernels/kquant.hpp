@@ -55,6 +55,10 @@ void kquant_quantize_block(const format& f, const float* x, int64_t n, kquant_bl
 // The group_scale of sub-block j of a super-block: scale = d * sc_j, offset = dmin * m_j (q4_k).
 group_scale kquant_sub_scale(const format& f, float d, float dmin, int32_t sc, int32_t m);
 
+struct quantized_tensor;
+// The group_scale a stored K-quant tensor implies for column c of row r (its sub-block's).
+group_scale kquant_stored_scale(const quantized_tensor& q, int64_t r, int64_t c);
+
 // ggml's nearest_int: round to nearest (ties to even) through the float32 magic 1.5 * 2^23, as
 // ggml computes it (an assert bounds |v| <= 4194303 in ggml's debug builds; release builds, and
 // this function, keep the bit trick's result for any input).
@@ -62,7 +66,6 @@ int ggml_nearest_int(float v);
 
 // Rows [r0, r1) of a K-quant tensor (q from quantized_tensor::allocate): the reference and the
 // fast kernels share this per-super-block code.
-struct quantized_tensor;
 void kquant_quantize_rows(const float* x, int64_t r0, int64_t r1, quantized_tensor& q);
 
 }  // namespace lowbit
