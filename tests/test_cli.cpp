@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iterator>
 #include <set>
+#include <sstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -58,6 +59,22 @@ TEST(Cli, InfoJsonListsEveryValue) {
   EXPECT_EQ(k["values"][0x7f]["value"], "nan");
 }
 
+// K-quants print each value's sub-block scale code (and q4_k's min code) and the super-block's
+// fp16 d (dmin): one super-block here, whose largest sub-block scale is q6_k's -128.
+TEST(Cli, CastKQuantCodes) {
+  result r = run("cast q6_k --codes 1 2 3 -0.5");
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::istringstream lines(r.out);
+  std::string line;
+  int n = 0;
+  for (; std::getline(lines, line); ++n) EXPECT_NE(line.find("sub-scale -128  d "), std::string::npos) << line;
+  EXPECT_EQ(n, 4);
+  r = run("cast q4_k --codes 0.25 -1 3");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("  min "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("  dmin "), std::string::npos) << r.out;
+}
+
 TEST(Cli, FormatsJsonCarriesCanonicalNames) {
   const auto j = nlohmann::json::parse(run("formats --json").out);
   bool saw_mxfp4 = false;
@@ -68,6 +85,14 @@ TEST(Cli, FormatsJsonCarriesCanonicalNames) {
       EXPECT_EQ(row["bits_per_element"], 4.25);
     }
   EXPECT_TRUE(saw_mxfp4);
+  int kquants = 0;
+  for (const auto& row : j)
+    if (row["format"] == "q4_k" || row["format"] == "q6_k") {
+      ++kquants;
+      EXPECT_EQ(row["canonical"], row["format"]);
+      EXPECT_EQ(row["bits_per_element"], row["format"] == "q4_k" ? 4.5 : 6.5625);  // ggml's 144 / 210 bytes per 256
+    }
+  EXPECT_EQ(kquants, 2);
 }
 
 TEST(Cli, BadInputIsAClearErrorNotACrash) {
@@ -314,12 +339,39 @@ TEST(CliQuantize, ModelWhoseConfigContradictsItsTensorsIsRefused) {
   }
 }
 
+// K-quants: a synthetic Llama with rows of 256 exports as Q4_K / Q6_K blocks and evaluates like
+// the model in memory; stories260K's rows of 64 and 172 fall back (CONVENTIONS 22), listed.
+TEST(CliQuantize, KQuantGgufEvaluatesLikeTheModelInMemory) {
+  const std::string dir = testing::TempDir() + "lowbit_cli_kquant";
+  std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  const result s = run("synth --dim 256 --layers 1 --heads 4 --hidden 512 --vocab 512 --ctx 128 -o " + dir + "/m.gguf");
+  ASSERT_EQ(s.code, 0) << s.out;
+  for (const std::string fmt : {"q4_k", "q6_k"}) {
+    const std::string out = dir + "/" + fmt + ".gguf";
+    const result q = run("quantize --model " + dir + "/m.gguf --data " + tinystories + " --weights " + fmt +
+                         " --method gptq --calib-samples 8 --calib-ctx 128 --eval-tokens 1024 --json -o " + out);
+    ASSERT_EQ(q.code, 0) << q.out;
+    const auto jq = nlohmann::json::parse(q.out);
+    EXPECT_TRUE(jq["fallbacks"].empty()) << q.out;
+    const result e = run("eval --model " + out + " --data " + tinystories + " --max-tokens 1024 --json");
+    ASSERT_EQ(e.code, 0) << e.out;
+    EXPECT_EQ(nlohmann::json::parse(e.out)["mean_nll"].get<double>(), jq["in_memory_mean_nll"].get<double>()) << fmt;
+  }
+  const result f = run("quantize --model " + stories + " --data " + tinystories + " --weights q4_k --method rtn -o " +
+                       dir + "/stories.gguf");
+  ASSERT_EQ(f.code, 0) << f.out;
+  EXPECT_NE(f.out.find("35 weights kept as a wider GGUF type (rows not a multiple of the q4_k block of 256)"),
+            std::string::npos) << f.out;
+  EXPECT_NE(f.out.find("blk.0.attn_q.weight (q8_0)"), std::string::npos) << f.out;
+  EXPECT_NE(f.out.find("blk.0.ffn_down.weight (f16)"), std::string::npos) << f.out;
+}
+
 TEST(CliQuantize, BadRequestsSayWhatWouldWork) {
   const std::string dir = testing::TempDir() + "lowbit_cli_quantize_bad";
   std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
   result r = run("quantize --model " + stories + " --data " + tinystories + " --weights int4/g32 -o " + dir + "/x.gguf", "", true);
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.out.find("q4_0, q8_0, mxfp4"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("q4_0, q8_0, q4_k, q6_k, mxfp4"), std::string::npos) << r.out;
   r = run("quantize --model " + stories + " --data " + tinystories + " --weights int4/g32 --method gptq --calib-samples 100000 -o " + dir + "/x.safetensors", "", true);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("windows"), std::string::npos) << r.out;

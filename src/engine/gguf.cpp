@@ -1,5 +1,5 @@
-// GGUF v3 reader/writer (v2 is read too: same layout) and the ggml block layouts of Q8_0, Q4_0 and
-// MXFP4 <-> lowbit quantized tensors.
+// GGUF v3 reader/writer (v2 is read too: same layout) and the ggml block layouts of Q8_0, Q4_0,
+// Q4_K, Q6_K and MXFP4 <-> lowbit quantized tensors.
 //
 // File layout (little-endian): "GGUF", u32 version, u64 n_tensors, u64 n_kv, n_kv key/values
 // (string key, u32 type, value; strings are u64 length + bytes; arrays are u32 element type, u64
@@ -21,6 +21,7 @@
 
 #include "lowbit/engine/safetensors.hpp"  // mapped_file, atomic_file_writer, fp16/bf16
 #include "lowbit/error.hpp"
+#include "lowbit/kernels/kquant.hpp"
 
 namespace lowbit {
 
@@ -28,6 +29,24 @@ namespace {
 
 constexpr char kMagic[4] = {'G', 'G', 'U', 'F'};
 constexpr int kQK = 32;  // elements per Q8_0 / Q4_0 / MXFP4 block
+
+// ggml's K-quant blocks (ggml-common.h block_q4_K / block_q6_K, QK_K = 256), little-endian.
+struct block_q4_k {
+  uint16_t d;                       // fp16 super-block scale of the sub-block scales
+  uint16_t dmin;                    // fp16 super-block scale of the sub-block mins
+  uint8_t scales[12];               // 8 x (6-bit scale sc_j, 6-bit min m_j), get_scale_min_k4's packing
+  uint8_t qs[kSuperBlock / 2];      // 4-bit q: per 64 values, byte l = value l | value l + 32 << 4
+};
+static_assert(sizeof(block_q4_k) == 144, "block_q4_K is 144 bytes");
+struct block_q6_k {
+  uint8_t ql[kSuperBlock / 2];      // low 4 bits of q: per 128 values, ql[l] = l | l + 64 << 4, ql[l + 32] = l + 32 | l + 96 << 4
+  uint8_t qh[kSuperBlock / 4];      // high 2 bits of q: per 128 values, qh[l] = l, l + 32, l + 64, l + 96 at bits 0, 2, 4, 6
+  int8_t scales[kSuperBlock / 16];  // int8 sub-block scales sc_j (sub-blocks of 16)
+  uint16_t d;                       // fp16 super-block scale
+};
+static_assert(sizeof(block_q6_k) == 210, "block_q6_K is 210 bytes");
+constexpr int kQ4KBytes = sizeof(block_q4_k);
+constexpr int kQ6KBytes = sizeof(block_q6_k);
 
 struct type_entry {
   ggml_type t;
@@ -39,8 +58,10 @@ struct type_entry {
 constexpr type_entry kTypes[] = {
     {ggml_type::f32, "f32", 1, 4},         {ggml_type::f16, "f16", 1, 2},
     {ggml_type::q4_0, "q4_0", kQK, 2 + 16}, {ggml_type::q8_0, "q8_0", kQK, 2 + 32},
+    {ggml_type::q4_k, "q4_k", kSuperBlock, kQ4KBytes}, {ggml_type::q6_k, "q6_k", kSuperBlock, kQ6KBytes},
     {ggml_type::bf16, "bf16", 1, 2},       {ggml_type::mxfp4, "mxfp4", kQK, 1 + 16},
 };
+constexpr const char* kTypeList = "f32=0, f16=1, q4_0=2, q8_0=8, q4_k=12, q6_k=14, bf16=30, mxfp4=39";
 
 const type_entry* type_of(uint32_t v) {
   for (const auto& e : kTypes)
@@ -50,8 +71,7 @@ const type_entry* type_of(uint32_t v) {
 
 const type_entry& type_of(ggml_type t) {
   const type_entry* e = type_of(static_cast<uint32_t>(t));
-  if (!e) throw error(fmt::format("ggml type {} is not supported (expected f32=0, f16=1, q4_0=2, q8_0=8, bf16=30, mxfp4=39)",
-                                  static_cast<uint32_t>(t)));
+  if (!e) throw error(fmt::format("ggml type {} is not supported (expected {})", static_cast<uint32_t>(t), kTypeList));
   return *e;
 }
 
@@ -266,10 +286,141 @@ format format_for(ggml_type t) {
   switch (t) {
     case ggml_type::q8_0: return parse_format("q8_0");
     case ggml_type::q4_0: return parse_format("q4_0");
+    case ggml_type::q4_k: return parse_format("q4_k");
+    case ggml_type::q6_k: return parse_format("q6_k");
     case ggml_type::mxfp4: return parse_format("mxfp4");
     default: break;
   }
-  throw error(fmt::format("ggml type {} is not a block-quantized type (expected q8_0, q4_0 or mxfp4)", ggml_type_name(t)));
+  throw error(fmt::format("ggml type {} is not a block-quantized type (expected q8_0, q4_0, q4_k, q6_k or mxfp4)",
+                          ggml_type_name(t)));
+}
+
+// The fp16 bits of a block scale that must be an fp16 value (NaN: a NaN group or super-block).
+uint16_t exact_fp16(float s, int64_t block, int64_t row) {
+  const uint16_t d = f32_to_fp16(s);
+  if (std::bit_cast<uint32_t>(fp16_to_f32(d)) != std::bit_cast<uint32_t>(s) && !std::isnan(s))
+    throw error(fmt::format("encode_ggml_blocks: block {} of row {} has scale {}, not an fp16 value", block, row, s));
+  return d;
+}
+
+// ---- K-quants: ggml's block_q4_K / block_q6_K <-> quantized_tensor (kernels/kquant.hpp) ----
+// block_q4_K.scales[12] holds the 6-bit scale sc_j and min m_j of the 8 sub-blocks
+// (get_scale_min_k4): for j < 4, sc_j = scales[j] & 63 and m_j = scales[j + 4] & 63; for j >= 4,
+// the low 4 bits of sc_j / m_j are the low / high nibble of scales[j + 4] and their top 2 bits
+// are the top 2 bits of scales[j - 4] / scales[j].
+void pack_q4_k_scales(const int32_t* sc, const int32_t* m, uint8_t* scales) {
+  for (int j = 0; j < 4; ++j) {
+    scales[j] = static_cast<uint8_t>(sc[j] | ((sc[j + 4] >> 4) << 6));
+    scales[j + 4] = static_cast<uint8_t>(m[j] | ((m[j + 4] >> 4) << 6));
+    scales[j + 8] = static_cast<uint8_t>((sc[j + 4] & 0x0f) | ((m[j + 4] & 0x0f) << 4));
+  }
+}
+void unpack_q4_k_scales(const uint8_t* scales, int32_t* sc, int32_t* m) {
+  for (int j = 0; j < 8; ++j) {
+    if (j < 4) {
+      sc[j] = scales[j] & 63;
+      m[j] = scales[j + 4] & 63;
+    } else {
+      sc[j] = (scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4);
+      m[j] = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
+    }
+  }
+}
+
+// The 256 ggml codes of super-block s of row r (q4_k 0..15, q6_k 0..63 = lowbit's code + 32).
+void kquant_codes_of(const quantized_tensor& q, int64_t r, int64_t s, uint8_t* L) {
+  uint32_t codes[kSuperBlock];
+  const int bits = q.fmt.element.bits;
+  unpack_codes(q.codes.data() + r * q.row_bytes + s * kSuperBlock * bits / 8, kSuperBlock, bits, codes);
+  for (int i = 0; i < kSuperBlock; ++i) L[i] = static_cast<uint8_t>(bits == 4 ? codes[i] : (codes[i] + 32) & 63);
+}
+
+void encode_kquant_block(const quantized_tensor& q, int64_t r, int64_t s, uint8_t* out) {
+  const bool q4 = q.fmt.named == preset::q4_k;
+  const int64_t nsb = q.cols / kSuperBlock, subs = kSuperBlock / q.fmt.group_size, gpr = q.cols / q.fmt.group_size;
+  const float* ss = q.super_scales.data() + (r * nsb + s) * (q4 ? 2 : 1);
+  const bool nan_block = std::isnan(ss[0]);
+  int32_t sc[16], m[8] = {};
+  for (int64_t j = 0; j < subs; ++j) {
+    const size_t gi = static_cast<size_t>(r * gpr + s * subs + j);
+    const float v = q.scales[gi];
+    const int lo = q4 ? 0 : -128, hi = q4 ? 63 : 127;
+    if (!(v >= lo && v <= hi && v == std::floor(v)) && !nan_block)
+      throw error(fmt::format("encode_ggml_blocks: sub-block {} of super-block {} of row {} has scale code {}; {} "
+                              "holds integers {}..{}", j, s, r, v, q4 ? "q4_k" : "q6_k", lo, hi));
+    sc[j] = nan_block ? 0 : static_cast<int32_t>(v);
+    if (q4) {
+      m[j] = nan_block ? 0 : q.zero_points[gi];
+      if (m[j] < 0 || m[j] > 63)
+        throw error(fmt::format("encode_ggml_blocks: sub-block {} of super-block {} of row {} has min code {}; q4_k "
+                                "holds 0..63", j, s, r, m[j]));
+    }
+  }
+  uint8_t L[kSuperBlock];
+  kquant_codes_of(q, r, s, L);
+  if (q4) {
+    block_q4_k b{};
+    b.d = exact_fp16(ss[0], s, r);
+    b.dmin = exact_fp16(ss[1], s, r);
+    pack_q4_k_scales(sc, m, b.scales);
+    for (int c = 0; c < kSuperBlock; c += 64)
+      for (int l = 0; l < 32; ++l) b.qs[c / 2 + l] = static_cast<uint8_t>(L[c + l] | (L[c + l + 32] << 4));
+    std::memcpy(out, &b, sizeof b);
+    return;
+  }
+  block_q6_k b{};
+  for (int n = 0; n < kSuperBlock; n += 128)
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* x = L + n + l;
+      b.ql[n / 2 + l] = static_cast<uint8_t>((x[0] & 0x0f) | ((x[64] & 0x0f) << 4));
+      b.ql[n / 2 + l + 32] = static_cast<uint8_t>((x[32] & 0x0f) | ((x[96] & 0x0f) << 4));
+      b.qh[n / 4 + l] = static_cast<uint8_t>((x[0] >> 4) | ((x[32] >> 4) << 2) | ((x[64] >> 4) << 4) | ((x[96] >> 4) << 6));
+    }
+  for (int j = 0; j < 16; ++j) b.scales[j] = static_cast<int8_t>(sc[j]);
+  b.d = exact_fp16(ss[0], s, r);
+  std::memcpy(out, &b, sizeof b);
+}
+
+void decode_kquant_block(const uint8_t* in, int64_t r, int64_t s, quantized_tensor& q) {
+  const bool q4 = q.fmt.named == preset::q4_k;
+  const int64_t nsb = q.cols / kSuperBlock, subs = kSuperBlock / q.fmt.group_size, gpr = q.cols / q.fmt.group_size;
+  float* ss = q.super_scales.data() + (r * nsb + s) * (q4 ? 2 : 1);
+  int32_t sc[16], m[8];
+  uint8_t L[kSuperBlock];
+  if (q4) {
+    block_q4_k b;
+    std::memcpy(&b, in, sizeof b);
+    ss[0] = fp16_to_f32(b.d);
+    ss[1] = fp16_to_f32(b.dmin);
+    unpack_q4_k_scales(b.scales, sc, m);
+    for (int c = 0; c < kSuperBlock; c += 64)
+      for (int l = 0; l < 32; ++l) {
+        L[c + l] = b.qs[c / 2 + l] & 0x0f;
+        L[c + l + 32] = b.qs[c / 2 + l] >> 4;
+      }
+  } else {
+    block_q6_k b;
+    std::memcpy(&b, in, sizeof b);
+    for (int n = 0; n < kSuperBlock; n += 128)
+      for (int l = 0; l < 32; ++l) {
+        const uint8_t lo = b.ql[n / 2 + l], hi = b.ql[n / 2 + l + 32], h = b.qh[n / 4 + l];
+        L[n + l] = static_cast<uint8_t>((lo & 0x0f) | ((h & 3) << 4));
+        L[n + l + 32] = static_cast<uint8_t>((hi & 0x0f) | (((h >> 2) & 3) << 4));
+        L[n + l + 64] = static_cast<uint8_t>((lo >> 4) | (((h >> 4) & 3) << 4));
+        L[n + l + 96] = static_cast<uint8_t>((hi >> 4) | (((h >> 6) & 3) << 4));
+      }
+    for (int j = 0; j < 16; ++j) sc[j] = b.scales[j];
+    ss[0] = fp16_to_f32(b.d);
+  }
+  for (int64_t j = 0; j < subs; ++j) {
+    const size_t gi = static_cast<size_t>(r * gpr + s * subs + j);
+    q.scales[gi] = static_cast<float>(sc[j]);
+    if (q4) q.zero_points[gi] = m[j];
+  }
+  uint32_t codes[kSuperBlock];
+  for (int i = 0; i < kSuperBlock; ++i) codes[i] = q4 ? L[i] : static_cast<uint32_t>(L[i] - 32) & 63u;
+  const int bits = q.fmt.element.bits;
+  pack_codes(codes, kSuperBlock, bits, q.codes.data() + r * q.row_bytes + s * kSuperBlock * bits / 8);
 }
 
 // Whether q's layout is the one ggml's block type stores (mxfp4: any rule/rounding of E2M1/g32:e8m0).
@@ -277,6 +428,8 @@ bool layout_matches(const format& f, ggml_type t) {
   switch (t) {
     case ggml_type::q8_0: return f.named == preset::q8_0;
     case ggml_type::q4_0: return f.named == preset::q4_0;
+    case ggml_type::q4_k: return f.named == preset::q4_k;
+    case ggml_type::q6_k: return f.named == preset::q6_k;
     case ggml_type::mxfp4: {
       const format mx = parse_format("mxfp4");
       return f.named == preset::none && f.power == 0 && f.element == mx.element && f.gran == granularity::group &&
@@ -298,6 +451,7 @@ const char* gguf_type_name(gguf_type t) {
   return valid_value_type(v) ? kValueTypeNames[v] : "unknown";
 }
 int ggml_block_size(ggml_type t) { return type_of(t).block; }
+format ggml_type_format(ggml_type t) { return format_for(t); }
 int ggml_block_bytes(ggml_type t) { return type_of(t).bytes; }
 
 int64_t gguf_tensor_info::numel() const {
@@ -407,7 +561,7 @@ gguf_file::gguf_file(const std::string& path) : path_(path) {
     const uint32_t type = c.get<uint32_t>(tdesc);
     const type_entry* te = type_of(type);
     if (!te)
-      tfail("type", fmt::format("ggml type {} is not supported (expected f32=0, f16=1, q4_0=2, q8_0=8, bf16=30, mxfp4=39)", type));
+      tfail("type", fmt::format("ggml type {} is not supported (expected {})", type, kTypeList));
     t.type = te->t;
     t.offset = c.get<uint64_t>(tdesc);
     if (t.ne[0] % te->block != 0)
@@ -567,6 +721,10 @@ std::vector<float> gguf_file::read_f32(const std::string& name) const {
         }
       }
       break;
+    case ggml_type::q4_k:  // dequantize_row_q4_K / _q6_K: lowbit's dequantize is their arithmetic
+    case ggml_type::q6_k:
+      dequantize(decode_ggml_blocks(p, static_cast<int64_t>(n) / t.ne[0], t.ne[0], t.type), y.data());
+      break;
     case ggml_type::mxfp4:  // ggml dequantize_row_mxfp4: y = kvalues_mxfp4[q] * E8M0_TO_FP32_HALF(e)
       for (size_t b = 0; b < n / kQK; ++b) {
         const uint8_t* blk = p + b * 17;
@@ -588,6 +746,20 @@ std::vector<uint8_t> encode_ggml_blocks(const quantized_tensor& q, ggml_type typ
   if (!layout_matches(q.fmt, type))
     throw error(fmt::format("encode_ggml_blocks: the tensor is in {}; ggml {} expects {}", format_name(q.fmt),
                             ggml_type_name(type), type == ggml_type::mxfp4 ? "mxfp4 (e2m1/g32:e8m0)" : ggml_type_name(type)));
+  if (is_kquant(q.fmt)) {
+    if (q.rows < 0 || q.cols < 0 || q.cols % kSuperBlock != 0)
+      throw shape_error(fmt::format("encode_ggml_blocks: shape [{}, {}]; {} needs rows of a multiple of {}", q.rows, q.cols,
+                                    ggml_type_name(type), kSuperBlock));
+    const quantized_tensor shape = quantized_tensor::allocate(q.fmt, q.rows, q.cols);
+    if (q.row_bytes != shape.row_bytes || q.codes.size() != shape.codes.size() || q.scales.size() != shape.scales.size() ||
+        q.zero_points.size() != shape.zero_points.size() || q.super_scales.size() != shape.super_scales.size())
+      throw shape_error(fmt::format("encode_ggml_blocks: codes/scales sizes do not match shape [{}, {}]", q.rows, q.cols));
+    const int64_t nsb = q.cols / kSuperBlock;
+    std::vector<uint8_t> out(static_cast<size_t>(q.rows * nsb * bb));
+    for (int64_t r = 0; r < q.rows; ++r)
+      for (int64_t s = 0; s < nsb; ++s) encode_kquant_block(q, r, s, out.data() + (r * nsb + s) * bb);
+    return out;
+  }
   if (q.rows < 0 || q.cols < 0 || q.cols % kQK != 0)
     throw shape_error(fmt::format("encode_ggml_blocks: shape [{}, {}]; the row length must be a multiple of {}", q.rows,
                                   q.cols, kQK));
@@ -616,9 +788,7 @@ std::vector<uint8_t> encode_ggml_blocks(const quantized_tensor& q, ggml_type typ
         }
         blk[0] = e;
       } else {
-        const uint16_t d = f32_to_fp16(s);
-        if (std::bit_cast<uint32_t>(fp16_to_f32(d)) != std::bit_cast<uint32_t>(s) && !std::isnan(s))
-          throw error(fmt::format("encode_ggml_blocks: block {} of row {} has scale {}, not an fp16 value", b, r, s));
+        const uint16_t d = exact_fp16(s, b, r);
         std::memcpy(blk, &d, 2);
         if (type == ggml_type::q4_0 && q.zero_points[gi] != 8 && !std::isnan(s))
           throw error(fmt::format("encode_ggml_blocks: block {} of row {} has zero point {}; q4_0 fixes it at 8", b, r,
@@ -648,6 +818,15 @@ quantized_tensor decode_ggml_blocks(const uint8_t* bytes, int64_t rows, int64_t 
     throw shape_error(fmt::format("decode_ggml_blocks: shape [{}, {}] is too large", rows, cols));
   if (numel > 0 && !bytes) throw error("decode_ggml_blocks: no data");
   quantized_tensor q = quantized_tensor::allocate(f, rows, cols);
+  if (is_kquant(f)) {
+    if (cols % kSuperBlock != 0)
+      throw shape_error(fmt::format("decode_ggml_blocks: shape [{}, {}]; {} needs rows of a multiple of {}", rows, cols,
+                                    ggml_type_name(type), kSuperBlock));
+    const int64_t nsb = cols / kSuperBlock;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t s = 0; s < nsb; ++s) decode_kquant_block(bytes + (r * nsb + s) * bb, r, s, q);
+    return q;
+  }
   const int64_t nb_row = cols / kQK;
   for (int64_t r = 0; r < rows; ++r) {
     uint8_t* codes = q.codes.data() + r * q.row_bytes;
@@ -787,6 +966,8 @@ void gguf_writer::add_tensor(const std::string& name, const std::vector<int64_t>
       break;
     case ggml_type::q8_0:
     case ggml_type::q4_0:
+    case ggml_type::q4_k:
+    case ggml_type::q6_k:
     case ggml_type::mxfp4:
       bytes = encode_ggml_blocks(quantize(data, rows, cols, format_for(type)), type);
       break;

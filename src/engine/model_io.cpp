@@ -225,6 +225,8 @@ quantized_tensor read_packed_codes(const safetensors_file& f, const std::string&
   fill(".codes", st_dtype::u8, q.codes.data(), q.codes.size(), true);
   fill(".scales", st_dtype::f32, q.scales.data(), q.scales.size() * 4, true);
   if (!q.zero_points.empty()) fill(".zero_points", st_dtype::i32, q.zero_points.data(), q.zero_points.size() * 4, true);
+  if (!q.super_scales.empty())
+    fill(".super_scales", st_dtype::f32, q.super_scales.data(), q.super_scales.size() * 4, true);
   fill(".tensor_scale", st_dtype::f32, &q.tensor_scale, 4, false);
   return q;
 }
@@ -290,7 +292,7 @@ class safetensors_reader final : public tensor_reader {
     const name_map& n = it->second;
     if (packed_.contains(n.canonical)) {
       tensor t = read_packed(f_, n.canonical, packed_[n.canonical]);
-      for (const char* suffix : {".codes", ".scales", ".zero_points", ".tensor_scale"})
+      for (const char* suffix : {".codes", ".scales", ".zero_points", ".super_scales", ".tensor_scale"})
         if (const st_tensor_info* part = f_.find(n.canonical + suffix)) release(*part);
       return t;
     }
@@ -416,7 +418,7 @@ quantized_tensor tensor_reader::read_codes(const std::string& name) const {
 codes_layout tensor_reader::read_codes_layout(const std::string& name) const {
   const quantized_tensor q = read_codes(name);
   return {q.fmt, q.rows, q.cols, q.row_bytes, int64_t(q.scales.size()), int64_t(q.zero_points.size()),
-          q.tensor_scale != 1.0f};
+          int64_t(q.super_scales.size()), q.tensor_scale != 1.0f};
 }
 
 std::unique_ptr<tensor_reader> reader_of(const model& m, const std::map<std::string, quantized_tensor>* codes) {
@@ -503,6 +505,9 @@ void save_safetensors_model(const tensor_reader& r, const std::string& path, con
     if (q.n_zero_points > 0)
       part(".zero_points", st_dtype::i32, {q.n_zero_points},
            [as_bytes](const quantized_tensor& x) { return as_bytes(x.zero_points); });
+    if (q.n_super_scales > 0)  // q4_k/q6_k: the fp16 scales of each super-block
+      part(".super_scales", st_dtype::f32, {q.n_super_scales},
+           [as_bytes](const quantized_tensor& x) { return as_bytes(x.super_scales); });
     if (q.tensor_scale)
       part(".tensor_scale", st_dtype::f32, {1},
            [as_bytes](const quantized_tensor& x) { return as_bytes(std::vector<float>{x.tensor_scale}); });
@@ -544,7 +549,8 @@ void save_gguf_model(const model& m, const std::string& path, const gguf_export&
   save_gguf_model(*reader_of(m, &ex.packed), path, ex.types);
 }
 
-void save_gguf_model(const tensor_reader& r, const std::string& path, const std::map<std::string, uint32_t>& types) {
+void save_gguf_model(const tensor_reader& r, const std::string& path, const std::map<std::string, uint32_t>& types,
+                     const std::set<std::string>& rounded) {
   const model& m = r.header;
   const model_config& c = m.config;
   if (c.l1_norm)
@@ -604,11 +610,15 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
   for (const auto& [name, shape_only] : m.tensors) {
     const auto it = types.find(name);
     const ggml_type type = it == types.end() ? ggml_type::f32 : static_cast<ggml_type>(it->second);
-    w.add_tensor_deferred(name, shape_only.shape, type, [&r, &has_codes, &path, name, type] {
-      const tensor t = r.read(name);
+    const bool round = rounded.count(name) > 0;
+    w.add_tensor_deferred(name, shape_only.shape, type, [&r, &has_codes, &path, name, type, round] {
+      tensor t = r.read(name);
+      // CONVENTIONS 22: a fallback's values rounded onto its wider type, as plan_gguf_export
+      // rounds a model in memory (a no-op on values it has rounded already).
+      if (round) round_onto_ggml_type(t, static_cast<uint32_t>(type));
       if (type == ggml_type::f32 || type == ggml_type::f16 || type == ggml_type::bf16)
         return encode_ggml_floats(t.data.data(), t.data.size(), type);
-      const format f = parse_format(type == ggml_type::q8_0 ? "q8_0" : type == ggml_type::q4_0 ? "q4_0" : "mxfp4");
+      const format f = ggml_type_format(type);
       std::optional<quantized_tensor> q;
       if (has_codes.count(name)) {
         q = r.read_codes(name);
@@ -631,32 +641,52 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
 uint32_t ggml_type_for_format(const format& f) {
   const std::string c = format_name(f);
   const ggml_type t = c == "q4_0" ? ggml_type::q4_0 : c == "q8_0" ? ggml_type::q8_0
+                      : c == "q4_k" ? ggml_type::q4_k : c == "q6_k" ? ggml_type::q6_k
                       : c == format_name(parse_format("mxfp4")) ? ggml_type::mxfp4
                       : c == "bf16" ? ggml_type::bf16 : c == "fp16" ? ggml_type::f16
-                      : throw error(fmt::format("{} has no GGUF tensor type; GGUF export takes q4_0, q8_0, mxfp4, "
-                                                "bf16 or fp16 (or write .safetensors)", c));
+                      : throw error(fmt::format("{} has no GGUF tensor type; GGUF export takes q4_0, q8_0, q4_k, q6_k, "
+                                                "mxfp4, bf16 or fp16 (or write .safetensors)", c));
   return static_cast<uint32_t>(t);
 }
 
-std::vector<std::string> gguf_export_types(const model& header, uint32_t type, std::map<std::string, uint32_t>& types) {
+void round_onto_ggml_type(tensor& t, uint32_t type_number) {
+  const ggml_type type = static_cast<ggml_type>(type_number);
+  switch (type) {
+    case ggml_type::f32: return;
+    case ggml_type::f16: return fake_quantize(t.data.data(), t.data.data(), t.rows(), t.cols(), parse_format("fp16"));
+    case ggml_type::bf16: return fake_quantize(t.data.data(), t.data.data(), t.rows(), t.cols(), parse_format("bf16"));
+    default: break;
+  }
+  const format f = ggml_type_format(type);
+  fake_quantize(t.data.data(), t.data.data(), t.rows(), t.cols(), f);
+}
+
+std::vector<std::string> gguf_export_types(const model& header, uint32_t type, std::map<std::string, uint32_t>& types,
+                                           std::set<std::string>* rounded) {
   std::vector<std::string> fallbacks;
   const int block = ggml_block_size(static_cast<ggml_type>(type));
   for (const std::string& name : header.linear_weight_names()) {
-    if (header.get(name).cols() % block == 0) {
+    const int64_t cols = header.get(name).cols();
+    if (cols % block == 0) {
       types[name] = type;
-    } else {  // Q8_0 has the same block of 32: F16 is the nearest wider type that fits
-      types[name] = static_cast<uint32_t>(ggml_type::f16);
-      fallbacks.push_back(name);
+      continue;
     }
+    // The nearest wider type that fits: Q8_0 (block 32) for the K-quants' block of 256, F16 for
+    // q4_0/q8_0/mxfp4 (Q8_0 has their block of 32) or rows not a multiple of 32.
+    const int q8_block = ggml_block_size(ggml_type::q8_0);
+    const ggml_type wider = block > q8_block && cols % q8_block == 0 ? ggml_type::q8_0 : ggml_type::f16;
+    types[name] = static_cast<uint32_t>(wider);
+    if (rounded) rounded->insert(name);
+    fallbacks.push_back(fmt::format("{} ({})", name, ggml_type_name(wider)));
   }
   return fallbacks;
 }
 
 std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex) {
-  const std::vector<std::string> fallbacks = gguf_export_types(m, type, ex.types);
-  for (const std::string& name : fallbacks) {  // the values in memory as the file will hold them
-    tensor& t = m.get_mut(name);
-    fake_quantize(t.data.data(), t.data.data(), t.rows(), t.cols(), parse_format("fp16"));
+  std::set<std::string> rounded;
+  const std::vector<std::string> fallbacks = gguf_export_types(m, type, ex.types, &rounded);
+  for (const std::string& name : rounded) {  // the values in memory as the file will hold them
+    round_onto_ggml_type(m.get_mut(name), ex.types.at(name));
     ex.packed.erase(name);
   }
   return fallbacks;
@@ -732,6 +762,9 @@ void save_tensor_shard(const std::string& path, const tensor_shard& shard) {
     if (!q.zero_points.empty())
       add(name + ".zero_points", st_dtype::i32, {int64_t(q.zero_points.size())}, q.zero_points.data(),
           q.zero_points.size() * 4);
+    if (!q.super_scales.empty())  // q4_k/q6_k: the fp16 scales of each super-block
+      add(name + ".super_scales", st_dtype::f32, {int64_t(q.super_scales.size())}, q.super_scales.data(),
+          q.super_scales.size() * 4);
     add(name + ".tensor_scale", st_dtype::f32, {1}, &q.tensor_scale, 4);
   }
   std::map<std::string, std::string> meta = shard.metadata;
@@ -771,7 +804,7 @@ tensor_shard load_tensor_shard(const std::string& path) {
   std::set<std::string> code_parts;
   for (auto p = packed.begin(); p != packed.end(); ++p) {
     shard.codes[p.key()] = read_packed_codes(f, p.key(), p.value());
-    for (const char* suffix : {".codes", ".scales", ".zero_points", ".tensor_scale"}) code_parts.insert(p.key() + suffix);
+    for (const char* suffix : {".codes", ".scales", ".zero_points", ".super_scales", ".tensor_scale"}) code_parts.insert(p.key() + suffix);
   }
   for (const st_tensor_info& t : f.tensors()) {
     if (code_parts.count(t.name)) continue;

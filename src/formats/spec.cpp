@@ -41,6 +41,8 @@ const alias_entry kAliases[] = {
     {"nf4", "nf4/g64:fp32", "QLoRA NormalFloat4 in blocks of 64 with an FP32 absmax"},
     {"q4_0", "", "ggml Q4_0 block layout: 32 x 4-bit (q-8)*d, fp16 d = max/-8"},
     {"q8_0", "", "ggml Q8_0 block layout: 32 x int8 q*d, fp16 d = amax/127"},
+    {"q4_k", "", "ggml Q4_K: super-blocks of 256, 8 x 32 x 4-bit d*sc*q - dmin*m, 6-bit sc/m, fp16 d/dmin"},
+    {"q6_k", "", "ggml Q6_K: super-blocks of 256, 16 x 16 x 6-bit d*sc*(q-32), int8 sc, fp16 d"},
     {"flex16+5", "", "Flexpoint (Koster et al. 2017): int16 mantissas, one 5-bit shared exponent"},
     {"bf16", "bf16", "bfloat16 (e8m7 ieee)"},
     {"fp16", "fp16", "IEEE binary16 (e5m10 ieee)"},
@@ -406,7 +408,8 @@ class spec_parser {
 
     // Named formats.
     format f;
-    if (w == "nvfp4" || w == "q4_0" || w == "q8_0" || w == "mxint8" || (w.size() > 4 && w.substr(0, 4) == "flex")) {
+    if (w == "nvfp4" || w == "q4_0" || w == "q8_0" || w == "q4_k" || w == "q6_k" || w == "mxint8" ||
+        (w.size() > 4 && w.substr(0, 4) == "flex")) {
       if (w == "nvfp4") {
         f.element = make_minifloat(2, 1, float_variant::finite);
         f.gran = granularity::group;
@@ -425,6 +428,18 @@ class spec_parser {
         f.group_size = 32;
         f.scale.element = ggml_fp16();
         f.named = preset::q8_0;
+      } else if (w == "q4_k") {  // codes q in 0..15; group = the sub-block of 32
+        f.element = make_uint(4);
+        f.gran = granularity::group;
+        f.group_size = 32;
+        f.scale.element = ggml_fp16();
+        f.named = preset::q4_k;
+      } else if (w == "q6_k") {  // codes q - 32 in -32..31; group = the sub-block of 16
+        f.element = make_int(6);
+        f.gran = granularity::group;
+        f.group_size = 16;
+        f.scale.element = ggml_fp16();
+        f.named = preset::q6_k;
       } else if (w == "mxint8") {
         f.element = make_int(8, 6);
         f.gran = granularity::group;
@@ -458,8 +473,9 @@ class spec_parser {
       }
       if (f.named != preset::mxint8 && f.named != preset::flex) f.rule = scale_rule::max;
       if (peek() == '/' || peek() == ':') fail("'~rounding' or the end: this named format fixes its group and scale");
-      if ((f.named == preset::q4_0 || f.named == preset::q8_0) && peek() == '~')
-        fail("the end: ggml's q4_0/q8_0 fix their rounding (as ggml's quantize_row_*_ref)");
+      if ((f.named == preset::q4_0 || f.named == preset::q8_0 || f.named == preset::q4_k || f.named == preset::q6_k) &&
+          peek() == '~')
+        fail("the end: ggml's q4_0/q8_0/q4_k/q6_k fix their rounding (as ggml's quantize_row_*_ref)");
       suffixes(f, false);
       return f;
     }
@@ -583,6 +599,8 @@ std::string format_name(const format& f) {
     case preset::nvfp4: return "nvfp4" + rounding_suffix(f);
     case preset::q4_0: return "q4_0" + rounding_suffix(f);
     case preset::q8_0: return "q8_0" + rounding_suffix(f);
+    case preset::q4_k: return "q4_k";
+    case preset::q6_k: return "q6_k";
     case preset::mxint8: return "mxint8" + rounding_suffix(f);
     case preset::flex:
       return fmt::format("flex{}+{}", f.flex_mantissa_bits, f.flex_exponent_bits) + rounding_suffix(f);
@@ -616,6 +634,10 @@ int scale_bits(const format& f) {
 }
 
 double bits_per_element(const format& f) {
+  // K-quants (ggml block_q4_K / block_q6_K per 256 values): q4_k 4 + (6 + 6) / 32 + 2 * 16 / 256
+  // = 4.5; q6_k 6 + 8 / 16 + 16 / 256 = 6.5625.
+  if (f.named == preset::q4_k) return 4.0 + 12.0 / 32 + 32.0 / 256;
+  if (f.named == preset::q6_k) return 6.0 + 8.0 / 16 + 16.0 / 256;
   double bits = f.element.bits;
   if (f.gran == granularity::group) {
     double per_group = scale_bits(f);

@@ -30,6 +30,7 @@
 #include <omp.h>
 
 #include "lowbit/kernels/element_ops.hpp"
+#include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/scale.hpp"
 #include "lowbit/kernels/simd.hpp"
@@ -1262,9 +1263,43 @@ struct fast_call {
 void set_use_ref(bool v) { g_use_ref.store(v); }
 bool use_ref() { return g_use_ref.load(); }
 
+// K-quants (kquant.hpp): rows in parallel, each through the scalar per-super-block code that the
+// reference runs too (the super-block searches are sequential; SIMD would not change the bits).
+namespace {
+
+void kquant_dequantize_rows(const quantized_tensor& q, int64_t r0, int64_t r1, float* out) {
+  const format& f = q.fmt;
+  const int64_t gpr = q.groups_per_row(), k = f.group_size;
+  std::vector<uint32_t> codes(static_cast<size_t>(q.cols));
+  for (int64_t r = r0; r < r1; ++r) {
+    unpack_codes(q.codes.data() + r * q.row_bytes, q.cols, f.element.bits, codes.data());
+    float* y = out + (r - r0) * q.cols;
+    for (int64_t g = 0; g < gpr; ++g) {
+      const group_scale gs = kquant_stored_scale(q, r, g * k);  // once per sub-block
+      for (int64_t c = g * k; c < std::min(q.cols, (g + 1) * k); ++c)
+        y[c] = dequantize_value_ref(f, codes[static_cast<size_t>(c)], gs);
+    }
+  }
+}
+
+}  // namespace
+
 void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id,
                    sr_counters counters) {
   if (use_ref() || rows < 0 || cols < 0) return fake_quantize_ref(in, out, rows, cols, f, tensor_id, counters);
+  if (is_kquant(f)) {  // a block of rows per thread: quantize, then dequantize in place
+#pragma omp parallel if (rows * cols >= kParallelMinElements)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const int64_t per = (rows + nt - 1) / nt, r0 = std::min(rows, t * per), r1 = std::min(rows, r0 + per);
+      if (r1 > r0) {
+        quantized_tensor q = quantized_tensor::allocate(f, r1 - r0, cols);
+        kquant_quantize_rows(in + r0 * cols, 0, r1 - r0, q);
+        kquant_dequantize_rows(q, 0, r1 - r0, out + r0 * cols);
+      }
+    }
+    return;
+  }
   if (!simd_covers(f)) {
     // Explicit scalar fallback (power maps, LUT with directed/stochastic rounding, mse/percentile
     // rules): the reference, a block of rows per thread. Scales over the whole tensor would be
@@ -1354,9 +1389,14 @@ uint32_t code_of_grid_value(const format& f, float v, int32_t zero_point) {
 quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
   // Codes come from the same row kernel as fake_quantize with the scale left out (values on the
   // element grid); the cases the SIMD path does not cover, and q4_0, use the reference.
-  if (use_ref() || !simd_covers(f) || f.named == preset::q4_0 || rows < 0 || cols < 0)
+  if (use_ref() || (!is_kquant(f) && !simd_covers(f)) || f.named == preset::q4_0 || rows < 0 || cols < 0)
     return quantize_ref(x, rows, cols, f, tensor_id);
   quantized_tensor q = quantized_tensor::allocate(f, rows, cols);
+  if (is_kquant(f)) {  // rows in parallel; each row's codes and scales are its own bytes
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMinElements)
+    for (int64_t r = 0; r < rows; ++r) kquant_quantize_rows(x, r, r + 1, q);
+    return q;
+  }
   const fast_call call(f, x, rows, cols, true, tensor_id, /*keep_group_amax=*/true);
   q.tensor_scale = call.plan.tensor_scale;
   const int64_t gpr = groups_per_row(f, cols);
@@ -1409,6 +1449,11 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
 
 void dequantize(const quantized_tensor& q, float* out) {
   if (use_ref() || q.fmt.power != 0 || q.fmt.element.bits > 16) return dequantize_ref(q, out);
+  if (is_kquant(q.fmt)) {
+#pragma omp parallel for schedule(static) if (q.rows * q.cols >= kParallelMinElements)
+    for (int64_t r = 0; r < q.rows; ++r) kquant_dequantize_rows(q, r, r + 1, out + r * q.cols);
+    return;
+  }
   const format& f = q.fmt;
   // Decode table of every code, then one multiply per value (the reference's float operations).
   std::vector<float> table(static_cast<size_t>(code_count(f.element)));

@@ -10,6 +10,7 @@
 
 #include "lowbit/error.hpp"
 #include "lowbit/kernels/element_ops.hpp"
+#include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/quantize.hpp"
 
 namespace lowbit {
@@ -35,6 +36,18 @@ uint32_t quantize_value(const format& f, float x, const group_scale& gs, float u
       const float v = std::round(x * gs.multiplier);
       const int q = std::isnan(v) ? 0 : static_cast<int>(std::clamp(v, -127.0f, 127.0f));
       return static_cast<uint32_t>(q) & 0xffu;
+    }
+    case preset::q4_k: {
+      // quantize_row_q4_K_ref's last pass: l = nearest_int((x + dmin*m) / (d*sc)), 0..15. A
+      // sub-block whose scale is 0 holds -dmin*m whatever its codes: code 0.
+      if (gs.scale == 0) return 0;
+      return static_cast<uint32_t>(std::clamp(ggml_nearest_int((x + gs.offset) / gs.scale), 0, 15));
+    }
+    case preset::q6_k: {
+      // quantize_row_q6_K_ref: l = nearest_int(x / (d*sc)) in -32..31, stored as 6-bit two's
+      // complement.
+      if (gs.scale == 0) return 0;
+      return static_cast<uint32_t>(std::clamp(ggml_nearest_int(x / gs.scale), -32, 31)) & 63u;
     }
     default: break;
   }
@@ -62,6 +75,9 @@ float dequantize_value_ref(const format& f, uint32_t code, const group_scale& gs
   if (gs.nonfinite) return canonical_nan();
   const element_format& e = f.element;
   if (code == kNoCode && e.bits < 32) return canonical_nan();  // a NaN the format has no code for
+  // ggml dequantize_row_q4_K: d1 * q - m1; dequantize_row_q6_K: d * sc * (q - 32), d * sc first.
+  if (f.named == preset::q4_k) return gs.scale * static_cast<float>(code) - gs.offset;
+  if (f.named == preset::q6_k) return gs.scale * static_cast<float>(static_cast<int32_t>(code << 26) >> 26);
   if (e.kind == element_kind::uint_asym || f.named == preset::q4_0)
     return (static_cast<float>(code) - static_cast<float>(gs.zero_point)) * gs.scale;
   const float q = decode_ref(e, code);
@@ -149,6 +165,8 @@ quantized_tensor quantized_tensor::allocate(const format& f, int64_t rows, int64
   const size_t nscales = f.gran == granularity::tensor ? 1 : static_cast<size_t>(rows * lowbit::groups_per_row(f, cols));
   q.scales.assign(nscales, 1.0f);
   if (f.element.kind == element_kind::uint_asym || f.named == preset::q4_0) q.zero_points.assign(nscales, 0);
+  if (is_kquant(f))
+    q.super_scales.assign(static_cast<size_t>(rows * kquant_super_blocks_per_row(cols) * kquant_super_scale_count(f)), 0.0f);
   return q;
 }
 
@@ -200,6 +218,8 @@ int32_t quantized_tensor::zero_point_at(int64_t r, int64_t c) const {
 }
 
 size_t quantized_tensor::storage_bytes() const {
+  if (is_kquant(fmt))  // ggml's blocks: 144 (q4_k) or 210 (q6_k) bytes per 256 values
+    return static_cast<size_t>(rows * kquant_super_blocks_per_row(cols) * (fmt.named == preset::q4_k ? 144 : 210));
   const double scale_bytes = static_cast<double>(scales.size()) * scale_bits(fmt) / 8.0;
   const double zp_bytes = static_cast<double>(zero_points.size()) * fmt.element.bits / 8.0;
   return codes.size() + static_cast<size_t>(std::ceil(scale_bytes + zp_bytes)) +
@@ -212,6 +232,7 @@ bool quantized_tensor::operator==(const quantized_tensor& o) const {
   };
   return fmt == o.fmt && rows == o.rows && cols == o.cols && row_bytes == o.row_bytes &&
          codes == o.codes && same_floats(scales, o.scales) && zero_points == o.zero_points &&
+         same_floats(super_scales, o.super_scales) &&
          std::bit_cast<uint32_t>(tensor_scale) == std::bit_cast<uint32_t>(o.tensor_scale);
 }
 
@@ -268,6 +289,10 @@ float draw(const format& f, uint64_t tensor_id, int64_t index) {
 quantized_tensor quantize_ref(const float* x, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
   check_shape(rows, cols);
   quantized_tensor q = quantized_tensor::allocate(f, rows, cols);
+  if (is_kquant(f)) {  // whole super-blocks at a time (ggml's algorithm), kquant.cpp
+    kquant_quantize_rows(x, 0, rows, q);
+    return q;
+  }
   if (f.named == preset::nvfp4) q.tensor_scale = nvfp4_tensor_scale(finite_amax_ref(x, rows * cols));
   const bool asym = !q.zero_points.empty();
   for_each_group_ref(x, rows, cols, 0, rows, f, q.tensor_scale,
@@ -292,6 +317,7 @@ quantized_tensor quantize_ref(const float* x, int64_t rows, int64_t cols, const 
 
 // The group_scale a stored tensor implies for (r, c).
 static group_scale stored_group_scale(const quantized_tensor& q, int64_t r, int64_t c) {
+  if (is_kquant(q.fmt)) return kquant_stored_scale(q, r, c);
   group_scale gs;
   const float s = q.scale_at(r, c);
   gs.nonfinite = std::isnan(s);
@@ -310,6 +336,12 @@ void dequantize_ref(const quantized_tensor& q, float* out) {
 void fake_quantize_rows_ref(const float* in, float* out, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
                             const format& f, uint64_t tensor_id, sr_counters counters) {
   check_shape(rows, cols);
+  if (is_kquant(f)) {  // dequantize(quantize(rows)): the super-block algorithm picks the codes
+    quantized_tensor q = quantized_tensor::allocate(f, r1 - r0, cols);
+    kquant_quantize_rows(in + r0 * cols, 0, r1 - r0, q);
+    dequantize_ref(q, out + r0 * cols);
+    return;
+  }
   // Scales are chosen from the input before anything is written (in == out is allowed).
   const float tensor_scale = f.named == preset::nvfp4 ? nvfp4_tensor_scale(finite_amax_ref(in, rows * cols)) : 1.0f;
   std::vector<float> result(static_cast<size_t>((r1 - r0) * cols));

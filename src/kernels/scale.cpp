@@ -281,6 +281,10 @@ group_scale choose_scale(const scale_context& ctx, const group_stats& st, const 
       gs.scale = gs.stored = round_ggml_scale(ctx, d);
       return gs;
     }
+    case preset::q4_k:
+    case preset::q6_k:
+      // A K-quant group (sub-block) shares its super-block's scales: kquant_quantize_block.
+      throw error("choose_scale: q4_k/q6_k scales are chosen per super-block of 256 (kquant_quantize_block)");
     case preset::mxint8:
     case preset::flex:
     case preset::none: break;

@@ -26,6 +26,7 @@
 
 #include "lowbit/error.hpp"
 #include "lowbit/kernels/element_ops.hpp"
+#include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/scale.hpp"
 #include "lowbit/kernels/threads.hpp"
 #include "lowbit/ptq/ptq.hpp"
@@ -180,8 +181,12 @@ struct gptq_plan {
   scale_context ctx;
   int64_t out = 0, in = 0;
   int64_t block = 128;            // effective block size
-  int64_t K = 0;                  // group size (group granularity), else 0
-  bool dynamic_groups = false;    // scales chosen at each group's first column
+  int64_t K = 0;                  // columns a scale choice covers: the group (K-quants: the
+                                  // super-block of 256, whose sub-block scales are chosen at once)
+  int64_t G = 0;                  // group size (K-quants: the sub-block), indexes the scales
+  bool dynamic_groups = false;    // scales chosen at each group's (super-block's) first column
+  bool kquant = false;            // q4_k / q6_k (kernels/kquant.hpp)
+  std::vector<float> fixed_super; // static K-quant groups: the super-scales [out, super-blocks, 1|2]
   float tensor_scale = 1.0f;      // nvfp4's second level
   std::vector<group_scale> fixed; // tensor: [1]; row: [out]; static groups: [out, groups]; else empty
   int64_t groups_per_row = 0;
@@ -195,7 +200,8 @@ struct gptq_plan {
 // codes[out, in] (ORIGINAL column order) and the dynamic group scales [out, groups].
 template <typename T>
 void gptq_columns(const gptq_plan& p, std::vector<T>& Wp, const std::vector<T>& U, std::vector<float>& Qp,
-                  std::vector<double>& loss, std::vector<uint32_t>& codes, std::vector<group_scale>& dyn_scales) {
+                  std::vector<double>& loss, std::vector<uint32_t>& codes, std::vector<group_scale>& dyn_scales,
+                  std::vector<float>& dyn_super) {
   const format& f = *p.f;
   const int64_t out = p.out, in = p.in, B = p.block;
   const bool sr = f.rounding == rounding_mode::sr;
@@ -214,9 +220,30 @@ void gptq_columns(const gptq_plan& p, std::vector<T>& Wp, const std::vector<T>& 
       else if (f.gran == granularity::row) gs = p.fixed[static_cast<size_t>(r)];
       float gbuf[256];
       std::vector<float> gbig;
+      group_scale sub_scales[16];  // K-quants: the sub-blocks of the current super-block
       for (int64_t i = i1; i < i2; ++i) {
         const int64_t c = p.perm.empty() ? i : p.perm[static_cast<size_t>(i)];
-        if (p.dynamic_groups && i % p.K == 0) {
+        if (p.kquant && p.dynamic_groups && i % p.K == 0) {
+          // [M] The super-block's d/dmin and all its sub-block scales from its CURRENT weights
+          // (ggml's search on the error-updated columns), fixed for its 256 columns.
+          const int64_t n = std::min(p.K, in - i);
+          for (int64_t k = 0; k < n; ++k) gbuf[k] = static_cast<float>(w[i + k]);
+          kquant_block b;
+          kquant_quantize_block(f, gbuf, n, &b);
+          const int64_t subs = (n + p.G - 1) / p.G, sb = i / p.K, nss = kquant_super_scale_count(f);
+          for (int64_t j = 0; j < subs; ++j) {
+            sub_scales[j] = kquant_sub_scale(f, b.d, b.dmin, b.sc[j], b.m[j]);
+            if (p.pack) dyn_scales[static_cast<size_t>(r * p.groups_per_row + i / p.G + j)] = sub_scales[j];
+          }
+          if (p.pack) {
+            const int64_t nsb = kquant_super_blocks_per_row(in);
+            dyn_super[static_cast<size_t>((r * nsb + sb) * nss)] = b.d;
+            if (nss > 1) dyn_super[static_cast<size_t>((r * nsb + sb) * nss + 1)] = b.dmin;
+          }
+        }
+        if (p.kquant && p.dynamic_groups) {
+          gs = sub_scales[(i % p.K) / p.G];
+        } else if (p.dynamic_groups && i % p.K == 0) {
           // The group's scale from its CURRENT weights (every earlier column already applied:
           // the block is a multiple of K, so the whole group lies in this block).
           const int64_t n = std::min(p.K, in - i);
@@ -229,7 +256,7 @@ void gptq_columns(const gptq_plan& p, std::vector<T>& Wp, const std::vector<T>& 
           gs = choose_scale(p.ctx, group_stats_ref(g, n), g, n, p.tensor_scale);
           if (p.pack) dyn_scales[static_cast<size_t>(r * p.groups_per_row + i / p.K)] = gs;
         } else if (f.gran == granularity::group && !p.dynamic_groups) {
-          gs = p.fixed[static_cast<size_t>(r * p.groups_per_row + c / p.K)];
+          gs = p.fixed[static_cast<size_t>(r * p.groups_per_row + c / p.G)];
         }
         const float x = static_cast<float>(w[i]);
         const float u = sr ? uniform_from_word(random_word(f.seed, p.tensor_id, static_cast<uint64_t>(r * in + c))) : 0.0f;
@@ -315,8 +342,21 @@ gptq_result gptq_quantize(const float* W, int64_t out, int64_t in, const double*
       const float* x = W0.data() + r * in;
       p.fixed.push_back(choose_scale(p.ctx, group_stats_ref(x, in), x, in, p.tensor_scale));
     }
+  } else if (f.gran == granularity::group && is_kquant(f)) {
+    // K-quants: a super-block's sub-block scales are chosen together (kquant_quantize_block).
+    p.kquant = true;
+    p.K = kSuperBlock;
+    p.G = f.group_size;
+    p.groups_per_row = groups_per_row(f, in);
+    p.dynamic_groups = !o.static_groups;
+    if (o.static_groups) {  // from the weights before any update: ggml's RTN scales
+      const quantized_tensor rtn = quantize_ref(W0.data(), out, in, f, o.tensor_id);
+      p.fixed_super = rtn.super_scales;
+      for (int64_t r = 0; r < out; ++r)
+        for (int64_t c = 0; c < in; c += p.G) p.fixed.push_back(kquant_stored_scale(rtn, r, c));
+    }
   } else if (f.gran == granularity::group) {
-    p.K = f.group_size;
+    p.K = p.G = f.group_size;
     p.groups_per_row = groups_per_row(f, in);
     p.dynamic_groups = !o.static_groups;
     if (o.static_groups) {
@@ -364,6 +404,9 @@ gptq_result gptq_quantize(const float* W, int64_t out, int64_t in, const double*
   std::vector<double> lossp(static_cast<size_t>(in), 0.0);
   std::vector<uint32_t> codes(p.pack ? static_cast<size_t>(out * in) : 0);
   std::vector<group_scale> dyn(p.pack && p.dynamic_groups ? static_cast<size_t>(out * p.groups_per_row) : 0);
+  std::vector<float> dyn_super(p.pack && p.dynamic_groups && p.kquant
+                                   ? static_cast<size_t>(out * kquant_super_blocks_per_row(in) * kquant_super_scale_count(f))
+                                   : 0);
   auto permuted = [&](auto zero) {
     using T = decltype(zero);
     std::vector<T> Wp(static_cast<size_t>(out * in));
@@ -374,11 +417,11 @@ gptq_result gptq_quantize(const float* W, int64_t out, int64_t in, const double*
   };
   if (o.float64) {
     std::vector<double> Wp = permuted(0.0);
-    gptq_columns<double>(p, Wp, U64, Qp, lossp, codes, dyn);
+    gptq_columns<double>(p, Wp, U64, Qp, lossp, codes, dyn, dyn_super);
   } else {
     std::vector<float> Wp = permuted(0.0f);
     const std::vector<float> U32(U64.begin(), U64.end());
-    gptq_columns<float>(p, Wp, U32, Qp, lossp, codes, dyn);
+    gptq_columns<float>(p, Wp, U32, Qp, lossp, codes, dyn, dyn_super);
   }
 
   // Undo the permutation.
@@ -401,6 +444,7 @@ gptq_result gptq_quantize(const float* W, int64_t out, int64_t in, const double*
       q.scales[g] = gs.nonfinite ? canonical_nan() : gs.stored;
       if (!q.zero_points.empty()) q.zero_points[g] = gs.zero_point;
     }
+    if (p.kquant) q.super_scales = p.dynamic_groups ? dyn_super : p.fixed_super;
     for (int64_t r = 0; r < out; ++r) pack_codes(codes.data() + r * in, in, f.element.bits, q.codes.data() + r * q.row_bytes);
     res.packed = std::move(q);
   }

@@ -19,6 +19,7 @@
 #include "lowbit/engine/forward.hpp"
 #include "lowbit/engine/safetensors.hpp"
 #include "lowbit/error.hpp"
+#include "lowbit/kernels/kquant.hpp"
 #include "lowbit/ptq/rotate.hpp"
 #include "lowbit/ptq/search.hpp"
 
@@ -360,6 +361,19 @@ void equalize_block(model& m, int l, const std::vector<layer_group>& groups) {
   }
 }
 
+// RTN of one weight. K-quants: ggml's scale search run again on its own output may choose other
+// scales, so the codes travel with the values (report.packed, then the block's shard) for an
+// exact export.
+std::vector<float> rtn_with_codes(const float* w, int64_t out, int64_t in, const quantize_options& o,
+                                  uint64_t& tensor_id, quantize_report& report, const std::string& name) {
+  if (!is_kquant(o.weights)) return rtn_quantize(w, out, in, o.weights, ++tensor_id);
+  quantized_tensor q = quantize(w, out, in, o.weights, ++tensor_id);
+  std::vector<float> values(static_cast<size_t>(out * in));
+  dequantize(q, values.data());
+  report.packed[name] = std::move(q);
+  return values;
+}
+
 // Step 2 of a block: quantize its linear weights from the collected inputs, group by group,
 // last first: a scale folded into the rows of an earlier layer of the block (v for attn_output, up
 // for ffn_down) must reach that layer while it is still float, as llm-awq applies every scale of
@@ -402,7 +416,10 @@ void quantize_block_groups(model& m, const std::string& block, const std::vector
             grp.weights[i] == "attn_qkv.weight")
           clip[i] = false;
       awq_result r = awq_quantize(gi.rows.data(), gi.n_rows(), in, layers, o.weights, ao, clip);
-      for (size_t i = 0; i < grp.weights.size(); ++i) quantized[i] = std::move(r.layers[i].weights);
+      for (size_t i = 0; i < grp.weights.size(); ++i) {
+        quantized[i] = std::move(r.layers[i].weights);
+        if (r.layers[i].packed) report.packed[block + grp.weights[i]] = std::move(*r.layers[i].packed);
+      }
       if (grp.how != layer_group::fold::none) scales = std::move(r.scales);
     } else if (o.how == method::llmfp4) {  // LLM-FP4 (METHODS 4.6): split + clip search per layer
       llmfp4_options lo;
@@ -432,12 +449,17 @@ void quantize_block_groups(model& m, const std::string& block, const std::vector
       for (size_t i = 0; i < grp.weights.size(); ++i)
         quantized[i] = o.how == method::powerquant
                            ? powerquant_search(originals[i].data(), layers[i].out, in, o.weights).weights
-                           : rtn_quantize(originals[i].data(), layers[i].out, in, o.weights, ++tensor_id);
+                           : rtn_with_codes(originals[i].data(), layers[i].out, in, o, tensor_id, report,
+                                            block + grp.weights[i]);
     } else if (o.how == method::imatrix) {
       std::vector<float> importance(in);
       for (int64_t j = 0; j < in; ++j) importance[j] = static_cast<float>(gi.sqsum[j] / std::max<int64_t>(1, gi.seen));
-      for (size_t i = 0; i < grp.weights.size(); ++i)
-        quantized[i] = importance_rtn(originals[i].data(), layers[i].out, in, o.weights, importance.data());
+      for (size_t i = 0; i < grp.weights.size(); ++i) {
+        quantized_tensor codes;
+        quantized[i] = importance_rtn(originals[i].data(), layers[i].out, in, o.weights, importance.data(), 20, 0.5,
+                                      &codes);
+        if (is_kquant(o.weights)) report.packed[block + grp.weights[i]] = std::move(codes);
+      }
     } else {  // smoothquant: migrate activation outliers where a norm takes the scale
       if (grp.how == layer_group::fold::norm) {
         scales = smoothquant_scales(gi.stats->absmax.data(), in, layers, o.smooth_alpha);
@@ -445,7 +467,7 @@ void quantize_block_groups(model& m, const std::string& block, const std::vector
       for (size_t i = 0; i < grp.weights.size(); ++i) {
         std::vector<float> w = originals[i];
         if (!scales.empty()) scale_columns(w.data(), layers[i].out, in, scales.data());
-        quantized[i] = rtn_quantize(w.data(), layers[i].out, in, o.weights, ++tensor_id);
+        quantized[i] = rtn_with_codes(w.data(), layers[i].out, in, o, tensor_id, report, block + grp.weights[i]);
       }
     }
     // What the quantized layer computes with: inputs X / s and the float weight W diag(s).
@@ -550,7 +572,7 @@ quantize_report run_blocks(model& work, const std::string& fingerprint, const st
         const auto t0 = clock::now();
         auto q = o.how == method::powerquant
                      ? powerquant_search(t.data.data(), t.rows(), t.cols(), o.weights).weights
-                     : rtn_quantize(t.data.data(), t.rows(), t.cols(), o.weights, ++tensor_id);
+                     : rtn_with_codes(t.data.data(), t.rows(), t.cols(), o, tensor_id, report, name);
         t.data = std::move(q);
         report.layers.push_back({name, std::chrono::duration<double>(clock::now() - t0).count(), 0, 0});
         if (progress) progress(report.layers.size(), total);
@@ -678,6 +700,7 @@ class shard_reader final : public tensor_reader {
     const st_tensor_info* codes = f.find(name + ".codes");
     const st_tensor_info* scales = f.find(name + ".scales");
     const st_tensor_info* zero_points = f.find(name + ".zero_points");
+    const st_tensor_info* super_scales = f.find(name + ".super_scales");
     const st_tensor_info* tensor_scale = f.find(name + ".tensor_scale");
     if (!d.is_object() || !d.contains("format") || !d["format"].is_string() || !d.contains("shape") ||
         !d["shape"].is_array() || d["shape"].size() != 2 || !d["shape"][1].is_number_integer() || !codes ||
@@ -688,6 +711,7 @@ class shard_reader final : public tensor_reader {
     q.rows = codes->shape[0], q.row_bytes = codes->shape[1], q.cols = d["shape"][1].get<int64_t>();
     q.n_scales = scales->numel();
     q.n_zero_points = zero_points ? zero_points->numel() : 0;
+    q.n_super_scales = super_scales ? super_scales->numel() : 0;
     float s = 1;
     std::memcpy(&s, f.raw(*tensor_scale), 4);
     q.tensor_scale = s != 1.0f;

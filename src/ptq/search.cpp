@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "lowbit/error.hpp"
+#include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/quantize.hpp"
 
 namespace lowbit::ptq {
@@ -19,10 +20,14 @@ double mse_of(const float* W, const std::vector<float>& Q) {
   return Q.empty() ? 0 : e / double(Q.size());
 }
 
-// The columns [c0, c1) of group g of a row under format f.
+// Columns that share a scale choice: the group; for the K-quants the super-block of 256, whose
+// sub-block scales come from one search over all of it.
+int64_t scale_unit(const format& f) { return is_kquant(f) ? kSuperBlock : f.group_size; }
+
+// The columns [c0, c1) of scale unit g of a row under format f.
 std::pair<int64_t, int64_t> group_range(const format& f, int64_t in, int64_t g) {
   if (f.gran != granularity::group) return {0, in};
-  return {g * f.group_size, std::min<int64_t>(in, (g + 1) * f.group_size)};
+  return {g * scale_unit(f), std::min<int64_t>(in, (g + 1) * scale_unit(f))};
 }
 
 }  // namespace
@@ -30,6 +35,9 @@ std::pair<int64_t, int64_t> group_range(const format& f, int64_t in, int64_t g) 
 power_search_result powerquant_search(const float* W, int64_t out, int64_t in, const format& base,
                                       double lo, double hi) {
   if (base.power != 0) throw error("powerquant: give the base format without pow(...)");
+  if (base.named != preset::none)  // as the grammar's pow(...): the presets fix their own grids
+    throw error(fmt::format("powerquant: {} is a named preset; the power map takes a generic format "
+                            "(e.g. int4/g32, e2m1/g32:e8m0)", format_name(base)));
   if (!(lo > 0) || !(hi >= lo)) throw error(fmt::format("powerquant: bad exponent range [{}, {}]", lo, hi));
   const int64_t n = out * in;
   std::vector<float> q(n);
@@ -67,10 +75,14 @@ power_search_result powerquant_search(const float* W, int64_t out, int64_t in, c
 }
 
 std::vector<float> importance_rtn(const float* W, int64_t out, int64_t in, const format& f,
-                                  const float* importance, int grid, double max_shrink) {
+                                  const float* importance, int grid, double max_shrink, quantized_tensor* packed) {
   if (grid < 1 || !(max_shrink >= 0) || max_shrink >= 1)
     throw error(fmt::format("importance RTN: grid {} and max shrink {} (need >= 1 and in [0, 1))", grid, max_shrink));
-  const int64_t groups = f.gran == granularity::group ? (in + f.group_size - 1) / f.group_size : 1;
+  const int64_t groups = f.gran == granularity::group ? (in + scale_unit(f) - 1) / scale_unit(f) : 1;
+  // K-quants: the clipped input of each super-block's best shrink, quantized at the end for its
+  // codes (a super-block's quantization depends on its values only).
+  const bool kquant = is_kquant(f);
+  std::vector<float> best_in(kquant ? static_cast<size_t>(out * in) : 0);
   const bool per_tensor = f.gran == granularity::tensor || f.named == preset::nvfp4;
   std::vector<float> best(W, W + out * in), clipped(out * in), q(out * in);
   // Best weighted error per (row, group); per-tensor formats pick one shrink for the tensor.
@@ -113,7 +125,13 @@ std::vector<float> importance_rtn(const float* W, int64_t out, int64_t in, const
           best_err[r * groups + g] = errs[r * groups + g];
           const auto [c0, c1] = group_range(f, in, g);
           std::copy(q.begin() + r * in + c0, q.begin() + r * in + c1, best.begin() + r * in + c0);
+          if (kquant) std::copy(clipped.begin() + r * in + c0, clipped.begin() + r * in + c1, best_in.begin() + r * in + c0);
         }
+  }
+  if (kquant) {
+    quantized_tensor q = quantize(best_in.data(), out, in, f);
+    dequantize(q, best.data());  // the same values, now with their codes
+    if (packed) *packed = std::move(q);
   }
   return best;
 }

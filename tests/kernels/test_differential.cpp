@@ -334,6 +334,55 @@ TEST(Differential, StochasticCountersCarryIntoTheHighWord) {
   force_simd_target(0);
 }
 
+// ggml's K-quants: the fast path (rows in parallel) equals the reference on odd row counts,
+// partial super-blocks, NaN/Inf/zeros/subnormals, and tensors scaled to tiny and huge magnitudes
+// (fp16 super-scales that underflow to subnormals or overflow to Inf).
+TEST(Differential, KQuants) {
+  std::mt19937 gen(seed(7));
+  int cases = 0;
+  for (const char* s : {"q4_k", "q6_k"}) {
+    for (int64_t rows : {1, 3, 5}) {
+      for (int64_t cols : {1, 17, 255, 256, 300, 512, 1023}) {
+        for (bool specials : {false, true}) {
+          check_case({s, rows, cols, 0, "default", static_cast<size_t>(1 + cols % 2)}, gen, specials);
+          ++cases;
+        }
+      }
+    }
+    const format f = parse_format(s);
+    const int64_t rows = 7, cols = 768;
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (float magnitude : {0.0f, 1e-38f, 1e-30f, 1e-8f, 1e-5f, 1e4f, 1e6f, 1e20f, 1e37f, 3e38f}) {
+      std::vector<float> x(static_cast<size_t>(rows * cols));
+      for (auto& v : x) v = normal(gen) * magnitude;
+      x[5] = magnitude;  // a constant-ish run and exact zeros
+      for (int i = 256; i < 300; ++i) x[static_cast<size_t>(i)] = 0.0f;
+      const quantized_tensor qr = quantize_ref(x.data(), rows, cols, f), qf = quantize(x.data(), rows, cols, f);
+      ASSERT_TRUE(qr == qf) << s << " magnitude " << magnitude;
+      std::vector<float> ref(x.size()), fast(x.size()), deq(x.size());
+      fake_quantize_ref(x.data(), ref.data(), rows, cols, f);
+      fake_quantize(x.data(), fast.data(), rows, cols, f);
+      dequantize(qf, deq.data());
+      for (size_t i = 0; i < x.size(); ++i) {
+        ASSERT_TRUE(same(ref[i], fast[i])) << s << " magnitude " << magnitude << " index " << i;
+        ASSERT_TRUE(same(ref[i], deq[i])) << s << " magnitude " << magnitude << " index " << i;
+      }
+      ++cases;
+    }
+    // Above the threading threshold: rows on both threads.
+    std::vector<float> big(static_cast<size_t>(65 * 1024));
+    for (auto& v : big) v = normal(gen);
+    big[4000] = NAN;
+    const quantized_tensor br = quantize_ref(big.data(), 65, 1024, f), bf = quantize(big.data(), 65, 1024, f);
+    EXPECT_TRUE(br == bf) << s;
+    std::vector<float> a(big.size()), b(big.size());
+    fake_quantize_ref(big.data(), a.data(), 65, 1024, f);
+    fake_quantize(big.data(), b.data(), 65, 1024, f);
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << s;
+  }
+  EXPECT_GT(cases, 80);
+}
+
 // Tensors above the streaming threshold (8 MiB): non-temporal stores, prefetch and the batched
 // group scales run on whole rows; the result is still the reference's, bit for bit.
 TEST(Differential, LargeTensorsStreamAndBatch) {
@@ -366,7 +415,7 @@ TEST(Differential, ThreadCountInvariant) {
   std::vector<float> x(static_cast<size_t>(rows * cols));
   std::normal_distribution<float> d(0, 1);
   for (auto& v : x) v = d(gen);
-  for (const char* spec : {"e2m1/g32~sr:5", "nvfp4~sr", "int4/t", "mxfp4", "uint4/g64"}) {
+  for (const char* spec : {"e2m1/g32~sr:5", "nvfp4~sr", "int4/t", "mxfp4", "uint4/g64", "q4_k", "q6_k"}) {
     const format f = parse_format(spec);
     std::vector<float> a(x.size()), b(x.size());
     omp_set_num_threads(1);

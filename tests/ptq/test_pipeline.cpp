@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -17,6 +18,7 @@
 
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/engine/forward.hpp"
+#include "lowbit/engine/gguf.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
 #include "lowbit/error.hpp"
@@ -123,8 +125,9 @@ ptq::quantize_report write_streamed(const tensor_reader& source, ptq::quantize_o
   const auto quantized = ptq::read_quantized_shards(source, dir);
   if (out.ends_with(".gguf")) {
     std::map<std::string, uint32_t> types;
-    gguf_export_types(quantized->header, ggml_type_for_format(o.weights), types);
-    save_gguf_model(*quantized, out, types);
+    std::set<std::string> rounded;
+    gguf_export_types(quantized->header, ggml_type_for_format(o.weights), types, &rounded);
+    save_gguf_model(*quantized, out, types, rounded);
   } else {
     save_safetensors_model(*quantized, out, "F32", true);
   }
@@ -233,6 +236,74 @@ TEST(Pipeline, GptqBeatsRtnOnStories260K) {
   const double nll_rtn = evaluate(rtn, {}, story_ids(), eo).mean_nll;
   const double nll_gptq = evaluate(gptq, {}, story_ids(), eo).mean_nll;
   EXPECT_LT(nll_gptq, nll_rtn);
+}
+
+// GGUF export of the K-quants (CONVENTIONS 20, 22): a model whose rows are multiples of 256 is
+// written as Q4_K / Q6_K blocks with the method's own codes (ggml's search is not idempotent on
+// its output, so they are not re-derived from the values), and the file loads to the same
+// weights, bit for bit, and the same NLL as the model in memory.
+TEST(Pipeline, KQuantGgufExportEvaluatesLikeTheModelInMemory) {
+  model_config c;
+  c.dim = 256, c.hidden_dim = 512, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 4;
+  c.vocab_size = 512, c.max_seq_len = 256;
+  const model base = synthesize_model(c, 5);
+  eval_options eo;
+  eo.ctx = 128;
+  eo.max_tokens = 512;
+  for (const std::string fmt : {"q4_k", "q6_k"}) {
+    for (const ptq::method how : {ptq::method::rtn, ptq::method::gptq, ptq::method::awq, ptq::method::imatrix}) {
+      const std::string what = fmt + " " + ptq::method_name(how);
+      // AWQ and imatrix (codes kept by the method) on q4_k only: the slow searches.
+      if (fmt == "q6_k" && (how == ptq::method::awq || how == ptq::method::imatrix)) continue;
+      model m = base;
+      auto o = small_options(how, fmt);
+      o.calib_samples = 4;
+      o.awq.n_grid = 2, o.awq.clip_grid = 4;  // the search is not what is tested
+      const ptq::quantize_report report = ptq::quantize_model(m, story_ids(), o);
+      gguf_export ex;
+      ex.packed = report.packed;
+      const uint32_t type = ggml_type_for_format(o.weights);
+      EXPECT_TRUE(plan_gguf_export(m, type, ex).empty()) << what;
+      const std::string path = testing::TempDir() + "kquant_" + fmt + "_" + ptq::method_name(how) + ".gguf";
+      save_gguf_model(m, path, ex);
+      const gguf_file file(path);
+      const model back = load_model(path);
+      for (const std::string& name : m.linear_weight_names()) {
+        EXPECT_EQ(static_cast<uint32_t>(file.get(name).type), type) << what << " " << name;
+        const auto& a = m.get(name).data;
+        const auto& b = back.get(name).data;
+        ASSERT_EQ(a.size(), b.size());
+        EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << what << " " << name;
+      }
+      EXPECT_EQ(evaluate(back, {}, story_ids(), eo).mean_nll, evaluate(m, {}, story_ids(), eo).mean_nll) << what;
+    }
+  }
+}
+
+// stories260K's rows (64 and 172 columns) do not hold a super-block of 256: CONVENTIONS 22's
+// fallback writes the 64-column weights as Q8_0 and ffn_down (172) as F16, and rounds the model
+// in memory the same way.
+TEST(Pipeline, KQuantGgufFallsBackOnStories260K) {
+  model m = stories();
+  ptq::quantize_model(m, story_ids(), small_options(ptq::method::rtn, "q4_k"));
+  gguf_export ex;
+  const std::vector<std::string> fallbacks = plan_gguf_export(m, ggml_type_for_format(parse_format("q4_k")), ex);
+  ASSERT_EQ(fallbacks.size(), 35u);
+  int q8 = 0, f16 = 0;
+  for (const std::string& name : m.linear_weight_names()) {
+    const auto type = static_cast<ggml_type>(ex.types.at(name));
+    (type == ggml_type::q8_0 ? q8 : f16) += 1;
+    EXPECT_EQ(type, m.get(name).cols() % 32 == 0 ? ggml_type::q8_0 : ggml_type::f16) << name;
+  }
+  EXPECT_EQ(q8, 30);
+  EXPECT_EQ(f16, 5);
+  EXPECT_NE(fallbacks[0].find("(q8_0)"), std::string::npos) << fallbacks[0];
+  const std::string path = testing::TempDir() + "kquant_stories.gguf";
+  save_gguf_model(m, path, ex);
+  eval_options eo;
+  eo.ctx = 256;
+  eo.max_tokens = 2048;
+  EXPECT_EQ(evaluate(load_model(path), {}, story_ids(), eo).mean_nll, evaluate(m, {}, story_ids(), eo).mean_nll);
 }
 
 TEST(Pipeline, BadRequests) {
@@ -681,13 +752,13 @@ TEST(Streaming, WeightPlanReportsReadOneTensorAtATime) {
 TEST(Streaming, ShardLayoutsAreTheCodesLayouts) {
   const std::string dir = fresh_dir("layouts");
   const auto source = open_model_reader(stories_path);
-  for (const std::string fmt : {"int4/g32", "q4_0", "nvfp4"}) {
+  for (const std::string fmt : {"int4/g32", "q4_0", "nvfp4", "q4_k"}) {
     SCOPED_TRACE(fmt);
     std::filesystem::remove_all(dir + "/shards");
     write_streamed(*source, stream_options(ptq::method::rtn, fmt), dir + "/shards", dir + "/q.safetensors");
     const auto r = ptq::read_quantized_shards(*source, dir + "/shards");
     ASSERT_GE(r->coded_names().size(), 28u);  // nvfp4: a few weights stay float (not re-encoded exactly)
-    int tensor_scales = 0, zero_points = 0;
+    int tensor_scales = 0, zero_points = 0, super_scales = 0;
     for (const std::string& name : r->coded_names()) {
       const codes_layout l = r->read_codes_layout(name);
       const quantized_tensor q = r->read_codes(name);
@@ -697,14 +768,82 @@ TEST(Streaming, ShardLayoutsAreTheCodesLayouts) {
       EXPECT_EQ(l.row_bytes, q.row_bytes) << name;
       EXPECT_EQ(l.n_scales, int64_t(q.scales.size())) << name;
       EXPECT_EQ(l.n_zero_points, int64_t(q.zero_points.size())) << name;
+      EXPECT_EQ(l.n_super_scales, int64_t(q.super_scales.size())) << name;
       EXPECT_EQ(l.tensor_scale, q.tensor_scale != 1.0f) << name;
-      tensor_scales += l.tensor_scale, zero_points += l.n_zero_points > 0;
+      tensor_scales += l.tensor_scale, zero_points += l.n_zero_points > 0, super_scales += l.n_super_scales > 0;
     }
     EXPECT_EQ(tensor_scales > 0, fmt == "nvfp4");
-    EXPECT_EQ(zero_points > 0, fmt == "q4_0");
+    EXPECT_EQ(super_scales > 0, fmt == "q4_k");
+    if (fmt != "q4_k") EXPECT_EQ(zero_points > 0, fmt == "q4_0");  // (q4_k's mins are its own)
     // The file described from the layouts is the in-memory pipeline's (described from its codes).
     write_in_memory(load_model(stories_path), stream_options(ptq::method::rtn, fmt), dir + "/memory.safetensors");
     EXPECT_TRUE(file_bytes(dir + "/q.safetensors") == file_bytes(dir + "/memory.safetensors"));
   }
+  std::filesystem::remove_all(dir);
+}
+
+// The K-quants stream too: their codes and super-block scales travel in the shards (no re-derived
+// codes: ggml's search is not idempotent on its own output), the GGUF writer makes Q4_K / Q6_K
+// blocks from them, and CONVENTIONS 22's fallbacks (stories260K's rows of 64 -> Q8_0, of 172 ->
+// F16) are rounded as they are written — byte for byte the in-memory pipeline's files, and a
+// killed K-quant run resumes to the same bytes.
+TEST(Streaming, KQuantsWriteTheBytesOfTheInMemoryPipeline) {
+  const std::string dir = fresh_dir("kquant");
+  model_config c;
+  c.dim = 256, c.hidden_dim = 512, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 4;
+  c.vocab_size = 512, c.max_seq_len = 256;
+  const std::string wide = dir + "/wide.safetensors";
+  save_safetensors_model(synthesize_model(c, 5), wide);
+  struct run_case {
+    std::string input;
+    ptq::method how;
+    std::string fmt, ext;
+  };
+  const std::vector<run_case> cases = {{stories_path, ptq::method::rtn, "q4_k", ".gguf"},
+                                       {stories_path, ptq::method::imatrix, "q4_k", ".safetensors"},
+                                       {stories_path, ptq::method::gptq, "q6_k", ".safetensors"},
+                                       {wide, ptq::method::gptq, "q4_k", ".gguf"},
+                                       {wide, ptq::method::rtn, "q6_k", ".gguf"},
+                                       {wide, ptq::method::imatrix, "q4_k", ".gguf"}};
+  for (const run_case& rc : cases) {
+    SCOPED_TRACE(rc.input + " " + ptq::method_name(rc.how) + " " + rc.fmt + rc.ext);
+    const auto o = stream_options(rc.how, rc.fmt);
+    const std::string a = dir + "/memory" + rc.ext, b = dir + "/streamed" + rc.ext;
+    write_in_memory(load_model(rc.input), o, a);
+    std::filesystem::remove_all(dir + "/shards");
+    const auto source = open_model_reader(rc.input);
+    write_streamed(*source, o, dir + "/shards", b);
+    const std::string bytes_a = file_bytes(a), bytes_b = file_bytes(b);
+    EXPECT_GT(bytes_a.size(), 10000u);
+    EXPECT_TRUE(bytes_a == bytes_b) << a << " and " << b << " differ";
+    if (rc.ext == ".safetensors") {  // every weight as its K-quant codes, super-scales included
+      const auto packed = load_packed_tensors(b);
+      EXPECT_EQ(packed.size(), source->header.linear_weight_names().size());
+      for (const auto& [name, q] : packed) EXPECT_FALSE(q.super_scales.empty()) << name;
+    } else {
+      const gguf_file file(b);
+      const ggml_type want = static_cast<ggml_type>(ggml_type_for_format(o.weights));
+      for (const std::string& name : source->header.linear_weight_names()) {
+        const int64_t cols = source->header.get(name).cols();
+        const ggml_type expected = cols % 256 == 0 ? want : cols % 32 == 0 ? ggml_type::q8_0 : ggml_type::f16;
+        EXPECT_EQ(file.get(name).type, expected) << name;
+      }
+    }
+  }
+
+  // Killed in block 1 and resumed: the finished K-quant shard's codes are used as they are.
+  const auto source = open_model_reader(wide);
+  const auto o = stream_options(ptq::method::gptq, "q4_k");
+  write_streamed(*source, o, dir + "/whole", dir + "/whole.gguf");
+  try {
+    write_streamed(*source, o, dir + "/killed", dir + "/killed.gguf", interrupt_at(8 + 5));
+    FAIL() << "not interrupted";
+  } catch (const interrupted&) {
+  }
+  EXPECT_TRUE(std::filesystem::exists(dir + "/killed/blk.0.safetensors"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/killed/blk.1.safetensors"));
+  const auto r = write_streamed(*source, o, dir + "/killed", dir + "/killed.gguf");
+  EXPECT_EQ(r.resumed_at_block, 1);
+  EXPECT_TRUE(file_bytes(dir + "/whole.gguf") == file_bytes(dir + "/killed.gguf"));
   std::filesystem::remove_all(dir);
 }

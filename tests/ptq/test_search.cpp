@@ -47,6 +47,9 @@ TEST(PowerQuant, SearchBeatsUniformOnGaussianWeights) {
   fake_quantize_ref(r.weights.data(), again.data(), out, in, f);
   EXPECT_EQ(again, r.weights);
   EXPECT_THROW(ptq::powerquant_search(W.data(), out, in, f), error);
+  // Named presets fix their grids (the grammar refuses pow(q4_k) too).
+  for (const char* preset : {"q4_k", "q6_k", "q4_0", "nvfp4"})
+    EXPECT_THROW(ptq::powerquant_search(W.data(), out, in, parse_format(preset)), error) << preset;
 }
 
 TEST(ImportanceRtn, NoShrinkIsRtnAndTheSearchNeverLoses) {

@@ -17,6 +17,7 @@
 #include "lowbit/error.hpp"
 #include "lowbit/formats/analysis.hpp"
 #include "lowbit/formats/format.hpp"
+#include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/quantize.hpp"
 
 namespace lowbit::cli {
@@ -190,7 +191,13 @@ void cmd_cast(const std::string& spec, std::vector<std::string> args, bool codes
   for (int64_t i = 0; i < n; ++i) {
     std::string line = shortest_float(y[static_cast<size_t>(i)]);
     line += no_code[static_cast<size_t>(i)] ? "  code -" : fmt::format("  code 0x{:0{}x}", q.code(0, i), hex_digits);
-    if (f.gran != granularity::none) {
+    if (is_kquant(f)) {  // the sub-block's integer scale (and min) codes, the super-block's fp16 scales
+      const size_t sb = static_cast<size_t>(i / kSuperBlock * kquant_super_scale_count(f));
+      line += fmt::format("  sub-scale {}", q.scale_at(0, i));
+      if (f.named == preset::q4_k) line += fmt::format("  min {}", q.zero_point_at(0, i));
+      line += "  d " + shortest_float(q.super_scales[sb]);
+      if (f.named == preset::q4_k) line += "  dmin " + shortest_float(q.super_scales[sb + 1]);
+    } else if (f.gran != granularity::none) {
       line += "  scale " + shortest_float(q.scale_at(0, i));
       if (!q.zero_points.empty()) line += fmt::format("  zero {}", q.zero_point_at(0, i));
       if (f.named == preset::nvfp4) line += "  tensor_scale " + shortest_float(q.tensor_scale);

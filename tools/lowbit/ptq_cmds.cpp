@@ -18,6 +18,7 @@
 
 #include "cli.hpp"
 #include "lowbit/engine/eval.hpp"
+#include "lowbit/engine/gguf.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
 #include "lowbit/error.hpp"
@@ -178,10 +179,11 @@ void cmd_quantize(const quantize_cli_options& o) {
                                      {"seed", o.seed}}.dump();
   // Written from the shards one tensor at a time.
   std::vector<std::string> fallbacks;
-  if (gguf) {  // llama.cpp's own types, F16 where rows do not fit a block
+  if (gguf) {  // llama.cpp's own types, a wider one where rows do not fit a block (rounded onto it)
     std::map<std::string, uint32_t> types;
-    fallbacks = gguf_export_types(header, gguf_type, types);
-    save_gguf_model(*quantized, o.out, types);
+    std::set<std::string> rounded;
+    fallbacks = gguf_export_types(header, gguf_type, types, &rounded);
+    save_gguf_model(*quantized, o.out, types, rounded);
   } else if (o.float_values) {
     save_safetensors_model(*quantized, o.out, "F32", false);
   } else {  // codes and scales where the weights are values of the format
@@ -247,7 +249,10 @@ void cmd_quantize(const quantize_cli_options& o) {
                              in_memory->mean_nll, written->mean_nll, o.out);
   if (!fallbacks.empty())
     std::cout << fmt::format("{} weights kept as {}: {}\n", fallbacks.size(),
-                             gguf ? "F16 (rows not a multiple of 32)" : "float values (not values of the format alone)",
+                             gguf ? fmt::format("a wider GGUF type (rows not a multiple of the {} block of {})",
+                                                ggml_type_name(static_cast<ggml_type>(gguf_type)),
+                                                ggml_block_size(static_cast<ggml_type>(gguf_type)))
+                                  : std::string("float values (not values of the format alone)"),
                              fmt::join(fallbacks, ", "));
 }
 

@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -102,7 +103,7 @@ struct model {
 // writes them (quantized_tensor's sizes; tensor_scale: whether it is not 1, so stored).
 struct codes_layout {
   format fmt;
-  int64_t rows = 0, cols = 0, row_bytes = 0, n_scales = 0, n_zero_points = 0;
+  int64_t rows = 0, cols = 0, row_bytes = 0, n_scales = 0, n_zero_points = 0, n_super_scales = 0;
   bool tensor_scale = false;
 };
 
@@ -180,17 +181,28 @@ void save_gguf_model(const model& m, const std::string& path, const gguf_export&
 void save_gguf_model(const model& m, const std::string& path);  // every tensor F32
 // The same from a reader, one tensor in memory at a time: types as gguf_export's, r's coded
 // tensors as its packed codes.
-void save_gguf_model(const tensor_reader& r, const std::string& path, const std::map<std::string, uint32_t>& types);
+// `rounded` (gguf_export_types' fallbacks) are rounded onto their type as they are written, as
+// plan_gguf_export rounds a model in memory, so both paths write the same bytes.
+void save_gguf_model(const tensor_reader& r, const std::string& path, const std::map<std::string, uint32_t>& types,
+                     const std::set<std::string>& rounded = {});
 
-// llama.cpp's tensor type (ggml_type number) for a weight format: q4_0, q8_0, mxfp4, bf16, fp16;
-// throws naming those for any other.
+// llama.cpp's tensor type (ggml_type number) for a weight format: q4_0, q8_0, q4_k, q6_k, mxfp4,
+// bf16, fp16; throws naming those for any other.
 uint32_t ggml_type_for_format(const format& f);
 // The types of a GGUF export of m's linear weights in `type` (CONVENTIONS 22): a weight whose
-// rows do not divide the type's block falls back to F16, and m's values are rounded to fp16 the
-// same way, so the file and the model in memory agree. Returns the names that fell back.
+// rows do not divide the type's block falls back to the nearest wider type that fits — Q8_0
+// (rows a multiple of 32; for q4_k/q6_k, whose block is 256), then F16 — and m's values are
+// rounded onto that type the same way (fake-quantized from the values `type` gave them), so the
+// file and the model in memory agree. Returns the names that fell back, as "name (type)".
 std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex);
 // The types alone, from the shapes of `header`'s linear weights (a tensor_reader's header).
-std::vector<std::string> gguf_export_types(const model& header, uint32_t type, std::map<std::string, uint32_t>& types);
+// (CONVENTIONS 22's fallbacks as plan_gguf_export's, described the same way; `rounded`, when
+// given, receives their names.)
+std::vector<std::string> gguf_export_types(const model& header, uint32_t type, std::map<std::string, uint32_t>& types,
+                                           std::set<std::string>* rounded = nullptr);
+// t's values rounded onto ggml type `type` (a ggml_type number; fake-quantized in its format, F32
+// leaves them).
+void round_onto_ggml_type(tensor& t, uint32_t type);
 // The codes a packed file stores for a linear weight t in format f: `known` (a method's own codes,
 // GPTQ's say) when given, else t's values re-encoded when that reproduces them exactly; nullopt
 // when t stays float (not values of f alone, e.g. LoRC's Q + U V).

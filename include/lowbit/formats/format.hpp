@@ -1,7 +1,7 @@
 // The quantization format descriptor and its spec grammar (DESIGN.md "The format spec"):
 //
 //   format   := element [ '/' group ] [ ':' scale ] [ '@' rule ] [ '~' rounding ]
-//             | preset [ '~' rounding ]              (nvfp4, q4_0, q8_0, mxint8, flexN+E)
+//             | preset [ '~' rounding ]              (nvfp4, q4_0, q8_0, q4_k, q6_k, mxint8, flexN+E)
 //             | powA '(' format ')'                  (power map, CONVENTIONS 12)
 //   element  := intN | uintN | eEmM[variant][(opts)] | nf4 | lut(v1,v2,...) | bf16 | fp16 | fp32 | tf32
 //   group    := t | c | gK           scale := fp32 | fp16 | bf16 | e8m0 | pow2 | e4m3 | any element
@@ -39,7 +39,9 @@ enum class scale_kind : uint8_t { element, e8m0, pow2 };
 enum class scale_rule : uint8_t { max, mse, percentile, ocp, ceil, rceil, even };
 
 // Layouts and algorithms the generic grammar cannot express (CONVENTIONS 13).
-enum class preset : uint8_t { none, nvfp4, q4_0, q8_0, mxint8, flex };
+// q4_k / q6_k: ggml's K-quants, super-blocks of 256 with sub-block scales (kernels/kquant.hpp);
+// group_size is the sub-block (32 / 16), the scale format the fp16 of the super-block scales.
+enum class preset : uint8_t { none, nvfp4, q4_0, q8_0, mxint8, flex, q4_k, q6_k };
 
 struct scale_format {
   scale_kind kind = scale_kind::element;

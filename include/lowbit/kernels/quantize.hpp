@@ -18,6 +18,9 @@ namespace lowbit {
 //            (NaN for a group that held NaN/Inf, CONVENTIONS 4)
 //   zero_points : for uint elements (asymmetric), one per group
 //   tensor_scale: the second-level FP32 scale of nvfp4 (1 otherwise)
+//   super_scales: q4_k / q6_k, the fp16 scales of each 256-value super-block, (d, dmin) or (d);
+//                 then `scales` holds the integer sub-block scale codes and q4_k's zero_points
+//                 the sub-block min codes (kernels/kquant.hpp)
 struct quantized_tensor {
   format fmt;
   int64_t rows = 0, cols = 0;
@@ -26,8 +29,10 @@ struct quantized_tensor {
   std::vector<float> scales;
   std::vector<int32_t> zero_points;
   float tensor_scale = 1.0f;
+  std::vector<float> super_scales;
 
-  // Zeroed codes and unit scales (plus zero points for uint and q4_0) for [rows, cols] in f.
+  // Zeroed codes and unit scales (plus zero points for uint, q4_0 and q4_k; super-scales for
+  // q4_k/q6_k) for [rows, cols] in f.
   static quantized_tensor allocate(const format& f, int64_t rows, int64_t cols);
 
   uint32_t code(int64_t r, int64_t c) const;

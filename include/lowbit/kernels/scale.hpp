@@ -12,7 +12,8 @@ struct group_scale {
   float scale = 1.0f;       // quantize x / scale, dequantize q * scale (NaN: the group held NaN/Inf)
   float stored = 1.0f;      // what the format stores (nvfp4: the E4M3 block scale; else = scale)
   float multiplier = 0.0f;  // ggml presets: 1/d taken before d is rounded to fp16
-  int32_t zero_point = 0;   // uint elements (and q4_0's fixed 8)
+  int32_t zero_point = 0;   // uint elements (and q4_0's fixed 8; q4_k's min code m)
+  float offset = 0.0f;      // q4_k: dmin * m, subtracted after scaling (value = q * scale - offset)
   bool nonfinite = false;
 };
 

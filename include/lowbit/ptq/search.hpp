@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "lowbit/formats/format.hpp"
+#include "lowbit/kernels/quantize.hpp"
 
 namespace lowbit::ptq {
 
@@ -30,8 +31,11 @@ power_search_result powerquant_search(const float* W, int64_t out, int64_t in, c
                                       double lo = 0.2, double hi = 1.0);
 
 // [M] Shrink factors 1, 1 - 1/grid, ..., down to 1 - max_shrink (as AWQ's clip grid), chosen per
-// row and group (per row for /c, per tensor for /t) by the importance-weighted squared error.
+// row and group (per row for /c, per tensor for /t; per super-block of 256 for q4_k/q6_k, whose
+// sub-blocks share their scales) by the importance-weighted squared error. For q4_k/q6_k,
+// `packed` (when given) receives the codes and scales of the result.
 std::vector<float> importance_rtn(const float* W, int64_t out, int64_t in, const format& f,
-                                  const float* importance, int grid = 20, double max_shrink = 0.5);
+                                  const float* importance, int grid = 20, double max_shrink = 0.5,
+                                  quantized_tensor* packed = nullptr);
 
 }  // namespace lowbit::ptq

@@ -1,0 +1,71 @@
+// ggml's K-quants Q4_K and Q6_K (llama.cpp "k-quants", QK_K = 256): rows are cut into
+// super-blocks of 256 values, each with fp16 super-scales and small integer sub-block scales.
+//
+//   q4_k: 8 sub-blocks of 32, value = d * sc_j * q - dmin * m_j, q in 0..15, sc_j and m_j 6-bit
+//         (0..63), d and dmin fp16 (4.5 bits per weight)
+//   q6_k: 16 sub-blocks of 16, value = d * sc_j * (q - 32), q in 0..63, sc_j int8, d fp16
+//         (6.5625 bits per weight)
+//
+// Quantization follows ggml's reference quantize_row_q4_K_ref (make_qkx2_quants per sub-block,
+// then the 6-bit scale/min codes) and quantize_row_q6_K_ref (make_qx_quants per sub-block, then
+// the int8 scale codes), float operation for float operation, so the codes and scales equal
+// ggml's bit for bit (tests/kernels/test_kquant.cpp; the outside check against ggml itself is
+// described in README "K-quants").
+//
+// lowbit's conventions on top of ggml's (README "K-quants"):
+//   - a row whose length is not a multiple of 256 ends in a partial super-block, quantized as if
+//     zero-padded to 256; only its real columns are stored (GGUF cannot hold it: the export falls
+//     back, CONVENTIONS 22);
+//   - a super-block holding NaN or Inf gets d = dmin = NaN, sub-block scales/mins 0 and codes 0;
+//     every value of it dequantizes to NaN (CONVENTIONS 4, as q4_0/q8_0's NaN groups).
+//
+// In a quantized_tensor (quantize.hpp) a K-quant is a group format whose group is the sub-block:
+//   codes        : q4_k the 4-bit q; q6_k the 6-bit two's complement of q - 32
+//   scales       : one per sub-block, the integer scale code sc_j (as a float)
+//   zero_points  : q4_k only, one per sub-block, the min code m_j
+//   super_scales : per super-block, row-major: q4_k (d, dmin), q6_k (d)
+#pragma once
+
+#include <cstdint>
+
+#include "lowbit/formats/format.hpp"
+#include "lowbit/kernels/scale.hpp"
+
+namespace lowbit {
+
+constexpr int kSuperBlock = 256;  // ggml's QK_K
+
+bool is_kquant(const format& f);
+// Floats per super-block in quantized_tensor::super_scales: 2 (q4_k: d, dmin) or 1 (q6_k: d).
+int kquant_super_scale_count(const format& f);
+int64_t kquant_super_blocks_per_row(int64_t cols);
+
+// One super-block as ggml's quantize_row_*_ref leaves it.
+struct kquant_block {
+  float d = 0, dmin = 0;  // fp16 values (dmin: q4_k); NaN for a super-block holding NaN/Inf
+  int32_t sc[16] = {};    // sub-block scale codes: q4_k 0..63 (8 used), q6_k -128..127 (16 used)
+  int32_t m[8] = {};      // q4_k sub-block min codes 0..63
+  uint8_t q[kSuperBlock] = {};  // ggml's stored codes: q4_k 0..15, q6_k 0..63 (value q - 32)
+  bool nonfinite = false;
+};
+
+// Quantizes the n <= 256 values x of one super-block (zero-padded to 256) in q4_k or q6_k.
+void kquant_quantize_block(const format& f, const float* x, int64_t n, kquant_block* out);
+
+// The group_scale of sub-block j of a super-block: scale = d * sc_j, offset = dmin * m_j (q4_k).
+group_scale kquant_sub_scale(const format& f, float d, float dmin, int32_t sc, int32_t m);
+
+struct quantized_tensor;
+// The group_scale a stored K-quant tensor implies for column c of row r (its sub-block's).
+group_scale kquant_stored_scale(const quantized_tensor& q, int64_t r, int64_t c);
+
+// ggml's nearest_int: round to nearest (ties to even) through the float32 magic 1.5 * 2^23, as
+// ggml computes it (an assert bounds |v| <= 4194303 in ggml's debug builds; release builds, and
+// this function, keep the bit trick's result for any input).
+int ggml_nearest_int(float v);
+
+// Rows [r0, r1) of a K-quant tensor (q from quantized_tensor::allocate): the reference and the
+// fast kernels share this per-super-block code.
+void kquant_quantize_rows(const float* x, int64_t r0, int64_t r1, quantized_tensor& q);
+
+}  // namespace lowbit

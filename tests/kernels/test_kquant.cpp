@@ -1,0 +1,316 @@
+// ggml's K-quants Q4_K and Q6_K (kernels/kquant.hpp): the preset names, the decode of every
+// scale / min / code value against the formula of ggml's block layout written out here (the
+// bytes are packed by this file from ggml-common.h's block_q4_K / block_q6_K description, not by
+// the code under test), the properties of the quantizer (zeros, constant rows, error bounds,
+// NaN/Inf, partial super-blocks), known answers computed by ggml itself, and the GGUF blocks.
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "lowbit/engine/gguf.hpp"
+#include "lowbit/engine/safetensors.hpp"  // fp16 conversions
+#include "lowbit/error.hpp"
+#include "lowbit/formats/format.hpp"
+#include "lowbit/kernels/element_ops.hpp"
+#include "lowbit/kernels/kquant.hpp"
+#include "lowbit/kernels/quantize.hpp"
+#include "tests/ptq/random_inputs.hpp"
+
+using namespace lowbit;
+
+namespace {
+
+bool same(float a, float b) { return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b); }
+
+// block_q4_K (144 bytes): fp16 d, fp16 dmin, scales[12], qs[128]. Sub-block j < 4: sc = scales[j]
+// low 6 bits, m = scales[j + 4] low 6 bits; j >= 4: sc = low nibble of scales[j + 4] | (top 2
+// bits of scales[j - 4]) << 4, m = high nibble of scales[j + 4] | (top 2 bits of scales[j]) << 4.
+// qs: per 64 values, byte l holds value l (low nibble) and value l + 32 (high nibble).
+std::vector<uint8_t> q4_k_block(uint16_t d, uint16_t dmin, const int* sc, const int* m, const int* q) {
+  std::vector<uint8_t> b(144, 0);
+  std::memcpy(b.data(), &d, 2);
+  std::memcpy(b.data() + 2, &dmin, 2);
+  uint8_t* s = b.data() + 4;
+  for (int j = 0; j < 8; ++j) {
+    if (j < 4) {
+      s[j] = static_cast<uint8_t>(s[j] | sc[j]);
+      s[j + 4] = static_cast<uint8_t>(s[j + 4] | m[j]);
+    } else {
+      s[j + 4] = static_cast<uint8_t>((sc[j] & 15) | ((m[j] & 15) << 4));
+      s[j - 4] = static_cast<uint8_t>(s[j - 4] | ((sc[j] >> 4) << 6));
+      s[j] = static_cast<uint8_t>(s[j] | ((m[j] >> 4) << 6));
+    }
+  }
+  for (int c = 0; c < 4; ++c)
+    for (int l = 0; l < 32; ++l) b[16 + 32 * c + l] = static_cast<uint8_t>(q[64 * c + l] | (q[64 * c + l + 32] << 4));
+  return b;
+}
+
+// block_q6_K (210 bytes): ql[128], qh[64], int8 scales[16], fp16 d. Per 128 values (ql += 64,
+// qh += 32): value l + 32k (k = 0..3) has low 4 bits in ql[l + 32 (k & 1)] (low nibble for k < 2,
+// high for k >= 2) and high 2 bits in qh[l] bits 2k..2k+1.
+std::vector<uint8_t> q6_k_block(uint16_t d, const int* sc, const int* q) {
+  std::vector<uint8_t> b(210, 0);
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < 32; ++l)
+      for (int k = 0; k < 4; ++k) {
+        const int v = q[128 * h + l + 32 * k];
+        b[64 * h + l + 32 * (k & 1)] |= static_cast<uint8_t>((v & 15) << (k >= 2 ? 4 : 0));
+        b[128 + 32 * h + l] |= static_cast<uint8_t>((v >> 4) << (2 * k));
+      }
+  for (int j = 0; j < 16; ++j) b[192 + j] = static_cast<uint8_t>(static_cast<int8_t>(sc[j]));
+  std::memcpy(b.data() + 208, &d, 2);
+  return b;
+}
+
+std::vector<float> decode_gguf(const std::vector<uint8_t>& bytes, int64_t rows, ggml_type t) {
+  const quantized_tensor q = decode_ggml_blocks(bytes.data(), rows, 256, t);
+  std::vector<float> y(static_cast<size_t>(rows * 256));
+  dequantize(q, y.data());
+  // The reference dequantize agrees.
+  std::vector<float> yr(y.size());
+  dequantize_ref(q, yr.data());
+  for (size_t i = 0; i < y.size(); ++i) EXPECT_TRUE(same(y[i], yr[i])) << i;
+  // Encoding the decoded tensor gives the bytes back.
+  EXPECT_EQ(encode_ggml_blocks(q, t), bytes);
+  return y;
+}
+
+std::vector<float> gaussian(size_t n, unsigned seed, float sigma = 1.0f) {
+  return lowbit::test::normal(static_cast<int64_t>(n), seed, sigma);
+}
+
+}  // namespace
+
+TEST(KQuant, PresetNamesAndBits) {
+  for (const char* name : {"q4_k", "q6_k"}) {
+    const format f = parse_format(name);
+    EXPECT_EQ(format_name(f), name);
+    EXPECT_EQ(parse_format(format_name(f)), f);
+    EXPECT_TRUE(is_kquant(f));
+    bool listed = false;
+    for (const auto& n : named_formats()) listed |= n.name == name;
+    EXPECT_TRUE(listed) << name;
+    EXPECT_THROW(parse_format(std::string(name) + "~rtz"), format_error);
+    EXPECT_THROW(parse_format(std::string(name) + "/g64"), format_error);
+  }
+  // Bits per weight with the scale overhead: ggml's 144 and 210 bytes per 256 values.
+  EXPECT_DOUBLE_EQ(bits_per_element(parse_format("q4_k")), 144.0 * 8 / 256);
+  EXPECT_DOUBLE_EQ(bits_per_element(parse_format("q6_k")), 210.0 * 8 / 256);
+  EXPECT_EQ(bits_description(parse_format("q4_k")), "4.5");
+  EXPECT_EQ(bits_description(parse_format("q6_k")), "6.5625");
+  EXPECT_EQ(quantized_tensor::allocate(parse_format("q4_k"), 3, 512).storage_bytes(), 3u * 2 * 144);
+  EXPECT_EQ(quantized_tensor::allocate(parse_format("q6_k"), 3, 512).storage_bytes(), 3u * 2 * 210);
+}
+
+// Every (sc, m) pair of 6-bit codes with every 4-bit q: 4096 sub-blocks, 8 per super-block, so
+// both packing paths of get_scale_min_k4 (j < 4 and j >= 4) see every code.
+TEST(KQuant, Q4KDecodesEveryScaleMinAndCode) {
+  const uint16_t d_bits = 0x2E66, dmin_bits = 0x2A3D;  // fp16 0.0999 and 0.0450
+  const float d = fp16_to_f32(d_bits), dmin = fp16_to_f32(dmin_bits);
+  const int64_t rows = 64 * 64 / 8;
+  std::vector<uint8_t> bytes;
+  std::vector<float> expect;
+  int pair = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    int sc[8], m[8], q[256];
+    for (int j = 0; j < 8; ++j, ++pair) {
+      sc[j] = pair % 64;
+      m[j] = (pair / 64 + j) % 64;  // shifted so that j >= 4 sees large m with small sc
+    }
+    for (int i = 0; i < 256; ++i) q[i] = (i * 7 + static_cast<int>(r)) % 16;
+    const auto b = q4_k_block(d_bits, dmin_bits, sc, m, q);
+    bytes.insert(bytes.end(), b.begin(), b.end());
+    for (int i = 0; i < 256; ++i) {
+      const int j = i / 32;
+      const float d1 = d * static_cast<float>(sc[j]), m1 = dmin * static_cast<float>(m[j]);
+      expect.push_back(d1 * static_cast<float>(q[i]) - m1);  // dequantize_row_q4_K
+    }
+  }
+  const std::vector<float> y = decode_gguf(bytes, rows, ggml_type::q4_k);
+  for (size_t i = 0; i < y.size(); ++i) ASSERT_TRUE(same(y[i], expect[i])) << i << ": " << y[i] << " vs " << expect[i];
+  // Every pair (sc, m) was seen: 4096 sub-blocks with distinct (pair % 64, pair / 64 + j).
+  EXPECT_EQ(pair, 4096);
+}
+
+// Every int8 scale with every 6-bit q (value q - 32): 256 scales x 64 codes.
+TEST(KQuant, Q6KDecodesEveryScaleAndCode) {
+  const uint16_t d_bits = 0xA0CD;  // fp16 -0.00850 (ggml's d is negative: -max/128)
+  const float d = fp16_to_f32(d_bits);
+  const int64_t rows = 256 * 64 / 256;
+  std::vector<uint8_t> bytes;
+  std::vector<float> expect;
+  for (int64_t r = 0; r < rows; ++r) {
+    int sc[16], q[256];
+    for (int j = 0; j < 16; ++j) sc[j] = static_cast<int>((r * 16 + j) / 4) - 128;  // 4 sub-blocks per scale
+    for (int i = 0; i < 256; ++i) q[i] = (i / 16 % 4) * 16 + i % 16;  // 64 codes over 4 sub-blocks
+    const auto b = q6_k_block(d_bits, sc, q);
+    bytes.insert(bytes.end(), b.begin(), b.end());
+    for (int i = 0; i < 256; ++i)  // dequantize_row_q6_K: d * sc * (q - 32), left to right
+      expect.push_back(d * static_cast<float>(sc[i / 16]) * static_cast<float>(q[i] - 32));
+  }
+  const std::vector<float> y = decode_gguf(bytes, rows, ggml_type::q6_k);
+  for (size_t i = 0; i < y.size(); ++i) ASSERT_TRUE(same(y[i], expect[i])) << i << ": " << y[i] << " vs " << expect[i];
+}
+
+TEST(KQuant, ZerosAndConstantRows) {
+  for (const char* name : {"q4_k", "q6_k"}) {
+    const format f = parse_format(name);
+    std::vector<float> zeros(512, 0.0f), y(512);
+    fake_quantize_ref(zeros.data(), y.data(), 2, 256, f);
+    for (float v : y) EXPECT_EQ(v, 0.0f) << name;
+    const quantized_tensor qz = quantize_ref(zeros.data(), 2, 256, f);
+    for (float s : qz.super_scales) EXPECT_EQ(s, 0.0f) << name;
+    for (float c : {1.0f, -3.5f, 1e-3f, 250.0f}) {
+      std::vector<float> x(256, c), q(256);
+      fake_quantize_ref(x.data(), q.data(), 1, 256, f);
+      // One fp16 rounding of d (of dmin for q4_k's negative constants) at most: relative 2^-11
+      // for normal d, 2^-25 absolute (subnormal fp16) times the largest codes 63 x 32.
+      for (float v : q) EXPECT_NEAR(v, c, std::fabs(c) * 0x1p-9f + 63 * 32 * 0x1p-25f) << name << " constant " << c;
+    }
+  }
+}
+
+// Error bounds on Gaussian rows: every reconstructed value within the sub-block's range plus
+// half a step, and the SQNR of 4.5 / 6.6-bit formats.
+TEST(KQuant, ReconstructionErrorIsBounded) {
+  const int64_t rows = 16, cols = 1024;
+  const std::vector<float> x = gaussian(static_cast<size_t>(rows * cols), 5, 0.02f);
+  for (const char* name : {"q4_k", "q6_k"}) {
+    const format f = parse_format(name);
+    const quantized_tensor q = quantize_ref(x.data(), rows, cols, f);
+    std::vector<float> y(x.size());
+    dequantize_ref(q, y.data());
+    const bool q4 = f.named == preset::q4_k;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const size_t i = static_cast<size_t>(r * cols + c);
+        const float d = q.super_scales[static_cast<size_t>((r * (cols / 256) + c / 256) * (q4 ? 2 : 1))];
+        const float step = d * q.scale_at(r, c);
+        // The sub-block's codes span 16 (64) steps; values inside round to the nearest of them,
+        // the fit may clip the extremes by at most a few steps.
+        EXPECT_LE(std::fabs(y[i] - x[i]), std::fabs(step) * 3.0f + 1e-6f) << name << " [" << r << "," << c << "]";
+      }
+    const error_metrics e = compare(x.data(), y.data(), static_cast<int64_t>(x.size()));
+    EXPECT_GT(e.sqnr_db, q4 ? 19.0 : 30.0) << name;
+    // The sub-block scale codes are in range and the largest one is at the top of it.
+    for (float s : q.scales) EXPECT_TRUE(q4 ? (s >= 0 && s <= 63) : (s >= -128 && s <= 127)) << s;
+  }
+}
+
+// CONVENTIONS 4: a NaN or Inf makes its super-block NaN (d = dmin = NaN, codes 0); the other
+// super-blocks of the row are untouched.
+TEST(KQuant, NanAndInfPoisonTheirSuperBlockOnly) {
+  std::vector<float> x = gaussian(512, 6);
+  const std::vector<float> clean = x;
+  for (const char* name : {"q4_k", "q6_k"}) {
+    for (float bad : {NAN, INFINITY, -INFINITY}) {
+      x = clean;
+      x[300] = bad;
+      const format f = parse_format(name);
+      std::vector<float> y(512), yc(512);
+      fake_quantize_ref(x.data(), y.data(), 1, 512, f);
+      fake_quantize_ref(clean.data(), yc.data(), 1, 512, f);
+      for (int i = 0; i < 256; ++i) EXPECT_TRUE(same(y[i], yc[i])) << name << " " << i;
+      for (int i = 256; i < 512; ++i) EXPECT_TRUE(std::isnan(y[i])) << name << " " << i;
+      const quantized_tensor q = quantize_ref(x.data(), 1, 512, f);
+      EXPECT_TRUE(std::isnan(q.super_scales[f.named == preset::q4_k ? 2 : 1]));
+      for (int64_t c = 256; c < 512; ++c) EXPECT_EQ(q.code(0, c), 0u);
+      // GGUF stores the NaN super-scale as fp16 NaN and reads NaN back.
+      const std::vector<float> back = [&] {
+        const auto bytes = encode_ggml_blocks(q, f.named == preset::q4_k ? ggml_type::q4_k : ggml_type::q6_k);
+        const quantized_tensor d = decode_ggml_blocks(bytes.data(), 1, 512, q.fmt.named == preset::q4_k ? ggml_type::q4_k : ggml_type::q6_k);
+        std::vector<float> v(512);
+        dequantize(d, v.data());
+        return v;
+      }();
+      for (int i = 256; i < 512; ++i) EXPECT_TRUE(std::isnan(back[i]));
+    }
+  }
+}
+
+// A row that is not a multiple of 256 ends in a partial super-block quantized as if zero-padded.
+TEST(KQuant, PartialSuperBlockIsZeroPadded) {
+  const int64_t cols = 300, padded = 512;
+  const std::vector<float> x = gaussian(static_cast<size_t>(2 * cols), 7);
+  std::vector<float> xp(static_cast<size_t>(2 * padded), 0.0f);
+  for (int64_t r = 0; r < 2; ++r) std::copy_n(x.begin() + r * cols, cols, xp.begin() + r * padded);
+  for (const char* name : {"q4_k", "q6_k"}) {
+    const format f = parse_format(name);
+    std::vector<float> y(x.size()), yp(xp.size());
+    fake_quantize_ref(x.data(), y.data(), 2, cols, f);
+    fake_quantize_ref(xp.data(), yp.data(), 2, padded, f);
+    for (int64_t r = 0; r < 2; ++r)
+      for (int64_t c = 0; c < cols; ++c)
+        EXPECT_TRUE(same(y[static_cast<size_t>(r * cols + c)], yp[static_cast<size_t>(r * padded + c)])) << name << " " << c;
+    const quantized_tensor q = quantize_ref(x.data(), 2, cols, f);
+    EXPECT_EQ(q.groups_per_row(), (cols + f.group_size - 1) / f.group_size);
+    EXPECT_EQ(q.super_scales.size(), size_t(2 * 2 * kquant_super_scale_count(f)));
+    // GGUF cannot hold it: the export falls back (CONVENTIONS 22).
+    EXPECT_THROW(encode_ggml_blocks(q, f.named == preset::q4_k ? ggml_type::q4_k : ggml_type::q6_k), shape_error);
+  }
+}
+
+// ggml's nearest_int: ties to even through 1.5 * 2^23.
+TEST(KQuant, NearestIntIsGgmlsBitTrick) {
+  EXPECT_EQ(ggml_nearest_int(0.5f), 0);
+  EXPECT_EQ(ggml_nearest_int(1.5f), 2);
+  EXPECT_EQ(ggml_nearest_int(-2.5f), -2);
+  EXPECT_EQ(ggml_nearest_int(-0.49f), 0);
+  EXPECT_EQ(ggml_nearest_int(4194303.0f), 4194303);
+  EXPECT_EQ(ggml_nearest_int(-4194303.0f), -4194303);
+  EXPECT_EQ(ggml_nearest_int(NAN), 0);  // the bits of 1.5 * 2^23 + NaN: the canonical NaN
+}
+
+// GPTQ's scale-on-entry and RTN share the per-value rule: with the scales fixed by RTN,
+// quantize_value_ref reproduces ggml's codes (a sub-block with scale 0 aside).
+TEST(KQuant, SubBlockScaleReproducesTheCodes) {
+  const std::vector<float> x = gaussian(4 * 512, 8);
+  for (const char* name : {"q4_k", "q6_k"}) {
+    const format f = parse_format(name);
+    const quantized_tensor q = quantize_ref(x.data(), 4, 512, f);
+    const int nss = kquant_super_scale_count(f);
+    for (int64_t r = 0; r < 4; ++r)
+      for (int64_t c = 0; c < 512; ++c) {
+        const float* ss = q.super_scales.data() + (r * 2 + c / 256) * nss;
+        const group_scale gs = kquant_sub_scale(f, ss[0], nss > 1 ? ss[1] : 0.0f, static_cast<int32_t>(q.scale_at(r, c)),
+                                                q.zero_point_at(r, c));
+        if (gs.scale == 0) continue;
+        ASSERT_EQ(quantize_value_ref(f, x[static_cast<size_t>(r * 512 + c)], gs, 0.0f), q.code(r, c)) << name << " " << c;
+      }
+  }
+}
+
+// Known answers: the bytes of ggml's own quantize_row_q4_K_ref / quantize_row_q6_K_ref for one
+// deterministic super-block (computed with ggml at commit d99724f2, built without FMA contraction;
+// README "K-quants" has the outside check on many more rows).
+TEST(KQuant, EncodesLikeGgmlOnAKnownBlock) {
+  float x[256];
+  for (int i = 0; i < 256; ++i) x[i] = static_cast<float>((i * 37) % 101 - 50) / 7.0f * static_cast<float>(1 + (i / 32) % 4);
+  const char* q4_k_hex =
+      "ca2b2d375060affc0f5eadfdf0eeefffa0156ac1268cd3489d0459b0157bc1378ce348ae046ab0267bd2379de359ae15"
+      "268ce248ad0459b0157bd1379ce348ae046ac0267bd2379df359be156ac1268c9df359be157ac1268ce248ad0459b015"
+      "7bd1379ce348ae046ac0268bd2379df3156ac1268cd2489df459b0157bc1378ce348ae046ab0267bd2379de359ae156a";
+  const char* q6_k_hex =
+      "d158bf37be25ad048b047bf37ad159d0c941ea63eb74fb741d951ea72fc841c9bf34ad169b048df26be069d146cf38bd"
+      "1a922c840d85ed77ff57d038b04aa22b67df58c139b239a22c931c85fd76ee57ce5ad137b31a912c830f85ec78ff55d1"
+      "c851da62eb63fc840d951ea63fb840c9d129b30b931c64fe86de67ff47d129b118b1c66cb11b6c861b71c61cb1c76cb2"
+      "2453f9248ef9138ef4538d2452f9248ed4a209d47e09a37e14a349d4ae09d77ec863be1463c9147ec923bec463bd1463"
+      "df21c33fa15f8083211e403f9ea37f86259f";
+  auto hex = [](const std::vector<uint8_t>& b) {
+    std::string s;
+    for (uint8_t v : b) s += fmt::format("{:02x}", v);
+    return s;
+  };
+  for (const bool fast : {false, true}) {
+    const quantized_tensor q4 = fast ? quantize(x, 1, 256, parse_format("q4_k")) : quantize_ref(x, 1, 256, parse_format("q4_k"));
+    const quantized_tensor q6 = fast ? quantize(x, 1, 256, parse_format("q6_k")) : quantize_ref(x, 1, 256, parse_format("q6_k"));
+    EXPECT_EQ(hex(encode_ggml_blocks(q4, ggml_type::q4_k)), q4_k_hex);
+    EXPECT_EQ(hex(encode_ggml_blocks(q6, ggml_type::q6_k)), q6_k_hex);
+  }
+}
