@@ -31,6 +31,14 @@ unsigned seed(unsigned base) {
   return base + (env ? static_cast<unsigned>(std::strtoul(env, nullptr, 10)) * 1000u : 0u);
 }
 
+// n standard normal values.
+std::vector<float> gaussian(std::mt19937& gen, int64_t n) {
+  std::vector<float> x(static_cast<size_t>(n));
+  std::normal_distribution<float> d(0, 1);
+  for (auto& v : x) v = d(gen);
+  return x;
+}
+
 // Values that stress the rounding of element e under scale ~1: its grid points, midpoints and
 // their float neighbours, plus specials.
 std::vector<float> stress_values(const format& f, std::mt19937& gen, size_t n, bool specials) {
@@ -276,9 +284,7 @@ TEST(Differential, ColumnGroupsAreTheTransposedRows) {
 TEST(Differential, RowShardsDrawWhatTheWholeTensorDraws) {
   std::mt19937 gen(seed(9));
   const int64_t rows = 96, cols = 40, r0 = 32, r1 = 96;
-  std::vector<float> x(static_cast<size_t>(rows * cols));
-  std::normal_distribution<float> d(0, 1);
-  for (auto& v : x) v = d(gen);
+  const std::vector<float> x = gaussian(gen, rows * cols);
   for (const auto& t : simd_targets()) {
     force_simd_target(t.first);
     for (const char* spec : {"e2m1/g32~sr:4", "mxfp4~sr", "int8/c~sr", "e4m3fn/g16:e4m3~sr", "pow0.5(int4/g32~sr)"}) {
@@ -298,8 +304,9 @@ TEST(Differential, RowShardsDrawWhatTheWholeTensorDraws) {
         for (size_t i = 0; i < part.size(); ++i) {
           ASSERT_TRUE(same(part[i], whole[r0 * cols + i])) << spec << " rows, ref " << ref << " target " << t.second;
           // (a per-channel group along the rows spans every shard: only row groups can be sharded)
-          if (f.gran == granularity::group)
+          if (f.gran == granularity::group) {
             ASSERT_TRUE(same(part_cols[i], whole_cols[r0 * cols + i])) << spec << " columns, ref " << ref << " target " << t.second;
+          }
         }
       }
       // and without the counters the shard draws other noise
@@ -311,13 +318,11 @@ TEST(Differential, RowShardsDrawWhatTheWholeTensorDraws) {
 }
 
 // Counters whose block index crosses 2^32 (word 1 of the Philox counter carries) inside a span:
-// the in-register draws take their scalar path there; fast == reference on every target.
+// PhiloxBlocks takes its scalar path there; fast == reference on every target.
 TEST(Differential, StochasticCountersCarryIntoTheHighWord) {
   std::mt19937 gen(seed(10));
   const int64_t rows = 4, cols = 256;
-  std::vector<float> x(static_cast<size_t>(rows * cols));
-  std::normal_distribution<float> d(0, 1);
-  for (auto& v : x) v = d(gen);
+  const std::vector<float> x = gaussian(gen, rows * cols);
   for (const auto& t : simd_targets()) {
     force_simd_target(t.first);
     for (const char* spec : {"e2m1/g32~sr:3", "e4m3fn/g64~sr", "int4/g32~sr"}) {
@@ -412,9 +417,7 @@ TEST(Differential, LargeTensorsStreamAndBatch) {
 TEST(Differential, ThreadCountInvariant) {
   std::mt19937 gen(seed(4));
   const int64_t rows = 37, cols = 515;
-  std::vector<float> x(static_cast<size_t>(rows * cols));
-  std::normal_distribution<float> d(0, 1);
-  for (auto& v : x) v = d(gen);
+  const std::vector<float> x = gaussian(gen, rows * cols);
   for (const char* spec : {"e2m1/g32~sr:5", "nvfp4~sr", "int4/t", "mxfp4", "uint4/g64", "q4_k", "q6_k"}) {
     const format f = parse_format(spec);
     std::vector<float> a(x.size()), b(x.size());

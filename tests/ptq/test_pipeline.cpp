@@ -774,7 +774,9 @@ TEST(Streaming, ShardLayoutsAreTheCodesLayouts) {
     }
     EXPECT_EQ(tensor_scales > 0, fmt == "nvfp4");
     EXPECT_EQ(super_scales > 0, fmt == "q4_k");
-    if (fmt != "q4_k") EXPECT_EQ(zero_points > 0, fmt == "q4_0");  // (q4_k's mins are its own)
+    if (fmt != "q4_k") {  // (q4_k's mins are its own)
+      EXPECT_EQ(zero_points > 0, fmt == "q4_0");
+    }
     // The file described from the layouts is the in-memory pipeline's (described from its codes).
     write_in_memory(load_model(stories_path), stream_options(ptq::method::rtn, fmt), dir + "/memory.safetensors");
     EXPECT_TRUE(file_bytes(dir + "/q.safetensors") == file_bytes(dir + "/memory.safetensors"));
