@@ -1336,7 +1336,8 @@ void fake_quantize_columns(const float* in, float* out, int64_t rows, int64_t co
   // One scale for every element, no draws: the values do not depend on the layout.
   if ((f.gran == granularity::tensor || f.gran == granularity::none) && f.rounding != rounding_mode::sr)
     return fake_quantize(in, out, rows, cols, f, tensor_id);
-  if (!simd_covers(f) || f.gran == granularity::tensor || f.gran == granularity::none || f.named == preset::q4_0)
+  if (!simd_covers(f) || f.gran == granularity::tensor || f.gran == granularity::none || f.named == preset::q4_0 ||
+      is_kquant(f))  // (K-quants: ggml's searches over a super-block, not the row kernel)
     return fake_quantize_columns_ref(in, out, rows, cols, f, tensor_id, counters);
   // The transposed tensor [cols, rows]: rows of `rows` elements, groups of k along them.
   const fast_call call(f, in, cols, rows, false, tensor_id);
