@@ -8,6 +8,7 @@
 #include <sstream>
 #include <string>
 
+#include "tests/cli_run.hpp"
 #include "lowbit/explore/report.hpp"
 #include "lowbit/explore/runs_db.hpp"
 
@@ -20,7 +21,7 @@ namespace {
 const std::string script = (fs::path(__FILE__).parent_path().parent_path().parent_path() / "scripts" / "plot_report.py").string();
 
 std::string fresh_dir(const std::string& name) {
-  const fs::path dir = fs::path(testing::TempDir()) / "lowbit_report" / name;
+  const fs::path dir = fs::path(::testing::TempDir()) / "lowbit_report" / name;
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir.string();
@@ -40,12 +41,7 @@ run_record run(const std::string& weights, const std::string& acts, const std::s
   return r;
 }
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string slurp(const std::string& path) { return lowbit::testing::read_file_bytes(path); }
 
 bool is_png(const std::string& path) { return slurp(path).rfind("\x89PNG\r\n\x1a\n", 0) == 0; }
 

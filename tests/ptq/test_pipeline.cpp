@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tests/cli_run.hpp"
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/engine/forward.hpp"
 #include "lowbit/engine/gguf.hpp"
@@ -88,15 +89,10 @@ ptq::quantize_options stream_options(ptq::method how, const std::string& fmt) {
   return o;
 }
 
-std::string file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string file_bytes(const std::string& path) { return lowbit::testing::read_file_bytes(path); }
 
 std::string fresh_dir(const std::string& name) {
-  const std::string dir = testing::TempDir() + "lowbit_stream_" + name;
+  const std::string dir = ::testing::TempDir() + "lowbit_stream_" + name;
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir;
@@ -264,7 +260,7 @@ TEST(Pipeline, KQuantGgufExportEvaluatesLikeTheModelInMemory) {
       ex.packed = report.packed;
       const uint32_t type = ggml_type_for_format(o.weights);
       EXPECT_TRUE(plan_gguf_export(m, type, ex).empty()) << what;
-      const std::string path = testing::TempDir() + "kquant_" + fmt + "_" + ptq::method_name(how) + ".gguf";
+      const std::string path = ::testing::TempDir() + "kquant_" + fmt + "_" + ptq::method_name(how) + ".gguf";
       save_gguf_model(m, path, ex);
       const gguf_file file(path);
       const model back = load_model(path);
@@ -298,7 +294,7 @@ TEST(Pipeline, KQuantGgufFallsBackOnStories260K) {
   EXPECT_EQ(q8, 30);
   EXPECT_EQ(f16, 5);
   EXPECT_NE(fallbacks[0].find("(q8_0)"), std::string::npos) << fallbacks[0];
-  const std::string path = testing::TempDir() + "kquant_stories.gguf";
+  const std::string path = ::testing::TempDir() + "kquant_stories.gguf";
   save_gguf_model(m, path, ex);
   eval_options eo;
   eo.ctx = 256;
@@ -377,7 +373,7 @@ TEST(MixedPrecision, MeetsTheBudgetAndSpendsBitsWhereTheyMatter) {
 TEST(Pipeline, KilledRunResumesBitExactly) {
   // Stochastic rounding too: its stream position (tensor_id) is part of the checkpoint.
   for (const std::string fmt : {"int4/g32", "int4/g32~sr:3"}) {
-  const std::string dir = testing::TempDir() + "lowbit_ptq_checkpoint";
+  const std::string dir = ::testing::TempDir() + "lowbit_ptq_checkpoint";
   std::filesystem::remove_all(dir);
   auto o = small_options(ptq::method::gptq, fmt);
   model whole = stories();

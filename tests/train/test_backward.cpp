@@ -238,35 +238,40 @@ check_result gradient_check(model_config c, bool l1, uint64_t seed) {
   return out;
 }
 
+// Every checked tensor's relative error under 2e-3.
+void expect_close(const check_result& res) {
+  for (const auto& [name, err] : res.rel_err) EXPECT_LT(err, 2e-3) << name;
+}
+
 TEST(GradientCheck, EveryParameterOfEveryLayerTiedClassifier) {
   auto res = gradient_check(tiny(true), false, 1);
   EXPECT_EQ(res.rel_err.size(), 1u + 2 * 9 + 1);
-  for (const auto& [name, err] : res.rel_err) EXPECT_LT(err, 2e-3) << name;
+  expect_close(res);
 }
 
 TEST(GradientCheck, SeparateClassifier) {
   auto res = gradient_check(tiny(false), false, 2);
   EXPECT_TRUE(res.rel_err.count("output.weight"));
-  for (const auto& [name, err] : res.rel_err) EXPECT_LT(err, 2e-3) << name;
+  expect_close(res);
 }
 
 TEST(GradientCheck, L1Normalization) {
   auto res = gradient_check(tiny(true), true, 3);
-  for (const auto& [name, err] : res.rel_err) EXPECT_LT(err, 2e-3) << name;
+  expect_close(res);
 }
 
 TEST(GradientCheck, Gpt2EveryParameterOfEveryLayerTiedClassifier) {
   auto res = gradient_check(tiny_gpt2(true), false, 4);
   // token_embd, position_embd, 12 per block, output_norm weight and bias
   EXPECT_EQ(res.rel_err.size(), 2u + 2 * 12 + 2);
-  for (const auto& [name, err] : res.rel_err) EXPECT_LT(err, 2e-3) << name;
+  expect_close(res);
 }
 
 TEST(GradientCheck, Gpt2SeparateClassifier) {
   auto res = gradient_check(tiny_gpt2(false), false, 5);
   EXPECT_TRUE(res.rel_err.count("output.weight"));
   EXPECT_TRUE(res.rel_err.count("blk.1.attn_qkv.bias"));
-  for (const auto& [name, err] : res.rel_err) EXPECT_LT(err, 2e-3) << name;
+  expect_close(res);
 }
 
 // GPT-2's parameters: biases and norms are not decayed, init biases 0 and LayerNorm gains 1.
