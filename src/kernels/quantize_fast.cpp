@@ -986,15 +986,14 @@ size_t LanesF32() { return hn::Lanes(DF()); }
 // the data, which memory bounds anyway.
 void GroupAmaxRow(const float* HWY_RESTRICT x, size_t cols, size_t k, int32_t* HWY_RESTRICT group_amax,
                   uint32_t* finite_amax_bits) {
-  const DF df;
-  const DI di;
-  const size_t N = hn::Lanes(df);
   simd_stats st;
   GroupStatsT(x, cols, false, true, &st);
   *finite_amax_bits = st.amax_bits;
   size_t c0 = 0, g = 0;
 #if HWY_TARGET != HWY_SCALAR
-  VI partial[hn::MaxLanes(DF())];
+  const DI di;
+  const size_t N = hn::Lanes(di);
+  VI partial[hn::MaxLanes(DI())];
   for (; c0 + N * k <= cols; c0 += N * k, g += N) hn::StoreU(BatchGroupAmax(di, x + c0, k, partial), di, group_amax + g);
 #endif
   for (; c0 < cols; c0 += k, ++g) {
@@ -1002,9 +1001,6 @@ void GroupAmaxRow(const float* HWY_RESTRICT x, size_t cols, size_t k, int32_t* H
     GroupStatsT(x + c0, std::min(k, cols - c0), false, false, &gs);
     group_amax[g] = static_cast<int32_t>(gs.amax_bits);
   }
-  (void)N;
-  (void)di;
-  (void)df;
 }
 
 void GroupStats(const float* HWY_RESTRICT x, size_t n, bool want_minmax, bool finite_only, simd_stats* st) {
