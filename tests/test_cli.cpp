@@ -288,8 +288,7 @@ TEST(CliQuantize, StoppedRunResumesWithTheSameBytes) {
   EXPECT_NE(resumed.out.find("resuming from"), std::string::npos) << resumed.out;
   EXPECT_FALSE(std::filesystem::exists(dir + "/resumed.safetensors.partial"));
   auto bytes = [](const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return lowbit::testing::read_file_bytes(path);
   };
   EXPECT_TRUE(bytes(dir + "/whole.safetensors") == bytes(dir + "/resumed.safetensors"));
   // The hook takes a step count only.
@@ -311,9 +310,7 @@ TEST(CliQuantize, ModelWhoseConfigContradictsItsTensorsIsRefused) {
   const std::string model = dir + "/lying.safetensors";
   ASSERT_EQ(run("synth --dim 64 --layers 2 --heads 4 --hidden 128 -o " + model).code, 0);
   // The lowbit.config in the file's header says 4096.
-  std::ifstream in(model, std::ios::binary);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  in.close();
+  const std::string bytes = lowbit::testing::read_file_bytes(model);
   uint64_t n = 0;
   std::memcpy(&n, bytes.data(), 8);
   nlohmann::json header = nlohmann::json::parse(bytes.substr(8, n));
