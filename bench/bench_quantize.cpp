@@ -12,6 +12,7 @@
 
 #include "lowbit/formats/format.hpp"
 #include "lowbit/kernels/quantize.hpp"
+#include "lowbit/kernels/scale.hpp"
 
 namespace {
 
@@ -68,6 +69,20 @@ void BM_quantize_dequantize(benchmark::State& st, const std::string& spec) {
   st.SetBytesProcessed(st.iterations() * b.bytes_in_out());
 }
 
+// The stochastic-rounding draws alone (Philox4x32-10, one 32-bit word per element) for as many
+// elements as a fake_quantize run: the floor under every ~sr row. Bytes are counted as the
+// fake-quantize of those elements would count them (8 per element), so GB/s compare directly.
+void BM_random_words(benchmark::State& st, bool ref) {
+  const size_t n = static_cast<size_t>(st.range(0) * kCols);
+  std::vector<uint32_t> words(n);
+  for (auto _ : st) {
+    if (ref) lowbit::random_words_ref(7, 11, 0, n, words.data());
+    else lowbit::random_words(7, 11, 0, n, words.data());
+    benchmark::ClobberMemory();
+  }
+  st.SetBytesProcessed(st.iterations() * static_cast<int64_t>(n * 2 * sizeof(float)));
+}
+
 // e2m1/g32 next to e2m1/g32~sr: the cost of the stochastic draws (Philox4x32-10, CONVENTIONS 10).
 const char* kFormats[] = {"int8/c", "int4/g128", "e4m3fn/c", "e4m3fn/t", "mxfp4", "nvfp4", "nf4", "q8_0", "e2m1/g32", "e2m1/g32~sr", "bf16"};
 
@@ -76,6 +91,8 @@ int register_all() {
   // 16 rows (256 KiB in + 256 KiB out) stay in L2: the kernel's compute cost without DRAM.
   constexpr int64_t kCachedRows = 16;
   benchmark::RegisterBenchmark("memcpy", BM_memcpy)->Arg(kRows)->Arg(kCachedRows)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("random_words", BM_random_words, false)->Arg(kCachedRows)->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("random_words_ref", BM_random_words, true)->Arg(kCachedRows)->Unit(benchmark::kMillisecond)->UseRealTime();
   for (const char* s : kFormats) {
     benchmark::RegisterBenchmark((std::string("fake_quantize/") + s).c_str(), BM_fake_quantize, std::string(s), false)
         ->Arg(kRows)->Arg(kCachedRows)->Unit(benchmark::kMillisecond)->UseRealTime();

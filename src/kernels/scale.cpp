@@ -361,14 +361,25 @@ void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]
   out[3] = c3;
 }
 
-uint32_t random_word(uint64_t seed, uint64_t tensor_id, uint64_t index) {
-  const uint64_t block = index >> 2;
-  const uint32_t ctr[4] = {static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
-                           static_cast<uint32_t>(seed >> 32), static_cast<uint32_t>(tensor_id >> 32)};
-  const uint32_t key[2] = {static_cast<uint32_t>(seed), static_cast<uint32_t>(tensor_id)};
-  uint32_t out[4];
+philox_stream philox_stream_of(uint64_t seed, uint64_t tensor_id) {
+  return {{static_cast<uint32_t>(seed), static_cast<uint32_t>(tensor_id)},
+          static_cast<uint32_t>(seed >> 32),
+          static_cast<uint32_t>(tensor_id >> 32)};
+}
+
+void philox_stream::block(uint64_t b, uint32_t out[4]) const {
+  const uint32_t ctr[4] = {static_cast<uint32_t>(b), static_cast<uint32_t>(b >> 32), c2, c3};
   philox4x32_10(ctr, key, out);
+}
+
+uint32_t random_word(uint64_t seed, uint64_t tensor_id, uint64_t index) {
+  uint32_t out[4];
+  philox_stream_of(seed, tensor_id).block(index >> 2, out);
   return out[index & 3];
+}
+
+void random_words_ref(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out) {
+  for (size_t i = 0; i < count; ++i) out[i] = random_word(seed, tensor_id, first + i);
 }
 
 }  // namespace lowbit

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <omp.h>
@@ -17,6 +18,7 @@
 #include "lowbit/error.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/kernels/quantize.hpp"
+#include "lowbit/kernels/scale.hpp"
 #include "lowbit/kernels/simd.hpp"
 
 using namespace lowbit;
@@ -333,6 +335,30 @@ TEST(Differential, StochasticCountersCarryIntoTheHighWord) {
         fake_quantize(x.data(), fast.data(), rows, cols, f, 11, {base, -1});
         for (size_t i = 0; i < x.size(); ++i)
           ASSERT_TRUE(same(ref[i], fast[i])) << spec << " base " << base << " index " << i << " target " << t.second;
+      }
+    }
+  }
+  force_simd_target(0);
+}
+
+// The draws themselves: random_words (Philox on SIMD lanes, whole steps, a buffered last step,
+// partial blocks at either end, counters carrying into word 1) == random_words_ref on every target,
+// for seeds and tensor ids whose high halves are the counter's words 2 and 3.
+TEST(Differential, RandomWordsEqualTheScalarPhilox) {
+  const uint64_t carry = uint64_t{1} << 34;  // element index of Philox block 2^32
+  for (const auto& t : simd_targets()) {
+    force_simd_target(t.first);
+    for (const auto& [seed_value, tensor_id] : {std::pair<uint64_t, uint64_t>{0, 0}, {3, 11},
+                                                {0x123456789abcdefull, 0xfedcba9876543210ull}}) {
+      for (uint64_t first : {uint64_t{0}, uint64_t{1}, uint64_t{3}, uint64_t{4}, uint64_t{4097}, carry - 130,
+                             carry - 3, carry + 1}) {
+        for (size_t count : {size_t{0}, size_t{1}, size_t{3}, size_t{5}, size_t{127}, size_t{128}, size_t{129},
+                             size_t{1000}, size_t{4099}}) {
+          std::vector<uint32_t> ref(count + 1, 0xdeadbeefu), fast(count + 1, 0xdeadbeefu);
+          random_words_ref(seed_value, tensor_id, first, count, ref.data());
+          random_words(seed_value, tensor_id, first, count, fast.data());
+          ASSERT_EQ(ref, fast) << "first " << first << " count " << count << " target " << t.second;  // incl. the guard word
+        }
       }
     }
   }

@@ -100,7 +100,18 @@ bool pow2_scale_exponent(const scale_context& ctx, float amax, int* k);
 // Philox4x32-10 (Salmon et al. 2011): counter-based, so element i's draw depends only on
 // (seed, tensor_id, i). Element i takes word (i & 3) of the block with counter i >> 2.
 void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+// The stream of CONVENTIONS 10: key = the low halves of (seed, tensor_id), counter words 2 and 3
+// their high halves, so block b's counter is (b mod 2^32, b >> 32, c2, c3).
+struct philox_stream {
+  uint32_t key[2], c2, c3;
+  void block(uint64_t b, uint32_t out[4]) const;
+};
+philox_stream philox_stream_of(uint64_t seed, uint64_t tensor_id);
 uint32_t random_word(uint64_t seed, uint64_t tensor_id, uint64_t index);
+// out[i] = random_word(seed, tensor_id, first + i) for i < count: the draws of the stochastic-
+// rounding kernels. random_words runs Philox on SIMD lanes (quantize_fast.cpp); _ref is the loop.
+void random_words(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out);
+void random_words_ref(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out);
 // The uniform draw of CONVENTIONS 10: (r >> 8) * 2^-24.
 inline float uniform_from_word(uint32_t r) { return static_cast<float>(r >> 8) * 0x1p-24f; }
 
