@@ -184,15 +184,22 @@ void forward_session::run(float* x_io, int n, int first, int last, bool head) {
 
     // Causal attention per head: S = Q_h K_h^T / sqrt(hd) [n, T], softmax over keys <= pos,
     // A_h = P V_h [n, hd]. Query head h reads kv head h / (nh / nkv) (grouped-query attention).
+    // Queries go in blocks of kQueryBlock: block [i0, i1) sees keys [0, pos + i1) only, so a
+    // prefill computes about half of the n x T square (keys past a row's position get weight 0).
+    constexpr int kQueryBlock = 128;
     for (int h = 0; h < nh; ++h) {
       const int kvh = h / (nh / nkv);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, T, hd, inv_sqrt_hd, q.data() + h * hd,
-                  qdim, kc + kvh * hd, kv_dim, 0.0f, scores.data(), T);
-      #pragma omp parallel for schedule(static) if (int64_t(n) * T > 16384)
-      for (int i = 0; i < n; ++i) layers::causal_softmax(scores.data() + int64_t(i) * T, pos_ + i + 1, T);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, T, 1.0f, scores.data(), T,
-                  vc + kvh * hd, kv_dim, 0.0f, att.data() + h * hd, qdim);
-      flops += 4.0 * n * double(T) * hd;
+      for (int i0 = 0; i0 < n; i0 += kQueryBlock) {
+        const int rows = std::min(kQueryBlock, n - i0), keys = pos_ + i0 + rows;
+        float* s = scores.data() + int64_t(i0) * T;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, inv_sqrt_hd,
+                    q.data() + int64_t(i0) * qdim + h * hd, qdim, kc + kvh * hd, kv_dim, 0.0f, s, T);
+        #pragma omp parallel for schedule(static) if (int64_t(rows) * keys > 16384)
+        for (int i = 0; i < rows; ++i) layers::causal_softmax(s + int64_t(i) * T, pos_ + i0 + i + 1, keys);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, keys, 1.0f, s, T, vc + kvh * hd, kv_dim,
+                    0.0f, att.data() + int64_t(i0) * qdim + h * hd, qdim);
+        flops += 4.0 * rows * double(keys) * hd;
+      }
     }
     dump(b + "attn", att.data(), qdim);
     quantize_input(att.data(), qdim, plan_.acts);
