@@ -25,6 +25,7 @@
 
 #include <fmt/format.h>
 
+#include "lowbit/engine/eval.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/formats/format.hpp"
 
@@ -153,6 +154,18 @@ std::string file_fingerprint(const std::string& path) {
 }
 
 // ---- format parts --------------------------------------------------------------------------------
+std::map<std::string, double> eval_metrics(const eval_result& r) {
+  std::map<std::string, double> m = {{"nll", r.mean_nll},          {"nll_stderr", r.nll_stderr},
+                                     {"ppl", r.ppl},               {"ppl_stderr", r.ppl_stderr},
+                                     {"seconds", r.seconds},       {"tokens_per_second", r.tokens_per_second},
+                                     {"windows", double(r.windows)}};
+  if (r.has_kl) {
+    m["kl_mean"] = r.kl_mean, m["kl_p99"] = r.kl_p99, m["top1_agreement"] = r.top1_agreement;
+    m["base_nll"] = r.base_mean_nll, m["base_ppl"] = r.base_ppl, m["dnll"] = r.mean_nll - r.base_mean_nll;
+  }
+  return m;
+}
+
 void format_parts(const std::string& spec, run_record& r) {
   if (spec.empty() || spec == "fp32" || spec == "f32" || spec == "none" || spec == "-") {
     r.canonical = "fp32", r.element = "fp32";

@@ -366,16 +366,11 @@ run_record sweep_runner::run(const sweep_job& job) {
   rec.plan = plan.describe();
   rec.config = job.config;
   rec.config_hash = job.hash;
-  rec.metrics = {{"nll", r.mean_nll}, {"nll_stderr", r.nll_stderr}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr},
-                 {"seconds", r.seconds}, {"quantize_seconds", quant_seconds}, {"tokens_per_second", r.tokens_per_second},
-                 {"bits_per_weight", average_linear_bits(variant, plan)}, {"sqnr_db", sqnr},
-                 {"windows", double(r.windows)}, {"sweep_worker", double(worker_id)}};
-  if (r.has_kl) {
-    rec.metrics["kl_mean"] = r.kl_mean, rec.metrics["kl_p99"] = r.kl_p99;
-    rec.metrics["top1_agreement"] = r.top1_agreement;
-    rec.metrics["base_nll"] = r.base_mean_nll, rec.metrics["base_ppl"] = r.base_ppl;
-    rec.metrics["dnll"] = r.mean_nll - r.base_mean_nll;
-  }
+  rec.metrics = eval_metrics(r);
+  rec.metrics["quantize_seconds"] = quant_seconds;
+  rec.metrics["bits_per_weight"] = average_linear_bits(variant, plan);
+  rec.metrics["sqnr_db"] = sqnr;
+  rec.metrics["sweep_worker"] = double(worker_id);
   return rec;
 }
 

@@ -179,16 +179,9 @@ void record_eval(const eval_cli_options& o, const model& base, const quant_plan&
                 {"paths", {{"model", abs_path(o.m.model)}, {"data", abs_path(o.data)},
                            {"tokenizer", o.m.tokenizer == "bytes" ? o.m.tokenizer : abs_path(o.m.tokenizer)},
                            {"rules", abs_path(o.m.rules)}}}};
-  rec.metrics = {{"nll", r.mean_nll}, {"nll_stderr", r.nll_stderr}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr},
-                 {"seconds", r.seconds}, {"tokens_per_second", r.tokens_per_second}, {"bits_per_weight", bits},
-                 {"windows", double(r.windows)}};
+  rec.metrics = eval_metrics(r);
+  rec.metrics["bits_per_weight"] = bits;
   if (!reports.empty()) rec.metrics["sqnr_db"] = mean_sqnr_db(reports);
-  if (r.has_kl) {
-    rec.metrics["kl_mean"] = r.kl_mean, rec.metrics["kl_p99"] = r.kl_p99;
-    rec.metrics["top1_agreement"] = r.top1_agreement;
-    rec.metrics["base_nll"] = r.base_mean_nll, rec.metrics["base_ppl"] = r.base_ppl;
-    rec.metrics["dnll"] = r.mean_nll - r.base_mean_nll;
-  }
   runs_db db(o.db);
   const bool had = db.has(run_hash(rec.config));
   const int64_t id = db.record(rec);
@@ -534,10 +527,8 @@ void cmd_explore(explore_options o) {
                     {"paths", {{"model", abs_path(o.model)}, {"data", abs_path(o.data)}, {"tokenizer", o.tokenizer.empty() || o.tokenizer == "bytes" ? o.tokenizer : abs_path(o.tokenizer)}}}};
       if (methods[i] != "rtn")
         rec.config["calibration"] = {{"samples", defaults.calib_samples}, {"ctx", defaults.calib_ctx}, {"seed", defaults.seed}};
-          rec.metrics = {{"nll", r.mean_nll}, {"nll_stderr", r.nll_stderr}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr},
-                     {"seconds", r.seconds}, {"bits_per_weight", results[i].bits}, {"kl_mean", r.kl_mean},
-                     {"kl_p99", r.kl_p99}, {"top1_agreement", r.top1_agreement}, {"base_nll", r.base_mean_nll},
-                     {"base_ppl", r.base_ppl}, {"dnll", r.mean_nll - r.base_mean_nll}};
+          rec.metrics = eval_metrics(r);
+          rec.metrics["bits_per_weight"] = results[i].bits;
       if (!db.has(run_hash(rec.config))) ++added;
       db.record(rec);
     }

@@ -14,6 +14,8 @@
 
 namespace lowbit {
 
+struct eval_result;
+
 // One run. The format fields are the parts of the canonical spec that the scaling laws and the
 // report need; format_parts() fills them from a spec.
 struct run_record {
@@ -36,6 +38,11 @@ struct run_record {
   std::string revision;         // code revision (git describe) when known
   std::string time;             // ISO-8601 UTC, set by the store when empty
 };
+
+// An evaluation's metrics under the store's names: nll, nll_stderr, ppl, ppl_stderr, seconds,
+// tokens_per_second, windows, and with a float baseline (has_kl) kl_mean, kl_p99,
+// top1_agreement, base_nll, base_ppl, dnll. Callers add what else their run measured.
+std::map<std::string, double> eval_metrics(const eval_result& r);
 
 // Fills element/exp_bits/man_bits/bits/block/scale_format/canonical of r from a spec (float
 // when empty); throws lowbit::error on an unknown format.
