@@ -60,7 +60,57 @@ void write_sun_runs(const std::string& path, size_t limit = 1000000) {
       }
 }
 
+// PTQ runs of six models x eight formats x two methods whose NLL increase is a known function of
+// the recorded SQNR (the relation of test_predict.cpp): eval rows as `lowbit eval` records them.
+void write_ptq_runs(const std::string& path) {
+  runs_db db(path);
+  std::mt19937_64 g(3);
+  std::uniform_real_distribution<double> u(0, 1);
+  const char* formats[] = {"int8/c", "int4/g32", "int4/g128", "int3/g64", "e2m1/g32", "e4m3/c", "nf4", "mxfp4"};
+  for (int m = 0; m < 6; ++m)
+    for (const char* f : formats)
+      for (const char* method : {"rtn", "gptq"}) {
+        run_record r;
+        r.kind = "eval", r.model = "m" + std::to_string(m), r.n_params = 1e6 * std::pow(4, m), r.method = method;
+        format_parts(f, r);
+        r.format = f;
+        const double nll_float = 3.5 - 0.3 * m, sqnr = 6.02 * r.bits - 4 + 3 * u(g);
+        r.metrics["sqnr_db"] = sqnr;
+        r.metrics["base_nll"] = nll_float;
+        r.metrics["nll"] = nll_float + 8 * std::pow(10, -sqnr / 10) * (std::string(method) == "gptq" ? 0.6 : 1.0);
+        r.config = {{"model", r.model}, {"format", f}, {"method", method}};
+        db.record(r);
+      }
+}
+
 }  // namespace
+
+TEST(LawCli, PredictAnswersEveryFormatFromOneTraining) {
+  const std::string db = temp_path("ptq.sqlite");
+  fs::remove(db);
+  write_ptq_runs(db);
+  result r = run("predict --db " + db + " --model m2 --format int8/c --format int4/g32 --format e2m1/g32 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["training_rows"], 96);
+  EXPECT_EQ(j["cv"]["folds"], 5);
+  ASSERT_EQ(j["predictions"].size(), 3u);
+  EXPECT_EQ(j["predictions"][0]["canonical"], "int8/c");
+  // Recorded combinations: the prediction is within 0.05 nats of the relation that made the rows
+  // (float NLL 2.9 for m2; int8's increase is tiny, 4-bit ones are larger).
+  const double int8 = j["predictions"][0]["predicted_nll"].get<double>();
+  const double int4 = j["predictions"][1]["predicted_nll"].get<double>();
+  EXPECT_NEAR(int8, 2.9, 0.05);
+  EXPECT_GT(int4, int8);
+  for (const auto& p : j["predictions"]) {
+    EXPECT_EQ(p["sqnr_source"], "recorded");
+    EXPECT_DOUBLE_EQ(p["float_nll"].get<double>(), 2.9);
+  }
+  r = run("predict --db " + db + " --model m9 --format int8/c", true);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("has no runs"), std::string::npos) << r.out;
+  fs::remove(db);
+}
 
 TEST(LawCli, LawCommands) {
   result r = run("law sun2025 --optimal-layout --bits 4..16 --json");

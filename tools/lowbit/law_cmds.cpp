@@ -284,47 +284,55 @@ void cmd_fit(fit_cli_options o) {
 
 // ---- predict ------------------------------------------------------------------------------------
 struct predict_cli_options {
-  std::string db, model, model_file, format, method = "rtn", out;
+  std::string db, model, model_file, method = "rtn", out;
+  std::vector<std::string> formats;
   predictor_options p;
   bool json = false;
 };
 
+// One training (with its cross-validation) answers every --format of the call; the model file is
+// loaded once, and only when a format's SQNR has to be measured.
 void cmd_predict(const predict_cli_options& o) {
   runs_db db(o.db);
   const std::vector<ptq_sample> rows = samples_from_runs(db.all());
   ptq_predictor pr(o.p);
   const cv_report cv = pr.train(rows);
-  ptq_sample q = query_for(rows, o.model, o.format, o.method);
-  // The format's SQNR on the model's own weights, measured when no run has it.
-  const std::string path = !o.model_file.empty() ? o.model_file : q.model_path;
-  std::string sqnr_source = std::isnan(q.sqnr_db) ? "missing" : "recorded";
-  if (std::isnan(q.sqnr_db) && !path.empty() && std::filesystem::exists(path)) {
-    q.sqnr_db = weights_sqnr_db(load_model(path), o.format);
-    sqnr_source = "measured on " + path;
+  std::optional<model> weights;
+  nlohmann::json predictions = nlohmann::json::array();
+  table t{{"format", "canonical", "predicted NLL", "ppl", "float NLL", "SQNR dB", "SQNR"}, {}};
+  for (const std::string& spec : o.formats) {
+    ptq_sample q = query_for(rows, o.model, spec, o.method);
+    // The format's SQNR on the model's own weights, measured when no run has it.
+    const std::string path = !o.model_file.empty() ? o.model_file : q.model_path;
+    std::string sqnr_source = std::isnan(q.sqnr_db) ? "missing" : "recorded";
+    if (std::isnan(q.sqnr_db) && !path.empty() && std::filesystem::exists(path)) {
+      if (!weights) weights = load_model(path);
+      q.sqnr_db = weights_sqnr_db(*weights, spec);
+      sqnr_source = "measured on " + path;
+    }
+    const double nll = pr.predict(q);
+    const std::string canonical = format_name(parse_format(spec));
+    predictions.push_back({{"format", spec},
+                           {"canonical", canonical},
+                           {"predicted_nll", nll},
+                           {"predicted_ppl", std::exp(nll)},
+                           {"float_nll", q.nll_float},
+                           {"features", feature_json(q)},
+                           {"sqnr_source", sqnr_source}});
+    t.rows.push_back({spec, canonical, g(nll, 5), g(std::exp(nll), 5), g(q.nll_float, 5), g(q.sqnr_db, 4), sqnr_source});
   }
-  const double nll = pr.predict(q);
-  nlohmann::json j = {{"model", o.model},
-                      {"format", o.format},
-                      {"canonical", format_name(parse_format(o.format))},
-                      {"method", o.method},
-                      {"predicted_nll", nll},
-                      {"predicted_ppl", std::exp(nll)},
-                      {"float_nll", q.nll_float},
-                      {"features", feature_json(q)},
-                      {"sqnr_source", sqnr_source},
-                      {"training_rows", rows.size()},
-                      {"cv", to_json(cv)}};
+  const nlohmann::json j = {{"model", o.model},          {"method", o.method}, {"predictions", predictions},
+                            {"training_rows", rows.size()}, {"cv", to_json(cv)}};
   if (!o.out.empty()) write_json(j, o.out);
   if (o.json) {
     std::cout << j.dump(2) << "\n";
     return;
   }
   std::cout << fmt::format(
-      "PTQ quality predictor (after Xu et al. 2024; gradient-boosted trees, XGBoost), {} training rows\n"
-      "  {}-fold CV: RMSE {} nats (constant predictor {}), MAE {}\n\n"
-      "  {} {} {}: predicted NLL {} (ppl {}), float NLL {}; SQNR {} dB ({})\n",
-      rows.size(), cv.folds, g(cv.rmse, 4), g(cv.rmse_constant, 4), g(cv.mae, 4), o.model, o.format, o.method,
-      g(nll, 5), g(std::exp(nll), 5), g(q.nll_float, 5), g(q.sqnr_db, 4), sqnr_source);
+                   "PTQ quality predictor (after Xu et al. 2024; gradient-boosted trees, XGBoost), {} training rows\n"
+                   "  {}-fold CV: RMSE {} nats (constant predictor {}), MAE {}\n  model {}, method {}\n\n",
+                   rows.size(), cv.folds, g(cv.rmse, 4), g(cv.rmse_constant, 4), g(cv.mae, 4), o.model, o.method)
+            << t.render();
 }
 
 }  // namespace
@@ -395,7 +403,7 @@ void add_law_commands(CLI::App& app, command_list& commands) {
   pred->add_option("--model", po.model, "model (as recorded, or a model file to measure)")->required();
   pred->add_option("--model-file", po.model_file,
                    "model file to measure the format's SQNR on (default: the path its runs recorded)");
-  pred->add_option("--format", po.format, "weight format spec")->required();
+  pred->add_option("--format", po.formats, "weight format spec(s) (repeatable; one training answers all)")->required();
   pred->add_option("--method", po.method, "PTQ method (default rtn)");
   pred->add_option("--folds", po.p.folds, "cross-validation folds (default 5)");
   pred->add_option("--rounds", po.p.rounds, "boosting rounds (default 200)");
