@@ -153,7 +153,7 @@ std::string file_fingerprint(const std::string& path) {
   return fmt::format("fnv1a64:{:016x}", h);
 }
 
-// ---- format parts --------------------------------------------------------------------------------
+// ---- metrics and format parts -----------------------------------------------------------------------
 std::map<std::string, double> eval_metrics(const eval_result& r) {
   std::map<std::string, double> m = {{"nll", r.mean_nll},          {"nll_stderr", r.nll_stderr},
                                      {"ppl", r.ppl},               {"ppl_stderr", r.ppl_stderr},
