@@ -26,6 +26,12 @@ const char* gemm_operand_key(gemm_operand op) {
   return names[static_cast<int>(op)];
 }
 
+std::vector<std::string> operand_quantizer::set_token_shard(int64_t, int64_t, int64_t total_tokens) {
+  if (total_tokens < 0) return {};
+  throw error("this training plan's quantizer does not run data-parallel (its stochastic rounding and scales "
+              "would be per process); run it as one process");
+}
+
 namespace {
 
 // splitmix64 (Steele et al. 2014): the initialisation's random stream, the same on every
@@ -222,12 +228,12 @@ struct gemms {
   std::vector<float>& buf_b;  // quantized W (or W^T)
   std::vector<float>& buf_c;  // quantized dY (or dY^T)
 
-  bool x_dw_columns = false;  // weight_grad_input kept X's layout [N, in] (else X^T [in, N])
-
   bool on(gemm_operand op) const { return q && q->quantizes(op); }
   bool din() const { return q && q->feature_axis_groups(); }
   // buf = in [rows, cols] quantized with groups along rows (the GEMM reduces over them): in in's
   // layout when the quantizer can (returns true), else as Q(in^T) [cols, rows] (returns false).
+  // The fallback hands apply() a transposed tensor whose rows are not tokens: only quantizers
+  // without a token shard take it (the shard-aware ones implement apply_columns).
   bool quantize_along_rows(gemm_operand op, int linear, const float* in, float* buf, int64_t rows, int64_t cols) {
     if (q->apply_columns(op, linear, step, in, buf, rows, cols)) return true;
     transpose(in, buf, rows, cols);
@@ -272,20 +278,22 @@ struct gemms {
     }
   }
   // X's operand of the dW GEMM (P6), prepared once per input shared by several linears: grouped
-  // along tokens as X [N, in] (x_dw_columns) or X^T [in, N], or grouped along in as X [N, in]
-  // (din); null: X as it is.
-  const float* weight_grad_input(const float* x, int64_t n, int in, int linear) {
-    if (!on(gemm_operand::x_dw)) return nullptr;
+  // along tokens as X [N, in] (token_major) or X^T [in, N], or grouped along in as X [N, in]
+  // (din); data null: X as it is.
+  struct x_dw_operand {
+    const float* data = nullptr;
+    bool token_major = true;  // [N, in]; else X^T [in, N]
+  };
+  x_dw_operand weight_grad_input(const float* x, int64_t n, int in, int linear) {
+    if (!on(gemm_operand::x_dw)) return {};
     if (din()) {
       q->apply(gemm_operand::x_dw, linear, step, x, buf_a.data(), n, in);
-      x_dw_columns = true;
-    } else {
-      x_dw_columns = quantize_along_rows(gemm_operand::x_dw, linear, x, buf_a.data(), n, in);
+      return {buf_a.data(), true};
     }
-    return buf_a.data();
+    return {buf_a.data(), quantize_along_rows(gemm_operand::x_dw, linear, x, buf_a.data(), n, in)};
   }
   // dw[out, in] = Q5(dY)^T Q6(X) over the N tokens (overwrites dw).
-  void backward_weight(const float* dy, int64_t n, int out, const float* x, const float* xq6, int in,
+  void backward_weight(const float* dy, int64_t n, int out, const float* x, const x_dw_operand& xq6, int in,
                        float* dw, int linear) {
     const int N = int(n);
     // A' = dY^T [out, N]
@@ -302,9 +310,9 @@ struct gemms {
     const float* b = x;
     CBLAS_TRANSPOSE tb = CblasNoTrans;
     int ldb = in;
-    if (xq6) {
-      b = xq6;
-      if (!x_dw_columns) tb = CblasTrans, ldb = N;  // X^T [in, N]
+    if (xq6.data) {
+      b = xq6.data;
+      if (!xq6.token_major) tb = CblasTrans, ldb = N;  // X^T [in, N]
     }
     cblas_sgemm(CblasRowMajor, ta, tb, out, in, N, 1.0f, a, lda, b, ldb, 0.0f, dw, in);
   }
@@ -528,7 +536,7 @@ double train_model::run(const int32_t* inputs, const int32_t* targets, int batch
       }
       G.backward_input(A.dgate.data(), N, F, p(b + "ffn_gate.weight"), D, A.dn.data(), lin + 4);
       G.backward_input(A.dup.data(), N, F, p(b + "ffn_up.weight"), D, A.dn.data(), lin + 5);
-      const float* xq6 = G.weight_grad_input(L.n2.data(), N, D, lin + 4);
+      const auto xq6 = G.weight_grad_input(L.n2.data(), N, D, lin + 4);
       G.backward_weight(A.dgate.data(), N, F, L.n2.data(), xq6, D, g(b + "ffn_gate.weight"), lin + 4);
       G.backward_weight(A.dup.data(), N, F, L.n2.data(), xq6, D, g(b + "ffn_up.weight"), lin + 5);
     }
@@ -587,7 +595,7 @@ double train_model::run(const int32_t* inputs, const int32_t* targets, int batch
       G.backward_input(A.dq.data(), N, D, p(b + "attn_q.weight"), D, A.dn.data(), lin + 0);
       G.backward_input(A.dk.data(), N, KV, p(b + "attn_k.weight"), D, A.dn.data(), lin + 1);
       G.backward_input(A.dv.data(), N, KV, p(b + "attn_v.weight"), D, A.dn.data(), lin + 2);
-      const float* xq6 = G.weight_grad_input(L.n1.data(), N, D, lin + 0);
+      const auto xq6 = G.weight_grad_input(L.n1.data(), N, D, lin + 0);
       G.backward_weight(A.dq.data(), N, D, L.n1.data(), xq6, D, g(b + "attn_q.weight"), lin + 0);
       G.backward_weight(A.dk.data(), N, KV, L.n1.data(), xq6, D, g(b + "attn_k.weight"), lin + 1);
       G.backward_weight(A.dv.data(), N, KV, L.n1.data(), xq6, D, g(b + "attn_v.weight"), lin + 2);

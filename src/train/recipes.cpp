@@ -84,9 +84,30 @@ class format_quantizer : public operand_quantizer {
     fake_quantize_columns(in, out, rows, cols, *formats_[int(op)], stream_id(seed_, step, linear, op), counters);
     return true;
   }
-  void set_token_shard(int64_t first_token, int64_t total_tokens) override {
-    first_token_ = first_token;
+  std::vector<std::string> set_token_shard(int64_t first_token, int64_t local_tokens, int64_t total_tokens) override {
+    std::vector<std::string> notes;
+    if (total_tokens >= 0) {
+      for (gemm_operand op : kAll) {
+        const auto& f = formats_[int(op)];
+        if (!f || op == gemm_operand::w_fwd || op == gemm_operand::w_dx) continue;  // weights: alike on every rank
+        // X and dY of the dW GEMM group along tokens unless axis=din.
+        const bool along_tokens = !plan_.feature_axis && (op == gemm_operand::x_dw || op == gemm_operand::dy_dw);
+        const std::string what = fmt::format("{} ({})", gemm_operand_label(op), format_name(*f));
+        const int64_t block = f->named == preset::q4_k || f->named == preset::q6_k ? 256 : f->group_size;
+        if (along_tokens && f->gran == granularity::group && local_tokens % block != 0)
+          throw error(fmt::format("training plan '{}': {} groups {} tokens, but a rank holds {} (batch x ctx / "
+                                  "ranks): its groups would straddle ranks; choose a batch and ctx whose "
+                                  "per-rank tokens are a multiple of {}, or axis=din",
+                                  plan_.spec, what, block, local_tokens, block));
+        if (f->gran == granularity::tensor || f->named == preset::nvfp4)
+          notes.push_back(what + ": the tensor scale comes from each rank's tokens");
+        else if (along_tokens && f->gran == granularity::row)
+          notes.push_back(what + ": the per-channel scales come from each rank's tokens");
+      }
+    }
+    first_token_ = total_tokens < 0 ? 0 : first_token;
     total_tokens_ = total_tokens;
+    return notes;
   }
 
  private:
@@ -121,7 +142,7 @@ class flex_quantizer : public operand_quantizer {
       autoflex af(cfg_);
       trial_.resize(n);
       for (int tries = 0; tries < 64; ++tries)
-        if (af.initialize_step(global_max(flex_fake_quantize(in, trial_.data(), n, cfg_.mantissa_bits, af.exponent()))))
+        if (af.initialize_step(global_max(op, flex_fake_quantize(in, trial_.data(), n, cfg_.mantissa_bits, af.exponent()))))
           break;
       if (frozen_) {  // a use seen only in validation: quantize, remember nothing
         flex_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent());
@@ -130,7 +151,7 @@ class flex_quantizer : public operand_quantizer {
       it = managers_.emplace(key, af).first;
     }
     autoflex& af = it->second;
-    const double gamma = global_max(flex_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent()));
+    const double gamma = global_max(op, flex_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent()));
     if (!frozen_) af.update(gamma);  // Algorithm 2: the exponent of the next use
   }
   // One shared exponent and round-to-nearest per element: the values do not depend on the layout.
@@ -158,10 +179,16 @@ class flex_quantizer : public operand_quantizer {
   }
 
   void set_max_reducer(std::function<double(double)> r) override { max_reducer_ = std::move(r); }
+  // One exponent per tensor from the maxima over all ranks (set_max_reducer), nothing random.
+  std::vector<std::string> set_token_shard(int64_t, int64_t, int64_t) override { return {}; }
 
  private:
-  // The tensor's maximum over every rank's share (data-parallel), or the local one.
-  double global_max(double gamma) const { return max_reducer_ ? max_reducer_(gamma) : gamma; }
+  // The tensor's maximum over every rank's share (data-parallel), or the local one. The weights
+  // (P2, P4) are alike on every rank: no reduction (every rank skips it alike).
+  double global_max(gemm_operand op, double gamma) const {
+    const bool weights = op == gemm_operand::w_fwd || op == gemm_operand::w_dx;
+    return max_reducer_ && !weights ? max_reducer_(gamma) : gamma;
+  }
   std::function<double(double)> max_reducer_;
   autoflex_config cfg_;
   std::map<std::pair<int, int>, autoflex> managers_;

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -22,6 +23,18 @@ namespace fs = std::filesystem;
 
 namespace lowbit {
 namespace {
+
+// The largest |a - b| over two models' gradients is below rel * the largest |a|; returns that
+// largest |a| (so a caller can check the gradients are not all zero).
+double expect_grads_close(const std::vector<float>& a, const std::vector<float>& b, double rel, const std::string& what) {
+  double max_diff = 0, max_g = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    max_diff = std::max(max_diff, double(std::fabs(a[i] - b[i])));
+    max_g = std::max(max_g, double(std::fabs(a[i])));
+  }
+  EXPECT_LT(max_diff, rel * max_g) << what;
+  return max_g;
+}
 
 TEST(TrainingPlan, PresetsNameTheirOperands) {
   auto p = parse_training_plan("sun2025:e4m3/g32");
@@ -157,12 +170,7 @@ TEST(OperandRouting, PassThroughQuantizerGivesTheFloatGradients) {
     recording_quantizer q;
     q.columns = columns;
     b.forward_backward(d.in.data(), d.tg.data(), B, T, B * T, &q, 0);
-    double max_diff = 0, max_g = 0;
-    for (size_t i = 0; i < a.grads().size(); ++i) {
-      max_diff = std::max(max_diff, double(std::fabs(a.grads()[i] - b.grads()[i])));
-      max_g = std::max(max_g, double(std::fabs(a.grads()[i])));
-    }
-    EXPECT_LT(max_diff, 1e-5 * max_g) << "columns " << columns;
+    expect_grads_close(a.grads(), b.grads(), 1e-5, columns ? "columns" : "rows");
   }
 }
 
@@ -190,14 +198,51 @@ TEST(OperandRouting, ColumnPathQuantizesLikeTheTransposedPath) {
     const double la = a.forward_backward(d.in.data(), d.tg.data(), B, T, B * T, qa.get(), 0);
     const double lb = b.forward_backward(d.in.data(), d.tg.data(), B, T, B * T, &qb, 0);
     EXPECT_EQ(la, lb) << plan;
-    double max_diff = 0, max_g = 0;
-    for (size_t i = 0; i < a.grads().size(); ++i) {
-      max_diff = std::max(max_diff, double(std::fabs(a.grads()[i] - b.grads()[i])));
-      max_g = std::max(max_g, double(std::fabs(a.grads()[i])));
-    }
-    EXPECT_LT(max_diff, 1e-5 * max_g) << plan;
-    EXPECT_GT(max_g, 0) << plan;
+    EXPECT_GT(expect_grads_close(a.grads(), b.grads(), 1e-5, plan), 0) << plan;
   }
+}
+
+// Data-parallel shards without MPI: two halves of a token batch, each quantized with its
+// set_token_shard, give bit for bit what the whole batch gives, for every token operand through
+// apply (groups along features) and apply_columns (groups along tokens), stochastic rounding
+// included. Groups along tokens that would straddle the halves are refused; whole-tensor scales
+// are named in the notes.
+TEST(OperandRouting, TokenShardsQuantizeLikeTheWholeBatch) {
+  const int64_t tokens = 64, half = tokens / 2, features = 48;
+  std::mt19937 gen(21);
+  std::normal_distribution<float> nd(0, 1);
+  std::vector<float> x(tokens * features);
+  for (auto& v : x) v = nd(gen);
+  const char* plan = "x=e2m1/g16~sr;dy=e5m2/g16~sr;dy_w=e2m1/g32~sr;x_bwd=int4/g16~sr:5";
+  const auto whole = make_operand_quantizer(parse_training_plan(plan), 3);
+  const auto shard = make_operand_quantizer(parse_training_plan(plan), 3);
+  for (gemm_operand op : {gemm_operand::x_fwd, gemm_operand::dy_dx, gemm_operand::dy_dw, gemm_operand::x_dw}) {
+    const bool columns = op == gemm_operand::dy_dw || op == gemm_operand::x_dw;
+    std::vector<float> ref(x.size()), got(x.size());
+    auto quantize = [&](operand_quantizer& q, const float* in, float* out, int64_t rows) {
+      if (columns) ASSERT_TRUE(q.apply_columns(op, 2, 7, in, out, rows, features));
+      else q.apply(op, 2, 7, in, out, rows, features);
+    };
+    quantize(*whole, x.data(), ref.data(), tokens);
+    for (int64_t first : {int64_t{0}, half}) {
+      EXPECT_TRUE(shard->set_token_shard(first, half, tokens).empty());
+      quantize(*shard, x.data() + first * features, got.data() + first * features, half);
+    }
+    shard->set_token_shard(0, 0, -1);
+    EXPECT_EQ(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)), 0) << gemm_operand_label(op);
+    // Without the shard, the second half draws the first half's noise: the test can fail.
+    quantize(*shard, x.data() + half * features, got.data() + half * features, half);
+    EXPECT_NE(std::memcmp(ref.data() + half * features, got.data() + half * features, half * features * sizeof(float)), 0)
+        << gemm_operand_label(op);
+  }
+  // 32-token groups of dY along tokens straddle shards of 24 tokens; axis=din groups along features.
+  EXPECT_THROW(shard->set_token_shard(24, 24, 48), error);
+  EXPECT_TRUE(make_operand_quantizer(parse_training_plan(std::string(plan) + ";axis=din"), 3)
+                  ->set_token_shard(24, 24, 48).empty());
+  const auto notes = make_operand_quantizer(parse_training_plan("fp8"), 3)->set_token_shard(32, 32, 64);
+  EXPECT_EQ(notes.size(), 4u);  // P1, P3, P5, P6: per-tensor scales; the weights are alike on every rank
+  // ShiftQuant has no shard support: refused with a message.
+  EXPECT_THROW(make_operand_quantizer(parse_training_plan("shiftquant:int4"), 3)->set_token_shard(0, 32, 64), error);
 }
 
 TEST(OperandRouting, TheWeightGradientGemmReadsP5AndP6Only) {

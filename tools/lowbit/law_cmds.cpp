@@ -291,13 +291,14 @@ struct predict_cli_options {
 };
 
 // One training (with its cross-validation) answers every --format of the call; the model file is
-// loaded once, and only when a format's SQNR has to be measured.
+// loaded once per path, and only when a format's SQNR has to be measured.
 void cmd_predict(const predict_cli_options& o) {
   runs_db db(o.db);
   const std::vector<ptq_sample> rows = samples_from_runs(db.all());
   ptq_predictor pr(o.p);
   const cv_report cv = pr.train(rows);
-  std::optional<model> weights;
+  std::optional<model> weights;  // the file last measured on, kept while the path stays
+  std::string weights_path;
   nlohmann::json predictions = nlohmann::json::array();
   table t{{"format", "canonical", "predicted NLL", "ppl", "float NLL", "SQNR dB", "SQNR"}, {}};
   for (const std::string& spec : o.formats) {
@@ -306,7 +307,7 @@ void cmd_predict(const predict_cli_options& o) {
     const std::string path = !o.model_file.empty() ? o.model_file : q.model_path;
     std::string sqnr_source = std::isnan(q.sqnr_db) ? "missing" : "recorded";
     if (std::isnan(q.sqnr_db) && !path.empty() && std::filesystem::exists(path)) {
-      if (!weights) weights = load_model(path);
+      if (!weights || weights_path != path) weights = load_model(path), weights_path = path;
       q.sqnr_db = weights_sqnr_db(*weights, spec);
       sqnr_source = "measured on " + path;
     }

@@ -59,13 +59,21 @@ class operand_quantizer {
   // then need no transposed copy. Returns false when this quantizer has no such path (the
   // caller transposes and calls apply).
   virtual bool apply_columns(gemm_operand, int, int64_t, const float*, float*, int64_t, int64_t) { return false; }
-  // Data-parallel training: this process's tokens are [first_token, first_token + N) of a global
-  // batch of total_tokens. Stochastic rounding of the token-indexed operands (X, dY) then draws
-  // what one process quantizing the whole batch would (sr_counters), so that the ranks' noise is
-  // independent and the run follows the single-process trajectory.
-  virtual void set_token_shard(int64_t /*first_token*/, int64_t /*total_tokens*/) {}
+  // Data-parallel training: this process's tokens are [first_token, first_token + local_tokens)
+  // of a global batch of total_tokens (every rank the same local_tokens); total_tokens < 0 ends
+  // the sharding. Stochastic rounding of the token-indexed operands (X, dY) then draws what one
+  // process quantizing the whole batch would (sr_counters), so that the ranks' noise is
+  // independent. Statistics that stay within a rank's tokens (per-token rows, groups along
+  // features, groups along tokens that do not straddle ranks) are then what one process
+  // computes; the returned notes name the operands whose scales come from a statistic over
+  // tokens of several ranks (per-tensor scales, nvfp4's tensor scale, per-channel scales along
+  // tokens), which each rank takes over its own tokens (as per-GPU amax in FP8 training without
+  // an amax reduction). Throws lowbit::error where sharding cannot be done (groups along tokens
+  // that would straddle ranks; quantizers without shard support, the default).
+  virtual std::vector<std::string> set_token_shard(int64_t first_token, int64_t local_tokens, int64_t total_tokens);
   // Data-parallel training: the maximum over every rank of a statistic of a token-sharded
-  // operand (Autoflex's maxima), so that every rank keeps the state one process would keep.
+  // operand (Autoflex's maxima), so that every rank keeps the state one process would keep;
+  // an empty function ends it.
   virtual void set_max_reducer(std::function<double(double)>) {}
   // Quantizer state that a checkpoint must keep (Autoflex histories); null when stateless.
   virtual nlohmann::json state() const { return nullptr; }
