@@ -257,17 +257,31 @@ sweep_config load_sweep_config(const std::string& path, const std::string& data_
   return parse_sweep_config(j, fs::path(path).parent_path().string(), data_dir, path);
 }
 
-std::vector<sweep_job> expand_sweep(const sweep_config& c) {
+std::map<std::string, std::string> sweep_fingerprints(const sweep_config& c) {
+  std::map<std::string, std::string> fps;
+  auto add = [&](const std::string& path) {
+    if (!path.empty() && path != "bytes" && !fps.count(path)) fps.emplace(path, file_fingerprint(path));
+  };
+  add(c.data);
+  for (const sweep_model& m : c.models) add(m.path), add(m.tokenizer);
+  return fps;
+}
+
+std::vector<sweep_job> expand_sweep(const sweep_config& c, const std::map<std::string, std::string>& fingerprints) {
   auto canonical = [](const std::string& s) {
     const auto f = parse_optional_format(s);
     return f ? format_name(*f) : std::string("fp32");
   };
-  const std::string data_fp = file_fingerprint(c.data);
+  auto fingerprint = [&](const std::string& path) {
+    const auto it = fingerprints.find(path);
+    return it != fingerprints.end() ? it->second : file_fingerprint(path);
+  };
+  const std::string data_fp = fingerprint(c.data);
   std::vector<sweep_job> jobs;
   std::set<std::string> seen;
   for (const sweep_model& m : c.models) {
-    const std::string model_fp = file_fingerprint(m.path);
-    const std::string tok_fp = m.tokenizer.empty() || m.tokenizer == "bytes" ? m.tokenizer : file_fingerprint(m.tokenizer);
+    const std::string model_fp = fingerprint(m.path);
+    const std::string tok_fp = m.tokenizer.empty() || m.tokenizer == "bytes" ? m.tokenizer : fingerprint(m.tokenizer);
     for (const sweep_plan& p : c.formats)
       for (const std::string& method : c.methods) {
         if (method != "rtn" && !parse_optional_format(p.weights)) continue;  // nothing to calibrate
@@ -682,8 +696,6 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
                         const sweep_run_seen& on_run) {
   if (o.jobs < 1) throw error(fmt::format("explore: -j {}: expected at least 1", o.jobs));
   sweep_summary s;
-  s.jobs = expand_sweep(c);
-  s.total = int64_t(s.jobs.size());
   const int procs = std::max(1, omp_get_num_procs());
 
   // ---- across Open MPI ranks ----
@@ -706,6 +718,27 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
       MPI_Finalized(&finalized);
       if (!initialized && !finalized) MPI_Finalize();
     };
+    // Rank 0 reads the files once and sends their fingerprints (or its error, which every rank
+    // then throws: no rank waits for a message that will not come).
+    std::string message;
+    if (rank == 0) {
+      try {
+        message = nlohmann::json{{"fingerprints", sweep_fingerprints(c)}}.dump();
+      } catch (const std::exception& e) {
+        message = nlohmann::json{{"error", e.what()}}.dump();
+      }
+    }
+    int length = int(message.size());
+    MPI_Bcast(&length, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    message.resize(size_t(length));
+    MPI_Bcast(message.data(), length, MPI_CHAR, 0, MPI_COMM_WORLD);
+    const nlohmann::json got = nlohmann::json::parse(message);
+    if (got.contains("error")) {
+      finalize();
+      throw error(got["error"].get<std::string>());
+    }
+    s.jobs = expand_sweep(c, got["fingerprints"].get<std::map<std::string, std::string>>());
+    s.total = int64_t(s.jobs.size());
     if (rank != 0) {
       if (threads > 0) omp_set_num_threads(threads);
       rank_worker_loop(c, s.jobs, rank);
@@ -731,6 +764,8 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
   }
 
   // ---- one process, or forked workers (-j N) ----
+  s.jobs = expand_sweep(c);
+  s.total = int64_t(s.jobs.size());
   const int threads = o.threads_per_job > 0 ? o.threads_per_job : (o.jobs > 1 ? std::max(1, procs / o.jobs) : 0);
   std::vector<std::unique_ptr<worker>> workers;
   // Fork before this process starts any thread (OpenMP's included), and before it opens the

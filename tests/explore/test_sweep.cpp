@@ -10,6 +10,7 @@
 #include "lowbit/error.hpp"
 #include "lowbit/explore/runs_db.hpp"
 #include "lowbit/explore/sweep.hpp"
+#include "tests/cli_run.hpp"
 
 namespace fs = std::filesystem;
 using namespace lowbit;
@@ -19,7 +20,7 @@ namespace {
 const std::string data_dir = LOWBIT_DATA_DIR;
 
 std::string fresh_dir(const std::string& name) {
-  const fs::path dir = fs::path(testing::TempDir()) / "lowbit_sweep" / name;
+  const fs::path dir = fs::path(::testing::TempDir()) / "lowbit_sweep" / name;
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir.string();
@@ -174,4 +175,29 @@ TEST(Sweep, ConfigFileResolvesPathsBesideIt) {
   EXPECT_EQ(c.methods, std::vector<std::string>{"rtn"});
   std::ofstream(dir + "/bad.json") << "{\"formats\": [";
   EXPECT_THROW(load_sweep_config(dir + "/bad.json", data_dir), lowbit::error);
+}
+
+// Under mpirun: rank 0 fingerprints the files once and hands out the runs; every run is recorded
+// once, by one of the ranks. A missing model is one clear error on every rank, not a hang.
+TEST(Sweep, MpiRanksRecordEveryRunOnce) {
+  const std::string dir = fresh_dir("mpi");
+  nlohmann::json j = small_sweep();
+  j["formats"] = {"fp32", "int4/g32", "e2m1/g32", "mxfp4"};
+  std::ofstream(dir + "/sweep.json") << j.dump();
+  const std::string mpirun = "LOWBIT_DATA_DIR=" + data_dir + " OMP_NUM_THREADS=1 timeout 300 mpirun --allow-run-as-root --oversubscribe -np 2 ";
+  const auto r = lowbit::testing::run_command(mpirun + LOWBIT_CLI + " explore --config " + dir +
+                                              "/sweep.json --db " + dir + "/runs.db");
+  ASSERT_EQ(r.code, 0) << r.out;
+  runs_db db(dir + "/runs.db");
+  EXPECT_EQ(db.count(), 4);
+  std::set<double> workers;
+  for (const auto& run : db.all()) workers.insert(run.metrics.at("sweep_worker"));
+  EXPECT_EQ(workers.size(), 2u);  // both ranks ran something
+  j["models"] = {dir + "/missing.bin"};
+  std::ofstream(dir + "/missing.json") << j.dump();
+  const auto m = lowbit::testing::run_command(mpirun + LOWBIT_CLI + " explore --config " + dir +
+                                              "/missing.json --db " + dir + "/runs2.db");
+  EXPECT_NE(m.code, 0);
+  EXPECT_NE(m.code, 124) << "timed out: a rank waited";
+  EXPECT_NE(m.out.find("missing.bin"), std::string::npos) << m.out;
 }

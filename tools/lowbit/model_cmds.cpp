@@ -40,10 +40,6 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::string data_dir() {
-  if (const char* d = std::getenv("LOWBIT_DATA_DIR"); d && *d) return d;
-  return LOWBIT_DEFAULT_DATA_DIR;
-}
 
 
 
@@ -564,6 +560,11 @@ void cmd_explore(explore_options o) {
 }
 
 }  // namespace
+
+std::string data_dir() {
+  if (const char* d = std::getenv("LOWBIT_DATA_DIR"); d && *d) return d;
+  return LOWBIT_DEFAULT_DATA_DIR;
+}
 
 std::string read_text_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

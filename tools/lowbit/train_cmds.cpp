@@ -20,11 +20,6 @@ namespace lowbit::cli {
 
 namespace {
 
-std::string shipped_data_dir() {
-  if (const char* d = std::getenv("LOWBIT_DATA_DIR"); d && *d) return d;
-  return LOWBIT_DEFAULT_DATA_DIR;
-}
-
 struct train_cli_options {
   train_run_config cfg;
   std::string config_file, db;
@@ -35,9 +30,9 @@ struct train_cli_options {
 std::pair<std::unique_ptr<tokenizer>, tokenizer_source> resolve_tokenizer(const std::string& spec) {
   if (spec == "bytes") return {make_byte_tokenizer(), tokenizer_source{"bytes", ""}};
   std::string path = spec;
-  if (spec == "llama2c") path = (fs::path(shipped_data_dir()) / "llama2c" / "tok512.bin").string();
+  if (spec == "llama2c") path = (fs::path(data_dir()) / "llama2c" / "tok512.bin").string();
   else if (spec.rfind("llama2c:", 0) == 0) path = spec.substr(8);
-  else if (spec == "gpt2") path = (fs::path(shipped_data_dir()) / "tokenizers" / "gpt2").string();
+  else if (spec == "gpt2") path = (fs::path(data_dir()) / "tokenizers" / "gpt2").string();
   auto tok = load_tokenizer(path);
   const std::string kind = tok->kind();
   return {std::move(tok), tokenizer_source{kind, fs::absolute(path).string()}};
@@ -71,7 +66,7 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
   }
   if (o.untied) cfg.tied_classifier = false;
   if (cfg.data_path.empty())
-    cfg.data_path = (fs::path(shipped_data_dir()) / "text" / "tinyshakespeare.txt").string();
+    cfg.data_path = (fs::path(data_dir()) / "text" / "tinyshakespeare.txt").string();
   // Everything that can be refused is refused before training starts.
   const training_plan plan = parse_training_plan(cfg.plan);
   if (plan.l1_norm) cfg.l1_norm = true;

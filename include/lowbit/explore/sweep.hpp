@@ -85,9 +85,11 @@ struct sweep_job {
   nlohmann::json config;
   std::string hash;
 };
-// The grid in order (models, then formats, then methods, then eval settings). Fingerprints the
-// model, tokenizer and data files.
-std::vector<sweep_job> expand_sweep(const sweep_config& c);
+// The grid in order (models, then formats, then methods, then eval settings), with the model,
+// tokenizer and data files' fingerprints in each job's config. `fingerprints` (path -> file_fingerprint) spares reading the files again (under MPI rank 0
+// reads them once and sends the map; sweep_fingerprints makes it); a path it lacks is read.
+std::map<std::string, std::string> sweep_fingerprints(const sweep_config& c);
+std::vector<sweep_job> expand_sweep(const sweep_config& c, const std::map<std::string, std::string>& fingerprints = {});
 
 // Runs jobs in this process; keeps the last model and token stream loaded between jobs.
 class sweep_runner {
