@@ -268,6 +268,40 @@ group_scale kquant_stored_scale(const quantized_tensor& q, int64_t r, int64_t c)
                           q.zero_point_at(r, c));
 }
 
+namespace {
+
+// ggml's dequantize_row_q4_K: y = d1 * q - m1, d1 = d * sc and m1 = dmin * m (gs.scale, gs.offset).
+float q4_k_value(const group_scale& gs, uint32_t q) { return gs.scale * static_cast<float>(q) - gs.offset; }
+// ggml's dequantize_row_q6_K: y = d * sc * (q - 32), d * sc first (gs.scale); v = q - 32.
+float q6_k_value(const group_scale& gs, int32_t v) { return gs.scale * static_cast<float>(v); }
+
+}  // namespace
+
+void kquant_fake_quantize_rows(const format& f, const float* in, float* out, int64_t cols, int64_t r0, int64_t r1) {
+  const int64_t sub = f.group_size;
+  const bool q4 = f.named == preset::q4_k;
+  kquant_block b;
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t c0 = 0; c0 < cols; c0 += kSuperBlock) {
+      const int64_t n = std::min<int64_t>(kSuperBlock, cols - c0);
+      kquant_quantize_block(f, in + r * cols + c0, n, &b);  // reads its n values before y is written
+      float* y = out + r * cols + c0;
+      for (int64_t j = 0; j * sub < n; ++j) {
+        const group_scale gs = kquant_sub_scale(f, b.d, b.dmin, b.sc[j], b.m[j]);
+        const int64_t i0 = j * sub, i1 = std::min(n, i0 + sub);
+        if (gs.nonfinite) {
+          std::fill(y + i0, y + i1, canonical_nan());
+          continue;
+        }
+        if (q4)
+          for (int64_t i = i0; i < i1; ++i) y[i] = q4_k_value(gs, b.q[i]);
+        else
+          for (int64_t i = i0; i < i1; ++i) y[i] = q6_k_value(gs, static_cast<int32_t>(b.q[i]) - 32);
+      }
+    }
+  }
+}
+
 void kquant_quantize_rows(const float* x, int64_t r0, int64_t r1, quantized_tensor& q) {
   const format& f = q.fmt;
   const int64_t cols = q.cols, sub = f.group_size;

@@ -1172,6 +1172,18 @@ bool simd_covers(const format& f) {
 // the work (and on a loaded machine a spinning team can cost a scheduler slice per call).
 constexpr int64_t kParallelMinElements = int64_t{1} << 15;
 
+// fn(r0, r1) on blocks of consecutive rows of a [rows, cols] tensor, one block per thread (the
+// calling thread alone below kParallelMinElements): the row kernels that run scalar code.
+template <class Fn>
+void for_row_blocks(int64_t rows, int64_t cols, Fn&& fn) {
+#pragma omp parallel if (rows * cols >= kParallelMinElements)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t per = (rows + nt - 1) / nt, r0 = std::min(rows, t * per), r1 = std::min(rows, r0 + per);
+    if (r1 > r0) fn(r0, r1);
+  }
+}
+
 // Statistics of the whole tensor, threaded (for /t, and nvfp4's finite amax).
 group_stats tensor_stats_fast(const float* x, int64_t n, bool want_minmax, bool finite_only) {
   const int nt = n >= kParallelMinElements ? omp_get_max_threads() : 1;
@@ -1304,31 +1316,16 @@ void kquant_dequantize_rows(const quantized_tensor& q, int64_t r0, int64_t r1, f
 void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id,
                    sr_counters counters) {
   if (use_ref() || rows < 0 || cols < 0) return fake_quantize_ref(in, out, rows, cols, f, tensor_id, counters);
-  if (is_kquant(f)) {  // a block of rows per thread: quantize, then dequantize in place
-#pragma omp parallel if (rows * cols >= kParallelMinElements)
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      const int64_t per = (rows + nt - 1) / nt, r0 = std::min(rows, t * per), r1 = std::min(rows, r0 + per);
-      if (r1 > r0) {
-        quantized_tensor q = quantized_tensor::allocate(f, r1 - r0, cols);
-        kquant_quantize_rows(in + r0 * cols, 0, r1 - r0, q);
-        kquant_dequantize_rows(q, 0, r1 - r0, out + r0 * cols);
-      }
-    }
-    return;
-  }
+  if (is_kquant(f))  // ggml's super-block searches (scalar, kquant.cpp), straight to values
+    return for_row_blocks(rows, cols, [&](int64_t r0, int64_t r1) { kquant_fake_quantize_rows(f, in, out, cols, r0, r1); });
   if (!simd_covers(f)) {
     // Explicit scalar fallback (power maps, LUT with directed/stochastic rounding, mse/percentile
     // rules): the reference, a block of rows per thread. Scales over the whole tensor would be
     // read while other threads write in place: those run the reference on one thread.
     if (f.gran == granularity::tensor || f.named == preset::nvfp4) return fake_quantize_ref(in, out, rows, cols, f, tensor_id, counters);
-#pragma omp parallel if (rows * cols >= kParallelMinElements)
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      const int64_t per = (rows + nt - 1) / nt, r0 = std::min(rows, t * per), r1 = std::min(rows, r0 + per);
-      if (r1 > r0) fake_quantize_rows_ref(in, out, rows, cols, r0, r1, f, tensor_id, counters);
-    }
-    return;
+    return for_row_blocks(rows, cols, [&](int64_t r0, int64_t r1) {
+      fake_quantize_rows_ref(in, out, rows, cols, r0, r1, f, tensor_id, counters);
+    });
   }
   fast_call call(f, in, rows, cols, false, tensor_id, /*keep_group_amax=*/true);
   // Outputs larger than the caches go around them (no read-for-ownership of the destination).
@@ -1346,6 +1343,22 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
   }
 }
 
+namespace {
+
+// dst [cols, rows] = src [rows, cols]^T, tiles of 32 x 32 (dst != src).
+void transpose(const float* src, int64_t rows, int64_t cols, float* dst) {
+  constexpr int64_t kTile = 32;
+  const int64_t row_tiles = (rows + kTile - 1) / kTile, col_tiles = (cols + kTile - 1) / kTile;
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMinElements)
+  for (int64_t t = 0; t < row_tiles * col_tiles; ++t) {
+    const int64_t r0 = t / col_tiles * kTile, c0 = t % col_tiles * kTile;
+    for (int64_t c = c0; c < std::min(cols, c0 + kTile); ++c)
+      for (int64_t r = r0; r < std::min(rows, r0 + kTile); ++r) dst[c * rows + r] = src[r * cols + c];
+  }
+}
+
+}  // namespace
+
 void fake_quantize_columns(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
                            uint64_t tensor_id, sr_counters counters) {
   if (use_ref() || rows < 0 || cols < 0) return fake_quantize_columns_ref(in, out, rows, cols, f, tensor_id, counters);
@@ -1353,8 +1366,14 @@ void fake_quantize_columns(const float* in, float* out, int64_t rows, int64_t co
   // One scale for every element, no draws: the values do not depend on the layout.
   if ((f.gran == granularity::tensor || f.gran == granularity::none) && f.rounding != rounding_mode::sr)
     return fake_quantize(in, out, rows, cols, f, tensor_id);
-  if (!simd_covers(f) || f.gran == granularity::tensor || f.gran == granularity::none || f.named == preset::q4_0 ||
-      is_kquant(f))  // (K-quants: ggml's searches over a super-block, not the row kernel)
+  if (is_kquant(f)) {  // ggml's searches run along super-blocks of 256: on an explicit transpose
+    std::vector<float> t(static_cast<size_t>(rows * cols));
+    transpose(in, rows, cols, t.data());
+    fake_quantize(t.data(), t.data(), cols, rows, f, tensor_id, counters);
+    transpose(t.data(), cols, rows, out);
+    return;
+  }
+  if (!simd_covers(f) || f.gran == granularity::tensor || f.gran == granularity::none || f.named == preset::q4_0)
     return fake_quantize_columns_ref(in, out, rows, cols, f, tensor_id, counters);
   // The transposed tensor [cols, rows]: rows of `rows` elements, groups of k along them.
   const fast_call call(f, in, cols, rows, false, tensor_id);

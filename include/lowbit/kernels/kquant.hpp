@@ -68,4 +68,9 @@ int ggml_nearest_int(float v);
 // fast kernels share this per-super-block code.
 void kquant_quantize_rows(const float* x, int64_t r0, int64_t r1, quantized_tensor& q);
 
+// out = dequantize(quantize(in)) on rows [r0, r1) of a [rows, cols] tensor (in, out: the whole
+// tensor), one super-block at a time from its kquant_block, without a packed tensor: the fast
+// fake_quantize (the reference goes through quantize_ref and dequantize_ref). in == out is allowed.
+void kquant_fake_quantize_rows(const format& f, const float* in, float* out, int64_t cols, int64_t r0, int64_t r1);
+
 }  // namespace lowbit
