@@ -302,6 +302,43 @@ void kquant_fake_quantize_rows(const format& f, const float* in, float* out, int
   }
 }
 
+void kquant_dequantize_rows(const quantized_tensor& q, int64_t r0, int64_t r1, float* out) {
+  const format& f = q.fmt;
+  const bool q4 = f.named == preset::q4_k;
+  const int64_t sub = f.group_size, gpr = q.groups_per_row();
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* codes = q.codes.data() + r * q.row_bytes;
+    float* y = out + r * q.cols;
+    for (int64_t g = 0; g < gpr; ++g) {
+      const int64_t c0 = g * sub, c1 = std::min(q.cols, c0 + sub);
+      const group_scale gs = kquant_stored_scale(q, r, c0);  // once per sub-block
+      if (gs.nonfinite) {
+        std::fill(y + c0, y + c1, canonical_nan());
+        continue;
+      }
+      int64_t c = c0;
+      if (q4) {  // 4-bit q, two a byte, low nibble first
+        for (; c < c1; ++c) y[c] = q4_k_value(gs, (codes[c >> 1] >> ((c & 1) * 4)) & 15u);
+        continue;
+      }
+      // 6-bit two's complement of q - 32, four in three bytes (a sub-block of 16 starts on a byte).
+      auto value = [&](uint32_t code) { return q6_k_value(gs, static_cast<int32_t>(code ^ 32u) - 32); };
+      for (; c + 4 <= c1; c += 4) {
+        const uint8_t* p = codes + c / 4 * 3;
+        const uint32_t w = p[0] | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16);
+        for (int k = 0; k < 4; ++k) y[c + k] = value((w >> (6 * k)) & 63u);
+      }
+      for (; c < c1; ++c) {  // a partial sub-block's last codes: no byte past the row is read
+        const int64_t bit = 6 * c;
+        const int sh = static_cast<int>(bit & 7);
+        uint32_t v = codes[bit >> 3] >> sh;
+        if (sh > 2) v |= uint32_t{codes[(bit >> 3) + 1]} << (8 - sh);
+        y[c] = value(v & 63u);
+      }
+    }
+  }
+}
+
 void kquant_quantize_rows(const float* x, int64_t r0, int64_t r1, quantized_tensor& q) {
   const format& f = q.fmt;
   const int64_t cols = q.cols, sub = f.group_size;

@@ -1292,27 +1292,6 @@ void random_words(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t coun
   if (i < end) partial(i >> 2, i, end);
 }
 
-// K-quants (kquant.hpp): rows in parallel, each through the scalar per-super-block code that the
-// reference runs too (the super-block searches are sequential; SIMD would not change the bits).
-namespace {
-
-void kquant_dequantize_rows(const quantized_tensor& q, int64_t r0, int64_t r1, float* out) {
-  const format& f = q.fmt;
-  const int64_t gpr = q.groups_per_row(), k = f.group_size;
-  std::vector<uint32_t> codes(static_cast<size_t>(q.cols));
-  for (int64_t r = r0; r < r1; ++r) {
-    unpack_codes(q.codes.data() + r * q.row_bytes, q.cols, f.element.bits, codes.data());
-    float* y = out + (r - r0) * q.cols;
-    for (int64_t g = 0; g < gpr; ++g) {
-      const group_scale gs = kquant_stored_scale(q, r, g * k);  // once per sub-block
-      for (int64_t c = g * k; c < std::min(q.cols, (g + 1) * k); ++c)
-        y[c] = dequantize_value_ref(f, codes[static_cast<size_t>(c)], gs);
-    }
-  }
-}
-
-}  // namespace
-
 void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id,
                    sr_counters counters) {
   if (use_ref() || rows < 0 || cols < 0) return fake_quantize_ref(in, out, rows, cols, f, tensor_id, counters);
@@ -1488,7 +1467,7 @@ void dequantize(const quantized_tensor& q, float* out) {
   if (use_ref() || q.fmt.power != 0 || q.fmt.element.bits > 16) return dequantize_ref(q, out);
   if (is_kquant(q.fmt)) {
 #pragma omp parallel for schedule(static) if (q.rows * q.cols >= kParallelMinElements)
-    for (int64_t r = 0; r < q.rows; ++r) kquant_dequantize_rows(q, r, r + 1, out + r * q.cols);
+    for (int64_t r = 0; r < q.rows; ++r) kquant_dequantize_rows(q, r, r + 1, out);
     return;
   }
   const format& f = q.fmt;

@@ -71,6 +71,10 @@ void kquant_quantize_rows(const float* x, int64_t r0, int64_t r1, quantized_tens
 // out = dequantize(quantize(in)) on rows [r0, r1) of a [rows, cols] tensor (in, out: the whole
 // tensor), one super-block at a time from its kquant_block, without a packed tensor: the fast
 // fake_quantize (the reference goes through quantize_ref and dequantize_ref). in == out is allowed.
+// Rows [r0, r1) of a stored K-quant tensor into out (the whole [rows, cols] output), decoded
+// straight from the packed codes with dequantize_value_ref's arithmetic; no allocation.
+void kquant_dequantize_rows(const quantized_tensor& q, int64_t r0, int64_t r1, float* out);
+
 void kquant_fake_quantize_rows(const format& f, const float* in, float* out, int64_t cols, int64_t r0, int64_t r1);
 
 }  // namespace lowbit
