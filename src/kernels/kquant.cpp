@@ -10,7 +10,6 @@
 #include <fmt/format.h>
 
 #include "lowbit/error.hpp"
-#include "lowbit/kernels/element_ops.hpp"
 #include "lowbit/kernels/quantize.hpp"
 
 namespace lowbit {
@@ -29,12 +28,6 @@ int ggml_nearest_int(float v) {
 namespace {
 
 constexpr float kGroupMaxEps = 1e-15f;  // ggml's GROUP_MAX_EPS
-
-// GGML_FP32_TO_FP16 then GGML_FP16_TO_FP32: RNE onto IEEE binary16, overflow to Inf. `half` is
-// the format's scale element (parse_format's ggml fp16).
-float ggml_fp16_round(const element_format& half, float v) {
-  return decode_ref(half, encode_ref(half, v, rounding_mode::rne));
-}
 
 // make_qkx2_quants (ggml-quants.c) for q4_k's sub-blocks: the weighted least-squares fit of
 // x ~ scale * L + min with L in 0..nmax, min <= 0, trying iscale = (rmin + rdelta * is + nmax) /
@@ -181,8 +174,8 @@ void quantize_q4_k(const element_format& half, const float* x, kquant_block* b) 
     b->sc[j] = std::min<int32_t>(63, ls);
     b->m[j] = std::min<int32_t>(63, lm);
   }
-  b->d = ggml_fp16_round(half, max_scale / 63.0f);
-  b->dmin = ggml_fp16_round(half, max_min / 63.0f);
+  b->d = round_ggml_fp16(half, max_scale / 63.0f);
+  b->dmin = round_ggml_fp16(half, max_min / 63.0f);
   // The codes again with the stored (rounded) scales; a sub-block whose scale is 0 keeps the
   // codes of its fit (its values are -dmin * m whatever the code).
   for (int j = 0; j < kSubs; ++j) {
@@ -215,7 +208,7 @@ void quantize_q6_k(const element_format& half, const float* x, kquant_block* b) 
   }
   // int8 codes of the sub-block scales: the largest in magnitude becomes -128.
   const float iscale = -128.0f / max_scale;
-  b->d = ggml_fp16_round(half, 1 / iscale);
+  b->d = round_ggml_fp16(half, 1 / iscale);
   for (int j = 0; j < kSubs; ++j) b->sc[j] = static_cast<int8_t>(std::min(127, ggml_nearest_int(iscale * scales[j])));
   for (int j = 0; j < kSubs; ++j) {
     const float d = b->d * static_cast<float>(b->sc[j]);
@@ -241,7 +234,6 @@ void kquant_quantize_block(const format& f, const float* x, int64_t n, kquant_bl
   *out = kquant_block{};
   if (nonfinite) {  // CONVENTIONS 4: the super-block's scales are NaN, its lowbit codes 0
     out->d = out->dmin = canonical_nan();
-    out->nonfinite = true;
     if (f.named == preset::q6_k) std::fill(out->q, out->q + kSuperBlock, uint8_t{32});  // q - 32 = 0
     return;
   }

@@ -218,8 +218,9 @@ int32_t quantized_tensor::zero_point_at(int64_t r, int64_t c) const {
 }
 
 size_t quantized_tensor::storage_bytes() const {
-  if (is_kquant(fmt))  // ggml's blocks: 144 (q4_k) or 210 (q6_k) bytes per 256 values
-    return static_cast<size_t>(rows * kquant_super_blocks_per_row(cols) * (fmt.named == preset::q4_k ? 144 : 210));
+  if (is_kquant(fmt))  // ggml's blocks, one per 256 values
+    return static_cast<size_t>(rows * kquant_super_blocks_per_row(cols)) *
+           (fmt.named == preset::q4_k ? sizeof(block_q4_k) : sizeof(block_q6_k));
   const double scale_bytes = static_cast<double>(scales.size()) * scale_bits(fmt) / 8.0;
   const double zp_bytes = static_cast<double>(zero_points.size()) * fmt.element.bits / 8.0;
   return codes.size() + static_cast<size_t>(std::ceil(scale_bytes + zp_bytes)) +
