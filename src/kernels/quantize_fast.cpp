@@ -608,16 +608,24 @@ HWY_INLINE VI MaxOfLanesBatch(DI di, VI* v, size_t count) {
   return v[0];
 }
 
-// The amax bits of N consecutive groups of k starting at p: lane j is group j's.
-HWY_INLINE VI BatchGroupAmax(DI di, const float* p, size_t k, VI* partial) {
+// The amax bits of N consecutive groups of k starting at p: lane j is group j's. kFinite: also
+// max the finite |x| bits into *finite (lane-wise), from the same loads.
+template <bool kFinite = false>
+HWY_INLINE VI BatchGroupAmax(DI di, const float* p, size_t k, VI* partial, VI* finite = nullptr) {
   const DF df;
   const size_t N = hn::Lanes(df);
   const VI abs_mask = hn::Set(di, 0x7fffffff);
+  const VI inf_bits = hn::Set(di, 0x7f800000);
+  auto add = [&](VI& m, VF v) {
+    const VI a = hn::And(hn::BitCast(di, v), abs_mask);
+    m = hn::Max(m, a);
+    if constexpr (kFinite) *finite = hn::Max(*finite, hn::IfThenElseZero(hn::Lt(a, inf_bits), a));
+  };
   for (size_t j = 0; j < N; ++j, p += k) {
     VI m = hn::Zero(di);
     size_t i = 0;
-    for (; i + N <= k; i += N) m = hn::Max(m, hn::And(hn::BitCast(di, hn::LoadU(df, p + i)), abs_mask));
-    if (i < k) m = hn::Max(m, hn::And(hn::BitCast(di, LoadTail(df, p + i, k - i)), abs_mask));
+    for (; i + N <= k; i += N) add(m, hn::LoadU(df, p + i));
+    if (i < k) add(m, LoadTail(df, p + i, k - i));
     partial[j] = m;
   }
   return MaxOfLanesBatch(di, partial, N);
@@ -766,7 +774,6 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
     row_job job = detail::make_job(f, g, group_scale{}, plan.unscaled);
     job.stream = plan.stream;
     job.prefetch_ahead = plan.stream ? 1024 : 0;
-    const VI abs_mask = hn::Set(di, 0x7fffffff);
     for (; c0 + N * k <= cols; c0 += N * k, gi += N) {
       const VI amax_bits = group_amax ? hn::LoadU(di, group_amax + gi) : BatchGroupAmax(di, x + c0, k, partial);
       if (plan.batch_preset == 0) {
@@ -976,26 +983,28 @@ bool FakeQuantColumnTile(const float* in, float* out, size_t cols, size_t r0, si
 
 size_t LanesF32() { return hn::Lanes(DF()); }
 
-// nvfp4's first pass over a row: the amax bits of each group of k (for the second pass's batches:
-// they need not read the groups again) and the row's finite amax (the tensor scale). One read of
-// the data, which memory bounds anyway.
+// nvfp4's first pass over a row: the row's finite amax (the tensor scale) and the amax bits of
+// the groups of k in whole batches of N (the second pass's batches read those instead of the
+// groups; its per-group tail takes its own statistics). One read of the data.
 void GroupAmaxRow(const float* HWY_RESTRICT x, size_t cols, size_t k, int32_t* HWY_RESTRICT group_amax,
                   uint32_t* finite_amax_bits) {
-  simd_stats st;
-  GroupStatsT(x, cols, false, true, &st);
-  *finite_amax_bits = st.amax_bits;
-  size_t c0 = 0, g = 0;
+  size_t c0 = 0;
+  uint32_t finite = 0;
 #if HWY_TARGET != HWY_SCALAR
   const DI di;
   const size_t N = hn::Lanes(di);
   VI partial[hn::MaxLanes(DI())];
-  for (; c0 + N * k <= cols; c0 += N * k, g += N) hn::StoreU(BatchGroupAmax(di, x + c0, k, partial), di, group_amax + g);
+  VI finite_v = hn::Zero(di);
+  for (size_t g = 0; c0 + N * k <= cols; c0 += N * k, g += N)
+    hn::StoreU(BatchGroupAmax<true>(di, x + c0, k, partial, &finite_v), di, group_amax + g);
+  finite = static_cast<uint32_t>(hn::GetLane(hn::MaxOfLanes(di, finite_v)));
 #endif
-  for (; c0 < cols; c0 += k, ++g) {
-    simd_stats gs;
-    GroupStatsT(x + c0, std::min(k, cols - c0), false, false, &gs);
-    group_amax[g] = static_cast<int32_t>(gs.amax_bits);
+  if (c0 < cols) {
+    simd_stats st;
+    GroupStatsT(x + c0, cols - c0, false, true, &st);
+    finite = std::max(finite, st.amax_bits);
   }
+  *finite_amax_bits = finite;
 }
 
 void GroupStats(const float* HWY_RESTRICT x, size_t n, bool want_minmax, bool finite_only, simd_stats* st) {
@@ -1215,8 +1224,9 @@ struct fast_call {
   scale_context sctx;
   row_plan plan;
   // nvfp4 on its rows' own layout (keep_group_amax): the first pass (the tensor's finite amax)
-  // also keeps every group's amax, row r's at group_amax + r * amax_per_row, so that the second
-  // pass does not take them again.
+  // also keeps the amax of the groups in its whole batches, row r's at group_amax + r *
+  // amax_per_row, so that the second pass's batches do not take them again (the entries of a
+  // row's last groups, which the second pass takes one at a time, are left unwritten).
   const int32_t* group_amax = nullptr;
   int64_t amax_per_row = 0;
   const int32_t* group_amax_of(int64_t r) const { return group_amax ? group_amax + r * amax_per_row : nullptr; }
@@ -1237,7 +1247,7 @@ struct fast_call {
     plan.batch = f.gran == granularity::group && f.group_size <= 512 &&
                  (sctx.inline_rule != scale_context::inline_none || plan.batch_preset != 0);
     plan.tensor_scale = 1.0f;
-    if (f.named == preset::nvfp4 && keep_group_amax && plan.batch) {
+    if (f.named == preset::nvfp4 && keep_group_amax) {  // (nvfp4's groups of 16 always batch)
       thread_local std::vector<int32_t> amax_buffer;  // reused by the calls of a thread
       amax_per_row = groups_per_row(f, cols);
       amax_buffer.resize(static_cast<size_t>(rows * amax_per_row));
