@@ -25,6 +25,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -551,6 +552,50 @@ span_path path_of(const grid_params& g) {
   return span_path::generic;
 }
 
+// fn(mode), mode a std::integral_constant of the rounding m: the one switch from a runtime
+// rounding to the kernels' template parameter.
+template <class Fn>
+HWY_INLINE decltype(auto) WithRounding(rounding_mode m, Fn&& fn) {
+  using R = rounding_mode;
+  switch (m) {
+    case R::rne: return fn(std::integral_constant<R, R::rne>{});
+    case R::rna: return fn(std::integral_constant<R, R::rna>{});
+    case R::rtz: return fn(std::integral_constant<R, R::rtz>{});
+    case R::up: return fn(std::integral_constant<R, R::up>{});
+    case R::down: return fn(std::integral_constant<R, R::down>{});
+    case R::odd: return fn(std::integral_constant<R, R::odd>{});
+    case R::sr: break;
+  }
+  return fn(std::integral_constant<R, R::sr>{});
+}
+
+// fn(path), path a std::integral_constant of path_of<kMode>(g): the one switch from a span path to
+// the kernels' template parameter, instantiating only the pairs (kMode, path) that path_of returns.
+template <rounding_mode kMode, class Fn>
+HWY_INLINE decltype(auto) WithSpanPath(const grid_params& g, Fn&& fn) {
+  using P = span_path;
+  constexpr bool rne = kMode == rounding_mode::rne;
+  switch (path_of<kMode>(g)) {
+    case P::table:
+      if constexpr (rne) return fn(std::integral_constant<P, P::table>{});
+      break;
+    case P::int_fast:
+      if constexpr (rne || kMode == rounding_mode::rna) return fn(std::integral_constant<P, P::int_fast>{});
+      break;
+    case P::rne_fast:
+      if constexpr (rne) return fn(std::integral_constant<P, P::rne_fast>{});
+      break;
+    case P::e8_fast:
+      if constexpr (rne) return fn(std::integral_constant<P, P::e8_fast>{});
+      break;
+    case P::sr_fast:
+      if constexpr (kMode == rounding_mode::sr) return fn(std::integral_constant<P, P::sr_fast>{});
+      break;
+    case P::generic: break;
+  }
+  return fn(std::integral_constant<P, P::generic>{});
+}
+
 // Group statistics: amax as the max of |x| bit patterns (exact, NaN-safe), and min/max.
 // finite_only: ignore NaN/Inf (nvfp4's tensor amax).
 HWY_INLINE void GroupStatsT(const float* HWY_RESTRICT x, size_t n, bool want_minmax, bool finite_only, simd_stats* st) {
@@ -843,36 +888,6 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
   }
 }
 
-template <rounding_mode kMode>
-void FakeQuantRowT(const float* x, float* y, size_t cols, const row_plan& plan, uint64_t index0,
-                   float* scales, int32_t* zero_points, const int32_t* group_amax) {
-  const grid_params& g = *plan.grid;
-  switch (path_of<kMode>(g)) {
-    case span_path::table:
-      if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantRowPath<kMode, span_path::table>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
-      break;
-    case span_path::int_fast:
-      if constexpr (kMode == rounding_mode::rne || kMode == rounding_mode::rna)
-        return FakeQuantRowPath<kMode, span_path::int_fast>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
-      break;
-    case span_path::rne_fast:
-      if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantRowPath<kMode, span_path::rne_fast>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
-      break;
-    case span_path::e8_fast:
-      if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantRowPath<kMode, span_path::e8_fast>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
-      break;
-    case span_path::sr_fast:
-      if constexpr (kMode == rounding_mode::sr)
-        return FakeQuantRowPath<kMode, span_path::sr_fast>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
-      break;
-    case span_path::generic: break;
-  }
-  FakeQuantRowPath<kMode, span_path::generic>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
-}
-
 void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, uint64_t index0,
                   float* scales, int32_t* zero_points, const int32_t* group_amax) {
   struct flush_at_exit {  // non-temporal stores must be fenced before others read the output
@@ -881,15 +896,12 @@ void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, u
       if (on) hwy::FlushStream();
     }
   } flush{plan.stream};
-  switch (plan.f->rounding) {
-    case rounding_mode::rne: return FakeQuantRowT<rounding_mode::rne>(x, y, cols, plan, index0, scales, zero_points, group_amax);
-    case rounding_mode::rna: return FakeQuantRowT<rounding_mode::rna>(x, y, cols, plan, index0, scales, zero_points, group_amax);
-    case rounding_mode::rtz: return FakeQuantRowT<rounding_mode::rtz>(x, y, cols, plan, index0, scales, zero_points, group_amax);
-    case rounding_mode::up: return FakeQuantRowT<rounding_mode::up>(x, y, cols, plan, index0, scales, zero_points, group_amax);
-    case rounding_mode::down: return FakeQuantRowT<rounding_mode::down>(x, y, cols, plan, index0, scales, zero_points, group_amax);
-    case rounding_mode::odd: return FakeQuantRowT<rounding_mode::odd>(x, y, cols, plan, index0, scales, zero_points, group_amax);
-    case rounding_mode::sr: return FakeQuantRowT<rounding_mode::sr>(x, y, cols, plan, index0, scales, zero_points, group_amax);
-  }
+  const grid_params& g = *plan.grid;
+  WithRounding(plan.f->rounding, [&](auto mode) {
+    WithSpanPath<mode()>(g, [&](auto path) {
+      FakeQuantRowPath<mode(), path()>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
+    });
+  });
 }
 
 // ---- groups along rows (fake_quantize_columns) ---------------------------------------------------
@@ -939,46 +951,20 @@ HWY_NOINLINE bool FakeQuantColumnTilePath(const float* in, float* out, size_t co
 #endif
 }
 
-template <rounding_mode kMode>
-bool FakeQuantColumnTileT(const float* in, float* out, size_t cols, size_t r0, size_t r1, size_t c0,
-                          const row_plan& plan) {
-  const grid_params& g = *plan.grid;
-  switch (path_of<kMode>(g)) {
-    case span_path::table:
-      if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantColumnTilePath<kMode, span_path::table>(in, out, cols, r0, r1, c0, plan, g);
-      break;
-    case span_path::int_fast:
-      if constexpr (kMode == rounding_mode::rne || kMode == rounding_mode::rna)
-        return FakeQuantColumnTilePath<kMode, span_path::int_fast>(in, out, cols, r0, r1, c0, plan, g);
-      break;
-    case span_path::rne_fast:
-      if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantColumnTilePath<kMode, span_path::rne_fast>(in, out, cols, r0, r1, c0, plan, g);
-      break;
-    case span_path::e8_fast:
-      if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantColumnTilePath<kMode, span_path::e8_fast>(in, out, cols, r0, r1, c0, plan, g);
-      break;
-    default: break;
-  }
-  return FakeQuantColumnTilePath<kMode, span_path::generic>(in, out, cols, r0, r1, c0, plan, g);
-}
-
 // The tile path for the deterministic roundings (stochastic rounding draws by the transposed
 // element index: the caller's gathered path).
 bool FakeQuantColumnTile(const float* in, float* out, size_t cols, size_t r0, size_t r1, size_t c0,
                          const row_plan& plan) {
-  switch (plan.f->rounding) {
-    case rounding_mode::rne: return FakeQuantColumnTileT<rounding_mode::rne>(in, out, cols, r0, r1, c0, plan);
-    case rounding_mode::rna: return FakeQuantColumnTileT<rounding_mode::rna>(in, out, cols, r0, r1, c0, plan);
-    case rounding_mode::rtz: return FakeQuantColumnTileT<rounding_mode::rtz>(in, out, cols, r0, r1, c0, plan);
-    case rounding_mode::up: return FakeQuantColumnTileT<rounding_mode::up>(in, out, cols, r0, r1, c0, plan);
-    case rounding_mode::down: return FakeQuantColumnTileT<rounding_mode::down>(in, out, cols, r0, r1, c0, plan);
-    case rounding_mode::odd: return FakeQuantColumnTileT<rounding_mode::odd>(in, out, cols, r0, r1, c0, plan);
-    case rounding_mode::sr: return false;
-  }
-  return false;
+  const grid_params& g = *plan.grid;
+  return WithRounding(plan.f->rounding, [&](auto mode) {
+    if constexpr (mode() == rounding_mode::sr) {
+      return false;
+    } else {
+      return WithSpanPath<mode()>(g, [&](auto path) {
+        return FakeQuantColumnTilePath<mode(), path()>(in, out, cols, r0, r1, c0, plan, g);
+      });
+    }
+  });
 }
 
 size_t LanesF32() { return hn::Lanes(DF()); }
