@@ -909,15 +909,19 @@ void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, u
 // lane-wise max over the rows (no horizontal reduction), the N scales one vectorised computation
 // (BatchScales / BatchScalesPreset, as the row kernel's batches), then every row vector is rounded
 // under its lanes' scales. Returns false (the caller takes the gathered per-column path) when a
-// scale needs the general code (zero, subnormal or non-finite amax, ...).
+// scale needs the general code (zero, subnormal or non-finite amax, ...). Stochastic rounding:
+// element (r, c) draws the transposed tensor's counter counters.of(c, rows) + r; each column's
+// draws for [r0, r1) are made in one run and each row vector gathers its lanes' words.
 template <rounding_mode kMode, span_path kPath>
-HWY_NOINLINE bool FakeQuantColumnTilePath(const float* in, float* out, size_t cols, size_t r0, size_t r1, size_t c0,
-                                          const row_plan& plan, const grid_params g) {
+HWY_NOINLINE bool FakeQuantColumnTilePath(const float* in, float* out, size_t rows, size_t cols, size_t r0, size_t r1,
+                                          size_t c0, const row_plan& plan, const grid_params g,
+                                          const sr_counters& counters) {
 #if HWY_TARGET == HWY_SCALAR
   return false;
 #else
   const DF df;
   const DI di;
+  const size_t N = hn::Lanes(df);
   const VI abs_mask = hn::Set(di, 0x7fffffff);
   VI m = hn::Zero(di);
   for (size_t r = r0; r < r1; ++r) m = hn::Max(m, hn::And(hn::BitCast(di, hn::LoadU(df, in + r * cols + c0)), abs_mask));
@@ -930,40 +934,52 @@ HWY_NOINLINE bool FakeQuantColumnTilePath(const float* in, float* out, size_t co
     return false;
   }
   const VF div = hn::Load(df, scale), mul = hn::Load(df, mult), zero = hn::Zero(df);
+  // sr: words[j * n + i] is the draw of element (r0 + i, c0 + j).
+  const size_t n = r1 - r0;
+  thread_local std::vector<uint32_t> words;
+  if constexpr (kMode == rounding_mode::sr) {
+    words.resize(N * n);
+    for (size_t j = 0; j < N; ++j)
+      random_words(plan.rng_seed, plan.rng_tensor_id, counters.of(static_cast<int64_t>(c0 + j), static_cast<int64_t>(rows)) + r0,
+                   n, words.data() + j * n);
+  }
+  const VI lane_offsets = hn::Mul(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(n)));
   auto each_row = [&](auto quantize_vec) {
-    for (size_t r = r0; r < r1; ++r) hn::StoreU(quantize_vec(hn::LoadU(df, in + r * cols + c0)), df, out + r * cols + c0);
+    for (size_t r = r0; r < r1; ++r) {
+      VF u = zero;
+      if constexpr (kMode == rounding_mode::sr) {  // UniformFromWords of the gathered words
+        const VI w = hn::GatherIndex(di, reinterpret_cast<const int32_t*>(words.data() + (r - r0)), lane_offsets);
+        u = hn::Mul(hn::ConvertTo(df, hn::BitCast(di, hn::ShiftRight<8>(hn::BitCast(DU(), w)))), hn::Set(df, 0x1p-24f));
+      }
+      hn::StoreU(quantize_vec(hn::LoadU(df, in + r * cols + c0), u), df, out + r * cols + c0);
+    }
   };
   if (plan.batch_preset == 2) {  // q8_0: ggml's roundf(x * (1/d)) * d
-    each_row([&](VF x) {
+    each_row([&](VF x, VF) {
       return FakeQuantVec<rounding_mode::rna, span_path::int_fast, span_scale::mul>(df, x, zero, g, mul, div, div,
                                                                                   false, zero, zero);
     });
   } else if (hn::AllFalse(df, hn::Eq(mul, zero))) {  // every lane's scale a power of two: exact multiply
-    each_row([&](VF x) {
-      return FakeQuantVec<kMode, kPath, span_scale::mul>(df, x, zero, g, mul, div, div, false, zero, zero);
+    each_row([&](VF x, VF u) {
+      return FakeQuantVec<kMode, kPath, span_scale::mul>(df, x, u, g, mul, div, div, false, zero, zero);
     });
   } else {
-    each_row([&](VF x) {
-      return FakeQuantVec<kMode, kPath, span_scale::div>(df, x, zero, g, mul, div, div, false, zero, zero);
+    each_row([&](VF x, VF u) {
+      return FakeQuantVec<kMode, kPath, span_scale::div>(df, x, u, g, mul, div, div, false, zero, zero);
     });
   }
   return true;
 #endif
 }
 
-// The tile path for the deterministic roundings (stochastic rounding draws by the transposed
-// element index: the caller's gathered path).
-bool FakeQuantColumnTile(const float* in, float* out, size_t cols, size_t r0, size_t r1, size_t c0,
-                         const row_plan& plan) {
+// `counters` describe the transposed tensor [cols, rows] (fake_quantize_columns).
+bool FakeQuantColumnTile(const float* in, float* out, size_t rows, size_t cols, size_t r0, size_t r1, size_t c0,
+                         const row_plan& plan, const sr_counters& counters) {
   const grid_params& g = *plan.grid;
   return WithRounding(plan.f->rounding, [&](auto mode) {
-    if constexpr (mode() == rounding_mode::sr) {
-      return false;
-    } else {
-      return WithSpanPath<mode()>(g, [&](auto path) {
-        return FakeQuantColumnTilePath<mode(), path()>(in, out, cols, r0, r1, c0, plan, g);
-      });
-    }
+    return WithSpanPath<mode()>(g, [&](auto path) {
+      return FakeQuantColumnTilePath<mode(), path()>(in, out, rows, cols, r0, r1, c0, plan, g, counters);
+    });
   });
 }
 
@@ -1348,17 +1364,18 @@ void fake_quantize_columns(const float* in, float* out, int64_t rows, int64_t co
     transpose(t.data(), cols, rows, out);
     return;
   }
-  if (!simd_covers(f) || f.gran == granularity::tensor || f.gran == granularity::none || f.named == preset::q4_0)
-    return fake_quantize_columns_ref(in, out, rows, cols, f, tensor_id, counters);
+  // The formats the SIMD path does not cover: the scalar per-value code, which is the reference.
+  if (!simd_covers(f)) return fake_quantize_columns_ref(in, out, rows, cols, f, tensor_id, counters);
   // The transposed tensor [cols, rows]: rows of `rows` elements, groups of k along them.
   const fast_call call(f, in, cols, rows, false, tensor_id);
   const int64_t k = call.plan.group_cols;
   const int64_t lanes = static_cast<int64_t>(HWY_DYNAMIC_DISPATCH(LanesF32)());
   // Tiles: the scale rules the row kernel's batches compute N at a time (per group or per
-  // column), no zero points, no draws.
+  // column), no zero points. The rest (q4_0, /t and plain casts with stochastic rounding, ...)
+  // runs the row kernel on each column's group, gathered.
   const bool tiles = (f.gran == granularity::group || f.gran == granularity::row) &&
                      (call.sctx.inline_rule != scale_context::inline_none || call.plan.batch_preset != 0) &&
-                     !call.plan.want_minmax && f.rounding != rounding_mode::sr && lanes > 1;
+                     !call.plan.want_minmax && lanes > 1;
   const int64_t col_blocks = (cols + lanes - 1) / lanes, row_groups = (rows + k - 1) / k;
 #pragma omp parallel if (rows * cols >= kParallelMinElements)
   {
@@ -1368,8 +1385,9 @@ void fake_quantize_columns(const float* in, float* out, int64_t rows, int64_t co
       const int64_t c0 = (t % col_blocks) * lanes, r0 = (t / col_blocks) * k;
       const int64_t c1 = std::min(cols, c0 + lanes), r1 = std::min(rows, r0 + k);
       if (tiles && c1 - c0 == lanes &&
-          HWY_DYNAMIC_DISPATCH(FakeQuantColumnTile)(in, out, static_cast<size_t>(cols), static_cast<size_t>(r0),
-                                                    static_cast<size_t>(r1), static_cast<size_t>(c0), call.plan))
+          HWY_DYNAMIC_DISPATCH(FakeQuantColumnTile)(in, out, static_cast<size_t>(rows), static_cast<size_t>(cols),
+                                                    static_cast<size_t>(r0), static_cast<size_t>(r1),
+                                                    static_cast<size_t>(c0), call.plan, counters))
         continue;
       // The row kernel on each column's group, gathered: element (r, c) is element (c, r) of the
       // transposed tensor (its stochastic-rounding counter: counters.of(c, rows) + r).

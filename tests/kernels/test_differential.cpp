@@ -219,7 +219,8 @@ TEST(Differential, ColumnGroupsEqualTheTransposedReference) {
       "mxfp4", "mxfp8_e5m2", "mxint8", "nvfp4", "nf4", "q8_0", "q4_0", "int8/c", "int4/g128", "int4/g9",
       "uint4/g16", "e4m3fn/t", "e4m3fn/c", "e5m2/g32", "e4m3fn/g32", "e2m1/g32~sr", "e2m1/g16:e4m3",
       "int4/g32:fp16", "e2m1/g32:e8m0@rceil", "e3m2/g7:bf16~rtz", "int4/g32:pow2", "uint4/g32@mse",
-      "pow0.5(int4/g32)", "nvfp4~sr", "e4m3fn/g17:e8m0~down", "e5m2/c~rna", "bf16", "e4m3fn~odd", "q4_k", "q6_k"};
+      "pow0.5(int4/g32)", "nvfp4~sr", "e4m3fn/g17:e8m0~down", "e5m2/c~rna", "bf16", "e4m3fn~odd", "q4_k", "q6_k",
+      "mxfp4~sr:9", "e4m3fn/c~sr", "int8/t~sr", "e2m1~sr:2"};
   int cases = 0;
   for (const auto& t : simd_targets()) {
     force_simd_target(t.first);
