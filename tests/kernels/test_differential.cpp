@@ -309,10 +309,10 @@ TEST(Differential, RowShardsDrawWhatTheWholeTensorDraws) {
       const float* xs = x.data() + r0 * cols;
       for (bool ref : {false, true}) {
         if (ref) {
-          fake_quantize_ref(xs, part.data(), r1 - r0, cols, f, 5, {uint64_t(r0 * cols), -1});
+          fake_quantize_ref(xs, part.data(), r1 - r0, cols, f, 5, {uint64_t(r0 * cols), sr_counters::kOwnRowLength});
           fake_quantize_columns_ref(xs, part_cols.data(), r1 - r0, cols, f, 5, {uint64_t(r0), rows});
         } else {
-          fake_quantize(xs, part.data(), r1 - r0, cols, f, 5, {uint64_t(r0 * cols), -1});
+          fake_quantize(xs, part.data(), r1 - r0, cols, f, 5, {uint64_t(r0 * cols), sr_counters::kOwnRowLength});
           fake_quantize_columns(xs, part_cols.data(), r1 - r0, cols, f, 5, {uint64_t(r0), rows});
         }
         for (size_t i = 0; i < part.size(); ++i) {
@@ -343,8 +343,8 @@ TEST(Differential, StochasticCountersCarryIntoTheHighWord) {
       const format f = parse_format(spec);
       for (uint64_t base : {(uint64_t{1} << 34) - 48, (uint64_t{1} << 34) - 300, (uint64_t{7} << 34) - 4}) {
         std::vector<float> ref(x.size()), fast(x.size());
-        fake_quantize_ref(x.data(), ref.data(), rows, cols, f, 11, {base, -1});
-        fake_quantize(x.data(), fast.data(), rows, cols, f, 11, {base, -1});
+        fake_quantize_ref(x.data(), ref.data(), rows, cols, f, 11, {base, sr_counters::kOwnRowLength});
+        fake_quantize(x.data(), fast.data(), rows, cols, f, 11, {base, sr_counters::kOwnRowLength});
         for (size_t i = 0; i < x.size(); ++i)
           ASSERT_TRUE(same(ref[i], fast[i])) << spec << " base " << base << " index " << i << " target " << t.second;
       }
