@@ -30,21 +30,7 @@ namespace {
 constexpr char kMagic[4] = {'G', 'G', 'U', 'F'};
 constexpr int kQK = 32;  // elements per Q8_0 / Q4_0 / MXFP4 block
 
-// ggml's K-quant blocks (ggml-common.h block_q4_K / block_q6_K, QK_K = 256), little-endian.
-struct block_q4_k {
-  uint16_t d;                       // fp16 super-block scale of the sub-block scales
-  uint16_t dmin;                    // fp16 super-block scale of the sub-block mins
-  uint8_t scales[12];               // 8 x (6-bit scale sc_j, 6-bit min m_j), get_scale_min_k4's packing
-  uint8_t qs[kSuperBlock / 2];      // 4-bit q: per 64 values, byte l = value l | value l + 32 << 4
-};
-static_assert(sizeof(block_q4_k) == 144, "block_q4_K is 144 bytes");
-struct block_q6_k {
-  uint8_t ql[kSuperBlock / 2];      // low 4 bits of q: per 128 values, ql[l] = l | l + 64 << 4, ql[l + 32] = l + 32 | l + 96 << 4
-  uint8_t qh[kSuperBlock / 4];      // high 2 bits of q: per 128 values, qh[l] = l, l + 32, l + 64, l + 96 at bits 0, 2, 4, 6
-  int8_t scales[kSuperBlock / 16];  // int8 sub-block scales sc_j (sub-blocks of 16)
-  uint16_t d;                       // fp16 super-block scale
-};
-static_assert(sizeof(block_q6_k) == 210, "block_q6_K is 210 bytes");
+// ggml's K-quant blocks: block_q4_k / block_q6_k (kernels/kquant.hpp).
 constexpr int kQ4KBytes = sizeof(block_q4_k);
 constexpr int kQ6KBytes = sizeof(block_q6_k);
 

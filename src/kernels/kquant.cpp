@@ -10,7 +10,6 @@
 #include <fmt/format.h>
 
 #include "lowbit/error.hpp"
-#include "lowbit/kernels/element_ops.hpp"
 #include "lowbit/kernels/quantize.hpp"
 
 namespace lowbit {
@@ -29,12 +28,6 @@ int ggml_nearest_int(float v) {
 namespace {
 
 constexpr float kGroupMaxEps = 1e-15f;  // ggml's GROUP_MAX_EPS
-
-// GGML_FP32_TO_FP16 then GGML_FP16_TO_FP32: RNE onto IEEE binary16, overflow to Inf. `half` is
-// the format's scale element (parse_format's ggml fp16).
-float ggml_fp16_round(const element_format& half, float v) {
-  return decode_ref(half, encode_ref(half, v, rounding_mode::rne));
-}
 
 // make_qkx2_quants (ggml-quants.c) for q4_k's sub-blocks: the weighted least-squares fit of
 // x ~ scale * L + min with L in 0..nmax, min <= 0, trying iscale = (rmin + rdelta * is + nmax) /
@@ -181,8 +174,8 @@ void quantize_q4_k(const element_format& half, const float* x, kquant_block* b) 
     b->sc[j] = std::min<int32_t>(63, ls);
     b->m[j] = std::min<int32_t>(63, lm);
   }
-  b->d = ggml_fp16_round(half, max_scale / 63.0f);
-  b->dmin = ggml_fp16_round(half, max_min / 63.0f);
+  b->d = round_ggml_fp16(half, max_scale / 63.0f);
+  b->dmin = round_ggml_fp16(half, max_min / 63.0f);
   // The codes again with the stored (rounded) scales; a sub-block whose scale is 0 keeps the
   // codes of its fit (its values are -dmin * m whatever the code).
   for (int j = 0; j < kSubs; ++j) {
@@ -215,7 +208,7 @@ void quantize_q6_k(const element_format& half, const float* x, kquant_block* b) 
   }
   // int8 codes of the sub-block scales: the largest in magnitude becomes -128.
   const float iscale = -128.0f / max_scale;
-  b->d = ggml_fp16_round(half, 1 / iscale);
+  b->d = round_ggml_fp16(half, 1 / iscale);
   for (int j = 0; j < kSubs; ++j) b->sc[j] = static_cast<int8_t>(std::min(127, ggml_nearest_int(iscale * scales[j])));
   for (int j = 0; j < kSubs; ++j) {
     const float d = b->d * static_cast<float>(b->sc[j]);
@@ -241,7 +234,6 @@ void kquant_quantize_block(const format& f, const float* x, int64_t n, kquant_bl
   *out = kquant_block{};
   if (nonfinite) {  // CONVENTIONS 4: the super-block's scales are NaN, its lowbit codes 0
     out->d = out->dmin = canonical_nan();
-    out->nonfinite = true;
     if (f.named == preset::q6_k) std::fill(out->q, out->q + kSuperBlock, uint8_t{32});  // q - 32 = 0
     return;
   }
@@ -266,6 +258,77 @@ group_scale kquant_stored_scale(const quantized_tensor& q, int64_t r, int64_t c)
   const float* ss = q.super_scales.data() + (r * kquant_super_blocks_per_row(q.cols) + c / kSuperBlock) * nss;
   return kquant_sub_scale(q.fmt, ss[0], nss > 1 ? ss[1] : 0.0f, static_cast<int32_t>(q.scale_at(r, c)),
                           q.zero_point_at(r, c));
+}
+
+namespace {
+
+// ggml's dequantize_row_q4_K: y = d1 * q - m1, d1 = d * sc and m1 = dmin * m (gs.scale, gs.offset).
+float q4_k_value(const group_scale& gs, uint32_t q) { return gs.scale * static_cast<float>(q) - gs.offset; }
+// ggml's dequantize_row_q6_K: y = d * sc * (q - 32), d * sc first (gs.scale); v = q - 32.
+float q6_k_value(const group_scale& gs, int32_t v) { return gs.scale * static_cast<float>(v); }
+
+}  // namespace
+
+void kquant_fake_quantize_rows(const format& f, const float* in, float* out, int64_t cols, int64_t r0, int64_t r1) {
+  const int64_t sub = f.group_size;
+  const bool q4 = f.named == preset::q4_k;
+  kquant_block b;
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t c0 = 0; c0 < cols; c0 += kSuperBlock) {
+      const int64_t n = std::min<int64_t>(kSuperBlock, cols - c0);
+      kquant_quantize_block(f, in + r * cols + c0, n, &b);  // reads its n values before y is written
+      float* y = out + r * cols + c0;
+      for (int64_t j = 0; j * sub < n; ++j) {
+        const group_scale gs = kquant_sub_scale(f, b.d, b.dmin, b.sc[j], b.m[j]);
+        const int64_t i0 = j * sub, i1 = std::min(n, i0 + sub);
+        if (gs.nonfinite) {
+          std::fill(y + i0, y + i1, canonical_nan());
+          continue;
+        }
+        if (q4)
+          for (int64_t i = i0; i < i1; ++i) y[i] = q4_k_value(gs, b.q[i]);
+        else
+          for (int64_t i = i0; i < i1; ++i) y[i] = q6_k_value(gs, static_cast<int32_t>(b.q[i]) - 32);
+      }
+    }
+  }
+}
+
+void kquant_dequantize_rows(const quantized_tensor& q, int64_t r0, int64_t r1, float* out) {
+  const format& f = q.fmt;
+  const bool q4 = f.named == preset::q4_k;
+  const int64_t sub = f.group_size, gpr = q.groups_per_row();
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* codes = q.codes.data() + r * q.row_bytes;
+    float* y = out + r * q.cols;
+    for (int64_t g = 0; g < gpr; ++g) {
+      const int64_t c0 = g * sub, c1 = std::min(q.cols, c0 + sub);
+      const group_scale gs = kquant_stored_scale(q, r, c0);  // once per sub-block
+      if (gs.nonfinite) {
+        std::fill(y + c0, y + c1, canonical_nan());
+        continue;
+      }
+      int64_t c = c0;
+      if (q4) {  // 4-bit q, two a byte, low nibble first
+        for (; c < c1; ++c) y[c] = q4_k_value(gs, (codes[c >> 1] >> ((c & 1) * 4)) & 15u);
+        continue;
+      }
+      // 6-bit two's complement of q - 32, four in three bytes (a sub-block of 16 starts on a byte).
+      auto value = [&](uint32_t code) { return q6_k_value(gs, static_cast<int32_t>(code ^ 32u) - 32); };
+      for (; c + 4 <= c1; c += 4) {
+        const uint8_t* p = codes + c / 4 * 3;
+        const uint32_t w = p[0] | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16);
+        for (int k = 0; k < 4; ++k) y[c + k] = value((w >> (6 * k)) & 63u);
+      }
+      for (; c < c1; ++c) {  // a partial sub-block's last codes: no byte past the row is read
+        const int64_t bit = 6 * c;
+        const int sh = static_cast<int>(bit & 7);
+        uint32_t v = codes[bit >> 3] >> sh;
+        if (sh > 2) v |= uint32_t{codes[(bit >> 3) + 1]} << (8 - sh);
+        y[c] = value(v & 63u);
+      }
+    }
+  }
 }
 
 void kquant_quantize_rows(const float* x, int64_t r0, int64_t r1, quantized_tensor& q) {

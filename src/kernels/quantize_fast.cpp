@@ -25,6 +25,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -551,6 +552,50 @@ span_path path_of(const grid_params& g) {
   return span_path::generic;
 }
 
+// fn(mode), mode a std::integral_constant of the rounding m: the one switch from a runtime
+// rounding to the kernels' template parameter.
+template <class Fn>
+HWY_INLINE decltype(auto) WithRounding(rounding_mode m, Fn&& fn) {
+  using R = rounding_mode;
+  switch (m) {
+    case R::rne: return fn(std::integral_constant<R, R::rne>{});
+    case R::rna: return fn(std::integral_constant<R, R::rna>{});
+    case R::rtz: return fn(std::integral_constant<R, R::rtz>{});
+    case R::up: return fn(std::integral_constant<R, R::up>{});
+    case R::down: return fn(std::integral_constant<R, R::down>{});
+    case R::odd: return fn(std::integral_constant<R, R::odd>{});
+    case R::sr: break;
+  }
+  return fn(std::integral_constant<R, R::sr>{});
+}
+
+// fn(path), path a std::integral_constant of path_of<kMode>(g): the one switch from a span path to
+// the kernels' template parameter, instantiating only the pairs (kMode, path) that path_of returns.
+template <rounding_mode kMode, class Fn>
+HWY_INLINE decltype(auto) WithSpanPath(const grid_params& g, Fn&& fn) {
+  using P = span_path;
+  constexpr bool rne = kMode == rounding_mode::rne;
+  switch (path_of<kMode>(g)) {
+    case P::table:
+      if constexpr (rne) return fn(std::integral_constant<P, P::table>{});
+      break;
+    case P::int_fast:
+      if constexpr (rne || kMode == rounding_mode::rna) return fn(std::integral_constant<P, P::int_fast>{});
+      break;
+    case P::rne_fast:
+      if constexpr (rne) return fn(std::integral_constant<P, P::rne_fast>{});
+      break;
+    case P::e8_fast:
+      if constexpr (rne) return fn(std::integral_constant<P, P::e8_fast>{});
+      break;
+    case P::sr_fast:
+      if constexpr (kMode == rounding_mode::sr) return fn(std::integral_constant<P, P::sr_fast>{});
+      break;
+    case P::generic: break;
+  }
+  return fn(std::integral_constant<P, P::generic>{});
+}
+
 // Group statistics: amax as the max of |x| bit patterns (exact, NaN-safe), and min/max.
 // finite_only: ignore NaN/Inf (nvfp4's tensor amax).
 HWY_INLINE void GroupStatsT(const float* HWY_RESTRICT x, size_t n, bool want_minmax, bool finite_only, simd_stats* st) {
@@ -608,16 +653,24 @@ HWY_INLINE VI MaxOfLanesBatch(DI di, VI* v, size_t count) {
   return v[0];
 }
 
-// The amax bits of N consecutive groups of k starting at p: lane j is group j's.
-HWY_INLINE VI BatchGroupAmax(DI di, const float* p, size_t k, VI* partial) {
+// The amax bits of N consecutive groups of k starting at p: lane j is group j's. kFinite: also
+// max the finite |x| bits into *finite (lane-wise), from the same loads.
+template <bool kFinite = false>
+HWY_INLINE VI BatchGroupAmax(DI di, const float* p, size_t k, VI* partial, VI* finite = nullptr) {
   const DF df;
   const size_t N = hn::Lanes(df);
   const VI abs_mask = hn::Set(di, 0x7fffffff);
+  const VI inf_bits = hn::Set(di, 0x7f800000);
+  auto add = [&](VI& m, VF v) {
+    const VI a = hn::And(hn::BitCast(di, v), abs_mask);
+    m = hn::Max(m, a);
+    if constexpr (kFinite) *finite = hn::Max(*finite, hn::IfThenElseZero(hn::Lt(a, inf_bits), a));
+  };
   for (size_t j = 0; j < N; ++j, p += k) {
     VI m = hn::Zero(di);
     size_t i = 0;
-    for (; i + N <= k; i += N) m = hn::Max(m, hn::And(hn::BitCast(di, hn::LoadU(df, p + i)), abs_mask));
-    if (i < k) m = hn::Max(m, hn::And(hn::BitCast(di, LoadTail(df, p + i, k - i)), abs_mask));
+    for (; i + N <= k; i += N) add(m, hn::LoadU(df, p + i));
+    if (i < k) add(m, LoadTail(df, p + i, k - i));
     partial[j] = m;
   }
   return MaxOfLanesBatch(di, partial, N);
@@ -766,7 +819,6 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
     row_job job = detail::make_job(f, g, group_scale{}, plan.unscaled);
     job.stream = plan.stream;
     job.prefetch_ahead = plan.stream ? 1024 : 0;
-    const VI abs_mask = hn::Set(di, 0x7fffffff);
     for (; c0 + N * k <= cols; c0 += N * k, gi += N) {
       const VI amax_bits = group_amax ? hn::LoadU(di, group_amax + gi) : BatchGroupAmax(di, x + c0, k, partial);
       if (plan.batch_preset == 0) {
@@ -836,36 +888,6 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
   }
 }
 
-template <rounding_mode kMode>
-void FakeQuantRowT(const float* x, float* y, size_t cols, const row_plan& plan, uint64_t index0,
-                   float* scales, int32_t* zero_points, const int32_t* group_amax) {
-  const grid_params& g = *plan.grid;
-  switch (path_of<kMode>(g)) {
-    case span_path::table:
-      if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantRowPath<kMode, span_path::table>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
-      break;
-    case span_path::int_fast:
-      if constexpr (kMode == rounding_mode::rne || kMode == rounding_mode::rna)
-        return FakeQuantRowPath<kMode, span_path::int_fast>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
-      break;
-    case span_path::rne_fast:
-      if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantRowPath<kMode, span_path::rne_fast>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
-      break;
-    case span_path::e8_fast:
-      if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantRowPath<kMode, span_path::e8_fast>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
-      break;
-    case span_path::sr_fast:
-      if constexpr (kMode == rounding_mode::sr)
-        return FakeQuantRowPath<kMode, span_path::sr_fast>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
-      break;
-    case span_path::generic: break;
-  }
-  FakeQuantRowPath<kMode, span_path::generic>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
-}
-
 void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, uint64_t index0,
                   float* scales, int32_t* zero_points, const int32_t* group_amax) {
   struct flush_at_exit {  // non-temporal stores must be fenced before others read the output
@@ -874,15 +896,12 @@ void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, u
       if (on) hwy::FlushStream();
     }
   } flush{plan.stream};
-  switch (plan.f->rounding) {
-    case rounding_mode::rne: return FakeQuantRowT<rounding_mode::rne>(x, y, cols, plan, index0, scales, zero_points, group_amax);
-    case rounding_mode::rna: return FakeQuantRowT<rounding_mode::rna>(x, y, cols, plan, index0, scales, zero_points, group_amax);
-    case rounding_mode::rtz: return FakeQuantRowT<rounding_mode::rtz>(x, y, cols, plan, index0, scales, zero_points, group_amax);
-    case rounding_mode::up: return FakeQuantRowT<rounding_mode::up>(x, y, cols, plan, index0, scales, zero_points, group_amax);
-    case rounding_mode::down: return FakeQuantRowT<rounding_mode::down>(x, y, cols, plan, index0, scales, zero_points, group_amax);
-    case rounding_mode::odd: return FakeQuantRowT<rounding_mode::odd>(x, y, cols, plan, index0, scales, zero_points, group_amax);
-    case rounding_mode::sr: return FakeQuantRowT<rounding_mode::sr>(x, y, cols, plan, index0, scales, zero_points, group_amax);
-  }
+  const grid_params& g = *plan.grid;
+  WithRounding(plan.f->rounding, [&](auto mode) {
+    WithSpanPath<mode()>(g, [&](auto path) {
+      FakeQuantRowPath<mode(), path()>(x, y, cols, plan, g, index0, scales, zero_points, group_amax);
+    });
+  });
 }
 
 // ---- groups along rows (fake_quantize_columns) ---------------------------------------------------
@@ -890,15 +909,19 @@ void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, u
 // lane-wise max over the rows (no horizontal reduction), the N scales one vectorised computation
 // (BatchScales / BatchScalesPreset, as the row kernel's batches), then every row vector is rounded
 // under its lanes' scales. Returns false (the caller takes the gathered per-column path) when a
-// scale needs the general code (zero, subnormal or non-finite amax, ...).
+// scale needs the general code (zero, subnormal or non-finite amax, ...). Stochastic rounding:
+// element (r, c) draws the transposed tensor's counter counters.of(c, rows) + r; each column's
+// draws for [r0, r1) are made in one run and each row vector gathers its lanes' words.
 template <rounding_mode kMode, span_path kPath>
-HWY_NOINLINE bool FakeQuantColumnTilePath(const float* in, float* out, size_t cols, size_t r0, size_t r1, size_t c0,
-                                          const row_plan& plan, const grid_params g) {
+HWY_NOINLINE bool FakeQuantColumnTilePath(const float* in, float* out, size_t rows, size_t cols, size_t r0, size_t r1,
+                                          size_t c0, const row_plan& plan, const grid_params g,
+                                          const sr_counters& counters) {
 #if HWY_TARGET == HWY_SCALAR
   return false;
 #else
   const DF df;
   const DI di;
+  const size_t N = hn::Lanes(df);
   const VI abs_mask = hn::Set(di, 0x7fffffff);
   VI m = hn::Zero(di);
   for (size_t r = r0; r < r1; ++r) m = hn::Max(m, hn::And(hn::BitCast(di, hn::LoadU(df, in + r * cols + c0)), abs_mask));
@@ -911,91 +934,79 @@ HWY_NOINLINE bool FakeQuantColumnTilePath(const float* in, float* out, size_t co
     return false;
   }
   const VF div = hn::Load(df, scale), mul = hn::Load(df, mult), zero = hn::Zero(df);
+  // sr: words[j * n + i] is the draw of element (r0 + i, c0 + j).
+  const size_t n = r1 - r0;
+  thread_local std::vector<uint32_t> words;
+  if constexpr (kMode == rounding_mode::sr) {
+    words.resize(N * n);
+    for (size_t j = 0; j < N; ++j)
+      random_words(plan.rng_seed, plan.rng_tensor_id, counters.of(static_cast<int64_t>(c0 + j), static_cast<int64_t>(rows)) + r0,
+                   n, words.data() + j * n);
+  }
+  const VI lane_offsets = hn::Mul(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(n)));
   auto each_row = [&](auto quantize_vec) {
-    for (size_t r = r0; r < r1; ++r) hn::StoreU(quantize_vec(hn::LoadU(df, in + r * cols + c0)), df, out + r * cols + c0);
+    for (size_t r = r0; r < r1; ++r) {
+      VF u = zero;
+      if constexpr (kMode == rounding_mode::sr) {  // UniformFromWords of the gathered words
+        const VI w = hn::GatherIndex(di, reinterpret_cast<const int32_t*>(words.data() + (r - r0)), lane_offsets);
+        u = hn::Mul(hn::ConvertTo(df, hn::BitCast(di, hn::ShiftRight<8>(hn::BitCast(DU(), w)))), hn::Set(df, 0x1p-24f));
+      }
+      hn::StoreU(quantize_vec(hn::LoadU(df, in + r * cols + c0), u), df, out + r * cols + c0);
+    }
   };
   if (plan.batch_preset == 2) {  // q8_0: ggml's roundf(x * (1/d)) * d
-    each_row([&](VF x) {
+    each_row([&](VF x, VF) {
       return FakeQuantVec<rounding_mode::rna, span_path::int_fast, span_scale::mul>(df, x, zero, g, mul, div, div,
                                                                                   false, zero, zero);
     });
   } else if (hn::AllFalse(df, hn::Eq(mul, zero))) {  // every lane's scale a power of two: exact multiply
-    each_row([&](VF x) {
-      return FakeQuantVec<kMode, kPath, span_scale::mul>(df, x, zero, g, mul, div, div, false, zero, zero);
+    each_row([&](VF x, VF u) {
+      return FakeQuantVec<kMode, kPath, span_scale::mul>(df, x, u, g, mul, div, div, false, zero, zero);
     });
   } else {
-    each_row([&](VF x) {
-      return FakeQuantVec<kMode, kPath, span_scale::div>(df, x, zero, g, mul, div, div, false, zero, zero);
+    each_row([&](VF x, VF u) {
+      return FakeQuantVec<kMode, kPath, span_scale::div>(df, x, u, g, mul, div, div, false, zero, zero);
     });
   }
   return true;
 #endif
 }
 
-template <rounding_mode kMode>
-bool FakeQuantColumnTileT(const float* in, float* out, size_t cols, size_t r0, size_t r1, size_t c0,
-                          const row_plan& plan) {
+// `counters` describe the transposed tensor [cols, rows] (fake_quantize_columns).
+bool FakeQuantColumnTile(const float* in, float* out, size_t rows, size_t cols, size_t r0, size_t r1, size_t c0,
+                         const row_plan& plan, const sr_counters& counters) {
   const grid_params& g = *plan.grid;
-  switch (path_of<kMode>(g)) {
-    case span_path::table:
-      if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantColumnTilePath<kMode, span_path::table>(in, out, cols, r0, r1, c0, plan, g);
-      break;
-    case span_path::int_fast:
-      if constexpr (kMode == rounding_mode::rne || kMode == rounding_mode::rna)
-        return FakeQuantColumnTilePath<kMode, span_path::int_fast>(in, out, cols, r0, r1, c0, plan, g);
-      break;
-    case span_path::rne_fast:
-      if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantColumnTilePath<kMode, span_path::rne_fast>(in, out, cols, r0, r1, c0, plan, g);
-      break;
-    case span_path::e8_fast:
-      if constexpr (kMode == rounding_mode::rne)
-        return FakeQuantColumnTilePath<kMode, span_path::e8_fast>(in, out, cols, r0, r1, c0, plan, g);
-      break;
-    default: break;
-  }
-  return FakeQuantColumnTilePath<kMode, span_path::generic>(in, out, cols, r0, r1, c0, plan, g);
-}
-
-// The tile path for the deterministic roundings (stochastic rounding draws by the transposed
-// element index: the caller's gathered path).
-bool FakeQuantColumnTile(const float* in, float* out, size_t cols, size_t r0, size_t r1, size_t c0,
-                         const row_plan& plan) {
-  switch (plan.f->rounding) {
-    case rounding_mode::rne: return FakeQuantColumnTileT<rounding_mode::rne>(in, out, cols, r0, r1, c0, plan);
-    case rounding_mode::rna: return FakeQuantColumnTileT<rounding_mode::rna>(in, out, cols, r0, r1, c0, plan);
-    case rounding_mode::rtz: return FakeQuantColumnTileT<rounding_mode::rtz>(in, out, cols, r0, r1, c0, plan);
-    case rounding_mode::up: return FakeQuantColumnTileT<rounding_mode::up>(in, out, cols, r0, r1, c0, plan);
-    case rounding_mode::down: return FakeQuantColumnTileT<rounding_mode::down>(in, out, cols, r0, r1, c0, plan);
-    case rounding_mode::odd: return FakeQuantColumnTileT<rounding_mode::odd>(in, out, cols, r0, r1, c0, plan);
-    case rounding_mode::sr: return false;
-  }
-  return false;
+  return WithRounding(plan.f->rounding, [&](auto mode) {
+    return WithSpanPath<mode()>(g, [&](auto path) {
+      return FakeQuantColumnTilePath<mode(), path()>(in, out, rows, cols, r0, r1, c0, plan, g, counters);
+    });
+  });
 }
 
 size_t LanesF32() { return hn::Lanes(DF()); }
 
-// nvfp4's first pass over a row: the amax bits of each group of k (for the second pass's batches:
-// they need not read the groups again) and the row's finite amax (the tensor scale). One read of
-// the data, which memory bounds anyway.
+// nvfp4's first pass over a row: the row's finite amax (the tensor scale) and the amax bits of
+// the groups of k in whole batches of N (the second pass's batches read those instead of the
+// groups; its per-group tail takes its own statistics). One read of the data.
 void GroupAmaxRow(const float* HWY_RESTRICT x, size_t cols, size_t k, int32_t* HWY_RESTRICT group_amax,
                   uint32_t* finite_amax_bits) {
-  simd_stats st;
-  GroupStatsT(x, cols, false, true, &st);
-  *finite_amax_bits = st.amax_bits;
-  size_t c0 = 0, g = 0;
+  size_t c0 = 0;
+  uint32_t finite = 0;
 #if HWY_TARGET != HWY_SCALAR
   const DI di;
   const size_t N = hn::Lanes(di);
   VI partial[hn::MaxLanes(DI())];
-  for (; c0 + N * k <= cols; c0 += N * k, g += N) hn::StoreU(BatchGroupAmax(di, x + c0, k, partial), di, group_amax + g);
+  VI finite_v = hn::Zero(di);
+  for (size_t g = 0; c0 + N * k <= cols; c0 += N * k, g += N)
+    hn::StoreU(BatchGroupAmax<true>(di, x + c0, k, partial, &finite_v), di, group_amax + g);
+  finite = static_cast<uint32_t>(hn::GetLane(hn::MaxOfLanes(di, finite_v)));
 #endif
-  for (; c0 < cols; c0 += k, ++g) {
-    simd_stats gs;
-    GroupStatsT(x + c0, std::min(k, cols - c0), false, false, &gs);
-    group_amax[g] = static_cast<int32_t>(gs.amax_bits);
+  if (c0 < cols) {
+    simd_stats st;
+    GroupStatsT(x + c0, cols - c0, false, true, &st);
+    finite = std::max(finite, st.amax_bits);
   }
+  *finite_amax_bits = finite;
 }
 
 void GroupStats(const float* HWY_RESTRICT x, size_t n, bool want_minmax, bool finite_only, simd_stats* st) {
@@ -1172,6 +1183,18 @@ bool simd_covers(const format& f) {
 // the work (and on a loaded machine a spinning team can cost a scheduler slice per call).
 constexpr int64_t kParallelMinElements = int64_t{1} << 15;
 
+// fn(r0, r1) on blocks of consecutive rows of a [rows, cols] tensor, one block per thread (the
+// calling thread alone below kParallelMinElements): the row kernels that run scalar code.
+template <class Fn>
+void for_row_blocks(int64_t rows, int64_t cols, Fn&& fn) {
+#pragma omp parallel if (rows * cols >= kParallelMinElements)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t per = (rows + nt - 1) / nt, r0 = std::min(rows, t * per), r1 = std::min(rows, r0 + per);
+    if (r1 > r0) fn(r0, r1);
+  }
+}
+
 // Statistics of the whole tensor, threaded (for /t, and nvfp4's finite amax).
 group_stats tensor_stats_fast(const float* x, int64_t n, bool want_minmax, bool finite_only) {
   const int nt = n >= kParallelMinElements ? omp_get_max_threads() : 1;
@@ -1203,8 +1226,9 @@ struct fast_call {
   scale_context sctx;
   row_plan plan;
   // nvfp4 on its rows' own layout (keep_group_amax): the first pass (the tensor's finite amax)
-  // also keeps every group's amax, row r's at group_amax + r * amax_per_row, so that the second
-  // pass does not take them again.
+  // also keeps the amax of the groups in its whole batches, row r's at group_amax + r *
+  // amax_per_row, so that the second pass's batches do not take them again (the entries of a
+  // row's last groups, which the second pass takes one at a time, are left unwritten).
   const int32_t* group_amax = nullptr;
   int64_t amax_per_row = 0;
   const int32_t* group_amax_of(int64_t r) const { return group_amax ? group_amax + r * amax_per_row : nullptr; }
@@ -1225,7 +1249,7 @@ struct fast_call {
     plan.batch = f.gran == granularity::group && f.group_size <= 512 &&
                  (sctx.inline_rule != scale_context::inline_none || plan.batch_preset != 0);
     plan.tensor_scale = 1.0f;
-    if (f.named == preset::nvfp4 && keep_group_amax && plan.batch) {
+    if (f.named == preset::nvfp4 && keep_group_amax) {  // (nvfp4's groups of 16 always batch)
       thread_local std::vector<int32_t> amax_buffer;  // reused by the calls of a thread
       amax_per_row = groups_per_row(f, cols);
       amax_buffer.resize(static_cast<size_t>(rows * amax_per_row));
@@ -1280,55 +1304,19 @@ void random_words(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t coun
   if (i < end) partial(i >> 2, i, end);
 }
 
-// K-quants (kquant.hpp): rows in parallel, each through the scalar per-super-block code that the
-// reference runs too (the super-block searches are sequential; SIMD would not change the bits).
-namespace {
-
-void kquant_dequantize_rows(const quantized_tensor& q, int64_t r0, int64_t r1, float* out) {
-  const format& f = q.fmt;
-  const int64_t gpr = q.groups_per_row(), k = f.group_size;
-  std::vector<uint32_t> codes(static_cast<size_t>(q.cols));
-  for (int64_t r = r0; r < r1; ++r) {
-    unpack_codes(q.codes.data() + r * q.row_bytes, q.cols, f.element.bits, codes.data());
-    float* y = out + (r - r0) * q.cols;
-    for (int64_t g = 0; g < gpr; ++g) {
-      const group_scale gs = kquant_stored_scale(q, r, g * k);  // once per sub-block
-      for (int64_t c = g * k; c < std::min(q.cols, (g + 1) * k); ++c)
-        y[c] = dequantize_value_ref(f, codes[static_cast<size_t>(c)], gs);
-    }
-  }
-}
-
-}  // namespace
-
 void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id,
                    sr_counters counters) {
   if (use_ref() || rows < 0 || cols < 0) return fake_quantize_ref(in, out, rows, cols, f, tensor_id, counters);
-  if (is_kquant(f)) {  // a block of rows per thread: quantize, then dequantize in place
-#pragma omp parallel if (rows * cols >= kParallelMinElements)
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      const int64_t per = (rows + nt - 1) / nt, r0 = std::min(rows, t * per), r1 = std::min(rows, r0 + per);
-      if (r1 > r0) {
-        quantized_tensor q = quantized_tensor::allocate(f, r1 - r0, cols);
-        kquant_quantize_rows(in + r0 * cols, 0, r1 - r0, q);
-        kquant_dequantize_rows(q, 0, r1 - r0, out + r0 * cols);
-      }
-    }
-    return;
-  }
+  if (is_kquant(f))  // ggml's super-block searches (scalar, kquant.cpp), straight to values
+    return for_row_blocks(rows, cols, [&](int64_t r0, int64_t r1) { kquant_fake_quantize_rows(f, in, out, cols, r0, r1); });
   if (!simd_covers(f)) {
     // Explicit scalar fallback (power maps, LUT with directed/stochastic rounding, mse/percentile
     // rules): the reference, a block of rows per thread. Scales over the whole tensor would be
     // read while other threads write in place: those run the reference on one thread.
     if (f.gran == granularity::tensor || f.named == preset::nvfp4) return fake_quantize_ref(in, out, rows, cols, f, tensor_id, counters);
-#pragma omp parallel if (rows * cols >= kParallelMinElements)
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      const int64_t per = (rows + nt - 1) / nt, r0 = std::min(rows, t * per), r1 = std::min(rows, r0 + per);
-      if (r1 > r0) fake_quantize_rows_ref(in, out, rows, cols, r0, r1, f, tensor_id, counters);
-    }
-    return;
+    return for_row_blocks(rows, cols, [&](int64_t r0, int64_t r1) {
+      fake_quantize_rows_ref(in, out, rows, cols, r0, r1, f, tensor_id, counters);
+    });
   }
   fast_call call(f, in, rows, cols, false, tensor_id, /*keep_group_amax=*/true);
   // Outputs larger than the caches go around them (no read-for-ownership of the destination).
@@ -1346,6 +1334,22 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
   }
 }
 
+namespace {
+
+// dst [cols, rows] = src [rows, cols]^T, tiles of 32 x 32 (dst != src).
+void transpose(const float* src, int64_t rows, int64_t cols, float* dst) {
+  constexpr int64_t kTile = 32;
+  const int64_t row_tiles = (rows + kTile - 1) / kTile, col_tiles = (cols + kTile - 1) / kTile;
+#pragma omp parallel for schedule(static) if (rows * cols >= kParallelMinElements)
+  for (int64_t t = 0; t < row_tiles * col_tiles; ++t) {
+    const int64_t r0 = t / col_tiles * kTile, c0 = t % col_tiles * kTile;
+    for (int64_t c = c0; c < std::min(cols, c0 + kTile); ++c)
+      for (int64_t r = r0; r < std::min(rows, r0 + kTile); ++r) dst[c * rows + r] = src[r * cols + c];
+  }
+}
+
+}  // namespace
+
 void fake_quantize_columns(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
                            uint64_t tensor_id, sr_counters counters) {
   if (use_ref() || rows < 0 || cols < 0) return fake_quantize_columns_ref(in, out, rows, cols, f, tensor_id, counters);
@@ -1353,18 +1357,25 @@ void fake_quantize_columns(const float* in, float* out, int64_t rows, int64_t co
   // One scale for every element, no draws: the values do not depend on the layout.
   if ((f.gran == granularity::tensor || f.gran == granularity::none) && f.rounding != rounding_mode::sr)
     return fake_quantize(in, out, rows, cols, f, tensor_id);
-  if (!simd_covers(f) || f.gran == granularity::tensor || f.gran == granularity::none || f.named == preset::q4_0 ||
-      is_kquant(f))  // (K-quants: ggml's searches over a super-block, not the row kernel)
-    return fake_quantize_columns_ref(in, out, rows, cols, f, tensor_id, counters);
+  if (is_kquant(f)) {  // ggml's searches run along super-blocks of 256: on an explicit transpose
+    std::vector<float> t(static_cast<size_t>(rows * cols));
+    transpose(in, rows, cols, t.data());
+    fake_quantize(t.data(), t.data(), cols, rows, f, tensor_id, counters);
+    transpose(t.data(), cols, rows, out);
+    return;
+  }
+  // The formats the SIMD path does not cover: the scalar per-value code, which is the reference.
+  if (!simd_covers(f)) return fake_quantize_columns_ref(in, out, rows, cols, f, tensor_id, counters);
   // The transposed tensor [cols, rows]: rows of `rows` elements, groups of k along them.
   const fast_call call(f, in, cols, rows, false, tensor_id);
   const int64_t k = call.plan.group_cols;
   const int64_t lanes = static_cast<int64_t>(HWY_DYNAMIC_DISPATCH(LanesF32)());
   // Tiles: the scale rules the row kernel's batches compute N at a time (per group or per
-  // column), no zero points, no draws.
+  // column), no zero points. The rest (q4_0, /t and plain casts with stochastic rounding, ...)
+  // runs the row kernel on each column's group, gathered.
   const bool tiles = (f.gran == granularity::group || f.gran == granularity::row) &&
                      (call.sctx.inline_rule != scale_context::inline_none || call.plan.batch_preset != 0) &&
-                     !call.plan.want_minmax && f.rounding != rounding_mode::sr && lanes > 1;
+                     !call.plan.want_minmax && lanes > 1;
   const int64_t col_blocks = (cols + lanes - 1) / lanes, row_groups = (rows + k - 1) / k;
 #pragma omp parallel if (rows * cols >= kParallelMinElements)
   {
@@ -1374,8 +1385,9 @@ void fake_quantize_columns(const float* in, float* out, int64_t rows, int64_t co
       const int64_t c0 = (t % col_blocks) * lanes, r0 = (t / col_blocks) * k;
       const int64_t c1 = std::min(cols, c0 + lanes), r1 = std::min(rows, r0 + k);
       if (tiles && c1 - c0 == lanes &&
-          HWY_DYNAMIC_DISPATCH(FakeQuantColumnTile)(in, out, static_cast<size_t>(cols), static_cast<size_t>(r0),
-                                                    static_cast<size_t>(r1), static_cast<size_t>(c0), call.plan))
+          HWY_DYNAMIC_DISPATCH(FakeQuantColumnTile)(in, out, static_cast<size_t>(rows), static_cast<size_t>(cols),
+                                                    static_cast<size_t>(r0), static_cast<size_t>(r1),
+                                                    static_cast<size_t>(c0), call.plan, counters))
         continue;
       // The row kernel on each column's group, gathered: element (r, c) is element (c, r) of the
       // transposed tensor (its stochastic-rounding counter: counters.of(c, rows) + r).
@@ -1469,7 +1481,7 @@ void dequantize(const quantized_tensor& q, float* out) {
   if (use_ref() || q.fmt.power != 0 || q.fmt.element.bits > 16) return dequantize_ref(q, out);
   if (is_kquant(q.fmt)) {
 #pragma omp parallel for schedule(static) if (q.rows * q.cols >= kParallelMinElements)
-    for (int64_t r = 0; r < q.rows; ++r) kquant_dequantize_rows(q, r, r + 1, out + r * q.cols);
+    for (int64_t r = 0; r < q.rows; ++r) kquant_dequantize_rows(q, r, r + 1, out);
     return;
   }
   const format& f = q.fmt;

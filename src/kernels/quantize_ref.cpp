@@ -75,9 +75,9 @@ float dequantize_value_ref(const format& f, uint32_t code, const group_scale& gs
   if (gs.nonfinite) return canonical_nan();
   const element_format& e = f.element;
   if (code == kNoCode && e.bits < 32) return canonical_nan();  // a NaN the format has no code for
-  // ggml dequantize_row_q4_K: d1 * q - m1; dequantize_row_q6_K: d * sc * (q - 32), d * sc first.
+  // ggml dequantize_row_q4_K: d1 * q - m1. (dequantize_row_q6_K, d * sc * (q - 32) with d * sc
+  // first, is the generic q * scale below: decode_ref of q6_k's int6 element is q - 32.)
   if (f.named == preset::q4_k) return gs.scale * static_cast<float>(code) - gs.offset;
-  if (f.named == preset::q6_k) return gs.scale * static_cast<float>(static_cast<int32_t>(code << 26) >> 26);
   if (e.kind == element_kind::uint_asym || f.named == preset::q4_0)
     return (static_cast<float>(code) - static_cast<float>(gs.zero_point)) * gs.scale;
   const float q = decode_ref(e, code);
@@ -218,8 +218,9 @@ int32_t quantized_tensor::zero_point_at(int64_t r, int64_t c) const {
 }
 
 size_t quantized_tensor::storage_bytes() const {
-  if (is_kquant(fmt))  // ggml's blocks: 144 (q4_k) or 210 (q6_k) bytes per 256 values
-    return static_cast<size_t>(rows * kquant_super_blocks_per_row(cols) * (fmt.named == preset::q4_k ? 144 : 210));
+  if (is_kquant(fmt))  // ggml's blocks, one per 256 values
+    return static_cast<size_t>(rows * kquant_super_blocks_per_row(cols)) *
+           (fmt.named == preset::q4_k ? sizeof(block_q4_k) : sizeof(block_q6_k));
   const double scale_bytes = static_cast<double>(scales.size()) * scale_bits(fmt) / 8.0;
   const double zp_bytes = static_cast<double>(zero_points.size()) * fmt.element.bits / 8.0;
   return codes.size() + static_cast<size_t>(std::ceil(scale_bytes + zp_bytes)) +

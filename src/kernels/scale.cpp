@@ -31,6 +31,10 @@ group_stats group_stats_ref(const float* x, int64_t n) {
   return st;
 }
 
+float round_ggml_fp16(const element_format& half, float v) {
+  return decode_ref(half, encode_ref(half, v, rounding_mode::rne));
+}
+
 float round_scale(const scale_format& s, float v) {
   float r = v;
   if (s.kind == scale_kind::element) {
@@ -91,9 +95,7 @@ float round_scale_fast(const scale_context& ctx, float v) {
 
 // ggml's fp16 block scale d (any sign, overflow to Inf): the exact codec, or the fast rounding.
 float round_ggml_scale(const scale_context& ctx, float d) {
-  const element_format& e = ctx.f->scale.element;
-  if (ctx.reference) return decode_ref(e, encode_ref(e, d, rounding_mode::rne));
-  if (std::isnan(d) || std::fabs(d) > 1e30f) return decode_ref(e, encode_ref(e, d, rounding_mode::rne));
+  if (ctx.reference || std::isnan(d) || std::fabs(d) > 1e30f) return round_ggml_fp16(ctx.f->scale.element, d);
   return round_minifloat_fast(d, ctx.s_emin, ctx.s_mbits, ctx.s_max, true);
 }
 

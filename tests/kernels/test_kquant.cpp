@@ -172,6 +172,11 @@ TEST(KQuant, ZerosAndConstantRows) {
       // One fp16 rounding of d (of dmin for q4_k's negative constants) at most: relative 2^-11
       // for normal d, 2^-25 absolute (subnormal fp16) times the largest codes 63 x 32.
       for (float v : q) EXPECT_NEAR(v, c, std::fabs(c) * 0x1p-9f + 63 * 32 * 0x1p-25f) << name << " constant " << c;
+      // q6_k on 1 and -3.5 is exact: ggml's first fit (l = -32, scale -c/32) has exact float32
+      // sums and no trial beats it, sc = -128, d = c/4096 is an fp16 value, and d * sc * -32 = c.
+      if (f.named == preset::q6_k && (c == 1.0f || c == -3.5f)) {
+        for (float v : q) EXPECT_EQ(v, c) << name << " constant " << c;
+      }
     }
   }
 }

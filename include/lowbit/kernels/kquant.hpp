@@ -46,8 +46,24 @@ struct kquant_block {
   int32_t sc[16] = {};    // sub-block scale codes: q4_k 0..63 (8 used), q6_k -128..127 (16 used)
   int32_t m[8] = {};      // q4_k sub-block min codes 0..63
   uint8_t q[kSuperBlock] = {};  // ggml's stored codes: q4_k 0..15, q6_k 0..63 (value q - 32)
-  bool nonfinite = false;
 };
+
+// ggml's K-quant blocks as GGUF stores them (ggml-common.h block_q4_K / block_q6_K), little-endian
+// (engine/gguf.cpp packs and unpacks them; storage_bytes counts them).
+struct block_q4_k {
+  uint16_t d;                       // fp16 super-block scale of the sub-block scales
+  uint16_t dmin;                    // fp16 super-block scale of the sub-block mins
+  uint8_t scales[12];               // 8 x (6-bit scale sc_j, 6-bit min m_j), get_scale_min_k4's packing
+  uint8_t qs[kSuperBlock / 2];      // 4-bit q: per 64 values, byte l = value l | value l + 32 << 4
+};
+static_assert(sizeof(block_q4_k) == 144, "block_q4_K is 144 bytes");
+struct block_q6_k {
+  uint8_t ql[kSuperBlock / 2];      // low 4 bits of q: per 128 values, ql[l] = l | l + 64 << 4, ql[l + 32] = l + 32 | l + 96 << 4
+  uint8_t qh[kSuperBlock / 4];      // high 2 bits of q: per 128 values, qh[l] = l, l + 32, l + 64, l + 96 at bits 0, 2, 4, 6
+  int8_t scales[kSuperBlock / 16];  // int8 sub-block scales sc_j (sub-blocks of 16)
+  uint16_t d;                       // fp16 super-block scale
+};
+static_assert(sizeof(block_q6_k) == 210, "block_q6_K is 210 bytes");
 
 // Quantizes the n <= 256 values x of one super-block (zero-padded to 256) in q4_k or q6_k.
 void kquant_quantize_block(const format& f, const float* x, int64_t n, kquant_block* out);
@@ -67,5 +83,14 @@ int ggml_nearest_int(float v);
 // Rows [r0, r1) of a K-quant tensor (q from quantized_tensor::allocate): the reference and the
 // fast kernels share this per-super-block code.
 void kquant_quantize_rows(const float* x, int64_t r0, int64_t r1, quantized_tensor& q);
+
+// out = dequantize(quantize(in)) on rows [r0, r1) of a [rows, cols] tensor (in, out: the whole
+// tensor), one super-block at a time from its kquant_block, without a packed tensor: the fast
+// fake_quantize (the reference goes through quantize_ref and dequantize_ref). in == out is allowed.
+// Rows [r0, r1) of a stored K-quant tensor into out (the whole [rows, cols] output), decoded
+// straight from the packed codes with dequantize_value_ref's arithmetic; no allocation.
+void kquant_dequantize_rows(const quantized_tensor& q, int64_t r0, int64_t r1, float* out);
+
+void kquant_fake_quantize_rows(const format& f, const float* in, float* out, int64_t cols, int64_t r0, int64_t r1);
 
 }  // namespace lowbit

@@ -58,12 +58,13 @@ quantized_tensor quantize_ref(const float* x, int64_t rows, int64_t cols, const 
                               uint64_t tensor_id = 0);
 void dequantize_ref(const quantized_tensor& q, float* out);
 // Stochastic rounding's counter of element (r, c) of the tensor as the kernel groups it is
-// base + r * row_stride + c (row_stride < 0: cols, i.e. the element's own index). A shard of a
-// larger tensor (data-parallel training: one rank's tokens) then draws what the whole tensor
-// would; the default is the tensor itself.
+// base + r * row_stride + c (row_stride = kOwnRowLength, or any negative: cols, i.e. the element's
+// own index). A shard of a larger tensor (data-parallel training: one rank's tokens) then draws
+// what the whole tensor would; the default is the tensor itself.
 struct sr_counters {
+  static constexpr int64_t kOwnRowLength = -1;  // row_stride = the kernel's own cols
   uint64_t base = 0;
-  int64_t row_stride = -1;
+  int64_t row_stride = kOwnRowLength;
   uint64_t of(int64_t r, int64_t cols) const {
     return base + static_cast<uint64_t>(r) * static_cast<uint64_t>(row_stride < 0 ? cols : row_stride);
   }

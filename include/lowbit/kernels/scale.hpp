@@ -90,6 +90,9 @@ inline bool fast_group_scale(const scale_context& ctx, float amax, group_scale* 
 // all-zero tensor, or an amax below 2688 x the smallest subnormal) (METHODS 1.3).
 float nvfp4_tensor_scale(float tensor_amax);
 
+// GGML_FP32_TO_FP16 then GGML_FP16_TO_FP32 with the exact codec: RNE onto IEEE binary16, overflow
+// to Inf. `half` is the ggml presets' scale element (parse_format's ggml fp16).
+float round_ggml_fp16(const element_format& half, float v);
 // A value rounded (RNE, saturating) onto a scale format; clamped below to the format's smallest
 // positive value so that a scale is never 0.
 float round_scale(const scale_format& s, float v);
