@@ -72,7 +72,7 @@ class format_quantizer : public operand_quantizer {
     // Rows are tokens for X and dY (any axis=din operand but the weights): a shard's rows start
     // at first_token of the whole batch.
     const bool token_rows = op != gemm_operand::w_fwd && op != gemm_operand::w_dx;
-    const sr_counters counters{token_rows ? uint64_t(first_token_ * cols) : 0, -1};
+    const sr_counters counters{token_rows ? uint64_t(first_token_ * cols) : 0, sr_counters::kOwnRowLength};
     fake_quantize(in, out, rows, cols, *formats_[int(op)], stream_id(seed_, step, linear, op), counters);
   }
   bool apply_columns(gemm_operand op, int linear, int64_t step, const float* in, float* out, int64_t rows,
