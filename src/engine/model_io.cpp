@@ -812,6 +812,15 @@ tensor_shard load_tensor_shard(const std::string& path) {
   return shard;
 }
 
+tensor tensor_shard::values(const std::string& name) const {
+  if (const auto t = tensors.find(name); t != tensors.end()) return t->second;
+  const auto q = codes.find(name);
+  if (q == codes.end()) throw error(fmt::format("shard: no tensor '{}'", name));
+  tensor out{{q->second.rows, q->second.cols}, std::vector<float>(size_t(q->second.rows * q->second.cols))};
+  dequantize(q->second, out.data.data());
+  return out;
+}
+
 std::unique_ptr<tensor_reader> open_model_reader(const std::string& path) {
   if (!fs::exists(path)) throw error(fmt::format("{}: no such model file", path));
   char magic[4] = {0, 0, 0, 0};

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <random>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -208,33 +209,43 @@ int block_of(const std::string& name, int n_layers) {
 
 // The checkpoint layout this code writes (state.json "version"); version 2 ties every shard to its
 // run (lowbit.run, lowbit.block) and checksums the shards' headers too.
-constexpr int kCheckpointVersion = 2;
+// Version 3 stores a coded weight as its codes alone (no float copy).
+constexpr int kCheckpointVersion = 3;
 
 std::string shard_path(const std::string& dir, int l) {
   return (fs::path(dir) / fmt::format("blk.{}.safetensors", l)).string();
 }
 
-// After block l: its tensors (final values, and the exact codes of its linear weights: the
-// method's own where it has them, else the values re-encoded where that is exact) go to its shard,
-// then the state (atomic) counts the block. A crash at any point leaves a state naming complete
-// shards only.
+// After block l: its tensors go to its shard, then the state (atomic) counts the block. A linear
+// weight with exact codes (the method's own where it has them, else its values re-encoded where
+// that is exact) is stored as those codes, and as codes alone when they dequantize to its values
+// bit for bit (a resumed run and the writers rebuild the values from them); every other tensor as
+// its float values. A crash at any point leaves a state naming complete shards only.
 void save_block(model& work, int l, const quantize_report& report, const quantize_options& o, uint64_t tensor_id,
                 const std::string& fingerprint) {
   const std::string& dir = o.checkpoint_dir;
   fs::create_directories(dir);
   const std::string block = block_prefix(l);
   tensor_shard shard;
-  // The block's tensors move into the shard and back: no copy of a block's weights.
-  const auto [first, last] = block_range(work.tensors, l);
-  for (auto it = first; it != last; ++it) shard.tensors[it->first] = std::move(it->second);
   nlohmann::json known = nlohmann::json::array();
+  std::set<std::string> codes_only;  // values rebuilt from the codes: no float copy in the shard
   for (const std::string& name : work.linear_weight_names()) {
     if (!name.starts_with(block)) continue;
     const auto it = report.packed.find(name);
     const quantized_tensor* method_codes = it == report.packed.end() ? nullptr : &it->second;
     if (method_codes) known.push_back(name);
-    if (auto q = linear_weight_codes(shard.tensors.at(name), o.weights, method_codes)) shard.codes[name] = std::move(*q);
+    const tensor& t = work.get(name);
+    auto q = linear_weight_codes(t, o.weights, method_codes);
+    if (!q) continue;
+    std::vector<float> back(t.data.size());
+    dequantize(*q, back.data());
+    if (std::memcmp(back.data(), t.data.data(), back.size() * sizeof(float)) == 0) codes_only.insert(name);
+    shard.codes[name] = std::move(*q);
   }
+  // The block's other tensors move into the shard and back: no copy of a block's weights.
+  const auto [first, last] = block_range(work.tensors, l);
+  for (auto it = first; it != last; ++it)
+    if (!codes_only.count(it->first)) shard.tensors[it->first] = std::move(it->second);
   shard.metadata["lowbit.known_codes"] = known.dump();
   shard.metadata["lowbit.run"] = fingerprint;  // the shard belongs to this run and this block
   shard.metadata["lowbit.block"] = std::to_string(l);
@@ -317,19 +328,27 @@ tensor_shard load_block_shard(const std::string& dir, int l, const model& shapes
   for (auto it = first; it != last; ++it) {
     ++expected;
     const auto t = shard.tensors.find(it->first);
-    if (t == shard.tensors.end() || t->second.shape != it->second.shape)
+    const auto q = shard.codes.find(it->first);
+    const bool ok = t != shard.tensors.end() ? t->second.shape == it->second.shape
+                    : q != shard.codes.end() ? it->second.shape == std::vector<int64_t>{q->second.rows, q->second.cols}
+                                             : false;
+    if (!ok)
       throw error(fmt::format("{}: tensor '{}' is missing or of another shape; remove {} to start over", path,
                               it->first, dir));
   }
-  if (shard.tensors.size() != expected)
-    throw error(fmt::format("{}: holds {} tensors, block {} has {}", path, shard.tensors.size(), l, expected));
+  size_t held = shard.tensors.size();  // the block's tensors: floats, and coded ones without floats
+  for (const auto& [name, q] : shard.codes) held += shard.tensors.count(name) == 0;
+  if (held != expected) throw error(fmt::format("{}: holds {} tensors, block {} has {}", path, held, l, expected));
   return shard;
 }
 
-// A finished block back into the working model (resume), its method codes into the report.
+// A finished block back into the working model (resume; the values stored as codes rebuilt from
+// them), its method codes into the report.
 void restore_block(model& work, const model& shapes, int l, const std::string& dir, const std::string& fingerprint,
                    quantize_report& report) {
   tensor_shard shard = load_block_shard(dir, l, shapes, fingerprint);
+  for (const auto& [name, q] : shard.codes)
+    if (!shard.tensors.count(name)) shard.tensors[name] = shard.values(name);
   const nlohmann::json known = nlohmann::json::parse(shard.metadata["lowbit.known_codes"], nullptr, false);
   if (!known.is_array()) throw error(fmt::format("{}: lowbit.known_codes is not a JSON array", shard_path(dir, l)));
   for (const auto& name : known) {
@@ -688,9 +707,8 @@ class shard_reader final : public tensor_reader {
   tensor load(const std::string& name) const override {
     const int l = block_of(name, header.config.n_layers);
     if (l < 0) return source_.read(name);
-    const auto it = shard(l).tensors.find(name);
-    if (it == shard(l).tensors.end()) throw error(fmt::format("{}: no tensor '{}'", shard_path(dir_, l), name));
-    return it->second;
+    if (!shard(l).has(name)) throw error(fmt::format("{}: no tensor '{}'", shard_path(dir_, l), name));
+    return shard(l).values(name);  // a coded weight's values rebuilt from its codes
   }
 
  private:

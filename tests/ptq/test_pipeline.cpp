@@ -22,6 +22,7 @@
 #include "lowbit/engine/gguf.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
+#include "lowbit/engine/safetensors.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ptq/mixed.hpp"
 #include "lowbit/ptq/pipeline.hpp"
@@ -776,6 +777,37 @@ TEST(Streaming, ShardLayoutsAreTheCodesLayouts) {
     // The file described from the layouts is the in-memory pipeline's (described from its codes).
     write_in_memory(load_model(stories_path), stream_options(ptq::method::rtn, fmt), dir + "/memory.safetensors");
     EXPECT_TRUE(file_bytes(dir + "/q.safetensors") == file_bytes(dir + "/memory.safetensors"));
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// A coded weight is stored in its shard as its codes alone (no float copy: a 4-bit weight in
+// about 1/7 of the bytes), the norms as floats; a resumed run and the shards' reader rebuild the
+// weight's values from the codes, bit for bit those of the in-memory pipeline.
+TEST(Streaming, ShardsHoldCodedWeightsAsCodesAlone) {
+  const std::string dir = fresh_dir("codes_only");
+  const auto source = open_model_reader(stories_path);
+  const auto o = finished_shards(*source, dir, ptq::method::gptq);
+  const safetensors_file shard(dir + "/shards/blk.0.safetensors");
+  int64_t weight_floats = 0;
+  for (const std::string& name : source->header.linear_weight_names()) {
+    if (!name.starts_with("blk.0.")) continue;
+    EXPECT_EQ(shard.find(name), nullptr) << name << " has a float copy";
+    ASSERT_NE(shard.find(name + ".codes"), nullptr) << name;
+    weight_floats += source->header.get(name).rows() * source->header.get(name).cols();
+  }
+  EXPECT_NE(shard.find("blk.0.attn_norm.weight"), nullptr);
+  EXPECT_LT(std::filesystem::file_size(dir + "/shards/blk.0.safetensors"), uint64_t(weight_floats) * 4 / 5);
+  // The values rebuilt from the shards are the in-memory pipeline's.
+  model m = load_model(stories_path);
+  auto in_memory = o;
+  in_memory.checkpoint_dir.clear();
+  ptq::quantize_model(m, story_ids(), in_memory);
+  const auto quantized = ptq::read_quantized_shards(*source, dir + "/shards");
+  for (const std::string& name : m.linear_weight_names()) {
+    const tensor t = quantized->read(name);
+    ASSERT_EQ(t.data.size(), m.get(name).data.size()) << name;
+    EXPECT_EQ(std::memcmp(t.data.data(), m.get(name).data.data(), t.data.size() * 4), 0) << name;
   }
   std::filesystem::remove_all(dir);
 }

@@ -214,13 +214,20 @@ std::vector<std::string> pack_linear_weights(const model& m, const format& f,
                                              std::map<std::string, quantized_tensor>& packed);
 
 // A set of canonical tensors, with the exact codes of some, as one safetensors file (the
-// per-block shards of streaming quantization): the values F32 under their names, the codes in
-// the packed layout, and a checksum of the data in the metadata. Saved atomically; loading
-// refuses, naming the file, one that is truncated, corrupted or not a shard.
+// per-block shards of streaming quantization): float values F32 under their names, the codes in
+// the packed layout, and a checksum of the data in the metadata. A coded tensor whose values are
+// dequantize(codes) bit for bit is stored as its codes alone (a 4-bit weight in about 1/7 of the
+// bytes of its floats): it is in `codes` and not in `tensors`, and values() rebuilds it. Saved
+// atomically; loading refuses, naming the file, one that is truncated, corrupted or not a shard.
 struct tensor_shard {
-  std::map<std::string, tensor> tensors;
+  std::map<std::string, tensor> tensors;          // float values (not those rebuilt from codes)
   std::map<std::string, quantized_tensor> codes;
   std::map<std::string, std::string> metadata;  // the caller's own keys
+
+  bool has(const std::string& name) const { return tensors.count(name) || codes.count(name); }
+  // Tensor `name`'s values: its floats, else dequantize(its codes) as a [rows, cols] matrix;
+  // throws naming the tensor when the shard has neither.
+  tensor values(const std::string& name) const;
 };
 void save_tensor_shard(const std::string& path, const tensor_shard& shard);
 tensor_shard load_tensor_shard(const std::string& path);
