@@ -380,12 +380,11 @@ void equalize_block(model& m, int l, const std::vector<layer_group>& groups) {
   }
 }
 
-// RTN of one weight. K-quants: ggml's scale search run again on its own output may choose other
-// scales, so the codes travel with the values (report.packed, then the block's shard) for an
-// exact export.
+// RTN of one weight (rtn_quantize's values: dequantize(quantize(w))). The codes travel with the
+// values (report.packed, then the block's shard) for an exact export without quantizing again
+// (K-quants: ggml's scale search run again on its own output may choose other scales).
 std::vector<float> rtn_with_codes(const float* w, int64_t out, int64_t in, const quantize_options& o,
                                   uint64_t& tensor_id, quantize_report& report, const std::string& name) {
-  if (!is_kquant(o.weights)) return rtn_quantize(w, out, in, o.weights, ++tensor_id);
   quantized_tensor q = quantize(w, out, in, o.weights, ++tensor_id);
   std::vector<float> values(static_cast<size_t>(out * in));
   dequantize(q, values.data());
@@ -474,10 +473,10 @@ void quantize_block_groups(model& m, const std::string& block, const std::vector
       std::vector<float> importance(in);
       for (int64_t j = 0; j < in; ++j) importance[j] = static_cast<float>(gi.sqsum[j] / std::max<int64_t>(1, gi.seen));
       for (size_t i = 0; i < grp.weights.size(); ++i) {
-        quantized_tensor codes;
+        std::optional<quantized_tensor> codes;
         quantized[i] = importance_rtn(originals[i].data(), layers[i].out, in, o.weights, importance.data(), 20, 0.5,
                                       &codes);
-        if (is_kquant(o.weights)) report.packed[block + grp.weights[i]] = std::move(codes);
+        if (codes) report.packed[block + grp.weights[i]] = std::move(*codes);
       }
     } else {  // smoothquant: migrate activation outliers where a norm takes the scale
       if (grp.how == layer_group::fold::norm) {
