@@ -260,6 +260,15 @@ class llama2c_reader final : public tensor_reader {
     return t;
   }
 
+  void hash_contents(fnv1a64& h) const override {  // the whole file (header and tensors), as it is
+    constexpr uint64_t kChunk = uint64_t(1) << 22;
+    for (uint64_t i0 = 0; i0 < file_.size(); i0 += kChunk) {
+      const uint64_t n = std::min(kChunk, file_.size() - i0);
+      h.add(file_.data() + i0, n);
+      release_mapped_pages(file_.data() + i0, n);
+    }
+  }
+
  private:
   mapped_file file_;
   std::map<std::string, uint64_t> offsets_;  // byte offset of each tensor in the file

@@ -313,6 +313,15 @@ class safetensors_reader final : public tensor_reader {
     return t;
   }
 
+  void hash_contents(fnv1a64& h) const override {
+    for (const auto& [k, v] : f_.metadata()) h.add(k), h.add(v);  // lowbit.packed, lowbit.config
+    for (const st_tensor_info& t : f_.tensors()) {
+      h.add(fmt::format("{} {} [{}]", t.name, st_dtype_name(t.dtype), fmt::join(t.shape, ",")));
+      h.add(f_.raw(t), t.end - t.begin);
+      release(t);
+    }
+  }
+
  private:
   void release(const st_tensor_info& t) const { release_mapped_pages(f_.raw(t), t.end - t.begin); }
   safetensors_file f_;
@@ -377,6 +386,14 @@ class gguf_reader final : public tensor_reader {
     return t;
   }
 
+  void hash_contents(fnv1a64& h) const override {
+    for (const gguf_tensor_info& t : f_.tensors()) {
+      h.add(fmt::format("{} {} [{}]", t.name, static_cast<uint32_t>(t.type), fmt::join(t.ne, ",")));
+      h.add(f_.raw(t), t.bytes);
+      release_mapped_pages(f_.raw(t), t.bytes);
+    }
+  }
+
  private:
   gguf_file f_;
 };
@@ -392,6 +409,9 @@ class in_memory_reader final : public tensor_reader {
     for (const auto& [name, t] : m.tensors) header.tensors[name].shape = t.shape;
   }
   tensor load(const std::string& name) const override { return m_.get(name); }
+  void hash_contents(fnv1a64& h) const override {  // the values where they are, not copies
+    for (const auto& [name, t] : m_.tensors) h.add(name), h.add(t.data.data(), t.data.size() * sizeof(float));
+  }
   std::vector<std::string> coded_names() const override {
     std::vector<std::string> names;
     if (codes_)
@@ -410,6 +430,13 @@ class in_memory_reader final : public tensor_reader {
 };
 
 }  // namespace
+
+void tensor_reader::hash_contents(fnv1a64& h) const {
+  for (const auto& [name, shape_only] : header.tensors) {
+    const tensor t = read(name);
+    h.add(name), h.add(t.data.data(), t.data.size() * sizeof(float));
+  }
+}
 
 quantized_tensor tensor_reader::read_codes(const std::string& name) const {
   throw error(fmt::format("{}: tensor '{}' has no codes", header.source_path, name));
@@ -715,15 +742,12 @@ namespace {
 
 constexpr const char* kShardChecksum = "lowbit.shard_checksum";
 
-// FNV-1a 64, byte by byte, over a whole shard but its checksum: the metadata (every key and value
-// but the checksum's), each tensor's name, dtype, shape and data offsets in file order, then the
-// data in that order. A changed byte anywhere in the header or the data changes it.
+// FNV-1a 64 (fnv1a64), byte by byte, over a whole shard but its checksum: the metadata (every key
+// and value but the checksum's), each tensor's name, dtype, shape and data offsets in file order,
+// then the data in that order. A changed byte anywhere in the header or the data changes it.
 class shard_checksum {
  public:
-  void add(const void* p, uint64_t n) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    for (uint64_t i = 0; i < n; ++i) h_ = (h_ ^ b[i]) * 1099511628211ull;
-  }
+  void add(const void* p, uint64_t n) { h_.add(p, n); }
   void add_text(const std::string& s) { add(s.data(), s.size() + 1); }  // with its NUL: "ab","c" != "a","bc"
   void add_metadata(const std::map<std::string, std::string>& meta) {
     for (const auto& [k, v] : meta)
@@ -733,10 +757,10 @@ class shard_checksum {
                   uint64_t end) {
     add_text(fmt::format("{} {} [{}] {} {}", name, st_dtype_name(type), fmt::join(shape, ","), begin, end));
   }
-  std::string hex() const { return fmt::format("{:016x}", h_); }
+  std::string hex() const { return h_.hex(); }
 
  private:
-  uint64_t h_ = 1469598103934665603ull;
+  fnv1a64 h_;
 };
 
 }  // namespace

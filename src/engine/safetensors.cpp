@@ -126,6 +126,16 @@ void release_mapped_pages(const void* p, uint64_t n) {
   ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
+// ---- fnv1a64 ------------------------------------------------------------------------------------------
+void fnv1a64::add(const void* bytes, uint64_t n) {
+  const auto* b = static_cast<const uint8_t*>(bytes);
+  uint64_t h = h_;
+  for (uint64_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;  // the 64-bit FNV prime
+  h_ = h;
+}
+
+std::string fnv1a64::hex() const { return fmt::format("{:016x}", h_); }
+
 // ---- atomic_file_writer -----------------------------------------------------------------------------
 atomic_file_writer::atomic_file_writer(const std::string& path) : path_(path) {
   std::string templ = path + ".tmp-XXXXXX";

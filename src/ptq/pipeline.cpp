@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "lowbit/engine/forward.hpp"
 #include "lowbit/engine/safetensors.hpp"
@@ -157,27 +158,26 @@ void fold_scale(model& m, const std::string& block, const layer_group& g, const 
   }
 }
 
-// What a checkpoint must match to be resumed: the model, the token stream and every option that
-// changes a bit of the result. The model is read one tensor at a time (a file stays on disk).
+// What a checkpoint must match to be resumed: the model (its config, tensor names and shapes, and
+// the bytes its values are made from: tensor_reader::hash_contents, the file's raw tensors without
+// converting them), the token stream and every option that changes a bit of the result.
 std::string run_fingerprint(const tensor_reader& source, const std::vector<int32_t>& ids, const quantize_options& o) {
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&](const void* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const uint8_t*>(p)[i]) * 1099511628211ull;
-  };
-  mix(ids.data(), ids.size() * sizeof(int32_t));
-  for (const auto& [name, shape_only] : source.header.tensors) {
-    const tensor t = source.read(name);
-    mix(name.data(), name.size());
-    mix(t.data.data(), t.data.size() * sizeof(float));
-  }
+  fnv1a64 h;
+  h.add(ids.data(), ids.size() * sizeof(int32_t));
+  const model_config& c = source.header.config;
+  h.add(fmt::format("{} {} {} {} {} {} {} {} {} {} {} {}", architecture_name(c.arch), c.dim, c.hidden_dim, c.n_layers,
+                    c.n_heads, c.n_kv_heads, c.vocab_size, c.max_seq_len, c.norm_eps, c.rope_theta,
+                    c.tied_classifier, c.l1_norm));
+  for (const auto& [name, t] : source.header.tensors) h.add(fmt::format("{} [{}]", name, fmt::join(t.shape, ",")));
+  source.hash_contents(h);
   const std::string opts = fmt::format(
       "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", method_name(o.how),
       format_name(o.weights), o.calib_samples, o.calib_ctx, o.seed, o.gptq.percdamp, o.gptq.block_size,
       o.gptq.act_order, o.gptq.static_groups, o.gptq.float64, o.smooth_alpha, o.max_sample_rows, o.lorc_rank,
       o.lorc_format ? format_name(*o.lorc_format) : "-", o.bias_correct, o.llmfp4_preshift, o.awq.n_grid,
       o.awq.clip, o.awq.clip_grid, o.awq.max_shrink, o.awq.clip_sample_tokens, o.equalize, o.rotate, o.rotate_seed);
-  mix(opts.data(), opts.size());
-  return fmt::format("{:016x}", h);
+  h.add(opts);
+  return h.hex();
 }
 
 // RTN and PowerQuant look at each weight alone, unless bias correction needs the outputs.

@@ -34,6 +34,7 @@
 namespace lowbit {
 
 class safetensors_file;
+class fnv1a64;
 
 struct tensor {
   std::vector<int64_t> shape;  // row-major, outermost first
@@ -129,6 +130,12 @@ class tensor_reader {
   // read_codes(name)'s layout; by default from read_codes itself, cheaper where a reader can tell
   // it from a header (the shards' reader).
   virtual codes_layout read_codes_layout(const std::string& name) const;
+  // Feeds `h` what the tensors' values are made from, for a content fingerprint (PTQ's run
+  // fingerprint; the header is hashed by the caller): by default each tensor's name and values as
+  // read() gives them. The file readers hash the raw bytes of the file's tensors and what their
+  // conversion reads besides (metadata), without converting: the same changes show, for the
+  // price of reading the file once.
+  virtual void hash_contents(fnv1a64& h) const;
 
  protected:
   virtual tensor load(const std::string& name) const = 0;  // read()'s values, unchecked

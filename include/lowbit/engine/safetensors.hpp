@@ -73,6 +73,20 @@ void write_safetensors(const std::string& path, const std::vector<st_write_tenso
 
 // ---- file helpers shared by the safetensors and GGUF readers/writers ---------------------------
 
+// FNV-1a 64 (Fowler-Noll-Vo), byte by byte: lowbit's one content hash (the results store's file
+// fingerprints, PTQ's run fingerprint, the shards' checksums). Not cryptographic: it detects
+// changes, not tampering.
+class fnv1a64 {
+ public:
+  void add(const void* bytes, uint64_t n);
+  void add(const std::string& s) { add(s.data(), s.size()); }
+  uint64_t value() const { return h_; }
+  std::string hex() const;  // 16 lowercase hex digits
+
+ private:
+  uint64_t h_ = 1469598103934665603ull;  // the 64-bit offset basis
+};
+
 // IEEE binary16 and bfloat16 <-> float32. The decoders are exact (NaN payloads kept); the
 // encoders round to nearest even, overflow to Inf, and write every NaN as the canonical quiet
 // NaN (0x7e00 / 0x7fc0).
