@@ -641,19 +641,18 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
       if (type == ggml_type::f32 || type == ggml_type::f16 || type == ggml_type::bf16)
         return encode_ggml_floats(t.data.data(), t.data.size(), type);
       const format f = ggml_type_format(type);
-      std::optional<quantized_tensor> q;
-      if (has_codes.count(name)) {
-        q = r.read_codes(name);
-        if (!(q->fmt == f)) q.reset();
+      std::optional<quantized_tensor> known;  // the reader's codes, when they are of this type's format
+      if (has_codes.count(name)) known = r.read_codes(name);
+      if (known && !(known->fmt == f)) known.reset();
+      const std::optional<quantized_tensor> q = linear_weight_codes(t, f, known ? &*known : nullptr);
+      if (!q) {  // (the known or the re-encoded codes do not hold the values)
+        const quantized_tensor shown = known ? *known : quantize(t.data.data(), t.rows(), t.cols(), f);
+        float got = 0;
+        const int64_t i = codes_mismatch(shown, t.data.data(), &got);
+        throw error(fmt::format("{}: tensor '{}' is not exactly representable as {} (element {}: {} vs {}); "
+                                "quantize it in that format first", path, name, ggml_type_name(type), i,
+                                i >= 0 ? t.data[size_t(i)] : 0.0f, got));
       }
-      if (!q) q = quantize(t.data.data(), t.rows(), t.cols(), f);
-      std::vector<float> back(t.data.size());
-      dequantize(*q, back.data());
-      for (size_t i = 0; i < back.size(); ++i)
-        if (back[i] != t.data[i] && !(std::isnan(back[i]) && std::isnan(t.data[i])))
-          throw error(fmt::format("{}: tensor '{}' is not exactly representable as {} (element {}: {} vs {}); "
-                                  "quantize it in that format first", path, name, ggml_type_name(type), i,
-                                  t.data[i], back[i]));
       return encode_ggml_blocks(*q, type);
     });
   }
@@ -714,12 +713,22 @@ std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& 
   return fallbacks;
 }
 
-std::optional<quantized_tensor> linear_weight_codes(const tensor& t, const format& f, const quantized_tensor* known) {
-  if (known) return *known;
-  quantized_tensor q = quantize(t.data.data(), t.rows(), t.cols(), f);
-  std::vector<float> back(t.data.size());
+int64_t codes_mismatch(const quantized_tensor& q, const float* values, float* got) {
+  std::vector<float> back(static_cast<size_t>(q.rows * q.cols));
   dequantize(q, back.data());
-  if (back != t.data) return std::nullopt;
+  for (size_t i = 0; i < back.size(); ++i)
+    if (back[i] != values[i] && !(std::isnan(back[i]) && std::isnan(values[i]))) {
+      if (got) *got = back[i];
+      return static_cast<int64_t>(i);
+    }
+  return -1;
+}
+
+std::optional<quantized_tensor> linear_weight_codes(const tensor& t, const format& f, const quantized_tensor* known) {
+  std::optional<quantized_tensor> q;
+  if (known) q = *known;
+  else q = quantize(t.data.data(), t.rows(), t.cols(), f);
+  if (q->rows != t.rows() || q->cols != t.cols() || codes_mismatch(*q, t.data.data()) >= 0) return std::nullopt;
   return q;
 }
 

@@ -210,9 +210,17 @@ std::vector<std::string> gguf_export_types(const model& header, uint32_t type, s
 // t's values rounded onto ggml type `type` (a ggml_type number; fake-quantized in its format, F32
 // leaves them).
 void round_onto_ggml_type(tensor& t, uint32_t type);
-// The codes a packed file stores for a linear weight t in format f: `known` (a method's own codes,
-// GPTQ's say) when given, else t's values re-encoded when that reproduces them exactly; nullopt
-// when t stays float (not values of f alone, e.g. LoRC's Q + U V).
+// The one rule by which codes hold values (the writers' "re-encode and check": the codes a packed
+// safetensors file or a GGUF stores): dequantize(q) equals `values` element by element as floats,
+// and a NaN matches any NaN. CONVENTIONS 4: a NaN or Inf in a scaled group makes the group's
+// scale and every output NaN, so NaN is a value the codes hold whatever its payload (and -0
+// matches +0, as floats compare). Returns -1 when they hold them, else the first element that
+// differs (`got`, when given, receives its dequantized value).
+int64_t codes_mismatch(const quantized_tensor& q, const float* values, float* got = nullptr);
+// The codes a file stores for a tensor t in format f: `known` (a method's own codes, GPTQ's say,
+// or LLM-FP4's in the element format it chose) when given, else t's values re-encoded in f;
+// nullopt when they do not hold t's values (codes_mismatch): t stays float (not values of f
+// alone, e.g. LoRC's Q + U V).
 std::optional<quantized_tensor> linear_weight_codes(const tensor& t, const format& f, const quantized_tensor* known);
 // linear_weight_codes of each of m's linear weights (known: name -> the method's codes) into
 // `packed`, for a packed safetensors file. Returns the names that stay float.
