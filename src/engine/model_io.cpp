@@ -8,6 +8,9 @@
 #include <fstream>
 #include <memory>
 #include <set>
+#include <type_traits>
+#include <utility>
+#include <span>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -33,6 +36,66 @@ nlohmann::json packed_description(const safetensors_file& f) {
 }
 
 namespace {
+
+// ---- the packed layout of a coded tensor ----------------------------------------------------------
+// The parts of a coded tensor NAME as safetensors files store them (packed model files and the
+// PTQ shards): the one description of the layout every writer and reader here uses.
+//   NAME.codes         U8  [rows, row_bytes]  quantized_tensor::codes (rows start on a byte)
+//   NAME.scales        F32 [n_scales]         one per group, row-major (row, group)
+//   NAME.zero_points   I32 [n_zero_points]    when the format has them (uint, q4_0, q4_k's mins)
+//   NAME.super_scales  F32 [n_super_scales]   q4_k/q6_k: the fp16 scales of each super-block
+//   NAME.tensor_scale  F32 [1]                nvfp4's second-level scale; model files store it
+//                                             when it is not 1, shards always
+// The file's metadata "lowbit.packed" describes NAME as {"format": canonical spec, "shape": [rows,
+// cols]} (packed_entry).
+enum class packed_part { codes, scales, zero_points, super_scales, tensor_scale };
+struct packed_part_spec {
+  packed_part part;
+  const char* suffix;
+  st_dtype dtype;
+};
+constexpr packed_part_spec kPackedParts[] = {{packed_part::codes, ".codes", st_dtype::u8},
+                                             {packed_part::scales, ".scales", st_dtype::f32},
+                                             {packed_part::zero_points, ".zero_points", st_dtype::i32},
+                                             {packed_part::super_scales, ".super_scales", st_dtype::f32},
+                                             {packed_part::tensor_scale, ".tensor_scale", st_dtype::f32}};
+
+codes_layout layout_of(const quantized_tensor& q) {
+  return {q.fmt, q.rows, q.cols, q.row_bytes, int64_t(q.scales.size()), int64_t(q.zero_points.size()),
+          int64_t(q.super_scales.size()), q.tensor_scale != 1.0f};
+}
+
+// Part p's shape in a tensor of layout l; empty when the part is not stored.
+std::vector<int64_t> part_shape(const codes_layout& l, packed_part p, bool always_tensor_scale) {
+  switch (p) {
+    case packed_part::codes: return {l.rows, l.row_bytes};
+    case packed_part::scales: return {l.n_scales};
+    case packed_part::zero_points: return l.n_zero_points > 0 ? std::vector<int64_t>{l.n_zero_points} : std::vector<int64_t>{};
+    case packed_part::super_scales:
+      return l.n_super_scales > 0 ? std::vector<int64_t>{l.n_super_scales} : std::vector<int64_t>{};
+    case packed_part::tensor_scale: return l.tensor_scale || always_tensor_scale ? std::vector<int64_t>{1} : std::vector<int64_t>{};
+  }
+  return {};
+}
+
+// Part p's bytes in q (in memory, as the file stores them).
+template <class Q>
+auto part_bytes(Q& q, packed_part p) {
+  using byte = std::conditional_t<std::is_const_v<Q>, const uint8_t, uint8_t>;
+  auto span_of = [](auto& v) { return std::span<byte>(reinterpret_cast<byte*>(v.data()), v.size() * sizeof(v[0])); };
+  switch (p) {
+    case packed_part::codes: return span_of(q.codes);
+    case packed_part::scales: return span_of(q.scales);
+    case packed_part::zero_points: return span_of(q.zero_points);
+    case packed_part::super_scales: return span_of(q.super_scales);
+    case packed_part::tensor_scale: break;
+  }
+  return std::span<byte>(reinterpret_cast<byte*>(&q.tensor_scale), sizeof q.tensor_scale);
+}
+
+nlohmann::json packed_entry(const codes_layout& l) {
+  return {{"format", format_name(l.fmt)}, {"shape", {l.rows, l.cols}}};
+}
 
 // Hugging Face stores q/k rows of each head in rotate-half order (first the hd/2 "real" rows,
 // then the hd/2 "imaginary" ones); llama2.c and GGUF interleave the pairs. Interleaved row
@@ -211,25 +274,51 @@ quantized_tensor read_packed_codes(const safetensors_file& f, const std::string&
     throw error(fmt::format("{}: '{}.codes' does not hold {} rows of {} bytes for shape [{}, {}] in {}", where, name,
                             rows, row_bytes, rows, cols, d["format"].get<std::string>()));
   quantized_tensor q = quantized_tensor::allocate(fmt_, rows, cols);
-  auto fill = [&](const std::string& suffix, st_dtype type, void* dst, size_t bytes, bool required) {
-    const st_tensor_info* t = f.find(name + suffix);
+  // Every part the format has (allocate sized them), the tensor scale when stored.
+  for (const packed_part_spec& part : kPackedParts) {
+    const std::span<uint8_t> dst = part_bytes(q, part.part);
+    if (dst.empty()) continue;
+    const std::string part_name = name + part.suffix;
+    const st_tensor_info* t = f.find(part_name);
     if (!t) {
-      if (required) throw error(fmt::format("{}: '{}' is missing", where, name + suffix));
-      return;
+      if (part.part == packed_part::tensor_scale) continue;  // 1
+      throw error(fmt::format("{}: '{}' is missing", where, part_name));
     }
-    if (t->dtype != type || t->end - t->begin != bytes)
-      throw error(fmt::format("{}: '{}' is {} with {} bytes, expected {} with {}", where, name + suffix,
-                              st_dtype_name(t->dtype), t->end - t->begin, st_dtype_name(type), bytes));
-    std::memcpy(dst, f.raw(*t), bytes);
-  };
-  fill(".codes", st_dtype::u8, q.codes.data(), q.codes.size(), true);
-  fill(".scales", st_dtype::f32, q.scales.data(), q.scales.size() * 4, true);
-  if (!q.zero_points.empty()) fill(".zero_points", st_dtype::i32, q.zero_points.data(), q.zero_points.size() * 4, true);
-  if (!q.super_scales.empty())
-    fill(".super_scales", st_dtype::f32, q.super_scales.data(), q.super_scales.size() * 4, true);
-  fill(".tensor_scale", st_dtype::f32, &q.tensor_scale, 4, false);
+    if (t->dtype != part.dtype || t->end - t->begin != dst.size())
+      throw error(fmt::format("{}: '{}' is {} with {} bytes, expected {} with {}", where, part_name,
+                              st_dtype_name(t->dtype), t->end - t->begin, st_dtype_name(part.dtype), dst.size()));
+    std::memcpy(dst.data(), f.raw(*t), dst.size());
+  }
   return q;
 }
+
+}  // namespace
+
+codes_layout read_packed_layout(const safetensors_file& f, const std::string& name, const nlohmann::json& d) {
+  const st_tensor_info* codes = f.find(name + ".codes");
+  const st_tensor_info* scales = f.find(name + ".scales");
+  const st_tensor_info* tensor_scale = f.find(name + ".tensor_scale");
+  if (!d.is_object() || !d.contains("format") || !d["format"].is_string() || !d.contains("shape") ||
+      !d["shape"].is_array() || d["shape"].size() != 2 || !d["shape"][1].is_number_integer() || !codes ||
+      codes->shape.size() != 2 || !scales || (tensor_scale && tensor_scale->end - tensor_scale->begin != 4))
+    throw error(fmt::format("{}: packed tensor '{}' is not laid out as lowbit.packed says", f.path(), name));
+  codes_layout q;
+  q.fmt = parse_format(d["format"].get<std::string>());
+  q.rows = codes->shape[0], q.row_bytes = codes->shape[1], q.cols = d["shape"][1].get<int64_t>();
+  for (const packed_part_spec& part : kPackedParts) {
+    const st_tensor_info* t = f.find(name + part.suffix);
+    if (!t) continue;
+    if (part.part == packed_part::scales) q.n_scales = t->numel();
+    if (part.part == packed_part::zero_points) q.n_zero_points = t->numel();
+    if (part.part == packed_part::super_scales) q.n_super_scales = t->numel();
+  }
+  float s = 1;
+  if (tensor_scale) std::memcpy(&s, f.raw(*tensor_scale), 4);
+  q.tensor_scale = s != 1.0f;
+  return q;
+}
+
+namespace {
 
 tensor read_packed(const safetensors_file& f, const std::string& name, const nlohmann::json& d) {
   const quantized_tensor q = read_packed_codes(f, name, d);
@@ -292,8 +381,8 @@ class safetensors_reader final : public tensor_reader {
     const name_map& n = it->second;
     if (packed_.contains(n.canonical)) {
       tensor t = read_packed(f_, n.canonical, packed_[n.canonical]);
-      for (const char* suffix : {".codes", ".scales", ".zero_points", ".super_scales", ".tensor_scale"})
-        if (const st_tensor_info* part = f_.find(n.canonical + suffix)) release(*part);
+      for (const packed_part_spec& part : kPackedParts)
+        if (const st_tensor_info* stored = f_.find(n.canonical + part.suffix)) release(*stored);
       return t;
     }
     const st_tensor_info& info = f_.get(n.hf);
@@ -443,9 +532,7 @@ quantized_tensor tensor_reader::read_codes(const std::string& name) const {
 }
 
 codes_layout tensor_reader::read_codes_layout(const std::string& name) const {
-  const quantized_tensor q = read_codes(name);
-  return {q.fmt, q.rows, q.cols, q.row_bytes, int64_t(q.scales.size()), int64_t(q.zero_points.size()),
-          int64_t(q.super_scales.size()), q.tensor_scale != 1.0f};
+  return layout_of(read_codes(name));
 }
 
 std::unique_ptr<tensor_reader> reader_of(const model& m, const std::map<std::string, quantized_tensor>* codes) {
@@ -509,30 +596,17 @@ void save_safetensors_model(const tensor_reader& r, const std::string& path, con
     if (q.rows != t.rows() || q.cols != t.cols())
       throw shape_error(fmt::format("{}: packed '{}' is [{}, {}], the tensor [{}, {}]", path, name, q.rows, q.cols,
                                     t.rows(), t.cols()));
-    description[name] = {{"format", format_name(q.fmt)}, {"shape", {q.rows, q.cols}}};
-    auto part = [&](const std::string& suffix, st_dtype dt, std::vector<int64_t> shape,
-                    std::function<std::vector<uint8_t>(const quantized_tensor&)> bytes) {
-      st_write_tensor w{name + suffix, dt, std::move(shape)};
-      w.load_bytes = [codes_of, name, bytes] { return bytes(codes_of(name)); };
+    description[name] = packed_entry(q);
+    for (const packed_part_spec& part : kPackedParts) {
+      std::vector<int64_t> shape = part_shape(q, part.part, false);
+      if (shape.empty()) continue;
+      st_write_tensor w{name + part.suffix, part.dtype, std::move(shape)};
+      w.load_bytes = [codes_of, name, p = part.part] {
+        const std::span<const uint8_t> bytes = part_bytes(std::as_const(codes_of(name)), p);
+        return std::vector<uint8_t>(bytes.begin(), bytes.end());
+      };
       out.push_back(std::move(w));
-    };
-    auto as_bytes = [](const auto& v) {
-      const auto* p = reinterpret_cast<const uint8_t*>(v.data());
-      return std::vector<uint8_t>(p, p + v.size() * sizeof(v[0]));
-    };
-    part(".codes", st_dtype::u8, {q.rows, q.row_bytes}, [](const quantized_tensor& x) { return x.codes; });
-    // One scale (zero point) per group in row-major (row, group) order: rows x groups for
-    // group and row formats, a single one per tensor.
-    part(".scales", st_dtype::f32, {q.n_scales}, [as_bytes](const quantized_tensor& x) { return as_bytes(x.scales); });
-    if (q.n_zero_points > 0)
-      part(".zero_points", st_dtype::i32, {q.n_zero_points},
-           [as_bytes](const quantized_tensor& x) { return as_bytes(x.zero_points); });
-    if (q.n_super_scales > 0)  // q4_k/q6_k: the fp16 scales of each super-block
-      part(".super_scales", st_dtype::f32, {q.n_super_scales},
-           [as_bytes](const quantized_tensor& x) { return as_bytes(x.super_scales); });
-    if (q.tensor_scale)
-      part(".tensor_scale", st_dtype::f32, {1},
-           [as_bytes](const quantized_tensor& x) { return as_bytes(std::vector<float>{x.tensor_scale}); });
+    }
   }
   const std::string cfg = config_to_hf_json(m.config).dump(2);
   std::map<std::string, std::string> meta{{"format", "pt"}, {"lowbit.config", cfg}};
@@ -784,16 +858,14 @@ void save_tensor_shard(const std::string& path, const tensor_shard& shard) {
   for (const auto& [name, t] : shard.tensors) add(name, st_dtype::f32, t.shape, t.data.data(), t.data.size() * 4);
   nlohmann::json description = nlohmann::json::object();
   for (const auto& [name, q] : shard.codes) {
-    description[name] = {{"format", format_name(q.fmt)}, {"shape", {q.rows, q.cols}}};
-    add(name + ".codes", st_dtype::u8, {q.rows, q.row_bytes}, q.codes.data(), q.codes.size());
-    add(name + ".scales", st_dtype::f32, {int64_t(q.scales.size())}, q.scales.data(), q.scales.size() * 4);
-    if (!q.zero_points.empty())
-      add(name + ".zero_points", st_dtype::i32, {int64_t(q.zero_points.size())}, q.zero_points.data(),
-          q.zero_points.size() * 4);
-    if (!q.super_scales.empty())  // q4_k/q6_k: the fp16 scales of each super-block
-      add(name + ".super_scales", st_dtype::f32, {int64_t(q.super_scales.size())}, q.super_scales.data(),
-          q.super_scales.size() * 4);
-    add(name + ".tensor_scale", st_dtype::f32, {1}, &q.tensor_scale, 4);
+    const codes_layout l = layout_of(q);
+    description[name] = packed_entry(l);
+    for (const packed_part_spec& part : kPackedParts) {
+      std::vector<int64_t> shape = part_shape(l, part.part, true);
+      if (shape.empty()) continue;
+      const std::span<const uint8_t> bytes = part_bytes(q, part.part);
+      add(name + part.suffix, part.dtype, std::move(shape), bytes.data(), bytes.size());
+    }
   }
   std::map<std::string, std::string> meta = shard.metadata;
   meta["lowbit.packed"] = description.dump();
@@ -832,7 +904,7 @@ tensor_shard load_tensor_shard(const std::string& path) {
   std::set<std::string> code_parts;
   for (auto p = packed.begin(); p != packed.end(); ++p) {
     shard.codes[p.key()] = read_packed_codes(f, p.key(), p.value());
-    for (const char* suffix : {".codes", ".scales", ".zero_points", ".super_scales", ".tensor_scale"}) code_parts.insert(p.key() + suffix);
+    for (const packed_part_spec& part : kPackedParts) code_parts.insert(p.key() + part.suffix);
   }
   for (const st_tensor_info& t : f.tensors()) {
     if (code_parts.count(t.name)) continue;

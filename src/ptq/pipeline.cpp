@@ -683,7 +683,7 @@ class shard_reader final : public tensor_reader {
       const safetensors_file f(path);
       const nlohmann::json packed = packed_description(f);
       for (auto p = packed.begin(); p != packed.end(); ++p) {
-        layouts_[p.key()] = layout_of(f, p.key(), p.value());
+        layouts_[p.key()] = read_packed_layout(f, p.key(), p.value());
         coded_.push_back(p.key());
       }
     }
@@ -711,29 +711,6 @@ class shard_reader final : public tensor_reader {
   }
 
  private:
-  // Packed tensor `name` of shard f as save_tensor_shard lays it out: format and shape in its
-  // description, the parts' sizes, the tensor scale's 4 bytes.
-  static codes_layout layout_of(const safetensors_file& f, const std::string& name, const nlohmann::json& d) {
-    const st_tensor_info* codes = f.find(name + ".codes");
-    const st_tensor_info* scales = f.find(name + ".scales");
-    const st_tensor_info* zero_points = f.find(name + ".zero_points");
-    const st_tensor_info* super_scales = f.find(name + ".super_scales");
-    const st_tensor_info* tensor_scale = f.find(name + ".tensor_scale");
-    if (!d.is_object() || !d.contains("format") || !d["format"].is_string() || !d.contains("shape") ||
-        !d["shape"].is_array() || d["shape"].size() != 2 || !d["shape"][1].is_number_integer() || !codes ||
-        codes->shape.size() != 2 || !scales || !tensor_scale || tensor_scale->end - tensor_scale->begin != 4)
-      throw error(fmt::format("{}: packed tensor '{}' is not laid out as a shard's", f.path(), name));
-    codes_layout q;
-    q.fmt = parse_format(d["format"].get<std::string>());
-    q.rows = codes->shape[0], q.row_bytes = codes->shape[1], q.cols = d["shape"][1].get<int64_t>();
-    q.n_scales = scales->numel();
-    q.n_zero_points = zero_points ? zero_points->numel() : 0;
-    q.n_super_scales = super_scales ? super_scales->numel() : 0;
-    float s = 1;
-    std::memcpy(&s, f.raw(*tensor_scale), 4);
-    q.tensor_scale = s != 1.0f;
-    return q;
-  }
   const tensor_shard& shard(int l) const {
     if (cached_block_ != l) {
       cached_ = {};  // one shard in memory at a time

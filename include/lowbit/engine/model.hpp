@@ -176,6 +176,9 @@ std::map<std::string, quantized_tensor> load_packed_tensors(const std::string& p
 // Its "lowbit.packed" metadata: {NAME: {"format", "shape"}} (an empty object when absent); throws
 // naming the file when it is not a JSON object.
 nlohmann::json packed_description(const safetensors_file& f);
+// Packed tensor `name`'s layout from f's header alone (d: its packed_description entry), without
+// reading its codes; throws naming the file and the tensor when its parts do not fit.
+codes_layout read_packed_layout(const safetensors_file& f, const std::string& name, const nlohmann::json& d);
 // GGUF export: per-tensor ggml types (others F32) and, for quantized types, the exact codes and
 // scales when the caller has them (GPTQ's); otherwise a tensor is re-encoded from its values and
 // refused unless that reproduces them bit for bit. The tokenizer (when the model's is a llama2.c
