@@ -406,13 +406,12 @@ class safetensors_reader final : public tensor_reader {
     for (const auto& [k, v] : f_.metadata()) h.add(k), h.add(v);  // lowbit.packed, lowbit.config
     for (const st_tensor_info& t : f_.tensors()) {
       h.add(fmt::format("{} {} [{}]", t.name, st_dtype_name(t.dtype), fmt::join(t.shape, ",")));
-      h.add(f_.raw(t), t.end - t.begin);
-      release(t);
+      read_mapped(f_.raw(t), t.end - t.begin, [&h](const uint8_t* p, uint64_t n) { h.add(p, n); });
     }
   }
 
  private:
-  void release(const st_tensor_info& t) const { release_mapped_pages(f_.raw(t), t.end - t.begin); }
+  void release(const st_tensor_info& t) const { read_mapped(f_.raw(t), t.end - t.begin, nullptr); }
   safetensors_file f_;
   nlohmann::json packed_;
   std::map<std::string, name_map> names_;  // canonical -> file name and conversion
@@ -471,15 +470,14 @@ class gguf_reader final : public tensor_reader {
     // Converted whole, then its pages released: while it is read, the tensor's mapped bytes and
     // its floats are both resident (not chunk by chunk as the llama2.c reader).
     tensor t{info.shape(), f_.read_f32(name)};
-    release_mapped_pages(f_.raw(info), info.bytes);
+    read_mapped(f_.raw(info), info.bytes, nullptr);
     return t;
   }
 
   void hash_contents(fnv1a64& h) const override {
     for (const gguf_tensor_info& t : f_.tensors()) {
       h.add(fmt::format("{} {} [{}]", t.name, static_cast<uint32_t>(t.type), fmt::join(t.ne, ",")));
-      h.add(f_.raw(t), t.bytes);
-      release_mapped_pages(f_.raw(t), t.bytes);
+      read_mapped(f_.raw(t), t.bytes, [&h](const uint8_t* p, uint64_t n) { h.add(p, n); });
     }
   }
 
@@ -498,6 +496,12 @@ class in_memory_reader final : public tensor_reader {
     for (const auto& [name, t] : m.tensors) header.tensors[name].shape = t.shape;
   }
   tensor load(const std::string& name) const override { return m_.get(name); }
+  const tensor* peek(const std::string& name) const override { return m_.find(name); }
+  const quantized_tensor* peek_codes(const std::string& name) const override {
+    if (!codes_) return nullptr;
+    const auto it = codes_->find(name);
+    return it == codes_->end() ? nullptr : &it->second;
+  }
   void hash_contents(fnv1a64& h) const override {  // the values where they are, not copies
     for (const auto& [name, t] : m_.tensors) h.add(name), h.add(t.data.data(), t.data.size() * sizeof(float));
   }
@@ -580,6 +584,11 @@ void save_safetensors_model(const tensor_reader& r, const std::string& path, con
     std::vector<int64_t> shape = m.get(n.canonical).shape;
     if (n.transpose && shape.size() == 2) std::swap(shape[0], shape[1]);
     st_write_tensor t{n.hf, type, shape};
+    if (const tensor* in_memory = r.peek(n.canonical); in_memory && !n.transpose && !n.rope_heads) {
+      t.data = in_memory->data.data();  // written from where it is
+      out.push_back(std::move(t));
+      continue;
+    }
     t.load_values = [&r, n] {
       tensor t = r.read(n.canonical);
       if (n.transpose) return transposed(t).data;
@@ -601,6 +610,11 @@ void save_safetensors_model(const tensor_reader& r, const std::string& path, con
       std::vector<int64_t> shape = part_shape(q, part.part, false);
       if (shape.empty()) continue;
       st_write_tensor w{name + part.suffix, part.dtype, std::move(shape)};
+      if (const quantized_tensor* in_memory = r.peek_codes(name)) {
+        w.raw = part_bytes(*in_memory, part.part).data();  // written from where they are
+        out.push_back(std::move(w));
+        continue;
+      }
       w.load_bytes = [codes_of, name, p = part.part] {
         const std::span<const uint8_t> bytes = part_bytes(std::as_const(codes_of(name)), p);
         return std::vector<uint8_t>(bytes.begin(), bytes.end());
@@ -708,19 +722,26 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
     const ggml_type type = it == types.end() ? ggml_type::f32 : static_cast<ggml_type>(it->second);
     const bool round = rounded.count(name) > 0;
     w.add_tensor_deferred(name, shape_only.shape, type, [&r, &has_codes, &path, name, type, round] {
-      tensor t = r.read(name);
-      // CONVENTIONS 22: a fallback's values rounded onto its wider type, as plan_gguf_export
-      // rounds a model in memory (a no-op on values it has rounded already).
-      if (round) round_onto_ggml_type(t, static_cast<uint32_t>(type));
+      // In place when the reader holds it in memory, else read (one tensor at a time).
+      const tensor* in_memory = round ? nullptr : r.peek(name);
+      tensor read;
+      if (!in_memory) {
+        read = r.read(name);
+        // CONVENTIONS 22: a fallback's values rounded onto its wider type, as plan_gguf_export
+        // rounds a model in memory (a no-op on values it has rounded already).
+        if (round) round_onto_ggml_type(read, static_cast<uint32_t>(type));
+      }
+      const tensor& t = in_memory ? *in_memory : read;
       if (type == ggml_type::f32 || type == ggml_type::f16 || type == ggml_type::bf16)
         return encode_ggml_floats(t.data.data(), t.data.size(), type);
       const format f = ggml_type_format(type);
-      std::optional<quantized_tensor> known;  // the reader's codes, when they are of this type's format
-      if (has_codes.count(name)) known = r.read_codes(name);
-      if (known && !(known->fmt == f)) known.reset();
-      const std::optional<quantized_tensor> q = linear_weight_codes(t, f, known ? &*known : nullptr);
+      std::optional<quantized_tensor> read_codes;  // the reader's codes, when they are of this type's format
+      const quantized_tensor* known = has_codes.count(name) ? r.peek_codes(name) : nullptr;
+      if (has_codes.count(name) && !known) known = &read_codes.emplace(r.read_codes(name));
+      if (known && !(known->fmt == f)) known = nullptr;
+      const std::optional<quantized_tensor> q = linear_weight_codes(t, f, known);
       if (!q) {  // (the known or the re-encoded codes do not hold the values)
-        const quantized_tensor shown = known ? *known : quantize(t.data.data(), t.rows(), t.cols(), f);
+        const quantized_tensor shown = known ? *known : quantize(t.data.data(), t.rows(), t.cols(), f);  // (error path)
         float got = 0;
         const int64_t i = codes_mismatch(shown, t.data.data(), &got);
         throw error(fmt::format("{}: tensor '{}' is not exactly representable as {} (element {}: {} vs {}); "
@@ -893,8 +914,8 @@ tensor_shard load_tensor_shard(const std::string& path) {
   sum.add_metadata(f.metadata());
   for (const st_tensor_info* t : infos) sum.add_tensor(t->name, t->dtype, t->shape, t->begin, t->end);
   for (const st_tensor_info* t : infos) {
-    sum.add(f.raw(*t), t->end - t->begin);
-    release_mapped_pages(f.raw(*t), t->end - t->begin);  // read again below, a tensor at a time
+    // (read again below, a tensor at a time)
+    read_mapped(f.raw(*t), t->end - t->begin, [&sum](const uint8_t* p, uint64_t n) { sum.add(p, n); });
   }
   if (sum.hex() != it->second)
     throw error(fmt::format("{}: the shard does not match its checksum {} (corrupted); remove it (or its "

@@ -136,6 +136,10 @@ class tensor_reader {
   // conversion reads besides (metadata), without converting: the same changes show, for the
   // price of reading the file once.
   virtual void hash_contents(fnv1a64& h) const;
+  // Tensor `name` (its codes) where it already is in memory — an in-memory reader's model —, else
+  // null: the writers write from it in place instead of from a copy read().
+  virtual const tensor* peek(const std::string& name) const { return nullptr; }
+  virtual const quantized_tensor* peek_codes(const std::string& name) const { return nullptr; }
 
  protected:
   virtual tensor load(const std::string& name) const = 0;  // read()'s values, unchecked
