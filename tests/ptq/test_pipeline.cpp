@@ -7,6 +7,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -24,6 +25,7 @@
 #include "lowbit/engine/plan.hpp"
 #include "lowbit/engine/safetensors.hpp"
 #include "lowbit/error.hpp"
+#include "lowbit/kernels/quantize.hpp"
 #include "lowbit/ptq/mixed.hpp"
 #include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/ptq/rotate.hpp"
@@ -516,6 +518,46 @@ TEST(Streaming, WritesTheBytesOfTheInMemoryPipeline) {
   std::filesystem::remove_all(dir);
 }
 
+// A reference independent of the writers (the byte-equality tests above compare two paths that
+// share them): data-free RTN files, written from the shards and decoded by the readers (the packed
+// safetensors reader, GGUF's block decoder), hold fake_quantize_ref of the source's weights
+// (the scalar reference kernel, not the pipeline's fast one) bit for bit, and the source's other
+// tensors unchanged.
+TEST(Streaming, RtnFilesHoldTheReferenceQuantization) {
+  const std::string dir = fresh_dir("reference");
+  const auto source = open_model_reader(stories_path);
+  const model original = load_model(stories_path);
+  for (const auto& [fmt, ext] : std::vector<std::pair<std::string, std::string>>{
+           {"int4/g32", ".safetensors"}, {"uint4/g32", ".safetensors"}, {"q4_0", ".gguf"}, {"mxfp4", ".gguf"}}) {
+    SCOPED_TRACE(fmt + ext);
+    std::filesystem::remove_all(dir + "/shards");
+    const std::string out = dir + "/q" + ext;
+    write_streamed(*source, stream_options(ptq::method::rtn, fmt), dir + "/shards", out);
+    if (ext == ".safetensors") {
+      EXPECT_EQ(load_packed_tensors(out).size(), original.linear_weight_names().size());  // all as codes
+    }
+    const model written = load_model(out);
+    const std::vector<std::string> linear = original.linear_weight_names();
+    for (const auto& [name, t] : original.tensors) {
+      std::vector<float> want = t.data;
+      if (std::find(linear.begin(), linear.end(), name) != linear.end()) {
+        fake_quantize_ref(t.data.data(), want.data(), t.rows(), t.cols(), parse_format(fmt));
+        // CONVENTIONS 22: GGUF rows that do not fill q4_0's / mxfp4's blocks of 32 (ffn_down's
+        // 172) fall back to F16, onto which the quantized values are rounded.
+        if (ext == ".gguf" && t.cols() % 32 != 0)
+          fake_quantize_ref(want.data(), want.data(), t.rows(), t.cols(), parse_format("fp16"));
+      }
+      const std::vector<float>& got = written.get(name).data;
+      ASSERT_EQ(got.size(), want.size()) << name;
+      if (ext == ".gguf")  // as floats: ggml's MXFP4 table decodes the -0 code as +0
+        EXPECT_TRUE(got == want) << name;
+      else
+        EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0) << name;
+    }
+  }
+  std::filesystem::remove_all(dir);
+}
+
 // GPT-2 (biases, the fused qkv) with bias correction and LoRC (weights that stay float).
 TEST(Streaming, Gpt2WithBiasCorrectionAndLorcWritesTheSameBytes) {
   const std::string dir = fresh_dir("gpt2");
@@ -617,9 +659,10 @@ model_config small_llama() {
 // A reader whose tensors come back in another shape than its header says.
 class misreading_reader final : public tensor_reader {
  public:
-  explicit misreading_reader(const model& m) : m_(m) {
-    header = read_whole_model(*reader_of(m));
-    for (auto& [name, t] : header.tensors) t.data.clear();
+  explicit misreading_reader(const model& m) : m_(m) {  // the header: shapes only, no values copied
+    header.config = m.config;
+    header.source_path = m.source_path;
+    for (const auto& [name, t] : m.tensors) header.tensors[name].shape = t.shape;
   }
 
  protected:
@@ -727,6 +770,15 @@ TEST(Streaming, FinishedRunResumedReportsItsWindows) {
   EXPECT_GT(first.windows_available, 0);
   EXPECT_EQ(again.windows_available, first.windows_available);
   EXPECT_GT(again.seconds, 0);
+  // Its layer reports are the finished run's, restored from the state, and it did none of the
+  // work: a fraction of the first run's time.
+  ASSERT_EQ(again.layers.size(), first.layers.size());
+  for (size_t i = 0; i < first.layers.size(); ++i) {
+    EXPECT_EQ(again.layers[i].name, first.layers[i].name);
+    EXPECT_EQ(again.layers[i].error, first.layers[i].error) << first.layers[i].name;
+    EXPECT_EQ(again.layers[i].rtn_error, first.layers[i].rtn_error) << first.layers[i].name;
+  }
+  EXPECT_LT(again.seconds, first.seconds / 2);
   std::filesystem::remove_all(dir);
 }
 
