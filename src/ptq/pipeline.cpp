@@ -237,6 +237,7 @@ void save_block(model& work, int l, const quantize_report& report, const quantiz
     const tensor& t = work.get(name);
     auto q = linear_weight_codes(t, o.weights, method_codes);
     if (!q) continue;
+    // (bit for bit: NaN payloads and the sign of zero too, which codes_mismatch lets pass)
     std::vector<float> back(t.data.size());
     dequantize(*q, back.data());
     if (std::memcmp(back.data(), t.data.data(), back.size() * sizeof(float)) == 0) codes_only.insert(name);
