@@ -267,8 +267,10 @@ void put_scalar(sink& s, gguf_type t, const nlohmann::json& v) {
   }
 }
 
+}  // namespace
+
 // Formats lowbit uses for the quantized ggml types.
-format format_for(ggml_type t) {
+format ggml_type_format(ggml_type t) {
   switch (t) {
     case ggml_type::q8_0: return parse_format("q8_0");
     case ggml_type::q4_0: return parse_format("q4_0");
@@ -280,6 +282,8 @@ format format_for(ggml_type t) {
   throw error(fmt::format("ggml type {} is not a block-quantized type (expected q8_0, q4_0, q4_k, q6_k or mxfp4)",
                           ggml_type_name(t)));
 }
+
+namespace {
 
 // The fp16 bits of a block scale that must be an fp16 value (NaN: a NaN group or super-block).
 uint16_t exact_fp16(float s, int64_t block, int64_t row) {
@@ -437,7 +441,6 @@ const char* gguf_type_name(gguf_type t) {
   return valid_value_type(v) ? kValueTypeNames[v] : "unknown";
 }
 int ggml_block_size(ggml_type t) { return type_of(t).block; }
-format ggml_type_format(ggml_type t) { return format_for(t); }
 int ggml_block_bytes(ggml_type t) { return type_of(t).bytes; }
 
 int64_t gguf_tensor_info::numel() const {
@@ -728,7 +731,7 @@ std::vector<float> gguf_file::read_f32(const std::string& name) const {
 // ---- ggml blocks <-> quantized_tensor ----------------------------------------------------------------
 std::vector<uint8_t> encode_ggml_blocks(const quantized_tensor& q, ggml_type type) {
   const int bb = type_of(type).bytes;
-  format_for(type);  // throws for a non-block type
+  ggml_type_format(type);  // throws for a non-block type
   if (!layout_matches(q.fmt, type))
     throw error(fmt::format("encode_ggml_blocks: the tensor is in {}; ggml {} expects {}", format_name(q.fmt),
                             ggml_type_name(type), type == ggml_type::mxfp4 ? "mxfp4 (e2m1/g32:e8m0)" : ggml_type_name(type)));
@@ -795,7 +798,7 @@ std::vector<uint8_t> encode_ggml_blocks(const quantized_tensor& q, ggml_type typ
 }
 
 quantized_tensor decode_ggml_blocks(const uint8_t* bytes, int64_t rows, int64_t cols, ggml_type type) {
-  const format f = format_for(type);
+  const format f = ggml_type_format(type);
   const int bb = type_of(type).bytes;
   if (rows < 0 || cols < 0 || cols % kQK != 0)
     throw shape_error(fmt::format("decode_ggml_blocks: shape [{}, {}]; the row length must be a multiple of {}", rows, cols, kQK));
@@ -955,22 +958,10 @@ void gguf_writer::add_tensor(const std::string& name, const std::vector<int64_t>
     case ggml_type::q4_k:
     case ggml_type::q6_k:
     case ggml_type::mxfp4:
-      bytes = encode_ggml_blocks(quantize(data, rows, cols, format_for(type)), type);
+      bytes = encode_ggml_blocks(quantize(data, rows, cols, ggml_type_format(type)), type);
       break;
   }
   if (bytes.size() != nbytes) throw error(fmt::format("gguf_writer: internal: tensor '{}' encoded to {} bytes, expected {}", name, bytes.size(), nbytes));
-  tensors_.push_back({name, shape, type, std::move(bytes), {}, nbytes});
-}
-
-void gguf_writer::add_tensor_raw(const std::string& name, const std::vector<int64_t>& shape, ggml_type type,
-                                 std::vector<uint8_t> bytes) {
-  std::vector<std::string> names;
-  for (const auto& t : tensors_) names.push_back(t.name);
-  int64_t rows = 0, cols = 0;
-  const uint64_t nbytes = check_tensor(names, name, shape, type, &rows, &cols);
-  if (bytes.size() != nbytes)
-    throw error(fmt::format("gguf_writer: tensor '{}' ({} of {} elements) needs {} bytes; {} given", name,
-                            ggml_type_name(type), rows * cols, nbytes, bytes.size()));
   tensors_.push_back({name, shape, type, std::move(bytes), {}, nbytes});
 }
 

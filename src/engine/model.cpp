@@ -250,14 +250,14 @@ class llama2c_reader final : public tensor_reader {
     tensor t{header.get(name).shape, {}};
     t.data.resize(t.numel());
     // Chunk by chunk, each chunk's pages released once copied (the tensor, not it twice).
-    constexpr size_t kChunk = size_t(1) << 20;  // floats
-    for (size_t i0 = 0; i0 < t.data.size(); i0 += kChunk) {
-      const size_t n = std::min(kChunk, t.data.size() - i0);
-      const uint8_t* src = file_.data() + it->second + 4 * i0;
-      std::memcpy(t.data.data() + i0, src, 4 * n);
-      release_mapped_pages(src, 4 * n);
-    }
+    auto* dst = reinterpret_cast<uint8_t*>(t.data.data());
+    const uint8_t* src = file_.data() + it->second;
+    read_mapped(src, 4 * t.data.size(), [&](const uint8_t* p, uint64_t n) { std::memcpy(dst + (p - src), p, n); }, 4);
     return t;
+  }
+
+  void hash_contents(fnv1a64& h) const override {  // the whole file (header and tensors), as it is
+    read_mapped(file_.data(), file_.size(), [&h](const uint8_t* p, uint64_t n) { h.add(p, n); });
   }
 
  private:

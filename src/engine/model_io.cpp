@@ -8,6 +8,9 @@
 #include <fstream>
 #include <memory>
 #include <set>
+#include <type_traits>
+#include <utility>
+#include <span>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -33,6 +36,66 @@ nlohmann::json packed_description(const safetensors_file& f) {
 }
 
 namespace {
+
+// ---- the packed layout of a coded tensor ----------------------------------------------------------
+// The parts of a coded tensor NAME as safetensors files store them (packed model files and the
+// PTQ shards): the one description of the layout every writer and reader here uses.
+//   NAME.codes         U8  [rows, row_bytes]  quantized_tensor::codes (rows start on a byte)
+//   NAME.scales        F32 [n_scales]         one per group, row-major (row, group)
+//   NAME.zero_points   I32 [n_zero_points]    when the format has them (uint, q4_0, q4_k's mins)
+//   NAME.super_scales  F32 [n_super_scales]   q4_k/q6_k: the fp16 scales of each super-block
+//   NAME.tensor_scale  F32 [1]                nvfp4's second-level scale; model files store it
+//                                             when it is not 1, shards always
+// The file's metadata "lowbit.packed" describes NAME as {"format": canonical spec, "shape": [rows,
+// cols]} (packed_entry).
+enum class packed_part { codes, scales, zero_points, super_scales, tensor_scale };
+struct packed_part_spec {
+  packed_part part;
+  const char* suffix;
+  st_dtype dtype;
+};
+constexpr packed_part_spec kPackedParts[] = {{packed_part::codes, ".codes", st_dtype::u8},
+                                             {packed_part::scales, ".scales", st_dtype::f32},
+                                             {packed_part::zero_points, ".zero_points", st_dtype::i32},
+                                             {packed_part::super_scales, ".super_scales", st_dtype::f32},
+                                             {packed_part::tensor_scale, ".tensor_scale", st_dtype::f32}};
+
+codes_layout layout_of(const quantized_tensor& q) {
+  return {q.fmt, q.rows, q.cols, q.row_bytes, int64_t(q.scales.size()), int64_t(q.zero_points.size()),
+          int64_t(q.super_scales.size()), q.tensor_scale != 1.0f};
+}
+
+// Part p's shape in a tensor of layout l; empty when the part is not stored.
+std::vector<int64_t> part_shape(const codes_layout& l, packed_part p, bool always_tensor_scale) {
+  switch (p) {
+    case packed_part::codes: return {l.rows, l.row_bytes};
+    case packed_part::scales: return {l.n_scales};
+    case packed_part::zero_points: return l.n_zero_points > 0 ? std::vector<int64_t>{l.n_zero_points} : std::vector<int64_t>{};
+    case packed_part::super_scales:
+      return l.n_super_scales > 0 ? std::vector<int64_t>{l.n_super_scales} : std::vector<int64_t>{};
+    case packed_part::tensor_scale: return l.tensor_scale || always_tensor_scale ? std::vector<int64_t>{1} : std::vector<int64_t>{};
+  }
+  return {};
+}
+
+// Part p's bytes in q (in memory, as the file stores them).
+template <class Q>
+auto part_bytes(Q& q, packed_part p) {
+  using byte = std::conditional_t<std::is_const_v<Q>, const uint8_t, uint8_t>;
+  auto span_of = [](auto& v) { return std::span<byte>(reinterpret_cast<byte*>(v.data()), v.size() * sizeof(v[0])); };
+  switch (p) {
+    case packed_part::codes: return span_of(q.codes);
+    case packed_part::scales: return span_of(q.scales);
+    case packed_part::zero_points: return span_of(q.zero_points);
+    case packed_part::super_scales: return span_of(q.super_scales);
+    case packed_part::tensor_scale: break;
+  }
+  return std::span<byte>(reinterpret_cast<byte*>(&q.tensor_scale), sizeof q.tensor_scale);
+}
+
+nlohmann::json packed_entry(const codes_layout& l) {
+  return {{"format", format_name(l.fmt)}, {"shape", {l.rows, l.cols}}};
+}
 
 // Hugging Face stores q/k rows of each head in rotate-half order (first the hd/2 "real" rows,
 // then the hd/2 "imaginary" ones); llama2.c and GGUF interleave the pairs. Interleaved row
@@ -211,25 +274,51 @@ quantized_tensor read_packed_codes(const safetensors_file& f, const std::string&
     throw error(fmt::format("{}: '{}.codes' does not hold {} rows of {} bytes for shape [{}, {}] in {}", where, name,
                             rows, row_bytes, rows, cols, d["format"].get<std::string>()));
   quantized_tensor q = quantized_tensor::allocate(fmt_, rows, cols);
-  auto fill = [&](const std::string& suffix, st_dtype type, void* dst, size_t bytes, bool required) {
-    const st_tensor_info* t = f.find(name + suffix);
+  // Every part the format has (allocate sized them), the tensor scale when stored.
+  for (const packed_part_spec& part : kPackedParts) {
+    const std::span<uint8_t> dst = part_bytes(q, part.part);
+    if (dst.empty()) continue;
+    const std::string part_name = name + part.suffix;
+    const st_tensor_info* t = f.find(part_name);
     if (!t) {
-      if (required) throw error(fmt::format("{}: '{}' is missing", where, name + suffix));
-      return;
+      if (part.part == packed_part::tensor_scale) continue;  // 1
+      throw error(fmt::format("{}: '{}' is missing", where, part_name));
     }
-    if (t->dtype != type || t->end - t->begin != bytes)
-      throw error(fmt::format("{}: '{}' is {} with {} bytes, expected {} with {}", where, name + suffix,
-                              st_dtype_name(t->dtype), t->end - t->begin, st_dtype_name(type), bytes));
-    std::memcpy(dst, f.raw(*t), bytes);
-  };
-  fill(".codes", st_dtype::u8, q.codes.data(), q.codes.size(), true);
-  fill(".scales", st_dtype::f32, q.scales.data(), q.scales.size() * 4, true);
-  if (!q.zero_points.empty()) fill(".zero_points", st_dtype::i32, q.zero_points.data(), q.zero_points.size() * 4, true);
-  if (!q.super_scales.empty())
-    fill(".super_scales", st_dtype::f32, q.super_scales.data(), q.super_scales.size() * 4, true);
-  fill(".tensor_scale", st_dtype::f32, &q.tensor_scale, 4, false);
+    if (t->dtype != part.dtype || t->end - t->begin != dst.size())
+      throw error(fmt::format("{}: '{}' is {} with {} bytes, expected {} with {}", where, part_name,
+                              st_dtype_name(t->dtype), t->end - t->begin, st_dtype_name(part.dtype), dst.size()));
+    std::memcpy(dst.data(), f.raw(*t), dst.size());
+  }
   return q;
 }
+
+}  // namespace
+
+codes_layout read_packed_layout(const safetensors_file& f, const std::string& name, const nlohmann::json& d) {
+  const st_tensor_info* codes = f.find(name + ".codes");
+  const st_tensor_info* scales = f.find(name + ".scales");
+  const st_tensor_info* tensor_scale = f.find(name + ".tensor_scale");
+  if (!d.is_object() || !d.contains("format") || !d["format"].is_string() || !d.contains("shape") ||
+      !d["shape"].is_array() || d["shape"].size() != 2 || !d["shape"][1].is_number_integer() || !codes ||
+      codes->shape.size() != 2 || !scales || (tensor_scale && tensor_scale->end - tensor_scale->begin != 4))
+    throw error(fmt::format("{}: packed tensor '{}' is not laid out as lowbit.packed says", f.path(), name));
+  codes_layout q;
+  q.fmt = parse_format(d["format"].get<std::string>());
+  q.rows = codes->shape[0], q.row_bytes = codes->shape[1], q.cols = d["shape"][1].get<int64_t>();
+  for (const packed_part_spec& part : kPackedParts) {
+    const st_tensor_info* t = f.find(name + part.suffix);
+    if (!t) continue;
+    if (part.part == packed_part::scales) q.n_scales = t->numel();
+    if (part.part == packed_part::zero_points) q.n_zero_points = t->numel();
+    if (part.part == packed_part::super_scales) q.n_super_scales = t->numel();
+  }
+  float s = 1;
+  if (tensor_scale) std::memcpy(&s, f.raw(*tensor_scale), 4);
+  q.tensor_scale = s != 1.0f;
+  return q;
+}
+
+namespace {
 
 tensor read_packed(const safetensors_file& f, const std::string& name, const nlohmann::json& d) {
   const quantized_tensor q = read_packed_codes(f, name, d);
@@ -292,8 +381,8 @@ class safetensors_reader final : public tensor_reader {
     const name_map& n = it->second;
     if (packed_.contains(n.canonical)) {
       tensor t = read_packed(f_, n.canonical, packed_[n.canonical]);
-      for (const char* suffix : {".codes", ".scales", ".zero_points", ".super_scales", ".tensor_scale"})
-        if (const st_tensor_info* part = f_.find(n.canonical + suffix)) release(*part);
+      for (const packed_part_spec& part : kPackedParts)
+        if (const st_tensor_info* stored = f_.find(n.canonical + part.suffix)) release(*stored);
       return t;
     }
     const st_tensor_info& info = f_.get(n.hf);
@@ -313,8 +402,16 @@ class safetensors_reader final : public tensor_reader {
     return t;
   }
 
+  void hash_contents(fnv1a64& h) const override {
+    for (const auto& [k, v] : f_.metadata()) h.add(k), h.add(v);  // lowbit.packed, lowbit.config
+    for (const st_tensor_info& t : f_.tensors()) {
+      h.add(fmt::format("{} {} [{}]", t.name, st_dtype_name(t.dtype), fmt::join(t.shape, ",")));
+      read_mapped(f_.raw(t), t.end - t.begin, [&h](const uint8_t* p, uint64_t n) { h.add(p, n); });
+    }
+  }
+
  private:
-  void release(const st_tensor_info& t) const { release_mapped_pages(f_.raw(t), t.end - t.begin); }
+  void release(const st_tensor_info& t) const { read_mapped(f_.raw(t), t.end - t.begin, nullptr); }
   safetensors_file f_;
   nlohmann::json packed_;
   std::map<std::string, name_map> names_;  // canonical -> file name and conversion
@@ -373,8 +470,15 @@ class gguf_reader final : public tensor_reader {
     // Converted whole, then its pages released: while it is read, the tensor's mapped bytes and
     // its floats are both resident (not chunk by chunk as the llama2.c reader).
     tensor t{info.shape(), f_.read_f32(name)};
-    release_mapped_pages(f_.raw(info), info.bytes);
+    read_mapped(f_.raw(info), info.bytes, nullptr);
     return t;
+  }
+
+  void hash_contents(fnv1a64& h) const override {
+    for (const gguf_tensor_info& t : f_.tensors()) {
+      h.add(fmt::format("{} {} [{}]", t.name, static_cast<uint32_t>(t.type), fmt::join(t.ne, ",")));
+      read_mapped(f_.raw(t), t.bytes, [&h](const uint8_t* p, uint64_t n) { h.add(p, n); });
+    }
   }
 
  private:
@@ -392,6 +496,15 @@ class in_memory_reader final : public tensor_reader {
     for (const auto& [name, t] : m.tensors) header.tensors[name].shape = t.shape;
   }
   tensor load(const std::string& name) const override { return m_.get(name); }
+  const tensor* peek(const std::string& name) const override { return m_.find(name); }
+  const quantized_tensor* peek_codes(const std::string& name) const override {
+    if (!codes_) return nullptr;
+    const auto it = codes_->find(name);
+    return it == codes_->end() ? nullptr : &it->second;
+  }
+  void hash_contents(fnv1a64& h) const override {  // the values where they are, not copies
+    for (const auto& [name, t] : m_.tensors) h.add(name), h.add(t.data.data(), t.data.size() * sizeof(float));
+  }
   std::vector<std::string> coded_names() const override {
     std::vector<std::string> names;
     if (codes_)
@@ -411,14 +524,19 @@ class in_memory_reader final : public tensor_reader {
 
 }  // namespace
 
+void tensor_reader::hash_contents(fnv1a64& h) const {
+  for (const auto& [name, shape_only] : header.tensors) {
+    const tensor t = read(name);
+    h.add(name), h.add(t.data.data(), t.data.size() * sizeof(float));
+  }
+}
+
 quantized_tensor tensor_reader::read_codes(const std::string& name) const {
   throw error(fmt::format("{}: tensor '{}' has no codes", header.source_path, name));
 }
 
 codes_layout tensor_reader::read_codes_layout(const std::string& name) const {
-  const quantized_tensor q = read_codes(name);
-  return {q.fmt, q.rows, q.cols, q.row_bytes, int64_t(q.scales.size()), int64_t(q.zero_points.size()),
-          int64_t(q.super_scales.size()), q.tensor_scale != 1.0f};
+  return layout_of(read_codes(name));
 }
 
 std::unique_ptr<tensor_reader> reader_of(const model& m, const std::map<std::string, quantized_tensor>* codes) {
@@ -466,6 +584,11 @@ void save_safetensors_model(const tensor_reader& r, const std::string& path, con
     std::vector<int64_t> shape = m.get(n.canonical).shape;
     if (n.transpose && shape.size() == 2) std::swap(shape[0], shape[1]);
     st_write_tensor t{n.hf, type, shape};
+    if (const tensor* in_memory = r.peek(n.canonical); in_memory && !n.transpose && !n.rope_heads) {
+      t.data = in_memory->data.data();  // written from where it is
+      out.push_back(std::move(t));
+      continue;
+    }
     t.load_values = [&r, n] {
       tensor t = r.read(n.canonical);
       if (n.transpose) return transposed(t).data;
@@ -482,30 +605,22 @@ void save_safetensors_model(const tensor_reader& r, const std::string& path, con
     if (q.rows != t.rows() || q.cols != t.cols())
       throw shape_error(fmt::format("{}: packed '{}' is [{}, {}], the tensor [{}, {}]", path, name, q.rows, q.cols,
                                     t.rows(), t.cols()));
-    description[name] = {{"format", format_name(q.fmt)}, {"shape", {q.rows, q.cols}}};
-    auto part = [&](const std::string& suffix, st_dtype dt, std::vector<int64_t> shape,
-                    std::function<std::vector<uint8_t>(const quantized_tensor&)> bytes) {
-      st_write_tensor w{name + suffix, dt, std::move(shape)};
-      w.load_bytes = [codes_of, name, bytes] { return bytes(codes_of(name)); };
+    description[name] = packed_entry(q);
+    for (const packed_part_spec& part : kPackedParts) {
+      std::vector<int64_t> shape = part_shape(q, part.part, false);
+      if (shape.empty()) continue;
+      st_write_tensor w{name + part.suffix, part.dtype, std::move(shape)};
+      if (const quantized_tensor* in_memory = r.peek_codes(name)) {
+        w.raw = part_bytes(*in_memory, part.part).data();  // written from where they are
+        out.push_back(std::move(w));
+        continue;
+      }
+      w.load_bytes = [codes_of, name, p = part.part] {
+        const std::span<const uint8_t> bytes = part_bytes(std::as_const(codes_of(name)), p);
+        return std::vector<uint8_t>(bytes.begin(), bytes.end());
+      };
       out.push_back(std::move(w));
-    };
-    auto as_bytes = [](const auto& v) {
-      const auto* p = reinterpret_cast<const uint8_t*>(v.data());
-      return std::vector<uint8_t>(p, p + v.size() * sizeof(v[0]));
-    };
-    part(".codes", st_dtype::u8, {q.rows, q.row_bytes}, [](const quantized_tensor& x) { return x.codes; });
-    // One scale (zero point) per group in row-major (row, group) order: rows x groups for
-    // group and row formats, a single one per tensor.
-    part(".scales", st_dtype::f32, {q.n_scales}, [as_bytes](const quantized_tensor& x) { return as_bytes(x.scales); });
-    if (q.n_zero_points > 0)
-      part(".zero_points", st_dtype::i32, {q.n_zero_points},
-           [as_bytes](const quantized_tensor& x) { return as_bytes(x.zero_points); });
-    if (q.n_super_scales > 0)  // q4_k/q6_k: the fp16 scales of each super-block
-      part(".super_scales", st_dtype::f32, {q.n_super_scales},
-           [as_bytes](const quantized_tensor& x) { return as_bytes(x.super_scales); });
-    if (q.tensor_scale)
-      part(".tensor_scale", st_dtype::f32, {1},
-           [as_bytes](const quantized_tensor& x) { return as_bytes(std::vector<float>{x.tensor_scale}); });
+    }
   }
   const std::string cfg = config_to_hf_json(m.config).dump(2);
   std::map<std::string, std::string> meta{{"format", "pt"}, {"lowbit.config", cfg}};
@@ -607,26 +722,32 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
     const ggml_type type = it == types.end() ? ggml_type::f32 : static_cast<ggml_type>(it->second);
     const bool round = rounded.count(name) > 0;
     w.add_tensor_deferred(name, shape_only.shape, type, [&r, &has_codes, &path, name, type, round] {
-      tensor t = r.read(name);
-      // CONVENTIONS 22: a fallback's values rounded onto its wider type, as plan_gguf_export
-      // rounds a model in memory (a no-op on values it has rounded already).
-      if (round) round_onto_ggml_type(t, static_cast<uint32_t>(type));
+      // In place when the reader holds it in memory, else read (one tensor at a time).
+      const tensor* in_memory = round ? nullptr : r.peek(name);
+      tensor read;
+      if (!in_memory) {
+        read = r.read(name);
+        // CONVENTIONS 22: a fallback's values rounded onto its wider type, as plan_gguf_export
+        // rounds a model in memory (a no-op on values it has rounded already).
+        if (round) round_onto_ggml_type(read, static_cast<uint32_t>(type));
+      }
+      const tensor& t = in_memory ? *in_memory : read;
       if (type == ggml_type::f32 || type == ggml_type::f16 || type == ggml_type::bf16)
         return encode_ggml_floats(t.data.data(), t.data.size(), type);
       const format f = ggml_type_format(type);
-      std::optional<quantized_tensor> q;
-      if (has_codes.count(name)) {
-        q = r.read_codes(name);
-        if (!(q->fmt == f)) q.reset();
+      std::optional<quantized_tensor> read_codes;  // the reader's codes, when they are of this type's format
+      const quantized_tensor* known = has_codes.count(name) ? r.peek_codes(name) : nullptr;
+      if (has_codes.count(name) && !known) known = &read_codes.emplace(r.read_codes(name));
+      if (known && !(known->fmt == f)) known = nullptr;
+      const std::optional<quantized_tensor> q = linear_weight_codes(t, f, known);
+      if (!q) {  // (the known or the re-encoded codes do not hold the values)
+        const quantized_tensor shown = known ? *known : quantize(t.data.data(), t.rows(), t.cols(), f);  // (error path)
+        float got = 0;
+        const int64_t i = codes_mismatch(shown, t.data.data(), &got);
+        throw error(fmt::format("{}: tensor '{}' is not exactly representable as {} (element {}: {} vs {}); "
+                                "quantize it in that format first", path, name, ggml_type_name(type), i,
+                                i >= 0 ? t.data[size_t(i)] : 0.0f, got));
       }
-      if (!q) q = quantize(t.data.data(), t.rows(), t.cols(), f);
-      std::vector<float> back(t.data.size());
-      dequantize(*q, back.data());
-      for (size_t i = 0; i < back.size(); ++i)
-        if (back[i] != t.data[i] && !(std::isnan(back[i]) && std::isnan(t.data[i])))
-          throw error(fmt::format("{}: tensor '{}' is not exactly representable as {} (element {}: {} vs {}); "
-                                  "quantize it in that format first", path, name, ggml_type_name(type), i,
-                                  t.data[i], back[i]));
       return encode_ggml_blocks(*q, type);
     });
   }
@@ -687,12 +808,22 @@ std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& 
   return fallbacks;
 }
 
-std::optional<quantized_tensor> linear_weight_codes(const tensor& t, const format& f, const quantized_tensor* known) {
-  if (known) return *known;
-  quantized_tensor q = quantize(t.data.data(), t.rows(), t.cols(), f);
-  std::vector<float> back(t.data.size());
+int64_t codes_mismatch(const quantized_tensor& q, const float* values, float* got) {
+  std::vector<float> back(static_cast<size_t>(q.rows * q.cols));
   dequantize(q, back.data());
-  if (back != t.data) return std::nullopt;
+  for (size_t i = 0; i < back.size(); ++i)
+    if (back[i] != values[i] && !(std::isnan(back[i]) && std::isnan(values[i]))) {
+      if (got) *got = back[i];
+      return static_cast<int64_t>(i);
+    }
+  return -1;
+}
+
+std::optional<quantized_tensor> linear_weight_codes(const tensor& t, const format& f, const quantized_tensor* known) {
+  std::optional<quantized_tensor> q;
+  if (known) q = *known;
+  else q = quantize(t.data.data(), t.rows(), t.cols(), f);
+  if (q->rows != t.rows() || q->cols != t.cols() || codes_mismatch(*q, t.data.data()) >= 0) return std::nullopt;
   return q;
 }
 
@@ -715,15 +846,12 @@ namespace {
 
 constexpr const char* kShardChecksum = "lowbit.shard_checksum";
 
-// FNV-1a 64, byte by byte, over a whole shard but its checksum: the metadata (every key and value
-// but the checksum's), each tensor's name, dtype, shape and data offsets in file order, then the
-// data in that order. A changed byte anywhere in the header or the data changes it.
+// FNV-1a 64 (fnv1a64), byte by byte, over a whole shard but its checksum: the metadata (every key
+// and value but the checksum's), each tensor's name, dtype, shape and data offsets in file order,
+// then the data in that order. A changed byte anywhere in the header or the data changes it.
 class shard_checksum {
  public:
-  void add(const void* p, uint64_t n) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    for (uint64_t i = 0; i < n; ++i) h_ = (h_ ^ b[i]) * 1099511628211ull;
-  }
+  void add(const void* p, uint64_t n) { h_.add(p, n); }
   void add_text(const std::string& s) { add(s.data(), s.size() + 1); }  // with its NUL: "ab","c" != "a","bc"
   void add_metadata(const std::map<std::string, std::string>& meta) {
     for (const auto& [k, v] : meta)
@@ -733,10 +861,10 @@ class shard_checksum {
                   uint64_t end) {
     add_text(fmt::format("{} {} [{}] {} {}", name, st_dtype_name(type), fmt::join(shape, ","), begin, end));
   }
-  std::string hex() const { return fmt::format("{:016x}", h_); }
+  std::string hex() const { return h_.hex(); }
 
  private:
-  uint64_t h_ = 1469598103934665603ull;
+  fnv1a64 h_;
 };
 
 }  // namespace
@@ -751,16 +879,14 @@ void save_tensor_shard(const std::string& path, const tensor_shard& shard) {
   for (const auto& [name, t] : shard.tensors) add(name, st_dtype::f32, t.shape, t.data.data(), t.data.size() * 4);
   nlohmann::json description = nlohmann::json::object();
   for (const auto& [name, q] : shard.codes) {
-    description[name] = {{"format", format_name(q.fmt)}, {"shape", {q.rows, q.cols}}};
-    add(name + ".codes", st_dtype::u8, {q.rows, q.row_bytes}, q.codes.data(), q.codes.size());
-    add(name + ".scales", st_dtype::f32, {int64_t(q.scales.size())}, q.scales.data(), q.scales.size() * 4);
-    if (!q.zero_points.empty())
-      add(name + ".zero_points", st_dtype::i32, {int64_t(q.zero_points.size())}, q.zero_points.data(),
-          q.zero_points.size() * 4);
-    if (!q.super_scales.empty())  // q4_k/q6_k: the fp16 scales of each super-block
-      add(name + ".super_scales", st_dtype::f32, {int64_t(q.super_scales.size())}, q.super_scales.data(),
-          q.super_scales.size() * 4);
-    add(name + ".tensor_scale", st_dtype::f32, {1}, &q.tensor_scale, 4);
+    const codes_layout l = layout_of(q);
+    description[name] = packed_entry(l);
+    for (const packed_part_spec& part : kPackedParts) {
+      std::vector<int64_t> shape = part_shape(l, part.part, true);
+      if (shape.empty()) continue;
+      const std::span<const uint8_t> bytes = part_bytes(q, part.part);
+      add(name + part.suffix, part.dtype, std::move(shape), bytes.data(), bytes.size());
+    }
   }
   std::map<std::string, std::string> meta = shard.metadata;
   meta["lowbit.packed"] = description.dump();
@@ -788,8 +914,8 @@ tensor_shard load_tensor_shard(const std::string& path) {
   sum.add_metadata(f.metadata());
   for (const st_tensor_info* t : infos) sum.add_tensor(t->name, t->dtype, t->shape, t->begin, t->end);
   for (const st_tensor_info* t : infos) {
-    sum.add(f.raw(*t), t->end - t->begin);
-    release_mapped_pages(f.raw(*t), t->end - t->begin);  // read again below, a tensor at a time
+    // (read again below, a tensor at a time)
+    read_mapped(f.raw(*t), t->end - t->begin, [&sum](const uint8_t* p, uint64_t n) { sum.add(p, n); });
   }
   if (sum.hex() != it->second)
     throw error(fmt::format("{}: the shard does not match its checksum {} (corrupted); remove it (or its "
@@ -799,7 +925,7 @@ tensor_shard load_tensor_shard(const std::string& path) {
   std::set<std::string> code_parts;
   for (auto p = packed.begin(); p != packed.end(); ++p) {
     shard.codes[p.key()] = read_packed_codes(f, p.key(), p.value());
-    for (const char* suffix : {".codes", ".scales", ".zero_points", ".super_scales", ".tensor_scale"}) code_parts.insert(p.key() + suffix);
+    for (const packed_part_spec& part : kPackedParts) code_parts.insert(p.key() + part.suffix);
   }
   for (const st_tensor_info& t : f.tensors()) {
     if (code_parts.count(t.name)) continue;
@@ -810,6 +936,15 @@ tensor_shard load_tensor_shard(const std::string& path) {
   for (const auto& [k, v] : f.metadata())
     if (k != kShardChecksum && k != "lowbit.packed") shard.metadata[k] = v;
   return shard;
+}
+
+tensor tensor_shard::values(const std::string& name) const {
+  if (const auto t = tensors.find(name); t != tensors.end()) return t->second;
+  const auto q = codes.find(name);
+  if (q == codes.end()) throw error(fmt::format("shard: no tensor '{}'", name));
+  tensor out{{q->second.rows, q->second.cols}, std::vector<float>(size_t(q->second.rows * q->second.cols))};
+  dequantize(q->second, out.data.data());
+  return out;
 }
 
 std::unique_ptr<tensor_reader> open_model_reader(const std::string& path) {

@@ -117,6 +117,7 @@ mapped_file::~mapped_file() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), static_cast<size_t>(size_));
 }
 
+namespace {
 void release_mapped_pages(const void* p, uint64_t n) {
   if (!p || n == 0) return;
   const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
@@ -125,6 +126,27 @@ void release_mapped_pages(const void* p, uint64_t n) {
   // Advice only: a failure leaves the pages mapped, which costs memory, not correctness.
   ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
+}  // namespace
+
+void read_mapped(const uint8_t* p, uint64_t n, const std::function<void(const uint8_t*, uint64_t)>& chunk,
+                 uint64_t unit) {
+  const uint64_t piece = std::max<uint64_t>(1, (uint64_t(4) << 20) / unit) * unit;
+  for (uint64_t i0 = 0; i0 < n; i0 += piece) {
+    const uint64_t m = std::min(piece, n - i0);
+    if (chunk) chunk(p + i0, m);
+    release_mapped_pages(p + i0, m);
+  }
+}
+
+// ---- fnv1a64 ------------------------------------------------------------------------------------------
+void fnv1a64::add(const void* bytes, uint64_t n) {
+  const auto* b = static_cast<const uint8_t*>(bytes);
+  uint64_t h = h_;
+  for (uint64_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;  // the 64-bit FNV prime
+  h_ = h;
+}
+
+std::string fnv1a64::hex() const { return fmt::format("{:016x}", h_); }
 
 // ---- atomic_file_writer -----------------------------------------------------------------------------
 atomic_file_writer::atomic_file_writer(const std::string& path) : path_(path) {
@@ -383,10 +405,9 @@ std::vector<float> safetensors_file::read_f32(const std::string& name) const {
   // Chunk by chunk, each chunk's pages released once converted: the process holds the tensor,
   // not the tensor and its file pages (which matters when a model is streamed through).
   const size_t size = st_dtype_size(t.dtype);
-  constexpr size_t kChunk = size_t(1) << 20;  // elements
-  for (size_t i0 = 0; i0 < n; i0 += kChunk) {
-    const size_t i1 = std::min(n, i0 + kChunk);
-    if (t.dtype == st_dtype::f32) std::memcpy(out.data() + i0, p + 4 * i0, 4 * (i1 - i0));
+  read_mapped(p, uint64_t(n) * size, [&](const uint8_t* chunk, uint64_t bytes) {
+    const size_t i0 = size_t(chunk - p) / size, i1 = i0 + size_t(bytes) / size;
+    if (t.dtype == st_dtype::f32) std::memcpy(out.data() + i0, chunk, bytes);
     else for (size_t i = i0; i < i1; ++i) {
       const uint8_t* x = p + size * i;
       switch (t.dtype) {
@@ -409,8 +430,7 @@ std::vector<float> safetensors_file::read_f32(const std::string& name) const {
         }
       }
     }
-    release_mapped_pages(p + size * i0, size * (i1 - i0));
-  }
+  }, size);
   return out;
 }
 

@@ -26,6 +26,7 @@
 #include <fmt/format.h>
 
 #include "lowbit/engine/eval.hpp"
+#include "lowbit/engine/safetensors.hpp"  // fnv1a64
 #include "lowbit/error.hpp"
 #include "lowbit/formats/format.hpp"
 
@@ -143,14 +144,13 @@ std::string code_revision() { return LOWBIT_REVISION; }
 std::string file_fingerprint(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw error(fmt::format("{}: cannot open file to fingerprint it", path));
-  uint64_t h = 1469598103934665603ull;
+  fnv1a64 h;
   std::vector<char> buf(1 << 20);
   while (in) {
     in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    const std::streamsize got = in.gcount();
-    for (std::streamsize i = 0; i < got; ++i) h = (h ^ uint8_t(buf[size_t(i)])) * 1099511628211ull;
+    h.add(buf.data(), static_cast<uint64_t>(in.gcount()));
   }
-  return fmt::format("fnv1a64:{:016x}", h);
+  return "fnv1a64:" + h.hex();
 }
 
 // ---- metrics and format parts -----------------------------------------------------------------------

@@ -212,12 +212,10 @@ awq_result awq_quantize(const float* X, int64_t n, int64_t in, const std::vector
       lr.clip_max = awq_search_clip(Xs.data(), n, lr.weights.data(), l.out, in, f, o);
       awq_apply_clip(lr.weights.data(), l.out, in, f, lr.clip_max.data());
     }
-    if (is_kquant(f)) {  // ggml's search is not idempotent on its output: keep the codes
-      lr.packed = quantize(lr.weights.data(), l.out, in, f, o.tensor_id);
-      dequantize(*lr.packed, lr.weights.data());
-    } else {
-      fake_quantize(lr.weights.data(), lr.weights.data(), l.out, in, f, o.tensor_id);
-    }
+    // The codes travel with the values (exact export without quantizing again; K-quants: ggml's
+    // search is not idempotent on its own output, so they are the only exact codes).
+    lr.packed = quantize(lr.weights.data(), l.out, in, f, o.tensor_id);
+    dequantize(*lr.packed, lr.weights.data());
     res.layers.push_back(std::move(lr));
   }
   return res;

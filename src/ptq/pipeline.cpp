@@ -11,10 +11,12 @@
 #include <functional>
 #include <memory>
 #include <random>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "lowbit/engine/forward.hpp"
 #include "lowbit/engine/safetensors.hpp"
@@ -156,27 +158,26 @@ void fold_scale(model& m, const std::string& block, const layer_group& g, const 
   }
 }
 
-// What a checkpoint must match to be resumed: the model, the token stream and every option that
-// changes a bit of the result. The model is read one tensor at a time (a file stays on disk).
+// What a checkpoint must match to be resumed: the model (its config, tensor names and shapes, and
+// the bytes its values are made from: tensor_reader::hash_contents, the file's raw tensors without
+// converting them), the token stream and every option that changes a bit of the result.
 std::string run_fingerprint(const tensor_reader& source, const std::vector<int32_t>& ids, const quantize_options& o) {
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&](const void* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const uint8_t*>(p)[i]) * 1099511628211ull;
-  };
-  mix(ids.data(), ids.size() * sizeof(int32_t));
-  for (const auto& [name, shape_only] : source.header.tensors) {
-    const tensor t = source.read(name);
-    mix(name.data(), name.size());
-    mix(t.data.data(), t.data.size() * sizeof(float));
-  }
+  fnv1a64 h;
+  h.add(ids.data(), ids.size() * sizeof(int32_t));
+  const model_config& c = source.header.config;
+  h.add(fmt::format("{} {} {} {} {} {} {} {} {} {} {} {}", architecture_name(c.arch), c.dim, c.hidden_dim, c.n_layers,
+                    c.n_heads, c.n_kv_heads, c.vocab_size, c.max_seq_len, c.norm_eps, c.rope_theta,
+                    c.tied_classifier, c.l1_norm));
+  for (const auto& [name, t] : source.header.tensors) h.add(fmt::format("{} [{}]", name, fmt::join(t.shape, ",")));
+  source.hash_contents(h);
   const std::string opts = fmt::format(
       "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", method_name(o.how),
       format_name(o.weights), o.calib_samples, o.calib_ctx, o.seed, o.gptq.percdamp, o.gptq.block_size,
       o.gptq.act_order, o.gptq.static_groups, o.gptq.float64, o.smooth_alpha, o.max_sample_rows, o.lorc_rank,
       o.lorc_format ? format_name(*o.lorc_format) : "-", o.bias_correct, o.llmfp4_preshift, o.awq.n_grid,
       o.awq.clip, o.awq.clip_grid, o.awq.max_shrink, o.awq.clip_sample_tokens, o.equalize, o.rotate, o.rotate_seed);
-  mix(opts.data(), opts.size());
-  return fmt::format("{:016x}", h);
+  h.add(opts);
+  return h.hex();
 }
 
 // RTN and PowerQuant look at each weight alone, unless bias correction needs the outputs.
@@ -208,33 +209,44 @@ int block_of(const std::string& name, int n_layers) {
 
 // The checkpoint layout this code writes (state.json "version"); version 2 ties every shard to its
 // run (lowbit.run, lowbit.block) and checksums the shards' headers too.
-constexpr int kCheckpointVersion = 2;
+// Version 3 stores a coded weight as its codes alone (no float copy).
+constexpr int kCheckpointVersion = 3;
 
 std::string shard_path(const std::string& dir, int l) {
   return (fs::path(dir) / fmt::format("blk.{}.safetensors", l)).string();
 }
 
-// After block l: its tensors (final values, and the exact codes of its linear weights: the
-// method's own where it has them, else the values re-encoded where that is exact) go to its shard,
-// then the state (atomic) counts the block. A crash at any point leaves a state naming complete
-// shards only.
+// After block l: its tensors go to its shard, then the state (atomic) counts the block. A linear
+// weight with exact codes (the method's own where it has them, else its values re-encoded where
+// that is exact) is stored as those codes, and as codes alone when they dequantize to its values
+// bit for bit (a resumed run and the writers rebuild the values from them); every other tensor as
+// its float values. A crash at any point leaves a state naming complete shards only.
 void save_block(model& work, int l, const quantize_report& report, const quantize_options& o, uint64_t tensor_id,
                 const std::string& fingerprint) {
   const std::string& dir = o.checkpoint_dir;
   fs::create_directories(dir);
   const std::string block = block_prefix(l);
   tensor_shard shard;
-  // The block's tensors move into the shard and back: no copy of a block's weights.
-  const auto [first, last] = block_range(work.tensors, l);
-  for (auto it = first; it != last; ++it) shard.tensors[it->first] = std::move(it->second);
   nlohmann::json known = nlohmann::json::array();
+  std::set<std::string> codes_only;  // values rebuilt from the codes: no float copy in the shard
   for (const std::string& name : work.linear_weight_names()) {
     if (!name.starts_with(block)) continue;
     const auto it = report.packed.find(name);
     const quantized_tensor* method_codes = it == report.packed.end() ? nullptr : &it->second;
     if (method_codes) known.push_back(name);
-    if (auto q = linear_weight_codes(shard.tensors.at(name), o.weights, method_codes)) shard.codes[name] = std::move(*q);
+    const tensor& t = work.get(name);
+    auto q = linear_weight_codes(t, o.weights, method_codes);
+    if (!q) continue;
+    // (bit for bit: NaN payloads and the sign of zero too, which codes_mismatch lets pass)
+    std::vector<float> back(t.data.size());
+    dequantize(*q, back.data());
+    if (std::memcmp(back.data(), t.data.data(), back.size() * sizeof(float)) == 0) codes_only.insert(name);
+    shard.codes[name] = std::move(*q);
   }
+  // The block's other tensors move into the shard and back: no copy of a block's weights.
+  const auto [first, last] = block_range(work.tensors, l);
+  for (auto it = first; it != last; ++it)
+    if (!codes_only.count(it->first)) shard.tensors[it->first] = std::move(it->second);
   shard.metadata["lowbit.known_codes"] = known.dump();
   shard.metadata["lowbit.run"] = fingerprint;  // the shard belongs to this run and this block
   shard.metadata["lowbit.block"] = std::to_string(l);
@@ -317,19 +329,27 @@ tensor_shard load_block_shard(const std::string& dir, int l, const model& shapes
   for (auto it = first; it != last; ++it) {
     ++expected;
     const auto t = shard.tensors.find(it->first);
-    if (t == shard.tensors.end() || t->second.shape != it->second.shape)
+    const auto q = shard.codes.find(it->first);
+    const bool ok = t != shard.tensors.end() ? t->second.shape == it->second.shape
+                    : q != shard.codes.end() ? it->second.shape == std::vector<int64_t>{q->second.rows, q->second.cols}
+                                             : false;
+    if (!ok)
       throw error(fmt::format("{}: tensor '{}' is missing or of another shape; remove {} to start over", path,
                               it->first, dir));
   }
-  if (shard.tensors.size() != expected)
-    throw error(fmt::format("{}: holds {} tensors, block {} has {}", path, shard.tensors.size(), l, expected));
+  size_t held = shard.tensors.size();  // the block's tensors: floats, and coded ones without floats
+  for (const auto& [name, q] : shard.codes) held += shard.tensors.count(name) == 0;
+  if (held != expected) throw error(fmt::format("{}: holds {} tensors, block {} has {}", path, held, l, expected));
   return shard;
 }
 
-// A finished block back into the working model (resume), its method codes into the report.
+// A finished block back into the working model (resume; the values stored as codes rebuilt from
+// them), its method codes into the report.
 void restore_block(model& work, const model& shapes, int l, const std::string& dir, const std::string& fingerprint,
                    quantize_report& report) {
   tensor_shard shard = load_block_shard(dir, l, shapes, fingerprint);
+  for (const auto& [name, q] : shard.codes)
+    if (!shard.tensors.count(name)) shard.tensors[name] = shard.values(name);
   const nlohmann::json known = nlohmann::json::parse(shard.metadata["lowbit.known_codes"], nullptr, false);
   if (!known.is_array()) throw error(fmt::format("{}: lowbit.known_codes is not a JSON array", shard_path(dir, l)));
   for (const auto& name : known) {
@@ -361,12 +381,11 @@ void equalize_block(model& m, int l, const std::vector<layer_group>& groups) {
   }
 }
 
-// RTN of one weight. K-quants: ggml's scale search run again on its own output may choose other
-// scales, so the codes travel with the values (report.packed, then the block's shard) for an
-// exact export.
+// RTN of one weight (rtn_quantize's values: dequantize(quantize(w))). The codes travel with the
+// values (report.packed, then the block's shard) for an exact export without quantizing again
+// (K-quants: ggml's scale search run again on its own output may choose other scales).
 std::vector<float> rtn_with_codes(const float* w, int64_t out, int64_t in, const quantize_options& o,
                                   uint64_t& tensor_id, quantize_report& report, const std::string& name) {
-  if (!is_kquant(o.weights)) return rtn_quantize(w, out, in, o.weights, ++tensor_id);
   quantized_tensor q = quantize(w, out, in, o.weights, ++tensor_id);
   std::vector<float> values(static_cast<size_t>(out * in));
   dequantize(q, values.data());
@@ -455,10 +474,10 @@ void quantize_block_groups(model& m, const std::string& block, const std::vector
       std::vector<float> importance(in);
       for (int64_t j = 0; j < in; ++j) importance[j] = static_cast<float>(gi.sqsum[j] / std::max<int64_t>(1, gi.seen));
       for (size_t i = 0; i < grp.weights.size(); ++i) {
-        quantized_tensor codes;
+        std::optional<quantized_tensor> codes;
         quantized[i] = importance_rtn(originals[i].data(), layers[i].out, in, o.weights, importance.data(), 20, 0.5,
                                       &codes);
-        if (is_kquant(o.weights)) report.packed[block + grp.weights[i]] = std::move(codes);
+        if (codes) report.packed[block + grp.weights[i]] = std::move(*codes);
       }
     } else {  // smoothquant: migrate activation outliers where a norm takes the scale
       if (grp.how == layer_group::fold::norm) {
@@ -665,7 +684,7 @@ class shard_reader final : public tensor_reader {
       const safetensors_file f(path);
       const nlohmann::json packed = packed_description(f);
       for (auto p = packed.begin(); p != packed.end(); ++p) {
-        layouts_[p.key()] = layout_of(f, p.key(), p.value());
+        layouts_[p.key()] = read_packed_layout(f, p.key(), p.value());
         coded_.push_back(p.key());
       }
     }
@@ -688,35 +707,11 @@ class shard_reader final : public tensor_reader {
   tensor load(const std::string& name) const override {
     const int l = block_of(name, header.config.n_layers);
     if (l < 0) return source_.read(name);
-    const auto it = shard(l).tensors.find(name);
-    if (it == shard(l).tensors.end()) throw error(fmt::format("{}: no tensor '{}'", shard_path(dir_, l), name));
-    return it->second;
+    if (!shard(l).has(name)) throw error(fmt::format("{}: no tensor '{}'", shard_path(dir_, l), name));
+    return shard(l).values(name);  // a coded weight's values rebuilt from its codes
   }
 
  private:
-  // Packed tensor `name` of shard f as save_tensor_shard lays it out: format and shape in its
-  // description, the parts' sizes, the tensor scale's 4 bytes.
-  static codes_layout layout_of(const safetensors_file& f, const std::string& name, const nlohmann::json& d) {
-    const st_tensor_info* codes = f.find(name + ".codes");
-    const st_tensor_info* scales = f.find(name + ".scales");
-    const st_tensor_info* zero_points = f.find(name + ".zero_points");
-    const st_tensor_info* super_scales = f.find(name + ".super_scales");
-    const st_tensor_info* tensor_scale = f.find(name + ".tensor_scale");
-    if (!d.is_object() || !d.contains("format") || !d["format"].is_string() || !d.contains("shape") ||
-        !d["shape"].is_array() || d["shape"].size() != 2 || !d["shape"][1].is_number_integer() || !codes ||
-        codes->shape.size() != 2 || !scales || !tensor_scale || tensor_scale->end - tensor_scale->begin != 4)
-      throw error(fmt::format("{}: packed tensor '{}' is not laid out as a shard's", f.path(), name));
-    codes_layout q;
-    q.fmt = parse_format(d["format"].get<std::string>());
-    q.rows = codes->shape[0], q.row_bytes = codes->shape[1], q.cols = d["shape"][1].get<int64_t>();
-    q.n_scales = scales->numel();
-    q.n_zero_points = zero_points ? zero_points->numel() : 0;
-    q.n_super_scales = super_scales ? super_scales->numel() : 0;
-    float s = 1;
-    std::memcpy(&s, f.raw(*tensor_scale), 4);
-    q.tensor_scale = s != 1.0f;
-    return q;
-  }
   const tensor_shard& shard(int l) const {
     if (cached_block_ != l) {
       cached_ = {};  // one shard in memory at a time

@@ -2,6 +2,7 @@
 #include "lowbit/ptq/search.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 
 #include <fmt/format.h>
@@ -75,14 +76,15 @@ power_search_result powerquant_search(const float* W, int64_t out, int64_t in, c
 }
 
 std::vector<float> importance_rtn(const float* W, int64_t out, int64_t in, const format& f,
-                                  const float* importance, int grid, double max_shrink, quantized_tensor* packed) {
+                                  const float* importance, int grid, double max_shrink,
+                                  std::optional<quantized_tensor>* packed) {
   if (grid < 1 || !(max_shrink >= 0) || max_shrink >= 1)
     throw error(fmt::format("importance RTN: grid {} and max shrink {} (need >= 1 and in [0, 1))", grid, max_shrink));
   const int64_t groups = f.gran == granularity::group ? (in + scale_unit(f) - 1) / scale_unit(f) : 1;
-  // K-quants: the clipped input of each super-block's best shrink, quantized at the end for its
-  // codes (a super-block's quantization depends on its values only).
+  // The clipped input of each group's best shrink, quantized once at the end for its codes (a
+  // group's — a K-quant super-block's — quantization depends on its values only).
   const bool kquant = is_kquant(f);
-  std::vector<float> best_in(kquant ? static_cast<size_t>(out * in) : 0);
+  std::vector<float> best_in(static_cast<size_t>(out * in));
   const bool per_tensor = f.gran == granularity::tensor || f.named == preset::nvfp4;
   std::vector<float> best(W, W + out * in), clipped(out * in), q(out * in);
   // Best weighted error per (row, group); per-tensor formats pick one shrink for the tensor.
@@ -116,6 +118,7 @@ std::vector<float> importance_rtn(const float* W, int64_t out, int64_t in, const
       if (tensor_err < best_err[0]) {
         best_err[0] = tensor_err;
         best = q;
+        best_in = clipped;
       }
       continue;
     }
@@ -125,13 +128,17 @@ std::vector<float> importance_rtn(const float* W, int64_t out, int64_t in, const
           best_err[r * groups + g] = errs[r * groups + g];
           const auto [c0, c1] = group_range(f, in, g);
           std::copy(q.begin() + r * in + c0, q.begin() + r * in + c1, best.begin() + r * in + c0);
-          if (kquant) std::copy(clipped.begin() + r * in + c0, clipped.begin() + r * in + c1, best_in.begin() + r * in + c0);
+          std::copy(clipped.begin() + r * in + c0, clipped.begin() + r * in + c1, best_in.begin() + r * in + c0);
         }
   }
-  if (kquant) {
+  if (kquant) {  // ggml's search run on its own output may choose other scales: the codes' values
     quantized_tensor q = quantize(best_in.data(), out, in, f);
     dequantize(q, best.data());  // the same values, now with their codes
     if (packed) *packed = std::move(q);
+  } else if (packed) {  // the codes, where they give the chosen values bit for bit
+    quantized_tensor q = quantize(best_in.data(), out, in, f);
+    dequantize(q, clipped.data());  // (clipped: scratch)
+    if (std::memcmp(clipped.data(), best.data(), best.size() * sizeof(float)) == 0) *packed = std::move(q);
   }
   return best;
 }

@@ -590,11 +590,14 @@ TEST(GgufRoundTrip, AllKvTypesAndTensorTypes) {
   EXPECT_THROW(w.add_tensor("t", {2, 30}, x.data(), ggml_type::q8_0), lowbit::error);  // rows not /32
   EXPECT_THROW(w.add_tensor("t", {0, 32}, x.data(), ggml_type::f32), lowbit::error);
   EXPECT_THROW(w.add_tensor("t", {1, 1, 1, 1, 32}, x.data(), ggml_type::f32), lowbit::error);
-  EXPECT_THROW(w.add_tensor_raw("t", {32}, ggml_type::q8_0, std::vector<uint8_t>(33)), lowbit::error);
   EXPECT_THROW(w.add_tensor("t", {32}, x.data(), static_cast<ggml_type>(3)), lowbit::error);
   w.add_tensor("t", {2, 32}, x.data(), ggml_type::q4_0);
   EXPECT_THROW(w.add_tensor("t", {2, 32}, x.data(), ggml_type::q4_0), lowbit::error);
   EXPECT_THROW(w.write(s / "bad.gguf", 3), lowbit::error);
+  EXPECT_FALSE(fs::exists(s / "bad.gguf"));
+  gguf_writer wrong_size;  // encoded blocks of another size than the type's: refused, no file
+  wrong_size.add_tensor_deferred("t", {32}, ggml_type::q8_0, [] { return std::vector<uint8_t>(33); });
+  EXPECT_THROW(wrong_size.write(s / "bad.gguf"), lowbit::error);
   EXPECT_FALSE(fs::exists(s / "bad.gguf"));
 }
 
@@ -636,9 +639,9 @@ TEST(GgufBlocks, HandComputedBlocks) {
   for (int j = 0; j < 16; ++j) mx_want.push_back(-0x3p-125f);
 
   gguf_writer w;
-  w.add_tensor_raw("q4", {32}, ggml_type::q4_0, q4);
-  w.add_tensor_raw("q8", {32}, ggml_type::q8_0, q8);
-  w.add_tensor_raw("mx", {4, 32}, ggml_type::mxfp4, mx);
+  w.add_tensor_deferred("q4", {32}, ggml_type::q4_0, [q4] { return q4; });
+  w.add_tensor_deferred("q8", {32}, ggml_type::q8_0, [q8] { return q8; });
+  w.add_tensor_deferred("mx", {4, 32}, ggml_type::mxfp4, [mx] { return mx; });
   w.write(s / "hand.gguf");
   gguf_file f(s / "hand.gguf");
   for (const auto& [name, want] : std::vector<std::pair<std::string, std::vector<float>>>{
@@ -706,7 +709,7 @@ TEST(GgufBlocks, EncodeDecodeRandomCodes) {
     EXPECT_EQ(encode_ggml_blocks(d, type), raw) << fmt_name;
     scratch s("gguf_blocks");
     gguf_writer w;
-    w.add_tensor_raw("t", {rows, cols}, type, raw);
+    w.add_tensor_deferred("t", {rows, cols}, type, [raw] { return raw; });
     w.write(s / "b.gguf");
     gguf_file f(s / "b.gguf");
     const auto got = f.read_f32("t");

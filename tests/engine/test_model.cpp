@@ -2,9 +2,11 @@
 // plans quantize what they name and nothing else.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 
 #include "lowbit/engine/eval.hpp"
@@ -391,6 +393,46 @@ TEST(ModelFiles, PackedSafetensorsRoundTrip) {
   } catch (const error& e) {
     EXPECT_NE(std::string(e.what()).find("blk.0.attn_q.weight"), std::string::npos) << e.what();
   }
+}
+
+// One rule for "do these codes hold these values" (codes_mismatch), for the packed safetensors
+// writer's codes and the GGUF writer's check alike: equal as floats, NaN matching any NaN
+// (CONVENTIONS 4: a NaN makes its group NaN). A group holding NaN is stored as codes by both.
+TEST(ModelFiles, CodesHoldValuesByOneRule) {
+  const format f = parse_format("q8_0");
+  tensor t{{2, 64}, std::vector<float>(128)};
+  for (int i = 0; i < 128; ++i) t.data[size_t(i)] = float(i % 17) - 8.0f;
+  fake_quantize(t.data.data(), t.data.data(), 2, 64, f);
+  t.data[5] = std::numeric_limits<float>::quiet_NaN();
+  quantized_tensor q = quantize(t.data.data(), 2, 64, f);
+  std::vector<float> back(128);
+  dequantize(q, back.data());
+  EXPECT_TRUE(std::isnan(back[0]));  // the whole group is NaN
+  tensor nan_group = t;
+  for (int i = 0; i < 32; ++i) nan_group.data[size_t(i)] = back[size_t(i)];
+  EXPECT_EQ(codes_mismatch(q, nan_group.data.data()), -1);
+  EXPECT_TRUE(linear_weight_codes(nan_group, f, nullptr).has_value());
+  EXPECT_EQ(codes_mismatch(q, t.data.data()), 0);  // a number where the codes hold NaN
+  tensor off = nan_group;
+  off.data[40] += 0.5f;
+  float got = 0;
+  EXPECT_EQ(codes_mismatch(q, off.data.data(), &got), 40);
+  EXPECT_EQ(got, nan_group.data[40]);
+  EXPECT_FALSE(linear_weight_codes(off, f, &q).has_value());  // known codes are checked too
+  // GGUF: written from the same codes (NaN group included), refused where they do not hold.
+  const std::string dir = temp_dir("one_rule");
+  model m = load_llama2c(stories);
+  tensor& w = m.get_mut("blk.0.attn_q.weight");
+  fake_quantize(w.data.data(), w.data.data(), w.rows(), w.cols(), f);
+  for (int i = 0; i < 32; ++i) w.data[size_t(i)] = std::numeric_limits<float>::quiet_NaN();
+  gguf_export ex;
+  ex.types["blk.0.attn_q.weight"] = ggml_type_for_format(f);
+  save_gguf_model(m, dir + "/nan.gguf", ex);
+  const model back_m = load_model(dir + "/nan.gguf");
+  EXPECT_TRUE(std::isnan(back_m.get("blk.0.attn_q.weight").data[0]));
+  EXPECT_EQ(back_m.get("blk.0.attn_q.weight").data[40], w.data[40]);
+  w.data[40] += 1e-3f;
+  EXPECT_THROW(save_gguf_model(m, dir + "/off.gguf", ex), error);
 }
 
 // A GPT-2 GGUF carries its byte-level BPE as tokenizer.ggml.tokens / merges (model "gpt2"), and

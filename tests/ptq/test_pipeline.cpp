@@ -7,6 +7,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -22,7 +23,9 @@
 #include "lowbit/engine/gguf.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
+#include "lowbit/engine/safetensors.hpp"
 #include "lowbit/error.hpp"
+#include "lowbit/kernels/quantize.hpp"
 #include "lowbit/ptq/mixed.hpp"
 #include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/ptq/rotate.hpp"
@@ -515,6 +518,46 @@ TEST(Streaming, WritesTheBytesOfTheInMemoryPipeline) {
   std::filesystem::remove_all(dir);
 }
 
+// A reference independent of the writers (the byte-equality tests above compare two paths that
+// share them): data-free RTN files, written from the shards and decoded by the readers (the packed
+// safetensors reader, GGUF's block decoder), hold fake_quantize_ref of the source's weights
+// (the scalar reference kernel, not the pipeline's fast one) bit for bit, and the source's other
+// tensors unchanged.
+TEST(Streaming, RtnFilesHoldTheReferenceQuantization) {
+  const std::string dir = fresh_dir("reference");
+  const auto source = open_model_reader(stories_path);
+  const model original = load_model(stories_path);
+  for (const auto& [fmt, ext] : std::vector<std::pair<std::string, std::string>>{
+           {"int4/g32", ".safetensors"}, {"uint4/g32", ".safetensors"}, {"q4_0", ".gguf"}, {"mxfp4", ".gguf"}}) {
+    SCOPED_TRACE(fmt + ext);
+    std::filesystem::remove_all(dir + "/shards");
+    const std::string out = dir + "/q" + ext;
+    write_streamed(*source, stream_options(ptq::method::rtn, fmt), dir + "/shards", out);
+    if (ext == ".safetensors") {
+      EXPECT_EQ(load_packed_tensors(out).size(), original.linear_weight_names().size());  // all as codes
+    }
+    const model written = load_model(out);
+    const std::vector<std::string> linear = original.linear_weight_names();
+    for (const auto& [name, t] : original.tensors) {
+      std::vector<float> want = t.data;
+      if (std::find(linear.begin(), linear.end(), name) != linear.end()) {
+        fake_quantize_ref(t.data.data(), want.data(), t.rows(), t.cols(), parse_format(fmt));
+        // CONVENTIONS 22: GGUF rows that do not fill q4_0's / mxfp4's blocks of 32 (ffn_down's
+        // 172) fall back to F16, onto which the quantized values are rounded.
+        if (ext == ".gguf" && t.cols() % 32 != 0)
+          fake_quantize_ref(want.data(), want.data(), t.rows(), t.cols(), parse_format("fp16"));
+      }
+      const std::vector<float>& got = written.get(name).data;
+      ASSERT_EQ(got.size(), want.size()) << name;
+      if (ext == ".gguf")  // as floats: ggml's MXFP4 table decodes the -0 code as +0
+        EXPECT_TRUE(got == want) << name;
+      else
+        EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0) << name;
+    }
+  }
+  std::filesystem::remove_all(dir);
+}
+
 // GPT-2 (biases, the fused qkv) with bias correction and LoRC (weights that stay float).
 TEST(Streaming, Gpt2WithBiasCorrectionAndLorcWritesTheSameBytes) {
   const std::string dir = fresh_dir("gpt2");
@@ -616,9 +659,10 @@ model_config small_llama() {
 // A reader whose tensors come back in another shape than its header says.
 class misreading_reader final : public tensor_reader {
  public:
-  explicit misreading_reader(const model& m) : m_(m) {
-    header = read_whole_model(*reader_of(m));
-    for (auto& [name, t] : header.tensors) t.data.clear();
+  explicit misreading_reader(const model& m) : m_(m) {  // the header: shapes only, no values copied
+    header.config = m.config;
+    header.source_path = m.source_path;
+    for (const auto& [name, t] : m.tensors) header.tensors[name].shape = t.shape;
   }
 
  protected:
@@ -695,9 +739,10 @@ TEST(Streaming, ShardsBelongToTheirRunAndBlock) {
   std::ofstream(shard1, std::ios::binary | std::ios::trunc) << bytes0;  // block 0's shard as block 1's
   expect_error_naming(read_block1, "lowbit.block 0 is not this run's block 1");
   std::string changed = bytes1;  // a metadata value changed, the JSON still valid: the checksum shows it
-  const size_t at = changed.find("\"lowbit.known_codes\":\"[]\"");
+  const std::string known = "\"lowbit.known_codes\":\"[\\\"blk.1.";  // RTN's own codes, block 1's names
+  const size_t at = changed.find(known);
   ASSERT_NE(at, std::string::npos);
-  changed.replace(at + 22, 2, "{}");
+  changed[at + known.size() - 2] = '2';
   std::ofstream(shard1, std::ios::binary | std::ios::trunc) << changed;
   expect_error_naming(read_block1, "checksum");
   std::ofstream(shard1, std::ios::binary | std::ios::trunc) << bytes1;
@@ -725,6 +770,15 @@ TEST(Streaming, FinishedRunResumedReportsItsWindows) {
   EXPECT_GT(first.windows_available, 0);
   EXPECT_EQ(again.windows_available, first.windows_available);
   EXPECT_GT(again.seconds, 0);
+  // Its layer reports are the finished run's, restored from the state, and it did none of the
+  // work: a fraction of the first run's time.
+  ASSERT_EQ(again.layers.size(), first.layers.size());
+  for (size_t i = 0; i < first.layers.size(); ++i) {
+    EXPECT_EQ(again.layers[i].name, first.layers[i].name);
+    EXPECT_EQ(again.layers[i].error, first.layers[i].error) << first.layers[i].name;
+    EXPECT_EQ(again.layers[i].rtn_error, first.layers[i].rtn_error) << first.layers[i].name;
+  }
+  EXPECT_LT(again.seconds, first.seconds / 2);
   std::filesystem::remove_all(dir);
 }
 
@@ -753,7 +807,7 @@ TEST(Streaming, ShardLayoutsAreTheCodesLayouts) {
     std::filesystem::remove_all(dir + "/shards");
     write_streamed(*source, stream_options(ptq::method::rtn, fmt), dir + "/shards", dir + "/q.safetensors");
     const auto r = ptq::read_quantized_shards(*source, dir + "/shards");
-    ASSERT_GE(r->coded_names().size(), 28u);  // nvfp4: a few weights stay float (not re-encoded exactly)
+    ASSERT_EQ(r->coded_names().size(), 35u);  // RTN's own codes: every weight (nvfp4's too, not re-encoded)
     int tensor_scales = 0, zero_points = 0, super_scales = 0;
     for (const std::string& name : r->coded_names()) {
       const codes_layout l = r->read_codes_layout(name);
@@ -776,6 +830,37 @@ TEST(Streaming, ShardLayoutsAreTheCodesLayouts) {
     // The file described from the layouts is the in-memory pipeline's (described from its codes).
     write_in_memory(load_model(stories_path), stream_options(ptq::method::rtn, fmt), dir + "/memory.safetensors");
     EXPECT_TRUE(file_bytes(dir + "/q.safetensors") == file_bytes(dir + "/memory.safetensors"));
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// A coded weight is stored in its shard as its codes alone (no float copy: a 4-bit weight in
+// about 1/7 of the bytes), the norms as floats; a resumed run and the shards' reader rebuild the
+// weight's values from the codes, bit for bit those of the in-memory pipeline.
+TEST(Streaming, ShardsHoldCodedWeightsAsCodesAlone) {
+  const std::string dir = fresh_dir("codes_only");
+  const auto source = open_model_reader(stories_path);
+  const auto o = finished_shards(*source, dir, ptq::method::gptq);
+  const safetensors_file shard(dir + "/shards/blk.0.safetensors");
+  int64_t weight_floats = 0;
+  for (const std::string& name : source->header.linear_weight_names()) {
+    if (!name.starts_with("blk.0.")) continue;
+    EXPECT_EQ(shard.find(name), nullptr) << name << " has a float copy";
+    ASSERT_NE(shard.find(name + ".codes"), nullptr) << name;
+    weight_floats += source->header.get(name).rows() * source->header.get(name).cols();
+  }
+  EXPECT_NE(shard.find("blk.0.attn_norm.weight"), nullptr);
+  EXPECT_LT(std::filesystem::file_size(dir + "/shards/blk.0.safetensors"), uint64_t(weight_floats) * 4 / 5);
+  // The values rebuilt from the shards are the in-memory pipeline's.
+  model m = load_model(stories_path);
+  auto in_memory = o;
+  in_memory.checkpoint_dir.clear();
+  ptq::quantize_model(m, story_ids(), in_memory);
+  const auto quantized = ptq::read_quantized_shards(*source, dir + "/shards");
+  for (const std::string& name : m.linear_weight_names()) {
+    const tensor t = quantized->read(name);
+    ASSERT_EQ(t.data.size(), m.get(name).data.size()) << name;
+    EXPECT_EQ(std::memcmp(t.data.data(), m.get(name).data.data(), t.data.size() * 4), 0) << name;
   }
   std::filesystem::remove_all(dir);
 }

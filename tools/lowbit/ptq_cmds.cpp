@@ -147,15 +147,17 @@ void cmd_quantize(const quantize_cli_options& o) {
   };
   ptq::quantize_report r;
   std::optional<model> whole;  // --rotate only
-  std::map<std::string, quantized_tensor> whole_codes;
+  std::unique_ptr<tensor_reader> whole_reader;
   std::unique_ptr<tensor_reader> quantized;
   if (qo.rotate) {
     // The rotation changes the embeddings, the classifier and every block at once: this one
-    // option quantizes the whole model in memory (with the same per-block checkpoints).
+    // option quantizes the whole model in memory (with the same per-block checkpoints). The
+    // blocks, codes included, come from those shards as in a streamed run; the rest (rotated)
+    // from the model in memory.
     whole = read_whole_model(*source);
     r = ptq::quantize_model(*whole, ids, qo, progress);
-    pack_linear_weights(*whole, qo.weights, r.packed, whole_codes);
-    quantized = reader_of(*whole, &whole_codes);
+    whole_reader = reader_of(*whole);
+    quantized = ptq::read_quantized_shards(*whole_reader, qo.checkpoint_dir);
   } else {
     r = ptq::quantize_to_shards(*source, ids, qo, progress);
     quantized = ptq::read_quantized_shards(*source, qo.checkpoint_dir);

@@ -106,11 +106,9 @@ class gguf_writer {
   // quantize_row_*_ref (q8_0/q4_0/q4_k/q6_k via lowbit's presets, mxfp4 via OCP MXFP4).
   void add_tensor(const std::string& name, const std::vector<int64_t>& shape, const float* data,
                   ggml_type type);
-  // Already-encoded blocks (the bytes ggml expects for `type`).
-  void add_tensor_raw(const std::string& name, const std::vector<int64_t>& shape, ggml_type type,
-                      std::vector<uint8_t> bytes);
-  // Encoded blocks made by `bytes` when write() reaches the tensor, so a model larger than memory
-  // is written one tensor at a time (streaming quantization).
+  // Encoded blocks (the bytes ggml expects for `type`) made by `bytes` when write() reaches the
+  // tensor, so a model larger than memory is written one tensor at a time (streaming
+  // quantization); write() refuses bytes of another size.
   void add_tensor_deferred(const std::string& name, const std::vector<int64_t>& shape, ggml_type type,
                            std::function<std::vector<uint8_t>()> bytes);
   void write(const std::string& path, uint32_t alignment = 32) const;

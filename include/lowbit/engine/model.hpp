@@ -34,6 +34,7 @@
 namespace lowbit {
 
 class safetensors_file;
+class fnv1a64;
 
 struct tensor {
   std::vector<int64_t> shape;  // row-major, outermost first
@@ -129,6 +130,16 @@ class tensor_reader {
   // read_codes(name)'s layout; by default from read_codes itself, cheaper where a reader can tell
   // it from a header (the shards' reader).
   virtual codes_layout read_codes_layout(const std::string& name) const;
+  // Feeds `h` what the tensors' values are made from, for a content fingerprint (PTQ's run
+  // fingerprint; the header is hashed by the caller): by default each tensor's name and values as
+  // read() gives them. The file readers hash the raw bytes of the file's tensors and what their
+  // conversion reads besides (metadata), without converting: the same changes show, for the
+  // price of reading the file once.
+  virtual void hash_contents(fnv1a64& h) const;
+  // Tensor `name` (its codes) where it already is in memory — an in-memory reader's model —, else
+  // null: the writers write from it in place instead of from a copy read().
+  virtual const tensor* peek(const std::string& name) const { return nullptr; }
+  virtual const quantized_tensor* peek_codes(const std::string& name) const { return nullptr; }
 
  protected:
   virtual tensor load(const std::string& name) const = 0;  // read()'s values, unchecked
@@ -169,6 +180,9 @@ std::map<std::string, quantized_tensor> load_packed_tensors(const std::string& p
 // Its "lowbit.packed" metadata: {NAME: {"format", "shape"}} (an empty object when absent); throws
 // naming the file when it is not a JSON object.
 nlohmann::json packed_description(const safetensors_file& f);
+// Packed tensor `name`'s layout from f's header alone (d: its packed_description entry), without
+// reading its codes; throws naming the file and the tensor when its parts do not fit.
+codes_layout read_packed_layout(const safetensors_file& f, const std::string& name, const nlohmann::json& d);
 // GGUF export: per-tensor ggml types (others F32) and, for quantized types, the exact codes and
 // scales when the caller has them (GPTQ's); otherwise a tensor is re-encoded from its values and
 // refused unless that reproduces them bit for bit. The tokenizer (when the model's is a llama2.c
@@ -203,9 +217,17 @@ std::vector<std::string> gguf_export_types(const model& header, uint32_t type, s
 // t's values rounded onto ggml type `type` (a ggml_type number; fake-quantized in its format, F32
 // leaves them).
 void round_onto_ggml_type(tensor& t, uint32_t type);
-// The codes a packed file stores for a linear weight t in format f: `known` (a method's own codes,
-// GPTQ's say) when given, else t's values re-encoded when that reproduces them exactly; nullopt
-// when t stays float (not values of f alone, e.g. LoRC's Q + U V).
+// The one rule by which codes hold values (the writers' "re-encode and check": the codes a packed
+// safetensors file or a GGUF stores): dequantize(q) equals `values` element by element as floats,
+// and a NaN matches any NaN. CONVENTIONS 4: a NaN or Inf in a scaled group makes the group's
+// scale and every output NaN, so NaN is a value the codes hold whatever its payload (and -0
+// matches +0, as floats compare). Returns -1 when they hold them, else the first element that
+// differs (`got`, when given, receives its dequantized value).
+int64_t codes_mismatch(const quantized_tensor& q, const float* values, float* got = nullptr);
+// The codes a file stores for a tensor t in format f: `known` (a method's own codes, GPTQ's say,
+// or LLM-FP4's in the element format it chose) when given, else t's values re-encoded in f;
+// nullopt when they do not hold t's values (codes_mismatch): t stays float (not values of f
+// alone, e.g. LoRC's Q + U V).
 std::optional<quantized_tensor> linear_weight_codes(const tensor& t, const format& f, const quantized_tensor* known);
 // linear_weight_codes of each of m's linear weights (known: name -> the method's codes) into
 // `packed`, for a packed safetensors file. Returns the names that stay float.
@@ -214,13 +236,20 @@ std::vector<std::string> pack_linear_weights(const model& m, const format& f,
                                              std::map<std::string, quantized_tensor>& packed);
 
 // A set of canonical tensors, with the exact codes of some, as one safetensors file (the
-// per-block shards of streaming quantization): the values F32 under their names, the codes in
-// the packed layout, and a checksum of the data in the metadata. Saved atomically; loading
-// refuses, naming the file, one that is truncated, corrupted or not a shard.
+// per-block shards of streaming quantization): float values F32 under their names, the codes in
+// the packed layout, and a checksum of the data in the metadata. A coded tensor whose values are
+// dequantize(codes) bit for bit is stored as its codes alone (a 4-bit weight in about 1/7 of the
+// bytes of its floats): it is in `codes` and not in `tensors`, and values() rebuilds it. Saved
+// atomically; loading refuses, naming the file, one that is truncated, corrupted or not a shard.
 struct tensor_shard {
-  std::map<std::string, tensor> tensors;
+  std::map<std::string, tensor> tensors;          // float values (not those rebuilt from codes)
   std::map<std::string, quantized_tensor> codes;
   std::map<std::string, std::string> metadata;  // the caller's own keys
+
+  bool has(const std::string& name) const { return tensors.count(name) || codes.count(name); }
+  // Tensor `name`'s values: its floats, else dequantize(its codes) as a [rows, cols] matrix;
+  // throws naming the tensor when the shard has neither.
+  tensor values(const std::string& name) const;
 };
 void save_tensor_shard(const std::string& path, const tensor_shard& shard);
 tensor_shard load_tensor_shard(const std::string& path);

@@ -73,6 +73,20 @@ void write_safetensors(const std::string& path, const std::vector<st_write_tenso
 
 // ---- file helpers shared by the safetensors and GGUF readers/writers ---------------------------
 
+// FNV-1a 64 (Fowler-Noll-Vo), byte by byte: lowbit's one content hash (the results store's file
+// fingerprints, PTQ's run fingerprint, the shards' checksums). Not cryptographic: it detects
+// changes, not tampering.
+class fnv1a64 {
+ public:
+  void add(const void* bytes, uint64_t n);
+  void add(const std::string& s) { add(s.data(), s.size()); }
+  uint64_t value() const { return h_; }
+  std::string hex() const;  // 16 lowercase hex digits
+
+ private:
+  uint64_t h_ = 1469598103934665603ull;  // the 64-bit offset basis
+};
+
 // IEEE binary16 and bfloat16 <-> float32. The decoders are exact (NaN payloads kept); the
 // encoders round to nearest even, overflow to Inf, and write every NaN as the canonical quiet
 // NaN (0x7e00 / 0x7fc0).
@@ -98,10 +112,15 @@ class mapped_file {
   uint64_t size_ = 0;
 };
 
-// Drops the pages of [p, p + n) of a read-only file mapping from this process (they stay in the
-// page cache): a reader that streams a model through a mapping calls it after each tensor, so the
-// process's resident set holds one tensor of the file, not every one it has read.
-void release_mapped_pages(const void* p, uint64_t n);
+// The one place lowbit drops pages of a read-only file mapping: streams [p, p + n) through
+// `chunk` (when given) in pieces of about 4 MiB (a multiple of `unit` bytes, so no element is
+// split), dropping each piece's pages from this process once `chunk` has seen it (they stay in the
+// page cache). Every reader that goes through a mapping (tensor reads, conversions, checksums,
+// fingerprints) reads this way, so the process's resident set holds about the tensor it returns,
+// not every one it has read. Without `chunk` it only drops the pages (after a read that needs the
+// region whole, as a GGUF block decode).
+void read_mapped(const uint8_t* p, uint64_t n, const std::function<void(const uint8_t*, uint64_t)>& chunk,
+                 uint64_t unit = 1);
 
 // Atomic file replacement: bytes go to a temp file "path.tmp-XXXXXX" in the same directory;
 // commit() flushes, fsyncs, closes and renames it over `path`. Every step is checked and throws

@@ -165,7 +165,7 @@ struct awq_layer_result {
   std::vector<float> weights;   // [out, in] Q(clip(W diag(s))): run it on X diag(s)^-1
   std::vector<float> clip_max;  // [out, groups] the chosen max_val per row and group (scaled
                                 // domain); empty when not clipped
-  std::optional<quantized_tensor> packed;  // q4_k/q6_k: the codes of `weights` (exact export)
+  std::optional<quantized_tensor> packed;  // the codes of `weights` (exact export)
 };
 
 struct awq_result {

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "lowbit/formats/format.hpp"
@@ -32,10 +33,11 @@ power_search_result powerquant_search(const float* W, int64_t out, int64_t in, c
 
 // [M] Shrink factors 1, 1 - 1/grid, ..., down to 1 - max_shrink (as AWQ's clip grid), chosen per
 // row and group (per row for /c, per tensor for /t; per super-block of 256 for q4_k/q6_k, whose
-// sub-blocks share their scales) by the importance-weighted squared error. For q4_k/q6_k,
-// `packed` (when given) receives the codes and scales of the result.
+// sub-blocks share their scales) by the importance-weighted squared error. `packed` (when given)
+// receives the codes and scales of the result, in any format whose codes reproduce it bit for
+// bit (every format on finite weights; it stays empty otherwise, e.g. a group that held NaN).
 std::vector<float> importance_rtn(const float* W, int64_t out, int64_t in, const format& f,
                                   const float* importance, int grid = 20, double max_shrink = 0.5,
-                                  quantized_tensor* packed = nullptr);
+                                  std::optional<quantized_tensor>* packed = nullptr);
 
 }  // namespace lowbit::ptq
