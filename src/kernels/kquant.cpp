@@ -260,14 +260,6 @@ group_scale kquant_stored_scale(const quantized_tensor& q, int64_t r, int64_t c)
                           q.zero_point_at(r, c));
 }
 
-namespace {
-
-// ggml's dequantize_row_q4_K: y = d1 * q - m1, d1 = d * sc and m1 = dmin * m (gs.scale, gs.offset).
-float q4_k_value(const group_scale& gs, uint32_t q) { return gs.scale * static_cast<float>(q) - gs.offset; }
-// ggml's dequantize_row_q6_K: y = d * sc * (q - 32), d * sc first (gs.scale); v = q - 32.
-float q6_k_value(const group_scale& gs, int32_t v) { return gs.scale * static_cast<float>(v); }
-
-}  // namespace
 
 void kquant_fake_quantize_rows(const format& f, const float* in, float* out, int64_t cols, int64_t r0, int64_t r1) {
   const int64_t sub = f.group_size;

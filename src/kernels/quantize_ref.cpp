@@ -75,9 +75,9 @@ float dequantize_value_ref(const format& f, uint32_t code, const group_scale& gs
   if (gs.nonfinite) return canonical_nan();
   const element_format& e = f.element;
   if (code == kNoCode && e.bits < 32) return canonical_nan();  // a NaN the format has no code for
-  // ggml dequantize_row_q4_K: d1 * q - m1. (dequantize_row_q6_K, d * sc * (q - 32) with d * sc
-  // first, is the generic q * scale below: decode_ref of q6_k's int6 element is q - 32.)
-  if (f.named == preset::q4_k) return gs.scale * static_cast<float>(code) - gs.offset;
+  if (f.named == preset::q4_k) return q4_k_value(gs, code);
+  // q6_k's int6 element decodes to q - 32 (decode_ref).
+  if (f.named == preset::q6_k) return q6_k_value(gs, static_cast<int32_t>(decode_ref(e, code)));
   if (e.kind == element_kind::uint_asym || f.named == preset::q4_0)
     return (static_cast<float>(code) - static_cast<float>(gs.zero_point)) * gs.scale;
   const float q = decode_ref(e, code);

@@ -213,9 +213,10 @@ TEST(Differential, ScaledFormats) {
 // reference, the transposed fake_quantize_ref, bit for bit: tiles of whole vectors, partial
 // column blocks and row groups, groups the tile path hands to the gathered path (zero, subnormal,
 // NaN/Inf amax), stochastic rounding's transposed counters, in place, every SIMD target. And it
-// equals fake_quantize on an explicit transpose: the formats whose fast columns are the reference
-// by construction (those the SIMD path does not cover: power maps, mse) or fake_quantize on a
-// transpose by construction (K-quants) are then still checked against an independent path.
+// equals fake_quantize on an explicit transpose, which checks the formats whose fast columns are
+// the reference by construction (those the SIMD path does not cover: power maps, mse) against
+// the fast row kernels. For K-quants, whose fast columns are fake_quantize on a transpose by
+// construction, the independent check is the first one (the reference).
 TEST(Differential, ColumnGroupsEqualTheTransposedReference) {
   std::mt19937 gen(seed(7));
   const std::vector<std::string> specs = {

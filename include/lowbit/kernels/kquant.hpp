@@ -84,13 +84,19 @@ int ggml_nearest_int(float v);
 // fast kernels share this per-super-block code.
 void kquant_quantize_rows(const float* x, int64_t r0, int64_t r1, quantized_tensor& q);
 
-// out = dequantize(quantize(in)) on rows [r0, r1) of a [rows, cols] tensor (in, out: the whole
-// tensor), one super-block at a time from its kquant_block, without a packed tensor: the fast
-// fake_quantize (the reference goes through quantize_ref and dequantize_ref). in == out is allowed.
+// A K-quant element's value, the one arithmetic of dequantize_value_ref and the fast decoders.
+// ggml's dequantize_row_q4_K: y = d1 * q - m1, d1 = d * sc and m1 = dmin * m (gs.scale, gs.offset).
+inline float q4_k_value(const group_scale& gs, uint32_t q) { return gs.scale * static_cast<float>(q) - gs.offset; }
+// ggml's dequantize_row_q6_K: y = d * sc * (q - 32), d * sc first (gs.scale); v = q - 32.
+inline float q6_k_value(const group_scale& gs, int32_t v) { return gs.scale * static_cast<float>(v); }
+
 // Rows [r0, r1) of a stored K-quant tensor into out (the whole [rows, cols] output), decoded
 // straight from the packed codes with dequantize_value_ref's arithmetic; no allocation.
 void kquant_dequantize_rows(const quantized_tensor& q, int64_t r0, int64_t r1, float* out);
 
+// out = dequantize(quantize(in)) on rows [r0, r1) of a [rows, cols] tensor (in, out: the whole
+// tensor), one super-block at a time from its kquant_block, without a packed tensor: the fast
+// fake_quantize (the reference goes through quantize_ref and dequantize_ref). in == out is allowed.
 void kquant_fake_quantize_rows(const format& f, const float* in, float* out, int64_t cols, int64_t r0, int64_t r1);
 
 }  // namespace lowbit
