@@ -206,6 +206,30 @@ train_result run_training(const train_run_config& cfg, const tokenizer& tok, con
                             cfg.batch, cfg.ctx, cfg.steps));
   if (cfg.batch % dp.size)
     throw error(fmt::format("train: the global batch {} does not split over {} ranks", cfg.batch, dp.size));
+  // This rank's tokens in the quantizer, before the run reads data or touches the output
+  // directory (a refusal throws alike on every rank). The shard and the reducer live as long as
+  // this run: a later use of the quantizer (an eval on the root rank) must neither count from a
+  // shard nor wait in an allreduce.
+  struct shard_guard {
+    operand_quantizer* q = nullptr;
+    ~shard_guard() {
+      if (!q) return;
+      try {  // ending a shard does not throw (train.hpp); a destructor must not let it
+        q->set_token_shard(0, 0, -1);
+        q->set_max_reducer({});
+      } catch (...) {
+      }
+    }
+  } shard;
+  if (quantizer && dp.size > 1) {
+    const int64_t local_tokens = int64_t(cfg.batch / dp.size) * cfg.ctx;
+    const std::vector<std::string> notes =
+        quantizer->set_token_shard(int64_t(dp.rank) * local_tokens, local_tokens, int64_t(cfg.batch) * cfg.ctx);
+    shard.q = quantizer;
+    quantizer->set_max_reducer([&dp](double v) { return dp.allreduce_max(v); });
+    if (dp.root())
+      for (const std::string& note : notes) std::cerr << "train: note: " << note << " (per rank, not the one-process run's)\n";
+  }
   if (!(cfg.lr > 0)) throw error(fmt::format("train: learning rate {} (expected > 0)", cfg.lr));
   if (cfg.val_batches <= 0)
     throw error(fmt::format("train: val_batches {} (expected > 0)", cfg.val_batches));
@@ -289,25 +313,6 @@ train_result run_training(const train_run_config& cfg, const tokenizer& tok, con
   std::vector<int32_t> in(int64_t(local_batch) * cfg.ctx), tg(in.size());
   // This rank's windows are rows [rank * local_batch, ...) of every global batch (train and
   // validation alike).
-  // The shard and the reducer live as long as this run: a later use of the quantizer (an eval on
-  // the root rank) must neither count from a shard nor wait in an allreduce.
-  struct shard_guard {
-    operand_quantizer* q = nullptr;
-    ~shard_guard() {
-      if (!q) return;
-      q->set_token_shard(0, 0, -1);
-      q->set_max_reducer({});
-    }
-  } shard;
-  if (quantizer && dp.size > 1) {
-    const int64_t local_tokens = int64_t(local_batch) * cfg.ctx;
-    const std::vector<std::string> notes =
-        quantizer->set_token_shard(int64_t(dp.rank) * local_tokens, local_tokens, int64_t(cfg.batch) * cfg.ctx);
-    shard.q = quantizer;
-    quantizer->set_max_reducer([&dp](double v) { return dp.allreduce_max(v); });
-    if (dp.root())
-      for (const std::string& note : notes) std::cerr << "train: note: " << note << " (per rank, not the one-process run's)\n";
-  }
   auto fill = [&](const std::vector<int32_t>& src, auto offset_of) {
     for (int b = 0; b < local_batch; ++b) {
       const int64_t off = offset_of(b);

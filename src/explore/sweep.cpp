@@ -723,9 +723,9 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
     std::string message;
     if (rank == 0) {
       try {
-        message = nlohmann::json{{"fingerprints", sweep_fingerprints(c)}}.dump();
+        message = nlohmann::json{{"fingerprints", sweep_fingerprints(c)}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       } catch (const std::exception& e) {
-        message = nlohmann::json{{"error", e.what()}}.dump();
+        message = nlohmann::json{{"error", e.what()}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       }
     }
     int length = int(message.size());

@@ -298,7 +298,7 @@ void perturb(lowbit::model& m, uint64_t seed) {
 std::vector<int32_t> byte_tokens(int n) {
   const std::string text = "Once upon a time, a small robot found a red ball in the park. It rolled away!";
   std::vector<int32_t> ids{256};
-  for (int i = 0; static_cast<int>(ids.size()) < n; ++i) ids.push_back(static_cast<unsigned char>(text[i]));
+  for (size_t i = 0; static_cast<int>(ids.size()) < n; ++i) ids.push_back(static_cast<unsigned char>(text[i % text.size()]));
   return ids;
 }
 
@@ -348,6 +348,23 @@ TEST(ReferenceForward, RandomGqaLlamaUntiedLogits) {
   ASSERT_NE(m.find("output.weight"), nullptr);
   perturb(m, 13);
   check_model_logits(m, byte_tokens(48), "random llama gqa 8/2");
+}
+
+// 300 tokens: the prefill's causal attention runs in query blocks of 128 (128, 128, 44), each
+// block over the keys it can see; the chunked run adds blocks that start at pos > 0.
+TEST(ReferenceForward, LongPrefillAttentionBlocks) {
+  lowbit::model_config c;
+  c.arch = lowbit::architecture::llama;
+  c.dim = 32;
+  c.hidden_dim = 64;
+  c.n_layers = 1;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.vocab_size = 258;
+  c.max_seq_len = 320;
+  lowbit::model m = lowbit::synthesize_model(c, 5);
+  perturb(m, 17);
+  check_model_logits(m, byte_tokens(300), "random llama, 300 tokens");
 }
 
 // ---- 3. the dump hook: names, shapes [n, cols], values ------------------------------------------

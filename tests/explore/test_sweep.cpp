@@ -178,7 +178,8 @@ TEST(Sweep, ConfigFileResolvesPathsBesideIt) {
 }
 
 // Under mpirun: rank 0 fingerprints the files once and hands out the runs; every run is recorded
-// once, by one of the ranks. A missing model is one clear error on every rank, not a hang.
+// once, by one of the ranks. A missing model is refused on every rank (by the configuration's
+// checks, before any message passes), with its name, not a hang.
 TEST(Sweep, MpiRanksRecordEveryRunOnce) {
   const std::string dir = fresh_dir("mpi");
   nlohmann::json j = small_sweep();

@@ -295,14 +295,18 @@ struct predict_cli_options {
 void cmd_predict(const predict_cli_options& o) {
   runs_db db(o.db);
   const std::vector<ptq_sample> rows = samples_from_runs(db.all());
+  // Every query is checked (its format parsed, its model known) before the training.
+  std::vector<ptq_sample> queries;
+  for (const std::string& spec : o.formats) queries.push_back(query_for(rows, o.model, spec, o.method));
   ptq_predictor pr(o.p);
   const cv_report cv = pr.train(rows);
   std::optional<model> weights;  // the file last measured on, kept while the path stays
   std::string weights_path;
   nlohmann::json predictions = nlohmann::json::array();
   table t{{"format", "canonical", "predicted NLL", "ppl", "float NLL", "SQNR dB", "SQNR"}, {}};
-  for (const std::string& spec : o.formats) {
-    ptq_sample q = query_for(rows, o.model, spec, o.method);
+  for (size_t i = 0; i < o.formats.size(); ++i) {
+    const std::string& spec = o.formats[i];
+    ptq_sample& q = queries[i];
     // The format's SQNR on the model's own weights, measured when no run has it.
     const std::string path = !o.model_file.empty() ? o.model_file : q.model_path;
     std::string sqnr_source = std::isnan(q.sqnr_db) ? "missing" : "recorded";

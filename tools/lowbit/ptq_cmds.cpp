@@ -78,13 +78,18 @@ void record_quantize(const quantize_cli_options& o, const ptq::quantize_options&
   // The format's own round-to-nearest SQNR on the original weights (cheap: one pass, one tensor
   // in memory at a time).
   const double sqnr = mean_sqnr_db(weight_plan_reports(original, w));
-  rec.metrics = {{"seconds", r.seconds}, {"calib_error", err}, {"calib_rtn_error", rtn},
-                 {"bits_per_weight", average_linear_bits(original.header, w)}, {"sqnr_db", sqnr}};
-  if (rtn > 0) rec.metrics["calib_error_ratio"] = err / rtn;
+  // The evaluation's metrics (--eval-tokens) under their usual names, but "seconds" is the
+  // quantization's time (the evaluation's is eval_seconds).
   if (ev) {
-    rec.metrics["nll"] = ev->mean_nll, rec.metrics["nll_stderr"] = ev->nll_stderr;
-    rec.metrics["ppl"] = ev->ppl, rec.metrics["ppl_stderr"] = ev->ppl_stderr;
+    rec.metrics = eval_metrics(*ev);
+    rec.metrics["eval_seconds"] = ev->seconds;
   }
+  rec.metrics["seconds"] = r.seconds;
+  rec.metrics["calib_error"] = err;
+  rec.metrics["calib_rtn_error"] = rtn;
+  rec.metrics["bits_per_weight"] = average_linear_bits(original.header, w);
+  rec.metrics["sqnr_db"] = sqnr;
+  if (rtn > 0) rec.metrics["calib_error_ratio"] = err / rtn;
   runs_db db(o.db);
   const bool had = db.has(run_hash(rec.config));
   const int64_t id = db.record(rec);

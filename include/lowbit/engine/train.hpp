@@ -61,7 +61,7 @@ class operand_quantizer {
   virtual bool apply_columns(gemm_operand, int, int64_t, const float*, float*, int64_t, int64_t) { return false; }
   // Data-parallel training: this process's tokens are [first_token, first_token + local_tokens)
   // of a global batch of total_tokens (every rank the same local_tokens); total_tokens < 0 ends
-  // the sharding. Stochastic rounding of the token-indexed operands (X, dY) then draws what one
+  // the sharding (and never throws). Stochastic rounding of the token-indexed operands (X, dY) then draws what one
   // process quantizing the whole batch would (sr_counters), so that the ranks' noise is
   // independent. Statistics that stay within a rank's tokens (per-token rows, groups along
   // features, groups along tokens that do not straddle ranks) are then what one process
