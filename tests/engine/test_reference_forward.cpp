@@ -302,6 +302,25 @@ std::vector<int32_t> byte_tokens(int n) {
   return ids;
 }
 
+// A synthetic model of the byte tokenizer's vocabulary (258), one layer-count and head layout per
+// test, its norms, biases and q/k sharpened by perturb.
+lowbit::model random_model(lowbit::architecture arch, int dim, int hidden, int layers, int heads, int kv_heads,
+                           int max_seq, bool tied, uint64_t seed) {
+  lowbit::model_config c;
+  c.arch = arch;
+  c.dim = dim;
+  c.hidden_dim = hidden;
+  c.n_layers = layers;
+  c.n_heads = heads;
+  c.n_kv_heads = kv_heads;
+  c.vocab_size = 258;
+  c.max_seq_len = max_seq;
+  c.tied_classifier = tied;
+  lowbit::model m = lowbit::synthesize_model(c, seed);
+  perturb(m, seed + 4);
+  return m;
+}
+
 }  // namespace
 
 // ---- 1. stories260K: lowbit's float32 forward = the float64 reference ----------------------------
@@ -317,53 +336,22 @@ TEST(ReferenceForward, Stories260KLogits) {
 // ---- 2. random GPT-2 and random grouped-query Llama with an untied classifier ---------------------
 
 TEST(ReferenceForward, RandomGpt2Logits) {
-  lowbit::model_config c;
-  c.arch = lowbit::architecture::gpt2;
-  c.dim = 64;
-  c.hidden_dim = 256;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 4;
-  c.vocab_size = 258;
-  c.max_seq_len = 64;
-  lowbit::model m = lowbit::synthesize_model(c, 7);
+  const lowbit::model m = random_model(lowbit::architecture::gpt2, 64, 256, 2, 4, 4, 64, true, 7);
   ASSERT_EQ(m.config.arch, lowbit::architecture::gpt2);
-  perturb(m, 11);
   check_model_logits(m, byte_tokens(48), "random gpt2");
 }
 
 TEST(ReferenceForward, RandomGqaLlamaUntiedLogits) {
-  lowbit::model_config c;
-  c.arch = lowbit::architecture::llama;
-  c.dim = 64;
-  c.hidden_dim = 160;
-  c.n_layers = 2;
-  c.n_heads = 8;
-  c.n_kv_heads = 2;
-  c.vocab_size = 258;
-  c.max_seq_len = 64;
-  c.tied_classifier = false;
-  lowbit::model m = lowbit::synthesize_model(c, 9);
+  const lowbit::model m = random_model(lowbit::architecture::llama, 64, 160, 2, 8, 2, 64, false, 9);
   ASSERT_FALSE(m.config.tied_classifier);
   ASSERT_NE(m.find("output.weight"), nullptr);
-  perturb(m, 13);
   check_model_logits(m, byte_tokens(48), "random llama gqa 8/2");
 }
 
 // 300 tokens: the prefill's causal attention runs in query blocks of 128 (128, 128, 44), each
 // block over the keys it can see; the chunked run adds blocks that start at pos > 0.
 TEST(ReferenceForward, LongPrefillAttentionBlocks) {
-  lowbit::model_config c;
-  c.arch = lowbit::architecture::llama;
-  c.dim = 32;
-  c.hidden_dim = 64;
-  c.n_layers = 1;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.vocab_size = 258;
-  c.max_seq_len = 320;
-  lowbit::model m = lowbit::synthesize_model(c, 5);
-  perturb(m, 17);
+  const lowbit::model m = random_model(lowbit::architecture::llama, 32, 64, 1, 4, 2, 320, true, 5);
   check_model_logits(m, byte_tokens(300), "random llama, 300 tokens");
 }
 
