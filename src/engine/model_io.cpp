@@ -808,9 +808,10 @@ std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& 
   return fallbacks;
 }
 
-int64_t codes_mismatch(const quantized_tensor& q, const float* values, float* got) {
+int64_t codes_mismatch(const quantized_tensor& q, const float* values, float* got, bool* bit_exact) {
   std::vector<float> back(static_cast<size_t>(q.rows * q.cols));
   dequantize(q, back.data());
+  if (bit_exact) *bit_exact = std::memcmp(back.data(), values, back.size() * sizeof(float)) == 0;
   for (size_t i = 0; i < back.size(); ++i)
     if (back[i] != values[i] && !(std::isnan(back[i]) && std::isnan(values[i]))) {
       if (got) *got = back[i];
@@ -819,11 +820,13 @@ int64_t codes_mismatch(const quantized_tensor& q, const float* values, float* go
   return -1;
 }
 
-std::optional<quantized_tensor> linear_weight_codes(const tensor& t, const format& f, const quantized_tensor* known) {
+std::optional<quantized_tensor> linear_weight_codes(const tensor& t, const format& f, const quantized_tensor* known,
+                                                    bool* bit_exact) {
   std::optional<quantized_tensor> q;
   if (known) q = *known;
   else q = quantize(t.data.data(), t.rows(), t.cols(), f);
-  if (q->rows != t.rows() || q->cols != t.cols() || codes_mismatch(*q, t.data.data()) >= 0) return std::nullopt;
+  if (q->rows != t.rows() || q->cols != t.cols() || codes_mismatch(*q, t.data.data(), nullptr, bit_exact) >= 0)
+    return std::nullopt;
   return q;
 }
 

@@ -5,7 +5,6 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -235,12 +234,12 @@ void save_block(model& work, int l, const quantize_report& report, const quantiz
     const quantized_tensor* method_codes = it == report.packed.end() ? nullptr : &it->second;
     if (method_codes) known.push_back(name);
     const tensor& t = work.get(name);
-    auto q = linear_weight_codes(t, o.weights, method_codes);
+    // Codes alone only when bit for bit (NaN payloads and the sign of zero too, which the
+    // value check lets pass).
+    bool bit_exact = false;
+    auto q = linear_weight_codes(t, o.weights, method_codes, &bit_exact);
     if (!q) continue;
-    // (bit for bit: NaN payloads and the sign of zero too, which codes_mismatch lets pass)
-    std::vector<float> back(t.data.size());
-    dequantize(*q, back.data());
-    if (std::memcmp(back.data(), t.data.data(), back.size() * sizeof(float)) == 0) codes_only.insert(name);
+    if (bit_exact) codes_only.insert(name);
     shard.codes[name] = std::move(*q);
   }
   // The block's other tensors move into the shard and back: no copy of a block's weights.

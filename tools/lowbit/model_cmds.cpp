@@ -40,9 +40,6 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-
-
-
 // The options shared by eval and generate: a model and a quantization plan.
 struct model_options {
   std::string model, tokenizer, weights, acts, kv, rules;

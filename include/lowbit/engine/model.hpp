@@ -222,13 +222,16 @@ void round_onto_ggml_type(tensor& t, uint32_t type);
 // and a NaN matches any NaN. CONVENTIONS 4: a NaN or Inf in a scaled group makes the group's
 // scale and every output NaN, so NaN is a value the codes hold whatever its payload (and -0
 // matches +0, as floats compare). Returns -1 when they hold them, else the first element that
-// differs (`got`, when given, receives its dequantized value).
-int64_t codes_mismatch(const quantized_tensor& q, const float* values, float* got = nullptr);
+// differs (`got`, when given, receives its dequantized value). `bit_exact`, when given, is set
+// to whether the codes give back every value bit for bit (NaN payloads and zero signs too).
+int64_t codes_mismatch(const quantized_tensor& q, const float* values, float* got = nullptr, bool* bit_exact = nullptr);
 // The codes a file stores for a tensor t in format f: `known` (a method's own codes, GPTQ's say,
 // or LLM-FP4's in the element format it chose) when given, else t's values re-encoded in f;
 // nullopt when they do not hold t's values (codes_mismatch): t stays float (not values of f
 // alone, e.g. LoRC's Q + U V).
-std::optional<quantized_tensor> linear_weight_codes(const tensor& t, const format& f, const quantized_tensor* known);
+// bit_exact: as codes_mismatch's.
+std::optional<quantized_tensor> linear_weight_codes(const tensor& t, const format& f, const quantized_tensor* known,
+                                                    bool* bit_exact = nullptr);
 // linear_weight_codes of each of m's linear weights (known: name -> the method's codes) into
 // `packed`, for a packed safetensors file. Returns the names that stay float.
 std::vector<std::string> pack_linear_weights(const model& m, const format& f,
