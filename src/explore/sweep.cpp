@@ -272,9 +272,10 @@ std::vector<sweep_job> expand_sweep(const sweep_config& c, const std::map<std::s
     const auto f = parse_optional_format(s);
     return f ? format_name(*f) : std::string("fp32");
   };
-  auto fingerprint = [&](const std::string& path) {
+  auto fingerprint = [&](const std::string& path) {  // sweep_fingerprints' paths
     const auto it = fingerprints.find(path);
-    return it != fingerprints.end() ? it->second : file_fingerprint(path);
+    if (it == fingerprints.end()) throw error(fmt::format("{}: no fingerprint among the sweep's files", path));
+    return it->second;
   };
   const std::string data_fp = fingerprint(c.data);
   std::vector<sweep_job> jobs;

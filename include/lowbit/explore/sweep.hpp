@@ -86,10 +86,11 @@ struct sweep_job {
   std::string hash;
 };
 // The grid in order (models, then formats, then methods, then eval settings), with the model,
-// tokenizer and data files' fingerprints in each job's config. `fingerprints` (path -> file_fingerprint) spares reading the files again (under MPI rank 0
-// reads them once and sends the map; sweep_fingerprints makes it); a path it lacks is read.
+// tokenizer and data files' fingerprints (sweep_fingerprints: path -> file_fingerprint) in each
+// job's config. Under MPI rank 0 reads the files once and sends the map to the other ranks.
 std::map<std::string, std::string> sweep_fingerprints(const sweep_config& c);
-std::vector<sweep_job> expand_sweep(const sweep_config& c, const std::map<std::string, std::string>& fingerprints = {});
+std::vector<sweep_job> expand_sweep(const sweep_config& c, const std::map<std::string, std::string>& fingerprints);
+inline std::vector<sweep_job> expand_sweep(const sweep_config& c) { return expand_sweep(c, sweep_fingerprints(c)); }
 
 // Runs jobs in this process; keeps the last model and token stream loaded between jobs.
 class sweep_runner {
