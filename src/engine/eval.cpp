@@ -8,21 +8,11 @@
 
 #include <fmt/format.h>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 
 namespace lowbit {
 
 namespace {
-
-bool blank(std::string_view line) {
-  return std::all_of(line.begin(), line.end(), [](unsigned char ch) { return std::isspace(ch); });
-}
-
-std::string_view strip(std::string_view s) {
-  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
-  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
-  return s;
-}
 
 // log-softmax of one row into out (float64).
 void log_softmax(const float* logits, int vocab, std::vector<double>& out) {
@@ -55,37 +45,6 @@ void mean_and_stderr(const std::vector<double>& v, double& mean, double& se) {
 }
 
 }  // namespace
-
-// Documents are runs of non-blank lines; a line of only whitespace counts as blank.
-std::vector<std::string> split_documents(const std::string& text) {
-  std::vector<std::string> docs;
-  std::string current;
-  size_t start = 0;
-  auto flush = [&] {
-    const std::string_view s = strip(current);
-    if (!s.empty()) docs.emplace_back(s);
-    current.clear();
-  };
-  while (start <= text.size()) {
-    size_t end = text.find('\n', start);
-    if (end == std::string::npos) end = text.size();
-    const std::string_view line(text.data() + start, end - start);
-    if (blank(line)) flush();
-    else current.append(line).push_back('\n');
-    start = end + 1;
-  }
-  flush();
-  return docs;
-}
-
-std::vector<int32_t> encode_documents(const tokenizer& tok, const std::string& text) {
-  std::vector<int32_t> ids;
-  for (const std::string& d : split_documents(text)) {
-    const auto part = tok.encode(d, true, false);
-    ids.insert(ids.end(), part.begin(), part.end());
-  }
-  return ids;
-}
 
 double token_nll(const float* logits, int vocab, int target) {
   double mx = logits[0];

@@ -14,7 +14,7 @@
 #include <fmt/format.h>
 #include <omp.h>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/threads.hpp"
 #include "src/engine/layers.hpp"

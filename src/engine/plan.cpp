@@ -9,7 +9,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
 
 namespace lowbit {

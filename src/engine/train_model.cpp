@@ -12,7 +12,7 @@
 
 #include <fmt/format.h>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "src/engine/layers.hpp"
 
 namespace lowbit {

@@ -1,6 +1,6 @@
 // `lowbit report` (report.hpp): tables from the results database, figures through matplotlib,
 // one HTML page.
-#include "lowbit/engine/safetensors.hpp"  // write_text_file_atomic
+#include "lowbit/base/files.hpp"
 #include "lowbit/explore/report.hpp"
 
 #include <algorithm>
@@ -13,7 +13,7 @@
 
 #include <fmt/format.h>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/law/cost.hpp"
 

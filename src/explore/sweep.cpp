@@ -32,9 +32,12 @@
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
+#include "lowbit/base/mpi_world.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/ptq/pipeline.hpp"
+#include "lowbit/io/model_io.hpp"
+#include "lowbit/text/documents.hpp"
 
 namespace fs = std::filesystem;
 
@@ -610,10 +613,6 @@ void rank_worker_loop(const sweep_config& c, const std::vector<sweep_job>& jobs,
   }
 }
 
-bool under_mpirun() {
-  return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK") || std::getenv("PMI_RANK");
-}
-
 int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
   return v && *v ? std::atoi(v) : fallback;
@@ -700,25 +699,13 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
   const int procs = std::max(1, omp_get_num_procs());
 
   // ---- across Open MPI ranks ----
-  if (under_mpirun()) {
-    int initialized = 0;
-    MPI_Initialized(&initialized);
-    if (!initialized) {
-      int provided = 0;
-      MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
-    }
-    int rank = 0, size = 1;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (mpi_world::under_mpirun()) {
+    const mpi_world& world = mpi_world::world();
+    const int rank = world.rank, size = world.size;
     s.ranks = size;
     s.coordinator = rank == 0;
     const int threads = o.threads_per_job > 0 ? o.threads_per_job
                                               : std::max(1, procs / std::max(1, env_int("OMPI_COMM_WORLD_LOCAL_SIZE", size)));
-    auto finalize = [&] {
-      int finalized = 0;
-      MPI_Finalized(&finalized);
-      if (!initialized && !finalized) MPI_Finalize();
-    };
     // Rank 0 reads the files once and sends their fingerprints (or its error, which every rank
     // then throws: no rank waits for a message that will not come).
     std::string message;
@@ -735,7 +722,6 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
     MPI_Bcast(message.data(), length, MPI_CHAR, 0, MPI_COMM_WORLD);
     const nlohmann::json got = nlohmann::json::parse(message);
     if (got.contains("error")) {
-      finalize();
       throw error(got["error"].get<std::string>());
     }
     s.jobs = expand_sweep(c, got["fingerprints"].get<std::map<std::string, std::string>>());
@@ -743,7 +729,6 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
     if (rank != 0) {
       if (threads > 0) omp_set_num_threads(threads);
       rank_worker_loop(c, s.jobs, rank);
-      finalize();
       return s;
     }
     std::vector<std::unique_ptr<worker>> workers;
@@ -756,11 +741,9 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
     } catch (...) {
       for (auto& w : workers) w->stop();  // the other ranks must not wait forever
       workers.clear();
-      finalize();
       throw;
     }
     workers.clear();
-    finalize();
     return s;
   }
 

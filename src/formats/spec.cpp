@@ -8,7 +8,7 @@
 
 #include <fmt/format.h>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/formats/format.hpp"
 
 namespace lowbit {

@@ -8,7 +8,7 @@
 
 #include <fmt/format.h>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/kernels/element_ops.hpp"
 #include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/quantize.hpp"

@@ -8,7 +8,7 @@
 #include <limits>
 #include <vector>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/kernels/element_ops.hpp"
 
 namespace lowbit {

@@ -5,7 +5,7 @@
 
 #include <fmt/format.h>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/formats/element.hpp"
 
 namespace lowbit::law {

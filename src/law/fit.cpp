@@ -13,7 +13,7 @@
 #include <glog/logging.h>
 #include <fmt/format.h>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 
 namespace lowbit::law {
 

@@ -13,7 +13,7 @@
 #include <fmt/format.h>
 
 #include "lowbit/engine/plan.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/formats/format.hpp"
 
 namespace lowbit::law {

@@ -12,7 +12,7 @@
 
 #include <fmt/format.h>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/kernels/threads.hpp"
 #include "lowbit/ptq/ptq.hpp"
 

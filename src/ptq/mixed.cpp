@@ -8,7 +8,7 @@
 #include <fmt/format.h>
 
 #include "lowbit/engine/eval.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 
 namespace lowbit::ptq {
 

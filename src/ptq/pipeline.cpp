@@ -18,11 +18,12 @@
 #include <fmt/ranges.h>
 
 #include "lowbit/engine/forward.hpp"
-#include "lowbit/engine/safetensors.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/io/safetensors.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/kernels/kquant.hpp"
 #include "lowbit/ptq/rotate.hpp"
 #include "lowbit/ptq/search.hpp"
+#include "lowbit/io/model_io.hpp"
 
 namespace fs = std::filesystem;
 

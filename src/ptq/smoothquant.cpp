@@ -6,7 +6,7 @@
 
 #include <fmt/format.h>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/ptq/ptq.hpp"
 
 namespace lowbit::ptq {

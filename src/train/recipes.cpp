@@ -9,8 +9,8 @@
 
 #include <fmt/format.h>
 
-#include "lowbit/error.hpp"
-#include "lowbit/formats/autoflex.hpp"
+#include "lowbit/base/error.hpp"
+#include "lowbit/train/autoflex.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/scale.hpp"
 

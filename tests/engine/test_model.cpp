@@ -11,15 +11,16 @@
 
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/engine/forward.hpp"
-#include "lowbit/engine/gguf.hpp"
+#include "lowbit/io/gguf.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
-#include "lowbit/engine/safetensors.hpp"
+#include "lowbit/io/safetensors.hpp"
 #include <nlohmann/json.hpp>
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/formats/element.hpp"
 #include <bit>
 #include "lowbit/kernels/quantize.hpp"
+#include "lowbit/io/model_io.hpp"
 
 namespace fs = std::filesystem;
 using namespace lowbit;

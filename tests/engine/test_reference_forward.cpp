@@ -23,7 +23,9 @@
 #include "lowbit/engine/forward.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
-#include "lowbit/engine/tokenizer.hpp"
+#include "lowbit/text/tokenizer.hpp"
+#include "lowbit/io/model_io.hpp"
+#include "lowbit/text/documents.hpp"
 
 namespace {
 

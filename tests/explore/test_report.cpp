@@ -10,7 +10,7 @@
 
 #include "tests/cli_run.hpp"
 #include "lowbit/explore/report.hpp"
-#include "lowbit/explore/runs_db.hpp"
+#include "lowbit/runs/runs_db.hpp"
 
 namespace fs = std::filesystem;
 using namespace lowbit;

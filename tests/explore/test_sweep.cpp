@@ -7,8 +7,8 @@
 #include <set>
 #include <string>
 
-#include "lowbit/error.hpp"
-#include "lowbit/explore/runs_db.hpp"
+#include "lowbit/base/error.hpp"
+#include "lowbit/runs/runs_db.hpp"
 #include "lowbit/explore/sweep.hpp"
 #include "tests/cli_run.hpp"
 

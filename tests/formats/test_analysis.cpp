@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/formats/analysis.hpp"
 #include "lowbit/formats/format.hpp"
 

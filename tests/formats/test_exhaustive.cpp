@@ -27,7 +27,7 @@
 #include <string>
 #include <vector>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/formats/element.hpp"
 #include "lowbit/formats/format.hpp"
 

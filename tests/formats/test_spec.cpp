@@ -5,7 +5,7 @@
 #include <random>
 #include <string>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/formats/format.hpp"
 
 using namespace lowbit;

@@ -12,9 +12,9 @@
 
 #include <fmt/format.h>
 
-#include "lowbit/engine/gguf.hpp"
-#include "lowbit/engine/safetensors.hpp"  // fp16 conversions
-#include "lowbit/error.hpp"
+#include "lowbit/io/gguf.hpp"
+#include "lowbit/io/safetensors.hpp"  // fp16 conversions
+#include "lowbit/base/error.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/kernels/element_ops.hpp"
 #include "lowbit/kernels/kquant.hpp"

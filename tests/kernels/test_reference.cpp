@@ -9,7 +9,7 @@
 #include <random>
 #include <vector>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/scale.hpp"

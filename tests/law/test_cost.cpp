@@ -2,7 +2,7 @@
 // orderings any such model must have.
 #include <gtest/gtest.h>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/law/cost.hpp"
 
 using namespace lowbit;

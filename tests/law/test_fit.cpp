@@ -6,7 +6,7 @@
 #include <random>
 #include <string>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/law/fit.hpp"
 
 using namespace lowbit;

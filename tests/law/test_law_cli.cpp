@@ -14,7 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "lowbit/explore/runs_db.hpp"
+#include "lowbit/runs/runs_db.hpp"
 #include "lowbit/law/laws.hpp"
 #include "tests/cli_run.hpp"
 

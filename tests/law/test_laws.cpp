@@ -7,7 +7,7 @@
 #include <functional>
 #include <string>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/law/laws.hpp"
 
 using namespace lowbit;

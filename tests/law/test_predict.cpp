@@ -5,7 +5,7 @@
 #include <cmath>
 #include <random>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/law/predict.hpp"
 
 using namespace lowbit;

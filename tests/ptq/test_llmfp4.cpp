@@ -17,10 +17,12 @@
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/engine/forward.hpp"
 #include "lowbit/engine/model.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/ptq/ptq.hpp"
+#include "lowbit/io/model_io.hpp"
+#include "lowbit/text/documents.hpp"
 
 using namespace lowbit;
 using namespace lowbit::ptq;

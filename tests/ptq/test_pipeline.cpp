@@ -20,15 +20,17 @@
 #include "tests/cli_run.hpp"
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/engine/forward.hpp"
-#include "lowbit/engine/gguf.hpp"
+#include "lowbit/io/gguf.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
-#include "lowbit/engine/safetensors.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/io/safetensors.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/ptq/mixed.hpp"
 #include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/ptq/rotate.hpp"
+#include "lowbit/io/model_io.hpp"
+#include "lowbit/text/documents.hpp"
 
 using namespace lowbit;
 

@@ -16,7 +16,7 @@
 #include <numeric>
 #include <random>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/kernels/element_ops.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/scale.hpp"

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <random>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/ptq/search.hpp"
 

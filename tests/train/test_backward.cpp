@@ -13,6 +13,7 @@
 #include "tests/cli_run.hpp"
 #include "lowbit/engine/forward.hpp"
 #include "lowbit/engine/train.hpp"
+#include "lowbit/io/model_io.hpp"
 #include "src/engine/layers.hpp"
 
 namespace lowbit {

@@ -14,10 +14,11 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/cli_run.hpp"
-#include "lowbit/engine/trainer.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/train/trainer.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/train/recipes.hpp"
+#include "lowbit/io/model_io.hpp"
 
 namespace fs = std::filesystem;
 

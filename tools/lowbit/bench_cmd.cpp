@@ -14,7 +14,7 @@
 #include <omp.h>
 
 #include "cli.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/kernels/quantize.hpp"
 

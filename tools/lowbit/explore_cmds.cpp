@@ -6,7 +6,7 @@
 #include <fmt/format.h>
 
 #include "cli.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/explore/report.hpp"
 
 #ifndef LOWBIT_SOURCE_DIR

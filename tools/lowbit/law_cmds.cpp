@@ -10,15 +10,16 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
-#include "lowbit/engine/safetensors.hpp"  // write_text_file_atomic
+#include "lowbit/io/safetensors.hpp"  // write_text_file_atomic
 #include "lowbit/engine/model.hpp"
-#include "lowbit/error.hpp"
-#include "lowbit/explore/runs_db.hpp"
+#include "lowbit/base/error.hpp"
+#include "lowbit/runs/runs_db.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/law/cost.hpp"
 #include "lowbit/law/fit.hpp"
 #include "lowbit/law/laws.hpp"
 #include "lowbit/law/predict.hpp"
+#include "lowbit/io/model_io.hpp"
 
 namespace lowbit::cli {
 namespace {

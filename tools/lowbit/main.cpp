@@ -14,7 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/formats/analysis.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/kernels/kquant.hpp"

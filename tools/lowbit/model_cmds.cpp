@@ -19,12 +19,14 @@
 #include "lowbit/engine/forward.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
-#include "lowbit/engine/safetensors.hpp"
-#include "lowbit/engine/tokenizer.hpp"
-#include "lowbit/error.hpp"
-#include "lowbit/explore/runs_db.hpp"
+#include "lowbit/io/safetensors.hpp"
+#include "lowbit/text/tokenizer.hpp"
+#include "lowbit/base/error.hpp"
+#include "lowbit/runs/runs_db.hpp"
 #include "lowbit/explore/sweep.hpp"
 #include "lowbit/ptq/pipeline.hpp"
+#include "lowbit/io/model_io.hpp"
+#include "lowbit/text/documents.hpp"
 
 #ifndef LOWBIT_DEFAULT_DATA_DIR
 #define LOWBIT_DEFAULT_DATA_DIR "../shared/data"

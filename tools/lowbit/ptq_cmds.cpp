@@ -18,14 +18,16 @@
 
 #include "cli.hpp"
 #include "lowbit/engine/eval.hpp"
-#include "lowbit/engine/gguf.hpp"
+#include "lowbit/io/gguf.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
-#include "lowbit/error.hpp"
-#include "lowbit/explore/runs_db.hpp"
+#include "lowbit/base/error.hpp"
+#include "lowbit/runs/runs_db.hpp"
 #include "lowbit/ptq/mixed.hpp"
 #include "lowbit/ptq/pipeline.hpp"
-#include "lowbit/engine/safetensors.hpp"
+#include "lowbit/io/safetensors.hpp"
+#include "lowbit/io/model_io.hpp"
+#include "lowbit/text/documents.hpp"
 
 namespace fs = std::filesystem;
 

@@ -8,9 +8,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "lowbit/engine/trainer.hpp"
-#include "lowbit/explore/runs_db.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/train/trainer.hpp"
+#include "lowbit/runs/runs_db.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/train/recipes.hpp"
 #include "cli.hpp"
 
@@ -77,7 +77,7 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
                             "--out", cfg.out_dir));
 
   std::unique_ptr<runs_db> db;
-  const data_parallel& dp = data_parallel::world();
+  const mpi_world& dp = mpi_world::world();
   if (!o.db.empty() && dp.root()) {
     try {
       db = std::make_unique<runs_db>(o.db);  // a bad database fails first

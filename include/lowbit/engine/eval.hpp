@@ -18,17 +18,8 @@
 #include <vector>
 
 #include "lowbit/engine/forward.hpp"
-#include "lowbit/engine/tokenizer.hpp"
 
 namespace lowbit {
-
-// The tokenizer for a model: `path` when given (see load_tokenizer), else what the model file
-// names (GGUF tokenizer.ggml.* metadata, lowbit's "bytes"), else tokenizer.bin / tok<vocab>.bin
-// beside a llama2.c model. Throws when none is found or its vocabulary is larger than the model's.
-std::unique_ptr<tokenizer> tokenizer_for_model(const model& m, const std::string& path = "");
-
-std::vector<std::string> split_documents(const std::string& text);
-std::vector<int32_t> encode_documents(const tokenizer& tok, const std::string& text);
 
 struct eval_options {
   int ctx = 0;             // 0 = the model's max_seq_len

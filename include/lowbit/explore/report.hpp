@@ -26,7 +26,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "lowbit/explore/runs_db.hpp"
+#include "lowbit/runs/runs_db.hpp"
 
 namespace lowbit {
 

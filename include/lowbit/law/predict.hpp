@@ -25,7 +25,7 @@
 
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/engine/model.hpp"
-#include "lowbit/explore/runs_db.hpp"
+#include "lowbit/runs/runs_db.hpp"
 
 namespace lowbit::law {
 

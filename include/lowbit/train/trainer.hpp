@@ -11,7 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "lowbit/engine/tokenizer.hpp"
+#include "lowbit/base/mpi_world.hpp"
+#include "lowbit/text/tokenizer.hpp"
 #include "lowbit/engine/train.hpp"
 
 namespace lowbit {
@@ -59,20 +60,6 @@ struct train_result {
   int64_t resumed_from = 0;
   std::vector<train_point> curve;
   model trained;
-};
-
-// Open MPI, when the process was started by mpirun (OMPI_COMM_WORLD_SIZE set); one rank otherwise.
-struct data_parallel {
-  static data_parallel& world();
-  int rank = 0, size = 1;
-  bool root() const { return rank == 0; }
-  void allreduce_sum(float* x, int64_t n) const;
-  double allreduce_sum(double x) const;
-  double allreduce_max(double x) const;
-  void barrier() const;
-  // Ends every rank (MPI_Abort) when one fails, so the others do not wait forever in a
-  // collective; a no-op with one rank.
-  void abort(int code) const;
 };
 
 // Trains a model as configured. quantizer may be null (fp32). With cfg.out_dir set, writes

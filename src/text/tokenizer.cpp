@@ -1,7 +1,7 @@
 // Tokenizers: the score-ordered BPE of llama2.c (and of a SentencePiece vocabulary given as
 // tokens + scores), the byte tokenizer, and load_tokenizer's dispatch by path. GPT-2's byte-level
 // BPE lives in tokenizer_gpt2.cpp, the libsentencepiece wrapper in tokenizer_spm.cpp.
-#include "lowbit/engine/tokenizer.hpp"
+#include "lowbit/text/tokenizer.hpp"
 
 #include <array>
 #include <cerrno>
@@ -14,7 +14,7 @@
 
 #include <fmt/format.h>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 #include "pair_merge.hpp"
 
 namespace lowbit {

@@ -22,8 +22,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "lowbit/engine/tokenizer.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/text/tokenizer.hpp"
+#include "lowbit/base/error.hpp"
 
 namespace fs = std::filesystem;
 using lowbit::tokenizer;

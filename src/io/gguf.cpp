@@ -9,7 +9,7 @@
 // The reader bounds every count and length by the bytes left in the file before it allocates or
 // reads, and checks every tensor's dims, type, block divisibility, byte count (overflow-checked),
 // alignment and extent before read_f32/raw can touch it.
-#include "lowbit/engine/gguf.hpp"
+#include "lowbit/io/gguf.hpp"
 
 #include <bit>
 #include <cmath>
@@ -19,8 +19,8 @@
 
 #include <fmt/format.h>
 
-#include "lowbit/engine/safetensors.hpp"  // mapped_file, atomic_file_writer, fp16/bf16
-#include "lowbit/error.hpp"
+#include "lowbit/io/safetensors.hpp"  // mapped_file, atomic_file_writer, fp16/bf16
+#include "lowbit/base/error.hpp"
 #include "lowbit/kernels/kquant.hpp"
 
 namespace lowbit {

@@ -5,7 +5,7 @@
 // is parsed by nlohmann (iterative, no recursion on hostile nesting), and every tensor's dtype,
 // shape and data_offsets are checked (numel and byte counts overflow-checked) before any data is
 // touched. Data is read with memcpy, so unaligned tensors are fine.
-#include "lowbit/engine/safetensors.hpp"
+#include "lowbit/io/safetensors.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -23,206 +23,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 
 static_assert(std::endian::native == std::endian::little, "lowbit's file readers assume a little-endian host");
 
 namespace lowbit {
-
-// ---- fp16 / bf16 ------------------------------------------------------------------------------------
-float fp16_to_f32(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t e = (h >> 10) & 0x1fu;
-  uint32_t m = h & 0x3ffu;
-  uint32_t bits;
-  if (e == 0x1f) {
-    bits = sign | 0x7f800000u | (m << 13);  // Inf, or NaN with its payload
-  } else if (e != 0) {
-    bits = sign | ((e + 112u) << 23) | (m << 13);  // normal: rebias 15 -> 127
-  } else if (m == 0) {
-    bits = sign;  // +-0
-  } else {
-    // subnormal m * 2^-24: shift the leading one up to the implicit position
-    int ex = 1;
-    while ((m & 0x400u) == 0) {
-      m <<= 1;
-      --ex;
-    }
-    bits = sign | (static_cast<uint32_t>(ex + 112) << 23) | ((m & 0x3ffu) << 13);
-  }
-  return std::bit_cast<float>(bits);
-}
-
-uint16_t f32_to_fp16(float x) {
-  const uint32_t bits = std::bit_cast<uint32_t>(x);
-  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
-  const uint32_t a = bits & 0x7fffffffu;
-  if (a > 0x7f800000u) return 0x7e00u;                     // NaN: canonical quiet NaN
-  if (a >= 0x477ff000u) return sign | 0x7c00u;             // >= 65520 (the tie above 65504) and Inf
-  if (a >= 0x38800000u) {                                  // normal half (>= 2^-14)
-    uint32_t h = (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu);
-    const uint32_t rem = a & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is right
-    return static_cast<uint16_t>(sign | h);
-  }
-  if (a <= 0x33000000u) return sign;  // <= 2^-25: rounds to zero (the tie 2^-25 goes to even 0)
-  // subnormal half: value = m * 2^(E-150) = (m >> shift) units of 2^-24 with shift = 126 - E
-  const uint32_t m = (a & 0x7fffffu) | 0x800000u;
-  const int shift = 126 - static_cast<int>(a >> 23);  // 14..24
-  uint32_t h = m >> shift;
-  const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
-  if (rem > half || (rem == half && (h & 1u))) ++h;  // may become 0x400, the smallest normal
-  return static_cast<uint16_t>(sign | h);
-}
-
-float bf16_to_f32(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
-
-uint16_t f32_to_bf16(float x) {
-  const uint32_t bits = std::bit_cast<uint32_t>(x);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;  // NaN: canonical quiet NaN
-  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-
-// ---- mapped_file ------------------------------------------------------------------------------------
-mapped_file::mapped_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    throw error(fmt::format("cannot open '{}': {}", path, std::strerror(err)));
-  }
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    throw error(fmt::format("cannot stat '{}': {}", path, std::strerror(err)));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw error(fmt::format("'{}' is not a regular file (expected a model file)", path));
-  }
-  size_ = static_cast<uint64_t>(st.st_size);
-  if (size_ > 0) {
-    void* p = ::mmap(nullptr, static_cast<size_t>(size_), PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      const int err = errno;
-      ::close(fd);
-      throw error(fmt::format("cannot memory-map '{}' ({} bytes): {}", path, size_, std::strerror(err)));
-    }
-    data_ = static_cast<const uint8_t*>(p);
-  }
-  ::close(fd);
-}
-
-mapped_file::~mapped_file() {
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), static_cast<size_t>(size_));
-}
-
-namespace {
-void release_mapped_pages(const void* p, uint64_t n) {
-  if (!p || n == 0) return;
-  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(p) / page * page;
-  const uintptr_t end = reinterpret_cast<uintptr_t>(p) + n;
-  // Advice only: a failure leaves the pages mapped, which costs memory, not correctness.
-  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-}
-}  // namespace
-
-void read_mapped(const uint8_t* p, uint64_t n, const std::function<void(const uint8_t*, uint64_t)>& chunk,
-                 uint64_t unit) {
-  const uint64_t piece = std::max<uint64_t>(1, (uint64_t(4) << 20) / unit) * unit;
-  for (uint64_t i0 = 0; i0 < n; i0 += piece) {
-    const uint64_t m = std::min(piece, n - i0);
-    if (chunk) chunk(p + i0, m);
-    release_mapped_pages(p + i0, m);
-  }
-}
-
-// ---- fnv1a64 ------------------------------------------------------------------------------------------
-void fnv1a64::add(const void* bytes, uint64_t n) {
-  const auto* b = static_cast<const uint8_t*>(bytes);
-  uint64_t h = h_;
-  for (uint64_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;  // the 64-bit FNV prime
-  h_ = h;
-}
-
-std::string fnv1a64::hex() const { return fmt::format("{:016x}", h_); }
-
-// ---- atomic_file_writer -----------------------------------------------------------------------------
-atomic_file_writer::atomic_file_writer(const std::string& path) : path_(path) {
-  std::string templ = path + ".tmp-XXXXXX";
-  const int fd = ::mkstemp(templ.data());
-  if (fd < 0) {
-    const int err = errno;
-    throw error(fmt::format("cannot write '{}': creating the temp file '{}' failed: {}", path, templ,
-                            std::strerror(err)));
-  }
-  tmp_ = templ;
-  ::fchmod(fd, 0644);  // mkstemp makes 0600; a model file is readable like any other output
-  f_ = ::fdopen(fd, "wb");
-  if (!f_) {
-    const int err = errno;
-    ::close(fd);
-    fail("opening the temp file", err);
-  }
-}
-
-atomic_file_writer::~atomic_file_writer() {
-  if (f_) std::fclose(f_);
-  if (!done_ && !tmp_.empty()) ::unlink(tmp_.c_str());
-}
-
-void atomic_file_writer::fail(const char* step, int err) {
-  if (f_) {
-    std::fclose(f_);
-    f_ = nullptr;
-  }
-  if (!tmp_.empty()) ::unlink(tmp_.c_str());
-  tmp_.clear();
-  done_ = true;
-  throw error(fmt::format("cannot write '{}': {} failed: {}", path_, step, std::strerror(err)));
-}
-
-void atomic_file_writer::write(const void* bytes, size_t n) {
-  if (done_ || !f_) throw error(fmt::format("cannot write '{}': the file is already closed", path_));
-  if (n == 0) return;
-  errno = 0;
-  if (std::fwrite(bytes, 1, n, f_) != n) fail("fwrite", errno ? errno : EIO);
-  written_ += n;
-}
-
-void atomic_file_writer::write_zeros(size_t n) {
-  static const uint8_t zeros[256] = {};
-  while (n > 0) {
-    const size_t k = std::min(n, sizeof zeros);
-    write(zeros, k);
-    n -= k;
-  }
-}
-
-void atomic_file_writer::commit() {
-  if (done_ || !f_) throw error(fmt::format("cannot write '{}': the file is already closed", path_));
-  errno = 0;
-  if (std::fflush(f_) != 0) fail("fflush", errno ? errno : EIO);
-  if (::fsync(::fileno(f_)) != 0) fail("fsync", errno);
-  std::FILE* f = f_;
-  f_ = nullptr;
-  errno = 0;
-  if (std::fclose(f) != 0) fail("fclose", errno ? errno : EIO);
-  if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
-    const int err = errno;
-    fail(fmt::format("renaming '{}' over it", tmp_).c_str(), err);
-  }
-  done_ = true;
-  // Make the rename durable (best effort: a directory that cannot be opened is not an error).
-  const size_t slash = path_.rfind('/');
-  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path_.substr(0, slash);
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-}
 
 // ---- dtypes -----------------------------------------------------------------------------------------
 namespace {
@@ -536,10 +341,5 @@ void write_safetensors(const std::string& path, const std::vector<st_write_tenso
   w.commit();
 }
 
-void write_text_file_atomic(const std::string& path, const std::string& text) {
-  atomic_file_writer w(path);
-  w.write(text.data(), text.size());
-  w.commit();
-}
 
 }  // namespace lowbit

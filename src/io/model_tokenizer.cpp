@@ -5,8 +5,9 @@
 #include <fmt/format.h>
 
 #include "lowbit/engine/eval.hpp"
-#include "lowbit/engine/gguf.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/io/gguf.hpp"
+#include "lowbit/base/error.hpp"
+#include "lowbit/io/model_io.hpp"
 
 namespace fs = std::filesystem;
 

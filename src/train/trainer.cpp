@@ -1,7 +1,5 @@
 // The training loop (trainer.hpp).
-#include "lowbit/engine/trainer.hpp"
-
-#include <mpi.h>
+#include "lowbit/train/trainer.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -15,73 +13,13 @@
 #include <fmt/format.h>
 
 #include "lowbit/engine/eval.hpp"
-#include "lowbit/engine/safetensors.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/io/safetensors.hpp"
+#include "lowbit/base/error.hpp"
+#include "lowbit/io/model_io.hpp"
 
 namespace fs = std::filesystem;
 
 namespace lowbit {
-
-// ---- data parallelism ------------------------------------------------------------------------------
-
-namespace {
-struct mpi_guard {
-  bool initialized = false;
-  ~mpi_guard() {
-    int finalized = 0;
-    if (initialized && MPI_Finalized(&finalized) == MPI_SUCCESS && !finalized) MPI_Finalize();
-  }
-};
-}  // namespace
-
-data_parallel& data_parallel::world() {
-  static mpi_guard guard;
-  static data_parallel w = [] {
-    data_parallel d;
-    // Only a process that mpirun started joins MPI: a plain run must not need a launcher.
-    if (!std::getenv("OMPI_COMM_WORLD_SIZE") && !std::getenv("PMI_SIZE")) return d;
-    int inited = 0;
-    MPI_Initialized(&inited);
-    if (!inited) {
-      if (MPI_Init(nullptr, nullptr) != MPI_SUCCESS) throw error("MPI_Init failed");
-      guard.initialized = true;
-    }
-    MPI_Comm_rank(MPI_COMM_WORLD, &d.rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &d.size);
-    return d;
-  }();
-  return w;
-}
-
-void data_parallel::allreduce_sum(float* x, int64_t n) const {
-  if (size == 1) return;
-  for (int64_t off = 0; off < n; off += int64_t(1) << 30) {
-    const int count = static_cast<int>(std::min<int64_t>(n - off, int64_t(1) << 30));
-    MPI_Allreduce(MPI_IN_PLACE, x + off, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-  }
-}
-
-double data_parallel::allreduce_max(double x) const {
-  if (size == 1) return x;
-  double out = 0;
-  MPI_Allreduce(&x, &out, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  return out;
-}
-
-double data_parallel::allreduce_sum(double x) const {
-  if (size == 1) return x;
-  double out = 0;
-  MPI_Allreduce(&x, &out, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-  return out;
-}
-
-void data_parallel::abort(int code) const {
-  if (size > 1) MPI_Abort(MPI_COMM_WORLD, code);
-}
-
-void data_parallel::barrier() const {
-  if (size > 1) MPI_Barrier(MPI_COMM_WORLD);
-}
 
 // ---- configuration ---------------------------------------------------------------------------------
 
@@ -200,7 +138,7 @@ nlohmann::json resume_identity(const train_run_config& c) {
 train_result run_training(const train_run_config& cfg, const tokenizer& tok, const tokenizer_source& tok_src,
                           operand_quantizer* quantizer, bool resume,
                           const std::function<void(const train_point&, int64_t)>& progress) {
-  const data_parallel& dp = data_parallel::world();
+  const mpi_world& dp = mpi_world::world();
   if (cfg.batch <= 0 || cfg.ctx <= 1 || cfg.steps <= 0)
     throw error(fmt::format("train: batch {}, ctx {}, steps {} (expected batch > 0, ctx > 1, steps > 0)",
                             cfg.batch, cfg.ctx, cfg.steps));

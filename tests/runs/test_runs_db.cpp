@@ -12,8 +12,8 @@
 #include <set>
 #include <string>
 
-#include "lowbit/error.hpp"
-#include "lowbit/explore/runs_db.hpp"
+#include "lowbit/base/error.hpp"
+#include "lowbit/runs/runs_db.hpp"
 
 namespace fs = std::filesystem;
 using namespace lowbit;

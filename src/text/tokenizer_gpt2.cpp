@@ -17,8 +17,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "lowbit/engine/tokenizer.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/text/tokenizer.hpp"
+#include "lowbit/base/error.hpp"
 #include "pair_merge.hpp"
 
 namespace lowbit {

@@ -10,8 +10,8 @@
 #include <random>
 #include <vector>
 
-#include "lowbit/error.hpp"
-#include "lowbit/formats/autoflex.hpp"
+#include "lowbit/base/error.hpp"
+#include "lowbit/train/autoflex.hpp"
 
 namespace lowbit {
 namespace {

@@ -19,9 +19,9 @@
 #include <string>
 #include <vector>
 
-#include "lowbit/engine/gguf.hpp"
-#include "lowbit/engine/safetensors.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/io/gguf.hpp"
+#include "lowbit/io/safetensors.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
 
 namespace fs = std::filesystem;

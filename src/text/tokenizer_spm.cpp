@@ -6,8 +6,8 @@
 
 #include <fmt/format.h>
 
-#include "lowbit/engine/tokenizer.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/text/tokenizer.hpp"
+#include "lowbit/base/error.hpp"
 
 namespace lowbit {
 namespace {

@@ -10,13 +10,13 @@
 // Gamma = max |mantissa| of the output it wrote under the current exponent. A saturating kernel
 // clamps mantissas to M = 2^(N-1) - 1, so Gamma >= M is read as an overflow (Gamma is then only a
 // lower bound of the true maximum).
-#include "lowbit/formats/autoflex.hpp"
+#include "lowbit/train/autoflex.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <string>
 
-#include "lowbit/error.hpp"
+#include "lowbit/base/error.hpp"
 
 namespace lowbit {
 

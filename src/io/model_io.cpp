@@ -16,11 +16,12 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
-#include "lowbit/engine/gguf.hpp"
+#include "lowbit/io/gguf.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/eval.hpp"
-#include "lowbit/engine/safetensors.hpp"
-#include "lowbit/error.hpp"
+#include "lowbit/io/safetensors.hpp"
+#include "lowbit/base/error.hpp"
+#include "lowbit/io/model_io.hpp"
 
 namespace fs = std::filesystem;
 
@@ -59,11 +60,6 @@ constexpr packed_part_spec kPackedParts[] = {{packed_part::codes, ".codes", st_d
                                              {packed_part::zero_points, ".zero_points", st_dtype::i32},
                                              {packed_part::super_scales, ".super_scales", st_dtype::f32},
                                              {packed_part::tensor_scale, ".tensor_scale", st_dtype::f32}};
-
-codes_layout layout_of(const quantized_tensor& q) {
-  return {q.fmt, q.rows, q.cols, q.row_bytes, int64_t(q.scales.size()), int64_t(q.zero_points.size()),
-          int64_t(q.super_scales.size()), q.tensor_scale != 1.0f};
-}
 
 // Part p's shape in a tensor of layout l; empty when the part is not stored.
 std::vector<int64_t> part_shape(const codes_layout& l, packed_part p, bool always_tensor_scale) {
@@ -486,73 +482,8 @@ class gguf_reader final : public tensor_reader {
 };
 
 // A model in memory, with the codes its caller has for some tensors.
-class in_memory_reader final : public tensor_reader {
- public:
-  in_memory_reader(const model& m, const std::map<std::string, quantized_tensor>* codes) : m_(m), codes_(codes) {
-    header.config = m.config;
-    header.tokenizer = m.tokenizer;
-    header.source_path = m.source_path;
-    header.provenance = m.provenance;
-    for (const auto& [name, t] : m.tensors) header.tensors[name].shape = t.shape;
-  }
-  tensor load(const std::string& name) const override { return m_.get(name); }
-  const tensor* peek(const std::string& name) const override { return m_.find(name); }
-  const quantized_tensor* peek_codes(const std::string& name) const override {
-    if (!codes_) return nullptr;
-    const auto it = codes_->find(name);
-    return it == codes_->end() ? nullptr : &it->second;
-  }
-  void hash_contents(fnv1a64& h) const override {  // the values where they are, not copies
-    for (const auto& [name, t] : m_.tensors) h.add(name), h.add(t.data.data(), t.data.size() * sizeof(float));
-  }
-  std::vector<std::string> coded_names() const override {
-    std::vector<std::string> names;
-    if (codes_)
-      for (const auto& [name, q] : *codes_) names.push_back(name);
-    return names;
-  }
-  quantized_tensor read_codes(const std::string& name) const override {
-    if (codes_)
-      if (auto it = codes_->find(name); it != codes_->end()) return it->second;
-    return tensor_reader::read_codes(name);
-  }
-
- private:
-  const model& m_;
-  const std::map<std::string, quantized_tensor>* codes_;
-};
 
 }  // namespace
-
-void tensor_reader::hash_contents(fnv1a64& h) const {
-  for (const auto& [name, shape_only] : header.tensors) {
-    const tensor t = read(name);
-    h.add(name), h.add(t.data.data(), t.data.size() * sizeof(float));
-  }
-}
-
-quantized_tensor tensor_reader::read_codes(const std::string& name) const {
-  throw error(fmt::format("{}: tensor '{}' has no codes", header.source_path, name));
-}
-
-codes_layout tensor_reader::read_codes_layout(const std::string& name) const {
-  return layout_of(read_codes(name));
-}
-
-std::unique_ptr<tensor_reader> reader_of(const model& m, const std::map<std::string, quantized_tensor>* codes) {
-  return std::make_unique<in_memory_reader>(m, codes);
-}
-
-model read_whole_model(const tensor_reader& r) {
-  model m;
-  m.config = r.header.config;
-  m.tokenizer = r.header.tokenizer;
-  m.source_path = r.header.source_path;
-  m.provenance = r.header.provenance;
-  for (const auto& [name, shape_only] : r.header.tensors) m.tensors[name] = r.read(name);
-  m.validate();
-  return m;
-}
 
 model load_safetensors_model(const std::string& path) { return read_whole_model(safetensors_reader(path)); }
 

@@ -8,7 +8,7 @@
 //        exp_bits, man_bits, bits, block, scale_format, method, plan, config (JSON), revision, time)
 //   metrics(run_id, name, value)   one row per metric, so plain SQL can filter and join on them
 //                                  (a NaN metric is stored as NULL and reads back as NaN)
-#include "lowbit/explore/runs_db.hpp"
+#include "lowbit/runs/runs_db.hpp"
 
 #include <sqlite3.h>
 
@@ -26,8 +26,8 @@
 #include <fmt/format.h>
 
 #include "lowbit/engine/eval.hpp"
-#include "lowbit/engine/safetensors.hpp"  // fnv1a64
-#include "lowbit/error.hpp"
+#include "lowbit/base/hash.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/formats/format.hpp"
 
 #if __has_include("lowbit_revision.hpp")
