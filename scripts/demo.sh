@@ -31,7 +31,7 @@ for line in open(path):
     print(f"  {d['format']:<12} {ok}/{len(d['outputs'])} values equal")
 PY
 fi
-echo; echo "== lowbit analyze (SQNR with optimal clipping, METHODS 5.1)"
+echo; echo "== lowbit analyze (SQNR with optimal clipping, docs/analysis.md §5.1)"
 "$LOWBIT" analyze int8 e4m3fn e5m2 int4 e2m1 e3m2 e2m3 nf4 --dist gaussian --dist student-t:3
 echo; echo "== lowbit bench (16 MiB, 1 thread)"
 "$LOWBIT" bench int8/c e4m3fn/c mxfp4 nvfp4 q8_0 --mib 16 --reps 5

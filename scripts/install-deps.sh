@@ -16,7 +16,7 @@ packages=(
   libeigen3-dev       # Cholesky and SVD of the post-training quantization methods
   libpcre2-dev        # GPT-2 pre-tokenizer regex (\p{L}, \p{N})
   libsentencepiece-dev sentencepiece  # SentencePiece .model files; spm_train for test fixtures
-  python3-matplotlib  # plots from the CSV/JSON the CLI writes (CONVENTIONS 29)
+  python3-matplotlib  # plots from the CSV/JSON the CLI writes (docs/conventions.md §29)
   libopenmpi-dev openmpi-bin  # data-parallel training and sweeps across ranks (mpirun)
   libsqlite3-dev sqlite3      # the results store (runs database)
   libceres-dev        # nonlinear least squares of the scaling-law fits

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Perplexity against bits per weight from `lowbit explore`'s CSV (CONVENTIONS 29).
+"""Perplexity against bits per weight from `lowbit explore`'s CSV (docs/conventions.md §29).
 
 usage: plot_explore.py explore.csv out.png   (also writes out.svg)
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Figures of `lowbit report` from its runs.csv (CONVENTIONS 29: Debian's matplotlib, PNG + SVG).
+"""Figures of `lowbit report` from its runs.csv (docs/conventions.md §29: Debian's matplotlib, PNG + SVG).
 
 usage: plot_report.py runs.csv OUTDIR [--fit fit.json]
 

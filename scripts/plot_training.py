@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Validation-loss curves of lowbit train runs (CONVENTIONS 29: Debian matplotlib, PNG + SVG).
+"""Validation-loss curves of lowbit train runs (docs/conventions.md §29: Debian matplotlib, PNG + SVG).
 
 Usage: plot_training.py RUNS_DIR [OUT_PREFIX]
 RUNS_DIR holds one directory per run with log.jsonl (and result.json when finished). Writes

@@ -24,7 +24,7 @@ result run(const std::string& args, const std::string& input = "", bool with_std
 
 }  // namespace
 
-TEST(Cli, CastTakesNegativeNumbersAndSpecials) {  // CONVENTIONS 26
+TEST(Cli, CastTakesNegativeNumbersAndSpecials) {  // docs/conventions.md §26
   const result r = run("cast e4m3fn -1.5 -inf nan 0x1.8p1 1e9 -0");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(r.out, "-1.5\n-448\nnan\n3\n448\n-0\n");
@@ -37,7 +37,7 @@ TEST(Cli, CastReadsStdinAsOneRow) {
 }
 
 TEST(Cli, CastPlainElementAndCodesWithoutNanCode) {
-  EXPECT_EQ(run("cast e2m1 2.5").out, "2\n");  // CONVENTIONS 1
+  EXPECT_EQ(run("cast e2m1 2.5").out, "2\n");  // docs/conventions.md §1
   const result r = run("cast e2m1 --codes nan 1");
   ASSERT_EQ(r.code, 0);
   EXPECT_EQ(r.out, "nan  code -\n1  code 0x2\n");
@@ -120,10 +120,10 @@ TEST(Cli, AnalyzeMarksTheBestFormat) {
   for (const auto& row : j) best += row["best"].get<bool>();
   EXPECT_EQ(best, 1);
   EXPECT_EQ(j[0]["format"], "int8");
-  EXPECT_TRUE(j[0]["best"].get<bool>());  // METHODS 5.1: INT8 wins on Gaussian data
+  EXPECT_TRUE(j[0]["best"].get<bool>());  // docs/analysis.md §5.1: INT8 wins on Gaussian data
 }
 
-TEST(Cli, BenchJsonRowsNameTheFormatAsTyped) {  // CONVENTIONS 25
+TEST(Cli, BenchJsonRowsNameTheFormatAsTyped) {  // docs/conventions.md §25
   const result r = run("bench fp8_e4m3/c --mib 1 --reps 1 --ref-mib 0.1 --json");
   ASSERT_EQ(r.code, 0) << r.out;
   const auto j = nlohmann::json::parse(r.out);
@@ -337,7 +337,7 @@ TEST(CliQuantize, ModelWhoseConfigContradictsItsTensorsIsRefused) {
 }
 
 // K-quants: a synthetic Llama with rows of 256 exports as Q4_K / Q6_K blocks and evaluates like
-// the model in memory; stories260K's rows of 64 and 172 fall back (CONVENTIONS 22), listed.
+// the model in memory; stories260K's rows of 64 and 172 fall back (docs/conventions.md §22), listed.
 TEST(CliQuantize, KQuantGgufEvaluatesLikeTheModelInMemory) {
   const std::string dir = testing::TempDir() + "lowbit_cli_kquant";
   std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
@@ -451,7 +451,7 @@ TEST(CliExplore, UnknownFormatInSweepIsRefusedBeforeAnythingRuns) {
   EXPECT_FALSE(file_starts_with(db, "SQLite")) << "the database was created";
 }
 
-TEST(CliExplore, SweepAcrossTwoMpiRanksRecordsEachRunOnce) {  // CONVENTIONS 24
+TEST(CliExplore, SweepAcrossTwoMpiRanksRecordsEachRunOnce) {  // docs/conventions.md §24
   if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "no mpirun";
   const std::string dir = explore_dir("mpi");
   const std::string sweep = write_small_sweep(dir, R"("fp32", "int4/g32", "e2m1/g32", "mxfp4")"), db = dir + "/runs.db";

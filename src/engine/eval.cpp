@@ -1,4 +1,4 @@
-// Perplexity and KL-divergence evaluation under the protocol of eval.hpp (CONVENTIONS 15).
+// Perplexity and KL-divergence evaluation under the protocol of eval.hpp (docs/conventions.md §15).
 #include "lowbit/engine/eval.hpp"
 
 #include <algorithm>
@@ -97,7 +97,7 @@ std::vector<eval_result> evaluate_many(const std::vector<const model*>& models,
   int64_t windows = 0;
   for (int64_t w0 = 0; w0 < total; w0 += ctx) {
     const int len = static_cast<int>(std::min<int64_t>(ctx, total - w0));
-    if (len < 2) break;  // a trailing window of one token predicts nothing (CONVENTIONS 15)
+    if (len < 2) break;  // a trailing window of one token predicts nothing (docs/conventions.md §15)
     const int32_t* win = ids.data() + w0;
     ++windows;
     if (base_session) {  // once per window, shared by every row

@@ -1,7 +1,7 @@
 // Llama and GPT-2 forward passes in float32 (shapes in forward.hpp). Linear layers and the
 // attention products run through OpenBLAS sgemm; element-wise work through OpenMP. The plan's
 // activation formats fake-quantize each linear layer's input per token, its KV format the cache
-// rows (one token and head each) after RoPE (CONVENTIONS 17).
+// rows (one token and head each) after RoPE (docs/conventions.md §17).
 #include "lowbit/engine/forward.hpp"
 
 #include <cblas.h>

@@ -42,7 +42,7 @@ class thread_scope {
 // Normalisation of each row by a statistic s(x): out = w * (x * r), r = 1/s.
 //   rms: RMSNorm (Zhang & Sennrich 2019) as llama2.c, s = sqrt(mean(x^2) + eps), the sum in double.
 //   l1 : L1 RMSNorm (Wu et al. 2018, "L1-norm batch normalization"; the L1 normalisation of Guo
-//        et al. 2024, METHODS 3.3): s = sqrt(pi/2) mean|x| + eps, which equals the RMS for
+//        et al. 2024, docs/training.md §3.3): s = sqrt(pi/2) mean|x| + eps, which equals the RMS for
 //        Gaussian x, so y = w x / s needs only sign/abs/add.
 // inv_out[n] (optional) keeps r for the backward.
 enum class norm_kind { rms, l1 };

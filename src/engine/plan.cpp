@@ -1,4 +1,4 @@
-// QuantPlan: weight rules, activation and KV-cache formats (CONVENTIONS 17-18).
+// QuantPlan: weight rules, activation and KV-cache formats (docs/conventions.md §17-18).
 #include "lowbit/engine/plan.hpp"
 
 #include <algorithm>
@@ -147,7 +147,7 @@ double weight_bits(const tensor& t, const std::optional<format>& f) {
   if (!f) return 32.0;
   double b = bits_per_element(*f);
   // Per-row (channel) and per-tensor scales: bits_per_element reports the element only
-  // (CONVENTIONS 14); charge one scale (and zero point) per row / tensor to its elements.
+  // (docs/conventions.md §14); charge one scale (and zero point) per row / tensor to its elements.
   if (f->gran != granularity::group && f->gran != granularity::none) {
     const double zp = f->element.kind == element_kind::uint_asym ? f->element.bits : 0;
     const double per = f->gran == granularity::row ? t.cols() : t.numel();

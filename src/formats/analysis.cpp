@@ -1,4 +1,4 @@
-// Format analysis (METHODS 5.1; van Baalen et al. 2023 "FP8 versus INT8 for efficient deep
+// Format analysis (docs/analysis.md §5.1; van Baalen et al. 2023 "FP8 versus INT8 for efficient deep
 // learning inference", Kuzmin et al. 2022 "FP8 quantization: the power of the exponent"):
 // the SQNR of an element grid on a unit-variance density, with the clipping value chosen
 // optimally.

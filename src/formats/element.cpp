@@ -7,7 +7,7 @@
 //   rna   hi iff (|y|-lo) >= (hi-|y|)
 //   rtz   lo                  odd  hi iff inexact and lo's code is even
 //   up/down toward +inf/-inf (hi or lo depending on the sign)
-//   sr    on the signed value (CONVENTIONS 10): for y >= 0 hi iff u < t, t = (y - lo) / (hi - lo);
+//   sr    on the signed value (docs/conventions.md §10): for y >= 0 hi iff u < t, t = (y - lo) / (hi - lo);
 //         for y < 0 the signed neighbours are -hi, -lo, so hi iff not u < (hi - |y|) / (hi - lo)
 // "Code" parity is the parity of the magnitude code (mantissa lsb, or exponent lsb when M = 0),
 // as bit-level converters (hardware, ml_dtypes) round.
@@ -122,7 +122,7 @@ bool round_up_between(double a, double lo, double hi, bool lo_code_odd, bool neg
     case rounding_mode::down: return negative;
     case rounding_mode::odd: return !lo_code_odd;
     case rounding_mode::sr: {
-      // CONVENTIONS 10 on the signed value x: with signed neighbours lo_s <= x < hi_s,
+      // docs/conventions.md §10 on the signed value x: with signed neighbours lo_s <= x < hi_s,
       // t = (x - lo_s) / (hi_s - lo_s) in float32 and x goes to hi_s iff u < t. For x = a >= 0 that is
       // the magnitude's hi; for x = -a the signed neighbours are -hi < -a < -lo, t = (hi - a)/(hi - lo),
       // and hi_s = -lo is the smaller magnitude.
@@ -404,7 +404,7 @@ double normal_quantile(double p) {
 const std::vector<float>& nf4_table() {
   // QLoRA / bitsandbytes create_normal_map(offset = 0.9677083, use_extra_value = True):
   // positives = ppf(linspace(offset, 0.5, 9)[:-1]), negatives = -ppf(linspace(offset, 0.5, 8)[:-1]),
-  // plus 0, sorted, divided by the largest (METHODS 1.4).
+  // plus 0, sorted, divided by the largest (docs/formats.md §1.4).
   static const std::vector<float> table = [] {
     const double offset = 0.9677083;
     std::vector<double> v;

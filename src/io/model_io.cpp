@@ -1,4 +1,4 @@
-// Model files <-> the canonical in-memory model (CONVENTIONS 18): Hugging Face safetensors
+// Model files <-> the canonical in-memory model (docs/conventions.md §18): Hugging Face safetensors
 // (LlamaForCausalLM, GPT2LMHeadModel) with config.json, and GGUF.
 #include <algorithm>
 #include <cmath>
@@ -658,7 +658,7 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
       tensor read;
       if (!in_memory) {
         read = r.read(name);
-        // CONVENTIONS 22: a fallback's values rounded onto its wider type, as plan_gguf_export
+        // docs/conventions.md §22: a fallback's values rounded onto its wider type, as plan_gguf_export
         // rounds a model in memory (a no-op on values it has rounded already).
         if (round) round_onto_ggml_type(read, static_cast<uint32_t>(type));
       }

@@ -232,7 +232,7 @@ void kquant_quantize_block(const format& f, const float* x, int64_t n, kquant_bl
     nonfinite |= !std::isfinite(x[i]);
   }
   *out = kquant_block{};
-  if (nonfinite) {  // CONVENTIONS 4: the super-block's scales are NaN, its lowbit codes 0
+  if (nonfinite) {  // docs/conventions.md §4: the super-block's scales are NaN, its lowbit codes 0
     out->d = out->dmin = canonical_nan();
     if (f.named == preset::q6_k) std::fill(out->q, out->q + kSuperBlock, uint8_t{32});  // q - 32 = 0
     return;

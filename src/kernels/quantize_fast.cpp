@@ -283,7 +283,7 @@ HWY_INLINE VF RoundToGrid(DF df, VF y, VF u, const grid_params& g) {
   hn::Mask<DI> sr_up = hn::Lt(one, one), sr_up_tiny = sr_up;
   const VF ay = hn::BitCast(df, ab);
   if constexpr (kMode == rounding_mode::sr) {
-    // On the signed value (CONVENTIONS 10): for y >= 0, t = rem * 2^-s (exact) or |y| / step below
+    // On the signed value (docs/conventions.md §10): for y >= 0, t = rem * 2^-s (exact) or |y| / step below
     // the grid, and the magnitude goes up iff u < t; for y < 0, t = (unit - rem) * 2^-s or
     // (step - |y|) / step, and the magnitude goes up iff not u < t.
     const VF inv_unit = hn::BitCast(df, hn::ShiftLeft<23>(hn::Sub(hn::Set(di, 127), sc)));
@@ -409,7 +409,7 @@ HWY_INLINE VF RoundSrFast(DF df, VF y, VF u, const grid_params& g) {
   const VF step = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(L, hn::Set(di, 127))));
   const VF q = hn::Mul(ay, inv_step);
   const VF lo = hn::Floor(q);
-  // CONVENTIONS 10 on the signed value: t = q - lo for y >= 0, (lo + 1) - q for y < 0 (see above).
+  // docs/conventions.md §10 on the signed value: t = q - lo for y >= 0, (lo + 1) - q for y < 0 (see above).
   const auto negative = hn::RebindMask(df, hn::Lt(bits, hn::Zero(di)));
   const VF t = hn::IfThenElse(negative, hn::Sub(hn::Add(lo, hn::Set(df, 1.0f)), q), hn::Sub(q, lo));
   const VF up = hn::IfThenElseZero(hn::Xor(hn::Lt(u, t), negative), hn::Set(df, 1.0f));
@@ -686,7 +686,7 @@ HWY_INLINE VF RoundScaleGrid(DF df, VF v, int emin, int mbits) {
   return hn::Sub(hn::Add(v, c), c);
 }
 
-// nvfp4 (METHODS 1.3) and q8_0 block scales of N groups, vectorised: the same float operations
+// nvfp4 (docs/formats.md §1.3) and q8_0 block scales of N groups, vectorised: the same float operations
 // as choose_scale. `mult` receives 1/d for q8_0 (ggml multiplies by it), 0 for nvfp4 (divide).
 HWY_INLINE bool BatchScalesPreset(DF df, VI amax_bits, const row_plan& plan, float* scale, float* stored,
                                   float* mult) {

@@ -136,7 +136,7 @@ float percentile_of(std::vector<float> v, double pct) {
   return static_cast<float>(v[lo] + frac * (static_cast<double>(v[hi]) - v[lo]));
 }
 
-// Asymmetric min-max (CONVENTIONS 5, METHODS 0.2): range forced to contain 0, [-1, 1] when
+// Asymmetric min-max (docs/conventions.md §5, docs/formats.md §0.2): range forced to contain 0, [-1, 1] when
 // empty; s = (max - min) / (2^N - 1) rounded to the scale format, z = round(-min / s).
 group_scale uint_scale(const scale_context& ctx, float lo, float hi) {
   group_scale gs;
@@ -254,7 +254,7 @@ group_scale choose_scale(const scale_context& ctx, const group_stats& st, const 
   }
   switch (f.named) {
     case preset::nvfp4: {
-      // METHODS 1.3 / CONVENTIONS 6: s_blk = amax/6; ratio clamped to [2^-6, 448], rounded to
+      // docs/formats.md §1.3 / docs/conventions.md §6: s_blk = amax/6; ratio clamped to [2^-6, 448], rounded to
       // E4M3; the quantization scale is s_tensor * s_blk_q in float32.
       const float s_blk = st.amax / 6.0f;
       const float ratio = std::clamp(s_blk / tensor_scale, 0x1p-6f, 448.0f);

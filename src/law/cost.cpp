@@ -1,4 +1,4 @@
-// The MAC cost model of cost.hpp (ours, METHODS 4.8 placeholder made concrete).
+// The MAC cost model of cost.hpp (ours, docs/ptq.md §4.8 placeholder made concrete).
 #include "lowbit/law/cost.hpp"
 
 #include <cmath>
@@ -96,7 +96,7 @@ double mac_cost(const std::string& weight_spec, const std::string& act_spec) {
 
 std::string mac_cost_model_description(const mac_cost_params& p) {
   return fmt::format(
-      "MAC cost: OUR MODEL (not a published one; METHODS 4.8): c_mul*s_w*s_a + c_exp*(E_w+E_a) + "
+      "MAC cost: OUR MODEL (not a published one; docs/ptq.md §4.8): c_mul*s_w*s_a + c_exp*(E_w+E_a) + "
       "c_shift*((s_w+s_a)*ceil(log2 P)+P-1) + c_acc*(Kulisch accumulator bits), relative to INT8 x INT8; "
       "c_mul={} c_exp={} c_shift={} c_acc={} guard_bits={}",
       p.c_mul, p.c_exp, p.c_shift, p.c_acc, p.guard_bits);

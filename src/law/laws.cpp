@@ -1,4 +1,4 @@
-// The built-in scaling laws and the derived results of Sun et al. 2025 (laws.hpp, METHODS 2.1).
+// The built-in scaling laws and the derived results of Sun et al. 2025 (laws.hpp, docs/laws.md §2.1).
 #include "lowbit/law/laws.hpp"
 
 #include <algorithm>

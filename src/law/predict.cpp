@@ -1,4 +1,4 @@
-// The PTQ quality predictor (predict.hpp; Xu et al. 2024, METHODS 2.2) on XGBoost's C API.
+// The PTQ quality predictor (predict.hpp; Xu et al. 2024, docs/laws.md §2.2) on XGBoost's C API.
 #include "lowbit/law/predict.hpp"
 
 #include <xgboost/c_api.h>

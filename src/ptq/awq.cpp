@@ -1,5 +1,5 @@
 // AWQ, activation-aware weight quantization (Lin et al., MLSys 2024; mit-han-lab/llm-awq
-// awq/quantize/auto_scale.py and auto_clip.py; METHODS 4.3): a grid search over per-channel scales
+// awq/quantize/auto_scale.py and auto_clip.py; docs/ptq.md §4.3): a grid search over per-channel scales
 // s = s_x^r that protect the weights of large-activation channels (W diag(s) is quantized, X
 // diag(s)^-1 feeds it), then a grid search over clipping thresholds per row and group.
 //

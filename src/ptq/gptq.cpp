@@ -1,4 +1,4 @@
-// GPTQ (Frantar et al., ICLR 2023, Alg. 1; IST-DASLab/gptq gptq.py; METHODS 4.1) with lowbit's
+// GPTQ (Frantar et al., ICLR 2023, Alg. 1; IST-DASLab/gptq gptq.py; docs/ptq.md §4.1) with lowbit's
 // format engine as the quantizer, and its Hessian accumulator.
 //
 // For W[out, in] and H = (2/n) X^T X, columns are quantized left to right; the error of column i

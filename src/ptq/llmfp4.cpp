@@ -1,4 +1,4 @@
-// LLM-FP4 (Liu et al., EMNLP 2023; nbasyl/LLM-FP4 quant_layers/fp_linear.py; METHODS 4.6): the
+// LLM-FP4 (Liu et al., EMNLP 2023; nbasyl/LLM-FP4 quant_layers/fp_linear.py; docs/ptq.md §4.6): the
 // joint search of a floating-point weight format's exponent/mantissa split and clipping (the
 // real-valued exponent bias) on the layer's output error, and the pre-shifted exponent bias of
 // per-channel activation quantization. The declarations (ptq.hpp) say what follows the repo and

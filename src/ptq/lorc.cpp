@@ -1,4 +1,4 @@
-// LoRC, low-rank compensation (ZeroQuant-V2, Yao et al. 2023, arXiv 2303.08302; METHODS 4.5 [M]):
+// LoRC, low-rank compensation (ZeroQuant-V2, Yao et al. 2023, arXiv 2303.08302; docs/ptq.md §4.5 [M]):
 // the quantization error E = W - Q is approximated by its best rank-k factorisation (Eckart-Young:
 // the truncated SVD), E ~ (U_k S_k^(1/2)) (S_k^(1/2) V_k^T), and the factors run beside the
 // quantized layer: y = x Q^T + (x V^T) U^T.

@@ -440,7 +440,7 @@ void quantize_block_groups(model& m, const std::string& block, const std::vector
         if (r.layers[i].packed) report.packed[block + grp.weights[i]] = std::move(*r.layers[i].packed);
       }
       if (grp.how != layer_group::fold::none) scales = std::move(r.scales);
-    } else if (o.how == method::llmfp4) {  // LLM-FP4 (METHODS 4.6): split + clip search per layer
+    } else if (o.how == method::llmfp4) {  // LLM-FP4 (docs/ptq.md §4.6): split + clip search per layer
       llmfp4_options lo;
       lo.preshift = o.llmfp4_preshift;
       // Pre-shifted exponent bias where a norm takes the per-channel factor 2^-rho_j; [M] the

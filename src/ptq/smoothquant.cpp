@@ -1,5 +1,5 @@
 // SmoothQuant's per-channel smoothing factors (Xiao et al., ICML 2023, Eq. 4; mit-han-lab/smoothquant
-// smooth.py smooth_ln_fcs; METHODS 4.2). Applying them (scale_columns / divide_columns, common.cpp)
+// smooth.py smooth_ln_fcs; docs/ptq.md §4.2). Applying them (scale_columns / divide_columns, common.cpp)
 // moves quantization difficulty from activations to weights without changing X W^T.
 #include <algorithm>
 #include <cmath>

@@ -1,5 +1,5 @@
 // Flexpoint's Autoflex exponent manager (Koster et al., "Flexpoint: An Adaptive Numerical Format
-// for Efficient Training of Deep Neural Networks", NeurIPS 2017, arXiv 1711.02213; METHODS 1.5).
+// for Efficient Training of Deep Neural Networks", NeurIPS 2017, arXiv 1711.02213; docs/formats.md §1.5).
 //
 // A flexN+E tensor stores N-bit two's-complement integer mantissas and one E-bit exponent k shared
 // by the whole tensor; an element's value is mantissa * kappa with kappa = 2^k. The exponent of an
@@ -103,7 +103,7 @@ int autoflex::exponent_for_max(double chi) const {
 // Algorithm 1 (paper Sec. 3, "initialization"): run the op with the current exponent, starting at
 // kappa = 1, and adjust until Gamma sits in the upper half of the mantissa range.
 //
-// Choices where the (OCR'd) paper text leaves the exact factor open (METHODS 1.5 [M]):
+// Choices where the (OCR'd) paper text leaves the exact factor open (docs/formats.md §1.5 [M]):
 //  * Overflow (Gamma >= M): a saturated Gamma only says "the maximum is at least M * kappa", so we
 //    jump k up by N/2 bits. A maximum just above the overflow threshold then comes back with about
 //    2^(N/2 - 1), which is the reliability threshold used below, so the next trial can usually

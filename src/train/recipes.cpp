@@ -225,7 +225,7 @@ double flex_fake_quantize(const float* in, float* out, int64_t n, int mantissa_b
   const double inv = std::ldexp(1.0, -exponent), kappa = std::ldexp(1.0, exponent);
   double gamma = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(in[i])) {  // Inf saturates (no code for it), NaN stays NaN (CONVENTIONS 4)
+    if (!std::isfinite(in[i])) {  // Inf saturates (no code for it), NaN stays NaN (docs/conventions.md §4)
       gamma = std::max(gamma, qmax + 1);
       out[i] = std::isnan(in[i]) ? in[i] : static_cast<float>(std::copysign(qmax * kappa, in[i]));
       continue;
@@ -252,7 +252,7 @@ void shiftquant_fake_quantize(const float* in, float* out, int64_t rows, int64_t
       if (!std::isfinite(x[c])) finite = false;
       amax_row = std::max(amax_row, std::fabs(double(x[c])));
     }
-    if (!finite) {  // CONVENTIONS 4: a group holding NaN/Inf is NaN
+    if (!finite) {  // docs/conventions.md §4: a group holding NaN/Inf is NaN
       std::fill(y, y + cols, std::numeric_limits<float>::quiet_NaN());
       continue;
     }

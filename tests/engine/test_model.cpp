@@ -88,7 +88,7 @@ TEST(ModelFiles, Stories260KHeaderAndNames) {
   EXPECT_EQ(n, m.config.parameter_count());
 }
 
-// CONVENTIONS "Test fixtures": stories260K converted to Hugging Face safetensors + config.json and
+// docs/conventions.md "Test fixtures": stories260K converted to Hugging Face safetensors + config.json and
 // to GGUF must give the same NLL as the llama2.c file. The safetensors copy stores q/k in
 // Hugging Face's rotate-half order, so this also checks that permutation both ways.
 TEST(ModelFiles, SafetensorsAndGgufCopiesOfStories260KAreTheSameModel) {
@@ -398,7 +398,7 @@ TEST(ModelFiles, PackedSafetensorsRoundTrip) {
 
 // One rule for "do these codes hold these values" (codes_mismatch), for the packed safetensors
 // writer's codes and the GGUF writer's check alike: equal as floats, NaN matching any NaN
-// (CONVENTIONS 4: a NaN makes its group NaN). A group holding NaN is stored as codes by both.
+// (docs/conventions.md §4: a NaN makes its group NaN). A group holding NaN is stored as codes by both.
 TEST(ModelFiles, CodesHoldValuesByOneRule) {
   const format f = parse_format("q8_0");
   tensor t{{2, 64}, std::vector<float>(128)};

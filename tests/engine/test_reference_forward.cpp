@@ -1,7 +1,7 @@
 // An independent float64 forward pass, written from llama2.c's run.c (Llama) and the GPT-2 paper /
 // llm.c (GPT-2), one token at a time with a plain KV cache: the specification that lowbit's
 // batched float32 forward (OpenBLAS, OpenMP) is checked against. Logits match when
-// max|diff| <= 1e-4 * max|logit| (CONVENTIONS 16); intermediates use the same scheme relative to
+// max|diff| <= 1e-4 * max|logit| (docs/conventions.md §16); intermediates use the same scheme relative to
 // their own largest magnitude.
 #include <gtest/gtest.h>
 
@@ -31,7 +31,7 @@ namespace {
 
 using vec = std::vector<double>;
 
-// CONVENTIONS 16: float32 vs float64 differ only by accumulation order and rounding.
+// docs/conventions.md §16: float32 vs float64 differ only by accumulation order and rounding.
 constexpr double kRelTol = 1e-4;
 
 std::string data_dir() {
@@ -296,7 +296,7 @@ void perturb(lowbit::model& m, uint64_t seed) {
   }
 }
 
-// Bytes of a sentence after BOS (256): the byte tokenizer of random models (CONVENTIONS 19).
+// Bytes of a sentence after BOS (256): the byte tokenizer of random models (docs/conventions.md §19).
 std::vector<int32_t> byte_tokens(int n) {
   const std::string text = "Once upon a time, a small robot found a red ball in the park. It rolled away!";
   std::vector<int32_t> ids{256};

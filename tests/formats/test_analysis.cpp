@@ -1,4 +1,4 @@
-// Tests of the format analysis (METHODS 5.1): grid_mse against quadratures and closed forms
+// Tests of the format analysis (docs/analysis.md §5.1): grid_mse against quadratures and closed forms
 // written here independently of src/formats/analysis.cpp (the grids are spelled out as literals,
 // rounding is a brute-force nearest-level search, not midpoint cells), the optimiser against
 // textbook optima (Lloyd-Max / Max 1960), and the INT-versus-FP trends of van Baalen et al. 2023

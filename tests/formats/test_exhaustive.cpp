@@ -1,5 +1,5 @@
 // Exhaustive tests of the element codec (decode_ref / encode_ref / limits_of) against an
-// independent reference written here from the definitions (METHODS 0.1, 0.2, 1.1; CONVENTIONS
+// independent reference written here from the definitions (docs/formats.md §0.1, 0.2, 1.1; docs/conventions.md
 // 3, 5, 9). Nothing below calls the code under test to produce an expected value: the reference
 // decodes codes with exact long double arithmetic, enumerates the value set of each format, and
 // rounds by searching that sorted set; fp16/bf16 have a second, bit-manipulation converter.
@@ -13,7 +13,7 @@
 //   * every 16-bit code of fp16 and bf16, and a float32 sweep (stride 4099 over all 2^32 bit
 //     patterns plus dense boundary windows) against integer-bit converters;
 //   * int2..int16 and uint2..uint16 (every code, every integer, half-integer and quarter point);
-//   * the published METHODS 0.1 table, the E2M1 value set and the E1My = INT(y+2) identity.
+//   * the published docs/formats.md §0.1 table, the E2M1 value set and the E1My = INT(y+2) identity.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -91,8 +91,8 @@ bool same_float(float a, float b) {
 }
 
 // ================================================================================================
-// Reference minifloat, from METHODS 0.1:
-//   e == 0: (-1)^s 2^(1-b) m/2^M   (+-0 when subnormals are off, CONVENTIONS 9)
+// Reference minifloat, from docs/formats.md §0.1:
+//   e == 0: (-1)^s 2^(1-b) m/2^M   (+-0 when subnormals are off, docs/conventions.md §9)
 //   e  > 0: (-1)^s 2^(e-b) (1 + m/2^M)
 //   ieee: e all-ones is Inf (m = 0) / NaN (m != 0); fn: e and m all-ones is NaN;
 //   fnuz: the code 100..0 is NaN and there is no -0; finite: every code is a number.
@@ -217,7 +217,7 @@ struct RefGrid {
   uint32_t max_code() const { return codes.back(); }
 };
 
-// CONVENTIONS 10 on the signed value x = (negative ? -a : a): with signed grid neighbours
+// docs/conventions.md §10 on the signed value x = (negative ? -a : a): with signed grid neighbours
 // sl <= x < sh, t = (x - sl) / (sh - sl) in float32 and x goes to sh iff u < t. Returns whether the
 // result is the neighbour of larger magnitude (hi).
 bool ref_sr_to_larger_magnitude(ld a, ld lo, ld hi, bool negative, float u) {
@@ -715,7 +715,7 @@ TEST(ExhaustiveMinifloat, ReferenceSelfCheck) {
 }
 
 // Subnormals off in fnuz: the flushed codes 1.0000.mmm (m != 0) decode to a zero, and fnuz has
-// no negative zero (METHODS 0.1 "no negative zero"; CONVENTIONS 9 "decode to +-0"), so +0.
+// no negative zero (docs/formats.md §0.1 "no negative zero"; docs/conventions.md §9 "decode to +-0"), so +0.
 TEST(ExhaustiveMinifloat, FnuzFlushedNegativeSubnormalsArePositiveZero) {
   for (auto [E, M] : {std::pair{4, 3}, std::pair{5, 2}, std::pair{3, 2}}) {
     const element_format f =
@@ -1056,7 +1056,7 @@ TEST(ExhaustiveInteger, EncodeEveryIntegerHalfAndQuarter) {
 }
 
 // ================================================================================================
-// METHODS 0.1 table, written out as published.
+// docs/formats.md §0.1 table, written out as published.
 // ================================================================================================
 struct TableRow {
   const char* spec;
@@ -1137,7 +1137,7 @@ TEST(ExhaustiveMethodsTable, E2M1ValueSet) {
   EXPECT_EQ(pos, (std::vector<float>{0, 0.5, 1, 1.5, 2, 3, 4, 6}));
   for (uint32_t c = 0; c < 8; ++c)
     EXPECT_EQ(bits_of(lowbit::decode_ref(f, c | 8)), bits_of(-pos[c])) << c;
-  // CONVENTIONS 1: a plain cast of 2.5 onto e2m1 gives 2 (tie to the even code 0b100).
+  // docs/conventions.md §1: a plain cast of 2.5 onto e2m1 gives 2 (tie to the even code 0b100).
   EXPECT_EQ(lowbit::decode_ref(f, lowbit::encode_ref(f, 2.5f, rounding_mode::rne)), 2.0f);
   EXPECT_EQ(lowbit::decode_ref(f, lowbit::encode_ref(f, 5.0f, rounding_mode::rne)), 4.0f);
   EXPECT_EQ(lowbit::decode_ref(f, lowbit::encode_ref(f, 5.0f, rounding_mode::rna)), 6.0f);

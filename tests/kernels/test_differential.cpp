@@ -1,7 +1,7 @@
 // Fast kernels == reference kernels, bit for bit: every format family x rounding x group size
 // (including non-powers of two) x odd lengths x misaligned pointers x every compiled SIMD target,
 // on data that mixes Gaussian values, exact grid points and midpoints (ties), subnormals, huge
-// values, +-0, NaN and Inf (STYLE 8). A failure prints the whole parameter tuple.
+// values, +-0, NaN and Inf (docs/architecture.md §8). A failure prints the whole parameter tuple.
 #include <gtest/gtest.h>
 
 #include <bit>

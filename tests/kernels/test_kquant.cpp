@@ -208,7 +208,7 @@ TEST(KQuant, ReconstructionErrorIsBounded) {
   }
 }
 
-// CONVENTIONS 4: a NaN or Inf makes its super-block NaN (d = dmin = NaN, codes 0); the other
+// docs/conventions.md §4: a NaN or Inf makes its super-block NaN (d = dmin = NaN, codes 0); the other
 // super-blocks of the row are untouched.
 TEST(KQuant, NanAndInfPoisonTheirSuperBlockOnly) {
   std::vector<float> x = gaussian(512, 6);
@@ -256,7 +256,7 @@ TEST(KQuant, PartialSuperBlockIsZeroPadded) {
     const quantized_tensor q = quantize_ref(x.data(), 2, cols, f);
     EXPECT_EQ(q.groups_per_row(), (cols + f.group_size - 1) / f.group_size);
     EXPECT_EQ(q.super_scales.size(), size_t(2 * 2 * kquant_super_scale_count(f)));
-    // GGUF cannot hold it: the export falls back (CONVENTIONS 22).
+    // GGUF cannot hold it: the export falls back (docs/conventions.md §22).
     EXPECT_THROW(encode_ggml_blocks(q, f.named == preset::q4_k ? ggml_type::q4_k : ggml_type::q6_k), shape_error);
   }
 }

@@ -1,4 +1,4 @@
-// The reference kernels against the published facts of METHODS.md (OCP MX worked examples,
+// The reference kernels against the published facts of docs/formats.md (OCP MX worked examples,
 // NVFP4 two-level scaling, NF4, ggml's block formats, scale rules, stochastic rounding), each
 // expected value computed here from the paper's formula, not by the code under test.
 #include <gtest/gtest.h>
@@ -26,10 +26,10 @@ std::vector<float> fq(const std::string& spec, std::vector<float> x, int64_t row
 
 }  // namespace
 
-TEST(Reference, PlainCastHasNoScale) {  // CONVENTIONS 1
+TEST(Reference, PlainCastHasNoScale) {  // docs/conventions.md §1
   EXPECT_EQ(fq("e2m1", {2.5f})[0], 2.0f);
   EXPECT_EQ(fq("e2m1", {2.75f})[0], 3.0f);
-  EXPECT_EQ(fq("e2m1", {7.0f})[0], 6.0f);   // saturate (CONVENTIONS 3)
+  EXPECT_EQ(fq("e2m1", {7.0f})[0], 6.0f);   // saturate (docs/conventions.md §3)
   EXPECT_EQ(fq("e4m3fn", {464.0f})[0], 448.0f);  // tie between 448 (even) and 480
   EXPECT_EQ(fq("e4m3fn", {-1e9f})[0], -448.0f);
   EXPECT_TRUE(std::isnan(fq("e2m1", {NAN})[0]));  // NaN maps to NaN even without a NaN code
@@ -65,7 +65,7 @@ TEST(Reference, DirectedRoundings) {
   EXPECT_EQ(fq("e2m1~odd", {1.5f})[0], 1.5f);  // exact stays
 }
 
-TEST(Reference, MxWorkedExamples) {  // METHODS 1.2
+TEST(Reference, MxWorkedExamples) {  // docs/formats.md §1.2
   // MXFP4 block with amax 7: shared_exp = floor(log2 7) - 2 = 0, X = 1, 7 saturates to 6.
   std::vector<float> x(32, 0.0f);
   x[0] = 7.0f;
@@ -81,7 +81,7 @@ TEST(Reference, MxWorkedExamples) {  // METHODS 1.2
   y = fq("mxfp8_e4m3", x);
   EXPECT_EQ(y[0], 1.75f);
   EXPECT_EQ(quantize_ref(x.data(), 1, 32, parse_format("mxfp8_e4m3")).scales[0], std::ldexp(1.0f, -8));
-  // All zeros -> zeros; a NaN makes the whole block NaN (CONVENTIONS 4), the next block is untouched.
+  // All zeros -> zeros; a NaN makes the whole block NaN (docs/conventions.md §4), the next block is untouched.
   std::vector<float> z(64, 0.0f);
   z[40] = NAN;
   z[1] = 1.0f;
@@ -99,7 +99,7 @@ TEST(Reference, MxWorkedExamples) {  // METHODS 1.2
   EXPECT_EQ(y[33], 0.75f);
 }
 
-TEST(Reference, MxScaleExponentRules) {  // METHODS 1.2 variants
+TEST(Reference, MxScaleExponentRules) {  // docs/formats.md §1.2 variants
   std::vector<float> x(32, 0.0f);
   x[0] = 7.0f;  // amax 7, elem max 6, emax 2
   auto scale_of = [&](const std::string& spec) { return quantize_ref(x.data(), 1, 32, parse_format(spec)).scales[0]; };
@@ -117,7 +117,7 @@ TEST(Reference, MxScaleExponentRules) {  // METHODS 1.2 variants
   EXPECT_EQ(scale_of("e2m1/g32:e8m0"), std::ldexp(1.0f, -127));
 }
 
-TEST(Reference, MxInt8IsSymmetricFixedPoint) {  // CONVENTIONS 8
+TEST(Reference, MxInt8IsSymmetricFixedPoint) {  // docs/conventions.md §8
   std::vector<float> x(32, 0.0f);
   x[0] = 1.0f;      // shared_exp = 0 - 0 = 0: elements are k/64
   x[1] = -1.0f;
@@ -135,7 +135,7 @@ TEST(Reference, MxInt8IsSymmetricFixedPoint) {  // CONVENTIONS 8
   EXPECT_EQ(y[1], -127.0f / 64);
 }
 
-TEST(Reference, Nvfp4TwoLevelScaling) {  // METHODS 1.3
+TEST(Reference, Nvfp4TwoLevelScaling) {  // docs/formats.md §1.3
   std::vector<float> x(32);
   std::mt19937 gen(5);
   std::normal_distribution<float> d(0, 1);
@@ -165,7 +165,7 @@ TEST(Reference, Nvfp4TwoLevelScaling) {  // METHODS 1.3
   EXPECT_EQ(qc.scales[1], std::ldexp(1.0f, -6));
 }
 
-TEST(Reference, Nf4CodeBookAndBlocks) {  // METHODS 1.4
+TEST(Reference, Nf4CodeBookAndBlocks) {  // docs/formats.md §1.4
   const float want[16] = {-1,         -0.6961928, -0.5250731, -0.3949175, -0.2844414, -0.1847734,
                           -0.0910500, 0,          0.0795803,  0.1609302,  0.2461123,  0.3379152,
                           0.4407098,  0.5626170,  0.7229568,  1};
@@ -199,7 +199,7 @@ TEST(Reference, Nf4CodeBookAndBlocks) {  // METHODS 1.4
   EXPECT_NEAR(8.0 / 64 + 32.0 / (64 * 256), 0.127, 5e-4);
 }
 
-TEST(Reference, IntegerScales) {  // CONVENTIONS 5, METHODS 0.2
+TEST(Reference, IntegerScales) {  // docs/conventions.md §5, docs/formats.md §0.2
   std::vector<float> x = {0.5f, -2.54f, 1.0f, 0.01f};
   auto y = fq("int8/c", x);
   const float s = 2.54f / 127.0f;
@@ -258,7 +258,7 @@ TEST(Reference, FlexpointSharesOneExponent) {
   for (size_t i = 0; i < x.size(); ++i) EXPECT_EQ(y[i], std::nearbyint(std::ldexp(x[i], 13)) * std::ldexp(1.0f, -13));
 }
 
-TEST(Reference, PowerMapWithAOneIsUniform) {  // METHODS 4.7 check
+TEST(Reference, PowerMapWithAOneIsUniform) {  // docs/ptq.md §4.7 check
   std::vector<float> x(64);
   std::mt19937 gen(9);
   std::normal_distribution<float> d(0, 1);
@@ -329,7 +329,7 @@ TEST(Reference, PhiloxKnownAnswers) {
 }
 
 TEST(Reference, StochasticRoundingIsUnbiasedAndSeeded) {
-  // 0.3 on the int grid: rounds up with probability 0.3 (CONVENTIONS 10).
+  // 0.3 on the int grid: rounds up with probability 0.3 (docs/conventions.md §10).
   const int n = 200000;
   std::vector<float> x(n, 0.3f), y(n);
   fake_quantize_ref(x.data(), y.data(), 1, n, parse_format("int4~sr:11"));
@@ -345,7 +345,7 @@ TEST(Reference, StochasticRoundingIsUnbiasedAndSeeded) {
   std::vector<float> y3(n);
   fake_quantize_ref(x.data(), y3.data(), 2, n / 2, parse_format("int4~sr:11"));
   EXPECT_EQ(y, y3);
-  // CONVENTIONS 10 is on the signed value: with e2m1's neighbours 0 and 0.5, 0.125 goes up iff
+  // docs/conventions.md §10 is on the signed value: with e2m1's neighbours 0 and 0.5, 0.125 goes up iff
   // u < 0.25; -0.125 has signed neighbours -0.5 and 0, t = (-0.125 + 0.5) / 0.5 = 0.75, and goes
   // to 0 iff u < 0.75 (not the mirror image of 0.125). Checked against the draw itself.
   for (uint64_t seed = 1; seed <= 64; ++seed) {

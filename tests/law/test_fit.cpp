@@ -14,7 +14,7 @@ using namespace lowbit::law;
 
 namespace {
 
-// Sun et al.'s grid (METHODS 2.1): N 41M..679M plus 1.2B, D 10B..100B, and formats from E1M1 to
+// Sun et al.'s grid (docs/laws.md §2.1): N 41M..679M plus 1.2B, D 10B..100B, and formats from E1M1 to
 // E5M2 at block sizes 32..512 and channel-wise; losses times lognormal noise of sigma.
 std::vector<law_point> sun_runs(const law_constants& truth, double sigma, uint64_t seed) {
   std::mt19937_64 g(seed);

@@ -1,5 +1,5 @@
 // The built-in laws and Sun et al.'s derived results, with the paper's numbers next to ours
-// (METHODS 2.1). Where the paper's number could not be retrieved, the closed form is checked
+// (docs/laws.md §2.1). Where the paper's number could not be retrieved, the closed form is checked
 // against an independent numeric minimisation of the law written here.
 #include <gtest/gtest.h>
 
@@ -27,7 +27,7 @@ double argmin(const std::function<double(double)>& f, double a, double b) {
   return (a + b) / 2;
 }
 
-// Sun et al.'s law written out again from METHODS 2.1 with the paper's constants.
+// Sun et al.'s law written out again from docs/laws.md §2.1 with the paper's constants.
 double sun_loss(double N, double D, double E, double M, double l2B) {
   return 69.2343 / std::pow(N, 0.2368) + 68973.0621 / std::pow(D, 0.5162) + 1.9061 +
          std::pow(D, 0.5162) / std::pow(N, 0.2368) * l2B /
@@ -104,7 +104,7 @@ TEST(Laws, FormatMapping) {
   EXPECT_THROW(point_of_format("mxfp5"), error);   // not a format
 }
 
-// Sun et al. Figure 5: the best ExMy per bit width (the paper's list, METHODS 2.1).
+// Sun et al. Figure 5: the best ExMy per bit width (the paper's list, docs/laws.md §2.1).
 TEST(Laws, Figure5OptimalLayouts) {
   const law_constants s = published_constants(law_id::sun2025);
   const char* paper[] = {"E1M0", "E1M1", "E2M1", "E2M2", "E3M2", "E3M3", "E4M3", "E4M4",
@@ -120,8 +120,8 @@ TEST(Laws, Figure5OptimalLayouts) {
 
 TEST(Laws, DerivedConstants) {
   const sun2025_derived g = derived(published_constants(law_id::sun2025));
-  EXPECT_NEAR(g.gamma_rho, 160.697, 5e-4);     // METHODS 2.1 [D]
-  EXPECT_NEAR(g.gamma_D, 0.0022433, 5e-8);     // METHODS 2.1 [D]
+  EXPECT_NEAR(g.gamma_rho, 160.697, 5e-4);     // docs/laws.md §2.1 [D]
+  EXPECT_NEAR(g.gamma_D, 0.0022433, 5e-8);     // docs/laws.md §2.1 [D]
   EXPECT_GT(g.gamma_N, 0);
   EXPECT_GT(g.lambda, 0);
 }

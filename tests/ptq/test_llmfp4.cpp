@@ -1,4 +1,4 @@
-// LLM-FP4 (METHODS 4.6): the joint split + clip search never loses to RTN of the user's format on
+// LLM-FP4 (docs/ptq.md §4.6): the joint split + clip search never loses to RTN of the user's format on
 // its objective, picks more exponent bits for heavy-tailed weights, returns exact values of a
 // format that parses and round-trips; the pre-shifted exponent bias folds into the weights
 // without changing the float function (powers of two: bit for bit).

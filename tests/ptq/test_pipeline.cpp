@@ -239,7 +239,7 @@ TEST(Pipeline, GptqBeatsRtnOnStories260K) {
   EXPECT_LT(nll_gptq, nll_rtn);
 }
 
-// GGUF export of the K-quants (CONVENTIONS 20, 22): a model whose rows are multiples of 256 is
+// GGUF export of the K-quants (docs/conventions.md §20, 22): a model whose rows are multiples of 256 is
 // written as Q4_K / Q6_K blocks with the method's own codes (ggml's search is not idempotent on
 // its output, so they are not re-derived from the values), and the file loads to the same
 // weights, bit for bit, and the same NLL as the model in memory.
@@ -281,7 +281,7 @@ TEST(Pipeline, KQuantGgufExportEvaluatesLikeTheModelInMemory) {
   }
 }
 
-// stories260K's rows (64 and 172 columns) do not hold a super-block of 256: CONVENTIONS 22's
+// stories260K's rows (64 and 172 columns) do not hold a super-block of 256: docs/conventions.md §22's
 // fallback writes the 64-column weights as Q8_0 and ffn_down (172) as F16, and rounds the model
 // in memory the same way.
 TEST(Pipeline, KQuantGgufFallsBackOnStories260K) {
@@ -346,7 +346,7 @@ TEST(Pipeline, BiasCorrectionOnGpt2) {
   }
 }
 
-// CONVENTIONS 22b: sensitivities measured one weight at a time, greedy under the budget.
+// docs/conventions.md §22b: sensitivities measured one weight at a time, greedy under the budget.
 TEST(MixedPrecision, MeetsTheBudgetAndSpendsBitsWhereTheyMatter) {
   ptq::mixed_options o;
   o.formats = {"int3/g32", "int8/c"};
@@ -544,7 +544,7 @@ TEST(Streaming, RtnFilesHoldTheReferenceQuantization) {
       std::vector<float> want = t.data;
       if (std::find(linear.begin(), linear.end(), name) != linear.end()) {
         fake_quantize_ref(t.data.data(), want.data(), t.rows(), t.cols(), parse_format(fmt));
-        // CONVENTIONS 22: GGUF rows that do not fill q4_0's / mxfp4's blocks of 32 (ffn_down's
+        // docs/conventions.md §22: GGUF rows that do not fill q4_0's / mxfp4's blocks of 32 (ffn_down's
         // 172) fall back to F16, onto which the quantized values are rounded.
         if (ext == ".gguf" && t.cols() % 32 != 0)
           fake_quantize_ref(want.data(), want.data(), t.rows(), t.cols(), parse_format("fp16"));
@@ -869,7 +869,7 @@ TEST(Streaming, ShardsHoldCodedWeightsAsCodesAlone) {
 
 // The K-quants stream too: their codes and super-block scales travel in the shards (no re-derived
 // codes: ggml's search is not idempotent on its own output), the GGUF writer makes Q4_K / Q6_K
-// blocks from them, and CONVENTIONS 22's fallbacks (stories260K's rows of 64 -> Q8_0, of 172 ->
+// blocks from them, and docs/conventions.md §22's fallbacks (stories260K's rows of 64 -> Q8_0, of 172 ->
 // F16) are rounded as they are written — byte for byte the in-memory pipeline's files, and a
 // killed K-quant run resumes to the same bytes.
 TEST(Streaming, KQuantsWriteTheBytesOfTheInMemoryPipeline) {

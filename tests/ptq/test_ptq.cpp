@@ -1,4 +1,4 @@
-// Post-training quantization (METHODS 4): GPTQ against an independent float64 column-by-column
+// Post-training quantization (docs/ptq.md §4): GPTQ against an independent float64 column-by-column
 // OBS reference (explicit inverse-Hessian downdates, no Cholesky, no lazy batching) and against
 // RTN; SmoothQuant and AWQ scale transforms are output-preserving; AWQ's clipping search against
 // a direct re-implementation of auto_clip; LoRC's Eckart-Young residual; bias correction.
@@ -108,7 +108,7 @@ struct ref_result {
   double loss = 0;
 };
 
-// GPTQ written from the paper's OBS form (Frantar et al. Eq. 2-4, METHODS 4.1 Checks), one
+// GPTQ written from the paper's OBS form (Frantar et al. Eq. 2-4, docs/ptq.md §4.1 Checks), one
 // column at a time in float64 with no Cholesky and no lazy batching: quantize column i, move the
 // columns right of it by -(w_i - q) / [H_F^-1]_ii [H_F^-1]_{i,F}, then remove i from H_F^-1 by
 // the Gaussian-elimination downdate. A group's scale comes from its current weights at its first

@@ -25,7 +25,7 @@ double weighted_error(const std::vector<float>& W, const std::vector<float>& Q, 
 
 }  // namespace
 
-// METHODS 4.7 checks: a = 1 is the uniform grid; on Gaussian weights a < 1 (more levels near 0)
+// docs/ptq.md §4.7 checks: a = 1 is the uniform grid; on Gaussian weights a < 1 (more levels near 0)
 // reconstructs better, and the search finds it.
 TEST(PowerQuant, SearchBeatsUniformOnGaussianWeights) {
   const int64_t out = 64, in = 256;
@@ -75,7 +75,7 @@ TEST(ImportanceRtn, NoShrinkIsRtnAndTheSearchNeverLoses) {
   EXPECT_LT(weighted_error(W, best, imp, in), 0.95 * weighted_error(W, rtn, imp, in));
 }
 
-// ZeroQuant-FP (Wu, Yao, He 2023; METHODS 4.5): FP4 weights whose scales are powers of two cast
+// ZeroQuant-FP (Wu, Yao, He 2023; docs/ptq.md §4.5): FP4 weights whose scales are powers of two cast
 // to FP8 E4M3 by an exponent shift — every value of e2m1 x 2^k is an E4M3 value while 2^k stays in
 // E4M3's range — so W4A8 can run on FP8 arithmetic. With a free fp32 scale they do not.
 TEST(ZeroQuantFp, PowerOfTwoScaledFp4CastsToFp8Exactly) {

@@ -1,4 +1,4 @@
-// Autoflex (Koster et al. 2017, arXiv 1711.02213; METHODS 1.5): hand-computed exponents and the
+// Autoflex (Koster et al. 2017, arXiv 1711.02213; docs/formats.md §1.5): hand-computed exponents and the
 // paper's behavioural checks, run against a simulated tensor stream. The simulated kernel knows
 // the true floating-point maximum m of each use and returns what a saturating flexN+E kernel
 // would: Gamma = min(round(m / kappa), 2^(N-1) - 1).

@@ -40,7 +40,7 @@ double expect_grads_close(const std::vector<float>& a, const std::vector<float>&
 TEST(TrainingPlan, PresetsNameTheirOperands) {
   auto p = parse_training_plan("sun2025:e4m3/g32");
   EXPECT_EQ(p.operands[0], "");
-  EXPECT_EQ(p.operands[1], "e4m3fn/g32");  // CONVENTIONS 23: e4m3 is OCP e4m3fn
+  EXPECT_EQ(p.operands[1], "e4m3fn/g32");  // docs/conventions.md §23: e4m3 is OCP e4m3fn
   EXPECT_EQ(p.operands[2], "");
   EXPECT_EQ(p.operands[3], "e4m3fn/g32");
   EXPECT_EQ(p.operands[4], "");
@@ -358,7 +358,7 @@ TEST(Flexpoint, MantissasAreIntegersTimesTheSharedScale) {
   EXPECT_EQ(y[4], float(-32767.0 / 16));  // saturated
   EXPECT_EQ(gamma, 70000.0 * 16);
   flex_fake_quantize(x.data() + 5, y.data() + 5, 1, 16, 0);
-  EXPECT_TRUE(std::isnan(y[5]));  // CONVENTIONS 4: NaN propagates
+  EXPECT_TRUE(std::isnan(y[5]));  // docs/conventions.md §4: NaN propagates
 }
 
 // ---- the loop --------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 // `lowbit train` as a user runs it: the documented command line, refusals before training starts,
-// and data parallelism over two Open MPI ranks (CONVENTIONS 24) against one process with the same
+// and data parallelism over two Open MPI ranks (docs/conventions.md §24) against one process with the same
 // global batch.
 #include <gtest/gtest.h>
 
@@ -93,7 +93,7 @@ TEST(TrainCli, TwoMpiRanksFollowTheSingleProcessTrajectory) {
                              "--plan '" + plan + "' --json --out ";
     const result a = sh(std::string(LOWBIT_CLI) + args + one.string());
     ASSERT_EQ(a.code, 0) << a.out;
-    // CONVENTIONS 24
+    // docs/conventions.md §24
     const result b = sh("OMP_NUM_THREADS=1 mpirun --allow-run-as-root --oversubscribe -np 2 " +
                         std::string(LOWBIT_CLI) + args + two.string());
     ASSERT_EQ(b.code, 0) << b.out;

@@ -1,5 +1,5 @@
 // `lowbit law`, `lowbit fit`, `lowbit predict`: scaling laws, their fits to recorded runs, the
-// PTQ-quality predictor and the MAC cost model (issue 6; METHODS 2.1, 2.2, 4.8).
+// PTQ-quality predictor and the MAC cost model (issue 6; docs/laws.md §2.1, §2.2; docs/ptq.md §4.8).
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -69,7 +69,7 @@ struct law_cli_options {
   mac_cost_params cost;
 };
 
-// The paper's Figure 5 list (METHODS 2.1), printed beside ours.
+// The paper's Figure 5 list (docs/laws.md §2.1), printed beside ours.
 std::string figure5(int P) {
   static const char* paper[] = {"E1M0", "E1M1", "E2M1", "E2M2", "E3M2", "E3M3", "E4M3", "E4M4",
                                 "E5M4", "E5M5", "E6M5", "E6M6", "E7M6", "E7M7", "E8M7"};

@@ -1,6 +1,6 @@
 // lowbit command line: formats, info, cast, analyze, bench, synth, tokenize, eval, generate,
 // explore. Errors from the library are caught
-// here and become a message and exit code 2 (STYLE 11c).
+// here and become a message and exit code 2 (docs/architecture.md §11c).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -246,11 +246,11 @@ void cmd_analyze(const std::vector<std::string>& specs, const std::vector<std::s
   }
   std::cout << t.render()
             << "* best format for that distribution. Element grids are analysed with a free scale and optimal\n"
-               "  clipping on unit-variance densities (METHODS 5.1); block scales are not modelled.\n";
+               "  clipping on unit-variance densities (docs/analysis.md §5.1); block scales are not modelled.\n";
 }
 
 // CLI11 2.1 reads "-1.5" and "-inf" as options: move the cast's own flags first and put "--"
-// before its format and values (CONVENTIONS 26).
+// before its format and values (docs/conventions.md §26).
 std::vector<std::string> reorder_cast_args(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   auto it = std::find(args.begin(), args.end(), "cast");

@@ -437,7 +437,7 @@ void cmd_explore(explore_options o) {
   const bool calibrated = std::any_of(methods.begin(), methods.end(), [](const std::string& m) { return m != "rtn"; });
   const int64_t half = int64_t(ids.size()) / 2;
   if (calibrated && (eo.max_tokens == 0 || eo.max_tokens > half)) {
-    // Calibration windows come from the second half (CONVENTIONS 21): keep evaluation off it.
+    // Calibration windows come from the second half (docs/conventions.md §21): keep evaluation off it.
     std::cerr << fmt::format("explore: evaluating the first {} tokens; PTQ calibrates on the second half\n", half);
     eo.max_tokens = half;
   }

@@ -1,5 +1,5 @@
 // `lowbit quantize`: post-training quantization of a model, written to safetensors or GGUF
-// (CONVENTIONS 20-22).
+// (docs/conventions.md §20-22).
 #include <sys/resource.h>
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-// lowbit error tiers (STYLE 11): LOWBIT_ASSERT for broken invariants (a bug: abort with the
+// lowbit error tiers (docs/architecture.md §11): LOWBIT_ASSERT for broken invariants (a bug: abort with the
 // expression and place), typed exceptions derived from lowbit::error for recoverable errors
 // (bad input, unknown names, shape mismatches). Format policies (NaN, Inf, overflow) are not
 // errors: they follow the format's declared policy.

@@ -1,4 +1,4 @@
-// Perplexity evaluation (issue "models"; CONVENTIONS 15):
+// Perplexity evaluation (issue "models"; docs/conventions.md §15):
 //   the text is split into documents at blank lines (each stripped; empty ones dropped); each is
 //   encoded with BOS; the documents are concatenated into one stream; the first max_tokens
 //   tokens (default all) are cut into consecutive non-overlapping windows of ctx tokens (default

@@ -1,5 +1,5 @@
 // A model in memory: its architecture and its float32 tensors under one canonical naming scheme,
-// GGUF's (CONVENTIONS 18), whatever file it came from.
+// GGUF's (docs/conventions.md §18), whatever file it came from.
 //
 //   llama: token_embd.weight [vocab, dim]            output_norm.weight [dim]
 //          output.weight [vocab, dim] (absent when the classifier is tied to token_embd)
@@ -15,7 +15,7 @@
 //
 // Matrices are row-major [out, in] (a linear layer computes y = x W^T + b). q/k rows use the
 // interleaved RoPE pairing of llama2.c and GGUF (pairs (2i, 2i+1) of a head); readers of
-// Hugging Face files permute rotate-half rows into it (CONVENTIONS 18).
+// Hugging Face files permute rotate-half rows into it (docs/conventions.md §18).
 #pragma once
 
 #include <cstdint>
@@ -61,7 +61,7 @@ struct model_config {
   float rope_theta = 10000.0f;  // llama only
   bool tied_classifier = true;  // output.weight absent, token_embd.weight used
   // llama only: normalise by the L1 statistic sqrt(pi/2) mean|x| instead of the RMS (models
-  // trained with lowbit's ShiftQuant recipe, METHODS 3.3); stored as "lowbit_norm": "l1".
+  // trained with lowbit's ShiftQuant recipe, docs/training.md §3.3); stored as "lowbit_norm": "l1".
   bool l1_norm = false;
 
   int head_dim() const { return dim / n_heads; }
@@ -151,7 +151,7 @@ std::unique_ptr<tensor_reader> reader_of(const model& m, const std::map<std::str
 model read_whole_model(const tensor_reader& r);
 
 // A random model of the given shape (lowbit synth): N(0, 0.02) weights, unit norms, byte
-// tokenizer (CONVENTIONS 19: vocab 258 = 256 bytes + BOS + EOS unless given).
+// tokenizer (docs/conventions.md §19: vocab 258 = 256 bytes + BOS + EOS unless given).
 model synthesize_model(const model_config& c, uint64_t seed);
 
 }  // namespace lowbit

@@ -1,4 +1,4 @@
-// QuantPlan: which tensor or GEMM input gets which format (DESIGN "engine"; CONVENTIONS 17).
+// QuantPlan: which tensor or GEMM input gets which format (docs/architecture.md "engine"; docs/conventions.md §17).
 //   weights : rules from tensor-name glob patterns (GGUF names, '*' and '?') to a format; the
 //             first rule that matches wins. The default weight format applies to every linear
 //             weight of attention and MLP; embeddings, classifier and norms stay float unless a

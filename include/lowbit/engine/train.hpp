@@ -2,13 +2,13 @@
 // style of llm.c: parameters, gradients and optimizer state each in one arena, activations of a
 // step in another, explicit forward and backward per layer.
 //
-// Every linear layer y = x W^T has six GEMM operands (Sun et al. 2025, METHODS 2.1):
+// Every linear layer y = x W^T has six GEMM operands (Sun et al. 2025, docs/laws.md §2.1):
 //   forward  Y  = X  W^T     P1 = X [tokens, in]      P2 = W [out, in]        reduction: in
 //   dX       dX = dY W       P3 = dY [tokens, out]    P4 = W (as [in, out])   reduction: out
 //   dW       dW = dY^T X     P5 = dY (as [out, tokens]) P6 = X (as [in, tokens]) reduction: tokens
 // An operand_quantizer fake-quantizes any of them; each operand's groups run along the reduction
 // axis of its own GEMM, as hardware would (X in the dW GEMM is grouped along tokens), unless the
-// quantizer asks for the paper's grouping along each tensor's feature axis (CONVENTIONS 23,
+// quantizer asks for the paper's grouping along each tensor's feature axis (docs/conventions.md §23,
 // axis=din). The gradient flows through a quantized operand unchanged (straight-through).
 #pragma once
 

@@ -1,6 +1,6 @@
 // `lowbit report --db FILE -o DIR` (issue 6): the runs of a results database as runs.csv and
 // runs.json (every column, every metric, plus the derived columns below), figures drawn by
-// scripts/plot_report.py with Debian's matplotlib (CONVENTIONS 29) as PNG and SVG, and an
+// scripts/plot_report.py with Debian's matplotlib (docs/conventions.md §29) as PNG and SVG, and an
 // index.html that shows the figures above a table of the runs.
 //
 // Derived columns:

@@ -17,7 +17,7 @@
 // sample, methods to ["rtn"], eval to the model's context over the evaluation half.
 //
 // Evaluation protocol of a sweep: every run is evaluated on the first half of the token stream
-// at most (the second half is PTQ's calibration pool, CONVENTIONS 21), whatever its method, so
+// at most (the second half is PTQ's calibration pool, docs/conventions.md §21), whatever its method, so
 // that all runs of a sweep see the same tokens; `max_tokens` cuts that further. A calibrated
 // method with float weights is not a run (nothing to quantize) and is left out of the grid.
 //

@@ -1,4 +1,4 @@
-// Format analysis of van Baalen et al. 2023 / Kuzmin et al. 2022 (METHODS 5.1): the SQNR of an
+// Format analysis of van Baalen et al. 2023 / Kuzmin et al. 2022 (docs/analysis.md §5.1): the SQNR of an
 // element grid on a unit-variance density, with the clipping value chosen optimally, computed by
 // integrating the squared error over the density cell by cell (not by sampling).
 #pragma once

@@ -1,7 +1,7 @@
 // Element formats: the value sets that one code of a quantized tensor can take, and their exact
 // scalar codec (the specification every fast kernel is tested against).
 //
-// Families (METHODS 0.1, 0.2, 1.1-1.4):
+// Families (docs/formats.md §0.1, 0.2, 1.1-1.4):
 //   minifloat  eEmM: sign + E exponent bits + M stored mantissa bits (e4m3 has M = 3), any bias,
 //              special-value variant ieee / fn / fnuz / finite, subnormals on/off, overflow policy.
 //              fp32 = e8m23, tf32 = e8m10, bf16 = e8m7, fp16 = e5m10 (all ieee).
@@ -22,17 +22,17 @@ namespace lowbit {
 
 enum class element_kind : uint8_t { minifloat, int_sym, uint_asym, lut };
 
-// Special-value policy of a minifloat (METHODS 0.1 table).
+// Special-value policy of a minifloat (docs/formats.md §0.1 table).
 //   ieee   : top exponent is Inf (m = 0) / NaN (m != 0)
 //   fn     : no Inf; only S.1..1.1..1 is NaN (OCP E4M3)
 //   fnuz   : no Inf, no -0; the single code 100..0 is NaN; default bias 2^(E-1)
 //   finite : every code is a number (MX FP6/FP4)
 enum class float_variant : uint8_t { ieee, fn, fnuz, finite };
 
-// What a value beyond the largest finite magnitude becomes (CONVENTIONS 3: saturate by default).
+// What a value beyond the largest finite magnitude becomes (docs/conventions.md §3: saturate by default).
 enum class overflow_policy : uint8_t { saturate, inf, nan };
 
-// Rounding of a real value onto a grid (CONVENTIONS 10 for stochastic).
+// Rounding of a real value onto a grid (docs/conventions.md §10 for stochastic).
 //   rne  nearest, ties to the even code      rna  nearest, ties away from zero
 //   rtz  toward zero    up  toward +inf    down  toward -inf
 //   odd  round to odd (truncate, set the last code bit when inexact)
@@ -70,10 +70,10 @@ element_format make_lut(std::vector<float> values, std::string name = {});
 element_format make_nf4();
 
 int default_bias(int ebits, float_variant variant);
-// A bare `eEmM`: e4m3 -> fn, e5m2 and e8mM -> ieee, everything else finite (CONVENTIONS 2).
+// A bare `eEmM`: e4m3 -> fn, e5m2 and e8mM -> ieee, everything else finite (docs/conventions.md §2).
 float_variant default_variant(int ebits, int mbits);
 
-// The NF4 code book of QLoRA: float32 of the double-precision formula (METHODS 1.4).
+// The NF4 code book of QLoRA: float32 of the double-precision formula (docs/formats.md §1.4).
 const std::vector<float>& nf4_table();
 
 // ---- properties ---------------------------------------------------------------------------

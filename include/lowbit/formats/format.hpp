@@ -1,8 +1,8 @@
-// The quantization format descriptor and its spec grammar (DESIGN.md "The format spec"):
+// The quantization format descriptor and its spec grammar (docs/formats.md "The format spec"):
 //
 //   format   := element [ '/' group ] [ ':' scale ] [ '@' rule ] [ '~' rounding ]
 //             | preset [ '~' rounding ]              (nvfp4, q4_0, q8_0, q4_k, q6_k, mxint8, flexN+E)
-//             | powA '(' format ')'                  (power map, CONVENTIONS 12)
+//             | powA '(' format ')'                  (power map, docs/conventions.md §12)
 //   element  := intN | uintN | eEmM[variant][(opts)] | nf4 | lut(v1,v2,...) | bf16 | fp16 | fp32 | tf32
 //   group    := t | c | gK           scale := fp32 | fp16 | bf16 | e8m0 | pow2 | e4m3 | any element
 //   rule     := max | mse | pNN.NNN | ocp | ceil | rceil | even
@@ -21,7 +21,7 @@
 
 namespace lowbit {
 
-// Where one scale applies. none: a plain element cast (no scale, CONVENTIONS 1).
+// Where one scale applies. none: a plain element cast (no scale, docs/conventions.md §1).
 enum class granularity : uint8_t { none, tensor, row, group };
 
 // How a scale is stored.
@@ -31,14 +31,14 @@ enum class granularity : uint8_t { none, tensor, row, group };
 //             (default 8 bits: anything float32 holds; Flexpoint uses 5)
 enum class scale_kind : uint8_t { element, e8m0, pow2 };
 
-// How a group's scale is chosen (CONVENTIONS 7).
+// How a group's scale is chosen (docs/conventions.md §7).
 //   max        s = amax / elem_max rounded to the scale format
 //   mse        the clip ratio c = 1 - i/100 (i = 0..79) of amax with least squared error
 //   percentile clip at the pNN.N percentile of |x| in the group
-//   ocp/ceil/rceil/even: power-of-two scales (METHODS 1.2)
+//   ocp/ceil/rceil/even: power-of-two scales (docs/formats.md §1.2)
 enum class scale_rule : uint8_t { max, mse, percentile, ocp, ceil, rceil, even };
 
-// Layouts and algorithms the generic grammar cannot express (CONVENTIONS 13).
+// Layouts and algorithms the generic grammar cannot express (docs/conventions.md §13).
 // q4_k / q6_k: ggml's K-quants, super-blocks of 256 with sub-block scales (kernels/kquant.hpp);
 // group_size is the sub-block (32 / 16), the scale format the fp16 of the super-block scales.
 enum class preset : uint8_t { none, nvfp4, q4_0, q8_0, mxint8, flex, q4_k, q6_k };
@@ -73,7 +73,7 @@ std::string format_name(const format& f);
 std::string element_name(const element_format& e);
 
 // Storage cost: element bits plus scale bits per element for groups of K; for row/tensor scales
-// the scale cost is reported separately (CONVENTIONS 14).
+// the scale cost is reported separately (docs/conventions.md §14).
 double bits_per_element(const format& f);
 std::string bits_description(const format& f);
 int scale_bits(const format& f);

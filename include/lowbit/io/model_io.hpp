@@ -75,14 +75,14 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
 // llama.cpp's tensor type (ggml_type number) for a weight format: q4_0, q8_0, q4_k, q6_k, mxfp4,
 // bf16, fp16; throws naming those for any other.
 uint32_t ggml_type_for_format(const format& f);
-// The types of a GGUF export of m's linear weights in `type` (CONVENTIONS 22): a weight whose
+// The types of a GGUF export of m's linear weights in `type` (docs/conventions.md §22): a weight whose
 // rows do not divide the type's block falls back to the nearest wider type that fits — Q8_0
 // (rows a multiple of 32; for q4_k/q6_k, whose block is 256), then F16 — and m's values are
 // rounded onto that type the same way (fake-quantized from the values `type` gave them), so the
 // file and the model in memory agree. Returns the names that fell back, as "name (type)".
 std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex);
 // The types alone, from the shapes of `header`'s linear weights (a tensor_reader's header).
-// (CONVENTIONS 22's fallbacks as plan_gguf_export's, described the same way; `rounded`, when
+// (docs/conventions.md §22's fallbacks as plan_gguf_export's, described the same way; `rounded`, when
 // given, receives their names.)
 std::vector<std::string> gguf_export_types(const model& header, uint32_t type, std::map<std::string, uint32_t>& types,
                                            std::set<std::string>* rounded = nullptr);
@@ -91,7 +91,7 @@ std::vector<std::string> gguf_export_types(const model& header, uint32_t type, s
 void round_onto_ggml_type(tensor& t, uint32_t type);
 // The one rule by which codes hold values (the writers' "re-encode and check": the codes a packed
 // safetensors file or a GGUF stores): dequantize(q) equals `values` element by element as floats,
-// and a NaN matches any NaN. CONVENTIONS 4: a NaN or Inf in a scaled group makes the group's
+// and a NaN matches any NaN. docs/conventions.md §4: a NaN or Inf in a scaled group makes the group's
 // scale and every output NaN, so NaN is a value the codes hold whatever its payload (and -0
 // matches +0, as floats compare). Returns -1 when they hold them, else the first element that
 // differs (`got`, when given, receives its dequantized value). `bit_exact`, when given, is set

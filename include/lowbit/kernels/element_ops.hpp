@@ -1,5 +1,5 @@
 // One value of a group: quantize to a code, dequantize a code, or both, given the group's scale.
-// The scalar specification of CONVENTIONS 4-12 that every kernel (reference or fast) follows:
+// The scalar specification of docs/conventions.md §4-12 that every kernel (reference or fast) follows:
 //   generic     code = encode(x / s), value = decode(code) * s
 //   uint        code = clamp(round(x / s) + z, 0, 2^N - 1), value = (code - z) * s
 //   powA(...)   y = x / s, t = sign(y)|y|^A, code = encode(t * elem_max),

@@ -15,9 +15,9 @@
 // lowbit's conventions on top of ggml's (README "K-quants"):
 //   - a row whose length is not a multiple of 256 ends in a partial super-block, quantized as if
 //     zero-padded to 256; only its real columns are stored (GGUF cannot hold it: the export falls
-//     back, CONVENTIONS 22);
+//     back, docs/conventions.md §22);
 //   - a super-block holding NaN or Inf gets d = dmin = NaN, sub-block scales/mins 0 and codes 0;
-//     every value of it dequantizes to NaN (CONVENTIONS 4, as q4_0/q8_0's NaN groups).
+//     every value of it dequantizes to NaN (docs/conventions.md §4, as q4_0/q8_0's NaN groups).
 //
 // In a quantized_tensor (quantize.hpp) a K-quant is a group format whose group is the sub-block:
 //   codes        : q4_k the 4-bit q; q6_k the 6-bit two's complement of q - 32

@@ -1,6 +1,6 @@
 // Quantize / dequantize / fake-quantize of row-major float32 tensors [rows, cols], groups along
 // cols (the reduction axis). Every kernel has a scalar `_ref` twin that reads like the
-// specification (CONVENTIONS 4-10); the fast versions (Highway SIMD + OpenMP) must equal it bit
+// specification (docs/conventions.md §4-10); the fast versions (Highway SIMD + OpenMP) must equal it bit
 // for bit on every input.
 #pragma once
 
@@ -15,7 +15,7 @@ namespace lowbit {
 //   codes  : each row starts on a byte boundary; element j of a row occupies bits
 //            [j*b, (j+1)*b) of the row, least significant bit first (b = element bits)
 //   scales : one float per group, row-major over (row, group); exact values of the scale format
-//            (NaN for a group that held NaN/Inf, CONVENTIONS 4)
+//            (NaN for a group that held NaN/Inf, docs/conventions.md §4)
 //   zero_points : for uint elements (asymmetric), one per group
 //   tensor_scale: the second-level FP32 scale of nvfp4 (1 otherwise)
 //   super_scales: q4_k / q6_k, the fp16 scales of each 256-value super-block, (d, dmin) or (d);
@@ -91,7 +91,7 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
 void fake_quantize_columns(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
                            uint64_t tensor_id = 0, sr_counters counters = {});
 
-// Forces every fast kernel onto its _ref twin (for debugging; STYLE 6).
+// Forces every fast kernel onto its _ref twin (for debugging; docs/architecture.md §6).
 void set_use_ref(bool use_ref);
 bool use_ref();
 

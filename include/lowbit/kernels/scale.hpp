@@ -1,4 +1,4 @@
-// Scale selection for one group (CONVENTIONS 5-8, METHODS 1.2-1.4): scalar code shared by the
+// Scale selection for one group (docs/conventions.md §5-8, docs/formats.md §1.2-1.4): scalar code shared by the
 // reference and the fast kernels (it runs once per group, the per-element work is elsewhere).
 #pragma once
 
@@ -87,7 +87,7 @@ inline bool fast_group_scale(const scale_context& ctx, float amax, group_scale* 
 }
 
 // nvfp4's tensor scale from the tensor's finite amax: amax / (448 * 6), or 1 when that is 0 (an
-// all-zero tensor, or an amax below 2688 x the smallest subnormal) (METHODS 1.3).
+// all-zero tensor, or an amax below 2688 x the smallest subnormal) (docs/formats.md §1.3).
 float nvfp4_tensor_scale(float tensor_amax);
 
 // GGML_FP32_TO_FP16 then GGML_FP16_TO_FP32 with the exact codec: RNE onto IEEE binary16, overflow
@@ -103,7 +103,7 @@ bool pow2_scale_exponent(const scale_context& ctx, float amax, int* k);
 // Philox4x32-10 (Salmon et al. 2011): counter-based, so element i's draw depends only on
 // (seed, tensor_id, i). Element i takes word (i & 3) of the block with counter i >> 2.
 void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
-// The stream of CONVENTIONS 10: key = the low halves of (seed, tensor_id), counter words 2 and 3
+// The stream of docs/conventions.md §10: key = the low halves of (seed, tensor_id), counter words 2 and 3
 // their high halves, so block b's counter is (b mod 2^32, b >> 32, c2, c3).
 struct philox_stream {
   uint32_t key[2], c2, c3;
@@ -115,7 +115,7 @@ uint32_t random_word(uint64_t seed, uint64_t tensor_id, uint64_t index);
 // rounding kernels. random_words runs Philox on SIMD lanes (quantize_fast.cpp); _ref is the loop.
 void random_words(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out);
 void random_words_ref(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out);
-// The uniform draw of CONVENTIONS 10: (r >> 8) * 2^-24.
+// The uniform draw of docs/conventions.md §10: (r >> 8) * 2^-24.
 inline float uniform_from_word(uint32_t r) { return static_cast<float>(r >> 8) * 0x1p-24f; }
 
 }  // namespace lowbit

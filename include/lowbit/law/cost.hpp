@@ -1,9 +1,9 @@
 // Hardware cost model: the relative cost of one multiply-accumulate (MAC) of a weight and an
-// activation operand, so that every run has a cost next to its quality (issue 6, METHODS 4.8).
+// activation operand, so that every run has a cost next to its quality (issue 6, docs/ptq.md §4.8).
 //
 // THIS IS OUR MODEL, NOT A PUBLISHED ONE. Aggarwal et al. (arXiv 2311.12359) evaluate against an
-// FPGA cost model whose LUT-per-MAC formulas were not retrieved (METHODS 4.8 "gap"); the formula
-// below is the placeholder METHODS 4.8 suggests, made concrete. It counts area-like cells of a
+// FPGA cost model whose LUT-per-MAC formulas were not retrieved (docs/ptq.md §4.8 "gap"); the formula
+// below is the placeholder docs/ptq.md §4.8 suggests, made concrete. It counts area-like cells of a
 // bit-level datapath and is normalised so that INT8 x INT8 = 1:
 //
 //   raw(w, a) = c_mul   * s_w * s_a                       multiplier array (partial-product cells)
@@ -20,7 +20,7 @@
 //      operand's normal exponents (emax - emin_normal + 1; 1 for integers: no shifter when both
 //      operands are integers)
 //   A  = ceil(log2(max_w * max_a / (minsub_w * minsub_a))) + 1 (sign) + guard_bits: a fixed-point
-//      accumulator that holds every product exactly (Kulisch style; METHODS 4.8's
+//      accumulator that holds every product exactly (Kulisch style; docs/ptq.md §4.8's
 //      ~2^E_w + 2^E_a + M_w + M_a bits), with guard_bits of headroom for the sum. For INT8 x INT8
 //      that is 14 + 1 + 16 = 31 bits (the usual INT32 accumulator).
 //

@@ -1,4 +1,4 @@
-// Scaling laws of the loss of language-model training (issue 6, METHODS 2.1):
+// Scaling laws of the loss of language-model training (issue 6, docs/laws.md §2.1):
 //
 //   sun2025     Sun et al. 2025, "Scaling Laws for Floating-Point Quantization Training"
 //               (arXiv 2501.02423v3, Eq. 1/18/26):
@@ -10,7 +10,7 @@
 //               paper does not report (not available here).
 //   chinchilla  Hoffmann et al. 2022, approach 3: L = E + A/N^alpha + B/D^beta with
 //               E 1.69, A 406.4, alpha 0.34, B 410.7, beta 0.28.
-//   kumar2024   Kumar et al. 2024 (the baseline Sun et al. compare against, METHODS 2.1):
+//   kumar2024   Kumar et al. 2024 (the baseline Sun et al. compare against, docs/laws.md §2.1):
 //                 L = n/[N (1 - e^(-P/gamma))]^alpha + d/D^beta + eps,  P = E + M + 1 bits.
 //               Its published constants could not be confirmed from the paper here, so none are
 //               built in: the law needs constants fitted here (`lowbit fit --law kumar2024 -o F`,
@@ -104,7 +104,7 @@ T law_loss(law_id l, const T* c, const law_point& x) {
 }
 double loss(const law_constants& c, const law_point& x);
 
-// ---- derived results of Sun et al. (METHODS 2.1; formulas from the paper, App. C-E) -------------
+// ---- derived results of Sun et al. (docs/laws.md §2.1; formulas from the paper, App. C-E) -------------
 struct sun2025_derived {
   double gamma_rho = 0;  // gamma delta^delta nu^nu / (delta+nu)^(delta+nu)
   double gamma_D = 0;    // (delta+nu-alpha) / (n alpha gamma_rho)

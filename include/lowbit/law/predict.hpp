@@ -1,15 +1,15 @@
 // PTQ quality predictor after Xu, Lan, Yazar, Webb, Sharify, Wang 2024, "Scaling Laws for Post
-// Training Quantized LLMs" (METHODS 2.2): a tree ensemble maps features of (model, format,
+// Training Quantized LLMs" (docs/laws.md §2.2): a tree ensemble maps features of (model, format,
 // method) to the post-quantization NLL. The paper used a random forest on model size, pre-trained
 // NLL, data-type properties (SQNR, format, block size), method and loss-landscape features; its
-// exact feature list and hyper-parameters are not known (METHODS 2.2 "gaps"). Ours:
+// exact feature list and hyper-parameters are not known (docs/laws.md §2.2 "gaps"). Ours:
 //
 //   features  log N, float NLL, SQNR (dB) of the format on the model's own linear weights (size-
 //             weighted mean over tensors, as explore records it), bits per element (element +
 //             scale overhead of the format), block code (log2 K for /gK; 16 for /c, 24 for /t,
 //             0 for no scale: markers, not sizes), method one-hot (rtn, gptq, awq, smoothquant,
 //             llmfp4, other), flatness = NLL increase when every linear weight gets isotropic
-//             Gaussian noise with the per-tensor SQNR of the format (METHODS 2.2's stand-in;
+//             Gaussian noise with the per-tensor SQNR of the format (docs/laws.md §2.2's stand-in;
 //             missing when not measured — XGBoost routes missing values itself).
 //   target    NLL increase over the float NLL (predicted NLL = float NLL + it), so that the trees
 //             need not extrapolate across models' NLL levels.

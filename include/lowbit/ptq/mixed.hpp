@@ -1,4 +1,4 @@
-// Mixed-precision allocation under an average-bits budget (CONVENTIONS 22b): a linear weight's
+// Mixed-precision allocation under an average-bits budget (docs/conventions.md §22b): a linear weight's
 // sensitivity to a format is the increase of the calibration NLL when that weight alone is
 // quantized (round to nearest) in it; starting from every weight in the widest format, the
 // cheapest moves — least NLL increase per bit saved, one weight one format narrower — are taken
@@ -18,7 +18,7 @@ namespace lowbit::ptq {
 struct mixed_options {
   std::vector<std::string> formats;  // candidate weight formats (any order; sorted by bits here)
   double budget_bits = 0;            // target average bits per linear weight (element + scales)
-  int calib_samples = 16;            // windows of the data's second half (CONVENTIONS 21)
+  int calib_samples = 16;            // windows of the data's second half (docs/conventions.md §21)
   int calib_ctx = 256;
   uint64_t seed = 0;
 };

@@ -1,4 +1,4 @@
-// Post-training quantization of a whole model, layer by layer (issue "PTQ"; CONVENTIONS 20-21):
+// Post-training quantization of a whole model, layer by layer (issue "PTQ"; docs/conventions.md §20-21):
 //   1. calibration windows: `samples` non-overlapping windows of `ctx` tokens drawn (seeded) from
 //      the second half of the token stream (evaluation reads from the start, so they never meet);
 //   2. the residual stream of every window is cached at the input of block 0 (the embeddings);
@@ -41,7 +41,7 @@ struct quantize_options {
   int lorc_rank = 0;                // > 0: LoRC low-rank compensation of each weight's error
   std::optional<format> lorc_format;  // format of LoRC's factors (float when absent)
   bool bias_correct = false;        // correct the biases (GPT-2) for the mean output error
-  // LLM-FP4's pre-shifted exponent bias (METHODS 4.6): per-channel powers of two moved from the
+  // LLM-FP4's pre-shifted exponent bias (docs/ptq.md §4.6): per-channel powers of two moved from the
   // activations into the weights, for per-tensor activation quantization. Off by default: with
   // float activations it costs weight accuracy (stories260K e2m1/c: NLL 1.530 with, 1.505 without).
   bool llmfp4_preshift = false;
@@ -61,7 +61,7 @@ struct quantize_options {
   uint64_t rotate_seed = 0;
 };
 
-// The windows' start offsets in ids (CONVENTIONS 21). Throws, saying how many windows the
+// The windows' start offsets in ids (docs/conventions.md §21). Throws, saying how many windows the
 // second half holds, when it holds fewer than `samples`.
 std::vector<int64_t> calibration_windows(int64_t n_tokens, int samples, int ctx, uint64_t seed);
 

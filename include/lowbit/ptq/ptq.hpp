@@ -1,10 +1,10 @@
-// Post-training quantization of one linear layer (METHODS 4): the matrix-level algorithms that
+// Post-training quantization of one linear layer (docs/ptq.md §4): the matrix-level algorithms that
 // turn a float weight and calibration inputs into a quantized weight, on top of lowbit's format
 // engine (every quantized value below is a value of the format, chosen by the format's own scale
-// rules, CONVENTIONS 5-10).
+// rules, docs/conventions.md §5-10).
 //
 //   GPTQ          Frantar, Ashkboos, Hoefler, Alistarh, ICLR 2023 (arXiv 2210.17323), Alg. 1;
-//                 semantics of IST-DASLab/gptq gptq.py (METHODS 4.1)
+//                 semantics of IST-DASLab/gptq gptq.py (docs/ptq.md §4.1)
 //   SmoothQuant   Xiao et al., ICML 2023 (arXiv 2211.10438); mit-han-lab/smoothquant smooth.py (4.2)
 //   AWQ           Lin et al., MLSys 2024 (arXiv 2306.00978); mit-han-lab/llm-awq auto_scale.py,
 //                 auto_clip.py (4.3)
@@ -17,7 +17,7 @@
 //   H     [in, in]    GPTQ's Hessian (2/n) X^T X, float64, symmetric
 //   s     [in]        per-input-channel scales (SmoothQuant, AWQ): X diag(s)^-1 (diag(s) W^T) = X W^T
 //
-// Choices of our own are tagged [M] here and in src/ptq/*.cpp (METHODS' tag for "not from the
+// Choices of our own are tagged [M] here and in src/ptq/*.cpp (docs/ptq.md's tag for "not from the
 // source"); everything else follows the cited code.
 #pragma once
 
@@ -75,7 +75,7 @@ class row_output_error {
 std::vector<float> rtn_quantize(const float* W, int64_t out, int64_t in, const format& f,
                                 uint64_t tensor_id = 0);
 
-// ---- GPTQ (METHODS 4.1) -------------------------------------------------------------------------
+// ---- GPTQ (docs/ptq.md §4.1) -------------------------------------------------------------------------
 
 // H = (2/n) sum_t x_t x_t^T over every calibration row seen so far, in float64, kept as gptq.py
 // keeps it: a running average, H *= n_old / n_new; H += (2 / n_new) X^T X (OpenBLAS dsyrk).
@@ -126,7 +126,7 @@ struct gptq_result {
 gptq_result gptq_quantize(const float* W, int64_t out, int64_t in, const double* H, const format& f,
                           const gptq_options& options = {});
 
-// ---- SmoothQuant (METHODS 4.2) ------------------------------------------------------------------
+// ---- SmoothQuant (docs/ptq.md §4.2) ------------------------------------------------------------------
 
 // A weight [out, in] of a layer that reads the shared input (q, k and v share one; fc1 its own).
 struct linear_weight {
@@ -136,7 +136,7 @@ struct linear_weight {
 
 // s_j = max|X_j|^alpha / max|W_:,j|^(1 - alpha), the weight max over the rows of every layer in
 // `layers` (each [out, in]), clamped to >= 1e-5 before the power, and s clamped to >= 1e-5
-// (smooth.py smooth_ln_fcs; it leaves max|X_j| unclamped, where METHODS 4.2 says both are).
+// (smooth.py smooth_ln_fcs; it leaves max|X_j| unclamped, where docs/ptq.md §4.2 says both are).
 // act_absmax[in]: channel_stats::absmax. Computed in float64, returned rounded to float32 (the
 // scale that is then applied).
 std::vector<float> smoothquant_scales(const float* act_absmax, int64_t in,
@@ -150,7 +150,7 @@ void scale_columns(float* W, int64_t rows, int64_t in, const float* s);
 void divide_columns(float* X, int64_t rows, int64_t in, const float* s);
 void divide_rows(float* W, int64_t rows, int64_t cols, const float* s);  // W[j, :] /= s_j
 
-// ---- AWQ (METHODS 4.3) --------------------------------------------------------------------------
+// ---- AWQ (docs/ptq.md §4.3) --------------------------------------------------------------------------
 
 struct awq_options {
   int n_grid = 20;                    // scale ratios r = i / n_grid, i = 0 .. n_grid-1
@@ -201,7 +201,7 @@ awq_result awq_quantize(const float* X, int64_t n, int64_t in, const std::vector
                         const format& f, const awq_options& options = {},
                         const std::vector<bool>& clip_layer = {});
 
-// ---- LoRC: low-rank compensation (METHODS 4.5) --------------------------------------------------
+// ---- LoRC: low-rank compensation (docs/ptq.md §4.5) --------------------------------------------------
 
 struct lorc_result {
   std::vector<float> weights;          // [out, in] Q + U V
@@ -241,7 +241,7 @@ lorc_result lorc_compensate(const float* W, const float* Q, int64_t out, int64_t
 std::vector<float> bias_correction(const float* X, int64_t n, int64_t in, const float* W, const float* Q,
                                    int64_t out, const float* bias = nullptr);
 
-// ---- LLM-FP4 (METHODS 4.6) ----------------------------------------------------------------------
+// ---- LLM-FP4 (docs/ptq.md §4.6) ----------------------------------------------------------------------
 // Liu, Cheng, Huang, Xing, Shen, EMNLP 2023 (arXiv 2310.16836); nbasyl/LLM-FP4
 // quant_layers/fp_linear.py (FPPTQSLBatchingQuantLinear_fpq_baseline / _fpq), configs/FPQ_config_llama.py.
 //
@@ -252,7 +252,7 @@ std::vector<float> bias_correction(const float* X, int64_t n, int64_t in, const 
 // eEmM (all codes finite, its default integer bias) times a per-group scale chosen by the format's
 // scale rule from the group maximum m_c = maxval(c b0) instead of the group's amax, with
 // b0 = 2^E - log2(amax) + log2(2 - 2^-M) - 1 (so maxval(b0) = amax, c = 1 is RTN). Every
-// candidate is quantized by lowbit's element codec (x / s cast onto eEmM, times s: CONVENTIONS 6),
+// candidate is quantized by lowbit's element codec (x / s cast onto eEmM, times s: docs/conventions.md §6),
 // so the result holds exact values of the returned format. The repo's quantizer keeps the binade
 // of x itself (floor(log2|x|) + b), which differs from a scaled format when b is not an integer.
 //
@@ -305,14 +305,14 @@ struct llmfp4_result {
   std::vector<llmfp4_split> splits;  // every split tried, in search order
 };
 
-// The weight search for one layer W[out, in] on calibration inputs X[n, in] (METHODS 4.6 steps 2-4).
+// The weight search for one layer W[out, in] on calibration inputs X[n, in] (docs/ptq.md §4.6 steps 2-4).
 llmfp4_result llmfp4_quantize(const float* X, int64_t n, int64_t in, const float* W, int64_t out,
                               const format& f, const llmfp4_options& options = {});
 
 // The split candidates llmfp4_quantize tries for format f (specs, search order).
 std::vector<std::string> llmfp4_splits(const format& f, bool paper_splits = false);
 
-// Pre-shifted exponent bias (METHODS 4.6): per-input-channel biases from the calibration maxima,
+// Pre-shifted exponent bias (docs/ptq.md §4.6): per-input-channel biases from the calibration maxima,
 // b_j = 2^E - log2(max|X_j|) + log2(2 - 2^-M) - 1 for the activation element eEmM; the tensor
 // bias b_t = min_j b_j; integer offsets rho_j = clamp(round(b_j) - round(b_t), 0, 2^E - 1)
 // (round: ties to even, torch.round). Activation channel j quantized with bias b_t + rho_j equals

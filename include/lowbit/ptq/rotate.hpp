@@ -6,7 +6,7 @@
 //      gate, up; the classifier, which is untied from the embedding) and set to 1;
 //   2. with Q = diag(d) H / sqrt(b) (d random signs, seeded; H a Sylvester Hadamard of size b,
 //      block-diagonal when dim is not a power of two: b = the largest power of two dividing dim,
-//      CONVENTIONS 22a), the residual stream becomes x Q: the embedding and every weight that
+//      docs/conventions.md §22a), the residual stream becomes x Q: the embedding and every weight that
 //      reads the residual are multiplied by Q on the right (W Q), every weight that writes into
 //      it (attn_output, ffn_down) by Q^T on the left (Q^T W).
 // RMSNorm(x Q) = RMSNorm(x) Q because Q is orthogonal, so the function is unchanged up to float

@@ -1,6 +1,6 @@
 // Per-layer searches that pick how a weight is rounded, without calibration data (PowerQuant)
 // or with only per-input-channel importances (importance-weighted RTN).
-//   PowerQuant  Yvinec, Dapogny, Cord, Bailly, ICLR 2023 (METHODS 4.7): quantize sign(w)|w|^a
+//   PowerQuant  Yvinec, Dapogny, Cord, Bailly, ICLR 2023 (docs/ptq.md §4.7): quantize sign(w)|w|^a
 //               uniformly, dequantize with the inverse power; a per layer minimises the weight
 //               reconstruction error ||W - x_hat_a(W)||_2^2, a unimodal 1-D problem.
 //   importance-weighted RTN  as llama.cpp's importance matrix (quantize with imatrix): per row
@@ -27,7 +27,7 @@ struct power_search_result {
 
 // [M] A grid of 16 exponents over [lo, hi] (a = 1 included), then golden-section refinement
 // around the best grid point to 1e-3 (in place of the paper's Nelder-Mead; the error is unimodal
-// in a on Gaussian-like weights, METHODS 4.7 "Checks").
+// in a on Gaussian-like weights, docs/ptq.md §4.7 "Checks").
 power_search_result powerquant_search(const float* W, int64_t out, int64_t in, const format& base,
                                       double lo = 0.2, double hi = 1.0);
 

@@ -1,5 +1,5 @@
 // The results store: every run of eval, quantize, train and explore can record itself in one
-// SQLite database (DESIGN.md "every run -> results store -> fits -> report"). WAL mode, so several
+// SQLite database (docs/architecture.md "Data flow"). WAL mode, so several
 // processes may write at once; a run's config hash makes recording idempotent (a resumed sweep
 // skips what is already there and duplicates nothing).
 #pragma once

@@ -5,9 +5,9 @@
 //   spm vocab    : the same algorithm over a SentencePiece vocabulary given as tokens + scores
 //                  (+ types), e.g. GGUF's tokenizer.ggml.* metadata.
 //   gpt2         : byte-level BPE from encoder.json + vocab.bpe, GPT-2's pre-tokenizer regex
-//                  (PCRE2 with Unicode classes); BOS = EOS = <|endoftext|> (50256, CONVENTIONS 15).
+//                  (PCRE2 with Unicode classes); BOS = EOS = <|endoftext|> (50256, docs/conventions.md §15).
 //   sentencepiece: a .model file through libsentencepiece.
-//   bytes        : 256 byte tokens, BOS = 256, EOS = 257 (lowbit synth, CONVENTIONS 19).
+//   bytes        : 256 byte tokens, BOS = 256, EOS = 257 (lowbit synth, docs/conventions.md §19).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Flexpoint's Autoflex exponent manager (Koster et al., NeurIPS 2017; METHODS 1.5): predicts the
+// Flexpoint's Autoflex exponent manager (Koster et al., NeurIPS 2017; docs/formats.md §1.5): predicts the
 // shared exponent of a flexN+E tensor for its next use from a history of its maxima, so that the
 // output scale can be fixed before the op runs. Scales are kappa = 2^k; a value is mantissa * kappa.
 #pragma once

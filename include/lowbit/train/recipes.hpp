@@ -3,7 +3,7 @@
 //
 //   fp32                       nothing quantized
 //   sun2025:FMT[,axis=din]     P2, P4, P6 (W forward and backward, X in the dW GEMM) in FMT,
-//                              absmax-to-FPmax scaling per group (Sun et al. 2025, METHODS 2.1)
+//                              absmax-to-FPmax scaling per group (Sun et al. 2025, docs/laws.md §2.1)
 //   qat:FMT                    weights fake-quantized in the forward (P2) and the same Q(W) in
 //                              dX = dY Q(W) (P4 grouped along d_in like P2); the gradient passes
 //                              straight through to the fp32 master weights (QAT with the STE)
@@ -12,15 +12,15 @@
 //   mxfp4 | nvfp4              all six operands in that block format, gradients (P3, P5) with
 //                              stochastic rounding
 //   flexN+E                    all six operands in Flexpoint with Autoflex exponents per tensor
-//                              and per use (Koster et al. 2017, METHODS 1.5)
+//                              and per use (Koster et al. 2017, docs/formats.md §1.5)
 //   shiftquant:intN[,g=K][,shift=S][,l1]
-//                              sub-8-bit integer training after Guo et al. 2024 (METHODS 3.3):
+//                              sub-8-bit integer training after Guo et al. 2024 (docs/training.md §3.3):
 //                              X and W (P1, P2, P4, P6) intN per channel; gradients (P3, P5) in
 //                              ShiftQuant groups (below); l1: L1 normalisation layers
 //   x=FMT;w=FMT;dy=FMT;w_bwd=FMT;dy_w=FMT;x_bwd=FMT[;axis=din]
 //                              any operands, any formats (omitted ones stay fp32)
 //
-// Each operand is grouped along its own GEMM's reduction axis unless axis=din (CONVENTIONS 23).
+// Each operand is grouped along its own GEMM's reduction axis unless axis=din (docs/conventions.md §23).
 #pragma once
 
 #include <array>
@@ -49,13 +49,13 @@ training_plan parse_training_plan(const std::string& spec);
 // The quantizer that carries the plan out; `seed` (the run's) keys its stochastic rounding.
 std::unique_ptr<operand_quantizer> make_operand_quantizer(const training_plan& plan, uint64_t seed = 0);
 
-// ShiftQuant (Guo et al. 2024, METHODS 3.3; the grouping details are ours, tagged [M] there):
+// ShiftQuant (Guo et al. 2024, docs/training.md §3.3; the grouping details are ours, tagged [M] there):
 // a row of `cols` values is split into groups of `group` along the reduction axis; the row's
 // scale s = amax_row / qmax (qmax = 2^(bits-1) - 1) is shared and group g uses
 // s_g = s * 2^-k_g with k_g = min(max_shift, floor(log2(amax_row / amax_g))) - a power-of-two
 // fraction of the row scale, so integer partial sums of the groups combine by shifts and no
 // memory is rearranged. Values round to integers in [-qmax, qmax], to nearest even or
-// stochastically (CONVENTIONS 10's Philox stream keyed by (seed, tensor_id)). NaN/Inf give NaN.
+// stochastically (docs/conventions.md §10's Philox stream keyed by (seed, tensor_id)). NaN/Inf give NaN.
 void shiftquant_fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, int bits, int group,
                               int max_shift, bool stochastic, uint64_t seed, uint64_t tensor_id);
 

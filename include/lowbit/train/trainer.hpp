@@ -1,7 +1,7 @@
 // The training loop of `lowbit train`: data from a text file, AdamW with warmup + cosine, gradient
 // clipping, periodic validation, atomic checkpoints that resume bit-exactly, a JSONL log, and data
 // parallelism over Open MPI ranks (gradients all-reduced; the same trajectory as one process with
-// the same global batch, to float tolerance). Defaults: CONVENTIONS 23.
+// the same global batch, to float tolerance). Defaults: docs/conventions.md §23.
 #pragma once
 
 #include <cstdint>
