@@ -134,13 +134,14 @@ std::string describe(const flex_stats& s) {
          " saturated=" + std::to_string(s.saturated) + "}";
 }
 
-// One Flexpoint case on the current target and thread count: out of place (misaligned) and in place.
-void check_flex(const flex_case& c, const std::vector<float>& x, const std::string& target, int threads) {
-  std::vector<float> ref(x.size()), fast_buf(x.size() + 8), in_buf(x.size() + 8);
+// One Flexpoint case on the current target and thread count against the reference's output and
+// statistics: out of place (misaligned) and in place.
+void check_flex(const flex_case& c, const std::vector<float>& x, const std::vector<float>& ref, const flex_stats& sr,
+                const std::string& target, int threads) {
+  std::vector<float> fast_buf(x.size() + 8), in_buf(x.size() + 8);
   float* in = in_buf.data() + c.misalign;
   float* fast = fast_buf.data() + c.misalign;
   std::memcpy(in, x.data(), x.size() * sizeof(float));
-  const flex_stats sr = flexpoint_fake_quantize_ref(x.data(), ref.data(), c.n, c.mantissa_bits, c.exponent);
   const flex_stats sf = flexpoint_fake_quantize(in, fast, c.n, c.mantissa_bits, c.exponent);
   const int64_t i = first_difference(ref.data(), fast, c.n);
   ASSERT_EQ(i, -1) << describe(c, target, threads) << " index " << i << " input " << hex(x[size_t(i)]) << " ref "
@@ -156,15 +157,31 @@ void check_flex(const flex_case& c, const std::vector<float>& x, const std::stri
 
 // [rows, cols] with groups of very different magnitudes (so that every shift 0..30 and the cap
 // occur), group maxima exactly 2^-j of the row's (a power-of-two ratio: the shift boundary) and
-// one float below it, ties of the group scale, and rows that are all zero, hold a NaN or an Inf,
-// or live among float32 subnormals.
-std::vector<float> shiftquant_values(std::mt19937& gen, int64_t rows, int64_t cols, int group, bool specials) {
+// one float below it, rows of exact ties, and rows that are all zero, hold a NaN or an Inf, or
+// live among float32 subnormals.
+std::vector<float> shiftquant_values(std::mt19937& gen, int64_t rows, int64_t cols, int group, int bits,
+                                     bool specials) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> x(static_cast<size_t>(rows * cols));
+  const int qmax = (1 << (bits - 1)) - 1;
   for (int64_t r = 0; r < rows; ++r) {
     float* row = x.data() + r * cols;
     const int row_kind = static_cast<int>(gen() % 16);
     const int row_scale = static_cast<int>(gen() % 40) - 20;
+    if (row_kind >= 12) {
+      // Ties: the row's amax qmax 2^R makes s_row = 2^R exactly; a group whose first value is
+      // qmax 2^(R-d) gets shift d (d <= 7, below every max_shift tested but 0..3, which cap it)
+      // and scale 2^(R-d), so (m + 1/2) 2^(R-d) is a tie of the group's grid.
+      for (int64_t c0 = 0; c0 < cols; c0 += group) {
+        const int64_t c1 = std::min(cols, c0 + group);
+        const int d = c0 == 0 ? 0 : static_cast<int>(gen() % 8);
+        row[c0] = static_cast<float>(std::ldexp(double(qmax), row_scale - d));
+        for (int64_t c = c0 + 1; c < c1; ++c)
+          row[c] = (gen() % 2 ? 1 : -1) *
+                   static_cast<float>(std::ldexp(double(gen() % static_cast<unsigned>(qmax)) + 0.5, row_scale - d));
+      }
+      continue;
+    }
     for (int64_t c0 = 0; c0 < cols; c0 += group) {
       const int64_t c1 = std::min(cols, c0 + group);
       const int drop = static_cast<int>(gen() % 36);  // this group ~2^-drop of the row
@@ -205,12 +222,14 @@ std::string describe(const shiftquant_case& c, const std::string& target, int th
          std::to_string(c.cols) + "] target=" + target + " threads=" + std::to_string(threads);
 }
 
-void check_shiftquant(const shiftquant_case& c, const std::vector<float>& x, const std::string& target, int threads) {
+// One ShiftQuant case on the current target and thread count against the reference's output:
+// out of place (misaligned) and in place.
+void check_shiftquant(const shiftquant_case& c, const std::vector<float>& x, const std::vector<float>& ref,
+                      const std::string& target, int threads) {
   const int64_t n = c.rows * c.cols;
-  std::vector<float> ref(x.size()), fast(x.size() + 8), in_buf(x.size() + 8);
+  std::vector<float> fast(x.size() + 8), in_buf(x.size() + 8);
   float* in = in_buf.data() + 1;  // misaligned
   std::memcpy(in, x.data(), x.size() * sizeof(float));
-  shiftquant_fake_quantize_ref(x.data(), ref.data(), c.rows, c.cols, c.bits, c.group, c.max_shift, c.stochastic, 5, 77);
   shiftquant_fake_quantize(in, fast.data() + 3, c.rows, c.cols, c.bits, c.group, c.max_shift, c.stochastic, 5, 77);
   const int64_t i = first_difference(ref.data(), fast.data() + 3, n);
   ASSERT_EQ(i, -1) << describe(c, target, threads) << " index " << i << " [" << i / c.cols << "," << i % c.cols
@@ -235,17 +254,20 @@ TEST(FlexpointDifferential, FastEqualsRefEveryTargetAndThreadCount) {
   // the fast kernel hands to the reference (N = 25, 32; |k| > 126).
   const std::pair<int, int> params[] = {{16, -16}, {16, -4}, {16, 0}, {16, 15}, {8, -8}, {8, 7}, {24, 3},
                                         {16, -126}, {16, 126}, {25, 0}, {32, -5}, {16, -300}, {16, 200}};
-  std::vector<std::vector<float>> data;
+  std::vector<std::vector<float>> data, refs;
+  std::vector<flex_stats> ref_stats;
   std::vector<flex_case> all;
   for (int64_t n : sizes)
     for (const auto& [bits, k] : params)
       for (bool specials : {false, true}) {
         all.push_back({n, bits, k, specials, static_cast<size_t>(n % 3)});
         data.push_back(flex_values(gen, n, bits, k, specials));
+        refs.emplace_back(static_cast<size_t>(n));
+        ref_stats.push_back(flexpoint_fake_quantize_ref(data.back().data(), refs.back().data(), n, bits, k));
       }
   for_targets_and_threads([&](const std::string& target, int threads) {
     for (size_t j = 0; j < all.size(); ++j) {
-      check_flex(all[j], data[j], target, threads);
+      check_flex(all[j], data[j], refs[j], ref_stats[j], target, threads);
       if (::testing::Test::HasFatalFailure()) return;
       ++cases;
     }
@@ -264,21 +286,67 @@ TEST(ShiftQuantDifferential, FastEqualsRefEveryTargetAndThreadCount) {
       {9, 4099, 4, 32, 7, false},  {9, 4099, 4, 32, 7, true},    {37, 1031, 16, 128, 30, false},
       {37, 1031, 6, 17, 3, true},  {300, 129, 4, 32, 7, true},   {300, 129, 8, 200, 7, false},
       {65, 515, 4, 64, 30, false}, {65, 515, 3, 9, 2, true}};
-  std::vector<std::vector<float>> data;
+  std::vector<std::vector<float>> data, refs;
   std::vector<shiftquant_case> all;
   for (const auto& s : shapes)
     for (bool specials : {false, true}) {
       all.push_back(s);
-      data.push_back(shiftquant_values(gen, s.rows, s.cols, s.group, specials));
+      data.push_back(shiftquant_values(gen, s.rows, s.cols, s.group, s.bits, specials));
+      refs.emplace_back(data.back().size());
+      shiftquant_fake_quantize_ref(data.back().data(), refs.back().data(), s.rows, s.cols, s.bits, s.group, s.max_shift,
+                                   s.stochastic, 5, 77);
     }
   for_targets_and_threads([&](const std::string& target, int threads) {
     for (size_t j = 0; j < all.size(); ++j) {
-      check_shiftquant(all[j], data[j], target, threads);
+      check_shiftquant(all[j], data[j], refs[j], target, threads);
       if (::testing::Test::HasFatalFailure()) return;
       ++cases;
     }
   });
   EXPECT_GT(cases, 80);
+}
+
+// Stochastic rounding on its decision boundary: in int4 rows whose groups each start with 7 (so
+// s = 1 and v = x), every other value is placed so that its fraction t = v - floor(v) is the
+// element's own uniform draw u (Philox word of counter r * cols + c) or one step 2^-24 either
+// side of it. The reference rounds up iff u < t (checked here), and the fast kernel must agree
+// on every one: an off-by-one in the comparison or in u or t shows at once.
+TEST(ShiftQuantDifferential, StochasticDrawsOnTheRoundingBoundary) {
+  const int64_t rows = 64, cols = 515;  // 2^15 < 64 x 515: the parallel path
+  const int group = 8;
+  const uint64_t sr_seed = 5, tensor = 77;
+  std::vector<float> x(static_cast<size_t>(rows * cols)), expect(x.size());
+  int64_t placed = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const size_t i = static_cast<size_t>(r * cols + c);
+      if (c % group == 0) {
+        x[i] = expect[i] = 7.0f;
+        continue;
+      }
+      const double u = double(random_word(sr_seed, tensor, uint64_t(r * cols + c)) >> 8) * 0x1p-24;
+      const double t = u + double(static_cast<int>(c % 3) - 1) * 0x1p-24;  // u - 2^-24, u, u + 2^-24
+      if (!(t > 0 && t < 1)) {
+        x[i] = expect[i] = 0.0f;
+        continue;
+      }
+      // Positive x = t (floor 0); negative x = t - 1 (floor -1, fraction t). Both exact in float.
+      const bool negative = (r + c / 3) % 2 == 1;
+      x[i] = static_cast<float>(negative ? t - 1 : t);
+      expect[i] = static_cast<float>(negative ? (u < t ? 0.0 : -1.0) : (u < t ? 1.0 : 0.0));
+      ++placed;
+    }
+  std::vector<float> ref(x.size());
+  shiftquant_fake_quantize_ref(x.data(), ref.data(), rows, cols, 4, group, 7, true, sr_seed, tensor);
+  for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(ref[i], expect[i]) << "reference at " << i << " input " << x[i];
+  for_targets_and_threads([&](const std::string& target, int threads) {
+    std::vector<float> fast(x.size());
+    shiftquant_fake_quantize(x.data(), fast.data(), rows, cols, 4, group, 7, true, sr_seed, tensor);
+    const int64_t i = first_difference(ref.data(), fast.data(), rows * cols);
+    ASSERT_EQ(i, -1) << "target=" << target << " threads=" << threads << " index " << i << " input "
+                     << hex(x[size_t(i)]) << " ref " << hex(ref[size_t(i)]) << " fast " << hex(fast[size_t(i)]);
+  });
+  EXPECT_GT(placed, 20000);
 }
 
 // The shift from the float bits equals the double ratio through libm's log2 on pairs that sit on
