@@ -33,6 +33,7 @@
 #include "lowbit/error.hpp"
 #include "lowbit/kernels/flexpoint.hpp"
 #include "lowbit/kernels/quantize.hpp"
+#include "lowbit/kernels/threads.hpp"
 
 #ifndef LOWBIT_FLEXPOINT_ONCE
 #define LOWBIT_FLEXPOINT_ONCE
@@ -111,8 +112,8 @@ HWY_EXPORT(FlexSpan);
 
 namespace {
 
-// Below this many elements the kernel runs on the calling thread (as quantize_fast.cpp's
-// kernels: waking a team costs more than the work).
+// Below this many elements the kernel runs on the calling thread (serial_scope; the threshold of
+// quantize_fast.cpp's kernels): waking a team costs more than the work.
 constexpr int64_t kParallelMinElements = int64_t{1} << 15;
 // Values per SIMD call: bounds the int32 lane counters (2^24 / lanes per lane).
 constexpr int64_t kSpan = int64_t{1} << 24;
@@ -166,7 +167,8 @@ flex_stats flexpoint_fake_quantize(const float* in, float* out, int64_t n, int m
   if (use_ref()) return flexpoint_fake_quantize_ref(in, out, n, mantissa_bits, exponent);
   const bool simd = mantissa_bits <= 24 && exponent >= -126 && exponent <= 126;
   const double qmax = std::ldexp(1.0, mantissa_bits - 1) - 1;
-  const int max_threads = n >= kParallelMinElements ? omp_get_max_threads() : 1;
+  const serial_scope serial(n < kParallelMinElements);
+  const int max_threads = omp_get_max_threads();
   std::vector<flex_stats> part(static_cast<size_t>(max_threads));
   std::vector<detail::flex_span_stats> span_part(static_cast<size_t>(max_threads));
 #pragma omp parallel num_threads(max_threads)

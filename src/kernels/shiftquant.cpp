@@ -31,6 +31,7 @@
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/scale.hpp"
 #include "lowbit/kernels/shiftquant.hpp"
+#include "lowbit/kernels/threads.hpp"
 
 #ifndef LOWBIT_SHIFTQUANT_ONCE
 #define LOWBIT_SHIFTQUANT_ONCE
@@ -165,7 +166,8 @@ HWY_EXPORT(ShiftQuantApply);
 
 namespace {
 
-// Below this many elements the kernel runs on the calling thread (as quantize_fast.cpp's).
+// Below this many elements the kernel runs on the calling thread (serial_scope; the threshold of
+// quantize_fast.cpp's kernels): waking a team costs more than the work.
 constexpr int64_t kParallelMinElements = int64_t{1} << 15;
 
 void check_shiftquant_args(int bits, int group, int max_shift) {
@@ -240,7 +242,8 @@ void shiftquant_fake_quantize(const float* in, float* out, int64_t rows, int64_t
     return shiftquant_fake_quantize_ref(in, out, rows, cols, bits, group, max_shift, stochastic, seed, tensor_id);
   const double qmax = std::ldexp(1.0, bits - 1) - 1;
   const int64_t groups = (cols + group - 1) / group;
-#pragma omp parallel if (rows * cols >= kParallelMinElements)
+  const serial_scope serial(rows * cols < kParallelMinElements);
+#pragma omp parallel
   {
     std::vector<uint32_t> group_amax(static_cast<size_t>(groups));
     std::vector<uint32_t> words(stochastic ? static_cast<size_t>(cols) : 0);
@@ -248,8 +251,8 @@ void shiftquant_fake_quantize(const float* in, float* out, int64_t rows, int64_t
     for (int64_t r = 0; r < rows; ++r) {
       const float* x = in + r * cols;
       float* y = out + r * cols;
-      const uint32_t row_bits = HWY_DYNAMIC_DISPATCH(ShiftQuantGroupAmax)(x, static_cast<size_t>(cols),
-                                                                          static_cast<size_t>(group), group_amax.data());
+      const uint32_t row_bits = HWY_DYNAMIC_DISPATCH(ShiftQuantGroupAmax)(
+          x, static_cast<size_t>(cols), static_cast<size_t>(group), group_amax.data());
       if (row_bits >= 0x7f800000u) {  // NaN/Inf in the row
         std::fill(y, y + cols, std::numeric_limits<float>::quiet_NaN());
         continue;

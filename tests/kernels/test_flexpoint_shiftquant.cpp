@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -31,6 +32,14 @@
 #include "lowbit/kernels/simd.hpp"
 
 using namespace lowbit;
+
+namespace lowbit {
+// How GoogleTest prints flex_stats in a failed comparison.
+void PrintTo(const flex_stats& s, std::ostream* os) {
+  *os << "{gamma=" << s.gamma << " amax=" << s.amax << " nonfinite=" << s.nonfinite << " saturated=" << s.saturated
+      << "}";
+}
+}  // namespace lowbit
 
 namespace {
 
@@ -99,7 +108,8 @@ std::vector<float> flex_values(std::mt19937& gen, int64_t n, int mantissa_bits, 
     const int pick = static_cast<int>(gen() % 16);
     const double sign = gen() % 2 ? 1.0 : -1.0;
     // an integer mantissa in [0, qmax], of any magnitude
-    const double m = std::floor(std::ldexp(static_cast<double>(gen() % 4096) / 4096, -static_cast<int>(gen() % mantissa_bits)) * qmax);
+    const double frac = std::ldexp(static_cast<double>(gen() % 4096) / 4096, -static_cast<int>(gen() % mantissa_bits));
+    const double m = std::floor(frac * qmax);
     switch (pick) {
       case 0: v = static_cast<float>(sign * std::ldexp(m + 0.5, exponent)); break;  // a tie
       case 1: v = static_cast<float>(sign * std::ldexp(qmax, exponent)); break;
@@ -129,11 +139,6 @@ std::string describe(const flex_case& c, const std::string& target, int threads)
          " threads=" + std::to_string(threads);
 }
 
-std::string describe(const flex_stats& s) {
-  return "{gamma=" + std::to_string(s.gamma) + " amax=" + hex(s.amax) + " nonfinite=" + std::to_string(s.nonfinite) +
-         " saturated=" + std::to_string(s.saturated) + "}";
-}
-
 // One Flexpoint case on the current target and thread count against the reference's output and
 // statistics: out of place (misaligned) and in place.
 void check_flex(const flex_case& c, const std::vector<float>& x, const std::vector<float>& ref, const flex_stats& sr,
@@ -146,7 +151,7 @@ void check_flex(const flex_case& c, const std::vector<float>& x, const std::vect
   const int64_t i = first_difference(ref.data(), fast, c.n);
   ASSERT_EQ(i, -1) << describe(c, target, threads) << " index " << i << " input " << hex(x[size_t(i)]) << " ref "
                    << hex(ref[size_t(i)]) << " fast " << hex(fast[i]);
-  ASSERT_EQ(sr, sf) << describe(c, target, threads) << " ref " << describe(sr) << " fast " << describe(sf);
+  ASSERT_EQ(sr, sf) << describe(c, target, threads);
   std::vector<float> inplace(x);
   const flex_stats si = flexpoint_fake_quantize(inplace.data(), inplace.data(), c.n, c.mantissa_bits, c.exponent);
   ASSERT_EQ(first_difference(ref.data(), inplace.data(), c.n), -1) << "in place " << describe(c, target, threads);
@@ -201,7 +206,8 @@ std::vector<float> shiftquant_values(std::mt19937& gen, int64_t rows, int64_t co
     if (row_kind == 1) row[gen() % static_cast<unsigned>(cols)] = NAN;
     if (row_kind == 2) row[gen() % static_cast<unsigned>(cols)] = -INFINITY;
     if (row_kind == 3)
-      for (int64_t c = 0; c < cols; ++c) row[c] = std::ldexp(static_cast<float>(static_cast<int>(gen() % 2001) - 1000), -149);
+      for (int64_t c = 0; c < cols; ++c)
+        row[c] = std::ldexp(static_cast<float>(static_cast<int>(gen() % 2001) - 1000), -149);
     if (row_kind == 4)
       for (int64_t c = 0; c < cols; ++c)
         if (gen() % 4 == 0) row[c] = gen() % 2 ? -0.0f : 0.0f;
@@ -523,14 +529,19 @@ TEST(FlexShiftQuantSpeed, DISABLED_PrintsFastOverRef) {
     omp_set_num_threads(threads);
     const double fr = time([&] { flexpoint_fake_quantize_ref(x.data(), y.data(), n, 16, -12); });
     const double ff = time([&] { flexpoint_fake_quantize(x.data(), y.data(), n, 16, -12); });
-    const double sr = time([&] { shiftquant_fake_quantize_ref(x.data(), y.data(), rows, cols, 4, 32, 7, false, 1, 2); });
+    const double sr =
+        time([&] { shiftquant_fake_quantize_ref(x.data(), y.data(), rows, cols, 4, 32, 7, false, 1, 2); });
     const double sf = time([&] { shiftquant_fake_quantize(x.data(), y.data(), rows, cols, 4, 32, 7, false, 1, 2); });
     const double qr = time([&] { shiftquant_fake_quantize_ref(x.data(), y.data(), rows, cols, 4, 32, 7, true, 1, 2); });
     const double qf = time([&] { shiftquant_fake_quantize(x.data(), y.data(), rows, cols, 4, 32, 7, true, 1, 2); });
     std::printf("threads=%d [%lld floats]\n", threads, static_cast<long long>(n));
-    std::printf("  flex16 k=-12      ref %8.2f ms  fast %7.2f ms  fast/ref speed %5.1fx\n", fr * 1e3, ff * 1e3, fr / ff);
-    std::printf("  shiftquant g32    ref %8.2f ms  fast %7.2f ms  fast/ref speed %5.1fx\n", sr * 1e3, sf * 1e3, sr / sf);
-    std::printf("  shiftquant g32~sr ref %8.2f ms  fast %7.2f ms  fast/ref speed %5.1fx\n", qr * 1e3, qf * 1e3, qr / qf);
+    auto line = [](const char* what, double ref, double fast) {
+      std::printf("  %-18s ref %8.2f ms  fast %7.2f ms  fast/ref speed %5.1fx\n", what, ref * 1e3, fast * 1e3,
+                  ref / fast);
+    };
+    line("flex16 k=-12", fr, ff);
+    line("shiftquant g32", sr, sf);
+    line("shiftquant g32~sr", qr, qf);
   }
   omp_set_num_threads(saved);
 }
