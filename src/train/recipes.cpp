@@ -141,17 +141,19 @@ class flex_quantizer : public operand_quantizer {
       // scratch, as `in` may be `out`.
       autoflex af(cfg_);
       trial_.resize(n);
-      for (int tries = 0; tries < 64; ++tries)
-        if (af.initialize_step(global_max(op, flex_fake_quantize(in, trial_.data(), n, cfg_.mantissa_bits, af.exponent()))))
-          break;
+      for (int tries = 0; tries < 64; ++tries) {
+        const flex_stats trial = flexpoint_fake_quantize(in, trial_.data(), n, cfg_.mantissa_bits, af.exponent());
+        if (af.initialize_step(global_max(op, trial.gamma))) break;
+      }
       if (frozen_) {  // a use seen only in validation: quantize, remember nothing
-        flex_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent());
+        flexpoint_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent());
         return;
       }
       it = managers_.emplace(key, af).first;
     }
     autoflex& af = it->second;
-    const double gamma = global_max(op, flex_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent()));
+    // The kernel (kernels/flexpoint.hpp) reports Gamma, Autoflex's overflow statistic.
+    const double gamma = global_max(op, flexpoint_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent()).gamma);
     if (!frozen_) af.update(gamma);  // Algorithm 2: the exponent of the next use
   }
   // One shared exponent and round-to-nearest per element: the values do not depend on the layout.
