@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <map>
 #include <vector>
 
@@ -11,6 +10,7 @@
 
 #include "lowbit/base/error.hpp"
 #include "lowbit/train/autoflex.hpp"
+#include "lowbit/kernels/flexpoint.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/scale.hpp"
 
@@ -141,17 +141,19 @@ class flex_quantizer : public operand_quantizer {
       // scratch, as `in` may be `out`.
       autoflex af(cfg_);
       trial_.resize(n);
-      for (int tries = 0; tries < 64; ++tries)
-        if (af.initialize_step(global_max(op, flex_fake_quantize(in, trial_.data(), n, cfg_.mantissa_bits, af.exponent()))))
-          break;
+      for (int tries = 0; tries < 64; ++tries) {
+        const flex_stats trial = flexpoint_fake_quantize(in, trial_.data(), n, cfg_.mantissa_bits, af.exponent());
+        if (af.initialize_step(global_max(op, trial.gamma))) break;
+      }
       if (frozen_) {  // a use seen only in validation: quantize, remember nothing
-        flex_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent());
+        flexpoint_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent());
         return;
       }
       it = managers_.emplace(key, af).first;
     }
     autoflex& af = it->second;
-    const double gamma = global_max(op, flex_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent()));
+    // The kernel (kernels/flexpoint.hpp) reports Gamma, Autoflex's overflow statistic.
+    const double gamma = global_max(op, flexpoint_fake_quantize(in, out, n, cfg_.mantissa_bits, af.exponent()).gamma);
     if (!frozen_) af.update(gamma);  // Algorithm 2: the exponent of the next use
   }
   // One shared exponent and round-to-nearest per element: the values do not depend on the layout.
@@ -221,69 +223,7 @@ class shiftquant_quantizer : public operand_quantizer {
 }  // namespace
 
 double flex_fake_quantize(const float* in, float* out, int64_t n, int mantissa_bits, int exponent) {
-  const double qmax = std::ldexp(1.0, mantissa_bits - 1) - 1;
-  const double inv = std::ldexp(1.0, -exponent), kappa = std::ldexp(1.0, exponent);
-  double gamma = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(in[i])) {  // Inf saturates (no code for it), NaN stays NaN (docs/conventions.md §4)
-      gamma = std::max(gamma, qmax + 1);
-      out[i] = std::isnan(in[i]) ? in[i] : static_cast<float>(std::copysign(qmax * kappa, in[i]));
-      continue;
-    }
-    const double m = std::nearbyint(double(in[i]) * inv);  // ties to even (default rounding mode)
-    gamma = std::max(gamma, std::fabs(m));
-    out[i] = static_cast<float>(std::clamp(m, -qmax, qmax) * kappa);
-  }
-  return gamma;
-}
-
-void shiftquant_fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, int bits, int group,
-                              int max_shift, bool stochastic, uint64_t seed, uint64_t tensor_id) {
-  if (bits < 2 || bits > 16) throw error(fmt::format("shiftquant: {} bits (expected 2..16)", bits));
-  if (group <= 0) throw error(fmt::format("shiftquant: group {} (expected > 0)", group));
-  const double qmax = std::ldexp(1.0, bits - 1) - 1;
-  #pragma omp parallel for schedule(static) if (rows * cols > 65536)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* x = in + r * cols;
-    float* y = out + r * cols;
-    double amax_row = 0;
-    bool finite = true;
-    for (int64_t c = 0; c < cols; ++c) {
-      if (!std::isfinite(x[c])) finite = false;
-      amax_row = std::max(amax_row, std::fabs(double(x[c])));
-    }
-    if (!finite) {  // docs/conventions.md §4: a group holding NaN/Inf is NaN
-      std::fill(y, y + cols, std::numeric_limits<float>::quiet_NaN());
-      continue;
-    }
-    if (amax_row == 0) {
-      std::fill(y, y + cols, 0.0f);
-      continue;
-    }
-    const double s_row = amax_row / qmax;
-    for (int64_t c0 = 0; c0 < cols; c0 += group) {
-      const int64_t c1 = std::min(cols, c0 + group);
-      double amax = 0;
-      for (int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(double(x[c])));
-      // k_g = min(S, floor(log2(amax_row / amax_g))): the group's values still fit in qmax.
-      const int k = amax == 0 ? max_shift
-                              : std::min(max_shift, static_cast<int>(std::floor(std::log2(amax_row / amax))));
-      const double s = std::ldexp(s_row, -k);
-      for (int64_t c = c0; c < c1; ++c) {
-        const double v = double(x[c]) / s;
-        double q;
-        if (stochastic) {
-          const double lo = std::floor(v);
-          const float t = static_cast<float>(v - lo);
-          const float u = uniform_from_word(random_word(seed, tensor_id, uint64_t(r * cols + c)));
-          q = u < t ? lo + 1 : lo;
-        } else {
-          q = std::nearbyint(v);
-        }
-        y[c] = static_cast<float>(std::clamp(q, -qmax, qmax) * s);
-      }
-    }
-  }
+  return flexpoint_fake_quantize(in, out, n, mantissa_bits, exponent).gamma;
 }
 
 training_plan parse_training_plan(const std::string& spec_in) {

@@ -30,6 +30,7 @@
 
 #include "lowbit/engine/train.hpp"
 #include "lowbit/formats/format.hpp"
+#include "lowbit/kernels/shiftquant.hpp"
 
 namespace lowbit {
 
@@ -49,18 +50,12 @@ training_plan parse_training_plan(const std::string& spec);
 // The quantizer that carries the plan out; `seed` (the run's) keys its stochastic rounding.
 std::unique_ptr<operand_quantizer> make_operand_quantizer(const training_plan& plan, uint64_t seed = 0);
 
-// ShiftQuant (Guo et al. 2024, docs/training.md §3.3; the grouping details are ours, tagged [M] there):
-// a row of `cols` values is split into groups of `group` along the reduction axis; the row's
-// scale s = amax_row / qmax (qmax = 2^(bits-1) - 1) is shared and group g uses
-// s_g = s * 2^-k_g with k_g = min(max_shift, floor(log2(amax_row / amax_g))) - a power-of-two
-// fraction of the row scale, so integer partial sums of the groups combine by shifts and no
-// memory is rearranged. Values round to integers in [-qmax, qmax], to nearest even or
-// stochastically (docs/conventions.md §10's Philox stream keyed by (seed, tensor_id)). NaN/Inf give NaN.
-void shiftquant_fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, int bits, int group,
-                              int max_shift, bool stochastic, uint64_t seed, uint64_t tensor_id);
+// The ShiftQuant kernel of the gradients (P3, P5) is shiftquant_fake_quantize
+// (kernels/shiftquant.hpp, included above).
 
 // Flexpoint flexN+E (Koster et al. 2017): out = clamp(round_even(x / 2^k), +-(2^(N-1) - 1)) * 2^k;
-// returns Gamma, the largest |round(x / 2^k)| before clamping (Autoflex's overflow statistic).
+// returns Gamma, the largest |round(x / 2^k)| before clamping (Autoflex's overflow statistic): the
+// gamma of flexpoint_fake_quantize (kernels/flexpoint.hpp), which also reports amax and counts.
 double flex_fake_quantize(const float* in, float* out, int64_t n, int mantissa_bits, int exponent);
 
 }  // namespace lowbit
