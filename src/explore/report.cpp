@@ -1,6 +1,7 @@
 // `lowbit report` (report.hpp): tables from the results database, figures through matplotlib,
 // one HTML page.
 #include "lowbit/base/files.hpp"
+#include "lowbit/base/process.hpp"
 #include "lowbit/explore/report.hpp"
 
 #include <algorithm>
@@ -150,11 +151,11 @@ report_result write_report(const report_options& o) {
   } else {
     const fs::path list = dir / "figures.json";
     fs::remove(list);
-    std::string cmd = fmt::format("'{}' '{}' '{}' '{}'", o.python, o.script, res.csv, dir.string());
-    if (!o.fit.empty()) cmd += fmt::format(" --fit '{}'", o.fit);
+    std::vector<std::string> argv{o.python, o.script, res.csv, dir.string()};
+    if (!o.fit.empty()) argv.insert(argv.end(), {"--fit", o.fit});
     const fs::path log = dir / "plot.log";
-    cmd += fmt::format(" > '{}' 2>&1", log.string());
-    const int rc = std::system(cmd.c_str());
+    fs::remove(log);
+    const int rc = run_program(argv, log.string());
     std::ifstream in(list);
     if (rc != 0 || !in) {
       std::ifstream l(log);

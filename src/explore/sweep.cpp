@@ -4,6 +4,8 @@
 // line / message and the coordinator records it, so a run is in the database exactly when it
 // has finished, and a killed sweep loses only the runs in flight.
 #include "lowbit/explore/sweep.hpp"
+#include "lowbit/explore/explore.hpp"
+#include "lowbit/runs/records.hpp"
 
 #include <fcntl.h>
 #include <mpi.h>
@@ -349,42 +351,18 @@ run_record sweep_runner::run(const sweep_job& job) {
   eo.max_tokens = job.eval.max_tokens > 0 && job.eval.max_tokens < half ? job.eval.max_tokens : half;
   eo.kl_base = config_.kl_base;
 
-  quant_plan plan;
-  plan.weights_spec = job.plan.weights, plan.weights = parse_optional_format(job.plan.weights);
-  plan.acts_spec = job.plan.acts, plan.acts = parse_optional_format(job.plan.acts);
-  plan.kv_spec = job.plan.kv, plan.kv = parse_optional_format(job.plan.kv);
-
+  const quant_plan plan = quant_plan_of(job.plan);
   const double t0 = now_seconds();
-  model variant = base;
   double sqnr = std::numeric_limits<double>::quiet_NaN();
-  if (job.method == "rtn") {
-    sqnr = mean_sqnr_db(apply_weight_plan(variant, plan));
-  } else {
-    ptq::quantize_options qo;
-    qo.how = ptq::parse_method(job.method);
-    qo.weights = *plan.weights;
-    qo.calib_samples = config_.calib_samples, qo.calib_ctx = config_.calib_ctx, qo.seed = config_.calib_seed;
-    ptq::quantize_model(variant, ids, qo);
-    model scratch = base;  // the format's own SQNR on these weights, whatever the method did
-    quant_plan w_only;
-    w_only.weights = plan.weights, w_only.weights_spec = plan.weights_spec;
-    sqnr = mean_sqnr_db(apply_weight_plan(scratch, w_only));
-  }
+  const calibration_settings calib{config_.calib_samples, config_.calib_ctx, config_.calib_seed};
+  const model variant = quantize_variant(base, ids, plan, job.method, calib, {}, &sqnr);
   const double quant_seconds = now_seconds() - t0;
   const eval_result r = evaluate(variant, plan, ids, eo, config_.kl_base ? &base : nullptr);
 
-  run_record rec;
-  rec.kind = "explore";
-  rec.model = job.model.name;
-  rec.n_params = double(base.config.parameter_count());
-  rec.tokens = double(r.tokens_scored);
-  rec.format = job.plan.weights;
-  format_parts(job.plan.weights, rec);
-  rec.method = job.method;
-  rec.plan = plan.describe();
+  run_record rec = model_run_record("explore", job.model.name, base.config, job.plan.weights, job.method, plan);
   rec.config = job.config;
   rec.config_hash = job.hash;
-  rec.metrics = eval_metrics(r);
+  add_evaluation(rec, r);
   rec.metrics["quantize_seconds"] = quant_seconds;
   rec.metrics["bits_per_weight"] = average_linear_bits(variant, plan);
   rec.metrics["sqnr_db"] = sqnr;

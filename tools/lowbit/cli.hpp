@@ -43,7 +43,7 @@ std::string data_dir();
 
 // A subcommand and the work to do when it is chosen.
 using command_list = std::vector<std::pair<CLI::App*, std::function<void()>>>;
-// synth, tokenize, eval, generate, explore
+// synth, tokenize, eval, generate
 void add_model_commands(CLI::App& app, command_list& commands);
 // quantize
 void add_ptq_commands(CLI::App& app, command_list& commands);
@@ -51,7 +51,7 @@ void add_ptq_commands(CLI::App& app, command_list& commands);
 void add_law_commands(CLI::App& app, command_list& commands);
 // train
 void add_train_commands(CLI::App& app, command_list& commands);
-// report (explore itself is with the model commands)
+// explore, report
 void add_explore_commands(CLI::App& app, command_list& commands);
 
 // `lowbit bench`: registers the subcommand; *run is set to the work to do when it is chosen.
