@@ -165,6 +165,9 @@ const std::vector<std::string>& element_specs() {
 
 }  // namespace
 
+// The LUT elements ("nf4/c", "lut(...)") in the directed and stochastic roundings run the
+// reference's per-row code on the fast path by construction (quantize_fast.cpp's simd_covers):
+// for them this checks the dispatch only, the values being the reference's own.
 TEST(Differential, PlainCastsEveryRounding) {
   std::mt19937 gen(seed(1));
   const char* modes[] = {"", "~rna", "~rtz", "~up", "~down", "~odd", "~sr:3"};
@@ -190,8 +193,7 @@ TEST(Differential, PlainCastsEveryRounding) {
 // "int4/g32:fp16@mse", "e2m1/g32@p99", "uint4/g32@mse", "pow0.5(int4/g32)", "pow0.75(...)",
 // "nf4/g64:fp16~sr", "lut(...)/g5~up") run the reference's own per-row code on the fast path by
 // construction: for them this checks only the fast path's dispatch, row blocks and in-place use.
-// Their values are checked independently by test_reference.cpp (closed forms, published facts)
-// and test_vectors.cpp (the shipped vectors).
+// test_reference.cpp checks the power maps and the mse/p99 rules against their definitions.
 TEST(Differential, ScaledFormats) {
   std::mt19937 gen(seed(2));
   const std::vector<std::string> specs = {
