@@ -257,13 +257,14 @@ void check_model_logits(const lowbit::model& m, const std::vector<int32_t>& toke
                compare(run_chunks(m, tokens, std::vector<int>(n, 1)).data(), ref.logits));
 }
 
+std::string eval_vector_path() { return data_dir() + "/vectors/stories260K_eval.json"; }
+
 nlohmann::json eval_vector() {
   std::ifstream in(eval_vector_path());
   return in ? nlohmann::json::parse(in) : nlohmann::json();
 }
 
 std::string stories_path() { return data_dir() + "/llama2c/stories260K.bin"; }
-std::string eval_vector_path() { return data_dir() + "/vectors/stories260K_eval.json"; }
 
 // BOS then the first document's llama2.c token ids, 64 tokens in all.
 std::vector<int32_t> stories_window() {
