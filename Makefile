@@ -15,10 +15,12 @@ build: deps
 demo: build
 	@bash scripts/demo.sh $(BUILD)/lowbit
 
+# The CI suite: every test binary once (ctest label sanity).
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -L sanity -j $(JOBS)
 
-# Everything, including the long exhaustive label.
+# Every ctest entry: label sanity plus label long (the kernels' randomised differential cases
+# rerun on eight more data seeds, test_kernels_seed1..8).
 test-all: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/cli_run.hpp"
+#include "tests/data.hpp"
 
 namespace {
 
@@ -135,8 +136,10 @@ TEST(Cli, BenchJsonRowsNameTheFormatAsTyped) {  // docs/conventions.md §25
 }
 
 // ---- model commands (issue "models") ------------------------------------------------------------
+// Every shipped file test_cli's tests read (tests/data.hpp): a missing one fails the run, listed.
+LOWBIT_TEST_NEEDS_DATA("test_cli", {"llama2c/stories260K.bin", "llama2c/tok512.bin", "text/tinystories_val_sample.txt"});
 namespace {
-const std::string data_dir = LOWBIT_DATA_DIR;
+const std::string data_dir = lowbit_test::data_dir();
 const std::string stories = data_dir + "/llama2c/stories260K.bin";
 const std::string tok512 = data_dir + "/llama2c/tok512.bin";
 const std::string tinystories = data_dir + "/text/tinystories_val_sample.txt";
@@ -452,7 +455,8 @@ TEST(CliExplore, UnknownFormatInSweepIsRefusedBeforeAnythingRuns) {
 }
 
 TEST(CliExplore, SweepAcrossTwoMpiRanksRecordsEachRunOnce) {  // docs/conventions.md §24
-  if (std::system("command -v mpirun > /dev/null 2>&1") != 0) GTEST_SKIP() << "no mpirun";
+  // mpirun is not optional: the build requires MPI, scripts/install-deps.sh installs openmpi-bin.
+  ASSERT_EQ(std::system("command -v mpirun > /dev/null 2>&1"), 0) << "mpirun not found: install openmpi-bin (scripts/install-deps.sh)";
   const std::string dir = explore_dir("mpi");
   const std::string sweep = write_small_sweep(dir, R"("fp32", "int4/g32", "e2m1/g32", "mxfp4")"), db = dir + "/runs.db";
   const std::string cmd = "mpirun --allow-run-as-root --oversubscribe -np 2 " + std::string(LOWBIT_CLI) +

@@ -35,6 +35,7 @@
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/scale.hpp"
 #include "lowbit/kernels/simd.hpp"
+#include "lowbit/kernels/threads.hpp"
 
 #ifndef LOWBIT_QUANTIZE_FAST_ONCE
 #define LOWBIT_QUANTIZE_FAST_ONCE
@@ -1192,9 +1193,9 @@ bool simd_covers(const format& f) {
   return true;
 }
 
-// Below this many elements a kernel runs on the calling thread: waking a team costs more than
-// the work (and on a loaded machine a spinning team can cost a scheduler slice per call).
-constexpr int64_t kParallelMinElements = int64_t{1} << 15;
+// Below kParallelMinElements (threads.hpp) a kernel runs on the calling thread: waking a team
+// costs more than the work (and on a loaded machine a spinning team can cost a scheduler slice
+// per call).
 
 // fn(r0, r1) on blocks of consecutive rows of a [rows, cols] tensor, one block per thread (the
 // calling thread alone below kParallelMinElements): the row kernels that run scalar code.

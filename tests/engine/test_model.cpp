@@ -21,13 +21,21 @@
 #include <bit>
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/io/model_io.hpp"
+#include "tests/data.hpp"
 
 namespace fs = std::filesystem;
 using namespace lowbit;
 
+// Every shipped file test_engine's tests read (tests/data.hpp): a missing one fails the run, listed.
+LOWBIT_TEST_NEEDS_DATA("test_engine", {"llama2c/stories260K.bin", "llama2c/tok512.bin", "gguf/llama-2-tiny-random.gguf",
+                                       "text/tinyshakespeare.txt", "text/tinystories_val_sample.txt",
+                                       "tokenizers/gpt2/encoder.json", "tokenizers/gpt2/vocab.bpe",
+                                       "tokenizers/gpt2/ggml-vocab-gpt-2.gguf.inp",
+                                       "tokenizers/gpt2/ggml-vocab-gpt-2.gguf.out", "vectors/stories260K_eval.json"});
+
 namespace {
 
-const std::string data_dir = LOWBIT_DATA_DIR;
+const std::string data_dir = lowbit_test::data_dir();
 const std::string stories = data_dir + "/llama2c/stories260K.bin";
 
 std::string temp_dir(const std::string& name) {

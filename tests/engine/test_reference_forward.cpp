@@ -26,6 +26,7 @@
 #include "lowbit/text/tokenizer.hpp"
 #include "lowbit/io/model_io.hpp"
 #include "lowbit/text/documents.hpp"
+#include "tests/data.hpp"
 
 namespace {
 
@@ -34,10 +35,7 @@ using vec = std::vector<double>;
 // docs/conventions.md §16: float32 vs float64 differ only by accumulation order and rounding.
 constexpr double kRelTol = 1e-4;
 
-std::string data_dir() {
-  const char* env = std::getenv("LOWBIT_DATA");
-  return env ? env : LOWBIT_DATA_DIR;
-}
+using lowbit_test::data_dir;
 
 // ---- the float64 reference ------------------------------------------------------------------
 
@@ -261,8 +259,10 @@ void check_model_logits(const lowbit::model& m, const std::vector<int32_t>& toke
                compare(run_chunks(m, tokens, std::vector<int>(n, 1)).data(), ref.logits));
 }
 
+std::string eval_vector_path() { return data_dir() + "/vectors/stories260K_eval.json"; }
+
 nlohmann::json eval_vector() {
-  std::ifstream in(data_dir() + "/vectors/stories260K_eval.json");
+  std::ifstream in(eval_vector_path());
   return in ? nlohmann::json::parse(in) : nlohmann::json();
 }
 
@@ -328,7 +328,9 @@ lowbit::model random_model(lowbit::architecture arch, int dim, int hidden, int l
 // ---- 1. stories260K: lowbit's float32 forward = the float64 reference ----------------------------
 
 TEST(ReferenceForward, Stories260KLogits) {
-  if (!std::ifstream(stories_path())) GTEST_SKIP() << "no shipped data at " << stories_path();
+  // Missing data fails, naming the file and how to get it (tests/data.hpp).
+  ASSERT_TRUE(lowbit_test::have_data(stories_path()));
+  ASSERT_TRUE(lowbit_test::have_data(eval_vector_path()));  // stories_window()'s tokens
   const lowbit::model m = lowbit::load_llama2c(stories_path());
   ASSERT_EQ(m.config.arch, lowbit::architecture::llama);
   ASSERT_EQ(m.config.vocab_size, 512);
@@ -360,7 +362,9 @@ TEST(ReferenceForward, LongPrefillAttentionBlocks) {
 // ---- 3. the dump hook: names, shapes [n, cols], values ------------------------------------------
 
 TEST(ReferenceForward, Stories260KDumpHook) {
-  if (!std::ifstream(stories_path())) GTEST_SKIP() << "no shipped data at " << stories_path();
+  // Missing data fails, naming the file and how to get it (tests/data.hpp).
+  ASSERT_TRUE(lowbit_test::have_data(stories_path()));
+  ASSERT_TRUE(lowbit_test::have_data(eval_vector_path()));  // stories_window()'s tokens
   const lowbit::model m = lowbit::load_llama2c(stories_path());
   const lowbit::model_config& c = m.config;
   const std::vector<int32_t> tokens = stories_window();
@@ -408,10 +412,11 @@ TEST(ReferenceForward, Stories260KDumpHook) {
 // ---- 4. the evaluation protocol against the shipped vector ---------------------------------------
 
 TEST(ReferenceForward, Stories260KEvalVector) {
-  const nlohmann::json j = eval_vector();
   const std::string text_path = data_dir() + "/text/tinystories_val_sample.txt";
-  if (j.is_null() || !std::ifstream(stories_path()) || !std::ifstream(text_path))
-    GTEST_SKIP() << "no shipped data under " << data_dir();
+  for (const std::string& p : {eval_vector_path(), stories_path(), text_path, data_dir() + "/llama2c/tok512.bin"})
+    ASSERT_TRUE(lowbit_test::have_data(p));
+  const nlohmann::json j = eval_vector();
+  ASSERT_FALSE(j.is_null()) << "cannot read " << eval_vector_path();
   const int ctx = j.at("ctx").get<int>();
   const int64_t max_tokens = j.at("max_tokens").get<int64_t>();
   const int64_t want_scored = j.at("tokens_scored").get<int64_t>();

@@ -11,13 +11,17 @@
 #include "lowbit/runs/runs_db.hpp"
 #include "lowbit/explore/sweep.hpp"
 #include "tests/cli_run.hpp"
+#include "tests/data.hpp"
 
 namespace fs = std::filesystem;
 using namespace lowbit;
 
+// Every shipped file test_explore's tests read (tests/data.hpp): a missing one fails the run, listed.
+LOWBIT_TEST_NEEDS_DATA("test_explore", {"llama2c/stories260K.bin", "llama2c/tok512.bin", "text/tinystories_val_sample.txt"});
+
 namespace {
 
-const std::string data_dir = LOWBIT_DATA_DIR;
+const std::string data_dir = lowbit_test::data_dir();
 
 std::string fresh_dir(const std::string& name) {
   const fs::path dir = fs::path(::testing::TempDir()) / "lowbit_sweep" / name;

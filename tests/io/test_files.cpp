@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <bit>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -23,13 +22,14 @@
 #include "lowbit/io/safetensors.hpp"
 #include "lowbit/base/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
+#include "tests/data.hpp"
 
 namespace fs = std::filesystem;
 using namespace lowbit;
 
 namespace {
 
-const std::string kShippedGguf = std::string(LOWBIT_DATA_DIR) + "/gguf/llama-2-tiny-random.gguf";
+const std::string kShippedGguf = lowbit_test::data_path("gguf/llama-2-tiny-random.gguf");
 
 // A scratch directory removed at the end of the test; in /dev/shm where there is one (the
 // corruption tests write thousands of variants).

@@ -20,6 +20,7 @@
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/scale.hpp"
 #include "lowbit/kernels/simd.hpp"
+#include "lowbit/kernels/threads.hpp"
 
 using namespace lowbit;
 
@@ -164,6 +165,9 @@ const std::vector<std::string>& element_specs() {
 
 }  // namespace
 
+// The LUT elements ("nf4/c", "lut(...)") in the directed and stochastic roundings run the
+// reference's per-row code on the fast path by construction (quantize_fast.cpp's simd_covers):
+// for them this checks the dispatch only, the values being the reference's own.
 TEST(Differential, PlainCastsEveryRounding) {
   std::mt19937 gen(seed(1));
   const char* modes[] = {"", "~rna", "~rtz", "~up", "~down", "~odd", "~sr:3"};
@@ -184,6 +188,12 @@ TEST(Differential, PlainCastsEveryRounding) {
   EXPECT_GT(cases, 500);
 }
 
+// Formats the SIMD path does not cover (quantize_fast.cpp's simd_covers: power maps "pow...",
+// the @mse and @p99 scale rules, LUT elements with directed or stochastic rounding, here
+// "int4/g32:fp16@mse", "e2m1/g32@p99", "uint4/g32@mse", "pow0.5(int4/g32)", "pow0.75(...)",
+// "nf4/g64:fp16~sr", "lut(...)/g5~up") run the reference's own per-row code on the fast path by
+// construction: for them this checks only the fast path's dispatch, row blocks and in-place use.
+// test_reference.cpp checks the power maps and the mse/p99 rules against their definitions.
 TEST(Differential, ScaledFormats) {
   std::mt19937 gen(seed(2));
   const std::vector<std::string> specs = {
@@ -378,6 +388,10 @@ TEST(Differential, RandomWordsEqualTheScalarPhilox) {
   force_simd_target(0);
 }
 
+// By construction the fast path shares the reference's super-block search
+// (kquant_quantize_block): this checks the fast path's own parts (values straight from the block,
+// rows in parallel, packing) against the reference. The search itself is checked independently
+// in test_kquant.cpp (ggml's formulas and ggml's own bytes).
 // ggml's K-quants: the fast path (rows in parallel) equals the reference on odd row counts,
 // partial super-blocks, NaN/Inf/zeros/subnormals, and tensors scaled to tiny and huge magnitudes
 // (fp16 super-scales that underflow to subnormals or overflow to Inf).
@@ -452,20 +466,31 @@ TEST(Differential, LargeTensorsStreamAndBatch) {
   }
 }
 
-// The result is the same for every thread count (stochastic rounding included).
+// The result is the same for every thread count (stochastic rounding included). The tensor is
+// above kParallelMinElements, so the runs with 2 and 3 threads take the threaded branches (rows
+// split unevenly: 67 rows); below it every run would be the serial path and the test could not fail.
 TEST(Differential, ThreadCountInvariant) {
   std::mt19937 gen(seed(4));
-  const int64_t rows = 37, cols = 515;
+  constexpr int64_t rows = 67, cols = 515;
+  static_assert(rows * cols >= kParallelMinElements, "the tensor must take the threaded path");
   const std::vector<float> x = gaussian(gen, rows * cols);
-  for (const char* spec : {"e2m1/g32~sr:5", "nvfp4~sr", "int4/t", "mxfp4", "uint4/g64", "q4_k", "q6_k"}) {
+  const int saved = omp_get_max_threads();
+  for (const char* spec : {"e2m1/g32~sr:5", "nvfp4~sr", "int4/t", "mxfp4", "uint4/g64", "q4_k", "q6_k",
+                           "pow0.5(int4/g32)", "int4/g32@mse"}) {
     const format f = parse_format(spec);
-    std::vector<float> a(x.size()), b(x.size());
+    std::vector<float> one(x.size());
     omp_set_num_threads(1);
-    fake_quantize(x.data(), a.data(), rows, cols, f, 3);
-    omp_set_num_threads(2);
-    fake_quantize(x.data(), b.data(), rows, cols, f, 3);
-    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << spec;
+    fake_quantize(x.data(), one.data(), rows, cols, f, 3);
+    for (int threads : {2, 3}) {
+      std::vector<float> many(x.size());
+      omp_set_num_threads(threads);
+      fake_quantize(x.data(), many.data(), rows, cols, f, 3);
+      size_t differ = 0;
+      for (size_t i = 0; i < x.size(); ++i) differ += !same(one[i], many[i]);
+      EXPECT_EQ(differ, 0u) << spec << ": " << threads << " threads vs 1";
+    }
   }
+  omp_set_num_threads(saved);
 }
 
 TEST(Differential, SimdTargetsArePresent) {

@@ -12,14 +12,11 @@
 
 #include "lowbit/formats/format.hpp"
 #include "lowbit/kernels/quantize.hpp"
+#include "tests/data.hpp"
 
 using namespace lowbit;
 
 namespace {
-std::string data_dir() {
-  const char* env = std::getenv("LOWBIT_DATA");
-  return env ? env : LOWBIT_DATA_DIR;
-}
 bool same_bits(float a, float b) {
   return (std::isnan(a) && std::isnan(b)) || std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b);
 }
@@ -29,9 +26,10 @@ bool matches_vector(float got, float want) { return want == 0 ? got == 0 : same_
 }  // namespace
 
 TEST(Vectors, ShippedFormatsMatchBitForBit) {
-  const std::string path = data_dir() + "/vectors/formats.jsonl";
+  const std::string path = lowbit_test::data_path("vectors/formats.jsonl");
+  ASSERT_TRUE(lowbit_test::have_data(path));  // missing data fails (tests/data.hpp)
   std::ifstream in(path);
-  if (!in) GTEST_SKIP() << "no shipped data at " << path << " (set LOWBIT_DATA)";
+  ASSERT_TRUE(in) << "cannot read " << path;
   std::string line;
   int formats_seen = 0;
   size_t values = 0;

@@ -56,6 +56,17 @@ std::vector<law_point> grid_runs(const law_constants& truth, double sigma, uint6
   return out;
 }
 
+// Sun et al.'s form with constants of our own, 15-100% away from the published ones (the fitter's
+// start 0 when published_start is set): a fit of runs they generate starts away from the answer
+// from every start, so it recovers them only if the optimizer moves.
+law_constants sun_off_published() {
+  law_constants c = published_constants(law_id::sun2025);
+  const double factor[] = {1.5, 0.85, 0.5, 1.15, 1.2, 2.0, 0.8, 1.25};
+  for (size_t i = 0; i < c.values.size(); ++i) c.values[i] *= factor[i];
+  c.source = "truth";
+  return c;
+}
+
 void expect_within(const law_constants& truth, const fit_result& r, double rel, const std::string& what) {
   for (size_t i = 0; i < truth.values.size(); ++i)
     EXPECT_NEAR(r.constants.values[i] / truth.values[i], 1, rel)
@@ -115,13 +126,17 @@ TEST(Fit, RecoversChinchillaAndKumar) {
   expect_within(kumar, fit_law(law_id::kumar2024, grid_runs(kumar, 0.001, 6, true), o), 0.05, "kumar2024");
 }
 
+// The runs come from sun_off_published(), so the published start (start 0) and the random
+// starts are all away from the answer: the constants are recovered within 5% and the held-out
+// 1.2B runs predicted within 0.5% only when the optimizer works.
 TEST(Fit, HoldOutLargestModels) {
-  const law_constants truth = published_constants(law_id::sun2025);
+  const law_constants truth = sun_off_published();
   fit_options o;
   o.holdout_largest = 1;
   o.starts = 4;
   const auto runs = sun_runs(truth, 0.001, 4);
   const fit_result r = fit_law(law_id::sun2025, runs, o);
+  expect_within(truth, r, 0.05, "held out 1.2B");
   EXPECT_DOUBLE_EQ(r.holdout_min_N, 1.2e9);
   EXPECT_EQ(r.n_holdout, runs.size() / 5);
   EXPECT_EQ(r.n_fit + r.n_holdout, runs.size());

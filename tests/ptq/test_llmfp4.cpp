@@ -23,6 +23,7 @@
 #include "lowbit/ptq/ptq.hpp"
 #include "lowbit/io/model_io.hpp"
 #include "lowbit/text/documents.hpp"
+#include "tests/data.hpp"
 
 using namespace lowbit;
 using namespace lowbit::ptq;
@@ -215,7 +216,7 @@ TEST(LlmFp4, PreshiftRhoAndExactFold) {
 TEST(LlmFp4, PipelineOnStories260K) {
   EXPECT_EQ(parse_method("llmfp4"), method::llmfp4);
   EXPECT_STREQ(method_name(method::llmfp4), "llmfp4");
-  const std::string dir = LOWBIT_DATA_DIR;
+  const std::string dir = lowbit_test::data_dir();
   const model base = load_llama2c(dir + "/llama2c/stories260K.bin");
   std::ifstream tin(dir + "/text/tinystories_val_sample.txt");
   std::stringstream ss;

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/cli_run.hpp"
+#include "tests/data.hpp"
 
 namespace fs = std::filesystem;
 
@@ -34,7 +35,9 @@ std::vector<nlohmann::json> read_log(const fs::path& p) {
   return v;
 }
 
-const std::string kData = std::string(LOWBIT_DATA_DIR) + "/text/tinyshakespeare.txt";
+const std::string kData = lowbit_test::data_path("text/tinyshakespeare.txt");
+// (tests/data.hpp: a missing file fails the run, listed.)
+LOWBIT_TEST_NEEDS_DATA("test_train", {"text/tinyshakespeare.txt"});
 
 TEST(TrainCli, TheDocumentedCommandPrintsTheFinalValidationLoss) {
   const fs::path dir = lowbit::testing::scratch_path("lowbit_train_cli");

@@ -3,7 +3,14 @@
 
 #include <omp.h>
 
+#include <cstdint>
+
 namespace lowbit {
+
+// The quantize kernels (quantize_fast.cpp) run a [rows, cols] tensor on the calling thread when
+// rows * cols is below this, on the OpenMP team otherwise (tests/kernels/test_differential.cpp's
+// thread-count test runs above it).
+inline constexpr int64_t kParallelMinElements = int64_t{1} << 15;
 
 // Runs the enclosing scope on one OpenMP thread when `serial` is true, restoring the previous
 // setting on exit. Work that finishes in microseconds (small layers, tiny models) costs more to
