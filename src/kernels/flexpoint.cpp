@@ -112,9 +112,8 @@ HWY_EXPORT(FlexSpan);
 
 namespace {
 
-// Below this many elements the kernel runs on the calling thread (serial_scope; the threshold of
-// quantize_fast.cpp's kernels): waking a team costs more than the work.
-constexpr int64_t kParallelMinElements = int64_t{1} << 15;
+// Below kParallelMinElements (threads.hpp) the kernel runs on the calling thread (serial_scope):
+// waking a team costs more than the work.
 // Values per SIMD call: bounds the int32 lane counters (2^24 / lanes per lane).
 constexpr int64_t kSpan = int64_t{1} << 24;
 

@@ -166,9 +166,8 @@ HWY_EXPORT(ShiftQuantApply);
 
 namespace {
 
-// Below this many elements the kernel runs on the calling thread (serial_scope; the threshold of
-// quantize_fast.cpp's kernels): waking a team costs more than the work.
-constexpr int64_t kParallelMinElements = int64_t{1} << 15;
+// Below kParallelMinElements (threads.hpp) the kernel runs on the calling thread (serial_scope):
+// waking a team costs more than the work.
 
 void check_shiftquant_args(int bits, int group, int max_shift) {
   if (bits < 2 || bits > 16) throw error("shiftquant: " + std::to_string(bits) + " bits (expected 2..16)");

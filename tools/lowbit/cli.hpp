@@ -38,7 +38,8 @@ class progress_bar {
 // The whole of a text file (data for eval, explore, quantize); throws naming it when unreadable.
 std::string read_text_file(const std::string& path);
 
-// The shipped data directory: $LOWBIT_DATA_DIR, else the build's setting (../shared/data).
+// The shipped data directory: $LOWBIT_DATA_DIR, else $LOWBIT_DATA, else the build's setting
+// (../shared/data).
 std::string data_dir();
 
 // A subcommand and the work to do when it is chosen.

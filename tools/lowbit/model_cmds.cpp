@@ -283,7 +283,9 @@ void cmd_generate(const generate_options& o) {
 }  // namespace
 
 std::string data_dir() {
-  if (const char* d = std::getenv("LOWBIT_DATA_DIR"); d && *d) return d;
+  // LOWBIT_DATA is what make and the tests read; LOWBIT_DATA_DIR is the CLI's older name.
+  for (const char* name : {"LOWBIT_DATA_DIR", "LOWBIT_DATA"})
+    if (const char* d = std::getenv(name); d && *d) return d;
   return LOWBIT_DEFAULT_DATA_DIR;
 }
 
