@@ -61,7 +61,6 @@ struct model_options {
   }
 };
 
-std::string fixed(double v, int digits) { return fmt::format("{:.{}f}", v, digits); }
 
 // ---- synth ------------------------------------------------------------------------------------
 struct synth_options {

@@ -1,4 +1,5 @@
-// lowbit's one content hash.
+// Hashes: FNV-1a 64, lowbit's content hash (file fingerprints, shard checksums), and SHA-256,
+// the results store's run identity.
 #pragma once
 
 #include <cstdint>
@@ -19,5 +20,8 @@ class fnv1a64 {
  private:
   uint64_t h_ = 1469598103934665603ull;  // the 64-bit offset basis
 };
+
+// FIPS 180-4 SHA-256 of bytes, as 64 lowercase hex digits.
+std::string sha256_hex(const std::string& bytes);
 
 }  // namespace lowbit

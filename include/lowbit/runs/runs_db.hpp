@@ -12,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "lowbit/base/hash.hpp"  // sha256_hex: a run's config hash
+
 namespace lowbit {
 
 struct eval_result;
@@ -61,8 +63,6 @@ std::string run_hash(const nlohmann::json& config);
 nlohmann::json to_json(const run_record& r);
 run_record run_from_json(const nlohmann::json& j);
 
-// FIPS 180-4 SHA-256 of bytes, as 64 lowercase hex digits.
-std::string sha256_hex(const std::string& bytes);
 // The code revision this library was built from (`git describe --always --dirty` at build time),
 // or "unknown".
 std::string code_revision();
