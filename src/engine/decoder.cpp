@@ -52,11 +52,16 @@ block_params bind_block(const model& m, int l) {
   return b;
 }
 
+model_params bind_embeddings(const model& m) {
+  model_params p;
+  p.tok_embd = m.get("token_embd.weight").data.data();
+  if (m.config.arch == architecture::gpt2) p.pos_embd = m.get("position_embd.weight").data.data();
+  return p;
+}
+
 model_params bind_head(const model& m) {
   model_params p;
   const bool gpt2 = m.config.arch == architecture::gpt2;
-  p.tok_embd = m.get("token_embd.weight").data.data();
-  if (gpt2) p.pos_embd = m.get("position_embd.weight").data.data();
   p.out_norm = m.get("output_norm.weight").data.data();
   if (gpt2) p.out_norm_b = m.get("output_norm.bias").data.data();
   p.classifier = m.classifier().data.data();

@@ -107,7 +107,9 @@ void for_each_view(const model_config& c, model_views<V>& m, F&& f) {
 // Views of a model's tensors (inference). The model must outlive them and keep its tensors'
 // storage: bind again after replacing a tensor's data (PTQ swaps a block's weights between calls).
 block_params bind_block(const model& m, int l);
-model_params bind_head(const model& m);  // embeddings, final norm, classifier; no blocks
+// Each binds only the tensors its part reads: a streaming run holds some of them at a time.
+model_params bind_embeddings(const model& m);  // tok_embd, pos_embd
+model_params bind_head(const model& m);        // out_norm (+ bias), classifier
 
 // ---- linear layers ---------------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ void forward_session::check_tokens(const int32_t* tokens, int n) const {
 
 void forward_session::embed(const int32_t* tokens, int n, float* x) const {
   check_tokens(tokens, n);
-  decoder::embedding_forward(m_.config, decoder::bind_head(m_), tokens, n, pos_, 0, x);
+  decoder::embedding_forward(m_.config, decoder::bind_embeddings(m_), tokens, n, pos_, 0, x);
 }
 
 const std::vector<float>& forward_session::forward(const int32_t* tokens, int n) {
