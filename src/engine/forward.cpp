@@ -1,7 +1,7 @@
 // Llama and GPT-2 forward passes in float32 (shapes in forward.hpp), through the layers of
-// decoder.hpp (shared with training). The plan's
-// activation formats fake-quantize each linear layer's input per token, its KV format the cache
-// rows (one token and head each) after RoPE (CONVENTIONS 17).
+// decoder.hpp (shared with training). The plan's activation formats fake-quantize each linear
+// layer's input per token, its KV format the cache rows (one token and head each) after RoPE
+// (CONVENTIONS 17).
 #include "lowbit/engine/forward.hpp"
 
 #include <cblas.h>
@@ -138,7 +138,8 @@ void forward_session::run(float* x, int n, int first, int last, bool head) {
   h.ops = &ops;
   h.rope = rope_.get();
   std::string prefix;
-  if (dump_) h.dump = [&](const std::string& name, const float* data, int64_t cols) { dump_(prefix + name, data, n, cols); };
+  if (dump_)
+    h.dump = [&](const std::string& name, const float* data, int64_t cols) { dump_(prefix + name, data, n, cols); };
   // K and V of the new tokens into the cache rows pos_..pos_+n, fake-quantized there when the plan
   // has a KV format: rows = (token, kv head), groups along the head dimension.
   h.kv = [&](int l, const float* k, const float* v, int64_t ks) {

@@ -4,12 +4,8 @@
 // operand_quantizer. N = batch * ctx tokens, D = dim, KV = kv heads * hd, F = hidden, V = vocab.
 #include "lowbit/engine/train.hpp"
 
-#include <cblas.h>
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include <fmt/format.h>
 
