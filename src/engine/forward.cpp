@@ -1,7 +1,7 @@
-// Llama and GPT-2 forward passes in float32 (shapes in forward.hpp). Linear layers and the
-// attention products run through OpenBLAS sgemm; element-wise work through OpenMP. The plan's
-// activation formats fake-quantize each linear layer's input per token, its KV format the cache
-// rows (one token and head each) after RoPE (docs/conventions.md §17).
+// Llama and GPT-2 forward passes in float32 (shapes in forward.hpp), through the layers of
+// decoder.hpp (shared with training). The plan's activation formats fake-quantize each linear
+// layer's input per token, its KV format the cache rows (one token and head each) after RoPE
+// (docs/conventions.md §17).
 #include "lowbit/engine/forward.hpp"
 
 #include <cblas.h>
@@ -17,37 +17,14 @@
 #include "lowbit/base/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/threads.hpp"
+#include "src/engine/decoder.hpp"
 #include "src/engine/layers.hpp"
 
 namespace lowbit {
 
-namespace {
-
-
-// y[n, out] = x[n, in] W[out, in]^T (+ bias[out])
-void linear(const float* x, int n, int in, const tensor& w, const tensor* bias, float* y) {
-  const int out = static_cast<int>(w.shape[0]);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w.data.data(), in,
-              0.0f, y, out);
-  if (bias) {
-    const float* b = bias->data.data();
-    #pragma omp parallel for schedule(static) if (int64_t(n) * out > 65536)
-    for (int i = 0; i < n; ++i)
-      for (int j = 0; j < out; ++j) y[int64_t(i) * out + j] += b[j];
-  }
-}
-
-}  // namespace
-
-
 bool forward_prefers_one_thread(int64_t tokens, int dim) {
   return tokens * dim * dim < (int64_t(1) << 24);
 }
-
-namespace {
-
-
-}  // namespace
 
 forward_session::forward_session(const model& m, const quant_plan& plan, int max_tokens)
     : m_(m), plan_(plan), max_tokens_(max_tokens) {
@@ -84,14 +61,7 @@ void forward_session::check_tokens(const int32_t* tokens, int n) const {
 
 void forward_session::embed(const int32_t* tokens, int n, float* x) const {
   check_tokens(tokens, n);
-  const int dim = m_.config.dim;
-  const float* emb = m_.get("token_embd.weight").data.data();
-  for (int i = 0; i < n; ++i) std::copy_n(emb + int64_t(tokens[i]) * dim, dim, x + int64_t(i) * dim);
-  if (m_.config.arch == architecture::gpt2) {
-    const float* wpe = m_.get("position_embd.weight").data.data();
-    for (int i = 0; i < n; ++i)
-      for (int j = 0; j < dim; ++j) x[int64_t(i) * dim + j] += wpe[int64_t(pos_ + i) * dim + j];
-  }
+  decoder::embedding_forward(m_.config, decoder::bind_embeddings(m_), tokens, n, pos_, 0, x);
 }
 
 const std::vector<float>& forward_session::forward(const int32_t* tokens, int n) {
@@ -110,141 +80,99 @@ void forward_session::forward_blocks(float* x, int n, int first, int last) {
   run(x, n, first, last, false);
 }
 
-// Blocks [first, last) on the residual stream x[n, dim] at positions pos_..pos_+n, then (head)
-// the final norm and classifier into logits_.
-void forward_session::run(float* x_io, int n, int first, int last, bool head) {
-  const model_config& c = m_.config;
-  const bool llama = c.arch == architecture::llama;
-  const int dim = c.dim, hd = c.head_dim(), nh = c.n_heads, nkv = c.n_kv_heads;
-  const int qdim = nh * hd, kv_dim = nkv * hd, hidden = c.hidden_dim, V = c.vocab_size;
-  const int T = pos_ + n;  // keys visible to the last query
-  const layers::thread_scope threads(n, c.dim);
-  const layers::norm_kind norm = c.l1_norm ? layers::norm_kind::l1 : layers::norm_kind::rms;
+namespace {
+
+// The inference side of the shared layers' linear_ops: weights used as they are (the plan's
+// weight formats were applied to the model beforehand), the input of every linear layer
+// fake-quantized per token in the plan's activation format (the classifier's in
+// classifier_acts), each such call a new stochastic-rounding stream (*call).
+class plan_ops : public decoder::linear_ops {
+ public:
+  plan_ops(const quant_plan& plan, uint64_t& call) : plan_(plan), call_(call) {}
+  const float* input(const float* x, int64_t n, int in, int linear) override {
+    const std::optional<format>& f = linear == decoder::classifier_linear ? plan_.classifier_acts : plan_.acts;
+    if (!f) return x;
+    if (int64_t(buf_.size()) < n * in) buf_.resize(n * in);
+    fake_quantize(x, buf_.data(), n, in, *f, ++call_);
+    return buf_.data();
+  }
+  void forward(const float* xq, int64_t n, int in, const float* w, int out, float* y, int) override {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), out, in, 1.0f, xq, in, w, in, 0.0f, y, out);
+    flops += 2.0 * n * in * double(out);
+  }
   double flops = 0;
 
-  float* x = x_io;
-  std::vector<float> xb(int64_t(n) * dim), q(int64_t(n) * qdim);
-  std::vector<float> kv_new(int64_t(n) * kv_dim * 2), att(int64_t(n) * qdim), tmp(int64_t(n) * dim);
-  std::vector<float> h1(int64_t(n) * hidden), h2(llama ? int64_t(n) * hidden : 0);
-  std::vector<float> qkv(llama ? 0 : int64_t(n) * 3 * dim);
-  std::vector<float> scores(int64_t(n) * T);
+ private:
+  const quant_plan& plan_;
+  uint64_t& call_;
+  std::vector<float> buf_;
+};
 
-  auto dump = [&](const std::string& name, const float* data, int64_t cols) {
-    if (dump_) dump_(name, data, n, cols);
-  };
-  // The input of a linear layer, fake-quantized in place per token when the plan says so.
-  auto quantize_input = [&](float* data, int64_t cols, const std::optional<format>& f) {
-    if (f) fake_quantize(data, data, n, cols, *f, ++call_);
-  };
-  auto mm = [&](const float* in, int in_dim, const tensor& w, const tensor* b, float* out) {
-    linear(in, n, in_dim, w, b, out);
-    flops += 2.0 * n * in_dim * double(w.shape[0]);
-  };
+}  // namespace
 
-  const float inv_sqrt_hd = 1.0f / std::sqrt(static_cast<float>(hd));
-  for (int l = first; l < last; ++l) {
-    const std::string b = fmt::format("blk.{}.", l);
-    auto W = [&](const char* name) -> const tensor& { return m_.get(b + name); };
-    auto B = [&](const char* name) -> const tensor* { return m_.find(b + name); };
+// Blocks [first, last) on the residual stream x[n, dim] at positions pos_..pos_+n, then (head)
+// the final norm and classifier into logits_: decoder.hpp's layers with one set of activations
+// reused by every block, K and V through the KV cache. The views are bound on each call: the
+// model's tensors may be replaced between calls (post-training quantization swaps a block's weights).
+void forward_session::run(float* x, int n, int first, int last, bool head) {
+  const model_config& c = m_.config;
+  const int dim = c.dim, hd = c.head_dim(), nkv = c.n_kv_heads, kv_dim = nkv * hd, hidden = c.hidden_dim;
+  const int T = pos_ + n;  // keys visible to the last query
+  const layers::thread_scope threads(n, c.dim);
+
+  std::vector<float> xb1(int64_t(n) * dim), xb2(int64_t(n) * dim), o(int64_t(n) * dim), y(int64_t(n) * dim);
+  std::vector<float> qkv(int64_t(n) * (dim + 2 * kv_dim));  // llama: q, k, v; gpt2: fused rows
+  std::vector<float> gate(c.arch == architecture::llama ? int64_t(n) * hidden : 0);
+  std::vector<float> up(int64_t(n) * hidden), act(int64_t(n) * hidden), scores(int64_t(n) * T);
+  plan_ops ops(plan_, call_);
+
+  decoder::block_acts a;
+  a.x = a.x1 = a.out = x;
+  a.n1 = xb1.data(), a.n2 = xb2.data(), a.o = o.data(), a.y = y.data();
+  decoder::set_qkv(c, a, qkv.data(), qkv.data(), qkv.data() + int64_t(n) * dim,
+                   qkv.data() + int64_t(n) * (dim + kv_dim));
+  a.scores = scores.data(), a.scores_per_head = 0;
+  a.gate = gate.data(), a.up = up.data(), a.act = act.data();
+
+  decoder::block_hooks h;
+  h.ops = &ops;
+  h.rope = rope_.get();
+  std::string prefix;
+  if (dump_)
+    h.dump = [&](const std::string& name, const float* data, int64_t cols) { dump_(prefix + name, data, n, cols); };
+  // K and V of the new tokens into the cache rows pos_..pos_+n, fake-quantized there when the plan
+  // has a KV format: rows = (token, kv head), groups along the head dimension.
+  h.kv = [&](int l, const float* k, const float* v, int64_t ks) {
     float* kc = k_cache_.data() + int64_t(l) * max_tokens_ * kv_dim;
     float* vc = v_cache_.data() + int64_t(l) * max_tokens_ * kv_dim;
-    float* k_new = kv_new.data();
-    float* v_new = kv_new.data() + int64_t(n) * kv_dim;
+    float* kn = kc + int64_t(pos_) * kv_dim;
+    float* vn = vc + int64_t(pos_) * kv_dim;
+    for (int i = 0; i < n; ++i) {
+      std::copy_n(k + i * ks, kv_dim, kn + int64_t(i) * kv_dim);
+      std::copy_n(v + i * ks, kv_dim, vn + int64_t(i) * kv_dim);
+    }
+    if (plan_.kv) {
+      fake_quantize(kn, kn, int64_t(n) * nkv, hd, *plan_.kv, ++call_);
+      fake_quantize(vn, vn, int64_t(n) * nkv, hd, *plan_.kv, ++call_);
+    }
+    return decoder::kv_source{kc, vc, kv_dim, 0};
+  };
 
-    // ---- attention ----
-    if (llama) layers::normalize(norm, x, W("attn_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
-    else layers::layernorm(x, W("attn_norm.weight").data.data(), W("attn_norm.bias").data.data(),
-                   xb.data(), n, dim, c.norm_eps);
-    dump(b + "attn_norm", xb.data(), dim);
-    quantize_input(xb.data(), dim, plan_.acts);
-    if (llama) {
-      mm(xb.data(), dim, W("attn_q.weight"), nullptr, q.data());
-      mm(xb.data(), dim, W("attn_k.weight"), nullptr, k_new);
-      mm(xb.data(), dim, W("attn_v.weight"), nullptr, v_new);
-      layers::rope(q.data(), n, nh, qdim, pos_, 0, *rope_);
-      layers::rope(k_new, n, nkv, kv_dim, pos_, 0, *rope_);
-    } else {
-      mm(xb.data(), dim, W("attn_qkv.weight"), B("attn_qkv.bias"), qkv.data());
-      for (int i = 0; i < n; ++i) {
-        const float* r = qkv.data() + int64_t(i) * 3 * dim;
-        std::copy_n(r, dim, q.data() + int64_t(i) * qdim);
-        std::copy_n(r + dim, dim, k_new + int64_t(i) * kv_dim);
-        std::copy_n(r + 2 * dim, dim, v_new + int64_t(i) * kv_dim);
-      }
-    }
-    dump(b + "q", q.data(), qdim);
-    dump(b + "k", k_new, kv_dim);
-    dump(b + "v", v_new, kv_dim);
-    if (plan_.kv) {  // rows = (token, kv head), groups along the head dimension
-      fake_quantize(k_new, k_new, int64_t(n) * nkv, hd, *plan_.kv, ++call_);
-      fake_quantize(v_new, v_new, int64_t(n) * nkv, hd, *plan_.kv, ++call_);
-    }
-    std::copy_n(k_new, int64_t(n) * kv_dim, kc + int64_t(pos_) * kv_dim);
-    std::copy_n(v_new, int64_t(n) * kv_dim, vc + int64_t(pos_) * kv_dim);
-
-    // Causal attention per head: S = Q_h K_h^T / sqrt(hd) [n, T], softmax over keys <= pos,
-    // A_h = P V_h [n, hd]. Query head h reads kv head h / (nh / nkv) (grouped-query attention).
-    // Queries go in blocks of kQueryBlock: block [i0, i1) sees keys [0, pos + i1) only, so a
-    // prefill computes about half of the n x T square (keys past a row's position get weight 0).
-    constexpr int kQueryBlock = 128;
-    for (int h = 0; h < nh; ++h) {
-      const int kvh = h / (nh / nkv);
-      for (int i0 = 0; i0 < n; i0 += kQueryBlock) {
-        const int rows = std::min(kQueryBlock, n - i0), keys = pos_ + i0 + rows;
-        float* s = scores.data() + int64_t(i0) * T;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, inv_sqrt_hd,
-                    q.data() + int64_t(i0) * qdim + h * hd, qdim, kc + kvh * hd, kv_dim, 0.0f, s, T);
-        #pragma omp parallel for schedule(static) if (int64_t(rows) * keys > 16384)
-        for (int i = 0; i < rows; ++i) layers::causal_softmax(s + int64_t(i) * T, pos_ + i0 + i + 1, keys);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, keys, 1.0f, s, T, vc + kvh * hd, kv_dim,
-                    0.0f, att.data() + int64_t(i0) * qdim + h * hd, qdim);
-        flops += 4.0 * rows * double(keys) * hd;
-      }
-    }
-    dump(b + "attn", att.data(), qdim);
-    quantize_input(att.data(), qdim, plan_.acts);
-    mm(att.data(), qdim, W("attn_output.weight"), B("attn_output.bias"), tmp.data());
-    dump(b + "attn_out", tmp.data(), dim);
-    for (int64_t i = 0; i < int64_t(n) * dim; ++i) x[i] += tmp[i];
-
-    // ---- MLP ----
-    if (llama) layers::normalize(norm, x, W("ffn_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
-    else layers::layernorm(x, W("ffn_norm.weight").data.data(), W("ffn_norm.bias").data.data(),
-                   xb.data(), n, dim, c.norm_eps);
-    dump(b + "ffn_norm", xb.data(), dim);
-    quantize_input(xb.data(), dim, plan_.acts);
-    if (llama) {
-      mm(xb.data(), dim, W("ffn_gate.weight"), nullptr, h1.data());
-      mm(xb.data(), dim, W("ffn_up.weight"), nullptr, h2.data());
-      #pragma omp parallel for schedule(static) if (int64_t(n) * hidden > 65536)
-      for (int64_t i = 0; i < int64_t(n) * hidden; ++i) {
-        const float g = h1[i];
-        h1[i] = layers::silu(g) * h2[i];  // SwiGLU (Shazeer 2020): silu(gate) * up
-      }
-    } else {
-      mm(xb.data(), dim, W("ffn_up.weight"), B("ffn_up.bias"), h1.data());
-      #pragma omp parallel for schedule(static) if (int64_t(n) * hidden > 65536)
-      for (int64_t i = 0; i < int64_t(n) * hidden; ++i) h1[i] = layers::gelu_tanh(h1[i]);
-    }
-    dump(b + "ffn_act", h1.data(), hidden);
-    quantize_input(h1.data(), hidden, plan_.acts);
-    mm(h1.data(), hidden, W("ffn_down.weight"), B("ffn_down.bias"), tmp.data());
-    dump(b + "ffn_out", tmp.data(), dim);
-    for (int64_t i = 0; i < int64_t(n) * dim; ++i) x[i] += tmp[i];
-    dump(b + "out", x, dim);
+  for (int l = first; l < last; ++l) {
+    prefix = fmt::format("blk.{}.", l);
+    decoder::block_forward(c, decoder::bind_block(m_, l), l, a, 1, n, pos_, h);
   }
 
   if (head) {
-    if (llama) layers::normalize(norm, x, m_.get("output_norm.weight").data.data(), xb.data(), n, dim, c.norm_eps);
-    else layers::layernorm(x, m_.get("output_norm.weight").data.data(),
-                   m_.get("output_norm.bias").data.data(), xb.data(), n, dim, c.norm_eps);
-    dump("output_norm", xb.data(), dim);
-    quantize_input(xb.data(), dim, plan_.classifier_acts);
-    logits_.resize(int64_t(n) * V);
-    mm(xb.data(), dim, m_.classifier(), nullptr, logits_.data());
-    dump("logits", logits_.data(), V);
+    const decoder::model_params p = decoder::bind_head(m_);
+    decoder::norm_forward(c, p.out_norm, p.out_norm_b, x, xb1.data(), n, nullptr, nullptr);
+    if (dump_) dump_("output_norm", xb1.data(), n, dim);
+    logits_.resize(int64_t(n) * c.vocab_size);
+    decoder::classifier_forward(ops, ops.input(xb1.data(), n, dim, decoder::classifier_linear), n, dim,
+                                p.classifier, c.vocab_size, logits_.data());
+    if (dump_) dump_("logits", logits_.data(), n, c.vocab_size);
   }
-  last_flops_ = flops;
+  last_flops_ = ops.flops + h.flops;
 }
 
 double sgemm_gflops(int m, int n, int k, int reps) {

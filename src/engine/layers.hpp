@@ -1,5 +1,5 @@
-// The element-wise layers of the Llama and GPT-2 decoders, shared by inference (forward.cpp) and training
-// (train_model.cpp) so both run the same arithmetic, with the backward of each next to its forward.
+// The element-wise layers of the Llama and GPT-2 decoders, with the backward of each next to its
+// forward; decoder.hpp builds the decoder's layers on them, for inference and training alike.
 // Shapes: x [n, dim] row-major (n = tokens).
 #pragma once
 

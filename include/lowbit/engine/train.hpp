@@ -1,6 +1,7 @@
-// Training of the Llama and GPT-2 decoders (the same layers as forward.hpp, with their backward), in the
-// style of llm.c: parameters, gradients and optimizer state each in one arena, activations of a
-// step in another, explicit forward and backward per layer.
+// Training of the Llama and GPT-2 decoders (the same layer definitions as forward.hpp's, with their
+// backward: src/engine/decoder.hpp), in the style of llm.c: parameters, gradients and optimizer
+// state each in one arena, reached through structs of named views; activations of a step in
+// another; explicit forward and backward per layer.
 //
 // Every linear layer y = x W^T has six GEMM operands (Sun et al. 2025, docs/laws.md §2.1):
 //   forward  Y  = X  W^T     P1 = X [tokens, in]      P2 = W [out, in]        reduction: in
@@ -128,16 +129,16 @@ class train_model {
 
  private:
   struct activations;
+  struct param_refs;  // the arenas as the decoder's named views (decoder.hpp)
   double run(const int32_t* inputs, const int32_t* targets, int batch, int ctx, double divisor,
              operand_quantizer* q, int64_t step, bool backward);
   void build_views();
-  float* p(const std::string& name);
-  float* g(const std::string& name);
+  const param_refs& refs();
 
   model_config cfg_;
   std::vector<param_view> views_;
-  std::map<std::string, int64_t> offset_of_;  // name -> offset in the arenas
   std::vector<float> params_, grads_;
+  std::shared_ptr<const param_refs> refs_;
   std::vector<float> logits_;
   std::shared_ptr<activations> act_;
 };
