@@ -16,6 +16,7 @@
 #include "lowbit/io/safetensors.hpp"
 #include "lowbit/base/error.hpp"
 #include "lowbit/io/model_io.hpp"
+#include "lowbit/train/checkpoint.hpp"
 
 namespace fs = std::filesystem;
 
@@ -196,48 +197,28 @@ train_result run_training(const train_run_config& cfg, const tokenizer& tok, con
     if (ckpt_path.empty()) throw error("train: --resume needs --out DIR");
     if (!fs::exists(ckpt_path))
       throw error(fmt::format("train: nothing to resume: no checkpoint at '{}'", ckpt_path));
-    safetensors_file f(ckpt_path);
-    auto it = f.metadata().find("lowbit.train_state");
-    if (it == f.metadata().end()) throw error(fmt::format("{}: no lowbit.train_state metadata", ckpt_path));
-    nlohmann::json st;
-    try {
-      st = nlohmann::json::parse(it->second);
-    } catch (const std::exception& e) {
-      throw error(fmt::format("{}: lowbit.train_state is not JSON: {}", ckpt_path, e.what()));
-    }
-    const nlohmann::json saved = resume_identity(train_run_config::from_json(st.at("config")));
+    train_checkpoint c = load_train_checkpoint(ckpt_path);
+    const nlohmann::json saved = resume_identity(train_run_config::from_json(c.config));
     if (saved != resume_identity(cfg))
       throw error(fmt::format("train: the checkpoint in '{}' was made with another configuration ({}); "
                               "not resuming", cfg.out_dir, saved.dump()));
-    start = st.at("step").get<int64_t>();
-    elapsed_before = st.value("seconds", 0.0);
-    m.params() = f.read_f32("params");
-    opt.m() = f.read_f32("adam.m");
-    opt.v() = f.read_f32("adam.v");
-    if (m.params().size() != m.grads().size() || opt.m().size() != m.params().size() ||
-        opt.v().size() != m.params().size())
+    if (c.params.size() != m.params().size())
       throw error(fmt::format("{}: parameter count does not match the configured model", ckpt_path));
-    if (quantizer) quantizer->restore(st.value("quantizer", nlohmann::json()));
-    for (const auto& p : st.at("curve")) {
-      train_point tp;
-      tp.step = p.at("step"), tp.train_loss = p.at("train_loss"), tp.val_loss = p.at("val_loss");
-      tp.lr = p.at("lr"), tp.grad_norm = p.at("grad_norm"), tp.tokens_per_s = p.value("tokens_per_s", 0.0);
-      res.curve.push_back(tp);
-    }
+    if (c.step < 0 || c.step > cfg.steps || int64_t(c.curve.size()) != c.step ||
+        (!c.curve.empty() && c.curve.back().step != c.step))
+      throw error(fmt::format("{}: step {} does not agree with its curve of {} points or the run's {} steps",
+                              ckpt_path, c.step, c.curve.size(), cfg.steps));
+    start = c.step;
+    elapsed_before = c.seconds;
+    m.params() = std::move(c.params);
+    opt.m() = std::move(c.adam_m);
+    opt.v() = std::move(c.adam_v);
+    if (quantizer) quantizer->restore(c.quantizer);
+    res.curve = std::move(c.curve);
     res.resumed_from = start;
-    // The log keeps exactly the steps the checkpoint holds: later lines are replayed.
-    if (dp.root() && fs::exists(log_path)) {
-      std::ifstream in(log_path);
-      std::string line, kept;
-      while (std::getline(in, line)) {
-        try {
-          if (nlohmann::json::parse(line).value("step", int64_t(0)) <= start) kept += line + "\n";
-        } catch (const std::exception&) {
-          break;  // a torn last line of a killed run
-        }
-      }
-      write_text_file_atomic(log_path, kept);
-    }
+    // The log is rebuilt from the checkpoint's curve: exactly the steps it holds, none lost to a
+    // torn line of the killed run, none past it (they are trained again).
+    if (dp.root()) write_train_log(log_path, res.curve);
   } else if (dp.root() && !log_path.empty()) {
     write_text_file_atomic(log_path, "");
   }
@@ -272,18 +253,8 @@ train_result run_training(const train_run_config& cfg, const tokenizer& tok, con
   auto save_checkpoint = [&](int64_t step, double seconds) {
     if (ckpt_path.empty()) return;
     if (dp.root()) {
-      nlohmann::json curve = nlohmann::json::array();
-      for (const auto& p : res.curve)
-        curve.push_back({{"step", p.step}, {"train_loss", p.train_loss}, {"val_loss", p.val_loss},
-                         {"lr", p.lr}, {"grad_norm", p.grad_norm}, {"tokens_per_s", p.tokens_per_s}});
-      nlohmann::json st = {{"step", step}, {"config", cfg.to_json()}, {"curve", curve}, {"seconds", seconds},
-                           {"quantizer", quantizer ? quantizer->state() : nlohmann::json()}};
-      const int64_t n = int64_t(m.params().size());
-      write_safetensors(ckpt_path,
-                        {{"params", st_dtype::f32, {n}, m.params().data()},
-                         {"adam.m", st_dtype::f32, {n}, opt.m().data()},
-                         {"adam.v", st_dtype::f32, {n}, opt.v().data()}},
-                        {{"lowbit.train_state", st.dump()}});
+      save_train_checkpoint(ckpt_path, {step, seconds, cfg.to_json(), quantizer ? quantizer->state() : nlohmann::json(),
+                                        res.curve, m.params(), opt.m(), opt.v()});
       model out = m.to_model();
       out.tokenizer = tok_src;
       out.provenance = nlohmann::json{{"method", "train"}, {"plan", cfg.plan}, {"step", step},
@@ -316,14 +287,7 @@ train_result run_training(const train_run_config& cfg, const tokenizer& tok, con
     if (tp.step % eval_every == 0 || tp.step == cfg.steps) tp.val_loss = validate(s);
     tp.tokens_per_s = global_tokens * double(s + 1 - start) / seconds();
     res.curve.push_back(tp);
-    if (dp.root() && !log_path.empty()) {
-      std::ofstream log(log_path, std::ios::app);
-      nlohmann::json line = {{"step", tp.step}, {"train_loss", tp.train_loss}, {"lr", tp.lr},
-                             {"grad_norm", tp.grad_norm}, {"tokens_per_s", tp.tokens_per_s}};
-      if (tp.val_loss >= 0) line["val_loss"] = tp.val_loss;
-      log << line.dump() << "\n";
-      if (!log) throw error(fmt::format("train: cannot append to '{}'", log_path));
-    }
+    if (dp.root() && !log_path.empty()) append_train_log(log_path, tp);
     if (progress) progress(tp, cfg.steps);
     if (tp.step % ckpt_every == 0 || tp.step == cfg.steps) save_checkpoint(tp.step, elapsed_before + seconds());
   }
