@@ -1,7 +1,7 @@
-// The stochastic-rounding stream on SIMD lanes: Philox4x32-10 blocks, a counter per 64-bit lane
-// (docs/formats.md, the stochastic-rounding stream; docs/conventions.md §10), and random_words, the
-// words of elements [first, first + count) of a tensor's stream. Equals random_words_ref word for
-// word (tests/kernels/test_differential.cpp).
+// The stochastic-rounding stream on SIMD lanes (docs/formats.md §0.5, docs/conventions.md §10):
+// Philox4x32-10 blocks, a counter per 64-bit lane, and random_words, the words of elements
+// [first, first + count) of a tensor's stream. Equals random_words_ref word for word
+// (tests/kernels/test_differential.cpp).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/kernels/philox_fast.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
