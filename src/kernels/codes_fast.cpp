@@ -108,6 +108,7 @@ HWY_EXPORT(EncodeSpan);
 
 using detail::fast_call;
 using detail::simd_covers;
+
 namespace {
 
 // The code of a value already on the element grid, for the spans EncodeSpan leaves (NaN/Inf):
