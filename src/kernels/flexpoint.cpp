@@ -59,8 +59,8 @@ using VF = hn::Vec<DF>;
 using VI = hn::Vec<DI>;
 
 // `count` < Lanes values at the end of a span through an aligned buffer (lanes beyond it read 0,
-// which is finite, below every qmax and adds nothing to the statistics), as quantize_fast.cpp
-// does: Highway 1.0.3's masked loads on SSE4 read whole aligned vectors.
+// which is finite, below every qmax and adds nothing to the statistics), as simd_common-inl.hpp's
+// LoadTail does: Highway 1.0.3's masked loads on SSE4 read whole aligned vectors.
 HWY_INLINE VF LoadTailF(DF d, const float* p, size_t count) {
   HWY_ALIGN float buf[hn::MaxLanes(DF())] = {};
   std::memcpy(buf, p, count * sizeof(float));

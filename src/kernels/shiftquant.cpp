@@ -80,7 +80,7 @@ using DIH = hn::Rebind<int32_t, DD>;
 using DUH = hn::Rebind<uint32_t, DD>;
 
 // `count` < Lanes values through an aligned buffer (lanes beyond it read 0), as
-// quantize_fast.cpp: Highway 1.0.3's masked loads on SSE4 read whole aligned vectors.
+// simd_common-inl.hpp: Highway 1.0.3's masked loads on SSE4 read whole aligned vectors.
 template <class D, typename T>
 HWY_INLINE hn::Vec<D> LoadTail(D d, const T* p, size_t count) {
   HWY_ALIGN T buf[hn::MaxLanes(D())] = {};

@@ -166,7 +166,7 @@ const std::vector<std::string>& element_specs() {
 }  // namespace
 
 // The LUT elements ("nf4/c", "lut(...)") in the directed and stochastic roundings run the
-// reference's per-row code on the fast path by construction (quantize_fast.cpp's simd_covers):
+// reference's per-row code on the fast path by construction (simd_covers, src/kernels/fast_plan.hpp):
 // for them this checks the dispatch only, the values being the reference's own.
 TEST(Differential, PlainCastsEveryRounding) {
   std::mt19937 gen(seed(1));
@@ -188,7 +188,7 @@ TEST(Differential, PlainCastsEveryRounding) {
   EXPECT_GT(cases, 500);
 }
 
-// Formats the SIMD path does not cover (quantize_fast.cpp's simd_covers: power maps "pow...",
+// Formats the SIMD path does not cover (simd_covers in src/kernels/fast_plan.hpp: power maps "pow...",
 // the @mse and @p99 scale rules, LUT elements with directed or stochastic rounding, here
 // "int4/g32:fp16@mse", "e2m1/g32@p99", "uint4/g32@mse", "pow0.5(int4/g32)", "pow0.75(...)",
 // "nf4/g64:fp16~sr", "lut(...)/g5~up") run the reference's own per-row code on the fast path by

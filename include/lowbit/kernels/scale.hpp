@@ -112,7 +112,8 @@ struct philox_stream {
 philox_stream philox_stream_of(uint64_t seed, uint64_t tensor_id);
 uint32_t random_word(uint64_t seed, uint64_t tensor_id, uint64_t index);
 // out[i] = random_word(seed, tensor_id, first + i) for i < count: the draws of the stochastic-
-// rounding kernels. random_words runs Philox on SIMD lanes (quantize_fast.cpp); _ref is the loop.
+// rounding kernels. random_words runs Philox on SIMD lanes (src/kernels/philox_fast.cpp); _ref is
+// the loop.
 void random_words(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out);
 void random_words_ref(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out);
 // The uniform draw of docs/conventions.md §10: (r >> 8) * 2^-24.

@@ -7,9 +7,9 @@
 
 namespace lowbit {
 
-// The quantize kernels (quantize_fast.cpp) run a [rows, cols] tensor on the calling thread when
-// rows * cols is below this, on the OpenMP team otherwise (tests/kernels/test_differential.cpp's
-// thread-count test runs above it).
+// The quantize kernels (src/kernels/fake_quantize_rows.cpp and its siblings) run a [rows, cols]
+// tensor on the calling thread when rows * cols is below this, on the OpenMP team otherwise
+// (tests/kernels/test_differential.cpp's thread-count test runs above it).
 inline constexpr int64_t kParallelMinElements = int64_t{1} << 15;
 
 // Runs the enclosing scope on one OpenMP thread when `serial` is true, restoring the previous

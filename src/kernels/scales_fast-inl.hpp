@@ -1,0 +1,184 @@
+// Group statistics and batched scales of the fast kernels, per target (Highway's -inl pattern):
+// the amax (and min/max) of a group, the amax of N groups at once, and the scales of N groups in
+// one vectorised computation. Used by the row kernel (fake_quantize_rows.cpp), the column tiles
+// (fake_quantize_columns.cpp) and the statistics passes (scales_fast.cpp); the scales equal
+// choose_scale's (docs/conventions.md §5-8, tests/kernels/test_differential.cpp).
+
+// Include guard (still compiled once per target)
+#if defined(LOWBIT_KERNELS_SCALES_FAST_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef LOWBIT_KERNELS_SCALES_FAST_INL_H_
+#undef LOWBIT_KERNELS_SCALES_FAST_INL_H_
+#else
+#define LOWBIT_KERNELS_SCALES_FAST_INL_H_
+#endif
+
+#include <cmath>
+
+#include <hwy/highway.h>
+
+#include "lowbit/kernels/scale.hpp"
+#include "lowbit/kernels/simd.hpp"
+#include "src/kernels/fast_plan.hpp"
+#include "src/kernels/simd_common-inl.hpp"
+
+HWY_BEFORE_NAMESPACE();
+namespace lowbit {
+namespace HWY_NAMESPACE {
+
+// Group statistics: amax as the max of |x| bit patterns (exact, NaN-safe), and min/max.
+// finite_only: ignore NaN/Inf (nvfp4's tensor amax).
+HWY_INLINE void GroupStatsT(const float* HWY_RESTRICT x, size_t n, bool want_minmax, bool finite_only, simd_stats* st) {
+  const DF df;
+  const DI di;
+  const size_t N = hn::Lanes(df);
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  const VI inf_bits = hn::Set(di, 0x7f800000);
+  VI amax = hn::Zero(di);
+  VF mn = hn::Zero(df), mx = hn::Zero(df);
+  size_t i = 0;
+  auto body = [&](VF v) {
+    VI a = hn::And(hn::BitCast(di, v), abs_mask);
+    if (finite_only) a = hn::IfThenZeroElse(hn::Not(hn::Lt(a, inf_bits)), a);
+    amax = hn::Max(amax, a);
+    if (want_minmax) {
+      mn = hn::Min(mn, v);
+      mx = hn::Max(mx, v);
+    }
+  };
+  for (; i + N <= n; i += N) body(hn::LoadU(df, x + i));
+  if (i < n) body(LoadTail(df, x + i, n - i));  // lanes past the end read as 0
+  st->amax_bits = static_cast<uint32_t>(hn::GetLane(hn::MaxOfLanes(di, amax)));
+  if (want_minmax) {
+    st->min = hn::GetLane(hn::MinOfLanes(df, mn));
+    st->max = hn::GetLane(hn::MaxOfLanes(df, mx));
+  }
+}
+
+#if HWY_TARGET != HWY_SCALAR
+// Max over lanes of N vectors at once: lane j of the result is the max of v[j]. A tree of
+// ConcatEven/ConcatOdd + Max (N - 1 steps of 3 ops) instead of N separate MaxOfLanes.
+HWY_INLINE VI MaxOfLanesBatch(DI di, VI* v, size_t count) {
+  for (size_t width = count; width > 1; width /= 2)
+    for (size_t j = 0; j < width / 2; ++j)
+      v[j] = hn::Max(hn::ConcatEven(di, v[2 * j + 1], v[2 * j]), hn::ConcatOdd(di, v[2 * j + 1], v[2 * j]));
+  return v[0];
+}
+
+// The amax bits of N consecutive groups of k starting at p: lane j is group j's. kFinite: also
+// max the finite |x| bits into *finite (lane-wise), from the same loads.
+template <bool kFinite = false>
+HWY_INLINE VI BatchGroupAmax(DI di, const float* p, size_t k, VI* partial, VI* finite = nullptr) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  const VI inf_bits = hn::Set(di, 0x7f800000);
+  auto add = [&](VI& m, VF v) {
+    const VI a = hn::And(hn::BitCast(di, v), abs_mask);
+    m = hn::Max(m, a);
+    if constexpr (kFinite) *finite = hn::Max(*finite, hn::IfThenElseZero(hn::Lt(a, inf_bits), a));
+  };
+  for (size_t j = 0; j < N; ++j, p += k) {
+    VI m = hn::Zero(di);
+    size_t i = 0;
+    for (; i + N <= k; i += N) add(m, hn::LoadU(df, p + i));
+    if (i < k) add(m, LoadTail(df, p + i, k - i));
+    partial[j] = m;
+  }
+  return MaxOfLanesBatch(di, partial, N);
+}
+
+// (|v| + C) - C onto a minifloat grid, vectorised, for non-negative v: ties to even. Used for
+// the block scales of nvfp4 (E4M3) and q8_0 (fp16).
+HWY_INLINE VF RoundScaleGrid(DF df, VF v, int emin, int mbits) {
+  const DI di;
+  const VI p = hn::Sub(hn::Max(hn::ShiftRight<23>(hn::BitCast(di, v)), hn::Set(di, 1)), hn::Set(di, 127));
+  const VI L = hn::IfThenElse(hn::Lt(p, hn::Set(di, emin)), hn::Set(di, emin - mbits), hn::Sub(p, hn::Set(di, mbits)));
+  const VF c = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(L, hn::Set(di, 150))));
+  return hn::Sub(hn::Add(v, c), c);
+}
+
+// nvfp4 (docs/formats.md §1.3) and q8_0 block scales of N groups, vectorised: the same float operations
+// as choose_scale. `mult` receives 1/d for q8_0 (ggml multiplies by it), 0 for nvfp4 (divide).
+HWY_INLINE bool BatchScalesPreset(DF df, VI amax_bits, const row_plan& plan, float* scale, float* stored,
+                                  float* mult) {
+  const DI di;
+  if (!hn::AllFalse(di, hn::Gt(amax_bits, hn::Set(di, 0x7f7fffff)))) return false;  // NaN/Inf: per group
+  const VF amax = hn::BitCast(df, amax_bits);
+  if (plan.batch_preset == 1) {
+    const VF ts = hn::Set(df, plan.tensor_scale);
+    const VF ratio = hn::Min(hn::Max(hn::Div(hn::Div(amax, hn::Set(df, 6.0f)), ts), hn::Set(df, 0x1p-6f)),
+                             hn::Set(df, 448.0f));
+    const VF sq = RoundScaleGrid(df, ratio, -6, 3);  // E4M3: ratio >= 2^-6 is normal, <= 448
+    hn::Store(sq, df, stored);
+    hn::Store(hn::Mul(ts, sq), df, scale);
+    hn::Store(hn::Zero(df), df, mult);
+    return true;
+  }
+  const VF d = hn::Div(amax, hn::Set(df, 127.0f));
+  const auto nz = hn::Ne(d, hn::Zero(df));
+  const VF id = hn::IfThenElseZero(nz, hn::Div(hn::Set(df, 1.0f), d));
+  if (!hn::AllFalse(df, hn::Gt(id, hn::Set(df, 3.4e38f)))) return false;  // 1/d = Inf: per group
+  hn::Store(id, df, mult);
+  if (!hn::AllFalse(df, hn::Gt(d, hn::Set(df, 65504.0f)))) return false;  // fp16 overflow: per group
+  const VF d16 = hn::Min(RoundScaleGrid(df, d, -14, 10), hn::Set(df, INFINITY));
+  if (!hn::AllFalse(df, hn::Gt(d16, hn::Set(df, 65504.0f)))) return false;
+  hn::Store(d16, df, scale);
+  hn::Store(d16, df, stored);
+  return true;
+}
+
+// The scales of N groups from their amax bits, vectorised; the same arithmetic as
+// fast_group_scale (tests/kernels/test_differential.cpp checks against the reference). Returns
+// false (the caller takes the per-group path) when a group needs the general one: zero,
+// subnormal or non-finite amax, or an exponent at the ends of the range.
+HWY_INLINE bool BatchScales(DF df, VI amax_bits, const scale_context& ctx, float* scale, float* mult) {
+  const DI di;
+  if (!hn::AllFalse(di, hn::Lt(amax_bits, hn::Set(di, 0x00800000))) ||
+      !hn::AllFalse(di, hn::Gt(amax_bits, hn::Set(di, 0x7f7fffff))))
+    return false;
+  const VF amax = hn::BitCast(df, amax_bits);
+  if (ctx.inline_rule == scale_context::inline_max_minifloat) {  // round_scale_fast, vectorised
+    const VF v = hn::Min(hn::Div(amax, hn::Set(df, ctx.elem_max)), hn::Set(df, ctx.s_max));
+    const VF r = RoundScaleGrid(df, v, ctx.s_emin, ctx.s_mbits);
+    hn::Store(hn::IfThenElse(hn::Gt(r, hn::Zero(df)), r, hn::Set(df, ctx.s_min)), df, scale);
+    hn::Store(hn::Zero(df), df, mult);
+    return true;
+  }
+  if (ctx.inline_rule == scale_context::inline_max_fp32) {
+    VF sv = hn::Div(amax, hn::Set(df, ctx.elem_max));
+    sv = hn::IfThenElse(hn::Gt(sv, hn::Zero(df)), hn::Min(sv, hn::Set(df, ctx.s_max)), hn::Set(df, ctx.s_min));
+    hn::Store(sv, df, scale);
+    hn::Store(hn::Zero(df), df, mult);  // not a power of two: divide
+    return true;
+  }
+  VI e;
+  const VI mant_mask = hn::Set(di, 0x7fffff);
+  switch (ctx.f->rule) {
+    case scale_rule::ocp: e = hn::Sub(hn::ShiftRight<23>(amax_bits), hn::Set(di, 127 + ctx.emax)); break;
+    case scale_rule::ceil:
+      e = hn::Sub(hn::ShiftRight<23>(amax_bits), hn::Set(di, 127 + ctx.emax));
+      e = hn::Add(e, hn::IfThenElseZero(hn::Ne(hn::And(amax_bits, mant_mask), hn::Zero(di)), hn::Set(di, 1)));
+      break;
+    default: {  // rceil / even on r = amax / elem_max
+      const VI rb = hn::BitCast(di, hn::Div(amax, hn::Set(df, ctx.elem_max)));
+      if (!hn::AllFalse(di, hn::Lt(rb, hn::Set(di, 0x00800000)))) return false;
+      e = hn::Sub(hn::ShiftRight<23>(rb), hn::Set(di, 127));
+      const VI m = hn::And(rb, mant_mask);
+      const auto up = ctx.f->rule == scale_rule::rceil ? hn::Ne(m, hn::Zero(di)) : hn::Gt(m, hn::Set(di, 0x3504F3));
+      e = hn::Add(e, hn::IfThenElseZero(up, hn::Set(di, 1)));
+    }
+  }
+  if (ctx.k_overflow_nan && !hn::AllFalse(di, hn::Gt(e, hn::Set(di, ctx.k_max)))) return false;
+  e = hn::Min(hn::Max(e, hn::Set(di, ctx.k_min)), hn::Set(di, ctx.k_max));
+  if (!hn::AllFalse(di, hn::Lt(e, hn::Set(di, -126))) || !hn::AllFalse(di, hn::Gt(e, hn::Set(di, 126)))) return false;
+  hn::Store(hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(e, hn::Set(di, 127)))), df, scale);
+  hn::Store(hn::BitCast(df, hn::ShiftLeft<23>(hn::Sub(hn::Set(di, 127), e))), df, mult);
+  return true;
+}
+#endif
+
+}  // namespace HWY_NAMESPACE
+}  // namespace lowbit
+HWY_AFTER_NAMESPACE();
+
+#endif  // LOWBIT_KERNELS_SCALES_FAST_INL_H_

@@ -1,0 +1,347 @@
+// Element rounding of the fast kernels, one vector at a time, per target (Highway's -inl
+// pattern): the row kernel (fake_quantize_rows.cpp) and the column tiles
+// (fake_quantize_columns.cpp) round with these; they must equal the reference's encode/decode
+// bit for bit (tests/kernels/test_differential.cpp).
+//
+// The element rounding works on the float32 bit pattern of y = x / s (one lane = one value):
+//   p     = unbiased exponent of |y| (float32 subnormals: -126)
+//   step  = 2^L, L = max(p, emin) - M for minifloats (emin with subnormals off below emin),
+//           L = -frac for integers
+//   s     = L - p + 23: how many float32 mantissa bits fall below the grid
+//   s <= 0        y is on the grid already
+//   1 <= s <= 23  truncate the low s bits of the pattern (rem), add 2^s if rounding up; the
+//                 carry runs into the exponent field, which is exactly the next grid value
+//   s >= 24       |y| < step: the neighbours are 0 and one step (a per-format constant)
+// then saturation/overflow per policy, the sign, and NaN -> canonical NaN. Costs about 30
+// integer ops per vector. Formats the SIMD path does not cover (power maps, LUT with directed
+
+// Include guard (still compiled once per target)
+#if defined(LOWBIT_KERNELS_SIMD_ROUND_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef LOWBIT_KERNELS_SIMD_ROUND_INL_H_
+#undef LOWBIT_KERNELS_SIMD_ROUND_INL_H_
+#else
+#define LOWBIT_KERNELS_SIMD_ROUND_INL_H_
+#endif
+
+#include <type_traits>
+
+#include <hwy/highway.h>
+
+#include "src/kernels/fast_plan.hpp"
+#include "src/kernels/simd_common-inl.hpp"
+
+HWY_BEFORE_NAMESPACE();
+namespace lowbit {
+namespace HWY_NAMESPACE {
+
+// Magnitude round-up decision of each mode, from rem vs half and the parity of lo's code.
+template <rounding_mode kMode>
+HWY_INLINE hn::Mask<DI> RoundUp(DI di, VI rem, VI half, VI lo_odd, hn::Mask<DI> negative, hn::Mask<DI> sr_up) {
+  const VI zero = hn::Zero(di);
+  if constexpr (kMode == rounding_mode::rne)
+    return hn::Or(hn::Gt(rem, half), hn::And(hn::Eq(rem, half), hn::Ne(lo_odd, zero)));
+  else if constexpr (kMode == rounding_mode::rna)
+    return hn::Not(hn::Lt(rem, half));
+  else if constexpr (kMode == rounding_mode::rtz)
+    return hn::Lt(rem, zero);  // never
+  else if constexpr (kMode == rounding_mode::up)
+    return hn::AndNot(negative, hn::Ne(rem, zero));
+  else if constexpr (kMode == rounding_mode::down)
+    return hn::And(negative, hn::Ne(rem, zero));
+  else if constexpr (kMode == rounding_mode::odd)
+    return hn::And(hn::Ne(rem, zero), hn::Eq(lo_odd, zero));
+  else
+    return sr_up;
+}
+
+// y rounded onto a minifloat or integer grid (no scale), as float; see the file comment.
+template <rounding_mode kMode>
+HWY_INLINE VF RoundToGrid(DF df, VF y, VF u, const grid_params& g) {
+  const DI di;
+  const VI bits = hn::BitCast(di, y);
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  const VI ab = hn::And(bits, abs_mask);
+  const VI sign = hn::AndNot(abs_mask, bits);
+  const auto negative = hn::Ne(sign, hn::Zero(di));
+  const VI one = hn::Set(di, 1);
+  const VI ef = hn::ShiftRight<23>(ab);
+  const VI p = hn::Sub(hn::Max(ef, one), hn::Set(di, 127));
+  VI log2step;
+  if (g.kind == 0) {
+    const auto below = hn::Lt(p, hn::Set(di, g.emin));
+    log2step = hn::IfThenElse(below, hn::Set(di, g.below_log2step), hn::Sub(p, hn::Set(di, g.mbits)));
+  } else {
+    log2step = hn::Set(di, g.fixed_log2step);
+  }
+  const VI s = hn::Add(hn::Sub(log2step, p), hn::Set(di, 23));
+
+  // 1 <= s <= 23: drop s mantissa bits of the pattern.
+  const VI sc = hn::Min(hn::Max(s, one), hn::Set(di, 23));
+  const VI unit = (one << sc);
+  const VI mask = hn::Sub(unit, one);
+  const VI rem = hn::And(ab, mask);
+  const VI half = hn::ShiftRight<1>(unit);
+  const VI mant = hn::Or(hn::And(ab, hn::Set(di, 0x7fffff)),
+                         hn::IfThenElseZero(hn::Gt(ef, hn::Zero(di)), hn::Set(di, 0x800000)));
+  VI lo_odd = hn::And((mant >> sc), one);
+  if (g.kind == 0 && g.m0_parity) {
+    const auto normal = hn::Not(hn::Lt(p, hn::Set(di, g.emin)));
+    lo_odd = hn::IfThenElse(normal, hn::And(hn::Add(p, hn::Set(di, g.bias)), one), lo_odd);
+  }
+  hn::Mask<DI> sr_up = hn::Lt(one, one), sr_up_tiny = sr_up;
+  const VF ay = hn::BitCast(df, ab);
+  if constexpr (kMode == rounding_mode::sr) {
+    // On the signed value (docs/conventions.md §10): for y >= 0, t = rem * 2^-s (exact) or |y| / step below
+    // the grid, and the magnitude goes up iff u < t; for y < 0, t = (unit - rem) * 2^-s or
+    // (step - |y|) / step, and the magnitude goes up iff not u < t.
+    const VF inv_unit = hn::BitCast(df, hn::ShiftLeft<23>(hn::Sub(hn::Set(di, 127), sc)));
+    const VI rem_signed = hn::IfThenElse(negative, hn::Sub(unit, rem), rem);
+    const VF t = hn::Mul(hn::ConvertTo(df, rem_signed), inv_unit);
+    sr_up = hn::Xor(hn::RebindMask(di, hn::Lt(u, t)), negative);
+    const VF step = hn::Set(df, g.tiny_step);
+    const VF t_tiny = hn::Div(hn::IfThenElse(hn::RebindMask(df, negative), hn::Sub(step, ay), ay), step);
+    sr_up_tiny = hn::Xor(hn::RebindMask(di, hn::Lt(u, t_tiny)), negative);
+  }
+  const auto up = RoundUp<kMode>(di, rem, half, lo_odd, negative, sr_up);
+  const VI res_pattern = hn::Add(hn::AndNot(mask, ab), hn::IfThenElseZero(up, unit));
+
+  // s >= 24: neighbours 0 and tiny_step; rem > half iff s == 24 and |y| is above 2^p.
+  const auto s24 = hn::Eq(s, hn::Set(di, 24));
+  const auto ef_pos = hn::Gt(ef, hn::Zero(di));
+  const VI frac_bits = hn::And(ab, hn::Set(di, 0x7fffff));
+  const auto gt_half = hn::And(hn::And(s24, ef_pos), hn::Ne(frac_bits, hn::Zero(di)));
+  const auto eq_half = hn::And(hn::And(s24, ef_pos), hn::Eq(frac_bits, hn::Zero(di)));
+  // Encode gt/eq as rem/half numbers so that RoundUp serves both regions: rem = 2 (gt), 1 (eq),
+  // 0 < rem < 1 is impossible, so use rem = 1 (nonzero, below half = 2) for "inexact, below".
+  const VI two = hn::Set(di, 2);
+  const VI rem_tiny = hn::IfThenElse(gt_half, hn::Set(di, 3),
+                                     hn::IfThenElse(eq_half, two, hn::IfThenElseZero(hn::Ne(ab, hn::Zero(di)), one)));
+  const auto up_tiny = RoundUp<kMode>(di, rem_tiny, two, hn::Zero(di), negative, sr_up_tiny);
+  const VI res_tiny = hn::IfThenElseZero(up_tiny, hn::Set(di, g.tiny_step_bits));
+
+  VI res = hn::IfThenElse(hn::Gt(s, hn::Set(di, 23)), res_tiny,
+                          hn::IfThenElse(hn::Lt(s, one), ab, res_pattern));
+
+  // Overflow: saturate, or Inf/NaN for a rounding away from zero (and for Inf inputs).
+  const VI max_bits = hn::Set(di, g.max_bits);
+  const auto over = hn::Gt(res, max_bits);
+  if (g.saturate) {
+    res = hn::IfThenElse(over, max_bits, res);
+  } else {
+    const auto inf_in = hn::Eq(ab, hn::Set(di, 0x7f800000));
+    hn::Mask<DI> toward_zero;
+    if constexpr (kMode == rounding_mode::rtz || kMode == rounding_mode::odd) toward_zero = hn::Eq(one, one);
+    else if constexpr (kMode == rounding_mode::up) toward_zero = negative;
+    else if constexpr (kMode == rounding_mode::down) toward_zero = hn::Not(negative);
+    else toward_zero = hn::Lt(one, one);
+    const auto special = hn::And(over, hn::Or(inf_in, hn::Not(toward_zero)));
+    res = hn::IfThenElse(over, hn::IfThenElse(special, hn::Set(di, g.special_bits), max_bits), res);
+  }
+  VI out_sign = sign;
+  if (!g.signed_zero) out_sign = hn::IfThenZeroElse(hn::Eq(res, hn::Zero(di)), sign);
+  VI out = hn::Or(res, out_sign);
+  // NaN inputs, and NaN results of overflow, become the canonical NaN.
+  const auto nan = hn::Or(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Gt(res, hn::Set(di, 0x7f800000)));
+  out = hn::IfThenElse(nan, hn::Set(di, 0x7fc00000), out);
+  return hn::BitCast(df, out);
+}
+
+// Nearest table entry, ties to the even index (rne only).
+HWY_INLINE VF RoundToTable(DF df, VF y, const grid_params& g) {
+#if HWY_TARGET != HWY_SCALAR
+  if (hn::Lanes(df) >= 16) {
+    // Binary search: idx counts the thresholds below y, four permute + compare steps.
+    const DI di;
+    const VF thr = hn::LoadU(df, g.lut_thr.data());
+    VI idx = hn::Zero(di);
+    for (int bit = 8; bit >= 1; bit /= 2) {
+      const VF t = hn::TableLookupLanes(thr, hn::IndicesFromVec(df, hn::Add(idx, hn::Set(di, bit - 1))));
+      idx = hn::Add(idx, hn::IfThenElseZero(hn::RebindMask(di, hn::Gt(y, t)), hn::Set(di, bit)));
+    }
+    const VF v = hn::TableLookupLanes(hn::LoadU(df, g.lut_values.data()), hn::IndicesFromVec(df, idx));
+    return hn::IfThenElse(hn::Eq(y, y), v, hn::Set(df, canonical_nan()));
+  }
+#endif
+  VF v = hn::Set(df, g.lut_values[0]);
+  for (int i = 0; i + 1 < g.lut_n; ++i) {
+    const auto take = hn::Gt(y, hn::Set(df, g.lut_thr[static_cast<size_t>(i)]));
+    v = hn::IfThenElse(take, hn::Set(df, g.lut_values[static_cast<size_t>(i + 1)]), v);
+  }
+  return hn::IfThenElse(hn::Eq(y, y), v, hn::Set(df, canonical_nan()));
+}
+
+// The step exponent L of |y|'s binade on a minifloat grid: p - M at and above emin, the
+// constant below it (emin - M, or emin without subnormals).
+HWY_INLINE VI MinifloatLog2Step(DI di, VF ay, const grid_params& g) {
+  const VI p = hn::Sub(hn::Max(hn::ShiftRight<23>(hn::BitCast(di, ay)), hn::Set(di, 1)), hn::Set(di, 127));
+  return hn::IfThenElse(hn::Lt(p, hn::Set(di, g.emin)), hn::Set(di, g.below_log2step), hn::Sub(p, hn::Set(di, g.mbits)));
+}
+
+// A rounded magnitude r given back the input's sign (none on a zero of a format without -0), and
+// NaN inputs (|y| bits above Inf's) turned into the canonical NaN.
+HWY_INLINE VF SignAndNan(DF df, VF r, VI bits, VI ab, const grid_params& g) {
+  const DI di;
+  VI out = hn::BitCast(di, r);
+  VI sign = hn::AndNot(hn::Set(di, 0x7fffffff), bits);
+  if (!g.signed_zero) sign = hn::IfThenZeroElse(hn::Eq(out, hn::Zero(di)), sign);
+  out = hn::Or(out, sign);
+  out = hn::IfThenElse(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Set(di, 0x7fc00000), out);
+  return hn::BitCast(df, out);
+}
+
+// RNE onto a minifloat grid (M > 0, saturating): (|y| + C) - C with C = 2^(L+23) rounds |y| to a
+// multiple of the step 2^L in float32 arithmetic, ties to even multiples = even codes. About 16 ops.
+HWY_INLINE VF RoundRneFast(DF df, VF y, const grid_params& g) {
+  const DI di;
+  const VI bits = hn::BitCast(di, y);
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  const VI ab = hn::And(bits, abs_mask);
+  // Clamp first: saturation (Inf too) is then free and C stays in range; NaN is restored below.
+  const VF ay = hn::Min(hn::BitCast(df, ab), hn::Set(df, g.max_value));
+  const VI L = MinifloatLog2Step(di, ay, g);
+  const VF c = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(L, hn::Set(di, 150))));
+  return SignAndNan(df, hn::Sub(hn::Add(ay, c), c), bits, ab, g);
+}
+
+// Stochastic rounding onto a minifloat or int grid (saturating): with step 2^L of |y|'s binade,
+// q = |y| 2^-L, lo = floor(q), t = q - lo (the reference's (|y| - lo) / (hi - lo), exactly), and
+// the magnitude goes up iff u < t. Clamping |y| to max first is exact here (max stays max).
+HWY_INLINE VF RoundSrFast(DF df, VF y, VF u, const grid_params& g) {
+  const DI di;
+  const VI bits = hn::BitCast(di, y);
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  const VI ab = hn::And(bits, abs_mask);
+  const VF ay = hn::Min(hn::BitCast(df, ab), hn::Set(df, g.max_value));
+  const VI L = g.kind == 0 ? MinifloatLog2Step(di, ay, g) : hn::Set(di, g.fixed_log2step);
+  const VF inv_step = hn::BitCast(df, hn::ShiftLeft<23>(hn::Sub(hn::Set(di, 127), L)));
+  const VF step = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(L, hn::Set(di, 127))));
+  const VF q = hn::Mul(ay, inv_step);
+  const VF lo = hn::Floor(q);
+  // docs/conventions.md §10 on the signed value: t = q - lo for y >= 0, (lo + 1) - q for y < 0 (see above).
+  const auto negative = hn::RebindMask(df, hn::Lt(bits, hn::Zero(di)));
+  const VF t = hn::IfThenElse(negative, hn::Sub(hn::Add(lo, hn::Set(df, 1.0f)), q), hn::Sub(q, lo));
+  const VF up = hn::IfThenElseZero(hn::Xor(hn::Lt(u, t), negative), hn::Set(df, 1.0f));
+  return SignAndNan(df, hn::Mul(hn::Add(lo, up), step), bits, ab, g);
+}
+
+// RNE onto e8mM (bf16, tf32, ...): round the float32 pattern at a fixed bit, ties to even, then
+// saturate (a carry into the Inf pattern is above max too).
+HWY_INLINE VF RoundE8Fast(DF df, VF y, const grid_params& g) {
+  const DI di;
+  const VI bits = hn::BitCast(di, y);
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  const VI ab = hn::And(bits, abs_mask);
+  const int s = g.e8_shift;
+  const VI lsb = hn::And(hn::ShiftRightSame(ab, s), hn::Set(di, 1));
+  VI r = hn::Add(hn::Add(ab, hn::Set(di, (1 << (s - 1)) - 1)), lsb);
+  r = hn::And(r, hn::Set(di, ~((1 << s) - 1)));
+  r = hn::Min(r, hn::Set(di, g.max_bits));
+  VI out = hn::Or(r, hn::AndNot(abs_mask, bits));
+  out = hn::IfThenElse(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Set(di, 0x7fc00000), out);
+  return hn::BitCast(df, out);
+}
+
+// RNE / RNA onto the integer grid k * 2^-frac: roundps, then the clamp; -0 becomes +0 (integers
+// have no -0), NaN the canonical NaN.
+template <rounding_mode kMode>
+HWY_INLINE VF RoundIntFast(DF df, VF y, const grid_params& g, bool uint_clamp) {
+  const VF ys = g.frac_scale != 1.0f ? hn::Mul(y, hn::Set(df, g.frac_scale)) : y;
+  VF q = hn::Round(ys);
+  if constexpr (kMode == rounding_mode::rna) {  // ties away: fix the ties roundps sent to even
+    const VF t = hn::Trunc(ys);
+    const auto tie = hn::Eq(hn::Abs(hn::Sub(ys, t)), hn::Set(df, 0.5f));
+    q = hn::IfThenElse(tie, hn::Add(t, hn::CopySign(hn::Set(df, 1.0f), ys)), q);
+  }
+  if (g.frac_scale != 1.0f) q = hn::Mul(q, hn::Set(df, g.inv_frac_scale));
+  if (!uint_clamp) q = hn::Min(hn::Max(q, hn::Set(df, -g.max_value)), hn::Set(df, g.max_value));
+  q = hn::Add(q, hn::Zero(df));  // -0 -> +0
+  return hn::IfThenElse(hn::Eq(ys, ys), q, hn::Set(df, canonical_nan()));
+}
+
+// Which element rounding a span uses, chosen once per span: the LUT compare chain, the integer
+// roundps path, the minifloat (|y| + C) - C path, or the general bit-pattern path.
+enum class span_path { table, int_fast, rne_fast, e8_fast, sr_fast, generic };
+// How y is formed: x itself (plain cast), x * (1/s) (s a power of two: exact), or x / s.
+enum class span_scale { none, mul, div };
+
+template <rounding_mode kMode, span_path kPath, span_scale kScale>
+HWY_INLINE VF FakeQuantVec(DF df, VF x, VF u, const grid_params& g, VF mul, VF div, VF scale, bool uint_clamp,
+                           VF clamp_lo, VF clamp_hi) {
+  VF y = x;
+  if constexpr (kScale == span_scale::mul) y = hn::Mul(x, mul);
+  if constexpr (kScale == span_scale::div) y = hn::Div(x, div);
+  VF q;
+  if constexpr (kPath == span_path::table) q = RoundToTable(df, y, g);
+  else if constexpr (kPath == span_path::int_fast) q = RoundIntFast<kMode>(df, y, g, uint_clamp);
+  else if constexpr (kPath == span_path::rne_fast) q = RoundRneFast(df, y, g);
+  else if constexpr (kPath == span_path::e8_fast) q = RoundE8Fast(df, y, g);
+  else if constexpr (kPath == span_path::sr_fast) q = RoundSrFast(df, y, u, g);
+  else q = RoundToGrid<kMode>(df, y, u, g);
+  if (uint_clamp) {
+    const VF c = hn::Min(hn::Max(q, clamp_lo), clamp_hi);
+    q = hn::IfThenElse(hn::Eq(q, q), c, q);
+  }
+  if constexpr (kScale != span_scale::none) q = hn::Mul(q, scale);
+  return q;
+}
+
+// The span path of a format under a rounding (the fast paths exist for rne, and rna on integers).
+template <rounding_mode kMode>
+span_path path_of(const grid_params& g) {
+  if (kMode == rounding_mode::rne && g.kind == 2) return span_path::table;
+  if ((kMode == rounding_mode::rne || kMode == rounding_mode::rna) && g.int_fast) return span_path::int_fast;
+  if (kMode == rounding_mode::rne && g.e8_fast) return span_path::e8_fast;
+  if (kMode == rounding_mode::rne && g.fast_rne) return span_path::rne_fast;
+  if (kMode == rounding_mode::sr && g.sr_fast) return span_path::sr_fast;
+  return span_path::generic;
+}
+
+// fn(mode), mode a std::integral_constant of the rounding m: the one switch from a runtime
+// rounding to the kernels' template parameter.
+template <class Fn>
+HWY_INLINE decltype(auto) WithRounding(rounding_mode m, Fn&& fn) {
+  using R = rounding_mode;
+  switch (m) {
+    case R::rne: return fn(std::integral_constant<R, R::rne>{});
+    case R::rna: return fn(std::integral_constant<R, R::rna>{});
+    case R::rtz: return fn(std::integral_constant<R, R::rtz>{});
+    case R::up: return fn(std::integral_constant<R, R::up>{});
+    case R::down: return fn(std::integral_constant<R, R::down>{});
+    case R::odd: return fn(std::integral_constant<R, R::odd>{});
+    case R::sr: break;
+  }
+  return fn(std::integral_constant<R, R::sr>{});
+}
+
+// fn(path), path a std::integral_constant of path_of<kMode>(g): the one switch from a span path to
+// the kernels' template parameter, instantiating only the pairs (kMode, path) that path_of returns.
+template <rounding_mode kMode, class Fn>
+HWY_INLINE decltype(auto) WithSpanPath(const grid_params& g, Fn&& fn) {
+  using P = span_path;
+  constexpr bool rne = kMode == rounding_mode::rne;
+  switch (path_of<kMode>(g)) {
+    case P::table:
+      if constexpr (rne) return fn(std::integral_constant<P, P::table>{});
+      break;
+    case P::int_fast:
+      if constexpr (rne || kMode == rounding_mode::rna) return fn(std::integral_constant<P, P::int_fast>{});
+      break;
+    case P::rne_fast:
+      if constexpr (rne) return fn(std::integral_constant<P, P::rne_fast>{});
+      break;
+    case P::e8_fast:
+      if constexpr (rne) return fn(std::integral_constant<P, P::e8_fast>{});
+      break;
+    case P::sr_fast:
+      if constexpr (kMode == rounding_mode::sr) return fn(std::integral_constant<P, P::sr_fast>{});
+      break;
+    case P::generic: break;
+  }
+  return fn(std::integral_constant<P, P::generic>{});
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace lowbit
+HWY_AFTER_NAMESPACE();
+
+#endif  // LOWBIT_KERNELS_SIMD_ROUND_INL_H_
