@@ -13,6 +13,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sys/stat.h>
+
 #include "tests/cli_run.hpp"
 #include "tests/data.hpp"
 
@@ -510,4 +512,20 @@ TEST(CliExplore, ForeignDatabaseFilesAreRefusedNamingThem) {
   r = run("report --db /nonexistent/runs.db -o /tmp/x", "", true);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("/nonexistent/runs.db"), std::string::npos) << r.out;
+}
+
+// A directory or a FIFO given as data is refused at once, naming it: before, a directory read as
+// zero tokens and a FIFO blocked the command forever (opened before any check).
+TEST(CliErrors, DataThatIsNotARegularFileIsRefused) {
+  const auto dir = lowbit::testing::scratch_path("lowbit_cli_datadir");
+  std::filesystem::create_directories(dir);
+  result r = run("eval --model " + stories + " --data " + dir.string() + " --max-tokens 64", "", true);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("not a regular file"), std::string::npos) << r.out;
+  const std::string fifo = (dir / "fifo").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  r = run("eval --model " + stories + " --data " + fifo + " --max-tokens 64", "", true);  // must not hang
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("not a regular file"), std::string::npos) << r.out;
+  std::filesystem::remove_all(dir);
 }

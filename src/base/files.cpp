@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -154,4 +155,19 @@ void write_text_file_atomic(const std::string& path, const std::string& text) {
   w.commit();
 }
 
+std::string read_file(const std::string& path, const std::string& what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    throw error(fmt::format("{}: cannot open {}: {}", path, what, std::strerror(errno)));
+  if (!S_ISREG(st.st_mode)) throw error(fmt::format("{}: cannot read {}: not a regular file", path, what));
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw error(fmt::format("{}: cannot open {}: {}", path, what, std::strerror(errno)));
+  std::string data(static_cast<size_t>(st.st_size), '\0');
+  const size_t got = std::fread(data.data(), 1, data.size(), f);
+  const bool bad = std::ferror(f) != 0;
+  std::fclose(f);
+  if (bad) throw error(fmt::format("{}: read error in {}", path, what));
+  data.resize(got);  // a file that shrank while read
+  return data;
+}
 }  // namespace lowbit

@@ -81,10 +81,14 @@ std::vector<eval_result> evaluate_many(const std::vector<const model*>& models,
     throw error("eval: the float model must share the quantized models' architecture and vocabulary");
 
   const size_t R = models.size();
+  // Sessions (their KV caches and activations) are sized for the longest window evaluated, not
+  // for the context the model declares: a 64-token eval of a 128K-context model needs 64 rows.
+  const int session_len = static_cast<int>(std::min<int64_t>(ctx, total));
   std::vector<std::unique_ptr<forward_session>> sessions;
-  for (size_t r = 0; r < R; ++r) sessions.push_back(std::make_unique<forward_session>(*models[r], plans[r], ctx));
+  for (size_t r = 0; r < R; ++r)
+    sessions.push_back(std::make_unique<forward_session>(*models[r], plans[r], session_len));
   std::unique_ptr<forward_session> base_session;
-  if (opt.kl_base) base_session = std::make_unique<forward_session>(*base, quant_plan{}, ctx);
+  if (opt.kl_base) base_session = std::make_unique<forward_session>(*base, quant_plan{}, session_len);
 
   struct accum {
     std::vector<double> nll, kl;

@@ -88,18 +88,6 @@ const std::vector<std::string>& default_explore_rows() {
   return rows;
 }
 
-namespace {
-
-std::string read_whole_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw error(fmt::format("{}: cannot open data file", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-}  // namespace
-
 explore_result run_explore(const explore_config& c, const explore_progress& progress) {
   std::vector<explore_row> rows;
   for (const std::string& row : c.rows) rows.push_back(parse_explore_row(row));  // fail fast
@@ -108,7 +96,7 @@ explore_result run_explore(const explore_config& c, const explore_progress& prog
 
   const model base = load_model(c.model);
   const auto tok = tokenizer_for_model(base, c.tokenizer);
-  const std::vector<int32_t> ids = encode_documents(*tok, read_whole_file(c.data));
+  const std::vector<int32_t> ids = encode_documents(*tok, read_file(c.data, "data file"));
   eval_options eo;
   eo.ctx = c.ctx, eo.max_tokens = c.max_tokens, eo.kl_base = true;
   const bool calibrated = std::any_of(rows.begin(), rows.end(), [](const explore_row& r) { return r.method != "rtn"; });

@@ -35,6 +35,7 @@
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
 #include "lowbit/base/error.hpp"
+#include "lowbit/base/files.hpp"
 #include "lowbit/base/mpi_world.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/ptq/pipeline.hpp"
@@ -336,11 +337,7 @@ run_record sweep_runner::run(const sweep_job& job) {
     l->model_path = job.model.path, l->tokenizer = job.model.tokenizer;
     l->base = load_model(job.model.path);
     const auto tok = tokenizer_for_model(l->base, job.model.tokenizer);
-    std::ifstream in(config_.data, std::ios::binary);
-    if (!in) throw error(fmt::format("{}: cannot open data file", config_.data));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    l->ids = encode_documents(*tok, ss.str());
+    l->ids = encode_documents(*tok, read_file(config_.data, "data file"));
     cache_ = std::move(l);
   }
   const model& base = cache_->base;
@@ -728,17 +725,25 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
   // ---- one process, or forked workers (-j N) ----
   s.jobs = expand_sweep(c);
   s.total = int64_t(s.jobs.size());
-  const int threads = o.threads_per_job > 0 ? o.threads_per_job : (o.jobs > 1 ? std::max(1, procs / o.jobs) : 0);
+  // The runs still to do, read before any fork (the children must not inherit the database).
+  std::vector<size_t> pending;
+  {
+    const runs_db db(o.db);
+    pending = pending_runs(db, s, o.max_runs);
+  }
+  // No more workers than runs to do, nor than a few per core: -j 2000 on a one-run sweep forks
+  // nothing, and no -j can exhaust the machine's processes.
+  const int jobs = int(std::clamp<int64_t>(std::min<int64_t>(o.jobs, int64_t(pending.size())), 1, int64_t(4) * procs));
+  const int threads = o.threads_per_job > 0 ? o.threads_per_job : (jobs > 1 ? std::max(1, procs / jobs) : 0);
   std::vector<std::unique_ptr<worker>> workers;
   // Fork before this process starts any thread (OpenMP's included), and before it opens the
-  // database: the children inherit neither.
+  // database again: the children inherit neither.
   struct sigaction ignore {}, saved {};
   ignore.sa_handler = SIG_IGN;
   sigaction(SIGPIPE, &ignore, &saved);  // a dead worker is a failed run, not a dead sweep
   try {
-    for (int i = 1; i < o.jobs; ++i) workers.push_back(std::make_unique<process_worker>(c, s.jobs, threads, i));
+    for (int i = 1; i < jobs; ++i) workers.push_back(std::make_unique<process_worker>(c, s.jobs, threads, i));
     runs_db db(o.db);
-    std::vector<size_t> pending = pending_runs(db, s, o.max_runs);
     workers.push_back(std::make_unique<thread_worker>(c, s.jobs, threads));
     coordinate(db, s.jobs, pending, workers, s, progress, on_run);
   } catch (...) {

@@ -121,6 +121,7 @@ class spec_parser {
  private:
   std::string_view s_;
   size_t pos_ = 0;
+  bool inside_pow_ = false;  // parsing the inner format of pow(...)
 
   [[noreturn]] void fail(std::string_view expected, std::string_view extra = {}) const {
     std::string found = pos_ < s_.size() ? fmt::format("'{}'", s_.substr(pos_)) : "the end";
@@ -392,7 +393,12 @@ class spec_parser {
         fail("a power exponent 0 < A <= 16 after 'pow' (e.g. pow0.5(int4/g128))");
       }
       if (!eat('(')) fail("'(' and an inner format, as in pow0.5(int4/g128)");
+      // A power map never nests (checked below, after the inner format); refusing a second 'pow'
+      // before descending also bounds the recursion, so no spec can exhaust the stack.
+      if (inside_pow_) fail_at(at, "pow(...) takes a generic format, not a named preset or another power map");
+      inside_pow_ = true;
       format f = parse_format_expr();
+      inside_pow_ = false;
       if (!eat(')')) fail("')' to close pow(...)");
       if (f.named != preset::none || f.power != 0)
         fail_at(at, "pow(...) takes a generic format, not a named preset or another power map");

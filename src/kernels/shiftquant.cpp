@@ -67,32 +67,17 @@ inline double pow2_neg(int k) { return std::bit_cast<double>(static_cast<uint64_
 }  // namespace lowbit::detail
 #endif  // LOWBIT_SHIFTQUANT_ONCE
 
+#include "src/kernels/simd_common-inl.hpp"  // DF, DI, LoadTail, StoreTail
+
 HWY_BEFORE_NAMESPACE();
 namespace lowbit {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-using DF = hn::ScalableTag<float>;
-using DI = hn::RebindToSigned<DF>;
 using DD = hn::ScalableTag<double>;
 using DFH = hn::Rebind<float, DD>;  // as many float lanes as double lanes
 using DIH = hn::Rebind<int32_t, DD>;
 using DUH = hn::Rebind<uint32_t, DD>;
-
-// `count` < Lanes values through an aligned buffer (lanes beyond it read 0), as
-// simd_common-inl.hpp: Highway 1.0.3's masked loads on SSE4 read whole aligned vectors.
-template <class D, typename T>
-HWY_INLINE hn::Vec<D> LoadTail(D d, const T* p, size_t count) {
-  HWY_ALIGN T buf[hn::MaxLanes(D())] = {};
-  std::memcpy(buf, p, count * sizeof(T));
-  return hn::Load(d, buf);
-}
-template <class D, typename T>
-HWY_INLINE void StoreTail(D d, hn::Vec<D> v, T* p, size_t count) {
-  HWY_ALIGN T buf[hn::MaxLanes(D())];
-  hn::Store(v, d, buf);
-  std::memcpy(p, buf, count * sizeof(T));
-}
 
 // Pass 1: group_amax[g] = max |x| of group g as float bits (NaN/Inf give >= 0x7f800000); returns
 // the row's (their max).

@@ -19,6 +19,7 @@
 
 #include "lowbit/text/tokenizer.hpp"
 #include "lowbit/base/error.hpp"
+#include "lowbit/base/files.hpp"
 #include "pair_merge.hpp"
 
 namespace lowbit {
@@ -62,14 +63,6 @@ bool unmap(std::string_view s, const std::unordered_map<uint32_t, uint8_t>& inv,
     i += len;
   }
   return true;
-}
-
-std::string read_text_file(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw error(fmt::format("{}: cannot open GPT-2 {}: {}", path, what, std::strerror(errno)));
-  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw error(fmt::format("{}: read error", path));
-  return data;
 }
 
 class gpt2_tokenizer final : public tokenizer {
@@ -250,7 +243,7 @@ void read_gpt2_files(const std::string& encoder_json, const std::string& vocab_b
                      std::vector<std::string>& tokens, std::vector<std::string>& merges) {
   nlohmann::json enc;
   try {
-    enc = nlohmann::json::parse(read_text_file(encoder_json, "encoder.json"));
+    enc = nlohmann::json::parse(read_file(encoder_json, "GPT-2 encoder.json"));
   } catch (const nlohmann::json::exception& e) {
     throw error(fmt::format("{}: not valid JSON ({})", encoder_json, e.what()));
   }
@@ -270,7 +263,7 @@ void read_gpt2_files(const std::string& encoder_json, const std::string& vocab_b
     seen[id] = 1;
     tokens[id] = k;
   }
-  const std::string bpe = read_text_file(vocab_bpe, "vocab.bpe");
+  const std::string bpe = read_file(vocab_bpe, "GPT-2 vocab.bpe");
   size_t pos = 0;
   int line_no = 0;
   merges.clear();

@@ -15,6 +15,7 @@
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/io/safetensors.hpp"
 #include "lowbit/base/error.hpp"
+#include "lowbit/base/files.hpp"
 #include "lowbit/io/model_io.hpp"
 #include "lowbit/train/checkpoint.hpp"
 
@@ -100,11 +101,7 @@ struct token_split {
   std::vector<int32_t> train, val;
 };
 token_split load_tokens(const train_run_config& c, const tokenizer& tok) {
-  std::ifstream f(c.data_path, std::ios::binary);
-  if (!f) throw error(fmt::format("train: cannot read the data file '{}'", c.data_path));
-  std::stringstream ss;
-  ss << f.rdbuf();
-  const std::string text = ss.str();
+  const std::string text = read_file(c.data_path, "training data");
   if (c.val_fraction <= 0 || c.val_fraction >= 1)
     throw error(fmt::format("train: validation fraction {} (expected in (0, 1))", c.val_fraction));
   size_t cut = static_cast<size_t>(double(text.size()) * (1 - c.val_fraction));

@@ -233,6 +233,27 @@ TEST(ModelFiles, UnknownFilesAreRefused) {
   EXPECT_NO_THROW(load_model(dir + "/m.safetensors"));
 }
 
+// A model that declares a huge context (a lie in a file, or a genuine 128K-context model) is
+// evaluated on 64 tokens with sessions sized for those 64: before, the KV cache was sized for the
+// declared 2^26 positions (64 GiB here) and the evaluation failed for want of memory.
+TEST(Eval, SessionsAreSizedForTheTokensEvaluated) {
+  model_config c;
+  c.dim = 64, c.hidden_dim = 128, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 4, c.vocab_size = 258,
+  c.max_seq_len = 1 << 26;
+  const model m = synthesize_model(c, 3);
+  std::vector<int32_t> ids(64);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t((i * 37 + 11) % 258);
+  eval_options o;
+  o.max_tokens = 64;
+  eval_result r;
+  ASSERT_NO_THROW(r = evaluate(m, quant_plan{}, ids, o));
+  EXPECT_EQ(r.tokens_scored, 63);
+  // The same window through a session of exactly 64 tokens gives the same NLL, bit for bit.
+  model small = m;
+  small.config.max_seq_len = 64;
+  EXPECT_EQ(evaluate(small, quant_plan{}, ids, o).mean_nll, r.mean_nll);
+}
+
 // ---- QuantPlan -----------------------------------------------------------------------------------
 TEST(QuantPlan, GlobMatching) {
   EXPECT_TRUE(glob_match("blk.*.ffn_down.weight", "blk.12.ffn_down.weight"));

@@ -90,6 +90,24 @@ TEST(Sweep, ParallelWorkersRecordEveryRunOnce) {
   EXPECT_LT(db.find(s.jobs[0].hash)->metrics.at("nll"), db.find(s.jobs[1].hash)->metrics.at("nll"));
 }
 
+// -j is capped at the runs still to do (and a few per core): a one-run sweep with -j 50 forks no
+// worker, so its run is this process's own (sweep_worker 0).
+TEST(Sweep, WorkersAreCappedAtThePendingRuns) {
+  const std::string dir = fresh_dir("capped");
+  nlohmann::json j = small_sweep();
+  j["formats"] = {"int4/g32"};
+  const sweep_config c = parse_sweep_config(j, dir, data_dir, "sweep.json");
+  sweep_options o;
+  o.db = dir + "/runs.db";
+  o.jobs = 50;
+  const sweep_summary s = run_sweep(c, o);
+  EXPECT_TRUE(s.failures.empty()) << s.failures.front();
+  ASSERT_EQ(s.ran, 1);
+  runs_db db(o.db);
+  ASSERT_EQ(db.count(), 1);
+  EXPECT_EQ(db.all().front().metrics.at("sweep_worker"), 0.0);
+}
+
 TEST(Sweep, StoppedSweepResumesWithTheRestAndNoDuplicates) {
   const std::string dir = fresh_dir("resume");
   const sweep_config c = parse_sweep_config(small_sweep(), dir, data_dir, "sweep.json");

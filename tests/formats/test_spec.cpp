@@ -181,3 +181,20 @@ TEST(Spec, FuzzNeverCrashes) {
   EXPECT_GT(parsed, 100);
   EXPECT_GT(rejected, 100);
 }
+
+// A hostile spec (from a model file's packed-format metadata, a rules file or a results
+// database) must not exhaust the stack: 20,000 nested power maps are refused like two.
+TEST(Spec, DeeplyNestedPowerMapsAreRefusedNotACrash) {
+  std::string spec;
+  for (int i = 0; i < 20000; ++i) spec += "pow0.5(";
+  spec += "int4/g32";
+  for (int i = 0; i < 20000; ++i) spec += ")";
+  try {
+    parse_format(spec);
+    FAIL() << "a nested power map was accepted";
+  } catch (const lowbit::format_error& e) {
+    EXPECT_NE(std::string(e.what()).find("another power map"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(parse_format("pow0.5(pow0.5(int4/g32))"), lowbit::format_error);
+  EXPECT_NO_THROW(parse_format("pow0.5(int4/g32)"));
+}

@@ -55,6 +55,9 @@ double median_seconds(int reps, F&& f) {
 
 void run(const bench_options& o) {
   if (o.mib <= 0 || o.threads < 1 || o.reps < 1) throw error("bench: --mib, --threads and --reps must be positive");
+  // libgomp crashes creating a team of 100,000 threads; no benchmark wants more than a few per core.
+  if (const int most = 4 * omp_get_num_procs(); o.threads > most)
+    throw error(fmt::format("bench: --threads {}: at most {} (4 per core) on this machine", o.threads, most));
   omp_set_num_threads(o.threads);
   const int64_t cols = 4096;
   const int64_t rows = std::max<int64_t>(1, static_cast<int64_t>(o.mib * 1024 * 1024 / 4) / cols);

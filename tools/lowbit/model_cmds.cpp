@@ -22,6 +22,7 @@
 #include "lowbit/io/safetensors.hpp"
 #include "lowbit/text/tokenizer.hpp"
 #include "lowbit/base/error.hpp"
+#include "lowbit/base/files.hpp"
 #include "lowbit/runs/records.hpp"
 #include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/io/model_io.hpp"
@@ -288,13 +289,7 @@ std::string data_dir() {
   return LOWBIT_DEFAULT_DATA_DIR;
 }
 
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw error(fmt::format("{}: cannot open data file", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string read_text_file(const std::string& path) { return read_file(path, "data file"); }
 
 progress_bar::progress_bar(std::string label, std::string unit)
     : label_(std::move(label)), unit_(std::move(unit)), start_(now_seconds()), tty_(isatty(2)) {}

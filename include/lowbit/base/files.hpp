@@ -59,6 +59,11 @@ class atomic_file_writer {
   bool done_ = false;
 };
 
+// The whole of a regular file (`what` names it in messages: "data file", "GPT-2 vocab.bpe").
+// A directory, FIFO or device is refused before it is opened, so a pipe never blocks the caller;
+// throws lowbit::error naming the file and the reason.
+std::string read_file(const std::string& path, const std::string& what);
+
 // A whole text file written atomically (atomic_file_writer): config.json, CSV, JSON reports.
 void write_text_file_atomic(const std::string& path, const std::string& text);
 
