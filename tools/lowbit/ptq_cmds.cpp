@@ -331,12 +331,14 @@ void add_ptq_commands(CLI::App& app, command_list& commands) {
   commands.push_back({mx, [] { cmd_mixed(mo); }});
 
   static quantize_cli_options o;
-  auto* q = app.add_subcommand("quantize", "post-training quantization (rtn, gptq, awq, smoothquant, imatrix, powerquant, llmfp4) to a file");
+  // The method names come from the method table (ptq/methods.hpp), as parse_method's error does.
+  auto* q = app.add_subcommand(
+      "quantize", fmt::format("post-training quantization ({}) to a file", ptq::method_names(", ", ", ")));
   q->add_option("--model", o.model, "model file")->required();
   q->add_option("--tokenizer", o.tokenizer, "tokenizer (default: the model's)");
   q->add_option("--data", o.data, "calibration text: windows drawn from its second half")->required();
   q->add_option("--weights", o.weights, "weight format, e.g. int4/g32, mxfp4, nvfp4")->required();
-  q->add_option("--method", o.method, "rtn | gptq | awq | smoothquant | imatrix | powerquant | llmfp4")->capture_default_str();
+  q->add_option("--method", o.method, ptq::method_names(" | ", " | "))->capture_default_str();
   q->add_option("--calib-samples", o.calib_samples, "calibration windows")->capture_default_str();
   q->add_option("--calib-ctx", o.calib_ctx, "tokens per calibration window")->capture_default_str();
   q->add_option("--seed", o.seed, "window draw seed")->capture_default_str();
