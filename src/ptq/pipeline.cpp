@@ -402,6 +402,44 @@ void quantize_block_groups(model& m, const std::string& block, const std::vector
   }
 }
 
+// A data-free method's block (method_needs::calibration false): each linear weight of the block
+// alone, as a group of one without inputs, in the model's order of weights.
+void quantize_weights_alone(model& work, const std::string& block, const quantize_options& o,
+                            quantize_report& report, uint64_t& tensor_id, int64_t total, const ptq_progress& progress) {
+  using clock = std::chrono::steady_clock;
+  const method_info& how = method_of(o.how);
+  for (const std::string& name : work.linear_weight_names()) {
+    if (!name.starts_with(block)) continue;
+    tensor& t = work.get_mut(name);
+    const auto t0 = clock::now();
+    const group_job job{o, {name}, {{t.data.data(), t.rows()}}, t.cols(), fold::none, nullptr, tensor_id,
+                        report.packed};
+    t.data = std::move(how.quantize(job).weights[0]);
+    report.layers.push_back({name, std::chrono::duration<double>(clock::now() - t0).count(), 0, 0});
+    if (progress) progress(report.layers.size(), total);
+  }
+}
+
+// Step 1 of a block: what its pass collects about each group's input, as the method's needs say
+// (methods.hpp), and a sample of at most max_sample_rows of the `rows` rows the windows give.
+std::vector<group_inputs> empty_inputs(const model& work, const std::string& block,
+                                       const std::vector<layer_group>& groups, const quantize_options& o,
+                                       int64_t rows) {
+  const method_needs& needs = method_of(o.how).needs;
+  std::vector<group_inputs> inputs(groups.size());
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const int64_t in = work.get(block + groups[g].weights[0]).cols();
+    group_inputs& gi = inputs[g];
+    gi.in = in;
+    if (needs.hessian) gi.hessian.emplace(in);
+    if (needs.channel_stats) gi.stats.emplace(in);
+    if (needs.square_sums) gi.sqsum.assign(in, 0.0);
+    gi.max_rows = o.max_sample_rows;
+    gi.stride = std::max<int64_t>(1, rows / std::max<int64_t>(1, o.max_sample_rows));
+  }
+  return inputs;
+}
+
 // How the block loop reaches the blocks: all in memory (quantize_model: nothing to do), or read
 // from a file as it gets to them and dropped when their shard is written (quantize_to_shards).
 struct block_access {
@@ -423,7 +461,6 @@ quantize_report run_blocks(model& work, const std::string& fingerprint, const st
   const model_config& c = work.config;
   quantize_report report;
   const auto groups = block_groups(c);
-  const method_info& how = method_of(o.how);
   uint64_t tensor_id = 0;
   const bool checkpoints = !o.checkpoint_dir.empty();
   const int first_block = checkpoints ? load_state(report, tensor_id, o.checkpoint_dir, fingerprint, c.n_layers) : 0;
@@ -463,17 +500,7 @@ quantize_report run_blocks(model& work, const std::string& fingerprint, const st
       if (access.in_memory()) restore_block(work, shapes, l, o.checkpoint_dir, fingerprint, report);
     for (int l = first_block; l < c.n_layers; ++l) {
       access.load(l);
-      for (const std::string& name : work.linear_weight_names()) {
-        if (!name.starts_with(block_prefix(l))) continue;
-        tensor& t = work.get_mut(name);
-        const auto t0 = clock::now();
-        // A group of one weight, without inputs.
-        const group_job job{o, {name}, {{t.data.data(), t.rows()}}, t.cols(), fold::none, nullptr, tensor_id,
-                            report.packed};
-        t.data = std::move(how.quantize(job).weights[0]);
-        report.layers.push_back({name, std::chrono::duration<double>(clock::now() - t0).count(), 0, 0});
-        if (progress) progress(report.layers.size(), total);
-      }
+      quantize_weights_alone(work, block_prefix(l), o, report, tensor_id, total, progress);
       finish_block(l);
     }
     report.seconds = std::chrono::duration<double>(clock::now() - t_start).count();
@@ -504,17 +531,7 @@ quantize_report run_blocks(model& work, const std::string& fingerprint, const st
     const std::string block = block_prefix(l);
     access.load(l);
     // ---- 1. collect the inputs of block l's linear layers ----
-    std::vector<group_inputs> inputs(groups.size());
-    for (size_t g = 0; g < groups.size(); ++g) {
-      const int64_t in = work.get(block + groups[g].weights[0]).cols();
-      group_inputs& gi = inputs[g];
-      gi.in = in;
-      if (how.needs.hessian) gi.hessian.emplace(in);
-      if (how.needs.channel_stats) gi.stats.emplace(in);
-      if (how.needs.square_sums) gi.sqsum.assign(in, 0.0);
-      gi.max_rows = o.max_sample_rows;
-      gi.stride = std::max<int64_t>(1, W * ctx / std::max<int64_t>(1, o.max_sample_rows));
-    }
+    std::vector<group_inputs> inputs = empty_inputs(work, block, groups, o, W * ctx);
     session.set_dump([&](const std::string& name, const float* data, int64_t rows, int64_t cols) {
       if (!name.starts_with(block)) return;
       const std::string what = name.substr(block.size());

@@ -112,32 +112,11 @@ int64_t stop_after_steps() {
   return n;
 }
 
-// Flags in, one library job (ptq/job.hpp), the report out.
-void cmd_quantize(const quantize_cli_options& o) {
-  const ptq::quantize_job_config c{.model = o.model, .tokenizer = o.tokenizer, .data = o.data, .weights = o.weights,
-                                   .method = o.method, .out = o.out, .calib_samples = o.calib_samples,
-                                   .calib_ctx = o.calib_ctx, .seed = o.seed, .damp = o.damp, .act_order = o.act_order,
-                                   .alpha = o.alpha, .lorc_rank = o.lorc_rank, .lorc_format = o.lorc_format,
-                                   .bias_correct = o.bias_correct, .preshift = o.preshift, .equalize = o.equalize,
-                                   .rotate = o.rotate, .force = o.force, .float_values = o.float_values,
-                                   .eval_tokens = o.eval_tokens};
-  progress_bar bar(fmt::format("quantize {} {}", o.method, o.weights), "step");
-  int64_t stop_after = -1, steps_seen = 0;  // -1: the test hook not read yet
-  ptq::quantize_job_hooks hooks;
-  hooks.note = [](const std::string& line) { std::cerr << line << "\n"; };
-  hooks.progress = [&](int64_t d, int64_t t) {
-    if (stop_after < 0) stop_after = stop_after_steps();
-    bar.update(d, t);
-    if (stop_after > 0 && ++steps_seen == stop_after)
-      throw error(fmt::format("quantize: stopped after {} steps (LOWBIT_QUANTIZE_STOP_AFTER_STEPS, for tests)",
-                              stop_after));
-  };
-  hooks.quantized = [&] { bar.finish(); };
-  const ptq::quantize_job job = ptq::run_quantize_job(c, hooks);
+// The job's report: one JSON document (--json) or a few lines.
+void print_quantize(const quantize_cli_options& o, const ptq::quantize_job& job) {
   const ptq::quantize_report& r = job.report;
   const std::optional<eval_result>& in_memory = job.in_memory;
   const std::optional<eval_result>& written = job.written;
-  if (!o.db.empty()) record_quantize(o, job.options, *job.source, r, written ? &*written : nullptr);
   double err = 0, rtn = 0;
   for (const auto& l : r.layers) err += l.error, rtn += l.rtn_error;
   if (o.json) {
@@ -170,6 +149,35 @@ void cmd_quantize(const quantize_cli_options& o) {
                                                     ggml_block_size(static_cast<ggml_type>(job.gguf_type)))
                                       : std::string("float values (not values of the format alone)"),
                              fmt::join(job.fallbacks, ", "));
+}
+
+// Flags in, one library job (ptq/job.hpp), the report out.
+void cmd_quantize(const quantize_cli_options& o) {
+  const ptq::quantize_job_config c{.model = o.model, .tokenizer = o.tokenizer, .data = o.data, .weights = o.weights,
+                                   .method = o.method, .out = o.out, .calib_samples = o.calib_samples,
+                                   .calib_ctx = o.calib_ctx, .seed = o.seed, .damp = o.damp, .act_order = o.act_order,
+                                   .alpha = o.alpha, .lorc_rank = o.lorc_rank, .lorc_format = o.lorc_format,
+                                   .bias_correct = o.bias_correct, .preshift = o.preshift, .equalize = o.equalize,
+                                   .rotate = o.rotate, .force = o.force, .float_values = o.float_values,
+                                   .eval_tokens = o.eval_tokens};
+  progress_bar bar(fmt::format("quantize {} {}", o.method, o.weights), "step");
+  // The test hook is read at the first step: after the job has checked its inputs, before any
+  // shard is written; -1: not read yet.
+  int64_t stop_after = -1, steps_seen = 0;
+  ptq::quantize_job_hooks hooks;
+  hooks.note = [](const std::string& line) { std::cerr << line << "\n"; };
+  hooks.progress = [&](int64_t d, int64_t t) {
+    if (stop_after < 0) stop_after = stop_after_steps();
+    bar.update(d, t);
+    if (stop_after > 0 && ++steps_seen == stop_after)
+      throw error(fmt::format("quantize: stopped after {} steps (LOWBIT_QUANTIZE_STOP_AFTER_STEPS, for tests)",
+                              stop_after));
+  };
+  hooks.quantized = [&] { bar.finish(); };
+  const ptq::quantize_job job = ptq::run_quantize_job(c, hooks);
+  if (!o.db.empty())
+    record_quantize(o, job.options, *job.source, job.report, job.written ? &*job.written : nullptr);
+  print_quantize(o, job);
 }
 
 struct mixed_cli_options {
