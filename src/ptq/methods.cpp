@@ -19,8 +19,9 @@ const method_info kMethods[] = {
      .needs = {.hessian = true},
      // act_order with groups and dynamic group scales: no codes (gptq_result::packed)
      .quantize = gptq_group},
-    {.id = method::awq, .name = "awq", .summary = "AWQ, Lin et al. 2024 (docs/ptq.md §4.3)",
-     .needs = {.channel_stats = true}, .quantize = awq_group},
+    // AWQ's s_x = mean |x_j| comes from the sampled rows, as its loss does.
+    {.id = method::awq, .name = "awq", .summary = "AWQ, Lin et al. 2024 (docs/ptq.md §4.3)", .needs = {},
+     .quantize = awq_group},
     {.id = method::smoothquant, .name = "smoothquant", .summary = "SmoothQuant, Xiao et al. 2023 (docs/ptq.md §4.2)",
      .needs = {.channel_stats = true}, .quantize = smoothquant_group},
     {.id = method::imatrix, .name = "imatrix",

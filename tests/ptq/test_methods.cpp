@@ -43,7 +43,7 @@ TEST(MethodTable, NeedsMatchTheMethods) {
   EXPECT_FALSE(ptq::method_of(ptq::method::rtn).needs.calibration);
   EXPECT_FALSE(ptq::method_of(ptq::method::powerquant).needs.calibration);
   EXPECT_TRUE(ptq::method_of(ptq::method::gptq).needs.hessian);
-  EXPECT_TRUE(ptq::method_of(ptq::method::awq).needs.channel_stats);
+  EXPECT_TRUE(ptq::method_of(ptq::method::awq).needs.calibration);  // its statistics from the sampled rows
   EXPECT_TRUE(ptq::method_of(ptq::method::smoothquant).needs.channel_stats);
   EXPECT_TRUE(ptq::method_of(ptq::method::imatrix).needs.square_sums);
   EXPECT_TRUE(ptq::method_of(ptq::method::llmfp4).needs.calibration);
