@@ -341,7 +341,7 @@ void equalize_block(model& m, int l, const std::vector<layer_group>& groups) {
 void compensate(model& m, const std::string& name, const std::vector<float>& w_eff, std::vector<float>& quantized,
                 int64_t out, int64_t in, const std::vector<float>& Xq, int64_t n, const quantize_options& o,
                 quantize_report& report) {
-  if (o.lorc_rank > 0) {  // Q + U V (ZeroQuant-V2)
+  if (o.lorc_rank > 0 && method_of(o.how).lorc) {  // Q + U V (ZeroQuant-V2)
     lorc_options lo;
     lo.factor_format = o.lorc_format;
     quantized = lorc_compensate(w_eff.data(), quantized.data(), out, in, o.lorc_rank, lo).weights;
@@ -461,6 +461,8 @@ quantize_report run_blocks(model& work, const std::string& fingerprint, const st
   const model_config& c = work.config;
   quantize_report report;
   const auto groups = block_groups(c);
+  if (o.lorc_rank > 0 && !method_of(o.how).lorc)
+    throw error(fmt::format("quantize: --method {} does not take --lorc-rank", method_name(o.how)));
   uint64_t tensor_id = 0;
   const bool checkpoints = !o.checkpoint_dir.empty();
   const int first_block = checkpoints ? load_state(report, tensor_id, o.checkpoint_dir, fingerprint, c.n_layers) : 0;
