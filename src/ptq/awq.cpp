@@ -20,6 +20,8 @@
 #include "lowbit/base/error.hpp"
 #include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/threads.hpp"
+#include "lowbit/ptq/methods.hpp"
+#include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/ptq/ptq.hpp"
 
 namespace lowbit::ptq {
@@ -219,6 +221,29 @@ awq_result awq_quantize(const float* X, int64_t n, int64_t in, const std::vector
     res.layers.push_back(std::move(lr));
   }
   return res;
+}
+
+// AWQ as a method (methods.hpp): the scale search where the scale folds, else (s = 1) the
+// clipping search alone; clipping skips q and k as llm-awq does ("due to qk bmm, it is hard to
+// clip precisely").
+group_result awq_group(const group_job& job) {
+  awq_options ao = job.options.awq;
+  ao.tensor_id = ++job.tensor_id;
+  if (job.where == fold::none) ao.n_grid = 1;
+  std::vector<bool> clip(job.names.size(), true);
+  for (size_t i = 0; i < job.names.size(); ++i)
+    if (job.names[i].ends_with(".attn_q.weight") || job.names[i].ends_with(".attn_k.weight") ||
+        job.names[i].ends_with(".attn_qkv.weight"))
+      clip[i] = false;
+  const group_inputs& gi = *job.inputs;
+  awq_result a = awq_quantize(gi.rows.data(), gi.n_rows(), job.in, job.layers, job.options.weights, ao, clip);
+  group_result r;
+  for (size_t i = 0; i < job.layers.size(); ++i) {
+    r.weights.push_back(std::move(a.layers[i].weights));
+    if (a.layers[i].packed) job.packed[job.names[i]] = std::move(*a.layers[i].packed);
+  }
+  if (job.where != fold::none) r.scales = std::move(a.scales);
+  return r;
 }
 
 }  // namespace lowbit::ptq

@@ -7,6 +7,8 @@
 #include <fmt/format.h>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/ptq/methods.hpp"
+#include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/ptq/ptq.hpp"
 
 namespace lowbit::ptq {
@@ -143,6 +145,25 @@ void row_output_error::per_row(const float* D, int64_t out, std::vector<double>&
     for (int64_t j = 0; j < in_; ++j) e += static_cast<double>(buf_[static_cast<size_t>(r * in_ + j)]) * D[r * in_ + j];
     err[static_cast<size_t>(r)] = std::max(e, 0.0);  // float rounding of a PSD form
   }
+}
+
+// ---- round to nearest as a method (methods.hpp; docs/ptq.md §4.0) --------------------------------
+
+std::vector<float> rtn_with_codes(const float* w, int64_t out, int64_t in, const format& f, uint64_t& tensor_id,
+                                  std::map<std::string, quantized_tensor>& packed, const std::string& name) {
+  quantized_tensor q = quantize(w, out, in, f, ++tensor_id);
+  std::vector<float> values(static_cast<size_t>(out * in));
+  dequantize(q, values.data());
+  packed[name] = std::move(q);
+  return values;
+}
+
+group_result rtn_group(const group_job& job) {
+  group_result r;
+  for (size_t i = 0; i < job.layers.size(); ++i)
+    r.weights.push_back(rtn_with_codes(job.layers[i].w, job.layers[i].out, job.in, job.options.weights, job.tensor_id,
+                                       job.packed, job.names[i]));
+  return r;
 }
 
 }  // namespace lowbit::ptq

@@ -29,6 +29,8 @@
 #include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/scale.hpp"
 #include "lowbit/kernels/threads.hpp"
+#include "lowbit/ptq/methods.hpp"
+#include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/ptq/ptq.hpp"
 
 namespace lowbit::ptq {
@@ -449,6 +451,20 @@ gptq_result gptq_quantize(const float* W, int64_t out, int64_t in, const double*
     res.packed = std::move(q);
   }
   return res;
+}
+
+// GPTQ as a method (methods.hpp): every layer of the group with the Hessian of their shared input.
+group_result gptq_group(const group_job& job) {
+  const std::vector<double> H = job.inputs->hessian->matrix();
+  group_result r;
+  for (size_t i = 0; i < job.layers.size(); ++i) {
+    gptq_options go = job.options.gptq;
+    go.tensor_id = ++job.tensor_id;
+    gptq_result g = gptq_quantize(job.layers[i].w, job.layers[i].out, job.in, H.data(), job.options.weights, go);
+    r.weights.push_back(std::move(g.weights));
+    if (g.packed) job.packed[job.names[i]] = std::move(*g.packed);
+  }
+  return r;
 }
 
 }  // namespace lowbit::ptq

@@ -26,6 +26,8 @@
 #include "lowbit/base/error.hpp"
 #include "lowbit/kernels/scale.hpp"
 #include "lowbit/kernels/threads.hpp"
+#include "lowbit/ptq/methods.hpp"
+#include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/ptq/ptq.hpp"
 
 namespace lowbit::ptq {
@@ -388,6 +390,38 @@ llmfp4_preshift_result llmfp4_preshift(const float* act_absmax, int64_t in, cons
     const int rho = static_cast<int>(std::clamp(std::nearbyint(b) - zero_point, 0.0, hi));
     r.rho[static_cast<size_t>(j)] = rho;
     r.scales[static_cast<size_t>(j)] = std::ldexp(1.0f, -rho);
+  }
+  return r;
+}
+
+// LLM-FP4 as a method (methods.hpp; docs/ptq.md §4.6): the split + clip search per layer, with the
+// pre-shifted exponent bias (--preshift) where a norm takes the per-channel factor 2^-rho_j. [M]
+// The activation element is the weights' (W4A4 in one format); the channel maxima are those of
+// the sampled rows.
+group_result llmfp4_group(const group_job& job) {
+  const quantize_options& o = job.options;
+  const group_inputs& gi = *job.inputs;
+  const int64_t in = job.in;
+  llmfp4_options lo;
+  lo.preshift = o.llmfp4_preshift;
+  group_result r;
+  if (lo.preshift && job.where == fold::norm && o.weights.element.kind == element_kind::minifloat && gi.n_rows() > 0) {
+    channel_stats st(in);
+    st.add(gi.rows.data(), gi.n_rows());
+    r.scales = llmfp4_preshift(st.absmax.data(), in, o.weights.element).scales;
+    if (std::all_of(r.scales.begin(), r.scales.end(), [](float v) { return v == 1.0f; })) r.scales.clear();
+  }
+  std::vector<float> Xs = gi.rows;  // the inputs the layer sees: X diag(s)^-1
+  if (!r.scales.empty()) divide_columns(Xs.data(), gi.n_rows(), in, r.scales.data());
+  for (size_t i = 0; i < job.layers.size(); ++i) {
+    const int64_t out = job.layers[i].out;
+    std::vector<float> w(job.layers[i].w, job.layers[i].w + out * in);
+    if (!r.scales.empty()) scale_columns(w.data(), out, in, r.scales.data());
+    llmfp4_options li = lo;
+    li.tensor_id = ++job.tensor_id;
+    llmfp4_result q = llmfp4_quantize(Xs.data(), gi.n_rows(), in, w.data(), out, o.weights, li);
+    r.weights.push_back(std::move(q.weights));
+    job.packed[job.names[i]] = std::move(q.packed);
   }
   return r;
 }

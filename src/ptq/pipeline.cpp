@@ -29,30 +29,6 @@ namespace fs = std::filesystem;
 
 namespace lowbit::ptq {
 
-method parse_method(const std::string& name) {
-  if (name == "rtn") return method::rtn;
-  if (name == "gptq") return method::gptq;
-  if (name == "awq") return method::awq;
-  if (name == "smoothquant") return method::smoothquant;
-  if (name == "imatrix") return method::imatrix;
-  if (name == "powerquant") return method::powerquant;
-  if (name == "llmfp4") return method::llmfp4;
-  throw error(fmt::format("unknown PTQ method '{}': expected rtn, gptq, awq, smoothquant, imatrix, powerquant or llmfp4", name));
-}
-
-const char* method_name(method m) {
-  switch (m) {
-    case method::rtn: return "rtn";
-    case method::gptq: return "gptq";
-    case method::awq: return "awq";
-    case method::smoothquant: return "smoothquant";
-    case method::imatrix: return "imatrix";
-    case method::powerquant: return "powerquant";
-    case method::llmfp4: return "llmfp4";
-  }
-  return "?";
-}
-
 std::vector<int64_t> calibration_windows(int64_t n_tokens, int samples, int ctx, uint64_t seed) {
   if (samples <= 0 || ctx < 2)
     throw error(fmt::format("calibration: {} samples of {} tokens (need >= 1 sample of >= 2 tokens)",
@@ -81,7 +57,7 @@ namespace {
 struct layer_group {
   std::string input;                 // dump name suffix: attn_norm, attn, ffn_norm, ffn_act
   std::vector<std::string> weights;  // tensor name suffixes
-  enum class fold { none, norm, rows } how = fold::none;
+  fold how = fold::none;
   std::string fold_tensor;           // norm prefix (fold::norm) or weight whose rows produce the input
   int64_t fold_row0 = 0;             // first row of that weight (GPT-2's v inside attn_qkv)
 };
@@ -89,7 +65,7 @@ struct layer_group {
 std::vector<layer_group> block_groups(const model_config& c) {
   const bool llama = c.arch == architecture::llama;
   std::vector<layer_group> g;
-  using F = layer_group::fold;
+  using F = fold;
   if (llama) {
     g.push_back({"attn_norm", {"attn_q.weight", "attn_k.weight", "attn_v.weight"}, F::norm, "attn_norm", 0});
     // Attention output channel j is a mix of v's output row j over positions — linear in v, so a
@@ -108,28 +84,6 @@ std::vector<layer_group> block_groups(const model_config& c) {
   return g;
 }
 
-// What one block's pass collects about one group's input.
-struct group_inputs {
-  int64_t in = 0;
-  std::optional<hessian_accumulator> hessian;
-  std::optional<channel_stats> stats;
-  std::vector<float> rows;  // sampled rows [n, in]
-  std::vector<double> sqsum;  // [in] sum of x_j^2 over every row (importance-weighted RTN)
-  int64_t seen = 0, stride = 1, max_rows = 0;
-
-  void add(const float* x, int64_t n) {
-    if (hessian) hessian->add(x, n);
-    if (stats) stats->add(x, n);
-    if (!sqsum.empty())
-      for (int64_t r = 0; r < n; ++r)
-        for (int64_t j = 0; j < in; ++j) sqsum[j] += double(x[r * in + j]) * x[r * in + j];
-    for (int64_t r = 0; r < n; ++r, ++seen)
-      if (seen % stride == 0 && int64_t(rows.size()) / in < max_rows)
-        rows.insert(rows.end(), x + r * in, x + (r + 1) * in);
-  }
-  int64_t n_rows() const { return int64_t(rows.size()) / in; }
-};
-
 // ||X W^T - Xq Q^T||^2 / rows: the layer's output error on sampled calibration rows, where Xq
 // are the inputs the quantized layer sees (X / s after a folded scale).
 double layer_error(const std::vector<float>& X, const std::vector<float>& Xq, int64_t in,
@@ -146,11 +100,11 @@ double layer_error(const std::vector<float>& X, const std::vector<float>& Xq, in
 
 void fold_scale(model& m, const std::string& block, const layer_group& g, const std::vector<float>& s) {
   const int64_t in = int64_t(s.size());
-  if (g.how == layer_group::fold::norm) {
+  if (g.how == fold::norm) {
     tensor& w = *m.find(block + g.fold_tensor + ".weight");
     divide_columns(w.data.data(), 1, in, s.data());
     if (tensor* b = m.find(block + g.fold_tensor + ".bias")) divide_columns(b->data.data(), 1, in, s.data());
-  } else if (g.how == layer_group::fold::rows) {
+  } else if (g.how == fold::rows) {
     tensor& w = *m.find(block + g.fold_tensor);
     divide_rows(w.data.data() + g.fold_row0 * w.cols(), in, w.cols(), s.data());
     const std::string bias = block + g.fold_tensor.substr(0, g.fold_tensor.size() - 6) + "bias";
@@ -180,10 +134,9 @@ std::string run_fingerprint(const tensor_reader& source, const std::vector<int32
   return h.hex();
 }
 
-// RTN and PowerQuant look at each weight alone, unless bias correction needs the outputs.
-bool calibrated(const quantize_options& o) {
-  return !((o.how == method::rtn || o.how == method::powerquant) && !o.bias_correct);
-}
+// Data-free methods (method_needs::calibration) look at each weight alone, unless bias correction
+// needs the outputs.
+bool calibrated(const quantize_options& o) { return method_of(o.how).needs.calibration || o.bias_correct; }
 
 std::string block_prefix(int l) { return fmt::format("blk.{}.", l); }
 
@@ -365,7 +318,7 @@ void restore_block(model& work, const model& shapes, int l, const std::string& d
 void equalize_block(model& m, int l, const std::vector<layer_group>& groups) {
   const std::string block = block_prefix(l);
   for (const layer_group& g : groups) {
-    if (g.how != layer_group::fold::rows) continue;
+    if (g.how != fold::rows) continue;
     tensor& w2 = m.get_mut(block + g.weights[0]);  // consumer [out, in]
     const tensor& w1 = m.get(block + g.fold_tensor);  // producer rows [row0, row0 + in)
     const int64_t in = w2.cols(), cols1 = w1.cols();
@@ -381,148 +334,110 @@ void equalize_block(model& m, int l, const std::vector<layer_group>& groups) {
   }
 }
 
-// RTN of one weight (rtn_quantize's values: dequantize(quantize(w))). The codes travel with the
-// values (report.packed, then the block's shard) for an exact export without quantizing again
-// (K-quants: ggml's scale search run again on its own output may choose other scales).
-std::vector<float> rtn_with_codes(const float* w, int64_t out, int64_t in, const quantize_options& o,
-                                  uint64_t& tensor_id, quantize_report& report, const std::string& name) {
-  quantized_tensor q = quantize(w, out, in, o.weights, ++tensor_id);
-  std::vector<float> values(static_cast<size_t>(out * in));
-  dequantize(q, values.data());
-  report.packed[name] = std::move(q);
-  return values;
+// After the method, what every method shares: LoRC (docs/ptq.md §4.5) adds the error's best
+// rank-k part to Q, and bias correction (§4.8) zeroes the mean output error over the calibration
+// rows. `w_eff` [out, in] is the float weight the quantized one stands for (W diag(s)), Xq the
+// sampled inputs it sees (X diag(s)^-1), [n, in].
+void compensate(model& m, const std::string& name, const std::vector<float>& w_eff, std::vector<float>& quantized,
+                int64_t out, int64_t in, const std::vector<float>& Xq, int64_t n, const quantize_options& o,
+                quantize_report& report) {
+  if (o.lorc_rank > 0 && method_of(o.how).lorc) {  // Q + U V (ZeroQuant-V2)
+    lorc_options lo;
+    lo.factor_format = o.lorc_format;
+    quantized = lorc_compensate(w_eff.data(), quantized.data(), out, in, o.lorc_rank, lo).weights;
+    report.packed.erase(name);  // no longer values of the format alone
+  }
+  if (o.bias_correct) {
+    const std::string bias_name = name.substr(0, name.size() - 6) + "bias";
+    if (tensor* b = m.find(bias_name))
+      b->data = bias_correction(Xq.data(), n, in, w_eff.data(), quantized.data(), out, b->data.data());
+  }
 }
 
-// Step 2 of a block: quantize its linear weights from the collected inputs, group by group,
-// last first: a scale folded into the rows of an earlier layer of the block (v for attn_output, up
-// for ffn_down) must reach that layer while it is still float, as llm-awq applies every scale of
-// a block before quantizing it.
+// Step 2 of a block: quantize its linear weights from the collected inputs, group by group, with
+// the method's group function (methods.hpp), last first: a scale folded into the rows of an
+// earlier layer of the block (v for attn_output, up for ffn_down) must reach that layer while it
+// is still float, as llm-awq applies every scale of a block before quantizing it.
 void quantize_block_groups(model& m, const std::string& block, const std::vector<layer_group>& groups,
-                           std::vector<group_inputs>& inputs, const quantize_options& o, quantize_report& report,
-                           uint64_t& tensor_id) {
+                           const std::vector<group_inputs>& inputs, const quantize_options& o,
+                           quantize_report& report, uint64_t& tensor_id) {
   using clock = std::chrono::steady_clock;
+  const method_info& how = method_of(o.how);
   for (size_t g = groups.size(); g-- > 0;) {
     const layer_group& grp = groups[g];
-    group_inputs& gi = inputs[g];
-    const int64_t in = gi.in;
-    std::vector<std::vector<float>> originals;
-    std::vector<linear_weight> layers;
-    for (const std::string& wn : grp.weights) {
-      const tensor& t = m.get(block + wn);
-      originals.push_back(t.data);
+    const group_inputs& gi = inputs[g];
+    const int64_t in = gi.in, k = int64_t(grp.weights.size());
+    std::vector<std::vector<float>> originals;  // [layer] W [out, in], float
+    group_job job{o, {}, {}, in, grp.how, &gi, tensor_id, report.packed};
+    for (const std::string& wn : grp.weights) originals.push_back(m.get(block + wn).data);
+    for (int64_t i = 0; i < k; ++i) {
+      job.names.push_back(block + grp.weights[i]);
+      job.layers.push_back({originals[i].data(), m.get(job.names[i]).rows()});
     }
-    for (size_t i = 0; i < grp.weights.size(); ++i)
-      layers.push_back({originals[i].data(), m.get(block + grp.weights[i]).rows()});
-    std::vector<float> scales;  // folded per-input-channel scale (AWQ, SmoothQuant)
-    std::vector<std::vector<float>> quantized(grp.weights.size());
     const auto t0 = clock::now();
-    if (o.how == method::gptq) {
-      const std::vector<double> H = gi.hessian->matrix();
-      for (size_t i = 0; i < grp.weights.size(); ++i) {
-        gptq_options go = o.gptq;
-        go.tensor_id = ++tensor_id;
-        gptq_result r = gptq_quantize(originals[i].data(), layers[i].out, in, H.data(), o.weights, go);
-        quantized[i] = std::move(r.weights);
-        if (r.packed) report.packed[block + grp.weights[i]] = std::move(*r.packed);
-      }
-    } else if (o.how == method::awq) {
-      awq_options ao = o.awq;
-      ao.tensor_id = ++tensor_id;
-      if (grp.how == layer_group::fold::none) ao.n_grid = 1;  // s = 1: clipping search only
-      std::vector<bool> clip(grp.weights.size(), true);
-      for (size_t i = 0; i < grp.weights.size(); ++i)  // llm-awq skips q/k: "qk bmm"
-        if (grp.weights[i] == "attn_q.weight" || grp.weights[i] == "attn_k.weight" ||
-            grp.weights[i] == "attn_qkv.weight")
-          clip[i] = false;
-      awq_result r = awq_quantize(gi.rows.data(), gi.n_rows(), in, layers, o.weights, ao, clip);
-      for (size_t i = 0; i < grp.weights.size(); ++i) {
-        quantized[i] = std::move(r.layers[i].weights);
-        if (r.layers[i].packed) report.packed[block + grp.weights[i]] = std::move(*r.layers[i].packed);
-      }
-      if (grp.how != layer_group::fold::none) scales = std::move(r.scales);
-    } else if (o.how == method::llmfp4) {  // LLM-FP4 (docs/ptq.md §4.6): split + clip search per layer
-      llmfp4_options lo;
-      lo.preshift = o.llmfp4_preshift;
-      // Pre-shifted exponent bias where a norm takes the per-channel factor 2^-rho_j; [M] the
-      // activation element is the weights' (W4A4 in one format), the channel maxima are those
-      // of the sampled rows.
-      if (lo.preshift && grp.how == layer_group::fold::norm && o.weights.element.kind == element_kind::minifloat &&
-          gi.n_rows() > 0) {
-        channel_stats st(in);
-        st.add(gi.rows.data(), gi.n_rows());
-        scales = llmfp4_preshift(st.absmax.data(), in, o.weights.element).scales;
-        if (std::all_of(scales.begin(), scales.end(), [](float v) { return v == 1.0f; })) scales.clear();
-      }
-      std::vector<float> Xs = gi.rows;  // the inputs the layer sees: X diag(s)^-1
-      if (!scales.empty()) divide_columns(Xs.data(), gi.n_rows(), in, scales.data());
-      for (size_t i = 0; i < grp.weights.size(); ++i) {
-        std::vector<float> w = originals[i];
-        if (!scales.empty()) scale_columns(w.data(), layers[i].out, in, scales.data());
-        llmfp4_options li = lo;
-        li.tensor_id = ++tensor_id;
-        llmfp4_result r = llmfp4_quantize(Xs.data(), gi.n_rows(), in, w.data(), layers[i].out, o.weights, li);
-        quantized[i] = std::move(r.weights);
-        report.packed[block + grp.weights[i]] = std::move(r.packed);
-      }
-    } else if (o.how == method::rtn || o.how == method::powerquant) {
-      for (size_t i = 0; i < grp.weights.size(); ++i)
-        quantized[i] = o.how == method::powerquant
-                           ? powerquant_search(originals[i].data(), layers[i].out, in, o.weights).weights
-                           : rtn_with_codes(originals[i].data(), layers[i].out, in, o, tensor_id, report,
-                                            block + grp.weights[i]);
-    } else if (o.how == method::imatrix) {
-      std::vector<float> importance(in);
-      for (int64_t j = 0; j < in; ++j) importance[j] = static_cast<float>(gi.sqsum[j] / std::max<int64_t>(1, gi.seen));
-      for (size_t i = 0; i < grp.weights.size(); ++i) {
-        std::optional<quantized_tensor> codes;
-        quantized[i] = importance_rtn(originals[i].data(), layers[i].out, in, o.weights, importance.data(), 20, 0.5,
-                                      &codes);
-        if (codes) report.packed[block + grp.weights[i]] = std::move(*codes);
-      }
-    } else {  // smoothquant: migrate activation outliers where a norm takes the scale
-      if (grp.how == layer_group::fold::norm) {
-        scales = smoothquant_scales(gi.stats->absmax.data(), in, layers, o.smooth_alpha);
-      }
-      for (size_t i = 0; i < grp.weights.size(); ++i) {
-        std::vector<float> w = originals[i];
-        if (!scales.empty()) scale_columns(w.data(), layers[i].out, in, scales.data());
-        quantized[i] = rtn_with_codes(w.data(), layers[i].out, in, o, tensor_id, report, block + grp.weights[i]);
-      }
-    }
+    group_result r = how.quantize(job);
+    const std::vector<float>& scales = r.scales;
     // What the quantized layer computes with: inputs X / s and the float weight W diag(s).
     std::vector<float> Xq = gi.rows;
     if (!scales.empty()) divide_columns(Xq.data(), gi.n_rows(), in, scales.data());
-    for (size_t i = 0; i < grp.weights.size(); ++i) {
-      const std::string name = block + grp.weights[i];
+    for (int64_t i = 0; i < k; ++i) {
       std::vector<float> w_eff = originals[i];
-      if (!scales.empty()) scale_columns(w_eff.data(), layers[i].out, in, scales.data());
-      if (o.lorc_rank > 0) {  // LoRC: Q + U V, the error's best rank-k part (ZeroQuant-V2)
-        lorc_options lo;
-        lo.factor_format = o.lorc_format;
-        quantized[i] = lorc_compensate(w_eff.data(), quantized[i].data(), layers[i].out, in, o.lorc_rank, lo).weights;
-        report.packed.erase(name);  // no longer values of the format alone
-      }
-      if (o.bias_correct) {  // the mean output error over the calibration rows becomes 0
-        const std::string bias_name = name.substr(0, name.size() - 6) + "bias";
-        if (tensor* b = m.find(bias_name))
-          b->data = bias_correction(Xq.data(), gi.n_rows(), in, w_eff.data(), quantized[i].data(),
-                                    layers[i].out, b->data.data());
-      }
+      if (!scales.empty()) scale_columns(w_eff.data(), job.layers[i].out, in, scales.data());
+      compensate(m, job.names[i], w_eff, r.weights[i], job.layers[i].out, in, Xq, gi.n_rows(), o, report);
     }
     const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
     // The report: output error on the sampled rows, against RTN of the original weight.
-    for (size_t i = 0; i < grp.weights.size(); ++i) {
-      const auto rtn = rtn_quantize(originals[i].data(), layers[i].out, in, o.weights, 0);
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t out = job.layers[i].out;
+      const auto rtn = rtn_quantize(originals[i].data(), out, in, o.weights, 0);
       layer_report lr;
-      lr.name = block + grp.weights[i];
-      lr.seconds = seconds / grp.weights.size();
-      lr.error = layer_error(gi.rows, Xq, in, originals[i], quantized[i], layers[i].out);
-      lr.rtn_error = layer_error(gi.rows, gi.rows, in, originals[i], rtn, layers[i].out);
+      lr.name = job.names[i];
+      lr.seconds = seconds / double(k);
+      lr.error = layer_error(gi.rows, Xq, in, originals[i], r.weights[i], out);
+      lr.rtn_error = layer_error(gi.rows, gi.rows, in, originals[i], rtn, out);
       report.layers.push_back(lr);
-      m.get_mut(block + grp.weights[i]).data = std::move(quantized[i]);
+      m.get_mut(job.names[i]).data = std::move(r.weights[i]);
     }
     if (!scales.empty()) fold_scale(m, block, grp, scales);
   }
+}
+
+// A data-free method's block (method_needs::calibration false): each linear weight of the block
+// alone, as a group of one without inputs, in the model's order of weights.
+void quantize_weights_alone(model& work, const std::string& block, const quantize_options& o,
+                            quantize_report& report, uint64_t& tensor_id, int64_t total, const ptq_progress& progress) {
+  using clock = std::chrono::steady_clock;
+  const method_info& how = method_of(o.how);
+  for (const std::string& name : work.linear_weight_names()) {
+    if (!name.starts_with(block)) continue;
+    tensor& t = work.get_mut(name);
+    const auto t0 = clock::now();
+    const group_job job{o, {name}, {{t.data.data(), t.rows()}}, t.cols(), fold::none, nullptr, tensor_id,
+                        report.packed};
+    t.data = std::move(how.quantize(job).weights[0]);
+    report.layers.push_back({name, std::chrono::duration<double>(clock::now() - t0).count(), 0, 0});
+    if (progress) progress(report.layers.size(), total);
+  }
+}
+
+// Step 1 of a block: what its pass collects about each group's input, as the method's needs say
+// (methods.hpp), and a sample of at most max_sample_rows of the `rows` rows the windows give.
+std::vector<group_inputs> empty_inputs(const model& work, const std::string& block,
+                                       const std::vector<layer_group>& groups, const quantize_options& o,
+                                       int64_t rows) {
+  const method_needs& needs = method_of(o.how).needs;
+  std::vector<group_inputs> inputs(groups.size());
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const int64_t in = work.get(block + groups[g].weights[0]).cols();
+    group_inputs& gi = inputs[g];
+    gi.in = in;
+    if (needs.hessian) gi.hessian.emplace(in);
+    if (needs.channel_stats) gi.stats.emplace(in);
+    if (needs.square_sums) gi.sqsum.assign(in, 0.0);
+    gi.max_rows = o.max_sample_rows;
+    gi.stride = std::max<int64_t>(1, rows / std::max<int64_t>(1, o.max_sample_rows));
+  }
+  return inputs;
 }
 
 // How the block loop reaches the blocks: all in memory (quantize_model: nothing to do), or read
@@ -546,6 +461,8 @@ quantize_report run_blocks(model& work, const std::string& fingerprint, const st
   const model_config& c = work.config;
   quantize_report report;
   const auto groups = block_groups(c);
+  if (o.lorc_rank > 0 && !method_of(o.how).lorc)
+    throw error(fmt::format("quantize: --method {} does not take --lorc-rank", method_name(o.how)));
   uint64_t tensor_id = 0;
   const bool checkpoints = !o.checkpoint_dir.empty();
   const int first_block = checkpoints ? load_state(report, tensor_id, o.checkpoint_dir, fingerprint, c.n_layers) : 0;
@@ -585,17 +502,7 @@ quantize_report run_blocks(model& work, const std::string& fingerprint, const st
       if (access.in_memory()) restore_block(work, shapes, l, o.checkpoint_dir, fingerprint, report);
     for (int l = first_block; l < c.n_layers; ++l) {
       access.load(l);
-      for (const std::string& name : work.linear_weight_names()) {
-        if (!name.starts_with(block_prefix(l))) continue;
-        tensor& t = work.get_mut(name);
-        const auto t0 = clock::now();
-        auto q = o.how == method::powerquant
-                     ? powerquant_search(t.data.data(), t.rows(), t.cols(), o.weights).weights
-                     : rtn_with_codes(t.data.data(), t.rows(), t.cols(), o, tensor_id, report, name);
-        t.data = std::move(q);
-        report.layers.push_back({name, std::chrono::duration<double>(clock::now() - t0).count(), 0, 0});
-        if (progress) progress(report.layers.size(), total);
-      }
+      quantize_weights_alone(work, block_prefix(l), o, report, tensor_id, total, progress);
       finish_block(l);
     }
     report.seconds = std::chrono::duration<double>(clock::now() - t_start).count();
@@ -626,17 +533,7 @@ quantize_report run_blocks(model& work, const std::string& fingerprint, const st
     const std::string block = block_prefix(l);
     access.load(l);
     // ---- 1. collect the inputs of block l's linear layers ----
-    std::vector<group_inputs> inputs(groups.size());
-    for (size_t g = 0; g < groups.size(); ++g) {
-      const int64_t in = work.get(block + groups[g].weights[0]).cols();
-      group_inputs& gi = inputs[g];
-      gi.in = in;
-      if (o.how == method::gptq) gi.hessian.emplace(in);
-      if (o.how == method::awq || o.how == method::smoothquant) gi.stats.emplace(in);
-      if (o.how == method::imatrix) gi.sqsum.assign(in, 0.0);
-      gi.max_rows = o.max_sample_rows;
-      gi.stride = std::max<int64_t>(1, W * ctx / std::max<int64_t>(1, o.max_sample_rows));
-    }
+    std::vector<group_inputs> inputs = empty_inputs(work, block, groups, o, W * ctx);
     session.set_dump([&](const std::string& name, const float* data, int64_t rows, int64_t cols) {
       if (!name.starts_with(block)) return;
       const std::string what = name.substr(block.size());

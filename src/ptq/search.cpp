@@ -10,6 +10,8 @@
 #include "lowbit/base/error.hpp"
 #include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/quantize.hpp"
+#include "lowbit/ptq/methods.hpp"
+#include "lowbit/ptq/pipeline.hpp"
 
 namespace lowbit::ptq {
 
@@ -141,6 +143,31 @@ std::vector<float> importance_rtn(const float* W, int64_t out, int64_t in, const
     if (std::memcmp(clipped.data(), best.data(), best.size() * sizeof(float)) == 0) *packed = std::move(q);
   }
   return best;
+}
+
+// PowerQuant as a method (methods.hpp; docs/ptq.md §4.7): data-free, each weight alone.
+group_result powerquant_group(const group_job& job) {
+  group_result r;
+  for (const linear_weight& l : job.layers)
+    r.weights.push_back(powerquant_search(l.w, l.out, job.in, job.options.weights).weights);
+  return r;
+}
+
+// Importance-weighted RTN as a method (methods.hpp; docs/ptq.md §4.9): imp_j = mean x_j^2 over
+// every calibration row of the group's input.
+group_result imatrix_group(const group_job& job) {
+  const group_inputs& gi = *job.inputs;
+  std::vector<float> importance(job.in);
+  for (int64_t j = 0; j < job.in; ++j)
+    importance[j] = static_cast<float>(gi.sqsum[j] / std::max<int64_t>(1, gi.seen));
+  group_result r;
+  for (size_t i = 0; i < job.layers.size(); ++i) {
+    std::optional<quantized_tensor> codes;
+    r.weights.push_back(importance_rtn(job.layers[i].w, job.layers[i].out, job.in, job.options.weights,
+                                       importance.data(), 20, 0.5, &codes));
+    if (codes) job.packed[job.names[i]] = std::move(*codes);
+  }
+  return r;
 }
 
 }  // namespace lowbit::ptq

@@ -7,6 +7,8 @@
 #include <fmt/format.h>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/ptq/methods.hpp"
+#include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/ptq/ptq.hpp"
 
 namespace lowbit::ptq {
@@ -31,6 +33,22 @@ std::vector<float> smoothquant_scales(const float* act_absmax, int64_t in, const
     s[static_cast<size_t>(j)] = static_cast<float>(std::max(v, 1e-5));
   }
   return s;
+}
+
+// SmoothQuant as a method (methods.hpp): migrate activation outliers where a norm takes the
+// scale (smooth.py smooth_ln_fcs), then RTN of W diag(s); other groups are plain RTN.
+group_result smoothquant_group(const group_job& job) {
+  group_result r;
+  if (job.where == fold::norm)
+    r.scales = smoothquant_scales(job.inputs->stats->absmax.data(), job.in, job.layers, job.options.smooth_alpha);
+  for (size_t i = 0; i < job.layers.size(); ++i) {
+    const int64_t out = job.layers[i].out;
+    std::vector<float> w(job.layers[i].w, job.layers[i].w + out * job.in);
+    if (!r.scales.empty()) scale_columns(w.data(), out, job.in, r.scales.data());
+    r.weights.push_back(
+        rtn_with_codes(w.data(), out, job.in, job.options.weights, job.tensor_id, job.packed, job.names[i]));
+  }
+  return r;
 }
 
 }  // namespace lowbit::ptq

@@ -1,7 +1,6 @@
-// `lowbit quantize`: post-training quantization of a model, written to safetensors or GGUF
+// `lowbit quantize`: post-training quantization of a model, written to safetensors or GGUF: the
+// flags, the job (ptq/job.hpp: run_quantize_job), the report and the run record
 // (docs/conventions.md §20-22).
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -23,6 +22,7 @@
 #include "lowbit/engine/plan.hpp"
 #include "lowbit/base/error.hpp"
 #include "lowbit/runs/runs_db.hpp"
+#include "lowbit/ptq/job.hpp"
 #include "lowbit/ptq/mixed.hpp"
 #include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/io/safetensors.hpp"
@@ -112,125 +112,11 @@ int64_t stop_after_steps() {
   return n;
 }
 
-void cmd_quantize(const quantize_cli_options& o) {
-  if (!o.out.ends_with(".safetensors") && !o.out.ends_with(".gguf"))
-    throw error(fmt::format("quantize: -o {}: expected a .safetensors or .gguf path", o.out));
-  if (fs::exists(o.out) && !o.force)
-    throw error(fmt::format("quantize: {} exists; pass --force to replace it", o.out));
-  ptq::quantize_options qo;
-  qo.how = ptq::parse_method(o.method);
-  qo.weights = parse_format(o.weights);
-  qo.calib_samples = o.calib_samples, qo.calib_ctx = o.calib_ctx, qo.seed = o.seed;
-  qo.gptq.percdamp = o.damp, qo.gptq.act_order = o.act_order;
-  qo.smooth_alpha = o.alpha;
-  qo.lorc_rank = o.lorc_rank;
-  qo.lorc_format = parse_optional_format(o.lorc_format);
-  qo.bias_correct = o.bias_correct;
-  qo.llmfp4_preshift = o.preshift;
-  qo.equalize = o.equalize;
-  qo.rotate = o.rotate;
-  qo.rotate_seed = o.seed;
-
-  // GGUF: llama.cpp's own tensor type for the format, decided before any work.
-  const bool gguf = o.out.ends_with(".gguf");
-  const uint32_t gguf_type = gguf ? ggml_type_for_format(qo.weights) : 0;
-  // The model stays in its (memory-mapped) file: the pipeline reads one block's weights at a time.
-  const std::unique_ptr<tensor_reader> source = open_model_reader(o.model);
-  const auto tok = tokenizer_for_model(source->header, o.tokenizer);
-  const std::vector<int32_t> ids = encode_documents(*tok, read_text_file(o.data));
-
-  // Every finished block goes to a shard beside the output, so a killed run resumes.
-  qo.checkpoint_dir = o.out + ".partial";
-  if (fs::exists(fs::path(qo.checkpoint_dir) / "state.json"))
-    std::cerr << fmt::format("quantize: resuming from {}\n", qo.checkpoint_dir);
-  progress_bar bar(fmt::format("quantize {} {}", o.method, o.weights), "step");
-  const int64_t stop_after = stop_after_steps();
-  int64_t steps_seen = 0;
-  const auto progress = [&](int64_t d, int64_t t) {
-    bar.update(d, t);
-    if (stop_after > 0 && ++steps_seen == stop_after)
-      throw error(fmt::format("quantize: stopped after {} steps (LOWBIT_QUANTIZE_STOP_AFTER_STEPS, for tests)",
-                              stop_after));
-  };
-  ptq::quantize_report r;
-  std::optional<model> whole;  // --rotate only
-  std::unique_ptr<tensor_reader> whole_reader;
-  std::unique_ptr<tensor_reader> quantized;
-  if (qo.rotate) {
-    // The rotation changes the embeddings, the classifier and every block at once: this one
-    // option quantizes the whole model in memory (with the same per-block checkpoints). The
-    // blocks, codes included, come from those shards as in a streamed run; the rest (rotated)
-    // from the model in memory.
-    whole = read_whole_model(*source);
-    r = ptq::quantize_model(*whole, ids, qo, progress);
-    whole_reader = reader_of(*whole);
-    quantized = ptq::read_quantized_shards(*whole_reader, qo.checkpoint_dir);
-  } else {
-    r = ptq::quantize_to_shards(*source, ids, qo, progress);
-    quantized = ptq::read_quantized_shards(*source, qo.checkpoint_dir);
-  }
-  bar.finish();
-
-  // Provenance, and where the tokenizer is, travel with the file.
-  model& header = quantized->header;
-  if (header.tokenizer.kind.empty() || header.tokenizer.kind == "llama2c") {
-    const std::string tok_path = !o.tokenizer.empty() ? o.tokenizer : "";
-    if (!tok_path.empty()) header.tokenizer = {"file", fs::absolute(tok_path).string()};
-    else for (const std::string& name : {std::string("tokenizer.bin"), fmt::format("tok{}.bin", header.config.vocab_size)}) {
-      const fs::path p = fs::path(o.model).parent_path() / name;
-      if (fs::exists(p)) { header.tokenizer = {"file", fs::absolute(p).string()}; break; }
-    }
-  }
-  header.provenance = nlohmann::json{{"method", o.method}, {"weights", o.weights},
-                                     {"weights_canonical", format_name(qo.weights)}, {"source_model", o.model},
-                                     {"calibration_data", o.data}, {"calibration_hash", file_fingerprint(o.data)},
-                                     {"calib_samples", o.calib_samples}, {"calib_ctx", o.calib_ctx},
-                                     {"seed", o.seed}}.dump();
-  // Written from the shards one tensor at a time.
-  std::vector<std::string> fallbacks;
-  if (gguf) {  // llama.cpp's own types, a wider one where rows do not fit a block (rounded onto it)
-    std::map<std::string, uint32_t> types;
-    std::set<std::string> rounded;
-    fallbacks = gguf_export_types(header, gguf_type, types, &rounded);
-    save_gguf_model(*quantized, o.out, types, rounded);
-  } else if (o.float_values) {
-    save_safetensors_model(*quantized, o.out, "F32", false);
-  } else {  // codes and scales where the weights are values of the format
-    const std::vector<std::string> coded = quantized->coded_names();
-    for (const std::string& name : header.linear_weight_names())
-      if (!std::binary_search(coded.begin(), coded.end(), name)) fallbacks.push_back(name);
-    save_safetensors_model(*quantized, o.out, "F32", true);
-  }
-  // The peak of quantization and assembly: what follows (--eval-tokens) loads whole models.
-  struct rusage usage {};
-  getrusage(RUSAGE_SELF, &usage);
-  const double peak_rss_mib = double(usage.ru_maxrss) / 1024.0;  // Linux reports KiB
-
-  // --eval-tokens: the model as the pipeline produced it (its shards, before they are removed, with
-  // the export's F16 fallbacks), evaluated whole in memory, and the file as written, read back:
-  // the two must agree to the last bit, or the writer changed a weight (an error).
-  std::optional<eval_result> in_memory, written;
-  if (o.eval_tokens > 0) {
-    eval_options eo;
-    eo.max_tokens = o.eval_tokens;
-    {
-      model produced = read_whole_model(*quantized);
-      if (gguf) {
-        gguf_export ex;
-        plan_gguf_export(produced, gguf_type, ex);
-      }
-      in_memory = evaluate(produced, quant_plan{}, ids, eo);
-    }
-    written = evaluate(load_model(o.out), quant_plan{}, ids, eo);
-    if (written->mean_nll != in_memory->mean_nll)  // a writer bug: say so, keep the shards to look at
-      throw error(fmt::format("quantize: {} evaluates to mean NLL {:.17g}, the quantized model in memory to {:.17g}: "
-                              "the file does not hold the weights the pipeline made (shards kept in {})",
-                              o.out, written->mean_nll, in_memory->mean_nll, qo.checkpoint_dir));
-  }
-  quantized.reset();
-  std::error_code ec;
-  fs::remove_all(qo.checkpoint_dir, ec);  // the output is complete
-  if (!o.db.empty()) record_quantize(o, qo, *source, r, written ? &*written : nullptr);
+// The job's report: one JSON document (--json) or a few lines.
+void print_quantize(const quantize_cli_options& o, const ptq::quantize_job& job) {
+  const ptq::quantize_report& r = job.report;
+  const std::optional<eval_result>& in_memory = job.in_memory;
+  const std::optional<eval_result>& written = job.written;
   double err = 0, rtn = 0;
   for (const auto& l : r.layers) err += l.error, rtn += l.rtn_error;
   if (o.json) {
@@ -238,17 +124,17 @@ void cmd_quantize(const quantize_cli_options& o) {
     for (const auto& l : r.layers)
       layers.push_back({{"name", l.name}, {"seconds", l.seconds}, {"error", l.error}, {"rtn_error", l.rtn_error}});
     std::cout << nlohmann::json{{"out", o.out}, {"method", o.method},
-                                {"weights", {{"format", o.weights}, {"canonical", format_name(qo.weights)}}},
+                                {"weights", {{"format", o.weights}, {"canonical", format_name(job.options.weights)}}},
                                 {"seconds", r.seconds}, {"windows_available", r.windows_available},
-                                {"layers", layers}, {"fallbacks", fallbacks},
+                                {"layers", layers}, {"fallbacks", job.fallbacks},
                                 {"in_memory_mean_nll", in_memory ? in_memory->mean_nll : 0.0},
                                 {"file_mean_nll", written ? written->mean_nll : 0.0},
-                                {"peak_rss_mib", peak_rss_mib}}.dump(2)
+                                {"peak_rss_mib", job.peak_rss_mib}}.dump(2)
               << "\n";
     return;
   }
   std::cout << fmt::format("{}: {} {} of {} linear weights in {:.2f} s (peak RSS {:.0f} MiB)", o.out, o.method,
-                           format_name(qo.weights), r.layers.size(), r.seconds, peak_rss_mib);
+                           format_name(job.options.weights), r.layers.size(), r.seconds, job.peak_rss_mib);
   if (rtn > 0)
     std::cout << fmt::format("; calibration output error {:.4g} vs RTN {:.4g} ({:.1f}%)", err, rtn,
                              rtn > 0 ? 100.0 * err / rtn : 0.0);
@@ -256,13 +142,42 @@ void cmd_quantize(const quantize_cli_options& o) {
   if (o.eval_tokens > 0)
     std::cout << fmt::format("mean NLL on the first {} tokens: {:.6f} in memory, {:.6f} from {}\n", o.eval_tokens,
                              in_memory->mean_nll, written->mean_nll, o.out);
-  if (!fallbacks.empty())
-    std::cout << fmt::format("{} weights kept as {}: {}\n", fallbacks.size(),
-                             gguf ? fmt::format("a wider GGUF type (rows not a multiple of the {} block of {})",
-                                                ggml_type_name(static_cast<ggml_type>(gguf_type)),
-                                                ggml_block_size(static_cast<ggml_type>(gguf_type)))
-                                  : std::string("float values (not values of the format alone)"),
-                             fmt::join(fallbacks, ", "));
+  if (!job.fallbacks.empty())
+    std::cout << fmt::format("{} weights kept as {}: {}\n", job.fallbacks.size(),
+                             job.gguf ? fmt::format("a wider GGUF type (rows not a multiple of the {} block of {})",
+                                                    ggml_type_name(static_cast<ggml_type>(job.gguf_type)),
+                                                    ggml_block_size(static_cast<ggml_type>(job.gguf_type)))
+                                      : std::string("float values (not values of the format alone)"),
+                             fmt::join(job.fallbacks, ", "));
+}
+
+// Flags in, one library job (ptq/job.hpp), the report out.
+void cmd_quantize(const quantize_cli_options& o) {
+  const ptq::quantize_job_config c{.model = o.model, .tokenizer = o.tokenizer, .data = o.data, .weights = o.weights,
+                                   .method = o.method, .out = o.out, .calib_samples = o.calib_samples,
+                                   .calib_ctx = o.calib_ctx, .seed = o.seed, .damp = o.damp, .act_order = o.act_order,
+                                   .alpha = o.alpha, .lorc_rank = o.lorc_rank, .lorc_format = o.lorc_format,
+                                   .bias_correct = o.bias_correct, .preshift = o.preshift, .equalize = o.equalize,
+                                   .rotate = o.rotate, .force = o.force, .float_values = o.float_values,
+                                   .eval_tokens = o.eval_tokens};
+  progress_bar bar(fmt::format("quantize {} {}", o.method, o.weights), "step");
+  // The test hook is read at the first step: after the job has checked its inputs, before any
+  // shard is written; -1: not read yet.
+  int64_t stop_after = -1, steps_seen = 0;
+  ptq::quantize_job_hooks hooks;
+  hooks.note = [](const std::string& line) { std::cerr << line << "\n"; };
+  hooks.progress = [&](int64_t d, int64_t t) {
+    if (stop_after < 0) stop_after = stop_after_steps();
+    bar.update(d, t);
+    if (stop_after > 0 && ++steps_seen == stop_after)
+      throw error(fmt::format("quantize: stopped after {} steps (LOWBIT_QUANTIZE_STOP_AFTER_STEPS, for tests)",
+                              stop_after));
+  };
+  hooks.quantized = [&] { bar.finish(); };
+  const ptq::quantize_job job = ptq::run_quantize_job(c, hooks);
+  if (!o.db.empty())
+    record_quantize(o, job.options, *job.source, job.report, job.written ? &*job.written : nullptr);
+  print_quantize(o, job);
 }
 
 struct mixed_cli_options {
@@ -331,12 +246,14 @@ void add_ptq_commands(CLI::App& app, command_list& commands) {
   commands.push_back({mx, [] { cmd_mixed(mo); }});
 
   static quantize_cli_options o;
-  auto* q = app.add_subcommand("quantize", "post-training quantization (rtn, gptq, awq, smoothquant, imatrix, powerquant, llmfp4) to a file");
+  // The method names come from the method table (ptq/methods.hpp), as parse_method's error does.
+  auto* q = app.add_subcommand(
+      "quantize", fmt::format("post-training quantization ({}) to a file", ptq::method_names(", ", ", ")));
   q->add_option("--model", o.model, "model file")->required();
   q->add_option("--tokenizer", o.tokenizer, "tokenizer (default: the model's)");
   q->add_option("--data", o.data, "calibration text: windows drawn from its second half")->required();
   q->add_option("--weights", o.weights, "weight format, e.g. int4/g32, mxfp4, nvfp4")->required();
-  q->add_option("--method", o.method, "rtn | gptq | awq | smoothquant | imatrix | powerquant | llmfp4")->capture_default_str();
+  q->add_option("--method", o.method, ptq::method_names(" | ", " | "))->capture_default_str();
   q->add_option("--calib-samples", o.calib_samples, "calibration windows")->capture_default_str();
   q->add_option("--calib-ctx", o.calib_ctx, "tokens per calibration window")->capture_default_str();
   q->add_option("--seed", o.seed, "window draw seed")->capture_default_str();

@@ -20,16 +20,13 @@
 #include <vector>
 
 #include "lowbit/engine/model.hpp"
+#include "lowbit/ptq/methods.hpp"
 #include "lowbit/ptq/ptq.hpp"
 
 namespace lowbit::ptq {
 
-enum class method { rtn, gptq, awq, smoothquant, imatrix, powerquant, llmfp4 };
-method parse_method(const std::string& name);  // throws listing the known names
-const char* method_name(method m);
-
 struct quantize_options {
-  method how = method::rtn;
+  method how = method::rtn;         // an entry of the method table (methods.hpp)
   format weights;
   int calib_samples = 128;
   int calib_ctx = 256;

@@ -1,0 +1,181 @@
+// The quantize job (job.hpp): pipeline -> shards -> export -> verify.
+#include "lowbit/ptq/job.hpp"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "lowbit/base/error.hpp"
+#include "lowbit/base/hash.hpp"
+#include "lowbit/engine/plan.hpp"
+#include "lowbit/io/model_io.hpp"
+#include "lowbit/text/documents.hpp"
+
+namespace fs = std::filesystem;
+
+namespace lowbit::ptq {
+
+std::string data_fingerprint(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw error(fmt::format("{}: cannot open file to fingerprint it", path));
+  fnv1a64 h;
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    h.add(buf.data(), static_cast<uint64_t>(in.gcount()));
+  }
+  return "fnv1a64:" + h.hex();
+}
+
+namespace {
+
+std::string read_calibration_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw error(fmt::format("{}: cannot open data file", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Step 1: the output's container and the options, checked before any work.
+quantize_options job_options(const quantize_job_config& c) {
+  if (!c.out.ends_with(".safetensors") && !c.out.ends_with(".gguf"))
+    throw error(fmt::format("quantize: -o {}: expected a .safetensors or .gguf path", c.out));
+  if (fs::exists(c.out) && !c.force) throw error(fmt::format("quantize: {} exists; pass --force to replace it", c.out));
+  quantize_options qo;
+  qo.how = parse_method(c.method);
+  qo.weights = parse_format(c.weights);
+  qo.calib_samples = c.calib_samples, qo.calib_ctx = c.calib_ctx, qo.seed = c.seed;
+  qo.gptq.percdamp = c.damp, qo.gptq.act_order = c.act_order;
+  qo.smooth_alpha = c.alpha;
+  qo.lorc_rank = c.lorc_rank;
+  qo.lorc_format = parse_optional_format(c.lorc_format);
+  qo.bias_correct = c.bias_correct;
+  qo.llmfp4_preshift = c.preshift;
+  qo.equalize = c.equalize;
+  qo.rotate = c.rotate;
+  qo.rotate_seed = c.seed;
+  // Every finished block goes to a shard beside the output, so a killed run resumes.
+  qo.checkpoint_dir = c.out + ".partial";
+  return qo;
+}
+
+// Step 3's header: where the tokenizer is (a llama2.c model's tokenizer is a file beside it or
+// --tokenizer) and the provenance travel with the file.
+void describe_output(model& header, const quantize_job_config& c, const quantize_options& qo) {
+  if (header.tokenizer.kind.empty() || header.tokenizer.kind == "llama2c") {
+    if (!c.tokenizer.empty()) header.tokenizer = {"file", fs::absolute(c.tokenizer).string()};
+    else for (const std::string& name : {std::string("tokenizer.bin"), fmt::format("tok{}.bin", header.config.vocab_size)}) {
+      const fs::path p = fs::path(c.model).parent_path() / name;
+      if (fs::exists(p)) { header.tokenizer = {"file", fs::absolute(p).string()}; break; }
+    }
+  }
+  header.provenance = nlohmann::json{{"method", c.method}, {"weights", c.weights},
+                                     {"weights_canonical", format_name(qo.weights)}, {"source_model", c.model},
+                                     {"calibration_data", c.data}, {"calibration_hash", data_fingerprint(c.data)},
+                                     {"calib_samples", c.calib_samples}, {"calib_ctx", c.calib_ctx},
+                                     {"seed", c.seed}}.dump();
+}
+
+// Step 3: the output, written from the shards one tensor at a time; returns the fallbacks.
+std::vector<std::string> export_output(const tensor_reader& quantized, const quantize_job_config& c, const quantize_job& job) {
+  const model& header = quantized.header;
+  std::vector<std::string> fallbacks;
+  if (job.gguf) {  // llama.cpp's own types, a wider one where rows do not fit a block (rounded onto it)
+    std::map<std::string, uint32_t> types;
+    std::set<std::string> rounded;
+    fallbacks = gguf_export_types(header, job.gguf_type, types, &rounded);
+    save_gguf_model(quantized, c.out, types, rounded);
+  } else if (c.float_values) {
+    save_safetensors_model(quantized, c.out, "F32", false);
+  } else {  // codes and scales where the weights are values of the format
+    const std::vector<std::string> coded = quantized.coded_names();
+    for (const std::string& name : header.linear_weight_names())
+      if (!std::binary_search(coded.begin(), coded.end(), name)) fallbacks.push_back(name);
+    save_safetensors_model(quantized, c.out, "F32", true);
+  }
+  return fallbacks;
+}
+
+// Step 4: the model as the pipeline produced it (its shards, with the export's GGUF fallbacks),
+// evaluated whole in memory, and the file as written, read back: the two must agree to the last
+// bit, or the writer changed a weight (an error; the shards are kept to look at).
+void verify_output(const tensor_reader& quantized, const std::vector<int32_t>& ids, const quantize_job_config& c,
+                   quantize_job& job) {
+  eval_options eo;
+  eo.max_tokens = c.eval_tokens;
+  {
+    model produced = read_whole_model(quantized);
+    if (job.gguf) {
+      gguf_export ex;
+      plan_gguf_export(produced, job.gguf_type, ex);
+    }
+    job.in_memory = evaluate(produced, quant_plan{}, ids, eo);
+  }
+  job.written = evaluate(load_model(c.out), quant_plan{}, ids, eo);
+  if (job.written->mean_nll != job.in_memory->mean_nll)
+    throw error(fmt::format("quantize: {} evaluates to mean NLL {:.17g}, the quantized model in memory to {:.17g}: "
+                            "the file does not hold the weights the pipeline made (shards kept in {})",
+                            c.out, job.written->mean_nll, job.in_memory->mean_nll, job.options.checkpoint_dir));
+}
+
+}  // namespace
+
+quantize_job run_quantize_job(const quantize_job_config& c, const quantize_job_hooks& hooks) {
+  quantize_job job;
+  job.options = job_options(c);
+  const quantize_options& qo = job.options;
+  // GGUF: llama.cpp's own tensor type for the format, decided before any work.
+  job.gguf = c.out.ends_with(".gguf");
+  job.gguf_type = job.gguf ? ggml_type_for_format(qo.weights) : 0;
+  // The model stays in its (memory-mapped) file: the pipeline reads one block's weights at a time.
+  job.source = open_model_reader(c.model);
+  const auto tok = tokenizer_for_model(job.source->header, c.tokenizer);
+  const std::vector<int32_t> ids = encode_documents(*tok, read_calibration_text(c.data));
+
+  // Step 2.
+  if (fs::exists(fs::path(qo.checkpoint_dir) / "state.json") && hooks.note)
+    hooks.note(fmt::format("quantize: resuming from {}", qo.checkpoint_dir));
+  std::optional<model> whole;  // --rotate only
+  std::unique_ptr<tensor_reader> whole_reader;
+  std::unique_ptr<tensor_reader> quantized;
+  if (qo.rotate) {
+    // The rotation changes the embeddings, the classifier and every block at once: this one
+    // option quantizes the whole model in memory (with the same per-block checkpoints). The
+    // blocks, codes included, come from those shards as in a streamed run; the rest (rotated)
+    // from the model in memory.
+    whole = read_whole_model(*job.source);
+    job.report = quantize_model(*whole, ids, qo, hooks.progress);
+    whole_reader = reader_of(*whole);
+    quantized = read_quantized_shards(*whole_reader, qo.checkpoint_dir);
+  } else {
+    job.report = quantize_to_shards(*job.source, ids, qo, hooks.progress);
+    quantized = read_quantized_shards(*job.source, qo.checkpoint_dir);
+  }
+  if (hooks.quantized) hooks.quantized();
+
+  // Step 3.
+  describe_output(quantized->header, c, qo);
+  job.fallbacks = export_output(*quantized, c, job);
+  // The peak of quantization and assembly: what follows (eval_tokens) loads whole models.
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  job.peak_rss_mib = double(usage.ru_maxrss) / 1024.0;  // Linux reports KiB
+
+  // Step 4.
+  if (c.eval_tokens > 0) verify_output(*quantized, ids, c, job);
+  quantized.reset();
+  std::error_code ec;
+  fs::remove_all(qo.checkpoint_dir, ec);  // the output is complete
+  return job;
+}
+
+}  // namespace lowbit::ptq
