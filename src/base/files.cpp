@@ -11,10 +11,13 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <vector>
 
 #include <fmt/format.h>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/base/hash.hpp"
 
 namespace lowbit {
 
@@ -169,5 +172,16 @@ std::string read_file(const std::string& path, const std::string& what) {
   if (bad) throw error(fmt::format("{}: read error in {}", path, what));
   data.resize(got);  // a file that shrank while read
   return data;
+}
+std::string file_fingerprint(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw error(fmt::format("{}: cannot open file to fingerprint it", path));
+  fnv1a64 h;
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    h.add(buf.data(), static_cast<uint64_t>(in.gcount()));
+  }
+  return "fnv1a64:" + h.hex();
 }
 }  // namespace lowbit

@@ -14,6 +14,7 @@
 #include "lowbit/base/process.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/io/model_io.hpp"
+#include "lowbit/ptq/methods.hpp"
 #include "lowbit/runs/records.hpp"
 #include "lowbit/text/documents.hpp"
 
@@ -32,11 +33,8 @@ explore_row parse_explore_row(const std::string& row) {
   std::string& weights = r.plan.weights;
   if (const auto at = weights.rfind('@'); at != std::string::npos) {
     const std::string suffix = weights.substr(at + 1);
-    bool is_method = true;
-    try {
-      ptq::parse_method(suffix);
-    } catch (const lowbit::error&) {
-      is_method = false;
+    bool is_method = ptq::find_method(suffix) != nullptr;
+    if (!is_method) {
       try {
         parse_format(weights);
       } catch (const lowbit::error&) {

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/base/files.hpp"
 #include "lowbit/base/hash.hpp"
 #include "lowbit/engine/plan.hpp"
 #include "lowbit/io/model_io.hpp"
@@ -23,27 +24,7 @@ namespace fs = std::filesystem;
 
 namespace lowbit::ptq {
 
-std::string data_fingerprint(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw error(fmt::format("{}: cannot open file to fingerprint it", path));
-  fnv1a64 h;
-  std::vector<char> buf(1 << 20);
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    h.add(buf.data(), static_cast<uint64_t>(in.gcount()));
-  }
-  return "fnv1a64:" + h.hex();
-}
-
 namespace {
-
-std::string read_calibration_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw error(fmt::format("{}: cannot open data file", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Step 1: the output's container and the options, checked before any work.
 quantize_options job_options(const quantize_job_config& c) {
@@ -80,7 +61,7 @@ void describe_output(model& header, const quantize_job_config& c, const quantize
   }
   header.provenance = nlohmann::json{{"method", c.method}, {"weights", c.weights},
                                      {"weights_canonical", format_name(qo.weights)}, {"source_model", c.model},
-                                     {"calibration_data", c.data}, {"calibration_hash", data_fingerprint(c.data)},
+                                     {"calibration_data", c.data}, {"calibration_hash", file_fingerprint(c.data)},
                                      {"calib_samples", c.calib_samples}, {"calib_ctx", c.calib_ctx},
                                      {"seed", c.seed}}.dump();
 }
@@ -139,7 +120,7 @@ quantize_job run_quantize_job(const quantize_job_config& c, const quantize_job_h
   // The model stays in its (memory-mapped) file: the pipeline reads one block's weights at a time.
   job.source = open_model_reader(c.model);
   const auto tok = tokenizer_for_model(job.source->header, c.tokenizer);
-  const std::vector<int32_t> ids = encode_documents(*tok, read_calibration_text(c.data));
+  const std::vector<int32_t> ids = encode_documents(*tok, read_file(c.data, "data file"));
 
   // Step 2.
   if (fs::exists(fs::path(qo.checkpoint_dir) / "state.json") && hooks.note)

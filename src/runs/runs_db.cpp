@@ -85,18 +85,6 @@ run_record run_from_json(const nlohmann::json& j) {
 
 std::string code_revision() { return LOWBIT_REVISION; }
 
-std::string file_fingerprint(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw error(fmt::format("{}: cannot open file to fingerprint it", path));
-  fnv1a64 h;
-  std::vector<char> buf(1 << 20);
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    h.add(buf.data(), static_cast<uint64_t>(in.gcount()));
-  }
-  return "fnv1a64:" + h.hex();
-}
-
 // ---- metrics and format parts -----------------------------------------------------------------------
 std::map<std::string, double> eval_metrics(const eval_result& r) {
   std::map<std::string, double> m = {{"nll", r.mean_nll},          {"nll_stderr", r.nll_stderr},

@@ -21,7 +21,7 @@
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
 #include "lowbit/base/error.hpp"
-#include "lowbit/runs/runs_db.hpp"
+#include "lowbit/runs/records.hpp"
 #include "lowbit/ptq/job.hpp"
 #include "lowbit/ptq/mixed.hpp"
 #include "lowbit/ptq/pipeline.hpp"
@@ -47,34 +47,25 @@ struct quantize_cli_options {
   std::string db;  // record the run in this results database
 };
 
-std::string abs_path(const std::string& p) { return p.empty() ? p : fs::absolute(p).lexically_normal().string(); }
-
 // `quantize --db`: the run as a record of the results store. Every option that changes the
 // weights is in the config (and so in its hash); the output path rides along under "paths".
 // `original` is read one tensor at a time.
 void record_quantize(const quantize_cli_options& o, const ptq::quantize_options& qo, const tensor_reader& original,
                      const ptq::quantize_report& r, const eval_result* ev) {
-  run_record rec;
-  rec.kind = "quantize";
-  rec.model = fs::path(o.model).stem().string();  // the path is in config.paths
-  rec.n_params = double(original.header.config.parameter_count());
-  rec.tokens = ev ? double(ev->tokens_scored) : 0;
-  rec.format = o.weights;
-  format_parts(o.weights, rec);
-  rec.method = o.method;
   quant_plan w;
   w.weights = qo.weights, w.weights_spec = o.weights;
-  rec.plan = w.describe();
+  run_record rec = model_run_record("quantize", fs::path(o.model).stem().string(),  // the path is in config.paths
+                                    original.header.config, o.weights, o.method, w);
   rec.config = {{"kind", "quantize"}, {"model", file_fingerprint(o.model)},
-                {"tokenizer", o.tokenizer.empty() || o.tokenizer == "bytes" ? o.tokenizer : file_fingerprint(o.tokenizer)},
+                {"tokenizer", tokenizer_identity(o.tokenizer)},
                 {"data", file_fingerprint(o.data)}, {"weights", format_name(qo.weights)}, {"method", o.method},
                 {"calib_samples", o.calib_samples}, {"calib_ctx", o.calib_ctx}, {"seed", o.seed},
                 {"damp", o.damp}, {"act_order", o.act_order}, {"alpha", o.alpha}, {"lorc_rank", o.lorc_rank},
                 {"lorc_format", o.lorc_format}, {"bias_correction", o.bias_correct}, {"preshift", o.preshift},
                 {"equalize", o.equalize}, {"rotate", o.rotate}, {"eval_tokens", o.eval_tokens},
                 {"output", std::string(o.out.ends_with(".gguf") ? "gguf" : o.float_values ? "safetensors-float" : "safetensors")},
-                {"paths", {{"model", abs_path(o.model)}, {"data", abs_path(o.data)}, {"out", abs_path(o.out)},
-                           {"tokenizer", o.tokenizer == "bytes" ? o.tokenizer : abs_path(o.tokenizer)}}}};
+                {"paths", {{"model", absolute_path(o.model)}, {"data", absolute_path(o.data)},
+                           {"out", absolute_path(o.out)}, {"tokenizer", tokenizer_path(o.tokenizer)}}}};
   double err = 0, rtn = 0;
   for (const auto& l : r.layers) err += l.error, rtn += l.rtn_error;
   // The format's own round-to-nearest SQNR on the original weights (cheap: one pass, one tensor
@@ -83,7 +74,7 @@ void record_quantize(const quantize_cli_options& o, const ptq::quantize_options&
   // The evaluation's metrics (--eval-tokens) under their usual names, but "seconds" is the
   // quantization's time (the evaluation's is eval_seconds).
   if (ev) {
-    rec.metrics = eval_metrics(*ev);
+    add_evaluation(rec, *ev);
     rec.metrics["eval_seconds"] = ev->seconds;
   }
   rec.metrics["seconds"] = r.seconds;
@@ -92,10 +83,7 @@ void record_quantize(const quantize_cli_options& o, const ptq::quantize_options&
   rec.metrics["bits_per_weight"] = average_linear_bits(original.header, w);
   rec.metrics["sqnr_db"] = sqnr;
   if (rtn > 0) rec.metrics["calib_error_ratio"] = err / rtn;
-  runs_db db(o.db);
-  const bool had = db.has(run_hash(rec.config));
-  const int64_t id = db.record(rec);
-  std::cerr << fmt::format("quantize: {} run {} in {}\n", had ? "already recorded as" : "recorded as", id, o.db);
+  record_run(o.db, rec, "quantize");
 }
 
 // Test hook, not for users: LOWBIT_QUANTIZE_STOP_AFTER_STEPS=N (N >= 1) stops `quantize` at its

@@ -64,6 +64,11 @@ class atomic_file_writer {
 // throws lowbit::error naming the file and the reason.
 std::string read_file(const std::string& path, const std::string& what);
 
+// A content fingerprint of a file, "fnv1a64:<16 hex>" over its bytes (read in chunks): what a
+// run's config or a model's provenance names instead of a path, so the same model or data found
+// elsewhere hashes the same. Throws lowbit::error naming the file when it cannot be read.
+std::string file_fingerprint(const std::string& path);
+
 // A whole text file written atomically (atomic_file_writer): config.json, CSV, JSON reports.
 void write_text_file_atomic(const std::string& path, const std::string& text);
 

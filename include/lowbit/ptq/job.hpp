@@ -66,9 +66,5 @@ struct quantize_job {
 
 quantize_job run_quantize_job(const quantize_job_config& config, const quantize_job_hooks& hooks = {});
 
-// A file's content fingerprint, "fnv1a64:<hex>" over its bytes: the provenance's calibration_hash.
-// [M] The same value as runs/ file_fingerprint (runs_db.hpp; tested), which ptq/ cannot call from
-// its floor (docs/architecture.md: ptq, train and runs are one floor and do not include each other).
-std::string data_fingerprint(const std::string& path);
 
 }  // namespace lowbit::ptq

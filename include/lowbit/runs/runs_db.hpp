@@ -12,7 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "lowbit/base/hash.hpp"  // sha256_hex: a run's config hash
+#include "lowbit/base/files.hpp"  // file_fingerprint: how a run names its files
+#include "lowbit/base/hash.hpp"   // sha256_hex: a run's config hash
 
 namespace lowbit {
 
@@ -66,10 +67,6 @@ run_record run_from_json(const nlohmann::json& j);
 // The code revision this library was built from (`git describe --always --dirty` at build time),
 // or "unknown".
 std::string code_revision();
-// A content fingerprint of a file ("fnv1a64:<16 hex>" over its bytes): what a run's config names
-// instead of a path, so that the same model or data found elsewhere hashes the same. Throws
-// lowbit::error naming the file when it cannot be read.
-std::string file_fingerprint(const std::string& path);
 
 class runs_db {
  public:
