@@ -529,3 +529,14 @@ TEST(CliErrors, DataThatIsNotARegularFileIsRefused) {
   EXPECT_NE(r.out.find("not a regular file"), std::string::npos) << r.out;
   std::filesystem::remove_all(dir);
 }
+
+// Command-line errors (an unknown flag, a missing value, a bad number) exit 2 like every other bad
+// input, with CLI11's message; --help exits 0.
+TEST(CliErrors, ParseErrorsExitTwo) {
+  for (const char* args : {"cast --no-such-flag e2m1 1", "eval --ctx", "bench int8 --threads two", "nonsense"}) {
+    const result r = run(args, "", true);
+    EXPECT_EQ(r.code, 2) << args << ": " << r.out;
+    EXPECT_FALSE(r.out.empty()) << args;
+  }
+  EXPECT_EQ(run("eval --help").code, 0);
+}

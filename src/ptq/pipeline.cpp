@@ -136,7 +136,11 @@ std::string run_fingerprint(const tensor_reader& source, const std::vector<int32
 
 // Data-free methods (method_needs::calibration) look at each weight alone, unless bias correction
 // needs the outputs.
-bool calibrated(const quantize_options& o) { return method_of(o.how).needs.calibration || o.bias_correct; }
+// LoRC runs in the calibrated pass (compensate), so it turns the pass on for a method that needs no
+// data itself (RTN, PowerQuant): LoRC's factors come from W - Q alone.
+bool calibrated(const quantize_options& o) {
+  return method_of(o.how).needs.calibration || o.bias_correct || o.lorc_rank > 0;
+}
 
 std::string block_prefix(int l) { return fmt::format("blk.{}.", l); }
 

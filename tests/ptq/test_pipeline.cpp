@@ -332,6 +332,27 @@ TEST(Pipeline, LorcLowersTheCalibrationError) {
   EXPECT_TRUE(b.packed.empty());  // Q + U V is not a value of the format
 }
 
+// LoRC needs no calibration data (it factors W - Q), so it applies with round-to-nearest too:
+// before, --method rtn ran without the calibrated pass where LoRC runs, and rank 8 wrote the same
+// weights as rank 0.
+TEST(Pipeline, LorcAppliesToRoundToNearest) {
+  const model base = stories();
+  model plain = base, lorc = base;
+  auto o = small_options(ptq::method::rtn, "int3/g32");
+  ptq::quantize_model(plain, story_ids(), o);
+  o.lorc_rank = 8;
+  ptq::quantize_model(lorc, story_ids(), o);
+  double ep = 0, el = 0;  // squared weight error against the float model, summed over the linear weights
+  for (const std::string& name : base.linear_weight_names()) {
+    const auto& w = base.get(name).data;
+    const auto& p = plain.get(name).data;
+    const auto& l = lorc.get(name).data;
+    for (size_t i = 0; i < w.size(); ++i)
+      ep += double(w[i] - p[i]) * (w[i] - p[i]), el += double(w[i] - l[i]) * (w[i] - l[i]);
+  }
+  EXPECT_LT(el, ep);
+}
+
 // GPT-2 has biases: bias correction moves them when the weights change, and leaves them when
 // the format is the identity.
 TEST(Pipeline, BiasCorrectionOnGpt2) {

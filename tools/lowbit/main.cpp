@@ -312,7 +312,9 @@ int main(int argc, char** argv) {
     std::reverse(args.begin(), args.end());  // CLI11 parses a reversed vector
     app.parse(args);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; every command-line error exits 2, as every other bad input
+    // does (CLI11's own codes, 104-114, would be a second convention).
+    return app.exit(e) == 0 ? 0 : 2;
   }
   try {
     if (*formats) cmd_formats(json);

@@ -87,9 +87,8 @@ struct method_info {
   const char* summary;  // the paper or what it is (docs/ptq.md §4.x)
   method_needs needs;
   // LoRC (--lorc-rank, docs/ptq.md §4.5) compensates W - Q whatever made Q; the pipeline refuses
-  // --lorc-rank for a method with false here. It runs in the calibrated pass, so a method that
-  // runs without calibration skips it unless --bias-correction turns the calibration on (a known
-  // gap, docs/ptq.md §4.5).
+  // --lorc-rank for a method with false here. It runs in the calibrated pass, which --lorc-rank
+  // turns on for the methods that need no calibration themselves.
   bool lorc = true;
   // The method hands over the exact codes of its weights (group_job::packed), so the export never
   // quantizes its values again; false: values only, re-encoded where that is exact.
