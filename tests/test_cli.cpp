@@ -540,3 +540,22 @@ TEST(CliErrors, ParseErrorsExitTwo) {
   }
   EXPECT_EQ(run("eval --help").code, 0);
 }
+
+// A GPT-2 block quantized to a plain 16-bit cast has parts of zero bytes (its empty scales) at the
+// offset of the next part; the shard's checksum used to take such ties in sort order on one side
+// and write order on the other, and a fresh run was refused as "corrupted".
+TEST(CliQuantize, Gpt2HalfPrecisionShardsVerify) {
+  const auto dir = lowbit::testing::scratch_path("lowbit_cli_gpt2_fp16");
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string m = (dir / "m.safetensors").string();
+  ASSERT_EQ(run("synth --arch gpt2 --dim 64 --layers 2 --heads 4 --vocab 300 --ctx 128 -o " + m).code, 0);
+  for (const char* fmt : {"fp16", "bf16"}) {
+    const std::string out = (dir / (std::string(fmt) + ".gguf")).string();
+    const result r = run("quantize --model " + m + " --data " + tinystories + " --weights " + fmt +
+                         " --method rtn --calib-samples 4 --calib-ctx 64 -o " + out, "", true);
+    EXPECT_EQ(r.code, 0) << fmt << ": " << r.out;
+    EXPECT_TRUE(std::filesystem::exists(out)) << fmt;
+  }
+  std::filesystem::remove_all(dir);
+}

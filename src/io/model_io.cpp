@@ -1,6 +1,7 @@
 // Model files <-> the canonical in-memory model (docs/conventions.md §18): Hugging Face safetensors
 // (LlamaForCausalLM, GPT2LMHeadModel) with config.json, and GGUF.
 #include <algorithm>
+#include <tuple>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -801,6 +802,20 @@ class shard_checksum {
   fnv1a64 h_;
 };
 
+// A tensor of a shard's header. The checksum takes them in file order, and among tensors that
+// start at one offset (a part of zero bytes, such as the empty scales of a plain cast, next to
+// the following part) shortest first, then by name: the writer and the reader then agree whatever
+// order a sort leaves ties in (a GPT-2 block's fp16 shard was refused as corrupted before).
+struct shard_entry {
+  std::string name;
+  st_dtype dtype;
+  std::vector<int64_t> shape;
+  uint64_t begin, end;
+};
+bool by_extent(const shard_entry& a, const shard_entry& b) {
+  return std::tie(a.begin, a.end, a.name) < std::tie(b.begin, b.end, b.name);
+}
+
 }  // namespace
 
 void save_tensor_shard(const std::string& path, const tensor_shard& shard) {
@@ -824,14 +839,18 @@ void save_tensor_shard(const std::string& path, const tensor_shard& shard) {
   }
   std::map<std::string, std::string> meta = shard.metadata;
   meta["lowbit.packed"] = description.dump();
-  // The header as write_safetensors lays it out: the tensors in this order, contiguous.
+  // The header as write_safetensors lays it out: the tensors in this order, contiguous; summed in
+  // the reader's order (by_extent), which sees only the offsets.
   shard_checksum sum;
   sum.add_metadata(meta);
+  std::vector<shard_entry> entries;
   uint64_t offset = 0;
   for (size_t i = 0; i < out.size(); ++i) {
-    sum.add_tensor(out[i].name, out[i].dtype, out[i].shape, offset, offset + data[i].second);
+    entries.push_back({out[i].name, out[i].dtype, out[i].shape, offset, offset + data[i].second});
     offset += data[i].second;
   }
+  std::sort(entries.begin(), entries.end(), by_extent);
+  for (const shard_entry& e : entries) sum.add_tensor(e.name, e.dtype, e.shape, e.begin, e.end);
   for (const auto& [p, n] : data) sum.add(p, n);
   meta[kShardChecksum] = sum.hex();
   write_safetensors(path, out, meta);
@@ -841,12 +860,15 @@ tensor_shard load_tensor_shard(const std::string& path) {
   const safetensors_file f(path);  // refuses a truncated file: the header's extents are checked
   auto it = f.metadata().find(kShardChecksum);
   if (it == f.metadata().end()) throw error(fmt::format("{}: not a lowbit shard (no {})", path, kShardChecksum));
+  std::vector<shard_entry> entries;
+  for (const st_tensor_info& t : f.tensors()) entries.push_back({t.name, t.dtype, t.shape, t.begin, t.end});
+  std::sort(entries.begin(), entries.end(), by_extent);
+  shard_checksum sum;
+  sum.add_metadata(f.metadata());
+  for (const shard_entry& e : entries) sum.add_tensor(e.name, e.dtype, e.shape, e.begin, e.end);
   std::vector<const st_tensor_info*> infos;  // file order
   for (const st_tensor_info& t : f.tensors()) infos.push_back(&t);
   std::sort(infos.begin(), infos.end(), [](const st_tensor_info* a, const st_tensor_info* b) { return a->begin < b->begin; });
-  shard_checksum sum;
-  sum.add_metadata(f.metadata());
-  for (const st_tensor_info* t : infos) sum.add_tensor(t->name, t->dtype, t->shape, t->begin, t->end);
   for (const st_tensor_info* t : infos) {
     // (read again below, a tensor at a time)
     read_mapped(f.raw(*t), t->end - t->begin, [&sum](const uint8_t* p, uint64_t n) { sum.add(p, n); });
