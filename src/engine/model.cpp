@@ -53,6 +53,10 @@ void model_config::validate() const {
        "GPT-2 has one kv head per query head");
   if (!(norm_eps > 0) || !std::isfinite(norm_eps))
     throw error(fmt::format("model config: norm_eps = {} (expected a positive number)", norm_eps));
+  // RoPE's base: angles pos * base^(-2i/d) are NaN or meaningless for a base that is NaN, 0 or
+  // negative (GPT-2 does not use it, and keeps the default).
+  if (!(rope_theta > 0) || !std::isfinite(rope_theta))
+    throw error(fmt::format("model config: rope_theta = {} (expected a positive number)", rope_theta));
 }
 
 int64_t model_config::parameter_count() const {

@@ -1,6 +1,7 @@
 // Model files <-> the canonical in-memory model (docs/conventions.md §18): Hugging Face safetensors
 // (LlamaForCausalLM, GPT2LMHeadModel) with config.json, and GGUF.
 #include <algorithm>
+#include <limits>
 #include <tuple>
 #include <cmath>
 #include <cstdio>
@@ -121,10 +122,26 @@ template <class T>
 T json_field(const nlohmann::json& j, const std::string& file, const char* key) {
   if (!j.contains(key) || j[key].is_null())
     throw error(fmt::format("{}: field '{}' is missing", file, key));
-  try {
-    return j[key].get<T>();
-  } catch (const std::exception&) {
-    throw error(fmt::format("{}: field '{}' has the wrong type ({})", file, key, j[key].dump()));
+  const nlohmann::json& v = j[key];
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    // An integer field takes a JSON integer that fits: nlohmann's get<int> would wrap 4294967328
+    // to 32 and truncate 1.5 (and true) to 1 without a word.
+    const bool integer = v.is_number_integer() || v.is_number_unsigned();
+    bool fits = false;
+    if (v.is_number_unsigned()) fits = v.get<uint64_t>() <= uint64_t(std::numeric_limits<T>::max());
+    else if (v.is_number_integer())
+      fits = v.get<int64_t>() >= int64_t(std::numeric_limits<T>::min()) &&
+             (v.get<int64_t>() < 0 || uint64_t(v.get<int64_t>()) <= uint64_t(std::numeric_limits<T>::max()));
+    if (!integer || !fits)
+      throw error(fmt::format("{}: field '{}' is {}; expected an integer{}", file, key, v.dump(),
+                              integer ? fmt::format(" of at most {}", std::numeric_limits<T>::max()) : ""));
+    return v.get<T>();
+  } else {
+    try {
+      return v.get<T>();
+    } catch (const std::exception&) {
+      throw error(fmt::format("{}: field '{}' has the wrong type ({})", file, key, v.dump()));
+    }
   }
 }
 

@@ -18,7 +18,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "lowbit/io/gguf.hpp"
+#include "lowbit/io/model_io.hpp"
 #include "lowbit/io/safetensors.hpp"
 #include "lowbit/base/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
@@ -1150,4 +1153,46 @@ TEST(FilesAtomicWrite, MissingDirectoryThrowsAndOverwriteReplaces) {
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
   }
   EXPECT_EQ(files, 3u);  // taken.gguf/, m.safetensors, m.gguf
+}
+
+// A model's config with a value that does not fit its field is refused, naming the field: before,
+// hidden_size 4294967328 read as 32 and 1.5 or true as 1; a RoPE base of NaN, 0 or -1 was taken.
+TEST(ModelConfig, ValuesThatDoNotFitAreRefused) {
+  const fs::path dir = fs::temp_directory_path() / ("lowbit_cfg_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  model_config c;
+  c.dim = 16, c.hidden_dim = 32, c.n_layers = 1, c.n_heads = 2, c.n_kv_heads = 2, c.vocab_size = 258,
+  c.max_seq_len = 16;
+  const std::string good = (dir / "good.safetensors").string();
+  save_safetensors_model(synthesize_model(c, 1), good);
+  const safetensors_file f(good);
+  const nlohmann::json cfg = nlohmann::json::parse(f.metadata().at("lowbit.config"));
+  std::vector<std::vector<float>> data;
+  std::vector<st_write_tensor> tensors;
+  for (const st_tensor_info& t : f.tensors()) data.push_back(f.read_f32(t.name));
+  size_t i = 0;
+  for (const st_tensor_info& t : f.tensors()) tensors.push_back({t.name, st_dtype::f32, t.shape, data[i++].data()});
+  auto with = [&](const char* key, const nlohmann::json& value) {
+    nlohmann::json edited = cfg;
+    edited[key] = value;
+    const std::string path = (dir / (std::string(key) + ".safetensors")).string();
+    auto meta = f.metadata();
+    meta["lowbit.config"] = edited.dump();
+    write_safetensors(path, tensors, meta);
+    return path;
+  };
+  EXPECT_NO_THROW(load_model(with("hidden_size", 16)));  // the file as written loads
+  for (const nlohmann::json& bad : {nlohmann::json(4294967328ull), nlohmann::json(1.5), nlohmann::json(true),
+                                    nlohmann::json(-4294967280ll)}) {
+    try {
+      load_model(with("hidden_size", bad));
+      ADD_FAILURE() << "hidden_size " << bad.dump() << " was accepted";
+    } catch (const lowbit::error& e) {
+      EXPECT_NE(std::string(e.what()).find("hidden_size"), std::string::npos) << e.what();
+    }
+  }
+  for (const double theta : {0.0, -1.0, std::nan("")})
+    EXPECT_THROW(load_model(with("rope_theta", theta)), lowbit::error) << theta;
+  fs::remove_all(dir);
 }
