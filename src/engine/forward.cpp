@@ -65,7 +65,6 @@ void forward_session::embed(const int32_t* tokens, int n, float* x) const {
 }
 
 const std::vector<float>& forward_session::forward(const int32_t* tokens, int n) {
-  check_tokens(tokens, n);
   std::vector<float> x(int64_t(n) * m_.config.dim);
   embed(tokens, n, x.data());
   run(x.data(), n, 0, m_.config.n_layers, true);
@@ -159,7 +158,7 @@ void forward_session::run(float* x, int n, int first, int last, bool head) {
   };
 
   for (int l = first; l < last; ++l) {
-    prefix = fmt::format("blk.{}.", l);
+    if (dump_) prefix = fmt::format("blk.{}.", l);
     decoder::block_forward(c, decoder::bind_block(m_, l), l, a, 1, n, pos_, h);
   }
 

@@ -393,14 +393,14 @@ class spec_parser {
         fail("a power exponent 0 < A <= 16 after 'pow' (e.g. pow0.5(int4/g128))");
       }
       if (!eat('(')) fail("'(' and an inner format, as in pow0.5(int4/g128)");
-      // A power map never nests (checked below, after the inner format); refusing a second 'pow'
-      // before descending also bounds the recursion, so no spec can exhaust the stack.
+      // A power map never nests: refusing a second 'pow' before descending also bounds the
+      // recursion, so no spec can exhaust the stack.
       if (inside_pow_) fail_at(at, "pow(...) takes a generic format, not a named preset or another power map");
       inside_pow_ = true;
       format f = parse_format_expr();
       inside_pow_ = false;
       if (!eat(')')) fail("')' to close pow(...)");
-      if (f.named != preset::none || f.power != 0)
+      if (f.named != preset::none)
         fail_at(at, "pow(...) takes a generic format, not a named preset or another power map");
       if (f.gran == granularity::none)
         fail_at(at, "pow(...) needs a group in its inner format (it divides by the group's amax), e.g. pow0.5(int4/g128)");

@@ -126,13 +126,10 @@ T json_field(const nlohmann::json& j, const std::string& file, const char* key) 
   if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
     // An integer field takes a JSON integer that fits: nlohmann's get<int> would wrap 4294967328
     // to 32 and truncate 1.5 (and true) to 1 without a word.
-    const bool integer = v.is_number_integer() || v.is_number_unsigned();
-    bool fits = false;
-    if (v.is_number_unsigned()) fits = v.get<uint64_t>() <= uint64_t(std::numeric_limits<T>::max());
-    else if (v.is_number_integer())
-      fits = v.get<int64_t>() >= int64_t(std::numeric_limits<T>::min()) &&
-             (v.get<int64_t>() < 0 || uint64_t(v.get<int64_t>()) <= uint64_t(std::numeric_limits<T>::max()));
-    if (!integer || !fits)
+    const bool integer = v.is_number_integer();  // signed or unsigned, never a float or a bool
+    const bool fits = integer && (v.is_number_unsigned() ? std::in_range<T>(v.get<uint64_t>())
+                                                         : std::in_range<T>(v.get<int64_t>()));
+    if (!fits)
       throw error(fmt::format("{}: field '{}' is {}; expected an integer{}", file, key, v.dump(),
                               integer ? fmt::format(" of at most {}", std::numeric_limits<T>::max()) : ""));
     return v.get<T>();
@@ -819,17 +816,11 @@ class shard_checksum {
   fnv1a64 h_;
 };
 
-// A tensor of a shard's header. The checksum takes them in file order, and among tensors that
-// start at one offset (a part of zero bytes, such as the empty scales of a plain cast, next to
-// the following part) shortest first, then by name: the writer and the reader then agree whatever
-// order a sort leaves ties in (a GPT-2 block's fp16 shard was refused as corrupted before).
-struct shard_entry {
-  std::string name;
-  st_dtype dtype;
-  std::vector<int64_t> shape;
-  uint64_t begin, end;
-};
-bool by_extent(const shard_entry& a, const shard_entry& b) {
+// The checksum takes a shard's tensors in file order, and among tensors that start at one
+// offset (a part of zero bytes, such as the empty scales of a plain cast, next to the following
+// part) shortest first, then by name: the writer and the reader then agree whatever order a sort
+// leaves ties in (a GPT-2 block's fp16 shard was refused as corrupted before).
+bool by_extent(const st_tensor_info& a, const st_tensor_info& b) {
   return std::tie(a.begin, a.end, a.name) < std::tie(b.begin, b.end, b.name);
 }
 
@@ -860,14 +851,14 @@ void save_tensor_shard(const std::string& path, const tensor_shard& shard) {
   // the reader's order (by_extent), which sees only the offsets.
   shard_checksum sum;
   sum.add_metadata(meta);
-  std::vector<shard_entry> entries;
+  std::vector<st_tensor_info> entries;
   uint64_t offset = 0;
   for (size_t i = 0; i < out.size(); ++i) {
     entries.push_back({out[i].name, out[i].dtype, out[i].shape, offset, offset + data[i].second});
     offset += data[i].second;
   }
   std::sort(entries.begin(), entries.end(), by_extent);
-  for (const shard_entry& e : entries) sum.add_tensor(e.name, e.dtype, e.shape, e.begin, e.end);
+  for (const st_tensor_info& e : entries) sum.add_tensor(e.name, e.dtype, e.shape, e.begin, e.end);
   for (const auto& [p, n] : data) sum.add(p, n);
   meta[kShardChecksum] = sum.hex();
   write_safetensors(path, out, meta);
@@ -877,15 +868,13 @@ tensor_shard load_tensor_shard(const std::string& path) {
   const safetensors_file f(path);  // refuses a truncated file: the header's extents are checked
   auto it = f.metadata().find(kShardChecksum);
   if (it == f.metadata().end()) throw error(fmt::format("{}: not a lowbit shard (no {})", path, kShardChecksum));
-  std::vector<shard_entry> entries;
-  for (const st_tensor_info& t : f.tensors()) entries.push_back({t.name, t.dtype, t.shape, t.begin, t.end});
-  std::sort(entries.begin(), entries.end(), by_extent);
+  std::vector<const st_tensor_info*> infos;  // file order, ties as the writer summed them
+  for (const st_tensor_info& t : f.tensors()) infos.push_back(&t);
+  std::sort(infos.begin(), infos.end(),
+            [](const st_tensor_info* a, const st_tensor_info* b) { return by_extent(*a, *b); });
   shard_checksum sum;
   sum.add_metadata(f.metadata());
-  for (const shard_entry& e : entries) sum.add_tensor(e.name, e.dtype, e.shape, e.begin, e.end);
-  std::vector<const st_tensor_info*> infos;  // file order
-  for (const st_tensor_info& t : f.tensors()) infos.push_back(&t);
-  std::sort(infos.begin(), infos.end(), [](const st_tensor_info* a, const st_tensor_info* b) { return a->begin < b->begin; });
+  for (const st_tensor_info* t : infos) sum.add_tensor(t->name, t->dtype, t->shape, t->begin, t->end);
   for (const st_tensor_info* t : infos) {
     // (read again below, a tensor at a time)
     read_mapped(f.raw(*t), t->end - t->begin, [&sum](const uint8_t* p, uint64_t n) { sum.add(p, n); });

@@ -53,6 +53,14 @@ std::unique_ptr<tokenizer> gguf_tokenizer(const std::string& path) {
 
 }  // namespace
 
+std::string tokenizer_file_beside(const std::string& model_path, int vocab_size) {
+  const fs::path dir = fs::path(model_path).parent_path();
+  for (const std::string& name : {std::string("tokenizer.bin"), fmt::format("tok{}.bin", vocab_size),
+                                 std::string("tokenizer.model")})
+    if (fs::exists(dir / name)) return (dir / name).string();
+  return "";
+}
+
 std::unique_ptr<tokenizer> tokenizer_for_model(const model& m, const std::string& path) {
   std::unique_ptr<tokenizer> tok;
   if (!path.empty()) {
@@ -64,17 +72,11 @@ std::unique_ptr<tokenizer> tokenizer_for_model(const model& m, const std::string
   } else if (!m.tokenizer.path.empty()) {
     tok = load_tokenizer(m.tokenizer.path);
   } else {
-    const fs::path dir = fs::path(m.source_path).parent_path();
-    for (const std::string& name : {std::string("tokenizer.bin"), fmt::format("tok{}.bin", m.config.vocab_size),
-                                   std::string("tokenizer.model")}) {
-      if (fs::exists(dir / name)) {
-        tok = load_tokenizer((dir / name).string());
-        break;
-      }
-    }
-    if (!tok)
+    const std::string beside = tokenizer_file_beside(m.source_path, m.config.vocab_size);
+    if (beside.empty())
       throw error(fmt::format("{}: no tokenizer named by the model or found beside it; pass --tokenizer",
                               m.source_path));
+    tok = load_tokenizer(beside);
   }
   if (tok->vocab_size() > m.config.vocab_size)
     throw error(fmt::format("tokenizer ({}) has {} tokens but the model only {}", tok->kind(),

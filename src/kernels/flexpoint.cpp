@@ -48,29 +48,12 @@ struct flex_span_stats {
 }  // namespace lowbit::detail
 #endif  // LOWBIT_FLEXPOINT_ONCE
 
+#include "src/kernels/simd_common-inl.hpp"  // DF, DI, VF, VI
+
 HWY_BEFORE_NAMESPACE();
 namespace lowbit {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
-
-using DF = hn::ScalableTag<float>;
-using DI = hn::RebindToSigned<DF>;
-using VF = hn::Vec<DF>;
-using VI = hn::Vec<DI>;
-
-// `count` < Lanes values at the end of a span through an aligned buffer (lanes beyond it read 0,
-// which is finite, below every qmax and adds nothing to the statistics), as simd_common-inl.hpp's
-// LoadTail does: Highway 1.0.3's masked loads on SSE4 read whole aligned vectors.
-HWY_INLINE VF LoadTailF(DF d, const float* p, size_t count) {
-  HWY_ALIGN float buf[hn::MaxLanes(DF())] = {};
-  std::memcpy(buf, p, count * sizeof(float));
-  return hn::Load(d, buf);
-}
-HWY_INLINE void StoreTailF(DF d, VF v, float* p, size_t count) {
-  HWY_ALIGN float buf[hn::MaxLanes(DF())];
-  hn::Store(v, d, buf);
-  std::memcpy(p, buf, count * sizeof(float));
-}
 
 // n <= 2^24 values (the int32 lane counters cannot overflow); in == out is allowed (each vector
 // is loaded before it is stored, so no restrict).
@@ -95,7 +78,8 @@ void FlexSpan(const float* in, float* out, size_t n, float inv, float kappa, flo
   const size_t N = hn::Lanes(df);
   size_t i = 0;
   for (; i + N <= n; i += N) hn::StoreU(one(hn::LoadU(df, in + i)), df, out + i);
-  if (i < n) StoreTailF(df, one(LoadTailF(df, in + i, n - i)), out + i, n - i);
+  // The tail's lanes past the end read 0: finite, below every qmax, nothing added to the statistics.
+  if (i < n) StoreTail(df, one(LoadTail(df, in + i, n - i)), out + i, n - i);
   st->amax_bits = std::max(st->amax_bits, static_cast<uint32_t>(hn::GetLane(hn::MaxOfLanes(di, amax))));
   st->nonfinite += hn::GetLane(hn::SumOfLanes(di, nonfinite));
   st->saturated += hn::GetLane(hn::SumOfLanes(di, saturated));

@@ -53,11 +53,9 @@ quantize_options job_options(const quantize_job_config& c) {
 // --tokenizer) and the provenance travel with the file.
 void describe_output(model& header, const quantize_job_config& c, const quantize_options& qo) {
   if (header.tokenizer.kind.empty() || header.tokenizer.kind == "llama2c") {
-    if (!c.tokenizer.empty()) header.tokenizer = {"file", fs::absolute(c.tokenizer).string()};
-    else for (const std::string& name : {std::string("tokenizer.bin"), fmt::format("tok{}.bin", header.config.vocab_size)}) {
-      const fs::path p = fs::path(c.model).parent_path() / name;
-      if (fs::exists(p)) { header.tokenizer = {"file", fs::absolute(p).string()}; break; }
-    }
+    const std::string file =
+        c.tokenizer.empty() ? tokenizer_file_beside(c.model, header.config.vocab_size) : c.tokenizer;
+    if (!file.empty()) header.tokenizer = {"file", fs::absolute(file).string()};
   }
   header.provenance = nlohmann::json{{"method", c.method}, {"weights", c.weights},
                                      {"weights_canonical", format_name(qo.weights)}, {"source_model", c.model},

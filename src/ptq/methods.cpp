@@ -28,7 +28,7 @@ const method_info kMethods[] = {
      .summary = "importance-weighted RTN, llama.cpp's imatrix (docs/ptq.md §4.9)", .needs = {.square_sums = true},
      .quantize = imatrix_group},
     {.id = method::powerquant, .name = "powerquant", .summary = "PowerQuant, Yvinec et al. 2023 (docs/ptq.md §4.7)",
-     .needs = data_free, .keeps_codes = false, .quantize = powerquant_group},
+     .needs = data_free, .quantize = powerquant_group},
     {.id = method::llmfp4, .name = "llmfp4", .summary = "LLM-FP4, Liu et al. 2023 (docs/ptq.md §4.6)",
      .needs = {}, .quantize = llmfp4_group},
 };

@@ -345,7 +345,7 @@ void equalize_block(model& m, int l, const std::vector<layer_group>& groups) {
 void compensate(model& m, const std::string& name, const std::vector<float>& w_eff, std::vector<float>& quantized,
                 int64_t out, int64_t in, const std::vector<float>& Xq, int64_t n, const quantize_options& o,
                 quantize_report& report) {
-  if (o.lorc_rank > 0 && method_of(o.how).lorc) {  // Q + U V (ZeroQuant-V2)
+  if (o.lorc_rank > 0) {  // Q + U V (ZeroQuant-V2)
     lorc_options lo;
     lo.factor_format = o.lorc_format;
     quantized = lorc_compensate(w_eff.data(), quantized.data(), out, in, o.lorc_rank, lo).weights;
@@ -384,10 +384,12 @@ void quantize_block_groups(model& m, const std::string& block, const std::vector
     // What the quantized layer computes with: inputs X / s and the float weight W diag(s).
     std::vector<float> Xq = gi.rows;
     if (!scales.empty()) divide_columns(Xq.data(), gi.n_rows(), in, scales.data());
-    for (int64_t i = 0; i < k; ++i) {
-      std::vector<float> w_eff = originals[i];
-      if (!scales.empty()) scale_columns(w_eff.data(), job.layers[i].out, in, scales.data());
-      compensate(m, job.names[i], w_eff, r.weights[i], job.layers[i].out, in, Xq, gi.n_rows(), o, report);
+    if (o.lorc_rank > 0 || o.bias_correct) {  // compensate's work; W diag(s) only for it
+      for (int64_t i = 0; i < k; ++i) {
+        std::vector<float> w_eff = originals[i];
+        if (!scales.empty()) scale_columns(w_eff.data(), job.layers[i].out, in, scales.data());
+        compensate(m, job.names[i], w_eff, r.weights[i], job.layers[i].out, in, Xq, gi.n_rows(), o, report);
+      }
     }
     const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
     // The report: output error on the sampled rows, against RTN of the original weight.
@@ -465,8 +467,6 @@ quantize_report run_blocks(model& work, const std::string& fingerprint, const st
   const model_config& c = work.config;
   quantize_report report;
   const auto groups = block_groups(c);
-  if (o.lorc_rank > 0 && !method_of(o.how).lorc)
-    throw error(fmt::format("quantize: --method {} does not take --lorc-rank", method_name(o.how)));
   uint64_t tensor_id = 0;
   const bool checkpoints = !o.checkpoint_dir.empty();
   const int first_block = checkpoints ? load_state(report, tensor_id, o.checkpoint_dir, fingerprint, c.n_layers) : 0;

@@ -55,10 +55,9 @@ nlohmann::json eval_result_json(const eval_result& r) {
   return j;
 }
 
-std::string canonical_or_float(const std::string& spec) {
-  const auto f = parse_optional_format(spec);
-  return f ? format_name(*f) : "fp32";
-}
+std::string canonical_or_float(const std::optional<format>& f) { return f ? format_name(*f) : "fp32"; }
+
+std::string canonical_or_float(const std::string& spec) { return canonical_or_float(parse_optional_format(spec)); }
 
 int64_t record_run(const std::string& db_path, const run_record& rec, const std::string& who) {
   runs_db db(db_path);

@@ -222,10 +222,6 @@ class shiftquant_quantizer : public operand_quantizer {
 
 }  // namespace
 
-double flex_fake_quantize(const float* in, float* out, int64_t n, int mantissa_bits, int exponent) {
-  return flexpoint_fake_quantize(in, out, n, mantissa_bits, exponent).gamma;
-}
-
 training_plan parse_training_plan(const std::string& spec_in) {
   const std::string spec = trim(spec_in);
   training_plan p;

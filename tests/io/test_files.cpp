@@ -18,12 +18,14 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "lowbit/io/gguf.hpp"
 #include "lowbit/io/model_io.hpp"
 #include "lowbit/io/safetensors.hpp"
 #include "lowbit/base/error.hpp"
+#include "lowbit/base/files.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "tests/data.hpp"
 
@@ -1192,7 +1194,25 @@ TEST(ModelConfig, ValuesThatDoNotFitAreRefused) {
       EXPECT_NE(std::string(e.what()).find("hidden_size"), std::string::npos) << e.what();
     }
   }
-  for (const double theta : {0.0, -1.0, std::nan("")})
+  for (const double theta : {0.0, -1.0})
     EXPECT_THROW(load_model(with("rope_theta", theta)), lowbit::error) << theta;
+  // JSON has no NaN (it dumps as null, refused as missing): the config check itself refuses one.
+  model_config nan_base = c;
+  nan_base.rope_theta = std::nanf("");
+  EXPECT_THROW(nan_base.validate(), lowbit::error);
   fs::remove_all(dir);
+}
+
+TEST(FileFingerprint, IsFnv1a64OfTheBytes) {
+  // One fingerprint (base/files) names files in provenance and in the results store: FNV-1a 64
+  // computed here byte by byte, independently of the chunked reader. lowbit's offset basis is
+  // 1469598103934665603, not the published 14695981039346656037 (a digit lost when it was first
+  // written); it stays, since every results store and shard in use names its files by it
+  // (docs/conventions.md §39).
+  const std::string path = lowbit_test::data_dir() + "/text/tinystories_val_sample.txt";
+  std::ifstream in(path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
+  EXPECT_EQ(file_fingerprint(path), fmt::format("fnv1a64:{:016x}", h));
 }

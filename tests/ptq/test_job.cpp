@@ -1,10 +1,7 @@
 // The quantize job as a library call (ptq/job.hpp): the same job `lowbit quantize` runs.
 #include <gtest/gtest.h>
 
-#include <fstream>
-#include <iterator>
-
-#include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <string>
@@ -13,12 +10,13 @@
 #include "lowbit/base/files.hpp"
 #include "lowbit/io/model_io.hpp"
 #include "lowbit/ptq/job.hpp"
+#include "tests/data.hpp"
 #include "lowbit/runs/runs_db.hpp"
 
 namespace lowbit {
 namespace {
 
-const std::string data_dir = LOWBIT_DATA_DIR;
+const std::string data_dir = lowbit_test::data_dir();
 
 ptq::quantize_job_config small_job(const std::string& method, const std::string& out) {
   ptq::quantize_job_config c;
@@ -50,32 +48,34 @@ TEST(QuantizeJob, WritesAndVerifiesTheFile) {
     EXPECT_EQ(job.gguf, std::string(ext) == ".gguf");
     EXPECT_EQ(job.report.layers.size(), 35u);  // 5 blocks x 7 linear weights
     ASSERT_TRUE(job.in_memory && job.written);
-    EXPECT_EQ(job.in_memory->mean_nll, job.written->mean_nll);  // the file holds what the pipeline made
+    // (the job itself refuses a file whose evaluation differs from the model in memory)
+    const nlohmann::json provenance = nlohmann::json::parse(load_model(out).provenance);
+    EXPECT_EQ(provenance.at("method"), "gptq");
+    EXPECT_EQ(provenance.at("calibration_hash"), file_fingerprint(c.data));
     EXPECT_TRUE(std::filesystem::exists(out));
     EXPECT_FALSE(std::filesystem::exists(out + ".partial"));  // removed once the output is complete
     EXPECT_EQ(load_model(out).config.n_layers, 5);
   }
 }
 
+// The method and the output container are refused before the model is read: with a model that
+// does not exist, the error still names the bad method or output, not the model.
 TEST(QuantizeJob, RefusesBeforeAnyWork) {
-  const std::string out = ::testing::TempDir() + "quantize_job_refused.safetensors";
-  EXPECT_THROW(ptq::run_quantize_job(small_job("gptx", out)), error);
-  EXPECT_THROW(ptq::run_quantize_job(small_job("rtn", ::testing::TempDir() + "x.bin")), error);
-  EXPECT_FALSE(std::filesystem::exists(out + ".partial"));
-}
-
-TEST(FileFingerprint, IsFnv1a64OfTheBytes) {
-  // One fingerprint (base/files) names files in provenance and in the results store: FNV-1a 64
-  // computed here byte by byte, independently of the chunked reader. lowbit's offset basis is
-  // 1469598103934665603, not the published 14695981039346656037 (a digit lost when it was first
-  // written); it stays, since every results store and shard in use names its files by it
-  // (docs/conventions.md §39).
-  const std::string path = data_dir + "/text/tinystories_val_sample.txt";
-  std::ifstream in(path, std::ios::binary);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
-  EXPECT_EQ(file_fingerprint(path), fmt::format("fnv1a64:{:016x}", h));
+  auto error_of = [](ptq::quantize_job_config c) {
+    c.model = ::testing::TempDir() + "no_such_model.bin";
+    try {
+      ptq::run_quantize_job(c);
+    } catch (const lowbit::error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::string bad_method = error_of(small_job("gptx", ::testing::TempDir() + "refused.safetensors"));
+  EXPECT_NE(bad_method.find("gptx"), std::string::npos) << bad_method;
+  EXPECT_EQ(bad_method.find("no_such_model"), std::string::npos) << bad_method;
+  const std::string bad_out = error_of(small_job("rtn", ::testing::TempDir() + "x.bin"));
+  EXPECT_NE(bad_out.find("x.bin"), std::string::npos) << bad_out;
+  EXPECT_EQ(bad_out.find("no_such_model"), std::string::npos) << bad_out;
 }
 
 }  // namespace

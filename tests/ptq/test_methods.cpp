@@ -47,7 +47,6 @@ TEST(MethodTable, NeedsMatchTheMethods) {
   EXPECT_TRUE(ptq::method_of(ptq::method::smoothquant).needs.channel_stats);
   EXPECT_TRUE(ptq::method_of(ptq::method::imatrix).needs.square_sums);
   EXPECT_TRUE(ptq::method_of(ptq::method::llmfp4).needs.calibration);
-  EXPECT_FALSE(ptq::method_of(ptq::method::powerquant).keeps_codes);
 }
 
 }  // namespace

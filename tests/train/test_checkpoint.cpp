@@ -10,6 +10,7 @@
 #include <string>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/base/files.hpp"
 #include "lowbit/io/safetensors.hpp"
 #include "lowbit/train/checkpoint.hpp"
 
@@ -31,13 +32,6 @@ train_checkpoint sample_checkpoint() {
     c.adam_v.push_back(1e-6f * float(i * i));
   }
   return c;
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 void write_bytes(const std::string& path, const std::string& bytes) {
@@ -72,7 +66,7 @@ TEST(TrainCheckpoint, RoundTripsExactly) {
 TEST(TrainCheckpoint, AFlippedBitInTheDataIsRefused) {
   const std::string path = temp_dir("flip") + "/checkpoint.safetensors";
   save_train_checkpoint(path, sample_checkpoint());
-  std::string bytes = read_bytes(path);
+  std::string bytes = read_file(path, "test file");
   // The last byte belongs to adam.v's data (the tensors follow the JSON header).
   bytes.back() = char(bytes.back() ^ 0x10);
   write_bytes(path, bytes);
@@ -87,7 +81,7 @@ TEST(TrainCheckpoint, AFlippedBitInTheDataIsRefused) {
 TEST(TrainCheckpoint, AnEditedStepIsRefused) {
   const std::string path = temp_dir("edit") + "/checkpoint.safetensors";
   save_train_checkpoint(path, sample_checkpoint());
-  std::string bytes = read_bytes(path);
+  std::string bytes = read_file(path, "test file");
   // The state is JSON inside the header (keys sorted, so the run's step is its last key): change
   // the stored step from 2 to 7 in place (same length), as a hand edit would.
   const std::string from = "\\\"step\\\":2}", to = "\\\"step\\\":7}";
@@ -116,7 +110,7 @@ TEST(TrainLog, RebuiltFromTheCurveKeepsEveryStep) {
   // A killed run's log: the first line torn in the middle, a line past the checkpoint.
   write_bytes(path, "{\"step\":1,\"train_lo\n" + train_log_line(c.curve[1]) + train_log_line({3, 3.0, -1, 0, 0, 0}));
   write_train_log(path, c.curve);
-  EXPECT_EQ(read_bytes(path), train_log_line(c.curve[0]) + train_log_line(c.curve[1]));
+  EXPECT_EQ(read_file(path, "test file"), train_log_line(c.curve[0]) + train_log_line(c.curve[1]));
   const nlohmann::json first = nlohmann::json::parse(train_log_line(c.curve[0]));
   EXPECT_EQ(first.at("step"), 1);
   EXPECT_FALSE(first.contains("val_loss"));  // not evaluated at step 1
@@ -124,7 +118,7 @@ TEST(TrainLog, RebuiltFromTheCurveKeepsEveryStep) {
 }
 
 TEST(TrainLog, AppendFailsLoudlyWhenTheFileCannotBeWritten) {
-  // /dev/full accepts the open and fails every write: a full disk.
-  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full on this system (a Linux device)";
+  // /dev/full accepts the open and fails every write: a full disk (a Linux device, always there).
+  ASSERT_TRUE(fs::exists("/dev/full"));
   EXPECT_THROW(append_train_log("/dev/full", {1, 3.0, -1, 0, 0, 0}), lowbit::error);
 }

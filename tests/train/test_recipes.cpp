@@ -17,6 +17,7 @@
 #include "lowbit/train/trainer.hpp"
 #include "lowbit/base/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
+#include "lowbit/kernels/flexpoint.hpp"
 #include "lowbit/train/recipes.hpp"
 #include "lowbit/io/model_io.hpp"
 
@@ -350,14 +351,14 @@ TEST(Flexpoint, InPlaceUseAndFrozenValidationKeepTheState) {
 TEST(Flexpoint, MantissasAreIntegersTimesTheSharedScale) {
   std::vector<float> x = {1.0f, -2.5f, 1000.0f, 3e-6f, -70000.0f, NAN};
   std::vector<float> y(x.size());
-  const double gamma = flex_fake_quantize(x.data(), y.data(), 5, 16, -4);  // kappa = 1/16
+  const double gamma = flexpoint_fake_quantize(x.data(), y.data(), 5, 16, -4).gamma;  // kappa = 1/16
   EXPECT_EQ(y[0], 1.0f);
   EXPECT_EQ(y[1], -2.5f);
   EXPECT_EQ(y[2], 1000.0f);
   EXPECT_EQ(y[3], 0.0f);
   EXPECT_EQ(y[4], float(-32767.0 / 16));  // saturated
   EXPECT_EQ(gamma, 70000.0 * 16);
-  flex_fake_quantize(x.data() + 5, y.data() + 5, 1, 16, 0);
+  flexpoint_fake_quantize(x.data() + 5, y.data() + 5, 1, 16, 0);
   EXPECT_TRUE(std::isnan(y[5]));  // docs/conventions.md §4: NaN propagates
 }
 

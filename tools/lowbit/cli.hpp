@@ -35,9 +35,6 @@ class progress_bar {
   bool drawn_ = false;
 };
 
-// The whole of a text file (data for eval, explore, quantize); throws naming it when unreadable.
-std::string read_text_file(const std::string& path);
-
 // The shipped data directory: $LOWBIT_DATA_DIR, else $LOWBIT_DATA, else the build's setting
 // (../shared/data).
 std::string data_dir();

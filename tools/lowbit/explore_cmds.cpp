@@ -96,8 +96,6 @@ void cmd_explore(explore_options o) {
   c.data = o.data.empty() ? data_dir() + "/text/tinystories_val_sample.txt" : o.data;
   c.tokenizer = o.tokenizer, c.rows = o.rows.empty() ? default_explore_rows() : o.rows;
   c.ctx = o.ctx, c.max_tokens = o.max_tokens, c.db = o.db;
-  for (const std::string& row : c.rows) parse_explore_row(row);  // bad rows fail before the output directory exists
-  fs::create_directories(o.out);
 
   std::unique_ptr<progress_bar> bar;  // the current stage's
   explore_progress p;

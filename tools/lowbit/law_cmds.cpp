@@ -13,6 +13,7 @@
 #include "lowbit/io/safetensors.hpp"  // write_text_file_atomic
 #include "lowbit/engine/model.hpp"
 #include "lowbit/base/error.hpp"
+#include "lowbit/base/files.hpp"
 #include "lowbit/runs/runs_db.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/law/cost.hpp"
@@ -49,7 +50,7 @@ std::pair<int, int> parse_bits(const std::string& s) {
 void write_json(const nlohmann::json& j, const std::string& out) { write_text_file_atomic(out, j.dump(2) + "\n"); }
 
 nlohmann::json read_json(const std::string& path) {
-  const std::string text = read_text_file(path);  // throws naming the file
+  const std::string text = read_file(path, "JSON file");
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {

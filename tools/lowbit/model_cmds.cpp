@@ -136,7 +136,6 @@ struct eval_cli_options {
 // the files are.
 void record_eval(const eval_cli_options& o, const model& base, const quant_plan& plan,
                  const std::vector<weight_quant_report>& reports, const eval_result& r, double bits) {
-  auto canonical = [](const std::optional<format>& f) { return f ? format_name(*f) : std::string("fp32"); };
   std::string model_name = fs::path(o.m.model).stem().string();  // the path is in config.paths
   std::string weights = o.m.weights, method = plan.weights ? "rtn" : "none";
   nlohmann::json provenance;
@@ -158,8 +157,8 @@ void record_eval(const eval_cli_options& o, const model& base, const quant_plan&
   }
   rec.config = {{"kind", "eval"}, {"model", file_fingerprint(o.m.model)},
                 {"tokenizer", tokenizer_identity(o.m.tokenizer)},
-                {"data", file_fingerprint(o.data)}, {"weights", canonical(plan.weights)},
-                {"acts", canonical(plan.acts)}, {"kv", canonical(plan.kv)}, {"rules", rules},
+                {"data", file_fingerprint(o.data)}, {"weights", canonical_or_float(plan.weights)},
+                {"acts", canonical_or_float(plan.acts)}, {"kv", canonical_or_float(plan.kv)}, {"rules", rules},
                 {"ctx", o.ctx}, {"max_tokens", o.max_tokens}, {"kl_base", o.kl_base},
                 {"provenance", provenance.is_discarded() ? nlohmann::json(nullptr) : provenance},
                 {"paths", {{"model", absolute_path(o.m.model)}, {"data", absolute_path(o.data)},
@@ -174,7 +173,7 @@ void cmd_eval(const eval_cli_options& o) {
   const quant_plan plan = o.m.plan();
   model base = load_model(o.m.model);
   const auto tok = tokenizer_for_model(base, o.m.tokenizer);
-  const std::vector<int32_t> ids = encode_documents(*tok, read_text_file(o.data));
+  const std::vector<int32_t> ids = encode_documents(*tok, read_file(o.data, "data file"));
   model quantized = base;
   const auto reports = apply_weight_plan(quantized, plan);
   eval_options eo;
@@ -289,7 +288,6 @@ std::string data_dir() {
   return LOWBIT_DEFAULT_DATA_DIR;
 }
 
-std::string read_text_file(const std::string& path) { return read_file(path, "data file"); }
 
 progress_bar::progress_bar(std::string label, std::string unit)
     : label_(std::move(label)), unit_(std::move(unit)), start_(now_seconds()), tty_(isatty(2)) {}

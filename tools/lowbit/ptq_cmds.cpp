@@ -21,6 +21,7 @@
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
 #include "lowbit/base/error.hpp"
+#include "lowbit/base/files.hpp"
 #include "lowbit/runs/records.hpp"
 #include "lowbit/ptq/job.hpp"
 #include "lowbit/ptq/mixed.hpp"
@@ -125,7 +126,7 @@ void print_quantize(const quantize_cli_options& o, const ptq::quantize_job& job)
                            format_name(job.options.weights), r.layers.size(), r.seconds, job.peak_rss_mib);
   if (rtn > 0)
     std::cout << fmt::format("; calibration output error {:.4g} vs RTN {:.4g} ({:.1f}%)", err, rtn,
-                             rtn > 0 ? 100.0 * err / rtn : 0.0);
+                             100.0 * err / rtn);
   std::cout << "\n";
   if (o.eval_tokens > 0)
     std::cout << fmt::format("mean NLL on the first {} tokens: {:.6f} in memory, {:.6f} from {}\n", o.eval_tokens,
@@ -182,7 +183,7 @@ void cmd_mixed(const mixed_cli_options& o) {
     throw error(fmt::format("mixed: {} exists; pass --force to replace it", o.out));
   const model m = load_model(o.model);
   const auto tok = tokenizer_for_model(m, o.tokenizer);
-  const std::vector<int32_t> ids = encode_documents(*tok, read_text_file(o.data));
+  const std::vector<int32_t> ids = encode_documents(*tok, read_file(o.data, "data file"));
   ptq::mixed_options mo;
   mo.formats = o.formats, mo.budget_bits = o.budget;
   mo.calib_samples = o.calib_samples, mo.calib_ctx = o.calib_ctx, mo.seed = o.seed;

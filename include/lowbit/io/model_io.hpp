@@ -133,6 +133,9 @@ tensor_shard load_tensor_shard(const std::string& path);
 // names (GGUF tokenizer.ggml.* metadata, lowbit's "bytes"), else tokenizer.bin / tok<vocab>.bin
 // beside a llama2.c model. Throws when none is found or its vocabulary is larger than the model's.
 std::unique_ptr<tokenizer> tokenizer_for_model(const model& m, const std::string& path = "");
+// The tokenizer file beside a model file, as tokenizer_for_model looks for it: tokenizer.bin,
+// tok<vocab>.bin, tokenizer.model; "" when there is none.
+std::string tokenizer_file_beside(const std::string& model_path, int vocab_size);
 
 
 }  // namespace lowbit

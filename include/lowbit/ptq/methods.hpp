@@ -86,13 +86,8 @@ struct method_info {
   const char* name;     // as --method spells it
   const char* summary;  // the paper or what it is (docs/ptq.md §4.x)
   method_needs needs;
-  // LoRC (--lorc-rank, docs/ptq.md §4.5) compensates W - Q whatever made Q; the pipeline refuses
-  // --lorc-rank for a method with false here. It runs in the calibrated pass, which --lorc-rank
-  // turns on for the methods that need no calibration themselves.
-  bool lorc = true;
-  // The method hands over the exact codes of its weights (group_job::packed), so the export never
-  // quantizes its values again; false: values only, re-encoded where that is exact.
-  bool keeps_codes = true;
+  // (LoRC, --lorc-rank, docs/ptq.md §4.5, compensates W - Q whatever made Q, so every method takes
+  // it; it runs in the calibrated pass, which --lorc-rank turns on for the data-free methods.)
   group_quantizer quantize = nullptr;
 };
 

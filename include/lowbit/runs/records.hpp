@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "lowbit/engine/eval.hpp"
@@ -30,7 +31,8 @@ void add_evaluation(run_record& rec, const eval_result& r);
 
 // An evaluation as JSON, as `eval --json` and explore's outputs print it.
 nlohmann::json eval_result_json(const eval_result& r);
-// A spec's canonical form, "fp32" for float ("" or fp32).
+// A format's canonical form, "fp32" for float (no format, or a spec "" or fp32).
+std::string canonical_or_float(const std::optional<format>& f);
 std::string canonical_or_float(const std::string& spec);
 
 // Records rec in the database at db_path and says on stderr, as "<who>: recorded as run N in DB"

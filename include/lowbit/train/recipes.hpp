@@ -53,9 +53,5 @@ std::unique_ptr<operand_quantizer> make_operand_quantizer(const training_plan& p
 // The ShiftQuant kernel of the gradients (P3, P5) is shiftquant_fake_quantize
 // (kernels/shiftquant.hpp, included above).
 
-// Flexpoint flexN+E (Koster et al. 2017): out = clamp(round_even(x / 2^k), +-(2^(N-1) - 1)) * 2^k;
-// returns Gamma, the largest |round(x / 2^k)| before clamping (Autoflex's overflow statistic): the
-// gamma of flexpoint_fake_quantize (kernels/flexpoint.hpp), which also reports amax and counts.
-double flex_fake_quantize(const float* in, float* out, int64_t n, int mantissa_bits, int exponent);
 
 }  // namespace lowbit
