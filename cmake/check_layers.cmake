@@ -10,7 +10,7 @@
 # text); siblings that may not see each other are simply absent from each other's lists, so the
 # folder graph has no cycle by construction — the check also verifies that (a folder never
 # reaches itself through others).
-set(LOWBIT_FLOORS base formats kernels engine text io ptq train runs law explore tools)
+set(LOWBIT_FLOORS base formats kernels engine text io ptq train runs law explore tools python)
 set(allowed_base     base)
 set(allowed_formats  base formats)
 set(allowed_kernels  base formats kernels)
@@ -23,6 +23,8 @@ set(allowed_runs     base formats kernels engine text io runs)
 set(allowed_law      base formats kernels engine text io ptq train runs law)
 set(allowed_explore  base formats kernels engine text io ptq train runs law explore)
 set(allowed_tools    base formats kernels engine text io ptq train runs law explore tools)
+# The Python bindings (python/src/) sit beside the CLI: both are front ends over every library.
+set(allowed_python   base formats kernels engine text io ptq train runs law explore python)
 
 if(NOT SRC)
   message(FATAL_ERROR "check_layers: pass -DSRC=<source dir>")
@@ -32,8 +34,8 @@ get_filename_component(SRC "${SRC}" ABSOLUTE)
 set(violations "")
 set(edges "")
 foreach(folder IN LISTS LOWBIT_FLOORS)
-  if(folder STREQUAL "tools")
-    file(GLOB_RECURSE files "${SRC}/tools/*.cpp" "${SRC}/tools/*.hpp")
+  if(folder STREQUAL "tools" OR folder STREQUAL "python")
+    file(GLOB_RECURSE files "${SRC}/${folder}/*.cpp" "${SRC}/${folder}/*.hpp")
   else()
     file(GLOB_RECURSE files "${SRC}/src/${folder}/*.cpp" "${SRC}/src/${folder}/*.hpp"
                             "${SRC}/include/lowbit/${folder}/*.hpp")

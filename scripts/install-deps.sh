@@ -21,6 +21,9 @@ packages=(
   libsqlite3-dev sqlite3      # the results store (runs database)
   libceres-dev        # nonlinear least squares of the scaling-law fits
   libxgboost-dev      # gradient-boosted PTQ quality predictor
+  python3-dev pybind11-dev python3-numpy  # the Python package (import lowbit)
+  python3-torch       # lowbit.torch: autograd functions and quantized layers (CPU)
+  python3-pytest      # the Python package's tests
 )
 
 missing=()
