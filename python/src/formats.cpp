@@ -61,12 +61,14 @@ py::array_t<float> codebook(const element_format& e) {
 }
 
 // The distinct finite values of an element of <= 16 bits, ascending (+0 and -0 once, as +0).
+// Symmetric ints are restricted (int8: -127..127): the spare code 100..0 is not a value.
 py::array_t<float> finite_values(const element_format& e) {
   auto book = codebook(e);
+  const element_limits l = limits_of(e);
   std::vector<float> v;
   for (py::ssize_t i = 0; i < book.size(); ++i) {
     const float x = book.data()[i];
-    if (std::isfinite(x)) v.push_back(x == 0.0f ? 0.0f : x);
+    if (std::isfinite(x) && x >= l.min && x <= l.max) v.push_back(x == 0.0f ? 0.0f : x);
   }
   std::sort(v.begin(), v.end());
   v.erase(std::unique(v.begin(), v.end()), v.end());
@@ -132,7 +134,8 @@ void register_formats(py::module_& m) {
       .def_property_readonly("min_subnormal", [](const format& f) { return limits_of(f.element).min_subnormal; })
       .def_property_readonly("epsilon", [](const format& f) { return limits_of(f.element).epsilon; })
       .def_property_readonly("codebook", [](const format& f) { return codebook(f.element); },
-                             "the element's value of every code, indexed by code (<= 16-bit elements)")
+                             "the element's decoding of every code, indexed by code (<= 16-bit elements; "
+                             "the spare code of a symmetric int decodes to -2^(N-1), which is not a value)")
       .def_property_readonly("values", [](const format& f) { return finite_values(f.element); },
                              "the element's distinct finite values, ascending (<= 16-bit elements)")
       .def("with_seed", [](format f, uint64_t seed) {

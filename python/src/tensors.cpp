@@ -23,7 +23,8 @@ namespace {
 
 // How an array maps onto the kernels' [rows, cols] matrix.
 struct matrix_view {
-  std::vector<int64_t> shape;  // the array's
+  std::vector<int64_t> array_shape;  // the array's (empty for 0-d)
+  std::vector<int64_t> shape;        // the same with a 0-d array seen as [1]
   int axis = 0;
   int64_t rows = 0, cols = 0;
   // The matrix is the array's memory as it stands: rows along cols (last axis, C-contiguous), or
@@ -33,7 +34,7 @@ struct matrix_view {
 
 matrix_view view_of(const py::array& a, int axis) {
   matrix_view v;
-  v.shape = shape_of(a);
+  v.array_shape = v.shape = shape_of(a);
   if (v.shape.empty()) v.shape = {1};  // a 0-d array is one element
   const int nd = static_cast<int>(v.shape.size());
   if (axis < -nd || axis >= nd)
@@ -91,6 +92,9 @@ void scatter(const float* src, py::array& a, const matrix_view& v) {
 }
 
 py::array checked_float32(const py::handle& x, const char* what) {
+  // Leaked on purpose: a static py::object would be released after the interpreter is gone.
+  static const py::handle numpy_scalar = py::object(py::module_::import("numpy").attr("float32")).release();
+  if (py::isinstance(x, numpy_scalar)) return py::array::ensure(x);  // numpy.float32(3.3)
   if (!py::isinstance<py::array>(x)) {
     // Lists and scalars are welcome; other objects (a torch tensor) are the caller's to convert.
     if (py::isinstance<py::list>(x) || py::isinstance<py::tuple>(x) || py::isinstance<py::float_>(x) ||
@@ -109,11 +113,9 @@ py::array checked_float32(const py::handle& x, const char* what) {
 
 // The output array: `out` checked against x's shape, or a new C-contiguous one.
 py::array output_for(const matrix_view& v, const py::object& out) {
-  if (out.is_none()) return py::array_t<float>(std::vector<py::ssize_t>(v.shape.begin(), v.shape.end()));
+  if (out.is_none()) return py::array_t<float>(std::vector<py::ssize_t>(v.array_shape.begin(), v.array_shape.end()));
   py::array o = checked_float32(out, "out");
-  std::vector<int64_t> s = shape_of(o);
-  if (s.empty()) s = {1};
-  if (s != v.shape) throw py::value_error("out has a different shape from the input");
+  if (shape_of(o) != v.array_shape) throw py::value_error("out has a different shape from the input");
   if (!o.writeable()) throw py::value_error("out is read-only");
   return o;
 }
@@ -167,7 +169,7 @@ py_quantized quantize_array(const py::handle& x, const py::handle& spec, int axi
   const matrix_view v = view_of(a, axis);
   if (v.rows * v.cols == 0) throw py::value_error("cannot quantize an empty array");
   py_quantized r;
-  r.shape = v.shape;
+  r.shape = v.array_shape;
   r.axis = v.axis;
   py::gil_scoped_release release;
   if (v.direct_rows) {
@@ -182,11 +184,12 @@ py_quantized quantize_array(const py::handle& x, const py::handle& spec, int axi
 
 py::array dequantize_array(const py_quantized& p) {
   matrix_view v;
-  v.shape = p.shape;
+  v.array_shape = v.shape = p.shape;
+  if (v.shape.empty()) v.shape = {1};
   v.axis = p.axis;
   v.rows = p.q.rows;
   v.cols = p.q.cols;
-  py::array out = py::array_t<float>(std::vector<py::ssize_t>(v.shape.begin(), v.shape.end()));
+  py::array out = py::array_t<float>(std::vector<py::ssize_t>(v.array_shape.begin(), v.array_shape.end()));
   if (v.axis == static_cast<int>(v.shape.size()) - 1) {
     float* o = static_cast<float*>(out.mutable_data());
     py::gil_scoped_release release;

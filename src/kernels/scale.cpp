@@ -79,9 +79,15 @@ float round_minifloat_fast(float v, int emin, int mbits, float max, bool overflo
   const int p = std::max(static_cast<int>(b >> 23), 1) - 127;
   const int L = std::max(p, emin) - mbits;
   float r = a;
-  if (L > p - 23 && L + 23 <= 127) {
-    const float c = std::bit_cast<float>(static_cast<uint32_t>(L + 150) << 23);
-    r = (a + c) - c;
+  if (L > p - 23) {
+    // C must be a finite float: at the top of a wide grid (bf16 scales of amax >= 2^112) round
+    // a * 2^-64 onto the step 2^(L-64) and scale back; both products are exact (a is normal
+    // and large), and a carry past FLT_MAX becomes Inf, which the saturation below takes.
+    const int down = L + 23 > 127 ? 64 : 0;
+    const float scaled = down ? a * pow2(-down) : a;
+    const float c = std::bit_cast<float>(static_cast<uint32_t>(L - down + 150) << 23);
+    r = (scaled + c) - c;
+    if (down) r *= pow2(down);
   }
   if (r > max) r = overflow_inf ? INFINITY : max;
   return std::copysign(r, v);
