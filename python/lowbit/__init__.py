@@ -19,8 +19,10 @@ from ._core import (  # noqa: F401
     threads,
 )
 
+import os as _os
+
 __all__ = [
-    "Element", "Error", "Format", "OperandQuantizer", "QuantizedTensor", "cast", "clip_bounds",
+    "Element", "Error", "Format", "OperandQuantizer", "QuantizedTensor", "cast", "clip_bounds", "data_dir",
     "dequantize", "fake_quantize", "formats", "quantize", "set_threads", "threads",
 ]
 
@@ -35,3 +37,9 @@ def cast(x, spec):
             f"cast takes an element format without a scale; '{fmt.name}' has {fmt.granularity} "
             "scales: use lowbit.fake_quantize")
     return fake_quantize(x, fmt)
+
+
+def data_dir():
+    """The shipped data directory, as the CLI finds it: $LOWBIT_DATA_DIR, else $LOWBIT_DATA, else
+    the build's default (../shared/data beside the checkout)."""
+    return _os.environ.get("LOWBIT_DATA_DIR") or _os.environ.get("LOWBIT_DATA") or default_data_dir

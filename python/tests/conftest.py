@@ -11,20 +11,20 @@ import lowbit
 
 @pytest.fixture(scope="session")
 def data_dir():
-    """The shipped data (LOWBIT_DATA_DIR, else the build's default); skips a test that needs it
-    when it is absent, naming the directory."""
-    d = pathlib.Path(os.environ.get("LOWBIT_DATA_DIR") or lowbit.default_data_dir)
+    """The shipped data (lowbit.data_dir()). A test that needs it fails when it is absent, naming
+    the directory; it never skips (README "Install")."""
+    d = pathlib.Path(lowbit.data_dir())
     if not d.is_dir():
-        pytest.skip(f"the data directory {d} is absent (scripts/get-data.sh fetches it)")
+        pytest.fail(f"the data directory {d} is absent: set LOWBIT_DATA, or run scripts/get-data.sh")
     return d
 
 
 @pytest.fixture(scope="session")
 def cli():
-    """The lowbit command line of the same build (LOWBIT_CLI), for cross-checks."""
+    """The lowbit command line of the same build (LOWBIT_CLI, set by ctest), for cross-checks."""
     path = os.environ.get("LOWBIT_CLI") or shutil.which("lowbit")
     if not path or not os.path.exists(path):
-        pytest.skip("the lowbit CLI is not built (LOWBIT_CLI unset)")
+        pytest.fail("the lowbit CLI is not found: set LOWBIT_CLI to build/lowbit")
     return path
 
 
