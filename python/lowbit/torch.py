@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -160,6 +160,19 @@ class TrainingQuantizer:
         if module.training:
             self.current_step = self.step
             self.step += 1
+
+    # copy.deepcopy and pickle (a model holding QuantLinear layers): the plan, seed and steps; a
+    # stateful quantizer's state (Autoflex) has no way back into C++ from here, so it is refused.
+    def __getstate__(self):
+        if self.quantizer.state() != "null":
+            raise TypeError(f"a TrainingQuantizer of the stateful plan {self.plan!r} cannot be copied or pickled")
+        return {"plan": self.plan, "seed": self.seed, "step": self.step, "current_step": self.current_step,
+                "frozen": self._frozen}
+
+    def __setstate__(self, state):
+        self.__init__(state["plan"], state["seed"])
+        self.step, self.current_step = state["step"], state["current_step"]
+        self.set_frozen(state["frozen"])
 
     def __repr__(self) -> str:
         return f"lowbit.torch.TrainingQuantizer({self.plan!r}, seed={self.seed}, step={self.step})"
@@ -444,7 +457,8 @@ def quantize_weights(module: nn.Module, spec: Spec, method: str = "rtn", calibra
     runs under ``torch.no_grad()`` in eval mode. By default all layers' inputs are captured in one
     pass of the float model; ``sequential=True`` runs the calibration once per layer, after the
     earlier layers are quantized (GPTQ's sequential order). ``layers``: the qualified names to
-    quantize (default every nn.Linear). Returns {name: LayerReport} in layer order.
+    quantize (default every nn.Linear). The algorithms run in float32; bfloat16 weights receive the
+    result rounded to bfloat16. Returns {name: LayerReport} in layer order.
     """
     if method not in ("rtn", "gptq", "awq"):
         raise ValueError(f"method must be 'rtn', 'gptq' or 'awq', got {method!r}")

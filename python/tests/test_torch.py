@@ -1,5 +1,7 @@
 """lowbit.torch (docs/python.md "lowbit.torch"): the straight-through autograd function, QuantLinear's
 six operands against the C++ trainer's GEMM path, quantize_model, quantize_weights."""
+import copy
+
 import numpy as np
 import pytest
 
@@ -123,6 +125,9 @@ PLANS = [
     "x=int8/c;w=int4/g32",
     "x=e4m3/g32;w=e4m3/g32;dy=e5m2/g32~sr;w_bwd=e4m3/g32;dy_w=e5m2/g32~sr;x_bwd=e4m3/g32;axis=din",
     "x=int8/g32;w=int4/g32~sr;dy=int8/g32~sr;w_bwd=int8/c;dy_w=e5m2/g32~sr;x_bwd=int8/g32",
+    "qat:int4/g32",
+    "flex16+5",  # stateful (Autoflex): both quantizers start from the same state
+    "shiftquant:int4",
 ]
 
 
@@ -236,6 +241,33 @@ def test_quantize_model_swaps_every_linear_in_order():
     lt.set_step(net.train(), 100)
     net(x)
     assert tq.current_step == 100
+
+
+def test_a_quantized_model_deep_copies_with_its_step():
+    net = lt.quantize_model(_Net(), "mxfp4")
+    lt.set_step(net, 5)
+    twin = copy.deepcopy(net)
+    tq = twin.lowbit_quantizer
+    assert tq is not net.lowbit_quantizer and tq.step == 5
+    assert all(m.quantizer is tq for m in twin.modules() if isinstance(m, lt.QuantLinear))
+    x = torch.randn(8, 16)
+    assert torch.equal(net(x), twin(x)) and tq.step == 6  # the copy's hook steps the copy's quantizer
+    with pytest.raises(TypeError):
+        copy.deepcopy(lt.quantize_model(_Net(), "flex16+5"))
+
+
+def test_eval_mode_freezes_stateful_quantizers():
+    net = lt.quantize_model(_Net(), "flex16+5")  # Autoflex keeps a history of maxima per tensor
+    state = net.lowbit_quantizer.quantizer.state
+    x = torch.randn(8, 16)
+    net(x)
+    after_train = state()
+    net.eval()
+    net(x * 5)
+    assert state() == after_train
+    net.train()
+    net(x * 5)
+    assert state() != after_train
 
 
 def test_quantize_model_with_a_linear_mapping():
