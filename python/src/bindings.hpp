@@ -35,5 +35,6 @@ void register_formats(py::module_& m);
 void register_tensors(py::module_& m);
 void register_training(py::module_& m);
 void register_jobs(py::module_& m);
+void register_ptq(py::module_& m);
 
 }  // namespace lowbit::python

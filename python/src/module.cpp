@@ -58,4 +58,5 @@ PYBIND11_MODULE(_core, m) {
   register_tensors(m);
   register_training(m);
   register_jobs(m);
+  register_ptq(m);
 }
