@@ -7,10 +7,10 @@ of `lowbit train --plan mxfp4`, gradients with stochastic rounding), and plots t
     PYTHONPATH=build/python /usr/bin/python3 examples/train_torch_mxfp4.py [--out DIR] [--steps N]
 
 The second MXFP4 run chooses the gradients' E8M0 scales by the rceil rule instead of OCP's floor
-(docs/formats.md §1.2): under OCP's rule the top of a block saturates (scaled values in [6, 8)
-become 6), which biases the otherwise unbiased stochastic rounding of the largest gradient
-entries; at this scale that bias, not the 4-bit grid, is most of the gap to float32 (Tseng et al.
-2025 scale the gradients by 3/4 before MXFP4 for the same reason).
+(docs/formats.md §1.2). In our runs it closes most of the gap to float32 (docs/python.md gives
+the numbers). A likely reason, not tested further: under OCP's rule the top of a block saturates
+(scaled values in [6, 8) become 6), which biases the otherwise unbiased stochastic rounding of the
+largest gradient entries (Tseng et al. 2025 scale the gradients by 3/4 before MXFP4 for this).
 
 The model is an MLP over the previous `--context` characters after Bengio et al. (2003), with
 pre-norm residual blocks (CharMLP). Reads $LOWBIT_DATA_DIR/text/tinyshakespeare.txt
