@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 DATA ?= $(abspath ../shared/data)
 
-.PHONY: deps build demo test test-all bench bench-model clean
+.PHONY: deps build demo test test-all bench bench-python bench-model clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -27,6 +27,11 @@ test-all: build
 bench: build
 	@$(BUILD)/lowbit bench int8/c int4/g128 e4m3fn/c e4m3fn/t mxfp4 nvfp4 nf4 q8_0 e2m1/g32~sr --threads 1
 	@$(BUILD)/lowbit bench int8/c int4/g128 e4m3fn/c e4m3fn/t mxfp4 nvfp4 nf4 q8_0 e2m1/g32~sr --threads 2
+
+# The Python package: lowbit.fake_quantize from Python vs the C++ kernel on the same buffer, and
+# lowbit.torch vs the same quantization in PyTorch ops, and a quantized torch model's tokens/s.
+bench-python: build
+	@PYTHONPATH=$(BUILD)/python /usr/bin/python3 bench/bench_python.py
 
 # eval throughput of a synthetic 110M-parameter Llama (prefill, windows of 512) next to sgemm.
 bench-model: build
