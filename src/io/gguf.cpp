@@ -570,6 +570,19 @@ gguf_file::gguf_file(const std::string& path) : path_(path) {
                        "the {}-byte file (truncated?)",
                        t.name, t.offset, t.offset + t.bytes, data_start, size));
   }
+  // No two tensors share bytes (a write to one would change the other; ggml lays them out one
+  // after another). Gaps are allowed: alignment padding, and writers may order tensors freely.
+  std::vector<const gguf_tensor_info*> order;
+  for (const auto& t : tensors_) order.push_back(&t);
+  std::sort(order.begin(), order.end(),
+            [](const gguf_tensor_info* a, const gguf_tensor_info* b) { return a->offset < b->offset; });
+  for (size_t i = 1; i < order.size(); ++i) {
+    const gguf_tensor_info& a = *order[i - 1];
+    const gguf_tensor_info& b = *order[i];
+    if (b.offset < a.offset + a.bytes)
+      fail(fmt::format("tensor '{}' (data [{}, {})) overlaps tensor '{}' (data [{}, {}))", b.name, b.offset,
+                       b.offset + b.bytes, a.name, a.offset, a.offset + a.bytes));
+  }
   data_ = data_start <= size ? base + data_start : nullptr;
 }
 

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <tuple>
 #include <unordered_set>
 
 #include <fmt/format.h>
@@ -117,20 +118,29 @@ safetensors_file::safetensors_file(const std::string& path) : path_(path) {
                      n, size - 8));
   const char* hdr = reinterpret_cast<const char*>(base + 8);
   nlohmann::ordered_json j;
+  // JSON objects keep the last of two equal keys; the header's top-level keys are tensor names,
+  // so the parser's callback sees every one (depth 1) and the first repeated one is refused.
+  std::unordered_set<std::string> keys;
+  std::string repeated;
+  const auto note_keys = [&](int depth, nlohmann::ordered_json::parse_event_t event, nlohmann::ordered_json& parsed) {
+    if (event == nlohmann::ordered_json::parse_event_t::key && depth == 1 && repeated.empty() &&
+        !keys.insert(parsed.get<std::string>()).second)
+      repeated = parsed.get<std::string>();
+    return true;
+  };
   try {
-    j = nlohmann::ordered_json::parse(hdr, hdr + n);
+    j = nlohmann::ordered_json::parse(hdr, hdr + n, note_keys);
   } catch (const nlohmann::json::exception& e) {
     fail(fmt::format("the {}-byte header is not valid JSON: {}", n, e.what()));
   }
+  if (!repeated.empty()) fail(fmt::format("tensor '{}' appears twice in the header", repeated));
   if (!j.is_object()) fail(fmt::format("the header is a JSON {}; expected an object", j.type_name()));
   const uint64_t data_size = size - 8 - n;
   data_ = base + 8 + n;
 
-  std::unordered_set<std::string> seen;
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& name = it.key();
     const auto& v = it.value();
-    if (!seen.insert(name).second) fail(fmt::format("tensor '{}' appears twice in the header", name));
     if (name == "__metadata__") {
       if (!v.is_object()) fail(fmt::format("field '__metadata__' is a JSON {}; expected an object of strings", v.type_name()));
       for (auto m = v.begin(); m != v.end(); ++m) {
@@ -181,6 +191,31 @@ safetensors_file::safetensors_file(const std::string& path) : path_(path) {
                                         st_dtype_size(t.dtype)));
     tensors_.push_back(std::move(t));
   }
+  // The data block is the tensors' bytes, each byte in exactly one tensor (the safetensors format
+  // allows no holes and no sharing): in offset order every tensor starts where the previous ended
+  // and the last ends at the end of the file. Overlapping tensors would alias each other's bytes;
+  // a hole is data no tensor owns (room for a second, hidden payload).
+  std::vector<const st_tensor_info*> order;
+  for (const auto& t : tensors_) order.push_back(&t);
+  std::sort(order.begin(), order.end(), [](const st_tensor_info* a, const st_tensor_info* b) {
+    return std::tie(a->begin, a->end) < std::tie(b->begin, b->end);
+  });
+  uint64_t covered = 0;
+  const st_tensor_info* previous = nullptr;
+  for (const st_tensor_info* t : order) {
+    if (t->begin < covered)
+      fail(fmt::format("tensor '{}' (bytes [{}, {}]) overlaps tensor '{}' (bytes [{}, {}])", t->name, t->begin, t->end,
+                       previous->name, previous->begin, previous->end));
+    if (t->begin > covered)
+      fail(fmt::format("bytes [{}, {}] of the data block belong to no tensor (before tensor '{}'); the format "
+                       "allows no holes",
+                       covered, t->begin, t->name));
+    covered = t->end;
+    previous = t;
+  }
+  if (covered != data_size)
+    fail(fmt::format("bytes [{}, {}] at the end of the data block belong to no tensor; the format allows no holes",
+                     covered, data_size));
 }
 
 safetensors_file::~safetensors_file() = default;

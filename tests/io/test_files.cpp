@@ -840,11 +840,20 @@ TEST(FilesCorruption, SafetensorsTruncatedFlippedAndLying) {
       R"({"a":{"dtype":"F32","data_offsets":[0,16]}})",
       R"({"a":{"dtype":"F32","shape":[4]}})",
       R"({"__metadata__":{"k":1}})", R"({"__metadata__":[]})", R"({"__metadata__":{"k":{"x":"y"}}})",
+      // The data block must be the tensors' bytes, each in exactly one tensor (64 bytes here).
+      R"({"a":{"dtype":"F32","shape":[8],"data_offsets":[0,32]},"a":{"dtype":"F32","shape":[8],"data_offsets":[32,64]}})",  // a name twice
+      R"({"a":{"dtype":"F32","shape":[16],"data_offsets":[0,64]},"b":{"dtype":"F32","shape":[8],"data_offsets":[32,64]}})",  // overlap
+      R"({"a":{"dtype":"F32","shape":[8],"data_offsets":[0,32]},"b":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}})",    // aliases, hole after
+      R"({"a":{"dtype":"F32","shape":[8],"data_offsets":[32,64]}})",       // hole before
+      R"({"a":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}})",        // hole after
   };
   for (const auto& h : lies) EXPECT_FALSE(st_loads(make(h), "header " + h)) << h;
   // Accepted: an empty header object, empty metadata, zero-size tensors, padding spaces.
   EXPECT_TRUE(st_loads(make("{}", 0), "{}"));
-  EXPECT_TRUE(st_loads(make(R"({"__metadata__":{}, "z":{"dtype":"I8","shape":[0],"data_offsets":[64,64]}}   )"), "zero"));
+  EXPECT_TRUE(st_loads(make(R"({"__metadata__":{}, "z":{"dtype":"I8","shape":[0],"data_offsets":[0,0]}}   )", 0), "zero"));
+  // Out of order in the header is fine when the bytes are tiled; a zero-size tensor anywhere.
+  EXPECT_TRUE(st_loads(make(R"({"b":{"dtype":"F32","shape":[8],"data_offsets":[32,64]},"z":{"dtype":"I8","shape":[0],)"
+                            R"("data_offsets":[32,32]},"a":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}})"), "tiled"));
   // Deeply nested JSON (no recursion limit issues).
   EXPECT_FALSE(st_loads(make(std::string(200000, '[') + std::string(200000, ']')), "nested arrays"));
   EXPECT_FALSE(st_loads(make("{\"__metadata__\":{\"k\":" + std::string(200000, '[') + std::string(200000, ']') + "}}"),
@@ -1215,4 +1224,38 @@ TEST(FileFingerprint, IsFnv1a64OfTheBytes) {
   uint64_t h = 1469598103934665603ull;
   for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
   EXPECT_EQ(file_fingerprint(path), fmt::format("fnv1a64:{:016x}", h));
+}
+
+// Two tensors whose data overlap: the second's offset rewritten to the first's (bytes shared),
+// then to inside the first (partial overlap). Before, both were read without a word.
+TEST(GgufReader, RefusesOverlappingTensorData) {
+  scratch s("gguf_overlap");
+  const std::string path = s / "o.gguf";
+  std::vector<float> a(64, 1.0f), b(64, 2.0f);
+  gguf_writer w;
+  w.add_string("general.architecture", "llama");
+  w.add_tensor("first", {2, 32}, a.data(), ggml_type::f32);
+  w.add_tensor("second", {2, 32}, b.data(), ggml_type::f32);
+  w.write(path);
+  const gguf_file ok(path);
+  ASSERT_EQ(ok.tensors().size(), 2u);
+  const auto bytes = read_bytes(path);
+  // The second tensor's info: name (u64 length + bytes), n_dims u32, 2 x i64 ne, u32 type, u64 offset.
+  const std::string name = "second";
+  const auto at = std::search(bytes.begin(), bytes.end(), name.begin(), name.end()) - bytes.begin();
+  const size_t offset_field = at + name.size() + 4 + 2 * 8 + 4;
+  uint64_t stored = 0;
+  std::memcpy(&stored, bytes.data() + offset_field, 8);
+  ASSERT_EQ(stored, 256u);  // 64 floats after the first, aligned to 32
+  for (uint64_t lie : {uint64_t{0}, uint64_t{128}}) {
+    auto v = bytes;
+    std::memcpy(v.data() + offset_field, &lie, 8);
+    write_bytes(path, v);
+    try {
+      gguf_file f(path);
+      ADD_FAILURE() << "offset " << lie << " accepted";
+    } catch (const lowbit::error& e) {
+      EXPECT_NE(std::string(e.what()).find("overlaps tensor 'first'"), std::string::npos) << e.what();
+    }
+  }
 }
