@@ -7,16 +7,26 @@ from ._core import (  # noqa: F401
     Element,
     Error,
     Format,
+    Model,
     OperandQuantizer,
     QuantizedTensor,
+    Tokenizer,
     clip_bounds,
+    data_dir,
     default_data_dir,
     dequantize,
+    evaluate,
     fake_quantize,
     formats,
+    load_model,
+    load_tokenizer,
     quantize,
+    quantize_model,
+    runs,
     set_threads,
     threads,
+    tokenizer_for,
+    train,
 )
 
 import os as _os
@@ -24,6 +34,9 @@ import os as _os
 __all__ = [
     "Element", "Error", "Format", "OperandQuantizer", "QuantizedTensor", "cast", "clip_bounds", "data_dir",
     "dequantize", "fake_quantize", "formats", "quantize", "set_threads", "threads",
+    # models and jobs (docs/python.md "Models and jobs")
+    "Model", "Tokenizer", "data_dir", "evaluate", "load_model", "load_tokenizer", "quantize_model",
+    "runs", "tokenizer_for", "train",
 ]
 
 

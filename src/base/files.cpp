@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <vector>
@@ -184,4 +185,11 @@ std::string file_fingerprint(const std::string& path) {
   }
   return "fnv1a64:" + h.hex();
 }
+std::string shipped_data_dir(const std::string& built_in) {
+  // LOWBIT_DATA is what make and the tests read; LOWBIT_DATA_DIR is the CLI's older name.
+  for (const char* name : {"LOWBIT_DATA_DIR", "LOWBIT_DATA"})
+    if (const char* d = std::getenv(name); d && *d) return d;
+  return built_in;
+}
+
 }  // namespace lowbit

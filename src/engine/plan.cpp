@@ -102,6 +102,15 @@ quant_plan load_plan_json(const std::string& path) {
   return p;
 }
 
+quant_plan make_quant_plan(const std::string& rules, const std::string& weights, const std::string& acts,
+                           const std::string& kv) {
+  quant_plan p = rules.empty() ? quant_plan{} : load_plan_json(rules);
+  if (!weights.empty()) p.weights = parse_optional_format(weights), p.weights_spec = weights;
+  if (!acts.empty()) p.acts = parse_optional_format(acts), p.acts_spec = acts;
+  if (!kv.empty()) p.kv = parse_optional_format(kv), p.kv_spec = kv;
+  return p;
+}
+
 namespace {
 
 // Tensor t fake-quantized to f in place (the tensor_id-th tensor of its model), and its report.

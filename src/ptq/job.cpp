@@ -157,4 +157,17 @@ quantize_job run_quantize_job(const quantize_job_config& c, const quantize_job_h
   return job;
 }
 
+nlohmann::json quantize_job_json(const quantize_job_config& c, const quantize_job& job) {
+  nlohmann::json layers = nlohmann::json::array();
+  for (const auto& l : job.report.layers)
+    layers.push_back({{"name", l.name}, {"seconds", l.seconds}, {"error", l.error}, {"rtn_error", l.rtn_error}});
+  return {{"out", c.out}, {"method", c.method},
+          {"weights", {{"format", c.weights}, {"canonical", format_name(job.options.weights)}}},
+          {"seconds", job.report.seconds}, {"windows_available", job.report.windows_available},
+          {"layers", layers}, {"fallbacks", job.fallbacks},
+          {"in_memory_mean_nll", job.in_memory ? job.in_memory->mean_nll : 0.0},
+          {"file_mean_nll", job.written ? job.written->mean_nll : 0.0},
+          {"peak_rss_mib", job.peak_rss_mib}};
+}
+
 }  // namespace lowbit::ptq

@@ -84,12 +84,14 @@ train_checkpoint load_train_checkpoint(const std::string& path) {
   return c;
 }
 
-std::string train_log_line(const train_point& p) {
+nlohmann::json train_point_json(const train_point& p) {
   nlohmann::json line = {{"step", p.step}, {"train_loss", p.train_loss}, {"lr", p.lr},
                          {"grad_norm", p.grad_norm}, {"tokens_per_s", p.tokens_per_s}};
   if (p.val_loss >= 0) line["val_loss"] = p.val_loss;
-  return line.dump() + "\n";
+  return line;
 }
+
+std::string train_log_line(const train_point& p) { return train_point_json(p).dump() + "\n"; }
 
 void write_train_log(const std::string& path, const std::vector<train_point>& curve) {
   std::string text;

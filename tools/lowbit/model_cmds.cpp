@@ -4,9 +4,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <random>
 #include <sstream>
@@ -23,16 +20,14 @@
 #include "lowbit/text/tokenizer.hpp"
 #include "lowbit/base/error.hpp"
 #include "lowbit/base/files.hpp"
+#include "lowbit/runs/eval_job.hpp"
 #include "lowbit/runs/records.hpp"
 #include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/io/model_io.hpp"
-#include "lowbit/text/documents.hpp"
 
 #ifndef LOWBIT_DEFAULT_DATA_DIR
 #define LOWBIT_DEFAULT_DATA_DIR "../shared/data"
 #endif
-
-namespace fs = std::filesystem;
 
 namespace lowbit::cli {
 
@@ -53,13 +48,7 @@ struct model_options {
     c->add_option("--kv", kv, "format of the KV cache (rows = token x head)");
     c->add_option("--rules", rules, "rules.json: per-tensor weight formats and the plan");
   }
-  quant_plan plan() const {
-    quant_plan p = rules.empty() ? quant_plan{} : load_plan_json(rules);
-    if (!weights.empty()) p.weights = parse_optional_format(weights), p.weights_spec = weights;
-    if (!acts.empty()) p.acts = parse_optional_format(acts), p.acts_spec = acts;
-    if (!kv.empty()) p.kv = parse_optional_format(kv), p.kv_spec = kv;
-    return p;
-  }
+  quant_plan plan() const { return make_quant_plan(rules, weights, acts, kv); }
 };
 
 
@@ -131,84 +120,34 @@ struct eval_cli_options {
   std::string db;  // record the run in this results database
 };
 
-// `eval --db`: the run as a record of the results store. The config names files by fingerprint
-// (their paths ride along under "paths", outside the hash), so a rerun is recognised wherever
-// the files are.
-void record_eval(const eval_cli_options& o, const model& base, const quant_plan& plan,
-                 const std::vector<weight_quant_report>& reports, const eval_result& r, double bits) {
-  std::string model_name = fs::path(o.m.model).stem().string();  // the path is in config.paths
-  std::string weights = o.m.weights, method = plan.weights ? "rtn" : "none";
-  nlohmann::json provenance;
-  if (!base.provenance.empty()) {  // a model written by `lowbit quantize`: its format and method
-    provenance = nlohmann::json::parse(base.provenance, nullptr, false);
-    if (!plan.weights && provenance.is_object()) {
-      weights = provenance.value("weights", "");
-      method = provenance.value("method", "none");
-      // A quantized model is its source model for reports and fits.
-      if (provenance.contains("source_model"))
-        model_name = fs::path(provenance.value("source_model", o.m.model)).stem().string();
-    }
-  }
-  run_record rec = model_run_record("eval", model_name, base.config, weights, method, plan);
-  nlohmann::json rules = nullptr;
-  if (!o.m.rules.empty()) {
-    std::ifstream in(o.m.rules);
-    rules = nlohmann::json::parse(in, nullptr, false);
-  }
-  rec.config = {{"kind", "eval"}, {"model", file_fingerprint(o.m.model)},
-                {"tokenizer", tokenizer_identity(o.m.tokenizer)},
-                {"data", file_fingerprint(o.data)}, {"weights", canonical_or_float(plan.weights)},
-                {"acts", canonical_or_float(plan.acts)}, {"kv", canonical_or_float(plan.kv)}, {"rules", rules},
-                {"ctx", o.ctx}, {"max_tokens", o.max_tokens}, {"kl_base", o.kl_base},
-                {"provenance", provenance.is_discarded() ? nlohmann::json(nullptr) : provenance},
-                {"paths", {{"model", absolute_path(o.m.model)}, {"data", absolute_path(o.data)},
-                           {"tokenizer", tokenizer_path(o.m.tokenizer)}, {"rules", absolute_path(o.m.rules)}}}};
-  add_evaluation(rec, r);
-  rec.metrics["bits_per_weight"] = bits;
-  if (!reports.empty()) rec.metrics["sqnr_db"] = mean_sqnr_db(reports);
-  record_run(o.db, rec, "eval");
-}
-
 void cmd_eval(const eval_cli_options& o) {
-  const quant_plan plan = o.m.plan();
-  model base = load_model(o.m.model);
-  const auto tok = tokenizer_for_model(base, o.m.tokenizer);
-  const std::vector<int32_t> ids = encode_documents(*tok, read_file(o.data, "data file"));
-  model quantized = base;
-  const auto reports = apply_weight_plan(quantized, plan);
-  eval_options eo;
-  eo.ctx = o.ctx, eo.max_tokens = o.max_tokens, eo.kl_base = o.kl_base;
+  const eval_job_config c{.model = o.m.model, .tokenizer = o.m.tokenizer, .data = o.data, .weights = o.m.weights,
+                          .acts = o.m.acts, .kv = o.m.kv, .rules = o.m.rules, .ctx = o.ctx,
+                          .max_tokens = o.max_tokens, .kl_base = o.kl_base};
   progress_bar bar("eval", "tok");
-  const eval_result r = evaluate(quantized, plan, ids, eo, o.kl_base ? &base : nullptr,
-                                 [&](int64_t d, int64_t t) { bar.update(d, t); });
+  const eval_job job = run_eval_job(c, [&](int64_t d, int64_t t) { bar.update(d, t); });
   bar.finish();
-  const double bits = average_linear_bits(quantized, plan);
+  const eval_result& r = job.result;
+  const quant_plan& plan = job.plan;
+  const double bits = job.bits_per_weight;
   // sgemm on the largest linear layer's shape over one window, measured in this same run.
   double peak = 0;
   if (o.sgemm_peak) {
-    const model_config& c = base.config;
-    const int window = static_cast<int>(std::min<int64_t>(o.ctx > 0 ? o.ctx : c.max_seq_len, r.tokens_scored + 1));
-    peak = sgemm_gflops(window, std::max(c.hidden_dim, c.dim), c.dim);
+    const model_config& mc = job.config;
+    const int window = static_cast<int>(std::min<int64_t>(o.ctx > 0 ? o.ctx : mc.max_seq_len, r.tokens_scored + 1));
+    peak = sgemm_gflops(window, std::max(mc.hidden_dim, mc.dim), mc.dim);
   }
-  if (!o.db.empty()) record_eval(o, base, plan, reports, r, bits);
+  if (!o.db.empty()) record_run(o.db, eval_run_record(c, job), "eval");
   if (o.json) {
-    nlohmann::json j = eval_result_json(r);
-    j["model"] = o.m.model;
-    j["data"] = o.data;
-    j["plan"] = plan.describe();
-    j["weights"] = {{"format", o.m.weights}, {"canonical", plan.weights ? format_name(*plan.weights) : "fp32"}};
-    j["acts"] = {{"format", o.m.acts}, {"canonical", plan.acts ? format_name(*plan.acts) : "fp32"}};
-    j["kv"] = {{"format", o.m.kv}, {"canonical", plan.kv ? format_name(*plan.kv) : "fp32"}};
-    j["bits_per_weight"] = bits;
-    j["quantized_tensors"] = reports.size();
+    nlohmann::json j = eval_job_json(c, job);
     if (peak > 0) j["sgemm_peak_gflops"] = peak, j["fraction_of_sgemm_peak"] = r.gflops_per_second / peak;
     std::cout << j.dump(2) << "\n";
     return;
   }
   std::cout << fmt::format("model   {} ({}, {:.2f}M parameters)\n", o.m.model,
-                           architecture_name(base.config.arch), base.config.parameter_count() / 1e6);
+                           architecture_name(job.config.arch), job.config.parameter_count() / 1e6);
   std::cout << fmt::format("plan    {}  ({:.3g} bits/weight over {} quantized tensors)\n",
-                           plan.describe(), bits, reports.size());
+                           plan.describe(), bits, job.reports.size());
   std::cout << fmt::format("data    {}: {} tokens scored in {} windows\n", o.data, r.tokens_scored, r.windows);
   std::cout << fmt::format("NLL     {:.6f} +/- {:.6f}\n", r.mean_nll, r.nll_stderr);
   std::cout << fmt::format("PPL     {:.4f} +/- {:.4f}\n", r.ppl, r.ppl_stderr);
@@ -281,12 +220,7 @@ void cmd_generate(const generate_options& o) {
 
 }  // namespace
 
-std::string data_dir() {
-  // LOWBIT_DATA is what make and the tests read; LOWBIT_DATA_DIR is the CLI's older name.
-  for (const char* name : {"LOWBIT_DATA_DIR", "LOWBIT_DATA"})
-    if (const char* d = std::getenv(name); d && *d) return d;
-  return LOWBIT_DEFAULT_DATA_DIR;
-}
+std::string data_dir() { return shipped_data_dir(LOWBIT_DEFAULT_DATA_DIR); }
 
 
 progress_bar::progress_bar(std::string label, std::string unit)

@@ -102,24 +102,14 @@ int64_t stop_after_steps() {
 }
 
 // The job's report: one JSON document (--json) or a few lines.
-void print_quantize(const quantize_cli_options& o, const ptq::quantize_job& job) {
+void print_quantize(const quantize_cli_options& o, const ptq::quantize_job_config& c, const ptq::quantize_job& job) {
   const ptq::quantize_report& r = job.report;
   const std::optional<eval_result>& in_memory = job.in_memory;
   const std::optional<eval_result>& written = job.written;
   double err = 0, rtn = 0;
   for (const auto& l : r.layers) err += l.error, rtn += l.rtn_error;
   if (o.json) {
-    nlohmann::json layers = nlohmann::json::array();
-    for (const auto& l : r.layers)
-      layers.push_back({{"name", l.name}, {"seconds", l.seconds}, {"error", l.error}, {"rtn_error", l.rtn_error}});
-    std::cout << nlohmann::json{{"out", o.out}, {"method", o.method},
-                                {"weights", {{"format", o.weights}, {"canonical", format_name(job.options.weights)}}},
-                                {"seconds", r.seconds}, {"windows_available", r.windows_available},
-                                {"layers", layers}, {"fallbacks", job.fallbacks},
-                                {"in_memory_mean_nll", in_memory ? in_memory->mean_nll : 0.0},
-                                {"file_mean_nll", written ? written->mean_nll : 0.0},
-                                {"peak_rss_mib", job.peak_rss_mib}}.dump(2)
-              << "\n";
+    std::cout << ptq::quantize_job_json(c, job).dump(2) << "\n";
     return;
   }
   std::cout << fmt::format("{}: {} {} of {} linear weights in {:.2f} s (peak RSS {:.0f} MiB)", o.out, o.method,
@@ -166,7 +156,7 @@ void cmd_quantize(const quantize_cli_options& o) {
   const ptq::quantize_job job = ptq::run_quantize_job(c, hooks);
   if (!o.db.empty())
     record_quantize(o, job.options, *job.source, job.report, job.written ? &*job.written : nullptr);
-  print_quantize(o, job);
+  print_quantize(o, c, job);
 }
 
 struct mixed_cli_options {

@@ -1,4 +1,4 @@
-// `lowbit train`: low-precision training of a Llama-style or GPT-2 model on a text file (trainer.hpp,
+// `lowbit train`: low-precision training of a Llama-style or GPT-2 model on a text file (job.hpp, trainer.hpp,
 // recipes.hpp). The last line of stdout with --json is one JSON object with the final val_loss.
 #include <cstdlib>
 #include <filesystem>
@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "lowbit/train/job.hpp"
 #include "lowbit/train/trainer.hpp"
 #include "lowbit/runs/runs_db.hpp"
 #include "lowbit/base/error.hpp"
@@ -25,18 +26,6 @@ struct train_cli_options {
   std::string config_file, db;
   bool json = false, resume = false, untied = false;
 };
-
-// bytes | llama2c[:PATH] | gpt2 | PATH (anything load_tokenizer reads).
-std::pair<std::unique_ptr<tokenizer>, tokenizer_source> resolve_tokenizer(const std::string& spec) {
-  if (spec == "bytes") return {make_byte_tokenizer(), tokenizer_source{"bytes", ""}};
-  std::string path = spec;
-  if (spec == "llama2c") path = (fs::path(data_dir()) / "llama2c" / "tok512.bin").string();
-  else if (spec.rfind("llama2c:", 0) == 0) path = spec.substr(8);
-  else if (spec == "gpt2") path = (fs::path(data_dir()) / "tokenizers" / "gpt2").string();
-  auto tok = load_tokenizer(path);
-  const std::string kind = tok->kind();
-  return {std::move(tok), tokenizer_source{kind, fs::absolute(path).string()}};
-}
 
 void cmd_train(train_cli_options o, const CLI::App& app) {
   train_run_config cfg = o.cfg;
@@ -65,16 +54,10 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
     cfg = train_run_config::from_json(merged);
   }
   if (o.untied) cfg.tied_classifier = false;
-  if (cfg.data_path.empty())
-    cfg.data_path = (fs::path(data_dir()) / "text" / "tinyshakespeare.txt").string();
   // Everything that can be refused is refused before training starts.
-  const training_plan plan = parse_training_plan(cfg.plan);
-  if (plan.l1_norm) cfg.l1_norm = true;
-  auto quantizer = make_operand_quantizer(plan, cfg.seed);
-  auto [tok, tok_src] = resolve_tokenizer(cfg.tokenizer);
-  if (!cfg.out_dir.empty() && !o.resume && fs::exists(fs::path(cfg.out_dir) / "checkpoint.safetensors"))
-    throw error(fmt::format("train: '{}' holds a checkpoint; pass --resume to continue it or choose another "
-                            "--out", cfg.out_dir));
+  train_job job = prepare_training(cfg, o.resume, data_dir());
+  cfg = job.config;  // as it runs (the data file defaulted, the plan's L1 norm)
+  const training_plan& plan = job.plan;
 
   std::unique_ptr<runs_db> db;
   const mpi_world& dp = mpi_world::world();
@@ -95,7 +78,7 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
   };
   train_result r;
   try {
-    r = run_training(cfg, *tok, tok_src, quantizer.get(), o.resume, on_step);
+    r = run_training(job, on_step);
   } catch (const std::exception& e) {
     if (dp.size > 1) {  // one rank's failure (a full disk at a checkpoint) must not hang the rest
       std::cerr << fmt::format("lowbit: rank {}: {}\n", dp.rank, e.what());
@@ -106,18 +89,7 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
   bar.finish();
   if (!dp.root()) return;
 
-  nlohmann::json out = {{"plan", cfg.plan},
-                        {"operands", plan.operands},
-                        {"law_format", plan.law_format},
-                        {"params", r.params},
-                        {"tokens", r.tokens},
-                        {"steps", r.steps},
-                        {"resumed_from", r.resumed_from},
-                        {"train_loss", r.train_loss},
-                        {"val_loss", r.val_loss},
-                        {"seconds", r.seconds},
-                        {"tokens_per_s", r.tokens_per_s},
-                        {"out", cfg.out_dir}};
+  nlohmann::json out = train_job_json(job, r);
   if (db) {
     // One row per run for the scaling-law fits: N (all parameters; the non-embedding count in
     // the config), D (trained tokens), the format of the quantized operands (E, M, block).
@@ -138,11 +110,11 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
     conf.erase("out");
     conf["data"] = file_fingerprint(cfg.data_path);
     conf["paths"] = {{"data", fs::absolute(cfg.data_path).string()}};
-    if (!tok_src.path.empty()) {
-      conf["tokenizer"] = file_fingerprint(tok_src.path);
-      conf["paths"]["tokenizer"] = tok_src.path;
+    if (!job.tok_source.path.empty()) {
+      conf["tokenizer"] = file_fingerprint(job.tok_source.path);
+      conf["paths"]["tokenizer"] = job.tok_source.path;
     }
-    int64_t embedding = int64_t(tok->vocab_size()) * cfg.dim * (cfg.tied_classifier ? 1 : 2);
+    int64_t embedding = int64_t(job.tok->vocab_size()) * cfg.dim * (cfg.tied_classifier ? 1 : 2);
     if (cfg.arch == "gpt2") embedding += int64_t(cfg.ctx) * cfg.dim;  // learned positions
     conf["non_embedding_params"] = r.params - embedding;
     conf["operands"] = plan.operands;

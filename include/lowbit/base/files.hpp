@@ -72,4 +72,8 @@ std::string file_fingerprint(const std::string& path);
 // A whole text file written atomically (atomic_file_writer): config.json, CSV, JSON reports.
 void write_text_file_atomic(const std::string& path, const std::string& text);
 
+// The shipped data directory (models, tokenizers, texts) as every front end finds it:
+// $LOWBIT_DATA_DIR, else $LOWBIT_DATA, else `built_in` (the build's LOWBIT_DATA_DIR).
+std::string shipped_data_dir(const std::string& built_in);
+
 }  // namespace lowbit

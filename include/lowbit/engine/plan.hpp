@@ -50,6 +50,11 @@ struct quant_plan {
 std::optional<format> parse_optional_format(const std::string& spec);
 bool glob_match(const std::string& pattern, const std::string& name);
 quant_plan load_plan_json(const std::string& path);
+// The plan of `lowbit eval`'s and `generate`'s flags (and lowbit.evaluate's arguments): the
+// rules file when `rules` names one (else an empty plan), then each non-empty spec replacing
+// that part (weights: the default weight format; the rules' patterns stay).
+quant_plan make_quant_plan(const std::string& rules, const std::string& weights, const std::string& acts,
+                           const std::string& kv);
 
 // Fake-quantizes every weight the plan names, in place. Returns per-tensor stats for reports.
 struct weight_quant_report {

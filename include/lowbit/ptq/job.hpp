@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/ptq/pipeline.hpp"
@@ -65,6 +67,11 @@ struct quantize_job {
 };
 
 quantize_job run_quantize_job(const quantize_job_config& config, const quantize_job_hooks& hooks = {});
+
+// The job's report, `quantize --json`'s document: out, method, weights (as typed and canonical),
+// seconds, windows_available, layers (name, seconds, error, rtn_error), fallbacks, the mean NLL
+// in memory and from the file (0 without eval_tokens) and peak_rss_mib.
+nlohmann::json quantize_job_json(const quantize_job_config& config, const quantize_job& job);
 
 
 }  // namespace lowbit::ptq

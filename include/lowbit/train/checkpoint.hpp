@@ -30,7 +30,8 @@ void save_train_checkpoint(const std::string& path, const train_checkpoint& c);
 train_checkpoint load_train_checkpoint(const std::string& path);
 
 // log.jsonl: one JSON object per step {"step", "train_loss", "lr", "grad_norm", "tokens_per_s"
-// [, "val_loss"]}.
+// [, "val_loss"]} (train_point_json), one line each.
+nlohmann::json train_point_json(const train_point& p);
 std::string train_log_line(const train_point& p);
 // The log as the curve says (a resumed run's log is rebuilt from its checkpoint's curve, so a torn
 // or missing line of the killed run is not lost and no line past the checkpoint survives).

@@ -1,0 +1,96 @@
+// The eval job (eval_job.hpp).
+#include "lowbit/runs/eval_job.hpp"
+
+#include <filesystem>
+#include <fstream>
+
+#include "lowbit/base/files.hpp"
+#include "lowbit/io/model_io.hpp"
+#include "lowbit/runs/records.hpp"
+#include "lowbit/text/documents.hpp"
+
+namespace fs = std::filesystem;
+
+namespace lowbit {
+
+namespace {
+
+// Steps 2 (the tokenizer and the data) and 3, the plan already made.
+eval_job evaluate_under(const eval_job_config& c, quant_plan plan, const model& base, const progress_fn& progress) {
+  eval_job job;
+  job.plan = std::move(plan);
+  job.config = base.config;
+  job.provenance = base.provenance;
+  const auto tok = tokenizer_for_model(base, c.tokenizer);
+  const std::vector<int32_t> ids = encode_documents(*tok, read_file(c.data, "data file"));
+  model quantized = base;
+  job.reports = apply_weight_plan(quantized, job.plan);
+  eval_options eo;
+  eo.ctx = c.ctx, eo.max_tokens = c.max_tokens, eo.kl_base = c.kl_base;
+  job.result = evaluate(quantized, job.plan, ids, eo, c.kl_base ? &base : nullptr, progress);
+  job.bits_per_weight = average_linear_bits(quantized, job.plan);
+  return job;
+}
+
+}  // namespace
+
+eval_job run_eval_job(const eval_job_config& c, const progress_fn& progress) {
+  quant_plan plan = make_quant_plan(c.rules, c.weights, c.acts, c.kv);
+  const model base = load_model(c.model);
+  return evaluate_under(c, std::move(plan), base, progress);
+}
+
+eval_job run_eval_job(const eval_job_config& c, const model& base, const progress_fn& progress) {
+  return evaluate_under(c, make_quant_plan(c.rules, c.weights, c.acts, c.kv), base, progress);
+}
+
+nlohmann::json eval_job_json(const eval_job_config& c, const eval_job& job) {
+  const quant_plan& plan = job.plan;
+  nlohmann::json j = eval_result_json(job.result);
+  j["model"] = c.model;
+  j["data"] = c.data;
+  j["plan"] = plan.describe();
+  j["weights"] = {{"format", c.weights}, {"canonical", plan.weights ? format_name(*plan.weights) : "fp32"}};
+  j["acts"] = {{"format", c.acts}, {"canonical", plan.acts ? format_name(*plan.acts) : "fp32"}};
+  j["kv"] = {{"format", c.kv}, {"canonical", plan.kv ? format_name(*plan.kv) : "fp32"}};
+  j["bits_per_weight"] = job.bits_per_weight;
+  j["quantized_tensors"] = job.reports.size();
+  return j;
+}
+
+run_record eval_run_record(const eval_job_config& c, const eval_job& job) {
+  const quant_plan& plan = job.plan;
+  std::string model_name = fs::path(c.model).stem().string();  // the path is in config.paths
+  std::string weights = c.weights, method = plan.weights ? "rtn" : "none";
+  nlohmann::json provenance;
+  if (!job.provenance.empty()) {  // a model written by `lowbit quantize`: its format and method
+    provenance = nlohmann::json::parse(job.provenance, nullptr, false);
+    if (!plan.weights && provenance.is_object()) {
+      weights = provenance.value("weights", "");
+      method = provenance.value("method", "none");
+      // A quantized model is its source model for reports and fits.
+      if (provenance.contains("source_model"))
+        model_name = fs::path(provenance.value("source_model", c.model)).stem().string();
+    }
+  }
+  run_record rec = model_run_record("eval", model_name, job.config, weights, method, plan);
+  nlohmann::json rules = nullptr;
+  if (!c.rules.empty()) {
+    std::ifstream in(c.rules);
+    rules = nlohmann::json::parse(in, nullptr, false);
+  }
+  rec.config = {{"kind", "eval"}, {"model", file_fingerprint(c.model)},
+                {"tokenizer", tokenizer_identity(c.tokenizer)},
+                {"data", file_fingerprint(c.data)}, {"weights", canonical_or_float(plan.weights)},
+                {"acts", canonical_or_float(plan.acts)}, {"kv", canonical_or_float(plan.kv)}, {"rules", rules},
+                {"ctx", c.ctx}, {"max_tokens", c.max_tokens}, {"kl_base", c.kl_base},
+                {"provenance", provenance.is_discarded() ? nlohmann::json(nullptr) : provenance},
+                {"paths", {{"model", absolute_path(c.model)}, {"data", absolute_path(c.data)},
+                           {"tokenizer", tokenizer_path(c.tokenizer)}, {"rules", absolute_path(c.rules)}}}};
+  add_evaluation(rec, job.result);
+  rec.metrics["bits_per_weight"] = job.bits_per_weight;
+  if (!job.reports.empty()) rec.metrics["sqnr_db"] = mean_sqnr_db(job.reports);
+  return rec;
+}
+
+}  // namespace lowbit
