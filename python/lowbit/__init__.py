@@ -29,10 +29,8 @@ from ._core import (  # noqa: F401
     train,
 )
 
-import os as _os
-
 __all__ = [
-    "Element", "Error", "Format", "OperandQuantizer", "QuantizedTensor", "cast", "clip_bounds", "data_dir",
+    "Element", "Error", "Format", "OperandQuantizer", "QuantizedTensor", "cast", "clip_bounds",
     "dequantize", "fake_quantize", "formats", "quantize", "set_threads", "threads",
     # models and jobs (docs/python.md "Models and jobs")
     "Model", "Tokenizer", "data_dir", "evaluate", "load_model", "load_tokenizer", "quantize_model",
@@ -51,8 +49,3 @@ def cast(x, spec):
             "scales: use lowbit.fake_quantize")
     return fake_quantize(x, fmt)
 
-
-def data_dir():
-    """The shipped data directory, as the CLI finds it: $LOWBIT_DATA_DIR, else $LOWBIT_DATA, else
-    the build's default (../shared/data beside the checkout)."""
-    return _os.environ.get("LOWBIT_DATA_DIR") or _os.environ.get("LOWBIT_DATA") or default_data_dir

@@ -24,21 +24,9 @@ STORIES15M_W4A8KV8_KL = 0.12466070966395319
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    """The shipped data directory (lowbit.data_dir()); tests skip, saying why, without it."""
-    d = pathlib.Path(lowbit.data_dir())
-    if not (d / "llama2c" / "stories260K.bin").is_file():
-        pytest.skip(f"the shipped data is not in {d} (set LOWBIT_DATA_DIR or run scripts/get-data.sh)")
-    return d
-
-
-@pytest.fixture(scope="module")
-def cli():
-    """build/lowbit (LOWBIT_CLI, as ctest sets it; else beside the package in the build tree)."""
-    path = os.environ.get("LOWBIT_CLI") or str(pathlib.Path(lowbit.__file__).resolve().parents[2] / "lowbit")
-    if not os.path.isfile(path):
-        pytest.skip(f"the lowbit CLI is not at {path} (set LOWBIT_CLI to build/lowbit)")
-    return path
+def shipped(data_dir):
+    """The shipped data directory (conftest's data_dir: a test fails, never skips, without it)."""
+    return data_dir
 
 
 def run_cli(cli, *args, cwd=None):
@@ -97,7 +85,7 @@ def test_evaluate_model_in_memory_equals_path_and_rules_file(shipped, tmp_path):
 def test_evaluate_stories15m_known_numbers(shipped):
     path = shipped / "llama2c" / "stories15M.bin"
     if not path.is_file():
-        pytest.skip(f"{path} is absent")
+        pytest.fail(f"{path} is absent (scripts/get-data.sh fetches it)")
     seen = []
     r = lowbit.evaluate(path, text(shipped), weights="int4/g32", acts="int8/c", kv="e4m3fn/c", kl_base=True,
                         max_tokens=2048, progress=lambda done, total: seen.append((done, total)))
@@ -332,7 +320,7 @@ def test_an_exception_in_progress_stops_the_job(shipped):
 def stories15m(d):
     path = d / "llama2c" / "stories15M.bin"
     if not path.is_file():
-        pytest.skip(f"{path} is absent")
+        pytest.fail(f"{path} is absent (scripts/get-data.sh fetches it)")
     return lowbit.load_model(path)
 
 
