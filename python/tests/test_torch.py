@@ -5,8 +5,8 @@ import copy
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+import torch  # python3-torch: scripts/install-deps.sh installs it; a missing one fails the suite
+from torch import nn
 
 import lowbit  # noqa: E402
 import lowbit.torch as lt  # noqa: E402
