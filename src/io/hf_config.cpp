@@ -476,7 +476,10 @@ model_config config_from_hf_json(const nlohmann::json& j, const std::string& fil
     c.rope_theta = field_or<float>(j, file, "rotary_emb_base", field_or<float>(j, file, "rope_theta", 10000.0f));
     const char* frac_key = j.contains("rotary_pct") && !j["rotary_pct"].is_null() ? "rotary_pct" : "partial_rotary_factor";
     const double frac = field_or<double>(j, file, frac_key, 0.25);
-    if (c.n_heads > 0 && c.dim % c.n_heads == 0) c.rope_dim = rotary_dims(frac, c.dim / c.n_heads, file, frac_key);
+    if (c.n_heads > 0 && c.dim % c.n_heads == 0) {
+      const int hd = c.dim / c.n_heads, r = rotary_dims(frac, hd, file, frac_key);
+      if (r != hd / 4) c.rope_dim = r;  // (hd / 4: the family's default)
+    }
     c.rope_scaling = rope_scaling_from_json(j, file);
   } else {  // opt
     c.dim = json_field<int>(j, file, "hidden_size");

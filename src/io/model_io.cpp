@@ -647,11 +647,13 @@ class gguf_reader final : public tensor_reader {
                                 path, key(k), f.get_int(key(k)), hd));
     if (f.find_kv(key("rope.dimension_count"))) {
       const int r = int_key("rope.dimension_count");
-      if (c.arch == architecture::gptneox) c.rope_dim = r;
+      if (c.arch == architecture::gptneox) {
+        if (r != hd / 4) c.rope_dim = r;  // (hd / 4: the family's default)
+      }
       else if (r != hd)
         throw error(fmt::format("{}: {} = {} with head dimension {}: partial RoPE is implemented for gptneox only",
                                 path, key("rope.dimension_count"), r, hd));
-    } else if (c.arch == architecture::gptneox) {
+    } else if (c.arch == architecture::gptneox && hd != hd / 4) {
       c.rope_dim = hd;  // llama.cpp's default n_rot: the head dimension
     }
     if (c.arch == architecture::gptneox && f.find_kv(key("use_parallel_residual"))) {
