@@ -1,8 +1,8 @@
 // The decoder of every model family (model.hpp: Llama, Mistral, Qwen2, GPT-2, GPT-NeoX, OPT)
-// defined once, for inference (forward.cpp: forward_session) and
-// training (train_model.cpp), in the style of llm.c: each layer a forward function and, where
-// training needs one, its backward next to it; parameters (and gradients) reached through structs
-// of named views. The element-wise kernels (norms, RoPE, softmax, activations) are in layers.hpp.
+// defined once, for inference (forward.cpp: forward_session) and training (train_model.cpp), in
+// the style of llm.c: each layer a forward function and, where training needs one, its backward
+// next to it; parameters (and gradients) reached through structs of named views. A family is a
+// set of layer variants (model_config's traits), not a forward of its own. The element-wise kernels (norms, RoPE, softmax, activations) are in layers.hpp.
 //
 // Shapes: n = tokens of a call (batch sequences of `seq` tokens each, row-major), D = dim,
 // KV = kv heads * hd, F = hidden, V = vocab. What differs between inference and training is

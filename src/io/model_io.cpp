@@ -224,7 +224,7 @@ using name_pairs = std::initializer_list<std::pair<const char*, const char*>>;
 std::vector<name_map> hf_names(const model_config& c, const std::string& prefix) {
   std::vector<name_map> v;
   const std::string& p = prefix;
-  const int hd = c.head_dim(), rot = c.rotary_dim();
+  const int rot = c.rotary_dim();
   const bool qkv_b = c.qkv_bias(), out_b = c.out_bias(), mlp_b = c.has_mlp_bias();
   if (c.gated_mlp()) {  // llama, mistral, qwen2
     v.push_back({p + "embed_tokens.weight", "token_embd.weight"});
@@ -580,7 +580,8 @@ class safetensors_reader final : public tensor_reader {
 
 // GGUF, read (dequantized) one tensor at a time: llama.cpp's architectures llama (Mistral
 // included: a sliding window makes it one), qwen2, gpt2 and gptneox, their metadata keys (every
-// `<arch>.` key is one lowbit reads, or the file is refused naming it) and tensor layouts.
+// `<arch>.` key is one lowbit reads, or the file is refused naming it) and tensor layouts. The
+// biases a family may have are read when present (llama.cpp loads them so).
 class gguf_reader final : public tensor_reader {
  public:
   explicit gguf_reader(const std::string& path) : f_(path) {
@@ -603,7 +604,9 @@ class gguf_reader final : public tensor_reader {
                                    "attention.key_length", "attention.value_length", "rope.freq_base",
                                    "rope.dimension_count", "rope.scaling.type", "rope.scaling.factor",
                                    // original_context_length and finetuned: yarn's and metadata
-                                   "rope.scaling.original_context_length", "rope.scaling.finetuned"};
+                                   "rope.scaling.original_context_length", "rope.scaling.finetuned",
+                                   // 0 in dense models' files (mixtures of experts are refused below)
+                                   "expert_count", "expert_used_count"};
     if (c.layer_norm()) known.insert("attention.layer_norm_epsilon");
     else known.insert("attention.layer_norm_rms_epsilon");
     if (c.arch == architecture::gptneox) known.insert("use_parallel_residual");
@@ -618,6 +621,10 @@ class gguf_reader final : public tensor_reader {
         throw error(fmt::format("{}: metadata key '{}' (= {}) is not one lowbit reads for {}; lowbit refuses what it "
                                 "cannot tell leaves the computation unchanged",
                                 path, kv.key, kv.value.dump(), arch));
+    for (const char* k : {"expert_count", "expert_used_count"})
+      if (f.find_kv(arch + "." + k) && f.get_int(arch + "." + k) != 0)
+        throw error(fmt::format("{}: {}.{} = {}: mixtures of experts are not implemented by lowbit", path, arch, k,
+                                f.get_int(arch + "." + k)));
     if (f.find_kv("split.count") && f.get_int("split.count") > 1)
       throw error(fmt::format("{}: a split GGUF ({} files); merge it first (llama-gguf-split --merge)", path,
                               f.get_int("split.count")));
@@ -706,16 +713,10 @@ class gguf_reader final : public tensor_reader {
     } catch (const error& e) {
       throw error(fmt::format("{}: {}", path, e.what()));
     }
-    std::set<std::string> expected;
-    for (const auto& [name, shape] : model_tensor_shapes(c)) expected.insert(name);
-    for (const gguf_tensor_info& t : f.tensors()) {
-      if (t.name == "rope_freqs.weight") continue;  // in the config
-      if (!expected.count(t.name))
-        throw error(fmt::format("{}: tensor '{}' is not one lowbit's {} reads (its config: {}); refused rather than "
-                                "ignored",
-                                path, t.name, architecture_name(c.arch), c.variant_string().empty() ? "defaults" : c.variant_string()));
-      m.tensors[t.name].shape = t.shape();
-    }
+    // Tensors beyond the family's pass through (a GGUF output of lowbit carries them on); the
+    // RoPE factors are the config's.
+    for (const gguf_tensor_info& t : f.tensors())
+      if (t.name != "rope_freqs.weight") m.tensors[t.name].shape = t.shape();
     if (f.find_kv("tokenizer.ggml.tokens")) m.tokenizer = {"gguf", path};
     else if (f.find_kv("lowbit.tokenizer")) m.tokenizer.kind = f.get_string("lowbit.tokenizer");
     if (f.find_kv("lowbit.tokenizer_path")) m.tokenizer.path = f.get_string("lowbit.tokenizer_path");

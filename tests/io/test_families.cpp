@@ -385,7 +385,7 @@ TEST(FamilyRefusals, UnknownFamiliesAndTaskHeads) {
 }
 
 // GGUF: metadata keys of the architecture that lowbit does not read, architectures it does not
-// compute, tensors it does not know; and what its writer cannot say.
+// compute; and what its writer cannot say.
 TEST(FamilyRefusals, GgufMetadataArchitecturesAndWriter) {
   scratch s("gguf");
   const auto cases = family_cases();
@@ -409,8 +409,11 @@ TEST(FamilyRefusals, GgufMetadataArchitecturesAndWriter) {
     w.write(path);
     return error_of([&] { load_model(path); });
   };
-  std::vector<float> extra_tensor(32, 0.0f);
   EXPECT_NE(rewritten("moe", [](gguf_writer& w) { w.add_u32("llama.expert_count", 8); }).find("llama.expert_count"),
+            std::string::npos);
+  EXPECT_EQ(rewritten("dense", [](gguf_writer& w) { w.add_u32("llama.expert_count", 0); }), "");  // (a dense file's 0)
+  EXPECT_NE(rewritten("softcap", [](gguf_writer& w) { w.add_f32("llama.final_logit_softcapping", 30); })
+                .find("llama.final_logit_softcapping"),
             std::string::npos);
   EXPECT_NE(rewritten("yarn", [](gguf_writer& w) { w.add_string("llama.rope.scaling.type", "yarn"); }).find("yarn"),
             std::string::npos);
@@ -420,10 +423,6 @@ TEST(FamilyRefusals, GgufMetadataArchitecturesAndWriter) {
             std::string::npos);
   EXPECT_NE(rewritten("keylen", [](gguf_writer& w) { w.add_u32("llama.attention.key_length", 16); })
                 .find("llama.attention.key_length"),
-            std::string::npos);
-  EXPECT_NE(rewritten("extra", [&](gguf_writer& w) {
-              w.add_tensor("blk.0.attn_q_norm.weight", {32}, extra_tensor.data(), ggml_type::f32);
-            }).find("blk.0.attn_q_norm.weight"),
             std::string::npos);
   EXPECT_NE(rewritten("falcon", [](gguf_writer&) {}, "", "falcon").find("'falcon'"), std::string::npos);
   EXPECT_NE(rewritten("opt", [](gguf_writer&) {}, "", "opt").find("OPT has no llama.cpp architecture"),
