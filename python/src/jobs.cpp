@@ -130,6 +130,7 @@ py::dict config_dict(const model_config& c) {
   d["kv_heads"] = c.n_kv_heads, d["vocab"] = c.vocab_size, d["ctx"] = c.max_seq_len;
   d["norm_eps"] = c.norm_eps, d["rope_theta"] = c.rope_theta, d["tied"] = c.tied_classifier;
   d["l1_norm"] = c.l1_norm, d["parameters"] = c.parameter_count();
+  d["variants"] = c.variant_string();  // the family's variants that are not its defaults ("" for none)
   return d;
 }
 
@@ -325,7 +326,8 @@ void register_jobs(py::module_& m) {
                              "The file it was read from ('' for a trained model in memory).")
       .def_property_readonly("config", [](const model& x) { return config_dict(x.config); },
                              "arch, dim, hidden, layers, heads, kv_heads, vocab, ctx, norm_eps, rope_theta, tied, "
-                             "l1_norm, parameters (named as lowbit.train's settings where they share one).")
+                             "l1_norm, parameters (named as lowbit.train's settings where they share one), variants "
+                             "(the family's non-default variants, docs/evaluation.md's model families; '' for none).")
       .def_property_readonly("provenance", [](const model& x) -> py::object {
         if (x.provenance.empty()) return py::none();
         return to_py(nlohmann::json::parse(x.provenance, nullptr, false));

@@ -1,4 +1,5 @@
-// The decoder's layers, each defined once for inference and training (decoder.hpp). Linear layers
+// The decoder's layers, each defined once for inference and training, for every model family
+// (decoder.hpp). Linear layers
 // and attention products run through OpenBLAS sgemm; element-wise work through OpenMP.
 #include "src/engine/decoder.hpp"
 
@@ -55,15 +56,16 @@ block_params bind_block(const model& m, int l) {
 model_params bind_embeddings(const model& m) {
   model_params p;
   p.tok_embd = m.get("token_embd.weight").data.data();
-  if (m.config.arch == architecture::gpt2) p.pos_embd = m.get("position_embd.weight").data.data();
+  if (m.config.learned_positions()) p.pos_embd = m.get("position_embd.weight").data.data();
   return p;
 }
 
 model_params bind_head(const model& m) {
   model_params p;
-  const bool gpt2 = m.config.arch == architecture::gpt2;
-  p.out_norm = m.get("output_norm.weight").data.data();
-  if (gpt2) p.out_norm_b = m.get("output_norm.bias").data.data();
+  if (m.config.final_norm()) {
+    p.out_norm = m.get("output_norm.weight").data.data();
+    if (m.config.layer_norm()) p.out_norm_b = m.get("output_norm.bias").data.data();
+  }
   p.classifier = m.classifier().data.data();
   return p;
 }
@@ -166,10 +168,11 @@ void embedding_forward(const model_config& c, const model_params& p, const int32
                        int period, float* x) {
   const int D = c.dim;
   for (int64_t i = 0; i < n; ++i) std::copy_n(p.tok_embd + int64_t(tokens[i]) * D, D, x + i * D);
-  if (c.arch == architecture::gpt2) {  // learned positions
+  if (c.learned_positions()) {
+    const int64_t offset = c.position_offset();
     for (int64_t i = 0; i < n; ++i) {
       float* xi = x + i * D;
-      const float* pe = p.pos_embd + (pos0 + (period ? i % period : i)) * D;
+      const float* pe = p.pos_embd + (offset + pos0 + (period ? i % period : i)) * D;
       for (int j = 0; j < D; ++j) xi[j] += pe[j];
     }
   }
@@ -183,9 +186,10 @@ void embedding_backward(const model_config& c, const model_grads& g, const int32
     const float* d = dx + i * D;
     for (int j = 0; j < D; ++j) r[j] += d[j];
   }
-  if (c.arch == architecture::gpt2) {
+  if (c.learned_positions()) {
+    const int64_t offset = c.position_offset();
     for (int64_t i = 0; i < n; ++i) {
-      float* r = g.pos_embd + (period ? i % period : i) * D;
+      float* r = g.pos_embd + (offset + (period ? i % period : i)) * D;
       const float* d = dx + i * D;
       for (int j = 0; j < D; ++j) r[j] += d[j];
     }
@@ -202,16 +206,25 @@ layers::norm_kind norm_kind_of(const model_config& c) {
 
 void norm_forward(const model_config& c, const float* w, const float* b, const float* x, float* out, int64_t n,
                   float* mean, float* inv) {
-  if (c.arch == architecture::gpt2) layers::layernorm(x, w, b, out, n, c.dim, c.norm_eps, mean, inv);
-  else layers::normalize(norm_kind_of(c), x, w, out, n, c.dim, c.norm_eps, inv);
+  if (!w) {
+    if (out != x) std::copy_n(x, n * c.dim, out);
+  } else if (c.layer_norm()) {
+    layers::layernorm(x, w, b, out, n, c.dim, c.norm_eps, mean, inv);
+  } else {
+    layers::normalize(norm_kind_of(c), x, w, out, n, c.dim, c.norm_eps, inv);
+  }
 }
 
 void norm_backward(const model_config& c, const float* w, const float* x, const float* mean, const float* inv,
                    const float* dy, float* dx, float* dw, float* db, int64_t n, std::vector<double>& dw_acc,
                    std::vector<double>& db_acc) {
   const int D = c.dim;
+  if (!w) {
+    for (int64_t i = 0; i < n * D; ++i) dx[i] += dy[i];
+    return;
+  }
   std::fill(dw_acc.begin(), dw_acc.end(), 0.0);
-  if (c.arch == architecture::gpt2) {
+  if (c.layer_norm()) {
     std::fill(db_acc.begin(), db_acc.end(), 0.0);
     layers::layernorm_backward(x, w, mean, inv, dy, dx, dw_acc.data(), db_acc.data(), n, D);
     for (int j = 0; j < D; ++j) db[j] += static_cast<float>(db_acc[j]);
@@ -239,7 +252,10 @@ double attention_forward(const attention_args& a) {
                   int(a.qs), K, int(a.kv.stride), 0.0f, s, T);
       // rows split across threads only when heads go in turn (else each thread has its head)
       #pragma omp parallel for schedule(static) if (!a.heads_parallel && int64_t(rows) * keys > 16384)
-      for (int i = 0; i < rows; ++i) layers::causal_softmax(s + int64_t(i) * T, a.pos0 + i0 + i + 1, keys);
+      for (int i = 0; i < rows; ++i) {
+        const int pos = a.pos0 + i0 + i;  // the query's position: keys (pos - window, pos] take part
+        layers::causal_softmax(s + int64_t(i) * T, pos + 1, keys, a.window ? std::max(0, pos - a.window + 1) : 0);
+      }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, keys, 1.0f, s, T, Vv, int(a.kv.stride),
                   0.0f, a.o + r0 * a.os + h * hd, int(a.os));
     }
@@ -297,13 +313,57 @@ void attention_backward(const attention_args& a, const float* dO, float* dq, flo
 
 void set_qkv(const model_config& c, block_acts& a, float* qkv, float* q, float* k, float* v) {
   const int64_t D = c.dim, KV = int64_t(c.n_kv_heads) * c.head_dim();
-  if (c.arch == architecture::gpt2) a.q = qkv, a.k = qkv + D, a.v = qkv + 2 * D, a.qs = a.ks = 3 * D;
+  if (c.fused_qkv()) a.q = qkv, a.k = qkv + D, a.v = qkv + 2 * D, a.qs = a.ks = 3 * D;
   else a.q = q, a.k = k, a.v = v, a.qs = D, a.ks = KV;
 }
 
+namespace {
+
+// act[i] = f(up[i]) over n values (the MLP of the families without a gate).
+void activation_forward(activation f, const float* up, float* act, int64_t n) {
+  switch (f) {
+    case activation::gelu_tanh:
+      #pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) act[i] = layers::gelu_tanh(up[i]);
+      break;
+    case activation::gelu:
+      #pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) act[i] = layers::gelu_erf(up[i]);
+      break;
+    case activation::relu:
+      #pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) act[i] = layers::relu(up[i]);
+      break;
+    case activation::silu:  // (ungated SiLU: no family has it; validate refuses it)
+      LOWBIT_ASSERT(false);
+  }
+}
+
+// dup[i] = dact[i] f'(up[i]).
+void activation_backward(activation f, const float* up, const float* dact, float* dup, int64_t n) {
+  switch (f) {
+    case activation::gelu_tanh:
+      #pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) dup[i] = dact[i] * layers::gelu_tanh_grad(up[i]);
+      break;
+    case activation::gelu:
+      #pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) dup[i] = dact[i] * layers::gelu_erf_grad(up[i]);
+      break;
+    case activation::relu:
+      #pragma omp parallel for schedule(static) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) dup[i] = dact[i] * layers::relu_grad(up[i]);
+      break;
+    case activation::silu:
+      LOWBIT_ASSERT(false);
+  }
+}
+
+}  // namespace
+
 void block_forward(const model_config& c, const block_params& p, int layer, block_acts& a, int batch, int seq,
                    int pos0, block_hooks& h) {
-  const bool gpt2 = c.arch == architecture::gpt2;
+  const bool fused = c.fused_qkv(), pre_ln = c.norm_before, parallel = c.has_parallel_residual();
   const int64_t n = int64_t(batch) * seq;
   const int D = c.dim, H = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim(), KV = nkv * hd, F = c.hidden_dim;
   const int lin = layer * linears_per_block;
@@ -320,15 +380,23 @@ void block_forward(const model_config& c, const block_params& p, int layer, bloc
   };
 
   // ---- attention ----
-  norm_forward(c, p.attn_norm, p.attn_norm_b, a.x, a.n1, n, a.mean1, a.inv1);
-  dump("attn_norm", a.n1, D, D);
-  const float* xq = ops.input(a.n1, n, D, lin);
-  if (gpt2) {
+  const float* attn_in = a.x;  // post-LN: the block's input itself
+  if (pre_ln) {
+    norm_forward(c, p.attn_norm, p.attn_norm_b, a.x, a.n1, n, a.mean1, a.inv1);
+    attn_in = a.n1;
+  }
+  dump("attn_norm", attn_in, D, D);
+  // Parallel residual: the MLP reads norm2(x), taken before x1 (which may alias x) is written.
+  if (parallel) norm_forward(c, p.ffn_norm, p.ffn_norm_b, a.x, a.n2, n, a.mean2, a.inv2);
+  const float* xq = ops.input(attn_in, n, D, lin);
+  if (fused) {
     matmul_forward(ops, xq, n, D, p.wqkv, p.bqkv, 3 * D, a.q, lin + 0);  // q, k, v fused: [n, 3D]
   } else {
-    matmul_forward(ops, xq, n, D, p.wq, nullptr, D, a.q, lin + 0);
-    matmul_forward(ops, xq, n, D, p.wk, nullptr, KV, a.k, lin + 1);
-    matmul_forward(ops, xq, n, D, p.wv, nullptr, KV, a.v, lin + 2);
+    matmul_forward(ops, xq, n, D, p.wq, p.bq, D, a.q, lin + 0);
+    matmul_forward(ops, xq, n, D, p.wk, p.bk, KV, a.k, lin + 1);
+    matmul_forward(ops, xq, n, D, p.wv, p.bv, KV, a.v, lin + 2);
+  }
+  if (c.uses_rope()) {
     layers::rope(a.q, n, H, int(a.qs), pos0, seq, *h.rope);
     layers::rope(a.k, n, nkv, int(a.ks), pos0, seq, *h.rope);
   }
@@ -340,55 +408,68 @@ void block_forward(const model_config& c, const block_params& p, int layer, bloc
   at.q = a.q, at.qs = a.qs, at.kv = kv, at.o = a.o, at.os = D;
   at.scores = a.scores, at.scores_per_head = a.scores_per_head;
   at.batch = batch, at.seq = seq, at.pos0 = pos0, at.heads = H, at.kv_heads = nkv, at.hd = hd;
+  at.window = c.sliding_window;
   at.query_block = h.query_block, at.heads_parallel = h.heads_parallel;
   h.flops += attention_forward(at);
   dump("attn", a.o, D, D);
   matmul_forward(ops, ops.input(a.o, n, D, lin + 3), n, D, p.wo, p.bo, D, a.y, lin + 3);
   dump("attn_out", a.y, D, D);
   residual_add(a.x, a.y, a.x1, n * D);
+  if (!pre_ln) {  // x1 = norm1(x + attention)
+    norm_forward(c, p.attn_norm, p.attn_norm_b, a.x1, a.n1, n, a.mean1, a.inv1);
+    std::copy_n(a.n1, n * D, a.x1);
+  }
 
   // ---- MLP ----
-  norm_forward(c, p.ffn_norm, p.ffn_norm_b, a.x1, a.n2, n, a.mean2, a.inv2);
-  dump("ffn_norm", a.n2, D, D);
-  if (gpt2) {
-    matmul_forward(ops, ops.input(a.n2, n, D, lin + 5), n, D, p.w_up, p.b_up, F, a.up, lin + 5);
-    #pragma omp parallel for schedule(static) if (n * F > 65536)
-    for (int64_t i = 0; i < n * F; ++i) a.act[i] = layers::gelu_tanh(a.up[i]);
-  } else {
-    const float* x2q = ops.input(a.n2, n, D, lin + 4);
-    matmul_forward(ops, x2q, n, D, p.w_gate, nullptr, F, a.gate, lin + 4);
-    matmul_forward(ops, x2q, n, D, p.w_up, nullptr, F, a.up, lin + 5);
+  const float* mlp_in = a.n2;  // pre-LN: norm2(x1) (parallel: norm2(x), above)
+  if (!pre_ln) mlp_in = a.x1;
+  else if (!parallel) norm_forward(c, p.ffn_norm, p.ffn_norm_b, a.x1, a.n2, n, a.mean2, a.inv2);
+  dump("ffn_norm", mlp_in, D, D);
+  if (c.gated_mlp()) {
+    const float* x2q = ops.input(mlp_in, n, D, lin + 4);
+    matmul_forward(ops, x2q, n, D, p.w_gate, p.b_gate, F, a.gate, lin + 4);
+    matmul_forward(ops, x2q, n, D, p.w_up, p.b_up, F, a.up, lin + 5);
     #pragma omp parallel for schedule(static) if (n * F > 65536)
     for (int64_t i = 0; i < n * F; ++i) a.act[i] = layers::silu(a.gate[i]) * a.up[i];  // SwiGLU
+  } else {
+    matmul_forward(ops, ops.input(mlp_in, n, D, lin + 5), n, D, p.w_up, p.b_up, F, a.up, lin + 5);
+    activation_forward(c.mlp_activation(), a.up, a.act, n * F);
   }
   dump("ffn_act", a.act, F, F);
   matmul_forward(ops, ops.input(a.act, n, F, lin + 6), n, F, p.w_down, p.b_down, D, a.y, lin + 6);
   dump("ffn_out", a.y, D, D);
   residual_add(a.x1, a.y, a.out, n * D);
+  if (!pre_ln) {  // out = norm2(x1 + MLP)
+    norm_forward(c, p.ffn_norm, p.ffn_norm_b, a.out, a.n2, n, a.mean2, a.inv2);
+    std::copy_n(a.n2, n * D, a.out);
+  }
   dump("out", a.out, D, D);
 }
 
 void block_backward(const model_config& c, const block_params& p, const block_grads& g, int layer, const block_acts& a,
                     int batch, int seq, const layers::rope_table* rope, quantized_gemms& G, block_grad_scratch& s) {
-  const bool gpt2 = c.arch == architecture::gpt2;
+  LOWBIT_ASSERT(c.norm_before);  // post-LN blocks have no backward (train_model refuses them)
+  const bool fused = c.fused_qkv(), parallel = c.has_parallel_residual();
   const int64_t N = int64_t(batch) * seq;
   const int D = c.dim, H = c.n_heads, nkv = c.n_kv_heads, hd = c.head_dim(), KV = nkv * hd, F = c.hidden_dim;
   const int lin = layer * linears_per_block;
   const int64_t ND = N * D, NF = N * F;
+  // d(n2), the MLP input's gradient: kept in dn2 until norm2's backward when norm2 reads x (parallel
+  // residual), whose gradient is complete only after the attention's.
+  float* dmlp_in = parallel ? s.dn2 : s.dn;
 
   // out = x1 + down(act): dact = dx Wd, dWd = dx^T act
   std::fill(s.dact, s.dact + NF, 0.0f);
   G.backward_input(s.dx, N, D, p.w_down, F, s.dact, lin + 6);
   G.backward_weight(s.dx, N, D, a.act, G.weight_grad_input(a.act, N, F, lin + 6), F, g.w_down, lin + 6);
-  if (gpt2) bias_backward(s.dx, N, D, g.b_down);
-  std::fill(s.dn, s.dn + ND, 0.0f);
-  if (gpt2) {
-    // act = gelu(up), up = n2 Wu^T + bu
-    #pragma omp parallel for schedule(static) if (NF > 65536)
-    for (int64_t i = 0; i < NF; ++i) s.dup[i] = s.dact[i] * layers::gelu_tanh_grad(a.up[i]);
-    G.backward_input(s.dup, N, F, p.w_up, D, s.dn, lin + 5);
+  if (g.b_down) bias_backward(s.dx, N, D, g.b_down);
+  std::fill(dmlp_in, dmlp_in + ND, 0.0f);
+  if (!c.gated_mlp()) {
+    // act = f(up), up = n2 Wu^T + bu
+    activation_backward(c.mlp_activation(), a.up, s.dact, s.dup, NF);
+    G.backward_input(s.dup, N, F, p.w_up, D, dmlp_in, lin + 5);
     G.backward_weight(s.dup, N, F, a.n2, G.weight_grad_input(a.n2, N, D, lin + 5), D, g.w_up, lin + 5);
-    bias_backward(s.dup, N, F, g.b_up);
+    if (g.b_up) bias_backward(s.dup, N, F, g.b_up);
   } else {
     // act = silu(gate) * up
     #pragma omp parallel for schedule(static) if (NF > 65536)
@@ -398,35 +479,41 @@ void block_backward(const model_config& c, const block_params& p, const block_gr
       s.dup[i] = s.dact[i] * gt * sg;
       s.dgate[i] = s.dact[i] * a.up[i] * sg * (1.0f + gt * (1.0f - sg));
     }
-    G.backward_input(s.dgate, N, F, p.w_gate, D, s.dn, lin + 4);
-    G.backward_input(s.dup, N, F, p.w_up, D, s.dn, lin + 5);
+    G.backward_input(s.dgate, N, F, p.w_gate, D, dmlp_in, lin + 4);
+    G.backward_input(s.dup, N, F, p.w_up, D, dmlp_in, lin + 5);
     const auto xq6 = G.weight_grad_input(a.n2, N, D, lin + 4);
     G.backward_weight(s.dgate, N, F, a.n2, xq6, D, g.w_gate, lin + 4);
     G.backward_weight(s.dup, N, F, a.n2, xq6, D, g.w_up, lin + 5);
+    if (g.b_gate) bias_backward(s.dgate, N, F, g.b_gate);
+    if (g.b_up) bias_backward(s.dup, N, F, g.b_up);
   }
-  // x1 = x + attn: dx1 = dx + norm'(dn)
-  norm_backward(c, p.ffn_norm, a.x1, a.mean2, a.inv2, s.dn, s.dx, g.ffn_norm, g.ffn_norm_b, N, *s.dnorm,
-                *s.dnorm_b);
+  // x1 = x + attn: dx1 = dx + norm2'(dn2) (parallel: norm2 reads x, below)
+  if (!parallel)
+    norm_backward(c, p.ffn_norm, a.x1, a.mean2, a.inv2, s.dn, s.dx, g.ffn_norm, g.ffn_norm_b, N, *s.dnorm,
+                  *s.dnorm_b);
   // attn_output: do = dx1 Wo
   std::fill(s.dn, s.dn + ND, 0.0f);  // dn holds d(o) now
   G.backward_input(s.dx, N, D, p.wo, D, s.dn, lin + 3);
   G.backward_weight(s.dx, N, D, a.o, G.weight_grad_input(a.o, N, D, lin + 3), D, g.wo, lin + 3);
-  if (gpt2) bias_backward(s.dx, N, D, g.bo);
-  if (gpt2) std::fill(s.dqkv, s.dqkv + N * 3 * D, 0.0f);
+  if (g.bo) bias_backward(s.dx, N, D, g.bo);
+  if (fused) std::fill(s.dqkv, s.dqkv + N * 3 * D, 0.0f);
   else std::fill(s.dk, s.dk + N * KV, 0.0f), std::fill(s.dv, s.dv + N * KV, 0.0f);
   attention_args at;
   at.q = a.q, at.qs = a.qs, at.kv = {a.k, a.v, a.ks, int64_t(seq) * a.ks}, at.o = a.o, at.os = D;
   at.scores = a.scores, at.scores_per_head = a.scores_per_head;
   at.batch = batch, at.seq = seq, at.pos0 = 0, at.heads = H, at.kv_heads = nkv, at.hd = hd;
+  at.window = c.sliding_window;
   attention_backward(at, s.dn, s.dq, s.dk, s.dv, *s.dP);
+  if (c.uses_rope()) {  // the rotation's transpose: by -angle
+    layers::rope(s.dq, N, H, int(a.qs), 0, seq, *rope, true);
+    layers::rope(s.dk, N, nkv, int(a.ks), 0, seq, *rope, true);
+  }
   std::fill(s.dn, s.dn + ND, 0.0f);  // dn holds d(n1) now
-  if (gpt2) {
+  if (fused) {
     G.backward_input(s.dqkv, N, 3 * D, p.wqkv, D, s.dn, lin + 0);
     G.backward_weight(s.dqkv, N, 3 * D, a.n1, G.weight_grad_input(a.n1, N, D, lin + 0), D, g.wqkv, lin + 0);
-    bias_backward(s.dqkv, N, 3 * D, g.bqkv);
+    if (g.bqkv) bias_backward(s.dqkv, N, 3 * D, g.bqkv);
   } else {
-    layers::rope(s.dq, N, H, D, 0, seq, *rope, true);
-    layers::rope(s.dk, N, nkv, KV, 0, seq, *rope, true);
     G.backward_input(s.dq, N, D, p.wq, D, s.dn, lin + 0);
     G.backward_input(s.dk, N, KV, p.wk, D, s.dn, lin + 1);
     G.backward_input(s.dv, N, KV, p.wv, D, s.dn, lin + 2);
@@ -434,9 +521,13 @@ void block_backward(const model_config& c, const block_params& p, const block_gr
     G.backward_weight(s.dq, N, D, a.n1, xq6, D, g.wq, lin + 0);
     G.backward_weight(s.dk, N, KV, a.n1, xq6, D, g.wk, lin + 1);
     G.backward_weight(s.dv, N, KV, a.n1, xq6, D, g.wv, lin + 2);
+    if (g.bq) bias_backward(s.dq, N, D, g.bq), bias_backward(s.dk, N, KV, g.bk), bias_backward(s.dv, N, KV, g.bv);
   }
   norm_backward(c, p.attn_norm, a.x, a.mean1, a.inv1, s.dn, s.dx, g.attn_norm, g.attn_norm_b, N, *s.dnorm,
                 *s.dnorm_b);
+  if (parallel)
+    norm_backward(c, p.ffn_norm, a.x, a.mean2, a.inv2, s.dn2, s.dx, g.ffn_norm, g.ffn_norm_b, N, *s.dnorm,
+                  *s.dnorm_b);
 }
 
 // ---- classifier and loss -------------------------------------------------------------------------------

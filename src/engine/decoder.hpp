@@ -1,7 +1,8 @@
-// The Llama and GPT-2 decoder defined once, for inference (forward.cpp: forward_session) and
-// training (train_model.cpp), in the style of llm.c: each layer a forward function and, where
-// training needs one, its backward next to it; parameters (and gradients) reached through structs
-// of named views. The element-wise kernels (norms, RoPE, softmax, activations) are in layers.hpp.
+// The decoder of every model family (model.hpp: Llama, Mistral, Qwen2, GPT-2, GPT-NeoX, OPT)
+// defined once, for inference (forward.cpp: forward_session) and training (train_model.cpp), in
+// the style of llm.c: each layer a forward function and, where training needs one, its backward
+// next to it; parameters (and gradients) reached through structs of named views. A family is a
+// set of layer variants (model_config's traits), not a forward of its own. The element-wise kernels (norms, RoPE, softmax, activations) are in layers.hpp.
 //
 // Shapes: n = tokens of a call (batch sequences of `seq` tokens each, row-major), D = dim,
 // KV = kv heads * hd, F = hidden, V = vocab. What differs between inference and training is
@@ -28,26 +29,27 @@ namespace lowbit::decoder {
 // ---- parameters ----------------------------------------------------------------------------------
 
 // One block's parameters as named views into float arrays (V = const float*: weights, float*:
-// their gradients). Matrices are [out, in] row-major (model.hpp). Members an architecture has no
-// tensor for stay null.
+// their gradients). Matrices are [out, in] row-major (model.hpp). Members a family has no
+// tensor for stay null (a null bias: none).
 template <class V>
 struct block_views {
-  V attn_norm{}, attn_norm_b{};    // [D]; _b: GPT-2's LayerNorm bias
-  V wq{}, wk{}, wv{};              // llama: [D, D], [KV, D], [KV, D]
-  V wqkv{}, bqkv{};                // gpt2: fused [3D, D], [3D]
-  V wo{}, bo{};                    // [D, D]; gpt2: bias [D]
+  V attn_norm{}, attn_norm_b{};    // [D]; _b: LayerNorm's bias
+  V wq{}, wk{}, wv{};              // separate q, k, v: [D, D], [KV, D], [KV, D]
+  V bq{}, bk{}, bv{};              // their biases [D], [KV], [KV] (qwen2; llama attention_bias; opt)
+  V wqkv{}, bqkv{};                // fused (gpt2, gptneox): [3D, D] rows [q; k; v], [3D]
+  V wo{}, bo{};                    // [D, D], [D]
   V ffn_norm{}, ffn_norm_b{};      // [D]
-  V w_gate{};                      // llama: [F, D]
-  V w_up{}, b_up{};                // [F, D]; gpt2: bias [F]
-  V w_down{}, b_down{};            // [D, F]; gpt2: bias [D]
+  V w_gate{}, b_gate{};            // gated MLP (SwiGLU): [F, D], [F]
+  V w_up{}, b_up{};                // [F, D], [F]
+  V w_down{}, b_down{};            // [D, F], [D]
 };
 
 template <class V>
 struct model_views {
   V tok_embd{};                    // [V, D]
-  V pos_embd{};                    // gpt2: [max_seq_len, D]
+  V pos_embd{};                    // learned positions: [max_seq_len + position_offset, D]
   std::vector<block_views<V>> blocks;
-  V out_norm{}, out_norm_b{};      // [D]; _b: gpt2
+  V out_norm{}, out_norm_b{};      // [D] (null: no final norm, OPT's post-LN); _b: LayerNorm's bias
   V classifier{};                  // [V, D]: output.weight, or tok_embd when tied
 };
 
@@ -57,35 +59,40 @@ using model_params = model_views<const float*>;
 using model_grads = model_views<float*>;
 
 // The canonical (GGUF, model.hpp) name and shape of each view of block `l`, in the order of the
-// training arena: f(name, member, shape). The one place where names meet the views.
+// training arena: f(name, member, shape). The one place where names meet the views (model.cpp's
+// list of the tensors a model needs is this walk too). Llama's and GPT-2's orders are those of
+// their first arenas (checkpoints keep them).
 template <class V, class F>
 void for_each_block_view(const model_config& c, int l, block_views<V>& b, F&& f) {
   const int64_t D = c.dim, KV = int64_t(c.n_kv_heads) * c.head_dim(), F_ = c.hidden_dim;
   const std::string p = "blk." + std::to_string(l) + ".";
-  if (c.arch == architecture::gpt2) {
-    f(p + "attn_norm.weight", b.attn_norm, std::vector<int64_t>{D});
-    f(p + "attn_norm.bias", b.attn_norm_b, std::vector<int64_t>{D});
-    f(p + "attn_qkv.weight", b.wqkv, std::vector<int64_t>{3 * D, D});
-    f(p + "attn_qkv.bias", b.bqkv, std::vector<int64_t>{3 * D});
-    f(p + "attn_output.weight", b.wo, std::vector<int64_t>{D, D});
-    f(p + "attn_output.bias", b.bo, std::vector<int64_t>{D});
-    f(p + "ffn_norm.weight", b.ffn_norm, std::vector<int64_t>{D});
-    f(p + "ffn_norm.bias", b.ffn_norm_b, std::vector<int64_t>{D});
-    f(p + "ffn_up.weight", b.w_up, std::vector<int64_t>{F_, D});
-    f(p + "ffn_up.bias", b.b_up, std::vector<int64_t>{F_});
-    f(p + "ffn_down.weight", b.w_down, std::vector<int64_t>{D, F_});
-    f(p + "ffn_down.bias", b.b_down, std::vector<int64_t>{D});
+  const bool ln = c.layer_norm(), qkv_b = c.qkv_bias(), mlp_b = c.has_mlp_bias();
+  using shape = std::vector<int64_t>;
+  f(p + "attn_norm.weight", b.attn_norm, shape{D});
+  if (ln) f(p + "attn_norm.bias", b.attn_norm_b, shape{D});
+  if (c.fused_qkv()) {
+    f(p + "attn_qkv.weight", b.wqkv, shape{3 * D, D});
+    if (qkv_b) f(p + "attn_qkv.bias", b.bqkv, shape{3 * D});
   } else {
-    f(p + "attn_norm.weight", b.attn_norm, std::vector<int64_t>{D});
-    f(p + "attn_q.weight", b.wq, std::vector<int64_t>{D, D});
-    f(p + "attn_k.weight", b.wk, std::vector<int64_t>{KV, D});
-    f(p + "attn_v.weight", b.wv, std::vector<int64_t>{KV, D});
-    f(p + "attn_output.weight", b.wo, std::vector<int64_t>{D, D});
-    f(p + "ffn_norm.weight", b.ffn_norm, std::vector<int64_t>{D});
-    f(p + "ffn_gate.weight", b.w_gate, std::vector<int64_t>{F_, D});
-    f(p + "ffn_up.weight", b.w_up, std::vector<int64_t>{F_, D});
-    f(p + "ffn_down.weight", b.w_down, std::vector<int64_t>{D, F_});
+    f(p + "attn_q.weight", b.wq, shape{D, D});
+    if (qkv_b) f(p + "attn_q.bias", b.bq, shape{D});
+    f(p + "attn_k.weight", b.wk, shape{KV, D});
+    if (qkv_b) f(p + "attn_k.bias", b.bk, shape{KV});
+    f(p + "attn_v.weight", b.wv, shape{KV, D});
+    if (qkv_b) f(p + "attn_v.bias", b.bv, shape{KV});
   }
+  f(p + "attn_output.weight", b.wo, shape{D, D});
+  if (c.out_bias()) f(p + "attn_output.bias", b.bo, shape{D});
+  f(p + "ffn_norm.weight", b.ffn_norm, shape{D});
+  if (ln) f(p + "ffn_norm.bias", b.ffn_norm_b, shape{D});
+  if (c.gated_mlp()) {
+    f(p + "ffn_gate.weight", b.w_gate, shape{F_, D});
+    if (mlp_b) f(p + "ffn_gate.bias", b.b_gate, shape{F_});
+  }
+  f(p + "ffn_up.weight", b.w_up, shape{F_, D});
+  if (mlp_b) f(p + "ffn_up.bias", b.b_up, shape{F_});
+  f(p + "ffn_down.weight", b.w_down, shape{D, F_});
+  if (mlp_b) f(p + "ffn_down.bias", b.b_down, shape{D});
 }
 
 // Every view of the model, in the training arena's order (embeddings, blocks, final norm,
@@ -93,13 +100,16 @@ void for_each_block_view(const model_config& c, int l, block_views<V>& b, F&& f)
 template <class V, class F>
 void for_each_view(const model_config& c, model_views<V>& m, F&& f) {
   const int64_t D = c.dim, Vv = c.vocab_size;
-  const bool gpt2 = c.arch == architecture::gpt2;
   f(std::string("token_embd.weight"), m.tok_embd, std::vector<int64_t>{Vv, D});
-  if (gpt2) f(std::string("position_embd.weight"), m.pos_embd, std::vector<int64_t>{c.max_seq_len, D});
+  if (c.learned_positions())
+    f(std::string("position_embd.weight"), m.pos_embd,
+      std::vector<int64_t>{int64_t(c.max_seq_len) + c.position_offset(), D});
   m.blocks.resize(c.n_layers);
   for (int l = 0; l < c.n_layers; ++l) for_each_block_view(c, l, m.blocks[l], f);
-  f(std::string("output_norm.weight"), m.out_norm, std::vector<int64_t>{D});
-  if (gpt2) f(std::string("output_norm.bias"), m.out_norm_b, std::vector<int64_t>{D});
+  if (c.final_norm()) {
+    f(std::string("output_norm.weight"), m.out_norm, std::vector<int64_t>{D});
+    if (c.layer_norm()) f(std::string("output_norm.bias"), m.out_norm_b, std::vector<int64_t>{D});
+  }
   if (!c.tied_classifier) f(std::string("output.weight"), m.classifier, std::vector<int64_t>{Vv, D});
   else m.classifier = m.tok_embd;
 }
@@ -114,7 +124,7 @@ model_params bind_head(const model& m);        // out_norm (+ bias), classifier
 // ---- linear layers ---------------------------------------------------------------------------------
 
 // The linear layers' numbering for operand quantizers and stochastic-rounding streams: block l's
-// q, k, v, o, gate, up, down are l * 7 + 0..6 (GPT-2: qkv 0, attn_output 3, ffn_up 5, ffn_down 6);
+// q, k, v, o, gate, up, down are l * 7 + 0..6 (fused qkv 0; without a gate, ffn_up is still 5);
 // the classifier is classifier_linear.
 inline constexpr int linears_per_block = 7;
 inline constexpr int classifier_linear = -1;
@@ -171,7 +181,8 @@ class quantized_gemms : public linear_ops {
 
 // ---- embedding ---------------------------------------------------------------------------------------
 
-// x[n, D] = tok_embd[tokens[i]] (+ gpt2: pos_embd[pos0 + (period ? i % period : i)]).
+// x[n, D] = tok_embd[tokens[i]] (+ learned positions: pos_embd[offset + pos0 + (period ? i % period : i)],
+// offset = position_offset(): OPT's 2).
 void embedding_forward(const model_config& c, const model_params& p, const int32_t* tokens, int64_t n, int pos0,
                        int period, float* x);
 // tok_embd's (and pos_embd's) rows += dx[n, D], rows in order.
@@ -180,11 +191,13 @@ void embedding_backward(const model_config& c, const model_grads& g, const int32
 
 // ---- norms ---------------------------------------------------------------------------------------------
 
-// out[n, D] = norm(x) with gain w (and gpt2's LayerNorm bias b): Llama's RMS (or L1) norm,
-// GPT-2's LayerNorm. mean (LayerNorm) and inv [n] keep the statistics for the backward (null: not kept).
+// out[n, D] = norm(x) with gain w (and the LayerNorm's bias b): the Llama family's RMS (or L1)
+// norm, LayerNorm (gpt2, gptneox, opt). mean (LayerNorm) and inv [n] keep the statistics for the
+// backward (null: not kept). w null: no norm (OPT's post-LN models have no final one), out = x.
 void norm_forward(const model_config& c, const float* w, const float* b, const float* x, float* out, int64_t n,
                   float* mean, float* inv);
 // dx[n, D] += norm'(dy); dw (and db) += the gain's (bias's) gradients; dw_acc/db_acc [D] scratch.
+// w null: dx += dy.
 void norm_backward(const model_config& c, const float* w, const float* x, const float* mean, const float* inv,
                    const float* dy, float* dx, float* dw, float* db, int64_t n, std::vector<double>& dw_acc,
                    std::vector<double>& db_acc);
@@ -200,7 +213,8 @@ struct kv_source {
 };
 
 // Causal attention of `batch` sequences of `seq` queries at positions pos0..pos0+seq over keys
-// 0..pos0+seq (T = pos0 + seq). Per (sequence b, query head h; kv head h / (heads / kv_heads),
+// 0..pos0+seq (T = pos0 + seq); with a sliding window W (Mistral), the query at position p sees
+// keys p - W < t <= p only (Hugging Face's sliding_window_overlay: the last W positions). Per (sequence b, query head h; kv head h / (heads / kv_heads),
 // grouped-query attention): S = Q_h K_h^T / sqrt(hd) [seq, T], P = causal softmax, O_h = P V_h.
 // Queries go in blocks of query_block rows: block [i0, i1) sees keys [0, pos0 + i1) only, so a
 // prefill computes about half of the seq x T square (keys past a row's position get weight 0;
@@ -217,12 +231,14 @@ struct attention_args {
   float* scores = nullptr;
   int64_t scores_per_head = 0;
   int batch = 1, seq = 0, pos0 = 0, heads = 0, kv_heads = 0, hd = 0;
+  int window = 0;  // sliding window W; 0: every earlier key
   int query_block = 128;
   bool heads_parallel = false;
 };
 // Returns the multiply-adds x2 it did.
 double attention_forward(const attention_args& a);
-// With P kept (scores_per_head = T * T, one query block, pos0 = 0) and dO [batch * seq, os]:
+// With P kept (scores_per_head = T * T, one query block, pos0 = 0) and dO [batch * seq, os]
+// (keys outside a window have P = 0, so they get no gradient):
 //   dP = dO V^T, dV += P^T dO, dS = P o (dP - rowsum(dP o P)), dQ = dS K / sqrt(hd),
 //   dK += dS^T Q / sqrt(hd)
 // per (sequence, kv head), so dK and dV accumulate without races; dq/dk/dv have a's strides
@@ -234,12 +250,13 @@ void attention_backward(const attention_args& a, const float* dO, float* dq, flo
 
 // One block's activations for n = batch * seq tokens. Inference reuses one set for every block
 // (x, x1 and out alias the residual stream, statistics not kept); training keeps one per block.
-// GPT-2: qkv [n, 3D] holds q, k, v (q/k/v point into it, strides 3D); Llama: q [n, D], k and v [n, KV].
+// Fused qkv (gpt2, gptneox): qkv [n, 3D] holds q, k, v (q/k/v point into it, strides 3D); else
+// q [n, D], k and v [n, KV].
 struct block_acts {
   float* x = nullptr;     // [n, D] the block's input (residual stream)
   float* x1 = nullptr;    // [n, D] x + attention (may alias x)
   float* out = nullptr;   // [n, D] x1 + MLP (may alias x1)
-  float *n1 = nullptr, *n2 = nullptr;  // [n, D] norm outputs (inputs of attention, MLP)
+  float *n1 = nullptr, *n2 = nullptr;  // [n, D] norm outputs (pre-LN: inputs of attention, MLP)
   float *mean1 = nullptr, *inv1 = nullptr, *mean2 = nullptr, *inv2 = nullptr;  // [n] or null
   float *q = nullptr, *k = nullptr, *v = nullptr;
   int64_t qs = 0, ks = 0;  // row strides of q and of k, v
@@ -247,14 +264,14 @@ struct block_acts {
   int64_t scores_per_head = 0;
   float* o = nullptr;       // [n, D] attention output
   float* y = nullptr;       // [n, D] scratch: a projection's output before the residual add
-  float *gate = nullptr, *up = nullptr, *act = nullptr;  // [n, F]; gate: llama
+  float *gate = nullptr, *up = nullptr, *act = nullptr;  // [n, F]; gate: gated MLP
 };
-// Points q, k, v (and strides) into qkv (gpt2: [n, 3D]) or the separate buffers (llama).
+// Points q, k, v (and strides) into qkv (fused: [n, 3D]) or the separate buffers.
 void set_qkv(const model_config& c, block_acts& a, float* qkv, float* q, float* k, float* v);
 
 struct block_hooks {
   linear_ops* ops = nullptr;
-  const layers::rope_table* rope = nullptr;  // llama
+  const layers::rope_table* rope = nullptr;  // RoPE families
   // K and V of the n new tokens (rows of stride ks, RoPE applied) -> where attention reads them;
   // null: in place.
   std::function<kv_source(int layer, const float* k, const float* v, int64_t ks)> kv;
@@ -266,10 +283,15 @@ struct block_hooks {
 };
 
 // Block `layer` on a.x: batch sequences of seq tokens at positions pos0..pos0+seq.
-//   n1 = norm(x); q, k, v = n1 Wq, Wk, Wv (gpt2: fused, + bias); llama: RoPE on q, k;
-//   o = attention; x1 = x + o Wo (+ bo); n2 = norm(x1);
-//   llama: act = silu(n2 Wgate) * (n2 Wup) (SwiGLU); gpt2: act = gelu(n2 Wup + bup);
-//   out = x1 + act Wdown (+ bdown).
+//   n1 = norm1(x); q, k, v = n1 Wq, Wk, Wv (+ biases; fused: one [3D, D] matrix);
+//   RoPE families: RoPE on the first rotary_dim() dims of each q, k head;
+//   o = attention (causal, within the sliding window); x1 = x + o Wo (+ bo); n2 = norm2(x1);
+//   gated (Llama family): act = silu(n2 Wgate) * (n2 Wup) (SwiGLU); else act = f(n2 Wup + bup)
+//   with f GELU (tanh or erf) or ReLU; out = x1 + act Wdown (+ bdown).
+// GPT-NeoX's parallel residual: n2 = norm2(x), out = x + o Wo + act Wdown (Black et al. 2022,
+// GPT-NeoX-20B). OPT's post-LN (do_layer_norm_before = false; Vaswani et al. 2017's order):
+// attention reads x, x1 = norm1(x + o Wo), the MLP reads x1, out = norm2(x1 + act Wdown).
+// The dump's "attn_norm" and "ffn_norm" are the inputs of the attention and the MLP.
 void block_forward(const model_config& c, const block_params& p, int layer, block_acts& a, int batch, int seq,
                    int pos0, block_hooks& h);
 
@@ -278,14 +300,16 @@ struct block_grad_scratch {
   float* dx = nullptr;    // [n, D] the residual stream's gradient, in: d(out), out: d(x)
   float* dn = nullptr;    // [n, D]
   float *dq = nullptr, *dk = nullptr, *dv = nullptr;  // strides as the acts' q, k, v
-  float* dqkv = nullptr;  // gpt2 [n, 3D] (dq/dk/dv point into it)
+  float* dqkv = nullptr;  // fused [n, 3D] (dq/dk/dv point into it)
+  float* dn2 = nullptr;   // [n, D] parallel residual: d(n2) kept until norm2's backward
   float *dgate = nullptr, *dup = nullptr, *dact = nullptr;  // [n, F]
   std::vector<float>* dP = nullptr;  // attention_backward's scratch
   std::vector<double>* dnorm = nullptr;    // [D]
   std::vector<double>* dnorm_b = nullptr;  // [D]
 };
 // The backward of block_forward (training: pos0 = 0, P kept): the parameters' gradients into g
-// (overwritten for matrices, accumulated for norms and biases), d(x) into s.dx.
+// (overwritten for matrices, accumulated for norms and biases), d(x) into s.dx. Pre-LN blocks
+// only (train_model refuses OPT's post-LN).
 void block_backward(const model_config& c, const block_params& p, const block_grads& g, int layer, const block_acts& a,
                     int batch, int seq, const layers::rope_table* rope, quantized_gemms& G, block_grad_scratch& s);
 

@@ -67,9 +67,9 @@ std::vector<eval_result> evaluate_many(const std::vector<const model*>& models,
       throw error("eval: the models of one evaluation must share architecture and vocabulary");
   const int ctx = opt.ctx > 0 ? opt.ctx : first.config.max_seq_len;
   if (ctx < 2) throw error(fmt::format("eval: context {} is too short (need >= 2)", ctx));
-  if (first.config.arch == architecture::gpt2 && ctx > first.config.max_seq_len)
-    throw error(fmt::format("eval: context {} exceeds GPT-2's {} positions", ctx,
-                            first.config.max_seq_len));
+  if (first.config.learned_positions() && ctx > first.config.max_seq_len)
+    throw error(fmt::format("eval: context {} exceeds {}'s {} learned positions", ctx,
+                            architecture_name(first.config.arch), first.config.max_seq_len));
   const int64_t total = opt.max_tokens > 0 ? std::min<int64_t>(opt.max_tokens, ids.size()) : ids.size();
   if (total < 2) throw error(fmt::format("eval: {} tokens; at least 2 are needed", total));
   for (int64_t i = 0; i < total; ++i)

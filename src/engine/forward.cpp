@@ -1,5 +1,5 @@
-// Llama and GPT-2 forward passes in float32 (shapes in forward.hpp), through the layers of
-// decoder.hpp (shared with training). The plan's activation formats fake-quantize each linear
+// The forward pass of every model family in float32 (shapes in forward.hpp), through the layers
+// of decoder.hpp (shared with training). The plan's activation formats fake-quantize each linear
 // layer's input per token, its KV format the cache rows (one token and head each) after RoPE
 // (docs/conventions.md §17).
 #include "lowbit/engine/forward.hpp"
@@ -30,11 +30,11 @@ forward_session::forward_session(const model& m, const quant_plan& plan, int max
     : m_(m), plan_(plan), max_tokens_(max_tokens) {
   m_.config.validate();
   if (max_tokens <= 0) throw error(fmt::format("forward: max_tokens = {} (expected > 0)", max_tokens));
-  if (m_.config.arch == architecture::gpt2 && max_tokens > m_.config.max_seq_len)
-    throw error(fmt::format("forward: {} tokens exceed GPT-2's {} learned positions", max_tokens,
-                            m_.config.max_seq_len));
-  if (m_.config.arch == architecture::llama)
-    rope_ = std::make_shared<layers::rope_table>(max_tokens, m_.config.head_dim(), m_.config.rope_theta);
+  if (m_.config.learned_positions() && max_tokens > m_.config.max_seq_len)
+    throw error(fmt::format("forward: {} tokens exceed {}'s {} learned positions", max_tokens,
+                            architecture_name(m_.config.arch), m_.config.max_seq_len));
+  if (m_.config.uses_rope())
+    rope_ = std::make_shared<layers::rope_table>(max_tokens, m_.config.head_dim(), rope_frequencies(m_.config));
   const int64_t kv_dim = int64_t(m_.config.n_kv_heads) * m_.config.head_dim();
   const int64_t cache = int64_t(m_.config.n_layers) * max_tokens * kv_dim;
   try {
@@ -120,8 +120,8 @@ void forward_session::run(float* x, int n, int first, int last, bool head) {
   const layers::thread_scope threads(n, c.dim);
 
   std::vector<float> xb1(int64_t(n) * dim), xb2(int64_t(n) * dim), o(int64_t(n) * dim), y(int64_t(n) * dim);
-  std::vector<float> qkv(int64_t(n) * (dim + 2 * kv_dim));  // llama: q, k, v; gpt2: fused rows
-  std::vector<float> gate(c.arch == architecture::llama ? int64_t(n) * hidden : 0);
+  std::vector<float> qkv(int64_t(n) * (dim + 2 * kv_dim));  // q, k, v; or fused rows
+  std::vector<float> gate(c.gated_mlp() ? int64_t(n) * hidden : 0);
   std::vector<float> up(int64_t(n) * hidden), act(int64_t(n) * hidden), scores(int64_t(n) * T);
   plan_ops ops(plan_, call_);
 

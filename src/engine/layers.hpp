@@ -1,5 +1,5 @@
-// The element-wise layers of the Llama and GPT-2 decoders, with the backward of each next to its
-// forward; decoder.hpp builds the decoder's layers on them, for inference and training alike.
+// The element-wise layers of the decoder (every family of model.hpp), with the backward of each
+// next to its forward; decoder.hpp builds the decoder's layers on them, for inference and training alike.
 // Shapes: x [n, dim] row-major (n = tokens).
 #pragma once
 
@@ -145,37 +145,50 @@ inline void layernorm_backward(const float* x, const float* w, const float* mean
   }
 }
 
-// Causal softmax of one row of attention scores s[0, T): keys [0, visible) take part (max
-// subtracted, the sum in double), the rest become 0.
-inline void causal_softmax(float* s, int visible, int T) {
-  float mx = s[0];
-  for (int t = 1; t < visible; ++t) mx = std::max(mx, s[t]);
+// Causal softmax of one row of attention scores s[0, T): keys [first, visible) take part (max
+// subtracted, the sum in double), the rest become 0 (first > 0: a sliding window).
+inline void causal_softmax(float* s, int visible, int T, int first = 0) {
+  float mx = s[first];
+  for (int t = first + 1; t < visible; ++t) mx = std::max(mx, s[t]);
   double sum = 0;
-  for (int t = 0; t < visible; ++t) sum += (s[t] = std::exp(s[t] - mx));
+  for (int t = first; t < visible; ++t) sum += (s[t] = std::exp(s[t] - mx));
   const float inv = static_cast<float>(1.0 / sum);
-  for (int t = 0; t < visible; ++t) s[t] *= inv;
+  for (int t = first; t < visible; ++t) s[t] *= inv;
+  std::fill(s, s + first, 0.0f);
   std::fill(s + visible, s + T, 0.0f);
 }
 
-// Interleaved RoPE (Su et al. 2021; llama2.c/GGUF pairing): pair (2p, 2p+1) of each head rotates
-// by pos * theta^(-2p/hd). The table holds cos and sin per (pos, p), computed in double and
-// rounded once, so every caller rotates by the same floats.
+// Interleaved RoPE (Su et al. 2021; llama2.c/GGUF pairing): pair (2p, 2p+1) of each head, p <
+// pairs, rotates by pos * freq_p; the dims past 2 * pairs pass unrotated (GPT-NeoX's partial
+// rotary). The table holds cos and sin per (pos, p), computed in double and rounded once, so
+// every caller rotates by the same floats.
 struct rope_table {
-  int hd = 0;
-  std::vector<float> cos_, sin_;  // [positions, hd/2]
+  int hd = 0;     // head dimension: the stride between heads
+  int pairs = 0;  // rotated pairs of a head (rotary_dim / 2)
+  std::vector<float> cos_, sin_;  // [positions, pairs]
   rope_table() = default;
-  rope_table(int positions, int head_dim, float theta) : hd(head_dim) {
-    cos_.resize(int64_t(positions) * (hd / 2));
+  // Every dim rotated, freq_p = theta^(-2p/hd).
+  rope_table(int positions, int head_dim, float theta) : rope_table(positions, head_dim, plain(head_dim, theta)) {}
+  // freq: the frequency of each rotated pair (model.hpp's rope_frequencies).
+  rope_table(int positions, int head_dim, const std::vector<double>& freq)
+      : hd(head_dim), pairs(static_cast<int>(freq.size())) {
+    cos_.resize(int64_t(positions) * pairs);
     sin_.resize(cos_.size());
     for (int pos = 0; pos < positions; ++pos)
-      for (int p = 0; p < hd / 2; ++p) {
-        const double freq = std::pow(double(theta), -2.0 * p / hd);
-        const double angle = pos * freq;
-        cos_[int64_t(pos) * (hd / 2) + p] = static_cast<float>(std::cos(angle));
-        sin_[int64_t(pos) * (hd / 2) + p] = static_cast<float>(std::sin(angle));
+      for (int p = 0; p < pairs; ++p) {
+        const double angle = pos * freq[p];
+        cos_[int64_t(pos) * pairs + p] = static_cast<float>(std::cos(angle));
+        sin_[int64_t(pos) * pairs + p] = static_cast<float>(std::sin(angle));
       }
   }
-  int positions() const { return hd ? static_cast<int>(cos_.size() / (hd / 2)) : 0; }
+  int positions() const { return pairs ? static_cast<int>(cos_.size() / pairs) : 0; }
+
+ private:
+  static std::vector<double> plain(int hd, float theta) {
+    std::vector<double> f(hd / 2);
+    for (int p = 0; p < hd / 2; ++p) f[p] = std::pow(double(theta), -2.0 * p / hd);
+    return f;
+  }
 };
 
 // Rotates x [n, heads*hd] (row stride `stride`) at positions pos0 + (i % period) for row i
@@ -183,7 +196,7 @@ struct rope_table {
 // (the backward, since the rotation is orthogonal).
 inline void rope(float* x, int64_t n, int heads, int stride, int pos0, int period,
                  const rope_table& t, bool inverse = false) {
-  const int hd = t.hd, half = hd / 2;
+  const int hd = t.hd, half = t.pairs;
   #pragma omp parallel for schedule(static) if (n * heads * hd > 65536)
   for (int64_t i = 0; i < n; ++i) {
     const int pos = pos0 + static_cast<int>(period ? i % period : i);
@@ -216,5 +229,18 @@ inline float gelu_tanh_grad(float x) {
   const float t = std::tanh(gelu_k * (x + 0.044715f * x * x * x));
   return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * gelu_k * (1.0f + 3.0f * 0.044715f * x * x);
 }
+
+// The exact GELU (Hendrycks & Gimpel 2016; Hugging Face's "gelu", GPT-NeoX/Pythia's):
+//   gelu(x) = x Phi(x) = x/2 (1 + erf(x / sqrt 2)),   gelu'(x) = Phi(x) + x phi(x).
+inline constexpr float inv_sqrt2 = 0.7071067811865476f;
+inline constexpr float inv_sqrt_2pi = 0.3989422804014327f;
+inline float gelu_erf(float x) { return 0.5f * x * (1.0f + std::erf(x * inv_sqrt2)); }
+inline float gelu_erf_grad(float x) {
+  return 0.5f * (1.0f + std::erf(x * inv_sqrt2)) + x * inv_sqrt_2pi * std::exp(-0.5f * x * x);
+}
+
+// ReLU (OPT's activation); its derivative is taken as 0 at 0.
+inline float relu(float x) { return x > 0.0f ? x : 0.0f; }
+inline float relu_grad(float x) { return x > 0.0f ? 1.0f : 0.0f; }
 
 }  // namespace lowbit::layers

@@ -10,11 +10,13 @@
 #include <random>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "lowbit/base/hash.hpp"
 #include "lowbit/formats/half.hpp"
 #include "lowbit/base/error.hpp"
 #include "lowbit/kernels/scale.hpp"
+#include "src/engine/decoder.hpp"
 
 namespace lowbit {
 
@@ -26,12 +28,112 @@ int64_t tensor::numel() const {
 int64_t tensor::rows() const { return shape.empty() ? 1 : numel() / shape.back(); }
 int64_t tensor::cols() const { return shape.empty() ? 1 : shape.back(); }
 
-const char* architecture_name(architecture a) { return a == architecture::llama ? "llama" : "gpt2"; }
+namespace {
+
+struct family_name {
+  architecture arch;
+  const char* name;
+};
+constexpr family_name kFamilies[] = {{architecture::llama, "llama"},     {architecture::gpt2, "gpt2"},
+                                     {architecture::mistral, "mistral"}, {architecture::qwen2, "qwen2"},
+                                     {architecture::gptneox, "gptneox"}, {architecture::opt, "opt"}};
+
+bool llama_family(architecture a) {
+  return a == architecture::llama || a == architecture::mistral || a == architecture::qwen2;
+}
+
+}  // namespace
+
+const char* architecture_name(architecture a) {
+  for (const family_name& f : kFamilies)
+    if (f.arch == a) return f.name;
+  return "?";
+}
 
 architecture parse_architecture(const std::string& name) {
-  if (name == "llama") return architecture::llama;
-  if (name == "gpt2") return architecture::gpt2;
-  throw error(fmt::format("unknown architecture '{}': expected llama or gpt2", name));
+  for (const family_name& f : kFamilies)
+    if (name == f.name) return f.arch;
+  throw error(fmt::format("unknown architecture '{}': expected llama, gpt2, mistral, qwen2, gptneox or opt", name));
+}
+
+std::vector<architecture> all_architectures() {
+  std::vector<architecture> v;
+  for (const family_name& f : kFamilies) v.push_back(f.arch);
+  return v;
+}
+
+const char* activation_name(activation a) {
+  switch (a) {
+    case activation::silu: return "silu";
+    case activation::gelu_tanh: return "gelu_tanh";
+    case activation::gelu: return "gelu";
+    case activation::relu: return "relu";
+  }
+  return "?";
+}
+
+// ---- the families' layer sets (docs/evaluation.md "Model families") ------------------------------
+
+bool model_config::layer_norm() const {
+  return arch == architecture::gpt2 || arch == architecture::gptneox || arch == architecture::opt;
+}
+bool model_config::gated_mlp() const { return llama_family(arch); }
+bool model_config::uses_rope() const { return llama_family(arch) || arch == architecture::gptneox; }
+bool model_config::learned_positions() const { return arch == architecture::gpt2 || arch == architecture::opt; }
+int model_config::position_offset() const { return arch == architecture::opt ? 2 : 0; }
+bool model_config::fused_qkv() const { return arch == architecture::gpt2 || arch == architecture::gptneox; }
+
+activation model_config::mlp_activation() const {
+  if (act) return *act;
+  switch (arch) {
+    case architecture::gpt2: return activation::gelu_tanh;  // gelu_new
+    case architecture::gptneox: return activation::gelu;    // Pythia's hidden_act "gelu"
+    case architecture::opt: return activation::relu;
+    default: return activation::silu;
+  }
+}
+// Hugging Face's defaults: GPT-2 always has biases, GPT-NeoX's attention_bias and OPT's
+// enable_bias default to true, Llama's attention_bias and mlp_bias to false; Qwen2 has biases on
+// q, k, v only.
+bool model_config::qkv_bias() const {
+  if (arch == architecture::gpt2 || arch == architecture::qwen2) return true;
+  return attn_bias.value_or(arch == architecture::gptneox || arch == architecture::opt);
+}
+bool model_config::out_bias() const {
+  if (arch == architecture::gpt2) return true;
+  if (arch == architecture::qwen2) return false;
+  return attn_bias.value_or(arch == architecture::gptneox || arch == architecture::opt);
+}
+bool model_config::has_mlp_bias() const {
+  if (arch == architecture::gpt2 || arch == architecture::gptneox) return true;
+  return mlp_bias.value_or(arch == architecture::opt);
+}
+bool model_config::has_parallel_residual() const {
+  return parallel_residual.value_or(arch == architecture::gptneox);
+}
+int model_config::rotary_dim() const {
+  if (!uses_rope() || n_heads <= 0) return 0;
+  if (rope_dim) return *rope_dim;
+  // GPT-NeoX's rotary_pct defaults to 0.25 (Hugging Face's GPTNeoXConfig): int(head_dim * 0.25).
+  return arch == architecture::gptneox ? head_dim() / 4 : head_dim();
+}
+
+std::string model_config::variant_string() const {
+  std::string s;
+  auto add = [&](const std::string& part) { s += (s.empty() ? "" : " ") + part; };
+  if (act) add(fmt::format("act={}", activation_name(*act)));
+  if (attn_bias) add(fmt::format("attn_bias={}", *attn_bias));
+  if (mlp_bias) add(fmt::format("mlp_bias={}", *mlp_bias));
+  if (parallel_residual) add(fmt::format("parallel_residual={}", *parallel_residual));
+  if (rope_dim) add(fmt::format("rope_dim={}", *rope_dim));
+  if (!norm_before) add("post_ln");
+  if (sliding_window) add(fmt::format("sliding_window={}", sliding_window));
+  if (rope_scaling.type != rope_scaling_type::none)
+    add(fmt::format("rope_scaling={}:{}:{}:{}:{}", rope_scaling.type == rope_scaling_type::linear ? "linear" : "llama3",
+                    rope_scaling.factor, rope_scaling.low_freq_factor, rope_scaling.high_freq_factor,
+                    rope_scaling.original_max_position_embeddings));
+  if (!rope_freq_factors.empty()) add(fmt::format("rope_freqs={}", fmt::join(rope_freq_factors, ",")));
+  return s;
 }
 
 void model_config::validate() const {
@@ -47,30 +149,112 @@ void model_config::validate() const {
        "expected a divisor of n_heads");
   need(vocab_size > 0 && vocab_size <= 1 << 22, "vocab_size", vocab_size, "expected 1..4194304");
   need(max_seq_len > 0 && max_seq_len <= 1 << 20, "max_seq_len", max_seq_len, "expected 1..1048576");
-  need(arch != architecture::llama || head_dim() % 2 == 0, "head_dim", head_dim(),
-       "RoPE needs an even head dimension");
-  need(arch != architecture::gpt2 || n_kv_heads == n_heads, "n_kv_heads", n_kv_heads,
-       "GPT-2 has one kv head per query head");
+  need(!llama_family(arch) || head_dim() % 2 == 0, "head_dim", head_dim(), "RoPE needs an even head dimension");
+  const char* name = architecture_name(arch);
+  if (fused_qkv() && n_kv_heads != n_heads)
+    throw error(fmt::format("model config: n_kv_heads = {} ({} has one kv head per query head)", n_kv_heads,
+                            arch == architecture::gpt2 ? "GPT-2" : name));
   if (!(norm_eps > 0) || !std::isfinite(norm_eps))
     throw error(fmt::format("model config: norm_eps = {} (expected a positive number)", norm_eps));
   // RoPE's base: angles pos * base^(-2i/d) are NaN or meaningless for a base that is NaN, 0 or
-  // negative (GPT-2 does not use it, and keeps the default).
+  // negative (the families without RoPE do not use it, and keep the default).
   if (!(rope_theta > 0) || !std::isfinite(rope_theta))
     throw error(fmt::format("model config: rope_theta = {} (expected a positive number)", rope_theta));
+  // What each family can hold (the variants its Hugging Face config has; docs/evaluation.md).
+  auto refuse = [&](const std::string& what) {
+    throw error(fmt::format("model config: {} cannot have {}", name, what));
+  };
+  if (l1_norm && arch != architecture::llama) refuse("the L1 norm (lowbit_norm l1: Llama's RMSNorm variant)");
+  const activation f = mlp_activation();
+  if (gated_mlp() && f != activation::silu)
+    refuse(fmt::format("hidden_act {} (its MLP is SwiGLU: silu only)", activation_name(f)));
+  if (!gated_mlp() && f == activation::silu) refuse("an ungated silu MLP");
+  if (attn_bias && (arch == architecture::mistral || arch == architecture::qwen2 || arch == architecture::gpt2) &&
+      *attn_bias != (arch == architecture::gpt2))
+    refuse(fmt::format("attention biases {} (fixed by the family)", *attn_bias ? "on" : "off"));
+  if (mlp_bias && arch != architecture::llama && arch != architecture::opt &&
+      *mlp_bias != (arch == architecture::gpt2 || arch == architecture::gptneox))
+    refuse(fmt::format("MLP biases {} (fixed by the family)", *mlp_bias ? "on" : "off"));
+  if (arch == architecture::opt && attn_bias.value_or(true) != mlp_bias.value_or(true))
+    refuse("biases on attention and not on the MLP or the reverse (enable_bias sets both)");
+  if (parallel_residual && arch != architecture::gptneox && *parallel_residual) refuse("a parallel residual");
+  if (!norm_before && arch != architecture::opt) refuse("post-LayerNorm blocks");
+  if (sliding_window < 0) throw error(fmt::format("model config: sliding_window = {} (expected >= 0)", sliding_window));
+  if (sliding_window && arch != architecture::mistral) refuse("a sliding window");
+  if (!uses_rope()) {
+    if (rope_dim) refuse("a rotary dimension (no RoPE)");
+    if (rope_scaling.type != rope_scaling_type::none || !rope_freq_factors.empty()) refuse("RoPE scaling (no RoPE)");
+  } else {
+    const int r = rotary_dim();
+    if (r <= 0 || r > head_dim() || r % 2)
+      throw error(fmt::format("model config: rotary dimension {} (expected an even number in 2..head_dim {})", r,
+                              head_dim()));
+    if (r != head_dim() && arch != architecture::gptneox) refuse("a partial rotary dimension");
+    if (!rope_freq_factors.empty()) {
+      if (int(rope_freq_factors.size()) != r / 2)
+        throw error(fmt::format("model config: {} RoPE frequency factors for {} rotated pairs",
+                                rope_freq_factors.size(), r / 2));
+      for (float v : rope_freq_factors)
+        if (!(v > 0) || !std::isfinite(v))
+          throw error(fmt::format("model config: RoPE frequency factor {} (expected a positive number)", v));
+    }
+    const rope_scale& rs = rope_scaling;
+    if (rs.type != rope_scaling_type::none && !(rs.factor >= 1 && std::isfinite(rs.factor)))
+      throw error(fmt::format("model config: rope_scaling factor {} (expected a number >= 1)", rs.factor));
+    if (rs.type == rope_scaling_type::llama3 &&
+        !(rs.low_freq_factor > 0 && rs.high_freq_factor > rs.low_freq_factor && std::isfinite(rs.high_freq_factor) &&
+          rs.original_max_position_embeddings > 0))
+      throw error(fmt::format("model config: llama3 rope_scaling low_freq_factor {}, high_freq_factor {}, "
+                              "original_max_position_embeddings {} (expected 0 < low < high and a positive length)",
+                              rs.low_freq_factor, rs.high_freq_factor, rs.original_max_position_embeddings));
+  }
 }
 
 int64_t model_config::parameter_count() const {
-  const int64_t d = dim, h = hidden_dim, hd = head_dim(), kv = int64_t(n_kv_heads) * hd;
-  int64_t per_layer = 0, rest = int64_t(vocab_size) * d;
-  if (arch == architecture::llama) {
-    per_layer = 2 * d + d * d * 2 + 2 * d * kv + 3 * d * h;
-    rest += d;
-  } else {
-    per_layer = 4 * d + 3 * d * d + 3 * d + d * d + d + 2 * d * h + h + d;
-    rest += int64_t(max_seq_len) * d + 2 * d;
+  int64_t n = 0;
+  decoder::model_params layout;
+  decoder::for_each_view(*this, layout, [&](const std::string&, const float*&, const std::vector<int64_t>& shape) {
+    int64_t k = 1;
+    for (int64_t d : shape) k *= d;
+    n += k;
+  });
+  return n;
+}
+
+std::vector<double> rope_frequencies(const model_config& c) {
+  const int r = c.rotary_dim();
+  std::vector<double> f(r / 2);
+  for (int p = 0; p < r / 2; ++p) f[p] = std::pow(double(c.rope_theta), -2.0 * p / r);
+  if (!c.rope_freq_factors.empty()) {  // llama.cpp's ggml_rope_ext: theta_i / freq_factors[i]
+    for (int p = 0; p < r / 2; ++p) f[p] /= c.rope_freq_factors[p];
+    return f;
   }
-  if (!tied_classifier) rest += int64_t(vocab_size) * d;
-  return rest + per_layer * n_layers;
+  const rope_scale& s = c.rope_scaling;
+  if (s.type == rope_scaling_type::linear) {
+    for (double& v : f) v /= s.factor;
+  } else if (s.type == rope_scaling_type::llama3) {
+    // Meta's Llama 3.1 reference (apply_scaling; Hugging Face's _compute_llama3_parameters):
+    // wavelengths 2 pi / f above old_len / low_freq_factor are divided by factor, those below
+    // old_len / high_freq_factor kept, and in between blended by
+    // smooth = (old_len / wavelength - low) / (high - low).
+    const double old_len = s.original_max_position_embeddings;
+    const double low_wavelen = old_len / s.low_freq_factor, high_wavelen = old_len / s.high_freq_factor;
+    for (double& v : f) {
+      const double wavelen = 2 * M_PI / v;
+      if (wavelen < high_wavelen) continue;
+      if (wavelen > low_wavelen) {
+        v /= s.factor;
+      } else {
+        const double smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        v = (1 - smooth) * v / s.factor + smooth * v;
+      }
+    }
+  }
+  return f;
+}
+
+int default_hidden_dim(architecture a, int dim) {
+  return llama_family(a) ? (8 * dim / 3 + 31) / 32 * 32 : 4 * dim;
 }
 
 const tensor& model::get(const std::string& name) const {
@@ -93,45 +277,17 @@ const tensor& model::classifier() const {
   return config.tied_classifier ? get("token_embd.weight") : get("output.weight");
 }
 
-namespace {
-
-// name -> expected shape, for every tensor the architecture reads.
-std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const model_config& c) {
-  const int64_t d = c.dim, h = c.hidden_dim, hd = c.head_dim(), kv = int64_t(c.n_kv_heads) * hd;
-  const int64_t q = int64_t(c.n_heads) * hd;
+// The decoder's views (src/engine/decoder.hpp), in their order.
+std::vector<std::pair<std::string, std::vector<int64_t>>> model_tensor_shapes(const model_config& c) {
   std::vector<std::pair<std::string, std::vector<int64_t>>> e;
-  e.push_back({"token_embd.weight", {c.vocab_size, d}});
-  if (c.arch == architecture::gpt2) e.push_back({"position_embd.weight", {c.max_seq_len, d}});
-  for (int l = 0; l < c.n_layers; ++l) {
-    const std::string b = fmt::format("blk.{}.", l);
-    e.push_back({b + "attn_norm.weight", {d}});
-    e.push_back({b + "ffn_norm.weight", {d}});
-    if (c.arch == architecture::llama) {
-      e.push_back({b + "attn_q.weight", {q, d}});
-      e.push_back({b + "attn_k.weight", {kv, d}});
-      e.push_back({b + "attn_v.weight", {kv, d}});
-      e.push_back({b + "attn_output.weight", {d, q}});
-      e.push_back({b + "ffn_gate.weight", {h, d}});
-      e.push_back({b + "ffn_up.weight", {h, d}});
-      e.push_back({b + "ffn_down.weight", {d, h}});
-    } else {
-      e.push_back({b + "attn_norm.bias", {d}});
-      e.push_back({b + "ffn_norm.bias", {d}});
-      e.push_back({b + "attn_qkv.weight", {3 * d, d}});
-      e.push_back({b + "attn_qkv.bias", {3 * d}});
-      e.push_back({b + "attn_output.weight", {d, d}});
-      e.push_back({b + "attn_output.bias", {d}});
-      e.push_back({b + "ffn_up.weight", {h, d}});
-      e.push_back({b + "ffn_up.bias", {h}});
-      e.push_back({b + "ffn_down.weight", {d, h}});
-      e.push_back({b + "ffn_down.bias", {d}});
-    }
-  }
-  e.push_back({"output_norm.weight", {d}});
-  if (c.arch == architecture::gpt2) e.push_back({"output_norm.bias", {d}});
-  if (!c.tied_classifier) e.push_back({"output.weight", {c.vocab_size, d}});
+  decoder::model_params layout;
+  decoder::for_each_view(c, layout, [&](const std::string& name, const float*&, const std::vector<int64_t>& shape) {
+    e.push_back({name, shape});
+  });
   return e;
 }
+
+namespace {
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
@@ -143,7 +299,7 @@ std::string shape_str(const std::vector<int64_t>& s) {
 
 void model::validate_shapes() const {
   config.validate();
-  for (const auto& [name, shape] : expected_tensors(config)) {
+  for (const auto& [name, shape] : model_tensor_shapes(config)) {
     const tensor& t = get(name);
     if (t.shape != shape) {
       const model_config& c = config;
@@ -251,13 +407,16 @@ model read_whole_model(const tensor_reader& r) {
 
 std::vector<std::string> model::linear_weight_names() const {
   std::vector<std::string> names;
-  const char* llama[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
-  const char* gpt2[] = {"attn_qkv", "attn_output", "ffn_up", "ffn_down"};
-  for (int l = 0; l < config.n_layers; ++l) {
-    if (config.arch == architecture::llama)
-      for (const char* n : llama) names.push_back(fmt::format("blk.{}.{}.weight", l, n));
-    else
-      for (const char* n : gpt2) names.push_back(fmt::format("blk.{}.{}.weight", l, n));
+  const model_config& c = config;
+  for (int l = 0; l < c.n_layers; ++l) {
+    std::vector<const char*> parts;
+    if (c.fused_qkv()) parts = {"attn_qkv"};
+    else parts = {"attn_q", "attn_k", "attn_v"};
+    parts.push_back("attn_output");
+    if (c.gated_mlp()) parts.push_back("ffn_gate");
+    parts.push_back("ffn_up");
+    parts.push_back("ffn_down");
+    for (const char* n : parts) names.push_back(fmt::format("blk.{}.{}.weight", l, n));
   }
   return names;
 }
@@ -270,7 +429,7 @@ model synthesize_model(const model_config& c, uint64_t seed) {
   m.source_path = "synth";
   m.tokenizer.kind = "bytes";
   uint64_t id = 0;
-  for (const auto& [name, shape] : expected_tensors(c)) {
+  for (const auto& [name, shape] : model_tensor_shapes(c)) {
     tensor t{shape, {}};
     t.data.resize(t.numel());
     const bool norm_weight = name.find("_norm.weight") != std::string::npos;

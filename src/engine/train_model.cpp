@@ -1,4 +1,5 @@
-// Training of the Llama and GPT-2 decoders (shapes in train.hpp and below): the parameter arena
+// Training of the decoder of every model family but OPT's post-LN variant (shapes in train.hpp
+// and below): the parameter arena
 // and its named views, the activations of a step, and the step itself through decoder.hpp's
 // layers (shared with inference), with the six GEMM operands of every linear layer open to an
 // operand_quantizer. N = batch * ctx tokens, D = dim, KV = kv heads * hd, F = hidden, V = vocab.
@@ -58,6 +59,9 @@ void train_model::build_views() {
   c.validate();
   if (c.arch == architecture::gpt2 && c.l1_norm)
     throw error("train: the L1 normalisation is for Llama (GPT-2 has LayerNorm)");
+  if (!c.norm_before)
+    throw error(fmt::format("train: {}'s post-LayerNorm blocks (do_layer_norm_before = false) have no backward in "
+                            "lowbit; train the pre-LN variant", architecture_name(c.arch)));
   views_.clear();
   int64_t off = 0;
   decoder::model_params layout;
@@ -148,8 +152,8 @@ model train_model::to_model() const {
 
 struct train_model::activations {
   int batch = 0, ctx = 0;
-  // GPT-2: qkv [N, 3D] in place of q, k, v; mean1/mean2 the LayerNorms' means; up holds the
-  // GELU's input and act its output; no gate.
+  // Fused qkv (gpt2, gptneox): qkv [N, 3D] in place of q, k, v; LayerNorm: mean1/mean2 its means;
+  // without a gate, up holds the activation's input and act its output.
   struct layer {
     std::vector<float> x, mean1, inv1, n1, q, k, v, qkv, att, o, x1, mean2, inv2, n2, gate, up, act;
   };
@@ -157,7 +161,7 @@ struct train_model::activations {
   std::vector<float> x_final, mean_final, inv_final, n_final;
   layers::rope_table rope;
   // scratch
-  std::vector<float> qa, qb, qc, dx, dn, dq, dk, dv, dqkv, dgate, dup, dact, dlogits, y;
+  std::vector<float> qa, qb, qc, dx, dn, dn2, dq, dk, dv, dqkv, dgate, dup, dact, dlogits, y;
   std::vector<float> dP;  // attention backward, [threads][T, T]
   std::vector<double> dnorm, dnorm_b;
 
@@ -181,26 +185,30 @@ struct train_model::activations {
     batch = b, ctx = t;
     const int64_t N = int64_t(b) * t, D = c.dim, KV = int64_t(c.n_kv_heads) * c.head_dim(),
                   F = c.hidden_dim, H = c.n_heads;
-    const bool gpt2 = c.arch == architecture::gpt2;
+    const bool fused = c.fused_qkv(), ln = c.layer_norm();
     layers.assign(c.n_layers, {});
     for (auto& L : layers) {
       L.x.resize(N * D), L.inv1.resize(N), L.n1.resize(N * D), L.att.resize(int64_t(b) * H * t * t);
       L.o.resize(N * D), L.x1.resize(N * D), L.inv2.resize(N), L.n2.resize(N * D);
       L.up.resize(N * F), L.act.resize(N * F);
-      if (gpt2) L.qkv.resize(N * 3 * D), L.mean1.resize(N), L.mean2.resize(N);
-      else L.q.resize(N * D), L.k.resize(N * KV), L.v.resize(N * KV), L.gate.resize(N * F);
+      if (fused) L.qkv.resize(N * 3 * D);
+      else L.q.resize(N * D), L.k.resize(N * KV), L.v.resize(N * KV);
+      if (ln) L.mean1.resize(N), L.mean2.resize(N);
+      if (c.gated_mlp()) L.gate.resize(N * F);
     }
     x_final.resize(N * D), inv_final.resize(N), n_final.resize(N * D);
-    if (gpt2) mean_final.resize(N);
-    else rope = layers::rope_table(t, c.head_dim(), c.rope_theta);
+    if (ln) mean_final.resize(N);
+    if (c.uses_rope()) rope = layers::rope_table(t, c.head_dim(), rope_frequencies(c));
     // quantized operands of the block linears (never the classifier): X or dY [N, max(D, F, 3D)]
     // and the weights [F, D], [D, D] or [3D, D]
-    const int64_t wide = std::max<int64_t>({D, F, gpt2 ? 3 * D : 0});
+    const int64_t wide = std::max<int64_t>({D, F, fused ? 3 * D : 0});
     const int64_t big = std::max(N * wide, wide * D);
     qa.resize(big), qb.resize(big), qc.resize(big);
     dx.resize(N * D), dn.resize(N * D);
-    if (gpt2) dqkv.resize(N * 3 * D);
-    else dq.resize(N * D), dk.resize(N * KV), dv.resize(N * KV), dgate.resize(N * F);
+    if (c.has_parallel_residual()) dn2.resize(N * D);
+    if (fused) dqkv.resize(N * 3 * D);
+    else dq.resize(N * D), dk.resize(N * KV), dv.resize(N * KV);
+    if (c.gated_mlp()) dgate.resize(N * F);
     dup.resize(N * F), dact.resize(N * F), y.resize(N * std::max(D, F));
     dlogits.resize(N * c.vocab_size);
     dnorm.resize(D), dnorm_b.resize(D);
@@ -223,7 +231,7 @@ double train_model::run(const int32_t* inputs, const int32_t* targets, int batch
   if (batch <= 0 || ctx <= 0) throw error(fmt::format("train: batch {} x ctx {} (expected > 0)", batch, ctx));
   if (ctx > c.max_seq_len)
     throw error(fmt::format("train: ctx {} exceeds the model's context {}", ctx, c.max_seq_len));
-  const bool gpt2 = c.arch == architecture::gpt2;
+  const bool fused = c.fused_qkv();
   const int64_t N = int64_t(batch) * ctx;
   const int D = c.dim, V = c.vocab_size, T = ctx;
   for (int64_t i = 0; i < N; ++i)
@@ -275,8 +283,9 @@ double train_model::run(const int32_t* inputs, const int32_t* targets, int batch
                          A.dx.data(), Gd.out_norm, Gd.out_norm_b, N, A.dnorm, A.dnorm_b);
   decoder::block_grad_scratch sc;
   sc.dx = A.dx.data(), sc.dn = A.dn.data();
-  if (gpt2) sc.dqkv = A.dqkv.data(), sc.dq = sc.dqkv, sc.dk = sc.dqkv + D, sc.dv = sc.dqkv + 2 * D;
+  if (fused) sc.dqkv = A.dqkv.data(), sc.dq = sc.dqkv, sc.dk = sc.dqkv + D, sc.dv = sc.dqkv + 2 * D;
   else sc.dq = A.dq.data(), sc.dk = A.dk.data(), sc.dv = A.dv.data();
+  sc.dn2 = A.dn2.data();
   sc.dgate = A.dgate.data(), sc.dup = A.dup.data(), sc.dact = A.dact.data();
   sc.dP = &A.dP, sc.dnorm = &A.dnorm, sc.dnorm_b = &A.dnorm_b;
   for (int l = c.n_layers - 1; l >= 0; --l)

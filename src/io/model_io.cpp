@@ -1,5 +1,6 @@
 // Model files <-> the canonical in-memory model (docs/conventions.md §18): Hugging Face safetensors
-// (LlamaForCausalLM, GPT2LMHeadModel) with config.json, and GGUF.
+// (one file or a sharded checkpoint) with config.json (hf_config.cpp) for every family of
+// model.hpp, and GGUF in llama.cpp's architectures (llama, qwen2, gpt2, gptneox).
 #include <algorithm>
 #include <limits>
 #include <tuple>
@@ -24,6 +25,7 @@
 #include "lowbit/io/safetensors.hpp"
 #include "lowbit/base/error.hpp"
 #include "lowbit/io/model_io.hpp"
+#include "src/io/hf_config.hpp"
 
 namespace fs = std::filesystem;
 
@@ -95,20 +97,57 @@ nlohmann::json packed_entry(const codes_layout& l) {
   return {{"format", format_name(l.fmt)}, {"shape", {l.rows, l.cols}}};
 }
 
-// Hugging Face stores q/k rows of each head in rotate-half order (first the hd/2 "real" rows,
-// then the hd/2 "imaginary" ones); llama2.c and GGUF interleave the pairs. Interleaved row
-// 2i+t of a head is Hugging Face row t*hd/2 + i.
-tensor rotate_half_to_interleaved(const tensor& hf, int heads, bool inverse) {
+// Rows of a tensor: a matrix's first dimension, a vector's elements (a bias is a column of rows).
+int64_t row_count(const tensor& t) { return t.shape.empty() ? 1 : t.shape[0]; }
+int64_t row_length(const tensor& t) { return t.shape.size() >= 2 ? t.numel() / t.shape[0] : 1; }
+
+// Hugging Face (and GGUF's qwen2 and gptneox) store q/k rows of each head in rotate-half order:
+// of the head's first `rotary` rows (all of them but in GPT-NeoX's partial rotary), first the
+// rotary/2 "real" rows, then the rotary/2 "imaginary" ones; llama2.c and GGUF's llama interleave
+// the pairs. Interleaved row 2i+t of a head is rotate-half row t*rotary/2 + i; rows past `rotary`
+// stay. Works on matrices [heads*hd, in] and biases [heads*hd] alike.
+tensor rotate_half_to_interleaved(const tensor& hf, int heads, int rotary, bool inverse) {
   tensor out = hf;
-  const int64_t rows = hf.shape[0], cols = hf.cols(), hd = rows / heads;
+  const int64_t rows = row_count(hf), cols = row_length(hf), hd = rows / heads;
   for (int64_t h = 0; h < heads; ++h)
-    for (int64_t i = 0; i < hd / 2; ++i)
+    for (int64_t i = 0; i < rotary / 2; ++i)
       for (int t = 0; t < 2; ++t) {
-        const int64_t inter = h * hd + 2 * i + t, half = h * hd + t * (hd / 2) + i;
+        const int64_t inter = h * hd + 2 * i + t, half = h * hd + t * (rotary / 2) + i;
         const int64_t dst = inverse ? half : inter, src = inverse ? inter : half;
         std::copy_n(hf.data.data() + src * cols, cols, out.data.data() + dst * cols);
       }
   return out;
+}
+
+// rotate_half_to_interleaved on the q and k blocks of a fused [q; k; v] tensor ([3D, in] or [3D]).
+tensor qkv_rotate_half_to_interleaved(const tensor& t, int heads, int rotary, bool inverse) {
+  const int64_t rows = row_count(t), cols = row_length(t), D = rows / 3;
+  tensor out = t;
+  for (int part = 0; part < 2; ++part) {
+    const auto first = t.data.begin() + part * D * cols;
+    tensor block{{D, cols}, std::vector<float>(first, first + D * cols)};
+    block = rotate_half_to_interleaved(block, heads, rotary, inverse);
+    std::copy(block.data.begin(), block.data.end(), out.data.begin() + part * D * cols);
+  }
+  return out;
+}
+
+// GPT-NeoX's query_key_value [3D, D] (and its bias [3D]) holds each head's q, k and v rows
+// together ([q_h; k_h; v_h], Hugging Face's modeling_gpt_neox views it as [heads, 3 hd]); lowbit
+// and GGUF regroup them into [q; k; v] (llama.cpp's convert_hf_to_gguf does the same), and q's and
+// k's rotary rows go from rotate-half to interleaved. inverse: lowbit's layout back to Hugging Face's.
+tensor neox_qkv_to_canonical(const tensor& t, int heads, int rotary, bool inverse) {
+  const int64_t rows = row_count(t), cols = row_length(t), D = rows / 3, hd = D / heads;
+  const tensor src = inverse ? qkv_rotate_half_to_interleaved(t, heads, rotary, true) : t;
+  tensor out = src;
+  for (int64_t h = 0; h < heads; ++h)
+    for (int part = 0; part < 3; ++part)
+      for (int64_t i = 0; i < hd; ++i) {
+        const int64_t grouped = part * D + h * hd + i, per_head = h * 3 * hd + part * hd + i;
+        const int64_t dst = inverse ? per_head : grouped, from = inverse ? grouped : per_head;
+        std::copy_n(src.data.data() + from * cols, cols, out.data.data() + dst * cols);
+      }
+  return inverse ? out : qkv_rotate_half_to_interleaved(out, heads, rotary, false);
 }
 
 tensor transposed(const tensor& t) {
@@ -118,56 +157,96 @@ tensor transposed(const tensor& t) {
   return out;
 }
 
-template <class T>
-T json_field(const nlohmann::json& j, const std::string& file, const char* key) {
-  if (!j.contains(key) || j[key].is_null())
-    throw error(fmt::format("{}: field '{}' is missing", file, key));
-  const nlohmann::json& v = j[key];
-  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-    // An integer field takes a JSON integer that fits: nlohmann's get<int> would wrap 4294967328
-    // to 32 and truncate 1.5 (and true) to 1 without a word.
-    const bool integer = v.is_number_integer();  // signed or unsigned, never a float or a bool
-    const bool fits = integer && (v.is_number_unsigned() ? std::in_range<T>(v.get<uint64_t>())
-                                                         : std::in_range<T>(v.get<int64_t>()));
-    if (!fits)
-      throw error(fmt::format("{}: field '{}' is {}; expected an integer{}", file, key, v.dump(),
-                              integer ? fmt::format(" of at most {}", std::numeric_limits<T>::max()) : ""));
-    return v.get<T>();
-  } else {
-    try {
-      return v.get<T>();
-    } catch (const std::exception&) {
-      throw error(fmt::format("{}: field '{}' has the wrong type ({})", file, key, v.dump()));
-    }
-  }
-}
+// How a file's tensor becomes the canonical one: as it is, transposed (GPT-2's Conv1D), q/k rows
+// from rotate-half to interleaved (rope; qkv_rope: in the q and k blocks of a [q; k; v] tensor,
+// GGUF's gptneox), or GPT-NeoX's per-head fused qkv regrouped (neox_qkv).
+enum class hf_layout { plain, transpose, rope, qkv_rope, neox_qkv };
 
-// (Hugging Face name, canonical name, transpose (GPT-2 Conv1D), rope-permuted q/k)
+// (Hugging Face name, canonical name, layout; heads and rotary rows for rope / neox_qkv)
 struct name_map {
   std::string hf, canonical;
-  bool transpose = false;
-  int rope_heads = 0;
+  hf_layout layout = hf_layout::plain;
+  int heads = 0, rotary = 0;
 };
 
-std::vector<name_map> hf_names(const model_config& c, const std::string& gpt2_prefix) {
+// A canonical tensor made from the file's (inverse: the file's from the canonical one).
+tensor convert_layout(const tensor& t, const name_map& n, bool inverse, const std::string& path) {
+  switch (n.layout) {
+    case hf_layout::plain: return t;
+    case hf_layout::transpose:
+      if (t.shape.size() != 2) throw shape_error(fmt::format("{}: tensor '{}' should be a matrix", path, n.hf));
+      return transposed(t);
+    case hf_layout::rope:
+      if (t.shape.empty() || t.shape.size() > 2 || row_count(t) % n.heads != 0)
+        throw shape_error(fmt::format("{}: tensor '{}' has {} rows for {} heads", path, n.hf, row_count(t), n.heads));
+      return rotate_half_to_interleaved(t, n.heads, n.rotary, inverse);
+    case hf_layout::qkv_rope:
+    case hf_layout::neox_qkv:
+      if (t.shape.empty() || t.shape.size() > 2 || row_count(t) % (3 * n.heads) != 0)
+        throw shape_error(fmt::format("{}: tensor '{}' has {} rows for q, k and v of {} heads", path, n.hf,
+                                      row_count(t), n.heads));
+      return n.layout == hf_layout::neox_qkv ? neox_qkv_to_canonical(t, n.heads, n.rotary, inverse)
+                                             : qkv_rotate_half_to_interleaved(t, n.heads, n.rotary, inverse);
+  }
+  return t;
+}
+
+// q's codes with their rows moved as convert_layout(inverse) moves a tensor's rows (the
+// permutation read off a tensor of row numbers): each row's codes, and its share of the scales,
+// zero points and super-scales (all stored row by row), go with it.
+quantized_tensor permuted_rows(const quantized_tensor& q, const name_map& n, const std::string& path) {
+  tensor ids{{q.rows, 1}, std::vector<float>(size_t(q.rows))};
+  for (int64_t r = 0; r < q.rows; ++r) ids.data[r] = static_cast<float>(r);
+  const tensor from = convert_layout(ids, n, true, path);  // row r of the result comes from row from[r]
+  quantized_tensor out = q;
+  auto move_rows = [&](const auto& src, auto& dst) {
+    if (src.empty()) return;
+    if (src.size() % size_t(q.rows))
+      throw error(fmt::format("{}: tensor '{}': {} values do not split into its {} rows", path, n.canonical,
+                              src.size(), q.rows));
+    const size_t per = src.size() / size_t(q.rows);
+    for (int64_t r = 0; r < q.rows; ++r)
+      std::copy_n(src.begin() + size_t(from.data[r]) * per, per, dst.begin() + size_t(r) * per);
+  };
+  move_rows(q.codes, out.codes);
+  if (q.scales.size() > 1) move_rows(q.scales, out.scales);  // (one scale per tensor stays)
+  if (q.zero_points.size() > 1) move_rows(q.zero_points, out.zero_points);
+  move_rows(q.super_scales, out.super_scales);
+  return out;
+}
+
+// The Hugging Face checkpoint names of each family's tensors (modeling_llama, modeling_mistral,
+// modeling_qwen2, modeling_gpt2, modeling_gpt_neox, modeling_opt), under `prefix` (the base
+// model's: "model." for the Llama family, "transformer." or "" for GPT-2, "gpt_neox." or "",
+// "model.decoder." or "decoder." for OPT).
+using name_pairs = std::initializer_list<std::pair<const char*, const char*>>;
+
+std::vector<name_map> hf_names(const model_config& c, const std::string& prefix) {
   std::vector<name_map> v;
-  if (c.arch == architecture::llama) {
-    v.push_back({"model.embed_tokens.weight", "token_embd.weight"});
+  const std::string& p = prefix;
+  const int rot = c.rotary_dim();
+  const bool qkv_b = c.qkv_bias(), out_b = c.out_bias(), mlp_b = c.has_mlp_bias();
+  if (c.gated_mlp()) {  // llama, mistral, qwen2
+    v.push_back({p + "embed_tokens.weight", "token_embd.weight"});
     for (int l = 0; l < c.n_layers; ++l) {
-      const std::string h = fmt::format("model.layers.{}.", l), b = fmt::format("blk.{}.", l);
+      const std::string h = fmt::format("{}layers.{}.", p, l), b = fmt::format("blk.{}.", l);
       v.push_back({h + "input_layernorm.weight", b + "attn_norm.weight"});
-      v.push_back({h + "self_attn.q_proj.weight", b + "attn_q.weight", false, c.n_heads});
-      v.push_back({h + "self_attn.k_proj.weight", b + "attn_k.weight", false, c.n_kv_heads});
-      v.push_back({h + "self_attn.v_proj.weight", b + "attn_v.weight"});
+      for (const char* s : {"weight", "bias"}) {
+        if (std::string(s) == "bias" && !qkv_b) continue;
+        v.push_back({h + "self_attn.q_proj." + s, b + "attn_q." + s, hf_layout::rope, c.n_heads, rot});
+        v.push_back({h + "self_attn.k_proj." + s, b + "attn_k." + s, hf_layout::rope, c.n_kv_heads, rot});
+        v.push_back({h + "self_attn.v_proj." + s, b + "attn_v." + s});
+      }
       v.push_back({h + "self_attn.o_proj.weight", b + "attn_output.weight"});
+      if (out_b) v.push_back({h + "self_attn.o_proj.bias", b + "attn_output.bias"});
       v.push_back({h + "post_attention_layernorm.weight", b + "ffn_norm.weight"});
-      v.push_back({h + "mlp.gate_proj.weight", b + "ffn_gate.weight"});
-      v.push_back({h + "mlp.up_proj.weight", b + "ffn_up.weight"});
-      v.push_back({h + "mlp.down_proj.weight", b + "ffn_down.weight"});
+      for (const auto& [hf, canonical] : name_pairs{{"gate_proj", "ffn_gate"}, {"up_proj", "ffn_up"}, {"down_proj", "ffn_down"}}) {
+        v.push_back({h + "mlp." + hf + ".weight", b + canonical + ".weight"});
+        if (mlp_b) v.push_back({h + "mlp." + hf + ".bias", b + canonical + ".bias"});
+      }
     }
-    v.push_back({"model.norm.weight", "output_norm.weight"});
-  } else {
-    const std::string p = gpt2_prefix;
+    v.push_back({p + "norm.weight", "output_norm.weight"});
+  } else if (c.arch == architecture::gpt2) {
     v.push_back({p + "wte.weight", "token_embd.weight"});
     v.push_back({p + "wpe.weight", "position_embd.weight"});
     for (int l = 0; l < c.n_layers; ++l) {
@@ -176,90 +255,105 @@ std::vector<name_map> hf_names(const model_config& c, const std::string& gpt2_pr
         v.push_back({h + "ln_1." + s, b + "attn_norm." + s});
         v.push_back({h + "ln_2." + s, b + "ffn_norm." + s});
       }
-      v.push_back({h + "attn.c_attn.weight", b + "attn_qkv.weight", true});
+      v.push_back({h + "attn.c_attn.weight", b + "attn_qkv.weight", hf_layout::transpose});
       v.push_back({h + "attn.c_attn.bias", b + "attn_qkv.bias"});
-      v.push_back({h + "attn.c_proj.weight", b + "attn_output.weight", true});
+      v.push_back({h + "attn.c_proj.weight", b + "attn_output.weight", hf_layout::transpose});
       v.push_back({h + "attn.c_proj.bias", b + "attn_output.bias"});
-      v.push_back({h + "mlp.c_fc.weight", b + "ffn_up.weight", true});
+      v.push_back({h + "mlp.c_fc.weight", b + "ffn_up.weight", hf_layout::transpose});
       v.push_back({h + "mlp.c_fc.bias", b + "ffn_up.bias"});
-      v.push_back({h + "mlp.c_proj.weight", b + "ffn_down.weight", true});
+      v.push_back({h + "mlp.c_proj.weight", b + "ffn_down.weight", hf_layout::transpose});
       v.push_back({h + "mlp.c_proj.bias", b + "ffn_down.bias"});
     }
     v.push_back({p + "ln_f.weight", "output_norm.weight"});
     v.push_back({p + "ln_f.bias", "output_norm.bias"});
+  } else if (c.arch == architecture::gptneox) {
+    v.push_back({p + "embed_in.weight", "token_embd.weight"});
+    for (int l = 0; l < c.n_layers; ++l) {
+      const std::string h = fmt::format("{}layers.{}.", p, l), b = fmt::format("blk.{}.", l);
+      for (const char* s : {"weight", "bias"}) {
+        v.push_back({h + "input_layernorm." + s, b + "attn_norm." + s});
+        v.push_back({h + "post_attention_layernorm." + s, b + "ffn_norm." + s});
+      }
+      v.push_back({h + "attention.query_key_value.weight", b + "attn_qkv.weight", hf_layout::neox_qkv, c.n_heads, rot});
+      if (qkv_b)
+        v.push_back({h + "attention.query_key_value.bias", b + "attn_qkv.bias", hf_layout::neox_qkv, c.n_heads, rot});
+      v.push_back({h + "attention.dense.weight", b + "attn_output.weight"});
+      if (out_b) v.push_back({h + "attention.dense.bias", b + "attn_output.bias"});
+      for (const char* s : {"weight", "bias"}) {
+        v.push_back({h + "mlp.dense_h_to_4h." + s, b + "ffn_up." + s});
+        v.push_back({h + "mlp.dense_4h_to_h." + s, b + "ffn_down." + s});
+      }
+    }
+    v.push_back({p + "final_layer_norm.weight", "output_norm.weight"});
+    v.push_back({p + "final_layer_norm.bias", "output_norm.bias"});
+  } else {  // opt
+    v.push_back({p + "embed_tokens.weight", "token_embd.weight"});
+    v.push_back({p + "embed_positions.weight", "position_embd.weight"});
+    for (int l = 0; l < c.n_layers; ++l) {
+      const std::string h = fmt::format("{}layers.{}.", p, l), b = fmt::format("blk.{}.", l);
+      for (const char* s : {"weight", "bias"}) {
+        v.push_back({h + "self_attn_layer_norm." + s, b + "attn_norm." + s});
+        v.push_back({h + "final_layer_norm." + s, b + "ffn_norm." + s});
+      }
+      for (const auto& [hf, canonical] :
+           name_pairs{{"q_proj", "attn_q"}, {"k_proj", "attn_k"}, {"v_proj", "attn_v"}, {"out_proj", "attn_output"}}) {
+        v.push_back({h + "self_attn." + hf + ".weight", b + canonical + ".weight"});
+        if (qkv_b) v.push_back({h + "self_attn." + hf + ".bias", b + canonical + ".bias"});
+      }
+      for (const auto& [hf, canonical] : name_pairs{{"fc1", "ffn_up"}, {"fc2", "ffn_down"}}) {
+        v.push_back({h + hf + ".weight", b + canonical + ".weight"});
+        if (mlp_b) v.push_back({h + hf + ".bias", b + canonical + ".bias"});
+      }
+    }
+    if (c.final_norm()) {
+      v.push_back({p + "final_layer_norm.weight", "output_norm.weight"});
+      v.push_back({p + "final_layer_norm.bias", "output_norm.bias"});
+    }
   }
-  if (!c.tied_classifier) v.push_back({"lm_head.weight", "output.weight"});
+  if (!c.tied_classifier)
+    v.push_back({c.arch == architecture::gptneox ? "embed_out.weight" : "lm_head.weight", "output.weight"});
   return v;
 }
 
-model_config config_from_hf_json(const nlohmann::json& j, const std::string& file) {
-  if (!j.is_object()) throw error(fmt::format("{}: expected a JSON object", file));
-  model_config c;
-  std::string type = j.value("model_type", "");
-  if (type.empty() && j.contains("architectures") && j["architectures"].is_array() &&
-      !j["architectures"].empty() && j["architectures"][0].is_string()) {
-    const std::string a = j["architectures"][0];
-    type = a.rfind("GPT2", 0) == 0 ? "gpt2" : a.rfind("Llama", 0) == 0 ? "llama" : a;
+// llama.cpp's architecture (GGUF's general.architecture) for a family: Mistral is llama's (as
+// llama.cpp's convert_hf_to_gguf writes it), OPT has none ("").
+const char* gguf_arch_name(architecture a) {
+  switch (a) {
+    case architecture::llama:
+    case architecture::mistral: return "llama";
+    case architecture::qwen2: return "qwen2";
+    case architecture::gpt2: return "gpt2";
+    case architecture::gptneox: return "gptneox";
+    case architecture::opt: return "";
   }
-  if (type == "llama") {
-    c.arch = architecture::llama;
-    c.dim = json_field<int>(j, file, "hidden_size");
-    c.hidden_dim = json_field<int>(j, file, "intermediate_size");
-    c.n_layers = json_field<int>(j, file, "num_hidden_layers");
-    c.n_heads = json_field<int>(j, file, "num_attention_heads");
-    c.n_kv_heads = j.contains("num_key_value_heads") && !j["num_key_value_heads"].is_null()
-                       ? json_field<int>(j, file, "num_key_value_heads") : c.n_heads;
-    c.vocab_size = json_field<int>(j, file, "vocab_size");
-    c.max_seq_len = json_field<int>(j, file, "max_position_embeddings");
-    c.norm_eps = j.contains("rms_norm_eps") ? json_field<float>(j, file, "rms_norm_eps") : 1e-6f;
-    c.rope_theta = j.contains("rope_theta") ? json_field<float>(j, file, "rope_theta") : 10000.0f;
-    c.tied_classifier = j.value("tie_word_embeddings", false);
-    const std::string norm = j.value("lowbit_norm", std::string("rms"));
-    if (norm != "rms" && norm != "l1")
-      throw error(fmt::format("{}: lowbit_norm '{}' (expected rms or l1)", file, norm));
-    c.l1_norm = norm == "l1";
-  } else if (type == "gpt2") {
-    c.arch = architecture::gpt2;
-    c.dim = json_field<int>(j, file, "n_embd");
-    c.n_layers = json_field<int>(j, file, "n_layer");
-    c.n_heads = json_field<int>(j, file, "n_head");
-    c.n_kv_heads = c.n_heads;
-    c.hidden_dim = j.contains("n_inner") && !j["n_inner"].is_null() ? json_field<int>(j, file, "n_inner")
-                                                                      : 4 * c.dim;
-    c.vocab_size = json_field<int>(j, file, "vocab_size");
-    c.max_seq_len = json_field<int>(j, file, "n_positions");
-    c.norm_eps = j.contains("layer_norm_epsilon") ? json_field<float>(j, file, "layer_norm_epsilon") : 1e-5f;
-    c.tied_classifier = j.value("tie_word_embeddings", true);
-  } else {
-    throw error(fmt::format("{}: model_type '{}' is not supported (expected llama or gpt2)", file, type));
-  }
-  try {
-    c.validate();
-  } catch (const error& e) {
-    throw error(fmt::format("{}: {}", file, e.what()));
-  }
-  return c;
+  return "";
 }
 
-nlohmann::json config_to_hf_json(const model_config& c) {
-  nlohmann::json j;
-  if (c.arch == architecture::llama) {
-    j = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", c.dim},
-         {"intermediate_size", c.hidden_dim}, {"num_hidden_layers", c.n_layers},
-         {"num_attention_heads", c.n_heads}, {"num_key_value_heads", c.n_kv_heads},
-         {"vocab_size", c.vocab_size}, {"max_position_embeddings", c.max_seq_len},
-         {"rms_norm_eps", c.norm_eps}, {"rope_theta", c.rope_theta},
-         {"tie_word_embeddings", c.tied_classifier}, {"hidden_act", "silu"},
-         {"torch_dtype", "float32"}, {"bos_token_id", 1}, {"eos_token_id", 2}};
-    if (c.l1_norm) j["lowbit_norm"] = "l1";
-  } else {
-    j = {{"architectures", {"GPT2LMHeadModel"}}, {"model_type", "gpt2"}, {"n_embd", c.dim},
-         {"n_inner", c.hidden_dim}, {"n_layer", c.n_layers}, {"n_head", c.n_heads},
-         {"vocab_size", c.vocab_size}, {"n_positions", c.max_seq_len}, {"n_ctx", c.max_seq_len},
-         {"layer_norm_epsilon", c.norm_eps}, {"tie_word_embeddings", c.tied_classifier},
-         {"activation_function", "gelu_new"}, {"torch_dtype", "float32"}};
+// How GGUF stores canonical tensor `name` when not as lowbit holds it: llama.cpp runs qwen2 and
+// gptneox with the rotate-half (NEOX) RoPE, on Hugging Face's q/k row order (convert_hf_to_gguf
+// permutes only llama's rows); gptneox's qkv rows are already grouped [q; k; v]. nullopt: as is.
+std::optional<name_map> gguf_layout(const model_config& c, const std::string& name) {
+  if (c.arch == architecture::qwen2) {
+    for (const char* s : {".attn_q.weight", ".attn_q.bias", ".attn_k.weight", ".attn_k.bias"})
+      if (name.ends_with(s))
+        return name_map{name, name, hf_layout::rope, name.find(".attn_q.") != std::string::npos ? c.n_heads : c.n_kv_heads,
+                        c.rotary_dim()};
+  } else if (c.arch == architecture::gptneox) {
+    if (name.ends_with(".attn_qkv.weight") || name.ends_with(".attn_qkv.bias"))
+      return name_map{name, name, hf_layout::qkv_rope, c.n_heads, c.rotary_dim()};
   }
-  return j;
+  return std::nullopt;
+}
+
+// The base-model prefixes a family's checkpoints use, the causal LM's first (what lowbit
+// writes; GPT-2's files have always been written without one).
+std::vector<std::string> hf_prefixes(architecture a) {
+  switch (a) {
+    case architecture::gpt2: return {"", "transformer."};
+    case architecture::gptneox: return {"gpt_neox.", ""};
+    case architecture::opt: return {"model.decoder.", "decoder."};
+    default: return {"model."};
+  }
 }
 
 // A tensor stored as codes and scales (save_safetensors_model's packed layout).
@@ -339,15 +433,22 @@ tensor read_packed(const safetensors_file& f, const std::string& name, const nlo
 }
 
 
-// Hugging Face / lowbit safetensors, read one canonical tensor at a time.
+// Hugging Face / lowbit safetensors, read one canonical tensor at a time: one file, or the shards
+// of a Hugging Face sharded checkpoint (model.safetensors.index.json: {"metadata": {...},
+// "weight_map": {tensor name: shard file}}, the shards in the index's directory).
 class safetensors_reader final : public tensor_reader {
  public:
-  explicit safetensors_reader(const std::string& path) : f_(path) {
-    // config.json beside the file, or the copy lowbit writes into the metadata.
+  // path: a .safetensors file or a sharded checkpoint's index (.json).
+  explicit safetensors_reader(const std::string& path) {
+    const bool sharded = path.ends_with(".json");
+    if (sharded) open_shards(path);
+    else files_.push_back(std::make_unique<safetensors_file>(path));
+    const safetensors_file& first = *files_.front();
+    // config.json beside the file (or the index), or the copy lowbit writes into the metadata.
     const fs::path cfg_path = fs::path(path).parent_path() / "config.json";
     nlohmann::json cfg;
     std::string cfg_name;
-    if (auto it = f_.metadata().find("lowbit.config"); it != f_.metadata().end()) {
+    if (auto it = first.metadata().find("lowbit.config"); !sharded && it != first.metadata().end()) {
       cfg_name = path + " (metadata lowbit.config)";
       cfg = nlohmann::json::parse(it->second, nullptr, false);
       if (cfg.is_discarded()) throw error(fmt::format("{}: lowbit.config is not valid JSON", path));
@@ -357,17 +458,25 @@ class safetensors_reader final : public tensor_reader {
       cfg = nlohmann::json::parse(in, nullptr, false);
       if (cfg.is_discarded()) throw error(fmt::format("{}: not valid JSON", cfg_name));
     } else {
-      throw error(fmt::format("{}: no config.json beside it and no lowbit.config metadata", path));
+      throw error(fmt::format("{}: no config.json beside it{}", path, sharded ? "" : " and no lowbit.config metadata"));
     }
     model& m = header;
     m.source_path = path;
     m.config = config_from_hf_json(cfg, cfg_name);
-    // A separate classifier is present when the file has lm_head.weight, whatever the flag says.
-    if (m.config.tied_classifier && f_.find("lm_head.weight") && m.config.arch == architecture::llama)
+    // Llama: a separate classifier is present when the file has lm_head.weight, whatever the flag
+    // says. (The other families follow Hugging Face: tied means the embedding, a stored lm_head
+    // aside.)
+    if (m.config.tied_classifier && find_hf("lm_head.weight") && m.config.arch == architecture::llama)
       m.config.tied_classifier = false;
-    std::string prefix;
-    if (m.config.arch == architecture::gpt2 && f_.find("transformer.wte.weight")) prefix = "transformer.";
-    packed_ = packed_description(f_);
+    // The base model's prefix: the first of the family's that names the token embedding.
+    const std::vector<std::string> prefixes = hf_prefixes(m.config.arch);
+    std::string prefix = prefixes.front();
+    for (const std::string& p : prefixes)
+      if (find_hf(hf_names(m.config, p).front().hf)) {
+        prefix = p;
+        break;
+      }
+    if (!sharded) packed_ = packed_description(first);
     for (const name_map& n : hf_names(m.config, prefix)) {
       names_[n.canonical] = n;
       tensor& t = m.tensors[n.canonical];
@@ -377,58 +486,102 @@ class safetensors_reader final : public tensor_reader {
           for (const auto& v : d["shape"]) t.shape.push_back(v.is_number_integer() ? v.get<int64_t>() : -1);
         continue;
       }
-      t.shape = f_.get(n.hf).shape;
-      if (n.transpose && t.shape.size() == 2) std::swap(t.shape[0], t.shape[1]);
+      t.shape = file_of(n.hf).get(n.hf).shape;
+      if (n.layout == hf_layout::transpose && t.shape.size() == 2) std::swap(t.shape[0], t.shape[1]);
     }
-    if (auto it = f_.metadata().find("lowbit.tokenizer"); it != f_.metadata().end()) m.tokenizer.kind = it->second;
-    if (auto it = f_.metadata().find("lowbit.tokenizer_path"); it != f_.metadata().end())
+    if (auto it = first.metadata().find("lowbit.tokenizer"); it != first.metadata().end()) m.tokenizer.kind = it->second;
+    if (auto it = first.metadata().find("lowbit.tokenizer_path"); it != first.metadata().end())
       m.tokenizer.path = it->second;
-    if (auto it = f_.metadata().find("lowbit.provenance"); it != f_.metadata().end()) m.provenance = it->second;
+    if (auto it = first.metadata().find("lowbit.provenance"); it != first.metadata().end()) m.provenance = it->second;
   }
 
   tensor load(const std::string& name) const override {
     const auto it = names_.find(name);
-    if (it == names_.end()) throw error(fmt::format("{}: no tensor '{}'", f_.path(), name));
+    if (it == names_.end()) throw error(fmt::format("{}: no tensor '{}'", header.source_path, name));
     const name_map& n = it->second;
     if (packed_.contains(n.canonical)) {
-      tensor t = read_packed(f_, n.canonical, packed_[n.canonical]);
+      const safetensors_file& f = *files_.front();
+      tensor t = read_packed(f, n.canonical, packed_[n.canonical]);
       for (const packed_part_spec& part : kPackedParts)
-        if (const st_tensor_info* stored = f_.find(n.canonical + part.suffix)) release(*stored);
+        if (const st_tensor_info* stored = f.find(n.canonical + part.suffix)) release(f, *stored);
       return t;
     }
-    const st_tensor_info& info = f_.get(n.hf);
-    tensor t{info.shape, f_.read_f32(n.hf)};  // releases the pages it reads
-    const std::string& path = f_.path();
-    if (n.transpose) {
-      if (t.shape.size() != 2)
-        throw shape_error(fmt::format("{}: tensor '{}' should be a matrix", path, n.hf));
-      t = transposed(t);
-    }
-    if (n.rope_heads) {
-      if (t.shape.size() != 2 || t.shape[0] % n.rope_heads != 0)
-        throw shape_error(fmt::format("{}: tensor '{}' has {} rows for {} heads", path, n.hf,
-                                      t.shape.empty() ? 0 : t.shape[0], n.rope_heads));
-      t = rotate_half_to_interleaved(t, n.rope_heads, false);
-    }
-    return t;
+    const safetensors_file& f = file_of(n.hf);
+    const st_tensor_info& info = f.get(n.hf);
+    const tensor t{info.shape, f.read_f32(n.hf)};  // releases the pages it reads
+    return convert_layout(t, n, false, f.path());
   }
 
   void hash_contents(fnv1a64& h) const override {
-    for (const auto& [k, v] : f_.metadata()) h.add(k), h.add(v);  // lowbit.packed, lowbit.config
-    for (const st_tensor_info& t : f_.tensors()) {
-      h.add(fmt::format("{} {} [{}]", t.name, st_dtype_name(t.dtype), fmt::join(t.shape, ",")));
-      read_mapped(f_.raw(t), t.end - t.begin, [&h](const uint8_t* p, uint64_t n) { h.add(p, n); });
+    for (const auto& file : files_) {
+      const safetensors_file& f = *file;
+      for (const auto& [k, v] : f.metadata()) h.add(k), h.add(v);  // lowbit.packed, lowbit.config
+      for (const st_tensor_info& t : f.tensors()) {
+        h.add(fmt::format("{} {} [{}]", t.name, st_dtype_name(t.dtype), fmt::join(t.shape, ",")));
+        read_mapped(f.raw(t), t.end - t.begin, [&h](const uint8_t* p, uint64_t n) { h.add(p, n); });
+      }
     }
   }
 
  private:
-  void release(const st_tensor_info& t) const { read_mapped(f_.raw(t), t.end - t.begin, nullptr); }
-  safetensors_file f_;
+  // The index's weight_map, each shard opened once and checked to hold what the index puts in it.
+  void open_shards(const std::string& index_path) {
+    std::ifstream in(index_path);
+    if (!in) throw error(fmt::format("{}: cannot read the shard index", index_path));
+    const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) throw error(fmt::format("{}: not a JSON object", index_path));
+    if (!j.contains("weight_map") || !j["weight_map"].is_object() || j["weight_map"].empty())
+      throw error(fmt::format("{}: no weight_map (expected {{\"weight_map\": {{tensor: shard file}}}})", index_path));
+    std::map<std::string, const safetensors_file*> opened;
+    for (const auto& [name, file] : j["weight_map"].items()) {
+      if (!file.is_string())
+        throw error(fmt::format("{}: weight_map['{}'] is {}; expected a file name", index_path, name, file.dump()));
+      const std::string shard = file.get<std::string>();
+      // A shard is a file beside the index: no directories, no way out of it.
+      if (shard.empty() || shard.find('/') != std::string::npos || shard.find('\\') != std::string::npos ||
+          shard == "." || shard == "..")
+        throw error(fmt::format("{}: weight_map['{}'] = '{}' is not a file name beside the index", index_path, name,
+                                shard));
+      auto it = opened.find(shard);
+      if (it == opened.end()) {
+        const std::string shard_path = (fs::path(index_path).parent_path() / shard).string();
+        if (!fs::exists(shard_path))
+          throw error(fmt::format("{}: shard '{}' (of tensor '{}') is missing", index_path, shard_path, name));
+        files_.push_back(std::make_unique<safetensors_file>(shard_path));
+        it = opened.emplace(shard, files_.back().get()).first;
+      }
+      if (!it->second->find(name))
+        throw error(fmt::format("{}: the index puts tensor '{}' in {}, which has no such tensor", index_path, name,
+                                it->second->path()));
+      where_[name] = it->second;
+    }
+  }
+  // The file holding Hugging Face tensor `hf` (null: none).
+  const st_tensor_info* find_hf(const std::string& hf) const {
+    if (where_.empty()) return files_.front()->find(hf);
+    const auto it = where_.find(hf);
+    return it == where_.end() ? nullptr : it->second->find(hf);
+  }
+  const safetensors_file& file_of(const std::string& hf) const {
+    if (where_.empty()) return *files_.front();
+    const auto it = where_.find(hf);
+    if (it == where_.end())
+      throw error(fmt::format("{}: tensor '{}' is missing (not in the index's weight_map)", header.source_path, hf));
+    return *it->second;
+  }
+  static void release(const safetensors_file& f, const st_tensor_info& t) {
+    read_mapped(f.raw(t), t.end - t.begin, nullptr);
+  }
+  std::vector<std::unique_ptr<safetensors_file>> files_;     // one, or the shards in the index's order
+  std::map<std::string, const safetensors_file*> where_;     // sharded: Hugging Face name -> shard
   nlohmann::json packed_;
   std::map<std::string, name_map> names_;  // canonical -> file name and conversion
 };
 
-// GGUF, read (dequantized) one tensor at a time.
+// GGUF, read (dequantized) one tensor at a time: llama.cpp's architectures llama (Mistral
+// included: a sliding window makes it one), qwen2, gpt2 and gptneox, their metadata keys (every
+// `<arch>.` key is one lowbit reads, or the file is refused naming it) and tensor layouts. The
+// biases a family may have are read when present (llama.cpp loads them so).
 class gguf_reader final : public tensor_reader {
  public:
   explicit gguf_reader(const std::string& path) : f_(path) {
@@ -437,11 +590,44 @@ class gguf_reader final : public tensor_reader {
     m.source_path = path;
     const std::string arch = f.get_string("general.architecture");
     model_config& c = m.config;
-    try {
-      c.arch = parse_architecture(arch);
-    } catch (const error& e) {
-      throw error(fmt::format("{}: general.architecture: {}", path, e.what()));
+    if (arch == "llama") c.arch = architecture::llama;
+    else if (arch == "qwen2") c.arch = architecture::qwen2;
+    else if (arch == "gpt2") c.arch = architecture::gpt2;
+    else if (arch == "gptneox") c.arch = architecture::gptneox;
+    else
+      throw error(fmt::format("{}: general.architecture '{}' is not one lowbit reads (llama, qwen2, gpt2, gptneox; "
+                              "OPT has no llama.cpp architecture)",
+                              path, arch));
+    // The metadata keys of the architecture lowbit reads (llama.cpp's llama-arch.cpp names).
+    std::set<std::string> known = {"context_length", "embedding_length", "feed_forward_length", "block_count",
+                                   "attention.head_count", "attention.head_count_kv", "vocab_size",
+                                   "attention.key_length", "attention.value_length", "rope.freq_base",
+                                   "rope.dimension_count", "rope.scaling.type", "rope.scaling.factor",
+                                   // original_context_length and finetuned: yarn's and metadata
+                                   "rope.scaling.original_context_length", "rope.scaling.finetuned",
+                                   // 0 in dense models' files (mixtures of experts are refused below)
+                                   "expert_count", "expert_used_count"};
+    if (c.layer_norm()) known.insert("attention.layer_norm_epsilon");
+    else known.insert("attention.layer_norm_rms_epsilon");
+    if (c.arch == architecture::gptneox) known.insert("use_parallel_residual");
+    if (c.arch == architecture::llama) known.insert("attention.sliding_window");
+    if (c.arch == architecture::gpt2) {
+      for (const char* k : {"rope.freq_base", "rope.dimension_count", "rope.scaling.type", "rope.scaling.factor",
+                            "attention.head_count_kv"})
+        known.erase(k);
     }
+    for (const gguf_kv& kv : f.metadata())
+      if (kv.key.rfind(arch + ".", 0) == 0 && !known.count(kv.key.substr(arch.size() + 1)))
+        throw error(fmt::format("{}: metadata key '{}' (= {}) is not one lowbit reads for {}; lowbit refuses what it "
+                                "cannot tell leaves the computation unchanged",
+                                path, kv.key, kv.value.dump(), arch));
+    for (const char* k : {"expert_count", "expert_used_count"})
+      if (f.find_kv(arch + "." + k) && f.get_int(arch + "." + k) != 0)
+        throw error(fmt::format("{}: {}.{} = {}: mixtures of experts are not implemented by lowbit", path, arch, k,
+                                f.get_int(arch + "." + k)));
+    if (f.find_kv("split.count") && f.get_int("split.count") > 1)
+      throw error(fmt::format("{}: a split GGUF ({} files); merge it first (llama-gguf-split --merge)", path,
+                              f.get_int("split.count")));
     auto key = [&](const char* k) { return arch + "." + k; };
     auto int_key = [&](const char* k) -> int {
       const int64_t v = f.get_int(key(k));
@@ -454,22 +640,83 @@ class gguf_reader final : public tensor_reader {
     c.n_heads = int_key("attention.head_count");
     c.n_kv_heads = f.find_kv(key("attention.head_count_kv")) ? int_key("attention.head_count_kv") : c.n_heads;
     c.max_seq_len = int_key("context_length");
-    if (c.arch == architecture::llama) {
+    if (!c.layer_norm()) {
       c.norm_eps = static_cast<float>(f.get_float(key("attention.layer_norm_rms_epsilon")));
-      if (f.find_kv(key("rope.freq_base"))) c.rope_theta = static_cast<float>(f.get_float(key("rope.freq_base")));
     } else {
       c.norm_eps = static_cast<float>(f.get_float(key("attention.layer_norm_epsilon")));
+    }
+    if (f.find_kv(key("rope.freq_base"))) c.rope_theta = static_cast<float>(f.get_float(key("rope.freq_base")));
+    const int hd = c.n_heads > 0 && c.dim % c.n_heads == 0 ? c.dim / c.n_heads : 0;
+    for (const char* k : {"attention.key_length", "attention.value_length"})
+      if (f.find_kv(key(k)) && f.get_int(key(k)) != hd)
+        throw error(fmt::format("{}: {} = {} is not implemented (lowbit's head dimension is embedding_length / "
+                                "head_count = {})",
+                                path, key(k), f.get_int(key(k)), hd));
+    if (f.find_kv(key("rope.dimension_count"))) {
+      const int r = int_key("rope.dimension_count");
+      if (c.arch == architecture::gptneox) {
+        if (r != hd / 4) c.rope_dim = r;  // (hd / 4: the family's default)
+      }
+      else if (r != hd)
+        throw error(fmt::format("{}: {} = {} with head dimension {}: partial RoPE is implemented for gptneox only",
+                                path, key("rope.dimension_count"), r, hd));
+    } else if (c.arch == architecture::gptneox && hd != hd / 4) {
+      c.rope_dim = hd;  // llama.cpp's default n_rot: the head dimension
+    }
+    if (c.arch == architecture::gptneox && f.find_kv(key("use_parallel_residual"))) {
+      const gguf_kv& kv = *f.find_kv(key("use_parallel_residual"));
+      if (!kv.value.is_boolean()) throw error(fmt::format("{}: {} is not a bool", path, kv.key));
+      if (!kv.value.get<bool>()) c.parallel_residual = false;
+    }
+    if (c.arch == architecture::llama && f.find_kv(key("attention.sliding_window"))) {
+      c.arch = architecture::mistral;  // llama.cpp's llama ignores it; lowbit computes it (Mistral)
+      c.sliding_window = int_key("attention.sliding_window");
+    }
+    if (f.find_kv(key("rope.scaling.type"))) {
+      const std::string type = f.get_string(key("rope.scaling.type"));
+      if (type == "linear") {
+        c.rope_scaling.type = rope_scaling_type::linear;
+        c.rope_scaling.factor = f.get_float(key("rope.scaling.factor"));
+      } else if (type != "none") {
+        throw error(fmt::format("{}: {} '{}' is not implemented by lowbit (none, linear; Llama 3.1's scaling comes as "
+                                "rope_freqs.weight)",
+                                path, key("rope.scaling.type"), type));
+      }
+    }
+    // Llama 3.1: lowbit's files carry the scaling's parameters, llama.cpp's the per-frequency
+    // factors they give (rope_freqs.weight, [rotary dims / 2]).
+    if (f.find_kv("lowbit.rope_scaling")) {
+      const nlohmann::json j = {{"rope_scaling", nlohmann::json::parse(f.get_string("lowbit.rope_scaling"), nullptr, false)}};
+      c.rope_scaling = rope_scaling_from_json(j, path + " (lowbit.rope_scaling)");
+      if (c.rope_scaling.type != rope_scaling_type::llama3)
+        throw error(fmt::format("{}: lowbit.rope_scaling is not a llama3 rope_scaling", path));
+    } else if (const gguf_tensor_info* t = f.find("rope_freqs.weight")) {
+      if (t->ne.size() != 1 || t->ne[0] > 65536)
+        throw error(fmt::format("{}: rope_freqs.weight should be a vector of the rotated pairs", path));
+      c.rope_freq_factors = f.read_f32("rope_freqs.weight");
     }
     const gguf_tensor_info& emb = f.get("token_embd.weight");
     if (emb.ne.size() != 2) throw error(fmt::format("{}: token_embd.weight should be 2-D", path));
     c.vocab_size = static_cast<int>(emb.ne[1]);
+    if (f.find_kv(key("vocab_size")) && f.get_int(key("vocab_size")) != c.vocab_size)
+      throw error(fmt::format("{}: {} = {} but token_embd.weight has {} rows", path, key("vocab_size"),
+                              f.get_int(key("vocab_size")), c.vocab_size));
     c.tied_classifier = f.find("output.weight") == nullptr;
+    // Biases the family may or may not have (llama.cpp loads them when present).
+    if (c.arch == architecture::llama) {
+      if (f.find("blk.0.attn_q.bias") || f.find("blk.0.attn_output.bias")) c.attn_bias = true;
+      if (f.find("blk.0.ffn_up.bias")) c.mlp_bias = true;
+    }
+    if (c.arch == architecture::gptneox && !f.find("blk.0.attn_qkv.bias")) c.attn_bias = false;
     try {
       c.validate();
     } catch (const error& e) {
       throw error(fmt::format("{}: {}", path, e.what()));
     }
-    for (const gguf_tensor_info& t : f.tensors()) m.tensors[t.name].shape = t.shape();
+    // Tensors beyond the family's pass through (a GGUF output of lowbit carries them on); the
+    // RoPE factors are the config's.
+    for (const gguf_tensor_info& t : f.tensors())
+      if (t.name != "rope_freqs.weight") m.tensors[t.name].shape = t.shape();
     if (f.find_kv("tokenizer.ggml.tokens")) m.tokenizer = {"gguf", path};
     else if (f.find_kv("lowbit.tokenizer")) m.tokenizer.kind = f.get_string("lowbit.tokenizer");
     if (f.find_kv("lowbit.tokenizer_path")) m.tokenizer.path = f.get_string("lowbit.tokenizer_path");
@@ -482,6 +729,7 @@ class gguf_reader final : public tensor_reader {
     // its floats are both resident (not chunk by chunk as the llama2.c reader).
     tensor t{info.shape(), f_.read_f32(name)};
     read_mapped(f_.raw(info), info.bytes, nullptr);
+    if (const std::optional<name_map> n = gguf_layout(header.config, name)) return convert_layout(t, *n, false, f_.path());
     return t;
   }
 
@@ -525,22 +773,18 @@ void save_safetensors_model(const tensor_reader& r, const std::string& path, con
     if (last->first != name) *last = {name, r.read_codes(name)};
     return last->second;
   };
-  for (const name_map& n : hf_names(m.config, "")) {
+  const std::string cfg = config_to_hf_json(m.config).dump(2);  // (throws for what Hugging Face cannot say)
+  for (const name_map& n : hf_names(m.config, hf_prefixes(m.config.arch).front())) {
     if (packed.count(n.canonical)) continue;
     std::vector<int64_t> shape = m.get(n.canonical).shape;
-    if (n.transpose && shape.size() == 2) std::swap(shape[0], shape[1]);
+    if (n.layout == hf_layout::transpose && shape.size() == 2) std::swap(shape[0], shape[1]);
     st_write_tensor t{n.hf, type, shape};
-    if (const tensor* in_memory = r.peek(n.canonical); in_memory && !n.transpose && !n.rope_heads) {
+    if (const tensor* in_memory = r.peek(n.canonical); in_memory && n.layout == hf_layout::plain) {
       t.data = in_memory->data.data();  // written from where it is
       out.push_back(std::move(t));
       continue;
     }
-    t.load_values = [&r, n] {
-      tensor t = r.read(n.canonical);
-      if (n.transpose) return transposed(t).data;
-      if (n.rope_heads) return rotate_half_to_interleaved(t, n.rope_heads, true).data;
-      return std::move(t.data);
-    };
+    t.load_values = [&r, n, path] { return convert_layout(r.read(n.canonical), n, true, path).data; };
     out.push_back(std::move(t));
   }
   // Packed tensors keep the canonical name and orientation (their rows are the format's rows).
@@ -568,7 +812,6 @@ void save_safetensors_model(const tensor_reader& r, const std::string& path, con
       out.push_back(std::move(w));
     }
   }
-  const std::string cfg = config_to_hf_json(m.config).dump(2);
   std::map<std::string, std::string> meta{{"format", "pt"}, {"lowbit.config", cfg}};
   if (!m.tokenizer.kind.empty()) meta["lowbit.tokenizer"] = m.tokenizer.kind;
   if (!m.tokenizer.path.empty()) meta["lowbit.tokenizer_path"] = m.tokenizer.path;
@@ -612,7 +855,24 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
   if (c.l1_norm)
     throw error(fmt::format("{}: an L1-normalised model cannot be written as GGUF (llama.cpp has RMSNorm "
                             "only); write safetensors", path));
-  const std::string a = architecture_name(c.arch);
+  const std::string a = gguf_arch_name(c.arch);
+  if (a.empty())
+    throw error(fmt::format("{}: {} has no llama.cpp architecture (GGUF's general.architecture); write safetensors",
+                            path, architecture_name(c.arch)));
+  // llama.cpp's GELU (ggml_gelu) stands for GPT-2's gelu_new and GPT-NeoX's gelu: another
+  // activation has no key to say it.
+  const activation want = c.arch == architecture::gpt2 ? activation::gelu_tanh : activation::gelu;
+  if (!c.gated_mlp() && c.mlp_activation() != want)
+    throw error(fmt::format("{}: {} with activation {} cannot be written as GGUF (llama.cpp's {} has {}); write "
+                            "safetensors",
+                            path, architecture_name(c.arch), activation_name(c.mlp_activation()), a,
+                            activation_name(want)));
+  // Llama 3.1's frequencies go as llama.cpp's rope_freqs.weight, which its llama alone reads.
+  const bool freq_tensor = c.rope_scaling.type == rope_scaling_type::llama3 || !c.rope_freq_factors.empty();
+  if (freq_tensor && a != "llama")
+    throw error(fmt::format("{}: llama.cpp's {} has no per-frequency RoPE factors (rope_freqs.weight) for a llama3 "
+                            "rope_scaling; write safetensors",
+                            path, a));
   gguf_writer w;
   w.add_string("general.architecture", a);
   w.add_string("general.name", fs::path(m.source_path).stem().string());
@@ -621,7 +881,7 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
   w.add_u32(a + ".feed_forward_length", c.hidden_dim);
   w.add_u32(a + ".block_count", c.n_layers);
   w.add_u32(a + ".attention.head_count", c.n_heads);
-  if (c.arch == architecture::llama) {
+  if (!c.layer_norm()) {  // llama, mistral, qwen2
     w.add_u32(a + ".attention.head_count_kv", c.n_kv_heads);
     w.add_f32(a + ".attention.layer_norm_rms_epsilon", c.norm_eps);
     w.add_f32(a + ".rope.freq_base", c.rope_theta);
@@ -629,6 +889,28 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
   } else {
     w.add_f32(a + ".attention.layer_norm_epsilon", c.norm_eps);
   }
+  if (c.arch == architecture::gptneox) {
+    w.add_f32(a + ".rope.freq_base", c.rope_theta);
+    w.add_u32(a + ".rope.dimension_count", c.rotary_dim());
+    w.add_bool(a + ".use_parallel_residual", c.has_parallel_residual());
+  }
+  if (c.sliding_window) w.add_u32(a + ".attention.sliding_window", c.sliding_window);  // (llama.cpp's llama ignores it)
+  if (c.rope_scaling.type == rope_scaling_type::linear) {
+    w.add_string(a + ".rope.scaling.type", "linear");
+    w.add_f32(a + ".rope.scaling.factor", static_cast<float>(c.rope_scaling.factor));
+  }
+  std::vector<float> rope_factors = c.rope_freq_factors;
+  if (c.rope_scaling.type == rope_scaling_type::llama3) {
+    // llama.cpp divides frequency i by rope_freqs[i]: the unscaled frequency over the scaled one;
+    // lowbit's own reader takes the parameters themselves back.
+    model_config plain = c;
+    plain.rope_scaling = {};
+    const std::vector<double> f0 = rope_frequencies(plain), f1 = rope_frequencies(c);
+    for (size_t i = 0; i < f0.size(); ++i) rope_factors.push_back(static_cast<float>(f0[i] / f1[i]));
+    w.add_string("lowbit.rope_scaling", rope_scaling_to_json(c.rope_scaling).dump());
+  }
+  if (!rope_factors.empty())
+    w.add_tensor("rope_freqs.weight", {int64_t(rope_factors.size())}, rope_factors.data(), ggml_type::f32);
   // The tokenizer, as llama.cpp reads it, when it is a SentencePiece-style vocabulary.
   std::unique_ptr<tokenizer> tok;
   try {
@@ -667,15 +949,18 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
     const auto it = types.find(name);
     const ggml_type type = it == types.end() ? ggml_type::f32 : static_cast<ggml_type>(it->second);
     const bool round = rounded.count(name) > 0;
-    w.add_tensor_deferred(name, shape_only.shape, type, [&r, &has_codes, &path, name, type, round] {
+    // qwen2's and gptneox's q/k rows go back to the rotate-half order llama.cpp reads them in.
+    const std::optional<name_map> layout = gguf_layout(c, name);
+    w.add_tensor_deferred(name, shape_only.shape, type, [&r, &has_codes, &path, name, type, round, layout] {
       // In place when the reader holds it in memory, else read (one tensor at a time).
-      const tensor* in_memory = round ? nullptr : r.peek(name);
+      const tensor* in_memory = round || layout ? nullptr : r.peek(name);
       tensor read;
       if (!in_memory) {
         read = r.read(name);
         // docs/conventions.md §22: a fallback's values rounded onto its wider type, as plan_gguf_export
         // rounds a model in memory (a no-op on values it has rounded already).
         if (round) round_onto_ggml_type(read, static_cast<uint32_t>(type));
+        if (layout) read = convert_layout(read, *layout, true, path);
       }
       const tensor& t = in_memory ? *in_memory : read;
       if (type == ggml_type::f32 || type == ggml_type::f16 || type == ggml_type::bf16)
@@ -685,6 +970,7 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
       const quantized_tensor* known = has_codes.count(name) ? r.peek_codes(name) : nullptr;
       if (has_codes.count(name) && !known) known = &read_codes.emplace(r.read_codes(name));
       if (known && !(known->fmt == f)) known = nullptr;
+      if (known && layout) known = &read_codes.emplace(permuted_rows(*known, *layout, path));
       const std::optional<quantized_tensor> q = linear_weight_codes(t, f, known);
       if (!q) {  // (the known or the re-encoded codes do not hold the values)
         const quantized_tensor shown = known ? *known : quantize(t.data.data(), t.rows(), t.cols(), f);  // (error path)
@@ -909,8 +1195,16 @@ tensor tensor_shard::values(const std::string& name) const {
   return out;
 }
 
-std::unique_ptr<tensor_reader> open_model_reader(const std::string& path) {
-  if (!fs::exists(path)) throw error(fmt::format("{}: no such model file", path));
+std::unique_ptr<tensor_reader> open_model_reader(const std::string& given) {
+  if (!fs::exists(given)) throw error(fmt::format("{}: no such model file", given));
+  std::string path = given;
+  if (fs::is_directory(path)) {  // a Hugging Face checkpoint's directory: sharded, else one file
+    const fs::path index = fs::path(path) / "model.safetensors.index.json", one = fs::path(path) / "model.safetensors";
+    if (fs::exists(index)) path = index.string();
+    else if (fs::exists(one)) path = one.string();
+    else
+      throw error(fmt::format("{}: a directory without model.safetensors.index.json or model.safetensors", given));
+  }
   char magic[4] = {0, 0, 0, 0};
   {
     std::ifstream in(path, std::ios::binary);
@@ -918,9 +1212,13 @@ std::unique_ptr<tensor_reader> open_model_reader(const std::string& path) {
   }
   std::unique_ptr<tensor_reader> r;
   if (std::string(magic, 4) == "GGUF" || path.ends_with(".gguf")) r = std::make_unique<gguf_reader>(path);
-  else if (path.ends_with(".safetensors")) r = std::make_unique<safetensors_reader>(path);
+  else if (path.ends_with(".safetensors") || path.ends_with(".safetensors.index.json"))
+    r = std::make_unique<safetensors_reader>(path);
   else if (path.ends_with(".bin")) r = open_llama2c_reader(path);
-  else throw error(fmt::format("{}: unknown model file (expected .bin (llama2.c), .safetensors or .gguf)", path));
+  else
+    throw error(fmt::format("{}: unknown model file (expected .bin (llama2.c), .safetensors, a sharded checkpoint's "
+                            ".safetensors.index.json or its directory, or .gguf)",
+                            path));
   r->header.validate_shapes();  // a config that contradicts the tensors, before any of them is read
   return r;
 }

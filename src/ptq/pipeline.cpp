@@ -63,23 +63,33 @@ struct layer_group {
 };
 
 std::vector<layer_group> block_groups(const model_config& c) {
-  const bool llama = c.arch == architecture::llama;
   std::vector<layer_group> g;
   using F = fold;
-  if (llama) {
-    g.push_back({"attn_norm", {"attn_q.weight", "attn_k.weight", "attn_v.weight"}, F::norm, "attn_norm", 0});
+  // A scale on a norm's output folds into the norm's gain (and bias) when that output feeds only
+  // the group: not in OPT's post-LN blocks, where attention reads the residual stream itself and
+  // the MLP reads norm1's output, which is also the residual.
+  const bool pre_ln = c.norm_before;
+  if (c.fused_qkv()) {
+    g.push_back({"attn_norm", {"attn_qkv.weight"}, pre_ln ? F::norm : F::none, "attn_norm", 0});
+    g.push_back({"attn", {"attn_output.weight"}, F::rows, "attn_qkv.weight", 2 * int64_t(c.dim)});
+  } else {
+    g.push_back({"attn_norm", {"attn_q.weight", "attn_k.weight", "attn_v.weight"}, pre_ln ? F::norm : F::none,
+                 "attn_norm", 0});
     // Attention output channel j is a mix of v's output row j over positions — linear in v, so a
     // scale folds into v's rows, but only when every query head has its own kv head.
     g.push_back({"attn", {"attn_output.weight"}, c.n_heads == c.n_kv_heads ? F::rows : F::none,
                  "attn_v.weight", 0});
+  }
+  if (c.gated_mlp()) {
     g.push_back({"ffn_norm", {"ffn_gate.weight", "ffn_up.weight"}, F::norm, "ffn_norm", 0});
     // ffn_act = silu(gate) * up is linear in up's output: fold into up's rows.
     g.push_back({"ffn_act", {"ffn_down.weight"}, F::rows, "ffn_up.weight", 0});
   } else {
-    g.push_back({"attn_norm", {"attn_qkv.weight"}, F::norm, "attn_norm", 0});
-    g.push_back({"attn", {"attn_output.weight"}, F::rows, "attn_qkv.weight", 2 * int64_t(c.dim)});
-    g.push_back({"ffn_norm", {"ffn_up.weight"}, F::norm, "ffn_norm", 0});
-    g.push_back({"ffn_act", {"ffn_down.weight"}, F::none, "", 0});  // GELU: no exact fold
+    g.push_back({"ffn_norm", {"ffn_up.weight"}, pre_ln ? F::norm : F::none, "ffn_norm", 0});
+    // ReLU is positively homogeneous (relu(u / s) = relu(u) / s, s > 0): a scale folds into up's
+    // rows and bias. GELU: no exact fold.
+    const bool relu = c.mlp_activation() == activation::relu;
+    g.push_back({"ffn_act", {"ffn_down.weight"}, relu ? F::rows : F::none, relu ? "ffn_up.weight" : "", 0});
   }
   return g;
 }
@@ -122,6 +132,9 @@ std::string run_fingerprint(const tensor_reader& source, const std::vector<int32
   h.add(fmt::format("{} {} {} {} {} {} {} {} {} {} {} {}", architecture_name(c.arch), c.dim, c.hidden_dim, c.n_layers,
                     c.n_heads, c.n_kv_heads, c.vocab_size, c.max_seq_len, c.norm_eps, c.rope_theta,
                     c.tied_classifier, c.l1_norm));
+  // The variants of a family (empty for Llama and GPT-2 at their defaults: their fingerprints
+  // are those of before).
+  if (const std::string v = c.variant_string(); !v.empty()) h.add(v);
   for (const auto& [name, t] : source.header.tensors) h.add(fmt::format("{} [{}]", name, fmt::join(t.shape, ",")));
   source.hash_contents(h);
   const std::string opts = fmt::format(
@@ -476,8 +489,9 @@ quantize_report run_blocks(model& work, const std::string& fingerprint, const st
   const int ctx = o.calib_ctx;
   std::vector<int64_t> starts;
   if (calibrated(o)) {
-    if (c.arch == architecture::gpt2 && ctx > c.max_seq_len)
-      throw error(fmt::format("calibration: --calib-ctx {} exceeds GPT-2's {} positions", ctx, c.max_seq_len));
+    if (c.learned_positions() && ctx > c.max_seq_len)
+      throw error(fmt::format("calibration: --calib-ctx {} exceeds {}'s {} learned positions", ctx,
+                              architecture_name(c.arch), c.max_seq_len));
     starts = calibration_windows(int64_t(ids.size()), o.calib_samples, ctx, o.seed);
     report.windows_available = (int64_t(ids.size()) - int64_t(ids.size()) / 2) / ctx;
   }

@@ -58,8 +58,14 @@ void fold_norm_weight(tensor& w, const std::vector<float>& g) {
 
 rotation_report rotate_residual(model& m, uint64_t seed) {
   const model_config& c = m.config;
-  if (c.arch != architecture::llama)
-    throw error("rotate: only Llama (RMSNorm) models; LayerNorm's mean subtraction does not commute with a rotation");
+  if (c.layer_norm())
+    throw error("rotate: only the Llama family (RMSNorm) models; LayerNorm's mean subtraction does not commute with "
+                "a rotation");
+  // Biases on q, k, v (Qwen2) add after the rotated inputs and stay; biases on the residual
+  // stream's writers would need rotating too.
+  if (c.out_bias() || c.has_mlp_bias())
+    throw error("rotate: a model with biases on attn_output or the MLP (llama attention_bias / mlp_bias) is not "
+                "rotated");
   rotation_report r;
   r.dim = c.dim;
   r.block = c.dim & -c.dim;  // the largest power of two dividing dim

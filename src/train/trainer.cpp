@@ -27,22 +27,25 @@ namespace lowbit {
 
 model_config train_run_config::model_shape(int vocab) const {
   model_config c;
-  if (arch == "llama") c.arch = architecture::llama;
-  else if (arch == "gpt2") c.arch = architecture::gpt2;
-  else throw error(fmt::format("train: architecture '{}' (expected llama or gpt2)", arch));
+  try {
+    c.arch = parse_architecture(arch);
+  } catch (const error& e) {
+    throw error(fmt::format("train: {}", e.what()));
+  }
   c.dim = dim, c.n_layers = n_layers, c.n_heads = n_heads;
   c.n_kv_heads = n_kv_heads > 0 ? n_kv_heads : n_heads;
-  if (c.arch == architecture::gpt2) {
-    // GPT-2: one kv head per query head, hidden = 4 * dim, LayerNorm (no L1 variant)
+  if (c.fused_qkv() || c.arch == architecture::opt) {
+    // GPT-2, GPT-NeoX, OPT: one kv head per query head
     if (n_kv_heads > 0 && n_kv_heads != n_heads)
-      throw error(fmt::format("train: GPT-2 has one kv head per query head (kv_heads {} != heads {})",
+      throw error(fmt::format("train: {} has one kv head per query head (kv_heads {} != heads {})", arch,
                               n_kv_heads, n_heads));
-    if (l1_norm) throw error("train: the L1 normalisation is for Llama (GPT-2 has LayerNorm)");
-    c.hidden_dim = hidden_dim > 0 ? hidden_dim : 4 * dim;
-  } else {
-    // llama2.c: hidden = 2/3 * 4 * dim, rounded up to a multiple of 32
-    c.hidden_dim = hidden_dim > 0 ? hidden_dim : (8 * dim / 3 + 31) / 32 * 32;
   }
+  if (l1_norm && c.arch != architecture::llama) {
+    if (c.arch == architecture::gpt2) throw error("train: the L1 normalisation is for Llama (GPT-2 has LayerNorm)");
+    throw error(fmt::format("train: the L1 normalisation is for Llama ({} has no L1 variant)", arch));
+  }
+  // llama2.c: hidden = 2/3 * 4 * dim, rounded up to a multiple of 32; the ungated families 4 * dim
+  c.hidden_dim = hidden_dim > 0 ? hidden_dim : default_hidden_dim(c.arch, dim);
   c.vocab_size = vocab;
   c.max_seq_len = ctx;
   c.tied_classifier = tied_classifier;

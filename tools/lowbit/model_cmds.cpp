@@ -55,9 +55,10 @@ struct model_options {
 // ---- synth ------------------------------------------------------------------------------------
 struct synth_options {
   std::string arch = "llama", out;
-  int dim = 256, layers = 4, heads = 8, kv_heads = 0, hidden = 0, vocab = 258, ctx = 512;
+  int dim = 256, layers = 4, heads = 8, kv_heads = 0, hidden = 0, vocab = 258, ctx = 512, sliding_window = 0;
+  int rope_dim = 0;
   uint64_t seed = 0;
-  bool untied = false;
+  bool untied = false, post_ln = false, sequential = false;
 };
 
 void cmd_synth(const synth_options& o) {
@@ -65,18 +66,23 @@ void cmd_synth(const synth_options& o) {
   c.arch = parse_architecture(o.arch);
   c.dim = o.dim, c.n_layers = o.layers, c.n_heads = o.heads;
   c.n_kv_heads = o.kv_heads > 0 ? o.kv_heads : o.heads;
-  // Llama's SwiGLU width: 2/3 of 4*dim rounded up to a multiple of 32; GPT-2's MLP: 4*dim.
-  c.hidden_dim = o.hidden > 0 ? o.hidden
-                 : c.arch == architecture::llama ? (8 * o.dim / 3 + 31) / 32 * 32 : 4 * o.dim;
+  // The Llama family's SwiGLU width: 2/3 of 4*dim rounded up to a multiple of 32; the others 4*dim.
+  c.hidden_dim = o.hidden > 0 ? o.hidden : default_hidden_dim(c.arch, o.dim);
   c.vocab_size = o.vocab, c.max_seq_len = o.ctx, c.tied_classifier = !o.untied;
+  c.sliding_window = o.sliding_window;
+  if (o.rope_dim > 0) c.rope_dim = o.rope_dim;
+  if (o.post_ln) c.norm_before = false;
+  if (o.sequential) c.parallel_residual = false;
   const model m = synthesize_model(c, o.seed);
   if (o.out.size() >= 5 && o.out.compare(o.out.size() - 5, 5, ".gguf") == 0) save_gguf_model(m, o.out);
   else if (o.out.size() >= 12 && o.out.compare(o.out.size() - 12, 12, ".safetensors") == 0)
     save_safetensors_model(m, o.out);
   else throw error(fmt::format("synth: -o {}: expected a .safetensors or .gguf path", o.out));
+  const std::string variants = c.variant_string();
   std::cout << fmt::format("{}: {} with {:.1f}M parameters (dim {}, hidden {}, layers {}, heads {}/{}, "
-                           "vocab {}, ctx {})\n", o.out, o.arch, c.parameter_count() / 1e6, c.dim,
-                           c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.max_seq_len);
+                           "vocab {}, ctx {}{})\n", o.out, o.arch, c.parameter_count() / 1e6, c.dim,
+                           c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.max_seq_len,
+                           variants.empty() ? "" : ", " + variants);
 }
 
 // ---- tokenize ---------------------------------------------------------------------------------
@@ -248,13 +254,18 @@ void progress_bar::finish() {
 
 void add_model_commands(CLI::App& app, command_list& commands) {
   static synth_options so;
-  auto* synth = app.add_subcommand("synth", "write a random Llama or GPT-2 model (byte tokenizer)");
-  synth->add_option("--arch", so.arch, "llama | gpt2")->capture_default_str();
+  auto* synth = app.add_subcommand("synth", "write a random model of any family (byte tokenizer)");
+  synth->add_option("--arch", so.arch, "llama | gpt2 | mistral | qwen2 | gptneox | opt")->capture_default_str();
   synth->add_option("--dim", so.dim, "residual width")->capture_default_str();
   synth->add_option("--layers", so.layers, "blocks")->capture_default_str();
   synth->add_option("--heads", so.heads, "attention heads")->capture_default_str();
   synth->add_option("--kv-heads", so.kv_heads, "key/value heads (default: --heads)");
-  synth->add_option("--hidden", so.hidden, "MLP width (default: llama 8/3*dim rounded to 32, gpt2 4*dim)");
+  synth->add_option("--hidden", so.hidden,
+                    "MLP width (default: llama, mistral, qwen2 8/3*dim rounded to 32; gpt2, gptneox, opt 4*dim)");
+  synth->add_option("--sliding-window", so.sliding_window, "mistral: attend to the last N positions (0: all)");
+  synth->add_option("--rope-dim", so.rope_dim, "gptneox: rotated dims per head (default head_dim / 4)");
+  synth->add_flag("--post-ln", so.post_ln, "opt: LayerNorm after each sublayer (do_layer_norm_before = false)");
+  synth->add_flag("--sequential", so.sequential, "gptneox: attention then MLP (use_parallel_residual = false)");
   synth->add_option("--vocab", so.vocab, "vocabulary (>= 258 for the byte tokenizer)")->capture_default_str();
   synth->add_option("--ctx", so.ctx, "maximum context")->capture_default_str();
   synth->add_option("--seed", so.seed, "random seed")->capture_default_str();

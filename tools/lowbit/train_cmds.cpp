@@ -115,7 +115,9 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
       conf["paths"]["tokenizer"] = job.tok_source.path;
     }
     int64_t embedding = int64_t(job.tok->vocab_size()) * cfg.dim * (cfg.tied_classifier ? 1 : 2);
-    if (cfg.arch == "gpt2") embedding += int64_t(cfg.ctx) * cfg.dim;  // learned positions
+    const model_config shape = cfg.model_shape(job.tok->vocab_size());
+    if (shape.learned_positions())  // learned positions (OPT's 2 extra rows)
+      embedding += (int64_t(cfg.ctx) + shape.position_offset()) * cfg.dim;
     conf["non_embedding_params"] = r.params - embedding;
     conf["operands"] = plan.operands;
     rec.config = conf;
@@ -140,16 +142,18 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
 
 void add_train_commands(CLI::App& app, command_list& commands) {
   static train_cli_options o;
-  auto* c = app.add_subcommand("train", "train a Llama-style or GPT-2 model with quantized GEMM operands (W/A/G)");
+  auto* c = app.add_subcommand("train", "train a model (Llama, GPT-2, Mistral, Qwen2, GPT-NeoX or OPT) with quantized GEMM operands (W/A/G)");
   c->add_option("--config", o.config_file, "JSON file with the settings below (flags override it)");
   c->add_option("--data", o.cfg.data_path, "text file (default: the shipped tinyshakespeare)");
   c->add_option("--tokenizer", o.cfg.tokenizer, "bytes | llama2c[:PATH] | gpt2 | tokenizer file")->capture_default_str();
-  c->add_option("--arch", o.cfg.arch, "llama | gpt2")->check(CLI::IsMember({"llama", "gpt2"}))->capture_default_str();
+  c->add_option("--arch", o.cfg.arch, "llama | gpt2 | mistral | qwen2 | gptneox | opt (family defaults: docs/evaluation.md)")
+      ->check(CLI::IsMember({"llama", "gpt2", "mistral", "qwen2", "gptneox", "opt"}))
+      ->capture_default_str();
   c->add_option("--dim", o.cfg.dim, "residual width")->capture_default_str();
   c->add_option("--layers", o.cfg.n_layers, "blocks")->capture_default_str();
   c->add_option("--heads", o.cfg.n_heads, "attention heads")->capture_default_str();
   c->add_option("--kv-heads", o.cfg.n_kv_heads, "key/value heads (default: --heads)");
-  c->add_option("--hidden", o.cfg.hidden_dim, "MLP width (default: 8/3 dim rounded up to 32; gpt2: 4 dim)");
+  c->add_option("--hidden", o.cfg.hidden_dim, "MLP width (default: 8/3 dim rounded up to 32; gpt2, gptneox, opt: 4 dim)");
   c->add_flag("--untied", o.untied, "a separate classifier matrix (default: tied to the embedding)");
   c->add_option("--ctx", o.cfg.ctx, "sequence length")->capture_default_str();
   c->add_option("--batch", o.cfg.batch, "sequences per step (global, over all ranks)")->capture_default_str();

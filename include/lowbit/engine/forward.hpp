@@ -1,9 +1,11 @@
-// The forward pass of Llama and GPT-2 in float32: batched over a window of tokens (prefill) or
-// one token at a time (generation), with a KV cache, OpenBLAS sgemm and OpenMP.
+// The forward pass of every model family (model.hpp) in float32: batched over a window of tokens
+// (prefill) or one token at a time (generation), with a KV cache, OpenBLAS sgemm and OpenMP.
 //   llama: x = embd[tok]; per layer: h = x + Wo attn(rope(Wq n1), rope(Wk n1), Wv n1),
 //          n1 = rmsnorm(x); x = h + Wdown(silu(Wgate n2) * Wup n2), n2 = rmsnorm(h);
-//          logits = Wcls rmsnorm(x)
+//          logits = Wcls rmsnorm(x)   (mistral: a sliding window; qwen2: q/k/v biases)
 //   gpt2 : x = wte[tok] + wpe[pos]; pre-LayerNorm blocks, GELU (tanh approximation), biases.
+//   gptneox: LayerNorm, partial RoPE, parallel attention and MLP; opt: learned positions,
+//          ReLU, pre- or post-LayerNorm (src/engine/decoder.hpp's block_forward).
 // Every intermediate has a name (see `dump_hook`) so any layer can be dumped and compared.
 #pragma once
 
@@ -23,7 +25,9 @@ namespace layers { struct rope_table; }
 // Called with each named intermediate [rows = tokens, cols]:
 //   "blk.N.attn_norm", "blk.N.q", "blk.N.k", "blk.N.v" (k after RoPE), "blk.N.attn",
 //   "blk.N.attn_out", "blk.N.ffn_norm", "blk.N.ffn_act" (input of ffn_down), "blk.N.ffn_out",
-//   "blk.N.out" (residual stream after the block), "output_norm", "logits".
+//   "blk.N.out" (residual stream after the block), "output_norm", "logits". attn_norm and
+//   ffn_norm are the inputs of the attention and the MLP (OPT's post-LN: the block's input and
+//   norm1's output), output_norm the classifier's input.
 using dump_hook = std::function<void(const std::string& name, const float* data, int64_t rows,
                                      int64_t cols)>;
 
@@ -58,7 +62,7 @@ class forward_session {
   int max_tokens_;
   int pos_ = 0;
   std::vector<float> k_cache_, v_cache_;  // [layer][pos][kv_heads*hd]
-  std::shared_ptr<const layers::rope_table> rope_;  // cos/sin per (position, pair), llama
+  std::shared_ptr<const layers::rope_table> rope_;  // cos/sin per (position, pair), RoPE families
   std::vector<float> logits_;
   dump_hook dump_;
   double last_flops_ = 0;

@@ -12,10 +12,21 @@
 //          blk.N.attn_norm.weight / .bias [dim]       blk.N.ffn_norm.weight / .bias [dim]
 //          blk.N.attn_qkv.weight [3*dim, dim] (+ .bias [3*dim])   blk.N.attn_output.weight [dim, dim] (+ .bias)
 //          blk.N.ffn_up.weight [hidden, dim] (+ .bias)            blk.N.ffn_down.weight [dim, hidden] (+ .bias)
+//   mistral, qwen2: llama's tensors; qwen2 adds blk.N.attn_q.bias [n_heads*hd], attn_k.bias and
+//          attn_v.bias [n_kv*hd] (llama's attention_bias adds them and attn_output.bias [dim];
+//          its mlp_bias ffn_gate.bias, ffn_up.bias [hidden] and ffn_down.bias [dim]).
+//   gptneox: gpt2's tensors without position_embd (RoPE instead); attn_qkv's rows are [q; k; v]
+//          (GGUF's order: Hugging Face's per-head [q_h, k_h, v_h] rows are regrouped), biases
+//          on qkv and attn_output unless attention_bias is false.
+//   opt:   llama's separate attn_q/k/v with biases on every linear (unless enable_bias is false),
+//          LayerNorms with biases, ffn_up/ffn_down (no gate), position_embd.weight
+//          [n_ctx + 2, dim] (OPT's learned positions start at row 2), output_norm only when the
+//          LayerNorm comes before each sublayer (do_layer_norm_before).
 //
-// Matrices are row-major [out, in] (a linear layer computes y = x W^T + b). q/k rows use the
-// interleaved RoPE pairing of llama2.c and GGUF (pairs (2i, 2i+1) of a head); readers of
-// Hugging Face files permute rotate-half rows into it (docs/conventions.md §18).
+// Matrices are row-major [out, in] (a linear layer computes y = x W^T + b). q/k rows (and their
+// biases) use the interleaved RoPE pairing of llama2.c and GGUF's llama (pairs (2i, 2i+1) of a
+// head's first rotary_dim() rows); readers of files in the rotate-half order (Hugging Face,
+// GGUF's qwen2 and gptneox) permute the rows into it (docs/conventions.md §18).
 #pragma once
 
 #include <cstdint>
@@ -44,9 +55,30 @@ struct tensor {
   int64_t cols() const;  // the last dimension
 };
 
-enum class architecture { llama, gpt2 };
-const char* architecture_name(architecture a);
-architecture parse_architecture(const std::string& name);
+// The model families (Hugging Face model_type; GGUF's general.architecture where llama.cpp has
+// one: mistral is written as llama, opt has none). docs/evaluation.md "Model families".
+enum class architecture { llama, gpt2, mistral, qwen2, gptneox, opt };
+const char* architecture_name(architecture a);  // "llama", "gpt2", "mistral", "qwen2", "gptneox", "opt"
+architecture parse_architecture(const std::string& name);  // throws naming the known ones
+std::vector<architecture> all_architectures();
+
+// The MLP's nonlinearity: silu is the gate of the Llama family's SwiGLU; the others act on the up
+// projection (gelu_tanh: GPT-2's tanh approximation, gelu: the exact erf form, relu).
+enum class activation { silu, gelu_tanh, gelu, relu };
+const char* activation_name(activation a);  // "silu", "gelu_tanh", "gelu", "relu"
+
+// RoPE frequency scaling (Hugging Face's rope_scaling): linear divides every frequency by
+// factor; llama3 is Meta's Llama 3.1 remapping (long wavelengths divided by factor, short ones
+// kept, a smooth blend between original_max_position_embeddings / low_freq_factor and
+// / high_freq_factor).
+enum class rope_scaling_type { none, linear, llama3 };
+struct rope_scale {
+  rope_scaling_type type = rope_scaling_type::none;
+  double factor = 1.0;
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;
+  int original_max_position_embeddings = 8192;
+  bool operator==(const rope_scale&) const = default;
+};
 
 struct model_config {
   architecture arch = architecture::llama;
@@ -64,7 +96,41 @@ struct model_config {
   // trained with lowbit's ShiftQuant recipe, docs/training.md §3.3); stored as "lowbit_norm": "l1".
   bool l1_norm = false;
 
+  // Variants within a family, as its Hugging Face config sets them. Unset (std::nullopt): the
+  // family's default (the resolved values below); a value the family cannot hold is refused by
+  // validate().
+  std::optional<activation> act;          // hidden_act / activation_function
+  std::optional<bool> attn_bias;          // biases of q, k, v and the attention output (llama
+                                          // attention_bias; gptneox attention_bias; opt enable_bias)
+  std::optional<bool> mlp_bias;           // llama mlp_bias; opt enable_bias
+  std::optional<bool> parallel_residual;  // gptneox use_parallel_residual: x + attn(ln1 x) + mlp(ln2 x)
+  std::optional<int> rope_dim;            // rotated dims of each head (gptneox rotary_pct)
+  bool norm_before = true;                // opt do_layer_norm_before = false: post-LN blocks, no final norm
+  int sliding_window = 0;                 // mistral: attend to the last W positions only; 0: all
+  rope_scale rope_scaling;                // rope families
+  // llama.cpp's rope_freqs.weight (a GGUF of Llama 3.1): frequency i divided by factor i
+  // [rotary_dim() / 2]; empty: none (then rope_scaling applies).
+  std::vector<float> rope_freq_factors;
+
   int head_dim() const { return dim / n_heads; }
+  // The family's layer set.
+  bool layer_norm() const;         // LayerNorm with bias (gpt2, gptneox, opt); else RMSNorm
+  bool gated_mlp() const;          // SwiGLU (the Llama family)
+  bool uses_rope() const;          // llama, mistral, qwen2, gptneox
+  bool learned_positions() const;  // gpt2, opt
+  int position_offset() const;     // opt: 2 (position p reads position_embd row p + 2)
+  bool fused_qkv() const;          // one attn_qkv matrix (gpt2, gptneox)
+  bool final_norm() const { return norm_before; }
+  // The variants, resolved.
+  activation mlp_activation() const;
+  bool qkv_bias() const;
+  bool out_bias() const;
+  bool has_mlp_bias() const;
+  bool has_parallel_residual() const;
+  int rotary_dim() const;  // 0 without RoPE
+  // The config as one line of its non-default fields (fingerprints, messages); "" for a Llama or
+  // GPT-2 with every variant at its default.
+  std::string variant_string() const;
   // Throws lowbit::error naming the field when the numbers cannot describe a model.
   void validate() const;
   int64_t parameter_count() const;
@@ -145,6 +211,10 @@ class tensor_reader {
   virtual tensor load(const std::string& name) const = 0;  // read()'s values, unchecked
 };
 
+// Every tensor a model of config c reads, with its shape, in the decoder's order (the
+// embeddings, each block's, the final norm, a separate classifier).
+std::vector<std::pair<std::string, std::vector<int64_t>>> model_tensor_shapes(const model_config& c);
+
 // A reader of m (which must outlive it); `codes` (may be null) are its coded tensors.
 std::unique_ptr<tensor_reader> reader_of(const model& m, const std::map<std::string, quantized_tensor>* codes = nullptr);
 // Every tensor of r in memory, validated.
@@ -153,5 +223,15 @@ model read_whole_model(const tensor_reader& r);
 // A random model of the given shape (lowbit synth): N(0, 0.02) weights, unit norms, byte
 // tokenizer (docs/conventions.md §19: vocab 258 = 256 bytes + BOS + EOS unless given).
 model synthesize_model(const model_config& c, uint64_t seed);
+
+// RoPE's angular frequency of each rotated pair i < rotary_dim() / 2 (angle = position x
+// frequency): theta^(-2i / rotary_dim()) (Su et al. 2021), divided by rope_freq_factors[i] when
+// the config has them, else scaled by rope_scaling (linear: / factor; llama3: Meta's Llama 3.1
+// apply_scaling). Computed in double; empty without RoPE.
+std::vector<double> rope_frequencies(const model_config& c);
+
+// The family's usual MLP width for a residual width `dim`: the Llama family's SwiGLU 2/3 of 4 dim
+// rounded up to a multiple of 32 (llama2.c), the others 4 dim.
+int default_hidden_dim(architecture a, int dim);
 
 }  // namespace lowbit

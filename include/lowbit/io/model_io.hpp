@@ -25,16 +25,41 @@ class safetensors_file;
 // each tensor checked as it is read.
 std::unique_ptr<tensor_reader> open_model_reader(const std::string& path);
 
-// Loads .bin (llama2.c), .safetensors (with config.json beside it, or lowbit metadata) or .gguf,
-// by extension (and magic). Throws lowbit::error naming the file and the field on bad input.
+// Loads .bin (llama2.c), .safetensors (with config.json beside it, or lowbit metadata), a sharded
+// Hugging Face checkpoint (its model.safetensors.index.json, config.json beside it), a directory
+// holding model.safetensors.index.json or model.safetensors, or .gguf, by extension (and magic).
+// Throws lowbit::error naming the file and the field on bad input.
 model load_model(const std::string& path);
 model load_llama2c(const std::string& path);
 std::unique_ptr<tensor_reader> open_llama2c_reader(const std::string& path);
 model load_safetensors_model(const std::string& path);
 model load_gguf_model(const std::string& path);
 
-// Writers (atomic: temp file + rename). Safetensors uses Hugging Face names (LlamaForCausalLM /
-// GPT2LMHeadModel) and writes config.json beside the file; GGUF uses the canonical names.
+// Hugging Face's config.json (docs/evaluation.md "Model families"). Every key of a config is one
+// the family's table knows: read (implemented), ignored (no effect on the logits: dropout,
+// initialisation, generation settings, metadata) or refused (a value that changes the
+// computation in a way lowbit does not implement; `note` lists the values accepted, "|"-separated
+// JSON). A key not in the table is refused too, naming it.
+enum class hf_key_use { read, ignored, refused };
+struct hf_config_key {
+  std::string key;
+  hf_key_use use;
+  std::string note;  // read / ignored: what it means; refused: the accepted values
+};
+std::vector<hf_config_key> hf_config_keys(architecture a);
+// Throws lowbit::error naming the file and the key for a key or value lowbit does not compute.
+model_config config_from_hf_json(const nlohmann::json& j, const std::string& file);
+// The config.json of c (its family's model_type and class); throws for a config Hugging Face
+// cannot express (llama.cpp's bare RoPE frequency factors).
+nlohmann::json config_to_hf_json(const model_config& c);
+
+// Writers (atomic: temp file + rename). Safetensors uses Hugging Face names (LlamaForCausalLM,
+// MistralForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel, GPTNeoXForCausalLM, OPTForCausalLM) and
+// writes config.json beside the file (one file: sharded checkpoints are read, not written);
+// GGUF uses the canonical names in llama.cpp's layout of the family (qwen2's and gptneox's q/k
+// rows in rotate-half order; Mistral as llama, its sliding window as
+// llama.attention.sliding_window; Llama 3.1's RoPE scaling as rope_freqs.weight) and refuses OPT
+// (no llama.cpp architecture).
 // dtype: "F32", "F16" or "BF16" (round to nearest even) for every tensor.
 // packed: tensors stored as their codes and scales instead (lowbit's quantized_tensor layout,
 // under the canonical name: NAME.codes U8 [rows, row_bytes], NAME.scales F32 [groups of the
