@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 DATA ?= $(abspath ../shared/data)
 
-.PHONY: deps build demo test test-all bench bench-python bench-model clean
+.PHONY: deps build demo test test-all test-sanitize fuzz-build fuzz-smoke fuzz bench bench-python bench-model clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -15,9 +15,34 @@ build: deps
 demo: build
 	@bash scripts/demo.sh $(BUILD)/lowbit
 
-# The CI suite: every test binary once (ctest label sanity).
+# The CI suite: every test binary once (ctest label sanity), then each libFuzzer harness for a
+# few seconds when clang is present (docs/robustness.md).
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -L sanity -j $(JOBS)
+	@if command -v clang++ >/dev/null; then $(MAKE) --no-print-directory fuzz-smoke; \
+	 else echo "fuzz: clang++ not found; the fuzz smoke run is skipped"; fi
+
+# The libFuzzer harnesses of fuzz/ (clang, ASan + UBSan), in their own build directory.
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 3600
+fuzz-build: deps
+	@CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLOWBIT_FUZZ=ON \
+	  -DLOWBIT_DATA_DIR=$(DATA) > /dev/null
+	@cmake --build $(FUZZ_BUILD) -j $(JOBS) --target lowbit_fuzzers
+
+# Seconds per harness (make test); `make fuzz` runs each for FUZZ_SECONDS (an hour by default).
+fuzz-smoke: fuzz-build
+	@bash scripts/fuzz.sh $(FUZZ_BUILD) 5 $(DATA)
+
+fuzz: fuzz-build
+	@bash scripts/fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(DATA)
+
+# The CI suite built with AddressSanitizer + UndefinedBehaviorSanitizer (gcc), in build-asan.
+test-sanitize: deps
+	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLOWBIT_SANITIZE=ON -DLOWBIT_BUILD_BENCH=OFF \
+	  -DLOWBIT_DATA_DIR=$(DATA) > /dev/null
+	@cmake --build build-asan -j $(JOBS)
+	@cd build-asan && ctest --output-on-failure -L sanity -j $(JOBS)
 
 # Every ctest entry: label sanity plus label long (the kernels' randomised differential cases
 # rerun on eight more data seeds, test_kernels_seed1..8).
