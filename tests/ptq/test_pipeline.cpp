@@ -15,6 +15,7 @@
 #include <memory>
 #include <sstream>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "tests/cli_run.hpp"
@@ -244,7 +245,7 @@ TEST(Pipeline, GptqBeatsRtnOnStories260K) {
 }
 
 // GGUF export of the K-quants (docs/conventions.md §20, 22): a model whose rows are multiples of 256 is
-// written as Q4_K / Q6_K blocks with the method's own codes (ggml's search is not idempotent on
+// written as Q2_K ... Q6_K blocks with the method's own codes (ggml's search is not idempotent on
 // its output, so they are not re-derived from the values), and the file loads to the same
 // weights, bit for bit, and the same NLL as the model in memory.
 TEST(Pipeline, KQuantGgufExportEvaluatesLikeTheModelInMemory) {
@@ -255,11 +256,11 @@ TEST(Pipeline, KQuantGgufExportEvaluatesLikeTheModelInMemory) {
   eval_options eo;
   eo.ctx = 128;
   eo.max_tokens = 512;
-  for (const std::string fmt : {"q4_k", "q6_k"}) {
+  for (const std::string fmt : {"q4_k", "q6_k", "q2_k", "q3_k", "q5_k"}) {
     for (const ptq::method how : {ptq::method::rtn, ptq::method::gptq, ptq::method::awq, ptq::method::imatrix}) {
       const std::string what = fmt + " " + ptq::method_name(how);
       // AWQ and imatrix (codes kept by the method) on q4_k only: the slow searches.
-      if (fmt == "q6_k" && (how == ptq::method::awq || how == ptq::method::imatrix)) continue;
+      if (fmt != "q4_k" && (how == ptq::method::awq || how == ptq::method::imatrix)) continue;
       model m = base;
       auto o = small_options(how, fmt);
       o.calib_samples = 4;
@@ -286,29 +287,35 @@ TEST(Pipeline, KQuantGgufExportEvaluatesLikeTheModelInMemory) {
 }
 
 // stories260K's rows (64 and 172 columns) do not hold a super-block of 256: docs/conventions.md §22's
-// fallback writes the 64-column weights as Q8_0 and ffn_down (172) as F16, and rounds the model
-// in memory the same way.
+// fallback (llama.cpp's) writes q4_k's 64-column weights as Q5_0, q5_k's as Q5_1, q6_k's as
+// Q8_0, q2_k's and q3_k's as Q4_0, ffn_down (172) as F16, and rounds the model in memory the same
+// way: the file evaluates like it.
 TEST(Pipeline, KQuantGgufFallsBackOnStories260K) {
-  model m = stories();
-  ptq::quantize_model(m, story_ids(), small_options(ptq::method::rtn, "q4_k"));
-  gguf_export ex;
-  const std::vector<std::string> fallbacks = plan_gguf_export(m, ggml_type_for_format(parse_format("q4_k")), ex);
-  ASSERT_EQ(fallbacks.size(), 35u);
-  int q8 = 0, f16 = 0;
-  for (const std::string& name : m.linear_weight_names()) {
-    const auto type = static_cast<ggml_type>(ex.types.at(name));
-    (type == ggml_type::q8_0 ? q8 : f16) += 1;
-    EXPECT_EQ(type, m.get(name).cols() % 32 == 0 ? ggml_type::q8_0 : ggml_type::f16) << name;
+  const std::pair<const char*, ggml_type> cases[] = {{"q4_k", ggml_type::q5_0}, {"q5_k", ggml_type::q5_1},
+                                                     {"q6_k", ggml_type::q8_0}, {"q2_k", ggml_type::q4_0},
+                                                     {"q3_k", ggml_type::q4_0}};
+  for (const auto& [fmt, narrow] : cases) {
+    model m = stories();
+    ptq::quantize_model(m, story_ids(), small_options(ptq::method::rtn, fmt));
+    gguf_export ex;
+    const std::vector<std::string> fallbacks = plan_gguf_export(m, ggml_type_for_format(parse_format(fmt)), ex);
+    ASSERT_EQ(fallbacks.size(), 35u) << fmt;
+    int fits = 0, f16 = 0;
+    for (const std::string& name : m.linear_weight_names()) {
+      const auto type = static_cast<ggml_type>(ex.types.at(name));
+      (type == narrow ? fits : f16) += 1;
+      EXPECT_EQ(type, m.get(name).cols() % 32 == 0 ? narrow : ggml_type::f16) << fmt << " " << name;
+    }
+    EXPECT_EQ(fits, 30) << fmt;
+    EXPECT_EQ(f16, 5) << fmt;
+    EXPECT_NE(fallbacks[0].find(fmt::format("({})", ggml_type_name(narrow))), std::string::npos) << fallbacks[0];
+    const std::string path = ::testing::TempDir() + "kquant_stories_" + fmt + ".gguf";
+    save_gguf_model(m, path, ex);
+    eval_options eo;
+    eo.ctx = 256;
+    eo.max_tokens = 2048;
+    EXPECT_EQ(evaluate(load_model(path), {}, story_ids(), eo).mean_nll, evaluate(m, {}, story_ids(), eo).mean_nll) << fmt;
   }
-  EXPECT_EQ(q8, 30);
-  EXPECT_EQ(f16, 5);
-  EXPECT_NE(fallbacks[0].find("(q8_0)"), std::string::npos) << fallbacks[0];
-  const std::string path = ::testing::TempDir() + "kquant_stories.gguf";
-  save_gguf_model(m, path, ex);
-  eval_options eo;
-  eo.ctx = 256;
-  eo.max_tokens = 2048;
-  EXPECT_EQ(evaluate(load_model(path), {}, story_ids(), eo).mean_nll, evaluate(m, {}, story_ids(), eo).mean_nll);
 }
 
 TEST(Pipeline, BadRequests) {
@@ -555,7 +562,8 @@ TEST(Streaming, RtnFilesHoldTheReferenceQuantization) {
   const auto source = open_model_reader(stories_path);
   const model original = load_model(stories_path);
   for (const auto& [fmt, ext] : std::vector<std::pair<std::string, std::string>>{
-           {"int4/g32", ".safetensors"}, {"uint4/g32", ".safetensors"}, {"q4_0", ".gguf"}, {"mxfp4", ".gguf"}}) {
+           {"int4/g32", ".safetensors"}, {"uint4/g32", ".safetensors"}, {"q4_0", ".gguf"}, {"mxfp4", ".gguf"},
+           {"q5_0", ".gguf"}, {"q4_1", ".gguf"}, {"q5_1", ".safetensors"}, {"q5_1", ".gguf"}}) {
     SCOPED_TRACE(fmt + ext);
     std::filesystem::remove_all(dir + "/shards");
     const std::string out = dir + "/q" + ext;
@@ -569,8 +577,8 @@ TEST(Streaming, RtnFilesHoldTheReferenceQuantization) {
       std::vector<float> want = t.data;
       if (std::find(linear.begin(), linear.end(), name) != linear.end()) {
         fake_quantize_ref(t.data.data(), want.data(), t.rows(), t.cols(), parse_format(fmt));
-        // docs/conventions.md §22: GGUF rows that do not fill q4_0's / mxfp4's blocks of 32 (ffn_down's
-        // 172) fall back to F16, onto which the quantized values are rounded.
+        // docs/conventions.md §22: GGUF rows that do not fill the blocks of 32 (ffn_down's 172) fall
+        // back to F16, onto which the quantized values are rounded.
         if (ext == ".gguf" && t.cols() % 32 != 0)
           fake_quantize_ref(want.data(), want.data(), t.rows(), t.cols(), parse_format("fp16"));
       }
@@ -899,9 +907,9 @@ TEST(Streaming, ShardsHoldCodedWeightsAsCodesAlone) {
 
 // The K-quants stream too: their codes and super-block scales travel in the shards (no re-derived
 // codes: ggml's search is not idempotent on its own output), the GGUF writer makes Q4_K / Q6_K
-// blocks from them, and docs/conventions.md §22's fallbacks (stories260K's rows of 64 -> Q8_0, of 172 ->
-// F16) are rounded as they are written — byte for byte the in-memory pipeline's files, and a
-// killed K-quant run resumes to the same bytes.
+// blocks from them, and docs/conventions.md §22's fallbacks (stories260K's rows of 64 -> Q5_0 for
+// q4_k, of 172 -> F16) are rounded as they are written — byte for byte the in-memory pipeline's
+// files, and a killed K-quant run resumes to the same bytes.
 TEST(Streaming, KQuantsWriteTheBytesOfTheInMemoryPipeline) {
   const std::string dir = fresh_dir("kquant");
   model_config c;
@@ -940,7 +948,9 @@ TEST(Streaming, KQuantsWriteTheBytesOfTheInMemoryPipeline) {
       const ggml_type want = static_cast<ggml_type>(ggml_type_for_format(o.weights));
       for (const std::string& name : source->header.linear_weight_names()) {
         const int64_t cols = source->header.get(name).cols();
-        const ggml_type expected = cols % 256 == 0 ? want : cols % 32 == 0 ? ggml_type::q8_0 : ggml_type::f16;
+        const ggml_type expected =
+            cols % 256 == 0 ? want : static_cast<ggml_type>(ggml_fallback_type(static_cast<uint32_t>(want), cols));
+        if (cols % 256 != 0) EXPECT_EQ(expected, cols % 32 == 0 ? (want == ggml_type::q4_k ? ggml_type::q5_0 : ggml_type::q8_0) : ggml_type::f16);
         EXPECT_EQ(file.get(name).type, expected) << name;
       }
     }
