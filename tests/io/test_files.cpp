@@ -1090,8 +1090,8 @@ TEST(FilesCorruption, GgufWrittenTruncatedFlippedAndHugeFields) {
   const size_t tq_at = find_lp_string(bytes, tq.name) + 8 + tq.name.size();
   {
     auto b = bytes;
-    poke<uint32_t>(b, tq_at + 4 + 8 * tq.ne.size(), 3);  // Q4_1
-    expect_refused(b, "ggml type 3");
+    poke<uint32_t>(b, tq_at + 4 + 8 * tq.ne.size(), 16);  // IQ2_XXS, a type lowbit does not read
+    expect_refused(b, "ggml type 16");
   }
   {
     auto b = bytes;
