@@ -367,7 +367,7 @@ TEST(CliQuantize, KQuantGgufEvaluatesLikeTheModelInMemory) {
   const result f = run("quantize --model " + stories + " --data " + tinystories + " --weights q4_k --method rtn -o " +
                        dir + "/stories.gguf");
   ASSERT_EQ(f.code, 0) << f.out;
-  EXPECT_NE(f.out.find("35 weights kept as a wider GGUF type (rows not a multiple of the q4_k block of 256)"),
+  EXPECT_NE(f.out.find("35 weights kept as llama.cpp's fallback GGUF type (rows not a multiple of the q4_k block of 256)"),
             std::string::npos) << f.out;
   EXPECT_NE(f.out.find("blk.0.attn_q.weight (q5_0)"), std::string::npos) << f.out;  // llama.cpp's fallback
   EXPECT_NE(f.out.find("blk.0.ffn_down.weight (f16)"), std::string::npos) << f.out;

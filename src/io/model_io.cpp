@@ -740,7 +740,7 @@ void round_onto_ggml_type(tensor& t, uint32_t type_number) {
 }
 
 std::vector<std::string> gguf_export_types(const model& header, uint32_t type, std::map<std::string, uint32_t>& types,
-                                           std::set<std::string>* rounded) {
+                                           std::set<std::string>* rounded, bool quantized_in_fallbacks) {
   std::vector<std::string> fallbacks;
   const int block = ggml_block_size(static_cast<ggml_type>(type));
   for (const std::string& name : header.linear_weight_names()) {
@@ -751,15 +751,15 @@ std::vector<std::string> gguf_export_types(const model& header, uint32_t type, s
     }
     const ggml_type wider = static_cast<ggml_type>(ggml_fallback_type(type, cols));
     types[name] = static_cast<uint32_t>(wider);
-    if (rounded) rounded->insert(name);
+    if (rounded && (!quantized_in_fallbacks || wider == ggml_type::f16)) rounded->insert(name);
     fallbacks.push_back(fmt::format("{} ({})", name, ggml_type_name(wider)));
   }
   return fallbacks;
 }
 
-std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex) {
+std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex, bool quantized_in_fallbacks) {
   std::set<std::string> rounded;
-  const std::vector<std::string> fallbacks = gguf_export_types(m, type, ex.types, &rounded);
+  const std::vector<std::string> fallbacks = gguf_export_types(m, type, ex.types, &rounded, quantized_in_fallbacks);
   for (const std::string& name : rounded) {  // the values in memory as the file will hold them
     round_onto_ggml_type(m.get_mut(name), ex.types.at(name));
     ex.packed.erase(name);

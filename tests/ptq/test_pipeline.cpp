@@ -109,12 +109,13 @@ std::string fresh_dir(const std::string& name) {
 }
 
 // The in-memory pipeline and the writers as `lowbit quantize` used them before streaming.
-void write_in_memory(model m, const ptq::quantize_options& o, const std::string& out) {
+void write_in_memory(model m, ptq::quantize_options o, const std::string& out) {
+  o.gguf_fallbacks = out.ends_with(".gguf");  // as the quantize job (ptq/job.cpp)
   const ptq::quantize_report r = ptq::quantize_model(m, story_ids(), o);
   if (out.ends_with(".gguf")) {
     gguf_export ex;
     ex.packed = r.packed;
-    plan_gguf_export(m, ggml_type_for_format(o.weights), ex);
+    plan_gguf_export(m, ggml_type_for_format(o.weights), ex, o.gguf_fallbacks);
     save_gguf_model(m, out, ex);
   } else {
     std::map<std::string, quantized_tensor> packed;
@@ -127,12 +128,13 @@ void write_in_memory(model m, const ptq::quantize_options& o, const std::string&
 ptq::quantize_report write_streamed(const tensor_reader& source, ptq::quantize_options o, const std::string& dir,
                                     const std::string& out, const ptq::ptq_progress& progress = {}) {
   o.checkpoint_dir = dir;
+  o.gguf_fallbacks = out.ends_with(".gguf");  // as the quantize job (ptq/job.cpp)
   const ptq::quantize_report r = ptq::quantize_to_shards(source, story_ids(), o, progress);
   const auto quantized = ptq::read_quantized_shards(source, dir);
   if (out.ends_with(".gguf")) {
     std::map<std::string, uint32_t> types;
     std::set<std::string> rounded;
-    gguf_export_types(quantized->header, ggml_type_for_format(o.weights), types, &rounded);
+    gguf_export_types(quantized->header, ggml_type_for_format(o.weights), types, &rounded, o.gguf_fallbacks);
     save_gguf_model(*quantized, out, types, rounded);
   } else {
     save_safetensors_model(*quantized, out, "F32", true);
@@ -288,33 +290,57 @@ TEST(Pipeline, KQuantGgufExportEvaluatesLikeTheModelInMemory) {
 
 // stories260K's rows (64 and 172 columns) do not hold a super-block of 256: docs/conventions.md §22's
 // fallback (llama.cpp's) writes q4_k's 64-column weights as Q5_0, q5_k's as Q5_1, q6_k's as
-// Q8_0, q2_k's and q3_k's as Q4_0, ffn_down (172) as F16, and rounds the model in memory the same
-// way: the file evaluates like it.
+// Q8_0, q2_k's and q3_k's as Q4_0, ffn_down (172) as F16. With gguf_fallbacks (the quantize job
+// writing a GGUF) the method quantizes those weights in the fallback format itself, as llama.cpp
+// does; without, the export rounds the method's values onto it. Either way the file evaluates
+// like the model in memory.
 TEST(Pipeline, KQuantGgufFallsBackOnStories260K) {
-  const std::pair<const char*, ggml_type> cases[] = {{"q4_k", ggml_type::q5_0}, {"q5_k", ggml_type::q5_1},
-                                                     {"q6_k", ggml_type::q8_0}, {"q2_k", ggml_type::q4_0},
-                                                     {"q3_k", ggml_type::q4_0}};
-  for (const auto& [fmt, narrow] : cases) {
+  struct fallback_case {
+    const char* fmt;
+    ggml_type narrow;
+    bool quantized_in_fallbacks;
+  };
+  const fallback_case cases[] = {{"q4_k", ggml_type::q5_0, true},  {"q4_k", ggml_type::q5_0, false},
+                                 {"q5_k", ggml_type::q5_1, true},  {"q6_k", ggml_type::q8_0, true},
+                                 {"q2_k", ggml_type::q4_0, true},  {"q3_k", ggml_type::q4_0, false}};
+  eval_options eo;
+  eo.ctx = 256;
+  eo.max_tokens = 2048;
+  for (const fallback_case& fc : cases) {
+    const std::string what = fmt::format("{} (quantized in fallbacks: {})", fc.fmt, fc.quantized_in_fallbacks);
     model m = stories();
-    ptq::quantize_model(m, story_ids(), small_options(ptq::method::rtn, fmt));
+    auto o = small_options(ptq::method::rtn, fc.fmt);
+    o.gguf_fallbacks = fc.quantized_in_fallbacks;
+    EXPECT_EQ(ptq::weight_format_for(o, 64), fc.quantized_in_fallbacks ? ggml_type_format(fc.narrow) : o.weights) << what;
+    EXPECT_EQ(ptq::weight_format_for(o, 172), o.weights) << what;  // F16: rounded by the writer
+    EXPECT_EQ(ptq::weight_format_for(o, 512), o.weights) << what;
+    ptq::quantize_model(m, story_ids(), o);
+    const model quantized = m;
     gguf_export ex;
-    const std::vector<std::string> fallbacks = plan_gguf_export(m, ggml_type_for_format(parse_format(fmt)), ex);
-    ASSERT_EQ(fallbacks.size(), 35u) << fmt;
+    const std::vector<std::string> fallbacks =
+        plan_gguf_export(m, ggml_type_for_format(parse_format(fc.fmt)), ex, fc.quantized_in_fallbacks);
+    ASSERT_EQ(fallbacks.size(), 35u) << what;
     int fits = 0, f16 = 0;
     for (const std::string& name : m.linear_weight_names()) {
       const auto type = static_cast<ggml_type>(ex.types.at(name));
-      (type == narrow ? fits : f16) += 1;
-      EXPECT_EQ(type, m.get(name).cols() % 32 == 0 ? narrow : ggml_type::f16) << fmt << " " << name;
+      (type == fc.narrow ? fits : f16) += 1;
+      EXPECT_EQ(type, m.get(name).cols() % 32 == 0 ? fc.narrow : ggml_type::f16) << what << " " << name;
+      // Quantized in the fallback format, a weight is not rounded again: RTN in that format is
+      // the export's rounding, to the bit.
+      const tensor& t = m.get(name);
+      if (fc.quantized_in_fallbacks && type == fc.narrow) {
+        EXPECT_EQ(t.data, quantized.get(name).data) << what << " " << name;
+        std::vector<float> again(t.data.size());
+        fake_quantize_ref(t.data.data(), again.data(), t.rows(), t.cols(), ggml_type_format(fc.narrow));
+        EXPECT_EQ(again, t.data) << what << " " << name;
+      }
     }
-    EXPECT_EQ(fits, 30) << fmt;
-    EXPECT_EQ(f16, 5) << fmt;
-    EXPECT_NE(fallbacks[0].find(fmt::format("({})", ggml_type_name(narrow))), std::string::npos) << fallbacks[0];
-    const std::string path = ::testing::TempDir() + "kquant_stories_" + fmt + ".gguf";
+    EXPECT_EQ(fits, 30) << what;
+    EXPECT_EQ(f16, 5) << what;
+    EXPECT_NE(fallbacks[0].find(fmt::format("({})", ggml_type_name(fc.narrow))), std::string::npos) << fallbacks[0];
+    const std::string path = ::testing::TempDir() + "kquant_stories_" + fc.fmt + ".gguf";
     save_gguf_model(m, path, ex);
-    eval_options eo;
-    eo.ctx = 256;
-    eo.max_tokens = 2048;
-    EXPECT_EQ(evaluate(load_model(path), {}, story_ids(), eo).mean_nll, evaluate(m, {}, story_ids(), eo).mean_nll) << fmt;
+    EXPECT_EQ(evaluate(load_model(path), {}, story_ids(), eo).mean_nll, evaluate(m, {}, story_ids(), eo).mean_nll) << what;
   }
 }
 
