@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
@@ -88,14 +89,18 @@ TEST(Cli, FormatsJsonCarriesCanonicalNames) {
       EXPECT_EQ(row["bits_per_element"], 4.25);
     }
   EXPECT_TRUE(saw_mxfp4);
-  int kquants = 0;
+  // ggml's blocks: bytes per block over values per block.
+  const std::map<std::string, double> ggml_bits = {{"q4_0", 4.5},  {"q4_1", 5.0},   {"q5_0", 5.5},  {"q5_1", 6.0},
+                                                   {"q8_0", 8.5},  {"q2_k", 2.625}, {"q3_k", 3.4375},
+                                                   {"q4_k", 4.5},  {"q5_k", 5.5},   {"q6_k", 6.5625}};
+  size_t ggml = 0;
   for (const auto& row : j)
-    if (row["format"] == "q4_k" || row["format"] == "q6_k") {
-      ++kquants;
+    if (const auto it = ggml_bits.find(row["format"].get<std::string>()); it != ggml_bits.end()) {
+      ++ggml;
       EXPECT_EQ(row["canonical"], row["format"]);
-      EXPECT_EQ(row["bits_per_element"], row["format"] == "q4_k" ? 4.5 : 6.5625);  // ggml's 144 / 210 bytes per 256
+      EXPECT_EQ(row["bits_per_element"], it->second) << row["format"];
     }
-  EXPECT_EQ(kquants, 2);
+  EXPECT_EQ(ggml, ggml_bits.size());
 }
 
 TEST(Cli, BadInputIsAClearErrorNotACrash) {
@@ -355,7 +360,7 @@ TEST(CliQuantize, KQuantGgufEvaluatesLikeTheModelInMemory) {
   std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
   const result s = run("synth --dim 256 --layers 1 --heads 4 --hidden 512 --vocab 512 --ctx 128 -o " + dir + "/m.gguf");
   ASSERT_EQ(s.code, 0) << s.out;
-  for (const std::string fmt : {"q4_k", "q6_k"}) {
+  for (const std::string fmt : {"q4_k", "q6_k", "q5_k"}) {
     const std::string out = dir + "/" + fmt + ".gguf";
     const result q = run("quantize --model " + dir + "/m.gguf --data " + tinystories + " --weights " + fmt +
                          " --method gptq --calib-samples 8 --calib-ctx 128 --eval-tokens 1024 --json -o " + out);
@@ -369,9 +374,9 @@ TEST(CliQuantize, KQuantGgufEvaluatesLikeTheModelInMemory) {
   const result f = run("quantize --model " + stories + " --data " + tinystories + " --weights q4_k --method rtn -o " +
                        dir + "/stories.gguf");
   ASSERT_EQ(f.code, 0) << f.out;
-  EXPECT_NE(f.out.find("35 weights kept as a wider GGUF type (rows not a multiple of the q4_k block of 256)"),
+  EXPECT_NE(f.out.find("35 weights kept as llama.cpp's fallback GGUF type (rows not a multiple of the q4_k block of 256)"),
             std::string::npos) << f.out;
-  EXPECT_NE(f.out.find("blk.0.attn_q.weight (q8_0)"), std::string::npos) << f.out;
+  EXPECT_NE(f.out.find("blk.0.attn_q.weight (q5_0)"), std::string::npos) << f.out;  // llama.cpp's fallback
   EXPECT_NE(f.out.find("blk.0.ffn_down.weight (f16)"), std::string::npos) << f.out;
 }
 
@@ -380,7 +385,7 @@ TEST(CliQuantize, BadRequestsSayWhatWouldWork) {
   std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
   result r = run("quantize --model " + stories + " --data " + tinystories + " --weights int4/g32 -o " + dir + "/x.gguf", "", true);
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.out.find("q4_0, q8_0, q4_k, q6_k, mxfp4"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, mxfp4"), std::string::npos) << r.out;
   r = run("quantize --model " + stories + " --data " + tinystories + " --weights int4/g32 --method gptq --calib-samples 100000 -o " + dir + "/x.safetensors", "", true);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("windows"), std::string::npos) << r.out;

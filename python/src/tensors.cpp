@@ -254,7 +254,7 @@ std::pair<py::array, py::array> clip_bounds(const py::handle& x, const py::handl
       lo.q.set_code(r, c, code_lo);
     }
   py::array a = dequantize_array(hi), b = dequantize_array(lo);
-  // A negative scale (q4_0's d = max / -8) swaps the ends.
+  // A negative scale (q4_0's d = max / -8, q5_0's max / -16) swaps the ends.
   auto* pa = static_cast<float*>(a.mutable_data());
   auto* pb = static_cast<float*>(b.mutable_data());
   for (py::ssize_t i = 0; i < a.size(); ++i)
@@ -303,12 +303,13 @@ void register_tensors(py::module_& m) {
         const auto& q = self.cast<const py_quantized&>().q;
         if (q.zero_points.empty()) return py::none();
         return view_of_vector(q.zero_points, {static_cast<py::ssize_t>(q.zero_points.size())}, self);
-      }, "int32 per group for formats with zero points (uint, q4_0, q4_k's mins); None otherwise")
+      }, "int32 per group for formats with zero points (uint, q4_0/q5_0, the K-quants' mins); None otherwise")
       .def_property_readonly("super_scales", [](py::object self) -> py::object {
         const auto& q = self.cast<const py_quantized&>().q;
         if (q.super_scales.empty()) return py::none();
         return view_of_vector(q.super_scales, {static_cast<py::ssize_t>(q.super_scales.size())}, self);
-      }, "q4_k / q6_k: the fp16 scales of each 256-value super-block; None otherwise")
+      }, "K-quants (q2_k ... q6_k): the fp16 scales of each 256-value super-block; q4_1 / q5_1: each "
+         "block's fp16 min; None otherwise")
       .def_property_readonly("tensor_scale", [](const py_quantized& p) { return p.q.tensor_scale; },
                              "nvfp4's second-level FP32 scale (1 otherwise)")
       .def_property_readonly("storage_bytes", [](const py_quantized& p) { return p.q.storage_bytes(); },

@@ -11,6 +11,7 @@ import lowbit
 def test_named_formats_parse_and_print_canonically():
     names = [n for n, _ in lowbit.formats()]
     for must in ("mxfp4", "mxfp8", "mxfp6_e2m3", "mxint8", "nvfp4", "nf4", "q4_0", "q8_0", "q4_k", "q6_k",
+                 "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q5_k",
                  "e4m3fn", "e5m2", "bf16", "fp16"):
         assert must in names
     for name in names:

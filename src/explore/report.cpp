@@ -72,7 +72,10 @@ std::string format_family(const run_record& r) {
   if (c.empty() || c == "fp32") return "float";
   if (c.rfind("pow", 0) == 0) return "pow";
   if (c.rfind("nvfp4", 0) == 0) return "nvfp4";
-  if (c.rfind("q4_0", 0) == 0 || c.rfind("q8_0", 0) == 0) return "ggml";
+  // ggml's blocks: q4_0, q4_1, q5_0, q5_1, q8_0 and the K-quants q2_k ... q6_k.
+  if (c.size() == 4 && c[0] == 'q' && c[1] >= '2' && c[1] <= '8' && c[2] == '_' &&
+      (c[3] == '0' || c[3] == '1' || c[3] == 'k'))
+    return "ggml";
   if (c.rfind("mxint", 0) == 0 || r.scale_format == "e8m0") return "mx";
   if (r.element.rfind("int", 0) == 0 || r.element.rfind("uint", 0) == 0 || r.element.rfind("flex", 0) == 0) return "int";
   if (r.element == "nf4" || r.element.rfind("lut", 0) == 0) return "lut";

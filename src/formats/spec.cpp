@@ -40,8 +40,14 @@ const alias_entry kAliases[] = {
     {"nvfp4", "", "NVIDIA NVFP4: E2M1 in blocks of 16, E4M3 block scale, FP32 tensor scale"},
     {"nf4", "nf4/g64:fp32", "QLoRA NormalFloat4 in blocks of 64 with an FP32 absmax"},
     {"q4_0", "", "ggml Q4_0 block layout: 32 x 4-bit (q-8)*d, fp16 d = max/-8"},
+    {"q4_1", "", "ggml Q4_1 block layout: 32 x 4-bit q*d + m, fp16 d = (max-min)/15, fp16 m = min"},
+    {"q5_0", "", "ggml Q5_0 block layout: 32 x 5-bit (q-16)*d, fp16 d = max/-16"},
+    {"q5_1", "", "ggml Q5_1 block layout: 32 x 5-bit q*d + m, fp16 d = (max-min)/31, fp16 m = min"},
     {"q8_0", "", "ggml Q8_0 block layout: 32 x int8 q*d, fp16 d = amax/127"},
+    {"q2_k", "", "ggml Q2_K: super-blocks of 256, 16 x 16 x 2-bit d*sc*q - dmin*m, 4-bit sc/m, fp16 d/dmin"},
+    {"q3_k", "", "ggml Q3_K: super-blocks of 256, 16 x 16 x 3-bit d*sc*(q-4), 6-bit sc, fp16 d"},
     {"q4_k", "", "ggml Q4_K: super-blocks of 256, 8 x 32 x 4-bit d*sc*q - dmin*m, 6-bit sc/m, fp16 d/dmin"},
+    {"q5_k", "", "ggml Q5_K: super-blocks of 256, 8 x 32 x 5-bit d*sc*q - dmin*m, 6-bit sc/m, fp16 d/dmin"},
     {"q6_k", "", "ggml Q6_K: super-blocks of 256, 16 x 16 x 6-bit d*sc*(q-32), int8 sc, fp16 d"},
     {"flex16+5", "", "Flexpoint (Koster et al. 2017): int16 mantissas, one 5-bit shared exponent"},
     {"bf16", "bf16", "bfloat16 (e8m7 ieee)"},
@@ -105,6 +111,36 @@ std::string suggestions(std::string_view word) {
 // ggml's fp16 block scale: IEEE binary16, RNE, overflow to Inf (GGML_FP32_TO_FP16).
 element_format ggml_fp16() {
   return make_minifloat(5, 10, float_variant::ieee, 15, true, overflow_policy::inf);
+}
+
+// ggml's block formats (ggml-common.h): the codes each stores per value, the group lowbit scales
+// by (the block of 32; a K-quant's sub-block, whose super-block of 256 holds 8 or 16 of them) and
+// the bytes of one ggml block, which fix the bits per weight.
+struct ggml_preset {
+  const char* name;
+  preset named;
+  int bits;
+  bool signed_codes;  // the element lowbit decodes the code with: intN (q - zero point) or uintN (q)
+  int group;
+  int block_values, block_bytes;
+};
+constexpr ggml_preset kGgmlPresets[] = {
+    {"q4_0", preset::q4_0, 4, true, 32, 32, 18},    {"q4_1", preset::q4_1, 4, false, 32, 32, 20},
+    {"q5_0", preset::q5_0, 5, true, 32, 32, 22},    {"q5_1", preset::q5_1, 5, false, 32, 32, 24},
+    {"q8_0", preset::q8_0, 8, true, 32, 32, 34},    {"q2_k", preset::q2_k, 2, false, 16, 256, 84},
+    {"q3_k", preset::q3_k, 3, true, 16, 256, 110},  {"q4_k", preset::q4_k, 4, false, 32, 256, 144},
+    {"q5_k", preset::q5_k, 5, false, 32, 256, 176}, {"q6_k", preset::q6_k, 6, true, 16, 256, 210},
+};
+
+const ggml_preset* ggml_preset_named(std::string_view w) {
+  for (const auto& g : kGgmlPresets)
+    if (w == g.name) return &g;
+  return nullptr;
+}
+const ggml_preset* ggml_preset_of(preset p) {
+  for (const auto& g : kGgmlPresets)
+    if (p == g.named) return &g;
+  return nullptr;
 }
 
 class spec_parser {
@@ -414,38 +450,20 @@ class spec_parser {
 
     // Named formats.
     format f;
-    if (w == "nvfp4" || w == "q4_0" || w == "q8_0" || w == "q4_k" || w == "q6_k" || w == "mxint8" ||
-        (w.size() > 4 && w.substr(0, 4) == "flex")) {
+    const ggml_preset* ggml = ggml_preset_named(w);
+    if (w == "nvfp4" || ggml || w == "mxint8" || (w.size() > 4 && w.substr(0, 4) == "flex")) {
       if (w == "nvfp4") {
         f.element = make_minifloat(2, 1, float_variant::finite);
         f.gran = granularity::group;
         f.group_size = 16;
         f.scale.element = make_minifloat(4, 3, float_variant::fn);
         f.named = preset::nvfp4;
-      } else if (w == "q4_0") {
-        f.element = make_int(4);
+      } else if (ggml) {  // codes as kGgmlPresets describes them; the group is the block or sub-block
+        f.element = ggml->signed_codes ? make_int(ggml->bits) : make_uint(ggml->bits);
         f.gran = granularity::group;
-        f.group_size = 32;
+        f.group_size = ggml->group;
         f.scale.element = ggml_fp16();
-        f.named = preset::q4_0;
-      } else if (w == "q8_0") {
-        f.element = make_int(8);
-        f.gran = granularity::group;
-        f.group_size = 32;
-        f.scale.element = ggml_fp16();
-        f.named = preset::q8_0;
-      } else if (w == "q4_k") {  // codes q in 0..15; group = the sub-block of 32
-        f.element = make_uint(4);
-        f.gran = granularity::group;
-        f.group_size = 32;
-        f.scale.element = ggml_fp16();
-        f.named = preset::q4_k;
-      } else if (w == "q6_k") {  // codes q - 32 in -32..31; group = the sub-block of 16
-        f.element = make_int(6);
-        f.gran = granularity::group;
-        f.group_size = 16;
-        f.scale.element = ggml_fp16();
-        f.named = preset::q6_k;
+        f.named = ggml->named;
       } else if (w == "mxint8") {
         f.element = make_int(8, 6);
         f.gran = granularity::group;
@@ -479,9 +497,7 @@ class spec_parser {
       }
       if (f.named != preset::mxint8 && f.named != preset::flex) f.rule = scale_rule::max;
       if (peek() == '/' || peek() == ':') fail("'~rounding' or the end: this named format fixes its group and scale");
-      if ((f.named == preset::q4_0 || f.named == preset::q8_0 || f.named == preset::q4_k || f.named == preset::q6_k) &&
-          peek() == '~')
-        fail("the end: ggml's q4_0/q8_0/q4_k/q6_k fix their rounding (as ggml's quantize_row_*_ref)");
+      if (ggml && peek() == '~') fail("the end: ggml's block formats fix their rounding (as ggml's quantize_row_*_ref)");
       suffixes(f, false);
       return f;
     }
@@ -603,10 +619,16 @@ std::string element_name(const element_format& e) {
 std::string format_name(const format& f) {
   switch (f.named) {
     case preset::nvfp4: return "nvfp4" + rounding_suffix(f);
-    case preset::q4_0: return "q4_0" + rounding_suffix(f);
-    case preset::q8_0: return "q8_0" + rounding_suffix(f);
-    case preset::q4_k: return "q4_k";
-    case preset::q6_k: return "q6_k";
+    case preset::q4_0:
+    case preset::q4_1:
+    case preset::q5_0:
+    case preset::q5_1:
+    case preset::q8_0:
+    case preset::q2_k:
+    case preset::q3_k:
+    case preset::q4_k:
+    case preset::q5_k:
+    case preset::q6_k: return ggml_preset_of(f.named)->name;  // (their rounding is fixed)
     case preset::mxint8: return "mxint8" + rounding_suffix(f);
     case preset::flex:
       return fmt::format("flex{}+{}", f.flex_mantissa_bits, f.flex_exponent_bits) + rounding_suffix(f);
@@ -640,10 +662,9 @@ int scale_bits(const format& f) {
 }
 
 double bits_per_element(const format& f) {
-  // K-quants (ggml block_q4_K / block_q6_K per 256 values): q4_k 4 + (6 + 6) / 32 + 2 * 16 / 256
-  // = 4.5; q6_k 6 + 8 / 16 + 16 / 256 = 6.5625.
-  if (f.named == preset::q4_k) return 4.0 + 12.0 / 32 + 32.0 / 256;
-  if (f.named == preset::q6_k) return 6.0 + 8.0 / 16 + 16.0 / 256;
+  // ggml's blocks: their bytes per value, codes, scales, mins and super-scales together (q4_0 18
+  // bytes per 32 = 4.5; q4_k 144 per 256 = 4 + (6 + 6) / 32 + 2 * 16 / 256 = 4.5).
+  if (const ggml_preset* g = ggml_preset_of(f.named)) return 8.0 * g->block_bytes / g->block_values;
   double bits = f.element.bits;
   if (f.gran == granularity::group) {
     double per_group = scale_bits(f);

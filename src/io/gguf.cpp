@@ -1,5 +1,5 @@
-// GGUF v3 reader/writer (v2 is read too: same layout) and the ggml block layouts of Q8_0, Q4_0,
-// Q4_K, Q6_K and MXFP4 <-> lowbit quantized tensors.
+// GGUF v3 reader/writer (v2 is read too: same layout) and the ggml block layouts of Q4_0, Q4_1,
+// Q5_0, Q5_1, Q8_0, the K-quants Q2_K ... Q6_K and MXFP4 <-> lowbit quantized tensors.
 //
 // File layout (little-endian): "GGUF", u32 version, u64 n_tensors, u64 n_kv, n_kv key/values
 // (string key, u32 type, value; strings are u64 length + bytes; arrays are u32 element type, u64
@@ -13,6 +13,7 @@
 
 #include <bit>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <limits>
 #include <unordered_set>
@@ -28,26 +29,35 @@ namespace lowbit {
 namespace {
 
 constexpr char kMagic[4] = {'G', 'G', 'U', 'F'};
-constexpr int kQK = 32;  // elements per Q8_0 / Q4_0 / MXFP4 block
-
-// ggml's K-quant blocks: block_q4_k / block_q6_k (kernels/kquant.hpp).
-constexpr int kQ4KBytes = sizeof(block_q4_k);
-constexpr int kQ6KBytes = sizeof(block_q6_k);
+constexpr int kQK = 32;  // elements per block of the types that are not K-quants
 
 struct type_entry {
   ggml_type t;
   const char* name;
   int block;
   int bytes;
+  const char* format;  // lowbit's format of a block-quantized type ("" for the float types)
 };
 // ggml's type_traits for the types lowbit handles: blck_size and type_size.
 constexpr type_entry kTypes[] = {
-    {ggml_type::f32, "f32", 1, 4},         {ggml_type::f16, "f16", 1, 2},
-    {ggml_type::q4_0, "q4_0", kQK, 2 + 16}, {ggml_type::q8_0, "q8_0", kQK, 2 + 32},
-    {ggml_type::q4_k, "q4_k", kSuperBlock, kQ4KBytes}, {ggml_type::q6_k, "q6_k", kSuperBlock, kQ6KBytes},
-    {ggml_type::bf16, "bf16", 1, 2},       {ggml_type::mxfp4, "mxfp4", kQK, 1 + 16},
+    {ggml_type::f32, "f32", 1, 4, ""},
+    {ggml_type::f16, "f16", 1, 2, ""},
+    {ggml_type::q4_0, "q4_0", kQK, 2 + 16, "q4_0"},
+    {ggml_type::q4_1, "q4_1", kQK, 2 + 2 + 16, "q4_1"},
+    {ggml_type::q5_0, "q5_0", kQK, 2 + 4 + 16, "q5_0"},
+    {ggml_type::q5_1, "q5_1", kQK, 2 + 2 + 4 + 16, "q5_1"},
+    {ggml_type::q8_0, "q8_0", kQK, 2 + 32, "q8_0"},
+    {ggml_type::q2_k, "q2_k", kSuperBlock, sizeof(block_q2_k), "q2_k"},
+    {ggml_type::q3_k, "q3_k", kSuperBlock, sizeof(block_q3_k), "q3_k"},
+    {ggml_type::q4_k, "q4_k", kSuperBlock, sizeof(block_q4_k), "q4_k"},
+    {ggml_type::q5_k, "q5_k", kSuperBlock, sizeof(block_q5_k), "q5_k"},
+    {ggml_type::q6_k, "q6_k", kSuperBlock, sizeof(block_q6_k), "q6_k"},
+    {ggml_type::bf16, "bf16", 1, 2, ""},
+    {ggml_type::mxfp4, "mxfp4", kQK, 1 + 16, "mxfp4"},
 };
-constexpr const char* kTypeList = "f32=0, f16=1, q4_0=2, q8_0=8, q4_k=12, q6_k=14, bf16=30, mxfp4=39";
+constexpr const char* kTypeList =
+    "f32=0, f16=1, q4_0=2, q4_1=3, q5_0=6, q5_1=7, q8_0=8, q2_k=10, q3_k=11, q4_k=12, q5_k=13, q6_k=14, bf16=30, "
+    "mxfp4=39";
 
 const type_entry* type_of(uint32_t v) {
   for (const auto& e : kTypes)
@@ -271,16 +281,10 @@ void put_scalar(sink& s, gguf_type t, const nlohmann::json& v) {
 
 // Formats lowbit uses for the quantized ggml types.
 format ggml_type_format(ggml_type t) {
-  switch (t) {
-    case ggml_type::q8_0: return parse_format("q8_0");
-    case ggml_type::q4_0: return parse_format("q4_0");
-    case ggml_type::q4_k: return parse_format("q4_k");
-    case ggml_type::q6_k: return parse_format("q6_k");
-    case ggml_type::mxfp4: return parse_format("mxfp4");
-    default: break;
-  }
-  throw error(fmt::format("ggml type {} is not a block-quantized type (expected q8_0, q4_0, q4_k, q6_k or mxfp4)",
-                          ggml_type_name(t)));
+  const type_entry* e = type_of(static_cast<uint32_t>(t));
+  if (e && e->format[0] != '\0') return parse_format(e->format);
+  throw error(fmt::format("ggml type {} is not a block-quantized type (expected q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, "
+                          "q3_k, q4_k, q5_k, q6_k or mxfp4)", ggml_type_name(t)));
 }
 
 namespace {
@@ -293,19 +297,27 @@ uint16_t exact_fp16(float s, int64_t block, int64_t row) {
   return d;
 }
 
-// ---- K-quants: ggml's block_q4_K / block_q6_K <-> quantized_tensor (kernels/kquant.hpp) ----
-// block_q4_K.scales[12] holds the 6-bit scale sc_j and min m_j of the 8 sub-blocks
+// ---- K-quants: ggml's block_q2_K ... block_q6_K <-> quantized_tensor (kernels/kquant.hpp) ----
+// One super-block as its parts: the fp16 super-scales, the sub-block scale (and min) codes, and
+// ggml's 256 codes q (0..2^bits - 1; the symmetric types' values are q - z).
+struct kquant_parts {
+  float d = 0, dmin = 0;
+  int32_t sc[16] = {}, m[16] = {};
+  uint8_t L[kSuperBlock] = {};
+};
+
+// block_q4_K / block_q5_K .scales[12] hold the 6-bit scale sc_j and min m_j of the 8 sub-blocks
 // (get_scale_min_k4): for j < 4, sc_j = scales[j] & 63 and m_j = scales[j + 4] & 63; for j >= 4,
 // the low 4 bits of sc_j / m_j are the low / high nibble of scales[j + 4] and their top 2 bits
 // are the top 2 bits of scales[j - 4] / scales[j].
-void pack_q4_k_scales(const int32_t* sc, const int32_t* m, uint8_t* scales) {
+void pack_k4_scales(const int32_t* sc, const int32_t* m, uint8_t* scales) {
   for (int j = 0; j < 4; ++j) {
     scales[j] = static_cast<uint8_t>(sc[j] | ((sc[j + 4] >> 4) << 6));
     scales[j + 4] = static_cast<uint8_t>(m[j] | ((m[j + 4] >> 4) << 6));
     scales[j + 8] = static_cast<uint8_t>((sc[j + 4] & 0x0f) | ((m[j + 4] & 0x0f) << 4));
   }
 }
-void unpack_q4_k_scales(const uint8_t* scales, int32_t* sc, int32_t* m) {
+void unpack_k4_scales(const uint8_t* scales, int32_t* sc, int32_t* m) {
   for (int j = 0; j < 8; ++j) {
     if (j < 4) {
       sc[j] = scales[j] & 63;
@@ -317,116 +329,251 @@ void unpack_q4_k_scales(const uint8_t* scales, int32_t* sc, int32_t* m) {
   }
 }
 
-// The 256 ggml codes of super-block s of row r (q4_k 0..15, q6_k 0..63 = lowbit's code + 32).
-void kquant_codes_of(const quantized_tensor& q, int64_t r, int64_t s, uint8_t* L) {
-  uint32_t codes[kSuperBlock];
-  const int bits = q.fmt.element.bits;
-  unpack_codes(q.codes.data() + r * q.row_bytes + s * kSuperBlock * bits / 8, kSuperBlock, bits, codes);
-  for (int i = 0; i < kSuperBlock; ++i) L[i] = static_cast<uint8_t>(bits == 4 ? codes[i] : (codes[i] + 32) & 63);
+// block_q3_K.scales[12] hold the 16 6-bit codes sc_j + 32: the low 4 bits in the low (j < 8) or
+// high (j >= 8, byte j - 8) nibble of scales[0..7], the top 2 bits at bits 2 (j / 4) of
+// scales[8 + j % 4].
+void pack_q3_k_scales(const int32_t* sc, uint8_t* scales) {
+  std::memset(scales, 0, 12);
+  for (int j = 0; j < 16; ++j) {
+    const int l = sc[j] + 32;
+    scales[j % 8] |= static_cast<uint8_t>((l & 0x0f) << (j < 8 ? 0 : 4));
+    scales[8 + j % 4] |= static_cast<uint8_t>((l >> 4) << (2 * (j / 4)));
+  }
+}
+void unpack_q3_k_scales(const uint8_t* scales, int32_t* sc) {
+  for (int j = 0; j < 16; ++j) {
+    const int lo = (scales[j % 8] >> (j < 8 ? 0 : 4)) & 0x0f, hi = (scales[8 + j % 4] >> (2 * (j / 4))) & 3;
+    sc[j] = (lo | (hi << 4)) - 32;
+  }
 }
 
-void encode_kquant_block(const quantized_tensor& q, int64_t r, int64_t s, uint8_t* out) {
-  const bool q4 = q.fmt.named == preset::q4_k;
-  const int64_t nsb = q.cols / kSuperBlock, subs = kSuperBlock / q.fmt.group_size, gpr = q.cols / q.fmt.group_size;
-  const float* ss = q.super_scales.data() + (r * nsb + s) * (q4 ? 2 : 1);
+// 2 bits of each of 256 codes in 64 bytes (block_q2_K.qs, block_q3_K.qs): per 128 values, byte l
+// holds values l, l + 32, l + 64, l + 96 at bits 0, 2, 4, 6.
+void pack_2bit(const uint8_t* L, uint8_t* qs) {
+  for (int n = 0; n < kSuperBlock; n += 128)
+    for (int l = 0; l < 32; ++l)
+      qs[n / 4 + l] = static_cast<uint8_t>((L[n + l] & 3) | ((L[n + l + 32] & 3) << 2) | ((L[n + l + 64] & 3) << 4) |
+                                           ((L[n + l + 96] & 3) << 6));
+}
+void unpack_2bit(const uint8_t* qs, uint8_t* L) {
+  for (int n = 0; n < kSuperBlock; n += 128)
+    for (int l = 0; l < 32; ++l)
+      for (int k = 0; k < 4; ++k) L[n + l + 32 * k] = static_cast<uint8_t>((qs[n / 4 + l] >> (2 * k)) & 3);
+}
+// The low 4 bits of 256 codes in 128 bytes (block_q4_K.qs, block_q5_K.qs): per 64 values, byte
+// l holds value l (low nibble) and value l + 32 (high nibble).
+void pack_4bit(const uint8_t* L, uint8_t* qs) {
+  for (int c = 0; c < kSuperBlock; c += 64)
+    for (int l = 0; l < 32; ++l) qs[c / 2 + l] = static_cast<uint8_t>((L[c + l] & 0x0f) | ((L[c + l + 32] & 0x0f) << 4));
+}
+void unpack_4bit(const uint8_t* qs, uint8_t* L) {
+  for (int c = 0; c < kSuperBlock; c += 64)
+    for (int l = 0; l < 32; ++l) {
+      L[c + l] = qs[c / 2 + l] & 0x0f;
+      L[c + l + 32] = qs[c / 2 + l] >> 4;
+    }
+}
+
+// The parts of super-block s of row r of a stored K-quant tensor, checked against what the block holds.
+kquant_parts kquant_parts_of(const quantized_tensor& q, int64_t r, int64_t s) {
+  const format& f = q.fmt;
+  const bool with_min = kquant_has_min(f);
+  const int64_t nsb = q.cols / kSuperBlock, sub = f.group_size, subs = kSuperBlock / sub, gpr = q.cols / sub;
+  const float* ss = q.super_scales.data() + (r * nsb + s) * kquant_super_scale_count(f);
+  kquant_parts p;
+  p.d = ss[0];
+  p.dmin = with_min ? ss[1] : 0.0f;
   const bool nan_block = std::isnan(ss[0]);
-  int32_t sc[16], m[8] = {};
+  // The scale (min) codes each type holds.
+  const int sc_lo = f.named == preset::q3_k ? -32 : f.named == preset::q6_k ? -128 : 0;
+  const int sc_hi = f.named == preset::q3_k ? 31 : f.named == preset::q6_k ? 127 : f.named == preset::q2_k ? 15 : 63;
+  const int m_hi = f.named == preset::q2_k ? 15 : 63;
   for (int64_t j = 0; j < subs; ++j) {
     const size_t gi = static_cast<size_t>(r * gpr + s * subs + j);
     const float v = q.scales[gi];
-    const int lo = q4 ? 0 : -128, hi = q4 ? 63 : 127;
-    if (!(v >= lo && v <= hi && v == std::floor(v)) && !nan_block)
+    if (!(v >= sc_lo && v <= sc_hi && v == std::floor(v)) && !nan_block)
       throw error(fmt::format("encode_ggml_blocks: sub-block {} of super-block {} of row {} has scale code {}; {} "
-                              "holds integers {}..{}", j, s, r, v, q4 ? "q4_k" : "q6_k", lo, hi));
-    sc[j] = nan_block ? 0 : static_cast<int32_t>(v);
-    if (q4) {
-      m[j] = nan_block ? 0 : q.zero_points[gi];
-      if (m[j] < 0 || m[j] > 63)
-        throw error(fmt::format("encode_ggml_blocks: sub-block {} of super-block {} of row {} has min code {}; q4_k "
-                                "holds 0..63", j, s, r, m[j]));
+                              "holds integers {}..{}", j, s, r, v, format_name(f), sc_lo, sc_hi));
+    p.sc[j] = nan_block ? 0 : static_cast<int32_t>(v);
+    if (with_min) {
+      p.m[j] = nan_block ? 0 : q.zero_points[gi];
+      if (p.m[j] < 0 || p.m[j] > m_hi)
+        throw error(fmt::format("encode_ggml_blocks: sub-block {} of super-block {} of row {} has min code {}; {} "
+                                "holds 0..{}", j, s, r, p.m[j], format_name(f), m_hi));
     }
   }
-  uint8_t L[kSuperBlock];
-  kquant_codes_of(q, r, s, L);
-  if (q4) {
-    block_q4_k b{};
-    b.d = exact_fp16(ss[0], s, r);
-    b.dmin = exact_fp16(ss[1], s, r);
-    pack_q4_k_scales(sc, m, b.scales);
-    for (int c = 0; c < kSuperBlock; c += 64)
-      for (int l = 0; l < 32; ++l) b.qs[c / 2 + l] = static_cast<uint8_t>(L[c + l] | (L[c + l + 32] << 4));
-    std::memcpy(out, &b, sizeof b);
-    return;
+  uint32_t codes[kSuperBlock];
+  const int bits = f.element.bits;
+  unpack_codes(q.codes.data() + r * q.row_bytes + s * kSuperBlock * bits / 8, kSuperBlock, bits, codes);
+  const uint32_t mask = (1u << bits) - 1u, z = with_min ? 0u : 1u << (bits - 1);
+  for (int i = 0; i < kSuperBlock; ++i) p.L[i] = static_cast<uint8_t>((codes[i] + z) & mask);  // two's complement of q - z
+  return p;
+}
+
+void set_kquant_parts(const kquant_parts& p, int64_t r, int64_t s, quantized_tensor& q) {
+  const format& f = q.fmt;
+  const bool with_min = kquant_has_min(f);
+  const int64_t nsb = q.cols / kSuperBlock, sub = f.group_size, subs = kSuperBlock / sub, gpr = q.cols / sub;
+  float* ss = q.super_scales.data() + (r * nsb + s) * kquant_super_scale_count(f);
+  ss[0] = p.d;
+  if (with_min) ss[1] = p.dmin;
+  for (int64_t j = 0; j < subs; ++j) {
+    const size_t gi = static_cast<size_t>(r * gpr + s * subs + j);
+    q.scales[gi] = static_cast<float>(p.sc[j]);
+    if (with_min) q.zero_points[gi] = p.m[j];
   }
-  block_q6_k b{};
-  for (int n = 0; n < kSuperBlock; n += 128)
-    for (int l = 0; l < 32; ++l) {
-      const uint8_t* x = L + n + l;
-      b.ql[n / 2 + l] = static_cast<uint8_t>((x[0] & 0x0f) | ((x[64] & 0x0f) << 4));
-      b.ql[n / 2 + l + 32] = static_cast<uint8_t>((x[32] & 0x0f) | ((x[96] & 0x0f) << 4));
-      b.qh[n / 4 + l] = static_cast<uint8_t>((x[0] >> 4) | ((x[32] >> 4) << 2) | ((x[64] >> 4) << 4) | ((x[96] >> 4) << 6));
+  const int bits = f.element.bits;
+  const uint32_t mask = (1u << bits) - 1u, z = with_min ? 0u : 1u << (bits - 1);
+  uint32_t codes[kSuperBlock];
+  for (int i = 0; i < kSuperBlock; ++i) codes[i] = (p.L[i] - z) & mask;
+  pack_codes(codes, kSuperBlock, bits, q.codes.data() + r * q.row_bytes + s * kSuperBlock * bits / 8);
+}
+
+void encode_kquant_block(const quantized_tensor& q, int64_t r, int64_t s, uint8_t* out) {
+  const kquant_parts p = kquant_parts_of(q, r, s);
+  switch (q.fmt.named) {
+    case preset::q2_k: {
+      block_q2_k b{};
+      for (int j = 0; j < 16; ++j) b.scales[j] = static_cast<uint8_t>(p.sc[j] | (p.m[j] << 4));
+      pack_2bit(p.L, b.qs);
+      b.d = exact_fp16(p.d, s, r);
+      b.dmin = exact_fp16(p.dmin, s, r);
+      std::memcpy(out, &b, sizeof b);
+      return;
     }
-  for (int j = 0; j < 16; ++j) b.scales[j] = static_cast<int8_t>(sc[j]);
-  b.d = exact_fp16(ss[0], s, r);
-  std::memcpy(out, &b, sizeof b);
+    case preset::q3_k: {
+      block_q3_k b{};
+      uint8_t low[kSuperBlock];
+      for (int i = 0; i < kSuperBlock; ++i) {
+        if (p.L[i] > 3) b.hmask[i % 32] |= static_cast<uint8_t>(1u << (i / 32));
+        low[i] = p.L[i] & 3;
+      }
+      pack_2bit(low, b.qs);
+      pack_q3_k_scales(p.sc, b.scales);
+      b.d = exact_fp16(p.d, s, r);
+      std::memcpy(out, &b, sizeof b);
+      return;
+    }
+    case preset::q4_k:
+    case preset::q5_k: {
+      const bool five = q.fmt.named == preset::q5_k;
+      uint8_t scales[12], qs[kSuperBlock / 2], qh[kSuperBlock / 8] = {};
+      pack_k4_scales(p.sc, p.m, scales);
+      pack_4bit(p.L, qs);
+      for (int c = 0; c < kSuperBlock; c += 64)  // q5_k's bit 4: chunk k at bits 2k (value l), 2k + 1 (l + 32) of qh[l]
+        for (int l = 0; l < 32; ++l)
+          qh[l] |= static_cast<uint8_t>(((p.L[c + l] >> 4) << (c / 32)) | ((p.L[c + l + 32] >> 4) << (c / 32 + 1)));
+      const uint16_t d = exact_fp16(p.d, s, r), dmin = exact_fp16(p.dmin, s, r);
+      if (five) {
+        block_q5_k b{d, dmin, {}, {}, {}};
+        std::memcpy(b.scales, scales, sizeof scales);
+        std::memcpy(b.qh, qh, sizeof qh);
+        std::memcpy(b.qs, qs, sizeof qs);
+        std::memcpy(out, &b, sizeof b);
+      } else {
+        block_q4_k b{d, dmin, {}, {}};
+        std::memcpy(b.scales, scales, sizeof scales);
+        std::memcpy(b.qs, qs, sizeof qs);
+        std::memcpy(out, &b, sizeof b);
+      }
+      return;
+    }
+    default: {  // q6_k
+      block_q6_k b{};
+      for (int n = 0; n < kSuperBlock; n += 128)
+        for (int l = 0; l < 32; ++l) {
+          const uint8_t* x = p.L + n + l;
+          b.ql[n / 2 + l] = static_cast<uint8_t>((x[0] & 0x0f) | ((x[64] & 0x0f) << 4));
+          b.ql[n / 2 + l + 32] = static_cast<uint8_t>((x[32] & 0x0f) | ((x[96] & 0x0f) << 4));
+          b.qh[n / 4 + l] = static_cast<uint8_t>((x[0] >> 4) | ((x[32] >> 4) << 2) | ((x[64] >> 4) << 4) | ((x[96] >> 4) << 6));
+        }
+      for (int j = 0; j < 16; ++j) b.scales[j] = static_cast<int8_t>(p.sc[j]);
+      b.d = exact_fp16(p.d, s, r);
+      std::memcpy(out, &b, sizeof b);
+      return;
+    }
+  }
 }
 
 void decode_kquant_block(const uint8_t* in, int64_t r, int64_t s, quantized_tensor& q) {
-  const bool q4 = q.fmt.named == preset::q4_k;
-  const int64_t nsb = q.cols / kSuperBlock, subs = kSuperBlock / q.fmt.group_size, gpr = q.cols / q.fmt.group_size;
-  float* ss = q.super_scales.data() + (r * nsb + s) * (q4 ? 2 : 1);
-  int32_t sc[16], m[8];
-  uint8_t L[kSuperBlock];
-  if (q4) {
-    block_q4_k b;
-    std::memcpy(&b, in, sizeof b);
-    ss[0] = fp16_to_f32(b.d);
-    ss[1] = fp16_to_f32(b.dmin);
-    unpack_q4_k_scales(b.scales, sc, m);
-    for (int c = 0; c < kSuperBlock; c += 64)
-      for (int l = 0; l < 32; ++l) {
-        L[c + l] = b.qs[c / 2 + l] & 0x0f;
-        L[c + l + 32] = b.qs[c / 2 + l] >> 4;
+  kquant_parts p;
+  switch (q.fmt.named) {
+    case preset::q2_k: {
+      block_q2_k b;
+      std::memcpy(&b, in, sizeof b);
+      for (int j = 0; j < 16; ++j) {
+        p.sc[j] = b.scales[j] & 0x0f;
+        p.m[j] = b.scales[j] >> 4;
       }
-  } else {
-    block_q6_k b;
-    std::memcpy(&b, in, sizeof b);
-    for (int n = 0; n < kSuperBlock; n += 128)
-      for (int l = 0; l < 32; ++l) {
-        const uint8_t lo = b.ql[n / 2 + l], hi = b.ql[n / 2 + l + 32], h = b.qh[n / 4 + l];
-        L[n + l] = static_cast<uint8_t>((lo & 0x0f) | ((h & 3) << 4));
-        L[n + l + 32] = static_cast<uint8_t>((hi & 0x0f) | (((h >> 2) & 3) << 4));
-        L[n + l + 64] = static_cast<uint8_t>((lo >> 4) | (((h >> 4) & 3) << 4));
-        L[n + l + 96] = static_cast<uint8_t>((hi >> 4) | (((h >> 6) & 3) << 4));
+      unpack_2bit(b.qs, p.L);
+      p.d = fp16_to_f32(b.d);
+      p.dmin = fp16_to_f32(b.dmin);
+      break;
+    }
+    case preset::q3_k: {
+      block_q3_k b;
+      std::memcpy(&b, in, sizeof b);
+      unpack_2bit(b.qs, p.L);
+      for (int i = 0; i < kSuperBlock; ++i) p.L[i] = static_cast<uint8_t>(p.L[i] | (((b.hmask[i % 32] >> (i / 32)) & 1) << 2));
+      unpack_q3_k_scales(b.scales, p.sc);
+      p.d = fp16_to_f32(b.d);
+      break;
+    }
+    case preset::q4_k:
+    case preset::q5_k: {
+      const bool five = q.fmt.named == preset::q5_k;
+      uint16_t d, dmin;
+      const uint8_t *scales, *qs, *qh = nullptr;
+      if (five) {
+        static_assert(offsetof(block_q5_k, qs) == 48, "block_q5_K: d, dmin, scales[12], qh[32], qs");
+        qh = in + offsetof(block_q5_k, qh);
+        qs = in + offsetof(block_q5_k, qs);
+      } else {
+        qs = in + offsetof(block_q4_k, qs);
       }
-    for (int j = 0; j < 16; ++j) sc[j] = b.scales[j];
-    ss[0] = fp16_to_f32(b.d);
+      std::memcpy(&d, in, 2);
+      std::memcpy(&dmin, in + 2, 2);
+      scales = in + 4;
+      unpack_k4_scales(scales, p.sc, p.m);
+      unpack_4bit(qs, p.L);
+      if (five)
+        for (int c = 0; c < kSuperBlock; c += 64)
+          for (int l = 0; l < 32; ++l) {
+            p.L[c + l] = static_cast<uint8_t>(p.L[c + l] | (((qh[l] >> (c / 32)) & 1) << 4));
+            p.L[c + l + 32] = static_cast<uint8_t>(p.L[c + l + 32] | (((qh[l] >> (c / 32 + 1)) & 1) << 4));
+          }
+      p.d = fp16_to_f32(d);
+      p.dmin = fp16_to_f32(dmin);
+      break;
+    }
+    default: {  // q6_k
+      block_q6_k b;
+      std::memcpy(&b, in, sizeof b);
+      for (int n = 0; n < kSuperBlock; n += 128)
+        for (int l = 0; l < 32; ++l) {
+          const uint8_t lo = b.ql[n / 2 + l], hi = b.ql[n / 2 + l + 32], h = b.qh[n / 4 + l];
+          p.L[n + l] = static_cast<uint8_t>((lo & 0x0f) | ((h & 3) << 4));
+          p.L[n + l + 32] = static_cast<uint8_t>((hi & 0x0f) | (((h >> 2) & 3) << 4));
+          p.L[n + l + 64] = static_cast<uint8_t>((lo >> 4) | (((h >> 4) & 3) << 4));
+          p.L[n + l + 96] = static_cast<uint8_t>((hi >> 4) | (((h >> 6) & 3) << 4));
+        }
+      for (int j = 0; j < 16; ++j) p.sc[j] = b.scales[j];
+      p.d = fp16_to_f32(b.d);
+      break;
+    }
   }
-  for (int64_t j = 0; j < subs; ++j) {
-    const size_t gi = static_cast<size_t>(r * gpr + s * subs + j);
-    q.scales[gi] = static_cast<float>(sc[j]);
-    if (q4) q.zero_points[gi] = m[j];
-  }
-  uint32_t codes[kSuperBlock];
-  for (int i = 0; i < kSuperBlock; ++i) codes[i] = q4 ? L[i] : static_cast<uint32_t>(L[i] - 32) & 63u;
-  const int bits = q.fmt.element.bits;
-  pack_codes(codes, kSuperBlock, bits, q.codes.data() + r * q.row_bytes + s * kSuperBlock * bits / 8);
+  set_kquant_parts(p, r, s, q);
 }
 
 // Whether q's layout is the one ggml's block type stores (mxfp4: any rule/rounding of E2M1/g32:e8m0).
 bool layout_matches(const format& f, ggml_type t) {
-  switch (t) {
-    case ggml_type::q8_0: return f.named == preset::q8_0;
-    case ggml_type::q4_0: return f.named == preset::q4_0;
-    case ggml_type::q4_k: return f.named == preset::q4_k;
-    case ggml_type::q6_k: return f.named == preset::q6_k;
-    case ggml_type::mxfp4: {
-      const format mx = parse_format("mxfp4");
-      return f.named == preset::none && f.power == 0 && f.element == mx.element && f.gran == granularity::group &&
-             f.group_size == kQK && f.scale.kind == scale_kind::e8m0;
-    }
-    default: return false;
+  if (t == ggml_type::mxfp4) {
+    const format mx = parse_format("mxfp4");
+    return f.named == preset::none && f.power == 0 && f.element == mx.element && f.gran == granularity::group &&
+           f.group_size == kQK && f.scale.kind == scale_kind::e8m0;
   }
+  const type_entry* e = type_of(static_cast<uint32_t>(t));
+  return e && e->format[0] != '\0' && f.named != preset::none && f.named == parse_format(e->format).named;
 }
 
 }  // namespace
@@ -723,7 +870,13 @@ std::vector<float> gguf_file::read_f32(const std::string& name) const {
         }
       }
       break;
-    case ggml_type::q4_k:  // dequantize_row_q4_K / _q6_K: lowbit's dequantize is their arithmetic
+    case ggml_type::q4_1:  // dequantize_row_*: lowbit's dequantize is their arithmetic
+    case ggml_type::q5_0:
+    case ggml_type::q5_1:
+    case ggml_type::q2_k:
+    case ggml_type::q3_k:
+    case ggml_type::q4_k:
+    case ggml_type::q5_k:
     case ggml_type::q6_k:
       dequantize(decode_ggml_blocks(p, static_cast<int64_t>(n) / t.ne[0], t.ne[0], t.type), y.data());
       break;
@@ -742,122 +895,150 @@ std::vector<float> gguf_file::read_f32(const std::string& name) const {
 }
 
 // ---- ggml blocks <-> quantized_tensor ----------------------------------------------------------------
+namespace {
+
+// The blocks of 32 (q4_0, q4_1, q5_0, q5_1, q8_0, mxfp4): a header (fp16 d, then q4_1/q5_1's fp16
+// m; mxfp4's E8M0 byte), q5_0/q5_1's u32 qh (bit j: bit 4 of value j), then the codes: q8_0's 32
+// bytes, or 16 bytes of low nibbles pairing value j (low) with value j + 16 (high).
+struct block32_layout {
+  bool e8m0 = false, min = false, qh = false, bytes8 = false;
+  int header() const { return e8m0 ? 1 : min ? 4 : 2; }
+  int codes_at() const { return header() + (qh ? 4 : 0); }
+};
+block32_layout block32_layout_of(ggml_type t) {
+  block32_layout l;
+  l.e8m0 = t == ggml_type::mxfp4;
+  l.min = t == ggml_type::q4_1 || t == ggml_type::q5_1;
+  l.qh = t == ggml_type::q5_0 || t == ggml_type::q5_1;
+  l.bytes8 = t == ggml_type::q8_0;
+  return l;
+}
+
+void encode_block32(const quantized_tensor& q, ggml_type type, int64_t r, int64_t b, uint8_t* blk) {
+  const block32_layout l = block32_layout_of(type);
+  const size_t gi = static_cast<size_t>(r * (q.cols / kQK) + b);
+  const float s = q.scales[gi];
+  if (l.e8m0) {
+    uint8_t e = 0xff;  // NaN scale
+    if (!std::isnan(s)) {
+      int ex = 0;
+      const float m = std::frexp(s, &ex);  // s = m * 2^ex, m in [0.5, 1)
+      if (m != 0.5f || ex - 1 < -127 || ex - 1 > 127)
+        throw error(fmt::format("encode_ggml_blocks: block {} of row {} has scale {}; E8M0 holds 2^-127..2^127 or NaN", b,
+                                r, s));
+      e = static_cast<uint8_t>(ex - 1 + 127);
+    }
+    blk[0] = e;
+  } else {
+    const uint16_t d = exact_fp16(s, b, r);
+    std::memcpy(blk, &d, 2);
+    if (l.min) {
+      const uint16_t m = exact_fp16(q.super_scales[gi], b, r);
+      std::memcpy(blk + 2, &m, 2);
+    }
+    if (has_fixed_zero_point(q.fmt)) {
+      const int32_t z = int32_t{1} << (q.fmt.element.bits - 1);
+      if (q.zero_points[gi] != z && !std::isnan(s))
+        throw error(fmt::format("encode_ggml_blocks: block {} of row {} has zero point {}; {} fixes it at {}", b, r,
+                                q.zero_points[gi], ggml_type_name(type), z));
+    }
+  }
+  const int bits = q.fmt.element.bits;
+  uint32_t codes[kQK];
+  unpack_codes(q.codes.data() + r * q.row_bytes + b * kQK * bits / 8, kQK, bits, codes);
+  uint8_t* qs = blk + l.codes_at();
+  if (l.bytes8) {
+    for (int j = 0; j < kQK; ++j) qs[j] = static_cast<uint8_t>(codes[j]);
+    return;
+  }
+  for (int j = 0; j < kQK / 2; ++j) qs[j] = static_cast<uint8_t>((codes[j] & 0x0f) | ((codes[j + kQK / 2] & 0x0f) << 4));
+  if (l.qh) {
+    uint32_t qh = 0;
+    for (int j = 0; j < kQK; ++j) qh |= ((codes[j] >> 4) & 1u) << j;
+    std::memcpy(blk + l.header(), &qh, 4);
+  }
+}
+
+void decode_block32(const uint8_t* blk, ggml_type type, int64_t r, int64_t b, quantized_tensor& q) {
+  const block32_layout l = block32_layout_of(type);
+  const size_t gi = static_cast<size_t>(r * (q.cols / kQK) + b);
+  if (l.e8m0) {
+    // E8M0: 2^(e-127); e = 255 is NaN (OCP), which lowbit's e8m0 scale stores as NaN.
+    q.scales[gi] = blk[0] == 0xff ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, blk[0] - 127);
+  } else {
+    uint16_t d;
+    std::memcpy(&d, blk, 2);
+    q.scales[gi] = fp16_to_f32(d);
+    if (l.min) {
+      uint16_t m;
+      std::memcpy(&m, blk + 2, 2);
+      q.super_scales[gi] = fp16_to_f32(m);
+    }
+    // q4_0's / q5_0's zero point is 8 / 16; a NaN group carries 0, as lowbit's quantize stores it.
+    if (has_fixed_zero_point(q.fmt))
+      q.zero_points[gi] = std::isnan(q.scales[gi]) ? 0 : int32_t{1} << (q.fmt.element.bits - 1);
+  }
+  const uint8_t* qs = blk + l.codes_at();
+  uint32_t codes[kQK];
+  if (l.bytes8) {
+    for (int j = 0; j < kQK; ++j) codes[j] = qs[j];
+  } else {
+    uint32_t qh = 0;
+    if (l.qh) std::memcpy(&qh, blk + l.header(), 4);
+    for (int j = 0; j < kQK / 2; ++j) {  // elements j and j + 16
+      codes[j] = (qs[j] & 0x0fu) | (((qh >> j) & 1u) << 4);
+      codes[j + kQK / 2] = (qs[j] >> 4) | (((qh >> (j + kQK / 2)) & 1u) << 4);
+    }
+  }
+  const int bits = q.fmt.element.bits;
+  pack_codes(codes, kQK, bits, q.codes.data() + r * q.row_bytes + b * kQK * bits / 8);
+}
+
+}  // namespace
+
 std::vector<uint8_t> encode_ggml_blocks(const quantized_tensor& q, ggml_type type) {
   const int bb = type_of(type).bytes;
   ggml_type_format(type);  // throws for a non-block type
   if (!layout_matches(q.fmt, type))
     throw error(fmt::format("encode_ggml_blocks: the tensor is in {}; ggml {} expects {}", format_name(q.fmt),
                             ggml_type_name(type), type == ggml_type::mxfp4 ? "mxfp4 (e2m1/g32:e8m0)" : ggml_type_name(type)));
-  if (is_kquant(q.fmt)) {
-    if (q.rows < 0 || q.cols < 0 || q.cols % kSuperBlock != 0)
-      throw shape_error(fmt::format("encode_ggml_blocks: shape [{}, {}]; {} needs rows of a multiple of {}", q.rows, q.cols,
-                                    ggml_type_name(type), kSuperBlock));
-    const quantized_tensor shape = quantized_tensor::allocate(q.fmt, q.rows, q.cols);
-    if (q.row_bytes != shape.row_bytes || q.codes.size() != shape.codes.size() || q.scales.size() != shape.scales.size() ||
-        q.zero_points.size() != shape.zero_points.size() || q.super_scales.size() != shape.super_scales.size())
-      throw shape_error(fmt::format("encode_ggml_blocks: codes/scales sizes do not match shape [{}, {}]", q.rows, q.cols));
-    const int64_t nsb = q.cols / kSuperBlock;
-    std::vector<uint8_t> out(static_cast<size_t>(q.rows * nsb * bb));
-    for (int64_t r = 0; r < q.rows; ++r)
-      for (int64_t s = 0; s < nsb; ++s) encode_kquant_block(q, r, s, out.data() + (r * nsb + s) * bb);
-    return out;
-  }
-  if (q.rows < 0 || q.cols < 0 || q.cols % kQK != 0)
-    throw shape_error(fmt::format("encode_ggml_blocks: shape [{}, {}]; the row length must be a multiple of {}", q.rows,
-                                  q.cols, kQK));
-  const int64_t nb_row = q.cols / kQK;
-  const int bits = type == ggml_type::q8_0 ? 8 : 4;
-  if (q.row_bytes != q.cols * bits / 8 || q.codes.size() != static_cast<size_t>(q.rows * q.row_bytes) ||
-      q.scales.size() != static_cast<size_t>(q.rows * nb_row) ||
-      (type == ggml_type::q4_0 && q.zero_points.size() != q.scales.size()))
+  const int block = type_of(type).block;
+  if (q.rows < 0 || q.cols < 0 || q.cols % block != 0)
+    throw shape_error(fmt::format("encode_ggml_blocks: shape [{}, {}]; {} needs rows of a multiple of {}", q.rows, q.cols,
+                                  ggml_type_name(type), block));
+  const quantized_tensor shape = quantized_tensor::allocate(q.fmt, q.rows, q.cols);
+  if (q.row_bytes != shape.row_bytes || q.codes.size() != shape.codes.size() || q.scales.size() != shape.scales.size() ||
+      q.zero_points.size() != shape.zero_points.size() || q.super_scales.size() != shape.super_scales.size())
     throw shape_error(fmt::format("encode_ggml_blocks: codes/scales sizes do not match shape [{}, {}]", q.rows, q.cols));
+  const int64_t nb_row = q.cols / block;
   std::vector<uint8_t> out(static_cast<size_t>(q.rows * nb_row * bb));
-  for (int64_t r = 0; r < q.rows; ++r) {
-    const uint8_t* codes = q.codes.data() + r * q.row_bytes;
+  for (int64_t r = 0; r < q.rows; ++r)
     for (int64_t b = 0; b < nb_row; ++b) {
-      const size_t gi = static_cast<size_t>(r * nb_row + b);
-      const float s = q.scales[gi];
-      uint8_t* blk = out.data() + gi * bb;
-      if (type == ggml_type::mxfp4) {
-        uint8_t e = 0xff;  // NaN scale
-        if (!std::isnan(s)) {
-          int ex = 0;
-          const float m = std::frexp(s, &ex);  // s = m * 2^ex, m in [0.5, 1)
-          if (m != 0.5f || ex - 1 < -127 || ex - 1 > 127)
-            throw error(fmt::format("encode_ggml_blocks: block {} of row {} has scale {}; E8M0 holds 2^-127..2^127 or NaN", b,
-                                    r, s));
-          e = static_cast<uint8_t>(ex - 1 + 127);
-        }
-        blk[0] = e;
-      } else {
-        const uint16_t d = exact_fp16(s, b, r);
-        std::memcpy(blk, &d, 2);
-        if (type == ggml_type::q4_0 && q.zero_points[gi] != 8 && !std::isnan(s))
-          throw error(fmt::format("encode_ggml_blocks: block {} of row {} has zero point {}; q4_0 fixes it at 8", b, r,
-                                  q.zero_points[gi]));
-      }
-      uint8_t* qs = blk + (type == ggml_type::mxfp4 ? 1 : 2);
-      if (type == ggml_type::q8_0) {
-        std::memcpy(qs, codes + b * kQK, kQK);
-      } else {
-        // lowbit packs element c at nibble (c & 1) of byte c / 2; ggml pairs j with j + 16.
-        const uint8_t* g = codes + b * (kQK / 2);
-        auto nib = [&](int c) { return static_cast<uint8_t>((g[c / 2] >> ((c & 1) * 4)) & 0x0f); };
-        for (int j = 0; j < kQK / 2; ++j) qs[j] = static_cast<uint8_t>(nib(j) | (nib(j + kQK / 2) << 4));
-      }
+      uint8_t* blk = out.data() + (r * nb_row + b) * bb;
+      if (is_kquant(q.fmt)) encode_kquant_block(q, r, b, blk);
+      else encode_block32(q, type, r, b, blk);
     }
-  }
   return out;
 }
 
 quantized_tensor decode_ggml_blocks(const uint8_t* bytes, int64_t rows, int64_t cols, ggml_type type) {
   const format f = ggml_type_format(type);
-  const int bb = type_of(type).bytes;
-  if (rows < 0 || cols < 0 || cols % kQK != 0)
-    throw shape_error(fmt::format("decode_ggml_blocks: shape [{}, {}]; the row length must be a multiple of {}", rows, cols, kQK));
+  const int bb = type_of(type).bytes, block = type_of(type).block;
+  if (rows < 0 || cols < 0 || cols % block != 0)
+    throw shape_error(fmt::format("decode_ggml_blocks: shape [{}, {}]; {} needs rows of a multiple of {}", rows, cols,
+                                  ggml_type_name(type), block));
   int64_t numel = 0;
   if (__builtin_mul_overflow(rows, cols, &numel) || numel > (int64_t{1} << 48))
     throw shape_error(fmt::format("decode_ggml_blocks: shape [{}, {}] is too large", rows, cols));
   if (numel > 0 && !bytes) throw error("decode_ggml_blocks: no data");
   quantized_tensor q = quantized_tensor::allocate(f, rows, cols);
-  if (is_kquant(f)) {
-    if (cols % kSuperBlock != 0)
-      throw shape_error(fmt::format("decode_ggml_blocks: shape [{}, {}]; {} needs rows of a multiple of {}", rows, cols,
-                                    ggml_type_name(type), kSuperBlock));
-    const int64_t nsb = cols / kSuperBlock;
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t s = 0; s < nsb; ++s) decode_kquant_block(bytes + (r * nsb + s) * bb, r, s, q);
-    return q;
-  }
-  const int64_t nb_row = cols / kQK;
-  for (int64_t r = 0; r < rows; ++r) {
-    uint8_t* codes = q.codes.data() + r * q.row_bytes;
+  const int64_t nb_row = cols / block;
+  for (int64_t r = 0; r < rows; ++r)
     for (int64_t b = 0; b < nb_row; ++b) {
-      const size_t gi = static_cast<size_t>(r * nb_row + b);
-      const uint8_t* blk = bytes + gi * bb;
-      const uint8_t* qs = blk + (type == ggml_type::mxfp4 ? 1 : 2);
-      if (type == ggml_type::mxfp4) {
-        // E8M0: 2^(e-127); e = 255 is NaN (OCP), which lowbit's e8m0 scale stores as NaN.
-        q.scales[gi] = blk[0] == 0xff ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, blk[0] - 127);
-      } else {
-        uint16_t d;
-        std::memcpy(&d, blk, 2);
-        q.scales[gi] = fp16_to_f32(d);
-        // q4_0's zero point is 8; a NaN group carries 0, as lowbit's quantize stores it.
-        if (type == ggml_type::q4_0) q.zero_points[gi] = std::isnan(q.scales[gi]) ? 0 : 8;
-      }
-      if (type == ggml_type::q8_0) {
-        std::memcpy(codes + b * kQK, qs, kQK);
-      } else {
-        uint8_t* g = codes + b * (kQK / 2);
-        for (int j = 0; j < kQK / 2; ++j) {
-          const uint8_t lo = qs[j] & 0x0f, hi = qs[j] >> 4;  // elements j and j + 16
-          g[j / 2] |= static_cast<uint8_t>(lo << ((j & 1) * 4));
-          g[(j + kQK / 2) / 2] |= static_cast<uint8_t>(hi << ((j & 1) * 4));
-        }
-      }
+      const uint8_t* blk = bytes + (r * nb_row + b) * bb;
+      if (is_kquant(f)) decode_kquant_block(blk, r, b, q);
+      else decode_block32(blk, type, r, b, q);
     }
-  }
   return q;
 }
 
@@ -966,11 +1147,7 @@ void gguf_writer::add_tensor(const std::string& name, const std::vector<int64_t>
     case ggml_type::bf16:
       bytes = encode_ggml_floats(data, n, type);
       break;
-    case ggml_type::q8_0:
-    case ggml_type::q4_0:
-    case ggml_type::q4_k:
-    case ggml_type::q6_k:
-    case ggml_type::mxfp4:
+    default:  // the block-quantized types
       bytes = encode_ggml_blocks(quantize(data, rows, cols, ggml_type_format(type)), type);
       break;
   }

@@ -47,8 +47,9 @@ namespace {
 // PTQ shards): the one description of the layout every writer and reader here uses.
 //   NAME.codes         U8  [rows, row_bytes]  quantized_tensor::codes (rows start on a byte)
 //   NAME.scales        F32 [n_scales]         one per group, row-major (row, group)
-//   NAME.zero_points   I32 [n_zero_points]    when the format has them (uint, q4_0, q4_k's mins)
-//   NAME.super_scales  F32 [n_super_scales]   q4_k/q6_k: the fp16 scales of each super-block
+//   NAME.zero_points   I32 [n_zero_points]    when the format has them (uint, q4_0/q5_0, the K-quants' mins)
+//   NAME.super_scales  F32 [n_super_scales]   the K-quants: the fp16 scales of each super-block;
+//                                             q4_1/q5_1: each block's fp16 min
 //   NAME.tensor_scale  F32 [1]                nvfp4's second-level scale; model files store it
 //                                             when it is not 1, shards always
 // The file's metadata "lowbit.packed" describes NAME as {"format": canonical spec, "shape": [rows,
@@ -988,13 +989,28 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
 
 uint32_t ggml_type_for_format(const format& f) {
   const std::string c = format_name(f);
-  const ggml_type t = c == "q4_0" ? ggml_type::q4_0 : c == "q8_0" ? ggml_type::q8_0
-                      : c == "q4_k" ? ggml_type::q4_k : c == "q6_k" ? ggml_type::q6_k
-                      : c == format_name(parse_format("mxfp4")) ? ggml_type::mxfp4
-                      : c == "bf16" ? ggml_type::bf16 : c == "fp16" ? ggml_type::f16
-                      : throw error(fmt::format("{} has no GGUF tensor type; GGUF export takes q4_0, q8_0, q4_k, q6_k, "
-                                                "mxfp4, bf16 or fp16 (or write .safetensors)", c));
-  return static_cast<uint32_t>(t);
+  for (const ggml_type t : {ggml_type::q4_0, ggml_type::q4_1, ggml_type::q5_0, ggml_type::q5_1, ggml_type::q8_0,
+                            ggml_type::q2_k, ggml_type::q3_k, ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k,
+                            ggml_type::mxfp4})
+    if (c == format_name(ggml_type_format(t))) return static_cast<uint32_t>(t);
+  if (c == "bf16") return static_cast<uint32_t>(ggml_type::bf16);
+  if (c == "fp16") return static_cast<uint32_t>(ggml_type::f16);
+  throw error(fmt::format("{} has no GGUF tensor type; GGUF export takes q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, "
+                          "q4_k, q5_k, q6_k, mxfp4, bf16 or fp16 (or write .safetensors)", c));
+}
+
+uint32_t ggml_fallback_type(uint32_t type_number, int64_t cols) {
+  ggml_type wider = ggml_type::f16;
+  switch (static_cast<ggml_type>(type_number)) {  // llama.cpp's tensor_type_fallback (llama-quant.cpp)
+    case ggml_type::q2_k:
+    case ggml_type::q3_k: wider = ggml_type::q4_0; break;
+    case ggml_type::q4_k: wider = ggml_type::q5_0; break;
+    case ggml_type::q5_k: wider = ggml_type::q5_1; break;
+    case ggml_type::q6_k: wider = ggml_type::q8_0; break;
+    default: break;
+  }
+  if (cols % ggml_block_size(wider) != 0) wider = ggml_type::f16;
+  return static_cast<uint32_t>(wider);
 }
 
 void round_onto_ggml_type(tensor& t, uint32_t type_number) {
@@ -1010,7 +1026,7 @@ void round_onto_ggml_type(tensor& t, uint32_t type_number) {
 }
 
 std::vector<std::string> gguf_export_types(const model& header, uint32_t type, std::map<std::string, uint32_t>& types,
-                                           std::set<std::string>* rounded) {
+                                           std::set<std::string>* rounded, bool quantized_in_fallbacks) {
   std::vector<std::string> fallbacks;
   const int block = ggml_block_size(static_cast<ggml_type>(type));
   for (const std::string& name : header.linear_weight_names()) {
@@ -1019,20 +1035,17 @@ std::vector<std::string> gguf_export_types(const model& header, uint32_t type, s
       types[name] = type;
       continue;
     }
-    // The nearest wider type that fits: Q8_0 (block 32) for the K-quants' block of 256, F16 for
-    // q4_0/q8_0/mxfp4 (Q8_0 has their block of 32) or rows not a multiple of 32.
-    const int q8_block = ggml_block_size(ggml_type::q8_0);
-    const ggml_type wider = block > q8_block && cols % q8_block == 0 ? ggml_type::q8_0 : ggml_type::f16;
+    const ggml_type wider = static_cast<ggml_type>(ggml_fallback_type(type, cols));
     types[name] = static_cast<uint32_t>(wider);
-    if (rounded) rounded->insert(name);
+    if (rounded && (!quantized_in_fallbacks || wider == ggml_type::f16)) rounded->insert(name);
     fallbacks.push_back(fmt::format("{} ({})", name, ggml_type_name(wider)));
   }
   return fallbacks;
 }
 
-std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex) {
+std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex, bool quantized_in_fallbacks) {
   std::set<std::string> rounded;
-  const std::vector<std::string> fallbacks = gguf_export_types(m, type, ex.types, &rounded);
+  const std::vector<std::string> fallbacks = gguf_export_types(m, type, ex.types, &rounded, quantized_in_fallbacks);
   for (const std::string& name : rounded) {  // the values in memory as the file will hold them
     round_onto_ggml_type(m.get_mut(name), ex.types.at(name));
     ex.packed.erase(name);

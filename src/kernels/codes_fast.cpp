@@ -28,17 +28,19 @@ namespace lowbit {
 namespace HWY_NAMESPACE {
 
 // Dequantize a span of unpacked codes under one scale: value = table[code] * s, or for
-// asymmetric formats (code - z) * s; a plain cast (scaled = false) is table[code] alone. The
-// reference's float operations, a gather per vector.
+// asymmetric formats (code - z) * s, then minus `offset` where one is given (q4_1/q5_1: q * d -
+// (-m)); a plain cast (scaled = false) is table[code] alone. The reference's float operations, a
+// gather per vector.
 void DequantSpan(const uint32_t* HWY_RESTRICT codes, const float* HWY_RESTRICT table, size_t n, float s, float z,
-                 bool asym, bool scaled, float* HWY_RESTRICT out) {
+                 bool asym, bool scaled, bool subtract_offset, float offset, float* HWY_RESTRICT out) {
   const DF df;
   const DI di;
   const size_t N = hn::Lanes(df);
-  const VF sv = hn::Set(df, s), zv = hn::Set(df, z);
+  const VF sv = hn::Set(df, s), zv = hn::Set(df, z), ov = hn::Set(df, offset);
   auto value = [&](VI c) {
     VF v = asym ? hn::Sub(hn::ConvertTo(df, c), zv) : hn::GatherIndex(df, table, c);
-    return scaled ? hn::Mul(v, sv) : v;
+    v = scaled ? hn::Mul(v, sv) : v;
+    return subtract_offset ? hn::Sub(v, ov) : v;
   };
   size_t i = 0;
   for (; i + N <= n; i += N) hn::StoreU(value(hn::BitCast(di, hn::LoadU(DU(), codes + i))), df, out + i);
@@ -123,8 +125,10 @@ uint32_t code_of_grid_value(const format& f, float v, int32_t zero_point) {
 
 quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
   // Codes come from the same row kernel as fake_quantize with the scale left out (values on the
-  // element grid); the cases the SIMD path does not cover, and q4_0, use the reference.
-  if (use_ref() || (!is_kquant(f) && !simd_covers(f)) || f.named == preset::q4_0 || rows < 0 || cols < 0)
+  // element grid); the cases the SIMD path does not cover, and ggml's q4_0/q5_0/q4_1/q5_1 (their
+  // truncating arithmetic is not a rounding of x / s), use the reference.
+  if (use_ref() || (!is_kquant(f) && !simd_covers(f)) || has_fixed_zero_point(f) || has_block_min(f) || rows < 0 ||
+      cols < 0)
     return quantize_ref(x, rows, cols, f, tensor_id);
   quantized_tensor q = quantized_tensor::allocate(f, rows, cols);
   if (is_kquant(f)) {  // rows in parallel; each row's codes and scales are its own bytes
@@ -193,7 +197,8 @@ void dequantize(const quantized_tensor& q, float* out) {
   // Decode table of every code, then one multiply per value (the reference's float operations).
   std::vector<float> table(static_cast<size_t>(code_count(f.element)));
   for (size_t c = 0; c < table.size(); ++c) table[c] = decode_ref(f.element, static_cast<uint32_t>(c));
-  const bool asym = f.element.kind == element_kind::uint_asym || f.named == preset::q4_0;
+  const bool asym = f.element.kind == element_kind::uint_asym || has_fixed_zero_point(f);
+  const bool block_min = has_block_min(f);
   const int64_t k = f.gran == granularity::group ? f.group_size : std::max<int64_t>(q.cols, 1);
 #pragma omp parallel if (q.rows * q.cols >= kParallelMinElements)
   {
@@ -207,7 +212,7 @@ void dequantize(const quantized_tensor& q, float* out) {
       const size_t n = static_cast<size_t>(c1 - c0);
       const uint32_t* cc = codes.data() + c0;
       if (f.gran == granularity::none) {
-        HWY_DYNAMIC_DISPATCH(DequantSpan)(cc, table.data(), n, 1.0f, 0.0f, false, false, y + c0);
+        HWY_DYNAMIC_DISPATCH(DequantSpan)(cc, table.data(), n, 1.0f, 0.0f, false, false, false, 0.0f, y + c0);
         continue;
       }
       const float stored = q.scale_at(r, c0);
@@ -217,7 +222,8 @@ void dequantize(const quantized_tensor& q, float* out) {
       }
       const float s = f.named == preset::nvfp4 ? q.tensor_scale * stored : stored;
       const float z = asym ? static_cast<float>(q.zero_point_at(r, c0)) : 0.0f;
-      HWY_DYNAMIC_DISPATCH(DequantSpan)(cc, table.data(), n, s, z, asym, true, y + c0);
+      const float offset = block_min ? stored_group_scale(q, r, c0).offset : 0.0f;
+      HWY_DYNAMIC_DISPATCH(DequantSpan)(cc, table.data(), n, s, z, asym, true, block_min, offset, y + c0);
     }
   }
   }

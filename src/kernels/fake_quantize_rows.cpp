@@ -98,15 +98,22 @@ HWY_INLINE void BatchApplyT(const float* in, float* out, size_t k, size_t groups
   }
 }
 
-// q4_0: y = x * id + 8.5, q = min(15, trunc(y)), value (q - 8) * d  (ggml quantize_row_q4_0_ref).
-void FakeQuantQ4_0(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, float id, float d) {
+// ggml's blocks of 32 without a rounding mode (quantize_ref.cpp's quantize_value has the rules):
+//   q4_0, q5_0: y = x * id + (z + 0.5), value (q - z) * d           (quantize_row_q4_0_ref / _q5_0_ref)
+//   q4_1, q5_1: y = (x - min) * id + 0.5, value q * d - offset       (_q4_1_ref / _q5_1_ref; offset = -m)
+// q = clamp(trunc(y), 0, maxq); a NaN y (an Inf id) gives the value 0 (code z, or 0 with a min).
+void FakeQuantGgmlBlock(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, const group_scale& gs,
+                        bool with_min, float maxq) {
   const DF df;
   const size_t N = hn::Lanes(df);
+  const VF id = hn::Set(df, gs.multiplier), d = hn::Set(df, gs.scale), zero = hn::Zero(df), top = hn::Set(df, maxq);
+  const VF lo = hn::Set(df, gs.min), z = hn::Set(df, static_cast<float>(gs.zero_point)), offset = hn::Set(df, gs.offset);
+  const VF bias = hn::Set(df, static_cast<float>(gs.zero_point) + 0.5f);
   auto f = [&](VF x) {
-    const VF v = hn::Add(hn::Mul(x, hn::Set(df, id)), hn::Set(df, 8.5f));
-    VF q = hn::Min(hn::Max(hn::Trunc(v), hn::Zero(df)), hn::Set(df, 15.0f));
-    q = hn::IfThenElse(hn::Eq(v, v), q, hn::Set(df, 8.0f));  // see quantize_ref.cpp
-    return hn::Mul(hn::Sub(q, hn::Set(df, 8.0f)), hn::Set(df, d));
+    const VF v = with_min ? hn::Add(hn::Mul(hn::Sub(x, lo), id), hn::Set(df, 0.5f)) : hn::Add(hn::Mul(x, id), bias);
+    VF q = hn::Min(hn::Max(hn::Trunc(v), zero), top);
+    q = hn::IfThenElse(hn::Eq(v, v), q, with_min ? zero : z);
+    return with_min ? hn::Sub(hn::Mul(d, q), offset) : hn::Mul(hn::Sub(q, z), d);
   };
   size_t i = 0;
   for (; i + N <= n; i += N) hn::StoreU(f(hn::LoadU(df, in + i)), df, out + i);
@@ -215,8 +222,8 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
       std::fill(y + c0, y + c0 + n, canonical_nan());
       continue;
     }
-    if (f.named == preset::q4_0) {
-      FakeQuantQ4_0(x + c0, y + c0, n, gs.multiplier, gs.scale);
+    if (has_fixed_zero_point(f) || has_block_min(f)) {
+      FakeQuantGgmlBlock(x + c0, y + c0, n, gs, has_block_min(f), static_cast<float>((1 << f.element.bits) - 1));
       continue;
     }
     if (HWY_UNLIKELY(q8 && std::isinf(gs.multiplier))) {  // subnormal d: the reference's clamps

@@ -1,6 +1,6 @@
-// ggml's K-quants Q4_K and Q6_K: one super-block at a time, scalar (kquant.hpp has the layout).
-// The float operations are ggml's, in ggml's order (the build has no FMA contraction), so that
-// the codes and scales equal those of ggml's quantize_row_q4_K_ref / quantize_row_q6_K_ref.
+// ggml's K-quants: one super-block at a time, scalar (kquant.hpp has the layouts). The float
+// operations are ggml's, in ggml's order (the build has no FMA contraction), so that the codes and
+// scales equal those of ggml's quantize_row_q{2,3,4,5,6}_K_ref.
 #include "lowbit/kernels/kquant.hpp"
 
 #include <algorithm>
@@ -14,11 +14,35 @@
 
 namespace lowbit {
 
-bool is_kquant(const format& f) { return f.named == preset::q4_k || f.named == preset::q6_k; }
+bool is_kquant(const format& f) {
+  switch (f.named) {
+    case preset::q2_k:
+    case preset::q3_k:
+    case preset::q4_k:
+    case preset::q5_k:
+    case preset::q6_k: return true;
+    default: return false;
+  }
+}
 
-int kquant_super_scale_count(const format& f) { return f.named == preset::q4_k ? 2 : 1; }
+bool kquant_has_min(const format& f) {
+  return f.named == preset::q2_k || f.named == preset::q4_k || f.named == preset::q5_k;
+}
+
+int kquant_super_scale_count(const format& f) { return kquant_has_min(f) ? 2 : 1; }
 
 int64_t kquant_super_blocks_per_row(int64_t cols) { return (cols + kSuperBlock - 1) / kSuperBlock; }
+
+int kquant_block_bytes(const format& f) {
+  switch (f.named) {
+    case preset::q2_k: return sizeof(block_q2_k);
+    case preset::q3_k: return sizeof(block_q3_k);
+    case preset::q4_k: return sizeof(block_q4_k);
+    case preset::q5_k: return sizeof(block_q5_k);
+    case preset::q6_k: return sizeof(block_q6_k);
+    default: throw error(fmt::format("kquant_block_bytes: {} is not a K-quant", format_name(f)));
+  }
+}
 
 int ggml_nearest_int(float v) {
   const float t = v + 12582912.0f;  // 1.5 * 2^23: the integer lands in the low mantissa bits
@@ -29,12 +53,12 @@ namespace {
 
 constexpr float kGroupMaxEps = 1e-15f;  // ggml's GROUP_MAX_EPS
 
-// make_qkx2_quants (ggml-quants.c) for q4_k's sub-blocks: the weighted least-squares fit of
-// x ~ scale * L + min with L in 0..nmax, min <= 0, trying iscale = (rmin + rdelta * is + nmax) /
-// (max - min) for is = 0..nstep after the plain min-max fit; squared error (use_mad = false).
-// Returns the scale, sets *the_min = -min (>= 0) and L.
+// make_qkx2_quants (ggml-quants.c) for the sub-blocks of q2_k, q4_k and q5_k: the weighted
+// least-squares fit of x ~ scale * L + min with L in 0..nmax, min <= 0, trying iscale = (rmin +
+// rdelta * is + nmax) / (max - min) for is = 0..nstep after the plain min-max fit; the error is
+// squared, or absolute (use_mad, q2_k). Returns the scale, sets *the_min = -min (>= 0) and L.
 float fit_scale_min(int n, int nmax, const float* x, const float* weights, uint8_t* L, float* the_min, float rmin,
-                    float rdelta, int nstep) {
+                    float rdelta, int nstep, bool use_mad) {
   float min = x[0], max = x[0];
   float sum_w = weights[0];
   float sum_x = sum_w * x[0];
@@ -51,15 +75,15 @@ float fit_scale_min(int n, int nmax, const float* x, const float* weights, uint8
     *the_min = -min;
     return 0.0f;
   }
+  auto error_of = [use_mad](float diff) { return use_mad ? std::fabs(diff) : diff * diff; };
   float iscale = static_cast<float>(nmax) / (max - min);
   float scale = 1 / iscale;
   float best_error = 0;
   for (int i = 0; i < n; ++i) {
     const int l = ggml_nearest_int(iscale * (x[i] - min));
     L[i] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
-    float diff = scale * static_cast<float>(L[i]) + min - x[i];
-    diff = diff * diff;
-    best_error += weights[i] * diff;
+    const float diff = scale * static_cast<float>(L[i]) + min - x[i];
+    best_error += weights[i] * error_of(diff);
   }
   uint8_t Laux[32];
   for (int is = 0; is <= nstep; ++is) {
@@ -85,9 +109,8 @@ float fit_scale_min(int n, int nmax, const float* x, const float* weights, uint8
       }
       float cur_error = 0;
       for (int i = 0; i < n; ++i) {
-        float diff = this_scale * static_cast<float>(Laux[i]) + this_min - x[i];
-        diff = diff * diff;
-        cur_error += weights[i] * diff;
+        const float diff = this_scale * static_cast<float>(Laux[i]) + this_min - x[i];
+        cur_error += weights[i] * error_of(diff);
       }
       if (cur_error < best_error) {
         std::copy(Laux, Laux + n, L);
@@ -150,41 +173,175 @@ float fit_symmetric_scale(int n, int nmax, const float* x, uint8_t* L) {
   return scale;
 }
 
-// quantize_row_q4_K_ref on one super-block x[256].
-void quantize_q4_k(const element_format& half, const float* x, kquant_block* b) {
-  constexpr int kSub = 32, kSubs = kSuperBlock / kSub;
-  float scales[kSubs], mins[kSubs], weights[kSub];
+// make_q3_quants (ggml-quants.c) with do_rmse, for q3_k's sub-blocks: symmetric codes l in
+// -nmax..nmax-1 from iscale = -nmax / max, then up to 5 sweeps that move one code at a time to
+// the nearest of x * sum(w l^2) / sum(w x l) (the other codes' least-squares scale, weights x^2)
+// when that raises sumlx^2 / suml2. Stores L = l + nmax; an all-(near-)zero sub-block keeps L = 0.
+float fit_q3_scale(int n, int nmax, const float* x, uint8_t* L) {
+  float max = 0, amax = 0;
+  for (int i = 0; i < n; ++i) {
+    const float ax = std::fabs(x[i]);
+    if (ax > amax) {
+      amax = ax;
+      max = x[i];
+    }
+  }
+  if (amax < kGroupMaxEps) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    return 0.0f;
+  }
+  const float iscale = static_cast<float>(-nmax) / max;
+  int l_of[32];
+  float sumlx = 0, suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = std::max(-nmax, std::min(nmax - 1, ggml_nearest_int(iscale * x[i])));
+    l_of[i] = l;
+    const float w = x[i] * x[i];
+    sumlx += w * x[i] * static_cast<float>(l);
+    suml2 += w * static_cast<float>(l) * static_cast<float>(l);
+  }
+  for (int itry = 0; itry < 5; ++itry) {
+    int n_changed = 0;
+    for (int i = 0; i < n; ++i) {
+      const float w = x[i] * x[i];
+      const float li = static_cast<float>(l_of[i]);
+      float slx = sumlx - w * x[i] * li;
+      if (slx > 0) {
+        float sl2 = suml2 - w * li * li;
+        int new_l = ggml_nearest_int(x[i] * sl2 / slx);
+        new_l = std::max(-nmax, std::min(nmax - 1, new_l));
+        if (new_l != l_of[i]) {
+          const float nl = static_cast<float>(new_l);
+          slx += w * x[i] * nl;
+          sl2 += w * nl * nl;
+          if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
+            l_of[i] = new_l;
+            sumlx = slx;
+            suml2 = sl2;
+            ++n_changed;
+          }
+        }
+      }
+    }
+    if (!n_changed) break;
+  }
+  for (int i = 0; i < n; ++i) L[i] = static_cast<uint8_t>(l_of[i] + nmax);
+  return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+// The per-type constants of quantize_row_q2_K_ref / _q4_K_ref / _q5_K_ref.
+struct min_family {
+  int sub;          // values per sub-block
+  int nmax;         // largest code
+  int code_max;     // largest sub-block scale / min code: 15 (4-bit) or 63 (6-bit)
+  float rmin, rdelta;
+  int nstep;
+  bool use_mad;     // q2_k: absolute error, weights |x|; else squared error, weights av_x + |x|
+};
+min_family min_family_of(preset p) {
+  switch (p) {
+    case preset::q2_k: return {16, 3, 15, -0.5f, 0.1f, 15, true};
+    case preset::q4_k: return {32, 15, 63, -1.0f, 0.1f, 20, false};
+    default: return {32, 31, 63, -0.5f, 0.1f, 15, false};  // q5_k
+  }
+}
+
+// quantize_row_q2_K_ref / _q4_K_ref / _q5_K_ref on one super-block x[256].
+void quantize_with_min(const element_format& half, preset p, const float* x, kquant_block* b) {
+  const min_family k = min_family_of(p);
+  const int subs = kSuperBlock / k.sub;
+  float scales[16], mins[16], weights[32];
   float max_scale = 0, max_min = 0;  // the min is subtracted: scales and mins are >= 0
-  for (int j = 0; j < kSubs; ++j) {
-    const float* xs = x + kSub * j;
-    float sum_x2 = 0;
-    for (int l = 0; l < kSub; ++l) sum_x2 += xs[l] * xs[l];
-    const float av_x = std::sqrt(sum_x2 / static_cast<float>(kSub));
-    for (int l = 0; l < kSub; ++l) weights[l] = av_x + std::fabs(xs[l]);
-    scales[j] = fit_scale_min(kSub, 15, xs, weights, b->q + kSub * j, &mins[j], -1.0f, 0.1f, 20);
+  for (int j = 0; j < subs; ++j) {
+    const float* xs = x + k.sub * j;
+    if (k.use_mad) {
+      for (int l = 0; l < k.sub; ++l) weights[l] = std::fabs(xs[l]);
+    } else {
+      float sum_x2 = 0;
+      for (int l = 0; l < k.sub; ++l) sum_x2 += xs[l] * xs[l];
+      const float av_x = std::sqrt(sum_x2 / static_cast<float>(k.sub));
+      for (int l = 0; l < k.sub; ++l) weights[l] = av_x + std::fabs(xs[l]);
+    }
+    scales[j] = fit_scale_min(k.sub, k.nmax, xs, weights, b->q + k.sub * j, &mins[j], k.rmin, k.rdelta, k.nstep, k.use_mad);
     if (scales[j] > max_scale) max_scale = scales[j];
     if (mins[j] > max_min) max_min = mins[j];
   }
-  // 6-bit codes of the sub-block scales and mins relative to their largest.
-  const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
-  const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
-  for (int j = 0; j < kSubs; ++j) {
-    const uint8_t ls = static_cast<uint8_t>(ggml_nearest_int(inv_scale * scales[j]));  // C's int -> uint8_t
-    const uint8_t lm = static_cast<uint8_t>(ggml_nearest_int(inv_min * mins[j]));
-    b->sc[j] = std::min<int32_t>(63, ls);
-    b->m[j] = std::min<int32_t>(63, lm);
+  // Codes of the sub-block scales and mins relative to their largest.
+  const float levels = static_cast<float>(k.code_max);
+  if (k.code_max == 15) {
+    // q2_k: scales[j] = l, then |= l_min << 4, as bytes; sc = byte & 15, m = byte >> 4.
+    uint8_t bytes[16] = {};
+    if (max_scale > 0) {
+      const float iscale = levels / max_scale;
+      for (int j = 0; j < subs; ++j) bytes[j] = static_cast<uint8_t>(ggml_nearest_int(iscale * scales[j]));
+    }
+    if (max_min > 0) {
+      const float iscale = levels / max_min;
+      for (int j = 0; j < subs; ++j) bytes[j] |= static_cast<uint8_t>(ggml_nearest_int(iscale * mins[j]) << 4);
+    }
+    b->d = max_scale > 0 ? round_ggml_fp16(half, max_scale / levels) : 0.0f;
+    b->dmin = max_min > 0 ? round_ggml_fp16(half, max_min / levels) : 0.0f;
+    for (int j = 0; j < subs; ++j) {
+      b->sc[j] = bytes[j] & 15;
+      b->m[j] = bytes[j] >> 4;
+    }
+  } else {
+    const float inv_scale = max_scale > 0 ? levels / max_scale : 0.0f;
+    const float inv_min = max_min > 0 ? levels / max_min : 0.0f;
+    for (int j = 0; j < subs; ++j) {
+      const uint8_t ls = static_cast<uint8_t>(ggml_nearest_int(inv_scale * scales[j]));  // C's int -> uint8_t
+      const uint8_t lm = static_cast<uint8_t>(ggml_nearest_int(inv_min * mins[j]));
+      b->sc[j] = std::min<int32_t>(k.code_max, ls);
+      b->m[j] = std::min<int32_t>(k.code_max, lm);
+    }
+    b->d = round_ggml_fp16(half, max_scale / levels);
+    b->dmin = round_ggml_fp16(half, max_min / levels);
   }
-  b->d = round_ggml_fp16(half, max_scale / 63.0f);
-  b->dmin = round_ggml_fp16(half, max_min / 63.0f);
   // The codes again with the stored (rounded) scales; a sub-block whose scale is 0 keeps the
   // codes of its fit (its values are -dmin * m whatever the code).
-  for (int j = 0; j < kSubs; ++j) {
+  for (int j = 0; j < subs; ++j) {
     const float d = b->d * static_cast<float>(b->sc[j]);
     if (d == 0) continue;
     const float dm = b->dmin * static_cast<float>(b->m[j]);
+    for (int i = 0; i < k.sub; ++i) {
+      const int l = ggml_nearest_int((x[k.sub * j + i] + dm) / d);
+      b->q[k.sub * j + i] = static_cast<uint8_t>(std::max(0, std::min(k.nmax, l)));
+    }
+  }
+}
+
+// quantize_row_q3_K_ref on one super-block x[256].
+void quantize_q3_k(const element_format& half, const float* x, kquant_block* b) {
+  constexpr int kSub = 16, kSubs = kSuperBlock / kSub;
+  float scales[kSubs];
+  float max_scale = 0, amax = 0;
+  for (int j = 0; j < kSubs; ++j) {
+    scales[j] = fit_q3_scale(kSub, 4, x + kSub * j, b->q + kSub * j);
+    const float a = std::fabs(scales[j]);
+    if (a > amax) {
+      amax = a;
+      max_scale = scales[j];
+    }
+  }
+  // 6-bit codes of the sub-block scales: the largest in magnitude becomes -32. With no scale at
+  // all ggml stores zero bytes, which read as sc = 0 - 32 = -32 (and d = 0).
+  if (max_scale != 0) {
+    const float iscale = -32.0f / max_scale;
+    for (int j = 0; j < kSubs; ++j) {
+      const int8_t l = static_cast<int8_t>(ggml_nearest_int(iscale * scales[j]));  // C's int -> int8_t
+      b->sc[j] = std::max<int32_t>(-32, std::min<int32_t>(31, l));
+    }
+    b->d = round_ggml_fp16(half, 1 / iscale);
+  } else {
+    for (int j = 0; j < kSubs; ++j) b->sc[j] = -32;
+    b->d = round_ggml_fp16(half, 0.0f);
+  }
+  for (int j = 0; j < kSubs; ++j) {
+    const float d = b->d * static_cast<float>(b->sc[j]);
+    if (d == 0) continue;  // keeps the fit's codes, as ggml
     for (int i = 0; i < kSub; ++i) {
-      const int l = ggml_nearest_int((x[kSub * j + i] + dm) / d);
-      b->q[kSub * j + i] = static_cast<uint8_t>(std::max(0, std::min(15, l)));
+      const int l = ggml_nearest_int(x[kSub * j + i] / d);
+      b->q[kSub * j + i] = static_cast<uint8_t>(std::max(-4, std::min(3, l)) + 4);
     }
   }
 }
@@ -220,10 +377,29 @@ void quantize_q6_k(const element_format& half, const float* x, kquant_block* b) 
   }
 }
 
+// A symmetric K-quant's z (q - z is the value's integer): 4 (q3_k) or 32 (q6_k).
+int32_t symmetric_zero(const format& f) { return int32_t{1} << (f.element.bits - 1); }
+
+// lowbit's code of ggml's q: q itself, or the bits-wide two's complement of q - z.
+uint32_t lowbit_code(const format& f, bool with_min, uint8_t q) {
+  if (with_min) return q;
+  return static_cast<uint32_t>(static_cast<int32_t>(q) - symmetric_zero(f)) & ((1u << f.element.bits) - 1u);
+}
+
+// Code c of a row packed at `bits` (<= 8) bits per value, least significant bit first; reads no
+// byte past the one holding the code's last bit.
+uint32_t packed_code(const uint8_t* row, int64_t c, int bits) {
+  const int64_t bit = c * bits;
+  const int sh = static_cast<int>(bit & 7);
+  uint32_t v = row[bit >> 3] >> sh;
+  if (sh + bits > 8) v |= uint32_t{row[(bit >> 3) + 1]} << (8 - sh);
+  return v & ((1u << bits) - 1u);
+}
+
 }  // namespace
 
 void kquant_quantize_block(const format& f, const float* x, int64_t n, kquant_block* out) {
-  if (!is_kquant(f)) throw error(fmt::format("kquant_quantize_block: {} is not q4_k or q6_k", format_name(f)));
+  if (!is_kquant(f)) throw error(fmt::format("kquant_quantize_block: {} is not a K-quant", format_name(f)));
   if (n < 0 || n > kSuperBlock) throw shape_error(fmt::format("kquant_quantize_block: {} values; a super-block holds 1..256", n));
   float padded[kSuperBlock] = {};
   bool nonfinite = false;
@@ -234,11 +410,15 @@ void kquant_quantize_block(const format& f, const float* x, int64_t n, kquant_bl
   *out = kquant_block{};
   if (nonfinite) {  // docs/conventions.md §4: the super-block's scales are NaN, its lowbit codes 0
     out->d = out->dmin = canonical_nan();
-    if (f.named == preset::q6_k) std::fill(out->q, out->q + kSuperBlock, uint8_t{32});  // q - 32 = 0
+    if (!kquant_has_min(f)) std::fill(out->q, out->q + kSuperBlock, static_cast<uint8_t>(symmetric_zero(f)));  // q - z = 0
     return;
   }
-  if (f.named == preset::q4_k) quantize_q4_k(f.scale.element, padded, out);
-  else quantize_q6_k(f.scale.element, padded, out);
+  const element_format& half = f.scale.element;
+  switch (f.named) {
+    case preset::q3_k: quantize_q3_k(half, padded, out); break;
+    case preset::q6_k: quantize_q6_k(half, padded, out); break;
+    default: quantize_with_min(half, f.named, padded, out); break;
+  }
 }
 
 group_scale kquant_sub_scale(const format& f, float d, float dmin, int32_t sc, int32_t m) {
@@ -246,7 +426,7 @@ group_scale kquant_sub_scale(const format& f, float d, float dmin, int32_t sc, i
   gs.nonfinite = std::isnan(d);
   gs.stored = static_cast<float>(sc);
   gs.scale = d * static_cast<float>(sc);  // ggml: d1 = d * sc (exact: 11 x 8 significant bits)
-  if (f.named == preset::q4_k) {
+  if (kquant_has_min(f)) {
     gs.offset = dmin * static_cast<float>(m);  // m1 = dmin * m
     gs.zero_point = m;
   }
@@ -260,10 +440,10 @@ group_scale kquant_stored_scale(const quantized_tensor& q, int64_t r, int64_t c)
                           q.zero_point_at(r, c));
 }
 
-
 void kquant_fake_quantize_rows(const format& f, const float* in, float* out, int64_t cols, int64_t r0, int64_t r1) {
   const int64_t sub = f.group_size;
-  const bool q4 = f.named == preset::q4_k;
+  const bool with_min = kquant_has_min(f);
+  const int32_t z = symmetric_zero(f);
   kquant_block b;
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t c0 = 0; c0 < cols; c0 += kSuperBlock) {
@@ -277,10 +457,10 @@ void kquant_fake_quantize_rows(const format& f, const float* in, float* out, int
           std::fill(y + i0, y + i1, canonical_nan());
           continue;
         }
-        if (q4)
-          for (int64_t i = i0; i < i1; ++i) y[i] = q4_k_value(gs, b.q[i]);
+        if (with_min)
+          for (int64_t i = i0; i < i1; ++i) y[i] = value_minus_offset(gs, b.q[i]);
         else
-          for (int64_t i = i0; i < i1; ++i) y[i] = q6_k_value(gs, static_cast<int32_t>(b.q[i]) - 32);
+          for (int64_t i = i0; i < i1; ++i) y[i] = kquant_symmetric_value(gs, static_cast<int32_t>(b.q[i]) - z);
       }
     }
   }
@@ -288,7 +468,9 @@ void kquant_fake_quantize_rows(const format& f, const float* in, float* out, int
 
 void kquant_dequantize_rows(const quantized_tensor& q, int64_t r0, int64_t r1, float* out) {
   const format& f = q.fmt;
-  const bool q4 = f.named == preset::q4_k;
+  const bool with_min = kquant_has_min(f);
+  const int bits = f.element.bits;
+  const uint32_t sign = 1u << (bits - 1);
   const int64_t sub = f.group_size, gpr = q.groups_per_row();
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* codes = q.codes.data() + r * q.row_bytes;
@@ -300,25 +482,13 @@ void kquant_dequantize_rows(const quantized_tensor& q, int64_t r0, int64_t r1, f
         std::fill(y + c0, y + c1, canonical_nan());
         continue;
       }
-      int64_t c = c0;
-      if (q4) {  // 4-bit q, two a byte, low nibble first
-        for (; c < c1; ++c) y[c] = q4_k_value(gs, (codes[c >> 1] >> ((c & 1) * 4)) & 15u);
+      if (with_min) {
+        for (int64_t c = c0; c < c1; ++c) y[c] = value_minus_offset(gs, packed_code(codes, c, bits));
         continue;
       }
-      // 6-bit two's complement of q - 32, four in three bytes (a sub-block of 16 starts on a byte).
-      auto value = [&](uint32_t code) { return q6_k_value(gs, static_cast<int32_t>(code ^ 32u) - 32); };
-      for (; c + 4 <= c1; c += 4) {
-        const uint8_t* p = codes + c / 4 * 3;
-        const uint32_t w = p[0] | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16);
-        for (int k = 0; k < 4; ++k) y[c + k] = value((w >> (6 * k)) & 63u);
-      }
-      for (; c < c1; ++c) {  // a partial sub-block's last codes: no byte past the row is read
-        const int64_t bit = 6 * c;
-        const int sh = static_cast<int>(bit & 7);
-        uint32_t v = codes[bit >> 3] >> sh;
-        if (sh > 2) v |= uint32_t{codes[(bit >> 3) + 1]} << (8 - sh);
-        y[c] = value(v & 63u);
-      }
+      // The bits-wide two's complement of q - z, sign-extended.
+      for (int64_t c = c0; c < c1; ++c)
+        y[c] = kquant_symmetric_value(gs, static_cast<int32_t>(packed_code(codes, c, bits) ^ sign) - static_cast<int32_t>(sign));
     }
   }
 }
@@ -328,7 +498,7 @@ void kquant_quantize_rows(const float* x, int64_t r0, int64_t r1, quantized_tens
   const int64_t cols = q.cols, sub = f.group_size;
   const int64_t nsb = kquant_super_blocks_per_row(cols), gpr = q.groups_per_row();
   const int nss = kquant_super_scale_count(f);
-  const bool q4 = f.named == preset::q4_k;
+  const bool with_min = kquant_has_min(f);
   kquant_block b;
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t s = 0; s < nsb; ++s) {
@@ -336,14 +506,13 @@ void kquant_quantize_rows(const float* x, int64_t r0, int64_t r1, quantized_tens
       kquant_quantize_block(f, x + r * cols + c0, n, &b);
       float* ss = q.super_scales.data() + (r * nsb + s) * nss;
       ss[0] = b.d;
-      if (q4) ss[1] = b.dmin;
+      if (with_min) ss[1] = b.dmin;
       for (int64_t g = c0 / sub; g < std::min(gpr, (c0 + kSuperBlock) / sub); ++g) {
         const int64_t j = g - c0 / sub;
         q.scales[static_cast<size_t>(r * gpr + g)] = static_cast<float>(b.sc[j]);
-        if (q4) q.zero_points[static_cast<size_t>(r * gpr + g)] = b.m[j];
+        if (with_min) q.zero_points[static_cast<size_t>(r * gpr + g)] = b.m[j];
       }
-      for (int64_t i = 0; i < n; ++i)  // q6_k: the two's complement of q - 32 in 6 bits
-        q.set_code(r, c0 + i, q4 ? b.q[i] : static_cast<uint32_t>(b.q[i] - 32) & 63u);
+      for (int64_t i = 0; i < n; ++i) q.set_code(r, c0 + i, lowbit_code(f, with_min, b.q[i]));
     }
   }
 }

@@ -22,13 +22,26 @@ uint32_t quantize_value(const format& f, float x, const group_scale& gs, float u
   if (gs.nonfinite) return 0;  // the NaN scale makes every value of the group NaN
   const element_format& e = f.element;
   switch (f.named) {
-    case preset::q4_0: {
-      // ggml: xi = MIN(15, (int8_t)(x * id + 8.5f)); the cast truncates toward zero. With a
-      // subnormal d, id = 1/d is Inf and v can be +-Inf or NaN (undefined in ggml's C): lowbit
-      // clamps to 0..15 and maps NaN to 8 (the value 0).
-      const float v = x * gs.multiplier + 8.5f;
-      if (std::isnan(v)) return 8;
-      return static_cast<uint32_t>(std::clamp(std::trunc(v), 0.0f, 15.0f));
+    case preset::q4_0:
+    case preset::q5_0: {
+      // ggml: xi = MIN(15, (int8_t)(x * id + 8.5f)) (q5_0: 31, 16.5f); the cast truncates toward
+      // zero. With a subnormal d, id = 1/d is Inf and v can be +-Inf or NaN (undefined in ggml's
+      // C): lowbit clamps to 0..2^bits - 1 and maps NaN to the zero point (the value 0).
+      const float v = x * gs.multiplier + (static_cast<float>(gs.zero_point) + 0.5f);
+      if (std::isnan(v)) return static_cast<uint32_t>(gs.zero_point);
+      const float maxq = static_cast<float>((1 << e.bits) - 1);
+      return static_cast<uint32_t>(std::clamp(std::trunc(v), 0.0f, maxq));
+    }
+    case preset::q4_1:
+    case preset::q5_1: {
+      // ggml: xi = (uint8_t)((x - min) * id + 0.5f) (q4_1 also MIN(15, ...)), never outside
+      // 0..2^bits - 1 for x in [min, max]. Beyond ggml's domain (x outside the block's range, as
+      // GPTQ's updated weights; an Inf id from a subnormal d) lowbit clamps, and NaN (0 * Inf)
+      // becomes code 0.
+      const float v = (x - gs.min) * gs.multiplier + 0.5f;
+      if (std::isnan(v)) return 0;
+      const float maxq = static_cast<float>((1 << e.bits) - 1);
+      return static_cast<uint32_t>(std::clamp(std::trunc(v), 0.0f, maxq));
     }
     case preset::q8_0: {
       // roundf(x * id): ties away. With a subnormal d, id = 1/d is Inf (undefined in ggml's C):
@@ -37,17 +50,21 @@ uint32_t quantize_value(const format& f, float x, const group_scale& gs, float u
       const int q = std::isnan(v) ? 0 : static_cast<int>(std::clamp(v, -127.0f, 127.0f));
       return static_cast<uint32_t>(q) & 0xffu;
     }
-    case preset::q4_k: {
-      // quantize_row_q4_K_ref's last pass: l = nearest_int((x + dmin*m) / (d*sc)), 0..15. A
-      // sub-block whose scale is 0 holds -dmin*m whatever its codes: code 0.
+    case preset::q2_k:
+    case preset::q4_k:
+    case preset::q5_k: {
+      // quantize_row_q{2,4,5}_K_ref's last pass: l = nearest_int((x + dmin*m) / (d*sc)), 0..2^bits - 1.
+      // A sub-block whose scale is 0 holds -dmin*m whatever its codes: code 0.
       if (gs.scale == 0) return 0;
-      return static_cast<uint32_t>(std::clamp(ggml_nearest_int((x + gs.offset) / gs.scale), 0, 15));
+      return static_cast<uint32_t>(std::clamp(ggml_nearest_int((x + gs.offset) / gs.scale), 0, (1 << e.bits) - 1));
     }
+    case preset::q3_k:
     case preset::q6_k: {
-      // quantize_row_q6_K_ref: l = nearest_int(x / (d*sc)) in -32..31, stored as 6-bit two's
-      // complement.
+      // quantize_row_q3_K_ref / _q6_K_ref: l = nearest_int(x / (d*sc)) in -z..z-1 (z = 4, 32),
+      // stored as bits-wide two's complement.
       if (gs.scale == 0) return 0;
-      return static_cast<uint32_t>(std::clamp(ggml_nearest_int(x / gs.scale), -32, 31)) & 63u;
+      const int z = 1 << (e.bits - 1);
+      return static_cast<uint32_t>(std::clamp(ggml_nearest_int(x / gs.scale), -z, z - 1)) & ((1u << e.bits) - 1u);
     }
     default: break;
   }
@@ -75,10 +92,10 @@ float dequantize_value_ref(const format& f, uint32_t code, const group_scale& gs
   if (gs.nonfinite) return canonical_nan();
   const element_format& e = f.element;
   if (code == kNoCode && e.bits < 32) return canonical_nan();  // a NaN the format has no code for
-  if (f.named == preset::q4_k) return q4_k_value(gs, code);
-  // q6_k's int6 element decodes to q - 32 (decode_ref).
-  if (f.named == preset::q6_k) return q6_k_value(gs, static_cast<int32_t>(decode_ref(e, code)));
-  if (e.kind == element_kind::uint_asym || f.named == preset::q4_0)
+  if (kquant_has_min(f) || has_block_min(f)) return value_minus_offset(gs, code);
+  // q3_k's int3 / q6_k's int6 element decodes to q - z (decode_ref).
+  if (is_kquant(f)) return kquant_symmetric_value(gs, static_cast<int32_t>(decode_ref(e, code)));
+  if (e.kind == element_kind::uint_asym || has_fixed_zero_point(f))
     return (static_cast<float>(code) - static_cast<float>(gs.zero_point)) * gs.scale;
   const float q = decode_ref(e, code);
   if (f.gran == granularity::none) return q;
@@ -102,6 +119,14 @@ int64_t groups_per_row(const format& f, int64_t cols) {
     case granularity::none: return 0;
   }
   return 0;
+}
+
+bool has_block_min(const format& f) { return f.named == preset::q4_1 || f.named == preset::q5_1; }
+
+bool has_fixed_zero_point(const format& f) { return f.named == preset::q4_0 || f.named == preset::q5_0; }
+
+bool stores_zero_points(const format& f) {
+  return (f.element.kind == element_kind::uint_asym && !has_block_min(f)) || has_fixed_zero_point(f);
 }
 
 void pack_codes(const uint32_t* codes, int64_t n, int bits, uint8_t* dst) {
@@ -164,9 +189,10 @@ quantized_tensor quantized_tensor::allocate(const format& f, int64_t rows, int64
   q.codes.assign(static_cast<size_t>(rows * q.row_bytes), 0);
   const size_t nscales = f.gran == granularity::tensor ? 1 : static_cast<size_t>(rows * lowbit::groups_per_row(f, cols));
   q.scales.assign(nscales, 1.0f);
-  if (f.element.kind == element_kind::uint_asym || f.named == preset::q4_0) q.zero_points.assign(nscales, 0);
+  if (stores_zero_points(f)) q.zero_points.assign(nscales, 0);
   if (is_kquant(f))
     q.super_scales.assign(static_cast<size_t>(rows * kquant_super_blocks_per_row(cols) * kquant_super_scale_count(f)), 0.0f);
+  if (has_block_min(f)) q.super_scales.assign(nscales, 0.0f);
   return q;
 }
 
@@ -219,8 +245,11 @@ int32_t quantized_tensor::zero_point_at(int64_t r, int64_t c) const {
 
 size_t quantized_tensor::storage_bytes() const {
   if (is_kquant(fmt))  // ggml's blocks, one per 256 values
-    return static_cast<size_t>(rows * kquant_super_blocks_per_row(cols)) *
-           (fmt.named == preset::q4_k ? sizeof(block_q4_k) : sizeof(block_q6_k));
+    return static_cast<size_t>(rows * kquant_super_blocks_per_row(cols) * kquant_block_bytes(fmt));
+  // q4_1/q5_1's min is an fp16 like the scale; q4_0/q5_0's fixed zero point is not stored.
+  const size_t per_group = has_block_min(fmt) ? 2 : 1;
+  if (has_block_min(fmt) || has_fixed_zero_point(fmt))
+    return codes.size() + scales.size() * per_group * static_cast<size_t>(scale_bits(fmt)) / 8;
   const double scale_bytes = static_cast<double>(scales.size()) * scale_bits(fmt) / 8.0;
   const double zp_bytes = static_cast<double>(zero_points.size()) * fmt.element.bits / 8.0;
   return codes.size() + static_cast<size_t>(std::ceil(scale_bytes + zp_bytes)) +
@@ -295,13 +324,9 @@ quantized_tensor quantize_ref(const float* x, int64_t rows, int64_t cols, const 
     return q;
   }
   if (f.named == preset::nvfp4) q.tensor_scale = nvfp4_tensor_scale(finite_amax_ref(x, rows * cols));
-  const bool asym = !q.zero_points.empty();
   for_each_group_ref(x, rows, cols, 0, rows, f, q.tensor_scale,
                      [&](int64_t r, int64_t c0, int64_t c1, int64_t gi, const group_scale& gs) {
-                       if (gi >= 0) {
-                         q.scales[static_cast<size_t>(gi)] = gs.nonfinite ? canonical_nan() : gs.stored;
-                         if (asym) q.zero_points[static_cast<size_t>(gi)] = gs.zero_point;
-                       }
+                       if (gi >= 0) store_group_scale(q, gi, gs);
                        for (int64_t c = c0; c < c1; ++c) {
                          const int64_t i = r * cols + c;
                          const uint32_t code = quantize_value_ref(f, x[i], gs, draw(f, tensor_id, i));
@@ -316,8 +341,7 @@ quantized_tensor quantize_ref(const float* x, int64_t rows, int64_t cols, const 
   return q;
 }
 
-// The group_scale a stored tensor implies for (r, c).
-static group_scale stored_group_scale(const quantized_tensor& q, int64_t r, int64_t c) {
+group_scale stored_group_scale(const quantized_tensor& q, int64_t r, int64_t c) {
   if (is_kquant(q.fmt)) return kquant_stored_scale(q, r, c);
   group_scale gs;
   const float s = q.scale_at(r, c);
@@ -325,7 +349,15 @@ static group_scale stored_group_scale(const quantized_tensor& q, int64_t r, int6
   gs.stored = s;
   gs.scale = q.fmt.named == preset::nvfp4 ? q.tensor_scale * s : s;
   gs.zero_point = q.zero_point_at(r, c);
+  if (has_block_min(q.fmt)) gs.offset = -q.super_scales[static_cast<size_t>(r * q.groups_per_row() + q.group_of(c))];
   return gs;
+}
+
+void store_group_scale(quantized_tensor& q, int64_t gi, const group_scale& gs) {
+  const size_t i = static_cast<size_t>(gi);
+  q.scales[i] = gs.nonfinite ? canonical_nan() : gs.stored;
+  if (!q.zero_points.empty()) q.zero_points[i] = gs.zero_point;
+  if (has_block_min(q.fmt)) q.super_scales[i] = gs.nonfinite ? canonical_nan() : -gs.offset;
 }
 
 void dequantize_ref(const quantized_tensor& q, float* out) {

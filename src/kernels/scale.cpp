@@ -8,6 +8,8 @@
 #include <limits>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "lowbit/base/error.hpp"
 #include "lowbit/kernels/element_ops.hpp"
 
@@ -268,18 +270,38 @@ group_scale choose_scale(const scale_context& ctx, const group_stats& st, const 
       gs.scale = tensor_scale * gs.stored;
       return gs;
     }
-    case preset::q4_0: {
-      // ggml quantize_row_q4_0_ref: d = max / -8 with max the signed value of largest |x|.
+    case preset::q4_0:
+    case preset::q5_0: {
+      // ggml quantize_row_q4_0_ref / _q5_0_ref: d = max / -8 (-16) with max the signed value of
+      // largest |x|; codes q = x/d + 8 (16), so the zero point is 8 (16).
       float amax = 0, vmax = 0;
       for (int64_t i = 0; i < n; ++i)
         if (amax < std::fabs(x[i])) {
           amax = std::fabs(x[i]);
           vmax = x[i];
         }
-      const float d = vmax / -8.0f;
+      const int32_t half = int32_t{1} << (f.element.bits - 1);
+      const float d = vmax / static_cast<float>(-half);
       gs.multiplier = d != 0 ? 1.0f / d : 0.0f;
       gs.scale = gs.stored = round_ggml_scale(ctx, d);
-      gs.zero_point = 8;
+      gs.zero_point = half;
+      return gs;
+    }
+    case preset::q4_1:
+    case preset::q5_1: {
+      // ggml quantize_row_q4_1_ref / _q5_1_ref: d = (max - min) / 15 (31), codes count up from
+      // min; the fp16 d and m = min are stored. min and max as ggml scans them (from +-FLT_MAX,
+      // strict comparisons), so a signed zero is ggml's.
+      float lo = std::numeric_limits<float>::max(), hi = -std::numeric_limits<float>::max();
+      for (int64_t i = 0; i < n; ++i) {
+        if (x[i] < lo) lo = x[i];
+        if (x[i] > hi) hi = x[i];
+      }
+      const float d = (hi - lo) / static_cast<float>((1 << f.element.bits) - 1);
+      gs.multiplier = d != 0 ? 1.0f / d : 0.0f;
+      gs.scale = gs.stored = round_ggml_scale(ctx, d);
+      gs.min = lo;
+      gs.offset = -round_ggml_scale(ctx, lo);
       return gs;
     }
     case preset::q8_0: {
@@ -289,10 +311,14 @@ group_scale choose_scale(const scale_context& ctx, const group_stats& st, const 
       gs.scale = gs.stored = round_ggml_scale(ctx, d);
       return gs;
     }
+    case preset::q2_k:
+    case preset::q3_k:
     case preset::q4_k:
+    case preset::q5_k:
     case preset::q6_k:
       // A K-quant group (sub-block) shares its super-block's scales: kquant_quantize_block.
-      throw error("choose_scale: q4_k/q6_k scales are chosen per super-block of 256 (kquant_quantize_block)");
+      throw error(fmt::format("choose_scale: {} scales are chosen per super-block of 256 (kquant_quantize_block)",
+                              format_name(f)));
     case preset::mxint8:
     case preset::flex:
     case preset::none: break;

@@ -187,7 +187,7 @@ struct gptq_plan {
                                   // super-block of 256, whose sub-block scales are chosen at once)
   int64_t G = 0;                  // group size (K-quants: the sub-block), indexes the scales
   bool dynamic_groups = false;    // scales chosen at each group's (super-block's) first column
-  bool kquant = false;            // q4_k / q6_k (kernels/kquant.hpp)
+  bool kquant = false;            // q2_k ... q6_k (kernels/kquant.hpp)
   std::vector<float> fixed_super; // static K-quant groups: the super-scales [out, super-blocks, 1|2]
   float tensor_scale = 1.0f;      // nvfp4's second level
   std::vector<group_scale> fixed; // tensor: [1]; row: [out]; static groups: [out, groups]; else empty
@@ -441,11 +441,7 @@ gptq_result gptq_quantize(const float* W, int64_t out, int64_t in, const double*
     quantized_tensor q = quantized_tensor::allocate(f, out, in);
     q.tensor_scale = f.named == preset::nvfp4 ? p.tensor_scale : 1.0f;
     const std::vector<group_scale>& scales = p.dynamic_groups ? dyn : p.fixed;
-    for (size_t g = 0; g < q.scales.size(); ++g) {
-      const group_scale& gs = scales[g];
-      q.scales[g] = gs.nonfinite ? canonical_nan() : gs.stored;
-      if (!q.zero_points.empty()) q.zero_points[g] = gs.zero_point;
-    }
+    for (size_t g = 0; g < q.scales.size(); ++g) store_group_scale(q, static_cast<int64_t>(g), scales[g]);
     if (p.kquant) q.super_scales = p.dynamic_groups ? dyn_super : p.fixed_super;
     for (int64_t r = 0; r < out; ++r) pack_codes(codes.data() + r * in, in, f.element.bits, q.codes.data() + r * q.row_bytes);
     res.packed = std::move(q);

@@ -44,6 +44,9 @@ quantize_options job_options(const quantize_job_config& c) {
   qo.equalize = c.equalize;
   qo.rotate = c.rotate;
   qo.rotate_seed = c.seed;
+  // A GGUF output: weights whose rows do not fit the type's block are quantized in llama.cpp's
+  // fallback type (docs/conventions.md §22).
+  qo.gguf_fallbacks = c.out.ends_with(".gguf");
   // Every finished block goes to a shard beside the output, so a killed run resumes.
   qo.checkpoint_dir = c.out + ".partial";
   return qo;
@@ -68,10 +71,10 @@ void describe_output(model& header, const quantize_job_config& c, const quantize
 std::vector<std::string> export_output(const tensor_reader& quantized, const quantize_job_config& c, const quantize_job& job) {
   const model& header = quantized.header;
   std::vector<std::string> fallbacks;
-  if (job.gguf) {  // llama.cpp's own types, a wider one where rows do not fit a block (rounded onto it)
+  if (job.gguf) {  // llama.cpp's own types, its fallback where rows do not fit a block (F16: rounded onto it)
     std::map<std::string, uint32_t> types;
     std::set<std::string> rounded;
-    fallbacks = gguf_export_types(header, job.gguf_type, types, &rounded);
+    fallbacks = gguf_export_types(header, job.gguf_type, types, &rounded, job.options.gguf_fallbacks);
     save_gguf_model(quantized, c.out, types, rounded);
   } else if (c.float_values) {
     save_safetensors_model(quantized, c.out, "F32", false);
@@ -95,7 +98,7 @@ void verify_output(const tensor_reader& quantized, const std::vector<int32_t>& i
     model produced = read_whole_model(quantized);
     if (job.gguf) {
       gguf_export ex;
-      plan_gguf_export(produced, job.gguf_type, ex);
+      plan_gguf_export(produced, job.gguf_type, ex, job.options.gguf_fallbacks);
     }
     job.in_memory = evaluate(produced, quant_plan{}, ids, eo);
   }

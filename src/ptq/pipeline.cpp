@@ -18,6 +18,7 @@
 #include <fmt/ranges.h>
 
 #include "lowbit/engine/forward.hpp"
+#include "lowbit/io/gguf.hpp"
 #include "lowbit/io/safetensors.hpp"
 #include "lowbit/base/error.hpp"
 #include "lowbit/kernels/kquant.hpp"
@@ -122,6 +123,19 @@ void fold_scale(model& m, const std::string& block, const layer_group& g, const 
   }
 }
 
+}  // namespace
+
+format weight_format_for(const quantize_options& o, int64_t cols) {
+  if (!o.gguf_fallbacks) return o.weights;
+  const uint32_t type = ggml_type_for_format(o.weights);
+  if (cols % ggml_block_size(static_cast<ggml_type>(type)) == 0) return o.weights;
+  const auto fallback = static_cast<ggml_type>(ggml_fallback_type(type, cols));
+  // F16 (no block fits): the method's own values, rounded onto F16 by the writer.
+  return fallback == ggml_type::f16 ? o.weights : ggml_type_format(fallback);
+}
+
+namespace {
+
 // What a checkpoint must match to be resumed: the model (its config, tensor names and shapes, and
 // the bytes its values are made from: tensor_reader::hash_contents, the file's raw tensors without
 // converting them), the token stream and every option that changes a bit of the result.
@@ -138,11 +152,12 @@ std::string run_fingerprint(const tensor_reader& source, const std::vector<int32
   for (const auto& [name, t] : source.header.tensors) h.add(fmt::format("{} [{}]", name, fmt::join(t.shape, ",")));
   source.hash_contents(h);
   const std::string opts = fmt::format(
-      "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", method_name(o.how),
+      "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}", method_name(o.how),
       format_name(o.weights), o.calib_samples, o.calib_ctx, o.seed, o.gptq.percdamp, o.gptq.block_size,
       o.gptq.act_order, o.gptq.static_groups, o.gptq.float64, o.smooth_alpha, o.max_sample_rows, o.lorc_rank,
       o.lorc_format ? format_name(*o.lorc_format) : "-", o.bias_correct, o.llmfp4_preshift, o.awq.n_grid,
-      o.awq.clip, o.awq.clip_grid, o.awq.max_shrink, o.awq.clip_sample_tokens, o.equalize, o.rotate, o.rotate_seed);
+      o.awq.clip, o.awq.clip_grid, o.awq.max_shrink, o.awq.clip_sample_tokens, o.equalize, o.rotate, o.rotate_seed,
+      o.gguf_fallbacks);
   h.add(opts);
   return h.hex();
 }
@@ -208,7 +223,7 @@ void save_block(model& work, int l, const quantize_report& report, const quantiz
     // Codes alone only when bit for bit (NaN payloads and the sign of zero too, which the
     // value check lets pass).
     bool bit_exact = false;
-    auto q = linear_weight_codes(t, o.weights, method_codes, &bit_exact);
+    auto q = linear_weight_codes(t, weight_format_for(o, t.cols()), method_codes, &bit_exact);
     if (!q) continue;
     if (bit_exact) codes_only.insert(name);
     shard.codes[name] = std::move(*q);
@@ -385,7 +400,9 @@ void quantize_block_groups(model& m, const std::string& block, const std::vector
     const group_inputs& gi = inputs[g];
     const int64_t in = gi.in, k = int64_t(grp.weights.size());
     std::vector<std::vector<float>> originals;  // [layer] W [out, in], float
-    group_job job{o, {}, {}, in, grp.how, &gi, tensor_id, report.packed};
+    quantize_options og = o;  // the group's weights share their input width, so their format
+    og.weights = weight_format_for(o, in);
+    group_job job{og, {}, {}, in, grp.how, &gi, tensor_id, report.packed};
     for (const std::string& wn : grp.weights) originals.push_back(m.get(block + wn).data);
     for (int64_t i = 0; i < k; ++i) {
       job.names.push_back(block + grp.weights[i]);
@@ -408,7 +425,7 @@ void quantize_block_groups(model& m, const std::string& block, const std::vector
     // The report: output error on the sampled rows, against RTN of the original weight.
     for (int64_t i = 0; i < k; ++i) {
       const int64_t out = job.layers[i].out;
-      const auto rtn = rtn_quantize(originals[i].data(), out, in, o.weights, 0);
+      const auto rtn = rtn_quantize(originals[i].data(), out, in, og.weights, 0);
       layer_report lr;
       lr.name = job.names[i];
       lr.seconds = seconds / double(k);
@@ -431,7 +448,9 @@ void quantize_weights_alone(model& work, const std::string& block, const quantiz
     if (!name.starts_with(block)) continue;
     tensor& t = work.get_mut(name);
     const auto t0 = clock::now();
-    const group_job job{o, {name}, {{t.data.data(), t.rows()}}, t.cols(), fold::none, nullptr, tensor_id,
+    quantize_options ow = o;
+    ow.weights = weight_format_for(o, t.cols());
+    const group_job job{ow, {name}, {{t.data.data(), t.rows()}}, t.cols(), fold::none, nullptr, tensor_id,
                         report.packed};
     t.data = std::move(how.quantize(job).weights[0]);
     report.layers.push_back({name, std::chrono::duration<double>(clock::now() - t0).count(), 0, 0});

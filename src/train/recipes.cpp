@@ -11,6 +11,7 @@
 #include "lowbit/base/error.hpp"
 #include "lowbit/train/autoflex.hpp"
 #include "lowbit/kernels/flexpoint.hpp"
+#include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/scale.hpp"
 
@@ -93,7 +94,7 @@ class format_quantizer : public operand_quantizer {
         // X and dY of the dW GEMM group along tokens unless axis=din.
         const bool along_tokens = !plan_.feature_axis && (op == gemm_operand::x_dw || op == gemm_operand::dy_dw);
         const std::string what = fmt::format("{} ({})", gemm_operand_label(op), format_name(*f));
-        const int64_t block = f->named == preset::q4_k || f->named == preset::q6_k ? 256 : f->group_size;
+        const int64_t block = is_kquant(*f) ? kSuperBlock : f->group_size;
         if (along_tokens && f->gran == granularity::group && local_tokens % block != 0)
           throw error(fmt::format("training plan '{}': {} groups {} tokens, but a rank holds {} (batch x ctx / "
                                   "ranks): its groups would straddle ranks; choose a batch and ctx whose "

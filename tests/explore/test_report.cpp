@@ -54,7 +54,8 @@ TEST(Report, FamiliesAndDerivedColumns) {
   EXPECT_EQ(format_family(run("mxfp4", "", "rtn", 5)), "mx");
   EXPECT_EQ(format_family(run("mxint8", "", "rtn", 5)), "mx");
   EXPECT_EQ(format_family(run("nvfp4", "", "rtn", 5)), "nvfp4");
-  EXPECT_EQ(format_family(run("q4_0", "", "rtn", 5)), "ggml");
+  for (const char* ggml : {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"})
+    EXPECT_EQ(format_family(run(ggml, "", "rtn", 5)), "ggml") << ggml;
   EXPECT_EQ(format_family(run("nf4", "", "rtn", 5)), "lut");
   EXPECT_EQ(format_family(run("bf16", "", "rtn", 5)), "float");
   EXPECT_EQ(format_family(run("", "", "rtn", 5)), "float");

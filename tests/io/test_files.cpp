@@ -595,7 +595,7 @@ TEST(GgufRoundTrip, AllKvTypesAndTensorTypes) {
   EXPECT_THROW(w.add_tensor("t", {2, 30}, x.data(), ggml_type::q8_0), lowbit::error);  // rows not /32
   EXPECT_THROW(w.add_tensor("t", {0, 32}, x.data(), ggml_type::f32), lowbit::error);
   EXPECT_THROW(w.add_tensor("t", {1, 1, 1, 1, 32}, x.data(), ggml_type::f32), lowbit::error);
-  EXPECT_THROW(w.add_tensor("t", {32}, x.data(), static_cast<ggml_type>(3)), lowbit::error);
+  EXPECT_THROW(w.add_tensor("t", {32}, x.data(), static_cast<ggml_type>(4)), lowbit::error);  // ggml's removed Q4_2
   w.add_tensor("t", {2, 32}, x.data(), ggml_type::q4_0);
   EXPECT_THROW(w.add_tensor("t", {2, 32}, x.data(), ggml_type::q4_0), lowbit::error);
   EXPECT_THROW(w.write(s / "bad.gguf", 3), lowbit::error);
@@ -679,7 +679,8 @@ TEST(GgufBlocks, EncodeDecodeRandomCodes) {
   std::mt19937 rng(99);
   const int64_t rows = 5, cols = 96;
   for (const auto& [fmt_name, type] : std::vector<std::pair<std::string, ggml_type>>{
-           {"q8_0", ggml_type::q8_0}, {"q4_0", ggml_type::q4_0}, {"mxfp4", ggml_type::mxfp4}}) {
+           {"q8_0", ggml_type::q8_0}, {"q4_0", ggml_type::q4_0}, {"q4_1", ggml_type::q4_1}, {"q5_0", ggml_type::q5_0},
+           {"q5_1", ggml_type::q5_1}, {"mxfp4", ggml_type::mxfp4}}) {
     const format fm = parse_format(fmt_name);
     // Random codes and scales -> blocks -> the same quantized tensor.
     quantized_tensor q = quantized_tensor::allocate(fm, rows, cols);
@@ -694,6 +695,12 @@ TEST(GgufBlocks, EncodeDecodeRandomCodes) {
         while ((h & 0x7c00) == 0x7c00 && (h & 0x3ff));  // any half but a NaN
         q.scales[g] = fp16_to_f32(h);
         if (type == ggml_type::q4_0) q.zero_points[g] = 8;
+        if (type == ggml_type::q5_0) q.zero_points[g] = 16;
+        if (type == ggml_type::q4_1 || type == ggml_type::q5_1) {  // the block's fp16 min
+          do h = static_cast<uint16_t>(rng());
+          while ((h & 0x7c00) == 0x7c00 && (h & 0x3ff));
+          q.super_scales[g] = fp16_to_f32(h);
+        }
       }
     }
     const std::vector<uint8_t> blocks = encode_ggml_blocks(q, type);
@@ -706,8 +713,9 @@ TEST(GgufBlocks, EncodeDecodeRandomCodes) {
     for (size_t off = 0; off < raw.size(); off += bb) {
       if (type == ggml_type::mxfp4) {
         if (raw[off] == 255) raw[off] = 254;  // ggml reads E8M0 0xFF as 2^128; lowbit as NaN
-      } else if ((raw[off + 1] & 0x7c) == 0x7c) {
-        raw[off + 1] &= 0x83;  // no Inf/NaN d
+      } else {
+        if ((raw[off + 1] & 0x7c) == 0x7c) raw[off + 1] &= 0x83;  // no Inf/NaN d
+        if ((type == ggml_type::q4_1 || type == ggml_type::q5_1) && (raw[off + 3] & 0x7c) == 0x7c) raw[off + 3] &= 0x83;  // nor m
       }
     }
     const quantized_tensor d = decode_ggml_blocks(raw.data(), rows, cols, type);
@@ -740,6 +748,88 @@ TEST(GgufBlocks, EncodeDecodeRandomCodes) {
   EXPECT_THROW(encode_ggml_blocks(mxq, ggml_type::mxfp4), lowbit::error);
   EXPECT_THROW(decode_ggml_blocks(nullptr, 1, 33, ggml_type::q8_0), lowbit::error);
   EXPECT_THROW(decode_ggml_blocks(nullptr, 1, 32, ggml_type::f32), lowbit::error);
+}
+
+// The K-quants' blocks: random bytes (finite fp16 super-scales) decode to a quantized tensor that
+// encodes back to the same bytes, and read_f32 (ggml's dequantize_row_q*_K) is lowbit's
+// dequantize of that tensor. The decode of each field against ggml's formulas is in
+// tests/kernels/test_kquant.cpp.
+TEST(GgufBlocks, KQuantRandomBlocksRoundTrip) {
+  std::mt19937 rng(7);
+  const int64_t rows = 3, cols = 512;
+  for (const ggml_type type : {ggml_type::q2_k, ggml_type::q3_k, ggml_type::q4_k, ggml_type::q5_k, ggml_type::q6_k}) {
+    const size_t bb = static_cast<size_t>(ggml_block_bytes(type));
+    std::vector<uint8_t> raw(static_cast<size_t>(rows * cols / 256) * bb);
+    for (auto& b : raw) b = static_cast<uint8_t>(rng());
+    // The fp16 d (and dmin) of each block: where ggml_common.h puts them.
+    const std::vector<size_t> halves = type == ggml_type::q2_k ? std::vector<size_t>{80, 82}
+                                       : type == ggml_type::q3_k ? std::vector<size_t>{108}
+                                       : type == ggml_type::q6_k ? std::vector<size_t>{208}
+                                                                 : std::vector<size_t>{0, 2};
+    for (size_t off = 0; off < raw.size(); off += bb)
+      for (size_t h : halves)
+        if ((raw[off + h + 1] & 0x7c) == 0x7c) raw[off + h + 1] &= 0x83;  // no Inf/NaN super-scale
+    const quantized_tensor d = decode_ggml_blocks(raw.data(), rows, cols, type);
+    EXPECT_EQ(d.fmt, ggml_type_format(type));
+    EXPECT_EQ(encode_ggml_blocks(d, type), raw) << ggml_type_name(type);
+    scratch s("gguf_kquant_blocks");
+    gguf_writer w;
+    w.add_tensor_deferred("t", {rows, cols}, type, [raw] { return raw; });
+    w.write(s / "k.gguf");
+    gguf_file f(s / "k.gguf");
+    const auto got = f.read_f32("t");
+    std::vector<float> want(static_cast<size_t>(rows * cols));
+    dequantize_ref(d, want.data());
+    for (size_t i = 0; i < want.size(); ++i) ASSERT_EQ(bits_of(got[i]), bits_of(want[i])) << ggml_type_name(type) << " " << i;
+  }
+}
+
+// A file mixing types tensor by tensor, as llama.cpp's quantizer mixes them (Q4_K_M: Q4_K with
+// Q6_K and Q5_0 / Q5_1 / Q8_0 where rows do not fit 256), written by lowbit's writer: every tensor
+// reads back as lowbit's quantize-dequantize in that type's format, and its raw blocks decode to
+// exactly the quantized tensor.
+TEST(GgufBlocks, MixedTypesReadBack) {
+  scratch s("gguf_mixed");
+  struct entry {
+    const char* name;
+    ggml_type type;
+    int64_t rows, cols;
+    std::vector<float> x;
+  };
+  std::vector<entry> es = {{"blk.0.attn_q.weight", ggml_type::q4_k, 4, 512, {}},
+                           {"blk.0.attn_v.weight", ggml_type::q6_k, 4, 256, {}},
+                           {"blk.0.ffn_down.weight", ggml_type::q5_0, 3, 96, {}},
+                           {"blk.1.ffn_down.weight", ggml_type::q5_1, 3, 96, {}},
+                           {"blk.1.attn_k.weight", ggml_type::q8_0, 2, 64, {}},
+                           {"blk.1.attn_q.weight", ggml_type::q2_k, 2, 256, {}},
+                           {"blk.1.attn_output.weight", ggml_type::q3_k, 2, 256, {}},
+                           {"blk.1.ffn_up.weight", ggml_type::q5_k, 2, 256, {}},
+                           {"blk.1.ffn_gate.weight", ggml_type::q4_1, 2, 64, {}},
+                           {"blk.1.attn_v.weight", ggml_type::q4_0, 2, 64, {}},
+                           {"output_norm.weight", ggml_type::f32, 1, 64, {}}};
+  gguf_writer w;
+  uint32_t seed = 40;
+  for (entry& e : es) {
+    e.x = random_floats(static_cast<size_t>(e.rows * e.cols), seed++, 0.05f);
+    w.add_tensor(e.name, {e.rows, e.cols}, e.x.data(), e.type);
+  }
+  w.write(s / "mixed.gguf");
+  gguf_file f(s / "mixed.gguf");
+  for (const entry& e : es) {
+    const gguf_tensor_info& t = f.get(e.name);
+    EXPECT_EQ(t.type, e.type) << e.name;
+    EXPECT_EQ(t.bytes, static_cast<uint64_t>(e.rows * e.cols / ggml_block_size(e.type) * ggml_block_bytes(e.type))) << e.name;
+    const auto got = f.read_f32(e.name);
+    if (e.type == ggml_type::f32) {
+      for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(bits_of(got[i]), bits_of(e.x[i])) << e.name;
+      continue;
+    }
+    const quantized_tensor q = quantize(e.x.data(), e.rows, e.cols, ggml_type_format(e.type));
+    std::vector<float> want(e.x.size());
+    dequantize(q, want.data());
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(bits_of(got[i]), bits_of(want[i])) << e.name << " " << i;
+    EXPECT_TRUE(decode_ggml_blocks(f.raw(t), e.rows, e.cols, e.type) == q) << e.name;
+  }
 }
 
 // ---- hostile files ----------------------------------------------------------------------------------
@@ -1000,8 +1090,8 @@ TEST(FilesCorruption, GgufWrittenTruncatedFlippedAndHugeFields) {
   const size_t tq_at = find_lp_string(bytes, tq.name) + 8 + tq.name.size();
   {
     auto b = bytes;
-    poke<uint32_t>(b, tq_at + 4 + 8 * tq.ne.size(), 3);  // Q4_1
-    expect_refused(b, "ggml type 3");
+    poke<uint32_t>(b, tq_at + 4 + 8 * tq.ne.size(), 16);  // IQ2_XXS, a type lowbit does not read
+    expect_refused(b, "ggml type 16");
   }
   {
     auto b = bytes;

@@ -198,7 +198,7 @@ TEST(Differential, ScaledFormats) {
   std::mt19937 gen(seed(2));
   const std::vector<std::string> specs = {
       "mxfp4", "mxfp8", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxint8", "nvfp4", "nf4", "q4_0", "q8_0",
-      "flex16+5", "flex8+4", "int8/c", "int4/g128", "int4/g9", "uint4/g16", "uint8/c:fp16", "uint3/t",
+      "q4_1", "q5_0", "q5_1", "flex16+5", "flex8+4", "int8/c", "int4/g128", "int4/g9", "uint4/g16", "uint8/c:fp16", "uint3/t",
       "e4m3fn/t", "e4m3fn/c", "e2m1/g32~sr", "e2m1/g16:e4m3", "int4/g32:fp16", "e4m3fn/g32:e4m3~sr", "e2m1/g32:e8m0@rceil", "e2m1/g32:e8m0@ceil",
       "e2m1/g32:e8m0@even", "e3m2/g7:bf16~rtz", "int4/g32:pow2", "int4/g32:fp16@mse", "e2m1/g32@p99",
       "uint4/g32@mse", "pow0.5(int4/g32)", "pow0.75(e2m1/g16:e8m0)", "nf4/g64:fp16~sr", "lut(-1,0,0.5,1)/g5~up",
@@ -262,7 +262,7 @@ TEST(Differential, ColumnGroupsEqualTheTransposedReference) {
       "uint4/g16", "e4m3fn/t", "e4m3fn/c", "e5m2/g32", "e4m3fn/g32", "e2m1/g32~sr", "e2m1/g16:e4m3",
       "int4/g32:fp16", "e2m1/g32:e8m0@rceil", "e3m2/g7:bf16~rtz", "int4/g32:pow2", "uint4/g32@mse",
       "pow0.5(int4/g32)", "nvfp4~sr", "e4m3fn/g17:e8m0~down", "e5m2/c~rna", "bf16", "e4m3fn~odd", "q4_k", "q6_k",
-      "mxfp4~sr:9", "e4m3fn/c~sr", "int8/t~sr", "e2m1~sr:2"};
+      "q2_k", "q3_k", "q5_k", "q4_1", "q5_0", "q5_1", "mxfp4~sr:9", "e4m3fn/c~sr", "int8/t~sr", "e2m1~sr:2"};
   int cases = 0;
   for (const auto& t : simd_targets()) {
     force_simd_target(t.first);
@@ -420,13 +420,13 @@ TEST(Differential, RandomWordsEqualTheScalarPhilox) {
 // (kquant_quantize_block): this checks the fast path's own parts (values straight from the block,
 // rows in parallel, packing) against the reference. The search itself is checked independently
 // in test_kquant.cpp (ggml's formulas and ggml's own bytes).
-// ggml's K-quants: the fast path (rows in parallel) equals the reference on odd row counts,
+// ggml's K-quants (q2_k ... q6_k): the fast path (rows in parallel) equals the reference on odd row counts,
 // partial super-blocks, NaN/Inf/zeros/subnormals, and tensors scaled to tiny and huge magnitudes
 // (fp16 super-scales that underflow to subnormals or overflow to Inf).
 TEST(Differential, KQuants) {
   std::mt19937 gen(seed(7));
   int cases = 0;
-  for (const char* s : {"q4_k", "q6_k"}) {
+  for (const char* s : {"q2_k", "q3_k", "q4_k", "q5_k", "q6_k"}) {
     for (int64_t rows : {1, 3, 5}) {
       for (int64_t cols : {1, 17, 255, 256, 300, 512, 1023}) {
         for (bool specials : {false, true}) {
@@ -466,7 +466,7 @@ TEST(Differential, KQuants) {
     fake_quantize(big.data(), b.data(), 65, 1024, f);
     EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << s;
   }
-  EXPECT_GT(cases, 80);
+  EXPECT_GT(cases, 200);
 }
 
 // Tensors above the streaming threshold (8 MiB): non-temporal stores, prefetch and the batched
@@ -482,7 +482,8 @@ TEST(Differential, LargeTensorsStreamAndBatch) {
   // A group of float32 subnormals and zeros: q8_0's 1/d is Inf, q4_0's too.
   for (int64_t i = 4096 * 7; i < 4096 * 7 + 64; ++i) x[static_cast<size_t>(i)] = (i % 3) ? 1e-40f * static_cast<float>(i % 5) : 0.0f;
   std::vector<float> ref(x.size()), fast(x.size());
-  for (const char* spec : {"mxfp4", "nvfp4", "q8_0", "q4_0", "nf4", "int8/c", "e4m3fn/c", "int4/g128", "e2m1/g32~sr", "bf16"}) {
+  for (const char* spec : {"mxfp4", "nvfp4", "q8_0", "q4_0", "q5_0", "q4_1", "q5_1", "nf4", "int8/c", "e4m3fn/c", "int4/g128",
+                           "e2m1/g32~sr", "bf16"}) {
     const format f = parse_format(spec);
     fake_quantize_ref(x.data(), ref.data(), rows, cols, f, 9);
     fake_quantize(x.data(), fast.data(), rows, cols, f, 9);
@@ -503,7 +504,8 @@ TEST(Differential, ThreadCountInvariant) {
   static_assert(rows * cols >= kParallelMinElements, "the tensor must take the threaded path");
   const std::vector<float> x = gaussian(gen, rows * cols);
   const int saved = omp_get_max_threads();
-  for (const char* spec : {"e2m1/g32~sr:5", "nvfp4~sr", "int4/t", "mxfp4", "uint4/g64", "q4_k", "q6_k",
+  for (const char* spec : {"e2m1/g32~sr:5", "nvfp4~sr", "int4/t", "mxfp4", "uint4/g64", "q4_k", "q6_k", "q2_k", "q3_k",
+                           "q5_k", "q5_1",
                            "pow0.5(int4/g32)", "int4/g32@mse"}) {
     const format f = parse_format(spec);
     std::vector<float> one(x.size());

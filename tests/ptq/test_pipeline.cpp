@@ -15,6 +15,7 @@
 #include <memory>
 #include <sstream>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "tests/cli_run.hpp"
@@ -108,12 +109,13 @@ std::string fresh_dir(const std::string& name) {
 }
 
 // The in-memory pipeline and the writers as `lowbit quantize` used them before streaming.
-void write_in_memory(model m, const ptq::quantize_options& o, const std::string& out) {
+void write_in_memory(model m, ptq::quantize_options o, const std::string& out) {
+  o.gguf_fallbacks = out.ends_with(".gguf");  // as the quantize job (ptq/job.cpp)
   const ptq::quantize_report r = ptq::quantize_model(m, story_ids(), o);
   if (out.ends_with(".gguf")) {
     gguf_export ex;
     ex.packed = r.packed;
-    plan_gguf_export(m, ggml_type_for_format(o.weights), ex);
+    plan_gguf_export(m, ggml_type_for_format(o.weights), ex, o.gguf_fallbacks);
     save_gguf_model(m, out, ex);
   } else {
     std::map<std::string, quantized_tensor> packed;
@@ -126,12 +128,13 @@ void write_in_memory(model m, const ptq::quantize_options& o, const std::string&
 ptq::quantize_report write_streamed(const tensor_reader& source, ptq::quantize_options o, const std::string& dir,
                                     const std::string& out, const ptq::ptq_progress& progress = {}) {
   o.checkpoint_dir = dir;
+  o.gguf_fallbacks = out.ends_with(".gguf");  // as the quantize job (ptq/job.cpp)
   const ptq::quantize_report r = ptq::quantize_to_shards(source, story_ids(), o, progress);
   const auto quantized = ptq::read_quantized_shards(source, dir);
   if (out.ends_with(".gguf")) {
     std::map<std::string, uint32_t> types;
     std::set<std::string> rounded;
-    gguf_export_types(quantized->header, ggml_type_for_format(o.weights), types, &rounded);
+    gguf_export_types(quantized->header, ggml_type_for_format(o.weights), types, &rounded, o.gguf_fallbacks);
     save_gguf_model(*quantized, out, types, rounded);
   } else {
     save_safetensors_model(*quantized, out, "F32", true);
@@ -244,7 +247,7 @@ TEST(Pipeline, GptqBeatsRtnOnStories260K) {
 }
 
 // GGUF export of the K-quants (docs/conventions.md §20, 22): a model whose rows are multiples of 256 is
-// written as Q4_K / Q6_K blocks with the method's own codes (ggml's search is not idempotent on
+// written as Q2_K ... Q6_K blocks with the method's own codes (ggml's search is not idempotent on
 // its output, so they are not re-derived from the values), and the file loads to the same
 // weights, bit for bit, and the same NLL as the model in memory.
 TEST(Pipeline, KQuantGgufExportEvaluatesLikeTheModelInMemory) {
@@ -255,11 +258,11 @@ TEST(Pipeline, KQuantGgufExportEvaluatesLikeTheModelInMemory) {
   eval_options eo;
   eo.ctx = 128;
   eo.max_tokens = 512;
-  for (const std::string fmt : {"q4_k", "q6_k"}) {
+  for (const std::string fmt : {"q4_k", "q6_k", "q2_k", "q3_k", "q5_k"}) {
     for (const ptq::method how : {ptq::method::rtn, ptq::method::gptq, ptq::method::awq, ptq::method::imatrix}) {
       const std::string what = fmt + " " + ptq::method_name(how);
       // AWQ and imatrix (codes kept by the method) on q4_k only: the slow searches.
-      if (fmt == "q6_k" && (how == ptq::method::awq || how == ptq::method::imatrix)) continue;
+      if (fmt != "q4_k" && (how == ptq::method::awq || how == ptq::method::imatrix)) continue;
       model m = base;
       auto o = small_options(how, fmt);
       o.calib_samples = 4;
@@ -286,29 +289,59 @@ TEST(Pipeline, KQuantGgufExportEvaluatesLikeTheModelInMemory) {
 }
 
 // stories260K's rows (64 and 172 columns) do not hold a super-block of 256: docs/conventions.md §22's
-// fallback writes the 64-column weights as Q8_0 and ffn_down (172) as F16, and rounds the model
-// in memory the same way.
+// fallback (llama.cpp's) writes q4_k's 64-column weights as Q5_0, q5_k's as Q5_1, q6_k's as
+// Q8_0, q2_k's and q3_k's as Q4_0, ffn_down (172) as F16. With gguf_fallbacks (the quantize job
+// writing a GGUF) the method quantizes those weights in the fallback format itself, as llama.cpp
+// does; without, the export rounds the method's values onto it. Either way the file evaluates
+// like the model in memory.
 TEST(Pipeline, KQuantGgufFallsBackOnStories260K) {
-  model m = stories();
-  ptq::quantize_model(m, story_ids(), small_options(ptq::method::rtn, "q4_k"));
-  gguf_export ex;
-  const std::vector<std::string> fallbacks = plan_gguf_export(m, ggml_type_for_format(parse_format("q4_k")), ex);
-  ASSERT_EQ(fallbacks.size(), 35u);
-  int q8 = 0, f16 = 0;
-  for (const std::string& name : m.linear_weight_names()) {
-    const auto type = static_cast<ggml_type>(ex.types.at(name));
-    (type == ggml_type::q8_0 ? q8 : f16) += 1;
-    EXPECT_EQ(type, m.get(name).cols() % 32 == 0 ? ggml_type::q8_0 : ggml_type::f16) << name;
-  }
-  EXPECT_EQ(q8, 30);
-  EXPECT_EQ(f16, 5);
-  EXPECT_NE(fallbacks[0].find("(q8_0)"), std::string::npos) << fallbacks[0];
-  const std::string path = ::testing::TempDir() + "kquant_stories.gguf";
-  save_gguf_model(m, path, ex);
+  struct fallback_case {
+    const char* fmt;
+    ggml_type narrow;
+    bool quantized_in_fallbacks;
+  };
+  const fallback_case cases[] = {{"q4_k", ggml_type::q5_0, true},  {"q4_k", ggml_type::q5_0, false},
+                                 {"q5_k", ggml_type::q5_1, true},  {"q6_k", ggml_type::q8_0, true},
+                                 {"q2_k", ggml_type::q4_0, true},  {"q3_k", ggml_type::q4_0, false}};
   eval_options eo;
   eo.ctx = 256;
   eo.max_tokens = 2048;
-  EXPECT_EQ(evaluate(load_model(path), {}, story_ids(), eo).mean_nll, evaluate(m, {}, story_ids(), eo).mean_nll);
+  for (const fallback_case& fc : cases) {
+    const std::string what = fmt::format("{} (quantized in fallbacks: {})", fc.fmt, fc.quantized_in_fallbacks);
+    model m = stories();
+    auto o = small_options(ptq::method::rtn, fc.fmt);
+    o.gguf_fallbacks = fc.quantized_in_fallbacks;
+    EXPECT_EQ(ptq::weight_format_for(o, 64), fc.quantized_in_fallbacks ? ggml_type_format(fc.narrow) : o.weights) << what;
+    EXPECT_EQ(ptq::weight_format_for(o, 172), o.weights) << what;  // F16: rounded by the writer
+    EXPECT_EQ(ptq::weight_format_for(o, 512), o.weights) << what;
+    ptq::quantize_model(m, story_ids(), o);
+    const model quantized = m;
+    gguf_export ex;
+    const std::vector<std::string> fallbacks =
+        plan_gguf_export(m, ggml_type_for_format(parse_format(fc.fmt)), ex, fc.quantized_in_fallbacks);
+    ASSERT_EQ(fallbacks.size(), 35u) << what;
+    int fits = 0, f16 = 0;
+    for (const std::string& name : m.linear_weight_names()) {
+      const auto type = static_cast<ggml_type>(ex.types.at(name));
+      (type == fc.narrow ? fits : f16) += 1;
+      EXPECT_EQ(type, m.get(name).cols() % 32 == 0 ? fc.narrow : ggml_type::f16) << what << " " << name;
+      // Quantized in the fallback format, a weight is not rounded again: RTN in that format is
+      // the export's rounding, to the bit.
+      const tensor& t = m.get(name);
+      if (fc.quantized_in_fallbacks && type == fc.narrow) {
+        EXPECT_EQ(t.data, quantized.get(name).data) << what << " " << name;
+        std::vector<float> again(t.data.size());
+        fake_quantize_ref(t.data.data(), again.data(), t.rows(), t.cols(), ggml_type_format(fc.narrow));
+        EXPECT_EQ(again, t.data) << what << " " << name;
+      }
+    }
+    EXPECT_EQ(fits, 30) << what;
+    EXPECT_EQ(f16, 5) << what;
+    EXPECT_NE(fallbacks[0].find(fmt::format("({})", ggml_type_name(fc.narrow))), std::string::npos) << fallbacks[0];
+    const std::string path = ::testing::TempDir() + "kquant_stories_" + fc.fmt + ".gguf";
+    save_gguf_model(m, path, ex);
+    EXPECT_EQ(evaluate(load_model(path), {}, story_ids(), eo).mean_nll, evaluate(m, {}, story_ids(), eo).mean_nll) << what;
+  }
 }
 
 TEST(Pipeline, BadRequests) {
@@ -555,7 +588,8 @@ TEST(Streaming, RtnFilesHoldTheReferenceQuantization) {
   const auto source = open_model_reader(stories_path);
   const model original = load_model(stories_path);
   for (const auto& [fmt, ext] : std::vector<std::pair<std::string, std::string>>{
-           {"int4/g32", ".safetensors"}, {"uint4/g32", ".safetensors"}, {"q4_0", ".gguf"}, {"mxfp4", ".gguf"}}) {
+           {"int4/g32", ".safetensors"}, {"uint4/g32", ".safetensors"}, {"q4_0", ".gguf"}, {"mxfp4", ".gguf"},
+           {"q5_0", ".gguf"}, {"q4_1", ".gguf"}, {"q5_1", ".safetensors"}, {"q5_1", ".gguf"}}) {
     SCOPED_TRACE(fmt + ext);
     std::filesystem::remove_all(dir + "/shards");
     const std::string out = dir + "/q" + ext;
@@ -569,8 +603,8 @@ TEST(Streaming, RtnFilesHoldTheReferenceQuantization) {
       std::vector<float> want = t.data;
       if (std::find(linear.begin(), linear.end(), name) != linear.end()) {
         fake_quantize_ref(t.data.data(), want.data(), t.rows(), t.cols(), parse_format(fmt));
-        // docs/conventions.md §22: GGUF rows that do not fill q4_0's / mxfp4's blocks of 32 (ffn_down's
-        // 172) fall back to F16, onto which the quantized values are rounded.
+        // docs/conventions.md §22: GGUF rows that do not fill the blocks of 32 (ffn_down's 172) fall
+        // back to F16, onto which the quantized values are rounded.
         if (ext == ".gguf" && t.cols() % 32 != 0)
           fake_quantize_ref(want.data(), want.data(), t.rows(), t.cols(), parse_format("fp16"));
       }
@@ -899,9 +933,9 @@ TEST(Streaming, ShardsHoldCodedWeightsAsCodesAlone) {
 
 // The K-quants stream too: their codes and super-block scales travel in the shards (no re-derived
 // codes: ggml's search is not idempotent on its own output), the GGUF writer makes Q4_K / Q6_K
-// blocks from them, and docs/conventions.md §22's fallbacks (stories260K's rows of 64 -> Q8_0, of 172 ->
-// F16) are rounded as they are written — byte for byte the in-memory pipeline's files, and a
-// killed K-quant run resumes to the same bytes.
+// blocks from them, and docs/conventions.md §22's fallbacks (stories260K's rows of 64 -> Q5_0 for
+// q4_k, of 172 -> F16) are rounded as they are written — byte for byte the in-memory pipeline's
+// files, and a killed K-quant run resumes to the same bytes.
 TEST(Streaming, KQuantsWriteTheBytesOfTheInMemoryPipeline) {
   const std::string dir = fresh_dir("kquant");
   model_config c;
@@ -940,7 +974,11 @@ TEST(Streaming, KQuantsWriteTheBytesOfTheInMemoryPipeline) {
       const ggml_type want = static_cast<ggml_type>(ggml_type_for_format(o.weights));
       for (const std::string& name : source->header.linear_weight_names()) {
         const int64_t cols = source->header.get(name).cols();
-        const ggml_type expected = cols % 256 == 0 ? want : cols % 32 == 0 ? ggml_type::q8_0 : ggml_type::f16;
+        const ggml_type expected =
+            cols % 256 == 0 ? want : static_cast<ggml_type>(ggml_fallback_type(static_cast<uint32_t>(want), cols));
+        if (cols % 256 != 0) {  // llama.cpp's: Q4_K -> Q5_0, Q6_K -> Q8_0, rows not /32 -> F16
+          EXPECT_EQ(expected, cols % 32 != 0 ? ggml_type::f16 : want == ggml_type::q4_k ? ggml_type::q5_0 : ggml_type::q8_0);
+        }
         EXPECT_EQ(file.get(name).type, expected) << name;
       }
     }

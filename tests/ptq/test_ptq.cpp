@@ -335,7 +335,8 @@ TEST_P(GptqFormats, BeatsRtnOnCorrelatedInputs) {
 
 INSTANTIATE_TEST_SUITE_P(Formats, GptqFormats,
                          ::testing::Values("int4/g32", "int3/g32", "e2m1/g32", "mxfp4", "nvfp4", "uint4/g32",
-                                           "int4/c", "int4/g32@mse", "q4_0", "q4_k", "q6_k"),
+                                           "int4/c", "int4/g32@mse", "q4_0", "q4_k", "q6_k", "q5_0", "q4_1",
+                                           "q5_1", "q2_k", "q3_k", "q5_k"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& c : s)
@@ -394,7 +395,7 @@ TEST(Gptq, PackedCodesDequantizeToTheWeights) {
   const vecd H = hessian_of(X, n, in);
   const vecf W = normal(out * in, 72, 0.05f);
   for (const char* spec : {"int4/g32", "uint4/g32", "nvfp4", "mxfp4", "int8/c", "int4/t", "e4m3fn", "q4_0", "e2m1/g32~sr",
-                           "q4_k", "q6_k"})
+                           "q4_k", "q6_k", "q5_0", "q4_1", "q5_1", "q2_k", "q3_k", "q5_k"})
     for (const bool stat : {false, true}) {
       gptq_options o;
       o.static_groups = stat;

@@ -194,12 +194,13 @@ void cmd_cast(const std::string& spec, std::vector<std::string> args, bool codes
     if (is_kquant(f)) {  // the sub-block's integer scale (and min) codes, the super-block's fp16 scales
       const size_t sb = static_cast<size_t>(i / kSuperBlock * kquant_super_scale_count(f));
       line += fmt::format("  sub-scale {}", q.scale_at(0, i));
-      if (f.named == preset::q4_k) line += fmt::format("  min {}", q.zero_point_at(0, i));
+      if (kquant_has_min(f)) line += fmt::format("  min {}", q.zero_point_at(0, i));
       line += "  d " + shortest_float(q.super_scales[sb]);
-      if (f.named == preset::q4_k) line += "  dmin " + shortest_float(q.super_scales[sb + 1]);
+      if (kquant_has_min(f)) line += "  dmin " + shortest_float(q.super_scales[sb + 1]);
     } else if (f.gran != granularity::none) {
       line += "  scale " + shortest_float(q.scale_at(0, i));
       if (!q.zero_points.empty()) line += fmt::format("  zero {}", q.zero_point_at(0, i));
+      if (has_block_min(f)) line += "  min " + shortest_float(q.super_scales[static_cast<size_t>(q.group_of(i))]);
       if (f.named == preset::nvfp4) line += "  tensor_scale " + shortest_float(q.tensor_scale);
     }
     std::cout << line << "\n";

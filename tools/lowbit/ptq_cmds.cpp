@@ -123,7 +123,7 @@ void print_quantize(const quantize_cli_options& o, const ptq::quantize_job_confi
                              in_memory->mean_nll, written->mean_nll, o.out);
   if (!job.fallbacks.empty())
     std::cout << fmt::format("{} weights kept as {}: {}\n", job.fallbacks.size(),
-                             job.gguf ? fmt::format("a wider GGUF type (rows not a multiple of the {} block of {})",
+                             job.gguf ? fmt::format("llama.cpp's fallback GGUF type (rows not a multiple of the {} block of {})",
                                                     ggml_type_name(static_cast<ggml_type>(job.gguf_type)),
                                                     ggml_block_size(static_cast<ggml_type>(job.gguf_type)))
                                       : std::string("float values (not values of the format alone)"),

@@ -4,7 +4,7 @@
 // index.html that shows the figures above a table of the runs.
 //
 // Derived columns:
-//   family    int | fp (ExMy minifloat) | mx (E8M0 block scale) | nvfp4 | ggml (q4_0/q8_0) |
+//   family    int | fp (ExMy minifloat) | mx (E8M0 block scale) | nvfp4 | ggml (q4_0 ... q6_k) |
 //             lut (nf4, lut(...)) | pow (power maps) | float (16 bits and more, unscaled)
 //   acts, kv  the activation and KV-cache formats from the run's config ("" when float)
 //   mac_cost  relative cost of one multiply-accumulate of the weight and activation operands,

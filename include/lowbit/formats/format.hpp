@@ -1,7 +1,7 @@
 // The quantization format descriptor and its spec grammar (docs/formats.md "The format spec"):
 //
 //   format   := element [ '/' group ] [ ':' scale ] [ '@' rule ] [ '~' rounding ]
-//             | preset [ '~' rounding ]              (nvfp4, q4_0, q8_0, q4_k, q6_k, mxint8, flexN+E)
+//             | preset [ '~' rounding ]              (nvfp4, ggml's q4_0 ... q6_k, mxint8, flexN+E)
 //             | powA '(' format ')'                  (power map, docs/conventions.md §12)
 //   element  := intN | uintN | eEmM[variant][(opts)] | nf4 | lut(v1,v2,...) | bf16 | fp16 | fp32 | tf32
 //   group    := t | c | gK           scale := fp32 | fp16 | bf16 | e8m0 | pow2 | e4m3 | any element
@@ -39,9 +39,12 @@ enum class scale_kind : uint8_t { element, e8m0, pow2 };
 enum class scale_rule : uint8_t { max, mse, percentile, ocp, ceil, rceil, even };
 
 // Layouts and algorithms the generic grammar cannot express (docs/conventions.md §13).
-// q4_k / q6_k: ggml's K-quants, super-blocks of 256 with sub-block scales (kernels/kquant.hpp);
-// group_size is the sub-block (32 / 16), the scale format the fp16 of the super-block scales.
-enum class preset : uint8_t { none, nvfp4, q4_0, q8_0, mxint8, flex, q4_k, q6_k };
+// ggml's block formats (docs/formats.md §1.6), fp16 scales, their rounding fixed:
+//   q4_0, q5_0, q8_0 : blocks of 32, value (q - z) * d (z = 8, 16, 0)
+//   q4_1, q5_1       : blocks of 32, value q * d + m with the block's fp16 min m
+//   q2_k, q3_k, q4_k, q5_k, q6_k : ggml's K-quants, super-blocks of 256 with sub-block scales
+//                      (kernels/kquant.hpp); group_size is the sub-block (16 or 32)
+enum class preset : uint8_t { none, nvfp4, q4_0, q8_0, mxint8, flex, q4_k, q6_k, q4_1, q5_0, q5_1, q2_k, q3_k, q5_k };
 
 struct scale_format {
   scale_kind kind = scale_kind::element;

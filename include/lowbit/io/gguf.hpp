@@ -25,7 +25,10 @@ enum class gguf_type : uint32_t {
 };
 
 // Tensor types lowbit reads and writes (the numbers are ggml's).
-enum class ggml_type : uint32_t { f32 = 0, f16 = 1, q4_0 = 2, q8_0 = 8, q4_k = 12, q6_k = 14, bf16 = 30, mxfp4 = 39 };
+enum class ggml_type : uint32_t {
+  f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q5_0 = 6, q5_1 = 7, q8_0 = 8,
+  q2_k = 10, q3_k = 11, q4_k = 12, q5_k = 13, q6_k = 14, bf16 = 30, mxfp4 = 39
+};
 const char* ggml_type_name(ggml_type t);
 const char* gguf_type_name(gguf_type t);
 int ggml_block_size(ggml_type t);    // elements per block (1 for f32/f16/bf16)
@@ -71,8 +74,7 @@ class gguf_file {
   const std::vector<gguf_tensor_info>& tensors() const { return tensors_; }
   const gguf_tensor_info* find(const std::string& name) const;
   const gguf_tensor_info& get(const std::string& name) const;
-  // Decodes F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q6_K/MXFP4 to float32 (exactly as ggml's
-  // dequantize_row_*). For
+  // Decodes every type above to float32 (exactly as ggml's dequantize_row_*). For
   // MXFP4 that means ggml's doubled-integer table: the E2M1 code -0 (8) reads +0, and the E8M0
   // exponent 0xFF reads as 2^128 (Inf for |q| >= 1), not NaN; decode_ggml_blocks keeps OCP's NaN.
   std::vector<float> read_f32(const std::string& name) const;
@@ -103,7 +105,7 @@ class gguf_writer {
   void add_i32_array(const std::string& key, const std::vector<int32_t>& v);
   // A float32 tensor of `shape` (outermost first, as lowbit::tensor) stored as `type`; the rows
   // (last dimension) must divide the type's block. Quantized types encode exactly as ggml's
-  // quantize_row_*_ref (q8_0/q4_0/q4_k/q6_k via lowbit's presets, mxfp4 via OCP MXFP4).
+  // quantize_row_*_ref (q4_0 ... q6_k via lowbit's presets of the same names, mxfp4 via OCP MXFP4).
   void add_tensor(const std::string& name, const std::vector<int64_t>& shape, const float* data,
                   ggml_type type);
   // Encoded blocks (the bytes ggml expects for `type`) made by `bytes` when write() reaches the
@@ -131,22 +133,27 @@ class gguf_writer {
 std::vector<uint8_t> encode_ggml_floats(const float* data, size_t n, ggml_type type);
 
 // ggml block layouts <-> lowbit quantized tensors (rows of `cols` elements, cols % 32 == 0;
-// cols % 256 == 0 for the K-quants).
-//   q8_0 : fp16 d, int8 q[32]                  x = q * d
-//   q4_0 : fp16 d, u8 qs[16] (lo nibble: j, hi: j+16)   x = (q - 8) * d
-//   mxfp4: u8 e (E8M0), u8 qs[16] (same nibble order)   x = e2m1(q) * 2^(e-127)
-//   q4_k : 144 bytes per 256 (block_q4_K): fp16 d, fp16 dmin, u8 scales[12] (the 6-bit sc_j and
-//          m_j of 8 sub-blocks of 32, get_scale_min_k4's packing), u8 qs[128] (per 64 values:
-//          lo nibble j, hi nibble j + 32)                x = d * sc_j * q - dmin * m_j
-//   q6_k : 210 bytes per 256 (block_q6_K): u8 ql[128] (low 4 bits), u8 qh[64] (high 2 bits),
-//          int8 scales[16] (sub-blocks of 16), fp16 d    x = d * sc_j * (q - 32)
-// The scales are the float values (fp16 d; 2^(e-127), NaN for e = 0xFF); q4_0 zero points are 8
-// (0 for a NaN group, as lowbit's quantize stores it). encode refuses a tensor of another layout
-// or a scale the block cannot hold exactly.
+// cols % 256 == 0 for the K-quants). Blocks of 32 pair value j (low nibble) with j + 16 (high):
+//   q4_0 : fp16 d, u8 qs[16]                                x = (q - 8) * d
+//   q4_1 : fp16 d, fp16 m, u8 qs[16]                        x = q * d + m
+//   q5_0 : fp16 d, u32 qh (bit j: bit 4 of q_j), u8 qs[16]  x = (q - 16) * d
+//   q5_1 : fp16 d, fp16 m, u32 qh, u8 qs[16]                x = q * d + m
+//   q8_0 : fp16 d, int8 q[32]                               x = q * d
+//   mxfp4: u8 e (E8M0), u8 qs[16]                           x = e2m1(q) * 2^(e-127)
+// The K-quants (kernels/kquant.hpp has each block_q*_K's byte layout), per 256 values:
+//   q2_k : 84 bytes, 16 sub-blocks of 16, 4-bit sc_j and m_j   x = d * sc_j * q - dmin * m_j
+//   q3_k : 110 bytes, 16 sub-blocks of 16, 6-bit sc_j          x = d * sc_j * (q - 4)
+//   q4_k : 144 bytes, 8 sub-blocks of 32, 6-bit sc_j and m_j   x = d * sc_j * q - dmin * m_j
+//   q5_k : 176 bytes, 8 sub-blocks of 32, 6-bit sc_j and m_j   x = d * sc_j * q - dmin * m_j
+//   q6_k : 210 bytes, 16 sub-blocks of 16, int8 sc_j           x = d * sc_j * (q - 32)
+// The scales are the float values (fp16 d; 2^(e-127), NaN for e = 0xFF); q4_0/q5_0 zero points
+// are 8/16 (0 for a NaN group, as lowbit's quantize stores it); q4_1/q5_1's m is in super_scales.
+// encode refuses a tensor of another layout or a scale the block cannot hold exactly.
 std::vector<uint8_t> encode_ggml_blocks(const quantized_tensor& q, ggml_type type);
 quantized_tensor decode_ggml_blocks(const uint8_t* bytes, int64_t rows, int64_t cols, ggml_type type);
 
-// lowbit's format of a block-quantized ggml type (q8_0, q4_0, q4_k, q6_k, mxfp4); throws for others.
+// lowbit's format of a block-quantized ggml type (q4_0 ... q6_k of the same names, mxfp4); throws
+// for the float types.
 format ggml_type_format(ggml_type t);
 
 }  // namespace lowbit

@@ -97,20 +97,25 @@ void save_gguf_model(const model& m, const std::string& path);  // every tensor 
 void save_gguf_model(const tensor_reader& r, const std::string& path, const std::map<std::string, uint32_t>& types,
                      const std::set<std::string>& rounded = {});
 
-// llama.cpp's tensor type (ggml_type number) for a weight format: q4_0, q8_0, q4_k, q6_k, mxfp4,
-// bf16, fp16; throws naming those for any other.
+// llama.cpp's tensor type (ggml_type number) for a weight format: ggml's q4_0, q4_1, q5_0, q5_1,
+// q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, mxfp4, bf16, fp16; throws naming those for any other.
 uint32_t ggml_type_for_format(const format& f);
+// The type a weight of ggml type `type` falls back to when its rows do not divide the type's
+// block, as llama.cpp's quantizer chooses it (docs/conventions.md §22): Q2_K, Q3_K -> Q4_0, Q4_K
+// -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0 (rows a multiple of 32), else F16.
+uint32_t ggml_fallback_type(uint32_t type, int64_t cols);
 // The types of a GGUF export of m's linear weights in `type` (docs/conventions.md §22): a weight whose
-// rows do not divide the type's block falls back to the nearest wider type that fits — Q8_0
-// (rows a multiple of 32; for q4_k/q6_k, whose block is 256), then F16 — and m's values are
-// rounded onto that type the same way (fake-quantized from the values `type` gave them), so the
-// file and the model in memory agree. Returns the names that fell back, as "name (type)".
-std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex);
+// rows do not divide the type's block falls back (ggml_fallback_type). Unless its values already
+// are values of the fallback type (`quantized_in_fallbacks`: the PTQ method quantized it in that
+// type's format, ptq::quantize_options::gguf_fallbacks; never for F16), m's values are rounded
+// onto that type (fake-quantized from the values `type` gave them), so the file and the model in
+// memory agree. Returns the names that fell back, as "name (type)".
+std::vector<std::string> plan_gguf_export(model& m, uint32_t type, gguf_export& ex, bool quantized_in_fallbacks = false);
 // The types alone, from the shapes of `header`'s linear weights (a tensor_reader's header).
 // (docs/conventions.md §22's fallbacks as plan_gguf_export's, described the same way; `rounded`, when
-// given, receives their names.)
+// given, receives the names whose values are to be rounded onto their type.)
 std::vector<std::string> gguf_export_types(const model& header, uint32_t type, std::map<std::string, uint32_t>& types,
-                                           std::set<std::string>* rounded = nullptr);
+                                           std::set<std::string>* rounded = nullptr, bool quantized_in_fallbacks = false);
 // t's values rounded onto ggml type `type` (a ggml_type number; fake-quantized in its format, F32
 // leaves them).
 void round_onto_ggml_type(tensor& t, uint32_t type);

@@ -4,9 +4,11 @@
 //   uint        code = clamp(round(x / s) + z, 0, 2^N - 1), value = (code - z) * s
 //   powA(...)   y = x / s, t = sign(y)|y|^A, code = encode(t * elem_max),
 //               value = sign(w)|w|^(1/A) * s with w = decode(code) / elem_max
-//   q4_0, q8_0  ggml's quantize_row_*_ref arithmetic (x * (1/d), truncation / roundf)
-//   q4_k        code = clamp(nearest_int((x + dmin*m) / (d*sc)), 0, 15), value = d*sc * code - dmin*m
-//   q6_k        code = clamp(nearest_int(x / (d*sc)), -32, 31), value = d*sc * code (kquant.hpp;
+//   q4_0, q5_0, q8_0, q4_1, q5_1  ggml's quantize_row_*_ref arithmetic (x * (1/d), truncation /
+//               roundf; q4_1/q5_1 count from the block's min: value = code * d + m)
+//   q2_k, q4_k, q5_k  code = clamp(nearest_int((x + dmin*m) / (d*sc)), 0, 2^bits - 1),
+//               value = d*sc * code - dmin*m
+//   q3_k, q6_k  code = clamp(nearest_int(x / (d*sc)), -z, z - 1), value = d*sc * code (kquant.hpp;
 //               the super-block's d, dmin, sc, m come from ggml's search over its 256 values)
 //   a group that held NaN/Inf: every value is NaN
 #pragma once

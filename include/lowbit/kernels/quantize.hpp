@@ -16,11 +16,13 @@ namespace lowbit {
 //            [j*b, (j+1)*b) of the row, least significant bit first (b = element bits)
 //   scales : one float per group, row-major over (row, group); exact values of the scale format
 //            (NaN for a group that held NaN/Inf, docs/conventions.md §4)
-//   zero_points : for uint elements (asymmetric), one per group
+//   zero_points : for uint elements (asymmetric), one per group (q4_0 / q5_0: their fixed 8 / 16)
 //   tensor_scale: the second-level FP32 scale of nvfp4 (1 otherwise)
-//   super_scales: q4_k / q6_k, the fp16 scales of each 256-value super-block, (d, dmin) or (d);
-//                 then `scales` holds the integer sub-block scale codes and q4_k's zero_points
-//                 the sub-block min codes (kernels/kquant.hpp)
+//   super_scales: the K-quants (q2_k ... q6_k), the fp16 scales of each 256-value super-block,
+//                 (d, dmin) or (d); then `scales` holds the integer sub-block scale codes and
+//                 zero_points the sub-block min codes (kernels/kquant.hpp).
+//                 q4_1 / q5_1: each block's fp16 min m, one per group (value = q * d + m, d in
+//                 `scales`; no zero points)
 struct quantized_tensor {
   format fmt;
   int64_t rows = 0, cols = 0;
@@ -31,8 +33,8 @@ struct quantized_tensor {
   float tensor_scale = 1.0f;
   std::vector<float> super_scales;
 
-  // Zeroed codes and unit scales (plus zero points for uint, q4_0 and q4_k; super-scales for
-  // q4_k/q6_k) for [rows, cols] in f.
+  // Zeroed codes and unit scales (plus zero points for uint, q4_0/q5_0 and the K-quants with a
+  // min; super-scales for the K-quants, q4_1 and q5_1) for [rows, cols] in f.
   static quantized_tensor allocate(const format& f, int64_t rows, int64_t cols);
 
   uint32_t code(int64_t r, int64_t c) const;
@@ -47,6 +49,21 @@ struct quantized_tensor {
 
 // Number of groups per row and the columns [c0, c1) of group g of a row.
 int64_t groups_per_row(const format& f, int64_t cols);
+
+// ggml's blocks of 32 with a min, q4_1 and q5_1: value = q * d + m, m in super_scales.
+bool has_block_min(const format& f);
+// ggml's q4_0 / q5_0: codes q - z with the fixed zero point z = 8 / 16 in zero_points.
+bool has_fixed_zero_point(const format& f);
+// Whether quantized_tensor::zero_points holds one per group (uint elements, q4_0/q5_0, the
+// K-quants with a min).
+bool stores_zero_points(const format& f);
+
+// The group_scale a stored tensor implies for element (r, c): what dequantize_value_ref takes.
+struct group_scale;
+group_scale stored_group_scale(const quantized_tensor& q, int64_t r, int64_t c);
+// Stores a group's scale as quantize_ref does: `scales` (NaN for a non-finite group), the zero
+// point where the format keeps one, q4_1/q5_1's min. gi = r * groups_per_row + g.
+void store_group_scale(quantized_tensor& q, int64_t gi, const group_scale& gs);
 
 // Bit packing of one row of codes (the layout of quantized_tensor::codes): element j at bits
 // [j*bits, (j+1)*bits), least significant bit first. dst must hold ceil(n*bits/8) bytes.

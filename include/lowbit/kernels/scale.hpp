@@ -12,10 +12,18 @@ struct group_scale {
   float scale = 1.0f;       // quantize x / scale, dequantize q * scale (NaN: the group held NaN/Inf)
   float stored = 1.0f;      // what the format stores (nvfp4: the E4M3 block scale; else = scale)
   float multiplier = 0.0f;  // ggml presets: 1/d taken before d is rounded to fp16
-  int32_t zero_point = 0;   // uint elements (and q4_0's fixed 8; q4_k's min code m)
-  float offset = 0.0f;      // q4_k: dmin * m, subtracted after scaling (value = q * scale - offset)
+  int32_t zero_point = 0;   // uint elements (and q4_0's / q5_0's fixed 8 / 16; a K-quant's min code m)
+  // Subtracted after scaling (value_minus_offset): q2_k/q4_k/q5_k dmin * m; q4_1/q5_1 -m, the
+  // block's fp16 min negated.
+  float offset = 0.0f;
+  float min = 0.0f;         // q4_1/q5_1: the block's min before fp16 rounding (codes count from it)
   bool nonfinite = false;
 };
+
+// The value of code q in ggml's blocks with a min ("type-1", x = d * q + min), in ggml's float
+// operations: dequantize_row_q2_K/q4_K/q5_K's y = d1 * q - m1 (scale = d1 = d * sc, offset = m1 =
+// dmin * m) and dequantize_row_q4_1/q5_1's y = q * d + m (offset = -m; a - (-m) is a + m bit for bit).
+inline float value_minus_offset(const group_scale& gs, uint32_t q) { return gs.scale * static_cast<float>(q) - gs.offset; }
 
 // Statistics a group's scale is chosen from; kernels compute them (SIMD or scalar).
 struct group_stats {

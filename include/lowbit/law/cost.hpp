@@ -31,7 +31,7 @@
 //
 // Mapping of lowbit's element families onto operands:
 //   minifloat eEmM (any variant, bf16, fp16, fp32, tf32): as above from its exact limits.
-//   intN (incl. MXINT8, q4_0/q8_0 elements, flexN+E's intN): E = 0, one position.
+//   intN (incl. MXINT8, ggml's q4_0/q5_0/q8_0/q3_k/q6_k elements, flexN+E's intN): E = 0, one position.
 //   uintN: as a signed int of N + 1 bits (w - z).
 //   lut (nf4, lut(...)): decoded through a table to an fp16 (e5m10) operand, then as fp16.
 //   "" or "-" (no format, the float path): fp32.

@@ -56,7 +56,16 @@ struct quantize_options {
   // Randomized Hadamard rotation of the residual stream before quantizing (rotate.hpp; Llama).
   bool rotate = false;
   uint64_t rotate_seed = 0;
+  // For a GGUF output (docs/conventions.md §22): a weight whose rows do not divide the GGUF block of
+  // `weights` is quantized by the method in the format of llama.cpp's fallback type instead (q4_k's
+  // rows of 288 in q5_0, as llama.cpp quantizes them); rows that fit no fallback block stay in
+  // `weights` and are rounded onto F16 when written. weight_format_for says which.
+  bool gguf_fallbacks = false;
 };
+
+// The format o's method quantizes a linear weight of `cols` input columns in: o.weights, or with
+// o.gguf_fallbacks and rows that do not fit its GGUF block, the fallback type's format.
+format weight_format_for(const quantize_options& o, int64_t cols);
 
 // The windows' start offsets in ids (docs/conventions.md §21). Throws, saying how many windows the
 // second half holds, when it holds fewer than `samples`.
