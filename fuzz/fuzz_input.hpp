@@ -13,15 +13,20 @@
 
 namespace lowbit::fuzz {
 
-inline std::string scratch_dir() {
-  static const std::string dir = [] {
+inline const std::string& scratch_dir() {
+  // Leaked on purpose: the exit handler that removes the directory runs after static
+  // destructors would have freed a static string.
+  static const std::string* dir = [] {
     const char* base = std::filesystem::exists("/dev/shm") ? "/dev/shm" : "/tmp";
-    std::string d = std::string(base) + "/lowbit-fuzz-" + std::to_string(getpid());
-    std::filesystem::create_directories(d);
-    std::atexit([] { std::error_code ec; std::filesystem::remove_all(scratch_dir(), ec); });
+    auto* d = new std::string(std::string(base) + "/lowbit-fuzz-" + std::to_string(getpid()));
+    std::filesystem::create_directories(*d);
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(scratch_dir(), ec);
+    });
     return d;
   }();
-  return dir;
+  return *dir;
 }
 
 // Writes the input to scratch_dir()/name and returns the path (overwritten at every call).

@@ -96,9 +96,9 @@ int main(int argc, char** argv) {
         write_all(out / "model" / (a + "-" + dtype + ".safetensors"), framed(prefix, body));
       }
       std::map<std::string, quantized_tensor> packed;
-      for (const auto& t : m.tensors)
-        if (t.shape.size() == 2 && t.name.find("blk.0.ffn") == 0)
-          packed[t.name] = quantize(t.data.data(), t.shape[0], t.shape[1], parse_format(a == "llama" ? "int4/g16" : "nvfp4"));
+      for (const auto& [name, t] : m.tensors)
+        if (t.shape.size() == 2 && name.find("blk.0.ffn") == 0)
+          packed[name] = quantize(t.data.data(), t.shape[0], t.shape[1], parse_format(a == "llama" ? "int4/g16" : "nvfp4"));
       save_safetensors_model(m, st.string(), "F32", packed);
       write_all(out / "safetensors" / (a + "-packed"), read_all(st));
       const fs::path gg = out / ("tmp-" + a + ".gguf");
