@@ -10,8 +10,11 @@
 #     weights, from RTN's (--init-weights rtn) and from GPTQ's (--init-weights gptq: N
 #     calibration tokens more), exported with `lowbit quantize --method rtn` (exactly the
 #     forward's Q(W));
+#   - fine-tuning alone (plan fp32, N tokens) as the reference of the QAFT runs: the text teaches
+#     the model more than the quantization costs it;
 #   - every model evaluated on the first EVAL tokens of the evaluation text.
-# Usage: scripts/qaft-vs-gptq.sh [OUT_DIR] [N] [EVAL] [LR]   (defaults: explore-out/qaft, 32768, 16384, 3e-4)
+# Usage: scripts/qaft-vs-gptq.sh [OUT_DIR] [N] [EVAL] [LR] [FORMATS]
+#   (defaults: explore-out/qaft, 32768, 16384, 3e-4, "int4/g32 int3/g32")
 # Prints one line per run: name, eval mean NLL, perplexity, wall seconds and CPU seconds of the
 # step that made the model (quantize or train + export). Finished steps are skipped on a rerun.
 set -euo pipefail
@@ -20,6 +23,7 @@ out=${1:-explore-out/qaft}
 n=${2:-32768}
 eval_tokens=${3:-16384}
 lr=${4:-3e-4}
+formats=${5:-int4/g32 int3/g32}
 data_dir=${LOWBIT_DATA_DIR:-../shared/data}
 model=$data_dir/llama2c/stories15M.bin
 mkdir -p "$out"
@@ -59,7 +63,12 @@ qaft() {  # name, format, train flags...: fine-tune, then export the forward's Q
 }
 
 evaluate fp32 --model "$model"
-for fmt in int4/g32 int3/g32; do
+# Fine-tuning alone (plan fp32, the same tokens): what the text teaches the model besides the
+# quantization (the evaluation text's documents start mid-story, after BOS).
+timed ft-fp32 "$lowbit" train --init "$model" --data "$out/train.txt" --plan fp32 --steps "$steps" --batch 4 \
+  --ctx 256 --lr "$lr" --eval-every "$steps" --val-batches 2 --out "$out/ft-fp32" --json
+evaluate ft-fp32 --model "$out/ft-fp32/model.safetensors"
+for fmt in $formats; do
   tag=${fmt%%/*}
   timed "rtn-$tag" "$lowbit" quantize --model "$model" --data "$out/train.txt" --weights "$fmt" --method rtn \
     -o "$out/rtn-$tag.safetensors" --force
