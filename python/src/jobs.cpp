@@ -9,6 +9,7 @@
 #include <climits>
 #include <filesystem>
 #include <memory>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -16,6 +17,7 @@
 #include "lowbit/base/error.hpp"
 #include "lowbit/base/files.hpp"
 #include "lowbit/engine/model.hpp"
+#include "lowbit/explore/finetune.hpp"
 #include "lowbit/io/model_io.hpp"
 #include "lowbit/ptq/job.hpp"
 #include "lowbit/runs/eval_job.hpp"
@@ -272,12 +274,14 @@ py::object train_job_call(const py::handle& config, bool resume, const py::objec
   for (auto it = j.begin(); it != j.end();)  // None: the default
     it = it->is_null() ? j.erase(it) : std::next(it);
   const train_run_config cfg = train_run_config::from_json(j);
+  std::set<std::string> given;  // with init, the model's architecture gives way only to these
+  for (const auto& [key, value] : j.items()) given.insert(key);
   const std::string data_dir = shipped_data_dir(LOWBIT_DEFAULT_DATA_DIR);
   nlohmann::json doc, curve = nlohmann::json::array();
   std::shared_ptr<model> trained;
   {
     py::gil_scoped_release release;
-    train_job job = prepare_training(cfg, resume, data_dir);
+    train_job job = prepare_train_job(cfg, resume, data_dir, given);
     train_result r = run_training(job, [&](const train_point& p, int64_t steps) {
       py::gil_scoped_acquire gil;
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();
@@ -429,7 +433,9 @@ void register_jobs(py::module_& m) {
         "`lowbit train` as a call: trains a Llama-style or GPT-2 model under a training plan. The settings are "
         "keyword arguments (or a `config` dict under them) with `lowbit train --config`'s keys: arch, dim, "
         "layers, heads, kv_heads, hidden, tied, data, tokenizer, batch, ctx, val_batches, steps, lr, min_lr_frac, "
-        "warmup_frac, clip, weight_decay, seed, plan, eval_every, checkpoint_every, out, ...; an unknown key "
+        "warmup_frac, clip, weight_decay, seed, plan, eval_every, checkpoint_every, out, init (fine-tune a model "
+        "file: its architecture, weights and tokenizer), init_weights (start from them quantized by a PTQ method: "
+        "rtn, gptq, ...), calib_samples, calib_ctx; an unknown key "
         "raises lowbit.Error. Returns `train --json`'s document as a dict, plus curve (one dict per step, "
         "log.jsonl's lines) and model (the trained lowbit.Model). progress(point, steps) after each step.");
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import lowbit
+from conftest import bits
 
 # `lowbit eval --model stories15M.bin --data tinystories_val_sample.txt --max-tokens 2048`
 # (docs/evaluation.md), and the same under --weights int4/g32 --acts int8/c --kv e4m3fn/c --kl-base.
@@ -214,6 +215,29 @@ def test_train_config_dict_and_refusals(shipped, tmp_path):
         lowbit.train(base, out=tmp_path / "run")
     resumed = lowbit.train(base, out=tmp_path / "run", resume=True)
     assert resumed["resumed_from"] == 2
+
+
+def test_train_init_fine_tunes_a_model_file(shipped, cli, tmp_path):
+    # init: the model's architecture, weights and tokenizer are the start; at lr 0 they stay
+    settings = dict(init=model260k(shipped), data=text(shipped), steps=2, lr=0, batch=2, ctx=32, val_batches=1)
+    got = lowbit.train(**settings)
+    assert got["init"]["model"] == str(model260k(shipped)) and got["init"]["weights"] == ""
+    assert got["params"] == 260032
+    start = lowbit.load_model(model260k(shipped))
+    for name in start.tensor_names():
+        assert np.array_equal(bits(got["model"].tensor(name)), bits(start.tensor(name))), name
+    # QAFT from GPTQ's weights, as `lowbit train --init ... --init-weights gptq` runs it
+    qaft = dict(settings, lr=1e-3, plan="qat:int4/g32", init_weights="gptq", calib_samples=8, calib_ctx=64)
+    want = json.loads(run_cli(cli, "train", "--init", model260k(shipped), "--data", text(shipped), "--steps", 2,
+                              "--lr", 1e-3, "--batch", 2, "--ctx", 32, "--val-batches", 1, "--plan", "qat:int4/g32",
+                              "--init-weights", "gptq", "--calib-samples", 8, "--calib-ctx", 64,
+                              "--json").stdout.splitlines()[-1])
+    got = lowbit.train(**qaft)
+    assert got["val_loss"] == want["val_loss"] and got["init"]["ptq"]["method"] == "gptq"
+    with pytest.raises(lowbit.Error, match=r"dim 32 \(--dim; the model's 64\)"):
+        lowbit.train(settings, dim=32)
+    with pytest.raises(lowbit.Error, match="keeps its vocabulary"):
+        lowbit.train(settings, tokenizer="bytes")
 
 
 # ---- runs --------------------------------------------------------------------------------------------

@@ -946,7 +946,9 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
   const std::vector<std::string> coded = r.coded_names();
   const std::set<std::string> has_codes(coded.begin(), coded.end());
   // Every tensor is read and encoded when the writer reaches it: one tensor in memory at a time.
-  for (const auto& [name, shape_only] : m.tensors) {
+  for (const auto& entry : m.tensors) {
+    const std::string& name = entry.first;  // not a structured binding: the lambda below copies it
+    const auto& shape_only = entry.second;
     const auto it = types.find(name);
     const ggml_type type = it == types.end() ? ggml_type::f32 : static_cast<ggml_type>(it->second);
     const bool round = rounded.count(name) > 0;

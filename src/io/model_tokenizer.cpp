@@ -61,6 +61,16 @@ std::string tokenizer_file_beside(const std::string& model_path, int vocab_size)
   return "";
 }
 
+tokenizer_source model_tokenizer_source(const model& m) {
+  if (m.tokenizer.kind == "gguf") return {"gguf", fs::absolute(m.tokenizer.path.empty() ? m.source_path : m.tokenizer.path).string()};
+  if (m.tokenizer.kind == "bytes") return {"bytes", ""};
+  if (!m.tokenizer.path.empty()) return m.tokenizer;
+  const std::string beside = tokenizer_file_beside(m.source_path, m.config.vocab_size);
+  if (beside.empty())
+    throw error(fmt::format("{}: no tokenizer named by the model or found beside it; pass --tokenizer", m.source_path));
+  return {"file", fs::absolute(beside).string()};
+}
+
 std::unique_ptr<tokenizer> tokenizer_for_model(const model& m, const std::string& path) {
   std::unique_ptr<tokenizer> tok;
   if (!path.empty()) {

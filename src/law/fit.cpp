@@ -310,7 +310,8 @@ std::vector<law_point> points_from_runs(law_id l, const std::vector<run_record>&
   std::vector<law_point> out;
   size_t skip = 0;
   for (const auto& r : runs) {
-    if (r.kind != "train") continue;
+    // A fine-tuning run's tokens are not its model's training tokens: no point of a law.
+    if (r.kind != "train" || r.method == "finetune") continue;
     const auto it = r.metrics.find("val_loss");
     if (it == r.metrics.end() || !(it->second > 0) || !(r.n_params > 0) || !(r.tokens > 0)) {
       ++skip;

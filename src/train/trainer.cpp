@@ -17,6 +17,7 @@
 #include "lowbit/base/error.hpp"
 #include "lowbit/base/files.hpp"
 #include "lowbit/io/model_io.hpp"
+#include "lowbit/text/documents.hpp"
 #include "lowbit/train/checkpoint.hpp"
 
 namespace fs = std::filesystem;
@@ -67,6 +68,8 @@ void visit_settings(Config& c, F&& f) {
   f("beta1", c.adam.beta1), f("beta2", c.adam.beta2), f("eps", c.adam.eps);
   f("weight_decay", c.adam.weight_decay), f("seed", c.seed), f("plan", c.plan), f("l1_norm", c.l1_norm);
   f("eval_every", c.eval_every), f("checkpoint_every", c.checkpoint_every), f("out", c.out_dir);
+  f("init", c.init), f("init_weights", c.init_weights), f("calib_samples", c.calib_samples);
+  f("calib_ctx", c.calib_ctx);
 }
 
 }  // namespace
@@ -96,28 +99,29 @@ train_run_config train_run_config::from_json(const nlohmann::json& j) {
   return c;
 }
 
-namespace {
-
-// Tokens of the training and validation parts of a text: the first (1 - val_fraction) of the
-// bytes (cut at a UTF-8 character boundary) and the rest, tokenized separately.
-struct token_split {
-  std::vector<int32_t> train, val;
-};
-token_split load_tokens(const train_run_config& c, const tokenizer& tok) {
+token_split training_tokens(const train_run_config& c, const tokenizer& tok, bool documents) {
   const std::string text = read_file(c.data_path, "training data");
   if (c.val_fraction <= 0 || c.val_fraction >= 1)
     throw error(fmt::format("train: validation fraction {} (expected in (0, 1))", c.val_fraction));
   size_t cut = static_cast<size_t>(double(text.size()) * (1 - c.val_fraction));
   while (cut < text.size() && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) ++cut;
   token_split t;
-  t.train = tok.encode(std::string_view(text).substr(0, cut), false, false);
-  t.val = tok.encode(std::string_view(text).substr(cut), false, false);
+  const std::string_view all(text);
+  if (documents) {
+    t.train = encode_documents(tok, std::string(all.substr(0, cut)));
+    t.val = encode_documents(tok, std::string(all.substr(cut)));
+  } else {
+    t.train = tok.encode(all.substr(0, cut), false, false);
+    t.val = tok.encode(all.substr(cut), false, false);
+  }
   const size_t need = size_t(c.ctx) + 1;
   if (t.train.size() < need || t.val.size() < need)
     throw error(fmt::format("train: '{}' gives {} training and {} validation tokens; a window of ctx {} needs "
                             "{} in each", c.data_path, t.train.size(), t.val.size(), c.ctx, need));
   return t;
 }
+
+namespace {
 
 // Window of sequence b (of the global batch) at step s: deterministic in (seed, s, b), so a
 // resumed run and every rank draw the same windows.
@@ -138,7 +142,7 @@ nlohmann::json resume_identity(const train_run_config& c) {
 
 train_result run_training(const train_run_config& cfg, const tokenizer& tok, const tokenizer_source& tok_src,
                           operand_quantizer* quantizer, bool resume,
-                          const std::function<void(const train_point&, int64_t)>& progress) {
+                          const std::function<void(const train_point&, int64_t)>& progress, const model* init) {
   const mpi_world& dp = mpi_world::world();
   if (cfg.batch <= 0 || cfg.ctx <= 1 || cfg.steps <= 0)
     throw error(fmt::format("train: batch {}, ctx {}, steps {} (expected batch > 0, ctx > 1, steps > 0)",
@@ -169,14 +173,20 @@ train_result run_training(const train_run_config& cfg, const tokenizer& tok, con
     if (dp.root())
       for (const std::string& note : notes) std::cerr << "train: note: " << note << " (per rank, not the one-process run's)\n";
   }
-  if (!(cfg.lr > 0)) throw error(fmt::format("train: learning rate {} (expected > 0)", cfg.lr));
+  // lr 0 keeps the weights as they are (AdamW's update and decay are multiples of it): a run that
+  // only measures its start.
+  if (!(cfg.lr >= 0)) throw error(fmt::format("train: learning rate {} (expected >= 0)", cfg.lr));
   if (cfg.val_batches <= 0)
     throw error(fmt::format("train: val_batches {} (expected > 0)", cfg.val_batches));
-  const model_config mc = cfg.model_shape(tok.vocab_size());
+  const model_config mc = init ? init->config : cfg.model_shape(tok.vocab_size());
   mc.validate();
-  const token_split data = load_tokens(cfg, tok);
+  if (init && tok.vocab_size() > mc.vocab_size)
+    throw error(fmt::format("train: the tokenizer has {} tokens, the model being fine-tuned {}", tok.vocab_size(),
+                            mc.vocab_size));
+  const token_split data = training_tokens(cfg, tok, init != nullptr);
 
-  train_model m(mc, cfg.seed);  // mc.l1_norm from cfg.l1_norm
+  // mc.l1_norm from cfg.l1_norm (a fresh model) or the model's own
+  train_model m = init ? train_model(*init) : train_model(mc, cfg.seed);
   adamw opt(cfg.adam);
   train_result res;
   res.params = mc.parameter_count();
@@ -250,6 +260,8 @@ train_result run_training(const train_run_config& cfg, const tokenizer& tok, con
     return dp.allreduce_sum(sum) / double(n_val * cfg.ctx);
   };
 
+  // Where a fine-tuned model started, for its provenance: the model file by content.
+  const std::string init_fingerprint = init && !cfg.init.empty() ? file_fingerprint(cfg.init) : "";
   auto save_checkpoint = [&](int64_t step, double seconds) {
     if (ckpt_path.empty()) return;
     if (dp.root()) {
@@ -257,8 +269,9 @@ train_result run_training(const train_run_config& cfg, const tokenizer& tok, con
                                         res.curve, m.params(), opt.m(), opt.v()});
       model out = m.to_model();
       out.tokenizer = tok_src;
-      out.provenance = nlohmann::json{{"method", "train"}, {"plan", cfg.plan}, {"step", step},
-                                      {"config", cfg.to_json()}}.dump();
+      nlohmann::json prov{{"method", "train"}, {"plan", cfg.plan}, {"step", step}, {"config", cfg.to_json()}};
+      if (init) prov["init"] = {{"model", cfg.init}, {"fingerprint", init_fingerprint}, {"weights", cfg.init_weights}};
+      out.provenance = prov.dump();
       save_safetensors_model(out, (fs::path(cfg.out_dir) / "model.safetensors").string());
     }
     dp.barrier();

@@ -1,6 +1,7 @@
 // `lowbit train` as a user runs it: the documented command line, refusals before training starts,
-// and data parallelism over two Open MPI ranks (docs/conventions.md §24) against one process with the same
-// global batch.
+// data parallelism over two Open MPI ranks (docs/conventions.md §24) against one process with the same
+// global batch, and fine-tuning a model file (--init, docs/training.md §3.5): evaluated as the model
+// itself at learning rate 0, recorded with its start, and QAT's export evaluating as its forward.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -11,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "lowbit/base/files.hpp"
+#include "lowbit/runs/runs_db.hpp"
 #include "tests/cli_run.hpp"
 #include "tests/data.hpp"
 
@@ -37,7 +40,9 @@ std::vector<nlohmann::json> read_log(const fs::path& p) {
 
 const std::string kData = lowbit_test::data_path("text/tinyshakespeare.txt");
 // (tests/data.hpp: a missing file fails the run, listed.)
-LOWBIT_TEST_NEEDS_DATA("test_train", {"text/tinyshakespeare.txt"});
+LOWBIT_TEST_NEEDS_DATA("test_train", {"text/tinyshakespeare.txt", "text/tinystories_val_sample.txt",
+                                       "llama2c/stories260K.bin", "llama2c/tok512.bin",
+                                       "gguf/llama-2-tiny-random.gguf", "tokenizers/gpt2/encoder.json"});
 
 TEST(TrainCli, TheDocumentedCommandPrintsTheFinalValidationLoss) {
   const fs::path dir = lowbit::testing::scratch_path("lowbit_train_cli");
@@ -119,6 +124,131 @@ TEST(TrainCli, TwoMpiRanksFollowTheSingleProcessTrajectory) {
     fs::remove_all(one);
     fs::remove_all(two);
   }
+}
+
+// ---- fine-tuning (--init) ---------------------------------------------------------------------
+
+const std::string kModel = lowbit_test::data_path("llama2c/stories260K.bin");
+const std::string kStories = lowbit_test::data_path("text/tinystories_val_sample.txt");
+
+// `lowbit eval --json`'s mean NLL as printed (17 significant digits: equal text, equal double).
+std::string eval_nll(const std::string& args) {
+  const result r = lowbit::testing::run_lowbit("eval " + args + " --data " + kStories + " --max-tokens 2048 --json");
+  EXPECT_EQ(r.code, 0) << args << ": " << r.out;
+  const auto j = nlohmann::json::parse(r.out, nullptr, false);  // one (pretty-printed) document
+  return j.is_discarded() ? "" : j.at("mean_nll").dump();
+}
+
+TEST(FinetuneCli, AtLearningRateZeroTheTrainedModelEvaluatesAsTheModel) {
+  const fs::path dir = lowbit::testing::scratch_path("lowbit_finetune_lr0");
+  fs::remove_all(dir);
+  const result r = sh(std::string(LOWBIT_CLI) + " train --init " + kModel + " --data " + kStories +
+                      " --lr 0 --steps 2 --batch 2 --ctx 32 --val-batches 1 --out " + dir.string() + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(last_line(r.out));
+  EXPECT_EQ(j.at("init").at("model"), kModel);
+  EXPECT_EQ(j.at("init").at("fingerprint"), lowbit::file_fingerprint(kModel));
+  EXPECT_EQ(j.at("params").get<int64_t>(), 260032);  // stories260K's, not the flags' defaults
+  // The trained model carries the model's tokenizer: eval needs no --tokenizer.
+  const std::string want = eval_nll("--model " + kModel);
+  ASSERT_FALSE(want.empty());
+  EXPECT_EQ(eval_nll("--model " + (dir / "model.safetensors").string()), want);
+  fs::remove_all(dir);
+}
+
+TEST(FinetuneCli, QatExportEvaluatesAsTheQatForwardAndTheRecordNamesTheStart) {
+  const fs::path dir = lowbit::testing::scratch_path("lowbit_finetune_qat");
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string db = (dir / "runs.db").string(), run = (dir / "run").string();
+  const result r = sh(std::string(LOWBIT_CLI) + " train --init " + kModel + " --data " + kStories +
+                      " --plan qat:int4/g32 --init-weights gptq --calib-samples 8 --calib-ctx 64 --steps 4 --lr 1e-3 "
+                      "--batch 4 --ctx 64 --val-batches 1 --out " + run + " --db " + db + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(last_line(r.out));
+  EXPECT_EQ(j.at("init").at("weights"), "gptq");
+  EXPECT_EQ(j.at("init").at("ptq").at("method"), "gptq");
+  EXPECT_EQ(j.at("init").at("ptq").at("weights"), "int4/g32");
+  // lowbit quantize's RTN in the plan's format writes the Q(W) the QAT forward used: the file
+  // evaluates as the trained model under --weights int4/g32, to the last bit.
+  const std::string model = run + "/model.safetensors", exported = (dir / "exported.safetensors").string();
+  const result q = lowbit::testing::run_lowbit("quantize --model " + model + " --data " + kStories +
+                                               " --weights int4/g32 --method rtn -o " + exported, "", true);
+  ASSERT_EQ(q.code, 0) << q.out;
+  const std::string qat = eval_nll("--model " + model + " --weights int4/g32");
+  ASSERT_FALSE(qat.empty());
+  EXPECT_EQ(eval_nll("--model " + exported), qat);
+  EXPECT_NE(eval_nll("--model " + model), qat);
+  // The record: a fine-tuning run named after its start, which its config names by content.
+  const lowbit::runs_db store(db);
+  const auto runs = store.query({"train", "", ""});
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_EQ(runs[0].model, "finetune:stories260K");
+  EXPECT_EQ(runs[0].method, "finetune");
+  EXPECT_EQ(runs[0].config.at("init"), lowbit::file_fingerprint(kModel));
+  EXPECT_EQ(runs[0].config.at("paths").at("init"), fs::absolute(kModel).string());
+  EXPECT_EQ(runs[0].config.at("init_weights"), "gptq");
+  EXPECT_EQ(runs[0].config.at("dim"), 64);
+  EXPECT_EQ(runs[0].config.at("tokenizer"), lowbit::file_fingerprint(lowbit_test::data_path("llama2c/tok512.bin")));
+  EXPECT_EQ(runs[0].config.at("non_embedding_params"), 260032 - 512 * 64);
+  fs::remove_all(dir);
+}
+
+TEST(FinetuneCli, TwoMpiRanksFineTuneAsOneProcess) {
+  // Every rank loads the model and makes the same GPTQ start; then the run is data-parallel as
+  // any other (docs/conventions.md §24).
+  const fs::path one = lowbit::testing::scratch_path("lowbit_ft_dp1"), two = lowbit::testing::scratch_path("lowbit_ft_dp2");
+  fs::remove_all(one);
+  fs::remove_all(two);
+  const std::string args = " train --init " + kModel + " --data " + kStories +
+                           " --plan qat:int4/g32 --init-weights gptq --calib-samples 4 --calib-ctx 64 --steps 4 "
+                           "--batch 4 --ctx 32 --lr 1e-3 --val-batches 1 --json --out ";
+  const result a = sh(std::string(LOWBIT_CLI) + args + one.string());
+  ASSERT_EQ(a.code, 0) << a.out;
+  const result b = sh("OMP_NUM_THREADS=1 mpirun --allow-run-as-root --oversubscribe -np 2 " +
+                      std::string(LOWBIT_CLI) + args + two.string());
+  ASSERT_EQ(b.code, 0) << b.out;
+  const auto la = read_log(one / "log.jsonl"), lb = read_log(two / "log.jsonl");
+  ASSERT_EQ(la.size(), 4u);
+  ASSERT_EQ(lb.size(), 4u);
+  for (size_t i = 0; i < la.size(); ++i)
+    EXPECT_NEAR(la[i]["train_loss"].get<double>(), lb[i]["train_loss"].get<double>(), 1e-4) << "step " << i + 1;
+  const auto ia = nlohmann::json::parse(last_line(a.out)).at("init"), ib = nlohmann::json::parse(last_line(b.out)).at("init");
+  EXPECT_EQ(ia.at("fingerprint"), ib.at("fingerprint"));
+  const double ea = ia.at("ptq").at("error"), eb = ib.at("ptq").at("error");
+  EXPECT_NEAR(ea, eb, 1e-6 * ea);  // the same GPTQ start (to the BLAS's summation order)
+  fs::remove_all(one);
+  fs::remove_all(two);
+}
+
+TEST(FinetuneCli, FlagsThatContradictTheModelAndOtherVocabulariesAreRefused) {
+  const fs::path dir = lowbit::testing::scratch_path("lowbit_finetune_refused");
+  fs::remove_all(dir);
+  const std::string base = std::string(LOWBIT_CLI) + " train --init " + kModel + " --data " + kStories +
+                           " --steps 2 --out " + dir.string();
+  // --dim 64 is the model's; --layers 2 and --heads 4 (the default, given) are not.
+  result r = sh(base + " --dim 64 --layers 2 --heads 4 --untied");
+  EXPECT_EQ(r.code, 2) << r.out;
+  for (const char* named : {"layers 2 (--layers; the model's 5)", "heads 4 (--heads; the model's 8)", "(--untied"})
+    EXPECT_NE(r.out.find(named), std::string::npos) << named << ": " << r.out;
+  EXPECT_EQ(r.out.find("dim 64 (--dim"), std::string::npos) << r.out;
+  r = sh(base + " --tokenizer bytes");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("has 258 tokens"), std::string::npos) << r.out;
+  r = sh(base + " --init-weights gptq");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("plan's weight format"), std::string::npos) << r.out;
+  r = sh(std::string(LOWBIT_CLI) + " train --init " + kStories + " --steps 2 --out " + dir.string());
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("unknown model file"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir));  // nothing written
+  // A --config file's keys count as given, as flags do.
+  const fs::path cfg = lowbit::testing::scratch_path("lowbit_finetune_cfg").concat(".json");
+  std::ofstream(cfg) << R"({"init": ")" << kModel << R"(", "hidden": 96, "steps": 2})";
+  r = sh(std::string(LOWBIT_CLI) + " train --config " + cfg.string() + " --data " + kStories);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("hidden 96 (--hidden; the model's 172)"), std::string::npos) << r.out;
+  fs::remove(cfg);
 }
 
 }  // namespace

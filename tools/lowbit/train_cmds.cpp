@@ -4,10 +4,13 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <set>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "lowbit/explore/finetune.hpp"
 #include "lowbit/train/job.hpp"
 #include "lowbit/train/trainer.hpp"
 #include "lowbit/runs/runs_db.hpp"
@@ -27,8 +30,27 @@ struct train_cli_options {
   bool json = false, resume = false, untied = false;
 };
 
+// Each setting's flag (train_run_config's JSON keys; --untied sets "tied").
+const std::map<std::string, std::string>& flag_of() {
+  static const std::map<std::string, std::string> flags = {
+      {"arch", "--arch"}, {"dim", "--dim"}, {"layers", "--layers"}, {"heads", "--heads"}, {"kv_heads", "--kv-heads"},
+      {"hidden", "--hidden"}, {"data", "--data"}, {"tokenizer", "--tokenizer"}, {"batch", "--batch"},
+      {"ctx", "--ctx"}, {"val_batches", "--val-batches"}, {"steps", "--steps"}, {"lr", "--lr"},
+      {"min_lr_frac", "--min-lr-frac"}, {"warmup_frac", "--warmup"}, {"clip", "--clip"},
+      {"weight_decay", "--wd"}, {"seed", "--seed"}, {"plan", "--plan"}, {"eval_every", "--eval-every"},
+      {"checkpoint_every", "--checkpoint-every"}, {"out", "--out"}, {"init", "--init"},
+      {"init_weights", "--init-weights"}, {"calib_samples", "--calib-samples"}, {"calib_ctx", "--calib-ctx"}};
+  return flags;
+}
+
 void cmd_train(train_cli_options o, const CLI::App& app) {
   train_run_config cfg = o.cfg;
+  // The settings given explicitly (a config file's keys, the flags on the command line): with
+  // --init, the model's architecture and tokenizer give way only to these (job.hpp).
+  std::set<std::string> given;
+  for (const auto& [key, flag] : flag_of())
+    if (app.count(flag)) given.insert(key);
+  if (o.untied) given.insert("tied");
   if (!o.config_file.empty()) {
     // The file gives the base; flags given on the command line win.
     std::ifstream f(o.config_file);
@@ -40,22 +62,16 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
       throw error(fmt::format("train: '{}' is not JSON: {}", o.config_file, e.what()));
     }
     train_run_config from_file = train_run_config::from_json(j);
+    for (const auto& [key, value] : j.items()) given.insert(key);
     nlohmann::json merged = from_file.to_json();
     const nlohmann::json flags = cfg.to_json();
-    const std::map<std::string, std::string> flag_of = {
-        {"arch", "--arch"}, {"dim", "--dim"}, {"layers", "--layers"}, {"heads", "--heads"}, {"kv_heads", "--kv-heads"},
-        {"hidden", "--hidden"}, {"data", "--data"}, {"tokenizer", "--tokenizer"}, {"batch", "--batch"},
-        {"ctx", "--ctx"}, {"val_batches", "--val-batches"}, {"steps", "--steps"}, {"lr", "--lr"},
-        {"min_lr_frac", "--min-lr-frac"}, {"warmup_frac", "--warmup"}, {"clip", "--clip"},
-        {"weight_decay", "--wd"}, {"seed", "--seed"}, {"plan", "--plan"}, {"eval_every", "--eval-every"},
-        {"checkpoint_every", "--checkpoint-every"}, {"out", "--out"}};
-    for (const auto& [key, flag] : flag_of)
+    for (const auto& [key, flag] : flag_of())
       if (app.count(flag)) merged[key] = flags[key];
     cfg = train_run_config::from_json(merged);
   }
   if (o.untied) cfg.tied_classifier = false;
   // Everything that can be refused is refused before training starts.
-  train_job job = prepare_training(cfg, o.resume, data_dir());
+  train_job job = prepare_train_job(cfg, o.resume, data_dir(), given);
   cfg = job.config;  // as it runs (the data file defaulted, the plan's L1 norm)
   const training_plan& plan = job.plan;
 
@@ -95,12 +111,16 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
     // the config), D (trained tokens), the format of the quantized operands (E, M, block).
     run_record rec;
     rec.kind = "train";
-    rec.model = fmt::format("train:{}-d{}-l{}-h{}", cfg.arch, cfg.dim, cfg.n_layers, cfg.n_heads);
+    // A fine-tuning run is named after its start; its tokens are not the model's training tokens,
+    // so the scaling-law fits leave it out (method "finetune", law/fit.hpp).
+    const bool finetune = job.init.has_value();
+    rec.model = finetune ? fmt::format("finetune:{}", fs::path(cfg.init).stem().string())
+                         : fmt::format("train:{}-d{}-l{}-h{}", cfg.arch, cfg.dim, cfg.n_layers, cfg.n_heads);
     rec.n_params = double(r.params);
     rec.tokens = double(r.tokens);
     rec.format = plan.law_format;
     format_parts(plan.law_format, rec);
-    rec.method = "train";
+    rec.method = finetune ? "finetune" : "train";
     rec.plan = cfg.plan;
     rec.metrics = {{"val_loss", r.val_loss}, {"train_loss", r.train_loss}, {"seconds", r.seconds},
                    {"tokens_per_s", r.tokens_per_s}};
@@ -114,10 +134,14 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
       conf["tokenizer"] = file_fingerprint(job.tok_source.path);
       conf["paths"]["tokenizer"] = job.tok_source.path;
     }
-    int64_t embedding = int64_t(job.tok->vocab_size()) * cfg.dim * (cfg.tied_classifier ? 1 : 2);
-    const model_config shape = cfg.model_shape(job.tok->vocab_size());
-    if (shape.learned_positions())  // learned positions (OPT's 2 extra rows)
-      embedding += (int64_t(cfg.ctx) + shape.position_offset()) * cfg.dim;
+    if (finetune) {  // where it started, by content
+      conf["init"] = job.init_fingerprint;
+      conf["paths"]["init"] = fs::absolute(cfg.init).string();
+    }
+    const model_config& mc = r.trained.config;
+    int64_t embedding = int64_t(mc.vocab_size) * mc.dim * (mc.tied_classifier ? 1 : 2);
+    if (mc.learned_positions())  // learned positions (OPT's 2 extra rows)
+      embedding += (int64_t(mc.max_seq_len) + mc.position_offset()) * mc.dim;
     conf["non_embedding_params"] = r.params - embedding;
     conf["operands"] = plan.operands;
     rec.config = conf;
@@ -145,7 +169,18 @@ void add_train_commands(CLI::App& app, command_list& commands) {
   auto* c = app.add_subcommand("train", "train a model (Llama, GPT-2, Mistral, Qwen2, GPT-NeoX or OPT) with quantized GEMM operands (W/A/G)");
   c->add_option("--config", o.config_file, "JSON file with the settings below (flags override it)");
   c->add_option("--data", o.cfg.data_path, "text file (default: the shipped tinyshakespeare)");
-  c->add_option("--tokenizer", o.cfg.tokenizer, "bytes | llama2c[:PATH] | gpt2 | tokenizer file")->capture_default_str();
+  c->add_option("--tokenizer", o.cfg.tokenizer,
+                 "bytes | llama2c[:PATH] | gpt2 | tokenizer file (with --init: the model's own by default)")
+      ->capture_default_str();
+  c->add_option("--init", o.cfg.init,
+                "fine-tune this model (llama2.c .bin, safetensors, GGUF): its architecture and weights are the "
+                "start (docs/training.md §3.5)");
+  c->add_option("--init-weights", o.cfg.init_weights,
+                "start from the --init model's weights quantized by this PTQ method (rtn, gptq, awq, ...) in the "
+                "plan's weight format (QAFT)");
+  c->add_option("--calib-samples", o.cfg.calib_samples, "--init-weights: calibration windows")->capture_default_str();
+  c->add_option("--calib-ctx", o.cfg.calib_ctx, "--init-weights: tokens per calibration window")
+      ->capture_default_str();
   c->add_option("--arch", o.cfg.arch, "llama | gpt2 | mistral | qwen2 | gptneox | opt (family defaults: docs/evaluation.md)")
       ->check(CLI::IsMember({"llama", "gpt2", "mistral", "qwen2", "gptneox", "opt"}))
       ->capture_default_str();

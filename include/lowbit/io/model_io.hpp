@@ -163,6 +163,11 @@ tensor_shard load_tensor_shard(const std::string& path);
 // names (GGUF tokenizer.ggml.* metadata, lowbit's "bytes"), else tokenizer.bin / tok<vocab>.bin
 // beside a llama2.c model. Throws when none is found or its vocabulary is larger than the model's.
 std::unique_ptr<tokenizer> tokenizer_for_model(const model& m, const std::string& path = "");
+// Where tokenizer_for_model(m) (no path) finds m's tokenizer, as a model written from m carries it
+// (the writers' lowbit.tokenizer metadata), so the written file finds the same one: the GGUF
+// file's own vocabulary, "bytes", the file m names, else {"file", the absolute path of the file
+// beside it}. Throws as tokenizer_for_model does when there is none.
+tokenizer_source model_tokenizer_source(const model& m);
 // The tokenizer file beside a model file, as tokenizer_for_model looks for it: tokenizer.bin,
 // tok<vocab>.bin, tokenizer.model; "" when there is none.
 std::string tokenizer_file_beside(const std::string& model_path, int vocab_size);

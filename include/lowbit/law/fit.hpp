@@ -73,7 +73,8 @@ fit_result fit_law(law_id l, const std::vector<law_point>& points, const fit_opt
 // "held_out": [...]}; constants_from_json() reads it back.
 nlohmann::json to_json(const fit_result& r);
 
-// Runs of the store as points of law l: kind "train" with metrics["val_loss"] > 0, N, D > 0.
+// Runs of the store as points of law l: kind "train" with metrics["val_loss"] > 0, N, D > 0 (not
+// fine-tuning runs, method "finetune": their D is not what their model was trained on).
 // chinchilla takes only float runs (empty format); sun2025 skips runs it cannot express
 // (tensor-wise, unscaled, LUT elements); kumar2024 takes P = bits. `skipped` counts the rest.
 std::vector<law_point> points_from_runs(law_id l, const std::vector<run_record>& runs, size_t* skipped = nullptr);

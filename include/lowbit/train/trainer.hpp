@@ -1,7 +1,8 @@
 // The training loop of `lowbit train`: data from a text file, AdamW with warmup + cosine, gradient
 // clipping, periodic validation, atomic checkpoints that resume bit-exactly, a JSONL log, and data
 // parallelism over Open MPI ranks (gradients all-reduced; the same trajectory as one process with
-// the same global batch, to float tolerance). Defaults: docs/conventions.md §23.
+// the same global batch, to float tolerance). Defaults: docs/conventions.md §23. A run starts from
+// random weights or from a pretrained model (fine-tuning, docs/training.md §3.5).
 #pragma once
 
 #include <cstdint>
@@ -39,6 +40,10 @@ struct train_run_config {
   int64_t eval_every = 0;        // 0: steps / 10
   int64_t checkpoint_every = 0;  // 0: steps / 5
   std::string out_dir;           // "" = no files
+  // fine-tuning (docs/training.md §3.5; train/job.hpp resolves them)
+  std::string init;          // the model file to start from ("" = random init): its architecture, config and weights
+  std::string init_weights;  // "" = init's weights; a PTQ method (rtn, gptq, ...): them quantized in the plan's weight format
+  int calib_samples = 128, calib_ctx = 256;  // init_weights' calibration windows (the quantize job's)
 
   model_config model_shape(int vocab) const;
   nlohmann::json to_json() const;
@@ -62,12 +67,25 @@ struct train_result {
   model trained;
 };
 
+// The tokens of cfg.data_path: the first (1 - val_fraction) of its bytes (cut at a UTF-8 character
+// boundary) is the training part, the rest the validation part, each tokenized on its own: as one
+// plain stream, or (documents) as evaluation reads text, documents with BOS (text/documents.hpp),
+// which is how a pretrained start reads it. Throws when either part is shorter than a window.
+struct token_split {
+  std::vector<int32_t> train, val;
+};
+token_split training_tokens(const train_run_config& cfg, const tokenizer& tok, bool documents);
+
 // Trains a model as configured. quantizer may be null (fp32). With cfg.out_dir set, writes
 // out_dir/log.jsonl, out_dir/checkpoint.safetensors (+ model.safetensors that eval loads) every
 // checkpoint_every steps and at the end; resume continues from the checkpoint there, bit-exactly
 // (refusing one made with another configuration). progress(point, steps) after every step.
+// init (fine-tuning): the start, whose config (architecture, vocabulary, context, norms, RoPE) is
+// the trained model's and whose weights are the first step's; the text is then read as documents
+// (training_tokens). Null: a fresh model of cfg's shape, N(0, 0.02) in cfg.seed.
 train_result run_training(const train_run_config& cfg, const tokenizer& tok, const tokenizer_source& tok_src,
                           operand_quantizer* quantizer, bool resume,
-                          const std::function<void(const train_point&, int64_t)>& progress = {});
+                          const std::function<void(const train_point&, int64_t)>& progress = {},
+                          const model* init = nullptr);
 
 }  // namespace lowbit
