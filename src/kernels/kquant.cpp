@@ -124,19 +124,28 @@ float fit_scale_min(int n, int nmax, const float* x, const float* weights, uint8
   return scale;
 }
 
+// The value of largest magnitude among x[0..n) (the first of equal magnitudes, with its sign),
+// and that magnitude in *amax: the symmetric K-quant fits scale from it.
+float signed_max(int n, const float* x, float* amax) {
+  float max = 0;
+  *amax = 0;
+  for (int i = 0; i < n; ++i) {
+    const float ax = std::fabs(x[i]);
+    if (ax > *amax) {
+      *amax = ax;
+      max = x[i];
+    }
+  }
+  return max;
+}
+
 // make_qx_quants (ggml-quants.c) with rmse_type = 1 and no importance weights, for q6_k's
 // sub-blocks: symmetric codes l in -nmax..nmax-1 (stored L = l + nmax), weights x^2; the
 // least-squares scale of iscale = -nmax / max, then of iscale = -(nmax + 0.1 is) / max for
 // is = -9..9 (is != 0), keeping the best. `max` is the value of largest magnitude (signed).
 float fit_symmetric_scale(int n, int nmax, const float* x, uint8_t* L) {
-  float max = 0, amax = 0;
-  for (int i = 0; i < n; ++i) {
-    const float ax = std::fabs(x[i]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[i];
-    }
-  }
+  float amax = 0;
+  const float max = signed_max(n, x, &amax);
   if (amax < kGroupMaxEps) {
     for (int i = 0; i < n; ++i) L[i] = 0;
     return 0.0f;
@@ -178,14 +187,8 @@ float fit_symmetric_scale(int n, int nmax, const float* x, uint8_t* L) {
 // the nearest of x * sum(w l^2) / sum(w x l) (the other codes' least-squares scale, weights x^2)
 // when that raises sumlx^2 / suml2. Stores L = l + nmax; an all-(near-)zero sub-block keeps L = 0.
 float fit_q3_scale(int n, int nmax, const float* x, uint8_t* L) {
-  float max = 0, amax = 0;
-  for (int i = 0; i < n; ++i) {
-    const float ax = std::fabs(x[i]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[i];
-    }
-  }
+  float amax = 0;
+  const float max = signed_max(n, x, &amax);
   if (amax < kGroupMaxEps) {
     for (int i = 0; i < n; ++i) L[i] = 0;
     return 0.0f;
