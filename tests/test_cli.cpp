@@ -1,4 +1,5 @@
 // The command line as a user runs it: build/lowbit with arguments, stdout/stderr and exit codes.
+#include <unistd.h>
 #include <gtest/gtest.h>
 
 #include <array>
@@ -186,7 +187,7 @@ TEST(CliModels, QuantizedEvalWithKlBase) {
 }
 
 TEST(CliModels, SynthWritesModelsThatEvalReads) {
-  const std::string dir = testing::TempDir() + "lowbit_cli_synth";
+  const std::string dir = testing::TempDir() + std::to_string(::getpid()) + "_lowbit_cli_synth";
   std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
   for (const std::string arch : {"llama", "gpt2", "mistral", "qwen2", "gptneox", "opt"}) {
     for (const std::string ext : {".safetensors", ".gguf"}) {
@@ -211,7 +212,7 @@ TEST(CliModels, SynthWritesModelsThatEvalReads) {
 }
 
 TEST(CliModels, ExploreWritesTableCsvJson) {
-  const std::string dir = testing::TempDir() + "lowbit_cli_explore";
+  const std::string dir = testing::TempDir() + std::to_string(::getpid()) + "_lowbit_cli_explore";
   const result r = run("explore --model " + stories + " --data " + tinystories +
                        " --max-tokens 600 --ctx 128 --row fp32 --row int4/g32 --row int8/c,int8/c --no-plot -o " + dir);
   ASSERT_EQ(r.code, 0) << r.out;
@@ -250,7 +251,7 @@ TEST(CliModels, BadInputGivesAClearError) {
 
 // ---- lowbit quantize (issue "PTQ") ----------------------------------------------------------------
 TEST(CliQuantize, GgufAndSafetensorsEvaluateLikeTheModelInMemory) {
-  const std::string dir = testing::TempDir() + "lowbit_cli_quantize";
+  const std::string dir = testing::TempDir() + std::to_string(::getpid()) + "_lowbit_cli_quantize";
   std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
   for (const std::string& out : {dir + "/q.gguf", dir + "/q.safetensors"}) {
     const result q = run("quantize --model " + stories + " --data " + tinystories +
@@ -287,7 +288,7 @@ TEST(CliQuantize, GgufAndSafetensorsEvaluateLikeTheModelInMemory) {
 // A run stopped in block 2 leaves its finished blocks in OUT.partial; the same command resumes
 // from there and writes the bytes an uninterrupted run writes.
 TEST(CliQuantize, StoppedRunResumesWithTheSameBytes) {
-  const std::string dir = testing::TempDir() + "lowbit_cli_quantize_resume";
+  const std::string dir = testing::TempDir() + std::to_string(::getpid()) + "_lowbit_cli_quantize_resume";
   std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
   const std::string args = "quantize --model " + stories + " --data " + tinystories +
                            " --weights int4/g32 --method gptq --calib-samples 8 --calib-ctx 128 -o ";
@@ -322,7 +323,7 @@ TEST(CliQuantize, StoppedRunResumesWithTheSameBytes) {
 // A model whose config contradicts its tensors (intermediate_size 4096, ffn tensors of 128 rows) is
 // refused naming the file, the tensor and the config, whatever the method; nothing is written.
 TEST(CliQuantize, ModelWhoseConfigContradictsItsTensorsIsRefused) {
-  const std::string dir = testing::TempDir() + "lowbit_cli_quantize_lying";
+  const std::string dir = testing::TempDir() + std::to_string(::getpid()) + "_lowbit_cli_quantize_lying";
   std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
   const std::string model = dir + "/lying.safetensors";
   ASSERT_EQ(run("synth --dim 64 --layers 2 --heads 4 --hidden 128 -o " + model).code, 0);
@@ -356,7 +357,7 @@ TEST(CliQuantize, ModelWhoseConfigContradictsItsTensorsIsRefused) {
 // K-quants: a synthetic Llama with rows of 256 exports as Q4_K / Q6_K blocks and evaluates like
 // the model in memory; stories260K's rows of 64 and 172 fall back (docs/conventions.md §22), listed.
 TEST(CliQuantize, KQuantGgufEvaluatesLikeTheModelInMemory) {
-  const std::string dir = testing::TempDir() + "lowbit_cli_kquant";
+  const std::string dir = testing::TempDir() + std::to_string(::getpid()) + "_lowbit_cli_kquant";
   std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
   const result s = run("synth --dim 256 --layers 1 --heads 4 --hidden 512 --vocab 512 --ctx 128 -o " + dir + "/m.gguf");
   ASSERT_EQ(s.code, 0) << s.out;
@@ -381,7 +382,7 @@ TEST(CliQuantize, KQuantGgufEvaluatesLikeTheModelInMemory) {
 }
 
 TEST(CliQuantize, BadRequestsSayWhatWouldWork) {
-  const std::string dir = testing::TempDir() + "lowbit_cli_quantize_bad";
+  const std::string dir = testing::TempDir() + std::to_string(::getpid()) + "_lowbit_cli_quantize_bad";
   std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
   result r = run("quantize --model " + stories + " --data " + tinystories + " --weights int4/g32 -o " + dir + "/x.gguf", "", true);
   EXPECT_EQ(r.code, 2);
@@ -398,7 +399,7 @@ TEST(CliQuantize, BadRequestsSayWhatWouldWork) {
 namespace {
 
 std::string explore_dir(const std::string& name) {
-  const std::string dir = testing::TempDir() + "lowbit_cli_explore_" + name;
+  const std::string dir = testing::TempDir() + std::to_string(::getpid()) + "_lowbit_cli_explore_" + name;
   std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
   return dir;
 }

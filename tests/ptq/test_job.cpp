@@ -1,4 +1,5 @@
 // The quantize job as a library call (ptq/job.hpp): the same job `lowbit quantize` runs.
+#include <unistd.h>
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -33,7 +34,7 @@ ptq::quantize_job_config small_job(const std::string& method, const std::string&
 
 TEST(QuantizeJob, WritesAndVerifiesTheFile) {
   for (const char* ext : {".safetensors", ".gguf"}) {
-    const std::string out = ::testing::TempDir() + "quantize_job_gptq" + ext;
+    const std::string out = ::testing::TempDir() + std::to_string(::getpid()) + "_quantize_job_gptq" + ext;
     ptq::quantize_job_config c = small_job("gptq", out);
     if (std::string(ext) == ".gguf") c.weights = "q4_0";
     int64_t steps = 0;
@@ -62,7 +63,7 @@ TEST(QuantizeJob, WritesAndVerifiesTheFile) {
 // does not exist, the error still names the bad method or output, not the model.
 TEST(QuantizeJob, RefusesBeforeAnyWork) {
   auto error_of = [](ptq::quantize_job_config c) {
-    c.model = ::testing::TempDir() + "no_such_model.bin";
+    c.model = ::testing::TempDir() + std::to_string(::getpid()) + "_no_such_model.bin";
     try {
       ptq::run_quantize_job(c);
     } catch (const lowbit::error& e) {
@@ -70,10 +71,10 @@ TEST(QuantizeJob, RefusesBeforeAnyWork) {
     }
     return std::string("no error");
   };
-  const std::string bad_method = error_of(small_job("gptx", ::testing::TempDir() + "refused.safetensors"));
+  const std::string bad_method = error_of(small_job("gptx", ::testing::TempDir() + std::to_string(::getpid()) + "_refused.safetensors"));
   EXPECT_NE(bad_method.find("gptx"), std::string::npos) << bad_method;
   EXPECT_EQ(bad_method.find("no_such_model"), std::string::npos) << bad_method;
-  const std::string bad_out = error_of(small_job("rtn", ::testing::TempDir() + "x.bin"));
+  const std::string bad_out = error_of(small_job("rtn", ::testing::TempDir() + std::to_string(::getpid()) + "_x.bin"));
   EXPECT_NE(bad_out.find("x.bin"), std::string::npos) << bad_out;
   EXPECT_EQ(bad_out.find("no_such_model"), std::string::npos) << bad_out;
 }

@@ -3,6 +3,7 @@
 // (quantize_to_shards): the model read block by block from its file, each finished block in a
 // shard, the output assembled from the shards — the bytes the in-memory pipeline writes, a killed
 // run resumed without redoing finished blocks, a damaged shard never used.
+#include <unistd.h>
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
@@ -102,7 +103,7 @@ ptq::quantize_options stream_options(ptq::method how, const std::string& fmt) {
 std::string file_bytes(const std::string& path) { return lowbit::testing::read_file_bytes(path); }
 
 std::string fresh_dir(const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "lowbit_stream_" + name;
+  const std::string dir = ::testing::TempDir() + std::to_string(::getpid()) + "_lowbit_stream_" + name;
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir;
@@ -272,7 +273,7 @@ TEST(Pipeline, KQuantGgufExportEvaluatesLikeTheModelInMemory) {
       ex.packed = report.packed;
       const uint32_t type = ggml_type_for_format(o.weights);
       EXPECT_TRUE(plan_gguf_export(m, type, ex).empty()) << what;
-      const std::string path = ::testing::TempDir() + "kquant_" + fmt + "_" + ptq::method_name(how) + ".gguf";
+      const std::string path = ::testing::TempDir() + std::to_string(::getpid()) + "_kquant_" + fmt + "_" + ptq::method_name(how) + ".gguf";
       save_gguf_model(m, path, ex);
       const gguf_file file(path);
       const model back = load_model(path);
@@ -338,7 +339,7 @@ TEST(Pipeline, KQuantGgufFallsBackOnStories260K) {
     EXPECT_EQ(fits, 30) << what;
     EXPECT_EQ(f16, 5) << what;
     EXPECT_NE(fallbacks[0].find(fmt::format("({})", ggml_type_name(fc.narrow))), std::string::npos) << fallbacks[0];
-    const std::string path = ::testing::TempDir() + "kquant_stories_" + fc.fmt + ".gguf";
+    const std::string path = ::testing::TempDir() + std::to_string(::getpid()) + "_kquant_stories_" + fc.fmt + ".gguf";
     save_gguf_model(m, path, ex);
     EXPECT_EQ(evaluate(load_model(path), {}, story_ids(), eo).mean_nll, evaluate(m, {}, story_ids(), eo).mean_nll) << what;
   }
@@ -436,7 +437,7 @@ TEST(MixedPrecision, MeetsTheBudgetAndSpendsBitsWhereTheyMatter) {
 TEST(Pipeline, KilledRunResumesBitExactly) {
   // Stochastic rounding too: its stream position (tensor_id) is part of the checkpoint.
   for (const std::string fmt : {"int4/g32", "int4/g32~sr:3"}) {
-  const std::string dir = ::testing::TempDir() + "lowbit_ptq_checkpoint";
+  const std::string dir = ::testing::TempDir() + std::to_string(::getpid()) + "_lowbit_ptq_checkpoint";
   std::filesystem::remove_all(dir);
   auto o = small_options(ptq::method::gptq, fmt);
   model whole = stories();
