@@ -3,8 +3,10 @@
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 
 extern char** environ;
 
@@ -31,6 +33,15 @@ int run_program(const std::vector<std::string>& argv, const std::string& log_pat
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return 127;
+}
+
+void settle_openmp_waiting(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT") || std::getenv("LOWBIT_OPENMP_SETTLED")) return;
+  if (!argv || !argv[0]) return;
+  if (setenv("GOMP_SPINCOUNT", kOpenmpSpinCount, 1) != 0 || setenv("LOWBIT_OPENMP_SETTLED", "1", 1) != 0) return;
+  execv("/proc/self/exe", argv);
+  // execv failed (no /proc): go on with libgomp's defaults; the next run tries again.
+  unsetenv("GOMP_SPINCOUNT");
 }
 
 }  // namespace lowbit

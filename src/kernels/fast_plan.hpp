@@ -35,6 +35,9 @@ struct grid_params {
   int32_t below_log2step = 0;  // minifloat: L below emin (emin - M, or emin without subnormals)
   int32_t fixed_log2step = 0;  // integer: -frac
   bool m0_parity = false;      // M = 0 minifloat: lo's code parity is the exponent's
+  // emin < -126 (e8 with bias 128, fnuz): float32 subnormal inputs lie in the element's normal or
+  // subnormal range, so their binade comes from the pattern's leading one, not the exponent field.
+  bool deep_emin = false;
   int32_t max_bits = 0;        // |largest finite| as float32 bits
   int32_t tiny_step_bits = 0;  // the step in the s >= 24 region, as float32 bits
   float tiny_step = 0;
@@ -69,6 +72,7 @@ inline grid_params make_grid_params(const element_format& e) {
       g.bias = e.bias;
       g.below_log2step = e.subnormals ? g.emin - e.mbits : g.emin;
       g.m0_parity = e.mbits == 0;
+      g.deep_emin = g.emin < -126;
       g.max_bits = static_cast<int32_t>(std::bit_cast<uint32_t>(static_cast<float>(lim.max)));
       g.tiny_step = std::ldexp(1.0f, g.below_log2step);
       g.saturate = e.overflow == overflow_policy::saturate;

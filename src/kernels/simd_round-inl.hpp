@@ -4,8 +4,9 @@
 // bit for bit (tests/kernels/test_differential.cpp).
 //
 // The element rounding works on the float32 bit pattern of y = x / s (one lane = one value):
-//   p     = unbiased exponent of |y| (float32 subnormals: -126)
-//   step  = 2^L, L = max(p, emin) - M for minifloats (emin with subnormals off below emin),
+//   p     = unbiased exponent of |y| (float32 subnormals: -126), the unit of the pattern's bits
+//   e     = floor(log2 |y|): p, except for float32 subnormals when emin < -126 (deep_emin)
+//   step  = 2^L, L = max(e, emin) - M for minifloats (emin with subnormals off below emin),
 //           L = -frac for integers
 //   s     = L - p + 23: how many float32 mantissa bits fall below the grid
 //   s <= 0        y is on the grid already
@@ -54,6 +55,16 @@ HWY_INLINE hn::Mask<DI> RoundUp(DI di, VI rem, VI half, VI lo_odd, hn::Mask<DI> 
     return sr_up;
 }
 
+// floor(log2 |y|) of a magnitude pattern ab, float32 subnormals included: their mantissa m,
+// converted to float exactly (m < 2^23), has exponent floor(log2 m), and |y| = m 2^-149. The
+// exponent field's p otherwise. (Zero gives -276, below every emin.)
+HWY_INLINE VI BinadeOf(DI di, VI ab, VI p) {
+  const DF df;
+  const VI ef = hn::ShiftRight<23>(ab);
+  const VI m_exp = hn::ShiftRight<23>(hn::BitCast(di, hn::ConvertTo(df, hn::And(ab, hn::Set(di, 0x7fffff)))));
+  return hn::IfThenElse(hn::Gt(ef, hn::Zero(di)), p, hn::Sub(m_exp, hn::Set(di, 127 + 149)));
+}
+
 // y rounded onto a minifloat or integer grid (no scale), as float; see the file comment.
 template <rounding_mode kMode>
 HWY_INLINE VF RoundToGrid(DF df, VF y, VF u, const grid_params& g) {
@@ -67,9 +78,10 @@ HWY_INLINE VF RoundToGrid(DF df, VF y, VF u, const grid_params& g) {
   const VI ef = hn::ShiftRight<23>(ab);
   const VI p = hn::Sub(hn::Max(ef, one), hn::Set(di, 127));
   VI log2step;
+  const VI e = g.deep_emin ? BinadeOf(di, ab, p) : p;
   if (g.kind == 0) {
-    const auto below = hn::Lt(p, hn::Set(di, g.emin));
-    log2step = hn::IfThenElse(below, hn::Set(di, g.below_log2step), hn::Sub(p, hn::Set(di, g.mbits)));
+    const auto below = hn::Lt(e, hn::Set(di, g.emin));
+    log2step = hn::IfThenElse(below, hn::Set(di, g.below_log2step), hn::Sub(e, hn::Set(di, g.mbits)));
   } else {
     log2step = hn::Set(di, g.fixed_log2step);
   }
@@ -85,8 +97,8 @@ HWY_INLINE VF RoundToGrid(DF df, VF y, VF u, const grid_params& g) {
                          hn::IfThenElseZero(hn::Gt(ef, hn::Zero(di)), hn::Set(di, 0x800000)));
   VI lo_odd = hn::And((mant >> sc), one);
   if (g.kind == 0 && g.m0_parity) {
-    const auto normal = hn::Not(hn::Lt(p, hn::Set(di, g.emin)));
-    lo_odd = hn::IfThenElse(normal, hn::And(hn::Add(p, hn::Set(di, g.bias)), one), lo_odd);
+    const auto normal = hn::Not(hn::Lt(e, hn::Set(di, g.emin)));
+    lo_odd = hn::IfThenElse(normal, hn::And(hn::Add(e, hn::Set(di, g.bias)), one), lo_odd);
   }
   hn::Mask<DI> sr_up = hn::Lt(one, one), sr_up_tiny = sr_up;
   const VF ay = hn::BitCast(df, ab);
@@ -173,7 +185,9 @@ HWY_INLINE VF RoundToTable(DF df, VF y, const grid_params& g) {
 // The step exponent L of |y|'s binade on a minifloat grid: p - M at and above emin, the
 // constant below it (emin - M, or emin without subnormals).
 HWY_INLINE VI MinifloatLog2Step(DI di, VF ay, const grid_params& g) {
-  const VI p = hn::Sub(hn::Max(hn::ShiftRight<23>(hn::BitCast(di, ay)), hn::Set(di, 1)), hn::Set(di, 127));
+  const VI ab = hn::BitCast(di, ay);
+  VI p = hn::Sub(hn::Max(hn::ShiftRight<23>(ab), hn::Set(di, 1)), hn::Set(di, 127));
+  if (g.deep_emin) p = BinadeOf(di, ab, p);
   return hn::IfThenElse(hn::Lt(p, hn::Set(di, g.emin)), hn::Set(di, g.below_log2step), hn::Sub(p, hn::Set(di, g.mbits)));
 }
 

@@ -247,6 +247,59 @@ TEST(Differential, WideScaleFormatsAtTheTopOfTheRange) {
   EXPECT_EQ(cases, 49);
 }
 
+// Elements whose smallest normal lies below float32's (emin < -126: e8 with bias 128 as the fnuz
+// variants have it, larger biases) see float32 subnormal inputs inside their normal or subnormal
+// range; the fast path once took every float32 subnormal for 2^-126's binade and rounded 2^-130,
+// e8m3fnuz's smallest subnormal, to 2^-129 (fuzz_spec found it, docs/robustness.md). Every rounding,
+// every SIMD target, values from 2^-149 to 2^-100: fast equals the reference bit for bit, and the
+// grid's own points (k 2^-130 for e8m3fnuz) come back unchanged in every mode.
+TEST(Differential, ElementsBelowFloat32sNormalRange) {
+  std::mt19937 gen(seed(11));
+  std::uniform_int_distribution<uint32_t> subnormal(1, 0x7fffff);
+  std::uniform_int_distribution<int> binade(-149, -100);
+  std::uniform_real_distribution<float> mant(1.0f, 2.0f);
+  std::vector<float> x;
+  for (uint32_t m = 1; m < 64; ++m) x.push_back(std::bit_cast<float>(m));
+  for (int k = 0; k < 23; ++k) for (uint32_t d : {0u, 1u}) x.push_back(std::bit_cast<float>((1u << k) | d));
+  for (int i = 0; i < 400; ++i) x.push_back(std::bit_cast<float>(subnormal(gen)));
+  for (int i = 0; i < 400; ++i) x.push_back(std::ldexp(mant(gen), binade(gen)));
+  for (int k = -131; k <= -120; ++k) for (float f : {1.0f, 1.125f, 1.5f, 1.875f}) x.push_back(std::ldexp(f, k));
+  const size_t n_pos = x.size();
+  for (size_t i = 0; i < n_pos; ++i) x.push_back(-x[i]);
+  for (float v : {0.0f, -0.0f, INFINITY, -INFINITY, NAN}) x.push_back(v);
+  const int64_t cols = static_cast<int64_t>(x.size());
+  const char* modes[] = {"", "~rna", "~rtz", "~up", "~down", "~odd", "~sr:5"};
+  int cases = 0;
+  for (const auto& t : simd_targets()) {
+    force_simd_target(t.first);
+    for (const char* e : {"e8m3fnuz", "e8m0fnuz", "e8m2fnuz", "e8m3(bias=129)", "e8m1(bias=130,subnormals=off)",
+                          "e5m2(bias=140)", "e8m3fnuz/g88:pow2", "e8m3fnuz/g88"}) {
+      for (const char* m : modes) {
+        const std::string spec = std::string(e) + m;
+        const format f = parse_format(spec);
+        std::vector<float> a(x.size()), b(x.size());
+        fake_quantize_ref(x.data(), a.data(), 1, cols, f, 3);
+        fake_quantize(x.data(), b.data(), 1, cols, f, 3);
+        for (int64_t i = 0; i < cols; ++i)
+          ASSERT_TRUE(same(a[i], b[i])) << spec << " on " << t.second << ": input " << x[i] << " ref " << a[i]
+                                        << " fast " << b[i];
+        ASSERT_TRUE(quantize_ref(x.data(), 1, cols, f, 3) == quantize(x.data(), 1, cols, f, 3)) << spec;
+        ++cases;
+      }
+    }
+    // k 2^-130, k = 1..15 (e8m3fnuz's subnormals and first normals) are on the grid: unchanged.
+    for (const char* m : modes) {
+      const format f = parse_format(std::string("e8m3fnuz") + m);
+      std::vector<float> g, out(15);
+      for (int k = 1; k <= 15; ++k) g.push_back(std::ldexp(static_cast<float>(k), -130));
+      fake_quantize(g.data(), out.data(), 1, 15, f, 3);
+      for (int k = 0; k < 15; ++k) ASSERT_TRUE(same(out[k], g[k])) << m << " moved " << g[k] << " to " << out[k];
+    }
+  }
+  force_simd_target(0);
+  EXPECT_EQ(cases, 56 * static_cast<int>(simd_targets().size()));
+}
+
 // fake_quantize_columns (groups along rows, the training's token-grouped operands) equals its
 // reference, the transposed fake_quantize_ref, bit for bit: tiles of whole vectors, partial
 // column blocks and row groups, groups the tile path hands to the gathered path (zero, subnormal,

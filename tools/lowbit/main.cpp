@@ -15,6 +15,7 @@
 
 #include "cli.hpp"
 #include "lowbit/base/error.hpp"
+#include "lowbit/base/process.hpp"
 #include "lowbit/formats/analysis.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/kernels/kquant.hpp"
@@ -274,6 +275,7 @@ std::vector<std::string> reorder_cast_args(int argc, char** argv) {
 int main(int argc, char** argv) {
   using namespace lowbit;
   using namespace lowbit::cli;
+  settle_openmp_waiting(argv);  // before any OpenMP work: may start the program anew (process.hpp)
   CLI::App app{"lowbit: low-precision numerics for deep learning (formats, kernels, models)"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "all subcommands' help");
