@@ -18,7 +18,8 @@ namespace lowbit::layers {
 
 // Threads for one forward call: a small model's layers (stories260K: dim 64) finish in
 // microseconds, so such calls run on one thread (measured on a loaded 2-core machine: 8x faster
-// than two spinning threads). OpenMP OpenBLAS follows omp_get_max_threads(); the pthread build
+// than two spinning threads); larger ones take the team the machine's load leaves room for
+// (serial_scope, kernels/threads.hpp). OpenMP OpenBLAS follows omp_get_max_threads(); the pthread build
 // (the fallback) is told as well, except inside a parallel region (rows of evaluate_many), where
 // its setting, which is global, must not change.
 class thread_scope {
@@ -26,7 +27,7 @@ class thread_scope {
   explicit thread_scope(int64_t tokens, int dim)
       : saved_(omp_get_max_threads()), nested_(omp_in_parallel()),
         serial_(forward_prefers_one_thread(tokens, dim)) {
-    if (!nested_) openblas_set_num_threads(serial_.serial() ? 1 : saved_);
+    if (!nested_) openblas_set_num_threads(omp_get_max_threads());  // serial_'s team: 1, or what the load leaves
   }
   ~thread_scope() {
     if (!nested_) openblas_set_num_threads(saved_);

@@ -124,6 +124,7 @@ uint32_t code_of_grid_value(const format& f, float v, int32_t zero_point) {
 }  // namespace
 
 quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
+  const serial_scope team(rows * cols < kParallelMinElements);  // the team the load leaves room for
   // Codes come from the same row kernel as fake_quantize with the scale left out (values on the
   // element grid); the cases the SIMD path does not cover, and ggml's q4_0/q5_0/q4_1/q5_1 (their
   // truncating arithmetic is not a rounding of x / s), use the reference.
@@ -187,6 +188,7 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
 }
 
 void dequantize(const quantized_tensor& q, float* out) {
+  const serial_scope team(q.rows * q.cols < kParallelMinElements);
   if (use_ref() || q.fmt.power != 0 || q.fmt.element.bits > 16) return dequantize_ref(q, out);
   if (is_kquant(q.fmt)) {
 #pragma omp parallel for schedule(static) if (q.rows * q.cols >= kParallelMinElements)

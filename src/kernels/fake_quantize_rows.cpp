@@ -302,6 +302,7 @@ void for_row_blocks(int64_t rows, int64_t cols, Fn&& fn) {
 void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id,
                    sr_counters counters) {
   if (use_ref() || rows < 0 || cols < 0) return fake_quantize_ref(in, out, rows, cols, f, tensor_id, counters);
+  const serial_scope team(rows * cols < kParallelMinElements);  // the team the load leaves room for
   if (is_kquant(f))  // ggml's super-block searches (scalar, kquant.cpp), straight to values
     return for_row_blocks(rows, cols, [&](int64_t r0, int64_t r1) { kquant_fake_quantize_rows(f, in, out, cols, r0, r1); });
   if (!simd_covers(f)) {

@@ -14,6 +14,7 @@
 #include <omp.h>
 
 #include "cli.hpp"
+#include "lowbit/kernels/threads.hpp"
 #include "lowbit/base/error.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/kernels/quantize.hpp"
@@ -59,6 +60,7 @@ void run(const bench_options& o) {
   if (const int most = 4 * omp_get_num_procs(); o.threads > most)
     throw error(fmt::format("bench: --threads {}: at most {} (4 per core) on this machine", o.threads, most));
   omp_set_num_threads(o.threads);
+  set_threads_follow_load(false);  // a benchmark measures the team it was asked for
   const int64_t cols = 4096;
   const int64_t rows = std::max<int64_t>(1, static_cast<int64_t>(o.mib * 1024 * 1024 / 4) / cols);
   const int64_t n = rows * cols;
