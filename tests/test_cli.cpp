@@ -17,6 +17,7 @@
 
 #include <sys/stat.h>
 
+#include "lowbit/base/files.hpp"
 #include "tests/cli_run.hpp"
 #include "tests/data.hpp"
 
@@ -211,6 +212,24 @@ TEST(CliModels, SynthWritesModelsThatEvalReads) {
   }
 }
 
+// synth does not overwrite an existing model unless told to; with --force the config.json beside
+// a replaced .safetensors is the new model's, not the old one's.
+TEST(CliModels, SynthReplacesOnlyWithForce) {
+  const std::string dir = testing::TempDir() + std::to_string(::getpid()) + "_lowbit_cli_synth_force";
+  std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  const std::string path = dir + "/m.safetensors";
+  ASSERT_EQ(run("synth --dim 64 --layers 2 --heads 4 --ctx 64 -o " + path).code, 0);
+  const std::string first = lowbit::testing::read_file_bytes(path);
+  const result again = run("synth --dim 64 --layers 3 --heads 4 --ctx 64 -o " + path, "", true);
+  EXPECT_EQ(again.code, 2) << again.out;
+  EXPECT_NE(again.out.find("--force"), std::string::npos) << again.out;
+  EXPECT_EQ(lowbit::testing::read_file_bytes(path), first);  // untouched
+  ASSERT_EQ(run("synth --dim 64 --layers 3 --heads 4 --ctx 64 --force -o " + path).code, 0);
+  const auto cfg = nlohmann::json::parse(lowbit::testing::read_file_bytes(dir + "/config.json"));
+  EXPECT_EQ(cfg["num_hidden_layers"].get<int>(), 3) << cfg.dump();
+  std::system(("rm -rf " + dir).c_str());
+}
+
 TEST(CliModels, ExploreWritesTableCsvJson) {
   const std::string dir = testing::TempDir() + std::to_string(::getpid()) + "_lowbit_cli_explore";
   const result r = run("explore --model " + stories + " --data " + tinystories +
@@ -283,6 +302,60 @@ TEST(CliQuantize, GgufAndSafetensorsEvaluateLikeTheModelInMemory) {
   const result t2 = run("tokenize --tokenizer " + tok512 + " --bos --json 'Once upon a time, Lily'");
   ASSERT_EQ(t.code, 0) << t.out;
   EXPECT_EQ(nlohmann::json::parse(t.out)[0]["ids"], nlohmann::json::parse(t2.out)[0]["ids"]);
+}
+
+// Two quantize runs with one -o would interleave their shards in OUT.partial: while one holds it,
+// the other is refused at once, and the holder's directory is left as it was.
+TEST(CliQuantize, SecondRunOnTheSameOutputIsRefused) {
+  const std::string dir = testing::TempDir() + std::to_string(::getpid()) + "_lowbit_cli_quantize_lock";
+  std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  const std::string out = dir + "/q.safetensors";
+  std::filesystem::create_directories(out + ".partial");
+  std::ofstream(out + ".partial/marker") << "the first run's";
+  {
+    const lowbit::exclusive_lock held(out + ".partial", "test");  // as a running quantize holds it
+    const result r = run("quantize --model " + stories + " --data " + tinystories + " --weights int8/c --method rtn -o " + out,
+                         "", true);
+    EXPECT_EQ(r.code, 2) << r.out;
+    EXPECT_NE(r.out.find("another lowbit process"), std::string::npos) << r.out;
+    EXPECT_TRUE(std::filesystem::exists(out + ".partial/marker"));
+    EXPECT_FALSE(std::filesystem::exists(out));
+  }
+  std::filesystem::remove(out + ".partial/marker");
+  const result r = run("quantize --model " + stories + " --data " + tinystories + " --weights int8/c --method rtn -o " + out,
+                       "", true);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_FALSE(std::filesystem::exists(out + ".partial"));
+  std::system(("rm -rf " + dir).c_str());
+}
+
+// kill -9 at several moments of a GPTQ run (calibration, a block, a shard or the output being
+// written, or after the end), then the same command again: the output equals an uninterrupted
+// run's byte for byte, and no temp file or checkpoint directory survives.
+TEST(CliQuantize, KilledRunsResumeToTheSameBytesAndLeaveNoTempFiles) {
+  const std::string dir = testing::TempDir() + std::to_string(::getpid()) + "_lowbit_cli_quantize_kill";
+  std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  const std::string args = "quantize --model " + stories + " --data " + tinystories +
+                           " --weights int4/g32 --method gptq --calib-samples 8 --calib-ctx 128 -o ";
+  ASSERT_EQ(run(args + dir + "/whole.safetensors").code, 0);
+  const std::string whole = lowbit::testing::read_file_bytes(dir + "/whole.safetensors");
+  int killed = 0;
+  for (const char* after : {"0.15", "0.4", "0.8", "1.5"}) {
+    const std::string out = dir + "/k" + after + ".safetensors";
+    const result k = lowbit::testing::run_command("timeout -s KILL " + std::string(after) + " " +
+                                                  std::string(LOWBIT_CLI) + " " + args + out);
+    killed += k.code != 0;
+    if (!std::filesystem::exists(out)) {  // killed before its end: the same command finishes it
+      const result r = run(args + out, "", true);
+      ASSERT_EQ(r.code, 0) << after << ": " << r.out;
+    }
+    EXPECT_TRUE(lowbit::testing::read_file_bytes(out) == whole) << "killed after " << after << " s";
+    EXPECT_FALSE(std::filesystem::exists(out + ".partial")) << after;
+    for (const auto& e : std::filesystem::directory_iterator(dir))
+      EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  }
+  EXPECT_GE(killed, 1);  // at least one kill landed inside a run
+  std::system(("rm -rf " + dir).c_str());
 }
 
 // A run stopped in block 2 leaves its finished blocks in OUT.partial; the same command resumes
@@ -541,6 +614,75 @@ TEST(CliErrors, DataThatIsNotARegularFileIsRefused) {
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_NE(r.out.find("not a regular file"), std::string::npos) << r.out;
   std::filesystem::remove_all(dir);
+}
+
+// A FIFO or directory given as the model, its config.json or a sweep configuration is refused
+// at once, naming it (a FIFO model once blocked `eval` forever: the format sniff opened it first).
+TEST(CliErrors, ModelThatIsNotARegularFileIsRefused) {
+  const auto dir = lowbit::testing::scratch_path("lowbit_cli_modelfifo");
+  std::filesystem::create_directories(dir);
+  const std::string fifo = (dir / "model.bin").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  result r = run("eval --model " + fifo + " --tokenizer " + tok512 + " --data " + tinystories + " --max-tokens 64", "",
+                 true);  // must not hang
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("not a regular file"), std::string::npos) << r.out;
+  const std::string sweep = (dir / "sweep.json").string();
+  ASSERT_EQ(::mkfifo(sweep.c_str(), 0600), 0);
+  r = run("explore --config " + sweep + " --db " + (dir / "x.db").string(), "", true);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("not a regular file"), std::string::npos) << r.out;
+  std::filesystem::remove_all(dir);
+}
+
+// A llama2.c tokenizer cut at a token boundary parses, but names fewer tokens than the model's
+// vocabulary: refused, where before stories260K evaluated with it at NLL 27 instead of 0.94.
+TEST(CliErrors, TruncatedLlama2cTokenizerIsRefused) {
+  const std::string bytes = lowbit::testing::read_file_bytes(tok512);
+  size_t pos = 4;
+  for (int i = 0; i < 300; ++i) {  // records: float score, int32 length, the piece
+    int32_t len = 0;
+    std::memcpy(&len, bytes.data() + pos + 4, 4);
+    pos += 8 + static_cast<size_t>(len);
+  }
+  const auto stem = lowbit::testing::scratch_path("lowbit_cli_tok300");
+  const auto path = std::filesystem::path(stem.string() + ".bin");
+  std::ofstream(path, std::ios::binary) << bytes.substr(0, pos);
+  const result r = run("eval --model " + stories + " --tokenizer " + path.string() + " --data " + tinystories +
+                       " --max-tokens 64", "", true);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("has 300 tokens"), std::string::npos) << r.out;
+  std::filesystem::remove(path);
+}
+
+// Numbers no command can mean are refused before any work, naming the flag: non-finite floats on
+// any command, zero or negative lengths and counts, fractions outside [0, 1], a reversed range.
+TEST(CliErrors, ImpossibleNumbersAreRefused) {
+  const std::string model = "--model " + stories + " --tokenizer " + tok512;
+  const std::string eval = "eval " + model + " --data " + tinystories;
+  const std::pair<std::string, std::string> cases[] = {
+      {eval + " --ctx 0 --max-tokens 64", "--ctx"},
+      {eval + " --ctx -5 --max-tokens 64", "--ctx"},
+      {eval + " --max-tokens -1", "--max-tokens"},
+      {eval + " --max-tokens 0", "--max-tokens"},
+      {"generate " + model + " --temperature nan", "--temperature"},
+      {"generate " + model + " --temperature -1", "--temperature"},
+      {"generate " + model + " --temperature inf", "--temperature"},
+      {"train --steps 2 --warmup nan", "--warmup"},
+      {"train --steps 2 --warmup 1.5", "--warmup"},
+      {"train --steps 0", "--steps"},
+      {"train --steps 2 --lr inf", "--lr"},
+      {"law sun2025 --optimal-layout --bits 16..4", "--bits"},
+      {"bench int8 --threads 0", "--threads"},
+      {"bench int8 --mib nan", "--mib"},
+  };
+  for (const auto& [args, flag] : cases) {
+    const result r = run(args, "", true);
+    EXPECT_EQ(r.code, 2) << args << ": " << r.out;
+    EXPECT_NE(r.out.find(flag), std::string::npos) << args << ": " << r.out;
+  }
+  // The library's own defaults stay: leaving the flags out evaluates the whole default window.
+  EXPECT_EQ(run(eval + " --max-tokens 64").code, 0);
 }
 
 // Command-line errors (an unknown flag, a missing value, a bad number) exit 2 like every other bad

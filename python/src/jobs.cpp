@@ -310,7 +310,7 @@ py::list runs_rows(const py::handle& db, const py::handle& kind, const py::handl
   std::vector<run_record> rows;
   {
     py::gil_scoped_release release;
-    rows = runs_db(path).query(f);
+    rows = runs_db(path, runs_db::access::existing).query(f);
   }
   py::list out;
   for (const run_record& r : rows) out.append(to_py(to_json(r)));

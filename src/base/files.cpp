@@ -3,6 +3,8 @@
 #include "lowbit/base/files.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <vector>
 
@@ -24,7 +27,9 @@ namespace lowbit {
 
 // ---- mapped_file ------------------------------------------------------------------------------------
 mapped_file::mapped_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer (the fstat below
+  // refuses it); it changes nothing for a regular file's mapping.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     const int err = errno;
     throw error(fmt::format("cannot open '{}': {}", path, std::strerror(err)));
@@ -78,8 +83,47 @@ void read_mapped(const uint8_t* p, uint64_t n, const std::function<void(const ui
 }
 
 // ---- atomic_file_writer -----------------------------------------------------------------------------
+namespace {
+// Temp files "NAME.tmp-PID-XXXXXX" of `path` whose writer process no longer exists (killed before
+// its commit or its destructor ran: kill -9, power loss; zombies count as gone) are removed before
+// a new write of `path`.
+// A live process's temp file, this process's included, is left alone. (A pid reused since then
+// keeps its stale file until that process ends too.)
+// A process that can still write: it exists and is not a zombie (a writer killed with SIGKILL stays
+// a zombie until its parent reaps it, which `timeout -s KILL`, killed with its group, never does).
+bool process_alive(pid_t pid) {
+  if (::kill(pid, 0) != 0) return errno != ESRCH;
+  std::FILE* f = std::fopen(fmt::format("/proc/{}/stat", pid).c_str(), "re");
+  if (!f) return true;
+  char buf[512];
+  const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  buf[n] = 0;
+  const char* p = std::strrchr(buf, ')');
+  return !(p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'));
+}
+
+void remove_stale_temps(const std::string& path) {
+  const std::filesystem::path p(path);
+  const std::filesystem::path dir = p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
+  const std::string prefix = p.filename().string() + ".tmp-";
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string rest = name.substr(prefix.size());
+    const size_t dash = rest.find('-');
+    if (dash == 0 || dash == std::string::npos || rest.find_first_not_of("0123456789") != dash) continue;
+    const long pid = std::strtol(rest.substr(0, dash).c_str(), nullptr, 10);
+    if (pid <= 0 || pid == ::getpid()) continue;
+    if (!process_alive(static_cast<pid_t>(pid))) std::filesystem::remove(entry.path(), ec);
+  }
+}
+}  // namespace
+
 atomic_file_writer::atomic_file_writer(const std::string& path) : path_(path) {
-  std::string templ = path + ".tmp-XXXXXX";
+  remove_stale_temps(path);
+  std::string templ = path + ".tmp-" + std::to_string(::getpid()) + "-XXXXXX";
   const int fd = ::mkstemp(templ.data());
   if (fd < 0) {
     const int err = errno;
@@ -159,11 +203,36 @@ void write_text_file_atomic(const std::string& path, const std::string& text) {
   w.commit();
 }
 
-std::string read_file(const std::string& path, const std::string& what) {
+exclusive_lock::exclusive_lock(const std::string& path, const std::string& what) {
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd_ < 0) throw error(fmt::format("{}: cannot open {} to lock it: {}", what, path, std::strerror(errno)));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd_);
+    fd_ = -1;
+    if (err == EWOULDBLOCK)
+      throw error(fmt::format("{}: another lowbit process is working on it ({} is locked); wait for it or "
+                              "choose another output", what, path));
+    throw error(fmt::format("{}: cannot lock {}: {}", what, path, std::strerror(err)));
+  }
+}
+
+exclusive_lock::~exclusive_lock() {
+  if (fd_ >= 0) ::close(fd_);  // closing releases the lock
+}
+
+void require_regular_file(const std::string& path, const std::string& what) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0)
     throw error(fmt::format("{}: cannot open {}: {}", path, what, std::strerror(errno)));
   if (!S_ISREG(st.st_mode)) throw error(fmt::format("{}: cannot read {}: not a regular file", path, what));
+}
+
+std::string read_file(const std::string& path, const std::string& what) {
+  require_regular_file(path, what);
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    throw error(fmt::format("{}: cannot open {}: {}", path, what, std::strerror(errno)));
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) throw error(fmt::format("{}: cannot open {}: {}", path, what, std::strerror(errno)));
   std::string data(static_cast<size_t>(st.st_size), '\0');

@@ -65,6 +65,9 @@ std::vector<eval_result> evaluate_many(const std::vector<const model*>& models,
   for (const model* m : models)
     if (m->config.vocab_size != vocab || m->config.arch != first.config.arch)
       throw error("eval: the models of one evaluation must share architecture and vocabulary");
+  if (opt.ctx < 0 || opt.max_tokens < 0)  // 0 is each one's default (the model's context, all tokens)
+    throw error(fmt::format("eval: context {} / max_tokens {}: expected a positive number, or 0 for the default",
+                            opt.ctx, opt.max_tokens));
   const int ctx = opt.ctx > 0 ? opt.ctx : first.config.max_seq_len;
   if (ctx < 2) throw error(fmt::format("eval: context {} is too short (need >= 2)", ctx));
   if (first.config.learned_positions() && ctx > first.config.max_seq_len)

@@ -111,7 +111,7 @@ nlohmann::json report_row(const run_record& r) {
 }
 
 report_result write_report(const report_options& o) {
-  runs_db db(o.db);
+  runs_db db(o.db, runs_db::access::existing);
   const std::vector<run_record> runs = db.all();
   report_result res;
   res.runs = int64_t(runs.size());

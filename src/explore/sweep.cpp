@@ -252,6 +252,7 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
 }
 
 sweep_config load_sweep_config(const std::string& path, const std::string& data_dir) {
+  require_regular_file(path, "the sweep configuration");
   std::ifstream in(path);
   if (!in) throw error(fmt::format("{}: cannot open the sweep configuration", path));
   nlohmann::json j;

@@ -19,6 +19,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "lowbit/base/files.hpp"
 #include "lowbit/io/gguf.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/eval.hpp"
@@ -455,6 +456,7 @@ class safetensors_reader final : public tensor_reader {
       if (cfg.is_discarded()) throw error(fmt::format("{}: lowbit.config is not valid JSON", path));
     } else if (fs::exists(cfg_path)) {
       cfg_name = cfg_path.string();
+      require_regular_file(cfg_name, "config.json");
       std::ifstream in(cfg_path);
       cfg = nlohmann::json::parse(in, nullptr, false);
       if (cfg.is_discarded()) throw error(fmt::format("{}: not valid JSON", cfg_name));
@@ -527,6 +529,7 @@ class safetensors_reader final : public tensor_reader {
  private:
   // The index's weight_map, each shard opened once and checked to hold what the index puts in it.
   void open_shards(const std::string& index_path) {
+    require_regular_file(index_path, "the shard index");
     std::ifstream in(index_path);
     if (!in) throw error(fmt::format("{}: cannot read the shard index", index_path));
     const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
@@ -1220,6 +1223,7 @@ std::unique_ptr<tensor_reader> open_model_reader(const std::string& given) {
     else
       throw error(fmt::format("{}: a directory without model.safetensors.index.json or model.safetensors", given));
   }
+  require_regular_file(path, "model file");  // a FIFO would block the open below
   char magic[4] = {0, 0, 0, 0};
   {
     std::ifstream in(path, std::ios::binary);

@@ -91,6 +91,13 @@ std::unique_ptr<tokenizer> tokenizer_for_model(const model& m, const std::string
   if (tok->vocab_size() > m.config.vocab_size)
     throw error(fmt::format("tokenizer ({}) has {} tokens but the model only {}", tok->kind(),
                             tok->vocab_size(), m.config.vocab_size));
+  // A llama2.c tokenizer lists the model's whole vocabulary, one entry per row of the embedding: one
+  // with fewer entries is truncated (cut at a token boundary it parses; before, stories260K then
+  // evaluated at NLL 27 instead of 0.94). Other kinds may leave padding rows unnamed (GPT-2's
+  // 50257 tokens in a 50304-row embedding).
+  if (tok->kind() == "llama2c" && tok->vocab_size() < m.config.vocab_size)
+    throw error(fmt::format("llama2.c tokenizer has {} tokens but the model's vocabulary is {}: the tokenizer "
+                            "file is truncated or belongs to another model", tok->vocab_size(), m.config.vocab_size));
   return tok;
 }
 

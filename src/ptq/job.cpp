@@ -123,7 +123,18 @@ quantize_job run_quantize_job(const quantize_job_config& c, const quantize_job_h
   const auto tok = tokenizer_for_model(job.source->header, c.tokenizer);
   const std::vector<int32_t> ids = encode_documents(*tok, read_file(c.data, "data file"));
 
-  // Step 2.
+  // Step 2. One run per output: the checkpoint directory is locked for the run (a second
+  // `quantize` with the same -o is refused instead of interleaving shards with this one); an empty
+  // one left by a run that stopped before its first block is removed.
+  fs::create_directories(qo.checkpoint_dir);
+  struct remove_if_empty {
+    std::string dir;
+    ~remove_if_empty() {
+      std::error_code ec;
+      if (fs::is_empty(dir, ec) && !ec) fs::remove(dir, ec);
+    }
+  } tidy{qo.checkpoint_dir};
+  const exclusive_lock lock(qo.checkpoint_dir, "quantize -o " + c.out);
   if (fs::exists(fs::path(qo.checkpoint_dir) / "state.json") && hooks.note)
     hooks.note(fmt::format("quantize: resuming from {}", qo.checkpoint_dir));
   std::optional<model> whole;  // --rotate only

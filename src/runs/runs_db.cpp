@@ -13,6 +13,7 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <array>
 #include <chrono>
 #include <cmath>
@@ -233,14 +234,44 @@ std::string utc_now() {
 
 }  // namespace
 
-runs_db::runs_db(const std::string& path) : path_(path) {
+runs_db::runs_db(const std::string& path, access mode) : path_(path) {
+  if (mode == access::existing && !std::filesystem::is_regular_file(path))
+    throw error(fmt::format("{}: no results database there (commands with --db record runs into one)", path));
   sqlite3* db = nullptr;
-  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) != SQLITE_OK) {
+  const int flags = SQLITE_OPEN_READWRITE | (mode == access::create ? SQLITE_OPEN_CREATE : 0);
+  if (sqlite3_open_v2(path.c_str(), &db, flags, nullptr) != SQLITE_OK) {
     const std::string m = db ? sqlite3_errmsg(db) : "out of memory";
     sqlite3_close(db);
     throw error(fmt::format("{}: cannot open the results database: {}", path, m));
   }
   db_ = db;
+  // The tables of the file, and (when it has any) the check that they are a lowbit results store of
+  // this schema version: run on the file as found, before any pragma writes to it, and again
+  // inside the write transaction that creates the schema (another writer may have made it).
+  auto tables_checked = [&]() {
+    std::vector<std::string> tables;
+    {
+      statement st(db, path_, "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name");
+      while (st.step()) tables.push_back(st.text(0));
+    }
+    if (tables.empty()) return tables;
+    std::string app, version;
+    if (std::find(tables.begin(), tables.end(), "meta") != tables.end()) {
+      statement st(db, path_, "SELECT key, value FROM meta WHERE key IN ('application', 'schema_version')");
+      while (st.step()) (st.text(0) == "application" ? app : version) = st.text(1);
+    }
+    if (app != "lowbit-runs") {
+      std::string names;
+      for (size_t i = 0; i < tables.size() && i < 5; ++i) names += (i ? ", " : "") + tables[i];
+      throw error(fmt::format("{}: an SQLite database but not a lowbit results database (tables: {}); "
+                              "give --db a new file name or an existing lowbit database", path, names));
+    }
+    if (version != std::to_string(schema_version))
+      throw error(fmt::format("{}: results database of schema version {}, but this lowbit reads schema "
+                              "version {}; use a new --db file (or the lowbit that wrote it)",
+                              path, version.empty() ? "(none)" : version, schema_version));
+    return tables;
+  };
   try {
     // Writers wait for each other (explore -j, several --db commands at once) instead of failing.
     sqlite3_busy_timeout(db, 120000);
@@ -256,39 +287,18 @@ runs_db::runs_db(const std::string& path) : path_(path) {
       if (rc != SQLITE_ROW)
         throw error(fmt::format("{}: cannot read the results database: {}", path, sqlite3_errmsg(db)));
     }
+    tables_checked();
     exec(db, path, "PRAGMA journal_mode=WAL");
     exec(db, path, "PRAGMA synchronous=NORMAL");  // WAL: durable at checkpoints, consistent always
     exec(db, path, "PRAGMA foreign_keys=ON");
     // One writer creates the schema; the others wait and then find it.
     exec(db, path, "BEGIN IMMEDIATE");
     try {
-      std::vector<std::string> tables;
-      {
-        statement st(db, path_, "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name");
-        while (st.step()) tables.push_back(st.text(0));
-      }
-      const bool has_meta = std::find(tables.begin(), tables.end(), "meta") != tables.end();
-      if (tables.empty()) {
+      if (tables_checked().empty()) {
         exec(db, path, k_schema);
         statement ins(db, path_, "INSERT INTO meta(key, value) VALUES (?1, ?2)");
         ins.bind(1, std::string("application")), ins.bind(2, std::string("lowbit-runs")), ins.step(), ins.reset();
         ins.bind(1, std::string("schema_version")), ins.bind(2, std::to_string(schema_version)), ins.step();
-      } else {
-        std::string app, version;
-        if (has_meta) {
-          statement st(db, path_, "SELECT key, value FROM meta WHERE key IN ('application', 'schema_version')");
-          while (st.step()) (st.text(0) == "application" ? app : version) = st.text(1);
-        }
-        if (app != "lowbit-runs") {
-          std::string names;
-          for (size_t i = 0; i < tables.size() && i < 5; ++i) names += (i ? ", " : "") + tables[i];
-          throw error(fmt::format("{}: an SQLite database but not a lowbit results database (tables: {}); "
-                                  "give --db a new file name or an existing lowbit database", path, names));
-        }
-        if (version != std::to_string(schema_version))
-          throw error(fmt::format("{}: results database of schema version {}, but this lowbit reads schema "
-                                  "version {}; use a new --db file (or the lowbit that wrote it)",
-                                  path, version.empty() ? "(none)" : version, schema_version));
       }
       exec(db, path, "COMMIT");
     } catch (...) {

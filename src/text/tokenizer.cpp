@@ -1,6 +1,7 @@
 // Tokenizers: the score-ordered BPE of llama2.c (and of a SentencePiece vocabulary given as
 // tokens + scores), the byte tokenizer, and load_tokenizer's dispatch by path. GPT-2's byte-level
 // BPE lives in tokenizer_gpt2.cpp, the libsentencepiece wrapper in tokenizer_spm.cpp.
+#include "lowbit/base/files.hpp"
 #include "lowbit/text/tokenizer.hpp"
 
 #include <array>
@@ -275,10 +276,7 @@ bool ends_with(const std::string& s, std::string_view suffix) {
 }  // namespace
 
 std::unique_ptr<tokenizer> load_llama2c_tokenizer(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw error(fmt::format("{}: cannot open llama2.c tokenizer: {}", path, std::strerror(errno)));
-  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw error(fmt::format("{}: read error", path));
+  const std::string data = read_file(path, "llama2.c tokenizer");
   size_t pos = 0;
   auto read_i32 = [&](const char* field, size_t index) {
     if (data.size() - pos < 4)

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -176,6 +177,14 @@ train_result run_training(const train_run_config& cfg, const tokenizer& tok, con
   // lr 0 keeps the weights as they are (AdamW's update and decay are multiples of it): a run that
   // only measures its start.
   if (!(cfg.lr >= 0)) throw error(fmt::format("train: learning rate {} (expected >= 0)", cfg.lr));
+  // Settings a JSON config can carry as well as flags (the CLI refuses non-finite flags itself).
+  auto in_range = [](const char* what, double v, double lo, double hi) {
+    if (!(v >= lo && v <= hi)) throw error(fmt::format("train: {} {} (expected {} .. {})", what, v, lo, hi));
+  };
+  in_range("warmup fraction", cfg.warmup_frac, 0, 1);
+  in_range("min_lr_frac", cfg.min_lr_frac, 0, 1);
+  in_range("gradient clip", cfg.clip, 0, std::numeric_limits<double>::max());
+  in_range("learning rate", cfg.lr, 0, std::numeric_limits<double>::max());
   if (cfg.val_batches <= 0)
     throw error(fmt::format("train: val_batches {} (expected > 0)", cfg.val_batches));
   const model_config mc = init ? init->config : cfg.model_shape(tok.vocab_size());

@@ -4,6 +4,8 @@
 // or throw lowbit::error and nothing else, and the atomic writer.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -1254,6 +1256,50 @@ TEST(FilesAtomicWrite, MissingDirectoryThrowsAndOverwriteReplaces) {
     EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
   }
   EXPECT_EQ(files, 3u);  // taken.gguf/, m.safetensors, m.gguf
+}
+
+// A writer killed with SIGKILL between its first bytes and its commit leaves its temp file (no
+// destructor runs); the next write of the same path removes it, and leaves alone the temp file of
+// a process that is still alive.
+TEST(FilesAtomicWrite, TempFilesOfKilledWritersAreRemovedByTheNextWrite) {
+  scratch s("stale");
+  const std::string path = s / "out.json";
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    atomic_file_writer w(path);
+    const std::string half(1 << 16, 'x');
+    w.write(half.data(), half.size());
+    const char c = 1;
+    if (::write(ready[1], &c, 1) != 1) _exit(3);
+    ::pause();  // killed here, before commit()
+    _exit(0);
+  }
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  ::close(ready[0]);
+  ::close(ready[1]);
+  auto temps = [&] {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(s.dir))
+      if (e.path().filename().string().find(".tmp-") != std::string::npos) names.push_back(e.path().filename().string());
+    return names;
+  };
+  ASSERT_EQ(temps().size(), 1u) << "the killed writer left no temp file to clean";
+  // A temp file of a live process (our parent) must survive.
+  const std::string live = s / ("out.json.tmp-" + std::to_string(::getppid()) + "-abcdef");
+  std::ofstream(live) << "in use";
+  write_text_file_atomic(path, "{}\n");
+  const auto left = temps();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0], fs::path(live).filename().string());
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "{}\n");
 }
 
 // A model's config with a value that does not fit its field is refused, naming the field: before,

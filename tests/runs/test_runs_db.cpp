@@ -245,3 +245,35 @@ TEST(RunsDb, ForeignFilesAreRefusedNamingThem) {
   msg = error_of("/nonexistent-dir/runs.db");
   EXPECT_NE(msg.find("/nonexistent-dir/runs.db"), std::string::npos) << msg;
 }
+
+// Another program's SQLite file is refused before lowbit writes anything to it: its journal mode
+// stays as it was (before, the WAL pragma ran first and switched it); and a command that only
+// reads (report, fit, predict: access::existing) refuses a missing file instead of creating one.
+TEST(RunsDb, ForeignFilesKeepTheirJournalModeAndReadersCreateNothing) {
+  const std::string other = fresh_path("journal_kept.db");
+  sqlite3* raw = nullptr;
+  ASSERT_EQ(sqlite3_open(other.c_str(), &raw), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(raw, "CREATE TABLE users(name TEXT)", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(raw);
+  EXPECT_NE(error_of(other).find("users"), std::string::npos);
+  ASSERT_EQ(sqlite3_open(other.c_str(), &raw), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(raw, "PRAGMA journal_mode", -1, &st, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), "delete");
+  sqlite3_finalize(st);
+  sqlite3_close(raw);
+  EXPECT_FALSE(fs::exists(other + "-wal"));
+
+  const std::string missing = fresh_path("never_created.db");
+  try {
+    runs_db db(missing, runs_db::access::existing);
+    ADD_FAILURE() << "opened a missing database";
+  } catch (const lowbit::error& e) {
+    EXPECT_NE(std::string(e.what()).find(missing), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(missing));
+  { runs_db db(missing); db.record(sample_run(1)); }  // the default creates it
+  runs_db again(missing, runs_db::access::existing);
+  EXPECT_EQ(again.count(), 1);
+}

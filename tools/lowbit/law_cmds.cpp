@@ -40,10 +40,11 @@ std::pair<int, int> parse_bits(const std::string& s) {
       const int b = std::stoi(s);
       return {b, b};
     }
-    return {std::stoi(s.substr(0, dots)), std::stoi(s.substr(dots + 2))};
+    const int lo = std::stoi(s.substr(0, dots)), hi = std::stoi(s.substr(dots + 2));
+    if (lo <= hi) return {lo, hi};
   } catch (const std::exception&) {
-    throw error(fmt::format("--bits '{}': expected a bit width (8) or a range (2..16)", s));
   }
+  throw error(fmt::format("--bits '{}': expected a bit width (8) or a range LO..HI with LO <= HI (2..16)", s));
 }
 
 // Outputs are written atomically (temp file + rename), like every other output of lowbit.
@@ -252,7 +253,7 @@ struct fit_cli_options {
 
 void cmd_fit(fit_cli_options o) {
   const law_id id = parse_law(o.law);
-  runs_db db(o.db);
+  runs_db db(o.db, runs_db::access::existing);
   size_t skipped = 0;
   const std::vector<law_point> pts = points_from_runs(id, db.query({"train", "", ""}), &skipped);
   const fit_result r = fit_law(id, pts, o.fit);
@@ -295,7 +296,7 @@ struct predict_cli_options {
 // One training (with its cross-validation) answers every --format of the call; the model file is
 // loaded once per path, and only when a format's SQNR has to be measured.
 void cmd_predict(const predict_cli_options& o) {
-  runs_db db(o.db);
+  runs_db db(o.db, runs_db::access::existing);
   const std::vector<ptq_sample> rows = samples_from_runs(db.all());
   // Every query is checked (its format parsed, its model known) before the training.
   std::vector<ptq_sample> queries;

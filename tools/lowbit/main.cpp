@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <iostream>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -272,6 +273,59 @@ std::vector<std::string> reorder_cast_args(int argc, char** argv) {
 }  // namespace
 }  // namespace lowbit::cli
 
+namespace {
+
+// The one check of every number given on the command line, for every command (ISSUE: `--ctx 0`,
+// `--temperature nan`, `--warmup nan` once ran as if they meant something): a FLOAT option must be
+// finite; the options named below must lie in their range when given (0 or a negative length,
+// count or budget is refused here; the library's own 0 = "default" is what leaving a flag out means).
+struct number_rule {
+  const char* name;
+  double lo, hi;
+  bool lo_open;  // lo excluded
+};
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr number_rule kNumberRules[] = {
+    {"--ctx", 1, kInf, false},          {"--max-tokens", 1, kInf, false},   {"--steps", 1, kInf, false},
+    {"--batch", 1, kInf, false},        {"--dim", 1, kInf, false},          {"--layers", 1, kInf, false},
+    {"--heads", 1, kInf, false},        {"--kv-heads", 1, kInf, false},     {"--hidden", 1, kInf, false},
+    {"--vocab", 1, kInf, false},        {"--calib-samples", 1, kInf, false}, {"--calib-ctx", 2, kInf, false},
+    {"--val-batches", 1, kInf, false},  {"--eval-every", 1, kInf, false},   {"--checkpoint-every", 1, kInf, false},
+    {"--reps", 1, kInf, false},         {"--mib", 0, kInf, true},           {"--ref-mib", 0, kInf, true},
+    {"--threads", 1, kInf, false},      {"--jobs", 1, kInf, false},         {"--max-runs", 1, kInf, false},
+    {"--folds", 2, kInf, false},        {"--rounds", 1, kInf, false},       {"--starts", 1, kInf, false},
+    {"--temperature", 0, kInf, false},  {"--lr", 0, kInf, false},           {"--clip", 0, kInf, false},
+    {"--wd", 0, kInf, false},           {"--warmup", 0, 1, false},          {"--min-lr-frac", 0, 1, false},
+    {"--confidence", 0, 1, true},       {"--robust-scale", 0, kInf, true},
+};
+
+void refuse_impossible_numbers(const CLI::App& app) {
+  for (const CLI::App* sub : app.get_subcommands()) {
+    for (const CLI::Option* opt : sub->get_options()) {
+      if (opt->count() == 0) continue;
+      const std::string type = opt->get_type_name();
+      if (type != "FLOAT" && type != "INT" && type != "UINT") continue;
+      const std::string name = opt->get_name();
+      for (const std::string& text : opt->results()) {
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        if (type == "FLOAT" && !std::isfinite(v))
+          throw lowbit::error(fmt::format("{} {} {}: expected a finite number", sub->get_name(), name, text));
+        for (const number_rule& r : kNumberRules) {
+          if (name != r.name) continue;
+          const bool below = r.lo_open ? !(v > r.lo) : !(v >= r.lo);
+          if (below || !(v <= r.hi))
+            throw lowbit::error(fmt::format("{} {} {}: expected {} {}{}", sub->get_name(), name, text,
+                                    r.lo_open ? ">" : ">=", r.lo, r.hi < kInf ? fmt::format(" and <= {}", r.hi) : ""));
+        }
+      }
+    }
+    refuse_impossible_numbers(*sub);
+  }
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace lowbit;
   using namespace lowbit::cli;
@@ -320,6 +374,7 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
   try {
+    refuse_impossible_numbers(app);
     if (*formats) cmd_formats(json);
     else if (*info) cmd_info(spec, json);
     else if (*cast) cmd_cast(spec, values, codes);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <iostream>
 #include <random>
 #include <sstream>
@@ -58,7 +59,7 @@ struct synth_options {
   int dim = 256, layers = 4, heads = 8, kv_heads = 0, hidden = 0, vocab = 258, ctx = 512, sliding_window = 0;
   int rope_dim = 0;
   uint64_t seed = 0;
-  bool untied = false, post_ln = false, sequential = false;
+  bool untied = false, post_ln = false, sequential = false, force = false;
 };
 
 void cmd_synth(const synth_options& o) {
@@ -74,6 +75,16 @@ void cmd_synth(const synth_options& o) {
   if (o.post_ln) c.norm_before = false;
   if (o.sequential) c.parallel_residual = false;
   const model m = synthesize_model(c, o.seed);
+  // An existing output is replaced only with --force; then a config.json beside it that describes
+  // another model (the replaced one's) is replaced too, so that the file and its config.json agree.
+  if (std::filesystem::exists(o.out)) {
+    if (!o.force) throw error(fmt::format("synth: {} exists; pass --force to replace it", o.out));
+    const std::filesystem::path cfg_path = std::filesystem::path(o.out).parent_path() / "config.json";
+    if (o.out.ends_with(".safetensors") && std::filesystem::is_regular_file(cfg_path)) {
+      const nlohmann::json existing = nlohmann::json::parse(read_file(cfg_path.string(), "config.json"), nullptr, false);
+      if (existing.is_discarded() || existing != config_to_hf_json(c)) std::filesystem::remove(cfg_path);
+    }
+  }
   if (o.out.size() >= 5 && o.out.compare(o.out.size() - 5, 5, ".gguf") == 0) save_gguf_model(m, o.out);
   else if (o.out.size() >= 12 && o.out.compare(o.out.size() - 12, 12, ".safetensors") == 0)
     save_safetensors_model(m, o.out);
@@ -271,6 +282,7 @@ void add_model_commands(CLI::App& app, command_list& commands) {
   synth->add_option("--seed", so.seed, "random seed")->capture_default_str();
   synth->add_flag("--untied", so.untied, "a separate classifier matrix");
   synth->add_option("-o,--out", so.out, "output .safetensors (+ config.json) or .gguf")->required();
+  synth->add_flag("--force", so.force, "replace an existing output (and a config.json beside it of another model)");
   commands.push_back({synth, [] { cmd_synth(so); }});
 
   static std::string tk_model, tk_tok;

@@ -36,7 +36,8 @@ class mapped_file {
 void read_mapped(const uint8_t* p, uint64_t n, const std::function<void(const uint8_t*, uint64_t)>& chunk,
                  uint64_t unit = 1);
 
-// Atomic file replacement: bytes go to a temp file "path.tmp-XXXXXX" in the same directory;
+// Atomic file replacement: bytes go to a temp file "path.tmp-PID-XXXXXX" in the same directory
+// (temp files of `path` left by a process that died are removed first);
 // commit() flushes, fsyncs, closes and renames it over `path`. Every step is checked and throws
 // lowbit::error (naming the file and strerror); the destructor deletes the temp file unless
 // commit() succeeded, so a failure never leaves a partial file behind.
@@ -59,10 +60,27 @@ class atomic_file_writer {
   bool done_ = false;
 };
 
+// An exclusive advisory lock (flock) on a file or directory, held for the object's life: a second
+// process asking for the same path is refused at once with lowbit::error("<what>: ... pid"), not
+// made to wait (two `quantize` runs with one -o share its checkpoint directory).
+class exclusive_lock {
+ public:
+  exclusive_lock(const std::string& path, const std::string& what);
+  ~exclusive_lock();
+  exclusive_lock(const exclusive_lock&) = delete;
+  exclusive_lock& operator=(const exclusive_lock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 // The whole of a regular file (`what` names it in messages: "data file", "GPT-2 vocab.bpe").
 // A directory, FIFO or device is refused before it is opened, so a pipe never blocks the caller;
 // throws lowbit::error naming the file and the reason.
 std::string read_file(const std::string& path, const std::string& what);
+// The check read_file makes, for readers that open the file themselves (streams, memory maps):
+// stat() only, so a FIFO is refused without blocking.
+void require_regular_file(const std::string& path, const std::string& what);
 
 // A content fingerprint of a file, "fnv1a64:<16 hex>" over its bytes (read in chunks): what a
 // run's config or a model's provenance names instead of a path, so the same model or data found

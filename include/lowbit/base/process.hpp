@@ -21,7 +21,7 @@ int run_program(const std::vector<std::string>& argv, const std::string& log_pat
 // GOMP_SPINCOUNT is set, this sets GOMP_SPINCOUNT=kOpenmpSpinCount and starts the program anew
 // (execv of /proc/self/exe, same pid, same arguments; LOWBIT_OPENMP_SETTLED marks the second start).
 // A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT is left as it is. Returns only when no restart
-// happened (already settled, user setting, or execv failed). docs/architecture.md "Threads".
+// happened (already settled, user setting, or execv failed). docs/architecture.md §17b.
 inline constexpr const char* kOpenmpSpinCount = "10000";
 void settle_openmp_waiting(char** argv);
 

@@ -71,9 +71,12 @@ std::string code_revision();
 class runs_db {
  public:
   static constexpr int schema_version = 1;
-  // Opens or creates the database; throws lowbit::error naming the file when it is not a lowbit
-  // database or has another schema version.
-  explicit runs_db(const std::string& path);
+  // Opens or creates the database (`existing`: opens only, for commands that read: report, fit,
+  // predict); throws lowbit::error naming the file when it is missing (existing), not a lowbit
+  // database or has another schema version. A foreign file is refused before anything is written
+  // to it (its journal mode stays as it was).
+  enum class access { create, existing };
+  explicit runs_db(const std::string& path, access mode = access::create);
   ~runs_db();
   runs_db(const runs_db&) = delete;
   runs_db& operator=(const runs_db&) = delete;
