@@ -927,6 +927,9 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
     std::vector<int32_t> types(bpe_tokens.size(), 1);
     types[tok->eos_id()] = 3;  // <|endoftext|>: control
     w.add_string("tokenizer.ggml.model", "gpt2");
+    // llama.cpp picks its pre-tokenizer regex by this name; without it, it falls back to a default
+    // that splits text differently from GPT-2's (most documents then tokenize differently).
+    w.add_string("tokenizer.ggml.pre", "gpt-2");
     w.add_string_array("tokenizer.ggml.tokens", bpe_tokens);
     w.add_i32_array("tokenizer.ggml.token_type", types);
     w.add_string_array("tokenizer.ggml.merges", bpe_merges);
@@ -941,6 +944,7 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
     if (v.eos >= 0) w.add_u32("tokenizer.ggml.eos_token_id", v.eos);
     if (v.unk >= 0) w.add_u32("tokenizer.ggml.unknown_token_id", v.unk);
     w.add_bool("tokenizer.ggml.add_bos_token", true);
+    w.add_bool("tokenizer.ggml.add_space_prefix", v.add_space_prefix);
   } else {
     if (!m.tokenizer.kind.empty()) w.add_string("lowbit.tokenizer", m.tokenizer.kind);
     if (!m.tokenizer.path.empty()) w.add_string("lowbit.tokenizer_path", m.tokenizer.path);

@@ -48,7 +48,12 @@ std::unique_ptr<tokenizer> gguf_tokenizer(const std::string& path) {
   ty.resize(t.size(), 1);
   const int bos = f.find_kv("tokenizer.ggml.bos_token_id") ? static_cast<int>(f.get_int("tokenizer.ggml.bos_token_id")) : 1;
   const int eos = f.find_kv("tokenizer.ggml.eos_token_id") ? static_cast<int>(f.get_int("tokenizer.ggml.eos_token_id")) : 2;
-  return make_spm_vocab_tokenizer(std::move(t), std::move(s), std::move(ty), bos, eos);
+  // llama.cpp's default is true; a file that says false (models whose SentencePiece tokenizer has
+  // add_dummy_prefix off) must be tokenized without it.
+  bool space_prefix = true;
+  if (const gguf_kv* p = f.find_kv("tokenizer.ggml.add_space_prefix"); p && p->value.is_boolean())
+    space_prefix = p->value.get<bool>();
+  return make_spm_vocab_tokenizer(std::move(t), std::move(s), std::move(ty), bos, eos, space_prefix);
 }
 
 }  // namespace

@@ -63,9 +63,9 @@ class score_bpe_tokenizer final : public tokenizer {
   // spm = true : a SentencePiece vocabulary (spaces are U+2581, byte pieces found by name).
   score_bpe_tokenizer(std::string kind, bool spm, std::vector<std::string> pieces,
                       std::vector<float> scores, std::vector<int32_t> types, int bos, int eos,
-                      const std::string& where)
-      : kind_(std::move(kind)), spm_(spm), pieces_(std::move(pieces)), scores_(std::move(scores)),
-        types_(std::move(types)), bos_(bos), eos_(eos) {
+                      const std::string& where, bool add_space_prefix = true)
+      : kind_(std::move(kind)), spm_(spm), add_space_prefix_(add_space_prefix), pieces_(std::move(pieces)),
+        scores_(std::move(scores)), types_(std::move(types)), bos_(bos), eos_(eos) {
     const int n = static_cast<int>(pieces_.size());
     if (n == 0) throw error(fmt::format("{}: the vocabulary is empty (expected at least one token)", where));
     if (scores_.size() != pieces_.size())
@@ -106,6 +106,7 @@ class score_bpe_tokenizer final : public tokenizer {
     v.tokens.clear(), v.types.clear();
     v.scores = scores_;
     v.bos = bos_, v.eos = eos_, v.unk = unk_id_;
+    v.add_space_prefix = add_space_prefix_;
     if (!spm_ && !pieces_.empty() && pieces_[0] == "<unk>") v.unk = 0;  // llama2.c's id 0
     static const std::string space = "\xe2\x96\x81";  // U+2581
     for (size_t i = 0; i < pieces_.size(); ++i) {
@@ -147,7 +148,7 @@ class score_bpe_tokenizer final : public tokenizer {
     ids.reserve(text.size() + 3);
     if (bos && bos_ >= 0) ids.push_back(bos_);
     // add_dummy_prefix: the token for " " (U+2581 for a SentencePiece vocabulary).
-    if (!text.empty()) push_symbol(spm_ ? kSpmSpace : std::string_view(" "), ids);
+    if (!text.empty() && add_space_prefix_) push_symbol(spm_ ? kSpmSpace : std::string_view(" "), ids);
     // UTF-8 codepoints exactly as llama2.c cuts them: a byte plus up to 3 following
     // continuation bytes (a stray continuation byte starts a symbol of its own).
     for (size_t i = 0; i < text.size();) {
@@ -238,6 +239,7 @@ class score_bpe_tokenizer final : public tokenizer {
 
   std::string kind_;
   bool spm_;
+  bool add_space_prefix_;
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
   std::vector<int32_t> types_;
@@ -325,10 +327,10 @@ std::unique_ptr<tokenizer> load_llama2c_tokenizer(const std::string& path) {
 std::unique_ptr<tokenizer> make_spm_vocab_tokenizer(std::vector<std::string> tokens,
                                                     std::vector<float> scores,
                                                     std::vector<int32_t> types, int bos_id,
-                                                    int eos_id) {
+                                                    int eos_id, bool add_space_prefix) {
   return std::make_unique<score_bpe_tokenizer>("spm-vocab", true, std::move(tokens), std::move(scores),
                                                std::move(types), bos_id, eos_id,
-                                               "SentencePiece vocabulary");
+                                               "SentencePiece vocabulary", add_space_prefix);
 }
 
 std::unique_ptr<tokenizer> make_byte_tokenizer() { return std::make_unique<byte_tokenizer>(); }

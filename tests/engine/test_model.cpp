@@ -492,6 +492,50 @@ TEST(ModelFiles, Gpt2GgufCarriesItsTokenizer) {
   EXPECT_EQ(from_gguf->bos_id(), 50256);
   for (const std::string text : {"Hello world", " 3.14 bananas!!  \n\tthe end", "ünïcödé 日本語 🦙", "it's we'll"})
     EXPECT_EQ(from_gguf->encode(text, true, false), from_files->encode(text, true, false)) << text;
+  // llama.cpp chooses its pre-tokenizer by tokenizer.ggml.pre; without "gpt-2" it splits text its
+  // own default way.
+  EXPECT_EQ(gguf_file(dir + "/g.gguf").get_string("tokenizer.ggml.pre"), "gpt-2");
+}
+
+// A SentencePiece-style GGUF vocabulary says whether a dummy-prefix space goes before the text
+// (tokenizer.ggml.add_space_prefix; llama.cpp's default true). lowbit writes it and honours it:
+// with true the GGUF's tokenizer encodes as the source (llama2.c tok512) does; with false the
+// text starts without the U+2581 piece, exactly as the source encodes the text with its leading
+// space taken away from the first word's piece.
+TEST(ModelFiles, GgufSpacePrefixIsWrittenAndHonoured) {
+  const auto source = load_llama2c_tokenizer(data_dir + "/llama2c/tok512.bin");
+  tokenizer::spm_vocabulary v;
+  ASSERT_TRUE(source->sentencepiece_vocabulary(v));
+  EXPECT_TRUE(v.add_space_prefix);
+  const std::string dir = temp_dir("spaceprefix");
+  for (const bool prefix : {true, false}) {
+    gguf_writer w;
+    w.add_string("general.architecture", "llama");
+    w.add_string("tokenizer.ggml.model", "llama");
+    w.add_string_array("tokenizer.ggml.tokens", v.tokens);
+    w.add_f32_array("tokenizer.ggml.scores", v.scores);
+    w.add_i32_array("tokenizer.ggml.token_type", v.types);
+    w.add_u32("tokenizer.ggml.bos_token_id", v.bos);
+    w.add_u32("tokenizer.ggml.eos_token_id", v.eos);
+    w.add_bool("tokenizer.ggml.add_space_prefix", prefix);
+    const std::string path = dir + (prefix ? "/on.gguf" : "/off.gguf");
+    w.write(path);
+    model m;
+    m.config.vocab_size = static_cast<int>(v.tokens.size());
+    m.source_path = path;
+    m.tokenizer = {"gguf", path};
+    const auto tok = tokenizer_for_model(m);
+    for (const std::string text : {"Once upon a time", "Lily saw a big dog."}) {
+      const std::vector<int32_t> ids = tok->encode(text, false, false);
+      if (prefix) {
+        EXPECT_EQ(ids, source->encode(text, false, false)) << text;
+      } else {
+        ASSERT_FALSE(ids.empty());
+        EXPECT_NE(tok->decode_token(-1, ids[0]).rfind(" ", 0), 0u) << text << ": first piece has the dummy space";
+        EXPECT_NE(ids, source->encode(text, false, false)) << text;
+      }
+    }
+  }
 }
 
 // GPT-2 has one kv head per query head: a file that says otherwise is refused before the forward

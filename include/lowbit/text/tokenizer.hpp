@@ -40,6 +40,7 @@ class tokenizer {
     std::vector<float> scores;
     std::vector<int32_t> types;
     int bos = -1, eos = -1, unk = -1;
+    bool add_space_prefix = true;  // SentencePiece's add_dummy_prefix (GGUF tokenizer.ggml.add_space_prefix)
   };
   virtual bool sentencepiece_vocabulary(spm_vocabulary&) const { return false; }
   // GPT-2 byte-level BPE: tokens in byte-symbol spelling by id, merges "a b" by rank.
@@ -49,10 +50,12 @@ class tokenizer {
 };
 
 std::unique_ptr<tokenizer> load_llama2c_tokenizer(const std::string& path);
+// add_space_prefix: SentencePiece's add_dummy_prefix, a U+2581 before the text (true for Llama 1/2;
+// a GGUF says tokenizer.ggml.add_space_prefix = false where the model's tokenizer does not).
 std::unique_ptr<tokenizer> make_spm_vocab_tokenizer(std::vector<std::string> tokens,
                                                     std::vector<float> scores,
                                                     std::vector<int32_t> types, int bos_id,
-                                                    int eos_id);
+                                                    int eos_id, bool add_space_prefix = true);
 std::unique_ptr<tokenizer> load_gpt2_tokenizer(const std::string& encoder_json,
                                                const std::string& vocab_bpe);
 // The same from vectors (GGUF's tokenizer.ggml.tokens / merges); `where` names the source.
