@@ -126,7 +126,7 @@ adaround_result adaround_quantize(const float* W, int64_t out, int64_t in, const
     return std::pair{std::clamp(raw, 0.0f, 1.0f), raw > 0.0f && raw < 1.0f};
   };
   // V where h(V) = (w - down) / (up - down), the rest of the rounding.
-  std::vector<float> V(n, 0.0f), m1(n, 0.0f), m2(n, 0.0f), h(n), Wt(n), D(n), G(n);
+  std::vector<float> V(n, 0.0f), m1(n, 0.0f), m2(n, 0.0f), Wt(n), D(n), G(n);
   for (int64_t i = 0; i < n; ++i) {
     if (delta[i] == 0) continue;
     const double h0 = std::clamp((double(W[i]) - base[i]) / delta[i], 0.0, 1.0);
@@ -134,52 +134,64 @@ adaround_result adaround_quantize(const float* W, int64_t out, int64_t in, const
     V[i] = static_cast<float>(std::log(p / (1 - p)));
   }
   const std::vector<float> Cf(C, C + in * in);
-  // tr(D C D^T) for the weight wt, leaving D = W - wt and G = D C.
-  auto reconstruction = [&](const std::vector<float>& wt) {
+  // D = W - wt and G = D C (the gradient's GEMM); then tr(D C D^T) = sum D o G when asked.
+  auto products = [&](const std::vector<float>& wt) {
+#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) D[i] = W[i] - wt[i];
-    if (n == 0) return 0.0;
+    if (n == 0) return;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(out), static_cast<blasint>(in),
                 static_cast<blasint>(in), 1.0f, D.data(), static_cast<blasint>(in), Cf.data(), static_cast<blasint>(in),
                 0.0f, G.data(), static_cast<blasint>(in));
+  };
+  auto reconstruction = [&](const std::vector<float>& wt) {
+    products(wt);
     double l = 0;
     for (int64_t i = 0; i < n; ++i) l += double(G[i]) * D[i];
     return l;
   };
   res.rtn_loss = reconstruction(rtn_values);
 
-  const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+  // Adam (Kingma and Ba 2015; beta1 0.9, beta2 0.999, eps 1e-8), in float: one sigmoid per weight
+  // and step, shared by h(V) and its derivative (sigmoid' = s (1 - s)).
+  const float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
   const int warm = static_cast<int>(std::lround(o.warmup * o.iters));
   double pow1 = 1, pow2 = 1;
+  std::vector<float> sig(n, 0.5f);
   for (int t = 0; t < o.iters; ++t) {
+#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
-      h[i] = delta[i] == 0 ? 0.0f : rectified(V[i]).first;
-      Wt[i] = base[i] + h[i] * delta[i];
+      if (delta[i] == 0) {
+        Wt[i] = base[i];
+        continue;
+      }
+      sig[i] = 1.0f / (1.0f + std::exp(-V[i]));
+      Wt[i] = base[i] + std::clamp(sig[i] * range + gamma, 0.0f, 1.0f) * delta[i];
     }
-    reconstruction(Wt);
+    products(Wt);
     const bool regularised = o.lambda > 0 && t >= warm;
     const double rel = o.iters - warm > 0 ? double(t - warm) / double(o.iters - warm) : 1.0;
-    const double beta = o.beta_end + (o.beta_start - o.beta_end) * (1.0 - rel);
+    const float beta = static_cast<float>(o.beta_end + (o.beta_start - o.beta_end) * (1.0 - rel));
+    const float lambda = static_cast<float>(o.lambda);
     pow1 *= b1, pow2 *= b2;
-    const double step = o.lr * std::sqrt(1 - pow2) / (1 - pow1);
+    const float step = static_cast<float>(o.lr * std::sqrt(1 - pow2) / (1 - pow1));
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
       if (delta[i] == 0) continue;
-      const auto [hv, inside] = rectified(V[i]);
-      if (!inside) {  // the clip has no gradient: Adam's moments decay, V drifts on its momentum
-        m1[i] = float(b1 * m1[i]), m2[i] = float(b2 * m2[i]);
+      const float raw = sig[i] * range + gamma;
+      if (!(raw > 0.0f && raw < 1.0f)) {  // the clip has no gradient: Adam's moments decay, V drifts on its momentum
+        m1[i] = b1 * m1[i], m2[i] = b2 * m2[i];
       } else {
         // d tr(D C D^T) / dh = -2 (D C)_i (up - down)_i; d/dh (1 - |2h - 1|^beta) = -2 beta |2h-1|^(beta-1) sign(2h-1)
-        double g = -2.0 * double(G[i]) * delta[i];
+        float g = -2.0f * G[i] * delta[i];
         if (regularised) {
-          const double u = 2.0 * hv - 1.0;
-          g += o.lambda * -2.0 * beta * std::pow(std::fabs(u), beta - 1) * (u > 0 ? 1.0 : u < 0 ? -1.0 : 0.0);
+          const float u = 2.0f * raw - 1.0f;
+          g -= lambda * 2.0f * beta * std::pow(std::fabs(u), beta - 1.0f) * (u > 0 ? 1.0f : u < 0 ? -1.0f : 0.0f);
         }
-        const double sig = 1.0 / (1.0 + std::exp(-double(V[i])));
-        g *= (o.zeta - o.gamma) * sig * (1 - sig);
-        m1[i] = float(b1 * m1[i] + (1 - b1) * g);
-        m2[i] = float(b2 * m2[i] + (1 - b2) * g * g);
+        g *= range * sig[i] * (1.0f - sig[i]);
+        m1[i] = b1 * m1[i] + (1 - b1) * g;
+        m2[i] = b2 * m2[i] + (1 - b2) * g * g;
       }
-      V[i] = float(V[i] - step * m1[i] / (std::sqrt(double(m2[i])) + eps));
+      V[i] -= step * m1[i] / (std::sqrt(m2[i]) + eps);
     }
   }
 
