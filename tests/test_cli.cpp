@@ -466,6 +466,13 @@ TEST(CliQuantize, BadRequestsSayWhatWouldWork) {
   r = run("quantize --model " + stories + " --data " + tinystories + " --weights int4/g32 --method gptx -o " + dir + "/x.safetensors", "", true);
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("gptq"), std::string::npos) << r.out;
+  // Options that cannot apply are refused by name (before, some were ignored).
+  r = run("quantize --model " + stories + " --data " + tinystories + " --weights int4/g32 --method gptq --adaround-iters 50 -o " + dir + "/x.safetensors", "", true);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--adaround-iters"), std::string::npos) << r.out;
+  r = run("quantize --model " + stories + " --data " + tinystories + " --weights q4_0 --method rtn --lorc-rank 8 -o " + dir + "/x.gguf", "", true);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--lorc-rank"), std::string::npos) << r.out;
 }
 
 // ---- results store, sweeps and the report (issue 6) -----------------------------------------------

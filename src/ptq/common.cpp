@@ -160,6 +160,14 @@ std::vector<float> rtn_with_codes(const float* w, int64_t out, int64_t in, const
 
 group_result rtn_group(const group_job& job) {
   group_result r;
+  if (job.options.shared_pow2_scales) {  // ZeroQuant-FP's constrained scales (ptq.hpp)
+    for (size_t i = 0; i < job.layers.size(); ++i) {
+      shared_pow2_result s = shared_pow2_quantize(job.layers[i].w, job.layers[i].out, job.in, job.options.weights);
+      r.weights.push_back(std::move(s.weights));
+      job.packed[job.names[i]] = std::move(s.packed);
+    }
+    return r;
+  }
   for (size_t i = 0; i < job.layers.size(); ++i)
     r.weights.push_back(rtn_with_codes(job.layers[i].w, job.layers[i].out, job.in, job.options.weights, job.tensor_id,
                                        job.packed, job.names[i]));

@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -39,6 +40,31 @@ quantize_options job_options(const quantize_job_config& c) {
   qo.smooth_alpha = c.alpha;
   qo.lorc_rank = c.lorc_rank;
   qo.lorc_format = parse_optional_format(c.lorc_format);
+  // Options that would change nothing are refused, not ignored.
+  if (c.lorc_rank < 0) throw error(fmt::format("quantize: --lorc-rank {}: expected a rank >= 0", c.lorc_rank));
+  if (qo.lorc_format && c.lorc_rank == 0)
+    throw error(fmt::format("quantize: --lorc-format {} without --lorc-rank: there are no LoRC factors to quantize",
+                            c.lorc_format));
+  if (c.lorc_rank > 0 && c.out.ends_with(".gguf"))
+    throw error(fmt::format("quantize: --lorc-rank {} with a GGUF output ({}): a LoRC weight Q + U V is not a value "
+                            "of the format and llama.cpp's types have no place for the factors; write .safetensors",
+                            c.lorc_rank, c.out));
+  if ((c.adaround_iters || c.adaround_lambda) && qo.how != method::adaround)
+    throw error(fmt::format("quantize: --adaround-iters / --adaround-lambda apply to --method adaround, not {}",
+                            c.method));
+  if (c.shared_pow2_scales && qo.how != method::rtn && qo.how != method::adaround)
+    throw error(fmt::format("quantize: --shared-pow2-scales applies to --method rtn and adaround (which take RTN's "
+                            "group scales), not {}, which chooses its own", c.method));
+  if (c.shared_pow2_scales) {
+    const float probe[2] = {1.0f, 0.5f};  // the format is checked before any work
+    (void)shared_pow2_quantize(probe, 1, 2, qo.weights);
+  }
+  qo.shared_pow2_scales = c.shared_pow2_scales;
+  if (c.adaround_iters) qo.adaround.iters = *c.adaround_iters;
+  if (c.adaround_lambda) qo.adaround.lambda = *c.adaround_lambda;
+  if (qo.adaround.iters < 0) throw error(fmt::format("quantize: --adaround-iters {}: expected >= 0", qo.adaround.iters));
+  if (!(qo.adaround.lambda >= 0) || !std::isfinite(qo.adaround.lambda))
+    throw error(fmt::format("quantize: --adaround-lambda {}: expected a finite value >= 0", qo.adaround.lambda));
   qo.bias_correct = c.bias_correct;
   qo.llmfp4_preshift = c.preshift;
   qo.equalize = c.equalize;

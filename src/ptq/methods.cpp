@@ -31,6 +31,12 @@ const method_info kMethods[] = {
      .needs = data_free, .quantize = powerquant_group},
     {.id = method::llmfp4, .name = "llmfp4", .summary = "LLM-FP4, Liu et al. 2023 (docs/ptq.md §4.6)",
      .needs = {}, .quantize = llmfp4_group},
+    // Its reconstruction loss reads C = X^T X / n: GPTQ's Hessian, halved.
+    {.id = method::adaround, .name = "adaround", .summary = "AdaRound, Nagel et al. 2020 (docs/ptq.md §4.4)",
+     .needs = {.hessian = true}, .quantize = adaround_group},
+    {.id = method::nupes, .name = "nupes",
+     .summary = "NUPES's learned power exponent, Yvinec et al. 2023, our reading (docs/ptq.md §4.7)",
+     .needs = {.hessian = true}, .quantize = nupes_group},
 };
 
 }  // namespace

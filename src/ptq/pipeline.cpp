@@ -159,6 +159,11 @@ std::string run_fingerprint(const tensor_reader& source, const std::vector<int32
       o.awq.clip, o.awq.clip_grid, o.awq.max_shrink, o.awq.clip_sample_tokens, o.equalize, o.rotate, o.rotate_seed,
       o.gguf_fallbacks);
   h.add(opts);
+  if (o.how == method::adaround)  // (only then: the other methods' fingerprints are those of before)
+    h.add(fmt::format("adaround {} {} {} {} {} {} {} {}", o.adaround.iters, o.adaround.lambda, o.adaround.lr,
+                      o.adaround.warmup, o.adaround.beta_start, o.adaround.beta_end, o.adaround.zeta,
+                      o.adaround.gamma));
+  if (o.shared_pow2_scales) h.add("shared_pow2_scales");
   return h.hex();
 }
 

@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include <cblas.h>
+
 #include "lowbit/base/error.hpp"
 #include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/quantize.hpp"
@@ -35,45 +37,101 @@ std::pair<int64_t, int64_t> group_range(const format& f, int64_t in, int64_t g) 
 
 }  // namespace
 
-power_search_result powerquant_search(const float* W, int64_t out, int64_t in, const format& base,
-                                      double lo, double hi) {
-  if (base.power != 0) throw error("powerquant: give the base format without pow(...)");
+namespace {
+
+void check_power_base(const format& base, double lo, double hi, const char* who) {
+  if (base.power != 0) throw error(fmt::format("{}: give the base format without pow(...)", who));
   if (base.named != preset::none)  // as the grammar's pow(...): the presets fix their own grids
-    throw error(fmt::format("powerquant: {} is a named preset; the power map takes a generic format "
-                            "(e.g. int4/g32, e2m1/g32:e8m0)", format_name(base)));
-  if (!(lo > 0) || !(hi >= lo)) throw error(fmt::format("powerquant: bad exponent range [{}, {}]", lo, hi));
-  const int64_t n = out * in;
-  std::vector<float> q(n);
-  auto error_at = [&](double a) {
-    format f = base;
-    f.power = a == 1.0 ? 0.0 : a;
-    fake_quantize(W, q.data(), out, in, f);
-    return mse_of(W, q);
-  };
-  power_search_result r;
-  r.mse_uniform = error_at(1.0);
-  double best_a = 1.0, best = r.mse_uniform;
-  const int grid = 16;
-  for (int i = 0; i < grid; ++i) {
-    const double a = lo + (hi - lo) * i / (grid - 1);
-    const double e = error_at(a);
+    throw error(fmt::format("{}: {} is a named preset; the power map takes a generic format "
+                            "(e.g. int4/g32, e2m1/g32:e8m0)", who, format_name(base)));
+  if (!(lo > 0) || !(hi >= lo)) throw error(fmt::format("{}: bad exponent range [{}, {}]", who, lo, hi));
+}
+
+// The 1-D search of both methods: `objective(a)` (which also leaves the weight in `q`) on a grid
+// of 16 exponents over [lo, hi], the extra candidates, then golden section around the best.
+template <class Objective>
+double search_exponent(double lo, double hi, const std::vector<double>& extra, Objective&& objective) {
+  double best_a = 1.0, best = objective(1.0);
+  for (const double a : extra) {
+    const double e = objective(a);
     if (e < best) best = e, best_a = a;
   }
-  // Golden section on the bracket around the best grid point.
+  const int grid = 16;
+  double grid_best_a = best_a, grid_best = INFINITY;
+  for (int i = 0; i < grid; ++i) {
+    const double a = lo + (hi - lo) * i / (grid - 1);
+    const double e = objective(a);
+    if (e < grid_best) grid_best = e, grid_best_a = a;
+  }
+  if (grid_best < best) best = grid_best, best_a = grid_best_a;
+  // Golden section on the bracket around the best point.
   const double step = (hi - lo) / (grid - 1);
   double a0 = std::max(lo, best_a - step), a1 = std::min(hi, best_a + step);
   const double phi = (std::sqrt(5.0) - 1) / 2;
   double x1 = a1 - phi * (a1 - a0), x2 = a0 + phi * (a1 - a0);
-  double f1 = error_at(x1), f2 = error_at(x2);
+  double f1 = objective(x1), f2 = objective(x2);
   while (a1 - a0 > 1e-3) {
-    if (f1 < f2) a1 = x2, x2 = x1, f2 = f1, x1 = a1 - phi * (a1 - a0), f1 = error_at(x1);
-    else a0 = x1, x1 = x2, f1 = f2, x2 = a0 + phi * (a1 - a0), f2 = error_at(x2);
+    if (f1 < f2) a1 = x2, x2 = x1, f2 = f1, x1 = a1 - phi * (a1 - a0), f1 = objective(x1);
+    else a0 = x1, x1 = x2, f1 = f2, x2 = a0 + phi * (a1 - a0), f2 = objective(x2);
   }
   for (const auto& [a, e] : {std::pair{x1, f1}, std::pair{x2, f2}})
     if (e < best) best = e, best_a = a;
-  r.exponent = best_a;
-  r.mse = error_at(best_a);
+  return best_a;
+}
+
+format with_power(const format& base, double a) {
+  format f = base;
+  f.power = a == 1.0 ? 0.0 : a;
+  return f;
+}
+
+}  // namespace
+
+power_search_result powerquant_search(const float* W, int64_t out, int64_t in, const format& base,
+                                      double lo, double hi) {
+  check_power_base(base, lo, hi, "powerquant");
+  std::vector<float> q(out * in);
+  auto error_at = [&](double a) {
+    fake_quantize(W, q.data(), out, in, with_power(base, a));
+    return mse_of(W, q);
+  };
+  power_search_result r;
+  r.mse_uniform = error_at(1.0);
+  r.exponent = search_exponent(lo, hi, {}, error_at);
+  r.mse = r.loss = error_at(r.exponent);
+  r.loss_uniform = r.mse_uniform;
   r.weights = q;
+  return r;
+}
+
+power_search_result nupes_search(const float* W, int64_t out, int64_t in, const format& base, const double* C,
+                                 double lo, double hi) {
+  check_power_base(base, lo, hi, "nupes");
+  for (int64_t i = 0; i < in * in; ++i)
+    if (!std::isfinite(C[i])) throw error("nupes: the calibration second moment X^T X / n holds NaN or Inf");
+  const std::vector<float> Cf(C, C + in * in);
+  std::vector<float> q(out * in), D(out * in), G(out * in);
+  auto output_error_at = [&](double a) {  // tr(D C D^T), D = W - Q_a(W)
+    fake_quantize(W, q.data(), out, in, with_power(base, a));
+    for (int64_t i = 0; i < out * in; ++i) D[i] = W[i] - q[i];
+    if (out * in == 0) return 0.0;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(out), static_cast<blasint>(in),
+                static_cast<blasint>(in), 1.0f, D.data(), static_cast<blasint>(in), Cf.data(), static_cast<blasint>(in),
+                0.0f, G.data(), static_cast<blasint>(in));
+    double l = 0;
+    for (int64_t i = 0; i < out * in; ++i) l += double(G[i]) * D[i];
+    return l;
+  };
+  // PowerQuant's data-free exponent is a candidate: the learned one is never worse on the output error.
+  const double data_free = powerquant_search(W, out, in, base, lo, hi).exponent;
+  power_search_result r;
+  r.loss_uniform = output_error_at(1.0);
+  r.exponent = search_exponent(lo, hi, {data_free}, output_error_at);
+  r.loss = output_error_at(r.exponent);
+  r.mse = mse_of(W, q);
+  r.weights = q;
+  fake_quantize(W, q.data(), out, in, base);
+  r.mse_uniform = mse_of(W, q);
   return r;
 }
 
@@ -150,6 +208,17 @@ group_result powerquant_group(const group_job& job) {
   group_result r;
   for (const linear_weight& l : job.layers)
     r.weights.push_back(powerquant_search(l.w, l.out, job.in, job.options.weights).weights);
+  return r;
+}
+
+// NUPES's learned exponent as a method (docs/ptq.md §4.7): per layer, on its input's C = X^T X / n
+// (GPTQ's Hessian halved).
+group_result nupes_group(const group_job& job) {
+  std::vector<double> C = job.inputs->hessian->matrix();
+  for (double& c : C) c /= 2;
+  group_result r;
+  for (const linear_weight& l : job.layers)
+    r.weights.push_back(nupes_search(l.w, l.out, job.in, job.options.weights, C.data()).weights);
   return r;
 }
 

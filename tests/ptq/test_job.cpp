@@ -79,5 +79,61 @@ TEST(QuantizeJob, RefusesBeforeAnyWork) {
   EXPECT_EQ(bad_out.find("no_such_model"), std::string::npos) << bad_out;
 }
 
+// Options that cannot apply are refused, before any work, with a message naming the option (they
+// used to be ignored: the output was the same without them).
+TEST(QuantizeJob, RefusesOptionsThatCannotApply) {
+  const std::string st = ::testing::TempDir() + std::to_string(::getpid()) + "_refused_opts.safetensors";
+  auto error_of = [](ptq::quantize_job_config c) {
+    c.model = ::testing::TempDir() + std::to_string(::getpid()) + "_no_such_model.bin";
+    try {
+      ptq::run_quantize_job(c);
+    } catch (const lowbit::error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  auto c = small_job("rtn", st);
+  c.lorc_format = "int8/c";  // factors without a rank
+  EXPECT_NE(error_of(c).find("--lorc-format"), std::string::npos) << error_of(c);
+  c = small_job("gptq", ::testing::TempDir() + std::to_string(::getpid()) + "_refused.gguf");
+  c.weights = "q4_0";
+  c.lorc_rank = 8;  // GGUF has no place for LoRC's factors
+  EXPECT_NE(error_of(c).find("--lorc-rank"), std::string::npos) << error_of(c);
+  c = small_job("rtn", st);
+  c.lorc_rank = -1;
+  EXPECT_NE(error_of(c).find("--lorc-rank"), std::string::npos) << error_of(c);
+  c = small_job("gptq", st);
+  c.adaround_iters = 100;  // AdaRound's options with another method
+  EXPECT_NE(error_of(c).find("--adaround-iters"), std::string::npos) << error_of(c);
+  c = small_job("adaround", st);
+  c.adaround_lambda = -0.5;
+  EXPECT_NE(error_of(c).find("--adaround-lambda"), std::string::npos) << error_of(c);
+  c = small_job("gptq", st);
+  c.weights = "e2m1/g32";
+  c.shared_pow2_scales = true;  // GPTQ chooses its own group scales
+  EXPECT_NE(error_of(c).find("--shared-pow2-scales"), std::string::npos) << error_of(c);
+  c = small_job("rtn", st);
+  c.weights = "e2m1/c";  // no group scales to tie together
+  c.shared_pow2_scales = true;
+  EXPECT_NE(error_of(c).find("--shared-pow2-scales"), std::string::npos) << error_of(c);
+  c.weights = "mxfp4";  // already powers of two
+  EXPECT_NE(error_of(c).find("--shared-pow2-scales"), std::string::npos) << error_of(c);
+}
+
+// AdaRound through the job: a file of codes (its values are the format's under RTN's scales) that
+// evaluates as the model in memory does.
+TEST(QuantizeJob, AdaRoundWritesCodes) {
+  const std::string out = ::testing::TempDir() + std::to_string(::getpid()) + "_quantize_job_adaround.safetensors";
+  ptq::quantize_job_config c = small_job("adaround", out);
+  c.adaround_iters = 40;
+  const ptq::quantize_job job = ptq::run_quantize_job(c);
+  EXPECT_TRUE(job.fallbacks.empty());  // every weight stored as codes + scales
+  ASSERT_TRUE(job.in_memory && job.written);
+  double err = 0, rtn = 0;
+  for (const auto& l : job.report.layers) err += l.error, rtn += l.rtn_error;
+  EXPECT_LT(err, rtn);
+  std::filesystem::remove(out);
+}
+
 }  // namespace
 }  // namespace lowbit

@@ -26,13 +26,13 @@ TEST(MethodTable, NamesAreUniqueAndRoundTrip) {
 
 TEST(MethodTable, ListsEveryMethodInOrder) {
   // The CLI's help and parse_method's error list the table in its order.
-  EXPECT_EQ(ptq::method_names(", ", " or "), "rtn, gptq, awq, smoothquant, imatrix, powerquant or llmfp4");
-  EXPECT_EQ(ptq::method_names(" | ", " | "), "rtn | gptq | awq | smoothquant | imatrix | powerquant | llmfp4");
+  EXPECT_EQ(ptq::method_names(", ", " or "), "rtn, gptq, awq, smoothquant, imatrix, powerquant, llmfp4, adaround or nupes");
+  EXPECT_EQ(ptq::method_names(" | ", " | "), "rtn | gptq | awq | smoothquant | imatrix | powerquant | llmfp4 | adaround | nupes");
   try {
     ptq::parse_method("gptx");
     FAIL();
   } catch (const error& e) {
-    EXPECT_NE(std::string(e.what()).find("expected rtn, gptq, awq, smoothquant, imatrix, powerquant or llmfp4"),
+    EXPECT_NE(std::string(e.what()).find("expected rtn, gptq, awq, smoothquant, imatrix, powerquant, llmfp4, adaround or nupes"),
               std::string::npos)
         << e.what();
   }
@@ -47,6 +47,8 @@ TEST(MethodTable, NeedsMatchTheMethods) {
   EXPECT_TRUE(ptq::method_of(ptq::method::smoothquant).needs.channel_stats);
   EXPECT_TRUE(ptq::method_of(ptq::method::imatrix).needs.square_sums);
   EXPECT_TRUE(ptq::method_of(ptq::method::llmfp4).needs.calibration);
+  EXPECT_TRUE(ptq::method_of(ptq::method::adaround).needs.hessian);
+  EXPECT_TRUE(ptq::method_of(ptq::method::nupes).needs.hessian);
 }
 
 }  // namespace

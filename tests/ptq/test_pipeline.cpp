@@ -387,6 +387,36 @@ TEST(Pipeline, LorcAppliesToRoundToNearest) {
   EXPECT_LT(el, ep);
 }
 
+// LoRC after every method, through the one step they share (compensate): rank 8 changes the
+// model's output and lowers each method's weight error; and AdaRound's result is stored as codes.
+TEST(Pipeline, LorcAppliesAfterEveryMethod) {
+  const model base = stories();
+  // (gptq: LorcLowersTheCalibrationError; nupes shares the path and is slow here)
+  for (const ptq::method how : {ptq::method::rtn, ptq::method::powerquant, ptq::method::adaround, ptq::method::imatrix}) {
+    model plain = base, lorc = base;
+    auto o = small_options(how, "int3/g32");
+    o.calib_samples = 2, o.calib_ctx = 64;
+    o.adaround.iters = 20;
+    const auto a = ptq::quantize_model(plain, story_ids(), o);
+    o.lorc_rank = 8;
+    const auto b = ptq::quantize_model(lorc, story_ids(), o);
+    EXPECT_NE(logits(plain), logits(lorc)) << ptq::method_name(how);
+    double ep = 0, el = 0;
+    for (const std::string& name : base.linear_weight_names()) {
+      const auto& w = base.get(name).data;
+      const auto& p = plain.get(name).data;
+      const auto& l = lorc.get(name).data;
+      for (size_t i = 0; i < w.size(); ++i)
+        ep += double(w[i] - p[i]) * (w[i] - p[i]), el += double(w[i] - l[i]) * (w[i] - l[i]);
+    }
+    EXPECT_LT(el, ep) << ptq::method_name(how);
+    if (how == ptq::method::adaround) {
+      EXPECT_EQ(a.packed.size(), base.linear_weight_names().size());
+    }
+    EXPECT_TRUE(b.packed.empty()) << ptq::method_name(how);  // Q + U V: not values of the format
+  }
+}
+
 // GPT-2 has biases: bias correction moves them when the weights change, and leaves them when
 // the format is the identity.
 TEST(Pipeline, BiasCorrectionOnGpt2) {

@@ -41,9 +41,11 @@ struct quantize_cli_options {
   int64_t eval_tokens = 0;
   uint64_t seed = 0;
   bool force = false, json = false, act_order = false, bias_correct = false, float_values = false;
-  bool preshift = false, equalize = false, rotate = false;
+  bool preshift = false, equalize = false, rotate = false, shared_pow2 = false;
   int lorc_rank = 0;
   std::string lorc_format;
+  std::optional<int> adaround_iters;
+  std::optional<double> adaround_lambda;
   double damp = 0.01, alpha = 0.5;
   std::string db;  // record the run in this results database
 };
@@ -67,6 +69,11 @@ void record_quantize(const quantize_cli_options& o, const ptq::quantize_options&
                 {"output", std::string(o.out.ends_with(".gguf") ? "gguf" : o.float_values ? "safetensors-float" : "safetensors")},
                 {"paths", {{"model", absolute_path(o.model)}, {"data", absolute_path(o.data)},
                            {"out", absolute_path(o.out)}, {"tokenizer", tokenizer_path(o.tokenizer)}}}};
+  if (qo.shared_pow2_scales) rec.config["shared_pow2_scales"] = true;
+  if (qo.how == ptq::method::adaround) {  // (only then: other methods' config hashes are those of before)
+    rec.config["adaround_iters"] = qo.adaround.iters;
+    rec.config["adaround_lambda"] = qo.adaround.lambda;
+  }
   double err = 0, rtn = 0;
   for (const auto& l : r.layers) err += l.error, rtn += l.rtn_error;
   // The format's own round-to-nearest SQNR on the original weights (cheap: one pass, one tensor
@@ -136,6 +143,8 @@ void cmd_quantize(const quantize_cli_options& o) {
                                    .method = o.method, .out = o.out, .calib_samples = o.calib_samples,
                                    .calib_ctx = o.calib_ctx, .seed = o.seed, .damp = o.damp, .act_order = o.act_order,
                                    .alpha = o.alpha, .lorc_rank = o.lorc_rank, .lorc_format = o.lorc_format,
+                                   .adaround_iters = o.adaround_iters, .adaround_lambda = o.adaround_lambda,
+                                   .shared_pow2_scales = o.shared_pow2,
                                    .bias_correct = o.bias_correct, .preshift = o.preshift, .equalize = o.equalize,
                                    .rotate = o.rotate, .force = o.force, .float_values = o.float_values,
                                    .eval_tokens = o.eval_tokens};
@@ -239,7 +248,12 @@ void add_ptq_commands(CLI::App& app, command_list& commands) {
   q->add_option("--damp", o.damp, "GPTQ dampening (fraction of mean diag H)")->capture_default_str();
   q->add_flag("--act-order", o.act_order, "GPTQ: columns in order of decreasing Hessian diagonal");
   q->add_option("--alpha", o.alpha, "SmoothQuant migration strength")->capture_default_str();
-  q->add_option("--lorc-rank", o.lorc_rank, "LoRC: add the rank-k part of each weight's quantization error");
+  q->add_option("--adaround-iters", o.adaround_iters, "AdaRound: Adam steps per layer (default 500)");
+  q->add_option("--adaround-lambda", o.adaround_lambda, "AdaRound: rounding regulariser weight (default 0.01)");
+  q->add_flag("--shared-pow2-scales", o.shared_pow2,
+             "ZeroQuant-FP: each group scale = its row's largest times 2^-k (rtn, adaround; e.g. e2m1/g32)");
+  q->add_option("--lorc-rank", o.lorc_rank,
+                "LoRC: add the rank-k part of each weight's quantization error (any method; safetensors output)");
   q->add_option("--lorc-format", o.lorc_format, "format of LoRC's factors (default float), e.g. int8/c");
   q->add_flag("--rotate", o.rotate, "randomized Hadamard rotation of the residual stream (QuaRot-style; Llama)");
   q->add_flag("--equalize", o.equalize, "cross-layer equalization (v->attn_output, up->ffn_down) before quantizing");

@@ -41,6 +41,10 @@ struct quantize_job_config {
   double alpha = 0.5;          // SmoothQuant migration strength
   int lorc_rank = 0;
   std::string lorc_format;     // "": float factors
+  // --adaround-iters, --adaround-lambda (--method adaround only; unset: adaround_options' defaults)
+  std::optional<int> adaround_iters;
+  std::optional<double> adaround_lambda;
+  bool shared_pow2_scales = false;  // --shared-pow2-scales (rtn, adaround)
   bool bias_correct = false, preshift = false, equalize = false, rotate = false;
   bool force = false;          // replace an existing output
   bool float_values = false;   // safetensors: float values (HF layout) instead of codes + scales

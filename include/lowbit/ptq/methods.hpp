@@ -23,7 +23,7 @@
 
 namespace lowbit::ptq {
 
-enum class method { rtn, gptq, awq, smoothquant, imatrix, powerquant, llmfp4 };
+enum class method { rtn, gptq, awq, smoothquant, imatrix, powerquant, llmfp4, adaround, nupes };
 
 struct quantize_options;  // pipeline.hpp
 
@@ -114,5 +114,7 @@ group_result smoothquant_group(const group_job& job);  // smoothquant.cpp
 group_result imatrix_group(const group_job& job);      // search.cpp
 group_result powerquant_group(const group_job& job);   // search.cpp
 group_result llmfp4_group(const group_job& job);       // llmfp4.cpp
+group_result adaround_group(const group_job& job);     // adaround.cpp
+group_result nupes_group(const group_job& job);        // search.cpp
 
 }  // namespace lowbit::ptq

@@ -33,6 +33,10 @@ struct quantize_options {
   uint64_t seed = 0;
   gptq_options gptq;
   awq_options awq;
+  adaround_options adaround;        // --method adaround (its tensor_id is the pipeline's)
+  // ZeroQuant-FP's second constraint (ptq.hpp shared_pow2_quantize): rtn and adaround take their
+  // group scales from it.
+  bool shared_pow2_scales = false;
   double smooth_alpha = 0.5;        // SmoothQuant migration strength
   int64_t max_sample_rows = 4096;   // rows of each layer input kept for AWQ and for the report
   int lorc_rank = 0;                // > 0: LoRC low-rank compensation of each weight's error

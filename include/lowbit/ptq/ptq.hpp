@@ -234,6 +234,77 @@ struct lorc_options {
 lorc_result lorc_compensate(const float* W, const float* Q, int64_t out, int64_t in, int64_t rank,
                             const lorc_options& options = {});
 
+// ---- ZeroQuant-FP's second scale constraint (docs/ptq.md §4.5) ------------------------------------
+// Wu, Yao, He 2023 (arXiv 2307.09782). [M] Our reading of a constraint the paper states without
+// code: within each output row, every group scale is the row's largest group scale S (the shared
+// maximum) times 2^-k, k >= 0 an integer, so an E2M1 weight times its group's 2^-k is an E4M3
+// value and the row's GEMM runs in FP8 with the one scale S applied after it. Each group's scale
+// is the format's own choice s_g (its rule) rounded UP to the next S 2^-k (k = floor(log2(S / s_g)),
+// so no value of the group clips more than under s_g); a group of zeros gets S. Group formats
+// with scales stored as a float element (e2m1/g32, int4/g32, ...) and deterministic rounding; the
+// presets, power-of-two scale kinds (already powers of two), uint elements and ~sr are refused.
+struct shared_pow2_result {
+  quantized_tensor packed;     // codes + the constrained scales
+  std::vector<float> weights;  // [out, in] dequantize(packed)
+};
+shared_pow2_result shared_pow2_quantize(const float* W, int64_t out, int64_t in, const format& f);
+
+// ---- AdaRound (docs/ptq.md §4.4) -------------------------------------------------------------------
+// Nagel, Amjad, van Baalen, Louizos, Blankevoort, ICML 2020 (arXiv 2004.10568), "Up or Down?
+// Adaptive Rounding for Post-Training Quantization", eq. (21)-(24).
+//
+// Every weight w gets the two values of the format that enclose it under the group scale RTN
+// chooses (scales stay RTN's): down <= w <= up (grid_neighbours; for an integer grid
+// s floor(w/s) and s ceil(w/s)). [M] The paper's s (floor(w/s) + h) becomes down + h (up - down),
+// which is the same on a uniform grid and also covers the non-uniform grids of float elements
+// and power maps. h(V) = clip(sigmoid(V) (zeta - gamma) + gamma, 0, 1) is learned per weight by
+// Adam on
+//   L(V) = tr(D C D^T) + lambda sum_ij (1 - |2 h(V_ij) - 1|^beta),   D = W - (down + h (up - down))
+// with C = X^T X / n [in, in] (so the first term is the mean over calibration tokens of the squared
+// output error summed over the outputs, the reconstruction loss of the paper's reference code:
+// squared error summed over channels, averaged over the batch); [M] full-batch gradients from C
+// rather than mini-batches of X. lambda = 0 for the first warmup fraction of the iterations, then
+// beta decays linearly from beta_start to beta_end. V starts where h(V) = (w - down) / (up - down).
+// Finally each weight becomes up where h(V) >= 0.5, else down.
+struct adaround_options {
+  int iters = 500;           // Adam steps per layer (the paper: 10k; [M] fewer, full-batch)
+  double lambda = 0.01;      // regulariser weight (the paper's default)
+  double lr = 1e-2;          // Adam step (beta1 0.9, beta2 0.999, eps 1e-8)
+  double warmup = 0.2;       // fraction of the iterations without the regulariser
+  double beta_start = 20, beta_end = 2;
+  double zeta = 1.1, gamma = -0.1;  // the rectified sigmoid's stretch
+  uint64_t tensor_id = 0;    // RTN's scales are quantize(W, f, tensor_id)'s
+  bool shared_pow2_scales = false;  // ... or shared_pow2_quantize(W, f)'s (ZeroQuant-FP, §4.5)
+};
+
+struct adaround_result {
+  std::vector<float> weights;  // [out, in] hard-rounded: values of the format under RTN's scales
+  std::vector<float> soft;     // [out, in] h(V) after the last step, before hardening
+  // Codes + RTN's scales: dequantize(*packed) == weights bit for bit (absent only where the
+  // format's codes cannot reproduce a value, e.g. a group that held NaN).
+  std::optional<quantized_tensor> packed;
+  double rtn_loss = 0;         // tr(D C D^T) of round to nearest
+  double soft_loss = 0;        // of the relaxed weight down + h (up - down) at the end
+  double loss = 0;             // of the hard result
+  int64_t flipped = 0;         // weights rounded the other way than RTN rounds them
+};
+
+// The two grid values enclosing x under group scale gs (down <= x <= up; equal when x is on the
+// grid or outside the format's range, then both are RTN's value), and their codes; rtn_code is
+// x's code in quantize()'s result (RTN), gs its stored_group_scale. Generic elements, uint, power
+// maps, mxint8, nvfp4, flex: the element's directed roundings (rounding modes down / up of x / s);
+// ggml's presets (q4_0 ... q8_0, the K-quants): the integer levels next to RTN's code (ggml's
+// 1/d before d's fp16 rounding is not stored, so RTN's code is not recomputed from gs).
+struct grid_pair {
+  float down = 0, up = 0;
+  uint32_t code_down = 0, code_up = 0;
+};
+grid_pair grid_neighbours(const format& f, float x, const group_scale& gs, uint32_t rtn_code);
+
+// AdaRound of W[out, in] with C = X^T X / n [in, in] (float64, symmetric; GPTQ's H / 2).
+adaround_result adaround_quantize(const float* W, int64_t out, int64_t in, const double* C, const format& f,
+                                  const adaround_options& options = {});
+
 // ---- bias correction ------------------------------------------------------------------------------
 
 // b' = b + mean_t(x_t) (W - Q)^T over X[n, in]: the quantized layer's mean output error over the
