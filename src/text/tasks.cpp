@@ -117,17 +117,14 @@ std::vector<task_item> build_task(const std::string& text, const task_build_opti
   if (opt.kind == task_kind::ending && (opt.options < 2 || opt.options > 26))
     throw error(fmt::format("task: --options {}: an ending item needs 2 to 26 choices", opt.options));
   if (opt.max_chars <= 0) throw error(fmt::format("task: --max-chars {} must be positive", opt.max_chars));
-  std::vector<std::string> docs;
-  if (opt.whole_text) {
-    docs = split_documents(text);
-  } else {
-    docs = split_documents(text.substr(0, text.size() / 2));
-    // The last document of the first half may continue past the middle: drop it unless the
-    // middle falls on a blank line.
-    const std::vector<std::string> rest = split_documents(text.substr(text.size() / 2));
-    const std::vector<std::string> all = split_documents(text);
-    if (!docs.empty() && docs.size() + rest.size() != all.size()) docs.pop_back();
-  }
+  if (!(opt.text_fraction > 0 && opt.text_fraction <= 1))
+    throw error(fmt::format("task: --fraction {} must be in (0, 1]", opt.text_fraction));
+  // The documents of the leading fraction; the last one is dropped when the cut falls inside it.
+  const size_t cut = opt.text_fraction >= 1 ? text.size() : static_cast<size_t>(double(text.size()) * opt.text_fraction);
+  std::vector<std::string> docs = split_documents(text.substr(0, cut));
+  if (cut < text.size() && !docs.empty() &&
+      docs.size() + split_documents(text.substr(cut)).size() != split_documents(text).size())
+    docs.pop_back();
   std::vector<split_story> eligible;
   for (size_t d = 0; d < docs.size(); ++d) {
     if (static_cast<int64_t>(docs[d].size()) > opt.max_chars) continue;
@@ -137,9 +134,9 @@ std::vector<task_item> build_task(const std::string& text, const task_build_opti
   }
   const int64_t want = opt.n > 0 ? opt.n : static_cast<int64_t>(eligible.size());
   if (static_cast<int64_t>(eligible.size()) < want || (opt.kind == task_kind::ending && eligible.size() < size_t(opt.options)))
-    throw error(fmt::format("task: the text holds {} eligible stories for '{}' ({} documents{}, at most {} "
-                            "characters); {} were asked for", eligible.size(), task_kind_name(opt.kind), docs.size(),
-                            opt.whole_text ? "" : " in its first half", opt.max_chars, std::max<int64_t>(want, opt.options)));
+    throw error(fmt::format("task: the text holds {} eligible stories for '{}' ({} documents in its first {:.0f}%, "
+                            "at most {} characters each); {} were asked for", eligible.size(), task_kind_name(opt.kind),
+                            docs.size(), 100 * opt.text_fraction, opt.max_chars, std::max<int64_t>(want, opt.options)));
   std::mt19937_64 rng(opt.seed);
   std::vector<size_t> order(eligible.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;

@@ -49,13 +49,13 @@ struct make_options {
   uint64_t seed = 0;
   int64_t n = 0, max_chars = 1000;
   int options = 4;
-  bool whole_text = false;
+  double fraction = 0.4;
 };
 
 void cmd_task_make(const make_options& o) {
   task_build_options b;
   b.kind = parse_task_kind(o.kind);
-  b.seed = o.seed, b.n = o.n, b.options = o.options, b.max_chars = o.max_chars, b.whole_text = o.whole_text;
+  b.seed = o.seed, b.n = o.n, b.options = o.options, b.max_chars = o.max_chars, b.text_fraction = o.fraction;
   const auto items = build_task(read_file(o.text, "text file"), b);
   write_task_file(o.out, items);
   std::cout << fmt::format("{}: {} '{}' items from {} (seed {})\n", o.out, items.size(), o.kind, o.text, o.seed);
@@ -138,12 +138,14 @@ void add_task_commands(CLI::App& app, command_list& commands) {
   auto* make = task->add_subcommand("make", "write a task (JSONL) from a text of blank-line-separated stories");
   make->add_option("--kind", mo.kind, "ending (which ending follows the story) | lastword (the story's last word)")
       ->capture_default_str();
-  make->add_option("--text", mo.text, "stories separated by blank lines (their first half is used)")->required();
+  make->add_option("--text", mo.text, "stories separated by blank lines")->required();
   make->add_option("--seed", mo.seed, "which stories, distractors and answer positions")->capture_default_str();
   make->add_option("--n", mo.n, "items (0: every eligible story)")->capture_default_str();
   make->add_option("--options", mo.options, "ending: choices per item")->capture_default_str();
   make->add_option("--max-chars", mo.max_chars, "skip stories longer than this")->capture_default_str();
-  make->add_flag("--whole-text", mo.whole_text, "use the whole text, not its first half (which calibration never reads)");
+  make->add_option("--fraction", mo.fraction,
+                   "take stories from this leading fraction of the text's bytes (calibration reads the second half "
+                   "of its tokens)")->capture_default_str();
   make->add_option("-o,--out", mo.out, "output .jsonl")->required();
   commands.push_back({make, [] { cmd_task_make(mo); }});
 
