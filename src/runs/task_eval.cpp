@@ -52,7 +52,17 @@ task_scorer::task_scorer(const model& m, const quant_plan& plan, const tokenizer
   if (tok.vocab_size() > m.config.vocab_size)
     throw error(fmt::format("task: the tokenizer's {} tokens exceed the model's vocabulary of {}",
                             tok.vocab_size(), m.config.vocab_size));
-  session_ = std::make_unique<forward_session>(m, plan, m.config.max_seq_len);
+  plan_ = plan;
+}
+
+forward_session& task_scorer::session_for(int tokens) {
+  // Sized for the longest sequence so far (doubling), not for the model's whole context: a
+  // long-context model's KV cache would be gigabytes for items of a few hundred tokens.
+  if (!session_ || capacity_ < tokens) {
+    capacity_ = std::min(m_.config.max_seq_len, std::max({tokens, 2 * capacity_, 256}));
+    session_ = std::make_unique<forward_session>(m_, plan_, capacity_);
+  }
+  return *session_;
 }
 
 item_score task_scorer::score(const rendered_item& r, const task_item& item) {
@@ -71,7 +81,9 @@ item_score task_scorer::score(const rendered_item& r, const task_item& item) {
   for (const auto& [context, members] : groups) {
     std::vector<std::vector<int32_t>> conts;
     for (size_t i : members) conts.push_back(seqs[i].continuation);
-    const auto s = score_continuations(*session_, context, conts);
+    size_t longest = 0;
+    for (const auto& c : conts) longest = std::max(longest, c.size());
+    const auto s = score_continuations(session_for(static_cast<int>(context.size() + longest)), context, conts);
     for (size_t k = 0; k < members.size(); ++k) scores[members[k]] = s[k];
   }
   for (size_t i = 0; i < seqs.size(); ++i) out.loglik[i] = scores[i].loglik;

@@ -33,6 +33,19 @@ struct loaded_model {
   double bits = 32;
 };
 
+// What a model written by `lowbit quantize` says of itself ("gptq int4/g32"; "" for an original).
+std::string quantized_as(const model& m) {
+  if (m.provenance.empty()) return "";
+  const nlohmann::json p = nlohmann::json::parse(m.provenance, nullptr, false);
+  if (!p.is_object()) return "";
+  return fmt::format("{} {}", p.value("method", "?"), p.value("weights", "?"));
+}
+
+std::string written_as(const model& m) {
+  const std::string q = quantized_as(m);
+  return q.empty() ? "" : " (written by lowbit quantize: " + q + ")";
+}
+
 loaded_model load_under_plan(const task_model_options& o) {
   loaded_model l;
   l.plan = make_quant_plan(o.rules, o.weights, o.acts, o.kv);
@@ -82,6 +95,7 @@ void cmd_spread(const spread_cli_options& o) {
   if (o.json) {
     nlohmann::json j = spread_result_json(r, kind);
     j["model"] = o.m.model, j["task"] = o.task, j["plan"] = l.plan.describe(), j["bits_per_weight"] = l.bits;
+    j["quantized_file"] = quantized_as(l.base);
     j["seed"] = o.s.bandit.seed, j["budget"] = o.s.bandit.budget, j["batch"] = o.s.bandit.batch;
     j["rule"] = o.s.bandit.ucb ? "ucb" : "thompson";
     std::cout << j.dump(2) << "\n";
@@ -93,7 +107,8 @@ void cmd_spread(const spread_cli_options& o) {
                        j["space"].get<std::string>(), j["answer_descriptor"].get<std::string>(),
                        j["separator"].get<std::string>());
   };
-  std::cout << fmt::format("model    {}  plan {} ({:.3g} bits/weight)\n", o.m.model, l.plan.describe(), l.bits);
+  std::cout << fmt::format("model    {}{}  plan {} ({:.3g} bits/weight)\n", o.m.model, written_as(l.base),
+                           l.plan.describe(), l.bits);
   std::cout << fmt::format("task     {}: {} '{}' items, {} formats, budget {} items in batches of {} ({} steps "
                            "per phase, {})\n", o.task, r.n, task_kind_name(kind), r.formats.size(),
                            o.s.bandit.budget, o.s.bandit.batch, r.bandit.steps_per_phase,
@@ -119,10 +134,12 @@ void run_task_eval(const task_model_options& m, const std::string& task, int64_t
   if (json) {
     nlohmann::json j = task_accuracy_json(a);
     j["model"] = m.model, j["task"] = task, j["plan"] = l.plan.describe(), j["bits_per_weight"] = l.bits;
+    j["quantized_file"] = quantized_as(l.base);
     std::cout << j.dump(2) << "\n";
     return;
   }
-  std::cout << fmt::format("model    {}  plan {} ({:.3g} bits/weight)\n", m.model, l.plan.describe(), l.bits);
+  std::cout << fmt::format("model    {}{}  plan {} ({:.3g} bits/weight)\n", m.model, written_as(l.base),
+                           l.plan.describe(), l.bits);
   std::cout << fmt::format("task     {}: {} '{}' items{}\n", task, a.n, a.kind,
                            a.truncated ? fmt::format(" ({} truncated to the model's context)", a.truncated) : "");
   std::cout << fmt::format("acc      {:.4f} +/- {:.4f}\n", a.acc, a.acc_stderr);

@@ -42,9 +42,12 @@ class task_scorer {
   item_score score(const rendered_item& r, const task_item& item);
 
  private:
+  forward_session& session_for(int tokens);
   const model& m_;
   const tokenizer& tok_;
+  quant_plan plan_;
   std::unique_ptr<forward_session> session_;
+  int capacity_ = 0;
 };
 
 struct task_accuracy {
