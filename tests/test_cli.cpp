@@ -721,3 +721,80 @@ TEST(CliQuantize, Gpt2HalfPrecisionShardsVerify) {
   }
   std::filesystem::remove_all(dir);
 }
+
+// ---- tasks and FormatSpread (docs/evaluation.md "Tasks", "FormatSpread") ---------------------------
+TEST(CliTasks, TaskMakeIsDeterministicInItsSeed) {
+  const std::string dir = lowbit::testing::scratch_path("lowbit_cli_tasks").string();
+  std::filesystem::create_directories(dir);
+  for (const std::string kind : {"ending", "lastword"}) {
+    const std::string base = "task make --kind " + kind + " --text " + tinystories + " --n 20 ";
+    ASSERT_EQ(run(base + "--seed 5 -o " + dir + "/a.jsonl").code, 0);
+    ASSERT_EQ(run(base + "--seed 5 -o " + dir + "/b.jsonl").code, 0);
+    ASSERT_EQ(run(base + "--seed 6 -o " + dir + "/c.jsonl").code, 0);
+    const std::string a = lowbit::testing::read_file_bytes(dir + "/a.jsonl");
+    EXPECT_EQ(std::count(a.begin(), a.end(), '\n'), 20);
+    EXPECT_EQ(a, lowbit::testing::read_file_bytes(dir + "/b.jsonl")) << kind;
+    EXPECT_NE(a, lowbit::testing::read_file_bytes(dir + "/c.jsonl")) << kind;
+  }
+  const result bad_kind = run("task make --kind quiz --text " + tinystories + " -o " + dir + "/x.jsonl", "", true);
+  EXPECT_EQ(bad_kind.code, 2);
+  EXPECT_NE(bad_kind.out.find("task kind 'quiz'"), std::string::npos) << bad_kind.out;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(CliTasks, EvalTaskReportsAccuracyWithLmEvalStandardErrors) {
+  const std::string dir = lowbit::testing::scratch_path("lowbit_cli_task_eval").string();
+  std::filesystem::create_directories(dir);
+  const std::string task = dir + "/ending.jsonl";
+  ASSERT_EQ(run("task make --kind ending --text " + tinystories + " --n 12 --seed 1 -o " + task).code, 0);
+  const result r = run("eval --model " + stories + " --tokenizer " + tok512 + " --task " + task + " --limit 10 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["n"], 10);
+  const double acc = j["acc"].get<double>(), norm = j["acc_norm"].get<double>();
+  EXPECT_DOUBLE_EQ(acc * 10, std::round(acc * 10));
+  EXPECT_NEAR(j["acc_stderr"].get<double>(), std::sqrt(acc * (1 - acc) / 9), 1e-12);
+  EXPECT_NEAR(j["acc_norm_stderr"].get<double>(), std::sqrt(norm * (1 - norm) / 9), 1e-12);
+  // Malformed lines are named by number; inapplicable options are refused.
+  std::ofstream(dir + "/bad.jsonl") << R"({"kind":"lastword","context":"a b","target":"c"})" "\n"
+                                    << R"({"kind":"ending","context":"x","choices":["a","b"],"gold":5})" "\n";
+  const result bad = run("eval --model " + stories + " --tokenizer " + tok512 + " --task " + dir + "/bad.jsonl", "", true);
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.out.find("bad.jsonl:2: \"gold\" 5"), std::string::npos) << bad.out;
+  for (const std::string& extra : {std::string(" --kl-base"), " --data " + tinystories, std::string(" --ctx 64")}) {
+    const result refused = run("eval --model " + stories + " --task " + task + extra, "", true);
+    EXPECT_EQ(refused.code, 2) << extra;
+    EXPECT_NE(refused.out.find("--task"), std::string::npos) << refused.out;
+  }
+  const result neither = run("eval --model " + stories, "", true);
+  EXPECT_EQ(neither.code, 2);
+  EXPECT_NE(neither.out.find("--data"), std::string::npos) << neither.out;
+  std::filesystem::remove_all(dir);
+}
+
+TEST(CliTasks, SpreadReportsBestMinusWorst) {
+  const std::string dir = lowbit::testing::scratch_path("lowbit_cli_spread").string();
+  std::filesystem::create_directories(dir);
+  const std::string task = dir + "/ending.jsonl";
+  ASSERT_EQ(run("task make --kind ending --text " + tinystories + " --n 12 --seed 2 -o " + task).code, 0);
+  const std::string args = "spread --model " + stories + " --tokenizer " + tok512 + " --task " + task +
+                           " --formats 4 --budget 24 --batch 4 --seed 3 --json";
+  const result r = run(args);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["n"], 12);
+  EXPECT_EQ(j["formats"], 4);
+  EXPECT_EQ(j["steps_per_phase"], 3);  // 24 / 4 / 2
+  EXPECT_DOUBLE_EQ(j["spread"].get<double>(), j["best"]["acc"].get<double>() - j["worst"]["acc"].get<double>());
+  EXPECT_LE(j["bandit_item_evaluations"].get<int>(), 24);
+  EXPECT_EQ(j["original"]["format"]["separator"], ": ");
+  EXPECT_EQ(j["arms"].size(), 4u);
+  // Deterministic in its seed (timings aside).
+  const auto again = nlohmann::json::parse(run(args).out);
+  EXPECT_EQ(again["arms"], j["arms"]);
+  EXPECT_EQ(again["spread"], j["spread"]);
+  const result small = run("spread --model " + stories + " --task " + task + " --budget 10 --batch 20", "", true);
+  EXPECT_EQ(small.code, 2);
+  EXPECT_NE(small.out.find("--budget 10"), std::string::npos) << small.out;
+  std::filesystem::remove_all(dir);
+}

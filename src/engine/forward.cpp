@@ -48,6 +48,11 @@ forward_session::forward_session(const model& m, const quant_plan& plan, int max
 
 void forward_session::reset() { pos_ = 0; }
 
+void forward_session::rewind(int p) {
+  if (p < 0 || p > pos_) throw error(fmt::format("forward: cannot rewind to position {} (at {})", p, pos_));
+  pos_ = p;
+}
+
 void forward_session::check_tokens(const int32_t* tokens, int n) const {
   if (n <= 0) throw error("forward: no tokens");
   if (pos_ + n > max_tokens_)

@@ -51,6 +51,16 @@ void add_law_commands(CLI::App& app, command_list& commands);
 void add_train_commands(CLI::App& app, command_list& commands);
 // explore, report
 void add_explore_commands(CLI::App& app, command_list& commands);
+// task make, spread (tools/lowbit/task_cmds.cpp)
+void add_task_commands(CLI::App& app, command_list& commands);
+
+// A model and a quantization plan as eval, generate and spread take them.
+struct task_model_options {
+  std::string model, tokenizer, weights, acts, kv, rules;
+  void add(CLI::App* c);
+};
+// `eval --task`: accuracy on a task file (limit: its first N items, 0 all).
+void run_task_eval(const task_model_options& m, const std::string& task, int64_t limit, bool json);
 
 // `lowbit bench`: registers the subcommand; *run is set to the work to do when it is chosen.
 CLI::App* add_bench_command(CLI::App& app, std::function<void()>* run);

@@ -363,6 +363,7 @@ int main(int argc, char** argv) {
   add_law_commands(app, model_commands);
   add_train_commands(app, model_commands);
   add_explore_commands(app, model_commands);
+  add_task_commands(app, model_commands);
 
   try {
     std::vector<std::string> args = reorder_cast_args(argc, argv);

@@ -39,16 +39,7 @@ double now_seconds() {
 }
 
 // The options shared by eval and generate: a model and a quantization plan.
-struct model_options {
-  std::string model, tokenizer, weights, acts, kv, rules;
-  void add(CLI::App* c) {
-    c->add_option("--model", model, "model file: llama2.c .bin, .safetensors (+config.json) or .gguf")->required();
-    c->add_option("--tokenizer", tokenizer, "tokenizer: tokenizer.bin, encoder.json/dir, .model or 'bytes'");
-    c->add_option("--weights", weights, "format of the linear weights (round to nearest), e.g. int4/g32");
-    c->add_option("--acts", acts, "format of each linear layer's input (per-token scales with /c)");
-    c->add_option("--kv", kv, "format of the KV cache (rows = token x head)");
-    c->add_option("--rules", rules, "rules.json: per-tensor weight formats and the plan");
-  }
+struct model_options : task_model_options {
   quant_plan plan() const { return make_quant_plan(rules, weights, acts, kv); }
 };
 
@@ -135,9 +126,22 @@ struct eval_cli_options {
   int64_t max_tokens = 0;
   bool kl_base = false, json = false, sgemm_peak = false;
   std::string db;  // record the run in this results database
+  std::string task;     // --task: accuracy on a task file instead of perplexity
+  int64_t limit = 0;    // --limit: its first N items
 };
 
 void cmd_eval(const eval_cli_options& o) {
+  if (!o.task.empty()) {
+    // Task accuracy (docs/evaluation.md "Tasks"): the perplexity options do not apply.
+    if (!o.data.empty()) throw error("eval: give --data (perplexity) or --task (accuracy), not both");
+    if (o.ctx || o.max_tokens || o.kl_base || o.sgemm_peak || !o.db.empty())
+      throw error("eval --task: --ctx, --max-tokens, --kl-base, --sgemm-peak and --db apply to perplexity "
+                  "(--data), not to a task");
+    run_task_eval(o.m, o.task, o.limit, o.json);
+    return;
+  }
+  if (o.data.empty()) throw error("eval: give --data (a text file) or --task (a task file)");
+  if (o.limit) throw error("eval: --limit applies to --task");
   const eval_job_config c{.model = o.m.model, .tokenizer = o.m.tokenizer, .data = o.data, .weights = o.m.weights,
                           .acts = o.m.acts, .kv = o.m.kv, .rules = o.m.rules, .ctx = o.ctx,
                           .max_tokens = o.max_tokens, .kl_base = o.kl_base};
@@ -239,6 +243,15 @@ void cmd_generate(const generate_options& o) {
 
 std::string data_dir() { return shipped_data_dir(LOWBIT_DEFAULT_DATA_DIR); }
 
+void task_model_options::add(CLI::App* c) {
+  c->add_option("--model", model, "model file: llama2.c .bin, .safetensors (+config.json) or .gguf")->required();
+  c->add_option("--tokenizer", tokenizer, "tokenizer: tokenizer.bin, encoder.json/dir, .model or 'bytes'");
+  c->add_option("--weights", weights, "format of the linear weights (round to nearest), e.g. int4/g32");
+  c->add_option("--acts", acts, "format of each linear layer's input (per-token scales with /c)");
+  c->add_option("--kv", kv, "format of the KV cache (rows = token x head)");
+  c->add_option("--rules", rules, "rules.json: per-tensor weight formats and the plan");
+}
+
 
 progress_bar::progress_bar(std::string label, std::string unit)
     : label_(std::move(label)), unit_(std::move(unit)), start_(now_seconds()), tty_(isatty(2)) {}
@@ -297,9 +310,11 @@ void add_model_commands(CLI::App& app, command_list& commands) {
   commands.push_back({tokenize, [] { cmd_tokenize(tk_model, tk_tok, tk_text, tk_bos, tk_json); }});
 
   static eval_cli_options eo;
-  auto* eval = app.add_subcommand("eval", "perplexity (and KL against the float model) under a plan");
+  auto* eval = app.add_subcommand("eval", "perplexity (and KL against the float model), or task accuracy, under a plan");
   eo.m.add(eval);
-  eval->add_option("--data", eo.data, "text file (documents separated by blank lines)")->required();
+  eval->add_option("--data", eo.data, "text file (documents separated by blank lines)");
+  eval->add_option("--task", eo.task, "task file (lowbit task make): accuracy instead of perplexity");
+  eval->add_option("--limit", eo.limit, "--task: use its first N items (0: all)");
   eval->add_option("--ctx", eo.ctx, "window length (default: the model's maximum)");
   eval->add_option("--max-tokens", eo.max_tokens, "evaluate the first N tokens (default: all)");
   eval->add_flag("--kl-base", eo.kl_base, "also run the float model: KL divergence and top-1 agreement");

@@ -41,6 +41,9 @@ class forward_session {
   // logits [n, vocab] (row-major). Throws when the cache would overflow.
   const std::vector<float>& forward(const int32_t* tokens, int n);
   void reset();  // empties the KV cache (a new window)
+  // Forgets the cache from position p on (0 <= p <= pos()): the next forward runs at p, so several
+  // continuations can each follow one shared prefix (src/engine/score.cpp).
+  void rewind(int p);
 
   // Layer by layer (post-training quantization runs one block at a time on cached inputs):
   // embed writes the token (+ position) embeddings of tokens at pos()..pos()+n into x[n, dim];
