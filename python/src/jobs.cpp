@@ -225,7 +225,8 @@ py::object quantize_job(const py::handle& m, const py::handle& data, const py::h
                         const std::string& method, const py::handle& tokenizer, int calib_samples, int calib_ctx,
                         uint64_t seed, double damp, bool act_order, double alpha, int lorc_rank,
                         const py::handle& lorc_format, bool bias_correction, bool preshift, bool equalize,
-                        bool rotate, bool force, bool float_values, int64_t eval_tokens, const py::object& progress) {
+                        bool rotate, bool force, bool float_values, int64_t eval_tokens, const py::handle& adaround_iters,
+                        const py::handle& adaround_lambda, bool shared_pow2_scales, const py::object& progress) {
   check_callback(progress);
   ptq::quantize_job_config c;
   c.model = model_file(m);
@@ -239,6 +240,9 @@ py::object quantize_job(const py::handle& m, const py::handle& data, const py::h
   c.alpha = alpha, c.lorc_rank = lorc_rank, c.lorc_format = spec_of(lorc_format, "lorc_format");
   c.bias_correct = bias_correction, c.preshift = preshift, c.equalize = equalize, c.rotate = rotate;
   c.force = force, c.float_values = float_values, c.eval_tokens = eval_tokens;
+  if (!adaround_iters.is_none()) c.adaround_iters = adaround_iters.cast<int>();
+  if (!adaround_lambda.is_none()) c.adaround_lambda = adaround_lambda.cast<double>();
+  c.shared_pow2_scales = shared_pow2_scales;
   nlohmann::json doc;
   {
     py::gil_scoped_release release;
@@ -421,7 +425,8 @@ void register_jobs(py::module_& m) {
         py::arg("alpha") = 0.5, py::arg("lorc_rank") = 0, py::arg("lorc_format") = py::none(),
         py::arg("bias_correction") = false, py::arg("preshift") = false, py::arg("equalize") = false,
         py::arg("rotate") = false, py::arg("force") = false, py::arg("float_values") = false,
-        py::arg("eval_tokens") = 0, py::arg("progress") = py::none(),
+        py::arg("eval_tokens") = 0, py::arg("adaround_iters") = py::none(), py::arg("adaround_lambda") = py::none(),
+        py::arg("shared_pow2_scales") = false, py::arg("progress") = py::none(),
         "`lowbit quantize` as a call: post-training quantization of a model file (a path, or a lowbit.Model read "
         "from one) with a method (rtn, gptq, awq, smoothquant, ...: docs/ptq.md) calibrated on `data`, written to "
         "`out` (.safetensors: codes + scales, or float values with float_values; .gguf: llama.cpp's types). The "

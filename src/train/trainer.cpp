@@ -52,6 +52,8 @@ model_config train_run_config::model_shape(int vocab) const {
   c.max_seq_len = ctx;
   c.tied_classifier = tied_classifier;
   c.l1_norm = l1_norm;
+  if (sliding_window < 0) throw error(fmt::format("train: sliding window {} (expected >= 0)", sliding_window));
+  c.sliding_window = sliding_window;  // model_config::validate refuses it where the family has none
   return c;
 }
 
@@ -78,6 +80,8 @@ void visit_settings(Config& c, F&& f) {
 nlohmann::json train_run_config::to_json() const {
   nlohmann::json j = nlohmann::json::object();
   visit_settings(*this, [&](const char* key, const auto& value) { j[key] = value; });
+  // Written only when set, so that the configs (and run hashes) of runs without it stay as they were.
+  if (sliding_window != 0) j["sliding_window"] = sliding_window;
   return j;
 }
 
@@ -86,6 +90,11 @@ train_run_config train_run_config::from_json(const nlohmann::json& j) {
   if (!j.is_object()) throw error("train config: expected a JSON object");
   for (const auto& [key, v] : j.items()) {
     bool known = false;
+    if (key == "sliding_window") {
+      if (!v.is_number_integer()) throw error(fmt::format("train config: 'sliding_window' has the wrong type ({})", v.dump()));
+      c.sliding_window = v.get<int>();
+      continue;
+    }
     visit_settings(c, [&](const char* name, auto& field) {
       if (key != name) return;
       known = true;

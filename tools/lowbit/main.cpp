@@ -296,7 +296,9 @@ constexpr number_rule kNumberRules[] = {
     {"--folds", 2, kInf, false},        {"--rounds", 1, kInf, false},       {"--starts", 1, kInf, false},
     {"--temperature", 0, kInf, false},  {"--lr", 0, kInf, false},           {"--clip", 0, kInf, false},
     {"--wd", 0, kInf, false},           {"--warmup", 0, 1, false},          {"--min-lr-frac", 0, 1, false},
-    {"--confidence", 0, 1, true},       {"--robust-scale", 0, kInf, true},
+    {"--confidence", 0, 1, true},       {"--robust-scale", 0, kInf, true},  {"--options", 2, kInf, false},
+    {"--max-chars", 1, kInf, false},    {"--fraction", 0, 1, true},         {"--formats", 1, kInf, false},
+    {"--budget", 1, kInf, false},       {"--adaround-iters", 1, kInf, false}, {"--adaround-lambda", 0, kInf, false},
 };
 
 void refuse_impossible_numbers(const CLI::App& app) {

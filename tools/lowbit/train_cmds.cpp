@@ -39,7 +39,8 @@ const std::map<std::string, std::string>& flag_of() {
       {"min_lr_frac", "--min-lr-frac"}, {"warmup_frac", "--warmup"}, {"clip", "--clip"},
       {"weight_decay", "--wd"}, {"seed", "--seed"}, {"plan", "--plan"}, {"eval_every", "--eval-every"},
       {"checkpoint_every", "--checkpoint-every"}, {"out", "--out"}, {"init", "--init"},
-      {"init_weights", "--init-weights"}, {"calib_samples", "--calib-samples"}, {"calib_ctx", "--calib-ctx"}};
+      {"init_weights", "--init-weights"}, {"calib_samples", "--calib-samples"}, {"calib_ctx", "--calib-ctx"},
+      {"sliding_window", "--sliding-window"}};
   return flags;
 }
 
@@ -188,6 +189,7 @@ void add_train_commands(CLI::App& app, command_list& commands) {
   c->add_option("--layers", o.cfg.n_layers, "blocks")->capture_default_str();
   c->add_option("--heads", o.cfg.n_heads, "attention heads")->capture_default_str();
   c->add_option("--kv-heads", o.cfg.n_kv_heads, "key/value heads (default: --heads)");
+  c->add_option("--sliding-window", o.cfg.sliding_window, "mistral: attend to the last N positions (0: all)");
   c->add_option("--hidden", o.cfg.hidden_dim, "MLP width (default: 8/3 dim rounded up to 32; gpt2, gptneox, opt: 4 dim)");
   c->add_flag("--untied", o.untied, "a separate classifier matrix (default: tied to the embedding)");
   c->add_option("--ctx", o.cfg.ctx, "sequence length")->capture_default_str();

@@ -23,6 +23,7 @@ struct train_run_config {
   std::string arch = "llama";  // llama | gpt2
   int dim = 64, n_layers = 2, n_heads = 4, n_kv_heads = 0, hidden_dim = 0;  // 0: n_heads; llama2.c's 2/3*4*dim (GPT-2: 4*dim)
   bool tied_classifier = true;
+  int sliding_window = 0;  // Mistral: attend to the last N positions (0: all); in JSON only when set
   // data
   std::string data_path;
   std::string tokenizer = "bytes";
