@@ -45,6 +45,8 @@ using command_list = std::vector<std::pair<CLI::App*, std::function<void()>>>;
 void add_model_commands(CLI::App& app, command_list& commands);
 // quantize
 void add_ptq_commands(CLI::App& app, command_list& commands);
+// calibrate (static activation scales)
+void add_calibrate_commands(CLI::App& app, command_list& commands);
 // law, fit, predict
 void add_law_commands(CLI::App& app, command_list& commands);
 // train

@@ -39,16 +39,25 @@ double now_seconds() {
 
 // The options shared by eval and generate: a model and a quantization plan.
 struct model_options {
-  std::string model, tokenizer, weights, acts, kv, rules;
+  std::string model, tokenizer, weights, acts, kv, rules, attn;
   void add(CLI::App* c) {
     c->add_option("--model", model, "model file: llama2.c .bin, .safetensors (+config.json) or .gguf")->required();
     c->add_option("--tokenizer", tokenizer, "tokenizer: tokenizer.bin, encoder.json/dir, .model or 'bytes'");
     c->add_option("--weights", weights, "format of the linear weights (round to nearest), e.g. int4/g32");
     c->add_option("--acts", acts, "format of each linear layer's input (per-token scales with /c)");
     c->add_option("--kv", kv, "format of the KV cache (rows = token x head)");
-    c->add_option("--rules", rules, "rules.json: per-tensor weight formats and the plan");
+    c->add_option("--rules", rules,
+                  "rules.json: per-tensor weight formats and the plan (act_rules, kv_rules, attn; "
+                  "static act scales from `lowbit calibrate`)");
+    c->add_option("--attn", attn,
+                  "format of attention's GEMM operands Q, K, P, V (FP8 attention: e4m3; per operand: rules.json "
+                  "\"attn\")");
   }
-  quant_plan plan() const { return make_quant_plan(rules, weights, acts, kv); }
+  quant_plan plan() const {
+    quant_plan p = make_quant_plan(rules, weights, acts, kv);
+    set_attention_operands(p, attn);
+    return p;
+  }
 };
 
 
@@ -129,7 +138,7 @@ struct eval_cli_options {
 void cmd_eval(const eval_cli_options& o) {
   const eval_job_config c{.model = o.m.model, .tokenizer = o.m.tokenizer, .data = o.data, .weights = o.m.weights,
                           .acts = o.m.acts, .kv = o.m.kv, .rules = o.m.rules, .ctx = o.ctx,
-                          .max_tokens = o.max_tokens, .kl_base = o.kl_base};
+                          .max_tokens = o.max_tokens, .kl_base = o.kl_base, .attn = o.m.attn};
   progress_bar bar("eval", "tok");
   const eval_job job = run_eval_job(c, [&](int64_t d, int64_t t) { bar.update(d, t); });
   bar.finish();
