@@ -10,6 +10,8 @@
 #include <random>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "lowbit/base/error.hpp"
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/engine/forward.hpp"
@@ -20,6 +22,7 @@
 #include "lowbit/ptq/calibrate.hpp"
 #include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/text/documents.hpp"
+#include "tests/cli_run.hpp"
 #include "tests/data.hpp"
 
 using namespace lowbit;
@@ -263,4 +266,55 @@ TEST(Calibrate, LlmFp4ActivationSearch) {
   EXPECT_GT(tried, 250);
   EXPECT_LE(c.error, c.max_error);
   EXPECT_THROW(llmfp4_activation_search(X.data(), n, in, G.data(), parse_format("int4")), error);
+}
+
+// The command line: calibrate writes a rules file eval reads back (its clips the statistic of
+// the windows), eval --attn in a format that holds every float32 gives the float NLL, and
+// nonsense is refused by name.
+TEST(Calibrate, CommandLine) {
+  const std::string dir = lowbit_test::data_dir();
+  const std::string model = dir + "/llama2c/stories260K.bin", data = dir + "/text/tinystories_val_sample.txt";
+  const std::string out = lowbit::testing::scratch_path("lowbit_calibrate.json").string();
+  const std::string common = " --model " + model + " --data " + data;
+  auto run = [](const std::string& args) { return lowbit::testing::run_lowbit(args, "", true); };
+  auto r = run("calibrate" + common + " --acts int8 --statistic max --calib-samples 3 --calib-ctx 64 --seed 5 "
+               "--pattern 'blk.1.*' --force -o " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(lowbit::testing::read_file_bytes(out));
+  ASSERT_EQ(j["act_rules"].size(), 4u);
+  // The windows of the whole file (the command reads all of it).
+  std::ifstream in(data);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const auto ids = encode_documents(*load_llama2c_tokenizer(dir + "/llama2c/tok512.bin"), ss.str());
+  const auto rows = calibration_rows(stories().m, ids, 3, 64, 5);
+  for (const auto& rule : j["act_rules"]) {
+    float amax = 0;
+    for (float v : rows.at(rule["pattern"].get<std::string>())) amax = std::max(amax, std::fabs(v));
+    EXPECT_EQ(rule["clip"].get<float>(), amax) << rule.dump();
+    EXPECT_EQ(rule["format"], "int8");
+  }
+  const std::string ev = "eval" + common + " --ctx 64 --max-tokens 256 --json";
+  auto nll = [&](const std::string& extra) {
+    const auto e = lowbit::testing::run_lowbit(ev + extra, "", false);
+    EXPECT_EQ(e.code, 0) << e.out;
+    return nlohmann::json::parse(e.out)["mean_nll"].get<double>();
+  };
+  const double f = nll("");
+  EXPECT_EQ(nll(" --attn e8m23"), f);
+  EXPECT_NE(nll(" --attn e4m3"), f);
+  EXPECT_NE(nll(" --rules " + out), f);
+  r = run("calibrate" + common + " --acts int8/c -o " + out + " --force");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("bare symmetric element"), std::string::npos) << r.out;
+  r = run("calibrate" + common + " --acts int8 --statistic median -o " + out + " --force");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("unknown calibration statistic 'median'"), std::string::npos) << r.out;
+  r = run("calibrate" + common + " --acts int8 -o " + out);  // exists, no --force
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--force"), std::string::npos) << r.out;
+  r = run(ev + " --attn e4m3q");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("e4m3q"), std::string::npos) << r.out;
+  std::filesystem::remove(out);
 }
