@@ -88,10 +88,11 @@ run_record eval_run_record(const eval_job_config& c, const eval_job& job) {
                 {"data", file_fingerprint(c.data)}, {"weights", canonical_or_float(plan.weights)},
                 {"acts", canonical_or_float(plan.acts)}, {"kv", canonical_or_float(plan.kv)}, {"rules", rules},
                 {"ctx", c.ctx}, {"max_tokens", c.max_tokens}, {"kl_base", c.kl_base},
-                {"attn", c.attn.empty() ? nlohmann::json(nullptr) : nlohmann::json(c.attn)},
                 {"provenance", provenance.is_discarded() ? nlohmann::json(nullptr) : provenance},
                 {"paths", {{"model", absolute_path(c.model)}, {"data", absolute_path(c.data)},
                            {"tokenizer", tokenizer_path(c.tokenizer)}, {"rules", absolute_path(c.rules)}}}};
+  // Only when set, so the configs (and hashes) of runs without it stay as they were.
+  if (!c.attn.empty()) rec.config["attn"] = c.attn;
   add_evaluation(rec, job.result);
   rec.metrics["bits_per_weight"] = job.bits_per_weight;
   if (!job.reports.empty()) rec.metrics["sqnr_db"] = mean_sqnr_db(job.reports);
