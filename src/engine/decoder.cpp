@@ -256,6 +256,7 @@ double attention_forward(const attention_args& a) {
         const int pos = a.pos0 + i0 + i;  // the query's position: keys (pos - window, pos] take part
         layers::causal_softmax(s + int64_t(i) * T, pos + 1, keys, a.window ? std::max(0, pos - a.window + 1) : 0);
       }
+      if (a.p_operand) a.p_operand(s, rows, keys, T);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, keys, 1.0f, s, T, Vv, int(a.kv.stride),
                   0.0f, a.o + r0 * a.os + h * hd, int(a.os));
     }
@@ -404,12 +405,14 @@ void block_forward(const model_config& c, const block_params& p, int layer, bloc
   dump("k", a.k, KV, a.ks);
   dump("v", a.v, KV, a.ks);
   const kv_source kv = h.kv ? h.kv(layer, a.k, a.v, a.ks) : kv_source{a.k, a.v, a.ks, int64_t(seq) * a.ks};
+  if (h.q_operand) h.q_operand(layer, a.q, a.qs);
   attention_args at;
   at.q = a.q, at.qs = a.qs, at.kv = kv, at.o = a.o, at.os = D;
   at.scores = a.scores, at.scores_per_head = a.scores_per_head;
   at.batch = batch, at.seq = seq, at.pos0 = pos0, at.heads = H, at.kv_heads = nkv, at.hd = hd;
   at.window = c.sliding_window;
   at.query_block = h.query_block, at.heads_parallel = h.heads_parallel;
+  at.p_operand = h.p_operand;
   h.flops += attention_forward(at);
   dump("attn", a.o, D, D);
   matmul_forward(ops, ops.input(a.o, n, D, lin + 3), n, D, p.wo, p.bo, D, a.y, lin + 3);

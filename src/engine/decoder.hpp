@@ -234,6 +234,9 @@ struct attention_args {
   int window = 0;  // sliding window W; 0: every earlier key
   int query_block = 128;
   bool heads_parallel = false;
+  // P's operand of O = P V (FP8 attention, inference): called on each query block's P [rows, keys]
+  // (row stride ld) after the softmax, before the GEMM reads it; null: P as it is.
+  std::function<void(float* p, int rows, int keys, int64_t ld)> p_operand;
 };
 // Returns the multiply-adds x2 it did.
 double attention_forward(const attention_args& a);
@@ -275,6 +278,11 @@ struct block_hooks {
   // K and V of the n new tokens (rows of stride ks, RoPE applied) -> where attention reads them;
   // null: in place.
   std::function<kv_source(int layer, const float* k, const float* v, int64_t ks)> kv;
+  // Q's operand of S = Q K^T (FP8 attention, inference): q [n, heads * hd] of row stride qs after
+  // RoPE, changed in place before attention reads it; null: Q as it is.
+  std::function<void(int layer, float* q, int64_t qs)> q_operand;
+  // attention_args::p_operand of every block.
+  std::function<void(float* p, int rows, int keys, int64_t ld)> p_operand;
   // Named intermediates [n, cols] (forward.hpp's dump_hook names, without "blk.N."); null: none.
   std::function<void(const std::string& name, const float* data, int64_t cols)> dump;
   int query_block = 128;

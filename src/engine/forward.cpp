@@ -33,6 +33,16 @@ forward_session::forward_session(const model& m, const quant_plan& plan, int max
   if (m_.config.learned_positions() && max_tokens > m_.config.max_seq_len)
     throw error(fmt::format("forward: {} tokens exceed {}'s {} learned positions", max_tokens,
                             architecture_name(m_.config.arch), m_.config.max_seq_len));
+  plan_.check_rules(m_.config);
+  const std::vector<std::string> names = activation_names(m_.config);
+  for (const std::string& name : names) {
+    if (name == "output_norm") classifier_act_ = plan_.act_for(name);
+    else block_acts_.push_back(plan_.act_for(name));
+  }
+  for (int l = 0; l < m_.config.n_layers; ++l) {
+    kv_k_.push_back(plan_.kv_for(fmt::format("blk.{}.k", l)));
+    kv_v_.push_back(plan_.kv_for(fmt::format("blk.{}.v", l)));
+  }
   if (m_.config.uses_rope())
     rope_ = std::make_shared<layers::rope_table>(max_tokens, m_.config.head_dim(), rope_frequencies(m_.config));
   const int64_t kv_dim = int64_t(m_.config.n_kv_heads) * m_.config.head_dim();
@@ -88,17 +98,25 @@ namespace {
 
 // The inference side of the shared layers' linear_ops: weights used as they are (the plan's
 // weight formats were applied to the model beforehand), the input of every linear layer
-// fake-quantized per token in the plan's activation format (the classifier's in
+// quantized as the plan says for that activation (act_rules, else acts; the classifier's
 // classifier_acts), each such call a new stochastic-rounding stream (*call).
 class plan_ops : public decoder::linear_ops {
  public:
-  plan_ops(const quant_plan& plan, uint64_t& call) : plan_(plan), call_(call) {}
+  plan_ops(const std::vector<act_quant>& blocks, const act_quant& classifier, uint64_t& call)
+      : blocks_(blocks), classifier_(classifier), call_(call) {}
   const float* input(const float* x, int64_t n, int in, int linear) override {
-    const std::optional<format>& f = linear == decoder::classifier_linear ? plan_.classifier_acts : plan_.acts;
-    if (!f) return x;
+    const act_quant& q = linear == decoder::classifier_linear ? classifier_ : blocks_[site(linear)];
+    if (!q) return x;
     if (int64_t(buf_.size()) < n * in) buf_.resize(n * in);
-    fake_quantize(x, buf_.data(), n, in, *f, ++call_);
+    q.apply(x, buf_.data(), n, in, ++call_);
     return buf_.data();
+  }
+  // block * 4 + (attn_norm, attn, ffn_norm, ffn_act) of a linear's number (decoder.hpp): q (and
+  // k, v, which read q's input) 0, o 3, gate 4 or (no gate) up 5, down 6.
+  static size_t site(int linear) {
+    const int block = linear / decoder::linears_per_block, j = linear % decoder::linears_per_block;
+    const int s = j <= 2 ? 0 : j == 3 ? 1 : j <= 5 ? 2 : 3;
+    return size_t(block) * 4 + size_t(s);
   }
   void forward(const float* xq, int64_t n, int in, const float* w, int out, float* y, int) override {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), out, in, 1.0f, xq, in, w, in, 0.0f, y, out);
@@ -107,10 +125,25 @@ class plan_ops : public decoder::linear_ops {
   double flops = 0;
 
  private:
-  const quant_plan& plan_;
+  const std::vector<act_quant>& blocks_;
+  const act_quant& classifier_;
   uint64_t& call_;
   std::vector<float> buf_;
 };
+
+// Rows of `cols` values at stride `stride` quantized in place as one [rows, cols] tensor (a
+// packed copy when strided).
+void quantize_strided(float* x, int64_t rows, int64_t cols, int64_t stride, const format& f, uint64_t stream,
+                      std::vector<float>& scratch) {
+  if (stride == cols) {
+    fake_quantize(x, x, rows, cols, f, stream);
+    return;
+  }
+  scratch.resize(rows * cols);
+  for (int64_t i = 0; i < rows; ++i) std::copy_n(x + i * stride, cols, scratch.data() + i * cols);
+  fake_quantize(scratch.data(), scratch.data(), rows, cols, f, stream);
+  for (int64_t i = 0; i < rows; ++i) std::copy_n(scratch.data() + i * cols, cols, x + i * stride);
+}
 
 }  // namespace
 
@@ -128,7 +161,7 @@ void forward_session::run(float* x, int n, int first, int last, bool head) {
   std::vector<float> qkv(int64_t(n) * (dim + 2 * kv_dim));  // q, k, v; or fused rows
   std::vector<float> gate(c.gated_mlp() ? int64_t(n) * hidden : 0);
   std::vector<float> up(int64_t(n) * hidden), act(int64_t(n) * hidden), scores(int64_t(n) * T);
-  plan_ops ops(plan_, call_);
+  plan_ops ops(block_acts_, classifier_act_, call_);
 
   decoder::block_acts a;
   a.x = a.x1 = a.out = x;
@@ -155,12 +188,44 @@ void forward_session::run(float* x, int n, int first, int last, bool head) {
       std::copy_n(k + i * ks, kv_dim, kn + int64_t(i) * kv_dim);
       std::copy_n(v + i * ks, kv_dim, vn + int64_t(i) * kv_dim);
     }
-    if (plan_.kv) {
-      fake_quantize(kn, kn, int64_t(n) * nkv, hd, *plan_.kv, ++call_);
-      fake_quantize(vn, vn, int64_t(n) * nkv, hd, *plan_.kv, ++call_);
+    if (kv_k_[l]) fake_quantize(kn, kn, int64_t(n) * nkv, hd, *kv_k_[l], ++call_);
+    if (kv_v_[l]) fake_quantize(vn, vn, int64_t(n) * nkv, hd, *kv_v_[l], ++call_);
+    // FP8 attention's K and V operands: the T cached rows as the GEMMs read them, quantized on a
+    // copy (the cache keeps the KV format's values), rows = (key, kv head).
+    const float* kr = kc;
+    const float* vr = vc;
+    if (plan_.attn.k) {
+      k_operand_.assign(kc, kc + int64_t(T) * kv_dim);
+      fake_quantize(k_operand_.data(), k_operand_.data(), int64_t(T) * nkv, hd, *plan_.attn.k, ++call_);
+      kr = k_operand_.data();
     }
-    return decoder::kv_source{kc, vc, kv_dim, 0};
+    if (plan_.attn.v) {
+      v_operand_.assign(vc, vc + int64_t(T) * kv_dim);
+      fake_quantize(v_operand_.data(), v_operand_.data(), int64_t(T) * nkv, hd, *plan_.attn.v, ++call_);
+      vr = v_operand_.data();
+    }
+    return decoder::kv_source{kr, vr, kv_dim, 0};
   };
+  // Q's operand: rows = (token, head) of head_dim. P's: each (head, query block) [rows, keys].
+  // Heads run in turn (heads_parallel is off here), so the stream counter needs no lock.
+  std::vector<float> operand_scratch;
+  if (plan_.attn.q)
+    h.q_operand = [&](int, float* q, int64_t qs) {
+      const int H = c.n_heads;
+      if (qs == int64_t(H) * hd) {
+        fake_quantize(q, q, int64_t(n) * H, hd, *plan_.attn.q, ++call_);
+      } else {  // fused qkv: q rows at stride qs
+        operand_scratch.resize(int64_t(n) * H * hd);
+        for (int i = 0; i < n; ++i) std::copy_n(q + i * qs, H * hd, operand_scratch.data() + int64_t(i) * H * hd);
+        fake_quantize(operand_scratch.data(), operand_scratch.data(), int64_t(n) * H, hd, *plan_.attn.q, ++call_);
+        for (int i = 0; i < n; ++i) std::copy_n(operand_scratch.data() + int64_t(i) * H * hd, H * hd, q + i * qs);
+      }
+    };
+  std::vector<float> p_scratch;
+  if (plan_.attn.p)
+    h.p_operand = [&](float* p, int rows, int keys, int64_t ld) {
+      quantize_strided(p, rows, keys, ld, *plan_.attn.p, ++call_, p_scratch);
+    };
 
   for (int l = first; l < last; ++l) {
     if (dump_) prefix = fmt::format("blk.{}.", l);

@@ -39,7 +39,98 @@ bool glob_match(const std::string& pattern, const std::string& name) {
 }
 
 bool quant_plan::empty() const {
-  return !weights && rules.empty() && !acts && !classifier_acts && !kv;
+  return !weights && rules.empty() && !acts && !classifier_acts && !kv && act_rules.empty() && kv_rules.empty() &&
+         !attn.any();
+}
+
+void check_static_format(const format& f, const std::string& where) {
+  const element_kind k = f.element.kind;
+  if (f.gran != granularity::none || f.named != preset::none || f.power != 0 ||
+      !(k == element_kind::int_sym || k == element_kind::minifloat))
+    throw error(fmt::format("{}: static clipping values need a bare symmetric element (intN or eEmM, no /c, /t, "
+                            "/gN or preset), not '{}'", where, format_name(f)));
+}
+
+void fake_quantize_static(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
+                          const std::vector<float>& clip, uint64_t stream) {
+  check_static_format(f, "static activation quantization");
+  if (clip.size() != 1 && int64_t(clip.size()) != cols)
+    throw error(fmt::format("static activation quantization: {} clipping values for {} columns (expected 1 or {})",
+                            clip.size(), cols, cols));
+  const double emax = element_max(f);
+  std::vector<float> s(clip.size());
+  for (size_t j = 0; j < clip.size(); ++j) {
+    if (!(clip[j] > 0) || !std::isfinite(clip[j]))
+      throw error(fmt::format("static activation quantization: clipping value {} is not finite and > 0", clip[j]));
+    s[j] = static_cast<float>(double(clip[j]) / emax);
+  }
+  const bool per_tensor = s.size() == 1;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) out[i * cols + j] = in[i * cols + j] / s[per_tensor ? 0 : j];
+  fake_quantize(out, out, rows, cols, f, stream);  // a plain, saturating cast (docs/conventions.md §1, §3)
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) out[i * cols + j] *= s[per_tensor ? 0 : j];
+}
+
+void act_quant::apply(const float* in, float* out, int64_t rows, int64_t cols, uint64_t stream) const {
+  if (!fmt) {
+    if (in != out) std::copy_n(in, rows * cols, out);
+  } else if (clip.empty()) {
+    fake_quantize(in, out, rows, cols, *fmt, stream);
+  } else {
+    fake_quantize_static(in, out, rows, cols, *fmt, clip, stream);
+  }
+}
+
+std::vector<std::string> activation_names(const model_config& c) {
+  std::vector<std::string> n;
+  for (int l = 0; l < c.n_layers; ++l)
+    for (const char* s : {"attn_norm", "attn", "ffn_norm", "ffn_act"}) n.push_back(fmt::format("blk.{}.{}", l, s));
+  n.push_back("output_norm");
+  return n;
+}
+
+int64_t activation_width(const model_config& c, const std::string& name) {
+  return name.ends_with(".ffn_act") ? c.hidden_dim : c.dim;
+}
+
+act_quant quant_plan::act_for(const std::string& name) const {
+  for (const act_rule& r : act_rules)
+    if (glob_match(r.pattern, name)) return act_quant{r.fmt, r.fmt ? r.clip : std::vector<float>{}};
+  return act_quant{name == "output_norm" ? classifier_acts : acts, {}};
+}
+
+std::optional<format> quant_plan::kv_for(const std::string& name) const {
+  for (const weight_rule& r : kv_rules)
+    if (glob_match(r.pattern, name)) return r.fmt;
+  return kv;
+}
+
+void quant_plan::check_rules(const model_config& c) const {
+  const std::vector<std::string> acts_of_model = activation_names(c);
+  for (const act_rule& r : act_rules) {
+    bool any = false;
+    for (const std::string& name : acts_of_model) {
+      if (!glob_match(r.pattern, name)) continue;
+      any = true;
+      const int64_t width = activation_width(c, name);
+      if (r.fmt && r.clip.size() > 1 && int64_t(r.clip.size()) != width)
+        throw error(fmt::format("act rule '{}': {} per-channel clipping values, but activation {} has {} columns",
+                                r.pattern, r.clip.size(), name, width));
+    }
+    if (!any)
+      throw error(fmt::format("act rule '{}' matches no activation of this model (names: blk.N.attn_norm, "
+                              "blk.N.attn, blk.N.ffn_norm, blk.N.ffn_act for N = 0..{}, output_norm)",
+                              r.pattern, c.n_layers - 1));
+  }
+  for (const weight_rule& r : kv_rules) {
+    bool any = false;
+    for (int l = 0; l < c.n_layers && !any; ++l)
+      any = glob_match(r.pattern, fmt::format("blk.{}.k", l)) || glob_match(r.pattern, fmt::format("blk.{}.v", l));
+    if (!any)
+      throw error(fmt::format("kv rule '{}' matches no cache of this model (names: blk.N.k, blk.N.v for N = 0..{})",
+                              r.pattern, c.n_layers - 1));
+  }
 }
 
 std::optional<format> quant_plan::weight_format(const model& m, const std::string& name) const {
@@ -58,6 +149,16 @@ std::string quant_plan::describe() const {
   std::string d = fmt::format("W={} A={} KV={}", s(weights, weights_spec), s(acts, acts_spec),
                               s(kv, kv_spec));
   if (!rules.empty()) d += fmt::format(" +{} rules", rules.size());
+  if (!act_rules.empty()) {
+    size_t statics = 0;
+    for (const act_rule& r : act_rules) statics += !r.clip.empty();
+    d += fmt::format(" +{} act rules", act_rules.size());
+    if (statics) d += fmt::format(" ({} static)", statics);
+  }
+  if (!kv_rules.empty()) d += fmt::format(" +{} kv rules", kv_rules.size());
+  if (attn.any())
+    d += fmt::format(" attn(q={} k={} p={} v={})", s(attn.q, attn.q_spec), s(attn.k, attn.k_spec),
+                     s(attn.p, attn.p_spec), s(attn.v, attn.v_spec));
   return d;
 }
 
@@ -96,6 +197,69 @@ quant_plan load_plan_json(const std::string& path) {
         p.rules.push_back(std::move(w));
       }
     }
+    if (j.contains("act_rules")) {
+      if (!j["act_rules"].is_array()) throw error("'act_rules' must be an array");
+      for (const auto& r : j["act_rules"]) {
+        if (!r.is_object() || !r.contains("pattern") || !r.contains("format") || !r["pattern"].is_string() ||
+            !r["format"].is_string())
+          throw error("each act rule needs string fields 'pattern' and 'format'");
+        for (const auto& [key, value] : r.items())
+          if (key != "pattern" && key != "format" && key != "clip" && key != "calibration")
+            throw error(fmt::format("act rule '{}': unknown key '{}' (known: pattern, format, clip, calibration)",
+                                    r["pattern"].get<std::string>(), key));
+        act_rule a{r["pattern"], r["format"], std::nullopt, {}, ""};
+        const std::string where = fmt::format("act rule '{}'", a.pattern);
+        try {
+          a.fmt = parse_optional_format(a.spec);
+        } catch (const std::exception& e) {
+          throw error(fmt::format("{}: {}", where, e.what()));
+        }
+        if (r.contains("calibration")) {
+          if (!r["calibration"].is_string()) throw error(fmt::format("{}: 'calibration' must be a string", where));
+          a.calibration = r["calibration"];
+        }
+        if (r.contains("clip")) {
+          const auto& c = r["clip"];
+          if (c.is_number()) a.clip.push_back(c.get<float>());
+          else if (c.is_array() && !c.empty())
+            for (const auto& v : c) {
+              if (!v.is_number()) throw error(fmt::format("{}: 'clip' must hold numbers", where));
+              a.clip.push_back(v.get<float>());
+            }
+          else throw error(fmt::format("{}: 'clip' must be a number or a non-empty array of numbers", where));
+          if (!a.fmt) throw error(fmt::format("{}: clipping values for a float activation", where));
+          check_static_format(*a.fmt, where);
+          for (float v : a.clip)
+            if (!(v > 0) || !std::isfinite(v))
+              throw error(fmt::format("{}: clipping value {} is not finite and > 0", where, v));
+        }
+        p.act_rules.push_back(std::move(a));
+      }
+    }
+    if (j.contains("kv_rules")) {
+      if (!j["kv_rules"].is_array()) throw error("'kv_rules' must be an array");
+      for (const auto& r : j["kv_rules"]) {
+        if (!r.is_object() || !r.contains("pattern") || !r.contains("format") || !r["pattern"].is_string() ||
+            !r["format"].is_string() || r.size() != 2)
+          throw error("each kv rule needs string fields 'pattern' and 'format' (and nothing else)");
+        weight_rule w{r["pattern"], r["format"], std::nullopt};
+        w.fmt = parse_optional_format(w.spec);
+        p.kv_rules.push_back(std::move(w));
+      }
+    }
+    if (j.contains("attn")) {
+      const auto& a = j["attn"];
+      if (!a.is_object()) throw error("'attn' must be an object {\"q\": fmt, \"k\": fmt, \"p\": fmt, \"v\": fmt}");
+      for (const auto& [key, value] : a.items()) {
+        if (!value.is_string()) throw error(fmt::format("attn.{} must be a format string", key));
+        const std::string spec = value;
+        if (key == "q") p.attn.q = parse_optional_format(spec), p.attn.q_spec = spec;
+        else if (key == "k") p.attn.k = parse_optional_format(spec), p.attn.k_spec = spec;
+        else if (key == "p") p.attn.p = parse_optional_format(spec), p.attn.p_spec = spec;
+        else if (key == "v") p.attn.v = parse_optional_format(spec), p.attn.v_spec = spec;
+        else throw error(fmt::format("attn: unknown operand '{}' (known: q, k, p, v)", key));
+      }
+    }
   } catch (const error& e) {
     throw error(fmt::format("{}: {}", path, e.what()));
   }
@@ -109,6 +273,46 @@ quant_plan make_quant_plan(const std::string& rules, const std::string& weights,
   if (!acts.empty()) p.acts = parse_optional_format(acts), p.acts_spec = acts;
   if (!kv.empty()) p.kv = parse_optional_format(kv), p.kv_spec = kv;
   return p;
+}
+
+void set_attention_operands(quant_plan& p, const std::string& spec) {
+  if (spec.empty()) return;
+  const std::optional<format> f = parse_optional_format(spec);
+  p.attn.q = p.attn.k = p.attn.p = p.attn.v = f;
+  p.attn.q_spec = p.attn.k_spec = p.attn.p_spec = p.attn.v_spec = spec;
+}
+
+nlohmann::json plan_json(const quant_plan& p) {
+  nlohmann::json j = nlohmann::json::object();
+  auto spec = [](const std::optional<format>& f, const std::string& typed) {
+    return f ? (typed.empty() ? format_name(*f) : typed) : std::string("fp32");
+  };
+  if (p.weights) j["weights"] = spec(p.weights, p.weights_spec);
+  if (p.acts) j["acts"] = spec(p.acts, p.acts_spec);
+  if (p.kv) j["kv"] = spec(p.kv, p.kv_spec);
+  if (p.classifier_acts) j["classifier_acts"] = format_name(*p.classifier_acts);
+  if (!p.rules.empty()) {
+    j["rules"] = nlohmann::json::array();
+    for (const weight_rule& r : p.rules) j["rules"].push_back({{"pattern", r.pattern}, {"format", spec(r.fmt, r.spec)}});
+  }
+  if (!p.act_rules.empty()) {
+    j["act_rules"] = nlohmann::json::array();
+    for (const act_rule& r : p.act_rules) {
+      nlohmann::json a = {{"pattern", r.pattern}, {"format", spec(r.fmt, r.spec)}};
+      if (r.clip.size() == 1) a["clip"] = r.clip[0];
+      else if (!r.clip.empty()) a["clip"] = r.clip;
+      if (!r.calibration.empty()) a["calibration"] = r.calibration;
+      j["act_rules"].push_back(std::move(a));
+    }
+  }
+  if (!p.kv_rules.empty()) {
+    j["kv_rules"] = nlohmann::json::array();
+    for (const weight_rule& r : p.kv_rules) j["kv_rules"].push_back({{"pattern", r.pattern}, {"format", spec(r.fmt, r.spec)}});
+  }
+  if (p.attn.any())
+    j["attn"] = {{"q", spec(p.attn.q, p.attn.q_spec)}, {"k", spec(p.attn.k, p.attn.k_spec)},
+                 {"p", spec(p.attn.p, p.attn.p_spec)}, {"v", spec(p.attn.v, p.attn.v_spec)}};
+  return j;
 }
 
 namespace {

@@ -36,12 +36,15 @@ eval_job evaluate_under(const eval_job_config& c, quant_plan plan, const model& 
 
 eval_job run_eval_job(const eval_job_config& c, const progress_fn& progress) {
   quant_plan plan = make_quant_plan(c.rules, c.weights, c.acts, c.kv);
+  set_attention_operands(plan, c.attn);
   const model base = load_model(c.model);
   return evaluate_under(c, std::move(plan), base, progress);
 }
 
 eval_job run_eval_job(const eval_job_config& c, const model& base, const progress_fn& progress) {
-  return evaluate_under(c, make_quant_plan(c.rules, c.weights, c.acts, c.kv), base, progress);
+  quant_plan plan = make_quant_plan(c.rules, c.weights, c.acts, c.kv);
+  set_attention_operands(plan, c.attn);
+  return evaluate_under(c, std::move(plan), base, progress);
 }
 
 nlohmann::json eval_job_json(const eval_job_config& c, const eval_job& job) {
@@ -53,6 +56,7 @@ nlohmann::json eval_job_json(const eval_job_config& c, const eval_job& job) {
   j["weights"] = {{"format", c.weights}, {"canonical", plan.weights ? format_name(*plan.weights) : "fp32"}};
   j["acts"] = {{"format", c.acts}, {"canonical", plan.acts ? format_name(*plan.acts) : "fp32"}};
   j["kv"] = {{"format", c.kv}, {"canonical", plan.kv ? format_name(*plan.kv) : "fp32"}};
+  if (!plan.act_rules.empty() || !plan.kv_rules.empty() || plan.attn.any()) j["rules"] = plan_json(plan);
   j["bits_per_weight"] = job.bits_per_weight;
   j["quantized_tensors"] = job.reports.size();
   return j;
@@ -87,6 +91,8 @@ run_record eval_run_record(const eval_job_config& c, const eval_job& job) {
                 {"provenance", provenance.is_discarded() ? nlohmann::json(nullptr) : provenance},
                 {"paths", {{"model", absolute_path(c.model)}, {"data", absolute_path(c.data)},
                            {"tokenizer", tokenizer_path(c.tokenizer)}, {"rules", absolute_path(c.rules)}}}};
+  // Only when set, so the configs (and hashes) of runs without it stay as they were.
+  if (!c.attn.empty()) rec.config["attn"] = c.attn;
   add_evaluation(rec, job.result);
   rec.metrics["bits_per_weight"] = job.bits_per_weight;
   if (!job.reports.empty()) rec.metrics["sqnr_db"] = mean_sqnr_db(job.reports);

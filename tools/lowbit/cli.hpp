@@ -8,6 +8,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "lowbit/engine/plan.hpp"
+
 namespace lowbit::cli {
 
 // A table for people: columns padded to their widest cell, numbers right-aligned.
@@ -45,6 +47,8 @@ using command_list = std::vector<std::pair<CLI::App*, std::function<void()>>>;
 void add_model_commands(CLI::App& app, command_list& commands);
 // quantize
 void add_ptq_commands(CLI::App& app, command_list& commands);
+// calibrate (static activation scales)
+void add_calibrate_commands(CLI::App& app, command_list& commands);
 // law, fit, predict
 void add_law_commands(CLI::App& app, command_list& commands);
 // train
@@ -56,8 +60,9 @@ void add_task_commands(CLI::App& app, command_list& commands);
 
 // A model and a quantization plan as eval, generate and spread take them.
 struct task_model_options {
-  std::string model, tokenizer, weights, acts, kv, rules;
+  std::string model, tokenizer, weights, acts, kv, rules, attn;
   void add(CLI::App* c);
+  quant_plan plan() const;  // the rules file, then each flag given (make_quant_plan), then --attn
 };
 // `eval --task`: accuracy on a task file (limit: its first N items, 0 all).
 void run_task_eval(const task_model_options& m, const std::string& task, int64_t limit, bool json);

@@ -362,6 +362,7 @@ int main(int argc, char** argv) {
   command_list model_commands;
   add_model_commands(app, model_commands);
   add_ptq_commands(app, model_commands);
+  add_calibrate_commands(app, model_commands);
   add_law_commands(app, model_commands);
   add_train_commands(app, model_commands);
   add_explore_commands(app, model_commands);

@@ -39,8 +39,7 @@ double now_seconds() {
 }
 
 // The options shared by eval and generate: a model and a quantization plan.
-struct model_options : task_model_options {
-  quant_plan plan() const { return make_quant_plan(rules, weights, acts, kv); }
+struct model_options : task_model_options {};
 };
 
 
@@ -144,7 +143,7 @@ void cmd_eval(const eval_cli_options& o) {
   if (o.limit) throw error("eval: --limit applies to --task");
   const eval_job_config c{.model = o.m.model, .tokenizer = o.m.tokenizer, .data = o.data, .weights = o.m.weights,
                           .acts = o.m.acts, .kv = o.m.kv, .rules = o.m.rules, .ctx = o.ctx,
-                          .max_tokens = o.max_tokens, .kl_base = o.kl_base};
+                          .max_tokens = o.max_tokens, .kl_base = o.kl_base, .attn = o.m.attn};
   progress_bar bar("eval", "tok");
   const eval_job job = run_eval_job(c, [&](int64_t d, int64_t t) { bar.update(d, t); });
   bar.finish();
@@ -249,7 +248,18 @@ void task_model_options::add(CLI::App* c) {
   c->add_option("--weights", weights, "format of the linear weights (round to nearest), e.g. int4/g32");
   c->add_option("--acts", acts, "format of each linear layer's input (per-token scales with /c)");
   c->add_option("--kv", kv, "format of the KV cache (rows = token x head)");
-  c->add_option("--rules", rules, "rules.json: per-tensor weight formats and the plan");
+  c->add_option("--rules", rules,
+                "rules.json: per-tensor weight formats and the plan (act_rules, kv_rules, attn; "
+                "static act scales from `lowbit calibrate`)");
+  c->add_option("--attn", attn,
+                "format of attention's GEMM operands Q, K, P, V (FP8 attention: e4m3; per operand: rules.json "
+                "\"attn\")");
+}
+
+quant_plan task_model_options::plan() const {
+  quant_plan p = make_quant_plan(rules, weights, acts, kv);
+  set_attention_operands(p, attn);
+  return p;
 }
 
 

@@ -48,7 +48,7 @@ std::string written_as(const model& m) {
 
 loaded_model load_under_plan(const task_model_options& o) {
   loaded_model l;
-  l.plan = make_quant_plan(o.rules, o.weights, o.acts, o.kv);
+  l.plan = o.plan();
   l.base = load_model(o.model);
   l.tok = tokenizer_for_model(l.base, o.tokenizer);
   l.quantized = l.base;

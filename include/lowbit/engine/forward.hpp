@@ -70,6 +70,12 @@ class forward_session {
   dump_hook dump_;
   double last_flops_ = 0;
   uint64_t call_ = 0;  // stream of tensor ids for stochastic rounding
+  // The plan resolved for this model: each block's activations (attn_norm, attn, ffn_norm,
+  // ffn_act: block * 4 + site) and the classifier's input; each block's K and V cache formats.
+  std::vector<act_quant> block_acts_;
+  act_quant classifier_act_;
+  std::vector<std::optional<format>> kv_k_, kv_v_;
+  std::vector<float> k_operand_, v_operand_;  // attention's K and V operands (plan attn.k / attn.v)
 };
 
 // True when a forward call of `tokens` tokens through layers of width `dim` is too small to

@@ -33,6 +33,7 @@ struct eval_job_config {
   int ctx = 0;            // --ctx (0: the model's maximum)
   int64_t max_tokens = 0;  // --max-tokens (0: all)
   bool kl_base = false;   // --kl-base
+  std::string attn;       // --attn: every attention operand (q, k, p, v) in this format ("": the rules')
 };
 
 struct eval_job {
