@@ -1,4 +1,5 @@
 // QuantPlan: weight rules, activation and KV-cache formats (docs/conventions.md §17-18).
+#include "lowbit/base/files.hpp"
 #include "lowbit/engine/plan.hpp"
 
 #include <algorithm>
@@ -163,6 +164,7 @@ std::string quant_plan::describe() const {
 }
 
 quant_plan load_plan_json(const std::string& path) {
+  require_regular_file(path, "rules file");  // a FIFO would block the open below
   std::ifstream in(path);
   if (!in) throw error(fmt::format("{}: cannot open rules file", path));
   nlohmann::json j;
