@@ -21,6 +21,7 @@
 
 #include "lowbit/base/files.hpp"
 #include "lowbit/io/gguf.hpp"
+#include "lowbit/kernels/kquant.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/io/safetensors.hpp"
@@ -396,6 +397,8 @@ quantized_tensor read_packed_codes(const safetensors_file& f, const std::string&
                               st_dtype_name(t->dtype), t->end - t->begin, st_dtype_name(part.dtype), dst.size()));
     std::memcpy(dst.data(), f.raw(*t), dst.size());
   }
+  // A K-quant's sub-block scale and min codes are small integers that decoding takes as int32.
+  kquant_check_stored_codes(q, where);
   return q;
 }
 
