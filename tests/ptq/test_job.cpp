@@ -56,6 +56,7 @@ TEST(QuantizeJob, WritesAndVerifiesTheFile) {
     EXPECT_TRUE(std::filesystem::exists(out));
     EXPECT_FALSE(std::filesystem::exists(out + ".partial"));  // removed once the output is complete
     EXPECT_EQ(load_model(out).config.n_layers, 5);
+    std::filesystem::remove(out);
   }
 }
 
