@@ -541,6 +541,37 @@ TEST(CliExplore, SweepStoppedMidwayResumesWithoutDuplicatesAndReports) {
   EXPECT_TRUE(file_starts_with(dir + "/report/runs.csv", "id,kind,model"));
 }
 
+// kill -9 of a sweep (its workers included: timeout kills the process group) at several moments,
+// then the same command: every run recorded exactly once, each with the NLL an uninterrupted sweep
+// records, and no temp file left beside the database.
+TEST(CliExplore, KilledSweepsResumeToTheSameRecords) {
+  const std::string dir = explore_dir("kill");
+  const std::string sweep = write_small_sweep(dir);
+  result whole = run("explore --config " + sweep + " --db " + dir + "/whole.db --json");
+  ASSERT_EQ(whole.code, 0) << whole.out;
+  auto nll_by_format = [](const nlohmann::json& j) {
+    std::map<std::string, double> m;
+    for (const auto& r : j["runs"]) m[r["canonical"].get<std::string>()] = r["metrics"]["nll"].get<double>();
+    return m;
+  };
+  const auto want = nll_by_format(nlohmann::json::parse(whole.out));
+  ASSERT_EQ(want.size(), 3u);
+  int killed = 0;
+  for (const char* after : {"0.1", "0.25", "0.5", "1.0"}) {
+    const std::string db = dir + "/k" + after + ".db";
+    killed += lowbit::testing::run_command("timeout -s KILL " + std::string(after) + " " + std::string(LOWBIT_CLI) +
+                                 " explore --config " + sweep + " --db " + db + " -j 2 --json").code != 0;
+    const result r = run("explore --config " + sweep + " --db " + db + " --json");
+    ASSERT_EQ(r.code, 0) << after << ": " << r.out;
+    const auto j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j["runs"].size(), 3u) << after;
+    EXPECT_EQ(nll_by_format(j), want) << after;
+    for (const auto& e : std::filesystem::directory_iterator(dir))
+      EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  }
+  EXPECT_GE(killed, 1);
+}
+
 TEST(CliExplore, UnknownFormatInSweepIsRefusedBeforeAnythingRuns) {
   const std::string dir = explore_dir("refused");
   const std::string sweep = write_small_sweep(dir, R"("int4/g32", "int5x")"), db = dir + "/runs.db";
