@@ -2,11 +2,16 @@
 """Perplexity against bits per weight from `lowbit explore`'s CSV (docs/conventions.md §29).
 
 usage: plot_explore.py explore.csv out.png   (also writes out.svg)
+Exit status 3: matplotlib is not installed (lowbit explore then goes on without a plot); any
+other failure (a full disk, a bad CSV) is 1, and lowbit explore fails with it.
 """
 import csv
 import sys
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError:
+    sys.exit(3)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -12,6 +12,9 @@ Writes into OUTDIR, each as .png and .svg:
                 `law_prediction` metric or --fit names a JSON with "fitted"/"held_out"/"points"
                 lists of {"loss" or "measured", "predicted"}
 and figures.json: [{"png", "svg", "caption"}] for the figures drawn.
+Every file is written under a temporary name and renamed into place, so a failure (a full disk)
+leaves no truncated figure. Exit status 3: matplotlib is not installed (lowbit report then goes on
+without figures); any other failure is 1, and lowbit report fails with it.
 """
 import csv
 import json
@@ -19,7 +22,10 @@ import math
 import os
 import sys
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError:
+    sys.exit(3)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -53,9 +59,21 @@ def label(r):
     return s
 
 
+def write_atomically(path, write):
+    """write(tmp) into path's temporary twin, then rename it onto path; the twin is removed on failure."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def save(fig, outdir, name, caption, figures):
-    fig.savefig(os.path.join(outdir, name + ".png"), dpi=110)
-    fig.savefig(os.path.join(outdir, name + ".svg"))
+    write_atomically(os.path.join(outdir, name + ".png"), lambda p: fig.savefig(p, dpi=110, format="png"))
+    write_atomically(os.path.join(outdir, name + ".svg"), lambda p: fig.savefig(p, format="svg"))
     plt.close(fig)
     figures.append({"png": name + ".png", "svg": name + ".svg", "caption": caption})
 
@@ -332,8 +350,11 @@ def main(argv):
                   "Pareto frontier: perplexity against MAC cost (weight x activation operands)", outdir, figures)
     exmy_heatmap(rows, by_model, outdir, figures)
     law_fit(rows, fit_path, outdir, figures)
-    with open(os.path.join(outdir, "figures.json"), "w") as f:
-        json.dump(figures, f, indent=1)
+    def write_list(path):
+        with open(path, "w") as f:
+            json.dump(figures, f, indent=1)
+
+    write_atomically(os.path.join(outdir, "figures.json"), write_list)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,18 @@ import matplotlib.pyplot as plt
 
 def load(run_dir):
     steps, vals = [], []
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        for line in f:
+    path = os.path.join(run_dir, "log.jsonl")
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
             try:
                 d = json.loads(line)
             except ValueError:
-                break
+                # A line torn by a killed run (or an edit): said and skipped, the lines after it kept.
+                print(f"plot_training: {path}:{number}: not a JSON line; skipped", file=sys.stderr)
+                continue
+            if not isinstance(d, dict):
+                print(f"plot_training: {path}:{number}: not a JSON object; skipped", file=sys.stderr)
+                continue
             if "val_loss" in d:
                 steps.append(d["step"])
                 vals.append(d["val_loss"])

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -18,6 +19,7 @@
 #include <sys/stat.h>
 
 #include "lowbit/base/files.hpp"
+#include "lowbit/io/model_io.hpp"
 #include "tests/cli_run.hpp"
 #include "tests/data.hpp"
 
@@ -827,5 +829,28 @@ TEST(CliTasks, SpreadReportsBestMinusWorst) {
   const result small = run("spread --model " + stories + " --task " + task + " --budget 10 --batch 20", "", true);
   EXPECT_EQ(small.code, 2);
   EXPECT_NE(small.out.find("--budget 10"), std::string::npos) << small.out;
+  std::filesystem::remove_all(dir);
+}
+
+// A model whose weights hold a NaN has NaN logits: eval refuses to print a NaN perplexity as a
+// measurement (exit 2, naming the non-finite NLL), while the same model without the NaN evaluates.
+TEST(Cli, EvalRefusesANonFiniteMeanNll) {
+  const std::string dir = lowbit::testing::scratch_path("lowbit_cli_eval_nan").string();
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/m.safetensors", nan_path = dir + "/nan.safetensors", data = dir + "/d.txt";
+  ASSERT_EQ(run("synth --dim 64 --layers 1 --heads 4 --ctx 32 --force -o " + path).code, 0);
+  std::ofstream(data) << "Once upon a time there was a little model that could not count.\n";
+  const result good = run("eval --model " + path + " --data " + data, "", true);
+  ASSERT_EQ(good.code, 0) << good.out;
+  lowbit::model m = lowbit::load_model(path);
+  m.tensors.at("output_norm.weight").data[0] = std::numeric_limits<float>::quiet_NaN();
+  lowbit::save_safetensors_model(m, nan_path);
+  const result bad = run("eval --model " + nan_path + " --data " + data, "", true);
+  EXPECT_EQ(bad.code, 2) << bad.out;
+  EXPECT_NE(bad.out.find("non-finite NLL"), std::string::npos) << bad.out;
+  EXPECT_NE(bad.out.find("nan.safetensors"), std::string::npos) << bad.out;
+  const result bad_json = run("eval --json --model " + nan_path + " --data " + data, "", false);
+  EXPECT_EQ(bad_json.code, 2) << bad_json.out;
+  EXPECT_EQ(bad_json.out.find("nan"), std::string::npos) << bad_json.out;  // nothing printed as a result
   std::filesystem::remove_all(dir);
 }

@@ -44,6 +44,10 @@ void mean_and_stderr(const std::vector<double>& v, double& mean, double& se) {
   se = std::sqrt(var / v.size());
 }
 
+// The position in the evaluated tokens of the i-th scored token: windows of ctx tokens score
+// ctx - 1 each, token j of a window predicting token j + 1.
+int64_t nll_position(int64_t i, int ctx) { return i / (ctx - 1) * ctx + i % (ctx - 1) + 1; }
+
 }  // namespace
 
 double token_nll(const float* logits, int vocab, int target) {
@@ -156,6 +160,10 @@ std::vector<eval_result> evaluate_many(const std::vector<const model*>& models,
     e.tokens_scored = a.nll.size();
     mean_and_stderr(a.nll, e.mean_nll, e.nll_stderr);
     e.ppl = std::exp(e.mean_nll);
+    for (size_t i = 0; i < a.nll.size(); ++i)
+      if (!std::isfinite(a.nll[i])) {
+        if (e.nonfinite_tokens++ == 0) e.first_nonfinite_position = nll_position(int64_t(i), ctx);
+      }
     e.ppl_stderr = e.ppl * e.nll_stderr;
     e.seconds = a.seconds;
     const int64_t processed = e.tokens_scored + windows;

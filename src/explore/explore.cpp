@@ -1,6 +1,8 @@
 // `lowbit explore --row` as a library job (explore.hpp).
 #include "lowbit/explore/explore.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -173,6 +175,18 @@ nlohmann::json explore_json(const explore_result& r) {
           {"tokens_scored", r.rows.empty() ? 0 : r.rows[0].eval.tokens_scored}, {"ctx", r.ctx}, {"rows", rows}};
 }
 
+namespace {
+
+// A small text file's contents ("" when it cannot be read): the plotting process's output.
+std::string read_text_if_present(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
 explore_files write_explore_outputs(const explore_result& r, const std::string& out_dir, const std::string& plot_script) {
   fs::create_directories(out_dir);
   std::string csv = "row,method,weights,weights_canonical,acts,acts_canonical,kv,kv_canonical,bits_per_weight,"
@@ -193,10 +207,31 @@ explore_files write_explore_outputs(const explore_result& r, const std::string& 
   write_text_file_atomic(files.csv, csv);
   write_text_file_atomic(files.json, explore_json(r).dump(2) + "\n");
   if (!plot_script.empty()) {
-    const std::string png = (fs::path(out_dir) / "explore.png").string();
-    files.plot_note = run_program({"/usr/bin/python3", plot_script, files.csv, png}) == 0
-                          ? fmt::format(", {} and .svg", png)
-                          : " (no plot: /usr/bin/python3 with matplotlib failed; run scripts/plot_explore.py)";
+    // The figures are drawn under temporary names and renamed into place only when the plotting
+    // process succeeded: a full disk leaves no truncated explore.svg behind, and fails the run.
+    const fs::path dir(out_dir);
+    const std::string png = (dir / "explore.png").string(), svg = (dir / "explore.svg").string();
+    const std::string stem = fmt::format("explore.plot-tmp-{}", ::getpid());
+    const std::string tmp_png = (dir / (stem + ".png")).string(), tmp_svg = (dir / (stem + ".svg")).string();
+    const std::string log = (dir / (stem + ".log")).string();
+    const int rc = run_program({"/usr/bin/python3", plot_script, files.csv, tmp_png}, log);
+    std::string output = read_text_if_present(log);
+    std::error_code ec;
+    if (rc == 0) {
+      fs::rename(tmp_png, png, ec);
+      if (!ec) fs::rename(tmp_svg, svg, ec);
+    }
+    fs::remove(tmp_png), fs::remove(tmp_svg), fs::remove(log);  // noexcept overloads: best effort
+    if (rc == 3 || (rc == 127 && !fs::exists("/usr/bin/python3"))) {  // no /usr/bin/python3, or no matplotlib (scripts/plot_explore.py): no plot
+      files.plot_note = " (no plot: /usr/bin/python3 with matplotlib is not available; run scripts/plot_explore.py)";
+    } else if (rc != 0) {
+      if (output.size() > 2000) output = "..." + output.substr(output.size() - 2000);
+      throw error(fmt::format("explore: plotting {} into '{}' failed (exit {}): {}", files.csv, png, rc, output));
+    } else if (ec) {
+      throw error(fmt::format("explore: cannot move the plot into '{}': {}", out_dir, ec.message()));
+    } else {
+      files.plot_note = fmt::format(", {} and .svg", png);
+    }
   }
   return files;
 }

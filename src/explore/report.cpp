@@ -164,7 +164,15 @@ report_result write_report(const report_options& o) {
       std::ifstream l(log);
       std::stringstream ss;
       ss << l.rdbuf();
-      res.plot_error = fmt::format("{} failed (exit {}): {}", o.script, rc, ss.str().substr(0, 2000));
+      std::string output = ss.str();
+      if (output.size() > 2000) output = "..." + output.substr(output.size() - 2000);
+      // No matplotlib (the script's exit 3) or no interpreter: a report without figures. Any other
+      // failure (a full disk) fails the report; the script leaves no truncated figure behind.
+      if (rc == 3 || (rc == 127 && !fs::exists(o.python)))
+        res.plot_error = fmt::format("{} could not run (exit {}): {}", o.script, rc, output);
+      else
+        throw error(fmt::format("report: {} failed (exit {}) drawing the figures into '{}': {}", o.script, rc,
+                                dir.string(), output));
     } else {
       figures = nlohmann::json::parse(in, nullptr, false);
       if (!figures.is_array()) figures = nlohmann::json::array();

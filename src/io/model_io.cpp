@@ -21,6 +21,7 @@
 
 #include "lowbit/base/files.hpp"
 #include "lowbit/io/gguf.hpp"
+#include "lowbit/kernels/kquant.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/io/safetensors.hpp"
@@ -396,6 +397,8 @@ quantized_tensor read_packed_codes(const safetensors_file& f, const std::string&
                               st_dtype_name(t->dtype), t->end - t->begin, st_dtype_name(part.dtype), dst.size()));
     std::memcpy(dst.data(), f.raw(*t), dst.size());
   }
+  // A K-quant's sub-block scale and min codes are small integers that decoding takes as int32.
+  kquant_check_stored_codes(q, where);
   return q;
 }
 
@@ -721,7 +724,9 @@ class gguf_reader final : public tensor_reader {
     // RoPE factors are the config's.
     for (const gguf_tensor_info& t : f.tensors())
       if (t.name != "rope_freqs.weight") m.tensors[t.name].shape = t.shape();
-    if (f.find_kv("tokenizer.ggml.tokens")) m.tokenizer = {"gguf", path};
+    // The byte tokenizer's export (a byte-tokenizer model written by lowbit) is that tokenizer again.
+    if (gguf_holds_byte_tokenizer(f)) m.tokenizer = {"bytes", ""};
+    else if (f.find_kv("tokenizer.ggml.tokens")) m.tokenizer = {"gguf", path};
     else if (f.find_kv("lowbit.tokenizer")) m.tokenizer.kind = f.get_string("lowbit.tokenizer");
     if (f.find_kv("lowbit.tokenizer_path")) m.tokenizer.path = f.get_string("lowbit.tokenizer_path");
     if (f.find_kv("lowbit.provenance")) m.provenance = f.get_string("lowbit.provenance");
@@ -925,7 +930,7 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
   std::vector<std::string> bpe_tokens, bpe_merges;
   if (tok && tok->gpt2_vocabulary(bpe_tokens, bpe_merges)) {
     std::vector<int32_t> types(bpe_tokens.size(), 1);
-    types[tok->eos_id()] = 3;  // <|endoftext|>: control
+    types[tok->bos_id()] = types[tok->eos_id()] = 3;  // <|endoftext|> (the byte tokenizer's <s>, </s>): control
     w.add_string("tokenizer.ggml.model", "gpt2");
     // llama.cpp picks its pre-tokenizer regex by this name; without it, it falls back to a default
     // that splits text differently from GPT-2's (most documents then tokenize differently).
@@ -935,6 +940,10 @@ void save_gguf_model(const tensor_reader& r, const std::string& path, const std:
     w.add_string_array("tokenizer.ggml.merges", bpe_merges);
     w.add_u32("tokenizer.ggml.bos_token_id", tok->bos_id());
     w.add_u32("tokenizer.ggml.eos_token_id", tok->eos_id());
+    if (tok->kind() == "bytes") {  // lowbit starts every document with BOS (text/documents.cpp)
+      w.add_bool("tokenizer.ggml.add_bos_token", true);
+      w.add_string("lowbit.tokenizer", "bytes");
+    }
   } else if (tok && tok->sentencepiece_vocabulary(v)) {
     w.add_string("tokenizer.ggml.model", "llama");
     w.add_string_array("tokenizer.ggml.tokens", v.tokens);

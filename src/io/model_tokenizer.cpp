@@ -17,6 +17,7 @@ namespace {
 
 std::unique_ptr<tokenizer> gguf_tokenizer(const std::string& path) {
   gguf_file f(path);
+  if (gguf_holds_byte_tokenizer(f)) return make_byte_tokenizer();
   const std::string kind = f.find_kv("tokenizer.ggml.model") ? f.get_string("tokenizer.ggml.model") : "";
   if (kind == "gpt2") {  // byte-level BPE: tokens in GPT-2's byte-symbol spelling + ranked merges
     const gguf_kv* tokens = f.find_kv("tokenizer.ggml.tokens");
@@ -57,6 +58,23 @@ std::unique_ptr<tokenizer> gguf_tokenizer(const std::string& path) {
 }
 
 }  // namespace
+
+bool gguf_holds_byte_tokenizer(const gguf_file& f) {
+  const gguf_kv* kind = f.find_kv("tokenizer.ggml.model");
+  const gguf_kv* tokens = f.find_kv("tokenizer.ggml.tokens");
+  const gguf_kv* merges = f.find_kv("tokenizer.ggml.merges");
+  if (!kind || !kind->value.is_string() || kind->value.get<std::string>() != "gpt2" || !tokens ||
+      !tokens->value.is_array() || tokens->value.size() != 258 || !merges || !merges->value.is_array() ||
+      !merges->value.empty() || !f.find_kv("tokenizer.ggml.bos_token_id") || !f.find_kv("tokenizer.ggml.eos_token_id"))
+    return false;
+  std::vector<std::string> t;
+  for (const auto& v : tokens->value) {
+    if (!v.is_string()) return false;
+    t.push_back(v.get<std::string>());
+  }
+  return is_byte_tokenizer_vocabulary(t, {}, static_cast<int>(f.get_int("tokenizer.ggml.bos_token_id")),
+                                      static_cast<int>(f.get_int("tokenizer.ggml.eos_token_id")));
+}
 
 std::string tokenizer_file_beside(const std::string& model_path, int vocab_size) {
   const fs::path dir = fs::path(model_path).parent_path();

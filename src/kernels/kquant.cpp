@@ -443,6 +443,31 @@ group_scale kquant_stored_scale(const quantized_tensor& q, int64_t r, int64_t c)
                           q.zero_point_at(r, c));
 }
 
+void kquant_check_stored_codes(const quantized_tensor& q, const std::string& where) {
+  if (!is_kquant(q.fmt)) return;
+  // kquant_block's ranges: sc of q2_k 0..15, q4_k/q5_k 0..63, q3_k -32..31, q6_k -128..127; m as sc
+  // for the formats with a min.
+  int32_t lo = 0, hi = 63;
+  switch (q.fmt.named) {
+    case preset::q2_k: hi = 15; break;
+    case preset::q3_k: lo = -32, hi = 31; break;
+    case preset::q6_k: lo = -128, hi = 127; break;
+    default: break;
+  }
+  for (size_t i = 0; i < q.scales.size(); ++i) {
+    const float s = q.scales[i];
+    // Written as a negation so that NaN fails too.
+    if (!(s >= float(lo) && s <= float(hi) && s == std::nearbyint(s)))
+      throw error(fmt::format("{}: sub-block scale code {} at index {} is not an integer in {}'s range {}..{}", where, s,
+                              i, format_name(q.fmt), lo, hi));
+  }
+  if (!kquant_has_min(q.fmt)) return;
+  for (size_t i = 0; i < q.zero_points.size(); ++i)
+    if (q.zero_points[i] < 0 || q.zero_points[i] > hi)
+      throw error(fmt::format("{}: sub-block min code {} at index {} is outside {}'s range 0..{}", where,
+                              q.zero_points[i], i, format_name(q.fmt), hi));
+}
+
 void kquant_fake_quantize_rows(const format& f, const float* in, float* out, int64_t cols, int64_t r0, int64_t r1) {
   const int64_t sub = f.group_size;
   const bool with_min = kquant_has_min(f);

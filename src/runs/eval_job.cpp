@@ -4,6 +4,9 @@
 #include <filesystem>
 #include <fstream>
 
+#include <fmt/format.h>
+
+#include "lowbit/base/error.hpp"
 #include "lowbit/base/files.hpp"
 #include "lowbit/io/model_io.hpp"
 #include "lowbit/runs/records.hpp"
@@ -28,6 +31,13 @@ eval_job evaluate_under(const eval_job_config& c, quant_plan plan, const model& 
   eval_options eo;
   eo.ctx = c.ctx, eo.max_tokens = c.max_tokens, eo.kl_base = c.kl_base;
   job.result = evaluate(quantized, job.plan, ids, eo, c.kl_base ? &base : nullptr, progress);
+  // A NaN mean is no perplexity: it would be printed and recorded as if the model had been measured.
+  if (job.result.nonfinite_tokens > 0)
+    throw error(fmt::format("eval: {}: the mean NLL is {}: {} of {} scored tokens have a non-finite NLL (the first "
+                            "at token {} of '{}'); the model's logits are NaN or Inf (NaN/Inf weights, or a format "
+                            "that overflows), so there is no perplexity to report",
+                            c.model, job.result.mean_nll, job.result.nonfinite_tokens, job.result.tokens_scored,
+                            job.result.first_nonfinite_position, c.data));
   job.bits_per_weight = average_linear_bits(quantized, job.plan);
   return job;
 }

@@ -269,6 +269,14 @@ class byte_tokenizer final : public tokenizer {
       throw error(fmt::format("bytes tokenizer: token id {} is outside 0..257", token));
     return token < 256 ? std::string(1, static_cast<char>(token)) : std::string();
   }
+  bool gpt2_vocabulary(std::vector<std::string>& tokens, std::vector<std::string>& merges) const override {
+    tokens.clear();
+    for (int b = 0; b < 256; ++b) tokens.push_back(gpt2_byte_symbol(static_cast<uint8_t>(b)));
+    tokens.push_back("<s>");   // 256: BOS
+    tokens.push_back("</s>");  // 257: EOS
+    merges.clear();
+    return true;
+  }
 };
 
 bool ends_with(const std::string& s, std::string_view suffix) {
@@ -334,6 +342,14 @@ std::unique_ptr<tokenizer> make_spm_vocab_tokenizer(std::vector<std::string> tok
 }
 
 std::unique_ptr<tokenizer> make_byte_tokenizer() { return std::make_unique<byte_tokenizer>(); }
+
+bool is_byte_tokenizer_vocabulary(const std::vector<std::string>& tokens, const std::vector<std::string>& merges,
+                                  int bos_id, int eos_id) {
+  const byte_tokenizer bytes;
+  std::vector<std::string> t, m;
+  bytes.gpt2_vocabulary(t, m);
+  return tokens == t && merges == m && bos_id == bytes.bos_id() && eos_id == bytes.eos_id();
+}
 
 std::unique_ptr<tokenizer> load_tokenizer(const std::string& path) {
   namespace fs = std::filesystem;

@@ -289,6 +289,12 @@ std::unique_ptr<tokenizer> load_gpt2_tokenizer(const std::string& encoder_json,
                                           fmt::format("{} + {}", encoder_json, vocab_bpe));
 }
 
+std::string gpt2_byte_symbol(uint8_t b) {
+  const uint32_t cp = byte_to_codepoint()[b];  // < 0x800: one or two UTF-8 bytes
+  if (cp < 0x80) return std::string(1, static_cast<char>(cp));
+  return {static_cast<char>(0xC0 | (cp >> 6)), static_cast<char>(0x80 | (cp & 0x3F))};
+}
+
 std::unique_ptr<tokenizer> make_gpt2_tokenizer(std::vector<std::string> tokens, std::vector<std::string> merges,
                                                const std::string& where) {
   return std::make_unique<gpt2_tokenizer>(std::move(tokens), std::move(merges), where);

@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -429,6 +430,60 @@ TEST(ModelFiles, PackedSafetensorsRoundTrip) {
     ADD_FAILURE() << "accepted";
   } catch (const error& e) {
     EXPECT_NE(std::string(e.what()).find("blk.0.attn_q.weight"), std::string::npos) << e.what();
+  }
+}
+
+// A K-quant's sub-block scale and min codes are small integers (kquant_block's ranges); a packed
+// file holding others (NaN, a float beyond int range, a fraction, one past the range) is refused
+// when read, naming the tensor, instead of decoding through an out-of-range float -> int cast.
+TEST(ModelFiles, PackedKQuantCodesOutOfRangeAreRefused) {
+  model m = load_llama2c(stories);
+  const std::string name = m.linear_weight_names().front();
+  const std::string dir = temp_dir("packed_kquant");
+  struct hostile {
+    std::string spec, suffix;
+    double value;
+  };
+  const std::vector<hostile> cases = {{"q4_k", ".scales", std::nan("")},  {"q4_k", ".scales", 1e30},
+                                      {"q4_k", ".scales", 64},            {"q4_k", ".scales", 2.5},
+                                      {"q4_k", ".scales", -1},            {"q4_k", ".zero_points", 64},
+                                      {"q4_k", ".zero_points", -1},       {"q2_k", ".scales", 16},
+                                      {"q3_k", ".scales", -33},           {"q6_k", ".scales", 128},
+                                      {"q6_k", ".scales", -3e9}};
+  for (const hostile& h : cases) {
+    SCOPED_TRACE(h.spec + h.suffix + " = " + std::to_string(h.value));
+    const tensor& t = m.get(name);
+    std::map<std::string, quantized_tensor> packed;
+    packed[name] = quantize(t.data.data(), t.rows(), t.cols(), parse_format(h.spec));
+    save_safetensors_model(m, dir + "/ok.safetensors", "F32", packed);
+    EXPECT_NO_THROW(load_model(dir + "/ok.safetensors"));  // the honest file reads
+    safetensors_file f(dir + "/ok.safetensors");
+    std::vector<std::vector<uint8_t>> copies;
+    std::vector<st_write_tensor> out;
+    copies.reserve(f.tensors().size());  // out points into them
+    for (const auto& ti : f.tensors()) {
+      const auto* raw = static_cast<const uint8_t*>(f.raw(ti));
+      copies.emplace_back(raw, raw + (ti.end - ti.begin));
+      if (ti.name == name + h.suffix) {  // the last code of the part
+        uint8_t* last = copies.back().data() + copies.back().size() - 4;
+        if (ti.dtype == st_dtype::f32) {
+          const float v = float(h.value);
+          std::memcpy(last, &v, 4);
+        } else {
+          const int32_t v = int32_t(h.value);
+          std::memcpy(last, &v, 4);
+        }
+      }
+      out.push_back({ti.name, ti.dtype, ti.shape, nullptr, copies.back().data()});
+    }
+    write_safetensors(dir + "/bad.safetensors", out, f.metadata());
+    try {
+      load_model(dir + "/bad.safetensors");
+      ADD_FAILURE() << "accepted";
+    } catch (const error& e) {
+      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("code"), std::string::npos) << e.what();
+    }
   }
 }
 

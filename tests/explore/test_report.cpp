@@ -9,6 +9,7 @@
 #include <string>
 
 #include "tests/cli_run.hpp"
+#include "lowbit/base/error.hpp"
 #include "lowbit/explore/report.hpp"
 #include "lowbit/runs/runs_db.hpp"
 
@@ -129,4 +130,47 @@ TEST(Report, WithoutFiguresStillWritesThePage) {
   EXPECT_FALSE(fs::exists(o.out + "/law_fit.png"));
   EXPECT_TRUE(is_png(o.out + "/ppl_vs_bits.png"));
   EXPECT_NE(slurp(p.html).find("No law-fit figure"), std::string::npos);
+}
+
+// A plotting process that fails (a full disk: matplotlib's OSError) fails the report with its
+// output; one without matplotlib (plot_report.py's exit 3) leaves a page without figures.
+TEST(Report, AFailedPlotFailsTheReportAndNoMatplotlibOnlySkipsTheFigures) {
+  const std::string dir = fresh_dir("plotfail");
+  { runs_db db(dir + "/runs.db"); db.record(run("int4/g32", "", "rtn", 4.6)); }
+  report_options o;
+  o.db = dir + "/runs.db", o.out = dir + "/report";
+  o.script = dir + "/full_disk.py";
+  std::ofstream(o.script) << "import sys\nsys.exit('OSError: [Errno 28] No space left on device')\n";
+  try {
+    write_report(o);
+    ADD_FAILURE() << "a failed plot was reported as success";
+  } catch (const lowbit::error& e) {
+    EXPECT_NE(std::string(e.what()).find("No space left on device"), std::string::npos) << e.what();
+  }
+  o.script = dir + "/no_matplotlib.py";
+  std::ofstream(o.script) << "import sys\nsys.exit(3)\n";
+  const report_result r = write_report(o);
+  EXPECT_TRUE(r.figures.empty());
+  EXPECT_NE(r.plot_error.find("exit 3"), std::string::npos) << r.plot_error;
+  EXPECT_NE(slurp(r.html).find("int4/g32"), std::string::npos);
+}
+
+// plot_report.py writes each figure under a temporary name: a write that fails leaves neither a
+// truncated figure nor the temporary file.
+TEST(Report, ThePlotScriptLeavesNoTruncatedFigure) {
+  const std::string dir = fresh_dir("atomic");
+  const std::string code =
+      "import importlib.util as u, os, sys; s = u.spec_from_file_location(\"p\", \"" + script +
+      "\"); m = u.module_from_spec(s); s.loader.exec_module(m)\n"
+      "def half(p):\n    open(p, \"w\").write(\"<svg\")\n    raise OSError(28, \"No space left on device\")\n"
+      "try:\n    m.write_atomically(\"" + dir + "/f.svg\", half)\nexcept OSError:\n    pass\n"
+      "m.write_atomically(\"" + dir + "/g.svg\", lambda p: open(p, \"w\").write(\"<svg/>\"))\n"
+      "print(sorted(os.listdir(\"" + dir + "\")))\n";
+  std::ofstream(dir + "/t.py") << code;
+  if (lowbit::testing::run_command("/usr/bin/python3 -c 'import matplotlib'").code != 0)
+    GTEST_SKIP() << "/usr/bin/python3 with matplotlib is not available";
+  const auto r = lowbit::testing::run_command("/usr/bin/python3 " + dir + "/t.py");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("['g.svg', 't.py']"), std::string::npos) << r.out;
+  EXPECT_EQ(slurp(dir + "/g.svg"), "<svg/>");
 }

@@ -331,3 +331,28 @@ TEST(FinetuneCli, FlagsThatContradictTheModelAndOtherVocabulariesAreRefused) {
 }
 
 }  // namespace
+
+// scripts/plot_training.py reads every run's log.jsonl: a line torn in the middle (a killed run,
+// an edit) is reported with its line number and skipped, and the lines after it are kept (before,
+// the curve stopped at the first unparsable line).
+TEST(TrainLogPlot, ATornLineIsReportedAndTheLinesAfterItKept) {
+  const std::string script = (fs::path(__FILE__).parent_path().parent_path().parent_path() / "scripts" /
+                              "plot_training.py").string();
+  if (lowbit::testing::run_command("/usr/bin/python3 -c 'import matplotlib'").code != 0)
+    GTEST_SKIP() << "/usr/bin/python3 with matplotlib is not available";
+  const fs::path run = lowbit::testing::scratch_path("lowbit_plot_training") / "fp32";
+  fs::remove_all(run.parent_path());
+  fs::create_directories(run);
+  std::ofstream(run / "log.jsonl") << "{\"step\":1,\"train_loss\":3.5,\"val_loss\":3.0}\n"
+                                   << "{\"step\":2,\"train_lo\n"
+                                   << "{\"step\":3,\"train_loss\":2.9,\"val_loss\":2.5}\n"
+                                   << "{\"step\":4,\"train_loss\":2.8,\"val_loss\":2.25}\n";
+  const std::string load = "import importlib.util as u; s = u.spec_from_file_location(\"p\", \"" + script +
+                           "\"); m = u.module_from_spec(s); s.loader.exec_module(m); print(m.load(\"" + run.string() +
+                           "\")[:2])";
+  const auto r = lowbit::testing::run_command("/usr/bin/python3 -c '" + load + "'");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("([1, 3, 4], [3.0, 2.5, 2.25])"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("log.jsonl:2: not a JSON line"), std::string::npos) << r.out;
+  fs::remove_all(run.parent_path());
+}

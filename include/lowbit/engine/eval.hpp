@@ -31,6 +31,10 @@ struct eval_result {
   int64_t tokens_scored = 0;
   int64_t windows = 0;
   double mean_nll = 0, ppl = 0, nll_stderr = 0, ppl_stderr = 0;  // ppl_stderr = ppl * nll_stderr
+  // Scored tokens whose NLL is NaN or Inf (NaN/Inf logits), and the position of the first (-1:
+  // none). Sweeps keep such a result (a format that overflows is a finding); `lowbit eval`
+  // refuses to report it as a perplexity (runs/eval_job.cpp).
+  int64_t nonfinite_tokens = 0, first_nonfinite_position = -1;
   double seconds = 0, tokens_per_second = 0, gflops_per_second = 0;
   // kl_base only
   bool has_kl = false;

@@ -163,6 +163,10 @@ tensor_shard load_tensor_shard(const std::string& path);
 // names (GGUF tokenizer.ggml.* metadata, lowbit's "bytes"), else tokenizer.bin / tok<vocab>.bin
 // beside a llama2.c model. Throws when none is found or its vocabulary is larger than the model's.
 std::unique_ptr<tokenizer> tokenizer_for_model(const model& m, const std::string& path = "");
+class gguf_file;
+// Whether a GGUF's tokenizer.ggml.* is the byte tokenizer's export (is_byte_tokenizer_vocabulary):
+// such a file's model reads back with the tokenizer "bytes".
+bool gguf_holds_byte_tokenizer(const gguf_file& f);
 // Where tokenizer_for_model(m) (no path) finds m's tokenizer, as a model written from m carries it
 // (the writers' lowbit.tokenizer metadata), so the written file finds the same one: the GGUF
 // file's own vocabulary, "bytes", the file m names, else {"file", the absolute path of the file

@@ -32,6 +32,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "lowbit/formats/format.hpp"
 #include "lowbit/kernels/scale.hpp"
@@ -106,6 +107,13 @@ group_scale kquant_sub_scale(const format& f, float d, float dmin, int32_t sc, i
 struct quantized_tensor;
 // The group_scale a stored K-quant tensor implies for column c of row r (its sub-block's).
 group_scale kquant_stored_scale(const quantized_tensor& q, int64_t r, int64_t c);
+
+// The stored sub-block scale codes (quantized_tensor::scales, float) and min codes (zero_points)
+// of a K-quant tensor read from a file: every scale code an integer in its format's range
+// (kquant_block's sc) and every min code in its range (m). Throws lowbit::error naming `where`,
+// the first bad code and its index otherwise; decoding takes the codes as int32 (a float code
+// out of int range, or NaN, would be undefined behaviour there).
+void kquant_check_stored_codes(const quantized_tensor& q, const std::string& where);
 
 // ggml's nearest_int: round to nearest (ties to even) through the float32 magic 1.5 * 2^23, as
 // ggml computes it (an assert bounds |v| <= 4194303 in ggml's debug builds; release builds, and

@@ -62,7 +62,17 @@ std::unique_ptr<tokenizer> load_gpt2_tokenizer(const std::string& encoder_json,
 std::unique_ptr<tokenizer> make_gpt2_tokenizer(std::vector<std::string> tokens, std::vector<std::string> merges,
                                                const std::string& where);
 std::unique_ptr<tokenizer> load_sentencepiece_tokenizer(const std::string& model_path);
+// GPT-2's spelling of byte b (bytes_to_unicode, as UTF-8): tokenizer.ggml.tokens of a gpt2 GGUF.
+std::string gpt2_byte_symbol(uint8_t b);
+// The byte tokenizer exports itself as a gpt2 vocabulary without merges (ids 0..255: the byte
+// symbols; 256 "<s>", 257 "</s>"): llama.cpp's BPE then encodes any text to exactly its bytes,
+// as lowbit does (a SentencePiece "llama" vocabulary of <0xXX> tokens would not: llama.cpp
+// rewrites spaces as U+2581 before the byte fallback).
 std::unique_ptr<tokenizer> make_byte_tokenizer();
+// Whether a gpt2 vocabulary (tokens, merges, BOS/EOS ids) is the byte tokenizer's export: a GGUF
+// written for a byte-tokenizer model reads back as make_byte_tokenizer().
+bool is_byte_tokenizer_vocabulary(const std::vector<std::string>& tokens, const std::vector<std::string>& merges,
+                                  int bos_id, int eos_id);
 
 // By what the path is: a directory or encoder.json (gpt2, vocab.bpe beside it), *.model
 // (sentencepiece), *.bin (llama2c), "bytes". Throws lowbit::error naming the file otherwise.
