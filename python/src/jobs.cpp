@@ -185,7 +185,7 @@ std::shared_ptr<tokenizer> tokenizer_for(const py::handle& m, const py::handle& 
 py::object evaluate_job(const py::handle& m, const py::handle& data, const py::handle& tokenizer,
                         const py::handle& weights, const py::handle& acts, const py::handle& kv,
                         const py::handle& rules, int ctx, int64_t max_tokens, bool kl_base, const py::handle& db,
-                        const py::object& progress) {
+                        const py::handle& attn, const py::object& progress) {
   check_callback(progress);
   eval_job_config c;
   std::shared_ptr<model> in_memory;
@@ -199,6 +199,7 @@ py::object evaluate_job(const py::handle& m, const py::handle& data, const py::h
   c.tokenizer = optional_path(tokenizer, "tokenizer");
   c.weights = spec_of(weights, "weights"), c.acts = spec_of(acts, "acts"), c.kv = spec_of(kv, "kv");
   c.rules = optional_path(rules, "rules");
+  c.attn = spec_of(attn, "attn");
   c.ctx = ctx, c.max_tokens = max_tokens, c.kl_base = kl_base;
   const std::string db_path = optional_path(db, "db");
   nlohmann::json doc;
@@ -411,7 +412,8 @@ void register_jobs(py::module_& m) {
   m.def("evaluate", &evaluate_job, py::arg("model"), py::arg("data"), py::kw_only(),
         py::arg("tokenizer") = py::none(), py::arg("weights") = py::none(), py::arg("acts") = py::none(),
         py::arg("kv") = py::none(), py::arg("rules") = py::none(), py::arg("ctx") = 0, py::arg("max_tokens") = 0,
-        py::arg("kl_base") = false, py::arg("db") = py::none(), py::arg("progress") = py::none(),
+        py::arg("kl_base") = false, py::arg("db") = py::none(), py::arg("attn") = py::none(),
+        py::arg("progress") = py::none(),
         "`lowbit eval` as a call: perplexity (and with kl_base the KL divergence from the float model) of a model "
         "(a path, or a lowbit.Model already loaded) on a text file, under a plan: weights (round to nearest), "
         "acts (each linear layer's input), kv (the KV cache), rules (a rules.json). Returns `eval --json`'s "

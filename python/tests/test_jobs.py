@@ -69,6 +69,16 @@ def test_evaluate_is_eval_json_bit_for_bit(shipped, cli):
     assert got["kl"]["mean"] > 0 and got["mean_nll"] > got["kl"]["base_mean_nll"]
 
 
+def test_evaluate_attention_operands_as_eval_attn(shipped, cli):
+    # attn quantizes attention's Q, K, P, V (FP8 attention) as `eval --attn` does, bit for bit.
+    got = lowbit.evaluate(str(model260k(shipped)), str(text(shipped)), attn="e4m3", max_tokens=512, ctx=128)
+    want = cli_json(cli, "eval", "--model", model260k(shipped), "--data", text(shipped), "--attn", "e4m3",
+                    "--max-tokens", 512, "--ctx", 128)
+    assert without(got, *EVAL_TIMINGS) == without(want, *EVAL_TIMINGS)
+    plain = lowbit.evaluate(str(model260k(shipped)), str(text(shipped)), max_tokens=512, ctx=128)
+    assert got["mean_nll"] != plain["mean_nll"]
+
+
 def test_evaluate_model_in_memory_equals_path_and_rules_file(shipped, tmp_path):
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps({"weights": "int8/c", "rules": [{"pattern": "blk.0.*", "format": "int4/g32"}]}))
