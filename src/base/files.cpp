@@ -221,18 +221,21 @@ exclusive_lock::~exclusive_lock() {
   if (fd_ >= 0) ::close(fd_);  // closing releases the lock
 }
 
-void require_regular_file(const std::string& path, const std::string& what) {
+namespace {
+// stat() of a file that must be regular (a FIFO, directory or device is refused without opening it).
+struct stat regular_file_stat(const std::string& path, const std::string& what) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0)
     throw error(fmt::format("{}: cannot open {}: {}", path, what, std::strerror(errno)));
   if (!S_ISREG(st.st_mode)) throw error(fmt::format("{}: cannot read {}: not a regular file", path, what));
+  return st;
 }
+}  // namespace
+
+void require_regular_file(const std::string& path, const std::string& what) { regular_file_stat(path, what); }
 
 std::string read_file(const std::string& path, const std::string& what) {
-  require_regular_file(path, what);
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0)
-    throw error(fmt::format("{}: cannot open {}: {}", path, what, std::strerror(errno)));
+  const struct stat st = regular_file_stat(path, what);
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) throw error(fmt::format("{}: cannot open {}: {}", path, what, std::strerror(errno)));
   std::string data(static_cast<size_t>(st.st_size), '\0');
