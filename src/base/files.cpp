@@ -84,25 +84,11 @@ void read_mapped(const uint8_t* p, uint64_t n, const std::function<void(const ui
 
 // ---- atomic_file_writer -----------------------------------------------------------------------------
 namespace {
-// Temp files "NAME.tmp-PID-XXXXXX" of `path` whose writer process no longer exists (killed before
-// its commit or its destructor ran: kill -9, power loss; zombies count as gone) are removed before
-// a new write of `path`.
-// A live process's temp file, this process's included, is left alone. (A pid reused since then
-// keeps its stale file until that process ends too.)
-// A process that can still write: it exists and is not a zombie (a writer killed with SIGKILL stays
-// a zombie until its parent reaps it, which `timeout -s KILL`, killed with its group, never does).
-bool process_alive(pid_t pid) {
-  if (::kill(pid, 0) != 0) return errno != ESRCH;
-  std::FILE* f = std::fopen(fmt::format("/proc/{}/stat", pid).c_str(), "re");
-  if (!f) return true;
-  char buf[512];
-  const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
-  std::fclose(f);
-  buf[n] = 0;
-  const char* p = std::strrchr(buf, ')');
-  return !(p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X'));
-}
-
+// Temp files "NAME.tmp-XXXXXX" of `path` that no writer holds are removed before a new write of
+// `path`. Each writer holds an flock on its temp file from creation until commit closes it, so a
+// temp file that can be locked at once was left by a writer that died before its commit or its
+// destructor ran (kill -9, power loss): its lock went with its process, whatever PID namespace or
+// host it ran on. A temp file being written, by this process or another, stays.
 void remove_stale_temps(const std::string& path) {
   const std::filesystem::path p(path);
   const std::filesystem::path dir = p.has_parent_path() ? p.parent_path() : std::filesystem::path(".");
@@ -111,25 +97,24 @@ void remove_stale_temps(const std::string& path) {
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
     if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
-    const std::string rest = name.substr(prefix.size());
-    const size_t dash = rest.find('-');
-    if (dash == 0 || dash == std::string::npos || rest.find_first_not_of("0123456789") != dash) continue;
-    const long pid = std::strtol(rest.substr(0, dash).c_str(), nullptr, 10);
-    if (pid <= 0 || pid == ::getpid()) continue;
-    if (!process_alive(static_cast<pid_t>(pid))) std::filesystem::remove(entry.path(), ec);
+    const int fd = ::open(entry.path().c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) continue;
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) std::filesystem::remove(entry.path(), ec);
+    ::close(fd);
   }
 }
 }  // namespace
 
 atomic_file_writer::atomic_file_writer(const std::string& path) : path_(path) {
   remove_stale_temps(path);
-  std::string templ = path + ".tmp-" + std::to_string(::getpid()) + "-XXXXXX";
+  std::string templ = path + ".tmp-XXXXXX";
   const int fd = ::mkstemp(templ.data());
   if (fd < 0) {
     const int err = errno;
     throw error(fmt::format("cannot write '{}': creating the temp file '{}' failed: {}", path, templ,
                             std::strerror(err)));
   }
+  ::flock(fd, LOCK_EX);  // held until commit closes it: remove_stale_temps leaves a held temp alone
   tmp_ = templ;
   ::fchmod(fd, 0644);  // mkstemp makes 0600; a model file is readable like any other output
   f_ = ::fdopen(fd, "wb");

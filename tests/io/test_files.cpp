@@ -1259,8 +1259,8 @@ TEST(FilesAtomicWrite, MissingDirectoryThrowsAndOverwriteReplaces) {
 }
 
 // A writer killed with SIGKILL between its first bytes and its commit leaves its temp file (no
-// destructor runs); the next write of the same path removes it, and leaves alone the temp file of
-// a process that is still alive.
+// destructor runs); the next write of the same path removes it (the dead writer's lock went with
+// it), and leaves alone a temp file that a writer still holds.
 TEST(FilesAtomicWrite, TempFilesOfKilledWritersAreRemovedByTheNextWrite) {
   scratch s("stale");
   const std::string path = s / "out.json";
@@ -1290,9 +1290,10 @@ TEST(FilesAtomicWrite, TempFilesOfKilledWritersAreRemovedByTheNextWrite) {
     return names;
   };
   ASSERT_EQ(temps().size(), 1u) << "the killed writer left no temp file to clean";
-  // A temp file of a live process (our parent) must survive.
-  const std::string live = s / ("out.json.tmp-" + std::to_string(::getppid()) + "-abcdef");
+  // A temp file that a writer holds (locked, as atomic_file_writer holds its own) must survive.
+  const std::string live = s / "out.json.tmp-abcdef";
   std::ofstream(live) << "in use";
+  const exclusive_lock held(live, "test");
   write_text_file_atomic(path, "{}\n");
   const auto left = temps();
   ASSERT_EQ(left.size(), 1u);

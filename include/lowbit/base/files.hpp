@@ -36,8 +36,9 @@ class mapped_file {
 void read_mapped(const uint8_t* p, uint64_t n, const std::function<void(const uint8_t*, uint64_t)>& chunk,
                  uint64_t unit = 1);
 
-// Atomic file replacement: bytes go to a temp file "path.tmp-PID-XXXXXX" in the same directory
-// (temp files of `path` left by a process that died are removed first);
+// Atomic file replacement: bytes go to a temp file "path.tmp-XXXXXX" in the same directory, locked
+// (flock) while it is written (temp files of `path` that no writer holds, left by a process that
+// died, are removed first);
 // commit() flushes, fsyncs, closes and renames it over `path`. Every step is checked and throws
 // lowbit::error (naming the file and strerror); the destructor deletes the temp file unless
 // commit() succeeded, so a failure never leaves a partial file behind.
