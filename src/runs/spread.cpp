@@ -1,4 +1,5 @@
 // FormatSpread (spread.hpp).
+#include "lowbit/engine/train.hpp"
 #include "lowbit/runs/spread.hpp"
 
 #include <algorithm>
@@ -18,12 +19,8 @@ namespace lowbit {
 // ---- Beta draws ---------------------------------------------------------------------------------
 namespace {
 
-uint64_t splitmix64(uint64_t& x) {
-  uint64_t z = (x += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+// splitmix64: the golden-ratio step, then the finalizer the trainer's streams use (engine/train.hpp).
+uint64_t splitmix64(uint64_t& x) { return mix64(x += 0x9E3779B97F4A7C15ull); }
 
 uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 

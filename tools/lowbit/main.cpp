@@ -298,7 +298,7 @@ constexpr number_rule kNumberRules[] = {
     {"--wd", 0, kInf, false},           {"--warmup", 0, 1, false},          {"--min-lr-frac", 0, 1, false},
     {"--confidence", 0, 1, true},       {"--robust-scale", 0, kInf, true},  {"--options", 2, kInf, false},
     {"--max-chars", 1, kInf, false},    {"--fraction", 0, 1, true},         {"--formats", 1, kInf, false},
-    {"--budget", 1, kInf, false},       {"--adaround-iters", 1, kInf, false}, {"--adaround-lambda", 0, kInf, false},
+    {"--budget", 1, kInf, false},       {"--adaround-iters", 0, kInf, false}, {"--adaround-lambda", 0, kInf, false},
 };
 
 void refuse_impossible_numbers(const CLI::App& app) {

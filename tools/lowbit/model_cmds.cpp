@@ -39,7 +39,7 @@ double now_seconds() {
 }
 
 // The options shared by eval and generate: a model and a quantization plan.
-struct model_options : task_model_options {};
+using model_options = task_model_options;
 
 
 // ---- synth ------------------------------------------------------------------------------------
