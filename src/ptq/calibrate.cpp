@@ -38,23 +38,6 @@ double static_sse(const float* v, int64_t n, const format& f, float clip, std::v
   return e;
 }
 
-// LLM-FP4's split candidates for the activation element: the element itself first, then every
-// all-finite eEmM of the same bits the paper searches (4 bits: M <= 2; 8 bits: 2 <= M <= 6).
-std::vector<element_format> act_splits(const element_format& u) {
-  std::vector<element_format> out{u};
-  for (int E = 1; E <= u.bits - 1; ++E) {
-    const int M = u.bits - 1 - E;
-    if (u.bits == 4 && M > 2) continue;
-    if (u.bits == 8 && (M < 2 || M > 6)) continue;
-    try {
-      const element_format e = make_minifloat(E, M, float_variant::finite, default_bias(E, float_variant::finite));
-      if (!(e == u)) out.push_back(e);
-    } catch (const format_error&) {
-    }
-  }
-  return out;
-}
-
 // tr(G D^T D) for D = Q(X) - X [n, in] (G symmetric [in, in]); dtd: scratch [in, in].
 double output_error(const float* X, const float* Xq, int64_t n, int64_t in, const float* gram,
                     std::vector<float>& d, std::vector<float>& dtd) {
@@ -142,7 +125,7 @@ llmfp4_act_choice llmfp4_activation_search(const float* X, int64_t n, int64_t in
   if (!(amax > 0)) return best.error = 0, best;
   std::vector<float> xq(n * in), d, dtd;
   bool first = true;
-  for (const element_format& e : act_splits(element.element)) {
+  for (const element_format& e : split_elements(element, /*paper=*/true)) {
     const format f = bare(e);
     const double emax = element_max(f);
     // The exponent bias b whose maxval is amax (fp_init_bias, generalised to the element's own

@@ -57,27 +57,6 @@ void check_format(const format& f) {
                             format_name(f), f.element.bits));
 }
 
-// The split elements in search order: the user's own element first (ties go to it), then every
-// E = 1 .. bits - 2 (M >= 0 ... E = bits - 1 is M = 0) that the engine accepts.
-std::vector<element_format> split_elements(const format& f, bool paper) {
-  const element_format& u = f.element;
-  std::vector<element_format> out{u};
-  for (int E = 1; E <= u.bits - 1; ++E) {
-    const int M = u.bits - 1 - E;
-    if (paper && u.bits == 4 && M > 2) continue;
-    if (paper && u.bits == 8 && (M < 2 || M > 6)) continue;
-    try {
-      const element_format e =
-          make_minifloat(E, M, float_variant::finite, default_bias(E, float_variant::finite), u.subnormals);
-      if (!(e == u)) out.push_back(e);
-    } catch (const format_error&) {
-      // E > 8, M > 23, or values outside float32: not a format the engine supports
-    }
-  }
-  return out;
-}
-
-
 // The element alone (no scale), with the user's rounding: the cast of y = x / s.
 format element_cast(const format& f, const element_format& e) {
   format c;
@@ -286,6 +265,27 @@ search_state search_cast(const float* W, int64_t out, int64_t in, const format& 
 }
 
 }  // namespace
+
+// The split elements in search order: the user's own element first (ties go to it), then every
+// E = 1 .. bits - 2 (M >= 0 ... E = bits - 1 is M = 0) that the engine accepts.
+std::vector<element_format> split_elements(const format& f, bool paper) {
+  const element_format& u = f.element;
+  std::vector<element_format> out{u};
+  for (int E = 1; E <= u.bits - 1; ++E) {
+    const int M = u.bits - 1 - E;
+    if (paper && u.bits == 4 && M > 2) continue;
+    if (paper && u.bits == 8 && (M < 2 || M > 6)) continue;
+    try {
+      const element_format e =
+          make_minifloat(E, M, float_variant::finite, default_bias(E, float_variant::finite), u.subnormals);
+      if (!(e == u)) out.push_back(e);
+    } catch (const format_error&) {
+      // E > 8, M > 23, or values outside float32: not a format the engine supports
+    }
+  }
+  return out;
+}
+
 
 std::vector<std::string> llmfp4_splits(const format& f, bool paper_splits) {
   check_format(f);

@@ -346,6 +346,11 @@ std::vector<float> bias_correction(const float* X, int64_t n, int64_t in, const 
 // [M] Weight-only: the objective uses float inputs (the repo alternates with an activation search,
 // 3 rounds, on quantized inputs). Data-dependent scale rules (mse, pNN) are replaced by `max` for the
 // clip candidates. Presets (nvfp4, q4_0, ...), power maps and non-float elements are refused.
+// LLM-FP4's split candidates for f's element in search order: the element itself first (ties go
+// to it), then every all-finite eEmM of the same bits the engine accepts, with f's subnormals
+// setting; paper = true keeps only the paper's splits (4 bits: M <= 2; 8 bits: 2 <= M <= 6).
+std::vector<element_format> split_elements(const format& f, bool paper);
+
 struct llmfp4_options {
   double alpha = 0.01, beta = 1.2;  // bias multipliers c_i = alpha + i (beta - alpha) / n, i = 0..n
   int n = 100;
