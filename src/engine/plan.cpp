@@ -269,11 +269,12 @@ quant_plan load_plan_json(const std::string& path) {
 }
 
 quant_plan make_quant_plan(const std::string& rules, const std::string& weights, const std::string& acts,
-                           const std::string& kv) {
+                           const std::string& kv, const std::string& attn) {
   quant_plan p = rules.empty() ? quant_plan{} : load_plan_json(rules);
   if (!weights.empty()) p.weights = parse_optional_format(weights), p.weights_spec = weights;
   if (!acts.empty()) p.acts = parse_optional_format(acts), p.acts_spec = acts;
   if (!kv.empty()) p.kv = parse_optional_format(kv), p.kv_spec = kv;
+  set_attention_operands(p, attn);
   return p;
 }
 

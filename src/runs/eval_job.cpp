@@ -45,15 +45,13 @@ eval_job evaluate_under(const eval_job_config& c, quant_plan plan, const model& 
 }  // namespace
 
 eval_job run_eval_job(const eval_job_config& c, const progress_fn& progress) {
-  quant_plan plan = make_quant_plan(c.rules, c.weights, c.acts, c.kv);
-  set_attention_operands(plan, c.attn);
+  quant_plan plan = make_quant_plan(c.rules, c.weights, c.acts, c.kv, c.attn);
   const model base = load_model(c.model);
   return evaluate_under(c, std::move(plan), base, progress);
 }
 
 eval_job run_eval_job(const eval_job_config& c, const model& base, const progress_fn& progress) {
-  quant_plan plan = make_quant_plan(c.rules, c.weights, c.acts, c.kv);
-  set_attention_operands(plan, c.attn);
+  quant_plan plan = make_quant_plan(c.rules, c.weights, c.acts, c.kv, c.attn);
   return evaluate_under(c, std::move(plan), base, progress);
 }
 

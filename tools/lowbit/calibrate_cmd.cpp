@@ -38,8 +38,7 @@ void cmd_calibrate(const calibrate_cli_options& o) {
   co.per_channel = o.per_channel, co.pattern = o.pattern;
   co.calib_samples = o.calib_samples, co.calib_ctx = o.calib_ctx, co.seed = o.seed;
   // The base plan: weights (applied before the calibration runs), KV and attention formats.
-  quant_plan base = make_quant_plan(o.rules, o.weights, "", o.kv);
-  set_attention_operands(base, o.attn);
+  quant_plan base = make_quant_plan(o.rules, o.weights, "", o.kv, o.attn);
   model m = load_model(o.model);
   apply_weight_plan(m, base);
   const auto tok = tokenizer_for_model(m, o.tokenizer);

@@ -255,11 +255,7 @@ void task_model_options::add(CLI::App* c) {
                 "\"attn\")");
 }
 
-quant_plan task_model_options::plan() const {
-  quant_plan p = make_quant_plan(rules, weights, acts, kv);
-  set_attention_operands(p, attn);
-  return p;
-}
+quant_plan task_model_options::plan() const { return make_quant_plan(rules, weights, acts, kv, attn); }
 
 
 progress_bar::progress_bar(std::string label, std::string unit)

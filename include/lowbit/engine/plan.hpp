@@ -127,9 +127,10 @@ bool glob_match(const std::string& pattern, const std::string& name);
 quant_plan load_plan_json(const std::string& path);
 // The plan of `lowbit eval`'s and `generate`'s flags (and lowbit.evaluate's arguments): the
 // rules file when `rules` names one (else an empty plan), then each non-empty spec replacing
-// that part (weights: the default weight format; the rules' patterns stay).
+// that part (weights: the default weight format; the rules' patterns stay); `attn` as `--attn`
+// (set_attention_operands).
 quant_plan make_quant_plan(const std::string& rules, const std::string& weights, const std::string& acts,
-                           const std::string& kv);
+                           const std::string& kv, const std::string& attn = "");
 // `--attn SPEC`: every attention operand (q, k, p, v) in SPEC ("" leaves the plan's as it is).
 void set_attention_operands(quant_plan& p, const std::string& spec);
 // The plan as rules.json (load_plan_json reads it back to an equal plan).
