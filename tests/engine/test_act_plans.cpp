@@ -142,7 +142,9 @@ TEST(ActPlans, RuleKeepingOneLayerFloatChangesOnlyThatLayer) {
   keep.act_rules.push_back({"blk.1.*", "fp32", std::nullopt, {}, ""});
   const auto a = dumps_of(m, tokens, all), k = dumps_of(m, tokens, keep);
   for (const auto& [name, v] : a)
-    if (name.starts_with("blk.0.")) EXPECT_EQ(k.at(name), v) << name;
+    if (name.starts_with("blk.0.")) {
+      EXPECT_EQ(k.at(name), v) << name;
+    }
   EXPECT_NE(k.at("blk.1.out"), a.at("blk.1.out"));
   // Block 1 of `keep` on its input = the float block 1 on that input.
   std::vector<float> x = k.at("blk.0.out");
