@@ -715,6 +715,12 @@ TEST(CliErrors, ImpossibleNumbersAreRefused) {
       {"law sun2025 --optimal-layout --bits 16..4", "--bits"},
       {"bench int8 --threads 0", "--threads"},
       {"bench int8 --mib nan", "--mib"},
+      // integers that would wrap, saturate or fall back to the default
+      {eval + " --max-tokens 99999999999999999999", "--max-tokens"},
+      {eval + " --limit ''", "--limit"},
+      {eval + " --ctx 0x10", "--ctx"},
+      {"generate " + model + " --seed -1", "--seed"},
+      {"synth --vocab 3 -o never-written.safetensors", "--vocab"},
   };
   for (const auto& [args, flag] : cases) {
     const result r = run(args, "", true);

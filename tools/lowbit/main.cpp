@@ -2,6 +2,7 @@
 // explore. Errors from the library are caught
 // here and become a message and exit code 2 (docs/architecture.md §11c).
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <iostream>
@@ -309,6 +310,23 @@ void refuse_impossible_numbers(const CLI::App& app) {
       if (type != "FLOAT" && type != "INT" && type != "UINT") continue;
       const std::string name = opt->get_name();
       for (const std::string& text : opt->results()) {
+        // The whole text is one number of the option's type: CLI11 lets an empty value through
+        // (as the default), and an integer beyond 64 bits or a negative one for an unsigned option
+        // would otherwise wrap or saturate silently.
+        if (type != "FLOAT") {
+          const std::string digits = text.starts_with('+') || text.starts_with('-') ? text.substr(1) : text;
+          errno = 0;
+          char* iend = nullptr;
+          if (type == "UINT") (void)std::strtoull(text.c_str(), &iend, 10);
+          else (void)std::strtoll(text.c_str(), &iend, 10);
+          if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos || errno == ERANGE ||
+              *iend != '\0' || (type == "UINT" && text.starts_with('-')))
+            throw lowbit::error(fmt::format("{} {} '{}': expected {} integer{}", sub->get_name(), name, text,
+                                            type == "UINT" ? "a non-negative" : "an",
+                                            errno == ERANGE ? " that fits in 64 bits" : ""));
+        } else if (text.empty()) {
+          throw lowbit::error(fmt::format("{} {} '': expected a number", sub->get_name(), name));
+        }
         char* end = nullptr;
         const double v = std::strtod(text.c_str(), &end);
         if (type == "FLOAT" && !std::isfinite(v))

@@ -52,6 +52,11 @@ struct synth_options {
 };
 
 void cmd_synth(const synth_options& o) {
+  // The model carries the byte tokenizer (256 bytes, <s>, </s>): a smaller vocabulary could not
+  // embed the ids it produces.
+  if (o.vocab < 258)
+    throw error(fmt::format("synth --vocab {}: a synthetic model uses the byte tokenizer, which needs >= 258 ids",
+                            o.vocab));
   model_config c;
   c.arch = parse_architecture(o.arch);
   c.dim = o.dim, c.n_layers = o.layers, c.n_heads = o.heads;
