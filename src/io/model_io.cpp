@@ -1013,8 +1013,9 @@ uint32_t ggml_type_for_format(const format& f) {
     if (c == format_name(ggml_type_format(t))) return static_cast<uint32_t>(t);
   if (c == "bf16") return static_cast<uint32_t>(ggml_type::bf16);
   if (c == "fp16") return static_cast<uint32_t>(ggml_type::f16);
+  if (c == "fp32") return static_cast<uint32_t>(ggml_type::f32);  // a float GGUF, e.g. for llama.cpp's speed
   throw error(fmt::format("{} has no GGUF tensor type; GGUF export takes q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, "
-                          "q4_k, q5_k, q6_k, mxfp4, bf16 or fp16 (or write .safetensors)", c));
+                          "q4_k, q5_k, q6_k, mxfp4, bf16, fp16 or fp32 (or write .safetensors)", c));
 }
 
 uint32_t ggml_fallback_type(uint32_t type_number, int64_t cols) {

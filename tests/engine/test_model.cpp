@@ -527,6 +527,24 @@ TEST(ModelFiles, CodesHoldValuesByOneRule) {
   EXPECT_THROW(save_gguf_model(m, dir + "/off.gguf", ex), error);
 }
 
+// fp32 is a GGUF type too (llama.cpp's F32): every weight is written as its float32 bits and read
+// back equal, and the file names each linear as type 0.
+TEST(ModelFiles, Float32GgufKeepsEveryWeightsBits) {
+  EXPECT_EQ(ggml_type_for_format(parse_format("fp32")), 0u);
+  const model m = load_llama2c(stories);
+  gguf_export ex;
+  for (const auto& [name, t] : m.tensors)
+    if (t.shape.size() == 2) ex.types[name] = ggml_type_for_format(parse_format("fp32"));
+  const std::string dir = temp_dir("f32gguf");
+  save_gguf_model(m, dir + "/f32.gguf", ex);
+  const model back = load_model(dir + "/f32.gguf");
+  for (const auto& [name, t] : m.tensors) {
+    const tensor& b = back.get(name);
+    ASSERT_EQ(b.data.size(), t.data.size()) << name;
+    EXPECT_EQ(std::memcmp(b.data.data(), t.data.data(), t.data.size() * sizeof(float)), 0) << name;
+  }
+}
+
 // A GPT-2 GGUF carries its byte-level BPE as tokenizer.ggml.tokens / merges (model "gpt2"), and
 // the tokenizer read back from it encodes exactly as the one from encoder.json + vocab.bpe.
 TEST(ModelFiles, Gpt2GgufCarriesItsTokenizer) {
