@@ -5,9 +5,7 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <limits>
-#include <sstream>
 
 #include <fmt/format.h>
 
@@ -178,13 +176,6 @@ nlohmann::json explore_json(const explore_result& r) {
 namespace {
 
 // A small text file's contents ("" when it cannot be read): the plotting process's output.
-std::string read_text_if_present(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 }  // namespace
 
 explore_files write_explore_outputs(const explore_result& r, const std::string& out_dir, const std::string& plot_script) {
@@ -215,7 +206,7 @@ explore_files write_explore_outputs(const explore_result& r, const std::string& 
     const std::string tmp_png = (dir / (stem + ".png")).string(), tmp_svg = (dir / (stem + ".svg")).string();
     const std::string log = (dir / (stem + ".log")).string();
     const int rc = run_program({"/usr/bin/python3", plot_script, files.csv, tmp_png}, log);
-    std::string output = read_text_if_present(log);
+    std::string output = fs::exists(log) ? read_file(log, "the plotting log") : std::string();
     std::error_code ec;
     if (rc == 0) {
       fs::rename(tmp_png, png, ec);

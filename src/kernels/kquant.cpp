@@ -232,6 +232,20 @@ float fit_q3_scale(int n, int nmax, const float* x, uint8_t* L) {
   return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
+// The range of a K-quant's sub-block scale codes (and of its min codes, where it has mins), as
+// ggml's block layouts store them: q2_k 4 bits, q4_k/q5_k 6 bits, q3_k 6 bits signed, q6_k int8.
+struct code_range {
+  int32_t lo, hi;
+};
+code_range sub_block_code_range(preset p) {
+  switch (p) {
+    case preset::q2_k: return {0, 15};
+    case preset::q3_k: return {-32, 31};
+    case preset::q6_k: return {-128, 127};
+    default: return {0, 63};  // q4_k, q5_k
+  }
+}
+
 // The per-type constants of quantize_row_q2_K_ref / _q4_K_ref / _q5_K_ref.
 struct min_family {
   int sub;          // values per sub-block
@@ -243,9 +257,9 @@ struct min_family {
 };
 min_family min_family_of(preset p) {
   switch (p) {
-    case preset::q2_k: return {16, 3, 15, -0.5f, 0.1f, 15, true};
-    case preset::q4_k: return {32, 15, 63, -1.0f, 0.1f, 20, false};
-    default: return {32, 31, 63, -0.5f, 0.1f, 15, false};  // q5_k
+    case preset::q2_k: return {16, 3, sub_block_code_range(p).hi, -0.5f, 0.1f, 15, true};
+    case preset::q4_k: return {32, 15, sub_block_code_range(p).hi, -1.0f, 0.1f, 20, false};
+    default: return {32, 31, sub_block_code_range(p).hi, -0.5f, 0.1f, 15, false};  // q5_k
   }
 }
 
@@ -332,7 +346,7 @@ void quantize_q3_k(const element_format& half, const float* x, kquant_block* b) 
     const float iscale = -32.0f / max_scale;
     for (int j = 0; j < kSubs; ++j) {
       const int8_t l = static_cast<int8_t>(ggml_nearest_int(iscale * scales[j]));  // C's int -> int8_t
-      b->sc[j] = std::max<int32_t>(-32, std::min<int32_t>(31, l));
+      b->sc[j] = std::clamp<int32_t>(l, sub_block_code_range(preset::q3_k).lo, sub_block_code_range(preset::q3_k).hi);
     }
     b->d = round_ggml_fp16(half, 1 / iscale);
   } else {
@@ -445,15 +459,7 @@ group_scale kquant_stored_scale(const quantized_tensor& q, int64_t r, int64_t c)
 
 void kquant_check_stored_codes(const quantized_tensor& q, const std::string& where) {
   if (!is_kquant(q.fmt)) return;
-  // kquant_block's ranges: sc of q2_k 0..15, q4_k/q5_k 0..63, q3_k -32..31, q6_k -128..127; m as sc
-  // for the formats with a min.
-  int32_t lo = 0, hi = 63;
-  switch (q.fmt.named) {
-    case preset::q2_k: hi = 15; break;
-    case preset::q3_k: lo = -32, hi = 31; break;
-    case preset::q6_k: lo = -128, hi = 127; break;
-    default: break;
-  }
+  const auto [lo, hi] = sub_block_code_range(q.fmt.named);  // the min codes share the scales' range
   for (size_t i = 0; i < q.scales.size(); ++i) {
     const float s = q.scales[i];
     // Written as a negation so that NaN fails too.

@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "lowbit/base/draws.hpp"
 #include "lowbit/base/error.hpp"
 #include "lowbit/runs/task_eval.hpp"
 
@@ -145,12 +146,7 @@ spread_result format_spread(const model& m, const quant_plan& plan, const tokeni
   std::vector<const task_item*> items;
   for (const task_item& it : items_in) items.push_back(&it);
   std::mt19937_64 rng(opt.bandit.seed ^ 0x5eed5eedull);
-  for (size_t i = items.size(); i > 1; --i) {
-    const uint64_t limit = UINT64_MAX - UINT64_MAX % i;
-    uint64_t x;
-    do x = rng(); while (x >= limit);
-    std::swap(items[i - 1], items[x % i]);
-  }
+  shuffle_in_place(items, rng);
   task_scorer scorer(m, plan, tok);
   std::map<std::pair<int, int64_t>, bool> cache;  // (format, item) -> correct
   const int64_t planned = r.n * 3 + opt.bandit.budget;

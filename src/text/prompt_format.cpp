@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "lowbit/base/draws.hpp"
 #include "lowbit/base/error.hpp"
 
 namespace lowbit {
@@ -157,12 +158,7 @@ std::vector<prompt_format> sample_formats(int count, uint64_t seed, bool enumera
   std::set<std::vector<std::string>> seen = {render_key(original, kind, options)};
   std::vector<prompt_format> out = {original};
   std::mt19937_64 rng(seed);
-  auto below = [&](uint64_t n) {  // uniform in [0, n) by rejection (portable, unlike the std distributions)
-    const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-    uint64_t r;
-    do r = rng(); while (r >= limit);
-    return r % n;
-  };
+  auto below = [&](uint64_t n) { return draw_below(rng, n); };
   const int n_sep = int(format_separators().size()), n_space = int(format_spaces().size());
   const int n_tos = int(format_text_option_separators().size());
   if (!enumerate) {

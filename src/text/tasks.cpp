@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "lowbit/base/draws.hpp"
 #include "lowbit/base/error.hpp"
 #include "lowbit/base/files.hpp"
 #include "lowbit/text/documents.hpp"
@@ -16,20 +17,6 @@
 namespace lowbit {
 
 namespace {
-
-// A uniform integer in [0, n) from a 64-bit generator by rejection (std::uniform_int_distribution
-// differs between standard libraries; a task file must not).
-uint64_t draw_below(std::mt19937_64& rng, uint64_t n) {
-  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-  uint64_t r;
-  do r = rng(); while (r >= limit);
-  return r % n;
-}
-
-template <class T>
-void shuffle_in_place(std::vector<T>& v, std::mt19937_64& rng) {  // Fisher-Yates
-  for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[draw_below(rng, i)]);
-}
 
 bool closing_mark(char c) { return c == '"' || c == '\'' || c == ')'; }
 
