@@ -239,6 +239,8 @@ def campaign(r: Runner, seeds, n, rng, work: Path, repro: Path, results):
             argv = [a.replace("{}", str(case / src.name)).replace("{dir}", str(case)) for a in args]
             kind, code, rss, tail = r.run(argv)
             counts[kind] += 1
+            if kind == "accepted" and how != "bytes":  # edits of named fields: to read over by hand
+                results["accepted_edits"].setdefault(name, []).append(what)
             if kind not in ("refused", "accepted"):
                 keep = repro / f"{name.split()[0]}-{i}"
                 shutil.copytree(case, keep)
@@ -418,6 +420,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=30)
     ap.add_argument("--rss-mib", type=float, default=512)
     ap.add_argument("--out", default="attack-out")
+    ap.add_argument("--only", default="", help="mutate only the inputs whose name contains this")
     a = ap.parse_args()
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -428,14 +431,14 @@ def main():
     r = Runner(str(Path(a.lowbit).resolve()), a.timeout, a.rss_mib, str(work))
     rng = random.Random(a.seed)
     results = {"seed": a.seed, "mutants_per_input": a.mutants, "files": [], "command_lines": {}, "findings": [],
-               "failures": []}
+               "failures": [], "accepted_edits": {}}
     t0 = time.monotonic()
     try:
         seeds = prepare(r, Path(a.data).resolve(), work)
         print("findings of issue 18, reproduced:", flush=True)
         results["findings"] = findings(r, work)
         print(f"mutated files ({a.mutants} per input):", flush=True)
-        campaign(r, seeds, a.mutants, rng, work, repro, results)
+        campaign(r, {k: v for k, v in seeds.items() if a.only in k}, a.mutants, rng, work, repro, results)
         lines = bad_command_lines()
         counts = dict.fromkeys(KINDS + ["wrong success"], 0)
         for argv in lines:

@@ -22,6 +22,21 @@
 
 namespace lowbit {
 
+namespace {
+
+// True when fake-quantizing rows [0, T) gives each row the values it gets quantized alone: no
+// tensor-wide scale (per-tensor, NVFP4's second level, Flexpoint's shared exponent) and no
+// stochastic rounding (whose draws depend on the call). Then a KV operand's rows are quantized once.
+bool operand_rows_local(const std::optional<format>& f) {
+  if (!f) return false;
+  const rounding_mode r = f->rounding;
+  const bool deterministic = r == rounding_mode::rne || r == rounding_mode::rna || r == rounding_mode::rtz ||
+                             r == rounding_mode::up || r == rounding_mode::down || r == rounding_mode::odd;
+  return deterministic && f->gran != granularity::tensor && f->named != preset::nvfp4 && f->named != preset::flex;
+}
+
+}  // namespace
+
 bool forward_prefers_one_thread(int64_t tokens, int dim) {
   return tokens * dim * dim < (int64_t(1) << 24);
 }
@@ -54,6 +69,10 @@ forward_session::forward_session(const model& m, const quant_plan& plan, int max
     throw error(fmt::format("forward: a KV cache of {} layers x {} tokens x {} needs {:.1f} GiB; use a "
                             "shorter context", m_.config.n_layers, max_tokens, kv_dim, 8.0 * cache / (1 << 30)));
   }
+  k_operand_shadow_ = operand_rows_local(plan_.attn.k);
+  v_operand_shadow_ = operand_rows_local(plan_.attn.v);
+  if (k_operand_shadow_) k_operand_.resize(cache);
+  if (v_operand_shadow_) v_operand_.resize(cache);
 }
 
 void forward_session::reset() { pos_ = 0; }
@@ -191,19 +210,24 @@ void forward_session::run(float* x, int n, int first, int last, bool head) {
     if (kv_k_[l]) fake_quantize(kn, kn, int64_t(n) * nkv, hd, *kv_k_[l], ++call_);
     if (kv_v_[l]) fake_quantize(vn, vn, int64_t(n) * nkv, hd, *kv_v_[l], ++call_);
     // FP8 attention's K and V operands: the T cached rows as the GEMMs read them, quantized on a
-    // copy (the cache keeps the KV format's values), rows = (key, kv head).
-    const float* kr = kc;
-    const float* vr = vc;
-    if (plan_.attn.k) {
-      k_operand_.assign(kc, kc + int64_t(T) * kv_dim);
-      fake_quantize(k_operand_.data(), k_operand_.data(), int64_t(T) * nkv, hd, *plan_.attn.k, ++call_);
-      kr = k_operand_.data();
-    }
-    if (plan_.attn.v) {
-      v_operand_.assign(vc, vc + int64_t(T) * kv_dim);
-      fake_quantize(v_operand_.data(), v_operand_.data(), int64_t(T) * nkv, hd, *plan_.attn.v, ++call_);
-      vr = v_operand_.data();
-    }
+    // copy (the cache keeps the KV format's values), rows = (key, kv head). A row-local format's
+    // shadow copy already holds rows 0..pos_ quantized (rows below pos_ do not change): only the n
+    // new rows are quantized, O(n) per call instead of O(T).
+    auto operand = [&](const float* cache_rows, const std::optional<format>& f, bool shadow,
+                       std::vector<float>& buf) -> const float* {
+      if (!f) return cache_rows;
+      if (shadow) {
+        float* rows = buf.data() + int64_t(l) * max_tokens_ * kv_dim;
+        std::copy_n(cache_rows + int64_t(pos_) * kv_dim, int64_t(n) * kv_dim, rows + int64_t(pos_) * kv_dim);
+        fake_quantize(rows + int64_t(pos_) * kv_dim, rows + int64_t(pos_) * kv_dim, int64_t(n) * nkv, hd, *f, ++call_);
+        return rows;
+      }
+      buf.assign(cache_rows, cache_rows + int64_t(T) * kv_dim);
+      fake_quantize(buf.data(), buf.data(), int64_t(T) * nkv, hd, *f, ++call_);
+      return buf.data();
+    };
+    const float* kr = operand(kc, plan_.attn.k, k_operand_shadow_, k_operand_);
+    const float* vr = operand(vc, plan_.attn.v, v_operand_shadow_, v_operand_);
     return decoder::kv_source{kr, vr, kv_dim, 0};
   };
   // Q's operand: rows = (token, head) of head_dim. P's: each (head, query block) [rows, keys].

@@ -52,12 +52,8 @@ void check_static_format(const format& f, const std::string& where) {
                             "/gN or preset), not '{}'", where, format_name(f)));
 }
 
-void fake_quantize_static(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
-                          const std::vector<float>& clip, uint64_t stream) {
+std::vector<float> static_activation_scales(const format& f, const std::vector<float>& clip) {
   check_static_format(f, "static activation quantization");
-  if (clip.size() != 1 && int64_t(clip.size()) != cols)
-    throw error(fmt::format("static activation quantization: {} clipping values for {} columns (expected 1 or {})",
-                            clip.size(), cols, cols));
   const double emax = element_max(f);
   std::vector<float> s(clip.size());
   for (size_t j = 0; j < clip.size(); ++j) {
@@ -65,6 +61,17 @@ void fake_quantize_static(const float* in, float* out, int64_t rows, int64_t col
       throw error(fmt::format("static activation quantization: clipping value {} is not finite and > 0", clip[j]));
     s[j] = static_cast<float>(double(clip[j]) / emax);
   }
+  return s;
+}
+
+namespace {
+
+// out = s_j * cast(in / s_j), s of size 1 (every column) or cols.
+void fake_quantize_scaled(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
+                          const std::vector<float>& s, uint64_t stream) {
+  if (s.size() != 1 && int64_t(s.size()) != cols)
+    throw error(fmt::format("static activation quantization: {} clipping values for {} columns (expected 1 or {})",
+                            s.size(), cols, cols));
   const bool per_tensor = s.size() == 1;
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < cols; ++j) out[i * cols + j] = in[i * cols + j] / s[per_tensor ? 0 : j];
@@ -73,13 +80,20 @@ void fake_quantize_static(const float* in, float* out, int64_t rows, int64_t col
     for (int64_t j = 0; j < cols; ++j) out[i * cols + j] *= s[per_tensor ? 0 : j];
 }
 
+}  // namespace
+
+void fake_quantize_static(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
+                          const std::vector<float>& clip, uint64_t stream) {
+  fake_quantize_scaled(in, out, rows, cols, f, static_activation_scales(f, clip), stream);
+}
+
 void act_quant::apply(const float* in, float* out, int64_t rows, int64_t cols, uint64_t stream) const {
   if (!fmt) {
     if (in != out) std::copy_n(in, rows * cols, out);
-  } else if (clip.empty()) {
+  } else if (scale.empty()) {
     fake_quantize(in, out, rows, cols, *fmt, stream);
   } else {
-    fake_quantize_static(in, out, rows, cols, *fmt, clip, stream);
+    fake_quantize_scaled(in, out, rows, cols, *fmt, scale, stream);
   }
 }
 
@@ -97,7 +111,8 @@ int64_t activation_width(const model_config& c, const std::string& name) {
 
 act_quant quant_plan::act_for(const std::string& name) const {
   for (const act_rule& r : act_rules)
-    if (glob_match(r.pattern, name)) return act_quant{r.fmt, r.fmt ? r.clip : std::vector<float>{}};
+    if (glob_match(r.pattern, name))
+      return act_quant{r.fmt, r.fmt && !r.clip.empty() ? static_activation_scales(*r.fmt, r.clip) : std::vector<float>{}};
   return act_quant{name == "output_norm" ? classifier_acts : acts, {}};
 }
 

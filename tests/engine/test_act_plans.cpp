@@ -130,6 +130,29 @@ TEST(ActPlans, KOperandEqualsTheSameKvCastOfK) {
   EXPECT_EQ(logits_of(m, tokens, op), logits_of(m, tokens, kv));
 }
 
+// The same over calls of several sizes (a prompt, then tokens one at a time, then a chunk): a
+// row-local operand format quantizes each new cache row once (the operand's shadow of the cache),
+// as the KV format does, and both give the same logits at every call.
+TEST(ActPlans, KAndVOperandsOverSeveralCallsEqualTheKvCast) {
+  const model m = load_model(stories);
+  const auto tokens = some_tokens(40, m.config.vocab_size);
+  quant_plan op;
+  op.attn.k = parse_format("e4m3");
+  op.attn.v = parse_format("int8/c");
+  quant_plan kv;
+  kv.kv_rules.push_back({"blk.*.k", "e4m3", parse_format("e4m3")});
+  kv.kv_rules.push_back({"blk.*.v", "int8/c", parse_format("int8/c")});
+  forward_session a(m, op, 40), b(m, kv, 40);
+  int at = 0;
+  for (const int n : {7, 1, 1, 11, 20}) {
+    EXPECT_EQ(a.forward(tokens.data() + at, n), b.forward(tokens.data() + at, n)) << "call at " << at;
+    at += n;
+  }
+  // After a reset the rows are written and quantized anew.
+  a.reset(), b.reset();
+  EXPECT_EQ(a.forward(tokens.data() + 5, 30), b.forward(tokens.data() + 5, 30));
+}
+
 // A rule keeping layer 1 float: layer 0 computes exactly as under the global format, layer 1
 // exactly as the float block on the same input.
 TEST(ActPlans, RuleKeepingOneLayerFloatChangesOnlyThatLayer) {

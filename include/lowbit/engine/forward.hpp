@@ -75,7 +75,11 @@ class forward_session {
   std::vector<act_quant> block_acts_;
   act_quant classifier_act_;
   std::vector<std::optional<format>> kv_k_, kv_v_;
-  std::vector<float> k_operand_, v_operand_;  // attention's K and V operands (plan attn.k / attn.v)
+  // Attention's K and V operands (plan attn.k / attn.v). When the operand's format quantizes each
+  // row on its own, deterministically (operand_rows_local), a shadow of the cache [layer][pos][kv_dim]
+  // where each call quantizes only its new rows; else the current layer's T rows, quantized anew.
+  std::vector<float> k_operand_, v_operand_;
+  bool k_operand_shadow_ = false, v_operand_shadow_ = false;
 };
 
 // True when a forward call of `tokens` tokens through layers of width `dim` is too small to

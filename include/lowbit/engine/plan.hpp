@@ -68,7 +68,9 @@ struct act_rule {
 // with static clipping values.
 struct act_quant {
   std::optional<format> fmt;
-  std::vector<float> clip;
+  // Static quantization's per-column (or one) scales s_j = clip_j / element_max(fmt), computed and
+  // checked once when the plan is resolved (static_activation_scales); empty = dynamic.
+  std::vector<float> scale;
   explicit operator bool() const { return fmt.has_value(); }
   // out[rows, cols] = the quantized in (in == out allowed); stream: the stochastic-rounding tensor id.
   void apply(const float* in, float* out, int64_t rows, int64_t cols, uint64_t stream) const;
@@ -77,6 +79,10 @@ struct act_quant {
 // Static quantization (docs/conventions.md §42): out = s_j * cast(in / s_j) per column j with
 // s_j = clip_j / element_max(f) (clip of size 1: one s for every column), in float32; f is a bare
 // symmetric element. Throws when clip has neither 1 nor cols values.
+// The scales of static quantization for clipping values clip under f (checked: f a bare symmetric
+// element, every clip finite and > 0).
+std::vector<float> static_activation_scales(const format& f, const std::vector<float>& clip);
+
 void fake_quantize_static(const float* in, float* out, int64_t rows, int64_t cols, const format& f,
                           const std::vector<float>& clip, uint64_t stream = 0);
 // Throws unless f can take static clipping values (a bare intN or eEmM element).
