@@ -209,6 +209,28 @@ const char* hf_class_prefix(architecture a) {
   return "?";
 }
 
+// An ignored key does not change the computation, but a value of the wrong kind says the file is
+// not what it claims to be (a corrupt or hand-edited config): token ids are non-negative integers
+// (eos also a list of them), dtypes are names, n_ctx a positive integer; null is always accepted.
+void check_ignored_value(const std::string& key, const nlohmann::json& value, const std::string& file) {
+  if (value.is_null()) return;
+  auto token_id = [](const nlohmann::json& v) {
+    return v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
+  };
+  bool ok = true;
+  std::string want;
+  if (key.ends_with("token_id")) {
+    ok = token_id(value) || (key.ends_with("eos_token_id") && value.is_array() &&
+                             std::all_of(value.begin(), value.end(), token_id));
+    want = key.ends_with("eos_token_id") ? "a token id or a list of them" : "a token id (an integer >= 0)";
+  } else if (key == "torch_dtype" || key == "dtype") {
+    ok = value.is_string(), want = "a dtype name such as \"float32\"";
+  } else if (key == "n_ctx") {
+    ok = token_id(value) && value.get<uint64_t>() > 0, want = "a positive integer";
+  }
+  if (!ok) throw error(fmt::format("{}: config key '{}' = {}: expected {}", file, key, value.dump(), want));
+}
+
 // Refuses a key the table does not know for family a, or a refused key with a value it does not
 // accept, naming the key, the value and the file.
 void check_keys(const nlohmann::json& j, architecture a, const std::string& file) {
@@ -219,6 +241,7 @@ void check_keys(const nlohmann::json& j, architecture a, const std::string& file
       throw error(fmt::format("{}: config key '{}' (= {}) is not one lowbit knows for {}; lowbit refuses what it "
                               "cannot tell leaves the computation unchanged (the table: docs/evaluation.md)",
                               file, key, value.dump(), family));
+    if (r->use == hf_key_use::ignored) check_ignored_value(key, value, file);
     if (r->use != hf_key_use::refused || value.is_null()) continue;
     bool accepted = false;
     std::string note = r->note;

@@ -339,6 +339,32 @@ TEST(FamilyRefusals, KnownKeysWithValuesThatChangeTheComputation) {
   }
 }
 
+// Keys lowbit ignores still hold a value of their kind: a token id that is not a non-negative
+// integer, a dtype that is not a name or an n_ctx that is not a positive integer says the config is
+// corrupt, and is refused by name; null and the right kinds load.
+TEST(FamilyRefusals, IgnoredKeysWithValuesOfTheWrongKind) {
+  scratch s("ignored");
+  const auto cases = family_cases();
+  for (const auto& [base, key, bad, good] : std::vector<std::tuple<nlohmann::json, std::string, nlohmann::json, nlohmann::json>>{
+           {cases[0].config, "bos_token_id", 1.5, 1},
+           {cases[0].config, "bos_token_id", "NaN", nullptr},
+           {cases[0].config, "eos_token_id", -1, {2, 3}},
+           {cases[0].config, "eos_token_id", nlohmann::json::object(), 2},
+           {cases[0].config, "pad_token_id", 4294967328.5, 0},
+           {cases[0].config, "torch_dtype", -1, "bfloat16"},
+           {cases[0].config, "torch_dtype", true, "float32"},
+           {cases[4].config, "n_ctx", "x", 1024},
+           {cases[4].config, "n_ctx", 1.5, nullptr},
+           {cases[4].config, "n_ctx", -1, 64}}) {
+    nlohmann::json c = base;
+    c[key] = bad;
+    const std::string e = load_error(c, s / "m");
+    EXPECT_NE(e.find("'" + key + "' = " + bad.dump()), std::string::npos) << key << ": " << e;
+    c[key] = good;
+    EXPECT_EQ(load_error(c, s / "m"), "") << key << " = " << good.dump();
+  }
+}
+
 // Keys lowbit reads, with a value it does not implement: each refused naming the key and value.
 TEST(FamilyRefusals, UnimplementedValuesOfReadKeys) {
   scratch s("values");
