@@ -20,16 +20,24 @@ struct split_sequence {
   bool truncated = false;
 };
 
-// lm-eval's split: the context is the first len(encode(prompt)) tokens of encode(prompt + cont).
-split_sequence tokenize_pair(const tokenizer& tok, std::string prompt, std::string cont, int max_len) {
-  // Trailing whitespace of the prompt belongs to the continuation (lm-eval), so a space is not a
-  // lone token at the end of the context.
+// The prompt of an item, split once for all its options: trailing whitespace belongs to the
+// continuation (lm-eval), so a space is not a lone token at the end of the context.
+struct prompt_split {
+  std::string kept, tail;
+  size_t tokens = 0;  // len(encode(kept))
+};
+prompt_split split_prompt(const tokenizer& tok, const std::string& prompt) {
   size_t keep = prompt.size();
   while (keep > 0 && std::isspace(static_cast<unsigned char>(prompt[keep - 1]))) --keep;
-  cont = prompt.substr(keep) + cont;
-  prompt.resize(keep);
-  const std::vector<int32_t> whole = tok.encode(prompt + cont, true, false);
-  const size_t n_ctx = std::min(tok.encode(prompt, true, false).size(), whole.size() - 1);
+  prompt_split p{prompt.substr(0, keep), prompt.substr(keep), 0};
+  p.tokens = tok.encode(p.kept, true, false).size();
+  return p;
+}
+
+// lm-eval's split: the context is the first len(encode(prompt)) tokens of encode(prompt + cont).
+split_sequence tokenize_pair(const tokenizer& tok, const prompt_split& prompt, const std::string& cont, int max_len) {
+  const std::vector<int32_t> whole = tok.encode(prompt.kept + prompt.tail + cont, true, false);
+  const size_t n_ctx = std::min(prompt.tokens, whole.size() - 1);
   split_sequence s;
   s.context.assign(whole.begin(), whole.begin() + n_ctx);
   s.continuation.assign(whole.begin() + n_ctx, whole.end());
@@ -68,7 +76,8 @@ forward_session& task_scorer::session_for(int tokens) {
 item_score task_scorer::score(const rendered_item& r, const task_item& item) {
   const int max_len = m_.config.max_seq_len;
   std::vector<split_sequence> seqs;
-  for (const std::string& c : r.continuations) seqs.push_back(tokenize_pair(tok_, r.prompt, c, max_len));
+  const prompt_split prompt = split_prompt(tok_, r.prompt);
+  for (const std::string& c : r.continuations) seqs.push_back(tokenize_pair(tok_, prompt, c, max_len));
   item_score out;
   out.loglik.assign(seqs.size(), 0);
   // Options whose contexts tokenize alike share one context forward.
