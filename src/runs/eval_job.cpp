@@ -25,7 +25,8 @@ eval_job evaluate_under(const eval_job_config& c, quant_plan plan, const model& 
   job.config = base.config;
   job.provenance = base.provenance;
   const auto tok = tokenizer_for_model(base, c.tokenizer);
-  const std::vector<int32_t> ids = encode_documents(*tok, read_file(c.data, "data file"));
+  // Only the documents that hold the evaluated tokens are encoded (--max-tokens).
+  const std::vector<int32_t> ids = encode_documents(*tok, read_file(c.data, "data file"), c.max_tokens);
   model quantized = base;
   job.reports = apply_weight_plan(quantized, job.plan);
   eval_options eo;

@@ -42,9 +42,10 @@ std::vector<std::string> split_documents(const std::string& text) {
   return docs;
 }
 
-std::vector<int32_t> encode_documents(const tokenizer& tok, const std::string& text) {
+std::vector<int32_t> encode_documents(const tokenizer& tok, const std::string& text, int64_t max_tokens) {
   std::vector<int32_t> ids;
   for (const std::string& d : split_documents(text)) {
+    if (max_tokens > 0 && int64_t(ids.size()) >= max_tokens) break;
     const auto part = tok.encode(d, true, false);
     ids.insert(ids.end(), part.begin(), part.end());
   }

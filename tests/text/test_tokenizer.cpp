@@ -22,6 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "lowbit/text/documents.hpp"
 #include "lowbit/text/tokenizer.hpp"
 #include "lowbit/base/error.hpp"
 #include "tests/data.hpp"
@@ -288,6 +289,24 @@ TEST(TokenizerLlama2c, MatchesRunCOracle) {
   }
   const std::string doc = documents(read_file(kData + "/text/tinystories_val_sample.txt")).at(5);
   EXPECT_EQ(llama2c().encode(doc, true, false), llama2c_encode_oracle(vocab, scores, doc, true, false));
+}
+
+// A token budget stops the encoding after the document that reaches it; the ids it returns start
+// the whole stream's, for every budget from one token to past the end.
+TEST(TokenizerLlama2c, EncodingStopsAtTheBudgetWithTheSameIds) {
+  const auto tok = lowbit::load_llama2c_tokenizer(kTok512);
+  std::ifstream in(kData + "/text/tinystories_val_sample.txt");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  text.resize(20000);
+  const std::vector<int32_t> all = lowbit::encode_documents(*tok, text);
+  ASSERT_GT(all.size(), 1000u);
+  for (const int64_t budget : {int64_t(1), int64_t(7), int64_t(300), int64_t(all.size()) - 1, int64_t(all.size()),
+                               int64_t(all.size()) + 50}) {
+    const std::vector<int32_t> some = lowbit::encode_documents(*tok, text, budget);
+    ASSERT_GE(int64_t(some.size()), std::min<int64_t>(budget, all.size())) << budget;
+    EXPECT_TRUE(std::equal(some.begin(), some.end(), all.begin())) << budget;
+    EXPECT_LT(some.size(), budget < int64_t(all.size()) / 2 ? all.size() : all.size() + 1) << budget;
+  }
 }
 
 TEST(TokenizerLlama2c, RoundTrip) {

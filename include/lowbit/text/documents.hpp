@@ -12,6 +12,9 @@
 namespace lowbit {
 
 std::vector<std::string> split_documents(const std::string& text);
-std::vector<int32_t> encode_documents(const tokenizer& tok, const std::string& text);
+// Every document encoded with BOS, concatenated. With max_tokens > 0 the encoding stops after the
+// document that reaches max_tokens ids: the first max_tokens ids are the same as the whole
+// stream's (documents are encoded independently), without encoding a whole file for a short eval.
+std::vector<int32_t> encode_documents(const tokenizer& tok, const std::string& text, int64_t max_tokens = 0);
 
 }  // namespace lowbit
