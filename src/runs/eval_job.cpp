@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -18,8 +19,11 @@ namespace lowbit {
 
 namespace {
 
-// Steps 2 (the tokenizer and the data) and 3, the plan already made.
-eval_job evaluate_under(const eval_job_config& c, quant_plan plan, const model& base, const progress_fn& progress) {
+// Steps 2 (the tokenizer and the data) and 3, the plan already made. `own` is base itself when the
+// caller gives it up: the plan then quantizes it in place (unless --kl-base needs the float model),
+// and a plan that leaves every weight float evaluates base as it is, without a copy of the weights.
+eval_job evaluate_under(const eval_job_config& c, quant_plan plan, const model& base, model* own,
+                        const progress_fn& progress) {
   eval_job job;
   job.plan = std::move(plan);
   job.config = base.config;
@@ -27,8 +31,16 @@ eval_job evaluate_under(const eval_job_config& c, quant_plan plan, const model& 
   const auto tok = tokenizer_for_model(base, c.tokenizer);
   // Only the documents that hold the evaluated tokens are encoded (--max-tokens).
   const std::vector<int32_t> ids = encode_documents(*tok, read_file(c.data, "data file"), c.max_tokens);
-  model quantized = base;
-  job.reports = apply_weight_plan(quantized, job.plan);
+  bool any_weight_format = false;
+  for (const auto& entry : base.tensors) any_weight_format = any_weight_format || job.plan.weight_format(base, entry.first);
+  std::optional<model> copy;
+  const model* evaluated = &base;
+  if (any_weight_format) {
+    model* target = own && !c.kl_base ? own : &copy.emplace(base);
+    job.reports = apply_weight_plan(*target, job.plan);
+    evaluated = target;
+  }
+  const model& quantized = *evaluated;
   eval_options eo;
   eo.ctx = c.ctx, eo.max_tokens = c.max_tokens, eo.kl_base = c.kl_base;
   job.result = evaluate(quantized, job.plan, ids, eo, c.kl_base ? &base : nullptr, progress);
@@ -47,13 +59,13 @@ eval_job evaluate_under(const eval_job_config& c, quant_plan plan, const model& 
 
 eval_job run_eval_job(const eval_job_config& c, const progress_fn& progress) {
   quant_plan plan = make_quant_plan(c.rules, c.weights, c.acts, c.kv, c.attn);
-  const model base = load_model(c.model);
-  return evaluate_under(c, std::move(plan), base, progress);
+  model base = load_model(c.model);
+  return evaluate_under(c, std::move(plan), base, &base, progress);
 }
 
 eval_job run_eval_job(const eval_job_config& c, const model& base, const progress_fn& progress) {
   quant_plan plan = make_quant_plan(c.rules, c.weights, c.acts, c.kv, c.attn);
-  return evaluate_under(c, std::move(plan), base, progress);
+  return evaluate_under(c, std::move(plan), base, nullptr, progress);
 }
 
 nlohmann::json eval_job_json(const eval_job_config& c, const eval_job& job) {
