@@ -12,6 +12,7 @@
 #define LOWBIT_KERNELS_SCALES_FAST_INL_H_
 #endif
 
+#include <bit>
 #include <cmath>
 
 #include <hwy/highway.h>
@@ -176,6 +177,50 @@ HWY_INLINE bool BatchScales(DF df, VI amax_bits, const scale_context& ctx, float
   return true;
 }
 #endif
+
+// The scale of one of ggml's blocks with a fixed zero point (q4_0/q5_0: from vmax, the first value
+// of largest magnitude) or a min (q4_1/q5_1: from min and max), its statistics taken with SIMD
+// (the last vector overlaps the one before where n is not a multiple of N: max and min do not
+// mind). False where choose_scale's scalar scan must decide: a group shorter than a vector, a
+// NaN or Inf (the group's scale is NaN), or q4_1/q5_1's min or max a zero (its sign is the one
+// ggml's scan meets first).
+HWY_INLINE bool GgmlBlockScaleFast(const float* HWY_RESTRICT x, size_t n, const scale_context& ctx, bool with_min,
+                                   group_scale* gs) {
+  const DF df;
+  const DI di;
+  const size_t N = hn::Lanes(df);
+  if (n < N) return false;
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  VF v = hn::LoadU(df, x);
+  VI amax = hn::And(hn::BitCast(di, v), abs_mask);
+  VF lo = v, hi = v;
+  for (size_t i = N;; i += N) {
+    if (i >= n) break;
+    v = hn::LoadU(df, x + (i + N <= n ? i : n - N));
+    amax = hn::Max(amax, hn::And(hn::BitCast(di, v), abs_mask));
+    if (with_min) {
+      lo = hn::Min(lo, v);
+      hi = hn::Max(hi, v);
+    }
+  }
+  const uint32_t amax_bits = static_cast<uint32_t>(hn::GetLane(hn::MaxOfLanes(di, amax)));
+  if (amax_bits >= 0x7f800000u) return false;
+  if (with_min) {
+    const float mn = hn::GetLane(hn::MinOfLanes(df, lo)), mx = hn::GetLane(hn::MaxOfLanes(df, hi));
+    if (mn == 0.0f || mx == 0.0f) return false;
+    *gs = ggml_scale_from_range(ctx, mn, mx);
+    return true;
+  }
+  float vmax = 0.0f;  // ggml's scan keeps the first |x| above the running amax, starting from 0
+  if (amax_bits != 0)
+    for (size_t i = 0; i < n; ++i)
+      if ((std::bit_cast<uint32_t>(x[i]) & 0x7fffffffu) == amax_bits) {
+        vmax = x[i];
+        break;
+      }
+  *gs = ggml_scale_from_max(ctx, vmax);
+  return true;
+}
 
 }  // namespace HWY_NAMESPACE
 }  // namespace lowbit

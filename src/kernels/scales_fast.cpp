@@ -101,6 +101,7 @@ fast_call::fast_call(const format& f, const float* x, int64_t rows, int64_t cols
     : grid(make_grid_params(f.element)), sctx(make_scale_context(f, /*reference=*/false)) {
   plan.f = &f;
   plan.rng_seed = f.seed;
+  plan.rng_bits = f.sr_bits;
   plan.rng_tensor_id = tensor_id;
   plan.grid = &grid;
   plan.sctx = &sctx;
