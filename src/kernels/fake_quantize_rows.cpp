@@ -163,6 +163,21 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
   };
   size_t c0 = 0, gi = 0;
 #if HWY_TARGET != HWY_SCALAR
+  if (plan.ggml_batch) {
+    // ggml's blocks, N at a time: their scales in one vectorised computation, then each block.
+    const size_t N = hn::Lanes(DF());
+    group_scale batch[hn::MaxLanes(DF())];
+    const bool with_min = has_block_min(f);
+    const float maxq = static_cast<float>((1 << f.element.bits) - 1);
+    for (; c0 + N * k <= cols; c0 += N * k, gi += N) {
+      if (!BatchGgmlScales(DF(), x + c0, k, *plan.sctx, with_min, batch)) break;
+      for (size_t j = 0; j < N; ++j) {
+        if (scales) scales[gi + j] = batch[j].stored;
+        if (zero_points) zero_points[gi + j] = batch[j].zero_point;
+        FakeQuantGgmlBlock(x + c0 + j * k, y + c0 + j * k, k, batch[j], with_min, maxq);
+      }
+    }
+  }
   if (plan.batch) {
     // N groups at a time: their statistics, one vectorised scale computation, then the elements.
     const DF df;

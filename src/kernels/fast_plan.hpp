@@ -181,6 +181,7 @@ struct row_plan {
   bool stream;             // write aligned output vectors with non-temporal stores
   bool batch;              // groups' scales can be computed N groups at a time (BatchScales)
   int batch_preset;        // 0 generic (scale_context::inline_rule), 1 nvfp4, 2 q8_0
+  bool ggml_batch;         // q4_0/q5_0/q4_1/q5_1: N blocks' scales at a time (BatchGgmlScales)
   // sr: the Philox stream (seed, tensor id); the row kernel makes each chunk's draws just before using
   // them (the multiplies then overlap the memory stalls of the data, and stay in L1)
   uint64_t rng_seed, rng_tensor_id;

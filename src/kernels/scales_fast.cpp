@@ -112,6 +112,7 @@ fast_call::fast_call(const format& f, const float* x, int64_t rows, int64_t cols
   plan.batch_preset = f.named == preset::nvfp4 ? 1 : f.named == preset::q8_0 ? 2 : 0;
   plan.batch = f.gran == granularity::group && f.group_size <= 512 &&
                (sctx.inline_rule != scale_context::inline_none || plan.batch_preset != 0);
+  plan.ggml_batch = (has_fixed_zero_point(f) || has_block_min(f)) && f.gran == granularity::group;
   plan.tensor_scale = 1.0f;
   if (f.named == preset::nvfp4 && keep_group_amax) {  // (nvfp4's groups of 16 always batch)
     thread_local std::vector<int32_t> amax_buffer;  // reused by the calls of a thread

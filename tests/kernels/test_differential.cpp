@@ -493,6 +493,57 @@ TEST(Differential, StochasticRBitsOnEveryCodeOfSmallFormats) {
   EXPECT_GE(cases, 14 * 4);
 }
 
+// ggml's q4_0/q5_0/q4_1/q5_1, whose fast kernels take N blocks' scales at once (BatchGgmlScales)
+// and fall back to the scalar scan: batches of blocks where max = -min (which comes first
+// decides q4_0's sign: both orders), a zero min or max of either sign (q4_1), all-zero and
+// -0-only blocks, one NaN or Inf, magnitudes beyond fp16 and below its subnormals, next to
+// ordinary Gaussian blocks; fast == reference, values and codes, every target.
+TEST(Differential, GgmlBlockScalesInBatches) {
+  std::mt19937 gen(seed(12));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t cols = 32 * 40 + 7;  // whole batches of every width, then a partial block
+  const int patterns = 12;
+  std::vector<float> x(static_cast<size_t>(patterns * cols));
+  for (int p = 0; p < patterns; ++p) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t b = c / 32, i = c % 32;  // block b, element i
+      float v = normal(gen);
+      if (b % patterns == p) {  // block b of row p carries pattern p; the others stay Gaussian
+        switch (p) {
+          case 0: v = i == 3 ? 2.5f : (i == 9 ? -2.5f : 0.5f * v); break;   // max = -min, + first
+          case 1: v = i == 3 ? -2.5f : (i == 9 ? 2.5f : 0.5f * v); break;   // max = -min, - first
+          case 2: v = std::fabs(v) + (i == 5 ? -std::fabs(v) : 0.0f); break; // min 0 (q4_1)
+          case 3: v = i == 5 ? -0.0f : std::fabs(v) + 0.1f; break;           // min -0
+          case 4: v = i == 7 ? 0.0f : -std::fabs(v) - 0.1f; break;           // max +0
+          case 5: v = i % 2 ? 0.0f : -0.0f; break;                            // all zeros
+          case 6: v = i == 11 ? NAN : v; break;
+          case 7: v = i == 0 ? -INFINITY : v; break;
+          case 8: v = v * 1e6f; break;                                        // d beyond fp16
+          case 9: v = v * 1e-9f; break;                                       // subnormal fp16 d
+          case 10: v = v * 1e-30f; break;                                     // 1/d = Inf
+          default: v = -std::fabs(v); break;                                  // all negative
+        }
+      }
+      x[static_cast<size_t>(p * cols + c)] = v;
+    }
+  }
+  for (const auto& t : simd_targets()) {
+    force_simd_target(t.first);
+    for (const char* spec : {"q4_0", "q5_0", "q4_1", "q5_1"}) {
+      const format f = parse_format(spec);
+      std::vector<float> ref(x.size()), fast(x.size());
+      fake_quantize_ref(x.data(), ref.data(), patterns, cols, f);
+      fake_quantize(x.data(), fast.data(), patterns, cols, f);
+      for (size_t i = 0; i < x.size(); ++i)
+        ASSERT_TRUE(same(ref[i], fast[i])) << spec << " target " << t.second << " row " << i / cols << " col "
+                                           << i % cols << " input " << x[i];
+      ASSERT_TRUE(quantize(x.data(), patterns, cols, f) == quantize_ref(x.data(), patterns, cols, f))
+          << spec << " codes, target " << t.second;
+    }
+  }
+  force_simd_target(0);
+}
+
 // The draws themselves: random_words (Philox on SIMD lanes, whole steps, a buffered last step,
 // partial blocks at either end, counters carrying into word 1) == random_words_ref on every target,
 // for seeds and tensor ids whose high halves are the counter's words 2 and 3.
