@@ -111,17 +111,28 @@ void QuantizeGgmlRow(const float* HWY_RESTRICT x, size_t cols, size_t k, const s
   const size_t N = hn::Lanes(df);
   const bool with_min = has_block_min(*ctx.f);
   const VF top = hn::Set(df, static_cast<float>((1 << ctx.f->element.bits) - 1)), zero = hn::Zero(df);
-  for (size_t c0 = 0, g = 0; c0 < cols; c0 += k, ++g) {
+  size_t c0 = 0, g = 0;
+#if HWY_TARGET != HWY_SCALAR
+  // N blocks' scales at a time where BatchGgmlScales takes them; the blocks of a batch it
+  // declines take the per-block path.
+  size_t batch_end = 0;  // blocks [batch_end - N, batch_end) were tried as a batch
+  bool batched = false;
+#endif
+  for (; c0 < cols; c0 += k, ++g) {
     const size_t n = std::min(k, cols - c0);
     const float* xg = x + c0;
     group_scale gs;
-    if (!GgmlBlockScaleFast(xg, n, ctx, with_min, &gs)) {
-      simd_stats ss;
-      GroupStatsT(xg, n, false, false, &ss);
-      group_stats st;
-      st.nonfinite = ss.amax_bits >= 0x7f800000u;
-      st.amax = std::bit_cast<float>(ss.amax_bits);
-      gs = choose_scale(ctx, st, xg, static_cast<int64_t>(n), 1.0f);
+#if HWY_TARGET != HWY_SCALAR
+    if (g >= batch_end && c0 + N * k <= cols) {
+      batched = BatchGgmlScales(df, xg, k, ctx, with_min, gss + g);
+      batch_end = g + N;
+    }
+    if (batched && g < batch_end) {
+      gs = gss[g];
+    } else
+#endif
+    {
+      gs = GgmlBlockScale(xg, n, ctx, with_min);
     }
     gss[g] = gs;
     const VF id = hn::Set(df, gs.multiplier), lo = hn::Set(df, gs.min);

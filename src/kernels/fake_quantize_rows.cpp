@@ -170,11 +170,13 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
     const bool with_min = has_block_min(f);
     const float maxq = static_cast<float>((1 << f.element.bits) - 1);
     for (; c0 + N * k <= cols; c0 += N * k, gi += N) {
-      if (!BatchGgmlScales(DF(), x + c0, k, *plan.sctx, with_min, batch)) break;
+      if (!BatchGgmlScales(DF(), x + c0, k, *plan.sctx, with_min, batch))  // this batch block by block
+        for (size_t j = 0; j < N; ++j) batch[j] = GgmlBlockScale(x + c0 + j * k, k, *plan.sctx, with_min);
       for (size_t j = 0; j < N; ++j) {
-        if (scales) scales[gi + j] = batch[j].stored;
+        if (scales) scales[gi + j] = batch[j].nonfinite ? canonical_nan() : batch[j].stored;
         if (zero_points) zero_points[gi + j] = batch[j].zero_point;
-        FakeQuantGgmlBlock(x + c0 + j * k, y + c0 + j * k, k, batch[j], with_min, maxq);
+        if (batch[j].nonfinite) std::fill(y + c0 + j * k, y + c0 + (j + 1) * k, canonical_nan());
+        else FakeQuantGgmlBlock(x + c0 + j * k, y + c0 + j * k, k, batch[j], with_min, maxq);
       }
     }
   }

@@ -303,6 +303,19 @@ HWY_INLINE bool GgmlBlockScaleFast(const float* HWY_RESTRICT x, size_t n, const 
   return true;
 }
 
+// One ggml block's scale: GgmlBlockScaleFast, or choose_scale's scan where it declines (incl. a
+// NaN/Inf block: nonfinite).
+HWY_INLINE group_scale GgmlBlockScale(const float* HWY_RESTRICT x, size_t n, const scale_context& ctx, bool with_min) {
+  group_scale gs;
+  if (GgmlBlockScaleFast(x, n, ctx, with_min, &gs)) return gs;
+  simd_stats ss;
+  GroupStatsT(x, n, false, false, &ss);
+  group_stats st;
+  st.nonfinite = ss.amax_bits >= 0x7f800000u;
+  st.amax = std::bit_cast<float>(ss.amax_bits);
+  return choose_scale(ctx, st, x, static_cast<int64_t>(n), 1.0f);
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace lowbit
 HWY_AFTER_NAMESPACE();
