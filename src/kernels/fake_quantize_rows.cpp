@@ -258,7 +258,9 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
     row_job job = detail::make_job(f, g, gs, plan.unscaled);
     job.random = draws_for(c0, n);
     job.stream = plan.stream;
-    job.prefetch_ahead = plan.stream ? (k >= 1024 ? static_cast<int64_t>(k) : 1024) : 0;
+    // Row-sized groups (/c, /t) prefetch the same columns of the next row to be visited.
+    const int64_t next_row = plan.rows_backward ? -static_cast<int64_t>(k) : static_cast<int64_t>(k);
+    job.prefetch_ahead = plan.stream ? (k >= 1024 ? next_row : 1024) : 0;
     if (q8) FakeQuantSpanScale<rounding_mode::rna, span_path::int_fast>(x + c0, y + c0, n, job, g);  // ggml's roundf
     else FakeQuantSpanScale<kMode, kPath>(x + c0, y + c0, n, job, g);
   }
@@ -345,6 +347,7 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
   // caches still hold and a tensor larger than the caches is read from memory once plus the part
   // the caches could not keep, instead of twice.
   const bool backward = detail::has_first_pass(f);
+  call.plan.rows_backward = backward;
 #pragma omp parallel if (rows * cols >= kParallelMinElements)
   detail::for_rows_in_team(rows, backward, omp_get_thread_num(), omp_get_num_threads(), [&](int64_t r) {
     // In place is safe: each group's statistics are taken before its outputs are written.

@@ -179,6 +179,7 @@ struct row_plan {
   float tensor_scale;      // nvfp4
   bool unscaled;           // quantize(): leave values on the element grid
   bool stream;             // write aligned output vectors with non-temporal stores
+  bool rows_backward;      // rows are visited back to front (a second pass): prefetch the row before
   bool batch;              // groups' scales can be computed N groups at a time (BatchScales)
   int batch_preset;        // 0 generic (scale_context::inline_rule), 1 nvfp4, 2 q8_0
   bool ggml_batch;         // q4_0/q5_0/q4_1/q5_1: N blocks' scales at a time (BatchGgmlScales)

@@ -109,6 +109,7 @@ fast_call::fast_call(const format& f, const float* x, int64_t rows, int64_t cols
   plan.want_minmax = f.element.kind == element_kind::uint_asym;
   plan.unscaled = unscaled;
   plan.stream = false;
+  plan.rows_backward = false;
   plan.batch_preset = f.named == preset::nvfp4 ? 1 : f.named == preset::q8_0 ? 2 : 0;
   plan.batch = f.gran == granularity::group && f.group_size <= 512 &&
                (sctx.inline_rule != scale_context::inline_none || plan.batch_preset != 0);
