@@ -53,8 +53,8 @@ test-all: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 bench: build
-	@$(BUILD)/lowbit bench int8/c int4/g128 e4m3fn/c e4m3fn/t mxfp4 nvfp4 nf4 q8_0 e2m1/g32~sr --threads 1
-	@$(BUILD)/lowbit bench int8/c int4/g128 e4m3fn/c e4m3fn/t mxfp4 nvfp4 nf4 q8_0 e2m1/g32~sr --threads 2
+	@$(BUILD)/lowbit bench int8/c int4/g128 e4m3fn/c e4m3fn/t mxfp4 nvfp4 nf4 q8_0 q4_0 e2m1/g32~sr e2m1/g32~sr8 --threads 1
+	@$(BUILD)/lowbit bench int8/c int4/g128 e4m3fn/c e4m3fn/t mxfp4 nvfp4 nf4 q8_0 q4_0 e2m1/g32~sr e2m1/g32~sr8 --threads 2
 
 # The Python package: lowbit.fake_quantize from Python vs the C++ kernel on the same buffer, and
 # lowbit.torch vs the same quantization in PyTorch ops, and a quantized torch model's tokens/s.

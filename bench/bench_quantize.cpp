@@ -83,8 +83,10 @@ void BM_random_words(benchmark::State& st, bool ref) {
   st.SetBytesProcessed(st.iterations() * static_cast<int64_t>(n * 2 * sizeof(float)));
 }
 
-// e2m1/g32 next to e2m1/g32~sr: the cost of the stochastic draws (Philox4x32-10, docs/conventions.md §10).
-const char* kFormats[] = {"int8/c", "int4/g128", "e4m3fn/c", "e4m3fn/t", "mxfp4", "nvfp4", "nf4", "q8_0", "e2m1/g32", "e2m1/g32~sr", "bf16"};
+// e2m1/g32 next to e2m1/g32~sr and ~sr8: the cost of the stochastic draws (Philox4x32-10,
+// docs/conventions.md §10 and §43).
+const char* kFormats[] = {"int8/c", "int4/g128", "e4m3fn/c", "e4m3fn/t", "mxfp4",        "nvfp4",        "nf4",
+                          "q8_0",   "q4_0",      "e2m1/g32", "e2m1/g32~sr", "e2m1/g32~sr8", "bf16"};
 
 int register_all() {
   constexpr int64_t kRows = 4096;  // 64 MiB

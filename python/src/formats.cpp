@@ -124,6 +124,8 @@ void register_formats(py::module_& m) {
       }, "the scale format ('fp32', 'e8m0', 'e4m3fn', 'pow2', ...); None without scales")
       .def_property_readonly("rounding", [](const format& f) { return to_string(f.rounding); })
       .def_readonly("seed", &format::seed, "stochastic rounding's seed (~sr:SEED)")
+      .def_readonly("sr_bits", &format::sr_bits,
+                    "stochastic rounding's random bits per element (~srR: R; 0 for the exact ~sr)")
       .def_property_readonly("bits_per_element", [](const format& f) { return bits_per_element(f); },
                              "element bits plus group scale bits per element")
       .def_property_readonly("bits_description", [](const format& f) { return bits_description(f); })

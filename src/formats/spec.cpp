@@ -374,6 +374,9 @@ class spec_parser {
     }
   }
 
+  static constexpr const char* kRoundingWords =
+      "a rounding (rne, rna, rtz, up, down, odd, sr[:seed], or srR[:seed] with R = 1, 2, 4, 8 or 16 random bits)";
+
   void rounding(format& f) {
     const std::string_view w = word();
     if (w == "rne") f.rounding = rounding_mode::rne;
@@ -382,8 +385,18 @@ class spec_parser {
     else if (w == "up") f.rounding = rounding_mode::up;
     else if (w == "down") f.rounding = rounding_mode::down;
     else if (w == "odd") f.rounding = rounding_mode::odd;
-    else if (w == "sr") {
+    else if (w.size() >= 2 && w.substr(0, 2) == "sr" &&
+             std::all_of(w.begin() + 2, w.end(), [](char ch) { return std::isdigit(static_cast<unsigned char>(ch)); })) {
       f.rounding = rounding_mode::sr;
+      f.sr_bits = 0;
+      if (w.size() > 2) {  // ~srR: R random bits per element (docs/conventions.md §43)
+        const std::string_view digits = w.substr(2);
+        int r = 0;
+        auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), r);
+        if (ec != std::errc() || p != digits.data() + digits.size() || digits[0] == '0' || !valid_sr_bits(r))
+          fail_word(kRoundingWords, w);
+        f.sr_bits = r;
+      }
       if (eat(':')) {
         const size_t b = pos_;
         while (pos_ < s_.size() && std::isdigit(static_cast<unsigned char>(s_[pos_]))) ++pos_;
@@ -396,7 +409,7 @@ class spec_parser {
         f.seed = seed;
       }
     } else {
-      fail_word("a rounding (rne, rna, rtz, up, down, odd, sr[:seed])", w);
+      fail_word(kRoundingWords, w);
     }
   }
 
@@ -572,7 +585,10 @@ std::string rule_name(const format& f) {
 
 std::string rounding_suffix(const format& f) {
   if (f.rounding == rounding_mode::rne) return {};
-  if (f.rounding == rounding_mode::sr && f.seed != 0) return fmt::format("~sr:{}", f.seed);
+  if (f.rounding == rounding_mode::sr) {
+    const std::string r = f.sr_bits ? fmt::format("sr{}", f.sr_bits) : std::string("sr");
+    return f.seed != 0 ? fmt::format("~{}:{}", r, f.seed) : "~" + r;
+  }
   return "~" + to_string(f.rounding);
 }
 

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "lowbit/kernels/scale.hpp"
 #include "lowbit/kernels/threads.hpp"
 #include "src/kernels/fast_plan.hpp"
+#include "src/kernels/scales_fast-inl.hpp"
 #include "src/kernels/simd_common-inl.hpp"
 
 HWY_BEFORE_NAMESPACE();
@@ -98,6 +100,55 @@ bool EncodeSpan(const float* HWY_RESTRICT vals, size_t n, const grid_params& g, 
   return !special;
 }
 
+// ggml's q4_0/q5_0/q4_1/q5_1 to codes, one row: per block of k the scale (GgmlBlockScaleFast, or
+// choose_scale's scan where it declines), then quantize_ref's quantize_value a vector at a time:
+// q = clamp(trunc(x * id + (z + 1/2)), 0, 2^bits - 1), or trunc((x - min) * id + 1/2) with a
+// min; a NaN gives z (0 with a min). gss receives each block's scale.
+void QuantizeGgmlRow(const float* HWY_RESTRICT x, size_t cols, size_t k, const scale_context& ctx,
+                     group_scale* HWY_RESTRICT gss, uint32_t* HWY_RESTRICT codes) {
+  const DF df;
+  const DI di;
+  const size_t N = hn::Lanes(df);
+  const bool with_min = has_block_min(*ctx.f);
+  const VF top = hn::Set(df, static_cast<float>((1 << ctx.f->element.bits) - 1)), zero = hn::Zero(df);
+  size_t c0 = 0, g = 0;
+#if HWY_TARGET != HWY_SCALAR
+  // N blocks' scales at a time where BatchGgmlScales takes them; the blocks of a batch it
+  // declines take the per-block path.
+  size_t batch_end = 0;  // blocks [batch_end - N, batch_end) were tried as a batch
+  bool batched = false;
+#endif
+  for (; c0 < cols; c0 += k, ++g) {
+    const size_t n = std::min(k, cols - c0);
+    const float* xg = x + c0;
+    group_scale gs;
+#if HWY_TARGET != HWY_SCALAR
+    if (g >= batch_end && c0 + N * k <= cols) {
+      batched = BatchGgmlScales(df, xg, k, ctx, with_min, gss + g);
+      batch_end = g + N;
+    }
+    if (batched && g < batch_end) {
+      gs = gss[g];
+    } else
+#endif
+    {
+      gs = GgmlBlockScale(xg, n, ctx, with_min);
+    }
+    gss[g] = gs;
+    const VF id = hn::Set(df, gs.multiplier), lo = hn::Set(df, gs.min);
+    const VF bias = hn::Set(df, with_min ? 0.5f : static_cast<float>(gs.zero_point) + 0.5f);
+    const VF nan_code = hn::Set(df, with_min ? 0.0f : static_cast<float>(gs.zero_point));
+    auto code = [&](VF v) {
+      const VF y = with_min ? hn::Add(hn::Mul(hn::Sub(v, lo), id), bias) : hn::Add(hn::Mul(v, id), bias);
+      const VF q = hn::IfThenElse(hn::Eq(y, y), hn::Min(hn::Max(hn::Trunc(y), zero), top), nan_code);
+      return hn::BitCast(DU(), hn::ConvertTo(di, q));
+    };
+    size_t i = 0;
+    for (; i + N <= n; i += N) hn::StoreU(code(hn::LoadU(df, xg + i)), DU(), codes + c0 + i);
+    if (i < n) StoreTail(DU(), code(LoadTail(df, xg + i, n - i)), codes + c0 + i, n - i);
+  }
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace lowbit
 HWY_AFTER_NAMESPACE();
@@ -107,6 +158,7 @@ namespace lowbit {
 
 HWY_EXPORT(DequantSpan);
 HWY_EXPORT(EncodeSpan);
+HWY_EXPORT(QuantizeGgmlRow);
 
 using detail::fast_call;
 using detail::simd_covers;
@@ -126,12 +178,27 @@ uint32_t code_of_grid_value(const format& f, float v, int32_t zero_point) {
 quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const format& f, uint64_t tensor_id) {
   const serial_scope team(rows * cols < kParallelMinElements);  // the team the load leaves room for
   // Codes come from the same row kernel as fake_quantize with the scale left out (values on the
-  // element grid); the cases the SIMD path does not cover, and ggml's q4_0/q5_0/q4_1/q5_1 (their
-  // truncating arithmetic is not a rounding of x / s), use the reference.
-  if (use_ref() || (!is_kquant(f) && !simd_covers(f)) || has_fixed_zero_point(f) || has_block_min(f) || rows < 0 ||
-      cols < 0)
-    return quantize_ref(x, rows, cols, f, tensor_id);
+  // element grid); the cases the SIMD path does not cover use the reference; ggml's
+  // q4_0/q5_0/q4_1/q5_1 (their truncating arithmetic is not a rounding of x / s) their own row.
+  if (use_ref() || (!is_kquant(f) && !simd_covers(f)) || rows < 0 || cols < 0) return quantize_ref(x, rows, cols, f, tensor_id);
   quantized_tensor q = quantized_tensor::allocate(f, rows, cols);
+  if (has_fixed_zero_point(f) || has_block_min(f)) {  // ggml's truncating blocks: QuantizeGgmlRow
+    const scale_context ctx = make_scale_context(f, /*reference=*/false);
+    const int64_t gpr = groups_per_row(f, cols);
+#pragma omp parallel if (rows * cols >= kParallelMinElements)
+    {
+      std::vector<uint32_t> row_codes(static_cast<size_t>(cols));
+      std::vector<group_scale> gss(static_cast<size_t>(gpr));
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) {
+        HWY_DYNAMIC_DISPATCH(QuantizeGgmlRow)(x + r * cols, static_cast<size_t>(cols), static_cast<size_t>(f.group_size),
+                                              ctx, gss.data(), row_codes.data());
+        for (int64_t g = 0; g < gpr; ++g) store_group_scale(q, r * gpr + g, gss[static_cast<size_t>(g)]);
+        pack_codes(row_codes.data(), cols, f.element.bits, q.codes.data() + r * q.row_bytes);
+      }
+    }
+    return q;
+  }
   if (is_kquant(f)) {  // rows in parallel; each row's codes and scales are its own bytes
 #pragma omp parallel for schedule(static) if (rows * cols >= kParallelMinElements)
     for (int64_t r = 0; r < rows; ++r) kquant_quantize_rows(x, r, r + 1, q);
@@ -154,8 +221,8 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
   {
     std::vector<uint32_t> row_codes(static_cast<size_t>(cols));
     std::vector<float> vals(static_cast<size_t>(cols));
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
+    // The second pass of /t and nvfp4 walks each thread's rows back to front (fake_quantize_rows.cpp).
+    detail::for_rows_in_team(rows, detail::has_first_pass(f), omp_get_thread_num(), omp_get_num_threads(), [&](int64_t r) {
       const float* xr = x + r * cols;
       std::fill(row_codes.begin(), row_codes.end(), 0u);  // NaN-scale groups keep code 0
       const bool grouped = f.gran == granularity::group || f.gran == granularity::row;
@@ -181,7 +248,7 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
         }
       }
       pack_codes(row_codes.data(), cols, f.element.bits, q.codes.data() + r * q.row_bytes);
-    }
+    });
   }
   if (unstorable_nan.load()) return quantize_ref(x, rows, cols, f, tensor_id);  // throws the reference's message
   return q;

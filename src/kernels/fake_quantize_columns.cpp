@@ -64,7 +64,7 @@ HWY_NOINLINE bool FakeQuantColumnTilePath(const float* in, float* out, size_t ro
     words.resize(N * n);
     for (size_t j = 0; j < N; ++j)
       random_words(plan.rng_seed, plan.rng_tensor_id, counters.of(static_cast<int64_t>(c0 + j), static_cast<int64_t>(rows)) + r0,
-                   n, words.data() + j * n);
+                   n, words.data() + j * n, plan.rng_bits);
   }
   const VI lane_offsets = hn::Mul(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(n)));
   auto each_row = [&](auto quantize_vec) {

@@ -121,7 +121,8 @@ void FakeQuantGgmlBlock(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, s
 }
 
 // The stochastic-rounding draws of a row's elements [c, c + n), made a chunk (>= 1024 elements)
-// at a time into a thread-local buffer (element i of the tensor uses Philox block i/4, word i%4).
+// at a time into a thread-local buffer (element i of the tensor uses Philox block i/4, word i%4;
+// under ~srR block i/(128/R), docs/conventions.md §43).
 class RowDraws {
  public:
   RowDraws(const row_plan& plan, uint64_t index0, size_t cols) : plan_(plan), index0_(index0), cols_(cols) {}
@@ -131,7 +132,7 @@ class RowDraws {
     begin_ = c;
     end_ = std::min(cols_, c + std::max<size_t>(n, 1024));
     buf.resize(end_ - begin_);
-    random_words(plan_.rng_seed, plan_.rng_tensor_id, index0_ + begin_, end_ - begin_, buf.data());
+    random_words(plan_.rng_seed, plan_.rng_tensor_id, index0_ + begin_, end_ - begin_, buf.data(), plan_.rng_bits);
     base_ = buf.data();
     return base_;
   }
@@ -153,6 +154,7 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
   const format& f = *plan.f;
   const size_t k = static_cast<size_t>(plan.group_cols);
   const bool q8 = f.named == preset::q8_0;
+  const bool ggml_block = has_fixed_zero_point(f) || has_block_min(f);  // q4_0, q5_0, q4_1, q5_1
   RowDraws draws(plan, index0, cols);
   // The stochastic draws of [c, c + n), made here just before they are used (sr only).
   auto draws_for = [&](size_t c, size_t n) -> const uint32_t* {
@@ -161,6 +163,23 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
   };
   size_t c0 = 0, gi = 0;
 #if HWY_TARGET != HWY_SCALAR
+  if (plan.ggml_batch) {
+    // ggml's blocks, N at a time: their scales in one vectorised computation, then each block.
+    const size_t N = hn::Lanes(DF());
+    group_scale batch[hn::MaxLanes(DF())];
+    const bool with_min = has_block_min(f);
+    const float maxq = static_cast<float>((1 << f.element.bits) - 1);
+    for (; c0 + N * k <= cols; c0 += N * k, gi += N) {
+      if (!BatchGgmlScales(DF(), x + c0, k, *plan.sctx, with_min, batch))  // this batch block by block
+        for (size_t j = 0; j < N; ++j) batch[j] = GgmlBlockScale(x + c0 + j * k, k, *plan.sctx, with_min);
+      for (size_t j = 0; j < N; ++j) {
+        if (scales) scales[gi + j] = batch[j].nonfinite ? canonical_nan() : batch[j].stored;
+        if (zero_points) zero_points[gi + j] = batch[j].zero_point;
+        if (batch[j].nonfinite) std::fill(y + c0 + j * k, y + c0 + (j + 1) * k, canonical_nan());
+        else FakeQuantGgmlBlock(x + c0 + j * k, y + c0 + j * k, k, batch[j], with_min, maxq);
+      }
+    }
+  }
   if (plan.batch) {
     // N groups at a time: their statistics, one vectorised scale computation, then the elements.
     const DF df;
@@ -202,6 +221,9 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
     group_scale gs;
     if (f.gran == granularity::tensor) {
       gs = plan.tensor_gs;
+    } else if (ggml_block && GgmlBlockScaleFast(x + c0, n, *plan.sctx, has_block_min(f), &gs)) {
+      if (scales) scales[gi] = gs.stored;
+      if (zero_points) zero_points[gi] = gs.zero_point;
     } else if (f.gran != granularity::none) {
       simd_stats ss;
       GroupStatsT(x + c0, n, plan.want_minmax, false, &ss);
@@ -236,7 +258,9 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
     row_job job = detail::make_job(f, g, gs, plan.unscaled);
     job.random = draws_for(c0, n);
     job.stream = plan.stream;
-    job.prefetch_ahead = plan.stream ? (k >= 1024 ? static_cast<int64_t>(k) : 1024) : 0;
+    // Row-sized groups (/c, /t) prefetch the same columns of the next row to be visited.
+    const int64_t next_row = plan.rows_backward ? -static_cast<int64_t>(k) : static_cast<int64_t>(k);
+    job.prefetch_ahead = plan.stream ? (k >= 1024 ? next_row : 1024) : 0;
     if (q8) FakeQuantSpanScale<rounding_mode::rna, span_path::int_fast>(x + c0, y + c0, n, job, g);  // ggml's roundf
     else FakeQuantSpanScale<kMode, kPath>(x + c0, y + c0, n, job, g);
   }
@@ -318,16 +342,19 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
   // Outputs larger than the caches go around them (no read-for-ownership of the destination).
   constexpr int64_t kStreamBytes = int64_t{8} << 20;
   call.plan.stream = in != out && rows * cols * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
+  // A first pass over the tensor (/t, nvfp4) read it front to back, each thread its own block of
+  // rows; the second goes back to front over the same blocks, so that it starts on the rows the
+  // caches still hold and a tensor larger than the caches is read from memory once plus the part
+  // the caches could not keep, instead of twice.
+  const bool backward = detail::has_first_pass(f);
+  call.plan.rows_backward = backward;
 #pragma omp parallel if (rows * cols >= kParallelMinElements)
-  {
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      // In place is safe: each group's statistics are taken before its outputs are written.
-      const float* x = in + r * cols;
-      HWY_DYNAMIC_DISPATCH(FakeQuantRow)(x, out + r * cols, static_cast<size_t>(cols), call.plan,
-                                         counters.of(r, cols), nullptr, nullptr, call.group_amax_of(r));
-    }
-  }
+  detail::for_rows_in_team(rows, backward, omp_get_thread_num(), omp_get_num_threads(), [&](int64_t r) {
+    // In place is safe: each group's statistics are taken before its outputs are written.
+    const float* x = in + r * cols;
+    HWY_DYNAMIC_DISPATCH(FakeQuantRow)(x, out + r * cols, static_cast<size_t>(cols), call.plan,
+                                       counters.of(r, cols), nullptr, nullptr, call.group_amax_of(r));
+  });
 }
 
 }  // namespace lowbit

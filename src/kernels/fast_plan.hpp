@@ -84,7 +84,8 @@ inline grid_params make_grid_params(const element_format& e) {
       // value below max is already on the grid with a larger C).
       g.fast_rne = e.mbits > 0 && e.mbits <= 22 && g.saturate && lim.emax - e.mbits <= 103;
       // Elements with float32's exponent range (e8mM, bias 127): RNE is a fixed shift of the pattern.
-      g.e8_fast = e.ebits == 8 && e.bias == 127 && e.subnormals && g.saturate && e.mbits <= 22;
+      // (fp32 itself, M = 23, is the identity there: only saturation and the canonical NaN.)
+      g.e8_fast = e.ebits == 8 && e.bias == 127 && e.subnormals && g.saturate && e.mbits <= 23;
       g.e8_shift = 23 - e.mbits;
       // Stochastic rounding by q = |y| 2^-L, floor, t = q - floor (all exact) needs 2^-L in float32.
       g.sr_fast = g.saturate && g.below_log2step >= -126 && lim.emax - e.mbits <= 126;
@@ -178,11 +179,14 @@ struct row_plan {
   float tensor_scale;      // nvfp4
   bool unscaled;           // quantize(): leave values on the element grid
   bool stream;             // write aligned output vectors with non-temporal stores
+  bool rows_backward;      // rows are visited back to front (a second pass): prefetch the row before
   bool batch;              // groups' scales can be computed N groups at a time (BatchScales)
   int batch_preset;        // 0 generic (scale_context::inline_rule), 1 nvfp4, 2 q8_0
+  bool ggml_batch;         // q4_0/q5_0/q4_1/q5_1: N blocks' scales at a time (BatchGgmlScales)
   // sr: the Philox stream (seed, tensor id); the row kernel makes each chunk's draws just before using
   // them (the multiplies then overlap the memory stalls of the data, and stay in L1)
   uint64_t rng_seed, rng_tensor_id;
+  int rng_bits;  // format::sr_bits: 0 the exact draw (docs/conventions.md §10), else §43's R-bit draw
 };
 
 // The SIMD path covers every format but these, which run the scalar per-value code explicitly.
@@ -215,6 +219,23 @@ struct fast_call {
   fast_call(const fast_call&) = delete;  // plan points into grid and sctx
   fast_call& operator=(const fast_call&) = delete;
 };
+
+// Formats whose fast kernels read the tensor twice: a per-tensor scale (/t) and nvfp4's tensor
+// scale come from a first pass over the whole tensor.
+inline bool has_first_pass(const format& f) { return f.gran == granularity::tensor || f.named == preset::nvfp4; }
+
+// fn(r) for r in [0, rows) inside an OpenMP parallel region: each thread a contiguous block of
+// rows (OpenMP's static schedule), walked front to back, or back to front (`backward`: a second
+// pass that starts on the rows its thread's first pass read last, still in the caches).
+template <class Fn>
+inline void for_rows_in_team(int64_t rows, bool backward, int thread, int threads, Fn&& fn) {
+  const int64_t q = rows / threads, rem = rows % threads;
+  const int64_t r0 = thread * q + std::min<int64_t>(thread, rem), r1 = r0 + q + (thread < rem ? 1 : 0);
+  if (backward)
+    for (int64_t r = r1 - 1; r >= r0; --r) fn(r);
+  else
+    for (int64_t r = r0; r < r1; ++r) fn(r);
+}
 
 // The row kernel (fake_quantize_rows.cpp's FakeQuantRow on the chosen target) for the other units:
 // row x of `cols` values into y under plan; index0 = the stochastic-rounding counter of x[0];

@@ -8,7 +8,12 @@
 #include <hwy/highway.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
+
+#include <fmt/format.h>
+
+#include "lowbit/base/error.hpp"
 
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/scale.hpp"
@@ -96,6 +101,36 @@ void PhiloxBlocks(uint64_t block0, size_t count, const philox_stream& ps, uint32
 #endif
 }
 
+// The words of R-bit draws (docs/conventions.md §43): out[i] = (2k + 1) << (31 - R) with k the R
+// bits of element skip + i of the Philox outputs `blocks` (4 words a block, read as one little-endian
+// bit string, element e at bits [R e, R e + R)). R = 8 and 16 widen bytes / halfwords on SIMD lanes.
+void ExpandDraws(const uint32_t* HWY_RESTRICT blocks, size_t skip, size_t count, int bits, uint32_t* HWY_RESTRICT out) {
+  size_t i = 0;
+  if constexpr (std::endian::native == std::endian::little) {
+    const DU du;
+    const size_t N = hn::Lanes(du);
+    if (bits == 8) {
+      const hn::Rebind<uint8_t, DU> d8;
+      const auto* bytes = reinterpret_cast<const uint8_t*>(blocks) + skip;
+      for (; i + N <= count; i += N)
+        hn::StoreU(hn::Or(hn::ShiftLeft<24>(hn::PromoteTo(du, hn::LoadU(d8, bytes + i))), hn::Set(du, 1u << 23)), du,
+                   out + i);
+    } else if (bits == 16) {
+      const hn::Rebind<uint16_t, DU> d16;
+      const auto* halves = reinterpret_cast<const uint16_t*>(blocks) + skip;
+      for (; i + N <= count; i += N)
+        hn::StoreU(hn::Or(hn::ShiftLeft<16>(hn::PromoteTo(du, hn::LoadU(d16, halves + i))), hn::Set(du, 1u << 15)),
+                   du, out + i);
+    }
+  }
+  const uint32_t mask = (1u << bits) - 1u;
+  for (; i < count; ++i) {
+    const size_t offset = static_cast<size_t>(bits) * (skip + i);
+    const uint32_t k = (blocks[offset / 32] >> (offset % 32)) & mask;
+    out[i] = (2 * k + 1) << (31 - bits);
+  }
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace lowbit
 HWY_AFTER_NAMESPACE();
@@ -104,10 +139,35 @@ HWY_AFTER_NAMESPACE();
 namespace lowbit {
 
 HWY_EXPORT(PhiloxBlocks);
+HWY_EXPORT(ExpandDraws);
 
-void random_words(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out) {
-  if (use_ref()) return random_words_ref(seed, tensor_id, first, count, out);
+namespace {
+
+// The R-bit draws of docs/conventions.md §43: Philox block b serves elements [b P, (b + 1) P),
+// P = 128 / R; up to 64 blocks at a time into a stack buffer, then widened to words.
+void random_words_of_bits(const philox_stream& ps, uint64_t first, size_t count, uint32_t* out, int bits) {
+  const uint64_t per_block = 128 / static_cast<uint64_t>(bits);
+  constexpr uint64_t kBlocks = 64;
+  HWY_ALIGN uint32_t blocks[4 * kBlocks];
+  const uint64_t end = first + count;
+  for (uint64_t i = first; i < end;) {
+    const uint64_t b0 = i / per_block, last = (end - 1) / per_block;
+    const uint64_t nb = std::min(kBlocks, last - b0 + 1);
+    HWY_DYNAMIC_DISPATCH(PhiloxBlocks)(b0, static_cast<size_t>(nb), ps, blocks);
+    const uint64_t skip = i - b0 * per_block, n = std::min(end - i, nb * per_block - skip);
+    HWY_DYNAMIC_DISPATCH(ExpandDraws)(blocks, static_cast<size_t>(skip), static_cast<size_t>(n), bits, out + (i - first));
+    i += n;
+  }
+}
+
+}  // namespace
+
+void random_words(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out, int draw_bits) {
+  if (draw_bits != 0 && !valid_sr_bits(draw_bits))
+    throw error(fmt::format("random_words: {} random bits per element (1, 2, 4, 8 or 16)", draw_bits));
+  if (use_ref()) return random_words_ref(seed, tensor_id, first, count, out, draw_bits);
   const philox_stream ps = philox_stream_of(seed, tensor_id);
+  if (draw_bits != 0) return random_words_of_bits(ps, first, count, out, draw_bits);
   // Whole blocks go straight to out (block b holds elements 4b .. 4b+3); a partial block at
   // either end is made once and the words it covers copied.
   auto partial = [&](uint64_t block, uint64_t from, uint64_t to) {

@@ -310,8 +310,7 @@ void for_each_group_ref(const float* x, int64_t rows, int64_t cols, int64_t r0, 
 }
 
 float draw(const format& f, uint64_t tensor_id, int64_t index) {
-  return f.rounding == rounding_mode::sr ? uniform_from_word(random_word(f.seed, tensor_id, static_cast<uint64_t>(index)))
-                                         : 0.0f;
+  return f.rounding == rounding_mode::sr ? sr_uniform(f, tensor_id, static_cast<uint64_t>(index)) : 0.0f;
 }
 
 }  // namespace

@@ -251,6 +251,26 @@ group_scale choose_scale(const format& f, const group_stats& st, const float* x,
   return choose_scale(make_scale_context(f), st, x, n, tensor_scale);
 }
 
+group_scale ggml_scale_from_max(const scale_context& ctx, float vmax) {
+  group_scale gs;
+  const int32_t half = int32_t{1} << (ctx.f->element.bits - 1);
+  const float d = vmax / static_cast<float>(-half);
+  gs.multiplier = d != 0 ? 1.0f / d : 0.0f;
+  gs.scale = gs.stored = round_ggml_scale(ctx, d);
+  gs.zero_point = half;
+  return gs;
+}
+
+group_scale ggml_scale_from_range(const scale_context& ctx, float lo, float hi) {
+  group_scale gs;
+  const float d = (hi - lo) / static_cast<float>((1 << ctx.f->element.bits) - 1);
+  gs.multiplier = d != 0 ? 1.0f / d : 0.0f;
+  gs.scale = gs.stored = round_ggml_scale(ctx, d);
+  gs.min = lo;
+  gs.offset = -round_ggml_scale(ctx, lo);
+  return gs;
+}
+
 group_scale choose_scale(const scale_context& ctx, const group_stats& st, const float* x, int64_t n,
                          float tensor_scale) {
   const format& f = *ctx.f;
@@ -280,12 +300,7 @@ group_scale choose_scale(const scale_context& ctx, const group_stats& st, const 
           amax = std::fabs(x[i]);
           vmax = x[i];
         }
-      const int32_t half = int32_t{1} << (f.element.bits - 1);
-      const float d = vmax / static_cast<float>(-half);
-      gs.multiplier = d != 0 ? 1.0f / d : 0.0f;
-      gs.scale = gs.stored = round_ggml_scale(ctx, d);
-      gs.zero_point = half;
-      return gs;
+      return ggml_scale_from_max(ctx, vmax);
     }
     case preset::q4_1:
     case preset::q5_1: {
@@ -297,12 +312,7 @@ group_scale choose_scale(const scale_context& ctx, const group_stats& st, const 
         if (x[i] < lo) lo = x[i];
         if (x[i] > hi) hi = x[i];
       }
-      const float d = (hi - lo) / static_cast<float>((1 << f.element.bits) - 1);
-      gs.multiplier = d != 0 ? 1.0f / d : 0.0f;
-      gs.scale = gs.stored = round_ggml_scale(ctx, d);
-      gs.min = lo;
-      gs.offset = -round_ggml_scale(ctx, lo);
-      return gs;
+      return ggml_scale_from_range(ctx, lo, hi);
     }
     case preset::q8_0: {
       // ggml quantize_row_q8_0_ref: d = amax / 127, q = roundf(x * (1/d)).
@@ -412,8 +422,20 @@ uint32_t random_word(uint64_t seed, uint64_t tensor_id, uint64_t index) {
   return out[index & 3];
 }
 
-void random_words_ref(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out) {
-  for (size_t i = 0; i < count; ++i) out[i] = random_word(seed, tensor_id, first + i);
+// docs/conventions.md §43: the R-bit draw k of element `index` as the word (2k + 1) << (31 - R).
+uint32_t random_word(uint64_t seed, uint64_t tensor_id, uint64_t index, int draw_bits) {
+  if (draw_bits == 0) return random_word(seed, tensor_id, index);
+  if (!valid_sr_bits(draw_bits)) throw error(fmt::format("random_word: {} random bits per element (1, 2, 4, 8 or 16)", draw_bits));
+  const uint64_t per_block = 128 / static_cast<uint64_t>(draw_bits);
+  uint32_t out[4];
+  philox_stream_of(seed, tensor_id).block(index / per_block, out);
+  const uint64_t offset = static_cast<uint64_t>(draw_bits) * (index % per_block);  // bit in the 128-bit output
+  const uint32_t k = (out[offset / 32] >> (offset % 32)) & ((1u << draw_bits) - 1u);
+  return (2 * k + 1) << (31 - draw_bits);
+}
+
+void random_words_ref(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out, int draw_bits) {
+  for (size_t i = 0; i < count; ++i) out[i] = random_word(seed, tensor_id, first + i, draw_bits);
 }
 
 }  // namespace lowbit

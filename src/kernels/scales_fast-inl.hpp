@@ -12,6 +12,7 @@
 #define LOWBIT_KERNELS_SCALES_FAST_INL_H_
 #endif
 
+#include <bit>
 #include <cmath>
 
 #include <hwy/highway.h>
@@ -176,6 +177,144 @@ HWY_INLINE bool BatchScales(DF df, VI amax_bits, const scale_context& ctx, float
   return true;
 }
 #endif
+
+#if HWY_TARGET != HWY_SCALAR
+// Lane j = the max (kMax) or min of the lanes of v[j], for N vectors (MaxOfLanesBatch on floats).
+template <bool kMax>
+HWY_INLINE VF MinMaxOfLanesBatch(DF df, VF* v, size_t count) {
+  for (size_t width = count; width > 1; width /= 2)
+    for (size_t j = 0; j < width / 2; ++j) {
+      const VF a = hn::ConcatEven(df, v[2 * j + 1], v[2 * j]), b = hn::ConcatOdd(df, v[2 * j + 1], v[2 * j]);
+      v[j] = kMax ? hn::Max(a, b) : hn::Min(a, b);
+    }
+  return v[0];
+}
+
+// The scales of N consecutive ggml blocks of k (q4_0/q5_0, or q4_1/q5_1 `with_min`) starting at
+// p, vectorised: ggml_scale_from_max / ggml_scale_from_range's float operations, with vmax = the
+// larger of max and -min (the value ggml's scan keeps when only one sign reaches amax) and the
+// fp16 rounding as RoundScaleGrid of |d| (round_minifloat_fast's (|v| + C) - C). Fills
+// gs[0..N); false where a block needs choose_scale: a NaN/Inf, max = -min != 0 (which of the two
+// comes first decides), a zero min or max with a min (its sign), fp16 overflow or 1/d = Inf.
+HWY_INLINE bool BatchGgmlScales(DF df, const float* p, size_t k, const scale_context& ctx, bool with_min,
+                                group_scale* gs) {
+  const DI di;
+  const size_t N = hn::Lanes(df);
+  VF hi[hn::MaxLanes(DF())];
+  VF lo[hn::MaxLanes(DF())];
+  VI abs_or = hn::Zero(di);
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  for (size_t j = 0; j < N; ++j, p += k) {
+    VF h = hn::LoadU(df, p), l = h;
+    abs_or = hn::Max(abs_or, hn::And(hn::BitCast(di, h), abs_mask));
+    for (size_t i = N; i < k; i += N) {
+      const VF v = i + N <= k ? hn::LoadU(df, p + i) : hn::LoadU(df, p + k - N);  // k >= N
+      h = hn::Max(h, v);
+      l = hn::Min(l, v);
+      abs_or = hn::Max(abs_or, hn::And(hn::BitCast(di, v), abs_mask));
+    }
+    hi[j] = h;
+    lo[j] = l;
+  }
+  if (!hn::AllFalse(di, hn::Gt(abs_or, hn::Set(di, 0x7f7fffff)))) return false;  // NaN/Inf somewhere
+  const VF mx = MinMaxOfLanesBatch<true>(df, hi, N), mn = MinMaxOfLanesBatch<false>(df, lo, N);
+  const VF zero = hn::Zero(df), fp16_max = hn::Set(df, ctx.s_max);  // ggml's fp16: 65504
+  VF d, m16 = zero;
+  if (with_min) {
+    if (!hn::AllFalse(df, hn::Or(hn::Eq(mn, zero), hn::Eq(mx, zero)))) return false;
+    d = hn::Div(hn::Sub(mx, mn), hn::Set(df, static_cast<float>((1 << ctx.f->element.bits) - 1)));
+    if (!hn::AllFalse(df, hn::Gt(hn::Abs(mn), fp16_max))) return false;
+    m16 = hn::CopySign(RoundScaleGrid(df, hn::Abs(mn), ctx.s_emin, ctx.s_mbits), mn);
+  } else {
+    const VF neg_mn = hn::Neg(mn);
+    if (!hn::AllFalse(df, hn::And(hn::Eq(mx, neg_mn), hn::Ne(mx, zero)))) return false;
+    // vmax: max where it is the larger magnitude, else min; +0 for an all-zero block.
+    const VF vmax = hn::IfThenElse(hn::Gt(mx, neg_mn), mx, hn::IfThenElse(hn::Gt(neg_mn, mx), mn, zero));
+    d = hn::Div(vmax, hn::Set(df, -static_cast<float>(1 << (ctx.f->element.bits - 1))));
+  }
+  if (!hn::AllFalse(df, hn::Gt(hn::Abs(d), fp16_max))) return false;
+  const VF id = hn::IfThenElseZero(hn::Ne(d, zero), hn::Div(hn::Set(df, 1.0f), d));
+  if (!hn::AllFalse(df, hn::Gt(hn::Abs(id), hn::Set(df, 3.4e38f)))) return false;  // 1/d = Inf
+  const VF d16 = hn::CopySign(RoundScaleGrid(df, hn::Abs(d), ctx.s_emin, ctx.s_mbits), d);
+  if (!hn::AllFalse(df, hn::Gt(hn::Abs(d16), fp16_max))) return false;
+  HWY_ALIGN float d_s[hn::MaxLanes(DF())], id_s[hn::MaxLanes(DF())], mn_s[hn::MaxLanes(DF())], m_s[hn::MaxLanes(DF())];
+  hn::Store(d16, df, d_s);
+  hn::Store(id, df, id_s);
+  hn::Store(mn, df, mn_s);
+  hn::Store(m16, df, m_s);
+  const int32_t zp = with_min ? 0 : int32_t{1} << (ctx.f->element.bits - 1);
+  for (size_t j = 0; j < N; ++j) {
+    group_scale g;
+    g.multiplier = id_s[j];
+    g.scale = g.stored = d_s[j];
+    if (with_min) {
+      g.min = mn_s[j];
+      g.offset = -m_s[j];
+    } else {
+      g.zero_point = zp;
+    }
+    gs[j] = g;
+  }
+  return true;
+}
+#endif
+
+// The scale of one of ggml's blocks with a fixed zero point (q4_0/q5_0: from vmax, the first value
+// of largest magnitude) or a min (q4_1/q5_1: from min and max), its statistics taken with SIMD
+// (the last vector overlaps the one before where n is not a multiple of N: max and min do not
+// mind). False where choose_scale's scalar scan must decide: a group shorter than a vector, a
+// NaN or Inf (the group's scale is NaN), or q4_1/q5_1's min or max a zero (its sign is the one
+// ggml's scan meets first).
+HWY_INLINE bool GgmlBlockScaleFast(const float* HWY_RESTRICT x, size_t n, const scale_context& ctx, bool with_min,
+                                   group_scale* gs) {
+  const DF df;
+  const DI di;
+  const size_t N = hn::Lanes(df);
+  if (n < N) return false;
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  VF v = hn::LoadU(df, x);
+  VI amax = hn::And(hn::BitCast(di, v), abs_mask);
+  VF lo = v, hi = v;
+  for (size_t i = N;; i += N) {
+    if (i >= n) break;
+    v = hn::LoadU(df, x + (i + N <= n ? i : n - N));
+    amax = hn::Max(amax, hn::And(hn::BitCast(di, v), abs_mask));
+    if (with_min) {
+      lo = hn::Min(lo, v);
+      hi = hn::Max(hi, v);
+    }
+  }
+  const uint32_t amax_bits = static_cast<uint32_t>(hn::GetLane(hn::MaxOfLanes(di, amax)));
+  if (amax_bits >= 0x7f800000u) return false;
+  if (with_min) {
+    const float mn = hn::GetLane(hn::MinOfLanes(df, lo)), mx = hn::GetLane(hn::MaxOfLanes(df, hi));
+    if (mn == 0.0f || mx == 0.0f) return false;
+    *gs = ggml_scale_from_range(ctx, mn, mx);
+    return true;
+  }
+  float vmax = 0.0f;  // ggml's scan keeps the first |x| above the running amax, starting from 0
+  if (amax_bits != 0)
+    for (size_t i = 0; i < n; ++i)
+      if ((std::bit_cast<uint32_t>(x[i]) & 0x7fffffffu) == amax_bits) {
+        vmax = x[i];
+        break;
+      }
+  *gs = ggml_scale_from_max(ctx, vmax);
+  return true;
+}
+
+// One ggml block's scale: GgmlBlockScaleFast, or choose_scale's scan where it declines (incl. a
+// NaN/Inf block: nonfinite).
+HWY_INLINE group_scale GgmlBlockScale(const float* HWY_RESTRICT x, size_t n, const scale_context& ctx, bool with_min) {
+  group_scale gs;
+  if (GgmlBlockScaleFast(x, n, ctx, with_min, &gs)) return gs;
+  simd_stats ss;
+  GroupStatsT(x, n, false, false, &ss);
+  group_stats st;
+  st.nonfinite = ss.amax_bits >= 0x7f800000u;
+  st.amax = std::bit_cast<float>(ss.amax_bits);
+  return choose_scale(ctx, st, x, static_cast<int64_t>(n), 1.0f);
+}
 
 }  // namespace HWY_NAMESPACE
 }  // namespace lowbit

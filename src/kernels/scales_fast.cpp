@@ -101,6 +101,7 @@ fast_call::fast_call(const format& f, const float* x, int64_t rows, int64_t cols
     : grid(make_grid_params(f.element)), sctx(make_scale_context(f, /*reference=*/false)) {
   plan.f = &f;
   plan.rng_seed = f.seed;
+  plan.rng_bits = f.sr_bits;
   plan.rng_tensor_id = tensor_id;
   plan.grid = &grid;
   plan.sctx = &sctx;
@@ -108,9 +109,11 @@ fast_call::fast_call(const format& f, const float* x, int64_t rows, int64_t cols
   plan.want_minmax = f.element.kind == element_kind::uint_asym;
   plan.unscaled = unscaled;
   plan.stream = false;
+  plan.rows_backward = false;
   plan.batch_preset = f.named == preset::nvfp4 ? 1 : f.named == preset::q8_0 ? 2 : 0;
   plan.batch = f.gran == granularity::group && f.group_size <= 512 &&
                (sctx.inline_rule != scale_context::inline_none || plan.batch_preset != 0);
+  plan.ggml_batch = (has_fixed_zero_point(f) || has_block_min(f)) && f.gran == granularity::group;
   plan.tensor_scale = 1.0f;
   if (f.named == preset::nvfp4 && keep_group_amax) {  // (nvfp4's groups of 16 always batch)
     thread_local std::vector<int32_t> amax_buffer;  // reused by the calls of a thread

@@ -246,9 +246,12 @@ HWY_INLINE VF RoundE8Fast(DF df, VF y, const grid_params& g) {
   const VI abs_mask = hn::Set(di, 0x7fffffff);
   const VI ab = hn::And(bits, abs_mask);
   const int s = g.e8_shift;
-  const VI lsb = hn::And(hn::ShiftRightSame(ab, s), hn::Set(di, 1));
-  VI r = hn::Add(hn::Add(ab, hn::Set(di, (1 << (s - 1)) - 1)), lsb);
-  r = hn::And(r, hn::Set(di, ~((1 << s) - 1)));
+  VI r = ab;
+  if (s > 0) {  // (s = 0: fp32 onto itself)
+    const VI lsb = hn::And(hn::ShiftRightSame(ab, s), hn::Set(di, 1));
+    r = hn::Add(hn::Add(ab, hn::Set(di, (1 << (s - 1)) - 1)), lsb);
+    r = hn::And(r, hn::Set(di, ~((1 << s) - 1)));
+  }
   r = hn::Min(r, hn::Set(di, g.max_bits));
   VI out = hn::Or(r, hn::AndNot(abs_mask, bits));
   out = hn::IfThenElse(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Set(di, 0x7fc00000), out);

@@ -261,7 +261,7 @@ void gptq_columns(const gptq_plan& p, std::vector<T>& Wp, const std::vector<T>& 
           gs = p.fixed[static_cast<size_t>(r * p.groups_per_row + c / p.G)];
         }
         const float x = static_cast<float>(w[i]);
-        const float u = sr ? uniform_from_word(random_word(f.seed, p.tensor_id, static_cast<uint64_t>(r * in + c))) : 0.0f;
+        const float u = sr ? sr_uniform(f, p.tensor_id, static_cast<uint64_t>(r * in + c)) : 0.0f;
         const uint32_t code = quantize_value_ref(f, x, gs, u);
         const float q = dequantize_value_ref(f, code, gs);
         if (p.pack) codes[static_cast<size_t>(r * in + c)] = code;

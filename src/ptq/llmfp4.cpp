@@ -64,6 +64,7 @@ format element_cast(const format& f, const element_format& e) {
   c.gran = granularity::none;
   c.rounding = f.rounding;
   c.seed = f.seed;
+  c.sr_bits = f.sr_bits;
   return c;
 }
 

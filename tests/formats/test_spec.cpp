@@ -127,6 +127,34 @@ TEST(Spec, ErrorsNamePositionExpectationAndSuggestions) {
   EXPECT_NE(e.find("rounding"), std::string::npos) << e;
 }
 
+// The R-bit stochastic rounding ~srR (docs/conventions.md §43): R is part of the format, prints
+// back as written, and is distinct from the exact ~sr; R outside {1, 2, 4, 8, 16} is refused.
+TEST(Spec, StochasticRoundingWithRBitsRoundTrips) {
+  EXPECT_EQ(canon("e2m1/g32~sr8"), "e2m1/g32~sr8");
+  EXPECT_EQ(canon("mxfp4~sr16:7"), "e2m1/g32:e8m0~sr16:7");
+  EXPECT_EQ(canon("nvfp4~sr8:3"), "nvfp4~sr8:3");
+  EXPECT_EQ(canon("int8/c~sr1"), "int8/c~sr1");
+  EXPECT_EQ(parse_format("e2m1/g32~sr8").sr_bits, 8);
+  EXPECT_EQ(parse_format("e2m1/g32~sr16:4").sr_bits, 16);
+  EXPECT_EQ(parse_format("e2m1/g32~sr16:4").seed, 4u);
+  EXPECT_EQ(parse_format("e2m1/g32~sr").sr_bits, 0);
+  EXPECT_FALSE(parse_format("e2m1/g32~sr8") == parse_format("e2m1/g32~sr"));
+  EXPECT_FALSE(parse_format("e2m1/g32~sr8") == parse_format("e2m1/g32~sr16"));
+  for (const char* s : {"e2m1/g32~sr2", "e4m3fn/t~sr4:9", "nvfp4~sr16", "e4m3fn/g32:e8m0~sr8:18446744073709551615"}) {
+    SCOPED_TRACE(s);
+    const format f = parse_format(s);
+    EXPECT_EQ(format_name(f), s);
+    EXPECT_TRUE(parse_format(format_name(f)) == f);
+  }
+  for (const char* bad : {"e2m1/g32~sr3", "e2m1/g32~sr0", "e2m1/g32~sr32", "e2m1/g32~sr24", "e2m1/g32~sr08",
+                          "e2m1/g32~sr8x", "e2m1/g32~sr99999999999"}) {
+    const std::string e = error_of(bad);
+    EXPECT_NE(e.find("1, 2, 4, 8 or 16"), std::string::npos) << bad << ": " << e;
+  }
+  EXPECT_NE(error_of("q8_0~sr8").find("rounding"), std::string::npos);
+  EXPECT_NE(error_of("int4/g32~sr8:x").find("seed"), std::string::npos);
+}
+
 TEST(Spec, BitsPerElement) {
   EXPECT_DOUBLE_EQ(bits_per_element(parse_format("mxfp4")), 4.25);
   EXPECT_DOUBLE_EQ(bits_per_element(parse_format("mxfp8")), 8.25);

@@ -4,6 +4,7 @@
 // values, +-0, NaN and Inf (docs/architecture.md §8). A failure prints the whole parameter tuple.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdlib>
@@ -158,7 +159,7 @@ const std::vector<std::string>& element_specs() {
       "e4m3fn", "e5m2", "e4m3fnuz", "e5m2fnuz", "e3m2", "e2m3", "e2m1", "e4m3finite", "e1m0", "e1m2",
       "e2m0", "e3m0fnuz", "e5m2(overflow=inf)", "e4m3fn(overflow=nan)", "e3m2ieee(subnormals=off)",
       "e4m3fn(bias=4,subnormals=off)", "e2m1(bias=0)", "e5m3(bias=20)", "bf16", "fp16", "tf32",
-      "e6m5ieee(overflow=nan)", "int2", "int4", "int8", "int16", "uint3", "uint8", "nf4/c",
+      "e6m5ieee(overflow=nan)", "fp32", "int2", "int4", "int8", "int16", "uint3", "uint8", "nf4/c",
       "lut(-1.5,-0.5,0,0.25,2)"};
   return v;
 }
@@ -170,7 +171,7 @@ const std::vector<std::string>& element_specs() {
 // for them this checks the dispatch only, the values being the reference's own.
 TEST(Differential, PlainCastsEveryRounding) {
   std::mt19937 gen(seed(1));
-  const char* modes[] = {"", "~rna", "~rtz", "~up", "~down", "~odd", "~sr:3"};
+  const char* modes[] = {"", "~rna", "~rtz", "~up", "~down", "~odd", "~sr:3", "~sr8:3", "~sr16:3", "~sr2"};
   int cases = 0;
   for (const auto& t : simd_targets()) {
     force_simd_target(t.first);
@@ -202,7 +203,8 @@ TEST(Differential, ScaledFormats) {
       "e4m3fn/t", "e4m3fn/c", "e2m1/g32~sr", "e2m1/g16:e4m3", "int4/g32:fp16", "e4m3fn/g32:e4m3~sr", "e2m1/g32:e8m0@rceil", "e2m1/g32:e8m0@ceil",
       "e2m1/g32:e8m0@even", "e3m2/g7:bf16~rtz", "int4/g32:pow2", "int4/g32:fp16@mse", "e2m1/g32@p99",
       "uint4/g32@mse", "pow0.5(int4/g32)", "pow0.75(e2m1/g16:e8m0)", "nf4/g64:fp16~sr", "lut(-1,0,0.5,1)/g5~up",
-      "mxfp4~sr:9", "nvfp4~sr", "int8/t~odd", "e4m3fn/g17:e8m0~down", "e5m2/c~rna"};
+      "mxfp4~sr:9", "nvfp4~sr", "int8/t~odd", "e4m3fn/g17:e8m0~down", "e5m2/c~rna", "e2m1/g32~sr8",
+      "mxfp4~sr8:9", "nvfp4~sr8", "e4m3fn/t~sr16", "int8/c~sr8", "e4m3fn/g32:e4m3~sr4", "nf4/g64:fp16~sr8"};
   int cases = 0;
   for (const auto& t : simd_targets()) {
     force_simd_target(t.first);
@@ -315,7 +317,8 @@ TEST(Differential, ColumnGroupsEqualTheTransposedReference) {
       "uint4/g16", "e4m3fn/t", "e4m3fn/c", "e5m2/g32", "e4m3fn/g32", "e2m1/g32~sr", "e2m1/g16:e4m3",
       "int4/g32:fp16", "e2m1/g32:e8m0@rceil", "e3m2/g7:bf16~rtz", "int4/g32:pow2", "uint4/g32@mse",
       "pow0.5(int4/g32)", "nvfp4~sr", "e4m3fn/g17:e8m0~down", "e5m2/c~rna", "bf16", "e4m3fn~odd", "q4_k", "q6_k",
-      "q2_k", "q3_k", "q5_k", "q4_1", "q5_0", "q5_1", "mxfp4~sr:9", "e4m3fn/c~sr", "int8/t~sr", "e2m1~sr:2"};
+      "q2_k", "q3_k", "q5_k", "q4_1", "q5_0", "q5_1", "mxfp4~sr:9", "e4m3fn/c~sr", "int8/t~sr", "e2m1~sr:2",
+      "mxfp4~sr8:9", "e4m3fn/c~sr16", "int8/t~sr8", "e2m1~sr8:2", "nvfp4~sr8"};
   int cases = 0;
   for (const auto& t : simd_targets()) {
     force_simd_target(t.first);
@@ -393,7 +396,8 @@ TEST(Differential, RowShardsDrawWhatTheWholeTensorDraws) {
   const std::vector<float> x = gaussian(gen, rows * cols);
   for (const auto& t : simd_targets()) {
     force_simd_target(t.first);
-    for (const char* spec : {"e2m1/g32~sr:4", "mxfp4~sr", "int8/c~sr", "e4m3fn/g16:e4m3~sr", "pow0.5(int4/g32~sr)"}) {
+    for (const char* spec : {"e2m1/g32~sr:4", "mxfp4~sr", "int8/c~sr", "e4m3fn/g16:e4m3~sr", "pow0.5(int4/g32~sr)",
+                             "e2m1/g32~sr8:4", "mxfp4~sr16", "int8/c~sr8", "pow0.5(int4/g32~sr8)"}) {
       const format f = parse_format(spec);
       std::vector<float> whole(x.size()), whole_cols(x.size()), part((r1 - r0) * cols), part_cols(part.size());
       fake_quantize(x.data(), whole.data(), rows, cols, f, 5);
@@ -431,15 +435,110 @@ TEST(Differential, StochasticCountersCarryIntoTheHighWord) {
   const std::vector<float> x = gaussian(gen, rows * cols);
   for (const auto& t : simd_targets()) {
     force_simd_target(t.first);
-    for (const char* spec : {"e2m1/g32~sr:3", "e4m3fn/g64~sr", "int4/g32~sr"}) {
+    for (const char* spec : {"e2m1/g32~sr:3", "e4m3fn/g64~sr", "int4/g32~sr", "e2m1/g32~sr8:3", "int4/g32~sr16"}) {
       const format f = parse_format(spec);
-      for (uint64_t base : {(uint64_t{1} << 34) - 48, (uint64_t{1} << 34) - 300, (uint64_t{7} << 34) - 4}) {
+      // Block 2^32 starts at element 2^32 * (elements per block): 4 (~sr), 128/R (~srR).
+      const int per_block = f.sr_bits ? 128 / f.sr_bits : 4;
+      const uint64_t carry = (uint64_t{1} << 32) * static_cast<uint64_t>(per_block);
+      for (uint64_t base : {carry - 48, carry - 300, 7 * carry - 4, carry - 1}) {
         std::vector<float> ref(x.size()), fast(x.size());
         fake_quantize_ref(x.data(), ref.data(), rows, cols, f, 11, {base, sr_counters::kOwnRowLength});
         fake_quantize(x.data(), fast.data(), rows, cols, f, 11, {base, sr_counters::kOwnRowLength});
         for (size_t i = 0; i < x.size(); ++i)
           ASSERT_TRUE(same(ref[i], fast[i])) << spec << " base " << base << " index " << i << " target " << t.second;
       }
+    }
+  }
+  force_simd_target(0);
+}
+
+// ~srR (docs/conventions.md §43) on every code of the elements of up to 16 bits: each finite value,
+// and points a quarter, a half and nine tenths into the gap above it (both signs, as the codes
+// are), fast == reference on every target, as values and as codes. The exact ~sr on the same
+// inputs, for the same coverage of the path both modes share.
+TEST(Differential, StochasticRBitsOnEveryCodeOfSmallFormats) {
+  int cases = 0;
+  for (const char* e : {"e4m3fn", "e5m2", "e4m3fnuz", "e5m2fnuz", "e3m2", "e2m3", "e2m1", "int8", "int4", "uint8",
+                        "int16", "fp16", "bf16", "e5m2(overflow=inf)"}) {
+    const element_format el = parse_format(e).element;
+    std::vector<float> grid;
+    for (uint32_t c = 0; c < code_count(el); ++c)
+      if (const float v = decode_ref(el, c); std::isfinite(v)) grid.push_back(v);
+    std::sort(grid.begin(), grid.end());
+    grid.erase(std::unique(grid.begin(), grid.end()), grid.end());
+    std::vector<float> x;
+    for (size_t k = 0; k + 1 < grid.size(); ++k) {
+      const float lo = grid[k], gap = grid[k + 1] - grid[k];
+      for (float frac : {0.0f, 0.25f, 0.5f, 0.9f}) x.push_back(lo + gap * frac);
+    }
+    x.push_back(grid.back());
+    const int64_t n = static_cast<int64_t>(x.size());
+    for (const char* mode : {"~sr8:5", "~sr16:6", "~sr4", "~sr:7"}) {
+      const format f = parse_format(std::string(e) + mode);
+      std::vector<float> ref(x.size()), fast(x.size());
+      fake_quantize_ref(x.data(), ref.data(), 1, n, f, 21);
+      const quantized_tensor qr = quantize_ref(x.data(), 1, n, f, 21);
+      for (const auto& t : simd_targets()) {
+        force_simd_target(t.first);
+        fake_quantize(x.data(), fast.data(), 1, n, f, 21);
+        for (int64_t i = 0; i < n; ++i)
+          ASSERT_TRUE(same(ref[static_cast<size_t>(i)], fast[static_cast<size_t>(i)]))
+              << e << mode << " target " << t.second << " input " << x[static_cast<size_t>(i)];
+        ASSERT_TRUE(quantize(x.data(), 1, n, f, 21) == qr) << e << mode << " codes, target " << t.second;
+        ++cases;
+      }
+      force_simd_target(0);
+    }
+  }
+  EXPECT_GE(cases, 14 * 4);
+}
+
+// ggml's q4_0/q5_0/q4_1/q5_1, whose fast kernels take N blocks' scales at once (BatchGgmlScales)
+// and fall back to the scalar scan: batches of blocks where max = -min (which comes first
+// decides q4_0's sign: both orders), a zero min or max of either sign (q4_1), all-zero and
+// -0-only blocks, one NaN or Inf, magnitudes beyond fp16 and below its subnormals, next to
+// ordinary Gaussian blocks; fast == reference, values and codes, every target.
+TEST(Differential, GgmlBlockScalesInBatches) {
+  std::mt19937 gen(seed(12));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t cols = 32 * 40 + 7;  // whole batches of every width, then a partial block
+  const int patterns = 12;
+  std::vector<float> x(static_cast<size_t>(patterns * cols));
+  for (int p = 0; p < patterns; ++p) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t b = c / 32, i = c % 32;  // block b, element i
+      float v = normal(gen);
+      if (b % patterns == p) {  // block b of row p carries pattern p; the others stay Gaussian
+        switch (p) {
+          case 0: v = i == 3 ? 2.5f : (i == 9 ? -2.5f : 0.5f * v); break;   // max = -min, + first
+          case 1: v = i == 3 ? -2.5f : (i == 9 ? 2.5f : 0.5f * v); break;   // max = -min, - first
+          case 2: v = std::fabs(v) + (i == 5 ? -std::fabs(v) : 0.0f); break; // min 0 (q4_1)
+          case 3: v = i == 5 ? -0.0f : std::fabs(v) + 0.1f; break;           // min -0
+          case 4: v = i == 7 ? 0.0f : -std::fabs(v) - 0.1f; break;           // max +0
+          case 5: v = i % 2 ? 0.0f : -0.0f; break;                            // all zeros
+          case 6: v = i == 11 ? NAN : v; break;
+          case 7: v = i == 0 ? -INFINITY : v; break;
+          case 8: v = v * 1e6f; break;                                        // d beyond fp16
+          case 9: v = v * 1e-9f; break;                                       // subnormal fp16 d
+          case 10: v = v * 1e-30f; break;                                     // 1/d = Inf
+          default: v = -std::fabs(v); break;                                  // all negative
+        }
+      }
+      x[static_cast<size_t>(p * cols + c)] = v;
+    }
+  }
+  for (const auto& t : simd_targets()) {
+    force_simd_target(t.first);
+    for (const char* spec : {"q4_0", "q5_0", "q4_1", "q5_1"}) {
+      const format f = parse_format(spec);
+      std::vector<float> ref(x.size()), fast(x.size());
+      fake_quantize_ref(x.data(), ref.data(), patterns, cols, f);
+      fake_quantize(x.data(), fast.data(), patterns, cols, f);
+      for (size_t i = 0; i < x.size(); ++i)
+        ASSERT_TRUE(same(ref[i], fast[i])) << spec << " target " << t.second << " row " << i / cols << " col "
+                                           << i % cols << " input " << x[i];
+      ASSERT_TRUE(quantize(x.data(), patterns, cols, f) == quantize_ref(x.data(), patterns, cols, f))
+          << spec << " codes, target " << t.second;
     }
   }
   force_simd_target(0);
@@ -462,6 +561,15 @@ TEST(Differential, RandomWordsEqualTheScalarPhilox) {
           random_words_ref(seed_value, tensor_id, first, count, ref.data());
           random_words(seed_value, tensor_id, first, count, fast.data());
           ASSERT_EQ(ref, fast) << "first " << first << " count " << count << " target " << t.second;  // incl. the guard word
+          // The R-bit draws (docs/conventions.md §43), around their own carry (block 2^32).
+          for (int bits : {1, 2, 4, 8, 16}) {
+            const uint64_t at = first < carry - 200 ? first : first - carry + (uint64_t{1} << 32) * (128 / bits);
+            std::fill(ref.begin(), ref.end(), 0xdeadbeefu);
+            std::fill(fast.begin(), fast.end(), 0xdeadbeefu);
+            random_words_ref(seed_value, tensor_id, at, count, ref.data(), bits);
+            random_words(seed_value, tensor_id, at, count, fast.data(), bits);
+            ASSERT_EQ(ref, fast) << bits << " bits, first " << at << " count " << count << " target " << t.second;
+          }
         }
       }
     }

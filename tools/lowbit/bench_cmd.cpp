@@ -29,6 +29,7 @@ struct bench_options {
   int reps = 9;
   double ref_mib = 2;
   bool json = false;
+  bool codes = false;  // time quantize (to packed codes) instead of fake_quantize
 };
 
 // memcpy with the same threads as the kernel (each copies its contiguous share).
@@ -88,19 +89,27 @@ void run(const bench_options& o) {
   nlohmann::json rows_json = nlohmann::json::array();
   for (const auto& spec : o.specs) {
     const format f = parse_format(spec);
-    fake_quantize(in.data(), out.data(), rows, cols, f);  // warm-up
+    // --codes: quantize to packed codes (bytes out = the codes and scales as stored).
+    double q_bytes = bytes;
+    if (o.codes) q_bytes = static_cast<double>(n) * sizeof(float) + static_cast<double>(quantize(in.data(), rows, cols, f).storage_bytes());
+    auto kernel = [&] {
+      if (o.codes) quantize(in.data(), rows, cols, f);
+      else fake_quantize(in.data(), out.data(), rows, cols, f);
+    };
+    kernel();  // warm-up
     // memcpy and the kernel are timed alternately so that both see the same machine state.
     std::vector<double> tq, tm;
     for (int r = 0; r < o.reps; ++r) {
       tm.push_back(median_seconds(1, [&] { parallel_memcpy(out.data(), in.data(), n); }));
-      tq.push_back(median_seconds(1, [&] { fake_quantize(in.data(), out.data(), rows, cols, f); }));
+      tq.push_back(median_seconds(1, kernel));
     }
     std::sort(tq.begin(), tq.end());
     std::sort(tm.begin(), tm.end());
-    const double q_gbs = bytes / tq[tq.size() / 2] / 1e9, m_gbs = bytes / tm[tm.size() / 2] / 1e9;
-    const double ref_bytes = 2.0 * static_cast<double>(ref_rows * cols) * sizeof(float);
+    const double q_gbs = q_bytes / tq[tq.size() / 2] / 1e9, m_gbs = bytes / tm[tm.size() / 2] / 1e9;
+    const double ref_bytes = q_bytes * static_cast<double>(ref_rows) / static_cast<double>(rows);
     const double t_ref = median_seconds(std::max(1, o.reps / 3), [&] {
-      fake_quantize_ref(in.data(), out.data(), ref_rows, cols, f);
+      if (o.codes) quantize_ref(in.data(), ref_rows, cols, f);
+      else fake_quantize_ref(in.data(), out.data(), ref_rows, cols, f);
     });
     const double ref_gbs = ref_bytes / t_ref / 1e9;
     t.rows.push_back({spec, format_name(f), fmt::format("{:.2f}", q_gbs), fmt::format("{:.2f}", m_gbs),
@@ -110,6 +119,7 @@ void run(const bench_options& o) {
                          {"canonical", format_name(f)},
                          {"threads", o.threads},
                          {"mib", o.mib},
+                         {"kernel", o.codes ? "quantize" : "fake_quantize"},
                          {"gbps", q_gbs},
                          {"memcpy_gbps", m_gbs},
                          {"ratio_memcpy", q_gbs / m_gbs},
@@ -120,10 +130,11 @@ void run(const bench_options& o) {
     std::cout << rows_json.dump(2) << "\n";
     return;
   }
-  std::cout << fmt::format("fake_quantize of a {:.0f} MiB float32 buffer [{} x {}], {} thread(s), median of {} runs; "
-                           "GB/s = (bytes in + bytes out) / time; memcpy on the same buffers and threads, "
+  std::cout << fmt::format("{} of a {:.0f} MiB float32 buffer [{} x {}], {} thread(s), median of {} runs; "
+                           "GB/s = (bytes in + bytes out{}) / time; memcpy on the same buffers and threads, "
                            "alternating with the kernel\n",
-                           static_cast<double>(n) * 4 / (1024 * 1024), rows, cols, o.threads, o.reps)
+                           o.codes ? "quantize to codes" : "fake_quantize", static_cast<double>(n) * 4 / (1024 * 1024), rows,
+                           cols, o.threads, o.reps, o.codes ? " as stored: codes and scales" : "")
             << t.render();
 }
 
@@ -138,6 +149,8 @@ CLI::App* add_bench_command(CLI::App& app, std::function<void()>* run_fn) {
   sub->add_option("--reps", opts->reps, "repetitions; the median is reported (default 9)");
   sub->add_option("--ref-mib", opts->ref_mib, "MiB given to the scalar _ref for the speed-up (default 2)");
   sub->add_flag("--json", opts->json, "one JSON document");
+  sub->add_flag("--codes", opts->codes,
+                "time quantize to packed codes (bytes out = codes and scales as stored) instead of fake_quantize");
   *run_fn = [opts] { run(*opts); };
   return sub;
 }

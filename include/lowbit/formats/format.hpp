@@ -6,7 +6,8 @@
 //   element  := intN | uintN | eEmM[variant][(opts)] | nf4 | lut(v1,v2,...) | bf16 | fp16 | fp32 | tf32
 //   group    := t | c | gK           scale := fp32 | fp16 | bf16 | e8m0 | pow2 | e4m3 | any element
 //   rule     := max | mse | pNN.NNN | ocp | ceil | rceil | even
-//   rounding := rne | rna | rtz | up | down | odd | sr[:seed]
+//   rounding := rne | rna | rtz | up | down | odd | sr[R][:seed]   (R = 1, 2, 4, 8, 16 random bits:
+//               docs/conventions.md §43; plain sr is the exact 24-bit draw of §10)
 //
 // parse_format() and format_name() are lossless inverses: parse(format_name(f)) == f, and
 // format_name(parse(s)) is the canonical spelling of s.
@@ -62,12 +63,18 @@ struct format {
   double percentile = 99.9;  // rule == percentile
   rounding_mode rounding = rounding_mode::rne;
   uint64_t seed = 0;      // rounding == sr
+  // rounding == sr: random bits per element, 0 = the exact draw of docs/conventions.md §10 (24 bits
+  // of one Philox word per element); R = 1, 2, 4, 8, 16 = §43's R-bit draw (one word serves 32/R elements).
+  int sr_bits = 0;
   double power = 0;       // power map exponent A of powA(...); 0 = none
   preset named = preset::none;
   int flex_mantissa_bits = 16, flex_exponent_bits = 5;  // named == flex
 
   bool operator==(const format&) const = default;
 };
+
+// The random bits per element of an R-bit stochastic rounding ~srR (docs/conventions.md §43).
+inline bool valid_sr_bits(int r) { return r == 1 || r == 2 || r == 4 || r == 8 || r == 16; }
 
 // Parses a spec; throws format_error naming the position, what was expected, and close names.
 format parse_format(std::string_view spec);

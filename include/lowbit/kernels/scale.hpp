@@ -94,6 +94,13 @@ inline bool fast_group_scale(const scale_context& ctx, float amax, group_scale* 
   return true;
 }
 
+// ggml's block scales from what their scans find (choose_scale's arithmetic, for kernels that find
+// those values with SIMD): q4_0/q5_0's from vmax, the block's signed value of largest magnitude
+// that ggml's scan keeps (the first; +0 for an all-zero block); q4_1/q5_1's from the block's
+// min and max as ggml's scan has them. Finite blocks only.
+group_scale ggml_scale_from_max(const scale_context& ctx, float vmax);
+group_scale ggml_scale_from_range(const scale_context& ctx, float lo, float hi);
+
 // nvfp4's tensor scale from the tensor's finite amax: amax / (448 * 6), or 1 when that is 0 (an
 // all-zero tensor, or an amax below 2688 x the smallest subnormal) (docs/formats.md §1.3).
 float nvfp4_tensor_scale(float tensor_amax);
@@ -122,9 +129,23 @@ uint32_t random_word(uint64_t seed, uint64_t tensor_id, uint64_t index);
 // out[i] = random_word(seed, tensor_id, first + i) for i < count: the draws of the stochastic-
 // rounding kernels. random_words runs Philox on SIMD lanes (src/kernels/philox_fast.cpp); _ref is
 // the loop.
-void random_words(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out);
-void random_words_ref(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out);
+//
+// draw_bits = R in {1, 2, 4, 8, 16} gives the words of the R-bit draw instead (docs/conventions.md
+// §43, rounding ~srR): Philox block b serves the 128/R elements [b 128/R, (b + 1) 128/R), element i
+// takes the R bits k at bit offset o = R (i mod 128/R) of the block's four words read as one
+// 128-bit little-endian number, k = (out[o / 32] >> (o mod 32)) mod 2^R, and its word is
+// (2k + 1) << (31 - R), so that uniform_from_word gives u = (k + 1/2) 2^-R. draw_bits = 0 is the
+// exact stream above, word for word.
+void random_words(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out, int draw_bits = 0);
+void random_words_ref(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out,
+                      int draw_bits = 0);
+uint32_t random_word(uint64_t seed, uint64_t tensor_id, uint64_t index, int draw_bits);
 // The uniform draw of docs/conventions.md §10: (r >> 8) * 2^-24.
 inline float uniform_from_word(uint32_t r) { return static_cast<float>(r >> 8) * 0x1p-24f; }
+// The uniform draw u of element `index` under f's stochastic rounding (exact or R-bit): what the
+// reference kernels round with.
+inline float sr_uniform(const format& f, uint64_t tensor_id, uint64_t index) {
+  return uniform_from_word(random_word(f.seed, tensor_id, index, f.sr_bits));
+}
 
 }  // namespace lowbit
