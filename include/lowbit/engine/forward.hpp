@@ -76,6 +76,8 @@ class forward_session {
   act_quant classifier_act_;
   std::vector<std::optional<format>> kv_k_, kv_v_;
   std::vector<float> k_operand_, v_operand_;  // attention's K and V operands (plan attn.k / attn.v)
+  // The model's packed weights by linear number (model::linear_number); null: float (sgemm).
+  std::vector<const packed_matrix*> packed_linears_;
 };
 
 // True when a forward call of `tokens` tokens through layers of width `dim` is too small to
