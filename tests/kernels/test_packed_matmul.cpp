@@ -105,6 +105,22 @@ TEST(PackedMatmul, FloatActivationsPinnedOrderBitExactAndBounded) {
   }
 }
 
+TEST(PackedMatmul, FloatWeightsFastEqualsRef) {
+  scalar_off guard;
+  for (const int64_t cols : {16, 37, 288, 301}) {
+    const int64_t rows = 13, n = 2;
+    const auto w = randn(rows * cols, 9), x = randn(n * cols, 10);
+    std::vector<float> ref(n * rows), fast(n * rows), scalar(n * rows);
+    lane_ordered_matmul_ref(w.data(), rows, cols, x.data(), n, ref.data());
+    lane_ordered_matmul(w.data(), rows, cols, x.data(), n, fast.data());
+    force_packed_scalar(true);
+    lane_ordered_matmul(w.data(), rows, cols, x.data(), n, scalar.data());
+    force_packed_scalar(false);
+    EXPECT_TRUE(same_bits(ref, fast)) << cols;
+    EXPECT_TRUE(same_bits(ref, scalar)) << cols;
+  }
+}
+
 TEST(PackedMatmul, IntegerActivationsExactDots) {
   for (const char* spec : {"q8_0", "q4_0", "int4/g32", "int8/c", "int8/g32"}) {
     const int64_t rows = 23, cols = 256, n = 5;

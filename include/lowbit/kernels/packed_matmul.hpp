@@ -66,6 +66,9 @@ void dequantize_packed(const packed_matrix& w, float* out);
 float lane_ordered_dot_ref(const float* w, const float* x, int64_t n);
 // y[t, o] = lane_ordered_dot_ref(W[o], x[t]) for float W [rows, cols].
 void lane_ordered_matmul_ref(const float* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y);
+// The same, AVX-512 (bit for bit): the engine's float GEMV of one token (decode), which reads W in
+// place where sgemm would first copy it into packed panels.
+void lane_ordered_matmul(const float* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y);
 // y[n, rows] = x[n, cols] W^T in the pinned order from the codes (the specification).
 void packed_matmul_ref(const packed_matrix& w, const float* x, int64_t n, float* y);
 // The same, AVX-512 where the CPU has it (else the reference), threaded over rows when large.
