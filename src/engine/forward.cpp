@@ -116,9 +116,21 @@ class plan_ops : public decoder::linear_ops {
       : blocks_(blocks), classifier_(classifier), call_(call), packed_(packed) {}
   const float* input(const float* x, int64_t n, int in, int linear) override {
     const act_quant& q = linear == decoder::classifier_linear ? classifier_ : blocks_[site(linear)];
+    int_acts_valid_ = false;
     if (!q) return x;
     if (int64_t(buf_.size()) < n * in) buf_.resize(n * in);
     q.apply(x, buf_.data(), n, in, ++call_);
+    // Packed weights with integer codes read this input as integer codes (llama.cpp's q8_0
+    // activations; int8 per token for int8/c): the same values as q.apply's, kept as codes and
+    // scales for packed_matmul_int (conventions §43).
+    if (!packed_.empty() && q.clip.empty() && q.fmt->rounding == rounding_mode::rne) {
+      const std::string name = format_name(*q.fmt);
+      const int64_t group = name == "q8_0" ? 32 : name == "int8/c" ? in : 0;
+      if (group > 0 && in % group == 0) {
+        int_acts_ = quantize_activations(x, n, in, group);
+        int_acts_valid_ = true;
+      }
+    }
     return buf_.data();
   }
   // block * 4 + (attn_norm, attn, ffn_norm, ffn_act) of a linear's number (decoder.hpp): q (and
@@ -131,7 +143,11 @@ class plan_ops : public decoder::linear_ops {
   void forward(const float* xq, int64_t n, int in, const float* w, int out, float* y, int linear) override {
     flops += 2.0 * n * in * double(out);
     if (linear >= 0 && size_t(linear) < packed_.size() && packed_[size_t(linear)]) {
-      packed_matmul(*packed_[size_t(linear)], xq, n, y);  // from the codes
+      const packed_matrix& p = *packed_[size_t(linear)];
+      if (int_acts_valid_ && p.integer_values && p.group == int_acts_.group && int_acts_.n == n)
+        packed_matmul_int(p, int_acts_, y);  // integer codes on both sides (VNNI)
+      else
+        packed_matmul(p, xq, n, y);  // from the codes, float activations
       return;
     }
     // One token (decode): a GEMV that reads W once in place (kernels/packed_matmul.hpp's float
@@ -149,6 +165,8 @@ class plan_ops : public decoder::linear_ops {
   uint64_t& call_;
   const std::vector<const packed_matrix*>& packed_;
   std::vector<float> buf_;
+  int8_activations int_acts_;  // the last input's integer codes, when int_acts_valid_
+  bool int_acts_valid_ = false;
 };
 
 // Rows of `cols` values at stride `stride` quantized in place as one [rows, cols] tensor (a

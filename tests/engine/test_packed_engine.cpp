@@ -88,6 +88,36 @@ TEST(PackedEngine, PackedWeightsHoldTheSimulatedValues) {
   }
 }
 
+// Integer activations: with --acts q8_0 (q4_0, q8_0, int4/g32 weights) or --acts int8/c (int8/c
+// weights) the packed forward multiplies integer codes (packed_matmul_int); the activations' values
+// are the plan's, so the logits are the simulated model's up to the order of the sums.
+TEST(PackedEngine, IntegerActivationsMatchTheSimulatedPlan) {
+  const std::string dir = packed_temp_dir("int");
+  const model m = small_llama();
+  save_safetensors_model(m, dir + "/m.safetensors");
+  const std::vector<std::pair<const char*, const char*>> plans = {
+      {"q4_0", "q8_0"}, {"q8_0", "q8_0"}, {"int4/g32", "q8_0"}, {"int8/c", "int8/c"}};
+  for (const auto& [weights, acts] : plans) {
+    const quant_plan plan = make_quant_plan("", weights, acts, "");
+    model simulated = m;
+    apply_weight_plan(simulated, plan);
+    const model packed = load_packed_model(dir + "/m.safetensors", plan);
+    forward_session a(simulated, plan, 16), b(packed, plan, 16);
+    std::vector<int32_t> toks = {1, 72, 101, 108, 108, 111, 44, 32};
+    const std::vector<float> la = a.forward(toks.data(), int(toks.size()));
+    const std::vector<float> lb = b.forward(toks.data(), int(toks.size()));
+    double mx = 0, diff = 0;
+    for (size_t i = 0; i < la.size(); ++i) mx = std::max(mx, std::fabs(double(la[i]))), diff = std::max(diff, std::fabs(double(la[i]) - lb[i]));
+    EXPECT_LT(diff, 1e-4 * mx + 1e-6) << weights << " " << acts;
+    // Not the float-activation result: the activations were quantized.
+    forward_session c(packed, make_quant_plan("", weights, "", ""), 16);
+    const std::vector<float> lc = c.forward(toks.data(), int(toks.size()));
+    double d2 = 0;
+    for (size_t i = 0; i < lc.size(); ++i) d2 = std::max(d2, std::fabs(double(lc[i]) - lb[i]));
+    EXPECT_GT(d2, 0.0) << weights << " " << acts;
+  }
+}
+
 TEST(PackedEngine, GgufCodesAreTheFilesValues) {
   const std::string dir = packed_temp_dir("gguf");
   for (const char* spec : {"q8_0", "q4_0", "mxfp4"}) {
