@@ -365,14 +365,24 @@ void packed_int_dots_ref(const packed_matrix& w, const int8_activations& a, int3
 
 namespace {
 
-// 32 codes of a row from column c as int8 values (4-bit: through the integer lut).
+// 32 codes of a row from column c as int8 values (4-bit: through the integer lut). 4-bit codes
+// come as [the 16 even columns | the 16 odd columns] (the low and the high nibbles of 16 bytes,
+// no interleave); the activations are read in that order too (deinterleave_pairs), and an
+// integer dot does not depend on the order of its terms.
 LOWBIT_VNNI inline __m256i int_values32(const uint8_t* row, int bits, int64_t c, __m256i lut8) {
   if (bits == 8) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c));
   const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2));
-  const __m256i w16 = _mm256_cvtepu8_epi16(b);
-  const __m256i lo = _mm256_and_si256(w16, _mm256_set1_epi16(0x000f));
-  const __m256i hi = _mm256_and_si256(_mm256_slli_epi16(w16, 4), _mm256_set1_epi16(0x0f00));
-  return _mm256_shuffle_epi8(lut8, _mm256_or_si256(lo, hi));  // nibble -> its int8 value
+  const __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0f));
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f));
+  return _mm256_shuffle_epi8(lut8, _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
+}
+
+// x's codes with each block of 32 as [its even columns | its odd columns] (4-bit weights).
+std::vector<int8_t> deinterleave_pairs(const int8_activations& a) {
+  std::vector<int8_t> out(a.q.size());
+  for (size_t b = 0; b + 32 <= a.q.size(); b += 32)
+    for (int k = 0; k < 16; ++k) out[b + size_t(k)] = a.q[b + size_t(2 * k)], out[b + 16 + size_t(k)] = a.q[b + size_t(2 * k + 1)];
+  return out;
 }
 
 // sum of 32 int8 products a * b, exactly: dpbusd takes u8 x s8, so |a| against b with a's sign.
@@ -389,6 +399,8 @@ LOWBIT_VNNI inline int32_t hsum8(__m256i v) {
 
 LOWBIT_VNNI void packed_int_dots_vnni(const packed_matrix& w, const int8_activations& a, int32_t* dots) {
   const int64_t gpr = w.groups_per_row(), G = w.group;
+  const std::vector<int8_t> xd = w.bits == 4 ? deinterleave_pairs(a) : std::vector<int8_t>();
+  const int8_t* xq = w.bits == 4 ? xd.data() : a.q.data();
   alignas(32) int8_t lut_bytes[32];
   for (int i = 0; i < 32; ++i) lut_bytes[i] = static_cast<int8_t>(w.bits == 4 ? w.lut[i % 16] : 0);
   const __m256i lut8 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut_bytes));
@@ -397,13 +409,44 @@ LOWBIT_VNNI void packed_int_dots_vnni(const packed_matrix& w, const int8_activat
   for (int64_t o = 0; o < w.rows; ++o) {
     const uint8_t* row = w.codes.data() + o * w.row_bytes;
     for (int64_t t = 0; t < a.n; ++t) {
-      const int8_t* xt = a.q.data() + t * w.cols;
+      const int8_t* xt = xq + t * w.cols;
       for (int64_t g = 0; g < gpr; ++g) {
         __m256i acc = _mm256_setzero_si256();
         for (int64_t c = g * G; c < (g + 1) * G; c += 32)
           acc = dot32(acc, int_values32(row, w.bits, c, lut8), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt + c)));
         dots[(t * w.rows + o) * gpr + g] = hsum8(acc);
       }
+    }
+  }
+}
+
+// packed_matmul_int's whole product: each group's exact dot combined at once in the reference's
+// order (groups in order, (sw * sx) * float(dot) added to +0), without the dots array.
+LOWBIT_VNNI void packed_matmul_int_vnni(const packed_matrix& w, const int8_activations& a, float* y) {
+  const int64_t gpr = w.groups_per_row(), G = w.group;
+  const std::vector<int8_t> xd = w.bits == 4 ? deinterleave_pairs(a) : std::vector<int8_t>();
+  const int8_t* xq = w.bits == 4 ? xd.data() : a.q.data();
+  alignas(32) int8_t lut_bytes[32];
+  for (int i = 0; i < 32; ++i) lut_bytes[i] = static_cast<int8_t>(w.bits == 4 ? w.lut[i % 16] : 0);
+  const __m256i lut8 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut_bytes));
+  const bool threads = double(w.rows) * double(w.cols) * double(a.n) > 4e6 && omp_get_max_threads() > 1;
+#pragma omp parallel for schedule(static) if (threads)
+  for (int64_t o = 0; o < w.rows; ++o) {
+    const uint8_t* row = w.codes.data() + o * w.row_bytes;
+    const float* sw = w.scales.data() + o * gpr;
+    if (o + 1 < w.rows)  // the next row's codes (every line: rows are short streams)
+      for (int64_t b = 0; b < w.row_bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(row + w.row_bytes + b), _MM_HINT_T0);
+    for (int64_t t = 0; t < a.n; ++t) {
+      const int8_t* xt = xq + t * w.cols;
+      const float* sx = a.scale.data() + t * gpr;
+      float acc = 0;
+      for (int64_t g = 0; g < gpr; ++g) {
+        __m256i d = _mm256_setzero_si256();
+        for (int64_t c = g * G; c < (g + 1) * G; c += 32)
+          d = dot32(d, int_values32(row, w.bits, c, lut8), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt + c)));
+        acc += (sw[g] * sx[g]) * static_cast<float>(hsum8(d));
+      }
+      y[t * w.rows + o] = acc;
     }
   }
 }
@@ -441,7 +484,10 @@ void packed_matmul_int_ref(const packed_matrix& w, const int8_activations& a, fl
 }
 
 void packed_matmul_int(const packed_matrix& w, const int8_activations& a, float* y) {
-  combine(w, a, y, [&](int32_t* d) { packed_int_dots(w, a, d); });
+  check_int(w, a);
+  const bool no_min = std::find(a.q.begin(), a.q.end(), int8_t(-128)) == a.q.end();
+  if (use_vnni() && w.group % 32 == 0 && no_min) packed_matmul_int_vnni(w, a, y);
+  else combine(w, a, y, [&](int32_t* d) { packed_int_dots_ref(w, a, d); });
 }
 
 std::string packed_kernel_target(bool integer) {
