@@ -421,33 +421,59 @@ LOWBIT_VNNI void packed_int_dots_vnni(const packed_matrix& w, const int8_activat
 }
 
 // packed_matmul_int's whole product: each group's exact dot combined at once in the reference's
-// order (groups in order, (sw * sx) * float(dot) added to +0), without the dots array.
-LOWBIT_VNNI void packed_matmul_int_vnni(const packed_matrix& w, const int8_activations& a, float* y) {
+// order (groups in order, (sw * sx) * float(dot) added to +0), without the dots array. Rows go in
+// pairs: two independent chains of float adds, and one horizontal reduction for both dots.
+template <int R>
+LOWBIT_VNNI inline void int_rows(const packed_matrix& w, const int8_t* xq, const int8_activations& a, __m256i lut8,
+                                 int64_t o0, float* y) {
   const int64_t gpr = w.groups_per_row(), G = w.group;
-  const std::vector<int8_t> xd = w.bits == 4 ? deinterleave_pairs(a) : std::vector<int8_t>();
-  const int8_t* xq = w.bits == 4 ? xd.data() : a.q.data();
+  const uint8_t* row[R];
+  const float* sw[R];
+  for (int i = 0; i < R; ++i) {
+    row[i] = w.codes.data() + (o0 + i) * w.row_bytes;
+    sw[i] = w.scales.data() + (o0 + i) * gpr;
+  }
+  if (o0 + R < w.rows)  // the next rows' codes, every line: rows are short streams
+    for (int64_t b = 0; b < R * w.row_bytes; b += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(row[0] + R * w.row_bytes + b), _MM_HINT_T0);
+  for (int64_t t = 0; t < a.n; ++t) {
+    const int8_t* xt = xq + t * w.cols;
+    const float* sx = a.scale.data() + t * gpr;
+    float acc[R] = {};
+    for (int64_t g = 0; g < gpr; ++g) {
+      __m256i d[R];
+      for (int i = 0; i < R; ++i) d[i] = _mm256_setzero_si256();
+      for (int64_t c = g * G; c < (g + 1) * G; c += 32) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt + c));
+        for (int i = 0; i < R; ++i) d[i] = dot32(d[i], int_values32(row[i], w.bits, c, lut8), xv);
+      }
+      int32_t dot[R];
+      if constexpr (R == 2) {  // [d0 pairs, d1 pairs] -> the two sums
+        __m256i h = _mm256_hadd_epi32(d[0], d[1]);
+        __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        q = _mm_hadd_epi32(q, q);
+        dot[0] = _mm_cvtsi128_si32(q), dot[1] = _mm_extract_epi32(q, 1);
+      } else {
+        for (int i = 0; i < R; ++i) dot[i] = hsum8(d[i]);
+      }
+      for (int i = 0; i < R; ++i) acc[i] += (sw[i][g] * sx[g]) * static_cast<float>(dot[i]);
+    }
+    for (int i = 0; i < R; ++i) y[t * w.rows + o0 + i] = acc[i];
+  }
+}
+
+LOWBIT_VNNI void packed_matmul_int_vnni(const packed_matrix& w, const int8_activations& a, float* y) {
   alignas(32) int8_t lut_bytes[32];
   for (int i = 0; i < 32; ++i) lut_bytes[i] = static_cast<int8_t>(w.bits == 4 ? w.lut[i % 16] : 0);
   const __m256i lut8 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut_bytes));
+  const std::vector<int8_t> xd = w.bits == 4 ? deinterleave_pairs(a) : std::vector<int8_t>();
+  const int8_t* xq = w.bits == 4 ? xd.data() : a.q.data();
+  const int64_t pairs = (w.rows + 1) / 2;
   const bool threads = double(w.rows) * double(w.cols) * double(a.n) > 4e6 && omp_get_max_threads() > 1;
 #pragma omp parallel for schedule(static) if (threads)
-  for (int64_t o = 0; o < w.rows; ++o) {
-    const uint8_t* row = w.codes.data() + o * w.row_bytes;
-    const float* sw = w.scales.data() + o * gpr;
-    if (o + 1 < w.rows)  // the next row's codes (every line: rows are short streams)
-      for (int64_t b = 0; b < w.row_bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(row + w.row_bytes + b), _MM_HINT_T0);
-    for (int64_t t = 0; t < a.n; ++t) {
-      const int8_t* xt = xq + t * w.cols;
-      const float* sx = a.scale.data() + t * gpr;
-      float acc = 0;
-      for (int64_t g = 0; g < gpr; ++g) {
-        __m256i d = _mm256_setzero_si256();
-        for (int64_t c = g * G; c < (g + 1) * G; c += 32)
-          d = dot32(d, int_values32(row, w.bits, c, lut8), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt + c)));
-        acc += (sw[g] * sx[g]) * static_cast<float>(hsum8(d));
-      }
-      y[t * w.rows + o] = acc;
-    }
+  for (int64_t b = 0; b < pairs; ++b) {
+    if (2 * b + 2 <= w.rows) int_rows<2>(w, xq, a, lut8, 2 * b, y);
+    else int_rows<1>(w, xq, a, lut8, 2 * b, y);
   }
 }
 
