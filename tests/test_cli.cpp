@@ -214,6 +214,36 @@ TEST(CliModels, SynthWritesModelsThatEvalReads) {
   }
 }
 
+// --packed: eval and generate from the codes (docs/architecture.md "Packed inference"); the NLL
+// is the simulated model's up to the order of the sums; what has no packed kernel is refused.
+TEST(CliModels, PackedEvalAndGenerate) {
+  const std::string dir = testing::TempDir() + std::to_string(::getpid()) + "_lowbit_cli_packed";
+  std::system(("rm -rf " + dir + " && mkdir -p " + dir).c_str());
+  const std::string model = dir + "/m.gguf";
+  ASSERT_EQ(run("synth --arch llama --dim 64 --layers 2 --heads 4 --ctx 64 -o " + model).code, 0);
+  const std::string eval = "eval --model " + model + " --data " + tinystories + " --max-tokens 300 --json --weights q4_0";
+  const result sim = run(eval), packed = run(eval + " --packed");
+  ASSERT_EQ(sim.code, 0) << sim.out;
+  ASSERT_EQ(packed.code, 0) << packed.out;
+  const auto a = nlohmann::json::parse(sim.out), b = nlohmann::json::parse(packed.out);
+  EXPECT_EQ(b["packed"], true);
+  EXPECT_NEAR(a["mean_nll"].get<double>(), b["mean_nll"].get<double>(), 1e-4);
+  EXPECT_NEAR(b["bits_per_weight"].get<double>(), 5.0, 1e-9);  // 4-bit codes + an fp32 multiplier per 32
+  const result g = run("generate --model " + model + " --weights nvfp4 --packed --greedy --max-tokens 20", "", true);
+  EXPECT_EQ(g.code, 0) << g.out;
+  EXPECT_NE(g.out.find("packed nvfp4"), std::string::npos) << g.out;
+  const std::map<std::string, std::string> refused = {
+      {"eval --model " + model + " --data " + tinystories + " --packed", "--weights"},
+      {"eval --model " + model + " --data " + tinystories + " --packed --weights e4m3fn/g32", "packed kernels take"},
+      {"eval --model " + model + " --data " + tinystories + " --packed --weights q4_0 --kl-base", "--kl-base"},
+      {"generate --model " + model + " --packed --weights q4_k", "q4_k"}};
+  for (const auto& [args, needle] : refused) {
+    const result r = run(args, "", true);
+    EXPECT_EQ(r.code, 2) << args << ": " << r.out;
+    EXPECT_NE(r.out.find(needle), std::string::npos) << args << ": " << r.out;
+  }
+}
+
 // synth does not overwrite an existing model unless told to; with --force the config.json beside
 // a replaced .safetensors is the new model's, not the old one's.
 TEST(CliModels, SynthReplacesOnlyWithForce) {

@@ -313,10 +313,17 @@ void model::validate_shapes() const {
 
 void model::validate() const {
   validate_shapes();
-  for (const auto& [name, t] : tensors)
+  for (const auto& [name, t] : tensors) {
+    if (const auto it = packed.find(name); it != packed.end()) {  // codes instead of values
+      if (!it->second || it->second->rows != t.rows() || it->second->cols != t.cols() || !t.data.empty())
+        throw shape_error(fmt::format("model {}: packed tensor '{}' does not match its shape {}", source_path, name,
+                                      shape_str(t.shape)));
+      continue;
+    }
     if (static_cast<int64_t>(t.data.size()) != t.numel())
       throw shape_error(fmt::format("model {}: tensor '{}' holds {} values for shape {}",
                                     source_path, name, t.data.size(), shape_str(t.shape)));
+  }
 }
 
 tensor tensor_reader::read(const std::string& name) const {
@@ -403,6 +410,21 @@ model read_whole_model(const tensor_reader& r) {
   for (const auto& [name, shape_only] : r.header.tensors) m.tensors[name] = r.read(name);
   m.validate();
   return m;
+}
+
+static_assert(decoder::linears_per_block == 7);
+
+int model::linear_number(const model_config& c, const std::string& name) {
+  int l = 0;
+  char part[32] = {};
+  if (std::sscanf(name.c_str(), "blk.%d.%31[a-z_].weight", &l, part) != 2 || l < 0 || l >= c.n_layers) return -1;
+  if (name != fmt::format("blk.{}.{}.weight", l, part)) return -1;
+  static const std::pair<const char*, int> parts[] = {{"attn_qkv", 0}, {"attn_q", 0}, {"attn_k", 1}, {"attn_v", 2},
+                                                      {"attn_output", 3}, {"ffn_gate", 4}, {"ffn_up", 5},
+                                                      {"ffn_down", 6}};
+  for (const auto& [p, j] : parts)
+    if (std::string(part) == p) return l * 7 + j;
+  return -1;
 }
 
 std::vector<std::string> model::linear_weight_names() const {

@@ -585,6 +585,10 @@ class safetensors_reader final : public tensor_reader {
   std::map<std::string, name_map> names_;  // canonical -> file name and conversion
 };
 
+bool is_block_type(ggml_type t) {
+  return t != ggml_type::f32 && t != ggml_type::f16 && t != ggml_type::bf16;
+}
+
 // GGUF, read (dequantized) one tensor at a time: llama.cpp's architectures llama (Mistral
 // included: a sliding window makes it one), qwen2, gpt2 and gptneox, their metadata keys (every
 // `<arch>.` key is one lowbit reads, or the file is refused naming it) and tensor layouts. The
@@ -734,12 +738,43 @@ class gguf_reader final : public tensor_reader {
 
   tensor load(const std::string& name) const override {
     const gguf_tensor_info& info = f_.get(name);
-    // Converted whole, then its pages released: while it is read, the tensor's mapped bytes and
-    // its floats are both resident (not chunk by chunk as the llama2.c reader).
-    tensor t{info.shape(), f_.read_f32(name)};
-    read_mapped(f_.raw(info), info.bytes, nullptr);
+    tensor t;
+    if (info.type == ggml_type::f32 && info.bytes == uint64_t(info.numel()) * 4) {
+      // F32: copied chunk by chunk as the llama2.c reader does, each chunk's pages released once
+      // copied, so the float copy and the mapped bytes are not both resident (a stories15M
+      // GGUF's 37 MiB token_embd: peak RSS 96 -> 62 MiB for `generate --packed` of its q4_0 file).
+      t = tensor{info.shape(), std::vector<float>(size_t(info.numel()))};
+      const uint8_t* src = f_.raw(info);
+      uint8_t* dst = reinterpret_cast<uint8_t*>(t.data.data());
+      read_mapped(src, info.bytes, [&](const uint8_t* p, uint64_t n) { std::memcpy(dst + (p - src), p, n); }, 4);
+    } else {
+      // Converted whole, then its pages released: while it is read, the tensor's mapped bytes and
+      // its floats are both resident.
+      t = tensor{info.shape(), f_.read_f32(name)};
+      read_mapped(f_.raw(info), info.bytes, nullptr);
+    }
     if (const std::optional<name_map> n = gguf_layout(header.config, name)) return convert_layout(t, *n, false, f_.path());
     return t;
+  }
+
+  // The block-quantized tensors (q4_0 ... q6_k, mxfp4) as their codes and scales (packed
+  // inference, load_packed_model), those stored in lowbit's canonical layout (not qwen2's and
+  // gptneox's q/k rows). Not the reader's coded_names: writers re-encode a GGUF's values as before.
+  std::vector<std::string> block_coded_names() const {
+    std::vector<std::string> names;
+    for (const gguf_tensor_info& t : f_.tensors())
+      if (is_block_type(t.type) && header.find(t.name) && !gguf_layout(header.config, t.name)) names.push_back(t.name);
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+  quantized_tensor block_codes(const std::string& name) const {
+    const gguf_tensor_info* t = f_.find(name);
+    if (!t || !is_block_type(t->type) || !header.find(name) || gguf_layout(header.config, name))
+      return tensor_reader::read_codes(name);
+    const tensor& shape = header.get(name);
+    quantized_tensor q = decode_ggml_blocks(f_.raw(*t), shape.rows(), shape.cols(), t->type);
+    read_mapped(f_.raw(*t), t->bytes, nullptr);  // its pages released, as load()
+    return q;
   }
 
   void hash_contents(fnv1a64& h) const override {
@@ -1257,5 +1292,60 @@ std::unique_ptr<tensor_reader> open_model_reader(const std::string& given) {
 }
 
 model load_model(const std::string& path) { return read_whole_model(*open_model_reader(path)); }
+
+model load_packed_model(const std::string& path, const quant_plan& plan, packed_load_report* report) {
+  const std::unique_ptr<tensor_reader> r = open_model_reader(path);
+  const auto* gguf = dynamic_cast<const gguf_reader*>(r.get());
+  std::set<std::string> file_coded;  // the file's own codes
+  std::map<std::string, quantized_tensor> safetensors_codes;
+  if (gguf) {
+    for (const std::string& n : gguf->block_coded_names()) file_coded.insert(n);
+  } else if (r->header.source_path.ends_with(".safetensors")) {
+    safetensors_codes = load_packed_tensors(r->header.source_path);
+    for (const auto& [n, q] : safetensors_codes) file_coded.insert(n);
+  }
+  model m = r->header;  // shapes; values filled below
+  const std::vector<std::string> linear = m.linear_weight_names();
+  const std::set<std::string> linear_set(linear.begin(), linear.end());
+  packed_load_report rep;
+  uint64_t tensor_id = 0;  // apply_weight_plan's stream of tensor ids (the model's tensors in name order)
+  for (auto& [name, t] : m.tensors) {
+    ++tensor_id;
+    const std::optional<format> f = plan.weight_format(r->header, name);
+    if (!linear_set.count(name)) {
+      t = r->read(name);
+      if (f) fake_quantize(t.data.data(), t.data.data(), t.rows(), t.cols(), *f, tensor_id);
+      rep.float_bytes += t.data.size() * sizeof(float);
+      continue;
+    }
+    quantized_tensor q;
+    if (f) {
+      std::string why;
+      if (!has_packed_kernel(*f, &why))
+        throw error(fmt::format("--packed: {} (tensor '{}'); packed kernels take {}", why, name, packed_formats_help()));
+      const tensor values = r->read(name);
+      q = quantize(values.data.data(), values.rows(), values.cols(), *f, tensor_id);  // fake_quantize's codes
+    } else if (file_coded.count(name)) {
+      q = gguf ? gguf->block_codes(name) : safetensors_codes.at(name);
+      std::string why;
+      if (!has_packed_kernel(q.fmt, &why))
+        throw error(fmt::format("--packed: {} holds tensor '{}' as {}: {}; packed kernels take {} (or give --weights "
+                                "one of them to re-quantize)", path, name, format_name(q.fmt), why, packed_formats_help()));
+    } else {
+      throw error(fmt::format("--packed: {} holds tensor '{}' in float; give --weights FORMAT (packed kernels: {}) or "
+                              "a model file with codes (a quantized GGUF, lowbit's packed safetensors)",
+                              path, name, packed_formats_help()));
+    }
+    auto p = std::make_shared<const packed_matrix>(pack_matrix(q));
+    rep.packed_bytes += p->bytes();
+    rep.formats.insert(format_name(q.fmt));
+    m.packed[name] = std::move(p);
+    t.data.clear();
+    t.data.shrink_to_fit();
+  }
+  m.validate();
+  if (report) *report = rep;
+  return m;
+}
 
 }  // namespace lowbit

@@ -55,15 +55,42 @@ eval_job evaluate_under(const eval_job_config& c, quant_plan plan, const model& 
   return job;
 }
 
+// --packed: the model read with packed linear weights, evaluated as it is.
+eval_job evaluate_packed(const eval_job_config& c, quant_plan plan, const progress_fn& progress) {
+  if (c.kl_base)
+    throw error("eval --packed: --kl-base is not available (it needs the float model beside the packed one; run "
+                "eval with --kl-base without --packed: the values are the same up to the order of the sums)");
+  eval_job job;
+  job.plan = std::move(plan);
+  packed_load_report rep;
+  const model m = load_packed_model(c.model, job.plan, &rep);
+  job.config = m.config;
+  job.provenance = m.provenance;
+  const auto tok = tokenizer_for_model(m, c.tokenizer);
+  const std::vector<int32_t> ids = encode_documents(*tok, read_file(c.data, "data file"), c.max_tokens);
+  eval_options eo;
+  eo.ctx = c.ctx, eo.max_tokens = c.max_tokens;
+  job.result = evaluate(m, job.plan, ids, eo, nullptr, progress);
+  if (job.result.nonfinite_tokens > 0)
+    throw error(fmt::format("eval: {}: {} of {} scored tokens have a non-finite NLL; no perplexity to report", c.model,
+                            job.result.nonfinite_tokens, job.result.tokens_scored));
+  int64_t numel = 0;
+  for (const auto& [name, p] : m.packed) numel += p->rows * p->cols;
+  job.bits_per_weight = numel ? 8.0 * double(rep.packed_bytes) / double(numel) : 32.0;
+  return job;
+}
+
 }  // namespace
 
 eval_job run_eval_job(const eval_job_config& c, const progress_fn& progress) {
   quant_plan plan = make_quant_plan(c.rules, c.weights, c.acts, c.kv, c.attn);
+  if (c.packed) return evaluate_packed(c, std::move(plan), progress);
   model base = load_model(c.model);
   return evaluate_under(c, std::move(plan), base, &base, progress);
 }
 
 eval_job run_eval_job(const eval_job_config& c, const model& base, const progress_fn& progress) {
+  if (c.packed) throw error("eval --packed reads the model file itself (load_packed_model), not a model in memory");
   quant_plan plan = make_quant_plan(c.rules, c.weights, c.acts, c.kv, c.attn);
   return evaluate_under(c, std::move(plan), base, nullptr, progress);
 }
@@ -80,6 +107,7 @@ nlohmann::json eval_job_json(const eval_job_config& c, const eval_job& job) {
   if (!plan.act_rules.empty() || !plan.kv_rules.empty() || plan.attn.any()) j["rules"] = plan_json(plan);
   j["bits_per_weight"] = job.bits_per_weight;
   j["quantized_tensors"] = job.reports.size();
+  if (c.packed) j["packed"] = true, j["packed_kernel"] = packed_kernel_target(false);
   return j;
 }
 

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
@@ -17,6 +18,7 @@
 #include "lowbit/engine/forward.hpp"
 #include "lowbit/engine/model.hpp"
 #include "lowbit/engine/plan.hpp"
+#include "lowbit/kernels/packed_matmul.hpp"
 #include "lowbit/io/safetensors.hpp"
 #include "lowbit/text/tokenizer.hpp"
 #include "lowbit/base/error.hpp"
@@ -131,23 +133,27 @@ struct eval_cli_options {
   std::string db;  // record the run in this results database
   std::string task;     // --task: accuracy on a task file instead of perplexity
   int64_t limit = 0;    // --limit: its first N items
+  bool packed = false;  // --packed: linear weights computed from their codes
 };
 
 void cmd_eval(const eval_cli_options& o) {
   if (!o.task.empty()) {
     // Task accuracy (docs/evaluation.md "Tasks"): the perplexity options do not apply.
     if (!o.data.empty()) throw error("eval: give --data (perplexity) or --task (accuracy), not both");
-    if (o.ctx || o.max_tokens || o.kl_base || o.sgemm_peak || !o.db.empty())
-      throw error("eval --task: --ctx, --max-tokens, --kl-base, --sgemm-peak and --db apply to perplexity "
+    if (o.ctx || o.max_tokens || o.kl_base || o.sgemm_peak || !o.db.empty() || o.packed)
+      throw error("eval --task: --ctx, --max-tokens, --kl-base, --sgemm-peak, --db and --packed apply to perplexity "
                   "(--data), not to a task");
     run_task_eval(o.m, o.task, o.limit, o.json);
     return;
   }
   if (o.data.empty()) throw error("eval: give --data (a text file) or --task (a task file)");
   if (o.limit) throw error("eval: --limit applies to --task");
+  if (o.packed && !o.db.empty())
+    throw error("eval --packed: --db records the simulated (float32) evaluation; run it without --packed");
   const eval_job_config c{.model = o.m.model, .tokenizer = o.m.tokenizer, .data = o.data, .weights = o.m.weights,
                           .acts = o.m.acts, .kv = o.m.kv, .rules = o.m.rules, .ctx = o.ctx,
-                          .max_tokens = o.max_tokens, .kl_base = o.kl_base, .attn = o.m.attn};
+                          .max_tokens = o.max_tokens, .kl_base = o.kl_base, .attn = o.m.attn,
+                          .packed = o.packed};
   progress_bar bar("eval", "tok");
   const eval_job job = run_eval_job(c, [&](int64_t d, int64_t t) { bar.update(d, t); });
   bar.finish();
@@ -170,8 +176,12 @@ void cmd_eval(const eval_cli_options& o) {
   }
   std::cout << fmt::format("model   {} ({}, {:.2f}M parameters)\n", o.m.model,
                            architecture_name(job.config.arch), job.config.parameter_count() / 1e6);
-  std::cout << fmt::format("plan    {}  ({:.3g} bits/weight over {} quantized tensors)\n",
-                           plan.describe(), bits, job.reports.size());
+  if (o.packed)
+    std::cout << fmt::format("plan    {}  packed: {:.3g} bits/weight stored ({} kernel)\n", plan.describe(), bits,
+                             packed_kernel_target(false));
+  else
+    std::cout << fmt::format("plan    {}  ({:.3g} bits/weight over {} quantized tensors)\n",
+                             plan.describe(), bits, job.reports.size());
   std::cout << fmt::format("data    {}: {} tokens scored in {} windows\n", o.data, r.tokens_scored, r.windows);
   std::cout << fmt::format("NLL     {:.6f} +/- {:.6f}\n", r.mean_nll, r.nll_stderr);
   std::cout << fmt::format("PPL     {:.4f} +/- {:.4f}\n", r.ppl, r.ppl_stderr);
@@ -196,12 +206,22 @@ struct generate_options {
   double temperature = 1.0;
   uint64_t seed = 0;
   int max_tokens = 256;
+  bool packed = false;
 };
 
 void cmd_generate(const generate_options& o) {
   const quant_plan plan = o.m.plan();
-  model mdl = load_model(o.m.model);
-  apply_weight_plan(mdl, plan);
+  model mdl;
+  if (o.packed) {
+    packed_load_report rep;
+    mdl = load_packed_model(o.m.model, plan, &rep);
+    std::cerr << fmt::format("generate: packed {} ({:.1f} MiB of codes and scales, {:.1f} MiB float; {} kernel)\n",
+                             fmt::join(rep.formats, ", "), rep.packed_bytes / 1048576.0, rep.float_bytes / 1048576.0,
+                             packed_kernel_target(false));
+  } else {
+    mdl = load_model(o.m.model);
+    apply_weight_plan(mdl, plan);
+  }
   const auto tok = tokenizer_for_model(mdl, o.m.tokenizer);
   std::vector<int32_t> ids = tok->encode(o.prompt, true, false);
   const int steps = std::min(o.max_tokens, mdl.config.max_seq_len);
@@ -331,6 +351,9 @@ void add_model_commands(CLI::App& app, command_list& commands) {
   eval->add_flag("--json", eo.json, "one JSON document");
   eval->add_flag("--sgemm-peak", eo.sgemm_peak, "also measure OpenBLAS sgemm on the model's largest layer shape");
   eval->add_option("--db", eo.db, "record the run in this results database (SQLite; idempotent)");
+  eval->add_flag("--packed", eo.packed,
+                 "keep the linear weights as codes and compute from them (--weights FMT, or the file's q8_0/q4_0/"
+                 "mxfp4 codes; docs/architecture.md \"Packed inference\")");
   commands.push_back({eval, [] { cmd_eval(eo); }});
 
   static generate_options go;
@@ -340,6 +363,8 @@ void add_model_commands(CLI::App& app, command_list& commands) {
   gen->add_flag("--greedy", go.greedy, "argmax decoding");
   gen->add_option("--temperature", go.temperature, "sampling temperature")->capture_default_str();
   gen->add_option("--seed", go.seed, "sampling seed")->capture_default_str();
+  gen->add_flag("--packed", go.packed,
+                "keep the linear weights as codes and compute from them (--weights FMT, or the file's codes)");
   gen->add_option("--max-tokens", go.max_tokens, "positions, prompt included (as llama2.c's steps)")->capture_default_str();
   commands.push_back({gen, [] { cmd_generate(go); }});
 }

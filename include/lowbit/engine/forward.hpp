@@ -80,6 +80,8 @@ class forward_session {
   // where each call quantizes only its new rows; else the current layer's T rows, quantized anew.
   std::vector<float> k_operand_, v_operand_;
   bool k_operand_shadow_ = false, v_operand_shadow_ = false;
+  // The model's packed weights by linear number (model::linear_number); null: float (sgemm).
+  std::vector<const packed_matrix*> packed_linears_;
 };
 
 // True when a forward call of `tokens` tokens through layers of width `dim` is too small to

@@ -40,6 +40,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "lowbit/formats/format.hpp"
+#include "lowbit/kernels/packed_matmul.hpp"
 #include "lowbit/kernels/quantize.hpp"
 
 namespace lowbit {
@@ -148,6 +149,10 @@ struct model {
   tokenizer_source tokenizer;
   std::string source_path;
   std::string provenance;  // JSON: how the weights were made (lowbit quantize), "" for originals
+  // Packed inference (`--packed`, io's load_packed_model): linear weights kept as their codes,
+  // under their canonical names; such a tensor keeps its shape in `tensors` but no data, and the
+  // forward computes it with packed_matmul (kernels/packed_matmul.hpp). Empty: every weight float.
+  std::map<std::string, std::shared_ptr<const packed_matrix>> packed;
 
   const tensor& get(const std::string& name) const;  // throws naming the missing tensor
   tensor& get_mut(const std::string& name);  // throws naming the missing tensor
@@ -163,6 +168,9 @@ struct model {
   void validate() const;
   // Names of the linear weights of attention and MLP (the default targets of a weight format).
   std::vector<std::string> linear_weight_names() const;
+  // The linear layer number (decoder.hpp's numbering: block l's q, k, v, o, gate, up, down at
+  // l * 7 + 0..6, fused qkv 0) of each linear weight name.
+  static int linear_number(const model_config& c, const std::string& name);  // -1 when none
 };
 
 // How a coded tensor is stored, without its codes: what a packed writer describes before it

@@ -15,6 +15,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "lowbit/engine/model.hpp"
+#include "lowbit/engine/plan.hpp"
 #include "lowbit/text/tokenizer.hpp"
 
 namespace lowbit {
@@ -30,6 +31,20 @@ std::unique_ptr<tensor_reader> open_model_reader(const std::string& path);
 // holding model.safetensors.index.json or model.safetensors, or .gguf, by extension (and magic).
 // Throws lowbit::error naming the file and the field on bad input.
 model load_model(const std::string& path);
+
+// A model for packed inference (`eval --packed`, `generate --packed`; docs/architecture.md
+// "Packed inference"): each linear weight kept as its codes (model::packed, computed by
+// kernels/packed_matmul.hpp), every other tensor float32. A linear weight's codes are its values
+// quantized in the plan's weight format (quantize with apply_weight_plan's tensor id, so the
+// packed weights hold apply_weight_plan's values), else the file's own codes (a GGUF's block
+// types, lowbit's packed safetensors). Other tensors the plan names are fake-quantized as
+// apply_weight_plan does. Throws naming the tensor when a linear weight has no codes (a float file
+// without a weight format) or its format has no packed kernel.
+struct packed_load_report {
+  size_t packed_bytes = 0, float_bytes = 0;  // the packed weights; the float tensors
+  std::set<std::string> formats;             // canonical names of the packed formats
+};
+model load_packed_model(const std::string& path, const quant_plan& plan, packed_load_report* report = nullptr);
 model load_llama2c(const std::string& path);
 std::unique_ptr<tensor_reader> open_llama2c_reader(const std::string& path);
 model load_safetensors_model(const std::string& path);

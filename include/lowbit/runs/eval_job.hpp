@@ -34,6 +34,9 @@ struct eval_job_config {
   int64_t max_tokens = 0;  // --max-tokens (0: all)
   bool kl_base = false;   // --kl-base
   std::string attn;       // --attn: every attention operand (q, k, p, v) in this format ("": the rules')
+  // --packed: the linear weights kept as codes and computed by the packed kernels
+  // (load_packed_model); the report's bits_per_weight are the packed bytes per weight.
+  bool packed = false;
 };
 
 struct eval_job {

@@ -1,0 +1,188 @@
+// Packed low-bit products (kernels/packed_matmul.hpp) against independent references:
+//   - the packed weight's values against dequantize_ref of the same codes (bit for bit);
+//   - the reference product against dequantize + lane_ordered_matmul_ref, the pinned order on
+//     float weights (bit for bit), and the fast kernel against the reference (bit for bit);
+//   - every result against the exact product in double, within the bound of the pinned order:
+//     each term w*x is rounded once and passes through at most cols/16 additions in its lane and
+//     4 in the halving tree, so |y - exact| <= gamma_bound(cols/16 + 5) * sum |w||x|,
+//     gamma_bound(m) = m u / (1 - m u), u = 2^-24 (Higham 2002, §3.1);
+//   - integer activations: the int32 dots of the fast (VNNI) kernel equal the reference's, and
+//     sum_g sw sx dot_g is the product of the dequantized operands within gamma_bound(groups + 2).
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "lowbit/base/error.hpp"
+#include "lowbit/kernels/packed_matmul.hpp"
+#include "lowbit/kernels/quantize.hpp"
+
+using namespace lowbit;
+
+namespace {
+
+std::vector<float> randn(size_t n, uint64_t seed, float sd = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+double gamma_bound(double m) {
+  const double u = std::ldexp(1.0, -24);
+  return m * u / (1 - m * u);
+}
+
+const char* const kFormats[] = {"q8_0", "q4_0", "int4/g32", "mxfp4", "nvfp4", "int8/c", "e2m1/g16:e4m3", "int8/g32"};
+
+struct scalar_off {
+  ~scalar_off() { force_packed_scalar(false); }
+};
+
+}  // namespace
+
+TEST(PackedMatmul, ValuesAreDequantizeRefBitForBit) {
+  for (const char* spec : kFormats) {
+    const int64_t rows = 21, cols = 96;
+    const auto w = randn(rows * cols, 1, 0.05f);
+    const quantized_tensor q = quantize_ref(w.data(), rows, cols, parse_format(spec));
+    const packed_matrix p = pack_matrix(q);
+    std::vector<float> a(rows * cols), b(rows * cols);
+    dequantize_ref(q, a.data());
+    dequantize_packed(p, b.data());
+    EXPECT_TRUE(same_bits(a, b)) << spec;
+    EXPECT_LT(p.bytes(), size_t(rows * cols * 4) / 3) << spec;  // codes + fp32 scales, far below float32
+  }
+}
+
+TEST(PackedMatmul, FloatActivationsPinnedOrderBitExactAndBounded) {
+  scalar_off guard;
+  for (const char* spec : kFormats) {
+    for (const int64_t cols : {32, 288, 768}) {
+      const int64_t rows = 19;
+      const auto w = randn(rows * cols, 2, 0.05f);
+      const quantized_tensor q = quantize(w.data(), rows, cols, parse_format(spec));
+      const packed_matrix p = pack_matrix(q);
+      std::vector<float> wd(rows * cols);
+      dequantize_ref(q, wd.data());
+      for (const int64_t n : {1, 3, 4, 9}) {
+        const auto x = randn(n * cols, 3 + n);
+        std::vector<float> spec_y(n * rows), ref_y(n * rows), fast_y(n * rows), scalar_y(n * rows);
+        lane_ordered_matmul_ref(wd.data(), rows, cols, x.data(), n, spec_y.data());
+        packed_matmul_ref(p, x.data(), n, ref_y.data());
+        packed_matmul(p, x.data(), n, fast_y.data());
+        force_packed_scalar(true);
+        packed_matmul(p, x.data(), n, scalar_y.data());
+        force_packed_scalar(false);
+        EXPECT_TRUE(same_bits(spec_y, ref_y)) << spec << " cols " << cols << " n " << n;
+        EXPECT_TRUE(same_bits(ref_y, fast_y)) << spec << " cols " << cols << " n " << n << " ("
+                                              << packed_kernel_target(false) << ")";
+        EXPECT_TRUE(same_bits(ref_y, scalar_y)) << spec;
+        // GEMM rows equal GEMV of each token (same order whatever the batch).
+        std::vector<float> one(rows);
+        packed_matmul(p, x.data() + (n - 1) * cols, 1, one.data());
+        EXPECT_EQ(0, std::memcmp(one.data(), fast_y.data() + (n - 1) * rows, rows * sizeof(float))) << spec;
+        const double bound = gamma_bound(double(cols) / 16 + 5);
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t o = 0; o < rows; ++o) {
+            double exact = 0, mag = 0;
+            for (int64_t c = 0; c < cols; ++c) {
+              exact += double(wd[o * cols + c]) * x[t * cols + c];
+              mag += std::fabs(double(wd[o * cols + c]) * x[t * cols + c]);
+            }
+            ASSERT_LE(std::fabs(fast_y[t * rows + o] - exact), bound * mag) << spec << " [" << t << ", " << o << "]";
+          }
+      }
+    }
+  }
+}
+
+TEST(PackedMatmul, FloatWeightsFastEqualsRef) {
+  scalar_off guard;
+  for (const int64_t cols : {16, 37, 288, 301}) {
+    const int64_t rows = 13, n = 2;
+    const auto w = randn(rows * cols, 9), x = randn(n * cols, 10);
+    std::vector<float> ref(n * rows), fast(n * rows), scalar(n * rows);
+    lane_ordered_matmul_ref(w.data(), rows, cols, x.data(), n, ref.data());
+    lane_ordered_matmul(w.data(), rows, cols, x.data(), n, fast.data());
+    force_packed_scalar(true);
+    lane_ordered_matmul(w.data(), rows, cols, x.data(), n, scalar.data());
+    force_packed_scalar(false);
+    EXPECT_TRUE(same_bits(ref, fast)) << cols;
+    EXPECT_TRUE(same_bits(ref, scalar)) << cols;
+  }
+}
+
+TEST(PackedMatmul, IntegerActivationsExactDots) {
+  for (const char* spec : {"q8_0", "q4_0", "int4/g32", "int8/c", "int8/g32"}) {
+    const int64_t rows = 23, cols = 256, n = 5;
+    const auto w = randn(rows * cols, 4, 0.05f);
+    const quantized_tensor q = quantize(w.data(), rows, cols, parse_format(spec));
+    const packed_matrix p = pack_matrix(q);
+    ASSERT_TRUE(p.integer_values) << spec;
+    const auto x = randn(n * cols, 5);
+    const int8_activations a = quantize_activations(x.data(), n, cols, p.group);
+    const int64_t gpr = cols / p.group;
+    std::vector<int32_t> ref(n * rows * gpr), fast(n * rows * gpr, -1);
+    packed_int_dots_ref(p, a, ref.data());
+    packed_int_dots(p, a, fast.data());
+    EXPECT_EQ(ref, fast) << spec << " (" << packed_kernel_target(true) << ")";
+    // The dots from the definition: integer codes of W (dequantized value / scale) and x.
+    std::vector<float> wd(rows * cols);
+    dequantize_ref(q, wd.data());
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t o = 0; o < rows; ++o)
+        for (int64_t g = 0; g < gpr; ++g) {
+          int64_t s = 0;
+          for (int64_t c = g * p.group; c < (g + 1) * p.group; ++c)
+            s += std::llround(wd[o * cols + c] / p.scale(o, c)) * a.q[t * cols + c];
+          ASSERT_EQ(s, ref[(t * rows + o) * gpr + g]) << spec;
+        }
+    std::vector<float> y_ref(n * rows), y_fast(n * rows);
+    packed_matmul_int_ref(p, a, y_ref.data());
+    packed_matmul_int(p, a, y_fast.data());
+    EXPECT_TRUE(same_bits(y_ref, y_fast)) << spec;
+    // The combine against the dequantized operands' product in double.
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t o = 0; o < rows; ++o) {
+        double exact = 0, mag = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          const double xv = double(a.q[t * cols + c]) * a.scale[t * gpr + c / p.group];
+          exact += double(wd[o * cols + c]) * xv;
+          mag += std::fabs(double(wd[o * cols + c]) * xv);
+        }
+        ASSERT_LE(std::fabs(y_ref[t * rows + o] - exact), gamma_bound(double(gpr) + 3) * mag) << spec;
+      }
+  }
+}
+
+TEST(PackedMatmul, QuantizedActivationsAreLowbitsFormats) {
+  const int64_t n = 3, cols = 64;
+  const auto x = randn(n * cols, 6);
+  const int8_activations a = quantize_activations(x.data(), n, cols, 32);
+  std::vector<float> expect(n * cols);
+  fake_quantize_ref(x.data(), expect.data(), n, cols, parse_format("q8_0"));
+  for (int64_t i = 0; i < n * cols; ++i) ASSERT_EQ(expect[i], float(a.q[i]) * a.scale[i / 32]);
+  EXPECT_THROW(quantize_activations(x.data(), n, cols, 48), error);
+}
+
+TEST(PackedMatmul, RefusesFormatsWithoutAKernel) {
+  std::string why;
+  for (const char* spec : {"e4m3fn/g32", "uint4/g32", "q4_k", "int4/t", "e2m1", "q5_0", "int4/g8"}) {
+    EXPECT_FALSE(has_packed_kernel(parse_format(spec), &why)) << spec;
+    EXPECT_FALSE(why.empty());
+    const auto w = randn(4 * 256, 7);
+    const quantized_tensor q = quantize_ref(w.data(), 4, 256, parse_format(spec));
+    EXPECT_THROW(pack_matrix(q), error) << spec;
+  }
+  const auto w = randn(4 * 40, 8);  // 40 columns: not whole chunks of 16
+  EXPECT_THROW(pack_matrix(quantize_ref(w.data(), 4, 40, parse_format("int8/c"))), error);
+}
