@@ -30,6 +30,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/engine/model.hpp"
@@ -38,6 +39,7 @@
 #include "lowbit/base/files.hpp"
 #include "lowbit/base/mpi_world.hpp"
 #include "lowbit/formats/format.hpp"
+#include "lowbit/ptq/calibrate.hpp"
 #include "lowbit/ptq/job.hpp"
 #include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/formats/analysis.hpp"
@@ -109,7 +111,8 @@ void check_spec(const std::string& spec, const std::string& where) {
 // `lowbit quantize` checks its flags (the weight format is a placeholder: the grid's come later).
 std::string parse_method_object(const nlohmann::json& m, const std::string& where) {
   only_keys(m, {"name", "method", "lorc_rank", "lorc_format", "shared_pow2_scales", "equalize", "bias_correction",
-                "alpha", "damp", "act_order", "adaround_iters", "adaround_lambda", "preshift", "rotate"},
+                "alpha", "damp", "act_order", "adaround_iters", "adaround_lambda", "preshift", "rotate",
+                "act_calibration"},
             where);
   if (!m.contains("name") || !m["name"].is_string() || m["name"].get<std::string>().empty())
     throw error(fmt::format("{}: a method object needs a \"name\" (the label its runs are recorded under)", where));
@@ -117,6 +120,12 @@ std::string parse_method_object(const nlohmann::json& m, const std::string& wher
     throw error(fmt::format("{}: a method object needs a \"method\" (a method's name)", where));
   try {
     ptq::quantize_options_of(method_job_config(m, "int4/g32"));
+    if (m.contains("act_calibration")) {
+      if (!m["act_calibration"].is_string())
+        throw error("act_calibration: expected a statistic: max, mse, llmfp4 or percentile:P");
+      ptq::act_calibration_options ao;
+      ptq::parse_act_statistic(m["act_calibration"].get<std::string>(), ao);
+    }
   } catch (const lowbit::error& e) {
     throw error(fmt::format("{}: {}", where, e.what()));
   }
@@ -264,12 +273,18 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
           throw error(fmt::format("{}: {}", where, e.what()));
         }
       } else if (f.is_object()) {
-        only_keys(f, {"weights", "acts", "kv"}, where);
+        only_keys(f, {"weights", "acts", "kv", "methods"}, where);
         auto part = [&](const char* k) {
           const std::string v = f.contains(k) ? str(f[k], fmt::format("formats[{}].{}", i, k)) : "";
           return v == "-" ? std::string() : v;
         };
-        p = {part("weights"), part("acts"), part("kv")};
+        p = {part("weights"), part("acts"), part("kv"), {}};
+        if (f.contains("methods")) {
+          if (!f["methods"].is_array() || f["methods"].empty())
+            throw error(fmt::format("{}: methods: expected a non-empty list of the sweep's method labels", where));
+          for (size_t k = 0; k < f["methods"].size(); ++k)
+            p.methods.push_back(str(f["methods"][k], fmt::format("formats[{}].methods[{}]", i, k)));
+        }
       } else {
         throw error(fmt::format("{}: expected a string or an object", where));
       }
@@ -320,6 +335,22 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
         c.evals.push_back(e);
       }
     }
+    for (size_t i = 0; i < c.formats.size(); ++i)
+      for (const std::string& m : c.formats[i].methods)
+        if (std::find(c.methods.begin(), c.methods.end(), m) == c.methods.end())
+          throw error(fmt::format("{}: formats[{}]: method '{}' is not among the sweep's \"methods\" ({})", source, i, m,
+                                  fmt::join(c.methods, ", ")));
+    for (size_t i = 0; i < c.formats.size(); ++i)
+      for (const auto& [label, o] : c.method_options) {
+        const auto& fm = c.formats[i].methods;
+        if (!o.contains("act_calibration") || !parse_optional_format(c.formats[i].weights) ||
+            (!fm.empty() && std::find(fm.begin(), fm.end(), label) == fm.end()))
+          continue;
+        const std::string where = fmt::format("{}: formats[{}] with method '{}' (act_calibration)", source, i, label);
+        const auto acts = parse_optional_format(c.formats[i].acts);
+        if (!acts) throw error(fmt::format("{}: no activation format to calibrate", where));
+        check_static_format(*acts, where);
+      }
     if (j.contains("kl_base")) {
       if (!j["kl_base"].is_boolean()) throw error(fmt::format("{}: kl_base: expected true or false", source));
       c.kl_base = j["kl_base"].get<bool>();
@@ -477,6 +508,7 @@ std::vector<sweep_job> expand_sweep(const sweep_config& c, const std::map<std::s
     for (const sweep_plan& p : c.formats)
       for (const std::string& method : c.methods) {
         if (method != "rtn" && !parse_optional_format(p.weights)) continue;  // nothing to calibrate
+        if (!p.methods.empty() && std::find(p.methods.begin(), p.methods.end(), method) == p.methods.end()) continue;
         for (const sweep_eval& e : c.evals) {
           sweep_job j;
           j.model = m, j.plan = p, j.method = method, j.eval = e;
@@ -646,7 +678,7 @@ run_record sweep_runner::run(const sweep_job& job) {
   eo.max_tokens = job.eval.max_tokens > 0 && job.eval.max_tokens < half ? job.eval.max_tokens : half;
   eo.kl_base = config_.kl_base;
 
-  const quant_plan plan = quant_plan_of(job.plan);
+  quant_plan plan = quant_plan_of(job.plan);
   const double t0 = now_seconds();
   double sqnr = std::numeric_limits<double>::quiet_NaN();
   const calibration_settings calib{config_.calib_samples, config_.calib_ctx, config_.calib_seed};
@@ -659,6 +691,17 @@ run_record sweep_runner::run(const sweep_job& job) {
     ptq::quantize_options qo = ptq::quantize_options_of(method_job_config(m, job.plan.weights));
     qo.calib_samples = calib.samples, qo.calib_ctx = calib.ctx, qo.seed = calib.seed, qo.rotate_seed = calib.seed;
     variant = quantize_variant(base, ids, plan, qo, &sqnr);
+    if (m.contains("act_calibration")) {
+      // Static activation scales (ptq/calibrate.hpp) on the quantized model, from the same
+      // calibration windows: every linear layer's input gets its calibrated clip.
+      ptq::act_calibration_options ao;
+      ptq::parse_act_statistic(m["act_calibration"].get<std::string>(), ao);
+      ao.element = *plan.acts;
+      ao.calib_samples = std::min(calib.samples, 16), ao.calib_ctx = calib.ctx, ao.seed = calib.seed;
+      quant_plan without_acts = plan;
+      without_acts.acts.reset(), without_acts.acts_spec.clear();
+      plan = ptq::calibrate_activations(variant, without_acts, ids, ao).plan;
+    }
   } else {
     variant = quantize_variant(base, ids, plan, job.method, calib, {}, &sqnr);
   }

@@ -120,6 +120,30 @@ TEST(StudyGrammar, BadExtensionsAreRefusedNamingTheEntry) {
   EXPECT_NE(msg.find("a second method named 'rtn'"), std::string::npos) << msg;
 
   j = small_study();
+  j["methods"] = {"rtn", "gptq"};
+  j["formats"] = {"int8/c", {{"weights", "int4/g32"}, {"methods", {"gptq", "awq"}}}};
+  msg = refusal(j);
+  EXPECT_NE(msg.find("formats[1]: method 'awq' is not among"), std::string::npos) << msg;
+  j["formats"][1]["methods"] = {"gptq"};  // int8/c with both methods, int4/g32 with GPTQ only
+  const auto grid = expand_sweep(parse_sweep_config(j, "", data_dir, "study.json"));
+  ASSERT_EQ(grid.size(), 3u);
+  EXPECT_EQ(grid[2].plan.weights, "int4/g32");
+  EXPECT_EQ(grid[2].method, "gptq");
+
+  j = small_study();
+  j["methods"] = {{{"name", "fp4-static"}, {"method", "llmfp4"}, {"act_calibration", "median"}}};
+  msg = refusal(j);
+  EXPECT_NE(msg.find("methods[0]"), std::string::npos) << msg;
+  j["methods"][0]["act_calibration"] = "llmfp4";
+  msg = refusal(j);  // int4/g32 has no activation format to calibrate
+  EXPECT_NE(msg.find("no activation format to calibrate"), std::string::npos) << msg;
+  j["formats"] = {"int4/g32,e2m1/t"};  // a dynamic per-tensor spec, not a bare element
+  msg = refusal(j);
+  EXPECT_NE(msg.find("act_calibration"), std::string::npos) << msg;
+  j["formats"] = {"int4/g32,e2m1"};
+  EXPECT_EQ(refusal(j), "");
+
+  j = small_study();
   j["tasks"] = {{{"kind", "endings"}}};
   msg = refusal(j);
   EXPECT_NE(msg.find("tasks[0]"), std::string::npos) << msg;

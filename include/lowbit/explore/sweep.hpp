@@ -17,11 +17,16 @@
 // sample, methods to ["rtn"], eval to the model's context over the evaluation half.
 //
 // Study extensions (issue 16; studies/NAME.json are sweep files, docs/studies/README.md):
+//   "formats": an object entry may name the methods it runs with, {"weights": "int4/g32",
+//       "methods": ["rtn", "gptq"]} (labels among "methods"; default: every method).
 //   "methods": entries may also be objects naming a method with its options, recorded under
 //       "name": {"name": "rtn+lorc8", "method": "rtn", "lorc_rank": 8}. Options (`lowbit
 //       quantize`'s flags): lorc_rank, lorc_format, shared_pow2_scales, equalize,
 //       bias_correction, alpha, damp, act_order, adaround_iters, adaround_lambda, preshift,
-//       rotate; refused where `quantize` refuses them (ptq::quantize_options_of).
+//       rotate; refused where `quantize` refuses them (ptq::quantize_options_of); and
+//       "act_calibration": max | mse | llmfp4 | percentile:P — static activation scales
+//       (ptq/calibrate.hpp) calibrated on the quantized model (at most 16 of the calibration
+//       windows), replacing the format's dynamic ACTS, which must then be a bare intN or eEmM.
 //   "tasks": [{"kind": "ending"|"lastword", "n": 300, "seed": 0, "options": 4, "max_chars": 1000,
 //       "text": FILE (default: data), "name": ...}]: every run also scores each task
 //       (runs/task_eval.hpp), metrics task.NAME.acc, .acc_stderr (ending: .acc_norm too).
@@ -80,6 +85,9 @@ struct sweep_model {
 
 struct sweep_plan {
   std::string weights, acts, kv;  // as written; "" = float
+  // A format object's "methods": the labels of the sweep's methods this format runs with
+  // (empty: all of them).
+  std::vector<std::string> methods;
 };
 
 struct sweep_eval {
