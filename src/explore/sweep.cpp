@@ -343,9 +343,16 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
     for (size_t i = 0; i < c.formats.size(); ++i)
       for (const auto& [label, o] : c.method_options) {
         const auto& fm = c.formats[i].methods;
-        if (!o.contains("act_calibration") || !parse_optional_format(c.formats[i].weights) ||
+        if (!parse_optional_format(c.formats[i].weights) ||
             (!fm.empty() && std::find(fm.begin(), fm.end(), label) == fm.end()))
           continue;
+        // The method's options with this weight format, as `quantize` would check them.
+        try {
+          ptq::quantize_options_of(method_job_config(o, c.formats[i].weights));
+        } catch (const lowbit::error& e) {
+          throw error(fmt::format("{}: formats[{}] with method '{}': {}", source, i, label, e.what()));
+        }
+        if (!o.contains("act_calibration")) continue;
         const std::string where = fmt::format("{}: formats[{}] with method '{}' (act_calibration)", source, i, label);
         const auto acts = parse_optional_format(c.formats[i].acts);
         if (!acts) throw error(fmt::format("{}: no activation format to calibrate", where));

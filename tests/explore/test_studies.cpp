@@ -115,6 +115,12 @@ TEST(StudyGrammar, BadExtensionsAreRefusedNamingTheEntry) {
   j["methods"] = {{{"name", "g"}, {"method", "gptq"}, {"lorc_rnak", 8}}};
   msg = refusal(j);
   EXPECT_NE(msg.find("unknown key 'lorc_rnak'"), std::string::npos) << msg;
+  j["methods"] = {{{"name", "pow2"}, {"method", "rtn"}, {"shared_pow2_scales", true}}};
+  j["formats"] = {"e2m1/g32", "int8/c"};  // the constraint needs group scales: refused for int8/c, per format
+  msg = refusal(j);
+  EXPECT_NE(msg.find("formats[1] with method 'pow2'"), std::string::npos) << msg;
+  j["formats"] = {"e2m1/g32"};
+  EXPECT_EQ(refusal(j), "");
   j["methods"] = {"rtn", {{"name", "rtn"}, {"method", "rtn"}, {"lorc_rank", 4}}};
   msg = refusal(j);
   EXPECT_NE(msg.find("a second method named 'rtn'"), std::string::npos) << msg;
