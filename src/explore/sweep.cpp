@@ -444,9 +444,9 @@ void make_tiny(sweep_config& c) {
   c.calib_ctx = std::min(c.calib_ctx, 64);
   for (auto& [label, o] : c.method_options)
     if (o.value("method", "") == "adaround") o["adaround_iters"] = std::min(o.value("adaround_iters", 20), 20);
-  for (sweep_task& t : c.tasks) t.build.n = 16;
+  for (sweep_task& t : c.tasks) t.build.n = 8;
   c.spread.formats = std::min(c.spread.formats, 3);
-  c.spread.budget = std::min<int64_t>(c.spread.budget, 32);
+  c.spread.budget = std::min<int64_t>(c.spread.budget, 16);
   c.spread.batch = std::min<int64_t>(c.spread.batch, 4);
   if (c.sqnr.formats.size() > 2) c.sqnr.formats.resize(2);
   c.sqnr.windows = 1;

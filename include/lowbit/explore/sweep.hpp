@@ -44,7 +44,7 @@
 //       (closed_w:DENSITY, closed_a:DENSITY; formats/analysis.hpp).
 // `--tiny` (make_tiny) shrinks a study so CI runs every studies/*.json in seconds: the first
 // model, the first two formats, 256 evaluation tokens at ctx <= 128, 4 calibration windows of 64
-// tokens, AdaRound at 20 steps, 16 task items, a 3-format spread on a budget of 32, one SQNR
+// tokens, AdaRound at 20 steps, 8 task items, a 3-format spread on a budget of 16, one SQNR
 // window of 64 tokens and the first two SQNR entries.
 //
 // Evaluation protocol of a sweep: every run is evaluated on the first half of the token stream
