@@ -15,14 +15,16 @@ build: deps
 demo: build
 	@bash scripts/demo.sh $(BUILD)/lowbit
 
-# A study (studies/NAME.json, docs/studies/README.md): the sweep into studies-out/NAME/ (results
-# store study.db, resumable: a rerun skips the recorded runs), then its report (runs.csv/.json,
-# figures, index.html) in studies-out/NAME/report. TINY=1 runs it at CI size into
-# studies-out/NAME-tiny/.
+# A study (studies/NAME.json, docs/studies/README.md): builds the CLI, runs the sweep into
+# studies-out/NAME/ (results store study.db, resumable: a rerun skips the recorded runs), then
+# its report (runs.csv/.json, figures, index.html) in studies-out/NAME/report. TINY=1 runs it at
+# CI size into studies-out/NAME-tiny/.
 NAME ?=
 TINY ?= 0
 STUDY_OUT = studies-out/$(NAME)$(if $(filter 1,$(TINY)),-tiny)
-study: build
+study: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DLOWBIT_DATA_DIR=$(DATA) > /dev/null
+	@cmake --build $(BUILD) -j $(JOBS) --target lowbit_cli
 	@test -n "$(NAME)" || { echo "make study NAME=X: one of $$(ls studies | sed -n 's/\.json$$//p' | tr '\n' ' ')"; exit 2; }
 	@test -f studies/$(NAME).json || { echo "studies/$(NAME).json: no such study"; exit 2; }
 	@mkdir -p $(STUDY_OUT)
