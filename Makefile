@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 DATA ?= $(abspath ../shared/data)
 
-.PHONY: deps build demo test test-all test-sanitize fuzz-build fuzz-smoke fuzz bench bench-python bench-model clean
+.PHONY: deps build demo study test test-all test-sanitize fuzz-build fuzz-smoke fuzz bench bench-python bench-model clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -14,6 +14,24 @@ build: deps
 
 demo: build
 	@bash scripts/demo.sh $(BUILD)/lowbit
+
+# A study (studies/NAME.json, docs/studies/README.md): builds the CLI, runs the sweep into
+# studies-out/NAME/ (results store study.db, resumable: a rerun skips the recorded runs), then
+# its report (runs.csv/.json, figures, index.html) in studies-out/NAME/report. TINY=1 runs it at
+# CI size into studies-out/NAME-tiny/.
+NAME ?=
+TINY ?= 0
+STUDY_OUT = studies-out/$(NAME)$(if $(filter 1,$(TINY)),-tiny)
+study: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DLOWBIT_DATA_DIR=$(DATA) > /dev/null
+	@cmake --build $(BUILD) -j $(JOBS) --target lowbit_cli
+	@test -n "$(NAME)" || { echo "make study NAME=X: one of $$(ls studies | sed -n 's/\.json$$//p' | tr '\n' ' ')"; exit 2; }
+	@test -f studies/$(NAME).json || { echo "studies/$(NAME).json: no such study"; exit 2; }
+	@mkdir -p $(STUDY_OUT)
+	@LOWBIT_DATA_DIR=$(DATA) $(BUILD)/lowbit explore --config studies/$(NAME).json --db $(STUDY_OUT)/study.db \
+	  $(if $(filter 1,$(TINY)),--tiny) --json > $(STUDY_OUT)/runs.json.tmp && mv $(STUDY_OUT)/runs.json.tmp $(STUDY_OUT)/runs.json
+	@$(BUILD)/lowbit report --db $(STUDY_OUT)/study.db -o $(STUDY_OUT)/report
+	@echo "study $(NAME): $(STUDY_OUT)/runs.json, $(STUDY_OUT)/report/index.html"
 
 # The CI suite: every test binary once (ctest label sanity); then each libFuzzer harness for a few
 # seconds when clang++ with libFuzzer is present (docs/robustness.md; FUZZ_SMOKE=0 skips it).

@@ -79,6 +79,21 @@ model quantize_variant(const model& base, const std::vector<int32_t>& ids, const
   return variant;
 }
 
+model quantize_variant(const model& base, const std::vector<int32_t>& ids, const quant_plan& plan,
+                       ptq::quantize_options o, double* sqnr_db) {
+  if (!plan.weights) throw error("quantize_variant: a PTQ method needs a weight format");
+  model variant = base;
+  o.weights = *plan.weights;
+  ptq::quantize_model(variant, ids, o);
+  if (sqnr_db) {
+    model scratch = base;  // the format's own SQNR on these weights, whatever the method did
+    quant_plan w_only;
+    w_only.weights = plan.weights, w_only.weights_spec = plan.weights_spec;
+    *sqnr_db = mean_sqnr_db(apply_weight_plan(scratch, w_only));
+  }
+  return variant;
+}
+
 const std::vector<std::string>& default_explore_rows() {
   static const std::vector<std::string> rows = {
       "fp32", "bf16", "fp8_e4m3/c", "int8/c", "int4/g32", "e2m1/g32", "mxfp4", "nvfp4", "nf4",

@@ -30,6 +30,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/engine/model.hpp"
@@ -38,9 +39,15 @@
 #include "lowbit/base/files.hpp"
 #include "lowbit/base/mpi_world.hpp"
 #include "lowbit/formats/format.hpp"
+#include "lowbit/ptq/calibrate.hpp"
+#include "lowbit/ptq/job.hpp"
 #include "lowbit/ptq/pipeline.hpp"
+#include "lowbit/formats/analysis.hpp"
 #include "lowbit/io/model_io.hpp"
 #include "lowbit/text/documents.hpp"
+#include "lowbit/engine/forward.hpp"
+#include "lowbit/runs/spread.hpp"
+#include "lowbit/runs/task_eval.hpp"
 
 namespace fs = std::filesystem;
 
@@ -100,6 +107,85 @@ void check_spec(const std::string& spec, const std::string& where) {
   }
 }
 
+// A method object {"name", "method", options...}: its label, after the options were checked as
+// `lowbit quantize` checks its flags (the weight format is a placeholder: the grid's come later).
+std::string parse_method_object(const nlohmann::json& m, const std::string& where) {
+  only_keys(m, {"name", "method", "lorc_rank", "lorc_format", "shared_pow2_scales", "equalize", "bias_correction",
+                "alpha", "damp", "act_order", "adaround_iters", "adaround_lambda", "preshift", "rotate",
+                "act_calibration"},
+            where);
+  if (!m.contains("name") || !m["name"].is_string() || m["name"].get<std::string>().empty())
+    throw error(fmt::format("{}: a method object needs a \"name\" (the label its runs are recorded under)", where));
+  if (!m.contains("method") || !m["method"].is_string())
+    throw error(fmt::format("{}: a method object needs a \"method\" (a method's name)", where));
+  try {
+    ptq::quantize_options_of(method_job_config(m, "int4/g32"));
+    if (m.contains("act_calibration")) {
+      if (!m["act_calibration"].is_string())
+        throw error("act_calibration: expected a statistic: max, mse, llmfp4 or percentile:P");
+      ptq::act_calibration_options ao;
+      ptq::parse_act_statistic(m["act_calibration"].get<std::string>(), ao);
+    }
+  } catch (const lowbit::error& e) {
+    throw error(fmt::format("{}: {}", where, e.what()));
+  }
+  return m["name"].get<std::string>();
+}
+
+}  // namespace
+
+ptq::quantize_job_config method_job_config(const nlohmann::json& m, const std::string& weights) {
+  ptq::quantize_job_config q;
+  q.method = m.at("method").get<std::string>();
+  q.weights = weights;
+  q.lorc_rank = m.value("lorc_rank", 0);
+  q.lorc_format = m.value("lorc_format", std::string());
+  q.shared_pow2_scales = m.value("shared_pow2_scales", false);
+  q.equalize = m.value("equalize", false);
+  q.bias_correct = m.value("bias_correction", false);
+  q.alpha = m.value("alpha", q.alpha);
+  q.damp = m.value("damp", q.damp);
+  q.act_order = m.value("act_order", false);
+  if (m.contains("adaround_iters")) q.adaround_iters = m["adaround_iters"].get<int>();
+  if (m.contains("adaround_lambda")) q.adaround_lambda = m["adaround_lambda"].get<double>();
+  q.preshift = m.value("preshift", false);
+  q.rotate = m.value("rotate", false);
+  return q;
+}
+
+namespace {
+
+void parse_tasks(const nlohmann::json& list, sweep_config& c, const std::string& base_dir, const std::string& data_dir) {
+  const std::string& source = c.source;
+  if (!list.is_array() || list.empty())
+    throw error(fmt::format("{}: tasks: expected a non-empty list of {{\"kind\", \"n\", \"seed\", ...}}", source));
+  std::set<std::string> names;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string where = fmt::format("{}: tasks[{}]", source, i);
+    const auto& t = list[i];
+    if (!t.is_object()) throw error(fmt::format("{}: expected an object", where));
+    only_keys(t, {"name", "kind", "n", "seed", "options", "max_chars", "text"}, where);
+    sweep_task task;
+    if (!t.contains("kind") || !t["kind"].is_string()) throw error(fmt::format("{}: \"kind\": ending or lastword", where));
+    try {
+      task.build.kind = parse_task_kind(t["kind"].get<std::string>());
+    } catch (const lowbit::error& e) {
+      throw error(fmt::format("{}: {}", where, e.what()));
+    }
+    task.name = t.value("name", t["kind"].get<std::string>());
+    if (!names.insert(task.name).second) throw error(fmt::format("{}: a second task named '{}'", where, task.name));
+    task.build.n = t.value("n", int64_t(300));
+    task.build.seed = t.value("seed", uint64_t(0));
+    task.build.options = t.value("options", task.build.options);
+    task.build.max_chars = t.value("max_chars", task.build.max_chars);
+    if (task.build.n < 1 || task.build.options < 2 || task.build.max_chars < 1)
+      throw error(fmt::format("{}: expected n >= 1, options >= 2 and max_chars >= 1", where));
+    task.text = t.contains("text") ? resolve(t["text"].get<std::string>(), base_dir, data_dir, where) : c.data;
+    require_file(task.text, where);
+    c.tasks.push_back(task);
+  }
+}
+
 }  // namespace
 
 sweep_plan parse_plan_row(const std::string& row) {
@@ -125,7 +211,8 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
   sweep_config c;
   c.source = source;
   if (!j.is_object()) throw error(fmt::format("{}: expected a JSON object", source));
-  only_keys(j, {"models", "data", "formats", "methods", "eval", "kl_base", "calibration"}, source);
+  only_keys(j, {"models", "data", "formats", "methods", "eval", "kl_base", "calibration", "tasks", "spread", "sqnr"},
+            source);
   auto str = [&](const nlohmann::json& v, const std::string& where) {
     if (!v.is_string()) throw error(fmt::format("{}: {}: expected a string", source, where));
     return v.get<std::string>();
@@ -186,12 +273,18 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
           throw error(fmt::format("{}: {}", where, e.what()));
         }
       } else if (f.is_object()) {
-        only_keys(f, {"weights", "acts", "kv"}, where);
+        only_keys(f, {"weights", "acts", "kv", "methods"}, where);
         auto part = [&](const char* k) {
           const std::string v = f.contains(k) ? str(f[k], fmt::format("formats[{}].{}", i, k)) : "";
           return v == "-" ? std::string() : v;
         };
-        p = {part("weights"), part("acts"), part("kv")};
+        p = {part("weights"), part("acts"), part("kv"), {}};
+        if (f.contains("methods")) {
+          if (!f["methods"].is_array() || f["methods"].empty())
+            throw error(fmt::format("{}: methods: expected a non-empty list of the sweep's method labels", where));
+          for (size_t k = 0; k < f["methods"].size(); ++k)
+            p.methods.push_back(str(f["methods"][k], fmt::format("formats[{}].methods[{}]", i, k)));
+        }
       } else {
         throw error(fmt::format("{}: expected a string or an object", where));
       }
@@ -206,13 +299,24 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
         throw error(fmt::format("{}: methods: expected a non-empty list", source));
       c.methods.clear();
       for (size_t i = 0; i < j["methods"].size(); ++i) {
-        const std::string m = str(j["methods"][i], fmt::format("methods[{}]", i));
-        try {
-          ptq::parse_method(m);
-        } catch (const lowbit::error& e) {
-          throw error(fmt::format("{}: methods[{}]: {}", source, i, e.what()));
+        const auto& entry = j["methods"][i];
+        const std::string where = fmt::format("{}: methods[{}]", source, i);
+        std::string label;
+        if (entry.is_object()) {
+          label = parse_method_object(entry, where);
+          c.method_options[label] = entry;
+          c.method_options[label].erase("name");
+        } else {
+          label = str(entry, fmt::format("methods[{}]", i));
+          try {
+            ptq::parse_method(label);
+          } catch (const lowbit::error& e) {
+            throw error(fmt::format("{}: {}", where, e.what()));
+          }
         }
-        c.methods.push_back(m);
+        if (std::find(c.methods.begin(), c.methods.end(), label) != c.methods.end())
+          throw error(fmt::format("{}: a second method named '{}'", where, label));
+        c.methods.push_back(label);
       }
     }
     // eval settings
@@ -231,6 +335,29 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
         c.evals.push_back(e);
       }
     }
+    for (size_t i = 0; i < c.formats.size(); ++i)
+      for (const std::string& m : c.formats[i].methods)
+        if (std::find(c.methods.begin(), c.methods.end(), m) == c.methods.end())
+          throw error(fmt::format("{}: formats[{}]: method '{}' is not among the sweep's \"methods\" ({})", source, i, m,
+                                  fmt::join(c.methods, ", ")));
+    for (size_t i = 0; i < c.formats.size(); ++i)
+      for (const auto& [label, o] : c.method_options) {
+        const auto& fm = c.formats[i].methods;
+        if (!parse_optional_format(c.formats[i].weights) ||
+            (!fm.empty() && std::find(fm.begin(), fm.end(), label) == fm.end()))
+          continue;
+        // The method's options with this weight format, as `quantize` would check them.
+        try {
+          ptq::quantize_options_of(method_job_config(o, c.formats[i].weights));
+        } catch (const lowbit::error& e) {
+          throw error(fmt::format("{}: formats[{}] with method '{}': {}", source, i, label, e.what()));
+        }
+        if (!o.contains("act_calibration")) continue;
+        const std::string where = fmt::format("{}: formats[{}] with method '{}' (act_calibration)", source, i, label);
+        const auto acts = parse_optional_format(c.formats[i].acts);
+        if (!acts) throw error(fmt::format("{}: no activation format to calibrate", where));
+        check_static_format(*acts, where);
+      }
     if (j.contains("kl_base")) {
       if (!j["kl_base"].is_boolean()) throw error(fmt::format("{}: kl_base: expected true or false", source));
       c.kl_base = j["kl_base"].get<bool>();
@@ -245,10 +372,85 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
       c.calib_seed = cal.value("seed", c.calib_seed);
       if (c.calib_samples <= 0 || c.calib_ctx <= 1) throw error(fmt::format("{}: samples and ctx must be positive", where));
     }
+    if (j.contains("tasks")) parse_tasks(j["tasks"], c, base_dir, data_dir);
+    if (j.contains("spread")) {
+      const auto& sp = j["spread"];
+      const std::string where = source + ": spread";
+      if (!sp.is_object()) throw error(fmt::format("{}: expected {{\"formats\", \"budget\", \"batch\", \"seed\"}}", where));
+      only_keys(sp, {"formats", "budget", "batch", "seed"}, where);
+      if (c.tasks.empty()) throw error(fmt::format("{}: FormatSpread needs a task: add \"tasks\"", where));
+      c.spread.enabled = true;
+      c.spread.formats = sp.value("formats", c.spread.formats);
+      c.spread.budget = sp.value("budget", c.spread.budget);
+      c.spread.batch = sp.value("batch", c.spread.batch);
+      c.spread.seed = sp.value("seed", c.spread.seed);
+      if (c.spread.formats < 2 || c.spread.budget < 1 || c.spread.batch < 1)
+        throw error(fmt::format("{}: expected formats >= 2, budget >= 1 and batch >= 1", where));
+    }
+    if (j.contains("sqnr")) {
+      const auto& q = j["sqnr"];
+      const std::string where = source + ": sqnr";
+      if (!q.is_object() || !q.contains("formats") || !q["formats"].is_array() || q["formats"].empty())
+        throw error(fmt::format("{}: expected {{\"formats\": [\"WEIGHTS[,ACTS]\", ...], \"windows\", \"ctx\", "
+                                "\"densities\"}}", where));
+      only_keys(q, {"formats", "windows", "ctx", "densities"}, where);
+      for (size_t i = 0; i < q["formats"].size(); ++i) {
+        const std::string w = fmt::format("{}.formats[{}]", where, i);
+        sweep_plan p;
+        try {
+          p = parse_plan_row(str(q["formats"][i], fmt::format("sqnr.formats[{}]", i)));
+        } catch (const lowbit::error& e) {
+          throw error(fmt::format("{}: {}", w, e.what()));
+        }
+        if (!p.kv.empty()) throw error(fmt::format("{}: expected WEIGHTS[,ACTS] (no KV format in an SQNR analysis)", w));
+        if (p.weights.empty() && p.acts.empty()) throw error(fmt::format("{}: neither weights nor acts to analyse", w));
+        check_spec(p.weights, w + " (weights)");
+        check_spec(p.acts, w + " (acts)");
+        c.sqnr.formats.push_back(p);
+      }
+      c.sqnr.windows = q.value("windows", c.sqnr.windows);
+      c.sqnr.ctx = q.value("ctx", c.sqnr.ctx);
+      if (c.sqnr.windows < 1 || c.sqnr.ctx < 2) throw error(fmt::format("{}: expected windows >= 1 and ctx >= 2", where));
+      if (q.contains("densities")) {
+        if (!q["densities"].is_array()) throw error(fmt::format("{}: densities: expected a list", where));
+        c.sqnr.densities.clear();
+        for (size_t i = 0; i < q["densities"].size(); ++i) {
+          const std::string d = str(q["densities"][i], fmt::format("sqnr.densities[{}]", i));
+          try {
+            parse_density(d);
+          } catch (const lowbit::error& e) {
+            throw error(fmt::format("{}.densities[{}]: {}", where, i, e.what()));
+          }
+          c.sqnr.densities.push_back(d);
+        }
+      }
+    }
   } catch (const nlohmann::json::exception& e) {
     throw error(fmt::format("{}: {}", source, e.what()));
   }
   return c;
+}
+
+void make_tiny(sweep_config& c) {
+  c.tiny = true;
+  if (c.models.size() > 1) c.models.resize(1);
+  if (c.formats.size() > 2) c.formats.resize(2);
+  if (c.evals.size() > 1) c.evals.resize(1);
+  for (sweep_eval& e : c.evals) {
+    e.ctx = e.ctx == 0 ? 128 : std::min(e.ctx, 128);
+    e.max_tokens = 256;
+  }
+  c.calib_samples = std::min(c.calib_samples, 4);
+  c.calib_ctx = std::min(c.calib_ctx, 64);
+  for (auto& [label, o] : c.method_options)
+    if (o.value("method", "") == "adaround") o["adaround_iters"] = std::min(o.value("adaround_iters", 20), 20);
+  for (sweep_task& t : c.tasks) t.build.n = 8;
+  c.spread.formats = std::min(c.spread.formats, 3);
+  c.spread.budget = std::min<int64_t>(c.spread.budget, 16);
+  c.spread.batch = std::min<int64_t>(c.spread.batch, 4);
+  if (c.sqnr.formats.size() > 2) c.sqnr.formats.resize(2);
+  c.sqnr.windows = 1;
+  c.sqnr.ctx = std::min(c.sqnr.ctx, 64);
 }
 
 sweep_config load_sweep_config(const std::string& path, const std::string& data_dir) {
@@ -271,6 +473,7 @@ std::map<std::string, std::string> sweep_fingerprints(const sweep_config& c) {
   };
   add(c.data);
   for (const sweep_model& m : c.models) add(m.path), add(m.tokenizer);
+  for (const sweep_task& t : c.tasks) add(t.text);
   return fps;
 }
 
@@ -279,7 +482,7 @@ std::vector<sweep_job> expand_sweep(const sweep_config& c, const std::map<std::s
     const auto f = parse_optional_format(s);
     return f ? format_name(*f) : std::string("fp32");
   };
-  auto fingerprint = [&](const std::string& path) {  // sweep_fingerprints' paths
+  auto fingerprint = [&](const std::string& path) -> std::string {  // sweep_fingerprints' paths
     const auto it = fingerprints.find(path);
     if (it == fingerprints.end()) throw error(fmt::format("{}: no fingerprint among the sweep's files", path));
     return it->second;
@@ -287,12 +490,32 @@ std::vector<sweep_job> expand_sweep(const sweep_config& c, const std::map<std::s
   const std::string data_fp = fingerprint(c.data);
   std::vector<sweep_job> jobs;
   std::set<std::string> seen;
+  nlohmann::json tasks_config = nlohmann::json::array();
+  for (const sweep_task& t : c.tasks)
+    tasks_config.push_back({{"name", t.name}, {"kind", task_kind_name(t.build.kind)}, {"n", t.build.n},
+                            {"seed", t.build.seed}, {"options", t.build.options}, {"max_chars", t.build.max_chars},
+                            {"text", fingerprint(t.text)}});
+  const nlohmann::json spread_config = {{"formats", c.spread.formats}, {"budget", c.spread.budget},
+                                        {"batch", c.spread.batch}, {"seed", c.spread.seed}};
   for (const sweep_model& m : c.models) {
     const std::string model_fp = fingerprint(m.path);
     const std::string tok_fp = m.tokenizer.empty() || m.tokenizer == "bytes" ? m.tokenizer : fingerprint(m.tokenizer);
+    for (const sweep_plan& p : c.sqnr.formats) {  // the per-layer analyses first: they are quick
+      sweep_job j;
+      j.kind = "sqnr", j.model = m, j.plan = p, j.method = "sqnr";
+      j.config = {{"kind", "sqnr"}, {"model", model_fp}, {"tokenizer", tok_fp}, {"data", data_fp},
+                  {"weights", canonical(p.weights)}, {"acts", canonical(p.acts)}, {"windows", c.sqnr.windows},
+                  {"ctx", c.sqnr.ctx}, {"densities", c.sqnr.densities}};
+      j.config["paths"] = {{"model", m.path}, {"data", c.data}, {"tokenizer", m.tokenizer}, {"sweep", c.source}};
+      j.hash = run_hash(j.config);
+      if (!seen.insert(j.hash).second) continue;
+      j.index = jobs.size();
+      jobs.push_back(std::move(j));
+    }
     for (const sweep_plan& p : c.formats)
       for (const std::string& method : c.methods) {
         if (method != "rtn" && !parse_optional_format(p.weights)) continue;  // nothing to calibrate
+        if (!p.methods.empty() && std::find(p.methods.begin(), p.methods.end(), method) == p.methods.end()) continue;
         for (const sweep_eval& e : c.evals) {
           sweep_job j;
           j.model = m, j.plan = p, j.method = method, j.eval = e;
@@ -300,8 +523,14 @@ std::vector<sweep_job> expand_sweep(const sweep_config& c, const std::map<std::s
                       {"weights", canonical(p.weights)}, {"acts", canonical(p.acts)}, {"kv", canonical(p.kv)},
                       {"method", method}, {"ctx", e.ctx}, {"max_tokens", e.max_tokens},
                       {"eval_tokens", "first half"}, {"kl_base", c.kl_base}};
-          if (method != "rtn")
+          const auto options = c.method_options.find(method);
+          if (options != c.method_options.end()) j.config["method_options"] = options->second;
+          if (method != "rtn" || options != c.method_options.end())
             j.config["calibration"] = {{"samples", c.calib_samples}, {"ctx", c.calib_ctx}, {"seed", c.calib_seed}};
+          if (!c.tasks.empty()) {
+            j.config["tasks"] = tasks_config;
+            if (c.spread.enabled) j.config["spread"] = spread_config;
+          }
           j.config["paths"] = {{"model", m.path}, {"data", c.data}, {"tokenizer", m.tokenizer}, {"sweep", c.source}};
           j.hash = run_hash(j.config);
           if (!seen.insert(j.hash).second) continue;  // the same run spelled twice (fp8_e4m3 and e4m3fn)
@@ -325,11 +554,117 @@ double now_seconds() {
 struct sweep_runner::loaded {
   std::string model_path, tokenizer;
   model base;
+  std::unique_ptr<lowbit::tokenizer> tok;
   std::vector<int32_t> ids;
+  std::vector<std::vector<task_item>> tasks;  // config_.tasks' items, built on first use
 };
 
 sweep_runner::sweep_runner(const sweep_config& c) : config_(c) {}
 sweep_runner::~sweep_runner() = default;
+
+namespace {
+
+// Excess kurtosis of n values (0 for a Gaussian; heavy tails > 0), accumulated in double.
+struct moments {
+  double n = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+  void add(const float* x, int64_t count) {
+    for (int64_t i = 0; i < count; ++i) {
+      const double v = x[i], v2 = v * v;
+      n += 1, s1 += v, s2 += v2, s3 += v2 * v, s4 += v2 * v2;
+    }
+  }
+  double excess_kurtosis() const {
+    if (n < 2) return std::numeric_limits<double>::quiet_NaN();
+    const double m = s1 / n, var = s2 / n - m * m;
+    if (!(var > 0)) return std::numeric_limits<double>::quiet_NaN();
+    const double m4 = s4 / n - 4 * m * s3 / n + 6 * m * m * s2 / n - 3 * m * m * m * m;
+    return m4 / (var * var) - 3;
+  }
+};
+
+double sqnr_of(double signal, double noise) {
+  return noise > 0 ? 10 * std::log10(signal / noise) : std::numeric_limits<double>::infinity();
+}
+
+}  // namespace
+
+// The per-layer SQNR analysis (sweep.hpp "sqnr").
+run_record sweep_runner::analyse_sqnr(const sweep_job& job) {
+  const model& base = cache_->base;
+  const std::vector<int32_t>& ids = cache_->ids;
+  const double t0 = now_seconds();
+  run_record rec = model_run_record("sqnr", job.model.name, base.config, job.plan.weights, "sqnr", quant_plan_of(job.plan));
+  rec.config = job.config;
+  rec.config_hash = job.hash;
+  auto closed_form = [&](const std::string& spec, const char* prefix) {
+    const auto f = parse_optional_format(spec);
+    if (!f) return;
+    for (const std::string& d : config_.sqnr.densities)
+      rec.metrics[fmt::format("{}:{}", prefix, d)] = analyze_sqnr(f->element, parse_density(d)).sqnr_db;
+  };
+  if (!job.plan.weights.empty()) {
+    model scratch = base;
+    quant_plan w;
+    w.weights_spec = job.plan.weights, w.weights = parse_optional_format(job.plan.weights);
+    // The original values of the weights the plan quantizes (apply_weight_plan overwrites them).
+    std::map<std::string, moments> stats;
+    for (const auto& [name, t] : base.tensors)
+      if (w.weight_format(base, name)) stats[name].add(t.data.data(), int64_t(t.data.size()));
+    const auto reports = apply_weight_plan(scratch, w);
+    for (const weight_quant_report& r : reports) {
+      rec.metrics["w_sqnr:" + r.name] = r.sqnr_db;
+      if (stats.count(r.name)) rec.metrics["w_kurt:" + r.name] = stats[r.name].excess_kurtosis();
+    }
+    rec.metrics["w_sqnr_mean"] = mean_sqnr_db(reports);
+    closed_form(job.plan.weights, "closed_w");
+  }
+  if (!job.plan.acts.empty()) {
+    act_quant q;
+    q.fmt = parse_optional_format(job.plan.acts);
+    const int ctx = std::min(config_.sqnr.ctx, base.config.max_seq_len);
+    const int64_t half = int64_t(ids.size()) / 2;
+    if (half < ctx) throw error(fmt::format("sqnr: the evaluation half holds {} tokens, fewer than ctx {}", half, ctx));
+    const int windows = int(std::min<int64_t>(config_.sqnr.windows, half / ctx));
+    struct site {
+      double signal = 0, noise = 0;
+      moments m;
+    };
+    std::map<std::string, site> sites;
+    std::vector<float> out;
+    uint64_t stream = 0;
+    forward_session session(base, quant_plan{}, ctx);
+    const auto names = activation_names(base.config);
+    const std::set<std::string> wanted(names.begin(), names.end());
+    session.set_dump([&](const std::string& name, const float* x, int64_t rows, int64_t cols) {
+      if (!wanted.count(name)) return;
+      out.resize(size_t(rows * cols));
+      q.apply(x, out.data(), rows, cols, ++stream);
+      site& s = sites[name];
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        const double d = double(x[i]) - out[size_t(i)];
+        s.signal += double(x[i]) * x[i], s.noise += d * d;
+      }
+      s.m.add(x, rows * cols);
+    });
+    for (int w = 0; w < windows; ++w) {
+      session.reset();
+      session.forward(ids.data() + int64_t(w) * ctx, ctx);
+    }
+    double sum_db = 0, total = 0;
+    for (const auto& [name, s] : sites) {
+      const double db = sqnr_of(s.signal, s.noise);
+      rec.metrics["a_sqnr:" + name] = db;
+      rec.metrics["a_kurt:" + name] = s.m.excess_kurtosis();
+      if (std::isfinite(db)) sum_db += db * s.m.n, total += s.m.n;
+    }
+    rec.metrics["a_sqnr_mean"] = total > 0 ? sum_db / total : std::numeric_limits<double>::quiet_NaN();
+    rec.metrics["a_tokens"] = double(windows) * ctx;
+    closed_form(job.plan.acts, "closed_a");
+  }
+  rec.metrics["seconds"] = now_seconds() - t0;
+  rec.metrics["sweep_worker"] = double(worker_id);
+  return rec;
+}
 
 run_record sweep_runner::run(const sweep_job& job) {
   if (!cache_ || cache_->model_path != job.model.path || cache_->tokenizer != job.model.tokenizer) {
@@ -337,10 +672,11 @@ run_record sweep_runner::run(const sweep_job& job) {
     auto l = std::make_unique<loaded>();
     l->model_path = job.model.path, l->tokenizer = job.model.tokenizer;
     l->base = load_model(job.model.path);
-    const auto tok = tokenizer_for_model(l->base, job.model.tokenizer);
-    l->ids = encode_documents(*tok, read_file(config_.data, "data file"));
+    l->tok = tokenizer_for_model(l->base, job.model.tokenizer);
+    l->ids = encode_documents(*l->tok, read_file(config_.data, "data file"));
     cache_ = std::move(l);
   }
+  if (job.kind == "sqnr") return analyse_sqnr(job);
   const model& base = cache_->base;
   const std::vector<int32_t>& ids = cache_->ids;
   const int64_t half = int64_t(ids.size()) / 2;
@@ -349,11 +685,33 @@ run_record sweep_runner::run(const sweep_job& job) {
   eo.max_tokens = job.eval.max_tokens > 0 && job.eval.max_tokens < half ? job.eval.max_tokens : half;
   eo.kl_base = config_.kl_base;
 
-  const quant_plan plan = quant_plan_of(job.plan);
+  quant_plan plan = quant_plan_of(job.plan);
   const double t0 = now_seconds();
   double sqnr = std::numeric_limits<double>::quiet_NaN();
   const calibration_settings calib{config_.calib_samples, config_.calib_ctx, config_.calib_seed};
-  const model variant = quantize_variant(base, ids, plan, job.method, calib, {}, &sqnr);
+  const auto options = config_.method_options.find(job.method);
+  model variant;
+  if (options != config_.method_options.end() || (config_.tiny && job.method == "adaround")) {
+    // A method object (or AdaRound at CI size): the quantize job's options, checked at parse time.
+    nlohmann::json m = options != config_.method_options.end() ? options->second : nlohmann::json{{"method", job.method}};
+    if (config_.tiny && m.value("method", "") == "adaround") m["adaround_iters"] = std::min(m.value("adaround_iters", 20), 20);
+    ptq::quantize_options qo = ptq::quantize_options_of(method_job_config(m, job.plan.weights));
+    qo.calib_samples = calib.samples, qo.calib_ctx = calib.ctx, qo.seed = calib.seed, qo.rotate_seed = calib.seed;
+    variant = quantize_variant(base, ids, plan, qo, &sqnr);
+    if (m.contains("act_calibration")) {
+      // Static activation scales (ptq/calibrate.hpp) on the quantized model, from the same
+      // calibration windows: every linear layer's input gets its calibrated clip.
+      ptq::act_calibration_options ao;
+      ptq::parse_act_statistic(m["act_calibration"].get<std::string>(), ao);
+      ao.element = *plan.acts;
+      ao.calib_samples = std::min(calib.samples, 16), ao.calib_ctx = calib.ctx, ao.seed = calib.seed;
+      quant_plan without_acts = plan;
+      without_acts.acts.reset(), without_acts.acts_spec.clear();
+      plan = ptq::calibrate_activations(variant, without_acts, ids, ao).plan;
+    }
+  } else {
+    variant = quantize_variant(base, ids, plan, job.method, calib, {}, &sqnr);
+  }
   const double quant_seconds = now_seconds() - t0;
   const eval_result r = evaluate(variant, plan, ids, eo, config_.kl_base ? &base : nullptr);
 
@@ -365,7 +723,41 @@ run_record sweep_runner::run(const sweep_job& job) {
   rec.metrics["bits_per_weight"] = average_linear_bits(variant, plan);
   rec.metrics["sqnr_db"] = sqnr;
   rec.metrics["sweep_worker"] = double(worker_id);
+  score_tasks(variant, plan, rec);
   return rec;
+}
+
+// Task accuracy and FormatSpread of a variant (sweep.hpp "tasks", "spread").
+void sweep_runner::score_tasks(const model& variant, const quant_plan& plan, run_record& rec) {
+  if (config_.tasks.empty()) return;
+  if (cache_->tasks.empty())
+    for (const sweep_task& t : config_.tasks) cache_->tasks.push_back(build_task(read_file(t.text, "task text"), t.build));
+  const double t0 = now_seconds();
+  for (size_t i = 0; i < config_.tasks.size(); ++i) {
+    const std::string key = "task." + config_.tasks[i].name;
+    const task_accuracy a = score_task(variant, plan, *cache_->tok, cache_->tasks[i]);
+    rec.metrics[key + ".acc"] = a.acc;
+    rec.metrics[key + ".acc_stderr"] = a.acc_stderr;
+    if (config_.tasks[i].build.kind == task_kind::ending) {
+      rec.metrics[key + ".acc_norm"] = a.acc_norm;
+      rec.metrics[key + ".acc_norm_stderr"] = a.acc_norm_stderr;
+    } else {
+      rec.metrics[key + ".mean_loglik"] = a.mean_loglik;
+    }
+  }
+  if (config_.spread.enabled) {
+    spread_options so;
+    so.formats = config_.spread.formats;
+    so.bandit.budget = config_.spread.budget, so.bandit.batch = config_.spread.batch, so.bandit.seed = config_.spread.seed;
+    const spread_result s = format_spread(variant, plan, *cache_->tok, cache_->tasks[0], so);
+    const std::string key = "spread." + config_.tasks[0].name;
+    rec.metrics[key] = s.spread;
+    rec.metrics[key + ".best_acc"] = s.best_acc, rec.metrics[key + ".best_acc_stderr"] = s.best_stderr;
+    rec.metrics[key + ".worst_acc"] = s.worst_acc, rec.metrics[key + ".worst_acc_stderr"] = s.worst_stderr;
+    rec.metrics[key + ".original_acc"] = s.original_acc, rec.metrics[key + ".original_acc_stderr"] = s.original_stderr;
+    rec.metrics[key + ".item_evaluations"] = double(s.item_evaluations);
+  }
+  rec.metrics["task_seconds"] = now_seconds() - t0;
 }
 
 // ---- workers -------------------------------------------------------------------------------------

@@ -25,13 +25,7 @@ namespace fs = std::filesystem;
 
 namespace lowbit::ptq {
 
-namespace {
-
-// Step 1: the output's container and the options, checked before any work.
-quantize_options job_options(const quantize_job_config& c) {
-  if (!c.out.ends_with(".safetensors") && !c.out.ends_with(".gguf"))
-    throw error(fmt::format("quantize: -o {}: expected a .safetensors or .gguf path", c.out));
-  if (fs::exists(c.out) && !c.force) throw error(fmt::format("quantize: {} exists; pass --force to replace it", c.out));
+quantize_options quantize_options_of(const quantize_job_config& c) {
   quantize_options qo;
   qo.how = parse_method(c.method);
   qo.weights = parse_format(c.weights);
@@ -45,10 +39,6 @@ quantize_options job_options(const quantize_job_config& c) {
   if (qo.lorc_format && c.lorc_rank == 0)
     throw error(fmt::format("quantize: --lorc-format {} without --lorc-rank: there are no LoRC factors to quantize",
                             c.lorc_format));
-  if (c.lorc_rank > 0 && c.out.ends_with(".gguf"))
-    throw error(fmt::format("quantize: --lorc-rank {} with a GGUF output ({}): a LoRC weight Q + U V is not a value "
-                            "of the format and llama.cpp's types have no place for the factors; write .safetensors",
-                            c.lorc_rank, c.out));
   if ((c.adaround_iters || c.adaround_lambda) && qo.how != method::adaround)
     throw error(fmt::format("quantize: --adaround-iters / --adaround-lambda apply to --method adaround, not {}",
                             c.method));
@@ -70,6 +60,21 @@ quantize_options job_options(const quantize_job_config& c) {
   qo.equalize = c.equalize;
   qo.rotate = c.rotate;
   qo.rotate_seed = c.seed;
+  return qo;
+}
+
+namespace {
+
+// Step 1: the output's container and the options, checked before any work.
+quantize_options job_options(const quantize_job_config& c) {
+  if (!c.out.ends_with(".safetensors") && !c.out.ends_with(".gguf"))
+    throw error(fmt::format("quantize: -o {}: expected a .safetensors or .gguf path", c.out));
+  if (fs::exists(c.out) && !c.force) throw error(fmt::format("quantize: {} exists; pass --force to replace it", c.out));
+  if (c.lorc_rank > 0 && c.out.ends_with(".gguf"))
+    throw error(fmt::format("quantize: --lorc-rank {} with a GGUF output ({}): a LoRC weight Q + U V is not a value "
+                            "of the format and llama.cpp's types have no place for the factors; write .safetensors",
+                            c.lorc_rank, c.out));
+  quantize_options qo = quantize_options_of(c);
   // A GGUF output: weights whose rows do not fit the type's block are quantized in llama.cpp's
   // fallback type (docs/conventions.md §22).
   qo.gguf_fallbacks = c.out.ends_with(".gguf");

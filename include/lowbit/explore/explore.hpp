@@ -46,6 +46,12 @@ model quantize_variant(const model& base, const std::vector<int32_t>& ids, const
                        const std::string& method, const calibration_settings& calib,
                        const ptq::ptq_progress& progress = {}, double* sqnr_db = nullptr);
 
+// The same with the quantize job's options (a sweep's method object): always the PTQ pipeline
+// (rtn included, for its options: LoRC, shared power-of-two scales, equalization ...);
+// o.weights is set from plan.weights.
+model quantize_variant(const model& base, const std::vector<int32_t>& ids, const quant_plan& plan,
+                       ptq::quantize_options o, double* sqnr_db = nullptr);
+
 struct explore_config {
   std::string model, tokenizer, data;  // tokenizer "" = the model's own
   std::vector<std::string> rows;

@@ -16,6 +16,37 @@
 // Only "formats" is required; models and data default to stories260K and the TinyStories
 // sample, methods to ["rtn"], eval to the model's context over the evaluation half.
 //
+// Study extensions (issue 16; studies/NAME.json are sweep files, docs/studies/README.md):
+//   "formats": an object entry may name the methods it runs with, {"weights": "int4/g32",
+//       "methods": ["rtn", "gptq"]} (labels among "methods"; default: every method).
+//   "methods": entries may also be objects naming a method with its options, recorded under
+//       "name": {"name": "rtn+lorc8", "method": "rtn", "lorc_rank": 8}. Options (`lowbit
+//       quantize`'s flags): lorc_rank, lorc_format, shared_pow2_scales, equalize,
+//       bias_correction, alpha, damp, act_order, adaround_iters, adaround_lambda, preshift,
+//       rotate; refused where `quantize` refuses them (ptq::quantize_options_of); and
+//       "act_calibration": max | mse | llmfp4 | percentile:P — static activation scales
+//       (ptq/calibrate.hpp) calibrated on the quantized model (at most 16 of the calibration
+//       windows), replacing the format's dynamic ACTS, which must then be a bare intN or eEmM.
+//   "tasks": [{"kind": "ending"|"lastword", "n": 300, "seed": 0, "options": 4, "max_chars": 1000,
+//       "text": FILE (default: data), "name": ...}]: every run also scores each task
+//       (runs/task_eval.hpp), metrics task.NAME.acc, .acc_stderr (ending: .acc_norm too).
+//   "spread": {"formats": 20, "budget": 2000, "batch": 20, "seed": 0}: every run also measures
+//       FormatSpread (runs/spread.hpp) on the first task: spread.NAME, .best_acc, .worst_acc,
+//       .original_acc (+ _stderr).
+//   "sqnr": {"formats": ["int8/c,int8/t", ...], "windows": 2, "ctx": 256,
+//       "densities": ["gaussian", "laplace", "student-t:3"]}: one analysis run per model and
+//       entry WEIGHTS[,ACTS] (kind "sqnr", method "sqnr"): the SQNR of every linear weight in
+//       WEIGHTS (metric w_sqnr:NAME) and of every linear layer's input activation in ACTS
+//       (a_sqnr:SITE; the float model's activations on `windows` windows of `ctx` tokens from the
+//       start of the evaluation half, each window quantized as the engine quantizes it), their
+//       excess kurtosis (w_kurt:, a_kurt:), the size-weighted means (w_sqnr_mean, a_sqnr_mean),
+//       and the closed-form SQNR of each element on each density with optimal clipping
+//       (closed_w:DENSITY, closed_a:DENSITY; formats/analysis.hpp).
+// `--tiny` (make_tiny) shrinks a study so CI runs every studies/*.json in seconds: the first
+// model, the first two formats, 256 evaluation tokens at ctx <= 128, 4 calibration windows of 64
+// tokens, AdaRound at 20 steps, 8 task items, a 3-format spread on a budget of 16, one SQNR
+// window of 64 tokens and the first two SQNR entries.
+//
 // Evaluation protocol of a sweep: every run is evaluated on the first half of the token stream
 // at most (the second half is PTQ's calibration pool, docs/conventions.md §21), whatever its method, so
 // that all runs of a sweep see the same tokens; `max_tokens` cuts that further. A calibrated
@@ -31,6 +62,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -38,7 +70,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "lowbit/engine/plan.hpp"
+#include "lowbit/ptq/job.hpp"
 #include "lowbit/runs/runs_db.hpp"
+#include "lowbit/text/tasks.hpp"
 
 namespace lowbit {
 
@@ -50,6 +85,9 @@ struct sweep_model {
 
 struct sweep_plan {
   std::string weights, acts, kv;  // as written; "" = float
+  // A format object's "methods": the labels of the sweep's methods this format runs with
+  // (empty: all of them).
+  std::vector<std::string> methods;
 };
 
 struct sweep_eval {
@@ -57,11 +95,37 @@ struct sweep_eval {
   int64_t max_tokens = 0;  // 0 = the whole evaluation half
 };
 
+struct sweep_task {
+  std::string name;  // metrics task.NAME.*; default: the kind
+  std::string text;  // resolved; the stories the task is built from (default: the sweep's data)
+  task_build_options build;
+};
+
+struct sweep_spread {
+  bool enabled = false;
+  int formats = 20;
+  int64_t budget = 2000, batch = 20;
+  uint64_t seed = 0;
+};
+
+struct sweep_sqnr {
+  std::vector<sweep_plan> formats;  // WEIGHTS[,ACTS]; empty: no SQNR runs
+  int windows = 2, ctx = 256;
+  std::vector<std::string> densities{"gaussian", "laplace", "student-t:3"};
+};
+
 struct sweep_config {
   std::vector<sweep_model> models;
   std::string data;
   std::vector<sweep_plan> formats;
+  // Labels runs are recorded under: a method table name, or the "name" of a method object, whose
+  // method and options are in method_options[label] ({"method": ..., option: value, ...}).
   std::vector<std::string> methods{"rtn"};
+  std::map<std::string, nlohmann::json> method_options;
+  std::vector<sweep_task> tasks;
+  sweep_spread spread;
+  sweep_sqnr sqnr;
+  bool tiny = false;  // make_tiny was applied (studies' CI size; training sections read it too)
   std::vector<sweep_eval> evals{sweep_eval{}};
   bool kl_base = true;
   int calib_samples = 128, calib_ctx = 256;
@@ -74,10 +138,16 @@ struct sweep_config {
 sweep_config load_sweep_config(const std::string& path, const std::string& data_dir);
 sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base_dir,
                                 const std::string& data_dir, const std::string& source);
+// The quantize job's options of a method object ({"method": ..., option: value}) for `weights`.
+ptq::quantize_job_config method_job_config(const nlohmann::json& method_object, const std::string& weights);
+
+// The study at CI size (see `--tiny` above); sets c.tiny.
+void make_tiny(sweep_config& c);
 
 // One point of the grid, with the config it is recorded under and its hash.
 struct sweep_job {
   size_t index = 0;
+  std::string kind = "explore";  // "explore" (quantize + evaluate) or "sqnr" (per-layer analysis)
   sweep_model model;
   sweep_plan plan;
   std::string method;
@@ -104,6 +174,8 @@ class sweep_runner {
 
  private:
   struct loaded;
+  run_record analyse_sqnr(const sweep_job& job);
+  void score_tasks(const model& variant, const quant_plan& plan, run_record& rec);
   const sweep_config& config_;
   std::unique_ptr<loaded> cache_;
 };

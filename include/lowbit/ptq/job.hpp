@@ -70,6 +70,11 @@ struct quantize_job {
   std::optional<eval_result> in_memory, written;  // eval_tokens > 0
 };
 
+// Step 1's options without the output: the method, formats and options parsed, and every option
+// that would change nothing for the method refused (lowbit::error naming the flag). A sweep's
+// method objects (explore/sweep.hpp) are checked by this.
+quantize_options quantize_options_of(const quantize_job_config& config);
+
 quantize_job run_quantize_job(const quantize_job_config& config, const quantize_job_hooks& hooks = {});
 
 // The job's report, `quantize --json`'s document: out, method, weights (as typed and canonical),
