@@ -142,7 +142,7 @@ class plan_ops : public decoder::linear_ops {
     // Packed weights with integer codes read this input as integer codes (llama.cpp's q8_0
     // activations; int8 per token for int8/c): the same values as q.apply's, kept as codes and
     // scales for packed_matmul_int (conventions §44).
-    if (!packed_.empty() && q.clip.empty() && q.fmt->rounding == rounding_mode::rne) {
+    if (!packed_.empty() && q.scale.empty() && q.fmt->rounding == rounding_mode::rne) {
       const std::string name = format_name(*q.fmt);
       const int64_t group = name == "q8_0" ? 32 : name == "int8/c" ? in : 0;
       if (group > 0 && in % group == 0) {
