@@ -36,6 +36,7 @@ struct explore_options {
   std::string config, db;  // --config: a sweep recorded in --db (default lowbit.db)
   int jobs = 1;
   int64_t max_runs = -1;
+  bool tiny = false;  // --config: the study at CI size
 };
 
 // `explore --config sweep.json`: the grid of sweep.hpp, recorded in the results database; the
@@ -44,7 +45,8 @@ void cmd_sweep(const explore_options& o) {
   if (!o.rows.empty() || !o.model.empty() || !o.data.empty() || o.ctx || o.max_tokens)
     throw error("explore: with --config, the models, data, formats and eval settings come from the sweep file "
                 "(drop --row/--model/--data/--ctx/--max-tokens)");
-  const sweep_config c = load_sweep_config(o.config, data_dir());
+  sweep_config c = load_sweep_config(o.config, data_dir());
+  c.tiny = o.tiny;
   sweep_options so;
   so.db = o.db.empty() ? "lowbit.db" : o.db;
   so.jobs = o.jobs, so.max_runs = o.max_runs;
@@ -90,6 +92,7 @@ void cmd_sweep(const explore_options& o) {
 
 void cmd_explore(explore_options o) {
   if (!o.config.empty()) return cmd_sweep(o);
+  if (o.tiny) throw error("explore: --tiny applies to a study (--config)");
   if (o.jobs != 1 || o.max_runs >= 0) throw error("explore: -j and --max-runs go with --config sweep.json");
   explore_config c;
   c.model = o.model.empty() ? data_dir() + "/llama2c/stories260K.bin" : o.model;
@@ -167,6 +170,7 @@ void add_explore_commands(CLI::App& app, command_list& commands) {
   explore->add_option("--config", xo.config, "sweep.json: models x formats x methods x eval settings, recorded in --db (see README)");
   explore->add_option("--db", xo.db, "results database (default with --config: lowbit.db; with --row: record the rows there)");
   explore->add_option("-j,--jobs", xo.jobs, "--config: runs in parallel (worker processes)")->capture_default_str();
+  explore->add_flag("--tiny", xo.tiny, "--config: the study at CI size (a few training steps, few tokens)");
   explore->add_option("--max-runs", xo.max_runs, "--config: start at most N runs not yet recorded, then stop (resume later)");
   commands.push_back({explore, [] { cmd_explore(xo); }});
 

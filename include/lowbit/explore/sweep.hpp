@@ -13,7 +13,9 @@
 //    "eval": [{"ctx": 128, "max_tokens": 8192}],
 //    "kl_base": true,
 //    "calibration": {"samples": 128, "ctx": 256, "seed": 0}}
-// Only "formats" is required; models and data default to stories260K and the TinyStories
+// "train": {...} trains a model family first and evaluates its PTQ (explore/family.hpp); it
+// runs in one process (not under mpirun; -j applies to the grid after it).
+// Only "formats" is required (unless "train" is given); models and data default to stories260K and the TinyStories
 // sample, methods to ["rtn"], eval to the model's context over the evaluation half.
 //
 // Evaluation protocol of a sweep: every run is evaluated on the first half of the token stream
@@ -32,12 +34,14 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "lowbit/explore/family.hpp"
 #include "lowbit/runs/runs_db.hpp"
 
 namespace lowbit {
@@ -67,6 +71,9 @@ struct sweep_config {
   int calib_samples = 128, calib_ctx = 256;
   uint64_t calib_seed = 0;
   std::string source;  // the file it was read from (for messages)
+  // "train": a family of models trained first (explore/family.hpp); "formats" is then optional.
+  std::optional<family_config> family;
+  bool tiny = false;  // studies' CI size (`--tiny`); the family shrinks to make_family_tiny's runs
 };
 
 // Reads and validates sweep.json: unknown keys, formats, methods and missing files are refused
