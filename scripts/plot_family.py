@@ -7,6 +7,7 @@ study's results store.
     /usr/bin/python3 scripts/plot_family.py table RUNS_DIR [PATTERN]               final losses (markdown)
     /usr/bin/python3 scripts/plot_family.py critical RUNS_DIR OUT.png PLAN [PLAN...]  val loss vs D per N
     /usr/bin/python3 scripts/plot_family.py ptq STUDY_DB OUT.png                   PTQ dNLL vs N per format
+    /usr/bin/python3 scripts/plot_family.py ptqtable STUDY_DB METRIC [FORMAT@METHOD...]  a metric per run and format (markdown)
 
 Curves are the training loss per step smoothed by an exponential moving average (span 20 steps)
 with the validation points on top."""
@@ -116,23 +117,54 @@ def ptq(db, out):
     import matplotlib.pyplot as plt
     con = sqlite3.connect(db)
     q = """select r.model, r.format, r.method, r.n_params, m.value from runs r join metrics m on m.run_id = r.id
-           where r.kind = 'explore' and m.name = 'dnll' and r.model like 'family:%-s512-fp32-seed1'"""
+           where r.kind = 'explore' and m.name = 'dnll'"""
     rows = {}
     for model, fmt, method, n, dnll in con.execute(q):
-        rows.setdefault((fmt, method), []).append((n, dnll))
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for (fmt, method), pts in sorted(rows.items()):
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o" if method == "rtn" else "--s", ms=3,
-                label=f"{fmt} {method}")
-    ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_xlabel("N (parameters), D = 1.05M tokens")
-    ax.set_ylabel("NLL increase after PTQ")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+        if fmt not in ("int4/g32", "int3/g32"):
+            continue
+        member, steps, plan, seed = parse_name(model.split(":", 1)[1])
+        rows.setdefault((fmt, member, method), []).append((steps * 2048, dnll))
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.6), dpi=100, sharey=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    members = sorted({k[1] for k in rows}, key=lambda m: int(m.split("-")[0][1:]))
+    for ax, fmt in zip(axes, ("int4/g32", "int3/g32")):
+        for (f, member, method), pts in sorted(rows.items()):
+            if f != fmt:
+                continue
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o" if method == "rtn" else "--s", ms=3,
+                    color=colors[members.index(member)], label=f"{member} {method}")
+        ax.set_xscale("log")
+        ax.set_title(fmt, fontsize=9)
+        ax.set_xlabel("D (training tokens)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("NLL increase after PTQ")
+    axes[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out)
+
+
+def ptqtable(db, metric, cols):
+    con = sqlite3.connect(db)
+    q = """select r.model, r.format, r.method, r.n_params, m.value from runs r join metrics m on m.run_id = r.id
+           where r.kind = 'explore' and m.name = ?"""
+    cells, models = {}, {}
+    for model, fmt, method, n, v in con.execute(q, (metric,)):
+        key = f"{fmt or 'fp32'}@{method}"
+        cells[(model, key)] = v
+        models[model] = n
+    if not cols:
+        cols = sorted({k for _, k in cells})
+    print("| run | N | " + " | ".join(cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    def order(m):
+        name = m.split(":", 1)[1]
+        member, steps, plan, seed = parse_name(name.split(".")[0])
+        return (models[m], steps, name)
+    for model in sorted(models, key=order):
+        vals = [cells.get((model, c)) for c in cols]
+        print(f"| {model.split(':', 1)[1]} | {int(models[model]):,} | " +
+              " | ".join("" if v is None else f"{v:.4f}" for v in vals) + " |")
 
 
 if __name__ == "__main__":
@@ -145,5 +177,7 @@ if __name__ == "__main__":
         critical(sys.argv[2], sys.argv[3], sys.argv[4:])
     elif cmd == "ptq":
         ptq(sys.argv[2], sys.argv[3])
+    elif cmd == "ptqtable":
+        ptqtable(sys.argv[2], sys.argv[3], sys.argv[4:])
     else:
         sys.exit(__doc__)
