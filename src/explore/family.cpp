@@ -50,8 +50,10 @@ std::string resolve_path(const std::string& s, const std::string& base_dir, cons
     else throw error(fmt::format("{}: '{}': environment variable {} is not set", where, s, name));
     i = end + 1;
   }
+  // Absolute, so that the records' paths and the runs' directories do not depend on where the
+  // study was started.
   const fs::path p(out);
-  return (p.is_absolute() || base_dir.empty() ? p : fs::path(base_dir) / p).lexically_normal().string();
+  return fs::absolute(p.is_absolute() || base_dir.empty() ? p : fs::path(base_dir) / p).lexically_normal().string();
 }
 
 void known_keys(const nlohmann::json& j, const std::set<std::string>& keys, const std::string& where) {
@@ -365,6 +367,20 @@ family_summary run_family(const family_config& f, const std::string& db_path, co
       } else {
         if (progress.begin) progress.begin("train " + r.name);
         fs::create_directories(dir);
+        // Two studies sharing the run directory: the second is refused this run at once (a
+        // failure naming it) instead of writing the same checkpoint.
+        const exclusive_lock lock(dir.string(), "train " + r.name);
+        if (fs::exists(result_path)) {  // finished by the other process meanwhile
+          std::ifstream in(result_path);
+          rec = record_of_finished(r, nlohmann::json::parse(in), data_dir);
+          ++s.found;
+          rec.metrics["family_run"] = 1;
+          rec.config["paths"]["run"] = dir.string();
+          db.record(rec);
+          s.hashes.push_back(run_hash(rec.config));
+          ready.insert(r.name);
+          continue;
+        }
         const bool resume = fs::exists(dir / "checkpoint.safetensors");
         train_job job = prepare_train_job(r.cfg, resume, data_dir, r.given);
         const train_result tr = run_training(job, [&](const train_point& p, int64_t steps) {

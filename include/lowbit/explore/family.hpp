@@ -22,7 +22,9 @@
 // plan with every run of non-alphanumerics turned into '_') and lives in dir/NAME. Each run
 // validates every steps / 2 (twice). A grid's "init" names a run of the family to start from
 // (`train --init`, fine-tuning: QAFT with plan qat:FMT); its "settings" override the section's.
-// The runs train in file order, one at a time, with every core.
+// The runs train in file order, one at a time, with every core. A run being trained holds a lock
+// on its directory: another study training the same run at that moment is refused it (a
+// failure naming the run; rerun that study later to record it).
 //
 // PTQ evaluation of a run (its model.safetensors): the float model and each weight format x
 // method, evaluated on the run's own validation part (the last 10% of the text, tokenized as one
