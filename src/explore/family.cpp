@@ -292,7 +292,8 @@ family_config parse_family_config(const nlohmann::json& t, const std::string& ba
 }
 
 void make_family_tiny(family_config& f, const std::string& work_dir) {
-  // The first run from scratch and the first fine-tuning run (re-pointed at it), each a few steps.
+  // The first run from scratch of each plan (at most 8, so that every recipe a study trains runs
+  // in CI) and the first fine-tuning run (re-pointed at the first run), each a few steps.
   const std::string dir = (fs::path(work_dir) / "train-tiny").lexically_normal().string();
   std::vector<family_run> kept;
   const auto shrink = [&](family_run r) {
@@ -302,13 +303,12 @@ void make_family_tiny(family_config& f, const std::string& work_dir) {
     r.cfg.out_dir = (fs::path(dir) / r.name).string();
     kept.push_back(std::move(r));
   };
+  std::set<std::string> plans;
   for (const auto& r : f.runs)
-    if (r.init_run.empty()) {
-      shrink(r);
-      break;
-    }
+    if (r.init_run.empty() && plans.size() < 8 && plans.insert(r.cfg.plan).second) shrink(r);
+  const size_t fresh = kept.size();
   for (const auto& r : f.runs)
-    if (!r.init_run.empty() && !kept.empty()) {
+    if (!r.init_run.empty() && fresh > 0) {
       family_run t = r;
       t.init_run = kept.front().name;
       t.name = kept.front().name + r.name.substr(r.name.find(".ft-"));

@@ -197,16 +197,17 @@ TEST(Family, TrainsRecordsFindsAndResumes) {
   EXPECT_EQ(runs_db(db_path).all().size(), recorded);
 }
 
-TEST(Family, TinyTrainsTheFirstRunAndOneFineTuning) {
+TEST(Family, TinyTrainsEachPlanOnceAndOneFineTuning) {
   auto t = section();
   t["grids"].push_back({{"init", "b-s8-fp32-seed1"}, {"steps", {20}}, {"plans", {"qat:int4/g32"}}});
   t["ptq"] = {{{"runs", {"b-*"}}, {"formats", {"int4/g32", "int3/g32"}}, {"methods", {"rtn", "gptq"}}, {"flatness", 3}}};
   family_config f = parse_family_config(t, "/base", data_dir, "study.json");
   make_family_tiny(f, "/work");
-  ASSERT_EQ(f.runs.size(), 2u);
+  ASSERT_EQ(f.runs.size(), 3u);
   EXPECT_EQ(f.runs[0].name, "a-s4-fp32-seed1");
-  EXPECT_EQ(f.runs[1].name, "a-s4-fp32-seed1.ft-s20-qat_int4_g32-seed1");
-  EXPECT_EQ(f.runs[1].cfg.init, "/work/train-tiny/a-s4-fp32-seed1/model.safetensors");
+  EXPECT_EQ(f.runs[1].name, "a-s4-x_e2m1_g32-seed1");  // the other plan, once
+  EXPECT_EQ(f.runs[2].name, "a-s4-fp32-seed1.ft-s20-qat_int4_g32-seed1");
+  EXPECT_EQ(f.runs[2].cfg.init, "/work/train-tiny/a-s4-fp32-seed1/model.safetensors");
   EXPECT_EQ(f.runs[0].cfg.steps, 12);
   EXPECT_EQ(f.runs[0].cfg.out_dir, "/work/train-tiny/a-s4-fp32-seed1");
   ASSERT_EQ(f.ptq.size(), 1u);

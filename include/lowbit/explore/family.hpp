@@ -34,9 +34,10 @@
 // base_nll, sqnr_db and, with "flatness": K, the flatness feature of Xu et al.'s predictor
 // measured with K draws, law/predict.hpp measure_flatness).
 //
-// --tiny (CI): every grid keeps its first member, plan, steps and seed, trained for 12 steps at
-// batch 4 and ctx <= 64 in a directory beside the results store; PTQ keeps the first format and
-// method on 256 tokens with 4 calibration windows of 32 tokens and 1 flatness draw.
+// --tiny (CI): the first run from scratch of each plan (at most 8) and the first fine-tuning run
+// (started from the first run), trained for 12 steps at batch 4 and ctx <= 64 in a directory
+// beside the results store; PTQ keeps the first format and method of each block on 256 tokens
+// with 4 calibration windows of 32 tokens and 1 flatness draw.
 #pragma once
 
 #include <cstdint>
