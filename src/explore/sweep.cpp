@@ -211,7 +211,8 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
   sweep_config c;
   c.source = source;
   if (!j.is_object()) throw error(fmt::format("{}: expected a JSON object", source));
-  only_keys(j, {"models", "data", "formats", "methods", "eval", "kl_base", "calibration", "tasks", "spread", "sqnr"},
+  only_keys(j, {"models", "data", "formats", "methods", "eval", "kl_base", "calibration", "tasks", "spread", "sqnr",
+                "train"},
             source);
   auto str = [&](const nlohmann::json& v, const std::string& where) {
     if (!v.is_string()) throw error(fmt::format("{}: {}: expected a string", source, where));
@@ -258,11 +259,13 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
     c.data = resolve(j.contains("data") ? str(j["data"], "data") : "${LOWBIT_DATA_DIR}/text/tinystories_val_sample.txt",
                      base_dir, data_dir, source + ": data");
     require_file(c.data, source + ": data");
-    // formats (required)
-    if (!j.contains("formats") || !j["formats"].is_array() || j["formats"].empty())
+    if (j.contains("train")) c.family = parse_family_config(j["train"], base_dir, data_dir, source);
+    // formats (required, unless a family is trained)
+    const bool formats_given = !c.family || j.contains("formats");
+    if (formats_given && (!j.contains("formats") || !j["formats"].is_array() || j["formats"].empty()))
       throw error(fmt::format("{}: formats: expected a non-empty list of WEIGHTS[,ACTS[,KV]] strings or "
                               "{{\"weights\", \"acts\", \"kv\"}} objects", source));
-    for (size_t i = 0; i < j["formats"].size(); ++i) {
+    for (size_t i = 0; formats_given && i < j["formats"].size(); ++i) {
       const auto& f = j["formats"][i];
       const std::string where = fmt::format("{}: formats[{}]", source, i);
       sweep_plan p;
@@ -1065,6 +1068,20 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
   if (o.jobs < 1) throw error(fmt::format("explore: -j {}: expected at least 1", o.jobs));
   sweep_summary s;
   const int procs = std::max(1, omp_get_num_procs());
+  if (c.family) {
+    if (mpi_world::under_mpirun())
+      throw error(fmt::format("{}: a study with a \"train\" section runs without mpirun", c.source));
+    family_config f = *c.family;
+    if (c.tiny) make_family_tiny(f, fs::path(o.db).parent_path().string());
+    family_progress fp;
+    if (progress) fp.begin = [&](const std::string&) { progress(s.ran, s.total); };
+    const family_summary fs_ = run_family(f, o.db, fp);
+    s.total += int64_t(f.runs.size()) + fs_.ptq_total;
+    s.ran += fs_.trained + fs_.ptq_ran;
+    s.already += fs_.found + (fs_.ptq_total - fs_.ptq_ran);
+    s.failures.insert(s.failures.end(), fs_.failures.begin(), fs_.failures.end());
+    s.already -= int64_t(fs_.failures.size());
+  }
 
   // ---- across Open MPI ranks ----
   if (mpi_world::under_mpirun()) {
@@ -1117,7 +1134,7 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
 
   // ---- one process, or forked workers (-j N) ----
   s.jobs = expand_sweep(c);
-  s.total = int64_t(s.jobs.size());
+  s.total += int64_t(s.jobs.size());
   // The runs still to do, read before any fork (the children must not inherit the database).
   std::vector<size_t> pending;
   {
@@ -1126,7 +1143,8 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
   }
   // No more workers than runs to do, nor than a few per core: -j 2000 on a one-run sweep forks
   // nothing, and no -j can exhaust the machine's processes.
-  const int jobs = int(std::clamp<int64_t>(std::min<int64_t>(o.jobs, int64_t(pending.size())), 1, int64_t(4) * procs));
+  // After a family's training this process has OpenMP threads: no fork then (one worker).
+  const int jobs = c.family ? 1 : int(std::clamp<int64_t>(std::min<int64_t>(o.jobs, int64_t(pending.size())), 1, int64_t(4) * procs));
   const int threads = o.threads_per_job > 0 ? o.threads_per_job : (jobs > 1 ? std::max(1, procs / jobs) : 0);
   std::vector<std::unique_ptr<worker>> workers;
   // Fork before this process starts any thread (OpenMP's included), and before it opens the

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "lowbit/engine/plan.hpp"
+#include "lowbit/engine/train.hpp"  // mix64
 #include "lowbit/base/error.hpp"
 #include "lowbit/formats/format.hpp"
 
@@ -267,6 +268,62 @@ double weights_sqnr_db(const model& m, const std::string& spec) {
   quant_plan plan;
   plan.weights = parse_format(spec), plan.weights_spec = spec;
   return mean_sqnr_db(apply_weight_plan(scratch, plan));
+}
+
+void perturb_weights(model& m, const std::vector<weight_quant_report>& reports, uint64_t seed) {
+  for (size_t t = 0; t < reports.size(); ++t) {
+    const double sqnr = reports[t].sqnr_db;
+    if (!std::isfinite(sqnr)) continue;
+    std::vector<float>& w = m.get_mut(reports[t].name).data;
+    double norm2 = 0;
+    for (float v : w) norm2 += double(v) * v;
+    // One stream per (seed, tensor): Box-Muller on 53-bit uniforms from a 64-bit Mersenne
+    // Twister (its output sequence is fixed by the standard, so the draws are too).
+    std::mt19937_64 gen(mix64(seed * 0x9E3779B97F4A7C15ull + t + 1));
+    const auto uniform = [&] { return (double(gen() >> 11) + 0.5) * 0x1p-53; };
+    std::vector<double> g(w.size());
+    double g2 = 0;
+    for (size_t i = 0; i < g.size(); i += 2) {
+      const double r = std::sqrt(-2 * std::log(uniform())), a = 2 * M_PI * uniform();
+      g[i] = r * std::cos(a);
+      if (i + 1 < g.size()) g[i + 1] = r * std::sin(a);
+    }
+    for (double v : g) g2 += v * v;
+    if (g2 <= 0 || norm2 <= 0) continue;
+    const double scale = std::sqrt(norm2) * std::pow(10.0, -sqnr / 20) / std::sqrt(g2);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = float(double(w[i]) + scale * g[i]);
+  }
+}
+
+flatness_result measure_flatness(const model& base, const std::string& weights_spec, const std::vector<int32_t>& ids,
+                                 const eval_options& eo_in, const flatness_options& o) {
+  if (o.draws < 1) throw error(fmt::format("flatness: {} draws (at least 1)", o.draws));
+  const std::optional<format> f = parse_optional_format(weights_spec);
+  if (!f) throw error(fmt::format("flatness: '{}' is not a weight format", weights_spec));
+  quant_plan plan;
+  plan.weights = f, plan.weights_spec = weights_spec;
+  std::vector<weight_quant_report> reports;
+  {
+    model scratch = base;
+    reports = apply_weight_plan(scratch, plan);
+  }
+  eval_options eo = eo_in;
+  eo.kl_base = false;
+  const quant_plan float_plan;
+  flatness_result r;
+  r.float_nll = evaluate(base, float_plan, ids, eo).mean_nll;
+  double sum = 0, sum2 = 0;
+  for (int d = 0; d < o.draws; ++d) {
+    model noisy = base;
+    perturb_weights(noisy, reports, mix64(o.seed + 0x51ED2701ull * uint64_t(d + 1)));
+    const double inc = evaluate(noisy, float_plan, ids, eo).mean_nll - r.float_nll;
+    r.increases.push_back(inc);
+    sum += inc, sum2 += inc * inc;
+  }
+  const double n = o.draws;
+  r.mean_increase = sum / n;
+  r.stderr_increase = o.draws > 1 ? std::sqrt(std::max(0.0, (sum2 - sum * sum / n) / (n - 1)) / n) : kNaN;
+  return r;
 }
 
 }  // namespace lowbit::law

@@ -171,7 +171,7 @@ void add_explore_commands(CLI::App& app, command_list& commands) {
   explore->add_option("-j,--jobs", xo.jobs, "--config: runs in parallel (worker processes)")->capture_default_str();
   explore->add_option("--max-runs", xo.max_runs, "--config: start at most N runs not yet recorded, then stop (resume later)");
   explore->add_flag("--tiny", xo.tiny, "--config: run the study at CI size (first model, two formats, 256 tokens, "
-                                       "4 calibration windows, 8 task items)");
+                                       "4 calibration windows, 8 task items; a family: 12 training steps)");
   commands.push_back({explore, [] { cmd_explore(xo); }});
 
   static report_cli_options o;

@@ -74,7 +74,6 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
   // Everything that can be refused is refused before training starts.
   train_job job = prepare_train_job(cfg, o.resume, data_dir(), given);
   cfg = job.config;  // as it runs (the data file defaulted, the plan's L1 norm)
-  const training_plan& plan = job.plan;
 
   std::unique_ptr<runs_db> db;
   const mpi_world& dp = mpi_world::world();
@@ -108,45 +107,8 @@ void cmd_train(train_cli_options o, const CLI::App& app) {
 
   nlohmann::json out = train_job_json(job, r);
   if (db) {
-    // One row per run for the scaling-law fits: N (all parameters; the non-embedding count in
-    // the config), D (trained tokens), the format of the quantized operands (E, M, block).
-    run_record rec;
-    rec.kind = "train";
-    // A fine-tuning run is named after its start; its tokens are not the model's training tokens,
-    // so the scaling-law fits leave it out (method "finetune", law/fit.hpp).
-    const bool finetune = job.init.has_value();
-    rec.model = finetune ? fmt::format("finetune:{}", fs::path(cfg.init).stem().string())
-                         : fmt::format("train:{}-d{}-l{}-h{}", cfg.arch, cfg.dim, cfg.n_layers, cfg.n_heads);
-    rec.n_params = double(r.params);
-    rec.tokens = double(r.tokens);
-    rec.format = plan.law_format;
-    format_parts(plan.law_format, rec);
-    rec.method = finetune ? "finetune" : "train";
-    rec.plan = cfg.plan;
-    rec.metrics = {{"val_loss", r.val_loss}, {"train_loss", r.train_loss}, {"seconds", r.seconds},
-                   {"tokens_per_s", r.tokens_per_s}};
-    // Files enter the run's identity by content; their locations ride along under "paths"
-    // (left out of the hash, runs_db.hpp).
-    nlohmann::json conf = cfg.to_json();
-    conf.erase("out");
-    conf["data"] = file_fingerprint(cfg.data_path);
-    conf["paths"] = {{"data", fs::absolute(cfg.data_path).string()}};
-    if (!job.tok_source.path.empty()) {
-      conf["tokenizer"] = file_fingerprint(job.tok_source.path);
-      conf["paths"]["tokenizer"] = job.tok_source.path;
-    }
-    if (finetune) {  // where it started, by content
-      conf["init"] = job.init_fingerprint;
-      conf["paths"]["init"] = fs::absolute(cfg.init).string();
-    }
-    const model_config& mc = r.trained.config;
-    int64_t embedding = int64_t(mc.vocab_size) * mc.dim * (mc.tied_classifier ? 1 : 2);
-    if (mc.learned_positions())  // learned positions (OPT's 2 extra rows)
-      embedding += (int64_t(mc.max_seq_len) + mc.position_offset()) * mc.dim;
-    conf["non_embedding_params"] = r.params - embedding;
-    conf["operands"] = plan.operands;
-    rec.config = conf;
-    rec.revision = code_revision();
+    // One row per run for the scaling-law fits (explore/finetune.hpp train_run_record).
+    const run_record rec = train_run_record(job, r);
     out["db_id"] = db->record(rec);
   }
   if (o.json) {

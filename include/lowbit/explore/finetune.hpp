@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lowbit/engine/model.hpp"
+#include "lowbit/runs/runs_db.hpp"
 #include "lowbit/train/job.hpp"
 
 namespace lowbit {
@@ -30,5 +31,14 @@ nlohmann::json ptq_init_weights(model& m, const train_run_config& cfg, const std
 // explicitly and ptq_init_weights.
 train_job prepare_train_job(train_run_config cfg, bool resume, const std::string& data_dir,
                             const std::set<std::string>& given = {});
+
+// The results-store row of a finished training run (`train --db`, the trained families of
+// explore/family.hpp): kind "train", model "train:ARCH-dDIM-lLAYERS-hHEADS" (a fine-tuning run:
+// "finetune:STEM", method "finetune", which the scaling-law fits leave out), N = every parameter,
+// D = trained tokens, the plan's law format and its parts, metrics val_loss, train_loss, seconds,
+// tokens_per_s; config = the run's settings with the data, tokenizer and start by content
+// fingerprint (their paths under "paths"), non_embedding_params and the six operands' formats.
+// r.trained.config must be the trained model's.
+run_record train_run_record(const train_job& job, const train_result& r);
 
 }  // namespace lowbit

@@ -13,7 +13,9 @@
 //    "eval": [{"ctx": 128, "max_tokens": 8192}],
 //    "kl_base": true,
 //    "calibration": {"samples": 128, "ctx": 256, "seed": 0}}
-// Only "formats" is required; models and data default to stories260K and the TinyStories
+// "train": {...} trains a model family first and evaluates its PTQ (explore/family.hpp); it
+// runs in one process (not under mpirun; -j applies to the grid after it).
+// Only "formats" is required (unless "train" is given); models and data default to stories260K and the TinyStories
 // sample, methods to ["rtn"], eval to the model's context over the evaluation half.
 //
 // Study extensions (issue 16; studies/NAME.json are sweep files, docs/studies/README.md):
@@ -64,6 +66,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -72,6 +75,7 @@
 
 #include "lowbit/engine/plan.hpp"
 #include "lowbit/ptq/job.hpp"
+#include "lowbit/explore/family.hpp"
 #include "lowbit/runs/runs_db.hpp"
 #include "lowbit/text/tasks.hpp"
 
@@ -125,12 +129,14 @@ struct sweep_config {
   std::vector<sweep_task> tasks;
   sweep_spread spread;
   sweep_sqnr sqnr;
-  bool tiny = false;  // make_tiny was applied (studies' CI size; training sections read it too)
+  bool tiny = false;  // make_tiny was applied (studies' CI size); the family shrinks to make_family_tiny's runs
   std::vector<sweep_eval> evals{sweep_eval{}};
   bool kl_base = true;
   int calib_samples = 128, calib_ctx = 256;
   uint64_t calib_seed = 0;
   std::string source;  // the file it was read from (for messages)
+  // "train": a family of models trained first (explore/family.hpp); "formats" is then optional.
+  std::optional<family_config> family;
 };
 
 // Reads and validates sweep.json: unknown keys, formats, methods and missing files are refused

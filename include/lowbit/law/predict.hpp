@@ -8,8 +8,8 @@
 //             weighted mean over tensors, as explore records it), bits per element (element +
 //             scale overhead of the format), block code (log2 K for /gK; 16 for /c, 24 for /t,
 //             0 for no scale: markers, not sizes), method one-hot (rtn, gptq, awq, smoothquant,
-//             llmfp4, other), flatness = NLL increase when every linear weight gets isotropic
-//             Gaussian noise with the per-tensor SQNR of the format (docs/laws.md §2.2's stand-in;
+//             llmfp4, other), flatness = NLL increase when every linear weight gets an isotropic
+//             random perturbation at the per-tensor SQNR of the format (measure_flatness below;
 //             missing when not measured — XGBoost routes missing values itself).
 //   target    NLL increase over the float NLL (predicted NLL = float NLL + it), so that the trees
 //             need not extrapolate across models' NLL levels.
@@ -25,6 +25,7 @@
 
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/engine/model.hpp"
+#include "lowbit/engine/plan.hpp"
 #include "lowbit/runs/runs_db.hpp"
 
 namespace lowbit::law {
@@ -85,8 +86,32 @@ ptq_sample query_for(const std::vector<ptq_sample>& rows, const std::string& mod
                      const std::string& method);
 
 // Measured on a model: the size-weighted mean per-tensor SQNR (dB) of round-to-nearest in f on
-// the linear weights. (The flatness feature is read from a run's "flatness" metric; nothing
-// records one yet, so it is missing for every run today.)
+// the linear weights.
 double weights_sqnr_db(const model& m, const std::string& spec);
+
+// The flatness feature (docs/laws.md §2.2; recorded as a run's "flatness" metric by the trained
+// families' PTQ evaluation, explore/family.hpp): how much the NLL rises when every linear weight
+// W of the model gets a random perturbation of the same relative size as the format's rounding
+// error, i.e. of fixed norm ||W|| 10^(-SQNR_W / 20) with SQNR_W the format's round-to-nearest
+// SQNR on W. The direction is isotropic (a Gaussian vector rescaled to exactly that norm), so
+// what the model sees differs from quantization only in the error's direction: a flat
+// neighbourhood tolerates it, a sharp one does not (Xu et al. 2024: larger models sit in flatter
+// basins). Mean and standard error over `draws` independent directions.
+struct flatness_options {
+  int draws = 3;
+  uint64_t seed = 0;
+};
+struct flatness_result {
+  double float_nll = 0;
+  double mean_increase = 0, stderr_increase = 0;  // NLL(perturbed) - NLL(float), over the draws
+  std::vector<double> increases;
+};
+// Adds to each tensor that `reports` names (weight_quant_report: name, sqnr_db) a random
+// direction of norm ||W|| 10^(-sqnr_db / 20), drawn from `seed` and the tensor's position in
+// `reports`. Tensors with an infinite or NaN SQNR (exact in the format) are left alone.
+void perturb_weights(model& m, const std::vector<weight_quant_report>& reports, uint64_t seed);
+// Throws lowbit::error when weights_spec is not a weight format or draws < 1.
+flatness_result measure_flatness(const model& base, const std::string& weights_spec, const std::vector<int32_t>& ids,
+                                 const eval_options& eo, const flatness_options& o = {});
 
 }  // namespace lowbit::law
