@@ -70,7 +70,10 @@ TEST_P(Study, RunsAtTinySizeAndRecordsEveryRun) {
   const sweep_summary s = run_sweep(c, o);
   ASSERT_TRUE(s.failures.empty()) << path << ": " << s.failures.front();
   ASSERT_GT(s.total, 0) << path << ": an empty grid";
-  EXPECT_EQ(s.ran, s.total);
+  // Every run ran, or was found recorded: at tiny size two entries may become the same run (e.g.
+  // GPTQ with 32 and with 128 calibration windows, both cut to 4), which runs once.
+  EXPECT_GT(s.ran, 0) << path;
+  EXPECT_EQ(s.ran + s.already, s.total) << path << ": ran " << s.ran << ", already " << s.already;
   const runs_db db(o.db);
   for (const sweep_job& j : s.jobs) {
     const auto r = db.find(j.hash);
