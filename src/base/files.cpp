@@ -249,4 +249,25 @@ std::string shipped_data_dir(const std::string& built_in) {
   return built_in;
 }
 
+std::string resolve_config_path(const std::string& s, const std::string& base_dir, const std::string& data_dir,
+                                const std::string& where) {
+  std::string out;
+  for (size_t i = 0; i < s.size();) {
+    if (s.compare(i, 2, "${") != 0) {
+      out += s[i++];
+      continue;
+    }
+    const size_t end = s.find('}', i);
+    if (end == std::string::npos) throw error(fmt::format("{}: '{}': unclosed '${{'", where, s));
+    const std::string name = s.substr(i + 2, end - i - 2);
+    const char* v = std::getenv(name.c_str());
+    if (v && *v) out += v;
+    else if (name == "LOWBIT_DATA_DIR") out += data_dir;
+    else throw error(fmt::format("{}: '{}': environment variable {} is not set", where, s, name));
+    i = end + 1;
+  }
+  const std::filesystem::path p(out);
+  return (p.is_absolute() || base_dir.empty() ? p : std::filesystem::path(base_dir) / p).lexically_normal().string();
+}
+
 }  // namespace lowbit

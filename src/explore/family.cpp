@@ -35,25 +35,9 @@ namespace {
 // base_dir; as sweep.json resolves its paths (sweep.hpp).
 std::string resolve_path(const std::string& s, const std::string& base_dir, const std::string& data_dir,
                          const std::string& where) {
-  std::string out;
-  for (size_t i = 0; i < s.size();) {
-    if (s.compare(i, 2, "${") != 0) {
-      out += s[i++];
-      continue;
-    }
-    const size_t end = s.find('}', i);
-    if (end == std::string::npos) throw error(fmt::format("{}: '{}': unclosed '${{'", where, s));
-    const std::string name = s.substr(i + 2, end - i - 2);
-    const char* v = std::getenv(name.c_str());
-    if (v && *v) out += v;
-    else if (name == "LOWBIT_DATA_DIR") out += data_dir;
-    else throw error(fmt::format("{}: '{}': environment variable {} is not set", where, s, name));
-    i = end + 1;
-  }
   // Absolute, so that the records' paths and the runs' directories do not depend on where the
   // study was started.
-  const fs::path p(out);
-  return fs::absolute(p.is_absolute() || base_dir.empty() ? p : fs::path(base_dir) / p).lexically_normal().string();
+  return fs::absolute(resolve_config_path(s, base_dir, data_dir, where)).lexically_normal().string();
 }
 
 void known_keys(const nlohmann::json& j, const std::set<std::string>& keys, const std::string& where) {
@@ -447,7 +431,7 @@ family_summary run_family(const family_config& f, const std::string& db_path, co
           eo.ctx = ctx;
           eo.max_tokens = q.max_tokens;
           eo.kl_base = !is_float;
-          const quant_plan plan = quant_plan_of(sweep_plan{is_float ? "" : weights, "", ""});
+          const quant_plan plan = quant_plan_of(sweep_plan{is_float ? "" : weights, "", "", {}});
           double sqnr = std::numeric_limits<double>::quiet_NaN();
           const calibration_settings calib{q.calib_samples, q.calib_ctx, q.calib_seed};
           const model variant = is_float ? *base : quantize_variant(*base, train_ids, plan, method, calib, {}, &sqnr);

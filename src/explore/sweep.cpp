@@ -56,30 +56,9 @@ namespace lowbit {
 // ---- sweep.json ----------------------------------------------------------------------------------
 namespace {
 
-// ${NAME} from the environment; LOWBIT_DATA_DIR falls back to the shipped data directory.
-std::string expand_vars(const std::string& s, const std::string& data_dir, const std::string& where) {
-  std::string out;
-  for (size_t i = 0; i < s.size();) {
-    if (s.compare(i, 2, "${") == 0) {
-      const size_t end = s.find('}', i);
-      if (end == std::string::npos) throw error(fmt::format("{}: '{}': unclosed '${{'", where, s));
-      const std::string name = s.substr(i + 2, end - i - 2);
-      const char* v = std::getenv(name.c_str());
-      if (v && *v) out += v;
-      else if (name == "LOWBIT_DATA_DIR") out += data_dir;
-      else throw error(fmt::format("{}: '{}': environment variable {} is not set", where, s, name));
-      i = end + 1;
-    } else {
-      out += s[i++];
-    }
-  }
-  return out;
-}
-
 std::string resolve(const std::string& s, const std::string& base_dir, const std::string& data_dir,
                     const std::string& where) {
-  const fs::path p = expand_vars(s, data_dir, where);
-  return (p.is_absolute() || base_dir.empty() ? p : fs::path(base_dir) / p).lexically_normal().string();
+  return resolve_config_path(s, base_dir, data_dir, where);
 }
 
 void require_file(const std::string& path, const std::string& where) {
@@ -196,7 +175,7 @@ sweep_plan parse_plan_row(const std::string& row) {
   if (parts.empty() || parts.size() > 3)
     throw error(fmt::format("'{}': expected WEIGHTS[,ACTS[,KV]] ('-' for float)", row));
   parts.resize(3);
-  return {parts[0], parts[1], parts[2]};
+  return {parts[0], parts[1], parts[2], {}};
 }
 
 std::string plan_label(const sweep_plan& p) {

@@ -93,6 +93,11 @@ void write_text_file_atomic(const std::string& path, const std::string& text);
 
 // The shipped data directory (models, tokenizers, texts) as every front end finds it:
 // $LOWBIT_DATA_DIR, else $LOWBIT_DATA, else `built_in` (the build's LOWBIT_DATA_DIR).
+// A path in a configuration file (sweep.json, a study's train section): ${NAME} replaced from the
+// environment (LOWBIT_DATA_DIR falling back to data_dir), a relative path taken from base_dir
+// (when not empty), lexically normal. Errors name `where`.
+std::string resolve_config_path(const std::string& s, const std::string& base_dir, const std::string& data_dir,
+                                const std::string& where);
 std::string shipped_data_dir(const std::string& built_in);
 
 }  // namespace lowbit
