@@ -397,35 +397,42 @@ LOWBIT_VNNI inline int32_t hsum8(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-LOWBIT_VNNI void packed_int_dots_vnni(const packed_matrix& w, const int8_activations& a, int32_t* dots) {
+// Row o's dots with every token's groups (the body of packed_int_dots_vnni's loop, a function of
+// its own so that no vector value crosses into OpenMP's outlined body, which clang compiles
+// without the target attribute).
+LOWBIT_VNNI void int_dots_of_row(const packed_matrix& w, const int8_t* xq, int64_t n, const int8_t* lut_bytes,
+                                 int64_t o, int32_t* dots) {
   const int64_t gpr = w.groups_per_row(), G = w.group;
+  const __m256i lut8 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut_bytes));
+  const uint8_t* row = w.codes.data() + o * w.row_bytes;
+  for (int64_t t = 0; t < n; ++t) {
+    const int8_t* xt = xq + t * w.cols;
+    for (int64_t g = 0; g < gpr; ++g) {
+      __m256i acc = _mm256_setzero_si256();
+      for (int64_t c = g * G; c < (g + 1) * G; c += 32)
+        acc = dot32(acc, int_values32(row, w.bits, c, lut8), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt + c)));
+      dots[(t * w.rows + o) * gpr + g] = hsum8(acc);
+    }
+  }
+}
+
+LOWBIT_VNNI void packed_int_dots_vnni(const packed_matrix& w, const int8_activations& a, int32_t* dots) {
   const std::vector<int8_t> xd = w.bits == 4 ? deinterleave_pairs(a) : std::vector<int8_t>();
   const int8_t* xq = w.bits == 4 ? xd.data() : a.q.data();
   alignas(32) int8_t lut_bytes[32];
   for (int i = 0; i < 32; ++i) lut_bytes[i] = static_cast<int8_t>(w.bits == 4 ? w.lut[i % 16] : 0);
-  const __m256i lut8 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut_bytes));
   const bool threads = double(w.rows) * double(w.cols) * double(a.n) > 4e6 && omp_get_max_threads() > 1;
 #pragma omp parallel for schedule(static) if (threads)
-  for (int64_t o = 0; o < w.rows; ++o) {
-    const uint8_t* row = w.codes.data() + o * w.row_bytes;
-    for (int64_t t = 0; t < a.n; ++t) {
-      const int8_t* xt = xq + t * w.cols;
-      for (int64_t g = 0; g < gpr; ++g) {
-        __m256i acc = _mm256_setzero_si256();
-        for (int64_t c = g * G; c < (g + 1) * G; c += 32)
-          acc = dot32(acc, int_values32(row, w.bits, c, lut8), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt + c)));
-        dots[(t * w.rows + o) * gpr + g] = hsum8(acc);
-      }
-    }
-  }
+  for (int64_t o = 0; o < w.rows; ++o) int_dots_of_row(w, xq, a.n, lut_bytes, o, dots);
 }
 
 // packed_matmul_int's whole product: each group's exact dot combined at once in the reference's
 // order (groups in order, (sw * sx) * float(dot) added to +0), without the dots array. Rows go in
 // pairs: two independent chains of float adds, and one horizontal reduction for both dots.
 template <int R>
-LOWBIT_VNNI inline void int_rows(const packed_matrix& w, const int8_t* xq, const int8_activations& a, __m256i lut8,
+LOWBIT_VNNI inline void int_rows(const packed_matrix& w, const int8_t* xq, const int8_activations& a, const int8_t* lut_bytes,
                                  int64_t o0, float* y) {
+  const __m256i lut8 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut_bytes));
   const int64_t gpr = w.groups_per_row(), G = w.group;
   const uint8_t* row[R];
   const float* sw[R];
@@ -465,15 +472,14 @@ LOWBIT_VNNI inline void int_rows(const packed_matrix& w, const int8_t* xq, const
 LOWBIT_VNNI void packed_matmul_int_vnni(const packed_matrix& w, const int8_activations& a, float* y) {
   alignas(32) int8_t lut_bytes[32];
   for (int i = 0; i < 32; ++i) lut_bytes[i] = static_cast<int8_t>(w.bits == 4 ? w.lut[i % 16] : 0);
-  const __m256i lut8 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut_bytes));
   const std::vector<int8_t> xd = w.bits == 4 ? deinterleave_pairs(a) : std::vector<int8_t>();
   const int8_t* xq = w.bits == 4 ? xd.data() : a.q.data();
   const int64_t pairs = (w.rows + 1) / 2;
   const bool threads = double(w.rows) * double(w.cols) * double(a.n) > 4e6 && omp_get_max_threads() > 1;
 #pragma omp parallel for schedule(static) if (threads)
   for (int64_t b = 0; b < pairs; ++b) {
-    if (2 * b + 2 <= w.rows) int_rows<2>(w, xq, a, lut8, 2 * b, y);
-    else int_rows<1>(w, xq, a, lut8, 2 * b, y);
+    if (2 * b + 2 <= w.rows) int_rows<2>(w, xq, a, lut_bytes, 2 * b, y);
+    else int_rows<1>(w, xq, a, lut_bytes, 2 * b, y);
   }
 }
 
