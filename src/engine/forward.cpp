@@ -142,9 +142,10 @@ class plan_ops : public decoder::linear_ops {
     // Packed weights with integer codes read this input as integer codes (llama.cpp's q8_0
     // activations; int8 per token for int8/c): the same values as q.apply's, kept as codes and
     // scales for packed_matmul_int (conventions §44).
-    if (!packed_.empty() && q.scale.empty() && q.fmt->rounding == rounding_mode::rne) {
-      const std::string name = format_name(*q.fmt);
-      const int64_t group = name == "q8_0" ? 32 : name == "int8/c" ? in : 0;
+    if (!packed_.empty() && q.scale.empty()) {
+      // Compared as formats (rounding included), not by building each call's canonical name.
+      static const format q8_0 = parse_format("q8_0"), int8_per_row = parse_format("int8/c");
+      const int64_t group = *q.fmt == q8_0 ? 32 : *q.fmt == int8_per_row ? in : 0;
       if (group > 0 && in % group == 0) {
         int_acts_ = quantize_activations(x, n, in, group);
         int_acts_valid_ = true;
