@@ -60,18 +60,21 @@ TEST(QuantizeJob, WritesAndVerifiesTheFile) {
   }
 }
 
+// The error of a quantize job whose model does not exist: a refusal made before the model is read
+// names what was refused, not the model.
+std::string error_of(ptq::quantize_job_config c) {
+  c.model = ::testing::TempDir() + std::to_string(::getpid()) + "_no_such_model.bin";
+  try {
+    ptq::run_quantize_job(c);
+  } catch (const lowbit::error& e) {
+    return std::string(e.what());
+  }
+  return std::string("no error");
+}
+
 // The method and the output container are refused before the model is read: with a model that
 // does not exist, the error still names the bad method or output, not the model.
 TEST(QuantizeJob, RefusesBeforeAnyWork) {
-  auto error_of = [](ptq::quantize_job_config c) {
-    c.model = ::testing::TempDir() + std::to_string(::getpid()) + "_no_such_model.bin";
-    try {
-      ptq::run_quantize_job(c);
-    } catch (const lowbit::error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
   const std::string bad_method = error_of(small_job("gptx", ::testing::TempDir() + std::to_string(::getpid()) + "_refused.safetensors"));
   EXPECT_NE(bad_method.find("gptx"), std::string::npos) << bad_method;
   EXPECT_EQ(bad_method.find("no_such_model"), std::string::npos) << bad_method;
@@ -84,15 +87,6 @@ TEST(QuantizeJob, RefusesBeforeAnyWork) {
 // used to be ignored: the output was the same without them).
 TEST(QuantizeJob, RefusesOptionsThatCannotApply) {
   const std::string st = ::testing::TempDir() + std::to_string(::getpid()) + "_refused_opts.safetensors";
-  auto error_of = [](ptq::quantize_job_config c) {
-    c.model = ::testing::TempDir() + std::to_string(::getpid()) + "_no_such_model.bin";
-    try {
-      ptq::run_quantize_job(c);
-    } catch (const lowbit::error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
   auto c = small_job("rtn", st);
   c.lorc_format = "int8/c";  // factors without a rank
   EXPECT_NE(error_of(c).find("--lorc-format"), std::string::npos) << error_of(c);
