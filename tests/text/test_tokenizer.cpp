@@ -305,8 +305,12 @@ TEST(TokenizerLlama2c, EncodingStopsAtTheBudgetWithTheSameIds) {
     const std::vector<int32_t> some = lowbit::encode_documents(*tok, text, budget);
     ASSERT_GE(int64_t(some.size()), std::min<int64_t>(budget, all.size())) << budget;
     EXPECT_TRUE(std::equal(some.begin(), some.end(), all.begin())) << budget;
-    if (budget <= 300) EXPECT_LT(some.size(), all.size()) << budget;  // stopped early
-    if (budget >= int64_t(all.size())) EXPECT_EQ(some, all) << budget;
+    if (budget <= 300) {
+      EXPECT_LT(some.size(), all.size()) << budget;  // stopped early
+    }
+    if (budget >= int64_t(all.size())) {
+      EXPECT_EQ(some, all) << budget;
+    }
   }
 }
 
