@@ -250,16 +250,15 @@ code_range sub_block_code_range(preset p) {
 struct min_family {
   int sub;          // values per sub-block
   int nmax;         // largest code
-  int code_max;     // largest sub-block scale / min code: 15 (4-bit) or 63 (6-bit)
   float rmin, rdelta;
   int nstep;
   bool use_mad;     // q2_k: absolute error, weights |x|; else squared error, weights av_x + |x|
 };
 min_family min_family_of(preset p) {
   switch (p) {
-    case preset::q2_k: return {16, 3, sub_block_code_range(p).hi, -0.5f, 0.1f, 15, true};
-    case preset::q4_k: return {32, 15, sub_block_code_range(p).hi, -1.0f, 0.1f, 20, false};
-    default: return {32, 31, sub_block_code_range(p).hi, -0.5f, 0.1f, 15, false};  // q5_k
+    case preset::q2_k: return {16, 3, -0.5f, 0.1f, 15, true};
+    case preset::q4_k: return {32, 15, -1.0f, 0.1f, 20, false};
+    default: return {32, 31, -0.5f, 0.1f, 15, false};  // q5_k
   }
 }
 
@@ -284,8 +283,10 @@ void quantize_with_min(const element_format& half, preset p, const float* x, kqu
     if (mins[j] > max_min) max_min = mins[j];
   }
   // Codes of the sub-block scales and mins relative to their largest.
-  const float levels = static_cast<float>(k.code_max);
-  if (k.code_max == 15) {
+  // The largest sub-block scale / min code: 15 (q2_k's 4 bits) or 63 (6 bits).
+  const int32_t code_max = sub_block_code_range(p).hi;
+  const float levels = static_cast<float>(code_max);
+  if (p == preset::q2_k) {
     // q2_k: scales[j] = l, then |= l_min << 4, as bytes; sc = byte & 15, m = byte >> 4.
     uint8_t bytes[16] = {};
     if (max_scale > 0) {
@@ -308,8 +309,8 @@ void quantize_with_min(const element_format& half, preset p, const float* x, kqu
     for (int j = 0; j < subs; ++j) {
       const uint8_t ls = static_cast<uint8_t>(ggml_nearest_int(inv_scale * scales[j]));  // C's int -> uint8_t
       const uint8_t lm = static_cast<uint8_t>(ggml_nearest_int(inv_min * mins[j]));
-      b->sc[j] = std::min<int32_t>(k.code_max, ls);
-      b->m[j] = std::min<int32_t>(k.code_max, lm);
+      b->sc[j] = std::min<int32_t>(code_max, ls);
+      b->m[j] = std::min<int32_t>(code_max, lm);
     }
     b->d = round_ggml_fp16(half, max_scale / levels);
     b->dmin = round_ggml_fp16(half, max_min / levels);
@@ -344,9 +345,10 @@ void quantize_q3_k(const element_format& half, const float* x, kquant_block* b) 
   // all ggml stores zero bytes, which read as sc = 0 - 32 = -32 (and d = 0).
   if (max_scale != 0) {
     const float iscale = -32.0f / max_scale;
+    const code_range sc_range = sub_block_code_range(preset::q3_k);
     for (int j = 0; j < kSubs; ++j) {
       const int8_t l = static_cast<int8_t>(ggml_nearest_int(iscale * scales[j]));  // C's int -> int8_t
-      b->sc[j] = std::clamp<int32_t>(l, sub_block_code_range(preset::q3_k).lo, sub_block_code_range(preset::q3_k).hi);
+      b->sc[j] = std::clamp<int32_t>(l, sc_range.lo, sc_range.hi);
     }
     b->d = round_ggml_fp16(half, 1 / iscale);
   } else {
