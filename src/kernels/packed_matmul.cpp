@@ -485,12 +485,18 @@ LOWBIT_VNNI void packed_matmul_int_vnni(const packed_matrix& w, const int8_activ
 
 }  // namespace
 
+// Whether the VNNI kernels apply: dpbusd's u8 operand |a| reads a value -128 as 128 (right), but
+// its sign flip of b would overflow for b = -128; quantize_activations' codes are in [-127, 127]
+// (amax / 127 scales), other callers' may not be.
+namespace {
+bool vnni_applies(const packed_matrix& w, const int8_activations& a) {
+  return use_vnni() && w.group % 32 == 0 && std::find(a.q.begin(), a.q.end(), int8_t(-128)) == a.q.end();
+}
+}  // namespace
+
 void packed_int_dots(const packed_matrix& w, const int8_activations& a, int32_t* dots) {
   check_int(w, a);
-  // dpbusd's u8 operand |a|: a value -128 would read as 128 (right), but its sign flip of b
-  // would overflow for b = -128; the activations are in [-127, 127] (amax / 127 scales).
-  const bool no_min = std::find(a.q.begin(), a.q.end(), int8_t(-128)) == a.q.end();
-  if (use_vnni() && w.group % 32 == 0 && no_min) packed_int_dots_vnni(w, a, dots);
+  if (vnni_applies(w, a)) packed_int_dots_vnni(w, a, dots);
   else packed_int_dots_ref(w, a, dots);
 }
 
@@ -517,9 +523,8 @@ void packed_matmul_int_ref(const packed_matrix& w, const int8_activations& a, fl
 
 void packed_matmul_int(const packed_matrix& w, const int8_activations& a, float* y) {
   check_int(w, a);
-  const bool no_min = std::find(a.q.begin(), a.q.end(), int8_t(-128)) == a.q.end();
-  if (use_vnni() && w.group % 32 == 0 && no_min) packed_matmul_int_vnni(w, a, y);
-  else combine(w, a, y, [&](int32_t* d) { packed_int_dots_ref(w, a, d); });
+  if (vnni_applies(w, a)) packed_matmul_int_vnni(w, a, y);
+  else packed_matmul_int_ref(w, a, y);
 }
 
 std::string packed_kernel_target(bool integer) {
