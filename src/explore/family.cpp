@@ -361,7 +361,6 @@ family_summary run_family(const family_config& f, const std::string& db_path, co
           rec.metrics["family_run"] = 1;
           rec.config["paths"]["run"] = dir.string();
           db.record(rec);
-          s.hashes.push_back(run_hash(rec.config));
           ready.insert(r.name);
           continue;
         }
@@ -377,7 +376,6 @@ family_summary run_family(const family_config& f, const std::string& db_path, co
       rec.metrics["family_run"] = 1;
       rec.config["paths"]["run"] = dir.string();
       db.record(rec);
-      s.hashes.push_back(run_hash(rec.config));
       ready.insert(r.name);
     } catch (const std::exception& e) {
       s.failures.push_back(fmt::format("train {}: {}", r.name, e.what()));
@@ -415,7 +413,6 @@ family_summary run_family(const family_config& f, const std::string& db_path, co
         if (!is_float && q.flatness > 0) conf["flatness_draws"] = q.flatness;
         conf["paths"] = {{"model", model_path}, {"data", r.cfg.data_path}, {"study", f.source}};
         const std::string hash = run_hash(conf);
-        s.hashes.push_back(hash);
         if (db.has(hash)) continue;
         try {
           if (progress.begin) progress.begin(fmt::format("ptq {} {}@{}", r.name, weights, method));

@@ -56,11 +56,6 @@ namespace lowbit {
 // ---- sweep.json ----------------------------------------------------------------------------------
 namespace {
 
-std::string resolve(const std::string& s, const std::string& base_dir, const std::string& data_dir,
-                    const std::string& where) {
-  return resolve_config_path(s, base_dir, data_dir, where);
-}
-
 void require_file(const std::string& path, const std::string& where) {
   std::error_code ec;
   if (!fs::is_regular_file(path, ec)) throw error(fmt::format("{}: {}: no such file", where, path));
@@ -159,7 +154,7 @@ void parse_tasks(const nlohmann::json& list, sweep_config& c, const std::string&
     task.build.max_chars = t.value("max_chars", task.build.max_chars);
     if (task.build.n < 1 || task.build.options < 2 || task.build.max_chars < 1)
       throw error(fmt::format("{}: expected n >= 1, options >= 2 and max_chars >= 1", where));
-    task.text = t.contains("text") ? resolve(t["text"].get<std::string>(), base_dir, data_dir, where) : c.data;
+    task.text = t.contains("text") ? resolve_config_path(t["text"].get<std::string>(), base_dir, data_dir, where) : c.data;
     require_file(task.text, where);
     c.tasks.push_back(task);
   }
@@ -221,13 +216,13 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
         if (models[i].contains("name")) m.name = str(models[i]["name"], fmt::format("models[{}].name", i));
         if (models[i].contains("tokenizer")) {
           const std::string t = str(models[i]["tokenizer"], fmt::format("models[{}].tokenizer", i));
-          m.tokenizer = t == "bytes" ? t : resolve(t, base_dir, data_dir, where);
+          m.tokenizer = t == "bytes" ? t : resolve_config_path(t, base_dir, data_dir, where);
           if (m.tokenizer != "bytes") require_file(m.tokenizer, where);
         }
       } else {
         throw error(fmt::format("{}: expected a path or {{\"path\", \"name\", \"tokenizer\"}}", where));
       }
-      m.path = resolve(path, base_dir, data_dir, where);
+      m.path = resolve_config_path(path, base_dir, data_dir, where);
       require_file(m.path, where);
       if (m.name.empty()) m.name = fs::path(m.path).stem().string();
       if (!names.insert(m.name).second)
@@ -235,7 +230,7 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
       c.models.push_back(m);
     }
     // data
-    c.data = resolve(j.contains("data") ? str(j["data"], "data") : "${LOWBIT_DATA_DIR}/text/tinystories_val_sample.txt",
+    c.data = resolve_config_path(j.contains("data") ? str(j["data"], "data") : "${LOWBIT_DATA_DIR}/text/tinystories_val_sample.txt",
                      base_dir, data_dir, source + ": data");
     require_file(c.data, source + ": data");
     if (j.contains("train")) c.family = parse_family_config(j["train"], base_dir, data_dir, source);

@@ -96,7 +96,6 @@ struct family_summary {
   int64_t trained = 0, found = 0;         // runs trained now, runs already trained on disk
   int64_t ptq_total = 0, ptq_ran = 0;     // PTQ evaluations in the grid, evaluated now
   std::vector<std::string> failures;      // "run: message"
-  std::vector<std::string> hashes;        // of every record this family has in the store
 };
 
 struct family_progress {
