@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/kernels/softmax.hpp"
 
 namespace lowbit::decoder {
 
@@ -553,15 +554,12 @@ double cross_entropy(const float* logits, const int32_t* targets, int64_t n, int
   #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const float* z = logits + i * V;
-    float mx = z[0];
-    for (int j = 1; j < V; ++j) mx = std::max(mx, z[j]);
-    double sum = 0;
-    for (int j = 0; j < V; ++j) sum += std::exp(double(z[j]) - mx);
+    const float mx = max_of(z, V);
+    const double sum = sum_exp_shifted(z, V, mx);
     row_loss[i] = std::log(sum) + mx - z[targets[i]];
     if (dlogits) {
       float* dz = dlogits + i * V;
-      const double inv = 1.0 / sum;
-      for (int j = 0; j < V; ++j) dz[j] = static_cast<float>(std::exp(double(z[j]) - mx) * inv);
+      exp_shifted_scaled(z, V, mx, 1.0 / sum, dz);
       dz[targets[i]] -= 1.0f;
     }
   }

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/kernels/softmax.hpp"
 
 namespace lowbit {
 
@@ -17,11 +18,7 @@ namespace {
 // log-softmax of one row into out (float64).
 void log_softmax(const float* logits, int vocab, std::vector<double>& out) {
   out.resize(vocab);
-  double mx = logits[0];
-  for (int v = 1; v < vocab; ++v) mx = std::max(mx, double(logits[v]));
-  double sum = 0;
-  for (int v = 0; v < vocab; ++v) sum += std::exp(double(logits[v]) - mx);
-  const double lse = mx + std::log(sum);
+  const double lse = log_sum_exp(logits, vocab);
   for (int v = 0; v < vocab; ++v) out[v] = double(logits[v]) - lse;
 }
 
@@ -51,11 +48,7 @@ int64_t nll_position(int64_t i, int ctx) { return i / (ctx - 1) * ctx + i % (ctx
 }  // namespace
 
 double token_nll(const float* logits, int vocab, int target) {
-  double mx = logits[0];
-  for (int v = 1; v < vocab; ++v) mx = std::max(mx, double(logits[v]));
-  double sum = 0;
-  for (int v = 0; v < vocab; ++v) sum += std::exp(double(logits[v]) - mx);
-  return mx + std::log(sum) - double(logits[target]);
+  return log_sum_exp(logits, vocab) - double(logits[target]);
 }
 
 std::vector<eval_result> evaluate_many(const std::vector<const model*>& models,
