@@ -90,6 +90,29 @@ template <rounding_mode kMode, span_path kPath, span_scale kScale>
 HWY_INLINE void BatchApplyT(const float* in, float* out, size_t k, size_t groups, const float* batch_scale,
                             const float* batch_mult, const row_job& job, const grid_params& g, bool unscaled) {
   const DF df;
+  const size_t N = hn::Lanes(df);
+  if (k % N == 0) {
+    // Whole vectors per group (k = 32, 64, ...): one flat loop over the batch's vectors, each
+    // taking its group's scale, so that the groups' loop setup and tail checks are paid once.
+    const size_t per_group = k / N, vectors = groups * per_group;
+    const VF clamp_lo = hn::Set(df, job.clamp_lo), clamp_hi = hn::Set(df, job.clamp_hi);
+    const bool uint_clamp = job.uint_clamp;
+    const int64_t ahead = job.prefetch_ahead;
+    const bool stream = job.stream && (reinterpret_cast<uintptr_t>(out) & (N * sizeof(float) - 1)) == 0;
+    VF u = hn::Zero(df);
+    for (size_t v = 0; v < vectors; ++v) {
+      const size_t j = v / per_group, i = v * N;
+      if (ahead) hwy::Prefetch(in + i + ahead);
+      if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, job.random, i, N);
+      const VF div = hn::Set(df, batch_scale[j]);
+      const VF r = FakeQuantVec<kMode, kPath, kScale>(df, hn::LoadU(df, in + i), u, g, hn::Set(df, batch_mult[j]), div,
+                                                      unscaled ? hn::Set(df, 1.0f) : div, uint_clamp, clamp_lo,
+                                                      clamp_hi);
+      if (stream) hn::Stream(r, df, out + i);
+      else hn::StoreU(r, df, out + i);
+    }
+    return;
+  }
   for (size_t j = 0; j < groups; ++j) {
     const VF div = hn::Set(df, batch_scale[j]);
     ApplyScaleT<kMode, kPath, kScale>(in + j * k, out + j * k, k, hn::Set(df, batch_mult[j]), div,

@@ -212,8 +212,14 @@ HWY_INLINE VF RoundRneFast(DF df, VF y, const grid_params& g) {
   const VI ab = hn::And(bits, abs_mask);
   // Clamp first: saturation (Inf too) is then free and C stays in range; NaN is restored below.
   const VF ay = hn::Min(hn::BitCast(df, ab), hn::Set(df, g.max_value));
-  const VI L = MinifloatLog2Step(di, ay, g);
-  const VF c = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(L, hn::Set(di, 150))));
+  VF c;
+  if (g.rne_direct_c) {  // 2^(L + 23) from the exponent field: max(e, emin) - M + 23 + 127
+    const VI field = hn::And(hn::BitCast(di, ay), hn::Set(di, 0x7f800000));
+    c = hn::BitCast(df, hn::Add(hn::Max(field, hn::Set(di, g.rne_c_floor_bits)), hn::Set(di, g.rne_c_add_bits)));
+  } else {
+    const VI L = MinifloatLog2Step(di, ay, g);
+    c = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(L, hn::Set(di, 150))));
+  }
   return SignAndNan(df, hn::Sub(hn::Add(ay, c), c), bits, ab, g);
 }
 

@@ -644,7 +644,7 @@ TEST(Differential, LargeTensorsStreamAndBatch) {
   for (int64_t i = 4096 * 7; i < 4096 * 7 + 64; ++i) x[static_cast<size_t>(i)] = (i % 3) ? 1e-40f * static_cast<float>(i % 5) : 0.0f;
   std::vector<float> ref(x.size()), fast(x.size());
   for (const char* spec : {"mxfp4", "nvfp4", "q8_0", "q4_0", "q5_0", "q4_1", "q5_1", "nf4", "int8/c", "e4m3fn/c", "int4/g128",
-                           "e2m1/g32~sr", "bf16"}) {
+                           "e2m1/g32~sr", "e2m1/g32~sr8", "mxfp8", "e3m2/g32:e8m0", "bf16"}) {
     const format f = parse_format(spec);
     fake_quantize_ref(x.data(), ref.data(), rows, cols, f, 9);
     fake_quantize(x.data(), fast.data(), rows, cols, f, 9);
