@@ -9,6 +9,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 
 #include <fmt/format.h>
@@ -18,6 +19,7 @@
 #include "lowbit/engine/eval.hpp"
 #include "lowbit/explore/explore.hpp"
 #include "lowbit/explore/finetune.hpp"
+#include "lowbit/explore/study_json.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/io/model_io.hpp"
 #include "lowbit/law/predict.hpp"
@@ -38,16 +40,6 @@ std::string resolve_path(const std::string& s, const std::string& base_dir, cons
   // Absolute, so that the records' paths and the runs' directories do not depend on where the
   // study was started.
   return fs::absolute(resolve_config_path(s, base_dir, data_dir, where)).lexically_normal().string();
-}
-
-void known_keys(const nlohmann::json& j, const std::set<std::string>& keys, const std::string& where) {
-  if (!j.is_object()) throw error(fmt::format("{}: expected an object", where));
-  for (const auto& [k, v] : j.items())
-    if (!keys.count(k)) {
-      std::string list;
-      for (const auto& key : keys) list += (list.empty() ? "" : ", ") + key;
-      throw error(fmt::format("{}: unknown key '{}' (expected {})", where, k, list));
-    }
 }
 
 template <class T>
@@ -74,10 +66,7 @@ std::string plan_tag(const std::string& plan) {
 }
 
 // The architecture keys a member may set (train_run_config's JSON keys).
-const std::set<std::string>& member_keys() {
-  static const std::set<std::string> k = {"arch", "dim", "layers", "heads", "kv_heads", "hidden", "tied"};
-  return k;
-}
+const std::vector<std::string> k_member_keys = {"arch", "dim", "layers", "heads", "kv_heads", "hidden", "tied"};
 
 train_run_config run_config(nlohmann::json j, const std::string& where) {
   try {
@@ -97,7 +86,7 @@ std::vector<family_ptq> parse_ptq(const nlohmann::json& section, const std::stri
   for (size_t i = 0; i < list.size(); ++i) {
     const std::string w = fmt::format("{}: ptq[{}]", where, i);
     const auto& p = list[i];
-    known_keys(p, {"runs", "formats", "methods", "max_tokens", "ctx", "flatness", "calibration"}, w);
+    refuse_unknown_keys(p, {"runs", "formats", "methods", "max_tokens", "ctx", "flatness", "calibration"}, w);
     family_ptq q;
     q.runs = list_of<std::string>(p, "runs", w);
     q.formats = list_of<std::string>(p, "formats", w);
@@ -121,7 +110,7 @@ std::vector<family_ptq> parse_ptq(const nlohmann::json& section, const std::stri
     q.flatness = p.value("flatness", q.flatness);
     if (p.contains("calibration")) {
       const auto& c = p["calibration"];
-      known_keys(c, {"samples", "ctx", "seed"}, w + ": calibration");
+      refuse_unknown_keys(c, {"samples", "ctx", "seed"}, w + ": calibration");
       q.calib_samples = c.value("samples", q.calib_samples);
       q.calib_ctx = c.value("ctx", q.calib_ctx);
       q.calib_seed = c.value("seed", q.calib_seed);
@@ -136,7 +125,7 @@ std::vector<family_ptq> parse_ptq(const nlohmann::json& section, const std::stri
 // The runs of a section with its own members and grids.
 family_config parse_grids(const nlohmann::json& t, const std::string& base_dir, const std::string& data_dir,
                           const std::string& where) {
-  known_keys(t, {"dir", "settings", "members", "grids", "ptq"}, where);
+  refuse_unknown_keys(t, {"dir", "settings", "members", "grids", "ptq"}, where);
   family_config f;
   f.source = where;
   if (!t.contains("dir") || !t["dir"].is_string()) throw error(fmt::format("{}: 'dir' (a string) is missing", where));
@@ -149,13 +138,13 @@ family_config parse_grids(const nlohmann::json& t, const std::string& base_dir, 
     settings["data"] = resolve_path(settings["data"].get<std::string>(), base_dir, data_dir, where + ": data");
   const nlohmann::json members = t.value("members", nlohmann::json::object());
   if (!members.is_object()) throw error(fmt::format("{}: 'members' must be an object", where));
-  for (const auto& [name, m] : members.items()) known_keys(m, member_keys(), fmt::format("{}: member '{}'", where, name));
+  for (const auto& [name, m] : members.items()) refuse_unknown_keys(m, k_member_keys, fmt::format("{}: member '{}'", where, name));
   if (!t.contains("grids") || !t["grids"].is_array()) throw error(fmt::format("{}: 'grids' (a list) is missing", where));
   std::set<std::string> seen;
   for (size_t g = 0; g < t["grids"].size(); ++g) {
     const std::string w = fmt::format("{}: grids[{}]", where, g);
     const auto& grid = t["grids"][g];
-    known_keys(grid, {"members", "steps", "plans", "seeds", "init", "settings"}, w);
+    refuse_unknown_keys(grid, {"members", "steps", "plans", "seeds", "init", "settings"}, w);
     const auto steps = list_of<int64_t>(grid, "steps", w);
     const auto plans = list_of<std::string>(grid, "plans", w);
     const std::vector<uint64_t> seeds =
@@ -208,22 +197,15 @@ family_config parse_grids(const nlohmann::json& t, const std::string& base_dir, 
 }  // namespace
 
 bool family_name_matches(const std::string& pattern, const std::string& name) {
-  // Iterative wildcard match: '*' spans any run of characters but '.' (a fine-tuning run is
-  // START.ft-..., so "d128-*" does not take the runs started from d128 runs).
-  size_t p = 0, n = 0, star = std::string::npos, mark = 0;
-  while (n < name.size()) {
-    if (p < pattern.size() && pattern[p] == '*') {
-      star = p++, mark = n;
-    } else if (p < pattern.size() && pattern[p] == name[n]) {
-      ++p, ++n;
-    } else if (star != std::string::npos && name[mark] != '.') {
-      p = star + 1, n = ++mark;
-    } else {
-      return false;
-    }
+  // '*' does not span a '.' (a fine-tuning run is START.ft-..., so "d128-*" does not take the
+  // runs started from d128 runs): the pattern and the name have as many '.'-separated parts, and
+  // each part of the name matches the pattern's (glob_match, engine/plan.hpp).
+  for (size_t p = 0, n = 0;;) {
+    const size_t p_end = pattern.find('.', p), n_end = name.find('.', n);
+    if (!glob_match(pattern.substr(p, p_end - p), name.substr(n, n_end - n))) return false;
+    if (p_end == std::string::npos || n_end == std::string::npos) return p_end == n_end;
+    p = p_end + 1, n = n_end + 1;
   }
-  while (p < pattern.size() && pattern[p] == '*') ++p;
-  return p == pattern.size();
 }
 
 family_config parse_family_config(const nlohmann::json& t, const std::string& base_dir, const std::string& data_dir,
@@ -232,7 +214,7 @@ family_config parse_family_config(const nlohmann::json& t, const std::string& ba
   if (!t.is_object()) throw error(fmt::format("{}: expected an object", where));
   family_config f;
   if (t.contains("include")) {
-    known_keys(t, {"include", "runs", "ptq"}, where);
+    refuse_unknown_keys(t, {"include", "runs", "ptq"}, where);
     const std::string path = resolve_path(t["include"].get<std::string>(), base_dir, data_dir, where + ": include");
     std::ifstream in(path);
     if (!in) throw error(fmt::format("{}: include: cannot read '{}'", where, path));
@@ -312,7 +294,6 @@ void make_family_tiny(family_config& f, const std::string& work_dir) {
     q.methods.resize(1);
     q.max_tokens = 256, q.calib_samples = 4, q.calib_ctx = 32, q.flatness = std::min(q.flatness, 1);
   }
-  f.tiny = true;
 }
 
 namespace {
@@ -332,38 +313,52 @@ run_record record_of_finished(const family_run& r, const nlohmann::json& result,
   return train_run_record(job, tr);
 }
 
+// The evaluations of block q on run r: the float model, then each format x method (none when
+// q's patterns do not take r).
+std::vector<std::pair<std::string, std::string>> ptq_points(const family_ptq& q, const family_run& r) {
+  bool match = false;
+  for (const auto& pat : q.runs) match = match || family_name_matches(pat, r.name);
+  if (!match) return {};
+  std::vector<std::pair<std::string, std::string>> points = {{"fp32", "rtn"}};
+  for (const auto& weights : q.formats)
+    for (const auto& method : q.methods) points.emplace_back(weights, method);
+  return points;
+}
+
 }  // namespace
 
 family_summary run_family(const family_config& f, const std::string& db_path, const family_progress& progress) {
   family_summary s;
   const std::string& data_dir = f.data_dir;
+  for (const auto& q : f.ptq)
+    for (const auto& r : f.runs) s.ptq_total += int64_t(ptq_points(q, r).size());
+  const int64_t total = int64_t(f.runs.size()) + s.ptq_total;
+  const auto begin = [&](const std::string& stage) {
+    if (progress.begin) progress.begin(stage, s.trained + s.found + s.ptq_ran + s.ptq_found + int64_t(s.failures.size()), total);
+  };
   runs_db db(db_path);
   std::set<std::string> ready;  // runs with a model.safetensors of their finished training
   for (const auto& r : f.runs) {
     try {
       const fs::path dir(r.cfg.out_dir);
       const fs::path result_path = dir / "result.json";
+      bool finished = fs::exists(result_path);
+      // Two studies sharing the run directory: the second is refused this run at once (a
+      // failure naming it) instead of writing the same checkpoint; the first may have finished
+      // it meanwhile (then it is found, as a run finished before).
+      std::optional<exclusive_lock> lock;
+      if (!finished) {
+        begin("train " + r.name);
+        fs::create_directories(dir);
+        lock.emplace(dir.string(), "train " + r.name);
+        finished = fs::exists(result_path);
+      }
       run_record rec;
-      if (fs::exists(result_path)) {
+      if (finished) {
         std::ifstream in(result_path);
         rec = record_of_finished(r, nlohmann::json::parse(in), data_dir);
         ++s.found;
       } else {
-        if (progress.begin) progress.begin("train " + r.name);
-        fs::create_directories(dir);
-        // Two studies sharing the run directory: the second is refused this run at once (a
-        // failure naming it) instead of writing the same checkpoint.
-        const exclusive_lock lock(dir.string(), "train " + r.name);
-        if (fs::exists(result_path)) {  // finished by the other process meanwhile
-          std::ifstream in(result_path);
-          rec = record_of_finished(r, nlohmann::json::parse(in), data_dir);
-          ++s.found;
-          rec.metrics["family_run"] = 1;
-          rec.config["paths"]["run"] = dir.string();
-          db.record(rec);
-          ready.insert(r.name);
-          continue;
-        }
         const bool resume = fs::exists(dir / "checkpoint.safetensors");
         train_job job = prepare_train_job(r.cfg, resume, data_dir, r.given);
         const train_result tr = run_training(job, [&](const train_point& p, int64_t steps) {
@@ -385,18 +380,20 @@ family_summary run_family(const family_config& f, const std::string& db_path, co
   // ---- PTQ of the trained runs, on their held-out text ----
   for (const auto& q : f.ptq)
     for (const auto& r : f.runs) {
-      bool match = false;
-      for (const auto& pat : q.runs) match = match || family_name_matches(pat, r.name);
-      if (!match) continue;
-      std::vector<std::pair<std::string, std::string>> points = {{"fp32", "rtn"}};
-      for (const auto& fmt_ : q.formats)
-        for (const auto& m : q.methods) points.emplace_back(fmt_, m);
-      s.ptq_total += int64_t(points.size());
-      if (!ready.count(r.name)) continue;  // its training failed (reported above)
+      const auto points = ptq_points(q, r);
+      if (!ready.count(r.name)) {  // its training failed (reported above): each evaluation is not done
+        for (const auto& [weights, method] : points)
+          s.failures.push_back(fmt::format("ptq {} {}@{}: not evaluated (the run did not train)", r.name, weights, method));
+        continue;
+      }
       const std::string model_path = (fs::path(r.cfg.out_dir) / "model.safetensors").string();
       std::unique_ptr<model> base;
       std::vector<int32_t> train_ids, val_ids;
       const int ctx = q.ctx > 0 ? q.ctx : r.cfg.ctx;
+      // Flatness depends on the model and the format, not the method: measured once per format
+      // and reused; the float NLL under it is the fp32 point's (or the first measurement's).
+      double float_nll = std::numeric_limits<double>::quiet_NaN();
+      std::map<std::string, law::flatness_result> flatness;
       for (const auto& [weights, method] : points) {
         const bool is_float = weights == "fp32";
         nlohmann::json conf = {{"kind", "explore"},
@@ -413,9 +410,12 @@ family_summary run_family(const family_config& f, const std::string& db_path, co
         if (!is_float && q.flatness > 0) conf["flatness_draws"] = q.flatness;
         conf["paths"] = {{"model", model_path}, {"data", r.cfg.data_path}, {"study", f.source}};
         const std::string hash = run_hash(conf);
-        if (db.has(hash)) continue;
+        if (db.has(hash)) {
+          ++s.ptq_found;
+          continue;
+        }
         try {
-          if (progress.begin) progress.begin(fmt::format("ptq {} {}@{}", r.name, weights, method));
+          begin(fmt::format("ptq {} {}@{}", r.name, weights, method));
           if (!base) {
             base = std::make_unique<model>(load_model(model_path));
             const auto tok = tokenizer_for_model(*base);
@@ -438,14 +438,20 @@ family_summary run_family(const family_config& f, const std::string& db_path, co
           rec.config = conf;
           rec.config_hash = hash;
           add_evaluation(rec, ev);
+          if (is_float) float_nll = ev.mean_nll;
           if (!is_float) {
             rec.metrics["sqnr_db"] = sqnr;
             if (q.flatness > 0) {
-              law::flatness_options fo;
-              fo.draws = q.flatness;
-              const law::flatness_result fl = law::measure_flatness(*base, weights, val_ids, eo, fo);
-              rec.metrics["flatness"] = fl.mean_increase;
-              rec.metrics["flatness_stderr"] = fl.stderr_increase;
+              auto fl = flatness.find(weights);
+              if (fl == flatness.end()) {
+                law::flatness_options fo;
+                fo.draws = q.flatness;
+                fo.float_nll = float_nll;
+                fl = flatness.emplace(weights, law::measure_flatness(*base, weights, val_ids, eo, fo)).first;
+                float_nll = fl->second.float_nll;
+              }
+              rec.metrics["flatness"] = fl->second.mean_increase;
+              rec.metrics["flatness_stderr"] = fl->second.stderr_increase;
             }
           }
           rec.revision = code_revision();

@@ -5,6 +5,7 @@
 // has finished, and a killed sweep loses only the runs in flight.
 #include "lowbit/explore/sweep.hpp"
 #include "lowbit/explore/explore.hpp"
+#include "lowbit/explore/study_json.hpp"
 #include "lowbit/runs/records.hpp"
 
 #include <fcntl.h>
@@ -61,18 +62,6 @@ void require_file(const std::string& path, const std::string& where) {
   if (!fs::is_regular_file(path, ec)) throw error(fmt::format("{}: {}: no such file", where, path));
 }
 
-void only_keys(const nlohmann::json& j, std::initializer_list<const char*> keys, const std::string& where) {
-  for (const auto& [k, v] : j.items()) {
-    bool known = false;
-    for (const char* key : keys) known = known || k == key;
-    if (!known) {
-      std::string list;
-      for (const char* key : keys) list += (list.empty() ? "" : ", ") + std::string(key);
-      throw error(fmt::format("{}: unknown key '{}' (expected {})", where, k, list));
-    }
-  }
-}
-
 void check_spec(const std::string& spec, const std::string& where) {
   try {
     parse_optional_format(spec);
@@ -81,10 +70,10 @@ void check_spec(const std::string& spec, const std::string& where) {
   }
 }
 
-// A method object {"name", "method", options...}: its label, after the options were checked as
-// `lowbit quantize` checks its flags (the weight format is a placeholder: the grid's come later).
+// A method object {"name", "method", options...}: its label. Its options are checked with each
+// weight format that runs it, as `lowbit quantize` checks its flags (check_method_object).
 std::string parse_method_object(const nlohmann::json& m, const std::string& where) {
-  only_keys(m, {"name", "method", "lorc_rank", "lorc_format", "shared_pow2_scales", "equalize", "bias_correction",
+  refuse_unknown_keys(m, {"name", "method", "lorc_rank", "lorc_format", "shared_pow2_scales", "equalize", "bias_correction",
                 "alpha", "damp", "act_order", "adaround_iters", "adaround_lambda", "preshift", "rotate",
                 "act_calibration"},
             where);
@@ -92,18 +81,32 @@ std::string parse_method_object(const nlohmann::json& m, const std::string& wher
     throw error(fmt::format("{}: a method object needs a \"name\" (the label its runs are recorded under)", where));
   if (!m.contains("method") || !m["method"].is_string())
     throw error(fmt::format("{}: a method object needs a \"method\" (a method's name)", where));
-  try {
-    ptq::quantize_options_of(method_job_config(m, "int4/g32"));
-    if (m.contains("act_calibration")) {
+  if (m.contains("act_calibration")) {  // the statistic, whatever the format
+    try {
       if (!m["act_calibration"].is_string())
         throw error("act_calibration: expected a statistic: max, mse, llmfp4 or percentile:P");
       ptq::act_calibration_options ao;
       ptq::parse_act_statistic(m["act_calibration"].get<std::string>(), ao);
+    } catch (const lowbit::error& e) {
+      throw error(fmt::format("{}: {}", where, e.what()));
     }
+  }
+  return m["name"].get<std::string>();
+}
+
+// A method object's options with the weight format (and activation format) of a format entry
+// that runs it, as `quantize` would check them.
+void check_method_object(const nlohmann::json& m, const sweep_plan& p, const std::string& where) {
+  try {
+    ptq::quantize_options_of(method_job_config(m, p.weights));
   } catch (const lowbit::error& e) {
     throw error(fmt::format("{}: {}", where, e.what()));
   }
-  return m["name"].get<std::string>();
+  if (!m.contains("act_calibration")) return;
+  const std::string w = where + " (act_calibration)";
+  const auto acts = parse_optional_format(p.acts);
+  if (!acts) throw error(fmt::format("{}: no activation format to calibrate", w));
+  check_static_format(*acts, w);
 }
 
 }  // namespace
@@ -138,7 +141,7 @@ void parse_tasks(const nlohmann::json& list, sweep_config& c, const std::string&
     const std::string where = fmt::format("{}: tasks[{}]", source, i);
     const auto& t = list[i];
     if (!t.is_object()) throw error(fmt::format("{}: expected an object", where));
-    only_keys(t, {"name", "kind", "n", "seed", "options", "max_chars", "text"}, where);
+    refuse_unknown_keys(t, {"name", "kind", "n", "seed", "options", "max_chars", "text"}, where);
     sweep_task task;
     if (!t.contains("kind") || !t["kind"].is_string()) throw error(fmt::format("{}: \"kind\": ending or lastword", where));
     try {
@@ -185,7 +188,7 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
   sweep_config c;
   c.source = source;
   if (!j.is_object()) throw error(fmt::format("{}: expected a JSON object", source));
-  only_keys(j, {"models", "data", "formats", "methods", "eval", "kl_base", "calibration", "tasks", "spread", "sqnr",
+  refuse_unknown_keys(j, {"models", "data", "formats", "methods", "eval", "kl_base", "calibration", "tasks", "spread", "sqnr",
                 "train"},
             source);
   auto str = [&](const nlohmann::json& v, const std::string& where) {
@@ -210,7 +213,7 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
       if (models[i].is_string()) {
         path = models[i].get<std::string>();
       } else if (models[i].is_object()) {
-        only_keys(models[i], {"path", "name", "tokenizer"}, where);
+        refuse_unknown_keys(models[i], {"path", "name", "tokenizer"}, where);
         if (!models[i].contains("path")) throw error(fmt::format("{}: no \"path\"", where));
         path = str(models[i]["path"], fmt::format("models[{}].path", i));
         if (models[i].contains("name")) m.name = str(models[i]["name"], fmt::format("models[{}].name", i));
@@ -250,7 +253,7 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
           throw error(fmt::format("{}: {}", where, e.what()));
         }
       } else if (f.is_object()) {
-        only_keys(f, {"weights", "acts", "kv", "methods"}, where);
+        refuse_unknown_keys(f, {"weights", "acts", "kv", "methods"}, where);
         auto part = [&](const char* k) {
           const std::string v = f.contains(k) ? str(f[k], fmt::format("formats[{}].{}", i, k)) : "";
           return v == "-" ? std::string() : v;
@@ -304,7 +307,7 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
       for (size_t i = 0; i < list.size(); ++i) {
         const std::string where = fmt::format("{}: eval[{}]", source, i);
         if (!list[i].is_object()) throw error(fmt::format("{}: expected {{\"ctx\", \"max_tokens\"}}", where));
-        only_keys(list[i], {"ctx", "max_tokens"}, where);
+        refuse_unknown_keys(list[i], {"ctx", "max_tokens"}, where);
         sweep_eval e;
         e.ctx = list[i].value("ctx", 0);
         e.max_tokens = list[i].value("max_tokens", int64_t(0));
@@ -317,24 +320,21 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
         if (std::find(c.methods.begin(), c.methods.end(), m) == c.methods.end())
           throw error(fmt::format("{}: formats[{}]: method '{}' is not among the sweep's \"methods\" ({})", source, i, m,
                                   fmt::join(c.methods, ", ")));
-    for (size_t i = 0; i < c.formats.size(); ++i)
-      for (const auto& [label, o] : c.method_options) {
+    for (const auto& [label, o] : c.method_options) {
+      bool runs = false;
+      for (size_t i = 0; i < c.formats.size(); ++i) {
         const auto& fm = c.formats[i].methods;
         if (!parse_optional_format(c.formats[i].weights) ||
             (!fm.empty() && std::find(fm.begin(), fm.end(), label) == fm.end()))
           continue;
-        // The method's options with this weight format, as `quantize` would check them.
-        try {
-          ptq::quantize_options_of(method_job_config(o, c.formats[i].weights));
-        } catch (const lowbit::error& e) {
-          throw error(fmt::format("{}: formats[{}] with method '{}': {}", source, i, label, e.what()));
-        }
-        if (!o.contains("act_calibration")) continue;
-        const std::string where = fmt::format("{}: formats[{}] with method '{}' (act_calibration)", source, i, label);
-        const auto acts = parse_optional_format(c.formats[i].acts);
-        if (!acts) throw error(fmt::format("{}: no activation format to calibrate", where));
-        check_static_format(*acts, where);
+        check_method_object(o, c.formats[i], fmt::format("{}: formats[{}] with method '{}'", source, i, label));
+        runs = true;
       }
+      // Its options would never be checked, nor used.
+      if (!runs)
+        throw error(fmt::format("{}: method '{}' runs with no format (it needs a format entry with a weight format "
+                                "that takes it)", source, label));
+    }
     if (j.contains("kl_base")) {
       if (!j["kl_base"].is_boolean()) throw error(fmt::format("{}: kl_base: expected true or false", source));
       c.kl_base = j["kl_base"].get<bool>();
@@ -343,7 +343,7 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
       const auto& cal = j["calibration"];
       const std::string where = source + ": calibration";
       if (!cal.is_object()) throw error(fmt::format("{}: expected {{\"samples\", \"ctx\", \"seed\"}}", where));
-      only_keys(cal, {"samples", "ctx", "seed"}, where);
+      refuse_unknown_keys(cal, {"samples", "ctx", "seed"}, where);
       c.calib_samples = cal.value("samples", c.calib_samples);
       c.calib_ctx = cal.value("ctx", c.calib_ctx);
       c.calib_seed = cal.value("seed", c.calib_seed);
@@ -354,7 +354,7 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
       const auto& sp = j["spread"];
       const std::string where = source + ": spread";
       if (!sp.is_object()) throw error(fmt::format("{}: expected {{\"formats\", \"budget\", \"batch\", \"seed\"}}", where));
-      only_keys(sp, {"formats", "budget", "batch", "seed"}, where);
+      refuse_unknown_keys(sp, {"formats", "budget", "batch", "seed"}, where);
       if (c.tasks.empty()) throw error(fmt::format("{}: FormatSpread needs a task: add \"tasks\"", where));
       c.spread.enabled = true;
       c.spread.formats = sp.value("formats", c.spread.formats);
@@ -370,7 +370,7 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
       if (!q.is_object() || !q.contains("formats") || !q["formats"].is_array() || q["formats"].empty())
         throw error(fmt::format("{}: expected {{\"formats\": [\"WEIGHTS[,ACTS]\", ...], \"windows\", \"ctx\", "
                                 "\"densities\"}}", where));
-      only_keys(q, {"formats", "windows", "ctx", "densities"}, where);
+      refuse_unknown_keys(q, {"formats", "windows", "ctx", "densities"}, where);
       for (size_t i = 0; i < q["formats"].size(); ++i) {
         const std::string w = fmt::format("{}.formats[{}]", where, i);
         sweep_plan p;
@@ -408,8 +408,8 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
   return c;
 }
 
-void make_tiny(sweep_config& c) {
-  c.tiny = true;
+void make_tiny(sweep_config& c, const std::string& work_dir) {
+  if (c.family) make_family_tiny(*c.family, work_dir);
   if (c.models.size() > 1) c.models.resize(1);
   if (c.formats.size() > 2) c.formats.resize(2);
   if (c.evals.size() > 1) c.evals.resize(1);
@@ -419,6 +419,9 @@ void make_tiny(sweep_config& c) {
   }
   c.calib_samples = std::min(c.calib_samples, 4);
   c.calib_ctx = std::min(c.calib_ctx, 64);
+  // AdaRound at 20 steps: a method object's iterations cut, a plain "adaround" made one.
+  for (const std::string& label : c.methods)
+    if (label == "adaround" && !c.method_options.count(label)) c.method_options[label] = {{"method", "adaround"}};
   for (auto& [label, o] : c.method_options)
     if (o.value("method", "") == "adaround") o["adaround_iters"] = std::min(o.value("adaround_iters", 20), 20);
   for (sweep_task& t : c.tasks) t.build.n = 8;
@@ -668,10 +671,9 @@ run_record sweep_runner::run(const sweep_job& job) {
   const calibration_settings calib{config_.calib_samples, config_.calib_ctx, config_.calib_seed};
   const auto options = config_.method_options.find(job.method);
   model variant;
-  if (options != config_.method_options.end() || (config_.tiny && job.method == "adaround")) {
-    // A method object (or AdaRound at CI size): the quantize job's options, checked at parse time.
-    nlohmann::json m = options != config_.method_options.end() ? options->second : nlohmann::json{{"method", job.method}};
-    if (config_.tiny && m.value("method", "") == "adaround") m["adaround_iters"] = std::min(m.value("adaround_iters", 20), 20);
+  if (options != config_.method_options.end()) {
+    // A method object: the quantize job's options, checked at parse time.
+    const nlohmann::json& m = options->second;
     ptq::quantize_options qo = ptq::quantize_options_of(method_job_config(m, job.plan.weights));
     qo.calib_samples = calib.samples, qo.calib_ctx = calib.ctx, qo.seed = calib.seed, qo.rotate_seed = calib.seed;
     variant = quantize_variant(base, ids, plan, qo, &sqnr);
@@ -970,7 +972,7 @@ void coordinate(runs_db& db, const std::vector<sweep_job>& jobs, std::vector<siz
   const int64_t total = int64_t(pending.size());
   int64_t done = 0;
   size_t next = 0;
-  if (progress) progress(0, total);
+  if (progress && total > 0) progress(0, total);
   auto finish = [&](size_t j, const std::string& msg) {
     ++done;
     std::string err;
@@ -1045,16 +1047,15 @@ sweep_summary run_sweep(const sweep_config& c, const sweep_options& o, const swe
   if (c.family) {
     if (mpi_world::under_mpirun())
       throw error(fmt::format("{}: a study with a \"train\" section runs without mpirun", c.source));
-    family_config f = *c.family;
-    if (c.tiny) make_family_tiny(f, fs::path(o.db).parent_path().string());
+    const family_config& f = *c.family;
     family_progress fp;
-    if (progress) fp.begin = [&](const std::string&) { progress(s.ran, s.total); };
+    if (progress) fp.begin = [&](const std::string&, int64_t done, int64_t total) { progress(done, total); };
     const family_summary fs_ = run_family(f, o.db, fp);
     s.total += int64_t(f.runs.size()) + fs_.ptq_total;
     s.ran += fs_.trained + fs_.ptq_ran;
-    s.already += fs_.found + (fs_.ptq_total - fs_.ptq_ran);
+    s.already += fs_.found + fs_.ptq_found;
     s.failures.insert(s.failures.end(), fs_.failures.begin(), fs_.failures.end());
-    s.already -= int64_t(fs_.failures.size());
+    if (progress) progress(s.total, s.total);
   }
 
   // ---- across Open MPI ranks ----

@@ -311,7 +311,7 @@ flatness_result measure_flatness(const model& base, const std::string& weights_s
   eo.kl_base = false;
   const quant_plan float_plan;
   flatness_result r;
-  r.float_nll = evaluate(base, float_plan, ids, eo).mean_nll;
+  r.float_nll = std::isnan(o.float_nll) ? evaluate(base, float_plan, ids, eo).mean_nll : o.float_nll;
   double sum = 0, sum2 = 0;
   for (int d = 0; d < o.draws; ++d) {
     model noisy = base;

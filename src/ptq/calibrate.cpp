@@ -193,6 +193,7 @@ act_calibration_result calibrate_activations(const model& m, const quant_plan& b
   result.rows = int64_t(starts.size()) * ctx;
   std::vector<act_rule> rules;
   const std::string note = act_statistic_name(o);
+  const std::vector<layer_group> groups = block_groups(c);
   for (const std::string& name : names) {
     const std::vector<float>& x = rows[name];
     const int64_t cols = activation_width(c, name), n = int64_t(x.size()) / cols;
@@ -207,19 +208,18 @@ act_calibration_result calibrate_activations(const model& m, const quant_plan& b
       return 0.0f;
     };
     if (o.statistic == act_statistic::llmfp4) {
-      // G = sum over the layers reading the activation of W^T W.
+      // G = sum over the layers reading the activation of W^T W: the classifier, or the
+      // activation's layer group (the quantize pipeline's, ptq/methods.hpp).
       std::vector<std::string> readers;
-      const std::string blk = name.substr(0, name.rfind('.') + 1);
-      if (name == "output_norm") readers = {c.tied_classifier ? "token_embd.weight" : "output.weight"};
-      else if (name.ends_with(".attn_norm"))
-        readers = c.fused_qkv() ? std::vector<std::string>{blk + "attn_qkv.weight"}
-                                : std::vector<std::string>{blk + "attn_q.weight", blk + "attn_k.weight",
-                                                           blk + "attn_v.weight"};
-      else if (name.ends_with(".attn")) readers = {blk + "attn_output.weight"};
-      else if (name.ends_with(".ffn_norm"))
-        readers = c.gated_mlp() ? std::vector<std::string>{blk + "ffn_gate.weight", blk + "ffn_up.weight"}
-                                : std::vector<std::string>{blk + "ffn_up.weight"};
-      else readers = {blk + "ffn_down.weight"};
+      if (name == "output_norm") {
+        readers = {c.tied_classifier ? "token_embd.weight" : "output.weight"};
+      } else {
+        const std::string blk = name.substr(0, name.rfind('.') + 1), input = name.substr(blk.size());
+        for (const layer_group& g : groups)
+          if (g.input == input)
+            for (const std::string& w : g.weights) readers.push_back(blk + w);
+        if (readers.empty()) throw error(fmt::format("calibrate: no layer group reads activation '{}'", name));
+      }
       std::vector<float> gram(cols * cols, 0.0f);
       for (const std::string& r : readers) {
         const tensor& w = m.get(r);

@@ -51,18 +51,6 @@ std::vector<int64_t> calibration_windows(int64_t n_tokens, int samples, int ctx,
   return idx;
 }
 
-namespace {
-
-// The linear layers of a block that read one input, and where a per-input-channel scale s of
-// that input can be folded (divided out) so the float function is unchanged.
-struct layer_group {
-  std::string input;                 // dump name suffix: attn_norm, attn, ffn_norm, ffn_act
-  std::vector<std::string> weights;  // tensor name suffixes
-  fold how = fold::none;
-  std::string fold_tensor;           // norm prefix (fold::norm) or weight whose rows produce the input
-  int64_t fold_row0 = 0;             // first row of that weight (GPT-2's v inside attn_qkv)
-};
-
 std::vector<layer_group> block_groups(const model_config& c) {
   std::vector<layer_group> g;
   using F = fold;
@@ -94,6 +82,8 @@ std::vector<layer_group> block_groups(const model_config& c) {
   }
   return g;
 }
+
+namespace {
 
 // ||X W^T - Xq Q^T||^2 / rows: the layer's output error on sampled calibration rows, where Xq
 // are the inputs the quantized layer sees (X / s after a folded scale).

@@ -83,13 +83,15 @@ bandit_result find_best_and_worst(int arms, int64_t items, double p0, const arm_
   r.steps_per_phase = opt.budget / opt.batch / 2;
   beta_sampler draw(opt.seed);
   int64_t t = 0;
-  auto run_phase = [&](bool highest) {
+  // excluded: the best arm while looking for the worst (with 2 or more arms), so that the two
+  // differ even when a small budget evaluated one arm only in the first phase.
+  auto run_phase = [&](bool highest, int excluded) {
     int64_t steps = 0;
     for (; steps < r.steps_per_phase; ++steps) {
       int pick = -1;
       double pick_value = 0;
       for (int k = 0; k < arms; ++k) {
-        if (r.trials[k] >= items) continue;  // fully evaluated
+        if (k == excluded || r.trials[k] >= items) continue;  // excluded, or fully evaluated
         double v;
         if (opt.ucb) {
           v = r.trials[k] == 0 ? std::numeric_limits<double>::infinity()
@@ -111,7 +113,7 @@ bandit_result find_best_and_worst(int arms, int64_t items, double p0, const arm_
     // The empirical extreme among the arms evaluated (ties: the lower index).
     int chosen = -1;
     for (int k = 0; k < arms; ++k) {
-      if (r.trials[k] == 0) continue;
+      if (k == excluded || r.trials[k] == 0) continue;
       const double m = double(r.successes[k]) / r.trials[k];
       if (chosen < 0) { chosen = k; continue; }
       const double mc = double(r.successes[chosen]) / r.trials[chosen];
@@ -119,8 +121,8 @@ bandit_result find_best_and_worst(int arms, int64_t items, double p0, const arm_
     }
     return std::pair<int, int64_t>(chosen, steps);
   };
-  std::tie(r.best, r.steps_high) = run_phase(true);
-  std::tie(r.worst, r.steps_low) = run_phase(false);
+  std::tie(r.best, r.steps_high) = run_phase(true, -1);
+  std::tie(r.worst, r.steps_low) = run_phase(false, arms >= 2 ? r.best : -1);
   return r;
 }
 

@@ -20,26 +20,31 @@ std::string_view strip(std::string_view s) {
 
 }  // namespace
 
-// Documents are runs of non-blank lines; a line of only whitespace counts as blank.
-std::vector<std::string> split_documents(const std::string& text) {
-  std::vector<std::string> docs;
-  std::string current;
-  size_t start = 0;
-  auto flush = [&] {
-    const std::string_view s = strip(current);
-    if (!s.empty()) docs.emplace_back(s);
-    current.clear();
+// Documents are runs of non-blank lines; a line of only whitespace is blank. A document is the
+// stretch of text from its first line's start to its last line's end, stripped.
+std::vector<std::string_view> document_views(const std::string& text) {
+  std::vector<std::string_view> docs;
+  size_t start = 0, doc_start = std::string::npos;
+  auto flush = [&](size_t end) {
+    if (doc_start == std::string::npos) return;
+    const std::string_view s = strip(std::string_view(text).substr(doc_start, end - doc_start));
+    if (!s.empty()) docs.push_back(s);
+    doc_start = std::string::npos;
   };
   while (start <= text.size()) {
     size_t end = text.find('\n', start);
     if (end == std::string::npos) end = text.size();
-    const std::string_view line(text.data() + start, end - start);
-    if (blank(line)) flush();
-    else current.append(line).push_back('\n');
+    if (blank(std::string_view(text.data() + start, end - start))) flush(start);
+    else if (doc_start == std::string::npos) doc_start = start;
     start = end + 1;
   }
-  flush();
+  flush(text.size());
   return docs;
+}
+
+std::vector<std::string> split_documents(const std::string& text) {
+  const std::vector<std::string_view> views = document_views(text);
+  return std::vector<std::string>(views.begin(), views.end());
 }
 
 std::vector<int32_t> encode_documents(const tokenizer& tok, const std::string& text, int64_t max_tokens) {

@@ -23,7 +23,7 @@ bool closing_mark(char c) { return c == '"' || c == '\'' || c == ')'; }
 // Byte offsets just past each sentence of s: a '.', '!' or '?' (with closing quotes after it)
 // followed by whitespace or the end, outside double quotes (a quoted speech of several sentences
 // stays one: "Good night. I love you." is not split).
-std::vector<size_t> sentence_ends(const std::string& s) {
+std::vector<size_t> sentence_ends(std::string_view s) {
   std::vector<size_t> ends;
   bool quoted = false;
   for (size_t i = 0; i < s.size(); ++i) {
@@ -42,7 +42,7 @@ std::vector<size_t> sentence_ends(const std::string& s) {
   return ends;
 }
 
-int count_words(const std::string& s) {
+int count_words(std::string_view s) {
   int words = 0;
   bool in = false;
   for (unsigned char c : s) {
@@ -60,7 +60,7 @@ struct split_story {
 
 // Ending: the context is the story up to its last sentence (>= 2 sentences before it), the tail
 // that sentence (3 to 40 words). False when the story does not split so.
-bool split_ending(const std::string& story, split_story& out) {
+bool split_ending(std::string_view story, split_story& out) {
   const auto ends = sentence_ends(story);
   if (ends.size() < 3 || ends.back() != story.size()) return false;
   const size_t cut = ends[ends.size() - 2];
@@ -74,7 +74,7 @@ bool split_ending(const std::string& story, split_story& out) {
 
 // Last word: the last whitespace-separated word, the punctuation after it dropped; it must be
 // letters only (2 or more) so the target is a word, and the context at least 20 words.
-bool split_lastword(const std::string& story, split_story& out) {
+bool split_lastword(std::string_view story, split_story& out) {
   size_t end = story.size();
   while (end > 0 && !std::isalpha(static_cast<unsigned char>(story[end - 1]))) {
     if (std::isspace(static_cast<unsigned char>(story[end - 1])) || std::isdigit(static_cast<unsigned char>(story[end - 1])))
@@ -106,12 +106,10 @@ std::vector<task_item> build_task(const std::string& text, const task_build_opti
   if (opt.max_chars <= 0) throw error(fmt::format("task: --max-chars {} must be positive", opt.max_chars));
   if (!(opt.text_fraction > 0 && opt.text_fraction <= 1))
     throw error(fmt::format("task: --fraction {} must be in (0, 1]", opt.text_fraction));
-  // The documents of the leading fraction; the last one is dropped when the cut falls inside it.
+  // The documents that end before the cut (one that the cut falls inside is left out).
   const size_t cut = opt.text_fraction >= 1 ? text.size() : static_cast<size_t>(double(text.size()) * opt.text_fraction);
-  std::vector<std::string> docs = split_documents(text.substr(0, cut));
-  if (cut < text.size() && !docs.empty() &&
-      docs.size() + split_documents(text.substr(cut)).size() != split_documents(text).size())
-    docs.pop_back();
+  std::vector<std::string_view> docs = document_views(text);
+  while (!docs.empty() && size_t(docs.back().data() + docs.back().size() - text.data()) > cut) docs.pop_back();
   std::vector<split_story> eligible;
   for (size_t d = 0; d < docs.size(); ++d) {
     if (static_cast<int64_t>(docs[d].size()) > opt.max_chars) continue;

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 
 #include "lowbit/base/error.hpp"
@@ -120,6 +121,12 @@ TEST(FamilyConfig, Wildcards) {
   EXPECT_TRUE(family_name_matches("*-fp32-*", "a-s4-fp32-seed2"));
   EXPECT_FALSE(family_name_matches("*-fp32-*", "a-s4-x_e2m1_g32-seed2"));
   EXPECT_FALSE(family_name_matches("a-s4", "a-s4-fp32-seed1"));
+  EXPECT_FALSE(family_name_matches("a-s4-fp32-seed1", "a-s4"));
+  EXPECT_TRUE(family_name_matches("?-s4-*", "b-s4-fp32-seed1"));  // glob_match's '?'
+  EXPECT_FALSE(family_name_matches("*", "a.b"));
+  EXPECT_TRUE(family_name_matches("*.*", "a.b"));
+  EXPECT_FALSE(family_name_matches("*.*", "a"));
+  EXPECT_FALSE(family_name_matches("a.*", "a.b.c"));
   EXPECT_TRUE(family_name_matches("a*b*c", "aXbYbZc"));
   EXPECT_FALSE(family_name_matches("a*b*c", "aXbYbZ"));
   // '*' stops at '.': a pattern for the runs from scratch does not take their fine-tunings.
@@ -150,6 +157,7 @@ TEST(Family, TrainsRecordsFindsAndResumes) {
   const runs_db db(db_path);
   const auto runs = db.all();
   int train = 0, finetune = 0, quantized = 0;
+  std::map<std::string, double> flatness_of;  // per run (model "family:NAME")
   for (const auto& r : runs) {
     if (r.kind == "train" && r.method == "train") {
       ++train;
@@ -167,6 +175,9 @@ TEST(Family, TrainsRecordsFindsAndResumes) {
       // little, but it is measured (a finite number with a spread over the two draws).
       EXPECT_TRUE(std::isfinite(r.metrics.at("flatness")));
       EXPECT_TRUE(std::isfinite(r.metrics.at("flatness_stderr")));
+      // A property of the model and the format, not the method: RTN's and GPTQ's the same.
+      const auto [it, first] = flatness_of.emplace(r.model, r.metrics.at("flatness"));
+      if (!first) EXPECT_EQ(it->second, r.metrics.at("flatness")) << r.model;
     }
   }
   EXPECT_EQ(train, 1);
@@ -214,7 +225,6 @@ TEST(Family, TinyTrainsEachPlanOnceAndOneFineTuning) {
   EXPECT_EQ(f.ptq[0].runs, std::vector<std::string>{"a-s4-fp32-seed1"});  // "b-*" is not kept
   EXPECT_EQ(f.ptq[0].formats.size(), 1u);
   EXPECT_EQ(f.ptq[0].flatness, 1);
-  EXPECT_TRUE(f.tiny);
 }
 
 TEST(Family, SweepWithOnlyATrainSection) {
@@ -234,6 +244,59 @@ TEST(Family, SweepWithOnlyATrainSection) {
   EXPECT_EQ(runs_db(o.db).all().size(), 1u);
   // Without a train section, formats stay required.
   EXPECT_THROW(parse_sweep_config(nlohmann::json::object(), dir, data_dir, "study.json"), lowbit::error);
+}
+
+TEST(Family, ARunThatFailsCountsItsEvaluationsAsFailedAndProgressCountsTheFamily) {
+  ASSERT_TRUE(lowbit_test::have_data(data_dir + "/text/tinyshakespeare.txt"));
+  const std::string dir = fresh_dir("failed");
+  auto t = section();
+  t["grids"] = {{{"members", {"a", "b"}}, {"steps", {4}}, {"plans", {"fp32"}}}};
+  t["dir"] = dir + "/runs";
+  t["ptq"] = {{{"runs", {"*"}}, {"formats", {"int4/g32"}}, {"max_tokens", 128}}};
+  const sweep_config c = parse_sweep_config({{"train", t}}, dir, data_dir, "study.json");
+  // b's run directory cannot be made (a file is in the way): b does not train.
+  fs::create_directories(dir + "/runs");
+  std::ofstream(dir + "/runs/b-s4-fp32-seed1") << "in the way\n";
+  sweep_options o;
+  o.db = dir + "/study.db";
+  std::vector<std::pair<int64_t, int64_t>> seen;
+  const auto progress = [&](int64_t done, int64_t total) { seen.emplace_back(done, total); };
+  // 2 runs and, for each, the float model and int4/g32 RTN: 6 in all.
+  const sweep_summary s = run_sweep(c, o, progress);
+  EXPECT_EQ(s.total, 6);
+  EXPECT_EQ(s.ran, 3);  // a, its two evaluations
+  EXPECT_EQ(s.already, 0);
+  ASSERT_EQ(s.failures.size(), 3u);  // b, and its two evaluations (not done)
+  EXPECT_NE(s.failures[0].find("train b-s4-fp32-seed1"), std::string::npos) << s.failures[0];
+  EXPECT_NE(s.failures[1].find("ptq b-s4-fp32-seed1 fp32@rtn"), std::string::npos) << s.failures[1];
+  EXPECT_NE(s.failures[2].find("ptq b-s4-fp32-seed1 int4/g32@rtn"), std::string::npos) << s.failures[2];
+  // Progress counts the family's runs and evaluations as they go, ending with all 6.
+  ASSERT_FALSE(seen.empty());
+  for (size_t i = 0; i < seen.size(); ++i) {
+    EXPECT_EQ(seen[i].second, 6) << i;
+    EXPECT_LE(seen[i].first, seen[i].second) << i;
+    if (i > 0) EXPECT_GE(seen[i].first, seen[i - 1].first) << i;
+  }
+  EXPECT_EQ(seen.back(), std::make_pair(int64_t(6), int64_t(6)));
+  // Again: a and its evaluations are found, b fails again with its evaluations.
+  const sweep_summary again = run_sweep(c, o);
+  EXPECT_EQ(again.total, 6);
+  EXPECT_EQ(again.ran, 0);
+  EXPECT_EQ(again.already, 3);
+  EXPECT_EQ(again.failures.size(), 3u);
+}
+
+TEST(Family, TinyStudyShrinksItsFamilyAtOnce) {
+  auto t = section();
+  t["grids"].push_back({{"init", "b-s8-fp32-seed1"}, {"steps", {20}}, {"plans", {"qat:int4/g32"}}});
+  sweep_config c = parse_sweep_config({{"train", t}}, "/base", data_dir, "study.json");
+  make_tiny(c, "/work");
+  ASSERT_TRUE(c.family.has_value());
+  ASSERT_EQ(c.family->runs.size(), 3u);
+  for (const auto& r : c.family->runs) {
+    EXPECT_EQ(r.cfg.steps, 12) << r.name;
+    EXPECT_EQ(fs::path(r.cfg.out_dir).parent_path(), "/work/train-tiny") << r.name;
+  }
 }
 
 TEST(Family, EveryShippedStudyWithATrainSectionParses) {

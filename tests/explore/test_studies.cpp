@@ -62,9 +62,8 @@ class Study : public ::testing::TestWithParam<std::string> {};
 TEST_P(Study, RunsAtTinySizeAndRecordsEveryRun) {
   const std::string path = GetParam();
   sweep_config c = load_sweep_config(path, data_dir);
-  make_tiny(c);
-  ASSERT_TRUE(c.tiny);
   const std::string dir = fresh_dir(fs::path(path).stem().string());
+  make_tiny(c, dir);
   sweep_options o;
   o.db = dir + "/study.db";
   const sweep_summary s = run_sweep(c, o);
@@ -101,6 +100,17 @@ INSTANTIATE_TEST_SUITE_P(Studies, Study, ::testing::ValuesIn(study_files()),
                            return name;
                          });
 
+TEST(StudyGrammar, TinyCutsAdaRoundToTwentySteps) {
+  nlohmann::json j = small_study();
+  j["methods"] = {"rtn", "adaround", {{"name", "ada100"}, {"method", "adaround"}, {"adaround_iters", 100}}};
+  sweep_config c = parse_sweep_config(j, "", data_dir, "study.json");
+  EXPECT_EQ(c.method_options.count("adaround"), 0u);
+  make_tiny(c, "");
+  EXPECT_EQ(c.method_options.at("adaround"), nlohmann::json({{"method", "adaround"}, {"adaround_iters", 20}}));
+  EXPECT_EQ(c.method_options.at("ada100").at("adaround_iters"), 20);
+  EXPECT_EQ(c.method_options.count("rtn"), 0u);
+}
+
 TEST(StudyGrammar, ThereAreStudies) { EXPECT_FALSE(study_files().empty()) << LOWBIT_SOURCE_DIR << "/studies"; }
 
 TEST(StudyGrammar, BadExtensionsAreRefusedNamingTheEntry) {
@@ -127,6 +137,15 @@ TEST(StudyGrammar, BadExtensionsAreRefusedNamingTheEntry) {
   j["methods"] = {"rtn", {{"name", "rtn"}, {"method", "rtn"}, {"lorc_rank", 4}}};
   msg = refusal(j);
   EXPECT_NE(msg.find("a second method named 'rtn'"), std::string::npos) << msg;
+  // A method object no format entry runs (float weights; an entry naming other methods).
+  j["methods"] = {"rtn", {{"name", "g"}, {"method", "gptq"}, {"lorc_rank", -1}}};
+  j["formats"] = {"fp32,int8", {{"weights", "int4/g32"}, {"methods", {"rtn"}}}};
+  msg = refusal(j);
+  EXPECT_NE(msg.find("method 'g' runs with no format"), std::string::npos) << msg;
+  j["formats"][1]["methods"] = {"rtn", "g"};
+  msg = refusal(j);
+  EXPECT_NE(msg.find("formats[1] with method 'g'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--lorc-rank -1"), std::string::npos) << msg;
 
   j = small_study();
   j["methods"] = {"rtn", "gptq"};

@@ -88,6 +88,14 @@ TEST(Flatness, RisesAsTheSqnrFalls) {
   EXPECT_GT(int3.mean_increase, 0.05);
   EXPECT_GT(int3.mean_increase, 5 * std::fabs(int8.mean_increase));
   EXPECT_TRUE(std::isfinite(int3.stderr_increase));
+  // A float NLL the caller measured is used as given: the perturbed NLLs are the same draws.
+  law::flatness_options given = o;
+  given.float_nll = int3.float_nll + 0.25;
+  const law::flatness_result reused = law::measure_flatness(base, "int3/c", ids, eo, given);
+  EXPECT_EQ(reused.float_nll, given.float_nll);
+  ASSERT_EQ(reused.increases.size(), 2u);
+  for (size_t d = 0; d < 2; ++d)
+    EXPECT_NEAR(reused.increases[d], int3.increases[d] - 0.25, 1e-12) << d;
   EXPECT_THROW(law::measure_flatness(base, "fp32", ids, eo, o), lowbit::error);
   o.draws = 0;
   EXPECT_THROW(law::measure_flatness(base, "int8/c", ids, eo, o), lowbit::error);

@@ -268,6 +268,50 @@ TEST(Calibrate, LlmFp4ActivationSearch) {
   EXPECT_THROW(llmfp4_activation_search(X.data(), n, in, G.data(), parse_format("int4")), error);
 }
 
+// calibrate --statistic llmfp4 on a model: each activation's choice is the search on its
+// calibration rows with G = sum of W^T W over the layers that read it, listed here for Llama
+// (q, k, v after attn_norm; attn_output; gate, up after ffn_norm; ffn_down; the classifier).
+TEST(Calibrate, LlmFp4SearchesWithTheLayersReadingEachActivation) {
+  const stories_data& d = stories();
+  ASSERT_FALSE(d.m.config.fused_qkv());
+  ASSERT_TRUE(d.m.config.gated_mlp());
+  act_calibration_options o;
+  o.element = parse_format("e2m1");
+  o.calib_samples = 2, o.calib_ctx = 32, o.seed = 3;
+  o.pattern = "*";
+  parse_act_statistic("llmfp4", o);
+  const act_calibration_result r = calibrate_activations(d.m, {}, d.ids, o);
+  const auto rows = calibration_rows(d.m, d.ids, 2, 32, 3);
+  ASSERT_EQ(r.sites.size(), size_t(4 * d.m.config.n_layers + 1));
+  for (const act_calibration_site& site : r.sites) {
+    const std::string blk = site.name.substr(0, site.name.rfind('.') + 1);
+    std::vector<std::string> readers;
+    if (site.name == "output_norm") readers = {d.m.find("output.weight") ? "output.weight" : "token_embd.weight"};
+    else if (site.name.ends_with(".attn_norm")) readers = {blk + "attn_q.weight", blk + "attn_k.weight", blk + "attn_v.weight"};
+    else if (site.name.ends_with(".attn")) readers = {blk + "attn_output.weight"};
+    else if (site.name.ends_with(".ffn_norm")) readers = {blk + "ffn_gate.weight", blk + "ffn_up.weight"};
+    else readers = {blk + "ffn_down.weight"};
+    const std::vector<float>& x = rows.at(site.name);
+    const int64_t in = activation_width(d.m.config, site.name), n = int64_t(x.size()) / in;
+    std::vector<float> G(in * in, 0.0f);
+    for (const std::string& name : readers) {
+      const tensor& w = d.m.get(name);
+      ASSERT_EQ(w.cols(), in) << name;
+      for (int64_t a = 0; a < in; ++a)
+        for (int64_t b = 0; b < in; ++b) {
+          double sum = 0;
+          for (int64_t k = 0; k < w.rows(); ++k) sum += double(w.data[k * in + a]) * w.data[k * in + b];
+          G[a * in + b] += static_cast<float>(sum);
+        }
+    }
+    const llmfp4_act_choice want = llmfp4_activation_search(x.data(), n, in, G.data(), o.element);
+    EXPECT_EQ(site.format, format_name(want.element)) << site.name;
+    ASSERT_EQ(site.clip.size(), 1u) << site.name;
+    EXPECT_NEAR(site.clip[0], want.clip, 1e-5 * want.clip) << site.name;
+    EXPECT_NEAR(site.error, want.error, 1e-4 * want.error) << site.name;
+  }
+}
+
 // The command line: calibrate writes a rules file eval reads back (its clips the statistic of
 // the windows), eval --attn in a format that holds every float32 gives the float NLL, and
 // nonsense is refused by name.

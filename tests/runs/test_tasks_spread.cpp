@@ -127,6 +127,29 @@ TEST(Bandit, StepsAndPriorFollowThePaper) {
   EXPECT_THROW(find_best_and_worst(2, 5, 0.5, [](int, int64_t) { return true; }, bandit_options{.batch = 20, .budget = 30}), error);
 }
 
+TEST(Bandit, BestAndWorstDifferWithTwoOrMoreArms) {
+  // The smallest budget (one step a phase): UCB evaluates arm 0 in the first phase and arm 1 in
+  // the second; every answer is wrong, so both have accuracy 0 and the lower index would win the
+  // tie for the worst too. The worst is looked for among the other arms: arm 1.
+  bandit_options o;
+  o.batch = 4, o.budget = 8, o.ucb = true;
+  const auto wrong = [](int, int64_t) { return false; };
+  bandit_result r = find_best_and_worst(3, 100, 0.5, wrong, o);
+  EXPECT_EQ(r.best, 0);
+  EXPECT_EQ(r.worst, 1);
+  // Thompson sampling at that budget, on arms of random quality: never the same arm.
+  for (uint64_t seed = 0; seed < 40; ++seed) {
+    const auto table = bernoulli_table({0.2, 0.5, 0.8}, 100, seed);
+    o.ucb = false, o.seed = seed;
+    r = find_best_and_worst(3, 100, 0.5, [&](int arm, int64_t i) { return table[arm][i]; }, o);
+    EXPECT_NE(r.best, r.worst) << "seed " << seed;
+  }
+  // One arm: it is both.
+  r = find_best_and_worst(1, 100, 0.5, wrong, o);
+  EXPECT_EQ(r.best, 0);
+  EXPECT_EQ(r.worst, 0);
+}
+
 TEST(Bandit, BetaDrawsHaveTheBetaMoments) {
   beta_sampler draw(5);
   for (auto [a, b] : {std::pair{1.1, 5.0}, std::pair{7.5, 5.0}, std::pair{0.5, 0.5}}) {

@@ -80,6 +80,45 @@ TEST(TaskBuilder, TooFewStoriesIsAClearError) {
   }
 }
 
+TEST(Documents, ViewsAreTheStrippedRunsOfNonBlankLines) {
+  // Blank lines of spaces, CRs and tabs, a document without a final newline, leading blanks.
+  const std::string text = "\n \t\n  first line\r\nsecond  \n\n \r\nthird\n \nfourth\nfifth";
+  const std::vector<std::string> want = {"first line\r\nsecond", "third", "fourth\nfifth"};
+  EXPECT_EQ(split_documents(text), want);
+  const auto views = document_views(text);
+  ASSERT_EQ(views.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(views[i], want[i]);
+    EXPECT_EQ(size_t(views[i].data() - text.data()), text.find(want[i])) << i;  // a stretch of text itself
+  }
+  EXPECT_TRUE(document_views(" \n\n\t").empty());
+}
+
+TEST(TaskBuilder, TheStoryTheCutFallsInsideIsLeftOut) {
+  // Five last-word stories of 24 words; stories 0-2 end before the cut, the cut falls inside
+  // story 3 (or just past its last letter, before its full stop), story 4 lies after it.
+  std::string text;
+  std::vector<size_t> ends;  // one past each story's last character
+  for (int d = 0; d < 5; ++d) {
+    std::string story = "Once";
+    for (int w = 0; w < 22; ++w) story += " word";
+    story += " ending.";
+    text += story;
+    ends.push_back(text.size());
+    text += "\n\n";
+  }
+  for (const size_t cut : {ends[3] - 10, ends[3] - 1, ends[3]}) {
+    task_build_options o = opts(task_kind::lastword, 0, 0);  // n = 0: every eligible story
+    o.text_fraction = double(cut) / double(text.size());
+    ASSERT_EQ(size_t(double(text.size()) * o.text_fraction), cut);
+    std::set<std::string> ids;
+    for (const task_item& it : build_task(text, o)) ids.insert(it.id);
+    const std::set<std::string> want = cut == ends[3] ? std::set<std::string>{"doc0", "doc1", "doc2", "doc3"}
+                                                     : std::set<std::string>{"doc0", "doc1", "doc2"};
+    EXPECT_EQ(ids, want) << "cut " << cut;
+  }
+}
+
 TEST(TaskFile, RoundTripsAndMalformedLinesNameTheirNumber) {
   std::vector<task_item> items(2);
   items[0].kind = task_kind::ending, items[0].id = "doc1", items[0].context = "A \"quoted\"\nstory.";

@@ -46,9 +46,9 @@ void cmd_sweep(const explore_options& o) {
     throw error("explore: with --config, the models, data, formats and eval settings come from the sweep file "
                 "(drop --row/--model/--data/--ctx/--max-tokens)");
   sweep_config c = load_sweep_config(o.config, data_dir());
-  if (o.tiny) make_tiny(c);
   sweep_options so;
   so.db = o.db.empty() ? "lowbit.db" : o.db;
+  if (o.tiny) make_tiny(c, fs::path(so.db).parent_path().string());
   so.jobs = o.jobs, so.max_runs = o.max_runs;
   progress_bar bar("explore", "run");
   const sweep_summary s = run_sweep(

@@ -78,7 +78,6 @@ struct family_config {
   std::vector<family_ptq> ptq;
   std::string source;
   std::string data_dir;  // the shipped data directory (the trainer's defaults: tokenizers)
-  bool tiny = false;
 };
 
 // Reads a "train" section (base_dir: the study file's directory); refuses unknown keys, members,
@@ -89,17 +88,23 @@ family_config parse_family_config(const nlohmann::json& section, const std::stri
 // CI size (see above); the runs move to work_dir/train-tiny.
 void make_family_tiny(family_config& f, const std::string& work_dir);
 
-// '*' wildcards only; '*' does not span a '.' (START.ft-...: a fine-tuning run's name).
+// glob_match's wildcards ('*', '?'), but '*' does not span a '.' (START.ft-...: a fine-tuning
+// run's name).
 bool family_name_matches(const std::string& pattern, const std::string& name);
 
+// Every run and every evaluation is counted once: runs = trained + found + the runs' failures,
+// ptq_total = ptq_ran + ptq_found + the evaluations' failures (an evaluation of a run whose
+// training failed is one: it is not done).
 struct family_summary {
-  int64_t trained = 0, found = 0;         // runs trained now, runs already trained on disk
-  int64_t ptq_total = 0, ptq_ran = 0;     // PTQ evaluations in the grid, evaluated now
-  std::vector<std::string> failures;      // "run: message"
+  int64_t trained = 0, found = 0;                    // runs trained now, runs already trained on disk
+  int64_t ptq_total = 0, ptq_ran = 0, ptq_found = 0;  // PTQ evaluations in the grid, evaluated now, recorded before
+  std::vector<std::string> failures;                 // "train NAME: message", "ptq NAME FMT@METHOD: message"
 };
 
 struct family_progress {
-  std::function<void(const std::string& stage)> begin;             // "train NAME", "ptq NAME FMT@METHOD"
+  // Before a run trains or an evaluation runs: the stage ("train NAME", "ptq NAME FMT@METHOD"),
+  // how many runs and evaluations are done (or failed), and how many the family has.
+  std::function<void(const std::string& stage, int64_t done, int64_t total)> begin;
   std::function<void(int64_t step, int64_t steps, double loss)> step;  // training steps of the current run
 };
 

@@ -25,7 +25,9 @@
 //       "name": {"name": "rtn+lorc8", "method": "rtn", "lorc_rank": 8}. Options (`lowbit
 //       quantize`'s flags): lorc_rank, lorc_format, shared_pow2_scales, equalize,
 //       bias_correction, alpha, damp, act_order, adaround_iters, adaround_lambda, preshift,
-//       rotate; refused where `quantize` refuses them (ptq::quantize_options_of); and
+//       rotate; refused where `quantize` refuses them (ptq::quantize_options_of) with the
+//       weight format of each format entry that runs the method (an object no entry runs is
+//       refused: its options would be neither checked nor used); and
 //       "act_calibration": max | mse | llmfp4 | percentile:P — static activation scales
 //       (ptq/calibrate.hpp) calibrated on the quantized model (at most 16 of the calibration
 //       windows), replacing the format's dynamic ACTS, which must then be a bare intN or eEmM.
@@ -47,7 +49,8 @@
 // `--tiny` (make_tiny) shrinks a study so CI runs every studies/*.json in seconds: the first
 // model, the first two formats, 256 evaluation tokens at ctx <= 128, 4 calibration windows of 64
 // tokens, AdaRound at 20 steps, 8 task items, a 3-format spread on a budget of 16, one SQNR
-// window of 64 tokens and the first two SQNR entries.
+// window of 64 tokens and the first two SQNR entries; a "train" family as make_family_tiny
+// (family.hpp).
 //
 // Evaluation protocol of a sweep: every run is evaluated on the first half of the token stream
 // at most (the second half is PTQ's calibration pool, docs/conventions.md §21), whatever its method, so
@@ -129,7 +132,6 @@ struct sweep_config {
   std::vector<sweep_task> tasks;
   sweep_spread spread;
   sweep_sqnr sqnr;
-  bool tiny = false;  // make_tiny was applied (studies' CI size); the family shrinks to make_family_tiny's runs
   std::vector<sweep_eval> evals{sweep_eval{}};
   bool kl_base = true;
   int calib_samples = 128, calib_ctx = 256;
@@ -147,8 +149,9 @@ sweep_config parse_sweep_config(const nlohmann::json& j, const std::string& base
 // The quantize job's options of a method object ({"method": ..., option: value}) for `weights`.
 ptq::quantize_job_config method_job_config(const nlohmann::json& method_object, const std::string& weights);
 
-// The study at CI size (see `--tiny` above); sets c.tiny.
-void make_tiny(sweep_config& c);
+// The study at CI size (see `--tiny` above); a family's runs move to work_dir/train-tiny
+// (make_family_tiny; the directory of the results store).
+void make_tiny(sweep_config& c, const std::string& work_dir);
 
 // One point of the grid, with the config it is recorded under and its hash.
 struct sweep_job {

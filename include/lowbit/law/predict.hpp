@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -100,6 +101,9 @@ double weights_sqnr_db(const model& m, const std::string& spec);
 struct flatness_options {
   int draws = 3;
   uint64_t seed = 0;
+  // The float model's NLL on the same ids and eval settings when the caller has it (NaN: it is
+  // evaluated here): one model's flatness in several formats evaluates the float model once.
+  double float_nll = std::numeric_limits<double>::quiet_NaN();
 };
 struct flatness_result {
   double float_nll = 0;

@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "lowbit/engine/model.hpp"
 #include "lowbit/ptq/ptq.hpp"
 
 namespace lowbit::ptq {
@@ -32,6 +33,19 @@ struct quantize_options;  // pipeline.hpp
 // into the rows of the layer that produces the input (v for attn_output, up for ffn_down), or
 // nowhere (GELU before GPT-2's ffn_down; grouped-query attention before attn_output).
 enum class fold { none, norm, rows };
+
+// The linear layers of a block that read one input, and where a per-input-channel scale s of
+// that input can be folded (divided out) so the float function is unchanged.
+struct layer_group {
+  std::string input;                 // activation name suffix (blk.N.INPUT): attn_norm, attn, ffn_norm, ffn_act
+  std::vector<std::string> weights;  // tensor name suffixes (blk.N.WEIGHT)
+  fold how = fold::none;
+  std::string fold_tensor;           // norm prefix (fold::norm) or weight whose rows produce the input
+  int64_t fold_row0 = 0;             // first row of that weight (GPT-2's v inside attn_qkv)
+};
+// A block's groups in block order (pipeline.cpp); every block's activations but the last norm's
+// (output_norm, read by the classifier) is the input of one of them.
+std::vector<layer_group> block_groups(const model_config& c);
 
 // What one block's calibration pass collected about one group's input X [n, in]. Which
 // statistics exist is the method's method_needs; the sampled rows exist for every calibrated

@@ -5,7 +5,8 @@
 //   Prior: Beta(a, b), b = 5, a = max(p0 / (1 - p0) * b, 1.1), p0 the original format's accuracy.
 //   Phase 1 (steps = budget / batch / 2): draw theta_k ~ Beta(a + s_k, b + f_k) for every arm not
 //   yet evaluated on every item, evaluate the argmax on its next `batch` items. Best = highest
-//   empirical accuracy. Phase 2 (as many steps, counts kept): the argmin; worst = lowest.
+//   empirical accuracy. Phase 2 (as many steps, counts kept): the argmin among the arms other
+//   than the best (with 2 or more arms); worst = the lowest of them, so best != worst.
 //   Both are then evaluated on every item (outside the budget); spread = acc(best) - acc(worst).
 //   UCB instead of Thompson: mean +- 2 sqrt(ln(1 + t) / n).
 #pragma once
