@@ -577,15 +577,16 @@ LOWBIT_VNNI void int_rows16(const packed_matrix& w, const int_x& px, const int8_
     const float* sx = a.scale.data() + t * gpr;
     __m512 acc = _mm512_setzero_ps();
     __m512i group_dot = _mm512_setzero_si512();
+    int64_t g = 0, blocks_left = blocks_per_group;  // the group of the next block, and its blocks to come
     const auto add_block = [&](__m512i dot, int64_t b) LOWBIT_VNNI {
       dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(bias * sums[b]));  // the exact dot
       group_dot = _mm512_add_epi32(group_dot, dot);
-      if ((b + 1) % blocks_per_group == 0) {
-        const int64_t g = b / blocks_per_group;
+      if (--blocks_left == 0) {
         const __m512 sw = _mm512_load_ps(row_scales + g * 16);
         const __m512 m = _mm512_mul_ps(sw, _mm512_set1_ps(sx[g]));
         acc = _mm512_add_ps(acc, _mm512_mul_ps(m, _mm512_cvtepi32_ps(group_dot)));
         group_dot = _mm512_setzero_si512();
+        ++g, blocks_left = blocks_per_group;
       }
     };
     // 1. Each row's 16 dword partials of each step, row by row.
