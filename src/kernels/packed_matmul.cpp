@@ -555,6 +555,35 @@ LOWBIT_VNNI inline void reduce_rows(__m512i* r, __m512i& block0, __m512i& block1
   block1 = _mm512_shuffle_i32x4(m[0], m[1], _MM_SHUFFLE(3, 1, 3, 1));
 }
 
+// out[c * 16 + i] = the scale of row o0 + i (past the last row: the last row), group g0 + c, for
+// the groups g0 .. g0 + 15 that exist: a 16 x 16 transpose in registers (unpack, then shuffles
+// within and across 128-bit lanes).
+LOWBIT_VNNI inline void transpose_scales16(const packed_matrix& w, int64_t o0, int64_t g0, float* out) {
+  const int64_t gpr = w.groups_per_row(), count = std::min<int64_t>(16, gpr - g0);
+  const __mmask16 live = static_cast<__mmask16>((1u << count) - 1);
+  __m512 r[16], t[16], u[16];
+  for (int i = 0; i < 16; ++i)
+    r[i] = _mm512_maskz_loadu_ps(live, w.scales.data() + std::min(o0 + i, w.rows - 1) * gpr + g0);
+  for (int k = 0; k < 8; ++k)
+    t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]), t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+  for (int j = 0; j < 4; ++j) {  // u[4j + m], 128-bit lane L: rows 4j .. 4j + 3 of column 4L + m
+    u[4 * j + 0] = _mm512_shuffle_ps(t[4 * j + 0], t[4 * j + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * j + 1] = _mm512_shuffle_ps(t[4 * j + 0], t[4 * j + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * j + 2] = _mm512_shuffle_ps(t[4 * j + 1], t[4 * j + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * j + 3] = _mm512_shuffle_ps(t[4 * j + 1], t[4 * j + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int m = 0; m < 4; ++m) {  // column 4L + m = [lane L of u[m], u[4 + m], u[8 + m], u[12 + m]]
+    const __m512 a = _mm512_shuffle_f32x4(u[m], u[4 + m], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 b = _mm512_shuffle_f32x4(u[m], u[4 + m], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512 c = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 d = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512 col[4] = {_mm512_shuffle_f32x4(a, c, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_f32x4(a, c, _MM_SHUFFLE(3, 1, 3, 1)),
+                           _mm512_shuffle_f32x4(b, d, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_f32x4(b, d, _MM_SHUFFLE(3, 1, 3, 1))};
+    for (int L = 0; L < 4; ++L)
+      if (4 * L + m < count) _mm512_store_ps(out + (4 * L + m) * 16, col[L]);
+  }
+}
+
 // Rows [o0, o0 + 16) (past the last row: the last row again, not stored) against every token.
 // AFFINE: 4-bit codes whose value is code - 8 (q4_0): the code itself is w + 8, no table.
 // The weights are read one row at a time (one stream from memory, as the float GEMV: 16 rows
@@ -598,12 +627,9 @@ LOWBIT_VNNI void int_rows16(const packed_matrix& w, const int_x& px, const int8_
       // q8_0 with L1 prefetch alone: 63-73 us, with the L2 prefetch 16 rows on: 34-51 us;
       // bench/bench_packed.cpp, shared machine).
       const bool ahead = t == 0 && o + kIntAhead < w.rows, far = t == 0 && o + kIntFar < w.rows;
-      if (t == 0) {  // this row's scales into lane i of row_scales; those kIntAhead rows on prefetched
-        const float* sr = w.scales.data() + o * gpr;
-        if (ahead)
-          for (int64_t g = 0; g < gpr; g += 16) _mm_prefetch(reinterpret_cast<const char*>(sr + kIntAhead * gpr + g), _MM_HINT_T0);
-        for (int64_t g = 0; g < gpr; ++g) row_scales[g * 16 + i] = sr[g];
-      }
+      if (ahead)  // the scales of the row kIntAhead on
+        for (int64_t g = 0; g < gpr; g += 16)
+          _mm_prefetch(reinterpret_cast<const char*>(w.scales.data() + (o + kIntAhead) * gpr + g), _MM_HINT_T0);
       for (int64_t k = 0; k < steps; ++k) {
         const int64_t c = k * 64;
         const bool half = c + 64 > cols;  // the last 32 columns alone (x is zero past cols)
@@ -624,6 +650,8 @@ LOWBIT_VNNI void int_rows16(const packed_matrix& w, const int_x& px, const int8_
         parts[k * 16 + i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512(xt + c));
       }
     }
+    if (t == 0)  // the 16 rows' scales with row i in lane i, 16 groups at a time
+      for (int64_t g0 = 0; g0 < gpr; g0 += 16) transpose_scales16(w, o0, g0, row_scales + g0 * 16);
     // 2. Per step: the two blocks' dots of the 16 rows, then the float steps in the reference's order.
     for (int64_t k = 0; k < steps; ++k) {
       __m512i r[16];
