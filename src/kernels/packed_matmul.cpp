@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 
 #include <fmt/format.h>
 
@@ -175,26 +176,6 @@ namespace {
 #define LOWBIT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define LOWBIT_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
-// 16 codes of row `row` from column c (a multiple of 16) as int32 lanes.
-template <int BITS>
-LOWBIT_AVX512 inline __m512i load_codes16(const uint8_t* row, int64_t c) {
-  if constexpr (BITS == 8) return _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c)));
-  // 8 bytes hold 16 nibbles, element 2k in the low nibble of byte k: spread each byte to 16 bits
-  // as (lo | hi << 8), so the bytes read in element order.
-  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / 2));
-  const __m128i w16 = _mm_cvtepu8_epi16(b);
-  const __m128i lo = _mm_and_si128(w16, _mm_set1_epi16(0x000f));
-  const __m128i hi = _mm_and_si128(_mm_slli_epi16(w16, 4), _mm_set1_epi16(0x0f00));
-  return _mm512_cvtepu8_epi32(_mm_or_si128(lo, hi));
-}
-
-// The 16 values (before the scale) of the codes in `idx`.
-template <int BITS>
-LOWBIT_AVX512 inline __m512 values16(__m512i idx, __m512 lut) {
-  if constexpr (BITS == 8) return _mm512_cvtepi32_ps(idx);
-  else return _mm512_permutexvar_ps(idx, lut);
-}
-
 LOWBIT_AVX512 inline float reduce_pinned(__m512 acc) {
   // lane k += lane k + 8, + 4, + 2, + 1 (halve_lanes).
   __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
@@ -204,9 +185,47 @@ LOWBIT_AVX512 inline float reduce_pinned(__m512 acc) {
   return _mm_cvtss_f32(a1);
 }
 
+// The order of a 4-bit row's 16 columns [c, c + 16) in the kernels' lanes: the 8 even columns,
+// then the 8 odd ones (the low and the high nibbles of 8 bytes, so no nibble interleave is
+// needed). x is read in that order (permuted_x) and the lane sums are put back in column order
+// (unpermute) before the pinned halving; every lane still adds its own column's terms in order of
+// c, so the result is the same bit for bit.
+LOWBIT_AVX512 inline __m512i nibble_shifts() {
+  return _mm512_set_epi32(4, 4, 4, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0);
+}
+// lane L of the column-ordered sums <- lane (L even: L / 2, odd: 8 + L / 2) of the permuted ones.
+LOWBIT_AVX512 inline __m512 unpermute(__m512 acc) {
+  return _mm512_permutexvar_ps(_mm512_set_epi32(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0), acc);
+}
+// x [n, cols] with each block of 16 columns as [its 8 even columns | its 8 odd ones].
+std::vector<float> permuted_x(const float* x, int64_t n, int64_t cols) {
+  std::vector<float> out(size_t(n * cols));
+  for (int64_t b = 0; b < n * cols; b += 16)
+    for (int k = 0; k < 8; ++k) out[size_t(b + k)] = x[b + 2 * k], out[size_t(b + 8 + k)] = x[b + 2 * k + 1];
+  return out;
+}
+
+// The 16 weights (lut[code] * scale, dequantize_ref's value) of columns [c, c + 16) of a row:
+// 4-bit in the permuted order, from a table of the 16 scaled values (slut = lut * scale: the
+// same one product per value as value * scale), 8-bit in column order.
+template <int BITS>
+LOWBIT_AVX512 inline __m512 weights16(const uint8_t* row, int64_t c, __m512 slut, __m512 scale) {
+  if constexpr (BITS == 8)
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c)))),
+                         scale);
+  // Bytes [b0..b7, b0..b7] widened to 32 bits and the upper 8 shifted right by 4: the low
+  // nibbles (even columns) then the high ones (odd); permutexvar reads only an index's low 4 bits.
+  int64_t eight;
+  std::memcpy(&eight, row + c / 2, 8);
+  const __m512i idx = _mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_set1_epi64x(eight)), nibble_shifts());
+  return _mm512_permutexvar_ps(idx, slut);
+}
+
 // Rows [o0, o0 + R) x tokens [t0, t0 + T): R * T accumulators, each W chunk decoded once for T
-// tokens; groups in the outer loop (one scale broadcast per row and group).
-template <int BITS, int R, int T>
+// tokens; groups in the outer loop (one scaled table or scale per row and group). x is
+// permuted_x's order for 4-bit weights. PF > 0: prefetch the row PF rows on (one row at a time,
+// GEMV: rows beyond the cache come from DRAM, and one row's codes are a few cache lines).
+template <int BITS, int R, int T, int PF = 0>
 LOWBIT_AVX512 void tile_avx512(const packed_matrix& w, const float* x, float* y, int64_t o0, int64_t t0) {
   const int64_t cols = w.cols, gpr = w.groups_per_row(), G = w.group;
   const __m512 lut = _mm512_loadu_ps(w.lut.data());
@@ -219,24 +238,38 @@ LOWBIT_AVX512 void tile_avx512(const packed_matrix& w, const float* x, float* y,
     rows[i] = w.codes.data() + (o0 + i) * w.row_bytes;
     sc[i] = w.scales.data() + (o0 + i) * gpr;
   }
+  if constexpr (PF > 0) {
+    if (o0 + PF + R <= w.rows) {  // rows [o0 + PF, o0 + PF + R)
+      const uint8_t* ahead = rows[0] + PF * w.row_bytes;
+      for (int64_t b = 0; b < R * w.row_bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + b), _MM_HINT_T0);
+      const float* sa = sc[0] + PF * gpr;
+      for (int64_t b = 0; b < R * gpr; b += 16) _mm_prefetch(reinterpret_cast<const char*>(sa + b), _MM_HINT_T0);
+    }
+  } else if (R > 1) {
+    // The same columns of the next block of rows (contiguous: R rows on). R rows read at once
+    // are R streams inside one page, which the hardware prefetcher does not follow (measured
+    // on 2048 x 768 q4_0 GEMVs beyond the cache, one thread: median 2.7 -> 3.8 GB/s, noisy).
+    for (int i = 0; i < R; ++i)
+      for (int64_t b = 0; b < w.row_bytes; b += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(rows[i] + R * w.row_bytes + b), _MM_HINT_T0);
+  }
   for (int64_t g = 0; g < gpr; ++g) {
-    __m512 s[R];
-    for (int i = 0; i < R; ++i) s[i] = _mm512_set1_ps(sc[i][g]);
+    __m512 s[R], slut[R];
+    for (int i = 0; i < R; ++i) {
+      s[i] = _mm512_set1_ps(sc[i][g]);
+      if constexpr (BITS == 4) slut[i] = _mm512_mul_ps(lut, s[i]);
+    }
     for (int64_t c = g * G; c < (g + 1) * G; c += 16) {
       __m512 xs[T];
       for (int j = 0; j < T; ++j) xs[j] = _mm512_loadu_ps(x + (t0 + j) * cols + c);
-      // The same columns of the next block of rows (contiguous: R rows on). R rows read at once
-      // are R streams inside one page, which the hardware prefetcher does not follow (measured
-      // on 2048 x 768 q4_0 GEMVs beyond the cache, one thread: median 2.7 -> 3.8 GB/s, noisy).
-      for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(rows[i] + R * w.row_bytes + c * BITS / 8), _MM_HINT_T0);
       for (int i = 0; i < R; ++i) {
-        const __m512 wv = _mm512_mul_ps(values16<BITS>(load_codes16<BITS>(rows[i], c), lut), s[i]);
+        const __m512 wv = weights16<BITS>(rows[i], c, slut[i], s[i]);
         for (int j = 0; j < T; ++j) acc[i][j] = _mm512_add_ps(acc[i][j], _mm512_mul_ps(wv, xs[j]));
       }
     }
   }
   for (int i = 0; i < R; ++i)
-    for (int j = 0; j < T; ++j) y[(t0 + j) * w.rows + o0 + i] = reduce_pinned(acc[i][j]);
+    for (int j = 0; j < T; ++j) y[(t0 + j) * w.rows + o0 + i] = reduce_pinned(BITS == 4 ? unpermute(acc[i][j]) : acc[i][j]);
 }
 
 template <int BITS, int R>
@@ -246,20 +279,38 @@ LOWBIT_AVX512 void rows_avx512(const packed_matrix& w, const float* x, int64_t n
   for (; t < n; ++t) tile_avx512<BITS, R, 1>(w, x, y, o0, t);
 }
 
+// GEMV rows [o0, o1): one row at a time for 8-bit codes (one stream from memory), pairs of rows
+// for 4-bit codes (two chains of adds in flight: decoding, not memory,
+// bounds them), each prefetching the rows kGemvAhead on. Measured with bench/bench_packed.cpp on
+// the decode shapes from DRAM, one thread, shared machine (GB/s of codes + scales, medians):
+// q4_0 R = 1: 7.3-8.5, R = 2: 8.4-9.9, R = 4: 8.0-9.1; q8_0 R = 1: 15-17, R = 2: 10-16, R = 4:
+// 9-15; prefetch distance 4 rows >= 8 rows.
+constexpr int kGemvAhead = 4;
 template <int BITS>
-LOWBIT_AVX512 void packed_matmul_bits(const packed_matrix& w, const float* x, int64_t n, float* y) {
-  // Blocks of 4 rows (GEMV: four independent sums in flight) or 2 rows x 4 tokens (GEMM).
-  const int64_t rb = n == 1 ? 4 : 2;
-  const int64_t blocks = (w.rows + rb - 1) / rb;
+LOWBIT_AVX512 void gemv_rows_avx512(const packed_matrix& w, const float* x, float* y, int64_t o0, int64_t o1) {
+  constexpr int R = BITS == 4 ? 2 : 1;
+  int64_t o = o0;
+  for (; o + R <= o1; o += R) tile_avx512<BITS, R, 1, kGemvAhead>(w, x, y, o, 0);
+  for (; o < o1; ++o) tile_avx512<BITS, 1, 1, kGemvAhead>(w, x, y, o, 0);
+}
+
+template <int BITS>
+LOWBIT_AVX512 void packed_matmul_bits(const packed_matrix& w, const float* x_in, int64_t n, float* y) {
+  const std::vector<float> xp = BITS == 4 ? permuted_x(x_in, n, w.cols) : std::vector<float>();
+  const float* x = BITS == 4 ? xp.data() : x_in;
   const bool threads = double(w.rows) * double(w.cols) * double(n) > 4e6 && omp_get_max_threads() > 1;
+  if (n == 1) {  // GEMV: one row at a time (one stream from memory), in chunks of 64 rows
+    const int64_t chunks = (w.rows + 63) / 64;
+#pragma omp parallel for schedule(static) if (threads)
+    for (int64_t b = 0; b < chunks; ++b) gemv_rows_avx512<BITS>(w, x, y, b * 64, std::min(w.rows, b * 64 + 64));
+    return;
+  }
+  // GEMM: blocks of 2 rows x 4 tokens.
+  const int64_t blocks = (w.rows + 1) / 2;
 #pragma omp parallel for schedule(static) if (threads)
   for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t o0 = b * rb;
-    const int64_t left = std::min(rb, w.rows - o0);
-    if (left == 4) rows_avx512<BITS, 4>(w, x, n, y, o0);
-    else if (left == 2) rows_avx512<BITS, 2>(w, x, n, y, o0);
-    else
-      for (int64_t o = o0; o < o0 + left; ++o) rows_avx512<BITS, 1>(w, x, n, y, o);
+    if (2 * b + 2 <= w.rows) rows_avx512<BITS, 2>(w, x, n, y, 2 * b);
+    else rows_avx512<BITS, 1>(w, x, n, y, 2 * b);
   }
 }
 
@@ -268,18 +319,20 @@ LOWBIT_AVX512 void packed_matmul_avx512(const packed_matrix& w, const float* x, 
   else packed_matmul_bits<4>(w, x, n, y);
 }
 
-// Float weights in the same order: R rows of W against one token.
-template <int R>
+// Float weights in the same order: R rows of W against one token; PF > 0: prefetch the rows PF
+// rows on. The GEMV (decode) goes one row at a time with PF = 4: one stream from memory, which
+// the hardware prefetcher follows (stories15M's 32,000 x 288 classifier from DRAM, one thread,
+// bench/bench_packed.cpp, shared machine: 4 rows at a time 11 GB/s, one at a time 22 GB/s).
+template <int R, int PF = 0>
 LOWBIT_AVX512 void float_rows_avx512(const float* w, int64_t cols, const float* x, float* y) {
   __m512 acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
   const int64_t full = cols / 16 * 16;
   for (int64_t c = 0; c < full; c += 16) {
     const __m512 xs = _mm512_loadu_ps(x + c);
-    // The next block of rows (R rows on, contiguous in memory): R short row streams at once are
-    // more than the hardware prefetcher follows (measured on stories15M's 32,000 x 288
-    // classifier, one thread, shared machine: median 4.9 -> 5.4 GB/s).
-    for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(w + (i + R) * cols + c), _MM_HINT_T0);
+    // PF == 0: the same columns of the next block of rows (R rows on): R short row streams at
+    // once are more than the hardware prefetcher follows.
+    for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(w + (i + (PF > 0 ? PF : R)) * cols + c), _MM_HINT_T0);
     for (int i = 0; i < R; ++i) acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(_mm512_loadu_ps(w + i * cols + c), xs));
   }
   if (full < cols) {  // the tail: lanes past cols keep their sums (a masked add, not + 0)
@@ -291,10 +344,24 @@ LOWBIT_AVX512 void float_rows_avx512(const float* w, int64_t cols, const float* 
   for (int i = 0; i < R; ++i) y[i] = reduce_pinned(acc[i]);
 }
 
+LOWBIT_AVX512 void float_gemv_rows(const float* w, int64_t cols, const float* x, float* y, int64_t o0, int64_t o1,
+                                   int64_t rows) {
+  int64_t o = o0;
+  // The prefetch reaches kGemvAhead rows on; the matrix's last rows go without it (no read past W).
+  for (; o < o1 && o + kGemvAhead < rows; ++o) float_rows_avx512<1, kGemvAhead>(w + o * cols, cols, x, y + o);
+  for (; o < o1; ++o) float_rows_avx512<1>(w + o * cols, cols, x, y + o);
+}
+
 LOWBIT_AVX512 void lane_ordered_matmul_avx512(const float* w, int64_t rows, int64_t cols, const float* x, int64_t n,
                                               float* y) {
-  const int64_t blocks = (rows + 3) / 4;
   const bool threads = double(rows) * double(cols) * double(n) > 4e6 && omp_get_max_threads() > 1;
+  if (n == 1) {
+    const int64_t chunks = (rows + 63) / 64;
+#pragma omp parallel for schedule(static) if (threads)
+    for (int64_t b = 0; b < chunks; ++b) float_gemv_rows(w, cols, x, y, b * 64, std::min(rows, b * 64 + 64), rows);
+    return;
+  }
+  const int64_t blocks = (rows + 3) / 4;
 #pragma omp parallel for schedule(static) if (threads)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t o0 = b * 4;
@@ -426,67 +493,209 @@ LOWBIT_VNNI void packed_int_dots_vnni(const packed_matrix& w, const int8_activat
   for (int64_t o = 0; o < w.rows; ++o) int_dots_of_row(w, xq, a.n, lut_bytes, o, dots);
 }
 
-// packed_matmul_int's whole product: each group's exact dot combined at once in the reference's
-// order (groups in order, (sw * sx) * float(dot) added to +0), without the dots array. Rows go in
-// pairs: two independent chains of float adds, and one horizontal reduction for both dots.
-template <int R>
-LOWBIT_VNNI inline void int_rows(const packed_matrix& w, const int8_t* xq, const int8_activations& a, const int8_t* lut_bytes,
-                                 int64_t o0, float* y) {
-  const __m256i lut8 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut_bytes));
-  const int64_t gpr = w.groups_per_row(), G = w.group;
-  const uint8_t* row[R];
-  const float* sw[R];
-  for (int i = 0; i < R; ++i) {
-    row[i] = w.codes.data() + (o0 + i) * w.row_bytes;
-    sw[i] = w.scales.data() + (o0 + i) * gpr;
-  }
-  if (o0 + R < w.rows)  // the next rows' codes, every line: rows are short streams
-    for (int64_t b = 0; b < R * w.row_bytes; b += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(row[0] + R * w.row_bytes + b), _MM_HINT_T0);
+// packed_matmul_int's whole product, 16 rows at a time with row i in lane i: each group's exact
+// dot for 16 rows in one vector, then the reference's float steps ((sw * sx) * float(dot) added
+// to +0, groups in order) on 16 rows at once, each lane its own row's chain in the reference's
+// order (no horizontal float sums, no scalar chain per row).
+//
+// The dots: dpbusd multiplies unsigned by signed bytes, so the weight goes in as the unsigned
+// operand with an offset of 128 (q8_0: w ^ 0x80 = w + 128; 4-bit: a table of lut[code] + 128,
+// lut values in [-127, 127]) and x as the signed one; sum (w + 128) x - 128 sum x is the dot,
+// exactly in int32 (|sum| <= 255 * 127 * cols). Each step takes 64 columns (two blocks of 32) of
+// 16 rows, 16 dword partials per row, and a transpose-and-add tree (reduce_rows) turns the 16
+// rows' partials into the two blocks' dots of the 16 rows.
+// Prefetch distances of the integer kernel, in rows: into L1 and (the next block) into L2.
+constexpr int64_t kIntAhead = 4, kIntFar = 16;
+struct int_x {
+  int64_t cols64 = 0;          // cols rounded up to 64: the kernel's steps
+  std::vector<int8_t> q;       // [n, cols64], in the weight's byte order (below), zeros past cols
+  std::vector<int32_t> sums;   // [n, cols64 / 32]: each block of 32's sum of x (the offset's share)
+};
+// 4-bit weights: each 64 columns as [block 0's even columns | block 1's even | block 0's odd |
+// block 1's odd] (16 each): the low nibbles of the 32 bytes of codes, then the high nibbles.
+int_x prepare_int_x(const int8_activations& a, int bits) {
+  int_x p;
+  p.cols64 = (a.cols + 63) / 64 * 64;
+  p.q.assign(size_t(a.n * p.cols64), 0);
+  p.sums.assign(size_t(a.n * p.cols64 / 32), 0);
   for (int64_t t = 0; t < a.n; ++t) {
-    const int8_t* xt = xq + t * w.cols;
-    const float* sx = a.scale.data() + t * gpr;
-    float acc[R] = {};
-    for (int64_t g = 0; g < gpr; ++g) {
-      __m256i d[R];
-      for (int i = 0; i < R; ++i) d[i] = _mm256_setzero_si256();
-      for (int64_t c = g * G; c < (g + 1) * G; c += 32) {
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt + c));
-        for (int i = 0; i < R; ++i) d[i] = dot32(d[i], int_values32(row[i], w.bits, c, lut8), xv);
+    const int8_t* x = a.q.data() + t * a.cols;
+    int8_t* out = p.q.data() + t * p.cols64;
+    for (int64_t c = 0; c < a.cols; ++c) {
+      int64_t at = c;
+      if (bits == 4) {
+        const int64_t base = c / 64 * 64, j = c % 64, block = j / 32, k = (j % 32) / 2, odd = j % 2;
+        at = base + odd * 32 + block * 16 + k;
       }
-      int32_t dot[R];
-      if constexpr (R == 2) {  // [d0 pairs, d1 pairs] -> the two sums
-        __m256i h = _mm256_hadd_epi32(d[0], d[1]);
-        __m128i q = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-        q = _mm_hadd_epi32(q, q);
-        dot[0] = _mm_cvtsi128_si32(q), dot[1] = _mm_extract_epi32(q, 1);
-      } else {
-        for (int i = 0; i < R; ++i) dot[i] = hsum8(d[i]);
-      }
-      for (int i = 0; i < R; ++i) acc[i] += (sw[i][g] * sx[g]) * static_cast<float>(dot[i]);
+      out[at] = x[c];
+      p.sums[size_t(t * p.cols64 / 32 + c / 32)] += x[c];
     }
-    for (int i = 0; i < R; ++i) y[t * w.rows + o0 + i] = acc[i];
+  }
+  return p;
+}
+
+// r[i]: row i's 16 dword partials of one step; quad k (dwords 4k..4k+3) belongs to block 0 or 1
+// of the step: 4-bit [0, 1, 0, 1], 8-bit [0, 0, 1, 1]. Returns the two blocks' dots, lane i row i.
+template <int BITS>
+LOWBIT_VNNI inline void reduce_rows(__m512i* r, __m512i& block0, __m512i& block1) {
+  __m512i v[8], u[4], m[2];
+  for (int p = 0; p < 8; ++p)  // per quad: [a0 + a2, b0 + b2, a1 + a3, b1 + b3] of rows 2p, 2p + 1
+    v[p] = _mm512_add_epi32(_mm512_unpacklo_epi32(r[2 * p], r[2 * p + 1]), _mm512_unpackhi_epi32(r[2 * p], r[2 * p + 1]));
+  for (int q = 0; q < 4; ++q)  // per quad: the quad's sum of rows 4q .. 4q + 3
+    u[q] = _mm512_add_epi32(_mm512_unpacklo_epi64(v[2 * q], v[2 * q + 1]), _mm512_unpackhi_epi64(v[2 * q], v[2 * q + 1]));
+  for (int h = 0; h < 2; ++h) {  // [rows 8h..8h+3 block 0, block 1, rows 8h+4..8h+7 block 0, block 1]
+    if constexpr (BITS == 4)
+      m[h] = _mm512_add_epi32(_mm512_shuffle_i32x4(u[2 * h], u[2 * h + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_i32x4(u[2 * h], u[2 * h + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    else
+      m[h] = _mm512_add_epi32(_mm512_shuffle_i32x4(u[2 * h], u[2 * h + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_i32x4(u[2 * h], u[2 * h + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  block0 = _mm512_shuffle_i32x4(m[0], m[1], _MM_SHUFFLE(2, 0, 2, 0));
+  block1 = _mm512_shuffle_i32x4(m[0], m[1], _MM_SHUFFLE(3, 1, 3, 1));
+}
+
+// out[c * 16 + i] = the scale of row o0 + i (past the last row: the last row), group g0 + c, for
+// the groups g0 .. g0 + 15 that exist: a 16 x 16 transpose in registers (unpack, then shuffles
+// within and across 128-bit lanes).
+LOWBIT_VNNI inline void transpose_scales16(const packed_matrix& w, int64_t o0, int64_t g0, float* out) {
+  const int64_t gpr = w.groups_per_row(), count = std::min<int64_t>(16, gpr - g0);
+  const __mmask16 live = static_cast<__mmask16>((1u << count) - 1);
+  __m512 r[16], t[16], u[16];
+  for (int i = 0; i < 16; ++i)
+    r[i] = _mm512_maskz_loadu_ps(live, w.scales.data() + std::min(o0 + i, w.rows - 1) * gpr + g0);
+  for (int k = 0; k < 8; ++k)
+    t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]), t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+  for (int j = 0; j < 4; ++j) {  // u[4j + m], 128-bit lane L: rows 4j .. 4j + 3 of column 4L + m
+    u[4 * j + 0] = _mm512_shuffle_ps(t[4 * j + 0], t[4 * j + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * j + 1] = _mm512_shuffle_ps(t[4 * j + 0], t[4 * j + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * j + 2] = _mm512_shuffle_ps(t[4 * j + 1], t[4 * j + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * j + 3] = _mm512_shuffle_ps(t[4 * j + 1], t[4 * j + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int m = 0; m < 4; ++m) {  // column 4L + m = [lane L of u[m], u[4 + m], u[8 + m], u[12 + m]]
+    const __m512 a = _mm512_shuffle_f32x4(u[m], u[4 + m], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 b = _mm512_shuffle_f32x4(u[m], u[4 + m], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512 c = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 d = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512 col[4] = {_mm512_shuffle_f32x4(a, c, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_f32x4(a, c, _MM_SHUFFLE(3, 1, 3, 1)),
+                           _mm512_shuffle_f32x4(b, d, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_f32x4(b, d, _MM_SHUFFLE(3, 1, 3, 1))};
+    for (int L = 0; L < 4; ++L)
+      if (4 * L + m < count) _mm512_store_ps(out + (4 * L + m) * 16, col[L]);
+  }
+}
+
+// Rows [o0, o0 + 16) (past the last row: the last row again, not stored) against every token.
+// AFFINE: 4-bit codes whose value is code - 8 (q4_0): the code itself is w + 8, no table.
+// The weights are read one row at a time (one stream from memory, as the float GEMV: 16 rows
+// read side by side ran at about 9 GB/s from DRAM, bench/bench_packed.cpp), each step's 16
+// partials kept in `parts` [steps][16 rows] (L1/L2) for the reduction, and the rows' scales
+// in `row_scales` [groups][16 rows] (lane i: row i).
+template <int BITS, bool AFFINE = false>
+LOWBIT_VNNI void int_rows16(const packed_matrix& w, const int_x& px, const int8_activations& a, const uint8_t* lut_bytes,
+                            int64_t o0, float* y, __m512i* parts, float* row_scales) {
+  const int64_t gpr = w.groups_per_row(), blocks_per_group = w.group / 32, cols = w.cols;
+  const int64_t steps = px.cols64 / 64;
+  const int live = int(std::min<int64_t>(16, w.rows - o0));
+  const __m512i lutp = _mm512_loadu_si512(lut_bytes);
+  const __m512i offset = _mm512_set1_epi8(char(0x80)), low4 = _mm512_set1_epi8(0x0f);
+  const int32_t bias = AFFINE ? 8 : 128;  // u = w + bias
+  const int64_t step_bytes = 64 * BITS / 8;
+  for (int64_t t = 0; t < a.n; ++t) {
+    const int8_t* xt = px.q.data() + t * px.cols64;
+    const int32_t* sums = px.sums.data() + t * (px.cols64 / 32);
+    const float* sx = a.scale.data() + t * gpr;
+    __m512 acc = _mm512_setzero_ps();
+    __m512i group_dot = _mm512_setzero_si512();
+    int64_t g = 0, blocks_left = blocks_per_group;  // the group of the next block, and its blocks to come
+    const auto add_block = [&](__m512i dot, int64_t b) LOWBIT_VNNI {
+      dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(bias * sums[b]));  // the exact dot
+      group_dot = _mm512_add_epi32(group_dot, dot);
+      if (--blocks_left == 0) {
+        const __m512 sw = _mm512_load_ps(row_scales + g * 16);
+        const __m512 m = _mm512_mul_ps(sw, _mm512_set1_ps(sx[g]));
+        acc = _mm512_add_ps(acc, _mm512_mul_ps(m, _mm512_cvtepi32_ps(group_dot)));
+        group_dot = _mm512_setzero_si512();
+        ++g, blocks_left = blocks_per_group;
+      }
+    };
+    // 1. Each row's 16 dword partials of each step, row by row.
+    for (int i = 0; i < 16; ++i) {
+      const int64_t o = std::min(o0 + i, w.rows - 1);
+      const uint8_t* row = w.codes.data() + o * w.row_bytes;
+      // The rows kIntAhead and kIntFar on: reading 16 rows' worth of steps before the float
+      // steps, the hardware prefetcher alone left the kernel waiting on DRAM (cold 768 x 768
+      // q8_0 with L1 prefetch alone: 63-73 us, with the L2 prefetch 16 rows on: 34-51 us;
+      // bench/bench_packed.cpp, shared machine).
+      const bool ahead = t == 0 && o + kIntAhead < w.rows, far = t == 0 && o + kIntFar < w.rows;
+      if (ahead)  // the scales of the row kIntAhead on
+        for (int64_t g = 0; g < gpr; g += 16)
+          _mm_prefetch(reinterpret_cast<const char*>(w.scales.data() + (o + kIntAhead) * gpr + g), _MM_HINT_T0);
+      for (int64_t k = 0; k < steps; ++k) {
+        const int64_t c = k * 64;
+        const bool half = c + 64 > cols;  // the last 32 columns alone (x is zero past cols)
+        if (ahead) _mm_prefetch(reinterpret_cast<const char*>(row + kIntAhead * w.row_bytes + k * step_bytes), _MM_HINT_T0);
+        if (far) _mm_prefetch(reinterpret_cast<const char*>(row + kIntFar * w.row_bytes + k * step_bytes), _MM_HINT_T1);
+        __m512i u;
+        if constexpr (BITS == 8) {
+          const __m512i wv = half ? _mm512_maskz_loadu_epi8(0xffffffffull, row + c) : _mm512_loadu_si512(row + c);
+          u = _mm512_xor_si512(wv, offset);
+        } else {
+          // [the 32 bytes | the same 32 bytes >> 4] & 0x0f: the low nibbles, then the high ones.
+          const __m256i cb = half ? _mm256_maskz_loadu_epi8(0xffffu, row + c / 2)
+                                  : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c / 2));
+          const __m512i both = _mm512_broadcast_i64x4(cb);
+          const __m512i nib = _mm512_and_si512(_mm512_mask_srli_epi16(both, __mmask32(0xffff0000u), both, 4), low4);
+          u = AFFINE ? nib : _mm512_shuffle_epi8(lutp, nib);
+        }
+        parts[k * 16 + i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512(xt + c));
+      }
+    }
+    if (t == 0)  // the 16 rows' scales with row i in lane i, 16 groups at a time
+      for (int64_t g0 = 0; g0 < gpr; g0 += 16) transpose_scales16(w, o0, g0, row_scales + g0 * 16);
+    // 2. Per step: the two blocks' dots of the 16 rows, then the float steps in the reference's order.
+    for (int64_t k = 0; k < steps; ++k) {
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) r[i] = parts[k * 16 + i];
+      __m512i block0, block1;
+      reduce_rows<BITS>(r, block0, block1);
+      add_block(block0, 2 * k);
+      if (64 * k + 64 <= cols) add_block(block1, 2 * k + 1);
+    }
+    _mm512_mask_storeu_ps(y + t * w.rows + o0, static_cast<__mmask16>((1u << live) - 1), acc);
   }
 }
 
 LOWBIT_VNNI void packed_matmul_int_vnni(const packed_matrix& w, const int8_activations& a, float* y) {
-  alignas(32) int8_t lut_bytes[32];
-  for (int i = 0; i < 32; ++i) lut_bytes[i] = static_cast<int8_t>(w.bits == 4 ? w.lut[i % 16] : 0);
-  const std::vector<int8_t> xd = w.bits == 4 ? deinterleave_pairs(a) : std::vector<int8_t>();
-  const int8_t* xq = w.bits == 4 ? xd.data() : a.q.data();
-  const int64_t pairs = (w.rows + 1) / 2;
+  alignas(64) uint8_t lut_bytes[64];  // 4-bit: lut[code] + 128 in each 16-byte lane (shuffle_epi8's table)
+  for (int i = 0; i < 64; ++i) lut_bytes[i] = w.bits == 4 ? static_cast<uint8_t>(int(w.lut[size_t(i % 16)]) + 128) : 0;
+  bool affine = w.bits == 4;
+  for (int c = 0; c < 16; ++c) affine = affine && w.lut[size_t(c)] == float(c - 8);
+  const int_x px = prepare_int_x(a, w.bits);
+  const int64_t blocks = (w.rows + 15) / 16, steps = px.cols64 / 64;
   const bool threads = double(w.rows) * double(w.cols) * double(a.n) > 4e6 && omp_get_max_threads() > 1;
-#pragma omp parallel for schedule(static) if (threads)
-  for (int64_t b = 0; b < pairs; ++b) {
-    if (2 * b + 2 <= w.rows) int_rows<2>(w, xq, a, lut_bytes, 2 * b, y);
-    else int_rows<1>(w, xq, a, lut_bytes, 2 * b, y);
+#pragma omp parallel if (threads)
+  {
+    // [steps][16 rows] partials, then [groups][16 rows] scales, 64-byte aligned.
+    const int64_t part_floats = 16 * 16 * steps;
+    std::vector<float> scratch(size_t(part_floats + 16 * w.groups_per_row() + 16));
+    void* base = scratch.data();
+    size_t room = scratch.size() * sizeof(float);
+    float* aligned = static_cast<float*>(std::align(64, size_t(part_floats + 16 * w.groups_per_row()) * sizeof(float), base, room));
+    __m512i* parts = reinterpret_cast<__m512i*>(aligned);
+    float* row_scales = aligned + part_floats;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      if (w.bits == 8) int_rows16<8>(w, px, a, lut_bytes, b * 16, y, parts, row_scales);
+      else if (affine) int_rows16<4, true>(w, px, a, lut_bytes, b * 16, y, parts, row_scales);
+      else int_rows16<4>(w, px, a, lut_bytes, b * 16, y, parts, row_scales);
+    }
   }
 }
 
 }  // namespace
 
-// Whether the VNNI kernels apply: dpbusd's u8 operand |a| reads a value -128 as 128 (right), but
-// its sign flip of b would overflow for b = -128; quantize_activations' codes are in [-127, 127]
+// Whether packed_int_dots' VNNI kernel applies: dpbusd's u8 operand |a| reads a value -128 as 128
+// (right), but its sign flip of b would overflow for b = -128; quantize_activations' codes are in [-127, 127]
 // (amax / 127 scales), other callers' may not be.
 namespace {
 bool vnni_applies(const packed_matrix& w, const int8_activations& a) {
@@ -523,7 +732,8 @@ void packed_matmul_int_ref(const packed_matrix& w, const int8_activations& a, fl
 
 void packed_matmul_int(const packed_matrix& w, const int8_activations& a, float* y) {
   check_int(w, a);
-  if (vnni_applies(w, a)) packed_matmul_int_vnni(w, a, y);
+  // The product's kernel takes any int8 codes (x is dpbusd's signed operand).
+  if (use_vnni() && w.group % 32 == 0) packed_matmul_int_vnni(w, a, y);
   else packed_matmul_int_ref(w, a, y);
 }
 

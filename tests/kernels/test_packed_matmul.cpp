@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include "lowbit/base/error.hpp"
 #include "lowbit/kernels/packed_matmul.hpp"
@@ -185,4 +186,106 @@ TEST(PackedMatmul, RefusesFormatsWithoutAKernel) {
   }
   const auto w = randn(4 * 40, 8);  // 40 columns: not whole chunks of 16
   EXPECT_THROW(pack_matrix(quantize_ref(w.data(), 4, 40, parse_format("int8/c"))), error);
+}
+
+// The GEMV kernels (n == 1: one row or a pair of rows at a time with prefetch; integer
+// activations: 16 rows per block, 64 columns per step) at the edges of their blocks: row counts
+// around 1, 2, 16 and 64 (the GEMV's chunk), columns with a last step of 32 (integer) or 16
+// (float), groups spanning steps. Each against the reference bit for bit, and the GEMV of each
+// token against the same token's row of a batch (n > 1 takes other tiles).
+TEST(PackedMatmul, GemvEdgesEqualReferenceAndBatch) {
+  for (const char* spec : {"q4_0", "q8_0", "int4/g32", "nvfp4", "int8/c", "int8/g64", "mxfp4"}) {
+    const format f = parse_format(spec);
+    for (const int64_t cols : {64, 96, 288, 320}) {
+      if (f.gran == granularity::group && cols % f.group_size != 0) continue;  // whole groups only
+      for (const int64_t rows : {1, 2, 3, 15, 16, 17, 33, 65, 70}) {
+        const auto w = randn(rows * cols, 11 + rows, 0.05f);
+        const packed_matrix p = pack_matrix(quantize(w.data(), rows, cols, f));
+        const int64_t n = 3;
+        const auto x = randn(n * cols, 12 + cols);
+        std::vector<float> ref(n * rows), batch(n * rows), one(rows);
+        packed_matmul_ref(p, x.data(), n, ref.data());
+        packed_matmul(p, x.data(), n, batch.data());
+        ASSERT_TRUE(same_bits(ref, batch)) << spec << " " << rows << "x" << cols;
+        for (int64_t t = 0; t < n; ++t) {
+          packed_matmul(p, x.data() + t * cols, 1, one.data());
+          ASSERT_EQ(0, std::memcmp(one.data(), ref.data() + t * rows, rows * sizeof(float))) << spec << " " << rows << "x" << cols;
+        }
+        if (!p.integer_values || p.group % 32 != 0) continue;
+        const int8_activations a = quantize_activations(x.data(), n, cols, p.group);
+        std::vector<float> iref(n * rows), ifast(n * rows, -1.0f);
+        packed_matmul_int_ref(p, a, iref.data());
+        packed_matmul_int(p, a, ifast.data());
+        ASSERT_TRUE(same_bits(iref, ifast)) << spec << " " << rows << "x" << cols << " (" << packed_kernel_target(true) << ")";
+        for (int64_t t = 0; t < n; ++t) {
+          int8_activations at;
+          at.n = 1, at.cols = cols, at.group = a.group;
+          at.q.assign(a.q.begin() + t * cols, a.q.begin() + (t + 1) * cols);
+          at.scale.assign(a.scale.begin() + t * (cols / a.group), a.scale.begin() + (t + 1) * (cols / a.group));
+          packed_matmul_int(p, at, one.data());
+          ASSERT_EQ(0, std::memcmp(one.data(), iref.data() + t * rows, rows * sizeof(float))) << spec << " " << rows << "x" << cols;
+        }
+      }
+    }
+  }
+}
+
+// The float32 GEMV (one row at a time, prefetching rows ahead, the last rows without) at row
+// counts around its chunk of 64 and columns with a masked tail, against the reference.
+TEST(PackedMatmul, FloatGemvEdgesEqualReference) {
+  for (const int64_t cols : {16, 37, 288, 301})
+    for (const int64_t rows : {1, 4, 5, 63, 64, 65, 129}) {
+      const auto w = randn(rows * cols, 21 + rows), x = randn(cols, 22 + cols);
+      std::vector<float> ref(rows), fast(rows, -1.0f);
+      lane_ordered_matmul_ref(w.data(), rows, cols, x.data(), 1, ref.data());
+      lane_ordered_matmul(w.data(), rows, cols, x.data(), 1, fast.data());
+      ASSERT_TRUE(same_bits(ref, fast)) << rows << "x" << cols;
+    }
+}
+
+// Integer codes -128 in x (not from quantize_activations: amax / 127 scales give [-127, 127]):
+// the product's kernel takes x as dpbusd's signed operand, so -128 is an ordinary value; and
+// weights at the ends of their ranges (q8_0 codes -127 and 127, q4_0 codes 0 and 15).
+TEST(PackedMatmul, IntegerProductTakesEveryCode) {
+  for (const char* spec : {"q8_0", "q4_0", "int4/g32"}) {
+    const int64_t rows = 19, cols = 96, n = 2;
+    auto w = randn(rows * cols, 31, 0.05f);
+    for (int64_t c = 0; c < cols; c += 5) w[c] = 1.0f, w[cols + c] = -1.0f;  // each block's amax at both signs
+    const packed_matrix p = pack_matrix(quantize(w.data(), rows, cols, parse_format(spec)));
+    int8_activations a;
+    a.n = n, a.cols = cols, a.group = 32;
+    for (int64_t i = 0; i < n * cols; ++i) a.q.push_back(int8_t(i % 7 == 0 ? -128 : i % 7 == 1 ? 127 : int(i * 37 % 255) - 127));
+    for (int64_t i = 0; i < n * cols / 32; ++i) a.scale.push_back(0.01f * float(i + 1));
+    std::vector<float> ref(n * rows), fast(n * rows, -1.0f);
+    packed_matmul_int_ref(p, a, ref.data());
+    packed_matmul_int(p, a, fast.data());
+    EXPECT_TRUE(same_bits(ref, fast)) << spec;
+  }
+}
+
+// Threads (large products split their rows over OpenMP threads): the same bits as one thread.
+TEST(PackedMatmul, ThreadsGiveTheSameBits) {
+  const int64_t rows = 2100, cols = 2048;  // rows x cols > 4e6: threaded when threads exist
+  const auto w = randn(rows * cols, 41, 0.05f), x = randn(cols, 42);
+  const int before = omp_get_max_threads();
+  for (const char* spec : {"q4_0", "q8_0"}) {
+    const packed_matrix p = pack_matrix(quantize(w.data(), rows, cols, parse_format(spec)));
+    const int8_activations a = quantize_activations(x.data(), 1, cols, p.group);
+    std::vector<float> f1(rows), f2(rows), i1(rows), i2(rows), l1(rows), l2(rows);
+    omp_set_num_threads(1);
+    packed_matmul(p, x.data(), 1, f1.data());
+    packed_matmul_int(p, a, i1.data());
+    lane_ordered_matmul(w.data(), rows, cols, x.data(), 1, l1.data());
+    omp_set_num_threads(3);
+    packed_matmul(p, x.data(), 1, f2.data());
+    packed_matmul_int(p, a, i2.data());
+    lane_ordered_matmul(w.data(), rows, cols, x.data(), 1, l2.data());
+    omp_set_num_threads(before);
+    EXPECT_TRUE(same_bits(f1, f2)) << spec;
+    EXPECT_TRUE(same_bits(i1, i2)) << spec;
+    EXPECT_TRUE(same_bits(l1, l2)) << spec;
+    std::vector<float> ref(rows);
+    packed_matmul_int_ref(p, a, ref.data());
+    EXPECT_TRUE(same_bits(ref, i2)) << spec;
+  }
 }
