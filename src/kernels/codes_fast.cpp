@@ -6,6 +6,7 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/kernels/codes_fast.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/cache_control.h>
 #include <hwy/highway.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -49,30 +51,101 @@ void DequantSpan(const uint32_t* HWY_RESTRICT codes, const float* HWY_RESTRICT t
   if (i < n) StoreTail(df, value(hn::BitCast(di, LoadTail(DU(), codes + i, n - i))), out + i, n - i);
 }
 
-// Codes of values already on a minifloat or integer grid (quantize's unscaled output): the
-// bit-level inverse of decode, branch-free. Returns false if a value is NaN or Inf (the caller
-// then encodes that span with the scalar encoder).
-bool EncodeSpan(const float* HWY_RESTRICT vals, size_t n, const grid_params& g, int32_t zero_point,
-                uint32_t* HWY_RESTRICT codes) {
+#if HWY_TARGET != HWY_SCALAR
+// Highway 1.0.3 narrows 32-bit lanes with permutes on AVX-512; VPMOVDB / VPMOVDW / VPMOVWB do it
+// in one instruction each.
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+#define LOWBIT_CODES_AVX512_NARROW 1
+#endif
+
+// The low byte of each lane, stored (N bytes).
+HWY_INLINE void StoreLowBytes(hn::Vec<DU> v, uint8_t* HWY_RESTRICT dst) {
+#ifdef LOWBIT_CODES_AVX512_NARROW
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtepi32_epi8(v.raw));
+#else
+  const hn::Rebind<uint8_t, DU> d8;
+  hn::StoreU(hn::TruncateTo(d8, v), d8, dst);
+#endif
+}
+
+// The low 16 bits of each lane, stored little-endian (2N bytes).
+HWY_INLINE void StoreLowHalves(hn::Vec<DU> v, uint8_t* HWY_RESTRICT dst) {
+#ifdef LOWBIT_CODES_AVX512_NARROW
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(v.raw));
+#else
+  const hn::Rebind<uint16_t, DU> d16;
+  hn::StoreU(hn::TruncateTo(d16, v), d16, reinterpret_cast<uint16_t*>(dst));
+#endif
+}
+
+// 2N codes below 16 (a: the first N, b: the next N) as the N bytes c0 | c1 << 4, c2 | c3 << 4, ...
+HWY_INLINE void StoreNibblePairs(hn::Vec<DU> a, hn::Vec<DU> b, uint8_t* HWY_RESTRICT dst) {
+#ifdef LOWBIT_CODES_AVX512_NARROW
+  // The 2N codes as bytes; each 16-bit pair (c0, c1) becomes c0 | c1 << 4 in its low byte.
+  const __m256i bytes = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(a.raw)),
+                                                _mm512_cvtepi32_epi8(b.raw), 1);
+  const __m256i pairs = _mm256_or_si256(bytes, _mm256_srli_epi16(bytes, 4));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm256_cvtepi16_epi8(pairs));
+#else
+  const DU du;
+  const hn::Rebind<uint8_t, DU> d8;
+  const auto even = hn::ConcatEven(du, b, a), odd = hn::ConcatOdd(du, b, a);
+  hn::StoreU(hn::TruncateTo(d8, hn::Or(even, hn::ShiftLeft<4>(odd))), d8, dst);
+#endif
+}
+#endif
+
+// n codes (each below 2^bits) into the packed layout of quantized_tensor::codes at dst (byte
+// aligned): 8 and 16 bits by truncating each lane, 4 bits by merging the two codes of each 64-bit
+// lane into its low byte (c0 | c1 << 4) first; other widths, and what is left after the whole
+// vectors, through pack_codes.
+void PackCodes(const uint32_t* HWY_RESTRICT codes, size_t n, int bits, uint8_t* HWY_RESTRICT dst) {
+  size_t i = 0;
+#if HWY_TARGET != HWY_SCALAR
+  const DU du;
+  const size_t N = hn::Lanes(du);
+  if (bits == 8) {
+    for (; i + N <= n; i += N) StoreLowBytes(hn::LoadU(du, codes + i), dst + i);
+  } else if (bits == 16) {
+    for (; i + N <= n; i += N) StoreLowHalves(hn::LoadU(du, codes + i), dst + 2 * i);
+  } else if (bits == 4) {
+    for (; i + 2 * N <= n; i += 2 * N) StoreNibblePairs(hn::LoadU(du, codes + i), hn::LoadU(du, codes + i + N), dst + i / 2);
+  }
+#endif
+  if (i < n) pack_codes(codes + i, static_cast<int64_t>(n - i), bits, dst + i * static_cast<size_t>(bits) / 8);
+}
+
+// The code of a vector of values already on a minifloat (kKind 0, or 3: a shortcut for most), integer (1) or table (2) grid
+// (quantize's unscaled output): the bit-level inverse of decode, branch-free. Lanes holding NaN
+// or Inf give no valid code (the callers check the magnitudes and take the exact codec there).
+template <int kKind>
+HWY_INLINE VI GridCode(VF v, const grid_params& g, int32_t zero_point, VF sub_unit) {
   const DF df;
   const DI di;
-  const size_t N = hn::Lanes(df);
-  const int mbits = g.mbits;
-  const VI abs_mask = hn::Set(di, 0x7fffffff), one = hn::Set(di, 1), zero = hn::Zero(di);
-  auto code_of = [&](VF v, bool* special) -> VI {
-    const VI bits = hn::BitCast(di, v);
-    const VI a = hn::And(bits, abs_mask);
-    if (!hn::AllFalse(di, hn::Gt(a, hn::Set(di, 0x7f7fffff)))) *special = true;
-    if (g.kind == 2) {  // a table value's index: how many entries lie below it
-      VI idx = zero;
-      for (int t = 0; t + 1 < g.lut_n; ++t)
-        idx = hn::Add(idx, hn::IfThenElseZero(hn::RebindMask(di, hn::Gt(v, hn::Set(df, g.lut_values[t]))), one));
-      return idx;
-    }
-    if (g.kind == 1) {  // integers: code = v * 2^frac (two's complement, masked), or v + z (uint)
-      const VI q = hn::ConvertTo(di, g.frac_scale != 1.0f ? hn::Mul(v, hn::Set(df, g.frac_scale)) : v);
-      return zero_point ? hn::Add(q, hn::Set(di, zero_point)) : q;
-    }
+  const VI bits = hn::BitCast(di, v);
+  const VI one = hn::Set(di, 1), zero = hn::Zero(di);
+  if constexpr (kKind == 2) {  // a table value's index: how many entries lie below it
+    VI idx = zero;
+    for (int t = 0; t + 1 < g.lut_n; ++t)
+      idx = hn::Add(idx, hn::IfThenElseZero(hn::RebindMask(di, hn::Gt(v, hn::Set(df, g.lut_values[static_cast<size_t>(t)]))), one));
+    return idx;
+  } else if constexpr (kKind == 1) {  // integers: code = v * 2^frac (two's complement, masked), or v + z (uint)
+    const VI q = hn::ConvertTo(di, g.frac_scale != 1.0f ? hn::Mul(v, hn::Set(df, g.frac_scale)) : v);
+    return zero_point ? hn::Add(q, hn::Set(di, zero_point)) : q;
+  } else if constexpr (kKind == 3) {
+    // Minifloats whose grid lies in float32's normal range with 2^(M - emin) a float32 (most of
+    // them; MinifloatDirect): a normal value's code magnitude is its pattern shifted down to M
+    // mantissa bits minus the bias difference, ((E - 127 + bias) << M) | (m >> (23 - M)); a
+    // subnormal one k 2^(emin - M) is k = |v| 2^(M - emin), exact.
+    const VI a = hn::And(bits, hn::Set(di, 0x7fffffff));
+    const VI normal = hn::Sub(hn::ShiftRightSame(a, 23 - g.mbits), hn::Set(di, (127 - g.bias) << g.mbits));
+    const VI sub = g.subnormals ? hn::ConvertTo(di, hn::Mul(hn::BitCast(df, a), sub_unit))
+                                : hn::IfThenZeroElse(hn::Eq(a, zero), hn::Set(di, 1 << g.mbits));
+    const VI mag = hn::IfThenElse(hn::Lt(a, hn::Set(di, (g.emin + 127) << 23)), sub, normal);
+    return hn::Or(mag, hn::IfThenElseZero(hn::Lt(bits, zero), hn::Set(di, static_cast<int32_t>(g.sign_bit))));
+  } else {
+    const int mbits = g.mbits;
+    const VI a = hn::And(bits, hn::Set(di, 0x7fffffff));
     const VI ef = hn::ShiftRight<23>(a);
     const VI p = hn::Sub(ef, hn::Set(di, 127));
     const VI normal = hn::Or(hn::ShiftLeftSame(hn::Add(p, hn::Set(di, g.bias)), mbits),
@@ -92,61 +165,208 @@ bool EncodeSpan(const float* HWY_RESTRICT vals, size_t n, const grid_params& g, 
     mag = hn::IfThenZeroElse(hn::Eq(a, zero), mag);
     const VI sign = hn::IfThenElseZero(hn::Lt(bits, zero), hn::Set(di, static_cast<int32_t>(g.sign_bit)));
     return hn::Or(mag, sign);
-  };
-  bool special = false;
-  size_t i = 0;
-  for (; i + N <= n; i += N) hn::StoreU(hn::BitCast(DU(), code_of(hn::LoadU(df, vals + i), &special)), DU(), codes + i);
-  if (i < n) StoreTail(DU(), hn::BitCast(DU(), code_of(LoadTail(df, vals + i, n - i), &special)), codes + i, n - i);
-  return !special;
+  }
 }
 
-// ggml's q4_0/q5_0/q4_1/q5_1 to codes, one row: per block of k the scale (GgmlBlockScaleFast, or
-// choose_scale's scan where it declines), then quantize_ref's quantize_value a vector at a time:
-// q = clamp(trunc(x * id + (z + 1/2)), 0, 2^bits - 1), or trunc((x - min) * id + 1/2) with a
-// min; a NaN gives z (0 with a min). gss receives each block's scale.
-void QuantizeGgmlRow(const float* HWY_RESTRICT x, size_t cols, size_t k, const scale_context& ctx,
-                     group_scale* HWY_RESTRICT gss, uint32_t* HWY_RESTRICT codes) {
+// Whether GridCode<3> serves a minifloat grid: its smallest normal 2^emin a float32 normal, and
+// 2^(M - emin) (a subnormal's code per unit) a float32.
+HWY_INLINE bool MinifloatDirect(const grid_params& g) {
+  return g.kind == 0 && g.emin >= -126 && g.mbits - g.emin <= 127 && g.mbits <= 23;
+}
+
+// GridCode<3>'s 2^(M - emin).
+HWY_INLINE VF SubnormalUnit(const grid_params& g) {
+  return hn::Set(DF(), MinifloatDirect(g) ? std::ldexp(1.0f, g.mbits - g.emin) : 0.0f);
+}
+
+// fn(kind), kind a std::integral_constant: g.kind, or 3 for MinifloatDirect grids.
+template <class Fn>
+HWY_INLINE decltype(auto) WithGridKind(const grid_params& g, Fn&& fn) {
+  if (g.kind == 1) return fn(std::integral_constant<int, 1>{});
+  if (g.kind == 2) return fn(std::integral_constant<int, 2>{});
+  if (MinifloatDirect(g)) return fn(std::integral_constant<int, 3>{});
+  return fn(std::integral_constant<int, 0>{});
+}
+
+// Codes of values already on the element grid, masked to code_mask (two's complement integers
+// keep their low `bits` bits). Returns false if a value is NaN or Inf (the caller then encodes
+// that span with the scalar encoder).
+bool EncodeSpan(const float* HWY_RESTRICT vals, size_t n, const grid_params& grid, int32_t zero_point, uint32_t code_mask,
+                uint32_t* HWY_RESTRICT codes) {
+  const grid_params g = grid;  // a local copy: its constants stay in registers
+  const VF sub_unit = SubnormalUnit(g);
+  return WithGridKind(g, [&](auto kind) {
+    const DF df;
+    const DI di;
+    const DU du;
+    const size_t N = hn::Lanes(df);
+    const auto mask = hn::Set(du, code_mask);
+    const VI abs_mask = hn::Set(di, 0x7fffffff);
+    VI amax = hn::Zero(di);  // the largest magnitude pattern: above max float, a NaN/Inf
+    auto code = [&](VF v) {
+      amax = hn::Max(amax, hn::And(hn::BitCast(di, v), abs_mask));
+      return hn::And(hn::BitCast(du, GridCode<kind()>(v, g, zero_point, sub_unit)), mask);
+    };
+    size_t i = 0;
+    for (; i + N <= n; i += N) hn::StoreU(code(hn::LoadU(df, vals + i)), du, codes + i);
+    if (i < n) StoreTail(du, code(LoadTail(df, vals + i, n - i)), codes + i, n - i);
+    return hn::AllFalse(di, hn::Gt(amax, hn::Set(di, 0x7f7fffff)));
+  });
+}
+
+// EncodeSpan and PackCodes in one: the codes of n values on the grid (no zero point) packed
+// straight into dst (byte aligned) where the width allows (4, 8 and 16 bits a vector at a time),
+// through `codes` (n entries) and PackCodes otherwise. While it works it prefetches prefetch_n
+// floats from `prefetch` (the caller's next input), one cache line per vector. Returns false if a
+// value is NaN or Inf (dst is then to be written again).
+bool EncodePackSpan(const float* HWY_RESTRICT vals, size_t n, const grid_params& grid, int bits,
+                    uint32_t* HWY_RESTRICT codes, uint8_t* HWY_RESTRICT dst, const float* prefetch, size_t prefetch_n) {
+  const grid_params g = grid;  // a local copy: its constants stay in registers
+  const VF sub_unit = SubnormalUnit(g);
+  const uint32_t code_mask = (1u << bits) - 1u;  // bits < 32
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  const bool direct = HWY_TARGET != HWY_SCALAR && (bits == 8 || bits == 16 || bits == 4);
+  if (!direct) {
+    for (size_t i = 0; i * 16 / N < prefetch_n && i < n; i += N) hwy::Prefetch(prefetch + i * 16 / N);
+    if (!EncodeSpan(vals, n, g, 0, code_mask, codes)) return false;
+    PackCodes(codes, n, bits, dst);
+    return true;
+  }
+  return WithGridKind(g, [&](auto kind) {
+    const DI di;
+    const DU du;
+    const auto mask = hn::Set(du, code_mask);
+    const VI abs_mask = hn::Set(di, 0x7fffffff);
+    VI amax = hn::Zero(di);
+    auto code = [&](VF v) {
+      amax = hn::Max(amax, hn::And(hn::BitCast(di, v), abs_mask));
+      return hn::And(hn::BitCast(du, GridCode<kind()>(v, g, 0, sub_unit)), mask);
+    };
+    size_t i = 0;
+#if HWY_TARGET != HWY_SCALAR
+    auto prefetch_line = [&](size_t at) {
+      if (at * 16 / N < prefetch_n) hwy::Prefetch(prefetch + at * 16 / N);
+    };
+    if (bits == 8) {
+      for (; i + N <= n; i += N) {
+        prefetch_line(i);
+        StoreLowBytes(code(hn::LoadU(df, vals + i)), dst + i);
+      }
+    } else if (bits == 16) {
+      for (; i + N <= n; i += N) {
+        prefetch_line(i);
+        StoreLowHalves(code(hn::LoadU(df, vals + i)), dst + 2 * i);
+      }
+    } else {  // 4
+      for (; i + 2 * N <= n; i += 2 * N) {
+        prefetch_line(i);
+        prefetch_line(i + N);
+        const auto a = code(hn::LoadU(df, vals + i));
+        StoreNibblePairs(a, code(hn::LoadU(df, vals + i + N)), dst + i / 2);
+      }
+    }
+#endif
+    if (i < n) {  // (less than two vectors)
+      size_t j = 0;
+      for (; j + N <= n - i; j += N) hn::StoreU(code(hn::LoadU(df, vals + i + j)), du, codes + j);
+      if (j < n - i) StoreTail(du, code(LoadTail(df, vals + i + j, n - i - j)), codes + j, n - i - j);
+      pack_codes(codes, static_cast<int64_t>(n - i), bits, dst + i * static_cast<size_t>(bits) / 8);
+    }
+    return hn::AllFalse(di, hn::Gt(amax, hn::Set(di, 0x7f7fffff)));
+  });
+}
+
+// The codes of one of ggml's blocks (n values at x) given its multiplier id, min lo (with a min)
+// and zero point z: quantize_ref's quantize_value a vector at a time, q = clamp(trunc(x * id +
+// (z + 1/2)), 0, 2^bits - 1), or trunc((x - min) * id + 1/2) with a min; a NaN gives z (0 with a
+// min). Packed into dst: 4-bit codes two vectors at a time in registers, the rest through `codes`.
+template <bool kWithMin>
+HWY_INLINE void GgmlBlockCodes(const float* HWY_RESTRICT x, size_t n, float id_s, float lo_s, int32_t z, int bits,
+                               uint32_t* HWY_RESTRICT codes, uint8_t* HWY_RESTRICT dst) {
+  const DF df;
+  const DI di;
+  const DU du;
+  const size_t N = hn::Lanes(df);
+  const VF top = hn::Set(df, static_cast<float>((1 << bits) - 1)), zero = hn::Zero(df);
+  const VF id = hn::Set(df, id_s), lo = hn::Set(df, lo_s);
+  const VF bias = hn::Set(df, kWithMin ? 0.5f : static_cast<float>(z) + 0.5f);
+  const VF nan_code = hn::Set(df, kWithMin ? 0.0f : static_cast<float>(z));
+  auto code = [&](VF v) {
+    const VF y = kWithMin ? hn::Add(hn::Mul(hn::Sub(v, lo), id), bias) : hn::Add(hn::Mul(v, id), bias);
+    const VF q = hn::IfThenElse(hn::Eq(y, y), hn::Min(hn::Max(hn::Trunc(y), zero), top), nan_code);
+    return hn::BitCast(du, hn::ConvertTo(di, q));
+  };
+  size_t i = 0;
+#if HWY_TARGET != HWY_SCALAR
+  if (bits == 4)
+    for (; i + 2 * N <= n; i += 2 * N) {
+      const auto a = code(hn::LoadU(df, x + i));
+      StoreNibblePairs(a, code(hn::LoadU(df, x + i + N)), dst + i / 2);
+    }
+#endif
+  if (i == n) return;
+  const size_t first = i;
+  for (; i + N <= n; i += N) hn::StoreU(code(hn::LoadU(df, x + i)), du, codes + (i - first));
+  if (i < n) StoreTail(du, code(LoadTail(df, x + i, n - i)), codes + (i - first), n - i);
+  PackCodes(codes, n - first, bits, dst + first * static_cast<size_t>(bits) / 8);
+}
+
+// ggml's q4_0/q5_0/q4_1/q5_1 to codes, one row, straight into the tensor's bytes: per block of k
+// the scale (N blocks at a time with BatchGgmlScaleVecs, else GgmlBlockScale: choose_scale's scan
+// where the fast statistics decline), stored as store_group_scale stores it (scales, the fixed
+// zero point or the min), then the codes (GgmlBlockCodes); a block with NaN/Inf has code 0 and a
+// NaN scale. dst = the row's bytes; scales, zero_points (q4_0/q5_0) and mins (q4_1/q5_1:
+// super_scales) = the row's first group's; codes = k entries of scratch. k * bits is a multiple of 8.
+template <bool kWithMin>
+HWY_INLINE void QuantizeGgmlRowT(const float* HWY_RESTRICT x, size_t cols, size_t k, const scale_context& ctx,
+                                 float* HWY_RESTRICT scales, int32_t* HWY_RESTRICT zero_points, float* HWY_RESTRICT mins,
+                                 uint32_t* HWY_RESTRICT codes, uint8_t* HWY_RESTRICT dst) {
+  const int bits = ctx.f->element.bits;
+  const size_t block_bytes = k * static_cast<size_t>(bits) / 8;
+  // Block g (columns c0 .. c0 + n) on its own.
+  auto one_block = [&](size_t c0, size_t n, size_t g) {
+    const group_scale gs = GgmlBlockScale(x + c0, n, ctx, kWithMin);
+    scales[g] = gs.nonfinite ? canonical_nan() : gs.stored;  // as store_group_scale
+    if (kWithMin) mins[g] = gs.nonfinite ? canonical_nan() : -gs.offset;
+    else zero_points[g] = gs.zero_point;
+    if (gs.nonfinite) {  // the NaN scale carries the block; its codes are 0
+      std::fill(codes, codes + n, 0u);
+      PackCodes(codes, n, bits, dst + g * block_bytes);
+    } else {
+      GgmlBlockCodes<kWithMin>(x + c0, n, gs.multiplier, gs.min, gs.zero_point, bits, codes, dst + g * block_bytes);
+    }
+  };
+  size_t c0 = 0, g = 0;
+#if HWY_TARGET != HWY_SCALAR
   const DF df;
   const DI di;
   const size_t N = hn::Lanes(df);
-  const bool with_min = has_block_min(*ctx.f);
-  const VF top = hn::Set(df, static_cast<float>((1 << ctx.f->element.bits) - 1)), zero = hn::Zero(df);
-  size_t c0 = 0, g = 0;
-#if HWY_TARGET != HWY_SCALAR
-  // N blocks' scales at a time where BatchGgmlScales takes them; the blocks of a batch it
-  // declines take the per-block path.
-  size_t batch_end = 0;  // blocks [batch_end - N, batch_end) were tried as a batch
-  bool batched = false;
-#endif
-  for (; c0 < cols; c0 += k, ++g) {
-    const size_t n = std::min(k, cols - c0);
-    const float* xg = x + c0;
-    group_scale gs;
-#if HWY_TARGET != HWY_SCALAR
-    if (g >= batch_end && c0 + N * k <= cols) {
-      batched = BatchGgmlScales(df, xg, k, ctx, with_min, gss + g);
-      batch_end = g + N;
+  const int32_t fixed_zp = int32_t{1} << (bits - 1);
+  HWY_ALIGN float id_s[hn::MaxLanes(DF())], mn_s[hn::MaxLanes(DF())];
+  for (; c0 + N * k <= cols; c0 += N * k, g += N) {
+    ggml_scale_vecs v;
+    if (!BatchGgmlScaleVecs(df, x + c0, k, ctx, kWithMin, &v)) {  // this batch block by block
+      for (size_t j = 0; j < N; ++j) one_block(c0 + j * k, k, g + j);
+      continue;
     }
-    if (batched && g < batch_end) {
-      gs = gss[g];
-    } else
-#endif
-    {
-      gs = GgmlBlockScale(xg, n, ctx, with_min);
-    }
-    gss[g] = gs;
-    const VF id = hn::Set(df, gs.multiplier), lo = hn::Set(df, gs.min);
-    const VF bias = hn::Set(df, with_min ? 0.5f : static_cast<float>(gs.zero_point) + 0.5f);
-    const VF nan_code = hn::Set(df, with_min ? 0.0f : static_cast<float>(gs.zero_point));
-    auto code = [&](VF v) {
-      const VF y = with_min ? hn::Add(hn::Mul(hn::Sub(v, lo), id), bias) : hn::Add(hn::Mul(v, id), bias);
-      const VF q = hn::IfThenElse(hn::Eq(y, y), hn::Min(hn::Max(hn::Trunc(y), zero), top), nan_code);
-      return hn::BitCast(DU(), hn::ConvertTo(di, q));
-    };
-    size_t i = 0;
-    for (; i + N <= n; i += N) hn::StoreU(code(hn::LoadU(df, xg + i)), DU(), codes + c0 + i);
-    if (i < n) StoreTail(DU(), code(LoadTail(df, xg + i, n - i)), codes + c0 + i, n - i);
+    hn::StoreU(v.d16, df, scales + g);
+    if (kWithMin) hn::StoreU(v.m16, df, mins + g);
+    else hn::StoreU(hn::Set(di, fixed_zp), di, zero_points + g);
+    hn::Store(v.id, df, id_s);
+    hn::Store(v.mn, df, mn_s);
+    for (size_t j = 0; j < N; ++j)
+      GgmlBlockCodes<kWithMin>(x + c0 + j * k, k, id_s[j], mn_s[j], fixed_zp, bits, codes, dst + (g + j) * block_bytes);
   }
+#endif
+  for (; c0 < cols; c0 += k, ++g) one_block(c0, std::min(k, cols - c0), g);
+}
+
+void QuantizeGgmlRow(const float* HWY_RESTRICT x, size_t cols, size_t k, const scale_context& ctx,
+                     float* HWY_RESTRICT scales, int32_t* HWY_RESTRICT zero_points, float* HWY_RESTRICT mins,
+                     uint32_t* HWY_RESTRICT codes, uint8_t* HWY_RESTRICT dst) {
+  if (has_block_min(*ctx.f)) QuantizeGgmlRowT<true>(x, cols, k, ctx, scales, zero_points, mins, codes, dst);
+  else QuantizeGgmlRowT<false>(x, cols, k, ctx, scales, zero_points, mins, codes, dst);
 }
 
 }  // namespace HWY_NAMESPACE
@@ -158,7 +378,9 @@ namespace lowbit {
 
 HWY_EXPORT(DequantSpan);
 HWY_EXPORT(EncodeSpan);
+HWY_EXPORT(EncodePackSpan);
 HWY_EXPORT(QuantizeGgmlRow);
+HWY_EXPORT(PackCodes);
 
 using detail::fast_call;
 using detail::simd_covers;
@@ -183,19 +405,22 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
   if (use_ref() || (!is_kquant(f) && !simd_covers(f)) || rows < 0 || cols < 0) return quantize_ref(x, rows, cols, f, tensor_id);
   quantized_tensor q = quantized_tensor::allocate(f, rows, cols);
   if (has_fixed_zero_point(f) || has_block_min(f)) {  // ggml's truncating blocks: QuantizeGgmlRow
+    if (f.gran != granularity::group || f.group_size * f.element.bits % 8 != 0)  // (ggml's blocks are 32)
+      return quantize_ref(x, rows, cols, f, tensor_id);
     const scale_context ctx = make_scale_context(f, /*reference=*/false);
     const int64_t gpr = groups_per_row(f, cols);
+    const bool with_min = has_block_min(f);
 #pragma omp parallel if (rows * cols >= kParallelMinElements)
     {
-      std::vector<uint32_t> row_codes(static_cast<size_t>(cols));
-      std::vector<group_scale> gss(static_cast<size_t>(gpr));
+      thread_local std::vector<uint32_t> block_codes;  // one block's codes, reused by the calls of a thread
+      block_codes.resize(static_cast<size_t>(f.group_size));
 #pragma omp for schedule(static)
-      for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t r = 0; r < rows; ++r)
         HWY_DYNAMIC_DISPATCH(QuantizeGgmlRow)(x + r * cols, static_cast<size_t>(cols), static_cast<size_t>(f.group_size),
-                                              ctx, gss.data(), row_codes.data());
-        for (int64_t g = 0; g < gpr; ++g) store_group_scale(q, r * gpr + g, gss[static_cast<size_t>(g)]);
-        pack_codes(row_codes.data(), cols, f.element.bits, q.codes.data() + r * q.row_bytes);
-      }
+                                              ctx, q.scales.data() + r * gpr,
+                                              with_min ? nullptr : q.zero_points.data() + r * gpr,
+                                              with_min ? q.super_scales.data() + r * gpr : nullptr, block_codes.data(),
+                                              q.codes.data() + r * q.row_bytes);
     }
     return q;
   }
@@ -213,41 +438,82 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
     if (asym) q.zero_points[0] = call.plan.tensor_gs.zero_point;
   }
   const int64_t k = call.plan.group_cols;
+  const bool grouped = f.gran == granularity::group || f.gran == granularity::row;
+  // A row goes through the row kernel a chunk of about kChunk values at a time, so that its
+  // values, their codes and the input stay in L1 until they are packed into the row's bytes.
+  // Groups and the row kernel's batches of N <= 16 groups keep their columns (a chunk is whole
+  // batches; the nvfp4 first pass's group amax are kept for those); /c's group is the row; /t's
+  // scale and a plain cast's rounding do not depend on where a chunk starts.
+  constexpr int64_t kChunk = 2048;
+  const int64_t chunk = f.gran == granularity::row     ? std::max<int64_t>(cols, 1)
+                        : f.gran == granularity::group ? 16 * k * std::max<int64_t>(1, kChunk / (16 * k))
+                                                       : kChunk;
   // SIMD encoding for codes of at most 31 bits; spans with NaN/Inf take the exact codec.
   const bool simd_encode = f.element.bits < 32;
   const uint32_t code_mask = f.element.bits >= 32 ? 0xffffffffu : (1u << f.element.bits) - 1u;
   std::atomic<bool> unstorable_nan{false};
 #pragma omp parallel if (rows * cols >= kParallelMinElements)
   {
-    std::vector<uint32_t> row_codes(static_cast<size_t>(cols));
-    std::vector<float> vals(static_cast<size_t>(cols));
-    // The second pass of /t and nvfp4 walks each thread's rows back to front (fake_quantize_rows.cpp).
-    detail::for_rows_in_team(rows, detail::has_first_pass(f), omp_get_thread_num(), omp_get_num_threads(), [&](int64_t r) {
-      const float* xr = x + r * cols;
-      std::fill(row_codes.begin(), row_codes.end(), 0u);  // NaN-scale groups keep code 0
-      const bool grouped = f.gran == granularity::group || f.gran == granularity::row;
-      float* sc = grouped ? q.scales.data() + r * gpr : nullptr;
-      int32_t* zp = grouped && asym ? q.zero_points.data() + r * gpr : nullptr;
-      detail::fake_quant_row(xr, vals.data(), static_cast<size_t>(cols), call.plan, static_cast<uint64_t>(r * cols), sc,
-                             zp, call.group_amax_of(r));
-      for (int64_t c0 = 0, g = 0; c0 < cols; c0 += k, ++g) {
-        const int64_t c1 = std::min(cols, c0 + k);
-        const float s = f.gran == granularity::none ? 1.0f : (grouped ? sc[g] : q.scales[0]);
-        if (std::isnan(s)) continue;  // the NaN scale carries the group; codes stay 0
-        const int32_t z = !asym || f.gran == granularity::none ? 0 : (grouped ? zp[g] : q.zero_points[0]);
-        if (simd_encode && HWY_DYNAMIC_DISPATCH(EncodeSpan)(vals.data() + c0, static_cast<size_t>(c1 - c0), call.grid,
-                                                           z, row_codes.data() + c0)) {
-          if (f.element.kind == element_kind::int_sym)  // two's complement in `bits` bits
-            for (int64_t c = c0; c < c1; ++c) row_codes[static_cast<size_t>(c)] &= code_mask;
+    // Reused by the calls of a thread: no allocation per call once they have grown.
+    thread_local std::vector<uint32_t> chunk_codes;
+    thread_local std::vector<float> chunk_vals;
+    chunk_codes.resize(static_cast<size_t>(std::min(chunk, cols)));
+    chunk_vals.resize(static_cast<size_t>(std::min(chunk, cols)));
+    uint32_t* const codes = chunk_codes.data();
+    float* const vals = chunk_vals.data();
+    // The codes of columns [cb, ce) of row r, group by group, from their values (vals[0] is
+    // column cb's): NaN-scale groups code 0, EncodeSpan, and the exact codec where a span holds
+    // NaN/Inf.
+    auto group_codes = [&](int64_t r, int64_t cb, int64_t ce) {
+      const int64_t span = f.gran == granularity::group ? k : ce - cb;
+      for (int64_t c0 = cb; c0 < ce; c0 += span) {
+        const int64_t c1 = std::min(ce, c0 + span), g = f.gran == granularity::group ? c0 / k : 0;
+        const float s = f.gran == granularity::none ? 1.0f : (grouped ? q.scales[static_cast<size_t>(r * gpr + g)] : q.scales[0]);
+        uint32_t* cc = codes + (c0 - cb);
+        const float* vv = vals + (c0 - cb);
+        const size_t n = static_cast<size_t>(c1 - c0);
+        if (std::isnan(s)) {  // the NaN scale carries the group; codes stay 0
+          std::fill(cc, cc + n, 0u);
           continue;
         }
-        for (int64_t c = c0; c < c1; ++c) {
-          const uint32_t code = code_of_grid_value(f, vals[static_cast<size_t>(c)], z);
+        const int32_t z = !asym || f.gran == granularity::none ? 0
+                                                              : (grouped ? q.zero_points[static_cast<size_t>(r * gpr + g)] : q.zero_points[0]);
+        if (simd_encode && HWY_DYNAMIC_DISPATCH(EncodeSpan)(vv, n, call.grid, z, code_mask, cc)) continue;
+        for (size_t c = 0; c < n; ++c) {
+          const uint32_t code = code_of_grid_value(f, vv[c], z);
           if (code == kNoCode && f.element.bits < 32) unstorable_nan.store(true);
-          row_codes[static_cast<size_t>(c)] = code;
+          cc[c] = code;
         }
       }
-      pack_codes(row_codes.data(), cols, f.element.bits, q.codes.data() + r * q.row_bytes);
+    };
+    // The second pass of /t and nvfp4 walks each thread's rows back to front (fake_quantize_rows.cpp).
+    const bool backward = detail::has_first_pass(f);
+    detail::for_rows_in_team(rows, backward, omp_get_thread_num(), omp_get_num_threads(), [&](int64_t r) {
+      const float* xr = x + r * cols;
+      // Software prefetch one chunk ahead (the next row's first after the last): the row kernel
+      // computes from L1 while the next chunk comes from memory.
+      const float* next_row = backward ? (r > 0 ? xr - cols : nullptr) : (r + 1 < rows ? xr + cols : nullptr);
+      float* sc = grouped ? q.scales.data() + r * gpr : nullptr;
+      int32_t* zp = grouped && asym ? q.zero_points.data() + r * gpr : nullptr;
+      const int32_t* amax = call.group_amax_of(r);
+      uint8_t* row_bytes = q.codes.data() + r * q.row_bytes;
+      for (int64_t cb = 0; cb < cols; cb += chunk) {
+        const int64_t ce = std::min(cols, cb + chunk), n = ce - cb;
+        const int64_t g0 = f.gran == granularity::group ? cb / k : 0;
+        detail::fake_quant_row(xr + cb, vals, static_cast<size_t>(n), call.plan, static_cast<uint64_t>(r * cols + cb),
+                               sc ? sc + g0 : nullptr, zp ? zp + g0 : nullptr, amax ? amax + g0 : nullptr);
+        // The whole chunk at once where no value is NaN/Inf (a NaN-scale group's values are NaN)
+        // and no zero point enters; else group by group.
+        const float* next = ce < cols ? xr + ce : next_row;
+        const int64_t next_n = next ? std::min(chunk, ce < cols ? cols - ce : cols) : 0;
+        uint8_t* dst = row_bytes + cb * f.element.bits / 8;
+        if (asym || !simd_encode ||
+            !HWY_DYNAMIC_DISPATCH(EncodePackSpan)(vals, static_cast<size_t>(n), call.grid, f.element.bits, codes, dst,
+                                                   next, static_cast<size_t>(next_n))) {
+          group_codes(r, cb, ce);
+          HWY_DYNAMIC_DISPATCH(PackCodes)(codes, static_cast<size_t>(n), f.element.bits, dst);
+        }
+      }
     });
   }
   if (unstorable_nan.load()) return quantize_ref(x, rows, cols, f, tensor_id);  // throws the reference's message
