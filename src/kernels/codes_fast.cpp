@@ -35,20 +35,72 @@ namespace HWY_NAMESPACE {
 // asymmetric formats (code - z) * s, then minus `offset` where one is given (q4_1/q5_1: q * d -
 // (-m)); a plain cast (scaled = false) is table[code] alone. The reference's float operations, a
 // gather per vector.
-void DequantSpan(const uint32_t* HWY_RESTRICT codes, const float* HWY_RESTRICT table, size_t n, float s, float z,
-                 bool asym, bool scaled, bool subtract_offset, float offset, float* HWY_RESTRICT out) {
+// A table of at most N entries (padded to N: table_n <= N) is one vector, looked up with a lane
+// permute instead of a gather.
+void DequantSpan(const uint32_t* HWY_RESTRICT codes, const float* HWY_RESTRICT table, size_t table_n, size_t n, float s,
+                 float z, bool asym, bool scaled, bool subtract_offset, float offset, float* HWY_RESTRICT out) {
   const DF df;
   const DI di;
   const size_t N = hn::Lanes(df);
   const VF sv = hn::Set(df, s), zv = hn::Set(df, z), ov = hn::Set(df, offset);
+  const bool in_vector = table_n <= N;
+  const VF table_v = in_vector ? hn::LoadU(df, table) : hn::Zero(df);
   auto value = [&](VI c) {
-    VF v = asym ? hn::Sub(hn::ConvertTo(df, c), zv) : hn::GatherIndex(df, table, c);
+    VF v = asym        ? hn::Sub(hn::ConvertTo(df, c), zv)
+           : in_vector ? hn::TableLookupLanes(table_v, hn::IndicesFromVec(df, c))
+                       : hn::GatherIndex(df, table, c);
     v = scaled ? hn::Mul(v, sv) : v;
     return subtract_offset ? hn::Sub(v, ov) : v;
   };
   size_t i = 0;
   for (; i + N <= n; i += N) hn::StoreU(value(hn::BitCast(di, hn::LoadU(DU(), codes + i))), df, out + i);
   if (i < n) StoreTail(df, value(hn::BitCast(di, LoadTail(DU(), codes + i, n - i))), out + i, n - i);
+}
+
+// n codes of `bits` bits from a row's bytes (the layout of quantized_tensor::codes): 8 bits a
+// vector at a time, 4 bits a byte (two codes) at a time, other widths through unpack_codes.
+void UnpackCodes(const uint8_t* HWY_RESTRICT src, size_t n, int bits, uint32_t* HWY_RESTRICT codes) {
+  if (bits == 8) {
+    const DU du;
+    const hn::Rebind<uint8_t, DU> d8;
+    const size_t N = hn::Lanes(du);
+    size_t i = 0;
+    for (; i + N <= n; i += N) hn::StoreU(hn::PromoteTo(du, hn::LoadU(d8, src + i)), du, codes + i);
+    for (; i < n; ++i) codes[i] = src[i];
+  } else if (bits == 4) {
+    for (size_t b = 0; b < n / 2; ++b) {
+      codes[2 * b] = src[b] & 0xfu;
+      codes[2 * b + 1] = static_cast<uint32_t>(src[b] >> 4);
+    }
+    if (n & 1) codes[n - 1] = src[n / 2] & 0xfu;
+  } else {
+    unpack_codes(src, static_cast<int64_t>(n), bits, codes);
+  }
+}
+
+// One row of dequantize from its unpacked codes, group by group (k columns each): a NaN stored
+// scale makes the group NaN; else DequantSpan with the group's scale (nvfp4: tensor_scale times
+// the stored block scale), zero point and min. scales / zero_points / mins point at the row's
+// first group's entries (nullptr where the format has none); per_group = false: entry 0 serves
+// the whole row (/t).
+void DequantRow(const uint32_t* HWY_RESTRICT codes, size_t cols, size_t k, const float* HWY_RESTRICT table, size_t table_n,
+                const float* scales, bool per_group, bool nvfp4, float tensor_scale, const int32_t* zero_points,
+                bool asym, const float* mins, float* HWY_RESTRICT out) {
+  for (size_t c0 = 0, g = 0; c0 < cols; c0 += k, ++g) {
+    const size_t n = std::min(k, cols - c0), gi = per_group ? g : 0;
+    if (!scales) {  // a plain cast
+      DequantSpan(codes + c0, table, table_n, n, 1.0f, 0.0f, false, false, false, 0.0f, out + c0);
+      continue;
+    }
+    const float stored = scales[gi];
+    if (std::isnan(stored)) {
+      std::fill(out + c0, out + c0 + n, canonical_nan());
+      continue;
+    }
+    const float s = nvfp4 ? tensor_scale * stored : stored;
+    const float z = asym && zero_points ? static_cast<float>(zero_points[gi]) : 0.0f;
+    DequantSpan(codes + c0, table, table_n, n, s, z, asym, true, mins != nullptr, mins ? -mins[gi] : 0.0f, out + c0);
+  }
 }
 
 #if HWY_TARGET != HWY_SCALAR
@@ -377,6 +429,8 @@ HWY_AFTER_NAMESPACE();
 namespace lowbit {
 
 HWY_EXPORT(DequantSpan);
+HWY_EXPORT(UnpackCodes);
+HWY_EXPORT(DequantRow);
 HWY_EXPORT(EncodeSpan);
 HWY_EXPORT(EncodePackSpan);
 HWY_EXPORT(QuantizeGgmlRow);
@@ -530,37 +584,30 @@ void dequantize(const quantized_tensor& q, float* out) {
   }
   const format& f = q.fmt;
   // Decode table of every code, then one multiply per value (the reference's float operations).
-  std::vector<float> table(static_cast<size_t>(code_count(f.element)));
-  for (size_t c = 0; c < table.size(); ++c) table[c] = decode_ref(f.element, static_cast<uint32_t>(c));
+  // (Padded to 16 entries with zeros: DequantSpan loads a table of at most a vector whole.)
+  const size_t table_n = static_cast<size_t>(code_count(f.element));
+  std::vector<float> table(std::max<size_t>(table_n, 16), 0.0f);
+  for (size_t c = 0; c < table_n; ++c) table[c] = decode_ref(f.element, static_cast<uint32_t>(c));
   const bool asym = f.element.kind == element_kind::uint_asym || has_fixed_zero_point(f);
   const bool block_min = has_block_min(f);
   const int64_t k = f.gran == granularity::group ? f.group_size : std::max<int64_t>(q.cols, 1);
+  const int64_t gpr = q.groups_per_row();
+  const bool per_row = f.gran == granularity::group || f.gran == granularity::row;  // else /t's one entry
 #pragma omp parallel if (q.rows * q.cols >= kParallelMinElements)
   {
-  std::vector<uint32_t> codes(static_cast<size_t>(q.cols));
+    thread_local std::vector<uint32_t> row_codes;  // reused by the calls of a thread
+    row_codes.resize(static_cast<size_t>(q.cols));
+    uint32_t* const codes = row_codes.data();
 #pragma omp for schedule(static)
-  for (int64_t r = 0; r < q.rows; ++r) {
-    float* y = out + r * q.cols;
-    unpack_codes(q.codes.data() + r * q.row_bytes, q.cols, f.element.bits, codes.data());
-    for (int64_t c0 = 0; c0 < q.cols; c0 += k) {
-      const int64_t c1 = std::min(q.cols, c0 + k);
-      const size_t n = static_cast<size_t>(c1 - c0);
-      const uint32_t* cc = codes.data() + c0;
-      if (f.gran == granularity::none) {
-        HWY_DYNAMIC_DISPATCH(DequantSpan)(cc, table.data(), n, 1.0f, 0.0f, false, false, false, 0.0f, y + c0);
-        continue;
-      }
-      const float stored = q.scale_at(r, c0);
-      if (std::isnan(stored)) {
-        std::fill(y + c0, y + c1, canonical_nan());
-        continue;
-      }
-      const float s = f.named == preset::nvfp4 ? q.tensor_scale * stored : stored;
-      const float z = asym ? static_cast<float>(q.zero_point_at(r, c0)) : 0.0f;
-      const float offset = block_min ? stored_group_scale(q, r, c0).offset : 0.0f;
-      HWY_DYNAMIC_DISPATCH(DequantSpan)(cc, table.data(), n, s, z, asym, true, block_min, offset, y + c0);
+    for (int64_t r = 0; r < q.rows; ++r) {
+      HWY_DYNAMIC_DISPATCH(UnpackCodes)(q.codes.data() + r * q.row_bytes, static_cast<size_t>(q.cols), f.element.bits, codes);
+      const int64_t g0 = per_row ? r * gpr : 0;
+      const bool scaled = f.gran != granularity::none;
+      HWY_DYNAMIC_DISPATCH(DequantRow)(codes, static_cast<size_t>(q.cols), static_cast<size_t>(k), table.data(), table_n,
+                                       scaled ? q.scales.data() + g0 : nullptr, per_row, f.named == preset::nvfp4,
+                                       q.tensor_scale, scaled && !q.zero_points.empty() ? q.zero_points.data() + g0 : nullptr,
+                                       asym, block_min ? q.super_scales.data() + g0 : nullptr, out + r * q.cols);
     }
-  }
   }
 }
 
