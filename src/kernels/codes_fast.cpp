@@ -26,6 +26,7 @@
 #include "src/kernels/fast_plan.hpp"
 #include "src/kernels/scales_fast-inl.hpp"
 #include "src/kernels/simd_common-inl.hpp"
+#include "src/kernels/simd_round-inl.hpp"
 
 HWY_BEFORE_NAMESPACE();
 namespace lowbit {
@@ -329,6 +330,167 @@ bool EncodePackSpan(const float* HWY_RESTRICT vals, size_t n, const grid_params&
   });
 }
 
+// A chunk of whole batches (N groups of k, k a multiple of N) in one pass: per batch the groups'
+// amax (or the nvfp4 first pass's), their scales in one vectorised computation, then each
+// vector rounded onto the grid (FakeQuantVec, as the row kernel's batches with the scale left
+// out), coded (GridCode<kKind>) and packed into dst in registers: the values are never stored.
+// The same operations as fake_quantize_rows.cpp's batch loop, so the same bits. Returns false,
+// with scales and dst to be written again, where the row kernel's batches would stop (a batch
+// the vectorised scales decline) or a rounded value is NaN or Inf (the exact codec's work).
+#if HWY_TARGET != HWY_SCALAR
+// An integer-valued float |q| < 2^22 as int32: the pattern of q + 1.5 * 2^23 less that of 1.5 * 2^23
+// (two operations where ConvertTo also fixes up overflowing lanes).
+HWY_INLINE VI SmallIntOf(VF q) {
+  const DF df;
+  const DI di;
+  return hn::Sub(hn::BitCast(di, hn::Add(q, hn::Set(df, 12582912.0f))), hn::Set(di, 0x4B400000));
+}
+
+// GridCode for codes of at most 16 bits (QuantizeBatches' formats): the integers' and the
+// minifloat shortcut's conversions are SmallIntOf.
+template <int kKind>
+HWY_INLINE VI SmallGridCode(VF v, const grid_params& g, VF sub_unit) {
+  const DF df;
+  const DI di;
+  if constexpr (kKind == 1) {
+    return SmallIntOf(g.frac_scale != 1.0f ? hn::Mul(v, hn::Set(df, g.frac_scale)) : v);
+  } else if constexpr (kKind == 3) {
+    const VI bits = hn::BitCast(di, v);
+    const VI a = hn::And(bits, hn::Set(di, 0x7fffffff));
+    const VI normal = hn::Sub(hn::ShiftRightSame(a, 23 - g.mbits), hn::Set(di, (127 - g.bias) << g.mbits));
+    const VI sub = g.subnormals ? SmallIntOf(hn::Mul(hn::BitCast(df, a), sub_unit))
+                                : hn::IfThenZeroElse(hn::Eq(a, hn::Zero(di)), hn::Set(di, 1 << g.mbits));
+    const VI mag = hn::IfThenElse(hn::Lt(a, hn::Set(di, (g.emin + 127) << 23)), sub, normal);
+    return hn::Or(mag, hn::IfThenElseZero(hn::Lt(bits, hn::Zero(di)), hn::Set(di, static_cast<int32_t>(g.sign_bit))));
+  } else {
+    return GridCode<kKind>(v, g, 0, sub_unit);
+  }
+}
+
+template <rounding_mode kMode, span_path kPath, int kKind, int kBits>
+HWY_INLINE bool QuantizeBatchesT(const float* HWY_RESTRICT x, size_t n, const row_plan& plan, const grid_params& g,
+                                 float* HWY_RESTRICT scales, const int32_t* group_amax, uint8_t* HWY_RESTRICT dst,
+                                 const float* prefetch, size_t prefetch_n) {
+  const DF df;
+  const DI di;
+  const DU du;
+  const size_t N = hn::Lanes(df);
+  const size_t k = static_cast<size_t>(plan.group_cols);
+  const row_job job = detail::make_job(*plan.f, g, group_scale{}, true);
+  const VF one = hn::Set(df, 1.0f), clamp_lo = hn::Set(df, job.clamp_lo), clamp_hi = hn::Set(df, job.clamp_hi), u = hn::Zero(df);
+  const VF sub_unit = SubnormalUnit(g);
+  const auto mask = hn::Set(du, (1u << kBits) - 1u);
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  VI amax = hn::Zero(di);  // of the rounded values: above max float, a NaN/Inf
+  HWY_ALIGN float batch_scale[hn::MaxLanes(DF())];
+  HWY_ALIGN float batch_stored[hn::MaxLanes(DF())];
+  HWY_ALIGN float batch_mult[hn::MaxLanes(DF())];
+  VI partial[hn::MaxLanes(DF())];
+  size_t line = 0;  // input floats prefetched
+  const size_t per_group = k / N;  // vectors per group
+  for (size_t c0 = 0, gi = 0; c0 < n; c0 += N * k, gi += N) {
+    const VI amax_bits = group_amax ? hn::LoadU(di, group_amax + gi) : BatchGroupAmax(di, x + c0, k, partial);
+    if (plan.batch_preset == 0) {
+      if (!BatchScales(df, amax_bits, *plan.sctx, batch_scale, batch_mult)) return false;
+      hn::Store(hn::Load(df, batch_scale), df, batch_stored);
+    } else if (!BatchScalesPreset(df, amax_bits, plan, batch_scale, batch_stored, batch_mult)) {
+      return false;
+    }
+    hn::StoreU(hn::Load(df, batch_stored), df, scales + gi);
+    bool all_mul = true;  // (q8_0 multiplies by its 1/d always, as the row kernel)
+    for (size_t j = 0; j < N; ++j) all_mul &= batch_mult[j] != 0.0f || plan.batch_preset == 2;
+    // The code of vector t of the batch (group t / per_group).
+    auto code_at = [&](size_t t, auto scale_kind) {
+      if (line < prefetch_n) hwy::Prefetch(prefetch + line);
+      line += 16;
+      const size_t j = t / per_group;
+      const VF v = hn::LoadU(df, x + c0 + t * N);
+      const VF q = FakeQuantVec<kMode, kPath, decltype(scale_kind)::value>(df, v, u, g, hn::Set(df, batch_mult[j]),
+                                                                           hn::Set(df, batch_scale[j]), one, false,
+                                                                           clamp_lo, clamp_hi);
+      amax = hn::Max(amax, hn::And(hn::BitCast(di, q), abs_mask));
+      return hn::And(hn::BitCast(du, SmallGridCode<kKind>(q, g, sub_unit)), mask);
+    };
+    auto codes_of_batch = [&](auto scale_kind) {
+      uint8_t* out = dst + c0 * kBits / 8;
+      if constexpr (kBits == 4) {  // N * k is even in vectors (N >= 2)
+        for (size_t t = 0; t < k; t += 2) {
+          const auto a = code_at(t, scale_kind);
+          StoreNibblePairs(a, code_at(t + 1, scale_kind), out + t * N / 2);
+        }
+      } else if constexpr (kBits == 8) {
+        for (size_t t = 0; t < k; ++t) StoreLowBytes(code_at(t, scale_kind), out + t * N);
+      } else {
+        for (size_t t = 0; t < k; ++t) StoreLowHalves(code_at(t, scale_kind), out + 2 * t * N);
+      }
+    };
+    // (N * k values = k vectors)
+    if (all_mul) codes_of_batch(std::integral_constant<span_scale, span_scale::mul>{});
+    else codes_of_batch(std::integral_constant<span_scale, span_scale::div>{});
+  }
+  return hn::AllFalse(di, hn::Gt(amax, hn::Set(di, 0x7f7fffff)));
+}
+
+template <rounding_mode kMode, span_path kPath, int kKind>
+HWY_INLINE bool QuantizeBatchesBits(const float* HWY_RESTRICT x, size_t n, const row_plan& plan, const grid_params& g,
+                                    float* HWY_RESTRICT scales, const int32_t* group_amax, uint8_t* HWY_RESTRICT dst,
+                                    const float* prefetch, size_t prefetch_n) {
+  switch (plan.f->element.bits) {
+    case 4: return QuantizeBatchesT<kMode, kPath, kKind, 4>(x, n, plan, g, scales, group_amax, dst, prefetch, prefetch_n);
+    case 8: return QuantizeBatchesT<kMode, kPath, kKind, 8>(x, n, plan, g, scales, group_amax, dst, prefetch, prefetch_n);
+    default: return QuantizeBatchesT<kMode, kPath, kKind, 16>(x, n, plan, g, scales, group_amax, dst, prefetch, prefetch_n);
+  }
+}
+#endif
+
+// Whether QuantizeBatches takes a chunk of n values of a row under plan (else the row kernel and
+// EncodePackSpan): the row kernel's batches (groups of k, a multiple of N, n whole batches),
+// rounding the integer or the (|y| + C) - C minifloat path or a table (q8_0: ggml's rna), codes
+// of 4, 8 or 16 bits, no zero points.
+bool BatchesCover(const row_plan& plan, size_t n) {
+#if HWY_TARGET == HWY_SCALAR
+  (void)plan;
+  (void)n;
+  return false;
+#else
+  const size_t N = hn::Lanes(DF());
+  const format& f = *plan.f;
+  const size_t k = static_cast<size_t>(plan.group_cols);
+  const grid_params& g = *plan.grid;
+  const int bits = f.element.bits;
+  if (!plan.batch || plan.ggml_batch || k % N != 0 || n % (N * k) != 0) return false;
+  if (!(bits == 4 || bits == 8 || bits == 16) || f.element.kind == element_kind::uint_asym) return false;
+  if (f.named == preset::q8_0) return true;
+  if (f.rounding != rounding_mode::rne) return false;
+  const span_path path = path_of<rounding_mode::rne>(g);
+  return path == span_path::int_fast || path == span_path::table || (path == span_path::rne_fast && MinifloatDirect(g));
+#endif
+}
+
+bool QuantizeBatches(const float* HWY_RESTRICT x, size_t n, const row_plan& plan, float* HWY_RESTRICT scales,
+                     const int32_t* group_amax, uint8_t* HWY_RESTRICT dst, const float* prefetch, size_t prefetch_n) {
+#if HWY_TARGET == HWY_SCALAR  // (BatchesCover declines every chunk there)
+  (void)x, (void)n, (void)plan, (void)scales, (void)group_amax, (void)dst, (void)prefetch, (void)prefetch_n;
+  return false;
+#else
+  const grid_params g = *plan.grid;  // a local copy: its constants stay in registers
+  if (plan.f->named == preset::q8_0)  // ggml's roundf
+    return QuantizeBatchesBits<rounding_mode::rna, span_path::int_fast, 1>(x, n, plan, g, scales, group_amax, dst, prefetch,
+                                                                          prefetch_n);
+  switch (path_of<rounding_mode::rne>(g)) {
+    case span_path::int_fast:
+      return QuantizeBatchesBits<rounding_mode::rne, span_path::int_fast, 1>(x, n, plan, g, scales, group_amax, dst,
+                                                                            prefetch, prefetch_n);
+    case span_path::table:
+      return QuantizeBatchesBits<rounding_mode::rne, span_path::table, 2>(x, n, plan, g, scales, group_amax, dst, prefetch,
+                                                                         prefetch_n);
+    default:
+      return QuantizeBatchesBits<rounding_mode::rne, span_path::rne_fast, 3>(x, n, plan, g, scales, group_amax, dst,
+                                                                            prefetch, prefetch_n);
+  }
+#endif
+}
+
 // The codes of one of ggml's blocks (n values at x) given its multiplier id, min lo (with a min)
 // and zero point z: quantize_ref's quantize_value a vector at a time, q = clamp(trunc(x * id +
 // (z + 1/2)), 0, 2^bits - 1), or trunc((x - min) * id + 1/2) with a min; a NaN gives z (0 with a
@@ -435,6 +597,8 @@ HWY_EXPORT(EncodeSpan);
 HWY_EXPORT(EncodePackSpan);
 HWY_EXPORT(QuantizeGgmlRow);
 HWY_EXPORT(PackCodes);
+HWY_EXPORT(BatchesCover);
+HWY_EXPORT(QuantizeBatches);
 
 using detail::fast_call;
 using detail::simd_covers;
@@ -506,6 +670,7 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
   const bool simd_encode = f.element.bits < 32;
   const uint32_t code_mask = f.element.bits >= 32 ? 0xffffffffu : (1u << f.element.bits) - 1u;
   std::atomic<bool> unstorable_nan{false};
+  const bool fused = f.gran == granularity::group;  // (QuantizeBatches: the row kernel's batches of groups)
 #pragma omp parallel if (rows * cols >= kParallelMinElements)
   {
     // Reused by the calls of a thread: no allocation per call once they have grown.
@@ -554,13 +719,18 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
       for (int64_t cb = 0; cb < cols; cb += chunk) {
         const int64_t ce = std::min(cols, cb + chunk), n = ce - cb;
         const int64_t g0 = f.gran == granularity::group ? cb / k : 0;
-        detail::fake_quant_row(xr + cb, vals, static_cast<size_t>(n), call.plan, static_cast<uint64_t>(r * cols + cb),
-                               sc ? sc + g0 : nullptr, zp ? zp + g0 : nullptr, amax ? amax + g0 : nullptr);
-        // The whole chunk at once where no value is NaN/Inf (a NaN-scale group's values are NaN)
-        // and no zero point enters; else group by group.
         const float* next = ce < cols ? xr + ce : next_row;
         const int64_t next_n = next ? std::min(chunk, ce < cols ? cols - ce : cols) : 0;
         uint8_t* dst = row_bytes + cb * f.element.bits / 8;
+        // Whole batches of the common formats in one pass (QuantizeBatches); else the row kernel
+        // into `vals`, then the whole chunk encoded and packed at once where no value is NaN/Inf
+        // (a NaN-scale group's values are NaN) and no zero point enters, or group by group.
+        if (fused && HWY_DYNAMIC_DISPATCH(BatchesCover)(call.plan, static_cast<size_t>(n)) &&
+            HWY_DYNAMIC_DISPATCH(QuantizeBatches)(xr + cb, static_cast<size_t>(n), call.plan, sc + g0,
+                                                  amax ? amax + g0 : nullptr, dst, next, static_cast<size_t>(next_n)))
+          continue;
+        detail::fake_quant_row(xr + cb, vals, static_cast<size_t>(n), call.plan, static_cast<uint64_t>(r * cols + cb),
+                               sc ? sc + g0 : nullptr, zp ? zp + g0 : nullptr, amax ? amax + g0 : nullptr);
         if (asym || !simd_encode ||
             !HWY_DYNAMIC_DISPATCH(EncodePackSpan)(vals, static_cast<size_t>(n), call.grid, f.element.bits, codes, dst,
                                                    next, static_cast<size_t>(next_n))) {
