@@ -334,7 +334,9 @@ bool EncodePackSpan(const float* HWY_RESTRICT vals, size_t n, const grid_params&
 // amax (or the nvfp4 first pass's), their scales in one vectorised computation, then each
 // vector rounded onto the grid (FakeQuantVec, as the row kernel's batches with the scale left
 // out), coded (GridCode<kKind>) and packed into dst in registers: the values are never stored.
-// The same operations as fake_quantize_rows.cpp's batch loop, so the same bits. Returns false,
+// The same operations as fake_quantize_rows.cpp's batch loop, so the same bits. (The grid
+// constants come by value: stores through the byte pointer dst could alias a reference, which
+// would reload them for every vector.) Returns false,
 // with scales and dst to be written again, where the row kernel's batches would stop (a batch
 // the vectorised scales decline) or a rounded value is NaN or Inf (the exact codec's work).
 #if HWY_TARGET != HWY_SCALAR
@@ -368,7 +370,7 @@ HWY_INLINE VI SmallGridCode(VF v, const grid_params& g, VF sub_unit) {
 }
 
 template <rounding_mode kMode, span_path kPath, int kKind, int kBits>
-HWY_INLINE bool QuantizeBatchesT(const float* HWY_RESTRICT x, size_t n, const row_plan& plan, const grid_params& g,
+HWY_INLINE bool QuantizeBatchesT(const float* HWY_RESTRICT x, size_t n, const row_plan& plan, const grid_params g,
                                  float* HWY_RESTRICT scales, const int32_t* group_amax, uint8_t* HWY_RESTRICT dst,
                                  const float* prefetch, size_t prefetch_n) {
   const DF df;
@@ -443,10 +445,67 @@ HWY_INLINE bool QuantizeBatchesBits(const float* HWY_RESTRICT x, size_t n, const
 }
 #endif
 
+// A chunk under one scale (/t, or a plain cast) in one pass: each vector scaled as the row
+// kernel's span (x * 1/s for a power-of-two s, else x / s; a plain cast x itself), rounded onto
+// the grid (FakeQuantVec with the scale left out), coded and packed in registers. Returns false
+// where a rounded value is NaN or Inf (the caller takes the row kernel and the exact codec).
+template <rounding_mode kMode, span_path kPath, int kKind, int kBits, span_scale kScale>
+HWY_INLINE bool QuantizeUniformT(const float* HWY_RESTRICT x, size_t n, const row_job job, const grid_params g,
+                                 uint8_t* HWY_RESTRICT dst, const float* prefetch, size_t prefetch_n) {
+  const DF df;
+  const DI di;
+  const DU du;
+  const size_t N = hn::Lanes(df);
+  const VF one = hn::Set(df, 1.0f), mul = hn::Set(df, job.multiplier), div = hn::Set(df, job.divisor), u = hn::Zero(df);
+  const VF clamp_lo = hn::Set(df, job.clamp_lo), clamp_hi = hn::Set(df, job.clamp_hi);
+  const VF sub_unit = SubnormalUnit(g);
+  const auto mask = hn::Set(du, (1u << kBits) - 1u);
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  VI amax = hn::Zero(di);
+  size_t line = 0;
+  auto code_at = [&](size_t i) {
+    if (line < prefetch_n) hwy::Prefetch(prefetch + line);
+    line += 16;
+    const VF q = FakeQuantVec<kMode, kPath, kScale>(df, hn::LoadU(df, x + i), u, g, mul, div, one, false, clamp_lo, clamp_hi);
+    amax = hn::Max(amax, hn::And(hn::BitCast(di, q), abs_mask));
+    return hn::And(hn::BitCast(du, SmallGridCode<kKind>(q, g, sub_unit)), mask);
+  };
+  size_t i = 0;
+  if constexpr (kBits == 4) {
+    for (; i + 2 * N <= n; i += 2 * N) {
+      const auto a = code_at(i);
+      StoreNibblePairs(a, code_at(i + N), dst + i / 2);
+    }
+  } else if constexpr (kBits == 8) {
+    for (; i + N <= n; i += N) StoreLowBytes(code_at(i), dst + i);
+  } else {
+    for (; i + N <= n; i += N) StoreLowHalves(code_at(i), dst + 2 * i);
+  }
+  if (i < n) return false;  // (callers give whole pairs of vectors)
+  return hn::AllFalse(di, hn::Gt(amax, hn::Set(di, 0x7f7fffff)));
+}
+
+template <rounding_mode kMode, span_path kPath, int kKind>
+HWY_INLINE bool QuantizeUniformBits(const float* HWY_RESTRICT x, size_t n, const row_job& job, const grid_params& g,
+                                    int bits, uint8_t* HWY_RESTRICT dst, const float* prefetch, size_t prefetch_n) {
+  auto with_scale = [&](auto scale) {
+    constexpr span_scale kS = decltype(scale)::value;
+    switch (bits) {
+      case 4: return QuantizeUniformT<kMode, kPath, kKind, 4, kS>(x, n, job, g, dst, prefetch, prefetch_n);
+      case 8: return QuantizeUniformT<kMode, kPath, kKind, 8, kS>(x, n, job, g, dst, prefetch, prefetch_n);
+      default: return QuantizeUniformT<kMode, kPath, kKind, 16, kS>(x, n, job, g, dst, prefetch, prefetch_n);
+    }
+  };
+  if (!job.scaled) return with_scale(std::integral_constant<span_scale, span_scale::none>{});
+  if (job.use_multiplier) return with_scale(std::integral_constant<span_scale, span_scale::mul>{});
+  return with_scale(std::integral_constant<span_scale, span_scale::div>{});
+}
+
 // Whether QuantizeBatches takes a chunk of n values of a row under plan (else the row kernel and
-// EncodePackSpan): the row kernel's batches (groups of k, a multiple of N, n whole batches),
-// rounding the integer or the (|y| + C) - C minifloat path or a table (q8_0: ggml's rna), codes
-// of 4, 8 or 16 bits, no zero points.
+// EncodePackSpan): the row kernel's batches (groups of k, a multiple of N, n whole batches), or
+// one finite scale (/t, plain casts; n whole pairs of vectors); rounding the integer or the
+// (|y| + C) - C minifloat path or a table (q8_0: ggml's rna), codes of 4, 8 or 16 bits, no zero
+// points.
 bool BatchesCover(const row_plan& plan, size_t n) {
 #if HWY_TARGET == HWY_SCALAR
   (void)plan;
@@ -458,7 +517,10 @@ bool BatchesCover(const row_plan& plan, size_t n) {
   const size_t k = static_cast<size_t>(plan.group_cols);
   const grid_params& g = *plan.grid;
   const int bits = f.element.bits;
-  if (!plan.batch || plan.ggml_batch || k % N != 0 || n % (N * k) != 0) return false;
+  const bool uniform = f.gran == granularity::tensor || f.gran == granularity::none;  // one scale: QuantizeUniformT
+  if (uniform ? n % (2 * N) != 0 || (f.gran == granularity::tensor && plan.tensor_gs.nonfinite)
+              : !plan.batch || plan.ggml_batch || k % N != 0 || n % (N * k) != 0)
+    return false;
   if (!(bits == 4 || bits == 8 || bits == 16) || f.element.kind == element_kind::uint_asym) return false;
   if (f.named == preset::q8_0) return true;
   if (f.rounding != rounding_mode::rne) return false;
@@ -467,13 +529,25 @@ bool BatchesCover(const row_plan& plan, size_t n) {
 #endif
 }
 
-bool QuantizeBatches(const float* HWY_RESTRICT x, size_t n, const row_plan& plan, float* HWY_RESTRICT scales,
+bool QuantizeBatches(const float* HWY_RESTRICT x, size_t n, const row_plan& plan, float* scales,
                      const int32_t* group_amax, uint8_t* HWY_RESTRICT dst, const float* prefetch, size_t prefetch_n) {
 #if HWY_TARGET == HWY_SCALAR  // (BatchesCover declines every chunk there)
   (void)x, (void)n, (void)plan, (void)scales, (void)group_amax, (void)dst, (void)prefetch, (void)prefetch_n;
   return false;
 #else
   const grid_params g = *plan.grid;  // a local copy: its constants stay in registers
+  if (plan.f->gran == granularity::tensor || plan.f->gran == granularity::none) {  // one scale: the row kernel's job
+    const row_job job = detail::make_job(*plan.f, g, plan.f->gran == granularity::tensor ? plan.tensor_gs : group_scale{}, true);
+    const int bits = plan.f->element.bits;
+    switch (path_of<rounding_mode::rne>(g)) {
+      case span_path::int_fast:
+        return QuantizeUniformBits<rounding_mode::rne, span_path::int_fast, 1>(x, n, job, g, bits, dst, prefetch, prefetch_n);
+      case span_path::table:
+        return QuantizeUniformBits<rounding_mode::rne, span_path::table, 2>(x, n, job, g, bits, dst, prefetch, prefetch_n);
+      default:
+        return QuantizeUniformBits<rounding_mode::rne, span_path::rne_fast, 3>(x, n, job, g, bits, dst, prefetch, prefetch_n);
+    }
+  }
   if (plan.f->named == preset::q8_0)  // ggml's roundf
     return QuantizeBatchesBits<rounding_mode::rna, span_path::int_fast, 1>(x, n, plan, g, scales, group_amax, dst, prefetch,
                                                                           prefetch_n);
@@ -670,7 +744,8 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
   const bool simd_encode = f.element.bits < 32;
   const uint32_t code_mask = f.element.bits >= 32 ? 0xffffffffu : (1u << f.element.bits) - 1u;
   std::atomic<bool> unstorable_nan{false};
-  const bool fused = f.gran == granularity::group;  // (QuantizeBatches: the row kernel's batches of groups)
+  // QuantizeBatches: the row kernel's batches of groups, or one scale (/t, plain casts).
+  const bool fused = f.gran != granularity::row;
 #pragma omp parallel if (rows * cols >= kParallelMinElements)
   {
     // Reused by the calls of a thread: no allocation per call once they have grown.
@@ -726,7 +801,7 @@ quantized_tensor quantize(const float* x, int64_t rows, int64_t cols, const form
         // into `vals`, then the whole chunk encoded and packed at once where no value is NaN/Inf
         // (a NaN-scale group's values are NaN) and no zero point enters, or group by group.
         if (fused && HWY_DYNAMIC_DISPATCH(BatchesCover)(call.plan, static_cast<size_t>(n)) &&
-            HWY_DYNAMIC_DISPATCH(QuantizeBatches)(xr + cb, static_cast<size_t>(n), call.plan, sc + g0,
+            HWY_DYNAMIC_DISPATCH(QuantizeBatches)(xr + cb, static_cast<size_t>(n), call.plan, sc ? sc + g0 : nullptr,
                                                   amax ? amax + g0 : nullptr, dst, next, static_cast<size_t>(next_n)))
           continue;
         detail::fake_quant_row(xr + cb, vals, static_cast<size_t>(n), call.plan, static_cast<uint64_t>(r * cols + cb),
