@@ -339,7 +339,6 @@ bool EncodePackSpan(const float* HWY_RESTRICT vals, size_t n, const grid_params&
 // would reload them for every vector.) Returns false,
 // with scales and dst to be written again, where the row kernel's batches would stop (a batch
 // the vectorised scales decline) or a rounded value is NaN or Inf (the exact codec's work).
-#if HWY_TARGET != HWY_SCALAR
 // An integer-valued float |q| < 2^22 as int32: the pattern of q + 1.5 * 2^23 less that of 1.5 * 2^23
 // (two operations where ConvertTo also fixes up overflowing lanes).
 HWY_INLINE VI SmallIntOf(VF q) {
@@ -348,6 +347,7 @@ HWY_INLINE VI SmallIntOf(VF q) {
   return hn::Sub(hn::BitCast(di, hn::Add(q, hn::Set(df, 12582912.0f))), hn::Set(di, 0x4B400000));
 }
 
+#if HWY_TARGET != HWY_SCALAR
 // GridCode for codes of at most 16 bits (QuantizeBatches' formats): the integers' and the
 // minifloat shortcut's conversions are SmallIntOf.
 template <int kKind>
@@ -569,11 +569,11 @@ bool QuantizeBatches(const float* HWY_RESTRICT x, size_t n, const row_plan& plan
 // and zero point z: quantize_ref's quantize_value a vector at a time, q = clamp(trunc(x * id +
 // (z + 1/2)), 0, 2^bits - 1), or trunc((x - min) * id + 1/2) with a min; a NaN gives z (0 with a
 // min). Packed into dst: 4-bit codes two vectors at a time in registers, the rest through `codes`.
-template <bool kWithMin>
+// kFinite: the block and its multiplier are finite (a batch BatchGgmlScaleVecs took), so no y is NaN.
+template <bool kWithMin, bool kFinite = false>
 HWY_INLINE void GgmlBlockCodes(const float* HWY_RESTRICT x, size_t n, float id_s, float lo_s, int32_t z, int bits,
                                uint32_t* HWY_RESTRICT codes, uint8_t* HWY_RESTRICT dst) {
   const DF df;
-  const DI di;
   const DU du;
   const size_t N = hn::Lanes(df);
   const VF top = hn::Set(df, static_cast<float>((1 << bits) - 1)), zero = hn::Zero(df);
@@ -582,8 +582,9 @@ HWY_INLINE void GgmlBlockCodes(const float* HWY_RESTRICT x, size_t n, float id_s
   const VF nan_code = hn::Set(df, kWithMin ? 0.0f : static_cast<float>(z));
   auto code = [&](VF v) {
     const VF y = kWithMin ? hn::Add(hn::Mul(hn::Sub(v, lo), id), bias) : hn::Add(hn::Mul(v, id), bias);
-    const VF q = hn::IfThenElse(hn::Eq(y, y), hn::Min(hn::Max(hn::Trunc(y), zero), top), nan_code);
-    return hn::BitCast(du, hn::ConvertTo(di, q));
+    VF q = hn::Min(hn::Max(hn::Trunc(y), zero), top);
+    if constexpr (!kFinite) q = hn::IfThenElse(hn::Eq(y, y), q, nan_code);
+    return hn::BitCast(du, SmallIntOf(q));  // (0 <= q < 2^bits)
   };
   size_t i = 0;
 #if HWY_TARGET != HWY_SCALAR
@@ -644,7 +645,7 @@ HWY_INLINE void QuantizeGgmlRowT(const float* HWY_RESTRICT x, size_t cols, size_
     hn::Store(v.id, df, id_s);
     hn::Store(v.mn, df, mn_s);
     for (size_t j = 0; j < N; ++j)
-      GgmlBlockCodes<kWithMin>(x + c0 + j * k, k, id_s[j], mn_s[j], fixed_zp, bits, codes, dst + (g + j) * block_bytes);
+      GgmlBlockCodes<kWithMin, true>(x + c0 + j * k, k, id_s[j], mn_s[j], fixed_zp, bits, codes, dst + (g + j) * block_bytes);
   }
 #endif
   for (; c0 < cols; c0 += k, ++g) one_block(c0, std::min(k, cols - c0), g);
