@@ -37,17 +37,20 @@ namespace HWY_NAMESPACE {
 // (-m)); a plain cast (scaled = false) is table[code] alone. The reference's float operations, a
 // gather per vector.
 // A table of at most N entries (padded to N: table_n <= N) is one vector, looked up with a lane
-// permute instead of a gather.
-void DequantSpan(const uint32_t* HWY_RESTRICT codes, const float* HWY_RESTRICT table, size_t table_n, size_t n, float s,
-                 float z, bool asym, bool scaled, bool subtract_offset, float offset, float* HWY_RESTRICT out) {
+// permute instead of a gather; symmetric integers (int_shift = 32 - bits > 0) need no table: the
+// code sign-extended, converted (exact) and times int_unit = 2^-frac, decode_ref's value.
+void DequantSpan(const uint32_t* HWY_RESTRICT codes, const float* HWY_RESTRICT table, size_t table_n, int int_shift,
+                 float int_unit, size_t n, float s, float z, bool asym, bool scaled, bool subtract_offset, float offset,
+                 float* HWY_RESTRICT out) {
   const DF df;
   const DI di;
   const size_t N = hn::Lanes(df);
-  const VF sv = hn::Set(df, s), zv = hn::Set(df, z), ov = hn::Set(df, offset);
+  const VF sv = hn::Set(df, s), zv = hn::Set(df, z), ov = hn::Set(df, offset), unit = hn::Set(df, int_unit);
   const bool in_vector = table_n <= N;
   const VF table_v = in_vector ? hn::LoadU(df, table) : hn::Zero(df);
   auto value = [&](VI c) {
     VF v = asym        ? hn::Sub(hn::ConvertTo(df, c), zv)
+           : int_shift ? hn::Mul(hn::ConvertTo(df, hn::ShiftRightSame(hn::ShiftLeftSame(c, int_shift), int_shift)), unit)
            : in_vector ? hn::TableLookupLanes(table_v, hn::IndicesFromVec(df, c))
                        : hn::GatherIndex(df, table, c);
     v = scaled ? hn::Mul(v, sv) : v;
@@ -85,12 +88,13 @@ void UnpackCodes(const uint8_t* HWY_RESTRICT src, size_t n, int bits, uint32_t* 
 // first group's entries (nullptr where the format has none); per_group = false: entry 0 serves
 // the whole row (/t).
 void DequantRow(const uint32_t* HWY_RESTRICT codes, size_t cols, size_t k, const float* HWY_RESTRICT table, size_t table_n,
+                int int_shift, float int_unit,
                 const float* scales, bool per_group, bool nvfp4, float tensor_scale, const int32_t* zero_points,
                 bool asym, const float* mins, float* HWY_RESTRICT out) {
   for (size_t c0 = 0, g = 0; c0 < cols; c0 += k, ++g) {
     const size_t n = std::min(k, cols - c0), gi = per_group ? g : 0;
     if (!scales) {  // a plain cast
-      DequantSpan(codes + c0, table, table_n, n, 1.0f, 0.0f, false, false, false, 0.0f, out + c0);
+      DequantSpan(codes + c0, table, table_n, int_shift, int_unit, n, 1.0f, 0.0f, false, false, false, 0.0f, out + c0);
       continue;
     }
     const float stored = scales[gi];
@@ -100,7 +104,7 @@ void DequantRow(const uint32_t* HWY_RESTRICT codes, size_t cols, size_t k, const
     }
     const float s = nvfp4 ? tensor_scale * stored : stored;
     const float z = asym && zero_points ? static_cast<float>(zero_points[gi]) : 0.0f;
-    DequantSpan(codes + c0, table, table_n, n, s, z, asym, true, mins != nullptr, mins ? -mins[gi] : 0.0f, out + c0);
+    DequantSpan(codes + c0, table, table_n, int_shift, int_unit, n, s, z, asym, true, mins != nullptr, mins ? -mins[gi] : 0.0f, out + c0);
   }
 }
 
@@ -838,6 +842,9 @@ void dequantize(const quantized_tensor& q, float* out) {
   const bool block_min = has_block_min(f);
   const int64_t k = f.gran == granularity::group ? f.group_size : std::max<int64_t>(q.cols, 1);
   const int64_t gpr = q.groups_per_row();
+  // Symmetric integers of more than 4 bits (past a vector's table) decode by sign extension.
+  const int int_shift = f.element.kind == element_kind::int_sym && f.element.bits > 4 ? 32 - f.element.bits : 0;
+  const float int_unit = std::ldexp(1.0f, -f.element.frac_bits);
   const bool per_row = f.gran == granularity::group || f.gran == granularity::row;  // else /t's one entry
 #pragma omp parallel if (q.rows * q.cols >= kParallelMinElements)
   {
@@ -850,6 +857,7 @@ void dequantize(const quantized_tensor& q, float* out) {
       const int64_t g0 = per_row ? r * gpr : 0;
       const bool scaled = f.gran != granularity::none;
       HWY_DYNAMIC_DISPATCH(DequantRow)(codes, static_cast<size_t>(q.cols), static_cast<size_t>(k), table.data(), table_n,
+                                       int_shift, int_unit,
                                        scaled ? q.scales.data() + g0 : nullptr, per_row, f.named == preset::nvfp4,
                                        q.tensor_scale, scaled && !q.zero_points.empty() ? q.zero_points.data() + g0 : nullptr,
                                        asym, block_min ? q.super_scales.data() + g0 : nullptr, out + r * q.cols);
