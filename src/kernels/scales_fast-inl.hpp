@@ -196,8 +196,14 @@ HWY_INLINE VF MinMaxOfLanesBatch(DF df, VF* v, size_t count) {
 // fp16 rounding as RoundScaleGrid of |d| (round_minifloat_fast's (|v| + C) - C). Fills
 // gs[0..N); false where a block needs choose_scale: a NaN/Inf, max = -min != 0 (which of the two
 // comes first decides), a zero min or max with a min (its sign), fp16 overflow or 1/d = Inf.
-HWY_INLINE bool BatchGgmlScales(DF df, const float* p, size_t k, const scale_context& ctx, bool with_min,
-                                group_scale* gs) {
+// BatchGgmlScaleVecs leaves the results in vectors (lane j = block j): the fp16 scale d16, the
+// multiplier 1/d, and with a min the block's min mn and its fp16 rounding m16; BatchGgmlScales
+// spreads them into group_scale structs.
+struct ggml_scale_vecs {
+  VF d16, id, mn, m16;
+};
+HWY_INLINE bool BatchGgmlScaleVecs(DF df, const float* p, size_t k, const scale_context& ctx, bool with_min,
+                                   ggml_scale_vecs* out) {
   const DI di;
   const size_t N = hn::Lanes(df);
   VF hi[hn::MaxLanes(DF())];
@@ -237,11 +243,23 @@ HWY_INLINE bool BatchGgmlScales(DF df, const float* p, size_t k, const scale_con
   if (!hn::AllFalse(df, hn::Gt(hn::Abs(id), hn::Set(df, 3.4e38f)))) return false;  // 1/d = Inf
   const VF d16 = hn::CopySign(RoundScaleGrid(df, hn::Abs(d), ctx.s_emin, ctx.s_mbits), d);
   if (!hn::AllFalse(df, hn::Gt(hn::Abs(d16), fp16_max))) return false;
+  out->d16 = d16;
+  out->id = id;
+  out->mn = mn;
+  out->m16 = m16;
+  return true;
+}
+
+HWY_INLINE bool BatchGgmlScales(DF df, const float* p, size_t k, const scale_context& ctx, bool with_min,
+                                group_scale* gs) {
+  const size_t N = hn::Lanes(df);
+  ggml_scale_vecs v;
+  if (!BatchGgmlScaleVecs(df, p, k, ctx, with_min, &v)) return false;
   HWY_ALIGN float d_s[hn::MaxLanes(DF())], id_s[hn::MaxLanes(DF())], mn_s[hn::MaxLanes(DF())], m_s[hn::MaxLanes(DF())];
-  hn::Store(d16, df, d_s);
-  hn::Store(id, df, id_s);
-  hn::Store(mn, df, mn_s);
-  hn::Store(m16, df, m_s);
+  hn::Store(v.d16, df, d_s);
+  hn::Store(v.id, df, id_s);
+  hn::Store(v.mn, df, mn_s);
+  hn::Store(v.m16, df, m_s);
   const int32_t zp = with_min ? 0 : int32_t{1} << (ctx.f->element.bits - 1);
   for (size_t j = 0; j < N; ++j) {
     group_scale g;
