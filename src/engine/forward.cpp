@@ -107,10 +107,18 @@ void forward_session::embed(const int32_t* tokens, int n, float* x) const {
   decoder::embedding_forward(m_.config, decoder::bind_embeddings(m_), tokens, n, pos_, 0, x);
 }
 
+namespace {
+// v holds at least n floats (its contents are the caller's to overwrite).
+float* at_least(std::vector<float>& v, int64_t n) {
+  if (int64_t(v.size()) < n) v.resize(size_t(n));
+  return v.data();
+}
+}  // namespace
+
 const std::vector<float>& forward_session::forward(const int32_t* tokens, int n) {
-  std::vector<float> x(int64_t(n) * m_.config.dim);
-  embed(tokens, n, x.data());
-  run(x.data(), n, 0, m_.config.n_layers, true);
+  float* x = at_least(acts_.x, int64_t(n) * m_.config.dim);
+  embed(tokens, n, x);
+  run(x, n, 0, m_.config.n_layers, true);
   pos_ += n;
   return logits_;
 }
@@ -131,8 +139,8 @@ namespace {
 class plan_ops : public decoder::linear_ops {
  public:
   plan_ops(const std::vector<act_quant>& blocks, const act_quant& classifier, uint64_t& call,
-           const std::vector<const packed_matrix*>& packed)
-      : blocks_(blocks), classifier_(classifier), call_(call), packed_(packed) {}
+           const std::vector<const packed_matrix*>& packed, std::vector<float>& buf)
+      : blocks_(blocks), classifier_(classifier), call_(call), packed_(packed), buf_(buf) {}
   const float* input(const float* x, int64_t n, int in, int linear) override {
     const act_quant& q = linear == decoder::classifier_linear ? classifier_ : blocks_[site(linear)];
     int_acts_valid_ = false;
@@ -184,7 +192,7 @@ class plan_ops : public decoder::linear_ops {
   const act_quant& classifier_;
   uint64_t& call_;
   const std::vector<const packed_matrix*>& packed_;
-  std::vector<float> buf_;
+  std::vector<float>& buf_;  // the quantized input (the session's, reused from call to call)
   int8_activations int_acts_;  // the last input's integer codes, when int_acts_valid_
   bool int_acts_valid_ = false;
 };
@@ -215,19 +223,18 @@ void forward_session::run(float* x, int n, int first, int last, bool head) {
   const int T = pos_ + n;  // keys visible to the last query
   const layers::thread_scope threads(n, c.dim);
 
-  std::vector<float> xb1(int64_t(n) * dim), xb2(int64_t(n) * dim), o(int64_t(n) * dim), y(int64_t(n) * dim);
-  std::vector<float> qkv(int64_t(n) * (dim + 2 * kv_dim));  // q, k, v; or fused rows
-  std::vector<float> gate(c.gated_mlp() ? int64_t(n) * hidden : 0);
-  std::vector<float> up(int64_t(n) * hidden), act(int64_t(n) * hidden), scores(int64_t(n) * T);
-  plan_ops ops(block_acts_, classifier_act_, call_, packed_linears_);
+  const int64_t nd = int64_t(n) * dim;
+  float* xb1 = at_least(acts_.n1, nd);
+  float* qkv = at_least(acts_.qkv, int64_t(n) * (dim + 2 * kv_dim));  // q, k, v; or fused rows
+  plan_ops ops(block_acts_, classifier_act_, call_, packed_linears_, acts_.input);
 
   decoder::block_acts a;
   a.x = a.x1 = a.out = x;
-  a.n1 = xb1.data(), a.n2 = xb2.data(), a.o = o.data(), a.y = y.data();
-  decoder::set_qkv(c, a, qkv.data(), qkv.data(), qkv.data() + int64_t(n) * dim,
-                   qkv.data() + int64_t(n) * (dim + kv_dim));
-  a.scores = scores.data(), a.scores_per_head = 0;
-  a.gate = gate.data(), a.up = up.data(), a.act = act.data();
+  a.n1 = xb1, a.n2 = at_least(acts_.n2, nd), a.o = at_least(acts_.o, nd), a.y = at_least(acts_.y, nd);
+  decoder::set_qkv(c, a, qkv, qkv, qkv + nd, qkv + int64_t(n) * (dim + kv_dim));
+  a.scores = at_least(acts_.scores, int64_t(n) * T), a.scores_per_head = 0;
+  a.gate = c.gated_mlp() ? at_least(acts_.gate, int64_t(n) * hidden) : nullptr;
+  a.up = at_least(acts_.up, int64_t(n) * hidden), a.act = at_least(acts_.act, int64_t(n) * hidden);
 
   decoder::block_hooks h;
   h.ops = &ops;
@@ -271,7 +278,7 @@ void forward_session::run(float* x, int n, int first, int last, bool head) {
   };
   // Q's operand: rows = (token, head) of head_dim. P's: each (head, query block) [rows, keys].
   // Heads run in turn (heads_parallel is off here), so the stream counter needs no lock.
-  std::vector<float> operand_scratch;
+  std::vector<float>& operand_scratch = acts_.operand;
   if (plan_.attn.q)
     h.q_operand = [&](int, float* q, int64_t qs) {
       const int H = c.n_heads;
@@ -284,7 +291,7 @@ void forward_session::run(float* x, int n, int first, int last, bool head) {
         for (int i = 0; i < n; ++i) std::copy_n(operand_scratch.data() + int64_t(i) * H * hd, H * hd, q + i * qs);
       }
     };
-  std::vector<float> p_scratch;
+  std::vector<float>& p_scratch = acts_.p;
   if (plan_.attn.p)
     h.p_operand = [&](float* p, int rows, int keys, int64_t ld) {
       quantize_strided(p, rows, keys, ld, *plan_.attn.p, ++call_, p_scratch);
@@ -297,10 +304,10 @@ void forward_session::run(float* x, int n, int first, int last, bool head) {
 
   if (head) {
     const decoder::model_params p = decoder::bind_head(m_);
-    decoder::norm_forward(c, p.out_norm, p.out_norm_b, x, xb1.data(), n, nullptr, nullptr);
-    if (dump_) dump_("output_norm", xb1.data(), n, dim);
+    decoder::norm_forward(c, p.out_norm, p.out_norm_b, x, xb1, n, nullptr, nullptr);
+    if (dump_) dump_("output_norm", xb1, n, dim);
     logits_.resize(int64_t(n) * c.vocab_size);
-    decoder::classifier_forward(ops, ops.input(xb1.data(), n, dim, decoder::classifier_linear), n, dim,
+    decoder::classifier_forward(ops, ops.input(xb1, n, dim, decoder::classifier_linear), n, dim,
                                 p.classifier, c.vocab_size, logits_.data());
     if (dump_) dump_("logits", logits_.data(), n, c.vocab_size);
   }
