@@ -346,33 +346,50 @@ HWY_NOINLINE void TensorSpanT(const float* HWY_RESTRICT x, float* HWY_RESTRICT y
 }
 
 #if HWY_TARGET != HWY_SCALAR
-// nvfp4: one batch of N groups of k = 16 (a whole number of vectors on every target) at x, as the
-// row kernel's batches (BatchGroupAmax, BatchScalesPreset, each group's elements), every access
-// back to front so that the hardware prefetchers follow the streams; a batch with a NaN/Inf
-// group goes through the row kernel.
-template <rounding_mode kMode, span_path kPath>
-HWY_INLINE void Nvfp4Batch(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, bool stream, const row_plan& plan,
-                           const grid_params& g) {
+// nvfp4: the scales of one batch of N groups of k = 16 (a whole number of vectors on every
+// target) at x into scale[0, N), as the row kernel's batches (BatchGroupAmax, BatchScalesPreset),
+// the loads back to front so that the hardware prefetchers follow the streams. False where a
+// group holds a NaN/Inf (the batch then goes through the row kernel).
+HWY_INLINE bool Nvfp4BatchScales(const float* HWY_RESTRICT x, const row_plan& plan, float* scale) {
   const DF df;
   const DI di;
   const size_t N = hn::Lanes(df), k = 16;
   const VI abs_mask = hn::Set(di, 0x7fffffff);
-  HWY_ALIGN float batch_scale[hn::MaxLanes(DF())];
-  HWY_ALIGN float batch_stored[hn::MaxLanes(DF())];
-  HWY_ALIGN float batch_mult[hn::MaxLanes(DF())];
+  HWY_ALIGN float stored[hn::MaxLanes(DF())];
+  HWY_ALIGN float mult[hn::MaxLanes(DF())];
   VI partial[hn::MaxLanes(DF())];
   for (size_t j = N; j-- > 0;) {
-    VI m = hn::Zero(di);
-    for (size_t i = k; i > 0; i -= N) m = hn::Max(m, hn::And(hn::BitCast(di, hn::LoadU(df, x + j * k + i - N)), abs_mask));
+    VI m = hn::And(hn::BitCast(di, hn::LoadU(df, x + j * k + k - N)), abs_mask);
+    for (size_t i = k - N; i > 0; i -= N) m = hn::Max(m, hn::And(hn::BitCast(di, hn::LoadU(df, x + j * k + i - N)), abs_mask));
     partial[j] = m;
   }
-  if (!BatchScalesPreset(df, MaxOfLanesBatch(di, partial, N), plan, batch_scale, batch_stored, batch_mult)) {
-    FakeQuantRowPath<kMode, kPath>(x, y, N * k, plan, g, 0, nullptr, nullptr, nullptr);
+  return BatchScalesPreset(df, MaxOfLanesBatch(di, partial, N), plan, scale, stored, mult);
+}
+
+// nvfp4: the elements of one batch under its scales (Nvfp4BatchScales), back to front.
+template <rounding_mode kMode, span_path kPath>
+HWY_INLINE void Nvfp4BatchApply(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, const float* scale, bool stream,
+                                const grid_params& g) {
+  const DF df;
+  const size_t N = hn::Lanes(df), k = 16;
+  // No NaN/Inf input here (BatchScalesPreset declines those), so with normal scales no y is NaN
+  // and RNE leaves out the canonical-NaN select (a tensor scale near float32's underflow can
+  // make a scale subnormal or 0: those keep it).
+  const bool normal_scales = hn::AllFalse(df, hn::Not(hn::Ge(hn::Load(df, scale), hn::Set(df, 0x1p-126f))));
+  if (kPath == span_path::rne_fast && normal_scales) {
+    for (size_t j = N; j-- > 0;) {
+      const VF div = hn::Set(df, scale[j]);
+      for (size_t i = j * k + k; i > j * k; i -= N) {
+        const VF r = hn::Mul(RoundRneFast<false>(df, hn::Div(hn::LoadU(df, x + i - N), div), g), div);
+        if (stream) hn::Stream(r, df, y + i - N);
+        else hn::StoreU(r, df, y + i - N);
+      }
+    }
     return;
   }
   const VF u = hn::Zero(df), unused = hn::Zero(df);
   for (size_t j = N; j-- > 0;) {
-    const VF div = hn::Set(df, batch_scale[j]);
+    const VF div = hn::Set(df, scale[j]);
     for (size_t i = j * k + k; i > j * k; i -= N) {
       const VF r = FakeQuantVec<kMode, kPath, span_scale::div>(df, hn::LoadU(df, x + i - N), u, g, unused, div, div,
                                                                false, unused, unused);
@@ -382,18 +399,33 @@ HWY_INLINE void Nvfp4Batch(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, b
   }
 }
 
-// nvfp4: y[0, n) (whole groups of 16): two streams of whole batches; the groups after the last
-// whole batch go through the row kernel.
+// nvfp4: y[0, n) (whole groups of 16): two streams of whole batches (B's last one first where
+// the halves differ, then B's and A's batch t for t down to 0); the groups after the last whole
+// batch go through the row kernel. Software-pipelined: the next batch's scales (loads from
+// memory, a chain of two divisions and the grid rounding) are issued before the current batch's
+// elements, so that the two overlap (one batch after the other left the scales' latency
+// exposed: 1.3x the /t second pass's time).
 template <rounding_mode kMode, span_path kPath>
 HWY_NOINLINE void Nvfp4SpanT(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t n, const row_plan& plan,
                              const grid_params g) {
-  const size_t unit = hn::Lanes(DF()) * 16, units = n / unit, ha = units / 2, hb = units - ha;
+  const size_t N = hn::Lanes(DF()), unit = N * 16, units = n / unit, ha = units / 2, hb = units - ha;
   const bool stream = plan.stream && HeadToAligned(y, n) == 0;
   if (n % unit) FakeQuantRowPath<kMode, kPath>(x + units * unit, y + units * unit, n % unit, plan, g, 0, nullptr, nullptr, nullptr);
-  if (hb > ha) Nvfp4Batch<kMode, kPath>(x + (2 * ha) * unit, y + (2 * ha) * unit, stream, plan, g);
-  for (size_t t = ha; t-- > 0;) {
-    Nvfp4Batch<kMode, kPath>(x + (ha + t) * unit, y + (ha + t) * unit, stream, plan, g);
-    Nvfp4Batch<kMode, kPath>(x + t * unit, y + t * unit, stream, plan, g);
+  if (units == 0) return;
+  const size_t odd = hb > ha ? 1 : 0;
+  auto unit_at = [ha, odd](size_t step) -> size_t {  // the batch index of the step-th batch visited
+    if (odd && step == 0) return 2 * ha;
+    const size_t s = step - odd, t = ha - 1 - s / 2;
+    return s % 2 == 0 ? ha + t : t;
+  };
+  HWY_ALIGN float scale[2][hn::MaxLanes(DF())];
+  bool ok[2];
+  ok[0] = Nvfp4BatchScales(x + unit_at(0) * unit, plan, scale[0]);
+  for (size_t step = 0; step < units; ++step) {
+    const size_t cur = step & 1, b = unit_at(step) * unit;
+    if (step + 1 < units) ok[cur ^ 1] = Nvfp4BatchScales(x + unit_at(step + 1) * unit, plan, scale[cur ^ 1]);
+    if (ok[cur]) Nvfp4BatchApply<kMode, kPath>(x + b, y + b, scale[cur], stream, g);
+    else FakeQuantRowPath<kMode, kPath>(x + b, y + b, unit, plan, g, 0, nullptr, nullptr, nullptr);
   }
 }
 #endif

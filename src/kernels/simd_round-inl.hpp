@@ -191,20 +191,27 @@ HWY_INLINE VI MinifloatLog2Step(DI di, VF ay, const grid_params& g) {
   return hn::IfThenElse(hn::Lt(p, hn::Set(di, g.emin)), hn::Set(di, g.below_log2step), hn::Sub(p, hn::Set(di, g.mbits)));
 }
 
-// A rounded magnitude r given back the input's sign (none on a zero of a format without -0), and
-// NaN inputs (|y| bits above Inf's) turned into the canonical NaN.
+// A rounded magnitude r (sign bit clear) given back the input's sign (none on a zero of a format
+// without -0), and NaN inputs (|y| bits above Inf's) turned into the canonical NaN (kNan; false
+// where the caller knows y is not NaN).
+template <bool kNan = true>
 HWY_INLINE VF SignAndNan(DF df, VF r, VI bits, VI ab, const grid_params& g) {
   const DI di;
-  VI out = hn::BitCast(di, r);
-  VI sign = hn::AndNot(hn::Set(di, 0x7fffffff), bits);
-  if (!g.signed_zero) sign = hn::IfThenZeroElse(hn::Eq(out, hn::Zero(di)), sign);
-  out = hn::Or(out, sign);
-  out = hn::IfThenElse(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Set(di, 0x7fc00000), out);
+  VI out;
+  if (g.signed_zero) {
+    out = hn::BitCast(di, hn::CopySign(r, hn::BitCast(df, bits)));  // r | sign, one op on AVX-512
+  } else {
+    const VI mag = hn::BitCast(di, r);
+    out = hn::Or(mag, hn::IfThenZeroElse(hn::Eq(mag, hn::Zero(di)), hn::AndNot(hn::Set(di, 0x7fffffff), bits)));
+  }
+  if constexpr (kNan) out = hn::IfThenElse(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Set(di, 0x7fc00000), out);
   return hn::BitCast(df, out);
 }
 
 // RNE onto a minifloat grid (M > 0, saturating): (|y| + C) - C with C = 2^(L+23) rounds |y| to a
-// multiple of the step 2^L in float32 arithmetic, ties to even multiples = even codes. About 16 ops.
+// multiple of the step 2^L in float32 arithmetic, ties to even multiples = even codes. About 12
+// ops. kNan = false: y is known not to be NaN (the canonical-NaN select is left out).
+template <bool kNan = true>
 HWY_INLINE VF RoundRneFast(DF df, VF y, const grid_params& g) {
   const DI di;
   const VI bits = hn::BitCast(di, y);
@@ -224,7 +231,7 @@ HWY_INLINE VF RoundRneFast(DF df, VF y, const grid_params& g) {
     c_bits = hn::ShiftLeft<23>(hn::Add(MinifloatLog2Step(di, ay, g), hn::Set(di, 150)));
   }
   const VF c = hn::BitCast(df, c_bits);
-  return SignAndNan(df, hn::Sub(hn::Add(ay, c), c), bits, ab, g);
+  return SignAndNan<kNan>(df, hn::Sub(hn::Add(ay, c), c), bits, ab, g);
 }
 
 // Stochastic rounding onto a minifloat or int grid (saturating): with step 2^L of |y|'s binade,
