@@ -300,20 +300,20 @@ HWY_INLINE size_t HeadToAligned(const float* y, size_t n) {
 }
 
 // /t: count (<= N, or any count where !kFull) values under the tensor's scale.
-template <rounding_mode kMode, span_path kPath, span_scale kScale, bool kFull>
+template <rounding_mode kMode, span_path kPath, span_scale kScale, bool kNan, bool kFull>
 HWY_INLINE void TensorVecs(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t count, bool stream,
                            const grid_params& g, VF mul, VF div, VF scale, bool uint_clamp, VF lo, VF hi) {
   const DF df;
   const size_t N = hn::Lanes(df);
   const VF u = hn::Zero(df);
   if constexpr (kFull) {
-    const VF r = FakeQuantVec<kMode, kPath, kScale>(df, hn::LoadU(df, x), u, g, mul, div, scale, uint_clamp, lo, hi);
+    const VF r = FakeQuantVec<kMode, kPath, kScale, kNan>(df, hn::LoadU(df, x), u, g, mul, div, scale, uint_clamp, lo, hi);
     if (stream) hn::Stream(r, df, y);
     else hn::StoreU(r, df, y);
   } else {
     for (size_t j = 0; j < count; j += N) {
       const size_t c = std::min(N, count - j);
-      StoreTail(df, FakeQuantVec<kMode, kPath, kScale>(df, LoadTail(df, x + j, c), u, g, mul, div, scale, uint_clamp, lo, hi),
+      StoreTail(df, FakeQuantVec<kMode, kPath, kScale, kNan>(df, LoadTail(df, x + j, c), u, g, mul, div, scale, uint_clamp, lo, hi),
                 y + j, c);
     }
   }
@@ -321,8 +321,8 @@ HWY_INLINE void TensorVecs(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, s
 
 // /t: y[0, n) = x's values under the tensor's one scale, FakeQuantVec as in the row kernel's
 // FakeQuantSpanScale: a head up to the first aligned output vector, two streams of whole vectors,
-// a tail.
-template <rounding_mode kMode, span_path kPath, span_scale kScale>
+// a tail. kNan = false: no y can be NaN.
+template <rounding_mode kMode, span_path kPath, span_scale kScale, bool kNan>
 HWY_NOINLINE void TensorSpanT(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t n, const row_job job,
                               const grid_params g) {
   const DF df;
@@ -336,13 +336,13 @@ HWY_NOINLINE void TensorSpanT(const float* HWY_RESTRICT x, float* HWY_RESTRICT y
   float* ya = y + head;
   const float* xb = xa + ha * N;
   float* yb = ya + ha * N;
-  if (tail) TensorVecs<kMode, kPath, kScale, false>(xa + units * N, ya + units * N, tail, false, g, mul, div, scale, uc, lo, hi);
-  if (hb > ha) TensorVecs<kMode, kPath, kScale, true>(xb + ha * N, yb + ha * N, N, stream, g, mul, div, scale, uc, lo, hi);
+  if (tail) TensorVecs<kMode, kPath, kScale, kNan, false>(xa + units * N, ya + units * N, tail, false, g, mul, div, scale, uc, lo, hi);
+  if (hb > ha) TensorVecs<kMode, kPath, kScale, kNan, true>(xb + ha * N, yb + ha * N, N, stream, g, mul, div, scale, uc, lo, hi);
   for (size_t t = ha; t-- > 0;) {
-    TensorVecs<kMode, kPath, kScale, true>(xb + t * N, yb + t * N, N, stream, g, mul, div, scale, uc, lo, hi);
-    TensorVecs<kMode, kPath, kScale, true>(xa + t * N, ya + t * N, N, stream, g, mul, div, scale, uc, lo, hi);
+    TensorVecs<kMode, kPath, kScale, kNan, true>(xb + t * N, yb + t * N, N, stream, g, mul, div, scale, uc, lo, hi);
+    TensorVecs<kMode, kPath, kScale, kNan, true>(xa + t * N, ya + t * N, N, stream, g, mul, div, scale, uc, lo, hi);
   }
-  if (head) TensorVecs<kMode, kPath, kScale, false>(x, y, head, false, g, mul, div, scale, uc, lo, hi);
+  if (head) TensorVecs<kMode, kPath, kScale, kNan, false>(x, y, head, false, g, mul, div, scale, uc, lo, hi);
 }
 
 #if HWY_TARGET != HWY_SCALAR
@@ -451,9 +451,18 @@ void FakeQuantTensorSpan(const float* x, float* y, size_t n, const row_plan& pla
       if (plan.tensor_gs.nonfinite) return std::fill(y, y + n, canonical_nan());
       row_job job = detail::make_job(f, g, plan.tensor_gs, plan.unscaled);
       job.stream = plan.stream;
-      if (!job.scaled) TensorSpanT<mode(), path(), span_scale::none>(x, y, n, job, g);
-      else if (job.use_multiplier) TensorSpanT<mode(), path(), span_scale::mul>(x, y, n, job, g);
-      else TensorSpanT<mode(), path(), span_scale::div>(x, y, n, job, g);
+      // A NaN or Inf anywhere made the scale non-finite (above), so x is finite here; with a
+      // normal scale (times or divided by) no y is NaN, and RNE's canonical-NaN select goes.
+      if constexpr (path() == span_path::rne_fast) {
+        if (job.scaled && job.divisor >= 0x1p-126f && job.divisor <= 0x1p127f) {
+          if (job.use_multiplier) TensorSpanT<mode(), path(), span_scale::mul, false>(x, y, n, job, g);
+          else TensorSpanT<mode(), path(), span_scale::div, false>(x, y, n, job, g);
+          return;
+        }
+      }
+      if (!job.scaled) TensorSpanT<mode(), path(), span_scale::none, true>(x, y, n, job, g);
+      else if (job.use_multiplier) TensorSpanT<mode(), path(), span_scale::mul, true>(x, y, n, job, g);
+      else TensorSpanT<mode(), path(), span_scale::div, true>(x, y, n, job, g);
     });
   });
 }

@@ -298,7 +298,8 @@ enum class span_path { table, int_fast, rne_fast, e8_fast, sr_fast, generic };
 // How y is formed: x itself (plain cast), x * (1/s) (s a power of two: exact), or x / s.
 enum class span_scale { none, mul, div };
 
-template <rounding_mode kMode, span_path kPath, span_scale kScale>
+// kNan = false: the caller knows no y is NaN (rne_fast then leaves out its canonical-NaN select).
+template <rounding_mode kMode, span_path kPath, span_scale kScale, bool kNan = true>
 HWY_INLINE VF FakeQuantVec(DF df, VF x, VF u, const grid_params& g, VF mul, VF div, VF scale, bool uint_clamp,
                            VF clamp_lo, VF clamp_hi) {
   VF y = x;
@@ -307,7 +308,7 @@ HWY_INLINE VF FakeQuantVec(DF df, VF x, VF u, const grid_params& g, VF mul, VF d
   VF q;
   if constexpr (kPath == span_path::table) q = RoundToTable(df, y, g);
   else if constexpr (kPath == span_path::int_fast) q = RoundIntFast<kMode>(df, y, g, uint_clamp);
-  else if constexpr (kPath == span_path::rne_fast) q = RoundRneFast(df, y, g);
+  else if constexpr (kPath == span_path::rne_fast) q = RoundRneFast<kNan>(df, y, g);
   else if constexpr (kPath == span_path::e8_fast) q = RoundE8Fast(df, y, g);
   else if constexpr (kPath == span_path::sr_fast) q = RoundSrFast(df, y, u, g);
   else q = RoundToGrid<kMode>(df, y, u, g);

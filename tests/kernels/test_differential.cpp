@@ -703,11 +703,15 @@ TEST(Differential, TensorSpansEqualTheReference) {
       const format f = parse_format(spec);
       for (const auto& [rows, cols] : shapes) {
         const size_t n = static_cast<size_t>(rows * cols);
-        for (int variant = 0; variant < 3; ++variant) {
-          // 0: finite values; 1: a NaN, an Inf and a -Inf in a few groups; 2: stress values with specials
+        for (int variant = 0; variant < 5; ++variant) {
+          // 0: finite values; 1: a NaN, an Inf and a -Inf in a few groups; 2: stress values with
+          // specials; 3: values near 2^-128 (scales below float32's normal range); 4: zeros
           std::vector<float> x = variant == 2 ? stress_values(f, gen, n, true) : gaussian(gen, rows * cols);
           if (variant == 1)
             for (size_t i : {n / 3, n / 2 + 5, n - 1}) x[i] = i == n - 1 ? -INFINITY : i == n / 3 ? NAN : INFINITY;
+          if (variant == 3)
+            for (float& v : x) v = std::ldexp(v, -128);
+          if (variant == 4) std::fill(x.begin(), x.end(), 0.0f);
           std::vector<float> ref(n);
           fake_quantize_ref(x.data(), ref.data(), rows, cols, f, 5);
           // Outputs 0-3 floats past a 64-byte boundary.
