@@ -2,7 +2,8 @@
 // OpenMP over rows. One row at a time: per group the statistics, the scale (N groups at once
 // where the rule allows, scales_fast-inl.hpp), the elements (simd_round-inl.hpp). quantize
 // (codes_fast.cpp) and the columns' general path (fake_quantize_columns.cpp) run the same kernel
-// through detail::fake_quant_row. Must equal quantize_ref.cpp bit for bit on every input
+// through detail::fake_quant_row. /t and nvfp4 take their second pass over spans of the tensor
+// instead (FakeQuantTensorSpan). Must equal quantize_ref.cpp bit for bit on every input
 // (tests/kernels/test_differential.cpp).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/kernels/fake_quantize_rows.cpp"
@@ -546,7 +547,8 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
     }
     return;
   }
-  // A first pass over the tensor (/t, nvfp4) read it front to back, each thread its own block of
+  // (Stochastic rounding, and nvfp4 with a partial group per row, below.) A first pass over the
+  // tensor (/t, nvfp4) read it front to back, each thread its own block of
   // rows; the second goes back to front over the same blocks, so that it starts on the rows the
   // caches still hold and a tensor larger than the caches is read from memory once plus the part
   // the caches could not keep, instead of twice.
