@@ -2,7 +2,8 @@
 // OpenMP over rows. One row at a time: per group the statistics, the scale (N groups at once
 // where the rule allows, scales_fast-inl.hpp), the elements (simd_round-inl.hpp). quantize
 // (codes_fast.cpp) and the columns' general path (fake_quantize_columns.cpp) run the same kernel
-// through detail::fake_quant_row. Must equal quantize_ref.cpp bit for bit on every input
+// through detail::fake_quant_row. /t and nvfp4 take their second pass over spans of the tensor
+// instead (FakeQuantTensorSpan). Must equal quantize_ref.cpp bit for bit on every input
 // (tests/kernels/test_differential.cpp).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/kernels/fake_quantize_rows.cpp"
@@ -305,6 +306,191 @@ void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, u
   });
 }
 
+// The second pass over one thread's span of a tensor whose rows lie end to end (/t, and nvfp4
+// with whole groups per row; not stochastic rounding: its draws follow the rows) reads it back to
+// front, starting where the first pass stopped, as two streams: the two halves of the span, one
+// unit (a vector for /t, a batch of N groups for nvfp4) of each per step. After a four-stream
+// first pass (StreamAmax, scales_fast.cpp) this machine (Zen 4, 64 MiB) copies at 1.00x memcpy
+// with two such streams, 0.90x with one, 0.66x in the row kernel's order (rows back to front,
+// each row front to back, which the hardware prefetchers follow badly). The loops are written out
+// (no closures): the stores may alias anything, and a closure's captures would be reloaded after
+// each of them.
+
+// The floats before y's first vector-aligned element (all of n where y is not float aligned).
+HWY_INLINE size_t HeadToAligned(const float* y, size_t n) {
+  const size_t bytes = hn::Lanes(DF()) * sizeof(float), a = reinterpret_cast<uintptr_t>(y);
+  if (a % sizeof(float)) return n;
+  return std::min(n, ((bytes - a % bytes) % bytes) / sizeof(float));
+}
+
+// /t: count (<= N, or any count where !kFull) values under the tensor's scale.
+template <rounding_mode kMode, span_path kPath, span_scale kScale, bool kNan, bool kFull>
+HWY_INLINE void TensorVecs(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t count, bool stream,
+                           const grid_params& g, VF mul, VF div, VF scale, bool uint_clamp, VF lo, VF hi) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  const VF u = hn::Zero(df);
+  if constexpr (kFull) {
+    const VF r = FakeQuantVec<kMode, kPath, kScale, kNan>(df, hn::LoadU(df, x), u, g, mul, div, scale, uint_clamp, lo, hi);
+    if (stream) hn::Stream(r, df, y);
+    else hn::StoreU(r, df, y);
+  } else {
+    for (size_t j = 0; j < count; j += N) {
+      const size_t c = std::min(N, count - j);
+      StoreTail(df, FakeQuantVec<kMode, kPath, kScale, kNan>(df, LoadTail(df, x + j, c), u, g, mul, div, scale, uint_clamp, lo, hi),
+                y + j, c);
+    }
+  }
+}
+
+// /t: y[0, n) = x's values under the tensor's one scale, FakeQuantVec as in the row kernel's
+// FakeQuantSpanScale: a head up to the first aligned output vector, two streams of whole vectors,
+// a tail. kNan = false: no y can be NaN.
+template <rounding_mode kMode, span_path kPath, span_scale kScale, bool kNan>
+HWY_NOINLINE void TensorSpanT(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t n, const row_job job,
+                              const grid_params g) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  const VF mul = hn::Set(df, job.multiplier), div = hn::Set(df, job.divisor), scale = hn::Set(df, job.scale);
+  const VF lo = hn::Set(df, job.clamp_lo), hi = hn::Set(df, job.clamp_hi);
+  const bool uc = job.uint_clamp, stream = job.stream;
+  const size_t head = HeadToAligned(y, n), units = (n - head) / N, tail = (n - head) % N;
+  const size_t ha = units / 2, hb = units - ha;
+  const float* xa = x + head;
+  float* ya = y + head;
+  const float* xb = xa + ha * N;
+  float* yb = ya + ha * N;
+  if (tail) TensorVecs<kMode, kPath, kScale, kNan, false>(xa + units * N, ya + units * N, tail, false, g, mul, div, scale, uc, lo, hi);
+  if (hb > ha) TensorVecs<kMode, kPath, kScale, kNan, true>(xb + ha * N, yb + ha * N, N, stream, g, mul, div, scale, uc, lo, hi);
+  for (size_t t = ha; t-- > 0;) {
+    TensorVecs<kMode, kPath, kScale, kNan, true>(xb + t * N, yb + t * N, N, stream, g, mul, div, scale, uc, lo, hi);
+    TensorVecs<kMode, kPath, kScale, kNan, true>(xa + t * N, ya + t * N, N, stream, g, mul, div, scale, uc, lo, hi);
+  }
+  if (head) TensorVecs<kMode, kPath, kScale, kNan, false>(x, y, head, false, g, mul, div, scale, uc, lo, hi);
+}
+
+#if HWY_TARGET != HWY_SCALAR
+// nvfp4: the scales of one batch of N groups of k = 16 (a whole number of vectors on every
+// target) at x into scale[0, N), as the row kernel's batches (BatchGroupAmax, BatchScalesPreset),
+// the loads back to front so that the hardware prefetchers follow the streams. False where a
+// group holds a NaN/Inf (the batch then goes through the row kernel).
+HWY_INLINE bool Nvfp4BatchScales(const float* HWY_RESTRICT x, const row_plan& plan, float* scale) {
+  const DF df;
+  const DI di;
+  const size_t N = hn::Lanes(df), k = 16;
+  const VI abs_mask = hn::Set(di, 0x7fffffff);
+  HWY_ALIGN float stored[hn::MaxLanes(DF())];
+  HWY_ALIGN float mult[hn::MaxLanes(DF())];
+  VI partial[hn::MaxLanes(DF())];
+  for (size_t j = N; j-- > 0;) {
+    VI m = hn::And(hn::BitCast(di, hn::LoadU(df, x + j * k + k - N)), abs_mask);
+    for (size_t i = k - N; i > 0; i -= N) m = hn::Max(m, hn::And(hn::BitCast(di, hn::LoadU(df, x + j * k + i - N)), abs_mask));
+    partial[j] = m;
+  }
+  return BatchScalesPreset(df, MaxOfLanesBatch(di, partial, N), plan, scale, stored, mult);
+}
+
+// nvfp4: the elements of one batch under its scales (Nvfp4BatchScales), back to front.
+template <rounding_mode kMode, span_path kPath>
+HWY_INLINE void Nvfp4BatchApply(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, const float* scale, bool stream,
+                                const grid_params& g) {
+  const DF df;
+  const size_t N = hn::Lanes(df), k = 16;
+  // No NaN/Inf input here (BatchScalesPreset declines those), so with normal scales no y is NaN
+  // and RNE leaves out the canonical-NaN select (a tensor scale near float32's underflow can
+  // make a scale subnormal or 0: those keep it).
+  const bool normal_scales = hn::AllFalse(df, hn::Not(hn::Ge(hn::Load(df, scale), hn::Set(df, 0x1p-126f))));
+  if (kPath == span_path::rne_fast && normal_scales) {
+    for (size_t j = N; j-- > 0;) {
+      const VF div = hn::Set(df, scale[j]);
+      for (size_t i = j * k + k; i > j * k; i -= N) {
+        const VF r = hn::Mul(RoundRneFast<false>(df, hn::Div(hn::LoadU(df, x + i - N), div), g), div);
+        if (stream) hn::Stream(r, df, y + i - N);
+        else hn::StoreU(r, df, y + i - N);
+      }
+    }
+    return;
+  }
+  const VF u = hn::Zero(df), unused = hn::Zero(df);
+  for (size_t j = N; j-- > 0;) {
+    const VF div = hn::Set(df, scale[j]);
+    for (size_t i = j * k + k; i > j * k; i -= N) {
+      const VF r = FakeQuantVec<kMode, kPath, span_scale::div>(df, hn::LoadU(df, x + i - N), u, g, unused, div, div,
+                                                               false, unused, unused);
+      if (stream) hn::Stream(r, df, y + i - N);
+      else hn::StoreU(r, df, y + i - N);
+    }
+  }
+}
+
+// nvfp4: y[0, n) (whole groups of 16): two streams of whole batches (B's last one first where
+// the halves differ, then B's and A's batch t for t down to 0); the groups after the last whole
+// batch go through the row kernel. Software-pipelined: the next batch's scales (loads from
+// memory, a chain of two divisions and the grid rounding) are issued before the current batch's
+// elements, so that the two overlap (one batch after the other left the scales' latency
+// exposed: 1.3x the /t second pass's time).
+template <rounding_mode kMode, span_path kPath>
+HWY_NOINLINE void Nvfp4SpanT(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t n, const row_plan& plan,
+                             const grid_params g) {
+  const size_t N = hn::Lanes(DF()), unit = N * 16, units = n / unit, ha = units / 2, hb = units - ha;
+  const bool stream = plan.stream && HeadToAligned(y, n) == 0;
+  if (n % unit) FakeQuantRowPath<kMode, kPath>(x + units * unit, y + units * unit, n % unit, plan, g, 0, nullptr, nullptr, nullptr);
+  if (units == 0) return;
+  const size_t odd = hb > ha ? 1 : 0;
+  auto unit_at = [ha, odd](size_t step) -> size_t {  // the batch index of the step-th batch visited
+    if (odd && step == 0) return 2 * ha;
+    const size_t s = step - odd, t = ha - 1 - s / 2;
+    return s % 2 == 0 ? ha + t : t;
+  };
+  HWY_ALIGN float scale[2][hn::MaxLanes(DF())];
+  bool ok[2];
+  ok[0] = Nvfp4BatchScales(x + unit_at(0) * unit, plan, scale[0]);
+  for (size_t step = 0; step < units; ++step) {
+    const size_t cur = step & 1, b = unit_at(step) * unit;
+    if (step + 1 < units) ok[cur ^ 1] = Nvfp4BatchScales(x + unit_at(step + 1) * unit, plan, scale[cur ^ 1]);
+    if (ok[cur]) Nvfp4BatchApply<kMode, kPath>(x + b, y + b, scale[cur], stream, g);
+    else FakeQuantRowPath<kMode, kPath>(x + b, y + b, unit, plan, g, 0, nullptr, nullptr, nullptr);
+  }
+}
+#endif
+
+// One thread's span [0, n) of the second pass of a /t or nvfp4 fake_quantize whose rows lie end
+// to end (see above); nvfp4's span starts on a batch of N groups.
+void FakeQuantTensorSpan(const float* x, float* y, size_t n, const row_plan& plan) {
+  struct flush_at_exit {  // non-temporal stores must be fenced before others read the output
+    bool on;
+    ~flush_at_exit() {
+      if (on) hwy::FlushStream();
+    }
+  } flush{plan.stream};
+  const grid_params& g = *plan.grid;
+  const format& f = *plan.f;
+  WithRounding(f.rounding, [&](auto mode) {
+    WithSpanPath<mode()>(g, [&](auto path) {
+#if HWY_TARGET != HWY_SCALAR
+      if (f.named == preset::nvfp4) return Nvfp4SpanT<mode(), path()>(x, y, n, plan, g);
+#endif
+      if (f.gran != granularity::tensor || f.named == preset::nvfp4)  // (the scalar target's nvfp4)
+        return FakeQuantRowPath<mode(), path()>(x, y, n, plan, g, 0, nullptr, nullptr, nullptr);
+      if (plan.tensor_gs.nonfinite) return std::fill(y, y + n, canonical_nan());
+      row_job job = detail::make_job(f, g, plan.tensor_gs, plan.unscaled);
+      job.stream = plan.stream;
+      // A NaN or Inf anywhere made the scale non-finite (above), so x is finite here; with a
+      // normal scale (times or divided by) no y is NaN, and RNE's canonical-NaN select goes.
+      if constexpr (path() == span_path::rne_fast) {
+        if (job.scaled && job.divisor >= 0x1p-126f && job.divisor <= 0x1p127f) {
+          if (job.use_multiplier) TensorSpanT<mode(), path(), span_scale::mul, false>(x, y, n, job, g);
+          else TensorSpanT<mode(), path(), span_scale::div, false>(x, y, n, job, g);
+          return;
+        }
+      }
+      if (!job.scaled) TensorSpanT<mode(), path(), span_scale::none, true>(x, y, n, job, g);
+      else if (job.use_multiplier) TensorSpanT<mode(), path(), span_scale::mul, true>(x, y, n, job, g);
+      else TensorSpanT<mode(), path(), span_scale::div, true>(x, y, n, job, g);
+    });
+  });
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace lowbit
 HWY_AFTER_NAMESPACE();
@@ -313,6 +499,7 @@ HWY_AFTER_NAMESPACE();
 namespace lowbit {
 
 HWY_EXPORT(FakeQuantRow);
+HWY_EXPORT(FakeQuantTensorSpan);
 
 namespace detail {
 
@@ -361,11 +548,30 @@ void fake_quantize(const float* in, float* out, int64_t rows, int64_t cols, cons
       fake_quantize_rows_ref(in, out, rows, cols, r0, r1, f, tensor_id, counters);
     });
   }
-  fast_call call(f, in, rows, cols, false, tensor_id, /*keep_group_amax=*/true);
+  // /t and nvfp4 (whole groups per row, not stochastic rounding: its draws follow the rows) take
+  // their second pass over the rows laid end to end (FakeQuantTensorSpan); nvfp4's then takes
+  // each group's amax from the data in cache instead of a stored first-pass copy.
+  const bool tensor_span = detail::has_first_pass(f) && f.rounding != rounding_mode::sr &&
+                           (f.named != preset::nvfp4 || cols % f.group_size == 0);
+  fast_call call(f, in, rows, cols, false, tensor_id, /*keep_group_amax=*/!tensor_span);
   // Outputs larger than the caches go around them (no read-for-ownership of the destination).
   constexpr int64_t kStreamBytes = int64_t{8} << 20;
   call.plan.stream = in != out && rows * cols * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
-  // A first pass over the tensor (/t, nvfp4) read it front to back, each thread its own block of
+  if (tensor_span) {
+    // Each thread a span of whole units (256 floats: whole vectors, and whole batches of nvfp4's
+    // groups of 16 on every target), in place safe: the statistics came first.
+    const int64_t n = rows * cols, unit = 256;
+#pragma omp parallel if (n >= kParallelMinElements)
+    {
+      const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const int64_t per = ((n + unit - 1) / unit + nt - 1) / nt * unit, b = std::min(n, t * per), e = std::min(n, b + per);
+      if (e > b)
+        HWY_DYNAMIC_DISPATCH(FakeQuantTensorSpan)(in + b, out + b, static_cast<size_t>(e - b), call.plan);
+    }
+    return;
+  }
+  // (Stochastic rounding, and nvfp4 with a partial group per row, below.) A first pass over the
+  // tensor (/t, nvfp4) read it front to back, each thread its own block of
   // rows; the second goes back to front over the same blocks, so that it starts on the rows the
   // caches still hold and a tensor larger than the caches is read from memory once plus the part
   // the caches could not keep, instead of twice.

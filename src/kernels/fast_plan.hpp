@@ -47,10 +47,6 @@ struct grid_params {
   // RNE fast paths: minifloats with M > 0 that saturate round with (|y| + C) - C, C = 2^(L+23);
   // integers with roundps. Both are exactly the reference's ties-to-even-code rounding.
   bool fast_rne = false, int_fast = false, e8_fast = false, sr_fast = false;
-  // fast_rne with subnormals and emin >= -126: C's pattern is max(|y|'s exponent field, that of
-  // 2^emin) + (23 - M) << 23 (L = max(e, emin) - M), three integer ops on the pattern.
-  bool rne_direct_c = false;
-  int32_t rne_c_floor_bits = 0, rne_c_add_bits = 0;
   float max_value = 0;
   int32_t e8_shift = 0;      // e8_fast: float32 mantissa bits below the element's
   float frac_scale = 1, inv_frac_scale = 1;  // 2^frac, 2^-frac (MXINT8)
@@ -87,9 +83,6 @@ inline grid_params make_grid_params(const element_format& e) {
       // (|y| + C) - C needs C = 2^(L+23) <= 2^126 for L up to emax - M, and M <= 22 (so that no
       // value below max is already on the grid with a larger C).
       g.fast_rne = e.mbits > 0 && e.mbits <= 22 && g.saturate && lim.emax - e.mbits <= 103;
-      g.rne_direct_c = g.fast_rne && e.subnormals && !g.deep_emin;
-      g.rne_c_floor_bits = std::max(1, g.emin + 127) << 23;
-      g.rne_c_add_bits = (23 - e.mbits) << 23;
       // Elements with float32's exponent range (e8mM, bias 127): RNE is a fixed shift of the pattern.
       // (fp32 itself, M = 23, is the identity there: only saturation and the canonical NaN.)
       g.e8_fast = e.ebits == 8 && e.bias == 127 && e.subnormals && g.saturate && e.mbits <= 23;

@@ -191,20 +191,27 @@ HWY_INLINE VI MinifloatLog2Step(DI di, VF ay, const grid_params& g) {
   return hn::IfThenElse(hn::Lt(p, hn::Set(di, g.emin)), hn::Set(di, g.below_log2step), hn::Sub(p, hn::Set(di, g.mbits)));
 }
 
-// A rounded magnitude r given back the input's sign (none on a zero of a format without -0), and
-// NaN inputs (|y| bits above Inf's) turned into the canonical NaN.
+// A rounded magnitude r (sign bit clear) given back the input's sign (none on a zero of a format
+// without -0), and NaN inputs (|y| bits above Inf's) turned into the canonical NaN (kNan; false
+// where the caller knows y is not NaN).
+template <bool kNan = true>
 HWY_INLINE VF SignAndNan(DF df, VF r, VI bits, VI ab, const grid_params& g) {
   const DI di;
-  VI out = hn::BitCast(di, r);
-  VI sign = hn::AndNot(hn::Set(di, 0x7fffffff), bits);
-  if (!g.signed_zero) sign = hn::IfThenZeroElse(hn::Eq(out, hn::Zero(di)), sign);
-  out = hn::Or(out, sign);
-  out = hn::IfThenElse(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Set(di, 0x7fc00000), out);
+  VI out;
+  if (g.signed_zero) {
+    out = hn::BitCast(di, hn::CopySign(r, hn::BitCast(df, bits)));  // r | sign, one op on AVX-512
+  } else {
+    const VI mag = hn::BitCast(di, r);
+    out = hn::Or(mag, hn::IfThenZeroElse(hn::Eq(mag, hn::Zero(di)), hn::AndNot(hn::Set(di, 0x7fffffff), bits)));
+  }
+  if constexpr (kNan) out = hn::IfThenElse(hn::Gt(ab, hn::Set(di, 0x7f800000)), hn::Set(di, 0x7fc00000), out);
   return hn::BitCast(df, out);
 }
 
 // RNE onto a minifloat grid (M > 0, saturating): (|y| + C) - C with C = 2^(L+23) rounds |y| to a
-// multiple of the step 2^L in float32 arithmetic, ties to even multiples = even codes. About 16 ops.
+// multiple of the step 2^L in float32 arithmetic, ties to even multiples = even codes. About 12
+// ops. kNan = false: y is known not to be NaN (the canonical-NaN select is left out).
+template <bool kNan = true>
 HWY_INLINE VF RoundRneFast(DF df, VF y, const grid_params& g) {
   const DI di;
   const VI bits = hn::BitCast(di, y);
@@ -212,15 +219,19 @@ HWY_INLINE VF RoundRneFast(DF df, VF y, const grid_params& g) {
   const VI ab = hn::And(bits, abs_mask);
   // Clamp first: saturation (Inf too) is then free and C stays in range; NaN is restored below.
   const VF ay = hn::Min(hn::BitCast(df, ab), hn::Set(df, g.max_value));
-  VF c;
-  if (g.rne_direct_c) {  // 2^(L + 23) from the exponent field: max(e, emin) - M + 23 + 127
-    const VI field = hn::And(hn::BitCast(di, ay), hn::Set(di, 0x7f800000));
-    c = hn::BitCast(df, hn::Add(hn::Max(field, hn::Set(di, g.rne_c_floor_bits)), hn::Set(di, g.rne_c_add_bits)));
+  VI c_bits;
+  if (g.subnormals && !g.deep_emin) {
+    // C's pattern straight from |y|'s exponent field ef (3 ops instead of MinifloatLog2Step's 7,
+    // the same value): L + 150 = max(ef, 1) - M + 23 at and above emin, emin + 127 - M + 23
+    // below it, = max(ef, emin + 127) + 23 - M since emin >= -126 here; no carry out of the
+    // exponent field (ay <= max, emax - M <= 103).
+    const VI ef_bits = hn::And(hn::BitCast(di, ay), hn::Set(di, 0x7f800000));
+    c_bits = hn::Add(hn::Max(ef_bits, hn::Set(di, (g.emin + 127) << 23)), hn::Set(di, (23 - g.mbits) << 23));
   } else {
-    const VI L = MinifloatLog2Step(di, ay, g);
-    c = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(L, hn::Set(di, 150))));
+    c_bits = hn::ShiftLeft<23>(hn::Add(MinifloatLog2Step(di, ay, g), hn::Set(di, 150)));
   }
-  return SignAndNan(df, hn::Sub(hn::Add(ay, c), c), bits, ab, g);
+  const VF c = hn::BitCast(df, c_bits);
+  return SignAndNan<kNan>(df, hn::Sub(hn::Add(ay, c), c), bits, ab, g);
 }
 
 // Stochastic rounding onto a minifloat or int grid (saturating): with step 2^L of |y|'s binade,
@@ -287,7 +298,8 @@ enum class span_path { table, int_fast, rne_fast, e8_fast, sr_fast, generic };
 // How y is formed: x itself (plain cast), x * (1/s) (s a power of two: exact), or x / s.
 enum class span_scale { none, mul, div };
 
-template <rounding_mode kMode, span_path kPath, span_scale kScale>
+// kNan = false: the caller knows no y is NaN (rne_fast then leaves out its canonical-NaN select).
+template <rounding_mode kMode, span_path kPath, span_scale kScale, bool kNan = true>
 HWY_INLINE VF FakeQuantVec(DF df, VF x, VF u, const grid_params& g, VF mul, VF div, VF scale, bool uint_clamp,
                            VF clamp_lo, VF clamp_hi) {
   VF y = x;
@@ -296,7 +308,7 @@ HWY_INLINE VF FakeQuantVec(DF df, VF x, VF u, const grid_params& g, VF mul, VF d
   VF q;
   if constexpr (kPath == span_path::table) q = RoundToTable(df, y, g);
   else if constexpr (kPath == span_path::int_fast) q = RoundIntFast<kMode>(df, y, g, uint_clamp);
-  else if constexpr (kPath == span_path::rne_fast) q = RoundRneFast(df, y, g);
+  else if constexpr (kPath == span_path::rne_fast) q = RoundRneFast<kNan>(df, y, g);
   else if constexpr (kPath == span_path::e8_fast) q = RoundE8Fast(df, y, g);
   else if constexpr (kPath == span_path::sr_fast) q = RoundSrFast(df, y, u, g);
   else q = RoundToGrid<kMode>(df, y, u, g);

@@ -684,6 +684,88 @@ TEST(Differential, ThreadCountInvariant) {
   omp_set_num_threads(saved);
 }
 
+// /t and nvfp4 (whole groups of 16 per row) take their second pass over the rows laid end to end
+// (src/kernels/fake_quantize_rows.cpp, FakeQuantTensorSpan: a span per thread, two streams back
+// to front, nvfp4's group amax from the data): on every SIMD target, heads and tails of every
+// length (outputs 0-3 floats past a 64-byte boundary), nvfp4 batches with and without a NaN/Inf
+// group, in place, and 1-3 threads, the result is the reference's bit for bit. A tensor above
+// the streaming threshold (8 MiB) below.
+TEST(Differential, TensorSpansEqualTheReference) {
+  std::mt19937 gen(seed(7));
+  const std::vector<std::string> specs = {"e4m3fn/t", "int8/t", "uint8/t", "e5m2/t~rtz", "e2m1/t", "nf4/t", "bf16/t",
+                                          "e3m2ieee(subnormals=off)/t", "int4/t~rna", "nvfp4", "nvfp4~rtz", "nvfp4~rna"};
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{1, 16}, {2, 48}, {5, 272}, {3, 1024}, {67, 528}, {9, 33}};
+  const int saved = omp_get_max_threads();
+  int cases = 0;
+  for (const auto& t : simd_targets()) {
+    force_simd_target(t.first);
+    for (const auto& spec : specs) {
+      const format f = parse_format(spec);
+      for (const auto& [rows, cols] : shapes) {
+        const size_t n = static_cast<size_t>(rows * cols);
+        for (int variant = 0; variant < 5; ++variant) {
+          // 0: finite values; 1: a NaN, an Inf and a -Inf in a few groups; 2: stress values with
+          // specials; 3: values near 2^-128 (scales below float32's normal range); 4: zeros
+          std::vector<float> x = variant == 2 ? stress_values(f, gen, n, true) : gaussian(gen, rows * cols);
+          if (variant == 1)
+            for (size_t i : {n / 3, n / 2 + 5, n - 1}) x[i] = i == n - 1 ? -INFINITY : i == n / 3 ? NAN : INFINITY;
+          if (variant == 3)
+            for (float& v : x) v = std::ldexp(v, -128);
+          if (variant == 4) std::fill(x.begin(), x.end(), 0.0f);
+          std::vector<float> ref(n);
+          fake_quantize_ref(x.data(), ref.data(), rows, cols, f, 5);
+          // Outputs 0-3 floats past a 64-byte boundary.
+          std::vector<float> buf(n + 32);
+          const size_t to64 = (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64 / sizeof(float);
+          for (size_t shift : {size_t{0}, size_t{1}, size_t{3}}) {
+            float* out = buf.data() + to64 + shift;
+            for (int threads : {1, 3}) {
+              omp_set_num_threads(threads);
+              fake_quantize(x.data(), out, rows, cols, f, 5);
+              for (size_t i = 0; i < n; ++i)
+                if (!same(out[i], ref[i]))
+                  FAIL() << spec << " target " << t.second << " [" << rows << "," << cols << "] variant " << variant
+                         << " shift " << shift << " threads " << threads << " index " << i << " input " << x[i]
+                         << " ref " << ref[i] << " fast " << out[i];
+              ++cases;
+            }
+          }
+          std::vector<float> inplace(x);
+          omp_set_num_threads(2);
+          fake_quantize(inplace.data(), inplace.data(), rows, cols, f, 5);
+          for (size_t i = 0; i < n; ++i)
+            if (!same(inplace[i], ref[i])) FAIL() << spec << " in place, target " << t.second << " index " << i;
+        }
+      }
+    }
+  }
+  force_simd_target(0);
+  omp_set_num_threads(saved);
+  EXPECT_GT(cases, 1000);
+
+  // Streaming stores (out of place, >= 8 MiB), the output on and off a 64-byte boundary.
+  const int64_t rows = 520, cols = 4096;
+  std::vector<float> x = gaussian(gen, rows * cols);
+  x[4096 * 100 + 17] = NAN;  // nvfp4: one group's batch takes the per-group path
+  const size_t n = x.size();
+  std::vector<float> ref(n), buf(n + 32);
+  const size_t to64 = (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64 / sizeof(float);
+  for (const char* spec : {"e4m3fn/t", "uint8/t", "nvfp4"}) {
+    const format f = parse_format(spec);
+    fake_quantize_ref(x.data(), ref.data(), rows, cols, f, 5);
+    for (size_t shift : {size_t{0}, size_t{1}})
+      for (int threads : {1, 2}) {
+        omp_set_num_threads(threads);
+        float* out = buf.data() + to64 + shift;
+        fake_quantize(x.data(), out, rows, cols, f, 5);
+        size_t bad = 0;
+        for (size_t i = 0; i < n; ++i) bad += !same(out[i], ref[i]);
+        EXPECT_EQ(bad, 0u) << spec << " shift " << shift << " threads " << threads;
+      }
+  }
+  omp_set_num_threads(saved);
+}
+
 TEST(Differential, SimdTargetsArePresent) {
   const auto targets = simd_targets();
   ASSERT_FALSE(targets.empty());
