@@ -85,6 +85,33 @@ HWY_INLINE void FakeQuantSpanScale(const float* in, float* out, size_t n, const 
   else FakeQuantSpanT<kMode, kPath, span_scale::div>(in, out, n, job, g);
 }
 
+// Whole vectors per group (k = 32, 64, ...): one flat loop over a batch's vectors, each taking
+// its group's scale, so that the groups' loop setup and tail checks are paid once. kNan = false:
+// no y can be NaN.
+template <rounding_mode kMode, span_path kPath, span_scale kScale, bool kNan>
+HWY_INLINE void BatchVectorsT(const float* in, float* out, size_t k, size_t groups, const float* batch_scale,
+                              const float* batch_mult, const row_job& job, const grid_params& g, bool unscaled) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  const size_t per_group = k / N, vectors = groups * per_group;
+  const VF clamp_lo = hn::Set(df, job.clamp_lo), clamp_hi = hn::Set(df, job.clamp_hi);
+  const bool uint_clamp = job.uint_clamp;
+  const int64_t ahead = job.prefetch_ahead;
+  const bool stream = job.stream && (reinterpret_cast<uintptr_t>(out) & (N * sizeof(float) - 1)) == 0;
+  VF u = hn::Zero(df);
+  for (size_t v = 0; v < vectors; ++v) {
+    const size_t j = v / per_group, i = v * N;
+    if (ahead) hwy::Prefetch(in + i + ahead);
+    if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, job.random, i, N);
+    const VF div = hn::Set(df, batch_scale[j]);
+    const VF r = FakeQuantVec<kMode, kPath, kScale, kNan>(df, hn::LoadU(df, in + i), u, g, hn::Set(df, batch_mult[j]),
+                                                          div, unscaled ? hn::Set(df, 1.0f) : div, uint_clamp,
+                                                          clamp_lo, clamp_hi);
+    if (stream) hn::Stream(r, df, out + i);
+    else hn::StoreU(r, df, out + i);
+  }
+}
+
 // The elements of N consecutive groups of k under their batch scales (all multiply, or all
 // divide).
 template <rounding_mode kMode, span_path kPath, span_scale kScale>
@@ -93,25 +120,18 @@ HWY_INLINE void BatchApplyT(const float* in, float* out, size_t k, size_t groups
   const DF df;
   const size_t N = hn::Lanes(df);
   if (k % N == 0) {
-    // Whole vectors per group (k = 32, 64, ...): one flat loop over the batch's vectors, each
-    // taking its group's scale, so that the groups' loop setup and tail checks are paid once.
-    const size_t per_group = k / N, vectors = groups * per_group;
-    const VF clamp_lo = hn::Set(df, job.clamp_lo), clamp_hi = hn::Set(df, job.clamp_hi);
-    const bool uint_clamp = job.uint_clamp;
-    const int64_t ahead = job.prefetch_ahead;
-    const bool stream = job.stream && (reinterpret_cast<uintptr_t>(out) & (N * sizeof(float) - 1)) == 0;
-    VF u = hn::Zero(df);
-    for (size_t v = 0; v < vectors; ++v) {
-      const size_t j = v / per_group, i = v * N;
-      if (ahead) hwy::Prefetch(in + i + ahead);
-      if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, job.random, i, N);
-      const VF div = hn::Set(df, batch_scale[j]);
-      const VF r = FakeQuantVec<kMode, kPath, kScale>(df, hn::LoadU(df, in + i), u, g, hn::Set(df, batch_mult[j]), div,
-                                                      unscaled ? hn::Set(df, 1.0f) : div, uint_clamp, clamp_lo,
-                                                      clamp_hi);
-      if (stream) hn::Stream(r, df, out + i);
-      else hn::StoreU(r, df, out + i);
-    }
+    // A batch's inputs are finite (BatchScales* refuse a NaN/Inf amax): a y is NaN only through
+    // 0 / 0 or 0 * Inf, i.e. a zero or non-finite scale (an all-zero nvfp4 tensor's), or a
+    // non-finite multiplier.
+    const DI di;
+    const VI sb = hn::And(hn::BitCast(di, hn::LoadU(df, batch_scale)), hn::Set(di, 0x7fffffff));
+    const VI mb = hn::And(hn::BitCast(di, hn::LoadU(df, batch_mult)), hn::Set(di, 0x7fffffff));
+    const bool nan_free = hn::AllTrue(di, hn::And(hn::Gt(sb, hn::Zero(di)), hn::Lt(sb, hn::Set(di, 0x7f800000)))) &&
+                          hn::AllTrue(di, hn::Lt(mb, hn::Set(di, 0x7f800000)));
+    if (groups == N && nan_free)
+      BatchVectorsT<kMode, kPath, kScale, false>(in, out, k, groups, batch_scale, batch_mult, job, g, unscaled);
+    else
+      BatchVectorsT<kMode, kPath, kScale, true>(in, out, k, groups, batch_scale, batch_mult, job, g, unscaled);
     return;
   }
   for (size_t j = 0; j < groups; ++j) {
