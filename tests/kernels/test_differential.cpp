@@ -577,6 +577,29 @@ TEST(Differential, RandomWordsEqualTheScalarPhilox) {
   force_simd_target(0);
 }
 
+// The R-bit draws' SIMD expansion (philox_fast.cpp: bytes / halfwords widened, R = 1, 2, 4 shifted
+// out of words from an element that is a multiple of the vector's lanes): every start modulo 32
+// (scalar heads of every length, vectors starting inside a word), lengths that are not a
+// multiple of the lanes, and runs over several of random_words' stacks of 64 Philox blocks
+// (8192 elements at R = 1) == random_words_ref, on every target.
+TEST(Differential, RBitDrawsAtEveryAlignmentAndAcrossBlockStacks) {
+  for (const auto& t : simd_targets()) {
+    force_simd_target(t.first);
+    for (int bits : {1, 2, 4, 8, 16}) {
+      for (uint64_t first = 0; first < 34; ++first) {
+        for (size_t count : {size_t{1}, size_t{15}, size_t{16}, size_t{17}, size_t{47}, size_t{129},
+                             first % 8 == 0 ? size_t{17000} : size_t{300}}) {
+          std::vector<uint32_t> ref(count + 1, 0xdeadbeefu), fast(count + 1, 0xdeadbeefu);
+          random_words_ref(5, 9, first, count, ref.data(), bits);
+          random_words(5, 9, first, count, fast.data(), bits);
+          ASSERT_EQ(ref, fast) << bits << " bits, first " << first << " count " << count << " target " << t.second;
+        }
+      }
+    }
+  }
+  force_simd_target(0);
+}
+
 // By construction the fast path shares the reference's super-block search
 // (kquant_quantize_block): this checks the fast path's own parts (values straight from the block,
 // rows in parallel, packing) against the reference. The search itself is checked independently
