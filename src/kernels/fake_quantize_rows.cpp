@@ -191,7 +191,9 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
     VI partial[hn::MaxLanes(DF())];
     row_job job = detail::make_job(f, g, group_scale{}, plan.unscaled);
     job.stream = plan.stream;
-    job.prefetch_ahead = plan.stream ? 1024 : 0;
+    // Stochastic rounding computes long enough per element that the hardware prefetcher keeps up:
+    // its software prefetch cost more than it hid (e2m1/g32~sr8 at 64 MiB: 0.90 -> 0.80 ns/element).
+    job.prefetch_ahead = plan.stream && kMode != rounding_mode::sr ? 1024 : 0;
     for (; c0 + N * k <= cols; c0 += N * k, gi += N) {
       const VI amax_bits = group_amax ? hn::LoadU(di, group_amax + gi) : BatchGroupAmax(di, x + c0, k, partial);
       if (plan.batch_preset == 0) {
