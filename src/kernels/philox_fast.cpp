@@ -1,6 +1,6 @@
 // The stochastic-rounding stream on SIMD lanes (docs/formats.md §0.5, docs/conventions.md §10):
-// Philox4x32-10 blocks, a counter per 64-bit lane, and random_words, the words of elements
-// [first, first + count) of a tensor's stream. Equals random_words_ref word for word
+// Philox4x32-10 blocks, a counter per 64-bit lane: random_blocks, the blocks themselves, and
+// random_words, the words of elements [first, first + count) of a tensor's stream. Equals random_words_ref word for word
 // (tests/kernels/test_differential.cpp).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/kernels/philox_fast.cpp"
@@ -205,6 +205,11 @@ void random_words_of_bits(const philox_stream& ps, uint64_t first, size_t count,
 }
 
 }  // namespace
+
+void random_blocks(uint64_t seed, uint64_t tensor_id, uint64_t block0, size_t count, uint32_t* out) {
+  if (use_ref()) return random_blocks_ref(seed, tensor_id, block0, count, out);
+  HWY_DYNAMIC_DISPATCH(PhiloxBlocks)(block0, count, philox_stream_of(seed, tensor_id), out);
+}
 
 void random_words(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out, int draw_bits) {
   if (draw_bits != 0 && !valid_sr_bits(draw_bits))
