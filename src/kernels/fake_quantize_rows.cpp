@@ -47,7 +47,11 @@ HWY_INLINE VF UniformFromWords(DF df, const uint32_t* w, size_t i, size_t count)
 HWY_INLINE VF UniformFromRawBits(DF df, const uint8_t* raw, int bits, size_t i, size_t count) {
   const DU du;
   const DI di;
+#if HWY_TARGET == HWY_SCALAR
+  const size_t N = count;  // (one lane: never a partial vector)
+#else
   const size_t N = hn::Lanes(du);
+#endif
   hn::Vec<DU> k;
   if (bits == 8) {
     const hn::Rebind<uint8_t, DU> d8;
