@@ -42,11 +42,42 @@ HWY_INLINE VF UniformFromWords(DF df, const uint32_t* w, size_t i, size_t count)
   return hn::Mul(hn::ConvertTo(df, hn::BitCast(di, hn::ShiftRight<8>(words))), hn::Set(df, 0x1p-24f));
 }
 
+// The same uniform from the R bits k of ~sr8 / ~sr16 straight out of the Philox output (no word
+// buffer): u = k 2^-R + 2^-(R+1) = (k + 1/2) 2^-R, both steps exact, which is UniformFromWords of
+// the word (2k + 1) << (31 - R).
+HWY_INLINE VF UniformFromRawBits(DF df, const uint8_t* raw, int bits, size_t i, size_t count) {
+  const DU du;
+  const DI di;
+#if HWY_TARGET == HWY_SCALAR
+  const size_t N = count;  // (one lane: never a partial vector)
+#else
+  const size_t N = hn::Lanes(du);
+#endif
+  hn::Vec<DU> k;
+  if (bits == 8) {
+    const hn::Rebind<uint8_t, DU> d8;
+    k = hn::PromoteTo(du, count == N ? hn::LoadU(d8, raw + i) : LoadTail(d8, raw + i, count));
+  } else {
+    const hn::Rebind<uint16_t, DU> d16;
+    const auto* halves = reinterpret_cast<const uint16_t*>(raw);
+    k = hn::PromoteTo(du, count == N ? hn::LoadU(d16, halves + i) : LoadTail(d16, halves + i, count));
+  }
+  const float unit = bits == 8 ? 0x1p-8f : 0x1p-16f;
+  return hn::MulAdd(hn::ConvertTo(df, hn::BitCast(di, k)), hn::Set(df, unit), hn::Set(df, 0.5f * unit));
+}
+
+// The uniforms of elements [draw0 + i, draw0 + i + count) of a job's draws.
+HWY_INLINE VF UniformOf(DF df, const row_job& job, size_t draw0, size_t i, size_t count) {
+  if (job.random_bytes) return UniformFromRawBits(df, job.random_bytes, job.random_bits, draw0 + i, count);
+  return UniformFromWords(df, job.random + draw0, i, count);
+}
+
 // out[0..n) = fake-quantized in[0..n) under one scale (mul = 1/s, div = s, scale = what the
-// rounded values are multiplied by: s, or 1 for quantize's unscaled values).
+// rounded values are multiplied by: s, or 1 for quantize's unscaled values); sr: element i's draw
+// is the job's draw draw0 + i.
 template <rounding_mode kMode, span_path kPath, span_scale kScale>
 HWY_INLINE void ApplyScaleT(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, VF mul, VF div,
-                            VF scale, const uint32_t* random, const row_job& job, const grid_params& g) {
+                            VF scale, size_t draw0, const row_job& job, const grid_params& g) {
   const DF df;
   const size_t N = hn::Lanes(df);
   const VF clamp_lo = hn::Set(df, job.clamp_lo), clamp_hi = hn::Set(df, job.clamp_hi);
@@ -57,14 +88,14 @@ HWY_INLINE void ApplyScaleT(const float* HWY_RESTRICT in, float* HWY_RESTRICT ou
   for (; i + N <= n; i += N) {
     // While this span computes from cache, pull the next one (the next row for /c) from memory.
     if (ahead) hwy::Prefetch(in + i + ahead);
-    if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, random, i, N);
+    if constexpr (kMode == rounding_mode::sr) u = UniformOf(df, job, draw0, i, N);
     const VF r = FakeQuantVec<kMode, kPath, kScale>(df, hn::LoadU(df, in + i), u, g, mul, div, scale, uint_clamp,
                                                     clamp_lo, clamp_hi);
     if (stream && (reinterpret_cast<uintptr_t>(out + i) & (N * sizeof(float) - 1)) == 0) hn::Stream(r, df, out + i);
     else hn::StoreU(r, df, out + i);
   }
   if (i < n) {
-    if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, random, i, n - i);
+    if constexpr (kMode == rounding_mode::sr) u = UniformOf(df, job, draw0, i, n - i);
     const VF r = FakeQuantVec<kMode, kPath, kScale>(df, LoadTail(df, in + i, n - i), u, g, mul, div, scale,
                                                     uint_clamp, clamp_lo, clamp_hi);
     StoreTail(df, r, out + i, n - i);
@@ -75,7 +106,7 @@ template <rounding_mode kMode, span_path kPath, span_scale kScale>
 HWY_INLINE void FakeQuantSpanT(const float* in, float* out, size_t n, const row_job& job, const grid_params& g) {
   const DF df;
   ApplyScaleT<kMode, kPath, kScale>(in, out, n, hn::Set(df, job.multiplier), hn::Set(df, job.divisor),
-                                    hn::Set(df, job.scale), job.random, job, g);
+                                    hn::Set(df, job.scale), 0, job, g);
 }
 
 template <rounding_mode kMode, span_path kPath>
@@ -137,8 +168,7 @@ HWY_INLINE void BatchApplyT(const float* in, float* out, size_t k, size_t groups
   for (size_t j = 0; j < groups; ++j) {
     const VF div = hn::Set(df, batch_scale[j]);
     ApplyScaleT<kMode, kPath, kScale>(in + j * k, out + j * k, k, hn::Set(df, batch_mult[j]), div,
-                                      unscaled ? hn::Set(df, 1.0f) : div,
-                                      job.random ? job.random + j * k : nullptr, job, g);
+                                      unscaled ? hn::Set(df, 1.0f) : div, j * k, job, g);
   }
 }
 
@@ -166,26 +196,49 @@ void FakeQuantGgmlBlock(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, s
 
 // The stochastic-rounding draws of a row's elements [c, c + n), made a chunk (>= 1024 elements)
 // at a time into a thread-local buffer (element i of the tensor uses Philox block i/4, word i%4;
-// under ~srR block i/(128/R), docs/conventions.md §43).
+// under ~srR block i/(128/R), docs/conventions.md §43). ~sr8 and ~sr16 keep the Philox output
+// itself (a quarter / half of the words' bytes; the element loop widens the bits), the others
+// one word per element.
 class RowDraws {
  public:
-  RowDraws(const row_plan& plan, uint64_t index0, size_t cols) : plan_(plan), index0_(index0), cols_(cols) {}
-  const uint32_t* at(size_t c, size_t n) {
-    if (base_ && c >= begin_ && c + n <= end_) return base_ + (c - begin_);
-    thread_local std::vector<uint32_t> buf;
-    begin_ = c;
-    end_ = std::min(cols_, c + std::max<size_t>(n, 1024));
-    buf.resize(end_ - begin_);
-    random_words(plan_.rng_seed, plan_.rng_tensor_id, index0_ + begin_, end_ - begin_, buf.data(), plan_.rng_bits);
-    base_ = buf.data();
-    return base_;
+  RowDraws(const row_plan& plan, uint64_t index0, size_t cols)
+      : plan_(plan), index0_(index0), cols_(cols),
+        raw_(std::endian::native == std::endian::little && (plan.rng_bits == 8 || plan.rng_bits == 16)) {}
+  // Points job's draws at those of [c, c + n).
+  void at(size_t c, size_t n, row_job& job) {
+    if (!(base_ && c >= begin_ && c + n <= end_)) fill(c, n);
+    if (raw_) {
+      job.random_bytes = raw_base_ + (c - begin_) * static_cast<size_t>(plan_.rng_bits / 8);
+      job.random_bits = plan_.rng_bits;
+    } else {
+      job.random = base_ + (c - begin_);
+    }
   }
 
  private:
+  void fill(size_t c, size_t n) {
+    thread_local std::vector<uint32_t> buf;
+    begin_ = c;
+    end_ = std::min(cols_, c + std::max<size_t>(n, 1024));
+    if (raw_) {
+      const uint64_t per_block = 128 / static_cast<uint64_t>(plan_.rng_bits);
+      const uint64_t first = index0_ + begin_, b0 = first / per_block, b1 = (index0_ + end_ - 1) / per_block;
+      buf.resize(4 * (b1 - b0 + 1));
+      random_blocks(plan_.rng_seed, plan_.rng_tensor_id, b0, b1 - b0 + 1, buf.data());
+      raw_base_ = reinterpret_cast<const uint8_t*>(buf.data()) + (first - b0 * per_block) * static_cast<uint64_t>(plan_.rng_bits / 8);
+    } else {
+      buf.resize(end_ - begin_);
+      random_words(plan_.rng_seed, plan_.rng_tensor_id, index0_ + begin_, end_ - begin_, buf.data(), plan_.rng_bits);
+    }
+    base_ = buf.data();
+  }
+
   const row_plan& plan_;
   uint64_t index0_;
   size_t cols_, begin_ = 0, end_ = 0;
+  bool raw_;
   const uint32_t* base_ = nullptr;
+  const uint8_t* raw_base_ = nullptr;
 };
 
 // One row: per group, the statistics (SIMD), the scale (inline for the common rules, else the
@@ -201,9 +254,8 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
   const bool ggml_block = has_fixed_zero_point(f) || has_block_min(f);  // q4_0, q5_0, q4_1, q5_1
   RowDraws draws(plan, index0, cols);
   // The stochastic draws of [c, c + n), made here just before they are used (sr only).
-  auto draws_for = [&](size_t c, size_t n) -> const uint32_t* {
-    if constexpr (kMode == rounding_mode::sr) return draws.at(c, n);
-    return nullptr;
+  auto draws_for = [&](size_t c, size_t n, row_job& job) {
+    if constexpr (kMode == rounding_mode::sr) draws.at(c, n, job);
   };
   size_t c0 = 0, gi = 0;
 #if HWY_TARGET != HWY_SCALAR
@@ -235,7 +287,9 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
     VI partial[hn::MaxLanes(DF())];
     row_job job = detail::make_job(f, g, group_scale{}, plan.unscaled);
     job.stream = plan.stream;
-    job.prefetch_ahead = plan.stream ? 1024 : 0;
+    // Stochastic rounding computes long enough per element that the hardware prefetcher keeps up:
+    // its software prefetch cost more than it hid (e2m1/g32~sr8 at 64 MiB: 0.90 -> 0.80 ns/element).
+    job.prefetch_ahead = plan.stream && kMode != rounding_mode::sr ? 1024 : 0;
     for (; c0 + N * k <= cols; c0 += N * k, gi += N) {
       const VI amax_bits = group_amax ? hn::LoadU(di, group_amax + gi) : BatchGroupAmax(di, x + c0, k, partial);
       if (plan.batch_preset == 0) {
@@ -249,7 +303,7 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
       // A batch multiplies (power-of-two scales, q8_0's 1/d) or divides as a whole.
       bool all_mul = true;
       for (size_t j = 0; j < N; ++j) all_mul &= batch_mult[j] != 0.0f;
-      job.random = draws_for(c0, N * k);
+      draws_for(c0, N * k, job);
       if (q8)
         BatchApplyT<rounding_mode::rna, span_path::int_fast, span_scale::mul>(x + c0, y + c0, k, N, batch_scale,
                                                                              batch_mult, job, g, plan.unscaled);
@@ -300,7 +354,7 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
       continue;
     }
     row_job job = detail::make_job(f, g, gs, plan.unscaled);
-    job.random = draws_for(c0, n);
+    draws_for(c0, n, job);
     job.stream = plan.stream;
     // Row-sized groups (/c, /t) prefetch the same columns of the next row to be visited.
     const int64_t next_row = plan.rows_backward ? -static_cast<int64_t>(k) : static_cast<int64_t>(k);

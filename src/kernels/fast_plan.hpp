@@ -136,6 +136,10 @@ struct row_job {
   bool uint_clamp;   // uint: clamp the rounded y to [clamp_lo, clamp_hi]
   float clamp_lo, clamp_hi;
   const uint32_t* random;  // sr: one word per element, or nullptr
+  // ~sr8 / ~sr16 (docs/conventions.md §43): instead of `random`, the Philox output itself, element
+  // i's R = random_bits bits at bytes [i R/8, (i + 1) R/8) (little-endian), or nullptr.
+  const uint8_t* random_bytes = nullptr;
+  int random_bits = 0;
   bool stream;       // non-temporal stores (large out-of-place outputs: no read-for-ownership)
   int64_t prefetch_ahead;  // floats ahead of the input to prefetch while computing (0: none)
 };

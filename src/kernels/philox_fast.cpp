@@ -1,6 +1,6 @@
 // The stochastic-rounding stream on SIMD lanes (docs/formats.md §0.5, docs/conventions.md §10):
-// Philox4x32-10 blocks, a counter per 64-bit lane, and random_words, the words of elements
-// [first, first + count) of a tensor's stream. Equals random_words_ref word for word
+// Philox4x32-10 blocks, a counter per 64-bit lane: random_blocks, the blocks themselves, and
+// random_words, the words of elements [first, first + count) of a tensor's stream. Equals random_words_ref word for word
 // (tests/kernels/test_differential.cpp).
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/kernels/philox_fast.cpp"
@@ -101,12 +101,56 @@ void PhiloxBlocks(uint64_t block0, size_t count, const philox_stream& ps, uint32
 #endif
 }
 
+// R = 1, 2, 4 on SIMD lanes, from the first element e = skip + i with e a multiple of N (one
+// vector's R N <= 64 bits then starts at bit `off` = R e mod 32 of word R e / 32 and spans at most
+// two words): lane j takes word w0 or w1 (bit off + R j past 32), shifts its R bits to the top
+// (srlv by (off + R j) mod 32, then << 32 - R drops the bits above them) and sets the half bit.
+// Returns how many elements it wrote (the rest, and the first ones before the alignment, are the
+// caller's scalar loop); the first elements are written here too, one at a time.
+HWY_INLINE size_t ExpandSubByteDraws(const uint32_t* HWY_RESTRICT blocks, size_t skip, size_t count, int bits,
+                                     uint32_t* HWY_RESTRICT out) {
+  const uint32_t mask = (1u << bits) - 1u;
+  auto scalar = [&](size_t i) {
+    const size_t offset = static_cast<size_t>(bits) * (skip + i);
+    const uint32_t k = (blocks[offset / 32] >> (offset % 32)) & mask;
+    out[i] = (2 * k + 1) << (31 - bits);
+  };
+#if HWY_TARGET == HWY_SCALAR
+  (void)scalar;
+  return 0;
+#else
+  const DU du;
+  const size_t N = hn::Lanes(du);
+  if (static_cast<size_t>(bits) * N > 64) return 0;  // (vectors over 512 bits)
+  size_t i = 0;
+  for (; i < count && (skip + i) % N != 0; ++i) scalar(i);
+  const auto lane_bits = hn::Mul(hn::Iota(du, 0), hn::Set(du, static_cast<uint32_t>(bits)));
+  const auto half = hn::Set(du, 1u << (31 - bits));
+  const auto thirty_one = hn::Set(du, 31u);
+  const int top = 32 - bits;
+  const bool two_words = static_cast<size_t>(bits) * N > 32;
+  for (; i + N <= count; i += N) {
+    const size_t bit0 = static_cast<size_t>(bits) * (skip + i);
+    const uint32_t* w = blocks + bit0 / 32;
+    const auto at = hn::Add(lane_bits, hn::Set(du, static_cast<uint32_t>(bit0 % 32)));
+    auto v = hn::Set(du, w[0]);
+    if (two_words) v = hn::IfThenElse(hn::Gt(at, thirty_one), hn::Set(du, w[1]), v);
+    const auto k_top = hn::ShiftLeftSame(v >> hn::And(at, thirty_one), top);
+    hn::StoreU(hn::Or(k_top, half), du, out + i);
+  }
+  return i;
+#endif
+}
+
 // The words of R-bit draws (docs/conventions.md §43): out[i] = (2k + 1) << (31 - R) with k the R
 // bits of element skip + i of the Philox outputs `blocks` (4 words a block, read as one little-endian
-// bit string, element e at bits [R e, R e + R)). R = 8 and 16 widen bytes / halfwords on SIMD lanes.
+// bit string, element e at bits [R e, R e + R)). R = 8 and 16 widen bytes / halfwords on SIMD lanes;
+// R = 1, 2, 4 shift words on SIMD lanes (below).
 void ExpandDraws(const uint32_t* HWY_RESTRICT blocks, size_t skip, size_t count, int bits, uint32_t* HWY_RESTRICT out) {
   size_t i = 0;
-  if constexpr (std::endian::native == std::endian::little) {
+  if (bits < 8) {
+    i = ExpandSubByteDraws(blocks, skip, count, bits, out);
+  } else if constexpr (std::endian::native == std::endian::little) {
     const DU du;
     const size_t N = hn::Lanes(du);
     if (bits == 8) {
@@ -161,6 +205,11 @@ void random_words_of_bits(const philox_stream& ps, uint64_t first, size_t count,
 }
 
 }  // namespace
+
+void random_blocks(uint64_t seed, uint64_t tensor_id, uint64_t block0, size_t count, uint32_t* out) {
+  if (use_ref()) return random_blocks_ref(seed, tensor_id, block0, count, out);
+  HWY_DYNAMIC_DISPATCH(PhiloxBlocks)(block0, count, philox_stream_of(seed, tensor_id), out);
+}
 
 void random_words(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out, int draw_bits) {
   if (draw_bits != 0 && !valid_sr_bits(draw_bits))

@@ -438,4 +438,9 @@ void random_words_ref(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t 
   for (size_t i = 0; i < count; ++i) out[i] = random_word(seed, tensor_id, first + i, draw_bits);
 }
 
+void random_blocks_ref(uint64_t seed, uint64_t tensor_id, uint64_t block0, size_t count, uint32_t* out) {
+  const philox_stream ps = philox_stream_of(seed, tensor_id);
+  for (size_t k = 0; k < count; ++k) ps.block(block0 + k, out + 4 * k);
+}
+
 }  // namespace lowbit

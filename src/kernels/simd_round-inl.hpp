@@ -243,16 +243,29 @@ HWY_INLINE VF RoundSrFast(DF df, VF y, VF u, const grid_params& g) {
   const VI abs_mask = hn::Set(di, 0x7fffffff);
   const VI ab = hn::And(bits, abs_mask);
   const VF ay = hn::Min(hn::BitCast(df, ab), hn::Set(df, g.max_value));
-  const VI L = g.kind == 0 ? MinifloatLog2Step(di, ay, g) : hn::Set(di, g.fixed_log2step);
-  const VF inv_step = hn::BitCast(df, hn::ShiftLeft<23>(hn::Sub(hn::Set(di, 127), L)));
-  const VF step = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(L, hn::Set(di, 127))));
+  // The biased step exponent L + 127 (MinifloatLog2Step's L, kept biased), then the step 2^L and
+  // 2^-L from it: 2^-L's exponent field is 254 - (L + 127).
+  VI biased_L;
+  if (g.kind != 0) {
+    biased_L = hn::Set(di, g.fixed_log2step + 127);
+  } else if (g.deep_emin) {
+    biased_L = hn::Add(MinifloatLog2Step(di, ay, g), hn::Set(di, 127));
+  } else {
+    const VI ef = hn::Max(hn::ShiftRight<23>(hn::BitCast(di, ay)), hn::Set(di, 1));  // p + 127
+    biased_L = hn::IfThenElse(hn::Lt(ef, hn::Set(di, g.emin + 127)), hn::Set(di, g.below_log2step + 127),
+                              hn::Sub(ef, hn::Set(di, g.mbits)));
+  }
+  const VI step_bits = hn::ShiftLeft<23>(biased_L);
+  const VF step = hn::BitCast(df, step_bits);
+  const VF inv_step = hn::BitCast(df, hn::Sub(hn::Set(di, 254 << 23), step_bits));
   const VF q = hn::Mul(ay, inv_step);
   const VF lo = hn::Floor(q);
+  const VF lo1 = hn::Add(lo, hn::Set(df, 1.0f));
   // docs/conventions.md §10 on the signed value: t = q - lo for y >= 0, (lo + 1) - q for y < 0 (see above).
   const auto negative = hn::RebindMask(df, hn::Lt(bits, hn::Zero(di)));
-  const VF t = hn::IfThenElse(negative, hn::Sub(hn::Add(lo, hn::Set(df, 1.0f)), q), hn::Sub(q, lo));
-  const VF up = hn::IfThenElseZero(hn::Xor(hn::Lt(u, t), negative), hn::Set(df, 1.0f));
-  return SignAndNan(df, hn::Mul(hn::Add(lo, up), step), bits, ab, g);
+  const VF t = hn::IfThenElse(negative, hn::Sub(lo1, q), hn::Sub(q, lo));
+  const VF r = hn::IfThenElse(hn::Xor(hn::Lt(u, t), negative), lo1, lo);
+  return SignAndNan(df, hn::Mul(r, step), bits, ab, g);
 }
 
 // RNE onto e8mM (bf16, tf32, ...): round the float32 pattern at a fixed bit, ties to even, then

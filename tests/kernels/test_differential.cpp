@@ -577,6 +577,29 @@ TEST(Differential, RandomWordsEqualTheScalarPhilox) {
   force_simd_target(0);
 }
 
+// The R-bit draws' SIMD expansion (philox_fast.cpp: bytes / halfwords widened, R = 1, 2, 4 shifted
+// out of words from an element that is a multiple of the vector's lanes): every start modulo 32
+// (scalar heads of every length, vectors starting inside a word), lengths that are not a
+// multiple of the lanes, and runs over several of random_words' stacks of 64 Philox blocks
+// (8192 elements at R = 1) == random_words_ref, on every target.
+TEST(Differential, RBitDrawsAtEveryAlignmentAndAcrossBlockStacks) {
+  for (const auto& t : simd_targets()) {
+    force_simd_target(t.first);
+    for (int bits : {1, 2, 4, 8, 16}) {
+      for (uint64_t first = 0; first < 34; ++first) {
+        for (size_t count : {size_t{1}, size_t{15}, size_t{16}, size_t{17}, size_t{47}, size_t{129},
+                             first % 8 == 0 ? size_t{17000} : size_t{300}}) {
+          std::vector<uint32_t> ref(count + 1, 0xdeadbeefu), fast(count + 1, 0xdeadbeefu);
+          random_words_ref(5, 9, first, count, ref.data(), bits);
+          random_words(5, 9, first, count, fast.data(), bits);
+          ASSERT_EQ(ref, fast) << bits << " bits, first " << first << " count " << count << " target " << t.second;
+        }
+      }
+    }
+  }
+  force_simd_target(0);
+}
+
 // By construction the fast path shares the reference's super-block search
 // (kquant_quantize_block): this checks the fast path's own parts (values straight from the block,
 // rows in parallel, packing) against the reference. The search itself is checked independently
@@ -764,6 +787,49 @@ TEST(Differential, TensorSpansEqualTheReference) {
       }
   }
   omp_set_num_threads(saved);
+}
+
+// ~srR in the row kernel: rows longer than its chunk of draws (1024 elements), so a row takes
+// several chunks and the last is short; odd row lengths, so rows start inside a Philox block (and
+// ~sr8 / ~sr16 read the Philox output from an odd byte); groups of 17 (batches that are not a
+// multiple of the lanes) and whole-row groups; 1 and 3 threads (above kParallelMinElements): ==
+// fake_quantize_ref bit for bit on every target. And random_blocks == random_blocks_ref.
+TEST(Differential, RBitRowKernelAcrossDrawChunksAndThreads) {
+  std::mt19937 gen(seed(12));
+  constexpr int64_t rows = 9, cols = 4099;
+  static_assert(rows * cols >= kParallelMinElements, "the tensor must take the threaded path");
+  const std::vector<float> x = gaussian(gen, rows * cols);
+  const int saved = omp_get_max_threads();
+  for (const char* spec : {"e2m1/g32~sr8:3", "e2m1/g32~sr16", "e2m1/g17~sr8:5", "int8/c~sr8", "e4m3~sr16:2",
+                           "mxfp4~sr8:7", "e2m1/g32~sr4", "e2m1/g17~sr2:9", "int4/g32~sr1"}) {
+    const format f = parse_format(spec);
+    std::vector<float> ref(x.size());
+    fake_quantize_ref(x.data(), ref.data(), rows, cols, f, 6);
+    for (const auto& t : simd_targets()) {
+      force_simd_target(t.first);
+      for (int threads : {1, 3}) {
+        omp_set_num_threads(threads);
+        std::vector<float> fast(x.size());
+        fake_quantize(x.data(), fast.data(), rows, cols, f, 6);
+        size_t differ = 0;
+        for (size_t i = 0; i < x.size(); ++i) differ += !same(ref[i], fast[i]);
+        EXPECT_EQ(differ, 0u) << spec << ", " << threads << " threads, target " << t.second;
+      }
+    }
+  }
+  omp_set_num_threads(saved);
+  for (const auto& t : simd_targets()) {
+    force_simd_target(t.first);
+    for (uint64_t block0 : {uint64_t{0}, uint64_t{5}, (uint64_t{1} << 32) - 7}) {  // (the last: the counter carries)
+      for (size_t count : {size_t{1}, size_t{7}, size_t{8}, size_t{33}, size_t{100}}) {
+        std::vector<uint32_t> want(4 * count + 1, 0xdeadbeefu), got(4 * count + 1, 0xdeadbeefu);
+        random_blocks_ref(0x0000000700000003ull, 0x0000000b00000001ull, block0, count, want.data());
+        random_blocks(0x0000000700000003ull, 0x0000000b00000001ull, block0, count, got.data());
+        ASSERT_EQ(want, got) << "block " << block0 << " count " << count << " target " << t.second;
+      }
+    }
+  }
+  force_simd_target(0);
 }
 
 TEST(Differential, SimdTargetsArePresent) {

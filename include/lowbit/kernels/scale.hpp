@@ -140,6 +140,11 @@ void random_words(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t coun
 void random_words_ref(uint64_t seed, uint64_t tensor_id, uint64_t first, size_t count, uint32_t* out,
                       int draw_bits = 0);
 uint32_t random_word(uint64_t seed, uint64_t tensor_id, uint64_t index, int draw_bits);
+// The Philox output itself: out[4k .. 4k + 3] = the words of block block0 + k of the stream, for
+// k < count (the bits ~srR reads, above). random_blocks runs Philox on SIMD lanes
+// (src/kernels/philox_fast.cpp); _ref is the loop over philox_stream::block.
+void random_blocks(uint64_t seed, uint64_t tensor_id, uint64_t block0, size_t count, uint32_t* out);
+void random_blocks_ref(uint64_t seed, uint64_t tensor_id, uint64_t block0, size_t count, uint32_t* out);
 // The uniform draw of docs/conventions.md §10: (r >> 8) * 2^-24.
 inline float uniform_from_word(uint32_t r) { return static_cast<float>(r >> 8) * 0x1p-24f; }
 // The uniform draw u of element `index` under f's stochastic rounding (exact or R-bit): what the
