@@ -133,7 +133,7 @@ HWY_INLINE void BatchVectorsT(const float* in, float* out, size_t k, size_t grou
   for (size_t v = 0; v < vectors; ++v) {
     const size_t j = v / per_group, i = v * N;
     if (ahead) hwy::Prefetch(in + i + ahead);
-    if constexpr (kMode == rounding_mode::sr) u = UniformFromWords(df, job.random, i, N);
+    if constexpr (kMode == rounding_mode::sr) u = UniformOf(df, job, 0, i, N);
     const VF div = hn::Set(df, batch_scale[j]);
     const VF r = FakeQuantVec<kMode, kPath, kScale, kNan>(df, hn::LoadU(df, in + i), u, g, hn::Set(df, batch_mult[j]),
                                                           div, unscaled ? hn::Set(df, 1.0f) : div, uint_clamp,
