@@ -124,22 +124,24 @@ HWY_INLINE void BatchVectorsT(const float* in, float* out, size_t k, size_t grou
                               const float* batch_mult, const row_job& job, const grid_params& g, bool unscaled) {
   const DF df;
   const size_t N = hn::Lanes(df);
-  const size_t per_group = k / N, vectors = groups * per_group;
+  const size_t per_group = k / N;
   const VF clamp_lo = hn::Set(df, job.clamp_lo), clamp_hi = hn::Set(df, job.clamp_hi);
   const bool uint_clamp = job.uint_clamp;
   const int64_t ahead = job.prefetch_ahead;
   const bool stream = job.stream && (reinterpret_cast<uintptr_t>(out) & (N * sizeof(float) - 1)) == 0;
   VF u = hn::Zero(df);
-  for (size_t v = 0; v < vectors; ++v) {
-    const size_t j = v / per_group, i = v * N;
-    if (ahead) hwy::Prefetch(in + i + ahead);
-    if constexpr (kMode == rounding_mode::sr) u = UniformOf(df, job, 0, i, N);
-    const VF div = hn::Set(df, batch_scale[j]);
-    const VF r = FakeQuantVec<kMode, kPath, kScale, kNan>(df, hn::LoadU(df, in + i), u, g, hn::Set(df, batch_mult[j]),
-                                                          div, unscaled ? hn::Set(df, 1.0f) : div, uint_clamp,
-                                                          clamp_lo, clamp_hi);
-    if (stream) hn::Stream(r, df, out + i);
-    else hn::StoreU(r, df, out + i);
+  size_t i = 0;
+  for (size_t j = 0; j < groups; ++j) {
+    const VF div = hn::Set(df, batch_scale[j]), mul = hn::Set(df, batch_mult[j]);
+    const VF scale = unscaled ? hn::Set(df, 1.0f) : div;
+    for (size_t p = 0; p < per_group; ++p, i += N) {
+      if (ahead) hwy::Prefetch(in + i + ahead);
+      if constexpr (kMode == rounding_mode::sr) u = UniformOf(df, job, 0, i, N);
+      const VF r = FakeQuantVec<kMode, kPath, kScale, kNan>(df, hn::LoadU(df, in + i), u, g, mul, div, scale, uint_clamp,
+                                                            clamp_lo, clamp_hi);
+      if (stream) hn::Stream(r, df, out + i);
+      else hn::StoreU(r, df, out + i);
+    }
   }
 }
 
