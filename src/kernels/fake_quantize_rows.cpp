@@ -366,14 +366,17 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
   }
 }
 
+// Non-temporal stores must be fenced before others read the output: at the end of a call that made them.
+struct flush_at_exit {
+  bool on;
+  ~flush_at_exit() {
+    if (on) hwy::FlushStream();
+  }
+};
+
 void FakeQuantRow(const float* x, float* y, size_t cols, const row_plan& plan, uint64_t index0,
                   float* scales, int32_t* zero_points, const int32_t* group_amax) {
-  struct flush_at_exit {  // non-temporal stores must be fenced before others read the output
-    bool on;
-    ~flush_at_exit() {
-      if (on) hwy::FlushStream();
-    }
-  } flush{plan.stream};
+  const flush_at_exit flush{plan.stream};
   const grid_params& g = *plan.grid;
   WithRounding(plan.f->rounding, [&](auto mode) {
     WithSpanPath<mode()>(g, [&](auto path) {
@@ -533,12 +536,7 @@ HWY_NOINLINE void Nvfp4SpanT(const float* HWY_RESTRICT x, float* HWY_RESTRICT y,
 // One thread's span [0, n) of the second pass of a /t or nvfp4 fake_quantize whose rows lie end
 // to end (see above); nvfp4's span starts on a batch of N groups.
 void FakeQuantTensorSpan(const float* x, float* y, size_t n, const row_plan& plan) {
-  struct flush_at_exit {  // non-temporal stores must be fenced before others read the output
-    bool on;
-    ~flush_at_exit() {
-      if (on) hwy::FlushStream();
-    }
-  } flush{plan.stream};
+  const flush_at_exit flush{plan.stream};
   const grid_params& g = *plan.grid;
   const format& f = *plan.f;
   WithRounding(f.rounding, [&](auto mode) {

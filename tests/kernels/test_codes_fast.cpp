@@ -17,6 +17,7 @@
 
 #include <omp.h>
 
+#include "tests/kernels/bits.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/simd.hpp"
@@ -26,12 +27,9 @@ using namespace lowbit;
 
 namespace {
 
-bool same(float a, float b) { return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b); }
+using lowbit::test::same;
 
-unsigned seed(unsigned base) {
-  const char* env = std::getenv("LOWBIT_TEST_SEED");
-  return base + (env ? static_cast<unsigned>(std::strtoul(env, nullptr, 10)) * 1000u : 0u);
-}
+using lowbit::test::seed;
 
 // Gaussian values of mixed magnitudes; with `specials`, a few NaN/Inf (each makes its group's
 // scale NaN), zeros, float32 subnormals and huge values, placed at random.

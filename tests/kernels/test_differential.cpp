@@ -16,6 +16,7 @@
 
 #include <omp.h>
 
+#include "tests/kernels/bits.hpp"
 #include "lowbit/base/error.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/kernels/quantize.hpp"
@@ -27,13 +28,9 @@ using namespace lowbit;
 
 namespace {
 
-bool same(float a, float b) { return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b); }
+using lowbit::test::same;
 
-// LOWBIT_TEST_SEED=K runs the randomised cases with other data (for longer fuzzing runs).
-unsigned seed(unsigned base) {
-  const char* env = std::getenv("LOWBIT_TEST_SEED");
-  return base + (env ? static_cast<unsigned>(std::strtoul(env, nullptr, 10)) * 1000u : 0u);
-}
+using lowbit::test::seed;
 
 // n standard normal values.
 std::vector<float> gaussian(std::mt19937& gen, int64_t n) {

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <vector>
 
+#include "tests/kernels/bits.hpp"
 #include "lowbit/base/error.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/io/gguf.hpp"
@@ -23,7 +24,7 @@ using namespace lowbit;
 
 namespace {
 
-bool same(float a, float b) { return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b); }
+using lowbit::test::same;
 
 // One block of 32 as ggml-common.h lays it out: fp16 d, then (q4_1, q5_1) fp16 m, then (q5_0,
 // q5_1) the little-endian u32 qh whose bit j is bit 4 of code j, then 16 bytes whose byte j holds

@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "tests/kernels/bits.hpp"
 #include "lowbit/io/gguf.hpp"
 #include "lowbit/io/safetensors.hpp"  // fp16 conversions
 #include "lowbit/base/error.hpp"
@@ -26,7 +27,7 @@ using namespace lowbit;
 
 namespace {
 
-bool same(float a, float b) { return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b); }
+using lowbit::test::same;
 
 // block_q4_K (144 bytes): fp16 d, fp16 dmin, scales[12], qs[128]. Sub-block j < 4: sc = scales[j]
 // low 6 bits, m = scales[j + 4] low 6 bits; j >= 4: sc = low nibble of scales[j + 4] | (top 2
