@@ -172,7 +172,7 @@ class plan_ops : public decoder::linear_ops {
     flops += 2.0 * n * in * double(out);
     if (linear >= 0 && size_t(linear) < packed_.size() && packed_[size_t(linear)]) {
       const packed_matrix& p = *packed_[size_t(linear)];
-      if (int_acts_valid_ && p.integer_values && p.group == int_acts_.group && int_acts_.n == n)
+      if (int_acts_valid_ && p.integer_values && p.group == int_acts_.group && int_acts_.n == n && p.group <= kMaxIntDotGroup)
         packed_matmul_int(p, int_acts_, y);  // integer codes on both sides (VNNI)
       else
         packed_matmul(p, xq, n, y);  // from the codes, float activations

@@ -414,6 +414,9 @@ void check_int(const packed_matrix& w, const int8_activations& a) {
   if (a.cols != w.cols || a.group != w.group)
     throw error(fmt::format("packed_int: activations [{}] in groups of {} against weights [{}] in groups of {}", a.cols,
                             a.group, w.cols, w.group));
+  if (w.group > kMaxIntDotGroup)
+    throw error(fmt::format("packed_int: groups of {} columns: an exact int32 dot holds at most {}", w.group,
+                            kMaxIntDotGroup));
 }
 }  // namespace
 

@@ -188,6 +188,28 @@ TEST(PackedMatmul, RefusesFormatsWithoutAKernel) {
   EXPECT_THROW(pack_matrix(quantize_ref(w.data(), 4, 40, parse_format("int8/c"))), error);
 }
 
+// An exact int32 dot of int8 values holds groups of at most kMaxIntDotGroup columns: all +127
+// against +127 over 131,072 columns would be 2^31 (past int32), so such /c rows are refused with
+// a message, not wrapped; one column fewer is computed exactly.
+TEST(PackedMatmul, IntegerDotsRefuseGroupsPastInt32) {
+  for (const int64_t cols : {kMaxIntDotGroup + 1, int64_t{131056}}) {
+    std::vector<float> w(static_cast<size_t>(cols), 1.0f), x(static_cast<size_t>(cols), 1.0f);
+    const packed_matrix p = pack_matrix(quantize(w.data(), 1, cols, parse_format("int8/c")));
+    const int8_activations a = quantize_activations(x.data(), 1, cols, cols);
+    float y = 0;
+    std::vector<int32_t> dots(1);
+    if (cols > kMaxIntDotGroup) {
+      EXPECT_THROW(packed_matmul_int(p, a, &y), error);
+      EXPECT_THROW(packed_int_dots_ref(p, a, dots.data()), error);
+    } else {
+      packed_int_dots_ref(p, a, dots.data());
+      EXPECT_EQ(dots[0], 127 * 127 * static_cast<int32_t>(cols));
+      packed_matmul_int(p, a, &y);
+      EXPECT_NEAR(y, static_cast<float>(cols), 1e-6 * static_cast<float>(cols));  // (s_w s_x) * 127^2 * cols
+    }
+  }
+}
+
 // The GEMV kernels (n == 1: one row or a pair of rows at a time with prefetch; integer
 // activations: 16 rows per block, 64 columns per step) at the edges of their blocks: row counts
 // around 1, 2, 16 and 64 (the GEMV's chunk), columns with a last step of 32 (integer) or 16

@@ -89,6 +89,10 @@ void packed_int_dots_ref(const packed_matrix& w, const int8_activations& a, int3
 void packed_int_dots(const packed_matrix& w, const int8_activations& a, int32_t* dots);  // VNNI
 // y[t, o] = sum over g in order of (sw[o, g] * sx[t, g]) * float(dot).
 void packed_matmul_int_ref(const packed_matrix& w, const int8_activations& a, float* y);
+// The longest group whose exact dot of int8 values fits an int32: 128 * 128 * group <= 2^31 - 1
+// (longer groups, only /c rows of more than 131,071 columns, are refused; the engine keeps float
+// activations for them).
+constexpr int64_t kMaxIntDotGroup = 131071;
 void packed_matmul_int(const packed_matrix& w, const int8_activations& a, float* y);
 
 // Which fast path runs: "avx512", "avx512-vnni" (packed_int_dots) or "scalar" (no AVX-512).
