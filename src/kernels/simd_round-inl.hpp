@@ -290,18 +290,22 @@ HWY_INLINE VF RoundE8Fast(DF df, VF y, const grid_params& g) {
 
 // RNE / RNA onto the integer grid k * 2^-frac: roundps, then the clamp; -0 becomes +0 (integers
 // have no -0), NaN the canonical NaN.
-template <rounding_mode kMode>
+template <rounding_mode kMode, bool kNan = true>
 HWY_INLINE VF RoundIntFast(DF df, VF y, const grid_params& g, bool uint_clamp) {
   const VF ys = g.frac_scale != 1.0f ? hn::Mul(y, hn::Set(df, g.frac_scale)) : y;
-  VF q = hn::Round(ys);
-  if constexpr (kMode == rounding_mode::rna) {  // ties away: fix the ties roundps sent to even
+  VF q;
+  if constexpr (kMode == rounding_mode::rna) {
+    // Ties away: t = trunc(y), and the fraction y - t (exact) reaching 1/2 moves t one step away.
     const VF t = hn::Trunc(ys);
-    const auto tie = hn::Eq(hn::Abs(hn::Sub(ys, t)), hn::Set(df, 0.5f));
-    q = hn::IfThenElse(tie, hn::Add(t, hn::CopySign(hn::Set(df, 1.0f), ys)), q);
+    const auto away = hn::Ge(hn::Abs(hn::Sub(ys, t)), hn::Set(df, 0.5f));
+    q = hn::Add(t, hn::IfThenElseZero(away, hn::CopySign(hn::Set(df, 1.0f), ys)));
+  } else {
+    q = hn::Round(ys);
   }
   if (g.frac_scale != 1.0f) q = hn::Mul(q, hn::Set(df, g.inv_frac_scale));
   if (!uint_clamp) q = hn::Min(hn::Max(q, hn::Set(df, -g.max_value)), hn::Set(df, g.max_value));
   q = hn::Add(q, hn::Zero(df));  // -0 -> +0
+  if constexpr (!kNan) return q;
   return hn::IfThenElse(hn::Eq(ys, ys), q, hn::Set(df, canonical_nan()));
 }
 
@@ -320,7 +324,7 @@ HWY_INLINE VF FakeQuantVec(DF df, VF x, VF u, const grid_params& g, VF mul, VF d
   if constexpr (kScale == span_scale::div) y = hn::Div(x, div);
   VF q;
   if constexpr (kPath == span_path::table) q = RoundToTable(df, y, g);
-  else if constexpr (kPath == span_path::int_fast) q = RoundIntFast<kMode>(df, y, g, uint_clamp);
+  else if constexpr (kPath == span_path::int_fast) q = RoundIntFast<kMode, kNan>(df, y, g, uint_clamp);
   else if constexpr (kPath == span_path::rne_fast) q = RoundRneFast<kNan>(df, y, g);
   else if constexpr (kPath == span_path::e8_fast) q = RoundE8Fast(df, y, g);
   else if constexpr (kPath == span_path::sr_fast) q = RoundSrFast(df, y, u, g);
