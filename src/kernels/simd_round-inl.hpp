@@ -158,7 +158,8 @@ HWY_INLINE VF RoundToGrid(DF df, VF y, VF u, const grid_params& g) {
   return hn::BitCast(df, out);
 }
 
-// Nearest table entry, ties to the even index (rne only).
+// Nearest table entry, ties to the even index (rne only). kNan = false: y is not NaN.
+template <bool kNan = true>
 HWY_INLINE VF RoundToTable(DF df, VF y, const grid_params& g) {
 #if HWY_TARGET != HWY_SCALAR
   if (hn::Lanes(df) >= 16) {
@@ -171,6 +172,7 @@ HWY_INLINE VF RoundToTable(DF df, VF y, const grid_params& g) {
       idx = hn::Add(idx, hn::IfThenElseZero(hn::RebindMask(di, hn::Gt(y, t)), hn::Set(di, bit)));
     }
     const VF v = hn::TableLookupLanes(hn::LoadU(df, g.lut_values.data()), hn::IndicesFromVec(df, idx));
+    if constexpr (!kNan) return v;
     return hn::IfThenElse(hn::Eq(y, y), v, hn::Set(df, canonical_nan()));
   }
 #endif
@@ -323,7 +325,7 @@ HWY_INLINE VF FakeQuantVec(DF df, VF x, VF u, const grid_params& g, VF mul, VF d
   if constexpr (kScale == span_scale::mul) y = hn::Mul(x, mul);
   if constexpr (kScale == span_scale::div) y = hn::Div(x, div);
   VF q;
-  if constexpr (kPath == span_path::table) q = RoundToTable(df, y, g);
+  if constexpr (kPath == span_path::table) q = RoundToTable<kNan>(df, y, g);
   else if constexpr (kPath == span_path::int_fast) q = RoundIntFast<kMode, kNan>(df, y, g, uint_clamp);
   else if constexpr (kPath == span_path::rne_fast) q = RoundRneFast<kNan>(df, y, g);
   else if constexpr (kPath == span_path::e8_fast) q = RoundE8Fast(df, y, g);
