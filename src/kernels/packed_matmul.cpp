@@ -392,8 +392,11 @@ void packed_matmul(const packed_matrix& w, const float* x, int64_t n, float* y) 
 int8_activations quantize_activations(const float* x, int64_t n, int64_t cols, int64_t group) {
   if (group <= 0 || cols % group != 0)
     throw error(fmt::format("quantize_activations: {} columns do not split into groups of {}", cols, group));
-  const format f = group == 32 ? parse_format("q8_0") : parse_format(group == cols ? "int8/c" : fmt::format("int8/g{}", group));
-  const quantized_tensor q = quantize(x, n, cols, f);
+  // Parsed once (this runs on every linear layer's input of a decode step).
+  static const format q8_0 = parse_format("q8_0"), int8_per_row = parse_format("int8/c");
+  const quantized_tensor q = quantize(x, n, cols, group == 32     ? q8_0
+                                                  : group == cols ? int8_per_row
+                                                                  : parse_format(fmt::format("int8/g{}", group)));
   int8_activations a;
   a.n = n, a.cols = cols, a.group = group;
   a.q.resize(size_t(n * cols));
@@ -434,67 +437,6 @@ void packed_int_dots_ref(const packed_matrix& w, const int8_activations& a, int3
 }
 
 namespace {
-
-// 32 codes of a row from column c as int8 values (4-bit: through the integer lut). 4-bit codes
-// come as [the 16 even columns | the 16 odd columns] (the low and the high nibbles of 16 bytes,
-// no interleave); the activations are read in that order too (deinterleave_pairs), and an
-// integer dot does not depend on the order of its terms.
-LOWBIT_VNNI inline __m256i int_values32(const uint8_t* row, int bits, int64_t c, __m256i lut8) {
-  if (bits == 8) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c));
-  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2));
-  const __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0f));
-  const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0f));
-  return _mm256_shuffle_epi8(lut8, _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
-}
-
-// x's codes with each block of 32 as [its even columns | its odd columns] (4-bit weights).
-std::vector<int8_t> deinterleave_pairs(const int8_activations& a) {
-  std::vector<int8_t> out(a.q.size());
-  for (size_t b = 0; b + 32 <= a.q.size(); b += 32)
-    for (int k = 0; k < 16; ++k) out[b + size_t(k)] = a.q[b + size_t(2 * k)], out[b + 16 + size_t(k)] = a.q[b + size_t(2 * k + 1)];
-  return out;
-}
-
-// sum of 32 int8 products a * b, exactly: dpbusd takes u8 x s8, so |a| against b with a's sign.
-LOWBIT_VNNI inline __m256i dot32(__m256i acc, __m256i a, __m256i b) {
-  return _mm256_dpbusd_epi32(acc, _mm256_abs_epi8(a), _mm256_sign_epi8(b, a));
-}
-
-LOWBIT_VNNI inline int32_t hsum8(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-  return _mm_cvtsi128_si32(s);
-}
-
-// Row o's dots with every token's groups (the body of packed_int_dots_vnni's loop, a function of
-// its own so that no vector value crosses into OpenMP's outlined body, which clang compiles
-// without the target attribute).
-LOWBIT_VNNI void int_dots_of_row(const packed_matrix& w, const int8_t* xq, int64_t n, const int8_t* lut_bytes,
-                                 int64_t o, int32_t* dots) {
-  const int64_t gpr = w.groups_per_row(), G = w.group;
-  const __m256i lut8 = _mm256_load_si256(reinterpret_cast<const __m256i*>(lut_bytes));
-  const uint8_t* row = w.codes.data() + o * w.row_bytes;
-  for (int64_t t = 0; t < n; ++t) {
-    const int8_t* xt = xq + t * w.cols;
-    for (int64_t g = 0; g < gpr; ++g) {
-      __m256i acc = _mm256_setzero_si256();
-      for (int64_t c = g * G; c < (g + 1) * G; c += 32)
-        acc = dot32(acc, int_values32(row, w.bits, c, lut8), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt + c)));
-      dots[(t * w.rows + o) * gpr + g] = hsum8(acc);
-    }
-  }
-}
-
-LOWBIT_VNNI void packed_int_dots_vnni(const packed_matrix& w, const int8_activations& a, int32_t* dots) {
-  const std::vector<int8_t> xd = w.bits == 4 ? deinterleave_pairs(a) : std::vector<int8_t>();
-  const int8_t* xq = w.bits == 4 ? xd.data() : a.q.data();
-  alignas(32) int8_t lut_bytes[32];
-  for (int i = 0; i < 32; ++i) lut_bytes[i] = static_cast<int8_t>(w.bits == 4 ? w.lut[i % 16] : 0);
-  const bool threads = double(w.rows) * double(w.cols) * double(a.n) > 4e6 && omp_get_max_threads() > 1;
-#pragma omp parallel for schedule(static) if (threads)
-  for (int64_t o = 0; o < w.rows; ++o) int_dots_of_row(w, xq, a.n, lut_bytes, o, dots);
-}
 
 // packed_matmul_int's whole product, 16 rows at a time with row i in lane i: each group's exact
 // dot for 16 rows in one vector, then the reference's float steps ((sw * sx) * float(dot) added
@@ -696,21 +638,6 @@ LOWBIT_VNNI void packed_matmul_int_vnni(const packed_matrix& w, const int8_activ
 }
 
 }  // namespace
-
-// Whether packed_int_dots' VNNI kernel applies: dpbusd's u8 operand |a| reads a value -128 as 128
-// (right), but its sign flip of b would overflow for b = -128; quantize_activations' codes are in [-127, 127]
-// (amax / 127 scales), other callers' may not be.
-namespace {
-bool vnni_applies(const packed_matrix& w, const int8_activations& a) {
-  return use_vnni() && w.group % 32 == 0 && std::find(a.q.begin(), a.q.end(), int8_t(-128)) == a.q.end();
-}
-}  // namespace
-
-void packed_int_dots(const packed_matrix& w, const int8_activations& a, int32_t* dots) {
-  check_int(w, a);
-  if (vnni_applies(w, a)) packed_int_dots_vnni(w, a, dots);
-  else packed_int_dots_ref(w, a, dots);
-}
 
 namespace {
 template <class Dots>

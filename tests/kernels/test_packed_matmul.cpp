@@ -132,10 +132,8 @@ TEST(PackedMatmul, IntegerActivationsExactDots) {
     const auto x = randn(n * cols, 5);
     const int8_activations a = quantize_activations(x.data(), n, cols, p.group);
     const int64_t gpr = cols / p.group;
-    std::vector<int32_t> ref(n * rows * gpr), fast(n * rows * gpr, -1);
+    std::vector<int32_t> ref(n * rows * gpr);
     packed_int_dots_ref(p, a, ref.data());
-    packed_int_dots(p, a, fast.data());
-    EXPECT_EQ(ref, fast) << spec << " (" << packed_kernel_target(true) << ")";
     // The dots from the definition: integer codes of W (dequantized value / scale) and x.
     std::vector<float> wd(rows * cols);
     dequantize_ref(q, wd.data());
@@ -150,7 +148,7 @@ TEST(PackedMatmul, IntegerActivationsExactDots) {
     std::vector<float> y_ref(n * rows), y_fast(n * rows);
     packed_matmul_int_ref(p, a, y_ref.data());
     packed_matmul_int(p, a, y_fast.data());
-    EXPECT_TRUE(same_bits(y_ref, y_fast)) << spec;
+    EXPECT_TRUE(same_bits(y_ref, y_fast)) << spec << " (" << packed_kernel_target(true) << ")";
     // The combine against the dequantized operands' product in double.
     for (int64_t t = 0; t < n; ++t)
       for (int64_t o = 0; o < rows; ++o) {

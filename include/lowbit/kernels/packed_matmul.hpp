@@ -86,7 +86,6 @@ struct int8_activations {
 int8_activations quantize_activations(const float* x, int64_t n, int64_t cols, int64_t group);
 // dots[(t * rows + o) * groups + g] = sum over group g of the integer values of W and x (exact).
 void packed_int_dots_ref(const packed_matrix& w, const int8_activations& a, int32_t* dots);
-void packed_int_dots(const packed_matrix& w, const int8_activations& a, int32_t* dots);  // VNNI
 // y[t, o] = sum over g in order of (sw[o, g] * sx[t, g]) * float(dot).
 void packed_matmul_int_ref(const packed_matrix& w, const int8_activations& a, float* y);
 // The longest group whose exact dot of int8 values fits an int32: 128 * 128 * group <= 2^31 - 1
@@ -95,7 +94,7 @@ void packed_matmul_int_ref(const packed_matrix& w, const int8_activations& a, fl
 constexpr int64_t kMaxIntDotGroup = 131071;
 void packed_matmul_int(const packed_matrix& w, const int8_activations& a, float* y);
 
-// Which fast path runs: "avx512", "avx512-vnni" (packed_int_dots) or "scalar" (no AVX-512).
+// Which fast path runs: "avx512", "avx512-vnni" (packed_matmul_int) or "scalar" (no AVX-512).
 std::string packed_kernel_target(bool integer);
 // Forces the scalar path (tests of the fallback); false: back to the CPU's best.
 void force_packed_scalar(bool on);
