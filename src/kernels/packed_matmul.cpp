@@ -34,8 +34,6 @@ namespace lowbit {
 
 namespace {
 
-std::atomic<bool> g_force_scalar{false};
-
 bool cpu_has_avx512() {
   static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl");
@@ -45,8 +43,8 @@ bool cpu_has_vnni() {
   static const bool yes = cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
   return yes;
 }
-bool use_avx512() { return !g_force_scalar.load(std::memory_order_relaxed) && !use_ref() && cpu_has_avx512(); }
-bool use_vnni() { return !g_force_scalar.load(std::memory_order_relaxed) && !use_ref() && cpu_has_vnni(); }
+bool use_avx512() { return !use_ref() && cpu_has_avx512(); }
+bool use_vnni() { return !use_ref() && cpu_has_vnni(); }
 
 // The value of an 8-bit code: every 8-bit packed format is int8 two's complement (checked at pack).
 inline float int8_value(uint8_t code) { return static_cast<float>(static_cast<int8_t>(code)); }
@@ -672,6 +670,5 @@ std::string packed_kernel_target(bool integer) {
   return use_avx512() ? "avx512" : "scalar";
 }
 
-void force_packed_scalar(bool on) { g_force_scalar.store(on); }
 
 }  // namespace lowbit

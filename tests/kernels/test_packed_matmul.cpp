@@ -44,9 +44,6 @@ double gamma_bound(double m) {
 
 const char* const kFormats[] = {"q8_0", "q4_0", "int4/g32", "mxfp4", "nvfp4", "int8/c", "e2m1/g16:e4m3", "int8/g32"};
 
-struct scalar_off {
-  ~scalar_off() { force_packed_scalar(false); }
-};
 
 }  // namespace
 
@@ -65,7 +62,6 @@ TEST(PackedMatmul, ValuesAreDequantizeRefBitForBit) {
 }
 
 TEST(PackedMatmul, FloatActivationsPinnedOrderBitExactAndBounded) {
-  scalar_off guard;
   for (const char* spec : kFormats) {
     for (const int64_t cols : {32, 288, 768}) {
       const int64_t rows = 19;
@@ -76,17 +72,13 @@ TEST(PackedMatmul, FloatActivationsPinnedOrderBitExactAndBounded) {
       dequantize_ref(q, wd.data());
       for (const int64_t n : {1, 3, 4, 9}) {
         const auto x = randn(n * cols, 3 + n);
-        std::vector<float> spec_y(n * rows), ref_y(n * rows), fast_y(n * rows), scalar_y(n * rows);
+        std::vector<float> spec_y(n * rows), ref_y(n * rows), fast_y(n * rows);
         lane_ordered_matmul_ref(wd.data(), rows, cols, x.data(), n, spec_y.data());
         packed_matmul_ref(p, x.data(), n, ref_y.data());
         packed_matmul(p, x.data(), n, fast_y.data());
-        force_packed_scalar(true);
-        packed_matmul(p, x.data(), n, scalar_y.data());
-        force_packed_scalar(false);
         EXPECT_TRUE(same_bits(spec_y, ref_y)) << spec << " cols " << cols << " n " << n;
         EXPECT_TRUE(same_bits(ref_y, fast_y)) << spec << " cols " << cols << " n " << n << " ("
                                               << packed_kernel_target(false) << ")";
-        EXPECT_TRUE(same_bits(ref_y, scalar_y)) << spec;
         // GEMM rows equal GEMV of each token (same order whatever the batch).
         std::vector<float> one(rows);
         packed_matmul(p, x.data() + (n - 1) * cols, 1, one.data());
@@ -107,18 +99,13 @@ TEST(PackedMatmul, FloatActivationsPinnedOrderBitExactAndBounded) {
 }
 
 TEST(PackedMatmul, FloatWeightsFastEqualsRef) {
-  scalar_off guard;
   for (const int64_t cols : {16, 37, 288, 301}) {
     const int64_t rows = 13, n = 2;
     const auto w = randn(rows * cols, 9), x = randn(n * cols, 10);
-    std::vector<float> ref(n * rows), fast(n * rows), scalar(n * rows);
+    std::vector<float> ref(n * rows), fast(n * rows);
     lane_ordered_matmul_ref(w.data(), rows, cols, x.data(), n, ref.data());
     lane_ordered_matmul(w.data(), rows, cols, x.data(), n, fast.data());
-    force_packed_scalar(true);
-    lane_ordered_matmul(w.data(), rows, cols, x.data(), n, scalar.data());
-    force_packed_scalar(false);
     EXPECT_TRUE(same_bits(ref, fast)) << cols;
-    EXPECT_TRUE(same_bits(ref, scalar)) << cols;
   }
 }
 

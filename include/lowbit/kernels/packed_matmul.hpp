@@ -96,7 +96,5 @@ void packed_matmul_int(const packed_matrix& w, const int8_activations& a, float*
 
 // Which fast path runs: "avx512", "avx512-vnni" (packed_matmul_int) or "scalar" (no AVX-512).
 std::string packed_kernel_target(bool integer);
-// Forces the scalar path (tests of the fallback); false: back to the CPU's best.
-void force_packed_scalar(bool on);
 
 }  // namespace lowbit
