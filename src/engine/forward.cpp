@@ -154,12 +154,20 @@ class plan_ops : public decoder::linear_ops {
       // Compared as formats (rounding included), not by building each call's canonical name.
       static const format q8_0 = parse_format("q8_0"), int8_per_row = parse_format("int8/c");
       const int64_t group = *q.fmt == q8_0 ? 32 : *q.fmt == int8_per_row ? in : 0;
-      if (group > 0 && in % group == 0) {
+      // Only when the linear reading this input takes integer activations (q, k and v share
+      // one input and are packed alike).
+      if (group > 0 && in % group == 0 && takes_int(linear, group)) {
         int_acts_ = quantize_activations(x, n, in, group);
         int_acts_valid_ = true;
       }
     }
     return buf_.data();
+  }
+  // Whether linear `linear` is packed with integer codes in groups of `group` that an exact int32
+  // dot holds: it then multiplies integer activation codes (packed_matmul_int).
+  bool takes_int(int linear, int64_t group) const {
+    const packed_matrix* p = linear >= 0 && size_t(linear) < packed_.size() ? packed_[size_t(linear)] : nullptr;
+    return p && p->integer_values && p->group == group && group <= kMaxIntDotGroup;
   }
   // block * 4 + (attn_norm, attn, ffn_norm, ffn_act) of a linear's number (decoder.hpp): q (and
   // k, v, which read q's input) 0, o 3, gate 4 or (no gate) up 5, down 6.
@@ -172,9 +180,10 @@ class plan_ops : public decoder::linear_ops {
     flops += 2.0 * n * in * double(out);
     if (linear >= 0 && size_t(linear) < packed_.size() && packed_[size_t(linear)]) {
       const packed_matrix& p = *packed_[size_t(linear)];
-      if (int_acts_valid_ && p.integer_values && p.group == int_acts_.group && int_acts_.n == n && p.group <= kMaxIntDotGroup)
+      if (int_acts_valid_ && int_acts_.n == n && takes_int(linear, int_acts_.group)) {
         packed_matmul_int(p, int_acts_, y);  // integer codes on both sides (VNNI)
-      else
+        ++integer_products;
+      } else
         packed_matmul(p, xq, n, y);  // from the codes, float activations
       return;
     }
@@ -186,6 +195,7 @@ class plan_ops : public decoder::linear_ops {
     else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), out, in, 1.0f, xq, in, w, in, 0.0f, y, out);
   }
   double flops = 0;
+  int64_t integer_products = 0;  // linears computed by packed_matmul_int in this call
 
  private:
   const std::vector<act_quant>& blocks_;
@@ -312,6 +322,7 @@ void forward_session::run(float* x, int n, int first, int last, bool head) {
     if (dump_) dump_("logits", logits_.data(), n, c.vocab_size);
   }
   last_flops_ = ops.flops + h.flops;
+  integer_products_ += ops.integer_products;
 }
 
 double sgemm_gflops(int m, int n, int k, int reps) {

@@ -49,7 +49,7 @@ std::vector<std::string> split_documents(const std::string& text) {
 
 std::vector<int32_t> encode_documents(const tokenizer& tok, const std::string& text, int64_t max_tokens) {
   std::vector<int32_t> ids;
-  for (const std::string& d : split_documents(text)) {
+  for (const std::string_view d : document_views(text)) {  // views: no copy of each document
     if (max_tokens > 0 && int64_t(ids.size()) >= max_tokens) break;
     const auto part = tok.encode(d, true, false);
     ids.insert(ids.end(), part.begin(), part.end());

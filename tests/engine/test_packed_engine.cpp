@@ -109,9 +109,13 @@ TEST(PackedEngine, IntegerActivationsMatchTheSimulatedPlan) {
     double mx = 0, diff = 0;
     for (size_t i = 0; i < la.size(); ++i) mx = std::max(mx, std::fabs(double(la[i]))), diff = std::max(diff, std::fabs(double(la[i]) - lb[i]));
     EXPECT_LT(diff, 1e-4 * mx + 1e-6) << weights << " " << acts;
+    // The integer product ran, on every block linear (7 per block), and the simulated model's never.
+    EXPECT_EQ(b.integer_products(), 7 * m.config.n_layers) << weights << " " << acts;
+    EXPECT_EQ(a.integer_products(), 0);
     // Not the float-activation result: the activations were quantized.
     forward_session c(packed, make_quant_plan("", weights, "", ""), 16);
     const std::vector<float> lc = c.forward(toks.data(), int(toks.size()));
+    EXPECT_EQ(c.integer_products(), 0) << weights;
     double d2 = 0;
     for (size_t i = 0; i < lc.size(); ++i) d2 = std::max(d2, std::fabs(double(lc[i]) - lb[i]));
     EXPECT_GT(d2, 0.0) << weights << " " << acts;

@@ -55,6 +55,8 @@ class forward_session {
   void set_dump(dump_hook hook) { dump_ = std::move(hook); }
   // Multiply-adds x2 of the last forward call (for GFLOP/s reports).
   double last_flops() const { return last_flops_; }
+  // Linear layers this session computed from integer activation codes (packed_matmul_int), all calls.
+  int64_t integer_products() const { return integer_products_; }
 
  private:
   void check_tokens(const int32_t* tokens, int n) const;
@@ -69,6 +71,7 @@ class forward_session {
   std::vector<float> logits_;
   dump_hook dump_;
   double last_flops_ = 0;
+  int64_t integer_products_ = 0;
   uint64_t call_ = 0;  // stream of tensor ids for stochastic rounding
   // The plan resolved for this model: each block's activations (attn_norm, attn, ffn_norm,
   // ffn_act: block * 4 + site) and the classifier's input; each block's K and V cache formats.
