@@ -14,6 +14,7 @@
 #include "lowbit/base/process.hpp"
 #include "lowbit/formats/format.hpp"
 #include "lowbit/io/model_io.hpp"
+#include "lowbit/law/predict.hpp"
 #include "lowbit/ptq/methods.hpp"
 #include "lowbit/runs/records.hpp"
 #include "lowbit/text/documents.hpp"
@@ -67,30 +68,18 @@ model quantize_variant(const model& base, const std::vector<int32_t>& ids, const
   }
   ptq::quantize_options qo;
   qo.how = ptq::parse_method(method);
-  qo.weights = *plan.weights;
   qo.calib_samples = calib.samples, qo.calib_ctx = calib.ctx, qo.seed = calib.seed;
-  ptq::quantize_model(variant, ids, qo, progress);
-  if (sqnr_db) {
-    model scratch = base;  // the format's own SQNR on these weights, whatever the method did
-    quant_plan w_only;
-    w_only.weights = plan.weights, w_only.weights_spec = plan.weights_spec;
-    *sqnr_db = mean_sqnr_db(apply_weight_plan(scratch, w_only));
-  }
-  return variant;
+  return quantize_variant(base, ids, plan, qo, sqnr_db, progress);
 }
 
 model quantize_variant(const model& base, const std::vector<int32_t>& ids, const quant_plan& plan,
-                       ptq::quantize_options o, double* sqnr_db) {
+                       ptq::quantize_options o, double* sqnr_db, const ptq::ptq_progress& progress) {
   if (!plan.weights) throw error("quantize_variant: a PTQ method needs a weight format");
   model variant = base;
   o.weights = *plan.weights;
-  ptq::quantize_model(variant, ids, o);
-  if (sqnr_db) {
-    model scratch = base;  // the format's own SQNR on these weights, whatever the method did
-    quant_plan w_only;
-    w_only.weights = plan.weights, w_only.weights_spec = plan.weights_spec;
-    *sqnr_db = mean_sqnr_db(apply_weight_plan(scratch, w_only));
-  }
+  ptq::quantize_model(variant, ids, o, progress);
+  // The format's own SQNR on these weights (round to nearest), whatever the method did.
+  if (sqnr_db) *sqnr_db = law::weights_sqnr_db(base, format_name(*plan.weights));
   return variant;
 }
 

@@ -431,7 +431,9 @@ family_summary run_family(const family_config& f, const std::string& db_path, co
           const quant_plan plan = quant_plan_of(sweep_plan{is_float ? "" : weights, "", "", {}});
           double sqnr = std::numeric_limits<double>::quiet_NaN();
           const calibration_settings calib{q.calib_samples, q.calib_ctx, q.calib_seed};
-          const model variant = is_float ? *base : quantize_variant(*base, train_ids, plan, method, calib, {}, &sqnr);
+          std::optional<model> quantized;  // the fp32 point evaluates the base itself (no copy)
+          if (!is_float) quantized.emplace(quantize_variant(*base, train_ids, plan, method, calib, {}, &sqnr));
+          const model& variant = is_float ? *base : *quantized;
           const eval_result ev = evaluate(variant, plan, val_ids, eo, is_float ? nullptr : base.get());
           run_record rec = model_run_record("explore", "family:" + r.name, base->config, is_float ? "" : weights,
                                             method, plan);

@@ -50,7 +50,7 @@ model quantize_variant(const model& base, const std::vector<int32_t>& ids, const
 // (rtn included, for its options: LoRC, shared power-of-two scales, equalization ...);
 // o.weights is set from plan.weights.
 model quantize_variant(const model& base, const std::vector<int32_t>& ids, const quant_plan& plan,
-                       ptq::quantize_options o, double* sqnr_db = nullptr);
+                       ptq::quantize_options o, double* sqnr_db = nullptr, const ptq::ptq_progress& progress = {});
 
 struct explore_config {
   std::string model, tokenizer, data;  // tokenizer "" = the model's own
