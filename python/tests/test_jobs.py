@@ -18,7 +18,12 @@ import lowbit
 from conftest import bits
 
 # `lowbit eval --model stories15M.bin --data tinystories_val_sample.txt --max-tokens 2048`
-# (docs/evaluation.md), and the same under --weights int4/g32 --acts int8/c --kv e4m3fn/c --kl-base.
+# (docs/evaluation.md), and the same under --weights int4/g32 --acts int8/c --kv e4m3fn/c --kl-base,
+# as an AVX-512 machine gives them. OpenBLAS picks its sgemm kernels by CPU, so another machine's
+# float sums differ in their last bits: the float NLL by 4e-8 relative on an AVX2 machine, and,
+# since int8 activations put a value on a rounding midpoint onto the next code, the W4A8KV8 NLL by
+# 0.3% and its KL by 1.4% there. The test holds the front end to the CLI of the same build bit for
+# bit, and to these numbers within those effects.
 STORIES15M_NLL = 1.4648882301895574
 STORIES15M_W4A8KV8_NLL = 1.617524663901492
 STORIES15M_W4A8KV8_KL = 0.12466070966396987
@@ -93,16 +98,21 @@ def test_evaluate_model_in_memory_equals_path_and_rules_file(shipped, tmp_path):
     assert plain["weights"]["format"] == "int8/c"
 
 
-def test_evaluate_stories15m_known_numbers(shipped):
+def test_evaluate_stories15m_known_numbers(shipped, cli):
     path = shipped / "llama2c" / "stories15M.bin"
     if not path.is_file():
         pytest.fail(f"{path} is absent (scripts/get-data.sh fetches it)")
     seen = []
     r = lowbit.evaluate(path, text(shipped), weights="int4/g32", acts="int8/c", kv="e4m3fn/c", kl_base=True,
                         max_tokens=2048, progress=lambda done, total: seen.append((done, total)))
-    assert r["mean_nll"] == STORIES15M_W4A8KV8_NLL
-    assert r["kl"]["mean"] == STORIES15M_W4A8KV8_KL
-    assert r["kl"]["base_mean_nll"] == STORIES15M_NLL  # the float model over the same windows
+    want = cli_json(cli, "eval", "--model", path, "--tokenizer", shipped / "llama2c" / "tok32000.bin", "--data",
+                    text(shipped), "--weights", "int4/g32", "--acts", "int8/c", "--kv", "e4m3fn/c", "--kl-base",
+                    "--max-tokens", 2048)
+    assert r["mean_nll"] == want["mean_nll"] and r["kl"] == want["kl"]
+    assert r["mean_nll"] == pytest.approx(STORIES15M_W4A8KV8_NLL, rel=1e-2)
+    assert r["kl"]["mean"] == pytest.approx(STORIES15M_W4A8KV8_KL, rel=5e-2)
+    # the float model over the same windows
+    assert r["kl"]["base_mean_nll"] == pytest.approx(STORIES15M_NLL, rel=1e-6)
     assert seen == [(256 * (i + 1), 2048) for i in range(8)]  # one call per window of 256
 
 

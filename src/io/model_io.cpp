@@ -788,8 +788,6 @@ class gguf_reader final : public tensor_reader {
   gguf_file f_;
 };
 
-// A model in memory, with the codes its caller has for some tensors.
-
 }  // namespace
 
 model load_safetensors_model(const std::string& path) { return read_whole_model(safetensors_reader(path)); }
@@ -1336,9 +1334,10 @@ model load_packed_model(const std::string& path, const quant_plan& plan, packed_
                               "a model file with codes (a quantized GGUF, lowbit's packed safetensors)",
                               path, name, packed_formats_help()));
     }
-    auto p = std::make_shared<const packed_matrix>(pack_matrix(q));
+    const std::string format_of_q = format_name(q.fmt);
+    auto p = std::make_shared<const packed_matrix>(pack_matrix(std::move(q)));
     rep.packed_bytes += p->bytes();
-    rep.formats.insert(format_name(q.fmt));
+    rep.formats.insert(format_of_q);
     m.packed[name] = std::move(p);
     t.data.clear();
     t.data.shrink_to_fit();

@@ -93,7 +93,7 @@ float packed_matrix::value(int64_t r, int64_t c) const {
   return bits == 8 ? int8_value(static_cast<uint8_t>(code)) : lut[code];
 }
 
-packed_matrix pack_matrix(const quantized_tensor& q) {
+packed_matrix pack_matrix(quantized_tensor q) {
   std::string why;
   if (!has_packed_kernel(q.fmt, &why)) throw error(fmt::format("{} (packed kernels: {})", why, packed_formats_help()));
   if (q.cols % 16 != 0 || q.cols == 0)
@@ -109,7 +109,7 @@ packed_matrix pack_matrix(const quantized_tensor& q) {
                             w.group, format_name(q.fmt)));
   w.row_bytes = q.row_bytes;
   if (w.row_bytes != q.cols * w.bits / 8) throw error("pack_matrix: internal: unexpected row layout");
-  w.codes = q.codes;
+  w.codes = std::move(q.codes);  // (the scales below read q's scales, not its codes)
   // The lut: dequantize_value_ref's value of each code before the scale.
   w.integer_values = true;
   if (w.bits == 4) {

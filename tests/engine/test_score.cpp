@@ -46,7 +46,13 @@ TEST(Score, LogLikelihoodIsTheSumOverTheWholeSequencesLogits) {
         expected += log_prob(row, V, conts[i][j]);
         greedy = greedy && std::max_element(row, row + V) - row == conts[i][j];
       }
-      EXPECT_NEAR(scores[i].loglik, expected, 1e-4 * std::max(1.0, std::abs(expected))) << plan.describe() << " " << i;
+      // Scoring runs the continuation after a cached context, the fresh session the whole sequence
+      // at once: OpenBLAS may take another kernel for each shape, so the float sums differ in their
+      // last bits, and under int8 activations a value that sits on a rounding midpoint can take
+      // the next code (seen: 1.4e-4 relative on an AVX2 machine). A missing or misplaced token's
+      // log-probability is off by whole units.
+      const double tol = plan.describe() == quant_plan{}.describe() ? 1e-4 : 1e-3;
+      EXPECT_NEAR(scores[i].loglik, expected, tol * std::max(1.0, std::abs(expected))) << plan.describe() << " " << i;
       EXPECT_EQ(scores[i].greedy, greedy);
       EXPECT_EQ(scores[i].tokens, static_cast<int>(conts[i].size()));
     }

@@ -188,14 +188,17 @@ TEST(TrainCli, TwoMpiRanksFollowTheSingleProcessTrajectory) {
     ASSERT_EQ(la.size(), 20u);
     ASSERT_EQ(lb.size(), 20u);  // rank 0 alone writes
     // The first forward sees the same weights and the same quantized operands (the same draws):
-    // only the order of the loss sum differs.
-    EXPECT_NEAR(la[0]["train_loss"].get<double>(), lb[0]["train_loss"].get<double>(), 1e-9) << plan;
+    // only float32 rounding differs, as OpenBLAS may take another kernel for each rank's half of
+    // the batch than for the whole (seen: 4e-10 relative with its Haswell kernels), and the order
+    // of the loss sum. Later steps drift apart from such differences, by 2e-4 at step 19 with
+    // stochastic rounding on an AVX2 machine; a wrong gradient average is off by far more.
+    EXPECT_NEAR(la[0]["train_loss"].get<double>(), lb[0]["train_loss"].get<double>(), 1e-6) << plan;
     for (size_t i = 0; i < la.size(); ++i) {
-      EXPECT_NEAR(la[i]["train_loss"].get<double>(), lb[i]["train_loss"].get<double>(), 1e-4)
+      EXPECT_NEAR(la[i]["train_loss"].get<double>(), lb[i]["train_loss"].get<double>(), 1e-3)
           << plan << " step " << i + 1;
       ASSERT_EQ(la[i].contains("val_loss"), lb[i].contains("val_loss")) << "step " << i + 1;
       if (la[i].contains("val_loss")) {
-        EXPECT_NEAR(la[i]["val_loss"].get<double>(), lb[i]["val_loss"].get<double>(), 1e-4)
+        EXPECT_NEAR(la[i]["val_loss"].get<double>(), lb[i]["val_loss"].get<double>(), 1e-3)
             << plan << " step " << i + 1;
       }
     }

@@ -56,8 +56,9 @@ struct packed_matrix {
 };
 
 // Packs q (throws lowbit::error naming the format when has_packed_kernel says no, or when cols is
-// not a multiple of 16).
-packed_matrix pack_matrix(const quantized_tensor& q);
+// not a multiple of 16). q is taken by value: a caller that is done with its codes moves them in
+// (load_packed_model), so a loaded weight's codes are never held twice.
+packed_matrix pack_matrix(quantized_tensor q);
 // W's values, [rows, cols]: equals dequantize_ref(q) bit for bit (tests check it).
 void dequantize_packed(const packed_matrix& w, float* out);
 
