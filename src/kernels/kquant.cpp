@@ -537,6 +537,7 @@ void kquant_quantize_super_blocks(const format& f, const float* x, int64_t n, kq
 
 void kquant_quantize_block(const format& f, const float* x, int64_t n, kquant_block* out) {
   check_block_args("kquant_quantize_block", f, n);
+  if (n == 0) return kquant_quantize_block_ref(f, x, 0, out);  // one all-zero super-block (a run of 0 values has none)
   kquant_quantize_super_blocks(f, x, n, out);
 }
 

@@ -205,7 +205,7 @@ TEST(KQuantFast, QuantizeBlockEqualsReference) {
   std::mt19937 gen(seed(19));
   for (const char* spec : kFormats) {
     const format f = parse_format(spec);
-    for (int64_t n : {1, 31, 200, 256}) {
+    for (int64_t n : {0, 1, 31, 200, 256}) {
       const std::vector<float> x = adversarial_run(gen, 1, false);
       kquant_block ref, fast, forced;
       kquant_quantize_block_ref(f, x.data(), n, &ref);
