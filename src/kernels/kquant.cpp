@@ -1,6 +1,10 @@
-// ggml's K-quants: one super-block at a time, scalar (kquant.hpp has the layouts). The float
-// operations are ggml's, in ggml's order (the build has no FMA contraction), so that the codes and
-// scales equal those of ggml's quantize_row_q{2,3,4,5,6}_K_ref.
+// ggml's K-quants (kquant.hpp has the layouts). The reference, kquant_quantize_block_ref, runs one
+// super-block at a time, scalar: the float operations are ggml's, in ggml's order (the build has
+// no FMA contraction), so that the codes and scales equal those of ggml's
+// quantize_row_q{2,3,4,5,6}_K_ref. The fast path (kquant_quantize_super_blocks) runs the
+// sub-block fits of a batch of super-blocks lane-parallel (kquant_fast.cpp: lane j fits sub-block
+// j with the reference's float operations) and shares the rest (scale codes, fp16 super-scales)
+// with the reference.
 #include "lowbit/kernels/kquant.hpp"
 
 #include <algorithm>
@@ -11,6 +15,7 @@
 
 #include "lowbit/base/error.hpp"
 #include "lowbit/kernels/quantize.hpp"
+#include "src/kernels/kquant_fast.hpp"
 
 namespace lowbit {
 
@@ -52,6 +57,7 @@ int ggml_nearest_int(float v) {
 namespace {
 
 constexpr float kGroupMaxEps = 1e-15f;  // ggml's GROUP_MAX_EPS
+constexpr int kSymmetricSub = 16, kSymmetricSubs = kSuperBlock / kSymmetricSub;  // q3_k, q6_k
 
 // make_qkx2_quants (ggml-quants.c) for the sub-blocks of q2_k, q4_k and q5_k: the weighted
 // least-squares fit of x ~ scale * L + min with L in 0..nmax, min <= 0, trying iscale = (rmin +
@@ -262,13 +268,12 @@ min_family min_family_of(preset p) {
   }
 }
 
-// quantize_row_q2_K_ref / _q4_K_ref / _q5_K_ref on one super-block x[256].
-void quantize_with_min(const element_format& half, preset p, const float* x, kquant_block* b) {
+// The sub-block fits of quantize_row_q2_K_ref / _q4_K_ref / _q5_K_ref on one super-block x[256]:
+// scales[j], mins[j] (>= 0, subtracted) and the fit's codes L in q[256].
+void fit_with_min_ref(preset p, const float* x, float* scales, float* mins, uint8_t* q) {
   const min_family k = min_family_of(p);
-  const int subs = kSuperBlock / k.sub;
-  float scales[16], mins[16], weights[32];
-  float max_scale = 0, max_min = 0;  // the min is subtracted: scales and mins are >= 0
-  for (int j = 0; j < subs; ++j) {
+  float weights[32];
+  for (int j = 0; j < kSuperBlock / k.sub; ++j) {
     const float* xs = x + k.sub * j;
     if (k.use_mad) {
       for (int l = 0; l < k.sub; ++l) weights[l] = std::fabs(xs[l]);
@@ -278,7 +283,38 @@ void quantize_with_min(const element_format& half, preset p, const float* x, kqu
       const float av_x = std::sqrt(sum_x2 / static_cast<float>(k.sub));
       for (int l = 0; l < k.sub; ++l) weights[l] = av_x + std::fabs(xs[l]);
     }
-    scales[j] = fit_scale_min(k.sub, k.nmax, xs, weights, b->q + k.sub * j, &mins[j], k.rmin, k.rdelta, k.nstep, k.use_mad);
+    scales[j] = fit_scale_min(k.sub, k.nmax, xs, weights, q + k.sub * j, &mins[j], k.rmin, k.rdelta, k.nstep, k.use_mad);
+  }
+}
+
+// The codes again with the stored (rounded) scales, ggml's last loop: sub-block j (of `sub`
+// values) with d[j] != 0 gets q = clamp(nearest_int((x + dm[j]) / d[j]), lo, hi) + z, or with no
+// dm (the symmetric K-quants) nearest_int(x / d[j]); a sub-block whose d is 0 keeps the codes of
+// its fit. `fast`: the vector twin (kquant_fast.cpp), the same float operations lane by lane.
+void requantize(bool fast, const float* x, int subs, int sub, const float* d, const float* dm, int lo, int hi, int z,
+                uint8_t* q) {
+  if (fast) {
+    detail::kquant_requantize_fast(x, subs, sub, d, dm, lo, hi, z, q);
+    return;
+  }
+  for (int j = 0; j < subs; ++j) {
+    if (d[j] == 0) continue;
+    for (int i = 0; i < sub; ++i) {
+      const float v = x[sub * j + i];
+      const int l = ggml_nearest_int(dm ? (v + dm[j]) / d[j] : v / d[j]);
+      q[sub * j + i] = static_cast<uint8_t>(std::max(lo, std::min(hi, l)) + z);
+    }
+  }
+}
+
+// The rest of quantize_row_q2_K_ref / _q4_K_ref / _q5_K_ref on one super-block x[256] after the
+// sub-block fits (fit_with_min_ref or its vector twin): b->q holds the fit's codes.
+void finish_with_min(const element_format& half, preset p, const float* x, const float* scales, const float* mins,
+                     kquant_block* b, bool fast) {
+  const min_family k = min_family_of(p);
+  const int subs = kSuperBlock / k.sub;
+  float max_scale = 0, max_min = 0;  // the min is subtracted: scales and mins are >= 0
+  for (int j = 0; j < subs; ++j) {
     if (scales[j] > max_scale) max_scale = scales[j];
     if (mins[j] > max_min) max_min = mins[j];
   }
@@ -317,24 +353,27 @@ void quantize_with_min(const element_format& half, preset p, const float* x, kqu
   }
   // The codes again with the stored (rounded) scales; a sub-block whose scale is 0 keeps the
   // codes of its fit (its values are -dmin * m whatever the code).
+  float d[16], dm[16];
   for (int j = 0; j < subs; ++j) {
-    const float d = b->d * static_cast<float>(b->sc[j]);
-    if (d == 0) continue;
-    const float dm = b->dmin * static_cast<float>(b->m[j]);
-    for (int i = 0; i < k.sub; ++i) {
-      const int l = ggml_nearest_int((x[k.sub * j + i] + dm) / d);
-      b->q[k.sub * j + i] = static_cast<uint8_t>(std::max(0, std::min(k.nmax, l)));
-    }
+    d[j] = b->d * static_cast<float>(b->sc[j]);
+    dm[j] = b->dmin * static_cast<float>(b->m[j]);
   }
+  requantize(fast, x, subs, k.sub, d, dm, 0, k.nmax, 0, b->q);
 }
 
-// quantize_row_q3_K_ref on one super-block x[256].
-void quantize_q3_k(const element_format& half, const float* x, kquant_block* b) {
-  constexpr int kSub = 16, kSubs = kSuperBlock / kSub;
-  float scales[kSubs];
+// The sub-block fits of quantize_row_q3_K_ref / _q6_K_ref on one super-block x[256]: scales[j]
+// and the fit's codes in q.
+void fit_symmetric_ref(preset p, const float* x, float* scales, uint8_t* q) {
+  for (int j = 0; j < kSymmetricSubs; ++j)
+    scales[j] = p == preset::q3_k ? fit_q3_scale(kSymmetricSub, 4, x + kSymmetricSub * j, q + kSymmetricSub * j)
+                                  : fit_symmetric_scale(kSymmetricSub, 32, x + kSymmetricSub * j, q + kSymmetricSub * j);
+}
+
+// The rest of quantize_row_q3_K_ref on one super-block x[256] after the sub-block fits.
+void finish_q3_k(const element_format& half, const float* x, const float* scales, kquant_block* b, bool fast) {
+  constexpr int kSubs = kSymmetricSubs;
   float max_scale = 0, amax = 0;
   for (int j = 0; j < kSubs; ++j) {
-    scales[j] = fit_q3_scale(kSub, 4, x + kSub * j, b->q + kSub * j);
     const float a = std::fabs(scales[j]);
     if (a > amax) {
       amax = a;
@@ -355,23 +394,16 @@ void quantize_q3_k(const element_format& half, const float* x, kquant_block* b) 
     for (int j = 0; j < kSubs; ++j) b->sc[j] = -32;
     b->d = round_ggml_fp16(half, 0.0f);
   }
-  for (int j = 0; j < kSubs; ++j) {
-    const float d = b->d * static_cast<float>(b->sc[j]);
-    if (d == 0) continue;  // keeps the fit's codes, as ggml
-    for (int i = 0; i < kSub; ++i) {
-      const int l = ggml_nearest_int(x[kSub * j + i] / d);
-      b->q[kSub * j + i] = static_cast<uint8_t>(std::max(-4, std::min(3, l)) + 4);
-    }
-  }
+  float d[kSubs];
+  for (int j = 0; j < kSubs; ++j) d[j] = b->d * static_cast<float>(b->sc[j]);
+  requantize(fast, x, kSubs, kSymmetricSub, d, nullptr, -4, 3, 4, b->q);  // d == 0 keeps the fit's codes, as ggml
 }
 
-// quantize_row_q6_K_ref on one super-block x[256].
-void quantize_q6_k(const element_format& half, const float* x, kquant_block* b) {
-  constexpr int kSub = 16, kSubs = kSuperBlock / kSub;
-  float scales[kSubs];
+// The rest of quantize_row_q6_K_ref on one super-block x[256] after the sub-block fits.
+void finish_q6_k(const element_format& half, const float* x, const float* scales, kquant_block* b, bool fast) {
+  constexpr int kSubs = kSymmetricSubs;
   float max_scale = 0, max_abs_scale = 0;
   for (int j = 0; j < kSubs; ++j) {
-    scales[j] = fit_symmetric_scale(kSub, 32, x + kSub * j, b->q + kSub * j);
     const float abs_scale = std::fabs(scales[j]);
     if (abs_scale > max_abs_scale) {
       max_abs_scale = abs_scale;
@@ -386,13 +418,18 @@ void quantize_q6_k(const element_format& half, const float* x, kquant_block* b) 
   const float iscale = -128.0f / max_scale;
   b->d = round_ggml_fp16(half, 1 / iscale);
   for (int j = 0; j < kSubs; ++j) b->sc[j] = static_cast<int8_t>(std::min(127, ggml_nearest_int(iscale * scales[j])));
-  for (int j = 0; j < kSubs; ++j) {
-    const float d = b->d * static_cast<float>(b->sc[j]);
-    if (d == 0) continue;  // keeps the fit's codes, as ggml
-    for (int i = 0; i < kSub; ++i) {
-      const int l = ggml_nearest_int(x[kSub * j + i] / d);
-      b->q[kSub * j + i] = static_cast<uint8_t>(std::max(-32, std::min(31, l)) + 32);
-    }
+  float d[kSubs];
+  for (int j = 0; j < kSubs; ++j) d[j] = b->d * static_cast<float>(b->sc[j]);
+  requantize(fast, x, kSubs, kSymmetricSub, d, nullptr, -32, 31, 32, b->q);  // d == 0 keeps the fit's codes, as ggml
+}
+
+// The rest of a super-block's quantization after its sub-block fits (scales, mins, b->q).
+void finish_block(const format& f, const float* x, const float* scales, const float* mins, kquant_block* b, bool fast) {
+  const element_format& half = f.scale.element;
+  switch (f.named) {
+    case preset::q3_k: finish_q3_k(half, x, scales, b, fast); break;
+    case preset::q6_k: finish_q6_k(half, x, scales, b, fast); break;
+    default: finish_with_min(half, f.named, x, scales, mins, b, fast); break;
   }
 }
 
@@ -417,27 +454,91 @@ uint32_t packed_code(const uint8_t* row, int64_t c, int bits) {
 
 }  // namespace
 
-void kquant_quantize_block(const format& f, const float* x, int64_t n, kquant_block* out) {
-  if (!is_kquant(f)) throw error(fmt::format("kquant_quantize_block: {} is not a K-quant", format_name(f)));
-  if (n < 0 || n > kSuperBlock) throw shape_error(fmt::format("kquant_quantize_block: {} values; a super-block holds 1..256", n));
-  float padded[kSuperBlock] = {};
-  bool nonfinite = false;
-  for (int64_t i = 0; i < n; ++i) {
-    padded[i] = x[i];
-    nonfinite |= !std::isfinite(x[i]);
-  }
+namespace {
+
+void check_block_args(const char* who, const format& f, int64_t n) {
+  if (!is_kquant(f)) throw error(fmt::format("{}: {} is not a K-quant", who, format_name(f)));
+  if (n < 0 || n > kSuperBlock) throw shape_error(fmt::format("{}: {} values; a super-block holds 1..256", who, n));
+}
+
+// x[0, n) into padded[256], zero-padded; false when a value is NaN or Inf.
+bool pad_super_block(const float* x, int64_t n, float* padded) {
+  std::copy(x, x + n, padded);
+  std::fill(padded + n, padded + kSuperBlock, 0.0f);
+  uint32_t nonfinite = 0;  // exponent all ones: NaN or Inf (a loop the compiler vectorises)
+  for (int i = 0; i < kSuperBlock; ++i) nonfinite |= (std::bit_cast<uint32_t>(padded[i]) & 0x7f800000u) == 0x7f800000u;
+  return nonfinite == 0;
+}
+
+// docs/conventions.md §4: a super-block holding NaN/Inf has NaN scales and lowbit codes 0.
+void nonfinite_block(const format& f, kquant_block* out) {
   *out = kquant_block{};
-  if (nonfinite) {  // docs/conventions.md §4: the super-block's scales are NaN, its lowbit codes 0
-    out->d = out->dmin = canonical_nan();
-    if (!kquant_has_min(f)) std::fill(out->q, out->q + kSuperBlock, static_cast<uint8_t>(symmetric_zero(f)));  // q - z = 0
+  out->d = out->dmin = canonical_nan();
+  if (!kquant_has_min(f)) std::fill(out->q, out->q + kSuperBlock, static_cast<uint8_t>(symmetric_zero(f)));  // q - z = 0
+}
+
+// Super-blocks per batch of the fast path: 16 KiB of input (it stays in L1 through the fits and
+// the codes), 256 sub-blocks of 16 or 128 of 32 (whole vectors of lanes on every target).
+constexpr int64_t kBatchSuperBlocks = 16;
+
+}  // namespace
+
+void kquant_quantize_block_ref(const format& f, const float* x, int64_t n, kquant_block* out) {
+  check_block_args("kquant_quantize_block_ref", f, n);
+  float padded[kSuperBlock];
+  if (!pad_super_block(x, n, padded)) {
+    nonfinite_block(f, out);
     return;
   }
-  const element_format& half = f.scale.element;
-  switch (f.named) {
-    case preset::q3_k: quantize_q3_k(half, padded, out); break;
-    case preset::q6_k: quantize_q6_k(half, padded, out); break;
-    default: quantize_with_min(half, f.named, padded, out); break;
+  *out = kquant_block{};
+  float scales[16] = {}, mins[16] = {};
+  if (kquant_has_min(f)) fit_with_min_ref(f.named, padded, scales, mins, out->q);
+  else fit_symmetric_ref(f.named, padded, scales, out->q);
+  finish_block(f, padded, scales, mins, out, /*fast=*/false);
+}
+
+void kquant_quantize_super_blocks(const format& f, const float* x, int64_t n, kquant_block* out) {
+  if (!is_kquant(f)) throw error(fmt::format("kquant_quantize_super_blocks: {} is not a K-quant", format_name(f)));
+  if (n < 0) throw shape_error(fmt::format("kquant_quantize_super_blocks: {} values", n));
+  const int64_t nsb = kquant_super_blocks_per_row(n);
+  if (use_ref()) {
+    for (int64_t s = 0; s < nsb; ++s)
+      kquant_quantize_block_ref(f, x + s * kSuperBlock, std::min<int64_t>(kSuperBlock, n - s * kSuperBlock), out + s);
+    return;
   }
+  const bool with_min = kquant_has_min(f);
+  const min_family k = min_family_of(f.named);
+  const int subs = with_min ? kSuperBlock / k.sub : kSymmetricSubs;
+  alignas(64) float padded[kBatchSuperBlocks * kSuperBlock];  // the batch's finite super-blocks, packed
+  alignas(64) uint8_t fit_codes[kBatchSuperBlocks * kSuperBlock];
+  float scales[kBatchSuperBlocks * 16], mins[kBatchSuperBlocks * 16];
+  int64_t where[kBatchSuperBlocks];  // the super-block (of out) of each packed one
+  for (int64_t s0 = 0; s0 < nsb; s0 += kBatchSuperBlocks) {
+    int64_t m = 0;
+    for (int64_t s = s0; s < std::min(nsb, s0 + kBatchSuperBlocks); ++s) {
+      if (pad_super_block(x + s * kSuperBlock, std::min<int64_t>(kSuperBlock, n - s * kSuperBlock), padded + m * kSuperBlock))
+        where[m++] = s;
+      else
+        nonfinite_block(f, out + s);
+    }
+    if (m == 0) continue;
+    const size_t count = static_cast<size_t>(m * subs);  // sub-blocks, contiguous in padded
+    if (f.named == preset::q6_k) detail::kquant_fit_symmetric_fast(padded, count, 32, scales, fit_codes);
+    else if (f.named == preset::q3_k) detail::kquant_fit_q3_fast(padded, count, 4, scales, fit_codes);
+    else detail::kquant_fit_scale_min_fast(padded, count, k.sub, k.nmax, k.rmin, k.rdelta, k.nstep, k.use_mad, scales, mins, fit_codes);
+    for (int64_t i = 0; i < m; ++i) {
+      kquant_block* b = out + where[i];
+      *b = kquant_block{};
+      std::copy(fit_codes + i * kSuperBlock, fit_codes + (i + 1) * kSuperBlock, b->q);
+      finish_block(f, padded + i * kSuperBlock, scales + i * subs, mins + i * subs, b, /*fast=*/true);
+    }
+  }
+}
+
+void kquant_quantize_block(const format& f, const float* x, int64_t n, kquant_block* out) {
+  check_block_args("kquant_quantize_block", f, n);
+  if (n == 0) return kquant_quantize_block_ref(f, x, 0, out);  // one all-zero super-block (a run of 0 values has none)
+  kquant_quantize_super_blocks(f, x, n, out);
 }
 
 group_scale kquant_sub_scale(const format& f, float d, float dmin, int32_t sc, int32_t m) {
@@ -480,23 +581,28 @@ void kquant_fake_quantize_rows(const format& f, const float* in, float* out, int
   const int64_t sub = f.group_size;
   const bool with_min = kquant_has_min(f);
   const int32_t z = symmetric_zero(f);
-  kquant_block b;
+  kquant_block blocks[kBatchSuperBlocks];
+  constexpr int64_t kBatchCols = kBatchSuperBlocks * kSuperBlock;
   for (int64_t r = r0; r < r1; ++r) {
-    for (int64_t c0 = 0; c0 < cols; c0 += kSuperBlock) {
-      const int64_t n = std::min<int64_t>(kSuperBlock, cols - c0);
-      kquant_quantize_block(f, in + r * cols + c0, n, &b);  // reads its n values before y is written
-      float* y = out + r * cols + c0;
-      for (int64_t j = 0; j * sub < n; ++j) {
-        const group_scale gs = kquant_sub_scale(f, b.d, b.dmin, b.sc[j], b.m[j]);
-        const int64_t i0 = j * sub, i1 = std::min(n, i0 + sub);
-        if (gs.nonfinite) {
-          std::fill(y + i0, y + i1, canonical_nan());
-          continue;
+    for (int64_t b0 = 0; b0 < cols; b0 += kBatchCols) {
+      // The batch's values are read before y is written (in == out is allowed).
+      kquant_quantize_super_blocks(f, in + r * cols + b0, std::min(kBatchCols, cols - b0), blocks);
+      for (int64_t c0 = b0; c0 < std::min(cols, b0 + kBatchCols); c0 += kSuperBlock) {
+        const kquant_block& b = blocks[(c0 - b0) / kSuperBlock];
+        const int64_t n = std::min<int64_t>(kSuperBlock, cols - c0);
+        float* y = out + r * cols + c0;
+        for (int64_t j = 0; j * sub < n; ++j) {
+          const group_scale gs = kquant_sub_scale(f, b.d, b.dmin, b.sc[j], b.m[j]);
+          const int64_t i0 = j * sub, i1 = std::min(n, i0 + sub);
+          if (gs.nonfinite) {
+            std::fill(y + i0, y + i1, canonical_nan());
+            continue;
+          }
+          if (with_min)
+            for (int64_t i = i0; i < i1; ++i) y[i] = value_minus_offset(gs, b.q[i]);
+          else
+            for (int64_t i = i0; i < i1; ++i) y[i] = kquant_symmetric_value(gs, static_cast<int32_t>(b.q[i]) - z);
         }
-        if (with_min)
-          for (int64_t i = i0; i < i1; ++i) y[i] = value_minus_offset(gs, b.q[i]);
-        else
-          for (int64_t i = i0; i < i1; ++i) y[i] = kquant_symmetric_value(gs, static_cast<int32_t>(b.q[i]) - z);
       }
     }
   }
@@ -529,26 +635,63 @@ void kquant_dequantize_rows(const quantized_tensor& q, int64_t r0, int64_t r1, f
   }
 }
 
-void kquant_quantize_rows(const float* x, int64_t r0, int64_t r1, quantized_tensor& q) {
+namespace {
+
+// The scales of super-block s of row r of q (from allocate) from b: the super-scales, and the
+// sub-block scale and min codes of its sub-blocks.
+void store_block_scales(const kquant_block& b, int64_t r, int64_t s, quantized_tensor& q) {
   const format& f = q.fmt;
-  const int64_t cols = q.cols, sub = f.group_size;
-  const int64_t nsb = kquant_super_blocks_per_row(cols), gpr = q.groups_per_row();
+  const int64_t sub = f.group_size, nsb = kquant_super_blocks_per_row(q.cols), gpr = q.groups_per_row();
   const int nss = kquant_super_scale_count(f);
+  const bool with_min = kquant_has_min(f);
+  const int64_t c0 = s * kSuperBlock;
+  float* ss = q.super_scales.data() + (r * nsb + s) * nss;
+  ss[0] = b.d;
+  if (with_min) ss[1] = b.dmin;
+  for (int64_t g = c0 / sub; g < std::min(gpr, (c0 + kSuperBlock) / sub); ++g) {
+    const int64_t j = g - c0 / sub;
+    q.scales[static_cast<size_t>(r * gpr + g)] = static_cast<float>(b.sc[j]);
+    if (with_min) q.zero_points[static_cast<size_t>(r * gpr + g)] = b.m[j];
+  }
+}
+
+}  // namespace
+
+void kquant_quantize_rows_ref(const float* x, int64_t r0, int64_t r1, quantized_tensor& q) {
+  const format& f = q.fmt;
+  const int64_t cols = q.cols, nsb = kquant_super_blocks_per_row(cols);
   const bool with_min = kquant_has_min(f);
   kquant_block b;
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t s = 0; s < nsb; ++s) {
       const int64_t c0 = s * kSuperBlock, n = std::min<int64_t>(kSuperBlock, cols - c0);
-      kquant_quantize_block(f, x + r * cols + c0, n, &b);
-      float* ss = q.super_scales.data() + (r * nsb + s) * nss;
-      ss[0] = b.d;
-      if (with_min) ss[1] = b.dmin;
-      for (int64_t g = c0 / sub; g < std::min(gpr, (c0 + kSuperBlock) / sub); ++g) {
-        const int64_t j = g - c0 / sub;
-        q.scales[static_cast<size_t>(r * gpr + g)] = static_cast<float>(b.sc[j]);
-        if (with_min) q.zero_points[static_cast<size_t>(r * gpr + g)] = b.m[j];
-      }
+      kquant_quantize_block_ref(f, x + r * cols + c0, n, &b);
+      store_block_scales(b, r, s, q);
       for (int64_t i = 0; i < n; ++i) q.set_code(r, c0 + i, lowbit_code(f, with_min, b.q[i]));
+    }
+  }
+}
+
+void kquant_quantize_rows(const float* x, int64_t r0, int64_t r1, quantized_tensor& q) {
+  const format& f = q.fmt;
+  const int64_t cols = q.cols, nsb = kquant_super_blocks_per_row(cols);
+  const bool with_min = kquant_has_min(f);
+  const int bits = f.element.bits;
+  kquant_block blocks[kBatchSuperBlocks];
+  uint32_t codes[kSuperBlock];
+  constexpr int64_t kBatchCols = kBatchSuperBlocks * kSuperBlock;
+  for (int64_t r = r0; r < r1; ++r) {
+    uint8_t* row = q.codes.data() + r * q.row_bytes;
+    for (int64_t b0 = 0; b0 < cols; b0 += kBatchCols) {
+      kquant_quantize_super_blocks(f, x + r * cols + b0, std::min(kBatchCols, cols - b0), blocks);
+      for (int64_t s = b0 / kSuperBlock; s < std::min(nsb, (b0 + kBatchCols) / kSuperBlock); ++s) {
+        const kquant_block& b = blocks[s - b0 / kSuperBlock];
+        store_block_scales(b, r, s, q);
+        // A super-block's codes start on a byte: 256 * bits bits.
+        const int64_t c0 = s * kSuperBlock, n = std::min<int64_t>(kSuperBlock, cols - c0);
+        for (int64_t i = 0; i < n; ++i) codes[i] = lowbit_code(f, with_min, b.q[i]);
+        pack_codes(codes, n, bits, row + c0 * bits / 8);
+      }
     }
   }
 }

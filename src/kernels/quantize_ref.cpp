@@ -319,7 +319,7 @@ quantized_tensor quantize_ref(const float* x, int64_t rows, int64_t cols, const 
   check_shape(rows, cols);
   quantized_tensor q = quantized_tensor::allocate(f, rows, cols);
   if (is_kquant(f)) {  // whole super-blocks at a time (ggml's algorithm), kquant.cpp
-    kquant_quantize_rows(x, 0, rows, q);
+    kquant_quantize_rows_ref(x, 0, rows, q);
     return q;
   }
   if (f.named == preset::nvfp4) q.tensor_scale = nvfp4_tensor_scale(finite_amax_ref(x, rows * cols));
@@ -370,7 +370,7 @@ void fake_quantize_rows_ref(const float* in, float* out, int64_t rows, int64_t c
   check_shape(rows, cols);
   if (is_kquant(f)) {  // dequantize(quantize(rows)): the super-block algorithm picks the codes
     quantized_tensor q = quantized_tensor::allocate(f, r1 - r0, cols);
-    kquant_quantize_rows(in + r0 * cols, 0, r1 - r0, q);
+    kquant_quantize_rows_ref(in + r0 * cols, 0, r1 - r0, q);
     dequantize_ref(q, out + r0 * cols);
     return;
   }

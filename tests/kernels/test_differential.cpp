@@ -597,10 +597,11 @@ TEST(Differential, RBitDrawsAtEveryAlignmentAndAcrossBlockStacks) {
   force_simd_target(0);
 }
 
-// By construction the fast path shares the reference's super-block search
-// (kquant_quantize_block): this checks the fast path's own parts (values straight from the block,
-// rows in parallel, packing) against the reference. The search itself is checked independently
-// in test_kquant.cpp (ggml's formulas and ggml's own bytes).
+// The fast path runs ggml's sub-block searches on vector lanes (kquant_quantize_super_blocks,
+// src/kernels/kquant_fast.cpp; its corner cases per super-block are in test_kquant_fast.cpp): this
+// checks it with its own parts (values straight from the block, rows in parallel, packing) against
+// the reference. The reference search itself is checked in test_kquant.cpp (ggml's formulas) and
+// test_ggml_known_answers.cpp (ggml's own bytes).
 // ggml's K-quants (q2_k ... q6_k): the fast path (rows in parallel) equals the reference on odd row counts,
 // partial super-blocks, NaN/Inf/zeros/subnormals, and tensors scaled to tiny and huge magnitudes
 // (fp16 super-scales that underflow to subnormals or overflow to Inf).

@@ -98,8 +98,17 @@ struct block_q6_k {
 };
 static_assert(sizeof(block_q6_k) == 210, "block_q6_K is 210 bytes");
 
-// Quantizes the n <= 256 values x of one super-block (zero-padded to 256) in f.
+// Quantizes the n <= 256 values x of one super-block (zero-padded to 256) in f: the fast path
+// (kquant_quantize_super_blocks), or the reference under use_ref(); the same bits either way.
 void kquant_quantize_block(const format& f, const float* x, int64_t n, kquant_block* out);
+// The reference (the specification): ggml's quantize_row_*_ref on one super-block, scalar.
+void kquant_quantize_block_ref(const format& f, const float* x, int64_t n, kquant_block* out);
+// The fast twin of kquant_quantize_block_ref on a run of super-blocks: the n >= 0 values x as
+// ceil(n / 256) super-blocks out[0..), the last zero-padded; bit for bit the reference's
+// (tests/kernels/test_kquant_fast.cpp). The sub-block fits of up to 16 super-blocks at a time run
+// on vector lanes, one sub-block per lane (kernels/kquant_fast.cpp). Under use_ref() it runs the
+// reference.
+void kquant_quantize_super_blocks(const format& f, const float* x, int64_t n, kquant_block* out);
 
 // The group_scale of sub-block j of a super-block: scale = d * sc_j, offset = dmin * m_j (with a min).
 group_scale kquant_sub_scale(const format& f, float d, float dmin, int32_t sc, int32_t m);
@@ -120,9 +129,11 @@ void kquant_check_stored_codes(const quantized_tensor& q, const std::string& whe
 // this function, keep the bit trick's result for any input).
 int ggml_nearest_int(float v);
 
-// Rows [r0, r1) of a K-quant tensor (q from quantized_tensor::allocate): the reference and the
-// fast kernels share this per-super-block code.
+// Rows [r0, r1) of a K-quant tensor (q from quantized_tensor::allocate): the fast path
+// (kquant_quantize_super_blocks, whole super-blocks' codes packed at once) and its reference
+// (kquant_quantize_block_ref, set_code), the same bytes.
 void kquant_quantize_rows(const float* x, int64_t r0, int64_t r1, quantized_tensor& q);
+void kquant_quantize_rows_ref(const float* x, int64_t r0, int64_t r1, quantized_tensor& q);
 
 // A symmetric K-quant's value (q3_k, q6_k), the one arithmetic of dequantize_value_ref and the
 // fast decoders: ggml's dequantize_row_q3_K / _q6_K, y = d * sc * (q - z) with d * sc first
@@ -134,7 +145,7 @@ inline float kquant_symmetric_value(const group_scale& gs, int32_t v) { return g
 void kquant_dequantize_rows(const quantized_tensor& q, int64_t r0, int64_t r1, float* out);
 
 // out = dequantize(quantize(in)) on rows [r0, r1) of a [rows, cols] tensor (in, out: the whole
-// tensor), one super-block at a time from its kquant_block, without a packed tensor: the fast
+// tensor), 16 super-blocks at a time (kquant_quantize_super_blocks), without a packed tensor: the fast
 // fake_quantize (the reference goes through quantize_ref and dequantize_ref). in == out is allowed.
 void kquant_fake_quantize_rows(const format& f, const float* in, float* out, int64_t cols, int64_t r0, int64_t r1);
 
