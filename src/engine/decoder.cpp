@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/kernels/expf.hpp"
 #include "lowbit/kernels/softmax.hpp"
 
 namespace lowbit::decoder {
@@ -433,8 +434,9 @@ void block_forward(const model_config& c, const block_params& p, int layer, bloc
     const float* x2q = ops.input(mlp_in, n, D, lin + 4);
     matmul_forward(ops, x2q, n, D, p.w_gate, p.b_gate, F, a.gate, lin + 4);
     matmul_forward(ops, x2q, n, D, p.w_up, p.b_up, F, a.up, lin + 5);
+    // SwiGLU, layers::silu(gate) * up with std::exp's bits in SIMD (kernels/expf.hpp), a row each.
     #pragma omp parallel for schedule(static) if (n * F > 65536)
-    for (int64_t i = 0; i < n * F; ++i) a.act[i] = layers::silu(a.gate[i]) * a.up[i];  // SwiGLU
+    for (int64_t i = 0; i < n; ++i) swiglu_f32(a.gate + i * F, a.up + i * F, F, a.act + i * F);
   } else {
     matmul_forward(ops, ops.input(mlp_in, n, D, lin + 5), n, D, p.w_up, p.b_up, F, a.up, lin + 5);
     activation_forward(c.mlp_activation(), a.up, a.act, n * F);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "lowbit/engine/forward.hpp"
+#include "lowbit/kernels/expf.hpp"
 #include "lowbit/kernels/threads.hpp"
 
 namespace lowbit::layers {
@@ -151,8 +152,9 @@ inline void layernorm_backward(const float* x, const float* w, const float* mean
 inline void causal_softmax(float* s, int visible, int T, int first = 0) {
   float mx = s[first];
   for (int t = first + 1; t < visible; ++t) mx = std::max(mx, s[t]);
+  exp_shifted_f32(s + first, visible - first, mx, s + first);  // std::exp(s[t] - mx), in SIMD
   double sum = 0;
-  for (int t = first; t < visible; ++t) sum += (s[t] = std::exp(s[t] - mx));
+  for (int t = first; t < visible; ++t) sum += s[t];
   const float inv = static_cast<float>(1.0 / sum);
   for (int t = first; t < visible; ++t) s[t] *= inv;
   std::fill(s, s + first, 0.0f);
