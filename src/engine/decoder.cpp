@@ -253,10 +253,20 @@ double attention_forward(const attention_args& a) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, scale, a.q + r0 * a.qs + h * hd,
                   int(a.qs), K, int(a.kv.stride), 0.0f, s, T);
       // rows split across threads only when heads go in turn (else each thread has its head)
+      // Four rows at a time (layers::causal_softmax_rows: the rows' bits, their chains interleaved).
+      constexpr int R = 4;
       #pragma omp parallel for schedule(static) if (!a.heads_parallel && int64_t(rows) * keys > 16384)
-      for (int i = 0; i < rows; ++i) {
-        const int pos = a.pos0 + i0 + i;  // the query's position: keys (pos - window, pos] take part
-        layers::causal_softmax(s + int64_t(i) * T, pos + 1, keys, a.window ? std::max(0, pos - a.window + 1) : 0);
+      for (int g = 0; g < (rows + R - 1) / R; ++g) {
+        int visible[R], first[R];
+        const int count = std::min(R, rows - g * R);
+        for (int r = 0; r < count; ++r) {
+          const int pos = a.pos0 + i0 + g * R + r;  // the query's position: keys (pos - window, pos] take part
+          visible[r] = pos + 1, first[r] = a.window ? std::max(0, pos - a.window + 1) : 0;
+        }
+        float* rows_s = s + int64_t(g) * R * T;
+        if (count == R) layers::causal_softmax_rows<R>(rows_s, T, visible, keys, first);
+        else
+          for (int r = 0; r < count; ++r) layers::causal_softmax(rows_s + int64_t(r) * T, visible[r], keys, first[r]);
       }
       if (a.p_operand) a.p_operand(s, rows, keys, T);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, keys, 1.0f, s, T, Vv, int(a.kv.stride),
