@@ -243,17 +243,20 @@ double attention_forward(const attention_args& a) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   auto head = [&](int bh) {
     const int bi = bh / H, h = bh % H, kvh = h / group;
-    float* S = a.scores + int64_t(bh) * a.scores_per_head;
+    // A thread's own buffer holds one query block at a time (rows at its start).
+    const bool per_thread = !a.scores_per_head && a.heads_parallel;
+    float* S = a.scores + (per_thread ? int64_t(omp_get_thread_num()) * a.scores_per_thread
+                                      : int64_t(bh) * a.scores_per_head);
     const float* K = a.kv.k + bi * a.kv.seq_stride + kvh * hd;
     const float* Vv = a.kv.v + bi * a.kv.seq_stride + kvh * hd;
     for (int i0 = 0; i0 < a.seq; i0 += a.query_block) {
       const int rows = std::min(a.query_block, a.seq - i0), keys = a.pos0 + i0 + rows;
       const int64_t r0 = int64_t(bi) * a.seq + i0;  // the block's first query row
-      float* s = S + int64_t(i0) * T;
+      float* s = per_thread ? S : S + int64_t(i0) * T;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, scale, a.q + r0 * a.qs + h * hd,
                   int(a.qs), K, int(a.kv.stride), 0.0f, s, T);
-      // rows split across threads only when heads go in turn (else each thread has its head)
-      // Four rows at a time (layers::causal_softmax_rows: the rows' bits, their chains interleaved).
+      // Four rows at a time (layers::causal_softmax_rows: the rows' bits, their chains interleaved),
+      // split across threads only when heads go in turn (else each thread has its head).
       constexpr int R = 4;
       #pragma omp parallel for schedule(static) if (!a.heads_parallel && int64_t(rows) * keys > 16384)
       for (int g = 0; g < (rows + R - 1) / R; ++g) {
@@ -420,7 +423,7 @@ void block_forward(const model_config& c, const block_params& p, int layer, bloc
   if (h.q_operand) h.q_operand(layer, a.q, a.qs);
   attention_args at;
   at.q = a.q, at.qs = a.qs, at.kv = kv, at.o = a.o, at.os = D;
-  at.scores = a.scores, at.scores_per_head = a.scores_per_head;
+  at.scores = a.scores, at.scores_per_head = a.scores_per_head, at.scores_per_thread = a.scores_per_thread;
   at.batch = batch, at.seq = seq, at.pos0 = pos0, at.heads = H, at.kv_heads = nkv, at.hd = hd;
   at.window = c.sliding_window;
   at.query_block = h.query_block, at.heads_parallel = h.heads_parallel;
