@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/kernels/expf.hpp"
 #include "lowbit/kernels/softmax.hpp"
 
 namespace lowbit::decoder {
@@ -37,8 +38,10 @@ void bias_backward(const float* dy, int64_t n, int out, float* db) {
   for (int j = 0; j < out; ++j) db[j] += static_cast<float>(s[j]);
 }
 
-// x[i] = a[i] + b[i] over n elements (x may alias a): a residual add.
+// x[i] = a[i] + b[i] over n elements (x may alias a): a residual add, split across the threads as
+// the other element-wise layers (512 x 768 floats: three 1.5 MiB streams).
 void residual_add(const float* a, const float* b, float* x, int64_t n) {
+  #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) x[i] = a[i] + b[i];
 }
 
@@ -242,20 +245,33 @@ double attention_forward(const attention_args& a) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   auto head = [&](int bh) {
     const int bi = bh / H, h = bh % H, kvh = h / group;
-    float* S = a.scores + int64_t(bh) * a.scores_per_head;
+    // A thread's own buffer holds one query block at a time (rows at its start).
+    const bool per_thread = !a.scores_per_head && a.heads_parallel;
+    float* S = a.scores + (per_thread ? int64_t(omp_get_thread_num()) * a.scores_per_thread
+                                      : int64_t(bh) * a.scores_per_head);
     const float* K = a.kv.k + bi * a.kv.seq_stride + kvh * hd;
     const float* Vv = a.kv.v + bi * a.kv.seq_stride + kvh * hd;
     for (int i0 = 0; i0 < a.seq; i0 += a.query_block) {
       const int rows = std::min(a.query_block, a.seq - i0), keys = a.pos0 + i0 + rows;
       const int64_t r0 = int64_t(bi) * a.seq + i0;  // the block's first query row
-      float* s = S + int64_t(i0) * T;
+      float* s = per_thread ? S : S + int64_t(i0) * T;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, scale, a.q + r0 * a.qs + h * hd,
                   int(a.qs), K, int(a.kv.stride), 0.0f, s, T);
-      // rows split across threads only when heads go in turn (else each thread has its head)
+      // Four rows at a time (layers::causal_softmax_rows: the rows' bits, their chains interleaved),
+      // split across threads only when heads go in turn (else each thread has its head).
+      constexpr int R = 4;
       #pragma omp parallel for schedule(static) if (!a.heads_parallel && int64_t(rows) * keys > 16384)
-      for (int i = 0; i < rows; ++i) {
-        const int pos = a.pos0 + i0 + i;  // the query's position: keys (pos - window, pos] take part
-        layers::causal_softmax(s + int64_t(i) * T, pos + 1, keys, a.window ? std::max(0, pos - a.window + 1) : 0);
+      for (int g = 0; g < (rows + R - 1) / R; ++g) {
+        int visible[R], first[R];
+        const int count = std::min(R, rows - g * R);
+        for (int r = 0; r < count; ++r) {
+          const int pos = a.pos0 + i0 + g * R + r;  // the query's position: keys (pos - window, pos] take part
+          visible[r] = pos + 1, first[r] = a.window ? std::max(0, pos - a.window + 1) : 0;
+        }
+        float* rows_s = s + int64_t(g) * R * T;
+        if (count == R) layers::causal_softmax_rows<R>(rows_s, T, visible, keys, first);
+        else
+          for (int r = 0; r < count; ++r) layers::causal_softmax(rows_s + int64_t(r) * T, visible[r], keys, first[r]);
       }
       if (a.p_operand) a.p_operand(s, rows, keys, T);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, keys, 1.0f, s, T, Vv, int(a.kv.stride),
@@ -409,7 +425,7 @@ void block_forward(const model_config& c, const block_params& p, int layer, bloc
   if (h.q_operand) h.q_operand(layer, a.q, a.qs);
   attention_args at;
   at.q = a.q, at.qs = a.qs, at.kv = kv, at.o = a.o, at.os = D;
-  at.scores = a.scores, at.scores_per_head = a.scores_per_head;
+  at.scores = a.scores, at.scores_per_head = a.scores_per_head, at.scores_per_thread = a.scores_per_thread;
   at.batch = batch, at.seq = seq, at.pos0 = pos0, at.heads = H, at.kv_heads = nkv, at.hd = hd;
   at.window = c.sliding_window;
   at.query_block = h.query_block, at.heads_parallel = h.heads_parallel;
@@ -433,8 +449,9 @@ void block_forward(const model_config& c, const block_params& p, int layer, bloc
     const float* x2q = ops.input(mlp_in, n, D, lin + 4);
     matmul_forward(ops, x2q, n, D, p.w_gate, p.b_gate, F, a.gate, lin + 4);
     matmul_forward(ops, x2q, n, D, p.w_up, p.b_up, F, a.up, lin + 5);
+    // SwiGLU, layers::silu(gate) * up with std::exp's bits in SIMD (kernels/expf.hpp), a row each.
     #pragma omp parallel for schedule(static) if (n * F > 65536)
-    for (int64_t i = 0; i < n * F; ++i) a.act[i] = layers::silu(a.gate[i]) * a.up[i];  // SwiGLU
+    for (int64_t i = 0; i < n; ++i) swiglu_f32(a.gate + i * F, a.up + i * F, F, a.act + i * F);
   } else {
     matmul_forward(ops, ops.input(mlp_in, n, D, lin + 5), n, D, p.w_up, p.b_up, F, a.up, lin + 5);
     activation_forward(c.mlp_activation(), a.up, a.act, n * F);

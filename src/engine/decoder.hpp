@@ -220,8 +220,11 @@ struct kv_source {
 // prefill computes about half of the seq x T square (keys past a row's position get weight 0;
 // P's entries past a block's keys are left as they are). P of (b, h) is written at
 // scores + (b * heads + h) * scores_per_head, row stride T (scores_per_head 0: one buffer reused,
-// heads one after another). heads_parallel: (sequence, head) pairs split across OpenMP threads
-// (each GEMM then on one thread); else heads in turn, each GEMM threaded by OpenBLAS.
+// heads one after another; with heads_parallel, OpenMP thread t's at scores + t * scores_per_thread,
+// one query block's rows at a time).
+// heads_parallel: (sequence, head) pairs split across OpenMP threads (each GEMM then on one thread,
+// the same products: OpenBLAS splits rows and columns across threads, never the sum); else heads in
+// turn, each GEMM threaded by OpenBLAS.
 struct attention_args {
   const float* q = nullptr;
   int64_t qs = 0;  // row stride of q: query head h at column h * hd
@@ -230,6 +233,7 @@ struct attention_args {
   int64_t os = 0;  // row stride of o [batch * seq, heads * hd]
   float* scores = nullptr;
   int64_t scores_per_head = 0;
+  int64_t scores_per_thread = 0;  // scores_per_head 0 and heads_parallel: one buffer per thread
   int batch = 1, seq = 0, pos0 = 0, heads = 0, kv_heads = 0, hd = 0;
   int window = 0;  // sliding window W; 0: every earlier key
   int query_block = 128;
@@ -264,7 +268,7 @@ struct block_acts {
   float *q = nullptr, *k = nullptr, *v = nullptr;
   int64_t qs = 0, ks = 0;  // row strides of q and of k, v
   float* scores = nullptr;  // P, attention_args's layout
-  int64_t scores_per_head = 0;
+  int64_t scores_per_head = 0, scores_per_thread = 0;
   float* o = nullptr;       // [n, D] attention output
   float* y = nullptr;       // [n, D] scratch: a projection's output before the residual add
   float *gate = nullptr, *up = nullptr, *act = nullptr;  // [n, F]; gate: gated MLP

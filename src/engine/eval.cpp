@@ -10,6 +10,7 @@
 
 #include "lowbit/base/error.hpp"
 #include "lowbit/kernels/softmax.hpp"
+#include "lowbit/kernels/threads.hpp"
 
 namespace lowbit {
 
@@ -120,6 +121,17 @@ std::vector<eval_result> evaluate_many(const std::vector<const model*>& models,
       const std::vector<float>& logits = session.forward(win, len);
       acc[r].seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       acc[r].flops += session.last_flops();
+      if (!base_session) {
+        // The window's NLLs, rows across the threads (a 32,000-entry log-sum-exp per row: as long as
+        // a tenth of a 110M Llama's forward on one thread); each row's value as computed alone.
+        const size_t at = acc[r].nll.size();
+        acc[r].nll.resize(at + size_t(len - 1));
+        double* nll = acc[r].nll.data() + at;
+        const serial_scope team(rows_in_parallel || int64_t(len) * vocab < kParallelMinElements);
+        #pragma omp parallel for schedule(static) if (!team.serial())
+        for (int i = 0; i < len - 1; ++i) nll[i] = token_nll(logits.data() + int64_t(i) * vocab, vocab, win[i + 1]);
+        return;
+      }
       std::vector<double> lp, lq;
       for (int i = 0; i + 1 < len; ++i) {
         const float* row = logits.data() + int64_t(i) * vocab;

@@ -242,13 +242,20 @@ void forward_session::run(float* x, int n, int first, int last, bool head) {
   a.x = a.x1 = a.out = x;
   a.n1 = xb1, a.n2 = at_least(acts_.n2, nd), a.o = at_least(acts_.o, nd), a.y = at_least(acts_.y, nd);
   decoder::set_qkv(c, a, qkv, qkv, qkv + nd, qkv + int64_t(n) * (dim + kv_dim));
-  a.scores = at_least(acts_.scores, int64_t(n) * T), a.scores_per_head = 0;
   a.gate = c.gated_mlp() ? at_least(acts_.gate, int64_t(n) * hidden) : nullptr;
   a.up = at_least(acts_.up, int64_t(n) * hidden), a.act = at_least(acts_.act, int64_t(n) * hidden);
 
   decoder::block_hooks h;
   h.ops = &ops;
   h.rope = rope_.get();
+  // Heads side by side, one OpenMP thread each (their GEMMs single-threaded), unless P's operand
+  // hook must see the heads in turn (its stochastic-rounding stream counter): a head's GEMMs in a
+  // 512-token window are small (128 x keys x 64, 4 query blocks x 2), and split across two threads
+  // each paid OpenBLAS's fork and join. P: then one query block's [rows, T] per thread.
+  const int team = omp_in_parallel() ? 1 : omp_get_max_threads();
+  h.heads_parallel = team > 1 && !plan_.attn.p;
+  a.scores_per_head = 0, a.scores_per_thread = int64_t(std::min(n, h.query_block)) * T;
+  a.scores = at_least(acts_.scores, h.heads_parallel ? a.scores_per_thread * team : int64_t(n) * T);
   std::string prefix;
   if (dump_)
     h.dump = [&](const std::string& name, const float* data, int64_t cols) { dump_(prefix + name, data, n, cols); };
@@ -287,7 +294,8 @@ void forward_session::run(float* x, int n, int first, int last, bool head) {
     return decoder::kv_source{kr, vr, kv_dim, 0};
   };
   // Q's operand: rows = (token, head) of head_dim. P's: each (head, query block) [rows, keys].
-  // Heads run in turn (heads_parallel is off here), so the stream counter needs no lock.
+  // Heads run in turn when P is quantized (heads_parallel is off then), so the stream counter needs
+  // no lock; q's operand is quantized before attention starts.
   std::vector<float>& operand_scratch = acts_.operand;
   if (plan_.attn.q)
     h.q_operand = [&](int, float* q, int64_t qs) {

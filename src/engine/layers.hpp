@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "lowbit/engine/forward.hpp"
+#include "lowbit/kernels/expf.hpp"
 #include "lowbit/kernels/threads.hpp"
 
 namespace lowbit::layers {
@@ -49,18 +50,34 @@ class thread_scope {
 enum class norm_kind { rms, l1 };
 inline constexpr double l1_norm_factor = 1.2533141373155003;  // sqrt(pi/2)
 
+// Rows go four at a time: each row's double sum runs over j in order (its bits), the four sums side
+// by side (one sum alone is bound by the latency of its adds).
 inline void normalize(norm_kind kind, const float* x, const float* w, float* out, int64_t n, int dim,
                       float eps, float* inv_out = nullptr) {
+  constexpr int R = 4;
+  const auto term = [kind](float v) { return kind == norm_kind::rms ? double(v) * v : std::fabs(double(v)); };
   #pragma omp parallel for schedule(static) if (n * dim > 65536)
-  for (int64_t i = 0; i < n; ++i) {
-    const float* xi = x + i * dim;
-    double acc = 0;
-    for (int j = 0; j < dim; ++j) acc += kind == norm_kind::rms ? double(xi[j]) * xi[j] : std::fabs(double(xi[j]));
-    const float inv = static_cast<float>(kind == norm_kind::rms ? 1.0 / std::sqrt(acc / dim + eps)
-                                                                : 1.0 / (l1_norm_factor * acc / dim + eps));
-    if (inv_out) inv_out[i] = inv;
-    float* oi = out + i * dim;
-    for (int j = 0; j < dim; ++j) oi[j] = w[j] * (inv * xi[j]);
+  for (int64_t g = 0; g < (n + R - 1) / R; ++g) {
+    const int64_t i0 = g * R;
+    const int count = static_cast<int>(std::min<int64_t>(R, n - i0));
+    double acc[R] = {};
+    if (count == R) {
+      const float* xr = x + i0 * dim;
+      for (int j = 0; j < dim; ++j)
+        for (int r = 0; r < R; ++r) acc[r] += term(xr[int64_t(r) * dim + j]);
+    } else {
+      for (int r = 0; r < count; ++r)
+        for (int j = 0; j < dim; ++j) acc[r] += term(x[(i0 + r) * dim + j]);
+    }
+    for (int r = 0; r < count; ++r) {
+      const int64_t i = i0 + r;
+      const float* xi = x + i * dim;
+      const float inv = static_cast<float>(kind == norm_kind::rms ? 1.0 / std::sqrt(acc[r] / dim + eps)
+                                                                  : 1.0 / (l1_norm_factor * acc[r] / dim + eps));
+      if (inv_out) inv_out[i] = inv;
+      float* oi = out + i * dim;
+      for (int j = 0; j < dim; ++j) oi[j] = w[j] * (inv * xi[j]);
+    }
   }
 }
 inline void rmsnorm(const float* x, const float* w, float* out, int64_t n, int dim, float eps,
@@ -151,12 +168,57 @@ inline void layernorm_backward(const float* x, const float* w, const float* mean
 inline void causal_softmax(float* s, int visible, int T, int first = 0) {
   float mx = s[first];
   for (int t = first + 1; t < visible; ++t) mx = std::max(mx, s[t]);
+  exp_shifted_f32(s + first, visible - first, mx, s + first);  // std::exp(s[t] - mx), in SIMD
   double sum = 0;
-  for (int t = first; t < visible; ++t) sum += (s[t] = std::exp(s[t] - mx));
+  for (int t = first; t < visible; ++t) sum += s[t];
   const float inv = static_cast<float>(1.0 / sum);
   for (int t = first; t < visible; ++t) s[t] *= inv;
   std::fill(s, s + first, 0.0f);
   std::fill(s + visible, s + T, 0.0f);
+}
+
+// causal_softmax on R rows at once (row r at s + r * ld, keys [first[r], visible[r])): each row's
+// max and double sum run over its keys in causal_softmax's order, so the results are its bits, but
+// the R chains are interleaved over the keys the rows share; one row's chain is bound by the
+// latency of its adds (4 cycles each), R of them side by side by the adds' throughput. (Adjacent
+// query rows of a block: visible and first differ by one from row to row.)
+template <int R>
+inline void causal_softmax_rows(float* s, int64_t ld, const int* visible, int T, const int* first) {
+  float* row[R];
+  float mx[R];
+  double sum[R];
+  int lo = first[0], hi = visible[0];  // keys every row has
+  for (int r = 0; r < R; ++r) {
+    row[r] = s + r * ld;
+    lo = std::max(lo, first[r]), hi = std::min(hi, visible[r]);
+  }
+  if (hi - lo < 16) {  // little shared: one row at a time
+    for (int r = 0; r < R; ++r) causal_softmax(row[r], visible[r], T, first[r]);
+    return;
+  }
+  // max: row r from first[r] (its initial value) through lo alone, (lo, hi) interleaved, then the rest.
+  for (int r = 0; r < R; ++r) {
+    mx[r] = row[r][first[r]];
+    for (int t = first[r] + 1; t <= lo; ++t) mx[r] = std::max(mx[r], row[r][t]);
+  }
+  for (int t = lo + 1; t < hi; ++t)
+    for (int r = 0; r < R; ++r) mx[r] = std::max(mx[r], row[r][t]);
+  for (int r = 0; r < R; ++r) {
+    for (int t = hi; t < visible[r]; ++t) mx[r] = std::max(mx[r], row[r][t]);
+    exp_shifted_f32(row[r] + first[r], visible[r] - first[r], mx[r], row[r] + first[r]);
+    sum[r] = 0;
+    for (int t = first[r]; t < lo; ++t) sum[r] += row[r][t];
+  }
+  for (int t = lo; t < hi; ++t)
+    for (int r = 0; r < R; ++r) sum[r] += row[r][t];
+  for (int r = 0; r < R; ++r) {
+    for (int t = hi; t < visible[r]; ++t) sum[r] += row[r][t];
+    const float inv = static_cast<float>(1.0 / sum[r]);
+    float* x = row[r];
+    for (int t = first[r]; t < visible[r]; ++t) x[t] *= inv;
+    std::fill(x, x + first[r], 0.0f);
+    std::fill(x + visible[r], x + T, 0.0f);
+  }
 }
 
 // Interleaved RoPE (Su et al. 2021; llama2.c/GGUF pairing): pair (2p, 2p+1) of each head, p <
