@@ -469,6 +469,44 @@ HWY_INLINE bool Nvfp4BatchScales(const float* HWY_RESTRICT x, const row_plan& pl
   return BatchScalesPreset(df, MaxOfLanesBatch(di, partial, N), plan, scale, stored, mult);
 }
 
+// nvfp4's element grid, E2M1 (emin 0, M = 1, max 6, subnormals, -0), as compile-time constants:
+// RoundRneFast on this local copy folds them into its operations (no per-vector tests of
+// grid_params' flags, no constants reloaded from memory); the same operations, so the same bits.
+HWY_INLINE grid_params E2m1Grid() {
+  grid_params e{};
+  e.kind = 0;
+  e.emin = 0;
+  e.mbits = 1;
+  e.subnormals = true;
+  e.deep_emin = false;
+  e.signed_zero = true;
+  e.max_value = 6.0f;
+  return e;
+}
+
+// Whether g is E2M1's grid as far as RoundRneFast reads it.
+HWY_INLINE bool IsE2m1Grid(const grid_params& g) {
+  return g.kind == 0 && g.emin == 0 && g.mbits == 1 && g.subnormals && !g.deep_emin && g.signed_zero &&
+         g.max_value == 6.0f;
+}
+
+// nvfp4, RNE, normal scales: the elements of one batch, back to front, on E2M1's constant grid.
+template <bool kStream>
+HWY_INLINE void Nvfp4BatchApplyE2m1(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, const float* scale) {
+  const DF df;
+  constexpr size_t N = hn::MaxLanes(DF()), k = 16, kPerGroup = k / N;  // (a constant count: unrolled)
+  const grid_params e2m1 = E2m1Grid();
+  for (size_t j = N; j-- > 0;) {
+    const VF div = hn::Set(df, scale[j]);
+    for (size_t p = kPerGroup; p-- > 0;) {
+      const size_t i = j * k + p * N;
+      const VF r = hn::Mul(RoundRneFast<false>(df, hn::Div(hn::LoadU(df, x + i), div), e2m1), div);
+      if constexpr (kStream) hn::Stream(r, df, y + i);
+      else hn::StoreU(r, df, y + i);
+    }
+  }
+}
+
 // nvfp4: the elements of one batch under its scales (Nvfp4BatchScales), back to front.
 template <rounding_mode kMode, span_path kPath>
 HWY_INLINE void Nvfp4BatchApply(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, const float* scale, bool stream,
@@ -480,6 +518,11 @@ HWY_INLINE void Nvfp4BatchApply(const float* HWY_RESTRICT x, float* HWY_RESTRICT
   // make a scale subnormal or 0: those keep it).
   const bool normal_scales = hn::AllFalse(df, hn::Not(hn::Ge(hn::Load(df, scale), hn::Set(df, 0x1p-126f))));
   if (kPath == span_path::rne_fast && normal_scales) {
+    if (IsE2m1Grid(g)) {
+      if (stream) Nvfp4BatchApplyE2m1<true>(x, y, scale);
+      else Nvfp4BatchApplyE2m1<false>(x, y, scale);
+      return;
+    }
     for (size_t j = N; j-- > 0;) {
       const VF div = hn::Set(df, scale[j]);
       for (size_t i = j * k + k; i > j * k; i -= N) {

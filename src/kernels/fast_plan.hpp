@@ -59,6 +59,9 @@ struct grid_params {
   static constexpr int kMaxLut = 16;
   int lut_n = 0;
   std::array<float, kMaxLut> lut_values{}, lut_thr{};
+  // The same search on 8-lane targets (RoundToTable), whose lane permutes reach 8 entries: the
+  // third step's thresholds lut_thr[4j + 1], the fourth's lut_thr[2j], and the entries 2j, 2j + 1.
+  std::array<float, kMaxLut / 2> lut_thr_4j1{}, lut_thr_2j{}, lut_values_2j{}, lut_values_2j1{};
 };
 
 inline grid_params make_grid_params(const element_format& e) {
@@ -118,6 +121,12 @@ inline grid_params make_grid_params(const element_format& e) {
           g.lut_thr[i] = (i & 1u) ? std::nextafter(m, -INFINITY) : m;
         else  // the largest float below mid: y > it <=> y > mid
           g.lut_thr[i] = static_cast<long double>(m) < mid ? m : std::nextafter(m, -INFINITY);
+      }
+      for (size_t j = 0; j < grid_params::kMaxLut / 2; ++j) {
+        g.lut_thr_4j1[j] = j < 4 ? g.lut_thr[4 * j + 1] : INFINITY;
+        g.lut_thr_2j[j] = g.lut_thr[2 * j];
+        g.lut_values_2j[j] = g.lut_values[2 * j];
+        g.lut_values_2j1[j] = g.lut_values[2 * j + 1];
       }
       break;
     }

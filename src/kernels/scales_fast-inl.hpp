@@ -12,6 +12,7 @@
 #define LOWBIT_KERNELS_SCALES_FAST_INL_H_
 #endif
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 
@@ -56,9 +57,35 @@ HWY_INLINE void GroupStatsT(const float* HWY_RESTRICT x, size_t n, bool want_min
 }
 
 #if HWY_TARGET != HWY_SCALAR
+// Lane j = op over the lanes of v[j], for the 8 vectors of an 8-lane target (AVX2, where
+// ConcatEven/ConcatOdd cross the 128-bit blocks: two operations each): within each block, the
+// 32-bit lanes of v[2j] and v[2j + 1] interleaved and combined (lanes v[2j]a, v[2j+1]a, v[2j]b,
+// v[2j+1]b: a and b two halves of each one's lanes in the block), then the 64-bit lanes of two
+// such pairs (the block's part of v[4j], ..., v[4j + 3] in order), then the two blocks. 21
+// operations instead of the tree's 35. The lanes are combined in another order than the tree's:
+// the same result for a max of integers, and for a min/max of floats without NaN up to the sign
+// of a zero result (MinMaxOfLanesBatch's one caller never takes one).
+template <class D, class Op>
+HWY_INLINE hn::Vec<D> CombineLanesOf8(D d, hn::Vec<D>* v, Op op) {
+  const hn::Repartition<uint64_t, D> d64;
+  hn::Vec<D> pair[4];
+  for (size_t j = 0; j < 4; ++j)
+    pair[j] = op(hn::InterleaveLower(d, v[2 * j], v[2 * j + 1]), hn::InterleaveUpper(d, v[2 * j], v[2 * j + 1]));
+  hn::Vec<D> quad[2];
+  for (size_t j = 0; j < 2; ++j) {
+    const auto a = hn::BitCast(d64, pair[2 * j]), b = hn::BitCast(d64, pair[2 * j + 1]);
+    quad[j] = op(hn::BitCast(d, hn::InterleaveLower(d64, a, b)), hn::BitCast(d, hn::InterleaveUpper(d64, a, b)));
+  }
+  return op(hn::ConcatLowerLower(d, quad[1], quad[0]), hn::ConcatUpperUpper(d, quad[1], quad[0]));
+}
+
 // Max over lanes of N vectors at once: lane j of the result is the max of v[j]. A tree of
-// ConcatEven/ConcatOdd + Max (N - 1 steps of 3 ops) instead of N separate MaxOfLanes.
+// ConcatEven/ConcatOdd + Max (N - 1 steps of 3 ops) instead of N separate MaxOfLanes
+// (CombineLanesOf8 on 8-lane targets).
 HWY_INLINE VI MaxOfLanesBatch(DI di, VI* v, size_t count) {
+  if constexpr (hn::MaxLanes(DI()) == 8) {
+    if (count == 8) return CombineLanesOf8(di, v, [](VI a, VI b) { return hn::Max(a, b); });
+  }
   for (size_t width = count; width > 1; width /= 2)
     for (size_t j = 0; j < width / 2; ++j)
       v[j] = hn::Max(hn::ConcatEven(di, v[2 * j + 1], v[2 * j]), hn::ConcatOdd(di, v[2 * j + 1], v[2 * j]));
@@ -89,12 +116,16 @@ HWY_INLINE VI BatchGroupAmax(DI di, const float* p, size_t k, VI* partial, VI* f
 }
 
 // (|v| + C) - C onto a minifloat grid, vectorised, for non-negative v: ties to even. Used for
-// the block scales of nvfp4 (E4M3) and q8_0 (fp16).
+// the block scales of nvfp4 (E4M3) and q8_0 (fp16). C = 2^(L + 23) with the step exponent
+// L = max(p, emin) - M, p = max(ef, 1) - 127 from v's exponent field ef; its pattern
+// (L + 150) << 23 is max(ef, e0) << 23 + (23 - M) << 23 with e0 = max(emin, -126) + 127
+// (RoundRneFast's form, three operations): the same integer for every v >= 0 (p < emin means
+// ef < emin + 127; ef <= 255, so no shift overflows).
 HWY_INLINE VF RoundScaleGrid(DF df, VF v, int emin, int mbits) {
   const DI di;
-  const VI p = hn::Sub(hn::Max(hn::ShiftRight<23>(hn::BitCast(di, v)), hn::Set(di, 1)), hn::Set(di, 127));
-  const VI L = hn::IfThenElse(hn::Lt(p, hn::Set(di, emin)), hn::Set(di, emin - mbits), hn::Sub(p, hn::Set(di, mbits)));
-  const VF c = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(L, hn::Set(di, 150))));
+  const VI ef_bits = hn::And(hn::BitCast(di, v), hn::Set(di, 0x7f800000));
+  const VI c_bits = hn::Add(hn::Max(ef_bits, hn::Set(di, (std::max(emin, -126) + 127) << 23)), hn::Set(di, (23 - mbits) << 23));
+  const VF c = hn::BitCast(df, c_bits);
   return hn::Sub(hn::Add(v, c), c);
 }
 
@@ -182,6 +213,9 @@ HWY_INLINE bool BatchScales(DF df, VI amax_bits, const scale_context& ctx, float
 // Lane j = the max (kMax) or min of the lanes of v[j], for N vectors (MaxOfLanesBatch on floats).
 template <bool kMax>
 HWY_INLINE VF MinMaxOfLanesBatch(DF df, VF* v, size_t count) {
+  if constexpr (hn::MaxLanes(DF()) == 8) {
+    if (count == 8) return CombineLanesOf8(df, v, [](VF a, VF b) { return kMax ? hn::Max(a, b) : hn::Min(a, b); });
+  }
   for (size_t width = count; width > 1; width /= 2)
     for (size_t j = 0; j < width / 2; ++j) {
       const VF a = hn::ConcatEven(df, v[2 * j + 1], v[2 * j]), b = hn::ConcatOdd(df, v[2 * j + 1], v[2 * j]);

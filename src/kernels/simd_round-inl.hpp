@@ -175,6 +175,25 @@ HWY_INLINE VF RoundToTable(DF df, VF y, const grid_params& g) {
     if constexpr (!kNan) return v;
     return hn::IfThenElse(hn::Eq(y, y), v, hn::Set(df, canonical_nan()));
   }
+  if constexpr (hn::MaxLanes(DF()) == 8) {
+    // The same binary search where a permute reaches 8 entries (AVX2): step 1 against thr[7],
+    // step 2 against thr[3] or thr[11] (a blend), then with j = 2 m1 + m2 step 3 against
+    // thr[4j + 1], with j = 2j + m3 step 4 against thr[2j], and the entry is 2j + m4 (entry 2j
+    // or 2j + 1, a blend): idx = 8 m1 + 4 m2 + 2 m3 + m4 as above (fast_plan.hpp's de-interleaved
+    // copies of the tables). Half the operations of the compare chain below.
+    const DI di;
+    const auto m1 = hn::Gt(y, hn::Set(df, g.lut_thr[7]));
+    const auto m2 = hn::Gt(y, hn::IfThenElse(m1, hn::Set(df, g.lut_thr[11]), hn::Set(df, g.lut_thr[3])));
+    VI j = hn::Sub(hn::IfThenElseZero(hn::RebindMask(di, m1), hn::Set(di, 2)), hn::VecFromMask(di, hn::RebindMask(di, m2)));
+    const auto m3 = hn::Gt(y, hn::TableLookupLanes(hn::LoadU(df, g.lut_thr_4j1.data()), hn::IndicesFromVec(df, j)));
+    j = hn::Sub(hn::Add(j, j), hn::VecFromMask(di, hn::RebindMask(di, m3)));  // (a true mask is -1)
+    const auto pair = hn::IndicesFromVec(df, j);
+    const auto m4 = hn::Gt(y, hn::TableLookupLanes(hn::LoadU(df, g.lut_thr_2j.data()), pair));
+    const VF v = hn::IfThenElse(m4, hn::TableLookupLanes(hn::LoadU(df, g.lut_values_2j1.data()), pair),
+                                hn::TableLookupLanes(hn::LoadU(df, g.lut_values_2j.data()), pair));
+    if constexpr (!kNan) return v;
+    return hn::IfThenElse(hn::Eq(y, y), v, hn::Set(df, canonical_nan()));
+  }
 #endif
   VF v = hn::Set(df, g.lut_values[0]);
   for (int i = 0; i + 1 < g.lut_n; ++i) {

@@ -830,6 +830,72 @@ TEST(Differential, RBitRowKernelAcrossDrawChunksAndThreads) {
   force_simd_target(0);
 }
 
+// Table elements (RNE, up to 16 entries) take their entry by a binary search over the thresholds
+// between entries on the SIMD targets (src/kernels/simd_round-inl.hpp, RoundToTable: permutes
+// of 16 lanes, or of 8 on 8-lane targets with fast_plan.hpp's de-interleaved tables): on every
+// target, every float within 8 ulps of every midpoint and within 4 ulps of every entry, +-0,
+// +-Inf, NaN and values beyond the ends, as plain casts of tables of 2 to 16 entries (exact
+// midpoints that tie up and down included), and NF4's table under nf4's own group scale (each
+// group of 64 holds a +-1, so its scale is 1 and y = x): == the reference bit for bit.
+TEST(Differential, TableSearchAroundEveryThreshold) {
+  std::vector<std::vector<float>> tables = {make_nf4().table, {-1.0f, 1.0f}, {-1.5f, -0.5f, 0.0f, 0.25f, 2.0f},
+                                            {-4, -3, -2, -1, 0, 1, 2, 3, 4}, {}, {}};
+  for (int v = -8; v <= 7; ++v) tables[4].push_back(static_cast<float>(v));  // 16 entries, every midpoint a tie
+  for (int v = 0; v < 15; ++v) tables[5].push_back(std::ldexp(1.0f + 0x1p-23f * static_cast<float>(v), v - 7));
+  for (const auto& table : tables) {
+    std::vector<float> x = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, -NAN, 2 * table.front() - 1, 2 * table.back() + 1};
+    for (size_t i = 0; i < table.size(); ++i) {
+      float v = table[i];
+      for (int k = 0; k < 4; ++k) v = std::nextafter(v, -INFINITY);
+      for (int k = 0; k < 9; ++k, v = std::nextafter(v, INFINITY)) x.push_back(v);
+      if (i + 1 == table.size()) break;
+      float m = static_cast<float>((static_cast<long double>(table[i]) + table[i + 1]) / 2);
+      for (int k = 0; k < 8; ++k) m = std::nextafter(m, -INFINITY);
+      for (int k = 0; k < 17; ++k, m = std::nextafter(m, INFINITY)) x.push_back(m);
+    }
+    format f = parse_format("lut(-1,1)");
+    f.element = make_lut(table);
+    const bool nf4 = table == make_nf4().table;
+    for (const auto& t : simd_targets()) {
+      force_simd_target(t.first);
+      for (int64_t cols : {static_cast<int64_t>(x.size()), int64_t{1}, int64_t{3}, int64_t{8}, int64_t{17}}) {
+        const int64_t rows = (static_cast<int64_t>(x.size()) + cols - 1) / cols;
+        std::vector<float> in(static_cast<size_t>(rows * cols), 0.5f), ref(in.size()), fast(in.size());
+        std::copy(x.begin(), x.end(), in.begin());
+        fake_quantize_ref(in.data(), ref.data(), rows, cols, f);
+        fake_quantize(in.data(), fast.data(), rows, cols, f);
+        for (size_t i = 0; i < in.size(); ++i)
+          if (!same(fast[i], ref[i]))
+            FAIL() << "table of " << table.size() << " target " << t.second << " cols " << cols << " input "
+                   << in[i] << " (0x" << std::hex << std::bit_cast<uint32_t>(in[i]) << ") ref " << ref[i]
+                   << " fast " << fast[i];
+      }
+      if (!nf4) continue;
+      // nf4 (groups of 64, fp32 absmax scale): a +-1 first in each group, then 63 finite values of |v| <= 1.
+      std::vector<float> g;
+      for (float v : x) {
+        if (!(std::fabs(v) <= 1.0f)) continue;
+        if (g.size() % 64 == 0) g.push_back(g.size() % 128 ? -1.0f : 1.0f);
+        g.push_back(v);
+      }
+      while (g.size() % 64) g.push_back(0.0f);
+      const format q = parse_format("nf4");
+      for (int64_t cols : {int64_t{64}, int64_t{1024}}) {
+        const int64_t rows = (static_cast<int64_t>(g.size()) + cols - 1) / cols;
+        std::vector<float> in(static_cast<size_t>(rows * cols), 0.0f), ref(in.size()), fast(in.size());
+        std::copy(g.begin(), g.end(), in.begin());
+        fake_quantize_ref(in.data(), ref.data(), rows, cols, q);
+        fake_quantize(in.data(), fast.data(), rows, cols, q);
+        for (size_t i = 0; i < in.size(); ++i)
+          if (!same(fast[i], ref[i]))
+            FAIL() << "nf4 target " << t.second << " cols " << cols << " input " << in[i] << " ref " << ref[i]
+                   << " fast " << fast[i];
+      }
+    }
+  }
+  force_simd_target(0);
+}
+
 TEST(Differential, SimdTargetsArePresent) {
   const auto targets = simd_targets();
   ASSERT_FALSE(targets.empty());
