@@ -227,6 +227,29 @@ void FitScaleMin(const float* HWY_RESTRICT x, size_t count, int sub, int nmax, f
 constexpr size_t kSymSub = 16;  // q3_k and q6_k sub-blocks
 
 // kquant.cpp fit_symmetric_scale (make_qx_quants, rmse_type 1) on K * N sub-blocks of 16 at once.
+// The end of a symmetric fit (FitSymmetricT, FitQ3T) of K * N sub-blocks of kSymSub: a sub-block
+// whose amax is below kGroupMaxEps gets scale 0 and codes 0 (kquant.cpp's early return), the others
+// their scale and their codes l + z (l the fitted levels, [e * K + k] * N + lane); then the
+// `lanes` sub-blocks' scales and codes go out in sub-block order.
+template <size_t K>
+HWY_INLINE void StoreSymmetricFit(const VF (&amax)[K], const VF (&scale)[K], const float* HWY_RESTRICT l, VI z, size_t N,
+                                  size_t lanes, size_t W, float* HWY_RESTRICT scale_out, int32_t* HWY_RESTRICT codes,
+                                  float* HWY_RESTRICT scales, uint8_t* HWY_RESTRICT L) {
+  const DF df;
+  const DI di;
+  for (size_t k = 0; k < K; ++k) {
+    const MF small = hn::Lt(amax[k], hn::Set(df, kGroupMaxEps));
+    hn::Store(hn::IfThenZeroElse(small, scale[k]), df, scale_out + k * N);
+    for (size_t e = 0; e < kSymSub; ++e) {
+      const size_t at = (e * K + k) * N;
+      hn::Store(hn::IfThenZeroElse(hn::RebindMask(di, small), hn::Add(hn::ConvertTo(di, hn::Load(df, l + at)), z)), di,
+                codes + at);
+    }
+  }
+  for (size_t j = 0; j < lanes; ++j) scales[j] = scale_out[j];
+  TransposeOut<kSymSub>(codes, lanes, W, L);
+}
+
 template <size_t K>
 void FitSymmetricT(const float* HWY_RESTRICT x, size_t count, int nmax, float* HWY_RESTRICT scales, uint8_t* HWY_RESTRICT L) {
   const DF df;
@@ -292,15 +315,7 @@ void FitSymmetricT(const float* HWY_RESTRICT x, size_t count, int nmax, float* H
         best[k] = hn::IfThenElse(better[k], hn::Mul(new_scale, sumlx[k]), best[k]);
       }
     }
-    for (size_t k = 0; k < K; ++k) {
-      const MF small = hn::Lt(amax[k], hn::Set(df, kGroupMaxEps));  // scale 0, codes 0
-      hn::Store(hn::IfThenElse(small, zero, scale[k]), df, scale_out + k * N);
-      for (size_t e = 0; e < kSymSub; ++e)
-        hn::Store(hn::IfThenZeroElse(hn::RebindMask(di, small), hn::Add(hn::ConvertTo(di, hn::Load(df, best_l + at(e, k))), z)),
-                  di, codes + at(e, k));
-    }
-    for (size_t j = 0; j < lanes; ++j) scales[j0 + j] = scale_out[j];
-    TransposeOut<kSymSub>(codes, lanes, W, L + kSymSub * j0);
+    StoreSymmetricFit<K>(amax, scale, best_l, z, N, lanes, W, scale_out, codes, scales + j0, L + kSymSub * j0);
   }
 }
 
@@ -367,16 +382,10 @@ void FitQ3T(const float* HWY_RESTRICT x, size_t count, int nmax, float* HWY_REST
         }
       if (!AnyTrue(changed)) break;
     }
-    for (size_t k = 0; k < K; ++k) {
-      const MF small = hn::Lt(amax[k], hn::Set(df, kGroupMaxEps));  // scale 0, codes 0
-      hn::Store(hn::IfThenElse(hn::Or(small, hn::Not(hn::Gt(suml2[k], zero))), zero, hn::Div(sumlx[k], suml2[k])), df,
-                scale_out + k * N);
-      for (size_t e = 0; e < kSymSub; ++e)
-        hn::Store(hn::IfThenZeroElse(hn::RebindMask(di, small), hn::Add(hn::ConvertTo(di, hn::Load(df, l_of + at(e, k))), z)),
-                  di, codes + at(e, k));
-    }
-    for (size_t j = 0; j < lanes; ++j) scales[j0 + j] = scale_out[j];
-    TransposeOut<kSymSub>(codes, lanes, W, L + kSymSub * j0);
+    VF scale[K];
+    for (size_t k = 0; k < K; ++k)
+      scale[k] = hn::IfThenElse(hn::Not(hn::Gt(suml2[k], zero)), zero, hn::Div(sumlx[k], suml2[k]));
+    StoreSymmetricFit<K>(amax, scale, l_of, z, N, lanes, W, scale_out, codes, scales + j0, L + kSymSub * j0);
   }
 }
 
