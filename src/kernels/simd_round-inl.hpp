@@ -289,6 +289,81 @@ HWY_INLINE VF RoundSrFast(DF df, VF y, VF u, const grid_params& g) {
   return SignAndNan(df, hn::Mul(r, step), bits, ab, g);
 }
 
+// RoundSrFast's grid constants for one span, made once so that the element loop keeps them in
+// registers: read from grid_params inside the loop they were broadcast again after every store
+// (a float store may alias the struct's floats), next to a branch per vector on the grid's kind.
+// Covers the sr_fast grids whose step needs no per-format branch (sr_hoistable): the integers and
+// the minifloats with subnormals and emin >= -126 (not deep_emin); the others take RoundSrFast.
+struct sr_consts {
+  VF max_value;
+  VF zero_fix;     // -0 where the format has -0 (x + -0 = x), +0 where not (-0 + +0 = +0)
+  VI step_floor;   // see RoundSrHoisted
+  VI step_shift;
+};
+
+// yes where v's sign bit is set, else no: IfNegativeThenElse (one blendv) on x86 from SSE4 on;
+// Highway's SSSE3 version selects with and/andnot, which needs the whole lane set, so there and
+// elsewhere the sign bit is broadcast first.
+HWY_INLINE VF IfSignThenElse(VF v, VF yes, VF no) {
+#if HWY_ARCH_X86 && HWY_TARGET <= HWY_SSE4
+  return hn::IfNegativeThenElse(v, yes, no);
+#else
+  const DF df;
+  const DI di;
+  return hn::IfThenElse(hn::MaskFromVec(hn::BitCast(df, hn::BroadcastSignBit(hn::BitCast(di, v)))), yes, no);
+#endif
+}
+
+HWY_INLINE bool sr_hoistable(const grid_params& g) {
+  return g.sr_fast && (g.kind == 1 || (g.kind == 0 && g.subnormals && !g.deep_emin));
+}
+
+HWY_INLINE sr_consts SrConsts(const grid_params& g) {
+  const DF df;
+  const DI di;
+  sr_consts c;
+  c.max_value = hn::Set(df, g.max_value);
+  c.zero_fix = hn::Set(df, g.signed_zero ? -0.0f : 0.0f);
+  if (g.kind == 0) {
+    c.step_floor = hn::Set(di, (g.emin + 127) << 23);
+    c.step_shift = hn::Set(di, g.mbits << 23);
+  } else {  // every |y| <= max has an exponent field below Inf's: the max is always the floor
+    c.step_floor = hn::Set(di, 0x7f800000);
+    c.step_shift = hn::Set(di, 0x7f800000 - ((g.fixed_log2step + 127) << 23));
+  }
+  return c;
+}
+
+// RoundSrFast (same value for every y, NaN included) on sr_hoistable grids, from sr_consts:
+// - the step's pattern 2^L = max(ef, floor) - shift with ef = ay's exponent field (ay <= max):
+//   minifloats: floor = (emin + 127) << 23, shift = M << 23, i.e. (max(ef, emin + 127) - M) << 23,
+//   RoundSrFast's biased_L (below emin: emin - M = below_log2step, subnormals on; its max(ef, 1)
+//   only matters under emin + 127 >= 1); integers: floor = Inf's field, above every ef, and
+//   floor - shift = the fixed step's pattern.
+// - the sign's selects read y's sign bit itself (IfSignThenElse: blendv on AVX2) and the
+//   up/down decision's sign bit is (u < t) xor y's sign: RoundSrFast's negative mask and its Xor.
+// - r * step >= 0 (r = floor(q) >= +0 or floor(q) + 1): the sign is or-ed in, and the format
+//   without -0 turns -0 into +0 by adding +0 (SignAndNan's select on a zero magnitude).
+// kNan = false: y is known not to be NaN.
+template <bool kNan = true>
+HWY_INLINE VF RoundSrHoisted(DF df, VF y, VF u, const sr_consts& c) {
+  const DI di;
+  const VI bits = hn::BitCast(di, y);
+  const VI ab = hn::And(bits, hn::Set(di, 0x7fffffff));
+  const VF ay = hn::Min(hn::BitCast(df, ab), c.max_value);
+  const VI step_bits = hn::Sub(hn::Max(hn::And(hn::BitCast(di, ay), hn::Set(di, 0x7f800000)), c.step_floor), c.step_shift);
+  const VF inv_step = hn::BitCast(df, hn::Sub(hn::Set(di, 254 << 23), step_bits));
+  const VF q = hn::Mul(ay, inv_step);
+  const VF lo = hn::Floor(q);
+  const VF lo1 = hn::Add(lo, hn::Set(df, 1.0f));
+  const VF t = IfSignThenElse(y, hn::Sub(lo1, q), hn::Sub(q, lo));
+  const VF up = hn::Xor(hn::VecFromMask(df, hn::Lt(u, t)), y);  // sign bit: (u < t) xor negative
+  const VF r = hn::Mul(IfSignThenElse(up, lo1, lo), hn::BitCast(df, step_bits));
+  VF out = hn::Add(hn::Or(r, hn::And(y, hn::Set(df, -0.0f))), c.zero_fix);
+  if constexpr (kNan) out = hn::IfThenElse(hn::RebindMask(df, hn::Gt(ab, hn::Set(di, 0x7f800000))), hn::Set(df, canonical_nan()), out);
+  return out;
+}
+
 // RNE onto e8mM (bf16, tf32, ...): round the float32 pattern at a fixed bit, ties to even, then
 // saturate (a carry into the Inf pattern is above max too).
 HWY_INLINE VF RoundE8Fast(DF df, VF y, const grid_params& g) {
