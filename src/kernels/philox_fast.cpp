@@ -19,9 +19,6 @@
 #include "lowbit/kernels/scale.hpp"
 #include "src/kernels/simd_common-inl.hpp"
 
-#ifndef LOWBIT_PHILOX_CHAINS_NARROW
-#define LOWBIT_PHILOX_CHAINS_NARROW 2
-#endif
 
 HWY_BEFORE_NAMESPACE();
 namespace lowbit {
@@ -101,9 +98,10 @@ void PhiloxBlocks(uint64_t block0, size_t count, const philox_stream& ps, uint32
 #else
   const hn::Repartition<uint64_t, DU> d64;
   const size_t N64 = hn::Lanes(d64);
-  // 4 chains where there are 32 vector registers (4 ran 8% faster than 2 on Zen 4's AVX-512);
-  // 2 where 16 hold the state and the constants (AVX2, SSE4, NEON).
-  constexpr size_t kChains = HWY_MAX_BYTES >= 64 ? 4 : LOWBIT_PHILOX_CHAINS_NARROW;
+  // 4 chains on 256-bit and wider vectors (4 ran 8% faster than 2 on Zen 4's AVX-512, 12% on
+  // Zen 3's AVX2, whose 16 registers then spill a few constants: loads beside the multiplies);
+  // 2 on 128-bit vectors (SSE4, NEON).
+  constexpr size_t kChains = HWY_MAX_BYTES >= 32 ? 4 : 2;
   const auto keys = PhiloxKeys(d64, ps);
   size_t b = 0;
   // Whole steps of kChains x N64 blocks, then of N64 blocks (short calls: a column's group), then

@@ -318,6 +318,15 @@ HWY_INLINE bool sr_hoistable(const grid_params& g) {
   return g.sr_fast && (g.kind == 1 || (g.kind == 0 && g.subnormals && !g.deep_emin));
 }
 
+// RoundSrHoisted's kCoarseDraw holds for R-bit draws (u a multiple of 2^-(R+1)) on a grid whose
+// q = |y| / step stays below 2^(23 - R): minifloats q < 2^(M+1), integers q <= the largest code.
+HWY_INLINE bool sr_coarse_draw(const grid_params& g, int draw_bits) {
+  if (!sr_hoistable(g) || (draw_bits != 8 && draw_bits != 16)) return false;
+  const float bound = draw_bits == 8 ? 0x1p15f : 0x1p7f;
+  if (g.kind == 0) return g.mbits + 1 <= 23 - draw_bits;
+  return g.max_value * g.frac_scale < bound;
+}
+
 HWY_INLINE sr_consts SrConsts(const grid_params& g) {
   const DF df;
   const DI di;
@@ -344,8 +353,28 @@ HWY_INLINE sr_consts SrConsts(const grid_params& g) {
 //   up/down decision's sign bit is (u < t) xor y's sign: RoundSrFast's negative mask and its Xor.
 // - r * step >= 0 (r = floor(q) >= +0 or floor(q) + 1): the sign is or-ed in, and the format
 //   without -0 turns -0 into +0 by adding +0 (SignAndNan's select on a zero magnitude).
+// kCoarseDraw (the u of ~sr8 / ~sr16 on grids with q < 2^(23 - R), sr_coarse_draw): the decision
+// and the select in one rounding, r = |floor(fl(u - q))| for y >= 0 and floor(fl(u + q)) for
+// y < 0, the same r as RoundSrFast's (3 ops fewer, 7 cycles less latency from q to r on Zen 3).
+// Proof, with lo = floor(q), t = q - lo (exact), q in [2^e, 2^(e+1)), e <= 22 - R, and
+// u = (2k + 1) 2^-(R+1) (docs/conventions.md §43), so u is a multiple of ulp(q) = 2^(e-23):
+// - y >= 0, RoundSrFast: lo + [u < t]. v = q - u = lo + (t - u), t - u in (-1, 1), so
+//   ceil(v) = lo + [u < t]. v is a multiple of 2^(e-23): for v >= 0 it is below 2^(e+1), hence
+//   exact; for v < 0 (only when lo = 0) it lies in (-1, 0), and so does fl(v) (u - q <= u < 1,
+//   and u - q >= u/2 > 0 unless Sterbenz makes it exact). So ceil(fl(v)) = ceil(v), and
+//   fl(u - q) = -fl(q - u) gives |floor(fl(u - q))| = ceil(fl(v)) (floor of [0, 1) is +0).
+// - y < 0, RoundSrFast: lo + [fl(lo + 1 - q) <= u] (magnitude up iff not u < t).
+//   q >= 1/2: lo + 1 - q = 1 - t is a multiple of 2^-24 in (0, 1], exact; w = q + u = lo + t + u
+//   is a multiple of 2^(e-23) (2^-24 for e = -1); below lo + 1 <= 2^(e+1) it is exact (so never
+//   rounds up to lo + 1); at or above it, it is below lo + 2 - 2^(e-23) (t <= 1 - 2^(e-23),
+//   u <= 1 - 2^-(R+1)) and rounds into [lo + 1, lo + 2). So floor(fl(w)) = lo + [t + u >= 1].
+//   q < 1/2 (lo = 0; 1 - q may round): u is a multiple of 2^-23, so u + 2^-25, half-way between
+//   u and the float above it, rounds to u (even), and fl(1 - q) <= u iff q + u >= 1 - 2^-25;
+//   likewise 1 - 2^-25 lies half-way between 1 - 2^-24 and 1 and rounds to 1 (even), so
+//   fl(q + u) >= 1 iff q + u >= 1 - 2^-25: the same condition.
+// Tested in tests/kernels/test_stochastic_bits.cpp (RBitCoarseDecisionAtTheBoundaries).
 // kNan = false: y is known not to be NaN.
-template <bool kNan = true>
+template <bool kNan = true, bool kCoarseDraw = false>
 HWY_INLINE VF RoundSrHoisted(DF df, VF y, VF u, const sr_consts& c) {
   const DI di;
   const VI bits = hn::BitCast(di, y);
@@ -354,11 +383,17 @@ HWY_INLINE VF RoundSrHoisted(DF df, VF y, VF u, const sr_consts& c) {
   const VI step_bits = hn::Sub(hn::Max(hn::And(hn::BitCast(di, ay), hn::Set(di, 0x7f800000)), c.step_floor), c.step_shift);
   const VF inv_step = hn::BitCast(df, hn::Sub(hn::Set(di, 254 << 23), step_bits));
   const VF q = hn::Mul(ay, inv_step);
-  const VF lo = hn::Floor(q);
-  const VF lo1 = hn::Add(lo, hn::Set(df, 1.0f));
-  const VF t = IfSignThenElse(y, hn::Sub(lo1, q), hn::Sub(q, lo));
-  const VF up = hn::Xor(hn::VecFromMask(df, hn::Lt(u, t)), y);  // sign bit: (u < t) xor negative
-  const VF r = hn::Mul(IfSignThenElse(up, lo1, lo), hn::BitCast(df, step_bits));
+  VF r;
+  if constexpr (kCoarseDraw) {
+    const VF minus_q_where_positive = hn::Xor(q, hn::AndNot(y, hn::Set(df, -0.0f)));
+    r = hn::Abs(hn::Mul(hn::Floor(hn::Add(u, minus_q_where_positive)), hn::BitCast(df, step_bits)));
+  } else {
+    const VF lo = hn::Floor(q);
+    const VF lo1 = hn::Add(lo, hn::Set(df, 1.0f));
+    const VF t = IfSignThenElse(y, hn::Sub(lo1, q), hn::Sub(q, lo));
+    const VF up = hn::Xor(hn::VecFromMask(df, hn::Lt(u, t)), y);  // sign bit: (u < t) xor negative
+    r = hn::Mul(IfSignThenElse(up, lo1, lo), hn::BitCast(df, step_bits));
+  }
   VF out = hn::Add(hn::Or(r, hn::And(y, hn::Set(df, -0.0f))), c.zero_fix);
   if constexpr (kNan) out = hn::IfThenElse(hn::RebindMask(df, hn::Gt(ab, hn::Set(di, 0x7f800000))), hn::Set(df, canonical_nan()), out);
   return out;
