@@ -93,35 +93,39 @@ HWY_INLINE VF UniformAt(DF df, const uint8_t* HWY_RESTRICT raw, const uint32_t* 
   }
 }
 
-// fn(draw_bits, coarse) with draw_bits a std::integral_constant of where the job's draws are
-// (UniformAt) and coarse one of sr_coarse_draw (RoundSrHoisted's kCoarseDraw).
+// fn(draw_bits, coarse, signed_zero) as std::integral_constants: where the job's draws are
+// (UniformAt), sr_coarse_draw (RoundSrHoisted's kCoarseDraw) and the grid's signed zero.
 template <class Fn>
 HWY_INLINE void WithDrawSource(const row_job& job, const grid_params& g, Fn&& fn) {
   using yes = std::true_type;
   using no = std::false_type;
-  if (!job.random_bytes) return fn(std::integral_constant<int, 0>{}, no{});
+  auto with_zero = [&](auto bits, auto coarse) {
+    if (g.signed_zero) return fn(bits, coarse, yes{});
+    return fn(bits, coarse, no{});
+  };
+  if (!job.random_bytes) return with_zero(std::integral_constant<int, 0>{}, no{});
   if (job.random_bits == 8) {
-    if (sr_coarse_draw(g, 8)) return fn(std::integral_constant<int, 8>{}, yes{});
-    return fn(std::integral_constant<int, 8>{}, no{});
+    if (sr_coarse_draw(g, 8)) return with_zero(std::integral_constant<int, 8>{}, yes{});
+    return with_zero(std::integral_constant<int, 8>{}, no{});
   }
-  if (sr_coarse_draw(g, 16)) return fn(std::integral_constant<int, 16>{}, yes{});
-  return fn(std::integral_constant<int, 16>{}, no{});
+  if (sr_coarse_draw(g, 16)) return with_zero(std::integral_constant<int, 16>{}, yes{});
+  return with_zero(std::integral_constant<int, 16>{}, no{});
 }
 
 // FakeQuantVec's sr_fast element on an sr_hoistable grid (RoundSrHoisted: the same value).
-template <span_scale kScale, bool kNan, bool kCoarse>
+template <span_scale kScale, bool kNan, bool kCoarse, bool kSignedZero>
 HWY_INLINE VF SrHoistedVec(DF df, VF x, VF u, const sr_consts& c, VF mul, VF div, VF scale) {
   VF y = x;
   if constexpr (kScale == span_scale::mul) y = hn::Mul(x, mul);
   if constexpr (kScale == span_scale::div) y = hn::Div(x, div);
-  VF q = RoundSrHoisted<kNan, kCoarse>(df, y, u, c);
+  VF q = RoundSrHoisted<kNan, kCoarse, kSignedZero>(df, y, u, c);
   if constexpr (kScale != span_scale::none) q = hn::Mul(q, scale);
   return q;
 }
 
 // ApplyScaleT's whole vectors on an sr_hoistable grid (no uint clamp there: sr_fast integers are
 // symmetric); returns how many elements it did (the tail is ApplyScaleT's).
-template <span_scale kScale, int kDrawBits, bool kCoarse>
+template <span_scale kScale, int kDrawBits, bool kCoarse, bool kSignedZero>
 HWY_INLINE size_t ApplyScaleSr(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, VF mul, VF div,
                                VF scale, size_t draw0, const row_job& job, const sr_consts c) {
   const DF df;
@@ -133,7 +137,7 @@ HWY_INLINE size_t ApplyScaleSr(const float* HWY_RESTRICT in, float* HWY_RESTRICT
   size_t i = 0;
   for (; i + N <= n; i += N) {
     if (ahead) hwy::Prefetch(in + i + ahead);
-    const VF r = SrHoistedVec<kScale, true, kCoarse>(df, hn::LoadU(df, in + i), UniformAt<kDrawBits>(df, raw, words, i), c, mul,
+    const VF r = SrHoistedVec<kScale, true, kCoarse, kSignedZero>(df, hn::LoadU(df, in + i), UniformAt<kDrawBits>(df, raw, words, i), c, mul,
                                             div, scale);
     if (stream && (reinterpret_cast<uintptr_t>(out + i) & (N * sizeof(float) - 1)) == 0) hn::Stream(r, df, out + i);
     else hn::StoreU(r, df, out + i);
@@ -156,8 +160,8 @@ HWY_INLINE void ApplyScaleT(const float* HWY_RESTRICT in, float* HWY_RESTRICT ou
   size_t i = 0;
   if constexpr (kPath == span_path::sr_fast) {
     if (sr_hoistable(g) && !job.uint_clamp)
-      WithDrawSource(job, g, [&](auto bits, auto coarse) {
-        i = ApplyScaleSr<kScale, bits(), coarse()>(in, out, n, mul, div, scale, draw0, job, SrConsts(g));
+      WithDrawSource(job, g, [&](auto bits, auto coarse, auto signed_zero) {
+        i = ApplyScaleSr<kScale, bits(), coarse(), signed_zero()>(in, out, n, mul, div, scale, draw0, job, SrConsts(g));
       });
   }
   for (; i + N <= n; i += N) {
@@ -221,7 +225,7 @@ HWY_INLINE void BatchVectorsT(const float* in, float* out, size_t k, size_t grou
 }
 
 // BatchVectorsT on an sr_hoistable grid (RoundSrHoisted, the draws' kind chosen once).
-template <span_scale kScale, bool kNan, int kDrawBits, bool kCoarse>
+template <span_scale kScale, bool kNan, int kDrawBits, bool kCoarse, bool kSignedZero>
 HWY_INLINE void BatchVectorsSr(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t k, size_t groups,
                                const float* batch_scale, const float* batch_mult, const row_job& job,
                                const sr_consts c, bool unscaled) {
@@ -238,7 +242,7 @@ HWY_INLINE void BatchVectorsSr(const float* HWY_RESTRICT in, float* HWY_RESTRICT
     const VF scale = unscaled ? hn::Set(df, 1.0f) : div;
     for (size_t p = 0; p < per_group; ++p, i += N) {
       if (ahead) hwy::Prefetch(in + i + ahead);
-      const VF r = SrHoistedVec<kScale, kNan, kCoarse>(df, hn::LoadU(df, in + i), UniformAt<kDrawBits>(df, raw, words, i), c,
+      const VF r = SrHoistedVec<kScale, kNan, kCoarse, kSignedZero>(df, hn::LoadU(df, in + i), UniformAt<kDrawBits>(df, raw, words, i), c,
                                               mul, div, scale);
       if (stream) hn::Stream(r, df, out + i);
       else hn::StoreU(r, df, out + i);
@@ -265,11 +269,11 @@ HWY_INLINE void BatchApplyT(const float* in, float* out, size_t k, size_t groups
     if constexpr (kPath == span_path::sr_fast) {
       if (sr_hoistable(g) && !job.uint_clamp) {
         const sr_consts c = SrConsts(g);
-        WithDrawSource(job, g, [&](auto bits, auto coarse) {
+        WithDrawSource(job, g, [&](auto bits, auto coarse, auto signed_zero) {
           if (groups == N && nan_free)
-            BatchVectorsSr<kScale, false, bits(), coarse()>(in, out, k, groups, batch_scale, batch_mult, job, c, unscaled);
+            BatchVectorsSr<kScale, false, bits(), coarse(), signed_zero()>(in, out, k, groups, batch_scale, batch_mult, job, c, unscaled);
           else
-            BatchVectorsSr<kScale, true, bits(), coarse()>(in, out, k, groups, batch_scale, batch_mult, job, c, unscaled);
+            BatchVectorsSr<kScale, true, bits(), coarse(), signed_zero()>(in, out, k, groups, batch_scale, batch_mult, job, c, unscaled);
         });
         return;
       }

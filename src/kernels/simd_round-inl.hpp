@@ -296,7 +296,6 @@ HWY_INLINE VF RoundSrFast(DF df, VF y, VF u, const grid_params& g) {
 // the minifloats with subnormals and emin >= -126 (not deep_emin); the others take RoundSrFast.
 struct sr_consts {
   VF max_value;
-  VF zero_fix;     // -0 where the format has -0 (x + -0 = x), +0 where not (-0 + +0 = +0)
   VI step_floor;   // see RoundSrHoisted
   VI step_shift;
 };
@@ -332,7 +331,6 @@ HWY_INLINE sr_consts SrConsts(const grid_params& g) {
   const DI di;
   sr_consts c;
   c.max_value = hn::Set(df, g.max_value);
-  c.zero_fix = hn::Set(df, g.signed_zero ? -0.0f : 0.0f);
   if (g.kind == 0) {
     c.step_floor = hn::Set(di, (g.emin + 127) << 23);
     c.step_shift = hn::Set(di, g.mbits << 23);
@@ -351,8 +349,9 @@ HWY_INLINE sr_consts SrConsts(const grid_params& g) {
 //   floor - shift = the fixed step's pattern.
 // - the sign's selects read y's sign bit itself (IfSignThenElse: blendv on AVX2) and the
 //   up/down decision's sign bit is (u < t) xor y's sign: RoundSrFast's negative mask and its Xor.
-// - r * step >= 0 (r = floor(q) >= +0 or floor(q) + 1): the sign is or-ed in, and the format
-//   without -0 turns -0 into +0 by adding +0 (SignAndNan's select on a zero magnitude).
+// - r * step >= 0 (r = floor(q) >= +0 or floor(q) + 1): the sign is or-ed in, and a format
+//   without -0 (kSignedZero = g.signed_zero false) turns -0 into +0 by adding +0 (SignAndNan's
+//   select on a zero magnitude).
 // kCoarseDraw (the u of ~sr8 / ~sr16 on grids with q < 2^(23 - R), sr_coarse_draw): the decision
 // and the select in one rounding, r = |floor(fl(u - q))| for y >= 0 and floor(fl(u + q)) for
 // y < 0, the same r as RoundSrFast's (3 ops fewer, 7 cycles less latency from q to r on Zen 3).
@@ -374,7 +373,7 @@ HWY_INLINE sr_consts SrConsts(const grid_params& g) {
 //   fl(q + u) >= 1 iff q + u >= 1 - 2^-25: the same condition.
 // Tested in tests/kernels/test_stochastic_bits.cpp (RBitCoarseDecisionAtTheBoundaries).
 // kNan = false: y is known not to be NaN.
-template <bool kNan = true, bool kCoarseDraw = false>
+template <bool kNan = true, bool kCoarseDraw = false, bool kSignedZero = true>
 HWY_INLINE VF RoundSrHoisted(DF df, VF y, VF u, const sr_consts& c) {
   const DI di;
   const VI bits = hn::BitCast(di, y);
@@ -394,7 +393,8 @@ HWY_INLINE VF RoundSrHoisted(DF df, VF y, VF u, const sr_consts& c) {
     const VF up = hn::Xor(hn::VecFromMask(df, hn::Lt(u, t)), y);  // sign bit: (u < t) xor negative
     r = hn::Mul(IfSignThenElse(up, lo1, lo), hn::BitCast(df, step_bits));
   }
-  VF out = hn::Add(hn::Or(r, hn::And(y, hn::Set(df, -0.0f))), c.zero_fix);
+  VF out = hn::Or(r, hn::And(y, hn::Set(df, -0.0f)));
+  if constexpr (!kSignedZero) out = hn::Add(out, hn::Zero(df));  // -0 + +0 = +0
   if constexpr (kNan) out = hn::IfThenElse(hn::RebindMask(df, hn::Gt(ab, hn::Set(di, 0x7f800000))), hn::Set(df, canonical_nan()), out);
   return out;
 }
