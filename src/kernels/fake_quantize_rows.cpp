@@ -72,6 +72,79 @@ HWY_INLINE VF UniformOf(DF df, const row_job& job, size_t draw0, size_t i, size_
   return UniformFromWords(df, job.random + draw0, i, count);
 }
 
+// The uniform of draw i (a whole vector) on the sr_hoistable loops: from ~sr8's bytes (kDrawBits
+// = 8) or ~sr16's halfwords (16) of the Philox output, or a word per element (0); the same values
+// as UniformOf, the draws' kind chosen once per span instead of per vector.
+template <int kDrawBits>
+HWY_INLINE VF UniformAt(DF df, const uint8_t* HWY_RESTRICT raw, const uint32_t* HWY_RESTRICT words, size_t i) {
+  const DU du;
+  const DI di;
+  if constexpr (kDrawBits == 8) {
+    const hn::Rebind<uint8_t, DU> d8;
+    const VF k = hn::ConvertTo(df, hn::BitCast(di, hn::PromoteTo(du, hn::LoadU(d8, raw + i))));
+    return hn::MulAdd(k, hn::Set(df, 0x1p-8f), hn::Set(df, 0x1p-9f));
+  } else if constexpr (kDrawBits == 16) {
+    const hn::Rebind<uint16_t, DU> d16;
+    const VF k = hn::ConvertTo(df, hn::BitCast(di, hn::PromoteTo(du, hn::LoadU(d16, reinterpret_cast<const uint16_t*>(raw) + i))));
+    return hn::MulAdd(k, hn::Set(df, 0x1p-16f), hn::Set(df, 0x1p-17f));
+  } else {
+    (void)raw;
+    return hn::Mul(hn::ConvertTo(df, hn::BitCast(di, hn::ShiftRight<8>(hn::LoadU(du, words + i)))), hn::Set(df, 0x1p-24f));
+  }
+}
+
+// fn(draw_bits, coarse, signed_zero) as std::integral_constants: where the job's draws are
+// (UniformAt), sr_coarse_draw (RoundSrHoisted's kCoarseDraw) and the grid's signed zero.
+template <class Fn>
+HWY_INLINE void WithDrawSource(const row_job& job, const grid_params& g, Fn&& fn) {
+  using yes = std::true_type;
+  using no = std::false_type;
+  auto with_zero = [&](auto bits, auto coarse) {
+    if (g.signed_zero) return fn(bits, coarse, yes{});
+    return fn(bits, coarse, no{});
+  };
+  if (!job.random_bytes) return with_zero(std::integral_constant<int, 0>{}, no{});
+  if (job.random_bits == 8) {
+    if (sr_coarse_draw(g, 8)) return with_zero(std::integral_constant<int, 8>{}, yes{});
+    return with_zero(std::integral_constant<int, 8>{}, no{});
+  }
+  if (sr_coarse_draw(g, 16)) return with_zero(std::integral_constant<int, 16>{}, yes{});
+  return with_zero(std::integral_constant<int, 16>{}, no{});
+}
+
+// FakeQuantVec's sr_fast element on an sr_hoistable grid (RoundSrHoisted: the same value).
+template <span_scale kScale, bool kNan, bool kCoarse, bool kSignedZero>
+HWY_INLINE VF SrHoistedVec(DF df, VF x, VF u, const sr_consts& c, VF mul, VF div, VF scale) {
+  VF y = x;
+  if constexpr (kScale == span_scale::mul) y = hn::Mul(x, mul);
+  if constexpr (kScale == span_scale::div) y = hn::Div(x, div);
+  VF q = RoundSrHoisted<kNan, kCoarse, kSignedZero>(df, y, u, c);
+  if constexpr (kScale != span_scale::none) q = hn::Mul(q, scale);
+  return q;
+}
+
+// ApplyScaleT's whole vectors on an sr_hoistable grid (no uint clamp there: sr_fast integers are
+// symmetric); returns how many elements it did (the tail is ApplyScaleT's).
+template <span_scale kScale, int kDrawBits, bool kCoarse, bool kSignedZero>
+HWY_INLINE size_t ApplyScaleSr(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, VF mul, VF div,
+                               VF scale, size_t draw0, const row_job& job, const sr_consts c) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  const bool stream = job.stream;
+  const int64_t ahead = job.prefetch_ahead;
+  const uint8_t* raw = job.random_bytes ? job.random_bytes + draw0 * static_cast<size_t>(kDrawBits / 8) : nullptr;
+  const uint32_t* words = job.random ? job.random + draw0 : nullptr;
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    if (ahead) hwy::Prefetch(in + i + ahead);
+    const VF r = SrHoistedVec<kScale, true, kCoarse, kSignedZero>(df, hn::LoadU(df, in + i), UniformAt<kDrawBits>(df, raw, words, i), c, mul,
+                                            div, scale);
+    if (stream && (reinterpret_cast<uintptr_t>(out + i) & (N * sizeof(float) - 1)) == 0) hn::Stream(r, df, out + i);
+    else hn::StoreU(r, df, out + i);
+  }
+  return i;
+}
+
 // out[0..n) = fake-quantized in[0..n) under one scale (mul = 1/s, div = s, scale = what the
 // rounded values are multiplied by: s, or 1 for quantize's unscaled values); sr: element i's draw
 // is the job's draw draw0 + i.
@@ -85,6 +158,12 @@ HWY_INLINE void ApplyScaleT(const float* HWY_RESTRICT in, float* HWY_RESTRICT ou
   const int64_t ahead = job.prefetch_ahead;
   VF u = hn::Zero(df);
   size_t i = 0;
+  if constexpr (kPath == span_path::sr_fast) {
+    if (sr_hoistable(g) && !job.uint_clamp)
+      WithDrawSource(job, g, [&](auto bits, auto coarse, auto signed_zero) {
+        i = ApplyScaleSr<kScale, bits(), coarse(), signed_zero()>(in, out, n, mul, div, scale, draw0, job, SrConsts(g));
+      });
+  }
   for (; i + N <= n; i += N) {
     // While this span computes from cache, pull the next one (the next row for /c) from memory.
     if (ahead) hwy::Prefetch(in + i + ahead);
@@ -145,6 +224,32 @@ HWY_INLINE void BatchVectorsT(const float* in, float* out, size_t k, size_t grou
   }
 }
 
+// BatchVectorsT on an sr_hoistable grid (RoundSrHoisted, the draws' kind chosen once).
+template <span_scale kScale, bool kNan, int kDrawBits, bool kCoarse, bool kSignedZero>
+HWY_INLINE void BatchVectorsSr(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t k, size_t groups,
+                               const float* batch_scale, const float* batch_mult, const row_job& job,
+                               const sr_consts c, bool unscaled) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  const size_t per_group = k / N;
+  const int64_t ahead = job.prefetch_ahead;
+  const bool stream = job.stream && (reinterpret_cast<uintptr_t>(out) & (N * sizeof(float) - 1)) == 0;
+  const uint8_t* raw = job.random_bytes;
+  const uint32_t* words = job.random;
+  size_t i = 0;
+  for (size_t j = 0; j < groups; ++j) {
+    const VF div = hn::Set(df, batch_scale[j]), mul = hn::Set(df, batch_mult[j]);
+    const VF scale = unscaled ? hn::Set(df, 1.0f) : div;
+    for (size_t p = 0; p < per_group; ++p, i += N) {
+      if (ahead) hwy::Prefetch(in + i + ahead);
+      const VF r = SrHoistedVec<kScale, kNan, kCoarse, kSignedZero>(df, hn::LoadU(df, in + i), UniformAt<kDrawBits>(df, raw, words, i), c,
+                                              mul, div, scale);
+      if (stream) hn::Stream(r, df, out + i);
+      else hn::StoreU(r, df, out + i);
+    }
+  }
+}
+
 // The elements of N consecutive groups of k under their batch scales (all multiply, or all
 // divide).
 template <rounding_mode kMode, span_path kPath, span_scale kScale>
@@ -161,6 +266,18 @@ HWY_INLINE void BatchApplyT(const float* in, float* out, size_t k, size_t groups
     const VI mb = hn::And(hn::BitCast(di, hn::LoadU(df, batch_mult)), hn::Set(di, 0x7fffffff));
     const bool nan_free = hn::AllTrue(di, hn::And(hn::Gt(sb, hn::Zero(di)), hn::Lt(sb, hn::Set(di, 0x7f800000)))) &&
                           hn::AllTrue(di, hn::Lt(mb, hn::Set(di, 0x7f800000)));
+    if constexpr (kPath == span_path::sr_fast) {
+      if (sr_hoistable(g) && !job.uint_clamp) {
+        const sr_consts c = SrConsts(g);
+        WithDrawSource(job, g, [&](auto bits, auto coarse, auto signed_zero) {
+          if (groups == N && nan_free)
+            BatchVectorsSr<kScale, false, bits(), coarse(), signed_zero()>(in, out, k, groups, batch_scale, batch_mult, job, c, unscaled);
+          else
+            BatchVectorsSr<kScale, true, bits(), coarse(), signed_zero()>(in, out, k, groups, batch_scale, batch_mult, job, c, unscaled);
+        });
+        return;
+      }
+    }
     if (groups == N && nan_free)
       BatchVectorsT<kMode, kPath, kScale, false>(in, out, k, groups, batch_scale, batch_mult, job, g, unscaled);
     else

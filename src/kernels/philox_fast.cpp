@@ -19,11 +19,33 @@
 #include "lowbit/kernels/scale.hpp"
 #include "src/kernels/simd_common-inl.hpp"
 
+
 HWY_BEFORE_NAMESPACE();
 namespace lowbit {
 namespace HWY_NAMESPACE {
 
 #if HWY_TARGET != HWY_SCALAR
+// The round keys of one stream as vectors (round r: key + r (0x9E3779B9, 0xBB67AE85)), made once
+// per PhiloxBlocks call: made in each step's rounds they cost a scalar add and a move into a
+// vector register per key, next to 8 vector ops a round per chain on AVX2.
+template <class D64>
+struct philox_keys {
+  hn::Vec<D64> k0[10], k1[10];
+};
+
+template <class D64>
+HWY_INLINE philox_keys<D64> PhiloxKeys(D64 d64, const philox_stream& ps) {
+  philox_keys<D64> keys;
+  uint32_t k0 = ps.key[0], k1 = ps.key[1];
+  for (int round = 0; round < 10; ++round) {
+    keys.k0[round] = hn::Set(d64, k0);
+    keys.k1[round] = hn::Set(d64, k1);
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return keys;
+}
+
 // Philox4x32-10 on kChains x N64 consecutive counter blocks [first, first + kChains N64), one
 // block per 64-bit lane, into dst (4 words per block); false where the counter's low word would
 // carry into c1 inside them (the lanes add 32-bit counters). vpmuludq multiplies each lane's low
@@ -31,10 +53,11 @@ namespace HWY_NAMESPACE {
 // never read: every later multiply uses low halves only, and the output keeps low halves) — 6
 // ops a round per chain. Independent chains keep enough multiplies in flight to cover their
 // latency.
-template <size_t kChains>
-HWY_INLINE bool PhiloxChains(uint64_t first, const philox_stream& ps, uint32_t* HWY_RESTRICT dst) {
+template <size_t kChains, class D64>
+HWY_INLINE bool PhiloxChains(uint64_t first, const philox_stream& ps, const philox_keys<D64>& keys,
+                             uint32_t* HWY_RESTRICT dst) {
   const DU du;
-  const hn::Repartition<uint64_t, DU> d64;
+  const D64 d64;
   const size_t N64 = hn::Lanes(d64);
   if ((first >> 32) != ((first + kChains * N64) >> 32)) return false;
   const auto m0 = hn::Set(du, 0xD2511F53u), m1 = hn::Set(du, 0xCD9E8D57u);
@@ -45,9 +68,8 @@ HWY_INLINE bool PhiloxChains(uint64_t first, const philox_stream& ps, uint32_t* 
     x2[v] = hn::Set(d64, ps.c2);
     x3[v] = hn::Set(d64, ps.c3);
   }
-  uint32_t k0 = ps.key[0], k1 = ps.key[1];
   for (int round = 0; round < 10; ++round) {
-    const auto kv0 = hn::Set(d64, k0), kv1 = hn::Set(d64, k1);
+    const auto kv0 = keys.k0[round], kv1 = keys.k1[round];
     for (size_t v = 0; v < kChains; ++v) {
       const auto p0 = hn::MulEven(hn::BitCast(du, x0[v]), m0);
       const auto p1 = hn::MulEven(hn::BitCast(du, x2[v]), m1);
@@ -56,8 +78,6 @@ HWY_INLINE bool PhiloxChains(uint64_t first, const philox_stream& ps, uint32_t* 
       x2[v] = hn::Xor3(hn::ShiftRight<32>(p0), x3[v], kv1);
       x3[v] = p0;
     }
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
   }
   // Block i's words (x0, x1, x2, x3)[i] go to dst[4i .. 4i+3]: pairs of words as 64-bit lanes.
   const auto low32 = hn::Set(d64, 0xffffffffull);
@@ -78,21 +98,23 @@ void PhiloxBlocks(uint64_t block0, size_t count, const philox_stream& ps, uint32
 #else
   const hn::Repartition<uint64_t, DU> d64;
   const size_t N64 = hn::Lanes(d64);
-  // 4 chains where there are 32 vector registers (4 ran 8% faster than 2 on Zen 4's AVX-512);
-  // 2 where 16 hold the state and the constants (AVX2, SSE4, NEON).
-  constexpr size_t kChains = HWY_MAX_BYTES >= 64 ? 4 : 2;
+  // 4 chains on 256-bit and wider vectors (4 ran 8% faster than 2 on Zen 4's AVX-512, 12% on
+  // Zen 3's AVX2, whose 16 registers then spill a few constants: loads beside the multiplies);
+  // 2 on 128-bit vectors (SSE4, NEON).
+  constexpr size_t kChains = HWY_MAX_BYTES >= 32 ? 4 : 2;
+  const auto keys = PhiloxKeys(d64, ps);
   size_t b = 0;
   // Whole steps of kChains x N64 blocks, then of N64 blocks (short calls: a column's group), then
   // the last partial vector through a buffer; a step whose counter carries into c1 stops the
   // vector loops, and the rest goes one block at a time.
   bool vector = true;
   while (vector && b + kChains * N64 <= count)
-    if ((vector = PhiloxChains<kChains>(block0 + b, ps, out + 4 * b))) b += kChains * N64;
+    if ((vector = PhiloxChains<kChains>(block0 + b, ps, keys, out + 4 * b))) b += kChains * N64;
   while (vector && b + N64 <= count)
-    if ((vector = PhiloxChains<1>(block0 + b, ps, out + 4 * b))) b += N64;
+    if ((vector = PhiloxChains<1>(block0 + b, ps, keys, out + 4 * b))) b += N64;
   if (vector && b < count) {
     HWY_ALIGN uint32_t tail[4 * hn::MaxLanes(d64)];
-    if (PhiloxChains<1>(block0 + b, ps, tail)) {
+    if (PhiloxChains<1>(block0 + b, ps, keys, tail)) {
       std::copy_n(tail, 4 * (count - b), out + 4 * b);
       b = count;
     }

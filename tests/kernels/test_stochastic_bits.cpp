@@ -7,7 +7,9 @@
 //     Philox output;
 //   - the bias bound of ~srR: the probability of rounding up, P_R(t) = #{k < 2^R : (k + 1/2) 2^-R < t} 2^-R
 //     counted here, is within 2^-(R+1) of t on a fine grid of t, and the mean of many stochastic
-//     roundings of fixed values equals P_R(t) within a stated sampling tolerance.
+//     roundings of fixed values equals P_R(t) within a stated sampling tolerance;
+//   - the fast kernels' one-rounding decision of ~sr8 / ~sr16 (RoundSrHoisted's kCoarseDraw,
+//     src/kernels/simd_round-inl.hpp) at the values where its proof is tight.
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -20,6 +22,7 @@
 #include "lowbit/formats/format.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/scale.hpp"
+#include "lowbit/kernels/simd.hpp"
 
 using namespace lowbit;
 
@@ -222,4 +225,80 @@ TEST(StochasticDraws, RBitMeanRoundingWithinTheBound) {
       }
     }
   }
+}
+
+// The ~sr8 / ~sr16 kernels decide up or down with one rounding of u -+ q (q = |y| / step; proof at
+// RoundSrHoisted in src/kernels/simd_round-inl.hpp). Its edges, each element at its own draw u
+// and on every SIMD target, positive and negative, against the reference: t = u (stays down),
+// t = u +- ulp(q), 1 - t = u +- ulp(q) (the negative side's tie), q < 1/2 around 1 - u - 2^-25
+// (where the reference's 1 - q rounds), tiny q, and q at the top of each binade; on a plain cast
+// (the span kernel), under groups of 32 with power-of-two scales (the batch kernel; the group's
+// first element 6 makes its scale 1), per channel (a row of 4096 with amax 127 or 448).
+TEST(StochasticDraws, RBitCoarseDecisionAtTheBoundaries) {
+  struct grid {
+    const char* spec;
+    int mbits, emin;  // minifloat (mbits >= 0) or integer (mbits < 0, codes below imax)
+    int imax;
+  };
+  const grid grids[] = {{"e2m1~sr8", 1, 0, 0},       {"e4m3fn~sr8", 3, -6, 0},     {"e5m2~sr8", 2, -14, 0},
+                        {"e3m2~sr8", 2, -2, 0},      {"int8~sr8", -1, 0, 127},     {"int4~sr8", -1, 0, 7},
+                        {"e2m1~sr16", 1, 0, 0},      {"e4m3fn~sr16", 3, -6, 0},    {"int8~sr16", -1, 0, 127},
+                        {"e2m1/g32:e8m0~sr8", 1, 0, 0}, {"int8/c~sr8", -1, 0, 127}, {"e4m3fn/c~sr8", 3, -6, 0}};
+  const uint64_t seed = 5, tensor_id = 9;
+  for (const auto& target : simd_targets()) {
+    force_simd_target(target.first);
+    SCOPED_TRACE(target.second);
+    for (const grid& g : grids) {
+      const std::string spec = std::string(g.spec) + ":" + std::to_string(seed);
+      const int bits = parse_format(spec).sr_bits;
+      const bool groups = spec.find("/g32") != std::string::npos, channel = spec.find("/c") != std::string::npos;
+      const size_t n = 4096 * 3;
+      std::vector<float> x(n);
+      for (size_t i = 0; i < n; ++i) {
+        const double u = (rbit_k(seed, tensor_id, i, bits) + 0.5) * std::ldexp(1.0, -bits);
+        const size_t pick = (i * 7919) % 97;  // which case, and the binade, from the index
+        double step = 1, lo = static_cast<double>(pick % static_cast<size_t>(std::max(g.imax, 1)));
+        int e = 0;
+        if (g.mbits >= 0) {  // binade e (emin - 1: below emin, the subnormal step)
+          e = g.emin - 1 + static_cast<int>(pick % 4);
+          const double m = std::ldexp(1.0, g.mbits);
+          if (e < g.emin) step = std::ldexp(1.0, g.emin - g.mbits), lo = static_cast<double>(pick % static_cast<size_t>(m));
+          else step = std::ldexp(1.0, e - g.mbits), lo = m + static_cast<double>(pick % static_cast<size_t>(m));
+        }
+        if (pick % 13 == 12) lo = g.mbits >= 0 ? 2 * std::ldexp(1.0, g.mbits) - 1 : g.imax - 1;  // a binade's top
+        const double ulp_q = std::ldexp(1.0, std::ilogb(std::max(lo, 1.0)) - 23);
+        double t = 0;
+        switch (pick % 9) {
+          case 0: t = u; break;
+          case 1: t = u + ulp_q; break;
+          case 2: t = u - ulp_q; break;
+          case 3: t = 1 - u; break;
+          case 4: t = 1 - u + ulp_q; break;
+          case 5: t = 1 - u - ulp_q; break;
+          case 6:  // q < 1/2 around 1 - u - 2^-25 (and 2^-25, 2^-26 off it)
+            lo = 0, t = 1 - u - 0x1p-25 + static_cast<double>(static_cast<int>(pick % 3) - 1) * std::ldexp(1.0, -25 - static_cast<int>(pick % 2));
+            break;
+          case 7: lo = 0, t = std::ldexp(1.0 + static_cast<double>(pick), -40 - static_cast<int>(pick % 50)); break;
+          default: t = std::ldexp(static_cast<double>((i * 2654435761u) % (1u << 20)), -20); break;
+        }
+        if (t < 0 || t >= 1) t = 0.5;
+        if (lo == 0 && g.mbits >= 0) step = std::ldexp(1.0, g.emin - g.mbits);  // q < 1: below emin
+        const double sign = (i / 9) % 2 ? -1.0 : 1.0;
+        x[i] = static_cast<float>(sign * (lo + t) * step);
+        if (groups && i % 32 == 0) x[i] = 6.0f;
+        if (channel && i % 4096 == 0) x[i] = g.imax ? 127.0f : 448.0f;
+      }
+      SCOPED_TRACE(spec);
+      if (channel) {  // 3 rows of 4096
+        const format f = parse_format(spec);
+        std::vector<float> fast(n), ref(n);
+        fake_quantize(x.data(), fast.data(), 3, 4096, f, tensor_id);
+        fake_quantize_ref(x.data(), ref.data(), 3, 4096, f, tensor_id);
+        for (size_t i = 0; i < n; ++i) ASSERT_EQ(std::bit_cast<uint32_t>(fast[i]), std::bit_cast<uint32_t>(ref[i])) << "element " << i;
+      } else {
+        round_all_ways(x, spec, tensor_id);
+      }
+    }
+  }
+  force_simd_target(0);
 }
