@@ -132,20 +132,17 @@ std::vector<eval_result> evaluate_many(const std::vector<const model*>& models,
         for (int i = 0; i < len - 1; ++i) nll[i] = token_nll(logits.data() + int64_t(i) * vocab, vocab, win[i + 1]);
         return;
       }
-      std::vector<double> lp, lq;
+      std::vector<double> lp, lq;  // with a base model: NLL, KL and top-1 agreement per row
       for (int i = 0; i + 1 < len; ++i) {
         const float* row = logits.data() + int64_t(i) * vocab;
         acc[r].nll.push_back(token_nll(row, vocab, win[i + 1]));
-        if (base_session) {
-          const float* brow = base_logits.data() + int64_t(i) * vocab;
-          log_softmax(brow, vocab, lp);
-          log_softmax(row, vocab, lq);
-          double k = 0;
-          for (int v = 0; v < vocab; ++v) k += std::exp(lp[v]) * (lp[v] - lq[v]);
-          acc[r].kl.push_back(std::max(0.0, k));
-          acc[r].agree += std::max_element(row, row + vocab) - row ==
-                          std::max_element(brow, brow + vocab) - brow;
-        }
+        const float* brow = base_logits.data() + int64_t(i) * vocab;
+        log_softmax(brow, vocab, lp);
+        log_softmax(row, vocab, lq);
+        double k = 0;
+        for (int v = 0; v < vocab; ++v) k += std::exp(lp[v]) * (lp[v] - lq[v]);
+        acc[r].kl.push_back(std::max(0.0, k));
+        acc[r].agree += std::max_element(row, row + vocab) - row == std::max_element(brow, brow + vocab) - brow;
       }
     };
     // Not `parallel for if(...)`: even an inactive region changes how OpenBLAS threads inside it.

@@ -163,6 +163,15 @@ inline void layernorm_backward(const float* x, const float* w, const float* mean
   }
 }
 
+// The end of a causal softmax row: keys [first, visible) (their exps summing to sum) scaled by
+// 1 / sum, the others 0.
+inline void normalize_softmax_row(float* s, double sum, int visible, int T, int first) {
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int t = first; t < visible; ++t) s[t] *= inv;
+  std::fill(s, s + first, 0.0f);
+  std::fill(s + visible, s + T, 0.0f);
+}
+
 // Causal softmax of one row of attention scores s[0, T): keys [first, visible) take part (max
 // subtracted, the sum in double), the rest become 0 (first > 0: a sliding window).
 inline void causal_softmax(float* s, int visible, int T, int first = 0) {
@@ -171,10 +180,7 @@ inline void causal_softmax(float* s, int visible, int T, int first = 0) {
   exp_shifted_f32(s + first, visible - first, mx, s + first);  // std::exp(s[t] - mx), in SIMD
   double sum = 0;
   for (int t = first; t < visible; ++t) sum += s[t];
-  const float inv = static_cast<float>(1.0 / sum);
-  for (int t = first; t < visible; ++t) s[t] *= inv;
-  std::fill(s, s + first, 0.0f);
-  std::fill(s + visible, s + T, 0.0f);
+  normalize_softmax_row(s, sum, visible, T, first);
 }
 
 // causal_softmax on R rows at once (row r at s + r * ld, keys [first[r], visible[r])): each row's
@@ -213,11 +219,7 @@ inline void causal_softmax_rows(float* s, int64_t ld, const int* visible, int T,
     for (int r = 0; r < R; ++r) sum[r] += row[r][t];
   for (int r = 0; r < R; ++r) {
     for (int t = hi; t < visible[r]; ++t) sum[r] += row[r][t];
-    const float inv = static_cast<float>(1.0 / sum[r]);
-    float* x = row[r];
-    for (int t = first[r]; t < visible[r]; ++t) x[t] *= inv;
-    std::fill(x, x + first[r], 0.0f);
-    std::fill(x + visible[r], x + T, 0.0f);
+    normalize_softmax_row(row[r], sum[r], visible[r], T, first[r]);
   }
 }
 
