@@ -208,6 +208,20 @@ bool family_name_matches(const std::string& pattern, const std::string& name) {
   }
 }
 
+namespace {
+
+// Whether one of `patterns` takes the run named `name`.
+bool any_pattern_matches(const std::vector<std::string>& patterns, const std::string& name) {
+  return std::any_of(patterns.begin(), patterns.end(), [&](const std::string& p) { return family_name_matches(p, name); });
+}
+
+// Whether `pattern` takes one of `runs`.
+bool matches_any_run(const std::string& pattern, const std::vector<family_run>& runs) {
+  return std::any_of(runs.begin(), runs.end(), [&](const family_run& r) { return family_name_matches(pattern, r.name); });
+}
+
+}  // namespace
+
 family_config parse_family_config(const nlohmann::json& t, const std::string& base_dir, const std::string& data_dir,
                                   const std::string& source) {
   const std::string where = source + ": train";
@@ -249,11 +263,8 @@ family_config parse_family_config(const nlohmann::json& t, const std::string& ba
   f.source = source;
   f.data_dir = data_dir;
   for (size_t i = 0; i < f.ptq.size(); ++i)
-    for (const auto& pat : f.ptq[i].runs) {
-      bool any = false;
-      for (const auto& r : f.runs) any = any || family_name_matches(pat, r.name);
-      if (!any) throw error(fmt::format("{}: ptq[{}]: runs: '{}' matches no run", where, i, pat));
-    }
+    for (const auto& pat : f.ptq[i].runs)
+      if (!matches_any_run(pat, f.runs)) throw error(fmt::format("{}: ptq[{}]: runs: '{}' matches no run", where, i, pat));
   return f;
 }
 
@@ -286,9 +297,7 @@ void make_family_tiny(family_config& f, const std::string& work_dir) {
   f.runs = std::move(kept);
   f.dir = dir;
   for (auto& q : f.ptq) {
-    bool any = false;
-    for (const auto& pat : q.runs)
-      for (const auto& r : f.runs) any = any || family_name_matches(pat, r.name);
+    const bool any = std::any_of(q.runs.begin(), q.runs.end(), [&](const std::string& pat) { return matches_any_run(pat, f.runs); });
     if (!any) q.runs = {f.runs.front().name};
     q.formats.resize(1);
     q.methods.resize(1);
@@ -316,9 +325,7 @@ run_record record_of_finished(const family_run& r, const nlohmann::json& result,
 // The evaluations of block q on run r: the float model, then each format x method (none when
 // q's patterns do not take r).
 std::vector<std::pair<std::string, std::string>> ptq_points(const family_ptq& q, const family_run& r) {
-  bool match = false;
-  for (const auto& pat : q.runs) match = match || family_name_matches(pat, r.name);
-  if (!match) return {};
+  if (!any_pattern_matches(q.runs, r.name)) return {};
   std::vector<std::pair<std::string, std::string>> points = {{"fp32", "rtn"}};
   for (const auto& weights : q.formats)
     for (const auto& method : q.methods) points.emplace_back(weights, method);
