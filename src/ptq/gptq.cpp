@@ -25,6 +25,7 @@
 #include <fmt/format.h>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/kernels/gemm.hpp"
 #include "lowbit/kernels/element_ops.hpp"
 #include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/scale.hpp"
@@ -166,9 +167,7 @@ std::vector<double> inverse_cholesky_upper(const std::vector<double>& H, int64_t
 // C[M, N] -= A[M, K] B[K, N] (row-major, leading dimensions given).
 void gemm_sub(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
               int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(M), static_cast<blasint>(N),
-              static_cast<blasint>(K), -1.0f, A, static_cast<blasint>(lda), B, static_cast<blasint>(ldb), 1.0f, C,
-              static_cast<blasint>(ldc));
+  tiled_sgemm(gemm_op::none, gemm_op::none, M, N, K, -1.0f, A, lda, B, ldb, 1.0f, C, ldc);
 }
 void gemm_sub(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda, const double* B, int64_t ldb, double* C,
               int64_t ldc) {
