@@ -5,6 +5,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <utility>
+#include <vector>
 
 #include "lowbit/kernels/threads.hpp"
 
@@ -60,23 +62,14 @@ void serial_sgemm(gemm_op op_a, gemm_op op_b, int64_t m, int64_t n, int64_t k, f
               int(ldb), beta, c, int(ldc));
 }
 
-void tiled_sgemm(gemm_op op_a, gemm_op op_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-                 int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  if (m <= 0 || n <= 0) return;
-  const gemm_tiles t = sgemm_tiles(m, n, k);
-  const int64_t col_tiles = (n + t.cols - 1) / t.cols, tiles = t.count(m, n);
-  const bool ta = op_a == gemm_op::transpose, tb = op_b == gemm_op::transpose;
-  auto tile = [&](int64_t i) {
-    const int64_t r0 = i / col_tiles * t.rows, c0 = i % col_tiles * t.cols;
-    const int64_t rows = std::min(t.rows, m - r0), cols = std::min(t.cols, n - c0);
-    // op(A)'s rows r0.. are A's rows (none) or columns (transpose); op(B)'s columns c0.. likewise.
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(rows), int(cols),
-                int(k), alpha, a + (ta ? r0 : r0 * lda), int(lda), b + (tb ? c0 * ldb : c0), int(ldb), beta,
-                c + r0 * ldc + c0, int(ldc));
-  };
-  // OpenMP OpenBLAS threads a call over omp_get_max_threads() unless it runs inside an active
-  // parallel region; each tile must be one thread's sgemm, so the team size is 1 around every call
-  // (a thread's ICV, restored when its scope or region ends).
+namespace {
+
+// Runs tile(0..tiles-1), each a single-threaded OpenBLAS call, over the load-following team.
+// OpenMP OpenBLAS threads a call over omp_get_max_threads() unless it runs inside an active
+// parallel region; each tile must be one thread's call, so the team size is 1 around every call
+// (a thread's ICV, restored when its scope or region ends).
+template <class Tile>
+void run_tiles(int64_t tiles, const Tile& tile) {
   const serial_scope team(tiles == 1 || omp_in_parallel());
   if (team.serial()) {
     for (int64_t i = 0; i < tiles; ++i) tile(i);
@@ -89,6 +82,49 @@ void tiled_sgemm(gemm_op op_a, gemm_op op_b, int64_t m, int64_t n, int64_t k, fl
     #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < tiles; ++i) tile(i);
   }
+}
+
+}  // namespace
+
+void tiled_sgemm(gemm_op op_a, gemm_op op_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                 int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  const gemm_tiles t = sgemm_tiles(m, n, k);
+  const int64_t col_tiles = ceil_div(n, t.cols);
+  const bool ta = op_a == gemm_op::transpose, tb = op_b == gemm_op::transpose;
+  run_tiles(t.count(m, n), [&](int64_t i) {
+    const int64_t r0 = i / col_tiles * t.rows, c0 = i % col_tiles * t.cols;
+    const int64_t rows = std::min(t.rows, m - r0), cols = std::min(t.cols, n - c0);
+    // op(A)'s rows r0.. are A's rows (none) or columns (transpose); op(B)'s columns c0.. likewise.
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(rows), int(cols),
+                int(k), alpha, a + (ta ? r0 : r0 * lda), int(lda), b + (tb ? c0 * ldb : c0), int(ldb), beta,
+                c + r0 * ldc + c0, int(ldc));
+  });
+}
+
+int64_t ssyrk_tile(int64_t n, int64_t k) {
+  const gemm_tiles t = sgemm_tiles(n, n, k);
+  return std::min(t.rows, t.cols);
+}
+
+void tiled_ssyrk_upper(int64_t n, int64_t k, float alpha, const float* a, int64_t lda, float beta, float* c,
+                       int64_t ldc) {
+  if (n <= 0) return;
+  const int64_t s = ssyrk_tile(n, k), blocks = ceil_div(n, s);
+  // The upper triangle's tiles (I, J), J >= I, row by row: tile i is the i-th of them.
+  std::vector<std::pair<int64_t, int64_t>> upper;
+  for (int64_t I = 0; I < blocks; ++I)
+    for (int64_t J = I; J < blocks; ++J) upper.emplace_back(I, J);
+  run_tiles(int64_t(upper.size()), [&](int64_t i) {
+    const int64_t r0 = upper[size_t(i)].first * s, c0 = upper[size_t(i)].second * s;
+    const int64_t rows = std::min(s, n - r0), cols = std::min(s, n - c0);
+    if (r0 == c0)  // a diagonal tile: its upper triangle, as ssyrk leaves the lower one alone
+      cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, int(rows), int(k), alpha, a + r0, int(lda), beta,
+                  c + r0 * ldc + r0, int(ldc));
+    else  // A[:, rows]^T A[:, cols]
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(rows), int(cols), int(k), alpha, a + r0, int(lda),
+                  a + c0, int(lda), beta, c + r0 * ldc + c0, int(ldc));
+  });
 }
 
 }  // namespace lowbit

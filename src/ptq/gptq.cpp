@@ -47,8 +47,9 @@ void hessian_accumulator::add(const float* X, int64_t n) {
   if (n < 0) throw shape_error(fmt::format("hessian_accumulator::add: negative row count {}", n));
   // Chunks of rows: each is one running-average step, which is the same sum as one step for all
   // rows: H_new = H * (c / (c + m)) + (2 / (c + m)) Xc^T Xc. A chunk's Xc^T Xc runs in float32
-  // (OpenBLAS ssyrk, twice dsyrk's rate; gptq.py keeps all of H in float32) and is added to the
-  // float64 running H, so the sum over many chunks does not lose the small ones.
+  // (tiled_ssyrk_upper: OpenBLAS ssyrk and sgemm tiles, twice dsyrk's rate, conventions §47; gptq.py
+  // keeps all of H in float32) and is added to the float64 running H, so the sum over many chunks
+  // does not lose the small ones.
   constexpr int64_t kChunk = 2048;
   std::vector<float> s(static_cast<size_t>(in * in));
   for (int64_t t0 = 0; t0 < n; t0 += kChunk) {
@@ -57,8 +58,7 @@ void hessian_accumulator::add(const float* X, int64_t n) {
     const double beta = static_cast<double>(count) / static_cast<double>(c_new);
     const double alpha = 2.0 / static_cast<double>(c_new);
     if (in > 0) {  // upper triangle of S = Xc^T Xc, then H = alpha S + beta H
-      cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<blasint>(in), static_cast<blasint>(m), 1.0f,
-                  X + t0 * in, static_cast<blasint>(in), 0.0f, s.data(), static_cast<blasint>(in));
+      tiled_ssyrk_upper(in, m, 1.0f, X + t0 * in, in, 0.0f, s.data(), in);
       #pragma omp parallel for schedule(static) if (in >= 512)
       for (int64_t i = 0; i < in; ++i)
         for (int64_t j = i; j < in; ++j) {

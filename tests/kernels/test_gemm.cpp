@@ -109,4 +109,47 @@ TEST(TiledSgemm, TilesOfTheModelShapes) {
   EXPECT_GE(cls.count(512, 32000), 60);
 }
 
+// tiled_ssyrk_upper: the upper triangle of A^T A, the same bits at 1, 2 and 3 threads, its
+// off-diagonal tiles equal to one sgemm each; the strict lower triangle untouched.
+TEST(TiledSsyrk, SameBitsAtOneTwoAndThreeThreadsAndLowerUntouched) {
+  const int saved = omp_get_max_threads();
+  set_threads_follow_load(false);
+  const shape shapes[] = {{5, 5, 3}, {300, 300, 77}, {1030, 1030, 200}};  // n x n, k
+  unsigned seed = 200;
+  for (const shape& s : shapes) {
+    const operands o = make({s.k, s.n, 1}, gemm_op::none, gemm_op::none, seed++);  // A: [k, n], lda n + 3
+    const int64_t n = s.n, k = s.k, lda = o.lda, ldc = n + 2;
+    std::vector<float> c0(size_t(n * ldc));
+    for (size_t i = 0; i < c0.size(); ++i) c0[i] = float(i % 7) * 0.25f;
+    // The specification of the off-diagonal tiles, one by one (a diagonal tile is ssyrk's own sums:
+    // checked for thread-independence only).
+    std::vector<float> want = c0;
+    const int64_t t = ssyrk_tile(n, k);
+    for (int64_t r0 = 0; r0 < n; r0 += t)
+      for (int64_t j0 = r0 + t; j0 < n; j0 += t)
+        serial_sgemm(gemm_op::transpose, gemm_op::none, std::min(t, n - r0), std::min(t, n - j0), k, 1.5f,
+                     o.a.data() + r0, lda, o.a.data() + j0, lda, 0.5f, want.data() + r0 * ldc + j0, ldc);
+    std::vector<float> first;
+    for (int threads : {1, 2, 3}) {
+      omp_set_num_threads(threads);
+      std::vector<float> c = c0;
+      tiled_ssyrk_upper(n, k, 1.5f, o.a.data(), lda, 0.5f, c.data(), ldc);
+      if (first.empty()) first = c;
+      int64_t differ = 0, lower_moved = 0, off_diagonal_tiles_differ = 0;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          const size_t at = size_t(i * ldc + j);
+          differ += !test::same(c[at], first[at]);
+          if (j < i) lower_moved += !test::same(c[at], c0[at]);
+          if (i / t != j / t && j > i) off_diagonal_tiles_differ += !test::same(c[at], want[at]);
+        }
+      EXPECT_EQ(differ, 0) << n << " x " << k << " threads " << threads;
+      EXPECT_EQ(lower_moved, 0) << n << " x " << k;
+      EXPECT_EQ(off_diagonal_tiles_differ, 0) << n << " x " << k;
+    }
+  }
+  omp_set_num_threads(saved);
+  set_threads_follow_load(true);
+}
+
 }  // namespace

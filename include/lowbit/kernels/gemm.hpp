@@ -31,6 +31,14 @@ gemm_tiles sgemm_tiles(int64_t m, int64_t n, int64_t k);
 void tiled_sgemm(gemm_op op_a, gemm_op op_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                  int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
+// The upper triangle (j >= i) of C[n, n] = alpha A^T A + beta C, A [k, n] row-major (lda >= n):
+// cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, ...)'s result (the strict lower triangle left
+// alone), in square tiles of side ssyrk_tile(n, k) (sgemm_tiles of the [n, n] product): a diagonal
+// tile one single-threaded ssyrk, the others one single-threaded sgemm each. K is never split.
+int64_t ssyrk_tile(int64_t n, int64_t k);
+void tiled_ssyrk_upper(int64_t n, int64_t k, float alpha, const float* a, int64_t lda, float beta, float* c,
+                       int64_t ldc);
+
 // The same product as one single-threaded sgemm on the calling thread, untiled: for products that
 // one thread of a team computes whole, side by side with the other threads' (attention's per-head
 // products, docs/conventions.md §46), and that must give those bits when the heads run in turn.
