@@ -1,6 +1,8 @@
 // The decoder's layers, each defined once for inference and training, for every model family
 // (decoder.hpp). Linear layers
-// and attention products run through OpenBLAS sgemm; element-wise work through OpenMP.
+// run through kernels/gemm.hpp's tiled_sgemm (OpenBLAS per tile, the same bits at any thread count,
+// docs/conventions.md §47), attention's per-head products through its serial_sgemm; element-wise
+// work through OpenMP.
 #include "src/engine/decoder.hpp"
 
 #include <cblas.h>
@@ -11,6 +13,7 @@
 
 #include "lowbit/base/error.hpp"
 #include "lowbit/kernels/expf.hpp"
+#include "lowbit/kernels/gemm.hpp"
 #include "lowbit/kernels/softmax.hpp"
 
 namespace lowbit::decoder {
@@ -107,7 +110,7 @@ void quantized_gemms::forward(const float* xq, int64_t n, int in, const float* w
     q_->apply(gemm_operand::w_fwd, linear, step_, w, buf_b_.data(), out, in);
     wq = buf_b_.data();
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), out, in, 1.0f, xq, in, wq, in, 0.0f, y, out);
+  tiled_sgemm(gemm_op::none, gemm_op::transpose, n, out, in, 1.0f, xq, in, wq, in, 0.0f, y, out);
 }
 
 // Q4 is grouped along out: quantized as W^T [in, out] (or in W's layout through apply_columns).
@@ -119,17 +122,14 @@ void quantized_gemms::backward_input(const float* dy, int64_t n, int out, const 
     a = buf_c_.data();
   }
   if (!on(gemm_operand::w_dx)) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), in, out, 1.0f, a, out, w, in, 1.0f, dx, in);
+    tiled_sgemm(gemm_op::none, gemm_op::none, n, in, out, 1.0f, a, out, w, in, 1.0f, dx, in);
   } else if (din()) {
     q_->apply(gemm_operand::w_dx, linear, step_, w, buf_b_.data(), out, in);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), in, out, 1.0f, a, out, buf_b_.data(), in,
-                1.0f, dx, in);
+    tiled_sgemm(gemm_op::none, gemm_op::none, n, in, out, 1.0f, a, out, buf_b_.data(), in, 1.0f, dx, in);
   } else if (quantize_along_rows(gemm_operand::w_dx, linear, w, buf_b_.data(), out, in)) {  // [out, in]
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), in, out, 1.0f, a, out, buf_b_.data(), in,
-                1.0f, dx, in);
+    tiled_sgemm(gemm_op::none, gemm_op::none, n, in, out, 1.0f, a, out, buf_b_.data(), in, 1.0f, dx, in);
   } else {  // W^T [in, out]
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), in, out, 1.0f, a, out, buf_b_.data(), out,
-                1.0f, dx, in);
+    tiled_sgemm(gemm_op::none, gemm_op::transpose, n, in, out, 1.0f, a, out, buf_b_.data(), out, 1.0f, dx, in);
   }
 }
 
@@ -147,23 +147,23 @@ void quantized_gemms::backward_weight(const float* dy, int64_t n, int out, const
   const int N = int(n);
   // A' = dY^T [out, N]
   const float* a = dy;
-  CBLAS_TRANSPOSE ta = CblasTrans;
+  gemm_op ta = gemm_op::transpose;
   int lda = out;
   if (on(gemm_operand::dy_dw)) {
     if (din()) q_->apply(gemm_operand::dy_dw, linear, step_, dy, buf_c_.data(), n, out);
     else if (!quantize_along_rows(gemm_operand::dy_dw, linear, dy, buf_c_.data(), n, out))
-      ta = CblasNoTrans, lda = N;  // dY^T [out, N]
+      ta = gemm_op::none, lda = N;  // dY^T [out, N]
     a = buf_c_.data();
   }
   // B' = X [N, in]
   const float* b = x;
-  CBLAS_TRANSPOSE tb = CblasNoTrans;
+  gemm_op tb = gemm_op::none;
   int ldb = in;
   if (xq6.data) {
     b = xq6.data;
-    if (!xq6.token_major) tb = CblasTrans, ldb = N;  // X^T [in, N]
+    if (!xq6.token_major) tb = gemm_op::transpose, ldb = N;  // X^T [in, N]
   }
-  cblas_sgemm(CblasRowMajor, ta, tb, out, in, N, 1.0f, a, lda, b, ldb, 0.0f, dw, in);
+  tiled_sgemm(ta, tb, out, in, N, 1.0f, a, lda, b, ldb, 0.0f, dw, in);
 }
 
 // ---- embedding ---------------------------------------------------------------------------------------
@@ -255,8 +255,8 @@ double attention_forward(const attention_args& a) {
       const int rows = std::min(a.query_block, a.seq - i0), keys = a.pos0 + i0 + rows;
       const int64_t r0 = int64_t(bi) * a.seq + i0;  // the block's first query row
       float* s = per_thread ? S : S + int64_t(i0) * T;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, scale, a.q + r0 * a.qs + h * hd,
-                  int(a.qs), K, int(a.kv.stride), 0.0f, s, T);
+      serial_sgemm(gemm_op::none, gemm_op::transpose, rows, keys, hd, scale, a.q + r0 * a.qs + h * hd, a.qs, K,
+                   a.kv.stride, 0.0f, s, T);
       // Four rows at a time (layers::causal_softmax_rows: the rows' bits, their chains interleaved),
       // split across threads only when heads go in turn (else each thread has its head).
       constexpr int R = 4;
@@ -274,8 +274,8 @@ double attention_forward(const attention_args& a) {
           for (int r = 0; r < count; ++r) layers::causal_softmax(rows_s + int64_t(r) * T, visible[r], keys, first[r]);
       }
       if (a.p_operand) a.p_operand(s, rows, keys, T);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, keys, 1.0f, s, T, Vv, int(a.kv.stride),
-                  0.0f, a.o + r0 * a.os + h * hd, int(a.os));
+      serial_sgemm(gemm_op::none, gemm_op::none, rows, hd, keys, 1.0f, s, T, Vv, a.kv.stride, 0.0f,
+                   a.o + r0 * a.os + h * hd, a.os);
     }
   };
   if (a.heads_parallel) {
@@ -311,8 +311,8 @@ void attention_backward(const attention_args& a, const float* dO, float* dq, flo
       const float* dOh = dO + int64_t(bi) * T * os + h * hd;
       const float* Q = a.q + int64_t(bi) * T * qs + h * hd;
       float* dQ = dq + int64_t(bi) * T * qs + h * hd;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dOh, os, Vv, ks, 0.0f, dP, T);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dOh, os, 1.0f, dV, ks);
+      serial_sgemm(gemm_op::none, gemm_op::transpose, T, T, hd, 1.0f, dOh, os, Vv, ks, 0.0f, dP, T);
+      serial_sgemm(gemm_op::transpose, gemm_op::none, T, hd, T, 1.0f, P, T, dOh, os, 1.0f, dV, ks);
       for (int i = 0; i < T; ++i) {
         const float* pr = P + int64_t(i) * T;
         float* dr = dP + int64_t(i) * T;
@@ -321,8 +321,8 @@ void attention_backward(const attention_args& a, const float* dO, float* dq, flo
         for (int t = 0; t <= i; ++t) dr[t] = pr[t] * (dr[t] - static_cast<float>(dot));
         std::fill(dr + i + 1, dr + T, 0.0f);
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dP, T, K, ks, 0.0f, dQ, qs);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, dP, T, Q, qs, 1.0f, dK, ks);
+      serial_sgemm(gemm_op::none, gemm_op::none, T, hd, T, scale, dP, T, K, ks, 0.0f, dQ, qs);
+      serial_sgemm(gemm_op::transpose, gemm_op::none, T, hd, T, scale, dP, T, Q, qs, 1.0f, dK, ks);
     }
   }
 }
@@ -559,8 +559,8 @@ void classifier_forward(linear_ops& ops, const float* xq, int64_t n, int D, cons
 
 void classifier_backward(const float* dlogits, const float* x, const float* cls, int64_t n, int D, int V, float* dx,
                          float* dcls) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), D, V, 1.0f, dlogits, V, cls, D, 0.0f, dx, D);
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, D, int(n), 1.0f, dlogits, V, x, D, 1.0f, dcls, D);
+  tiled_sgemm(gemm_op::none, gemm_op::none, n, D, V, 1.0f, dlogits, V, cls, D, 0.0f, dx, D);
+  tiled_sgemm(gemm_op::transpose, gemm_op::none, V, D, n, 1.0f, dlogits, V, x, D, 1.0f, dcls, D);
 }
 
 // The backward carries per-token magnitudes (a mean's 1/N would push small gradients below a

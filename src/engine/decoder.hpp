@@ -222,9 +222,9 @@ struct kv_source {
 // scores + (b * heads + h) * scores_per_head, row stride T (scores_per_head 0: one buffer reused,
 // heads one after another; with heads_parallel, OpenMP thread t's at scores + t * scores_per_thread,
 // one query block's rows at a time).
-// heads_parallel: (sequence, head) pairs split across OpenMP threads (each GEMM then on one thread,
-// the same products: OpenBLAS splits rows and columns across threads, never the sum); else heads in
-// turn, each GEMM threaded by OpenBLAS.
+// heads_parallel: (sequence, head) pairs split across OpenMP threads; else heads in turn. Either
+// way each GEMM is one single-threaded sgemm (kernels/gemm.hpp's serial_sgemm), so both give the
+// same bits (docs/conventions.md §46, §47).
 struct attention_args {
   const float* q = nullptr;
   int64_t qs = 0;  // row stride of q: query head h at column h * hd

@@ -15,6 +15,7 @@
 #include <omp.h>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/kernels/gemm.hpp"
 #include "lowbit/kernels/packed_matmul.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/kernels/threads.hpp"
@@ -192,7 +193,7 @@ class plan_ops : public decoder::linear_ops {
     // (measured on stories15M's 32,000 x 288 classifier: 70% of a decode step), and OpenBLAS's
     // sgemv ran at about a third of this kernel's rate.
     if (n == 1) lane_ordered_matmul(w, out, in, xq, 1, y);
-    else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), out, in, 1.0f, xq, in, w, in, 0.0f, y, out);
+    else tiled_sgemm(gemm_op::none, gemm_op::transpose, n, out, in, 1.0f, xq, in, w, in, 0.0f, y, out);
   }
   double flops = 0;
   int64_t integer_products = 0;  // linears computed by packed_matmul_int in this call

@@ -2,7 +2,6 @@
 // rounding of each weight on the format's grid, layer by layer, on the calibration inputs' second
 // moment C = X^T X / n (ptq.hpp). Per Adam step, one GEMM D C [out, in] x [in, in] (OpenBLAS
 // sgemm): the reconstruction loss tr(D C D^T) and its gradient -2 D C come from the same product.
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/kernels/gemm.hpp"
 #include "lowbit/kernels/element_ops.hpp"
 #include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/scale.hpp"
@@ -139,9 +139,7 @@ adaround_result adaround_quantize(const float* W, int64_t out, int64_t in, const
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) D[i] = W[i] - wt[i];
     if (n == 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(out), static_cast<blasint>(in),
-                static_cast<blasint>(in), 1.0f, D.data(), static_cast<blasint>(in), Cf.data(), static_cast<blasint>(in),
-                0.0f, G.data(), static_cast<blasint>(in));
+    tiled_sgemm(gemm_op::none, gemm_op::none, out, in, in, 1.0f, D.data(), in, Cf.data(), in, 0.0f, G.data(), in);
   };
   auto reconstruction = [&](const std::vector<float>& wt) {
     products(wt);

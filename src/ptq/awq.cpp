@@ -8,7 +8,6 @@
 //   direct  ||X D^T||^2 / (n out)  with D = W - W_q: one GEMM of n x in x out
 //   Gram    sum((D C) o D) / out   with C = X^T X / n: one GEMM of out x in x in (when n > in)
 // and for the clipping search, per group of K columns, with C_g = X_g^T X_g / n_s when K < n_s.
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -18,6 +17,7 @@
 #include <fmt/format.h>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/kernels/gemm.hpp"
 #include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/threads.hpp"
 #include "lowbit/ptq/methods.hpp"
@@ -154,9 +154,8 @@ std::vector<float> awq_search_clip(const float* Xs, int64_t n, const float* Ws, 
       const float* Dg = cur.data() + c0;  // [out, kg], leading dimension in
       if (gram) {  // err_r = d^T C_g d
         err_buf.resize(static_cast<size_t>(out * kg));
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(out), static_cast<blasint>(kg),
-                    static_cast<blasint>(kg), 1.0f, Dg, static_cast<blasint>(in), C[static_cast<size_t>(g)].data(),
-                    static_cast<blasint>(kg), 0.0f, err_buf.data(), static_cast<blasint>(kg));
+        tiled_sgemm(gemm_op::none, gemm_op::none, out, kg, kg, 1.0f, Dg, in, C[static_cast<size_t>(g)].data(), kg, 0.0f,
+                    err_buf.data(), kg);
         for (int64_t r = 0; r < out; ++r) {
           double e = 0;
           for (int64_t k = 0; k < kg; ++k) e += static_cast<double>(err_buf[static_cast<size_t>(r * kg + k)]) * Dg[r * in + k];
@@ -164,9 +163,8 @@ std::vector<float> awq_search_clip(const float* Xs, int64_t n, const float* Ws, 
         }
       } else {  // err_r = mean_t (x_t,g . d_r,g)^2
         err_buf.resize(static_cast<size_t>(out * ns));
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(out), static_cast<blasint>(ns),
-                    static_cast<blasint>(kg), 1.0f, Dg, static_cast<blasint>(in), Xn.data() + c0,
-                    static_cast<blasint>(in), 0.0f, err_buf.data(), static_cast<blasint>(ns));
+        tiled_sgemm(gemm_op::none, gemm_op::transpose, out, ns, kg, 1.0f, Dg, in, Xn.data() + c0, in, 0.0f,
+                    err_buf.data(), ns);
         for (int64_t r = 0; r < out; ++r) {
           double e = 0;
           for (int64_t t = 0; t < ns; ++t) e += static_cast<double>(err_buf[static_cast<size_t>(r * ns + t)]) * err_buf[static_cast<size_t>(r * ns + t)];

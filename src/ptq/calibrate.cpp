@@ -1,7 +1,6 @@
 // Static activation scales from calibration data, and LLM-FP4's activation search (calibrate.hpp).
 #include "lowbit/ptq/calibrate.hpp"
 
-#include <cblas.h>
 
 #include <algorithm>
 #include <charconv>
@@ -12,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/kernels/gemm.hpp"
 #include "lowbit/engine/forward.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/ptq/pipeline.hpp"
@@ -44,8 +44,7 @@ double output_error(const float* X, const float* Xq, int64_t n, int64_t in, cons
   d.resize(n * in);
   for (int64_t i = 0; i < n * in; ++i) d[i] = Xq[i] - X[i];
   dtd.assign(in * in, 0.0f);
-  cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, int(in), int(n), 1.0f, d.data(), int(in), 0.0f, dtd.data(),
-              int(in));
+  tiled_ssyrk_upper(in, n, 1.0f, d.data(), in, 0.0f, dtd.data(), in);
   double e = 0;
   for (int64_t i = 0; i < in; ++i) {
     e += double(gram[i * in + i]) * dtd[i * in + i];
@@ -223,8 +222,7 @@ act_calibration_result calibrate_activations(const model& m, const quant_plan& b
       std::vector<float> gram(cols * cols, 0.0f);
       for (const std::string& r : readers) {
         const tensor& w = m.get(r);
-        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, int(cols), int(w.rows()), 1.0f, w.data.data(), int(cols),
-                    1.0f, gram.data(), int(cols));
+        tiled_ssyrk_upper(cols, w.rows(), 1.0f, w.data.data(), cols, 1.0f, gram.data(), cols);
       }
       for (int64_t i = 0; i < cols; ++i)
         for (int64_t j = 0; j < i; ++j) gram[i * cols + j] = gram[j * cols + i];

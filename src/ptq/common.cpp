@@ -1,5 +1,4 @@
 // Shared pieces of ptq/: dense helpers on OpenBLAS, calibration statistics, RTN, bias correction.
-#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
@@ -7,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/kernels/gemm.hpp"
 #include "lowbit/ptq/methods.hpp"
 #include "lowbit/ptq/pipeline.hpp"
 #include "lowbit/ptq/ptq.hpp"
@@ -19,9 +19,7 @@ void matmul_nt(const float* X, const float* W, float* Y, int64_t n, int64_t in, 
     std::fill(Y, Y + n * out, 0.0f);
     return;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n), static_cast<blasint>(out),
-              static_cast<blasint>(in), 1.0f, X, static_cast<blasint>(in), W, static_cast<blasint>(in), 0.0f, Y,
-              static_cast<blasint>(out));
+  tiled_sgemm(gemm_op::none, gemm_op::transpose, n, out, in, 1.0f, X, in, W, in, 0.0f, Y, out);
 }
 
 double output_error(const float* X, int64_t n, int64_t in, const float* W, const float* Q, int64_t out) {
@@ -116,9 +114,7 @@ double row_output_error::total(const float* D, int64_t out) {
     return sse / static_cast<double>(n_);
   }
   buf_.resize(static_cast<size_t>(out * in_));  // [out, in] D C
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(out), static_cast<blasint>(in_),
-              static_cast<blasint>(in_), 1.0f, D, static_cast<blasint>(in_), C_.data(), static_cast<blasint>(in_),
-              0.0f, buf_.data(), static_cast<blasint>(in_));
+  tiled_sgemm(gemm_op::none, gemm_op::none, out, in_, in_, 1.0f, D, in_, C_.data(), in_, 0.0f, buf_.data(), in_);
   for (size_t i = 0; i < buf_.size(); ++i) sse += static_cast<double>(buf_[i]) * D[i];
   return sse;
 }
@@ -137,9 +133,7 @@ void row_output_error::per_row(const float* D, int64_t out, std::vector<double>&
     return;
   }
   buf_.resize(static_cast<size_t>(out * in_));  // [out, in] D C
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(out), static_cast<blasint>(in_),
-              static_cast<blasint>(in_), 1.0f, D, static_cast<blasint>(in_), C_.data(), static_cast<blasint>(in_),
-              0.0f, buf_.data(), static_cast<blasint>(in_));
+  tiled_sgemm(gemm_op::none, gemm_op::none, out, in_, in_, 1.0f, D, in_, C_.data(), in_, 0.0f, buf_.data(), in_);
   for (int64_t r = 0; r < out; ++r) {
     double e = 0;
     for (int64_t j = 0; j < in_; ++j) e += static_cast<double>(buf_[static_cast<size_t>(r * in_ + j)]) * D[r * in_ + j];

@@ -25,6 +25,7 @@
 #include <fmt/format.h>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/kernels/gemm.hpp"
 #include "lowbit/kernels/element_ops.hpp"
 #include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/scale.hpp"
@@ -46,8 +47,9 @@ void hessian_accumulator::add(const float* X, int64_t n) {
   if (n < 0) throw shape_error(fmt::format("hessian_accumulator::add: negative row count {}", n));
   // Chunks of rows: each is one running-average step, which is the same sum as one step for all
   // rows: H_new = H * (c / (c + m)) + (2 / (c + m)) Xc^T Xc. A chunk's Xc^T Xc runs in float32
-  // (OpenBLAS ssyrk, twice dsyrk's rate; gptq.py keeps all of H in float32) and is added to the
-  // float64 running H, so the sum over many chunks does not lose the small ones.
+  // (tiled_ssyrk_upper: OpenBLAS ssyrk and sgemm tiles, twice dsyrk's rate, conventions §47; gptq.py
+  // keeps all of H in float32) and is added to the float64 running H, so the sum over many chunks
+  // does not lose the small ones.
   constexpr int64_t kChunk = 2048;
   std::vector<float> s(static_cast<size_t>(in * in));
   for (int64_t t0 = 0; t0 < n; t0 += kChunk) {
@@ -56,8 +58,7 @@ void hessian_accumulator::add(const float* X, int64_t n) {
     const double beta = static_cast<double>(count) / static_cast<double>(c_new);
     const double alpha = 2.0 / static_cast<double>(c_new);
     if (in > 0) {  // upper triangle of S = Xc^T Xc, then H = alpha S + beta H
-      cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<blasint>(in), static_cast<blasint>(m), 1.0f,
-                  X + t0 * in, static_cast<blasint>(in), 0.0f, s.data(), static_cast<blasint>(in));
+      tiled_ssyrk_upper(in, m, 1.0f, X + t0 * in, in, 0.0f, s.data(), in);
       #pragma omp parallel for schedule(static) if (in >= 512)
       for (int64_t i = 0; i < in; ++i)
         for (int64_t j = i; j < in; ++j) {
@@ -166,9 +167,7 @@ std::vector<double> inverse_cholesky_upper(const std::vector<double>& H, int64_t
 // C[M, N] -= A[M, K] B[K, N] (row-major, leading dimensions given).
 void gemm_sub(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
               int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(M), static_cast<blasint>(N),
-              static_cast<blasint>(K), -1.0f, A, static_cast<blasint>(lda), B, static_cast<blasint>(ldb), 1.0f, C,
-              static_cast<blasint>(ldc));
+  tiled_sgemm(gemm_op::none, gemm_op::none, M, N, K, -1.0f, A, lda, B, ldb, 1.0f, C, ldc);
 }
 void gemm_sub(int64_t M, int64_t N, int64_t K, const double* A, int64_t lda, const double* B, int64_t ldb, double* C,
               int64_t ldc) {

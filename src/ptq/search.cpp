@@ -7,9 +7,9 @@
 
 #include <fmt/format.h>
 
-#include <cblas.h>
 
 #include "lowbit/base/error.hpp"
+#include "lowbit/kernels/gemm.hpp"
 #include "lowbit/kernels/kquant.hpp"
 #include "lowbit/kernels/quantize.hpp"
 #include "lowbit/ptq/methods.hpp"
@@ -115,9 +115,7 @@ power_search_result nupes_search(const float* W, int64_t out, int64_t in, const 
     fake_quantize(W, q.data(), out, in, with_power(base, a));
     for (int64_t i = 0; i < out * in; ++i) D[i] = W[i] - q[i];
     if (out * in == 0) return 0.0;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(out), static_cast<blasint>(in),
-                static_cast<blasint>(in), 1.0f, D.data(), static_cast<blasint>(in), Cf.data(), static_cast<blasint>(in),
-                0.0f, G.data(), static_cast<blasint>(in));
+    tiled_sgemm(gemm_op::none, gemm_op::none, out, in, in, 1.0f, D.data(), in, Cf.data(), in, 0.0f, G.data(), in);
     double l = 0;
     for (int64_t i = 0; i < out * in; ++i) l += double(G[i]) * D[i];
     return l;
