@@ -50,16 +50,29 @@ LOWBIT_AVX2 inline __m256 lookup16(__m256 slo, __m256 shi, __m256i idx, __m256i 
   return _mm256_blendv_ps(_mm256_permutevar8x32_ps(slo, idx), _mm256_permutevar8x32_ps(shi, idx), _mm256_castsi256_ps(bit3));
 }
 
+// How a row's codes become values: int8 codes; 4-bit codes through the table of 16 floats;
+// 4-bit codes whose values are all integers (q4_0's code - 8, int4), through a table of bytes.
+enum class codes { int8, lut4, int_lut4 };
+
 // The weights (lut[code] * scale, dequantize_ref's value) of columns [c, c + 16) of a row as
-// [lo | hi]: 8-bit in column order (int8 * scale), 4-bit as [even columns | odd columns] (the low
-// and the high nibbles of 8 bytes) from the table of the 16 scaled values (slut = lut * scale:
-// the same one product per value).
-template <int BITS>
-LOWBIT_AVX2 inline void weights16(const uint8_t* row, int64_t c, __m256 slo, __m256 shi, __m256 scale, __m256& lo, __m256& hi) {
-  if constexpr (BITS == 8) {
+// [lo | hi]: 8-bit in column order (int8 * scale); 4-bit as [even columns | odd columns] (the low
+// and the high nibbles of 8 bytes), lut4 from the table of the 16 scaled values (slut = lut *
+// scale: the same one product per value), int_lut4 as float(int8 value) * scale, the same product
+// (lut[code] is that integer) with byte shuffles in place of the float permutes (vpermps).
+template <codes K>
+LOWBIT_AVX2 inline void weights16(const uint8_t* row, int64_t c, __m256 slo, __m256 shi, __m256 scale, __m128i table,
+                                  __m256& lo, __m256& hi) {
+  if constexpr (K == codes::int8) {
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
     lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), scale);
     hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))), scale);
+  } else if constexpr (K == codes::int_lut4) {
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / 2));
+    // [8 low nibbles | 8 high nibbles] (a 16-bit shift: each byte's high nibble into its low bits).
+    const __m128i nib = _mm_and_si128(_mm_unpacklo_epi64(b, _mm_srli_epi16(b, 4)), _mm_set1_epi8(0x0f));
+    const __m128i v = _mm_shuffle_epi8(table, nib);
+    lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), scale);
+    hi = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(v, v))), scale);
   } else {
     const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / 2)));
     lo = lookup16(slo, shi, b, _mm256_slli_epi32(b, 28));                          // low nibble: bits 0-3
@@ -69,8 +82,8 @@ LOWBIT_AVX2 inline void weights16(const uint8_t* row, int64_t c, __m256 slo, __m
 
 // Rows [o0, o0 + R) x tokens [t0, t0 + T), each 16 codes decoded once for T tokens; x is
 // permuted_x's order for 4-bit weights. PF > 0: prefetch the rows PF on (the GEMV).
-template <int BITS, int R, int T, int PF = 0>
-LOWBIT_AVX2 void tile(const packed_matrix& w, const float* x, float* y, int64_t o0, int64_t t0) {
+template <codes K, int R, int T, int PF = 0>
+LOWBIT_AVX2 void tile(const packed_matrix& w, const float* x, float* y, int64_t o0, int64_t t0, __m128i table) {
   const int64_t cols = w.cols, gpr = w.groups_per_row(), G = w.group;
   const __m256 lut_lo = _mm256_loadu_ps(w.lut.data()), lut_hi = _mm256_loadu_ps(w.lut.data() + 8);
   __m256 acc[R][T][2];
@@ -94,13 +107,13 @@ LOWBIT_AVX2 void tile(const packed_matrix& w, const float* x, float* y, int64_t 
     __m256 s[R], slo[R], shi[R];
     for (int i = 0; i < R; ++i) {
       s[i] = _mm256_set1_ps(sc[i][g]);
-      if constexpr (BITS == 4) slo[i] = _mm256_mul_ps(lut_lo, s[i]), shi[i] = _mm256_mul_ps(lut_hi, s[i]);
+      if constexpr (K == codes::lut4) slo[i] = _mm256_mul_ps(lut_lo, s[i]), shi[i] = _mm256_mul_ps(lut_hi, s[i]);
       else slo[i] = shi[i] = s[i];
     }
     for (int64_t c = g * G; c < (g + 1) * G; c += 16) {
       for (int i = 0; i < R; ++i) {
         __m256 wlo, whi;
-        weights16<BITS>(rows[i], c, slo[i], shi[i], s[i], wlo, whi);
+        weights16<K>(rows[i], c, slo[i], shi[i], s[i], table, wlo, whi);
         for (int j = 0; j < T; ++j) {
           const float* xc = x + (t0 + j) * cols + c;
           acc[i][j][0] = _mm256_add_ps(acc[i][j][0], _mm256_mul_ps(wlo, _mm256_loadu_ps(xc)));
@@ -112,51 +125,68 @@ LOWBIT_AVX2 void tile(const packed_matrix& w, const float* x, float* y, int64_t 
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < T; ++j)
       y[(t0 + j) * w.rows + o0 + i] =
-          BITS == 4 ? reduce_permuted(acc[i][j][0], acc[i][j][1]) : reduce_pinned(acc[i][j][0], acc[i][j][1]);
+          K != codes::int8 ? reduce_permuted(acc[i][j][0], acc[i][j][1]) : reduce_pinned(acc[i][j][0], acc[i][j][1]);
 }
 
-// GEMV rows [o0, o1): one row at a time, the row kAhead on prefetched (the last rows without).
-template <int BITS>
-LOWBIT_AVX2 void gemv_rows(const packed_matrix& w, const float* x, float* y, int64_t o0, int64_t o1) {
-  for (int64_t o = o0; o < o1; ++o) tile<BITS, 1, 1, kAhead>(w, x, y, o, 0);
+// GEMV rows [o0, o1): one row at a time for 8-bit codes (one stream from memory), pairs of rows
+// for 4-bit ones (decoding, not memory, bounds them: two rows' chains of adds in flight), each
+// prefetching the rows kAhead on (the matrix's last rows without), as the AVX-512 kernel. q4_0 GEMVs
+// from DRAM, one thread, bench/bench_packed.cpp with BENCH_THREAD_CLOCK, 4 alternating runs on a
+// shared AMD EPYC (AVX2), GB/s of codes + scales, medians for 768x768 and 2048x768: float table
+// (vpermps) one row 3.9 and 4.0; byte table (int_lut4) one row 4.1 and 4.1, two rows 4.2 and 4.4.
+template <codes K>
+LOWBIT_AVX2 void gemv_rows(const packed_matrix& w, const float* x, float* y, int64_t o0, int64_t o1, __m128i table) {
+  constexpr int R = K == codes::int8 ? 1 : 2;
+  int64_t o = o0;
+  for (; o + R <= o1; o += R) tile<K, R, 1, kAhead>(w, x, y, o, 0, table);
+  for (; o < o1; ++o) tile<K, 1, 1, kAhead>(w, x, y, o, 0, table);
 }
 
 // GEMM: one row by four tokens (16 accumulators of 8 floats would not fit AVX2's 16 registers
 // with two rows), then the last tokens one at a time.
-template <int BITS>
-LOWBIT_AVX2 void gemm_row(const packed_matrix& w, const float* x, int64_t n, float* y, int64_t o) {
+template <codes K>
+LOWBIT_AVX2 void gemm_row(const packed_matrix& w, const float* x, int64_t n, float* y, int64_t o, __m128i table) {
   int64_t t = 0;
-  for (; t + 4 <= n; t += 4) tile<BITS, 1, 4>(w, x, y, o, t);
-  for (; t < n; ++t) tile<BITS, 1, 1>(w, x, y, o, t);
+  for (; t + 4 <= n; t += 4) tile<K, 1, 4>(w, x, y, o, t, table);
+  for (; t < n; ++t) tile<K, 1, 1>(w, x, y, o, t, table);
 }
 
-template <int BITS>
-LOWBIT_AVX2 void packed_matmul_bits(const packed_matrix& w, const float* x_in, int64_t n, float* y) {
-  const std::vector<float> xp = BITS == 4 ? permuted_x(x_in, n, w.cols) : std::vector<float>();
-  const float* x = BITS == 4 ? xp.data() : x_in;
+template <codes K>
+LOWBIT_AVX2 void packed_matmul_codes(const packed_matrix& w, const float* x_in, int64_t n, float* y) {
+  const std::vector<float> xp = K != codes::int8 ? permuted_x(x_in, n, w.cols) : std::vector<float>();
+  const float* x = K != codes::int8 ? xp.data() : x_in;
+  alignas(16) int8_t table_bytes[16] = {};  // int_lut4: each code's integer value
+  if constexpr (K == codes::int_lut4)
+    for (int c = 0; c < 16; ++c) table_bytes[c] = static_cast<int8_t>(w.lut[size_t(c)]);
+  const __m128i table = _mm_load_si128(reinterpret_cast<const __m128i*>(table_bytes));
   const bool threads = packed_product_threads(w.rows, w.cols, n);
   if (n == 1) {  // GEMV, in chunks of 64 rows
     const int64_t chunks = (w.rows + 63) / 64;
 #pragma omp parallel for schedule(static) if (threads)
-    for (int64_t b = 0; b < chunks; ++b) gemv_rows<BITS>(w, x, y, b * 64, std::min(w.rows, b * 64 + 64));
+    for (int64_t b = 0; b < chunks; ++b) gemv_rows<K>(w, x, y, b * 64, std::min(w.rows, b * 64 + 64), table);
     return;
   }
 #pragma omp parallel for schedule(static) if (threads)
-  for (int64_t o = 0; o < w.rows; ++o) gemm_row<BITS>(w, x, n, y, o);
+  for (int64_t o = 0; o < w.rows; ++o) gemm_row<K>(w, x, n, y, o, table);
 }
 
-// Float weights in the same order: R rows of W against one token; PF > 0: prefetch the rows PF
-// on. Columns past the last multiple of 16 (cols need not be one): the lanes that get a term add
-// it, the others keep their sums exactly (a blend, not an add of 0).
-template <int R, int PF = 0>
+// Float weights in the same order: R rows of W against one token. Columns past the last multiple
+// of 16 (cols need not be one): the lanes that get a term add it, the others keep their sums
+// exactly (a blend, not an add of 0). R > 1 (GEMM) prefetches the same columns of the next block
+// of rows (R rows on), as the AVX-512 kernel: R short row streams at once are more than the
+// hardware prefetcher follows. R = 1 (the GEMV) prefetches nothing: one stream, which the hardware
+// prefetcher follows; the AVX-512 kernel's prefetch 4 rows on was slower here (stories15M's
+// 32,000 x 288 classifier from DRAM, one thread, bench/bench_packed.cpp with BENCH_THREAD_CLOCK,
+// 6 alternating runs on a shared AMD EPYC (AVX2): 13.3 GB/s median with it, 14.1 without).
+template <int R>
 LOWBIT_AVX2 void float_rows(const float* w, int64_t cols, const float* x, float* y) {
   __m256 lo[R], hi[R];
   for (int i = 0; i < R; ++i) lo[i] = hi[i] = _mm256_setzero_ps();
   const int64_t full = cols / 16 * 16;
   for (int64_t c = 0; c < full; c += 16) {
     const __m256 xlo = _mm256_loadu_ps(x + c), xhi = _mm256_loadu_ps(x + c + 8);
-    // PF == 0: the same columns of the next block of rows (R rows on), as the AVX-512 kernel.
-    for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(w + (i + (PF > 0 ? PF : R)) * cols + c), _MM_HINT_T0);
+    if constexpr (R > 1)
+      for (int i = 0; i < R; ++i) _mm_prefetch(reinterpret_cast<const char*>(w + (i + R) * cols + c), _MM_HINT_T0);
     for (int i = 0; i < R; ++i) {
       lo[i] = _mm256_add_ps(lo[i], _mm256_mul_ps(_mm256_loadu_ps(w + i * cols + c), xlo));
       hi[i] = _mm256_add_ps(hi[i], _mm256_mul_ps(_mm256_loadu_ps(w + i * cols + c + 8), xhi));
@@ -182,8 +212,9 @@ LOWBIT_AVX2 void float_rows(const float* w, int64_t cols, const float* x, float*
 }  // namespace
 
 LOWBIT_AVX2 void packed_matmul_avx2(const packed_matrix& w, const float* x, int64_t n, float* y) {
-  if (w.bits == 8) packed_matmul_bits<8>(w, x, n, y);
-  else packed_matmul_bits<4>(w, x, n, y);
+  if (w.bits == 8) packed_matmul_codes<codes::int8>(w, x, n, y);
+  else if (w.integer_values) packed_matmul_codes<codes::int_lut4>(w, x, n, y);
+  else packed_matmul_codes<codes::lut4>(w, x, n, y);
 }
 
 LOWBIT_AVX2 void lane_ordered_matmul_avx2(const float* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y) {
@@ -191,13 +222,8 @@ LOWBIT_AVX2 void lane_ordered_matmul_avx2(const float* w, int64_t rows, int64_t 
   if (n == 1) {  // GEMV (decode's classifier): one row at a time, in chunks of 64 rows
     const int64_t chunks = (rows + 63) / 64;
 #pragma omp parallel for schedule(static) if (threads)
-    for (int64_t b = 0; b < chunks; ++b) {
-      const int64_t o1 = std::min(rows, b * 64 + 64);
-      int64_t o = b * 64;
-      // The prefetch reaches kAhead rows on; the matrix's last rows go without it (no read past W).
-      for (; o < o1 && o + kAhead < rows; ++o) float_rows<1, kAhead>(w + o * cols, cols, x, y + o);
-      for (; o < o1; ++o) float_rows<1>(w + o * cols, cols, x, y + o);
-    }
+    for (int64_t b = 0; b < chunks; ++b)
+      for (int64_t o = b * 64; o < std::min(rows, b * 64 + 64); ++o) float_rows<1>(w + o * cols, cols, x, y + o);
     return;
   }
   const int64_t blocks = (rows + 3) / 4;
