@@ -24,8 +24,8 @@ namespace lowbit::detail {
 
 namespace {
 
-// Prefetch distance of the GEMVs, in rows (as the AVX-512 kernels: one row at a time, one stream
-// from memory that the hardware prefetcher follows, and the row 4 on requested ahead).
+// Prefetch distance of the packed GEMVs, in rows (as the AVX-512 kernels: rows read one after
+// another, one stream from memory, and the rows 4 on requested ahead).
 constexpr int64_t kAhead = 4;
 
 // The 16 lane sums [lo | hi] -> one float: lane k += lane k + 8, + 4, + 2, + 1 (halve_lanes).
