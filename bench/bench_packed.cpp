@@ -4,10 +4,13 @@
 // matrix to fill 256 MiB are used in turn, so every call reads its weight from DRAM. Prints the
 // median time of a call and the weight bytes read per second (codes + scales, or float32).
 //   build/bench_packed [tokens=1] [reps=41] [rows x cols ...]   e.g. build/bench_packed 1 41 32000x288
+// BENCH_THREAD_CLOCK=1 times with the calling thread's CPU time instead of the wall clock (one
+// thread, OMP_NUM_THREADS=1: steadier on a shared machine; a DRAM stall still counts as time).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <functional>
 #include <random>
 #include <string>
@@ -18,7 +21,15 @@
 #include "lowbit/kernels/quantize.hpp"
 
 namespace {
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+double now() {
+  static const bool thread_clock = std::getenv("BENCH_THREAD_CLOCK") != nullptr;
+  if (thread_clock) {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 double median_seconds(int reps, int copies, const std::function<void(int)>& call) {
   std::vector<double> t;

@@ -1,5 +1,6 @@
-// Packed low-bit matrix products (packed_matmul.hpp): the scalar references (the specification)
-// and the AVX-512 kernels behind a runtime check (the scalar references are the portable fallback).
+// Packed low-bit matrix products (packed_matmul.hpp): the scalar references (the specification),
+// the AVX-512 kernels and the dispatch: AVX-512, else AVX2 (packed_matmul_avx2.cpp), else the
+// scalar references (the portable fallback), chosen at run time.
 //
 // The AVX-512 code is written with intrinsics rather than Highway: it needs AVX-512 VNNI's
 // dpbusd (u8 x s8 dot of four bytes into int32), which Highway's portable ops do not expose as one
@@ -29,22 +30,34 @@
 #include "lowbit/formats/element.hpp"
 #include "lowbit/kernels/element_ops.hpp"
 #include "lowbit/kernels/scale.hpp"
+#include "src/kernels/packed_kernels.hpp"
 
 namespace lowbit {
 
 namespace {
 
-bool cpu_has_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl");
-  return yes;
+// The kernel levels, in order: the best the CPU runs is used, unless use_ref() (scalar) or a test's
+// force_packed_kernel_target caps it.
+enum class level { scalar = 0, avx2 = 1, avx512 = 2 };
+level cpu_level() {
+  static const level best = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
+                                ? level::avx512
+                            : __builtin_cpu_supports("avx2") ? level::avx2
+                                                             : level::scalar;
+  return best;
 }
 bool cpu_has_vnni() {
-  static const bool yes = cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
+  static const bool yes = cpu_level() == level::avx512 && __builtin_cpu_supports("avx512vnni");
   return yes;
 }
-bool use_avx512() { return !use_ref() && cpu_has_avx512(); }
-bool use_vnni() { return !use_ref() && cpu_has_vnni(); }
+std::atomic<int> g_level_cap{int(level::avx512)};
+level active_level() {
+  if (use_ref()) return level::scalar;
+  return level(std::min(int(cpu_level()), g_level_cap.load()));
+}
+bool use_vnni() { return active_level() == level::avx512 && cpu_has_vnni(); }
+const char* level_name(level l) { return l == level::avx512 ? "avx512" : l == level::avx2 ? "avx2" : "scalar"; }
 
 // The value of an 8-bit code: every 8-bit packed format is int8 two's complement (checked at pack).
 inline float int8_value(uint8_t code) { return static_cast<float>(static_cast<int8_t>(code)); }
@@ -169,7 +182,24 @@ void packed_matmul_ref(const packed_matrix& w, const float* x, int64_t n, float*
 }
 
 // ---- float activations: AVX-512 ------------------------------------------------------------------
+namespace detail {
+
+bool packed_product_threads(int64_t rows, int64_t cols, int64_t n) {
+  return double(rows) * double(cols) * double(n) > 4e6 && omp_get_max_threads() > 1;
+}
+
+std::vector<float> permuted_x(const float* x, int64_t n, int64_t cols) {
+  std::vector<float> out(size_t(n * cols));
+  for (int64_t b = 0; b < n * cols; b += 16)
+    for (int k = 0; k < 8; ++k) out[size_t(b + k)] = x[b + 2 * k], out[size_t(b + 8 + k)] = x[b + 2 * k + 1];
+  return out;
+}
+
+}  // namespace detail
+
 namespace {
+using detail::packed_product_threads;
+using detail::permuted_x;
 
 #define LOWBIT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define LOWBIT_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
@@ -194,13 +224,6 @@ LOWBIT_AVX512 inline __m512i nibble_shifts() {
 // lane L of the column-ordered sums <- lane (L even: L / 2, odd: 8 + L / 2) of the permuted ones.
 LOWBIT_AVX512 inline __m512 unpermute(__m512 acc) {
   return _mm512_permutexvar_ps(_mm512_set_epi32(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0), acc);
-}
-// x [n, cols] with each block of 16 columns as [its 8 even columns | its 8 odd ones].
-std::vector<float> permuted_x(const float* x, int64_t n, int64_t cols) {
-  std::vector<float> out(size_t(n * cols));
-  for (int64_t b = 0; b < n * cols; b += 16)
-    for (int k = 0; k < 8; ++k) out[size_t(b + k)] = x[b + 2 * k], out[size_t(b + 8 + k)] = x[b + 2 * k + 1];
-  return out;
 }
 
 // The 16 weights (lut[code] * scale, dequantize_ref's value) of columns [c, c + 16) of a row:
@@ -296,7 +319,7 @@ template <int BITS>
 LOWBIT_AVX512 void packed_matmul_bits(const packed_matrix& w, const float* x_in, int64_t n, float* y) {
   const std::vector<float> xp = BITS == 4 ? permuted_x(x_in, n, w.cols) : std::vector<float>();
   const float* x = BITS == 4 ? xp.data() : x_in;
-  const bool threads = double(w.rows) * double(w.cols) * double(n) > 4e6 && omp_get_max_threads() > 1;
+  const bool threads = packed_product_threads(w.rows, w.cols, n);
   if (n == 1) {  // GEMV: one row at a time (one stream from memory), in chunks of 64 rows
     const int64_t chunks = (w.rows + 63) / 64;
 #pragma omp parallel for schedule(static) if (threads)
@@ -352,7 +375,7 @@ LOWBIT_AVX512 void float_gemv_rows(const float* w, int64_t cols, const float* x,
 
 LOWBIT_AVX512 void lane_ordered_matmul_avx512(const float* w, int64_t rows, int64_t cols, const float* x, int64_t n,
                                               float* y) {
-  const bool threads = double(rows) * double(cols) * double(n) > 4e6 && omp_get_max_threads() > 1;
+  const bool threads = packed_product_threads(rows, cols, n);
   if (n == 1) {
     const int64_t chunks = (rows + 63) / 64;
 #pragma omp parallel for schedule(static) if (threads)
@@ -375,14 +398,20 @@ LOWBIT_AVX512 void lane_ordered_matmul_avx512(const float* w, int64_t rows, int6
 
 void lane_ordered_matmul(const float* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y) {
   if (n <= 0 || rows == 0) return;
-  if (use_avx512()) lane_ordered_matmul_avx512(w, rows, cols, x, n, y);
-  else lane_ordered_matmul_ref(w, rows, cols, x, n, y);
+  switch (active_level()) {
+    case level::avx512: return lane_ordered_matmul_avx512(w, rows, cols, x, n, y);
+    case level::avx2: return detail::lane_ordered_matmul_avx2(w, rows, cols, x, n, y);
+    case level::scalar: return lane_ordered_matmul_ref(w, rows, cols, x, n, y);
+  }
 }
 
 void packed_matmul(const packed_matrix& w, const float* x, int64_t n, float* y) {
   if (n <= 0 || w.rows == 0) return;
-  if (use_avx512()) packed_matmul_avx512(w, x, n, y);
-  else packed_matmul_ref(w, x, n, y);
+  switch (active_level()) {
+    case level::avx512: return packed_matmul_avx512(w, x, n, y);
+    case level::avx2: return detail::packed_matmul_avx2(w, x, n, y);
+    case level::scalar: return packed_matmul_ref(w, x, n, y);
+  }
 }
 
 // ---- integer activations ------------------------------------------------------------------------
@@ -615,7 +644,7 @@ LOWBIT_VNNI void packed_matmul_int_vnni(const packed_matrix& w, const int8_activ
   for (int c = 0; c < 16; ++c) affine = affine && w.lut[size_t(c)] == float(c - 8);
   const int_x px = prepare_int_x(a, w.bits);
   const int64_t blocks = (w.rows + 15) / 16, steps = px.cols64 / 64;
-  const bool threads = double(w.rows) * double(w.cols) * double(a.n) > 4e6 && omp_get_max_threads() > 1;
+  const bool threads = packed_product_threads(w.rows, w.cols, a.n);
 #pragma omp parallel if (threads)
   {
     // [steps][16 rows] partials, then [groups][16 rows] scales, 64-byte aligned.
@@ -660,15 +689,29 @@ void packed_matmul_int_ref(const packed_matrix& w, const int8_activations& a, fl
 
 void packed_matmul_int(const packed_matrix& w, const int8_activations& a, float* y) {
   check_int(w, a);
-  // The product's kernel takes any int8 codes (x is dpbusd's signed operand).
-  if (use_vnni() && w.group % 32 == 0) packed_matmul_int_vnni(w, a, y);
-  else packed_matmul_int_ref(w, a, y);
+  // The kernels take any int8 codes (VNNI: x is dpbusd's signed operand; AVX2: int16 products).
+  if (w.group % 32 != 0 || active_level() == level::scalar) packed_matmul_int_ref(w, a, y);
+  else if (use_vnni()) packed_matmul_int_vnni(w, a, y);
+  else detail::packed_matmul_int_avx2(w, a, y);  // AVX-512 without VNNI runs AVX2's
 }
 
 std::string packed_kernel_target(bool integer) {
-  if (integer) return use_vnni() ? "avx512-vnni" : "scalar";
-  return use_avx512() ? "avx512" : "scalar";
+  if (integer && use_vnni()) return "avx512-vnni";
+  if (integer && active_level() == level::avx512) return "avx2";
+  return level_name(active_level());
 }
 
+std::vector<std::string> packed_kernel_targets() {
+  std::vector<std::string> out;
+  for (int l = int(cpu_level()); l >= 0; --l) out.push_back(level_name(level(l)));
+  return out;
+}
+
+void force_packed_kernel_target(const std::string& target) {
+  if (target.empty()) return g_level_cap.store(int(level::avx512));
+  for (int l = int(cpu_level()); l >= 0; --l)
+    if (target == level_name(level(l))) return g_level_cap.store(l);
+  throw error(fmt::format("force_packed_kernel_target: {} is not one of this CPU's packed kernels", target));
+}
 
 }  // namespace lowbit

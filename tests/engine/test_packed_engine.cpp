@@ -2,8 +2,9 @@
 //   - the packed weights hold exactly the values of the simulated path (apply_weight_plan), and
 //     a GGUF's codes exactly the values its reader dequantizes;
 //   - the packed forward's logits are the simulated model's up to the order of the sums;
-//   - on stories15M's real weights, the fast kernel equals the reference bit for bit and stays
-//     within the pinned order's bound (tests/kernels/test_packed_matmul.cpp states it);
+//   - on stories15M's real weights, the fast kernels equal the reference bit for bit and stay
+//     within the pinned order's bound (tests/kernels/test_packed_matmul.cpp states it), and every
+//     kernel this CPU runs (AVX-512, AVX2, scalar) gives the packed forward the same logits;
 //   - what cannot be packed is refused, naming the tensor.
 #include <gtest/gtest.h>
 
@@ -122,6 +123,38 @@ TEST(PackedEngine, IntegerActivationsMatchTheSimulatedPlan) {
   }
 }
 
+// Every packed kernel this CPU runs (packed_kernel_targets: AVX-512, AVX2, the scalar
+// references) gives the packed forward the same logits bit for bit: a prompt (GEMM), then tokens
+// one at a time (GEMV, and the float GEMV of the classifier), float and integer activations.
+TEST(PackedEngine, EveryKernelTargetGivesTheSameLogits) {
+  const std::string dir = packed_temp_dir("targets");
+  const model m = small_llama();
+  save_safetensors_model(m, dir + "/m.safetensors");
+  const std::vector<std::pair<const char*, const char*>> plans = {
+      {"q4_0", ""}, {"q8_0", ""}, {"nvfp4", ""}, {"q4_0", "q8_0"}, {"q8_0", "q8_0"}, {"int8/c", "int8/c"}};
+  const std::vector<std::string> targets = packed_kernel_targets();
+  for (const auto& [weights, acts] : plans) {
+    const quant_plan plan = make_quant_plan("", weights, acts, "");
+    const model packed = load_packed_model(dir + "/m.safetensors", plan);
+    std::vector<std::vector<float>> logits;
+    for (const std::string& target : targets) {
+      force_packed_kernel_target(target);
+      forward_session s(packed, plan, 16);
+      const std::vector<int32_t> toks = {1, 72, 101, 108, 108, 111, 44, 32};
+      std::vector<float> all = s.forward(toks.data(), 5);
+      for (size_t i = 5; i < toks.size(); ++i) {
+        const std::vector<float>& l = s.forward(toks.data() + i, 1);
+        all.insert(all.end(), l.begin(), l.end());
+      }
+      logits.push_back(std::move(all));
+    }
+    force_packed_kernel_target("");
+    for (size_t k = 1; k < logits.size(); ++k)
+      EXPECT_TRUE(same_bits(logits[0].data(), logits[k].data(), logits[0].size()))
+          << weights << " " << acts << ": " << targets[k] << " against " << targets[0];
+  }
+}
+
 TEST(PackedEngine, GgufCodesAreTheFilesValues) {
   const std::string dir = packed_temp_dir("gguf");
   for (const char* spec : {"q8_0", "q4_0", "mxfp4"}) {
@@ -184,8 +217,12 @@ TEST(PackedEngine, Stories15MRealWeights) {
       for (float& v : x) v = nd(rng);
       std::vector<float> ref(size_t(n * t.rows())), fast(ref.size()), w(size_t(t.numel()));
       packed_matmul_ref(p, x.data(), n, ref.data());
-      packed_matmul(p, x.data(), n, fast.data());
-      ASSERT_TRUE(same_bits(ref.data(), fast.data(), ref.size())) << spec << " " << name;
+      for (const std::string& target : packed_kernel_targets()) {  // every kernel this CPU runs
+        force_packed_kernel_target(target);
+        packed_matmul(p, x.data(), n, fast.data());
+        force_packed_kernel_target("");
+        ASSERT_TRUE(same_bits(ref.data(), fast.data(), ref.size())) << spec << " " << name << " " << target;
+      }
       dequantize_packed(p, w.data());
       const double m_ = double(t.cols()) / 16 + 5, bound = m_ * u / (1 - m_ * u);
       for (int64_t i = 0; i < n; ++i)

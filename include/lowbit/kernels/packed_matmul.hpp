@@ -13,14 +13,16 @@
 //  * float activations (packed_matmul): y[t, o] is the dot of W's row o (dequantized value
 //    w = lut[code] * scale) and x[t] in the pinned lane order of lane_ordered_dot_ref: 16 lane
 //    sums, column c into lane c % 16 in order of c (each term w * x rounded, then added), then
-//    the lanes halved pairwise (lane k += lane k + 8, then + 4, + 2, + 1). The fast kernel
-//    (AVX-512) follows that order, so it equals dequantize + lane_ordered_matmul_ref bit for bit.
+//    the lanes halved pairwise (lane k += lane k + 8, then + 4, + 2, + 1). The fast kernels
+//    (AVX-512: one register of 16 lanes; AVX2: two of 8, lanes 0-7 and 8-15) follow that order,
+//    so they equal dequantize + lane_ordered_matmul_ref bit for bit.
 //  * integer activations (packed_matmul_int): x quantized per group of the weight's group size B
 //    (B = 32: ggml's q8_0, as llama.cpp's vec_dot_q4_0_q8_0 / q8_0_q8_0; otherwise symmetric
 //    int8 with an fp32 scale per group of B, intN/c weights: int8 per token), then per
 //    (token, row, group) the exact int32 dot of the integer codes, combined in float as
 //    y = sum over groups in order of (sw * sx) * float(dot). The int32 dots are exact, so the
-//    fast kernel (AVX-512 VNNI dpbusd) must equal the reference in every accumulator.
+//    fast kernels (AVX-512 VNNI dpbusd; AVX2 madd_epi16 of int16-widened codes) must equal the
+//    reference in every accumulator.
 #pragma once
 
 #include <array>
@@ -67,12 +69,12 @@ void dequantize_packed(const packed_matrix& w, float* out);
 float lane_ordered_dot_ref(const float* w, const float* x, int64_t n);
 // y[t, o] = lane_ordered_dot_ref(W[o], x[t]) for float W [rows, cols].
 void lane_ordered_matmul_ref(const float* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y);
-// The same, AVX-512 (bit for bit): the engine's float GEMV of one token (decode), which reads W in
+// The same, AVX-512 or AVX2 (bit for bit): the engine's float GEMV of one token (decode), which reads W in
 // place where sgemm would first copy it into packed panels.
 void lane_ordered_matmul(const float* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y);
 // y[n, rows] = x[n, cols] W^T in the pinned order from the codes (the specification).
 void packed_matmul_ref(const packed_matrix& w, const float* x, int64_t n, float* y);
-// The same, AVX-512 where the CPU has it (else the reference), threaded over rows when large.
+// The same, AVX-512 or AVX2 where the CPU has it (else the reference), threaded over rows when large.
 void packed_matmul(const packed_matrix& w, const float* x, int64_t n, float* y);
 
 // ---- integer activations ----------------------------------------------------------------------
@@ -95,7 +97,13 @@ void packed_matmul_int_ref(const packed_matrix& w, const int8_activations& a, fl
 constexpr int64_t kMaxIntDotGroup = 131071;
 void packed_matmul_int(const packed_matrix& w, const int8_activations& a, float* y);
 
-// Which fast path runs: "avx512", "avx512-vnni" (packed_matmul_int) or "scalar" (no AVX-512).
+// Which fast path runs: "avx512", "avx512-vnni" (packed_matmul_int), "avx2" (no AVX-512; the
+// integer product also on AVX-512 without VNNI) or "scalar" (the references: no AVX2, or use_ref()).
 std::string packed_kernel_target(bool integer);
+// The packed kernels this CPU runs, best first ("avx512", "avx2", "scalar"), and (tests) a cap on
+// the one the products take: force_packed_kernel_target("avx2") runs the AVX2 kernels on an
+// AVX-512 CPU, "" goes back to the best. Throws for a name not in packed_kernel_targets().
+std::vector<std::string> packed_kernel_targets();
+void force_packed_kernel_target(const std::string& target);
 
 }  // namespace lowbit
