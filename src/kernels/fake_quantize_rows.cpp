@@ -366,8 +366,9 @@ HWY_INLINE void GgmlBatchApply(const float* HWY_RESTRICT x, float* HWY_RESTRICT 
 }
 #endif
 
-// The stochastic-rounding draws of a row's elements [c, c + n), made a chunk (>= 1024 elements)
-// at a time into a thread-local buffer (element i of the tensor uses Philox block i/4, word i%4;
+// The stochastic-rounding draws of a row's elements [c, c + n), made a chunk (>= 1024 elements;
+// >= 4096 for ~sr8 / ~sr16, whose Philox output is 4 or 8 KiB then: fewer calls, each making its
+// round keys once) at a time into a thread-local buffer (element i of the tensor uses Philox block i/4, word i%4;
 // under ~srR block i/(128/R), docs/conventions.md §43). ~sr8 and ~sr16 keep the Philox output
 // itself (a quarter / half of the words' bytes; the element loop widens the bits), the others
 // one word per element.
@@ -391,7 +392,7 @@ class RowDraws {
   void fill(size_t c, size_t n) {
     thread_local std::vector<uint32_t> buf;
     begin_ = c;
-    end_ = std::min(cols_, c + std::max<size_t>(n, 1024));
+    end_ = std::min(cols_, c + std::max<size_t>(n, raw_ ? 4096 : 1024));
     if (raw_) {
       const uint64_t per_block = 128 / static_cast<uint64_t>(plan_.rng_bits);
       const uint64_t first = index0_ + begin_, b0 = first / per_block, b1 = (index0_ + end_ - 1) / per_block;

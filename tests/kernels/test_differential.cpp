@@ -787,8 +787,8 @@ TEST(Differential, TensorSpansEqualTheReference) {
   omp_set_num_threads(saved);
 }
 
-// ~srR in the row kernel: rows longer than its chunk of draws (1024 elements), so a row takes
-// several chunks and the last is short; odd row lengths, so rows start inside a Philox block (and
+// ~srR in the row kernel: rows longer than its chunk of draws (1024 elements, 4096 for ~sr8 and
+// ~sr16), so a row takes several chunks and the last is short; odd row lengths, so rows start inside a Philox block (and
 // ~sr8 / ~sr16 read the Philox output from an odd byte); groups of 17 (batches that are not a
 // multiple of the lanes) and whole-row groups; 1 and 3 threads (above kParallelMinElements): ==
 // fake_quantize_ref bit for bit on every target. And random_blocks == random_blocks_ref.
