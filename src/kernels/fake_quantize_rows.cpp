@@ -124,8 +124,9 @@ HWY_INLINE VF SrHoistedVec(DF df, VF x, VF u, const sr_consts& c, VF mul, VF div
 }
 
 // ApplyScaleT's whole vectors on an sr_hoistable grid (no uint clamp there: sr_fast integers are
-// symmetric); returns how many elements it did (the tail is ApplyScaleT's).
-template <span_scale kScale, int kDrawBits, bool kCoarse, bool kSignedZero>
+// symmetric); returns how many elements it did (the tail is ApplyScaleT's). kNan = false: no y
+// is NaN.
+template <span_scale kScale, bool kNan, int kDrawBits, bool kCoarse, bool kSignedZero>
 HWY_INLINE size_t ApplyScaleSr(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, VF mul, VF div,
                                VF scale, size_t draw0, const row_job& job, const sr_consts c) {
   const DF df;
@@ -137,7 +138,7 @@ HWY_INLINE size_t ApplyScaleSr(const float* HWY_RESTRICT in, float* HWY_RESTRICT
   size_t i = 0;
   for (; i + N <= n; i += N) {
     if (ahead) hwy::Prefetch(in + i + ahead);
-    const VF r = SrHoistedVec<kScale, true, kCoarse, kSignedZero>(df, hn::LoadU(df, in + i), UniformAt<kDrawBits>(df, raw, words, i), c, mul,
+    const VF r = SrHoistedVec<kScale, kNan, kCoarse, kSignedZero>(df, hn::LoadU(df, in + i), UniformAt<kDrawBits>(df, raw, words, i), c, mul,
                                             div, scale);
     if (stream && (reinterpret_cast<uintptr_t>(out + i) & (N * sizeof(float) - 1)) == 0) hn::Stream(r, df, out + i);
     else hn::StoreU(r, df, out + i);
@@ -159,10 +160,17 @@ HWY_INLINE void ApplyScaleT(const float* HWY_RESTRICT in, float* HWY_RESTRICT ou
   VF u = hn::Zero(df);
   size_t i = 0;
   if constexpr (kPath == span_path::sr_fast) {
-    if (sr_hoistable(g) && !job.uint_clamp)
+    if (sr_hoistable(g) && !job.uint_clamp) {
+      // y = x / s is NaN only through 0 / 0 (s = 0), x * m only through 0 * Inf (m = Inf).
+      const bool nan_free = job.finite_input && (kScale != span_scale::div || job.divisor != 0.0f) &&
+                            (kScale != span_scale::mul || std::isfinite(job.multiplier));
       WithDrawSource(job, g, [&](auto bits, auto coarse, auto signed_zero) {
-        i = ApplyScaleSr<kScale, bits(), coarse(), signed_zero()>(in, out, n, mul, div, scale, draw0, job, SrConsts(g));
+        if (nan_free)
+          i = ApplyScaleSr<kScale, false, bits(), coarse(), signed_zero()>(in, out, n, mul, div, scale, draw0, job, SrConsts(g));
+        else
+          i = ApplyScaleSr<kScale, true, bits(), coarse(), signed_zero()>(in, out, n, mul, div, scale, draw0, job, SrConsts(g));
       });
+    }
   }
   for (; i + N <= n; i += N) {
     // While this span computes from cache, pull the next one (the next row for /c) from memory.
@@ -224,15 +232,16 @@ HWY_INLINE void BatchVectorsT(const float* in, float* out, size_t k, size_t grou
   }
 }
 
-// BatchVectorsT on an sr_hoistable grid (RoundSrHoisted, the draws' kind chosen once).
-template <span_scale kScale, bool kNan, int kDrawBits, bool kCoarse, bool kSignedZero>
+// BatchVectorsT on an sr_hoistable grid (RoundSrHoisted, the draws' kind chosen once). No
+// software prefetch: the row kernel's batches leave it out under stochastic rounding.
+// kVecsPerGroup: k / N where a constant (2 or 4: the loop over a group's vectors unrolled), else 0.
+template <span_scale kScale, bool kNan, int kDrawBits, bool kCoarse, bool kSignedZero, size_t kVecsPerGroup = 0>
 HWY_INLINE void BatchVectorsSr(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t k, size_t groups,
                                const float* batch_scale, const float* batch_mult, const row_job& job,
                                const sr_consts c, bool unscaled) {
   const DF df;
   const size_t N = hn::Lanes(df);
-  const size_t per_group = k / N;
-  const int64_t ahead = job.prefetch_ahead;
+  const size_t per_group = kVecsPerGroup ? kVecsPerGroup : k / N;
   const bool stream = job.stream && (reinterpret_cast<uintptr_t>(out) & (N * sizeof(float) - 1)) == 0;
   const uint8_t* raw = job.random_bytes;
   const uint32_t* words = job.random;
@@ -241,7 +250,6 @@ HWY_INLINE void BatchVectorsSr(const float* HWY_RESTRICT in, float* HWY_RESTRICT
     const VF div = hn::Set(df, batch_scale[j]), mul = hn::Set(df, batch_mult[j]);
     const VF scale = unscaled ? hn::Set(df, 1.0f) : div;
     for (size_t p = 0; p < per_group; ++p, i += N) {
-      if (ahead) hwy::Prefetch(in + i + ahead);
       const VF r = SrHoistedVec<kScale, kNan, kCoarse, kSignedZero>(df, hn::LoadU(df, in + i), UniformAt<kDrawBits>(df, raw, words, i), c,
                                               mul, div, scale);
       if (stream) hn::Stream(r, df, out + i);
@@ -270,7 +278,11 @@ HWY_INLINE void BatchApplyT(const float* in, float* out, size_t k, size_t groups
       if (sr_hoistable(g) && !job.uint_clamp) {
         const sr_consts c = SrConsts(g);
         WithDrawSource(job, g, [&](auto bits, auto coarse, auto signed_zero) {
-          if (groups == N && nan_free)
+          if (groups == N && nan_free && k == 4 * N)
+            BatchVectorsSr<kScale, false, bits(), coarse(), signed_zero(), 4>(in, out, k, groups, batch_scale, batch_mult, job, c, unscaled);
+          else if (groups == N && nan_free && k == 2 * N)
+            BatchVectorsSr<kScale, false, bits(), coarse(), signed_zero(), 2>(in, out, k, groups, batch_scale, batch_mult, job, c, unscaled);
+          else if (groups == N && nan_free)
             BatchVectorsSr<kScale, false, bits(), coarse(), signed_zero()>(in, out, k, groups, batch_scale, batch_mult, job, c, unscaled);
           else
             BatchVectorsSr<kScale, true, bits(), coarse(), signed_zero()>(in, out, k, groups, batch_scale, batch_mult, job, c, unscaled);
@@ -295,26 +307,68 @@ HWY_INLINE void BatchApplyT(const float* in, float* out, size_t k, size_t groups
 //   q4_0, q5_0: y = x * id + (z + 0.5), value (q - z) * d           (quantize_row_q4_0_ref / _q5_0_ref)
 //   q4_1, q5_1: y = (x - min) * id + 0.5, value q * d - offset       (_q4_1_ref / _q5_1_ref; offset = -m)
 // q = clamp(trunc(y), 0, maxq); a NaN y (an Inf id) gives the value 0 (code z, or 0 with a min).
+// One vector: a = min, b = offset with a min; a = z + 0.5, b = z without. kNan = false: no y is NaN.
+template <bool kWithMin, bool kNan>
+HWY_INLINE VF GgmlBlockVec(DF df, VF x, VF id, VF d, VF a, VF b, VF top) {
+  const VF zero = hn::Zero(df);
+  const VF v = kWithMin ? hn::Add(hn::Mul(hn::Sub(x, a), id), hn::Set(df, 0.5f)) : hn::Add(hn::Mul(x, id), a);
+  VF q = hn::Min(hn::Max(hn::Trunc(v), zero), top);
+  if constexpr (kNan) q = hn::IfThenElse(hn::Eq(v, v), q, kWithMin ? zero : b);
+  return kWithMin ? hn::Sub(hn::Mul(d, q), b) : hn::Mul(hn::Sub(q, b), d);
+}
+
 void FakeQuantGgmlBlock(const float* HWY_RESTRICT in, float* HWY_RESTRICT out, size_t n, const group_scale& gs,
                         bool with_min, float maxq) {
   const DF df;
   const size_t N = hn::Lanes(df);
-  const VF id = hn::Set(df, gs.multiplier), d = hn::Set(df, gs.scale), zero = hn::Zero(df), top = hn::Set(df, maxq);
-  const VF lo = hn::Set(df, gs.min), z = hn::Set(df, static_cast<float>(gs.zero_point)), offset = hn::Set(df, gs.offset);
-  const VF bias = hn::Set(df, static_cast<float>(gs.zero_point) + 0.5f);
+  const VF id = hn::Set(df, gs.multiplier), d = hn::Set(df, gs.scale), top = hn::Set(df, maxq);
+  const VF a = with_min ? hn::Set(df, gs.min) : hn::Set(df, static_cast<float>(gs.zero_point) + 0.5f);
+  const VF b = with_min ? hn::Set(df, gs.offset) : hn::Set(df, static_cast<float>(gs.zero_point));
   auto f = [&](VF x) {
-    const VF v = with_min ? hn::Add(hn::Mul(hn::Sub(x, lo), id), hn::Set(df, 0.5f)) : hn::Add(hn::Mul(x, id), bias);
-    VF q = hn::Min(hn::Max(hn::Trunc(v), zero), top);
-    q = hn::IfThenElse(hn::Eq(v, v), q, with_min ? zero : z);
-    return with_min ? hn::Sub(hn::Mul(d, q), offset) : hn::Mul(hn::Sub(q, z), d);
+    return with_min ? GgmlBlockVec<true, true>(df, x, id, d, a, b, top) : GgmlBlockVec<false, true>(df, x, id, d, a, b, top);
   };
   size_t i = 0;
   for (; i + N <= n; i += N) hn::StoreU(f(hn::LoadU(df, in + i)), df, out + i);
   if (i < n) StoreTail(df, f(LoadTail(df, in + i, n - i)), out + i, n - i);
 }
 
-// The stochastic-rounding draws of a row's elements [c, c + n), made a chunk (>= 1024 elements)
-// at a time into a thread-local buffer (element i of the tensor uses Philox block i/4, word i%4;
+#if HWY_TARGET != HWY_SCALAR
+// The N blocks of k (a whole number of vectors) of a batch whose scales BatchGgmlScaleVecs took
+// (lane j = block j), FakeQuantGgmlBlock's values without its NaN select: the inputs are finite,
+// 1/d is finite and |d| <= 65504 (so x - min <= max - min is finite), hence no y is NaN. A block's
+// constants are broadcast from memory (one load each) instead of spread into group_scale structs;
+// blocks of 4 vectors (32 on AVX2) take an unrolled loop.
+template <bool kWithMin>
+HWY_INLINE void GgmlBatchApply(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t k, const ggml_scale_vecs& v,
+                               int element_bits) {
+  const DF df;
+  constexpr size_t N = hn::MaxLanes(DF());
+  HWY_ALIGN float d_s[N], id_s[N], a_s[N];
+  hn::Store(v.d16, df, d_s);
+  hn::Store(v.id, df, id_s);
+  const float z = kWithMin ? 0.0f : static_cast<float>(1 << (element_bits - 1));
+  if constexpr (kWithMin) hn::Store(v.mn, df, a_s);
+  HWY_ALIGN float b_s[N];
+  if constexpr (kWithMin) hn::Store(hn::Neg(v.m16), df, b_s);  // offset = -m16 (BatchGgmlScales)
+  const VF top = hn::Set(df, static_cast<float>((1 << element_bits) - 1));
+  const VF zb = hn::Set(df, z), za = hn::Set(df, z + 0.5f);
+  auto blocks = [&](auto vecs) {
+    for (size_t j = 0; j < N; ++j, x += k, y += k) {
+      const VF id = hn::Set(df, id_s[j]), d = hn::Set(df, d_s[j]);
+      const VF a = kWithMin ? hn::Set(df, a_s[j]) : za, b = kWithMin ? hn::Set(df, b_s[j]) : zb;
+      for (size_t i = 0; i < vecs(); ++i)
+        hn::StoreU(GgmlBlockVec<kWithMin, false>(df, hn::LoadU(df, x + i * N), id, d, a, b, top), df, y + i * N);
+    }
+  };
+  if (k == 4 * N) return blocks(std::integral_constant<size_t, 4>{});
+  const size_t vecs = k / N;
+  blocks([vecs] { return vecs; });
+}
+#endif
+
+// The stochastic-rounding draws of a row's elements [c, c + n), made a chunk (>= 1024 elements;
+// >= 4096 for ~sr8 / ~sr16, whose Philox output is 4 or 8 KiB then: fewer calls, each making its
+// round keys once) at a time into a thread-local buffer (element i of the tensor uses Philox block i/4, word i%4;
 // under ~srR block i/(128/R), docs/conventions.md §43). ~sr8 and ~sr16 keep the Philox output
 // itself (a quarter / half of the words' bytes; the element loop widens the bits), the others
 // one word per element.
@@ -338,7 +392,7 @@ class RowDraws {
   void fill(size_t c, size_t n) {
     thread_local std::vector<uint32_t> buf;
     begin_ = c;
-    end_ = std::min(cols_, c + std::max<size_t>(n, 1024));
+    end_ = std::min(cols_, c + std::max<size_t>(n, raw_ ? 4096 : 1024));
     if (raw_) {
       const uint64_t per_block = 128 / static_cast<uint64_t>(plan_.rng_bits);
       const uint64_t first = index0_ + begin_, b0 = first / per_block, b1 = (index0_ + end_ - 1) / per_block;
@@ -385,6 +439,12 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
     const bool with_min = has_block_min(f);
     const float maxq = static_cast<float>((1 << f.element.bits) - 1);
     for (; c0 + N * k <= cols; c0 += N * k, gi += N) {
+      ggml_scale_vecs vecs;
+      if (!scales && !zero_points && k % N == 0 && BatchGgmlScaleVecs(DF(), x + c0, k, *plan.sctx, with_min, &vecs)) {
+        if (with_min) GgmlBatchApply<true>(x + c0, y + c0, k, vecs, f.element.bits);
+        else GgmlBatchApply<false>(x + c0, y + c0, k, vecs, f.element.bits);
+        continue;
+      }
       if (!BatchGgmlScales(DF(), x + c0, k, *plan.sctx, with_min, batch))  // this batch block by block
         for (size_t j = 0; j < N; ++j) batch[j] = GgmlBlockScale(x + c0 + j * k, k, *plan.sctx, with_min);
       for (size_t j = 0; j < N; ++j) {
@@ -436,8 +496,10 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
   for (; c0 < cols; c0 += k, ++gi) {
     const size_t n = std::min(k, cols - c0);
     group_scale gs;
+    bool finite = false;  // every x of the group is (its amax was)
     if (f.gran == granularity::tensor) {
       gs = plan.tensor_gs;
+      finite = !gs.nonfinite;  // (the tensor's amax was finite)
     } else if (ggml_block && GgmlBlockScaleFast(x + c0, n, *plan.sctx, has_block_min(f), &gs)) {
       if (scales) scales[gi] = gs.stored;
       if (zero_points) zero_points[gi] = gs.zero_point;
@@ -445,6 +507,7 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
       simd_stats ss;
       GroupStatsT(x + c0, n, plan.want_minmax, false, &ss);
       const bool nonfinite = ss.amax_bits >= 0x7f800000u;
+      finite = !nonfinite;
       const float amax = std::bit_cast<float>(ss.amax_bits);
       if (nonfinite || !fast_group_scale(*plan.sctx, amax, &gs)) {
         group_stats st;
@@ -473,6 +536,7 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
       continue;
     }
     row_job job = detail::make_job(f, g, gs, plan.unscaled);
+    job.finite_input = finite;
     draws_for(c0, n, job);
     job.stream = plan.stream;
     // Row-sized groups (/c, /t) prefetch the same columns of the next row to be visited.

@@ -149,6 +149,9 @@ struct row_job {
   // i's R = random_bits bits at bytes [i R/8, (i + 1) R/8) (little-endian), or nullptr.
   const uint8_t* random_bytes = nullptr;
   int random_bits = 0;
+  // Every input of the span is finite (its group's amax was): with a nonzero divisor / finite
+  // multiplier no y is NaN, and the sr_hoistable loop leaves out its canonical-NaN select.
+  bool finite_input = false;
   bool stream;       // non-temporal stores (large out-of-place outputs: no read-for-ownership)
   int64_t prefetch_ahead;  // floats ahead of the input to prefetch while computing (0: none)
 };

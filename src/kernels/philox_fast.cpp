@@ -68,22 +68,26 @@ HWY_INLINE bool PhiloxChains(uint64_t first, const philox_stream& ps, const phil
     x2[v] = hn::Set(d64, ps.c2);
     x3[v] = hn::Set(d64, ps.c3);
   }
+  // The ten rounds unrolled (the round keys then are constant offsets into `keys`): rolled, the
+  // loop's copies between registers and the stack were a third of its instructions on AVX2
+  // (Zen 3, ~sr8: 2.4 -> 1.9 instructions per element for the draws).
+#pragma GCC unroll 10
   for (int round = 0; round < 10; ++round) {
-    const auto kv0 = keys.k0[round], kv1 = keys.k1[round];
     for (size_t v = 0; v < kChains; ++v) {
       const auto p0 = hn::MulEven(hn::BitCast(du, x0[v]), m0);
       const auto p1 = hn::MulEven(hn::BitCast(du, x2[v]), m1);
-      x0[v] = hn::Xor3(hn::ShiftRight<32>(p1), x1[v], kv0);  // one vpternlog on AVX-512
+      // One vpternlog on AVX-512; on AVX2 x1 ^ key first, off the chain from multiply to multiply.
+      x0[v] = hn::Xor3(hn::ShiftRight<32>(p1), x1[v], keys.k0[round]);
       x1[v] = p1;
-      x2[v] = hn::Xor3(hn::ShiftRight<32>(p0), x3[v], kv1);
+      x2[v] = hn::Xor3(hn::ShiftRight<32>(p0), x3[v], keys.k1[round]);
       x3[v] = p0;
     }
   }
-  // Block i's words (x0, x1, x2, x3)[i] go to dst[4i .. 4i+3]: pairs of words as 64-bit lanes.
-  const auto low32 = hn::Set(d64, 0xffffffffull);
+  // Block i's words (x0, x1, x2, x3)[i] go to dst[4i .. 4i+3]: pairs of words as 64-bit lanes
+  // (word 1 and 3 shifted into the odd 32-bit lanes, one blend each).
   for (size_t v = 0; v < kChains; ++v) {
-    const auto w01 = hn::Or(hn::And(x0[v], low32), hn::ShiftLeft<32>(x1[v]));
-    const auto w23 = hn::Or(hn::And(x2[v], low32), hn::ShiftLeft<32>(x3[v]));
+    const auto w01 = hn::BitCast(d64, hn::OddEven(hn::BitCast(du, hn::ShiftLeft<32>(x1[v])), hn::BitCast(du, x0[v])));
+    const auto w23 = hn::BitCast(d64, hn::OddEven(hn::BitCast(du, hn::ShiftLeft<32>(x3[v])), hn::BitCast(du, x2[v])));
     hn::StoreInterleaved2(w01, w23, d64, reinterpret_cast<uint64_t*>(dst + 4 * v * N64));
   }
   return true;

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <type_traits>
 
 #include <hwy/highway.h>
 
@@ -47,6 +48,14 @@ HWY_INLINE void GroupStatsT(const float* HWY_RESTRICT x, size_t n, bool want_min
       mx = hn::Max(mx, v);
     }
   };
+  // Four vectors a step (a row of /c): the loop's counter, compare and branch were most of its
+  // instructions.
+  for (; i + 4 * N <= n; i += 4 * N) {
+    body(hn::LoadU(df, x + i));
+    body(hn::LoadU(df, x + i + N));
+    body(hn::LoadU(df, x + i + 2 * N));
+    body(hn::LoadU(df, x + i + 3 * N));
+  }
   for (; i + N <= n; i += N) body(hn::LoadU(df, x + i));
   if (i < n) body(LoadTail(df, x + i, n - i));  // lanes past the end read as 0
   st->amax_bits = static_cast<uint32_t>(hn::GetLane(hn::MaxOfLanes(di, amax)));
@@ -105,12 +114,27 @@ HWY_INLINE VI BatchGroupAmax(DI di, const float* p, size_t k, VI* partial, VI* f
     m = hn::Max(m, a);
     if constexpr (kFinite) *finite = hn::Max(*finite, hn::IfThenElseZero(hn::Lt(a, inf_bits), a));
   };
-  for (size_t j = 0; j < N; ++j, p += k) {
-    VI m = hn::Zero(di);
-    size_t i = 0;
-    for (; i + N <= k; i += N) add(m, hn::LoadU(df, p + i));
-    if (i < k) add(m, LoadTail(df, p + i, k - i));
-    partial[j] = m;
+  // Groups of 2 or 4 vectors (nvfp4's 16 and the MX / g32 groups on AVX2) with a constant count:
+  // the loop's counter, compare and branch were most of the instructions (7 per vector, 2 left).
+  auto groups_of = [&](auto vecs) {
+    for (size_t j = 0; j < N; ++j, p += k) {
+      VI m = hn::Zero(di);
+      for (size_t v = 0; v < vecs(); ++v) add(m, hn::LoadU(df, p + v * N));
+      partial[j] = m;
+    }
+  };
+  if (k == 4 * N) {
+    groups_of(std::integral_constant<size_t, 4>{});
+  } else if (k == 2 * N) {
+    groups_of(std::integral_constant<size_t, 2>{});
+  } else {
+    for (size_t j = 0; j < N; ++j, p += k) {
+      VI m = hn::Zero(di);
+      size_t i = 0;
+      for (; i + N <= k; i += N) add(m, hn::LoadU(df, p + i));
+      if (i < k) add(m, LoadTail(df, p + i, k - i));
+      partial[j] = m;
+    }
   }
   return MaxOfLanesBatch(di, partial, N);
 }
@@ -244,17 +268,26 @@ HWY_INLINE bool BatchGgmlScaleVecs(DF df, const float* p, size_t k, const scale_
   VF lo[hn::MaxLanes(DF())];
   VI abs_or = hn::Zero(di);
   const VI abs_mask = hn::Set(di, 0x7fffffff);
-  for (size_t j = 0; j < N; ++j, p += k) {
-    VF h = hn::LoadU(df, p), l = h;
-    abs_or = hn::Max(abs_or, hn::And(hn::BitCast(di, h), abs_mask));
-    for (size_t i = N; i < k; i += N) {
-      const VF v = i + N <= k ? hn::LoadU(df, p + i) : hn::LoadU(df, p + k - N);  // k >= N
-      h = hn::Max(h, v);
-      l = hn::Min(l, v);
-      abs_or = hn::Max(abs_or, hn::And(hn::BitCast(di, v), abs_mask));
+  auto blocks = [&](auto vecs) {  // vecs(): the vectors of a block, the last one overlapping where k % N != 0
+    for (size_t j = 0; j < N; ++j, p += k) {
+      VF h = hn::LoadU(df, p), l = h;
+      abs_or = hn::Max(abs_or, hn::And(hn::BitCast(di, h), abs_mask));
+      for (size_t t = 1; t < vecs(); ++t) {
+        const size_t i = t * N;
+        const VF v = i + N <= k ? hn::LoadU(df, p + i) : hn::LoadU(df, p + k - N);  // k >= N
+        h = hn::Max(h, v);
+        l = hn::Min(l, v);
+        abs_or = hn::Max(abs_or, hn::And(hn::BitCast(di, v), abs_mask));
+      }
+      hi[j] = h;
+      lo[j] = l;
     }
-    hi[j] = h;
-    lo[j] = l;
+  };
+  if (k == 4 * N) {  // ggml's 32 on AVX2: the loop unrolled
+    blocks(std::integral_constant<size_t, 4>{});
+  } else {
+    const size_t vecs = (k + N - 1) / N;
+    blocks([vecs] { return vecs; });
   }
   if (!hn::AllFalse(di, hn::Gt(abs_or, hn::Set(di, 0x7f7fffff)))) return false;  // NaN/Inf somewhere
   const VF mx = MinMaxOfLanesBatch<true>(df, hi, N), mn = MinMaxOfLanesBatch<false>(df, lo, N);

@@ -787,8 +787,8 @@ TEST(Differential, TensorSpansEqualTheReference) {
   omp_set_num_threads(saved);
 }
 
-// ~srR in the row kernel: rows longer than its chunk of draws (1024 elements), so a row takes
-// several chunks and the last is short; odd row lengths, so rows start inside a Philox block (and
+// ~srR in the row kernel: rows longer than its chunk of draws (1024 elements, 4096 for ~sr8 and
+// ~sr16), so a row takes several chunks and the last is short; odd row lengths, so rows start inside a Philox block (and
 // ~sr8 / ~sr16 read the Philox output from an odd byte); groups of 17 (batches that are not a
 // multiple of the lanes) and whole-row groups; 1 and 3 threads (above kParallelMinElements): ==
 // fake_quantize_ref bit for bit on every target. And random_blocks == random_blocks_ref.
@@ -825,6 +825,39 @@ TEST(Differential, RBitRowKernelAcrossDrawChunksAndThreads) {
         random_blocks(0x0000000700000003ull, 0x0000000b00000001ull, block0, count, got.data());
         ASSERT_EQ(want, got) << "block " << block0 << " count " << count << " target " << t.second;
       }
+    }
+  }
+  force_simd_target(0);
+}
+
+// Stochastic rounding where a span's inputs are known finite (its group's amax was) leaves out
+// the canonical-NaN select (fake_quantize_rows.cpp, ApplyScaleT), and ~sr8 / ~sr16 round on the
+// signed value (RoundSrHoisted): rows of /c formats with a NaN, an Inf, -0, float32 subnormals,
+// an all-zero row and plain finite rows, formats with and without -0, the plain cast (no amax),
+// and MX / g32 batches with one non-finite group: == fake_quantize_ref bit for bit on every target.
+TEST(Differential, StochasticSpansWithAndWithoutNonFiniteInputs) {
+  std::mt19937 gen(seed(13));
+  constexpr int64_t rows = 6, cols = 300;
+  std::vector<float> x = gaussian(gen, rows * cols);
+  x[0 * cols + 17] = NAN;
+  x[1 * cols + 5] = -INFINITY;
+  x[2 * cols + 0] = -0.0f;
+  x[2 * cols + 1] = 1e-41f;
+  x[2 * cols + 2] = -3e-39f;
+  std::fill(x.begin() + 3 * cols, x.begin() + 4 * cols, 0.0f);
+  x[5 * cols + 299] = INFINITY;
+  for (const char* spec : {"int8/c~sr8:2", "e4m3fn/c~sr8", "e2m1/c~sr16:4", "e5m2/c~sr8:3", "int4/c~sr16", "e4m3~sr8:5",
+                           "int8~sr16", "e2m1/g32~sr8:6", "mxfp4~sr8", "e4m3fn/g16~sr16", "int8/g64~sr8", "e4m3fn/c~sr"}) {
+    const format f = parse_format(spec);
+    std::vector<float> ref(x.size());
+    fake_quantize_ref(x.data(), ref.data(), rows, cols, f, 3);
+    for (const auto& t : simd_targets()) {
+      force_simd_target(t.first);
+      std::vector<float> fast(x.size());
+      fake_quantize(x.data(), fast.data(), rows, cols, f, 3);
+      size_t differ = 0;
+      for (size_t i = 0; i < x.size(); ++i) differ += !same(ref[i], fast[i]);
+      EXPECT_EQ(differ, 0u) << spec << ", target " << t.second;
     }
   }
   force_simd_target(0);
