@@ -617,7 +617,6 @@ template <rounding_mode kMode, span_path kPath, span_scale kScale, bool kNan>
 HWY_NOINLINE void TensorSpanT(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, size_t n, const row_job job,
                               const grid_params g) {
   const DF df;
-  const size_t N = hn::Lanes(df);
   const VF mul = hn::Set(df, job.multiplier), div = hn::Set(df, job.divisor), scale = hn::Set(df, job.scale);
   const VF lo = hn::Set(df, job.clamp_lo), hi = hn::Set(df, job.clamp_hi);
   const bool uc = job.uint_clamp, stream = job.stream;

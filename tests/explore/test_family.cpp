@@ -177,7 +177,9 @@ TEST(Family, TrainsRecordsFindsAndResumes) {
       EXPECT_TRUE(std::isfinite(r.metrics.at("flatness_stderr")));
       // A property of the model and the format, not the method: RTN's and GPTQ's the same.
       const auto [it, first] = flatness_of.emplace(r.model, r.metrics.at("flatness"));
-      if (!first) EXPECT_EQ(it->second, r.metrics.at("flatness")) << r.model;
+      if (!first) {
+        EXPECT_EQ(it->second, r.metrics.at("flatness")) << r.model;
+      }
     }
   }
   EXPECT_EQ(train, 1);
@@ -275,7 +277,9 @@ TEST(Family, ARunThatFailsCountsItsEvaluationsAsFailedAndProgressCountsTheFamily
   for (size_t i = 0; i < seen.size(); ++i) {
     EXPECT_EQ(seen[i].second, 6) << i;
     EXPECT_LE(seen[i].first, seen[i].second) << i;
-    if (i > 0) EXPECT_GE(seen[i].first, seen[i - 1].first) << i;
+    if (i > 0) {
+      EXPECT_GE(seen[i].first, seen[i - 1].first) << i;
+    }
   }
   EXPECT_EQ(seen.back(), std::make_pair(int64_t(6), int64_t(6)));
   // Again: a and its evaluations are found, b fails again with its evaluations.

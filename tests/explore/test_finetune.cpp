@@ -109,7 +109,11 @@ TEST(Qaft, TheExportedFileHoldsTheQuantizedWeightsTheQatForwardUsed) {
     from_file.model = qc.out, from_file.weights = "";
     const double qat = run_eval_job(under_plan).result.mean_nll, file = run_eval_job(from_file).result.mean_nll;
     EXPECT_EQ(qat, file) << fmt;
-    EXPECT_NE(qat, run_eval_job(eval_job_config{qc.model, "", kStories, "", "", "", "", 0, 1024}).result.mean_nll);
+    EXPECT_NE(qat, run_eval_job([&] {
+      eval_job_config c;
+      c.model = qc.model, c.data = kStories, c.max_tokens = 1024;
+      return c;
+    }()).result.mean_nll);
     train_model a(r.trained), b(exported);
     const int T = 64;
     std::vector<int32_t> in(ids.begin(), ids.begin() + T), tg(ids.begin() + 1, ids.begin() + T + 1);
