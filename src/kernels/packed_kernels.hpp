@@ -4,6 +4,7 @@
 // Every kernel equals its reference bit for bit (docs/conventions.md §44).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -18,6 +19,32 @@ bool packed_product_threads(int64_t rows, int64_t cols, int64_t n);
 // x [n, cols] with each block of 16 columns as [its 8 even columns | its 8 odd ones]: the order of
 // a 4-bit row's codes as the low nibbles, then the high nibbles, of its 8 bytes.
 std::vector<float> permuted_x(const float* x, int64_t n, int64_t cols);
+
+// lane_ordered_matmul's schedule, the same for every ISA: a GEMV (n == 1) in chunks of 64 rows,
+// gemv(o0, o1) computing rows [o0, o1); a GEMM in blocks of 4 rows, each against every token in
+// turn, rows4(o0, t) computing rows [o0, o0 + 4) of token t and row1(o, t) one row (the last
+// block's). Threaded over the chunks or blocks when packed_product_threads says so.
+template <class Gemv, class Rows4, class Row1>
+void lane_ordered_schedule(int64_t rows, int64_t cols, int64_t n, const Gemv& gemv, const Rows4& rows4,
+                           const Row1& row1) {
+  const bool threads = packed_product_threads(rows, cols, n);
+  if (n == 1) {
+    const int64_t chunks = (rows + 63) / 64;
+#pragma omp parallel for schedule(static) if (threads)
+    for (int64_t b = 0; b < chunks; ++b) gemv(b * 64, std::min(rows, b * 64 + 64));
+    return;
+  }
+  const int64_t blocks = (rows + 3) / 4;
+#pragma omp parallel for schedule(static) if (threads)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t o0 = b * 4;
+    for (int64_t t = 0; t < n; ++t) {
+      if (o0 + 4 <= rows) rows4(o0, t);
+      else
+        for (int64_t o = o0; o < rows; ++o) row1(o, t);
+    }
+  }
+}
 
 // AVX2 (callers check the CPU): packed_matmul, lane_ordered_matmul (n >= 1, rows >= 1) and
 // packed_matmul_int (check_int passed, w.group a multiple of 32).

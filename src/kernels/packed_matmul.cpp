@@ -200,6 +200,7 @@ std::vector<float> permuted_x(const float* x, int64_t n, int64_t cols) {
 namespace {
 using detail::packed_product_threads;
 using detail::permuted_x;
+using detail::lane_ordered_schedule;
 
 #define LOWBIT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define LOWBIT_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
@@ -375,23 +376,12 @@ LOWBIT_AVX512 void float_gemv_rows(const float* w, int64_t cols, const float* x,
 
 LOWBIT_AVX512 void lane_ordered_matmul_avx512(const float* w, int64_t rows, int64_t cols, const float* x, int64_t n,
                                               float* y) {
-  const bool threads = packed_product_threads(rows, cols, n);
-  if (n == 1) {
-    const int64_t chunks = (rows + 63) / 64;
-#pragma omp parallel for schedule(static) if (threads)
-    for (int64_t b = 0; b < chunks; ++b) float_gemv_rows(w, cols, x, y, b * 64, std::min(rows, b * 64 + 64), rows);
-    return;
-  }
-  const int64_t blocks = (rows + 3) / 4;
-#pragma omp parallel for schedule(static) if (threads)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t o0 = b * 4;
-    for (int64_t t = 0; t < n; ++t) {
-      if (o0 + 4 <= rows) float_rows_avx512<4>(w + o0 * cols, cols, x + t * cols, y + t * rows + o0);
-      else
-        for (int64_t o = o0; o < rows; ++o) float_rows_avx512<1>(w + o * cols, cols, x + t * cols, y + t * rows + o);
-    }
-  }
+  lane_ordered_schedule(
+      rows, cols, n, [&](int64_t o0, int64_t o1) LOWBIT_AVX512 { float_gemv_rows(w, cols, x, y, o0, o1, rows); },
+      [&](int64_t o0, int64_t t) LOWBIT_AVX512 {
+        float_rows_avx512<4>(w + o0 * cols, cols, x + t * cols, y + t * rows + o0);
+      },
+      [&](int64_t o, int64_t t) LOWBIT_AVX512 { float_rows_avx512<1>(w + o * cols, cols, x + t * cols, y + t * rows + o); });
 }
 
 }  // namespace

@@ -218,24 +218,13 @@ LOWBIT_AVX2 void packed_matmul_avx2(const packed_matrix& w, const float* x, int6
 }
 
 LOWBIT_AVX2 void lane_ordered_matmul_avx2(const float* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y) {
-  const bool threads = packed_product_threads(rows, cols, n);
-  if (n == 1) {  // GEMV (decode's classifier): one row at a time, in chunks of 64 rows
-    const int64_t chunks = (rows + 63) / 64;
-#pragma omp parallel for schedule(static) if (threads)
-    for (int64_t b = 0; b < chunks; ++b)
-      for (int64_t o = b * 64; o < std::min(rows, b * 64 + 64); ++o) float_rows<1>(w + o * cols, cols, x, y + o);
-    return;
-  }
-  const int64_t blocks = (rows + 3) / 4;
-#pragma omp parallel for schedule(static) if (threads)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t o0 = b * 4;
-    for (int64_t t = 0; t < n; ++t) {
-      if (o0 + 4 <= rows) float_rows<4>(w + o0 * cols, cols, x + t * cols, y + t * rows + o0);
-      else
-        for (int64_t o = o0; o < rows; ++o) float_rows<1>(w + o * cols, cols, x + t * cols, y + t * rows + o);
-    }
-  }
+  lane_ordered_schedule(
+      rows, cols, n,
+      [&](int64_t o0, int64_t o1) LOWBIT_AVX2 {  // decode's classifier: one row at a time
+        for (int64_t o = o0; o < o1; ++o) float_rows<1>(w + o * cols, cols, x, y + o);
+      },
+      [&](int64_t o0, int64_t t) LOWBIT_AVX2 { float_rows<4>(w + o0 * cols, cols, x + t * cols, y + t * rows + o0); },
+      [&](int64_t o, int64_t t) LOWBIT_AVX2 { float_rows<1>(w + o * cols, cols, x + t * cols, y + t * rows + o); });
 }
 
 // ---- integer activations ----------------------------------------------------------------------
