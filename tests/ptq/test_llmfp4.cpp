@@ -131,8 +131,8 @@ TEST(LlmFp4, NeverWorseThanRtn) {
     const vecf rtn = rtn_quantize(W.data(), out, in, f);
     const double e_rtn = output_error(X.data(), L.n, in, W.data(), rtn.data(), out);
     // The same output_error of the same operands, up to the float32 sums of OpenBLAS's sgemm, whose
-    // kernel and blocking may differ between calls (thread count, buffer alignment): seen to move
-    // the last bits on an AVX2 machine.
+    // kernel may differ between calls with the buffers' alignment (and, before conventions §47's
+    // tiles, with the thread count): seen to move the last bits on an AVX2 machine.
     EXPECT_NEAR(r.rtn_error, e_rtn, 1e-6 * e_rtn) << L.fmt;
     EXPECT_LE(r.error, e_rtn * (1 + 1e-6)) << L.fmt;
     const double e_chosen = output_error(X.data(), L.n, in, W.data(), r.weights.data(), out);

@@ -422,9 +422,11 @@ TEST(Gptq, RejectsBadInput) {
   EXPECT_THROW(gptq_quantize(W.data(), out, in, H.data(), parse_format("int4/g8"), o), lowbit::error);
 }
 
-// Rows are independent inside a block and OpenBLAS splits its level-3 work by rows/columns (each
-// dot product summed in one order): the threaded run (a layer above gptq.cpp's serial size
-// 1 << 17, blocks above the column loop's threading size) gives the one-thread result bit for bit.
+// Rows are independent inside a block, the float products are tiles fixed by their shape
+// (kernels/gemm.hpp, conventions §47) and OpenBLAS splits the double factorisation's level-3 work
+// by rows/columns (each dot product summed in one order): the threaded run (a layer above
+// gptq.cpp's serial size 1 << 17, blocks above the column loop's threading size) gives the
+// one-thread result bit for bit.
 TEST(Gptq, ThreadedEqualsOneThread) {
   const int64_t out = 384, in = 384, n = 768;
   static_assert(out * in > (int64_t{1} << 17), "the layer must take the threaded path");
