@@ -275,12 +275,11 @@ std::vector<int32_t> group_sums_x(const int8_activations& a, int64_t group) {
   return sums;
 }
 
-// The 8 rows' int32 partials r[i] (8 lanes each) -> one vector, lane i = the sum of r[i]'s lanes.
-LOWBIT_AVX2 inline __m256i reduce_rows8(const __m256i* r) {
-  const __m256i s01 = _mm256_hadd_epi32(r[0], r[1]), s23 = _mm256_hadd_epi32(r[2], r[3]);
-  const __m256i s45 = _mm256_hadd_epi32(r[4], r[5]), s67 = _mm256_hadd_epi32(r[6], r[7]);
-  const __m256i t0 = _mm256_hadd_epi32(s01, s23);  // [rows 0-3: lanes 0-3's sums | rows 0-3: lanes 4-7's]
-  const __m256i t1 = _mm256_hadd_epi32(s45, s67);  // the same for rows 4-7
+// The 8 rows' partials as 4 pair vectors s[p] = hadd_epi32(r[2p], r[2p + 1]) of their int32
+// partials r[i] (8 lanes each) -> one vector, lane i = the sum of r[i]'s lanes.
+LOWBIT_AVX2 inline __m256i reduce_rows8(const __m256i* s) {
+  const __m256i t0 = _mm256_hadd_epi32(s[0], s[1]);  // [rows 0-3: lanes 0-3's sums | rows 0-3: lanes 4-7's]
+  const __m256i t1 = _mm256_hadd_epi32(s[2], s[3]);  // the same for rows 4-7
   return _mm256_add_epi32(_mm256_permute2x128_si256(t0, t1, 0x20), _mm256_permute2x128_si256(t0, t1, 0x31));
 }
 
@@ -314,8 +313,8 @@ LOWBIT_AVX2 inline __m256i block_partials(const uint8_t* row, const void* xb, __
 }
 
 // Rows [o0, o0 + 8) (past the last row: the last row again, not stored) against every token, row
-// i in lane i. 1. each row's groups, one row after another (one stream from memory): the group's
-// 8 int32 partials, 32 columns a step (block_partials), into parts [groups][8 rows]; 2. per group
+// i in lane i. 1. each pair of rows' groups, one pair after another: the group's 8 int32 partials
+// of each, 32 columns a step (block_partials), their hadd_epi32 into parts [groups][4 pairs]; 2. per group
 // the 8 rows' dots (reduce_rows8, u4: minus bias * the group's sum of x), then the reference's
 // float steps ((sw * sx) * float(dot) added to +0, groups in order) on 8 rows at once.
 template <int_codes K>
@@ -331,26 +330,31 @@ LOWBIT_AVX2 void int_rows8(const packed_matrix& w, const void* xq, const int32_t
     for (int64_t g = 0; g < gpr; ++g) row_scales[g * 8 + i] = w.scales[size_t(std::min(o0 + i, w.rows - 1) * gpr + g)];
   for (int64_t t = 0; t < a.n; ++t) {
     const char* xt = static_cast<const char*>(xq) + t * cols * x_bytes;
-    for (int i = 0; i < 8; ++i) {
-      const int64_t o = std::min(o0 + i, w.rows - 1);
-      const uint8_t* row = w.codes.data() + o * w.row_bytes;
-      if (t == 0 && o + kAhead < w.rows) {  // the row kAhead on, and its scales
-        for (int64_t b = 0; b < w.row_bytes; b += 64)
-          _mm_prefetch(reinterpret_cast<const char*>(row + kAhead * w.row_bytes + b), _MM_HINT_T0);
-        for (int64_t g = 0; g < gpr; g += 16)
-          _mm_prefetch(reinterpret_cast<const char*>(w.scales.data() + (o + kAhead) * gpr + g), _MM_HINT_T0);
+    for (int p = 0; p < 4; ++p) {  // rows 2p and 2p + 1 side by side (two streams from memory)
+      const uint8_t* rows[2];
+      for (int h = 0; h < 2; ++h) {
+        const int64_t o = std::min(o0 + 2 * p + h, w.rows - 1);
+        rows[h] = w.codes.data() + o * w.row_bytes;
+        if (t == 0 && o + kAhead < w.rows) {  // the row kAhead on, and its scales
+          for (int64_t b = 0; b < w.row_bytes; b += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(rows[h] + kAhead * w.row_bytes + b), _MM_HINT_T0);
+          for (int64_t g = 0; g < gpr; g += 16)
+            _mm_prefetch(reinterpret_cast<const char*>(w.scales.data() + (o + kAhead) * gpr + g), _MM_HINT_T0);
+        }
       }
       for (int64_t g = 0; g < gpr; ++g) {
-        __m256i dot = _mm256_setzero_si256();
-        for (int64_t c = g * G; c < (g + 1) * G; c += 32)
-          dot = _mm256_add_epi32(dot, block_partials<K>(row + c * bits / 8, xt + c * x_bytes, table));
-        _mm256_store_si256(parts + g * 8 + i, dot);
+        __m256i dot0 = _mm256_setzero_si256(), dot1 = _mm256_setzero_si256();
+        for (int64_t c = g * G; c < (g + 1) * G; c += 32) {
+          dot0 = _mm256_add_epi32(dot0, block_partials<K>(rows[0] + c * bits / 8, xt + c * x_bytes, table));
+          dot1 = _mm256_add_epi32(dot1, block_partials<K>(rows[1] + c * bits / 8, xt + c * x_bytes, table));
+        }
+        _mm256_store_si256(parts + g * 4 + p, _mm256_hadd_epi32(dot0, dot1));
       }
     }
     const float* sx = a.scale.data() + t * gpr;
     __m256 acc = _mm256_setzero_ps();
     for (int64_t g = 0; g < gpr; ++g) {
-      __m256i dots = reduce_rows8(parts + g * 8);
+      __m256i dots = reduce_rows8(parts + g * 4);
       // Exact: the true dot fits an int32 (check_int), and int32 adds wrap, so the sum of u * x
       // minus bias * sum x is it whatever the intermediate values.
       if constexpr (!wide) dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(int32_t(uint32_t(bias) * uint32_t(xsums[t * gpr + g]))));
@@ -392,8 +396,8 @@ LOWBIT_AVX2 void packed_matmul_int_avx2(const packed_matrix& w, const int8_activ
   const bool threads = packed_product_threads(w.rows, w.cols, a.n);
 #pragma omp parallel if (threads)
   {
-    // [groups][8 rows] int32 partials, then [groups][8 rows] scales, 32-byte aligned.
-    const int64_t part_words = 8 * 8 * gpr;
+    // [groups][4 row pairs] int32 partials, then [groups][8 rows] scales, 32-byte aligned.
+    const int64_t part_words = 8 * 4 * gpr;
     std::vector<float> scratch(size_t(part_words + 8 * gpr + 8));
     void* base = scratch.data();
     size_t room = scratch.size() * sizeof(float);
