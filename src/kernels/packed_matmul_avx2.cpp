@@ -275,12 +275,19 @@ std::vector<int32_t> group_sums_x(const int8_activations& a, int64_t group) {
   return sums;
 }
 
-// The 8 rows' partials as 4 pair vectors s[p] = hadd_epi32(r[2p], r[2p + 1]) of their int32
-// partials r[i] (8 lanes each) -> one vector, lane i = the sum of r[i]'s lanes.
-LOWBIT_AVX2 inline __m256i reduce_rows8(const __m256i* s) {
-  const __m256i t0 = _mm256_hadd_epi32(s[0], s[1]);  // [rows 0-3: lanes 0-3's sums | rows 0-3: lanes 4-7's]
-  const __m256i t1 = _mm256_hadd_epi32(s[2], s[3]);  // the same for rows 4-7
-  return _mm256_add_epi32(_mm256_permute2x128_si256(t0, t1, 0x20), _mm256_permute2x128_si256(t0, t1, 0x31));
+// S rows' int32 partials r[0 .. S) (8 lanes each) -> one vector: S = 2, hadd(r[0], r[1]); S = 4,
+// hadd(hadd(r[0], r[1]), hadd(r[2], r[3])) = [rows 0-3: lanes 0-3's sums | rows 0-3: lanes 4-7's].
+template <int S>
+LOWBIT_AVX2 inline __m256i hadd_rows(const __m256i* r) {
+  if constexpr (S == 2) return _mm256_hadd_epi32(r[0], r[1]);
+  else return _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
+}
+
+// The 8 rows' 8 / S vectors of hadd_rows<S> -> one vector, lane i = the sum of row i's partials.
+template <int S>
+LOWBIT_AVX2 inline __m256i reduce_rows8(const __m256i* p) {
+  const __m256i q0 = S == 4 ? p[0] : hadd_rows<2>(p), q1 = S == 4 ? p[1] : hadd_rows<2>(p + 2);  // rows 0-3, 4-7
+  return _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20), _mm256_permute2x128_si256(q0, q1, 0x31));
 }
 
 // One block of 32 columns of a row (codes at `row`, this block's first byte) against x's block
@@ -313,8 +320,8 @@ LOWBIT_AVX2 inline __m256i block_partials(const uint8_t* row, const void* xb, __
 }
 
 // Rows [o0, o0 + 8) (past the last row: the last row again, not stored) against every token, row
-// i in lane i. 1. each pair of rows' groups, one pair after another: the group's 8 int32 partials
-// of each, 32 columns a step (block_partials), their hadd_epi32 into parts [groups][4 pairs]; 2. per group
+// i in lane i. 1. S rows side by side, S rows after S: each group's 8 int32 partials of each, 32
+// columns a step (block_partials), hadd_rows<S> into parts [groups][8 / S]; 2. per group
 // the 8 rows' dots (reduce_rows8, u4: minus bias * the group's sum of x), then the reference's
 // float steps ((sw * sx) * float(dot) added to +0, groups in order) on 8 rows at once.
 template <int_codes K>
@@ -324,16 +331,22 @@ LOWBIT_AVX2 void int_rows8(const packed_matrix& w, const void* xq, const int32_t
   constexpr bool wide = K == int_codes::wide8 || K == int_codes::wide4;
   constexpr int64_t x_bytes = wide ? 2 : 1;  // per column
   constexpr int64_t bits = K == int_codes::wide8 ? 8 : 4;
+  // Rows side by side: 4 for 4-bit codes, 2 for 8-bit. One thread, bench/bench_packed.cpp with
+  // BENCH_THREAD_CLOCK, shared AMD EPYC (AVX2), us: q8_0 2048 x 768 140 with four against 108-116
+  // with two; q4_0 (medians of 3, four against two) 2048 x 768 96.8 / 103.5, 768 x 768 39.0 /
+  // 42.2, 32000 x 288 703.7 / 720.3, but 768 x 2048 119.0 / 111.5 (rows of 1 KiB: 4 KiB of
+  // prefetches at once); syn85m q4_0 decode 140.2 / 136.7 tokens/s.
+  constexpr int S = bits == 4 ? 4 : 2;
   const int64_t gpr = w.groups_per_row(), G = w.group, cols = w.cols;
   const int live = int(std::min<int64_t>(8, w.rows - o0));
   for (int i = 0; i < 8; ++i)  // the 8 rows' scales, row i at [g * 8 + i]
     for (int64_t g = 0; g < gpr; ++g) row_scales[g * 8 + i] = w.scales[size_t(std::min(o0 + i, w.rows - 1) * gpr + g)];
   for (int64_t t = 0; t < a.n; ++t) {
     const char* xt = static_cast<const char*>(xq) + t * cols * x_bytes;
-    for (int p = 0; p < 4; ++p) {  // rows 2p and 2p + 1 side by side (two streams from memory)
-      const uint8_t* rows[2];
-      for (int h = 0; h < 2; ++h) {
-        const int64_t o = std::min(o0 + 2 * p + h, w.rows - 1);
+    for (int k = 0; k < 8 / S; ++k) {  // rows S k .. S k + S - 1 side by side (S streams from memory)
+      const uint8_t* rows[S];
+      for (int h = 0; h < S; ++h) {
+        const int64_t o = std::min(o0 + S * k + h, w.rows - 1);
         rows[h] = w.codes.data() + o * w.row_bytes;
         if (t == 0 && o + kAhead < w.rows) {  // the row kAhead on, and its scales
           for (int64_t b = 0; b < w.row_bytes; b += 64)
@@ -343,18 +356,18 @@ LOWBIT_AVX2 void int_rows8(const packed_matrix& w, const void* xq, const int32_t
         }
       }
       for (int64_t g = 0; g < gpr; ++g) {
-        __m256i dot0 = _mm256_setzero_si256(), dot1 = _mm256_setzero_si256();
-        for (int64_t c = g * G; c < (g + 1) * G; c += 32) {
-          dot0 = _mm256_add_epi32(dot0, block_partials<K>(rows[0] + c * bits / 8, xt + c * x_bytes, table));
-          dot1 = _mm256_add_epi32(dot1, block_partials<K>(rows[1] + c * bits / 8, xt + c * x_bytes, table));
-        }
-        _mm256_store_si256(parts + g * 4 + p, _mm256_hadd_epi32(dot0, dot1));
+        __m256i dot[S];
+        for (int h = 0; h < S; ++h) dot[h] = _mm256_setzero_si256();
+        for (int64_t c = g * G; c < (g + 1) * G; c += 32)
+          for (int h = 0; h < S; ++h)
+            dot[h] = _mm256_add_epi32(dot[h], block_partials<K>(rows[h] + c * bits / 8, xt + c * x_bytes, table));
+        _mm256_store_si256(parts + g * (8 / S) + k, hadd_rows<S>(dot));
       }
     }
     const float* sx = a.scale.data() + t * gpr;
     __m256 acc = _mm256_setzero_ps();
     for (int64_t g = 0; g < gpr; ++g) {
-      __m256i dots = reduce_rows8(parts + g * 4);
+      __m256i dots = reduce_rows8<S>(parts + g * (8 / S));
       // Exact: the true dot fits an int32 (check_int), and int32 adds wrap, so the sum of u * x
       // minus bias * sum x is it whatever the intermediate values.
       if constexpr (!wide) dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(int32_t(uint32_t(bias) * uint32_t(xsums[t * gpr + g]))));
@@ -396,8 +409,8 @@ LOWBIT_AVX2 void packed_matmul_int_avx2(const packed_matrix& w, const int8_activ
   const bool threads = packed_product_threads(w.rows, w.cols, a.n);
 #pragma omp parallel if (threads)
   {
-    // [groups][4 row pairs] int32 partials, then [groups][8 rows] scales, 32-byte aligned.
-    const int64_t part_words = 8 * 4 * gpr;
+    // [groups][8 / S] int32 partials (int_rows8), then [groups][8 rows] scales, 32-byte aligned.
+    const int64_t part_words = 8 * 4 * gpr;  // S >= 2
     std::vector<float> scratch(size_t(part_words + 8 * gpr + 8));
     void* base = scratch.data();
     size_t room = scratch.size() * sizeof(float);
