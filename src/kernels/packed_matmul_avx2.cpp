@@ -334,8 +334,8 @@ LOWBIT_AVX2 void int_rows8(const packed_matrix& w, const void* xq, const int32_t
   // Rows side by side: 4 for 4-bit codes, 2 for 8-bit. One thread, bench/bench_packed.cpp with
   // BENCH_THREAD_CLOCK, shared AMD EPYC (AVX2), us: q8_0 2048 x 768 140 with four against 108-116
   // with two; q4_0 (medians of 3, four against two) 2048 x 768 96.8 / 103.5, 768 x 768 39.0 /
-  // 42.2, 32000 x 288 703.7 / 720.3, but 768 x 2048 119.0 / 111.5 (rows of 1 KiB: 4 KiB of
-  // prefetches at once); syn85m q4_0 decode 140.2 / 136.7 tokens/s.
+  // 42.2, 32000 x 288 703.7 / 720.3, but 768 x 2048 119.0 / 111.5 (not explained; perhaps
+  // the 4 KiB of prefetches issued at once for rows of 1 KiB); syn85m q4_0 decode 140.2 / 136.7 tokens/s.
   constexpr int S = bits == 4 ? 4 : 2;
   const int64_t gpr = w.groups_per_row(), G = w.group, cols = w.cols;
   const int live = int(std::min<int64_t>(8, w.rows - o0));
