@@ -5,8 +5,9 @@
 // c % 16); here they are two 8-float vectors, lanes 0-7 and 8-15 (4-bit codes: the 8 even and the
 // 8 odd columns, put back in column order before the halving), each lane adding w * x (mul, then
 // add: no FMA in the target) in order of c from +0, and the halving starts with lo + hi.
-// Integer activations: each group's int32 dot exactly (int8 widened to int16, madd_epi16: no
-// saturation, unlike maddubs_epi16), then the reference's float steps on 8 rows at once.
+// Integer activations: each group's int32 dot exactly (8-bit: int8 widened to int16, madd_epi16;
+// 4-bit whose values span <= 127: unsigned codes by int8 x, maddubs_epi16, which cannot saturate
+// there), then the reference's float steps on 8 rows at once.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -230,10 +231,22 @@ LOWBIT_AVX2 void lane_ordered_matmul_avx2(const float* w, int64_t rows, int64_t 
 // ---- integer activations ----------------------------------------------------------------------
 namespace {
 
-// x's codes widened to int16 in the weight's order: 8-bit as they are; 4-bit each 32 columns as
-// [16 even columns | 16 odd] (the low nibbles of the 16 bytes of codes, then the high ones).
-std::vector<int16_t> widened_x(const int8_activations& a, int bits) {
-  std::vector<int16_t> out(size_t(a.n * a.cols));
+// How a row's codes enter the int32 dots. wide8, wide4: int8 values (4-bit: through the table of
+// lut[code]) widened to int16 against x as int16, madd_epi16: exact for any int8 codes. u4, u4_code:
+// 4-bit codes as the unsigned bytes u = lut[code] + bias (u4: a byte table; u4_code: lut[code] =
+// code - 8, q4_0's, so u is the code itself, bias 8, no table) against x as int8, maddubs_epi16
+// then madd_epi16 with ones, and the group's dot = that sum - bias * (the group's sum of x), as
+// the AVX-512 VNNI kernel (packed_matmul.cpp). maddubs_epi16 saturates a pair sum outside int16;
+// with u in [0, 127] a pair is at most 2 * 127 * 128 = 32512 in size: never (u4 only when the
+// lut's max - min <= 127, see packed_matmul_int_avx2; q4_0: u <= 15). 8-bit weights stay wide:
+// u = w + 128 reaches 255, and 2 * 255 * 128 would saturate.
+enum class int_codes { wide8, wide4, u4, u4_code };
+
+// x's codes in the weight's order: 8-bit as they are; 4-bit each 32 columns as [16 even columns |
+// 16 odd] (the low nibbles of the 16 bytes of codes, then the high ones). T: int16 (wide), int8.
+template <class T>
+std::vector<T> weight_order_x(const int8_activations& a, int bits) {
+  std::vector<T> out(size_t(a.n * a.cols));
   for (int64_t t = 0; t < a.n; ++t)
     for (int64_t c = 0; c < a.cols; ++c) {
       const int64_t at = bits == 8 ? c : c / 32 * 32 + (c % 2) * 16 + (c % 32) / 2;
@@ -242,63 +255,113 @@ std::vector<int16_t> widened_x(const int8_activations& a, int bits) {
   return out;
 }
 
-// The 8 rows' int32 partials r[i] (8 lanes each) -> one vector, lane i = the sum of r[i]'s lanes.
-LOWBIT_AVX2 inline __m256i reduce_rows8(const __m256i* r) {
-  const __m256i s01 = _mm256_hadd_epi32(r[0], r[1]), s23 = _mm256_hadd_epi32(r[2], r[3]);
-  const __m256i s45 = _mm256_hadd_epi32(r[4], r[5]), s67 = _mm256_hadd_epi32(r[6], r[7]);
-  const __m256i t0 = _mm256_hadd_epi32(s01, s23);  // [rows 0-3: lanes 0-3's sums | rows 0-3: lanes 4-7's]
-  const __m256i t1 = _mm256_hadd_epi32(s45, s67);  // the same for rows 4-7
-  return _mm256_add_epi32(_mm256_permute2x128_si256(t0, t1, 0x20), _mm256_permute2x128_si256(t0, t1, 0x31));
+// Each (token, group)'s sum of x [n, groups]: the bias's share of the u4 dots.
+std::vector<int32_t> group_sums_x(const int8_activations& a, int64_t group) {
+  const int64_t gpr = a.cols / group;
+  std::vector<int32_t> sums(size_t(a.n * gpr), 0);
+  for (int64_t t = 0; t < a.n; ++t)
+    for (int64_t c = 0; c < a.cols; ++c) sums[size_t(t * gpr + c / group)] += a.q[size_t(t * a.cols + c)];
+  return sums;
+}
+
+// S rows' int32 partials r[0 .. S) (8 lanes each) -> one vector: S = 2, hadd(r[0], r[1]); S = 4,
+// hadd(hadd(r[0], r[1]), hadd(r[2], r[3])) = [rows 0-3: lanes 0-3's sums | rows 0-3: lanes 4-7's].
+template <int S>
+LOWBIT_AVX2 inline __m256i hadd_rows(const __m256i* r) {
+  if constexpr (S == 2) return _mm256_hadd_epi32(r[0], r[1]);
+  else return _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
+}
+
+// The 8 rows' 8 / S vectors of hadd_rows<S> -> one vector, lane i = the sum of row i's partials.
+template <int S>
+LOWBIT_AVX2 inline __m256i reduce_rows8(const __m256i* p) {
+  const __m256i q0 = S == 4 ? p[0] : hadd_rows<2>(p), q1 = S == 4 ? p[1] : hadd_rows<2>(p + 2);  // rows 0-3, 4-7
+  return _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20), _mm256_permute2x128_si256(q0, q1, 0x31));
+}
+
+// One block of 32 columns of a row (codes at `row`, this block's first byte) against x's block
+// (int16 or int8 per K): 8 int32 partials whose sum is the block's dot (u4: of u, before the bias).
+template <int_codes K>
+LOWBIT_AVX2 inline __m256i block_partials(const uint8_t* row, const void* xb, __m128i table) {
+  if constexpr (K == int_codes::wide8 || K == int_codes::wide4) {
+    const int16_t* x = static_cast<const int16_t*>(xb);
+    __m256i w0, w1;
+    if constexpr (K == int_codes::wide8) {
+      w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
+      w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16)));
+    } else {  // the 16 bytes' low nibbles (even columns), then high ones, each through the table
+      const __m128i low4 = _mm_set1_epi8(0x0f);
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
+      w0 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(table, _mm_and_si128(b, low4)));
+      w1 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(b, 4), low4)));
+    }
+    return _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x))),
+                            _mm256_madd_epi16(w1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 16))));
+  } else {
+    // [the 16 bytes | the same 16 bytes >> 4] & 0x0f: the low nibbles, then the high ones.
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row));
+    __m256i u = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(b), _mm_srli_epi16(b, 4), 1),
+                                 _mm256_set1_epi8(0x0f));
+    if constexpr (K == int_codes::u4) u = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), u);
+    const __m256i pairs = _mm256_maddubs_epi16(u, _mm256_loadu_si256(static_cast<const __m256i*>(xb)));
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+  }
 }
 
 // Rows [o0, o0 + 8) (past the last row: the last row again, not stored) against every token, row
-// i in lane i. 1. each row's groups, one row after another (one stream from memory): the group's
-// 8 int32 partials, 32 columns a step (w and x as int16, madd_epi16: exact), into parts
-// [groups][8 rows]; 2. per group the 8 rows' dots (reduce_rows8), then the reference's float
-// steps ((sw * sx) * float(dot) added to +0, groups in order) on 8 rows at once.
-template <int BITS>
-LOWBIT_AVX2 void int_rows8(const packed_matrix& w, const int16_t* x16, const int8_activations& a, __m128i table,
-                           int64_t o0, float* y, __m256i* parts, float* row_scales) {
+// i in lane i. 1. S rows side by side, S rows after S: each group's 8 int32 partials of each, 32
+// columns a step (block_partials), hadd_rows<S> into parts [groups][8 / S]; 2. per group
+// the 8 rows' dots (reduce_rows8, u4: minus bias * the group's sum of x), then the reference's
+// float steps ((sw * sx) * float(dot) added to +0, groups in order) on 8 rows at once.
+template <int_codes K>
+LOWBIT_AVX2 void int_rows8(const packed_matrix& w, const void* xq, const int32_t* xsums, int32_t bias,
+                           const int8_activations& a, __m128i table, int64_t o0, float* y, __m256i* parts,
+                           float* row_scales) {
+  constexpr bool wide = K == int_codes::wide8 || K == int_codes::wide4;
+  constexpr int64_t x_bytes = wide ? 2 : 1;  // per column
+  constexpr int64_t bits = K == int_codes::wide8 ? 8 : 4;
+  // Rows side by side: 4 for 4-bit codes, 2 for 8-bit. One thread, bench/bench_packed.cpp with
+  // BENCH_THREAD_CLOCK, shared AMD EPYC (AVX2), us: q8_0 2048 x 768 140 with four against 108-116
+  // with two; q4_0 (medians of 3, four against two) 2048 x 768 96.8 / 103.5, 768 x 768 39.0 /
+  // 42.2, 32000 x 288 703.7 / 720.3, but 768 x 2048 119.0 / 111.5 (not explained; perhaps
+  // the 4 KiB of prefetches issued at once for rows of 1 KiB); syn85m q4_0 decode 140.2 / 136.7 tokens/s.
+  constexpr int S = bits == 4 ? 4 : 2;
   const int64_t gpr = w.groups_per_row(), G = w.group, cols = w.cols;
   const int live = int(std::min<int64_t>(8, w.rows - o0));
-  const __m128i low4 = _mm_set1_epi8(0x0f);
   for (int i = 0; i < 8; ++i)  // the 8 rows' scales, row i at [g * 8 + i]
     for (int64_t g = 0; g < gpr; ++g) row_scales[g * 8 + i] = w.scales[size_t(std::min(o0 + i, w.rows - 1) * gpr + g)];
   for (int64_t t = 0; t < a.n; ++t) {
-    const int16_t* xt = x16 + t * cols;
-    for (int i = 0; i < 8; ++i) {
-      const int64_t o = std::min(o0 + i, w.rows - 1);
-      const uint8_t* row = w.codes.data() + o * w.row_bytes;
-      if (t == 0 && o + kAhead < w.rows) {  // the row kAhead on, and its scales
-        for (int64_t b = 0; b < w.row_bytes; b += 64)
-          _mm_prefetch(reinterpret_cast<const char*>(row + kAhead * w.row_bytes + b), _MM_HINT_T0);
-        for (int64_t g = 0; g < gpr; g += 16)
-          _mm_prefetch(reinterpret_cast<const char*>(w.scales.data() + (o + kAhead) * gpr + g), _MM_HINT_T0);
+    const char* xt = static_cast<const char*>(xq) + t * cols * x_bytes;
+    for (int k = 0; k < 8 / S; ++k) {  // rows S k .. S k + S - 1 side by side (S streams from memory)
+      const uint8_t* rows[S];
+      for (int h = 0; h < S; ++h) {
+        const int64_t o = std::min(o0 + S * k + h, w.rows - 1);
+        rows[h] = w.codes.data() + o * w.row_bytes;
+        if (t == 0 && o + kAhead < w.rows) {  // the row kAhead on, and its scales
+          for (int64_t b = 0; b < w.row_bytes; b += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(rows[h] + kAhead * w.row_bytes + b), _MM_HINT_T0);
+          for (int64_t g = 0; g < gpr; g += 16)
+            _mm_prefetch(reinterpret_cast<const char*>(w.scales.data() + (o + kAhead) * gpr + g), _MM_HINT_T0);
+        }
       }
       for (int64_t g = 0; g < gpr; ++g) {
-        __m256i dot = _mm256_setzero_si256();
-        for (int64_t c = g * G; c < (g + 1) * G; c += 32) {
-          __m256i w0, w1;
-          if constexpr (BITS == 8) {
-            w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c)));
-            w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c + 16)));
-          } else {  // the 16 bytes' low nibbles (even columns), then high ones, each through the table
-            const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2));
-            w0 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(table, _mm_and_si128(b, low4)));
-            w1 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(b, 4), low4)));
-          }
-          dot = _mm256_add_epi32(dot, _mm256_madd_epi16(w0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt + c))));
-          dot = _mm256_add_epi32(dot, _mm256_madd_epi16(w1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xt + c + 16))));
-        }
-        _mm256_store_si256(parts + g * 8 + i, dot);
+        __m256i dot[S];
+        for (int h = 0; h < S; ++h) dot[h] = _mm256_setzero_si256();
+        for (int64_t c = g * G; c < (g + 1) * G; c += 32)
+          for (int h = 0; h < S; ++h)
+            dot[h] = _mm256_add_epi32(dot[h], block_partials<K>(rows[h] + c * bits / 8, xt + c * x_bytes, table));
+        _mm256_store_si256(parts + g * (8 / S) + k, hadd_rows<S>(dot));
       }
     }
     const float* sx = a.scale.data() + t * gpr;
     __m256 acc = _mm256_setzero_ps();
     for (int64_t g = 0; g < gpr; ++g) {
-      const __m256 dots = _mm256_cvtepi32_ps(reduce_rows8(parts + g * 8));
+      __m256i dots = reduce_rows8<S>(parts + g * (8 / S));
+      // Exact: the true dot fits an int32 (check_int), and int32 adds wrap, so the sum of u * x
+      // minus bias * sum x is it whatever the intermediate values.
+      if constexpr (!wide) dots = _mm256_sub_epi32(dots, _mm256_set1_epi32(int32_t(uint32_t(bias) * uint32_t(xsums[t * gpr + g]))));
       const __m256 m = _mm256_mul_ps(_mm256_load_ps(row_scales + g * 8), _mm256_set1_ps(sx[g]));
-      acc = _mm256_add_ps(acc, _mm256_mul_ps(m, dots));
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(m, _mm256_cvtepi32_ps(dots)));
     }
     alignas(32) float out[8];
     _mm256_store_ps(out, acc);
@@ -309,18 +372,34 @@ LOWBIT_AVX2 void int_rows8(const packed_matrix& w, const int16_t* x16, const int
 }  // namespace
 
 LOWBIT_AVX2 void packed_matmul_int_avx2(const packed_matrix& w, const int8_activations& a, float* y) {
-  // 4-bit: each code's integer value (lut, in [-127, 127]: integer_values) as shuffle_epi8's table.
+  // 4-bit: each code's integer value (lut, in [-127, 127]: integer_values). When the values span
+  // at most 127 (q4_0, int4), u = lut[code] - min(lut) in [0, 127] is maddubs_epi16's unsigned
+  // operand (int_codes::u4), the table holding u; otherwise the table holds lut[code] (wide4).
+  int_codes kind = w.bits == 8 ? int_codes::wide8 : int_codes::wide4;
+  int32_t bias = 0;
   alignas(16) int8_t table_bytes[16] = {};
-  if (w.bits == 4)
-    for (int c = 0; c < 16; ++c) table_bytes[c] = static_cast<int8_t>(w.lut[size_t(c)]);
+  if (w.bits == 4) {
+    const auto [lo, hi] = std::minmax_element(w.lut.begin(), w.lut.end());
+    bool code_minus_8 = true;
+    for (int c = 0; c < 16; ++c) code_minus_8 = code_minus_8 && w.lut[size_t(c)] == float(c - 8);
+    if (*hi - *lo <= 127) {
+      kind = code_minus_8 ? int_codes::u4_code : int_codes::u4;
+      bias = -int32_t(*lo);
+    }
+    for (int c = 0; c < 16; ++c) table_bytes[c] = static_cast<int8_t>(int32_t(w.lut[size_t(c)]) + bias);
+  }
   const __m128i table = _mm_load_si128(reinterpret_cast<const __m128i*>(table_bytes));
-  const std::vector<int16_t> x16 = widened_x(a, w.bits);
+  const bool wide = kind == int_codes::wide8 || kind == int_codes::wide4;
+  const std::vector<int16_t> x16 = wide ? weight_order_x<int16_t>(a, w.bits) : std::vector<int16_t>();
+  const std::vector<int8_t> x8 = wide ? std::vector<int8_t>() : weight_order_x<int8_t>(a, w.bits);
+  const std::vector<int32_t> xsums = wide ? std::vector<int32_t>() : group_sums_x(a, w.group);
+  const void* xq = wide ? static_cast<const void*>(x16.data()) : static_cast<const void*>(x8.data());
   const int64_t blocks = (w.rows + 7) / 8, gpr = w.groups_per_row();
   const bool threads = packed_product_threads(w.rows, w.cols, a.n);
 #pragma omp parallel if (threads)
   {
-    // [groups][8 rows] int32 partials, then [groups][8 rows] scales, 32-byte aligned.
-    const int64_t part_words = 8 * 8 * gpr;
+    // [groups][8 / S] int32 partials (int_rows8), then [groups][8 rows] scales, 32-byte aligned.
+    const int64_t part_words = 8 * 4 * gpr;  // S >= 2
     std::vector<float> scratch(size_t(part_words + 8 * gpr + 8));
     void* base = scratch.data();
     size_t room = scratch.size() * sizeof(float);
@@ -329,8 +408,12 @@ LOWBIT_AVX2 void packed_matmul_int_avx2(const packed_matrix& w, const int8_activ
     float* row_scales = aligned + part_words;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
-      if (w.bits == 8) int_rows8<8>(w, x16.data(), a, table, b * 8, y, parts, row_scales);
-      else int_rows8<4>(w, x16.data(), a, table, b * 8, y, parts, row_scales);
+      switch (kind) {
+        case int_codes::wide8: int_rows8<int_codes::wide8>(w, xq, nullptr, 0, a, table, b * 8, y, parts, row_scales); break;
+        case int_codes::wide4: int_rows8<int_codes::wide4>(w, xq, nullptr, 0, a, table, b * 8, y, parts, row_scales); break;
+        case int_codes::u4: int_rows8<int_codes::u4>(w, xq, xsums.data(), bias, a, table, b * 8, y, parts, row_scales); break;
+        case int_codes::u4_code: int_rows8<int_codes::u4_code>(w, xq, xsums.data(), bias, a, table, b * 8, y, parts, row_scales); break;
+      }
     }
   }
 }

@@ -11,6 +11,7 @@
 // Every fast-against-reference check runs on each kernel this CPU has (for_each_packed_target:
 // AVX-512, AVX2, scalar), so an AVX-512 machine tests the AVX2 kernels too.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <iterator>
@@ -308,6 +309,34 @@ TEST(PackedMatmul, IntegerProductTakesEveryCode) {
       packed_matmul_int_ref(p, a, ref.data());
       packed_matmul_int(p, a, fast.data());
       EXPECT_TRUE(same_bits(ref, fast)) << spec;
+    }
+  });
+}
+
+// 4-bit tables of integer values other than q4_0's code - 8, with x at both int8 extremes: the AVX2
+// kernel's unsigned-code path (maddubs_epi16: u = lut[code] - min(lut), values spanning <= 127,
+// pair sums up to 2 * 127 * 128 at the edge of int16) and its int16 path (span > 127).
+TEST(PackedMatmul, IntegerProductFourBitTables) {
+  const std::vector<std::array<float, 16>> tables = {
+      {-60, -52, -44, -36, -28, -20, -12, -4, 4, 12, 20, 28, 36, 44, 52, 60},          // span 120
+      {64, -63, 0, 5, -7, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12},                           // span 127, min not code 0
+      {-7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7, 0},                           // int4-like, no -8
+      {-127, 127, -100, 100, -50, 50, 0, 1, -1, 2, -2, 3, -3, 4, -4, 126},               // span 254: int16 path
+  };
+  for_each_packed_target([&] {
+    for (const auto& lut : tables) {
+      const int64_t rows = 19, cols = 128, n = 3;
+      const auto w = randn(rows * cols, 33, 0.05f);
+      packed_matrix p = pack_matrix(quantize(w.data(), rows, cols, parse_format("q4_0")));
+      p.lut = lut;
+      int8_activations a;
+      a.n = n, a.cols = cols, a.group = 32;
+      for (int64_t i = 0; i < n * cols; ++i) a.q.push_back(int8_t(i % 5 == 0 ? -128 : i % 5 == 1 ? 127 : int(i * 37 % 255) - 127));
+      for (int64_t i = 0; i < n * cols / 32; ++i) a.scale.push_back(0.01f * float(i + 1));
+      std::vector<float> ref(n * rows), fast(n * rows, -1.0f);
+      packed_matmul_int_ref(p, a, ref.data());
+      packed_matmul_int(p, a, fast.data());
+      EXPECT_TRUE(same_bits(ref, fast)) << lut[0] << " " << lut[1];
     }
   });
 }
