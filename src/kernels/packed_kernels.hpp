@@ -20,6 +20,30 @@ bool packed_product_threads(int64_t rows, int64_t cols, int64_t n);
 // a 4-bit row's codes as the low nibbles, then the high nibbles, of its 8 bytes.
 std::vector<float> permuted_x(const float* x, int64_t n, int64_t cols);
 
+// A tile's rows [o0, o0 + R): each row's codes and its first group's scale.
+template <int R>
+struct tile_rows {
+  const uint8_t* codes[R];
+  const float* scales[R];
+  tile_rows(const packed_matrix& w, int64_t o0) {
+    for (int i = 0; i < R; ++i) {
+      codes[i] = w.codes.data() + (o0 + i) * w.row_bytes;
+      scales[i] = w.scales.data() + (o0 + i) * w.groups_per_row();
+    }
+  }
+};
+
+// The GEMV's prefetch into L1 of rows [first, first + count) (codes and scales; contiguous), when
+// they exist: one row's codes are a few cache lines, which the kernels need before the hardware
+// prefetcher has seen the row's stream.
+inline void prefetch_rows(const packed_matrix& w, int64_t first, int64_t count) {
+  if (first + count > w.rows) return;
+  const uint8_t* codes = w.codes.data() + first * w.row_bytes;
+  for (int64_t b = 0; b < count * w.row_bytes; b += 64) __builtin_prefetch(codes + b, 0, 3);
+  const float* scales = w.scales.data() + first * w.groups_per_row();
+  for (int64_t b = 0; b < count * w.groups_per_row(); b += 16) __builtin_prefetch(scales + b, 0, 3);
+}
+
 // lane_ordered_matmul's schedule, the same for every ISA: a GEMV (n == 1) in chunks of 64 rows,
 // gemv(o0, o1) computing rows [o0, o1); a GEMM in blocks of 4 rows, each against every token in
 // turn, rows4(o0, t) computing rows [o0, o0 + 4) of token t and row1(o, t) one row (the last

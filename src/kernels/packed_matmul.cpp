@@ -201,6 +201,8 @@ namespace {
 using detail::packed_product_threads;
 using detail::permuted_x;
 using detail::lane_ordered_schedule;
+using detail::prefetch_rows;
+using detail::tile_rows;
 
 #define LOWBIT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define LOWBIT_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
@@ -254,19 +256,11 @@ LOWBIT_AVX512 void tile_avx512(const packed_matrix& w, const float* x, float* y,
   __m512 acc[R][T];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_ps();
-  const uint8_t* rows[R];
-  const float* sc[R];
-  for (int i = 0; i < R; ++i) {
-    rows[i] = w.codes.data() + (o0 + i) * w.row_bytes;
-    sc[i] = w.scales.data() + (o0 + i) * gpr;
-  }
+  const tile_rows<R> tr(w, o0);
+  const auto& rows = tr.codes;
+  const auto& sc = tr.scales;
   if constexpr (PF > 0) {
-    if (o0 + PF + R <= w.rows) {  // rows [o0 + PF, o0 + PF + R)
-      const uint8_t* ahead = rows[0] + PF * w.row_bytes;
-      for (int64_t b = 0; b < R * w.row_bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + b), _MM_HINT_T0);
-      const float* sa = sc[0] + PF * gpr;
-      for (int64_t b = 0; b < R * gpr; b += 16) _mm_prefetch(reinterpret_cast<const char*>(sa + b), _MM_HINT_T0);
-    }
+    prefetch_rows(w, o0 + PF, R);
   } else if (R > 1) {
     // The same columns of the next block of rows (contiguous: R rows on). R rows read at once
     // are R streams inside one page, which the hardware prefetcher does not follow (measured

@@ -90,20 +90,10 @@ LOWBIT_AVX2 void tile(const packed_matrix& w, const float* x, float* y, int64_t 
   __m256 acc[R][T][2];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < T; ++j) acc[i][j][0] = acc[i][j][1] = _mm256_setzero_ps();
-  const uint8_t* rows[R];
-  const float* sc[R];
-  for (int i = 0; i < R; ++i) {
-    rows[i] = w.codes.data() + (o0 + i) * w.row_bytes;
-    sc[i] = w.scales.data() + (o0 + i) * gpr;
-  }
-  if constexpr (PF > 0) {
-    if (o0 + PF + R <= w.rows) {  // rows [o0 + PF, o0 + PF + R): contiguous
-      const uint8_t* ahead = rows[0] + PF * w.row_bytes;
-      for (int64_t b = 0; b < R * w.row_bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + b), _MM_HINT_T0);
-      const float* sa = sc[0] + PF * gpr;
-      for (int64_t b = 0; b < R * gpr; b += 16) _mm_prefetch(reinterpret_cast<const char*>(sa + b), _MM_HINT_T0);
-    }
-  }
+  const tile_rows<R> tr(w, o0);
+  const auto& rows = tr.codes;
+  const auto& sc = tr.scales;
+  if constexpr (PF > 0) prefetch_rows(w, o0 + PF, R);
   for (int64_t g = 0; g < gpr; ++g) {
     __m256 s[R], slo[R], shi[R];
     for (int i = 0; i < R; ++i) {

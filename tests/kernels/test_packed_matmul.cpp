@@ -76,6 +76,26 @@ void for_each_packed_target(Body&& body) {
 const char* const kFormats[] = {"q8_0", "q4_0", "int4/g32", "mxfp4", "nvfp4", "int8/c", "e2m1/g16:e4m3", "int8/g32"};
 
 
+// Integer activation codes [n, cols] in groups of 32 with both int8 extremes (position i: -128 when
+// i % period == 0, 127 when i % period == 1, else spread over the range) and scales 0.01, 0.02, ...
+int8_activations extreme_activations(int64_t n, int64_t cols, int period) {
+  int8_activations a;
+  a.n = n, a.cols = cols, a.group = 32;
+  for (int64_t i = 0; i < n * cols; ++i)
+    a.q.push_back(int8_t(i % period == 0 ? -128 : i % period == 1 ? 127 : int(i * 37 % 255) - 127));
+  for (int64_t i = 0; i < n * cols / 32; ++i) a.scale.push_back(0.01f * float(i + 1));
+  return a;
+}
+
+// packed_matmul_int(p, a) equals packed_matmul_int_ref(p, a) bit for bit.
+::testing::AssertionResult IntProductEqualsRef(const packed_matrix& p, const int8_activations& a) {
+  std::vector<float> ref(size_t(a.n * p.rows)), fast(size_t(a.n * p.rows), -1.0f);
+  packed_matmul_int_ref(p, a, ref.data());
+  packed_matmul_int(p, a, fast.data());
+  if (same_bits(ref, fast)) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "packed_matmul_int differs from the reference";
+}
+
 }  // namespace
 
 TEST(PackedMatmul, ValuesAreDequantizeRefBitForBit) {
@@ -301,14 +321,7 @@ TEST(PackedMatmul, IntegerProductTakesEveryCode) {
       auto w = randn(rows * cols, 31, 0.05f);
       for (int64_t c = 0; c < cols; c += 5) w[c] = 1.0f, w[cols + c] = -1.0f;  // each block's amax at both signs
       const packed_matrix p = pack_matrix(quantize(w.data(), rows, cols, parse_format(spec)));
-      int8_activations a;
-      a.n = n, a.cols = cols, a.group = 32;
-      for (int64_t i = 0; i < n * cols; ++i) a.q.push_back(int8_t(i % 7 == 0 ? -128 : i % 7 == 1 ? 127 : int(i * 37 % 255) - 127));
-      for (int64_t i = 0; i < n * cols / 32; ++i) a.scale.push_back(0.01f * float(i + 1));
-      std::vector<float> ref(n * rows), fast(n * rows, -1.0f);
-      packed_matmul_int_ref(p, a, ref.data());
-      packed_matmul_int(p, a, fast.data());
-      EXPECT_TRUE(same_bits(ref, fast)) << spec;
+      EXPECT_TRUE(IntProductEqualsRef(p, extreme_activations(n, cols, 7))) << spec;
     }
   });
 }
@@ -329,14 +342,7 @@ TEST(PackedMatmul, IntegerProductFourBitTables) {
       const auto w = randn(rows * cols, 33, 0.05f);
       packed_matrix p = pack_matrix(quantize(w.data(), rows, cols, parse_format("q4_0")));
       p.lut = lut;
-      int8_activations a;
-      a.n = n, a.cols = cols, a.group = 32;
-      for (int64_t i = 0; i < n * cols; ++i) a.q.push_back(int8_t(i % 5 == 0 ? -128 : i % 5 == 1 ? 127 : int(i * 37 % 255) - 127));
-      for (int64_t i = 0; i < n * cols / 32; ++i) a.scale.push_back(0.01f * float(i + 1));
-      std::vector<float> ref(n * rows), fast(n * rows, -1.0f);
-      packed_matmul_int_ref(p, a, ref.data());
-      packed_matmul_int(p, a, fast.data());
-      EXPECT_TRUE(same_bits(ref, fast)) << lut[0] << " " << lut[1];
+      EXPECT_TRUE(IntProductEqualsRef(p, extreme_activations(n, cols, 5))) << lut[0] << " " << lut[1];
     }
   });
 }
