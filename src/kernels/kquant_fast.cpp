@@ -250,6 +250,32 @@ HWY_INLINE void StoreSymmetricFit(const VF (&amax)[K], const VF (&scale)[K], con
   TransposeOut<kSymSub>(codes, lanes, W, L);
 }
 
+// The first fit of the K * N symmetric sub-blocks in xt (kSymSub values each, transposed): the
+// codes l = clamp(nearest(-nmax / max * x)) into l_out, the weights w = x^2 and w * x (the scalar
+// code's w * x[i] * l) into wt and wxt, and each sub-block's sums of w x l and w l^2 in order of
+// its values (as kquant.cpp's make_qx_quants / make_q3_quants start).
+template <size_t K>
+HWY_INLINE void FirstSymmetricFit(const float* HWY_RESTRICT xt, size_t N, int nmax, const VF (&max)[K], VI lo, VI hi,
+                                  float* HWY_RESTRICT l_out, float* HWY_RESTRICT wt, float* HWY_RESTRICT wxt,
+                                  VF (&sumlx)[K], VF (&suml2)[K]) {
+  const DF df;
+  for (size_t k = 0; k < K; ++k) {
+    const VF iscale = hn::Div(hn::Set(df, static_cast<float>(-nmax)), max[k]);
+    sumlx[k] = suml2[k] = hn::Zero(df);
+    for (size_t e = 0; e < kSymSub; ++e) {
+      const size_t at = (e * K + k) * N;
+      const VF xe = hn::Load(df, xt + at);
+      const VF lf = ClampedCode(hn::Mul(iscale, xe), lo, hi);
+      hn::Store(lf, df, l_out + at);
+      const VF w = hn::Mul(xe, xe), wx = hn::Mul(w, xe);
+      hn::Store(w, df, wt + at);
+      hn::Store(wx, df, wxt + at);
+      sumlx[k] = hn::Add(sumlx[k], hn::Mul(wx, lf));
+      suml2[k] = hn::Add(suml2[k], hn::Mul(hn::Mul(w, lf), lf));
+    }
+  }
+}
+
 template <size_t K>
 void FitSymmetricT(const float* HWY_RESTRICT x, size_t count, int nmax, float* HWY_RESTRICT scales, uint8_t* HWY_RESTRICT L) {
   const DF df;
@@ -268,21 +294,7 @@ void FitSymmetricT(const float* HWY_RESTRICT x, size_t count, int nmax, float* H
     TransposeIn<kSymSub>(x + kSymSub * j0, lanes, W, xt);
     VF max[K], amax[K], sumlx[K], suml2[K], scale[K], best[K], iscale[K];
     SignedMax<kSymSub, K>(xt, N, max, amax);
-    for (size_t k = 0; k < K; ++k) {
-      iscale[k] = hn::Div(hn::Set(df, static_cast<float>(-nmax)), max[k]);
-      sumlx[k] = suml2[k] = zero;
-    }
-    for (size_t e = 0; e < kSymSub; ++e)
-      for (size_t k = 0; k < K; ++k) {
-        const VF xe = hn::Load(df, xt + at(e, k));
-        const VF lf = ClampedCode(hn::Mul(iscale[k], xe), lo, hi);
-        hn::Store(lf, df, best_l + at(e, k));
-        const VF w = hn::Mul(xe, xe), wx = hn::Mul(w, xe);  // weights x^2; w * x as the scalar code's w * x[i] * l
-        hn::Store(w, df, wt + at(e, k));
-        hn::Store(wx, df, wxt + at(e, k));
-        sumlx[k] = hn::Add(sumlx[k], hn::Mul(wx, lf));
-        suml2[k] = hn::Add(suml2[k], hn::Mul(hn::Mul(w, lf), lf));
-      }
+    FirstSymmetricFit<K>(xt, N, nmax, max, lo, hi, best_l, wt, wxt, sumlx, suml2);
     for (size_t k = 0; k < K; ++k) {
       scale[k] = hn::IfThenElse(hn::Ne(suml2[k], zero), hn::Div(sumlx[k], suml2[k]), zero);
       best[k] = hn::Mul(scale[k], sumlx[k]);
@@ -343,20 +355,7 @@ void FitQ3T(const float* HWY_RESTRICT x, size_t count, int nmax, float* HWY_REST
     TransposeIn<kSymSub>(x + kSymSub * j0, lanes, W, xt);
     VF max[K], amax[K], sumlx[K], suml2[K];
     SignedMax<kSymSub, K>(xt, N, max, amax);
-    for (size_t k = 0; k < K; ++k) {
-      const VF iscale = hn::Div(hn::Set(df, static_cast<float>(-nmax)), max[k]);
-      sumlx[k] = suml2[k] = zero;
-      for (size_t e = 0; e < kSymSub; ++e) {
-        const VF xe = hn::Load(df, xt + at(e, k));
-        const VF lf = ClampedCode(hn::Mul(iscale, xe), lo, hi);
-        hn::Store(lf, df, l_of + at(e, k));
-        const VF w = hn::Mul(xe, xe), wx = hn::Mul(w, xe);
-        hn::Store(w, df, wt + at(e, k));
-        hn::Store(wx, df, wxt + at(e, k));
-        sumlx[k] = hn::Add(sumlx[k], hn::Mul(wx, lf));
-        suml2[k] = hn::Add(suml2[k], hn::Mul(hn::Mul(w, lf), lf));
-      }
-    }
+    FirstSymmetricFit<K>(xt, N, nmax, max, lo, hi, l_of, wt, wxt, sumlx, suml2);
     // A sweep that changes no code leaves the state as it was, so a lane whose scalar loop has
     // stopped changes nothing in the sweeps the other lanes still need.
     for (int itry = 0; itry < 5; ++itry) {
