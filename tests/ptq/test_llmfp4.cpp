@@ -130,13 +130,11 @@ TEST(LlmFp4, NeverWorseThanRtn) {
     const llmfp4_result r = llmfp4_quantize(X.data(), L.n, in, W.data(), out, f);
     const vecf rtn = rtn_quantize(W.data(), out, in, f);
     const double e_rtn = output_error(X.data(), L.n, in, W.data(), rtn.data(), out);
-    // The same output_error of the same operands, up to the float32 sums of OpenBLAS's sgemm, whose
-    // kernel may differ between calls with the buffers' alignment (and, before conventions §47's
-    // tiles, with the thread count): seen to move the last bits on an AVX2 machine.
-    EXPECT_NEAR(r.rtn_error, e_rtn, 1e-6 * e_rtn) << L.fmt;
-    EXPECT_LE(r.error, e_rtn * (1 + 1e-6)) << L.fmt;
-    const double e_chosen = output_error(X.data(), L.n, in, W.data(), r.weights.data(), out);
-    EXPECT_NEAR(r.error, e_chosen, 1e-6 * e_chosen) << L.fmt;
+    // The same output_error of the same operands, bit for bit: its products are tiles fixed by the
+    // shape (conventions §47), so neither the thread count nor the load moves them.
+    EXPECT_EQ(r.rtn_error, e_rtn) << L.fmt;
+    EXPECT_LE(r.error, e_rtn) << L.fmt;
+    EXPECT_EQ(r.error, output_error(X.data(), L.n, in, W.data(), r.weights.data(), out)) << L.fmt;
     std::printf("[llmfp4] %-14s n=%3lld  chosen %-16s  error/RTN = %.4f\n", L.fmt, static_cast<long long>(L.n),
                 r.format.c_str(), r.error / e_rtn);
     expect_valid(r, W, out, in);
