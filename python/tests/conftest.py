@@ -6,16 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-# The cross-checks below hold the Python front end to the CLI bit for bit. The engine's and PTQ's
-# float products no longer follow the thread count (conventions §47), but GPTQ's float64
-# factorisation still threads inside OpenBLAS, whose kernels for some CPUs (seen: AVX2) sum in
-# another order with another thread count, and the two front ends need not run the same team
-# (lowbit's team follows the machine's load, kernels/threads.hpp): the suite runs one thread, and
-# the CLI it starts inherits the setting.
-os.environ["OMP_NUM_THREADS"] = "1"
-os.environ["OPENBLAS_NUM_THREADS"] = "1"
-
-import lowbit  # noqa: E402  (after the setting above)
+import lowbit
 
 
 @pytest.fixture(scope="session")
