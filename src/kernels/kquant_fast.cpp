@@ -86,6 +86,17 @@ HWY_INLINE void SignedMax(const float* HWY_RESTRICT xt, size_t N, VF (&max)[K], 
 
 // kquant.cpp fit_with_min_ref's weights and fit_scale_min (make_qkx2_quants) on K * N
 // sub-blocks of kSub at once.
+// The candidate codes aux_l take the place of best_l in the lanes where `better` holds (the sub-block
+// k's values e at [e * K + k] * N).
+template <size_t kSub, size_t K>
+HWY_INLINE void BlendBest(MF better, size_t k, size_t N, const float* HWY_RESTRICT aux_l, float* HWY_RESTRICT best_l) {
+  const DF df;
+  for (size_t e = 0; e < kSub; ++e) {
+    const size_t at = (e * K + k) * N;
+    hn::Store(hn::IfThenElse(better, hn::Load(df, aux_l + at), hn::Load(df, best_l + at)), df, best_l + at);
+  }
+}
+
 template <size_t kSub, size_t K>
 void FitScaleMinT(const float* HWY_RESTRICT x, size_t count, int nmax, float rmin, float rdelta, int nstep, bool use_mad,
                   float* HWY_RESTRICT scales, float* HWY_RESTRICT the_mins, uint8_t* HWY_RESTRICT L) {
@@ -191,9 +202,7 @@ void FitScaleMinT(const float* HWY_RESTRICT x, size_t count, int nmax, float rmi
       if (!AnyTrue(better)) continue;
       for (size_t k = 0; k < K; ++k) {
         if (hn::AllFalse(df, better[k])) continue;
-        for (size_t e = 0; e < kSub; ++e)
-          hn::Store(hn::IfThenElse(better[k], hn::Load(df, aux_l + at(e, k)), hn::Load(df, best_l + at(e, k))), df,
-                    best_l + at(e, k));
+        BlendBest<kSub, K>(better[k], k, N, aux_l, best_l);
         best_error[k] = hn::IfThenElse(better[k], cur_error[k], best_error[k]);
         scale[k] = hn::IfThenElse(better[k], this_scale[k], scale[k]);
         min[k] = hn::IfThenElse(better[k], this_min[k], min[k]);
@@ -226,7 +235,6 @@ void FitScaleMin(const float* HWY_RESTRICT x, size_t count, int sub, int nmax, f
 
 constexpr size_t kSymSub = 16;  // q3_k and q6_k sub-blocks
 
-// kquant.cpp fit_symmetric_scale (make_qx_quants, rmse_type 1) on K * N sub-blocks of 16 at once.
 // The end of a symmetric fit (FitSymmetricT, FitQ3T) of K * N sub-blocks of kSymSub: a sub-block
 // whose amax is below kGroupMaxEps gets scale 0 and codes 0 (kquant.cpp's early return), the others
 // their scale and their codes l + z (l the fitted levels, [e * K + k] * N + lane); then the
@@ -276,6 +284,7 @@ HWY_INLINE void FirstSymmetricFit(const float* HWY_RESTRICT xt, size_t N, int nm
   }
 }
 
+// kquant.cpp fit_symmetric_scale (make_qx_quants, rmse_type 1) on K * N sub-blocks of 16 at once.
 template <size_t K>
 void FitSymmetricT(const float* HWY_RESTRICT x, size_t count, int nmax, float* HWY_RESTRICT scales, uint8_t* HWY_RESTRICT L) {
   const DF df;
@@ -292,7 +301,7 @@ void FitSymmetricT(const float* HWY_RESTRICT x, size_t count, int nmax, float* H
   for (size_t j0 = 0; j0 < count; j0 += W) {
     const size_t lanes = std::min(W, count - j0);
     TransposeIn<kSymSub>(x + kSymSub * j0, lanes, W, xt);
-    VF max[K], amax[K], sumlx[K], suml2[K], scale[K], best[K], iscale[K];
+    VF max[K], amax[K], sumlx[K], suml2[K], scale[K], best[K];
     SignedMax<kSymSub, K>(xt, N, max, amax);
     FirstSymmetricFit<K>(xt, N, nmax, max, lo, hi, best_l, wt, wxt, sumlx, suml2);
     for (size_t k = 0; k < K; ++k) {
@@ -302,6 +311,7 @@ void FitSymmetricT(const float* HWY_RESTRICT x, size_t count, int nmax, float* H
     for (int is = -9; is <= 9; ++is) {
       if (is == 0) continue;
       const VF num = hn::Set(df, -(static_cast<float>(nmax) + 0.1f * static_cast<float>(is)));
+      VF iscale[K];
       for (size_t k = 0; k < K; ++k) {
         iscale[k] = hn::Div(num, max[k]);
         sumlx[k] = suml2[k] = zero;
@@ -319,9 +329,7 @@ void FitSymmetricT(const float* HWY_RESTRICT x, size_t count, int nmax, float* H
       if (!AnyTrue(better)) continue;
       for (size_t k = 0; k < K; ++k) {
         if (hn::AllFalse(df, better[k])) continue;
-        for (size_t e = 0; e < kSymSub; ++e)
-          hn::Store(hn::IfThenElse(better[k], hn::Load(df, aux_l + at(e, k)), hn::Load(df, best_l + at(e, k))), df,
-                    best_l + at(e, k));
+        BlendBest<kSymSub, K>(better[k], k, N, aux_l, best_l);
         const VF new_scale = hn::Div(sumlx[k], suml2[k]);
         scale[k] = hn::IfThenElse(better[k], new_scale, scale[k]);
         best[k] = hn::IfThenElse(better[k], hn::Mul(new_scale, sumlx[k]), best[k]);
