@@ -164,11 +164,12 @@ HWY_INLINE void ApplyScaleT(const float* HWY_RESTRICT in, float* HWY_RESTRICT ou
       // y = x / s is NaN only through 0 / 0 (s = 0), x * m only through 0 * Inf (m = Inf).
       const bool nan_free = job.finite_input && (kScale != span_scale::div || job.divisor != 0.0f) &&
                             (kScale != span_scale::mul || std::isfinite(job.multiplier));
+      const sr_consts c = SrConsts(g);
       WithDrawSource(job, g, [&](auto bits, auto coarse, auto signed_zero) {
         if (nan_free)
-          i = ApplyScaleSr<kScale, false, bits(), coarse(), signed_zero()>(in, out, n, mul, div, scale, draw0, job, SrConsts(g));
+          i = ApplyScaleSr<kScale, false, bits(), coarse(), signed_zero()>(in, out, n, mul, div, scale, draw0, job, c);
         else
-          i = ApplyScaleSr<kScale, true, bits(), coarse(), signed_zero()>(in, out, n, mul, div, scale, draw0, job, SrConsts(g));
+          i = ApplyScaleSr<kScale, true, bits(), coarse(), signed_zero()>(in, out, n, mul, div, scale, draw0, job, c);
       });
     }
   }
@@ -440,12 +441,15 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
     const float maxq = static_cast<float>((1 << f.element.bits) - 1);
     for (; c0 + N * k <= cols; c0 += N * k, gi += N) {
       ggml_scale_vecs vecs;
-      if (!scales && !zero_points && k % N == 0 && BatchGgmlScaleVecs(DF(), x + c0, k, *plan.sctx, with_min, &vecs)) {
+      const bool vector_apply = !scales && !zero_points && k % N == 0;
+      if (vector_apply && BatchGgmlScaleVecs(DF(), x + c0, k, *plan.sctx, with_min, &vecs)) {
         if (with_min) GgmlBatchApply<true>(x + c0, y + c0, k, vecs, f.element.bits);
         else GgmlBatchApply<false>(x + c0, y + c0, k, vecs, f.element.bits);
         continue;
       }
-      if (!BatchGgmlScales(DF(), x + c0, k, *plan.sctx, with_min, batch))  // this batch block by block
+      // A batch the vector scales declined (a NaN/Inf) would be declined again by BatchGgmlScales,
+      // which runs the same test: block by block.
+      if (vector_apply || !BatchGgmlScales(DF(), x + c0, k, *plan.sctx, with_min, batch))
         for (size_t j = 0; j < N; ++j) batch[j] = GgmlBlockScale(x + c0 + j * k, k, *plan.sctx, with_min);
       for (size_t j = 0; j < N; ++j) {
         if (scales) scales[gi + j] = batch[j].nonfinite ? canonical_nan() : batch[j].stored;
@@ -496,10 +500,8 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
   for (; c0 < cols; c0 += k, ++gi) {
     const size_t n = std::min(k, cols - c0);
     group_scale gs;
-    bool finite = false;  // every x of the group is (its amax was)
     if (f.gran == granularity::tensor) {
       gs = plan.tensor_gs;
-      finite = !gs.nonfinite;  // (the tensor's amax was finite)
     } else if (ggml_block && GgmlBlockScaleFast(x + c0, n, *plan.sctx, has_block_min(f), &gs)) {
       if (scales) scales[gi] = gs.stored;
       if (zero_points) zero_points[gi] = gs.zero_point;
@@ -507,7 +509,6 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
       simd_stats ss;
       GroupStatsT(x + c0, n, plan.want_minmax, false, &ss);
       const bool nonfinite = ss.amax_bits >= 0x7f800000u;
-      finite = !nonfinite;
       const float amax = std::bit_cast<float>(ss.amax_bits);
       if (nonfinite || !fast_group_scale(*plan.sctx, amax, &gs)) {
         group_stats st;
@@ -536,7 +537,9 @@ HWY_NOINLINE void FakeQuantRowPath(const float* HWY_RESTRICT x, float* HWY_RESTR
       continue;
     }
     row_job job = detail::make_job(f, g, gs, plan.unscaled);
-    job.finite_input = finite;
+    // A scaled group gets here only with a finite amax (a NaN/Inf one has a non-finite scale and
+    // was filled with NaN above), so every x is finite; a plain cast may hold any x.
+    job.finite_input = f.gran != granularity::none;
     draws_for(c0, n, job);
     job.stream = plan.stream;
     // Row-sized groups (/c, /t) prefetch the same columns of the next row to be visited.
