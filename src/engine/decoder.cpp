@@ -449,7 +449,7 @@ void block_forward(const model_config& c, const block_params& p, int layer, bloc
     const float* x2q = ops.input(mlp_in, n, D, lin + 4);
     matmul_forward(ops, x2q, n, D, p.w_gate, p.b_gate, F, a.gate, lin + 4);
     matmul_forward(ops, x2q, n, D, p.w_up, p.b_up, F, a.up, lin + 5);
-    // SwiGLU, layers::silu(gate) * up with std::exp's bits in SIMD (kernels/expf.hpp), a row each.
+    // SwiGLU, silu(gate) * up (Shazeer 2020) with std::exp's bits in SIMD (kernels/expf.hpp's swiglu_f32), a row each.
     #pragma omp parallel for schedule(static) if (n * F > 65536)
     for (int64_t i = 0; i < n; ++i) swiglu_f32(a.gate + i * F, a.up + i * F, F, a.act + i * F);
   } else {

@@ -280,9 +280,6 @@ inline void rope(float* x, int64_t n, int heads, int stride, int pos0, int perio
   }
 }
 
-// SwiGLU (Shazeer 2020): silu(g) * u with silu(g) = g * sigmoid(g).
-inline float silu(float g) { return g / (1.0f + std::exp(-g)); }
-
 // GPT-2's GELU, tanh approximation (Hendrycks & Gimpel 2016):
 //   gelu(x) = x/2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3),
 //   gelu'(x) = (1 + tanh(u))/2 + x/2 (1 - tanh(u)^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2).

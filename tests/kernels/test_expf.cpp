@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "lowbit/kernels/expf.hpp"
@@ -93,6 +94,17 @@ TEST(Expf, EveryLengthAndInPlace) {
     }
   }
   force_simd_target(0);
+}
+
+// The SIMD path is the one that runs where it can: on glibc x86-64 with FMA (the targets whose steps
+// are glibc's) the fast == ref checks above would otherwise pass on two copies of the _ref loop.
+TEST(Expf, SimdPathRunsOnGlibcX86WithFma) {
+#if defined(__GLIBC__) && defined(__x86_64__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 28))
+  if (!__builtin_cpu_supports("fma") || !__builtin_cpu_supports("avx2")) GTEST_SKIP() << "no AVX2 + FMA target here";
+  EXPECT_TRUE(expf_simd_available());
+#else
+  GTEST_SKIP() << "std::exp is not glibc's x86-64 expf here: the _ref loop is the kernel";
+#endif
 }
 
 }  // namespace
