@@ -96,9 +96,8 @@ void tiled_sgemm(gemm_op op_a, gemm_op op_b, int64_t m, int64_t n, int64_t k, fl
     const int64_t r0 = i / col_tiles * t.rows, c0 = i % col_tiles * t.cols;
     const int64_t rows = std::min(t.rows, m - r0), cols = std::min(t.cols, n - c0);
     // op(A)'s rows r0.. are A's rows (none) or columns (transpose); op(B)'s columns c0.. likewise.
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(rows), int(cols),
-                int(k), alpha, a + (ta ? r0 : r0 * lda), int(lda), b + (tb ? c0 * ldb : c0), int(ldb), beta,
-                c + r0 * ldc + c0, int(ldc));
+    serial_sgemm(op_a, op_b, rows, cols, k, alpha, a + (ta ? r0 : r0 * lda), lda, b + (tb ? c0 * ldb : c0), ldb, beta,
+                 c + r0 * ldc + c0, ldc);
   });
 }
 

@@ -20,6 +20,18 @@ bool packed_product_threads(int64_t rows, int64_t cols, int64_t n);
 // a 4-bit row's codes as the low nibbles, then the high nibbles, of its 8 bytes.
 std::vector<float> permuted_x(const float* x, int64_t n, int64_t cols);
 
+// Prefetch distance of the packed GEMVs, in rows: rows are read one after another (one stream from
+// memory), and the row this many on is requested ahead (bench/bench_packed.cpp: 4 rows >= 8).
+constexpr int64_t kPrefetchRows = 4;
+
+// Whether a 4-bit table is q4_0's (value = code - 8): the code itself is the weight plus 8.
+inline bool lut_is_code_minus_8(const packed_matrix& w) {
+  if (w.bits != 4) return false;
+  for (int c = 0; c < 16; ++c)
+    if (w.lut[size_t(c)] != float(c - 8)) return false;
+  return true;
+}
+
 // A tile's rows [o0, o0 + R): each row's codes and its first group's scale.
 template <int R>
 struct tile_rows {

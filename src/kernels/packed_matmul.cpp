@@ -203,6 +203,8 @@ using detail::permuted_x;
 using detail::lane_ordered_schedule;
 using detail::prefetch_rows;
 using detail::tile_rows;
+using detail::lut_is_code_minus_8;
+using detail::kPrefetchRows;
 
 #define LOWBIT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define LOWBIT_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
@@ -297,17 +299,16 @@ LOWBIT_AVX512 void rows_avx512(const packed_matrix& w, const float* x, int64_t n
 
 // GEMV rows [o0, o1): one row at a time for 8-bit codes (one stream from memory), pairs of rows
 // for 4-bit codes (two chains of adds in flight: decoding, not memory,
-// bounds them), each prefetching the rows kGemvAhead on. Measured with bench/bench_packed.cpp on
+// bounds them), each prefetching the rows kPrefetchRows on. Measured with bench/bench_packed.cpp on
 // the decode shapes from DRAM, one thread, shared machine (GB/s of codes + scales, medians):
 // q4_0 R = 1: 7.3-8.5, R = 2: 8.4-9.9, R = 4: 8.0-9.1; q8_0 R = 1: 15-17, R = 2: 10-16, R = 4:
 // 9-15; prefetch distance 4 rows >= 8 rows.
-constexpr int kGemvAhead = 4;
 template <int BITS>
 LOWBIT_AVX512 void gemv_rows_avx512(const packed_matrix& w, const float* x, float* y, int64_t o0, int64_t o1) {
   constexpr int R = BITS == 4 ? 2 : 1;
   int64_t o = o0;
-  for (; o + R <= o1; o += R) tile_avx512<BITS, R, 1, kGemvAhead>(w, x, y, o, 0);
-  for (; o < o1; ++o) tile_avx512<BITS, 1, 1, kGemvAhead>(w, x, y, o, 0);
+  for (; o + R <= o1; o += R) tile_avx512<BITS, R, 1, kPrefetchRows>(w, x, y, o, 0);
+  for (; o < o1; ++o) tile_avx512<BITS, 1, 1, kPrefetchRows>(w, x, y, o, 0);
 }
 
 template <int BITS>
@@ -363,8 +364,8 @@ LOWBIT_AVX512 void float_rows_avx512(const float* w, int64_t cols, const float* 
 LOWBIT_AVX512 void float_gemv_rows(const float* w, int64_t cols, const float* x, float* y, int64_t o0, int64_t o1,
                                    int64_t rows) {
   int64_t o = o0;
-  // The prefetch reaches kGemvAhead rows on; the matrix's last rows go without it (no read past W).
-  for (; o < o1 && o + kGemvAhead < rows; ++o) float_rows_avx512<1, kGemvAhead>(w + o * cols, cols, x, y + o);
+  // The prefetch reaches kPrefetchRows rows on; the matrix's last rows go without it (no read past W).
+  for (; o < o1 && o + kPrefetchRows < rows; ++o) float_rows_avx512<1, kPrefetchRows>(w + o * cols, cols, x, y + o);
   for (; o < o1; ++o) float_rows_avx512<1>(w + o * cols, cols, x, y + o);
 }
 
@@ -624,8 +625,7 @@ LOWBIT_VNNI void int_rows16(const packed_matrix& w, const int_x& px, const int8_
 LOWBIT_VNNI void packed_matmul_int_vnni(const packed_matrix& w, const int8_activations& a, float* y) {
   alignas(64) uint8_t lut_bytes[64];  // 4-bit: lut[code] + 128 in each 16-byte lane (shuffle_epi8's table)
   for (int i = 0; i < 64; ++i) lut_bytes[i] = w.bits == 4 ? static_cast<uint8_t>(int(w.lut[size_t(i % 16)]) + 128) : 0;
-  bool affine = w.bits == 4;
-  for (int c = 0; c < 16; ++c) affine = affine && w.lut[size_t(c)] == float(c - 8);
+  const bool affine = lut_is_code_minus_8(w);
   const int_x px = prepare_int_x(a, w.bits);
   const int64_t blocks = (w.rows + 15) / 16, steps = px.cols64 / 64;
   const bool threads = packed_product_threads(w.rows, w.cols, a.n);

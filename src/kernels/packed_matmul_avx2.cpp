@@ -25,10 +25,6 @@ namespace lowbit::detail {
 
 namespace {
 
-// Prefetch distance of the packed GEMVs, in rows (as the AVX-512 kernels: rows read one after
-// another, one stream from memory, and the rows 4 on requested ahead).
-constexpr int64_t kAhead = 4;
-
 // The 16 lane sums [lo | hi] -> one float: lane k += lane k + 8, + 4, + 2, + 1 (halve_lanes).
 LOWBIT_AVX2 inline float reduce_pinned(__m256 lo, __m256 hi) {
   const __m256 a8 = _mm256_add_ps(lo, hi);
@@ -121,7 +117,7 @@ LOWBIT_AVX2 void tile(const packed_matrix& w, const float* x, float* y, int64_t 
 
 // GEMV rows [o0, o1): one row at a time for 8-bit codes (one stream from memory), pairs of rows
 // for 4-bit ones (decoding, not memory, bounds them: two rows' chains of adds in flight), each
-// prefetching the rows kAhead on (the matrix's last rows without), as the AVX-512 kernel. q4_0 GEMVs
+// prefetching the rows kPrefetchRows on (the matrix's last rows without), as the AVX-512 kernel. q4_0 GEMVs
 // from DRAM, one thread, bench/bench_packed.cpp with BENCH_THREAD_CLOCK, 4 alternating runs on a
 // shared AMD EPYC (AVX2), GB/s of codes + scales, medians for 768x768 and 2048x768: float table
 // (vpermps) one row 3.9 and 4.0; byte table (int_lut4) one row 4.1 and 4.1, two rows 4.2 and 4.4.
@@ -129,8 +125,8 @@ template <codes K>
 LOWBIT_AVX2 void gemv_rows(const packed_matrix& w, const float* x, float* y, int64_t o0, int64_t o1, __m128i table) {
   constexpr int R = K == codes::int8 ? 1 : 2;
   int64_t o = o0;
-  for (; o + R <= o1; o += R) tile<K, R, 1, kAhead>(w, x, y, o, 0, table);
-  for (; o < o1; ++o) tile<K, 1, 1, kAhead>(w, x, y, o, 0, table);
+  for (; o + R <= o1; o += R) tile<K, R, 1, kPrefetchRows>(w, x, y, o, 0, table);
+  for (; o < o1; ++o) tile<K, 1, 1, kPrefetchRows>(w, x, y, o, 0, table);
 }
 
 // GEMM: one row by four tokens (16 accumulators of 8 floats would not fit AVX2's 16 registers
@@ -327,12 +323,7 @@ LOWBIT_AVX2 void int_rows8(const packed_matrix& w, const void* xq, const int32_t
       for (int h = 0; h < S; ++h) {
         const int64_t o = std::min(o0 + S * k + h, w.rows - 1);
         rows[h] = w.codes.data() + o * w.row_bytes;
-        if (t == 0 && o + kAhead < w.rows) {  // the row kAhead on, and its scales
-          for (int64_t b = 0; b < w.row_bytes; b += 64)
-            _mm_prefetch(reinterpret_cast<const char*>(rows[h] + kAhead * w.row_bytes + b), _MM_HINT_T0);
-          for (int64_t g = 0; g < gpr; g += 16)
-            _mm_prefetch(reinterpret_cast<const char*>(w.scales.data() + (o + kAhead) * gpr + g), _MM_HINT_T0);
-        }
+        if (t == 0) prefetch_rows(w, o + kPrefetchRows, 1);  // the row kPrefetchRows on, and its scales
       }
       for (int64_t g = 0; g < gpr; ++g) {
         __m256i dot[S];
@@ -370,8 +361,7 @@ LOWBIT_AVX2 void packed_matmul_int_avx2(const packed_matrix& w, const int8_activ
   alignas(16) int8_t table_bytes[16] = {};
   if (w.bits == 4) {
     const auto [lo, hi] = std::minmax_element(w.lut.begin(), w.lut.end());
-    bool code_minus_8 = true;
-    for (int c = 0; c < 16; ++c) code_minus_8 = code_minus_8 && w.lut[size_t(c)] == float(c - 8);
+    const bool code_minus_8 = lut_is_code_minus_8(w);
     if (*hi - *lo <= 127) {
       kind = code_minus_8 ? int_codes::u4_code : int_codes::u4;
       bias = -int32_t(*lo);
