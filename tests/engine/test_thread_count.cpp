@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <cstring>
 #include <vector>
 
 #include "lowbit/engine/eval.hpp"
@@ -85,7 +86,10 @@ TEST(ThreadCount, TrainingLossesAndWeightsAreTheSameAtOneAndTwoThreads) {
   };
   const auto one = at_threads(1, run), two = at_threads(2, run);
   EXPECT_EQ(one.first, two.first);
-  EXPECT_TRUE(one.second == two.second) << "the trained weights differ";
+  // The same bits (float == would take -0 for +0).
+  ASSERT_EQ(one.second.size(), two.second.size());
+  EXPECT_EQ(std::memcmp(one.second.data(), two.second.data(), one.second.size() * sizeof(one.second[0])), 0)
+      << "the trained weights differ";
 }
 
 }  // namespace

@@ -349,12 +349,16 @@ TEST(PackedMatmul, IntegerProductFourBitTables) {
 
 // Threads (large products split their rows over OpenMP threads): the same bits as one thread.
 TEST(PackedMatmul, ThreadsGiveTheSameBits) {
+  const int64_t rows = 2100, cols = 2048;  // rows x cols > 4e6: threaded when threads exist
+  const auto w = randn(rows * cols, 41, 0.05f), x = randn(cols, 42);
+  const std::vector<const char*> specs = {"q4_0", "q8_0"};
+  std::vector<packed_matrix> packed;  // made once, used by every kernel
+  for (const char* spec : specs) packed.push_back(pack_matrix(quantize(w.data(), rows, cols, parse_format(spec))));
   for_each_packed_target([&] {
-    const int64_t rows = 2100, cols = 2048;  // rows x cols > 4e6: threaded when threads exist
-    const auto w = randn(rows * cols, 41, 0.05f), x = randn(cols, 42);
     const int before = omp_get_max_threads();
-    for (const char* spec : {"q4_0", "q8_0"}) {
-      const packed_matrix p = pack_matrix(quantize(w.data(), rows, cols, parse_format(spec)));
+    for (size_t s = 0; s < specs.size(); ++s) {
+      const char* spec = specs[s];
+      const packed_matrix& p = packed[s];
       const int8_activations a = quantize_activations(x.data(), 1, cols, p.group);
       std::vector<float> f1(rows), f2(rows), i1(rows), i2(rows), l1(rows), l2(rows);
       omp_set_num_threads(1);
